@@ -1,0 +1,463 @@
+//! Credit-based flow control between one producing subpartition and one consuming input
+//! channel, as in Flink: the consumer grants credit (2 exclusive buffers per channel, plus
+//! floating buffers shared by the channels of an input gate, granted to channels that announce
+//! a backlog); the producer ships a buffer only when it holds credit and announces how many
+//! finished buffers wait behind it. A consumer returns credit when it has finished reading a
+//! buffer. Events need no credit but keep their place behind earlier buffers; priority events
+//! (unaligned barriers) go to the head of the consumer's queue.
+//!
+//! Invariants (asserted in tests): a producer never ships a buffer without credit; the buffers
+//! queued in a channel plus the one being read never exceed its exclusive credit plus the
+//! floating credit it holds; buffers of one channel arrive in the order they were sent.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::buffer::Buffer;
+use crate::doorbell::Doorbell;
+use crate::event::Event;
+
+/// Flow-control settings of the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditConfig {
+    /// Buffers each input channel may always hold (initial credit).
+    pub exclusive_per_channel: u32,
+    /// Extra buffers per input gate, granted to channels with a backlog.
+    pub floating_per_gate: u32,
+    /// Finished buffers a producer may queue per subpartition before it stops taking input.
+    pub max_backlog_per_channel: u32,
+}
+
+impl Default for CreditConfig {
+    fn default() -> Self {
+        Self { exclusive_per_channel: 2, floating_per_gate: 8, max_backlog_per_channel: 2 }
+    }
+}
+
+/// What travels in a channel.
+#[derive(Debug)]
+pub enum ChannelItem {
+    Buffer(Buffer),
+    Event(Event),
+}
+
+/// The state shared by the two ends of one channel (the in-process transport).
+#[derive(Debug)]
+pub struct LocalChannel {
+    queue: Mutex<VecDeque<ChannelItem>>,
+    queued: AtomicU32,
+    credit: AtomicU32,
+    backlog: AtomicU32,
+    consumer_bell: Arc<Doorbell>,
+    producer_bell: Arc<Doorbell>,
+    buffers_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+impl LocalChannel {
+    /// A channel whose consumer starts by granting `initial_credit` (the exclusive buffers).
+    pub fn new(initial_credit: u32, producer_bell: Arc<Doorbell>, consumer_bell: Arc<Doorbell>) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(VecDeque::new()),
+            queued: AtomicU32::new(0),
+            credit: AtomicU32::new(initial_credit),
+            backlog: AtomicU32::new(0),
+            consumer_bell,
+            producer_bell,
+            buffers_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+        })
+    }
+
+    /// Credit the producer currently holds.
+    pub fn credit(&self) -> u32 {
+        self.credit.load(Ordering::Acquire)
+    }
+
+    /// Backlog last announced by the producer.
+    pub fn backlog(&self) -> u32 {
+        self.backlog.load(Ordering::Acquire)
+    }
+
+    pub fn buffers_sent(&self) -> u64 {
+        self.buffers_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    fn take_credit(&self) -> bool {
+        self.credit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1)).is_ok()
+    }
+
+    fn grant(&self, credits: u32) {
+        self.credit.fetch_add(credits, Ordering::AcqRel);
+        self.producer_bell.ring();
+    }
+
+    fn push(&self, item: ChannelItem, front: bool) {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if front {
+                q.push_front(item);
+            } else {
+                q.push_back(item);
+            }
+        }
+        self.queued.fetch_add(1, Ordering::Release);
+        self.consumer_bell.ring();
+    }
+
+    fn pop(&self) -> Option<ChannelItem> {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let item = self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        if item.is_some() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        item
+    }
+
+    /// Drops everything queued (cancellation); buffers go back to their pool.
+    pub fn clear(&self) {
+        let drained: Vec<_> = self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        self.queued.store(0, Ordering::Release);
+        drop(drained);
+    }
+}
+
+/// Result of trying to ship a producer's pending items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendOutcome {
+    pub buffers_sent: u32,
+    /// Finished buffers still waiting for credit.
+    pub backlog: u32,
+}
+
+/// The producer's end of a channel: finished buffers wait here until credit arrives.
+#[derive(Debug)]
+pub struct OutputChannel {
+    shared: Arc<LocalChannel>,
+    pending: VecDeque<ChannelItem>,
+    pending_buffers: u32,
+    max_backlog: u32,
+    announced_backlog: u32,
+    credit_stalls: u64,
+}
+
+impl OutputChannel {
+    pub fn new(shared: Arc<LocalChannel>, config: &CreditConfig) -> Self {
+        Self {
+            shared,
+            pending: VecDeque::new(),
+            pending_buffers: 0,
+            max_backlog: config.max_backlog_per_channel.max(1),
+            announced_backlog: 0,
+            credit_stalls: 0,
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<LocalChannel> {
+        &self.shared
+    }
+
+    /// Queues a finished buffer and ships what credit allows.
+    pub fn send_buffer(&mut self, buffer: Buffer) -> SendOutcome {
+        debug_assert!(!buffer.is_empty(), "empty buffers are never sent");
+        self.pending.push_back(ChannelItem::Buffer(buffer));
+        self.pending_buffers += 1;
+        self.try_send()
+    }
+
+    /// Queues an event behind earlier buffers; a priority event overtakes everything queued.
+    pub fn send_event(&mut self, event: Event) -> SendOutcome {
+        if event.is_priority() {
+            self.shared.push(ChannelItem::Event(event), true);
+        } else {
+            self.pending.push_back(ChannelItem::Event(event));
+        }
+        self.try_send()
+    }
+
+    /// Ships pending items in order while credit lasts, then announces the backlog.
+    pub fn try_send(&mut self) -> SendOutcome {
+        let mut sent = 0;
+        while let Some(front) = self.pending.front() {
+            if let ChannelItem::Buffer(_) = front {
+                if !self.shared.take_credit() {
+                    break;
+                }
+            }
+            let item = self.pending.pop_front().expect("front exists");
+            if let ChannelItem::Buffer(b) = &item {
+                self.pending_buffers -= 1;
+                sent += 1;
+                self.shared.buffers_sent.fetch_add(1, Ordering::Relaxed);
+                self.shared.bytes_sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+            self.shared.push(item, false);
+        }
+        if self.pending_buffers != self.announced_backlog {
+            self.announced_backlog = self.pending_buffers;
+            self.shared.backlog.store(self.pending_buffers, Ordering::Release);
+            if self.pending_buffers > 0 {
+                self.credit_stalls += 1;
+                self.shared.consumer_bell.ring();
+            }
+        }
+        SendOutcome { buffers_sent: sent, backlog: self.pending_buffers }
+    }
+
+    /// Whether the producer may take more input (its backlog is under the limit).
+    pub fn is_available(&self) -> bool {
+        self.pending_buffers < self.max_backlog
+    }
+
+    pub fn pending_buffers(&self) -> u32 {
+        self.pending_buffers
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Times this producer was left with a backlog and no credit.
+    pub fn credit_stalls(&self) -> u64 {
+        self.credit_stalls
+    }
+}
+
+/// The consumer's end of all channels of one logical input, with the floating credit pool.
+#[derive(Debug)]
+pub struct InputGate {
+    channels: Vec<Arc<LocalChannel>>,
+    floating_free: u32,
+    floating_held: Vec<u32>,
+    blocked: Vec<bool>,
+    next: usize,
+}
+
+impl InputGate {
+    pub fn new(channels: Vec<Arc<LocalChannel>>, config: &CreditConfig) -> Self {
+        let n = channels.len();
+        Self {
+            channels,
+            floating_free: config.floating_per_gate,
+            floating_held: vec![0; n],
+            blocked: vec![false; n],
+            next: 0,
+        }
+    }
+
+    pub fn num_channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn channel(&self, index: usize) -> &Arc<LocalChannel> {
+        &self.channels[index]
+    }
+
+    /// Stops (or resumes) reading a channel, e.g. while aligning checkpoint barriers.
+    pub fn set_blocked(&mut self, channel: usize, blocked: bool) {
+        self.blocked[channel] = blocked;
+    }
+
+    /// The next item of any channel, scanning channels round-robin for fairness.
+    pub fn poll_next(&mut self) -> Option<(usize, ChannelItem)> {
+        let n = self.channels.len();
+        for i in 0..n {
+            let c = (self.next + i) % n;
+            if self.blocked[c] {
+                continue;
+            }
+            if let Some(item) = self.channels[c].pop() {
+                self.next = (c + 1) % n;
+                return Some((c, item));
+            }
+        }
+        self.grant_floating();
+        None
+    }
+
+    /// Returns the credit of one buffer read from `channel` (call after the buffer is dropped).
+    pub fn release(&mut self, channel: usize) {
+        if self.floating_held[channel] > 0 {
+            self.floating_held[channel] -= 1;
+            self.floating_free += 1;
+        } else {
+            self.channels[channel].grant(1);
+        }
+        self.grant_floating();
+    }
+
+    /// Grants floating credit to channels whose announced backlog exceeds their credit.
+    pub fn grant_floating(&mut self) {
+        if self.floating_free == 0 {
+            return;
+        }
+        for (c, ch) in self.channels.iter().enumerate() {
+            if self.floating_free == 0 {
+                break;
+            }
+            let wanted = ch.backlog().saturating_sub(ch.credit()).min(self.floating_free);
+            if wanted > 0 {
+                self.floating_free -= wanted;
+                self.floating_held[c] += wanted;
+                ch.grant(wanted);
+            }
+        }
+    }
+
+    /// Floating buffers not granted to any channel.
+    pub fn floating_free(&self) -> u32 {
+        self.floating_free
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::BufferPool;
+
+    fn buffer_with(pool: &BufferPool, seq: u32) -> Buffer {
+        let mut b = pool.take().unwrap();
+        b.spare_mut()[..4].copy_from_slice(&seq.to_le_bytes());
+        b.advance(4);
+        b.freeze()
+    }
+
+    fn seq_of(item: ChannelItem) -> u32 {
+        match item {
+            ChannelItem::Buffer(b) => u32::from_le_bytes(b.as_slice()[..4].try_into().unwrap()),
+            ChannelItem::Event(e) => panic!("unexpected event {e:?}"),
+        }
+    }
+
+    fn pair(config: &CreditConfig, channels: usize) -> (Vec<OutputChannel>, InputGate, Arc<Doorbell>) {
+        let producer_bell = Arc::new(Doorbell::new());
+        let consumer_bell = Arc::new(Doorbell::new());
+        let shared: Vec<_> = (0..channels)
+            .map(|_| LocalChannel::new(config.exclusive_per_channel, producer_bell.clone(), consumer_bell.clone()))
+            .collect();
+        let outs = shared.iter().map(|s| OutputChannel::new(s.clone(), config)).collect();
+        (outs, InputGate::new(shared, config), producer_bell)
+    }
+
+    #[test]
+    fn producer_never_sends_without_credit() {
+        let pool = BufferPool::new(32);
+        let config = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 0, max_backlog_per_channel: 2 };
+        let (mut outs, mut gate, _bell) = pair(&config, 1);
+        for seq in 0..5 {
+            outs[0].send_buffer(buffer_with(&pool, seq));
+        }
+        assert_eq!(outs[0].shared().credit(), 0);
+        assert_eq!(outs[0].shared().buffers_sent(), 2);
+        assert_eq!(outs[0].pending_buffers(), 3);
+        assert!(!outs[0].is_available());
+        assert!(outs[0].credit_stalls() > 0);
+        let mut seen = Vec::new();
+        while let Some((c, item)) = gate.poll_next() {
+            seen.push(seq_of(item));
+            gate.release(c);
+            outs[0].try_send();
+        }
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn floating_credit_goes_to_the_channel_with_backlog() {
+        let pool = BufferPool::new(32);
+        let config = CreditConfig { exclusive_per_channel: 1, floating_per_gate: 3, max_backlog_per_channel: 8 };
+        let (mut outs, mut gate, _bell) = pair(&config, 2);
+        for seq in 0..5 {
+            outs[1].send_buffer(buffer_with(&pool, seq));
+        }
+        assert_eq!(outs[1].shared().backlog(), 4);
+        gate.grant_floating();
+        assert_eq!(gate.floating_free(), 0);
+        outs[1].try_send();
+        assert_eq!(outs[1].shared().buffers_sent(), 4);
+        assert_eq!(outs[0].shared().credit(), 1, "idle channel keeps only its exclusive credit");
+    }
+
+    #[test]
+    fn events_keep_order_and_priority_events_overtake() {
+        let pool = BufferPool::new(8);
+        let config = CreditConfig { exclusive_per_channel: 1, floating_per_gate: 0, max_backlog_per_channel: 4 };
+        let (mut outs, mut gate, _bell) = pair(&config, 1);
+        outs[0].send_buffer(buffer_with(&pool, 0));
+        outs[0].send_buffer(buffer_with(&pool, 1));
+        outs[0].send_event(Event::Watermark(5));
+        let barrier = Event::CheckpointBarrier {
+            checkpoint_id: 1,
+            timestamp_ms: 0,
+            kind: crate::event::BarrierKind::Unaligned,
+        };
+        outs[0].send_event(barrier);
+        let (_, first) = gate.poll_next().unwrap();
+        assert!(matches!(first, ChannelItem::Event(e) if e == barrier));
+        let (c, b0) = gate.poll_next().unwrap();
+        assert_eq!(seq_of(b0), 0);
+        assert!(gate.poll_next().is_none(), "buffer 1 waits for credit, the watermark waits behind it");
+        gate.release(c);
+        outs[0].try_send();
+        assert_eq!(seq_of(gate.poll_next().unwrap().1), 1);
+        assert!(matches!(gate.poll_next().unwrap().1, ChannelItem::Event(Event::Watermark(5))));
+    }
+
+    #[test]
+    fn cross_thread_sequence_is_lossless_and_ordered() {
+        let pool = BufferPool::new(64);
+        let config = CreditConfig::default();
+        let (mut outs, mut gate, producer_bell) = pair(&config, 3);
+        const PER_CHANNEL: u32 = 3000;
+        let producer_pool = pool.clone();
+        let producer = std::thread::spawn(move || {
+            let mut next = [0u32; 3];
+            while next.iter().any(|n| *n < PER_CHANNEL) {
+                let mut progressed = false;
+                for (c, out) in outs.iter_mut().enumerate() {
+                    out.try_send();
+                    if next[c] < PER_CHANNEL && out.is_available() {
+                        out.send_buffer(buffer_with(&producer_pool, next[c]));
+                        next[c] += 1;
+                        progressed = true;
+                    }
+                }
+                if !progressed {
+                    producer_bell.take_ring();
+                    std::thread::yield_now();
+                }
+            }
+            while outs.iter().any(|o| o.has_pending()) {
+                for out in outs.iter_mut() {
+                    out.try_send();
+                }
+                std::thread::yield_now();
+            }
+        });
+        let mut expect = [0u32; 3];
+        let mut received = 0;
+        while received < 3 * PER_CHANNEL {
+            match gate.poll_next() {
+                Some((c, item)) => {
+                    assert_eq!(seq_of(item), expect[c], "channel {c} out of order");
+                    expect[c] += 1;
+                    received += 1;
+                    gate.release(c);
+                    let queued_plus_reading = gate.channel(c).queued.load(Ordering::Relaxed) + 1;
+                    assert!(queued_plus_reading <= config.exclusive_per_channel + config.floating_per_gate);
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        producer.join().unwrap();
+        assert!(pool.stats().peak_in_use <= 3 * (config.exclusive_per_channel + config.max_backlog_per_channel + 1) + config.floating_per_gate);
+        assert_eq!(pool.in_use(), 0);
+    }
+}

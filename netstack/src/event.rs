@@ -1,0 +1,33 @@
+//! In-band events: they travel in the same channels as data buffers, in order, so that an
+//! operator sees an event exactly between the records sent before and after it. The exception
+//! is a priority event (an unaligned checkpoint barrier), which overtakes the buffers already
+//! queued in a channel.
+
+/// How a checkpoint barrier is aligned at the receiving task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BarrierKind {
+    /// Exactly-once, aligned: a task waits for the barrier on every input channel.
+    Aligned,
+    /// Exactly-once, unaligned: the barrier overtakes queued buffers, which become channel state.
+    Unaligned,
+}
+
+/// An in-band event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The producing subtask has sent its last record on this channel.
+    EndOfPartition,
+    /// Event time has reached this timestamp (milliseconds) on this channel.
+    Watermark(i64),
+    /// A checkpoint barrier (Chandy–Lamport).
+    CheckpointBarrier { checkpoint_id: u64, timestamp_ms: i64, kind: BarrierKind },
+    /// A latency marker emitted by a source subtask at `marked_time_ns` (monotonic clock).
+    LatencyMarker { marked_time_ns: u64, source_subtask: u32 },
+}
+
+impl Event {
+    /// Priority events are queued ahead of every buffer already waiting in a channel.
+    pub fn is_priority(&self) -> bool {
+        matches!(self, Event::CheckpointBarrier { kind: BarrierKind::Unaligned, .. })
+    }
+}

@@ -1,0 +1,25 @@
+//! The data plane shared by every exchange in corestream: the bounded pool of 32 KB buffers,
+//! the record codec that writes rkyv archives into those buffers and reads them in place, the
+//! in-band events, and the credit-based channels that move buffers from a producing subtask to
+//! a consuming one. The in-process exchange uses these types today; the io_uring transport uses
+//! the same buffers, credits and events, so a job behaves the same whether its tasks share a
+//! process or not.
+//!
+//! Architecture Invariant: this crate never depends on `corestream` (the engine).
+
+pub mod buffer;
+pub mod credit;
+pub mod doorbell;
+pub mod error;
+pub mod event;
+pub mod pool;
+pub mod record;
+
+pub use buffer::{Buffer, BufferBuilder, BUFFER_SIZE};
+pub use credit::{ChannelItem, CreditConfig, InputGate, LocalChannel, OutputChannel, SendOutcome};
+pub use doorbell::Doorbell;
+pub use error::{NetError, RecordError};
+pub use event::{BarrierKind, Event};
+pub use pool::{BufferPool, PoolReservation, PoolStats};
+pub use record::{Data, RecordIter, RecordWriter};
+pub use rkyv;

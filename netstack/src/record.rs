@@ -1,0 +1,278 @@
+//! The record codec: rkyv archives written back to back into a 32 KB buffer and read in place.
+//!
+//! Layout inside a buffer: each record is an 8-byte header (`u32` little-endian archive length,
+//! `u32` reserved, zero) followed by the archive, whose first byte is 16-byte aligned; the
+//! header therefore starts at an offset ≡ 8 (mod 16) and the next header follows the archive
+//! rounded up. A record whose archive does not fit the rest of a buffer goes to the next buffer;
+//! a record that does not fit an empty buffer (32 KB minus 16 bytes) is refused with
+//! [`RecordError::TooLarge`] — records never span buffers.
+//!
+//! Invariant: a reader sees exactly the records the writer wrote, in order; buffers built by
+//! [`RecordWriter`] are read without validation in process (trusted); the transport validates
+//! archives from other processes before they reach a [`RecordIter`].
+
+use std::marker::PhantomData;
+
+use rkyv::api::{deserialize_using, serialize_using};
+use rkyv::rancor::{Failure, Strategy};
+use rkyv::ser::allocator::{Arena, ArenaHandle};
+use rkyv::ser::writer::Buffer as SliceWriter;
+use rkyv::ser::Serializer;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::buffer::{BufferBuilder, BUFFER_SIZE};
+use crate::error::RecordError;
+
+/// Serializer used for records written into network buffers.
+pub type RecordSerializer<'a> = Strategy<Serializer<SliceWriter<'a>, ArenaHandle<'a>, ()>, Failure>;
+/// Deserializer used when an operator asks for an owned record.
+pub type RecordDeserializer = Strategy<(), Failure>;
+
+/// A record type that can cross an exchange: archived with rkyv into a buffer, read in place,
+/// and deserialized into an owned value where a user function asks for one. Derive it with
+/// `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]`. Shared pointers (`Rc`, `Arc`)
+/// are not supported inside records.
+pub trait Data:
+    Sized
+    + Archive<Archived: Deserialize<Self, RecordDeserializer>> + for<'a> Serialize<RecordSerializer<'a>> + Send + 'static
+{
+}
+
+impl<T> Data for T where
+    T: Archive<Archived: Deserialize<T, RecordDeserializer>> + for<'a> Serialize<RecordSerializer<'a>> + Send + 'static
+{
+}
+
+const HEADER_BYTES: usize = 8;
+const RECORD_ALIGN: usize = 16;
+/// Largest archive that fits an empty buffer.
+pub const MAX_RECORD_BYTES: usize = BUFFER_SIZE - RECORD_ALIGN;
+
+fn header_offset(len: usize) -> usize {
+    // Next offset ≡ 8 (mod 16) at or after `len`.
+    let aligned = (len + HEADER_BYTES).next_multiple_of(RECORD_ALIGN);
+    aligned - HEADER_BYTES
+}
+
+/// Outcome of writing one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The record is in the buffer.
+    Done,
+    /// The buffer is too full; finish it and write the record into a fresh one.
+    BufferFull,
+}
+
+/// Writes records into buffers. Holds the scratch arena rkyv needs, reused across records.
+#[derive(Default)]
+pub struct RecordWriter {
+    arena: Arena,
+    records_since_shrink: u32,
+}
+
+impl std::fmt::Debug for RecordWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordWriter").finish_non_exhaustive()
+    }
+}
+
+impl RecordWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `value` to `buf`, or reports that it does not fit what is left of it.
+    #[inline]
+    pub fn write<T: Data>(&mut self, buf: &mut BufferBuilder, value: &T) -> Result<Written, RecordError> {
+        let header = header_offset(buf.len());
+        let start = header + HEADER_BYTES;
+        if start + std::mem::size_of::<T::Archived>() > BUFFER_SIZE {
+            return self.full_or_too_large(buf, value);
+        }
+        let result = {
+            let whole = buf.whole_mut();
+            let writer = SliceWriter::from(&mut whole[start..]);
+            let mut serializer = Serializer::new(writer, self.arena.acquire(), ());
+            match serialize_using::<_, Failure>(value, &mut serializer) {
+                Ok(_) => Ok(rkyv::ser::Positional::pos(&serializer.writer)),
+                Err(e) => Err(e),
+            }
+        };
+        self.records_since_shrink += 1;
+        if self.records_since_shrink >= 4096 {
+            self.records_since_shrink = 0;
+            self.arena.shrink();
+        }
+        match result {
+            Ok(archive_len) => {
+                let whole = buf.whole_mut();
+                whole[header..header + 4].copy_from_slice(&(archive_len as u32).to_le_bytes());
+                whole[header + 4..start].copy_from_slice(&0u32.to_le_bytes());
+                buf.set_len(start + archive_len);
+                Ok(Written::Done)
+            }
+            Err(_) => self.full_or_too_large(buf, value),
+        }
+    }
+
+    #[cold]
+    fn full_or_too_large<T: Data>(&mut self, buf: &BufferBuilder, value: &T) -> Result<Written, RecordError> {
+        if !buf.is_empty() {
+            return Ok(Written::BufferFull);
+        }
+        // An empty buffer could not hold it: measure the archive for the error message.
+        let mut scratch = vec![0u8; 0];
+        let mut size = MAX_RECORD_BYTES * 2;
+        loop {
+            scratch.resize(size, 0);
+            let writer = SliceWriter::from(&mut scratch[..]);
+            let mut serializer = Serializer::new(writer, self.arena.acquire(), ());
+            if serialize_using::<_, Failure>(value, &mut serializer).is_ok() {
+                let size_bytes = rkyv::ser::Positional::pos(&serializer.writer);
+                return Err(RecordError::TooLarge { size_bytes, max_bytes: MAX_RECORD_BYTES });
+            }
+            if size > 1 << 30 {
+                return Err(RecordError::Serialize {
+                    reason: "archive larger than 1 GiB or serializer failure".into(),
+                });
+            }
+            size *= 4;
+        }
+    }
+}
+
+/// Iterates the archived records of one buffer in place.
+pub struct RecordIter<'a, T: Data> {
+    bytes: &'a [u8],
+    offset: usize,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Data> std::fmt::Debug for RecordIter<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordIter").field("offset", &self.offset).field("len", &self.bytes.len()).finish()
+    }
+}
+
+impl<'a, T: Data> RecordIter<'a, T> {
+    /// Reads records written by a [`RecordWriter`] of the same type `T`.
+    ///
+    /// The bytes must come from a trusted writer in this process (or have been validated by the
+    /// transport); lengths are still bounds-checked, so a corrupt header panics instead of
+    /// reading out of bounds. `bytes` must start at a 16-byte aligned address.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        assert_eq!(bytes.as_ptr() as usize % RECORD_ALIGN, 0, "record buffer must be 16-byte aligned");
+        Self { bytes, offset: 0, _type: PhantomData }
+    }
+}
+
+impl<'a, T: Data> Iterator for RecordIter<'a, T> {
+    type Item = &'a T::Archived;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let header = header_offset(self.offset);
+        if header >= self.bytes.len() {
+            return None;
+        }
+        let start = header + HEADER_BYTES;
+        let len_bytes: [u8; 4] = self.bytes[header..header + 4].try_into().expect("4-byte header");
+        let end = start + u32::from_le_bytes(len_bytes) as usize;
+        assert!(end <= self.bytes.len(), "record header points past the end of its buffer");
+        self.offset = end;
+        let archive = &self.bytes[start..end];
+        // SAFETY: the archive was produced by `RecordWriter::write` for the same `T` (caller's
+        // contract), starts 16-byte aligned (buffer alignment + header placement), and lies
+        // entirely inside the buffer (checked above).
+        Some(unsafe { rkyv::access_unchecked::<T::Archived>(archive) })
+    }
+}
+
+/// Deserializes an archived record into an owned value.
+#[inline]
+pub fn deserialize<T: Data>(archived: &T::Archived) -> T {
+    match deserialize_using::<T, _, Failure>(archived, &mut ()) {
+        Ok(value) => value,
+        Err(_) => panic!("record failed to deserialize (corrupt archive in a trusted buffer)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::BufferPool;
+
+    fn write_all<T: Data>(pool: &BufferPool, records: &[T]) -> Vec<crate::Buffer> {
+        let mut writer = RecordWriter::new();
+        let mut out = Vec::new();
+        let mut buf = pool.take().unwrap();
+        for r in records {
+            loop {
+                match writer.write(&mut buf, r).unwrap() {
+                    Written::Done => break,
+                    Written::BufferFull => {
+                        let full = std::mem::replace(&mut buf, pool.take().unwrap());
+                        out.push(full.freeze());
+                    }
+                }
+            }
+        }
+        out.push(buf.freeze());
+        out
+    }
+
+    fn read_all<T: Data>(bufs: &[crate::Buffer]) -> Vec<T> {
+        bufs.iter().flat_map(|b| RecordIter::<T>::new(b.as_slice()).map(deserialize::<T>)).collect()
+    }
+
+    #[test]
+    fn pairs_round_trip_across_buffers() {
+        let pool = BufferPool::new(64);
+        let records: Vec<(u64, u64)> = (0..5000).map(|i| (i, i * 3)).collect();
+        let bufs = write_all(&pool, &records);
+        assert!(bufs.len() > 1, "5000 pairs need more than one buffer");
+        assert_eq!(read_all::<(u64, u64)>(&bufs), records);
+        // 8-byte header + 16-byte archive, padded to 32 bytes: exactly 1024 pairs per buffer.
+        assert_eq!(bufs[0].len(), BUFFER_SIZE);
+        assert_eq!(RecordIter::<(u64, u64)>::new(bufs[0].as_slice()).count(), 1024);
+    }
+
+    #[test]
+    fn strings_round_trip_in_place() {
+        let pool = BufferPool::new(8);
+        let records = vec!["a".to_string(), String::new(), "ünïcödé words".repeat(30)];
+        let bufs = write_all(&pool, &records);
+        let archived: Vec<&str> = RecordIter::<String>::new(bufs[0].as_slice()).map(|a| a.as_str()).collect();
+        assert_eq!(archived, records.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn oversized_record_is_refused_with_its_size() {
+        let pool = BufferPool::new(2);
+        let mut writer = RecordWriter::new();
+        let mut buf = pool.take().unwrap();
+        let big = vec![7u8; 40_000];
+        let err = writer.write(&mut buf, &big).unwrap_err();
+        match err {
+            RecordError::TooLarge { size_bytes, max_bytes } => {
+                assert!(size_bytes >= 40_000);
+                assert_eq!(max_bytes, MAX_RECORD_BYTES);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(buf.is_empty(), "a refused record leaves the buffer untouched");
+    }
+
+    #[test]
+    fn largest_record_fits_an_empty_buffer() {
+        let pool = BufferPool::new(2);
+        let mut writer = RecordWriter::new();
+        let mut buf = pool.take().unwrap();
+        // Vec<u8> archive: 8-byte relative pointer + len, then the bytes.
+        let value = vec![1u8; MAX_RECORD_BYTES - 16];
+        assert_eq!(writer.write(&mut buf, &value).unwrap(), Written::Done);
+        let frozen = buf.freeze();
+        let back: Vec<Vec<u8>> = read_all(std::slice::from_ref(&frozen));
+        assert_eq!(back, vec![value]);
+    }
+}
