@@ -1,0 +1,238 @@
+//! The stream environment: where a job is declared (sources, then operators on the streams they
+//! return) and executed on a [`LocalCluster`]. An environment builds exactly one job; build the
+//! next job in a new environment (`cluster.environment()`).
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use corestream_netstack::{Data, Doorbell};
+
+use super::sources::{ChannelSource, FileLinesSource, GeneratorSource, IterSource, SourceSender};
+use super::stream::DataStream;
+use crate::config::{ExecutionConfig, RuntimeMode};
+use crate::error::{JobError, TaskError};
+use crate::graph::stream_graph::{ChainingStrategy, NodeKind, StreamEdge, StreamGraph, StreamNode};
+use crate::graph::Partitioning;
+use crate::runtime::build::{NodeRuntime, SourceFactory, SourceNodeRt};
+use crate::runtime::cluster::LocalCluster;
+use crate::runtime::job::JobHandle;
+use crate::runtime::metrics::JobResult;
+
+/// Declares and runs one job.
+pub struct StreamEnvironment {
+    cluster: LocalCluster,
+    pub(crate) graph: Rc<RefCell<StreamGraph>>,
+    config: ExecutionConfig,
+}
+
+impl std::fmt::Debug for StreamEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamEnvironment").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl StreamEnvironment {
+    pub(crate) fn new(cluster: LocalCluster) -> Self {
+        Self { cluster, graph: Rc::new(RefCell::new(StreamGraph::default())), config: ExecutionConfig::default() }
+    }
+
+    /// Default parallelism of operators (default: the number of slots).
+    pub fn set_parallelism(&mut self, parallelism: u32) -> &mut Self {
+        self.config.parallelism = Some(parallelism);
+        self
+    }
+
+    /// Number of key groups of keyed operators (default 128).
+    pub fn set_max_parallelism(&mut self, max_parallelism: u32) -> &mut Self {
+        self.config.max_parallelism = max_parallelism;
+        self
+    }
+
+    /// Longest time a record waits in a partly filled buffer while its producer is busy.
+    pub fn set_buffer_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.config.buffer_timeout = timeout;
+        self
+    }
+
+    /// Records per source step and per chain batch.
+    pub fn set_batch_size(&mut self, batch_size: usize) -> &mut Self {
+        self.config.batch_size = batch_size.max(1);
+        self
+    }
+
+    pub fn set_runtime_mode(&mut self, mode: RuntimeMode) -> &mut Self {
+        self.config.runtime_mode = mode;
+        self
+    }
+
+    pub fn config(&self) -> &ExecutionConfig {
+        &self.config
+    }
+
+    pub fn cluster(&self) -> &LocalCluster {
+        &self.cluster
+    }
+
+    pub(crate) fn add_source<T: Data>(
+        &self,
+        name: &str,
+        fixed_parallelism: Option<u32>,
+        factory: Arc<SourceFactory<T>>,
+    ) -> DataStream<T> {
+        let id = add_node(&self.graph, name, NodeKind::Source, fixed_parallelism, Arc::new(SourceNodeRt { factory }));
+        DataStream::from_node(self.graph.clone(), id)
+    }
+
+    /// The numbers in `range`, split into contiguous parts over the source's subtasks.
+    pub fn from_sequence(&self, range: Range<u64>) -> DataStream<u64> {
+        let start = range.start;
+        self.from_generator_named("Source: sequence", range.end.saturating_sub(range.start), move |i| start + i)
+    }
+
+    /// `f(0) .. f(count - 1)`, split into contiguous index ranges over the source's subtasks.
+    pub fn from_generator<T, F>(&self, count: u64, f: F) -> DataStream<T>
+    where
+        T: Data,
+        F: Fn(u64) -> T + Send + Sync + 'static,
+    {
+        self.from_generator_named("Source: generator", count, f)
+    }
+
+    fn from_generator_named<T, F>(&self, name: &str, count: u64, f: F) -> DataStream<T>
+    where
+        T: Data,
+        F: Fn(u64) -> T + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.add_source(
+            name,
+            None,
+            Arc::new(move |ctx| Ok(Box::new(GeneratorSource::split(f.clone(), count, ctx.subtask, ctx.parallelism)) as _)),
+        )
+    }
+
+    /// An unbounded generator: subtask i of p emits `f(i), f(i + p), f(i + 2p), …` until the
+    /// job is cancelled.
+    pub fn generate_unbounded<T, F>(&self, f: F) -> DataStream<T>
+    where
+        T: Data,
+        F: Fn(u64) -> T + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.add_source(
+            "Source: unbounded generator",
+            None,
+            Arc::new(move |ctx| Ok(Box::new(GeneratorSource::unbounded(f.clone(), ctx.subtask, ctx.parallelism)) as _)),
+        )
+    }
+
+    /// The items of an iterator, by one source subtask (not parallel).
+    pub fn from_iter<I>(&self, iter: I) -> DataStream<I::Item>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Data,
+    {
+        let slot = Mutex::new(Some(iter.into_iter()));
+        self.add_source(
+            "Source: iterator",
+            Some(1),
+            Arc::new(move |ctx| {
+                let iter = slot.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| TaskError::User {
+                    node: ctx.node,
+                    message: "the iterator of this source was consumed by an earlier run".into(),
+                })?;
+                Ok(Box::new(IterSource { iter }) as _)
+            }),
+        )
+    }
+
+    /// The lines of a text file, split by byte ranges over the source's subtasks. A line ends
+    /// at `\n` (a trailing `\r` is removed). Lines that are not valid UTF-8 are skipped, counted,
+    /// and reported as a job warning with the byte offset of the first one; they are never
+    /// passed on or dropped silently.
+    pub fn read_text_file(&self, path: impl Into<PathBuf>) -> DataStream<String> {
+        let path: PathBuf = path.into();
+        self.add_source(
+            "Source: text file",
+            None,
+            Arc::new(move |ctx| Ok(Box::new(FileLinesSource::open(&path, ctx)?) as _)),
+        )
+    }
+
+    /// A source fed by the host application through the returned sender, which blocks (or
+    /// refuses, with `try_send`) when `capacity` records are waiting: backpressure reaches the
+    /// host. The source ends when every sender has been dropped. Not parallel.
+    pub fn from_channel<T: Data>(&self, capacity: usize) -> (SourceSender<T>, DataStream<T>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let bell: Arc<OnceLock<Arc<Doorbell>>> = Arc::new(OnceLock::new());
+        let sender = SourceSender::new(tx, bell.clone());
+        let rx = Mutex::new(Some(rx));
+        let stream = self.add_source(
+            "Source: channel",
+            Some(1),
+            Arc::new(move |ctx| {
+                let rx = rx.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| TaskError::User {
+                    node: ctx.node,
+                    message: "a channel source can be run only once".into(),
+                })?;
+                let _ = bell.set(ctx.bell.clone());
+                Ok(Box::new(ChannelSource { rx }) as _)
+            }),
+        );
+        (sender, stream)
+    }
+
+    /// The plan this job would run with: chains, parallelism, partitioning, buffers.
+    pub fn explain(&self) -> Result<String, JobError> {
+        self.cluster.explain(&self.graph.borrow(), &self.config)
+    }
+
+    /// Starts the job and returns at once.
+    pub fn execute_async(self, name: &str) -> Result<JobHandle, JobError> {
+        let graph = std::mem::take(&mut *self.graph.borrow_mut());
+        self.cluster.submit(graph, self.config, name)
+    }
+
+    /// Runs the job to its end (all sources finished) and returns its result.
+    pub fn execute(self, name: &str) -> Result<JobResult, JobError> {
+        self.execute_async(name)?.join()
+    }
+}
+
+pub(crate) fn add_node(
+    graph: &Rc<RefCell<StreamGraph>>,
+    name: &str,
+    kind: NodeKind,
+    fixed_parallelism: Option<u32>,
+    runtime: Arc<dyn NodeRuntime>,
+) -> usize {
+    let mut g = graph.borrow_mut();
+    let id = g.nodes.len();
+    g.nodes.push(StreamNode {
+        id,
+        name: name.to_string(),
+        kind,
+        parallelism: None,
+        fixed_parallelism,
+        max_parallelism: None,
+        chaining: ChainingStrategy::Always,
+        runtime,
+    });
+    id
+}
+
+pub(crate) fn add_edge(
+    graph: &Rc<RefCell<StreamGraph>>,
+    from: usize,
+    to: usize,
+    partitioning: Option<Partitioning>,
+    key_hash: Option<Arc<dyn Any + Send + Sync>>,
+) {
+    graph.borrow_mut().edges.push(StreamEdge { from, to, partitioning, key_hash });
+}

@@ -1,0 +1,293 @@
+//! Built-in sinks: collect into the host application (a bounded channel it reads, with
+//! backpressure back into the job), print, discard, and text files. A sink is the end of a
+//! chain; a sink that cannot take more right now reports it through `poll_ready`, and the task
+//! stops feeding it until it can.
+
+use std::collections::VecDeque;
+use std::fmt::{Debug, Display};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corestream_netstack::record::deserialize;
+use corestream_netstack::{Data, Doorbell, Event, RecordIter};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use crate::error::TaskError;
+use crate::operators::{enter_node, Control, Emit, FlushReason, OperatorMetrics, Readiness};
+
+/// Error a sink reports; it fails the job, naming the sink.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a sink subtask knows about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkContext {
+    pub subtask: u32,
+    pub parallelism: u32,
+}
+
+/// A sink: the end of a stream.
+pub trait Sink<T: Data>: 'static {
+    /// Takes a batch; leaves it empty.
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError>;
+
+    /// Records of one exchange buffer, read in place. The default deserializes them.
+    fn write_archived(&mut self, records: RecordIter<'_, T>, scratch: &mut Vec<T>) -> Result<(), SinkError> {
+        scratch.extend(records.map(deserialize::<T>));
+        self.write_batch(scratch)
+    }
+
+    /// Whether the sink can take another batch now.
+    fn poll_ready(&mut self) -> bool {
+        true
+    }
+
+    /// The input has ended: write out anything buffered.
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// A sink as the last link of a chain.
+pub(crate) struct SinkLink<T: Data, S: Sink<T>> {
+    pub(crate) sink: S,
+    pub(crate) scratch: Vec<T>,
+    pub(crate) metrics: Arc<OperatorMetrics>,
+    pub(crate) node: usize,
+}
+
+impl<T: Data, S: Sink<T>> SinkLink<T, S> {
+    fn fail(&self, e: SinkError) -> TaskError {
+        TaskError::User { node: self.node, message: e.to_string() }
+    }
+}
+
+impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
+    fn emit_event(&mut self, _event: &Event) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn finish_step(&mut self, _max_records: usize) -> Result<bool, TaskError> {
+        enter_node(self.node);
+        self.sink.finish().map_err(|e| self.fail(e))?;
+        Ok(true)
+    }
+    fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
+        Ok(if self.sink.poll_ready() { Readiness::Ready } else { Readiness::Blocked })
+    }
+    fn flush(&mut self, _reason: FlushReason) -> Result<bool, TaskError> {
+        Ok(false)
+    }
+    fn has_unflushed(&self) -> bool {
+        false
+    }
+    fn close(&mut self) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn drain(&mut self) -> Result<bool, TaskError> {
+        Ok(true)
+    }
+}
+
+impl<T: Data, S: Sink<T>> Emit<T> for SinkLink<T, S> {
+    #[inline]
+    fn emit_batch(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError> {
+        self.metrics.add(batch.len(), 0);
+        enter_node(self.node);
+        self.sink.write_batch(batch).map_err(|e| self.fail(e))?;
+        batch.clear();
+        Ok(())
+    }
+
+    fn emit_archived(&mut self, bytes: &[u8]) -> Result<(), TaskError> {
+        self.metrics.add(RecordIter::<T>::new(bytes).count(), 0);
+        enter_node(self.node);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.sink.write_archived(RecordIter::new(bytes), &mut scratch);
+        scratch.clear();
+        self.scratch = scratch;
+        result.map_err(|e| self.fail(e))
+    }
+}
+
+/// Drops records (they are counted in the job result).
+pub(crate) struct DiscardSink;
+
+impl<T: Data> Sink<T> for DiscardSink {
+    #[inline]
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
+        batch.clear();
+        Ok(())
+    }
+
+    fn write_archived(&mut self, _records: RecordIter<'_, T>, _scratch: &mut Vec<T>) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Prints records to standard output, prefixed with `subtask>` when parallel (as Flink does).
+pub(crate) struct PrintSink {
+    pub(crate) prefix: Option<u32>,
+}
+
+impl<T: Data + Debug> Sink<T> for PrintSink {
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for r in batch.drain(..) {
+            match self.prefix {
+                Some(p) => writeln!(out, "{p}> {r:?}")?,
+                None => writeln!(out, "{r:?}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes one line per record (`Display`) to a file; with parallelism above one, `path` is a
+/// directory holding one `part-<subtask>` file per subtask.
+pub(crate) struct TextFileSink {
+    out: BufWriter<File>,
+}
+
+impl TextFileSink {
+    pub(crate) fn create(path: &Path, ctx: SinkContext) -> std::io::Result<Self> {
+        let file_path: PathBuf = if ctx.parallelism == 1 {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            path.to_path_buf()
+        } else {
+            std::fs::create_dir_all(path)?;
+            path.join(format!("part-{}", ctx.subtask))
+        };
+        Ok(Self { out: BufWriter::with_capacity(256 * 1024, File::create(file_path)?) })
+    }
+}
+
+impl<T: Data + Display> Sink<T> for TextFileSink {
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
+        for r in batch.drain(..) {
+            writeln!(self.out, "{r}")?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        Ok(())
+    }
+}
+
+/// Doorbells of the collect-sink subtasks, rung when the host has taken a record.
+#[derive(Default)]
+pub(crate) struct CollectShared {
+    pub(crate) bells: Mutex<Vec<Arc<Doorbell>>>,
+}
+
+impl CollectShared {
+    fn ring_all(&self) {
+        for b in self.bells.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            b.ring();
+        }
+    }
+}
+
+pub(crate) struct CollectSink<T> {
+    pub(crate) tx: Sender<T>,
+    pub(crate) pending: VecDeque<T>,
+}
+
+impl<T> CollectSink<T> {
+    fn push_pending(&mut self) -> Result<(), SinkError> {
+        while let Some(r) = self.pending.pop_front() {
+            match self.tx.try_send(r) {
+                Ok(()) => {}
+                Err(TrySendError::Full(r)) => {
+                    self.pending.push_front(r);
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err("the host application dropped the collect stream of this job; \
+                                records can no longer be delivered"
+                        .into())
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: Data> Sink<T> for CollectSink<T> {
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
+        self.pending.extend(batch.drain(..));
+        self.push_pending()
+    }
+
+    fn poll_ready(&mut self) -> bool {
+        // A disconnected receiver is reported by the next write.
+        let _ = self.push_pending();
+        self.pending.is_empty()
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        // Remaining records are delivered as the host reads; block-free: the task waits on
+        // readiness before finishing (see the task loop), so `pending` is empty here.
+        self.push_pending()?;
+        if self.pending.is_empty() {
+            Ok(())
+        } else {
+            Err("collect sink finished with undelivered records".into())
+        }
+    }
+}
+
+/// The host application's end of a collect sink: an iterator over the job's output that ends
+/// when the job has ended. Reading slowly slows the job down (backpressure), never buffers
+/// without bound.
+pub struct CollectStream<T> {
+    pub(crate) rx: Receiver<T>,
+    pub(crate) shared: Arc<CollectShared>,
+}
+
+impl<T> std::fmt::Debug for CollectStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectStream").field("queued", &self.rx.len()).finish()
+    }
+}
+
+impl<T> CollectStream<T> {
+    pub(crate) fn new(capacity: usize) -> (Sender<T>, Self) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        (tx, Self { rx, shared: Arc::new(CollectShared::default()) })
+    }
+
+    /// The next record, waiting at most `timeout`; `Ok(None)` when the job has ended.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<T>, RecvTimeoutError> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(r) => {
+                self.shared.ring_all();
+                Ok(Some(r))
+            }
+            Err(RecvTimeoutError::Disconnected) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records waiting to be read.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+impl<T> Iterator for CollectStream<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        let r = self.rx.recv().ok()?;
+        self.shared.ring_all();
+        Some(r)
+    }
+}

@@ -1,0 +1,71 @@
+//! Cluster and job configuration with the defaults a user gets without asking.
+
+use std::time::Duration;
+
+use corestream_netstack::CreditConfig;
+
+/// How bounded jobs are executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeMode {
+    /// Keyed aggregations emit every update (Flink STREAMING).
+    #[default]
+    Streaming,
+    /// Keyed aggregations emit one final result per key when the input ends (Flink BATCH).
+    Batch,
+}
+
+/// Settings of a local cluster (one TaskManager with its slots, and the JobManager).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Number of slots; `None` means one per physical core (found with hwloc).
+    pub slots: Option<u32>,
+    /// 32 KB buffers in the TaskManager's pool, shared by all jobs.
+    pub network_buffers: u32,
+    pub credit: CreditConfig,
+    /// Registered io_uring memory per slot executor (counts against RLIMIT_MEMLOCK).
+    pub io_memory_bytes: usize,
+    /// Time slice after which a busy task yields to the other tasks of its slot.
+    pub preempt_timer: Duration,
+    /// Pin each slot to a core (disable only for debugging).
+    pub pin_slots: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            slots: None,
+            network_buffers: 2048,
+            credit: CreditConfig::default(),
+            io_memory_bytes: 512 * 1024,
+            preempt_timer: Duration::from_millis(1),
+            pin_slots: true,
+        }
+    }
+}
+
+/// Settings of one job.
+#[derive(Debug, Clone)]
+pub struct ExecutionConfig {
+    /// Default parallelism of operators; `None` means the number of slots.
+    pub parallelism: Option<u32>,
+    /// Number of key groups of keyed operators.
+    pub max_parallelism: u32,
+    /// Longest time a record may wait in a partly filled buffer while the producer is busy.
+    /// Zero flushes after every batch. An idle producer flushes at once regardless.
+    pub buffer_timeout: Duration,
+    /// Records a source emits per step, and the unit in which chains pass records.
+    pub batch_size: usize,
+    pub runtime_mode: RuntimeMode,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        Self {
+            parallelism: None,
+            max_parallelism: corestream_state::DEFAULT_MAX_PARALLELISM,
+            buffer_timeout: Duration::from_millis(1),
+            batch_size: 1024,
+            runtime_mode: RuntimeMode::Streaming,
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Typed errors of the engine: what failed, on what, and what to do about it.
+
+use std::sync::Arc;
+
+use corestream_netstack::{NetError, RecordError};
+use thiserror::Error;
+
+/// Why a cluster could not start.
+#[derive(Debug, Error)]
+pub enum StartupError {
+    #[error(
+        "RLIMIT_MEMLOCK is {limit_kib} KiB but {slots} slot(s) need at least {needed_kib} KiB of locked memory \
+         for their io_uring executors; raise it with `ulimit -l {needed_kib}` (or `LimitMEMLOCK=` in a systemd unit, \
+         `memlock` in /etc/security/limits.conf), run with CAP_IPC_LOCK, or start fewer slots"
+    )]
+    MemlockTooLow { limit_kib: u64, needed_kib: u64, slots: u32 },
+    #[error(
+        "io_uring is disabled on this machine (/proc/sys/kernel/io_uring_disabled = {value}); \
+         enable it with `sysctl kernel.io_uring_disabled=0`"
+    )]
+    IoUringDisabled { value: String },
+    #[error("io_uring is not usable here: {message}; corestream needs Linux 5.8+ with io_uring allowed (check seccomp and container policies)")]
+    IoUringUnavailable { message: String },
+    #[error("invalid cluster configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// Why a job failed.
+#[derive(Debug, Error, Clone)]
+pub enum JobError {
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    #[error("operator '{operator}' (subtask {subtask} of {parallelism}) failed: {message}")]
+    OperatorFailed { operator: String, subtask: u32, parallelism: u32, message: String },
+    #[error("operator '{operator}' (subtask {subtask}) could not write a record: {source}")]
+    Record { operator: String, subtask: u32, source: RecordError },
+    #[error(transparent)]
+    Network(#[from] NetError),
+    #[error(
+        "not enough free slots: the job needs {needed} slot(s) (its highest parallelism) but {free} of {total} are free; \
+         lower the parallelism or start the cluster with more slots"
+    )]
+    NotEnoughSlots { needed: u32, free: u32, total: u32 },
+    #[error("slot {slot} could not start its executor: {message}")]
+    SlotStart { slot: u32, message: String },
+    #[error("{what} '{path}': {source}")]
+    Io { what: String, path: String, source: Arc<std::io::Error> },
+    #[error("the job was cancelled")]
+    Cancelled,
+}
+
+impl JobError {
+    /// Whether running the job again could succeed without changing it (for restart strategies).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, JobError::Network(_) | JobError::NotEnoughSlots { .. } | JobError::SlotStart { .. })
+    }
+}
+
+/// A failure inside a task, before it is attributed to an operator name.
+#[derive(Debug, Clone)]
+pub(crate) enum TaskError {
+    User { node: usize, message: String },
+    Record { node: usize, source: RecordError },
+    Net(NetError),
+    Io { what: String, path: String, source: Arc<std::io::Error> },
+    Cancelled,
+}
+
+impl From<NetError> for TaskError {
+    fn from(e: NetError) -> Self {
+        TaskError::Net(e)
+    }
+}

@@ -1,0 +1,193 @@
+//! Building a task's chain on its slot thread from the type-erased nodes of the graph. Each
+//! node knows its own record types; the chain is assembled tail first, each node wrapping the
+//! `Box<dyn Emit<Out>>` of its successor into the `Box<dyn Emit<In>>` it exposes. The boxes
+//! travel between nodes as `Box<dyn Any>` and are downcast by the node that knows the type, so
+//! a mismatch is impossible for graphs built through the typed DataStream API.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use corestream_netstack::{Data, Doorbell, OutputChannel};
+
+use super::job::JobShared;
+use super::metrics::TaskCounters;
+use super::output::NetworkOutput;
+use crate::api::sources::{Source, SourceContext, SourceStatus};
+use crate::config::RuntimeMode;
+use crate::error::TaskError;
+use crate::graph::Partitioning;
+use crate::operators::{enter_node, Control, Emit, NullEmit, OperatorMetrics};
+
+pub(crate) type AnyBox = Box<dyn Any>;
+
+/// Hash of a record's key, for hash-partitioned exchanges.
+pub(crate) type KeyHashFn<T> = dyn Fn(&T) -> u64 + Send + Sync;
+
+/// What a node needs to build its part of one subtask.
+pub(crate) struct BuildCtx<'a> {
+    pub node: usize,
+    pub subtask: u32,
+    pub parallelism: u32,
+    pub mode: RuntimeMode,
+    pub metrics: Arc<OperatorMetrics>,
+    pub bell: Arc<Doorbell>,
+    pub job: &'a Arc<JobShared>,
+}
+
+/// One exchange leaving a task, ready to be written to.
+pub(crate) struct OutputEdgeRt {
+    pub partitioning: Partitioning,
+    pub channels: Vec<OutputChannel>,
+    pub key_hash: Option<Arc<dyn Any + Send + Sync>>,
+    pub consumer_parallelism: u32,
+    pub max_parallelism: u32,
+}
+
+/// Settings of a task's network output.
+pub(crate) struct OutputCtx {
+    pub pool: corestream_netstack::BufferPool,
+    pub counters: Arc<TaskCounters>,
+    pub node: usize,
+    pub max_backlog: u32,
+    pub subtask: u32,
+}
+
+/// The input side of a task fed by an exchange.
+pub(crate) trait TaskInput {
+    fn on_buffer(&mut self, bytes: &[u8]) -> Result<(), TaskError>;
+    fn chain(&mut self) -> &mut dyn Control;
+}
+
+/// The source side of a task.
+pub(crate) trait TaskSource {
+    fn step(&mut self, max_records: usize) -> Result<SourceStatus, TaskError>;
+    fn chain(&mut self) -> &mut dyn Control;
+}
+
+/// A graph node, type-erased.
+pub(crate) trait NodeRuntime: Send + Sync {
+    /// Wraps the successor (`Box<dyn Emit<Out>>`) and returns `Box<dyn Emit<In>>`.
+    fn link(&self, ctx: &BuildCtx<'_>, next: AnyBox) -> Result<AnyBox, TaskError>;
+    /// The network output for this node's records (`Box<dyn Emit<Out>>`).
+    fn output(&self, edges: Vec<OutputEdgeRt>, ctx: OutputCtx) -> AnyBox;
+    /// The task input feeding this node's chain (`chain` is `Box<dyn Emit<In>>`).
+    fn head(&self, chain: AnyBox) -> Box<dyn TaskInput>;
+    /// The source runner of a source node (`chain` is `Box<dyn Emit<Out>>`).
+    fn source(&self, ctx: &BuildCtx<'_>, chain: AnyBox) -> Result<Box<dyn TaskSource>, TaskError>;
+}
+
+fn downcast<T: 'static>(b: AnyBox, what: &str) -> T {
+    match b.downcast::<T>() {
+        Ok(v) => *v,
+        Err(_) => panic!("internal error: chain link type mismatch building {what}"),
+    }
+}
+
+fn output_for<O: Data>(edges: Vec<OutputEdgeRt>, ctx: OutputCtx) -> AnyBox {
+    let emit: Box<dyn Emit<O>> =
+        if edges.is_empty() { Box::new(NullEmit) } else { Box::new(NetworkOutput::<O>::new(edges, ctx)) };
+    Box::new(emit)
+}
+
+struct HeadAdapter<I: Data> {
+    chain: Box<dyn Emit<I>>,
+}
+
+impl<I: Data> TaskInput for HeadAdapter<I> {
+    fn on_buffer(&mut self, bytes: &[u8]) -> Result<(), TaskError> {
+        self.chain.emit_archived(bytes)
+    }
+
+    fn chain(&mut self) -> &mut dyn Control {
+        &mut *self.chain
+    }
+}
+
+/// Builds a source for one subtask.
+pub(crate) type SourceFactory<T> = dyn Fn(&SourceContext) -> Result<Box<dyn Source<T>>, TaskError> + Send + Sync;
+
+pub(crate) struct SourceNodeRt<T: Data> {
+    pub factory: Arc<SourceFactory<T>>,
+}
+
+struct SourceRunner<T: Data> {
+    source: Box<dyn Source<T>>,
+    batch: Vec<T>,
+    chain: Box<dyn Emit<T>>,
+    metrics: Arc<OperatorMetrics>,
+    node: usize,
+}
+
+impl<T: Data> TaskSource for SourceRunner<T> {
+    fn step(&mut self, max_records: usize) -> Result<SourceStatus, TaskError> {
+        enter_node(self.node);
+        let status = self.source.next_batch(&mut self.batch, max_records)?;
+        self.metrics.add(0, self.batch.len());
+        if !self.batch.is_empty() {
+            self.chain.emit_batch(&mut self.batch)?;
+        }
+        Ok(status)
+    }
+
+    fn chain(&mut self) -> &mut dyn Control {
+        &mut *self.chain
+    }
+}
+
+impl<T: Data> NodeRuntime for SourceNodeRt<T> {
+    fn link(&self, ctx: &BuildCtx<'_>, _next: AnyBox) -> Result<AnyBox, TaskError> {
+        panic!("internal error: source node {} placed inside a chain", ctx.node)
+    }
+
+    fn output(&self, edges: Vec<OutputEdgeRt>, ctx: OutputCtx) -> AnyBox {
+        output_for::<T>(edges, ctx)
+    }
+
+    fn head(&self, _chain: AnyBox) -> Box<dyn TaskInput> {
+        panic!("internal error: a source has no exchange input")
+    }
+
+    fn source(&self, ctx: &BuildCtx<'_>, chain: AnyBox) -> Result<Box<dyn TaskSource>, TaskError> {
+        let chain: Box<dyn Emit<T>> = downcast(chain, "source output");
+        let sctx = SourceContext {
+            subtask: ctx.subtask,
+            parallelism: ctx.parallelism,
+            bell: ctx.bell.clone(),
+            node: ctx.node,
+            job: ctx.job.clone(),
+        };
+        enter_node(ctx.node);
+        let source = (self.factory)(&sctx)?;
+        Ok(Box::new(SourceRunner { source, batch: Vec::new(), chain, metrics: ctx.metrics.clone(), node: ctx.node }))
+    }
+}
+
+/// Builds the chain link of an operator (or sink) for one subtask, given its successor.
+pub(crate) type LinkFactory<I, O> =
+    dyn Fn(&BuildCtx<'_>, Box<dyn Emit<O>>) -> Result<Box<dyn Emit<I>>, TaskError> + Send + Sync;
+
+pub(crate) struct OperatorNodeRt<I: Data, O: Data> {
+    pub factory: Arc<LinkFactory<I, O>>,
+}
+
+impl<I: Data, O: Data> NodeRuntime for OperatorNodeRt<I, O> {
+    fn link(&self, ctx: &BuildCtx<'_>, next: AnyBox) -> Result<AnyBox, TaskError> {
+        let next: Box<dyn Emit<O>> = downcast(next, "operator output");
+        enter_node(ctx.node);
+        let link = (self.factory)(ctx, next)?;
+        Ok(Box::new(link))
+    }
+
+    fn output(&self, edges: Vec<OutputEdgeRt>, ctx: OutputCtx) -> AnyBox {
+        output_for::<O>(edges, ctx)
+    }
+
+    fn head(&self, chain: AnyBox) -> Box<dyn TaskInput> {
+        let chain: Box<dyn Emit<I>> = downcast(chain, "task input");
+        Box::new(HeadAdapter { chain })
+    }
+
+    fn source(&self, ctx: &BuildCtx<'_>, _chain: AnyBox) -> Result<Box<dyn TaskSource>, TaskError> {
+        panic!("internal error: operator node {} used as a source", ctx.node)
+    }
+}

@@ -1,0 +1,332 @@
+//! The local cluster: a JobManager and one TaskManager in this process, the default for
+//! embedding, tests and `corestream run`. It owns the TaskManager's slots (each with the CPU it
+//! is pinned to) and its buffer pool. Submitting a job resolves parallelism and partitioning,
+//! chains operators, lays out channels, leases slots and reserves buffers, then starts one slot
+//! thread per leased slot. Several jobs may run at once on disjoint slots; nothing is global.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use corestream_netstack::{BufferPool, Doorbell, LocalChannel, OutputChannel};
+
+use super::build::OutputEdgeRt;
+use super::job::{JobHandle, JobMetrics, JobShared};
+use super::metrics::TaskCounters;
+use super::slot::{self, SlotSettings, TaskBuild};
+use super::startup;
+use super::topology::Topology;
+use crate::api::env::StreamEnvironment;
+use crate::config::{ClusterConfig, ExecutionConfig};
+use crate::error::{JobError, StartupError};
+use crate::graph::job_graph::{self, EdgeDesc, NodeDesc};
+use crate::graph::stream_graph::{NodeKind, StreamGraph};
+use crate::graph::{execution, explain, Partitioning};
+use crate::operators::OperatorMetrics;
+
+pub(crate) struct ClusterInner {
+    pub config: ClusterConfig,
+    pub slot_cpus: Vec<Option<usize>>,
+    busy: Mutex<Vec<bool>>,
+    pub pool: BufferPool,
+    pub topology: Topology,
+}
+
+/// An embedded cluster.
+#[derive(Clone)]
+pub struct LocalCluster {
+    pub(crate) inner: Arc<ClusterInner>,
+}
+
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster").field("slots", &self.inner.slot_cpus).finish_non_exhaustive()
+    }
+}
+
+/// Slots held by a running job; released when the job's handle is dropped.
+pub(crate) struct SlotLease {
+    cluster: Arc<ClusterInner>,
+    slots: Vec<u32>,
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        let mut busy = self.cluster.busy.lock().unwrap_or_else(|e| e.into_inner());
+        for s in &self.slots {
+            busy[*s as usize] = false;
+        }
+    }
+}
+
+impl LocalCluster {
+    /// Starts a cluster after checking the machine (io_uring, locked-memory limit).
+    pub fn start(config: ClusterConfig) -> Result<Self, StartupError> {
+        let topology = Topology::detect();
+        let slots = config.slots.unwrap_or(topology.physical_cores() as u32);
+        if slots == 0 {
+            return Err(StartupError::InvalidConfig("slots must be at least 1".into()));
+        }
+        if config.network_buffers == 0 {
+            return Err(StartupError::InvalidConfig("network_buffers must be at least 1".into()));
+        }
+        startup::check(slots, config.io_memory_bytes)?;
+        if slots as usize > topology.physical_cores() {
+            tracing::warn!(
+                slots,
+                cores = topology.physical_cores(),
+                "more slots than physical cores: slots will share cores and interfere with each other"
+            );
+        }
+        let slot_cpus = topology.slot_cpus(slots).into_iter().map(|c| config.pin_slots.then_some(c)).collect();
+        tracing::info!(slots, topology = topology.source, buffers = config.network_buffers, "local cluster started");
+        Ok(Self {
+            inner: Arc::new(ClusterInner {
+                pool: BufferPool::new(config.network_buffers),
+                busy: Mutex::new(vec![false; slots as usize]),
+                slot_cpus,
+                topology,
+                config,
+            }),
+        })
+    }
+
+    /// A cluster with default settings (one slot per physical core).
+    pub fn start_default() -> Result<Self, StartupError> {
+        Self::start(ClusterConfig::default())
+    }
+
+    pub fn num_slots(&self) -> u32 {
+        self.inner.slot_cpus.len() as u32
+    }
+
+    /// The CPU each slot is pinned to (`None` when pinning is disabled).
+    pub fn slot_cpus(&self) -> &[Option<usize>] {
+        &self.inner.slot_cpus
+    }
+
+    pub fn physical_cores(&self) -> usize {
+        self.inner.topology.physical_cores()
+    }
+
+    /// The TaskManager's buffer pool.
+    pub fn pool(&self) -> &BufferPool {
+        &self.inner.pool
+    }
+
+    /// A new environment for building one job on this cluster.
+    pub fn environment(&self) -> StreamEnvironment {
+        StreamEnvironment::new(self.clone())
+    }
+
+    fn lease(&self, needed: u32) -> Result<SlotLease, JobError> {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let free: Vec<u32> = (0..busy.len() as u32).filter(|s| !busy[*s as usize]).collect();
+        if (free.len() as u32) < needed {
+            return Err(JobError::NotEnoughSlots { needed, free: free.len() as u32, total: busy.len() as u32 });
+        }
+        let slots: Vec<u32> = free.into_iter().take(needed as usize).collect();
+        for s in &slots {
+            busy[*s as usize] = true;
+        }
+        Ok(SlotLease { cluster: self.inner.clone(), slots })
+    }
+
+    /// Resolves parallelism and partitioning, validating the graph.
+    pub(crate) fn resolve(
+        &self,
+        graph: &StreamGraph,
+        exec: &ExecutionConfig,
+    ) -> Result<(Vec<NodeDesc>, Vec<EdgeDesc>), JobError> {
+        if let Some(first) = graph.errors.first() {
+            return Err(JobError::InvalidJob(first.clone()));
+        }
+        if graph.nodes.is_empty() {
+            return Err(JobError::InvalidJob("the job has no operators".into()));
+        }
+        if !graph.nodes.iter().any(|n| n.kind == NodeKind::Sink) {
+            return Err(JobError::InvalidJob(
+                "the job has no sink: add one (collect, print, discard, write_as_text, add_sink)".into(),
+            ));
+        }
+        let default_p = exec.parallelism.unwrap_or(self.num_slots());
+        if default_p == 0 {
+            return Err(JobError::InvalidJob("parallelism must be at least 1".into()));
+        }
+        let mut nodes = Vec::new();
+        for n in &graph.nodes {
+            let p = match (n.fixed_parallelism, n.parallelism) {
+                (Some(fixed), Some(asked)) if fixed != asked => {
+                    return Err(JobError::InvalidJob(format!(
+                        "'{}' is not a parallel operator: its parallelism is {fixed}, not {asked}",
+                        n.name
+                    )))
+                }
+                (Some(fixed), _) => fixed,
+                (None, Some(asked)) => asked,
+                (None, None) => default_p,
+            };
+            let max_p = n.max_parallelism.unwrap_or(exec.max_parallelism);
+            if p == 0 {
+                return Err(JobError::InvalidJob(format!("'{}' has parallelism 0", n.name)));
+            }
+            if max_p == 0 || max_p > corestream_state::MAX_MAX_PARALLELISM {
+                return Err(JobError::InvalidJob(format!(
+                    "'{}' has max parallelism {max_p}; it must be in 1..={}",
+                    n.name,
+                    corestream_state::MAX_MAX_PARALLELISM
+                )));
+            }
+            if p > max_p {
+                return Err(JobError::InvalidJob(format!(
+                    "'{}' has parallelism {p} above its max parallelism {max_p} (the number of key groups)",
+                    n.name
+                )));
+            }
+            nodes.push(NodeDesc {
+                id: n.id,
+                name: n.name.clone(),
+                kind: n.kind,
+                parallelism: p,
+                max_parallelism: max_p,
+                chaining: n.chaining,
+            });
+        }
+        let mut edges = Vec::new();
+        for (index, e) in graph.edges.iter().enumerate() {
+            let (up, down) = (&nodes[e.from], &nodes[e.to]);
+            let partitioning = e.partitioning.unwrap_or(Partitioning::default_for(up.parallelism, down.parallelism));
+            if partitioning == Partitioning::Forward && up.parallelism != down.parallelism {
+                return Err(JobError::InvalidJob(format!(
+                    "forward partitioning from '{}' (parallelism {}) to '{}' (parallelism {}) needs equal parallelism; \
+                     use rebalance() or rescale()",
+                    up.name, up.parallelism, down.name, down.parallelism
+                )));
+            }
+            edges.push(EdgeDesc { index, from: e.from, to: e.to, partitioning });
+        }
+        Ok((nodes, edges))
+    }
+
+    /// The plan of a job, as text.
+    pub(crate) fn explain(&self, graph: &StreamGraph, exec: &ExecutionConfig) -> Result<String, JobError> {
+        let (nodes, edges) = self.resolve(graph, exec)?;
+        let jg = job_graph::build(&nodes, &edges);
+        let plan = execution::plan(&jg, &self.inner.config.credit);
+        Ok(explain::render(&jg, &plan))
+    }
+
+    /// Deploys a job and returns at once.
+    pub(crate) fn submit(&self, graph: StreamGraph, exec: ExecutionConfig, name: &str) -> Result<JobHandle, JobError> {
+        let (nodes, edges) = self.resolve(&graph, &exec)?;
+        let jg = job_graph::build(&nodes, &edges);
+        let credit = self.inner.config.credit;
+        let plan = execution::plan(&jg, &credit);
+        let plan_text = explain::render(&jg, &plan);
+        let lease = self.lease(plan.slots_needed)?;
+        let reservation = self.inner.pool.reserve(plan.buffers_needed)?;
+        let shared = Arc::new(JobShared::new(
+            name.to_string(),
+            nodes.iter().map(|n| n.name.clone()).collect(),
+            nodes.iter().map(|n| n.parallelism).collect(),
+        ));
+
+        let bells: Vec<Arc<Doorbell>> = plan.tasks.iter().map(|_| Arc::new(Doorbell::new())).collect();
+        bells.iter().for_each(|b| shared.add_bell(b.clone()));
+        let task_index = |vertex: usize, subtask: u32| {
+            plan.tasks.iter().position(|t| t.vertex == vertex && t.subtask == subtask).expect("task exists")
+        };
+        let channels: Vec<Arc<LocalChannel>> = plan
+            .channels
+            .iter()
+            .map(|c| {
+                let e = &jg.edges[c.edge];
+                let producer = &bells[task_index(e.source, c.producer)];
+                let consumer = &bells[task_index(e.target, c.consumer)];
+                LocalChannel::new(credit.exclusive_per_channel, producer.clone(), consumer.clone())
+            })
+            .collect();
+
+        let op_metrics: Vec<Vec<Arc<OperatorMetrics>>> = nodes
+            .iter()
+            .map(|n| (0..n.parallelism).map(|_| Arc::new(OperatorMetrics::default())).collect())
+            .collect();
+        let mut metrics = JobMetrics {
+            operators: nodes.iter().map(|n| (n.id, n.name.clone(), n.parallelism, op_metrics[n.id].clone())).collect(),
+            tasks: Vec::new(),
+        };
+
+        let mut per_slot: Vec<Vec<TaskBuild>> = (0..plan.slots_needed).map(|_| Vec::new()).collect();
+        for (t, spec) in plan.tasks.iter().enumerate() {
+            let vertex = &jg.vertices[spec.vertex];
+            let counters = Arc::new(TaskCounters::default());
+            let slot = lease.slots[spec.slot as usize];
+            metrics.tasks.push((vertex.name.clone(), spec.subtask, slot, counters.clone()));
+            let outputs = spec
+                .outputs
+                .iter()
+                .map(|o| {
+                    let e = &jg.edges[o.edge];
+                    OutputEdgeRt {
+                        partitioning: e.partitioning,
+                        channels: o.channels.iter().map(|c| OutputChannel::new(channels[*c].clone(), &credit)).collect(),
+                        key_hash: graph.edges[e.stream_edge].key_hash.clone(),
+                        consumer_parallelism: jg.vertices[e.target].parallelism,
+                        max_parallelism: nodes[e.to_node].max_parallelism,
+                    }
+                })
+                .collect();
+            let head = vertex.nodes[0];
+            per_slot[spec.slot as usize].push(TaskBuild {
+                subtask: spec.subtask,
+                parallelism: vertex.parallelism,
+                mode: exec.runtime_mode,
+                nodes: vertex
+                    .nodes
+                    .iter()
+                    .map(|n| (*n, graph.nodes[*n].runtime.clone(), op_metrics[*n][spec.subtask as usize].clone()))
+                    .collect(),
+                head_is_source: nodes[head].kind == NodeKind::Source,
+                outputs,
+                inputs: spec.inputs.iter().map(|c| channels[*c].clone()).collect(),
+                credit,
+                bell: bells[t].clone(),
+                counters,
+                pool: self.inner.pool.clone(),
+                buffer_timeout: exec.buffer_timeout,
+                batch_size: exec.batch_size,
+            });
+        }
+        drop(channels);
+        drop(graph);
+
+        tracing::info!(job = name, tasks = plan.tasks.len(), buffers = plan.buffers_needed, "deploying job");
+        let started = Instant::now();
+        let mut threads = Vec::new();
+        for (i, tasks) in per_slot.into_iter().enumerate() {
+            let slot = lease.slots[i];
+            let settings = SlotSettings {
+                slot,
+                cpu: self.inner.slot_cpus[slot as usize],
+                io_memory_bytes: self.inner.config.io_memory_bytes,
+                preempt_timer: self.inner.config.preempt_timer,
+            };
+            match slot::spawn(settings, tasks, shared.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    shared.fail(JobError::SlotStart { slot, message: e.to_string() });
+                    break;
+                }
+            }
+        }
+        Ok(JobHandle {
+            shared,
+            threads,
+            started,
+            metrics,
+            plan: plan_text,
+            buffers_reserved: plan.buffers_needed,
+            _reservation: reservation,
+            _slots: lease,
+        })
+    }
+}

@@ -1,0 +1,229 @@
+//! A running job: its shared control block (cancellation, the first failure, the doorbells of
+//! every task, warnings) and the [`JobHandle`] its owner uses to watch, cancel and join it.
+//! Joining waits for every slot thread, so when `join` returns every task has ended and every
+//! buffer the job held is back in the pool.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use corestream_netstack::{Doorbell, PoolReservation};
+
+use super::cluster::SlotLease;
+use super::metrics::{JobResult, JobStatus, JobWarning, OperatorSummary, TaskCounters, TaskSummary};
+use crate::error::{JobError, TaskError};
+use crate::operators::OperatorMetrics;
+
+pub(crate) struct JobShared {
+    pub name: String,
+    cancelled: AtomicBool,
+    user_cancelled: AtomicBool,
+    failure: Mutex<Option<JobError>>,
+    bells: Mutex<Vec<Arc<Doorbell>>>,
+    warnings: Mutex<Vec<JobWarning>>,
+    pub node_names: Vec<String>,
+    pub node_parallelism: Vec<u32>,
+}
+
+impl JobShared {
+    pub(crate) fn new(name: String, node_names: Vec<String>, node_parallelism: Vec<u32>) -> Self {
+        Self {
+            name,
+            cancelled: AtomicBool::new(false),
+            user_cancelled: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            bells: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
+            node_names,
+            node_parallelism,
+        }
+    }
+
+    pub(crate) fn add_bell(&self, bell: Arc<Doorbell>) {
+        self.bells.lock().unwrap_or_else(|e| e.into_inner()).push(bell);
+    }
+
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    fn cancel_all(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        for bell in self.bells.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            bell.ring();
+        }
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.user_cancelled.store(true, Ordering::Release);
+        self.cancel_all();
+    }
+
+    /// Records a failure (the first one wins) and cancels every other task.
+    pub(crate) fn fail(&self, error: JobError) {
+        {
+            let mut slot = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                tracing::error!(job = %self.name, %error, "job failed");
+                *slot = Some(error);
+            }
+        }
+        self.cancel_all();
+    }
+
+    pub(crate) fn fail_task(&self, error: TaskError, subtask: u32) {
+        let name = |node: usize| self.node_names.get(node).cloned().unwrap_or_else(|| format!("node {node}"));
+        let job_error = match error {
+            TaskError::Cancelled => return,
+            TaskError::User { node, message } => JobError::OperatorFailed {
+                operator: name(node),
+                subtask,
+                parallelism: self.node_parallelism.get(node).copied().unwrap_or(0),
+                message,
+            },
+            TaskError::Record { node, source } => JobError::Record { operator: name(node), subtask, source },
+            TaskError::Net(e) => JobError::Network(e),
+            TaskError::Io { what, path, source } => JobError::Io { what, path, source },
+        };
+        self.fail(job_error);
+    }
+
+    pub(crate) fn warn(&self, warning: JobWarning) {
+        tracing::warn!(operator = %warning.operator, subtask = warning.subtask, "{}", warning.message);
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(warning);
+    }
+
+    fn failure(&self) -> Option<JobError> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Live counters of a job, for results and progress.
+pub(crate) struct JobMetrics {
+    /// (node id, name, parallelism, per-subtask metrics)
+    pub operators: Vec<(usize, String, u32, Vec<Arc<OperatorMetrics>>)>,
+    /// (task name, subtask, slot, counters)
+    pub tasks: Vec<(String, u32, u32, Arc<TaskCounters>)>,
+}
+
+/// A submitted job.
+pub struct JobHandle {
+    pub(crate) shared: Arc<JobShared>,
+    pub(crate) threads: Vec<JoinHandle<()>>,
+    pub(crate) started: Instant,
+    pub(crate) metrics: JobMetrics,
+    pub(crate) plan: String,
+    pub(crate) buffers_reserved: u32,
+    pub(crate) _reservation: PoolReservation,
+    pub(crate) _slots: SlotLease,
+}
+
+impl std::fmt::Debug for JobHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHandle").field("job", &self.shared.name).finish_non_exhaustive()
+    }
+}
+
+impl JobHandle {
+    /// Asks every task to stop; `join` then returns a result with status `Cancelled`.
+    pub fn cancel(&self) {
+        self.shared.cancel();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// The job's plan as printed by `explain`.
+    pub fn plan(&self) -> &str {
+        &self.plan
+    }
+
+    /// Counters so far.
+    pub fn snapshot(&self) -> JobResult {
+        self.result(JobStatus::Finished, self.started.elapsed())
+    }
+
+    /// Waits for the job to end.
+    pub fn join(mut self) -> Result<JobResult, JobError> {
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                self.shared.fail(JobError::InvalidJob("a slot thread panicked outside any task".into()));
+            }
+        }
+        let wall = self.started.elapsed();
+        if let Some(err) = self.shared.failure() {
+            return Err(err);
+        }
+        let status = if self.shared.user_cancelled.load(Ordering::Acquire) {
+            JobStatus::Cancelled
+        } else {
+            JobStatus::Finished
+        };
+        Ok(self.result(status, wall))
+    }
+
+    fn result(&self, status: JobStatus, wall_time: Duration) -> JobResult {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let operators = self
+            .metrics
+            .operators
+            .iter()
+            .map(|(node, name, parallelism, subtasks)| {
+                let per_subtask: Vec<(u64, u64)> =
+                    subtasks.iter().map(|m| (load(&m.records_in), load(&m.records_out))).collect();
+                OperatorSummary {
+                    node: *node,
+                    name: name.clone(),
+                    parallelism: *parallelism,
+                    records_in: per_subtask.iter().map(|p| p.0).sum(),
+                    records_out: per_subtask.iter().map(|p| p.1).sum(),
+                    per_subtask,
+                }
+            })
+            .collect();
+        let tasks = self
+            .metrics
+            .tasks
+            .iter()
+            .map(|(task, subtask, slot, c)| TaskSummary {
+                task: task.clone(),
+                subtask: *subtask,
+                slot: *slot,
+                buffers_in: load(&c.buffers_in),
+                buffers_out: load(&c.buffers_out),
+                bytes_out: load(&c.bytes_out),
+                flushes_full: load(&c.flushes_full),
+                flushes_idle: load(&c.flushes_idle),
+                flushes_timeout: load(&c.flushes_timeout),
+                backpressure_waits: load(&c.backpressure_waits),
+                backpressure_time: Duration::from_nanos(load(&c.backpressure_ns)),
+                credit_stalls: load(&c.credit_stalls),
+            })
+            .collect();
+        JobResult {
+            job_name: self.shared.name.clone(),
+            status,
+            wall_time,
+            operators,
+            tasks,
+            warnings: self.shared.warnings.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            buffers_reserved: self.buffers_reserved,
+            plan: self.plan.clone(),
+        }
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            // A handle dropped without join: stop the job and wait, so no task outlives it.
+            self.shared.cancel();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The slot runtime: a [`cluster::LocalCluster`] (JobManager and one TaskManager in this
+//! process) checks the machine at start-up ([`startup`]), places slots on cores
+//! ([`topology`]), and runs each job's subtasks as cooperative tasks on the slots' glommio
+//! executors ([`slot`], [`task`]). A chain's records leave the task through
+//! [`output::NetworkOutput`] into the credit-based channels of `corestream-netstack`.
+
+pub mod build;
+pub mod cluster;
+pub mod job;
+pub mod metrics;
+pub mod output;
+pub mod slot;
+pub mod startup;
+pub mod task;
+pub mod topology;

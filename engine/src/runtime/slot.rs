@@ -1,0 +1,146 @@
+//! A slot: one thread named `cs-slot-<n>`, running one glommio `LocalExecutor` pinned to one
+//! CPU, hosting one subtask of each chain of a job (slot sharing). The thread builds the chains
+//! of its tasks (chains are not `Send`; they live and die on their slot), spawns each task as a
+//! cooperative future, and ends when all of them have ended. A panic in a task is caught at the
+//! task boundary and fails the job with the name of the operator that was running user code.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corestream_netstack::{BufferPool, CreditConfig, Doorbell, InputGate, LocalChannel};
+use futures_lite::FutureExt;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::build::{BuildCtx, NodeRuntime, OutputCtx, OutputEdgeRt};
+use super::job::JobShared;
+use super::metrics::TaskCounters;
+use super::task::{self, TaskBody, TaskEnv};
+use crate::config::RuntimeMode;
+use crate::error::{JobError, TaskError};
+use crate::operators::{current_node, OperatorMetrics};
+
+/// Everything needed to build and run one subtask on its slot thread.
+pub(crate) struct TaskBuild {
+    pub subtask: u32,
+    pub parallelism: u32,
+    pub mode: RuntimeMode,
+    /// (node id, runtime, metrics), head first.
+    pub nodes: Vec<(usize, Arc<dyn NodeRuntime>, Arc<OperatorMetrics>)>,
+    pub head_is_source: bool,
+    pub outputs: Vec<OutputEdgeRt>,
+    pub inputs: Vec<Arc<LocalChannel>>,
+    pub credit: CreditConfig,
+    pub bell: Arc<Doorbell>,
+    pub counters: Arc<TaskCounters>,
+    pub pool: BufferPool,
+    pub buffer_timeout: Duration,
+    pub batch_size: usize,
+}
+
+/// How a slot thread runs its executor.
+#[derive(Debug, Clone)]
+pub(crate) struct SlotSettings {
+    pub slot: u32,
+    pub cpu: Option<usize>,
+    pub io_memory_bytes: usize,
+    pub preempt_timer: Duration,
+}
+
+fn build_task(build: &mut TaskBuild, job: &Arc<JobShared>) -> Result<TaskBody, TaskError> {
+    let ctx = |node: usize, metrics: &Arc<OperatorMetrics>| BuildCtx {
+        node,
+        subtask: build.subtask,
+        parallelism: build.parallelism,
+        mode: build.mode,
+        metrics: metrics.clone(),
+        bell: build.bell.clone(),
+        job,
+    };
+    let (tail, tail_rt, _) = build.nodes.last().expect("a chain has at least one node");
+    let out_ctx = OutputCtx {
+        pool: build.pool.clone(),
+        counters: build.counters.clone(),
+        node: *tail,
+        max_backlog: build.credit.max_backlog_per_channel,
+        subtask: build.subtask,
+    };
+    let mut emit = tail_rt.output(std::mem::take(&mut build.outputs), out_ctx);
+    let first_linked = usize::from(build.head_is_source);
+    for (node, rt, metrics) in build.nodes[first_linked..].iter().rev() {
+        emit = rt.link(&ctx(*node, metrics), emit)?;
+    }
+    let (head, head_rt, head_metrics) = &build.nodes[0];
+    if build.head_is_source {
+        Ok(TaskBody::Source(head_rt.source(&ctx(*head, head_metrics), emit)?))
+    } else {
+        let gate = InputGate::new(std::mem::take(&mut build.inputs), &build.credit);
+        Ok(TaskBody::Input { input: head_rt.head(emit), gate })
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_string()
+    }
+}
+
+async fn run_guarded(mut build: TaskBuild, job: Arc<JobShared>) {
+    let subtask = build.subtask;
+    let head = build.nodes[0].0;
+    let env = TaskEnv {
+        bell: build.bell.clone(),
+        job: job.clone(),
+        counters: build.counters.clone(),
+        buffer_timeout: build.buffer_timeout,
+        batch_size: build.batch_size.max(1),
+    };
+    let body = async {
+        let body = build_task(&mut build, &job)?;
+        task::run(body, env).await
+    };
+    let outcome = AssertUnwindSafe(body).catch_unwind().await;
+    let error = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(payload) => TaskError::User { node: current_node().unwrap_or(head), message: panic_message(payload) },
+    };
+    job.fail_task(error, subtask);
+}
+
+/// Starts the slot thread for `tasks`.
+pub(crate) fn spawn(
+    settings: SlotSettings,
+    tasks: Vec<TaskBuild>,
+    job: Arc<JobShared>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("cs-slot-{}", settings.slot)).spawn(move || {
+        let placement = match settings.cpu {
+            Some(cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        };
+        let executor = LocalExecutorBuilder::new(placement)
+            .name(&format!("cs-slot-{}", settings.slot))
+            .io_memory(settings.io_memory_bytes)
+            .preempt_timer(settings.preempt_timer)
+            .make();
+        let executor = match executor {
+            Ok(ex) => ex,
+            Err(e) => {
+                job.fail(JobError::SlotStart { slot: settings.slot, message: e.to_string() });
+                return;
+            }
+        };
+        executor.run(async move {
+            let handles: Vec<_> =
+                tasks.into_iter().map(|t| glommio::spawn_local(run_guarded(t, job.clone()))).collect();
+            for h in handles {
+                h.await;
+            }
+        });
+    })
+}

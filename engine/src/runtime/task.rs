@@ -1,0 +1,235 @@
+//! The task loop. A task is one subtask of one chain, run as a cooperative future on its slot's
+//! executor. Its loop: wait until the chain's output has room (backpressure), take the next
+//! source batch or input buffer, run it through the chain, and keep the flush policy (idle →
+//! flush at once; busy → flush after the buffer timeout). In-band events are handled between
+//! buffers: end-of-partition, watermarks (through the watermark valve), checkpoint barriers
+//! (through the barrier aligner) and latency markers. At end of input the chain finishes in
+//! bounded steps, signals end-of-partition and drains what credit allows.
+//!
+//! Invariant: a task never blocks its thread; every wait is on its doorbell, which producers,
+//! consumers, the host application and cancellation ring.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corestream_netstack::{ChannelItem, Doorbell, Event, InputGate};
+
+use super::build::{TaskInput, TaskSource};
+use super::job::JobShared;
+use super::metrics::TaskCounters;
+use crate::api::sources::SourceStatus;
+use crate::checkpoint::{AlignmentAction, BarrierAligner};
+use crate::error::TaskError;
+use crate::operators::{Control, FlushReason, Readiness};
+use crate::time::WatermarkValve;
+
+pub(crate) enum TaskBody {
+    Source(Box<dyn TaskSource>),
+    Input { input: Box<dyn TaskInput>, gate: InputGate },
+}
+
+/// What the loop needs besides the chain.
+pub(crate) struct TaskEnv {
+    pub bell: Arc<Doorbell>,
+    pub job: Arc<JobShared>,
+    pub counters: Arc<TaskCounters>,
+    pub buffer_timeout: Duration,
+    pub batch_size: usize,
+}
+
+/// The buffer-timeout part of the flush policy.
+struct FlushClock {
+    timeout: Duration,
+    dirty_since: Option<Instant>,
+}
+
+impl FlushClock {
+    fn after_batch(&mut self, chain: &mut dyn Control) -> Result<(), TaskError> {
+        if !chain.has_unflushed() {
+            self.dirty_since = None;
+            return Ok(());
+        }
+        if self.timeout.is_zero() {
+            chain.flush(FlushReason::Timeout)?;
+            return Ok(());
+        }
+        let now = Instant::now();
+        match self.dirty_since {
+            None => self.dirty_since = Some(now),
+            Some(since) if now.duration_since(since) >= self.timeout => {
+                chain.flush(FlushReason::Timeout)?;
+                self.dirty_since = None;
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    fn remaining(&self) -> Option<Duration> {
+        self.dirty_since.map(|since| self.timeout.saturating_sub(since.elapsed()))
+    }
+
+    fn reset(&mut self) {
+        self.dirty_since = None;
+    }
+}
+
+async fn wait(bell: &Doorbell, timeout: Option<Duration>) {
+    match timeout {
+        None => bell.wait().await,
+        Some(d) => futures_lite::future::or(bell.wait(), glommio::timer::sleep(d)).await,
+    }
+}
+
+fn check_cancelled(env: &TaskEnv) -> Result<(), TaskError> {
+    if env.job.is_cancelled() {
+        Err(TaskError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// Waits until the chain can take more input, flushing on the buffer timeout meanwhile.
+async fn wait_ready(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClock) -> Result<(), TaskError> {
+    if chain.poll_ready()? == Readiness::Ready {
+        return Ok(());
+    }
+    TaskCounters::inc(&env.counters.backpressure_waits, 1);
+    let started = Instant::now();
+    loop {
+        check_cancelled(env)?;
+        wait(&env.bell, clock.remaining()).await;
+        if clock.remaining() == Some(Duration::ZERO) {
+            chain.flush(FlushReason::Timeout)?;
+            clock.reset();
+        }
+        if chain.poll_ready()? == Readiness::Ready {
+            break;
+        }
+    }
+    TaskCounters::inc(&env.counters.backpressure_ns, started.elapsed().as_nanos() as u64);
+    Ok(())
+}
+
+/// End of input: finish every link in bounded steps, signal end of partition, drain.
+async fn finish(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClock) -> Result<(), TaskError> {
+    loop {
+        check_cancelled(env)?;
+        wait_ready(chain, env, clock).await?;
+        if chain.finish_step(env.batch_size)? {
+            break;
+        }
+        glommio::yield_if_needed().await;
+    }
+    chain.close()?;
+    while !chain.drain()? {
+        check_cancelled(env)?;
+        env.bell.wait().await;
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
+    let mut clock = FlushClock { timeout: env.buffer_timeout, dirty_since: None };
+    match body {
+        TaskBody::Source(mut source) => {
+            loop {
+                check_cancelled(&env)?;
+                wait_ready(source.chain(), &env, &mut clock).await?;
+                match source.step(env.batch_size)? {
+                    SourceStatus::More => {
+                        clock.after_batch(source.chain())?;
+                        glommio::yield_if_needed().await;
+                    }
+                    SourceStatus::Idle => {
+                        source.chain().flush(FlushReason::Idle)?;
+                        clock.reset();
+                        check_cancelled(&env)?;
+                        env.bell.wait().await;
+                    }
+                    SourceStatus::Finished => break,
+                }
+            }
+            finish(source.chain(), &env, &mut clock).await
+        }
+        TaskBody::Input { mut input, mut gate } => {
+            let channels = gate.num_channels();
+            let mut valve = WatermarkValve::new(channels);
+            let mut aligner = BarrierAligner::new(channels);
+            let mut ended = 0;
+            let mut buffers = 0u64;
+            while ended < channels {
+                check_cancelled(&env)?;
+                wait_ready(input.chain(), &env, &mut clock).await?;
+                match gate.poll_next() {
+                    Some((c, ChannelItem::Buffer(buffer))) => {
+                        input.on_buffer(buffer.as_slice())?;
+                        drop(buffer);
+                        gate.release(c);
+                        buffers += 1;
+                        clock.after_batch(input.chain())?;
+                        if buffers % 8 == 0 {
+                            TaskCounters::inc(&env.counters.buffers_in, 8);
+                            glommio::yield_if_needed().await;
+                        }
+                    }
+                    Some((c, ChannelItem::Event(event))) => {
+                        on_event(c, event, &mut *input, &mut gate, &mut valve, &mut aligner, &mut ended)?
+                    }
+                    None => {
+                        input.chain().flush(FlushReason::Idle)?;
+                        clock.reset();
+                        check_cancelled(&env)?;
+                        env.bell.wait().await;
+                    }
+                }
+            }
+            TaskCounters::inc(&env.counters.buffers_in, buffers % 8);
+            finish(input.chain(), &env, &mut clock).await
+        }
+    }
+}
+
+fn on_event(
+    channel: usize,
+    event: Event,
+    input: &mut dyn TaskInput,
+    gate: &mut InputGate,
+    valve: &mut WatermarkValve,
+    aligner: &mut BarrierAligner,
+    ended: &mut usize,
+) -> Result<(), TaskError> {
+    match event {
+        Event::EndOfPartition => {
+            *ended += 1;
+            aligner.on_end(channel);
+            if let Some(w) = valve.on_end(channel) {
+                if *ended < gate.num_channels() {
+                    input.chain().emit_event(&Event::Watermark(w))?;
+                }
+            }
+        }
+        Event::Watermark(ts) => {
+            if let Some(w) = valve.on_watermark(channel, ts) {
+                input.chain().emit_event(&Event::Watermark(w))?;
+            }
+        }
+        Event::CheckpointBarrier { checkpoint_id, kind, .. } => {
+            for action in aligner.on_barrier(channel, checkpoint_id, kind) {
+                match action {
+                    AlignmentAction::Block(c) => gate.set_blocked(c, true),
+                    AlignmentAction::Forward { unblock, .. } => {
+                        unblock.into_iter().for_each(|c| gate.set_blocked(c, false));
+                        input.chain().emit_event(&event)?;
+                    }
+                    AlignmentAction::Abort { unblock, .. } => {
+                        unblock.into_iter().for_each(|c| gate.set_blocked(c, false));
+                    }
+                    AlignmentAction::None => {}
+                }
+            }
+        }
+        Event::LatencyMarker { .. } => input.chain().emit_event(&event)?,
+    }
+    Ok(())
+}
