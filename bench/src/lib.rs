@@ -1,1 +1,8 @@
-//! placeholder
+//! Benchmark and example jobs of corestream, shared by the `corestream` command-line program,
+//! the end-to-end tests and the figures in the closing notes. Every job here is built on an
+//! embedded [`corestream::LocalCluster`]; the registry ([`examples::EXAMPLES`]) names the jobs
+//! that `corestream plan` and `corestream run` know.
+
+pub mod corpus;
+pub mod examples;
+pub mod throughput;

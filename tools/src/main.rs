@@ -1,1 +1,64 @@
-fn main() {}
+//! `corestream`: run example jobs and benchmarks on an embedded local cluster, and print job
+//! plans. Invalid arguments exit with status 2 (clap), failed jobs with status 1.
+
+mod args;
+mod bench;
+mod demo;
+mod progress;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::args::Common;
+
+#[derive(Parser, Debug)]
+#[command(name = "corestream", version, about = "A thread-per-core, zero-copy stream processor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an example job.
+    #[command(subcommand)]
+    Run(run::RunCommand),
+    /// Run a throughput benchmark.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Print the plan (chains, parallelism, partitioning) of an example job.
+    Plan {
+        /// wordcount, sum-by-key, passthrough or keyed-sum
+        example: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The main job: word count over a generated corpus, a keyed sum and both benchmarks at 1
+    /// and 2 slots, each checked against a reference, with figures.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORESTREAM_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Run(cmd) => run::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Plan { example, common } => run::plan(&example, &common),
+        Command::Demo(args) => demo::run(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

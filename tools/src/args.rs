@@ -1,0 +1,123 @@
+//! Options shared by the commands and the parsers of counts ("10M") and durations ("1ms").
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use corestream::{ClusterConfig, LocalCluster, StreamEnvironment};
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Default parallelism of the job's operators (default: the number of slots).
+    #[arg(long, short = 'p', value_parser = parse_positive)]
+    pub parallelism: Option<u32>,
+    /// Slots of the local cluster (default: one per physical core).
+    #[arg(long, value_parser = parse_positive)]
+    pub slots: Option<u32>,
+    /// Longest wait of a record in a partly filled buffer while the producer is busy, e.g.
+    /// 1ms, 100us, 0 (flush after every batch).
+    #[arg(long, value_parser = parse_duration)]
+    pub buffer_timeout: Option<Duration>,
+}
+
+impl Common {
+    /// Starts a cluster with enough slots for the requested parallelism.
+    pub fn cluster(&self) -> anyhow::Result<LocalCluster> {
+        let slots = match (self.slots, self.parallelism) {
+            (Some(s), Some(p)) if p > s => {
+                anyhow::bail!("--parallelism {p} needs at least {p} slots but --slots is {s}")
+            }
+            (Some(s), _) => Some(s),
+            (None, Some(p)) => Some(p),
+            (None, None) => None,
+        };
+        let config = ClusterConfig { slots, ..ClusterConfig::default() };
+        LocalCluster::start(config).context("cannot start the local cluster")
+    }
+
+    pub fn environment(&self, cluster: &LocalCluster) -> StreamEnvironment {
+        let mut env = cluster.environment();
+        if let Some(p) = self.parallelism {
+            env.set_parallelism(p);
+        }
+        if let Some(t) = self.buffer_timeout {
+            env.set_buffer_timeout(t);
+        }
+        env
+    }
+}
+
+/// A count with an optional k/M/G suffix (powers of 1000) and `_` separators: `10M`, `1_000`.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let t = s.trim().replace('_', "");
+    let (digits, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1_000),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1_000_000),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1_000_000_000),
+        _ => (t.as_str(), 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a count (examples: 1000, 10k, 10M)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+pub fn parse_positive(s: &str) -> Result<u32, String> {
+    let n = parse_count(s)?;
+    if n == 0 || n > u32::MAX as u64 {
+        return Err(format!("'{s}' must be between 1 and {}", u32::MAX));
+    }
+    Ok(n as u32)
+}
+
+pub fn parse_positive_count(s: &str) -> Result<u64, String> {
+    match parse_count(s)? {
+        0 => Err(format!("'{s}' must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// A duration: a number with unit ns, us, ms, s or m; a bare `0` is zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (examples: 500us, 1ms, 2s)"))?;
+    let nanos = match unit {
+        "ns" => value,
+        "us" | "µs" => value * 1e3,
+        "ms" => value * 1e6,
+        "s" => value * 1e9,
+        "m" | "min" => value * 60e9,
+        "" => return Err(format!("'{s}' needs a unit: ns, us, ms, s or m")),
+        other => return Err(format!("'{s}' has an unknown unit '{other}' (use ns, us, ms, s or m)")),
+    };
+    if !nanos.is_finite() || nanos < 0.0 || nanos > 3.6e12 {
+        return Err(format!("'{s}' is out of range (at most 1 hour)"));
+    }
+    Ok(Duration::from_nanos(nanos as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_count("10M"), Ok(10_000_000));
+        assert_eq!(parse_count("1_000"), Ok(1000));
+        assert_eq!(parse_count("3k"), Ok(3000));
+        assert!(parse_count("ten").unwrap_err().contains("not a count"));
+        assert!(parse_positive("0").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").unwrap_err().contains("needs a unit"));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! `corestream bench passthrough|keyed-sum`: throughput of the benchmark jobs, in events/s over
+//! the job's wall time.
+
+use clap::Subcommand;
+use corestream_bench::throughput::{report, start_keyed_sum, start_passthrough, BenchReport};
+
+use crate::args::{parse_positive_count, Common};
+use crate::progress::join_with_progress;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// sequence 0..N → map (v mod 1000) × 908 / 1000 → filter ≥ 0 → count → discard.
+    Passthrough {
+        #[arg(long, value_parser = parse_positive_count)]
+        events: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// sequence 0..N keyed by (v × 7919) mod K → running sum per key (through the exchange).
+    KeyedSum {
+        #[arg(long, value_parser = parse_positive_count)]
+        events: u64,
+        #[arg(long, value_parser = parse_positive_count)]
+        keys: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+pub fn print_report(r: &BenchReport) {
+    let rate = r.events_per_sec();
+    println!(
+        "{}: parallelism {}, {} events, count {}, wall {:.3} s, {:.2} M events/s ({:.2} M events/s per slot)",
+        r.name,
+        r.parallelism,
+        r.events,
+        r.count,
+        r.wall_time.as_secs_f64(),
+        rate / 1e6,
+        rate / 1e6 / r.parallelism as f64
+    );
+    let buffers: u64 = r.result.tasks.iter().map(|t| t.buffers_out).sum();
+    if buffers > 0 {
+        let bytes: u64 = r.result.tasks.iter().map(|t| t.bytes_out).sum();
+        let waits: u64 = r.result.tasks.iter().map(|t| t.backpressure_waits).sum();
+        println!(
+            "  exchange: {buffers} buffers, {:.1} MB ({:.2} GB/s), {:.1} KB per buffer, backpressure waits {waits}",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e9 / r.wall_time.as_secs_f64(),
+            bytes as f64 / buffers as f64 / 1e3
+        );
+    }
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let (report, ok) = match cmd {
+        BenchCommand::Passthrough { events, common } => {
+            let cluster = common.cluster()?;
+            let p = common.parallelism.unwrap_or(cluster.num_slots());
+            let handle = start_passthrough(&cluster, events, p)?;
+            let r = report("passthrough", p, events, join_with_progress(handle, "passthrough", Some(events))?);
+            let ok = r.count == events;
+            (r, ok)
+        }
+        BenchCommand::KeyedSum { events, keys, common } => {
+            let cluster = common.cluster()?;
+            let p = common.parallelism.unwrap_or(cluster.num_slots());
+            let handle = start_keyed_sum(&cluster, events, keys, p)?;
+            let r = report("keyed-sum", p, events, join_with_progress(handle, "keyed-sum", Some(events))?);
+            let ok = r.count == events;
+            (r, ok)
+        }
+    };
+    print_report(&report);
+    if !ok {
+        anyhow::bail!("the sink counted {} records, expected {}", report.count, report.events);
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `corestream run <example>` and `corestream plan <example>`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Subcommand, ValueEnum};
+use corestream_bench::examples::{self, checksum, reference_sum_by_key, EXAMPLES};
+use corestream_bench::throughput::{keyed_sum_job, passthrough_job};
+
+use crate::args::{parse_positive_count, Common};
+use crate::progress::join_with_progress;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InvalidUtf8 {
+    /// Skip such lines, count them and report them (exit status 0).
+    Skip,
+    /// Fail the run (exit status 1) if any line is not valid UTF-8.
+    Fail,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunCommand {
+    /// Count words of a text file; writes `word<TAB>count` lines.
+    Wordcount {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// What to do with lines that are not valid UTF-8.
+        #[arg(long, value_enum, default_value_t = InvalidUtf8::Skip)]
+        on_invalid_utf8: InvalidUtf8,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Sum generated values per key; prints a checksum of the per-key totals and events/s.
+    SumByKey {
+        #[arg(long, value_parser = parse_positive_count)]
+        records: u64,
+        #[arg(long, value_parser = parse_positive_count)]
+        keys: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
+    match cmd {
+        RunCommand::Wordcount { input, output, on_invalid_utf8, common } => {
+            std::fs::File::open(&input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
+            if output.is_dir() {
+                bail!("output '{}' is a directory; give a file path", output.display());
+            }
+            let cluster = common.cluster()?;
+            let mut env = common.environment(&cluster);
+            examples::wordcount(&mut env, &input, &output);
+            let result = join_with_progress(env.execute_async("wordcount")?, "wordcount", None)?;
+            let lines = result.records_in("Tokenize");
+            let words = result.records_in("Count");
+            let distinct = result.records_in("Format");
+            println!(
+                "wordcount: {lines} lines, {words} words, {distinct} distinct words in {:.3} s ({:.0} lines/s) -> {}",
+                result.wall_time.as_secs_f64(),
+                lines as f64 / result.wall_time.as_secs_f64(),
+                output.display()
+            );
+            for w in &result.warnings {
+                eprintln!("warning: {}", w.message);
+            }
+            if matches!(on_invalid_utf8, InvalidUtf8::Fail) && !result.warnings.is_empty() {
+                bail!("the input has lines that are not valid UTF-8 (--on-invalid-utf8 fail)");
+            }
+            Ok(())
+        }
+        RunCommand::SumByKey { records, keys, common } => {
+            let cluster = common.cluster()?;
+            let mut env = common.environment(&cluster);
+            let totals = examples::sum_by_key(&mut env, records, keys);
+            let handle = env.execute_async("sum-by-key")?;
+            let collector = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
+            let result = join_with_progress(handle, "sum-by-key", Some(records))?;
+            let collected = collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
+            let started = Instant::now();
+            let expected = reference_sum_by_key(records, keys);
+            let reference_time = started.elapsed();
+            let expected_sum = checksum(expected.iter().copied());
+            let got = checksum(collected.iter().copied());
+            println!("sum-by-key: {records} records, {} keys", collected.len());
+            println!("checksum {got:016x} (reference {expected_sum:016x}: {})", if got == expected_sum { "match" } else { "MISMATCH" });
+            println!(
+                "{:.0} events/s, wall {:.3} s (single-threaded reference: {:.3} s)",
+                records as f64 / result.wall_time.as_secs_f64(),
+                result.wall_time.as_secs_f64(),
+                reference_time.as_secs_f64()
+            );
+            if got != expected_sum {
+                bail!("per-key totals differ from the reference");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn plan(example: &str, common: &Common) -> anyhow::Result<()> {
+    let cluster = common.cluster()?;
+    let mut env = common.environment(&cluster);
+    match example {
+        "wordcount" => examples::wordcount(&mut env, "INPUT".as_ref(), "OUTPUT".as_ref()),
+        "sum-by-key" => drop(examples::sum_by_key(&mut env, 1000, 10)),
+        "passthrough" => passthrough_job(&env, 1000),
+        "keyed-sum" => keyed_sum_job(&env, 1000, 10),
+        other => {
+            let known: Vec<&str> = EXAMPLES.iter().map(|(n, _)| *n).collect();
+            bail!("unknown example '{other}'; known examples: {}", known.join(", "));
+        }
+    }
+    print!("{}", env.explain()?);
+    Ok(())
+}
