@@ -70,6 +70,10 @@ impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
     }
     fn finish_step(&mut self, _max_records: usize) -> Result<bool, TaskError> {
         enter_node(self.node);
+        if !self.sink.poll_ready() {
+            // Records of the last batch still wait for room; the task waits for readiness.
+            return Ok(false);
+        }
         self.sink.finish().map_err(|e| self.fail(e))?;
         Ok(true)
     }
@@ -233,8 +237,7 @@ impl<T: Data> Sink<T> for CollectSink<T> {
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        // Remaining records are delivered as the host reads; block-free: the task waits on
-        // readiness before finishing (see the task loop), so `pending` is empty here.
+        // `finish` runs only once `poll_ready` held, so nothing should be pending.
         self.push_pending()?;
         if self.pending.is_empty() {
             Ok(())
