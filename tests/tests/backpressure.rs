@@ -1,0 +1,80 @@
+//! Backpressure: a slow consumer slows the source down through credit-based flow control, the
+//! job never holds more buffers than it reserved, and the host application's channels are
+//! bounded in both directions.
+
+use std::time::Duration;
+
+use corestream::SourceSender;
+use corestream_bench::examples::key_of;
+use corestream_tests::cluster;
+
+#[test]
+fn a_slow_sink_slows_the_source_and_memory_stays_within_the_reservation() {
+    let cluster = cluster(2);
+    let mut env = cluster.environment();
+    env.set_parallelism(2);
+    let records = 400_000u64;
+    let out = env
+        .from_sequence(0..records)
+        .map(|v| (key_of(v, 1000), v))
+        .key_by(|r: &(u64, u64)| r.0)
+        .into_stream()
+        .map(|r| r.1)
+        .name("After Exchange")
+        .collect();
+    let handle = env.execute_async("slow-sink").unwrap();
+    let mut got = Vec::with_capacity(records as usize);
+    for (i, v) in out.enumerate() {
+        if i % 2000 == 0 {
+            // A slow host: the collect channel fills, the sink blocks, credits run out.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got.push(v);
+    }
+    let result = handle.join().unwrap();
+    got.sort_unstable();
+    assert_eq!(got, (0..records).collect::<Vec<_>>(), "nothing lost or duplicated");
+
+    let source_waits = result.backpressure_waits("Source: sequence");
+    let sink_waits = result.backpressure_waits("Sink: collect");
+    assert!(sink_waits > 0, "the sink waited for the host: {result}");
+    assert!(source_waits > 0, "backpressure reached the source: {result}");
+    let stalls: u64 = result.tasks.iter().filter(|t| t.task.contains("Source")).map(|t| t.credit_stalls).sum();
+    assert!(stalls > 0, "the source ran out of credit");
+    let stats = cluster.pool().stats();
+    assert!(stats.peak_in_use <= result.buffers_reserved, "peak {} > reserved {}", stats.peak_in_use, result.buffers_reserved);
+    assert_eq!(stats.in_use, 0);
+}
+
+#[test]
+fn the_host_channel_source_pushes_back_when_the_job_is_blocked() {
+    let cluster = cluster(1);
+    let env = cluster.environment();
+    let (tx, stream): (SourceSender<u64>, _) = env.from_channel(100);
+    let out = stream.map(|v| v + 1).collect();
+    let handle = env.execute_async("host-source").unwrap();
+    // Nobody reads the output: the collect channel, the source and then the host channel fill.
+    let mut sent = 0u64;
+    let refused = loop {
+        match tx.try_send(sent) {
+            Ok(()) => sent += 1,
+            Err(e) if e.is_full() => break e.into_inner(),
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+        if sent % 1000 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(sent < 1_000_000, "the host channel never pushed back");
+    };
+    assert_eq!(refused, sent, "a refused record is handed back");
+    let reader = std::thread::spawn(move || out.collect::<Vec<u64>>());
+    tx.send(refused).unwrap();
+    for v in sent + 1..sent + 1000 {
+        tx.send(v).unwrap();
+    }
+    drop(tx);
+    let got = reader.join().unwrap();
+    let result = handle.join().unwrap();
+    assert_eq!(got, (1..sent + 1001).collect::<Vec<_>>(), "in order, nothing lost");
+    assert_eq!(result.records_in("Sink"), sent + 1000);
+}
