@@ -5,6 +5,28 @@
 //! whose slots are glommio executors pinned to cores ([`runtime`]). Records cross task
 //! boundaries as rkyv archives in pooled 32 KB buffers under credit-based flow control
 //! (`corestream-netstack`); inside a chain they pass by method call, in batches.
+//!
+//! ```
+//! use corestream::{ClusterConfig, LocalCluster, RuntimeMode};
+//!
+//! let cluster = LocalCluster::start(ClusterConfig { slots: Some(2), ..Default::default() })?;
+//! let mut env = cluster.environment();
+//! env.set_parallelism(2).set_runtime_mode(RuntimeMode::Batch);
+//! let totals = env
+//!     .from_sequence(0..100_000)
+//!     .map(|v| (v % 10, v))
+//!     .key_by(|r: &(u64, u64)| r.0)
+//!     .reduce(|a, b| (a.0, a.1 + b.1))
+//!     .collect();
+//! let job = env.execute_async("sums")?;
+//! let mut sums: Vec<(u64, u64)> = totals.collect();
+//! let result = job.join()?;
+//! sums.sort();
+//! assert_eq!(sums.len(), 10);
+//! assert_eq!(sums.iter().map(|s| s.1).sum::<u64>(), (0..100_000u64).sum::<u64>());
+//! assert_eq!(result.records_in("Keyed Reduce"), 100_000);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod api;
 pub mod checkpoint;

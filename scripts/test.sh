@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite (unit, property, end-to-end and command-line tests), in release mode so
+# the 10 M-record and 10 MB acceptance runs stay quick, plus a build of the benchmarks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo test --release --locked --workspace
+cargo bench --locked --workspace --no-run
