@@ -37,7 +37,7 @@ pub fn write_corpus(out: &mut impl Write, bytes: u64, seed: u64) -> std::io::Res
             let r = rng.next_u64();
             // Zipf-like: a squared uniform favours low indices; a tail of rare synthetic words.
             let u = (r >> 11) as f64 / (1u64 << 53) as f64;
-            let word = if r % 10 == 0 {
+            let word = if r.is_multiple_of(10) {
                 format!("w{}", rng.next_u64() % 50_000)
             } else {
                 VOCABULARY[((u * u) * VOCABULARY.len() as f64) as usize].to_string()
@@ -51,7 +51,7 @@ pub fn write_corpus(out: &mut impl Write, bytes: u64, seed: u64) -> std::io::Res
             }
             line.push_str(&word);
         }
-        line.push_str(if rng.next_u64() % 3 == 0 { ".\n" } else { "\n" });
+        line.push_str(if rng.next_u64().is_multiple_of(3) { ".\n" } else { "\n" });
         out.write_all(line.as_bytes())?;
         written += line.len() as u64;
     }

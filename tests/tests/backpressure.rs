@@ -61,7 +61,7 @@ fn the_host_channel_source_pushes_back_when_the_job_is_blocked() {
             Err(e) if e.is_full() => break e.into_inner(),
             Err(e) => panic!("unexpected {e:?}"),
         }
-        if sent % 1000 == 0 {
+        if sent.is_multiple_of(1000) {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(sent < 1_000_000, "the host channel never pushed back");

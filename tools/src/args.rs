@@ -93,7 +93,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" => return Err(format!("'{s}' needs a unit: ns, us, ms, s or m")),
         other => return Err(format!("'{s}' has an unknown unit '{other}' (use ns, us, ms, s or m)")),
     };
-    if !nanos.is_finite() || nanos < 0.0 || nanos > 3.6e12 {
+    if !nanos.is_finite() || !(0.0..=3.6e12).contains(&nanos) {
         return Err(format!("'{s}' is out of range (at most 1 hour)"));
     }
     Ok(Duration::from_nanos(nanos as u64))

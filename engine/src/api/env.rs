@@ -91,7 +91,7 @@ impl StreamEnvironment {
     /// The numbers in `range`, split into contiguous parts over the source's subtasks.
     pub fn from_sequence(&self, range: Range<u64>) -> DataStream<u64> {
         let start = range.start;
-        self.from_generator_named("Source: sequence", range.end.saturating_sub(range.start), move |i| start + i)
+        self.generator_source("Source: sequence", range.end.saturating_sub(range.start), move |i| start + i)
     }
 
     /// `f(0) .. f(count - 1)`, split into contiguous index ranges over the source's subtasks.
@@ -100,10 +100,10 @@ impl StreamEnvironment {
         T: Data,
         F: Fn(u64) -> T + Send + Sync + 'static,
     {
-        self.from_generator_named("Source: generator", count, f)
+        self.generator_source("Source: generator", count, f)
     }
 
-    fn from_generator_named<T, F>(&self, name: &str, count: u64, f: F) -> DataStream<T>
+    fn generator_source<T, F>(&self, name: &str, count: u64, f: F) -> DataStream<T>
     where
         T: Data,
         F: Fn(u64) -> T + Send + Sync + 'static,

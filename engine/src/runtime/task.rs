@@ -168,7 +168,7 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                         gate.release(c);
                         buffers += 1;
                         clock.after_batch(input.chain())?;
-                        if buffers % 8 == 0 {
+                        if buffers.is_multiple_of(8) {
                             TaskCounters::inc(&env.counters.buffers_in, 8);
                             glommio::yield_if_needed().await;
                         }

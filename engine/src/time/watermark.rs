@@ -41,11 +41,7 @@ impl WatermarkValve {
             .zip(&self.ended)
             .filter(|(_, ended)| !**ended)
             .map(|(w, _)| *w)
-            .min();
-        let min = match min {
-            Some(m) => m,
-            None => return None,
-        };
+            .min()?;
         (min > self.current).then(|| {
             self.current = min;
             min
