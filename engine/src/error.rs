@@ -25,15 +25,16 @@ pub enum StartupError {
     InvalidConfig(String),
 }
 
-/// Why a job failed.
+/// Why a job failed. Messages are self-contained (they include their cause), so no variant
+/// also reports a `source()`: error chains print each reason once.
 #[derive(Debug, Error, Clone)]
 pub enum JobError {
     #[error("invalid job: {0}")]
     InvalidJob(String),
     #[error("operator '{operator}' (subtask {subtask} of {parallelism}) failed: {message}")]
     OperatorFailed { operator: String, subtask: u32, parallelism: u32, message: String },
-    #[error("operator '{operator}' (subtask {subtask}) could not write a record: {source}")]
-    Record { operator: String, subtask: u32, source: RecordError },
+    #[error("operator '{operator}' (subtask {subtask}) could not write a record: {cause}")]
+    Record { operator: String, subtask: u32, cause: RecordError },
     #[error(transparent)]
     Network(#[from] NetError),
     #[error(
@@ -43,8 +44,8 @@ pub enum JobError {
     NotEnoughSlots { needed: u32, free: u32, total: u32 },
     #[error("slot {slot} could not start its executor: {message}")]
     SlotStart { slot: u32, message: String },
-    #[error("{what} '{path}': {source}")]
-    Io { what: String, path: String, source: Arc<std::io::Error> },
+    #[error("{what} '{path}': {cause}")]
+    Io { what: String, path: String, cause: Arc<std::io::Error> },
     #[error("the job was cancelled")]
     Cancelled,
 }
@@ -60,9 +61,9 @@ impl JobError {
 #[derive(Debug, Clone)]
 pub(crate) enum TaskError {
     User { node: usize, message: String },
-    Record { node: usize, source: RecordError },
+    Record { node: usize, cause: RecordError },
     Net(NetError),
-    Io { what: String, path: String, source: Arc<std::io::Error> },
+    Io { what: String, path: String, cause: Arc<std::io::Error> },
     Cancelled,
 }
 

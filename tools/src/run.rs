@@ -47,7 +47,11 @@ pub enum RunCommand {
 pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     match cmd {
         RunCommand::Wordcount { input, output, on_invalid_utf8, common } => {
-            std::fs::File::open(&input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
+            let meta = std::fs::metadata(&input)
+                .with_context(|| format!("cannot read input file '{}'", input.display()))?;
+            if meta.is_dir() {
+                bail!("cannot read input file '{}': Is a directory; give the path of a text file", input.display());
+            }
             if output.is_dir() {
                 bail!("output '{}' is a directory; give a file path", output.display());
             }

@@ -112,7 +112,7 @@ pub(crate) struct FileLinesSource {
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> TaskError {
-    TaskError::Io { what: what.to_string(), path: path.display().to_string(), source: Arc::new(e) }
+    TaskError::Io { what: what.to_string(), path: path.display().to_string(), cause: Arc::new(e) }
 }
 
 impl FileLinesSource {

@@ -83,9 +83,9 @@ impl JobShared {
                 parallelism: self.node_parallelism.get(node).copied().unwrap_or(0),
                 message,
             },
-            TaskError::Record { node, source } => JobError::Record { operator: name(node), subtask, source },
+            TaskError::Record { node, cause } => JobError::Record { operator: name(node), subtask, cause },
             TaskError::Net(e) => JobError::Network(e),
-            TaskError::Io { what, path, source } => JobError::Io { what, path, source },
+            TaskError::Io { what, path, cause } => JobError::Io { what, path, cause },
         };
         self.fail(job_error);
     }

@@ -135,7 +135,7 @@ impl<T: Data> NetworkOutput<T> {
                     let outcome = e.channels[ch].send_buffer(full);
                     self.account(outcome);
                 }
-                Err(source) => return Err(TaskError::Record { node: self.node, source }),
+                Err(cause) => return Err(TaskError::Record { node: self.node, cause }),
             }
         }
     }
