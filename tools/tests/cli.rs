@@ -1,28 +1,77 @@
 //! End-to-end tests of the `corestream` binary: word count against the single-threaded
-//! reference (handwritten text, a generated corpus, invalid UTF-8), the keyed sum, `plan`, the
-//! benchmarks, and the exit status and message of bad invocations.
+//! reference (handwritten text, a generated corpus, invalid UTF-8, concurrent runs), the keyed
+//! sum, `plan`, the benchmarks, and the exit status and message of failed runs and bad options.
 //!
-//! The corpus test writes and counts about 10 MB three times; run the suite with
-//! `cargo test --release` to keep it quick.
+//! The corpus tests write about 10 MB and count it five times; run the suite with
+//! `cargo test --release` to keep it quick. A watchdog kills a `corestream` process that has
+//! not ended after [`HANG_LIMIT`] and fails the test, so a hung job cannot block the suite.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufWriter;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::io::{BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use corestream_bench::corpus::write_corpus;
 use corestream_bench::examples::reference_wordcount;
 use tempfile::TempDir;
 
 const CORPUS_BYTES: u64 = 10 * 1024 * 1024;
+const HANG_LIMIT: Duration = Duration::from_secs(300);
 
-fn corestream(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_corestream"))
+/// A started `corestream` process whose output is being collected.
+struct Running {
+    args: String,
+    child: Child,
+    stdout: JoinHandle<Vec<u8>>,
+    stderr: JoinHandle<Vec<u8>>,
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        pipe.read_to_end(&mut bytes).expect("cannot read the output of corestream");
+        bytes
+    })
+}
+
+fn start(args: &[&str]) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
         .args(args)
         .env("CORESTREAM_LOG", "off")
-        .output()
-        .expect("cannot start the corestream binary")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the corestream binary");
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    Running { args: args.join(" "), child, stdout, stderr }
+}
+
+impl Running {
+    fn finish(mut self) -> Output {
+        let deadline = Instant::now() + HANG_LIMIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("`corestream {}` did not end within {HANG_LIMIT:?}: the job hangs", self.args);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output { status, stdout: self.stdout.join().unwrap(), stderr: self.stderr.join().unwrap() }
+    }
+}
+
+fn corestream(args: &[&str]) -> Output {
+    start(args).finish()
 }
 
 fn stdout(out: &Output) -> String {
@@ -54,13 +103,34 @@ fn path_str(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
 }
 
-/// Runs `corestream run wordcount` on `input` with `extra` options; returns the process output
-/// and the path of the output file.
-fn wordcount(dir: &TempDir, input: &Path, extra: &[&str]) -> (Output, std::path::PathBuf) {
-    let output = dir.path().join(format!("counts-{}.txt", extra.join("").replace('-', "")));
+fn write_input(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn write_corpus_file(dir: &TempDir) -> PathBuf {
+    let path = dir.path().join("corpus.txt");
+    let mut file = BufWriter::new(File::create(&path).unwrap());
+    let written = write_corpus(&mut file, CORPUS_BYTES, 42).unwrap();
+    file.into_inner().unwrap().sync_all().unwrap();
+    assert!(written >= CORPUS_BYTES);
+    path
+}
+
+/// Starts `corestream run wordcount` on `input` with `extra` options, writing to a fresh file
+/// in `dir`; returns the process and the output path.
+fn start_wordcount(dir: &TempDir, input: &Path, extra: &[&str]) -> (Running, PathBuf) {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let output = dir.path().join(format!("counts-{}.txt", RUNS.fetch_add(1, Ordering::Relaxed)));
     let mut args = vec!["run", "wordcount", "--input", path_str(input), "--output", path_str(&output)];
     args.extend_from_slice(extra);
-    (corestream(&args), output)
+    (start(&args), output)
+}
+
+fn wordcount(dir: &TempDir, input: &Path, extra: &[&str]) -> (Output, PathBuf) {
+    let (running, output) = start_wordcount(dir, input, extra);
+    (running.finish(), output)
 }
 
 /// Parses `word<TAB>count` lines, failing on malformed lines and on words that appear twice.
@@ -76,19 +146,11 @@ fn read_counts(path: &Path) -> HashMap<String, u64> {
 }
 
 #[track_caller]
-fn assert_wordcount_matches(dir: &TempDir, input: &Path, extra: &[&str]) {
-    let (out, output) = wordcount(dir, input, extra);
-    assert_status(&out, 0);
-    let expected = reference_wordcount(&std::fs::read(input).unwrap());
-    let got = read_counts(&output);
-    assert_eq!(got.len(), expected.len(), "distinct words with {extra:?}");
-    assert!(got == expected, "counts differ from the reference with {extra:?}");
-}
-
-fn write_input(dir: &TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let path = dir.path().join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
+fn assert_counts(out: &Output, output: &Path, expected: &HashMap<String, u64>, what: &str) {
+    assert_status(out, 0);
+    let got = read_counts(output);
+    assert_eq!(got.len(), expected.len(), "number of distinct words ({what})");
+    assert!(&got == expected, "counts differ from the reference ({what})");
 }
 
 #[test]
@@ -105,20 +167,30 @@ fn wordcount_small_text_matches_reference() {
     assert_eq!(expected["straße"], 3);
     assert_eq!(expected["über"], 4);
     for p in ["1", "2"] {
-        assert_wordcount_matches(&dir, &input, &["--parallelism", p]);
+        let (out, output) = wordcount(&dir, &input, &["--parallelism", p]);
+        assert_counts(&out, &output, &expected, &format!("parallelism {p}"));
     }
 }
 
 #[test]
 fn wordcount_corpus_matches_reference() {
     let dir = TempDir::new().unwrap();
-    let input = dir.path().join("corpus.txt");
-    let mut file = BufWriter::new(File::create(&input).unwrap());
-    let written = write_corpus(&mut file, CORPUS_BYTES, 42).unwrap();
-    drop(file);
-    assert!(written >= CORPUS_BYTES);
+    let input = write_corpus_file(&dir);
+    let expected = reference_wordcount(&std::fs::read(&input).unwrap());
     for extra in [&["--parallelism", "1"][..], &["--parallelism", "2"], &["--parallelism", "4", "--slots", "4"]] {
-        assert_wordcount_matches(&dir, &input, extra);
+        let (out, output) = wordcount(&dir, &input, extra);
+        assert_counts(&out, &output, &expected, &extra.join(" "));
+    }
+}
+
+#[test]
+fn wordcount_concurrent_runs_match_reference() {
+    let dir = TempDir::new().unwrap();
+    let input = write_corpus_file(&dir);
+    let expected = reference_wordcount(&std::fs::read(&input).unwrap());
+    let runs: Vec<_> = (0..2).map(|_| start_wordcount(&dir, &input, &["--parallelism", "1"])).collect();
+    for (running, output) in runs {
+        assert_counts(&running.finish(), &output, &expected, "two processes at once");
     }
 }
 
@@ -127,15 +199,13 @@ fn wordcount_skips_and_reports_invalid_utf8() {
     let dir = TempDir::new().unwrap();
     let text = b"good line\n\xff\xfe bad\nmore words\n";
     let input = write_input(&dir, "invalid.txt", text);
+    let expected: HashMap<String, u64> = ["good", "line", "more", "words"].iter().map(|w| (w.to_string(), 1)).collect();
+    assert_eq!(reference_wordcount(text), expected);
 
     let (out, output) = wordcount(&dir, &input, &[]);
-    assert_status(&out, 0);
+    assert_counts(&out, &output, &expected, "default options");
     assert_stderr_contains(&out, "not valid UTF-8");
     assert_stderr_contains(&out, "byte offset 10");
-    let expected: HashMap<String, u64> =
-        ["good", "line", "more", "words"].iter().map(|w| (w.to_string(), 1)).collect();
-    assert_eq!(read_counts(&output), expected);
-    assert_eq!(reference_wordcount(text), expected);
 
     let (out, _) = wordcount(&dir, &input, &["--on-invalid-utf8", "fail"]);
     assert_status(&out, 1);
@@ -154,11 +224,21 @@ fn wordcount_missing_input_fails() {
 }
 
 #[test]
+fn wordcount_directory_input_reports_reason_once() {
+    let dir = TempDir::new().unwrap();
+    let (out, _) = wordcount(&dir, dir.path(), &[]);
+    assert_status(&out, 1);
+    assert_stderr_contains(&out, "cannot read input file");
+    let err = stderr(&out);
+    assert_eq!(err.matches("Is a directory").count(), 1, "the reason should be given once:\n{err}");
+}
+
+#[test]
 fn bad_options_are_rejected() {
     let dir = TempDir::new().unwrap();
     let input = write_input(&dir, "in.txt", b"some words\n");
     let output = dir.path().join("out.txt");
-    let wc = |extra: &[&str]| {
+    let run_wordcount = |extra: &[&str]| {
         let mut args = vec!["run", "wordcount", "--input", path_str(&input), "--output", path_str(&output)];
         args.extend_from_slice(extra);
         corestream(&args)
@@ -173,7 +253,7 @@ fn bad_options_are_rejected() {
         (&["--parallelism", "abc"], "not a count"),
         (&["--buffer-timeout", "5"], "needs a unit"),
     ] {
-        let out = wc(extra);
+        let out = run_wordcount(extra);
         assert_status(&out, 2);
         assert_stderr_contains(&out, extra[0]);
         assert_stderr_contains(&out, problem);
@@ -183,7 +263,7 @@ fn bad_options_are_rejected() {
     assert_status(&out, 2);
     assert_stderr_contains(&out, "--input");
 
-    let out = wc(&["--parallelism", "4", "--slots", "2"]);
+    let out = run_wordcount(&["--parallelism", "4", "--slots", "2"]);
     assert_status(&out, 1);
     assert_stderr_contains(&out, "--slots is 2");
 }
@@ -223,6 +303,6 @@ fn benchmarks_count_every_event() {
         let out = corestream(args);
         assert_status(&out, 0);
         let text = stdout(&out);
-        assert!(text.contains(count), "{args:?} does not print {count:?}:\n{text}");
+        assert!(text.contains(count), "`corestream {}` does not print {count:?}:\n{text}", args.join(" "));
     }
 }
