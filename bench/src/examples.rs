@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use corestream::{CollectStream, DataStream, RuntimeMode, StreamEnvironment};
+use corestream::{CollectStream, DataStream, InvalidUtf8, RuntimeMode, StreamEnvironment};
 
 /// Jobs known by name to `corestream plan` and `corestream run`.
 pub const EXAMPLES: &[(&str, &str)] = &[
@@ -21,9 +21,9 @@ pub fn words(line: &str) -> impl Iterator<Item = String> + '_ {
 
 /// Word count: text file → words → keyed count (final per word) → `word<TAB>count` lines in
 /// one output file.
-pub fn wordcount(env: &mut StreamEnvironment, input: &Path, output: &Path) {
+pub fn wordcount(env: &mut StreamEnvironment, input: &Path, output: &Path, invalid_utf8: InvalidUtf8) {
     env.set_runtime_mode(RuntimeMode::Batch);
-    wordcount_stream(env, input)
+    wordcount_stream(env, input, invalid_utf8)
         .map(|(word, count)| format!("{word}\t{count}"))
         .name("Format")
         .set_parallelism(1)
@@ -32,8 +32,8 @@ pub fn wordcount(env: &mut StreamEnvironment, input: &Path, output: &Path) {
 }
 
 /// The (word, count) stream of word count.
-pub fn wordcount_stream(env: &StreamEnvironment, input: &Path) -> DataStream<(String, u64)> {
-    env.read_text_file(input)
+pub fn wordcount_stream(env: &StreamEnvironment, input: &Path, invalid_utf8: InvalidUtf8) -> DataStream<(String, u64)> {
+    env.read_text_file_with(input, invalid_utf8)
         .flat_map(|line: String| words(&line).map(|w| (w, 1u64)).collect::<Vec<_>>())
         .name("Tokenize")
         .key_by(|r: &(String, u64)| r.0.clone())

@@ -39,7 +39,7 @@ pub mod time;
 
 pub use api::env::StreamEnvironment;
 pub use api::sinks::{CollectStream, Sink, SinkContext};
-pub use api::sources::{SourceContext, SourceSender};
+pub use api::sources::{InvalidUtf8, SourceContext, SourceSender};
 pub use api::stream::{DataStream, KeyedStream};
 pub use config::{ClusterConfig, ExecutionConfig, RuntimeMode};
 pub use corestream_netstack::{rkyv, BarrierKind, Data, Event};

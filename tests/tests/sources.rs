@@ -129,3 +129,20 @@ fn generators_split_their_range_and_iterators_keep_order() {
     assert_eq!(out.collect::<Vec<_>>(), words);
     handle.join().unwrap();
 }
+
+#[test]
+fn the_fail_policy_stops_the_job_at_the_first_invalid_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.txt");
+    std::fs::write(&path, b"fine\nalso fine\n\xff oops\nnever read\n").unwrap();
+    let cluster = cluster(1);
+    let env = cluster.environment();
+    env.read_text_file_with(&path, corestream::InvalidUtf8::Fail).discard();
+    match env.execute("strict").unwrap_err() {
+        JobError::OperatorFailed { operator, message, .. } => {
+            assert_eq!(operator, "Source: text file");
+            assert!(message.contains("byte offset 15") && message.contains("not valid UTF-8"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

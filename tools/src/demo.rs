@@ -61,7 +61,7 @@ fn demo_jobs(cluster: &LocalCluster, args: &DemoArgs, dir: &std::path::Path) -> 
     let bytes = write_corpus(&mut BufWriter::new(std::fs::File::create(&corpus)?), args.corpus_mb * 1_000_000, 42)?;
     let output: PathBuf = dir.join("counts.tsv");
     let mut env = cluster.environment();
-    examples::wordcount(&mut env, &corpus, &output);
+    examples::wordcount(&mut env, &corpus, &output, corestream::InvalidUtf8::Skip);
     let result = env.execute("wordcount")?;
     let got = read_counts(&output)?;
     let expected = reference_wordcount(&std::fs::read(&corpus)?);

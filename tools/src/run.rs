@@ -15,7 +15,7 @@ use crate::progress::join_with_progress;
 pub enum InvalidUtf8 {
     /// Skip such lines, count them and report them (exit status 0).
     Skip,
-    /// Fail the run (exit status 1) if any line is not valid UTF-8.
+    /// Fail the run at the first line that is not valid UTF-8 (exit status 1, no output).
     Fail,
 }
 
@@ -57,8 +57,23 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
             }
             let cluster = common.cluster()?;
             let mut env = common.environment(&cluster);
-            examples::wordcount(&mut env, &input, &output);
-            let result = join_with_progress(env.execute_async("wordcount")?, "wordcount", None)?;
+            let policy = match on_invalid_utf8 {
+                InvalidUtf8::Skip => corestream::InvalidUtf8::Skip,
+                InvalidUtf8::Fail => corestream::InvalidUtf8::Fail,
+            };
+            examples::wordcount(&mut env, &input, &output, policy);
+            let existed = output.exists();
+            let outcome = env.execute_async("wordcount").and_then(|h| join_with_progress(h, "wordcount", None));
+            let result = match outcome {
+                Ok(result) => result,
+                Err(e) => {
+                    if !existed {
+                        // A failed job leaves no partial output that could pass for a result.
+                        let _ = std::fs::remove_file(&output);
+                    }
+                    return Err(e.into());
+                }
+            };
             let lines = result.records_in("Tokenize");
             let words = result.records_in("Count");
             let distinct = result.records_in("Format");
@@ -70,9 +85,6 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
             );
             for w in &result.warnings {
                 eprintln!("warning: {}", w.message);
-            }
-            if matches!(on_invalid_utf8, InvalidUtf8::Fail) && !result.warnings.is_empty() {
-                bail!("the input has lines that are not valid UTF-8 (--on-invalid-utf8 fail)");
             }
             Ok(())
         }
@@ -109,7 +121,7 @@ pub fn plan(example: &str, common: &Common) -> anyhow::Result<()> {
     let cluster = common.cluster()?;
     let mut env = common.environment(&cluster);
     match example {
-        "wordcount" => examples::wordcount(&mut env, "INPUT".as_ref(), "OUTPUT".as_ref()),
+        "wordcount" => examples::wordcount(&mut env, "INPUT".as_ref(), "OUTPUT".as_ref(), corestream::InvalidUtf8::Skip),
         "sum-by-key" => drop(examples::sum_by_key(&mut env, 1000, 10)),
         "passthrough" => passthrough_job(&env, 1000),
         "keyed-sum" => keyed_sum_job(&env, 1000, 10),

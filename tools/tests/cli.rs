@@ -207,9 +207,12 @@ fn wordcount_skips_and_reports_invalid_utf8() {
     assert_stderr_contains(&out, "not valid UTF-8");
     assert_stderr_contains(&out, "byte offset 10");
 
-    let (out, _) = wordcount(&dir, &input, &["--on-invalid-utf8", "fail"]);
+    std::fs::remove_file(&output).unwrap();
+    let (out, output) = wordcount(&dir, &input, &["--on-invalid-utf8", "fail"]);
     assert_status(&out, 1);
     assert_stderr_contains(&out, "not valid UTF-8");
+    assert_stderr_contains(&out, "byte offset 10");
+    assert!(!output.exists(), "a failed run leaves no output behind");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use corestream_netstack::{Data, Doorbell};
 
-use super::sources::{ChannelSource, FileLinesSource, GeneratorSource, IterSource, SourceSender};
+use super::sources::{ChannelSource, FileLinesSource, GeneratorSource, InvalidUtf8, IterSource, SourceSender};
 use super::stream::DataStream;
 use crate::config::{ExecutionConfig, RuntimeMode};
 use crate::error::{JobError, TaskError};
@@ -157,11 +157,17 @@ impl StreamEnvironment {
     /// and reported as a job warning with the byte offset of the first one; they are never
     /// passed on or dropped silently.
     pub fn read_text_file(&self, path: impl Into<PathBuf>) -> DataStream<String> {
+        self.read_text_file_with(path, InvalidUtf8::Skip)
+    }
+
+    /// [`read_text_file`](Self::read_text_file) with a chosen treatment of lines that are not
+    /// valid UTF-8 (skip and report, or fail the job).
+    pub fn read_text_file_with(&self, path: impl Into<PathBuf>, invalid_utf8: InvalidUtf8) -> DataStream<String> {
         let path: PathBuf = path.into();
         self.add_source(
             "Source: text file",
             None,
-            Arc::new(move |ctx| Ok(Box::new(FileLinesSource::open(&path, ctx)?) as _)),
+            Arc::new(move |ctx| Ok(Box::new(FileLinesSource::open(&path, invalid_utf8, ctx)?) as _)),
         )
     }
 

@@ -15,6 +15,16 @@ use crate::error::TaskError;
 use crate::runtime::job::JobShared;
 use crate::runtime::metrics::JobWarning;
 
+/// What a text source does with a line that is not valid UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidUtf8 {
+    /// Skip the line, count it, and report the count and the first byte offset as a job warning.
+    #[default]
+    Skip,
+    /// Fail the job at the first such line, naming its byte offset.
+    Fail,
+}
+
 /// What a source step produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceStatus {
@@ -101,6 +111,8 @@ impl<T: Data, I: Iterator<Item = T> + 'static> Source<T> for IterSource<I> {
 
 /// Lines of one byte range of a file: the lines that start inside the range.
 pub(crate) struct FileLinesSource {
+    policy: InvalidUtf8,
+    node: usize,
     reader: BufReader<File>,
     path: PathBuf,
     pos: u64,
@@ -116,7 +128,7 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> TaskError {
 }
 
 impl FileLinesSource {
-    pub(crate) fn open(path: &Path, ctx: &SourceContext) -> Result<Self, TaskError> {
+    pub(crate) fn open(path: &Path, policy: InvalidUtf8, ctx: &SourceContext) -> Result<Self, TaskError> {
         let file = File::open(path).map_err(|e| io_error("cannot open input file", path, e))?;
         let len = file.metadata().map_err(|e| io_error("cannot read metadata of input file", path, e))?.len();
         let share = |i: u64| (i as u128 * len as u128 / ctx.parallelism as u128) as u64;
@@ -137,6 +149,8 @@ impl FileLinesSource {
             job.warn(JobWarning { operator, subtask, count, message });
         };
         Ok(Self {
+            policy,
+            node,
             reader,
             path: path.to_path_buf(),
             pos,
@@ -191,6 +205,15 @@ impl Source<String> for FileLinesSource {
             }
             match std::str::from_utf8(&self.line) {
                 Ok(s) => out.push(s.to_owned()),
+                Err(e) if self.policy == InvalidUtf8::Fail => {
+                    return Err(TaskError::User {
+                        node: self.node,
+                        message: format!(
+                            "the line at byte offset {offset} of '{}' is not valid UTF-8 ({e})",
+                            self.path.display()
+                        ),
+                    });
+                }
                 Err(_) => {
                     self.invalid_lines += 1;
                     self.first_invalid_offset.get_or_insert(offset);
