@@ -78,3 +78,48 @@ fn the_host_channel_source_pushes_back_when_the_job_is_blocked() {
     assert_eq!(got, (1..sent + 1001).collect::<Vec<_>>(), "in order, nothing lost");
     assert_eq!(result.records_in("Sink"), sent + 1000);
 }
+
+#[test]
+fn an_idle_producer_flushes_its_partly_filled_buffers_at_once() {
+    let cluster = cluster(2);
+    let mut env = cluster.environment();
+    env.set_parallelism(2).set_buffer_timeout(Duration::from_secs(3600));
+    let (tx, stream): (SourceSender<u64>, _) = env.from_channel(16);
+    // Through an exchange: the record sits in a partly filled buffer until something flushes it.
+    let out = stream.rebalance().map(|v| v * 10).collect();
+    let handle = env.execute_async("idle-flush").unwrap();
+    for v in 1..=3u64 {
+        tx.send(v).unwrap();
+        // The source stays open and the buffer timeout is an hour: only the idle flush can
+        // deliver the record while we wait.
+        let got = out.recv_timeout(Duration::from_secs(30)).expect("the record arrives while the source is idle");
+        assert_eq!(got, Some(v * 10));
+    }
+    drop(tx);
+    assert_eq!(out.recv_timeout(Duration::from_secs(30)).unwrap(), None, "the job ends when the host closes");
+    let result = handle.join().unwrap();
+    let idle_flushes: u64 = result.tasks.iter().map(|t| t.flushes_idle).sum();
+    assert!(idle_flushes >= 3, "{result}");
+}
+
+#[test]
+fn a_busy_producer_flushes_after_the_buffer_timeout() {
+    let cluster = cluster(2);
+    let mut env = cluster.environment();
+    env.set_parallelism(1).set_buffer_timeout(Duration::from_millis(1)).set_batch_size(1);
+    // A source that is never idle but produces slowly: only the timeout can flush its buffers.
+    env.generate_unbounded(|i| {
+        std::thread::sleep(Duration::from_micros(200));
+        i
+    })
+    .rebalance()
+    .map(|v| v)
+    .discard();
+    let handle = env.execute_async("timeout-flush").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    handle.cancel();
+    let result = handle.join().unwrap();
+    let timeout_flushes: u64 = result.tasks.iter().map(|t| t.flushes_timeout).sum();
+    assert!(timeout_flushes > 0, "{result}");
+    assert!(result.records_in("Map") > 0);
+}
