@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corestream_netstack::record::deserialize;
-use corestream_netstack::{Data, Doorbell, Event, RecordIter};
+use corestream_netstack::{Data, Doorbell, RecordIter};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::error::TaskError;
-use crate::operators::{enter_node, Control, Emit, FlushReason, OperatorMetrics, Readiness};
+use crate::operators::{enter_node, Control, Emit, OperatorMetrics, Readiness};
 
 /// Error a sink reports; it fails the job, naming the sink.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,9 +65,6 @@ impl<T: Data, S: Sink<T>> SinkLink<T, S> {
 }
 
 impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
-    fn emit_event(&mut self, _event: &Event) -> Result<(), TaskError> {
-        Ok(())
-    }
     fn finish_step(&mut self, _max_records: usize) -> Result<bool, TaskError> {
         enter_node(self.node);
         if !self.sink.poll_ready() {
@@ -77,20 +74,9 @@ impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
         self.sink.finish().map_err(|e| self.fail(e))?;
         Ok(true)
     }
+
     fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
         Ok(if self.sink.poll_ready() { Readiness::Ready } else { Readiness::Blocked })
-    }
-    fn flush(&mut self, _reason: FlushReason) -> Result<bool, TaskError> {
-        Ok(false)
-    }
-    fn has_unflushed(&self) -> bool {
-        false
-    }
-    fn close(&mut self) -> Result<(), TaskError> {
-        Ok(())
-    }
-    fn drain(&mut self) -> Result<bool, TaskError> {
-        Ok(true)
     }
 }
 

@@ -42,22 +42,38 @@ pub enum FlushReason {
     Final,
 }
 
-/// Control of a chain from the task loop, independent of the record type.
+/// Control of a chain from the task loop, independent of the record type. The defaults are
+/// those of a chain end without network output (a sink); links in the middle of a chain
+/// delegate every method to their successor.
 pub(crate) trait Control {
     /// Passes an in-band event down the chain.
-    fn emit_event(&mut self, event: &Event) -> Result<(), TaskError>;
+    fn emit_event(&mut self, _event: &Event) -> Result<(), TaskError> {
+        Ok(())
+    }
     /// Runs end-of-input logic in steps of at most `max_records` output records; returns true
     /// when every link has finished.
-    fn finish_step(&mut self, max_records: usize) -> Result<bool, TaskError>;
-    fn poll_ready(&mut self) -> Result<Readiness, TaskError>;
+    fn finish_step(&mut self, _max_records: usize) -> Result<bool, TaskError> {
+        Ok(true)
+    }
+    fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
+        Ok(Readiness::Ready)
+    }
     /// Sends partly filled buffers; returns whether anything was sent.
-    fn flush(&mut self, reason: FlushReason) -> Result<bool, TaskError>;
+    fn flush(&mut self, _reason: FlushReason) -> Result<bool, TaskError> {
+        Ok(false)
+    }
     /// Whether records wait in partly filled buffers.
-    fn has_unflushed(&self) -> bool;
+    fn has_unflushed(&self) -> bool {
+        false
+    }
     /// Signals end of partition downstream (after a final flush).
-    fn close(&mut self) -> Result<(), TaskError>;
+    fn close(&mut self) -> Result<(), TaskError> {
+        Ok(())
+    }
     /// Ships what credit allows; returns true when nothing is left waiting for credit.
-    fn drain(&mut self) -> Result<bool, TaskError>;
+    fn drain(&mut self) -> Result<bool, TaskError> {
+        Ok(true)
+    }
 }
 
 /// The input side of a chain link.
@@ -217,29 +233,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Emit<I> for OpNode<I, O, Op> {
 /// The end of a chain that has no output (a sink's output side).
 pub(crate) struct NullEmit;
 
-impl Control for NullEmit {
-    fn emit_event(&mut self, _event: &Event) -> Result<(), TaskError> {
-        Ok(())
-    }
-    fn finish_step(&mut self, _max_records: usize) -> Result<bool, TaskError> {
-        Ok(true)
-    }
-    fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
-        Ok(Readiness::Ready)
-    }
-    fn flush(&mut self, _reason: FlushReason) -> Result<bool, TaskError> {
-        Ok(false)
-    }
-    fn has_unflushed(&self) -> bool {
-        false
-    }
-    fn close(&mut self) -> Result<(), TaskError> {
-        Ok(())
-    }
-    fn drain(&mut self) -> Result<bool, TaskError> {
-        Ok(true)
-    }
-}
+impl Control for NullEmit {}
 
 impl<T: Data> Emit<T> for NullEmit {
     fn emit_batch(&mut self, batch: &mut Vec<T>) -> Result<(), TaskError> {
