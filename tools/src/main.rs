@@ -41,6 +41,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts, so that
+    // `corestream … | head` ends quietly like other Unix tools instead of panicking on a write.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CORESTREAM_LOG").unwrap_or_else(|_| "warn".into()),

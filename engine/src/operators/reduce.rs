@@ -15,7 +15,8 @@ pub(crate) struct ReduceOp<T, K, KF, RF> {
     pub(crate) key: std::sync::Arc<KF>,
     pub(crate) reduce: std::sync::Arc<RF>,
     pub(crate) mode: RuntimeMode,
-    pub(crate) state: HashMap<K, T>,
+    /// `None` only transiently, while the reduce function owns the accumulator.
+    pub(crate) state: HashMap<K, Option<T>>,
     pub(crate) draining: Option<Vec<T>>,
 }
 
@@ -36,20 +37,18 @@ where
     fn process(&mut self, record: T, out: &mut Vec<T>) {
         let key = (self.key)(&record);
         let emit = self.mode == RuntimeMode::Streaming;
-        match self.state.entry(key) {
-            hashbrown::hash_map::Entry::Occupied(slot) => {
-                let reduce = &*self.reduce;
-                let updated = slot.replace_entry_with(|_, acc| Some(reduce(acc, record)));
-                if let (true, hashbrown::hash_map::Entry::Occupied(slot)) = (emit, updated) {
-                    out.push(slot.get().clone());
-                }
+        if let Some(slot) = self.state.get_mut(&key) {
+            let acc = slot.take().expect("accumulator present between records");
+            let reduced = (self.reduce)(acc, record);
+            if emit {
+                out.push(reduced.clone());
             }
-            hashbrown::hash_map::Entry::Vacant(slot) => {
-                if emit {
-                    out.push(record.clone());
-                }
-                slot.insert(record);
+            *slot = Some(reduced);
+        } else {
+            if emit {
+                out.push(record.clone());
             }
+            self.state.insert(key, Some(record));
         }
     }
 
@@ -57,7 +56,7 @@ where
         if self.mode == RuntimeMode::Streaming {
             return true;
         }
-        let pending = self.draining.get_or_insert_with(|| self.state.drain().map(|(_, v)| v).collect());
+        let pending = self.draining.get_or_insert_with(|| self.state.drain().filter_map(|(_, v)| v).collect());
         let take = pending.len().min(max_records.max(1));
         out.extend(pending.drain(pending.len() - take..));
         pending.is_empty()
