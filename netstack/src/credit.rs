@@ -446,12 +446,14 @@ mod tests {
         while received < 3 * PER_CHANNEL {
             match gate.poll_next() {
                 Some((c, item)) => {
+                    // While this buffer is being read its credit is not back yet, so the queue
+                    // plus this buffer is bounded by the channel's exclusive and floating credit.
+                    let queued_plus_reading = gate.channel(c).queued.load(Ordering::Relaxed) + 1;
+                    assert!(queued_plus_reading <= config.exclusive_per_channel + config.floating_per_gate);
                     assert_eq!(seq_of(item), expect[c], "channel {c} out of order");
                     expect[c] += 1;
                     received += 1;
                     gate.release(c);
-                    let queued_plus_reading = gate.channel(c).queued.load(Ordering::Relaxed) + 1;
-                    assert!(queued_plus_reading <= config.exclusive_per_channel + config.floating_per_gate);
                 }
                 None => std::thread::yield_now(),
             }

@@ -21,5 +21,5 @@ pub use doorbell::Doorbell;
 pub use error::{NetError, RecordError};
 pub use event::{BarrierKind, Event};
 pub use pool::{BufferPool, PoolReservation, PoolStats};
-pub use record::{Data, RecordIter, RecordWriter};
+pub use record::{record_count, Data, RecordIter, RecordWriter};
 pub use rkyv;

@@ -1,9 +1,10 @@
 //! The record codec: rkyv archives written back to back into a 32 KB buffer and read in place.
 //!
-//! Layout inside a buffer: each record is an 8-byte header (`u32` little-endian archive length,
-//! `u32` reserved, zero) followed by the archive, whose first byte is 16-byte aligned; the
-//! header therefore starts at an offset ≡ 8 (mod 16) and the next header follows the archive
-//! rounded up. A record whose archive does not fit the rest of a buffer goes to the next buffer;
+//! Layout inside a buffer: bytes 0..4 hold the number of records in the buffer (`u32`
+//! little-endian), bytes 4..8 are reserved (zero). Then each record is an 8-byte header (`u32`
+//! little-endian archive length, `u32` reserved, zero) followed by the archive, whose first byte
+//! is 16-byte aligned; a header therefore starts at an offset ≡ 8 (mod 16) and the next header
+//! follows the archive rounded up. A record whose archive does not fit the rest of a buffer goes to the next buffer;
 //! a record that does not fit an empty buffer (32 KB minus 16 bytes) is refused with
 //! [`RecordError::TooLarge`] — records never span buffers.
 //!
@@ -105,7 +106,13 @@ impl RecordWriter {
         }
         match result {
             Ok(archive_len) => {
+                let first = buf.is_empty();
                 let whole = buf.whole_mut();
+                let count = if first { 1 } else { read_u32(whole, 0) + 1 };
+                whole[0..4].copy_from_slice(&count.to_le_bytes());
+                if first {
+                    whole[4..8].copy_from_slice(&0u32.to_le_bytes());
+                }
                 whole[header..header + 4].copy_from_slice(&(archive_len as u32).to_le_bytes());
                 whole[header + 4..start].copy_from_slice(&0u32.to_le_bytes());
                 buf.set_len(start + archive_len);
@@ -138,6 +145,21 @@ impl RecordWriter {
             }
             size *= 4;
         }
+    }
+}
+
+#[inline]
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Number of records in a buffer written by [`RecordWriter`] (one load, no walk).
+#[inline]
+pub fn record_count(bytes: &[u8]) -> usize {
+    if bytes.len() < HEADER_BYTES {
+        0
+    } else {
+        read_u32(bytes, 0) as usize
     }
 }
 
@@ -176,8 +198,7 @@ impl<'a, T: Data> Iterator for RecordIter<'a, T> {
             return None;
         }
         let start = header + HEADER_BYTES;
-        let len_bytes: [u8; 4] = self.bytes[header..header + 4].try_into().expect("4-byte header");
-        let end = start + u32::from_le_bytes(len_bytes) as usize;
+        let end = start + read_u32(self.bytes, header) as usize;
         assert!(end <= self.bytes.len(), "record header points past the end of its buffer");
         self.offset = end;
         let archive = &self.bytes[start..end];
@@ -235,6 +256,8 @@ mod tests {
         // 8-byte header + 16-byte archive, padded to 32 bytes: exactly 1024 pairs per buffer.
         assert_eq!(bufs[0].len(), BUFFER_SIZE);
         assert_eq!(RecordIter::<(u64, u64)>::new(bufs[0].as_slice()).count(), 1024);
+        let counted: usize = bufs.iter().map(|b| record_count(b.as_slice())).sum();
+        assert_eq!(counted, 5000, "the count in each buffer's first word matches its records");
     }
 
     #[test]

@@ -64,6 +64,8 @@ proptest! {
             .collect();
         prop_assert_eq!(&back, &accepted);
         prop_assert_eq!(accepted.len() + refused, records.len());
+        let counted: usize = buffers.iter().map(|b| corestream_netstack::record_count(b.as_slice())).sum();
+        prop_assert_eq!(counted, accepted.len());
         let in_place: usize = buffers.iter().map(|b| RecordIter::<Vec<u8>>::new(b.as_slice()).map(|a| a.len()).sum::<usize>()).sum();
         prop_assert_eq!(in_place, accepted.iter().map(Vec::len).sum::<usize>());
         drop(buffers);

@@ -91,7 +91,7 @@ impl<T: Data, S: Sink<T>> Emit<T> for SinkLink<T, S> {
     }
 
     fn emit_archived(&mut self, bytes: &[u8]) -> Result<(), TaskError> {
-        self.metrics.add(RecordIter::<T>::new(bytes).count(), 0);
+        self.metrics.add(corestream_netstack::record_count(bytes), 0);
         enter_node(self.node);
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = self.sink.write_archived(RecordIter::new(bytes), &mut scratch);

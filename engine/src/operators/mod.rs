@@ -222,8 +222,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Emit<I> for OpNode<I, O, Op> {
     }
 
     fn emit_archived(&mut self, bytes: &[u8]) -> Result<(), TaskError> {
-        // Counting walks the 8-byte headers only; records are not touched twice.
-        let n = RecordIter::<I>::new(bytes).count();
+        let n = corestream_netstack::record_count(bytes);
         enter_node(self.node);
         self.op.process_archived(RecordIter::new(bytes), &mut self.out);
         self.push_out(n)
