@@ -187,3 +187,62 @@ fn records_larger_than_a_buffer_are_refused_with_their_size() {
     assert!(msg.contains("does not fit a network buffer") && msg.contains("50"), "{msg}");
     assert_eq!(cluster.pool().in_use(), 0);
 }
+
+#[test]
+fn batches_of_large_records_wait_for_credit_instead_of_failing() {
+    // 1024 records of 2 KB are 2 MB per batch: far more than a task may hold, so the output
+    // parks what does not fit and resumes when credit returns.
+    let cluster = cluster(2);
+    let env = cluster.environment();
+    let payload = |i: u64| vec![(i % 251) as u8; 2000 + (i % 7) as usize];
+    let out = env
+        .from_generator(20_000, payload)
+        .set_parallelism(1)
+        .rebalance()
+        .map(|v: Vec<u8>| (v.len() as u64, v[0] as u64))
+        .set_parallelism(2)
+        .key_by(|r: &(u64, u64)| r.1)
+        .reduce(|a, b| (a.0 + b.0, a.1))
+        .collect();
+    let handle = env.execute_async("large-records").unwrap();
+    let updates: Vec<(u64, u64)> = out.collect();
+    let result = handle.join().unwrap();
+    assert_eq!(updates.len(), 20_000);
+    let stats = cluster.pool().stats();
+    assert!(stats.peak_in_use <= result.buffers_reserved, "{stats:?} vs {}", result.buffers_reserved);
+    let total: u64 = (0..20_000u64).map(|i| 2000 + i % 7).sum();
+    let mut finals: HashMap<u64, u64> = HashMap::new();
+    for (len, key) in updates {
+        let e = finals.entry(key).or_insert(0);
+        *e = (*e).max(len);
+    }
+    assert_eq!(finals.values().sum::<u64>(), total);
+}
+
+#[test]
+fn broadcast_of_large_records_resumes_mid_record() {
+    let cluster = cluster(4);
+    let env = cluster.environment();
+    env.from_generator(3000, |i| vec![i as u8; 3000]).set_parallelism(1).broadcast().map(|v| v.len()).name("Copies").set_parallelism(4).discard();
+    let result = env.execute("broadcast-large").unwrap();
+    assert_eq!(per_subtask_in(&result, "Copies"), vec![3000, 3000, 3000, 3000]);
+}
+
+#[test]
+fn one_stream_keyed_two_ways_routes_each_by_its_own_key() {
+    let cluster = cluster(2);
+    let mut env = cluster.environment();
+    env.set_parallelism(2).set_runtime_mode(RuntimeMode::Batch);
+    let source = env.from_sequence(0..10_000).map(|v| (v % 10, v % 3)).disable_chaining();
+    let by_first = source.clone().key_by(|r: &(u64, u64)| r.0).reduce(|a, _| a).map(|r| r.0).collect();
+    let by_second = source.key_by(|r: &(u64, u64)| r.1).reduce(|a, _| a).map(|r| r.1).collect();
+    let handle = env.execute_async("two-keys").unwrap();
+    let reader = std::thread::spawn(move || by_second.collect::<Vec<u64>>());
+    let mut first: Vec<u64> = by_first.collect();
+    let mut second = reader.join().unwrap();
+    handle.join().unwrap();
+    first.sort_unstable();
+    second.sort_unstable();
+    assert_eq!(first, (0..10).collect::<Vec<_>>(), "one final record per key of the first key");
+    assert_eq!(second, vec![0, 1, 2], "one final record per key of the second key");
+}

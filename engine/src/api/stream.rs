@@ -194,7 +194,8 @@ impl<T: Data> DataStream<T> {
     {
         let key = Arc::new(key);
         let k = key.clone();
-        let hash: Arc<KeyHashFn<T>> = Arc::new(move |r: &T| stable_hash(&k(r)));
+        let hash: Arc<KeyHashFn<T>> =
+            Arc::new(move |records: &[T], out: &mut Vec<u64>| out.extend(records.iter().map(|r| stable_hash(&k(r)))));
         let mut stream = self.partitioned(Partitioning::Hash);
         stream.key_hash = Some(Arc::new(hash));
         KeyedStream { stream, key, _key: PhantomData }

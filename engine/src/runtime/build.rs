@@ -20,8 +20,9 @@ use crate::operators::{enter_node, Control, Emit, NullEmit, OperatorMetrics};
 
 pub(crate) type AnyBox = Box<dyn Any>;
 
-/// Hash of a record's key, for hash-partitioned exchanges.
-pub(crate) type KeyHashFn<T> = dyn Fn(&T) -> u64 + Send + Sync;
+/// Stable key hashes of a batch of records (appended to the vector), for hash-partitioned
+/// exchanges: one dynamic call per batch, a monomorphized loop inside.
+pub(crate) type KeyHashFn<T> = dyn Fn(&[T], &mut Vec<u64>) + Send + Sync;
 
 /// What a node needs to build its part of one subtask.
 pub(crate) struct BuildCtx<'a> {

@@ -4,12 +4,14 @@
 //! allows. Partly filled buffers are sent when the task goes idle, when the buffer timeout
 //! expires, and before any event that must follow them.
 //!
-//! Bound: a task holds at most one open buffer and `max_backlog` finished buffers per channel
-//! between batches, plus the overdraft of one batch; taking more is an error that names the
-//! operator, never unbounded growth. The task loop stops feeding input while any channel is
-//! over its backlog ([`Control::poll_ready`]).
+//! Bound: a task holds at most `allowance` buffers (one open and `max_backlog` finished per
+//! channel, plus a fixed overdraft). When a record needs a fresh buffer and the allowance is
+//! used up, the output parks that record and the rest of its batch and reports `Blocked`; the
+//! task then waits for credit and the parked records go out first when it arrives. The parked
+//! records are at most one batch of the chain's output, which already existed in memory.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use corestream_netstack::record::Written;
@@ -21,7 +23,7 @@ use super::metrics::TaskCounters;
 use crate::error::TaskError;
 use crate::graph::execution::OVERDRAFT_BUFFERS_PER_TASK;
 use crate::graph::Partitioning;
-use crate::operators::{Control, Emit, FlushReason, Readiness};
+use crate::operators::{enter_node, Control, Emit, FlushReason, Readiness};
 
 enum Selector<T> {
     Single,
@@ -36,6 +38,14 @@ struct EdgeOut<T> {
     open: Vec<Option<BufferBuilder>>,
 }
 
+/// Where writing a record stopped for want of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resume {
+    edge: usize,
+    /// Next broadcast channel to write (other selectors write one channel per record).
+    channel: usize,
+}
+
 pub(crate) struct NetworkOutput<T: Data> {
     edges: Vec<EdgeOut<T>>,
     writer: RecordWriter,
@@ -43,8 +53,13 @@ pub(crate) struct NetworkOutput<T: Data> {
     counters: Arc<TaskCounters>,
     node: usize,
     unflushed: bool,
+    held: u32,
     allowance: u32,
     marker_next: usize,
+    /// Key hashes of the batch being written, per edge (empty for edges not hashed).
+    hashes: Vec<Vec<u64>>,
+    parked: VecDeque<T>,
+    resume: Resume,
 }
 
 impl<T: Data> NetworkOutput<T> {
@@ -80,54 +95,38 @@ impl<T: Data> NetworkOutput<T> {
             counters: ctx.counters,
             node: ctx.node,
             unflushed: false,
+            held: 0,
             allowance: channel_count * (1 + ctx.max_backlog) + OVERDRAFT_BUFFERS_PER_TASK,
             marker_next: 0,
+            hashes: Vec::new(),
+            parked: VecDeque::new(),
+            resume: Resume { edge: 0, channel: 0 },
         }
     }
 
-    fn held_buffers(&self) -> u32 {
-        self.edges
-            .iter()
-            .map(|e| {
-                e.open.iter().filter(|b| b.is_some()).count() as u32
-                    + e.channels.iter().map(|c| c.pending_buffers()).sum::<u32>()
-            })
-            .sum()
-    }
-
-    #[cold]
-    fn take_buffer(&self) -> Result<BufferBuilder, TaskError> {
-        let held = self.held_buffers();
-        if held >= self.allowance {
-            return Err(TaskError::User {
-                node: self.node,
-                message: format!(
-                    "one input batch produced more output than the exchange may hold ({held} buffers of 32 KB, \
-                     allowance {}); lower the batch size or the fan-out of this operator",
-                    self.allowance
-                ),
-            });
-        }
-        Ok(self.pool.take()?)
-    }
-
-    fn account(&self, outcome: SendOutcome) {
+    fn account(&mut self, outcome: SendOutcome) {
         if outcome.buffers_sent > 0 {
+            self.held -= outcome.buffers_sent;
             TaskCounters::inc(&self.counters.buffers_out, outcome.buffers_sent as u64);
         }
     }
 
+    /// Writes `record` to one channel; false when it needs a buffer and the allowance is used.
     #[inline]
-    fn write(&mut self, edge: usize, ch: usize, record: &T) -> Result<(), TaskError> {
+    fn write(&mut self, edge: usize, ch: usize, record: &T) -> Result<bool, TaskError> {
         loop {
             if self.edges[edge].open[ch].is_none() {
-                let fresh = self.take_buffer()?;
+                if self.held >= self.allowance {
+                    return Ok(false);
+                }
+                let fresh = self.pool.take()?;
+                self.held += 1;
                 self.edges[edge].open[ch] = Some(fresh);
             }
             let e = &mut self.edges[edge];
             let buf = e.open[ch].as_mut().expect("open buffer");
             match self.writer.write(buf, record) {
-                Ok(Written::Done) => return Ok(()),
+                Ok(Written::Done) => return Ok(true),
                 Ok(Written::BufferFull) => {
                     let full = e.open[ch].take().expect("open buffer").freeze();
                     TaskCounters::inc(&self.counters.flushes_full, 1);
@@ -138,6 +137,83 @@ impl<T: Data> NetworkOutput<T> {
                 Err(cause) => return Err(TaskError::Record { node: self.node, cause }),
             }
         }
+    }
+
+    /// Writes one record to every edge from `from` on; returns where it stopped, if it did.
+    #[inline]
+    fn write_record(&mut self, record: &T, index: usize, from: Resume) -> Result<Option<Resume>, TaskError> {
+        for edge in from.edge..self.edges.len() {
+            let n = self.edges[edge].channels.len();
+            match &self.edges[edge].selector {
+                Selector::Single => {
+                    if !self.write(edge, 0, record)? {
+                        return Ok(Some(Resume { edge, channel: 0 }));
+                    }
+                }
+                Selector::RoundRobin { next } => {
+                    let ch = *next;
+                    if !self.write(edge, ch, record)? {
+                        return Ok(Some(Resume { edge, channel: 0 }));
+                    }
+                    self.edges[edge].selector = Selector::RoundRobin { next: if ch + 1 == n { 0 } else { ch + 1 } };
+                }
+                Selector::Hash { max_parallelism, consumers, .. } => {
+                    let kg = key_group_for_hash(self.hashes[edge][index], *max_parallelism);
+                    let ch = operator_index_for_key_group(*max_parallelism, *consumers, kg) as usize;
+                    if !self.write(edge, ch, record)? {
+                        return Ok(Some(Resume { edge, channel: 0 }));
+                    }
+                }
+                Selector::Broadcast => {
+                    let start = if edge == from.edge { from.channel } else { 0 };
+                    for ch in start..n {
+                        if !self.write(edge, ch, record)? {
+                            return Ok(Some(Resume { edge, channel: ch }));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Key hashes of `records` for every hash edge: one dynamic call per edge and batch.
+    fn hash_batch(&mut self, records: &[T]) {
+        self.hashes.resize_with(self.edges.len(), Vec::new);
+        for (e, edge) in self.edges.iter().enumerate() {
+            self.hashes[e].clear();
+            if let Selector::Hash { key_hash, .. } = &edge.selector {
+                key_hash(records, &mut self.hashes[e]);
+            }
+        }
+    }
+
+    /// Writes `records` in order from `from`; parks the rest when the allowance runs out.
+    /// Returns true when every record was written.
+    fn write_from(&mut self, mut records: Vec<T>, mut from: Resume) -> Result<(Vec<T>, bool), TaskError> {
+        enter_node(self.node);
+        self.hash_batch(&records);
+        for i in 0..records.len() {
+            if let Some(stop) = self.write_record(&records[i], i, from)? {
+                self.resume = stop;
+                self.parked.extend(records.drain(i..));
+                records.clear();
+                return Ok((records, false));
+            }
+            from = Resume { edge: 0, channel: 0 };
+        }
+        records.clear();
+        Ok((records, true))
+    }
+
+    /// Writes parked records while buffers are available; true when none is left.
+    fn unpark(&mut self) -> Result<bool, TaskError> {
+        if self.parked.is_empty() {
+            return Ok(true);
+        }
+        let records: Vec<T> = self.parked.drain(..).collect();
+        let (_, done) = self.write_from(records, self.resume)?;
+        Ok(done)
     }
 
     fn flush_channel(&mut self, edge: usize, ch: usize) -> bool {
@@ -163,6 +239,7 @@ impl<T: Data> NetworkOutput<T> {
 
 impl<T: Data> Control for NetworkOutput<T> {
     fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
+        debug_assert!(self.parked.is_empty(), "events follow parked records, the task waits for readiness first");
         if let Event::LatencyMarker { .. } = event {
             // As in Flink, a latency marker takes one channel, chosen round-robin.
             let all = self.all_channels();
@@ -183,24 +260,23 @@ impl<T: Data> Control for NetworkOutput<T> {
     }
 
     fn finish_step(&mut self, _max_records: usize) -> Result<bool, TaskError> {
-        Ok(true)
+        self.unpark()
     }
 
     fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
-        let mut ready = Readiness::Ready;
         for e in 0..self.edges.len() {
             for c in 0..self.edges[e].channels.len() {
-                let ch = &mut self.edges[e].channels[c];
-                if ch.has_pending() {
-                    let outcome = ch.try_send();
+                if self.edges[e].channels[c].has_pending() {
+                    let outcome = self.edges[e].channels[c].try_send();
                     self.account(outcome);
-                }
-                if !self.edges[e].channels[c].is_available() {
-                    ready = Readiness::Blocked;
                 }
             }
         }
-        Ok(ready)
+        if !self.unpark()? {
+            return Ok(Readiness::Blocked);
+        }
+        let available = self.edges.iter().all(|e| e.channels.iter().all(|c| c.is_available()));
+        Ok(if available { Readiness::Ready } else { Readiness::Blocked })
     }
 
     fn flush(&mut self, reason: FlushReason) -> Result<bool, TaskError> {
@@ -256,43 +332,14 @@ impl<T: Data> Emit<T> for NetworkOutput<T> {
             return Ok(());
         }
         self.unflushed = true;
-        for edge in 0..self.edges.len() {
-            let n = self.edges[edge].channels.len();
-            match &self.edges[edge].selector {
-                Selector::Single => {
-                    for r in batch.iter() {
-                        self.write(edge, 0, r)?;
-                    }
-                }
-                Selector::RoundRobin { next } => {
-                    let mut ch = *next;
-                    for r in batch.iter() {
-                        self.write(edge, ch, r)?;
-                        ch += 1;
-                        if ch == n {
-                            ch = 0;
-                        }
-                    }
-                    self.edges[edge].selector = Selector::RoundRobin { next: ch };
-                }
-                Selector::Hash { key_hash, max_parallelism, consumers } => {
-                    let (key_hash, max_p, consumers) = (key_hash.clone(), *max_parallelism, *consumers);
-                    for r in batch.iter() {
-                        let kg = key_group_for_hash(key_hash(r), max_p);
-                        let ch = operator_index_for_key_group(max_p, consumers, kg) as usize;
-                        self.write(edge, ch, r)?;
-                    }
-                }
-                Selector::Broadcast => {
-                    for r in batch.iter() {
-                        for ch in 0..n {
-                            self.write(edge, ch, r)?;
-                        }
-                    }
-                }
-            }
+        if !self.parked.is_empty() {
+            // Keep order: new records queue behind the parked ones.
+            self.parked.extend(batch.drain(..));
+            return Ok(());
         }
-        batch.clear();
+        let (emptied, _) = self.write_from(std::mem::take(batch), Resume { edge: 0, channel: 0 })?;
+        // Hand the allocation back so the upstream link reuses it.
+        *batch = emptied;
         Ok(())
     }
 
