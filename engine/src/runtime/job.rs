@@ -22,6 +22,9 @@ pub(crate) struct JobShared {
     failure: Mutex<Option<JobError>>,
     bells: Mutex<Vec<Arc<Doorbell>>>,
     warnings: Mutex<Vec<JobWarning>>,
+    /// When the last slot thread finished its tasks (the job's end, independent of when the
+    /// owner calls `join`).
+    ended_at: Mutex<Option<Instant>>,
     pub node_names: Vec<String>,
     pub node_parallelism: Vec<u32>,
 }
@@ -35,6 +38,7 @@ impl JobShared {
             failure: Mutex::new(None),
             bells: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
+            ended_at: Mutex::new(None),
             node_names,
             node_parallelism,
         }
@@ -95,6 +99,19 @@ impl JobShared {
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(warning);
     }
 
+    /// Called by each slot thread when its tasks have ended.
+    pub(crate) fn slot_done(&self) {
+        let now = Instant::now();
+        let mut ended = self.ended_at.lock().unwrap_or_else(|e| e.into_inner());
+        if ended.is_none_or(|t| t < now) {
+            *ended = Some(now);
+        }
+    }
+
+    fn ended_at(&self) -> Option<Instant> {
+        *self.ended_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn failure(&self) -> Option<JobError> {
         self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -153,7 +170,8 @@ impl JobHandle {
                 self.shared.fail(JobError::InvalidJob("a slot thread panicked outside any task".into()));
             }
         }
-        let wall = self.started.elapsed();
+        let ended = self.shared.ended_at().unwrap_or_else(Instant::now);
+        let wall = ended.saturating_duration_since(self.started);
         if let Some(err) = self.shared.failure() {
             return Err(err);
         }

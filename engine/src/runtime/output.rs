@@ -193,6 +193,9 @@ impl<T: Data> NetworkOutput<T> {
     fn write_from(&mut self, mut records: Vec<T>, mut from: Resume) -> Result<(Vec<T>, bool), TaskError> {
         enter_node(self.node);
         self.hash_batch(&records);
+        if self.edges.len() == 1 && !matches!(self.edges[0].selector, Selector::Broadcast) {
+            return self.write_single_edge(records);
+        }
         for i in 0..records.len() {
             if let Some(stop) = self.write_record(&records[i], i, from)? {
                 self.resume = stop;
@@ -204,6 +207,59 @@ impl<T: Data> NetworkOutput<T> {
         }
         records.clear();
         Ok((records, true))
+    }
+
+    /// The common case, one edge that writes each record to one channel: the selector is
+    /// matched once per batch and each arm is a tight loop.
+    fn write_single_edge(&mut self, mut records: Vec<T>) -> Result<(Vec<T>, bool), TaskError> {
+        let n = self.edges[0].channels.len();
+        let mut stopped_at = None;
+        match &self.edges[0].selector {
+            Selector::Single => {
+                for (i, r) in records.iter().enumerate() {
+                    if !self.write(0, 0, r)? {
+                        stopped_at = Some(i);
+                        break;
+                    }
+                }
+            }
+            Selector::RoundRobin { next } => {
+                let mut ch = *next;
+                for (i, r) in records.iter().enumerate() {
+                    if !self.write(0, ch, r)? {
+                        stopped_at = Some(i);
+                        break;
+                    }
+                    ch = if ch + 1 == n { 0 } else { ch + 1 };
+                }
+                self.edges[0].selector = Selector::RoundRobin { next: ch };
+            }
+            Selector::Hash { max_parallelism, consumers, .. } => {
+                let (max_p, consumers) = (*max_parallelism, *consumers);
+                let hashes = std::mem::take(&mut self.hashes[0]);
+                for (i, (r, h)) in records.iter().zip(&hashes).enumerate() {
+                    let ch = operator_index_for_key_group(max_p, consumers, key_group_for_hash(*h, max_p)) as usize;
+                    if !self.write(0, ch, r)? {
+                        stopped_at = Some(i);
+                        break;
+                    }
+                }
+                self.hashes[0] = hashes;
+            }
+            Selector::Broadcast => unreachable!("broadcast takes the general path"),
+        }
+        match stopped_at {
+            Some(i) => {
+                self.resume = Resume { edge: 0, channel: 0 };
+                self.parked.extend(records.drain(i..));
+                records.clear();
+                Ok((records, false))
+            }
+            None => {
+                records.clear();
+                Ok((records, true))
+            }
+        }
     }
 
     /// Writes parked records while buffers are available; true when none is left.

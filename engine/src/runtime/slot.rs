@@ -132,9 +132,11 @@ pub(crate) fn spawn(
             Ok(ex) => ex,
             Err(e) => {
                 job.fail(JobError::SlotStart { slot: settings.slot, message: e.to_string() });
+                job.slot_done();
                 return;
             }
         };
+        let done = job.clone();
         executor.run(async move {
             let handles: Vec<_> =
                 tasks.into_iter().map(|t| glommio::spawn_local(run_guarded(t, job.clone()))).collect();
@@ -142,5 +144,6 @@ pub(crate) fn spawn(
                 h.await;
             }
         });
+        done.slot_done();
     })
 }
