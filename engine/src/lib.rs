@@ -38,7 +38,7 @@ pub mod runtime;
 pub mod time;
 
 pub use api::env::StreamEnvironment;
-pub use api::sinks::{CollectStream, Sink, SinkContext};
+pub use api::sinks::{CollectStream, Sink, SinkContext, SinkError, SinkWaker};
 pub use api::sources::{InvalidUtf8, SourceContext, SourceSender};
 pub use api::stream::{DataStream, KeyedStream};
 pub use config::{ClusterConfig, ExecutionConfig, RuntimeMode};

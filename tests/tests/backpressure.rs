@@ -123,3 +123,70 @@ fn a_busy_producer_flushes_after_the_buffer_timeout() {
     assert!(timeout_flushes > 0, "{result}");
     assert!(result.records_in("Map") > 0);
 }
+
+/// Runs `f` on a thread and fails the test if it does not return within `secs`.
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs)).unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
+}
+
+/// A sink that is busy for a while after its first batch, like one waiting on an external
+/// system, and optionally wakes its task when it is free again.
+struct BusySink {
+    busy_until: Option<std::time::Instant>,
+    waker: Option<corestream::SinkWaker>,
+}
+
+impl corestream::Sink<u64> for BusySink {
+    fn write_batch(&mut self, batch: &mut Vec<u64>) -> Result<(), corestream::SinkError> {
+        batch.clear();
+        if self.busy_until.is_none() {
+            self.busy_until = Some(std::time::Instant::now() + Duration::from_millis(20));
+            if let Some(waker) = self.waker.clone() {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(25));
+                    waker.wake();
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_ready(&mut self) -> bool {
+        self.busy_until.is_none_or(|t| std::time::Instant::now() >= t)
+    }
+}
+
+#[test]
+fn a_busy_custom_sink_resumes_with_or_without_its_waker() {
+    for use_waker in [true, false] {
+        let cluster = cluster(1);
+        let env = cluster.environment();
+        env.from_sequence(0..10_000).add_sink("Busy Sink", move |ctx: corestream::SinkContext| {
+            Ok(BusySink { busy_until: None, waker: use_waker.then_some(ctx.waker) })
+        });
+        let job = env.execute_async("busy-sink").unwrap();
+        let result = within(30, "the job with a busy sink", move || job.join().unwrap());
+        assert_eq!(result.records_in("Busy Sink"), 10_000);
+    }
+}
+
+#[test]
+fn dropping_a_full_collect_stream_fails_the_job_instead_of_hanging() {
+    let cluster = cluster(1);
+    let env = cluster.environment();
+    let mut out = env.from_sequence(0..1_000_000).collect();
+    let job = env.execute_async("dropped-stream").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..10 {
+        out.next();
+    }
+    drop(out);
+    let outcome = within(30, "the job whose stream was dropped", move || job.join());
+    let msg = outcome.unwrap_err().to_string();
+    assert!(msg.contains("dropped the collect stream") && msg.contains("Sink: collect"), "{msg}");
+    assert_eq!(cluster.pool().in_use(), 0);
+}

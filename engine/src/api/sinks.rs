@@ -8,6 +8,7 @@ use std::fmt::{Debug, Display};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,11 +22,33 @@ use crate::operators::{enter_node, Control, Emit, OperatorMetrics, Readiness};
 /// Error a sink reports; it fails the job, naming the sink.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Wakes a sink's task from any thread. A sink whose `poll_ready` returned `false` calls
+/// [`SinkWaker::wake`] once it can take more; sinks that never do are polled again after at
+/// most 10 ms.
+#[derive(Clone)]
+pub struct SinkWaker {
+    pub(crate) bell: Arc<Doorbell>,
+}
+
+impl std::fmt::Debug for SinkWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkWaker").finish_non_exhaustive()
+    }
+}
+
+impl SinkWaker {
+    pub fn wake(&self) {
+        self.bell.ring();
+    }
+}
+
 /// What a sink subtask knows about itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SinkContext {
     pub subtask: u32,
     pub parallelism: u32,
+    /// Wakes the sink's task after `poll_ready` returned `false`.
+    pub waker: SinkWaker,
 }
 
 /// A sink: the end of a stream.
@@ -39,7 +62,8 @@ pub trait Sink<T: Data>: 'static {
         self.write_batch(scratch)
     }
 
-    /// Whether the sink can take another batch now.
+    /// Whether the sink can take another batch now. After returning `false`, call the
+    /// context's [`SinkWaker`] when that changes.
     fn poll_ready(&mut self) -> bool {
         true
     }
@@ -76,6 +100,7 @@ impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
     }
 
     fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
+        enter_node(self.node);
         Ok(if self.sink.poll_ready() { Readiness::Ready } else { Readiness::Blocked })
     }
 }
@@ -171,10 +196,12 @@ impl<T: Data + Display> Sink<T> for TextFileSink {
     }
 }
 
-/// Doorbells of the collect-sink subtasks, rung when the host has taken a record.
-#[derive(Default)]
+/// Shared by the collect-sink subtasks and the host's [`CollectStream`]: the sinks' doorbells,
+/// rung when the host has made room (only while a sink waits) or dropped the stream.
 pub(crate) struct CollectShared {
     pub(crate) bells: Mutex<Vec<Arc<Doorbell>>>,
+    waiting: AtomicBool,
+    capacity: usize,
 }
 
 impl CollectShared {
@@ -183,48 +210,77 @@ impl CollectShared {
             b.ring();
         }
     }
+
+    /// After the host took a record: wake waiting sinks once half the channel is free.
+    fn after_receive(&self, queued: usize) {
+        if self.waiting.load(Ordering::Acquire) && queued <= self.capacity / 2 && self.waiting.swap(false, Ordering::AcqRel)
+        {
+            self.ring_all();
+        }
+    }
 }
 
 pub(crate) struct CollectSink<T> {
     pub(crate) tx: Sender<T>,
     pub(crate) pending: VecDeque<T>,
+    pub(crate) shared: Arc<CollectShared>,
+    pub(crate) disconnected: bool,
 }
 
+const DISCONNECTED: &str =
+    "the host application dropped the collect stream of this job; its records can no longer be delivered";
+
 impl<T> CollectSink<T> {
-    fn push_pending(&mut self) -> Result<(), SinkError> {
+    fn push_pending(&mut self) {
         while let Some(r) = self.pending.pop_front() {
             match self.tx.try_send(r) {
                 Ok(()) => {}
                 Err(TrySendError::Full(r)) => {
                     self.pending.push_front(r);
-                    return Ok(());
+                    return;
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    return Err("the host application dropped the collect stream of this job; \
-                                records can no longer be delivered"
-                        .into())
+                    self.disconnected = true;
+                    self.pending.clear();
+                    return;
                 }
             }
         }
-        Ok(())
     }
 }
 
 impl<T: Data> Sink<T> for CollectSink<T> {
     fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
+        if self.disconnected {
+            return Err(DISCONNECTED.into());
+        }
         self.pending.extend(batch.drain(..));
-        self.push_pending()
+        self.push_pending();
+        if self.disconnected {
+            return Err(DISCONNECTED.into());
+        }
+        Ok(())
     }
 
     fn poll_ready(&mut self) -> bool {
-        // A disconnected receiver is reported by the next write.
-        let _ = self.push_pending();
-        self.pending.is_empty()
+        self.push_pending();
+        if self.pending.is_empty() || self.disconnected {
+            // A disconnected stream is reported by the next write or by `finish`.
+            return true;
+        }
+        // Announce the wait, then look again: a host that drained the channel in between
+        // would otherwise not know it has to ring.
+        self.shared.waiting.store(true, Ordering::Release);
+        self.push_pending();
+        self.pending.is_empty() || self.disconnected
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
         // `finish` runs only once `poll_ready` held, so nothing should be pending.
-        self.push_pending()?;
+        self.push_pending();
+        if self.disconnected {
+            return Err(DISCONNECTED.into());
+        }
         if self.pending.is_empty() {
             Ok(())
         } else {
@@ -235,7 +291,7 @@ impl<T: Data> Sink<T> for CollectSink<T> {
 
 /// The host application's end of a collect sink: an iterator over the job's output that ends
 /// when the job has ended. Reading slowly slows the job down (backpressure), never buffers
-/// without bound.
+/// without bound. Dropping it while the job runs fails the job (its output has nowhere to go).
 pub struct CollectStream<T> {
     pub(crate) rx: Receiver<T>,
     pub(crate) shared: Arc<CollectShared>,
@@ -249,15 +305,17 @@ impl<T> std::fmt::Debug for CollectStream<T> {
 
 impl<T> CollectStream<T> {
     pub(crate) fn new(capacity: usize) -> (Sender<T>, Self) {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        (tx, Self { rx, shared: Arc::new(CollectShared::default()) })
+        let capacity = capacity.max(1);
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let shared = Arc::new(CollectShared { bells: Mutex::new(Vec::new()), waiting: AtomicBool::new(false), capacity });
+        (tx, Self { rx, shared })
     }
 
     /// The next record, waiting at most `timeout`; `Ok(None)` when the job has ended.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<T>, RecvTimeoutError> {
         match self.rx.recv_timeout(timeout) {
             Ok(r) => {
-                self.shared.ring_all();
+                self.shared.after_receive(self.rx.len());
                 Ok(Some(r))
             }
             Err(RecvTimeoutError::Disconnected) => Ok(None),
@@ -276,7 +334,14 @@ impl<T> Iterator for CollectStream<T> {
 
     fn next(&mut self) -> Option<T> {
         let r = self.rx.recv().ok()?;
-        self.shared.ring_all();
+        self.shared.after_receive(self.rx.len());
         Some(r)
+    }
+}
+
+impl<T> Drop for CollectStream<T> {
+    fn drop(&mut self) {
+        // Sinks waiting for room must learn that nobody reads any more.
+        self.shared.ring_all();
     }
 }

@@ -16,7 +16,9 @@ use corestream_netstack::Data;
 use corestream_state::stable_hash;
 
 use super::env::{add_edge, add_node};
-use super::sinks::{CollectSink, CollectStream, DiscardSink, PrintSink, Sink, SinkContext, SinkLink, TextFileSink};
+use super::sinks::{
+    CollectSink, CollectStream, DiscardSink, PrintSink, Sink, SinkContext, SinkLink, SinkWaker, TextFileSink,
+};
 use crate::error::TaskError;
 use crate::graph::stream_graph::{ChainingStrategy, NodeKind, StreamGraph};
 use crate::graph::Partitioning;
@@ -212,7 +214,11 @@ impl<T: Data> DataStream<T> {
             name,
             NodeKind::Sink,
             Arc::new(move |ctx: &BuildCtx<'_>, _next: Box<dyn Emit<()>>| {
-                let sctx = SinkContext { subtask: ctx.subtask, parallelism: ctx.parallelism };
+                let sctx = SinkContext {
+                    subtask: ctx.subtask,
+                    parallelism: ctx.parallelism,
+                    waker: SinkWaker { bell: ctx.bell.clone() },
+                };
                 let sink = factory(sctx).map_err(|e| TaskError::User { node: ctx.node, message: e.to_string() })?;
                 Ok(Box::new(SinkLink { sink, scratch: Vec::new(), metrics: ctx.metrics.clone(), node: ctx.node })
                     as Box<dyn Emit<T>>)
@@ -230,7 +236,9 @@ impl<T: Data> DataStream<T> {
     where
         T: Debug,
     {
-        self.add_sink("Sink: print", |ctx| Ok(PrintSink { prefix: (ctx.parallelism > 1).then_some(ctx.subtask + 1) }))
+        self.add_sink("Sink: print", |ctx: SinkContext| {
+            Ok(PrintSink { prefix: (ctx.parallelism > 1).then_some(ctx.subtask + 1) })
+        })
     }
 
     /// Writes one line per record; a directory of `part-<subtask>` files when parallel.
@@ -259,7 +267,7 @@ impl<T: Data> DataStream<T> {
                 .as_ref()
                 .cloned()
                 .ok_or_else(|| TaskError::User { node: ctx.node, message: "collect sink already closed".into() })?;
-            let sink = CollectSink { tx, pending: Default::default() };
+            let sink = CollectSink { tx, pending: Default::default(), shared: shared.clone(), disconnected: false };
             Ok(Box::new(SinkLink { sink, scratch: Vec::new(), metrics: ctx.metrics.clone(), node: ctx.node })
                 as Box<dyn Emit<T>>)
         });

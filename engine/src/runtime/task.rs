@@ -28,6 +28,9 @@ pub(crate) enum TaskBody {
     Input { input: Box<dyn TaskInput>, gate: InputGate },
 }
 
+/// Longest wait of a blocked task before it polls its output again without a wake-up.
+const BLOCKED_REPOLL: Duration = Duration::from_millis(10);
+
 /// What the loop needs besides the chain.
 pub(crate) struct TaskEnv {
     pub bell: Arc<Doorbell>,
@@ -98,7 +101,10 @@ async fn wait_ready(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClo
     let started = Instant::now();
     loop {
         check_cancelled(env)?;
-        wait(&env.bell, clock.remaining()).await;
+        // Credit and hosts ring the doorbell; the bound re-polls outputs (custom sinks) that
+        // cannot.
+        let timeout = clock.remaining().map_or(BLOCKED_REPOLL, |r| r.min(BLOCKED_REPOLL));
+        wait(&env.bell, Some(timeout)).await;
         if clock.remaining() == Some(Duration::ZERO) {
             chain.flush(FlushReason::Timeout)?;
             clock.reset();
