@@ -179,10 +179,13 @@ impl<T: Data> std::fmt::Debug for RecordIter<'_, T> {
 impl<'a, T: Data> RecordIter<'a, T> {
     /// Reads records written by a [`RecordWriter`] of the same type `T`.
     ///
-    /// The bytes must come from a trusted writer in this process (or have been validated by the
-    /// transport); lengths are still bounds-checked, so a corrupt header panics instead of
-    /// reading out of bounds. `bytes` must start at a 16-byte aligned address.
-    pub fn new(bytes: &'a [u8]) -> Self {
+    /// # Safety
+    ///
+    /// `bytes` must be the written part of a buffer filled by [`RecordWriter::write`] with
+    /// records of type `T` (in this process, or validated by the transport before). Record
+    /// lengths are bounds-checked, but the archives themselves are read without validation.
+    /// `bytes` must start at a 16-byte aligned address (checked).
+    pub unsafe fn new(bytes: &'a [u8]) -> Self {
         assert_eq!(bytes.as_ptr() as usize % RECORD_ALIGN, 0, "record buffer must be 16-byte aligned");
         Self { bytes, offset: 0, _type: PhantomData }
     }
@@ -202,9 +205,9 @@ impl<'a, T: Data> Iterator for RecordIter<'a, T> {
         assert!(end <= self.bytes.len(), "record header points past the end of its buffer");
         self.offset = end;
         let archive = &self.bytes[start..end];
-        // SAFETY: the archive was produced by `RecordWriter::write` for the same `T` (caller's
-        // contract), starts 16-byte aligned (buffer alignment + header placement), and lies
-        // entirely inside the buffer (checked above).
+        // SAFETY: the archive was produced by `RecordWriter::write` for the same `T` (the
+        // contract of `RecordIter::new`), starts 16-byte aligned (buffer alignment + header
+        // placement), and lies entirely inside the buffer (checked above).
         Some(unsafe { rkyv::access_unchecked::<T::Archived>(archive) })
     }
 }
@@ -242,8 +245,13 @@ mod tests {
         out
     }
 
+    fn iter<T: Data>(b: &crate::Buffer) -> RecordIter<'_, T> {
+        // SAFETY: every buffer in these tests was filled by `RecordWriter::write` with `T`s.
+        unsafe { RecordIter::new(b.as_slice()) }
+    }
+
     fn read_all<T: Data>(bufs: &[crate::Buffer]) -> Vec<T> {
-        bufs.iter().flat_map(|b| RecordIter::<T>::new(b.as_slice()).map(deserialize::<T>)).collect()
+        bufs.iter().flat_map(|b| iter::<T>(b).map(deserialize::<T>)).collect()
     }
 
     #[test]
@@ -255,7 +263,7 @@ mod tests {
         assert_eq!(read_all::<(u64, u64)>(&bufs), records);
         // 8-byte header + 16-byte archive, padded to 32 bytes: exactly 1024 pairs per buffer.
         assert_eq!(bufs[0].len(), BUFFER_SIZE);
-        assert_eq!(RecordIter::<(u64, u64)>::new(bufs[0].as_slice()).count(), 1024);
+        assert_eq!(iter::<(u64, u64)>(&bufs[0]).count(), 1024);
         let counted: usize = bufs.iter().map(|b| record_count(b.as_slice())).sum();
         assert_eq!(counted, 5000, "the count in each buffer's first word matches its records");
     }
@@ -265,7 +273,7 @@ mod tests {
         let pool = BufferPool::new(8);
         let records = vec!["a".to_string(), String::new(), "ünïcödé words".repeat(30)];
         let bufs = write_all(&pool, &records);
-        let archived: Vec<&str> = RecordIter::<String>::new(bufs[0].as_slice()).map(|a| a.as_str()).collect();
+        let archived: Vec<&str> = iter::<String>(&bufs[0]).map(|a| a.as_str()).collect();
         assert_eq!(archived, records.iter().map(String::as_str).collect::<Vec<_>>());
     }
 

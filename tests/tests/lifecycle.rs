@@ -180,3 +180,67 @@ fn invalid_graphs_are_refused_with_a_reason() {
     let msg = env.execute("maxp").unwrap_err().to_string();
     assert!(msg.contains("above its max parallelism"), "{msg}");
 }
+
+struct PanickyReadiness {
+    polls: usize,
+}
+
+impl corestream::Sink<u64> for PanickyReadiness {
+    fn write_batch(&mut self, batch: &mut Vec<u64>) -> Result<(), corestream::SinkError> {
+        batch.clear();
+        Ok(())
+    }
+
+    fn poll_ready(&mut self) -> bool {
+        self.polls += 1;
+        assert!(self.polls < 200, "readiness check broke");
+        true
+    }
+}
+
+#[test]
+fn panics_are_blamed_on_their_own_operator_even_when_tasks_share_a_slot() {
+    let cluster = cluster(1);
+    for _ in 0..10 {
+        let env = cluster.environment();
+        env.from_sequence(0..100_000_000)
+            .map(|v| v + 1)
+            .name("Innocent Map")
+            .rebalance()
+            .add_sink("Panicky Sink", |_ctx| Ok(PanickyReadiness { polls: 0 }));
+        match env.execute("blame").unwrap_err() {
+            JobError::OperatorFailed { operator, message, .. } => {
+                assert_eq!(operator, "Panicky Sink");
+                assert!(message.contains("readiness check broke"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let env = cluster.environment();
+    env.from_sequence(0..10_000)
+        .map(|v| v + 1)
+        .name("Innocent Map")
+        .key_by(|v: &u64| if *v == 5000 { panic!("key selector broke") } else { *v % 7 })
+        .reduce(|a, b| a + b)
+        .name("Keyed Sum")
+        .discard();
+    match env.execute("key-selector").unwrap_err() {
+        JobError::OperatorFailed { operator, message, .. } => {
+            assert_eq!(operator, "Keyed Sum", "a key selector belongs to the keyed operator");
+            assert!(message.contains("key selector broke"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn streams_of_different_environments_cannot_be_joined() {
+    let cluster = cluster(1);
+    let a = cluster.environment();
+    let b = cluster.environment();
+    let mine = a.from_generator(3, |i| format!("a{i}"));
+    let theirs = b.from_generator(3, |i| format!("b{i}"));
+    mine.union([theirs]).discard();
+    let msg = a.execute("cross-env").unwrap_err().to_string();
+    assert!(msg.contains("different environments"), "{msg}");
+}

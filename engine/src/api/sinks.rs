@@ -119,7 +119,10 @@ impl<T: Data, S: Sink<T>> Emit<T> for SinkLink<T, S> {
         self.metrics.add(corestream_netstack::record_count(bytes), 0);
         enter_node(self.node);
         let mut scratch = std::mem::take(&mut self.scratch);
-        let result = self.sink.write_archived(RecordIter::new(bytes), &mut scratch);
+        // SAFETY: `bytes` is a buffer of this sink's input exchange, filled by the upstream
+        // task's `NetworkOutput` with records of type `T` (edges connect equal record types).
+        let records = unsafe { RecordIter::new(bytes) };
+        let result = self.sink.write_archived(records, &mut scratch);
         scratch.clear();
         self.scratch = scratch;
         result.map_err(|e| self.fail(e))

@@ -131,6 +131,10 @@ impl<T: Data> DataStream<T> {
     /// Merges streams of the same type.
     pub fn union(mut self, others: impl IntoIterator<Item = DataStream<T>>) -> Self {
         for o in others {
+            if !Rc::ptr_eq(&self.graph, &o.graph) {
+                self.error("union of streams from different environments: build the whole job in one environment".into());
+                continue;
+            }
             if o.partitioning.is_some() || self.partitioning.is_some() {
                 self.error("union of streams with explicit partitioning is not supported; partition after the union".into());
             }

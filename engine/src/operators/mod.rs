@@ -224,7 +224,11 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Emit<I> for OpNode<I, O, Op> {
     fn emit_archived(&mut self, bytes: &[u8]) -> Result<(), TaskError> {
         let n = corestream_netstack::record_count(bytes);
         enter_node(self.node);
-        self.op.process_archived(RecordIter::new(bytes), &mut self.out);
+        // SAFETY: `bytes` is a buffer of this node's input exchange, filled by the upstream
+        // task's `NetworkOutput` with records of type `I` (the graph connects an edge only
+        // between a producer of `I` and a consumer of `I`, within one environment).
+        let records = unsafe { RecordIter::new(bytes) };
+        self.op.process_archived(records, &mut self.out);
         self.push_out(n)
     }
 }

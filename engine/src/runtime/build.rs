@@ -40,6 +40,8 @@ pub(crate) struct OutputEdgeRt {
     pub partitioning: Partitioning,
     pub channels: Vec<OutputChannel>,
     pub key_hash: Option<Arc<dyn Any + Send + Sync>>,
+    /// The operator the exchange feeds (a key selector's panic is attributed to it).
+    pub consumer_node: usize,
     pub consumer_parallelism: u32,
     pub max_parallelism: u32,
 }

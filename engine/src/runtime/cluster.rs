@@ -270,6 +270,7 @@ impl LocalCluster {
                         partitioning: e.partitioning,
                         channels: o.channels.iter().map(|c| OutputChannel::new(channels[*c].clone(), &credit)).collect(),
                         key_hash: graph.edges[e.stream_edge].key_hash.clone(),
+                        consumer_node: e.to_node,
                         consumer_parallelism: jg.vertices[e.target].parallelism,
                         max_parallelism: nodes[e.to_node].max_parallelism,
                     }

@@ -28,7 +28,7 @@ use crate::operators::{enter_node, Control, Emit, FlushReason, Readiness};
 enum Selector<T> {
     Single,
     RoundRobin { next: usize },
-    Hash { key_hash: Arc<KeyHashFn<T>>, max_parallelism: u32, consumers: u32 },
+    Hash { key_hash: Arc<KeyHashFn<T>>, max_parallelism: u32, consumers: u32, keyed_node: usize },
     Broadcast,
 }
 
@@ -81,7 +81,12 @@ impl<T: Data> NetworkOutput<T> {
                             .and_then(|k| (k.as_ref() as &dyn Any).downcast_ref::<Arc<KeyHashFn<T>>>())
                             .cloned()
                             .expect("internal error: hash edge without a key function of the record type");
-                        Selector::Hash { key_hash, max_parallelism: e.max_parallelism, consumers: e.consumer_parallelism }
+                        Selector::Hash {
+                            key_hash,
+                            max_parallelism: e.max_parallelism,
+                            consumers: e.consumer_parallelism,
+                            keyed_node: e.consumer_node,
+                        }
                     }
                 };
                 let n = e.channels.len();
@@ -182,8 +187,11 @@ impl<T: Data> NetworkOutput<T> {
         self.hashes.resize_with(self.edges.len(), Vec::new);
         for (e, edge) in self.edges.iter().enumerate() {
             self.hashes[e].clear();
-            if let Selector::Hash { key_hash, .. } = &edge.selector {
+            if let Selector::Hash { key_hash, keyed_node, .. } = &edge.selector {
+                // The key selector is user code of the keyed operator it feeds.
+                enter_node(*keyed_node);
                 key_hash(records, &mut self.hashes[e]);
+                enter_node(self.node);
             }
         }
     }

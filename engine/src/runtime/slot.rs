@@ -18,7 +18,7 @@ use super::metrics::TaskCounters;
 use super::task::{self, TaskBody, TaskEnv};
 use crate::config::RuntimeMode;
 use crate::error::{JobError, TaskError};
-use crate::operators::{current_node, OperatorMetrics};
+use crate::operators::{current_node, enter_node, OperatorMetrics};
 
 /// Everything needed to build and run one subtask on its slot thread.
 pub(crate) struct TaskBuild {
@@ -103,6 +103,13 @@ async fn run_guarded(mut build: TaskBuild, job: Arc<JobShared>) {
         let body = build_task(&mut build, &job)?;
         task::run(body, env).await
     };
+    // Tasks of one slot share a thread: each poll starts attributed to this task's head, so a
+    // panic is never blamed on an operator of another task that ran before it.
+    let mut body = Box::pin(body);
+    let body = std::future::poll_fn(move |cx| {
+        enter_node(head);
+        body.as_mut().poll(cx)
+    });
     let outcome = AssertUnwindSafe(body).catch_unwind().await;
     let error = match outcome {
         Ok(Ok(())) => return,
