@@ -19,8 +19,10 @@ pub enum RuntimeMode {
 pub struct ClusterConfig {
     /// Number of slots; `None` means one per physical core (found with hwloc).
     pub slots: Option<u32>,
-    /// 32 KB buffers in the TaskManager's pool, shared by all jobs.
-    pub network_buffers: u32,
+    /// 32 KB buffers in the TaskManager's pool, shared by all jobs; `None` sizes the pool for
+    /// three all-to-all exchanges at full parallelism ([`auto_network_buffers`]). Untouched
+    /// buffers cost address space, not memory.
+    pub network_buffers: Option<u32>,
     pub credit: CreditConfig,
     /// Registered io_uring memory per slot executor (counts against RLIMIT_MEMLOCK).
     pub io_memory_bytes: usize,
@@ -34,13 +36,24 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             slots: None,
-            network_buffers: 2048,
+            network_buffers: None,
             credit: CreditConfig::default(),
             io_memory_bytes: 512 * 1024,
             preempt_timer: Duration::from_millis(1),
             pin_slots: true,
         }
     }
+}
+
+/// Pool size chosen when none is configured: enough for three all-to-all exchanges with every
+/// slot on both sides (each needs p·(p·(1 + backlog + exclusive)) + p·(overdraft + floating)
+/// buffers), and never fewer than 2048.
+pub fn auto_network_buffers(slots: u32, credit: &CreditConfig) -> u32 {
+    let p = slots as u64;
+    let per_channel = (1 + credit.max_backlog_per_channel + credit.exclusive_per_channel) as u64;
+    let per_task = crate::graph::execution::OVERDRAFT_BUFFERS_PER_TASK as u64 + credit.floating_per_gate as u64;
+    let exchange = p * p * per_channel + p * per_task;
+    (3 * exchange).clamp(2048, u32::MAX as u64) as u32
 }
 
 /// Settings of one job.

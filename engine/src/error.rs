@@ -53,7 +53,13 @@ pub enum JobError {
 impl JobError {
     /// Whether running the job again could succeed without changing it (for restart strategies).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, JobError::Network(_) | JobError::NotEnoughSlots { .. } | JobError::SlotStart { .. })
+        match self {
+            // Retrying helps only if other jobs may free what this one needs.
+            JobError::Network(NetError::InsufficientBuffers { requested, capacity, .. }) => requested <= capacity,
+            JobError::NotEnoughSlots { needed, total, .. } => needed <= total,
+            JobError::Network(_) | JobError::SlotStart { .. } => true,
+            _ => false,
+        }
     }
 }
 

@@ -40,7 +40,7 @@ pub mod time;
 pub use api::env::StreamEnvironment;
 pub use api::sinks::{CollectStream, Sink, SinkContext, SinkError, SinkWaker};
 pub use api::sources::{InvalidUtf8, SourceContext, SourceSender};
-pub use api::stream::{DataStream, KeyedStream};
+pub use api::stream::{DataStream, DataStreamSink, KeyedStream};
 pub use config::{ClusterConfig, ExecutionConfig, RuntimeMode};
 pub use corestream_netstack::{rkyv, BarrierKind, Data, Event};
 pub use error::{JobError, StartupError};

@@ -147,13 +147,37 @@ fn a_job_needing_more_slots_than_free_is_refused() {
 
 #[test]
 fn a_job_needing_more_buffers_than_the_pool_has_is_refused() {
-    let cluster = LocalCluster::start(ClusterConfig { slots: Some(2), network_buffers: 16, ..Default::default() }).unwrap();
+    let cluster = LocalCluster::start(ClusterConfig { slots: Some(2), network_buffers: Some(16), ..Default::default() }).unwrap();
     let mut env = cluster.environment();
     env.set_parallelism(2);
     env.from_sequence(0..10).rebalance().map(|v| v).discard();
     let err = env.execute("hungry").unwrap_err();
     assert!(matches!(err, JobError::Network(_)), "{err:?}");
     assert!(err.to_string().contains("insufficient network buffers"), "{err}");
+    assert!(!err.is_retryable(), "the job can never fit this pool");
+}
+
+#[test]
+fn the_default_pool_fits_a_keyed_exchange_at_full_parallelism_on_many_slots() {
+    for slots in [24, 64] {
+        let credit = corestream_netstack::CreditConfig::default();
+        let buffers = corestream::config::auto_network_buffers(slots, &credit);
+        let keyed_exchange = slots * (5 * slots + 40);
+        assert!(buffers >= 2 * keyed_exchange, "{slots} slots: pool {buffers} < two exchanges");
+    }
+    let cluster = cluster(24);
+    let mut env = cluster.environment();
+    env.set_parallelism(24);
+    env.from_sequence(0..100_000).key_by(|v: &u64| *v % 100).reduce(|a, b| a + b).discard();
+    assert_eq!(env.execute("wide").unwrap().records_in("Keyed Reduce"), 100_000);
+}
+
+#[test]
+fn invalid_credit_settings_are_refused_at_start() {
+    let mut config = ClusterConfig { slots: Some(1), ..Default::default() };
+    config.credit.exclusive_per_channel = 0;
+    let err = LocalCluster::start(config).unwrap_err().to_string();
+    assert!(err.contains("exclusive_per_channel"), "{err}");
 }
 
 #[test]
@@ -179,6 +203,16 @@ fn invalid_graphs_are_refused_with_a_reason() {
     env.from_sequence(0..10).set_parallelism(2).discard();
     let msg = env.execute("maxp").unwrap_err().to_string();
     assert!(msg.contains("above its max parallelism"), "{msg}");
+
+    let env = cluster.environment();
+    env.from_sequence(0..10).map(|v| v).set_parallelism(1).rebalance().set_parallelism(2).map(|v| v).discard();
+    let msg = env.execute("after-partitioning").unwrap_err().to_string();
+    assert!(msg.contains("set_parallelism after a partitioning call (rebalance)"), "{msg}");
+
+    let env = cluster.environment();
+    let _out = env.from_sequence(0..10).collect();
+    let msg = env.execute("blocking-collect").unwrap_err().to_string();
+    assert!(msg.contains("execute_async"), "{msg}");
 }
 
 struct PanickyReadiness {

@@ -14,6 +14,9 @@ pub struct Common {
     /// Slots of the local cluster (default: one per physical core).
     #[arg(long, value_parser = parse_positive)]
     pub slots: Option<u32>,
+    /// 32 KB buffers in the cluster's pool (default: sized from the number of slots).
+    #[arg(long, value_parser = parse_positive)]
+    pub network_buffers: Option<u32>,
     /// Longest wait of a record in a partly filled buffer while the producer is busy, e.g.
     /// 1ms, 100us, 0 (flush after every batch).
     #[arg(long, value_parser = parse_duration)]
@@ -31,7 +34,7 @@ impl Common {
             (None, Some(p)) => Some(p),
             (None, None) => None,
         };
-        let config = ClusterConfig { slots, ..ClusterConfig::default() };
+        let config = ClusterConfig { slots, network_buffers: self.network_buffers, ..ClusterConfig::default() };
         LocalCluster::start(config).context("cannot start the local cluster")
     }
 

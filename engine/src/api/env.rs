@@ -205,8 +205,16 @@ impl StreamEnvironment {
         self.cluster.submit(graph, self.config, name)
     }
 
-    /// Runs the job to its end (all sources finished) and returns its result.
+    /// Runs the job to its end (all sources finished) and returns its result. A job with a
+    /// `collect()` sink must use [`execute_async`](Self::execute_async): its output has to be
+    /// read while it runs, or the job would wait for a reader forever.
     pub fn execute(self, name: &str) -> Result<JobResult, JobError> {
+        if self.graph.borrow().has_collect {
+            return Err(JobError::InvalidJob(
+                "this job collects its output: start it with execute_async() and read the CollectStream while it runs"
+                    .into(),
+            ));
+        }
         self.execute_async(name)?.join()
     }
 }

@@ -68,8 +68,17 @@ impl<T: Data> DataStream<T> {
         self.graph.borrow_mut().errors.push(message);
     }
 
-    /// Applies `f` to the node that produced this stream (not to a union).
+    /// Applies `f` to the node that produced this stream (not to a union, not after a
+    /// partitioning call, which belongs to the next operator).
     fn configure(self, what: &str, f: impl FnOnce(&mut crate::graph::stream_graph::StreamNode)) -> Self {
+        if let Some(p) = self.partitioning {
+            self.error(format!(
+                "{what} after a partitioning call ({}) would configure the operator before it; \
+                 call {what} before partitioning, or on the operator that follows",
+                p.name().to_lowercase()
+            ));
+            return self;
+        }
         match self.inputs.as_slice() {
             [node] => f(&mut self.graph.borrow_mut().nodes[*node]),
             _ => self.error(format!("{what} applies to one operator, not to a union of streams")),
@@ -208,13 +217,13 @@ impl<T: Data> DataStream<T> {
     }
 
     /// Ends the stream in a custom sink built per subtask by `factory`.
-    pub fn add_sink<S, F>(self, name: &str, factory: F) -> DataStream<()>
+    pub fn add_sink<S, F>(self, name: &str, factory: F) -> DataStreamSink
     where
         S: Sink<T>,
         F: Fn(SinkContext) -> Result<S, crate::api::sinks::SinkError> + Send + Sync + 'static,
     {
         let factory = Arc::new(factory);
-        self.add_operator(
+        let sink = self.add_operator(
             name,
             NodeKind::Sink,
             Arc::new(move |ctx: &BuildCtx<'_>, _next: Box<dyn Emit<()>>| {
@@ -227,16 +236,17 @@ impl<T: Data> DataStream<T> {
                 Ok(Box::new(SinkLink { sink, scratch: Vec::new(), metrics: ctx.metrics.clone(), node: ctx.node })
                     as Box<dyn Emit<T>>)
             }),
-        )
+        );
+        DataStreamSink { stream: sink }
     }
 
     /// Drops every record (they are still counted in the job result).
-    pub fn discard(self) -> DataStream<()> {
+    pub fn discard(self) -> DataStreamSink {
         self.add_sink("Sink: discard", |_| Ok(DiscardSink))
     }
 
     /// Prints every record to standard output.
-    pub fn print(self) -> DataStream<()>
+    pub fn print(self) -> DataStreamSink
     where
         T: Debug,
     {
@@ -246,7 +256,7 @@ impl<T: Data> DataStream<T> {
     }
 
     /// Writes one line per record; a directory of `part-<subtask>` files when parallel.
-    pub fn write_as_text(self, path: impl Into<PathBuf>) -> DataStream<()>
+    pub fn write_as_text(self, path: impl Into<PathBuf>) -> DataStreamSink
     where
         T: Display,
     {
@@ -275,8 +285,32 @@ impl<T: Data> DataStream<T> {
             Ok(Box::new(SinkLink { sink, scratch: Vec::new(), metrics: ctx.metrics.clone(), node: ctx.node })
                 as Box<dyn Emit<T>>)
         });
+        self.graph.borrow_mut().has_collect = true;
         self.add_operator("Sink: collect", NodeKind::Sink, factory);
         stream
+    }
+}
+
+/// The end of a stream: a sink, which can be configured but not continued.
+#[derive(Debug)]
+pub struct DataStreamSink {
+    stream: DataStream<()>,
+}
+
+impl DataStreamSink {
+    /// Sets the parallelism of the sink.
+    pub fn set_parallelism(self, parallelism: u32) -> Self {
+        Self { stream: self.stream.set_parallelism(parallelism) }
+    }
+
+    /// Names the sink (shown in plans, results and errors).
+    pub fn name(self, name: &str) -> Self {
+        Self { stream: self.stream.name(name) }
+    }
+
+    /// Runs the sink in its own task rather than chained to its input.
+    pub fn disable_chaining(self) -> Self {
+        Self { stream: self.stream.disable_chaining() }
     }
 }
 

@@ -56,4 +56,6 @@ pub(crate) struct StreamGraph {
     pub edges: Vec<StreamEdge>,
     /// Misuses of the builder API, reported when the job is executed.
     pub errors: Vec<String>,
+    /// A collect sink exists: its output must be read while the job runs.
+    pub has_collect: bool,
 }

@@ -16,7 +16,7 @@ use super::slot::{self, SlotSettings, TaskBuild};
 use super::startup;
 use super::topology::Topology;
 use crate::api::env::StreamEnvironment;
-use crate::config::{ClusterConfig, ExecutionConfig};
+use crate::config::{auto_network_buffers, ClusterConfig, ExecutionConfig};
 use crate::error::{JobError, StartupError};
 use crate::graph::job_graph::{self, EdgeDesc, NodeDesc};
 use crate::graph::stream_graph::{NodeKind, StreamGraph};
@@ -66,8 +66,17 @@ impl LocalCluster {
         if slots == 0 {
             return Err(StartupError::InvalidConfig("slots must be at least 1".into()));
         }
-        if config.network_buffers == 0 {
+        let buffers = config.network_buffers.unwrap_or_else(|| auto_network_buffers(slots, &config.credit));
+        if buffers == 0 {
             return Err(StartupError::InvalidConfig("network_buffers must be at least 1".into()));
+        }
+        if config.credit.exclusive_per_channel == 0 {
+            return Err(StartupError::InvalidConfig(
+                "exclusive_per_channel must be at least 1: a channel without exclusive credit can stall forever".into(),
+            ));
+        }
+        if config.credit.max_backlog_per_channel == 0 {
+            return Err(StartupError::InvalidConfig("max_backlog_per_channel must be at least 1".into()));
         }
         startup::check(slots, config.io_memory_bytes)?;
         if slots as usize > topology.physical_cores() {
@@ -78,10 +87,10 @@ impl LocalCluster {
             );
         }
         let slot_cpus = topology.slot_cpus(slots).into_iter().map(|c| config.pin_slots.then_some(c)).collect();
-        tracing::info!(slots, topology = topology.source, buffers = config.network_buffers, "local cluster started");
+        tracing::info!(slots, topology = topology.source, buffers, "local cluster started");
         Ok(Self {
             inner: Arc::new(ClusterInner {
-                pool: BufferPool::new(config.network_buffers),
+                pool: BufferPool::new(buffers),
                 busy: Mutex::new(vec![false; slots as usize]),
                 slot_cpus,
                 topology,
