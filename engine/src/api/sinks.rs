@@ -216,7 +216,10 @@ impl CollectShared {
 
     /// After the host took a record: wake waiting sinks once half the channel is free.
     fn after_receive(&self, queued: usize) {
-        if self.waiting.load(Ordering::Acquire) && queued <= self.capacity / 2 && self.waiting.swap(false, Ordering::AcqRel)
+        // SeqCst pairs with the sink's store of `waiting` and its retry: either the sink sees
+        // the room made by this receive, or this load sees that it waits.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) && queued <= self.capacity / 2 && self.waiting.swap(false, Ordering::SeqCst)
         {
             self.ring_all();
         }
@@ -273,7 +276,8 @@ impl<T: Data> Sink<T> for CollectSink<T> {
         }
         // Announce the wait, then look again: a host that drained the channel in between
         // would otherwise not know it has to ring.
-        self.shared.waiting.store(true, Ordering::Release);
+        self.shared.waiting.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         self.push_pending();
         self.pending.is_empty() || self.disconnected
     }

@@ -59,6 +59,8 @@ pub(crate) struct NetworkOutput<T: Data> {
     /// Key hashes of the batch being written, per edge (empty for edges not hashed).
     hashes: Vec<Vec<u64>>,
     parked: VecDeque<T>,
+    /// Key hashes of the parked records, per edge (computed once, when first written).
+    parked_hashes: Vec<VecDeque<u64>>,
     resume: Resume,
 }
 
@@ -105,6 +107,7 @@ impl<T: Data> NetworkOutput<T> {
             marker_next: 0,
             hashes: Vec::new(),
             parked: VecDeque::new(),
+            parked_hashes: Vec::new(),
             resume: Resume { edge: 0, channel: 0 },
         }
     }
@@ -197,24 +200,53 @@ impl<T: Data> NetworkOutput<T> {
     }
 
     /// Writes `records` in order from `from`; parks the rest when the allowance runs out.
-    /// Returns true when every record was written.
+    /// `self.hashes` must hold the records' key hashes. Returns true when every record was
+    /// written.
     fn write_from(&mut self, mut records: Vec<T>, mut from: Resume) -> Result<(Vec<T>, bool), TaskError> {
         enter_node(self.node);
-        self.hash_batch(&records);
+        self.unflushed = true;
         if self.edges.len() == 1 && !matches!(self.edges[0].selector, Selector::Broadcast) {
             return self.write_single_edge(records);
         }
         for i in 0..records.len() {
             if let Some(stop) = self.write_record(&records[i], i, from)? {
                 self.resume = stop;
-                self.parked.extend(records.drain(i..));
-                records.clear();
+                self.park(&mut records, i);
                 return Ok((records, false));
             }
             from = Resume { edge: 0, channel: 0 };
         }
         records.clear();
         Ok((records, true))
+    }
+
+    /// Moves `records[from..]` and their hashes behind the parked records.
+    fn park(&mut self, records: &mut Vec<T>, from: usize) {
+        self.parked.extend(records.drain(from..));
+        records.clear();
+        self.parked_hashes.resize_with(self.edges.len(), VecDeque::new);
+        for (e, hashes) in self.hashes.iter_mut().enumerate() {
+            if hashes.len() > from {
+                self.parked_hashes[e].extend(hashes.drain(from..));
+            }
+        }
+    }
+
+    /// Writes parked records while buffers are available; true when none is left.
+    fn unpark(&mut self) -> Result<bool, TaskError> {
+        if self.parked.is_empty() {
+            return Ok(true);
+        }
+        let records: Vec<T> = self.parked.drain(..).collect();
+        self.hashes.resize_with(self.edges.len(), Vec::new);
+        for (e, hashes) in self.hashes.iter_mut().enumerate() {
+            hashes.clear();
+            if let Some(parked) = self.parked_hashes.get_mut(e) {
+                hashes.extend(parked.drain(..));
+            }
+        }
+        let (_, done) = self.write_from(records, self.resume)?;
+        Ok(done)
     }
 
     /// The common case, one edge that writes each record to one channel: the selector is
@@ -259,8 +291,7 @@ impl<T: Data> NetworkOutput<T> {
         match stopped_at {
             Some(i) => {
                 self.resume = Resume { edge: 0, channel: 0 };
-                self.parked.extend(records.drain(i..));
-                records.clear();
+                self.park(&mut records, i);
                 Ok((records, false))
             }
             None => {
@@ -268,16 +299,6 @@ impl<T: Data> NetworkOutput<T> {
                 Ok((records, true))
             }
         }
-    }
-
-    /// Writes parked records while buffers are available; true when none is left.
-    fn unpark(&mut self) -> Result<bool, TaskError> {
-        if self.parked.is_empty() {
-            return Ok(true);
-        }
-        let records: Vec<T> = self.parked.drain(..).collect();
-        let (_, done) = self.write_from(records, self.resume)?;
-        Ok(done)
     }
 
     fn flush_channel(&mut self, edge: usize, ch: usize) -> bool {
@@ -395,10 +416,10 @@ impl<T: Data> Emit<T> for NetworkOutput<T> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.unflushed = true;
+        self.hash_batch(batch);
         if !self.parked.is_empty() {
-            // Keep order: new records queue behind the parked ones.
-            self.parked.extend(batch.drain(..));
+            // Keep order: new records (and their hashes) queue behind the parked ones.
+            self.park(batch, 0);
             return Ok(());
         }
         let (emptied, _) = self.write_from(std::mem::take(batch), Resume { edge: 0, channel: 0 })?;

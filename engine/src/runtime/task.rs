@@ -151,7 +151,11 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                         source.chain().flush(FlushReason::Idle)?;
                         clock.reset();
                         check_cancelled(&env)?;
-                        env.bell.wait().await;
+                        // Output still waiting for room (parked records, a full sink) is
+                        // waited for by `wait_ready`, which re-polls it.
+                        if source.chain().poll_ready()? == Readiness::Ready {
+                            env.bell.wait().await;
+                        }
                     }
                     SourceStatus::Finished => break,
                 }
@@ -186,7 +190,9 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                         input.chain().flush(FlushReason::Idle)?;
                         clock.reset();
                         check_cancelled(&env)?;
-                        env.bell.wait().await;
+                        if input.chain().poll_ready()? == Readiness::Ready {
+                            env.bell.wait().await;
+                        }
                     }
                 }
             }
