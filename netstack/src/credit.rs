@@ -4,7 +4,9 @@
 //! a backlog); the producer ships a buffer only when it holds credit and announces how many
 //! finished buffers wait behind it. A consumer returns credit when it has finished reading a
 //! buffer. Events need no credit but keep their place behind earlier buffers; priority events
-//! (unaligned barriers) go to the head of the consumer's queue.
+//! (unaligned barriers) go to the head of the consumer's queue. Floating credit granted on a
+//! backlog that turned out stale (or to a producer that has finished) is taken back when
+//! another channel needs it and none is free.
 //!
 //! Invariants (asserted in tests): a producer never ships a buffer without credit; the buffers
 //! queued in a channel plus the one being read never exceed its exclusive credit plus the
@@ -90,6 +92,11 @@ impl LocalChannel {
 
     fn take_credit(&self) -> bool {
         self.credit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1)).is_ok()
+    }
+
+    /// Takes back `credits` unused credits, if the producer still holds that many.
+    fn revoke(&self, credits: u32) -> bool {
+        self.credit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(credits)).is_ok()
     }
 
     fn grant(&self, credits: u32) {
@@ -234,6 +241,7 @@ impl OutputChannel {
 #[derive(Debug)]
 pub struct InputGate {
     channels: Vec<Arc<LocalChannel>>,
+    exclusive: u32,
     floating_free: u32,
     floating_held: Vec<u32>,
     blocked: Vec<bool>,
@@ -245,6 +253,7 @@ impl InputGate {
         let n = channels.len();
         Self {
             channels,
+            exclusive: config.exclusive_per_channel,
             floating_free: config.floating_per_gate,
             floating_held: vec![0; n],
             blocked: vec![false; n],
@@ -293,10 +302,16 @@ impl InputGate {
         self.grant_floating();
     }
 
-    /// Grants floating credit to channels whose announced backlog exceeds their credit.
+    /// Grants floating credit to channels whose announced backlog exceeds their credit. When
+    /// none is free, first takes back floating credit that other channels hold but do not need
+    /// (granted on a backlog that was stale, or to a producer that has since finished).
     pub fn grant_floating(&mut self) {
-        if self.floating_free == 0 {
+        let needy = self.channels.iter().any(|ch| ch.backlog() > ch.credit());
+        if !needy {
             return;
+        }
+        if self.floating_free == 0 {
+            self.reclaim_floating();
         }
         for (c, ch) in self.channels.iter().enumerate() {
             if self.floating_free == 0 {
@@ -307,6 +322,22 @@ impl InputGate {
                 self.floating_free -= wanted;
                 self.floating_held[c] += wanted;
                 ch.grant(wanted);
+            }
+        }
+    }
+
+    /// Takes back unused floating credit beyond what a channel's backlog (or its exclusive
+    /// share) needs. Keeps `credit + in flight = exclusive + floating held` per channel.
+    fn reclaim_floating(&mut self) {
+        for (c, ch) in self.channels.iter().enumerate() {
+            if self.floating_held[c] == 0 {
+                continue;
+            }
+            let keep = ch.backlog().max(self.exclusive);
+            let excess = ch.credit().saturating_sub(keep).min(self.floating_held[c]);
+            if excess > 0 && ch.revoke(excess) {
+                self.floating_held[c] -= excess;
+                self.floating_free += excess;
             }
         }
     }
@@ -383,6 +414,27 @@ mod tests {
         outs[1].try_send();
         assert_eq!(outs[1].shared().buffers_sent(), 4);
         assert_eq!(outs[0].shared().credit(), 1, "idle channel keeps only its exclusive credit");
+    }
+
+    #[test]
+    fn unused_floating_credit_is_reclaimed_for_a_channel_that_needs_it() {
+        let pool = BufferPool::new(32);
+        let config = CreditConfig { exclusive_per_channel: 1, floating_per_gate: 2, max_backlog_per_channel: 4 };
+        let (mut outs, mut gate, _bell) = pair(&config, 2);
+        // Channel 0 was granted both floating credits on a backlog that turned out stale.
+        outs[0].shared().backlog.store(3, Ordering::Release);
+        gate.grant_floating();
+        outs[0].shared().backlog.store(0, Ordering::Release);
+        assert_eq!((gate.floating_free(), outs[0].shared().credit()), (0, 3));
+        // Channel 1 uses its exclusive credit and has one more buffer waiting.
+        outs[1].send_buffer(buffer_with(&pool, 0));
+        outs[1].send_buffer(buffer_with(&pool, 1));
+        assert_eq!((outs[1].shared().credit(), outs[1].shared().backlog()), (0, 1));
+        gate.grant_floating();
+        assert_eq!(outs[0].shared().credit(), 1, "channel 0 keeps its exclusive credit");
+        assert_eq!(outs[1].shared().credit(), 1, "channel 1 gets a reclaimed floating credit at once");
+        outs[1].try_send();
+        assert_eq!(outs[1].shared().buffers_sent(), 2);
     }
 
     #[test]
