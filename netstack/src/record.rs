@@ -16,7 +16,12 @@ use std::marker::PhantomData;
 
 use rkyv::api::{deserialize_using, serialize_using};
 use rkyv::rancor::{Failure, Strategy};
-use rkyv::ser::allocator::{Arena, ArenaHandle};
+use std::alloc::Layout;
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
+
+use rkyv::ser::allocator::SubAllocator;
+use rkyv::ser::Allocator;
 use rkyv::ser::writer::Buffer as SliceWriter;
 use rkyv::ser::Serializer;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -25,7 +30,47 @@ use crate::buffer::{BufferBuilder, BUFFER_SIZE};
 use crate::error::RecordError;
 
 /// Serializer used for records written into network buffers.
-pub type RecordSerializer<'a> = Strategy<Serializer<SliceWriter<'a>, ArenaHandle<'a>, ()>, Failure>;
+pub type RecordSerializer<'a> = Strategy<Serializer<SliceWriter<'a>, ScratchAlloc<'a>, ()>, Failure>;
+
+/// Scratch space rkyv may use while serializing one record: a fixed area owned by the
+/// [`RecordWriter`] that remembers whether it ran out, so that a record needing more scratch
+/// is retried with a larger area instead of being taken for a full buffer.
+pub struct ScratchAlloc<'a> {
+    inner: SubAllocator<'a>,
+    exhausted: bool,
+}
+
+// SAFETY: every call is forwarded unchanged to `SubAllocator`, whose implementation upholds
+// the trait's contract; this wrapper only records failed allocations.
+unsafe impl<E: rkyv::rancor::Source> Allocator<E> for ScratchAlloc<'_> {
+    unsafe fn push_alloc(&mut self, layout: Layout) -> Result<NonNull<[u8]>, E> {
+        // SAFETY: forwarded with the caller's guarantee (`layout` has a non-zero size).
+        let result = unsafe { <SubAllocator<'_> as Allocator<E>>::push_alloc(&mut self.inner, layout) };
+        if result.is_err() {
+            self.exhausted = true;
+        }
+        result
+    }
+
+    unsafe fn pop_alloc(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result<(), E> {
+        // SAFETY: forwarded with the caller's guarantees (same layout, LIFO order).
+        unsafe { <SubAllocator<'_> as Allocator<E>>::pop_alloc(&mut self.inner, ptr, layout) }
+    }
+}
+
+const SCRATCH_BYTES_MIN: usize = 4 * 1024;
+const SCRATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Serializes `value` into `out`; returns the archive length, or whether scratch ran out.
+fn serialize_into<T: Data>(out: &mut [u8], scratch: &mut [MaybeUninit<u8>], value: &T) -> Result<usize, bool> {
+    let writer = SliceWriter::from(out);
+    let alloc = ScratchAlloc { inner: SubAllocator::new(scratch), exhausted: false };
+    let mut serializer = Serializer::new(writer, alloc, ());
+    match serialize_using::<_, Failure>(value, &mut serializer) {
+        Ok(_) => Ok(rkyv::ser::Positional::pos(&serializer.writer)),
+        Err(_) => Err(serializer.allocator.exhausted),
+    }
+}
 /// Deserializer used when an operator asks for an owned record.
 pub type RecordDeserializer = Strategy<(), Failure>;
 
@@ -64,22 +109,38 @@ pub enum Written {
     BufferFull,
 }
 
-/// Writes records into buffers. Holds the scratch arena rkyv needs, reused across records.
-#[derive(Default)]
+/// Writes records into buffers. Holds the scratch area rkyv needs, reused across records and
+/// grown (up to 64 MiB) only when a record needs more.
 pub struct RecordWriter {
-    arena: Arena,
-    records_since_shrink: u32,
+    scratch: Vec<MaybeUninit<u8>>,
+}
+
+impl Default for RecordWriter {
+    fn default() -> Self {
+        Self { scratch: vec![MaybeUninit::uninit(); SCRATCH_BYTES_MIN] }
+    }
 }
 
 impl std::fmt::Debug for RecordWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordWriter").finish_non_exhaustive()
+        f.debug_struct("RecordWriter").field("scratch_bytes", &self.scratch.len()).finish()
     }
 }
 
 impl RecordWriter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Grows the scratch area; false when it is already at its limit.
+    #[cold]
+    fn grow_scratch(&mut self) -> bool {
+        if self.scratch.len() >= SCRATCH_BYTES_MAX {
+            return false;
+        }
+        let len = (self.scratch.len() * 4).min(SCRATCH_BYTES_MAX);
+        self.scratch.resize(len, MaybeUninit::uninit());
+        true
     }
 
     /// Appends `value` to `buf`, or reports that it does not fit what is left of it.
@@ -90,36 +151,24 @@ impl RecordWriter {
         if start + std::mem::size_of::<T::Archived>() > BUFFER_SIZE {
             return self.full_or_too_large(buf, value);
         }
-        let result = {
-            let whole = buf.whole_mut();
-            let writer = SliceWriter::from(&mut whole[start..]);
-            let mut serializer = Serializer::new(writer, self.arena.acquire(), ());
-            match serialize_using::<_, Failure>(value, &mut serializer) {
-                Ok(_) => Ok(rkyv::ser::Positional::pos(&serializer.writer)),
-                Err(e) => Err(e),
+        let archive_len = loop {
+            match serialize_into(&mut buf.whole_mut()[start..], &mut self.scratch, value) {
+                Ok(len) => break len,
+                Err(true) if self.grow_scratch() => continue,
+                Err(_) => return self.full_or_too_large(buf, value),
             }
         };
-        self.records_since_shrink += 1;
-        if self.records_since_shrink >= 4096 {
-            self.records_since_shrink = 0;
-            self.arena.shrink();
+        let first = buf.is_empty();
+        let whole = buf.whole_mut();
+        let count = if first { 1 } else { read_u32(whole, 0) + 1 };
+        whole[0..4].copy_from_slice(&count.to_le_bytes());
+        if first {
+            whole[4..8].copy_from_slice(&0u32.to_le_bytes());
         }
-        match result {
-            Ok(archive_len) => {
-                let first = buf.is_empty();
-                let whole = buf.whole_mut();
-                let count = if first { 1 } else { read_u32(whole, 0) + 1 };
-                whole[0..4].copy_from_slice(&count.to_le_bytes());
-                if first {
-                    whole[4..8].copy_from_slice(&0u32.to_le_bytes());
-                }
-                whole[header..header + 4].copy_from_slice(&(archive_len as u32).to_le_bytes());
-                whole[header + 4..start].copy_from_slice(&0u32.to_le_bytes());
-                buf.set_len(start + archive_len);
-                Ok(Written::Done)
-            }
-            Err(_) => self.full_or_too_large(buf, value),
-        }
+        whole[header..header + 4].copy_from_slice(&(archive_len as u32).to_le_bytes());
+        whole[header + 4..start].copy_from_slice(&0u32.to_le_bytes());
+        buf.set_len(start + archive_len);
+        Ok(Written::Done)
     }
 
     #[cold]
@@ -128,22 +177,18 @@ impl RecordWriter {
             return Ok(Written::BufferFull);
         }
         // An empty buffer could not hold it: measure the archive for the error message.
-        let mut scratch = vec![0u8; 0];
-        let mut size = MAX_RECORD_BYTES * 2;
+        let mut out = vec![0u8; MAX_RECORD_BYTES * 2];
         loop {
-            scratch.resize(size, 0);
-            let writer = SliceWriter::from(&mut scratch[..]);
-            let mut serializer = Serializer::new(writer, self.arena.acquire(), ());
-            if serialize_using::<_, Failure>(value, &mut serializer).is_ok() {
-                let size_bytes = rkyv::ser::Positional::pos(&serializer.writer);
-                return Err(RecordError::TooLarge { size_bytes, max_bytes: MAX_RECORD_BYTES });
+            match serialize_into(&mut out, &mut self.scratch, value) {
+                Ok(size_bytes) => return Err(RecordError::TooLarge { size_bytes, max_bytes: MAX_RECORD_BYTES }),
+                Err(true) if self.grow_scratch() => {}
+                Err(_) if out.len() < 1 << 30 => out.resize(out.len() * 4, 0),
+                Err(_) => {
+                    return Err(RecordError::Serialize {
+                        reason: "archive larger than 1 GiB or needing more than 64 MiB of scratch space".into(),
+                    })
+                }
             }
-            if size > 1 << 30 {
-                return Err(RecordError::Serialize {
-                    reason: "archive larger than 1 GiB or serializer failure".into(),
-                });
-            }
-            size *= 4;
         }
     }
 }
@@ -292,6 +337,19 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(buf.is_empty(), "a refused record leaves the buffer untouched");
+    }
+
+    #[test]
+    fn records_needing_more_scratch_than_the_default_are_written() {
+        let pool = BufferPool::new(4);
+        let mut writer = RecordWriter::new();
+        // rkyv keeps one resolver per string in scratch while it serializes the vector.
+        let value: Vec<String> = (0..1500).map(|i| format!("s{i}")).collect();
+        let mut buf = pool.take().unwrap();
+        assert_eq!(writer.write(&mut buf, &value).unwrap(), Written::Done);
+        assert!(writer.scratch.len() > SCRATCH_BYTES_MIN, "the scratch area grew");
+        let frozen = buf.freeze();
+        assert_eq!(read_all::<Vec<String>>(std::slice::from_ref(&frozen)), vec![value]);
     }
 
     #[test]
