@@ -127,13 +127,6 @@ impl LocalChannel {
         }
         item
     }
-
-    /// Drops everything queued (cancellation); buffers go back to their pool.
-    pub fn clear(&self) {
-        let drained: Vec<_> = self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
-        self.queued.store(0, Ordering::Release);
-        drop(drained);
-    }
 }
 
 /// Result of trying to ship a producer's pending items.

@@ -143,11 +143,6 @@ impl BufferPool {
         }
     }
 
-    /// Resets the peak counter to the current use (between jobs or measurements).
-    pub fn reset_peak(&self) {
-        self.inner.peak_in_use.store(self.in_use(), Ordering::Relaxed);
-    }
-
     /// Reserves `buffers` for a job; the reservation is released when dropped.
     pub fn reserve(&self, buffers: u32) -> Result<PoolReservation, NetError> {
         let capacity = self.inner.capacity;

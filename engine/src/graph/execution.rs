@@ -5,7 +5,7 @@
 use corestream_netstack::CreditConfig;
 
 use super::job_graph::JobGraph;
-use super::partition::{targets, Partitioning};
+use super::partition::targets;
 
 /// Buffers a producer task may hold beyond its per-channel share while it finishes one input
 /// batch (Flink's overdraft buffers).
@@ -92,17 +92,11 @@ pub fn plan(graph: &JobGraph, credit: &CreditConfig) -> ExecutionPlan {
     ExecutionPlan { channels, tasks, slots_needed, buffers_needed }
 }
 
-impl ExecutionPlan {
-    /// Whether `partitioning` routes by channel index = consumer subtask.
-    pub fn is_all_to_all(partitioning: Partitioning) -> bool {
-        matches!(partitioning, Partitioning::Rebalance | Partitioning::Broadcast | Partitioning::Hash)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::graph::job_graph::{build, EdgeDesc, NodeDesc};
+    use crate::graph::Partitioning;
     use crate::graph::stream_graph::{ChainingStrategy, NodeKind};
 
     #[test]

@@ -216,6 +216,7 @@ impl JobHandle {
                 flushes_full: load(&c.flushes_full),
                 flushes_idle: load(&c.flushes_idle),
                 flushes_timeout: load(&c.flushes_timeout),
+                flushes_final: load(&c.flushes_final),
                 backpressure_waits: load(&c.backpressure_waits),
                 backpressure_time: Duration::from_nanos(load(&c.backpressure_ns)),
                 credit_stalls: load(&c.credit_stalls),

@@ -15,6 +15,8 @@ pub struct TaskCounters {
     pub flushes_full: AtomicU64,
     pub flushes_idle: AtomicU64,
     pub flushes_timeout: AtomicU64,
+    /// Flushes forced by an event or the end of input, which must follow the records before it.
+    pub flushes_final: AtomicU64,
     /// Times the task stopped because its output had no room (no credit, or a full sink).
     pub backpressure_waits: AtomicU64,
     pub backpressure_ns: AtomicU64,
@@ -62,6 +64,7 @@ pub struct TaskSummary {
     pub flushes_full: u64,
     pub flushes_idle: u64,
     pub flushes_timeout: u64,
+    pub flushes_final: u64,
     pub backpressure_waits: u64,
     pub backpressure_time: Duration,
     pub credit_stalls: u64,
@@ -103,12 +106,6 @@ impl JobResult {
     /// Backpressure waits summed over the subtasks of chains whose name contains `name`.
     pub fn backpressure_waits(&self, name: &str) -> u64 {
         self.tasks.iter().filter(|t| t.task.contains(name)).map(|t| t.backpressure_waits).sum()
-    }
-
-    /// Records of the first source divided by wall time.
-    pub fn source_rate_per_sec(&self) -> f64 {
-        let produced: u64 = self.operators.iter().filter(|o| o.name.starts_with("Source")).map(|o| o.records_out).sum();
-        produced as f64 / self.wall_time.as_secs_f64().max(1e-9)
     }
 }
 

@@ -377,7 +377,7 @@ impl<T: Data> Control for NetworkOutput<T> {
             let counter = match reason {
                 FlushReason::Idle => &self.counters.flushes_idle,
                 FlushReason::Timeout => &self.counters.flushes_timeout,
-                FlushReason::Final => &self.counters.flushes_full,
+                FlushReason::Final => &self.counters.flushes_final,
             };
             TaskCounters::inc(counter, 1);
         }
