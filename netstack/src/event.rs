@@ -12,6 +12,13 @@ pub enum BarrierKind {
     Unaligned,
 }
 
+/// Whether a channel currently takes part in event time (Flink's `WatermarkStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WatermarkStatus {
+    Active,
+    Idle,
+}
+
 /// An in-band event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
@@ -19,6 +26,9 @@ pub enum Event {
     EndOfPartition,
     /// Event time has reached this timestamp (milliseconds) on this channel.
     Watermark(i64),
+    /// The channel's producer stopped (`Idle`) or resumed (`Active`) emitting records and
+    /// watermarks; an idle channel does not hold back the consumer's event time.
+    WatermarkStatus(WatermarkStatus),
     /// A checkpoint barrier (Chandy–Lamport).
     CheckpointBarrier { checkpoint_id: u64, timestamp_ms: i64, kind: BarrierKind },
     /// A latency marker emitted by a source subtask at `marked_time_ns` (monotonic clock).

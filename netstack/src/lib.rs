@@ -19,7 +19,7 @@ pub use buffer::{Buffer, BufferBuilder, BUFFER_SIZE};
 pub use credit::{ChannelItem, CreditConfig, InputGate, LocalChannel, OutputChannel, SendOutcome};
 pub use doorbell::Doorbell;
 pub use error::{NetError, RecordError};
-pub use event::{BarrierKind, Event};
+pub use event::{BarrierKind, Event, WatermarkStatus};
 pub use pool::{BufferPool, PoolReservation, PoolStats};
 pub use record::{record_count, Data, RecordIter, RecordWriter};
 pub use rkyv;

@@ -74,6 +74,15 @@ pub(crate) trait Control {
     fn drain(&mut self) -> Result<bool, TaskError> {
         Ok(true)
     }
+    /// The earliest processing time (ms since the epoch) at which some link wants
+    /// [`Control::on_processing_time`].
+    fn next_deadline(&self) -> Option<i64> {
+        None
+    }
+    /// Fires what is due at processing time `now_ms`.
+    fn on_processing_time(&mut self, _now_ms: i64) -> Result<(), TaskError> {
+        Ok(())
+    }
 }
 
 /// The input side of a chain link.
@@ -107,6 +116,26 @@ pub trait Operator<I: Data, O: Data>: 'static {
     fn finish(&mut self, _out: &mut Vec<O>, _max_records: usize) -> bool {
         true
     }
+
+    /// The task's event-time clock advanced to `watermark`: fire what is due. Returns the
+    /// watermark to forward downstream (`None` swallows it).
+    fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
+        Some(watermark)
+    }
+
+    /// The earliest processing time (ms since the epoch) at which this operator wants
+    /// [`Operator::on_processing_time`].
+    fn next_deadline(&self) -> Option<i64> {
+        None
+    }
+
+    /// Processing time reached `now_ms`: fire what is due.
+    fn on_processing_time(&mut self, _now_ms: i64, _out: &mut Vec<O>) {}
+}
+
+/// Milliseconds since the Unix epoch: the processing-time clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 thread_local! {
@@ -146,11 +175,12 @@ impl OperatorMetrics {
     }
 }
 
-/// One link of a chain: an operator, its output batch and the next link.
+/// One link of a chain: an operator, its output batch, its side outputs and the next link.
 pub(crate) struct OpNode<I: Data, O: Data, Op: Operator<I, O>> {
     pub(crate) op: Op,
     pub(crate) out: Vec<O>,
     pub(crate) next: Box<dyn Emit<O>>,
+    pub(crate) sides: Vec<Box<dyn SideSink>>,
     pub(crate) metrics: Arc<OperatorMetrics>,
     pub(crate) node: usize,
     pub(crate) finished: bool,
@@ -159,12 +189,25 @@ pub(crate) struct OpNode<I: Data, O: Data, Op: Operator<I, O>> {
 
 impl<I: Data, O: Data, Op: Operator<I, O>> OpNode<I, O, Op> {
     pub(crate) fn new(op: Op, next: Box<dyn Emit<O>>, metrics: Arc<OperatorMetrics>, node: usize) -> Self {
-        Self { op, out: Vec::new(), next, metrics, node, finished: false, _in: std::marker::PhantomData }
+        Self::with_sides(op, next, Vec::new(), metrics, node)
+    }
+
+    pub(crate) fn with_sides(
+        op: Op,
+        next: Box<dyn Emit<O>>,
+        sides: Vec<Box<dyn SideSink>>,
+        metrics: Arc<OperatorMetrics>,
+        node: usize,
+    ) -> Self {
+        Self { op, out: Vec::new(), next, sides, metrics, node, finished: false, _in: std::marker::PhantomData }
     }
 
     #[inline]
     fn push_out(&mut self, records_in: usize) -> Result<(), TaskError> {
         self.metrics.add(records_in, self.out.len());
+        for side in &mut self.sides {
+            side.push_pending()?;
+        }
         if self.out.is_empty() {
             return Ok(());
         }
@@ -174,7 +217,22 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OpNode<I, O, Op> {
 
 impl<I: Data, O: Data, Op: Operator<I, O>> Control for OpNode<I, O, Op> {
     fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
-        self.next.emit_event(event)
+        let event = match *event {
+            Event::Watermark(w) => {
+                enter_node(self.node);
+                let forward = self.op.on_watermark(w, &mut self.out);
+                self.push_out(0)?;
+                match forward {
+                    Some(w) => Event::Watermark(w),
+                    None => return Ok(()),
+                }
+            }
+            other => other,
+        };
+        for side in &mut self.sides {
+            side.control().emit_event(&event)?;
+        }
+        self.next.emit_event(&event)
     }
 
     fn finish_step(&mut self, max_records: usize) -> Result<bool, TaskError> {
@@ -186,28 +244,126 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Control for OpNode<I, O, Op> {
                 return Ok(false);
             }
         }
+        for side in &mut self.sides {
+            if !side.control().finish_step(max_records)? {
+                return Ok(false);
+            }
+        }
         self.next.finish_step(max_records)
     }
 
     fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
-        self.next.poll_ready()
+        let mut ready = Readiness::Ready;
+        for side in &mut self.sides {
+            if side.control().poll_ready()? == Readiness::Blocked {
+                ready = Readiness::Blocked;
+            }
+        }
+        if self.next.poll_ready()? == Readiness::Blocked {
+            ready = Readiness::Blocked;
+        }
+        Ok(ready)
     }
 
     fn flush(&mut self, reason: FlushReason) -> Result<bool, TaskError> {
-        self.next.flush(reason)
+        let mut sent = false;
+        for side in &mut self.sides {
+            sent |= side.control().flush(reason)?;
+        }
+        Ok(self.next.flush(reason)? | sent)
     }
 
     fn has_unflushed(&self) -> bool {
-        self.next.has_unflushed()
+        self.sides.iter().any(|s| s.control_ref().has_unflushed()) || self.next.has_unflushed()
     }
 
     fn close(&mut self) -> Result<(), TaskError> {
+        for side in &mut self.sides {
+            side.control().close()?;
+        }
         self.next.close()
     }
 
     fn drain(&mut self) -> Result<bool, TaskError> {
-        self.next.drain()
+        let mut done = true;
+        for side in &mut self.sides {
+            done &= side.control().drain()?;
+        }
+        Ok(self.next.drain()? & done)
     }
+
+    fn next_deadline(&self) -> Option<i64> {
+        let next = self.next.next_deadline();
+        match (self.op.next_deadline(), next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_processing_time(&mut self, now_ms: i64) -> Result<(), TaskError> {
+        if self.op.next_deadline().is_some_and(|d| d <= now_ms) {
+            enter_node(self.node);
+            self.op.on_processing_time(now_ms, &mut self.out);
+            self.push_out(0)?;
+        }
+        self.next.on_processing_time(now_ms)
+    }
+}
+
+/// Records an operator sends to a side output (an [`crate::OutputTag`]), queued until the end of
+/// the batch that produced them. Shared between the operator and its chain link, on one thread.
+pub struct SideOutput<X> {
+    pending: std::rc::Rc<std::cell::RefCell<Vec<X>>>,
+}
+
+impl<X> SideOutput<X> {
+    /// Emits `record` to the side output.
+    pub fn emit(&self, record: X) {
+        self.pending.borrow_mut().push(record);
+    }
+}
+
+impl<X> Clone for SideOutput<X> {
+    fn clone(&self) -> Self {
+        Self { pending: self.pending.clone() }
+    }
+}
+
+/// The chain-link side of a side output: pushes queued records into the side edge's output.
+pub(crate) trait SideSink {
+    fn push_pending(&mut self) -> Result<(), TaskError>;
+    fn control(&mut self) -> &mut dyn Control;
+    fn control_ref(&self) -> &dyn Control;
+}
+
+struct SideSinkImpl<X: Data> {
+    pending: std::rc::Rc<std::cell::RefCell<Vec<X>>>,
+    batch: Vec<X>,
+    emit: Box<dyn Emit<X>>,
+}
+
+impl<X: Data> SideSink for SideSinkImpl<X> {
+    fn push_pending(&mut self) -> Result<(), TaskError> {
+        std::mem::swap(&mut *self.pending.borrow_mut(), &mut self.batch);
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.emit.emit_batch(&mut self.batch)?;
+        self.batch.clear();
+        Ok(())
+    }
+    fn control(&mut self) -> &mut dyn Control {
+        &mut *self.emit
+    }
+    fn control_ref(&self) -> &dyn Control {
+        &*self.emit
+    }
+}
+
+/// A side output and the sink that carries its records to the side edge's output.
+pub(crate) fn side_output<X: Data>(emit: Box<dyn Emit<X>>) -> (SideOutput<X>, Box<dyn SideSink>) {
+    let pending = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    (SideOutput { pending: pending.clone() }, Box::new(SideSinkImpl { pending, batch: Vec::new(), emit }))
 }
 
 impl<I: Data, O: Data, Op: Operator<I, O>> Emit<I> for OpNode<I, O, Op> {

@@ -58,10 +58,19 @@ pub(crate) struct NetworkOutput<T: Data> {
     marker_next: usize,
     /// Key hashes of the batch being written, per edge (empty for edges not hashed).
     hashes: Vec<Vec<u64>>,
-    parked: VecDeque<T>,
+    /// Records and events waiting for buffers, in order.
+    parked: VecDeque<Parked<T>>,
     /// Key hashes of the parked records, per edge (computed once, when first written).
     parked_hashes: Vec<VecDeque<u64>>,
     resume: Resume,
+    unpark_scratch: Vec<T>,
+}
+
+/// An item waiting in the output for a buffer: a record, or an event that must follow the
+/// records parked before it.
+enum Parked<T> {
+    Record(T),
+    Event(Event),
 }
 
 impl<T: Data> NetworkOutput<T> {
@@ -109,6 +118,7 @@ impl<T: Data> NetworkOutput<T> {
             parked: VecDeque::new(),
             parked_hashes: Vec::new(),
             resume: Resume { edge: 0, channel: 0 },
+            unpark_scratch: Vec::new(),
         }
     }
 
@@ -199,30 +209,29 @@ impl<T: Data> NetworkOutput<T> {
         }
     }
 
-    /// Writes `records` in order from `from`; parks the rest when the allowance runs out.
-    /// `self.hashes` must hold the records' key hashes. Returns true when every record was
-    /// written.
-    fn write_from(&mut self, mut records: Vec<T>, mut from: Resume) -> Result<(Vec<T>, bool), TaskError> {
+    /// Writes `records` in order from `from`; returns the index of the first record that could
+    /// not be written for want of a buffer (`self.resume` then says where inside it to resume).
+    /// `self.hashes` must hold the records' key hashes.
+    fn write_from(&mut self, records: &[T], mut from: Resume) -> Result<Option<usize>, TaskError> {
         enter_node(self.node);
         self.unflushed = true;
         if self.edges.len() == 1 && !matches!(self.edges[0].selector, Selector::Broadcast) {
+            self.resume = Resume { edge: 0, channel: 0 };
             return self.write_single_edge(records);
         }
-        for i in 0..records.len() {
-            if let Some(stop) = self.write_record(&records[i], i, from)? {
+        for (i, record) in records.iter().enumerate() {
+            if let Some(stop) = self.write_record(record, i, from)? {
                 self.resume = stop;
-                self.park(&mut records, i);
-                return Ok((records, false));
+                return Ok(Some(i));
             }
             from = Resume { edge: 0, channel: 0 };
         }
-        records.clear();
-        Ok((records, true))
+        Ok(None)
     }
 
-    /// Moves `records[from..]` and their hashes behind the parked records.
-    fn park(&mut self, records: &mut Vec<T>, from: usize) {
-        self.parked.extend(records.drain(from..));
+    /// Moves `records[from..]` and their hashes behind the parked items.
+    fn park_back(&mut self, records: &mut Vec<T>, from: usize) {
+        self.parked.extend(records.drain(from..).map(Parked::Record));
         records.clear();
         self.parked_hashes.resize_with(self.edges.len(), VecDeque::new);
         for (e, hashes) in self.hashes.iter_mut().enumerate() {
@@ -232,26 +241,71 @@ impl<T: Data> NetworkOutput<T> {
         }
     }
 
-    /// Writes parked records while buffers are available; true when none is left.
-    fn unpark(&mut self) -> Result<bool, TaskError> {
-        if self.parked.is_empty() {
-            return Ok(true);
+    /// Puts `records[from..]` and their hashes back in front of the parked items.
+    fn park_front(&mut self, records: &mut Vec<T>, from: usize) {
+        for r in records.drain(from..).rev() {
+            self.parked.push_front(Parked::Record(r));
         }
-        let records: Vec<T> = self.parked.drain(..).collect();
-        self.hashes.resize_with(self.edges.len(), Vec::new);
+        records.clear();
+        self.parked_hashes.resize_with(self.edges.len(), VecDeque::new);
         for (e, hashes) in self.hashes.iter_mut().enumerate() {
-            hashes.clear();
-            if let Some(parked) = self.parked_hashes.get_mut(e) {
-                hashes.extend(parked.drain(..));
+            if hashes.len() > from {
+                for h in hashes.drain(from..).rev() {
+                    self.parked_hashes[e].push_front(h);
+                }
             }
         }
-        let (_, done) = self.write_from(records, self.resume)?;
-        Ok(done)
+    }
+
+    /// Writes parked records and sends parked events, in order, while buffers are available;
+    /// true when nothing is left.
+    fn unpark(&mut self) -> Result<bool, TaskError> {
+        while let Some(front) = self.parked.pop_front() {
+            let first = match front {
+                Parked::Event(event) => {
+                    self.send_event(&event);
+                    continue;
+                }
+                Parked::Record(r) => r,
+            };
+            let mut records = std::mem::take(&mut self.unpark_scratch);
+            records.push(first);
+            while let Some(Parked::Record(_)) = self.parked.front() {
+                if let Some(Parked::Record(r)) = self.parked.pop_front() {
+                    records.push(r);
+                }
+            }
+            let n = records.len();
+            self.hashes.resize_with(self.edges.len(), Vec::new);
+            for (e, hashes) in self.hashes.iter_mut().enumerate() {
+                hashes.clear();
+                if let Some(parked) = self.parked_hashes.get_mut(e) {
+                    if !parked.is_empty() {
+                        hashes.extend(parked.drain(..n));
+                    }
+                }
+            }
+            let resume = self.resume;
+            let stopped = self.write_from(&records, resume)?;
+            match stopped {
+                Some(i) => {
+                    self.park_front(&mut records, i);
+                    self.unpark_scratch = records;
+                    return Ok(false);
+                }
+                None => {
+                    records.clear();
+                    self.unpark_scratch = records;
+                    self.resume = Resume { edge: 0, channel: 0 };
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// The common case, one edge that writes each record to one channel: the selector is
     /// matched once per batch and each arm is a tight loop.
-    fn write_single_edge(&mut self, mut records: Vec<T>) -> Result<(Vec<T>, bool), TaskError> {
+    fn write_single_edge(&mut self, records: &[T]) -> Result<Option<usize>, TaskError> {
         let n = self.edges[0].channels.len();
         let mut stopped_at = None;
         match &self.edges[0].selector {
@@ -288,17 +342,7 @@ impl<T: Data> NetworkOutput<T> {
             }
             Selector::Broadcast => unreachable!("broadcast takes the general path"),
         }
-        match stopped_at {
-            Some(i) => {
-                self.resume = Resume { edge: 0, channel: 0 };
-                self.park(&mut records, i);
-                Ok((records, false))
-            }
-            None => {
-                records.clear();
-                Ok((records, true))
-            }
-        }
+        Ok(stopped_at)
     }
 
     fn flush_channel(&mut self, edge: usize, ch: usize) -> bool {
@@ -317,16 +361,10 @@ impl<T: Data> NetworkOutput<T> {
         }
     }
 
-    fn all_channels(&self) -> Vec<(usize, usize)> {
-        self.edges.iter().enumerate().flat_map(|(e, edge)| (0..edge.channels.len()).map(move |c| (e, c))).collect()
-    }
-}
-
-impl<T: Data> Control for NetworkOutput<T> {
-    fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
-        debug_assert!(self.parked.is_empty(), "events follow parked records, the task waits for readiness first");
+    /// Sends an event on every channel after the records before it (a latency marker on one
+    /// channel, round-robin, as in Flink).
+    fn send_event(&mut self, event: &Event) {
         if let Event::LatencyMarker { .. } = event {
-            // As in Flink, a latency marker takes one channel, chosen round-robin.
             let all = self.all_channels();
             if let Some(&(e, c)) = all.get(self.marker_next % all.len().max(1)) {
                 self.marker_next += 1;
@@ -334,13 +372,37 @@ impl<T: Data> Control for NetworkOutput<T> {
                 let outcome = self.edges[e].channels[c].send_event(*event);
                 self.account(outcome);
             }
-            return Ok(());
+            return;
         }
-        self.flush(FlushReason::Final)?;
+        if self.unflushed {
+            let mut sent = false;
+            for (e, c) in self.all_channels() {
+                sent |= self.flush_channel(e, c);
+            }
+            self.unflushed = false;
+            if sent {
+                TaskCounters::inc(&self.counters.flushes_final, 1);
+            }
+        }
         for (e, c) in self.all_channels() {
             let outcome = self.edges[e].channels[c].send_event(*event);
             self.account(outcome);
         }
+    }
+
+    fn all_channels(&self) -> Vec<(usize, usize)> {
+        self.edges.iter().enumerate().flat_map(|(e, edge)| (0..edge.channels.len()).map(move |c| (e, c))).collect()
+    }
+}
+
+impl<T: Data> Control for NetworkOutput<T> {
+    fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
+        if !self.parked.is_empty() {
+            // Events keep their place behind the records waiting for buffers.
+            self.parked.push_back(Parked::Event(*event));
+            return Ok(());
+        }
+        self.send_event(event);
         Ok(())
     }
 
@@ -418,13 +480,14 @@ impl<T: Data> Emit<T> for NetworkOutput<T> {
         }
         self.hash_batch(batch);
         if !self.parked.is_empty() {
-            // Keep order: new records (and their hashes) queue behind the parked ones.
-            self.park(batch, 0);
+            // Keep order: new records (and their hashes) queue behind the parked items.
+            self.park_back(batch, 0);
             return Ok(());
         }
-        let (emptied, _) = self.write_from(std::mem::take(batch), Resume { edge: 0, channel: 0 })?;
-        // Hand the allocation back so the upstream link reuses it.
-        *batch = emptied;
+        if let Some(i) = self.write_from(batch, Resume { edge: 0, channel: 0 })? {
+            self.park_back(batch, i);
+        }
+        batch.clear();
         Ok(())
     }
 

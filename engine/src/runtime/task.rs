@@ -20,8 +20,8 @@ use super::metrics::TaskCounters;
 use crate::api::sources::SourceStatus;
 use crate::checkpoint::{AlignmentAction, BarrierAligner};
 use crate::error::TaskError;
-use crate::operators::{Control, FlushReason, Readiness};
-use crate::time::WatermarkValve;
+use crate::operators::{now_ms, Control, FlushReason, Readiness};
+use crate::time::{ValveOutput, WatermarkValve};
 
 pub(crate) enum TaskBody {
     Source(Box<dyn TaskSource>),
@@ -75,6 +75,31 @@ impl FlushClock {
     fn reset(&mut self) {
         self.dirty_since = None;
     }
+}
+
+/// Fires the chain's processing-time work that is due; returns how long until the next.
+fn fire_due(chain: &mut dyn Control) -> Result<Option<Duration>, TaskError> {
+    let Some(deadline) = chain.next_deadline() else {
+        return Ok(None);
+    };
+    let now = now_ms();
+    if deadline > now {
+        return Ok(Some(Duration::from_millis((deadline - now) as u64)));
+    }
+    chain.on_processing_time(now)?;
+    Ok(chain.next_deadline().map(|d| Duration::from_millis(d.saturating_sub(now_ms()).max(0) as u64)))
+}
+
+/// Waits on the doorbell, at most until the chain's next processing-time deadline.
+async fn wait_idle(chain: &mut dyn Control, env: &TaskEnv) -> Result<(), TaskError> {
+    let timeout = fire_due(chain)?;
+    if timeout == Some(Duration::ZERO) {
+        return Ok(());
+    }
+    if chain.poll_ready()? == Readiness::Ready {
+        wait(&env.bell, timeout).await;
+    }
+    Ok(())
 }
 
 async fn wait(bell: &Doorbell, timeout: Option<Duration>) {
@@ -139,12 +164,17 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
     let mut clock = FlushClock { timeout: env.buffer_timeout, dirty_since: None };
     match body {
         TaskBody::Source(mut source) => {
+            let mut steps = 0u64;
             loop {
                 check_cancelled(&env)?;
                 wait_ready(source.chain(), &env, &mut clock).await?;
                 match source.step(env.batch_size)? {
                     SourceStatus::More => {
                         clock.after_batch(source.chain())?;
+                        if steps.is_multiple_of(8) {
+                            fire_due(source.chain())?;
+                        }
+                        steps += 1;
                         glommio::yield_if_needed().await;
                     }
                     SourceStatus::Idle => {
@@ -153,13 +183,14 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                         check_cancelled(&env)?;
                         // Output still waiting for room (parked records, a full sink) is
                         // waited for by `wait_ready`, which re-polls it.
-                        if source.chain().poll_ready()? == Readiness::Ready {
-                            env.bell.wait().await;
-                        }
+                        wait_idle(source.chain(), &env).await?;
                     }
                     SourceStatus::Finished => break,
                 }
             }
+            // A bounded source ends event time: every window and timer fires (as in Flink).
+            wait_ready(source.chain(), &env, &mut clock).await?;
+            source.chain().emit_event(&Event::Watermark(i64::MAX))?;
             finish(source.chain(), &env, &mut clock).await
         }
         TaskBody::Input { mut input, mut gate } => {
@@ -180,6 +211,7 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                         clock.after_batch(input.chain())?;
                         if buffers.is_multiple_of(8) {
                             TaskCounters::inc(&env.counters.buffers_in, 8);
+                            fire_due(input.chain())?;
                             glommio::yield_if_needed().await;
                         }
                     }
@@ -190,9 +222,7 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                         input.chain().flush(FlushReason::Idle)?;
                         clock.reset();
                         check_cancelled(&env)?;
-                        if input.chain().poll_ready()? == Readiness::Ready {
-                            env.bell.wait().await;
-                        }
+                        wait_idle(input.chain(), &env).await?;
                     }
                 }
             }
@@ -224,6 +254,15 @@ fn on_event(
         Event::Watermark(ts) => {
             if let Some(w) = valve.on_watermark(channel, ts) {
                 input.chain().emit_event(&Event::Watermark(w))?;
+            }
+        }
+        Event::WatermarkStatus(status) => {
+            for out in valve.on_status(channel, status) {
+                let event = match out {
+                    ValveOutput::Watermark(w) => Event::Watermark(w),
+                    ValveOutput::Status(s) => Event::WatermarkStatus(s),
+                };
+                input.chain().emit_event(&event)?;
             }
         }
         Event::CheckpointBarrier { checkpoint_id, kind, .. } => {

@@ -3,4 +3,4 @@
 
 pub mod watermark;
 
-pub use watermark::WatermarkValve;
+pub use watermark::{ValveOutput, WatermarkValve};

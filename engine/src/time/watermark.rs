@@ -1,18 +1,41 @@
-//! The watermark valve of an input gate: each channel's watermark only moves forward, the
-//! task's event-time clock is the minimum over channels that have not ended, and a watermark is
-//! forwarded only when that minimum advances. A pure structure, tested without a runtime.
+//! The watermark valve of an input gate (Flink's `StatusWatermarkValve`): each channel's
+//! watermark only moves forward; the task's event-time clock is the minimum over the channels
+//! that are active, aligned and not ended, and it only moves forward; a watermark is forwarded
+//! only when that minimum advances. An idle channel is left out of the minimum; when it resumes
+//! it rejoins only once its watermark has caught up with the clock (it is "aligned" again), so
+//! the clock never moves backwards. When every live channel is idle the task itself reports
+//! idle downstream. A pure structure, tested without a runtime.
 
-/// Per-channel watermarks of one input gate.
+use corestream_netstack::WatermarkStatus;
+
+/// What the valve tells the task to forward downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValveOutput {
+    Watermark(i64),
+    Status(WatermarkStatus),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ChannelState {
+    watermark: i64,
+    idle: bool,
+    /// Takes part in the minimum: active and caught up with the clock.
+    aligned: bool,
+    ended: bool,
+}
+
+/// Per-channel watermarks and statuses of one input gate.
 #[derive(Debug, Clone)]
 pub struct WatermarkValve {
-    channels: Vec<i64>,
-    ended: Vec<bool>,
+    channels: Vec<ChannelState>,
     current: i64,
+    idle: bool,
 }
 
 impl WatermarkValve {
     pub fn new(channels: usize) -> Self {
-        Self { channels: vec![i64::MIN; channels], ended: vec![false; channels], current: i64::MIN }
+        let fresh = ChannelState { watermark: i64::MIN, idle: false, aligned: true, ended: false };
+        Self { channels: vec![fresh; channels], current: i64::MIN, idle: false }
     }
 
     /// The task's current event-time clock.
@@ -20,28 +43,71 @@ impl WatermarkValve {
         self.current
     }
 
-    /// Records a watermark from `channel`; returns the new clock when it advanced.
+    /// Whether every live channel is idle (the task reports idle downstream).
+    pub fn is_idle(&self) -> bool {
+        self.idle
+    }
+
+    /// Records a watermark from `channel`; returns the new clock when it advanced. Watermarks
+    /// from a channel marked idle are ignored, as in Flink (an idle producer sends none).
     pub fn on_watermark(&mut self, channel: usize, timestamp: i64) -> Option<i64> {
-        if timestamp > self.channels[channel] {
-            self.channels[channel] = timestamp;
+        let ch = &mut self.channels[channel];
+        if ch.idle || ch.ended || timestamp <= ch.watermark {
+            return None;
+        }
+        ch.watermark = timestamp;
+        if !ch.aligned && timestamp >= self.current {
+            ch.aligned = true;
         }
         self.advance()
     }
 
+    /// Records a status change of `channel`; returns what to forward, in order.
+    pub fn on_status(&mut self, channel: usize, status: WatermarkStatus) -> Vec<ValveOutput> {
+        let mut out = Vec::new();
+        let ch = &mut self.channels[channel];
+        if ch.ended {
+            return out;
+        }
+        match status {
+            WatermarkStatus::Idle if !ch.idle => {
+                ch.idle = true;
+                ch.aligned = false;
+                if let Some(w) = self.advance() {
+                    out.push(ValveOutput::Watermark(w));
+                }
+                if !self.idle && self.live().all(|c| c.idle) {
+                    self.idle = true;
+                    out.push(ValveOutput::Status(WatermarkStatus::Idle));
+                }
+            }
+            WatermarkStatus::Active if ch.idle => {
+                ch.idle = false;
+                ch.aligned = ch.watermark >= self.current;
+                if self.idle {
+                    self.idle = false;
+                    out.push(ValveOutput::Status(WatermarkStatus::Active));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
     /// A channel that ended no longer holds the clock back.
     pub fn on_end(&mut self, channel: usize) -> Option<i64> {
-        self.ended[channel] = true;
+        let ch = &mut self.channels[channel];
+        ch.ended = true;
+        ch.aligned = false;
         self.advance()
     }
 
+    fn live(&self) -> impl Iterator<Item = &ChannelState> {
+        self.channels.iter().filter(|c| !c.ended)
+    }
+
     fn advance(&mut self) -> Option<i64> {
-        let min = self
-            .channels
-            .iter()
-            .zip(&self.ended)
-            .filter(|(_, ended)| !**ended)
-            .map(|(w, _)| *w)
-            .min()?;
+        let min = self.live().filter(|c| c.aligned && !c.idle).map(|c| c.watermark).min()?;
         (min > self.current).then(|| {
             self.current = min;
             min
@@ -52,6 +118,8 @@ impl WatermarkValve {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use WatermarkStatus::{Active, Idle};
 
     #[test]
     fn clock_is_the_minimum_and_never_goes_back() {
@@ -68,5 +136,65 @@ mod tests {
         let mut v = WatermarkValve::new(2);
         v.on_watermark(0, 7);
         assert_eq!(v.on_end(1), Some(7));
+    }
+
+    #[test]
+    fn an_idle_channel_holds_the_clock_until_it_is_marked_idle() {
+        let mut v = WatermarkValve::new(2);
+        assert_eq!(v.on_watermark(0, 100), None, "channel 1 sends nothing: the clock stays");
+        assert_eq!(v.on_watermark(0, 200), None);
+        assert_eq!(v.on_status(1, Idle), vec![ValveOutput::Watermark(200)], "idle channel released");
+        assert_eq!(v.on_watermark(0, 300), Some(300));
+        assert!(!v.is_idle());
+    }
+
+    #[test]
+    fn a_resumed_channel_rejoins_only_when_caught_up() {
+        let mut v = WatermarkValve::new(2);
+        v.on_status(1, Idle);
+        assert_eq!(v.on_watermark(0, 100), Some(100));
+        assert!(v.on_status(1, Active).is_empty());
+        assert_eq!(v.on_watermark(1, 50), None, "behind the clock: not aligned, the clock stays");
+        assert_eq!(v.on_watermark(0, 150), Some(150), "channel 1 is not yet part of the minimum");
+        assert_eq!(v.on_watermark(1, 160), None, "aligned now; minimum is 150");
+        assert_eq!(v.on_watermark(0, 400), Some(160));
+    }
+
+    #[test]
+    fn all_idle_makes_the_task_idle_and_any_resume_makes_it_active() {
+        let mut v = WatermarkValve::new(2);
+        assert_eq!(v.on_status(0, Idle), vec![]);
+        assert_eq!(v.on_status(1, Idle), vec![ValveOutput::Status(Idle)]);
+        assert!(v.is_idle());
+        assert_eq!(v.on_status(0, Active), vec![ValveOutput::Status(Active)]);
+    }
+
+    proptest! {
+        /// Whatever the channels send, the clock never moves backwards, never passes a live
+        /// active aligned channel, and only advances through returned watermarks.
+        #[test]
+        fn clock_is_monotonic_and_bounded(ops in proptest::collection::vec((0usize..3, 0u8..4, -50i64..50), 0..200)) {
+            let mut v = WatermarkValve::new(3);
+            let mut last = i64::MIN;
+            for (ch, op, ts) in ops {
+                let before = v.current();
+                let outs = match op {
+                    0 | 1 => v.on_watermark(ch, ts).map(ValveOutput::Watermark).into_iter().collect(),
+                    2 => v.on_status(ch, if ts % 2 == 0 { Idle } else { Active }),
+                    _ => Vec::new(),
+                };
+                prop_assert!(v.current() >= before);
+                for o in &outs {
+                    if let ValveOutput::Watermark(w) = o {
+                        prop_assert!(*w > last);
+                        last = *w;
+                    }
+                }
+                prop_assert_eq!(v.current(), if last == i64::MIN { before.max(last) } else { last });
+                for c in v.channels.iter().filter(|c| !c.ended && !c.idle && c.aligned) {
+                    prop_assert!(v.current() <= c.watermark);
+                }
+            }
+        }
     }
 }
