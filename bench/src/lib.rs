@@ -6,3 +6,5 @@
 pub mod corpus;
 pub mod examples;
 pub mod throughput;
+pub mod window_agg;
+pub mod window_model;

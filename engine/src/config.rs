@@ -69,6 +69,8 @@ pub struct ExecutionConfig {
     /// Records a source emits per step, and the unit in which chains pass records.
     pub batch_size: usize,
     pub runtime_mode: RuntimeMode,
+    /// How often periodic watermark generators emit (Flink's `autoWatermarkInterval`).
+    pub auto_watermark_interval: Duration,
 }
 
 impl Default for ExecutionConfig {
@@ -79,6 +81,7 @@ impl Default for ExecutionConfig {
             buffer_timeout: Duration::from_millis(1),
             batch_size: 1024,
             runtime_mode: RuntimeMode::Streaming,
+            auto_watermark_interval: Duration::from_millis(200),
         }
     }
 }

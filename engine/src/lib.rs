@@ -36,11 +36,25 @@ pub mod graph;
 pub mod operators;
 pub mod runtime;
 pub mod time;
+pub mod windows;
 
 pub use api::env::StreamEnvironment;
 pub use api::sinks::{CollectStream, Sink, SinkContext, SinkError, SinkWaker};
 pub use api::sources::{InvalidUtf8, SourceContext, SourceSender};
 pub use api::stream::{DataStream, DataStreamSink, KeyedStream};
+pub use api::join::{ConnectedStreams, IntervalJoin, JoinBuilder, JoinedWindows, KeyedConnectedStreams};
+pub use api::time::{OutputTag, Timestamped};
+pub use operators::join::{
+    CoProcessFunction, Either, JoinedTimestamps, KeyedBroadcastProcessFunction, KeyedCoProcessFunction,
+};
+pub use operators::process::{
+    KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction, TimeDomain,
+};
+pub use api::window::{WindowResult, WindowedStream};
+pub use corestream_state::{AggregateFunction, StateTtlConfig};
+pub use windows::operator::WindowContext;
+pub use windows::{TimeWindow, Trigger, WindowAssigner};
+pub use time::{WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
 pub use config::{ClusterConfig, ExecutionConfig, RuntimeMode};
 pub use corestream_netstack::{rkyv, BarrierKind, Data, Event};
 pub use error::{JobError, StartupError};

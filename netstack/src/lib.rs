@@ -21,5 +21,5 @@ pub use doorbell::Doorbell;
 pub use error::{NetError, RecordError};
 pub use event::{BarrierKind, Event, WatermarkStatus};
 pub use pool::{BufferPool, PoolReservation, PoolStats};
-pub use record::{record_count, Data, RecordIter, RecordWriter};
+pub use record::{from_bytes, record_count, to_bytes, Data, RecordIter, RecordWriter};
 pub use rkyv;

@@ -266,6 +266,60 @@ pub fn deserialize<T: Data>(archived: &T::Archived) -> T {
     }
 }
 
+/// Output size `to_bytes` starts with; it doubles while the archive does not fit.
+const TO_BYTES_MIN: usize = 256;
+/// Largest archive `to_bytes` produces.
+const TO_BYTES_MAX: usize = 1 << 30;
+
+/// Serializes one value into a standalone archive (root at the end, as rkyv lays it out), with
+/// the serializer and scratch area [`RecordWriter`] uses. The output grows until the archive
+/// fits, up to 1 GiB. Read it back with [`from_bytes`].
+pub fn to_bytes<T: Data>(value: &T) -> Result<Vec<u8>, RecordError> {
+    let mut scratch = vec![MaybeUninit::uninit(); SCRATCH_BYTES_MIN];
+    let mut out = vec![0u8; (2 * std::mem::size_of::<T::Archived>()).max(TO_BYTES_MIN)];
+    loop {
+        match serialize_into(&mut out, &mut scratch, value) {
+            Ok(len) => {
+                out.truncate(len);
+                return Ok(out);
+            }
+            Err(true) if scratch.len() < SCRATCH_BYTES_MAX => {
+                let len = (scratch.len() * 4).min(SCRATCH_BYTES_MAX);
+                scratch.resize(len, MaybeUninit::uninit());
+            }
+            Err(_) if out.len() < TO_BYTES_MAX => out.resize((out.len() * 2).min(TO_BYTES_MAX), 0),
+            Err(_) => {
+                return Err(RecordError::Serialize {
+                    reason: "archive larger than 1 GiB or needing more than 64 MiB of scratch space".into(),
+                })
+            }
+        }
+    }
+}
+
+/// Deserializes a value from an archive written by [`to_bytes`]. The archive is read without
+/// validation. Archives must start 16-byte aligned; an unaligned slice (a plain `Vec<u8>`
+/// guarantees no alignment) is first copied into an [`rkyv::util::AlignedVec`].
+///
+/// # Safety
+///
+/// `bytes` must be exactly the output of `to_bytes::<T>` for the same `T`, produced by this
+/// build or kept in a trusted place since (or validated before): a corrupt or foreign archive
+/// is undefined behaviour.
+pub unsafe fn from_bytes<T: Data>(bytes: &[u8]) -> T {
+    if (bytes.as_ptr() as usize) & (RECORD_ALIGN - 1) != 0 {
+        let mut aligned = rkyv::util::AlignedVec::<RECORD_ALIGN>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        // SAFETY: the same archive (the caller's guarantee), now at a 16-byte aligned address.
+        return unsafe { from_bytes::<T>(&aligned) };
+    }
+    assert!(bytes.len() >= std::mem::size_of::<T::Archived>(), "archive shorter than its root");
+    // SAFETY: `bytes` is an archive of `T` written by `to_bytes` (the caller's guarantee), so its
+    // root lies at the end; it starts 16-byte aligned (checked above) and is long enough for the root.
+    let archived = unsafe { rkyv::access_unchecked::<T::Archived>(bytes) };
+    deserialize::<T>(archived)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +417,25 @@ mod tests {
         let frozen = buf.freeze();
         let back: Vec<Vec<u8>> = read_all(std::slice::from_ref(&frozen));
         assert_eq!(back, vec![value]);
+    }
+
+    #[test]
+    fn standalone_archives_round_trip() {
+        let value: Vec<(u64, String, Option<i64>)> =
+            (0..3000).map(|i| (i, format!("k{i}"), (i % 3 == 0).then_some(-(i as i64)))).collect();
+        let bytes = to_bytes(&value).unwrap();
+        // SAFETY: `bytes` was written by `to_bytes` for this type just above.
+        let back: Vec<(u64, String, Option<i64>)> = unsafe { from_bytes(&bytes) };
+        assert_eq!(back, value);
+        // Misaligned copy of the same archive: read through an aligned copy.
+        let mut shifted = vec![0u8; bytes.len() + 1];
+        shifted[1..].copy_from_slice(&bytes);
+        // SAFETY: the same archive, only moved to an odd address.
+        let back: Vec<(u64, String, Option<i64>)> = unsafe { from_bytes(&shifted[1..]) };
+        assert_eq!(back, value);
+        // SAFETY: written by `to_bytes::<u32>` just here.
+        assert_eq!(unsafe { from_bytes::<u32>(&to_bytes(&7u32).unwrap()) }, 7);
+        // SAFETY: written by `to_bytes::<()>` just here.
+        unsafe { from_bytes::<()>(&to_bytes(&()).unwrap()) };
     }
 }

@@ -65,6 +65,12 @@ impl StreamEnvironment {
         self
     }
 
+    /// How often periodic watermark generators emit (default 200 ms, as in Flink).
+    pub fn set_auto_watermark_interval(&mut self, interval: std::time::Duration) -> &mut Self {
+        self.config.auto_watermark_interval = interval;
+        self
+    }
+
     pub fn set_runtime_mode(&mut self, mode: RuntimeMode) -> &mut Self {
         self.config.runtime_mode = mode;
         self
@@ -248,5 +254,5 @@ pub(crate) fn add_edge(
     partitioning: Option<Partitioning>,
     key_hash: Option<Arc<dyn Any + Send + Sync>>,
 ) {
-    graph.borrow_mut().edges.push(StreamEdge { from, to, partitioning, key_hash });
+    graph.borrow_mut().edges.push(StreamEdge { from, to, partitioning, key_hash, side_tag: None });
 }

@@ -28,16 +28,19 @@ use crate::operators::map::MapOp;
 use crate::operators::reduce::ReduceOp;
 use crate::operators::{Emit, OpNode};
 use crate::runtime::build::{BuildCtx, KeyHashFn, LinkFactory, OperatorNodeRt};
+use crate::time::TimestampFn;
 
 /// Capacity of the channel behind `collect()`.
 const COLLECT_CAPACITY: usize = 4096;
 
 /// A stream of records of type `T`.
 pub struct DataStream<T: Data> {
-    graph: Rc<RefCell<StreamGraph>>,
-    inputs: Vec<usize>,
-    partitioning: Option<Partitioning>,
-    key_hash: Option<Arc<dyn Any + Send + Sync>>,
+    pub(crate) graph: Rc<RefCell<StreamGraph>>,
+    pub(crate) inputs: Vec<usize>,
+    pub(crate) partitioning: Option<Partitioning>,
+    pub(crate) key_hash: Option<Arc<dyn Any + Send + Sync>>,
+    /// How records of this stream carry their event time, once declared.
+    pub(crate) timestamps: Option<Arc<TimestampFn<T>>>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -48,6 +51,7 @@ impl<T: Data> Clone for DataStream<T> {
             inputs: self.inputs.clone(),
             partitioning: self.partitioning,
             key_hash: self.key_hash.clone(),
+            timestamps: self.timestamps.clone(),
             _type: PhantomData,
         }
     }
@@ -61,10 +65,10 @@ impl<T: Data> std::fmt::Debug for DataStream<T> {
 
 impl<T: Data> DataStream<T> {
     pub(crate) fn from_node(graph: Rc<RefCell<StreamGraph>>, node: usize) -> Self {
-        Self { graph, inputs: vec![node], partitioning: None, key_hash: None, _type: PhantomData }
+        Self { graph, inputs: vec![node], partitioning: None, key_hash: None, timestamps: None, _type: PhantomData }
     }
 
-    fn error(&self, message: String) {
+    pub(crate) fn error(&self, message: String) {
         self.graph.borrow_mut().errors.push(message);
     }
 
@@ -152,7 +156,7 @@ impl<T: Data> DataStream<T> {
         self
     }
 
-    fn add_operator<O: Data>(self, name: &str, kind: NodeKind, factory: Arc<LinkFactory<T, O>>) -> DataStream<O> {
+    pub(crate) fn add_operator<O: Data>(self, name: &str, kind: NodeKind, factory: Arc<LinkFactory<T, O>>) -> DataStream<O> {
         let id = add_node(&self.graph, name, kind, None, Arc::new(OperatorNodeRt { factory }));
         for input in &self.inputs {
             add_edge(&self.graph, *input, id, self.partitioning, self.key_hash.clone());
@@ -175,13 +179,16 @@ impl<T: Data> DataStream<T> {
     /// Keeps the records for which `f` holds.
     pub fn filter<F: Fn(&T) -> bool + Send + Sync + 'static>(self, f: F) -> DataStream<T> {
         let f = Arc::new(f);
-        self.add_operator(
+        let timestamps = self.timestamps.clone();
+        let mut filtered = self.add_operator(
             "Filter",
             NodeKind::Operator,
             Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<T>>| {
                 Ok(Box::new(OpNode::new(FilterOp { f: f.clone() }, next, ctx.metrics.clone(), ctx.node)) as Box<dyn Emit<T>>)
             }),
-        )
+        );
+        filtered.timestamps = timestamps;
+        filtered
     }
 
     /// Zero or more output records per input record.
@@ -316,8 +323,8 @@ impl DataStreamSink {
 
 /// A stream partitioned by key.
 pub struct KeyedStream<T: Data, K, KF> {
-    stream: DataStream<T>,
-    key: Arc<KF>,
+    pub(crate) stream: DataStream<T>,
+    pub(crate) key: Arc<KF>,
     _key: PhantomData<fn() -> K>,
 }
 

@@ -112,8 +112,8 @@ mod tests {
             })
             .collect();
         let edges = vec![
-            EdgeDesc { index: 0, from: 0, to: 1, partitioning: Partitioning::Forward },
-            EdgeDesc { index: 1, from: 1, to: 2, partitioning: Partitioning::Hash },
+            EdgeDesc { index: 0, from: 0, to: 1, partitioning: Partitioning::Forward, side: false },
+            EdgeDesc { index: 1, from: 1, to: 2, partitioning: Partitioning::Hash, side: false },
         ];
         let g = build(&nodes, &edges);
         let credit = CreditConfig::default();

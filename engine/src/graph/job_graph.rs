@@ -23,6 +23,8 @@ pub struct EdgeDesc {
     pub from: usize,
     pub to: usize,
     pub partitioning: Partitioning,
+    /// A side-output edge: never chained, and not counted as its producer's output.
+    pub side: bool,
 }
 
 /// A chain of operators that runs as one task per subtask.
@@ -60,9 +62,10 @@ pub struct JobGraph {
 
 fn chainable(nodes: &[NodeDesc], edges: &[EdgeDesc], e: &EdgeDesc) -> bool {
     let (up, down) = (&nodes[e.from], &nodes[e.to]);
-    let out_degree = edges.iter().filter(|x| x.from == e.from).count();
+    let out_degree = edges.iter().filter(|x| x.from == e.from && !x.side).count();
     let in_degree = edges.iter().filter(|x| x.to == e.to).count();
-    e.partitioning == Partitioning::Forward
+    !e.side
+        && e.partitioning == Partitioning::Forward
         && up.parallelism == down.parallelism
         && out_degree == 1
         && in_degree == 1
@@ -132,7 +135,7 @@ mod tests {
     }
 
     fn edge(index: usize, from: usize, to: usize, partitioning: Partitioning) -> EdgeDesc {
-        EdgeDesc { index, from, to, partitioning }
+        EdgeDesc { index, from, to, partitioning, side: false }
     }
 
     #[test]

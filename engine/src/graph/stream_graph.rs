@@ -47,6 +47,9 @@ pub(crate) struct StreamEdge {
     pub partitioning: Option<Partitioning>,
     /// For hash edges: `Arc<KeyHashFn<T>>` of the producer's record type.
     pub key_hash: Option<Arc<dyn Any + Send + Sync>>,
+    /// Set for a side-output edge: the output tag whose records it carries. Side edges are
+    /// never chained and leave their producer wherever it sits in its chain.
+    pub side_tag: Option<String>,
 }
 
 /// The graph under construction.
@@ -58,4 +61,6 @@ pub(crate) struct StreamGraph {
     pub errors: Vec<String>,
     /// A collect sink exists: its output must be read while the job runs.
     pub has_collect: bool,
+    /// Output tags in use and their record types.
+    pub side_tags: Vec<(String, std::any::TypeId)>,
 }

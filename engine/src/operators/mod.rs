@@ -11,8 +11,11 @@
 
 pub mod filter;
 pub mod flat_map;
+pub mod join;
 pub mod map;
+pub mod process;
 pub mod reduce;
+pub mod watermarks;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,6 +164,7 @@ pub(crate) fn current_node() -> Option<usize> {
 pub struct OperatorMetrics {
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
+    pub late_records_dropped: AtomicU64,
 }
 
 impl OperatorMetrics {

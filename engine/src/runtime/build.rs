@@ -16,7 +16,20 @@ use crate::api::sources::{Source, SourceContext, SourceStatus};
 use crate::config::RuntimeMode;
 use crate::error::TaskError;
 use crate::graph::Partitioning;
-use crate::operators::{enter_node, Control, Emit, NullEmit, OperatorMetrics};
+use crate::operators::{enter_node, side_output, Control, Emit, NullEmit, OperatorMetrics, SideOutput, SideSink};
+
+/// The side outputs of one operator subtask, by tag; tags nobody consumes are absent, and
+/// records sent to them are dropped (as in Flink).
+pub struct SideOutputs {
+    outputs: Vec<(String, AnyBox)>,
+}
+
+impl SideOutputs {
+    /// The side output of `tag`, if consumed.
+    pub fn get<X: 'static>(&self, tag: &str) -> Option<&SideOutput<X>> {
+        self.outputs.iter().find(|(t, _)| t == tag).and_then(|(_, o)| o.downcast_ref::<SideOutput<X>>())
+    }
+}
 
 pub(crate) type AnyBox = Box<dyn Any>;
 
@@ -30,9 +43,33 @@ pub(crate) struct BuildCtx<'a> {
     pub subtask: u32,
     pub parallelism: u32,
     pub mode: RuntimeMode,
+    /// Key groups of keyed operators in this chain.
+    pub max_parallelism: u32,
+    pub auto_watermark_interval: std::time::Duration,
     pub metrics: Arc<OperatorMetrics>,
     pub bell: Arc<Doorbell>,
     pub job: &'a Arc<JobShared>,
+    /// Side outputs of this node: (tag, `SideOutput<X>` as `Any`, its sink).
+    pub sides: std::cell::RefCell<Vec<(String, AnyBox, Box<dyn SideSink>)>>,
+}
+
+impl BuildCtx<'_> {
+    /// The side outputs some operator consumes, by tag, and the sinks that carry them (for the
+    /// node's chain link).
+    pub(crate) fn take_sides(&self) -> (SideOutputs, Vec<Box<dyn SideSink>>) {
+        let mut outputs = Vec::new();
+        let mut sinks = Vec::new();
+        for (tag, output, sink) in self.sides.borrow_mut().drain(..) {
+            outputs.push((tag, output));
+            sinks.push(sink);
+        }
+        (SideOutputs { outputs }, sinks)
+    }
+
+    /// The key groups this subtask owns.
+    pub(crate) fn key_groups(&self) -> corestream_state::KeyGroupRange {
+        corestream_state::key_group_range(self.max_parallelism, self.parallelism, self.subtask)
+    }
 }
 
 /// One exchange leaving a task, ready to be written to.
@@ -44,6 +81,16 @@ pub(crate) struct OutputEdgeRt {
     pub consumer_node: usize,
     pub consumer_parallelism: u32,
     pub max_parallelism: u32,
+    /// Set for side-output edges.
+    pub side: Option<SideEdgeRt>,
+}
+
+/// Where a side-output edge starts, and the runtime of the node it feeds (which builds the
+/// output for the side records' type).
+pub(crate) struct SideEdgeRt {
+    pub producer: usize,
+    pub tag: String,
+    pub consumer_rt: Arc<dyn NodeRuntime>,
 }
 
 /// Settings of a task's network output.
@@ -75,6 +122,9 @@ pub(crate) trait NodeRuntime: Send + Sync {
     fn output(&self, edges: Vec<OutputEdgeRt>, ctx: OutputCtx) -> AnyBox;
     /// The task input feeding this node's chain (`chain` is `Box<dyn Emit<In>>`).
     fn head(&self, chain: AnyBox) -> Box<dyn TaskInput>;
+    /// The output of a side edge fed by another node, for this node's record type: the
+    /// `SideOutput<Out>` (as `Any`) and its sink.
+    fn side_link(&self, edges: Vec<OutputEdgeRt>, ctx: OutputCtx) -> (AnyBox, Box<dyn SideSink>);
     /// The source runner of a source node (`chain` is `Box<dyn Emit<Out>>`).
     fn source(&self, ctx: &BuildCtx<'_>, chain: AnyBox) -> Result<Box<dyn TaskSource>, TaskError>;
 }
@@ -150,6 +200,10 @@ impl<T: Data> NodeRuntime for SourceNodeRt<T> {
         panic!("internal error: a source has no exchange input")
     }
 
+    fn side_link(&self, _edges: Vec<OutputEdgeRt>, _ctx: OutputCtx) -> (AnyBox, Box<dyn SideSink>) {
+        panic!("internal error: a source cannot consume a side output")
+    }
+
     fn source(&self, ctx: &BuildCtx<'_>, chain: AnyBox) -> Result<Box<dyn TaskSource>, TaskError> {
         let chain: Box<dyn Emit<T>> = downcast(chain, "source output");
         let sctx = SourceContext {
@@ -188,6 +242,12 @@ impl<I: Data, O: Data> NodeRuntime for OperatorNodeRt<I, O> {
     fn head(&self, chain: AnyBox) -> Box<dyn TaskInput> {
         let chain: Box<dyn Emit<I>> = downcast(chain, "task input");
         Box::new(HeadAdapter { chain })
+    }
+
+    fn side_link(&self, edges: Vec<OutputEdgeRt>, ctx: OutputCtx) -> (AnyBox, Box<dyn SideSink>) {
+        let emit: Box<dyn Emit<O>> = Box::new(NetworkOutput::<O>::new(edges, ctx));
+        let (output, sink) = side_output(emit);
+        (Box::new(output), sink)
     }
 
     fn source(&self, ctx: &BuildCtx<'_>, _chain: AnyBox) -> Result<Box<dyn TaskSource>, TaskError> {

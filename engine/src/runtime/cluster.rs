@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use corestream_netstack::{BufferPool, Doorbell, LocalChannel, OutputChannel};
 
-use super::build::OutputEdgeRt;
+use super::build::{OutputEdgeRt, SideEdgeRt};
 use super::job::{JobHandle, JobMetrics, JobShared};
 use super::metrics::TaskCounters;
 use super::slot::{self, SlotSettings, TaskBuild};
@@ -211,7 +211,7 @@ impl LocalCluster {
                     up.name, up.parallelism, down.name, down.parallelism
                 )));
             }
-            edges.push(EdgeDesc { index, from: e.from, to: e.to, partitioning });
+            edges.push(EdgeDesc { index, from: e.from, to: e.to, partitioning, side: e.side_tag.is_some() });
         }
         Ok((nodes, edges))
     }
@@ -282,6 +282,11 @@ impl LocalCluster {
                         consumer_node: e.to_node,
                         consumer_parallelism: jg.vertices[e.target].parallelism,
                         max_parallelism: nodes[e.to_node].max_parallelism,
+                        side: graph.edges[e.stream_edge].side_tag.as_ref().map(|tag| SideEdgeRt {
+                            producer: e.from_node,
+                            tag: tag.clone(),
+                            consumer_rt: graph.nodes[e.to_node].runtime.clone(),
+                        }),
                     }
                 })
                 .collect();
@@ -290,6 +295,8 @@ impl LocalCluster {
                 subtask: spec.subtask,
                 parallelism: vertex.parallelism,
                 mode: exec.runtime_mode,
+                max_parallelism: vertex.max_parallelism,
+                auto_watermark_interval: exec.auto_watermark_interval,
                 nodes: vertex
                     .nodes
                     .iter()

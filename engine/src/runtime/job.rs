@@ -198,6 +198,7 @@ impl JobHandle {
                     parallelism: *parallelism,
                     records_in: per_subtask.iter().map(|p| p.0).sum(),
                     records_out: per_subtask.iter().map(|p| p.1).sum(),
+                    late_records_dropped: subtasks.iter().map(|m| load(&m.late_records_dropped)).sum(),
                     per_subtask,
                 }
             })

@@ -48,6 +48,9 @@ pub struct OperatorSummary {
     pub parallelism: u32,
     pub records_in: u64,
     pub records_out: u64,
+    /// Records of event-time windows that arrived after their windows' allowed lateness and
+    /// had no late side output to go to.
+    pub late_records_dropped: u64,
     /// (records in, records out) of each subtask.
     pub per_subtask: Vec<(u64, u64)>,
 }

@@ -25,6 +25,8 @@ pub(crate) struct TaskBuild {
     pub subtask: u32,
     pub parallelism: u32,
     pub mode: RuntimeMode,
+    pub max_parallelism: u32,
+    pub auto_watermark_interval: Duration,
     /// (node id, runtime, metrics), head first.
     pub nodes: Vec<(usize, Arc<dyn NodeRuntime>, Arc<OperatorMetrics>)>,
     pub head_is_source: bool,
@@ -53,9 +55,12 @@ fn build_task(build: &mut TaskBuild, job: &Arc<JobShared>) -> Result<TaskBody, T
         subtask: build.subtask,
         parallelism: build.parallelism,
         mode: build.mode,
+        max_parallelism: build.max_parallelism,
+        auto_watermark_interval: build.auto_watermark_interval,
         metrics: metrics.clone(),
         bell: build.bell.clone(),
         job,
+        sides: std::cell::RefCell::new(Vec::new()),
     };
     let (tail, tail_rt, _) = build.nodes.last().expect("a chain has at least one node");
     let out_ctx = OutputCtx {
@@ -65,10 +70,44 @@ fn build_task(build: &mut TaskBuild, job: &Arc<JobShared>) -> Result<TaskBody, T
         max_backlog: build.credit.max_backlog_per_channel,
         subtask: build.subtask,
     };
-    let mut emit = tail_rt.output(std::mem::take(&mut build.outputs), out_ctx);
+    let (side_edges, tail_edges): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut build.outputs).into_iter().partition(|e| e.side.is_some());
+    let mut emit = tail_rt.output(tail_edges, out_ctx);
+    // Side edges grouped by (producer, tag): one output per tag, built for its record type.
+    let mut sides: Vec<(usize, String, Vec<OutputEdgeRt>)> = Vec::new();
+    for e in side_edges {
+        let side = e.side.as_ref().expect("side edge");
+        match sides.iter_mut().find(|(p, t, _)| *p == side.producer && *t == side.tag) {
+            Some((_, _, edges)) => edges.push(e),
+            None => sides.push((side.producer, side.tag.clone(), vec![e])),
+        }
+    }
+    let side_ctx = |producer: usize| OutputCtx {
+        pool: build.pool.clone(),
+        counters: build.counters.clone(),
+        node: producer,
+        max_backlog: build.credit.max_backlog_per_channel,
+        subtask: build.subtask,
+    };
     let first_linked = usize::from(build.head_is_source);
     for (node, rt, metrics) in build.nodes[first_linked..].iter().rev() {
-        emit = rt.link(&ctx(*node, metrics), emit)?;
+        let c = ctx(*node, metrics);
+        for i in (0..sides.len()).rev() {
+            if sides[i].0 == *node {
+                let (producer, tag, edges) = sides.swap_remove(i);
+                let consumer_rt = edges[0].side.as_ref().expect("side edge").consumer_rt.clone();
+                let (output, sink) = consumer_rt.side_link(edges, side_ctx(producer));
+                c.sides.borrow_mut().push((tag, output, sink));
+            }
+        }
+        emit = rt.link(&c, emit)?;
+        let untaken = c.sides.borrow().first().map(|(tag, _, _)| tag.clone());
+        if let Some(tag) = untaken {
+            panic!("internal error: side output '{tag}' of node {node} not taken by its operator");
+        }
+    }
+    if let Some((producer, tag, _)) = sides.first() {
+        panic!("internal error: side output '{tag}' of node {producer} has no producing operator in its chain");
     }
     let (head, head_rt, head_metrics) = &build.nodes[0];
     if build.head_is_source {

@@ -1,6 +1,8 @@
-//! Event time. This part holds the per-channel watermark valve every task with inputs uses;
-//! watermark strategies, idleness and timers build on it.
+//! Event time: watermark strategies and generators (`strategy`), and the per-channel watermark
+//! valve with idleness every task with inputs uses (`watermark`).
 
+pub mod strategy;
 pub mod watermark;
 
+pub use strategy::{BoundedOutOfOrderness, NoWatermarks, TimestampFn, WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
 pub use watermark::{ValveOutput, WatermarkValve};

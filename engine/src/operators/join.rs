@@ -1,0 +1,377 @@
+//! Two-input operators. Both inputs travel as one stream of [`Either`] records: each input is
+//! tagged by a chained map, the two tagged streams feed one operator (each edge with its own
+//! partitioning), and the operator dispatches on the tag. The operator's event-time clock is
+//! the minimum over the channels of both inputs, as for Flink's two-input operators.
+//!
+//! Here: the co-process adapters, the interval join (each side buffered per key and timestamp
+//! in keyed state until the watermark passes the last time a match could arrive) and the
+//! broadcast-state operator (rules broadcast to every subtask, kept in a per-subtask map,
+//! applied to a keyed stream).
+
+use std::sync::Arc;
+
+use corestream_netstack::Data;
+use corestream_state::{KeyedStateBackend, MapState, MapStateDescriptor, StateKey, StateValue, TimerService};
+use hashbrown::HashMap;
+
+use super::process::{KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction};
+use super::{now_ms, Operator, SideOutput};
+use crate::runtime::build::SideOutputs;
+use crate::time::TimestampFn;
+
+/// A record of the first (`Left`) or second (`Right`) input of a two-input operator.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// A function over two connected, non-keyed streams (Flink's `CoProcessFunction`).
+pub trait CoProcessFunction<A, B, O>: 'static {
+    fn process_element1(&mut self, value: A, ctx: &mut ProcessContext<'_, O>);
+    fn process_element2(&mut self, value: B, ctx: &mut ProcessContext<'_, O>);
+}
+
+/// A function over two connected streams keyed alike, with keyed state and timers shared by
+/// both inputs (Flink's `KeyedCoProcessFunction`).
+pub trait KeyedCoProcessFunction<K: StateKey, A, B, O>: 'static {
+    fn open(&mut self, _ctx: &mut KeyedRuntimeContext<'_, K>) {}
+    fn process_element1(&mut self, value: A, ctx: &mut KeyedContext<'_, K, O>);
+    fn process_element2(&mut self, value: B, ctx: &mut KeyedContext<'_, K, O>);
+    fn on_timer(&mut self, _timestamp: i64, _ctx: &mut KeyedContext<'_, K, O>) {}
+}
+
+pub(crate) struct CoAdapter<P>(pub(crate) P);
+
+impl<A, B, O, P: CoProcessFunction<A, B, O>> ProcessFunction<Either<A, B>, O> for CoAdapter<P> {
+    fn process_element(&mut self, value: Either<A, B>, ctx: &mut ProcessContext<'_, O>) {
+        match value {
+            Either::Left(a) => self.0.process_element1(a, ctx),
+            Either::Right(b) => self.0.process_element2(b, ctx),
+        }
+    }
+}
+
+pub(crate) struct KeyedCoAdapter<P>(pub(crate) P);
+
+impl<K: StateKey, A, B, O, P: KeyedCoProcessFunction<K, A, B, O>> KeyedProcessFunction<K, Either<A, B>, O>
+    for KeyedCoAdapter<P>
+{
+    fn open(&mut self, ctx: &mut KeyedRuntimeContext<'_, K>) {
+        self.0.open(ctx);
+    }
+    fn process_element(&mut self, value: Either<A, B>, ctx: &mut KeyedContext<'_, K, O>) {
+        match value {
+            Either::Left(a) => self.0.process_element1(a, ctx),
+            Either::Right(b) => self.0.process_element2(b, ctx),
+        }
+    }
+    fn on_timer(&mut self, timestamp: i64, ctx: &mut KeyedContext<'_, K, O>) {
+        self.0.on_timer(timestamp, ctx);
+    }
+}
+
+/// The timestamps of a matched pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinedTimestamps {
+    pub left: i64,
+    pub right: i64,
+}
+
+const LEFT: u8 = 0;
+const RIGHT: u8 = 1;
+
+/// Interval join: left `a` (at `ta`) matches right `b` (at `tb`) of the same key when
+/// `ta + lower <= tb <= ta + upper`.
+pub(crate) struct IntervalJoinOp<K: StateKey, A, B, KF, F> {
+    pub(crate) key_fn: Arc<KF>,
+    pub(crate) timestamps: Arc<TimestampFn<Either<A, B>>>,
+    pub(crate) lower: i64,
+    pub(crate) upper: i64,
+    pub(crate) f: Arc<F>,
+    pub(crate) backend: KeyedStateBackend<K>,
+    pub(crate) left: MapState<K, (), i64, Vec<A>>,
+    pub(crate) right: MapState<K, (), i64, Vec<B>>,
+    pub(crate) timers: TimerService<K, u8>,
+    pub(crate) watermark: i64,
+    pub(crate) late_left: Option<SideOutput<A>>,
+    pub(crate) late_right: Option<SideOutput<B>>,
+    pub(crate) metrics: Arc<super::OperatorMetrics>,
+}
+
+impl<K, A, B, KF, F> IntervalJoinOp<K, A, B, KF, F>
+where
+    K: StateKey,
+    A: StateValue,
+    B: StateValue,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        key_fn: Arc<KF>,
+        timestamps: Arc<TimestampFn<Either<A, B>>>,
+        lower: i64,
+        upper: i64,
+        f: Arc<F>,
+        mut backend: KeyedStateBackend<K>,
+        sides: &SideOutputs,
+        late_tags: (Option<String>, Option<String>),
+        metrics: Arc<super::OperatorMetrics>,
+    ) -> Self {
+        let left = backend.map_state(&MapStateDescriptor::new("interval-join-left")).expect("fresh backend");
+        let right = backend.map_state(&MapStateDescriptor::new("interval-join-right")).expect("fresh backend");
+        let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
+        Self {
+            key_fn,
+            timestamps,
+            lower,
+            upper,
+            f,
+            backend,
+            left,
+            right,
+            timers,
+            watermark: i64::MIN,
+            late_left: late_tags.0.and_then(|t| sides.get::<A>(&t).cloned()),
+            late_right: late_tags.1.and_then(|t| sides.get::<B>(&t).cloned()),
+            metrics,
+        }
+    }
+}
+
+impl<K, A, B, O, KF, F> Operator<Either<A, B>, O> for IntervalJoinOp<K, A, B, KF, F>
+where
+    K: StateKey,
+    A: StateValue,
+    B: StateValue,
+    O: Data,
+    KF: Fn(&Either<A, B>) -> K + 'static,
+    F: Fn(&A, &B, JoinedTimestamps, &mut Vec<O>) + 'static,
+{
+    fn process(&mut self, record: Either<A, B>, out: &mut Vec<O>) {
+        let key = (self.key_fn)(&record);
+        let ts = (self.timestamps)(&record);
+        if ts < self.watermark {
+            match record {
+                Either::Left(a) => match &self.late_left {
+                    Some(s) => s.emit(a),
+                    None => {
+                        self.metrics.late_records_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                },
+                Either::Right(b) => match &self.late_right {
+                    Some(s) => s.emit(b),
+                    None => {
+                        self.metrics.late_records_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                },
+            }
+            return;
+        }
+        self.backend.set_current_key(key.clone());
+        match record {
+            Either::Left(a) => {
+                for (tb, bs) in self.right.entries() {
+                    if tb < ts.saturating_add(self.lower) || tb > ts.saturating_add(self.upper) {
+                        continue;
+                    }
+                    for b in &bs {
+                        (self.f)(&a, b, JoinedTimestamps { left: ts, right: tb }, out);
+                    }
+                }
+                let mut bucket = self.left.get(&ts).unwrap_or_default();
+                bucket.push(a);
+                self.left.put(ts, bucket);
+                let cleanup = if self.upper > 0 { ts.saturating_add(self.upper) } else { ts };
+                self.timers.register_event_time_timer(key, LEFT, cleanup);
+            }
+            Either::Right(b) => {
+                for (ta, as_) in self.left.entries() {
+                    if ta < ts.saturating_sub(self.upper) || ta > ts.saturating_sub(self.lower) {
+                        continue;
+                    }
+                    for a in &as_ {
+                        (self.f)(a, &b, JoinedTimestamps { left: ta, right: ts }, out);
+                    }
+                }
+                let mut bucket = self.right.get(&ts).unwrap_or_default();
+                bucket.push(b);
+                self.right.put(ts, bucket);
+                let cleanup = if self.lower <= 0 { ts.saturating_sub(self.lower) } else { ts };
+                self.timers.register_event_time_timer(key, RIGHT, cleanup);
+            }
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
+        self.watermark = watermark;
+        while let Some(timer) = self.timers.pop_event_timer(watermark) {
+            self.backend.set_current_key(timer.key);
+            if timer.namespace == LEFT {
+                let ts = if self.upper > 0 { timer.timestamp - self.upper } else { timer.timestamp };
+                self.left.remove(&ts);
+            } else {
+                let ts = if self.lower <= 0 { timer.timestamp + self.lower } else { timer.timestamp };
+                self.right.remove(&ts);
+            }
+        }
+        Some(watermark)
+    }
+}
+
+/// A function applying broadcast rules to a keyed stream (Flink's
+/// `KeyedBroadcastProcessFunction`). Every subtask sees every rule, in the same order per
+/// producing subtask, and keeps them in its broadcast state.
+pub trait KeyedBroadcastProcessFunction<K: StateKey, I, R, O>: 'static {
+    type StateKey: std::hash::Hash + Eq + 'static;
+    type StateValue: 'static;
+    fn open(&mut self, _ctx: &mut KeyedRuntimeContext<'_, K>) {}
+    /// A record of the keyed stream; the broadcast state is read-only here.
+    fn process_element(
+        &mut self,
+        value: I,
+        state: &HashMap<Self::StateKey, Self::StateValue>,
+        ctx: &mut KeyedContext<'_, K, O>,
+    );
+    /// A broadcast record: update the broadcast state (identically on every subtask).
+    fn process_broadcast_element(
+        &mut self,
+        value: R,
+        state: &mut HashMap<Self::StateKey, Self::StateValue>,
+        ctx: &mut ProcessContext<'_, O>,
+    );
+    fn on_timer(
+        &mut self,
+        _timestamp: i64,
+        _state: &HashMap<Self::StateKey, Self::StateValue>,
+        _ctx: &mut KeyedContext<'_, K, O>,
+    ) {
+    }
+}
+
+pub(crate) struct BroadcastOp<K: StateKey, I, R, KF, P: KeyedBroadcastProcessFunction<K, I, R, O>, O> {
+    pub(crate) f: P,
+    pub(crate) key_fn: Arc<KF>,
+    pub(crate) timestamps: Option<Arc<TimestampFn<I>>>,
+    pub(crate) backend: KeyedStateBackend<K>,
+    pub(crate) timers: TimerService<K, ()>,
+    pub(crate) state: HashMap<P::StateKey, P::StateValue>,
+    pub(crate) sides: SideOutputs,
+    pub(crate) watermark: i64,
+    pub(crate) processing_time: i64,
+    pub(crate) _types: std::marker::PhantomData<fn(I, R) -> O>,
+}
+
+impl<K, I, R, KF, P, O> BroadcastOp<K, I, R, KF, P, O>
+where
+    K: StateKey,
+    P: KeyedBroadcastProcessFunction<K, I, R, O>,
+{
+    pub(crate) fn new(
+        mut f: P,
+        key_fn: Arc<KF>,
+        timestamps: Option<Arc<TimestampFn<I>>>,
+        mut backend: KeyedStateBackend<K>,
+        sides: SideOutputs,
+        (subtask, parallelism): (u32, u32),
+    ) -> Self {
+        let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
+        f.open(&mut KeyedRuntimeContext::new(&mut backend, subtask, parallelism));
+        Self {
+            f,
+            key_fn,
+            timestamps,
+            backend,
+            timers,
+            state: HashMap::new(),
+            sides,
+            watermark: i64::MIN,
+            processing_time: now_ms(),
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K, I, R, KF, P, O> BroadcastOp<K, I, R, KF, P, O>
+where
+    K: StateKey,
+    I: Data,
+    R: Data,
+    O: Data,
+    KF: Fn(&I) -> K + 'static,
+    P: KeyedBroadcastProcessFunction<K, I, R, O>,
+{
+    fn fire(&mut self, key: K, timestamp: i64, domain: super::process::TimeDomain, out: &mut Vec<O>) {
+        self.backend.set_current_key(key.clone());
+        let mut ctx = KeyedContext::new(
+            &key,
+            Some(timestamp),
+            &mut self.timers,
+            (self.watermark, self.processing_time),
+            out,
+            &self.sides,
+            Some(domain),
+        );
+        self.f.on_timer(timestamp, &self.state, &mut ctx);
+    }
+}
+
+impl<K, I, R, KF, P, O> Operator<Either<I, R>, O> for BroadcastOp<K, I, R, KF, P, O>
+where
+    K: StateKey,
+    I: Data,
+    R: Data,
+    O: Data,
+    KF: Fn(&I) -> K + 'static,
+    P: KeyedBroadcastProcessFunction<K, I, R, O>,
+{
+    fn process(&mut self, record: Either<I, R>, out: &mut Vec<O>) {
+        match record {
+            Either::Left(value) => {
+                let key = (self.key_fn)(&value);
+                let timestamp = self.timestamps.as_ref().map(|f| f(&value));
+                self.backend.set_current_key(key.clone());
+                let mut ctx = KeyedContext::new(
+                    &key,
+                    timestamp,
+                    &mut self.timers,
+                    (self.watermark, self.processing_time),
+                    out,
+                    &self.sides,
+                    None,
+                );
+                self.f.process_element(value, &self.state, &mut ctx);
+            }
+            Either::Right(rule) => {
+                let mut ctx = ProcessContext::new(None, self.watermark, self.processing_time, out, &self.sides);
+                self.f.process_broadcast_element(rule, &mut self.state, &mut ctx);
+            }
+        }
+    }
+
+    fn process_batch(&mut self, input: &mut Vec<Either<I, R>>, out: &mut Vec<O>) {
+        self.processing_time = now_ms();
+        self.backend.set_current_time(self.processing_time);
+        for record in input.drain(..) {
+            self.process(record, out);
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<O>) -> Option<i64> {
+        self.watermark = watermark;
+        while let Some(timer) = self.timers.pop_event_timer(watermark) {
+            self.fire(timer.key, timer.timestamp, super::process::TimeDomain::EventTime, out);
+        }
+        Some(watermark)
+    }
+
+    fn next_deadline(&self) -> Option<i64> {
+        self.timers.next_processing_time()
+    }
+
+    fn on_processing_time(&mut self, now: i64, out: &mut Vec<O>) {
+        self.processing_time = now;
+        while let Some(timer) = self.timers.pop_processing_timer(now) {
+            self.fire(timer.key, timer.timestamp, super::process::TimeDomain::ProcessingTime, out);
+        }
+    }
+}

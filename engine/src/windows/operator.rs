@@ -1,0 +1,521 @@
+//! The window operator (Flink's `WindowOperator`): per record, the assigner gives its windows
+//! (session windows merge through the key's merging window set), each window's contents are
+//! updated in keyed state under the window as namespace, and the trigger decides whether to
+//! fire; timers (at the window's max timestamp, and the cleanup time = max timestamp + allowed
+//! lateness) fire windows when the watermark or processing time passes them. A record whose
+//! windows are all past their cleanup time is late: it goes to the late side output if there
+//! is one, and is counted and dropped otherwise.
+
+use std::sync::Arc;
+
+use corestream_netstack::Data;
+use corestream_state::{KeyedStateBackend, StateKey, TimerService, ValueState, ValueStateDescriptor};
+
+use super::assigner::{TimeWindow, WindowAssigner};
+use super::merging::{self, WindowMapping};
+use super::trigger::{Trigger, TriggerContext, TriggerResult};
+use crate::operators::{now_ms, Operator, SideOutput};
+use crate::time::TimestampFn;
+
+/// What a window function sees when a window fires.
+#[derive(Debug)]
+pub struct WindowContext<'a, K> {
+    pub key: &'a K,
+    pub window: TimeWindow,
+    /// The operator's event-time clock when the window fired.
+    pub watermark: i64,
+}
+
+/// How a window keeps its contents and turns them into output when it fires.
+pub(crate) trait WindowContents<K: StateKey, T, O>: 'static {
+    fn set_window(&mut self, window: TimeWindow);
+    fn add(&mut self, record: &T);
+    /// Emits the current window's result (nothing when it is empty).
+    fn emit(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>);
+    fn clear(&mut self);
+    /// Merges the contents of `sources` into `target` (session windows).
+    fn merge(&mut self, target: TimeWindow, sources: &[TimeWindow]);
+}
+
+/// Settings of one window operator.
+pub(crate) struct WindowSpec<T> {
+    pub assigner: WindowAssigner,
+    pub trigger: Trigger,
+    pub allowed_lateness: i64,
+    pub timestamps: Option<Arc<TimestampFn<T>>>,
+}
+
+impl<T> Clone for WindowSpec<T> {
+    fn clone(&self) -> Self {
+        Self {
+            assigner: self.assigner,
+            trigger: self.trigger.clone(),
+            allowed_lateness: self.allowed_lateness,
+            timestamps: self.timestamps.clone(),
+        }
+    }
+}
+
+pub(crate) struct WindowOperator<K: StateKey, T, O, KF, C> {
+    key_fn: Arc<KF>,
+    spec: WindowSpec<T>,
+    backend: KeyedStateBackend<K>,
+    contents: C,
+    trigger_state: Option<ValueState<K, TimeWindow, i64>>,
+    sessions: Option<ValueState<K, (), WindowMapping>>,
+    timers: TimerService<K, TimeWindow>,
+    watermark: i64,
+    processing_time: i64,
+    late: Option<SideOutput<T>>,
+    metrics: Arc<crate::operators::OperatorMetrics>,
+    windows: Vec<TimeWindow>,
+    _out: std::marker::PhantomData<fn() -> O>,
+}
+
+struct Ctx<'a, K: StateKey> {
+    key: &'a K,
+    window: TimeWindow,
+    watermark: i64,
+    processing_time: i64,
+    timers: &'a mut TimerService<K, TimeWindow>,
+    state: Option<&'a mut ValueState<K, TimeWindow, i64>>,
+}
+
+impl<K: StateKey> TriggerContext for Ctx<'_, K> {
+    fn window(&self) -> TimeWindow {
+        self.window
+    }
+    fn current_watermark(&self) -> i64 {
+        self.watermark
+    }
+    fn current_processing_time(&self) -> i64 {
+        self.processing_time
+    }
+    fn register_event_time_timer(&mut self, ts: i64) {
+        self.timers.register_event_time_timer(self.key.clone(), self.window, ts);
+    }
+    fn register_processing_time_timer(&mut self, ts: i64) {
+        self.timers.register_processing_time_timer(self.key.clone(), self.window, ts);
+    }
+    fn delete_event_time_timer(&mut self, ts: i64) {
+        self.timers.delete_event_time_timer(self.key, &self.window, ts);
+    }
+    fn delete_processing_time_timer(&mut self, ts: i64) {
+        self.timers.delete_processing_time_timer(self.key, &self.window, ts);
+    }
+    fn state(&mut self) -> Option<i64> {
+        let state = self.state.as_mut()?;
+        state.set_namespace(self.window);
+        state.value()
+    }
+    fn set_state(&mut self, value: Option<i64>) {
+        if let Some(state) = self.state.as_mut() {
+            state.set_namespace(self.window);
+            match value {
+                Some(v) => state.update(v),
+                None => state.clear(),
+            }
+        }
+    }
+}
+
+impl<K, T, O, KF, C> WindowOperator<K, T, O, KF, C>
+where
+    K: StateKey,
+    T: Data,
+    O: Data,
+    KF: Fn(&T) -> K + 'static,
+    C: WindowContents<K, T, O>,
+{
+    pub(crate) fn new(
+        key_fn: Arc<KF>,
+        spec: WindowSpec<T>,
+        mut backend: KeyedStateBackend<K>,
+        contents: impl FnOnce(&mut KeyedStateBackend<K>) -> C,
+        late: Option<SideOutput<T>>,
+        metrics: Arc<crate::operators::OperatorMetrics>,
+    ) -> Self {
+        let contents = contents(&mut backend);
+        let trigger_state = spec.trigger.has_state().then(|| {
+            backend.value_state::<TimeWindow, i64>(&ValueStateDescriptor::new("window-trigger")).expect("fresh backend")
+        });
+        let sessions = spec.assigner.is_merging().then(|| {
+            backend.value_state::<(), WindowMapping>(&ValueStateDescriptor::new("window-sessions")).expect("fresh backend")
+        });
+        let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
+        Self {
+            key_fn,
+            spec,
+            backend,
+            contents,
+            trigger_state,
+            sessions,
+            timers,
+            watermark: i64::MIN,
+            processing_time: now_ms(),
+            late,
+            metrics,
+            windows: Vec::new(),
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    fn event_time(&self) -> bool {
+        self.spec.assigner.is_event_time()
+    }
+
+    #[inline]
+    fn cleanup_time(&self, w: &TimeWindow) -> i64 {
+        if self.event_time() {
+            w.max_timestamp().saturating_add(self.spec.allowed_lateness)
+        } else {
+            w.max_timestamp()
+        }
+    }
+
+    #[inline]
+    fn is_window_late(&self, w: &TimeWindow) -> bool {
+        self.event_time() && self.cleanup_time(w) <= self.watermark
+    }
+
+    fn ctx<'a>(
+        key: &'a K,
+        window: TimeWindow,
+        watermark: i64,
+        processing_time: i64,
+        timers: &'a mut TimerService<K, TimeWindow>,
+        state: &'a mut Option<ValueState<K, TimeWindow, i64>>,
+    ) -> Ctx<'a, K> {
+        Ctx { key, window, watermark, processing_time, timers, state: state.as_mut() }
+    }
+
+    fn register_cleanup_timer(&mut self, key: &K, w: TimeWindow) {
+        let t = self.cleanup_time(&w);
+        if t == i64::MAX {
+            return;
+        }
+        if self.event_time() {
+            self.timers.register_event_time_timer(key.clone(), w, t);
+        } else {
+            self.timers.register_processing_time_timer(key.clone(), w, t);
+        }
+    }
+
+    fn delete_cleanup_timer(&mut self, key: &K, w: &TimeWindow) {
+        let t = self.cleanup_time(w);
+        if self.event_time() {
+            self.timers.delete_event_time_timer(key, w, t);
+        } else {
+            self.timers.delete_processing_time_timer(key, w, t);
+        }
+    }
+
+    fn fire(&mut self, key: &K, window: TimeWindow, state_window: TimeWindow, out: &mut Vec<O>) {
+        self.contents.set_window(state_window);
+        let ctx = WindowContext { key, window, watermark: self.watermark };
+        self.contents.emit(&ctx, out);
+    }
+
+    fn process_record(&mut self, record: T, out: &mut Vec<O>) {
+        let key = (self.key_fn)(&record);
+        let ts = match &self.spec.timestamps {
+            Some(f) if self.event_time() => f(&record),
+            _ => self.processing_time,
+        };
+        self.backend.set_current_key(key.clone());
+        let mut windows = std::mem::take(&mut self.windows);
+        windows.clear();
+        self.spec.assigner.assign(ts, &mut windows);
+        let mut skipped = true;
+        for &w in &windows {
+            let (window, state_window) = if self.sessions.is_some() {
+                match self.add_session_window(&key, w) {
+                    Some(pair) => pair,
+                    None => continue,
+                }
+            } else {
+                if self.is_window_late(&w) {
+                    continue;
+                }
+                (w, w)
+            };
+            skipped = false;
+            self.contents.set_window(state_window);
+            self.contents.add(&record);
+            let result = {
+                let mut ctx = Self::ctx(
+                    &key,
+                    window,
+                    self.watermark,
+                    self.processing_time,
+                    &mut self.timers,
+                    &mut self.trigger_state,
+                );
+                self.spec.trigger.on_element(ts, &mut ctx)
+            };
+            self.apply(&key, window, state_window, result, out);
+            self.register_cleanup_timer(&key, window);
+        }
+        self.windows = windows;
+        if skipped && self.event_time() && ts.saturating_add(self.spec.allowed_lateness) <= self.watermark {
+            match &self.late {
+                Some(side) => side.emit(record),
+                None => {
+                    self.metrics.late_records_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, key: &K, window: TimeWindow, state_window: TimeWindow, result: TriggerResult, out: &mut Vec<O>) {
+        if result.is_fire() {
+            self.fire(key, window, state_window, out);
+        }
+        if result.is_purge() {
+            self.contents.set_window(state_window);
+            self.contents.clear();
+        }
+    }
+
+    /// Adds a session window for the current key, merging; returns (window, state window), or
+    /// `None` when the resulting window is already late.
+    fn add_session_window(&mut self, key: &K, w: TimeWindow) -> Option<(TimeWindow, TimeWindow)> {
+        let sessions = self.sessions.as_mut().expect("merging assigner");
+        let mut mapping = sessions.value().unwrap_or_default();
+        let added = merging::add_window(&mut mapping, w);
+        if let Some(merge) = &added.merge {
+            // Flink refuses a merge that would move an event-time window's end behind the
+            // watermark; with gap-based sessions the merged window only grows, so it cannot.
+            let mut merged_states = Vec::new();
+            for m in &merge.merged_windows {
+                let mut ctx =
+                    Self::ctx(key, *m, self.watermark, self.processing_time, &mut self.timers, &mut self.trigger_state);
+                if let Some(s) = ctx.state() {
+                    merged_states.push(s);
+                }
+                self.spec.trigger.clear(&mut ctx);
+                self.delete_cleanup_timer(key, m);
+            }
+            let mut ctx = Self::ctx(
+                key,
+                merge.result,
+                self.watermark,
+                self.processing_time,
+                &mut self.timers,
+                &mut self.trigger_state,
+            );
+            self.spec.trigger.on_merge(&merged_states, &mut ctx);
+            if !merge.merged_state_windows.is_empty() {
+                self.contents.merge(merge.state_window, &merge.merged_state_windows);
+            }
+        }
+        let window = added.window;
+        if self.is_window_late(&window) {
+            merging::retire(&mut mapping, &window);
+            self.store_sessions(mapping);
+            return None;
+        }
+        let state_window = merging::state_window(&mapping, &window).expect("added window is in flight");
+        self.store_sessions(mapping);
+        Some((window, state_window))
+    }
+
+    fn store_sessions(&mut self, mapping: WindowMapping) {
+        let sessions = self.sessions.as_mut().expect("merging assigner");
+        if mapping.is_empty() {
+            sessions.clear();
+        } else {
+            sessions.update(mapping);
+        }
+    }
+
+    /// The state window of `window` for the current key (itself unless sessions merged).
+    fn state_window_of(&mut self, window: &TimeWindow) -> Option<TimeWindow> {
+        match self.sessions.as_mut() {
+            None => Some(*window),
+            Some(s) => s.value().and_then(|m| merging::state_window(&m, window)),
+        }
+    }
+
+    fn on_timer(&mut self, key: K, window: TimeWindow, time: i64, event_time: bool, out: &mut Vec<O>) {
+        self.backend.set_current_key(key.clone());
+        let Some(state_window) = self.state_window_of(&window) else {
+            return;
+        };
+        let result = {
+            let mut ctx =
+                Self::ctx(&key, window, self.watermark, self.processing_time, &mut self.timers, &mut self.trigger_state);
+            if event_time {
+                self.spec.trigger.on_event_time(time, &mut ctx)
+            } else {
+                self.spec.trigger.on_processing_time(time, &mut ctx)
+            }
+        };
+        self.apply(&key, window, state_window, result, out);
+        let cleanup = self.cleanup_time(&window);
+        if event_time == self.event_time() && time == cleanup {
+            self.contents.set_window(state_window);
+            self.contents.clear();
+            let mut ctx =
+                Self::ctx(&key, window, self.watermark, self.processing_time, &mut self.timers, &mut self.trigger_state);
+            self.spec.trigger.clear(&mut ctx);
+            if let Some(sessions) = self.sessions.as_mut() {
+                let mut mapping = sessions.value().unwrap_or_default();
+                merging::retire(&mut mapping, &window);
+                self.store_sessions(mapping);
+            }
+        }
+    }
+}
+
+impl<K, T, O, KF, C> Operator<T, O> for WindowOperator<K, T, O, KF, C>
+where
+    K: StateKey,
+    T: Data,
+    O: Data,
+    KF: Fn(&T) -> K + 'static,
+    C: WindowContents<K, T, O>,
+{
+    fn process(&mut self, record: T, out: &mut Vec<O>) {
+        self.process_record(record, out);
+    }
+
+    fn process_batch(&mut self, input: &mut Vec<T>, out: &mut Vec<O>) {
+        self.processing_time = now_ms();
+        self.backend.set_current_time(self.processing_time);
+        for record in input.drain(..) {
+            self.process_record(record, out);
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<O>) -> Option<i64> {
+        self.watermark = watermark;
+        while let Some(timer) = self.timers.pop_event_timer(watermark) {
+            self.on_timer(timer.key, timer.namespace, timer.timestamp, true, out);
+        }
+        Some(watermark)
+    }
+
+    fn next_deadline(&self) -> Option<i64> {
+        self.timers.next_processing_time()
+    }
+
+    fn on_processing_time(&mut self, now: i64, out: &mut Vec<O>) {
+        self.processing_time = now;
+        self.backend.set_current_time(now);
+        while let Some(timer) = self.timers.pop_processing_timer(now) {
+            self.on_timer(timer.key, timer.namespace, timer.timestamp, false, out);
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<O>, _max_records: usize) -> bool {
+        // Processing-time windows still open at the end of a bounded input fire now (Flink
+        // fires them at end of input too).
+        if !self.event_time() {
+            while let Some(timer) = self.timers.pop_processing_timer(i64::MAX) {
+                self.processing_time = self.processing_time.max(timer.timestamp);
+                self.on_timer(timer.key, timer.namespace, timer.timestamp, false, out);
+            }
+        }
+        true
+    }
+}
+
+/// Incremental aggregation: one accumulator per window.
+pub(crate) struct AggregateContents<K: StateKey, T, ACC, R, P> {
+    pub(crate) state: corestream_state::AggregatingState<K, TimeWindow, T, ACC, R>,
+    pub(crate) post: Arc<P>,
+}
+
+impl<K, T, ACC, R, O, P> WindowContents<K, T, O> for AggregateContents<K, T, ACC, R, P>
+where
+    K: StateKey,
+    T: 'static,
+    ACC: corestream_state::StateValue,
+    R: 'static,
+    P: Fn(&WindowContext<'_, K>, R, &mut Vec<O>) + 'static,
+{
+    fn set_window(&mut self, window: TimeWindow) {
+        self.state.set_namespace(window);
+    }
+    #[inline]
+    fn add(&mut self, record: &T) {
+        self.state.add(record);
+    }
+    fn emit(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>) {
+        if let Some(result) = self.state.get() {
+            (self.post)(ctx, result, out);
+        }
+    }
+    fn clear(&mut self) {
+        self.state.clear();
+    }
+    fn merge(&mut self, target: TimeWindow, sources: &[TimeWindow]) {
+        self.state.merge_namespaces(&target, sources);
+    }
+}
+
+/// Incremental reduction: one value per window.
+pub(crate) struct ReduceContents<K: StateKey, T, P> {
+    pub(crate) state: corestream_state::ReducingState<K, TimeWindow, T>,
+    pub(crate) post: Arc<P>,
+}
+
+impl<K, T, O, P> WindowContents<K, T, O> for ReduceContents<K, T, P>
+where
+    K: StateKey,
+    T: corestream_state::StateValue,
+    P: Fn(&WindowContext<'_, K>, T, &mut Vec<O>) + 'static,
+{
+    fn set_window(&mut self, window: TimeWindow) {
+        self.state.set_namespace(window);
+    }
+    #[inline]
+    fn add(&mut self, record: &T) {
+        self.state.add(record.clone());
+    }
+    fn emit(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>) {
+        if let Some(result) = self.state.get() {
+            (self.post)(ctx, result, out);
+        }
+    }
+    fn clear(&mut self) {
+        self.state.clear();
+    }
+    fn merge(&mut self, target: TimeWindow, sources: &[TimeWindow]) {
+        self.state.merge_namespaces(&target, sources);
+    }
+}
+
+/// Whole-window processing: every record of the window is kept until it fires.
+pub(crate) struct ListContents<K: StateKey, T, P> {
+    pub(crate) state: corestream_state::ListState<K, TimeWindow, T>,
+    pub(crate) post: Arc<P>,
+}
+
+impl<K, T, O, P> WindowContents<K, T, O> for ListContents<K, T, P>
+where
+    K: StateKey,
+    T: corestream_state::StateValue,
+    P: Fn(&WindowContext<'_, K>, Vec<T>, &mut Vec<O>) + 'static,
+{
+    fn set_window(&mut self, window: TimeWindow) {
+        self.state.set_namespace(window);
+    }
+    #[inline]
+    fn add(&mut self, record: &T) {
+        self.state.add(record.clone());
+    }
+    fn emit(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>) {
+        let records = self.state.get();
+        if !records.is_empty() {
+            (self.post)(ctx, records, out);
+        }
+    }
+    fn clear(&mut self) {
+        self.state.clear();
+    }
+    fn merge(&mut self, target: TimeWindow, sources: &[TimeWindow]) {
+        self.state.merge_namespaces(&target, sources);
+    }
+}

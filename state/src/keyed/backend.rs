@@ -1,0 +1,404 @@
+//! The keyed state backend of one operator subtask: the registry of named states, the shared
+//! current key and time, and snapshot/restore of all states by key group.
+//!
+//! Registration follows Flink: a name registered again with the same kind, types and TTL gives
+//! another handle on the same state; anything else is [`StateError::Incompatible`]. Restore may
+//! come before or after registration: states in a snapshot that are not registered yet are kept
+//! as bytes and loaded (and type-checked) when their name is registered, and are carried over
+//! unchanged into snapshots taken in between.
+
+use std::any::{type_name, Any};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+
+use super::descriptors::{
+    AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, ValueStateDescriptor,
+};
+use super::handles::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+use super::heap::HeapState;
+use super::snapshot::{KeyGroupSnapshot, KeyedStateSnapshot, NamedStateBytes, StateKind};
+use super::tables::{AggregatingTable, ListTable, MapTable, ReducingTable, StateTable, ValueTable};
+use super::ttl::{Expiring, Plain, StateTtlConfig};
+use super::{KeyContext, Namespace, StateKey, StateValue};
+use crate::codec;
+use crate::error::StateError;
+use crate::keygroup::{stable_hash, KeyGroupRange, MAX_MAX_PARALLELISM};
+
+/// Where a backend keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateBackendKind {
+    /// In hash tables on the heap, one per state and key group.
+    #[default]
+    Heap,
+}
+
+/// One registered state.
+struct Registered {
+    kind: StateKind,
+    ttl: Option<StateTtlConfig>,
+    /// What it was registered as, for error messages.
+    description: String,
+    table: Rc<RefCell<dyn StateTable>>,
+    /// The same table as `Rc<RefCell<dyn <Kind>Table<..>>>`, for further handles.
+    typed: Box<dyn Any>,
+}
+
+/// Keyed state of one operator subtask (see the module docs of `keyed`).
+pub struct KeyedStateBackend<K> {
+    kind: StateBackendKind,
+    ctx: Rc<KeyContext<K>>,
+    states: BTreeMap<String, Registered>,
+    /// Restored states not registered yet: name → key group → bytes.
+    pending: BTreeMap<String, BTreeMap<u32, NamedStateBytes>>,
+}
+
+fn shared<T: StateTable + 'static>(table: T) -> (Rc<RefCell<dyn StateTable>>, Rc<RefCell<T>>) {
+    let table = Rc::new(RefCell::new(table));
+    (table.clone(), table)
+}
+
+fn describe<N, S>(kind: StateKind, ttl: Option<&StateTtlConfig>) -> String {
+    let ttl = ttl.map_or(String::new(), |t| format!(" with TTL {t:?}"));
+    format!("a {kind} state of {} in namespace {}{ttl}", type_name::<S>(), type_name::<N>())
+}
+
+impl<K: StateKey> KeyedStateBackend<K> {
+    /// A backend for the key groups `key_groups` of `max_parallelism`. Panics if the range does
+    /// not lie inside `0..max_parallelism` (an engine bug).
+    pub fn new(kind: StateBackendKind, max_parallelism: u32, key_groups: KeyGroupRange) -> Self {
+        assert!(
+            (1..=MAX_MAX_PARALLELISM).contains(&max_parallelism) && key_groups.end <= max_parallelism,
+            "key groups {key_groups:?} of max parallelism {max_parallelism}"
+        );
+        let ctx = Rc::new(KeyContext::new(max_parallelism, key_groups));
+        Self { kind, ctx, states: BTreeMap::new(), pending: BTreeMap::new() }
+    }
+
+    pub fn kind(&self) -> StateBackendKind {
+        self.kind
+    }
+
+    pub fn key_groups(&self) -> KeyGroupRange {
+        self.ctx.key_groups
+    }
+
+    pub fn max_parallelism(&self) -> u32 {
+        self.ctx.max_parallelism
+    }
+
+    /// The current key and time, as every handle of this backend sees them.
+    pub fn key_context(&self) -> Rc<KeyContext<K>> {
+        self.ctx.clone()
+    }
+
+    /// Sets the key every state handle is scoped to. Panics if the key's group is outside this
+    /// backend's range (the record reached the wrong subtask: an engine bug).
+    #[inline]
+    pub fn set_current_key(&self, key: K) {
+        let hash = stable_hash(&key);
+        self.ctx.set_key(key, hash);
+    }
+
+    /// As [`set_current_key`](Self::set_current_key), with the key's `stable_hash(&key)`
+    /// already computed (checked in debug builds: a different hash would misplace state).
+    #[inline]
+    pub fn set_current_key_hashed(&self, key: K, hash: u64) {
+        self.ctx.set_key(key, hash);
+    }
+
+    pub fn current_key(&self) -> Option<K> {
+        self.ctx.current_key()
+    }
+
+    /// Processing time (ms since the epoch) that TTL uses; the operator sets it per batch.
+    #[inline]
+    pub fn set_current_time(&self, now_ms: i64) {
+        self.ctx.set_time(now_ms);
+    }
+
+    pub fn value_state<N: Namespace, V: StateValue>(
+        &mut self,
+        desc: &ValueStateDescriptor<V>,
+    ) -> Result<ValueState<K, N, V>, StateError> {
+        let (kind, ttl) = (StateKind::Value, desc.ttl);
+        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
+        let table = self.register::<dyn ValueTable<K, N, V>>(&desc.name, kind, ttl, describe::<N, V>(kind, ttl.as_ref()), || {
+            match (backend, ttl) {
+                (StateBackendKind::Heap, None) => {
+                    let (erased, typed) =
+                        shared(HeapState::<K, N, Plain<Option<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
+                    (erased, typed as Rc<RefCell<dyn ValueTable<K, N, V>>>)
+                }
+                (StateBackendKind::Heap, Some(_)) => {
+                    let (erased, typed) =
+                        shared(HeapState::<K, N, Expiring<Option<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
+                    (erased, typed as Rc<RefCell<dyn ValueTable<K, N, V>>>)
+                }
+            }
+        })?;
+        Ok(ValueState::new(self.ctx.clone(), table))
+    }
+
+    pub fn list_state<N: Namespace, V: StateValue>(
+        &mut self,
+        desc: &ListStateDescriptor<V>,
+    ) -> Result<ListState<K, N, V>, StateError> {
+        let (kind, ttl) = (StateKind::List, desc.ttl);
+        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
+        let table = self.register::<dyn ListTable<K, N, V>>(&desc.name, kind, ttl, describe::<N, V>(kind, ttl.as_ref()), || {
+            match (backend, ttl) {
+                (StateBackendKind::Heap, None) => {
+                    let (erased, typed) =
+                        shared(HeapState::<K, N, Vec<Plain<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
+                    (erased, typed as Rc<RefCell<dyn ListTable<K, N, V>>>)
+                }
+                (StateBackendKind::Heap, Some(_)) => {
+                    let (erased, typed) =
+                        shared(HeapState::<K, N, Vec<Expiring<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
+                    (erased, typed as Rc<RefCell<dyn ListTable<K, N, V>>>)
+                }
+            }
+        })?;
+        Ok(ListState::new(self.ctx.clone(), table))
+    }
+
+    pub fn map_state<N: Namespace, UK: StateKey, UV: StateValue>(
+        &mut self,
+        desc: &MapStateDescriptor<UK, UV>,
+    ) -> Result<MapState<K, N, UK, UV>, StateError> {
+        type Map<UK, C> = hashbrown::HashMap<UK, C>;
+        let (kind, ttl) = (StateKind::Map, desc.ttl);
+        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
+        let description = describe::<N, (UK, UV)>(kind, ttl.as_ref());
+        let table = self.register::<dyn MapTable<K, N, UK, UV>>(&desc.name, kind, ttl, description, || {
+            match (backend, ttl) {
+                (StateBackendKind::Heap, None) => {
+                    let (erased, typed) =
+                        shared(HeapState::<K, N, Map<UK, Plain<UV>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
+                    (erased, typed as Rc<RefCell<dyn MapTable<K, N, UK, UV>>>)
+                }
+                (StateBackendKind::Heap, Some(_)) => {
+                    let (erased, typed) = shared(HeapState::<K, N, Map<UK, Expiring<UV>>, ()>::new(
+                        &desc.name, kind, ttl, max_p, groups, (),
+                    ));
+                    (erased, typed as Rc<RefCell<dyn MapTable<K, N, UK, UV>>>)
+                }
+            }
+        })?;
+        Ok(MapState::new(self.ctx.clone(), table))
+    }
+
+    /// The reduce function of the first registration of a name stays in use.
+    pub fn reducing_state<N: Namespace, V: StateValue>(
+        &mut self,
+        desc: &ReducingStateDescriptor<V>,
+    ) -> Result<ReducingState<K, N, V>, StateError> {
+        let (kind, ttl) = (StateKind::Reducing, desc.ttl);
+        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
+        let f = desc.reduce.clone();
+        let table = self.register::<dyn ReducingTable<K, N, V>>(&desc.name, kind, ttl, describe::<N, V>(kind, ttl.as_ref()), || {
+            match (backend, ttl) {
+                (StateBackendKind::Heap, None) => {
+                    let (erased, typed) = shared(HeapState::<K, N, Plain<V>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
+                    (erased, typed as Rc<RefCell<dyn ReducingTable<K, N, V>>>)
+                }
+                (StateBackendKind::Heap, Some(_)) => {
+                    let (erased, typed) =
+                        shared(HeapState::<K, N, Expiring<V>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
+                    (erased, typed as Rc<RefCell<dyn ReducingTable<K, N, V>>>)
+                }
+            }
+        })?;
+        Ok(ReducingState::new(self.ctx.clone(), table))
+    }
+
+    /// The aggregate function of the first registration of a name stays in use.
+    pub fn aggregating_state<N: Namespace, IN: 'static, ACC: StateValue, OUT: 'static>(
+        &mut self,
+        desc: &AggregatingStateDescriptor<IN, ACC, OUT>,
+    ) -> Result<AggregatingState<K, N, IN, ACC, OUT>, StateError> {
+        type Table<K, N, IN, ACC, OUT> = dyn AggregatingTable<K, N, IN, ACC, OUT>;
+        let (kind, ttl) = (StateKind::Aggregating, desc.ttl);
+        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
+        let f = desc.agg.clone();
+        let description = describe::<N, (IN, ACC, OUT)>(kind, ttl.as_ref());
+        let table = self.register::<Table<K, N, IN, ACC, OUT>>(&desc.name, kind, ttl, description, || {
+            match (backend, ttl) {
+                (StateBackendKind::Heap, None) => {
+                    let (erased, typed) =
+                        shared(HeapState::<K, N, Plain<ACC>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
+                    (erased, typed as Rc<RefCell<Table<K, N, IN, ACC, OUT>>>)
+                }
+                (StateBackendKind::Heap, Some(_)) => {
+                    let (erased, typed) =
+                        shared(HeapState::<K, N, Expiring<ACC>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
+                    (erased, typed as Rc<RefCell<Table<K, N, IN, ACC, OUT>>>)
+                }
+            }
+        })?;
+        Ok(AggregatingState::new(self.ctx.clone(), table))
+    }
+
+    /// Returns the table registered under `name`, or creates it with `create` and loads what a
+    /// restore kept for it.
+    fn register<T: ?Sized + 'static>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+        ttl: Option<StateTtlConfig>,
+        description: String,
+        create: impl FnOnce() -> (Rc<RefCell<dyn StateTable>>, Rc<RefCell<T>>),
+    ) -> Result<Rc<RefCell<T>>, StateError> {
+        if let Some(registered) = self.states.get(name) {
+            let same = registered.kind == kind && registered.ttl == ttl;
+            return match registered.typed.downcast_ref::<Rc<RefCell<T>>>() {
+                Some(typed) if same => Ok(typed.clone()),
+                _ => Err(StateError::Incompatible {
+                    name: name.to_owned(),
+                    registered: format!("registered as {}", registered.description),
+                    requested: description,
+                }),
+            };
+        }
+        let (table, typed) = create();
+        if let Some(groups) = self.pending.get(name) {
+            for state in groups.values() {
+                check_restorable(&*table.borrow(), state, &description)?;
+            }
+            for (&key_group, state) in groups {
+                table.borrow_mut().restore_group(key_group, state)?;
+            }
+            self.pending.remove(name);
+        }
+        let typed_any: Box<dyn Any> = Box::new(typed.clone());
+        self.states.insert(name.to_owned(), Registered { kind, ttl, description, table, typed: typed_any });
+        Ok(typed)
+    }
+
+    /// Consistent snapshot of every state, per key group (live entries only: expired TTL
+    /// entries are left out). Synchronous: serializes everything before returning.
+    pub fn snapshot(&self) -> Result<KeyedStateSnapshot, StateError> {
+        let now_ms = self.ctx.current_time();
+        let mut key_groups = Vec::new();
+        for key_group in self.key_groups().as_range() {
+            let mut states = Vec::new();
+            for (name, registered) in &self.states {
+                if let Some(encoded) = registered.table.borrow().snapshot_group(key_group, now_ms)? {
+                    states.push(NamedStateBytes {
+                        name: name.clone(),
+                        kind: registered.kind,
+                        value_type: encoded.value_type,
+                        checksum: encoded.checksum,
+                        bytes: encoded.bytes,
+                    });
+                }
+            }
+            states.extend(self.pending.values().filter_map(|groups| groups.get(&key_group)).cloned());
+            states.sort_by(|a, b| a.name.cmp(&b.name));
+            if !states.is_empty() {
+                key_groups.push(KeyGroupSnapshot { key_group, states });
+            }
+        }
+        Ok(KeyedStateSnapshot { max_parallelism: self.max_parallelism(), key_groups })
+    }
+
+    /// Replaces every state with the contents of `snapshots` (which together must hold each key
+    /// group at most once) restricted to this backend's key groups; key groups of other
+    /// subtasks are ignored, which is how rescaling redistributes state. States not registered
+    /// yet are loaded when they are registered. The snapshots must come from
+    /// [`snapshot`](Self::snapshot) of backends with the same types, kept in a trusted place:
+    /// their archives are checked by type name and checksum only, not validated.
+    ///
+    /// Checks on kinds, types, checksums and key groups run before anything changes; if loading
+    /// fails after that (an entry in the wrong key group), the backend is left empty.
+    pub fn restore(&mut self, snapshots: &[KeyedStateSnapshot]) -> Result<(), StateError> {
+        let (max_p, range) = (self.max_parallelism(), self.key_groups());
+        let mut seen = HashSet::new();
+        let mut mine = Vec::new();
+        for snapshot in snapshots {
+            if snapshot.max_parallelism != max_p {
+                return Err(StateError::MaxParallelismMismatch { snapshot: snapshot.max_parallelism, backend: max_p });
+            }
+            for group in &snapshot.key_groups {
+                if group.key_group >= max_p {
+                    return Err(StateError::KeyGroupOutOfRange { key_group: group.key_group, max_parallelism: max_p });
+                }
+                if !seen.insert(group.key_group) {
+                    return Err(StateError::DuplicateKeyGroup { key_group: group.key_group });
+                }
+                if range.contains(group.key_group) {
+                    mine.push(group);
+                }
+            }
+        }
+        for group in &mine {
+            self.check_group(group)?;
+        }
+        self.clear_all();
+        let loaded = self.load(&mine);
+        if loaded.is_err() {
+            self.clear_all();
+        }
+        loaded
+    }
+
+    fn check_group(&self, group: &KeyGroupSnapshot) -> Result<(), StateError> {
+        let mut names = HashSet::new();
+        for state in &group.states {
+            let what = || format!("{} state '{}'", state.kind, state.name);
+            if !names.insert(state.name.as_str()) {
+                let reason = "the state appears twice".to_owned();
+                return Err(StateError::Corrupt { what: what(), key_group: group.key_group, reason });
+            }
+            if codec::checksum(&state.bytes) != state.checksum {
+                let reason = "checksum mismatch".to_owned();
+                return Err(StateError::Corrupt { what: what(), key_group: group.key_group, reason });
+            }
+            if let Some(registered) = self.states.get(&state.name) {
+                let description = format!("registered as {}", registered.description);
+                check_restorable(&*registered.table.borrow(), state, &description)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, groups: &[&KeyGroupSnapshot]) -> Result<(), StateError> {
+        for group in groups {
+            for state in &group.states {
+                match self.states.get(&state.name) {
+                    Some(registered) => registered.table.borrow_mut().restore_group(group.key_group, state)?,
+                    None => {
+                        self.pending.entry(state.name.clone()).or_default().insert(group.key_group, state.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_all(&mut self) {
+        for registered in self.states.values() {
+            registered.table.borrow_mut().clear_all();
+        }
+        self.pending.clear();
+    }
+
+    /// Number of `(key, namespace)` entries over all registered states (expired ones that have
+    /// not been removed yet included; restored states not registered yet excluded).
+    pub fn num_entries(&self) -> usize {
+        self.states.values().map(|r| r.table.borrow().num_entries()).sum()
+    }
+}
+
+/// Whether `state` (from a snapshot) can be loaded into `table`.
+fn check_restorable(table: &dyn StateTable, state: &NamedStateBytes, description: &str) -> Result<(), StateError> {
+    if table.kind() == state.kind && table.value_type() == state.value_type {
+        return Ok(());
+    }
+    Err(StateError::Incompatible {
+        name: state.name.clone(),
+        registered: description.to_owned(),
+        requested: format!("restored as a {} state archived as {}", state.kind, state.value_type),
+    })
+}

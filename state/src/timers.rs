@@ -1,0 +1,352 @@
+//! The timer service of one keyed operator subtask, as Flink's `InternalTimerService`: timers
+//! per `(key, namespace, timestamp)` in two time domains (event time, fired as the watermark
+//! passes them; processing time, fired as the clock does). The operator pops due timers itself
+//! (`pop_event_timer(watermark)`), so firing happens on the task's thread, between batches.
+//!
+//! Each domain is a hash set of live timers (deduplication, deletion) plus a binary heap ordered
+//! by `(timestamp, registration sequence)`; deletion is lazy (the heap entry stays and is skipped),
+//! and the heap is compacted when stale entries outnumber live ones. Invariants
+//! (property-tested): the top of a heap is always live; a timer fires at most once per
+//! registration, never after it was deleted, never before its time, and timers fire in
+//! nondecreasing timestamp order (ties in registration order, so runs are deterministic).
+//! Snapshots group live timers by key group, so they rescale like keyed state.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::hash_table::{Entry, HashTable};
+use hashbrown::DefaultHashBuilder;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::StateError;
+use crate::keyed::{Namespace, StateKey};
+use crate::keygroup::{assign_key_group, KeyGroupRange};
+
+/// A timer: fires for `key` in `namespace` at `timestamp`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Timer<K, N> {
+    pub timestamp: i64,
+    pub key: K,
+    pub namespace: N,
+}
+
+/// Pending timers of one subtask, by key group.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct TimerSnapshot {
+    pub max_parallelism: u32,
+    /// Key groups with at least one pending timer, ascending.
+    pub key_groups: Vec<TimerKeyGroupSnapshot>,
+}
+
+/// Pending timers of one key group: an archive of `(event time, processing time)` timers, each
+/// a `Vec<(timestamp, key, namespace)>` in firing order.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct TimerKeyGroupSnapshot {
+    pub key_group: u32,
+    pub value_type: String,
+    pub checksum: u64,
+    pub bytes: Vec<u8>,
+}
+
+type ArchivedTimers<K, N> = (Vec<(i64, K, N)>, Vec<(i64, K, N)>);
+
+/// A heap entry: a timer and the sequence number of its registration.
+struct Queued<K, N> {
+    seq: u64,
+    timer: Timer<K, N>,
+}
+
+impl<K, N> Queued<K, N> {
+    fn order(&self) -> (i64, u64) {
+        (self.timer.timestamp, self.seq)
+    }
+}
+
+impl<K, N> PartialEq for Queued<K, N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.order() == other.order()
+    }
+}
+impl<K, N> Eq for Queued<K, N> {}
+impl<K, N> PartialOrd for Queued<K, N> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K, N> Ord for Queued<K, N> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.order().cmp(&other.order())
+    }
+}
+
+/// Stale heap entries tolerated beyond the number of live timers before a compaction.
+const STALE_SLACK: usize = 64;
+
+/// The timers of one time domain.
+struct TimerQueue<K, N> {
+    /// Live timers with the sequence number of their (only live) heap entry.
+    live: HashTable<(Timer<K, N>, u64)>,
+    hasher: DefaultHashBuilder,
+    heap: BinaryHeap<Reverse<Queued<K, N>>>,
+    next_seq: u64,
+}
+
+#[inline]
+fn timer_hash<K: Hash, N: Hash>(hasher: &DefaultHashBuilder, timestamp: i64, key: &K, namespace: &N) -> u64 {
+    hasher.hash_one((timestamp, key, namespace))
+}
+
+impl<K: StateKey, N: Namespace> TimerQueue<K, N> {
+    fn new() -> Self {
+        Self { live: HashTable::new(), hasher: DefaultHashBuilder::default(), heap: BinaryHeap::new(), next_seq: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    fn register(&mut self, timer: Timer<K, N>) -> bool {
+        let Self { live, hasher, heap, next_seq } = self;
+        let hash = timer_hash(hasher, timer.timestamp, &timer.key, &timer.namespace);
+        let rehash = |(t, _): &(Timer<K, N>, u64)| timer_hash(hasher, t.timestamp, &t.key, &t.namespace);
+        match live.entry(hash, |(t, _)| *t == timer, rehash) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                let seq = *next_seq;
+                *next_seq += 1;
+                heap.push(Reverse(Queued { seq, timer: timer.clone() }));
+                v.insert((timer, seq));
+                true
+            }
+        }
+    }
+
+    fn delete(&mut self, key: &K, namespace: &N, timestamp: i64) -> bool {
+        let hash = timer_hash(&self.hasher, timestamp, key, namespace);
+        let eq = |(t, _): &(Timer<K, N>, u64)| t.timestamp == timestamp && t.key == *key && t.namespace == *namespace;
+        let Ok(entry) = self.live.find_entry(hash, eq) else { return false };
+        entry.remove();
+        self.clean_top();
+        if self.heap.len() > 2 * self.live.len() + STALE_SLACK {
+            self.compact();
+        }
+        true
+    }
+
+    /// Whether a heap entry is the live registration of its timer.
+    fn is_live(&self, queued: &Queued<K, N>) -> bool {
+        let t = &queued.timer;
+        let hash = timer_hash(&self.hasher, t.timestamp, &t.key, &t.namespace);
+        self.live.find(hash, |(_, seq)| *seq == queued.seq).is_some()
+    }
+
+    /// Drops stale entries from the top of the heap, so that its top is live.
+    fn clean_top(&mut self) {
+        while self.heap.len() > self.live.len() {
+            match self.heap.peek() {
+                Some(Reverse(top)) if !self.is_live(top) => {
+                    self.heap.pop();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    #[cold]
+    fn compact(&mut self) {
+        let mut heap = std::mem::take(&mut self.heap).into_vec();
+        heap.retain(|Reverse(q)| self.is_live(q));
+        self.heap = BinaryHeap::from(heap);
+        debug_assert_eq!(self.heap.len(), self.live.len());
+    }
+
+    fn pop(&mut self, limit: i64) -> Option<Timer<K, N>> {
+        loop {
+            if self.heap.peek()?.0.timer.timestamp > limit {
+                return None;
+            }
+            let Reverse(queued) = self.heap.pop().expect("peeked just above");
+            let t = &queued.timer;
+            let hash = timer_hash(&self.hasher, t.timestamp, &t.key, &t.namespace);
+            if let Ok(entry) = self.live.find_entry(hash, |(_, seq)| *seq == queued.seq) {
+                entry.remove();
+                self.clean_top();
+                return Some(queued.timer);
+            }
+        }
+    }
+
+    fn next_time(&self) -> Option<i64> {
+        self.heap.peek().map(|Reverse(q)| q.timer.timestamp)
+    }
+
+    /// Live timers by key group, each group in firing order.
+    fn by_key_group(&self, max_parallelism: u32) -> BTreeMap<u32, Vec<(i64, K, N)>> {
+        type Sequenced<'a, K, N> = Vec<(i64, u64, &'a Timer<K, N>)>;
+        let mut groups: BTreeMap<u32, Sequenced<'_, K, N>> = BTreeMap::new();
+        for (timer, seq) in &self.live {
+            let key_group = assign_key_group(&timer.key, max_parallelism);
+            groups.entry(key_group).or_default().push((timer.timestamp, *seq, timer));
+        }
+        groups
+            .into_iter()
+            .map(|(key_group, mut timers)| {
+                timers.sort_unstable_by_key(|&(ts, seq, _)| (ts, seq));
+                let timers = timers.into_iter().map(|(ts, _, t)| (ts, t.key.clone(), t.namespace.clone())).collect();
+                (key_group, timers)
+            })
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.live.clear();
+        self.heap.clear();
+    }
+}
+
+/// Event-time and processing-time timers of one keyed operator subtask.
+pub struct TimerService<K, N> {
+    max_parallelism: u32,
+    key_groups: KeyGroupRange,
+    event_time: TimerQueue<K, N>,
+    processing_time: TimerQueue<K, N>,
+}
+
+impl<K: StateKey, N: Namespace> TimerService<K, N> {
+    pub fn new(max_parallelism: u32, key_groups: KeyGroupRange) -> Self {
+        assert!(max_parallelism > 0 && key_groups.end <= max_parallelism, "key groups {key_groups:?} of {max_parallelism}");
+        Self { max_parallelism, key_groups, event_time: TimerQueue::new(), processing_time: TimerQueue::new() }
+    }
+
+    pub fn key_groups(&self) -> KeyGroupRange {
+        self.key_groups
+    }
+
+    fn debug_check_key(&self, key: &K) {
+        debug_assert!(
+            self.key_groups.contains(assign_key_group(key, self.max_parallelism)),
+            "timer for a key outside key groups {:?}",
+            self.key_groups
+        );
+    }
+
+    /// Registers a timer; `false` if the same `(key, namespace, timestamp)` is already pending.
+    pub fn register_event_time_timer(&mut self, key: K, namespace: N, timestamp: i64) -> bool {
+        self.debug_check_key(&key);
+        self.event_time.register(Timer { timestamp, key, namespace })
+    }
+
+    /// Deletes a pending timer; `false` if there was none.
+    pub fn delete_event_time_timer(&mut self, key: &K, namespace: &N, timestamp: i64) -> bool {
+        self.event_time.delete(key, namespace, timestamp)
+    }
+
+    /// Registers a timer; `false` if the same `(key, namespace, timestamp)` is already pending.
+    pub fn register_processing_time_timer(&mut self, key: K, namespace: N, timestamp: i64) -> bool {
+        self.debug_check_key(&key);
+        self.processing_time.register(Timer { timestamp, key, namespace })
+    }
+
+    /// Deletes a pending timer; `false` if there was none.
+    pub fn delete_processing_time_timer(&mut self, key: &K, namespace: &N, timestamp: i64) -> bool {
+        self.processing_time.delete(key, namespace, timestamp)
+    }
+
+    /// Removes and returns the earliest event-time timer with `timestamp <= watermark` (ties in
+    /// registration order).
+    pub fn pop_event_timer(&mut self, watermark: i64) -> Option<Timer<K, N>> {
+        self.event_time.pop(watermark)
+    }
+
+    /// Removes and returns the earliest processing-time timer with `timestamp <= now`.
+    pub fn pop_processing_timer(&mut self, now: i64) -> Option<Timer<K, N>> {
+        self.processing_time.pop(now)
+    }
+
+    pub fn next_event_time(&self) -> Option<i64> {
+        self.event_time.next_time()
+    }
+
+    pub fn next_processing_time(&self) -> Option<i64> {
+        self.processing_time.next_time()
+    }
+
+    pub fn num_event_time_timers(&self) -> usize {
+        self.event_time.len()
+    }
+
+    pub fn num_processing_time_timers(&self) -> usize {
+        self.processing_time.len()
+    }
+
+    /// The pending timers of both domains, by key group.
+    pub fn snapshot(&self) -> Result<TimerSnapshot, StateError> {
+        let mut event = self.event_time.by_key_group(self.max_parallelism);
+        let mut processing = self.processing_time.by_key_group(self.max_parallelism);
+        let groups: std::collections::BTreeSet<u32> = event.keys().chain(processing.keys()).copied().collect();
+        let mut key_groups = Vec::with_capacity(groups.len());
+        for key_group in groups {
+            let timers: ArchivedTimers<K, N> =
+                (event.remove(&key_group).unwrap_or_default(), processing.remove(&key_group).unwrap_or_default());
+            let encoded = codec::encode(&timers, || format!("the timers of key group {key_group}"))?;
+            key_groups.push(TimerKeyGroupSnapshot {
+                key_group,
+                value_type: encoded.value_type,
+                checksum: encoded.checksum,
+                bytes: encoded.bytes,
+            });
+        }
+        Ok(TimerSnapshot { max_parallelism: self.max_parallelism, key_groups })
+    }
+
+    /// Replaces all timers with those of `snapshots` in this service's key groups (other key
+    /// groups are ignored). Snapshots must come from [`snapshot`](Self::snapshot) with the same
+    /// types and be kept in a trusted place (type name and checksum are checked, archives are not
+    /// validated). Nothing changes if a check fails.
+    pub fn restore(&mut self, snapshots: &[TimerSnapshot]) -> Result<(), StateError> {
+        let max_p = self.max_parallelism;
+        let mut seen = HashSet::new();
+        let mut restored = Vec::new();
+        for snapshot in snapshots {
+            if snapshot.max_parallelism != max_p {
+                return Err(StateError::MaxParallelismMismatch { snapshot: snapshot.max_parallelism, backend: max_p });
+            }
+            for group in &snapshot.key_groups {
+                let key_group = group.key_group;
+                if key_group >= max_p {
+                    return Err(StateError::KeyGroupOutOfRange { key_group, max_parallelism: max_p });
+                }
+                if !seen.insert(key_group) {
+                    return Err(StateError::DuplicateKeyGroup { key_group });
+                }
+                if !self.key_groups.contains(key_group) {
+                    continue;
+                }
+                let what = || format!("the timers of key group {key_group}");
+                let timers: ArchivedTimers<K, N> =
+                    codec::decode(&group.value_type, group.checksum, &group.bytes, what, key_group)?;
+                for (_, key, _) in timers.0.iter().chain(&timers.1) {
+                    let found = assign_key_group(key, max_p);
+                    if found != key_group {
+                        let reason = format!("it holds a timer of a key of key group {found}");
+                        return Err(StateError::Corrupt { what: what(), key_group, reason });
+                    }
+                }
+                restored.push(timers);
+            }
+        }
+        self.event_time.clear();
+        self.processing_time.clear();
+        for (event, processing) in restored {
+            for (timestamp, key, namespace) in event {
+                self.event_time.register(Timer { timestamp, key, namespace });
+            }
+            for (timestamp, key, namespace) in processing {
+                self.processing_time.register(Timer { timestamp, key, namespace });
+            }
+        }
+        Ok(())
+    }
+}
