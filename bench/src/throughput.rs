@@ -73,3 +73,119 @@ pub fn report(name: &str, parallelism: u32, events: u64, result: JobResult) -> B
 pub fn finish(name: &str, parallelism: u32, events: u64, handle: JobHandle) -> Result<BenchReport, JobError> {
     Ok(report(name, parallelism, events, handle.join()?))
 }
+
+/// Key of event `v` in the window benchmark: (v × 7919) mod K.
+#[inline]
+pub fn window_key(v: u64, keys: u64) -> u64 {
+    v.wrapping_mul(7919) % keys
+}
+
+/// Event time of event `v` in the window benchmark: v / 10 milliseconds.
+#[inline]
+pub fn window_time(v: u64) -> i64 {
+    (v / 10) as i64
+}
+
+/// Counts records per window (the aggregate of the window benchmark).
+#[derive(Debug, Clone, Copy)]
+pub struct CountAgg;
+
+impl corestream::AggregateFunction<(u64, i64), u64, u64> for CountAgg {
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    #[inline]
+    fn add(&self, _value: &(u64, i64), acc: &mut u64) {
+        *acc += 1;
+    }
+    fn get_result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+    fn merge(&self, a: &mut u64, b: u64) {
+        *a += b;
+    }
+}
+
+/// Sums the window counts it receives into a shared total (the window benchmark's check).
+#[derive(Debug)]
+pub struct SumSink {
+    total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    local: u64,
+}
+
+impl corestream::Sink<(u64, i64, u64)> for SumSink {
+    fn write_batch(&mut self, batch: &mut Vec<(u64, i64, u64)>) -> Result<(), corestream::SinkError> {
+        self.local += batch.drain(..).map(|r| r.2).sum::<u64>();
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), corestream::SinkError> {
+        self.total.fetch_add(self.local, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Declares the window benchmark on `env`: a sequence of N events, keyed by
+/// (v × 7919) mod K, at event time v / 10 ms with monotonic watermarks, counted per key and
+/// window; the sink adds the counts into `total`.
+pub fn window_job(
+    env: &StreamEnvironment,
+    events: u64,
+    keys: u64,
+    assigner: corestream::WindowAssigner,
+    total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    env.from_sequence(0..events)
+        .map(move |v| (window_key(v, keys), window_time(v)))
+        .assign_timestamps_and_watermarks(
+            corestream::WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|r: &(u64, i64)| r.1),
+        )
+        .key_by(|r: &(u64, i64)| r.0)
+        .window(assigner)
+        .aggregate_process(CountAgg, |ctx: &corestream::WindowContext<'_, u64>, n: u64, out: &mut Vec<(u64, i64, u64)>| {
+            out.push((*ctx.key, ctx.window.start, n))
+        })
+        .name("Window Count")
+        .add_sink("Sink: sum of counts", move |_| Ok(SumSink { total: total.clone(), local: 0 }));
+}
+
+/// The sum of all window counts the window benchmark must produce: every event counts once
+/// per window it belongs to.
+pub fn window_expected_total(events: u64, assigner: corestream::WindowAssigner) -> u64 {
+    match assigner {
+        corestream::WindowAssigner::Sliding { size, slide, .. } if size % slide == 0 => events * (size / slide) as u64,
+        corestream::WindowAssigner::Sliding { .. } => {
+            let mut windows = Vec::new();
+            (0..events)
+                .map(|v| {
+                    windows.clear();
+                    assigner.assign(window_time(v), &mut windows);
+                    windows.len() as u64
+                })
+                .sum()
+        }
+        _ => events,
+    }
+}
+
+/// Starts the window benchmark; returns the job and the shared total its sink fills.
+pub fn start_window(
+    cluster: &LocalCluster,
+    events: u64,
+    keys: u64,
+    assigner: corestream::WindowAssigner,
+    parallelism: u32,
+) -> Result<(JobHandle, std::sync::Arc<std::sync::atomic::AtomicU64>), JobError> {
+    let mut env = cluster.environment();
+    env.set_parallelism(parallelism);
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    window_job(&env, events, keys, assigner, total.clone());
+    Ok((env.execute_async("window")?, total))
+}
+
+/// Peak resident memory of this process in bytes (`VmHWM`), where Linux reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

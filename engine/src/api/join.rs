@@ -44,10 +44,13 @@ where
     let right = b.unpartitioned().map(Either::Right).name("Tag: second input");
     let union = left.union([right]);
     match (ta, tb) {
-        (Some(ta), Some(tb)) => union.with_timestamps(move |e: &Either<A, B>| match e {
-            Either::Left(a) => ta(a),
-            Either::Right(b) => tb(b),
-        }),
+        (Some(ta), Some(tb)) => {
+            let (ta, tb) = (ta.one, tb.one);
+            union.with_timestamps(move |e: &Either<A, B>| match e {
+                Either::Left(a) => ta(a),
+                Either::Right(b) => tb(b),
+            })
+        }
         _ => union,
     }
 }
@@ -359,7 +362,7 @@ where
                 self.lower, self.upper
             ));
         }
-        let Some(timestamps) = tagged.timestamps.clone() else {
+        let Some(timestamps) = tagged.timestamps.clone().map(|t| t.one) else {
             tagged.error(
                 "interval join needs timestamps on both inputs: call assign_timestamps_and_watermarks on each".into(),
             );
@@ -423,7 +426,7 @@ where
     {
         let graph = self.keyed.stream.graph.clone();
         let key = self.keyed.key.clone();
-        let timestamps: Option<Arc<TimestampFn<A>>> = self.keyed.stream.timestamps.clone();
+        let timestamps: Option<Arc<TimestampFn<A>>> = self.keyed.stream.timestamps.clone().map(|t| t.one);
         let left = self.keyed.stream.unpartitioned().map(Either::<A, R>::Left).name("Tag: keyed input");
         let right = self.rules.unpartitioned().map(Either::<A, R>::Right).name("Tag: broadcast input");
         let k = key.clone();

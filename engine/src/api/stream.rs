@@ -28,7 +28,7 @@ use crate::operators::map::MapOp;
 use crate::operators::reduce::ReduceOp;
 use crate::operators::{Emit, OpNode};
 use crate::runtime::build::{BuildCtx, KeyHashFn, LinkFactory, OperatorNodeRt};
-use crate::time::TimestampFn;
+use crate::time::Timestamps;
 
 /// Capacity of the channel behind `collect()`.
 const COLLECT_CAPACITY: usize = 4096;
@@ -40,7 +40,7 @@ pub struct DataStream<T: Data> {
     pub(crate) partitioning: Option<Partitioning>,
     pub(crate) key_hash: Option<Arc<dyn Any + Send + Sync>>,
     /// How records of this stream carry their event time, once declared.
-    pub(crate) timestamps: Option<Arc<TimestampFn<T>>>,
+    pub(crate) timestamps: Option<Timestamps<T>>,
     _type: PhantomData<fn() -> T>,
 }
 

@@ -115,7 +115,7 @@ impl<T: Data> DataStream<T> {
     /// Declares how this stream's records carry their event time, without generating
     /// watermarks (those of the upstream assigner keep flowing).
     pub fn with_timestamps<F: Fn(&T) -> i64 + Send + Sync + 'static>(mut self, f: F) -> DataStream<T> {
-        self.timestamps = Some(Arc::new(f));
+        self.timestamps = Some(crate::time::Timestamps::new(f));
         self
     }
 

@@ -11,7 +11,7 @@ use corestream_state::{KeyedStateBackend, StateKey, TimerService};
 use super::{now_ms, Operator};
 use crate::api::time::OutputTag;
 use crate::runtime::build::SideOutputs;
-use crate::time::TimestampFn;
+use crate::time::Timestamps;
 
 /// Which clock fired a timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,14 +175,15 @@ pub trait KeyedProcessFunction<K: StateKey, I, O>: 'static {
 
 pub(crate) struct ProcessOp<I, P> {
     pub(crate) f: P,
-    pub(crate) timestamps: Option<Arc<TimestampFn<I>>>,
+    pub(crate) timestamps: Option<Timestamps<I>>,
+    pub(crate) ts: Vec<i64>,
     pub(crate) sides: SideOutputs,
     pub(crate) watermark: i64,
 }
 
 impl<I: Data, O: Data, P: ProcessFunction<I, O>> Operator<I, O> for ProcessOp<I, P> {
     fn process(&mut self, record: I, out: &mut Vec<O>) {
-        let timestamp = self.timestamps.as_ref().map(|f| f(&record));
+        let timestamp = self.timestamps.as_ref().map(|f| (f.one)(&record));
         let mut ctx =
             ProcessContext { timestamp, watermark: self.watermark, processing_time: now_ms(), out, sides: &self.sides };
         self.f.process_element(record, &mut ctx);
@@ -190,8 +191,12 @@ impl<I: Data, O: Data, P: ProcessFunction<I, O>> Operator<I, O> for ProcessOp<I,
 
     fn process_batch(&mut self, input: &mut Vec<I>, out: &mut Vec<O>) {
         let processing_time = now_ms();
-        for record in input.drain(..) {
-            let timestamp = self.timestamps.as_ref().map(|f| f(&record));
+        self.ts.clear();
+        if let Some(t) = &self.timestamps {
+            (t.batch)(input, &mut self.ts);
+        }
+        for (i, record) in input.drain(..).enumerate() {
+            let timestamp = self.ts.get(i).copied();
             let mut ctx =
                 ProcessContext { timestamp, watermark: self.watermark, processing_time, out, sides: &self.sides };
             self.f.process_element(record, &mut ctx);
@@ -207,19 +212,20 @@ impl<I: Data, O: Data, P: ProcessFunction<I, O>> Operator<I, O> for ProcessOp<I,
 pub(crate) struct KeyedProcessOp<K: StateKey, I, KF, P> {
     pub(crate) f: P,
     pub(crate) key_fn: Arc<KF>,
-    pub(crate) timestamps: Option<Arc<TimestampFn<I>>>,
+    pub(crate) timestamps: Option<Timestamps<I>>,
     pub(crate) backend: KeyedStateBackend<K>,
     pub(crate) timers: TimerService<K, ()>,
     pub(crate) sides: SideOutputs,
     pub(crate) watermark: i64,
     pub(crate) processing_time: i64,
+    pub(crate) ts: Vec<i64>,
 }
 
 impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
     pub(crate) fn new<O>(
         mut f: P,
         key_fn: Arc<KF>,
-        timestamps: Option<Arc<TimestampFn<I>>>,
+        timestamps: Option<Timestamps<I>>,
         mut backend: KeyedStateBackend<K>,
         sides: SideOutputs,
         subtask: u32,
@@ -230,7 +236,17 @@ impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
     {
         let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
         f.open(&mut KeyedRuntimeContext { backend: &mut backend, subtask, parallelism });
-        Self { f, key_fn, timestamps, backend, timers, sides, watermark: i64::MIN, processing_time: now_ms() }
+        Self {
+            f,
+            key_fn,
+            timestamps,
+            backend,
+            timers,
+            sides,
+            watermark: i64::MIN,
+            processing_time: now_ms(),
+            ts: Vec::new(),
+        }
     }
 }
 
@@ -263,28 +279,22 @@ where
     P: KeyedProcessFunction<K, I, O>,
 {
     fn process(&mut self, record: I, out: &mut Vec<O>) {
-        let key = (self.key_fn)(&record);
-        let timestamp = self.timestamps.as_ref().map(|f| f(&record));
-        self.backend.set_current_key(key.clone());
-        let mut ctx = KeyedContext {
-            key: &key,
-            timestamp,
-            timers: &mut self.timers,
-            watermark: self.watermark,
-            processing_time: self.processing_time,
-            out,
-            sides: &self.sides,
-            domain: None,
-        };
-        self.f.process_element(record, &mut ctx);
+        let timestamp = self.timestamps.as_ref().map(|f| (f.one)(&record));
+        self.process_at(record, timestamp, out);
     }
 
     fn process_batch(&mut self, input: &mut Vec<I>, out: &mut Vec<O>) {
         self.processing_time = now_ms();
         self.backend.set_current_time(self.processing_time);
-        for record in input.drain(..) {
-            self.process(record, out);
+        let mut ts = std::mem::take(&mut self.ts);
+        ts.clear();
+        if let Some(t) = &self.timestamps {
+            (t.batch)(input, &mut ts);
         }
+        for (i, record) in input.drain(..).enumerate() {
+            self.process_at(record, ts.get(i).copied(), out);
+        }
+        self.ts = ts;
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<O>) -> Option<i64> {
@@ -305,5 +315,32 @@ where
         while let Some(timer) = self.timers.pop_processing_timer(now) {
             self.fire(timer.key, timer.timestamp, TimeDomain::ProcessingTime, out);
         }
+    }
+}
+
+impl<K, I, KF, P> KeyedProcessOp<K, I, KF, P>
+where
+    K: StateKey,
+    I: Data,
+    KF: Fn(&I) -> K + 'static,
+{
+    #[inline]
+    fn process_at<O>(&mut self, record: I, timestamp: Option<i64>, out: &mut Vec<O>)
+    where
+        P: KeyedProcessFunction<K, I, O>,
+    {
+        let key = (self.key_fn)(&record);
+        self.backend.set_current_key(key.clone());
+        let mut ctx = KeyedContext {
+            key: &key,
+            timestamp,
+            timers: &mut self.timers,
+            watermark: self.watermark,
+            processing_time: self.processing_time,
+            out,
+            sides: &self.sides,
+            domain: None,
+        };
+        self.f.process_element(record, &mut ctx);
     }
 }

@@ -11,10 +11,10 @@ use corestream_netstack::{Data, Event, WatermarkStatus};
 
 use super::{enter_node, now_ms, Control, Emit, FlushReason, OperatorMetrics, Readiness};
 use crate::error::TaskError;
-use crate::time::strategy::{Emission, TimestampFn, WatermarkGenerator, WatermarkOutput};
+use crate::time::strategy::{Emission, Timestamps, WatermarkGenerator, WatermarkOutput};
 
 pub(crate) struct WatermarkLink<T: Data> {
-    pub(crate) timestamps: Arc<TimestampFn<T>>,
+    pub(crate) timestamps: Timestamps<T>,
     pub(crate) generator: Box<dyn WatermarkGenerator<T>>,
     pub(crate) emission: Emission,
     pub(crate) interval_ms: i64,
@@ -28,12 +28,13 @@ pub(crate) struct WatermarkLink<T: Data> {
     pub(crate) last_record_ms: i64,
     pub(crate) idle: bool,
     pub(crate) scratch: Vec<T>,
+    pub(crate) ts: Vec<i64>,
 }
 
 impl<T: Data> WatermarkLink<T> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        timestamps: Arc<TimestampFn<T>>,
+        timestamps: Timestamps<T>,
         generator: Box<dyn WatermarkGenerator<T>>,
         emission: Emission,
         interval: std::time::Duration,
@@ -59,6 +60,7 @@ impl<T: Data> WatermarkLink<T> {
             last_record_ms: now,
             idle: false,
             scratch: Vec::new(),
+            ts: Vec::new(),
         }
     }
 
@@ -160,9 +162,9 @@ impl<T: Data> Emit<T> for WatermarkLink<T> {
         self.mark_active()?;
         match self.emission {
             Emission::Periodic => {
-                for r in batch.iter() {
-                    self.generator.on_event(r, (self.timestamps)(r), &mut self.output);
-                }
+                self.ts.clear();
+                (self.timestamps.batch)(batch, &mut self.ts);
+                self.generator.on_batch(batch, &self.ts, &mut self.output);
                 self.next.emit_batch(batch)?;
                 // Punctuated watermarks emitted by `on_event` follow their batch.
                 self.emit_pending()
@@ -170,8 +172,11 @@ impl<T: Data> Emit<T> for WatermarkLink<T> {
             Emission::PerRecord => {
                 let mut records = std::mem::take(batch);
                 let mut out = std::mem::take(&mut self.scratch);
-                for r in records.drain(..) {
-                    self.generator.on_event(&r, (self.timestamps)(&r), &mut self.output);
+                let mut stamps = std::mem::take(&mut self.ts);
+                stamps.clear();
+                (self.timestamps.batch)(&records, &mut stamps);
+                for (r, ts) in records.drain(..).zip(stamps.iter().copied()) {
+                    self.generator.on_event(&r, ts, &mut self.output);
                     self.generator.on_periodic_emit(&mut self.output);
                     out.push(r);
                     if self.output.pending().is_some_and(|w| w > self.current) {
@@ -186,6 +191,7 @@ impl<T: Data> Emit<T> for WatermarkLink<T> {
                 }
                 out.clear();
                 self.scratch = out;
+                self.ts = stamps;
                 *batch = records;
                 Ok(())
             }

@@ -12,6 +12,35 @@ use std::time::Duration;
 /// Reads a record's event timestamp (milliseconds since the epoch).
 pub type TimestampFn<T> = dyn Fn(&T) -> i64 + Send + Sync;
 
+/// Reads the timestamps of a batch of records (appended to the vector): one dynamic call per
+/// batch, a monomorphized loop inside.
+pub type BatchTimestampFn<T> = dyn Fn(&[T], &mut Vec<i64>) + Send + Sync;
+
+/// How a stream's records carry their event time: the user's function, per record and per
+/// batch.
+pub struct Timestamps<T> {
+    pub(crate) one: Arc<TimestampFn<T>>,
+    pub(crate) batch: Arc<BatchTimestampFn<T>>,
+}
+
+impl<T> Clone for Timestamps<T> {
+    fn clone(&self) -> Self {
+        Self { one: self.one.clone(), batch: self.batch.clone() }
+    }
+}
+
+impl<T: 'static> Timestamps<T> {
+    pub(crate) fn new<F: Fn(&T) -> i64 + Send + Sync + 'static>(f: F) -> Self {
+        let f = Arc::new(f);
+        let g = f.clone();
+        Self {
+            one: f,
+            batch: Arc::new(move |records: &[T], out: &mut Vec<i64>| out.extend(records.iter().map(|r| g(r)))),
+        }
+    }
+
+}
+
 /// Where a generator puts the watermarks it decides to emit.
 #[derive(Debug, Default)]
 pub struct WatermarkOutput {
@@ -48,6 +77,13 @@ impl WatermarkOutput {
 pub trait WatermarkGenerator<T>: 'static {
     /// Called for every record with its timestamp; may emit (punctuated watermarks).
     fn on_event(&mut self, record: &T, timestamp: i64, output: &mut WatermarkOutput);
+    /// Called for a batch of records with their timestamps (one dynamic call per batch; the
+    /// default calls `on_event` for each, monomorphized per generator).
+    fn on_batch(&mut self, records: &[T], timestamps: &[i64], output: &mut WatermarkOutput) {
+        for (r, ts) in records.iter().zip(timestamps) {
+            self.on_event(r, *ts, output);
+        }
+    }
     /// Called periodically (every `auto_watermark_interval`, or after every record when the
     /// strategy emits per record); may emit.
     fn on_periodic_emit(&mut self, output: &mut WatermarkOutput);
@@ -71,6 +107,12 @@ impl<T> WatermarkGenerator<T> for BoundedOutOfOrderness {
     #[inline]
     fn on_event(&mut self, _record: &T, timestamp: i64, _output: &mut WatermarkOutput) {
         self.max_timestamp = self.max_timestamp.max(timestamp);
+    }
+
+    fn on_batch(&mut self, _records: &[T], timestamps: &[i64], _output: &mut WatermarkOutput) {
+        if let Some(max) = timestamps.iter().copied().max() {
+            self.max_timestamp = self.max_timestamp.max(max);
+        }
     }
 
     fn on_periodic_emit(&mut self, output: &mut WatermarkOutput) {
@@ -101,7 +143,7 @@ pub(crate) enum Emission {
 /// How a stream gets event timestamps and watermarks.
 pub struct WatermarkStrategy<T> {
     pub(crate) generator: Arc<GeneratorFactory<T>>,
-    pub(crate) timestamps: Option<Arc<TimestampFn<T>>>,
+    pub(crate) timestamps: Option<Timestamps<T>>,
     pub(crate) idleness: Option<Duration>,
     pub(crate) emission: Emission,
 }
@@ -158,7 +200,7 @@ impl<T: 'static> WatermarkStrategy<T> {
 
     /// How to read a record's timestamp (milliseconds since the epoch). Required.
     pub fn with_timestamp_assigner<F: Fn(&T) -> i64 + Send + Sync + 'static>(mut self, f: F) -> Self {
-        self.timestamps = Some(Arc::new(f));
+        self.timestamps = Some(Timestamps::new(f));
         self
     }
 

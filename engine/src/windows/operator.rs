@@ -15,7 +15,7 @@ use super::assigner::{TimeWindow, WindowAssigner};
 use super::merging::{self, WindowMapping};
 use super::trigger::{Trigger, TriggerContext, TriggerResult};
 use crate::operators::{now_ms, Operator, SideOutput};
-use crate::time::TimestampFn;
+use crate::time::Timestamps;
 
 /// What a window function sees when a window fires.
 #[derive(Debug)]
@@ -42,7 +42,7 @@ pub(crate) struct WindowSpec<T> {
     pub assigner: WindowAssigner,
     pub trigger: Trigger,
     pub allowed_lateness: i64,
-    pub timestamps: Option<Arc<TimestampFn<T>>>,
+    pub timestamps: Option<Timestamps<T>>,
 }
 
 impl<T> Clone for WindowSpec<T> {
@@ -69,6 +69,7 @@ pub(crate) struct WindowOperator<K: StateKey, T, O, KF, C> {
     late: Option<SideOutput<T>>,
     metrics: Arc<crate::operators::OperatorMetrics>,
     windows: Vec<TimeWindow>,
+    ts: Vec<i64>,
     _out: std::marker::PhantomData<fn() -> O>,
 }
 
@@ -156,6 +157,7 @@ where
             late,
             metrics,
             windows: Vec::new(),
+            ts: Vec::new(),
             _out: std::marker::PhantomData,
         }
     }
@@ -216,12 +218,8 @@ where
         self.contents.emit(&ctx, out);
     }
 
-    fn process_record(&mut self, record: T, out: &mut Vec<O>) {
+    fn process_record(&mut self, record: T, ts: i64, out: &mut Vec<O>) {
         let key = (self.key_fn)(&record);
-        let ts = match &self.spec.timestamps {
-            Some(f) if self.event_time() => f(&record),
-            _ => self.processing_time,
-        };
         self.backend.set_current_key(key.clone());
         let mut windows = std::mem::take(&mut self.windows);
         windows.clear();
@@ -377,15 +375,26 @@ where
     C: WindowContents<K, T, O>,
 {
     fn process(&mut self, record: T, out: &mut Vec<O>) {
-        self.process_record(record, out);
+        let ts = match &self.spec.timestamps {
+            Some(f) if self.event_time() => (f.one)(&record),
+            _ => self.processing_time,
+        };
+        self.process_record(record, ts, out);
     }
 
     fn process_batch(&mut self, input: &mut Vec<T>, out: &mut Vec<O>) {
         self.processing_time = now_ms();
         self.backend.set_current_time(self.processing_time);
-        for record in input.drain(..) {
-            self.process_record(record, out);
+        let mut ts = std::mem::take(&mut self.ts);
+        ts.clear();
+        match &self.spec.timestamps {
+            Some(f) if self.event_time() => (f.batch)(input, &mut ts),
+            _ => ts.resize(input.len(), self.processing_time),
         }
+        for (record, t) in input.drain(..).zip(ts.iter().copied()) {
+            self.process_record(record, t, out);
+        }
+        self.ts = ts;
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<O>) -> Option<i64> {
