@@ -27,7 +27,9 @@ pub enum StateError {
     )]
     KeyGroupOutOfRange { key_group: u32, max_parallelism: u32 },
     /// Two of the snapshots given to one restore hold the same key group.
-    #[error("key group {key_group} appears in more than one snapshot; restore every key group from exactly one snapshot")]
+    #[error(
+        "key group {key_group} appears in more than one snapshot; restore every key group from exactly one snapshot"
+    )]
     DuplicateKeyGroup { key_group: u32 },
     /// State could not be serialized for a snapshot.
     #[error("{what} could not be serialized: {reason}")]

@@ -131,18 +131,22 @@ pub struct KeyGroupRange {
 }
 
 impl KeyGroupRange {
+    #[inline]
     pub fn contains(&self, key_group: u32) -> bool {
         (self.start..self.end).contains(&key_group)
     }
 
+    #[inline]
     pub fn len(&self) -> u32 {
         self.end - self.start
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
+    #[inline]
     pub fn as_range(&self) -> Range<u32> {
         self.start..self.end
     }

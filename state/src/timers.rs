@@ -216,7 +216,10 @@ pub struct TimerService<K, N> {
 
 impl<K: StateKey, N: Namespace> TimerService<K, N> {
     pub fn new(max_parallelism: u32, key_groups: KeyGroupRange) -> Self {
-        assert!(max_parallelism > 0 && key_groups.end <= max_parallelism, "key groups {key_groups:?} of {max_parallelism}");
+        assert!(
+            max_parallelism > 0 && key_groups.end <= max_parallelism,
+            "key groups {key_groups:?} of {max_parallelism}"
+        );
         Self { max_parallelism, key_groups, event_time: TimerQueue::new(), processing_time: TimerQueue::new() }
     }
 

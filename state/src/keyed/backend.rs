@@ -123,20 +123,30 @@ impl<K: StateKey> KeyedStateBackend<K> {
     ) -> Result<ValueState<K, N, V>, StateError> {
         let (kind, ttl) = (StateKind::Value, desc.ttl);
         let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
-        let table = self.register::<dyn ValueTable<K, N, V>>(&desc.name, kind, ttl, describe::<N, V>(kind, ttl.as_ref()), || {
-            match (backend, ttl) {
+        let table = self.register::<dyn ValueTable<K, N, V>>(
+            &desc.name,
+            kind,
+            ttl,
+            describe::<N, V>(kind, ttl.as_ref()),
+            || match (backend, ttl) {
                 (StateBackendKind::Heap, None) => {
                     let (erased, typed) =
                         shared(HeapState::<K, N, Plain<Option<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
                     (erased, typed as Rc<RefCell<dyn ValueTable<K, N, V>>>)
                 }
                 (StateBackendKind::Heap, Some(_)) => {
-                    let (erased, typed) =
-                        shared(HeapState::<K, N, Expiring<Option<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
+                    let (erased, typed) = shared(HeapState::<K, N, Expiring<Option<V>>, ()>::new(
+                        &desc.name,
+                        kind,
+                        ttl,
+                        max_p,
+                        groups,
+                        (),
+                    ));
                     (erased, typed as Rc<RefCell<dyn ValueTable<K, N, V>>>)
                 }
-            }
-        })?;
+            },
+        )?;
         Ok(ValueState::new(self.ctx.clone(), table))
     }
 
@@ -146,8 +156,12 @@ impl<K: StateKey> KeyedStateBackend<K> {
     ) -> Result<ListState<K, N, V>, StateError> {
         let (kind, ttl) = (StateKind::List, desc.ttl);
         let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
-        let table = self.register::<dyn ListTable<K, N, V>>(&desc.name, kind, ttl, describe::<N, V>(kind, ttl.as_ref()), || {
-            match (backend, ttl) {
+        let table = self.register::<dyn ListTable<K, N, V>>(
+            &desc.name,
+            kind,
+            ttl,
+            describe::<N, V>(kind, ttl.as_ref()),
+            || match (backend, ttl) {
                 (StateBackendKind::Heap, None) => {
                     let (erased, typed) =
                         shared(HeapState::<K, N, Vec<Plain<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
@@ -158,8 +172,8 @@ impl<K: StateKey> KeyedStateBackend<K> {
                         shared(HeapState::<K, N, Vec<Expiring<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
                     (erased, typed as Rc<RefCell<dyn ListTable<K, N, V>>>)
                 }
-            }
-        })?;
+            },
+        )?;
         Ok(ListState::new(self.ctx.clone(), table))
     }
 
@@ -171,21 +185,31 @@ impl<K: StateKey> KeyedStateBackend<K> {
         let (kind, ttl) = (StateKind::Map, desc.ttl);
         let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
         let description = describe::<N, (UK, UV)>(kind, ttl.as_ref());
-        let table = self.register::<dyn MapTable<K, N, UK, UV>>(&desc.name, kind, ttl, description, || {
-            match (backend, ttl) {
+        let table =
+            self.register::<dyn MapTable<K, N, UK, UV>>(&desc.name, kind, ttl, description, || match (backend, ttl) {
                 (StateBackendKind::Heap, None) => {
-                    let (erased, typed) =
-                        shared(HeapState::<K, N, Map<UK, Plain<UV>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
+                    let (erased, typed) = shared(HeapState::<K, N, Map<UK, Plain<UV>>, ()>::new(
+                        &desc.name,
+                        kind,
+                        ttl,
+                        max_p,
+                        groups,
+                        (),
+                    ));
                     (erased, typed as Rc<RefCell<dyn MapTable<K, N, UK, UV>>>)
                 }
                 (StateBackendKind::Heap, Some(_)) => {
                     let (erased, typed) = shared(HeapState::<K, N, Map<UK, Expiring<UV>>, ()>::new(
-                        &desc.name, kind, ttl, max_p, groups, (),
+                        &desc.name,
+                        kind,
+                        ttl,
+                        max_p,
+                        groups,
+                        (),
                     ));
                     (erased, typed as Rc<RefCell<dyn MapTable<K, N, UK, UV>>>)
                 }
-            }
-        })?;
+            })?;
         Ok(MapState::new(self.ctx.clone(), table))
     }
 
@@ -197,10 +221,15 @@ impl<K: StateKey> KeyedStateBackend<K> {
         let (kind, ttl) = (StateKind::Reducing, desc.ttl);
         let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
         let f = desc.reduce.clone();
-        let table = self.register::<dyn ReducingTable<K, N, V>>(&desc.name, kind, ttl, describe::<N, V>(kind, ttl.as_ref()), || {
-            match (backend, ttl) {
+        let table = self.register::<dyn ReducingTable<K, N, V>>(
+            &desc.name,
+            kind,
+            ttl,
+            describe::<N, V>(kind, ttl.as_ref()),
+            || match (backend, ttl) {
                 (StateBackendKind::Heap, None) => {
-                    let (erased, typed) = shared(HeapState::<K, N, Plain<V>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
+                    let (erased, typed) =
+                        shared(HeapState::<K, N, Plain<V>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
                     (erased, typed as Rc<RefCell<dyn ReducingTable<K, N, V>>>)
                 }
                 (StateBackendKind::Heap, Some(_)) => {
@@ -208,8 +237,8 @@ impl<K: StateKey> KeyedStateBackend<K> {
                         shared(HeapState::<K, N, Expiring<V>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
                     (erased, typed as Rc<RefCell<dyn ReducingTable<K, N, V>>>)
                 }
-            }
-        })?;
+            },
+        )?;
         Ok(ReducingState::new(self.ctx.clone(), table))
     }
 
@@ -223,8 +252,8 @@ impl<K: StateKey> KeyedStateBackend<K> {
         let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
         let f = desc.agg.clone();
         let description = describe::<N, (IN, ACC, OUT)>(kind, ttl.as_ref());
-        let table = self.register::<Table<K, N, IN, ACC, OUT>>(&desc.name, kind, ttl, description, || {
-            match (backend, ttl) {
+        let table =
+            self.register::<Table<K, N, IN, ACC, OUT>>(&desc.name, kind, ttl, description, || match (backend, ttl) {
                 (StateBackendKind::Heap, None) => {
                     let (erased, typed) =
                         shared(HeapState::<K, N, Plain<ACC>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
@@ -235,8 +264,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
                         shared(HeapState::<K, N, Expiring<ACC>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
                     (erased, typed as Rc<RefCell<Table<K, N, IN, ACC, OUT>>>)
                 }
-            }
-        })?;
+            })?;
         Ok(AggregatingState::new(self.ctx.clone(), table))
     }
 

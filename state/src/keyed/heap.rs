@@ -265,10 +265,8 @@ impl<K: StateKey, N: Namespace, S: Persist, F: 'static> StateTable for HeapState
     fn snapshot_group(&self, key_group: u32, now_ms: i64) -> Result<Option<Encoded>, StateError> {
         let clock = self.clock(now_ms);
         let group = &self.table.groups[self.table.group_index(key_group)];
-        let entries: Archived<K, N, S::Persisted> = group
-            .iter()
-            .filter_map(|s| s.state.persist(&clock).map(|p| (s.key.clone(), s.ns.clone(), p)))
-            .collect();
+        let entries: Archived<K, N, S::Persisted> =
+            group.iter().filter_map(|s| s.state.persist(&clock).map(|p| (s.key.clone(), s.ns.clone(), p))).collect();
         if entries.is_empty() {
             return Ok(None);
         }

@@ -1,3 +1,6 @@
+//! Unit tests of keyed state: each state kind, namespaces and merges, key scoping, TTL,
+//! registration rules and snapshot/restore edge cases.
+
 use std::time::Duration;
 
 use super::*;
@@ -98,6 +101,15 @@ fn a_key_of_another_subtask_is_refused() {
     let b: KeyedStateBackend<u64> = KeyedStateBackend::new(StateBackendKind::Heap, MAX_P, key_group_range(MAX_P, 2, 0));
     let foreign = (0u64..).find(|k| assign_key_group(k, MAX_P) >= 64).unwrap();
     b.set_current_key(foreign);
+}
+
+#[test]
+#[should_panic(expected = "inside a state access")]
+fn the_key_cannot_change_during_an_access() {
+    let mut b = backend();
+    let mut s = b.value_state::<(), i64>(&ValueStateDescriptor::new("v")).unwrap();
+    b.set_current_key(1);
+    s.update_with(|_| b.set_current_key(2));
 }
 
 #[test]
@@ -236,7 +248,8 @@ impl AggregateFunction<i64, (i64, u64), f64> for Average {
 #[test]
 fn aggregating_state_folds_inputs_and_merges_accumulators() {
     let mut b = backend();
-    let mut a = b.aggregating_state::<u16, i64, (i64, u64), f64>(&AggregatingStateDescriptor::new("avg", Average)).unwrap();
+    let mut a =
+        b.aggregating_state::<u16, i64, (i64, u64), f64>(&AggregatingStateDescriptor::new("avg", Average)).unwrap();
     b.set_current_key(2);
     a.set_namespace(1);
     assert_eq!(a.get(), None);
@@ -273,7 +286,8 @@ fn registering_a_name_again_shares_or_refuses() {
     assert!(matches!(value_type, Err(StateError::Incompatible { .. })));
     let namespace = b.value_state::<u8, i64>(&ValueStateDescriptor::new("x"));
     assert!(matches!(namespace, Err(StateError::Incompatible { .. })));
-    let ttl = b.value_state::<(), i64>(&ValueStateDescriptor::new("x").with_ttl(StateTtlConfig::new(Duration::from_secs(1))));
+    let ttl =
+        b.value_state::<(), i64>(&ValueStateDescriptor::new("x").with_ttl(StateTtlConfig::new(Duration::from_secs(1))));
     let err = ttl.err().expect("another TTL is incompatible");
     assert!(err.to_string().contains("'x'") && err.to_string().contains("TTL"), "{err}");
     assert!(!err.is_retryable());
@@ -340,9 +354,12 @@ fn ttl_applies_to_each_list_element_and_map_entry() {
     let mut b = backend();
     let mut l = b.list_state::<(), u32>(&ListStateDescriptor::new("l").with_ttl(ttl_ms(10))).unwrap();
     let mut m = b.map_state::<(), u32, u32>(&MapStateDescriptor::new("m").with_ttl(ttl_ms(10))).unwrap();
-    let mut r = b.reducing_state::<(), u32>(&ReducingStateDescriptor::new("r", |a, b| a + b).with_ttl(ttl_ms(10))).unwrap();
+    let mut r =
+        b.reducing_state::<(), u32>(&ReducingStateDescriptor::new("r", |a, b| a + b).with_ttl(ttl_ms(10))).unwrap();
     let mut a = b
-        .aggregating_state::<(), i64, (i64, u64), f64>(&AggregatingStateDescriptor::new("a", Average).with_ttl(ttl_ms(10)))
+        .aggregating_state::<(), i64, (i64, u64), f64>(
+            &AggregatingStateDescriptor::new("a", Average).with_ttl(ttl_ms(10)),
+        )
         .unwrap();
     b.set_current_key(1);
     b.set_current_time(0);
@@ -444,7 +461,10 @@ fn restore_refuses_bad_snapshots_without_changing_state() {
     );
     let mut out_of_range = good.clone();
     out_of_range.key_groups[0].key_group = 500;
-    assert_eq!(b.restore(&[out_of_range]), Err(StateError::KeyGroupOutOfRange { key_group: 500, max_parallelism: MAX_P }));
+    assert_eq!(
+        b.restore(&[out_of_range]),
+        Err(StateError::KeyGroupOutOfRange { key_group: 500, max_parallelism: MAX_P })
+    );
     let mut corrupt = good.clone();
     corrupt.key_groups[0].states[0].bytes[0] ^= 1;
     assert!(matches!(b.restore(&[corrupt]), Err(StateError::Corrupt { .. })));
