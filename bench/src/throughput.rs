@@ -124,6 +124,16 @@ impl corestream::Sink<(u64, i64, u64)> for SumSink {
     }
 }
 
+/// How the window benchmark's sequence is split over the source subtasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceSplit {
+    /// Subtask i emits i, i + p, …: the subtasks advance through event time together.
+    Interleaved,
+    /// Subtask i emits the i-th contiguous range: at parallelism 2 the second half of event
+    /// time waits in state for the first half's watermark.
+    Contiguous,
+}
+
 /// Declares the window benchmark on `env`: a sequence of N events, keyed by
 /// (v × 7919) mod K, at event time v / 10 ms with monotonic watermarks, counted per key and
 /// window; the sink adds the counts into `total`.
@@ -132,9 +142,14 @@ pub fn window_job(
     events: u64,
     keys: u64,
     assigner: corestream::WindowAssigner,
+    split: SequenceSplit,
     total: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
-    env.from_sequence(0..events)
+    let source = match split {
+        SequenceSplit::Interleaved => env.from_sequence_interleaved(0..events),
+        SequenceSplit::Contiguous => env.from_sequence(0..events),
+    };
+    source
         .map(move |v| (window_key(v, keys), window_time(v)))
         .assign_timestamps_and_watermarks(
             corestream::WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|r: &(u64, i64)| r.1),
@@ -173,12 +188,13 @@ pub fn start_window(
     events: u64,
     keys: u64,
     assigner: corestream::WindowAssigner,
+    split: SequenceSplit,
     parallelism: u32,
 ) -> Result<(JobHandle, std::sync::Arc<std::sync::atomic::AtomicU64>), JobError> {
     let mut env = cluster.environment();
     env.set_parallelism(parallelism);
     let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    window_job(&env, events, keys, assigner, total.clone());
+    window_job(&env, events, keys, assigner, split, total.clone());
     Ok((env.execute_async("window")?, total))
 }
 

@@ -4,6 +4,7 @@
 use clap::Subcommand;
 use corestream_bench::throughput::{
     peak_rss_bytes, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport,
+    SequenceSplit,
 };
 use corestream_bench::window_agg::parse_window_spec;
 use corestream_bench::window_model::WindowSpec;
@@ -39,6 +40,11 @@ pub enum BenchCommand {
         /// tumbling:10s, sliding:10s/2s or session:5s (optionally @OFFSET for tumbling/sliding).
         #[arg(long, value_parser = parse_window_assigner)]
         window: corestream::WindowAssigner,
+        /// Split the sequence into contiguous ranges per source subtask instead of
+        /// interleaving it (at parallelism > 1 later ranges then wait in state for the
+        /// watermark of earlier ones).
+        #[arg(long)]
+        contiguous: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -103,10 +109,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let ok = r.count == events;
             (r, ok)
         }
-        BenchCommand::Window { events, keys, window, common } => {
+        BenchCommand::Window { events, keys, window, contiguous, common } => {
             let cluster = common.cluster()?;
             let p = common.parallelism.unwrap_or(cluster.num_slots());
-            let (handle, total) = start_window(&cluster, events, keys, window, p)?;
+            let split = if contiguous { SequenceSplit::Contiguous } else { SequenceSplit::Interleaved };
+            let (handle, total) = start_window(&cluster, events, keys, window, split, p)?;
             let mut r = report("window", p, events, join_with_progress(handle, "window", Some(events))?);
             r.count = total.load(std::sync::atomic::Ordering::Relaxed);
             let expected = window_expected_total(events, window);

@@ -15,6 +15,7 @@ use corestream_bench::corpus::write_corpus;
 use corestream_bench::examples::{self, checksum, reference_sum_by_key, reference_wordcount};
 use corestream_bench::throughput::{
     finish, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport,
+    SequenceSplit,
 };
 
 use crate::args::{parse_positive, parse_positive_count};
@@ -149,7 +150,8 @@ fn demo_jobs(cluster: &LocalCluster, args: &DemoArgs, dir: &std::path::Path) -> 
         let assigner = crate::bench::parse_window_assigner(spec).map_err(anyhow::Error::msg)?;
         let mut rates = Vec::new();
         for &p in &parallelisms {
-            let (handle, total) = start_window(cluster, args.window_events, args.keys, assigner, p)?;
+            let (handle, total) =
+                start_window(cluster, args.window_events, args.keys, assigner, SequenceSplit::Interleaved, p)?;
             let mut r = report(spec, p, args.window_events, handle.join()?);
             r.count = total.load(std::sync::atomic::Ordering::Relaxed);
             let expected = window_expected_total(args.window_events, assigner);

@@ -100,6 +100,20 @@ impl StreamEnvironment {
         self.generator_source("Source: sequence", range.end.saturating_sub(range.start), move |i| start + i)
     }
 
+    /// The numbers in `range`, interleaved over the source's subtasks: subtask i of p emits
+    /// `start + i`, `start + i + p`, … so all subtasks advance through the sequence (and through
+    /// event time derived from it) together, as the partitions of a real stream do.
+    pub fn from_sequence_interleaved(&self, range: Range<u64>) -> DataStream<u64> {
+        let start = range.start;
+        let count = range.end.saturating_sub(range.start);
+        let f = Arc::new(move |i: u64| start + i);
+        self.add_source(
+            "Source: sequence",
+            None,
+            Arc::new(move |ctx| Ok(Box::new(GeneratorSource::strided(f.clone(), count, ctx.subtask, ctx.parallelism)) as _)),
+        )
+    }
+
     /// `f(0) .. f(count - 1)`, split into contiguous index ranges over the source's subtasks.
     pub fn from_generator<T, F>(&self, count: u64, f: F) -> DataStream<T>
     where

@@ -70,6 +70,12 @@ impl<F> GeneratorSource<F> {
         Self { f, next: share(subtask as u64), end: share(subtask as u64 + 1), step: 1 }
     }
 
+    /// Every p-th element of `0..count`, starting at the subtask's index: the subtasks advance
+    /// through the sequence together.
+    pub(crate) fn strided(f: Arc<F>, count: u64, subtask: u32, parallelism: u32) -> Self {
+        Self { f, next: subtask as u64, end: count, step: parallelism as u64 }
+    }
+
     pub(crate) fn unbounded(f: Arc<F>, subtask: u32, parallelism: u32) -> Self {
         Self { f, next: subtask as u64, end: u64::MAX, step: parallelism as u64 }
     }

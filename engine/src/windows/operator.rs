@@ -29,7 +29,8 @@ pub struct WindowContext<'a, K> {
 /// How a window keeps its contents and turns them into output when it fires.
 pub(crate) trait WindowContents<K: StateKey, T, O>: 'static {
     fn set_window(&mut self, window: TimeWindow);
-    fn add(&mut self, record: &T);
+    /// Adds a record to the current window; true when this created the window's contents.
+    fn add(&mut self, record: &T) -> bool;
     /// Emits the current window's result (nothing when it is empty).
     fn emit(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>);
     fn clear(&mut self);
@@ -70,6 +71,10 @@ pub(crate) struct WindowOperator<K: StateKey, T, O, KF, C> {
     metrics: Arc<crate::operators::OperatorMetrics>,
     windows: Vec<TimeWindow>,
     ts: Vec<i64>,
+    /// The trigger registers nothing but the window's end, and keeps no state, so a window's
+    /// timers need registering only when its contents are created (not for every record).
+    timers_follow_contents: bool,
+    purging: bool,
     _out: std::marker::PhantomData<fn() -> O>,
 }
 
@@ -144,6 +149,16 @@ where
             backend.value_state::<(), WindowMapping>(&ValueStateDescriptor::new("window-sessions")).expect("fresh backend")
         });
         let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
+        let (inner, purging) = match &spec.trigger {
+            Trigger::Purging(inner) => (&**inner, true),
+            t => (t, false),
+        };
+        let timers_follow_contents = !spec.assigner.is_merging()
+            && match inner {
+                Trigger::EventTime => spec.assigner.is_event_time(),
+                Trigger::ProcessingTime => !spec.assigner.is_event_time(),
+                _ => false,
+            };
         Self {
             key_fn,
             spec,
@@ -158,6 +173,8 @@ where
             metrics,
             windows: Vec::new(),
             ts: Vec::new(),
+            timers_follow_contents,
+            purging,
             _out: std::marker::PhantomData,
         }
     }
@@ -239,7 +256,17 @@ where
             };
             skipped = false;
             self.contents.set_window(state_window);
-            self.contents.add(&record);
+            let created = self.contents.add(&record);
+            if !created && self.timers_follow_contents {
+                // The window's timers were registered with its contents; only a late firing
+                // can be due.
+                if self.event_time() && window.max_timestamp() <= self.watermark {
+                    let result =
+                        if self.purging { TriggerResult::FireAndPurge } else { TriggerResult::Fire };
+                    self.apply(&key, window, state_window, result, out);
+                }
+                continue;
+            }
             let result = {
                 let mut ctx = Self::ctx(
                     &key,
@@ -448,8 +475,8 @@ where
         self.state.set_namespace(window);
     }
     #[inline]
-    fn add(&mut self, record: &T) {
-        self.state.add(record);
+    fn add(&mut self, record: &T) -> bool {
+        self.state.add(record)
     }
     fn emit(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>) {
         if let Some(result) = self.state.get() {
@@ -480,8 +507,8 @@ where
         self.state.set_namespace(window);
     }
     #[inline]
-    fn add(&mut self, record: &T) {
-        self.state.add(record.clone());
+    fn add(&mut self, record: &T) -> bool {
+        self.state.add(record.clone())
     }
     fn emit(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>) {
         if let Some(result) = self.state.get() {
@@ -512,8 +539,8 @@ where
         self.state.set_namespace(window);
     }
     #[inline]
-    fn add(&mut self, record: &T) {
-        self.state.add(record.clone());
+    fn add(&mut self, record: &T) -> bool {
+        self.state.add(record.clone())
     }
     fn emit(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>) {
         let records = self.state.get();

@@ -100,9 +100,10 @@ impl<K: StateKey, N: Namespace, V: StateValue> ListState<K, N, V> {
         self.scope.with(|at| self.table.borrow_mut().get(at))
     }
 
+    /// Appends `value`; returns true when this created the list.
     #[inline]
-    pub fn add(&mut self, value: V) {
-        self.scope.with(|at| self.table.borrow_mut().add(at, value));
+    pub fn add(&mut self, value: V) -> bool {
+        self.scope.with(|at| self.table.borrow_mut().add(at, value))
     }
 
     pub fn add_all(&mut self, values: impl IntoIterator<Item = V>) {
@@ -205,10 +206,11 @@ impl<K: StateKey, N: Namespace, V: StateValue> ReducingState<K, N, V> {
         self.scope.with(|at| self.table.borrow_mut().get(at))
     }
 
-    /// Reduces `value` into the state (or starts it with `value`).
+    /// Reduces `value` into the state (or starts it with `value`); returns true when this
+    /// created the state.
     #[inline]
-    pub fn add(&mut self, value: V) {
-        self.scope.with(|at| self.table.borrow_mut().add(at, value));
+    pub fn add(&mut self, value: V) -> bool {
+        self.scope.with(|at| self.table.borrow_mut().add(at, value))
     }
 
     pub fn clear(&mut self) {
@@ -241,10 +243,11 @@ impl<K: StateKey, N: Namespace, IN: 'static, ACC: StateValue, OUT: 'static> Aggr
         self.scope.with(|at| self.table.borrow_mut().get(at))
     }
 
-    /// Folds `value` into the accumulator (created first if absent).
+    /// Folds `value` into the accumulator (created first if absent); returns true when this
+    /// created the state.
     #[inline]
-    pub fn add(&mut self, value: &IN) {
-        self.scope.with(|at| self.table.borrow_mut().add(at, value));
+    pub fn add(&mut self, value: &IN) -> bool {
+        self.scope.with(|at| self.table.borrow_mut().add(at, value))
     }
 
     pub fn clear(&mut self) {

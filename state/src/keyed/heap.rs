@@ -118,19 +118,22 @@ impl<K: StateKey, N: Namespace, C: ValueCell> GroupedTable<K, N, C> {
         input: T,
         init: impl FnOnce(T) -> C::Value,
         fold: impl FnOnce(&mut C::Value, T),
-    ) {
+    ) -> bool {
         match self.entry(at) {
             Entry::Occupied(mut o) => {
                 let cell = &mut o.get_mut().state;
                 if cell.is_expired(clock) {
                     *cell = C::new(init(input), clock);
+                    true
                 } else {
                     fold(cell.value_mut(), input);
                     cell.touch(clock);
+                    false
                 }
             }
             Entry::Vacant(v) => {
                 v.insert(Slot::new(at, C::new(init(input), clock)));
+                true
             }
         }
     }
@@ -155,7 +158,7 @@ impl<K: StateKey, N: Namespace, C: ValueCell> GroupedTable<K, N, C> {
             }
         }
         if let Some(m) = merged {
-            self.upsert(target, clock, m, |m| m, combine);
+            let _ = self.upsert(target, clock, m, |m| m, combine);
         }
     }
 }
@@ -376,10 +379,10 @@ where
     }
 
     #[inline]
-    fn add(&mut self, at: At<'_, K, N>, value: V) {
+    fn add(&mut self, at: At<'_, K, N>, value: V) -> bool {
         let clock = self.clock(at.now_ms);
         let reduce = &*self.function;
-        self.table.upsert(at, &clock, value, |v| v, reduce);
+        self.table.upsert(at, &clock, value, |v| v, reduce)
     }
 
     #[inline]
@@ -414,7 +417,7 @@ where
     }
 
     #[inline]
-    fn add(&mut self, at: At<'_, K, N>, value: &IN) {
+    fn add(&mut self, at: At<'_, K, N>, value: &IN) -> bool {
         let clock = self.clock(at.now_ms);
         let agg = &*self.function;
         let init = |value: &IN| {
@@ -422,7 +425,7 @@ where
             agg.add(value, &mut acc);
             acc
         };
-        self.table.upsert(at, &clock, value, init, |acc, value| agg.add(value, acc));
+        self.table.upsert(at, &clock, value, init, |acc, value| agg.add(value, acc))
     }
 
     #[inline]
@@ -495,12 +498,16 @@ where
     }
 
     #[inline]
-    fn add(&mut self, at: At<'_, K, N>, value: V) {
+    fn add(&mut self, at: At<'_, K, N>, value: V) -> bool {
         let clock = self.clock(at.now_ms);
         match self.table.entry(at) {
-            Entry::Occupied(mut o) => o.get_mut().state.push(C::new(value, &clock)),
+            Entry::Occupied(mut o) => {
+                o.get_mut().state.push(C::new(value, &clock));
+                false
+            }
             Entry::Vacant(v) => {
                 v.insert(Slot::new(at, vec![C::new(value, &clock)]));
+                true
             }
         }
     }

@@ -43,7 +43,8 @@ pub(crate) trait ValueTable<K, N, V>: StateTable {
 pub(crate) trait ListTable<K, N, V>: StateTable {
     fn get(&mut self, at: At<'_, K, N>) -> Vec<V>;
     fn len(&mut self, at: At<'_, K, N>) -> usize;
-    fn add(&mut self, at: At<'_, K, N>, value: V);
+    /// Returns true when the state did not exist before.
+    fn add(&mut self, at: At<'_, K, N>, value: V) -> bool;
     fn add_all(&mut self, at: At<'_, K, N>, values: &mut dyn Iterator<Item = V>);
     fn replace(&mut self, at: At<'_, K, N>, values: Vec<V>);
     fn remove(&mut self, at: At<'_, K, N>);
@@ -64,7 +65,8 @@ pub(crate) trait MapTable<K, N, UK, UV>: StateTable {
 
 pub(crate) trait ReducingTable<K, N, V>: StateTable {
     fn get(&mut self, at: At<'_, K, N>) -> Option<V>;
-    fn add(&mut self, at: At<'_, K, N>, value: V);
+    /// Returns true when the state did not exist (or had expired) before.
+    fn add(&mut self, at: At<'_, K, N>, value: V) -> bool;
     fn remove(&mut self, at: At<'_, K, N>);
     /// Reduces the sources' values into the target; removes sources.
     fn merge(&mut self, target: At<'_, K, N>, sources: &[NsAt<'_, N>]);
@@ -72,7 +74,8 @@ pub(crate) trait ReducingTable<K, N, V>: StateTable {
 
 pub(crate) trait AggregatingTable<K, N, IN, ACC, OUT>: StateTable {
     fn get(&mut self, at: At<'_, K, N>) -> Option<OUT>;
-    fn add(&mut self, at: At<'_, K, N>, value: &IN);
+    /// Returns true when the state did not exist (or had expired) before.
+    fn add(&mut self, at: At<'_, K, N>, value: &IN) -> bool;
     fn accumulator(&mut self, at: At<'_, K, N>) -> Option<ACC>;
     fn set_accumulator(&mut self, at: At<'_, K, N>, acc: ACC);
     fn remove(&mut self, at: At<'_, K, N>);
