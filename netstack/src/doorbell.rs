@@ -34,6 +34,12 @@ impl Doorbell {
         self.rung.swap(false, Ordering::AcqRel)
     }
 
+    /// Drops the registered waker: called when the task that waits on this bell has ended, so
+    /// the bell (which may outlive the task) does not keep the task's executor alive.
+    pub fn clear_waker(&self) {
+        drop(self.waker.take());
+    }
+
     /// Waits until the bell is rung (returns at once if it was rung since the last wait).
     pub fn wait(&self) -> Wait<'_> {
         Wait { bell: self }

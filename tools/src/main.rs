@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod progress;
 mod run;
+mod window_agg;
 
 use std::process::ExitCode;
 

@@ -1,4 +1,5 @@
-//! `corestream run <example>` and `corestream plan <example>`.
+//! `corestream run <example>` and `corestream plan <example>`; `run window-agg` is in
+//! [`crate::window_agg`].
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use corestream_bench::throughput::{keyed_sum_job, passthrough_job};
 
 use crate::args::{parse_positive_count, Common};
 use crate::progress::join_with_progress;
+use crate::window_agg::{self, WindowAggArgs};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum InvalidUtf8 {
@@ -42,10 +44,17 @@ pub enum RunCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Aggregate a CSV file per key and event-time window (tumbling, sliding or session);
+    /// writes `key,window_start,window_end,value` rows, and the late and rejected rows.
+    ///
+    /// `--parallelism` applies to the window operator; the source and the parser run in one
+    /// subtask, so watermarks are emitted per record in file order.
+    WindowAgg(WindowAggArgs),
 }
 
 pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     match cmd {
+        RunCommand::WindowAgg(args) => window_agg::run(args),
         RunCommand::Wordcount { input, output, on_invalid_utf8, common } => {
             let meta = std::fs::metadata(&input)
                 .with_context(|| format!("cannot read input file '{}'", input.display()))?;

@@ -128,7 +128,15 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-async fn run_guarded(mut build: TaskBuild, job: Arc<JobShared>) {
+async fn run_guarded(build: TaskBuild, job: Arc<JobShared>) {
+    let bell = build.bell.clone();
+    run_task(build, job).await;
+    // The bell outlives the task (channels and the job hold it); its waker must not keep the
+    // task, and through it the slot's executor and its eventfd, alive.
+    bell.clear_waker();
+}
+
+async fn run_task(mut build: TaskBuild, job: Arc<JobShared>) {
     let subtask = build.subtask;
     let head = build.nodes[0].0;
     let env = TaskEnv {

@@ -35,10 +35,17 @@ impl TimeWindow {
     }
 }
 
-/// Start of the window of `size` (with `offset`) containing `ts`.
+/// Start of the window of `size` (with `offset`) containing `ts`, clamped to `i64::MIN` for
+/// the first window of the time line (which then starts at the earliest representable time).
 #[inline]
 pub fn window_start(ts: i64, offset: i64, size: i64) -> i64 {
-    ts - (ts - offset).rem_euclid(size)
+    match ts.checked_sub(offset) {
+        Some(d) => ts.saturating_sub(d.rem_euclid(size)),
+        None => {
+            let start = ts as i128 - (ts as i128 - offset as i128).rem_euclid(size as i128);
+            start.max(i64::MIN as i128) as i64
+        }
+    }
 }
 
 /// Which windows a record belongs to.
@@ -143,15 +150,27 @@ impl WindowAssigner {
                 let start = window_start(ts, offset, size);
                 out.push(TimeWindow { start, end: start.saturating_add(size) });
             }
+            Self::Sliding { size, slide, offset, .. }
+                if ts > i64::MIN / 2 && ts < i64::MAX / 2 && size < i64::MAX / 4 && slide < i64::MAX / 4 =>
+            {
+                let mut start = ts - (ts - offset).rem_euclid(slide);
+                while start > ts - size {
+                    out.push(TimeWindow { start, end: start + size });
+                    start -= slide;
+                }
+            }
             Self::Sliding { size, slide, offset, .. } => {
-                let last = window_start(ts, offset, slide);
-                let mut start = last;
-                while start > ts.saturating_sub(size) {
-                    out.push(TimeWindow { start, end: start.saturating_add(size) });
-                    match start.checked_sub(slide) {
-                        Some(s) => start = s,
-                        None => break,
+                // In i128: near the ends of the time line the starts leave the i64 range; such
+                // windows are clamped to it (and at most ⌈size / slide⌉ are produced).
+                let (ts, size, slide) = (ts as i128, size as i128, slide as i128);
+                let mut start = ts - (ts - offset as i128).rem_euclid(slide);
+                while start > ts - size {
+                    let clamp = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                    out.push(TimeWindow { start: clamp(start), end: clamp(start + size) });
+                    if start <= i64::MIN as i128 {
+                        break;
                     }
+                    start -= slide;
                 }
             }
             Self::Session { gap, .. } => out.push(TimeWindow { start: ts, end: ts.saturating_add(gap) }),
@@ -196,6 +215,22 @@ mod tests {
                 .map(|s| (s, s + 10))
                 .collect();
             assert_eq!(got, expected, "ts {ts}");
+        }
+    }
+
+    #[test]
+    fn windows_at_the_ends_of_the_time_line_contain_their_timestamp() {
+        let t = WindowAssigner::tumbling_event_time(Duration::from_secs(10));
+        let s = WindowAssigner::sliding_event_time(Duration::from_secs(10), Duration::from_secs(3));
+        for ts in [i64::MIN, i64::MIN + 1, i64::MIN + 9_999, i64::MAX - 1, i64::MAX] {
+            for a in [t, s, t.with_offset_ms(7), s.with_offset_ms(-2)] {
+                let mut out = Vec::new();
+                a.assign(ts, &mut out);
+                assert!(!out.is_empty() && out.len() <= 4, "{a:?} at {ts}: {out:?}");
+                for w in out {
+                    assert!(w.start <= ts && (ts < w.end || w.end == i64::MAX), "{a:?} at {ts}: {w:?}");
+                }
+            }
         }
     }
 
