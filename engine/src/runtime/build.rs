@@ -37,6 +37,9 @@ pub(crate) type AnyBox = Box<dyn Any>;
 /// exchanges: one dynamic call per batch, a monomorphized loop inside.
 pub(crate) type KeyHashFn<T> = dyn Fn(&[T], &mut Vec<u64>) + Send + Sync;
 
+/// A side output built for a node: its tag, the `SideOutput<X>` (as `Any`) and its sink.
+pub(crate) type SideLink = (String, AnyBox, Box<dyn SideSink>);
+
 /// What a node needs to build its part of one subtask.
 pub(crate) struct BuildCtx<'a> {
     pub node: usize,
@@ -50,7 +53,7 @@ pub(crate) struct BuildCtx<'a> {
     pub bell: Arc<Doorbell>,
     pub job: &'a Arc<JobShared>,
     /// Side outputs of this node: (tag, `SideOutput<X>` as `Any`, its sink).
-    pub sides: std::cell::RefCell<Vec<(String, AnyBox, Box<dyn SideSink>)>>,
+    pub sides: std::cell::RefCell<Vec<SideLink>>,
 }
 
 impl BuildCtx<'_> {
