@@ -124,8 +124,12 @@ impl<K: StateKey, N: Namespace> TimerQueue<K, N> {
         self.live.find(hash, |(_, s)| *s == seq).is_some()
     }
 
-    /// Drops stale entries from the front of the first bucket (and empty buckets).
+    /// Drops stale entries from the front of the first bucket (and empty buckets). Without
+    /// stale entries every entry is live, and nothing needs looking up.
     fn clean_front(&mut self) {
+        if self.stale == 0 {
+            return;
+        }
         while let Some(mut first) = self.buckets.first_entry() {
             let ts = *first.key();
             let bucket = first.get_mut();

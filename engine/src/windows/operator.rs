@@ -6,6 +6,7 @@
 //! windows are all past their cleanup time is late: it goes to the late side output if there
 //! is one, and is counted and dropped otherwise.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use corestream_netstack::Data;
@@ -75,7 +76,28 @@ pub(crate) struct WindowOperator<K: StateKey, T, O, KF, C> {
     /// timers need registering only when its contents are created (not for every record).
     timers_follow_contents: bool,
     purging: bool,
+    /// In that case the window's timers live here, without deduplication: one entry per window
+    /// and time, appended when its contents are created and popped in time order.
+    window_timers: WindowTimers<K>,
     _out: std::marker::PhantomData<fn() -> O>,
+}
+
+/// Window-end and cleanup timers of the windows of a trigger that registers nothing else,
+/// bucketed by time.
+struct WindowTimers<K> {
+    event: BTreeMap<i64, Vec<(K, TimeWindow)>>,
+    processing: BTreeMap<i64, Vec<(K, TimeWindow)>>,
+}
+
+impl<K> WindowTimers<K> {
+    /// Removes the earliest bucket due at `limit`.
+    fn pop_due(buckets: &mut BTreeMap<i64, Vec<(K, TimeWindow)>>, limit: i64) -> Option<(i64, Vec<(K, TimeWindow)>)> {
+        let first = buckets.first_entry()?;
+        if *first.key() > limit {
+            return None;
+        }
+        Some(first.remove_entry())
+    }
 }
 
 struct Ctx<'a, K: StateKey> {
@@ -175,6 +197,7 @@ where
             ts: Vec::new(),
             timers_follow_contents,
             purging,
+            window_timers: WindowTimers { event: BTreeMap::new(), processing: BTreeMap::new() },
             _out: std::marker::PhantomData,
         }
     }
@@ -267,6 +290,10 @@ where
                 }
                 continue;
             }
+            if self.timers_follow_contents {
+                self.on_new_contents(&key, window, out);
+                continue;
+            }
             let result = {
                 let mut ctx = Self::ctx(
                     &key,
@@ -289,6 +316,27 @@ where
                     self.metrics.late_records_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// A window's contents were just created, with an event-time or processing-time trigger:
+    /// what `Trigger::on_element` and the cleanup registration do, with the timers appended to
+    /// the window timer buckets.
+    fn on_new_contents(&mut self, key: &K, window: TimeWindow, out: &mut Vec<O>) {
+        let end = window.max_timestamp();
+        let cleanup = self.cleanup_time(&window);
+        if self.event_time() {
+            if end <= self.watermark {
+                let result = if self.purging { TriggerResult::FireAndPurge } else { TriggerResult::Fire };
+                self.apply(key, window, window, result, out);
+            } else {
+                self.window_timers.event.entry(end).or_default().push((key.clone(), window));
+            }
+            if cleanup != end && cleanup != i64::MAX {
+                self.window_timers.event.entry(cleanup).or_default().push((key.clone(), window));
+            }
+        } else {
+            self.window_timers.processing.entry(end).or_default().push((key.clone(), window));
         }
     }
 
@@ -429,11 +477,20 @@ where
         while let Some(timer) = self.timers.pop_event_timer(watermark) {
             self.on_timer(timer.key, timer.namespace, timer.timestamp, true, out);
         }
+        while let Some((time, due)) = WindowTimers::pop_due(&mut self.window_timers.event, watermark) {
+            for (key, window) in due {
+                self.on_timer(key, window, time, true, out);
+            }
+        }
         Some(watermark)
     }
 
     fn next_deadline(&self) -> Option<i64> {
-        self.timers.next_processing_time()
+        let buckets = self.window_timers.processing.keys().next().copied();
+        match (self.timers.next_processing_time(), buckets) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_processing_time(&mut self, now: i64, out: &mut Vec<O>) {
@@ -441,6 +498,11 @@ where
         self.backend.set_current_time(now);
         while let Some(timer) = self.timers.pop_processing_timer(now) {
             self.on_timer(timer.key, timer.namespace, timer.timestamp, false, out);
+        }
+        while let Some((time, due)) = WindowTimers::pop_due(&mut self.window_timers.processing, now) {
+            for (key, window) in due {
+                self.on_timer(key, window, time, false, out);
+            }
         }
     }
 
@@ -451,6 +513,12 @@ where
             while let Some(timer) = self.timers.pop_processing_timer(i64::MAX) {
                 self.processing_time = self.processing_time.max(timer.timestamp);
                 self.on_timer(timer.key, timer.namespace, timer.timestamp, false, out);
+            }
+            while let Some((time, due)) = WindowTimers::pop_due(&mut self.window_timers.processing, i64::MAX) {
+                self.processing_time = self.processing_time.max(time);
+                for (key, window) in due {
+                    self.on_timer(key, window, time, false, out);
+                }
             }
         }
         true
