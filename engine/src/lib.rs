@@ -45,7 +45,7 @@ pub use api::stream::{DataStream, DataStreamSink, KeyedStream};
 pub use api::join::{ConnectedStreams, IntervalJoin, JoinBuilder, JoinedWindows, KeyedConnectedStreams};
 pub use api::time::{OutputTag, Timestamped};
 pub use operators::join::{
-    CoProcessFunction, Either, JoinedTimestamps, KeyedBroadcastProcessFunction, KeyedCoProcessFunction,
+    BroadcastState, CoProcessFunction, Either, JoinedTimestamps, KeyedBroadcastProcessFunction, KeyedCoProcessFunction,
 };
 pub use operators::process::{
     KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction, TimeDomain,

@@ -32,6 +32,23 @@ impl<T: Data> DataStream<T> {
         self.key_hash = None;
         self
     }
+
+    /// Tags the records with a map that runs at the producer's parallelism, so it chains to
+    /// the producer and each producing subtask's records keep their order.
+    fn tagged<X: Data, F: Fn(T) -> X + Send + Sync + 'static>(self, name: &str, f: F) -> DataStream<X> {
+        let parallelism = match self.inputs.as_slice() {
+            [node] => {
+                let g = self.graph.borrow();
+                g.nodes[*node].parallelism.or(g.nodes[*node].fixed_parallelism)
+            }
+            _ => None,
+        };
+        let tagged = self.unpartitioned().map(f).name(name);
+        match parallelism {
+            Some(p) => tagged.set_parallelism(p),
+            None => tagged,
+        }
+    }
 }
 
 /// Tags both inputs and unions them; the union reads timestamps through both inputs' functions.
@@ -40,8 +57,8 @@ where
     Either<A, B>: Data,
 {
     let (ta, tb) = (a.timestamps.clone(), b.timestamps.clone());
-    let left = a.unpartitioned().map(Either::Left).name("Tag: first input");
-    let right = b.unpartitioned().map(Either::Right).name("Tag: second input");
+    let left = a.tagged("Tag: first input", Either::Left);
+    let right = b.tagged("Tag: second input", Either::Right);
     let union = left.union([right]);
     match (ta, tb) {
         (Some(ta), Some(tb)) => {
@@ -427,8 +444,8 @@ where
         let graph = self.keyed.stream.graph.clone();
         let key = self.keyed.key.clone();
         let timestamps: Option<Arc<TimestampFn<A>>> = self.keyed.stream.timestamps.clone().map(|t| t.one);
-        let left = self.keyed.stream.unpartitioned().map(Either::<A, R>::Left).name("Tag: keyed input");
-        let right = self.rules.unpartitioned().map(Either::<A, R>::Right).name("Tag: broadcast input");
+        let left = self.keyed.stream.tagged("Tag: keyed input", Either::<A, R>::Left);
+        let right = self.rules.tagged("Tag: broadcast input", Either::<A, R>::Right);
         let k = key.clone();
         let hash: Arc<KeyHashFn<Either<A, R>>> = Arc::new(move |records: &[Either<A, R>], out: &mut Vec<u64>| {
             out.extend(records.iter().map(|r| match r {

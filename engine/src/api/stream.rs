@@ -141,7 +141,9 @@ impl<T: Data> DataStream<T> {
         self.partitioned(Partitioning::Broadcast)
     }
 
-    /// Merges streams of the same type.
+    /// Merges streams of the same type. The union keeps the inputs' timestamp function only
+    /// when they all share one (the same assigner upstream); otherwise declare it on the union
+    /// with `with_timestamps`.
     pub fn union(mut self, others: impl IntoIterator<Item = DataStream<T>>) -> Self {
         for o in others {
             if !Rc::ptr_eq(&self.graph, &o.graph) {
@@ -150,6 +152,16 @@ impl<T: Data> DataStream<T> {
             }
             if o.partitioning.is_some() || self.partitioning.is_some() {
                 self.error("union of streams with explicit partitioning is not supported; partition after the union".into());
+            }
+            // One timestamp function must read every input's records: keep it only when all
+            // inputs share it (declare it on the union with `with_timestamps` otherwise).
+            let same = match (&self.timestamps, &o.timestamps) {
+                (Some(a), Some(b)) => Arc::ptr_eq(&a.one, &b.one),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                self.timestamps = None;
             }
             self.inputs.extend(o.inputs);
         }

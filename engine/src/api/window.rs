@@ -92,7 +92,8 @@ where
         let timestamps = self.keyed.stream.timestamps.clone();
         if self.assigner.is_event_time() && timestamps.is_none() {
             return Err("event-time windows on a stream without timestamps: call assign_timestamps_and_watermarks \
-                        (or with_timestamps on a derived stream) before key_by"
+                        before key_by (or with_timestamps on a derived stream, or on a union of streams whose \
+                        timestamp assigners differ)"
                 .into());
         }
         Ok(WindowSpec { assigner: self.assigner, trigger, allowed_lateness: self.allowed_lateness, timestamps })

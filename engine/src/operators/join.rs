@@ -218,6 +218,9 @@ where
     }
 }
 
+/// The broadcast state of a [`KeyedBroadcastProcessFunction`]: the same map on every subtask.
+pub type BroadcastState<K, V> = HashMap<K, V>;
+
 /// A function applying broadcast rules to a keyed stream (Flink's
 /// `KeyedBroadcastProcessFunction`). Every subtask sees every rule, in the same order per
 /// producing subtask, and keeps them in its broadcast state.
@@ -229,20 +232,20 @@ pub trait KeyedBroadcastProcessFunction<K: StateKey, I, R, O>: 'static {
     fn process_element(
         &mut self,
         value: I,
-        state: &HashMap<Self::StateKey, Self::StateValue>,
+        state: &BroadcastState<Self::StateKey, Self::StateValue>,
         ctx: &mut KeyedContext<'_, K, O>,
     );
     /// A broadcast record: update the broadcast state (identically on every subtask).
     fn process_broadcast_element(
         &mut self,
         value: R,
-        state: &mut HashMap<Self::StateKey, Self::StateValue>,
+        state: &mut BroadcastState<Self::StateKey, Self::StateValue>,
         ctx: &mut ProcessContext<'_, O>,
     );
     fn on_timer(
         &mut self,
         _timestamp: i64,
-        _state: &HashMap<Self::StateKey, Self::StateValue>,
+        _state: &BroadcastState<Self::StateKey, Self::StateValue>,
         _ctx: &mut KeyedContext<'_, K, O>,
     ) {
     }
@@ -258,6 +261,7 @@ pub(crate) struct BroadcastOp<K: StateKey, I, R, KF, P: KeyedBroadcastProcessFun
     pub(crate) sides: SideOutputs,
     pub(crate) watermark: i64,
     pub(crate) processing_time: i64,
+    pub(crate) scratch: Vec<Either<I, R>>,
     pub(crate) _types: std::marker::PhantomData<fn(I, R) -> O>,
 }
 
@@ -286,6 +290,7 @@ where
             sides,
             watermark: i64::MIN,
             processing_time: now_ms(),
+            scratch: Vec::new(),
             _types: std::marker::PhantomData,
         }
     }
@@ -346,6 +351,12 @@ where
                 self.f.process_broadcast_element(rule, &mut self.state, &mut ctx);
             }
         }
+    }
+
+    fn process_archived(&mut self, input: corestream_netstack::RecordIter<'_, Either<I, R>>, out: &mut Vec<O>) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        super::archived_as_batch(self, input, &mut scratch, out);
+        self.scratch = scratch;
     }
 
     fn process_batch(&mut self, input: &mut Vec<Either<I, R>>, out: &mut Vec<O>) {

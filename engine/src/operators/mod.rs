@@ -136,6 +136,20 @@ pub trait Operator<I: Data, O: Data>: 'static {
     fn on_processing_time(&mut self, _now_ms: i64, _out: &mut Vec<O>) {}
 }
 
+/// Deserializes a buffer's records into `scratch` and runs them as one batch: for operators
+/// whose batch method does per-batch work (reading the clock, computing timestamps).
+#[inline]
+pub(crate) fn archived_as_batch<I: Data, O: Data, Op: Operator<I, O> + ?Sized>(
+    op: &mut Op,
+    input: RecordIter<'_, I>,
+    scratch: &mut Vec<I>,
+    out: &mut Vec<O>,
+) {
+    scratch.clear();
+    scratch.extend(input.map(deserialize::<I>));
+    op.process_batch(scratch, out);
+}
+
 /// Milliseconds since the Unix epoch: the processing-time clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)

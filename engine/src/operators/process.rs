@@ -177,6 +177,7 @@ pub(crate) struct ProcessOp<I, P> {
     pub(crate) f: P,
     pub(crate) timestamps: Option<Timestamps<I>>,
     pub(crate) ts: Vec<i64>,
+    pub(crate) scratch: Vec<I>,
     pub(crate) sides: SideOutputs,
     pub(crate) watermark: i64,
 }
@@ -187,6 +188,12 @@ impl<I: Data, O: Data, P: ProcessFunction<I, O>> Operator<I, O> for ProcessOp<I,
         let mut ctx =
             ProcessContext { timestamp, watermark: self.watermark, processing_time: now_ms(), out, sides: &self.sides };
         self.f.process_element(record, &mut ctx);
+    }
+
+    fn process_archived(&mut self, input: corestream_netstack::RecordIter<'_, I>, out: &mut Vec<O>) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        super::archived_as_batch(self, input, &mut scratch, out);
+        self.scratch = scratch;
     }
 
     fn process_batch(&mut self, input: &mut Vec<I>, out: &mut Vec<O>) {
@@ -219,6 +226,7 @@ pub(crate) struct KeyedProcessOp<K: StateKey, I, KF, P> {
     pub(crate) watermark: i64,
     pub(crate) processing_time: i64,
     pub(crate) ts: Vec<i64>,
+    pub(crate) scratch: Vec<I>,
 }
 
 impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
@@ -246,6 +254,7 @@ impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
             watermark: i64::MIN,
             processing_time: now_ms(),
             ts: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 }
@@ -281,6 +290,12 @@ where
     fn process(&mut self, record: I, out: &mut Vec<O>) {
         let timestamp = self.timestamps.as_ref().map(|f| (f.one)(&record));
         self.process_at(record, timestamp, out);
+    }
+
+    fn process_archived(&mut self, input: corestream_netstack::RecordIter<'_, I>, out: &mut Vec<O>) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        super::archived_as_batch(self, input, &mut scratch, out);
+        self.scratch = scratch;
     }
 
     fn process_batch(&mut self, input: &mut Vec<I>, out: &mut Vec<O>) {

@@ -72,6 +72,7 @@ pub(crate) struct WindowOperator<K: StateKey, T, O, KF, C> {
     metrics: Arc<crate::operators::OperatorMetrics>,
     windows: Vec<TimeWindow>,
     ts: Vec<i64>,
+    scratch: Vec<T>,
     /// The trigger registers nothing but the window's end, and keeps no state, so a window's
     /// timers need registering only when its contents are created (not for every record).
     timers_follow_contents: bool,
@@ -195,6 +196,7 @@ where
             metrics,
             windows: Vec::new(),
             ts: Vec::new(),
+            scratch: Vec::new(),
             timers_follow_contents,
             purging,
             window_timers: WindowTimers { event: BTreeMap::new(), processing: BTreeMap::new() },
@@ -455,6 +457,12 @@ where
             _ => self.processing_time,
         };
         self.process_record(record, ts, out);
+    }
+
+    fn process_archived(&mut self, input: corestream_netstack::RecordIter<'_, T>, out: &mut Vec<O>) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        crate::operators::archived_as_batch(self, input, &mut scratch, out);
+        self.scratch = scratch;
     }
 
     fn process_batch(&mut self, input: &mut Vec<T>, out: &mut Vec<O>) {
