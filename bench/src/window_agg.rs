@@ -717,3 +717,37 @@ mod tests {
         assert_eq!(format_late(&Event { key: "a".into(), ts: 5, value: 0.0 }, &count), "a,5");
     }
 }
+
+/// A parsed row as the `window-agg` job carries it: (line number, key, event time, value).
+pub type Rec = (u64, String, i64, f64);
+
+/// The aggregate over the rows' values; the accumulator is (count, sum, min, max).
+#[derive(Clone)]
+pub struct ValueAgg(pub Agg);
+
+impl corestream::AggregateFunction<Rec, (u64, f64, f64, f64), f64> for ValueAgg {
+    fn create_accumulator(&self) -> (u64, f64, f64, f64) {
+        (0, 0.0, f64::INFINITY, f64::NEG_INFINITY)
+    }
+    fn add(&self, r: &Rec, acc: &mut (u64, f64, f64, f64)) {
+        acc.0 += 1;
+        acc.1 += r.3;
+        acc.2 = acc.2.min(r.3);
+        acc.3 = acc.3.max(r.3);
+    }
+    fn get_result(&self, acc: &(u64, f64, f64, f64)) -> f64 {
+        match self.0 {
+            Agg::Count => acc.0 as f64,
+            Agg::Sum => acc.1,
+            Agg::Min => acc.2,
+            Agg::Max => acc.3,
+            Agg::Avg => acc.1 / acc.0 as f64,
+        }
+    }
+    fn merge(&self, a: &mut (u64, f64, f64, f64), b: (u64, f64, f64, f64)) {
+        a.0 += b.0;
+        a.1 += b.1;
+        a.2 = a.2.min(b.2);
+        a.3 = a.3.max(b.3);
+    }
+}

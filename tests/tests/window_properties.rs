@@ -28,7 +28,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 /// A record in the job: (id, key, timestamp, value).
-type Rec = (u64, String, i64, f64);
+use corestream_bench::window_agg::{Rec, ValueAgg};
 
 const PARALLELISMS: [u32; 3] = [1, 2, 4];
 /// Cases per property (override with `PROPTEST_CASES`).
@@ -44,30 +44,6 @@ fn assigner(spec: WindowSpec) -> WindowAssigner {
     }
 }
 
-/// The aggregate over the values, accumulated as (count, sum, min, max).
-#[derive(Clone)]
-struct ValueAgg(Agg);
-
-impl AggregateFunction<Rec, (u64, f64, f64, f64), f64> for ValueAgg {
-    fn create_accumulator(&self) -> (u64, f64, f64, f64) {
-        (0, 0.0, f64::INFINITY, f64::NEG_INFINITY)
-    }
-    fn add(&self, r: &Rec, acc: &mut (u64, f64, f64, f64)) {
-        *acc = (acc.0 + 1, acc.1 + r.3, acc.2.min(r.3), acc.3.max(r.3));
-    }
-    fn get_result(&self, acc: &(u64, f64, f64, f64)) -> f64 {
-        match self.0 {
-            Agg::Count => acc.0 as f64,
-            Agg::Sum => acc.1,
-            Agg::Min => acc.2,
-            Agg::Max => acc.3,
-            Agg::Avg => acc.1 / acc.0 as f64,
-        }
-    }
-    fn merge(&self, a: &mut (u64, f64, f64, f64), b: (u64, f64, f64, f64)) {
-        *a = (a.0 + b.0, a.1 + b.1, a.2.min(b.2), a.3.max(b.3));
-    }
-}
 
 /// Collects the ids of a window's records, so a firing shows exactly what it contains.
 #[derive(Clone)]

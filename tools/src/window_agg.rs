@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use corestream::{AggregateFunction, OutputTag, ProcessContext, WatermarkStrategy, WindowAssigner, WindowContext};
+use corestream::{OutputTag, ProcessContext, WatermarkStrategy, WindowAssigner, WindowContext};
 use corestream_bench::window_agg::{
     format_late, format_rejected, format_result, late_header, parse_agg, parse_duration_ms, parse_row,
     parse_window_spec, resolve_columns, AggSpec, CsvSchema, Rejected, SpecError, OUTPUT_HEADER, REJECTED_HEADER,
 };
-use corestream_bench::window_model::{Agg, Event, WindowResult, WindowSpec};
+use corestream_bench::window_model::{Event, WindowResult, WindowSpec};
 
 use crate::args::Common;
 
@@ -76,7 +76,7 @@ pub struct WindowAggArgs {
 }
 
 /// A parsed row on its way through the job: (line number, key, timestamp, value).
-type Rec = (u64, String, i64, f64);
+use corestream_bench::window_agg::{Rec, ValueAgg};
 /// A window result: (key, start, end, value).
 type Out = (String, i64, i64, f64);
 /// A rejected row: (line number, reason, row text).
@@ -90,36 +90,6 @@ fn usage_error(message: impl std::fmt::Display) -> ! {
     clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n")).exit()
 }
 
-/// The aggregate over the rows' values; the accumulator is (count, sum, min, max).
-#[derive(Clone)]
-struct ValueAgg(Agg);
-
-impl AggregateFunction<Rec, (u64, f64, f64, f64), f64> for ValueAgg {
-    fn create_accumulator(&self) -> (u64, f64, f64, f64) {
-        (0, 0.0, f64::INFINITY, f64::NEG_INFINITY)
-    }
-    fn add(&self, r: &Rec, acc: &mut (u64, f64, f64, f64)) {
-        acc.0 += 1;
-        acc.1 += r.3;
-        acc.2 = acc.2.min(r.3);
-        acc.3 = acc.3.max(r.3);
-    }
-    fn get_result(&self, acc: &(u64, f64, f64, f64)) -> f64 {
-        match self.0 {
-            Agg::Count => acc.0 as f64,
-            Agg::Sum => acc.1,
-            Agg::Min => acc.2,
-            Agg::Max => acc.3,
-            Agg::Avg => acc.1 / acc.0 as f64,
-        }
-    }
-    fn merge(&self, a: &mut (u64, f64, f64, f64), b: (u64, f64, f64, f64)) {
-        a.0 += b.0;
-        a.1 += b.1;
-        a.2 = a.2.min(b.2);
-        a.3 = a.3.max(b.3);
-    }
-}
 
 fn assigner(spec: WindowSpec) -> WindowAssigner {
     match spec {

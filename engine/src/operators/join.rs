@@ -151,19 +151,12 @@ where
         let key = (self.key_fn)(&record);
         let ts = (self.timestamps)(&record);
         if ts < self.watermark {
-            match record {
-                Either::Left(a) => match &self.late_left {
-                    Some(s) => s.emit(a),
-                    None => {
-                        self.metrics.late_records_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                },
-                Either::Right(b) => match &self.late_right {
-                    Some(s) => s.emit(b),
-                    None => {
-                        self.metrics.late_records_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                },
+            let sent = match record {
+                Either::Left(a) => self.late_left.as_ref().map(|s| s.emit(a)),
+                Either::Right(b) => self.late_right.as_ref().map(|s| s.emit(b)),
+            };
+            if sent.is_none() {
+                self.metrics.late_records_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             return;
         }
