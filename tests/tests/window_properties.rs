@@ -319,14 +319,12 @@ fn assigned_windows_contain_timestamps_near_i64_min() {
     }
 }
 
-/// Engine bug: every job leaks one eventfd per slot it runs on, for the life of the process
-/// (even after the cluster is dropped). Each slot thread runs a fresh glommio `LocalExecutor`
-/// per job, and the vendored glommio 0.9 keeps the executor's `SleepNotifier` (which owns the
-/// eventfd) alive through `Arc`s in task headers (DataDog/glommio#448, open upstream). A
-/// long-lived process running many jobs ends with "Too many open files" at slot start
-/// (seen with `PROPTEST_CASES=1000` on this file: `JobError::SlotStart`, os error 24).
+/// Regression: every job used to leak one eventfd per slot for the life of the process — glommio
+/// 0.9 task headers held an `Arc` of their executor's `SleepNotifier` (DataDog/glommio#448), and
+/// a long-lived process running many jobs ended with "Too many open files" at slot start (seen
+/// with `PROPTEST_CASES=1000` on this file). The vendored glommio now keeps an executor id in
+/// task headers instead (third_party/glommio/PATCHES.md).
 #[test]
-#[ignore = "engine bug: each job leaks one eventfd per slot (glommio LocalExecutor per job, DataDog/glommio#448)"]
 fn jobs_do_not_leak_file_descriptors() {
     let cluster = cluster(2);
     let open_fds = || std::fs::read_dir("/proc/self/fd").expect("procfs").count();
