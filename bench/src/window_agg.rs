@@ -32,6 +32,7 @@ pub enum SpecError {
     Duration { input: String, reason: String },
     Window { input: String, reason: String },
     Agg { input: String, reason: String },
+    Trigger { input: String, reason: String },
     UnknownColumn { column: String, columns: Vec<String> },
     DuplicateColumn { column: String, count: usize },
     Header { reason: String },
@@ -43,6 +44,7 @@ impl fmt::Display for SpecError {
             SpecError::Duration { input, reason } => write!(f, "duration '{input}': {reason}"),
             SpecError::Window { input, reason } => write!(f, "window spec '{input}': {reason}"),
             SpecError::Agg { input, reason } => write!(f, "aggregate '{input}': {reason}"),
+            SpecError::Trigger { input, reason } => write!(f, "trigger '{input}': {reason}"),
             SpecError::UnknownColumn { column, columns } => {
                 let names: Vec<String> = columns.iter().map(|c| format!("'{c}'")).collect();
                 write!(f, "unknown column '{column}'; the header has {}", names.join(", "))
@@ -56,6 +58,38 @@ impl fmt::Display for SpecError {
 }
 
 impl std::error::Error for SpecError {}
+
+/// A window trigger: `event-time` (the default: fire when the watermark passes the window's
+/// end), `count:N` (fire every N rows), `continuous:DUR` (fire every DUR of event time and at
+/// the end), each optionally `purging:`-prefixed (clear the window whenever it fires).
+pub fn parse_trigger(s: &str) -> Result<corestream::Trigger, SpecError> {
+    let err = |reason: String| SpecError::Trigger { input: s.to_string(), reason };
+    let t = s.trim();
+    if let Some(inner) = t.strip_prefix("purging:") {
+        return match parse_trigger(inner) {
+            Ok(corestream::Trigger::Purging(_)) => Err(err("purging: appears twice".into())),
+            Ok(inner) => Ok(inner.purging()),
+            Err(e) => Err(err(e.to_string())),
+        };
+    }
+    if t == "event-time" {
+        return Ok(corestream::Trigger::EventTime);
+    }
+    if let Some(n) = t.strip_prefix("count:") {
+        return match n.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(corestream::Trigger::Count(n)),
+            _ => Err(err(format!("'{n}' is not a positive count, e.g. count:100"))),
+        };
+    }
+    if let Some(d) = t.strip_prefix("continuous:") {
+        let ms = parse_duration_ms(d).map_err(|e| err(e.to_string()))?;
+        if ms <= 0 {
+            return Err(err("the interval must be positive, e.g. continuous:5s".into()));
+        }
+        return Ok(corestream::Trigger::ContinuousEventTime(ms));
+    }
+    Err(err("expected event-time, count:N or continuous:DURATION, optionally prefixed by purging:".into()))
+}
 
 const DURATION_FORMS: &str = "use a whole number with ms, s, m or h (or none for ms), e.g. 250ms, 10s, 5m, 1h";
 
@@ -451,6 +485,27 @@ pub fn format_late(e: &Event, schema: &CsvSchema) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn triggers_parse_and_bad_ones_are_explained() {
+        use corestream::Trigger;
+        assert_eq!(parse_trigger("event-time").unwrap(), Trigger::EventTime);
+        assert_eq!(parse_trigger("count:3").unwrap(), Trigger::Count(3));
+        assert_eq!(parse_trigger("continuous:2s").unwrap(), Trigger::ContinuousEventTime(2000));
+        assert_eq!(parse_trigger("purging:count:2").unwrap(), Trigger::Count(2).purging());
+        for (bad, says) in [
+            ("count:0", "positive count"),
+            ("count:x", "positive count"),
+            ("continuous:0", "positive"),
+            ("continuous:3q", "duration"),
+            ("purging:purging:count:2", "twice"),
+            ("sometimes", "expected event-time"),
+        ] {
+            let msg = parse_trigger(bad).unwrap_err().to_string();
+            assert!(msg.contains(bad) && msg.contains(says), "{bad}: {msg}");
+        }
+    }
+
     use super::*;
 
     fn window_err(s: &str) -> String {

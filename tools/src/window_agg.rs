@@ -27,7 +27,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use corestream::{OutputTag, ProcessContext, WatermarkStrategy, WindowAssigner, WindowContext};
 use corestream_bench::window_agg::{
-    format_late, format_rejected, format_result, late_header, parse_agg, parse_duration_ms, parse_row,
+    format_late, format_rejected, format_result, late_header, parse_agg, parse_duration_ms, parse_row, parse_trigger,
     parse_window_spec, resolve_columns, AggSpec, CsvSchema, Rejected, SpecError, OUTPUT_HEADER, REJECTED_HEADER,
 };
 use corestream_bench::window_model::{Event, WindowResult, WindowSpec};
@@ -58,6 +58,10 @@ pub struct WindowAggArgs {
     /// count, sum:COL, min:COL, max:COL or avg:COL.
     #[arg(long, value_parser = parse_agg)]
     pub agg: AggSpec,
+    /// When windows fire: event-time (default), count:N or continuous:DUR, optionally
+    /// prefixed by purging: (clear the window at each firing).
+    #[arg(long, value_parser = parse_trigger, default_value = "event-time")]
+    pub trigger: corestream::Trigger,
     /// Output CSV: key,window_start,window_end,value, sorted by key, start and end.
     #[arg(long)]
     pub output: PathBuf,
@@ -75,7 +79,6 @@ pub struct WindowAggArgs {
     pub common: Common,
 }
 
-/// A parsed row on its way through the job: (line number, key, timestamp, value).
 use corestream_bench::window_agg::{Rec, ValueAgg};
 /// A window result: (key, start, end, value).
 type Out = (String, i64, i64, f64);
@@ -319,6 +322,7 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
         )
         .key_by(|r: &Rec| r.1.clone())
         .window(assigner(args.window))
+        .trigger(args.trigger.clone())
         .allowed_lateness(Duration::from_millis(args.allowed_lateness as u64))
         .side_output_late_data(&late_tag)
         .aggregate_process(
