@@ -80,7 +80,12 @@ pub fn plan(graph: &JobGraph, credit: &CreditConfig) -> ExecutionPlan {
                 .collect();
             let out_count: u32 = outputs.iter().map(|o| o.channels.len() as u32).sum();
             if out_count > 0 {
-                buffers_needed += out_count * (1 + credit.max_backlog_per_channel) + OVERDRAFT_BUFFERS_PER_TASK;
+                // One overdraft for the tail's output and one per side-output edge (each side
+                // output writes through its own network output).
+                let main = outputs.iter().any(|o| !graph.edges[o.edge].side);
+                let sides = outputs.iter().filter(|o| graph.edges[o.edge].side).count() as u32;
+                buffers_needed += out_count * (1 + credit.max_backlog_per_channel)
+                    + OVERDRAFT_BUFFERS_PER_TASK * (u32::from(main) + sides);
             }
             if !inputs.is_empty() {
                 buffers_needed += inputs.len() as u32 * credit.exclusive_per_channel + credit.floating_per_gate;

@@ -50,6 +50,8 @@ pub struct JobEdge {
     /// Index of the stream edge this exchange carries.
     pub stream_edge: usize,
     pub partitioning: Partitioning,
+    /// Carries a side output: its own network output, with its own overdraft.
+    pub side: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +116,7 @@ pub fn build(nodes: &[NodeDesc], edges: &[EdgeDesc]) -> JobGraph {
             to_node: e.to,
             stream_edge: e.index,
             partitioning: e.partitioning,
+            side: e.side,
         })
         .collect();
     JobGraph { vertices, edges: job_edges, vertex_of_node }

@@ -255,6 +255,8 @@ pub(crate) struct BroadcastOp<K: StateKey, I, R, KF, P: KeyedBroadcastProcessFun
     pub(crate) watermark: i64,
     pub(crate) processing_time: i64,
     pub(crate) scratch: Vec<Either<I, R>>,
+    /// Timers due up to this (watermark, processing time), fired in steps.
+    pub(crate) fire_until: (Option<i64>, Option<i64>),
     pub(crate) _types: std::marker::PhantomData<fn(I, R) -> O>,
 }
 
@@ -284,6 +286,7 @@ where
             watermark: i64::MIN,
             processing_time: now_ms(),
             scratch: Vec::new(),
+            fire_until: (None, None),
             _types: std::marker::PhantomData,
         }
     }
@@ -360,11 +363,11 @@ where
         }
     }
 
-    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<O>) -> Option<i64> {
+    fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
         self.watermark = watermark;
-        while let Some(timer) = self.timers.pop_event_timer(watermark) {
-            self.fire(timer.key, timer.timestamp, super::process::TimeDomain::EventTime, out);
-        }
+        self.processing_time = now_ms();
+        self.backend.set_current_time(self.processing_time);
+        self.fire_until.0 = Some(watermark);
         Some(watermark)
     }
 
@@ -372,10 +375,32 @@ where
         self.timers.next_processing_time()
     }
 
-    fn on_processing_time(&mut self, now: i64, out: &mut Vec<O>) {
+    fn on_processing_time(&mut self, now: i64, _out: &mut Vec<O>) {
         self.processing_time = now;
-        while let Some(timer) = self.timers.pop_processing_timer(now) {
-            self.fire(timer.key, timer.timestamp, super::process::TimeDomain::ProcessingTime, out);
+        self.backend.set_current_time(now);
+        self.fire_until.1 = Some(now);
+    }
+
+    fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
+        use super::process::TimeDomain;
+        let start = out.len();
+        while out.len() - start < max_records.max(1) {
+            if let Some(watermark) = self.fire_until.0 {
+                match self.timers.pop_event_timer(watermark) {
+                    Some(t) => self.fire(t.key, t.timestamp, TimeDomain::EventTime, out),
+                    None => self.fire_until.0 = None,
+                }
+                continue;
+            }
+            if let Some(now) = self.fire_until.1 {
+                match self.timers.pop_processing_timer(now) {
+                    Some(t) => self.fire(t.key, t.timestamp, TimeDomain::ProcessingTime, out),
+                    None => self.fire_until.1 = None,
+                }
+                continue;
+            }
+            return true;
         }
+        false
     }
 }

@@ -86,7 +86,17 @@ pub(crate) trait Control {
     fn on_processing_time(&mut self, _now_ms: i64) -> Result<(), TaskError> {
         Ok(())
     }
+    /// Continues work a watermark or processing time left pending (window firings are emitted
+    /// in steps, so output stays under backpressure), emitting about `max_records` per link;
+    /// returns true when nothing is pending. The task loop calls it, waiting for readiness
+    /// between steps, before it takes more input.
+    fn resume(&mut self, _max_records: usize) -> Result<bool, TaskError> {
+        Ok(true)
+    }
 }
+
+/// Records an operator emits per firing step (its output then waits for readiness).
+pub(crate) const FIRE_STEP_RECORDS: usize = 1024;
 
 /// The input side of a chain link.
 pub(crate) trait Emit<T: Data>: Control {
@@ -132,8 +142,15 @@ pub trait Operator<I: Data, O: Data>: 'static {
         None
     }
 
-    /// Processing time reached `now_ms`: fire what is due.
+    /// Processing time reached `now_ms`: fire what is due (or note it for `fire_step`).
     fn on_processing_time(&mut self, _now_ms: i64, _out: &mut Vec<O>) {}
+
+    /// Emits pending firings, at most about `max_records`; true when none is left. Operators
+    /// that fire many timers at once note them in `on_watermark`/`on_processing_time` and emit
+    /// them here, so the chain can wait for the output between steps.
+    fn fire_step(&mut self, _out: &mut Vec<O>, _max_records: usize) -> bool {
+        true
+    }
 }
 
 /// Deserializes a buffer's records into `scratch` and runs them as one batch: for operators
@@ -202,6 +219,10 @@ pub(crate) struct OpNode<I: Data, O: Data, Op: Operator<I, O>> {
     pub(crate) metrics: Arc<OperatorMetrics>,
     pub(crate) node: usize,
     pub(crate) finished: bool,
+    /// Firings are pending (emitted in steps by `resume`).
+    pub(crate) firing: bool,
+    /// Events waiting behind the pending firings, in order.
+    pub(crate) held: std::collections::VecDeque<Held>,
     pub(crate) _in: std::marker::PhantomData<fn(I)>,
 }
 
@@ -217,7 +238,18 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OpNode<I, O, Op> {
         metrics: Arc<OperatorMetrics>,
         node: usize,
     ) -> Self {
-        Self { op, out: Vec::new(), next, sides, metrics, node, finished: false, _in: std::marker::PhantomData }
+        Self {
+            op,
+            out: Vec::new(),
+            next,
+            sides,
+            metrics,
+            node,
+            finished: false,
+            firing: false,
+            held: std::collections::VecDeque::new(),
+            _in: std::marker::PhantomData,
+        }
     }
 
     #[inline]
@@ -235,22 +267,11 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OpNode<I, O, Op> {
 
 impl<I: Data, O: Data, Op: Operator<I, O>> Control for OpNode<I, O, Op> {
     fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
-        let event = match *event {
-            Event::Watermark(w) => {
-                enter_node(self.node);
-                let forward = self.op.on_watermark(w, &mut self.out);
-                self.push_out(0)?;
-                match forward {
-                    Some(w) => Event::Watermark(w),
-                    None => return Ok(()),
-                }
-            }
-            other => other,
-        };
-        for side in &mut self.sides {
-            side.control().emit_event(&event)?;
+        if self.firing || !self.held.is_empty() {
+            self.held.push_back(Held::Process(*event));
+            return Ok(());
         }
-        self.next.emit_event(&event)
+        self.handle_event(event)
     }
 
     fn finish_step(&mut self, max_records: usize) -> Result<bool, TaskError> {
@@ -319,12 +340,88 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Control for OpNode<I, O, Op> {
     }
 
     fn on_processing_time(&mut self, now_ms: i64) -> Result<(), TaskError> {
+        if self.firing || !self.held.is_empty() {
+            return Ok(());
+        }
         if self.op.next_deadline().is_some_and(|d| d <= now_ms) {
             enter_node(self.node);
             self.op.on_processing_time(now_ms, &mut self.out);
+            let done = self.op.fire_step(&mut self.out, FIRE_STEP_RECORDS);
             self.push_out(0)?;
+            if !done {
+                self.firing = true;
+                return Ok(());
+            }
         }
         self.next.on_processing_time(now_ms)
+    }
+
+    fn resume(&mut self, max_records: usize) -> Result<bool, TaskError> {
+        if self.firing {
+            enter_node(self.node);
+            let done = self.op.fire_step(&mut self.out, max_records);
+            self.push_out(0)?;
+            if !done {
+                return Ok(false);
+            }
+            self.firing = false;
+        }
+        while let Some(held) = self.held.pop_front() {
+            match held {
+                Held::Forward(event) => self.forward_event(&event)?,
+                Held::Process(event) => {
+                    self.handle_event(&event)?;
+                    if self.firing {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        self.next.resume(max_records)
+    }
+}
+
+/// An event held by a link while its firings are emitted in steps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Held {
+    /// The operator has handled it; pass it on.
+    Forward(Event),
+    /// The operator has yet to handle it.
+    Process(Event),
+}
+
+impl<I: Data, O: Data, Op: Operator<I, O>> OpNode<I, O, Op> {
+    /// Runs an event through the operator: a watermark fires what is due (the first step now,
+    /// the rest in `resume`, the watermark held until then); the event then goes downstream.
+    fn handle_event(&mut self, event: &Event) -> Result<(), TaskError> {
+        let event = match *event {
+            Event::Watermark(w) => {
+                enter_node(self.node);
+                let forward = self.op.on_watermark(w, &mut self.out);
+                let done = self.op.fire_step(&mut self.out, FIRE_STEP_RECORDS);
+                self.push_out(0)?;
+                if !done {
+                    self.firing = true;
+                    if let Some(w) = forward {
+                        self.held.push_front(Held::Forward(Event::Watermark(w)));
+                    }
+                    return Ok(());
+                }
+                match forward {
+                    Some(w) => Event::Watermark(w),
+                    None => return Ok(()),
+                }
+            }
+            other => other,
+        };
+        self.forward_event(&event)
+    }
+
+    fn forward_event(&mut self, event: &Event) -> Result<(), TaskError> {
+        for side in &mut self.sides {
+            side.control().emit_event(event)?;
+        }
+        self.next.emit_event(event)
     }
 }
 

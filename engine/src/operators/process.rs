@@ -227,6 +227,8 @@ pub(crate) struct KeyedProcessOp<K: StateKey, I, KF, P> {
     pub(crate) processing_time: i64,
     pub(crate) ts: Vec<i64>,
     pub(crate) scratch: Vec<I>,
+    pub(crate) fire_event_until: Option<i64>,
+    pub(crate) fire_processing_until: Option<i64>,
 }
 
 impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
@@ -255,6 +257,8 @@ impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
             processing_time: now_ms(),
             ts: Vec::new(),
             scratch: Vec::new(),
+            fire_event_until: None,
+            fire_processing_until: None,
         }
     }
 }
@@ -312,11 +316,11 @@ where
         self.ts = ts;
     }
 
-    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<O>) -> Option<i64> {
+    fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
         self.watermark = watermark;
-        while let Some(timer) = self.timers.pop_event_timer(watermark) {
-            self.fire(timer.key, timer.timestamp, TimeDomain::EventTime, out);
-        }
+        self.processing_time = now_ms();
+        self.backend.set_current_time(self.processing_time);
+        self.fire_event_until = Some(watermark);
         Some(watermark)
     }
 
@@ -324,12 +328,32 @@ where
         self.timers.next_processing_time()
     }
 
-    fn on_processing_time(&mut self, now: i64, out: &mut Vec<O>) {
+    fn on_processing_time(&mut self, now: i64, _out: &mut Vec<O>) {
         self.processing_time = now;
         self.backend.set_current_time(now);
-        while let Some(timer) = self.timers.pop_processing_timer(now) {
-            self.fire(timer.key, timer.timestamp, TimeDomain::ProcessingTime, out);
+        self.fire_processing_until = Some(now);
+    }
+
+    fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
+        let start = out.len();
+        while out.len() - start < max_records.max(1) {
+            if let Some(watermark) = self.fire_event_until {
+                match self.timers.pop_event_timer(watermark) {
+                    Some(timer) => self.fire(timer.key, timer.timestamp, TimeDomain::EventTime, out),
+                    None => self.fire_event_until = None,
+                }
+                continue;
+            }
+            if let Some(now) = self.fire_processing_until {
+                match self.timers.pop_processing_timer(now) {
+                    Some(timer) => self.fire(timer.key, timer.timestamp, TimeDomain::ProcessingTime, out),
+                    None => self.fire_processing_until = None,
+                }
+                continue;
+            }
+            return true;
         }
+        false
     }
 }
 

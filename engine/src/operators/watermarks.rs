@@ -119,6 +119,9 @@ impl<T: Data> Control for WatermarkLink<T> {
     fn drain(&mut self) -> Result<bool, TaskError> {
         self.next.drain()
     }
+    fn resume(&mut self, max_records: usize) -> Result<bool, TaskError> {
+        self.next.resume(max_records)
+    }
 
     fn next_deadline(&self) -> Option<i64> {
         let mut deadline = match self.emission {

@@ -93,7 +93,7 @@ fn fire_due(chain: &mut dyn Control) -> Result<Option<Duration>, TaskError> {
 /// Waits on the doorbell, at most until the chain's next processing-time deadline.
 async fn wait_idle(chain: &mut dyn Control, env: &TaskEnv) -> Result<(), TaskError> {
     let timeout = fire_due(chain)?;
-    if timeout == Some(Duration::ZERO) {
+    if timeout == Some(Duration::ZERO) || !chain.resume(env.batch_size)? {
         return Ok(());
     }
     if chain.poll_ready()? == Readiness::Ready {
@@ -142,8 +142,21 @@ async fn wait_ready(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClo
     Ok(())
 }
 
+/// Emits what a watermark or processing time left pending, in steps, waiting for the output
+/// between them; returns once nothing is pending.
+async fn drain_pending(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClock) -> Result<(), TaskError> {
+    while !chain.resume(env.batch_size)? {
+        check_cancelled(env)?;
+        clock.after_batch(chain)?;
+        wait_ready(chain, env, clock).await?;
+        glommio::yield_if_needed().await;
+    }
+    Ok(())
+}
+
 /// End of input: finish every link in bounded steps, signal end of partition, drain.
 async fn finish(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClock) -> Result<(), TaskError> {
+    drain_pending(chain, env, clock).await?;
     loop {
         check_cancelled(env)?;
         wait_ready(chain, env, clock).await?;
@@ -167,6 +180,7 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
             let mut steps = 0u64;
             loop {
                 check_cancelled(&env)?;
+                drain_pending(source.chain(), &env, &mut clock).await?;
                 wait_ready(source.chain(), &env, &mut clock).await?;
                 match source.step(env.batch_size)? {
                     SourceStatus::More => {
@@ -201,6 +215,7 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
             let mut buffers = 0u64;
             while ended < channels {
                 check_cancelled(&env)?;
+                drain_pending(input.chain(), &env, &mut clock).await?;
                 wait_ready(input.chain(), &env, &mut clock).await?;
                 match gate.poll_next() {
                     Some((c, ChannelItem::Buffer(buffer))) => {

@@ -77,6 +77,13 @@ impl WatermarkValve {
                     out.push(ValveOutput::Watermark(w));
                 }
                 if !self.idle && self.live().all(|c| c.idle) {
+                    // As Flink: when every channel is idle, event time advances to the highest
+                    // watermark any of them reached, whichever went idle last.
+                    let max = self.live().map(|c| c.watermark).max().unwrap_or(i64::MIN);
+                    if max > self.current {
+                        self.current = max;
+                        out.push(ValveOutput::Watermark(max));
+                    }
                     self.idle = true;
                     out.push(ValveOutput::Status(WatermarkStatus::Idle));
                 }
@@ -158,6 +165,17 @@ mod tests {
         assert_eq!(v.on_watermark(0, 150), Some(150), "channel 1 is not yet part of the minimum");
         assert_eq!(v.on_watermark(1, 160), None, "aligned now; minimum is 150");
         assert_eq!(v.on_watermark(0, 400), Some(160));
+    }
+
+    #[test]
+    fn when_every_channel_is_idle_the_clock_takes_the_highest_watermark() {
+        let mut v = WatermarkValve::new(2);
+        assert_eq!(v.on_watermark(0, 3949), None);
+        assert_eq!(v.on_watermark(1, 99), Some(99));
+        assert_eq!(v.on_status(0, Idle), vec![]);
+        assert_eq!(v.on_status(1, Idle), vec![ValveOutput::Watermark(3949), ValveOutput::Status(Idle)]);
+        assert_eq!(v.on_status(1, Active), vec![ValveOutput::Status(Active)]);
+        assert_eq!(v.on_watermark(1, 200), None, "channel 1 is behind the clock: not aligned");
     }
 
     #[test]

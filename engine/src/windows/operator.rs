@@ -80,6 +80,11 @@ pub(crate) struct WindowOperator<K: StateKey, T, O, KF, C> {
     /// In that case the window's timers live here, without deduplication: one entry per window
     /// and time, appended when its contents are created and popped in time order.
     window_timers: WindowTimers<K>,
+    /// Firing in steps: timers due up to this watermark / processing time, and the bucket
+    /// being emitted.
+    fire_event_until: Option<i64>,
+    fire_processing_until: Option<i64>,
+    firing_bucket: Option<(i64, bool, std::vec::IntoIter<(K, TimeWindow)>)>,
     _out: std::marker::PhantomData<fn() -> O>,
 }
 
@@ -200,6 +205,9 @@ where
             timers_follow_contents,
             purging,
             window_timers: WindowTimers { event: BTreeMap::new(), processing: BTreeMap::new() },
+            fire_event_until: None,
+            fire_processing_until: None,
+            firing_bucket: None,
             _out: std::marker::PhantomData,
         }
     }
@@ -480,16 +488,11 @@ where
         self.ts = ts;
     }
 
-    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<O>) -> Option<i64> {
+    fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
         self.watermark = watermark;
-        while let Some(timer) = self.timers.pop_event_timer(watermark) {
-            self.on_timer(timer.key, timer.namespace, timer.timestamp, true, out);
-        }
-        while let Some((time, due)) = WindowTimers::pop_due(&mut self.window_timers.event, watermark) {
-            for (key, window) in due {
-                self.on_timer(key, window, time, true, out);
-            }
-        }
+        self.processing_time = now_ms();
+        self.backend.set_current_time(self.processing_time);
+        self.fire_event_until = Some(watermark);
         Some(watermark)
     }
 
@@ -501,35 +504,58 @@ where
         }
     }
 
-    fn on_processing_time(&mut self, now: i64, out: &mut Vec<O>) {
+    fn on_processing_time(&mut self, now: i64, _out: &mut Vec<O>) {
         self.processing_time = now;
         self.backend.set_current_time(now);
-        while let Some(timer) = self.timers.pop_processing_timer(now) {
-            self.on_timer(timer.key, timer.namespace, timer.timestamp, false, out);
-        }
-        while let Some((time, due)) = WindowTimers::pop_due(&mut self.window_timers.processing, now) {
-            for (key, window) in due {
-                self.on_timer(key, window, time, false, out);
-            }
-        }
+        self.fire_processing_until = Some(now);
     }
 
-    fn finish(&mut self, out: &mut Vec<O>, _max_records: usize) -> bool {
-        // Processing-time windows still open at the end of a bounded input fire now (Flink
-        // fires them at end of input too).
-        if !self.event_time() {
-            while let Some(timer) = self.timers.pop_processing_timer(i64::MAX) {
-                self.processing_time = self.processing_time.max(timer.timestamp);
-                self.on_timer(timer.key, timer.namespace, timer.timestamp, false, out);
-            }
-            while let Some((time, due)) = WindowTimers::pop_due(&mut self.window_timers.processing, i64::MAX) {
-                self.processing_time = self.processing_time.max(time);
-                for (key, window) in due {
-                    self.on_timer(key, window, time, false, out);
+    fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
+        let start = out.len();
+        while out.len() - start < max_records.max(1) {
+            if let Some((time, event_time, mut due)) = self.firing_bucket.take() {
+                if let Some((key, window)) = due.next() {
+                    self.firing_bucket = Some((time, event_time, due));
+                    self.on_timer(key, window, time, event_time, out);
                 }
+                continue;
             }
+            if let Some(watermark) = self.fire_event_until {
+                if let Some(timer) = self.timers.pop_event_timer(watermark) {
+                    self.on_timer(timer.key, timer.namespace, timer.timestamp, true, out);
+                    continue;
+                }
+                if let Some((time, due)) = WindowTimers::pop_due(&mut self.window_timers.event, watermark) {
+                    self.firing_bucket = Some((time, true, due.into_iter()));
+                    continue;
+                }
+                self.fire_event_until = None;
+            }
+            if let Some(now) = self.fire_processing_until {
+                if let Some(timer) = self.timers.pop_processing_timer(now) {
+                    self.processing_time = self.processing_time.max(timer.timestamp);
+                    self.on_timer(timer.key, timer.namespace, timer.timestamp, false, out);
+                    continue;
+                }
+                if let Some((time, due)) = WindowTimers::pop_due(&mut self.window_timers.processing, now) {
+                    self.processing_time = self.processing_time.max(time);
+                    self.firing_bucket = Some((time, false, due.into_iter()));
+                    continue;
+                }
+                self.fire_processing_until = None;
+            }
+            return true;
         }
-        true
+        false
+    }
+
+    fn finish(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
+        // Processing-time windows still open at the end of a bounded input fire now, so a
+        // bounded job loses no result.
+        if !self.event_time() {
+            self.fire_processing_until = Some(i64::MAX);
+        }
+        self.fire_step(out, max_records)
     }
 }
 
