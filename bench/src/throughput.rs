@@ -86,16 +86,16 @@ pub fn window_time(v: u64) -> i64 {
     (v / 10) as i64
 }
 
-/// Counts records per window (the aggregate of the window benchmark).
+/// Counts records per window (the aggregate of the window benchmark), whatever their type.
 #[derive(Debug, Clone, Copy)]
 pub struct CountAgg;
 
-impl corestream::AggregateFunction<(u64, i64), u64, u64> for CountAgg {
+impl<T> corestream::AggregateFunction<T, u64, u64> for CountAgg {
     fn create_accumulator(&self) -> u64 {
         0
     }
     #[inline]
-    fn add(&self, _value: &(u64, i64), acc: &mut u64) {
+    fn add(&self, _value: &T, acc: &mut u64) {
         *acc += 1;
     }
     fn get_result(&self, acc: &u64) -> u64 {

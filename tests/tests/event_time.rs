@@ -13,30 +13,15 @@ use std::time::Duration;
 
 use common::{drain, join, log, read_for, read_until, take};
 use corestream::{
-    AggregateFunction, DataStream, KeyedContext, KeyedProcessFunction, ProcessContext, SourceSender, WatermarkStrategy,
+    DataStream, KeyedContext, KeyedProcessFunction, ProcessContext, SourceSender, WatermarkStrategy,
     WindowAssigner, WindowContext,
 };
 use corestream_tests::cluster;
+use corestream_bench::throughput::CountAgg as CountAny;
+use corestream_bench::throughput::CountAgg as Count;
 
 type Rec = (u64, i64);
 
-#[derive(Clone)]
-struct Count;
-
-impl AggregateFunction<Rec, u64, u64> for Count {
-    fn create_accumulator(&self) -> u64 {
-        0
-    }
-    fn add(&self, _v: &Rec, acc: &mut u64) {
-        *acc += 1;
-    }
-    fn get_result(&self, acc: &u64) -> u64 {
-        *acc
-    }
-    fn merge(&self, a: &mut u64, b: u64) {
-        *a += b;
-    }
-}
 
 fn strategy(idleness: Option<Duration>) -> WatermarkStrategy<Rec> {
     let s = WatermarkStrategy::for_monotonous_timestamps()
@@ -389,23 +374,6 @@ fn ingestion_time_is_nondecreasing_and_close_to_now() {
     }
 }
 
-#[derive(Clone)]
-struct CountAny;
-
-impl<T> AggregateFunction<T, u64, u64> for CountAny {
-    fn create_accumulator(&self) -> u64 {
-        0
-    }
-    fn add(&self, _v: &T, acc: &mut u64) {
-        *acc += 1;
-    }
-    fn get_result(&self, acc: &u64) -> u64 {
-        *acc
-    }
-    fn merge(&self, a: &mut u64, b: u64) {
-        *a += b;
-    }
-}
 
 /// Event time is read from the record by the stream's timestamp function, so a union of inputs
 /// whose assigners differ has none until one is declared: an event-time window on it is refused

@@ -14,26 +14,10 @@ use corestream::{
     WindowContext,
 };
 use corestream_tests::cluster;
+use corestream_bench::throughput::CountAgg as Count;
 
 type Rec = (u64, i64);
 
-#[derive(Clone)]
-struct Count;
-
-impl AggregateFunction<Rec, u64, u64> for Count {
-    fn create_accumulator(&self) -> u64 {
-        0
-    }
-    fn add(&self, _v: &Rec, acc: &mut u64) {
-        *acc += 1;
-    }
-    fn get_result(&self, acc: &u64) -> u64 {
-        *acc
-    }
-    fn merge(&self, a: &mut u64, b: u64) {
-        *a += b;
-    }
-}
 
 fn side_output_job(cluster: &LocalCluster) -> Result<corestream::JobResult, corestream::JobError> {
     let mut env = cluster.environment();

@@ -4,26 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use corestream::{AggregateFunction, WatermarkStrategy, WindowAssigner, WindowContext};
+use corestream::{WatermarkStrategy, WindowAssigner, WindowContext};
 use corestream_tests::cluster;
+use corestream_bench::throughput::CountAgg as Count;
 
-#[derive(Clone)]
-struct Count;
-
-impl AggregateFunction<(u64, i64), u64, u64> for Count {
-    fn create_accumulator(&self) -> u64 {
-        0
-    }
-    fn add(&self, _v: &(u64, i64), acc: &mut u64) {
-        *acc += 1;
-    }
-    fn get_result(&self, acc: &u64) -> u64 {
-        *acc
-    }
-    fn merge(&self, a: &mut u64, b: u64) {
-        *a += b;
-    }
-}
 
 fn run(p: u32, assigner: WindowAssigner) -> BTreeMap<(u64, i64, i64), u64> {
     let cluster = cluster(p);

@@ -382,24 +382,12 @@ where
     }
 
     fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
-        use super::process::TimeDomain;
         let start = out.len();
         while out.len() - start < max_records.max(1) {
-            if let Some(watermark) = self.fire_until.0 {
-                match self.timers.pop_event_timer(watermark) {
-                    Some(t) => self.fire(t.key, t.timestamp, TimeDomain::EventTime, out),
-                    None => self.fire_until.0 = None,
-                }
-                continue;
+            match super::process::next_due(&mut self.timers, &mut self.fire_until) {
+                Some((timer, domain)) => self.fire(timer.key, timer.timestamp, domain, out),
+                None => return true,
             }
-            if let Some(now) = self.fire_until.1 {
-                match self.timers.pop_processing_timer(now) {
-                    Some(t) => self.fire(t.key, t.timestamp, TimeDomain::ProcessingTime, out),
-                    None => self.fire_until.1 = None,
-                }
-                continue;
-            }
-            return true;
         }
         false
     }

@@ -13,6 +13,28 @@ use crate::api::time::OutputTag;
 use crate::runtime::build::SideOutputs;
 use crate::time::Timestamps;
 
+/// The next timer due under the (watermark, processing time) limits noted by `on_watermark`
+/// and `on_processing_time`, event time first; a limit is cleared once nothing more is due
+/// under it. Operators fire timers with it in steps (`Operator::fire_step`).
+pub(crate) fn next_due<K: StateKey, N: corestream_state::Namespace>(
+    timers: &mut TimerService<K, N>,
+    until: &mut (Option<i64>, Option<i64>),
+) -> Option<(corestream_state::Timer<K, N>, TimeDomain)> {
+    if let Some(watermark) = until.0 {
+        match timers.pop_event_timer(watermark) {
+            Some(t) => return Some((t, TimeDomain::EventTime)),
+            None => until.0 = None,
+        }
+    }
+    if let Some(now) = until.1 {
+        match timers.pop_processing_timer(now) {
+            Some(t) => return Some((t, TimeDomain::ProcessingTime)),
+            None => until.1 = None,
+        }
+    }
+    None
+}
+
 /// Which clock fired a timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeDomain {
@@ -227,8 +249,8 @@ pub(crate) struct KeyedProcessOp<K: StateKey, I, KF, P> {
     pub(crate) processing_time: i64,
     pub(crate) ts: Vec<i64>,
     pub(crate) scratch: Vec<I>,
-    pub(crate) fire_event_until: Option<i64>,
-    pub(crate) fire_processing_until: Option<i64>,
+    /// Timers due up to this (watermark, processing time), fired in steps.
+    pub(crate) fire_until: (Option<i64>, Option<i64>),
 }
 
 impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
@@ -257,8 +279,7 @@ impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
             processing_time: now_ms(),
             ts: Vec::new(),
             scratch: Vec::new(),
-            fire_event_until: None,
-            fire_processing_until: None,
+            fire_until: (None, None),
         }
     }
 }
@@ -320,7 +341,7 @@ where
         self.watermark = watermark;
         self.processing_time = now_ms();
         self.backend.set_current_time(self.processing_time);
-        self.fire_event_until = Some(watermark);
+        self.fire_until.0 = Some(watermark);
         Some(watermark)
     }
 
@@ -331,27 +352,16 @@ where
     fn on_processing_time(&mut self, now: i64, _out: &mut Vec<O>) {
         self.processing_time = now;
         self.backend.set_current_time(now);
-        self.fire_processing_until = Some(now);
+        self.fire_until.1 = Some(now);
     }
 
     fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
         let start = out.len();
         while out.len() - start < max_records.max(1) {
-            if let Some(watermark) = self.fire_event_until {
-                match self.timers.pop_event_timer(watermark) {
-                    Some(timer) => self.fire(timer.key, timer.timestamp, TimeDomain::EventTime, out),
-                    None => self.fire_event_until = None,
-                }
-                continue;
+            match next_due(&mut self.timers, &mut self.fire_until) {
+                Some((timer, domain)) => self.fire(timer.key, timer.timestamp, domain, out),
+                None => return true,
             }
-            if let Some(now) = self.fire_processing_until {
-                match self.timers.pop_processing_timer(now) {
-                    Some(timer) => self.fire(timer.key, timer.timestamp, TimeDomain::ProcessingTime, out),
-                    None => self.fire_processing_until = None,
-                }
-                continue;
-            }
-            return true;
         }
         false
     }
