@@ -64,18 +64,20 @@ impl<T: Data> WatermarkLink<T> {
         }
     }
 
-    /// Sends the generator's pending watermark if it advances event time.
+    /// Sends the generator's pending watermark if it advances event time, then the idle status
+    /// if the subtask has just gone idle (so its last watermark is out before it goes quiet).
     fn emit_pending(&mut self) -> Result<(), TaskError> {
-        if self.output.take_idle() && !self.idle {
-            self.idle = true;
-            self.next.emit_event(&Event::WatermarkStatus(WatermarkStatus::Idle))?;
-        }
+        let go_idle = self.output.take_idle();
         if let Some(w) = self.output.take() {
             if w > self.current {
                 self.current = w;
                 self.mark_active()?;
                 self.next.emit_event(&Event::Watermark(w))?;
             }
+        }
+        if go_idle && !self.idle {
+            self.idle = true;
+            self.next.emit_event(&Event::WatermarkStatus(WatermarkStatus::Idle))?;
         }
         Ok(())
     }
