@@ -222,6 +222,9 @@ impl<K: StateKey, N: Namespace> Scope<K, N> {
 
     #[inline]
     pub fn set_namespace(&mut self, ns: N) {
+        if self.ns.as_ref() == Some(&ns) {
+            return;
+        }
         self.ns_hash = namespace_hash(&ns);
         self.ns = Some(ns);
     }
