@@ -322,13 +322,16 @@ impl AggregateFunction<IdRec, Vec<u64>, Vec<u64>> for Ids {
 
 type Firing = (u64, i64, i64, Vec<u64>);
 
+/// Firings per (key, window start, window end) — the record ids of each firing — and the late ids.
+type TriggerRun = (BTreeMap<(u64, i64, i64), Vec<Vec<u64>>>, Vec<u64>);
+
 fn run_trigger(
     cluster: &LocalCluster,
     input: &[IdRec],
     assigner: WindowAssigner,
     trigger: corestream::Trigger,
     lateness: u64,
-) -> (BTreeMap<(u64, i64, i64), Vec<Vec<u64>>>, Vec<u64>) {
+) -> TriggerRun {
     let mut env = cluster.environment();
     env.set_parallelism(1);
     let late = OutputTag::<IdRec>::new("late");

@@ -84,9 +84,12 @@ pub(crate) struct WindowOperator<K: StateKey, T, O, KF, C> {
     /// being emitted.
     fire_event_until: Option<i64>,
     fire_processing_until: Option<i64>,
-    firing_bucket: Option<(i64, bool, std::vec::IntoIter<(K, TimeWindow)>)>,
+    firing_bucket: Option<FiringBucket<K>>,
     _out: std::marker::PhantomData<fn() -> O>,
 }
+
+/// A bucket of window timers being fired: its time, whether it is event time, what is left.
+type FiringBucket<K> = (i64, bool, std::vec::IntoIter<(K, TimeWindow)>);
 
 /// Window-end and cleanup timers of the windows of a trigger that registers nothing else,
 /// bucketed by time.
