@@ -367,8 +367,13 @@ where
     /// `None` when the resulting window is already late.
     fn add_session_window(&mut self, key: &K, w: TimeWindow) -> Option<(TimeWindow, TimeWindow)> {
         let sessions = self.sessions.as_mut().expect("merging assigner");
-        let mut mapping = sessions.value().unwrap_or_default();
-        let added = merging::add_window(&mut mapping, w);
+        // In place: one lookup, no copy of the key's window set.
+        let (added, state_window) = sessions.update_with(|mapping| {
+            let mapping = mapping.get_or_insert_with(Vec::new);
+            let added = merging::add_window(mapping, w);
+            let state_window = merging::state_window(mapping, &added.window).expect("added window is in flight");
+            (added, state_window)
+        });
         if let Some(merge) = &added.merge {
             // Flink refuses a merge that would move an event-time window's end behind the
             // watermark; with gap-based sessions the merged window only grows, so it cannot.
@@ -397,12 +402,17 @@ where
         }
         let window = added.window;
         if self.is_window_late(&window) {
-            merging::retire(&mut mapping, &window);
-            self.store_sessions(mapping);
+            let sessions = self.sessions.as_mut().expect("merging assigner");
+            sessions.update_with(|mapping| {
+                if let Some(m) = mapping.as_mut() {
+                    merging::retire(m, &window);
+                    if m.is_empty() {
+                        *mapping = None;
+                    }
+                }
+            });
             return None;
         }
-        let state_window = merging::state_window(&mapping, &window).expect("added window is in flight");
-        self.store_sessions(mapping);
         Some((window, state_window))
     }
 
