@@ -35,6 +35,11 @@ pub(crate) trait WindowContents<K: StateKey, T, O>: 'static {
     /// Emits the current window's result (nothing when it is empty).
     fn emit(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>);
     fn clear(&mut self);
+    /// Emits the current window's result and clears it.
+    fn emit_and_clear(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>) {
+        self.emit(ctx, out);
+        self.clear();
+    }
     /// Merges the contents of `sources` into `target` (session windows).
     fn merge(&mut self, target: TimeWindow, sources: &[TimeWindow]);
 }
@@ -491,11 +496,20 @@ where
                 self.spec.trigger.on_processing_time(time, &mut ctx)
             }
         };
-        self.apply(&key, window, state_window, result, out);
-        let cleanup = self.cleanup_time(&window);
-        if event_time == self.event_time() && time == cleanup {
+        let cleanup_now = event_time == self.event_time() && time == self.cleanup_time(&window);
+        if cleanup_now && result.is_fire() {
+            // The last firing: emit and drop the contents in one access.
             self.contents.set_window(state_window);
-            self.contents.clear();
+            let ctx = WindowContext { key: &key, window, watermark: self.watermark };
+            self.contents.emit_and_clear(&ctx, out);
+        } else {
+            self.apply(&key, window, state_window, result, out);
+            if cleanup_now {
+                self.contents.set_window(state_window);
+                self.contents.clear();
+            }
+        }
+        if cleanup_now {
             let mut ctx =
                 Self::ctx(&key, window, self.watermark, self.processing_time, &mut self.timers, &mut self.trigger_state);
             self.spec.trigger.clear(&mut ctx);
@@ -644,6 +658,11 @@ where
     }
     fn clear(&mut self) {
         self.state.clear();
+    }
+    fn emit_and_clear(&mut self, ctx: &WindowContext<'_, K>, out: &mut Vec<O>) {
+        if let Some(result) = self.state.take() {
+            (self.post)(ctx, result, out);
+        }
     }
     fn merge(&mut self, target: TimeWindow, sources: &[TimeWindow]) {
         self.state.merge_namespaces(&target, sources);

@@ -243,6 +243,12 @@ impl<K: StateKey, N: Namespace, IN: 'static, ACC: StateValue, OUT: 'static> Aggr
         self.scope.with(|at| self.table.borrow_mut().get(at))
     }
 
+    /// The aggregate's result, clearing the state.
+    #[inline]
+    pub fn take(&mut self) -> Option<OUT> {
+        self.scope.with(|at| self.table.borrow_mut().take(at))
+    }
+
     /// Folds `value` into the accumulator (created first if absent); returns true when this
     /// created the state.
     #[inline]

@@ -74,6 +74,8 @@ pub(crate) trait ReducingTable<K, N, V>: StateTable {
 
 pub(crate) trait AggregatingTable<K, N, IN, ACC, OUT>: StateTable {
     fn get(&mut self, at: At<'_, K, N>) -> Option<OUT>;
+    /// The result, removing the state (one access where `get` then `remove` take two).
+    fn take(&mut self, at: At<'_, K, N>) -> Option<OUT>;
     /// Returns true when the state did not exist (or had expired) before.
     fn add(&mut self, at: At<'_, K, N>, value: &IN) -> bool;
     fn accumulator(&mut self, at: At<'_, K, N>) -> Option<ACC>;

@@ -272,6 +272,26 @@ fn aggregating_state_folds_inputs_and_merges_accumulators() {
 }
 
 #[test]
+fn aggregating_take_returns_the_result_and_clears() {
+    let mut b = backend();
+    let mut a =
+        b.aggregating_state::<u16, i64, (i64, u64), f64>(&AggregatingStateDescriptor::new("avg", Average)).unwrap();
+    b.set_current_key(2);
+    a.set_namespace(1);
+    assert!(a.add(&2), "the first add creates the state");
+    assert!(!a.add(&6));
+    a.set_namespace(2);
+    a.add(&10);
+    a.set_namespace(1);
+    assert_eq!(a.take(), Some(4.0));
+    assert_eq!(a.get(), None);
+    assert_eq!(a.take(), None);
+    a.set_namespace(2);
+    assert_eq!(a.get(), Some(10.0), "other namespaces are untouched");
+    assert_eq!(b.num_entries(), 1);
+}
+
+#[test]
 fn registering_a_name_again_shares_or_refuses() {
     let mut b = backend();
     let mut first = b.value_state::<(), i64>(&ValueStateDescriptor::new("x")).unwrap();
