@@ -5,6 +5,7 @@
 
 pub mod corpus;
 pub mod examples;
+pub mod nexmark;
 pub mod throughput;
 pub mod window_agg;
 pub mod window_model;
