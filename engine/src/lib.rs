@@ -51,7 +51,13 @@ pub use operators::process::{
     KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction, TimeDomain,
 };
 pub use api::window::{WindowResult, WindowedStream};
-pub use corestream_state::{AggregateFunction, StateTtlConfig};
+/// Keyed state, as process functions declare and use it (`ctx.state().value_state(..)` in
+/// `open`).
+pub use corestream_state::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateBackend, ListState,
+    ListStateDescriptor, MapState, MapStateDescriptor, Namespace, ReducingState, ReducingStateDescriptor, StateKey,
+    StateTtlConfig, StateValue, TtlUpdateType, TtlVisibility, ValueState, ValueStateDescriptor, VoidNamespace,
+};
 pub use windows::operator::WindowContext;
 pub use windows::{TimeWindow, Trigger, WindowAssigner};
 pub use time::{WatermarkGenerator, WatermarkOutput, WatermarkStrategy};

@@ -15,6 +15,8 @@ pub mod config;
 pub mod generator;
 pub mod model;
 mod person;
+pub mod queries;
+pub mod reference;
 mod rng;
 mod strings;
 #[cfg(test)]

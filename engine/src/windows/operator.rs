@@ -761,11 +761,10 @@ mod tests {
     type Out = (u64, i64, u64);
     type Post = fn(&WindowContext<'_, u64>, u64, &mut Vec<Out>);
 
-    fn operator(
-        assigner: WindowAssigner,
-        lateness: i64,
-    ) -> WindowOperator<u64, (u64, i64), Out, fn(&(u64, i64)) -> u64, AggregateContents<u64, (u64, i64), u64, u64, Post>>
-    {
+    type SumOperator =
+        WindowOperator<u64, (u64, i64), Out, fn(&(u64, i64)) -> u64, AggregateContents<u64, (u64, i64), u64, u64, Post>>;
+
+    fn operator(assigner: WindowAssigner, lateness: i64) -> SumOperator {
         let key: fn(&(u64, i64)) -> u64 = |r| r.0;
         let spec = WindowSpec {
             assigner,
