@@ -52,5 +52,71 @@ fn key_groups(c: &mut Criterion) {
     c.bench_function("key group of 8-byte string", |b| b.iter(|| assign_key_group(black_box("corestrm"), 128)));
 }
 
-criterion_group!(benches, pool, records, key_groups);
+/// One credit-channel hop between two threads pinned to different cores: the producer sends
+/// 32 KB buffers as credit allows, the consumer reads each and returns its credit; both spin
+/// (no doorbell waits), so this is the cost of the hop itself, per buffer.
+fn channel_hop(c: &mut Criterion) {
+    use corestream_netstack::{ChannelItem, CreditConfig, Doorbell, InputGate, LocalChannel, OutputChannel};
+    use std::sync::Arc;
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut g = c.benchmark_group("credit channel");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("hop of one 32 KB buffer between two cores", |b| {
+        b.iter_custom(|iters| {
+            let config = CreditConfig::default();
+            let pool = BufferPool::new(64);
+            let channel = LocalChannel::new(config.exclusive_per_channel, Arc::new(Doorbell::new()), Arc::new(Doorbell::new()));
+            let mut out = OutputChannel::new(channel.clone(), &config);
+            let mut gate = InputGate::new(vec![channel], &config);
+            let (producer_core, consumer_core) = (cores.first().copied(), cores.get(1).copied());
+            let consumer = std::thread::spawn(move || {
+                if let Some(core) = consumer_core {
+                    core_affinity::set_for_current(core);
+                }
+                let mut received = 0u64;
+                let mut bytes = 0usize;
+                while received < iters {
+                    match gate.poll_next() {
+                        Some((c, ChannelItem::Buffer(buffer))) => {
+                            bytes += black_box(buffer.as_slice()).len();
+                            drop(buffer);
+                            gate.release(c);
+                            received += 1;
+                        }
+                        Some(_) => {}
+                        None => std::hint::spin_loop(),
+                    }
+                }
+                bytes
+            });
+            if let Some(core) = producer_core {
+                core_affinity::set_for_current(core);
+            }
+            let start = std::time::Instant::now();
+            let mut sent = 0u64;
+            while sent < iters {
+                out.try_send();
+                if out.is_available() {
+                    let mut buffer = pool.take().expect("pool has room");
+                    buffer.spare_mut()[..64].fill(1);
+                    buffer.advance(64);
+                    out.send_buffer(buffer.freeze());
+                    sent += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            while out.has_pending() {
+                out.try_send();
+                std::hint::spin_loop();
+            }
+            black_box(consumer.join().expect("consumer"));
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pool, records, key_groups, channel_hop);
 criterion_main!(benches);
