@@ -1,11 +1,13 @@
-//! `corestream bench passthrough|keyed-sum|window`: throughput of the benchmark jobs, in
-//! events/s over the job's wall time.
+//! `corestream bench passthrough|keyed-sum|window|nexmark`: throughput of the benchmark jobs,
+//! in events/s over the job's wall time; `nexmark` also reports events/s per core from the CPU
+//! time the operating system charged to this process over the job.
 
 use clap::Subcommand;
 use corestream_bench::throughput::{
     peak_rss_bytes, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport,
     SequenceSplit,
 };
+use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::window_agg::parse_window_spec;
 use corestream_bench::window_model::WindowSpec;
 
@@ -48,6 +50,190 @@ pub enum BenchCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// A Nexmark query on the first N events of the generator (default settings), into a
+    /// discarding sink: events/s, events/s per core (CPU time from the OS), wall time, peak
+    /// memory and the query's output record count.
+    Nexmark {
+        #[arg(long, value_enum)]
+        query: NexmarkQuery,
+        #[arg(long, value_parser = parse_positive_count)]
+        events: u64,
+        /// Seed of the event generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also write the figures as a JSON object to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// The Nexmark queries the throughput command runs.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NexmarkQuery {
+    Q0,
+    Q1,
+    Q2,
+    Q3,
+    Q4,
+    Q5,
+    Q7,
+    Q8,
+    Q11,
+    Q12,
+}
+
+impl NexmarkQuery {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q0 => "q0",
+            Self::Q1 => "q1",
+            Self::Q2 => "q2",
+            Self::Q3 => "q3",
+            Self::Q4 => "q4",
+            Self::Q5 => "q5",
+            Self::Q7 => "q7",
+            Self::Q8 => "q8",
+            Self::Q11 => "q11",
+            Self::Q12 => "q12",
+        }
+    }
+}
+
+/// Starts `query` on the first `events` events of the default generator with `seed`, ending
+/// in a discarding sink (which still counts its records in the job result).
+fn start_nexmark(
+    env: corestream::StreamEnvironment,
+    query: NexmarkQuery,
+    events: u64,
+    seed: u64,
+) -> Result<corestream::JobHandle, corestream::JobError> {
+    let src = nq::source(&env, &GeneratorConfig::default(), events, seed);
+    match query {
+        NexmarkQuery::Q0 => nq::q0_stream(src).discard(),
+        NexmarkQuery::Q1 => nq::q1_stream(src).discard(),
+        NexmarkQuery::Q2 => nq::q2_stream(src).discard(),
+        NexmarkQuery::Q3 => nq::q3_stream(src).discard(),
+        NexmarkQuery::Q4 => nq::q4_stream(src).discard(),
+        NexmarkQuery::Q5 => nq::q5_stream(src).discard(),
+        NexmarkQuery::Q7 => nq::q7_stream(src).discard(),
+        NexmarkQuery::Q8 => nq::q8_stream(src).discard(),
+        NexmarkQuery::Q11 => nq::q11_stream(src).discard(),
+        NexmarkQuery::Q12 => nq::q12_stream(src).discard(),
+    };
+    env.execute_async(&format!("nexmark {}", query.name()))
+}
+
+/// User plus system CPU time charged to this process so far (all its threads), from
+/// `getrusage(RUSAGE_SELF)`.
+fn process_cpu_time() -> std::io::Result<std::time::Duration> {
+    // SAFETY: `rusage` is plain data for which all-zero bytes are a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable `rusage` that outlives the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok(tv(usage.ru_utime) + tv(usage.ru_stime))
+}
+
+/// The figures of one `bench nexmark` run.
+#[derive(Debug, Clone)]
+pub struct NexmarkFigures {
+    pub query: &'static str,
+    pub parallelism: u32,
+    pub events: u64,
+    pub seed: u64,
+    pub output_records: u64,
+    pub wall_time_s: f64,
+    pub cpu_time_s: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl NexmarkFigures {
+    pub fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.wall_time_s.max(1e-9)
+    }
+
+    /// Events per second of CPU time: the throughput one fully busy core would reach.
+    pub fn events_per_sec_per_core(&self) -> f64 {
+        self.events as f64 / self.cpu_time_s.max(1e-9)
+    }
+
+    pub fn line(&self) -> String {
+        let peak = self.peak_rss_bytes.map_or("unknown".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6));
+        format!(
+            "nexmark {}: parallelism {}, {} events, {} output records, wall {:.3} s, {:.3} M events/s, \
+             cpu {:.3} s, {:.3} M events/s per core, peak memory (RSS) {peak}",
+            self.query,
+            self.parallelism,
+            self.events,
+            self.output_records,
+            self.wall_time_s,
+            self.events_per_sec() / 1e6,
+            self.cpu_time_s,
+            self.events_per_sec_per_core() / 1e6,
+        )
+    }
+
+    pub fn json(&self) -> String {
+        let peak = self.peak_rss_bytes.map_or("null".to_string(), |b| b.to_string());
+        format!(
+            "{{\"query\": \"{}\", \"parallelism\": {}, \"events\": {}, \"seed\": {}, \"output_records\": {}, \
+             \"wall_time_s\": {:.6}, \"cpu_time_s\": {:.6}, \"events_per_sec\": {:.1}, \
+             \"events_per_sec_per_core\": {:.1}, \"peak_rss_bytes\": {peak}}}\n",
+            self.query,
+            self.parallelism,
+            self.events,
+            self.seed,
+            self.output_records,
+            self.wall_time_s,
+            self.cpu_time_s,
+            self.events_per_sec(),
+            self.events_per_sec_per_core(),
+        )
+    }
+}
+
+fn run_nexmark(
+    query: NexmarkQuery,
+    events: u64,
+    seed: u64,
+    json: Option<&std::path::Path>,
+    common: &Common,
+) -> anyhow::Result<()> {
+    let cluster = common.cluster()?;
+    let p = common.parallelism.unwrap_or(cluster.num_slots());
+    let mut env = common.environment(&cluster);
+    env.set_parallelism(p);
+    let label = format!("nexmark {}", query.name());
+    let cpu_before = process_cpu_time()?;
+    let handle = start_nexmark(env, query, events, seed)?;
+    let result = join_with_progress(handle, &label, Some(events))?;
+    let cpu_time = process_cpu_time()?.saturating_sub(cpu_before);
+    let produced: u64 =
+        result.operators.iter().filter(|o| o.name.starts_with("Source")).map(|o| o.records_out).sum();
+    let r = report(&label, p, events, result);
+    let figures = NexmarkFigures {
+        query: query.name(),
+        parallelism: p,
+        events,
+        seed,
+        output_records: r.count,
+        wall_time_s: r.wall_time.as_secs_f64(),
+        cpu_time_s: cpu_time.as_secs_f64(),
+        peak_rss_bytes: peak_rss_bytes(),
+    };
+    println!("{}", figures.line());
+    if produced != events {
+        anyhow::bail!("the source produced {produced} events, expected {events}");
+    }
+    if let Some(path) = json {
+        std::fs::write(path, figures.json())
+            .map_err(|e| anyhow::anyhow!("cannot write '{}': {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// An event-time window assigner from a window spec.
@@ -93,6 +279,9 @@ pub fn print_report(r: &BenchReport) {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let (report, ok) = match cmd {
+        BenchCommand::Nexmark { query, events, seed, json, common } => {
+            return run_nexmark(query, events, seed, json.as_deref(), &common);
+        }
         BenchCommand::Passthrough { events, common } => {
             let cluster = common.cluster()?;
             let p = common.parallelism.unwrap_or(cluster.num_slots());

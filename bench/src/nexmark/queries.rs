@@ -9,15 +9,15 @@
 //! disorder derived from the generator's out-of-order group size. Derived streams (bids,
 //! people, auctions) declare their timestamps again with `with_timestamps`.
 //!
-//! q3 and q4 keep their join state in the process function (one map per subtask, keyed by the
-//! record's key): the bench crate cannot name the keyed-state handles, which
-//! `corestream` does not re-export. The results are the same; the state is not checkpointed.
+//! q3 and q4 keep their join state in keyed state (value and list state declared in `open`),
+//! so it lives in the operator's keyed state backend, scoped to the record's key.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use corestream::rkyv::{Archive, Deserialize, Serialize};
 use corestream::{
-    CollectStream, DataStream, KeyedCoProcessFunction, KeyedContext, StreamEnvironment,
+    CollectStream, DataStream, KeyedCoProcessFunction, KeyedContext, KeyedRuntimeContext,
+    ListState, ListStateDescriptor, StreamEnvironment, ValueState, ValueStateDescriptor,
     WatermarkStrategy, WindowAssigner, WindowContext,
 };
 
@@ -182,27 +182,56 @@ pub fn q3_stream(events: DataStream<Event>) -> DataStream<Q3Out> {
         .name("q3: join")
 }
 
-/// q3's join: per seller, the person once seen, and the auctions seen before them.
-#[derive(Debug, Default)]
+/// q3's join: per seller, the person once seen, and the auctions seen before them. The
+/// handles are declared in `open`; `None` before it.
+#[derive(Default)]
 pub struct Q3Join {
-    people: HashMap<u64, (String, String, String)>,
-    waiting: HashMap<u64, Vec<u64>>,
+    /// (name, city, state) of the seller.
+    person: Option<ValueState<u64, (), (String, String, String)>>,
+    /// Ids of the seller's auctions that came before the seller.
+    waiting: Option<ListState<u64, (), u64>>,
+}
+
+impl std::fmt::Debug for Q3Join {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Q3Join").field("open", &self.person.is_some()).finish()
+    }
 }
 
 impl KeyedCoProcessFunction<u64, Person, Auction, Q3Out> for Q3Join {
+    fn open(&mut self, ctx: &mut KeyedRuntimeContext<'_, u64>) {
+        self.person = Some(
+            ctx.state()
+                .value_state(&ValueStateDescriptor::new("q3 person"))
+                .expect("q3: cannot declare the person state"),
+        );
+        self.waiting = Some(
+            ctx.state()
+                .list_state(&ListStateDescriptor::new("q3 waiting auctions"))
+                .expect("q3: cannot declare the waiting-auctions state"),
+        );
+    }
+
     fn process_element1(&mut self, p: Person, ctx: &mut KeyedContext<'_, u64, Q3Out>) {
-        for auction in self.waiting.remove(&p.id).unwrap_or_default() {
-            ctx.collect((p.name.clone(), p.city.clone(), p.state.clone(), auction));
+        let waiting = self.waiting.as_mut().expect("opened");
+        if !waiting.is_empty() {
+            for auction in waiting.get() {
+                ctx.collect((p.name.clone(), p.city.clone(), p.state.clone(), auction));
+            }
+            waiting.clear();
         }
-        self.people.insert(p.id, (p.name, p.city, p.state));
+        self.person
+            .as_mut()
+            .expect("opened")
+            .update((p.name, p.city, p.state));
     }
 
     fn process_element2(&mut self, a: Auction, ctx: &mut KeyedContext<'_, u64, Q3Out>) {
-        match self.people.get(&a.seller) {
-            Some((name, city, state)) => {
-                ctx.collect((name.clone(), city.clone(), state.clone(), a.id))
+        match self.person.as_ref().expect("opened").value() {
+            Some((name, city, state)) => ctx.collect((name, city, state, a.id)),
+            None => {
+                self.waiting.as_mut().expect("opened").add(a.id);
             }
-            None => self.waiting.entry(a.seller).or_default().push(a.id),
         }
     }
 }
@@ -232,14 +261,23 @@ pub fn winning_bids_stream(events: DataStream<Event>) -> DataStream<(u64, u64, u
 }
 
 /// Per auction: the auction's terms once seen, its best eligible price, and the bids that came
-/// before the auction (they can still be in its lifetime when their times are equal).
-#[derive(Debug, Default)]
+/// before the auction (they can still be in its lifetime when their times are equal). The
+/// handles are declared in `open`; `None` before it.
+#[derive(Default)]
 pub struct WinningBids {
-    open: HashMap<u64, OpenAuction>,
-    early: HashMap<u64, Vec<(i64, u64)>>,
+    open: Option<ValueState<u64, (), OpenAuction>>,
+    /// (date_time, price) of the bids that came before their auction.
+    early: Option<ListState<u64, (), (i64, u64)>>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for WinningBids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WinningBids").field("open", &self.open.is_some()).finish()
+    }
+}
+
+#[derive(Debug, Clone, Archive, Serialize, Deserialize)]
+#[rkyv(crate = corestream::rkyv)]
 struct OpenAuction {
     date_time: i64,
     expires: i64,
@@ -257,6 +295,19 @@ impl OpenAuction {
 }
 
 impl KeyedCoProcessFunction<u64, Auction, Bid, (u64, u64, u64)> for WinningBids {
+    fn open(&mut self, ctx: &mut KeyedRuntimeContext<'_, u64>) {
+        self.open = Some(
+            ctx.state()
+                .value_state(&ValueStateDescriptor::new("winning bids: open auction"))
+                .expect("winning bids: cannot declare the open-auction state"),
+        );
+        self.early = Some(
+            ctx.state()
+                .list_state(&ListStateDescriptor::new("winning bids: early bids"))
+                .expect("winning bids: cannot declare the early-bids state"),
+        );
+    }
+
     fn process_element1(&mut self, a: Auction, ctx: &mut KeyedContext<'_, u64, (u64, u64, u64)>) {
         let mut open = OpenAuction {
             date_time: a.date_time,
@@ -265,42 +316,54 @@ impl KeyedCoProcessFunction<u64, Auction, Bid, (u64, u64, u64)> for WinningBids 
             category: a.category,
             best: None,
         };
-        for (date_time, price) in self.early.remove(&a.id).unwrap_or_default() {
-            open.offer(&Bid {
-                auction: a.id,
-                price,
-                date_time,
-                ..empty_bid()
-            });
+        let early = self.early.as_mut().expect("opened");
+        if !early.is_empty() {
+            for (date_time, price) in early.get() {
+                open.offer(&Bid {
+                    auction: a.id,
+                    price,
+                    date_time,
+                    ..empty_bid()
+                });
+            }
+            early.clear();
         }
         ctx.register_event_time_timer(a.expires);
-        self.open.insert(a.id, open);
+        self.open.as_mut().expect("opened").update(open);
     }
 
     fn process_element2(&mut self, b: Bid, ctx: &mut KeyedContext<'_, u64, (u64, u64, u64)>) {
-        match self.open.get_mut(&b.auction) {
-            Some(open) => open.offer(&b),
-            None => {
-                // Dropped when the watermark passes it: an auction seen later starts later.
-                ctx.register_event_time_timer(b.date_time);
-                self.early
-                    .entry(b.auction)
-                    .or_default()
-                    .push((b.date_time, b.price));
-            }
+        let offered = self
+            .open
+            .as_mut()
+            .expect("opened")
+            .update_with(|open| open.as_mut().map(|o| o.offer(&b)).is_some());
+        if !offered {
+            // Dropped when the watermark passes it: an auction seen later starts later.
+            ctx.register_event_time_timer(b.date_time);
+            self.early
+                .as_mut()
+                .expect("opened")
+                .add((b.date_time, b.price));
         }
     }
 
     fn on_timer(&mut self, timestamp: i64, ctx: &mut KeyedContext<'_, u64, (u64, u64, u64)>) {
         let id = *ctx.key();
-        if let Some(early) = self.early.get_mut(&id) {
-            early.retain(|&(t, _)| t > timestamp);
-            if early.is_empty() {
-                self.early.remove(&id);
+        let early = self.early.as_mut().expect("opened");
+        if !early.is_empty() {
+            let mut bids = early.get();
+            let before = bids.len();
+            bids.retain(|&(t, _)| t > timestamp);
+            if bids.is_empty() {
+                early.clear();
+            } else if bids.len() != before {
+                early.update(bids);
             }
         }
-        if self.open.get(&id).is_some_and(|o| timestamp >= o.expires) {
-            let closed = self.open.remove(&id).expect("checked above");
+        let open = self.open.as_mut().expect("opened");
+        if let Some(closed) = open.value().filter(|o| timestamp >= o.expires) {
+            open.clear();
             if let Some(price) = closed.best {
                 ctx.collect((id, closed.category, price));
             }
