@@ -22,8 +22,18 @@ pub(crate) fn next_string(rng: &mut SplitMix64, max_len: u64, special: char) -> 
     out.trim_matches(' ').to_owned()
 }
 
+/// `len` lowercase letters, eight from each random word (a byte scaled to 26 letters: the
+/// padding only needs letters, not Java's exact draws).
 pub(crate) fn next_exact_string(rng: &mut SplitMix64, len: usize) -> String {
-    (0..len).map(|_| letter(rng)).collect()
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let mut word = rng.next_u64();
+        for _ in 0..(len - bytes.len()).min(8) {
+            bytes.push(b'a' + (((word & 0xff) * 26) >> 8) as u8);
+            word >>= 8;
+        }
+    }
+    String::from_utf8(bytes).expect("ASCII letters")
 }
 
 fn letter(rng: &mut SplitMix64) -> char {
@@ -60,6 +70,18 @@ mod tests {
             assert!(s.chars().all(|c| c == ' ' || c.is_ascii_lowercase()));
             assert!(!s.starts_with(' ') && !s.ends_with(' '));
         }
+    }
+
+    #[test]
+    fn exact_strings_are_lowercase_letters_of_the_length_asked() {
+        let mut rng = SplitMix64::new(4, 4);
+        for len in [0, 1, 7, 8, 9, 100] {
+            let s = next_exact_string(&mut rng, len);
+            assert_eq!(s.len(), len);
+            assert!(s.bytes().all(|b| b.is_ascii_lowercase()));
+        }
+        let long = next_exact_string(&mut rng, 26_000);
+        assert!(('a'..='z').all(|c| long.contains(c)), "every letter appears");
     }
 
     #[test]
