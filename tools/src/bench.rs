@@ -11,7 +11,8 @@ use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::window_agg::parse_window_spec;
 use corestream_bench::window_model::WindowSpec;
 
-use crate::args::{parse_positive_count, Common};
+use crate::args::{parse_count, parse_duration, parse_positive_count, Common};
+use crate::latency::{LatencyQuery, LatencySettings};
 use crate::progress::join_with_progress;
 
 #[derive(Subcommand, Debug)]
@@ -67,6 +68,50 @@ pub enum BenchCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Latency of a Nexmark query with records offered at a fixed rate against a schedule,
+    /// measured from each record's scheduled time to its arrival at the sink (coordinated
+    /// omission accounted for): p50 … p99.99, max and the achieved rate.
+    Latency {
+        #[arg(long, value_enum)]
+        query: LatencyQuery,
+        /// Records offered per second, e.g. 100k.
+        #[arg(long, value_parser = parse_rate)]
+        rate: u64,
+        /// How long records are offered, e.g. 10s.
+        #[arg(long, value_parser = parse_positive_duration)]
+        duration: std::time::Duration,
+        /// Seed of the event generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also write the figures as a JSON object to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// Write an HdrHistogram interval log (V2, latencies in ns) to this file.
+        #[arg(long)]
+        hdr_log: Option<std::path::PathBuf>,
+        /// Write a percentile-distribution plot (SVG) to this file.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// A rate in records/s: a count of at least 1 (`100k`, `1M`).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    match parse_count(s)? {
+        0 => Err(format!("rate '{s}' must be at least 1 record/s")),
+        n => Ok(n),
+    }
+}
+
+/// A duration longer than zero.
+pub fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("duration '{s}' must be more than 0"));
+    }
+    Ok(d)
 }
 
 /// The Nexmark queries the throughput command runs.
@@ -281,6 +326,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let (report, ok) = match cmd {
         BenchCommand::Nexmark { query, events, seed, json, common } => {
             return run_nexmark(query, events, seed, json.as_deref(), &common);
+        }
+        BenchCommand::Latency { query, rate, duration, seed, json, hdr_log, plot, common } => {
+            let settings = LatencySettings { query, rate, duration, seed };
+            return crate::latency::run(&settings, json.as_deref(), hdr_log.as_deref(), plot.as_deref(), &common);
         }
         BenchCommand::Passthrough { events, common } => {
             let cluster = common.cluster()?;

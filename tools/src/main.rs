@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod demo;
+mod latency;
 mod progress;
 mod run;
 mod window_agg;

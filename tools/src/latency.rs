@@ -1,0 +1,385 @@
+//! `corestream bench latency`: records are offered at a fixed rate against a schedule (record i
+//! at `origin + i / rate`) by a host thread feeding a channel source; each record carries its
+//! scheduled time, and the sink records `arrival − scheduled` (nanoseconds, one monotonic
+//! clock) into an HDR histogram, so time a record spent waiting to be offered because the job
+//! was behind (coordinated omission) is counted.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use corestream::{Sink, SinkError};
+use corestream_bench::nexmark::{Event, GeneratorConfig, NexmarkGenerator};
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::V2Serializer;
+use hdrhistogram::Histogram;
+
+use crate::args::Common;
+
+/// The most records one run may offer (rate × duration).
+pub const MAX_RECORDS: u128 = 10_000_000_000;
+
+/// Records waiting in the source channel before the feeder blocks (backpressure).
+const CHANNEL_CAPACITY: usize = 1 << 14;
+
+/// The queries the latency harness runs.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyQuery {
+    Q0,
+}
+
+impl LatencyQuery {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q0 => "q0",
+        }
+    }
+}
+
+/// The settings of one run.
+#[derive(Debug, Clone)]
+pub struct LatencySettings {
+    pub query: LatencyQuery,
+    pub rate: u64,
+    pub duration: Duration,
+    pub seed: u64,
+}
+
+impl LatencySettings {
+    /// The number of records offered, or why the settings are impossible.
+    pub fn records(&self) -> Result<u64, String> {
+        if self.rate == 0 {
+            return Err("--rate must be at least 1 record/s".into());
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be more than 0".into());
+        }
+        let n = self.rate as u128 * self.duration.as_nanos() / 1_000_000_000;
+        if n > MAX_RECORDS {
+            return Err(format!(
+                "--rate {} × --duration {:?} is {n} records, more than the limit of {MAX_RECORDS}",
+                self.rate, self.duration
+            ));
+        }
+        if n == 0 {
+            return Err(format!("--rate {} × --duration {:?} offers no record", self.rate, self.duration));
+        }
+        Ok(n as u64)
+    }
+}
+
+/// An auto-resizing histogram with 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new(3).expect("3 significant digits is valid");
+    h.auto(true);
+    h
+}
+
+/// One sink subtask's measurements: the whole run and one histogram per interval of arrival.
+struct Measured {
+    total: Histogram<u64>,
+    intervals: Vec<Histogram<u64>>,
+}
+
+struct LatencySink {
+    base: Instant,
+    origin_ns: Arc<std::sync::atomic::AtomicU64>,
+    interval_ns: u64,
+    measured: Measured,
+    out: Arc<Mutex<Vec<Measured>>>,
+}
+
+impl Sink<(u64, Event)> for LatencySink {
+    fn write_batch(&mut self, batch: &mut Vec<(u64, Event)>) -> Result<(), SinkError> {
+        let now = self.base.elapsed().as_nanos() as u64;
+        let origin = self.origin_ns.load(std::sync::atomic::Ordering::Relaxed);
+        let idx = (now.saturating_sub(origin) / self.interval_ns) as usize;
+        let m = &mut self.measured;
+        while m.intervals.len() <= idx {
+            m.intervals.push(new_histogram());
+        }
+        for (scheduled, _) in batch.drain(..) {
+            let latency = now.saturating_sub(scheduled).max(1);
+            // The histograms grow to the largest value (auto-resize); saturate beyond u64 range.
+            for h in [&mut m.total, &mut m.intervals[idx]] {
+                if h.record(latency).is_err() {
+                    h.saturating_record(latency);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        let measured = std::mem::replace(&mut self.measured, Measured { total: new_histogram(), intervals: Vec::new() });
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).push(measured);
+        Ok(())
+    }
+}
+
+/// The figures of one run (latencies in nanoseconds).
+#[derive(Debug)]
+pub struct LatencyReport {
+    pub query: &'static str,
+    pub parallelism: u32,
+    pub rate: u64,
+    pub duration_s: f64,
+    pub offered: u64,
+    pub received: u64,
+    pub offer_time_s: f64,
+    pub histogram: Histogram<u64>,
+    pub intervals: Vec<Histogram<u64>>,
+    pub interval: Duration,
+}
+
+const PERCENTILES: [(&str, f64); 5] =
+    [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9), ("p99_99", 99.99)];
+
+impl LatencyReport {
+    /// Records offered per second of the time the feeder took to offer them all.
+    pub fn achieved_rate(&self) -> f64 {
+        self.offered as f64 / self.offer_time_s.max(1e-9)
+    }
+
+    fn us(&self, percentile: f64) -> f64 {
+        self.histogram.value_at_percentile(percentile) as f64 / 1e3
+    }
+
+    pub fn lines(&self) -> String {
+        let mut s = format!(
+            "latency {}: parallelism {}, target {} records/s for {:.3} s, offered {} ({:.1} records/s achieved), \
+             received {}\n",
+            self.query,
+            self.parallelism,
+            self.rate,
+            self.duration_s,
+            self.offered,
+            self.achieved_rate(),
+            self.received
+        );
+        for (name, p) in PERCENTILES {
+            s.push_str(&format!("  {:<7} {:>12.1} us\n", name.replace('_', "."), self.us(p)));
+        }
+        s.push_str(&format!("  {:<7} {:>12.1} us", "max", self.histogram.max() as f64 / 1e3));
+        s
+    }
+
+    pub fn json(&self) -> String {
+        let mut fields = vec![
+            format!("\"query\": \"{}\"", self.query),
+            format!("\"parallelism\": {}", self.parallelism),
+            format!("\"rate\": {}", self.rate),
+            format!("\"duration_s\": {:.6}", self.duration_s),
+            format!("\"offered\": {}", self.offered),
+            format!("\"received\": {}", self.received),
+            format!("\"achieved_rate\": {:.1}", self.achieved_rate()),
+        ];
+        for (name, p) in PERCENTILES {
+            fields.push(format!("\"{name}_us\": {:.3}", self.us(p)));
+        }
+        fields.push(format!("\"max_us\": {:.3}", self.histogram.max() as f64 / 1e3));
+        fields.push(format!("\"mean_us\": {:.3}", self.histogram.mean() / 1e3));
+        format!("{{{}}}\n", fields.join(", "))
+    }
+
+    /// The interval log: one histogram per interval of arrival, values in nanoseconds.
+    pub fn hdr_log(&self) -> anyhow::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut serializer = V2Serializer::new();
+        let mut writer = IntervalLogWriterBuilder::new()
+            .add_comment(&format!("corestream bench latency {} at {} records/s", self.query, self.rate))
+            .add_comment("values are latencies in nanoseconds")
+            .with_base_time(std::time::SystemTime::now())
+            .begin_log_with(&mut buf, &mut serializer)?;
+        for (i, h) in self.intervals.iter().enumerate() {
+            writer
+                .write_histogram(h, self.interval * i as u32, self.interval, None)
+                .map_err(|e| anyhow::anyhow!("cannot serialize a histogram: {e}"))?;
+        }
+        drop(writer);
+        Ok(buf)
+    }
+
+    /// A percentile-distribution plot: latency (linear) against percentile on a log scale of
+    /// 1 / (1 − q), as in HdrHistogram's plotter.
+    pub fn svg(&self) -> String {
+        let (w, h, left, right, top, bottom) = (800.0, 500.0, 80.0, 20.0, 40.0, 50.0);
+        let pw = w - left - right;
+        let ph = h - top - bottom;
+        let decades = 6.0; // up to 99.9999%
+        let max_us = (self.histogram.max() as f64 / 1e3).max(1e-3);
+        let mut points = Vec::new();
+        for k in 0..=600 {
+            let x = k as f64 / 100.0;
+            let q = 1.0 - 10f64.powf(-x);
+            let v = self.histogram.value_at_quantile(q) as f64 / 1e3;
+            points.push(format!("{:.1},{:.1}", left + pw * x / decades, top + ph * (1.0 - v / max_us)));
+        }
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n\
+             <rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
+             <text x=\"{}\" y=\"24\" font-family=\"sans-serif\" font-size=\"16\" text-anchor=\"middle\">\
+             {} latency at {} records/s (parallelism {})</text>\n\
+             <rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"black\"/>\n",
+            w / 2.0,
+            self.query,
+            self.rate,
+            self.parallelism
+        );
+        for (d, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"].iter().enumerate() {
+            let x = left + pw * d as f64 / decades;
+            s.push_str(&format!(
+                "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#ccc\"/>\n\
+                 <text x=\"{x:.1}\" y=\"{}\" font-family=\"sans-serif\" font-size=\"12\" text-anchor=\"middle\">{label}</text>\n",
+                top + ph,
+                top + ph + 18.0
+            ));
+        }
+        for i in 0..=4 {
+            let v = max_us * i as f64 / 4.0;
+            let y = top + ph * (1.0 - i as f64 / 4.0);
+            s.push_str(&format!(
+                "<text x=\"{}\" y=\"{:.1}\" font-family=\"sans-serif\" font-size=\"12\" text-anchor=\"end\">{v:.0}</text>\n",
+                left - 6.0,
+                y + 4.0
+            ));
+        }
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" font-family=\"sans-serif\" font-size=\"13\" text-anchor=\"middle\">percentile</text>\n\
+             <text x=\"16\" y=\"{}\" font-family=\"sans-serif\" font-size=\"13\" text-anchor=\"middle\" \
+             transform=\"rotate(-90 16 {})\">latency (us)</text>\n\
+             <polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>\n</svg>\n",
+            left + pw / 2.0,
+            h - 10.0,
+            top + ph / 2.0,
+            top + ph / 2.0,
+            points.join(" ")
+        ));
+        s
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write '{}'", path.display()))
+}
+
+/// Runs one measurement; the settings must have been checked with [`LatencySettings::records`].
+pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<LatencyReport> {
+    let total = settings.records().map_err(|e| anyhow::anyhow!(e))?;
+    let cluster = common.cluster()?;
+    let p = common.parallelism.unwrap_or(cluster.num_slots());
+    let mut env = common.environment(&cluster);
+    env.set_parallelism(p);
+    // About 100 intervals in the log, none shorter than a second.
+    let interval = (settings.duration / 100).max(Duration::from_secs(1));
+    let base = Instant::now();
+    let origin_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let out: Arc<Mutex<Vec<Measured>>> = Arc::new(Mutex::new(Vec::new()));
+    let (sender, events) = env.from_channel::<(u64, Event)>(CHANNEL_CAPACITY);
+    let stream = match settings.query {
+        LatencyQuery::Q0 => events.map(|r| r).name("q0: pass-through"),
+    };
+    {
+        let (out, origin_ns) = (out.clone(), origin_ns.clone());
+        let interval_ns = interval.as_nanos() as u64;
+        stream.add_sink("Sink: latency", move |_ctx| {
+            Ok(LatencySink {
+                base,
+                origin_ns: origin_ns.clone(),
+                interval_ns,
+                measured: Measured { total: new_histogram(), intervals: Vec::new() },
+                out: out.clone(),
+            })
+        });
+    }
+    let handle = env.execute_async(&format!("latency {}", settings.query.name()))?;
+
+    let (rate, seed) = (settings.rate, settings.seed);
+    let origin_for_feeder = origin_ns.clone();
+    let feeder = std::thread::Builder::new().name("cs-latency-feeder".into()).spawn(move || {
+        let generator = NexmarkGenerator::new(GeneratorConfig::default(), seed);
+        let origin = base.elapsed().as_nanos() as u64;
+        origin_for_feeder.store(origin, std::sync::atomic::Ordering::Relaxed);
+        let mut offered = 0u64;
+        for i in 0..total {
+            let scheduled = origin + (i as u128 * 1_000_000_000 / rate as u128) as u64;
+            loop {
+                let now = base.elapsed().as_nanos() as u64;
+                if now >= scheduled {
+                    break;
+                }
+                let wait = scheduled - now;
+                if wait > 200_000 {
+                    std::thread::sleep(Duration::from_nanos(wait - 100_000));
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            if sender.send((scheduled, generator.event(i))).is_err() {
+                break; // the job is no longer reading
+            }
+            offered += 1;
+        }
+        let end = base.elapsed().as_nanos() as u64;
+        drop(sender);
+        (offered, Duration::from_nanos(end - origin))
+    })?;
+    let joined = handle.join();
+    let (offered, offer_time) = feeder.join().map_err(|_| anyhow::anyhow!("the feeder thread panicked"))?;
+    joined?;
+
+    let mut histogram = new_histogram();
+    let mut intervals: Vec<Histogram<u64>> = Vec::new();
+    for m in out.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        histogram.add(&m.total).context("cannot merge histograms")?;
+        for (i, h) in m.intervals.iter().enumerate() {
+            if intervals.len() <= i {
+                intervals.push(new_histogram());
+            }
+            intervals[i].add(h).context("cannot merge histograms")?;
+        }
+    }
+    let received = histogram.len();
+    if received != offered {
+        anyhow::bail!("the sink received {received} records, {offered} were offered");
+    }
+    Ok(LatencyReport {
+        query: settings.query.name(),
+        parallelism: p,
+        rate: settings.rate,
+        duration_s: settings.duration.as_secs_f64(),
+        offered,
+        received,
+        offer_time_s: offer_time.as_secs_f64(),
+        histogram,
+        intervals,
+        interval,
+    })
+}
+
+/// `corestream bench latency`: refuses impossible settings (exit status 2), runs, prints the
+/// figures and writes the requested files.
+pub fn run(
+    settings: &LatencySettings,
+    json: Option<&Path>,
+    hdr_log: Option<&Path>,
+    plot: Option<&Path>,
+    common: &Common,
+) -> anyhow::Result<()> {
+    if let Err(e) = settings.records() {
+        clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit();
+    }
+    let report = measure(settings, common)?;
+    println!("{}", report.lines());
+    if let Some(path) = json {
+        write_file(path, report.json().as_bytes())?;
+    }
+    if let Some(path) = hdr_log {
+        write_file(path, &report.hdr_log()?)?;
+    }
+    if let Some(path) = plot {
+        write_file(path, report.svg().as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! End-to-end tests of `corestream bench latency`: a one-second run at 20k records/s writes a
+//! JSON object whose figures are numbers in order (p50 ≤ p99 ≤ max), an HdrHistogram interval
+//! log that hdrhistogram reads back, and an SVG plot with a polyline; impossible settings exit 2
+//! with a clear message. A watchdog kills a run that has not ended after [`HANG_LIMIT`].
+
+use std::collections::HashMap;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+
+const HANG_LIMIT: Duration = Duration::from_secs(120);
+
+const NUMERIC_KEYS: [&str; 13] = [
+    "parallelism",
+    "rate",
+    "duration_s",
+    "offered",
+    "received",
+    "achieved_rate",
+    "p50_us",
+    "p90_us",
+    "p99_us",
+    "p99_9_us",
+    "p99_99_us",
+    "max_us",
+    "mean_us",
+];
+
+fn corestream(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
+        .args(args)
+        .env("CORESTREAM_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the corestream binary");
+    let deadline = Instant::now() + HANG_LIMIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`corestream {}` did not end within {HANG_LIMIT:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The outputs are short, so the pipes cannot fill while the child runs.
+    child.wait_with_output().unwrap()
+}
+
+/// Parses a flat JSON object of numbers and escape-free strings: numbers as `Ok`, strings as `Err`.
+fn parse_flat_object(text: &str) -> HashMap<String, Result<f64, String>> {
+    let body = text.trim().strip_prefix('{').and_then(|t| t.strip_suffix('}')).expect("a JSON object");
+    let mut fields = HashMap::new();
+    for member in body.split(',') {
+        let (key, value) = member.split_once(':').unwrap_or_else(|| panic!("member without ':': {member}"));
+        let key = key.trim().strip_prefix('"').and_then(|k| k.strip_suffix('"')).expect("string key");
+        let value = value.trim();
+        let parsed = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            Some(s) => Err(s.to_string()),
+            None => {
+                let n: f64 = value.parse().unwrap_or_else(|_| panic!("'{key}' is not a number: {value}"));
+                assert!(n.is_finite(), "'{key}' is not finite");
+                Ok(n)
+            }
+        };
+        assert!(fields.insert(key.to_string(), parsed).is_none(), "duplicate key {key}");
+    }
+    fields
+}
+
+#[test]
+fn one_second_at_20k_writes_json_hdr_log_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, hlog, svg) = (dir.path().join("l.json"), dir.path().join("l.hlog"), dir.path().join("l.svg"));
+    let out = corestream(&[
+        "bench",
+        "latency",
+        "--query",
+        "q0",
+        "--rate",
+        "20k",
+        "--duration",
+        "1s",
+        "--parallelism",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--hdr-log",
+        hlog.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("p99.99"), "{stdout}");
+
+    // JSON
+    let fields = parse_flat_object(&std::fs::read_to_string(&json).unwrap());
+    assert_eq!(fields["query"], Err("q0".to_string()));
+    let num = |k: &str| *fields.get(k).unwrap_or_else(|| panic!("missing key {k}")).as_ref().unwrap();
+    for key in NUMERIC_KEYS {
+        assert!(num(key) >= 0.0, "{key}");
+    }
+    assert_eq!(num("offered"), 20_000.0);
+    assert_eq!(num("received"), 20_000.0);
+    assert!(num("p50_us") > 0.0);
+    assert!(num("p50_us") <= num("p90_us") && num("p90_us") <= num("p99_us"));
+    assert!(num("p99_us") <= num("p99_9_us") && num("p99_9_us") <= num("p99_99_us"));
+    assert!(num("p99_99_us") <= num("max_us"));
+    assert!(num("achieved_rate") > 1_000.0);
+
+    // HdrHistogram interval log: every interval decodes; the counts add up to the records.
+    let log = std::fs::read(&hlog).unwrap();
+    let mut deserializer = Deserializer::new();
+    let (mut intervals, mut count, mut max_ns) = (0, 0u64, 0u64);
+    for entry in IntervalLogIterator::new(&log) {
+        if let LogEntry::Interval(ilh) = entry.expect("a valid log entry") {
+            let bytes = base64_decode(ilh.encoded_histogram());
+            let h: Histogram<u64> = deserializer.deserialize(&mut bytes.as_slice()).expect("a V2 histogram");
+            intervals += 1;
+            count += h.len();
+            max_ns = max_ns.max(h.max());
+        }
+    }
+    assert!(intervals >= 1, "no interval in the log");
+    assert_eq!(count, 20_000);
+    let max_us = max_ns as f64 / 1e3;
+    assert!((max_us - num("max_us")).abs() <= num("max_us") * 0.01 + 1.0, "log max {max_us} vs {}", num("max_us"));
+
+    // SVG
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    let plot = plot.trim();
+    assert!(plot.starts_with("<svg"), "{plot}");
+    assert!(plot.ends_with("</svg>"));
+    assert!(plot.contains("<polyline"));
+    assert_eq!(plot.matches('<').count(), plot.matches('>').count());
+    let points = plot.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+    for p in points.split_whitespace() {
+        let (x, y) = p.split_once(',').unwrap();
+        assert!(x.parse::<f64>().unwrap().is_finite() && y.parse::<f64>().unwrap().is_finite());
+    }
+}
+
+/// Standard base64 (with padding), as the interval log encodes histograms.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    } as u32;
+    let mut out = Vec::new();
+    for chunk in s.trim_end_matches('=').as_bytes().chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c) << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+fn assert_refused(args: &[&str], message: &str) {
+    let out = corestream(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "`{}`: {stderr}", args.join(" "));
+    assert!(stderr.contains(message), "`{}`: expected '{message}' in: {stderr}", args.join(" "));
+}
+
+#[test]
+fn impossible_settings_exit_2() {
+    let base = ["bench", "latency", "--query"];
+    let run = |q: &str, rate: &str, d: &str| {
+        let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        v.extend([q, "--rate", rate, "--duration", d].map(String::from));
+        v
+    };
+    let cases = [
+        (run("q0", "0", "1s"), "at least 1 record/s"),
+        (run("q0", "100", "0"), "must be more than 0"),
+        (run("q0", "100", "0ms"), "must be more than 0"),
+        (run("q0", "10G", "2s"), "more than the limit"),
+        (run("q0", "10M", "60m"), "more than the limit"),
+        (run("q42", "100", "1s"), "q42"),
+        (run("q0", "fast", "1s"), "not a count"),
+    ];
+    for (args, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&args, message);
+    }
+}
