@@ -3,9 +3,12 @@
 //! log that hdrhistogram reads back, and an SVG plot with a polyline; impossible settings exit 2
 //! with a clear message. A watchdog kills a run that has not ended after [`HANG_LIMIT`].
 
-use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use common::{number, parse_flat_object, Value};
 
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
@@ -30,46 +33,7 @@ const NUMERIC_KEYS: [&str; 13] = [
 ];
 
 fn corestream(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
-        .args(args)
-        .env("CORESTREAM_LOG", "off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start the corestream binary");
-    let deadline = Instant::now() + HANG_LIMIT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`corestream {}` did not end within {HANG_LIMIT:?}", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The outputs are short, so the pipes cannot fill while the child runs.
-    child.wait_with_output().unwrap()
-}
-
-/// Parses a flat JSON object of numbers and escape-free strings: numbers as `Ok`, strings as `Err`.
-fn parse_flat_object(text: &str) -> HashMap<String, Result<f64, String>> {
-    let body = text.trim().strip_prefix('{').and_then(|t| t.strip_suffix('}')).expect("a JSON object");
-    let mut fields = HashMap::new();
-    for member in body.split(',') {
-        let (key, value) = member.split_once(':').unwrap_or_else(|| panic!("member without ':': {member}"));
-        let key = key.trim().strip_prefix('"').and_then(|k| k.strip_suffix('"')).expect("string key");
-        let value = value.trim();
-        let parsed = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-            Some(s) => Err(s.to_string()),
-            None => {
-                let n: f64 = value.parse().unwrap_or_else(|_| panic!("'{key}' is not a number: {value}"));
-                assert!(n.is_finite(), "'{key}' is not finite");
-                Ok(n)
-            }
-        };
-        assert!(fields.insert(key.to_string(), parsed).is_none(), "duplicate key {key}");
-    }
-    fields
+    common::run_corestream(args, HANG_LIMIT)
 }
 
 #[test]
@@ -99,9 +63,9 @@ fn one_second_at_20k_writes_json_hdr_log_and_svg() {
     assert!(stdout.contains("p99.99"), "{stdout}");
 
     // JSON
-    let fields = parse_flat_object(&std::fs::read_to_string(&json).unwrap());
-    assert_eq!(fields["query"], Err("q0".to_string()));
-    let num = |k: &str| *fields.get(k).unwrap_or_else(|| panic!("missing key {k}")).as_ref().unwrap();
+    let fields = parse_flat_object(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
+    assert_eq!(fields["query"], Value::Str("q0".to_string()));
+    let num = |k: &str| number(&fields, k);
     for key in NUMERIC_KEYS {
         assert!(num(key) >= 0.0, "{key}");
     }

@@ -3,9 +3,12 @@
 //! and an unknown query exits 2 with the list of valid ones. A watchdog kills a run that has
 //! not ended after [`HANG_LIMIT`], so a hung job fails the test instead of blocking the suite.
 
-use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use common::{number, parse_flat_object, Value};
 
 use tempfile::TempDir;
 
@@ -25,74 +28,7 @@ const NUMERIC_KEYS: [&str; 9] = [
 ];
 
 fn corestream(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
-        .args(args)
-        .env("CORESTREAM_LOG", "off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start the corestream binary");
-    let deadline = Instant::now() + HANG_LIMIT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`corestream {}` did not end within {HANG_LIMIT:?}", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The outputs are short, so the pipes cannot fill while the child runs.
-    child.wait_with_output().unwrap()
-}
-
-/// A JSON value of a flat report: a number or a string (null as `None`).
-#[derive(Debug, PartialEq)]
-enum Value {
-    Number(f64),
-    Str(String),
-    Null,
-}
-
-/// Parses a flat JSON object whose values are numbers, strings without escapes or null.
-fn parse_flat_object(text: &str) -> Result<HashMap<String, Value>, String> {
-    let body = text
-        .trim()
-        .strip_prefix('{')
-        .and_then(|t| t.strip_suffix('}'))
-        .ok_or("not an object: must start with '{' and end with '}'")?;
-    let mut fields = HashMap::new();
-    for member in body.split(',') {
-        let (key, value) = member.split_once(':').ok_or_else(|| format!("member without ':': {member}"))?;
-        let key = key.trim();
-        let key = key
-            .strip_prefix('"')
-            .and_then(|k| k.strip_suffix('"'))
-            .ok_or_else(|| format!("key is not a string: {key}"))?;
-        let value = value.trim();
-        let value = if value == "null" {
-            Value::Null
-        } else if let Some(s) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-            Value::Str(s.to_string())
-        } else {
-            let n: f64 = value.parse().map_err(|_| format!("value of '{key}' is not a number: {value}"))?;
-            if !n.is_finite() {
-                return Err(format!("value of '{key}' is not finite: {value}"));
-            }
-            Value::Number(n)
-        };
-        if fields.insert(key.to_string(), value).is_some() {
-            return Err(format!("duplicate key '{key}'"));
-        }
-    }
-    Ok(fields)
-}
-
-fn number(fields: &HashMap<String, Value>, key: &str) -> f64 {
-    match fields.get(key) {
-        Some(Value::Number(n)) => *n,
-        other => panic!("'{key}' should be a number, is {other:?}"),
-    }
+    common::run_corestream(args, HANG_LIMIT)
 }
 
 fn run_query(query: &str, events: u64) {

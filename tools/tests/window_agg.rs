@@ -10,10 +10,11 @@
 //! start and end, firings of one window in emission order), and optionally
 //! `NAME.expected-late.csv` and `NAME.expected-rejected.csv`.
 
-use std::io::Read;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -24,39 +25,8 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/window-agg")
 }
 
-/// Runs `corestream` with `args`; kills it and fails the test if it has not ended within
-/// [`HANG_LIMIT`].
 fn corestream(args: &[String]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
-        .args(args)
-        .env("CORESTREAM_LOG", "off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start the corestream binary");
-    let collect = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            pipe.read_to_end(&mut bytes).expect("cannot read the output of corestream");
-            bytes
-        })
-    };
-    let stdout = collect(Box::new(child.stdout.take().unwrap()));
-    let stderr = collect(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + HANG_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`corestream {}` did not end within {HANG_LIMIT:?}: the job hangs", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    common::run_corestream(args, HANG_LIMIT)
 }
 
 fn text(bytes: &[u8]) -> String {
