@@ -14,8 +14,8 @@ use corestream_netstack::Data;
 use corestream_state::{KeyedStateBackend, MapState, MapStateDescriptor, StateKey, StateValue, TimerService};
 use hashbrown::HashMap;
 
-use super::process::{KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction};
-use super::{now_ms, Operator, SideOutput};
+use super::process::{KeyedClock, KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction};
+use super::{Operator, SideOutput};
 use crate::runtime::build::SideOutputs;
 use crate::time::TimestampFn;
 
@@ -252,11 +252,8 @@ pub(crate) struct BroadcastOp<K: StateKey, I, R, KF, P: KeyedBroadcastProcessFun
     pub(crate) timers: TimerService<K, ()>,
     pub(crate) state: HashMap<P::StateKey, P::StateValue>,
     pub(crate) sides: SideOutputs,
-    pub(crate) watermark: i64,
-    pub(crate) processing_time: i64,
+    pub(crate) clock: KeyedClock,
     pub(crate) scratch: Vec<Either<I, R>>,
-    /// Timers due up to this (watermark, processing time), fired in steps.
-    pub(crate) fire_until: (Option<i64>, Option<i64>),
     pub(crate) _types: std::marker::PhantomData<fn(I, R) -> O>,
 }
 
@@ -283,10 +280,8 @@ where
             timers,
             state: HashMap::new(),
             sides,
-            watermark: i64::MIN,
-            processing_time: now_ms(),
+            clock: KeyedClock::new(),
             scratch: Vec::new(),
-            fire_until: (None, None),
             _types: std::marker::PhantomData,
         }
     }
@@ -307,7 +302,7 @@ where
             &key,
             Some(timestamp),
             &mut self.timers,
-            (self.watermark, self.processing_time),
+            (self.clock.watermark, self.clock.processing_time),
             out,
             &self.sides,
             Some(domain),
@@ -335,7 +330,7 @@ where
                     &key,
                     timestamp,
                     &mut self.timers,
-                    (self.watermark, self.processing_time),
+                    (self.clock.watermark, self.clock.processing_time),
                     out,
                     &self.sides,
                     None,
@@ -343,7 +338,7 @@ where
                 self.f.process_element(value, &self.state, &mut ctx);
             }
             Either::Right(rule) => {
-                let mut ctx = ProcessContext::new(None, self.watermark, self.processing_time, out, &self.sides);
+                let mut ctx = ProcessContext::new(None, self.clock.watermark, self.clock.processing_time, out, &self.sides);
                 self.f.process_broadcast_element(rule, &mut self.state, &mut ctx);
             }
         }
@@ -356,18 +351,14 @@ where
     }
 
     fn process_batch(&mut self, input: &mut Vec<Either<I, R>>, out: &mut Vec<O>) {
-        self.processing_time = now_ms();
-        self.backend.set_current_time(self.processing_time);
+        self.clock.refresh(&self.backend);
         for record in input.drain(..) {
             self.process(record, out);
         }
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
-        self.watermark = watermark;
-        self.processing_time = now_ms();
-        self.backend.set_current_time(self.processing_time);
-        self.fire_until.0 = Some(watermark);
+        self.clock.on_watermark(watermark, &self.backend);
         Some(watermark)
     }
 
@@ -376,15 +367,13 @@ where
     }
 
     fn on_processing_time(&mut self, now: i64, _out: &mut Vec<O>) {
-        self.processing_time = now;
-        self.backend.set_current_time(now);
-        self.fire_until.1 = Some(now);
+        self.clock.on_processing_time(now, &self.backend);
     }
 
     fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
         let start = out.len();
         while out.len() - start < max_records.max(1) {
-            match super::process::next_due(&mut self.timers, &mut self.fire_until) {
+            match self.clock.next_due(&mut self.timers) {
                 Some((timer, domain)) => self.fire(timer.key, timer.timestamp, domain, out),
                 None => return true,
             }

@@ -13,26 +13,61 @@ use crate::api::time::OutputTag;
 use crate::runtime::build::SideOutputs;
 use crate::time::Timestamps;
 
-/// The next timer due under the (watermark, processing time) limits noted by `on_watermark`
-/// and `on_processing_time`, event time first; a limit is cleared once nothing more is due
-/// under it. Operators fire timers with it in steps (`Operator::fire_step`).
-pub(crate) fn next_due<K: StateKey, N: corestream_state::Namespace>(
-    timers: &mut TimerService<K, N>,
-    until: &mut (Option<i64>, Option<i64>),
-) -> Option<(corestream_state::Timer<K, N>, TimeDomain)> {
-    if let Some(watermark) = until.0 {
-        match timers.pop_event_timer(watermark) {
-            Some(t) => return Some((t, TimeDomain::EventTime)),
-            None => until.0 = None,
-        }
+/// The clocks of a keyed operator with timers: its event time, the processing time of the batch
+/// or firing being handled (also the TTL clock of its keyed state), and the limits up to which
+/// due timers are fired in steps (`Operator::fire_step`).
+pub(crate) struct KeyedClock {
+    pub(crate) watermark: i64,
+    pub(crate) processing_time: i64,
+    fire_until: (Option<i64>, Option<i64>),
+}
+
+impl KeyedClock {
+    pub(crate) fn new() -> Self {
+        Self { watermark: i64::MIN, processing_time: now_ms(), fire_until: (None, None) }
     }
-    if let Some(now) = until.1 {
-        match timers.pop_processing_timer(now) {
-            Some(t) => return Some((t, TimeDomain::ProcessingTime)),
-            None => until.1 = None,
-        }
+
+    /// Event time advanced: timers up to `watermark` are due.
+    pub(crate) fn on_watermark<K: StateKey>(&mut self, watermark: i64, backend: &KeyedStateBackend<K>) {
+        self.watermark = watermark;
+        self.processing_time = now_ms();
+        backend.set_current_time(self.processing_time);
+        self.fire_until.0 = Some(watermark);
     }
-    None
+
+    /// Processing time reached `now`: processing-time timers up to it are due.
+    pub(crate) fn on_processing_time<K: StateKey>(&mut self, now: i64, backend: &KeyedStateBackend<K>) {
+        self.processing_time = now;
+        backend.set_current_time(now);
+        self.fire_until.1 = Some(now);
+    }
+
+    /// A new batch: reads the processing-time clock.
+    pub(crate) fn refresh<K: StateKey>(&mut self, backend: &KeyedStateBackend<K>) {
+        self.processing_time = now_ms();
+        backend.set_current_time(self.processing_time);
+    }
+
+    /// The next due timer, event time first; a limit is cleared once nothing more is due
+    /// under it.
+    pub(crate) fn next_due<K: StateKey, N: corestream_state::Namespace>(
+        &mut self,
+        timers: &mut TimerService<K, N>,
+    ) -> Option<(corestream_state::Timer<K, N>, TimeDomain)> {
+        if let Some(watermark) = self.fire_until.0 {
+            match timers.pop_event_timer(watermark) {
+                Some(t) => return Some((t, TimeDomain::EventTime)),
+                None => self.fire_until.0 = None,
+            }
+        }
+        if let Some(now) = self.fire_until.1 {
+            match timers.pop_processing_timer(now) {
+                Some(t) => return Some((t, TimeDomain::ProcessingTime)),
+                None => self.fire_until.1 = None,
+            }
+        }
+        None
+    }
 }
 
 /// Which clock fired a timer.
@@ -245,12 +280,9 @@ pub(crate) struct KeyedProcessOp<K: StateKey, I, KF, P> {
     pub(crate) backend: KeyedStateBackend<K>,
     pub(crate) timers: TimerService<K, ()>,
     pub(crate) sides: SideOutputs,
-    pub(crate) watermark: i64,
-    pub(crate) processing_time: i64,
+    pub(crate) clock: KeyedClock,
     pub(crate) ts: Vec<i64>,
     pub(crate) scratch: Vec<I>,
-    /// Timers due up to this (watermark, processing time), fired in steps.
-    pub(crate) fire_until: (Option<i64>, Option<i64>),
 }
 
 impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
@@ -275,11 +307,9 @@ impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
             backend,
             timers,
             sides,
-            watermark: i64::MIN,
-            processing_time: now_ms(),
+            clock: KeyedClock::new(),
             ts: Vec::new(),
             scratch: Vec::new(),
-            fire_until: (None, None),
         }
     }
 }
@@ -294,8 +324,8 @@ impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
             key: &key,
             timestamp: Some(timestamp),
             timers: &mut self.timers,
-            watermark: self.watermark,
-            processing_time: self.processing_time,
+            watermark: self.clock.watermark,
+            processing_time: self.clock.processing_time,
             out,
             sides: &self.sides,
             domain: Some(domain),
@@ -324,8 +354,7 @@ where
     }
 
     fn process_batch(&mut self, input: &mut Vec<I>, out: &mut Vec<O>) {
-        self.processing_time = now_ms();
-        self.backend.set_current_time(self.processing_time);
+        self.clock.refresh(&self.backend);
         let mut ts = std::mem::take(&mut self.ts);
         ts.clear();
         if let Some(t) = &self.timestamps {
@@ -338,10 +367,7 @@ where
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
-        self.watermark = watermark;
-        self.processing_time = now_ms();
-        self.backend.set_current_time(self.processing_time);
-        self.fire_until.0 = Some(watermark);
+        self.clock.on_watermark(watermark, &self.backend);
         Some(watermark)
     }
 
@@ -350,15 +376,13 @@ where
     }
 
     fn on_processing_time(&mut self, now: i64, _out: &mut Vec<O>) {
-        self.processing_time = now;
-        self.backend.set_current_time(now);
-        self.fire_until.1 = Some(now);
+        self.clock.on_processing_time(now, &self.backend);
     }
 
     fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
         let start = out.len();
         while out.len() - start < max_records.max(1) {
-            match next_due(&mut self.timers, &mut self.fire_until) {
+            match self.clock.next_due(&mut self.timers) {
                 Some((timer, domain)) => self.fire(timer.key, timer.timestamp, domain, out),
                 None => return true,
             }
@@ -384,8 +408,8 @@ where
             key: &key,
             timestamp,
             timers: &mut self.timers,
-            watermark: self.watermark,
-            processing_time: self.processing_time,
+            watermark: self.clock.watermark,
+            processing_time: self.clock.processing_time,
             out,
             sides: &self.sides,
             domain: None,
