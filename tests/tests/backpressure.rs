@@ -79,6 +79,29 @@ fn the_host_channel_source_pushes_back_when_the_job_is_blocked() {
     assert_eq!(result.records_in("Sink"), sent + 1000);
 }
 
+/// `send_all` wakes the source once per call, and early whenever the channel fills: a batch
+/// far larger than the channel arrives whole and in order (without the early wake the host
+/// would wait on a full channel that an idle source was never told about).
+#[test]
+fn send_all_delivers_batches_larger_than_the_channel() {
+    let cluster = cluster(1);
+    let env = cluster.environment();
+    let (tx, stream): (SourceSender<u64>, _) = env.from_channel(16);
+    let out = stream.map(|v| v).collect();
+    let handle = env.execute_async("send-all").unwrap();
+    let reader = std::thread::spawn(move || out.collect::<Vec<u64>>());
+    within(60, "send_all", move || {
+        for chunk in 0..10u64 {
+            assert_eq!(tx.send_all(chunk * 10_000..(chunk + 1) * 10_000).unwrap(), 10_000);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(tx.send_all(std::iter::empty()).unwrap(), 0);
+    });
+    let got = reader.join().unwrap();
+    assert_eq!(got, (0..100_000).collect::<Vec<_>>(), "in order, nothing lost");
+    handle.join().unwrap();
+}
+
 #[test]
 fn an_idle_producer_flushes_its_partly_filled_buffers_at_once() {
     let cluster = cluster(2);

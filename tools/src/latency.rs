@@ -1,15 +1,20 @@
 //! `corestream bench latency`: records are offered at a fixed rate against a schedule (record i
 //! at `origin + i / rate`) by a host thread feeding a channel source; each record carries its
-//! scheduled time, and the sink records `arrival − scheduled` (nanoseconds, one monotonic
-//! clock) into an HDR histogram, so time a record spent waiting to be offered because the job
-//! was behind (coordinated omission) is counted.
+//! scheduled time, and the sink records its latency (nanoseconds, one monotonic clock) into an
+//! HDR histogram. For q0 a record's latency runs from its scheduled time to its arrival at the
+//! sink, so time a record spent waiting to be offered because the job was behind (coordinated
+//! omission) is counted. For q5 events carry their scheduled time as event time and a window
+//! result's latency runs from the window's end — the earliest moment a record could close it —
+//! to the result's arrival.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use corestream::{Sink, SinkError};
+use corestream::{DataStream, Sink, SinkError, WatermarkStrategy};
+use corestream_bench::nexmark::queries::{self, Q5Out};
 use corestream_bench::nexmark::{Event, GeneratorConfig, NexmarkGenerator};
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2Serializer;
@@ -23,16 +28,37 @@ pub const MAX_RECORDS: u128 = 10_000_000_000;
 /// Records waiting in the source channel before the feeder blocks (backpressure).
 const CHANNEL_CAPACITY: usize = 1 << 14;
 
+/// The most records the feeder offers in one send: records due at the same moment (the feeder
+/// was late, or the rate is above what one record per send can reach) go together and wake
+/// the source once.
+const MAX_BATCH: u64 = 1024;
+
+/// The shortest q5 run: windows slide every 2 s, and at least one must close by event time.
+const Q5_MIN_DURATION: Duration = Duration::from_secs(3);
+
 /// The queries the latency harness runs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LatencyQuery {
+    /// Pass-through: the latency of every record, from its scheduled time to the sink.
     Q0,
+    /// Hot items (sliding 10 s windows every 2 s, per-record watermarks): the latency of every
+    /// result row, from its window's end on the schedule's clock to the sink.
+    Q5,
 }
 
 impl LatencyQuery {
     pub fn name(self) -> &'static str {
         match self {
             Self::Q0 => "q0",
+            Self::Q5 => "q5",
+        }
+    }
+
+    /// What one latency sample measures.
+    pub fn measures(self) -> &'static str {
+        match self {
+            Self::Q0 => "record: scheduled time to sink",
+            Self::Q5 => "window result: window end (scheduled clock) to sink",
         }
     }
 }
@@ -55,6 +81,13 @@ impl LatencySettings {
         if self.duration.is_zero() {
             return Err("--duration must be more than 0".into());
         }
+        if self.query == LatencyQuery::Q5 && self.duration < Q5_MIN_DURATION {
+            return Err(format!(
+                "--duration {:?} is too short for q5: its windows close every 2 s of event time, so it needs at \
+                 least {:?}",
+                self.duration, Q5_MIN_DURATION
+            ));
+        }
         let n = self.rate as u128 * self.duration.as_nanos() / 1_000_000_000;
         if n > MAX_RECORDS {
             return Err(format!(
@@ -66,6 +99,11 @@ impl LatencySettings {
             return Err(format!("--rate {} × --duration {:?} offers no record", self.rate, self.duration));
         }
         Ok(n as u64)
+    }
+
+    /// Record `i`'s scheduled time, in nanoseconds after `origin`.
+    fn offset_ns(&self, i: u64) -> u64 {
+        (i as u128 * 1_000_000_000 / self.rate as u128) as u64
     }
 }
 
@@ -80,27 +118,41 @@ fn new_histogram() -> Histogram<u64> {
 struct Measured {
     total: Histogram<u64>,
     intervals: Vec<Histogram<u64>>,
+    received: u64,
 }
 
-struct LatencySink {
+impl Measured {
+    fn new() -> Self {
+        Self { total: new_histogram(), intervals: Vec::new(), received: 0 }
+    }
+}
+
+/// When a sink record's latency is measured from, in nanoseconds on the run's clock; `None`
+/// for a record that has no such time (a q5 window closed by the end of the input, not by time).
+type StartOf<T> = Arc<dyn Fn(&T) -> Option<u64> + Send + Sync>;
+
+struct LatencySink<T> {
     base: Instant,
-    origin_ns: Arc<std::sync::atomic::AtomicU64>,
+    origin_ns: Arc<AtomicU64>,
     interval_ns: u64,
+    start_of: StartOf<T>,
     measured: Measured,
     out: Arc<Mutex<Vec<Measured>>>,
 }
 
-impl Sink<(u64, Event)> for LatencySink {
-    fn write_batch(&mut self, batch: &mut Vec<(u64, Event)>) -> Result<(), SinkError> {
+impl<T: corestream::Data> Sink<T> for LatencySink<T> {
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
         let now = self.base.elapsed().as_nanos() as u64;
-        let origin = self.origin_ns.load(std::sync::atomic::Ordering::Relaxed);
+        let origin = self.origin_ns.load(Ordering::Relaxed);
         let idx = (now.saturating_sub(origin) / self.interval_ns) as usize;
         let m = &mut self.measured;
         while m.intervals.len() <= idx {
             m.intervals.push(new_histogram());
         }
-        for (scheduled, _) in batch.drain(..) {
-            let latency = now.saturating_sub(scheduled).max(1);
+        m.received += batch.len() as u64;
+        for record in batch.drain(..) {
+            let Some(start) = (self.start_of)(&record) else { continue };
+            let latency = now.saturating_sub(start).max(1);
             // The histograms grow to the largest value (auto-resize); saturate beyond u64 range.
             for h in [&mut m.total, &mut m.intervals[idx]] {
                 if h.record(latency).is_err() {
@@ -112,7 +164,7 @@ impl Sink<(u64, Event)> for LatencySink {
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        let measured = std::mem::replace(&mut self.measured, Measured { total: new_histogram(), intervals: Vec::new() });
+        let measured = std::mem::replace(&mut self.measured, Measured::new());
         self.out.lock().unwrap_or_else(|e| e.into_inner()).push(measured);
         Ok(())
     }
@@ -121,7 +173,7 @@ impl Sink<(u64, Event)> for LatencySink {
 /// The figures of one run (latencies in nanoseconds).
 #[derive(Debug)]
 pub struct LatencyReport {
-    pub query: &'static str,
+    pub query: LatencyQuery,
     pub parallelism: u32,
     pub rate: u64,
     pub duration_s: f64,
@@ -149,14 +201,16 @@ impl LatencyReport {
     pub fn lines(&self) -> String {
         let mut s = format!(
             "latency {}: parallelism {}, target {} records/s for {:.3} s, offered {} ({:.1} records/s achieved), \
-             received {}\n",
-            self.query,
+             received {}\n  {} latency samples, each a {}\n",
+            self.query.name(),
             self.parallelism,
             self.rate,
             self.duration_s,
             self.offered,
             self.achieved_rate(),
-            self.received
+            self.received,
+            self.histogram.len(),
+            self.query.measures()
         );
         for (name, p) in PERCENTILES {
             s.push_str(&format!("  {:<7} {:>12.1} us\n", name.replace('_', "."), self.us(p)));
@@ -167,12 +221,13 @@ impl LatencyReport {
 
     pub fn json(&self) -> String {
         let mut fields = vec![
-            format!("\"query\": \"{}\"", self.query),
+            format!("\"query\": \"{}\"", self.query.name()),
             format!("\"parallelism\": {}", self.parallelism),
             format!("\"rate\": {}", self.rate),
             format!("\"duration_s\": {:.6}", self.duration_s),
             format!("\"offered\": {}", self.offered),
             format!("\"received\": {}", self.received),
+            format!("\"samples\": {}", self.histogram.len()),
             format!("\"achieved_rate\": {:.1}", self.achieved_rate()),
         ];
         for (name, p) in PERCENTILES {
@@ -188,7 +243,7 @@ impl LatencyReport {
         let mut buf = Vec::new();
         let mut serializer = V2Serializer::new();
         let mut writer = IntervalLogWriterBuilder::new()
-            .add_comment(&format!("corestream bench latency {} at {} records/s", self.query, self.rate))
+            .add_comment(&format!("corestream bench latency {} at {} records/s", self.query.name(), self.rate))
             .add_comment("values are latencies in nanoseconds")
             .with_base_time(std::time::SystemTime::now())
             .begin_log_with(&mut buf, &mut serializer)?;
@@ -223,7 +278,7 @@ impl LatencyReport {
              {} latency at {} records/s (parallelism {})</text>\n\
              <rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"black\"/>\n",
             w / 2.0,
-            self.query,
+            self.query.name(),
             self.rate,
             self.parallelism
         );
@@ -264,7 +319,36 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("cannot write '{}'", path.display()))
 }
 
+/// Adds the latency sink to `stream`.
+fn add_latency_sink<T: corestream::Data>(
+    stream: DataStream<T>,
+    base: Instant,
+    origin_ns: &Arc<AtomicU64>,
+    interval: Duration,
+    start_of: StartOf<T>,
+    out: &Arc<Mutex<Vec<Measured>>>,
+) {
+    let (out, origin_ns) = (out.clone(), origin_ns.clone());
+    let interval_ns = interval.as_nanos() as u64;
+    stream.add_sink("Sink: latency", move |_ctx| {
+        Ok(LatencySink {
+            base,
+            origin_ns: origin_ns.clone(),
+            interval_ns,
+            start_of: start_of.clone(),
+            measured: Measured::new(),
+            out: out.clone(),
+        })
+    });
+}
+
 /// Runs one measurement; the settings must have been checked with [`LatencySettings::records`].
+///
+/// The feeder thread offers record `i` at `origin + i / rate`: it waits (sleeping when the
+/// next record is more than 200 µs away, spinning otherwise) and then sends every record whose
+/// time has come, up to [`MAX_BATCH`] at once, so a feeder that fell behind catches up instead
+/// of falling further behind. Each record carries its scheduled time, and q5's events are
+/// stamped with it (in ms) as their event time.
 pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<LatencyReport> {
     let total = settings.records().map_err(|e| anyhow::anyhow!(e))?;
     let cluster = common.cluster()?;
@@ -274,52 +358,73 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
     // About 100 intervals in the log, none shorter than a second.
     let interval = (settings.duration / 100).max(Duration::from_secs(1));
     let base = Instant::now();
-    let origin_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let origin_ns = Arc::new(AtomicU64::new(0));
+    // The event time (ms) of the last record: windows ending after it close only at the end of
+    // the input, not by time, and are not measured.
+    let last_event_ms = Arc::new(AtomicI64::new(i64::MIN));
     let out: Arc<Mutex<Vec<Measured>>> = Arc::new(Mutex::new(Vec::new()));
     let (sender, events) = env.from_channel::<(u64, Event)>(CHANNEL_CAPACITY);
-    let stream = match settings.query {
-        LatencyQuery::Q0 => events.map(|r| r).name("q0: pass-through"),
-    };
-    {
-        let (out, origin_ns) = (out.clone(), origin_ns.clone());
-        let interval_ns = interval.as_nanos() as u64;
-        stream.add_sink("Sink: latency", move |_ctx| {
-            Ok(LatencySink {
-                base,
-                origin_ns: origin_ns.clone(),
-                interval_ns,
-                measured: Measured { total: new_histogram(), intervals: Vec::new() },
-                out: out.clone(),
-            })
-        });
+    match settings.query {
+        LatencyQuery::Q0 => {
+            let stream = events.map(|r| r).name("q0: pass-through");
+            add_latency_sink(stream, base, &origin_ns, interval, Arc::new(|r: &(u64, Event)| Some(r.0)), &out);
+        }
+        LatencyQuery::Q5 => {
+            let events = events
+                .map(|(_, e)| e)
+                .set_parallelism(1)
+                .name("Events")
+                .assign_timestamps_and_watermarks(
+                    WatermarkStrategy::for_monotonous_timestamps()
+                        .with_timestamp_assigner(|e: &Event| e.date_time())
+                        .with_per_record_emission(),
+                );
+            let last = last_event_ms.clone();
+            let start_of = move |r: &Q5Out| {
+                let end_ms = r.1;
+                (end_ms <= last.load(Ordering::Relaxed)).then(|| end_ms as u64 * 1_000_000)
+            };
+            add_latency_sink(queries::q5_stream(events), base, &origin_ns, interval, Arc::new(start_of), &out);
+        }
     }
     let handle = env.execute_async(&format!("latency {}", settings.query.name()))?;
 
-    let (rate, seed) = (settings.rate, settings.seed);
-    let origin_for_feeder = origin_ns.clone();
+    let (origin_for_feeder, settings_for_feeder) = (origin_ns.clone(), settings.clone());
     let feeder = std::thread::Builder::new().name("cs-latency-feeder".into()).spawn(move || {
-        let generator = NexmarkGenerator::new(GeneratorConfig::default(), seed);
+        let settings = settings_for_feeder;
+        let generator = NexmarkGenerator::new(GeneratorConfig::default(), settings.seed);
         let origin = base.elapsed().as_nanos() as u64;
-        origin_for_feeder.store(origin, std::sync::atomic::Ordering::Relaxed);
+        origin_for_feeder.store(origin, Ordering::Relaxed);
+        last_event_ms.store(((origin + settings.offset_ns(total - 1)) / 1_000_000) as i64, Ordering::Relaxed);
+        let mut batch: Vec<(u64, Event)> = Vec::with_capacity(MAX_BATCH as usize);
+        let mut next = 0u64;
         let mut offered = 0u64;
-        for i in 0..total {
-            let scheduled = origin + (i as u128 * 1_000_000_000 / rate as u128) as u64;
-            loop {
-                let now = base.elapsed().as_nanos() as u64;
-                if now >= scheduled {
-                    break;
-                }
+        'feed: while next < total {
+            let scheduled = origin + settings.offset_ns(next);
+            let mut now = base.elapsed().as_nanos() as u64;
+            while now < scheduled {
                 let wait = scheduled - now;
                 if wait > 200_000 {
                     std::thread::sleep(Duration::from_nanos(wait - 100_000));
                 } else {
                     std::hint::spin_loop();
                 }
+                now = base.elapsed().as_nanos() as u64;
             }
-            if sender.send((scheduled, generator.event(i))).is_err() {
-                break; // the job is no longer reading
+            while next < total && batch.len() < MAX_BATCH as usize {
+                let scheduled = origin + settings.offset_ns(next);
+                if scheduled > now {
+                    break;
+                }
+                let mut event = generator.event(next);
+                event.set_date_time((scheduled / 1_000_000) as i64);
+                batch.push((scheduled, event));
+                next += 1;
             }
-            offered += 1;
+            match sender.send_all(batch.drain(..)) {
+                Ok(n) => offered += n as u64,
+                Err(_) => break 'feed, // the job is no longer reading
+            }
         }
         let end = base.elapsed().as_nanos() as u64;
         drop(sender);
@@ -331,7 +436,9 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
 
     let mut histogram = new_histogram();
     let mut intervals: Vec<Histogram<u64>> = Vec::new();
+    let mut received = 0;
     for m in out.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        received += m.received;
         histogram.add(&m.total).context("cannot merge histograms")?;
         for (i, h) in m.intervals.iter().enumerate() {
             if intervals.len() <= i {
@@ -340,12 +447,15 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
             intervals[i].add(h).context("cannot merge histograms")?;
         }
     }
-    let received = histogram.len();
-    if received != offered {
-        anyhow::bail!("the sink received {received} records, {offered} were offered");
+    match settings.query {
+        LatencyQuery::Q0 if received != offered => {
+            anyhow::bail!("the sink received {received} records, {offered} were offered")
+        }
+        _ if histogram.is_empty() => anyhow::bail!("the sink measured no latency ({received} records received)"),
+        _ => {}
     }
     Ok(LatencyReport {
-        query: settings.query.name(),
+        query: settings.query,
         parallelism: p,
         rate: settings.rate,
         duration_s: settings.duration.as_secs_f64(),

@@ -65,6 +65,16 @@ impl Event {
             Event::Bid(b) => b.date_time,
         }
     }
+
+    /// Replaces the event's timestamp (the latency harness stamps events with their scheduled
+    /// time).
+    pub fn set_date_time(&mut self, ms: i64) {
+        match self {
+            Event::Person(p) => p.date_time = ms,
+            Event::Auction(a) => a.date_time = ms,
+            Event::Bid(b) => b.date_time = ms,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -287,6 +287,31 @@ impl<T> SourceSender<T> {
         Ok(())
     }
 
+    /// Sends the records in order and wakes the source once for all of them rather than once
+    /// per record (it is woken early whenever the channel fills, so a full channel never waits
+    /// on a source that was not told). Blocks while the channel is full; fails, handing back
+    /// the record that could not be sent, when the job is no longer reading. Returns the number
+    /// sent.
+    pub fn send_all<I: IntoIterator<Item = T>>(&self, records: I) -> Result<usize, SendError<T>> {
+        let tx = self.tx.as_ref().expect("sender present until drop");
+        let mut sent = 0;
+        for record in records {
+            match tx.try_send(record) {
+                Ok(()) => {}
+                Err(TrySendError::Full(record)) => {
+                    self.ring();
+                    tx.send(record)?;
+                }
+                Err(TrySendError::Disconnected(record)) => return Err(SendError(record)),
+            }
+            sent += 1;
+        }
+        if sent > 0 {
+            self.ring();
+        }
+        Ok(sent)
+    }
+
     /// Sends a record if there is room now; hands it back otherwise.
     pub fn try_send(&self, record: T) -> Result<(), TrySendError<T>> {
         let tx = self.tx.as_ref().expect("sender present until drop");

@@ -326,6 +326,7 @@ impl LocalCluster {
                 cpu: self.inner.slot_cpus[slot as usize],
                 io_memory_bytes: self.inner.config.io_memory_bytes,
                 preempt_timer: self.inner.config.preempt_timer,
+                spin_before_park: self.inner.config.spin_before_park,
             };
             match slot::spawn(settings, tasks, shared.clone()) {
                 Ok(t) => threads.push(t),

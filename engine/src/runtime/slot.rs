@@ -47,6 +47,7 @@ pub(crate) struct SlotSettings {
     pub cpu: Option<usize>,
     pub io_memory_bytes: usize,
     pub preempt_timer: Duration,
+    pub spin_before_park: Option<Duration>,
 }
 
 fn build_task(build: &mut TaskBuild, job: &Arc<JobShared>) -> Result<TaskBody, TaskError> {
@@ -177,11 +178,14 @@ pub(crate) fn spawn(
             Some(cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
         };
-        let executor = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("cs-slot-{}", settings.slot))
             .io_memory(settings.io_memory_bytes)
-            .preempt_timer(settings.preempt_timer)
-            .make();
+            .preempt_timer(settings.preempt_timer);
+        if let Some(spin) = settings.spin_before_park {
+            builder = builder.spin_before_park(spin);
+        }
+        let executor = builder.make();
         let executor = match executor {
             Ok(ex) => ex,
             Err(e) => {
