@@ -1,10 +1,12 @@
-//! `corestream`: run example jobs and benchmarks on an embedded local cluster, and print job
-//! plans. Invalid arguments exit with status 2 (clap), failed jobs with status 1.
+//! `corestream`: run example jobs and benchmarks on an embedded local cluster, profile them
+//! into flame graphs, and print job plans. Invalid arguments exit with status 2 (clap), failed
+//! jobs with status 1.
 
 mod args;
 mod bench;
 mod demo;
 mod latency;
+mod profile;
 mod progress;
 mod run;
 mod window_agg;
@@ -40,6 +42,20 @@ enum Command {
     /// The main job: word count over a generated corpus, a keyed sum and both benchmarks at 1
     /// and 2 slots, each checked against a reference, with figures.
     Demo(demo::DemoArgs),
+    /// Run a `run`, `bench` or `demo` command line (after `--`) while sampling its threads;
+    /// writes a flame graph (SVG) and folded stacks per slot thread and for all threads.
+    Profile(profile::ProfileArgs),
+}
+
+/// Runs one command; `profile` calls it again for the command line it profiles.
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(cmd) => run::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Plan { example, common } => run::plan(&example, &common),
+        Command::Demo(args) => demo::run(args),
+        Command::Profile(args) => profile::run(args),
+    }
 }
 
 fn main() -> ExitCode {
@@ -53,13 +69,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let outcome = match cli.command {
-        Command::Run(cmd) => run::run(cmd),
-        Command::Bench(cmd) => bench::run(cmd),
-        Command::Plan { example, common } => run::plan(&example, &common),
-        Command::Demo(args) => demo::run(args),
-    };
-    match outcome {
+    match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
