@@ -92,6 +92,10 @@ pub enum BenchCommand {
         /// Write a percentile-distribution plot (SVG) to this file.
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
+        /// First offer the same schedule to a plain thread through a channel, with no engine,
+        /// and report its percentiles beside the job's: what the machine itself adds.
+        #[arg(long)]
+        baseline: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -327,8 +331,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Nexmark { query, events, seed, json, common } => {
             return run_nexmark(query, events, seed, json.as_deref(), &common);
         }
-        BenchCommand::Latency { query, rate, duration, seed, json, hdr_log, plot, common } => {
-            let settings = LatencySettings { query, rate, duration, seed };
+        BenchCommand::Latency { query, rate, duration, seed, json, hdr_log, plot, baseline, common } => {
+            let settings = LatencySettings { query, rate, duration, seed, baseline };
             return crate::latency::run(&settings, json.as_deref(), hdr_log.as_deref(), plot.as_deref(), &common);
         }
         BenchCommand::Passthrough { events, common } => {

@@ -70,6 +70,8 @@ pub struct LatencySettings {
     pub rate: u64,
     pub duration: Duration,
     pub seed: u64,
+    /// Run the schedule through the harness alone first ([`measure_baseline`]).
+    pub baseline: bool,
 }
 
 impl LatencySettings {
@@ -114,6 +116,14 @@ fn new_histogram() -> Histogram<u64> {
     h
 }
 
+/// Records `value`, growing the histogram as needed (`saturating_record` alone clamps to the
+/// current range instead of growing it).
+fn record_value(h: &mut Histogram<u64>, value: u64) {
+    if h.record(value).is_err() {
+        h.saturating_record(value);
+    }
+}
+
 /// One sink subtask's measurements: the whole run and one histogram per interval of arrival.
 struct Measured {
     total: Histogram<u64>,
@@ -153,12 +163,8 @@ impl<T: corestream::Data> Sink<T> for LatencySink<T> {
         for record in batch.drain(..) {
             let Some(start) = (self.start_of)(&record) else { continue };
             let latency = now.saturating_sub(start).max(1);
-            // The histograms grow to the largest value (auto-resize); saturate beyond u64 range.
-            for h in [&mut m.total, &mut m.intervals[idx]] {
-                if h.record(latency).is_err() {
-                    h.saturating_record(latency);
-                }
-            }
+            record_value(&mut m.total, latency);
+            record_value(&mut m.intervals[idx], latency);
         }
         Ok(())
     }
@@ -180,6 +186,11 @@ pub struct LatencyReport {
     pub offered: u64,
     pub received: u64,
     pub offer_time_s: f64,
+    /// How far behind its schedule the feeder was when it handed each record over (ns): the
+    /// harness's own share of the latencies, which should be small next to them.
+    pub offer_lag: Histogram<u64>,
+    /// The same schedule through the harness alone ([`measure_baseline`]), when asked for.
+    pub baseline: Option<Histogram<u64>>,
     pub histogram: Histogram<u64>,
     pub intervals: Vec<Histogram<u64>>,
     pub interval: Duration,
@@ -215,7 +226,19 @@ impl LatencyReport {
         for (name, p) in PERCENTILES {
             s.push_str(&format!("  {:<7} {:>12.1} us\n", name.replace('_', "."), self.us(p)));
         }
-        s.push_str(&format!("  {:<7} {:>12.1} us", "max", self.histogram.max() as f64 / 1e3));
+        s.push_str(&format!("  {:<7} {:>12.1} us\n", "max", self.histogram.max() as f64 / 1e3));
+        s.push_str(&format!(
+            "  feeder behind schedule when offering: p99 {:.1} us, max {:.1} us",
+            self.offer_lag.value_at_percentile(99.0) as f64 / 1e3,
+            self.offer_lag.max() as f64 / 1e3
+        ));
+        if let Some(b) = &self.baseline {
+            s.push_str("\n  baseline, the same schedule with no engine (feeder → channel → thread):");
+            for (name, p) in PERCENTILES {
+                s.push_str(&format!(" {} {:.1} us,", name.replace('_', "."), b.value_at_percentile(p) as f64 / 1e3));
+            }
+            s.push_str(&format!(" max {:.1} us", b.max() as f64 / 1e3));
+        }
         s
     }
 
@@ -235,6 +258,14 @@ impl LatencyReport {
         }
         fields.push(format!("\"max_us\": {:.3}", self.histogram.max() as f64 / 1e3));
         fields.push(format!("\"mean_us\": {:.3}", self.histogram.mean() / 1e3));
+        fields.push(format!("\"offer_lag_p99_us\": {:.3}", self.offer_lag.value_at_percentile(99.0) as f64 / 1e3));
+        fields.push(format!("\"offer_lag_max_us\": {:.3}", self.offer_lag.max() as f64 / 1e3));
+        if let Some(b) = &self.baseline {
+            for (name, p) in PERCENTILES {
+                fields.push(format!("\"baseline_{name}_us\": {:.3}", b.value_at_percentile(p) as f64 / 1e3));
+            }
+            fields.push(format!("\"baseline_max_us\": {:.3}", b.max() as f64 / 1e3));
+        }
         format!("{{{}}}\n", fields.join(", "))
     }
 
@@ -342,6 +373,92 @@ fn add_latency_sink<T: corestream::Data>(
     });
 }
 
+/// What the feeder did.
+struct Fed {
+    offered: u64,
+    offer_time: Duration,
+    lag: Histogram<u64>,
+}
+
+/// Offers the schedule's `total` records through `send` (which drains the batch, or returns
+/// false when nobody reads any more): record `i` at `origin + i / rate`. It waits — sleeping
+/// when the next record is more than 200 µs away, yielding its core otherwise — and then hands
+/// over every record whose time has come, up to [`MAX_BATCH`] at once, so a feeder that fell
+/// behind catches up instead of falling further behind. Each record carries its scheduled
+/// time; events are stamped with it (in ms) as their event time.
+fn feed(
+    settings: &LatencySettings,
+    total: u64,
+    base: Instant,
+    origin_ns: &AtomicU64,
+    last_event_ms: &AtomicI64,
+    mut send: impl FnMut(&mut Vec<(u64, Event)>) -> bool,
+) -> Fed {
+    let generator = NexmarkGenerator::new(GeneratorConfig::default(), settings.seed);
+    let origin = base.elapsed().as_nanos() as u64;
+    origin_ns.store(origin, Ordering::Relaxed);
+    last_event_ms.store(((origin + settings.offset_ns(total - 1)) / 1_000_000) as i64, Ordering::Relaxed);
+    let mut batch: Vec<(u64, Event)> = Vec::with_capacity(MAX_BATCH as usize);
+    let (mut next, mut offered, mut lag) = (0u64, 0u64, new_histogram());
+    while next < total {
+        let scheduled = origin + settings.offset_ns(next);
+        let mut now = base.elapsed().as_nanos() as u64;
+        while now < scheduled {
+            let wait = scheduled - now;
+            if wait > 200_000 {
+                std::thread::sleep(Duration::from_nanos(wait - 100_000));
+            } else {
+                std::thread::yield_now();
+            }
+            now = base.elapsed().as_nanos() as u64;
+        }
+        while next < total && batch.len() < MAX_BATCH as usize {
+            let scheduled = origin + settings.offset_ns(next);
+            if scheduled > now {
+                break;
+            }
+            record_value(&mut lag, now - scheduled);
+            let mut event = generator.event(next);
+            event.set_date_time((scheduled / 1_000_000) as i64);
+            batch.push((scheduled, event));
+            next += 1;
+        }
+        let n = batch.len() as u64;
+        if !send(&mut batch) {
+            break;
+        }
+        offered += n;
+    }
+    let end = base.elapsed().as_nanos() as u64;
+    Fed { offered, offer_time: Duration::from_nanos(end - origin), lag }
+}
+
+/// The harness alone, for comparison: the same feeder and schedule into a bounded channel read
+/// by a plain thread that records each record's latency, with no engine in between. Its
+/// percentiles are what the machine itself (thread wake-ups, scheduling, the hypervisor) adds.
+pub fn measure_baseline(settings: &LatencySettings) -> anyhow::Result<Histogram<u64>> {
+    let total = settings.records().map_err(|e| anyhow::anyhow!(e))?;
+    let base = Instant::now();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Event)>(CHANNEL_CAPACITY);
+    let reader = std::thread::Builder::new().name("cs-latency-baseline".into()).spawn(move || {
+        let mut h = new_histogram();
+        while let Ok((scheduled, event)) = rx.recv() {
+            let now = base.elapsed().as_nanos() as u64;
+            record_value(&mut h, now.saturating_sub(scheduled).max(1));
+            drop(event);
+        }
+        h
+    })?;
+    let (origin, last) = (AtomicU64::new(0), AtomicI64::new(0));
+    let fed = feed(settings, total, base, &origin, &last, |batch| batch.drain(..).all(|r| tx.send(r).is_ok()));
+    drop(tx);
+    let h = reader.join().map_err(|_| anyhow::anyhow!("the baseline reader panicked"))?;
+    if h.len() != fed.offered {
+        anyhow::bail!("the baseline reader received {} records, {} were offered", h.len(), fed.offered);
+    }
+    Ok(h)
+}
+
 /// Runs one measurement; the settings must have been checked with [`LatencySettings::records`].
 ///
 /// The feeder thread offers record `i` at `origin + i / rate`: it waits (sleeping when the
@@ -391,47 +508,14 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
 
     let (origin_for_feeder, settings_for_feeder) = (origin_ns.clone(), settings.clone());
     let feeder = std::thread::Builder::new().name("cs-latency-feeder".into()).spawn(move || {
-        let settings = settings_for_feeder;
-        let generator = NexmarkGenerator::new(GeneratorConfig::default(), settings.seed);
-        let origin = base.elapsed().as_nanos() as u64;
-        origin_for_feeder.store(origin, Ordering::Relaxed);
-        last_event_ms.store(((origin + settings.offset_ns(total - 1)) / 1_000_000) as i64, Ordering::Relaxed);
-        let mut batch: Vec<(u64, Event)> = Vec::with_capacity(MAX_BATCH as usize);
-        let mut next = 0u64;
-        let mut offered = 0u64;
-        'feed: while next < total {
-            let scheduled = origin + settings.offset_ns(next);
-            let mut now = base.elapsed().as_nanos() as u64;
-            while now < scheduled {
-                let wait = scheduled - now;
-                if wait > 200_000 {
-                    std::thread::sleep(Duration::from_nanos(wait - 100_000));
-                } else {
-                    std::hint::spin_loop();
-                }
-                now = base.elapsed().as_nanos() as u64;
-            }
-            while next < total && batch.len() < MAX_BATCH as usize {
-                let scheduled = origin + settings.offset_ns(next);
-                if scheduled > now {
-                    break;
-                }
-                let mut event = generator.event(next);
-                event.set_date_time((scheduled / 1_000_000) as i64);
-                batch.push((scheduled, event));
-                next += 1;
-            }
-            match sender.send_all(batch.drain(..)) {
-                Ok(n) => offered += n as u64,
-                Err(_) => break 'feed, // the job is no longer reading
-            }
-        }
-        let end = base.elapsed().as_nanos() as u64;
+        let fed = feed(&settings_for_feeder, total, base, &origin_for_feeder, &last_event_ms, |batch| {
+            sender.send_all(batch.drain(..)).is_ok()
+        });
         drop(sender);
-        (offered, Duration::from_nanos(end - origin))
+        fed
     })?;
     let joined = handle.join();
-    let (offered, offer_time) = feeder.join().map_err(|_| anyhow::anyhow!("the feeder thread panicked"))?;
+    let Fed { offered, offer_time, lag: offer_lag } = feeder.join().map_err(|_| anyhow::anyhow!("the feeder thread panicked"))?;
     joined?;
 
     let mut histogram = new_histogram();
@@ -462,6 +546,8 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
         offered,
         received,
         offer_time_s: offer_time.as_secs_f64(),
+        offer_lag,
+        baseline: None,
         histogram,
         intervals,
         interval,
@@ -480,7 +566,9 @@ pub fn run(
     if let Err(e) = settings.records() {
         clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit();
     }
-    let report = measure(settings, common)?;
+    let baseline = if settings.baseline { Some(measure_baseline(settings)?) } else { None };
+    let mut report = measure(settings, common)?;
+    report.baseline = baseline;
     println!("{}", report.lines());
     if let Some(path) = json {
         write_file(path, report.json().as_bytes())?;

@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 
 const HANG_LIMIT: Duration = Duration::from_secs(120);
 
-const NUMERIC_KEYS: [&str; 14] = [
+const NUMERIC_KEYS: [&str; 16] = [
     "parallelism",
     "rate",
     "duration_s",
@@ -31,6 +31,8 @@ const NUMERIC_KEYS: [&str; 14] = [
     "p99_99_us",
     "max_us",
     "mean_us",
+    "offer_lag_p99_us",
+    "offer_lag_max_us",
 ];
 
 fn corestream(args: &[&str]) -> Output {
@@ -58,6 +60,7 @@ fn one_second_at_20k_writes_json_hdr_log_and_svg() {
         hlog.to_str().unwrap(),
         "--plot",
         svg.to_str().unwrap(),
+        "--baseline",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -77,6 +80,11 @@ fn one_second_at_20k_writes_json_hdr_log_and_svg() {
     assert!(num("p99_us") <= num("p99_9_us") && num("p99_9_us") <= num("p99_99_us"));
     assert!(num("p99_99_us") <= num("max_us"));
     assert!(num("achieved_rate") > 1_000.0);
+    // The harness alone, run first with the same schedule.
+    assert!(stdout.contains("baseline"), "{stdout}");
+    assert!(num("baseline_p50_us") > 0.0 && num("baseline_p50_us") <= num("baseline_p99_us"));
+    assert!(num("baseline_p99_us") <= num("baseline_max_us"));
+    assert!(num("offer_lag_p99_us") <= num("offer_lag_max_us"));
 
     // HdrHistogram interval log: every interval decodes; the counts add up to the records.
     let log = std::fs::read(&hlog).unwrap();
