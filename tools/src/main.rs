@@ -13,6 +13,12 @@ mod window_agg;
 
 use std::process::ExitCode;
 
+/// Records often own heap memory (strings) allocated on one thread and freed on another (a
+/// host feeding a channel source, exchanges between slots); mimalloc frees those without the
+/// cross-arena locking of glibc's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 use crate::args::Common;
