@@ -30,3 +30,35 @@ pub enum NetError {
     #[error("network buffer pool exhausted ({capacity} buffers in use)")]
     PoolExhausted { capacity: u32 },
 }
+
+/// Why a record buffer received from another process was refused by
+/// [`validate_buffer`](crate::record::validate_buffer). Offsets are byte offsets from the start
+/// of the buffer; `record` is the index of the record (0-based) in the buffer.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum BufferError {
+    /// The buffer is shorter than its 8-byte count word.
+    #[error("record buffer of {len} bytes is shorter than its 8-byte header")]
+    TooShort { len: usize },
+    /// The buffer declares no records; empty buffers are never sent.
+    #[error("record buffer declares 0 records")]
+    Empty,
+    /// The buffer does not start on a 16-byte boundary, so its archives cannot be read in place.
+    #[error("record buffer starts at an address {address_mod_16} bytes past a 16-byte boundary")]
+    Misaligned { address_mod_16: usize },
+    /// A reserved header word is not zero.
+    #[error("reserved header word at offset {offset} is not zero")]
+    ReservedNotZero { offset: usize },
+    /// A record header, or the archive it announces, ends past the end of the buffer.
+    #[error("record {record} ends at offset {end}, past the end of the {len}-byte buffer")]
+    RecordPastEnd { record: u32, end: usize, len: usize },
+    /// Bytes follow the last record that are too few to hold another record header.
+    #[error("{trailing} stray bytes after the last record at offset {offset}")]
+    TrailingBytes { offset: usize, trailing: usize },
+    /// The count word disagrees with the records found in the buffer.
+    #[error("record buffer declares {declared} records but holds {found}")]
+    CountMismatch { declared: u32, found: u32 },
+    /// An archive failed rkyv validation (pointer out of bounds, invalid UTF-8, enum tag,
+    /// `bool` value, ...): the peer wrote another type, another layout, or garbage.
+    #[error("record {record} at offset {offset} is not a valid archive of {type_name}")]
+    InvalidArchive { record: u32, offset: usize, type_name: &'static str },
+}
