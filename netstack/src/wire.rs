@@ -70,8 +70,8 @@
 //! its offset 0. Pool buffers start on a 4 KiB boundary, so every archive is 16-byte aligned in
 //! memory and rkyv (`aligned`, `little_endian`, `pointer_width_32`) reads it in place with no
 //! fix-up. Offsets in the byte stream therefore never matter, and the stream has no alignment
-//! rule. The codec does not look inside the payload: the receiver validates every archive
-//! before the buffer reaches a task.
+//! rule. The codec does not look inside the payload: the receiver checks it with
+//! [`crate::record::validate_buffer`] (layout and every archive) before it reaches a task.
 //!
 //! # Versioning
 //!
@@ -92,7 +92,9 @@ use std::io::IoSlice;
 use thiserror::Error;
 
 use crate::buffer::BUFFER_SIZE;
+use crate::error::BufferError;
 use crate::event::{BarrierKind, Event, WatermarkStatus};
+use crate::record::{deserialize, validate_buffer, Data, RecordIter};
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"CSNF";
@@ -673,7 +675,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Message<'_>, usize), FrameError> {
 /// a bug of the codec (or of the checks here, which hold for every accepted frame):
 /// - every accepted frame encodes back to exactly the bytes it was decoded from;
 /// - every BUFFER payload is copied to offset 0 of a pooled buffer, as a receiver does, and
-///   every pooled buffer is back in the pool at the end.
+///   checked with [`validate_buffer`] as each of several record types; whatever validates is
+///   iterated in place and deserialized, so a hole in validation becomes a crash here (or an
+///   ASan report under libFuzzer) rather than undefined behaviour in a task;
+/// - every pooled buffer is back in the pool at the end.
 ///
 /// Returns the number of frames decoded, or the error of the first refused frame.
 #[doc(hidden)]
@@ -702,12 +707,47 @@ fn fuzz_frames(pool: &crate::pool::BufferPool, mut data: &[u8]) -> Result<usize,
             buf.set_len(payload.len());
             let received = buf.freeze();
             assert_eq!(received.as_slice(), payload);
-            assert_eq!(received.as_slice().as_ptr() as usize % 16, 0, "received payload is not 16-byte aligned");
+            read_as_every_type(received.as_slice());
         }
         frames += 1;
         data = &data[consumed..];
     }
     Ok(frames)
+}
+
+/// A record type with an enum tag, a `bool`, an `Option` and out-of-line data, so that fuzzed
+/// payloads reach every kind of check rkyv's validator makes.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+enum FuzzRecord {
+    A(u64),
+    B(String),
+    C(Vec<u32>),
+    D { x: Option<i64>, y: bool },
+}
+
+fn read_as_every_type(payload: &[u8]) {
+    let _ = read_validated::<(u64, u64)>(payload);
+    let _ = read_validated::<String>(payload);
+    let _ = read_validated::<(String, u64)>(payload);
+    let _ = read_validated::<Vec<u8>>(payload);
+    let _ = read_validated::<FuzzRecord>(payload);
+}
+
+/// Validates `payload` as a buffer of `T`s and, if it passes, reads every record in place and
+/// deserializes it; returns the record count.
+fn read_validated<T: Data>(payload: &[u8]) -> Result<u32, BufferError> {
+    let count = validate_buffer::<T>(payload)?;
+    // SAFETY: `validate_buffer::<T>` accepted these bytes (layout walk and rkyv validation of
+    // every archive), which is the contract of `RecordIter::new` for bytes from elsewhere; they
+    // start at offset 0 of a pool buffer, so they are 16-byte aligned.
+    let records = unsafe { RecordIter::<T>::new(payload) };
+    let mut read = 0u32;
+    for archived in records {
+        std::hint::black_box(deserialize::<T>(archived));
+        read += 1;
+    }
+    assert_eq!(read, count, "validate_buffer counted {count} records of {} but {read} were read", std::any::type_name::<T>());
+    Ok(count)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The frame decoder under hostile input, in the ordinary test suite: the committed libFuzzer
 //! corpus (`netstack/fuzz/corpus/frame_decoder`) replays through `wire::fuzz_one` without a
 //! panic and still matches the seeds the encoders build today; hand-written malformed frames
-//! each give their specific `FrameError`; and a seeded mutation loop runs for a bounded time
+//! each give their specific `FrameError`, and payloads with invalid archives are refused by
+//! `validate_buffer`; and a seeded mutation loop runs for a bounded time
 //! (`CORESTREAM_FUZZ_SECS`, default 3; seed `CORESTREAM_FUZZ_SEED`), failing with the hex dump
 //! of the first input that panics. `scripts/fuzz.sh` runs real libFuzzer on the same entry point.
 //!
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use corestream_netstack::record::Written;
+use corestream_netstack::error::BufferError;
+use corestream_netstack::record::{validate_buffer, Written};
 use corestream_netstack::wire::{fuzz_one, CONNECTION_CHANNEL, HEADER_BYTES};
 use corestream_netstack::{
     decode_frame, BarrierKind, BufferPool, Data, ErrorCode, Event, FrameError, FrameHeader, FrameKind, Hello, Message,
@@ -349,6 +351,32 @@ fn malformed_frames_give_their_errors() {
     let mut stream = encode(&[Message::Heartbeat, Message::Close]);
     stream[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(b"junk");
     assert_eq!(fuzz_one(&stream), Err(FrameError::BadMagic { found: *b"junk" }), "the second frame is checked too");
+}
+
+/// Payloads the codec passes through (it never looks inside a buffer) but the receiver's
+/// validation refuses, naming the record.
+#[test]
+fn invalid_archives_are_refused_by_validation() {
+    let pool = BufferPool::new(1);
+    let seeds = seeds();
+    for (name, want_record) in [("buffer_string_invalid_utf8", 4), ("buffer_string_pointer_past_end", 4)] {
+        let seed = seeds.iter().find(|s| s.name == name).unwrap();
+        let Ok((Message::Buffer { payload, .. }, _)) = decode_frame(&seed.bytes) else {
+            panic!("{name} decodes as a BUFFER frame")
+        };
+        let mut buf = pool.take().unwrap();
+        buf.whole_mut()[..payload.len()].copy_from_slice(payload);
+        buf.set_len(payload.len());
+        match validate_buffer::<String>(buf.as_slice()) {
+            Err(BufferError::InvalidArchive { record, type_name, .. }) => {
+                assert_eq!(record, want_record, "{name}");
+                assert!(type_name.contains("String"), "{name}: {type_name}");
+            }
+            other => panic!("{name}: expected InvalidArchive for record {want_record}, got {other:?}"),
+        }
+        assert_eq!(fuzz_one(&seed.bytes), Ok(1), "{name}: the frame itself is well formed");
+    }
+    assert_eq!(pool.in_use(), 0);
 }
 
 /// xorshift64*: a reproducible stream from one seed.
