@@ -1,5 +1,6 @@
 //! Criterion microbenchmarks of the per-record and per-buffer paths: buffer pool take/return,
-//! rkyv record write and in-place read, and key → key group hashing.
+//! rkyv record write and in-place read, validation of a received buffer, and key → key group
+//! hashing.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use corestream_netstack::record::{deserialize, Written};
@@ -118,5 +119,70 @@ fn channel_hop(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pool, records, key_groups, channel_hop);
+/// Validation of one full 32 KB buffer as received from another process (`validate_buffer`),
+/// for fixed-size pairs and for a record holding an out-of-line string; next to it, the same
+/// archives checked with rkyv's low- and high-level validators alone (without the header walk),
+/// which is the measurement behind choosing the low-level one.
+fn validation(c: &mut Criterion) {
+    use corestream_netstack::record::validate_buffer;
+    use corestream_netstack::rkyv::{self, rancor, Archive};
+    use std::ops::Range;
+
+    fn full_buffer<T: corestream_netstack::Data>(pool: &BufferPool, record: impl Fn(u64) -> T) -> corestream_netstack::Buffer {
+        let mut writer = RecordWriter::new();
+        let mut buf = pool.take().unwrap();
+        let mut i = 0;
+        while writer.write(&mut buf, &record(i)).unwrap() == Written::Done {
+            i += 1;
+        }
+        buf.freeze()
+    }
+    fn archives(bytes: &[u8]) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        let mut offset = 8;
+        while offset < bytes.len() {
+            let header = (offset + 8).next_multiple_of(16) - 8;
+            let len = u32::from_le_bytes(bytes[header..header + 4].try_into().unwrap()) as usize;
+            out.push(header + 8..header + 8 + len);
+            offset = header + 8 + len;
+        }
+        out
+    }
+    fn bench_type<T>(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, bytes: &[u8])
+    where
+        T: corestream_netstack::Data,
+        T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+    {
+        let count = validate_buffer::<T>(bytes).expect("valid buffer");
+        let ranges = archives(bytes);
+        g.throughput(Throughput::Elements(u64::from(count)));
+        g.bench_function(format!("validate_buffer 32 KB of {name} ({count} records)"), |b| {
+            b.iter(|| validate_buffer::<T>(black_box(bytes)).unwrap())
+        });
+        g.bench_function(format!("low access only, {name}"), |b| {
+            b.iter(|| {
+                for r in &ranges {
+                    rkyv::api::low::access::<T::Archived, rancor::Failure>(black_box(&bytes[r.clone()])).unwrap();
+                }
+            })
+        });
+        g.bench_function(format!("high access only, {name}"), |b| {
+            b.iter(|| {
+                for r in &ranges {
+                    rkyv::access::<<T as Archive>::Archived, rancor::Error>(black_box(&bytes[r.clone()])).unwrap();
+                }
+            })
+        });
+    }
+
+    let pool = BufferPool::new(2);
+    let pairs = full_buffer(&pool, |i| (i, i * 3));
+    let strings = full_buffer(&pool, |i| (format!("bidder-{i:012}"), i));
+    let mut g = c.benchmark_group("validate buffer");
+    bench_type::<(u64, u64)>(&mut g, "(u64,u64)", pairs.as_slice());
+    bench_type::<(String, u64)>(&mut g, "(String,u64) 19-byte strings", strings.as_slice());
+    g.finish();
+}
+
+criterion_group!(benches, pool, records, key_groups, channel_hop, validation);
 criterion_main!(benches);
