@@ -549,6 +549,21 @@ mod tests {
     }
 
     #[test]
+    fn padding_is_zeroed_at_the_very_end_of_a_buffer() {
+        let pool = BufferPool::new(1);
+        let mut buf = pool.take().unwrap();
+        buf.whole_mut().fill(0xa5);
+        let mut writer = RecordWriter::new();
+        // 16 + (BUFFER_SIZE - 36) data bytes + 8-byte root: the archive ends 12 bytes short of
+        // the end, so a zero-sized record's header takes the last 8 bytes after 4 of padding.
+        assert_eq!(writer.write(&mut buf, &vec![1u8; BUFFER_SIZE - 36]).unwrap(), Written::Done);
+        assert_eq!(buf.len(), BUFFER_SIZE - 12);
+        assert_eq!(writer.write(&mut buf, &()).unwrap(), Written::Done);
+        assert_eq!(buf.len(), BUFFER_SIZE);
+        assert_eq!(&buf.as_slice()[BUFFER_SIZE - 12..], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
     fn standalone_archives_round_trip() {
         let value: Vec<(u64, String, Option<i64>)> =
             (0..3000).map(|i| (i, format!("k{i}"), (i % 3 == 0).then_some(-(i as i64)))).collect();
