@@ -11,9 +11,19 @@
 //! Invariants (asserted in tests): a producer never ships a buffer without credit; the buffers
 //! queued in a channel plus the one being read never exceed its exclusive credit plus the
 //! floating credit it holds; buffers of one channel arrive in the order they were sent.
+//!
+//! Remote channels (see [`crate::remote`]): when the two ends are in different processes, each
+//! process keeps a [`LocalChannel`] for its end and a session task stands in for the other one.
+//! On the producer's TaskManager the session is the channel's consumer
+//! ([`LocalChannel::new_remote_out`]: credit starts at 0 and arrives from the peer); on the
+//! consumer's TaskManager it is the channel's producer ([`LocalChannel::new_remote_in`]: credit
+//! is the peer's credit as last granted, and `granted_total` tells the session how much to
+//! announce). `OutputChannel` and `InputGate` work on both unchanged, with one exception:
+//! floating credit is not revoked from a remote channel before it has ended (see
+//! [`LocalChannel::is_remote`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::buffer::Buffer;
@@ -55,12 +65,36 @@ pub struct LocalChannel {
     producer_bell: Arc<Doorbell>,
     buffers_sent: AtomicU64,
     bytes_sent: AtomicU64,
+    remote: bool,
+    initial_credit: u32,
+    ended: AtomicBool,
+    granted_total: AtomicU64,
 }
 
 impl LocalChannel {
     /// A channel whose consumer starts by granting `initial_credit` (the exclusive buffers).
     pub fn new(initial_credit: u32, producer_bell: Arc<Doorbell>, consumer_bell: Arc<Doorbell>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::with(false, initial_credit, producer_bell, consumer_bell))
+    }
+
+    /// The producer's end of a channel whose consumer is in another process: the session task
+    /// is its consumer (`session_bell` rings when the producer queues a buffer or announces a
+    /// backlog). Credit starts at 0: the peer grants the exclusive credit with its
+    /// PARTITION_REQUEST.
+    pub fn new_remote_out(producer_bell: Arc<Doorbell>, session_bell: Arc<Doorbell>) -> Arc<Self> {
+        Arc::new(Self::with(true, 0, producer_bell, session_bell))
+    }
+
+    /// The consumer's end of a channel whose producer is in another process: the session task
+    /// is its producer (`session_bell` rings on every grant, so the session announces it with
+    /// ADD_CREDIT). Credit starts at `exclusive`, exactly as a local channel; the session sends
+    /// it with its PARTITION_REQUEST.
+    pub fn new_remote_in(exclusive: u32, session_bell: Arc<Doorbell>, consumer_bell: Arc<Doorbell>) -> Arc<Self> {
+        Arc::new(Self::with(true, exclusive, session_bell, consumer_bell))
+    }
+
+    fn with(remote: bool, initial_credit: u32, producer_bell: Arc<Doorbell>, consumer_bell: Arc<Doorbell>) -> Self {
+        Self {
             queue: Mutex::new(VecDeque::new()),
             queued: AtomicU32::new(0),
             credit: AtomicU32::new(initial_credit),
@@ -69,7 +103,45 @@ impl LocalChannel {
             producer_bell,
             buffers_sent: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
-        })
+            remote,
+            initial_credit,
+            ended: AtomicBool::new(false),
+            granted_total: AtomicU64::new(u64::from(initial_credit)),
+        }
+    }
+
+    /// Whether the other end of this channel is in another process. Floating credit granted to
+    /// a remote channel is not revoked until the channel has ended: on the consumer's
+    /// TaskManager the credit counter mirrors what the peer was told, and once an ADD_CREDIT has
+    /// left, the peer may already have spent that credit on a buffer in flight. Taking it back
+    /// here would make that buffer arrive without credit (a protocol error) or overfill the
+    /// channel. After EndOfPartition nothing more can arrive, so revoking is safe again. Every
+    /// channel keeps its exclusive credit, so progress does not depend on floating credit.
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    /// Credit this channel started with (the exclusive buffers, or 0 for a remote out channel).
+    pub fn initial_credit(&self) -> u32 {
+        self.initial_credit
+    }
+
+    /// Whether EndOfPartition has been pushed into this channel.
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Of a remote channel: credit granted since the channel was created, the initial credit
+    /// included; never decreases, so the difference between two readings is what was granted
+    /// in between (the session's ADD_CREDIT delta). An in-process channel does not count grants
+    /// (its grant path stays one atomic add) and reports its initial credit.
+    pub fn granted_total(&self) -> u64 {
+        self.granted_total.load(Ordering::Acquire)
+    }
+
+    /// Items waiting in the channel.
+    pub fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Credit the producer currently holds.
@@ -90,21 +162,42 @@ impl LocalChannel {
         self.bytes_sent.load(Ordering::Relaxed)
     }
 
-    fn take_credit(&self) -> bool {
+    pub(crate) fn take_credit(&self) -> bool {
         self.credit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1)).is_ok()
     }
 
-    /// Takes back `credits` unused credits, if the producer still holds that many.
+    /// Takes back `credits` unused credits, if the producer still holds that many and the
+    /// channel is local or has ended (see [`LocalChannel::is_remote`]).
     fn revoke(&self, credits: u32) -> bool {
+        if self.remote && !self.has_ended() {
+            return false;
+        }
         self.credit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(credits)).is_ok()
     }
 
-    fn grant(&self, credits: u32) {
+    pub(crate) fn grant(&self, credits: u32) {
         self.credit.fetch_add(credits, Ordering::AcqRel);
+        if self.remote {
+            self.granted_total.fetch_add(u64::from(credits), Ordering::AcqRel);
+        }
         self.producer_bell.ring();
     }
 
-    fn push(&self, item: ChannelItem, front: bool) {
+    /// Sets the producer's backlog as announced by a remote sender and wakes the consumer, so
+    /// its gate can grant floating credit.
+    pub(crate) fn announce_backlog(&self, backlog: u32) {
+        self.backlog.store(backlog, Ordering::Release);
+        self.consumer_bell.ring();
+    }
+
+    pub(crate) fn set_backlog(&self, backlog: u32) {
+        self.backlog.store(backlog, Ordering::Release);
+    }
+
+    pub(crate) fn push(&self, item: ChannelItem, front: bool) {
+        if matches!(item, ChannelItem::Event(Event::EndOfPartition)) {
+            self.ended.store(true, Ordering::Release);
+        }
         {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             if front {
@@ -117,7 +210,14 @@ impl LocalChannel {
         self.consumer_bell.ring();
     }
 
-    fn pop(&self) -> Option<ChannelItem> {
+    /// Buffers (not events) waiting in the channel; takes the queue lock, for tests.
+    #[cfg(test)]
+    pub(crate) fn queued_buffers(&self) -> u32 {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().filter(|item| matches!(item, ChannelItem::Buffer(_))).count() as u32
+    }
+
+    pub(crate) fn pop(&self) -> Option<ChannelItem> {
         if self.queued.load(Ordering::Acquire) == 0 {
             return None;
         }
@@ -339,6 +439,16 @@ impl InputGate {
     pub fn floating_free(&self) -> u32 {
         self.floating_free
     }
+
+    /// Floating credit `channel` holds (granted and not yet returned).
+    pub fn floating_held(&self, channel: usize) -> u32 {
+        self.floating_held[channel]
+    }
+
+    /// Exclusive credit of each channel.
+    pub fn exclusive(&self) -> u32 {
+        self.exclusive
+    }
 }
 
 #[cfg(test)]
@@ -428,6 +538,49 @@ mod tests {
         assert_eq!(outs[1].shared().credit(), 1, "channel 1 gets a reclaimed floating credit at once");
         outs[1].try_send();
         assert_eq!(outs[1].shared().buffers_sent(), 2);
+    }
+
+    #[test]
+    fn floating_credit_of_a_remote_channel_is_kept_until_it_ends() {
+        let pool = BufferPool::new(8);
+        let config = CreditConfig { exclusive_per_channel: 1, floating_per_gate: 2, max_backlog_per_channel: 4 };
+        let session_bell = Arc::new(Doorbell::new());
+        let consumer_bell = Arc::new(Doorbell::new());
+        let remote = LocalChannel::new_remote_in(1, session_bell.clone(), consumer_bell.clone());
+        let local_producer_bell = Arc::new(Doorbell::new());
+        let local = LocalChannel::new(1, local_producer_bell, consumer_bell);
+        let mut gate = InputGate::new(vec![remote.clone(), local.clone()], &config);
+        assert_eq!(remote.granted_total(), 1);
+        remote.set_backlog(3);
+        gate.grant_floating();
+        assert_eq!((remote.credit(), remote.granted_total(), gate.floating_held(0)), (3, 3, 2));
+        assert!(session_bell.take_ring(), "a grant wakes the session to announce it");
+        remote.set_backlog(0);
+        let mut out = OutputChannel::new(local.clone(), &config);
+        out.send_buffer(buffer_with(&pool, 0));
+        out.send_buffer(buffer_with(&pool, 1));
+        gate.grant_floating();
+        assert_eq!(remote.credit(), 3, "announced floating credit may be in flight: not revoked");
+        assert_eq!(local.credit(), 0);
+        remote.push(ChannelItem::Event(Event::EndOfPartition), false);
+        assert!(remote.has_ended());
+        gate.grant_floating();
+        assert_eq!((remote.credit(), local.credit()), (1, 1), "after the end it is reclaimed");
+        assert_eq!(remote.granted_total(), 3, "granted_total never decreases");
+    }
+
+    #[test]
+    fn remote_out_channels_start_without_credit() {
+        let pool = BufferPool::new(4);
+        let session_bell = Arc::new(Doorbell::new());
+        let ch = LocalChannel::new_remote_out(Arc::new(Doorbell::new()), session_bell.clone());
+        let mut out = OutputChannel::new(ch.clone(), &CreditConfig::default());
+        assert_eq!(out.send_buffer(buffer_with(&pool, 0)), SendOutcome { buffers_sent: 0, backlog: 1 });
+        assert!(session_bell.take_ring(), "the backlog wakes the session");
+        ch.grant(2);
+        assert_eq!(out.try_send().buffers_sent, 1);
+        assert!(matches!(ch.pop(), Some(ChannelItem::Buffer(_))));
+        assert_eq!((ch.credit(), ch.granted_total()), (1, 2));
     }
 
     #[test]

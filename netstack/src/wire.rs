@@ -188,6 +188,11 @@ impl FrameKind {
         }
     }
 
+    /// Whether a channel's consumer sends frames of this kind (PARTITION_REQUEST, ADD_CREDIT).
+    pub fn is_sent_by_consumer(self) -> bool {
+        matches!(self, FrameKind::PartitionRequest | FrameKind::AddCredit)
+    }
+
     fn uses_seq(self) -> bool {
         matches!(self, FrameKind::Buffer | FrameKind::Event)
     }
@@ -266,6 +271,35 @@ pub enum FrameError {
     UnknownEvent { code: u32 },
     #[error("invalid event (code {code}): {reason}")]
     InvalidEvent { code: u32, reason: &'static str },
+    // Session state (checked by `remote::PeerSession` before a frame's body is read).
+    #[error("{kind} frame before the peer's HELLO")]
+    MissingHello { kind: FrameKind },
+    #[error("second HELLO from the peer")]
+    UnexpectedHello,
+    #[error("HELLO does not match this side: {field} is {found}, expected {expected}")]
+    HandshakeMismatch { field: &'static str, expected: u64, found: u64 },
+    #[error("frame for channel {channel}, which does not cross this connection")]
+    UnknownChannel { channel: u32 },
+    #[error("{kind} frame on channel {channel} travels the wrong way (this side is not the channel's {})", if kind.is_sent_by_consumer() { "producer" } else { "consumer" })]
+    WrongDirection { channel: u32, kind: FrameKind },
+    #[error("BUFFER on channel {channel} arrived without credit: the sender broke flow control")]
+    NoCredit { channel: u32 },
+    #[error("frame on channel {channel} has sequence number {got}, expected {expected}")]
+    OutOfOrder { channel: u32, expected: u32, got: u32 },
+    #[error("{kind} frame on channel {channel} after its EndOfPartition")]
+    AfterEnd { channel: u32, kind: FrameKind },
+    #[error("second PARTITION_REQUEST for channel {channel}")]
+    DuplicatePartitionRequest { channel: u32 },
+    #[error("ADD_CREDIT for channel {channel} before its PARTITION_REQUEST")]
+    CreditBeforeRequest { channel: u32 },
+    #[error("ADD_CREDIT of {credit} on channel {channel} overflows its credit counter")]
+    CreditOverflow { channel: u32, credit: u32 },
+    #[error("CLOSE while {open_channels} channels of the connection have not ended")]
+    ClosedEarly { open_channels: u32 },
+    #[error("{kind} frame after the peer's CLOSE")]
+    AfterClose { kind: FrameKind },
+    #[error("BUFFER on channel {channel}: {error}")]
+    InvalidBuffer { channel: u32, error: BufferError },
 }
 
 /// A frame header as the fields of the table in the module doc; `magic` and `version` are
