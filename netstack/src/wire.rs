@@ -705,46 +705,206 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Message<'_>, usize), FrameError> {
 }
 
 /// Fuzz entry point: decodes frames one after another until the input ends or a frame is
-/// refused, and checks what the decoder returns. It must never panic on any input; a panic is
-/// a bug of the codec (or of the checks here, which hold for every accepted frame):
+/// refused, checks what the decoder returns and feeds every frame to a
+/// [`crate::remote::PeerSession`] as a peer would. It must never panic on any input; a panic is
+/// a bug of the codec or the session (or of the checks here, which hold for every accepted
+/// frame):
 /// - every accepted frame encodes back to exactly the bytes it was decoded from;
 /// - every BUFFER payload is copied to offset 0 of a pooled buffer, as a receiver does, and
 ///   checked with [`validate_buffer`] as each of several record types; whatever validates is
 ///   iterated in place and deserialized, so a hole in validation becomes a crash here (or an
 ///   ASan report under libFuzzer) rather than undefined behaviour in a task;
-/// - every pooled buffer is back in the pool at the end.
+/// - the session is this side of the connection described by [`fuzz_session_hello`]: the input
+///   plays TaskManager 1. Inbound channels 0..=4 carry `(u64, u64)`, `String`,
+///   `(String, u64)`, `Vec<u8>` and a private enum record ([`FUZZ_INBOUND`]), 2 exclusive
+///   credits each and 4 floating; their consumer reads (in place and deserialized) and returns
+///   credit whenever a HEARTBEAT arrives, so the input also decides the consumer's speed.
+///   Outbound channels 5 and 6 each have two buffers and EndOfPartition waiting for credit.
+///   After every frame the session writes what it would send, which must decode again;
+/// - every pooled buffer is back in the pool at the end, on every path.
 ///
-/// Returns the number of frames decoded, or the error of the first refused frame.
+/// Returns the number of frames decoded, or the error of the first refused frame (by the
+/// decoder or the session).
 #[doc(hidden)]
 pub fn fuzz_one(data: &[u8]) -> Result<usize, FrameError> {
     thread_local! {
-        static POOL: crate::pool::BufferPool = crate::pool::BufferPool::new(2);
+        static POOLS: (crate::pool::BufferPool, crate::pool::BufferPool) =
+            (crate::pool::BufferPool::new(2), crate::pool::BufferPool::new(FUZZ_SESSION_BUFFERS));
     }
-    POOL.with(|pool| {
-        let outcome = fuzz_frames(pool, data);
-        assert_eq!(pool.in_use(), 0, "a pooled buffer was not returned after decoding");
+    POOLS.with(|(codec_pool, session_pool)| {
+        let outcome = fuzz_session(codec_pool, session_pool, data);
+        assert_eq!(codec_pool.in_use(), 0, "a pooled buffer was not returned after decoding");
+        assert_eq!(session_pool.in_use(), 0, "the session or its channels kept a pooled buffer");
         outcome
     })
 }
 
-fn fuzz_frames(pool: &crate::pool::BufferPool, mut data: &[u8]) -> Result<usize, FrameError> {
+/// Record types of the fuzz session's inbound channels 0..=4 (see [`fuzz_one`]).
+#[doc(hidden)]
+pub const FUZZ_INBOUND: [&str; 5] = ["(u64, u64)", "String", "(String, u64)", "Vec<u8>", "FuzzRecord"];
+const FUZZ_OUTBOUND: [u32; 2] = [5, 6];
+const FUZZ_SESSION_BUFFERS: u32 = 24;
+
+/// The HELLO the fuzz session expects from the input (TaskManager 1 of 2, 7 channels).
+#[doc(hidden)]
+pub fn fuzz_session_hello() -> Hello {
+    Hello { sender_tm: 1, job_fingerprint: 0x5eed_f00d_cafe_0001, tm_count: 2, pid: 31337, heartbeat_ms: 1000, channels: 7 }
+}
+
+struct FuzzSide {
+    session: crate::remote::PeerSession,
+    gate: crate::credit::InputGate,
+    outputs: Vec<crate::credit::OutputChannel>,
+    readers: [crate::record::BufferValidator; 5],
+}
+
+impl FuzzSide {
+    fn new(pool: &crate::pool::BufferPool) -> Self {
+        use crate::credit::{CreditConfig, InputGate, LocalChannel, OutputChannel};
+        use crate::doorbell::Doorbell;
+        use crate::record::{RecordWriter, Written};
+        let peer = fuzz_session_hello();
+        let local = Hello { sender_tm: 0, pid: 1, ..peer };
+        let identity = crate::remote::PeerIdentity {
+            tm: peer.sender_tm,
+            job_fingerprint: peer.job_fingerprint,
+            tm_count: peer.tm_count,
+            channels: peer.channels,
+        };
+        let mut session = crate::remote::PeerSession::new(local, identity, pool.clone());
+        let config = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 4, max_backlog_per_channel: 2 };
+        let bell = std::sync::Arc::new(Doorbell::new());
+        let validators: [crate::record::BufferValidator; 5] = [
+            validate_buffer::<(u64, u64)>,
+            validate_buffer::<String>,
+            validate_buffer::<(String, u64)>,
+            validate_buffer::<Vec<u8>>,
+            validate_buffer::<FuzzRecord>,
+        ];
+        let mut inbound = Vec::new();
+        for (id, validator) in validators.into_iter().enumerate() {
+            let ch = LocalChannel::new_remote_in(config.exclusive_per_channel, bell.clone(), bell.clone());
+            session.add_inbound(id as u32, ch.clone(), validator);
+            inbound.push(ch);
+        }
+        let mut outputs = Vec::new();
+        for id in FUZZ_OUTBOUND {
+            let ch = LocalChannel::new_remote_out(bell.clone(), bell.clone());
+            session.add_outbound(id, ch.clone());
+            let mut output = OutputChannel::new(ch, &config);
+            for i in 0..2u64 {
+                let mut buf = pool.take().expect("the fuzz pool holds the outbound buffers");
+                let written = RecordWriter::new().write(&mut buf, &(u64::from(id), i)).expect("a pair fits");
+                assert_eq!(written, Written::Done);
+                output.send_buffer(buf.freeze());
+            }
+            output.send_event(Event::EndOfPartition);
+            outputs.push(output);
+        }
+        let readers = [
+            read_validated::<(u64, u64)>,
+            read_validated::<String>,
+            read_validated::<(String, u64)>,
+            read_validated::<Vec<u8>>,
+            read_validated::<FuzzRecord>,
+        ];
+        Self { session, gate: InputGate::new(inbound, &config), outputs, readers }
+    }
+
+    /// The consumer reads everything queued and returns its credit.
+    fn drain(&mut self) {
+        use crate::credit::ChannelItem;
+        while let Some((c, item)) = self.gate.poll_next() {
+            if let ChannelItem::Buffer(buffer) = item {
+                let read = (self.readers[c])(buffer.as_slice());
+                assert!(read.is_ok(), "channel {c} delivered a buffer its validator refuses: {read:?}");
+                drop(buffer);
+                self.gate.release(c);
+            }
+        }
+    }
+
+    /// Producers ship what credit allows; the session writes its frames, which must decode.
+    fn write(&mut self) {
+        for output in &mut self.outputs {
+            output.try_send();
+        }
+        let mut out = Vec::new();
+        self.session.poll_outgoing(&mut out);
+        for frame in &out {
+            let header = decode_header(frame.header()).expect("the session writes valid headers");
+            decode_body(&header, frame.body()).expect("the session writes valid bodies");
+        }
+    }
+}
+
+fn fuzz_session(
+    codec_pool: &crate::pool::BufferPool,
+    session_pool: &crate::pool::BufferPool,
+    mut data: &[u8],
+) -> Result<usize, FrameError> {
+    use crate::remote::SessionError;
+    let mut side = FuzzSide::new(session_pool);
+    side.write();
     let mut frames = 0;
+    let mut refused = None;
     while !data.is_empty() {
-        let (message, consumed) = decode_frame(data)?;
-        let mut again = Vec::with_capacity(consumed);
-        let encoded_len = message.encode_into(&mut again).expect("an accepted frame encodes again");
-        assert_eq!(encoded_len, consumed, "re-encoded {} frame has another length", message.kind());
-        assert_eq!(&again[..], &data[..consumed], "re-encoded {} frame differs", message.kind());
-        if let Message::Buffer { payload, .. } = message {
-            let mut buf = pool.take().expect("the fuzz pool holds one buffer per frame");
-            buf.whole_mut()[..payload.len()].copy_from_slice(payload);
-            buf.set_len(payload.len());
-            let received = buf.freeze();
-            assert_eq!(received.as_slice(), payload);
-            read_as_every_type(received.as_slice());
+        let consumed = match check_frame(codec_pool, data) {
+            Ok(consumed) => consumed,
+            Err(e) => return Err(refused.unwrap_or(e)),
+        };
+        if refused.is_none() {
+            let header = decode_header(data[..HEADER_BYTES].try_into().expect("a whole header"))
+                .expect("check_frame accepted this header");
+            match side.session.on_frame(&header, &data[HEADER_BYTES..consumed]) {
+                Ok(_) => {
+                    if header.kind == FrameKind::Heartbeat {
+                        side.drain();
+                    }
+                    side.write();
+                }
+                Err(SessionError::Protocol(e)) => refused = Some(e),
+                Err(SessionError::Pool(e)) => panic!("credit admitted more buffers than the fuzz pool holds: {e}"),
+            }
         }
         frames += 1;
         data = &data[consumed..];
+    }
+    if refused.is_none() {
+        side.drain();
+        side.write();
+    }
+    drop(side);
+    refused.map_or(Ok(frames), Err)
+}
+
+/// Decodes the frame at the start of `data`, checks that it encodes back to the same bytes
+/// and reads a BUFFER payload as every fuzz record type; returns the frame's length.
+fn check_frame(pool: &crate::pool::BufferPool, data: &[u8]) -> Result<usize, FrameError> {
+    let (message, consumed) = decode_frame(data)?;
+    let mut again = Vec::with_capacity(consumed);
+    let encoded_len = message.encode_into(&mut again).expect("an accepted frame encodes again");
+    assert_eq!(encoded_len, consumed, "re-encoded {} frame has another length", message.kind());
+    assert_eq!(&again[..], &data[..consumed], "re-encoded {} frame differs", message.kind());
+    if let Message::Buffer { payload, .. } = message {
+        let mut buf = pool.take().expect("the fuzz pool holds one buffer per frame");
+        buf.whole_mut()[..payload.len()].copy_from_slice(payload);
+        buf.set_len(payload.len());
+        let received = buf.freeze();
+        assert_eq!(received.as_slice(), payload);
+        read_as_every_type(received.as_slice());
+    }
+    Ok(consumed)
+}
+
+/// The codec checks of [`fuzz_one`] alone, on every frame of `data` (no session).
+#[cfg(test)]
+fn fuzz_codec(mut data: &[u8]) -> Result<usize, FrameError> {
+    let pool = crate::pool::BufferPool::new(1);
+    let mut frames = 0;
+    while !data.is_empty() {
+        data = &data[check_frame(&pool, data)?..];
+        frames += 1;
     }
     Ok(frames)
 }
@@ -840,7 +1000,8 @@ mod tests {
             rest = &rest[used..];
         }
         assert!(rest.is_empty());
-        assert_eq!(fuzz_one(&stream), Ok(messages.len()));
+        assert_eq!(fuzz_codec(&stream), Ok(messages.len()));
+        assert_eq!(fuzz_one(&stream), Err(FrameError::HandshakeMismatch { field: "job fingerprint", expected: 0x5eed_f00d_cafe_0001, found: 0xdead_beef_0123_4567 }));
     }
 
     #[test]
@@ -1124,7 +1285,8 @@ mod tests {
                 rest = &rest[used..];
             }
             prop_assert!(rest.is_empty());
-            prop_assert_eq!(fuzz_one(&stream), Ok(owned.len()));
+            prop_assert_eq!(fuzz_codec(&stream), Ok(owned.len()));
+            let _ = fuzz_one(&stream);
         }
 
         #[test]

@@ -2,7 +2,8 @@
 //! corpus (`netstack/fuzz/corpus/frame_decoder`) replays through `wire::fuzz_one` without a
 //! panic and still matches the seeds the encoders build today; hand-written malformed frames
 //! each give their specific `FrameError`, and payloads with invalid archives are refused by
-//! `validate_buffer`; and a seeded mutation loop runs for a bounded time
+//! `validate_buffer`; frames that break the session (no credit, out of order, unknown channel,
+//! wrong direction, no HELLO, ...) each give their session error; and a seeded mutation loop runs for a bounded time
 //! (`CORESTREAM_FUZZ_SECS`, default 3; seed `CORESTREAM_FUZZ_SEED`), failing with the hex dump
 //! of the first input that panics. `scripts/fuzz.sh` runs real libFuzzer on the same entry point.
 //!
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use corestream_netstack::error::BufferError;
 use corestream_netstack::record::{validate_buffer, Written};
-use corestream_netstack::wire::{fuzz_one, CONNECTION_CHANNEL, HEADER_BYTES};
+use corestream_netstack::wire::{fuzz_one, fuzz_session_hello, CONNECTION_CHANNEL, HEADER_BYTES};
 use corestream_netstack::{
     decode_frame, BarrierKind, BufferPool, Data, ErrorCode, Event, FrameError, FrameHeader, FrameKind, Hello, Message,
     RecordWriter, WatermarkStatus,
@@ -65,8 +66,20 @@ fn data_header(kind: FrameKind, body_len: u32) -> FrameHeader {
     FrameHeader { kind, flags: 0, body_len, channel: 1, seq: 0, arg: 0, arg64: 0 }
 }
 
+/// The HELLO `fuzz_one`'s session expects: its inbound channels are 0 `(u64, u64)`, 1
+/// `String`, 2 `(String, u64)`, 3 `Vec<u8>`, 4 an enum (2 exclusive credits each); its
+/// outbound channels 5 and 6 wait for credit with two buffers and EndOfPartition each.
 fn hello() -> Hello {
-    Hello { sender_tm: 1, job_fingerprint: 0x5eed_f00d_cafe_0001, tm_count: 2, pid: 31337, heartbeat_ms: 1000, channels: 4 }
+    fuzz_session_hello()
+}
+
+/// What the session refuses a payload with, computed by the receiver's own validation.
+fn invalid_string_buffer(channel: u32, payload: &[u8]) -> FrameError {
+    let pool = BufferPool::new(1);
+    let mut buf = pool.take().unwrap();
+    buf.whole_mut()[..payload.len()].copy_from_slice(payload);
+    buf.set_len(payload.len());
+    FrameError::InvalidBuffer { channel, error: validate_buffer::<String>(buf.as_slice()).unwrap_err() }
 }
 
 /// What replaying a seed must give.
@@ -84,6 +97,13 @@ struct Seed {
 
 fn ok(name: &'static str, messages: &[Message<'_>]) -> Seed {
     Seed { name, bytes: encode(messages), expect: Expect::Frames(messages.len()) }
+}
+
+/// A seed that starts with the expected HELLO, so the frames after it reach the session state.
+fn after_hello(name: &'static str, messages: &[Message<'_>], expect: Option<FrameError>) -> Seed {
+    let all: Vec<Message<'_>> = std::iter::once(Message::Hello(hello())).chain(messages.iter().copied()).collect();
+    let expect = expect.map_or(Expect::Frames(all.len()), Expect::Refused);
+    Seed { name, bytes: encode(&all), expect }
 }
 
 fn bad(name: &'static str, bytes: Vec<u8>, error: FrameError) -> Seed {
@@ -108,47 +128,77 @@ fn seeds() -> Vec<Seed> {
     let buffer = |channel, seq, backlog, payload| Message::Buffer { channel, seq, backlog, payload };
     let event = |channel, seq, event| Message::Event { channel, seq, event };
     let barrier = |kind| Event::CheckpointBarrier { checkpoint_id: 7, timestamp_ms: 1_700_000_000_000, kind };
+    let s = |name, messages: &[Message<'_>]| after_hello(name, messages, None);
+    let refused = |name, messages: &[Message<'_>], error| after_hello(name, messages, Some(error));
+    let bad_utf8 = invalid_string_buffer(1, &bad_utf8_string);
+    let bad_pointer = invalid_string_buffer(1, &bad_pointer_string);
     vec![
         ok("hello", &[Message::Hello(hello())]),
-        ok("partition_request", &[Message::PartitionRequest { channel: 2, initial_credit: 2 }]),
-        ok("add_credit", &[Message::AddCredit { channel: 2, credit: 1 }]),
-        ok("buffer_u64_pairs", &[buffer(0, 0, 1, &pairs)]),
-        ok("buffer_u64_pairs_full", &[buffer(0, 1, 0, &full_pairs)]),
-        ok("buffer_strings", &[buffer(1, 0, 0, &strings)]),
-        ok("buffer_string_u64", &[buffer(2, 0, 0, &keyed)]),
-        ok("buffer_byte_vecs", &[buffer(3, 0, 0, &blobs)]),
-        ok("buffer_string_invalid_utf8", &[buffer(1, 0, 0, &bad_utf8_string)]),
-        ok("buffer_string_pointer_past_end", &[buffer(1, 0, 0, &bad_pointer_string)]),
-        ok("backlog", &[Message::Backlog { channel: 0, backlog: 5 }]),
-        ok("event_end_of_partition", &[event(0, 3, Event::EndOfPartition)]),
-        ok("event_watermark", &[event(0, 4, Event::Watermark(-42))]),
-        ok("event_watermark_status", &[event(1, 0, Event::WatermarkStatus(WatermarkStatus::Idle))]),
-        ok("event_barrier_aligned", &[event(1, 1, barrier(BarrierKind::Aligned))]),
-        ok("event_barrier_unaligned", &[event(1, 2, barrier(BarrierKind::Unaligned))]),
-        ok("event_latency_marker", &[event(2, 9, Event::LatencyMarker { marked_time_ns: 123_456_789, source_subtask: 3 })]),
-        ok("heartbeat", &[Message::Heartbeat]),
-        ok("cancel", &[Message::Cancel { reason: "job 3 cancelled by the user" }]),
-        ok("close", &[Message::Close]),
-        ok("error", &[Message::Error { code: ErrorCode::Protocol, message: "frame 7 on channel 3: bad magic" }]),
-        ok(
+        s("partition_request", &[Message::PartitionRequest { channel: 5, initial_credit: 2 }]),
+        s("add_credit", &[Message::PartitionRequest { channel: 6, initial_credit: 1 }, Message::AddCredit { channel: 6, credit: 1 }]),
+        s("buffer_u64_pairs", &[buffer(0, 0, 1, &pairs)]),
+        s("buffer_u64_pairs_full", &[buffer(0, 0, 0, &full_pairs)]),
+        s("buffer_strings", &[buffer(1, 0, 0, &strings)]),
+        s("buffer_string_u64", &[buffer(2, 0, 0, &keyed)]),
+        s("buffer_byte_vecs", &[buffer(3, 0, 0, &blobs)]),
+        refused("buffer_string_invalid_utf8", &[buffer(1, 0, 0, &bad_utf8_string)], bad_utf8),
+        refused("buffer_string_pointer_past_end", &[buffer(1, 0, 0, &bad_pointer_string)], bad_pointer),
+        s("backlog", &[Message::Backlog { channel: 0, backlog: 5 }]),
+        s("event_end_of_partition", &[event(0, 0, Event::EndOfPartition)]),
+        s("event_watermark", &[event(0, 0, Event::Watermark(-42))]),
+        s("event_watermark_status", &[event(1, 0, Event::WatermarkStatus(WatermarkStatus::Idle))]),
+        s("event_barrier_aligned", &[event(1, 0, barrier(BarrierKind::Aligned))]),
+        s("event_barrier_unaligned", &[event(1, 0, barrier(BarrierKind::Unaligned))]),
+        s("event_latency_marker", &[event(2, 0, Event::LatencyMarker { marked_time_ns: 123_456_789, source_subtask: 3 })]),
+        s("heartbeat", &[Message::Heartbeat]),
+        s("cancel", &[Message::Cancel { reason: "job 3 cancelled by the user" }]),
+        refused("close", &[Message::Close], FrameError::ClosedEarly { open_channels: 7 }),
+        s("error", &[Message::Error { code: ErrorCode::Protocol, message: "frame 7 on channel 3: bad magic" }]),
+        s(
             "session",
             &[
-                Message::Hello(hello()),
-                Message::PartitionRequest { channel: 0, initial_credit: 2 },
-                Message::PartitionRequest { channel: 1, initial_credit: 2 },
+                Message::PartitionRequest { channel: 5, initial_credit: 2 },
+                Message::PartitionRequest { channel: 6, initial_credit: 1 },
                 buffer(0, 0, 1, &pairs),
                 buffer(1, 0, 0, &strings),
                 Message::Backlog { channel: 0, backlog: 0 },
-                Message::AddCredit { channel: 0, credit: 1 },
+                Message::AddCredit { channel: 6, credit: 1 },
                 event(0, 1, Event::Watermark(1000)),
                 event(1, 1, barrier(BarrierKind::Aligned)),
                 buffer(0, 2, 0, &pairs),
                 Message::Heartbeat,
-                event(0, 3, Event::EndOfPartition),
+                buffer(0, 3, 0, &full_pairs),
+                buffer(2, 0, 0, &keyed),
+                buffer(3, 0, 0, &blobs),
+                Message::Heartbeat,
+                event(0, 4, Event::EndOfPartition),
                 event(1, 2, Event::EndOfPartition),
+                event(2, 1, Event::EndOfPartition),
+                event(3, 1, Event::EndOfPartition),
+                event(4, 0, Event::EndOfPartition),
                 Message::Close,
             ],
         ),
+        refused(
+            "no_credit",
+            &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), buffer(0, 2, 0, &pairs)],
+            FrameError::NoCredit { channel: 0 },
+        ),
+        s("credit_returned", &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), Message::Heartbeat, buffer(0, 2, 0, &pairs)]),
+        refused("out_of_order", &[buffer(1, 1, 0, &strings)], FrameError::OutOfOrder { channel: 1, expected: 0, got: 1 }),
+        refused("unknown_channel", &[buffer(9, 0, 0, &pairs)], FrameError::UnknownChannel { channel: 9 }),
+        refused(
+            "wrong_direction",
+            &[Message::PartitionRequest { channel: 0, initial_credit: 2 }],
+            FrameError::WrongDirection { channel: 0, kind: FrameKind::PartitionRequest },
+        ),
+        refused(
+            "after_end",
+            &[event(4, 0, Event::EndOfPartition), event(4, 1, Event::Watermark(1))],
+            FrameError::AfterEnd { channel: 4, kind: FrameKind::Event },
+        ),
+        refused("second_hello", &[Message::Hello(hello())], FrameError::UnexpectedHello),
+        bad("missing_hello", encode(&[Message::Heartbeat]), FrameError::MissingHello { kind: FrameKind::Heartbeat }),
         bad("bad_magic", patched(raw(conn_header(FrameKind::Heartbeat), &[]), 0, b"GET "), FrameError::BadMagic {
             found: *b"GET ",
         }),
@@ -348,9 +398,52 @@ fn malformed_frames_give_their_errors() {
         assert_eq!(fuzz_one(&bytes), Err(want.clone()), "{name} through fuzz_one");
         assert!(!want.to_string().is_empty());
     }
-    let mut stream = encode(&[Message::Heartbeat, Message::Close]);
-    stream[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(b"junk");
+    let mut stream = encode(&[Message::Hello(hello()), Message::Close]);
+    let second = stream.len() - HEADER_BYTES;
+    stream[second..second + 4].copy_from_slice(b"junk");
     assert_eq!(fuzz_one(&stream), Err(FrameError::BadMagic { found: *b"junk" }), "the second frame is checked too");
+}
+
+/// Frames that are well formed but break the session: each gives its own error, and the
+/// first refusal wins over later decoding errors.
+#[test]
+fn session_violations_give_their_errors() {
+    let pairs = record_buffer(&[(1u64, 2u64)]);
+    let buffer = |channel, seq| Message::Buffer { channel, seq, backlog: 0, payload: &pairs };
+    let with_hello = |messages: &[Message<'_>]| {
+        let mut all = vec![Message::Hello(hello())];
+        all.extend_from_slice(messages);
+        encode(&all)
+    };
+    let cases: Vec<(&str, Vec<u8>, FrameError)> = vec![
+        ("no credit", with_hello(&[buffer(0, 0), buffer(0, 1), buffer(0, 2)]), FrameError::NoCredit { channel: 0 }),
+        ("out of order", with_hello(&[buffer(0, 0), buffer(0, 2)]), FrameError::OutOfOrder { channel: 0, expected: 1, got: 2 }),
+        ("unknown channel", with_hello(&[buffer(7, 0)]), FrameError::UnknownChannel { channel: 7 }),
+        ("buffer on an outbound channel", with_hello(&[buffer(5, 0)]), FrameError::WrongDirection {
+            channel: 5,
+            kind: FrameKind::Buffer,
+        }),
+        ("missing hello", encode(&[buffer(0, 0)]), FrameError::MissingHello { kind: FrameKind::Buffer }),
+        (
+            "duplicate partition request",
+            with_hello(&[Message::PartitionRequest { channel: 5, initial_credit: 2 }, Message::PartitionRequest {
+                channel: 5,
+                initial_credit: 2,
+            }]),
+            FrameError::DuplicatePartitionRequest { channel: 5 },
+        ),
+        (
+            "handshake mismatch",
+            encode(&[Message::Hello(Hello { tm_count: 3, ..hello() })]),
+            FrameError::HandshakeMismatch { field: "TaskManager count", expected: 2, found: 3 },
+        ),
+    ];
+    for (name, mut bytes, want) in cases {
+        assert_eq!(fuzz_one(&bytes), Err(want.clone()), "{name}");
+        bytes.extend_from_slice(b"garbage after the refused frame, at least a header long");
+        assert_eq!(fuzz_one(&bytes), Err(want.clone()), "{name}, then garbage");
+        assert!(!want.to_string().is_empty());
+    }
 }
 
 /// Payloads the codec passes through (it never looks inside a buffer) but the receiver's
@@ -361,8 +454,9 @@ fn invalid_archives_are_refused_by_validation() {
     let seeds = seeds();
     for (name, want_record) in [("buffer_string_invalid_utf8", 4), ("buffer_string_pointer_past_end", 4)] {
         let seed = seeds.iter().find(|s| s.name == name).unwrap();
-        let Ok((Message::Buffer { payload, .. }, _)) = decode_frame(&seed.bytes) else {
-            panic!("{name} decodes as a BUFFER frame")
+        let (_, hello_len) = decode_frame(&seed.bytes).expect("the seed starts with HELLO");
+        let Ok((Message::Buffer { payload, .. }, _)) = decode_frame(&seed.bytes[hello_len..]) else {
+            panic!("{name} continues with a BUFFER frame")
         };
         let mut buf = pool.take().unwrap();
         buf.whole_mut()[..payload.len()].copy_from_slice(payload);
@@ -374,7 +468,12 @@ fn invalid_archives_are_refused_by_validation() {
             }
             other => panic!("{name}: expected InvalidArchive for record {want_record}, got {other:?}"),
         }
-        assert_eq!(fuzz_one(&seed.bytes), Ok(1), "{name}: the frame itself is well formed");
+        match fuzz_one(&seed.bytes) {
+            Err(FrameError::InvalidBuffer { channel: 1, error: BufferError::InvalidArchive { record, .. } }) => {
+                assert_eq!(record, want_record, "{name}: the session names the record");
+            }
+            other => panic!("{name}: the session must refuse the payload, got {other:?}"),
+        }
     }
     assert_eq!(pool.in_use(), 0);
 }
