@@ -77,6 +77,10 @@ pub struct ExecutionConfig {
     pub runtime_mode: RuntimeMode,
     /// How often periodic watermark generators emit (Flink's `autoWatermarkInterval`).
     pub auto_watermark_interval: Duration,
+    /// How often each source subtask emits a latency marker (Flink's
+    /// `latencyTrackingInterval`); `None` (the default) emits none. Sinks record each marker's
+    /// age in a histogram per source subtask, reported in the job result.
+    pub latency_tracking_interval: Option<Duration>,
 }
 
 impl Default for ExecutionConfig {
@@ -88,6 +92,19 @@ impl Default for ExecutionConfig {
             batch_size: 1024,
             runtime_mode: RuntimeMode::Streaming,
             auto_watermark_interval: Duration::from_millis(200),
+            latency_tracking_interval: None,
         }
+    }
+}
+
+impl ExecutionConfig {
+    /// Checks settings that no plan can fix; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.latency_tracking_interval.is_some_and(|d| d.is_zero()) {
+            return Err("latency_tracking_interval (set_latency_tracking_interval, --latency-markers) must be \
+                        positive; leave it unset to emit no latency markers"
+                .into());
+        }
+        Ok(())
     }
 }

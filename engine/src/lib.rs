@@ -66,4 +66,4 @@ pub use corestream_netstack::{rkyv, BarrierKind, Data, Event};
 pub use error::{JobError, StartupError};
 pub use runtime::cluster::LocalCluster;
 pub use runtime::job::JobHandle;
-pub use runtime::metrics::{JobResult, JobWarning, OperatorSummary, TaskSummary};
+pub use runtime::metrics::{JobResult, JobWarning, LatencySummary, OperatorSummary, TaskSummary};

@@ -25,6 +25,10 @@ pub struct Common {
     /// Trades CPU for latency on the first record after a pause.
     #[arg(long, value_parser = parse_duration)]
     pub spin_before_park: Option<Duration>,
+    /// Emit a latency marker from each source subtask this often, e.g. 100ms, and report
+    /// the markers' latency at each sink per source subtask (default: off).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub latency_markers: Option<Duration>,
 }
 
 impl Common {
@@ -54,6 +58,9 @@ impl Common {
         }
         if let Some(t) = self.buffer_timeout {
             env.set_buffer_timeout(t);
+        }
+        if let Some(interval) = self.latency_markers {
+            env.set_latency_tracking_interval(interval);
         }
         env
     }

@@ -95,6 +95,7 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
             for w in &result.warnings {
                 eprintln!("warning: {}", w.message);
             }
+            print_latency(&result);
             Ok(())
         }
         RunCommand::SumByKey { records, keys, common } => {
@@ -118,11 +119,28 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
                 result.wall_time.as_secs_f64(),
                 reference_time.as_secs_f64()
             );
+            print_latency(&result);
             if got != expected_sum {
                 bail!("per-key totals differ from the reference");
             }
             Ok(())
         }
+    }
+}
+
+/// One line per sink and source subtask when the run had `--latency-markers`.
+fn print_latency(result: &corestream::JobResult) {
+    for l in &result.latency {
+        println!(
+            "latency {} <- source subtask {}: {} markers, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+            l.sink,
+            l.source_subtask,
+            l.count,
+            l.p50.as_secs_f64() * 1e3,
+            l.p99.as_secs_f64() * 1e3,
+            l.p99_9.as_secs_f64() * 1e3,
+            l.max.as_secs_f64() * 1e3
+        );
     }
 }
 

@@ -18,7 +18,7 @@ use crate::config::{ExecutionConfig, RuntimeMode};
 use crate::error::{JobError, TaskError};
 use crate::graph::stream_graph::{ChainingStrategy, NodeKind, StreamEdge, StreamGraph, StreamNode};
 use crate::graph::Partitioning;
-use crate::runtime::build::{NodeRuntime, SourceFactory, SourceNodeRt};
+use crate::runtime::build::{LatencyInterval, NodeRuntime, SourceFactory, SourceNodeRt};
 use crate::runtime::cluster::LocalCluster;
 use crate::runtime::job::JobHandle;
 use crate::runtime::metrics::JobResult;
@@ -28,6 +28,8 @@ pub struct StreamEnvironment {
     cluster: LocalCluster,
     pub(crate) graph: Rc<RefCell<StreamGraph>>,
     config: ExecutionConfig,
+    /// Given to every source node; set from `config` when the job is submitted.
+    latency_interval: LatencyInterval,
 }
 
 impl std::fmt::Debug for StreamEnvironment {
@@ -38,7 +40,12 @@ impl std::fmt::Debug for StreamEnvironment {
 
 impl StreamEnvironment {
     pub(crate) fn new(cluster: LocalCluster) -> Self {
-        Self { cluster, graph: Rc::new(RefCell::new(StreamGraph::default())), config: ExecutionConfig::default() }
+        Self {
+            cluster,
+            graph: Rc::new(RefCell::new(StreamGraph::default())),
+            config: ExecutionConfig::default(),
+            latency_interval: LatencyInterval::default(),
+        }
     }
 
     /// Default parallelism of operators (default: the number of slots).
@@ -71,6 +78,16 @@ impl StreamEnvironment {
         self
     }
 
+    /// How often each source subtask emits a latency marker (default: never). Markers pass
+    /// operators unchanged, take one channel of each exchange (round-robin), and each sink
+    /// records their age per source subtask; the job result reports the percentiles
+    /// ([`JobResult::latency`]). Sources emit them while idle too. A zero interval is refused
+    /// when the job is submitted.
+    pub fn set_latency_tracking_interval(&mut self, interval: Duration) -> &mut Self {
+        self.config.latency_tracking_interval = Some(interval);
+        self
+    }
+
     pub fn set_runtime_mode(&mut self, mode: RuntimeMode) -> &mut Self {
         self.config.runtime_mode = mode;
         self
@@ -90,7 +107,7 @@ impl StreamEnvironment {
         fixed_parallelism: Option<u32>,
         factory: Arc<SourceFactory<T>>,
     ) -> DataStream<T> {
-        let id = add_node(&self.graph, name, NodeKind::Source, fixed_parallelism, Arc::new(SourceNodeRt { factory }));
+        let id = add_node(&self.graph, name, NodeKind::Source, fixed_parallelism, Arc::new(SourceNodeRt { factory, latency_interval: self.latency_interval.clone() }));
         DataStream::from_node(self.graph.clone(), id)
     }
 
@@ -216,11 +233,15 @@ impl StreamEnvironment {
 
     /// The plan this job would run with: chains, parallelism, partitioning, buffers.
     pub fn explain(&self) -> Result<String, JobError> {
+        self.config.validate().map_err(JobError::InvalidJob)?;
         self.cluster.explain(&self.graph.borrow(), &self.config)
     }
 
     /// Starts the job and returns at once.
     pub fn execute_async(self, name: &str) -> Result<JobHandle, JobError> {
+        self.config.validate().map_err(JobError::InvalidJob)?;
+        // An environment submits one job, so the cell is still empty.
+        let _ = self.latency_interval.set(self.config.latency_tracking_interval);
         let graph = std::mem::take(&mut *self.graph.borrow_mut());
         self.cluster.submit(graph, self.config, name)
     }

@@ -1,7 +1,8 @@
 //! Built-in sinks: collect into the host application (a bounded channel it reads, with
 //! backpressure back into the job), print, discard, and text files. A sink is the end of a
 //! chain; a sink that cannot take more right now reports it through `poll_ready`, and the task
-//! stops feeding it until it can.
+//! stops feeding it until it can. The sink link also ends latency markers: it records each
+//! marker's age in its operator's histogram of the marker's source subtask.
 
 use std::collections::VecDeque;
 use std::fmt::{Debug, Display};
@@ -13,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corestream_netstack::record::deserialize;
-use corestream_netstack::{Data, Doorbell, RecordIter};
+use corestream_netstack::{Data, Doorbell, Event, RecordIter};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::error::TaskError;
-use crate::operators::{enter_node, Control, Emit, OperatorMetrics, Readiness};
+use crate::operators::{enter_node, monotonic_ns, Control, Emit, OperatorMetrics, Readiness};
 
 /// Error a sink reports; it fails the job, naming the sink.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -89,6 +90,13 @@ impl<T: Data, S: Sink<T>> SinkLink<T, S> {
 }
 
 impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
+    fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
+        if let Event::LatencyMarker { marked_time_ns, source_subtask } = *event {
+            self.metrics.latency.record(source_subtask, monotonic_ns().saturating_sub(marked_time_ns));
+        }
+        Ok(())
+    }
+
     fn finish_step(&mut self, _max_records: usize) -> Result<bool, TaskError> {
         enter_node(self.node);
         if !self.sink.poll_ready() {

@@ -172,6 +172,19 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Nanoseconds on the host's `CLOCK_MONOTONIC`: the clock of latency markers. Every process on
+/// one host reads the same clock (unlike `Instant`, whose origin is not exposed), so a marker's
+/// age is meaningful wherever on the host it is received; across hosts it is not (Flink uses
+/// wall-clock time there and accepts the skew).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec and CLOCK_MONOTONIC is supported on every
+    // Linux; clock_gettime writes only through the pointer it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 thread_local! {
     static CURRENT_NODE: Cell<usize> = const { Cell::new(usize::MAX) };
 }
@@ -196,6 +209,8 @@ pub struct OperatorMetrics {
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
     pub late_records_dropped: AtomicU64,
+    /// Ages of the latency markers a sink received, per source subtask.
+    pub(crate) latency: crate::runtime::metrics::LatencyHistograms,
 }
 
 impl OperatorMetrics {
@@ -417,7 +432,12 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OpNode<I, O, Op> {
         self.forward_event(&event)
     }
 
+    /// Passes an event on; a latency marker takes the main output only (it measures one path,
+    /// so it is never duplicated).
     fn forward_event(&mut self, event: &Event) -> Result<(), TaskError> {
+        if let Event::LatencyMarker { .. } = event {
+            return self.next.emit_event(event);
+        }
         for side in &mut self.sides {
             side.control().emit_event(event)?;
         }

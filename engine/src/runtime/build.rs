@@ -115,7 +115,14 @@ pub(crate) trait TaskInput {
 pub(crate) trait TaskSource {
     fn step(&mut self, max_records: usize) -> Result<SourceStatus, TaskError>;
     fn chain(&mut self) -> &mut dyn Control;
+    /// How often this subtask emits latency markers, and its subtask index (the markers'
+    /// origin); `None` when latency tracking is off.
+    fn latency_markers(&self) -> Option<(std::time::Duration, u32)>;
 }
+
+/// The latency-marker interval of an environment's sources, shared by its source nodes and set
+/// when the job is submitted (sources are declared before the environment's settings are final).
+pub(crate) type LatencyInterval = Arc<std::sync::OnceLock<Option<std::time::Duration>>>;
 
 /// A graph node, type-erased.
 pub(crate) trait NodeRuntime: Send + Sync {
@@ -164,6 +171,7 @@ pub(crate) type SourceFactory<T> = dyn Fn(&SourceContext) -> Result<Box<dyn Sour
 
 pub(crate) struct SourceNodeRt<T: Data> {
     pub factory: Arc<SourceFactory<T>>,
+    pub latency_interval: LatencyInterval,
 }
 
 struct SourceRunner<T: Data> {
@@ -172,6 +180,7 @@ struct SourceRunner<T: Data> {
     chain: Box<dyn Emit<T>>,
     metrics: Arc<OperatorMetrics>,
     node: usize,
+    latency_markers: Option<(std::time::Duration, u32)>,
 }
 
 impl<T: Data> TaskSource for SourceRunner<T> {
@@ -187,6 +196,10 @@ impl<T: Data> TaskSource for SourceRunner<T> {
 
     fn chain(&mut self) -> &mut dyn Control {
         &mut *self.chain
+    }
+
+    fn latency_markers(&self) -> Option<(std::time::Duration, u32)> {
+        self.latency_markers
     }
 }
 
@@ -218,7 +231,15 @@ impl<T: Data> NodeRuntime for SourceNodeRt<T> {
         };
         enter_node(ctx.node);
         let source = (self.factory)(&sctx)?;
-        Ok(Box::new(SourceRunner { source, batch: Vec::new(), chain, metrics: ctx.metrics.clone(), node: ctx.node }))
+        let latency_markers = self.latency_interval.get().copied().flatten().map(|interval| (interval, ctx.subtask));
+        Ok(Box::new(SourceRunner {
+            source,
+            batch: Vec::new(),
+            chain,
+            metrics: ctx.metrics.clone(),
+            node: ctx.node,
+            latency_markers,
+        }))
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use corestream_netstack::{Doorbell, PoolReservation};
 
 use super::cluster::SlotLease;
-use super::metrics::{JobResult, JobStatus, JobWarning, OperatorSummary, TaskCounters, TaskSummary};
+use super::metrics::{JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskSummary};
 use crate::error::{JobError, TaskError};
 use crate::operators::OperatorMetrics;
 
@@ -224,6 +224,7 @@ impl JobHandle {
             })
             .collect();
         JobResult {
+            latency: self.latency(),
             job_name: self.shared.name.clone(),
             status,
             wall_time,
@@ -233,6 +234,22 @@ impl JobHandle {
             buffers_reserved: self.buffers_reserved,
             plan: self.plan.clone(),
         }
+    }
+}
+
+impl JobHandle {
+    /// Latency-marker histograms merged over each sink's subtasks, by sink and source subtask.
+    fn latency(&self) -> Vec<LatencySummary> {
+        let mut summaries = Vec::new();
+        for (node, name, _, subtasks) in &self.metrics.operators {
+            let mut merged = Vec::new();
+            for m in subtasks {
+                m.latency.merge_into(&mut merged);
+            }
+            merged.sort_by_key(|(source, _)| *source);
+            summaries.extend(merged.into_iter().map(|(source, h)| LatencySummary::new(name.clone(), *node, source, h)));
+        }
+        summaries
     }
 }
 

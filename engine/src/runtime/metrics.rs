@@ -1,10 +1,14 @@
-//! What a job reports: records per operator, exchange and backpressure counters per task, and
-//! warnings about input it could not use. Counters are atomics updated once per batch or
-//! buffer, readable while the job runs.
+//! What a job reports: records per operator, exchange and backpressure counters per task,
+//! latency-marker histograms per sink and source subtask, and warnings about input it could not
+//! use. Counters are atomics updated once per batch or buffer, readable while the job runs;
+//! latency histograms sit behind a mutex taken once per marker, never per record.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use hdrhistogram::Histogram;
 
 /// Exchange and scheduling counters of one task.
 #[derive(Debug, Default)]
@@ -28,6 +32,89 @@ impl TaskCounters {
     #[inline]
     pub(crate) fn inc(counter: &AtomicU64, by: u64) {
         counter.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+/// A histogram of latency-marker ages in nanoseconds: three significant figures, growing to
+/// whatever the largest age needs.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("three significant figures are within hdrhistogram's 0..=5")
+}
+
+/// The ages of the latency markers one sink subtask received, by the source subtask that
+/// emitted them (few source subtasks, so a short vector beats a map).
+#[derive(Debug, Default)]
+pub(crate) struct LatencyHistograms {
+    by_source: Mutex<Vec<(u32, Histogram<u64>)>>,
+}
+
+impl LatencyHistograms {
+    pub(crate) fn record(&self, source_subtask: u32, age_ns: u64) {
+        let mut by_source = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
+        let index = match by_source.iter().position(|(s, _)| *s == source_subtask) {
+            Some(i) => i,
+            None => {
+                by_source.push((source_subtask, latency_histogram()));
+                by_source.len() - 1
+            }
+        };
+        let histogram = &mut by_source[index].1;
+        // `record` grows the histogram; `saturating_record` would clamp to its current range.
+        if histogram.record(age_ns).is_err() {
+            histogram.saturating_record(age_ns);
+        }
+    }
+
+    /// Adds this subtask's histograms into `into`, by source subtask.
+    pub(crate) fn merge_into(&self, into: &mut Vec<(u32, Histogram<u64>)>) {
+        let by_source = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
+        for (source, h) in by_source.iter() {
+            match into.iter_mut().find(|(s, _)| s == source) {
+                Some((_, merged)) => {
+                    if let Err(e) = merged.add(h) {
+                        tracing::warn!(source_subtask = source, "latency histograms not merged: {e}");
+                    }
+                }
+                None => into.push((*source, h.clone())),
+            }
+        }
+    }
+}
+
+/// Latency of the markers of one source subtask at one sink, over the sink's subtasks: the time
+/// from the source's emission to the sink's receipt, on the host's monotonic clock (valid when
+/// source and sink run on one host).
+#[derive(Debug, Clone)]
+pub struct LatencySummary {
+    /// The sink operator's name and graph node.
+    pub sink: String,
+    pub sink_node: usize,
+    pub source_subtask: u32,
+    /// Markers received.
+    pub count: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub p99_9: Duration,
+    pub max: Duration,
+    /// The histogram the figures come from (nanoseconds), for merging results of several
+    /// processes.
+    pub histogram: Histogram<u64>,
+}
+
+impl LatencySummary {
+    pub fn new(sink: String, sink_node: usize, source_subtask: u32, histogram: Histogram<u64>) -> Self {
+        let at = |q: f64| Duration::from_nanos(histogram.value_at_quantile(q));
+        Self {
+            sink,
+            sink_node,
+            source_subtask,
+            count: histogram.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            p99_9: at(0.999),
+            max: Duration::from_nanos(histogram.max()),
+            histogram,
+        }
     }
 }
 
@@ -91,6 +178,8 @@ pub struct JobResult {
     pub operators: Vec<OperatorSummary>,
     pub tasks: Vec<TaskSummary>,
     pub warnings: Vec<JobWarning>,
+    /// Latency markers per sink and source subtask; empty unless latency tracking is on.
+    pub latency: Vec<LatencySummary>,
     pub buffers_reserved: u32,
     pub plan: String,
 }
@@ -122,6 +211,13 @@ impl fmt::Display for JobResult {
         let waits: u64 = self.tasks.iter().map(|t| t.backpressure_waits).sum();
         let buffers: u64 = self.tasks.iter().map(|t| t.buffers_out).sum();
         writeln!(f, "  buffers sent {buffers}, backpressure waits {waits}, buffers reserved {}", self.buffers_reserved)?;
+        for l in &self.latency {
+            writeln!(
+                f,
+                "  latency {} <- source subtask {}: {} markers, p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+                l.sink, l.source_subtask, l.count, l.p50, l.p99, l.p99_9, l.max
+            )?;
+        }
         for w in &self.warnings {
             writeln!(f, "  warning: {} (subtask {}): {}", w.operator, w.subtask, w.message)?;
         }

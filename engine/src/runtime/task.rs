@@ -6,6 +6,12 @@
 //! (through the barrier aligner) and latency markers. At end of input the chain finishes in
 //! bounded steps, signals end-of-partition and drains what credit allows.
 //!
+//! With latency tracking on, a source task emits a latency marker after a batch (or an idle
+//! poll) once its interval has passed: one clock read per batch, none per record, nothing when
+//! tracking is off. An idle source wakes for its markers (as in Flink, where they come from a
+//! timer independent of the data), so a quiet stream still reports its path's latency. Markers
+//! follow the records emitted before them; an exchange sends each on one channel, round-robin.
+//!
 //! Invariant: a task never blocks its thread; every wait is on its doorbell, which producers,
 //! consumers, the host application and cancellation ring.
 
@@ -20,7 +26,7 @@ use super::metrics::TaskCounters;
 use crate::api::sources::SourceStatus;
 use crate::checkpoint::{AlignmentAction, BarrierAligner};
 use crate::error::TaskError;
-use crate::operators::{now_ms, Control, FlushReason, Readiness};
+use crate::operators::{monotonic_ns, now_ms, Control, FlushReason, Readiness};
 use crate::time::{ValveOutput, WatermarkValve};
 
 pub(crate) enum TaskBody {
@@ -77,6 +83,29 @@ impl FlushClock {
     }
 }
 
+/// When a source subtask emits its next latency marker.
+struct MarkerClock {
+    interval_ns: u64,
+    next_ns: u64,
+    source_subtask: u32,
+}
+
+impl MarkerClock {
+    fn new((interval, source_subtask): (Duration, u32)) -> Self {
+        Self { interval_ns: (interval.as_nanos() as u64).max(1), next_ns: 0, source_subtask }
+    }
+
+    /// Emits a marker if one is due; returns the time until the next one.
+    fn tick(&mut self, chain: &mut dyn Control) -> Result<Duration, TaskError> {
+        let now = monotonic_ns();
+        if now >= self.next_ns {
+            chain.emit_event(&Event::LatencyMarker { marked_time_ns: now, source_subtask: self.source_subtask })?;
+            self.next_ns = now + self.interval_ns;
+        }
+        Ok(Duration::from_nanos(self.next_ns - now))
+    }
+}
+
 /// Fires the chain's processing-time work that is due; returns how long until the next.
 fn fire_due(chain: &mut dyn Control) -> Result<Option<Duration>, TaskError> {
     let Some(deadline) = chain.next_deadline() else {
@@ -90,9 +119,12 @@ fn fire_due(chain: &mut dyn Control) -> Result<Option<Duration>, TaskError> {
     Ok(chain.next_deadline().map(|d| Duration::from_millis(d.saturating_sub(now_ms()).max(0) as u64)))
 }
 
-/// Waits on the doorbell, at most until the chain's next processing-time deadline.
-async fn wait_idle(chain: &mut dyn Control, env: &TaskEnv) -> Result<(), TaskError> {
-    let timeout = fire_due(chain)?;
+/// Waits on the doorbell, at most until the chain's next processing-time deadline or `until`.
+async fn wait_idle(chain: &mut dyn Control, env: &TaskEnv, until: Option<Duration>) -> Result<(), TaskError> {
+    let timeout = match (fire_due(chain)?, until) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     if timeout == Some(Duration::ZERO) || !chain.resume(env.batch_size)? {
         return Ok(());
     }
@@ -178,12 +210,16 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
     match body {
         TaskBody::Source(mut source) => {
             let mut steps = 0u64;
+            let mut markers = source.latency_markers().map(MarkerClock::new);
             loop {
                 check_cancelled(&env)?;
                 drain_pending(source.chain(), &env, &mut clock).await?;
                 wait_ready(source.chain(), &env, &mut clock).await?;
                 match source.step(env.batch_size)? {
                     SourceStatus::More => {
+                        if let Some(m) = &mut markers {
+                            m.tick(source.chain())?;
+                        }
                         clock.after_batch(source.chain())?;
                         if steps.is_multiple_of(8) {
                             fire_due(source.chain())?;
@@ -192,12 +228,13 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                         glommio::yield_if_needed().await;
                     }
                     SourceStatus::Idle => {
+                        let next_marker = markers.as_mut().map(|m| m.tick(source.chain())).transpose()?;
                         source.chain().flush(FlushReason::Idle)?;
                         clock.reset();
                         check_cancelled(&env)?;
                         // Output still waiting for room (parked records, a full sink) is
                         // waited for by `wait_ready`, which re-polls it.
-                        wait_idle(source.chain(), &env).await?;
+                        wait_idle(source.chain(), &env, next_marker).await?;
                     }
                     SourceStatus::Finished => break,
                 }
@@ -237,7 +274,7 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                         input.chain().flush(FlushReason::Idle)?;
                         clock.reset();
                         check_cancelled(&env)?;
-                        wait_idle(input.chain(), &env).await?;
+                        wait_idle(input.chain(), &env, None).await?;
                     }
                 }
             }
