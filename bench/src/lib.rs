@@ -7,5 +7,6 @@ pub mod corpus;
 pub mod examples;
 pub mod nexmark;
 pub mod throughput;
+pub mod transport;
 pub mod window_agg;
 pub mod window_model;

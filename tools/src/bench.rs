@@ -1,6 +1,7 @@
 //! `corestream bench passthrough|keyed-sum|window|nexmark`: throughput of the benchmark jobs,
 //! in events/s over the job's wall time; `nexmark` also reports events/s per core from the CPU
-//! time the operating system charged to this process over the job.
+//! time the operating system charged to this process over the job. `transport` measures raw
+//! TCP transports without the engine (`corestream_bench::transport`).
 
 use clap::Subcommand;
 use corestream_bench::throughput::{
@@ -11,7 +12,7 @@ use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::window_agg::parse_window_spec;
 use corestream_bench::window_model::WindowSpec;
 
-use crate::args::{parse_count, parse_duration, parse_positive_count, Common};
+use crate::args::{parse_count, parse_duration, parse_positive, parse_positive_count, Common};
 use crate::latency::{LatencyQuery, LatencySettings};
 use crate::progress::join_with_progress;
 
@@ -98,6 +99,20 @@ pub enum BenchCommand {
         baseline: bool,
         #[command(flatten)]
         common: Common,
+    },
+    /// Raw TCP over 127.0.0.1 in 32 KB pool buffers, no engine: plain send/recv against
+    /// io_uring SEND/RECV, SEND_ZC (with and without registered buffers) and multishot receive
+    /// into a provided buffer ring; GB/s per variant over interleaved rounds, every frame checked.
+    Transport {
+        /// Bytes moved per run (64M, 2G: binary units), rounded up to whole 32 KB buffers.
+        #[arg(long, default_value = "2G", value_parser = corestream_bench::transport::parse_bytes)]
+        bytes: u64,
+        /// Runs of each variant, interleaved; the figure is their median.
+        #[arg(long, default_value_t = 3, value_parser = parse_positive)]
+        rounds: u32,
+        /// Also write the figures as a JSON object to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
 }
 
@@ -326,6 +341,19 @@ pub fn print_report(r: &BenchReport) {
     }
 }
 
+fn run_transport(bytes: u64, rounds: u32, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use corestream_bench::transport::{run, TransportSettings};
+    let report = run(&TransportSettings { bytes, rounds }, |round, variant, result| match result {
+        Ok(gbps) => eprintln!("round {round}/{rounds} {:<36} {gbps:.2} GB/s", variant.label()),
+        Err(e) => eprintln!("round {round}/{rounds} {:<36} {e}", variant.label()),
+    })?;
+    print!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(path, report.json()).map_err(|e| anyhow::anyhow!("cannot write '{}': {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let (report, ok) = match cmd {
         BenchCommand::Nexmark { query, events, seed, json, common } => {
@@ -335,6 +363,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let settings = LatencySettings { query, rate, duration, seed, baseline };
             return crate::latency::run(&settings, json.as_deref(), hdr_log.as_deref(), plot.as_deref(), &common);
         }
+        BenchCommand::Transport { bytes, rounds, json } => return run_transport(bytes, rounds, json.as_deref()),
         BenchCommand::Passthrough { events, common } => {
             let cluster = common.cluster()?;
             let p = common.parallelism.unwrap_or(cluster.num_slots());
