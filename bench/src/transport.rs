@@ -28,13 +28,17 @@
 //! builds): `./target/release/corestream bench transport --bytes 2G`, 3 rounds, GB/s median
 //! (min–max):
 //!
-//! | variant          | run 1              | notes                                         |
-//! |------------------|--------------------|-----------------------------------------------|
-//! | `plain`          | 1.99 (1.97–1.99)   |                                               |
-//! | `uring`          | 1.95 (1.81–2.14)   |                                               |
-//! | `send_zc`        | 1.10 (1.07–1.18)   | every notification reports a copy             |
-//! | `send_zc_fixed`  | 0.93 (0.82–1.18)   | every notification reports a copy; bimodal on short runs (0.14 or ~1.2) |
-//! | `multishot`      | 1.88 (1.79–1.95)   | ~1.01 CQEs per frame, 552 re-arms on ENOBUFS per run |
+//! | variant          | run 1            | run 2            | notes                                |
+//! |------------------|------------------|------------------|--------------------------------------|
+//! | `plain`          | 1.99 (1.97–1.99) | 2.14 (2.09–2.21) |                                      |
+//! | `uring`          | 1.95 (1.81–2.14) | 2.11 (1.96–2.43) | one SQE in flight, as plain          |
+//! | `send_zc`        | 1.10 (1.07–1.18) | 1.11 (1.07–1.21) | every notification reports a copy    |
+//! | `send_zc_fixed`  | 0.93 (0.82–1.18) | 1.01 (0.77–1.26) | the same; 64 MiB runs are bimodal (about 0.15 or 1.2) |
+//! | `multishot`      | 1.88 (1.79–1.95) | 1.98 (1.94–2.10) | 1.01–1.02 CQEs per frame, 550–740 re-arms on ENOBUFS per run |
+//!
+//! So on loopback: io_uring SEND/RECV ties plain (within noise), SEND_ZC loses 45–50 %, SEND_ZC
+//! from registered buffers loses as much or more, and multishot receive with its realign copy
+//! loses about 5 %.
 //!
 //! Decision ("keep what pays"): the production transport sends and receives with plain
 //! non-blocking `send`/`recv` through glommio's `TcpStream`, straight out of and into pool
