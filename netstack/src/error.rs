@@ -1,6 +1,10 @@
 //! Typed errors of the data plane.
 
+use std::time::Duration;
+
 use thiserror::Error;
+
+use crate::wire::{ErrorCode, FrameError};
 
 /// Errors from writing a record into a buffer.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -29,6 +33,52 @@ pub enum NetError {
     /// The pool had no free buffer although the reservations promised one.
     #[error("network buffer pool exhausted ({capacity} buffers in use)")]
     PoolExhausted { capacity: u32 },
+    /// A [`NetConfig`](crate::transport::NetConfig) setting is out of range.
+    #[error("invalid network setting {setting}: {reason}")]
+    InvalidConfig { setting: &'static str, reason: String },
+    /// Every connection attempt to a peer failed. Retrying may help if the peer is still
+    /// starting; otherwise check that it runs and listens on that address.
+    #[error("could not connect to {peer} after {attempts} attempts: {last_error}")]
+    ConnectFailed { peer: String, attempts: u32, last_error: String },
+    /// The peer that should dial this TaskManager did not connect in time.
+    #[error("{peer} did not connect within {waited:?}; check that it started and can reach this address")]
+    PeerNeverConnected { peer: String, waited: Duration },
+    /// A socket operation other than reading or writing frames failed.
+    #[error("{operation} for the connection to {peer} failed: {detail}")]
+    Socket { peer: String, operation: &'static str, detail: String },
+    /// Nothing arrived from the peer for longer than the heartbeat timeout (hung, overloaded
+    /// or partitioned), or it stopped accepting bytes for that long.
+    #[error("connection to {peer} timed out: nothing received for {silent_for:?}")]
+    PeerTimeout { peer: String, silent_for: Duration },
+    /// The connection ended before both sides sent CLOSE: the peer process died or the network
+    /// reset the connection.
+    #[error("connection to {peer} lost: {detail}")]
+    PeerLost { peer: String, detail: String },
+    /// The peer sent a frame that breaks the protocol; this side sent ERROR and closed.
+    #[error("connection to {peer} closed: {error}")]
+    Protocol { peer: String, error: FrameError },
+    /// The job failed on the peer (it sent ERROR with code 2): the root cause is there.
+    #[error("the job failed on {peer}: {message}")]
+    PeerFailed { peer: String, message: String },
+    /// The peer refused this side: it found a protocol error in what this side sent, or the
+    /// handshake did not match (ERROR with code 1 or 3).
+    #[error("{peer} refused the connection ({code:?}): {message}")]
+    PeerRefused { peer: String, code: ErrorCode, message: String },
+}
+
+impl NetError {
+    /// Whether running the job again, unchanged, could succeed: a peer that was slow to start,
+    /// died or was cut off may be back, but a bad setting, a protocol violation, a refused
+    /// handshake or a job that failed on the peer will happen again.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            NetError::InvalidConfig { .. }
+                | NetError::Protocol { .. }
+                | NetError::PeerRefused { .. }
+                | NetError::PeerFailed { .. }
+        )
+    }
 }
 
 /// Why a record buffer received from another process was refused by

@@ -1,0 +1,562 @@
+//! The socket side of a connection between two TaskManagers: dialing and accepting with
+//! bounded retries and timeouts ([`dial`], [`accept`]), and [`run_session`], which drives a
+//! sans-IO [`PeerSession`] over a glommio [`TcpStream`] until both sides have sent CLOSE.
+//!
+//! The session runs as two futures on one glommio executor, sharing the session in a
+//! `RefCell` that is never borrowed across an await:
+//! - the *reader* reads a 32-byte header, lets the session admit it, and reads a BUFFER body
+//!   straight into offset 0 of a pool buffer (no user-space copy; the kernel copies once) or
+//!   any other body into a 1 KiB scratch array;
+//! - the *writer* waits on the session's doorbell (rung by producers, consumers granting
+//!   credit, the reader and cancellation) or the heartbeat deadline, takes the session's
+//!   frames and writes them with `sendmsg(MSG_DONTWAIT)` over `[header, body, …]` iovecs, at
+//!   most [`MAX_BATCH_FRAMES`] frames or [`MAX_BATCH_BYTES`] bytes per call, falling back to
+//!   glommio's readiness-driven write on `EAGAIN` or a partial write. A BUFFER's pool buffer
+//!   is dropped only once the kernel has taken all of its bytes.
+//!
+//! Failure detection is bounded: nothing received for `heartbeat_timeout` is
+//! [`NetError::PeerTimeout`] (an idle side sends HEARTBEAT every `heartbeat_interval`, so a
+//! live peer is never silent that long), a writer stuck on unacknowledged bytes fails through
+//! `TCP_USER_TIMEOUT` and the write timeout, EOF or a reset before CLOSE is
+//! [`NetError::PeerLost`], and a frame that breaks the protocol is answered with ERROR and
+//! returned as [`NetError::Protocol`]. Every error path drops the session, which returns every
+//! buffer it and its channels' frames hold to the pool.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::io::{split, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::Timer;
+
+use crate::doorbell::Doorbell;
+use crate::error::NetError;
+use crate::pool::BufferPool;
+use crate::remote::{Admission, OutFrame, PeerSession, PeerSignal, SessionStats};
+use crate::wire::{decode_header, ErrorCode, FrameError, Message, HEADER_BYTES, MAX_TEXT_BYTES};
+
+/// Frames written by one `sendmsg` call at most.
+pub const MAX_BATCH_FRAMES: usize = 64;
+/// Bytes written by one `sendmsg` call at most (a single frame may exceed it only if it is
+/// the first of its batch, which a 32 800-byte maximum frame never does).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Timing and retry settings of the connections between TaskManagers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    /// A side that has sent nothing for this long sends HEARTBEAT.
+    pub heartbeat_interval: Duration,
+    /// A peer from which nothing arrived for this long is declared dead; also the socket's
+    /// `TCP_USER_TIMEOUT` and write timeout.
+    pub heartbeat_timeout: Duration,
+    /// Connection attempts before [`dial`] gives up.
+    pub connect_attempts: u32,
+    /// Wait after the first failed attempt; it doubles after each further failure ...
+    pub connect_backoff_initial: Duration,
+    /// ... up to this.
+    pub connect_backoff_max: Duration,
+    /// How long [`accept`] waits for the peer that should dial this side.
+    pub accept_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
+            connect_attempts: 10,
+            connect_backoff_initial: Duration::from_millis(20),
+            connect_backoff_max: Duration::from_secs(1),
+            accept_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl NetConfig {
+    /// Checks that every setting is usable: positive durations, a heartbeat timeout longer than
+    /// the interval (so a live idle peer is never declared dead) and within `TCP_USER_TIMEOUT`'s
+    /// millisecond range, at least one attempt and an initial backoff not above its maximum.
+    pub fn validate(&self) -> Result<(), NetError> {
+        let invalid = |setting, reason: String| Err(NetError::InvalidConfig { setting, reason });
+        let positive = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("connect_backoff_initial", self.connect_backoff_initial),
+            ("accept_timeout", self.accept_timeout),
+        ];
+        if let Some((setting, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return invalid(setting, "must be greater than zero".into());
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            let reason = format!(
+                "{:?} must be longer than heartbeat_interval ({:?}), or an idle live peer is declared dead",
+                self.heartbeat_timeout, self.heartbeat_interval
+            );
+            return invalid("heartbeat_timeout", reason);
+        }
+        if u32::try_from(self.heartbeat_timeout.as_millis()).is_err() {
+            return invalid("heartbeat_timeout", format!("{:?} exceeds u32::MAX milliseconds", self.heartbeat_timeout));
+        }
+        if self.connect_attempts == 0 {
+            return invalid("connect_attempts", "must be at least 1".into());
+        }
+        if self.connect_backoff_max < self.connect_backoff_initial {
+            let reason = format!(
+                "{:?} is below connect_backoff_initial ({:?})",
+                self.connect_backoff_max, self.connect_backoff_initial
+            );
+            return invalid("connect_backoff_max", reason);
+        }
+        Ok(())
+    }
+
+    /// The wait after failed attempt `attempt` (1-based).
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.connect_backoff_initial.saturating_mul(factor).min(self.connect_backoff_max)
+    }
+}
+
+/// Connects to `peer` (named `peer_name` in errors) with up to `config.connect_attempts`
+/// attempts and exponential backoff between them, and configures the socket
+/// ([`configure_stream`]).
+pub async fn dial(addr: SocketAddr, peer_name: &str, config: &NetConfig) -> Result<TcpStream, NetError> {
+    config.validate()?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let last_error = match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                configure_stream(&stream, peer_name, config)?;
+                return Ok(stream);
+            }
+            Err(e) => e.to_string(),
+        };
+        if attempt >= config.connect_attempts {
+            return Err(NetError::ConnectFailed { peer: peer_name.to_string(), attempts: attempt, last_error });
+        }
+        tracing::debug!(peer = peer_name, attempt, error = %last_error, "connect failed, retrying");
+        Timer::new(config.backoff(attempt)).await;
+    }
+}
+
+/// Accepts the connection of `peer_name` on `listener`, waiting at most
+/// `config.accept_timeout`, and configures the socket ([`configure_stream`]).
+pub async fn accept(listener: &TcpListener, peer_name: &str, config: &NetConfig) -> Result<TcpStream, NetError> {
+    config.validate()?;
+    let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+        Timer::new(config.accept_timeout).await;
+        None
+    })
+    .await;
+    match accepted {
+        None => Err(NetError::PeerNeverConnected { peer: peer_name.to_string(), waited: config.accept_timeout }),
+        Some(Err(e)) => Err(socket_error(peer_name, "accept", e.into())),
+        Some(Ok(stream)) => {
+            configure_stream(&stream, peer_name, config)?;
+            Ok(stream)
+        }
+    }
+}
+
+/// Sets `TCP_NODELAY` (credits, events and flushed buffers must not wait for Nagle),
+/// `TCP_USER_TIMEOUT` = heartbeat timeout (unacknowledged bytes fail the socket after it) and
+/// the same read and write timeouts.
+pub fn configure_stream(stream: &TcpStream, peer_name: &str, config: &NetConfig) -> Result<(), NetError> {
+    config.validate()?;
+    stream.set_nodelay(true).map_err(|e| socket_error(peer_name, "setting TCP_NODELAY", e.into()))?;
+    let timeout_ms = u32::try_from(config.heartbeat_timeout.as_millis()).expect("validated: fits u32");
+    set_user_timeout(stream.as_raw_fd(), timeout_ms).map_err(|e| socket_error(peer_name, "setting TCP_USER_TIMEOUT", e))?;
+    stream
+        .set_read_timeout(Some(config.heartbeat_timeout))
+        .map_err(|e| socket_error(peer_name, "setting the read timeout", e.into()))?;
+    stream
+        .set_write_timeout(Some(config.heartbeat_timeout))
+        .map_err(|e| socket_error(peer_name, "setting the write timeout", e.into()))?;
+    Ok(())
+}
+
+fn set_user_timeout(fd: RawFd, timeout_ms: u32) -> io::Result<()> {
+    let value: libc::c_uint = timeout_ms;
+    // SAFETY: `fd` is the open socket of a live TcpStream; `value` is a c_uint on the stack that
+    // outlives the call, and its size is passed as the option length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&value as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn socket_error(peer: &str, operation: &'static str, e: io::Error) -> NetError {
+    NetError::Socket { peer: peer.to_string(), operation, detail: e.to_string() }
+}
+
+/// Why this process ends a session before CLOSE, as reported by the `interrupt` poll of
+/// [`run_session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The job was cancelled here: the peer gets CANCEL(reason).
+    Cancel { reason: String },
+    /// The job failed here: the peer gets ERROR(2, message).
+    Fail { message: String },
+}
+
+/// How a session that did not fail ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Both sides sent CLOSE and the peer shut its write side: every channel ended.
+    Closed,
+    /// This side sent CANCEL or ERROR(2) after an [`Interrupt`].
+    Interrupted(Interrupt),
+    /// The peer's job was cancelled (it sent CANCEL).
+    PeerCancelled { reason: String },
+}
+
+/// The end of a session and its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOutcome {
+    pub end: SessionEnd,
+    pub stats: SessionStats,
+}
+
+/// Why one of the two session futures stopped before the other.
+enum Stop {
+    Net(NetError),
+    Interrupted(Interrupt),
+    PeerCancelled(String),
+}
+
+impl From<NetError> for Stop {
+    fn from(e: NetError) -> Self {
+        Stop::Net(e)
+    }
+}
+
+/// State shared by the reader and the writer of one session (same executor, never borrowed
+/// across an await).
+struct Shared<'a> {
+    session: RefCell<PeerSession>,
+    bell: &'a Doorbell,
+    peer: &'a str,
+    last_rx: Cell<Instant>,
+    last_tx: Cell<Instant>,
+    /// The writer stopped in the middle of a frame: nothing more may be written.
+    mid_frame: Cell<bool>,
+}
+
+impl Shared<'_> {
+    fn io_error(&self, e: io::Error, reading: bool) -> NetError {
+        let peer = self.peer.to_string();
+        match e.kind() {
+            io::ErrorKind::TimedOut if reading => NetError::PeerTimeout { peer, silent_for: self.last_rx.get().elapsed() },
+            io::ErrorKind::TimedOut => NetError::PeerTimeout { peer, silent_for: self.last_tx.get().elapsed() },
+            _ => NetError::PeerLost { peer, detail: e.to_string() },
+        }
+    }
+
+    fn lost(&self, detail: &str) -> NetError {
+        NetError::PeerLost { peer: self.peer.to_string(), detail: detail.to_string() }
+    }
+
+    fn protocol(&self, error: FrameError) -> NetError {
+        NetError::Protocol { peer: self.peer.to_string(), error }
+    }
+}
+
+/// Drives `session` over `stream` until both sides have sent CLOSE and the peer has shut its
+/// write side, or until it fails. `bell` must be the `session_bell` of every channel of the
+/// session; `pool` supplies the buffers received BUFFER bodies are read into; `peer_name`
+/// (e.g. "TaskManager 1 (127.0.0.1:41235)") names the peer in errors. `interrupt` is polled
+/// whenever the writer wakes (ring `bell` to make it wake at once, otherwise at the latest
+/// after `heartbeat_interval`): `Some` sends CANCEL or ERROR(2) and ends the session.
+///
+/// The stream should have been configured by [`configure_stream`] ([`dial`] and [`accept`] do).
+pub async fn run_session(
+    stream: TcpStream,
+    session: PeerSession,
+    pool: BufferPool,
+    bell: Arc<Doorbell>,
+    config: &NetConfig,
+    peer_name: String,
+    interrupt: impl Fn() -> Option<Interrupt>,
+) -> Result<SessionOutcome, NetError> {
+    config.validate()?;
+    let fd = stream.as_raw_fd();
+    let (mut reader, mut writer) = split(stream);
+    let now = Instant::now();
+    let shared = Shared {
+        session: RefCell::new(session),
+        bell: &bell,
+        peer: &peer_name,
+        last_rx: Cell::new(now),
+        last_tx: Cell::new(now),
+        mid_frame: Cell::new(false),
+    };
+    let result = futures_lite::future::try_zip(
+        read_loop(&shared, &mut reader, &pool),
+        write_loop(&shared, &mut writer, fd, config, &interrupt),
+    )
+    .await;
+    bell.clear_waker();
+    let stats = shared.session.borrow().stats();
+    let end = match result {
+        Ok(((), ())) => SessionEnd::Closed,
+        Err(Stop::Interrupted(interrupt)) => SessionEnd::Interrupted(interrupt),
+        Err(Stop::PeerCancelled(reason)) => SessionEnd::PeerCancelled { reason },
+        Err(Stop::Net(error)) => {
+            if let NetError::Protocol { error: frame_error, .. } = &error {
+                if !shared.mid_frame.get() {
+                    send_error_now(fd, frame_error);
+                }
+            }
+            return Err(error);
+        }
+    };
+    Ok(SessionOutcome { end, stats })
+}
+
+/// Best effort: one non-blocking send of ERROR(1 or 3) before the socket is closed.
+fn send_error_now(fd: RawFd, error: &FrameError) {
+    let code = match error {
+        FrameError::HandshakeMismatch { .. } => ErrorCode::HandshakeMismatch,
+        _ => ErrorCode::Protocol,
+    };
+    let text = error.to_string();
+    let message = Message::Error { code, message: crate::wire::truncate_text(&text) };
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + MAX_TEXT_BYTES);
+    if message.encode_into(&mut bytes).is_err() {
+        return;
+    }
+    // SAFETY: `fd` is the session's socket, still open (both halves of the stream are alive in
+    // the caller); `bytes` outlives the call and its length is passed with its pointer.
+    let _ = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read.
+async fn read_full(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>, buf: &mut [u8]) -> Result<usize, NetError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = reader.read(&mut buf[filled..]).await.map_err(|e| shared.io_error(e, true))?;
+        if n == 0 {
+            break;
+        }
+        shared.last_rx.set(Instant::now());
+        filled += n;
+    }
+    Ok(filled)
+}
+
+async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>, pool: &BufferPool) -> Result<(), Stop> {
+    let mut header_bytes = [0u8; HEADER_BYTES];
+    let mut scratch = [0u8; MAX_TEXT_BYTES];
+    let mut close_received = false;
+    loop {
+        let n = read_full(shared, reader, &mut header_bytes).await?;
+        if n == 0 {
+            if close_received {
+                shared.bell.ring();
+                return Ok(());
+            }
+            return Err(shared.lost("connection closed before the job ended").into());
+        }
+        if n < HEADER_BYTES {
+            return Err(shared.lost("connection closed in the middle of a frame header").into());
+        }
+        let header = decode_header(&header_bytes).map_err(|e| shared.protocol(e))?;
+        let admission = shared.session.borrow_mut().on_header(&header).map_err(|e| shared.protocol(e))?;
+        let signal = match admission {
+            Admission::Buffer(ticket) => {
+                let len = ticket.body_len();
+                let mut buffer = pool.take()?;
+                if read_full(shared, reader, &mut buffer.whole_mut()[..len]).await? < len {
+                    return Err(shared.lost("connection closed in the middle of a BUFFER frame").into());
+                }
+                buffer.set_len(len);
+                shared.session.borrow_mut().on_buffer(ticket, buffer).map_err(|e| shared.protocol(e))?;
+                PeerSignal::None
+            }
+            Admission::Body(ticket) => {
+                let len = header.body_len as usize;
+                let body = scratch.get_mut(..len).expect("the header check bounds every non-BUFFER body by 1 KiB");
+                if read_full(shared, reader, body).await? < len {
+                    return Err(shared.lost("connection closed in the middle of a frame").into());
+                }
+                let signal = shared.session.borrow_mut().on_body(ticket, body).map_err(|e| shared.protocol(e))?;
+                shared.bell.ring();
+                signal
+            }
+        };
+        match signal {
+            PeerSignal::None => {}
+            PeerSignal::Closed => close_received = true,
+            PeerSignal::Cancelled { reason } => return Err(Stop::PeerCancelled(reason)),
+            PeerSignal::Failed { code: ErrorCode::JobFailed, message } => {
+                return Err(NetError::PeerFailed { peer: shared.peer.to_string(), message }.into());
+            }
+            PeerSignal::Failed { code, message } => {
+                return Err(NetError::PeerRefused { peer: shared.peer.to_string(), code, message }.into());
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    shared: &Shared<'_>,
+    writer: &mut WriteHalf<TcpStream>,
+    fd: RawFd,
+    config: &NetConfig,
+    interrupt: &impl Fn() -> Option<Interrupt>,
+) -> Result<(), Stop> {
+    let mut frames: Vec<OutFrame> = Vec::new();
+    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(2 * MAX_BATCH_FRAMES);
+    loop {
+        if let Some(interrupt) = interrupt() {
+            let message = match &interrupt {
+                Interrupt::Cancel { reason } => Message::Cancel { reason: crate::wire::truncate_text(reason) },
+                Interrupt::Fail { message } => {
+                    Message::Error { code: ErrorCode::JobFailed, message: crate::wire::truncate_text(message) }
+                }
+            };
+            write_control(shared, writer, message).await?;
+            return Err(Stop::Interrupted(interrupt));
+        }
+        let more = shared.session.borrow_mut().poll_outgoing(&mut frames);
+        if !frames.is_empty() {
+            write_frames(shared, writer, fd, &mut frames, &mut iovecs).await?;
+        }
+        if shared.session.borrow().close_sent() {
+            writer.close().await.map_err(|e| shared.io_error(e, false))?;
+            return Ok(());
+        }
+        if more {
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        let idle = shared.last_tx.get().elapsed();
+        if idle >= config.heartbeat_interval {
+            write_control(shared, writer, Message::Heartbeat).await?;
+            continue;
+        }
+        let rest = config.heartbeat_interval - idle;
+        futures_lite::future::or(shared.bell.wait(), async {
+            Timer::new(rest).await;
+        })
+        .await;
+    }
+}
+
+async fn write_control(shared: &Shared<'_>, writer: &mut WriteHalf<TcpStream>, message: Message<'_>) -> Result<(), NetError> {
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + MAX_TEXT_BYTES);
+    message.encode_into(&mut bytes).expect("the transport builds only valid control frames");
+    shared.mid_frame.set(true);
+    writer.write_all(&bytes).await.map_err(|e| shared.io_error(e, false))?;
+    shared.mid_frame.set(false);
+    shared.last_tx.set(Instant::now());
+    Ok(())
+}
+
+/// Writes every frame of `frames` in batches and empties it, dropping each frame (and its pool
+/// buffer) once the kernel has taken all of its bytes.
+async fn write_frames(
+    shared: &Shared<'_>,
+    writer: &mut WriteHalf<TcpStream>,
+    fd: RawFd,
+    frames: &mut Vec<OutFrame>,
+    iovecs: &mut Vec<libc::iovec>,
+) -> Result<(), NetError> {
+    while !frames.is_empty() {
+        let batch = batch_len(frames);
+        let sent = send_batch(fd, &frames[..batch], iovecs).map_err(|e| shared.io_error(e, false))?;
+        if sent > 0 {
+            shared.last_tx.set(Instant::now());
+        }
+        let (done, offset) = split_sent(&frames[..batch], sent);
+        frames.drain(..done);
+        if done == batch {
+            continue;
+        }
+        shared.mid_frame.set(true);
+        let frame = &frames[0];
+        let header = frame.header();
+        if offset < HEADER_BYTES {
+            writer.write_all(&header[offset..]).await.map_err(|e| shared.io_error(e, false))?;
+        }
+        let body_offset = offset.saturating_sub(HEADER_BYTES);
+        writer.write_all(&frame.body()[body_offset..]).await.map_err(|e| shared.io_error(e, false))?;
+        shared.mid_frame.set(false);
+        shared.last_tx.set(Instant::now());
+        frames.remove(0);
+    }
+    Ok(())
+}
+
+/// Frames of the next batch: at most [`MAX_BATCH_FRAMES`] and [`MAX_BATCH_BYTES`], at least one.
+fn batch_len(frames: &[OutFrame]) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for frame in frames.iter().take(MAX_BATCH_FRAMES) {
+        if n > 0 && bytes + frame.len() > MAX_BATCH_BYTES {
+            break;
+        }
+        bytes += frame.len();
+        n += 1;
+    }
+    n
+}
+
+/// Given that the first `sent` bytes of `frames` were written: the frames written whole, and
+/// how far into the next one the write got.
+fn split_sent(frames: &[OutFrame], mut sent: usize) -> (usize, usize) {
+    for (i, frame) in frames.iter().enumerate() {
+        if sent < frame.len() {
+            return (i, sent);
+        }
+        sent -= frame.len();
+    }
+    (frames.len(), 0)
+}
+
+/// One non-blocking `sendmsg` of the frames' headers and bodies; `Ok(0)` if the socket buffer
+/// is full.
+fn send_batch(fd: RawFd, frames: &[OutFrame], iovecs: &mut Vec<libc::iovec>) -> io::Result<usize> {
+    iovecs.clear();
+    for frame in frames {
+        let header = frame.header();
+        iovecs.push(libc::iovec { iov_base: header.as_ptr() as *mut libc::c_void, iov_len: header.len() });
+        let body = frame.body();
+        if !body.is_empty() {
+            iovecs.push(libc::iovec { iov_base: body.as_ptr() as *mut libc::c_void, iov_len: body.len() });
+        }
+    }
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovecs.as_mut_ptr();
+    msg.msg_iovlen = iovecs.len() as _;
+    // SAFETY: `fd` is the session's open socket. Every iovec points into `frames` (headers held
+    // inline in the OutFrames, bodies in their pool buffers or inline arrays), which the caller
+    // borrows immutably for the whole call, so the memory outlives this synchronous syscall;
+    // the kernel only reads it. `iovecs` and `msg` live on until the call returns.
+    let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if rc >= 0 {
+        return Ok(rc as usize);
+    }
+    let error = io::Error::last_os_error();
+    match error.kind() {
+        io::ErrorKind::WouldBlock => Ok(0),
+        io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(error),
+    }
+}
