@@ -1,8 +1,11 @@
 //! Cluster and job configuration with the defaults a user gets without asking.
 
+use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::Duration;
 
 use corestream_netstack::CreditConfig;
+use thiserror::Error;
 
 /// How bounded jobs are executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +38,9 @@ pub struct ClusterConfig {
     /// deployment with a core per slot trades that CPU for not paying the kernel's wake-up on
     /// the first record after a pause.
     pub spin_before_park: Option<Duration>,
+    /// This process's share of a job that runs across several TaskManager processes
+    /// (application mode); `None` runs every task here.
+    pub distribution: Option<Distribution>,
 }
 
 impl Default for ClusterConfig {
@@ -47,7 +53,68 @@ impl Default for ClusterConfig {
             preempt_timer: Duration::from_millis(1),
             pin_slots: true,
             spin_before_park: None,
+            distribution: None,
         }
+    }
+}
+
+/// Where this TaskManager process stands among the processes that run one job together.
+///
+/// Every process builds the same plan over `total_slots` job slots; the slots are split into
+/// contiguous ranges ([`owner_of_slot`](crate::graph::execution::owner_of_slot)) and each
+/// process deploys the tasks of its own range. A process may own no slot when `count` exceeds
+/// `total_slots`. The deployment step adds the data listener and the transport's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Distribution {
+    /// This TaskManager's index, `0..count`.
+    pub index: u32,
+    /// Number of TaskManager processes running the job.
+    pub count: u32,
+    /// Job slots over all processes; the default parallelism in distributed mode.
+    pub total_slots: u32,
+    /// Data address of every TaskManager, by index (this one's included).
+    pub peers: Vec<SocketAddr>,
+}
+
+/// A [`Distribution`] that cannot describe a set of processes; the message names the field.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DistributionError {
+    #[error("distribution.count is 0: a job runs on at least one TaskManager")]
+    NoTaskManagers,
+    #[error("distribution.index {index} is out of range: TaskManagers are numbered 0..{count} (distribution.count)")]
+    IndexOutOfRange { index: u32, count: u32 },
+    #[error(
+        "distribution.peers has {peers} address(es) but distribution.count is {count}: give the data address \
+         of every TaskManager, this one's included"
+    )]
+    PeerCount { peers: usize, count: u32 },
+}
+
+impl Distribution {
+    /// A validated distribution.
+    pub fn new(index: u32, count: u32, total_slots: u32, peers: Vec<SocketAddr>) -> Result<Self, DistributionError> {
+        let d = Self { index, count, total_slots, peers };
+        d.validate()?;
+        Ok(d)
+    }
+
+    /// Checks that the fields describe one TaskManager among `count`, each with an address.
+    pub fn validate(&self) -> Result<(), DistributionError> {
+        if self.count == 0 {
+            return Err(DistributionError::NoTaskManagers);
+        }
+        if self.index >= self.count {
+            return Err(DistributionError::IndexOutOfRange { index: self.index, count: self.count });
+        }
+        if self.peers.len() != self.count as usize {
+            return Err(DistributionError::PeerCount { peers: self.peers.len(), count: self.count });
+        }
+        Ok(())
+    }
+
+    /// The job slots this TaskManager owns (possibly none).
+    pub fn local_slots(&self) -> Range<u32> {
+        crate::graph::execution::local_slots(self.index, self.total_slots, self.count)
     }
 }
 
@@ -106,5 +173,34 @@ impl ExecutionConfig {
                 .into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: u16) -> Vec<SocketAddr> {
+        (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 40_000 + i))).collect()
+    }
+
+    #[test]
+    fn distribution_validation_names_the_field() {
+        assert!(Distribution::new(1, 2, 4, peers(2)).is_ok());
+        assert!(Distribution::new(2, 3, 1, peers(3)).is_ok(), "a TaskManager may own no slot");
+        assert_eq!(Distribution::new(0, 0, 4, peers(0)), Err(DistributionError::NoTaskManagers));
+        let e = Distribution::new(2, 2, 4, peers(2)).unwrap_err();
+        assert_eq!(e, DistributionError::IndexOutOfRange { index: 2, count: 2 });
+        assert!(e.to_string().contains("distribution.index"));
+        let e = Distribution::new(0, 2, 4, peers(1)).unwrap_err();
+        assert_eq!(e, DistributionError::PeerCount { peers: 1, count: 2 });
+        assert!(e.to_string().contains("distribution.peers"));
+    }
+
+    #[test]
+    fn local_slots_follow_the_split() {
+        assert_eq!(Distribution::new(0, 2, 3, peers(2)).unwrap().local_slots(), 0..2);
+        assert_eq!(Distribution::new(1, 2, 3, peers(2)).unwrap().local_slots(), 2..3);
+        assert!(Distribution::new(1, 2, 1, peers(2)).unwrap().local_slots().is_empty());
     }
 }

@@ -61,9 +61,10 @@ pub use corestream_state::{
 pub use windows::operator::WindowContext;
 pub use windows::{TimeWindow, Trigger, WindowAssigner};
 pub use time::{WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
-pub use config::{ClusterConfig, ExecutionConfig, RuntimeMode};
+pub use config::{ClusterConfig, Distribution, DistributionError, ExecutionConfig, RuntimeMode};
 pub use corestream_netstack::{rkyv, BarrierKind, Data, Event};
 pub use error::{JobError, StartupError};
 pub use runtime::cluster::LocalCluster;
 pub use runtime::job::JobHandle;
-pub use runtime::metrics::{JobResult, JobWarning, LatencySummary, OperatorSummary, TaskSummary};
+pub use runtime::metrics::{ConnectionSummary, JobResult, JobWarning, LatencySummary, OperatorSummary, TaskSummary};
+pub use graph::execution::ChannelRoute;

@@ -225,6 +225,8 @@ impl JobHandle {
             .collect();
         JobResult {
             latency: self.latency(),
+            network: Vec::new(),
+            pool_peak_in_use: 0,
             job_name: self.shared.name.clone(),
             status,
             wall_time,

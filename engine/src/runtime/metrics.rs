@@ -1,5 +1,6 @@
 //! What a job reports: records per operator, exchange and backpressure counters per task,
-//! latency-marker histograms per sink and source subtask, and warnings about input it could not
+//! latency-marker histograms per sink and source subtask, traffic per connection to another
+//! TaskManager process, and warnings about input it could not
 //! use. Counters are atomics updated once per batch or buffer, readable while the job runs;
 //! latency histograms sit behind a mutex taken once per marker, never per record.
 
@@ -160,6 +161,40 @@ pub struct TaskSummary {
     pub credit_stalls: u64,
 }
 
+/// Traffic of one connection to another TaskManager process, as this process saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionSummary {
+    /// The peer, e.g. `TaskManager 1 (127.0.0.1:41235)`.
+    pub peer: String,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub buffers_in: u64,
+    pub buffers_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Credit sent to the peer's producers (ADD_CREDIT and PARTITION_REQUEST frames).
+    pub credit_announcements: u64,
+    /// Times a local producer on a channel to this peer was left with a backlog and no credit.
+    pub remote_credit_stalls: u64,
+}
+
+impl ConnectionSummary {
+    /// The summary of a finished session's counters.
+    pub fn new(peer: String, stats: corestream_netstack::SessionStats, remote_credit_stalls: u64) -> Self {
+        Self {
+            peer,
+            frames_in: stats.frames_in,
+            frames_out: stats.frames_out,
+            buffers_in: stats.buffers_in,
+            buffers_out: stats.buffers_out,
+            bytes_in: stats.bytes_in,
+            bytes_out: stats.bytes_out,
+            credit_announcements: stats.credit_announcements,
+            remote_credit_stalls,
+        }
+    }
+}
+
 /// Input a source could not use; never dropped silently.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobWarning {
@@ -180,6 +215,11 @@ pub struct JobResult {
     pub warnings: Vec<JobWarning>,
     /// Latency markers per sink and source subtask; empty unless latency tracking is on.
     pub latency: Vec<LatencySummary>,
+    /// Connections to other TaskManager processes; empty when the job ran in one process.
+    pub network: Vec<ConnectionSummary>,
+    /// Most buffers of the TaskManager's pool in use at once while the job ran (0 if not
+    /// measured).
+    pub pool_peak_in_use: u64,
     pub buffers_reserved: u32,
     pub plan: String,
 }
@@ -211,6 +251,25 @@ impl fmt::Display for JobResult {
         let waits: u64 = self.tasks.iter().map(|t| t.backpressure_waits).sum();
         let buffers: u64 = self.tasks.iter().map(|t| t.buffers_out).sum();
         writeln!(f, "  buffers sent {buffers}, backpressure waits {waits}, buffers reserved {}", self.buffers_reserved)?;
+        if self.pool_peak_in_use > 0 {
+            writeln!(f, "  pool peak in use {} buffer(s)", self.pool_peak_in_use)?;
+        }
+        for c in &self.network {
+            writeln!(
+                f,
+                "  network {}: out {} frame(s), {} buffer(s), {} byte(s); in {} frame(s), {} buffer(s), {} byte(s); \
+                 {} credit announcement(s), {} remote credit stall(s)",
+                c.peer,
+                c.frames_out,
+                c.buffers_out,
+                c.bytes_out,
+                c.frames_in,
+                c.buffers_in,
+                c.bytes_in,
+                c.credit_announcements,
+                c.remote_credit_stalls
+            )?;
+        }
         for l in &self.latency {
             writeln!(
                 f,
