@@ -281,9 +281,11 @@ impl Shared<'_> {
 /// session; `pool` supplies the buffers received BUFFER bodies are read into; `peer_name`
 /// (e.g. "TaskManager 1 (127.0.0.1:41235)") names the peer in errors. `interrupt` is polled
 /// whenever the writer wakes (ring `bell` to make it wake at once, otherwise at the latest
-/// after `heartbeat_interval`): `Some` sends CANCEL or ERROR(2) and ends the session.
-///
-/// The stream should have been configured by [`configure_stream`] ([`dial`] and [`accept`] do).
+/// after `heartbeat_interval`): `Some` sends CANCEL or ERROR(2) (after HELLO, never inside a
+/// frame), shuts the write side, reads on until the peer closes (at most
+/// [`FINAL_FRAME_LINGER`], so the last frame is not lost to a reset) and ends the session.
+/// A protocol error ends the same way after ERROR(1), or ERROR(3) for a handshake mismatch.
+/// The socket options of [`configure_stream`] are (re)applied from `config`.
 pub async fn run_session(
     stream: TcpStream,
     session: PeerSession,
@@ -293,7 +295,7 @@ pub async fn run_session(
     peer_name: String,
     interrupt: impl Fn() -> Option<Interrupt>,
 ) -> Result<SessionOutcome, NetError> {
-    config.validate()?;
+    configure_stream(&stream, &peer_name, config)?;
     let fd = stream.as_raw_fd();
     let (mut reader, mut writer) = split(stream);
     let now = Instant::now();
@@ -314,12 +316,15 @@ pub async fn run_session(
     let stats = shared.session.borrow().stats();
     let end = match result {
         Ok(((), ())) => SessionEnd::Closed,
-        Err(Stop::Interrupted(interrupt)) => SessionEnd::Interrupted(interrupt),
+        Err(Stop::Interrupted(interrupt)) => {
+            drain_until_eof(&mut reader).await;
+            SessionEnd::Interrupted(interrupt)
+        }
         Err(Stop::PeerCancelled(reason)) => SessionEnd::PeerCancelled { reason },
         Err(Stop::Net(error)) => {
             if let NetError::Protocol { error: frame_error, .. } = &error {
-                if !shared.mid_frame.get() {
-                    send_error_now(fd, frame_error);
+                if !shared.mid_frame.get() && send_error_now(fd, frame_error) {
+                    drain_until_eof(&mut reader).await;
                 }
             }
             return Err(error);
@@ -328,8 +333,26 @@ pub async fn run_session(
     Ok(SessionOutcome { end, stats })
 }
 
-/// Best effort: one non-blocking send of ERROR(1 or 3) before the socket is closed.
-fn send_error_now(fd: RawFd, error: &FrameError) {
+/// How long a side that sent its last frame (CANCEL, ERROR) and shut its write side keeps
+/// reading, so that closing with unread bytes does not reset the connection and destroy that
+/// frame in the peer's receive queue before the peer has read it.
+pub const FINAL_FRAME_LINGER: Duration = Duration::from_millis(500);
+
+/// Reads and discards until the peer closes, at most [`FINAL_FRAME_LINGER`].
+async fn drain_until_eof(reader: &mut ReadHalf<TcpStream>) {
+    let mut scratch = [0u8; 4096];
+    let drain = async {
+        while let Ok(1..) = reader.read(&mut scratch).await {}
+    };
+    futures_lite::future::or(drain, async {
+        Timer::new(FINAL_FRAME_LINGER).await;
+    })
+    .await;
+}
+
+/// Best effort: one non-blocking send of ERROR(1 or 3), then shuts the write side. Returns
+/// whether the whole frame was sent.
+fn send_error_now(fd: RawFd, error: &FrameError) -> bool {
     let code = match error {
         FrameError::HandshakeMismatch { .. } => ErrorCode::HandshakeMismatch,
         _ => ErrorCode::Protocol,
@@ -338,11 +361,14 @@ fn send_error_now(fd: RawFd, error: &FrameError) {
     let message = Message::Error { code, message: crate::wire::truncate_text(&text) };
     let mut bytes = Vec::with_capacity(HEADER_BYTES + MAX_TEXT_BYTES);
     if message.encode_into(&mut bytes).is_err() {
-        return;
+        return false;
     }
     // SAFETY: `fd` is the session's socket, still open (both halves of the stream are alive in
     // the caller); `bytes` outlives the call and its length is passed with its pointer.
-    let _ = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    let sent = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    // SAFETY: `fd` is the session's open socket (see above); shutdown takes no memory.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    sent == bytes.len() as isize
 }
 
 /// Reads until `buf` is full or EOF; returns the bytes read.
@@ -423,6 +449,14 @@ async fn write_loop(
     let mut frames: Vec<OutFrame> = Vec::new();
     let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(2 * MAX_BATCH_FRAMES);
     loop {
+        let more = shared.session.borrow_mut().poll_outgoing(&mut frames);
+        if !frames.is_empty() {
+            write_frames(shared, writer, fd, &mut frames, &mut iovecs).await?;
+        }
+        if shared.session.borrow().close_sent() {
+            writer.close().await.map_err(|e| shared.io_error(e, false))?;
+            return Ok(());
+        }
         if let Some(interrupt) = interrupt() {
             let message = match &interrupt {
                 Interrupt::Cancel { reason } => Message::Cancel { reason: crate::wire::truncate_text(reason) },
@@ -431,15 +465,8 @@ async fn write_loop(
                 }
             };
             write_control(shared, writer, message).await?;
-            return Err(Stop::Interrupted(interrupt));
-        }
-        let more = shared.session.borrow_mut().poll_outgoing(&mut frames);
-        if !frames.is_empty() {
-            write_frames(shared, writer, fd, &mut frames, &mut iovecs).await?;
-        }
-        if shared.session.borrow().close_sent() {
             writer.close().await.map_err(|e| shared.io_error(e, false))?;
-            return Ok(());
+            return Err(Stop::Interrupted(interrupt));
         }
         if more {
             futures_lite::future::yield_now().await;

@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use corestream_netstack::record::{deserialize, validate_buffer};
-use corestream_netstack::transport::{accept, dial, run_session, NetConfig, SessionEnd, SessionOutcome};
+use corestream_netstack::transport::{accept, dial, run_session, Interrupt, NetConfig, SessionEnd, SessionOutcome};
 use corestream_netstack::wire::{decode_frame, ErrorCode, FrameError, Message};
 use corestream_netstack::{
     BufferPool, ChannelItem, CreditConfig, Doorbell, Event, Hello, InputGate, LocalChannel, NetError, OutputChannel,
@@ -267,14 +267,22 @@ fn accept_times_out_and_settings_are_validated() {
 type Ended = (Result<SessionOutcome, NetError>, u32);
 
 fn producer_accepting(with_data: bool) -> (SocketAddr, mpsc::Receiver<Ended>) {
+    producer_accepting_with(with_data, net_config(), || None)
+}
+
+fn producer_accepting_with(
+    with_data: bool,
+    config: NetConfig,
+    interrupt: fn() -> Option<Interrupt>,
+) -> (SocketAddr, mpsc::Receiver<Ended>) {
     let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
     let result = on_executor("cs-test-accepting", move || async move {
         let p = producer_side();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         addr_tx.send(listener.local_addr().unwrap()).unwrap();
-        let stream = accept(&listener, "TaskManager 1", &net_config()).await.unwrap();
+        let stream = accept(&listener, "TaskManager 1", &config).await.unwrap();
         let writer = with_data.then(|| glommio::spawn_local(produce(p.outputs, p.pool.clone(), p.producer_bell)));
-        let outcome = run_session(stream, p.session, p.pool.clone(), p.bell, &net_config(), "TaskManager 1".into(), || None).await;
+        let outcome = run_session(stream, p.session, p.pool.clone(), p.bell, &config, "TaskManager 1".into(), interrupt).await;
         if let Some(writer) = writer {
             writer.cancel().await;
         }
@@ -347,4 +355,83 @@ fn a_rogue_peer_with_bad_magic_gets_an_error_frame() {
         at += used;
     }
     assert!(frames.last().is_some_and(|f| f.starts_with("Error")), "the last frame is ERROR: {frames:?}");
+}
+
+/// Reads frames until the other side closes the connection.
+fn read_frames(peer: &mut std::net::TcpStream) -> Vec<String> {
+    let mut bytes = Vec::new();
+    peer.read_to_end(&mut bytes).unwrap();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (message, used) = decode_frame(&bytes[at..]).unwrap();
+        frames.push(format!("{message:?}"));
+        at += used;
+    }
+    frames
+}
+
+fn connect_with_hello(addr: SocketAddr) -> std::net::TcpStream {
+    let mut peer = std::net::TcpStream::connect(addr).unwrap();
+    peer.set_read_timeout(Some(WATCHDOG)).unwrap();
+    peer.write_all(&frame_bytes(Message::Hello(hello(1)))).unwrap();
+    peer
+}
+
+#[test]
+fn a_silent_peer_times_out_while_this_side_sends_heartbeats() {
+    let config = NetConfig {
+        heartbeat_interval: Duration::from_millis(50),
+        heartbeat_timeout: Duration::from_millis(300),
+        ..net_config()
+    };
+    let (addr, result) = producer_accepting_with(false, config, || None);
+    let mut peer = connect_with_hello(addr);
+    let start = Instant::now();
+    let (outcome, in_use) = wait(&result, "session with a silent peer");
+    match outcome {
+        Err(e @ NetError::PeerTimeout { silent_for, .. }) => {
+            assert!(silent_for >= Duration::from_millis(300), "{e}");
+            assert!(e.to_string().contains("TaskManager 1"), "{e}");
+        }
+        other => panic!("expected PeerTimeout, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(2), "a 300 ms timeout detected after {:?}", start.elapsed());
+    assert_eq!(in_use, 0);
+    let frames = read_frames(&mut peer);
+    assert!(frames.iter().filter(|f| *f == "Heartbeat").count() >= 2, "idle side sends heartbeats: {frames:?}");
+}
+
+#[test]
+fn a_peer_error_or_cancel_ends_the_session() {
+    let (addr, result) = producer_accepting(false);
+    let mut peer = connect_with_hello(addr);
+    peer.write_all(&frame_bytes(Message::Error { code: ErrorCode::JobFailed, message: "task Map (2/4) panicked" })).unwrap();
+    match wait(&result, "session after ERROR(2)").0 {
+        Err(e @ NetError::PeerFailed { .. }) => {
+            assert_eq!(e.to_string(), "the job failed on TaskManager 1: task Map (2/4) panicked");
+        }
+        other => panic!("expected PeerFailed, got {other:?}"),
+    }
+
+    let (addr, result) = producer_accepting(false);
+    let mut peer = connect_with_hello(addr);
+    peer.write_all(&frame_bytes(Message::Cancel { reason: "cancelled by the user" })).unwrap();
+    let (outcome, in_use) = wait(&result, "session after CANCEL");
+    let end = outcome.expect("a cancelled peer is not a failure").end;
+    assert_eq!(end, SessionEnd::PeerCancelled { reason: "cancelled by the user".into() });
+    assert_eq!(in_use, 0);
+}
+
+#[test]
+fn a_local_interrupt_sends_cancel() {
+    let interrupt = || Some(Interrupt::Cancel { reason: "job cancelled".into() });
+    let (addr, result) = producer_accepting_with(false, net_config(), interrupt);
+    let mut peer = connect_with_hello(addr);
+    let (outcome, in_use) = wait(&result, "interrupted session");
+    let end = outcome.expect("an interrupted session ends without error").end;
+    assert_eq!(end, SessionEnd::Interrupted(Interrupt::Cancel { reason: "job cancelled".into() }));
+    assert_eq!(in_use, 0);
+    let frames = read_frames(&mut peer);
+    assert_eq!(frames.last().map(String::as_str), Some(r#"Cancel { reason: "job cancelled" }"#), "{frames:?}");
 }
