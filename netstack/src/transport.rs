@@ -587,3 +587,55 @@ fn send_batch(fd: RawFd, frames: &[OutFrame], iovecs: &mut Vec<libc::iovec>) -> 
         _ => Err(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(bodies: &[usize]) -> (BufferPool, Vec<OutFrame>) {
+        let pool = BufferPool::new(bodies.len() as u32);
+        let frames = bodies
+            .iter()
+            .map(|&len| match len {
+                0 => OutFrame::Control(Message::Heartbeat.encode().unwrap()),
+                len => {
+                    let mut buffer = pool.take().unwrap();
+                    buffer.set_len(len);
+                    OutFrame::Buffer { header: [0; HEADER_BYTES], buffer: buffer.freeze() }
+                }
+            })
+            .collect();
+        (pool, frames)
+    }
+
+    #[test]
+    fn a_partial_write_is_split_at_the_right_frame() {
+        let (_pool, frames) = frames(&[0, 100, 0]);
+        assert_eq!(split_sent(&frames, 0), (0, 0));
+        assert_eq!(split_sent(&frames, 31), (0, 31));
+        assert_eq!(split_sent(&frames, 32), (1, 0));
+        assert_eq!(split_sent(&frames, 32 + 40), (1, 40), "inside the second header");
+        assert_eq!(split_sent(&frames, 32 + 132 - 1), (1, 131), "inside the second body");
+        assert_eq!(split_sent(&frames, 32 + 132 + 31), (2, 31));
+        assert_eq!(split_sent(&frames, 32 + 132 + 32), (3, 0));
+    }
+
+    #[test]
+    fn batches_are_bounded_by_frames_and_bytes() {
+        let (_pool, many) = frames(&[0; 100]);
+        assert_eq!(batch_len(&many), MAX_BATCH_FRAMES);
+        let (_pool, big) = frames(&[crate::BUFFER_SIZE; 40]);
+        let per_batch = MAX_BATCH_BYTES / (HEADER_BYTES + crate::BUFFER_SIZE);
+        assert_eq!(batch_len(&big), per_batch);
+        assert!(per_batch * (HEADER_BYTES + crate::BUFFER_SIZE) <= MAX_BATCH_BYTES);
+        assert_eq!(batch_len(&big[..1]), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let config = NetConfig::default();
+        let waits: Vec<u64> = (1..=8).map(|a| config.backoff(a).as_millis() as u64).collect();
+        assert_eq!(waits, [20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(config.backoff(u32::MAX), config.connect_backoff_max);
+    }
+}

@@ -25,7 +25,8 @@ type Rec = (u32, u64);
 const FINGERPRINT: u64 = 0x5eed_cafe;
 const CHANNELS: u32 = 2;
 const BUFFERS_PER_CHANNEL: u64 = 300;
-const RECORDS_PER_BUFFER: u64 = 50;
+/// 1000 records of 32 bytes fill most of a 32 KB buffer.
+const RECORDS_PER_BUFFER: u64 = 1000;
 const CREDIT: CreditConfig = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 4, max_backlog_per_channel: 2 };
 const WATCHDOG: Duration = Duration::from_secs(30);
 
@@ -161,6 +162,25 @@ async fn consume(mut gate: InputGate, bell: Arc<Doorbell>) -> Vec<u64> {
     next
 }
 
+/// A 16 KiB send buffer makes the writer meet partial writes and EAGAIN, so its fallback to
+/// glommio's write is exercised.
+fn shrink_send_buffer(stream: &glommio::net::TcpStream) {
+    use std::os::unix::io::AsRawFd;
+    let bytes: libc::c_int = 16 << 10;
+    // SAFETY: the fd is the open socket of `stream`; `bytes` outlives the call and its size is
+    // passed as the option length.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn records_cross_a_session_pair_in_order_with_credit() {
     let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
@@ -187,6 +207,7 @@ fn records_cross_a_session_pair_in_order_with_credit() {
     let producer = on_executor("cs-test-producer", move || async move {
         let p = producer_side();
         let stream = dial(addr, "TaskManager 1", &net_config()).await.unwrap();
+        shrink_send_buffer(&stream);
         let writer = glommio::spawn_local(produce(p.outputs, p.pool.clone(), p.producer_bell));
         let outcome = run_session(stream, p.session, p.pool.clone(), p.bell, &net_config(), "TaskManager 1".into(), || None).await;
         writer.await;
