@@ -23,12 +23,14 @@ pub mod wire;
 pub use buffer::{Buffer, BufferBuilder, BUFFER_SIZE};
 pub use credit::{ChannelItem, CreditConfig, InputGate, LocalChannel, OutputChannel, SendOutcome};
 pub use doorbell::Doorbell;
-pub use error::{NetError, RecordError};
+pub use error::{BufferError, NetError, RecordError};
 pub use event::{BarrierKind, Event, WatermarkStatus};
 pub use pool::{BufferPool, PoolReservation, PoolStats};
 pub use remote::{Admission, OutFrame, PeerIdentity, PeerSession, PeerSignal, SessionError, SessionStats};
 pub use transport::{accept, dial, run_session, Interrupt, NetConfig, SessionEnd, SessionOutcome};
-pub use record::{from_bytes, record_count, to_bytes, Data, RecordIter, RecordWriter};
+pub use record::{
+    from_bytes, record_count, to_bytes, validate_buffer, BufferValidator, Data, RecordIter, RecordValidator, RecordWriter,
+};
 pub use wire::{
     decode_body, decode_frame, decode_header, EncodedFrame, ErrorCode, FrameError, FrameHeader, FrameKind, Hello,
     Message,
