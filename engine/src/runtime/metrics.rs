@@ -166,33 +166,10 @@ pub struct TaskSummary {
 pub struct ConnectionSummary {
     /// The peer, e.g. `TaskManager 1 (127.0.0.1:41235)`.
     pub peer: String,
-    pub frames_in: u64,
-    pub frames_out: u64,
-    pub buffers_in: u64,
-    pub buffers_out: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Credit sent to the peer's producers (ADD_CREDIT and PARTITION_REQUEST frames).
-    pub credit_announcements: u64,
+    /// Frames, buffers and bytes each way, and the credit announced to the peer's producers.
+    pub stats: corestream_netstack::SessionStats,
     /// Times a local producer on a channel to this peer was left with a backlog and no credit.
     pub remote_credit_stalls: u64,
-}
-
-impl ConnectionSummary {
-    /// The summary of a finished session's counters.
-    pub fn new(peer: String, stats: corestream_netstack::SessionStats, remote_credit_stalls: u64) -> Self {
-        Self {
-            peer,
-            frames_in: stats.frames_in,
-            frames_out: stats.frames_out,
-            buffers_in: stats.buffers_in,
-            buffers_out: stats.buffers_out,
-            bytes_in: stats.bytes_in,
-            bytes_out: stats.bytes_out,
-            credit_announcements: stats.credit_announcements,
-            remote_credit_stalls,
-        }
-    }
 }
 
 /// Input a source could not use; never dropped silently.
@@ -260,13 +237,13 @@ impl fmt::Display for JobResult {
                 "  network {}: out {} frame(s), {} buffer(s), {} byte(s); in {} frame(s), {} buffer(s), {} byte(s); \
                  {} credit announcement(s), {} remote credit stall(s)",
                 c.peer,
-                c.frames_out,
-                c.buffers_out,
-                c.bytes_out,
-                c.frames_in,
-                c.buffers_in,
-                c.bytes_in,
-                c.credit_announcements,
+                c.stats.frames_out,
+                c.stats.buffers_out,
+                c.stats.bytes_out,
+                c.stats.frames_in,
+                c.stats.buffers_in,
+                c.stats.bytes_in,
+                c.stats.credit_announcements,
                 c.remote_credit_stalls
             )?;
         }
