@@ -57,7 +57,8 @@ impl JobError {
             // Retrying helps only if other jobs may free what this one needs.
             JobError::Network(NetError::InsufficientBuffers { requested, capacity, .. }) => requested <= capacity,
             JobError::NotEnoughSlots { needed, total, .. } => needed <= total,
-            JobError::Network(_) | JobError::SlotStart { .. } => true,
+            JobError::Network(e) => e.is_retryable(),
+            JobError::SlotStart { .. } => true,
             _ => false,
         }
     }
