@@ -46,6 +46,14 @@ use crate::wire::{decode_body, EncodedFrame, FrameError, FrameHeader, FrameKind,
 /// so that one busy channel cannot starve the others of the connection.
 pub const MAX_ITEMS_PER_CHANNEL_PER_ROUND: usize = 8;
 
+/// The most items an inbound channel holds unread before a further EVENT is refused. Events
+/// need no credit, so without this bound a peer could grow this process's memory at line rate.
+/// An honest producer sends events behind its buffers, and those wait for credit, so only
+/// events without records between them (idle watermarks, latency markers) accumulate, and only
+/// while the consumer does not read the channel (e.g. during barrier alignment); this leaves
+/// room for minutes of those at their usual rates, about 3 MB per channel at most.
+pub const MAX_QUEUED_ITEMS_PER_CHANNEL: u32 = 1 << 16;
+
 /// What this side expects of the peer's HELLO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerIdentity {
@@ -329,6 +337,10 @@ impl PeerSession {
         }
         if header.kind == FrameKind::Buffer && !ch.channel.take_credit() {
             return Err(FrameError::NoCredit { channel: ch.id });
+        }
+        let queued = ch.channel.queued();
+        if header.kind == FrameKind::Event && queued >= MAX_QUEUED_ITEMS_PER_CHANNEL {
+            return Err(FrameError::TooManyEvents { channel: ch.id, queued });
         }
         ch.next_seq = ch.next_seq.wrapping_add(1);
         Ok(i)
@@ -688,6 +700,21 @@ mod tests {
         assert_eq!(feed(&mut c.session, Message::PartitionRequest { channel: 2, initial_credit: 2 }), proto(want));
         let want = FrameError::CreditOverflow { channel: 2, credit: u32::MAX };
         assert_eq!(feed(&mut c.session, Message::AddCredit { channel: 2, credit: u32::MAX }), proto(want));
+    }
+
+    #[test]
+    fn an_event_flood_on_an_unread_channel_is_refused() {
+        let mut c = consumer();
+        for seq in 0..MAX_QUEUED_ITEMS_PER_CHANNEL {
+            let watermark = Message::Event { channel: 0, seq, event: Event::Watermark(seq as i64) };
+            assert_eq!(feed(&mut c.session, watermark), Ok(PeerSignal::None));
+        }
+        let one_more = Message::Event { channel: 0, seq: MAX_QUEUED_ITEMS_PER_CHANNEL, event: Event::Watermark(-1) };
+        assert_eq!(
+            feed(&mut c.session, one_more),
+            proto(FrameError::TooManyEvents { channel: 0, queued: MAX_QUEUED_ITEMS_PER_CHANNEL })
+        );
+        assert_eq!(c.inbound[0].queued(), MAX_QUEUED_ITEMS_PER_CHANNEL);
     }
 
     #[test]

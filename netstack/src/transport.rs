@@ -122,14 +122,15 @@ impl NetConfig {
 }
 
 /// Connects to `peer` (named `peer_name` in errors) with up to `config.connect_attempts`
-/// attempts and exponential backoff between them, and configures the socket
-/// ([`configure_stream`]).
+/// attempts, each given at most `config.heartbeat_timeout` (a peer that drops SYNs would
+/// otherwise hold an attempt for the kernel's two minutes of SYN retries), and exponential
+/// backoff between them, and configures the socket ([`configure_stream`]).
 pub async fn dial(addr: SocketAddr, peer_name: &str, config: &NetConfig) -> Result<TcpStream, NetError> {
     config.validate()?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let last_error = match TcpStream::connect(addr).await {
+        let last_error = match TcpStream::connect_timeout(addr, config.heartbeat_timeout).await {
             Ok(stream) => {
                 configure_stream(&stream, peer_name, config)?;
                 return Ok(stream);
@@ -354,7 +355,7 @@ async fn drain_until_eof(reader: &mut ReadHalf<TcpStream>) {
 /// whether the whole frame was sent.
 fn send_error_now(fd: RawFd, error: &FrameError) -> bool {
     let code = match error {
-        FrameError::HandshakeMismatch { .. } => ErrorCode::HandshakeMismatch,
+        FrameError::HandshakeMismatch { .. } | FrameError::UnsupportedVersion { .. } => ErrorCode::HandshakeMismatch,
         _ => ErrorCode::Protocol,
     };
     let text = error.to_string();

@@ -284,6 +284,8 @@ pub enum FrameError {
     WrongDirection { channel: u32, kind: FrameKind },
     #[error("BUFFER on channel {channel} arrived without credit: the sender broke flow control")]
     NoCredit { channel: u32 },
+    #[error("EVENT on channel {channel} while {queued} items wait unread in it: the sender floods events")]
+    TooManyEvents { channel: u32, queued: u32 },
     #[error("frame on channel {channel} has sequence number {got}, expected {expected}")]
     OutOfOrder { channel: u32, expected: u32, got: u32 },
     #[error("{kind} frame on channel {channel} after its EndOfPartition")]

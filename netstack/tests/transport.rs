@@ -456,3 +456,26 @@ fn a_local_interrupt_sends_cancel() {
     let frames = read_frames(&mut peer);
     assert_eq!(frames.last().map(String::as_str), Some(r#"Cancel { reason: "job cancelled" }"#), "{frames:?}");
 }
+
+/// A peer speaking another protocol version is a handshake mismatch (ERROR code 3, as the wire
+/// spec's versioning rule says), not a protocol violation.
+#[test]
+fn a_peer_with_another_version_gets_a_handshake_mismatch() {
+    let (addr, result) = producer_accepting(false);
+    let mut peer = std::net::TcpStream::connect(addr).unwrap();
+    peer.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let mut hello_v2 = frame_bytes(Message::Hello(hello(1)));
+    hello_v2[4] = 2;
+    peer.write_all(&hello_v2).unwrap();
+    let _ = wait(&result, "the session after a version 2 HELLO");
+    let mut bytes = Vec::new();
+    peer.read_to_end(&mut bytes).unwrap();
+    let (_, used) = decode_frame(&bytes).expect("our HELLO");
+    match decode_frame(&bytes[used..]).expect("an ERROR frame").0 {
+        Message::Error { code, message } => {
+            assert_eq!(code, ErrorCode::HandshakeMismatch, "{message}");
+            assert!(message.contains("version 2"), "{message}");
+        }
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+}
