@@ -483,6 +483,18 @@ pub fn format_late(e: &Event, schema: &CsvSchema) -> String {
     line
 }
 
+/// The engine's event-time assigner for a window spec.
+pub fn event_time_assigner(spec: WindowSpec) -> corestream::WindowAssigner {
+    use corestream::WindowAssigner;
+    match spec {
+        WindowSpec::Tumbling { size, offset } => WindowAssigner::Tumbling { size, offset, event_time: true },
+        WindowSpec::Sliding { size, slide, offset } => {
+            WindowAssigner::Sliding { size, slide, offset, event_time: true }
+        }
+        WindowSpec::Session { gap } => WindowAssigner::Session { gap, event_time: true },
+    }
+}
+
 #[cfg(test)]
 mod tests {
 

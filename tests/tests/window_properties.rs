@@ -28,21 +28,11 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 /// A record in the job: (id, key, timestamp, value).
-use corestream_bench::window_agg::{Rec, ValueAgg};
+use corestream_bench::window_agg::{event_time_assigner, Rec, ValueAgg};
 
 const PARALLELISMS: [u32; 3] = [1, 2, 4];
 /// Cases per property (override with `PROPTEST_CASES`).
 const CASES: u32 = 32;
-
-fn assigner(spec: WindowSpec) -> WindowAssigner {
-    match spec {
-        WindowSpec::Tumbling { size, offset } => WindowAssigner::Tumbling { size, offset, event_time: true },
-        WindowSpec::Sliding { size, slide, offset } => {
-            WindowAssigner::Sliding { size, slide, offset, event_time: true }
-        }
-        WindowSpec::Session { gap } => WindowAssigner::Session { gap, event_time: true },
-    }
-}
 
 
 /// Collects the ids of a window's records, so a firing shows exactly what it contains.
@@ -92,7 +82,7 @@ where
         )
         .set_parallelism(1)
         .key_by(|r: &Rec| r.1.clone())
-        .window(assigner(cfg.window))
+        .window(event_time_assigner(cfg.window))
         .allowed_lateness(Duration::from_millis(cfg.allowed_lateness as u64))
         .side_output_late_data(&late_tag)
         .aggregate_process(agg, |ctx: &WindowContext<'_, String>, r: R, out: &mut Vec<(String, i64, i64, R)>| {

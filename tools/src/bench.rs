@@ -9,8 +9,7 @@ use corestream_bench::throughput::{
     SequenceSplit,
 };
 use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
-use corestream_bench::window_agg::parse_window_spec;
-use corestream_bench::window_model::WindowSpec;
+use corestream_bench::window_agg::{event_time_assigner, parse_window_spec};
 
 use crate::args::{parse_count, parse_duration, parse_positive, parse_positive_count, Common};
 use crate::latency::{LatencyQuery, LatencySettings};
@@ -302,16 +301,7 @@ fn run_nexmark(
 
 /// An event-time window assigner from a window spec.
 pub fn parse_window_assigner(s: &str) -> Result<corestream::WindowAssigner, String> {
-    use corestream::WindowAssigner;
-    let assigner = match parse_window_spec(s).map_err(|e| e.to_string())? {
-        WindowSpec::Tumbling { size, offset } => {
-            WindowAssigner::Tumbling { size, offset, event_time: true }
-        }
-        WindowSpec::Sliding { size, slide, offset } => {
-            WindowAssigner::Sliding { size, slide, offset, event_time: true }
-        }
-        WindowSpec::Session { gap } => WindowAssigner::Session { gap, event_time: true },
-    };
+    let assigner = event_time_assigner(parse_window_spec(s).map_err(|e| e.to_string())?);
     assigner.validate().map_err(|e| format!("window spec '{s}': {e}"))?;
     Ok(assigner)
 }

@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use corestream::{OutputTag, ProcessContext, WatermarkStrategy, WindowAssigner, WindowContext};
+use corestream::{OutputTag, ProcessContext, WatermarkStrategy, WindowContext};
 use corestream_bench::window_agg::{
-    format_late, format_rejected, format_result, late_header, parse_agg, parse_duration_ms, parse_row, parse_trigger,
+    event_time_assigner, format_late, format_rejected, format_result, late_header, parse_agg, parse_duration_ms, parse_row,
+    parse_trigger,
     parse_window_spec, resolve_columns, AggSpec, CsvSchema, Rejected, SpecError, OUTPUT_HEADER, REJECTED_HEADER,
 };
 use corestream_bench::window_model::{Event, WindowResult, WindowSpec};
@@ -93,16 +94,6 @@ fn usage_error(message: impl std::fmt::Display) -> ! {
     clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n")).exit()
 }
 
-
-fn assigner(spec: WindowSpec) -> WindowAssigner {
-    match spec {
-        WindowSpec::Tumbling { size, offset } => WindowAssigner::Tumbling { size, offset, event_time: true },
-        WindowSpec::Sliding { size, slide, offset } => {
-            WindowAssigner::Sliding { size, slide, offset, event_time: true }
-        }
-        WindowSpec::Session { gap } => WindowAssigner::Session { gap, event_time: true },
-    }
-}
 
 /// Removes a line's `\n` and up to two `\r` before it, as `str::lines` followed by
 /// [`corestream_bench::window_agg::parse_input`] does.
@@ -321,7 +312,7 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
                 .with_per_record_emission(),
         )
         .key_by(|r: &Rec| r.1.clone())
-        .window(assigner(args.window))
+        .window(event_time_assigner(args.window))
         .trigger(args.trigger.clone())
         .allowed_lateness(Duration::from_millis(args.allowed_lateness as u64))
         .side_output_late_data(&late_tag)
