@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use corestream_netstack::transport::NetConfig;
 use corestream_netstack::CreditConfig;
 use thiserror::Error;
 
@@ -39,8 +42,18 @@ pub struct ClusterConfig {
     /// the first record after a pause.
     pub spin_before_park: Option<Duration>,
     /// This process's share of a job that runs across several TaskManager processes
-    /// (application mode); `None` runs every task here.
+    /// (application mode); `None` runs every task here. With a distribution, `slots: None`
+    /// means this TaskManager's share of the job slots ([`Distribution::local_slots`]), and slot
+    /// `i` is pinned to the core of job slot `first local slot + i`, so processes on one machine
+    /// do not pile onto the same cores.
     pub distribution: Option<Distribution>,
+    /// The bound listener for this TaskManager's data address when it runs with a
+    /// [`Distribution`] (the address other processes dial). `None` binds
+    /// `distribution.peers[index]` at start; give one when the port is chosen by the kernel
+    /// (`127.0.0.1:0`) before the peers' addresses are known.
+    pub data_listener: Option<Arc<std::net::TcpListener>>,
+    /// Heartbeats, timeouts and connection retries of the connections between TaskManagers.
+    pub net: NetConfig,
 }
 
 impl Default for ClusterConfig {
@@ -54,6 +67,8 @@ impl Default for ClusterConfig {
             pin_slots: true,
             spin_before_park: None,
             distribution: None,
+            data_listener: None,
+            net: NetConfig::default(),
         }
     }
 }
