@@ -69,6 +69,7 @@ pub struct LocalChannel {
     initial_credit: u32,
     ended: AtomicBool,
     granted_total: AtomicU64,
+    credit_stalls: AtomicU64,
 }
 
 impl LocalChannel {
@@ -107,6 +108,7 @@ impl LocalChannel {
             initial_credit,
             ended: AtomicBool::new(false),
             granted_total: AtomicU64::new(u64::from(initial_credit)),
+            credit_stalls: AtomicU64::new(0),
         }
     }
 
@@ -152,6 +154,11 @@ impl LocalChannel {
     /// Backlog last announced by the producer.
     pub fn backlog(&self) -> u32 {
         self.backlog.load(Ordering::Acquire)
+    }
+
+    /// Times the producer was left with a backlog and no credit on this channel.
+    pub fn credit_stalls(&self) -> u64 {
+        self.credit_stalls.load(Ordering::Relaxed)
     }
 
     pub fn buffers_sent(&self) -> u64 {
@@ -305,6 +312,7 @@ impl OutputChannel {
             self.shared.backlog.store(self.pending_buffers, Ordering::Release);
             if self.pending_buffers > 0 {
                 self.credit_stalls += 1;
+                self.shared.credit_stalls.fetch_add(1, Ordering::Relaxed);
                 self.shared.consumer_bell.ring();
             }
         }

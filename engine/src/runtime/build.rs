@@ -7,6 +7,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use corestream_netstack::record::{validate_buffer, BufferValidator};
 use corestream_netstack::{Data, Doorbell, OutputChannel};
 
 use super::job::JobShared;
@@ -137,6 +138,9 @@ pub(crate) trait NodeRuntime: Send + Sync {
     fn side_link(&self, edges: Vec<OutputEdgeRt>, ctx: OutputCtx) -> (AnyBox, Box<dyn SideSink>);
     /// The source runner of a source node (`chain` is `Box<dyn Emit<Out>>`).
     fn source(&self, ctx: &BuildCtx<'_>, chain: AnyBox) -> Result<Box<dyn TaskSource>, TaskError>;
+    /// The check every buffer for this node's input must pass when it arrives from another
+    /// process (the node heads a task fed by an exchange).
+    fn validator(&self) -> BufferValidator;
 }
 
 fn downcast<T: 'static>(b: AnyBox, what: &str) -> T {
@@ -241,6 +245,10 @@ impl<T: Data> NodeRuntime for SourceNodeRt<T> {
             latency_markers,
         }))
     }
+
+    fn validator(&self) -> BufferValidator {
+        panic!("internal error: a source has no exchange input to validate")
+    }
 }
 
 /// Builds the chain link of an operator (or sink) for one subtask, given its successor.
@@ -276,5 +284,9 @@ impl<I: Data, O: Data> NodeRuntime for OperatorNodeRt<I, O> {
 
     fn source(&self, ctx: &BuildCtx<'_>, _chain: AnyBox) -> Result<Box<dyn TaskSource>, TaskError> {
         panic!("internal error: operator node {} used as a source", ctx.node)
+    }
+
+    fn validator(&self) -> BufferValidator {
+        validate_buffer::<I>
     }
 }

@@ -7,11 +7,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use corestream_netstack::{BufferPool, Doorbell, LocalChannel, OutputChannel};
+use corestream_netstack::{BufferPool, Doorbell, Hello, LocalChannel, OutputChannel, PeerIdentity, PeerSession};
 
 use super::build::{OutputEdgeRt, SideEdgeRt};
 use super::job::{JobHandle, JobMetrics, JobShared};
 use super::metrics::TaskCounters;
+use super::remote::{JobNetwork, SessionBuild};
 use super::slot::{self, SlotSettings, TaskBuild};
 use super::startup;
 use super::topology::Topology;
@@ -20,6 +21,7 @@ use crate::config::{auto_network_buffers, ClusterConfig, ExecutionConfig};
 use crate::error::{JobError, StartupError};
 use crate::graph::job_graph::{self, EdgeDesc, NodeDesc};
 use crate::graph::stream_graph::{NodeKind, StreamGraph};
+use crate::graph::execution::ChannelRoute;
 use crate::graph::{execution, explain, Partitioning};
 use crate::operators::OperatorMetrics;
 
@@ -29,6 +31,8 @@ pub(crate) struct ClusterInner {
     busy: Mutex<Vec<bool>>,
     pub pool: BufferPool,
     pub topology: Topology,
+    /// The data listener of a TaskManager in distributed mode.
+    pub listener: Option<Arc<std::net::TcpListener>>,
 }
 
 /// An embedded cluster.
@@ -59,14 +63,30 @@ impl Drop for SlotLease {
 }
 
 impl LocalCluster {
-    /// Starts a cluster after checking the machine (io_uring, locked-memory limit).
+    /// Starts a cluster after checking the machine (io_uring, locked-memory limit). With a
+    /// [`Distribution`](crate::config::Distribution) it is one TaskManager of several: it
+    /// checks the distribution and the network settings, and binds its data address unless a
+    /// listener is given.
     pub fn start(config: ClusterConfig) -> Result<Self, StartupError> {
         let topology = Topology::detect();
-        let slots = config.slots.unwrap_or(topology.physical_cores() as u32);
-        if slots == 0 {
+        let local = match &config.distribution {
+            Some(d) => {
+                d.validate().map_err(|e| StartupError::InvalidConfig(e.to_string()))?;
+                config.net.validate().map_err(|e| StartupError::InvalidConfig(format!("net: {e}")))?;
+                d.local_slots()
+            }
+            None => 0..0,
+        };
+        let distributed = config.distribution.is_some();
+        let slots = match (config.slots, distributed) {
+            (Some(s), _) => s,
+            (None, true) => local.len() as u32,
+            (None, false) => topology.physical_cores() as u32,
+        };
+        if slots == 0 && !distributed {
             return Err(StartupError::InvalidConfig("slots must be at least 1".into()));
         }
-        let buffers = config.network_buffers.unwrap_or_else(|| auto_network_buffers(slots, &config.credit));
+        let buffers = config.network_buffers.unwrap_or_else(|| auto_network_buffers(slots.max(1), &config.credit));
         if buffers == 0 {
             return Err(StartupError::InvalidConfig("network_buffers must be at least 1".into()));
         }
@@ -86,14 +106,35 @@ impl LocalCluster {
                 "more slots than physical cores: slots will share cores and interfere with each other"
             );
         }
-        let slot_cpus = topology.slot_cpus(slots).into_iter().map(|c| config.pin_slots.then_some(c)).collect();
-        tracing::info!(slots, topology = topology.source, buffers, "local cluster started");
+        // In distributed mode local slot i is job slot `local.start + i`, and takes its core.
+        let first = local.start as usize;
+        let slot_cpus = topology.slot_cpus(first as u32 + slots)[first..]
+            .iter()
+            .map(|&c| config.pin_slots.then_some(c))
+            .collect();
+        let listener = match &config.distribution {
+            Some(d) => Some(match &config.data_listener {
+                Some(l) => l.clone(),
+                None => {
+                    let addr = d.peers[d.index as usize];
+                    Arc::new(std::net::TcpListener::bind(addr).map_err(|e| {
+                        StartupError::InvalidConfig(format!(
+                            "cannot listen on the data address {addr} of TaskManager {} (distribution.peers[{}]): {e}",
+                            d.index, d.index
+                        ))
+                    })?)
+                }
+            }),
+            None => None,
+        };
+        tracing::info!(slots, topology = topology.source, buffers, distributed, "local cluster started");
         Ok(Self {
             inner: Arc::new(ClusterInner {
                 pool: BufferPool::new(buffers),
                 busy: Mutex::new(vec![false; slots as usize]),
                 slot_cpus,
                 topology,
+                listener,
                 config,
             }),
         })
@@ -120,6 +161,11 @@ impl LocalCluster {
     /// The TaskManager's buffer pool.
     pub fn pool(&self) -> &BufferPool {
         &self.inner.pool
+    }
+
+    /// The address other TaskManagers dial to reach this one (distributed mode only).
+    pub fn data_address(&self) -> Option<std::net::SocketAddr> {
+        self.inner.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// A new environment for building one job on this cluster.
@@ -157,7 +203,8 @@ impl LocalCluster {
                 "the job has no sink: add one (collect, print, discard, write_as_text, add_sink)".into(),
             ));
         }
-        let default_p = exec.parallelism.unwrap_or(self.num_slots());
+        let slots = self.inner.config.distribution.as_ref().map_or(self.num_slots(), |d| d.total_slots);
+        let default_p = exec.parallelism.unwrap_or(slots);
         if default_p == 0 {
             return Err(JobError::InvalidJob("parallelism must be at least 1".into()));
         }
@@ -224,36 +271,114 @@ impl LocalCluster {
         Ok(explain::render(&jg, &plan))
     }
 
-    /// Deploys a job and returns at once.
+    /// Deploys a job and returns at once. In distributed mode only the tasks of this
+    /// TaskManager's job slots are deployed; channels to tasks elsewhere cross the connection to
+    /// their TaskManager.
     pub(crate) fn submit(&self, graph: StreamGraph, exec: ExecutionConfig, name: &str) -> Result<JobHandle, JobError> {
         let (nodes, edges) = self.resolve(&graph, &exec)?;
         let jg = job_graph::build(&nodes, &edges);
         let credit = self.inner.config.credit;
         let plan = execution::plan(&jg, &credit);
         let plan_text = explain::render(&jg, &plan);
-        let lease = self.lease(plan.slots_needed)?;
-        let reservation = self.inner.pool.reserve(plan.buffers_needed)?;
+        let distribution = self.inner.config.distribution.as_ref();
+        let (tm, count, total_slots) = match distribution {
+            Some(d) if plan.slots_needed > d.total_slots => {
+                return Err(JobError::InvalidJob(format!(
+                    "the job needs {} job slots (its highest parallelism) but the {} TaskManager(s) have {} \
+                     (distribution.total_slots); lower the parallelism",
+                    plan.slots_needed, d.count, d.total_slots
+                )))
+            }
+            Some(d) => (d.index, d.count, d.total_slots),
+            None => (0, 1, plan.slots_needed),
+        };
+        let owner = |job_slot: u32| execution::owner_of_slot(job_slot, total_slots, count);
+        let local = execution::local_slots(tm, total_slots, count);
+        let local = local.start.min(plan.slots_needed)..local.end.min(plan.slots_needed);
+        let lease = self.lease(local.len() as u32)?;
+        let routes = execution::channel_routes(&plan, tm, total_slots, count);
+        let buffers_needed = execution::buffers_needed_for(&plan, &credit, tm, total_slots, count);
+        let reservation = self.inner.pool.reserve(buffers_needed)?;
         let shared = Arc::new(JobShared::new(
             name.to_string(),
             nodes.iter().map(|n| n.name.clone()).collect(),
             nodes.iter().map(|n| n.parallelism).collect(),
         ));
 
-        let bells: Vec<Arc<Doorbell>> = plan.tasks.iter().map(|_| Arc::new(Doorbell::new())).collect();
-        bells.iter().for_each(|b| shared.add_bell(b.clone()));
+        let bells: Vec<Option<Arc<Doorbell>>> =
+            plan.tasks.iter().map(|t| (owner(t.slot) == tm).then(|| Arc::new(Doorbell::new()))).collect();
+        bells.iter().flatten().for_each(|b| shared.add_bell(b.clone()));
         let task_index = |vertex: usize, subtask: u32| {
             plan.tasks.iter().position(|t| t.vertex == vertex && t.subtask == subtask).expect("task exists")
         };
-        let channels: Vec<Arc<LocalChannel>> = plan
+        let bell_of = |t: usize| bells[t].clone().expect("the task of a channel end that runs here has a bell");
+        let mut sessions = Vec::<SessionBuild>::new();
+        let fingerprint = distribution.map(|_| execution::fingerprint(&jg, &plan, name, &credit, count, total_slots));
+        let session_for = |sessions: &mut Vec<SessionBuild>, peer: u32| -> usize {
+            if let Some(i) = sessions.iter().position(|s| s.peer == peer) {
+                return i;
+            }
+            let d = distribution.expect("remote channels exist only in distributed mode");
+            let fingerprint = fingerprint.expect("computed in distributed mode");
+            let channels = plan.channels.len() as u32;
+            let hello = Hello {
+                sender_tm: tm,
+                job_fingerprint: fingerprint,
+                tm_count: count,
+                pid: std::process::id(),
+                heartbeat_ms: self.inner.config.net.heartbeat_interval.as_millis().min(u32::MAX as u128) as u32,
+                channels,
+            };
+            let identity = PeerIdentity { tm: peer, job_fingerprint: fingerprint, tm_count: count, channels };
+            let bell = Arc::new(Doorbell::new());
+            shared.add_bell(bell.clone());
+            sessions.push(SessionBuild {
+                peer,
+                peer_addr: d.peers[peer as usize],
+                dial: tm < peer,
+                session: PeerSession::new(hello, identity, self.inner.pool.clone()),
+                bell,
+                outbound: Vec::new(),
+            });
+            sessions.len() - 1
+        };
+        let channels: Vec<Option<Arc<LocalChannel>>> = plan
             .channels
             .iter()
-            .map(|c| {
+            .zip(&routes)
+            .enumerate()
+            .map(|(id, (c, route))| {
                 let e = &jg.edges[c.edge];
-                let producer = &bells[task_index(e.source, c.producer)];
-                let consumer = &bells[task_index(e.target, c.consumer)];
-                LocalChannel::new(credit.exclusive_per_channel, producer.clone(), consumer.clone())
+                let producer = task_index(e.source, c.producer);
+                let consumer = task_index(e.target, c.consumer);
+                match *route {
+                    ChannelRoute::Local => Some(LocalChannel::new(
+                        credit.exclusive_per_channel,
+                        bell_of(producer),
+                        bell_of(consumer),
+                    )),
+                    ChannelRoute::Outbound { peer } => {
+                        let i = session_for(&mut sessions, peer);
+                        let s = &mut sessions[i];
+                        let channel = LocalChannel::new_remote_out(bell_of(producer), s.bell.clone());
+                        s.session.add_outbound(id as u32, channel.clone());
+                        s.outbound.push(channel.clone());
+                        Some(channel)
+                    }
+                    ChannelRoute::Inbound { peer } => {
+                        let i = session_for(&mut sessions, peer);
+                        let s = &mut sessions[i];
+                        let channel =
+                            LocalChannel::new_remote_in(credit.exclusive_per_channel, s.bell.clone(), bell_of(consumer));
+                        let head = jg.vertices[e.target].nodes[0];
+                        s.session.add_inbound(id as u32, channel.clone(), graph.nodes[head].runtime.validator());
+                        Some(channel)
+                    }
+                    ChannelRoute::Elsewhere => None,
+                }
             })
             .collect();
+        let channel = |c: usize| channels[c].clone().expect("a channel of a local task exists here");
 
         let op_metrics: Vec<Vec<Arc<OperatorMetrics>>> = nodes
             .iter()
@@ -264,11 +389,15 @@ impl LocalCluster {
             tasks: Vec::new(),
         };
 
-        let mut per_slot: Vec<Vec<TaskBuild>> = (0..plan.slots_needed).map(|_| Vec::new()).collect();
+        let mut per_slot: Vec<Vec<TaskBuild>> = local.clone().map(|_| Vec::new()).collect();
         for (t, spec) in plan.tasks.iter().enumerate() {
+            if owner(spec.slot) != tm {
+                continue;
+            }
             let vertex = &jg.vertices[spec.vertex];
             let counters = Arc::new(TaskCounters::default());
-            let slot = lease.slots[spec.slot as usize];
+            let local_index = (spec.slot - local.start) as usize;
+            let slot = lease.slots[local_index];
             metrics.tasks.push((vertex.name.clone(), spec.subtask, slot, counters.clone()));
             let outputs = spec
                 .outputs
@@ -277,7 +406,7 @@ impl LocalCluster {
                     let e = &jg.edges[o.edge];
                     OutputEdgeRt {
                         partitioning: e.partitioning,
-                        channels: o.channels.iter().map(|c| OutputChannel::new(channels[*c].clone(), &credit)).collect(),
+                        channels: o.channels.iter().map(|c| OutputChannel::new(channel(*c), &credit)).collect(),
                         key_hash: graph.edges[e.stream_edge].key_hash.clone(),
                         consumer_node: e.to_node,
                         consumer_parallelism: jg.vertices[e.target].parallelism,
@@ -291,7 +420,7 @@ impl LocalCluster {
                 })
                 .collect();
             let head = vertex.nodes[0];
-            per_slot[spec.slot as usize].push(TaskBuild {
+            per_slot[local_index].push(TaskBuild {
                 subtask: spec.subtask,
                 parallelism: vertex.parallelism,
                 mode: exec.runtime_mode,
@@ -304,9 +433,9 @@ impl LocalCluster {
                     .collect(),
                 head_is_source: nodes[head].kind == NodeKind::Source,
                 outputs,
-                inputs: spec.inputs.iter().map(|c| channels[*c].clone()).collect(),
+                inputs: spec.inputs.iter().map(|c| channel(*c)).collect(),
                 credit,
-                bell: bells[t].clone(),
+                bell: bell_of(t),
                 counters,
                 pool: self.inner.pool.clone(),
                 buffer_timeout: exec.buffer_timeout,
@@ -316,7 +445,21 @@ impl LocalCluster {
         drop(channels);
         drop(graph);
 
-        tracing::info!(job = name, tasks = plan.tasks.len(), buffers = plan.buffers_needed, "deploying job");
+        let summaries = Arc::new(Mutex::new(Vec::new()));
+        let mut network = (!sessions.is_empty()).then(|| JobNetwork {
+            sessions,
+            listener: self.inner.listener.clone(),
+            config: self.inner.config.net,
+            pool: self.inner.pool.clone(),
+            summaries: summaries.clone(),
+        });
+        tracing::info!(
+            job = name,
+            tasks = metrics.tasks.len(),
+            buffers = buffers_needed,
+            connections = network.as_ref().map_or(0, |n| n.sessions.len()),
+            "deploying job"
+        );
         let started = Instant::now();
         let mut threads = Vec::new();
         for (i, tasks) in per_slot.into_iter().enumerate() {
@@ -328,7 +471,7 @@ impl LocalCluster {
                 preempt_timer: self.inner.config.preempt_timer,
                 spin_before_park: self.inner.config.spin_before_park,
             };
-            match slot::spawn(settings, tasks, shared.clone()) {
+            match slot::spawn(settings, tasks, network.take(), shared.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     shared.fail(JobError::SlotStart { slot, message: e.to_string() });
@@ -342,7 +485,9 @@ impl LocalCluster {
             started,
             metrics,
             plan: plan_text,
-            buffers_reserved: plan.buffers_needed,
+            buffers_reserved: buffers_needed,
+            network: summaries,
+            pool: self.inner.pool.clone(),
             _reservation: reservation,
             _slots: lease,
         })

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use corestream_netstack::{Doorbell, PoolReservation};
+use corestream_netstack::{BufferPool, Doorbell, PoolReservation};
 
 use super::cluster::SlotLease;
-use super::metrics::{JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskSummary};
+use super::metrics::{ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskSummary};
 use crate::error::{JobError, TaskError};
 use crate::operators::OperatorMetrics;
 
@@ -112,6 +112,11 @@ impl JobShared {
         *self.ended_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The first failure as text, if the job failed.
+    pub(crate) fn failure_message(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|e| e.to_string())
+    }
+
     fn failure(&self) -> Option<JobError> {
         self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -133,6 +138,9 @@ pub struct JobHandle {
     pub(crate) metrics: JobMetrics,
     pub(crate) plan: String,
     pub(crate) buffers_reserved: u32,
+    /// Connections to other TaskManagers, reported by the gateway slot as they end.
+    pub(crate) network: Arc<Mutex<Vec<ConnectionSummary>>>,
+    pub(crate) pool: BufferPool,
     pub(crate) _reservation: PoolReservation,
     pub(crate) _slots: SlotLease,
 }
@@ -225,8 +233,8 @@ impl JobHandle {
             .collect();
         JobResult {
             latency: self.latency(),
-            network: Vec::new(),
-            pool_peak_in_use: 0,
+            network: self.network.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            pool_peak_in_use: u64::from(self.pool.stats().peak_in_use),
             job_name: self.shared.name.clone(),
             status,
             wall_time,

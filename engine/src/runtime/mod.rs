@@ -2,13 +2,16 @@
 //! process) checks the machine at start-up ([`startup`]), places slots on cores
 //! ([`topology`]), and runs each job's subtasks as cooperative tasks on the slots' glommio
 //! executors ([`slot`], [`task`]). A chain's records leave the task through
-//! [`output::NetworkOutput`] into the credit-based channels of `corestream-netstack`.
+//! [`output::NetworkOutput`] into the credit-based channels of `corestream-netstack`; channels
+//! whose other end runs in another TaskManager process cross a connection driven by
+//! [`remote`] on the job's gateway slot.
 
 pub mod build;
 pub mod cluster;
 pub mod job;
 pub mod metrics;
 pub mod output;
+pub mod remote;
 pub mod slot;
 pub mod startup;
 pub mod task;

@@ -1,0 +1,225 @@
+//! A job's connections to the other TaskManager processes that run it. Submitting a job in
+//! distributed mode builds one [`PeerSession`] per peer TaskManager that shares a channel with
+//! this one; they all run on the job's gateway slot (its lowest local slot) beside that slot's
+//! tasks, so the network needs no thread of its own. Of each pair, the TaskManager with the
+//! lower index dials and the other accepts on its data listener; the acceptor tells its
+//! connections apart by peeking at the HELLO that opens each. A session that fails fails the
+//! job with its [`NetError`] (which names the peer), which cancels every local task; a job that
+//! fails or is cancelled here interrupts every session, so the peers learn of it at once.
+
+use std::net::SocketAddr;
+use std::os::unix::io::{FromRawFd, IntoRawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corestream_netstack::transport::{accept, dial, run_session, Interrupt, NetConfig, SessionEnd};
+use corestream_netstack::wire::{decode_header, FrameKind, HEADER_BYTES};
+use corestream_netstack::{BufferPool, Doorbell, LocalChannel, NetError, PeerSession};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::Timer;
+
+use super::job::JobShared;
+use super::metrics::ConnectionSummary;
+use crate::error::JobError;
+
+/// How often a connection attempt that is still waiting checks whether the job has ended.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// One connection of a job, before it is opened.
+pub(crate) struct SessionBuild {
+    pub peer: u32,
+    pub peer_addr: SocketAddr,
+    /// This side dials (its index is the lower one); otherwise it accepts.
+    pub dial: bool,
+    pub session: PeerSession,
+    /// Rung by the session's channels and on cancellation; in the job's bells.
+    pub bell: Arc<Doorbell>,
+    /// The channels whose producers are here, for the credit-stall count.
+    pub outbound: Vec<Arc<LocalChannel>>,
+}
+
+impl SessionBuild {
+    fn peer_name(&self) -> String {
+        format!("TaskManager {} ({})", self.peer, self.peer_addr)
+    }
+}
+
+/// Everything the gateway slot needs to run a job's connections.
+pub(crate) struct JobNetwork {
+    pub sessions: Vec<SessionBuild>,
+    pub listener: Option<Arc<std::net::TcpListener>>,
+    pub config: NetConfig,
+    pub pool: BufferPool,
+    pub summaries: Arc<Mutex<Vec<ConnectionSummary>>>,
+}
+
+/// Runs every connection of the job until each has ended; failures go to `job`.
+pub(crate) async fn run(network: JobNetwork, job: Arc<JobShared>) {
+    let JobNetwork { sessions, listener, config, pool, summaries } = network;
+    let (dialing, accepting): (Vec<_>, Vec<_>) = sessions.into_iter().partition(|s| s.dial);
+    let mut handles = Vec::new();
+    for s in dialing {
+        let ctx = Ctx { job: job.clone(), config, pool: pool.clone(), summaries: summaries.clone() };
+        handles.push(glommio::spawn_local(async move {
+            let name = s.peer_name();
+            let connected = until_cancelled(&ctx.job, dial(s.peer_addr, &name, &ctx.config)).await;
+            match connected {
+                Some(Ok(stream)) => ctx.serve(s, stream).await,
+                Some(Err(e)) => ctx.job.fail(JobError::Network(e)),
+                None => {}
+            }
+        }));
+    }
+    if !accepting.is_empty() {
+        let ctx = Ctx { job: job.clone(), config, pool, summaries };
+        match listener {
+            Some(listener) => handles.push(glommio::spawn_local(accept_all(ctx, listener, accepting))),
+            None => job.fail(JobError::InvalidJob(
+                "this TaskManager must accept connections from lower-numbered peers but has no data listener".into(),
+            )),
+        }
+    }
+    for h in handles {
+        h.await;
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    job: Arc<JobShared>,
+    config: NetConfig,
+    pool: BufferPool,
+    summaries: Arc<Mutex<Vec<ConnectionSummary>>>,
+}
+
+impl Ctx {
+    /// Drives one connected session to its end and reports it.
+    async fn serve(&self, build: SessionBuild, stream: TcpStream) {
+        let name = build.peer_name();
+        let job = self.job.clone();
+        let interrupt = move || {
+            if !job.is_cancelled() {
+                return None;
+            }
+            Some(match job.failure_message() {
+                Some(message) => Interrupt::Fail { message },
+                None => Interrupt::Cancel { reason: format!("job '{}' was cancelled", job.name) },
+            })
+        };
+        let outcome =
+            run_session(stream, build.session, self.pool.clone(), build.bell, &self.config, name.clone(), interrupt).await;
+        match outcome {
+            Ok(outcome) => {
+                let remote_credit_stalls = build.outbound.iter().map(|c| c.credit_stalls()).sum();
+                self.summaries.lock().unwrap_or_else(|e| e.into_inner()).push(ConnectionSummary {
+                    peer: name.clone(),
+                    stats: outcome.stats,
+                    remote_credit_stalls,
+                });
+                match outcome.end {
+                    SessionEnd::Closed | SessionEnd::Interrupted(_) => {}
+                    SessionEnd::PeerCancelled { reason } => {
+                        tracing::warn!(peer = %name, %reason, "the peer cancelled the job");
+                        self.job.cancel();
+                    }
+                }
+            }
+            Err(e) => self.job.fail(JobError::Network(e)),
+        }
+    }
+}
+
+/// `work`, unless the job is cancelled first (then `None`).
+async fn until_cancelled<T>(job: &JobShared, work: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(work.await) }, async {
+        while !job.is_cancelled() {
+            Timer::new(CANCEL_POLL).await;
+        }
+        None
+    })
+    .await
+}
+
+/// Accepts one connection per session in `pending`, hands each to its session by the sender
+/// of its HELLO, and serves them all.
+async fn accept_all(ctx: Ctx, listener: Arc<std::net::TcpListener>, mut pending: Vec<SessionBuild>) {
+    let listener = match listener.try_clone() {
+        // SAFETY: the descriptor was just duplicated from a bound, listening std listener, and
+        // `into_raw_fd` hands its ownership to the glommio listener, which closes it.
+        Ok(l) => unsafe { TcpListener::from_raw_fd(l.into_raw_fd()) },
+        Err(e) => {
+            ctx.job.fail(JobError::Network(NetError::Socket {
+                peer: pending[0].peer_name(),
+                operation: "duplicating the data listener",
+                detail: e.to_string(),
+            }));
+            return;
+        }
+    };
+    let mut served = Vec::new();
+    let deadline = Instant::now() + ctx.config.accept_timeout;
+    while !pending.is_empty() {
+        let waiting = pending[0].peer_name();
+        let config = NetConfig { accept_timeout: deadline.saturating_duration_since(Instant::now()), ..ctx.config };
+        let stream = match until_cancelled(&ctx.job, accept(&listener, &waiting, &config)).await {
+            None => return,
+            Some(Err(e)) => {
+                let e = match e {
+                    NetError::PeerNeverConnected { .. } => {
+                        NetError::PeerNeverConnected { peer: waiting, waited: ctx.config.accept_timeout }
+                    }
+                    other => other,
+                };
+                ctx.job.fail(JobError::Network(e));
+                return;
+            }
+            Some(Ok(stream)) => stream,
+        };
+        let sender = until_cancelled(&ctx.job, hello_sender(&stream, ctx.config.heartbeat_timeout)).await.flatten();
+        if ctx.job.is_cancelled() {
+            return;
+        }
+        let index = match sender.and_then(|tm| pending.iter().position(|s| s.peer == tm)) {
+            Some(i) => i,
+            // Only one peer is expected: its session reports what is wrong with the stream.
+            None if pending.len() == 1 => 0,
+            None => {
+                let from = stream.peer_addr().map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
+                tracing::warn!(%from, "dropped a data connection that did not open with the HELLO of an expected peer");
+                continue;
+            }
+        };
+        let build = pending.swap_remove(index);
+        let ctx = ctx.clone();
+        served.push(glommio::spawn_local(async move { ctx.serve(build, stream).await }));
+    }
+    for h in served {
+        h.await;
+    }
+}
+
+/// The TaskManager index in the HELLO that opens `stream`, read without consuming it; `None`
+/// if the first bytes are not a HELLO header or do not arrive within `timeout`.
+async fn hello_sender(stream: &TcpStream, timeout: Duration) -> Option<u32> {
+    let peek = async {
+        let mut header = [0u8; HEADER_BYTES];
+        loop {
+            match stream.peek(&mut header).await {
+                Ok(n) if n >= HEADER_BYTES => break,
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {
+                    Timer::new(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        match decode_header(&header) {
+            Ok(h) if h.kind == FrameKind::Hello => Some(h.arg),
+            _ => None,
+        }
+    };
+    futures_lite::future::or(peek, async {
+        Timer::new(timeout).await;
+        None
+    })
+    .await
+}
