@@ -29,11 +29,28 @@ pub struct Common {
     /// the markers' latency at each sink per source subtask (default: off).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub latency_markers: Option<Duration>,
+    /// TaskManager processes that run the job together on this machine (application mode;
+    /// `run sum-by-key` and `run wordcount` only). The job's `--parallelism` slots are split
+    /// between them in contiguous ranges; without `-p` there are N × `--slots` job slots, and
+    /// `--slots` defaults to 1 per process.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_processes)]
+    pub processes: u32,
+    /// How long a TaskManager waits for a silent peer before failing the job (heartbeats are
+    /// sent every fifth of it); for tests of failure detection.
+    #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION", hide = true)]
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 impl Common {
     /// Starts a cluster with enough slots for the requested parallelism.
     pub fn cluster(&self) -> anyhow::Result<LocalCluster> {
+        if self.processes > 1 {
+            anyhow::bail!(
+                "--processes {} is supported only by `corestream run sum-by-key` and `corestream run wordcount`; \
+                 this command runs in one process",
+                self.processes
+            );
+        }
         let slots = match (self.slots, self.parallelism) {
             (Some(s), Some(p)) if p > s => {
                 anyhow::bail!("--parallelism {p} needs at least {p} slots but --slots is {s}")
@@ -94,6 +111,26 @@ pub fn parse_positive_count(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Most TaskManager processes `--processes` starts on one machine.
+pub const PROCESSES_MAX: u32 = 64;
+
+pub fn parse_processes(s: &str) -> Result<u32, String> {
+    match parse_count(s)? {
+        n if (1..=PROCESSES_MAX as u64).contains(&n) => Ok(n as u32),
+        _ => Err(format!(
+            "'{s}' is not a number of TaskManager processes: give 1 (one process, the default) up to {PROCESSES_MAX}"
+        )),
+    }
+}
+
+/// A duration above zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("'{s}' must be above 0")),
+        d => Ok(d),
+    }
+}
+
 /// A duration: a number with unit ns, us, ms, s or m; a bare `0` is zero.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -129,6 +166,9 @@ mod tests {
         assert_eq!(parse_count("3k"), Ok(3000));
         assert!(parse_count("ten").unwrap_err().contains("not a count"));
         assert!(parse_positive("0").is_err());
+        assert_eq!(parse_processes("2"), Ok(2));
+        assert!(parse_processes("0").unwrap_err().contains("TaskManager processes"));
+        assert!(parse_processes("65").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod args;
 mod bench;
 mod demo;
 mod latency;
+mod multi;
 mod profile;
 mod progress;
 mod run;
@@ -75,6 +76,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Err(e) = multi::check_supported(&cli.command) {
+        e.exit();
+    }
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,6 @@
 //! `corestream run <example>` and `corestream plan <example>`; `run window-agg` is in
-//! [`crate::window_agg`].
+//! [`crate::window_agg`]. `run wordcount` and `run sum-by-key` with `--processes N` run across N
+//! TaskManager processes ([`crate::multi`]) and print the same lines from TaskManager 0.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use corestream_bench::examples::{self, checksum, reference_sum_by_key, EXAMPLES}
 use corestream_bench::throughput::{keyed_sum_job, passthrough_job};
 
 use crate::args::{parse_positive_count, Common};
+use crate::multi;
 use crate::progress::join_with_progress;
 use crate::window_agg::{self, WindowAggArgs};
 
@@ -64,23 +66,38 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
             if output.is_dir() {
                 bail!("output '{}' is a directory; give a file path", output.display());
             }
-            let cluster = common.cluster()?;
-            let mut env = common.environment(&cluster);
             let policy = match on_invalid_utf8 {
                 InvalidUtf8::Skip => corestream::InvalidUtf8::Skip,
                 InvalidUtf8::Fail => corestream::InvalidUtf8::Fail,
             };
-            examples::wordcount(&mut env, &input, &output, policy);
             let existed = output.exists();
-            let outcome = env.execute_async("wordcount").and_then(|h| join_with_progress(h, "wordcount", None));
-            let result = match outcome {
-                Ok(result) => result,
+            let outcome = if common.processes > 1 {
+                let merged = multi::run(&common, "wordcount", |env| {
+                    examples::wordcount(env, &input, &output, policy);
+                    || Ok(Vec::new())
+                });
+                match merged {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(merged)) => Ok((merged.result.clone(), merged.network_lines())),
+                    Err(e) => Err(e),
+                }
+            } else {
+                let cluster = common.cluster()?;
+                let mut env = common.environment(&cluster);
+                examples::wordcount(&mut env, &input, &output, policy);
+                env.execute_async("wordcount")
+                    .and_then(|h| join_with_progress(h, "wordcount", None))
+                    .map(|result| (result, Vec::new()))
+                    .map_err(anyhow::Error::from)
+            };
+            let (result, network) = match outcome {
+                Ok(outcome) => outcome,
                 Err(e) => {
                     if !existed {
                         // A failed job leaves no partial output that could pass for a result.
                         let _ = std::fs::remove_file(&output);
                     }
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
             let lines = result.records_in("Tokenize");
@@ -96,22 +113,50 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
                 eprintln!("warning: {}", w.message);
             }
             print_latency(&result);
+            network.iter().for_each(|line| println!("{line}"));
             Ok(())
         }
         RunCommand::SumByKey { records, keys, common } => {
-            let cluster = common.cluster()?;
-            let mut env = common.environment(&cluster);
-            let totals = examples::sum_by_key(&mut env, records, keys);
-            let handle = env.execute_async("sum-by-key")?;
-            let collector = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
-            let result = join_with_progress(handle, "sum-by-key", Some(records))?;
-            let collected = collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
+            let (result, got, found, network) = if common.processes > 1 {
+                let merged = multi::run(&common, "sum-by-key", |env| {
+                    let totals = examples::sum_by_key(env, records, keys);
+                    let collector = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
+                    move || {
+                        let collected =
+                            collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
+                        Ok(vec![
+                            ("checksum".to_string(), format!("{:016x}", checksum(collected.iter().copied()))),
+                            ("keys".to_string(), collected.len().to_string()),
+                        ])
+                    }
+                })?;
+                let Some(merged) = merged else { return Ok(()) };
+                let mut got = 0u64;
+                for partial in merged.outputs_of("checksum") {
+                    let partial = u64::from_str_radix(partial, 16)
+                        .with_context(|| format!("a TaskManager reported checksum '{partial}', not hex"))?;
+                    got = got.wrapping_add(partial);
+                }
+                let mut found = 0usize;
+                for count in merged.outputs_of("keys") {
+                    found += count.parse::<usize>().with_context(|| format!("a TaskManager reported {count} keys"))?;
+                }
+                (merged.result.clone(), got, found, merged.network_lines())
+            } else {
+                let cluster = common.cluster()?;
+                let mut env = common.environment(&cluster);
+                let totals = examples::sum_by_key(&mut env, records, keys);
+                let handle = env.execute_async("sum-by-key")?;
+                let collector = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
+                let result = join_with_progress(handle, "sum-by-key", Some(records))?;
+                let collected = collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
+                (result, checksum(collected.iter().copied()), collected.len(), Vec::new())
+            };
             let started = Instant::now();
             let expected = reference_sum_by_key(records, keys);
             let reference_time = started.elapsed();
             let expected_sum = checksum(expected.iter().copied());
-            let got = checksum(collected.iter().copied());
-            println!("sum-by-key: {records} records, {} keys", collected.len());
+            println!("sum-by-key: {records} records, {found} keys");
             println!("checksum {got:016x} (reference {expected_sum:016x}: {})", if got == expected_sum { "match" } else { "MISMATCH" });
             println!(
                 "{:.0} events/s, wall {:.3} s (single-threaded reference: {:.3} s)",
@@ -120,6 +165,7 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
                 reference_time.as_secs_f64()
             );
             print_latency(&result);
+            network.iter().for_each(|line| println!("{line}"));
             if got != expected_sum {
                 bail!("per-key totals differ from the reference");
             }
