@@ -978,6 +978,14 @@ fn load_average_1m() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
+/// One run of the plain variant (blocking send and receive of 32 KB pool buffers over
+/// loopback) moving `bytes`: the raw baseline of `bench network`. Returns GB/s.
+pub fn plain_gbps(bytes: u64) -> anyhow::Result<f64> {
+    let frames = bytes.div_ceil(FRAME_BYTES as u64).max(1);
+    let harness = Harness::new(frames)?;
+    harness.run_once(Variant::Plain).map(|(gbps, _)| gbps)
+}
+
 /// Runs every variant `rounds` times, interleaved; `on_run` sees each run as it ends.
 pub fn run(
     settings: &TransportSettings,

@@ -321,3 +321,87 @@ fn a_peer_sending_an_invalid_buffer_fails_the_job_and_the_cluster_runs_the_next_
     assert_eq!(n, 1000);
     assert!(result.network.is_empty());
 }
+
+/// A sink that spends `micros_per_record` of CPU per record, like an expensive user function,
+/// checks that sequence numbers arrive strictly increasing, and keeps them.
+struct SlowSequenceSink {
+    micros_per_record: u64,
+    last: Option<u64>,
+    seen: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl corestream::Sink<(u64, String)> for SlowSequenceSink {
+    fn write_batch(&mut self, batch: &mut Vec<(u64, String)>) -> Result<(), corestream::SinkError> {
+        let busy_until = std::time::Instant::now() + Duration::from_micros(self.micros_per_record * batch.len() as u64);
+        let mut seen = self.seen.lock().unwrap();
+        for (seq, payload) in batch.drain(..) {
+            if let Some(last) = self.last {
+                if seq <= last {
+                    return Err(format!("sequence {seq} arrived after {last}").into());
+                }
+            }
+            assert_eq!(payload.len(), 200, "payload of record {seq} intact");
+            self.last = Some(seq);
+            seen.push(seq);
+        }
+        while std::time::Instant::now() < busy_until {
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_slow_consumer_in_the_other_task_manager_stalls_the_producer_on_credit_without_loss() {
+    const RECORDS: u64 = 400_000;
+    let clusters = task_managers(2, 2);
+    let seen: Vec<Arc<std::sync::Mutex<Vec<u64>>>> = (0..2).map(|_| Arc::default()).collect();
+    let threads: Vec<_> = clusters
+        .iter()
+        .map(|c| {
+            let c = c.clone();
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut env = c.environment();
+                env.set_parallelism(2);
+                env.from_generator(RECORDS, |i| (i, format!("{i:0>200}")))
+                    .set_parallelism(1)
+                    .rebalance()
+                    .add_sink("Slow Sink", move |ctx: corestream::SinkContext| {
+                        Ok(SlowSequenceSink {
+                            // Subtask 1, on TaskManager 1, takes in 2 µs what the source makes in far less.
+                            micros_per_record: if ctx.subtask == 1 { 2 } else { 0 },
+                            last: None,
+                            seen: seen[ctx.subtask as usize].clone(),
+                        })
+                    });
+                env.execute_async("slow-consumer").unwrap().join()
+            })
+        })
+        .collect();
+    let results: Vec<JobResult> = threads.into_iter().map(|t| t.join().unwrap().expect("job succeeds")).collect();
+    let mut all: Vec<u64> = seen.iter().flat_map(|s| s.lock().unwrap().clone()).collect();
+    all.sort_unstable();
+    assert_eq!(all.len() as u64, RECORDS, "no record lost or duplicated");
+    assert!(all.iter().enumerate().all(|(i, s)| *s == i as u64), "every sequence number once");
+    assert!(!seen[1].lock().unwrap().is_empty(), "records crossed to TaskManager 1");
+
+    let producer = &results[0];
+    eprintln!("producer: {:?}, reserved {}, pool peak {}", producer.network, producer.buffers_reserved, producer.pool_peak_in_use);
+    let link = &producer.network[0];
+    assert!(link.remote_credit_stalls > 0, "the producer ran out of credit: {link:?}");
+    let reserved_bytes = u64::from(producer.buffers_reserved) * corestream_netstack::BUFFER_SIZE as u64;
+    assert!(
+        link.stats.bytes_out > 10 * reserved_bytes,
+        "the stream ({} bytes) is far larger than the producer's reservation ({reserved_bytes} bytes)",
+        link.stats.bytes_out
+    );
+    for (tm, r) in results.iter().enumerate() {
+        assert!(
+            r.pool_peak_in_use <= u64::from(r.buffers_reserved),
+            "TaskManager {tm} used at most its reservation: peak {} of {}",
+            r.pool_peak_in_use,
+            r.buffers_reserved
+        );
+    }
+}
