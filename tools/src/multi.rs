@@ -65,7 +65,9 @@ const EXIT_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
 
 /// Refuses `--processes N` (N > 1) on commands that run in one process: exit status 2, like
-/// any other invalid option.
+/// any other invalid option. Commands not named here either take no `Common` options or run
+/// through [`run`]; `Common::cluster` refuses the option as well, for any command that starts
+/// a one-process cluster.
 pub fn check_supported(command: &Command) -> Result<(), clap::Error> {
     use crate::bench::BenchCommand as B;
     let (name, common) = match command {
@@ -79,7 +81,7 @@ pub fn check_supported(command: &Command) -> Result<(), clap::Error> {
             B::Window { common, .. } => ("bench window", common),
             B::Nexmark { common, .. } => ("bench nexmark", common),
             B::Latency { common, .. } => ("bench latency", common),
-            B::Transport { .. } => return Ok(()),
+            _ => return Ok(()),
         },
     };
     if common.processes > 1 {
@@ -163,15 +165,14 @@ where
     O: FnOnce() -> anyhow::Result<Outputs>,
 {
     let index = task_manager_index(common.processes)?;
+    total_slots(common.processes, common.slots, common.parallelism)?;
     if index == 0 {
         let argv = std::env::args_os().collect::<Vec<_>>();
-        if !matches!(
-            Cli::try_parse_from_args(&argv),
-            Some(Command::Run(RunCommand::SumByKey { .. } | RunCommand::Wordcount { .. }))
-        ) {
+        let parsed = <Cli as clap::Parser>::try_parse_from(&argv).map(|cli| cli.command);
+        if !matches!(parsed, Ok(Command::Run(_) | Command::Bench(_))) {
             bail!(
-                "--processes {} re-executes this program's command line in each TaskManager, so it must be a \
-                 `corestream run sum-by-key|wordcount` command line (not one run by `corestream profile`)",
+                "--processes {} re-executes this program's command line in each TaskManager, so the job must be \
+                 this program's own command (not one run by `corestream profile`)",
                 common.processes
             );
         }
@@ -199,18 +200,20 @@ where
     }
 }
 
-impl Cli {
-    fn try_parse_from_args(argv: &[std::ffi::OsString]) -> Option<Command> {
-        <Cli as clap::Parser>::try_parse_from(argv).ok().map(|c| c.command)
-    }
+/// Whether this process is the one the user started (TaskManager 0), not one started by
+/// [`run`]; work that must happen once per job, such as a baseline measurement, happens here.
+pub fn is_task_manager_0() -> bool {
+    std::env::var_os(TASK_MANAGER_ENV).is_none()
 }
 
 /// This process's TaskManager index: 0 without [`TASK_MANAGER_ENV`], else the `i` of `i/N`.
 fn task_manager_index(processes: u32) -> anyhow::Result<u32> {
+    if is_task_manager_0() {
+        return Ok(0);
+    }
     match std::env::var(TASK_MANAGER_ENV) {
-        Err(std::env::VarError::NotPresent) => Ok(0),
-        Err(std::env::VarError::NotUnicode(v)) => bail!("{TASK_MANAGER_ENV}={v:?} is not i/N"),
         Ok(v) => parse_role(&v, processes).map_err(|e| anyhow!("{TASK_MANAGER_ENV}={v}: {e}")),
+        Err(e) => bail!("{TASK_MANAGER_ENV} is not i/N: {e}"),
     }
 }
 
@@ -479,6 +482,8 @@ enum State {
     /// The child ended, closed its channel or broke the protocol before DONE or FAILED; empty
     /// when its exit status says it all.
     Lost(String),
+    /// The child sent no DONE or FAILED in time after TaskManager 0's part ended.
+    Unresponsive(String),
 }
 
 struct ChildProcess {
@@ -488,6 +493,10 @@ struct ChildProcess {
     state: State,
     report: Report,
     exit: Option<ExitStatus>,
+    /// TaskManager 0 killed it (its exit status then says nothing about why it ended).
+    killed: bool,
+    /// Its exit status was collected by `wait`, so it is no zombie.
+    reaped: bool,
 }
 
 impl ChildProcess {
@@ -496,7 +505,15 @@ impl ChildProcess {
     }
 
     fn ended(&self) -> bool {
-        matches!(self.state, State::Done | State::Failed(_) | State::Lost(_))
+        matches!(self.state, State::Done | State::Failed(_) | State::Lost(_) | State::Unresponsive(_))
+    }
+
+    /// Sends SIGKILL unless the process has already ended.
+    fn kill(&mut self) {
+        if self.exit.is_none() && wait_for_exit(&self.process, Duration::ZERO).is_none() {
+            let _ = self.process.kill();
+            self.killed = true;
+        }
     }
 }
 
@@ -549,6 +566,8 @@ impl Children {
                 state: State::Starting,
                 report: Report::default(),
                 exit: None,
+                killed: false,
+                reaped: false,
             });
             let tx = tx.clone();
             std::thread::Builder::new()
@@ -626,7 +645,7 @@ impl Children {
             self.poll_events(POLL);
         }
         for c in self.processes.iter_mut().filter(|c| !c.ended()) {
-            c.state = State::Lost(format!("sent no result within {limit:?} of TaskManager 0's part ending"));
+            c.state = State::Unresponsive(format!("sent no result within {limit:?} of TaskManager 0's part ending"));
         }
     }
 
@@ -634,30 +653,37 @@ impl Children {
     fn reap(&mut self) {
         let deadline = Instant::now() + EXIT_WAIT;
         loop {
-            for c in self.processes.iter_mut().filter(|c| c.exit.is_none()) {
-                if matches!(c.state, State::Lost(_)) {
-                    let _ = c.process.kill();
+            for c in self.processes.iter_mut().filter(|c| !c.reaped) {
+                if matches!(c.state, State::Lost(_) | State::Unresponsive(_)) {
+                    c.kill();
                 }
-                c.exit = c.process.try_wait().ok().flatten();
+                if let Ok(Some(status)) = c.process.try_wait() {
+                    c.exit = Some(status);
+                    c.reaped = true;
+                }
             }
-            if self.processes.iter().all(|c| c.exit.is_some()) || Instant::now() >= deadline {
+            if self.processes.iter().all(|c| c.reaped) || Instant::now() >= deadline {
                 break;
             }
             std::thread::sleep(POLL.min(Duration::from_millis(10)));
         }
-        for c in self.processes.iter_mut().filter(|c| c.exit.is_none()) {
-            let _ = c.process.kill();
-            c.exit = c.process.wait().ok();
-            if !c.ended() || matches!(c.state, State::Done) {
-                c.state = State::Lost(format!("did not exit within {EXIT_WAIT:?} and was killed"));
+        for c in self.processes.iter_mut().filter(|c| !c.reaped) {
+            c.kill();
+            c.exit = c.process.wait().ok().or(c.exit);
+            c.reaped = true;
+            if matches!(c.state, State::Done) {
+                // Its result is complete; only its shutdown hung.
+                tracing::warn!(tm = c.tm, "TaskManager {} reported its result but did not exit within {EXIT_WAIT:?}", c.tm);
             }
         }
     }
 
     /// TaskManager 0's result if every part succeeded, else the error that names the first
-    /// lost child, or the failure of TaskManager 0, or the failure a child reported.
+    /// lost child, or the failure of TaskManager 0, or the failure a child reported, or the
+    /// first child that did not report.
     fn verdict(&self, local: anyhow::Result<(JobResult, Outputs)>) -> anyhow::Result<(JobResult, Outputs)> {
         let lost = self.processes.iter().find(|c| matches!(c.state, State::Lost(_)));
+        let silent = self.processes.iter().find(|c| matches!(c.state, State::Unresponsive(_)));
         let failed = self.processes.iter().find_map(|c| match &c.state {
             State::Failed(m) => Some((c, m)),
             _ => None,
@@ -670,19 +696,28 @@ impl Children {
                     Ok(_) => anyhow!(died),
                 })
             }
+            // The local error usually carries the child's message already (PeerFailed).
+            (Err(e), None, Some((_, m))) if format!("{e:#}").contains(m.as_str()) => Err(e),
             (Err(e), None, Some((c, m))) => Err(e.context(format!("TaskManager {} failed: {m}", c.tm))),
             (Err(e), None, None) => Err(e),
             (Ok(_), None, Some((c, m))) => Err(anyhow!("TaskManager {} failed: {m}", c.tm)),
-            (Ok(local), None, None) => Ok(local),
+            (Ok(local), None, None) => match silent {
+                Some(c) => Err(anyhow!("{} {}", c.label(), self.describe_end(c))),
+                None => Ok(local),
+            },
         }
     }
 
     /// How a child ended, from its state and exit status: "was killed by signal 9 (…)".
     fn describe_end(&self, c: &ChildProcess) -> String {
         let why = match &c.state {
-            State::Lost(why) | State::Failed(why) => why.clone(),
+            State::Lost(why) | State::Failed(why) | State::Unresponsive(why) => why.clone(),
             _ => String::new(),
         };
+        if c.killed {
+            let why = if why.is_empty() { "closed its control channel" } else { why.as_str() };
+            return format!("{why}; TaskManager 0 killed it");
+        }
         let exit = c.exit.or_else(|| wait_for_exit(&c.process, EXIT_WAIT));
         match (exit, why.is_empty()) {
             (Some(status), true) => describe_status(status),
@@ -725,7 +760,7 @@ impl Children {
                 let how = error.map_or(String::new(), |e| format!("control channel: {e}"));
                 c.exit = wait_for_exit(&c.process, Duration::from_secs(1)).or(c.exit);
                 c.state = State::Lost(how);
-                let _ = c.process.kill();
+                c.kill();
                 return;
             }
         };
@@ -733,7 +768,7 @@ impl Children {
             Ok(m) => m,
             Err(e) => {
                 c.state = State::Lost(format!("sent a malformed control line '{:.200}': {e}", line));
-                let _ = c.process.kill();
+                c.kill();
                 return;
             }
         };
@@ -747,7 +782,7 @@ impl Children {
             (State::Running { .. }, m) if c.report.add(&m) => {}
             (state, m) => {
                 c.state = State::Lost(format!("sent '{:.200}' ({m:?}) while {state:?}", line));
-                let _ = c.process.kill();
+                c.kill();
             }
         }
     }
@@ -755,7 +790,7 @@ impl Children {
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for c in self.processes.iter_mut().filter(|c| c.exit.is_none()) {
+        for c in self.processes.iter_mut().filter(|c| !c.reaped) {
             let _ = c.process.kill();
             let _ = c.process.wait();
         }

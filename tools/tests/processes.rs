@@ -1,0 +1,334 @@
+//! End-to-end tests of `--processes N`: `run sum-by-key` and `run wordcount` across TaskManager
+//! processes give the single-process results; a killed TaskManager fails the job quickly and
+//! names the signal; a killed TaskManager 0 takes its children with it; commands that run in
+//! one process refuse the option.
+//!
+//! Every `corestream` runs in its own process group; a watchdog kills the whole group (the
+//! TaskManagers it started included) and fails the test after [`HANG_LIMIT`].
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const HANG_LIMIT: Duration = Duration::from_secs(60);
+
+/// A `corestream` process group whose stdout is collected and whose stderr arrives line by line.
+struct Running {
+    args: String,
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr: String,
+}
+
+fn start(args: &[&str]) -> Running {
+    start_with_env(args, &[])
+}
+
+fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("CORESTREAM_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("cannot start the corestream binary");
+    let mut out = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).expect("cannot read the output of corestream");
+        s
+    });
+    let err = child.stderr.take().unwrap();
+    let (tx, stderr_lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Running { args: args.join(" "), child, stdout: Some(stdout), stderr_lines, stderr: String::new() }
+}
+
+impl Running {
+    fn kill_group(&mut self) {
+        // SAFETY: kill on the process group this test created for the child (its pid).
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    /// Waits for a stderr line containing `needle`; fails the test after `limit`.
+    fn stderr_line(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr.push_str(&line);
+                    self.stderr.push('\n');
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    self.kill_group();
+                    panic!("`corestream {}` wrote no line with {needle:?} within {limit:?}:\n{}", self.args, self.stderr);
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to end within `limit`, else kills its group and fails the test.
+    fn finish_within(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                self.kill_group();
+                panic!("`corestream {}` did not end within {limit:?}:\n{}", self.args, self.stderr);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
+            self.stderr.push_str(&line);
+            self.stderr.push('\n');
+        }
+        // The TaskManagers it started must be gone with it; kill any left so none outlive the test.
+        // SAFETY: kill on the process group this test created.
+        let leftover = unsafe { libc::kill(-(self.child.id() as libc::pid_t), 0) } == 0;
+        if leftover {
+            self.kill_group();
+        }
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        Finished { status, stdout, stderr: std::mem::take(&mut self.stderr), leftover }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.stdout.is_some() {
+            self.kill_group();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// A process of its group was still alive after it ended.
+    leftover: bool,
+}
+
+fn corestream(args: &[&str]) -> Finished {
+    start(args).finish_within(HANG_LIMIT)
+}
+
+#[track_caller]
+fn assert_status(out: &Finished, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "expected exit status {code}\n--- stdout\n{}--- stderr\n{}", out.stdout, out.stderr);
+}
+
+/// The lines of stdout that start with `prefix`.
+fn line_with<'a>(out: &'a Finished, prefix: &str) -> &'a str {
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{}\n{}", out.stdout, out.stderr))
+}
+
+/// (keys line, checksum line) of a sum-by-key run.
+fn sum_by_key(p: u32, processes: u32) -> (String, String, Finished) {
+    let p = p.to_string();
+    let n = processes.to_string();
+    let out = corestream(&["run", "sum-by-key", "--records", "1M", "--keys", "1000", "-p", &p, "--processes", &n]);
+    assert_status(&out, 0);
+    assert!(!out.leftover, "a TaskManager outlived the run");
+    let keys = line_with(&out, "sum-by-key:").to_string();
+    let checksum = line_with(&out, "checksum").to_string();
+    (keys, checksum, out)
+}
+
+#[test]
+fn sum_by_key_across_two_processes_matches_one_process() {
+    for p in [2, 3, 4] {
+        let (keys_one, checksum_one, _) = sum_by_key(p, 1);
+        let (keys_two, checksum_two, two) = sum_by_key(p, 2);
+        assert!(checksum_two.ends_with("match)"), "-p {p}: {checksum_two}");
+        assert_eq!(checksum_two, checksum_one, "-p {p}");
+        assert_eq!(keys_two, keys_one, "-p {p}");
+        assert!(keys_two.contains("1000 keys"), "{keys_two}");
+        assert!(two.stderr.contains("corestream: TaskManager 1 started (pid "), "{}", two.stderr);
+        let network = line_with(&two, "network: TaskManager 0 <-> TaskManager 1:");
+        assert!(network.contains("buffers") && network.contains("credit stalls"), "{network}");
+        assert!(!two.stdout.contains("TaskManager 1 <-> TaskManager 0"), "one line per connection:\n{}", two.stdout);
+    }
+}
+
+/// A few thousand lines of words from a small vocabulary, some non-ASCII, from a fixed seed.
+fn write_text(path: &Path) {
+    let vocabulary: Vec<String> = ["Alpha", "beta", "épée", "straße", "naïve", "x1"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..400).map(|i| format!("w{i}")))
+        .collect();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut text = String::new();
+    for _ in 0..5000 {
+        let words = next(12);
+        let line: Vec<&str> = (0..words).map(|_| vocabulary[next(vocabulary.len())].as_str()).collect();
+        text.push_str(&line.join(if next(2) == 0 { " " } else { ", " }));
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(String::from).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn wordcount_across_two_processes_writes_the_single_process_output() {
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("text.txt");
+    write_text(&input);
+    let input = input.to_str().unwrap();
+    let reference = dir.path().join("one.tsv");
+    let one = corestream(&["run", "wordcount", "--input", input, "--output", reference.to_str().unwrap(), "-p", "2"]);
+    assert_status(&one, 0);
+    let expected = sorted_lines(&reference);
+    assert!(expected.len() > 400, "{} distinct words", expected.len());
+    let figures = |out: &Finished| line_with(out, "wordcount:").split(" in ").next().unwrap().to_string();
+    for p in ["2", "4"] {
+        let output = dir.path().join(format!("two-p{p}.tsv"));
+        let two = corestream(&[
+            "run", "wordcount", "--input", input, "--output", output.to_str().unwrap(), "-p", p, "--processes", "2",
+        ]);
+        assert_status(&two, 0);
+        assert!(!two.leftover, "a TaskManager outlived the run");
+        assert!(two.stderr.contains("TaskManager 1 started"), "{}", two.stderr);
+        assert_eq!(sorted_lines(&output), expected, "-p {p}");
+        assert_eq!(figures(&two), figures(&one), "lines, words and distinct words are sums over the processes");
+    }
+}
+
+fn pid_in(line: &str) -> libc::pid_t {
+    let rest = line.split("(pid ").nth(1).unwrap_or_else(|| panic!("no pid in {line:?}"));
+    rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+fn long_run() -> Running {
+    start(&[
+        "run", "sum-by-key", "--records", "2G", "--keys", "1000", "-p", "2", "--processes", "2",
+        "--heartbeat-timeout", "2s",
+    ])
+}
+
+/// Alive means neither gone from /proc nor a zombie.
+fn alive(pid: libc::pid_t) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(stat.rsplit(") ").next().and_then(|s| s.chars().next()), Some('Z' | 'X')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_killed_task_manager_fails_the_job_within_seconds() {
+    let mut run = long_run();
+    let started = run.stderr_line("TaskManager 1 started", Duration::from_secs(30));
+    let child = pid_in(&started);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill on the pid TaskManager 0 reported for its child.
+    assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    let out = run.finish_within(Duration::from_secs(5));
+    let took = killed.elapsed();
+    assert_status(&out, 1);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(out.stderr.contains(&format!("TaskManager 1 (pid {child}) was killed by signal 9")), "{}", out.stderr);
+    assert!(!out.stdout.contains("checksum"), "no result after a failure:\n{}", out.stdout);
+}
+
+#[test]
+fn a_killed_task_manager_0_takes_its_children_with_it() {
+    let mut run = long_run();
+    let started = run.stderr_line("TaskManager 1 started", Duration::from_secs(30));
+    let child = pid_in(&started);
+    assert!(alive(child));
+    // SAFETY: kill on the process this test started.
+    assert_eq!(unsafe { libc::kill(run.child.id() as libc::pid_t, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while alive(child) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = alive(child);
+    run.kill_group();
+    assert!(!survived, "TaskManager 1 (pid {child}) still runs 2 s after TaskManager 0 was killed");
+}
+
+#[test]
+fn bad_process_counts_and_unsupported_commands_are_refused() {
+    let out = corestream(&["run", "sum-by-key", "--records", "1k", "--keys", "10", "--processes", "0"]);
+    assert_status(&out, 2);
+    assert!(out.stderr.contains("'0' is not a number of TaskManager processes"), "{}", out.stderr);
+
+    let out = corestream(&["bench", "keyed-sum", "--events", "1k", "--keys", "10", "--processes", "2"]);
+    assert_status(&out, 2);
+    assert!(out.stderr.contains("`corestream bench keyed-sum` runs in one process"), "{}", out.stderr);
+
+    let out = corestream(&["plan", "wordcount", "--processes", "2"]);
+    assert_status(&out, 2);
+    assert!(out.stderr.contains("`corestream plan` runs in one process"), "{}", out.stderr);
+
+    let out = corestream(&[
+        "run", "window-agg", "--input", "in.csv", "--key", "k", "--time", "t", "--window", "tumbling:10s",
+        "--out-of-orderness", "1s", "--agg", "count", "--output", "out.csv", "--processes", "3",
+    ]);
+    assert_status(&out, 2);
+    assert!(out.stderr.contains("`corestream run window-agg` runs in one process"), "{}", out.stderr);
+
+    let out = corestream(&["demo", "--processes", "2"]);
+    assert_status(&out, 2);
+
+    let dir = TempDir::new().unwrap();
+    let out = corestream(&[
+        "profile", "--duration", "1s", "--output", dir.path().to_str().unwrap(), "--", "run", "sum-by-key", "--records",
+        "1k", "--keys", "10", "--processes", "2",
+    ]);
+    assert_status(&out, 1);
+    assert!(out.stderr.contains("not one run by `corestream profile`"), "{}", out.stderr);
+
+    let out = corestream(&["run", "sum-by-key", "--records", "1k", "--keys", "10", "-p", "3", "--slots", "1", "--processes", "2"]);
+    assert_status(&out, 1);
+    assert!(out.stderr.contains("--parallelism 3 needs 3 job slots"), "{}", out.stderr);
+}
+
+#[test]
+fn the_task_manager_variable_without_a_control_socket_is_refused() {
+    let args = ["run", "sum-by-key", "--records", "1k", "--keys", "10", "--processes", "2"];
+    let out = start_with_env(&args, &[("CORESTREAM_TASK_MANAGER", "1/2")]).finish_within(HANG_LIMIT);
+    assert_status(&out, 1);
+    assert!(out.stderr.contains("standard input is not a socket"), "{}", out.stderr);
+}
