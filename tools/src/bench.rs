@@ -3,6 +3,7 @@
 //! time the operating system charged to this process over the job. `transport` measures raw
 //! TCP transports without the engine (`corestream_bench::transport`).
 
+use anyhow::Context;
 use clap::Subcommand;
 use corestream_bench::throughput::{
     peak_rss_bytes, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport,
@@ -113,6 +114,36 @@ pub enum BenchCommand {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// A keyed exchange across TaskManager processes (`--processes 2`): generated
+    /// (key, count, payload) records → key_by → count per key → discard. Reports events/s and
+    /// the GB/s that crossed the connection, against a raw loopback TCP pair moving 32 KB pool
+    /// buffers measured first in the same run.
+    Network {
+        #[arg(long, value_parser = parse_positive_count)]
+        events: u64,
+        #[arg(long, default_value = "100k", value_parser = parse_positive_count)]
+        keys: u64,
+        /// Approximate size of a record's archive, in bytes (at least 25).
+        #[arg(long, default_value_t = 256, value_parser = parse_record_bytes)]
+        record_bytes: usize,
+        /// Bytes the raw pair moves for the baseline (binary units: 512M, 2G).
+        #[arg(long, default_value = "1G", value_parser = corestream_bench::transport::parse_bytes)]
+        raw_bytes: u64,
+        /// Also write the figures as a JSON object to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// A record size of `bench network`: 25 to 32 000 bytes (a record fits a 32 KB buffer).
+fn parse_record_bytes(s: &str) -> Result<usize, String> {
+    let n = parse_count(s)?;
+    if !(25..=32_000).contains(&n) {
+        return Err(format!("--record-bytes {s} must be between 25 and 32000"));
+    }
+    Ok(n as usize)
 }
 
 /// A rate in records/s: a count of at least 1 (`100k`, `1M`).
@@ -344,6 +375,82 @@ fn run_transport(bytes: u64, rounds: u32, json: Option<&std::path::Path>) -> any
     Ok(())
 }
 
+/// `bench network`: the raw baseline in TaskManager 0 before any other process starts, then the
+/// exchange across the processes.
+fn run_network(
+    events: u64,
+    keys: u64,
+    record_bytes: usize,
+    raw_bytes: u64,
+    json: Option<&std::path::Path>,
+    common: &Common,
+) -> anyhow::Result<()> {
+    let raw_gbps = if crate::multi::is_task_manager_0() && common.processes > 1 {
+        eprintln!("raw loopback pair: moving {} MiB ...", raw_bytes >> 20);
+        Some(corestream_bench::transport::plain_gbps(raw_bytes)?)
+    } else {
+        None
+    };
+    let merged = crate::multi::run(common, "network", |env| {
+        corestream_bench::network::exchange_job(env, events, keys, record_bytes);
+        || Ok(Vec::new())
+    })?;
+    let Some(merged) = merged else { return Ok(()) };
+    let wall = merged.result.wall_time.as_secs_f64();
+    let counted = merged.result.records_in("Count");
+    if counted != events {
+        anyhow::bail!("the counters saw {counted} records, {events} were generated");
+    }
+    let (mut out, mut inn) = (0u64, 0u64);
+    for c in merged.network.first().into_iter().flatten() {
+        out += c.stats.bytes_out;
+        inn += c.stats.bytes_in;
+    }
+    let crossing = out + inn;
+    let exchange_gbps = crossing as f64 / wall / 1e9;
+    let per_direction_gbps = out.max(inn) as f64 / wall / 1e9;
+    let p = merged.result.operators.iter().map(|o| o.parallelism).max().unwrap_or(1);
+    println!(
+        "network: {events} records of ~{record_bytes} B over {keys} keys, -p {p} across {} processes",
+        common.processes
+    );
+    let Some(raw_gbps) = raw_gbps else {
+        println!(
+            "  one process: {:.2} M events/s, wall {wall:.3} s; the exchange stays in memory (the baseline for \
+             --processes 2)",
+            events as f64 / wall / 1e6
+        );
+        return Ok(());
+    };
+    println!("  raw loopback pair (one direction, 32 KB buffers): {raw_gbps:.2} GB/s");
+    println!(
+        "  exchange: {:.2} M events/s, wall {wall:.3} s; crossed {:.1} MB out + {:.1} MB in of TaskManager 0 = \
+         {exchange_gbps:.2} GB/s ({per_direction_gbps:.2} GB/s in the busier direction)",
+        events as f64 / wall / 1e6,
+        out as f64 / 1e6,
+        inn as f64 / 1e6,
+    );
+    println!(
+        "  ratio to raw: {:.2} both directions, {:.2} busier direction",
+        exchange_gbps / raw_gbps,
+        per_direction_gbps / raw_gbps
+    );
+    merged.network_lines().iter().for_each(|l| println!("{l}"));
+    if let Some(path) = json {
+        let body = format!(
+            "{{\"events\":{events},\"keys\":{keys},\"record_bytes\":{record_bytes},\"parallelism\":{p},\
+             \"processes\":{},\"wall_s\":{wall:.6},\"events_per_s\":{:.1},\"raw_gbps\":{raw_gbps:.4},\
+             \"crossing_bytes\":{crossing},\"exchange_gbps\":{exchange_gbps:.4},\"busier_direction_gbps\":{per_direction_gbps:.4},\
+             \"ratio\":{:.4}}}\n",
+            common.processes,
+            events as f64 / wall,
+            exchange_gbps / raw_gbps
+        );
+        std::fs::write(path, body).with_context(|| format!("cannot write '{}'", path.display()))?;
+    }
+    Ok(())
+}
+
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let (report, ok) = match cmd {
         BenchCommand::Nexmark { query, events, seed, json, common } => {
@@ -354,6 +461,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             return crate::latency::run(&settings, json.as_deref(), hdr_log.as_deref(), plot.as_deref(), &common);
         }
         BenchCommand::Transport { bytes, rounds, json } => return run_transport(bytes, rounds, json.as_deref()),
+        BenchCommand::Network { events, keys, record_bytes, raw_bytes, json, common } => {
+            return run_network(events, keys, record_bytes, raw_bytes, json.as_deref(), &common);
+        }
         BenchCommand::Passthrough { events, common } => {
             let cluster = common.cluster()?;
             let p = common.parallelism.unwrap_or(cluster.num_slots());

@@ -89,7 +89,7 @@ pub fn check_supported(command: &Command) -> Result<(), clap::Error> {
             clap::error::ErrorKind::ArgumentConflict,
             format!(
                 "`corestream {name}` runs in one process and does not take --processes {}; only \
-                 `corestream run sum-by-key` and `corestream run wordcount` run across TaskManager processes",
+                 `corestream run sum-by-key`, `corestream run wordcount` and `corestream bench network` run across TaskManager processes",
                 common.processes
             ),
         ));

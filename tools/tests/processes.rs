@@ -332,3 +332,26 @@ fn the_task_manager_variable_without_a_control_socket_is_refused() {
     assert_status(&out, 1);
     assert!(out.stderr.contains("standard input is not a socket"), "{}", out.stderr);
 }
+
+#[test]
+fn bench_network_reports_the_exchange_against_the_raw_pair() {
+    let dir = TempDir::new().unwrap();
+    let json = dir.path().join("network.json");
+    let args = [
+        "bench", "network", "--events", "200k", "--keys", "1000", "--record-bytes", "256", "-p", "2", "--processes",
+        "2", "--raw-bytes", "64M", "--json", json.to_str().unwrap(),
+    ];
+    let done = start(&args).finish_within(HANG_LIMIT);
+    assert!(done.status.success(), "exit {:?}\n{}\n{}", done.status, done.stdout, done.stderr);
+    assert!(done.stdout.contains("raw loopback pair") && done.stdout.contains("ratio to raw"), "{}", done.stdout);
+    let text = std::fs::read_to_string(&json).unwrap();
+    let field = |name: &str| -> f64 {
+        let at = text.find(&format!("\"{name}\":")).unwrap_or_else(|| panic!("no {name} in {text}"));
+        let rest = &text[at + name.len() + 3..];
+        rest[..rest.find([',', '}']).unwrap()].parse().unwrap_or_else(|_| panic!("{name} is not a number in {text}"))
+    };
+    assert_eq!(field("events"), 200_000.0);
+    assert!(field("raw_gbps") > 0.0 && field("exchange_gbps") > 0.0 && field("ratio") > 0.0, "{text}");
+    // About half the records change process each way: at least a quarter of 200k × 256 B.
+    assert!(field("crossing_bytes") > 12_800_000.0, "{text}");
+}
