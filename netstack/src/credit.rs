@@ -252,7 +252,6 @@ pub struct OutputChannel {
     pending_buffers: u32,
     max_backlog: u32,
     announced_backlog: u32,
-    credit_stalls: u64,
 }
 
 impl OutputChannel {
@@ -263,7 +262,6 @@ impl OutputChannel {
             pending_buffers: 0,
             max_backlog: config.max_backlog_per_channel.max(1),
             announced_backlog: 0,
-            credit_stalls: 0,
         }
     }
 
@@ -311,7 +309,6 @@ impl OutputChannel {
             self.announced_backlog = self.pending_buffers;
             self.shared.backlog.store(self.pending_buffers, Ordering::Release);
             if self.pending_buffers > 0 {
-                self.credit_stalls += 1;
                 self.shared.credit_stalls.fetch_add(1, Ordering::Relaxed);
                 self.shared.consumer_bell.ring();
             }
@@ -334,7 +331,7 @@ impl OutputChannel {
 
     /// Times this producer was left with a backlog and no credit.
     pub fn credit_stalls(&self) -> u64 {
-        self.credit_stalls
+        self.shared.credit_stalls()
     }
 }
 

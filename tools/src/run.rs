@@ -78,7 +78,10 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
                 });
                 match merged {
                     Ok(None) => return Ok(()),
-                    Ok(Some(merged)) => Ok((merged.result.clone(), merged.network_lines())),
+                    Ok(Some(merged)) => {
+                        let network = merged.network_lines();
+                        Ok((merged.result, network))
+                    }
                     Err(e) => Err(e),
                 }
             } else {
@@ -141,7 +144,8 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
                 for count in merged.outputs_of("keys") {
                     found += count.parse::<usize>().with_context(|| format!("a TaskManager reported {count} keys"))?;
                 }
-                (merged.result.clone(), got, found, merged.network_lines())
+                let network = merged.network_lines();
+                (merged.result, got, found, network)
             } else {
                 let cluster = common.cluster()?;
                 let mut env = common.environment(&cluster);
