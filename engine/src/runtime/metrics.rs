@@ -194,8 +194,8 @@ pub struct JobResult {
     pub latency: Vec<LatencySummary>,
     /// Connections to other TaskManager processes; empty when the job ran in one process.
     pub network: Vec<ConnectionSummary>,
-    /// Most buffers of the TaskManager's pool in use at once while the job ran (0 if not
-    /// measured).
+    /// Most buffers of the TaskManager's pool in use at once since the TaskManager started (the
+    /// pool's high-water mark, which covers every job it ran so far, this one included).
     pub pool_peak_in_use: u64,
     pub buffers_reserved: u32,
     pub plan: String,
