@@ -80,7 +80,6 @@ pub fn check_supported(command: &Command) -> Result<(), clap::Error> {
             B::KeyedSum { common, .. } => ("bench keyed-sum", common),
             B::Window { common, .. } => ("bench window", common),
             B::Nexmark { common, .. } => ("bench nexmark", common),
-            B::Latency { common, .. } => ("bench latency", common),
             _ => return Ok(()),
         },
     };
@@ -89,7 +88,7 @@ pub fn check_supported(command: &Command) -> Result<(), clap::Error> {
             clap::error::ErrorKind::ArgumentConflict,
             format!(
                 "`corestream {name}` runs in one process and does not take --processes {}; only \
-                 `corestream run sum-by-key`, `corestream run wordcount` and `corestream bench network` run across TaskManager processes",
+                 `corestream run sum-by-key`, `corestream run wordcount`, `corestream bench network` and `corestream bench latency` run across TaskManager processes",
                 common.processes
             ),
         ));
