@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what corestream needs on a fresh Debian machine, only when it is missing:
-# the C libraries of its -sys crates (hwloc, udev, clang for bindgen) and pkg-config.
+# the C libraries of its -sys crates (hwloc, udev, clang for bindgen) and pkg-config, and
+# iproute2 (`ip`) for the test across network namespaces.
 # Crates come through cargo. Safe to run repeatedly.
 set -euo pipefail
 
-packages=(libclang-dev libhwloc-dev libudev-dev pkg-config)
+packages=(libclang-dev libhwloc-dev libudev-dev pkg-config iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

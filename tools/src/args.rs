@@ -1,9 +1,10 @@
 //! Options shared by the commands and the parsers of counts ("10M") and durations ("1ms").
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, CommandFactory};
 use corestream::{ClusterConfig, LocalCluster, StreamEnvironment};
 
 #[derive(Args, Debug, Clone)]
@@ -39,11 +40,61 @@ pub struct Common {
     /// sent every fifth of it); for tests of failure detection.
     #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION", hide = true)]
     pub heartbeat_timeout: Option<Duration>,
+    /// The address TaskManager 0 binds its data listener to (`--processes` > 1; default
+    /// 127.0.0.1:0); the other TaskManagers dial it, so it must be reachable from them.
+    #[arg(long, value_parser = parse_data_addr, value_name = "IP:PORT", hide = true)]
+    pub tm_bind: Option<SocketAddr>,
+    /// The address the TaskManagers that TaskManager 0 starts bind their data listeners to
+    /// (`--processes` > 1; default 127.0.0.1:0).
+    #[arg(long, value_parser = parse_data_addr, value_name = "IP:PORT", hide = true)]
+    pub child_bind: Option<SocketAddr>,
+    /// Start the other TaskManagers in this named network namespace, through
+    /// `ip netns exec NAME` (`--processes` > 1).
+    #[arg(long, value_parser = parse_netns_name, value_name = "NAME", hide = true)]
+    pub child_netns: Option<String>,
 }
 
 impl Common {
+    /// Refuses `--tm-bind`, `--child-bind` and `--child-netns` unless TaskManager 0 starts
+    /// other TaskManagers, and a fixed `--child-bind` port for more than one of them.
+    pub fn check_placement(&self) -> Result<(), String> {
+        let given: Vec<&str> = [
+            ("--tm-bind", self.tm_bind.is_some()),
+            ("--child-bind", self.child_bind.is_some()),
+            ("--child-netns", self.child_netns.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if !given.is_empty() && self.processes < 2 {
+            return Err(format!(
+                "{}: only for a job across TaskManager processes; give --processes 2 or more (it is {})",
+                given.join(", "),
+                self.processes
+            ));
+        }
+        if let Some(addr) = self.child_bind.filter(|a| a.port() != 0 && self.processes > 2) {
+            return Err(format!(
+                "--child-bind {addr} has a fixed port, which only one of the {} TaskManagers that --processes {} \
+                 starts can bind; give port 0",
+                self.processes - 1,
+                self.processes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Exits with status 2, like clap on any other invalid option, if [`Self::check_placement`]
+    /// refuses the options.
+    pub fn require_valid_placement(&self) {
+        if let Err(message) = self.check_placement() {
+            crate::Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message).exit();
+        }
+    }
+
     /// Starts a cluster with enough slots for the requested parallelism.
     pub fn cluster(&self) -> anyhow::Result<LocalCluster> {
+        self.require_valid_placement();
         if self.processes > 1 {
             anyhow::bail!(
                 "--processes {} is supported only by `corestream run sum-by-key` and `corestream run wordcount`; \
@@ -123,6 +174,37 @@ pub fn parse_processes(s: &str) -> Result<u32, String> {
     }
 }
 
+/// A data address to bind and tell the other TaskManagers: an IP address and a port (0 picks
+/// a free one), not the unspecified address, which no peer can dial.
+pub fn parse_data_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not an IP:PORT address (examples: 10.0.0.1:0, [fd00::1]:7000)"))?;
+    if addr.ip().is_unspecified() {
+        return Err(format!(
+            "'{s}' is the unspecified address, which the other TaskManagers cannot dial; give this host's address on \
+             their network"
+        ));
+    }
+    Ok(addr)
+}
+
+/// The name of a network namespace under /run/netns: not empty, no '/', not an option.
+pub fn parse_netns_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the network namespace name is empty".into());
+    }
+    if s.contains('/') || s.starts_with('-') || s == "." || s == ".." || s.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' is not a network namespace name: a name of /run/netns has no '/', does not start with '-' and is not \
+             '.' or '..'",
+            s.escape_debug()
+        ));
+    }
+    Ok(s.to_string())
+}
+
 /// A duration above zero.
 pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
@@ -169,6 +251,18 @@ mod tests {
         assert_eq!(parse_processes("2"), Ok(2));
         assert!(parse_processes("0").unwrap_err().contains("TaskManager processes"));
         assert!(parse_processes("65").is_err());
+    }
+
+    #[test]
+    fn placement_options() {
+        assert_eq!(parse_data_addr("10.231.4.1:0"), Ok("10.231.4.1:0".parse().unwrap()));
+        assert!(parse_data_addr("10.231.4.1").unwrap_err().contains("not an IP:PORT"));
+        assert!(parse_data_addr("0.0.0.0:0").unwrap_err().contains("unspecified"));
+        assert!(parse_data_addr("[::]:7000").unwrap_err().contains("unspecified"));
+        assert_eq!(parse_netns_name("cs-b-7"), Ok("cs-b-7".to_string()));
+        for bad in ["", "a/b", "-x", "..", "a\nb"] {
+            assert!(parse_netns_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

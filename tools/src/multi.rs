@@ -23,6 +23,13 @@
 //!                  DONE | FAILED <message>                last line
 //! ```
 //!
+//! Placement (hidden options, for tests across network namespaces): TaskManager 0 binds its
+//! data listener to `--tm-bind`, the others to `--child-bind` (both default to 127.0.0.1:0), and
+//! `--child-netns NAME` starts the others as `ip netns exec NAME <this binary> <argv>`; `ip`
+//! execs the binary in the same process, so the pid in HELLO, the control socket on standard
+//! input and the parent-death signal all carry over. Only TaskManager 0 starts processes, so
+//! the others ignore `--child-netns` in the argv they share.
+//!
 //! Invariants: only TaskManager 0 prints results (children report them as lines above); every
 //! wait is bounded; every child is killed and reaped on every path out of the parent
 //! ([`Children`]'s `Drop`); a child dies with its parent (`PR_SET_PDEATHSIG`, set between fork
@@ -120,7 +127,8 @@ impl Merged {
     }
 
     /// One line per connection between two TaskManagers, from the lower index's side, with the
-    /// credit stalls of the producers on each side; then the pool peak of each TaskManager.
+    /// credit stalls of the producers on each side and the data address the lower index dialed;
+    /// then the pool peak of each TaskManager.
     pub fn network_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for (tm, connections) in self.network.iter().enumerate() {
@@ -134,9 +142,13 @@ impl Merged {
                     .and_then(|theirs| theirs.iter().find(|t| peer_index(&t.peer) == Some(tm)))
                     .map_or(0, |t| t.remote_credit_stalls);
                 let peer_name = peer.map_or_else(|| c.peer.clone(), |p| format!("TaskManager {p}"));
+                let dialed = match (peer, peer_address(&c.peer)) {
+                    (Some(_), Some(addr)) => format!(", peer data address {addr}"),
+                    _ => String::new(),
+                };
                 lines.push(format!(
                     "network: TaskManager {tm} <-> {peer_name}: {} buffers / {:.1} MB out, {} buffers / {:.1} MB in, \
-                     credit stalls {} out / {stalls_in} in",
+                     credit stalls {} out / {stalls_in} in{dialed}",
                     c.stats.buffers_out,
                     c.stats.bytes_out as f64 / 1e6,
                     c.stats.buffers_in,
@@ -163,6 +175,7 @@ where
     B: FnOnce(&mut StreamEnvironment) -> O,
     O: FnOnce() -> anyhow::Result<Outputs>,
 {
+    common.require_valid_placement();
     let index = task_manager_index(common.processes)?;
     total_slots(common.processes, common.slots, common.parallelism)?;
     if index == 0 {
@@ -265,9 +278,14 @@ fn cluster_config(common: &Common, index: u32, peers: Vec<SocketAddr>, listener:
     })
 }
 
-fn bind_data_listener() -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a data address on 127.0.0.1")?;
-    let addr = listener.local_addr().context("cannot read the bound data address")?;
+/// Binds `addr` (`option` names where it came from, for the error), or 127.0.0.1:0 if `None`.
+fn bind_data_listener(addr: Option<SocketAddr>, option: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let (want, from) = match addr {
+        Some(a) => (a, format!(" (given by {option})")),
+        None => (SocketAddr::from(([127, 0, 0, 1], 0)), String::new()),
+    };
+    let listener = TcpListener::bind(want).with_context(|| format!("cannot bind the data address {want}{from}"))?;
+    let addr = listener.local_addr().with_context(|| format!("cannot read the data address bound at {want}"))?;
     Ok((listener, addr))
 }
 
@@ -371,7 +389,8 @@ where
     B: FnOnce(&mut StreamEnvironment) -> O,
     O: FnOnce() -> anyhow::Result<Outputs>,
 {
-    let (listener, addr) = bind_data_listener()?;
+    let (listener, addr) = bind_data_listener(common.child_bind, "--child-bind")
+        .with_context(|| format!("TaskManager {index} cannot listen for data"))?;
     let hello = encode(&["HELLO", &index.to_string(), &std::process::id().to_string(), &addr.to_string()]);
     control.send(&hello).context("cannot send HELLO to TaskManager 0")?;
     let line = control
@@ -446,8 +465,9 @@ where
     B: FnOnce(&mut StreamEnvironment) -> O,
     O: FnOnce() -> anyhow::Result<Outputs>,
 {
-    let (listener, addr) = bind_data_listener()?;
-    let mut children = Children::spawn(common.processes, args)?;
+    let (listener, addr) =
+        bind_data_listener(common.tm_bind, "--tm-bind").context("TaskManager 0 cannot listen for data")?;
+    let mut children = Children::spawn(common.processes, args, common.child_netns.as_deref())?;
     let mut peers = vec![addr];
     peers.extend(children.await_hellos()?);
     children.send_peers(&peers)?;
@@ -528,14 +548,26 @@ struct Children {
 }
 
 impl Children {
-    fn spawn(count: u32, args: &[std::ffi::OsString]) -> anyhow::Result<Self> {
+    /// Starts TaskManagers 1..`count` with `args`, in network namespace `netns` if given.
+    fn spawn(count: u32, args: &[std::ffi::OsString], netns: Option<&str>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find this program's executable to start TaskManagers")?;
+        let how = match netns {
+            Some(name) => format!("ip netns exec {name} {}", exe.display()),
+            None => exe.display().to_string(),
+        };
         let (tx, events) = mpsc::channel();
         let mut children = Children { processes: Vec::new(), events };
         let parent = std::process::id();
         for tm in 1..count {
             let (ours, theirs) = UnixStream::pair().context("cannot create a control socket pair")?;
-            let mut command = std::process::Command::new(&exe);
+            let mut command = match netns {
+                Some(name) => {
+                    let mut c = std::process::Command::new("ip");
+                    c.args(["netns", "exec", name]).arg(&exe);
+                    c
+                }
+                None => std::process::Command::new(&exe),
+            };
             command
                 .args(args)
                 .env(TASK_MANAGER_ENV, format!("{tm}/{count}"))
@@ -555,7 +587,7 @@ impl Children {
                     Ok(())
                 })
             };
-            let process = command.spawn().with_context(|| format!("cannot start TaskManager {tm} ({})", exe.display()))?;
+            let process = command.spawn().with_context(|| format!("cannot start TaskManager {tm} ({how})"))?;
             let reader = ours.try_clone().context("cannot clone a control socket")?;
             let slot = children.processes.len();
             children.processes.push(ChildProcess {
@@ -870,6 +902,12 @@ fn peer_index(peer: &str) -> Option<usize> {
     let rest = peer.strip_prefix("TaskManager ")?;
     let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
     digits.parse().ok()
+}
+
+/// The address in a peer named `TaskManager <i> (<address>)`.
+fn peer_address(peer: &str) -> Option<&str> {
+    let (_, rest) = peer.split_once(" (")?;
+    rest.strip_suffix(')')
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1219,7 +1257,9 @@ mod tests {
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[1], "network: pool peak in use (buffers): TaskManager 0 0, TaskManager 1 0");
         assert!(lines[0].starts_with("network: TaskManager 0 <-> TaskManager 1: 10 buffers / 0.3 MB out"), "{}", lines[0]);
-        assert!(lines[0].ends_with("credit stalls 1 out / 2 in"), "{}", lines[0]);
+        assert!(lines[0].ends_with("credit stalls 1 out / 2 in, peer data address 127.0.0.1:2"), "{}", lines[0]);
+        assert_eq!(peer_address("TaskManager 1 ([fd00::2]:7000)"), Some("[fd00::2]:7000"));
+        assert_eq!(peer_address("TaskManager 1"), None);
         assert_eq!(merged.outputs_of("keys").collect::<Vec<_>>(), ["3", "4"]);
     }
 }

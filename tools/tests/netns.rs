@@ -1,0 +1,332 @@
+//! Two TaskManagers in separate network namespaces, joined only by a veth pair, run
+//! `sum-by-key` and `wordcount` with the results of one process: TaskManager 0 runs in
+//! namespace A (`ip netns exec`) bound to `--tm-bind 10.231.N.1:0`, and starts TaskManager 1
+//! in namespace B (`--child-netns`) bound to `--child-bind 10.231.N.2:0`. The veth's byte
+//! counters show that the exchange crossed it. Where network namespaces are not permitted (not
+//! root, no `ip`, or `ip netns add` refused) the test prints `skipped: …` and passes.
+//!
+//! Also the refusals of the placement options, which need no namespace.
+//!
+//! Every command runs in its own process group; a watchdog kills the whole group (the
+//! TaskManager it started included) and fails the test after [`HANG_LIMIT`].
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const HANG_LIMIT: Duration = Duration::from_secs(30);
+const CORESTREAM: &str = env!("CARGO_BIN_EXE_corestream");
+
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// A process of its group was still alive after it ended.
+    leftover: bool,
+}
+
+/// Runs `program args` in a new process group with `CORESTREAM_LOG=off`; kills the group and
+/// fails the test if it has not ended within [`HANG_LIMIT`].
+fn run(program: &str, args: &[&str]) -> Finished {
+    let mut child = Command::new(program)
+        .args(args)
+        .env("CORESTREAM_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).expect("cannot read the output");
+            text
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let group = child.id() as libc::pid_t;
+    let deadline = Instant::now() + HANG_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill on the process group this test created (its leader's pid).
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("`{program} {}` did not end within {HANG_LIMIT:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // SAFETY: probes, then kills, the process group this test created.
+    let leftover = unsafe { libc::kill(-group, 0) } == 0;
+    if leftover {
+        // SAFETY: as above.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
+    Finished { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap(), leftover }
+}
+
+fn corestream(args: &[&str]) -> Finished {
+    run(CORESTREAM, args)
+}
+
+#[track_caller]
+fn assert_status(out: &Finished, code: i32) {
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    assert_eq!(out.status.code(), Some(code), "expected exit status {code}\n--- stdout\n{stdout}--- stderr\n{stderr}");
+    assert!(!out.leftover, "a process outlived the run\n--- stderr\n{}", out.stderr);
+}
+
+#[track_caller]
+fn line_with<'a>(out: &'a Finished, prefix: &str) -> &'a str {
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{}\n{}", out.stdout, out.stderr))
+}
+
+/// `ip args`; panics with its stderr if it fails.
+#[track_caller]
+fn ip(args: &[&str]) -> String {
+    let out =
+        Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Why network namespaces cannot be made here, if they cannot.
+fn namespaces_refused() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Some(format!("not root (effective uid {euid})"));
+    }
+    let probe = format!("cs-probe-{}", std::process::id());
+    match Command::new("ip").args(["netns", "add", &probe]).output() {
+        Err(e) => Some(format!("cannot run `ip` (package iproute2): {e}")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "`ip netns add {probe}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(_) => {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+            None
+        }
+    }
+}
+
+/// Namespaces `cs-a-$PID` and `cs-b-$PID` joined by veth `csva$PID` (10.231.N.1/30, in A) and
+/// `csvb$PID` (10.231.N.2/30, in B), N = PID % 250; deleted on drop, which removes the veth.
+struct Namespaces {
+    a: String,
+    b: String,
+    veth_a: String,
+    ip_a: String,
+    ip_b: String,
+}
+
+impl Namespaces {
+    fn create() -> Namespaces {
+        let pid = std::process::id();
+        let n = pid % 250;
+        let ns = Namespaces {
+            a: format!("cs-a-{pid}"),
+            b: format!("cs-b-{pid}"),
+            veth_a: format!("csva{pid}"),
+            ip_a: format!("10.231.{n}.1"),
+            ip_b: format!("10.231.{n}.2"),
+        };
+        let veth_b = format!("csvb{pid}");
+        ip(&["netns", "add", &ns.a]);
+        ip(&["netns", "add", &ns.b]);
+        ip(&["link", "add", &ns.veth_a, "type", "veth", "peer", "name", &veth_b]);
+        ip(&["link", "set", &ns.veth_a, "netns", &ns.a]);
+        ip(&["link", "set", &veth_b, "netns", &ns.b]);
+        for (name, veth, addr) in [(&ns.a, &ns.veth_a, &ns.ip_a), (&ns.b, &veth_b, &ns.ip_b)] {
+            ip(&["-n", name, "addr", "add", &format!("{addr}/30"), "dev", veth]);
+            ip(&["-n", name, "link", "set", "lo", "up"]);
+            ip(&["-n", name, "link", "set", veth, "up"]);
+        }
+        ns
+    }
+
+    /// (bytes sent, bytes received) by A's end of the veth so far.
+    fn veth_bytes(&self) -> (u64, u64) {
+        let counter = |which: &str| -> u64 {
+            let path = format!("/sys/class/net/{}/statistics/{which}_bytes", self.veth_a);
+            let text = ip(&["netns", "exec", &self.a, "cat", &path]);
+            text.trim().parse().unwrap_or_else(|_| panic!("{path} in {} holds '{}', not a count", self.a, text.trim()))
+        };
+        (counter("tx"), counter("rx"))
+    }
+
+    /// Runs `corestream args` in A as TaskManager 0, with TaskManager 1 in B.
+    fn corestream_across(&self, args: &[&str]) -> Finished {
+        let tm_bind = format!("{}:0", self.ip_a);
+        let child_bind = format!("{}:0", self.ip_b);
+        let mut argv = vec!["netns", "exec", &self.a, CORESTREAM];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--processes", "2", "--tm-bind", &tm_bind, "--child-bind", &child_bind]);
+        argv.extend_from_slice(&["--child-netns", &self.b]);
+        run("ip", &argv)
+    }
+
+    /// Asserts that TaskManager 1 listened in B and that TaskManager 0 dialed it there.
+    #[track_caller]
+    fn assert_crossed(&self, out: &Finished) {
+        assert!(out.stderr.contains("TaskManager 1 started (pid "), "{}", out.stderr);
+        let data = format!(", data {}:", self.ip_b);
+        assert!(out.stderr.contains(&data), "TaskManager 1 is not on {}:\n{}", self.ip_b, out.stderr);
+        let network = line_with(out, "network: TaskManager 0 <-> TaskManager 1:");
+        println!("{network}");
+        assert!(network.contains(&format!("peer data address {}:", self.ip_b)), "{network}");
+        assert!(!network.starts_with("network: TaskManager 0 <-> TaskManager 1: 0 buffers"), "{network}");
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+/// The MB figure after `label` in a network line: "… 287 buffers / 8.2 MB out, …".
+fn megabytes(line: &str, label: &str) -> f64 {
+    let before = line.split(&format!(" MB {label}")).next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("no MB {label} in {line}"))
+}
+
+/// A few thousand lines of words from a small vocabulary, some non-ASCII, from a fixed seed.
+fn write_text(path: &Path) {
+    let vocabulary: Vec<String> = ["Alpha", "beta", "épée", "straße", "x1"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..300).map(|i| format!("w{i}")))
+        .collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut text = String::new();
+    for _ in 0..4000 {
+        let line: Vec<&str> = (0..next(12)).map(|_| vocabulary[next(vocabulary.len())].as_str()).collect();
+        text.push_str(&line.join(" "));
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(String::from).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn two_task_managers_in_separate_namespaces_run_jobs_over_a_veth() {
+    if let Some(reason) = namespaces_refused() {
+        println!("skipped: network namespaces are not permitted here: {reason}");
+        return;
+    }
+    let ns = Namespaces::create();
+
+    let job = ["run", "sum-by-key", "--records", "1M", "--keys", "1000", "-p", "2"];
+    let one = corestream(&job);
+    assert_status(&one, 0);
+    let (tx_before, rx_before) = ns.veth_bytes();
+    let two = ns.corestream_across(&job);
+    assert_status(&two, 0);
+    let (tx_after, rx_after) = ns.veth_bytes();
+    ns.assert_crossed(&two);
+    for prefix in ["sum-by-key:", "checksum"] {
+        assert_eq!(line_with(&two, prefix), line_with(&one, prefix));
+    }
+    assert!(line_with(&two, "checksum").ends_with("match)"), "{}", two.stdout);
+    assert!(line_with(&two, "sum-by-key:").contains("1000 keys"), "{}", two.stdout);
+    let network = line_with(&two, "network: TaskManager 0 <-> TaskManager 1:");
+    let (sent, received) = ((tx_after - tx_before) as f64 / 1e6, (rx_after - rx_before) as f64 / 1e6);
+    println!("veth {}: {sent:.1} MB sent, {received:.1} MB received during the sum-by-key run", ns.veth_a);
+    assert!(sent >= megabytes(network, "out") - 0.1 && sent > 1.0, "veth sent {sent:.1} MB; {network}");
+    assert!(received >= megabytes(network, "in") - 0.1 && received > 1.0, "veth received {received:.1} MB; {network}");
+
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("text.txt");
+    write_text(&input);
+    let reference = dir.path().join("one.tsv");
+    let output = dir.path().join("two.tsv");
+    let wordcount = |out: &Path| -> Vec<String> {
+        ["run", "wordcount", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "-p", "2"]
+            .map(String::from)
+            .to_vec()
+    };
+    let one_args = wordcount(&reference);
+    let one = corestream(&one_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_status(&one, 0);
+    let two_args = wordcount(&output);
+    let two = ns.corestream_across(&two_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_status(&two, 0);
+    ns.assert_crossed(&two);
+    let expected = sorted_lines(&reference);
+    assert!(expected.len() > 300, "{} distinct words", expected.len());
+    assert_eq!(sorted_lines(&output), expected);
+    let figures = |out: &Finished| line_with(out, "wordcount:").split(" in ").next().unwrap().to_string();
+    assert_eq!(figures(&two), figures(&one));
+}
+
+#[test]
+fn placement_options_are_refused_when_wrong() {
+    let job = ["run", "sum-by-key", "--records", "1k", "--keys", "10"];
+    let refused = |extra: &[&str], code: i32, message: &str| {
+        let args: Vec<&str> = job.iter().chain(extra).copied().collect();
+        let out = corestream(&args);
+        assert_status(&out, code);
+        assert!(out.stderr.contains(message), "{}: expected {message:?} in\n{}", args.join(" "), out.stderr);
+    };
+    refused(&["--processes", "2", "--tm-bind", "nowhere"], 2, "'nowhere' is not an IP:PORT address");
+    refused(&["--processes", "2", "--child-bind", "10.0.0.1"], 2, "'10.0.0.1' is not an IP:PORT address");
+    refused(&["--processes", "2", "--tm-bind", "0.0.0.0:0"], 2, "'0.0.0.0:0' is the unspecified address");
+    refused(&["--processes", "2", "--child-netns", "a/b"], 2, "'a/b' is not a network namespace name");
+    refused(&["--processes", "2", "--child-netns=-x"], 2, "'-x' is not a network namespace name");
+    refused(&["--processes", "2", "--child-netns="], 2, "the network namespace name is empty");
+    refused(&["--child-bind", "127.0.0.1:0"], 2, "--child-bind: only for a job across TaskManager processes");
+    refused(
+        &["--processes", "1", "--tm-bind", "127.0.0.1:0", "--child-netns", "x"],
+        2,
+        "--tm-bind, --child-netns: only for a job across TaskManager processes; give --processes 2 or more (it is 1)",
+    );
+    let fixed_port = ["--processes", "3", "-p", "3", "--child-bind", "127.0.0.1:7000"];
+    refused(&fixed_port, 2, "--child-bind 127.0.0.1:7000 has a fixed port");
+    let unassigned = ["--processes", "2", "--tm-bind", "192.0.2.1:0"];
+    refused(&unassigned, 1, "cannot bind the data address 192.0.2.1:0 (given by --tm-bind)");
+
+    let out = corestream(&["bench", "keyed-sum", "--events", "1k", "--keys", "10", "--tm-bind", "127.0.0.1:0"]);
+    assert_status(&out, 2);
+    assert!(out.stderr.contains("--tm-bind: only for a job across TaskManager processes"), "{}", out.stderr);
+
+    let missing = format!("cs-missing-{}", std::process::id());
+    let args: Vec<&str> = job.iter().copied().chain(["--processes", "2", "--child-netns", &missing]).collect();
+    let out = corestream(&args);
+    assert_status(&out, 1);
+    assert!(out.stderr.contains("TaskManager 1"), "{}", out.stderr);
+    assert!(!out.stdout.contains("checksum"), "no result without TaskManager 1:\n{}", out.stdout);
+}
