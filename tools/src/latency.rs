@@ -1,26 +1,48 @@
 //! `corestream bench latency`: records are offered at a fixed rate against a schedule (record i
 //! at `origin + i / rate`) by a host thread feeding a channel source; each record carries its
-//! scheduled time, and the sink records its latency (nanoseconds, one monotonic clock) into an
-//! HDR histogram. For q0 a record's latency runs from its scheduled time to its arrival at the
-//! sink, so time a record spent waiting to be offered because the job was behind (coordinated
-//! omission) is counted. For q5 events carry their scheduled time as event time and a window
-//! result's latency runs from the window's end — the earliest moment a record could close it —
-//! to the result's arrival.
+//! scheduled time as `CLOCK_MONOTONIC` nanoseconds (one clock for every process on the host),
+//! and the sink records its latency into an HDR histogram. For q0 a record's latency runs from
+//! its scheduled time to its arrival at the sink, so time a record spent waiting to be offered
+//! because the job was behind (coordinated omission) is counted. For q5 events carry their
+//! scheduled time as event time and a window result's latency runs from the window's end — the
+//! earliest moment a record could close it — to the result's arrival.
+//!
+//! Warm-up (q0): the schedule's clock starts only once every sink subtask has received a
+//! record. Until then the feeder offers warm-up records (scheduled time 0, never measured or
+//! counted as received), one per sink subtask every millisecond, and each sink subtask
+//! announces its first one with a datagram to an abstract Unix socket named after TaskManager
+//! 0's process id. So neither deployment nor, across processes, the connection between the
+//! TaskManagers is measured as latency.
+//!
+//! `--processes N` (q0): every TaskManager builds the same job from the same command line
+//! (channel source, parallelism 1, in job slot 0 of TaskManager 0 → rebalance → pass-through
+//! map and latency sink at parallelism p); only TaskManager 0 runs the feeder. Records that
+//! reach a sink subtask in another TaskManager crossed the TCP data plane ("crossing"); those
+//! of TaskManager 0's sink subtasks stayed in memory ("local"). Each other TaskManager sends
+//! its sinks' histograms to TaskManager 0 as outputs (V2-serialized, hex), which reports both
+//! halves and their merge. Another TaskManager counts its arrival intervals from the first
+//! scheduled time it receives (record 0 or within a few records of it: it does not see the
+//! feeder's origin).
 
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use corestream::{DataStream, Sink, SinkError, WatermarkStrategy};
+use anyhow::{anyhow, bail, Context};
+use corestream::{DataStream, Sink, SinkError, SourceSender, StreamEnvironment, WatermarkStrategy};
 use corestream_bench::nexmark::queries::{self, Q5Out};
 use corestream_bench::nexmark::{Event, GeneratorConfig, NexmarkGenerator};
-use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
-use hdrhistogram::serialization::V2Serializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 
 use crate::args::Common;
+use crate::multi::{self, Merged, Outputs};
 
 /// The most records one run may offer (rate × duration).
 pub const MAX_RECORDS: u128 = 10_000_000_000;
@@ -40,6 +62,31 @@ const POOL_EVENTS: u64 = 1 << 18;
 
 /// The shortest q5 run: windows slide every 2 s, and at least one must close by event time.
 const Q5_MIN_DURATION: Duration = Duration::from_secs(3);
+
+/// The scheduled time of a warm-up record: `CLOCK_MONOTONIC`'s zero, long past in any run.
+const WARM_UP: u64 = 0;
+
+/// How often the feeder offers a round of warm-up records (one per sink subtask).
+const WARM_UP_EVERY: Duration = Duration::from_millis(1);
+
+/// How long the feeder waits for every sink subtask's first warm-up record.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Output keys of another TaskManager's sinks (see [`child_outputs`]).
+const OUT_RECEIVED: &str = "latency_received";
+const OUT_WARM_UP: &str = "latency_warm_up";
+const OUT_TOTAL: &str = "latency_total";
+const OUT_INTERVAL: &str = "latency_interval";
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of every scheduled time and arrival, the
+/// same in every process of the host (std's `Instant` reads it too, but cannot be sent).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one `timespec` into `ts`, which lives for the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0, "CLOCK_MONOTONIC is always available on Linux");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// The queries the latency harness runs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +159,11 @@ impl LatencySettings {
     fn offset_ns(&self, i: u64) -> u64 {
         (i as u128 * 1_000_000_000 / self.rate as u128) as u64
     }
+
+    /// The interval of the interval log: about 100 intervals, none shorter than a second.
+    fn interval(&self) -> Duration {
+        (self.duration / 100).max(Duration::from_secs(1))
+    }
 }
 
 /// An auto-resizing histogram with 3 significant digits.
@@ -129,44 +181,114 @@ fn record_value(h: &mut Histogram<u64>, value: u64) {
     }
 }
 
-/// One sink subtask's measurements: the whole run and one histogram per interval of arrival.
-struct Measured {
-    total: Histogram<u64>,
-    intervals: Vec<Histogram<u64>>,
-    received: u64,
+/// What some sink subtasks measured: the whole run, one histogram per interval of arrival,
+/// the records received (warm-up records apart) and the warm-up records received.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub total: Histogram<u64>,
+    pub intervals: Vec<Histogram<u64>>,
+    pub received: u64,
+    pub warm_up: u64,
 }
 
 impl Measured {
     fn new() -> Self {
-        Self { total: new_histogram(), intervals: Vec::new(), received: 0 }
+        Self { total: new_histogram(), intervals: Vec::new(), received: 0, warm_up: 0 }
+    }
+
+    /// Adds `other`'s measurements to these.
+    fn add(&mut self, other: &Measured) -> anyhow::Result<()> {
+        self.received += other.received;
+        self.warm_up += other.warm_up;
+        self.total.add(&other.total).context("cannot merge histograms")?;
+        add_interval_histograms(&mut self.intervals, other.intervals.iter().enumerate())
     }
 }
 
-/// When a sink record's latency is measured from, in nanoseconds on the run's clock; `None`
-/// for a record that has no such time (a q5 window closed by the end of the input, not by time).
-type StartOf<T> = Arc<dyn Fn(&T) -> Option<u64> + Send + Sync>;
+fn add_interval_histograms<'a>(
+    to: &mut Vec<Histogram<u64>>,
+    from: impl Iterator<Item = (usize, &'a Histogram<u64>)>,
+) -> anyhow::Result<()> {
+    for (i, h) in from {
+        while to.len() <= i {
+            to.push(new_histogram());
+        }
+        to[i].add(h).context("cannot merge histograms")?;
+    }
+    Ok(())
+}
+
+/// When a sink record's latency is measured from.
+enum Start {
+    /// Nanoseconds on `CLOCK_MONOTONIC`.
+    At(u64),
+    /// A record that has no such time (a q5 window closed by the end of the input, not by
+    /// time): received, not measured.
+    Unmeasured,
+    /// A warm-up record: neither measured nor counted as received.
+    WarmUp,
+}
+
+type StartOf<T> = Arc<dyn Fn(&T) -> Start + Send + Sync>;
+
+/// The name of the abstract Unix socket on which the feeder of the TaskManager 0 with process
+/// id `pid` hears that a sink subtask received its first warm-up record.
+fn ready_addr(pid: u32) -> io::Result<UnixAddr> {
+    UnixAddr::from_abstract_name(format!("corestream-latency-ready-{pid}").as_bytes())
+}
+
+/// Tells the feeder that sink subtask `subtask` received its first warm-up record.
+fn announce_ready(to: &UnixAddr, subtask: u32) {
+    let sent = UnixDatagram::unbound().and_then(|s| s.send_to_addr(subtask.to_string().as_bytes(), to));
+    if let Err(e) = sent {
+        tracing::warn!(subtask, "a latency sink cannot tell the feeder it is ready: {e}");
+    }
+}
 
 struct LatencySink<T> {
-    base: Instant,
+    /// The schedule's origin; set by the feeder in TaskManager 0, and by the first measured
+    /// record in another TaskManager.
     origin_ns: Arc<AtomicU64>,
     interval_ns: u64,
     start_of: StartOf<T>,
+    /// Where to announce the first warm-up record, and this subtask's index; taken when sent.
+    ready: Option<(UnixAddr, u32)>,
     measured: Measured,
     out: Arc<Mutex<Vec<Measured>>>,
 }
 
 impl<T: corestream::Data> Sink<T> for LatencySink<T> {
     fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
-        let now = self.base.elapsed().as_nanos() as u64;
-        let origin = self.origin_ns.load(Ordering::Relaxed);
-        let idx = (now.saturating_sub(origin) / self.interval_ns) as usize;
+        let now = now_ns();
+        let mut interval: Option<usize> = None;
         let m = &mut self.measured;
-        while m.intervals.len() <= idx {
-            m.intervals.push(new_histogram());
-        }
-        m.received += batch.len() as u64;
         for record in batch.drain(..) {
-            let Some(start) = (self.start_of)(&record) else { continue };
+            let start = match (self.start_of)(&record) {
+                Start::At(start) => start,
+                Start::Unmeasured => {
+                    m.received += 1;
+                    continue;
+                }
+                Start::WarmUp => {
+                    m.warm_up += 1;
+                    if let Some((to, subtask)) = self.ready.take() {
+                        announce_ready(&to, subtask);
+                    }
+                    continue;
+                }
+            };
+            m.received += 1;
+            let idx = *interval.get_or_insert_with(|| {
+                let origin = match self.origin_ns.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => start,
+                    Err(origin) => origin,
+                };
+                let idx = (now.saturating_sub(origin) / self.interval_ns) as usize;
+                while m.intervals.len() <= idx {
+                    m.intervals.push(new_histogram());
+                }
+                idx
+            });
             let latency = now.saturating_sub(start).max(1);
             record_value(&mut m.total, latency);
             record_value(&mut m.intervals[idx], latency);
@@ -181,11 +303,22 @@ impl<T: corestream::Data> Sink<T> for LatencySink<T> {
     }
 }
 
+/// What the feeder did before the schedule's clock started.
+#[derive(Debug, Clone, Copy)]
+pub struct WarmUp {
+    /// Warm-up records offered.
+    pub records: u64,
+    /// From the first warm-up record to the last sink subtask's announcement.
+    pub time: Duration,
+}
+
 /// The figures of one run (latencies in nanoseconds).
 #[derive(Debug)]
 pub struct LatencyReport {
     pub query: LatencyQuery,
     pub parallelism: u32,
+    /// TaskManager processes that ran the job.
+    pub processes: u32,
     pub rate: u64,
     pub duration_s: f64,
     pub offered: u64,
@@ -196,13 +329,46 @@ pub struct LatencyReport {
     pub offer_lag: Histogram<u64>,
     /// The same schedule through the harness alone ([`measure_baseline`]), when asked for.
     pub baseline: Option<Histogram<u64>>,
+    /// How the clock waited for the sinks (q0).
+    pub warm_up: Option<WarmUp>,
     pub histogram: Histogram<u64>,
     pub intervals: Vec<Histogram<u64>>,
     pub interval: Duration,
+    /// With `--processes` > 1: what the sink subtasks of the other TaskManagers (the records
+    /// crossed the TCP data plane) and of TaskManager 0 (they stayed in memory) measured.
+    pub split: Option<Split>,
+}
+
+/// The halves of a run across processes.
+#[derive(Debug)]
+pub struct Split {
+    pub crossing: Measured,
+    pub local: Measured,
 }
 
 const PERCENTILES: [(&str, f64); 5] =
     [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9), ("p99_99", 99.99)];
+
+fn us_at(h: &Histogram<u64>, percentile: f64) -> f64 {
+    h.value_at_percentile(percentile) as f64 / 1e3
+}
+
+/// `p50 1.0 us, … max 3.0 us` on one line.
+fn percentile_line(h: &Histogram<u64>) -> String {
+    let mut parts: Vec<String> =
+        PERCENTILES.iter().map(|(name, p)| format!("{} {:.1} us", name.replace('_', "."), us_at(h, *p))).collect();
+    parts.push(format!("max {:.1} us", h.max() as f64 / 1e3));
+    parts.join(", ")
+}
+
+/// The JSON fields of one histogram, their names prefixed with `prefix`.
+fn percentile_fields(prefix: &str, h: &Histogram<u64>) -> Vec<String> {
+    let mut fields: Vec<String> =
+        PERCENTILES.iter().map(|(name, p)| format!("\"{prefix}{name}_us\": {:.3}", us_at(h, *p))).collect();
+    fields.push(format!("\"{prefix}max_us\": {:.3}", h.max() as f64 / 1e3));
+    fields.push(format!("\"{prefix}mean_us\": {:.3}", h.mean() / 1e3));
+    fields
+}
 
 impl LatencyReport {
     /// Records offered per second of the time the feeder took to offer them all.
@@ -211,13 +377,15 @@ impl LatencyReport {
     }
 
     fn us(&self, percentile: f64) -> f64 {
-        self.histogram.value_at_percentile(percentile) as f64 / 1e3
+        us_at(&self.histogram, percentile)
     }
 
     pub fn lines(&self) -> String {
+        let across =
+            if self.processes > 1 { format!(" across {} TaskManager processes", self.processes) } else { String::new() };
         let mut s = format!(
-            "latency {}: parallelism {}, target {} records/s for {:.3} s, offered {} ({:.1} records/s achieved), \
-             received {}\n  {} latency samples, each a {}\n",
+            "latency {}: parallelism {}{across}, target {} records/s for {:.3} s, offered {} ({:.1} records/s \
+             achieved), received {}\n  {} latency samples, each a {}\n",
             self.query.name(),
             self.parallelism,
             self.rate,
@@ -232,15 +400,38 @@ impl LatencyReport {
             s.push_str(&format!("  {:<7} {:>12.1} us\n", name.replace('_', "."), self.us(p)));
         }
         s.push_str(&format!("  {:<7} {:>12.1} us\n", "max", self.histogram.max() as f64 / 1e3));
+        if let Some(split) = &self.split {
+            let others = match self.processes {
+                2 => "TaskManager 1".to_string(),
+                n => format!("TaskManagers 1..{}", n - 1),
+            };
+            s.push_str(&format!(
+                "  crossing (sink subtasks in {others}, over TCP): {} samples, {}\n",
+                split.crossing.total.len(),
+                percentile_line(&split.crossing.total)
+            ));
+            s.push_str(&format!(
+                "  local (sink subtasks in TaskManager 0, in memory): {} samples, {}\n",
+                split.local.total.len(),
+                percentile_line(&split.local.total)
+            ));
+        }
+        if let Some(w) = &self.warm_up {
+            s.push_str(&format!(
+                "  warm-up before the clock started: {} records until every sink subtask had one ({:.1} ms)\n",
+                w.records,
+                w.time.as_secs_f64() * 1e3
+            ));
+        }
         s.push_str(&format!(
             "  feeder behind schedule when offering: p99 {:.1} us, max {:.1} us",
-            self.offer_lag.value_at_percentile(99.0) as f64 / 1e3,
+            us_at(&self.offer_lag, 99.0),
             self.offer_lag.max() as f64 / 1e3
         ));
         if let Some(b) = &self.baseline {
             s.push_str("\n  baseline, the same schedule with no engine (feeder → channel → thread):");
             for (name, p) in PERCENTILES {
-                s.push_str(&format!(" {} {:.1} us,", name.replace('_', "."), b.value_at_percentile(p) as f64 / 1e3));
+                s.push_str(&format!(" {} {:.1} us,", name.replace('_', "."), us_at(b, p)));
             }
             s.push_str(&format!(" max {:.1} us", b.max() as f64 / 1e3));
         }
@@ -251,6 +442,7 @@ impl LatencyReport {
         let mut fields = vec![
             format!("\"query\": \"{}\"", self.query.name()),
             format!("\"parallelism\": {}", self.parallelism),
+            format!("\"processes\": {}", self.processes),
             format!("\"rate\": {}", self.rate),
             format!("\"duration_s\": {:.6}", self.duration_s),
             format!("\"offered\": {}", self.offered),
@@ -258,60 +450,85 @@ impl LatencyReport {
             format!("\"samples\": {}", self.histogram.len()),
             format!("\"achieved_rate\": {:.1}", self.achieved_rate()),
         ];
-        for (name, p) in PERCENTILES {
-            fields.push(format!("\"{name}_us\": {:.3}", self.us(p)));
-        }
-        fields.push(format!("\"max_us\": {:.3}", self.histogram.max() as f64 / 1e3));
-        fields.push(format!("\"mean_us\": {:.3}", self.histogram.mean() / 1e3));
-        fields.push(format!("\"offer_lag_p99_us\": {:.3}", self.offer_lag.value_at_percentile(99.0) as f64 / 1e3));
+        fields.extend(percentile_fields("", &self.histogram));
+        fields.push(format!("\"offer_lag_p99_us\": {:.3}", us_at(&self.offer_lag, 99.0)));
         fields.push(format!("\"offer_lag_max_us\": {:.3}", self.offer_lag.max() as f64 / 1e3));
+        if let Some(w) = &self.warm_up {
+            fields.push(format!("\"warm_up_records\": {}", w.records));
+            fields.push(format!("\"warm_up_ms\": {:.3}", w.time.as_secs_f64() * 1e3));
+        }
+        if let Some(split) = &self.split {
+            for (name, m) in [("crossing", &split.crossing), ("local", &split.local)] {
+                fields.push(format!("\"{name}_count\": {}", m.received));
+                fields.push(format!("\"{name}_samples\": {}", m.total.len()));
+                fields.extend(percentile_fields(&format!("{name}_"), &m.total));
+            }
+        }
         if let Some(b) = &self.baseline {
             for (name, p) in PERCENTILES {
-                fields.push(format!("\"baseline_{name}_us\": {:.3}", b.value_at_percentile(p) as f64 / 1e3));
+                fields.push(format!("\"baseline_{name}_us\": {:.3}", us_at(b, p)));
             }
             fields.push(format!("\"baseline_max_us\": {:.3}", b.max() as f64 / 1e3));
         }
         format!("{{{}}}\n", fields.join(", "))
     }
 
-    /// The interval log: one histogram per interval of arrival, values in nanoseconds.
+    /// The interval log: one histogram per interval of arrival, values in nanoseconds; across
+    /// processes each interval is followed by its crossing and local parts, tagged so.
     pub fn hdr_log(&self) -> anyhow::Result<Vec<u8>> {
         let mut buf = Vec::new();
         let mut serializer = V2Serializer::new();
-        let mut writer = IntervalLogWriterBuilder::new()
+        let mut builder = IntervalLogWriterBuilder::new();
+        builder
             .add_comment(&format!("corestream bench latency {} at {} records/s", self.query.name(), self.rate))
-            .add_comment("values are latencies in nanoseconds")
-            .with_base_time(std::time::SystemTime::now())
-            .begin_log_with(&mut buf, &mut serializer)?;
+            .add_comment("values are latencies in nanoseconds");
+        if self.split.is_some() {
+            builder.add_comment(
+                "untagged: all sink subtasks; tag crossing: sink subtasks in TaskManagers other than 0; tag local: \
+                 TaskManager 0's",
+            );
+        }
+        let mut writer =
+            builder.with_base_time(std::time::SystemTime::now()).begin_log_with(&mut buf, &mut serializer)?;
+        let empty = new_histogram();
         for (i, h) in self.intervals.iter().enumerate() {
+            let start = self.interval * i as u32;
             writer
-                .write_histogram(h, self.interval * i as u32, self.interval, None)
-                .map_err(|e| anyhow::anyhow!("cannot serialize a histogram: {e}"))?;
+                .write_histogram(h, start, self.interval, None)
+                .map_err(|e| anyhow!("cannot serialize a histogram: {e}"))?;
+            if let Some(split) = &self.split {
+                for (tag, m) in [("crossing", &split.crossing), ("local", &split.local)] {
+                    let part = m.intervals.get(i).unwrap_or(&empty);
+                    writer
+                        .write_histogram(part, start, self.interval, Tag::new(tag))
+                        .map_err(|e| anyhow!("cannot serialize a histogram: {e}"))?;
+                }
+            }
         }
         drop(writer);
         Ok(buf)
     }
 
     /// A percentile-distribution plot: latency (linear) against percentile on a log scale of
-    /// 1 / (1 − q), as in HdrHistogram's plotter.
+    /// 1 / (1 − q), as in HdrHistogram's plotter; across processes also the crossing and local
+    /// parts.
     pub fn svg(&self) -> String {
         let (w, h, left, right, top, bottom) = (800.0, 500.0, 80.0, 20.0, 40.0, 50.0);
         let pw = w - left - right;
         let ph = h - top - bottom;
         let decades = 6.0; // up to 99.9999%
-        let max_us = (self.histogram.max() as f64 / 1e3).max(1e-3);
-        let mut points = Vec::new();
-        for k in 0..=600 {
-            let x = k as f64 / 100.0;
-            let q = 1.0 - 10f64.powf(-x);
-            let v = self.histogram.value_at_quantile(q) as f64 / 1e3;
-            points.push(format!("{:.1},{:.1}", left + pw * x / decades, top + ph * (1.0 - v / max_us)));
+        let mut series = vec![("all", &self.histogram, "steelblue")];
+        if let Some(split) = &self.split {
+            series.push(("crossing", &split.crossing.total, "crimson"));
+            series.push(("local", &split.local.total, "seagreen"));
         }
+        let max_us = series.iter().map(|(_, hist, _)| hist.max() as f64 / 1e3).fold(1e-3, f64::max);
+        let across = if self.processes > 1 { format!(", {} processes", self.processes) } else { String::new() };
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n\
              <rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
              <text x=\"{}\" y=\"24\" font-family=\"sans-serif\" font-size=\"16\" text-anchor=\"middle\">\
-             {} latency at {} records/s (parallelism {})</text>\n\
+             {} latency at {} records/s (parallelism {}{across})</text>\n\
              <rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"black\"/>\n",
             w / 2.0,
             self.query.name(),
@@ -339,14 +556,33 @@ impl LatencyReport {
         s.push_str(&format!(
             "<text x=\"{}\" y=\"{}\" font-family=\"sans-serif\" font-size=\"13\" text-anchor=\"middle\">percentile</text>\n\
              <text x=\"16\" y=\"{}\" font-family=\"sans-serif\" font-size=\"13\" text-anchor=\"middle\" \
-             transform=\"rotate(-90 16 {})\">latency (us)</text>\n\
-             <polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>\n</svg>\n",
+             transform=\"rotate(-90 16 {})\">latency (us)</text>\n",
             left + pw / 2.0,
             h - 10.0,
             top + ph / 2.0,
             top + ph / 2.0,
-            points.join(" ")
         ));
+        for (n, (label, hist, color)) in series.iter().enumerate() {
+            let mut points = Vec::new();
+            for k in 0..=600 {
+                let x = k as f64 / 100.0;
+                let q = 1.0 - 10f64.powf(-x);
+                let v = hist.value_at_quantile(q) as f64 / 1e3;
+                points.push(format!("{:.1},{:.1}", left + pw * x / decades, top + ph * (1.0 - v / max_us)));
+            }
+            s.push_str(&format!(
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                points.join(" ")
+            ));
+            if series.len() > 1 {
+                s.push_str(&format!(
+                    "<text x=\"{}\" y=\"{}\" font-family=\"sans-serif\" font-size=\"13\" fill=\"{color}\">{label}</text>\n",
+                    left + 10.0,
+                    top + 18.0 + 16.0 * n as f64
+                ));
+            }
+        }
+        s.push_str("</svg>\n");
         s
     }
 }
@@ -355,27 +591,100 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("cannot write '{}'", path.display()))
 }
 
+/// The shared ends of one process's part of the job.
+#[derive(Clone)]
+struct JobParts {
+    origin_ns: Arc<AtomicU64>,
+    /// The event time (ms) of the last record: windows ending after it close only at the end
+    /// of the input, not by time, and are not measured.
+    last_event_ms: Arc<AtomicI64>,
+    /// What each sink subtask of this process measured, pushed when it finished.
+    out: Arc<Mutex<Vec<Measured>>>,
+}
+
+impl JobParts {
+    fn new() -> Self {
+        Self {
+            origin_ns: Arc::new(AtomicU64::new(0)),
+            last_event_ms: Arc::new(AtomicI64::new(i64::MIN)),
+            out: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// What this process's sink subtasks measured, merged.
+    fn measured(&self) -> anyhow::Result<Measured> {
+        let mut all = Measured::new();
+        for m in self.out.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            all.add(&m)?;
+        }
+        Ok(all)
+    }
+}
+
 /// Adds the latency sink to `stream`.
 fn add_latency_sink<T: corestream::Data>(
     stream: DataStream<T>,
-    base: Instant,
-    origin_ns: &Arc<AtomicU64>,
+    job: &JobParts,
     interval: Duration,
     start_of: StartOf<T>,
-    out: &Arc<Mutex<Vec<Measured>>>,
+    ready_to: Option<UnixAddr>,
 ) {
-    let (out, origin_ns) = (out.clone(), origin_ns.clone());
+    let (out, origin_ns) = (job.out.clone(), job.origin_ns.clone());
     let interval_ns = interval.as_nanos() as u64;
-    stream.add_sink("Sink: latency", move |_ctx| {
+    stream.add_sink("Sink: latency", move |ctx| {
         Ok(LatencySink {
-            base,
             origin_ns: origin_ns.clone(),
             interval_ns,
             start_of: start_of.clone(),
+            ready: ready_to.clone().map(|to| (to, ctx.subtask)),
             measured: Measured::new(),
             out: out.clone(),
         })
     });
+}
+
+/// Adds the query to `env` at parallelism `p` (the channel source has parallelism 1, so q0's
+/// pass-through map and sink are fed round-robin when p > 1); returns the source's sender.
+/// q0's sink subtasks announce their first warm-up record to `ready_to`.
+fn build_job(
+    env: &mut StreamEnvironment,
+    settings: &LatencySettings,
+    p: u32,
+    job: &JobParts,
+    ready_to: Option<UnixAddr>,
+) -> SourceSender<(u64, Event)> {
+    env.set_parallelism(p);
+    let interval = settings.interval();
+    let (sender, events) = env.from_channel::<(u64, Event)>(CHANNEL_CAPACITY);
+    match settings.query {
+        LatencyQuery::Q0 => {
+            let stream = events.map(|r| r).name("q0: pass-through");
+            let start_of = |r: &(u64, Event)| if r.0 == WARM_UP { Start::WarmUp } else { Start::At(r.0) };
+            add_latency_sink(stream, job, interval, Arc::new(start_of), ready_to);
+        }
+        LatencyQuery::Q5 => {
+            let events = events
+                .map(|(_, e)| e)
+                .set_parallelism(1)
+                .name("Events")
+                .assign_timestamps_and_watermarks(
+                    WatermarkStrategy::for_monotonous_timestamps()
+                        .with_timestamp_assigner(|e: &Event| e.date_time())
+                        .with_per_record_emission(),
+                );
+            let last = job.last_event_ms.clone();
+            let start_of = move |r: &Q5Out| {
+                let end_ms = r.1;
+                if end_ms <= last.load(Ordering::Relaxed) {
+                    Start::At(end_ms as u64 * 1_000_000)
+                } else {
+                    Start::Unmeasured
+                }
+            };
+            add_latency_sink(queries::q5_stream(events), job, interval, Arc::new(start_of), None);
+        }
+    }
+    sender
 }
 
 /// What the feeder did.
@@ -383,33 +692,84 @@ struct Fed {
     offered: u64,
     offer_time: Duration,
     lag: Histogram<u64>,
+    warm_up: Option<WarmUp>,
+}
+
+/// Offers warm-up records through `sender`, one per sink subtask every [`WARM_UP_EVERY`],
+/// until each of the `sinks` sink subtasks announced on `ready` that it received one.
+fn warm_up(
+    sender: &SourceSender<(u64, Event)>,
+    ready: &UnixDatagram,
+    sinks: u32,
+    event: &Event,
+) -> anyhow::Result<WarmUp> {
+    let started = Instant::now();
+    let mut seen = vec![false; sinks as usize];
+    let (mut missing, mut records) = (seen.len(), 0u64);
+    let mut buf = [0u8; 32];
+    ready.set_read_timeout(Some(WARM_UP_EVERY)).context("cannot set the ready socket's timeout")?;
+    while missing > 0 {
+        if started.elapsed() > READY_TIMEOUT {
+            let idle: Vec<String> =
+                seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i.to_string()).collect();
+            bail!(
+                "sink subtask(s) {} received no record within {READY_TIMEOUT:?} of the job's start ({records} \
+                 warm-up records offered)",
+                idle.join(", ")
+            );
+        }
+        for _ in 0..sinks {
+            match sender.try_send((WARM_UP, event.clone())) {
+                Ok(()) => records += 1,
+                Err(e) if e.is_full() => break,
+                Err(_) => bail!("the job stopped reading before every sink subtask received a record"),
+            }
+        }
+        let round_end = Instant::now() + WARM_UP_EVERY;
+        while missing > 0 && Instant::now() < round_end {
+            match ready.recv(&mut buf) {
+                Ok(n) => {
+                    let subtask = std::str::from_utf8(&buf[..n]).ok().and_then(|s| s.parse::<usize>().ok());
+                    if let Some(i) = subtask.filter(|&i| i < seen.len() && !seen[i]) {
+                        seen[i] = true;
+                        missing -= 1;
+                    }
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break,
+                Err(e) => return Err(e).context("cannot read the sinks' announcements"),
+            }
+        }
+    }
+    Ok(WarmUp { records, time: started.elapsed() })
 }
 
 /// Offers the schedule's `total` records through `send` (which drains the batch, or returns
-/// false when nobody reads any more): record `i` at `origin + i / rate`. It waits — sleeping
-/// when the next record is more than 200 µs away, yielding its core otherwise — and then hands
-/// over every record whose time has come, up to [`MAX_BATCH`] at once, so a feeder that fell
-/// behind catches up instead of falling further behind. Each record carries its scheduled
-/// time; events are stamped with it (in ms) as their event time. Events come from a pool of
-/// the generator's first [`POOL_EVENTS`], generated before the schedule starts.
+/// false when nobody reads any more): record `i` at `origin + i / rate`, where `origin` is
+/// taken once `before_clock` (the warm-up) returned. It waits — sleeping when the next record
+/// is more than 200 µs away, yielding its core otherwise — and then hands over every record
+/// whose time has come, up to [`MAX_BATCH`] at once, so a feeder that fell behind catches up
+/// instead of falling further behind. Each record carries its scheduled time; events are
+/// stamped with it (in ms) as their event time. Events come from a pool of the generator's
+/// first [`POOL_EVENTS`], generated before the warm-up.
 fn feed(
     settings: &LatencySettings,
     total: u64,
-    base: Instant,
     origin_ns: &AtomicU64,
     last_event_ms: &AtomicI64,
+    before_clock: impl FnOnce(&Event) -> anyhow::Result<Option<WarmUp>>,
     mut send: impl FnMut(&mut Vec<(u64, Event)>) -> bool,
-) -> Fed {
+) -> anyhow::Result<Fed> {
     let generator = NexmarkGenerator::new(GeneratorConfig::default(), settings.seed);
     let pool: Vec<Event> = (0..total.min(POOL_EVENTS)).map(|n| generator.event(n)).collect();
-    let origin = base.elapsed().as_nanos() as u64;
+    let warm_up = before_clock(&pool[0])?;
+    let origin = now_ns();
     origin_ns.store(origin, Ordering::Relaxed);
     last_event_ms.store(((origin + settings.offset_ns(total - 1)) / 1_000_000) as i64, Ordering::Relaxed);
     let mut batch: Vec<(u64, Event)> = Vec::with_capacity(MAX_BATCH as usize);
     let (mut next, mut offered, mut lag) = (0u64, 0u64, new_histogram());
     while next < total {
         let scheduled = origin + settings.offset_ns(next);
-        let mut now = base.elapsed().as_nanos() as u64;
+        let mut now = now_ns();
         while now < scheduled {
             let wait = scheduled - now;
             if wait > 200_000 {
@@ -417,7 +777,7 @@ fn feed(
             } else {
                 std::thread::yield_now();
             }
-            now = base.elapsed().as_nanos() as u64;
+            now = now_ns();
         }
         while next < total && batch.len() < MAX_BATCH as usize {
             let scheduled = origin + settings.offset_ns(next);
@@ -436,128 +796,232 @@ fn feed(
         }
         offered += n;
     }
-    let end = base.elapsed().as_nanos() as u64;
-    Fed { offered, offer_time: Duration::from_nanos(end - origin), lag }
+    let end = now_ns();
+    Ok(Fed { offered, offer_time: Duration::from_nanos(end - origin), lag, warm_up })
+}
+
+/// Starts the feeder thread: for q0 it first warms the job up until the `sinks` sink subtasks
+/// announced themselves on `ready`, then offers the schedule into `sender` and closes it.
+fn spawn_feeder(
+    settings: &LatencySettings,
+    total: u64,
+    ready: Option<(UnixDatagram, u32)>,
+    sender: SourceSender<(u64, Event)>,
+    job: &JobParts,
+) -> io::Result<JoinHandle<anyhow::Result<Fed>>> {
+    let (settings, origin, last) = (settings.clone(), job.origin_ns.clone(), job.last_event_ms.clone());
+    std::thread::Builder::new().name("cs-latency-feeder".into()).spawn(move || {
+        let before_clock = |event: &Event| match &ready {
+            Some((socket, sinks)) => warm_up(&sender, socket, *sinks, event).map(Some),
+            None => Ok(None),
+        };
+        let fed = feed(&settings, total, &origin, &last, before_clock, |batch| sender.send_all(batch.drain(..)).is_ok());
+        drop(sender);
+        fed
+    })
+}
+
+/// The feeder's end of the sinks' announcements (q0 only), bound under TaskManager 0's process
+/// id, and that address.
+fn ready_socket(query: LatencyQuery) -> anyhow::Result<Option<(UnixDatagram, UnixAddr)>> {
+    if query != LatencyQuery::Q0 {
+        return Ok(None);
+    }
+    let addr = ready_addr(std::process::id())?;
+    let socket = UnixDatagram::bind_addr(&addr).context("cannot bind the latency feeder's ready socket")?;
+    Ok(Some((socket, addr)))
 }
 
 /// The harness alone, for comparison: the same feeder and schedule into a bounded channel read
 /// by a plain thread that records each record's latency, with no engine in between. Its
 /// percentiles are what the machine itself (thread wake-ups, scheduling, the hypervisor) adds.
 pub fn measure_baseline(settings: &LatencySettings) -> anyhow::Result<Histogram<u64>> {
-    let total = settings.records().map_err(|e| anyhow::anyhow!(e))?;
-    let base = Instant::now();
+    let total = settings.records().map_err(|e| anyhow!(e))?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Event)>(CHANNEL_CAPACITY);
     let reader = std::thread::Builder::new().name("cs-latency-baseline".into()).spawn(move || {
         let mut h = new_histogram();
         while let Ok((scheduled, event)) = rx.recv() {
-            let now = base.elapsed().as_nanos() as u64;
+            let now = now_ns();
             record_value(&mut h, now.saturating_sub(scheduled).max(1));
             drop(event);
         }
         h
     })?;
     let (origin, last) = (AtomicU64::new(0), AtomicI64::new(0));
-    let fed = feed(settings, total, base, &origin, &last, |batch| batch.drain(..).all(|r| tx.send(r).is_ok()));
+    let fed = feed(settings, total, &origin, &last, |_| Ok(None), |batch| batch.drain(..).all(|r| tx.send(r).is_ok()));
     drop(tx);
-    let h = reader.join().map_err(|_| anyhow::anyhow!("the baseline reader panicked"))?;
+    let h = reader.join().map_err(|_| anyhow!("the baseline reader panicked"))?;
+    let fed = fed?;
     if h.len() != fed.offered {
-        anyhow::bail!("the baseline reader received {} records, {} were offered", h.len(), fed.offered);
+        bail!("the baseline reader received {} records, {} were offered", h.len(), fed.offered);
     }
     Ok(h)
 }
 
-/// Runs one measurement, fed by [`feed`] on a host thread; the settings must have been checked
-/// with [`LatencySettings::records`].
+/// Checks what the sinks received against what the feeder offered.
+fn check_received(query: LatencyQuery, all: &Measured, offered: u64) -> anyhow::Result<()> {
+    match query {
+        LatencyQuery::Q0 if all.received != offered => {
+            bail!("the sinks received {} records, {offered} were offered", all.received)
+        }
+        _ if all.total.is_empty() => bail!("the sink measured no latency ({} records received)", all.received),
+        _ => Ok(()),
+    }
+}
+
+/// Runs one measurement in this process, fed by [`feed`] on a host thread; the settings must
+/// have been checked with [`LatencySettings::records`].
 pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<LatencyReport> {
-    let total = settings.records().map_err(|e| anyhow::anyhow!(e))?;
+    let total = settings.records().map_err(|e| anyhow!(e))?;
     let cluster = common.cluster()?;
     let p = common.parallelism.unwrap_or(cluster.num_slots());
     let mut env = common.environment(&cluster);
-    env.set_parallelism(p);
-    // About 100 intervals in the log, none shorter than a second.
-    let interval = (settings.duration / 100).max(Duration::from_secs(1));
-    let base = Instant::now();
-    let origin_ns = Arc::new(AtomicU64::new(0));
-    // The event time (ms) of the last record: windows ending after it close only at the end of
-    // the input, not by time, and are not measured.
-    let last_event_ms = Arc::new(AtomicI64::new(i64::MIN));
-    let out: Arc<Mutex<Vec<Measured>>> = Arc::new(Mutex::new(Vec::new()));
-    let (sender, events) = env.from_channel::<(u64, Event)>(CHANNEL_CAPACITY);
-    match settings.query {
-        LatencyQuery::Q0 => {
-            let stream = events.map(|r| r).name("q0: pass-through");
-            add_latency_sink(stream, base, &origin_ns, interval, Arc::new(|r: &(u64, Event)| Some(r.0)), &out);
-        }
-        LatencyQuery::Q5 => {
-            let events = events
-                .map(|(_, e)| e)
-                .set_parallelism(1)
-                .name("Events")
-                .assign_timestamps_and_watermarks(
-                    WatermarkStrategy::for_monotonous_timestamps()
-                        .with_timestamp_assigner(|e: &Event| e.date_time())
-                        .with_per_record_emission(),
-                );
-            let last = last_event_ms.clone();
-            let start_of = move |r: &Q5Out| {
-                let end_ms = r.1;
-                (end_ms <= last.load(Ordering::Relaxed)).then(|| end_ms as u64 * 1_000_000)
-            };
-            add_latency_sink(queries::q5_stream(events), base, &origin_ns, interval, Arc::new(start_of), &out);
-        }
-    }
+    let job = JobParts::new();
+    let ready = ready_socket(settings.query)?;
+    let sender = build_job(&mut env, settings, p, &job, ready.as_ref().map(|(_, addr)| addr.clone()));
     let handle = env.execute_async(&format!("latency {}", settings.query.name()))?;
-
-    let (origin_for_feeder, settings_for_feeder) = (origin_ns.clone(), settings.clone());
-    let feeder = std::thread::Builder::new().name("cs-latency-feeder".into()).spawn(move || {
-        let fed = feed(&settings_for_feeder, total, base, &origin_for_feeder, &last_event_ms, |batch| {
-            sender.send_all(batch.drain(..)).is_ok()
-        });
-        drop(sender);
-        fed
-    })?;
+    let feeder = spawn_feeder(settings, total, ready.map(|(socket, _)| (socket, p)), sender, &job)?;
     let joined = handle.join();
-    let Fed { offered, offer_time, lag: offer_lag } = feeder.join().map_err(|_| anyhow::anyhow!("the feeder thread panicked"))?;
+    let fed = feeder.join().map_err(|_| anyhow!("the feeder thread panicked"))?;
     joined?;
+    let fed = fed?;
+    let all = job.measured()?;
+    check_received(settings.query, &all, fed.offered)?;
+    Ok(report(settings, p, 1, fed, all, None))
+}
 
-    let mut histogram = new_histogram();
-    let mut intervals: Vec<Histogram<u64>> = Vec::new();
-    let mut received = 0;
-    for m in out.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-        received += m.received;
-        histogram.add(&m.total).context("cannot merge histograms")?;
-        for (i, h) in m.intervals.iter().enumerate() {
-            if intervals.len() <= i {
-                intervals.push(new_histogram());
-            }
-            intervals[i].add(h).context("cannot merge histograms")?;
-        }
-    }
-    match settings.query {
-        LatencyQuery::Q0 if received != offered => {
-            anyhow::bail!("the sink received {received} records, {offered} were offered")
-        }
-        _ if histogram.is_empty() => anyhow::bail!("the sink measured no latency ({received} records received)"),
-        _ => {}
-    }
-    Ok(LatencyReport {
+fn report(
+    settings: &LatencySettings,
+    parallelism: u32,
+    processes: u32,
+    fed: Fed,
+    all: Measured,
+    split: Option<Split>,
+) -> LatencyReport {
+    LatencyReport {
         query: settings.query,
-        parallelism: p,
+        parallelism,
+        processes,
         rate: settings.rate,
         duration_s: settings.duration.as_secs_f64(),
-        offered,
-        received,
-        offer_time_s: offer_time.as_secs_f64(),
-        offer_lag,
+        offered: fed.offered,
+        received: all.received,
+        offer_time_s: fed.offer_time.as_secs_f64(),
+        offer_lag: fed.lag,
         baseline: None,
-        histogram,
-        intervals,
-        interval,
-    })
+        warm_up: fed.warm_up,
+        histogram: all.total,
+        intervals: all.intervals,
+        interval: settings.interval(),
+        split,
+    }
+}
+
+fn to_hex(h: &Histogram<u64>) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    V2Serializer::new().serialize(h, &mut bytes).map_err(|e| anyhow!("cannot serialize a histogram: {e:?}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn from_hex(hex: &str) -> anyhow::Result<Histogram<u64>> {
+    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
+        bail!("a histogram from another TaskManager is not hex");
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .context("a histogram from another TaskManager is not hex")?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow!("a histogram from another TaskManager is unreadable: {e:?}"))
+}
+
+/// What another TaskManager's sinks measured, as outputs for TaskManager 0: one line per
+/// figure, the histograms V2-serialized in hex, each non-empty interval as `index:hex`.
+fn child_outputs(m: &Measured) -> anyhow::Result<Outputs> {
+    let mut out = vec![
+        (OUT_RECEIVED.to_string(), m.received.to_string()),
+        (OUT_WARM_UP.to_string(), m.warm_up.to_string()),
+        (OUT_TOTAL.to_string(), to_hex(&m.total)?),
+    ];
+    for (i, h) in m.intervals.iter().enumerate().filter(|(_, h)| !h.is_empty()) {
+        out.push((OUT_INTERVAL.to_string(), format!("{i}:{}", to_hex(h)?)));
+    }
+    Ok(out)
+}
+
+/// What the sinks of every other TaskManager measured, from their outputs.
+fn crossing_of(merged: &Merged) -> anyhow::Result<Measured> {
+    let mut m = Measured::new();
+    for v in merged.outputs_of(OUT_RECEIVED) {
+        m.received += v.parse::<u64>().with_context(|| format!("a TaskManager reported {v} records received"))?;
+    }
+    for v in merged.outputs_of(OUT_WARM_UP) {
+        m.warm_up += v.parse::<u64>().with_context(|| format!("a TaskManager reported {v} warm-up records"))?;
+    }
+    for v in merged.outputs_of(OUT_TOTAL) {
+        m.total.add(&from_hex(v)?).context("cannot merge histograms")?;
+    }
+    for v in merged.outputs_of(OUT_INTERVAL) {
+        let (i, hex) = v.split_once(':').ok_or_else(|| anyhow!("a TaskManager reported interval '{v:.40}'"))?;
+        let i: usize = i.parse().with_context(|| format!("a TaskManager reported interval {i}"))?;
+        add_interval_histograms(&mut m.intervals, std::iter::once((i, &from_hex(hex)?)))?;
+    }
+    Ok(m)
+}
+
+/// q0 across `--processes` TaskManagers ([`multi::run`]): every process builds the job, only
+/// TaskManager 0 feeds it. Returns the report in TaskManager 0, `None` in the others (their
+/// sinks' measurements went to TaskManager 0).
+fn measure_processes(settings: &LatencySettings, common: &Common) -> anyhow::Result<Option<LatencyReport>> {
+    let total = settings.records().map_err(|e| anyhow!(e))?;
+    let p = common.parallelism.unwrap_or(common.processes.saturating_mul(common.slots.unwrap_or(1)));
+    let tm0 = multi::is_task_manager_0();
+    let (mut ready, ready_to) = if tm0 {
+        let (socket, addr) = ready_socket(settings.query)?.ok_or_else(|| anyhow!("only q0 runs across processes"))?;
+        (Some(socket), addr)
+    } else {
+        // SAFETY: getppid has no preconditions. `multi` checked that the parent is TaskManager 0.
+        (None, ready_addr(unsafe { libc::getppid() } as u32)?)
+    };
+    let job = JobParts::new();
+    let fed_slot: Arc<Mutex<Option<Fed>>> = Arc::new(Mutex::new(None));
+    let merged = multi::run(common, &format!("latency {}", settings.query.name()), |env| {
+        let sender = build_job(env, settings, p, &job, Some(ready_to));
+        let feeder = match ready.take() {
+            Some(socket) => Some(spawn_feeder(settings, total, Some((socket, p)), sender, &job)),
+            None => {
+                drop(sender); // the source subtask runs in TaskManager 0
+                None
+            }
+        };
+        let (job, fed_slot) = (job.clone(), fed_slot.clone());
+        move || match feeder {
+            Some(feeder) => {
+                let feeder = feeder.context("cannot start the feeder thread")?;
+                let fed = feeder.join().map_err(|_| anyhow!("the feeder thread panicked"))??;
+                *fed_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(fed);
+                Ok(Vec::new())
+            }
+            None => child_outputs(&job.measured()?),
+        }
+    })?;
+    let Some(merged) = merged else { return Ok(None) };
+    let fed = fed_slot.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| anyhow!("the feeder reported nothing"))?;
+    let local = job.measured()?;
+    let crossing = crossing_of(&merged)?;
+    let mut all = local.clone();
+    all.add(&crossing)?;
+    check_received(settings.query, &all, fed.offered)?;
+    for w in &merged.result.warnings {
+        eprintln!("warning: {}", w.message);
+    }
+    Ok(Some(report(settings, p, common.processes, fed, all, Some(Split { crossing, local }))))
 }
 
 /// `corestream bench latency`: refuses impossible settings (exit status 2), runs, prints the
-/// figures and writes the requested files.
+/// figures and writes the requested files (in TaskManager 0 only, with `--processes`).
 pub fn run(
     settings: &LatencySettings,
     json: Option<&Path>,
@@ -568,8 +1032,25 @@ pub fn run(
     if let Err(e) = settings.records() {
         clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit();
     }
-    let baseline = if settings.baseline { Some(measure_baseline(settings)?) } else { None };
-    let mut report = measure(settings, common)?;
+    if common.processes > 1 && settings.query != LatencyQuery::Q0 {
+        let e = format!(
+            "--query {} runs in one process; only q0 runs across TaskManager processes (--processes {})\n",
+            settings.query.name(),
+            common.processes
+        );
+        clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, e).exit();
+    }
+    // The baseline runs once, in TaskManager 0, before any other TaskManager starts.
+    let baseline =
+        if settings.baseline && multi::is_task_manager_0() { Some(measure_baseline(settings)?) } else { None };
+    let mut report = if common.processes > 1 {
+        match measure_processes(settings, common)? {
+            Some(report) => report,
+            None => return Ok(()),
+        }
+    } else {
+        measure(settings, common)?
+    };
     report.baseline = baseline;
     println!("{}", report.lines());
     if let Some(path) = json {
