@@ -10,9 +10,11 @@
 //! Warm-up (q0): the schedule's clock starts only once every sink subtask has received a
 //! record. Until then the feeder offers warm-up records (scheduled time 0, never measured or
 //! counted as received), one per sink subtask every millisecond, and each sink subtask
-//! announces its first one with a datagram to an abstract Unix socket named after TaskManager
-//! 0's process id. So neither deployment nor, across processes, the connection between the
-//! TaskManagers is measured as latency.
+//! announces its first one with a datagram to a Unix socket in the temporary directory named
+//! after TaskManager 0's process id (a path, not an abstract name: abstract names are private
+//! to a network namespace, and `--child-netns` starts the other TaskManagers in another). So
+//! neither deployment nor, across processes, the connection between the TaskManagers is
+//! measured as latency.
 //!
 //! `--processes N` (q0): every TaskManager builds the same job from the same command line
 //! (channel source, parallelism 1, in job slot 0 of TaskManager 0 → rebalance → pass-through
@@ -25,9 +27,8 @@
 //! feeder's origin).
 
 use std::io;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-use std::path::Path;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -231,15 +232,45 @@ enum Start {
 
 type StartOf<T> = Arc<dyn Fn(&T) -> Start + Send + Sync>;
 
-/// The name of the abstract Unix socket on which the feeder of the TaskManager 0 with process
-/// id `pid` hears that a sink subtask received its first warm-up record.
-fn ready_addr(pid: u32) -> io::Result<UnixAddr> {
-    UnixAddr::from_abstract_name(format!("corestream-latency-ready-{pid}").as_bytes())
+/// The path of the Unix datagram socket on which the feeder of the TaskManager 0 with process
+/// id `pid` hears that a sink subtask received its first warm-up record (the other
+/// TaskManagers inherit TaskManager 0's environment, so they find the same directory).
+fn ready_path(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("corestream-latency-ready-{pid}.sock"))
+}
+
+/// The feeder's end of the sinks' announcements; removes its path when dropped.
+struct ReadySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl ReadySocket {
+    /// Binds [`ready_path`] of this process, replacing a file left there by an earlier process
+    /// with the same id.
+    fn bind() -> anyhow::Result<Self> {
+        let path = ready_path(std::process::id());
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove the stale socket '{}'", path.display()))
+            }
+            _ => {}
+        }
+        let socket = UnixDatagram::bind(&path)
+            .with_context(|| format!("cannot bind the latency feeder's socket '{}'", path.display()))?;
+        Ok(Self { socket, path })
+    }
+}
+
+impl Drop for ReadySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Tells the feeder that sink subtask `subtask` received its first warm-up record.
-fn announce_ready(to: &UnixAddr, subtask: u32) {
-    let sent = UnixDatagram::unbound().and_then(|s| s.send_to_addr(subtask.to_string().as_bytes(), to));
+fn announce_ready(to: &Path, subtask: u32) {
+    let sent = UnixDatagram::unbound().and_then(|s| s.send_to(subtask.to_string().as_bytes(), to));
     if let Err(e) = sent {
         tracing::warn!(subtask, "a latency sink cannot tell the feeder it is ready: {e}");
     }
@@ -252,7 +283,7 @@ struct LatencySink<T> {
     interval_ns: u64,
     start_of: StartOf<T>,
     /// Where to announce the first warm-up record, and this subtask's index; taken when sent.
-    ready: Option<(UnixAddr, u32)>,
+    ready: Option<(PathBuf, u32)>,
     measured: Measured,
     out: Arc<Mutex<Vec<Measured>>>,
 }
@@ -627,7 +658,7 @@ fn add_latency_sink<T: corestream::Data>(
     job: &JobParts,
     interval: Duration,
     start_of: StartOf<T>,
-    ready_to: Option<UnixAddr>,
+    ready_to: Option<PathBuf>,
 ) {
     let (out, origin_ns) = (job.out.clone(), job.origin_ns.clone());
     let interval_ns = interval.as_nanos() as u64;
@@ -651,7 +682,7 @@ fn build_job(
     settings: &LatencySettings,
     p: u32,
     job: &JobParts,
-    ready_to: Option<UnixAddr>,
+    ready_to: Option<PathBuf>,
 ) -> SourceSender<(u64, Event)> {
     env.set_parallelism(p);
     let interval = settings.interval();
@@ -805,14 +836,14 @@ fn feed(
 fn spawn_feeder(
     settings: &LatencySettings,
     total: u64,
-    ready: Option<(UnixDatagram, u32)>,
+    ready: Option<(ReadySocket, u32)>,
     sender: SourceSender<(u64, Event)>,
     job: &JobParts,
 ) -> io::Result<JoinHandle<anyhow::Result<Fed>>> {
     let (settings, origin, last) = (settings.clone(), job.origin_ns.clone(), job.last_event_ms.clone());
     std::thread::Builder::new().name("cs-latency-feeder".into()).spawn(move || {
         let before_clock = |event: &Event| match &ready {
-            Some((socket, sinks)) => warm_up(&sender, socket, *sinks, event).map(Some),
+            Some((ready, sinks)) => warm_up(&sender, &ready.socket, *sinks, event).map(Some),
             None => Ok(None),
         };
         let fed = feed(&settings, total, &origin, &last, before_clock, |batch| sender.send_all(batch.drain(..)).is_ok());
@@ -821,15 +852,13 @@ fn spawn_feeder(
     })
 }
 
-/// The feeder's end of the sinks' announcements (q0 only), bound under TaskManager 0's process
-/// id, and that address.
-fn ready_socket(query: LatencyQuery) -> anyhow::Result<Option<(UnixDatagram, UnixAddr)>> {
+/// The feeder's end of the sinks' announcements, for q0 (q5's sinks see window results, not
+/// the records offered, so its clock starts at once).
+fn ready_socket(query: LatencyQuery) -> anyhow::Result<Option<ReadySocket>> {
     if query != LatencyQuery::Q0 {
         return Ok(None);
     }
-    let addr = ready_addr(std::process::id())?;
-    let socket = UnixDatagram::bind_addr(&addr).context("cannot bind the latency feeder's ready socket")?;
-    Ok(Some((socket, addr)))
+    ReadySocket::bind().map(Some)
 }
 
 /// The harness alone, for comparison: the same feeder and schedule into a bounded channel read
@@ -878,9 +907,9 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
     let mut env = common.environment(&cluster);
     let job = JobParts::new();
     let ready = ready_socket(settings.query)?;
-    let sender = build_job(&mut env, settings, p, &job, ready.as_ref().map(|(_, addr)| addr.clone()));
+    let sender = build_job(&mut env, settings, p, &job, ready.as_ref().map(|r| r.path.clone()));
     let handle = env.execute_async(&format!("latency {}", settings.query.name()))?;
-    let feeder = spawn_feeder(settings, total, ready.map(|(socket, _)| (socket, p)), sender, &job)?;
+    let feeder = spawn_feeder(settings, total, ready.map(|r| (r, p)), sender, &job)?;
     let joined = handle.join();
     let fed = feeder.join().map_err(|_| anyhow!("the feeder thread panicked"))?;
     joined?;
@@ -979,11 +1008,13 @@ fn measure_processes(settings: &LatencySettings, common: &Common) -> anyhow::Res
     let p = common.parallelism.unwrap_or(common.processes.saturating_mul(common.slots.unwrap_or(1)));
     let tm0 = multi::is_task_manager_0();
     let (mut ready, ready_to) = if tm0 {
-        let (socket, addr) = ready_socket(settings.query)?.ok_or_else(|| anyhow!("only q0 runs across processes"))?;
-        (Some(socket), addr)
+        let ready = ready_socket(settings.query)?.ok_or_else(|| anyhow!("only q0 runs across processes"))?;
+        let path = ready.path.clone();
+        (Some(ready), path)
     } else {
-        // SAFETY: getppid has no preconditions. `multi` checked that the parent is TaskManager 0.
-        (None, ready_addr(unsafe { libc::getppid() } as u32)?)
+        // SAFETY: getppid has no preconditions. `multi` checked that the parent is TaskManager 0
+        // (`ip netns exec` execs in the same process, so it is the parent there too).
+        (None, ready_path(unsafe { libc::getppid() } as u32))
     };
     let job = JobParts::new();
     let fed_slot: Arc<Mutex<Option<Fed>>> = Arc::new(Mutex::new(None));

@@ -1,0 +1,214 @@
+//! End-to-end tests of `corestream bench latency --processes 2`: a one-second q0 run at 20k
+//! records/s across two TaskManager processes reports crossing and local percentiles; every
+//! record offered arrives at a sink (crossing + local = offered, both halves non-empty); the
+//! percentiles are in order; the interval log holds the merged intervals and their crossing and
+//! local parts (tagged) and the plot draws all three; the feeder's socket is removed. q5 refuses
+//! the option (exit 2). No timing thresholds: the machine may be busy.
+//!
+//! A watchdog kills a run (and, through their parent-death signal, its TaskManagers) that has not
+//! ended after [`HANG_LIMIT`].
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{number, parse_flat_object, Value};
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+
+const HANG_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `corestream` with `TMPDIR` set to `tmp`, under the watchdog.
+fn corestream_in(tmp: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
+        .args(args)
+        .env("CORESTREAM_LOG", "off")
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the corestream binary");
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).expect("cannot read the output of corestream");
+            bytes
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + HANG_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`corestream {}` did not end within {HANG_LIMIT:?}: the job hangs", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+/// p50 ≤ p90 ≤ p99 ≤ p99.9 ≤ p99.99 ≤ max for the figures prefixed `prefix`.
+fn assert_ordered(fields: &std::collections::HashMap<String, Value>, prefix: &str) {
+    let keys = ["p50_us", "p90_us", "p99_us", "p99_9_us", "p99_99_us", "max_us"].map(|k| format!("{prefix}{k}"));
+    let values: Vec<f64> = keys.iter().map(|k| number(fields, k)).collect();
+    assert!(values[0] > 0.0, "{prefix}p50_us is {}", values[0]);
+    for (pair, names) in values.windows(2).zip(keys.windows(2)) {
+        assert!(pair[0] <= pair[1], "{} {} > {} {}", names[0], pair[0], names[1], pair[1]);
+    }
+}
+
+#[test]
+fn q0_across_two_processes_reports_crossing_and_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (json, hlog, svg) = (dir.path().join("l.json"), dir.path().join("l.hlog"), dir.path().join("l.svg"));
+    let out = corestream_in(
+        tmp.path(),
+        &[
+            "bench",
+            "latency",
+            "--query",
+            "q0",
+            "--rate",
+            "20k",
+            "--duration",
+            "1s",
+            "-p",
+            "2",
+            "--processes",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+            "--hdr-log",
+            hlog.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("across 2 TaskManager processes"), "{stdout}");
+    for part in ["crossing", "local"] {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(part)).unwrap_or_else(|| panic!("{stdout}"));
+        for p in ["p50", "p99", "p99.9", "max"] {
+            assert!(line.contains(&format!("{p} ")), "'{p}' missing from: {line}");
+        }
+    }
+    assert!(stdout.contains("warm-up"), "{stdout}");
+    // Every line comes from TaskManager 0: the other one reports to it and prints nothing.
+    assert_eq!(stdout.matches("latency q0:").count(), 1, "{stdout}");
+
+    let fields = parse_flat_object(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
+    assert_eq!(fields["query"], Value::Str("q0".to_string()));
+    let num = |k: &str| number(&fields, k);
+    assert_eq!(num("processes"), 2.0);
+    assert_eq!(num("parallelism"), 2.0);
+    assert_eq!(num("offered"), 20_000.0);
+    assert_eq!(num("received"), 20_000.0);
+    assert_eq!(num("samples"), 20_000.0);
+    // No record lost, and both halves non-empty (round-robin over the two sink subtasks).
+    assert!(num("crossing_count") > 0.0, "{fields:?}");
+    assert!(num("local_count") > 0.0, "{fields:?}");
+    assert_eq!(num("crossing_count") + num("local_count"), num("offered"), "{fields:?}");
+    assert_eq!(num("crossing_samples"), num("crossing_count"));
+    assert_eq!(num("local_samples"), num("local_count"));
+    for prefix in ["", "crossing_", "local_"] {
+        assert_ordered(&fields, prefix);
+    }
+    assert_eq!(num("max_us"), num("crossing_max_us").max(num("local_max_us")));
+    // The clock started after both sink subtasks had received a warm-up record.
+    assert!(num("warm_up_records") >= 2.0, "{fields:?}");
+
+    // Interval log: untagged intervals hold every sample, the tagged ones each half.
+    let log = std::fs::read(&hlog).unwrap();
+    let mut deserializer = Deserializer::new();
+    let (mut all, mut crossing, mut local) = (0u64, 0u64, 0u64);
+    for entry in IntervalLogIterator::new(&log) {
+        if let LogEntry::Interval(ilh) = entry.expect("a valid log entry") {
+            let bytes = base64_decode(ilh.encoded_histogram());
+            let h: Histogram<u64> = deserializer.deserialize(&mut bytes.as_slice()).expect("a V2 histogram");
+            match ilh.tag().map(|t| t.as_str()) {
+                None => all += h.len(),
+                Some("crossing") => crossing += h.len(),
+                Some("local") => local += h.len(),
+                Some(other) => panic!("unexpected tag {other}"),
+            }
+        }
+    }
+    assert_eq!(all, 20_000);
+    assert_eq!(crossing as f64, num("crossing_count"));
+    assert_eq!(local as f64, num("local_count"));
+
+    // Plot: the merged distribution and both halves.
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(plot.trim()).expect("the plot is well-formed XML");
+    assert_eq!(doc.descendants().filter(|n| n.has_tag_name("polyline")).count(), 3, "{plot}");
+
+    // The feeder's socket (in TaskManager 0's temporary directory) is gone.
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
+
+/// The single-process mode is unchanged apart from the warm-up: no split figures.
+#[test]
+fn one_process_has_no_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let json = dir.path().join("l.json");
+    let out = corestream_in(
+        tmp.path(),
+        &["bench", "latency", "--query", "q0", "--rate", "20k", "--duration", "1s", "-p", "2", "--json", json.to_str().unwrap()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("crossing"), "{stdout}");
+    let fields = parse_flat_object(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
+    assert_eq!(number(&fields, "processes"), 1.0);
+    assert_eq!(number(&fields, "received"), 20_000.0);
+    assert!(!fields.contains_key("crossing_count"), "{fields:?}");
+    assert_ordered(&fields, "");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the feeder's socket is left behind");
+}
+
+#[test]
+fn q5_refuses_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = corestream_in(
+        tmp.path(),
+        &["bench", "latency", "--query", "q5", "--rate", "1000", "--duration", "3s", "--processes", "2"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("only q0 runs across TaskManager processes"), "{stderr}");
+}
+
+/// Standard base64 (with padding), as the interval log encodes histograms.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    } as u32;
+    let mut out = Vec::new();
+    for chunk in s.trim_end_matches('=').as_bytes().chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c) << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
