@@ -545,6 +545,8 @@ enum Event {
 struct Children {
     processes: Vec<ChildProcess>,
     events: mpsc::Receiver<(usize, Event)>,
+    /// The `ip netns exec NAME` prefix the children were started with, if any.
+    netns_prefix: Option<String>,
 }
 
 impl Children {
@@ -556,7 +558,8 @@ impl Children {
             None => exe.display().to_string(),
         };
         let (tx, events) = mpsc::channel();
-        let mut children = Children { processes: Vec::new(), events };
+        let netns_prefix = netns.map(|name| format!("ip netns exec {name}"));
+        let mut children = Children { processes: Vec::new(), events, netns_prefix };
         let parent = std::process::id();
         for tm in 1..count {
             let (ours, theirs) = UnixStream::pair().context("cannot create a control socket pair")?;
@@ -615,7 +618,8 @@ impl Children {
         while self.processes.iter().any(|c| matches!(c.state, State::Starting)) {
             self.poll_events(deadline.saturating_duration_since(Instant::now()).min(POLL));
             if let Some(c) = self.processes.iter().find(|c| c.ended()) {
-                bail!("{} did not start: {}", c.label(), self.describe_end(c));
+                let via = self.netns_prefix.as_ref().map_or(String::new(), |p| format!(" (started through `{p}`)"));
+                bail!("{} did not start{via}: {}", c.label(), self.describe_end(c));
             }
             if Instant::now() >= deadline {
                 let late: Vec<String> =

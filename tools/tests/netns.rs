@@ -136,6 +136,7 @@ struct Namespaces {
     a: String,
     b: String,
     veth_a: String,
+    veth_b: String,
     ip_a: String,
     ip_b: String,
 }
@@ -148,16 +149,16 @@ impl Namespaces {
             a: format!("cs-a-{pid}"),
             b: format!("cs-b-{pid}"),
             veth_a: format!("csva{pid}"),
+            veth_b: format!("csvb{pid}"),
             ip_a: format!("10.231.{n}.1"),
             ip_b: format!("10.231.{n}.2"),
         };
-        let veth_b = format!("csvb{pid}");
         ip(&["netns", "add", &ns.a]);
         ip(&["netns", "add", &ns.b]);
-        ip(&["link", "add", &ns.veth_a, "type", "veth", "peer", "name", &veth_b]);
+        ip(&["link", "add", &ns.veth_a, "type", "veth", "peer", "name", &ns.veth_b]);
         ip(&["link", "set", &ns.veth_a, "netns", &ns.a]);
-        ip(&["link", "set", &veth_b, "netns", &ns.b]);
-        for (name, veth, addr) in [(&ns.a, &ns.veth_a, &ns.ip_a), (&ns.b, &veth_b, &ns.ip_b)] {
+        ip(&["link", "set", &ns.veth_b, "netns", &ns.b]);
+        for (name, veth, addr) in [(&ns.a, &ns.veth_a, &ns.ip_a), (&ns.b, &ns.veth_b, &ns.ip_b)] {
             ip(&["-n", name, "addr", "add", &format!("{addr}/30"), "dev", veth]);
             ip(&["-n", name, "link", "set", "lo", "up"]);
             ip(&["-n", name, "link", "set", veth, "up"]);
@@ -200,10 +201,12 @@ impl Namespaces {
 }
 
 impl Drop for Namespaces {
+    /// Also deletes the veth in case setup failed before both ends were moved.
     fn drop(&mut self) {
         for name in [&self.a, &self.b] {
             let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
+        let _ = Command::new("ip").args(["link", "del", &self.veth_a]).output();
     }
 }
 
@@ -327,6 +330,10 @@ fn placement_options_are_refused_when_wrong() {
     let args: Vec<&str> = job.iter().copied().chain(["--processes", "2", "--child-netns", &missing]).collect();
     let out = corestream(&args);
     assert_status(&out, 1);
-    assert!(out.stderr.contains("TaskManager 1"), "{}", out.stderr);
+    let ended = "TaskManager 1 (pid ";
+    let ended_how = format!(" did not start (started through `ip netns exec {missing}`)");
+    let not_started = format!("cannot start TaskManager 1 (ip netns exec {missing} ");
+    let said = |s: &str| out.stderr.contains(s);
+    assert!((said(ended) && said(&ended_how)) || said(&not_started), "{}", out.stderr);
     assert!(!out.stdout.contains("checksum"), "no result without TaskManager 1:\n{}", out.stdout);
 }
