@@ -72,6 +72,12 @@ pub enum BenchCommand {
     /// Latency of a Nexmark query with records offered at a fixed rate against a schedule,
     /// measured from each record's scheduled time to its arrival at the sink (coordinated
     /// omission accounted for): p50 … p99.99, max and the achieved rate.
+    ///
+    /// For q0 the schedule's clock starts once every sink subtask has received a warm-up
+    /// record. With `--processes N` (q0 only) TaskManager 0 feeds a parallelism-1 source that
+    /// sends round-robin to the sink subtasks of every TaskManager, and the percentiles are
+    /// also reported apart for records that crossed to another TaskManager over TCP and for
+    /// those that stayed in TaskManager 0.
     Latency {
         #[arg(long, value_enum)]
         query: LatencyQuery,
