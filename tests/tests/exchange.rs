@@ -246,3 +246,48 @@ fn one_stream_keyed_two_ways_routes_each_by_its_own_key() {
     assert_eq!(first, (0..10).collect::<Vec<_>>(), "one final record per key of the first key");
     assert_eq!(second, vec![0, 1, 2], "one final record per key of the second key");
 }
+
+#[test]
+fn watermarks_wait_behind_parked_records() {
+    // Each first-level window result is 40 records of 3 KB: the output of a firing parks most
+    // of them, and the watermark the window operator forwards right after must wait behind
+    // them, or the second-level windows would fire early and drop the parked records as late.
+    let cluster = cluster(2);
+    let mut env = cluster.environment();
+    env.set_parallelism(2);
+    let ten_ms = std::time::Duration::from_millis(10);
+    let out = env
+        .from_sequence(0..20_000)
+        .map(|v| (v % 10, (v / 100) as i64))
+        .assign_timestamps_and_watermarks(
+            corestream::WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|r: &(u64, i64)| r.1),
+        )
+        .key_by(|r: &(u64, i64)| r.0)
+        .window(corestream::WindowAssigner::tumbling_event_time(ten_ms))
+        .aggregate_process(
+            corestream_bench::throughput::CountAgg,
+            |ctx: &corestream::WindowContext<'_, u64>, _n: u64, out: &mut Vec<(u64, i64, Vec<u8>)>| {
+                for i in 0..40u8 {
+                    out.push((*ctx.key, ctx.window.start, vec![i; 3000]));
+                }
+            },
+        )
+        .with_timestamps(|r: &(u64, i64, Vec<u8>)| r.1 + 9)
+        .key_by(|r: &(u64, i64, Vec<u8>)| r.0)
+        .window(corestream::WindowAssigner::tumbling_event_time(ten_ms))
+        .aggregate_process(
+            corestream_bench::throughput::CountAgg,
+            |ctx: &corestream::WindowContext<'_, u64>, n: u64, out: &mut Vec<(u64, i64, u64)>| {
+                out.push((*ctx.key, ctx.window.start, n))
+            },
+        )
+        .collect();
+    let handle = env.execute_async("parked-watermarks").unwrap();
+    let got: Vec<(u64, i64, u64)> = out.collect();
+    let result = handle.join().unwrap();
+    assert_eq!(got.len(), 20 * 10, "one result per key and window: {} results", got.len());
+    let short: Vec<_> = got.iter().filter(|r| r.2 != 40).collect();
+    assert!(short.is_empty(), "windows that lost records: {short:?}");
+    let stats = cluster.pool().stats();
+    assert!(stats.peak_in_use <= result.buffers_reserved, "{stats:?} vs {}", result.buffers_reserved);
+}

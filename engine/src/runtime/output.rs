@@ -56,21 +56,24 @@ pub(crate) struct NetworkOutput<T: Data> {
     held: u32,
     allowance: u32,
     marker_next: usize,
-    /// Key hashes of the batch being written, per edge (empty for edges not hashed).
+    /// Key hashes of the batch being written, per edge (empty for edges not hashed), from
+    /// index `hash_offset` on.
     hashes: Vec<Vec<u64>>,
-    /// Records and events waiting for buffers, in order.
-    parked: VecDeque<Parked<T>>,
-    /// Key hashes of the parked records, per edge (computed once, when first written).
-    parked_hashes: Vec<VecDeque<u64>>,
+    hash_offset: usize,
+    /// Records waiting for buffers, in order; those before `parked_head` are written already
+    /// and are dropped when the rest is. Writing from the head leaves the others in place, so
+    /// a producer that gets one buffer of credit at a time pays for the records it writes, not
+    /// for the whole parked batch.
+    parked: Vec<T>,
+    parked_head: usize,
+    /// Key hashes of the parked records, per edge, index for index with `parked`.
+    parked_hashes: Vec<Vec<u64>>,
+    /// Events waiting behind parked records, with the number of records parked before each
+    /// (counted since the output started, like `parked_in` and `parked_out`).
+    parked_events: VecDeque<(u64, Event)>,
+    parked_in: u64,
+    parked_out: u64,
     resume: Resume,
-    unpark_scratch: Vec<T>,
-}
-
-/// An item waiting in the output for a buffer: a record, or an event that must follow the
-/// records parked before it.
-enum Parked<T> {
-    Record(T),
-    Event(Event),
 }
 
 impl<T: Data> NetworkOutput<T> {
@@ -115,10 +118,14 @@ impl<T: Data> NetworkOutput<T> {
             allowance: channel_count * (1 + ctx.max_backlog) + OVERDRAFT_BUFFERS_PER_TASK,
             marker_next: 0,
             hashes: Vec::new(),
-            parked: VecDeque::new(),
+            hash_offset: 0,
+            parked: Vec::new(),
+            parked_head: 0,
             parked_hashes: Vec::new(),
+            parked_events: VecDeque::new(),
+            parked_in: 0,
+            parked_out: 0,
             resume: Resume { edge: 0, channel: 0 },
-            unpark_scratch: Vec::new(),
         }
     }
 
@@ -176,7 +183,7 @@ impl<T: Data> NetworkOutput<T> {
                     self.edges[edge].selector = Selector::RoundRobin { next: if ch + 1 == n { 0 } else { ch + 1 } };
                 }
                 Selector::Hash { max_parallelism, consumers, .. } => {
-                    let kg = key_group_for_hash(self.hashes[edge][index], *max_parallelism);
+                    let kg = key_group_for_hash(self.hashes[edge][self.hash_offset + index], *max_parallelism);
                     let ch = operator_index_for_key_group(*max_parallelism, *consumers, kg) as usize;
                     if !self.write(edge, ch, record)? {
                         return Ok(Some(Resume { edge, channel: 0 }));
@@ -229,11 +236,23 @@ impl<T: Data> NetworkOutput<T> {
         Ok(None)
     }
 
+    fn has_parked(&self) -> bool {
+        self.parked_head < self.parked.len() || !self.parked_events.is_empty()
+    }
+
     /// Moves `records[from..]` and their hashes behind the parked items.
     fn park_back(&mut self, records: &mut Vec<T>, from: usize) {
-        self.parked.extend(records.drain(from..).map(Parked::Record));
+        if self.parked_head > 0 {
+            self.parked.drain(..self.parked_head);
+            for hashes in &mut self.parked_hashes {
+                hashes.drain(..self.parked_head.min(hashes.len()));
+            }
+            self.parked_head = 0;
+        }
+        self.parked_in += (records.len() - from) as u64;
+        self.parked.extend(records.drain(from..));
         records.clear();
-        self.parked_hashes.resize_with(self.edges.len(), VecDeque::new);
+        self.parked_hashes.resize_with(self.edges.len(), Vec::new);
         for (e, hashes) in self.hashes.iter_mut().enumerate() {
             if hashes.len() > from {
                 self.parked_hashes[e].extend(hashes.drain(from..));
@@ -241,66 +260,48 @@ impl<T: Data> NetworkOutput<T> {
         }
     }
 
-    /// Puts `records[from..]` and their hashes back in front of the parked items.
-    fn park_front(&mut self, records: &mut Vec<T>, from: usize) {
-        for r in records.drain(from..).rev() {
-            self.parked.push_front(Parked::Record(r));
-        }
-        records.clear();
-        self.parked_hashes.resize_with(self.edges.len(), VecDeque::new);
-        for (e, hashes) in self.hashes.iter_mut().enumerate() {
-            if hashes.len() > from {
-                for h in hashes.drain(from..).rev() {
-                    self.parked_hashes[e].push_front(h);
-                }
-            }
-        }
-    }
-
     /// Writes parked records and sends parked events, in order, while buffers are available;
     /// true when nothing is left.
     fn unpark(&mut self) -> Result<bool, TaskError> {
-        while let Some(front) = self.parked.pop_front() {
-            let first = match front {
-                Parked::Event(event) => {
-                    self.send_event(&event);
-                    continue;
+        loop {
+            while self.parked_events.front().is_some_and(|(before, _)| *before == self.parked_out) {
+                let (_, event) = self.parked_events.pop_front().expect("front event");
+                self.send_event(&event);
+            }
+            let waiting = self.parked.len() - self.parked_head;
+            if waiting == 0 {
+                self.parked.clear();
+                self.parked_head = 0;
+                for hashes in &mut self.parked_hashes {
+                    hashes.clear();
                 }
-                Parked::Record(r) => r,
+                return Ok(true);
+            }
+            let run = match self.parked_events.front() {
+                Some((before, _)) => waiting.min((before - self.parked_out) as usize),
+                None => waiting,
             };
-            let mut records = std::mem::take(&mut self.unpark_scratch);
-            records.push(first);
-            while let Some(Parked::Record(_)) = self.parked.front() {
-                if let Some(Parked::Record(r)) = self.parked.pop_front() {
-                    records.push(r);
-                }
-            }
-            let n = records.len();
-            self.hashes.resize_with(self.edges.len(), Vec::new);
-            for (e, hashes) in self.hashes.iter_mut().enumerate() {
-                hashes.clear();
-                if let Some(parked) = self.parked_hashes.get_mut(e) {
-                    if !parked.is_empty() {
-                        hashes.extend(parked.drain(..n));
-                    }
-                }
-            }
-            let resume = self.resume;
-            let stopped = self.write_from(&records, resume)?;
-            match stopped {
-                Some(i) => {
-                    self.park_front(&mut records, i);
-                    self.unpark_scratch = records;
-                    return Ok(false);
-                }
+            let records = std::mem::take(&mut self.parked);
+            std::mem::swap(&mut self.hashes, &mut self.parked_hashes);
+            self.hash_offset = self.parked_head;
+            let head = self.parked_head;
+            let stopped = self.write_from(&records[head..head + run], self.resume);
+            self.hash_offset = 0;
+            std::mem::swap(&mut self.hashes, &mut self.parked_hashes);
+            self.parked = records;
+            let written = match stopped? {
+                Some(i) => i,
                 None => {
-                    records.clear();
-                    self.unpark_scratch = records;
                     self.resume = Resume { edge: 0, channel: 0 };
+                    run
                 }
+            };
+            self.parked_head += written;
+            self.parked_out += written as u64;
+            if written < run {
+                return Ok(false);
             }
         }
-        Ok(true)
     }
 
     /// The common case, one edge that writes each record to one channel: the selector is
@@ -331,7 +332,7 @@ impl<T: Data> NetworkOutput<T> {
             Selector::Hash { max_parallelism, consumers, .. } => {
                 let (max_p, consumers) = (*max_parallelism, *consumers);
                 let hashes = std::mem::take(&mut self.hashes[0]);
-                for (i, (r, h)) in records.iter().zip(&hashes).enumerate() {
+                for (i, (r, h)) in records.iter().zip(&hashes[self.hash_offset..]).enumerate() {
                     let ch = operator_index_for_key_group(max_p, consumers, key_group_for_hash(*h, max_p)) as usize;
                     if !self.write(0, ch, r)? {
                         stopped_at = Some(i);
@@ -397,9 +398,9 @@ impl<T: Data> NetworkOutput<T> {
 
 impl<T: Data> Control for NetworkOutput<T> {
     fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
-        if !self.parked.is_empty() {
+        if self.has_parked() {
             // Events keep their place behind the records waiting for buffers.
-            self.parked.push_back(Parked::Event(*event));
+            self.parked_events.push_back((self.parked_in, *event));
             return Ok(());
         }
         self.send_event(event);
@@ -479,7 +480,7 @@ impl<T: Data> Emit<T> for NetworkOutput<T> {
             return Ok(());
         }
         self.hash_batch(batch);
-        if !self.parked.is_empty() {
+        if self.has_parked() {
             // Keep order: new records (and their hashes) queue behind the parked items.
             self.park_back(batch, 0);
             return Ok(());
