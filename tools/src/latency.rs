@@ -412,8 +412,10 @@ impl LatencyReport {
     }
 
     pub fn lines(&self) -> String {
-        let across =
-            if self.processes > 1 { format!(" across {} TaskManager processes", self.processes) } else { String::new() };
+        let across = match self.processes {
+            1 => String::new(),
+            n => format!(" across {n} TaskManager processes"),
+        };
         let mut s = format!(
             "latency {}: parallelism {}{across}, target {} records/s for {:.3} s, offered {} ({:.1} records/s \
              achieved), received {}\n  {} latency samples, each a {}\n",
@@ -846,7 +848,8 @@ fn spawn_feeder(
             Some((ready, sinks)) => warm_up(&sender, &ready.socket, *sinks, event).map(Some),
             None => Ok(None),
         };
-        let fed = feed(&settings, total, &origin, &last, before_clock, |batch| sender.send_all(batch.drain(..)).is_ok());
+        let send = |batch: &mut Vec<(u64, Event)>| sender.send_all(batch.drain(..)).is_ok();
+        let fed = feed(&settings, total, &origin, &last, before_clock, send);
         drop(sender);
         fed
     })
@@ -1039,7 +1042,8 @@ fn measure_processes(settings: &LatencySettings, common: &Common) -> anyhow::Res
         }
     })?;
     let Some(merged) = merged else { return Ok(None) };
-    let fed = fed_slot.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| anyhow!("the feeder reported nothing"))?;
+    let fed = fed_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let fed = fed.ok_or_else(|| anyhow!("the feeder reported nothing"))?;
     let local = job.measured()?;
     let crossing = crossing_of(&merged)?;
     let mut all = local.clone();

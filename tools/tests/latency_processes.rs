@@ -167,7 +167,20 @@ fn one_process_has_no_split() {
     let json = dir.path().join("l.json");
     let out = corestream_in(
         tmp.path(),
-        &["bench", "latency", "--query", "q0", "--rate", "20k", "--duration", "1s", "-p", "2", "--json", json.to_str().unwrap()],
+        &[
+            "bench",
+            "latency",
+            "--query",
+            "q0",
+            "--rate",
+            "20k",
+            "--duration",
+            "1s",
+            "-p",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
