@@ -31,7 +31,7 @@ pub struct Common {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub latency_markers: Option<Duration>,
     /// TaskManager processes that run the job together on this machine (application mode;
-    /// `run sum-by-key` and `run wordcount` only). The job's `--parallelism` slots are split
+    /// `run sum-by-key`, `run wordcount`, `bench network` and `bench latency --query q0`). The job's `--parallelism` slots are split
     /// between them in contiguous ranges; without `-p` there are N × `--slots` job slots, and
     /// `--slots` defaults to 1 per process.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_processes)]
@@ -97,8 +97,8 @@ impl Common {
         self.require_valid_placement();
         if self.processes > 1 {
             anyhow::bail!(
-                "--processes {} is supported only by `corestream run sum-by-key` and `corestream run wordcount`; \
-                 this command runs in one process",
+                "--processes {} is supported only by `corestream run sum-by-key`, `corestream run wordcount`, \
+                 `corestream bench network` and `corestream bench latency --query q0`; this command runs in one process",
                 self.processes
             );
         }
