@@ -455,6 +455,10 @@ impl PeerSession {
             ("job fingerprint", self.peer.job_fingerprint, hello.job_fingerprint),
             ("TaskManager count", u64::from(self.peer.tm_count), u64::from(hello.tm_count)),
             ("channel count", u64::from(self.peer.channels), u64::from(hello.channels)),
+            // Each side declares the other dead after its own timeout of silence, which it
+            // derives from the same interval; a peer that beats less often would be declared
+            // dead while alive.
+            ("heartbeat interval (ms)", u64::from(self.local.heartbeat_ms), u64::from(hello.heartbeat_ms)),
         ];
         match checks.into_iter().find(|(_, expected, found)| expected != found) {
             Some((field, expected, found)) => Err(FrameError::HandshakeMismatch { field, expected, found }),
@@ -673,6 +677,9 @@ mod tests {
         let wrong = Hello { job_fingerprint: 5, ..hello(0, 3) };
         let want = FrameError::HandshakeMismatch { field: "job fingerprint", expected: FINGERPRINT, found: 5 };
         assert_eq!(feed(&mut s, Message::Hello(wrong)), proto(want));
+        let slow = Hello { heartbeat_ms: 30_000, ..hello(0, 3) };
+        let want = FrameError::HandshakeMismatch { field: "heartbeat interval (ms)", expected: 1000, found: 30_000 };
+        assert_eq!(feed(&mut s, Message::Hello(slow)), proto(want));
         assert_eq!(feed(&mut s, Message::Hello(hello(0, 3))), Ok(PeerSignal::None));
         assert_eq!(feed(&mut s, Message::Hello(hello(0, 3))), proto(FrameError::UnexpectedHello));
         let mut out = Vec::new();

@@ -285,7 +285,8 @@ impl Shared<'_> {
 /// after `heartbeat_interval`): `Some` sends CANCEL or ERROR(2) (after HELLO, never inside a
 /// frame), shuts the write side, reads on until the peer closes (at most
 /// [`FINAL_FRAME_LINGER`], so the last frame is not lost to a reset) and ends the session.
-/// A protocol error ends the same way after ERROR(1), or ERROR(3) for a handshake mismatch.
+/// A protocol error ends the same way after ERROR(1), or ERROR(3) for a handshake mismatch;
+/// a BUFFER that finds no free pool buffer (a reservation that does not hold) after ERROR(2).
 /// The socket options of [`configure_stream`] are (re)applied from `config`.
 pub async fn run_session(
     stream: TcpStream,
@@ -323,8 +324,13 @@ pub async fn run_session(
         }
         Err(Stop::PeerCancelled(reason)) => SessionEnd::PeerCancelled { reason },
         Err(Stop::Net(error)) => {
-            if let NetError::Protocol { error: frame_error, .. } = &error {
-                if !shared.mid_frame.get() && send_error_now(fd, frame_error) {
+            let last_word = match &error {
+                NetError::Protocol { error: frame_error, .. } => Some((error_code(frame_error), frame_error.to_string())),
+                NetError::PoolExhausted { .. } => Some((ErrorCode::JobFailed, error.to_string())),
+                _ => None,
+            };
+            if let Some((code, text)) = last_word {
+                if !shared.mid_frame.get() && send_error_now(fd, code, &text) {
                     drain_until_eof(&mut reader).await;
                 }
             }
@@ -351,15 +357,17 @@ async fn drain_until_eof(reader: &mut ReadHalf<TcpStream>) {
     .await;
 }
 
-/// Best effort: one non-blocking send of ERROR(1 or 3), then shuts the write side. Returns
-/// whether the whole frame was sent.
-fn send_error_now(fd: RawFd, error: &FrameError) -> bool {
-    let code = match error {
+fn error_code(error: &FrameError) -> ErrorCode {
+    match error {
         FrameError::HandshakeMismatch { .. } | FrameError::UnsupportedVersion { .. } => ErrorCode::HandshakeMismatch,
         _ => ErrorCode::Protocol,
-    };
-    let text = error.to_string();
-    let message = Message::Error { code, message: crate::wire::truncate_text(&text) };
+    }
+}
+
+/// Best effort: one non-blocking send of ERROR(`code`, `text`), then shuts the write side.
+/// Returns whether the whole frame was sent.
+fn send_error_now(fd: RawFd, code: ErrorCode, text: &str) -> bool {
+    let message = Message::Error { code, message: crate::wire::truncate_text(text) };
     let mut bytes = Vec::with_capacity(HEADER_BYTES + MAX_TEXT_BYTES);
     if message.encode_into(&mut bytes).is_err() {
         return false;

@@ -78,7 +78,8 @@
 //! Any change to the header or to a body layout bumps [`VERSION`]. A receiver accepts exactly
 //! the versions it implements (today only 1) and answers any other with `ERROR(3)`. HELLO
 //! carries the job fingerprint, so two builds whose plans differ fail at the handshake instead
-//! of exchanging mislabeled channels.
+//! of exchanging mislabeled channels; the receiver also checks the sender's index, the
+//! TaskManager and channel counts, and that both sides beat at the same heartbeat interval.
 //!
 //! # Reading a stream
 //!
@@ -220,7 +221,8 @@ pub enum ErrorCode {
     Protocol = 1,
     /// The job failed at the sender.
     JobFailed = 2,
-    /// The handshake did not match: version, job fingerprint or TaskManager index.
+    /// The handshake did not match: job fingerprint, TaskManager index or count, channel count
+    /// or heartbeat interval.
     HandshakeMismatch = 3,
 }
 

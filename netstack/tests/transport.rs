@@ -479,3 +479,63 @@ fn a_peer_with_another_version_gets_a_handshake_mismatch() {
         other => panic!("expected ERROR, got {other:?}"),
     }
 }
+
+/// Reads frames until one satisfies `done`; returns them all.
+fn read_frames_until(peer: &mut std::net::TcpStream, done: impl Fn(&Message<'_>) -> bool) -> Vec<String> {
+    let mut bytes = Vec::new();
+    let mut frames = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = peer.read(&mut chunk).unwrap();
+        assert!(n > 0, "the connection closed before the awaited frame: {frames:?}");
+        bytes.extend_from_slice(&chunk[..n]);
+        while let Ok((message, used)) = decode_frame(&bytes) {
+            let finished = done(&message);
+            frames.push(format!("{message:?}"));
+            bytes.drain(..used);
+            if finished {
+                return frames;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_receiver_without_a_free_buffer_tells_the_peer_why_it_stops() {
+    let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+    let result = on_executor("cs-test-exhausted", move || async move {
+        let pool = BufferPool::new(1);
+        let held = pool.take().unwrap();
+        let bell = Arc::new(Doorbell::new());
+        let consumer_bell = Arc::new(Doorbell::new());
+        let mut session = PeerSession::new(hello(1), identity(0), pool.clone());
+        for c in 0..CHANNELS {
+            let channel = LocalChannel::new_remote_in(CREDIT.exclusive_per_channel, bell.clone(), consumer_bell.clone());
+            session.add_inbound(c, channel, validate_buffer::<Rec>);
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        addr_tx.send(listener.local_addr().unwrap()).unwrap();
+        let stream = accept(&listener, "TaskManager 0", &net_config()).await.unwrap();
+        let outcome = run_session(stream, session, pool.clone(), bell, &net_config(), "TaskManager 0".into(), || None).await;
+        drop(held);
+        (outcome, pool.in_use())
+    });
+    let addr = wait(&addr_rx, "listener");
+    let mut peer = std::net::TcpStream::connect(addr).unwrap();
+    peer.set_read_timeout(Some(WATCHDOG)).unwrap();
+    peer.write_all(&frame_bytes(Message::Hello(hello(0)))).unwrap();
+    read_frames_until(&mut peer, |m| matches!(m, Message::PartitionRequest { channel: 0, .. }));
+    let payload = {
+        let pool = BufferPool::new(1);
+        let mut builder = pool.take().unwrap();
+        RecordWriter::new().write(&mut builder, &(0u32, 0u64)).unwrap();
+        builder.freeze().as_slice().to_vec()
+    };
+    peer.write_all(&frame_bytes(Message::Buffer { channel: 0, seq: 0, backlog: 0, payload: &payload })).unwrap();
+    let (outcome, in_use) = wait(&result, "session after a BUFFER with no free pool buffer");
+    assert_eq!(outcome.unwrap_err(), NetError::PoolExhausted { capacity: 1 });
+    assert_eq!(in_use, 0, "no buffer leaked");
+    let frames = read_frames(&mut peer);
+    let last = frames.last().expect("a last frame");
+    assert!(last.starts_with("Error") && last.contains("JobFailed") && last.contains("pool"), "{frames:?}");
+}
