@@ -405,3 +405,21 @@ fn a_slow_consumer_in_the_other_task_manager_stalls_the_producer_on_credit_witho
         );
     }
 }
+
+#[test]
+fn silent_connections_do_not_hold_up_the_peers_behind_them() {
+    // TaskManager 2 accepts from TaskManagers 0 and 1. Two connections that never say HELLO
+    // reach its listener first; identified one after the other they would hold its accept
+    // loop for two heartbeat timeouts, and the peers waiting for its HELLO would time out.
+    let expected = final_totals(single(3, |env| keyed_sum(env, 3)));
+    let clusters = task_managers(3, 3);
+    let address = clusters[2].data_address().expect("TaskManager 2 listens");
+    let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(address).expect("connects")).collect();
+    let (got, results) = run_everywhere(&clusters, |env| keyed_sum(env, 3));
+    for r in &results {
+        let r = r.as_ref().expect("job succeeds");
+        assert_eq!(r.network.len(), 2, "each TaskManager talks to the two others");
+    }
+    assert_eq!(final_totals(got), expected);
+    drop(silent);
+}

@@ -8,6 +8,7 @@
 //! fails or is cancelled here interrupts every session, so the peers learn of it at once.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use corestream_netstack::transport::{accept, dial, run_session, Interrupt, NetConfig, SessionEnd};
 use corestream_netstack::wire::{decode_header, FrameKind, HEADER_BYTES};
 use corestream_netstack::{BufferPool, Doorbell, LocalChannel, NetError, PeerSession};
+use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
 
@@ -158,12 +160,33 @@ async fn accept_all(ctx: Ctx, listener: Arc<std::net::TcpListener>, mut pending:
     };
     let mut served = Vec::new();
     let deadline = Instant::now() + ctx.config.accept_timeout;
+    // Each accepted connection is identified by its own task, so one that stays silent holds
+    // up only itself (until the heartbeat timeout), not the peers connecting after it.
+    let (identified_tx, identified) = local_channel::new_bounded::<(TcpStream, Option<u32>)>(MAX_UNIDENTIFIED);
+    let identified_tx = Rc::new(identified_tx);
+    let mut identifying = 0usize;
     while !pending.is_empty() {
         let waiting = pending[0].peer_name();
         let config = NetConfig { accept_timeout: deadline.saturating_duration_since(Instant::now()), ..ctx.config };
-        let stream = match until_cancelled(&ctx.job, accept(&listener, &waiting, &config)).await {
+        let accept_more = identifying < MAX_UNIDENTIFIED;
+        let next = futures_lite::future::or(
+            async {
+                if accept_more {
+                    Next::Accepted(accept(&listener, &waiting, &config).await)
+                } else {
+                    futures_lite::future::pending().await
+                }
+            },
+            async {
+                match identified.recv().await {
+                    Some((stream, sender)) => Next::Identified(stream, sender),
+                    None => futures_lite::future::pending().await,
+                }
+            },
+        );
+        let (stream, sender) = match until_cancelled(&ctx.job, next).await {
             None => return,
-            Some(Err(e)) => {
+            Some(Next::Accepted(Err(e))) => {
                 let e = match e {
                     NetError::PeerNeverConnected { .. } => {
                         NetError::PeerNeverConnected { peer: waiting, waited: ctx.config.accept_timeout }
@@ -173,16 +196,26 @@ async fn accept_all(ctx: Ctx, listener: Arc<std::net::TcpListener>, mut pending:
                 ctx.job.fail(JobError::Network(e));
                 return;
             }
-            Some(Ok(stream)) => stream,
+            Some(Next::Accepted(Ok(stream))) => {
+                identifying += 1;
+                let (tx, timeout) = (identified_tx.clone(), ctx.config.heartbeat_timeout);
+                glommio::spawn_local(async move {
+                    let sender = hello_sender(&stream, timeout).await;
+                    let _ = tx.send((stream, sender)).await;
+                })
+                .detach();
+                continue;
+            }
+            Some(Next::Identified(stream, sender)) => {
+                identifying -= 1;
+                (stream, sender)
+            }
         };
-        let sender = until_cancelled(&ctx.job, hello_sender(&stream, ctx.config.heartbeat_timeout)).await.flatten();
-        if ctx.job.is_cancelled() {
-            return;
-        }
         let index = match sender.and_then(|tm| pending.iter().position(|s| s.peer == tm)) {
             Some(i) => i,
-            // Only one peer is expected: its session reports what is wrong with the stream.
-            None if pending.len() == 1 => 0,
+            // Only one peer is expected and no other connection may be it: its session reports
+            // what is wrong with the stream.
+            None if pending.len() == 1 && identifying == 0 => 0,
             None => {
                 let from = stream.peer_addr().map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
                 tracing::warn!(%from, "dropped a data connection that did not open with the HELLO of an expected peer");
@@ -196,6 +229,15 @@ async fn accept_all(ctx: Ctx, listener: Arc<std::net::TcpListener>, mut pending:
     for h in served {
         h.await;
     }
+}
+
+/// Connections accepted but not yet identified by their HELLO, at most: beyond it the
+/// acceptor waits for one to be identified before it accepts another.
+const MAX_UNIDENTIFIED: usize = 16;
+
+enum Next {
+    Accepted(Result<TcpStream, NetError>),
+    Identified(TcpStream, Option<u32>),
 }
 
 /// The TaskManager index in the HELLO that opens `stream`, read without consuming it; `None`
