@@ -40,7 +40,7 @@ pub mod windows;
 
 pub use api::env::StreamEnvironment;
 pub use api::sinks::{CollectStream, Sink, SinkContext, SinkError, SinkWaker};
-pub use api::sources::{InvalidUtf8, SourceContext, SourceSender};
+pub use api::sources::{InvalidUtf8, SourceContext, SourceError, SourceFunction, SourceSender, SourceStatus};
 pub use api::stream::{DataStream, DataStreamSink, KeyedStream};
 pub use api::join::{ConnectedStreams, IntervalJoin, JoinBuilder, JoinedWindows, KeyedConnectedStreams};
 pub use api::time::{OutputTag, Timestamped};

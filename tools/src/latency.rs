@@ -1,11 +1,18 @@
 //! `corestream bench latency`: records are offered at a fixed rate against a schedule (record i
-//! at `origin + i / rate`) by a host thread feeding a channel source; each record carries its
-//! scheduled time as `CLOCK_MONOTONIC` nanoseconds (one clock for every process on the host),
-//! and the sink records its latency into an HDR histogram. For q0 a record's latency runs from
-//! its scheduled time to its arrival at the sink, so time a record spent waiting to be offered
-//! because the job was behind (coordinated omission) is counted. For q5 events carry their
-//! scheduled time as event time and a window result's latency runs from the window's end — the
-//! earliest moment a record could close it — to the result's arrival.
+//! at `origin + i / rate`); each record carries its scheduled time as `CLOCK_MONOTONIC`
+//! nanoseconds (one clock for every process on the host), and the sink records its latency into
+//! an HDR histogram. For q0 a record's latency runs from its scheduled time to its arrival at
+//! the sink, so time a record spent waiting to be offered because the job was behind
+//! (coordinated omission) is counted. For q5 events carry their scheduled time as event time
+//! and a window result's latency runs from the window's end — the earliest moment a record
+//! could close it — to the result's arrival.
+//!
+//! Who offers the schedule: for q0 the source subtask itself ([`ScheduleSource`]): each step it
+//! emits every record due by then, in one batch, and when none is due it asks its task to wake
+//! it at the next one's time ([`SourceStatus::IdleUntil`]), so no third thread competes for the
+//! slots' cores and a record costs no cross-thread wake-up. q5 (and q0 with the environment
+//! variable `CORESTREAM_LATENCY_FEEDER=host`, for comparison) is fed by a host thread through a
+//! channel source ([`feed`]). Both are called the feeder below.
 //!
 //! Warm-up (q0): the schedule's clock starts only once every sink subtask has received a
 //! record. Until then the feeder offers warm-up records (scheduled time 0, never measured or
@@ -17,8 +24,8 @@
 //! measured as latency.
 //!
 //! `--processes N` (q0): every TaskManager builds the same job from the same command line
-//! (channel source, parallelism 1, in job slot 0 of TaskManager 0 → rebalance → pass-through
-//! map and latency sink at parallelism p); only TaskManager 0 runs the feeder. Records that
+//! (source at parallelism 1, in job slot 0 of TaskManager 0 → rebalance → pass-through map
+//! and latency sink at parallelism p); only TaskManager 0 runs the feeder. Records that
 //! reach a sink subtask in another TaskManager crossed the TCP data plane ("crossing"); those
 //! of TaskManager 0's sink subtasks stayed in memory ("local"). Each other TaskManager sends
 //! its sinks' histograms to TaskManager 0 as outputs (V2-serialized, hex), which reports both
@@ -35,7 +42,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use corestream::{DataStream, Sink, SinkError, SourceSender, StreamEnvironment, WatermarkStrategy};
+use corestream::{
+    DataStream, Sink, SinkError, SourceError, SourceFunction, SourceSender, SourceStatus, StreamEnvironment,
+    WatermarkStrategy,
+};
 use corestream_bench::nexmark::queries::{self, Q5Out};
 use corestream_bench::nexmark::{Event, GeneratorConfig, NexmarkGenerator};
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
@@ -72,6 +82,9 @@ const WARM_UP_EVERY: Duration = Duration::from_millis(1);
 
 /// How long the feeder waits for every sink subtask's first warm-up record.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Set to `host` to feed q0 from a host thread instead of from its source subtask.
+const FEEDER_VAR: &str = "CORESTREAM_LATENCY_FEEDER";
 
 /// Output keys of another TaskManager's sinks (see [`child_outputs`]).
 const OUT_RECEIVED: &str = "latency_received";
@@ -633,6 +646,8 @@ struct JobParts {
     last_event_ms: Arc<AtomicI64>,
     /// What each sink subtask of this process measured, pushed when it finished.
     out: Arc<Mutex<Vec<Measured>>>,
+    /// What the feeder did, once it is done.
+    fed: Arc<Mutex<Option<Fed>>>,
 }
 
 impl JobParts {
@@ -641,7 +656,16 @@ impl JobParts {
             origin_ns: Arc::new(AtomicU64::new(0)),
             last_event_ms: Arc::new(AtomicI64::new(i64::MIN)),
             out: Arc::new(Mutex::new(Vec::new())),
+            fed: Arc::new(Mutex::new(None)),
         }
+    }
+
+    fn set_fed(&self, fed: Fed) {
+        *self.fed.lock().unwrap_or_else(|e| e.into_inner()) = Some(fed);
+    }
+
+    fn take_fed(&self) -> anyhow::Result<Fed> {
+        self.fed.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| anyhow!("the feeder reported nothing"))
     }
 
     /// What this process's sink subtasks measured, merged.
@@ -676,19 +700,42 @@ fn add_latency_sink<T: corestream::Data>(
     });
 }
 
-/// Adds the query to `env` at parallelism `p` (the channel source has parallelism 1, so q0's
-/// pass-through map and sink are fed round-robin when p > 1); returns the source's sender.
-/// q0's sink subtasks announce their first warm-up record to `ready_to`.
+/// Whether q0's schedule is offered by its source subtask ([`ScheduleSource`]) rather than a
+/// host thread.
+fn in_source(query: LatencyQuery) -> bool {
+    query == LatencyQuery::Q0 && std::env::var(FEEDER_VAR).map_or(true, |v| v != "host")
+}
+
+/// Adds the query to `env` at parallelism `p` (the source has parallelism 1, so q0's
+/// pass-through map and sink are fed round-robin when p > 1). With `schedule` (q0 offered by
+/// its source subtask) the source is a [`ScheduleSource`] that takes the ready socket from it;
+/// otherwise a channel source, whose sender is returned. q0's sink subtasks announce their
+/// first warm-up record to `ready_to`.
 fn build_job(
     env: &mut StreamEnvironment,
     settings: &LatencySettings,
     p: u32,
     job: &JobParts,
     ready_to: Option<PathBuf>,
-) -> SourceSender<(u64, Event)> {
+    schedule: Option<Mutex<Option<ReadySocket>>>,
+) -> Option<SourceSender<(u64, Event)>> {
     env.set_parallelism(p);
     let interval = settings.interval();
-    let (sender, events) = env.from_channel::<(u64, Event)>(CHANNEL_CAPACITY);
+    let (sender, events) = match schedule {
+        Some(ready) => {
+            let (settings, job) = (settings.clone(), job.clone());
+            let source = env.from_source("Source: schedule", Some(1), move |_ctx| {
+                let ready = ready.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let ready = ready.ok_or("the schedule source runs once, in TaskManager 0")?;
+                ScheduleSource::new(&settings, ready, p, &job)
+            });
+            (None, source)
+        }
+        None => {
+            let (sender, events) = env.from_channel::<(u64, Event)>(CHANNEL_CAPACITY);
+            (Some(sender), events)
+        }
+    };
     match settings.query {
         LatencyQuery::Q0 => {
             let stream = events.map(|r| r).name("q0: pass-through");
@@ -718,6 +765,144 @@ fn build_job(
         }
     }
     sender
+}
+
+/// The warm-up of a [`ScheduleSource`]: the sinks' announcements heard so far.
+struct Warming {
+    ready: ReadySocket,
+    seen: Vec<bool>,
+    missing: usize,
+    records: u64,
+    started: Instant,
+    next_round: Instant,
+}
+
+impl Warming {
+    /// Reads the announcements waiting on the socket.
+    fn hear(&mut self) -> Result<(), SourceError> {
+        let mut buf = [0u8; 32];
+        loop {
+            match self.ready.socket.recv(&mut buf) {
+                Ok(n) => {
+                    let subtask = std::str::from_utf8(&buf[..n]).ok().and_then(|s| s.parse::<usize>().ok());
+                    if let Some(i) = subtask.filter(|&i| i < self.seen.len() && !self.seen[i]) {
+                        self.seen[i] = true;
+                        self.missing -= 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(format!("cannot read the sinks' announcements: {e}").into()),
+            }
+        }
+    }
+}
+
+/// q0's source when the schedule is offered in the source subtask: first warm-up records, one
+/// per sink subtask every [`WARM_UP_EVERY`], until every sink subtask announced one; then
+/// record `i` at `origin + i / rate`, every record due in one batch, idle until the next is due.
+struct ScheduleSource {
+    settings: LatencySettings,
+    total: u64,
+    pool: Vec<Event>,
+    warming: Option<Warming>,
+    warm_up: Option<WarmUp>,
+    origin: u64,
+    next: u64,
+    lag: Histogram<u64>,
+    job: JobParts,
+}
+
+impl ScheduleSource {
+    fn new(settings: &LatencySettings, ready: ReadySocket, sinks: u32, job: &JobParts) -> Result<Self, SourceError> {
+        let total = settings.records()?;
+        ready.socket.set_nonblocking(true)?;
+        let generator = NexmarkGenerator::new(GeneratorConfig::default(), settings.seed);
+        let pool = (0..total.min(POOL_EVENTS)).map(|n| generator.event(n)).collect();
+        let now = Instant::now();
+        Ok(Self {
+            settings: settings.clone(),
+            total,
+            pool,
+            warming: Some(Warming {
+                ready,
+                seen: vec![false; sinks as usize],
+                missing: sinks as usize,
+                records: 0,
+                started: now,
+                next_round: now,
+            }),
+            warm_up: None,
+            origin: 0,
+            next: 0,
+            lag: new_histogram(),
+            job: job.clone(),
+        })
+    }
+
+    /// One step of the warm-up: `Some` status while it goes on, `None` once the clock started.
+    fn warm(&mut self, out: &mut Vec<(u64, Event)>) -> Result<Option<SourceStatus>, SourceError> {
+        let Some(w) = &mut self.warming else { return Ok(None) };
+        w.hear()?;
+        if w.missing > 0 {
+            if w.started.elapsed() > READY_TIMEOUT {
+                let idle: Vec<String> =
+                    w.seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i.to_string()).collect();
+                return Err(format!(
+                    "sink subtask(s) {} received no record within {READY_TIMEOUT:?} of the job's start ({} warm-up \
+                     records offered)",
+                    idle.join(", "),
+                    w.records
+                )
+                .into());
+            }
+            let now = Instant::now();
+            if now >= w.next_round {
+                out.extend((0..w.seen.len()).map(|_| (WARM_UP, self.pool[0].clone())));
+                w.records += w.seen.len() as u64;
+                w.next_round = now + WARM_UP_EVERY;
+            }
+            return Ok(Some(SourceStatus::IdleUntil(w.next_round)));
+        }
+        self.warm_up = Some(WarmUp { records: w.records, time: w.started.elapsed() });
+        self.warming = None;
+        self.origin = now_ns();
+        self.job.origin_ns.store(self.origin, Ordering::Relaxed);
+        let last = self.origin + self.settings.offset_ns(self.total - 1);
+        self.job.last_event_ms.store((last / 1_000_000) as i64, Ordering::Relaxed);
+        Ok(None)
+    }
+}
+
+impl SourceFunction<(u64, Event)> for ScheduleSource {
+    fn next_batch(&mut self, out: &mut Vec<(u64, Event)>, max_records: usize) -> Result<SourceStatus, SourceError> {
+        if let Some(status) = self.warm(out)? {
+            return Ok(status);
+        }
+        let now = now_ns();
+        let end = self.total.min(self.next + max_records as u64);
+        while self.next < end {
+            let scheduled = self.origin + self.settings.offset_ns(self.next);
+            if scheduled > now {
+                break;
+            }
+            record_value(&mut self.lag, now - scheduled);
+            let mut event = self.pool[(self.next % POOL_EVENTS) as usize].clone();
+            event.set_date_time((scheduled / 1_000_000) as i64);
+            out.push((scheduled, event));
+            self.next += 1;
+        }
+        if self.next == self.total {
+            let lag = std::mem::replace(&mut self.lag, new_histogram());
+            let offer_time = Duration::from_nanos(now_ns() - self.origin);
+            self.job.set_fed(Fed { offered: self.total, offer_time, lag, warm_up: self.warm_up });
+            return Ok(SourceStatus::Finished);
+        }
+        let due = self.origin + self.settings.offset_ns(self.next);
+        Ok(match due.checked_sub(now_ns()) {
+            Some(wait) if wait > 0 => SourceStatus::IdleUntil(Instant::now() + Duration::from_nanos(wait)),
+            _ => SourceStatus::More,
+        })
+    }
 }
 
 /// What the feeder did.
@@ -910,13 +1095,21 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
     let mut env = common.environment(&cluster);
     let job = JobParts::new();
     let ready = ready_socket(settings.query)?;
-    let sender = build_job(&mut env, settings, p, &job, ready.as_ref().map(|r| r.path.clone()));
-    let handle = env.execute_async(&format!("latency {}", settings.query.name()))?;
-    let feeder = spawn_feeder(settings, total, ready.map(|r| (r, p)), sender, &job)?;
-    let joined = handle.join();
-    let fed = feeder.join().map_err(|_| anyhow!("the feeder thread panicked"))?;
-    joined?;
-    let fed = fed?;
+    let ready_to = ready.as_ref().map(|r| r.path.clone());
+    let fed = if in_source(settings.query) {
+        let schedule = Some(Mutex::new(ready));
+        build_job(&mut env, settings, p, &job, ready_to, schedule);
+        env.execute_async(&format!("latency {}", settings.query.name()))?.join()?;
+        job.take_fed()?
+    } else {
+        let sender = build_job(&mut env, settings, p, &job, ready_to, None).expect("a channel source");
+        let handle = env.execute_async(&format!("latency {}", settings.query.name()))?;
+        let feeder = spawn_feeder(settings, total, ready.map(|r| (r, p)), sender, &job)?;
+        let joined = handle.join();
+        let fed = feeder.join().map_err(|_| anyhow!("the feeder thread panicked"))?;
+        joined?;
+        fed?
+    };
     let all = job.measured()?;
     check_received(settings.query, &all, fed.offered)?;
     Ok(report(settings, p, 1, fed, all, None))
@@ -1020,30 +1213,30 @@ fn measure_processes(settings: &LatencySettings, common: &Common) -> anyhow::Res
         (None, ready_path(unsafe { libc::getppid() } as u32))
     };
     let job = JobParts::new();
-    let fed_slot: Arc<Mutex<Option<Fed>>> = Arc::new(Mutex::new(None));
     let merged = multi::run(common, &format!("latency {}", settings.query.name()), |env| {
-        let sender = build_job(env, settings, p, &job, Some(ready_to));
-        let feeder = match ready.take() {
-            Some(socket) => Some(spawn_feeder(settings, total, Some((socket, p)), sender, &job)),
-            None => {
-                drop(sender); // the source subtask runs in TaskManager 0
-                None
-            }
+        // The source subtask runs in TaskManager 0: the other TaskManagers neither feed nor
+        // build the schedule.
+        let feeder = if in_source(settings.query) {
+            build_job(env, settings, p, &job, Some(ready_to), Some(Mutex::new(ready.take())));
+            None
+        } else {
+            let sender = build_job(env, settings, p, &job, Some(ready_to), None).expect("a channel source");
+            ready.take().map(|socket| spawn_feeder(settings, total, Some((socket, p)), sender, &job))
         };
-        let (job, fed_slot) = (job.clone(), fed_slot.clone());
+        let job = job.clone();
         move || match feeder {
             Some(feeder) => {
                 let feeder = feeder.context("cannot start the feeder thread")?;
                 let fed = feeder.join().map_err(|_| anyhow!("the feeder thread panicked"))??;
-                *fed_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(fed);
+                job.set_fed(fed);
                 Ok(Vec::new())
             }
+            None if tm0 => Ok(Vec::new()),
             None => child_outputs(&job.measured()?),
         }
     })?;
     let Some(merged) = merged else { return Ok(None) };
-    let fed = fed_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let fed = fed.ok_or_else(|| anyhow!("the feeder reported nothing"))?;
+    let fed = job.take_fed()?;
     let local = job.measured()?;
     let crossing = crossing_of(&merged)?;
     let mut all = local.clone();

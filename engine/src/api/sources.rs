@@ -1,16 +1,21 @@
 //! Built-in sources: generators (bounded and unbounded), iterators, text files split by byte
 //! range, and a channel fed by the host application. A source fills one batch per step and
-//! says whether it has more now, is idle (its task then waits on its doorbell), or has finished.
+//! says whether it has more now, is idle (its task then waits on its doorbell, or until a time
+//! it names), or has finished. Applications write their own sources as [`SourceFunction`]s,
+//! added with [`StreamEnvironment::from_source`].
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 pub use crossbeam_channel::{SendError, TrySendError};
 use corestream_netstack::{Data, Doorbell};
 
+use crate::api::env::StreamEnvironment;
+use crate::api::stream::DataStream;
 use crate::error::TaskError;
 use crate::runtime::job::JobShared;
 use crate::runtime::metrics::JobWarning;
@@ -32,6 +37,9 @@ pub enum SourceStatus {
     More,
     /// Nothing more right now; the task waits until its doorbell rings.
     Idle,
+    /// Nothing more right now; the task waits until its doorbell rings or this time comes,
+    /// whichever is first (it may call the source earlier); a time already past: at once.
+    IdleUntil(Instant),
     /// The source has ended.
     Finished,
 }
@@ -53,6 +61,50 @@ impl std::fmt::Debug for SourceContext {
 
 pub(crate) trait Source<T>: 'static {
     fn next_batch(&mut self, out: &mut Vec<T>, max_records: usize) -> Result<SourceStatus, TaskError>;
+}
+
+/// Why an application's source failed.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An application's source: one instance per subtask, run on the subtask's slot executor, so
+/// `next_batch` must never block its thread (return [`SourceStatus::Idle`] or
+/// [`SourceStatus::IdleUntil`] instead).
+pub trait SourceFunction<T>: 'static {
+    /// Appends at most `max_records` records to `out` and says what comes next.
+    fn next_batch(&mut self, out: &mut Vec<T>, max_records: usize) -> Result<SourceStatus, SourceError>;
+}
+
+struct FunctionSource<S> {
+    source: S,
+    node: usize,
+}
+
+impl<T: Data, S: SourceFunction<T>> Source<T> for FunctionSource<S> {
+    fn next_batch(&mut self, out: &mut Vec<T>, max_records: usize) -> Result<SourceStatus, TaskError> {
+        self.source
+            .next_batch(out, max_records)
+            .map_err(|e| TaskError::User { node: self.node, message: e.to_string() })
+    }
+}
+
+impl StreamEnvironment {
+    /// A source written by the application: `factory` builds one [`SourceFunction`] per
+    /// subtask; `parallelism` fixes the number of subtasks (`None`: the job's parallelism).
+    pub fn from_source<T, S, F>(&self, name: &str, parallelism: Option<u32>, factory: F) -> DataStream<T>
+    where
+        T: Data,
+        S: SourceFunction<T>,
+        F: Fn(&SourceContext) -> Result<S, SourceError> + Send + Sync + 'static,
+    {
+        self.add_source(
+            name,
+            parallelism,
+            Arc::new(move |ctx| {
+                let source = factory(ctx).map_err(|e| TaskError::User { node: ctx.node, message: e.to_string() })?;
+                Ok(Box::new(FunctionSource { source, node: ctx.node }) as _)
+            }),
+        )
+    }
 }
 
 /// `f(i)` for the indices of this subtask.

@@ -12,6 +12,12 @@
 //! timer independent of the data), so a quiet stream still reports its path's latency. Markers
 //! follow the records emitted before them; an exchange sends each on one channel, round-robin.
 //!
+//! An idle source may name the time it wants to be woken ([`SourceStatus::IdleUntil`]): its task
+//! then waits on its doorbell until the earlier of that time and its next marker, on a timer
+//! even for waits of microseconds. (Spinning through short waits, yielding to the slot's other
+//! tasks, keeps the executor's queue busy, so it polls its ring only when preempted: network
+//! I/O and credit stall, and records waited milliseconds.)
+//!
 //! Invariant: a task never blocks its thread; every wait is on its doorbell, which producers,
 //! consumers, the host application and cancellation ring.
 
@@ -227,14 +233,22 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                         steps += 1;
                         glommio::yield_if_needed().await;
                     }
-                    SourceStatus::Idle => {
+                    status @ (SourceStatus::Idle | SourceStatus::IdleUntil(_)) => {
                         let next_marker = markers.as_mut().map(|m| m.tick(source.chain())).transpose()?;
                         source.chain().flush(FlushReason::Idle)?;
                         clock.reset();
                         check_cancelled(&env)?;
+                        let wake_in = match status {
+                            SourceStatus::IdleUntil(at) => Some(at.saturating_duration_since(Instant::now())),
+                            _ => None,
+                        };
+                        let until = match (next_marker, wake_in) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
                         // Output still waiting for room (parked records, a full sink) is
                         // waited for by `wait_ready`, which re-polls it.
-                        wait_idle(source.chain(), &env, next_marker).await?;
+                        wait_idle(source.chain(), &env, until).await?;
                     }
                     SourceStatus::Finished => break,
                 }
