@@ -7,6 +7,7 @@ pub mod corpus;
 pub mod examples;
 pub mod nexmark;
 pub mod network;
+pub mod session;
 pub mod throughput;
 pub mod transport;
 pub mod window_agg;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory};
 use corestream::{ClusterConfig, LocalCluster, StreamEnvironment};
+use corestream_netstack::CreditConfig;
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
@@ -18,6 +19,18 @@ pub struct Common {
     /// 32 KB buffers in the cluster's pool (default: sized from the number of slots).
     #[arg(long, value_parser = parse_positive)]
     pub network_buffers: Option<u32>,
+    /// Credit-based flow control, per input channel: buffers each consumer channel owns and
+    /// grants up front (default 2, as in Flink).
+    #[arg(long, value_parser = parse_exclusive, value_name = "N")]
+    pub exclusive_buffers: Option<u32>,
+    /// Buffers each consumer's input gate shares among its channels, granted by the
+    /// producers' backlog (default 8).
+    #[arg(long, value_parser = parse_credit, value_name = "N")]
+    pub floating_buffers: Option<u32>,
+    /// Finished buffers a producer may queue per channel beyond its open one while it waits
+    /// for credit; the backlog it announces is what floating buffers are granted by (default 2).
+    #[arg(long, value_parser = parse_credit, value_name = "N")]
+    pub max_backlog: Option<u32>,
     /// Longest wait of a record in a partly filled buffer while the producer is busy, e.g.
     /// 1ms, 100us, 0 (flush after every batch).
     #[arg(long, value_parser = parse_duration)]
@@ -113,10 +126,21 @@ impl Common {
         let config = ClusterConfig {
             slots,
             network_buffers: self.network_buffers,
+            credit: self.credit(),
             spin_before_park: self.spin_before_park,
             ..ClusterConfig::default()
         };
         LocalCluster::start(config).context("cannot start the local cluster")
+    }
+
+    /// The flow-control settings: the defaults with the options given.
+    pub fn credit(&self) -> CreditConfig {
+        let default = CreditConfig::default();
+        CreditConfig {
+            exclusive_per_channel: self.exclusive_buffers.unwrap_or(default.exclusive_per_channel),
+            floating_per_gate: self.floating_buffers.unwrap_or(default.floating_per_gate),
+            max_backlog_per_channel: self.max_backlog.unwrap_or(default.max_backlog_per_channel),
+        }
     }
 
     pub fn environment(&self, cluster: &LocalCluster) -> StreamEnvironment {
@@ -153,6 +177,26 @@ pub fn parse_positive(s: &str) -> Result<u32, String> {
         return Err(format!("'{s}' must be between 1 and {}", u32::MAX));
     }
     Ok(n as u32)
+}
+
+/// Most buffers one credit option may name (each is 32 KB per channel or gate).
+pub const CREDIT_MAX: u32 = 1024;
+
+/// A number of buffers for `--floating-buffers` or `--max-backlog`: 0 to [`CREDIT_MAX`].
+pub fn parse_credit(s: &str) -> Result<u32, String> {
+    match parse_count(s)? {
+        n if n <= u64::from(CREDIT_MAX) => Ok(n as u32),
+        _ => Err(format!("'{s}' buffers is more than the limit of {CREDIT_MAX}")),
+    }
+}
+
+/// `--exclusive-buffers`: 1 to [`CREDIT_MAX`]; a channel without exclusive credit could stall
+/// forever.
+pub fn parse_exclusive(s: &str) -> Result<u32, String> {
+    match parse_credit(s)? {
+        0 => Err(format!("'{s}': every channel needs at least 1 exclusive buffer, or it could stall forever")),
+        n => Ok(n),
+    }
 }
 
 pub fn parse_positive_count(s: &str) -> Result<u64, String> {
@@ -251,6 +295,16 @@ mod tests {
         assert_eq!(parse_processes("2"), Ok(2));
         assert!(parse_processes("0").unwrap_err().contains("TaskManager processes"));
         assert!(parse_processes("65").is_err());
+    }
+
+    #[test]
+    fn credit_options() {
+        assert_eq!(parse_credit("0"), Ok(0));
+        assert_eq!(parse_credit("1024"), Ok(1024));
+        assert!(parse_credit("1025").unwrap_err().contains("limit of 1024"));
+        assert!(parse_credit("many").unwrap_err().contains("not a count"));
+        assert_eq!(parse_exclusive("4"), Ok(4));
+        assert!(parse_exclusive("0").unwrap_err().contains("at least 1 exclusive buffer"));
     }
 
     #[test]

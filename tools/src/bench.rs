@@ -391,9 +391,12 @@ fn run_network(
     json: Option<&std::path::Path>,
     common: &Common,
 ) -> anyhow::Result<()> {
-    let raw_gbps = if crate::multi::is_task_manager_0() && common.processes > 1 {
+    let baselines = if crate::multi::is_task_manager_0() && common.processes > 1 {
         eprintln!("raw loopback pair: moving {} MiB ...", raw_bytes >> 20);
-        Some(corestream_bench::transport::plain_gbps(raw_bytes)?)
+        let raw = corestream_bench::transport::plain_gbps(raw_bytes)?;
+        eprintln!("session pair: moving {} MiB ...", raw_bytes >> 20);
+        let session = corestream_bench::session::session_gbps(raw_bytes, record_bytes, common.credit())?;
+        Some((raw, session))
     } else {
         None
     };
@@ -420,7 +423,7 @@ fn run_network(
         "network: {events} records of ~{record_bytes} B over {keys} keys, -p {p} across {} processes",
         common.processes
     );
-    let Some(raw_gbps) = raw_gbps else {
+    let Some((raw_gbps, session)) = baselines else {
         println!(
             "  one process: {:.2} M events/s, wall {wall:.3} s; the exchange stays in memory (the baseline for \
              --processes 2)",
@@ -429,6 +432,14 @@ fn run_network(
         return Ok(());
     };
     println!("  raw loopback pair (one direction, 32 KB buffers): {raw_gbps:.2} GB/s");
+    println!(
+        "  session pair (the engine's transport, no job: credit, framing, validation; one direction): {:.2} GB/s = \
+         {:.2} of raw, {} credit stalls in {} buffers",
+        session.gbps,
+        session.gbps / raw_gbps,
+        session.credit_stalls,
+        session.buffers
+    );
     println!(
         "  exchange: {:.2} M events/s, wall {wall:.3} s; crossed {:.1} MB out + {:.1} MB in of TaskManager 0 = \
          {exchange_gbps:.2} GB/s ({per_direction_gbps:.2} GB/s in the busier direction)",
@@ -446,10 +457,14 @@ fn run_network(
         let body = format!(
             "{{\"events\":{events},\"keys\":{keys},\"record_bytes\":{record_bytes},\"parallelism\":{p},\
              \"processes\":{},\"wall_s\":{wall:.6},\"events_per_s\":{:.1},\"raw_gbps\":{raw_gbps:.4},\
+             \"session_gbps\":{:.4},\"session_ratio\":{:.4},\"session_credit_stalls\":{},\
              \"crossing_bytes\":{crossing},\"exchange_gbps\":{exchange_gbps:.4},\"busier_direction_gbps\":{per_direction_gbps:.4},\
              \"ratio\":{:.4}}}\n",
             common.processes,
             events as f64 / wall,
+            session.gbps,
+            session.gbps / raw_gbps,
+            session.credit_stalls,
             exchange_gbps / raw_gbps
         );
         std::fs::write(path, body).with_context(|| format!("cannot write '{}'", path.display()))?;

@@ -270,6 +270,7 @@ fn cluster_config(common: &Common, index: u32, peers: Vec<SocketAddr>, listener:
     Ok(ClusterConfig {
         slots: None,
         network_buffers: common.network_buffers,
+        credit: common.credit(),
         spin_before_park: common.spin_before_park,
         distribution: Some(distribution),
         data_listener: Some(Arc::new(listener)),

@@ -339,7 +339,7 @@ fn bench_network_reports_the_exchange_against_the_raw_pair() {
     let json = dir.path().join("network.json");
     let args = [
         "bench", "network", "--events", "200k", "--keys", "1000", "--record-bytes", "256", "-p", "2", "--processes",
-        "2", "--raw-bytes", "64M", "--json", json.to_str().unwrap(),
+        "2", "--raw-bytes", "64M", "--max-backlog", "4", "--json", json.to_str().unwrap(),
     ];
     let done = start(&args).finish_within(HANG_LIMIT);
     assert!(done.status.success(), "exit {:?}\n{}\n{}", done.status, done.stdout, done.stderr);
@@ -352,6 +352,8 @@ fn bench_network_reports_the_exchange_against_the_raw_pair() {
     };
     assert_eq!(field("events"), 200_000.0);
     assert!(field("raw_gbps") > 0.0 && field("exchange_gbps") > 0.0 && field("ratio") > 0.0, "{text}");
+    assert!(field("session_gbps") > 0.0 && field("session_ratio") > 0.0, "{text}");
+    assert!(done.stdout.contains("session pair"), "{}", done.stdout);
     // About half the records change process each way: at least a quarter of 200k × 256 B.
     assert!(field("crossing_bytes") > 12_800_000.0, "{text}");
 }
