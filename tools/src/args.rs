@@ -28,7 +28,7 @@ pub struct Common {
     #[arg(long, value_parser = parse_credit, value_name = "N")]
     pub floating_buffers: Option<u32>,
     /// Finished buffers a producer may queue per channel beyond its open one while it waits
-    /// for credit; the backlog it announces is what floating buffers are granted by (default 2).
+    /// for credit; the backlog it announces is what floating buffers are granted by (default 8).
     #[arg(long, value_parser = parse_credit, value_name = "N")]
     pub max_backlog: Option<u32>,
     /// Longest wait of a record in a partly filled buffer while the producer is busy, e.g.

@@ -263,7 +263,9 @@ mod tests {
         let producer = p.tasks.iter().find(|t| t.vertex == 0 && t.subtask == 0).unwrap();
         let targets: Vec<u32> = producer.outputs[0].channels.iter().map(|c| p.channels[*c].consumer).collect();
         assert_eq!(targets, vec![0, 1], "hash channels are indexed by consumer subtask");
-        let expected = 2 * (2 * 3 + OVERDRAFT_BUFFERS_PER_TASK) + 2 * (2 * 2 + 8);
+        let per_producer = 2 * (1 + credit.max_backlog_per_channel) + OVERDRAFT_BUFFERS_PER_TASK;
+        let per_consumer = 2 * credit.exclusive_per_channel + credit.floating_per_gate;
+        let expected = 2 * per_producer + 2 * per_consumer;
         assert_eq!(p.buffers_needed, expected);
     }
 
