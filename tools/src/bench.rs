@@ -13,7 +13,7 @@ use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::window_agg::{event_time_assigner, parse_window_spec};
 
 use crate::args::{parse_count, parse_duration, parse_positive, parse_positive_count, Common};
-use crate::latency::{LatencyQuery, LatencySettings};
+use crate::latency::{Feeder, LatencyQuery, LatencySettings};
 use crate::progress::join_with_progress;
 
 #[derive(Subcommand, Debug)]
@@ -103,6 +103,10 @@ pub enum BenchCommand {
         /// and report its percentiles beside the job's: what the machine itself adds.
         #[arg(long)]
         baseline: bool,
+        /// Who offers q0's records: its source subtask (default) or a host thread through a
+        /// channel source, as for q5.
+        #[arg(long, value_enum, default_value_t = Feeder::Source)]
+        feeder: Feeder,
         #[command(flatten)]
         common: Common,
     },
@@ -477,8 +481,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Nexmark { query, events, seed, json, common } => {
             return run_nexmark(query, events, seed, json.as_deref(), &common);
         }
-        BenchCommand::Latency { query, rate, duration, seed, json, hdr_log, plot, baseline, common } => {
-            let settings = LatencySettings { query, rate, duration, seed, baseline };
+        BenchCommand::Latency { query, rate, duration, seed, json, hdr_log, plot, baseline, feeder, common } => {
+            let settings = LatencySettings { query, rate, duration, seed, baseline, feeder };
             return crate::latency::run(&settings, json.as_deref(), hdr_log.as_deref(), plot.as_deref(), &common);
         }
         BenchCommand::Transport { bytes, rounds, json } => return run_transport(bytes, rounds, json.as_deref()),

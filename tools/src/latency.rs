@@ -10,8 +10,8 @@
 //! Who offers the schedule: for q0 the source subtask itself ([`ScheduleSource`]): each step it
 //! emits every record due by then, in one batch, and when none is due it asks its task to wake
 //! it at the next one's time ([`SourceStatus::IdleUntil`]), so no third thread competes for the
-//! slots' cores and a record costs no cross-thread wake-up. q5 (and q0 with the environment
-//! variable `CORESTREAM_LATENCY_FEEDER=host`, for comparison) is fed by a host thread through a
+//! slots' cores and a record costs no cross-thread wake-up. q5 (and q0 with `--feeder host`,
+//! for comparison) is fed by a host thread through a
 //! channel source ([`feed`]). Both are called the feeder below.
 //!
 //! Warm-up (q0): the schedule's clock starts only once every sink subtask has received a
@@ -83,8 +83,15 @@ const WARM_UP_EVERY: Duration = Duration::from_millis(1);
 /// How long the feeder waits for every sink subtask's first warm-up record.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Set to `host` to feed q0 from a host thread instead of from its source subtask.
-const FEEDER_VAR: &str = "CORESTREAM_LATENCY_FEEDER";
+/// Who offers q0's schedule (`--feeder`); q5 is always fed by a host thread.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Feeder {
+    /// The source subtask itself.
+    #[default]
+    Source,
+    /// A host thread through a channel source, as q5 (a third busy thread beside the slots).
+    Host,
+}
 
 /// Output keys of another TaskManager's sinks (see [`child_outputs`]).
 const OUT_RECEIVED: &str = "latency_received";
@@ -138,6 +145,7 @@ pub struct LatencySettings {
     pub seed: u64,
     /// Run the schedule through the harness alone first ([`measure_baseline`]).
     pub baseline: bool,
+    pub feeder: Feeder,
 }
 
 impl LatencySettings {
@@ -702,8 +710,8 @@ fn add_latency_sink<T: corestream::Data>(
 
 /// Whether q0's schedule is offered by its source subtask ([`ScheduleSource`]) rather than a
 /// host thread.
-fn in_source(query: LatencyQuery) -> bool {
-    query == LatencyQuery::Q0 && std::env::var(FEEDER_VAR).map_or(true, |v| v != "host")
+fn in_source(settings: &LatencySettings) -> bool {
+    settings.query == LatencyQuery::Q0 && settings.feeder == Feeder::Source
 }
 
 /// Adds the query to `env` at parallelism `p` (the source has parallelism 1, so q0's
@@ -1096,7 +1104,7 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
     let job = JobParts::new();
     let ready = ready_socket(settings.query)?;
     let ready_to = ready.as_ref().map(|r| r.path.clone());
-    let fed = if in_source(settings.query) {
+    let fed = if in_source(settings) {
         let schedule = Some(Mutex::new(ready));
         build_job(&mut env, settings, p, &job, ready_to, schedule);
         env.execute_async(&format!("latency {}", settings.query.name()))?.join()?;
@@ -1216,7 +1224,7 @@ fn measure_processes(settings: &LatencySettings, common: &Common) -> anyhow::Res
     let merged = multi::run(common, &format!("latency {}", settings.query.name()), |env| {
         // The source subtask runs in TaskManager 0: the other TaskManagers neither feed nor
         // build the schedule.
-        let feeder = if in_source(settings.query) {
+        let feeder = if in_source(settings) {
             build_job(env, settings, p, &job, Some(ready_to), Some(Mutex::new(ready.take())));
             None
         } else {
