@@ -8,7 +8,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{number, parse_flat_object, Value};
+use common::{base64_decode, number, parse_flat_object, Value};
 
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
@@ -153,27 +153,6 @@ fn q5_measures_window_results_closed_by_time() {
     // A measured window closed after its end (a real latency, not the 1 ns floor) and within
     // the run.
     assert!(num("p50_us") > 1.0 && num("max_us") < 3e6, "{fields:?}");
-}
-
-/// Standard base64 (with padding), as the interval log encodes histograms.
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    } as u32;
-    let mut out = Vec::new();
-    for chunk in s.trim_end_matches('=').as_bytes().chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c) << (18 - 6 * i);
-        }
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
 }
 
 fn assert_refused(args: &[&str], message: &str) {

@@ -10,12 +10,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
-use common::{number, parse_flat_object, Value};
+use common::{base64_decode, number, parse_flat_object, Value};
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
@@ -24,37 +23,7 @@ const HANG_LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs `corestream` with `TMPDIR` set to `tmp`, under the watchdog.
 fn corestream_in(tmp: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
-        .args(args)
-        .env("CORESTREAM_LOG", "off")
-        .env("TMPDIR", tmp)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start the corestream binary");
-    let collect = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            pipe.read_to_end(&mut bytes).expect("cannot read the output of corestream");
-            bytes
-        })
-    };
-    let stdout = collect(Box::new(child.stdout.take().unwrap()));
-    let stderr = collect(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + HANG_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`corestream {}` did not end within {HANG_LIMIT:?}: the job hangs", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    common::run_corestream_with_env(args, &[("TMPDIR", tmp.as_os_str())], HANG_LIMIT)
 }
 
 /// p50 ≤ p90 ≤ p99 ≤ p99.9 ≤ p99.99 ≤ max for the figures prefixed `prefix`.
@@ -203,25 +172,4 @@ fn q5_refuses_processes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("only q0 runs across TaskManager processes"), "{stderr}");
-}
-
-/// Standard base64 (with padding), as the interval log encodes histograms.
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    } as u32;
-    let mut out = Vec::new();
-    for chunk in s.trim_end_matches('=').as_bytes().chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c) << (18 - 6 * i);
-        }
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
 }

@@ -13,9 +13,15 @@ use std::time::{Duration, Instant};
 /// Runs `corestream` with `args`; kills it and fails the test if it has not ended within
 /// `limit`. Its output is read while it runs, so large outputs cannot fill the pipes.
 pub fn run_corestream<S: AsRef<OsStr>>(args: &[S], limit: Duration) -> Output {
+    run_corestream_with_env(args, &[], limit)
+}
+
+/// [`run_corestream`] with the variables `env` added to its environment.
+pub fn run_corestream_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)], limit: Duration) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
         .args(args)
         .env("CORESTREAM_LOG", "off")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -94,4 +100,25 @@ pub fn number(fields: &HashMap<String, Value>, key: &str) -> f64 {
         Some(Value::Number(n)) => *n,
         other => panic!("'{key}' should be a number, is {other:?}"),
     }
+}
+
+/// Standard base64 (with padding), as the interval log encodes histograms.
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    } as u32;
+    let mut out = Vec::new();
+    for chunk in s.trim_end_matches('=').as_bytes().chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c) << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
 }
