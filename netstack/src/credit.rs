@@ -45,8 +45,8 @@ pub struct CreditConfig {
 /// to 8 finished buffers per channel (Flink caps a channel at 10 buffers) so that the floating
 /// buffers, granted by backlog, can be used. A backlog of 2 kept a remote channel's credit
 /// window near 4 buffers, and a connection's throughput is that window over the credit round
-/// trip: the engine's transport alone moved 0.55 GB/s with a backlog of 2 and 1.35–1.68 GB/s
-/// with 8 (`corestream bench network … --max-backlog N`, 16 KB records, same run each).
+/// trip: the engine's transport alone moved 0.55 GB/s with a backlog of 2 and 1.45–1.68 GB/s
+/// with 8 (`corestream bench network … --record-bytes 16000 --max-backlog N`, 16 KB records).
 impl Default for CreditConfig {
     fn default() -> Self {
         Self { exclusive_per_channel: 2, floating_per_gate: 8, max_backlog_per_channel: 8 }
