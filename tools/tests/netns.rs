@@ -10,87 +10,32 @@
 //! Every command runs in its own process group; a watchdog kills the whole group (the
 //! TaskManager it started included) and fails the test after [`HANG_LIMIT`].
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::group::{assert_status, line_with, sorted_lines, start_program, write_text, Finished};
 use tempfile::TempDir;
 
 const HANG_LIMIT: Duration = Duration::from_secs(30);
 const CORESTREAM: &str = env!("CARGO_BIN_EXE_corestream");
 
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    /// A process of its group was still alive after it ended.
-    leftover: bool,
-}
-
-/// Runs `program args` in a new process group with `CORESTREAM_LOG=off`; kills the group and
-/// fails the test if it has not ended within [`HANG_LIMIT`].
+/// `program args` in its own process group under the watchdog.
 fn run(program: &str, args: &[&str]) -> Finished {
-    let mut child = Command::new(program)
-        .args(args)
-        .env("CORESTREAM_LOG", "off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-    let collect = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            pipe.read_to_string(&mut text).expect("cannot read the output");
-            text
-        })
-    };
-    let stdout = collect(Box::new(child.stdout.take().unwrap()));
-    let stderr = collect(Box::new(child.stderr.take().unwrap()));
-    let group = child.id() as libc::pid_t;
-    let deadline = Instant::now() + HANG_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            // SAFETY: kill on the process group this test created (its leader's pid).
-            unsafe { libc::kill(-group, libc::SIGKILL) };
-            let _ = child.wait();
-            panic!("`{program} {}` did not end within {HANG_LIMIT:?}", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    // SAFETY: probes, then kills, the process group this test created.
-    let leftover = unsafe { libc::kill(-group, 0) } == 0;
-    if leftover {
-        // SAFETY: as above.
-        unsafe { libc::kill(-group, libc::SIGKILL) };
-    }
-    Finished { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap(), leftover }
+    start_program(program, args, &[]).finish_within(HANG_LIMIT)
 }
 
 fn corestream(args: &[&str]) -> Finished {
     run(CORESTREAM, args)
 }
 
+/// The exit status, and no process of the group left behind.
 #[track_caller]
-fn assert_status(out: &Finished, code: i32) {
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert_eq!(out.status.code(), Some(code), "expected exit status {code}\n--- stdout\n{stdout}--- stderr\n{stderr}");
+fn assert_clean_exit(out: &Finished, code: i32) {
+    assert_status(out, code);
     assert!(!out.leftover, "a process outlived the run\n--- stderr\n{}", out.stderr);
-}
-
-#[track_caller]
-fn line_with<'a>(out: &'a Finished, prefix: &str) -> &'a str {
-    out.stdout
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{}\n{}", out.stdout, out.stderr))
 }
 
 /// `ip args`; panics with its stderr if it fails.
@@ -216,35 +161,6 @@ fn megabytes(line: &str, label: &str) -> f64 {
     before.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("no MB {label} in {line}"))
 }
 
-/// A few thousand lines of words from a small vocabulary, some non-ASCII, from a fixed seed.
-fn write_text(path: &Path) {
-    let vocabulary: Vec<String> = ["Alpha", "beta", "épée", "straße", "x1"]
-        .into_iter()
-        .map(String::from)
-        .chain((0..300).map(|i| format!("w{i}")))
-        .collect();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
-    let mut text = String::new();
-    for _ in 0..4000 {
-        let line: Vec<&str> = (0..next(12)).map(|_| vocabulary[next(vocabulary.len())].as_str()).collect();
-        text.push_str(&line.join(" "));
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap();
-}
-
-fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(String::from).collect();
-    lines.sort();
-    lines
-}
-
 #[test]
 fn two_task_managers_in_separate_namespaces_run_jobs_over_a_veth() {
     if let Some(reason) = namespaces_refused() {
@@ -255,10 +171,10 @@ fn two_task_managers_in_separate_namespaces_run_jobs_over_a_veth() {
 
     let job = ["run", "sum-by-key", "--records", "1M", "--keys", "1000", "-p", "2"];
     let one = corestream(&job);
-    assert_status(&one, 0);
+    assert_clean_exit(&one, 0);
     let (tx_before, rx_before) = ns.veth_bytes();
     let two = ns.corestream_across(&job);
-    assert_status(&two, 0);
+    assert_clean_exit(&two, 0);
     let (tx_after, rx_after) = ns.veth_bytes();
     ns.assert_crossed(&two);
     for prefix in ["sum-by-key:", "checksum"] {
@@ -284,10 +200,10 @@ fn two_task_managers_in_separate_namespaces_run_jobs_over_a_veth() {
     };
     let one_args = wordcount(&reference);
     let one = corestream(&one_args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_status(&one, 0);
+    assert_clean_exit(&one, 0);
     let two_args = wordcount(&output);
     let two = ns.corestream_across(&two_args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_status(&two, 0);
+    assert_clean_exit(&two, 0);
     ns.assert_crossed(&two);
     let expected = sorted_lines(&reference);
     assert!(expected.len() > 300, "{} distinct words", expected.len());
@@ -302,7 +218,7 @@ fn placement_options_are_refused_when_wrong() {
     let refused = |extra: &[&str], code: i32, message: &str| {
         let args: Vec<&str> = job.iter().chain(extra).copied().collect();
         let out = corestream(&args);
-        assert_status(&out, code);
+        assert_clean_exit(&out, code);
         assert!(out.stderr.contains(message), "{}: expected {message:?} in\n{}", args.join(" "), out.stderr);
     };
     refused(&["--processes", "2", "--tm-bind", "nowhere"], 2, "'nowhere' is not an IP:PORT address");
@@ -323,13 +239,13 @@ fn placement_options_are_refused_when_wrong() {
     refused(&unassigned, 1, "cannot bind the data address 192.0.2.1:0 (given by --tm-bind)");
 
     let out = corestream(&["bench", "keyed-sum", "--events", "1k", "--keys", "10", "--tm-bind", "127.0.0.1:0"]);
-    assert_status(&out, 2);
+    assert_clean_exit(&out, 2);
     assert!(out.stderr.contains("--tm-bind: only for a job across TaskManager processes"), "{}", out.stderr);
 
     let missing = format!("cs-missing-{}", std::process::id());
     let args: Vec<&str> = job.iter().copied().chain(["--processes", "2", "--child-netns", &missing]).collect();
     let out = corestream(&args);
-    assert_status(&out, 1);
+    assert_clean_exit(&out, 1);
     let ended = "TaskManager 1 (pid ";
     let ended_how = format!(" did not start (started through `ip netns exec {missing}`)");
     let not_started = format!("cannot start TaskManager 1 (ip netns exec {missing} ");

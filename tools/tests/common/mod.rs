@@ -1,8 +1,10 @@
 //! Helpers shared by the CLI tests: running the `corestream` binary under a watchdog (a hung
-//! job fails its test instead of blocking the suite) and reading the flat JSON reports of the
-//! bench commands.
+//! job fails its test instead of blocking the suite), in a process group with its TaskManagers
+//! ([`group`]), and reading the flat JSON reports of the bench commands.
 
 #![allow(dead_code)] // each test file uses part of this module
+
+pub mod group;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
