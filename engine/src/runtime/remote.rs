@@ -8,16 +8,18 @@
 //! fails or is cancelled here interrupts every session, so the peers learn of it at once.
 
 use std::net::SocketAddr;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corestream_netstack::transport::{accept, dial, run_session, Interrupt, NetConfig, SessionEnd};
+use corestream_netstack::transport::{dial, run_session, Interrupt, NetConfig, SessionEnd};
 use corestream_netstack::wire::{decode_header, FrameKind, HEADER_BYTES};
 use corestream_netstack::{BufferPool, Doorbell, LocalChannel, NetError, PeerSession};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
 use glommio::timer::Timer;
 
 use super::job::JobShared;
@@ -160,62 +162,42 @@ async fn accept_all(ctx: Ctx, listener: Arc<std::net::TcpListener>, mut pending:
     };
     let mut served = Vec::new();
     let deadline = Instant::now() + ctx.config.accept_timeout;
-    // Each accepted connection is identified by its own task, so one that stays silent holds
-    // up only itself (until the heartbeat timeout), not the peers connecting after it.
-    let (identified_tx, identified) = local_channel::new_bounded::<(TcpStream, Option<u32>)>(MAX_UNIDENTIFIED);
-    let identified_tx = Rc::new(identified_tx);
-    let mut identifying = 0usize;
+    // One task accepts, and each accepted connection is identified by a task of its own, so one
+    // that stays silent holds up only itself (until the heartbeat timeout), not the peers
+    // connecting after it; and no accept is ever abandoned half done (a dropped io_uring
+    // accept may already hold the next peer's connection).
+    let (identified_tx, identified) = local_channel::new_bounded::<Accepted>(MAX_UNIDENTIFIED);
+    let in_flight = Rc::new(Cell::new(0usize));
+    let _acceptor = glommio::spawn_local(accept_and_identify(listener, identified_tx, ctx.config, in_flight.clone()));
     while !pending.is_empty() {
         let waiting = pending[0].peer_name();
-        let config = NetConfig { accept_timeout: deadline.saturating_duration_since(Instant::now()), ..ctx.config };
-        let accept_more = identifying < MAX_UNIDENTIFIED;
-        let next = futures_lite::future::or(
-            async {
-                if accept_more {
-                    Next::Accepted(accept(&listener, &waiting, &config).await)
-                } else {
-                    futures_lite::future::pending().await
-                }
-            },
-            async {
-                match identified.recv().await {
-                    Some((stream, sender)) => Next::Identified(stream, sender),
-                    None => futures_lite::future::pending().await,
-                }
-            },
-        );
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = futures_lite::future::or(async { identified.recv().await }, async {
+            Timer::new(left).await;
+            None
+        });
         let (stream, sender) = match until_cancelled(&ctx.job, next).await {
             None => return,
-            Some(Next::Accepted(Err(e))) => {
-                let e = match e {
-                    NetError::PeerNeverConnected { .. } => {
-                        NetError::PeerNeverConnected { peer: waiting, waited: ctx.config.accept_timeout }
-                    }
-                    other => other,
-                };
-                ctx.job.fail(JobError::Network(e));
+            Some(Some(Ok(accepted))) => {
+                in_flight.set(in_flight.get() - 1);
+                accepted
+            }
+            Some(Some(Err(detail))) => {
+                let operation = "accept";
+                ctx.job.fail(JobError::Network(NetError::Socket { peer: waiting, operation, detail }));
                 return;
             }
-            Some(Next::Accepted(Ok(stream))) => {
-                identifying += 1;
-                let (tx, timeout) = (identified_tx.clone(), ctx.config.heartbeat_timeout);
-                glommio::spawn_local(async move {
-                    let sender = hello_sender(&stream, timeout).await;
-                    let _ = tx.send((stream, sender)).await;
-                })
-                .detach();
-                continue;
-            }
-            Some(Next::Identified(stream, sender)) => {
-                identifying -= 1;
-                (stream, sender)
+            Some(None) => {
+                let waited = ctx.config.accept_timeout;
+                ctx.job.fail(JobError::Network(NetError::PeerNeverConnected { peer: waiting, waited }));
+                return;
             }
         };
         let index = match sender.and_then(|tm| pending.iter().position(|s| s.peer == tm)) {
             Some(i) => i,
             // Only one peer is expected and no other connection may be it: its session reports
             // what is wrong with the stream.
-            None if pending.len() == 1 && identifying == 0 => 0,
+            None if pending.len() == 1 && in_flight.get() == 0 => 0,
             None => {
                 let from = stream.peer_addr().map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
                 tracing::warn!(%from, "dropped a data connection that did not open with the HELLO of an expected peer");
@@ -235,9 +217,39 @@ async fn accept_all(ctx: Ctx, listener: Arc<std::net::TcpListener>, mut pending:
 /// acceptor waits for one to be identified before it accepts another.
 const MAX_UNIDENTIFIED: usize = 16;
 
-enum Next {
-    Accepted(Result<TcpStream, NetError>),
-    Identified(TcpStream, Option<u32>),
+/// A connection with the sender of its HELLO (`None`: not a HELLO, or none in time), or why
+/// accepting failed.
+type Accepted = Result<(TcpStream, Option<u32>), String>;
+
+/// Accepts connections until dropped; each is identified by a task of its own (at most
+/// [`MAX_UNIDENTIFIED`] at once) and sent on `identified`. `in_flight` counts the connections
+/// accepted and not yet taken from `identified`.
+async fn accept_and_identify(
+    listener: TcpListener,
+    identified: local_channel::LocalSender<Accepted>,
+    config: NetConfig,
+    in_flight: Rc<Cell<usize>>,
+) {
+    let identified = Rc::new(identified);
+    let identifying = Rc::new(Semaphore::new(MAX_UNIDENTIFIED as u64));
+    loop {
+        let Ok(permit) = identifying.acquire_static_permit(1).await else { return };
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = identified.send(Err(e.to_string())).await;
+                return;
+            }
+        };
+        in_flight.set(in_flight.get() + 1);
+        let (identified, timeout) = (identified.clone(), config.heartbeat_timeout);
+        glommio::spawn_local(async move {
+            let sender = hello_sender(&stream, timeout).await;
+            drop(permit);
+            let _ = identified.send(Ok((stream, sender))).await;
+        })
+        .detach();
+    }
 }
 
 /// The TaskManager index in the HELLO that opens `stream`, read without consuming it; `None`
