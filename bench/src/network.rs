@@ -22,7 +22,7 @@ pub fn payload_len(record_bytes: usize) -> usize {
 }
 
 /// The payload of record `i`: a run of one letter, so that the generator costs little.
-fn payload(i: u64, len: usize) -> Vec<u8> {
+pub fn payload(i: u64, len: usize) -> Vec<u8> {
     vec![b'a' + (i % 26) as u8; len]
 }
 

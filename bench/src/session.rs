@@ -22,7 +22,7 @@ use glommio::net::TcpListener;
 use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::network::{payload_len, ExchangeRecord};
+use crate::network::{payload, payload_len, ExchangeRecord};
 
 const FINGERPRINT: u64 = 0x5e55_1011;
 /// Longest a side waits for the other before the measurement fails.
@@ -75,7 +75,7 @@ fn template(record_bytes: usize) -> anyhow::Result<Vec<u8>> {
     let len = payload_len(record_bytes);
     let mut i = 0u64;
     loop {
-        let record: ExchangeRecord = (i, 1, vec![b'a' + (i % 26) as u8; len]);
+        let record: ExchangeRecord = (i, 1, payload(i, len));
         match writer.write(&mut buffer, &record).map_err(|e| anyhow!("record of {record_bytes} bytes: {e}"))? {
             corestream_netstack::record::Written::Done => i += 1,
             corestream_netstack::record::Written::BufferFull => break,

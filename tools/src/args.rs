@@ -252,7 +252,7 @@ pub fn parse_netns_name(s: &str) -> Result<String, String> {
 /// A duration above zero.
 pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
-        Duration::ZERO => Err(format!("'{s}' must be above 0")),
+        Duration::ZERO => Err(format!("duration '{s}' must be more than 0")),
         d => Ok(d),
     }
 }

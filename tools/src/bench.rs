@@ -12,7 +12,7 @@ use corestream_bench::throughput::{
 use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::window_agg::{event_time_assigner, parse_window_spec};
 
-use crate::args::{parse_count, parse_duration, parse_positive, parse_positive_count, Common};
+use crate::args::{parse_count, parse_positive, parse_positive_count, parse_positive_duration, Common};
 use crate::latency::{Feeder, LatencyQuery, LatencySettings};
 use crate::progress::join_with_progress;
 
@@ -162,15 +162,6 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         0 => Err(format!("rate '{s}' must be at least 1 record/s")),
         n => Ok(n),
     }
-}
-
-/// A duration longer than zero.
-pub fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err(format!("duration '{s}' must be more than 0"));
-    }
-    Ok(d)
 }
 
 /// The Nexmark queries the throughput command runs.

@@ -42,6 +42,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use corestream::operators::monotonic_ns;
 use corestream::{
     DataStream, Sink, SinkError, SourceError, SourceFunction, SourceSender, SourceStatus, StreamEnvironment,
     WatermarkStrategy,
@@ -49,7 +50,7 @@ use corestream::{
 use corestream_bench::nexmark::queries::{self, Q5Out};
 use corestream_bench::nexmark::{Event, GeneratorConfig, NexmarkGenerator};
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::serialization::{Deserializer, V2Serializer};
 use hdrhistogram::Histogram;
 
 use crate::args::Common;
@@ -98,16 +99,6 @@ const OUT_RECEIVED: &str = "latency_received";
 const OUT_WARM_UP: &str = "latency_warm_up";
 const OUT_TOTAL: &str = "latency_total";
 const OUT_INTERVAL: &str = "latency_interval";
-
-/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of every scheduled time and arrival, the
-/// same in every process of the host (std's `Instant` reads it too, but cannot be sent).
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one `timespec` into `ts`, which lives for the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    debug_assert_eq!(rc, 0, "CLOCK_MONOTONIC is always available on Linux");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// The queries the latency harness runs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,7 +302,7 @@ struct LatencySink<T> {
 
 impl<T: corestream::Data> Sink<T> for LatencySink<T> {
     fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
-        let now = now_ns();
+        let now = monotonic_ns();
         let mut interval: Option<usize> = None;
         let m = &mut self.measured;
         for record in batch.drain(..) {
@@ -873,7 +864,7 @@ impl ScheduleSource {
         }
         self.warm_up = Some(WarmUp { records: w.records, time: w.started.elapsed() });
         self.warming = None;
-        self.origin = now_ns();
+        self.origin = monotonic_ns();
         self.job.origin_ns.store(self.origin, Ordering::Relaxed);
         let last = self.origin + self.settings.offset_ns(self.total - 1);
         self.job.last_event_ms.store((last / 1_000_000) as i64, Ordering::Relaxed);
@@ -886,7 +877,7 @@ impl SourceFunction<(u64, Event)> for ScheduleSource {
         if let Some(status) = self.warm(out)? {
             return Ok(status);
         }
-        let now = now_ns();
+        let now = monotonic_ns();
         let end = self.total.min(self.next + max_records as u64);
         while self.next < end {
             let scheduled = self.origin + self.settings.offset_ns(self.next);
@@ -901,12 +892,12 @@ impl SourceFunction<(u64, Event)> for ScheduleSource {
         }
         if self.next == self.total {
             let lag = std::mem::replace(&mut self.lag, new_histogram());
-            let offer_time = Duration::from_nanos(now_ns() - self.origin);
+            let offer_time = Duration::from_nanos(monotonic_ns() - self.origin);
             self.job.set_fed(Fed { offered: self.total, offer_time, lag, warm_up: self.warm_up });
             return Ok(SourceStatus::Finished);
         }
         let due = self.origin + self.settings.offset_ns(self.next);
-        Ok(match due.checked_sub(now_ns()) {
+        Ok(match due.checked_sub(monotonic_ns()) {
             Some(wait) if wait > 0 => SourceStatus::IdleUntil(Instant::now() + Duration::from_nanos(wait)),
             _ => SourceStatus::More,
         })
@@ -988,14 +979,14 @@ fn feed(
     let generator = NexmarkGenerator::new(GeneratorConfig::default(), settings.seed);
     let pool: Vec<Event> = (0..total.min(POOL_EVENTS)).map(|n| generator.event(n)).collect();
     let warm_up = before_clock(&pool[0])?;
-    let origin = now_ns();
+    let origin = monotonic_ns();
     origin_ns.store(origin, Ordering::Relaxed);
     last_event_ms.store(((origin + settings.offset_ns(total - 1)) / 1_000_000) as i64, Ordering::Relaxed);
     let mut batch: Vec<(u64, Event)> = Vec::with_capacity(MAX_BATCH as usize);
     let (mut next, mut offered, mut lag) = (0u64, 0u64, new_histogram());
     while next < total {
         let scheduled = origin + settings.offset_ns(next);
-        let mut now = now_ns();
+        let mut now = monotonic_ns();
         while now < scheduled {
             let wait = scheduled - now;
             if wait > 200_000 {
@@ -1003,7 +994,7 @@ fn feed(
             } else {
                 std::thread::yield_now();
             }
-            now = now_ns();
+            now = monotonic_ns();
         }
         while next < total && batch.len() < MAX_BATCH as usize {
             let scheduled = origin + settings.offset_ns(next);
@@ -1022,7 +1013,7 @@ fn feed(
         }
         offered += n;
     }
-    let end = now_ns();
+    let end = monotonic_ns();
     Ok(Fed { offered, offer_time: Duration::from_nanos(end - origin), lag, warm_up })
 }
 
@@ -1066,7 +1057,7 @@ pub fn measure_baseline(settings: &LatencySettings) -> anyhow::Result<Histogram<
     let reader = std::thread::Builder::new().name("cs-latency-baseline".into()).spawn(move || {
         let mut h = new_histogram();
         while let Ok((scheduled, event)) = rx.recv() {
-            let now = now_ns();
+            let now = monotonic_ns();
             record_value(&mut h, now.saturating_sub(scheduled).max(1));
             drop(event);
         }
@@ -1150,21 +1141,8 @@ fn report(
     }
 }
 
-fn to_hex(h: &Histogram<u64>) -> anyhow::Result<String> {
-    let mut bytes = Vec::new();
-    V2Serializer::new().serialize(h, &mut bytes).map_err(|e| anyhow!("cannot serialize a histogram: {e:?}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn from_hex(hex: &str) -> anyhow::Result<Histogram<u64>> {
-    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
-        bail!("a histogram from another TaskManager is not hex");
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .context("a histogram from another TaskManager is not hex")?;
+    let bytes = multi::from_hex(hex).map_err(|e| anyhow!("a histogram from another TaskManager {e}"))?;
     Deserializer::new()
         .deserialize(&mut bytes.as_slice())
         .map_err(|e| anyhow!("a histogram from another TaskManager is unreadable: {e:?}"))
@@ -1176,10 +1154,10 @@ fn child_outputs(m: &Measured) -> anyhow::Result<Outputs> {
     let mut out = vec![
         (OUT_RECEIVED.to_string(), m.received.to_string()),
         (OUT_WARM_UP.to_string(), m.warm_up.to_string()),
-        (OUT_TOTAL.to_string(), to_hex(&m.total)?),
+        (OUT_TOTAL.to_string(), multi::histogram_to_hex(&m.total)?),
     ];
     for (i, h) in m.intervals.iter().enumerate().filter(|(_, h)| !h.is_empty()) {
-        out.push((OUT_INTERVAL.to_string(), format!("{i}:{}", to_hex(h)?)));
+        out.push((OUT_INTERVAL.to_string(), format!("{i}:{}", multi::histogram_to_hex(h)?)));
     }
     Ok(out)
 }

@@ -71,6 +71,26 @@ const FAILED_REPORT_WAIT: Duration = Duration::from_secs(3);
 const EXIT_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
 
+/// A histogram as one control-line token: its V2 serialization in hex.
+pub fn histogram_to_hex(h: &hdrhistogram::Histogram<u64>) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    V2Serializer::new().serialize(h, &mut bytes).map_err(|e| anyhow!("cannot serialize a histogram: {e:?}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The bytes of a hex token, or what is wrong with it ("has an odd number of hex digits",
+/// "is not hex").
+pub fn from_hex(hex: &str) -> Result<Vec<u8>, &'static str> {
+    if !hex.len().is_multiple_of(2) {
+        return Err("has an odd number of hex digits");
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|d| u8::from_str_radix(d, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or("is not hex")
+}
+
 /// Refuses `--processes N` (N > 1) on commands that run in one process: exit status 2, like
 /// any other invalid option. Commands not named here either take no `Common` options or run
 /// through [`run`]; `Common::cluster` refuses the option as well, for any command that starts
@@ -443,13 +463,11 @@ fn report_lines(result: &JobResult, outputs: &Outputs) -> Vec<String> {
         lines.push(encode(&["WARN", &w.subtask.to_string(), &w.count.to_string(), &w.operator, &w.message]));
     }
     for l in &result.latency {
-        let mut bytes = Vec::new();
-        match V2Serializer::new().serialize(&l.histogram, &mut bytes) {
-            Ok(_) => {
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        match histogram_to_hex(&l.histogram) {
+            Ok(hex) => {
                 lines.push(encode(&["LATENCY", &l.sink_node.to_string(), &l.source_subtask.to_string(), &hex, &l.sink]));
             }
-            Err(e) => tracing::warn!(sink = %l.sink, "latency histogram not reported: {e:?}"),
+            Err(e) => tracing::warn!(sink = %l.sink, "latency histogram not reported: {e}"),
         }
     }
     for (key, value) in outputs {
@@ -1109,15 +1127,7 @@ fn decode(line: &str) -> anyhow::Result<Message> {
         }
         "LATENCY" => {
             want(4)?;
-            let hex = &args[2];
-            if hex.len() % 2 != 0 {
-                bail!("LATENCY: the histogram has an odd number of hex digits");
-            }
-            let histogram = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|_| anyhow!("LATENCY: the histogram is not hex"))?;
+            let histogram = from_hex(&args[2]).map_err(|e| anyhow!("LATENCY: the histogram {e}"))?;
             Message::Latency {
                 sink_node: num(0, "sink node")? as usize,
                 source_subtask: num(1, "source subtask")? as u32,

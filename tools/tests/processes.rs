@@ -183,11 +183,8 @@ fn bench_network_reports_the_exchange_against_the_raw_pair() {
     assert!(done.status.success(), "exit {:?}\n{}\n{}", done.status, done.stdout, done.stderr);
     assert!(done.stdout.contains("raw loopback pair") && done.stdout.contains("ratio to raw"), "{}", done.stdout);
     let text = std::fs::read_to_string(&json).unwrap();
-    let field = |name: &str| -> f64 {
-        let at = text.find(&format!("\"{name}\":")).unwrap_or_else(|| panic!("no {name} in {text}"));
-        let rest = &text[at + name.len() + 3..];
-        rest[..rest.find([',', '}']).unwrap()].parse().unwrap_or_else(|_| panic!("{name} is not a number in {text}"))
-    };
+    let fields = common::parse_flat_object(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let field = |name: &str| common::number(&fields, name);
     assert_eq!(field("events"), 200_000.0);
     assert!(field("raw_gbps") > 0.0 && field("exchange_gbps") > 0.0 && field("ratio") > 0.0, "{text}");
     assert!(field("session_gbps") > 0.0 && field("session_ratio") > 0.0, "{text}");

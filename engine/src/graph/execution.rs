@@ -197,12 +197,12 @@ pub fn buffers_needed_for(plan: &ExecutionPlan, credit: &CreditConfig, tm: u32, 
 }
 
 /// A hash of everything the processes running one job must agree on: the job's name, its plan
-/// as [`explain::render`](super::explain::render) shows it, the `(edge, producer, consumer)` of
+/// as [`explain::render`](super::explain::render) shows it (`explain`), the `(edge, producer, consumer)` of
 /// every channel in order, the credit settings, the number of TaskManagers and the job slots.
 /// Two processes that built the same job from the same arguments get the same value; it cannot
 /// see closures that behave differently, so job builders must be deterministic.
 pub fn fingerprint(
-    graph: &JobGraph,
+    explain: &str,
     plan: &ExecutionPlan,
     job_name: &str,
     credit: &CreditConfig,
@@ -212,7 +212,6 @@ pub fn fingerprint(
     let mut h = Xxh3::new();
     let mut put = |v: u64| h.update(&v.to_le_bytes());
     put(job_name.len() as u64);
-    let explain = super::explain::render(graph, plan);
     put(explain.len() as u64);
     put(plan.channels.len() as u64);
     for c in &plan.channels {
@@ -231,6 +230,7 @@ pub fn fingerprint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::explain::render;
     use crate::graph::job_graph::{build, EdgeDesc, NodeDesc};
     use crate::graph::Partitioning;
     use crate::graph::stream_graph::{ChainingStrategy, NodeKind};
@@ -375,7 +375,7 @@ mod tests {
         let credit = CreditConfig::default();
         let fp = |par: u32, name: &str, job: &str, count: u32| {
             let (g, p) = keyed_job(par, name);
-            fingerprint(&g, &p, job, &credit, count, 4)
+            fingerprint(&render(&g, &p), &p, job, &credit, count, 4)
         };
         let base = fp(2, "Reduce", "sum-by-key", 2);
         assert_eq!(base, fp(2, "Reduce", "sum-by-key", 2), "the same job built twice");
@@ -385,8 +385,8 @@ mod tests {
         assert_ne!(base, fp(2, "Reduce", "sum-by-key", 3), "TaskManager count");
         let (g, p) = keyed_job(2, "Reduce");
         let tighter = CreditConfig { floating_per_gate: 4, ..credit };
-        assert_ne!(base, fingerprint(&g, &p, "sum-by-key", &tighter, 2, 4), "credit settings");
-        assert_ne!(base, fingerprint(&g, &p, "sum-by-key", &credit, 2, 5), "total slots");
+        assert_ne!(base, fingerprint(&render(&g, &p), &p, "sum-by-key", &tighter, 2, 4), "credit settings");
+        assert_ne!(base, fingerprint(&render(&g, &p), &p, "sum-by-key", &credit, 2, 5), "total slots");
     }
 
     proptest::proptest! {

@@ -313,7 +313,7 @@ impl LocalCluster {
         };
         let bell_of = |t: usize| bells[t].clone().expect("the task of a channel end that runs here has a bell");
         let mut sessions = Vec::<SessionBuild>::new();
-        let fingerprint = distribution.map(|_| execution::fingerprint(&jg, &plan, name, &credit, count, total_slots));
+        let fingerprint = distribution.map(|_| execution::fingerprint(&plan_text, &plan, name, &credit, count, total_slots));
         let session_for = |sessions: &mut Vec<SessionBuild>, peer: u32| -> usize {
             if let Some(i) = sessions.iter().position(|s| s.peer == peer) {
                 return i;
