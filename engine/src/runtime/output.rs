@@ -56,10 +56,8 @@ pub(crate) struct NetworkOutput<T: Data> {
     held: u32,
     allowance: u32,
     marker_next: usize,
-    /// Key hashes of the batch being written, per edge (empty for edges not hashed), from
-    /// index `hash_offset` on.
+    /// Key hashes of the batch being written, per edge (empty for edges not hashed).
     hashes: Vec<Vec<u64>>,
-    hash_offset: usize,
     /// Records waiting for buffers, in order; those before `parked_head` are written already
     /// and are dropped when the rest is. Writing from the head leaves the others in place, so
     /// a producer that gets one buffer of credit at a time pays for the records it writes, not
@@ -69,9 +67,8 @@ pub(crate) struct NetworkOutput<T: Data> {
     /// Key hashes of the parked records, per edge, index for index with `parked`.
     parked_hashes: Vec<Vec<u64>>,
     /// Events waiting behind parked records, with the number of records parked before each
-    /// (counted since the output started, like `parked_in` and `parked_out`).
+    /// (counted since the output started, like `parked_out`).
     parked_events: VecDeque<(u64, Event)>,
-    parked_in: u64,
     parked_out: u64,
     resume: Resume,
 }
@@ -118,12 +115,10 @@ impl<T: Data> NetworkOutput<T> {
             allowance: channel_count * (1 + ctx.max_backlog) + OVERDRAFT_BUFFERS_PER_TASK,
             marker_next: 0,
             hashes: Vec::new(),
-            hash_offset: 0,
             parked: Vec::new(),
             parked_head: 0,
             parked_hashes: Vec::new(),
             parked_events: VecDeque::new(),
-            parked_in: 0,
             parked_out: 0,
             resume: Resume { edge: 0, channel: 0 },
         }
@@ -166,7 +161,7 @@ impl<T: Data> NetworkOutput<T> {
 
     /// Writes one record to every edge from `from` on; returns where it stopped, if it did.
     #[inline]
-    fn write_record(&mut self, record: &T, index: usize, from: Resume) -> Result<Option<Resume>, TaskError> {
+    fn write_record(&mut self, record: &T, hash_index: usize, from: Resume) -> Result<Option<Resume>, TaskError> {
         for edge in from.edge..self.edges.len() {
             let n = self.edges[edge].channels.len();
             match &self.edges[edge].selector {
@@ -183,7 +178,7 @@ impl<T: Data> NetworkOutput<T> {
                     self.edges[edge].selector = Selector::RoundRobin { next: if ch + 1 == n { 0 } else { ch + 1 } };
                 }
                 Selector::Hash { max_parallelism, consumers, .. } => {
-                    let kg = key_group_for_hash(self.hashes[edge][self.hash_offset + index], *max_parallelism);
+                    let kg = key_group_for_hash(self.hashes[edge][hash_index], *max_parallelism);
                     let ch = operator_index_for_key_group(*max_parallelism, *consumers, kg) as usize;
                     if !self.write(edge, ch, record)? {
                         return Ok(Some(Resume { edge, channel: 0 }));
@@ -218,16 +213,16 @@ impl<T: Data> NetworkOutput<T> {
 
     /// Writes `records` in order from `from`; returns the index of the first record that could
     /// not be written for want of a buffer (`self.resume` then says where inside it to resume).
-    /// `self.hashes` must hold the records' key hashes.
-    fn write_from(&mut self, records: &[T], mut from: Resume) -> Result<Option<usize>, TaskError> {
+    /// `self.hashes` must hold the records' key hashes from index `hash_base` on.
+    fn write_from(&mut self, records: &[T], hash_base: usize, mut from: Resume) -> Result<Option<usize>, TaskError> {
         enter_node(self.node);
         self.unflushed = true;
         if self.edges.len() == 1 && !matches!(self.edges[0].selector, Selector::Broadcast) {
             self.resume = Resume { edge: 0, channel: 0 };
-            return self.write_single_edge(records);
+            return self.write_single_edge(records, hash_base);
         }
         for (i, record) in records.iter().enumerate() {
-            if let Some(stop) = self.write_record(record, i, from)? {
+            if let Some(stop) = self.write_record(record, hash_base + i, from)? {
                 self.resume = stop;
                 return Ok(Some(i));
             }
@@ -249,7 +244,6 @@ impl<T: Data> NetworkOutput<T> {
             }
             self.parked_head = 0;
         }
-        self.parked_in += (records.len() - from) as u64;
         self.parked.extend(records.drain(from..));
         records.clear();
         self.parked_hashes.resize_with(self.edges.len(), Vec::new);
@@ -283,10 +277,8 @@ impl<T: Data> NetworkOutput<T> {
             };
             let records = std::mem::take(&mut self.parked);
             std::mem::swap(&mut self.hashes, &mut self.parked_hashes);
-            self.hash_offset = self.parked_head;
             let head = self.parked_head;
-            let stopped = self.write_from(&records[head..head + run], self.resume);
-            self.hash_offset = 0;
+            let stopped = self.write_from(&records[head..head + run], head, self.resume);
             std::mem::swap(&mut self.hashes, &mut self.parked_hashes);
             self.parked = records;
             let written = match stopped? {
@@ -306,7 +298,7 @@ impl<T: Data> NetworkOutput<T> {
 
     /// The common case, one edge that writes each record to one channel: the selector is
     /// matched once per batch and each arm is a tight loop.
-    fn write_single_edge(&mut self, records: &[T]) -> Result<Option<usize>, TaskError> {
+    fn write_single_edge(&mut self, records: &[T], hash_base: usize) -> Result<Option<usize>, TaskError> {
         let n = self.edges[0].channels.len();
         let mut stopped_at = None;
         match &self.edges[0].selector {
@@ -332,7 +324,7 @@ impl<T: Data> NetworkOutput<T> {
             Selector::Hash { max_parallelism, consumers, .. } => {
                 let (max_p, consumers) = (*max_parallelism, *consumers);
                 let hashes = std::mem::take(&mut self.hashes[0]);
-                for (i, (r, h)) in records.iter().zip(&hashes[self.hash_offset..]).enumerate() {
+                for (i, (r, h)) in records.iter().zip(&hashes[hash_base..]).enumerate() {
                     let ch = operator_index_for_key_group(max_p, consumers, key_group_for_hash(*h, max_p)) as usize;
                     if !self.write(0, ch, r)? {
                         stopped_at = Some(i);
@@ -400,7 +392,8 @@ impl<T: Data> Control for NetworkOutput<T> {
     fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
         if self.has_parked() {
             // Events keep their place behind the records waiting for buffers.
-            self.parked_events.push_back((self.parked_in, *event));
+            let parked_before = self.parked_out + (self.parked.len() - self.parked_head) as u64;
+            self.parked_events.push_back((parked_before, *event));
             return Ok(());
         }
         self.send_event(event);
@@ -485,7 +478,7 @@ impl<T: Data> Emit<T> for NetworkOutput<T> {
             self.park_back(batch, 0);
             return Ok(());
         }
-        if let Some(i) = self.write_from(batch, Resume { edge: 0, channel: 0 })? {
+        if let Some(i) = self.write_from(batch, 0, Resume { edge: 0, channel: 0 })? {
             self.park_back(batch, i);
         }
         batch.clear();
