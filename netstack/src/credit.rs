@@ -452,12 +452,14 @@ impl InputGate {
     }
 
     /// Floating credit `channel` holds (granted and not yet returned).
-    pub fn floating_held(&self, channel: usize) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn floating_held(&self, channel: usize) -> u32 {
         self.floating_held[channel]
     }
 
     /// Exclusive credit of each channel.
-    pub fn exclusive(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn exclusive(&self) -> u32 {
         self.exclusive
     }
 }

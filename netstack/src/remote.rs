@@ -119,11 +119,6 @@ impl OutFrame {
     pub fn is_empty(&self) -> bool {
         false
     }
-
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.header());
-        out.extend_from_slice(self.body());
-    }
 }
 
 /// Counters of one connection, for the job result.
@@ -299,7 +294,8 @@ impl PeerSession {
     }
 
     /// Whether both sides have sent CLOSE: the connection may be shut down.
-    pub fn is_closed(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
         self.close_sent && self.close_received
     }
 

@@ -88,8 +88,6 @@
 //! scratch area otherwise — and turns them into a [`Message`] with [`decode_body`].
 //! [`decode_frame`] does both on a slice that may hold several frames.
 
-use std::io::IoSlice;
-
 use thiserror::Error;
 
 use crate::buffer::BUFFER_SIZE;
@@ -448,8 +446,8 @@ enum Body<'a> {
     Borrowed(&'a [u8]),
 }
 
-/// An encoded frame as a header and a body, ready for a vectored write with no copy of the
-/// payload ([`EncodedFrame::io_slices`]) or for appending to a byte vector.
+/// An encoded frame as a header and a body: the transport writes both parts in one vectored
+/// write with no copy of the payload; [`EncodedFrame::write_to`] appends them to a byte vector.
 #[derive(Debug, Clone, Copy)]
 pub struct EncodedFrame<'a> {
     header: [u8; HEADER_BYTES],
@@ -475,10 +473,6 @@ impl<'a> EncodedFrame<'a> {
 
     pub fn is_empty(&self) -> bool {
         false
-    }
-
-    pub fn io_slices(&self) -> [IoSlice<'_>; 2] {
-        [IoSlice::new(&self.header), IoSlice::new(self.body())]
     }
 
     pub fn write_to(&self, out: &mut Vec<u8>) {
@@ -720,7 +714,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Message<'_>, usize), FrameError> {
 ///   ASan report under libFuzzer) rather than undefined behaviour in a task;
 /// - the session is this side of the connection described by [`fuzz_session_hello`]: the input
 ///   plays TaskManager 1. Inbound channels 0..=4 carry `(u64, u64)`, `String`,
-///   `(String, u64)`, `Vec<u8>` and a private enum record ([`FUZZ_INBOUND`]), 2 exclusive
+///   `(String, u64)`, `Vec<u8>` and a private enum record, 2 exclusive
 ///   credits each and 4 floating; their consumer reads (in place and deserialized) and returns
 ///   credit whenever a HEARTBEAT arrives, so the input also decides the consumer's speed.
 ///   Outbound channels 5 and 6 each have two buffers and EndOfPartition waiting for credit.
@@ -743,9 +737,6 @@ pub fn fuzz_one(data: &[u8]) -> Result<usize, FrameError> {
     })
 }
 
-/// Record types of the fuzz session's inbound channels 0..=4 (see [`fuzz_one`]).
-#[doc(hidden)]
-pub const FUZZ_INBOUND: [&str; 5] = ["(u64, u64)", "String", "(String, u64)", "Vec<u8>", "FuzzRecord"];
 const FUZZ_OUTBOUND: [u32; 2] = [5, 6];
 const FUZZ_SESSION_BUFFERS: u32 = 24;
 
@@ -1013,7 +1004,7 @@ mod tests {
         let payload = vec![7u8; 100];
         for m in every_kind(&payload) {
             let frame = m.encode().unwrap();
-            let joined: Vec<u8> = frame.io_slices().iter().flat_map(|s| s.iter().copied()).collect();
+            let joined = [&frame.header()[..], frame.body()].concat();
             let mut flat = Vec::new();
             assert_eq!(m.encode_into(&mut flat).unwrap(), frame.len());
             assert_eq!(joined, flat);
