@@ -133,7 +133,7 @@ pub fn session_gbps(bytes: u64, record_bytes: usize, credit: CreditConfig) -> an
                         }
                     }
                 });
-                let outcome = run_session(stream, session, pool, bell, &config, "the producer".into(), || None).await?;
+                let outcome = run_session(stream, session, bell, &config, "the producer".into(), || None).await?;
                 let (received, bytes, ended) = consumer.await;
                 anyhow::Ok((received, bytes, ended, outcome.stats))
             };
@@ -179,7 +179,7 @@ pub fn session_gbps(bytes: u64, record_bytes: usize, credit: CreditConfig) -> an
                     }
                     anyhow::Ok((started, output.credit_stalls()))
                 });
-                run_session(stream, session, pool, bell, &config, "the consumer".into(), || None).await?;
+                run_session(stream, session, bell, &config, "the consumer".into(), || None).await?;
                 producer.await
             };
             let _ = producer_tx.send(run.await);

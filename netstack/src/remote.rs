@@ -218,8 +218,8 @@ pub struct PeerSession {
 
 impl PeerSession {
     /// A session that introduces itself with `local` and accepts a peer matching `peer`.
-    /// `pool` supplies the buffers of received BUFFER frames on the copying path
-    /// ([`PeerSession::on_frame`]).
+    /// `pool` supplies the buffers received BUFFER frames are read into, by the transport or by
+    /// [`PeerSession::on_frame`].
     pub fn new(local: Hello, peer: PeerIdentity, pool: BufferPool) -> Self {
         Self {
             local,
@@ -286,6 +286,11 @@ impl PeerSession {
         let out = self.outbound.iter().filter(|o| !o.end_sent).count();
         let inb = self.inbound.iter().filter(|i| !i.end_received).count();
         (out + inb) as u32
+    }
+
+    /// The pool received BUFFER bodies are read into.
+    pub(crate) fn pool(&self) -> &BufferPool {
+        &self.pool
     }
 
     /// Whether this side has written CLOSE (every channel has ended).

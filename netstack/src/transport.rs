@@ -35,7 +35,6 @@ use glommio::timer::Timer;
 
 use crate::doorbell::Doorbell;
 use crate::error::NetError;
-use crate::pool::BufferPool;
 use crate::remote::{Admission, OutFrame, PeerSession, PeerSignal, SessionStats};
 use crate::wire::{decode_header, ErrorCode, FrameError, Message, HEADER_BYTES, MAX_TEXT_BYTES};
 
@@ -279,7 +278,7 @@ impl Shared<'_> {
 
 /// Drives `session` over `stream` until both sides have sent CLOSE and the peer has shut its
 /// write side, or until it fails. `bell` must be the `session_bell` of every channel of the
-/// session; `pool` supplies the buffers received BUFFER bodies are read into; `peer_name`
+/// session (its pool supplies the buffers received BUFFER bodies are read into); `peer_name`
 /// (e.g. "TaskManager 1 (127.0.0.1:41235)") names the peer in errors. `interrupt` is polled
 /// whenever the writer wakes (ring `bell` to make it wake at once, otherwise at the latest
 /// after `heartbeat_interval`): `Some` sends CANCEL or ERROR(2) (after HELLO, never inside a
@@ -291,7 +290,6 @@ impl Shared<'_> {
 pub async fn run_session(
     stream: TcpStream,
     session: PeerSession,
-    pool: BufferPool,
     bell: Arc<Doorbell>,
     config: &NetConfig,
     peer_name: String,
@@ -310,7 +308,7 @@ pub async fn run_session(
         mid_frame: Cell::new(false),
     };
     let result = futures_lite::future::try_zip(
-        read_loop(&shared, &mut reader, &pool),
+        read_loop(&shared, &mut reader),
         write_loop(&shared, &mut writer, fd, config, &interrupt),
     )
     .await;
@@ -394,7 +392,7 @@ async fn read_full(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>, buf: &
     Ok(filled)
 }
 
-async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>, pool: &BufferPool) -> Result<(), Stop> {
+async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>) -> Result<(), Stop> {
     let mut header_bytes = [0u8; HEADER_BYTES];
     let mut scratch = [0u8; MAX_TEXT_BYTES];
     let mut close_received = false;
@@ -415,7 +413,7 @@ async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>, pool: 
         let signal = match admission {
             Admission::Buffer(ticket) => {
                 let len = ticket.body_len();
-                let mut buffer = pool.take()?;
+                let mut buffer = shared.session.borrow().pool().take()?;
                 if read_full(shared, reader, &mut buffer.whole_mut()[..len]).await? < len {
                     return Err(shared.lost("connection closed in the middle of a BUFFER frame").into());
                 }
@@ -600,6 +598,7 @@ fn send_batch(fd: RawFd, frames: &[OutFrame], iovecs: &mut Vec<libc::iovec>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::BufferPool;
 
     fn frames(bodies: &[usize]) -> (BufferPool, Vec<OutFrame>) {
         let pool = BufferPool::new(bodies.len() as u32);

@@ -199,7 +199,7 @@ fn records_cross_a_session_pair_in_order_with_credit() {
         addr_tx.send(listener.local_addr().unwrap()).unwrap();
         let stream = accept(&listener, "TaskManager 0", &net_config()).await.unwrap();
         let reader = glommio::spawn_local(consume(InputGate::new(inbound, &CREDIT), consumer_bell));
-        let outcome = run_session(stream, session, pool.clone(), bell, &net_config(), "TaskManager 0".into(), || None).await;
+        let outcome = run_session(stream, session, bell, &net_config(), "TaskManager 0".into(), || None).await;
         let counts = reader.await;
         (outcome, counts, pool.stats().peak_in_use, pool.in_use())
     });
@@ -209,7 +209,7 @@ fn records_cross_a_session_pair_in_order_with_credit() {
         let stream = dial(addr, "TaskManager 1", &net_config()).await.unwrap();
         shrink_send_buffer(&stream);
         let writer = glommio::spawn_local(produce(p.outputs, p.pool.clone(), p.producer_bell));
-        let outcome = run_session(stream, p.session, p.pool.clone(), p.bell, &net_config(), "TaskManager 1".into(), || None).await;
+        let outcome = run_session(stream, p.session, p.bell, &net_config(), "TaskManager 1".into(), || None).await;
         writer.await;
         (outcome, p.pool.in_use())
     });
@@ -303,7 +303,7 @@ fn producer_accepting_with(
         addr_tx.send(listener.local_addr().unwrap()).unwrap();
         let stream = accept(&listener, "TaskManager 1", &config).await.unwrap();
         let writer = with_data.then(|| glommio::spawn_local(produce(p.outputs, p.pool.clone(), p.producer_bell)));
-        let outcome = run_session(stream, p.session, p.pool.clone(), p.bell, &config, "TaskManager 1".into(), interrupt).await;
+        let outcome = run_session(stream, p.session, p.bell, &config, "TaskManager 1".into(), interrupt).await;
         if let Some(writer) = writer {
             writer.cancel().await;
         }
@@ -516,7 +516,7 @@ fn a_receiver_without_a_free_buffer_tells_the_peer_why_it_stops() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         addr_tx.send(listener.local_addr().unwrap()).unwrap();
         let stream = accept(&listener, "TaskManager 0", &net_config()).await.unwrap();
-        let outcome = run_session(stream, session, pool.clone(), bell, &net_config(), "TaskManager 0".into(), || None).await;
+        let outcome = run_session(stream, session, bell, &net_config(), "TaskManager 0".into(), || None).await;
         drop(held);
         (outcome, pool.in_use())
     });

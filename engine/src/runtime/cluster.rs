@@ -450,7 +450,6 @@ impl LocalCluster {
             sessions,
             listener: self.inner.listener.clone(),
             config: self.inner.config.net,
-            pool: self.inner.pool.clone(),
             summaries: summaries.clone(),
         });
         tracing::info!(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use corestream_netstack::transport::{dial, run_session, Interrupt, NetConfig, SessionEnd};
 use corestream_netstack::wire::{decode_header, FrameKind, HEADER_BYTES};
-use corestream_netstack::{BufferPool, Doorbell, LocalChannel, NetError, PeerSession};
+use corestream_netstack::{Doorbell, LocalChannel, NetError, PeerSession};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
@@ -53,17 +53,16 @@ pub(crate) struct JobNetwork {
     pub sessions: Vec<SessionBuild>,
     pub listener: Option<Arc<std::net::TcpListener>>,
     pub config: NetConfig,
-    pub pool: BufferPool,
     pub summaries: Arc<Mutex<Vec<ConnectionSummary>>>,
 }
 
 /// Runs every connection of the job until each has ended; failures go to `job`.
 pub(crate) async fn run(network: JobNetwork, job: Arc<JobShared>) {
-    let JobNetwork { sessions, listener, config, pool, summaries } = network;
+    let JobNetwork { sessions, listener, config, summaries } = network;
     let (dialing, accepting): (Vec<_>, Vec<_>) = sessions.into_iter().partition(|s| s.dial);
     let mut handles = Vec::new();
     for s in dialing {
-        let ctx = Ctx { job: job.clone(), config, pool: pool.clone(), summaries: summaries.clone() };
+        let ctx = Ctx { job: job.clone(), config, summaries: summaries.clone() };
         handles.push(glommio::spawn_local(async move {
             let name = s.peer_name();
             let connected = until_cancelled(&ctx.job, dial(s.peer_addr, &name, &ctx.config)).await;
@@ -75,7 +74,7 @@ pub(crate) async fn run(network: JobNetwork, job: Arc<JobShared>) {
         }));
     }
     if !accepting.is_empty() {
-        let ctx = Ctx { job: job.clone(), config, pool, summaries };
+        let ctx = Ctx { job: job.clone(), config, summaries };
         match listener {
             Some(listener) => handles.push(glommio::spawn_local(accept_all(ctx, listener, accepting))),
             None => job.fail(JobError::InvalidJob(
@@ -92,7 +91,6 @@ pub(crate) async fn run(network: JobNetwork, job: Arc<JobShared>) {
 struct Ctx {
     job: Arc<JobShared>,
     config: NetConfig,
-    pool: BufferPool,
     summaries: Arc<Mutex<Vec<ConnectionSummary>>>,
 }
 
@@ -111,7 +109,7 @@ impl Ctx {
             })
         };
         let outcome =
-            run_session(stream, build.session, self.pool.clone(), build.bell, &self.config, name.clone(), interrupt).await;
+            run_session(stream, build.session, build.bell, &self.config, name.clone(), interrupt).await;
         match outcome {
             Ok(outcome) => {
                 let remote_credit_stalls = build.outbound.iter().map(|c| c.credit_stalls()).sum();
