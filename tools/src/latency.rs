@@ -333,14 +333,16 @@ impl<T: corestream::Data> Sink<T> for LatencySink<T> {
                 idx
             });
             let latency = now.saturating_sub(start).max(1);
-            record_value(&mut m.total, latency);
             record_value(&mut m.intervals[idx], latency);
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        let measured = std::mem::replace(&mut self.measured, Measured::new());
+        let mut measured = std::mem::replace(&mut self.measured, Measured::new());
+        for interval in &measured.intervals {
+            measured.total.add(interval).map_err(|e| format!("cannot merge latency histograms: {e:?}"))?;
+        }
         self.out.lock().unwrap_or_else(|e| e.into_inner()).push(measured);
         Ok(())
     }
