@@ -1189,7 +1189,7 @@ fn crossing_of(merged: &Merged) -> anyhow::Result<Measured> {
 /// sinks' measurements went to TaskManager 0).
 fn measure_processes(settings: &LatencySettings, common: &Common) -> anyhow::Result<Option<LatencyReport>> {
     let total = settings.records().map_err(|e| anyhow!(e))?;
-    let p = common.parallelism.unwrap_or(common.processes.saturating_mul(common.slots.unwrap_or(1)));
+    let p = multi::total_slots(common.processes, common.slots, common.parallelism)?;
     let tm0 = multi::is_task_manager_0();
     let (mut ready, ready_to) = if tm0 {
         let ready = ready_socket(settings.query)?.ok_or_else(|| anyhow!("only q0 runs across processes"))?;

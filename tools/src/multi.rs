@@ -265,7 +265,7 @@ fn parse_role(value: &str, processes: u32) -> Result<u32, String> {
 
 /// Job slots over all processes: `--parallelism`, else N × `--slots` (1 slot per process by
 /// default).
-fn total_slots(processes: u32, slots: Option<u32>, parallelism: Option<u32>) -> anyhow::Result<u32> {
+pub fn total_slots(processes: u32, slots: Option<u32>, parallelism: Option<u32>) -> anyhow::Result<u32> {
     let per_process = slots.unwrap_or(1);
     let available = per_process
         .checked_mul(processes)

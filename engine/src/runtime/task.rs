@@ -125,12 +125,17 @@ fn fire_due(chain: &mut dyn Control) -> Result<Option<Duration>, TaskError> {
     Ok(chain.next_deadline().map(|d| Duration::from_millis(d.saturating_sub(now_ms()).max(0) as u64)))
 }
 
-/// Waits on the doorbell, at most until the chain's next processing-time deadline or `until`.
-async fn wait_idle(chain: &mut dyn Control, env: &TaskEnv, until: Option<Duration>) -> Result<(), TaskError> {
-    let timeout = match (fire_due(chain)?, until) {
+/// The sooner of two optional waits.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    };
+    }
+}
+
+/// Waits on the doorbell, at most until the chain's next processing-time deadline or `until`.
+async fn wait_idle(chain: &mut dyn Control, env: &TaskEnv, until: Option<Duration>) -> Result<(), TaskError> {
+    let timeout = earliest(fire_due(chain)?, until);
     if timeout == Some(Duration::ZERO) || !chain.resume(env.batch_size)? {
         return Ok(());
     }
@@ -242,10 +247,7 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
                             SourceStatus::IdleUntil(at) => Some(at.saturating_duration_since(Instant::now())),
                             _ => None,
                         };
-                        let until = match (next_marker, wake_in) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
+                        let until = earliest(next_marker, wake_in);
                         // Output still waiting for room (parked records, a full sink) is
                         // waited for by `wait_ready`, which re-polls it.
                         wait_idle(source.chain(), &env, until).await?;
