@@ -166,7 +166,7 @@ async fn accept_all(ctx: Ctx, listener: Arc<std::net::TcpListener>, mut pending:
     // accept may already hold the next peer's connection).
     let (identified_tx, identified) = local_channel::new_bounded::<Accepted>(MAX_UNIDENTIFIED);
     let in_flight = Rc::new(Cell::new(0usize));
-    let _acceptor = glommio::spawn_local(accept_and_identify(listener, identified_tx, ctx.config, in_flight.clone()));
+    let acceptor = glommio::spawn_local(accept_and_identify(listener, identified_tx, ctx.config, in_flight.clone()));
     while !pending.is_empty() {
         let waiting = pending[0].peer_name();
         let left = deadline.saturating_duration_since(Instant::now());
@@ -206,6 +206,10 @@ async fn accept_all(ctx: Ctx, listener: Arc<std::net::TcpListener>, mut pending:
         let ctx = ctx.clone();
         served.push(glommio::spawn_local(async move { ctx.serve(build, stream).await }));
     }
+    // Every expected peer is here: stop accepting for this job; a connection still being
+    // identified is closed once its task finds the channel gone.
+    drop(acceptor);
+    drop(identified);
     for h in served {
         h.await;
     }
@@ -219,7 +223,7 @@ const MAX_UNIDENTIFIED: usize = 16;
 /// accepting failed.
 type Accepted = Result<(TcpStream, Option<u32>), String>;
 
-/// Accepts connections until dropped; each is identified by a task of its own (at most
+/// Accepts connections until dropped (cancelled); each is identified by a task of its own (at most
 /// [`MAX_UNIDENTIFIED`] at once) and sent on `identified`. `in_flight` counts the connections
 /// accepted and not yet taken from `identified`.
 async fn accept_and_identify(
