@@ -2,10 +2,10 @@
 //! rkyv record write and in-place read, validation of a received buffer, and key → key group
 //! hashing.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use corestream_netstack::record::{deserialize, Written};
 use corestream_netstack::{BufferPool, RecordIter, RecordWriter};
 use corestream_state::assign_key_group;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 fn pool(c: &mut Criterion) {
     let pool = BufferPool::new(64);
@@ -33,9 +33,7 @@ fn records(c: &mut Criterion) {
     let frozen = buf.freeze();
     // SAFETY: `frozen` was filled by `RecordWriter::write` with `(u64, u64)` records just above.
     let records = || unsafe { RecordIter::<(u64, u64)>::new(frozen.as_slice()) };
-    g.bench_function("read 1024 (u64,u64) in place", |b| {
-        b.iter(|| records().map(|r| r.1.to_native()).sum::<u64>())
-    });
+    g.bench_function("read 1024 (u64,u64) in place", |b| b.iter(|| records().map(|r| r.1.to_native()).sum::<u64>()));
     g.bench_function("read+deserialize 1024 (u64,u64)", |b| {
         b.iter(|| records().map(|r| deserialize::<(u64, u64)>(r).1).sum::<u64>())
     });
@@ -67,7 +65,8 @@ fn channel_hop(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let config = CreditConfig::default();
             let pool = BufferPool::new(64);
-            let channel = LocalChannel::new(config.exclusive_per_channel, Arc::new(Doorbell::new()), Arc::new(Doorbell::new()));
+            let channel =
+                LocalChannel::new(config.exclusive_per_channel, Arc::new(Doorbell::new()), Arc::new(Doorbell::new()));
             let mut out = OutputChannel::new(channel.clone(), &config);
             let mut gate = InputGate::new(vec![channel], &config);
             let (producer_core, consumer_core) = (cores.first().copied(), cores.get(1).copied());
@@ -128,7 +127,10 @@ fn validation(c: &mut Criterion) {
     use corestream_netstack::rkyv::{self, rancor, Archive};
     use std::ops::Range;
 
-    fn full_buffer<T: corestream_netstack::Data>(pool: &BufferPool, record: impl Fn(u64) -> T) -> corestream_netstack::Buffer {
+    fn full_buffer<T: corestream_netstack::Data>(
+        pool: &BufferPool,
+        record: impl Fn(u64) -> T,
+    ) -> corestream_netstack::Buffer {
         let mut writer = RecordWriter::new();
         let mut buf = pool.take().unwrap();
         let mut i = 0;

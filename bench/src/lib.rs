@@ -5,8 +5,8 @@
 
 pub mod corpus;
 pub mod examples;
-pub mod nexmark;
 pub mod network;
+pub mod nexmark;
 pub mod session;
 pub mod throughput;
 pub mod transport;

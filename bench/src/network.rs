@@ -30,10 +30,7 @@ pub fn payload(i: u64, len: usize) -> Vec<u8> {
 pub fn exchange_job(env: &mut StreamEnvironment, events: u64, keys: u64, record_bytes: usize) {
     env.set_runtime_mode(RuntimeMode::Batch);
     let len = payload_len(record_bytes);
-    let records: DataStream<ExchangeRecord> = env.from_generator(events, move |i| (key_of(i, keys), 1, payload(i, len)));
-    records
-        .key_by(|r: &ExchangeRecord| r.0)
-        .reduce(|a, b| (a.0, a.1 + b.1, a.2))
-        .name("Count")
-        .discard();
+    let records: DataStream<ExchangeRecord> =
+        env.from_generator(events, move |i| (key_of(i, keys), 1, payload(i, len)));
+    records.key_by(|r: &ExchangeRecord| r.0).reduce(|a, b| (a.0, a.1 + b.1, a.2)).name("Count").discard();
 }

@@ -110,9 +110,11 @@ pub fn session_gbps(bytes: u64, record_bytes: usize, credit: CreditConfig) -> an
                 let bell = Arc::new(Doorbell::new());
                 let consumer_bell = Arc::new(Doorbell::new());
                 let mut session = PeerSession::new(hello(1, &config), identity(0), pool.clone());
-                let channel = LocalChannel::new_remote_in(credit.exclusive_per_channel, bell.clone(), consumer_bell.clone());
+                let channel =
+                    LocalChannel::new_remote_in(credit.exclusive_per_channel, bell.clone(), consumer_bell.clone());
                 session.add_inbound(0, channel.clone(), validate_buffer::<ExchangeRecord>);
-                let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| anyhow!("binding the consumer's listener: {e}"))?;
+                let listener =
+                    TcpListener::bind("127.0.0.1:0").map_err(|e| anyhow!("binding the consumer's listener: {e}"))?;
                 let addr = listener.local_addr().map_err(|e| anyhow!("the consumer's listener address: {e}"))?;
                 addr_tx.send(addr)?;
                 let stream = accept(&listener, "the producer", &config).await?;
@@ -127,7 +129,9 @@ pub fn session_gbps(bytes: u64, record_bytes: usize, credit: CreditConfig) -> an
                                 drop(buffer);
                                 gate.release(c);
                             }
-                            Some((_, ChannelItem::Event(Event::EndOfPartition))) => return (received, bytes, Instant::now()),
+                            Some((_, ChannelItem::Event(Event::EndOfPartition))) => {
+                                return (received, bytes, Instant::now())
+                            }
                             Some((_, ChannelItem::Event(_))) => {}
                             None => idle(&consumer_bell).await,
                         }
@@ -186,7 +190,8 @@ pub fn session_gbps(bytes: u64, record_bytes: usize, credit: CreditConfig) -> an
         })
         .map_err(|e| anyhow!("starting the producer executor: {e}"))?;
     let (started, credit_stalls) = producer_rx.recv_timeout(WATCHDOG).context("the producer did not finish")??;
-    let (received, bytes, ended, _stats) = consumer_rx.recv_timeout(WATCHDOG).context("the consumer did not finish")??;
+    let (received, bytes, ended, _stats) =
+        consumer_rx.recv_timeout(WATCHDOG).context("the consumer did not finish")??;
     anyhow::ensure!(received == buffers, "{received} of {buffers} buffers arrived");
     let secs = ended.duration_since(started).as_secs_f64().max(1e-9);
     Ok(SessionFigures { gbps: bytes as f64 / secs / 1e9, buffers: received, bytes, credit_stalls })

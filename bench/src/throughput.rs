@@ -56,7 +56,12 @@ pub fn start_passthrough(cluster: &LocalCluster, events: u64, parallelism: u32) 
 }
 
 /// Starts the keyed-sum job.
-pub fn start_keyed_sum(cluster: &LocalCluster, events: u64, keys: u64, parallelism: u32) -> Result<JobHandle, JobError> {
+pub fn start_keyed_sum(
+    cluster: &LocalCluster,
+    events: u64,
+    keys: u64,
+    parallelism: u32,
+) -> Result<JobHandle, JobError> {
     let mut env = cluster.environment();
     env.set_parallelism(parallelism);
     keyed_sum_job(&env, events, keys);
@@ -156,9 +161,12 @@ pub fn window_job(
         )
         .key_by(|r: &(u64, i64)| r.0)
         .window(assigner)
-        .aggregate_process(CountAgg, |ctx: &corestream::WindowContext<'_, u64>, n: u64, out: &mut Vec<(u64, i64, u64)>| {
-            out.push((*ctx.key, ctx.window.start, n))
-        })
+        .aggregate_process(
+            CountAgg,
+            |ctx: &corestream::WindowContext<'_, u64>, n: u64, out: &mut Vec<(u64, i64, u64)>| {
+                out.push((*ctx.key, ctx.window.start, n))
+            },
+        )
         .name("Window Count")
         .add_sink("Sink: sum of counts", move |_| Ok(SumSink { total: total.clone(), local: 0 }));
 }

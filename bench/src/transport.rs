@@ -371,7 +371,15 @@ impl UringSender {
                 other => other.context("registering the sender's 64 buffers (RLIMIT_MEMLOCK too low?)")?,
             }
         }
-        Ok(Self { ring, window, zero_copy, fixed, held: vec![0; WINDOW_BUFFERS], stats: RunStats::default(), sends_completed: 0 })
+        Ok(Self {
+            ring,
+            window,
+            zero_copy,
+            fixed,
+            held: vec![0; WINDOW_BUFFERS],
+            stats: RunStats::default(),
+            sends_completed: 0,
+        })
     }
 
     fn send_all(&mut self, stream: &TcpStream, frames: u64) -> anyhow::Result<RunStats> {
@@ -448,7 +456,8 @@ impl UringSender {
             };
             if releases {
                 let held = self.held.get_mut(slot).ok_or_else(|| anyhow!("completion for unknown slot {slot}"))?;
-                *held = held.checked_sub(1).ok_or_else(|| anyhow!("notification for slot {slot} that holds no send"))?;
+                *held =
+                    held.checked_sub(1).ok_or_else(|| anyhow!("notification for slot {slot} that holds no send"))?;
             }
         }
         Ok(send_result)
@@ -750,7 +759,13 @@ fn pin(core: Option<core_affinity::CoreId>) {
     }
 }
 
-fn sender_thread(mode: SendMode, mut stream: TcpStream, pool: BufferPool, frames: u64, start: StartLine) -> anyhow::Result<RunStats> {
+fn sender_thread(
+    mode: SendMode,
+    mut stream: TcpStream,
+    pool: BufferPool,
+    frames: u64,
+    start: StartLine,
+) -> anyhow::Result<RunStats> {
     match mode {
         SendMode::Plain => {
             let window = take_window(&pool);
@@ -765,7 +780,13 @@ fn sender_thread(mode: SendMode, mut stream: TcpStream, pool: BufferPool, frames
     }
 }
 
-fn receiver_thread(mode: RecvMode, mut stream: TcpStream, pool: BufferPool, mut verifier: Verifier, start: StartLine) -> anyhow::Result<RunStats> {
+fn receiver_thread(
+    mode: RecvMode,
+    mut stream: TcpStream,
+    pool: BufferPool,
+    mut verifier: Verifier,
+    start: StartLine,
+) -> anyhow::Result<RunStats> {
     start.wait()?;
     let stats = match mode {
         RecvMode::Plain => recv_plain(&mut stream, &pool, &mut verifier)?,
@@ -817,12 +838,10 @@ impl Harness {
             .context("spawning the receiver thread")?;
         let (pool, core) = (self.pool.clone(), self.cores.map(|c| c.0));
         let start = StartLine { ready: ready_tx, go: send_go_rx };
-        let sender = std::thread::Builder::new()
-            .name("cs-bench-send".into())
-            .spawn(move || {
-                pin(core);
-                sender_thread(variant.send_mode(), client, pool, frames, start)
-            });
+        let sender = std::thread::Builder::new().name("cs-bench-send".into()).spawn(move || {
+            pin(core);
+            sender_thread(variant.send_mode(), client, pool, frames, start)
+        });
         let sender = match sender {
             Ok(sender) => sender,
             Err(e) => {
@@ -930,12 +949,19 @@ impl TransportReport {
             self.rounds,
             if self.pinned { "pinned to cores 0 and 1" } else { "not pinned" },
         );
-        out += &format!("{:<36} {:>11} {:>6} {:>6}  notes\n", "variant (sender / receiver)", "median GB/s", "min", "max");
+        out +=
+            &format!("{:<36} {:>11} {:>6} {:>6}  notes\n", "variant (sender / receiver)", "median GB/s", "min", "max");
         for v in &self.variants {
             match (&v.outcome, v.gbps()) {
-                (Outcome::Unsupported(reason), _) => out += &format!("{:<36} not supported by this kernel ({reason})\n", v.variant.label()),
+                (Outcome::Unsupported(reason), _) => {
+                    out += &format!("{:<36} not supported by this kernel ({reason})\n", v.variant.label())
+                }
                 (_, Some((median, min, max))) => {
-                    out += &format!("{:<36} {median:>11.2} {min:>6.2} {max:>6.2}  {}\n", v.variant.label(), v.notes(self.rounds));
+                    out += &format!(
+                        "{:<36} {median:>11.2} {min:>6.2} {max:>6.2}  {}\n",
+                        v.variant.label(),
+                        v.notes(self.rounds)
+                    );
                 }
                 (_, None) => {}
             }

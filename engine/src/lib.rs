@@ -39,33 +39,33 @@ pub mod time;
 pub mod windows;
 
 pub use api::env::StreamEnvironment;
+pub use api::join::{ConnectedStreams, IntervalJoin, JoinBuilder, JoinedWindows, KeyedConnectedStreams};
 pub use api::sinks::{CollectStream, Sink, SinkContext, SinkError, SinkWaker};
 pub use api::sources::{InvalidUtf8, SourceContext, SourceError, SourceFunction, SourceSender, SourceStatus};
 pub use api::stream::{DataStream, DataStreamSink, KeyedStream};
-pub use api::join::{ConnectedStreams, IntervalJoin, JoinBuilder, JoinedWindows, KeyedConnectedStreams};
 pub use api::time::{OutputTag, Timestamped};
+pub use api::window::{WindowResult, WindowedStream};
+pub use config::{ClusterConfig, Distribution, DistributionError, ExecutionConfig, RuntimeMode};
+pub use corestream_netstack::transport::NetConfig;
+pub use corestream_netstack::{rkyv, BarrierKind, Data, Event, NetError, SessionStats};
+/// Keyed state, as process functions declare and use it (`ctx.state().value_state(..)` in
+/// `open`).
+pub use corestream_state::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateBackend, ListState, ListStateDescriptor,
+    MapState, MapStateDescriptor, Namespace, ReducingState, ReducingStateDescriptor, StateKey, StateTtlConfig,
+    StateValue, TtlUpdateType, TtlVisibility, ValueState, ValueStateDescriptor, VoidNamespace,
+};
+pub use error::{JobError, StartupError};
+pub use graph::execution::ChannelRoute;
 pub use operators::join::{
     BroadcastState, CoProcessFunction, Either, JoinedTimestamps, KeyedBroadcastProcessFunction, KeyedCoProcessFunction,
 };
 pub use operators::process::{
     KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction, TimeDomain,
 };
-pub use api::window::{WindowResult, WindowedStream};
-/// Keyed state, as process functions declare and use it (`ctx.state().value_state(..)` in
-/// `open`).
-pub use corestream_state::{
-    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateBackend, ListState,
-    ListStateDescriptor, MapState, MapStateDescriptor, Namespace, ReducingState, ReducingStateDescriptor, StateKey,
-    StateTtlConfig, StateValue, TtlUpdateType, TtlVisibility, ValueState, ValueStateDescriptor, VoidNamespace,
-};
-pub use windows::operator::WindowContext;
-pub use windows::{TimeWindow, Trigger, WindowAssigner};
-pub use time::{WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
-pub use config::{ClusterConfig, Distribution, DistributionError, ExecutionConfig, RuntimeMode};
-pub use corestream_netstack::transport::NetConfig;
-pub use corestream_netstack::{rkyv, BarrierKind, Data, Event, NetError, SessionStats};
-pub use error::{JobError, StartupError};
 pub use runtime::cluster::LocalCluster;
 pub use runtime::job::JobHandle;
 pub use runtime::metrics::{ConnectionSummary, JobResult, JobWarning, LatencySummary, OperatorSummary, TaskSummary};
-pub use graph::execution::ChannelRoute;
+pub use time::{WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
+pub use windows::operator::WindowContext;
+pub use windows::{TimeWindow, Trigger, WindowAssigner};

@@ -604,11 +604,8 @@ mod tests {
         outs[0].send_buffer(buffer_with(&pool, 0));
         outs[0].send_buffer(buffer_with(&pool, 1));
         outs[0].send_event(Event::Watermark(5));
-        let barrier = Event::CheckpointBarrier {
-            checkpoint_id: 1,
-            timestamp_ms: 0,
-            kind: crate::event::BarrierKind::Unaligned,
-        };
+        let barrier =
+            Event::CheckpointBarrier { checkpoint_id: 1, timestamp_ms: 0, kind: crate::event::BarrierKind::Unaligned };
         outs[0].send_event(barrier);
         let (_, first) = gate.poll_next().unwrap();
         assert!(matches!(first, ChannelItem::Event(e) if e == barrier));
@@ -670,7 +667,10 @@ mod tests {
             }
         }
         producer.join().unwrap();
-        assert!(pool.stats().peak_in_use <= 3 * (config.exclusive_per_channel + config.max_backlog_per_channel + 1) + config.floating_per_gate);
+        assert!(
+            pool.stats().peak_in_use
+                <= 3 * (config.exclusive_per_channel + config.max_backlog_per_channel + 1) + config.floating_per_gate
+        );
         assert_eq!(pool.in_use(), 0);
     }
 }

@@ -26,13 +26,14 @@ pub use doorbell::Doorbell;
 pub use error::{BufferError, NetError, RecordError};
 pub use event::{BarrierKind, Event, WatermarkStatus};
 pub use pool::{BufferPool, PoolReservation, PoolStats};
-pub use remote::{Admission, OutFrame, PeerIdentity, PeerSession, PeerSignal, SessionError, SessionStats};
-pub use transport::{accept, dial, run_session, Interrupt, NetConfig, SessionEnd, SessionOutcome};
 pub use record::{
-    from_bytes, record_count, to_bytes, validate_buffer, BufferValidator, Data, RecordIter, RecordValidator, RecordWriter,
+    from_bytes, record_count, to_bytes, validate_buffer, BufferValidator, Data, RecordIter, RecordValidator,
+    RecordWriter,
 };
+pub use remote::{Admission, OutFrame, PeerIdentity, PeerSession, PeerSignal, SessionError, SessionStats};
+pub use rkyv;
+pub use transport::{accept, dial, run_session, Interrupt, NetConfig, SessionEnd, SessionOutcome};
 pub use wire::{
     decode_body, decode_frame, decode_header, EncodedFrame, ErrorCode, FrameError, FrameHeader, FrameKind, Hello,
     Message,
 };
-pub use rkyv;

@@ -48,8 +48,7 @@ impl PoolInner {
     }
 
     fn layout(capacity: u32) -> Layout {
-        Layout::from_size_align(capacity as usize * BUFFER_SIZE, REGION_ALIGN_BYTES)
-            .expect("buffer region layout")
+        Layout::from_size_align(capacity as usize * BUFFER_SIZE, REGION_ALIGN_BYTES).expect("buffer region layout")
     }
 }
 

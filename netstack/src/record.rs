@@ -25,8 +25,8 @@ use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
 use rkyv::ser::allocator::SubAllocator;
-use rkyv::ser::Allocator;
 use rkyv::ser::writer::Buffer as SliceWriter;
+use rkyv::ser::Allocator;
 use rkyv::ser::Serializer;
 use rkyv::{Archive, Deserialize, Serialize};
 

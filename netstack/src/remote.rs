@@ -472,9 +472,10 @@ impl PeerSession {
     pub fn on_frame(&mut self, header: &FrameHeader, body: &[u8]) -> Result<PeerSignal, SessionError> {
         match self.on_header(header)? {
             Admission::Buffer(ticket) => {
-                let payload = body
-                    .get(..ticket.body_len())
-                    .ok_or(FrameError::LengthPastEnd { len: header.frame_len(), available: HEADER_BYTES + body.len() })?;
+                let payload = body.get(..ticket.body_len()).ok_or(FrameError::LengthPastEnd {
+                    len: header.frame_len(),
+                    available: HEADER_BYTES + body.len(),
+                })?;
                 let mut buf = self.pool.take()?;
                 buf.whole_mut()[..payload.len()].copy_from_slice(payload);
                 buf.set_len(payload.len());
@@ -702,7 +703,10 @@ mod tests {
         assert!(FrameError::NoCredit { channel: 0 }.to_string().contains("without credit"));
         let want = FrameError::CreditBeforeRequest { channel: 2 };
         assert_eq!(feed(&mut c.session, Message::AddCredit { channel: 2, credit: 1 }), proto(want));
-        assert_eq!(feed(&mut c.session, Message::PartitionRequest { channel: 2, initial_credit: 2 }), Ok(PeerSignal::None));
+        assert_eq!(
+            feed(&mut c.session, Message::PartitionRequest { channel: 2, initial_credit: 2 }),
+            Ok(PeerSignal::None)
+        );
         assert_eq!(c.outbound.credit(), 2);
         let want = FrameError::DuplicatePartitionRequest { channel: 2 };
         assert_eq!(feed(&mut c.session, Message::PartitionRequest { channel: 2, initial_credit: 2 }), proto(want));
@@ -769,11 +773,20 @@ mod tests {
         c.session.poll_outgoing(&mut out);
         let kinds: Vec<u8> = out.iter().map(|f| f.header()[5]).collect();
         let ids = |ks: &[FrameKind]| ks.iter().map(|k| k.id()).collect::<Vec<_>>();
-        let want = [FrameKind::Hello, FrameKind::PartitionRequest, FrameKind::PartitionRequest, FrameKind::Event, FrameKind::Close];
+        let want = [
+            FrameKind::Hello,
+            FrameKind::PartitionRequest,
+            FrameKind::PartitionRequest,
+            FrameKind::Event,
+            FrameKind::Close,
+        ];
         assert_eq!(kinds, ids(&want));
         assert_eq!(feed(&mut c.session, Message::Close), Ok(PeerSignal::Closed));
         assert!(c.session.is_closed());
-        assert_eq!(feed(&mut c.session, Message::Heartbeat), proto(FrameError::AfterClose { kind: FrameKind::Heartbeat }));
+        assert_eq!(
+            feed(&mut c.session, Message::Heartbeat),
+            proto(FrameError::AfterClose { kind: FrameKind::Heartbeat })
+        );
     }
 
     #[test]
@@ -916,7 +929,13 @@ mod tests {
         let mut unused = vec![0u64; n];
         let (mut a_closed, mut b_closed) = (false, false);
         let mut rng = Rng(seed | 1);
-        let chunk = |rng: &mut Rng| if rng.below(2) == 0 { 1 + rng.below(64) } else { 1 + rng.below(3 * MAX_FRAME_BYTES as u64) };
+        let chunk = |rng: &mut Rng| {
+            if rng.below(2) == 0 {
+                1 + rng.below(64)
+            } else {
+                1 + rng.below(3 * MAX_FRAME_BYTES as u64)
+            }
+        };
         let mut steps = 0u32;
         while !(a_closed && b_closed && ended.iter().all(|e| *e)) {
             steps += 1;
@@ -972,7 +991,8 @@ mod tests {
         prop_assert!(a_to_b.wire.is_empty() && b_to_a.wire.is_empty());
         let bound_b = channels * config.exclusive_per_channel + config.floating_per_gate;
         prop_assert!(pool_b.stats().peak_in_use <= bound_b, "consumer side held {:?}", pool_b.stats());
-        let bound_a = channels * (config.exclusive_per_channel + config.max_backlog_per_channel) + config.floating_per_gate;
+        let bound_a =
+            channels * (config.exclusive_per_channel + config.max_backlog_per_channel) + config.floating_per_gate;
         prop_assert!(pool_a.stats().peak_in_use <= bound_a, "producer side held {:?}", pool_a.stats());
         prop_assert_eq!((pool_a.in_use(), pool_b.in_use()), (0, 0));
         prop_assert_eq!(a.stats().buffers_out, u64::from(totals.iter().sum::<u32>()));
@@ -1004,9 +1024,15 @@ mod tests {
     #[test]
     fn a_watermark_status_and_latency_marker_cross_in_order() {
         let mut c = consumer();
-        let events = [Event::WatermarkStatus(WatermarkStatus::Idle), Event::LatencyMarker { marked_time_ns: 9, source_subtask: 2 }];
+        let events = [
+            Event::WatermarkStatus(WatermarkStatus::Idle),
+            Event::LatencyMarker { marked_time_ns: 9, source_subtask: 2 },
+        ];
         for (seq, event) in events.into_iter().enumerate() {
-            assert_eq!(feed(&mut c.session, Message::Event { channel: 1, seq: seq as u32, event }), Ok(PeerSignal::None));
+            assert_eq!(
+                feed(&mut c.session, Message::Event { channel: 1, seq: seq as u32, event }),
+                Ok(PeerSignal::None)
+            );
         }
         for event in events {
             assert!(matches!(c.inbound[1].pop(), Some(ChannelItem::Event(e)) if e == event));

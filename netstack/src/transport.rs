@@ -170,7 +170,8 @@ pub fn configure_stream(stream: &TcpStream, peer_name: &str, config: &NetConfig)
     config.validate()?;
     stream.set_nodelay(true).map_err(|e| socket_error(peer_name, "setting TCP_NODELAY", e.into()))?;
     let timeout_ms = u32::try_from(config.heartbeat_timeout.as_millis()).expect("validated: fits u32");
-    set_user_timeout(stream.as_raw_fd(), timeout_ms).map_err(|e| socket_error(peer_name, "setting TCP_USER_TIMEOUT", e))?;
+    set_user_timeout(stream.as_raw_fd(), timeout_ms)
+        .map_err(|e| socket_error(peer_name, "setting TCP_USER_TIMEOUT", e))?;
     stream
         .set_read_timeout(Some(config.heartbeat_timeout))
         .map_err(|e| socket_error(peer_name, "setting the read timeout", e.into()))?;
@@ -261,7 +262,9 @@ impl Shared<'_> {
     fn io_error(&self, e: io::Error, reading: bool) -> NetError {
         let peer = self.peer.to_string();
         match e.kind() {
-            io::ErrorKind::TimedOut if reading => NetError::PeerTimeout { peer, silent_for: self.last_rx.get().elapsed() },
+            io::ErrorKind::TimedOut if reading => {
+                NetError::PeerTimeout { peer, silent_for: self.last_rx.get().elapsed() }
+            }
             io::ErrorKind::TimedOut => NetError::PeerTimeout { peer, silent_for: self.last_tx.get().elapsed() },
             _ => NetError::PeerLost { peer, detail: e.to_string() },
         }
@@ -323,7 +326,9 @@ pub async fn run_session(
         Err(Stop::PeerCancelled(reason)) => SessionEnd::PeerCancelled { reason },
         Err(Stop::Net(error)) => {
             let last_word = match &error {
-                NetError::Protocol { error: frame_error, .. } => Some((error_code(frame_error), frame_error.to_string())),
+                NetError::Protocol { error: frame_error, .. } => {
+                    Some((error_code(frame_error), frame_error.to_string()))
+                }
                 NetError::PoolExhausted { .. } => Some((ErrorCode::JobFailed, error.to_string())),
                 _ => None,
             };
@@ -346,9 +351,7 @@ pub const FINAL_FRAME_LINGER: Duration = Duration::from_millis(500);
 /// Reads and discards until the peer closes, at most [`FINAL_FRAME_LINGER`].
 async fn drain_until_eof(reader: &mut ReadHalf<TcpStream>) {
     let mut scratch = [0u8; 4096];
-    let drain = async {
-        while let Ok(1..) = reader.read(&mut scratch).await {}
-    };
+    let drain = async { while let Ok(1..) = reader.read(&mut scratch).await {} };
     futures_lite::future::or(drain, async {
         Timer::new(FINAL_FRAME_LINGER).await;
     })
@@ -492,7 +495,11 @@ async fn write_loop(
     }
 }
 
-async fn write_control(shared: &Shared<'_>, writer: &mut WriteHalf<TcpStream>, message: Message<'_>) -> Result<(), NetError> {
+async fn write_control(
+    shared: &Shared<'_>,
+    writer: &mut WriteHalf<TcpStream>,
+    message: Message<'_>,
+) -> Result<(), NetError> {
     let mut bytes = Vec::with_capacity(HEADER_BYTES + MAX_TEXT_BYTES);
     message.encode_into(&mut bytes).expect("the transport builds only valid control frames");
     shared.mid_frame.set(true);

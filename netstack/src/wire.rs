@@ -169,7 +169,10 @@ impl FrameKind {
 
     /// Whether frames of this kind belong to the connection rather than to one channel.
     pub fn is_connection_level(self) -> bool {
-        matches!(self, FrameKind::Hello | FrameKind::Heartbeat | FrameKind::Cancel | FrameKind::Close | FrameKind::Error)
+        matches!(
+            self,
+            FrameKind::Hello | FrameKind::Heartbeat | FrameKind::Cancel | FrameKind::Close | FrameKind::Error
+        )
     }
 
     /// Smallest and largest body this kind may declare.
@@ -257,7 +260,9 @@ pub enum FrameError {
     Oversized { kind: FrameKind, len: u32, max: u32 },
     #[error("frame needs {len} bytes but only {available} are there (truncated, or a length past the end)")]
     LengthPastEnd { len: usize, available: usize },
-    #[error("{kind} frame on channel {channel:#x}: connection-level kinds use channel 0xffffffff, channel kinds any other")]
+    #[error(
+        "{kind} frame on channel {channel:#x}: connection-level kinds use channel 0xffffffff, channel kinds any other"
+    )]
     BadChannel { kind: FrameKind, channel: u32 },
     #[error("{kind} frame with {field} = {value}, which must be 0 for this kind")]
     ReservedField { kind: FrameKind, field: &'static str, value: u64 },
@@ -505,9 +510,11 @@ impl<'a> Message<'a> {
             | Message::Buffer { channel, .. }
             | Message::Backlog { channel, .. }
             | Message::Event { channel, .. } => channel,
-            Message::Hello(_) | Message::Heartbeat | Message::Cancel { .. } | Message::Close | Message::Error { .. } => {
-                CONNECTION_CHANNEL
-            }
+            Message::Hello(_)
+            | Message::Heartbeat
+            | Message::Cancel { .. }
+            | Message::Close
+            | Message::Error { .. } => CONNECTION_CHANNEL,
         }
     }
 
@@ -515,14 +522,14 @@ impl<'a> Message<'a> {
     /// through the same checks as [`decode_header`].
     pub fn encode(&self) -> Result<EncodedFrame<'a>, FrameError> {
         let kind = self.kind();
-        let mut header =
-            FrameHeader { kind, flags: 0, body_len: 0, channel: self.channel(), seq: 0, arg: 0, arg64: 0 };
+        let mut header = FrameHeader { kind, flags: 0, body_len: 0, channel: self.channel(), seq: 0, arg: 0, arg64: 0 };
         let mut inline = [0u8; HELLO_BODY_BYTES];
         let body = match *self {
             Message::Hello(hello) => {
                 header.arg = hello.sender_tm;
                 header.arg64 = hello.job_fingerprint;
-                for (i, word) in [hello.tm_count, hello.pid, hello.heartbeat_ms, hello.channels].into_iter().enumerate() {
+                for (i, word) in [hello.tm_count, hello.pid, hello.heartbeat_ms, hello.channels].into_iter().enumerate()
+                {
                     inline[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
                 }
                 Body::Inline { bytes: inline, len: HELLO_BODY_BYTES }
@@ -743,7 +750,14 @@ const FUZZ_SESSION_BUFFERS: u32 = 24;
 /// The HELLO the fuzz session expects from the input (TaskManager 1 of 2, 7 channels).
 #[doc(hidden)]
 pub fn fuzz_session_hello() -> Hello {
-    Hello { sender_tm: 1, job_fingerprint: 0x5eed_f00d_cafe_0001, tm_count: 2, pid: 31337, heartbeat_ms: 1000, channels: 7 }
+    Hello {
+        sender_tm: 1,
+        job_fingerprint: 0x5eed_f00d_cafe_0001,
+        tm_count: 2,
+        pid: 31337,
+        heartbeat_ms: 1000,
+        channels: 7,
+    }
 }
 
 struct FuzzSide {
@@ -935,7 +949,12 @@ fn read_validated<T: Data>(payload: &[u8]) -> Result<u32, BufferError> {
         std::hint::black_box(deserialize::<T>(archived));
         read += 1;
     }
-    assert_eq!(read, count, "validate_buffer counted {count} records of {} but {read} were read", std::any::type_name::<T>());
+    assert_eq!(
+        read,
+        count,
+        "validate_buffer counted {count} records of {} but {read} were read",
+        std::any::type_name::<T>()
+    );
     Ok(count)
 }
 
@@ -945,7 +964,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn hello() -> Hello {
-        Hello { sender_tm: 1, job_fingerprint: 0xdead_beef_0123_4567, tm_count: 2, pid: 4242, heartbeat_ms: 1000, channels: 8 }
+        Hello {
+            sender_tm: 1,
+            job_fingerprint: 0xdead_beef_0123_4567,
+            tm_count: 2,
+            pid: 4242,
+            heartbeat_ms: 1000,
+            channels: 8,
+        }
     }
 
     fn every_kind<'a>(payload: &'a [u8]) -> Vec<Message<'a>> {
@@ -996,7 +1022,14 @@ mod tests {
         }
         assert!(rest.is_empty());
         assert_eq!(fuzz_codec(&stream), Ok(messages.len()));
-        assert_eq!(fuzz_one(&stream), Err(FrameError::HandshakeMismatch { field: "job fingerprint", expected: 0x5eed_f00d_cafe_0001, found: 0xdead_beef_0123_4567 }));
+        assert_eq!(
+            fuzz_one(&stream),
+            Err(FrameError::HandshakeMismatch {
+                field: "job fingerprint",
+                expected: 0x5eed_f00d_cafe_0001,
+                found: 0xdead_beef_0123_4567
+            })
+        );
     }
 
     #[test]
@@ -1221,7 +1254,9 @@ mod tests {
         fn message(&self) -> Message<'_> {
             match self {
                 Owned::Hello(h) => Message::Hello(*h),
-                &Owned::PartitionRequest(channel, initial_credit) => Message::PartitionRequest { channel, initial_credit },
+                &Owned::PartitionRequest(channel, initial_credit) => {
+                    Message::PartitionRequest { channel, initial_credit }
+                }
                 &Owned::AddCredit(channel, credit) => Message::AddCredit { channel, credit },
                 Owned::Buffer(channel, seq, backlog, payload) => {
                     Message::Buffer { channel: *channel, seq: *seq, backlog: *backlog, payload }
@@ -1261,7 +1296,10 @@ mod tests {
             Just(Owned::Heartbeat),
             any_text().prop_map(|t: String| Owned::Cancel(truncate_text(&t).to_string())),
             Just(Owned::Close),
-            (prop_oneof![Just(ErrorCode::Protocol), Just(ErrorCode::JobFailed), Just(ErrorCode::HandshakeMismatch)], any_text())
+            (
+                prop_oneof![Just(ErrorCode::Protocol), Just(ErrorCode::JobFailed), Just(ErrorCode::HandshakeMismatch)],
+                any_text()
+            )
                 .prop_map(|(code, t)| Owned::Error(code, truncate_text(&t).to_string())),
         ]
     }

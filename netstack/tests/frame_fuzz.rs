@@ -115,7 +115,8 @@ fn seeds() -> Vec<Seed> {
     let pairs = record_buffer(&(0..40u64).map(|i| (i, i * i)).collect::<Vec<_>>());
     let full_pairs = record_buffer(&(0..1024u64).map(|i| (i, u64::MAX - i)).collect::<Vec<_>>());
     assert_eq!(full_pairs.len(), 32768, "1024 pairs fill a buffer exactly");
-    let strings = record_buffer(&["", "a", "wire", "ünïcödé", "a longer string that is stored out of line"].map(String::from));
+    let strings =
+        record_buffer(&["", "a", "wire", "ünïcödé", "a longer string that is stored out of line"].map(String::from));
     let keyed = record_buffer(&[("alpha".to_string(), 1u64), ("beta".to_string(), 2), ("gamma".to_string(), 3)]);
     let blobs = record_buffer(&[vec![1u8, 2, 3], vec![], vec![0xAB; 40]]);
     let mut bad_utf8_string = strings.clone();
@@ -135,7 +136,13 @@ fn seeds() -> Vec<Seed> {
     vec![
         ok("hello", &[Message::Hello(hello())]),
         s("partition_request", &[Message::PartitionRequest { channel: 5, initial_credit: 2 }]),
-        s("add_credit", &[Message::PartitionRequest { channel: 6, initial_credit: 1 }, Message::AddCredit { channel: 6, credit: 1 }]),
+        s(
+            "add_credit",
+            &[
+                Message::PartitionRequest { channel: 6, initial_credit: 1 },
+                Message::AddCredit { channel: 6, credit: 1 },
+            ],
+        ),
         s("buffer_u64_pairs", &[buffer(0, 0, 1, &pairs)]),
         s("buffer_u64_pairs_full", &[buffer(0, 0, 0, &full_pairs)]),
         s("buffer_strings", &[buffer(1, 0, 0, &strings)]),
@@ -149,7 +156,10 @@ fn seeds() -> Vec<Seed> {
         s("event_watermark_status", &[event(1, 0, Event::WatermarkStatus(WatermarkStatus::Idle))]),
         s("event_barrier_aligned", &[event(1, 0, barrier(BarrierKind::Aligned))]),
         s("event_barrier_unaligned", &[event(1, 0, barrier(BarrierKind::Unaligned))]),
-        s("event_latency_marker", &[event(2, 0, Event::LatencyMarker { marked_time_ns: 123_456_789, source_subtask: 3 })]),
+        s(
+            "event_latency_marker",
+            &[event(2, 0, Event::LatencyMarker { marked_time_ns: 123_456_789, source_subtask: 3 })],
+        ),
         s("heartbeat", &[Message::Heartbeat]),
         s("cancel", &[Message::Cancel { reason: "job 3 cancelled by the user" }]),
         refused("close", &[Message::Close], FrameError::ClosedEarly { open_channels: 7 }),
@@ -184,8 +194,15 @@ fn seeds() -> Vec<Seed> {
             &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), buffer(0, 2, 0, &pairs)],
             FrameError::NoCredit { channel: 0 },
         ),
-        s("credit_returned", &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), Message::Heartbeat, buffer(0, 2, 0, &pairs)]),
-        refused("out_of_order", &[buffer(1, 1, 0, &strings)], FrameError::OutOfOrder { channel: 1, expected: 0, got: 1 }),
+        s(
+            "credit_returned",
+            &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), Message::Heartbeat, buffer(0, 2, 0, &pairs)],
+        ),
+        refused(
+            "out_of_order",
+            &[buffer(1, 1, 0, &strings)],
+            FrameError::OutOfOrder { channel: 1, expected: 0, got: 1 },
+        ),
         refused("unknown_channel", &[buffer(9, 0, 0, &pairs)], FrameError::UnknownChannel { channel: 9 }),
         refused(
             "wrong_direction",
@@ -199,9 +216,11 @@ fn seeds() -> Vec<Seed> {
         ),
         refused("second_hello", &[Message::Hello(hello())], FrameError::UnexpectedHello),
         bad("missing_hello", encode(&[Message::Heartbeat]), FrameError::MissingHello { kind: FrameKind::Heartbeat }),
-        bad("bad_magic", patched(raw(conn_header(FrameKind::Heartbeat), &[]), 0, b"GET "), FrameError::BadMagic {
-            found: *b"GET ",
-        }),
+        bad(
+            "bad_magic",
+            patched(raw(conn_header(FrameKind::Heartbeat), &[]), 0, b"GET "),
+            FrameError::BadMagic { found: *b"GET " },
+        ),
         bad(
             "bad_version",
             patched(raw(conn_header(FrameKind::Heartbeat), &[]), 4, &[2]),
@@ -237,10 +256,11 @@ fn seeds() -> Vec<Seed> {
             raw(data_header(FrameKind::Buffer, 100), &pairs[..50]),
             FrameError::LengthPastEnd { len: 132, available: 82 },
         ),
-        bad("truncated_header", encode(&[Message::Close])[..20].to_vec(), FrameError::LengthPastEnd {
-            len: 32,
-            available: 20,
-        }),
+        bad(
+            "truncated_header",
+            encode(&[Message::Close])[..20].to_vec(),
+            FrameError::LengthPastEnd { len: 32, available: 20 },
+        ),
         bad(
             "invalid_utf8_cancel",
             raw(FrameHeader { body_len: 3, ..conn_header(FrameKind::Cancel) }, &[b'n', 0xC0, b'o']),
@@ -268,7 +288,11 @@ fn seeds() -> Vec<Seed> {
         ),
         bad(
             "session_then_garbage",
-            [encode(&[Message::Hello(hello()), Message::Heartbeat]), b"\x00garbage after two good frames, long enough for a header".to_vec()].concat(),
+            [
+                encode(&[Message::Hello(hello()), Message::Heartbeat]),
+                b"\x00garbage after two good frames, long enough for a header".to_vec(),
+            ]
+            .concat(),
             FrameError::BadMagic { found: *b"\x00gar" },
         ),
     ]
@@ -417,19 +441,24 @@ fn session_violations_give_their_errors() {
     };
     let cases: Vec<(&str, Vec<u8>, FrameError)> = vec![
         ("no credit", with_hello(&[buffer(0, 0), buffer(0, 1), buffer(0, 2)]), FrameError::NoCredit { channel: 0 }),
-        ("out of order", with_hello(&[buffer(0, 0), buffer(0, 2)]), FrameError::OutOfOrder { channel: 0, expected: 1, got: 2 }),
+        (
+            "out of order",
+            with_hello(&[buffer(0, 0), buffer(0, 2)]),
+            FrameError::OutOfOrder { channel: 0, expected: 1, got: 2 },
+        ),
         ("unknown channel", with_hello(&[buffer(7, 0)]), FrameError::UnknownChannel { channel: 7 }),
-        ("buffer on an outbound channel", with_hello(&[buffer(5, 0)]), FrameError::WrongDirection {
-            channel: 5,
-            kind: FrameKind::Buffer,
-        }),
+        (
+            "buffer on an outbound channel",
+            with_hello(&[buffer(5, 0)]),
+            FrameError::WrongDirection { channel: 5, kind: FrameKind::Buffer },
+        ),
         ("missing hello", encode(&[buffer(0, 0)]), FrameError::MissingHello { kind: FrameKind::Buffer }),
         (
             "duplicate partition request",
-            with_hello(&[Message::PartitionRequest { channel: 5, initial_credit: 2 }, Message::PartitionRequest {
-                channel: 5,
-                initial_credit: 2,
-            }]),
+            with_hello(&[
+                Message::PartitionRequest { channel: 5, initial_credit: 2 },
+                Message::PartitionRequest { channel: 5, initial_credit: 2 },
+            ]),
             FrameError::DuplicatePartitionRequest { channel: 5 },
         ),
         (

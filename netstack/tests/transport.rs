@@ -27,7 +27,8 @@ const CHANNELS: u32 = 2;
 const BUFFERS_PER_CHANNEL: u64 = 300;
 /// 1000 records of 32 bytes fill most of a 32 KB buffer.
 const RECORDS_PER_BUFFER: u64 = 1000;
-const CREDIT: CreditConfig = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 4, max_backlog_per_channel: 2 };
+const CREDIT: CreditConfig =
+    CreditConfig { exclusive_per_channel: 2, floating_per_gate: 4, max_backlog_per_channel: 2 };
 const WATCHDOG: Duration = Duration::from_secs(30);
 
 fn net_config() -> NetConfig {
@@ -42,7 +43,14 @@ fn net_config() -> NetConfig {
 }
 
 fn hello(tm: u32) -> Hello {
-    Hello { sender_tm: tm, job_fingerprint: FINGERPRINT, tm_count: 2, pid: std::process::id(), heartbeat_ms: 200, channels: CHANNELS }
+    Hello {
+        sender_tm: tm,
+        job_fingerprint: FINGERPRINT,
+        tm_count: 2,
+        pid: std::process::id(),
+        heartbeat_ms: 200,
+        channels: CHANNELS,
+    }
 }
 
 fn identity(tm: u32) -> PeerIdentity {
@@ -148,7 +156,11 @@ async fn consume(mut gate: InputGate, bell: Arc<Doorbell>) -> Vec<u64> {
                 // SAFETY: the session ran validate_buffer::<Rec> on this buffer before pushing it,
                 // and pool buffers are 16-byte aligned.
                 for archived in unsafe { RecordIter::<Rec>::new(buffer.as_slice()) } {
-                    assert_eq!(deserialize::<Rec>(archived), (c as u32, next[c]), "channel {c}: out of order or duplicate");
+                    assert_eq!(
+                        deserialize::<Rec>(archived),
+                        (c as u32, next[c]),
+                        "channel {c}: out of order or duplicate"
+                    );
                     next[c] += 1;
                 }
                 drop(buffer);
@@ -191,7 +203,8 @@ fn records_cross_a_session_pair_in_order_with_credit() {
         let mut session = PeerSession::new(hello(1), identity(0), pool.clone());
         let mut inbound = Vec::new();
         for c in 0..CHANNELS {
-            let channel = LocalChannel::new_remote_in(CREDIT.exclusive_per_channel, bell.clone(), consumer_bell.clone());
+            let channel =
+                LocalChannel::new_remote_in(CREDIT.exclusive_per_channel, bell.clone(), consumer_bell.clone());
             session.add_inbound(c, channel.clone(), validate_buffer::<Rec>);
             inbound.push(channel);
         }
@@ -427,7 +440,8 @@ fn a_silent_peer_times_out_while_this_side_sends_heartbeats() {
 fn a_peer_error_or_cancel_ends_the_session() {
     let (addr, result) = producer_accepting(false);
     let mut peer = connect_with_hello(addr);
-    peer.write_all(&frame_bytes(Message::Error { code: ErrorCode::JobFailed, message: "task Map (2/4) panicked" })).unwrap();
+    peer.write_all(&frame_bytes(Message::Error { code: ErrorCode::JobFailed, message: "task Map (2/4) panicked" }))
+        .unwrap();
     match wait(&result, "session after ERROR(2)").0 {
         Err(e @ NetError::PeerFailed { .. }) => {
             assert_eq!(e.to_string(), "the job failed on TaskManager 1: task Map (2/4) panicked");
@@ -510,7 +524,8 @@ fn a_receiver_without_a_free_buffer_tells_the_peer_why_it_stops() {
         let consumer_bell = Arc::new(Doorbell::new());
         let mut session = PeerSession::new(hello(1), identity(0), pool.clone());
         for c in 0..CHANNELS {
-            let channel = LocalChannel::new_remote_in(CREDIT.exclusive_per_channel, bell.clone(), consumer_bell.clone());
+            let channel =
+                LocalChannel::new_remote_in(CREDIT.exclusive_per_channel, bell.clone(), consumer_bell.clone());
             session.add_inbound(c, channel, validate_buffer::<Rec>);
         }
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

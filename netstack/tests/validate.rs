@@ -216,7 +216,10 @@ fn header_words_are_checked() {
     buf[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(validate_buffer::<(u64, u64)>(&buf), Err(BufferError::RecordPastEnd { record: 1, .. })));
     buf[40..44].copy_from_slice(&8u32.to_le_bytes());
-    assert!(matches!(validate_buffer::<(u64, u64)>(&buf), Err(BufferError::InvalidArchive { record: 1, offset: 48, .. })));
+    assert!(matches!(
+        validate_buffer::<(u64, u64)>(&buf),
+        Err(BufferError::InvalidArchive { record: 1, offset: 48, .. })
+    ));
 
     let mut buf = clean.clone();
     buf.extend_from_slice(&[0; 5]);

@@ -98,7 +98,11 @@ impl<K: StateKey, N: Namespace> TimerQueue<K, N> {
             Entry::Vacant(v) => {
                 let seq = *next_seq;
                 *next_seq += 1;
-                buckets.entry(timer.timestamp).or_default().push_back((seq, timer.key.clone(), timer.namespace.clone()));
+                buckets.entry(timer.timestamp).or_default().push_back((
+                    seq,
+                    timer.key.clone(),
+                    timer.namespace.clone(),
+                ));
                 v.insert((timer, seq));
                 true
             }

@@ -42,7 +42,12 @@ fn a_slow_sink_slows_the_source_and_memory_stays_within_the_reservation() {
     let stalls: u64 = result.tasks.iter().filter(|t| t.task.contains("Source")).map(|t| t.credit_stalls).sum();
     assert!(stalls > 0, "the source ran out of credit");
     let stats = cluster.pool().stats();
-    assert!(stats.peak_in_use <= result.buffers_reserved, "peak {} > reserved {}", stats.peak_in_use, result.buffers_reserved);
+    assert!(
+        stats.peak_in_use <= result.buffers_reserved,
+        "peak {} > reserved {}",
+        stats.peak_in_use,
+        result.buffers_reserved
+    );
     assert_eq!(stats.in_use, 0);
 }
 

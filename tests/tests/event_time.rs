@@ -13,15 +13,14 @@ use std::time::Duration;
 
 use common::{drain, join, log, read_for, read_until, take};
 use corestream::{
-    DataStream, KeyedContext, KeyedProcessFunction, ProcessContext, SourceSender, WatermarkStrategy,
-    WindowAssigner, WindowContext,
+    DataStream, KeyedContext, KeyedProcessFunction, ProcessContext, SourceSender, WatermarkStrategy, WindowAssigner,
+    WindowContext,
 };
-use corestream_tests::cluster;
 use corestream_bench::throughput::CountAgg as CountAny;
 use corestream_bench::throughput::CountAgg as Count;
+use corestream_tests::cluster;
 
 type Rec = (u64, i64);
-
 
 fn strategy(idleness: Option<Duration>) -> WatermarkStrategy<Rec> {
     let s = WatermarkStrategy::for_monotonous_timestamps()
@@ -373,7 +372,6 @@ fn ingestion_time_is_nondecreasing_and_close_to_now() {
         assert_eq!(counts.iter().sum::<u64>(), N, "p={p}: every record counted in some ingestion-time window");
     }
 }
-
 
 /// Event time is read from the record by the stream's timestamp function, so a union of inputs
 /// whose assigners differ has none until one is declared: an event-time window on it is refused

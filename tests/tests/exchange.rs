@@ -223,7 +223,13 @@ fn batches_of_large_records_wait_for_credit_instead_of_failing() {
 fn broadcast_of_large_records_resumes_mid_record() {
     let cluster = cluster(4);
     let env = cluster.environment();
-    env.from_generator(3000, |i| vec![i as u8; 3000]).set_parallelism(1).broadcast().map(|v| v.len()).name("Copies").set_parallelism(4).discard();
+    env.from_generator(3000, |i| vec![i as u8; 3000])
+        .set_parallelism(1)
+        .broadcast()
+        .map(|v| v.len())
+        .name("Copies")
+        .set_parallelism(4)
+        .discard();
     let result = env.execute("broadcast-large").unwrap();
     assert_eq!(per_subtask_in(&result, "Copies"), vec![3000, 3000, 3000, 3000]);
 }

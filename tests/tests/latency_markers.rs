@@ -59,11 +59,10 @@ fn latency_tracking_is_off_by_default() {
 
 #[test]
 fn sinks_report_marker_latency_per_source_subtask_without_touching_records() {
-    let (result, sum) =
-        run_source_map_rebalance_sink(|env| {
-            env.set_latency_tracking_interval(Duration::from_millis(10));
-        })
-        .unwrap();
+    let (result, sum) = run_source_map_rebalance_sink(|env| {
+        env.set_latency_tracking_interval(Duration::from_millis(10));
+    })
+    .unwrap();
     assert_eq!(sum, expected_sum(), "markers changed the records");
     assert_eq!(result.records_in("Sink: sum"), RECORDS, "markers counted as records");
     assert_eq!(result.records_in("Map"), RECORDS);

@@ -147,7 +147,8 @@ fn a_job_needing_more_slots_than_free_is_refused() {
 
 #[test]
 fn a_job_needing_more_buffers_than_the_pool_has_is_refused() {
-    let cluster = LocalCluster::start(ClusterConfig { slots: Some(2), network_buffers: Some(16), ..Default::default() }).unwrap();
+    let cluster =
+        LocalCluster::start(ClusterConfig { slots: Some(2), network_buffers: Some(16), ..Default::default() }).unwrap();
     let mut env = cluster.environment();
     env.set_parallelism(2);
     env.from_sequence(0..10).rebalance().map(|v| v).discard();

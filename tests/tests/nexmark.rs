@@ -14,10 +14,7 @@ const EVENTS: u64 = 40_000;
 const SEED: u64 = 42;
 
 fn config() -> GeneratorConfig {
-    GeneratorConfig {
-        events_per_second: 500,
-        ..GeneratorConfig::default()
-    }
+    GeneratorConfig { events_per_second: 500, ..GeneratorConfig::default() }
 }
 
 /// Runs the job `build` declares at parallelism `p` and returns its rows.
@@ -45,24 +42,13 @@ where
     T: Ord + Debug,
     F: Fn(&StreamEnvironment, &GeneratorConfig, u64, u64) -> CollectStream<T>,
 {
-    assert!(
-        want.len() >= min_rows,
-        "{name}: the reference has only {} rows",
-        want.len()
-    );
+    assert!(want.len() >= min_rows, "{name}: the reference has only {} rows", want.len());
     for p in [1, 2] {
         let mut got = run(p, &build);
         got.sort_unstable();
-        assert_eq!(
-            got.len(),
-            want.len(),
-            "{name} at parallelism {p}: row count"
-        );
+        assert_eq!(got.len(), want.len(), "{name} at parallelism {p}: row count");
         if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
-            panic!(
-                "{name} at parallelism {p}: row {i} is {:?}, the reference says {:?}",
-                got[i], want[i]
-            );
+            panic!("{name} at parallelism {p}: row {i} is {:?}, the reference says {:?}", got[i], want[i]);
         }
     }
 }
@@ -75,12 +61,7 @@ fn q0_passes_every_event_through() {
     for p in [1, 2] {
         let mut got = run(p, q::q0);
         got.sort_by_cached_key(key);
-        assert!(
-            got == want,
-            "q0 at parallelism {p}: {} events, {} expected",
-            got.len(),
-            want.len()
-        );
+        assert!(got == want, "q0 at parallelism {p}: {} events, {} expected", got.len(), want.len());
     }
 }
 
@@ -93,12 +74,7 @@ fn q1_converts_every_bid_price() {
     for p in [1, 2] {
         let mut got = run(p, q::q1);
         got.sort_by_cached_key(key);
-        assert!(
-            got == want,
-            "q1 at parallelism {p}: {} bids, {} expected",
-            got.len(),
-            want.len()
-        );
+        assert!(got == want, "q1 at parallelism {p}: {} bids, {} expected", got.len(), want.len());
     }
 }
 
@@ -156,14 +132,7 @@ fn q12_counts_every_bid_in_processing_time_windows() {
     let want = r::reference_q12(&events());
     for p in [1, 2] {
         let rows = run(p, q::q12);
-        assert!(
-            rows.iter().all(|w| w.3 - w.2 == q::Q12_WINDOW_MS as i64),
-            "q12 window sizes"
-        );
-        assert_eq!(
-            r::q12_totals(&rows),
-            want,
-            "q12 at parallelism {p}: bids per bidder"
-        );
+        assert!(rows.iter().all(|w| w.3 - w.2 == q::Q12_WINDOW_MS as i64), "q12 window sizes");
+        assert_eq!(r::q12_totals(&rows), want, "q12 at parallelism {p}: bids per bidder");
     }
 }

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corestream::{
-    ClusterConfig, Distribution, JobError, JobResult, LocalCluster, NetConfig, NetError, RuntimeMode,
-    StreamEnvironment,
+    ClusterConfig, Distribution, JobError, JobResult, LocalCluster, NetConfig, NetError, RuntimeMode, StreamEnvironment,
 };
 use corestream_netstack::wire::{decode_frame, FrameError, Message};
 use corestream_netstack::Hello;
@@ -364,17 +363,17 @@ fn a_slow_consumer_in_the_other_task_manager_stalls_the_producer_on_credit_witho
             std::thread::spawn(move || {
                 let mut env = c.environment();
                 env.set_parallelism(2);
-                env.from_generator(RECORDS, |i| (i, format!("{i:0>200}")))
-                    .set_parallelism(1)
-                    .rebalance()
-                    .add_sink("Slow Sink", move |ctx: corestream::SinkContext| {
+                env.from_generator(RECORDS, |i| (i, format!("{i:0>200}"))).set_parallelism(1).rebalance().add_sink(
+                    "Slow Sink",
+                    move |ctx: corestream::SinkContext| {
                         Ok(SlowSequenceSink {
                             // Subtask 1, on TaskManager 1, takes in 2 µs what the source makes in far less.
                             micros_per_record: if ctx.subtask == 1 { 2 } else { 0 },
                             last: None,
                             seen: seen[ctx.subtask as usize].clone(),
                         })
-                    });
+                    },
+                );
                 env.execute_async("slow-consumer").unwrap().join()
             })
         })
@@ -387,7 +386,10 @@ fn a_slow_consumer_in_the_other_task_manager_stalls_the_producer_on_credit_witho
     assert!(!seen[1].lock().unwrap().is_empty(), "records crossed to TaskManager 1");
 
     let producer = &results[0];
-    eprintln!("producer: {:?}, reserved {}, pool peak {}", producer.network, producer.buffers_reserved, producer.pool_peak_in_use);
+    eprintln!(
+        "producer: {:?}, reserved {}, pool peak {}",
+        producer.network, producer.buffers_reserved, producer.pool_peak_in_use
+    );
     let link = &producer.network[0];
     assert!(link.remote_credit_stalls > 0, "the producer ran out of credit: {link:?}");
     let reserved_bytes = u64::from(producer.buffers_reserved) * corestream_netstack::BUFFER_SIZE as u64;

@@ -13,11 +13,10 @@ use corestream::{
     AggregateFunction, ClusterConfig, LocalCluster, OutputTag, ProcessContext, WatermarkStrategy, WindowAssigner,
     WindowContext,
 };
-use corestream_tests::cluster;
 use corestream_bench::throughput::CountAgg as Count;
+use corestream_tests::cluster;
 
 type Rec = (u64, i64);
-
 
 fn side_output_job(cluster: &LocalCluster) -> Result<corestream::JobResult, corestream::JobError> {
     let mut env = cluster.environment();
@@ -54,8 +53,9 @@ fn a_task_with_a_side_output_stays_within_its_buffer_reservation() {
     let stats = cluster.pool().stats();
     let reserved = result.buffers_reserved;
     // A pool exactly the size of the reservation must be enough.
-    let tight = LocalCluster::start(ClusterConfig { slots: Some(1), network_buffers: Some(reserved), ..Default::default() })
-        .unwrap();
+    let tight =
+        LocalCluster::start(ClusterConfig { slots: Some(1), network_buffers: Some(reserved), ..Default::default() })
+            .unwrap();
     let tight_result = side_output_job(&tight);
     assert!(
         stats.peak_in_use <= reserved && tight_result.is_ok(),

@@ -36,9 +36,7 @@ fn run(wait: Duration) -> Vec<u64> {
     let cluster = cluster(1);
     let mut env = cluster.environment();
     env.set_parallelism(1);
-    let out = env
-        .from_source("Source: wake later", Some(1), move |_ctx| Ok(WakeLater { wait, first: None }))
-        .collect();
+    let out = env.from_source("Source: wake later", Some(1), move |_ctx| Ok(WakeLater { wait, first: None })).collect();
     let handle = env.execute_async("wake-up").unwrap();
     let got: Vec<u64> = out.collect();
     handle.join().unwrap();

@@ -33,8 +33,7 @@ fn every_line_is_read_exactly_once_at_any_parallelism() {
     }
     text.push_str("last line without newline");
     std::fs::write(&path, &text).unwrap();
-    let mut expected: Vec<String> =
-        text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l).to_string()).collect();
+    let mut expected: Vec<String> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l).to_string()).collect();
     expected.sort();
     for p in [1, 2, 3, 4] {
         let (got, result) = lines_of(&path, p);
@@ -87,7 +86,13 @@ fn text_output_is_one_file_or_one_part_per_subtask() {
     env.from_sequence(0..100).set_parallelism(2).write_as_text(&parts).set_parallelism(2);
     env.execute("parts").unwrap();
     let mut all: Vec<u64> = (0..2)
-        .flat_map(|i| std::fs::read_to_string(parts.join(format!("part-{i}"))).unwrap().lines().map(|l| l.parse().unwrap()).collect::<Vec<u64>>())
+        .flat_map(|i| {
+            std::fs::read_to_string(parts.join(format!("part-{i}")))
+                .unwrap()
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect::<Vec<u64>>()
+        })
         .collect();
     all.sort_unstable();
     assert_eq!(all, (0..100).collect::<Vec<_>>());

@@ -41,7 +41,9 @@ impl Sink<Rec> for OrderedCount {
     }
 }
 
-fn counting_sink(total: &Arc<Mutex<(u64, Vec<String>)>>) -> impl Fn(corestream::SinkContext) -> Result<OrderedCount, SinkError> + Send + Sync + 'static {
+fn counting_sink(
+    total: &Arc<Mutex<(u64, Vec<String>)>>,
+) -> impl Fn(corestream::SinkContext) -> Result<OrderedCount, SinkError> + Send + Sync + 'static {
     let total = total.clone();
     move |_| Ok(OrderedCount { last: None, count: 0, batches: 0, total: total.clone() })
 }

@@ -34,7 +34,6 @@ const PARALLELISMS: [u32; 3] = [1, 2, 4];
 /// Cases per property (override with `PROPTEST_CASES`).
 const CASES: u32 = 32;
 
-
 /// Collects the ids of a window's records, so a firing shows exactly what it contains.
 #[derive(Clone)]
 struct Ids;

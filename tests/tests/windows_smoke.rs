@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use corestream::{WatermarkStrategy, WindowAssigner, WindowContext};
-use corestream_tests::cluster;
 use corestream_bench::throughput::CountAgg as Count;
-
+use corestream_tests::cluster;
 
 fn run(p: u32, assigner: WindowAssigner) -> BTreeMap<(u64, i64, i64), u64> {
     let cluster = cluster(p);

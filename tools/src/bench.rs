@@ -5,11 +5,11 @@
 
 use anyhow::Context;
 use clap::Subcommand;
+use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::throughput::{
     peak_rss_bytes, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport,
     SequenceSplit,
 };
-use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::window_agg::{event_time_assigner, parse_window_spec};
 
 use crate::args::{parse_count, parse_positive, parse_positive_count, parse_positive_duration, Common};
@@ -307,8 +307,7 @@ fn run_nexmark(
     let handle = start_nexmark(env, query, events, seed)?;
     let result = join_with_progress(handle, &label, Some(events))?;
     let cpu_time = process_cpu_time()?.saturating_sub(cpu_before);
-    let produced: u64 =
-        result.operators.iter().filter(|o| o.name.starts_with("Source")).map(|o| o.records_out).sum();
+    let produced: u64 = result.operators.iter().filter(|o| o.name.starts_with("Source")).map(|o| o.records_out).sum();
     let r = report(&label, p, events, result);
     let figures = NexmarkFigures {
         query: query.name(),
@@ -325,8 +324,7 @@ fn run_nexmark(
         anyhow::bail!("the source produced {produced} events, expected {events}");
     }
     if let Some(path) = json {
-        std::fs::write(path, figures.json())
-            .map_err(|e| anyhow::anyhow!("cannot write '{}': {e}", path.display()))?;
+        std::fs::write(path, figures.json()).map_err(|e| anyhow::anyhow!("cannot write '{}': {e}", path.display()))?;
     }
     Ok(())
 }

@@ -14,8 +14,7 @@ use corestream::{ClusterConfig, LocalCluster};
 use corestream_bench::corpus::write_corpus;
 use corestream_bench::examples::{self, checksum, reference_sum_by_key, reference_wordcount};
 use corestream_bench::throughput::{
-    finish, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport,
-    SequenceSplit,
+    finish, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport, SequenceSplit,
 };
 
 use crate::args::{parse_positive, parse_positive_count};
@@ -134,7 +133,8 @@ fn demo_jobs(cluster: &LocalCluster, args: &DemoArgs, dir: &std::path::Path) -> 
     }
     if parallelisms.len() == 2 {
         for name in ["passthrough", "keyed-sum"] {
-            let rate = |p: u32| reports.iter().find(|r| r.name == name && r.parallelism == p).map(|r| r.events_per_sec());
+            let rate =
+                |p: u32| reports.iter().find(|r| r.name == name && r.parallelism == p).map(|r| r.events_per_sec());
             if let (Some(one), Some(all)) = (rate(1), rate(slots)) {
                 println!("scaling {name}: {slots} slots / 1 slot = {:.2}x", all / one);
             }

@@ -391,8 +391,7 @@ pub struct Split {
     pub local: Measured,
 }
 
-const PERCENTILES: [(&str, f64); 5] =
-    [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9), ("p99_99", 99.99)];
+const PERCENTILES: [(&str, f64); 5] = [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9), ("p99_99", 99.99)];
 
 fn us_at(h: &Histogram<u64>, percentile: f64) -> f64 {
     h.value_at_percentile(percentile) as f64 / 1e3
@@ -744,15 +743,11 @@ fn build_job(
             add_latency_sink(stream, job, interval, Arc::new(start_of), ready_to);
         }
         LatencyQuery::Q5 => {
-            let events = events
-                .map(|(_, e)| e)
-                .set_parallelism(1)
-                .name("Events")
-                .assign_timestamps_and_watermarks(
-                    WatermarkStrategy::for_monotonous_timestamps()
-                        .with_timestamp_assigner(|e: &Event| e.date_time())
-                        .with_per_record_emission(),
-                );
+            let events = events.map(|(_, e)| e).set_parallelism(1).name("Events").assign_timestamps_and_watermarks(
+                WatermarkStrategy::for_monotonous_timestamps()
+                    .with_timestamp_assigner(|e: &Event| e.date_time())
+                    .with_per_record_emission(),
+            );
             let last = job.last_event_ms.clone();
             let start_of = move |r: &Q5Out| {
                 let end_ms = r.1;
@@ -929,8 +924,7 @@ fn warm_up(
     ready.set_read_timeout(Some(WARM_UP_EVERY)).context("cannot set the ready socket's timeout")?;
     while missing > 0 {
         if started.elapsed() > READY_TIMEOUT {
-            let idle: Vec<String> =
-                seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i.to_string()).collect();
+            let idle: Vec<String> = seen.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i.to_string()).collect();
             bail!(
                 "sink subtask(s) {} received no record within {READY_TIMEOUT:?} of the job's start ({records} \
                  warm-up records offered)",

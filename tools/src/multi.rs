@@ -279,7 +279,12 @@ pub fn total_slots(processes: u32, slots: Option<u32>, parallelism: Option<u32>)
     }
 }
 
-fn cluster_config(common: &Common, index: u32, peers: Vec<SocketAddr>, listener: TcpListener) -> anyhow::Result<ClusterConfig> {
+fn cluster_config(
+    common: &Common,
+    index: u32,
+    peers: Vec<SocketAddr>,
+    listener: TcpListener,
+) -> anyhow::Result<ClusterConfig> {
     let total = total_slots(common.processes, common.slots, common.parallelism)?;
     let distribution = Distribution::new(index, common.processes, total, peers)?;
     let mut net = NetConfig::default();
@@ -405,7 +410,13 @@ fn read_line(reader: &mut BufReader<io::Take<UnixStream>>) -> io::Result<Option<
     Ok(Some(line))
 }
 
-fn run_child<B, O>(common: &Common, index: u32, name: &str, control: &mut Control, build: B) -> anyhow::Result<Vec<String>>
+fn run_child<B, O>(
+    common: &Common,
+    index: u32,
+    name: &str,
+    control: &mut Control,
+    build: B,
+) -> anyhow::Result<Vec<String>>
 where
     B: FnOnce(&mut StreamEnvironment) -> O,
     O: FnOnce() -> anyhow::Result<Outputs>,
@@ -438,7 +449,13 @@ where
 fn report_lines(result: &JobResult, outputs: &Outputs) -> Vec<String> {
     let mut lines = Vec::new();
     for o in &result.operators {
-        lines.push(encode(&["OP", &o.node.to_string(), &o.records_in.to_string(), &o.records_out.to_string(), &o.name]));
+        lines.push(encode(&[
+            "OP",
+            &o.node.to_string(),
+            &o.records_in.to_string(),
+            &o.records_out.to_string(),
+            &o.name,
+        ]));
     }
     for c in &result.network {
         let s = &c.stats;
@@ -465,7 +482,13 @@ fn report_lines(result: &JobResult, outputs: &Outputs) -> Vec<String> {
     for l in &result.latency {
         match histogram_to_hex(&l.histogram) {
             Ok(hex) => {
-                lines.push(encode(&["LATENCY", &l.sink_node.to_string(), &l.source_subtask.to_string(), &hex, &l.sink]));
+                lines.push(encode(&[
+                    "LATENCY",
+                    &l.sink_node.to_string(),
+                    &l.source_subtask.to_string(),
+                    &hex,
+                    &l.sink,
+                ]));
             }
             Err(e) => tracing::warn!(sink = %l.sink, "latency histogram not reported: {e}"),
         }
@@ -513,7 +536,9 @@ where
 #[derive(Debug)]
 enum State {
     Starting,
-    Running { data: SocketAddr },
+    Running {
+        data: SocketAddr,
+    },
     Done,
     /// The child reported that its part failed.
     Failed(String),
@@ -727,7 +752,11 @@ impl Children {
             c.reaped = true;
             if matches!(c.state, State::Done) {
                 // Its result is complete; only its shutdown hung.
-                tracing::warn!(tm = c.tm, "TaskManager {} reported its result but did not exit within {EXIT_WAIT:?}", c.tm);
+                tracing::warn!(
+                    tm = c.tm,
+                    "TaskManager {} reported its result but did not exit within {EXIT_WAIT:?}",
+                    c.tm
+                );
             }
         }
     }
@@ -966,7 +995,9 @@ impl Report {
     /// Records a result message; false if `message` is not part of a report.
     fn add(&mut self, message: &Message) -> bool {
         match message.clone() {
-            Message::Op { node, records_in, records_out, name } => self.operators.push((node, name, records_in, records_out)),
+            Message::Op { node, records_in, records_out, name } => {
+                self.operators.push((node, name, records_in, records_out))
+            }
             Message::Net(c) => self.network.push(c),
             Message::Pool(peak) => self.pool_peak_in_use = peak,
             Message::Warn(w) => self.warnings.push(w),
@@ -1007,7 +1038,8 @@ impl Report {
                     continue;
                 }
             };
-            let at = result.latency.iter().position(|l| l.sink_node == *sink_node && l.source_subtask == *source_subtask);
+            let at =
+                result.latency.iter().position(|l| l.sink_node == *sink_node && l.source_subtask == *source_subtask);
             match at {
                 Some(i) => {
                     let mut merged = result.latency[i].histogram.clone();
@@ -1075,7 +1107,8 @@ fn decode(line: &str) -> anyhow::Result<Message> {
     let num = |i: usize, what: &str| -> anyhow::Result<u64> {
         args[i].parse().map_err(|_| anyhow!("{kind}: {what} '{}' is not a number", args[i]))
     };
-    let addr = |s: &str| -> anyhow::Result<SocketAddr> { s.parse().map_err(|_| anyhow!("{kind}: '{s}' is not an address")) };
+    let addr =
+        |s: &str| -> anyhow::Result<SocketAddr> { s.parse().map_err(|_| anyhow!("{kind}: '{s}' is not an address")) };
     Ok(match kind.as_str() {
         "HELLO" => {
             want(3)?;
@@ -1271,7 +1304,11 @@ mod tests {
         let lines = merged.network_lines();
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[1], "network: pool peak in use (buffers): TaskManager 0 0, TaskManager 1 0");
-        assert!(lines[0].starts_with("network: TaskManager 0 <-> TaskManager 1: 10 buffers / 0.3 MB out"), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with("network: TaskManager 0 <-> TaskManager 1: 10 buffers / 0.3 MB out"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[0].ends_with("credit stalls 1 out / 2 in, peer data address 127.0.0.1:2"), "{}", lines[0]);
         assert_eq!(peer_address("TaskManager 1 ([fd00::2]:7000)"), Some("[fd00::2]:7000"));
         assert_eq!(peer_address("TaskManager 1"), None);

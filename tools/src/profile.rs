@@ -121,8 +121,7 @@ fn parse_job(command: &[OsString]) -> Result<Command, clap::Error> {
 fn prepare_output(dir: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create the output directory '{}'", dir.display()))?;
     let probe = dir.join(".corestream-profile-probe");
-    File::create(&probe)
-        .with_context(|| format!("cannot write to the output directory '{}'", dir.display()))?;
+    File::create(&probe).with_context(|| format!("cannot write to the output directory '{}'", dir.display()))?;
     fs::remove_file(&probe).with_context(|| format!("cannot remove '{}'", probe.display()))?;
     Ok(())
 }
@@ -264,11 +263,8 @@ fn write_graph(
 
     let mut options = flamegraph::Options::default();
     options.title = format!("corestream {shown}");
-    options.subtitle = Some(format!(
-        "{thread}: {samples} samples at {} Hz over {}",
-        timing.frequency_hz,
-        coverage(timing)
-    ));
+    options.subtitle =
+        Some(format!("{thread}: {samples} samples at {} Hz over {}", timing.frequency_hz, coverage(timing)));
     options.count_name = "samples".into();
     options.colors = Palette::Multi(MultiPalette::Rust);
     let file = File::create(&svg).with_context(|| format!("cannot create '{}'", svg.display()))?;
@@ -302,7 +298,8 @@ fn print_summary(args: &ProfileArgs, profile: &Profile, timing: &Timing) {
         let _ = writeln!(out, "profile: no slot thread was sampled (the job used no CPU time in its slots)");
     }
     for w in &profile.written {
-        let _ = writeln!(out, "  {:<12} {:>8} samples  {}  {}", w.thread, w.samples, w.svg.display(), w.folded.display());
+        let _ =
+            writeln!(out, "  {:<12} {:>8} samples  {}  {}", w.thread, w.samples, w.svg.display(), w.folded.display());
     }
     for (thread, samples) in &profile.other_threads {
         let _ = writeln!(out, "  {thread:<12} {samples:>8} samples  (in the combined graph)");

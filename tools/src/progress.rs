@@ -14,18 +14,14 @@ pub fn join_with_progress(handle: JobHandle, label: &str, total: Option<u64>) ->
                 .expect("valid template")
                 .progress_chars("=> "),
         ),
-        None => ProgressBar::new_spinner()
-            .with_style(ProgressStyle::with_template("{prefix} {spinner} {human_pos} records").expect("valid template")),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{prefix} {spinner} {human_pos} records").expect("valid template"),
+        ),
     };
     bar.set_prefix(label.to_string());
     while !handle.is_finished() {
-        let produced: u64 = handle
-            .snapshot()
-            .operators
-            .iter()
-            .filter(|o| o.name.starts_with("Source"))
-            .map(|o| o.records_out)
-            .sum();
+        let produced: u64 =
+            handle.snapshot().operators.iter().filter(|o| o.name.starts_with("Source")).map(|o| o.records_out).sum();
         bar.set_position(produced);
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -58,8 +58,8 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     match cmd {
         RunCommand::WindowAgg(args) => window_agg::run(args),
         RunCommand::Wordcount { input, output, on_invalid_utf8, common } => {
-            let meta = std::fs::metadata(&input)
-                .with_context(|| format!("cannot read input file '{}'", input.display()))?;
+            let meta =
+                std::fs::metadata(&input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
             if meta.is_dir() {
                 bail!("cannot read input file '{}': Is a directory; give the path of a text file", input.display());
             }
@@ -125,8 +125,7 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
                     let totals = examples::sum_by_key(env, records, keys);
                     let collector = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
                     move || {
-                        let collected =
-                            collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
+                        let collected = collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
                         Ok(vec![
                             ("checksum".to_string(), format!("{:016x}", checksum(collected.iter().copied()))),
                             ("keys".to_string(), collected.len().to_string()),
@@ -161,7 +160,10 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
             let reference_time = started.elapsed();
             let expected_sum = checksum(expected.iter().copied());
             println!("sum-by-key: {records} records, {found} keys");
-            println!("checksum {got:016x} (reference {expected_sum:016x}: {})", if got == expected_sum { "match" } else { "MISMATCH" });
+            println!(
+                "checksum {got:016x} (reference {expected_sum:016x}: {})",
+                if got == expected_sum { "match" } else { "MISMATCH" }
+            );
             println!(
                 "{:.0} events/s, wall {:.3} s (single-threaded reference: {:.3} s)",
                 records as f64 / result.wall_time.as_secs_f64(),
@@ -198,7 +200,9 @@ pub fn plan(example: &str, common: &Common) -> anyhow::Result<()> {
     let cluster = common.cluster()?;
     let mut env = common.environment(&cluster);
     match example {
-        "wordcount" => examples::wordcount(&mut env, "INPUT".as_ref(), "OUTPUT".as_ref(), corestream::InvalidUtf8::Skip),
+        "wordcount" => {
+            examples::wordcount(&mut env, "INPUT".as_ref(), "OUTPUT".as_ref(), corestream::InvalidUtf8::Skip)
+        }
         "sum-by-key" => drop(examples::sum_by_key(&mut env, 1000, 10)),
         "passthrough" => passthrough_job(&env, 1000),
         "keyed-sum" => keyed_sum_job(&env, 1000, 10),

@@ -27,9 +27,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use corestream::{OutputTag, ProcessContext, WatermarkStrategy, WindowContext};
 use corestream_bench::window_agg::{
-    event_time_assigner, format_late, format_rejected, format_result, late_header, parse_agg, parse_duration_ms, parse_row,
-    parse_trigger,
-    parse_window_spec, resolve_columns, AggSpec, CsvSchema, Rejected, SpecError, OUTPUT_HEADER, REJECTED_HEADER,
+    event_time_assigner, format_late, format_rejected, format_result, late_header, parse_agg, parse_duration_ms,
+    parse_row, parse_trigger, parse_window_spec, resolve_columns, AggSpec, CsvSchema, Rejected, SpecError,
+    OUTPUT_HEADER, REJECTED_HEADER,
 };
 use corestream_bench::window_model::{Event, WindowResult, WindowSpec};
 
@@ -93,7 +93,6 @@ type Line = (u64, String, bool);
 fn usage_error(message: impl std::fmt::Display) -> ! {
     clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n")).exit()
 }
-
 
 /// Removes a line's `\n` and up to two `\r` before it, as `str::lines` followed by
 /// [`corestream_bench::window_agg::parse_input`] does.

@@ -190,12 +190,16 @@ fn impossible_settings_exit_2() {
 fn q0_fed_by_a_host_thread_receives_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("host.json");
-    let args = ["bench", "latency", "--query", "q0", "--rate", "20k", "--duration", "500ms", "-p", "2", "--feeder", "host"];
+    let args =
+        ["bench", "latency", "--query", "q0", "--rate", "20k", "--duration", "500ms", "-p", "2", "--feeder", "host"];
     let out = corestream(&[&args[..], &["--json", json.to_str().unwrap()]].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     let fields = parse_flat_object(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
     assert_eq!(number(&fields, "offered"), 10_000.0);
     assert_eq!(number(&fields, "received"), 10_000.0);
-    assert_refused(&["bench", "latency", "--query", "q0", "--rate", "1k", "--duration", "1s", "--feeder", "thread"], "thread");
+    assert_refused(
+        &["bench", "latency", "--query", "q0", "--rate", "1k", "--duration", "1s", "--feeder", "thread"],
+        "thread",
+    );
 }

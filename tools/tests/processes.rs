@@ -62,7 +62,16 @@ fn wordcount_across_two_processes_writes_the_single_process_output() {
     for p in ["2", "4"] {
         let output = dir.path().join(format!("two-p{p}.tsv"));
         let two = corestream(&[
-            "run", "wordcount", "--input", input, "--output", output.to_str().unwrap(), "-p", p, "--processes", "2",
+            "run",
+            "wordcount",
+            "--input",
+            input,
+            "--output",
+            output.to_str().unwrap(),
+            "-p",
+            p,
+            "--processes",
+            "2",
         ]);
         assert_status(&two, 0);
         assert!(!two.leftover, "a TaskManager outlived the run");
@@ -79,8 +88,18 @@ fn pid_in(line: &str) -> libc::pid_t {
 
 fn long_run() -> Running {
     start(&[
-        "run", "sum-by-key", "--records", "2G", "--keys", "1000", "-p", "2", "--processes", "2",
-        "--heartbeat-timeout", "2s",
+        "run",
+        "sum-by-key",
+        "--records",
+        "2G",
+        "--keys",
+        "1000",
+        "-p",
+        "2",
+        "--processes",
+        "2",
+        "--heartbeat-timeout",
+        "2s",
     ])
 }
 
@@ -141,8 +160,24 @@ fn bad_process_counts_and_unsupported_commands_are_refused() {
     assert!(out.stderr.contains("`corestream plan` runs in one process"), "{}", out.stderr);
 
     let out = corestream(&[
-        "run", "window-agg", "--input", "in.csv", "--key", "k", "--time", "t", "--window", "tumbling:10s",
-        "--out-of-orderness", "1s", "--agg", "count", "--output", "out.csv", "--processes", "3",
+        "run",
+        "window-agg",
+        "--input",
+        "in.csv",
+        "--key",
+        "k",
+        "--time",
+        "t",
+        "--window",
+        "tumbling:10s",
+        "--out-of-orderness",
+        "1s",
+        "--agg",
+        "count",
+        "--output",
+        "out.csv",
+        "--processes",
+        "3",
     ]);
     assert_status(&out, 2);
     assert!(out.stderr.contains("`corestream run window-agg` runs in one process"), "{}", out.stderr);
@@ -152,13 +187,38 @@ fn bad_process_counts_and_unsupported_commands_are_refused() {
 
     let dir = TempDir::new().unwrap();
     let out = corestream(&[
-        "profile", "--duration", "1s", "--output", dir.path().to_str().unwrap(), "--", "run", "sum-by-key", "--records",
-        "1k", "--keys", "10", "--processes", "2",
+        "profile",
+        "--duration",
+        "1s",
+        "--output",
+        dir.path().to_str().unwrap(),
+        "--",
+        "run",
+        "sum-by-key",
+        "--records",
+        "1k",
+        "--keys",
+        "10",
+        "--processes",
+        "2",
     ]);
     assert_status(&out, 1);
     assert!(out.stderr.contains("not one run by `corestream profile`"), "{}", out.stderr);
 
-    let out = corestream(&["run", "sum-by-key", "--records", "1k", "--keys", "10", "-p", "3", "--slots", "1", "--processes", "2"]);
+    let out = corestream(&[
+        "run",
+        "sum-by-key",
+        "--records",
+        "1k",
+        "--keys",
+        "10",
+        "-p",
+        "3",
+        "--slots",
+        "1",
+        "--processes",
+        "2",
+    ]);
     assert_status(&out, 1);
     assert!(out.stderr.contains("--parallelism 3 needs 3 job slots"), "{}", out.stderr);
 }
@@ -176,8 +236,24 @@ fn bench_network_reports_the_exchange_against_the_raw_pair() {
     let dir = TempDir::new().unwrap();
     let json = dir.path().join("network.json");
     let args = [
-        "bench", "network", "--events", "200k", "--keys", "1000", "--record-bytes", "256", "-p", "2", "--processes",
-        "2", "--raw-bytes", "64M", "--max-backlog", "4", "--json", json.to_str().unwrap(),
+        "bench",
+        "network",
+        "--events",
+        "200k",
+        "--keys",
+        "1000",
+        "--record-bytes",
+        "256",
+        "-p",
+        "2",
+        "--processes",
+        "2",
+        "--raw-bytes",
+        "64M",
+        "--max-backlog",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
     ];
     let done = start(&args).finish_within(HANG_LIMIT);
     assert!(done.status.success(), "exit {:?}\n{}\n{}", done.status, done.stdout, done.stderr);

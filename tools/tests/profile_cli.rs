@@ -34,11 +34,7 @@ fn frame_titles(path: &Path) -> Vec<String> {
     let doc = roxmltree::Document::parse_with_options(&svg, options)
         .unwrap_or_else(|e| panic!("{} is not well-formed XML: {e}", path.display()));
     assert_eq!(doc.root_element().tag_name().name(), "svg", "{}: root element", path.display());
-    doc.descendants()
-        .filter(|n| n.has_tag_name("title"))
-        .filter_map(|n| n.text())
-        .map(str::to_string)
-        .collect()
+    doc.descendants().filter(|n| n.has_tag_name("title")).filter_map(|n| n.text()).map(str::to_string).collect()
 }
 
 /// Sums the counts of a folded-stacks file, checking every line is `stack count`.
@@ -131,8 +127,22 @@ fn refuses_bad_arguments_with_status_2() {
     );
     assert_usage_error(
         &[
-            "profile", "--duration", "1s", "--output", out, "--", "profile", "--duration", "1s", "--output", out, "--",
-            "bench", "passthrough", "--events", "1M",
+            "profile",
+            "--duration",
+            "1s",
+            "--output",
+            out,
+            "--",
+            "profile",
+            "--duration",
+            "1s",
+            "--output",
+            out,
+            "--",
+            "bench",
+            "passthrough",
+            "--events",
+            "1M",
         ],
         "cannot profile itself",
     );

@@ -16,10 +16,8 @@ const VARIANTS: [&str; 5] = ["plain", "uring", "send_zc", "send_zc_fixed", "mult
 fn a_64_mib_run_reports_every_variant() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("t.json");
-    let out = common::run_corestream(
-        &["bench", "transport", "--bytes", "64M", "--json", json.to_str().unwrap()],
-        HANG_LIMIT,
-    );
+    let out =
+        common::run_corestream(&["bench", "transport", "--bytes", "64M", "--json", json.to_str().unwrap()], HANG_LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("median GB/s"), "{stdout}");

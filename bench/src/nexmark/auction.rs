@@ -4,8 +4,8 @@
 //! which `num_in_flight_auctions` auctions are created, so about that many are open at once.
 
 use super::config::{
-    GeneratorConfig, AUCTION_ID_LEAD, FIRST_AUCTION_ID, FIRST_CATEGORY_ID, FIRST_PERSON_ID,
-    HOT_ID_STRIDE, NUM_CATEGORIES,
+    GeneratorConfig, AUCTION_ID_LEAD, FIRST_AUCTION_ID, FIRST_CATEGORY_ID, FIRST_PERSON_ID, HOT_ID_STRIDE,
+    NUM_CATEGORIES,
 };
 use super::model::Auction;
 use super::person::next_base0_person_id;
@@ -20,10 +20,8 @@ pub(crate) fn next_auction(
     rng: &mut SplitMix64,
     date_time: i64,
 ) -> Auction {
-    let id = config
-        .last_base0_auction_id(event_id)
-        .expect("an auction event follows its own creation")
-        + FIRST_AUCTION_ID;
+    let id =
+        config.last_base0_auction_id(event_id).expect("an auction event follows its own creation") + FIRST_AUCTION_ID;
     let seller = if rng.below(config.hot_seller_ratio) > 0 {
         config.last_base0_person_id(event_id) / HOT_ID_STRIDE * HOT_ID_STRIDE
     } else {
@@ -37,26 +35,10 @@ pub(crate) fn next_auction(
     let reserve = initial_bid + next_price(rng);
     let size = 8 + item_name.len() + description.len() + 8 + 8 + 8 + 8 + 8;
     let extra = next_extra(rng, size, config.avg_auction_bytes);
-    Auction {
-        id,
-        item_name,
-        description,
-        initial_bid,
-        reserve,
-        date_time,
-        expires,
-        seller,
-        category,
-        extra,
-    }
+    Auction { id, item_name, description, initial_bid, reserve, date_time, expires, seller, category, extra }
 }
 
-fn next_auction_length_ms(
-    config: &GeneratorConfig,
-    event_number: u64,
-    rng: &mut SplitMix64,
-    date_time: i64,
-) -> i64 {
+fn next_auction_length_ms(config: &GeneratorConfig, event_number: u64, rng: &mut SplitMix64, date_time: i64) -> i64 {
     let horizon_end = config.timestamp_ms(event_number + config.events_per_auction_horizon());
     let horizon_ms = horizon_end.saturating_sub(date_time);
     1 + rng.below(horizon_ms.saturating_mul(2).max(1) as u64) as i64
@@ -64,14 +46,8 @@ fn next_auction_length_ms(
 
 /// A base-0 auction id among the `num_in_flight_auctions` most recent at `event_id` of a bid,
 /// or up to [`AUCTION_ID_LEAD`] auctions not yet created.
-pub(crate) fn next_base0_auction_id(
-    config: &GeneratorConfig,
-    event_id: u64,
-    rng: &mut SplitMix64,
-) -> u64 {
-    let max = config
-        .last_base0_auction_id(event_id)
-        .expect("a bid follows at least one auction");
+pub(crate) fn next_base0_auction_id(config: &GeneratorConfig, event_id: u64, rng: &mut SplitMix64) -> u64 {
+    let max = config.last_base0_auction_id(event_id).expect("a bid follows at least one auction");
     let min = max.saturating_sub(config.num_in_flight_auctions);
     min + rng.below(max - min + 1 + AUCTION_ID_LEAD)
 }

@@ -33,10 +33,7 @@ pub(crate) fn next_bid(
     date_time: i64,
 ) -> Bid {
     let auction = if rng.below(config.hot_auction_ratio) > 0 {
-        config
-            .last_base0_auction_id(event_id)
-            .expect("a bid follows at least one auction")
-            / HOT_ID_STRIDE
+        config.last_base0_auction_id(event_id).expect("a bid follows at least one auction") / HOT_ID_STRIDE
             * HOT_ID_STRIDE
     } else {
         next_base0_auction_id(config, event_id, rng)
@@ -54,15 +51,7 @@ pub(crate) fn next_bid(
         channel_and_url(seed, rng.below(CHANNELS_NUMBER))
     };
     let extra = next_extra(rng, 8 + 8 + 8 + 8, config.avg_bid_bytes);
-    Bid {
-        auction,
-        bidder,
-        price,
-        channel,
-        url,
-        date_time,
-        extra,
-    }
+    Bid { auction, bidder, price, channel, url, date_time, extra }
 }
 
 /// Flink's channel cache entry: `channel-N` and a random item url, which nine channels in ten

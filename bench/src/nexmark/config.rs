@@ -109,11 +109,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid Nexmark generator setting `{}`: {}",
-            self.field, self.reason
-        )
+        write!(f, "invalid Nexmark generator setting `{}`: {}", self.field, self.reason)
     }
 }
 
@@ -134,10 +130,7 @@ impl GeneratorConfig {
             ("out_of_order_group_size", self.out_of_order_group_size),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(ConfigError {
-                field,
-                reason: "must be at least 1",
-            });
+            return Err(ConfigError { field, reason: "must be at least 1" });
         }
         if self.out_of_order_group_size.is_multiple_of(953) {
             return Err(ConfigError {
@@ -171,8 +164,7 @@ impl GeneratorConfig {
     /// future).
     pub fn timestamp_ms(&self, n: u64) -> i64 {
         let delta_ms = u128::from(n) * 1000 / u128::from(self.events_per_second);
-        self.base_time_ms
-            .saturating_add(i64::try_from(delta_ms).unwrap_or(i64::MAX))
+        self.base_time_ms.saturating_add(i64::try_from(delta_ms).unwrap_or(i64::MAX))
     }
 
     pub fn kind_of(&self, event_id: u64) -> EventKind {
@@ -224,14 +216,7 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.total_proportion(), 50);
         let count = |kind| (0..50).filter(|&id| config.kind_of(id) == kind).count();
-        assert_eq!(
-            (
-                count(EventKind::Person),
-                count(EventKind::Auction),
-                count(EventKind::Bid)
-            ),
-            (1, 3, 46)
-        );
+        assert_eq!((count(EventKind::Person), count(EventKind::Auction), count(EventKind::Bid)), (1, 3, 46));
         assert_eq!(config.inter_event_delay_us(), 100.0);
     }
 
@@ -251,14 +236,10 @@ mod tests {
 
     #[test]
     fn adjusted_event_numbers_permute_each_group() {
-        let config = GeneratorConfig {
-            out_of_order_group_size: 10,
-            ..GeneratorConfig::default()
-        };
+        let config = GeneratorConfig { out_of_order_group_size: 10, ..GeneratorConfig::default() };
         for group in 0..4u64 {
-            let mut numbers: Vec<u64> = (group * 10..group * 10 + 10)
-                .map(|n| config.adjusted_event_number(n))
-                .collect();
+            let mut numbers: Vec<u64> =
+                (group * 10..group * 10 + 10).map(|n| config.adjusted_event_number(n)).collect();
             numbers.sort_unstable();
             assert_eq!(numbers, (group * 10..group * 10 + 10).collect::<Vec<_>>());
         }
@@ -267,18 +248,9 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_named() {
-        let zero_rate = GeneratorConfig {
-            events_per_second: 0,
-            ..GeneratorConfig::default()
-        };
+        let zero_rate = GeneratorConfig { events_per_second: 0, ..GeneratorConfig::default() };
         assert_eq!(zero_rate.validate().unwrap_err().field, "events_per_second");
-        let bad_group = GeneratorConfig {
-            out_of_order_group_size: 953 * 2,
-            ..GeneratorConfig::default()
-        };
-        assert_eq!(
-            bad_group.validate().unwrap_err().field,
-            "out_of_order_group_size"
-        );
+        let bad_group = GeneratorConfig { out_of_order_group_size: 953 * 2, ..GeneratorConfig::default() };
+        assert_eq!(bad_group.validate().unwrap_err().field, "out_of_order_group_size");
     }
 }

@@ -41,11 +41,7 @@ impl NexmarkGenerator {
     /// A generator whose next event is event number `offset`, or why `config` is invalid.
     pub fn try_new(config: GeneratorConfig, seed: u64, offset: u64) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(Self {
-            config,
-            seed,
-            next: offset,
-        })
+        Ok(Self { config, seed, next: offset })
     }
 
     pub fn config(&self) -> &GeneratorConfig {
@@ -75,17 +71,13 @@ impl NexmarkGenerator {
         let config = &self.config;
         match config.kind_of(id) {
             EventKind::Person => Event::Person(next_person(config, id, &mut rng, date_time)),
-            EventKind::Auction => {
-                Event::Auction(next_auction(config, number, id, &mut rng, date_time))
-            }
+            EventKind::Auction => Event::Auction(next_auction(config, number, id, &mut rng, date_time)),
             EventKind::Bid => Event::Bid(next_bid(config, self.seed, id, &mut rng, date_time)),
         }
     }
 
     fn remaining(&self) -> Option<u64> {
-        self.config
-            .max_events
-            .map(|max| max.saturating_sub(self.next))
+        self.config.max_events.map(|max| max.saturating_sub(self.next))
     }
 }
 

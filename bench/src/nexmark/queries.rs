@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use corestream::rkyv::{Archive, Deserialize, Serialize};
 use corestream::{
-    CollectStream, DataStream, KeyedCoProcessFunction, KeyedContext, KeyedRuntimeContext,
-    ListState, ListStateDescriptor, StreamEnvironment, ValueState, ValueStateDescriptor,
-    WatermarkStrategy, WindowAssigner, WindowContext,
+    CollectStream, DataStream, KeyedCoProcessFunction, KeyedContext, KeyedRuntimeContext, ListState,
+    ListStateDescriptor, StreamEnvironment, ValueState, ValueStateDescriptor, WatermarkStrategy, WindowAssigner,
+    WindowContext,
 };
 
 use super::config::GeneratorConfig;
@@ -60,10 +60,7 @@ pub const Q11_SESSION_GAP_MS: i64 = 10_000;
 pub const Q12_WINDOW_MS: u64 = 10_000;
 
 pub fn q5_windows() -> WindowAssigner {
-    WindowAssigner::sliding_event_time(
-        Duration::from_millis(Q5_WINDOW_MS),
-        Duration::from_millis(Q5_SLIDE_MS),
-    )
+    WindowAssigner::sliding_event_time(Duration::from_millis(Q5_WINDOW_MS), Duration::from_millis(Q5_SLIDE_MS))
 }
 
 pub fn q7_windows() -> WindowAssigner {
@@ -94,12 +91,7 @@ pub fn max_disorder(config: &GeneratorConfig) -> Duration {
 
 /// The first `events` events of the stream of `(config, seed)`, with event time and
 /// watermarks.
-pub fn source(
-    env: &StreamEnvironment,
-    config: &GeneratorConfig,
-    events: u64,
-    seed: u64,
-) -> DataStream<Event> {
+pub fn source(env: &StreamEnvironment, config: &GeneratorConfig, events: u64, seed: u64) -> DataStream<Event> {
     let generator = NexmarkGenerator::new(config.clone(), seed);
     env.from_sequence_interleaved(0..events)
         .map(move |n| generator.event(n))
@@ -153,20 +145,12 @@ pub fn q0_stream(events: DataStream<Event>) -> DataStream<Event> {
 
 /// q1, currency conversion: every bid with its price in euros.
 pub fn q1_stream(events: DataStream<Event>) -> DataStream<Bid> {
-    bids(events)
-        .map(|b| Bid {
-            price: dollars_to_euros(b.price),
-            ..b
-        })
-        .name("q1: to euros")
+    bids(events).map(|b| Bid { price: dollars_to_euros(b.price), ..b }).name("q1: to euros")
 }
 
 /// q2, selection: (auction, price) of the bids on every 123rd auction.
 pub fn q2_stream(events: DataStream<Event>) -> DataStream<Q2Out> {
-    bids(events)
-        .filter(|b| b.auction % Q2_AUCTION_MODULUS == 0)
-        .map(|b| (b.auction, b.price))
-        .name("q2: selection")
+    bids(events).filter(|b| b.auction % Q2_AUCTION_MODULUS == 0).map(|b| (b.auction, b.price)).name("q2: selection")
 }
 
 /// q3, local item suggestion: sellers in OR, ID or CA joined with their category-10 auctions,
@@ -175,11 +159,7 @@ pub fn q2_stream(events: DataStream<Event>) -> DataStream<Q2Out> {
 pub fn q3_stream(events: DataStream<Event>) -> DataStream<Q3Out> {
     let people = persons(events.clone()).filter(|p| Q3_STATES.contains(&p.state.as_str()));
     let items = auctions(events).filter(|a| a.category == Q3_CATEGORY);
-    people
-        .connect(items)
-        .key_by(|p: &Person| p.id, |a: &Auction| a.seller)
-        .process(Q3Join::default)
-        .name("q3: join")
+    people.connect(items).key_by(|p: &Person| p.id, |a: &Auction| a.seller).process(Q3Join::default).name("q3: join")
 }
 
 /// q3's join: per seller, the person once seen, and the auctions seen before them. The
@@ -220,10 +200,7 @@ impl KeyedCoProcessFunction<u64, Person, Auction, Q3Out> for Q3Join {
             }
             waiting.clear();
         }
-        self.person
-            .as_mut()
-            .expect("opened")
-            .update((p.name, p.city, p.state));
+        self.person.as_mut().expect("opened").update((p.name, p.city, p.state));
     }
 
     fn process_element2(&mut self, a: Auction, ctx: &mut KeyedContext<'_, u64, Q3Out>) {
@@ -319,12 +296,7 @@ impl KeyedCoProcessFunction<u64, Auction, Bid, (u64, u64, u64)> for WinningBids 
         let early = self.early.as_mut().expect("opened");
         if !early.is_empty() {
             for (date_time, price) in early.get() {
-                open.offer(&Bid {
-                    auction: a.id,
-                    price,
-                    date_time,
-                    ..empty_bid()
-                });
+                open.offer(&Bid { auction: a.id, price, date_time, ..empty_bid() });
             }
             early.clear();
         }
@@ -333,18 +305,12 @@ impl KeyedCoProcessFunction<u64, Auction, Bid, (u64, u64, u64)> for WinningBids 
     }
 
     fn process_element2(&mut self, b: Bid, ctx: &mut KeyedContext<'_, u64, (u64, u64, u64)>) {
-        let offered = self
-            .open
-            .as_mut()
-            .expect("opened")
-            .update_with(|open| open.as_mut().map(|o| o.offer(&b)).is_some());
+        let offered =
+            self.open.as_mut().expect("opened").update_with(|open| open.as_mut().map(|o| o.offer(&b)).is_some());
         if !offered {
             // Dropped when the watermark passes it: an auction seen later starts later.
             ctx.register_event_time_timer(b.date_time);
-            self.early
-                .as_mut()
-                .expect("opened")
-                .add((b.date_time, b.price));
+            self.early.as_mut().expect("opened").add((b.date_time, b.price));
         }
     }
 
@@ -389,24 +355,17 @@ pub fn q5_stream(events: DataStream<Event>) -> DataStream<Q5Out> {
     bids(events)
         .key_by(|b: &Bid| b.auction)
         .window(q5_windows())
-        .aggregate_process(
-            CountAgg,
-            |ctx: &WindowContext<'_, u64>, n: u64, out: &mut Vec<Q5Out>| {
-                out.push((ctx.window.start, ctx.window.end, *ctx.key, n))
-            },
-        )
+        .aggregate_process(CountAgg, |ctx: &WindowContext<'_, u64>, n: u64, out: &mut Vec<Q5Out>| {
+            out.push((ctx.window.start, ctx.window.end, *ctx.key, n))
+        })
         .name("q5: bids per auction")
         .with_timestamps(|r: &Q5Out| r.1 - 1)
         .key_by(|r: &Q5Out| r.1)
-        .window(WindowAssigner::tumbling_event_time(Duration::from_millis(
-            Q5_SLIDE_MS,
-        )))
-        .process(
-            |_: &WindowContext<'_, i64>, rows: Vec<Q5Out>, out: &mut Vec<Q5Out>| {
-                let max = rows.iter().map(|r| r.3).max().unwrap_or(0);
-                out.extend(rows.into_iter().filter(|r| r.3 == max));
-            },
-        )
+        .window(WindowAssigner::tumbling_event_time(Duration::from_millis(Q5_SLIDE_MS)))
+        .process(|_: &WindowContext<'_, i64>, rows: Vec<Q5Out>, out: &mut Vec<Q5Out>| {
+            let max = rows.iter().map(|r| r.3).max().unwrap_or(0);
+            out.extend(rows.into_iter().filter(|r| r.3 == max));
+        })
         .name("q5: hottest per window")
 }
 
@@ -446,24 +405,15 @@ pub fn q7_stream(events: DataStream<Event>) -> DataStream<Q7Out> {
     bids(events)
         .key_by(|b: &Bid| b.auction)
         .window(q7_windows())
-        .aggregate_process(
-            MaxBids,
-            |_: &WindowContext<'_, u64>, bids: Vec<Bid>, out: &mut Vec<Bid>| out.extend(bids),
-        )
+        .aggregate_process(MaxBids, |_: &WindowContext<'_, u64>, bids: Vec<Bid>, out: &mut Vec<Bid>| out.extend(bids))
         .name("q7: highest bid per auction")
         .with_timestamps(|b: &Bid| b.date_time)
         .key_by(move |b: &Bid| b.date_time.div_euclid(size))
         .window(q7_windows())
-        .aggregate_process(
-            MaxBids,
-            |ctx: &WindowContext<'_, i64>, bids: Vec<Bid>, out: &mut Vec<Q7Out>| {
-                let (start, end) = (ctx.window.start, ctx.window.end);
-                out.extend(
-                    bids.into_iter()
-                        .map(|b| (start, end, b.auction, b.bidder, b.price, b.date_time)),
-                )
-            },
-        )
+        .aggregate_process(MaxBids, |ctx: &WindowContext<'_, i64>, bids: Vec<Bid>, out: &mut Vec<Q7Out>| {
+            let (start, end) = (ctx.window.start, ctx.window.end);
+            out.extend(bids.into_iter().map(|b| (start, end, b.auction, b.bidder, b.price, b.date_time)))
+        })
         .name("q7: highest bid")
 }
 
@@ -475,20 +425,11 @@ pub fn q8_stream(events: DataStream<Event>) -> DataStream<Q8Out> {
         .where_key(|p: &Person| p.id)
         .equal_to(|a: &Auction| a.seller)
         .window(q8_windows())
-        .co_group(
-            |ctx: &WindowContext<'_, u64>,
-             people: Vec<Person>,
-             items: Vec<Auction>,
-             out: &mut Vec<Q8Out>| {
-                for p in &people {
-                    out.extend(
-                        items
-                            .iter()
-                            .map(|a| (p.id, p.name.clone(), a.reserve, ctx.window.start)),
-                    );
-                }
-            },
-        )
+        .co_group(|ctx: &WindowContext<'_, u64>, people: Vec<Person>, items: Vec<Auction>, out: &mut Vec<Q8Out>| {
+            for p in &people {
+                out.extend(items.iter().map(|a| (p.id, p.name.clone(), a.reserve, ctx.window.start)));
+            }
+        })
         .name("q8: new users")
 }
 
@@ -496,15 +437,10 @@ pub fn q8_stream(events: DataStream<Event>) -> DataStream<Q8Out> {
 pub fn q11_stream(events: DataStream<Event>) -> DataStream<Q11Out> {
     bids(events)
         .key_by(|b: &Bid| b.bidder)
-        .window(WindowAssigner::event_time_session(Duration::from_millis(
-            Q11_SESSION_GAP_MS as u64,
-        )))
-        .aggregate_process(
-            CountAgg,
-            |ctx: &WindowContext<'_, u64>, n: u64, out: &mut Vec<Q11Out>| {
-                out.push((*ctx.key, n, ctx.window.start, ctx.window.end))
-            },
-        )
+        .window(WindowAssigner::event_time_session(Duration::from_millis(Q11_SESSION_GAP_MS as u64)))
+        .aggregate_process(CountAgg, |ctx: &WindowContext<'_, u64>, n: u64, out: &mut Vec<Q11Out>| {
+            out.push((*ctx.key, n, ctx.window.start, ctx.window.end))
+        })
         .name("q11: user sessions")
 }
 
@@ -512,15 +448,10 @@ pub fn q11_stream(events: DataStream<Event>) -> DataStream<Q11Out> {
 pub fn q12_stream(events: DataStream<Event>) -> DataStream<Q12Out> {
     bids(events)
         .key_by(|b: &Bid| b.bidder)
-        .window(WindowAssigner::tumbling_processing_time(
-            Duration::from_millis(Q12_WINDOW_MS),
-        ))
-        .aggregate_process(
-            CountAgg,
-            |ctx: &WindowContext<'_, u64>, n: u64, out: &mut Vec<Q12Out>| {
-                out.push((*ctx.key, n, ctx.window.start, ctx.window.end))
-            },
-        )
+        .window(WindowAssigner::tumbling_processing_time(Duration::from_millis(Q12_WINDOW_MS)))
+        .aggregate_process(CountAgg, |ctx: &WindowContext<'_, u64>, n: u64, out: &mut Vec<Q12Out>| {
+            out.push((*ctx.key, n, ctx.window.start, ctx.window.end))
+        })
         .name("q12: processing-time windows")
 }
 

@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use corestream::{TimeWindow, WindowAssigner};
 
 use super::model::{Auction, Bid, Event, Person};
-use super::queries::{
-    self, Q11Out, Q12Out, Q2Out, Q3Out, Q4Out, Q5Out, Q7Out, Q8Out, Q3_CATEGORY, Q3_STATES,
-};
+use super::queries::{self, Q11Out, Q12Out, Q2Out, Q3Out, Q4Out, Q5Out, Q7Out, Q8Out, Q3_CATEGORY, Q3_STATES};
 
 fn bids(events: &[Event]) -> impl Iterator<Item = &Bid> {
     events.iter().filter_map(|e| match e {
@@ -46,21 +44,14 @@ pub fn reference_q0(events: &[Event]) -> Vec<Event> {
 
 /// q1: every bid with its price converted by [`queries::dollars_to_euros`].
 pub fn reference_q1(events: &[Event]) -> Vec<Bid> {
-    bids(events)
-        .map(|b| Bid {
-            price: queries::dollars_to_euros(b.price),
-            ..b.clone()
-        })
-        .collect()
+    bids(events).map(|b| Bid { price: queries::dollars_to_euros(b.price), ..b.clone() }).collect()
 }
 
 /// q2: (auction, price) of the bids on auctions that are multiples of
 /// [`queries::Q2_AUCTION_MODULUS`], sorted.
 pub fn reference_q2(events: &[Event]) -> Vec<Q2Out> {
-    let mut out: Vec<Q2Out> = bids(events)
-        .filter(|b| b.auction % queries::Q2_AUCTION_MODULUS == 0)
-        .map(|b| (b.auction, b.price))
-        .collect();
+    let mut out: Vec<Q2Out> =
+        bids(events).filter(|b| b.auction % queries::Q2_AUCTION_MODULUS == 0).map(|b| (b.auction, b.price)).collect();
     out.sort_unstable();
     out
 }
@@ -68,17 +59,11 @@ pub fn reference_q2(events: &[Event]) -> Vec<Q2Out> {
 /// q3: (name, city, state, auction id) for every auction of category [`Q3_CATEGORY`] whose
 /// seller is a person in one of [`Q3_STATES`] (an unwindowed inner join), sorted.
 pub fn reference_q3(events: &[Event]) -> Vec<Q3Out> {
-    let people: HashMap<u64, &Person> = persons(events)
-        .filter(|p| Q3_STATES.contains(&p.state.as_str()))
-        .map(|p| (p.id, p))
-        .collect();
+    let people: HashMap<u64, &Person> =
+        persons(events).filter(|p| Q3_STATES.contains(&p.state.as_str())).map(|p| (p.id, p)).collect();
     let mut out: Vec<Q3Out> = auctions(events)
         .filter(|a| a.category == Q3_CATEGORY)
-        .filter_map(|a| {
-            people
-                .get(&a.seller)
-                .map(|p| (p.name.clone(), p.city.clone(), p.state.clone(), a.id))
-        })
+        .filter_map(|a| people.get(&a.seller).map(|p| (p.name.clone(), p.city.clone(), p.state.clone(), a.id)))
         .collect();
     out.sort_unstable();
     out
@@ -111,9 +96,7 @@ pub fn reference_q4(events: &[Event]) -> Vec<Q4Out> {
         e.0 += 1;
         e.1 += price;
     }
-    per.into_iter()
-        .map(|(c, (n, s))| (c, n, s, s / n))
-        .collect()
+    per.into_iter().map(|(c, (n, s))| (c, n, s, s / n)).collect()
 }
 
 /// q5: per sliding window, the auction(s) with the most bids (every auction tied at the
@@ -123,22 +106,13 @@ pub fn reference_q5(events: &[Event]) -> Vec<Q5Out> {
     let mut counts: BTreeMap<(i64, i64), BTreeMap<u64, u64>> = BTreeMap::new();
     for b in bids(events) {
         for w in windows_of(assigner, b.date_time) {
-            *counts
-                .entry((w.start, w.end))
-                .or_default()
-                .entry(b.auction)
-                .or_default() += 1;
+            *counts.entry((w.start, w.end)).or_default().entry(b.auction).or_default() += 1;
         }
     }
     let mut out = Vec::new();
     for ((start, end), per_auction) in counts {
         let max = per_auction.values().copied().max().unwrap_or(0);
-        out.extend(
-            per_auction
-                .into_iter()
-                .filter(|&(_, n)| n == max)
-                .map(|(a, n)| (start, end, a, n)),
-        );
+        out.extend(per_auction.into_iter().filter(|&(_, n)| n == max).map(|(a, n)| (start, end, a, n)));
     }
     out.sort_unstable();
     out
@@ -158,9 +132,7 @@ pub fn reference_q7(events: &[Event]) -> Vec<Q7Out> {
     for ((start, end), bs) in per {
         let max = bs.iter().map(|b| b.price).max().unwrap_or(0);
         out.extend(
-            bs.iter()
-                .filter(|b| b.price == max)
-                .map(|b| (start, end, b.auction, b.bidder, b.price, b.date_time)),
+            bs.iter().filter(|b| b.price == max).map(|b| (start, end, b.auction, b.bidder, b.price, b.date_time)),
         );
     }
     out.sort_unstable();

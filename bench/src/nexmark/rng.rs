@@ -20,9 +20,7 @@ impl SplitMix64 {
     /// The sequence of stream `stream` (an event id, or a channel number in a separate domain)
     /// of the run seeded by `seed`.
     pub(crate) fn new(seed: u64, stream: u64) -> Self {
-        Self {
-            state: mix(seed ^ mix(stream.wrapping_add(GOLDEN_GAMMA))),
-        }
+        Self { state: mix(seed ^ mix(stream.wrapping_add(GOLDEN_GAMMA))) }
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {
@@ -76,8 +74,6 @@ mod tests {
     #[test]
     fn unit_f64_is_in_unit_interval() {
         let mut rng = SplitMix64::new(3, 3);
-        assert!((0..10_000)
-            .map(|_| rng.unit_f64())
-            .all(|x| (0.0..1.0).contains(&x)));
+        assert!((0..10_000).map(|_| rng.unit_f64()).all(|x| (0.0..1.0).contains(&x)));
     }
 }

@@ -100,9 +100,6 @@ mod tests {
         let prices: Vec<u64> = (0..10_000).map(|_| next_price(&mut rng)).collect();
         assert!(prices.iter().all(|&p| (100..=100_000_000).contains(&p)));
         let below_100_dollars = prices.iter().filter(|&&p| p < 10_000).count();
-        assert!(
-            (3_000..3_700).contains(&below_100_dollars),
-            "{below_100_dollars}"
-        );
+        assert!((3_000..3_700).contains(&below_100_dollars), "{below_100_dollars}");
     }
 }

@@ -4,22 +4,15 @@
 use proptest::prelude::*;
 
 use super::config::{
-    AUCTION_ID_LEAD, FIRST_AUCTION_ID, FIRST_CATEGORY_ID, FIRST_PERSON_ID, HOT_ID_STRIDE,
-    NUM_CATEGORIES, PERSON_ID_LEAD,
+    AUCTION_ID_LEAD, FIRST_AUCTION_ID, FIRST_CATEGORY_ID, FIRST_PERSON_ID, HOT_ID_STRIDE, NUM_CATEGORIES,
+    PERSON_ID_LEAD,
 };
 use super::{Auction, Bid, Event, GeneratorConfig, NexmarkGenerator, Person};
 
 const N: u64 = 100_000;
 
 fn run(seed: u64, events: u64) -> Vec<Event> {
-    NexmarkGenerator::new(
-        GeneratorConfig {
-            max_events: Some(events),
-            ..GeneratorConfig::default()
-        },
-        seed,
-    )
-    .collect()
+    NexmarkGenerator::new(GeneratorConfig { max_events: Some(events), ..GeneratorConfig::default() }, seed).collect()
 }
 
 struct Split {
@@ -29,11 +22,7 @@ struct Split {
 }
 
 fn split(events: Vec<Event>) -> Split {
-    let mut out = Split {
-        people: vec![],
-        auctions: vec![],
-        bids: vec![],
-    };
+    let mut out = Split { people: vec![], auctions: vec![], bids: vec![] };
     for event in events {
         match event {
             Event::Person(p) => out.people.push(p),
@@ -54,26 +43,17 @@ fn same_seed_gives_same_events_and_another_seed_others() {
     assert_eq!(a.len(), 5_000);
     assert_eq!(a, run(42, 5_000));
     let b = run(43, 5_000);
-    assert_eq!(
-        a.iter().map(Event::date_time).collect::<Vec<_>>(),
-        b.iter().map(Event::date_time).collect::<Vec<_>>()
-    );
+    assert_eq!(a.iter().map(Event::date_time).collect::<Vec<_>>(), b.iter().map(Event::date_time).collect::<Vec<_>>());
     assert!(a.iter().zip(&b).filter(|(x, y)| x != y).count() > 4_900);
 }
 
 #[test]
 fn resuming_at_an_offset_yields_the_tail_of_a_full_run() {
-    let config = GeneratorConfig {
-        max_events: Some(3_000),
-        ..GeneratorConfig::default()
-    };
+    let config = GeneratorConfig { max_events: Some(3_000), ..GeneratorConfig::default() };
     let full: Vec<Event> = NexmarkGenerator::new(config.clone(), 9).collect();
     for offset in [0, 1, 49, 50, 1_234, 2_999, 3_000] {
         let resumed = NexmarkGenerator::at_offset(config.clone(), 9, offset);
-        assert_eq!(
-            resumed.size_hint(),
-            (3_000 - offset as usize, Some(3_000 - offset as usize))
-        );
+        assert_eq!(resumed.size_hint(), (3_000 - offset as usize, Some(3_000 - offset as usize)));
         assert_eq!(resumed.collect::<Vec<_>>(), full[offset as usize..]);
     }
     let mut generator = NexmarkGenerator::new(config, 9);
@@ -98,36 +78,16 @@ proptest! {
 fn the_mix_is_2_6_92_percent() {
     let s = split(run(1, N));
     let share = |n: usize| n as f64 / N as f64;
-    assert!(
-        (share(s.people.len()) - 0.02).abs() < 0.002,
-        "{}",
-        s.people.len()
-    );
-    assert!(
-        (share(s.auctions.len()) - 0.06).abs() < 0.003,
-        "{}",
-        s.auctions.len()
-    );
-    assert!(
-        (share(s.bids.len()) - 0.92).abs() < 0.005,
-        "{}",
-        s.bids.len()
-    );
+    assert!((share(s.people.len()) - 0.02).abs() < 0.002, "{}", s.people.len());
+    assert!((share(s.auctions.len()) - 0.06).abs() < 0.003, "{}", s.auctions.len());
+    assert!((share(s.bids.len()) - 0.92).abs() < 0.005, "{}", s.bids.len());
 }
 
 #[test]
 fn people_and_auctions_are_numbered_in_creation_order() {
     let s = split(run(2, N));
-    assert!(s
-        .people
-        .iter()
-        .enumerate()
-        .all(|(i, p)| p.id == FIRST_PERSON_ID + i as u64));
-    assert!(s
-        .auctions
-        .iter()
-        .enumerate()
-        .all(|(i, a)| a.id == FIRST_AUCTION_ID + i as u64));
+    assert!(s.people.iter().enumerate().all(|(i, p)| p.id == FIRST_PERSON_ID + i as u64));
+    assert!(s.auctions.iter().enumerate().all(|(i, a)| a.id == FIRST_AUCTION_ID + i as u64));
 }
 
 #[test]
@@ -141,42 +101,26 @@ fn bids_and_auctions_refer_to_existing_or_imminent_ids_with_hot_ones_dominating(
             Event::Person(_) => people_so_far += 1,
             Event::Auction(a) => {
                 auctions_so_far += 1;
-                assert!(
-                    a.seller >= FIRST_PERSON_ID
-                        && a.seller < FIRST_PERSON_ID + people_so_far + PERSON_ID_LEAD
-                );
-                assert!(
-                    (FIRST_CATEGORY_ID..FIRST_CATEGORY_ID + NUM_CATEGORIES).contains(&a.category)
-                );
+                assert!(a.seller >= FIRST_PERSON_ID && a.seller < FIRST_PERSON_ID + people_so_far + PERSON_ID_LEAD);
+                assert!((FIRST_CATEGORY_ID..FIRST_CATEGORY_ID + NUM_CATEGORIES).contains(&a.category));
                 assert!(a.reserve >= a.initial_bid && a.expires > a.date_time);
                 auctions.push(a);
             }
             Event::Bid(b) => {
                 assert!(
-                    b.auction >= FIRST_AUCTION_ID
-                        && b.auction < FIRST_AUCTION_ID + auctions_so_far + AUCTION_ID_LEAD
+                    b.auction >= FIRST_AUCTION_ID && b.auction < FIRST_AUCTION_ID + auctions_so_far + AUCTION_ID_LEAD
                 );
-                assert!(
-                    b.auction + config.num_in_flight_auctions + 1
-                        >= FIRST_AUCTION_ID + auctions_so_far
-                );
-                assert!(
-                    b.bidder >= FIRST_PERSON_ID
-                        && b.bidder < FIRST_PERSON_ID + people_so_far + PERSON_ID_LEAD
-                );
+                assert!(b.auction + config.num_in_flight_auctions + 1 >= FIRST_AUCTION_ID + auctions_so_far);
+                assert!(b.bidder >= FIRST_PERSON_ID && b.bidder < FIRST_PERSON_ID + people_so_far + PERSON_ID_LEAD);
                 bids.push(b);
             }
         }
     }
-    let hot_auctions = fraction(&bids, |b| {
-        (b.auction - FIRST_AUCTION_ID).is_multiple_of(HOT_ID_STRIDE)
-    });
+    let hot_auctions = fraction(&bids, |b| (b.auction - FIRST_AUCTION_ID).is_multiple_of(HOT_ID_STRIDE));
     assert!((0.47..0.56).contains(&hot_auctions), "{hot_auctions}");
     let hot_bidders = fraction(&bids, |b| (b.bidder - FIRST_PERSON_ID) % HOT_ID_STRIDE == 1);
     assert!((0.72..0.79).contains(&hot_bidders), "{hot_bidders}");
-    let hot_sellers = fraction(&auctions, |a| {
-        (a.seller - FIRST_PERSON_ID).is_multiple_of(HOT_ID_STRIDE)
-    });
+    let hot_sellers = fraction(&auctions, |a| (a.seller - FIRST_PERSON_ID).is_multiple_of(HOT_ID_STRIDE));
     assert!((0.72..0.80).contains(&hot_sellers), "{hot_sellers}");
     let hot_channels = fraction(&bids, |b| !b.channel.starts_with("channel-"));
     assert!((0.48..0.52).contains(&hot_channels), "{hot_channels}");
@@ -184,27 +128,15 @@ fn bids_and_auctions_refer_to_existing_or_imminent_ids_with_hot_ones_dominating(
 
 #[test]
 fn timestamps_advance_at_the_configured_rate() {
-    let config = GeneratorConfig {
-        events_per_second: 1_000,
-        max_events: Some(N),
-        ..GeneratorConfig::default()
-    };
+    let config = GeneratorConfig { events_per_second: 1_000, max_events: Some(N), ..GeneratorConfig::default() };
     let events: Vec<Event> = NexmarkGenerator::new(config.clone(), 4).collect();
     for (n, event) in events.iter().enumerate() {
         assert_eq!(event.date_time(), config.base_time_ms + n as i64);
     }
-    let fast = GeneratorConfig {
-        events_per_second: 3_000_000,
-        ..config
-    };
-    let times: Vec<i64> = NexmarkGenerator::new(fast.clone(), 4)
-        .map(|e| e.date_time())
-        .collect();
+    let fast = GeneratorConfig { events_per_second: 3_000_000, ..config };
+    let times: Vec<i64> = NexmarkGenerator::new(fast.clone(), 4).map(|e| e.date_time()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]));
-    assert_eq!(
-        times.last().copied(),
-        Some(fast.base_time_ms + (N as i64 - 1) * 1000 / 3_000_000)
-    );
+    assert_eq!(times.last().copied(), Some(fast.base_time_ms + (N as i64 - 1) * 1000 / 3_000_000));
 }
 
 #[test]
@@ -221,9 +153,7 @@ fn out_of_order_groups_shuffle_ids_and_times_within_each_group() {
     for (group, chunk) in times.chunks(10).enumerate() {
         let mut sorted = chunk.to_vec();
         sorted.sort_unstable();
-        let expected: Vec<i64> = (group as u64 * 10..group as u64 * 10 + 10)
-            .map(|n| config.timestamp_ms(n))
-            .collect();
+        let expected: Vec<i64> = (group as u64 * 10..group as u64 * 10 + 10).map(|n| config.timestamp_ms(n)).collect();
         assert_eq!(sorted, expected);
     }
 }
@@ -234,12 +164,8 @@ fn records_average_their_configured_sizes() {
     let mean = |sizes: Vec<usize>| sizes.iter().sum::<usize>() as f64 / sizes.len() as f64;
     let bid_bytes = mean(s.bids.iter().map(|b| 32 + b.extra.len()).collect());
     assert!((bid_bytes - 100.0).abs() < 2.0, "{bid_bytes}");
-    let auction_bytes = mean(
-        s.auctions
-            .iter()
-            .map(|a| 48 + a.item_name.len() + a.description.len() + a.extra.len())
-            .collect(),
-    );
+    let auction_bytes =
+        mean(s.auctions.iter().map(|a| 48 + a.item_name.len() + a.description.len() + a.extra.len()).collect());
     assert!((auction_bytes - 500.0).abs() < 5.0, "{auction_bytes}");
     let person_bytes = mean(
         s.people
@@ -259,10 +185,7 @@ fn records_average_their_configured_sizes() {
 
 #[test]
 fn invalid_config_is_refused() {
-    let config = GeneratorConfig {
-        hot_auction_ratio: 0,
-        ..GeneratorConfig::default()
-    };
+    let config = GeneratorConfig { hot_auction_ratio: 0, ..GeneratorConfig::default() };
     let err = NexmarkGenerator::try_new(config, 0, 0).unwrap_err();
     assert_eq!(err.field, "hot_auction_ratio");
 }

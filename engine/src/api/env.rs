@@ -107,7 +107,13 @@ impl StreamEnvironment {
         fixed_parallelism: Option<u32>,
         factory: Arc<SourceFactory<T>>,
     ) -> DataStream<T> {
-        let id = add_node(&self.graph, name, NodeKind::Source, fixed_parallelism, Arc::new(SourceNodeRt { factory, latency_interval: self.latency_interval.clone() }));
+        let id = add_node(
+            &self.graph,
+            name,
+            NodeKind::Source,
+            fixed_parallelism,
+            Arc::new(SourceNodeRt { factory, latency_interval: self.latency_interval.clone() }),
+        );
         DataStream::from_node(self.graph.clone(), id)
     }
 
@@ -127,7 +133,9 @@ impl StreamEnvironment {
         self.add_source(
             "Source: sequence",
             None,
-            Arc::new(move |ctx| Ok(Box::new(GeneratorSource::strided(f.clone(), count, ctx.subtask, ctx.parallelism)) as _)),
+            Arc::new(move |ctx| {
+                Ok(Box::new(GeneratorSource::strided(f.clone(), count, ctx.subtask, ctx.parallelism)) as _)
+            }),
         )
     }
 
@@ -149,7 +157,9 @@ impl StreamEnvironment {
         self.add_source(
             name,
             None,
-            Arc::new(move |ctx| Ok(Box::new(GeneratorSource::split(f.clone(), count, ctx.subtask, ctx.parallelism)) as _)),
+            Arc::new(move |ctx| {
+                Ok(Box::new(GeneratorSource::split(f.clone(), count, ctx.subtask, ctx.parallelism)) as _)
+            }),
         )
     }
 

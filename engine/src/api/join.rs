@@ -271,16 +271,17 @@ where
         if let Some(t) = self.trigger {
             windowed = windowed.trigger(t);
         }
-        let stream = windowed.process(move |ctx: &WindowContext<'_, K>, records: Vec<Either<A, B>>, out: &mut Vec<O>| {
-            let (mut lefts, mut rights) = (Vec::new(), Vec::new());
-            for r in records {
-                match r {
-                    Either::Left(a) => lefts.push(a),
-                    Either::Right(b) => rights.push(b),
+        let stream =
+            windowed.process(move |ctx: &WindowContext<'_, K>, records: Vec<Either<A, B>>, out: &mut Vec<O>| {
+                let (mut lefts, mut rights) = (Vec::new(), Vec::new());
+                for r in records {
+                    match r {
+                        Either::Left(a) => lefts.push(a),
+                        Either::Right(b) => rights.push(b),
+                    }
                 }
-            }
-            f(ctx, lefts, rights, out);
-        });
+                f(ctx, lefts, rights, out);
+            });
         stream.name("Window(CoGroup)")
     }
 
@@ -392,24 +393,23 @@ where
         let key = keyed.key.clone();
         let (lower, upper, f) = (self.lower, self.upper, Arc::new(f));
         let late = (self.late_left, self.late_right);
-        let factory: Arc<LinkFactory<Either<A, B>, O>> =
-            Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<O>>| {
-                let (sides, sinks) = ctx.take_sides();
-                let backend = KeyedStateBackend::new(StateBackendKind::Heap, ctx.max_parallelism, ctx.key_groups());
-                let op = IntervalJoinOp::new(
-                    key.clone(),
-                    timestamps.clone(),
-                    lower,
-                    upper,
-                    f.clone(),
-                    backend,
-                    &sides,
-                    late.clone(),
-                    ctx.metrics.clone(),
-                );
-                Ok(Box::new(OpNode::with_sides(op, next, sinks, ctx.metrics.clone(), ctx.node))
-                    as Box<dyn Emit<Either<A, B>>>)
-            });
+        let factory: Arc<LinkFactory<Either<A, B>, O>> = Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<O>>| {
+            let (sides, sinks) = ctx.take_sides();
+            let backend = KeyedStateBackend::new(StateBackendKind::Heap, ctx.max_parallelism, ctx.key_groups());
+            let op = IntervalJoinOp::new(
+                key.clone(),
+                timestamps.clone(),
+                lower,
+                upper,
+                f.clone(),
+                backend,
+                &sides,
+                late.clone(),
+                ctx.metrics.clone(),
+            );
+            Ok(Box::new(OpNode::with_sides(op, next, sinks, ctx.metrics.clone(), ctx.node))
+                as Box<dyn Emit<Either<A, B>>>)
+        });
         keyed.stream.add_operator("Interval Join", NodeKind::Operator, factory)
     }
 }
@@ -467,7 +467,8 @@ where
             Ok(Box::new(OpNode::with_sides(op, next, sinks, ctx.metrics.clone(), ctx.node))
                 as Box<dyn Emit<Either<A, R>>>)
         });
-        let id = add_node(&graph, "Broadcast Process", NodeKind::Operator, None, Arc::new(OperatorNodeRt { factory: link }));
+        let id =
+            add_node(&graph, "Broadcast Process", NodeKind::Operator, None, Arc::new(OperatorNodeRt { factory: link }));
         for input in &left.inputs {
             add_edge(&graph, *input, id, Some(Partitioning::Hash), Some(Arc::new(hash.clone())));
         }

@@ -227,7 +227,9 @@ impl CollectShared {
         // SeqCst pairs with the sink's store of `waiting` and its retry: either the sink sees
         // the room made by this receive, or this load sees that it waits.
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) && queued <= self.capacity / 2 && self.waiting.swap(false, Ordering::SeqCst)
+        if self.waiting.load(Ordering::SeqCst)
+            && queued <= self.capacity / 2
+            && self.waiting.swap(false, Ordering::SeqCst)
         {
             self.ring_all();
         }
@@ -322,7 +324,8 @@ impl<T> CollectStream<T> {
     pub(crate) fn new(capacity: usize) -> (Sender<T>, Self) {
         let capacity = capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        let shared = Arc::new(CollectShared { bells: Mutex::new(Vec::new()), waiting: AtomicBool::new(false), capacity });
+        let shared =
+            Arc::new(CollectShared { bells: Mutex::new(Vec::new()), waiting: AtomicBool::new(false), capacity });
         (tx, Self { rx, shared })
     }
 

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use corestream_netstack::{Data, Doorbell};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 pub use crossbeam_channel::{SendError, TrySendError};
-use corestream_netstack::{Data, Doorbell};
 
 use crate::api::env::StreamEnvironment;
 use crate::api::stream::DataStream;

@@ -147,11 +147,15 @@ impl<T: Data> DataStream<T> {
     pub fn union(mut self, others: impl IntoIterator<Item = DataStream<T>>) -> Self {
         for o in others {
             if !Rc::ptr_eq(&self.graph, &o.graph) {
-                self.error("union of streams from different environments: build the whole job in one environment".into());
+                self.error(
+                    "union of streams from different environments: build the whole job in one environment".into(),
+                );
                 continue;
             }
             if o.partitioning.is_some() || self.partitioning.is_some() {
-                self.error("union of streams with explicit partitioning is not supported; partition after the union".into());
+                self.error(
+                    "union of streams with explicit partitioning is not supported; partition after the union".into(),
+                );
             }
             // One timestamp function must read every input's records: keep it only when all
             // inputs share it (declare it on the union with `with_timestamps` otherwise).
@@ -168,7 +172,12 @@ impl<T: Data> DataStream<T> {
         self
     }
 
-    pub(crate) fn add_operator<O: Data>(self, name: &str, kind: NodeKind, factory: Arc<LinkFactory<T, O>>) -> DataStream<O> {
+    pub(crate) fn add_operator<O: Data>(
+        self,
+        name: &str,
+        kind: NodeKind,
+        factory: Arc<LinkFactory<T, O>>,
+    ) -> DataStream<O> {
         let id = add_node(&self.graph, name, kind, None, Arc::new(OperatorNodeRt { factory }));
         for input in &self.inputs {
             add_edge(&self.graph, *input, id, self.partitioning, self.key_hash.clone());
@@ -183,7 +192,8 @@ impl<T: Data> DataStream<T> {
             "Map",
             NodeKind::Operator,
             Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<U>>| {
-                Ok(Box::new(OpNode::new(MapOp { f: f.clone() }, next, ctx.metrics.clone(), ctx.node)) as Box<dyn Emit<T>>)
+                Ok(Box::new(OpNode::new(MapOp { f: f.clone() }, next, ctx.metrics.clone(), ctx.node))
+                    as Box<dyn Emit<T>>)
             }),
         )
     }
@@ -196,7 +206,8 @@ impl<T: Data> DataStream<T> {
             "Filter",
             NodeKind::Operator,
             Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<T>>| {
-                Ok(Box::new(OpNode::new(FilterOp { f: f.clone() }, next, ctx.metrics.clone(), ctx.node)) as Box<dyn Emit<T>>)
+                Ok(Box::new(OpNode::new(FilterOp { f: f.clone() }, next, ctx.metrics.clone(), ctx.node))
+                    as Box<dyn Emit<T>>)
             }),
         );
         filtered.timestamps = timestamps;
@@ -215,7 +226,8 @@ impl<T: Data> DataStream<T> {
             "FlatMap",
             NodeKind::Operator,
             Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<U>>| {
-                Ok(Box::new(OpNode::new(FlatMapOp { f: f.clone() }, next, ctx.metrics.clone(), ctx.node)) as Box<dyn Emit<T>>)
+                Ok(Box::new(OpNode::new(FlatMapOp { f: f.clone() }, next, ctx.metrics.clone(), ctx.node))
+                    as Box<dyn Emit<T>>)
             }),
         )
     }

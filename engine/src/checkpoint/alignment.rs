@@ -119,7 +119,10 @@ mod tests {
         let mut a = BarrierAligner::new(2);
         a.on_barrier(0, 1, BarrierKind::Aligned);
         let actions = a.on_barrier(1, 2, BarrierKind::Aligned);
-        assert_eq!(actions, vec![AlignmentAction::Abort { checkpoint_id: 1, unblock: vec![0] }, AlignmentAction::Block(1)]);
+        assert_eq!(
+            actions,
+            vec![AlignmentAction::Abort { checkpoint_id: 1, unblock: vec![0] }, AlignmentAction::Block(1)]
+        );
     }
 
     #[test]

@@ -219,7 +219,9 @@ pub fn fingerprint(
         put(u64::from(c.producer));
         put(u64::from(c.consumer));
     }
-    for v in [credit.exclusive_per_channel, credit.floating_per_gate, credit.max_backlog_per_channel, count, total_slots] {
+    for v in
+        [credit.exclusive_per_channel, credit.floating_per_gate, credit.max_backlog_per_channel, count, total_slots]
+    {
         put(u64::from(v));
     }
     h.update(job_name.as_bytes());
@@ -232,8 +234,8 @@ mod tests {
     use super::*;
     use crate::graph::explain::render;
     use crate::graph::job_graph::{build, EdgeDesc, NodeDesc};
-    use crate::graph::Partitioning;
     use crate::graph::stream_graph::{ChainingStrategy, NodeKind};
+    use crate::graph::Partitioning;
 
     #[test]
     fn keyed_exchange_is_all_to_all_and_sized() {
@@ -358,7 +360,8 @@ mod tests {
     fn remote_consumers_add_their_credit_to_the_producer_side() {
         let credit = CreditConfig::default();
         let (_, p) = keyed_job(2, "Reduce");
-        let own = |tm: u32| p.tasks.iter().filter(|t| owner_of_slot(t.slot, 2, 2) == tm).map(|t| t.buffers).sum::<u32>();
+        let own =
+            |tm: u32| p.tasks.iter().filter(|t| owner_of_slot(t.slot, 2, 2) == tm).map(|t| t.buffers).sum::<u32>();
         let gate = |k: u32| k * credit.exclusive_per_channel + credit.floating_per_gate;
         // TaskManager 0 feeds Reduce 1 over one channel; TaskManager 1 feeds Reduce 0 and the sink.
         assert_eq!(buffers_needed_for(&p, &credit, 0, 2, 2), own(0) + gate(1));

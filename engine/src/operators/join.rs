@@ -14,7 +14,9 @@ use corestream_netstack::Data;
 use corestream_state::{KeyedStateBackend, MapState, MapStateDescriptor, StateKey, StateValue, TimerService};
 use hashbrown::HashMap;
 
-use super::process::{KeyedClock, KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction};
+use super::process::{
+    KeyedClock, KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction,
+};
 use super::{Operator, SideOutput};
 use crate::runtime::build::SideOutputs;
 use crate::time::TimestampFn;
@@ -338,7 +340,8 @@ where
                 self.f.process_element(value, &self.state, &mut ctx);
             }
             Either::Right(rule) => {
-                let mut ctx = ProcessContext::new(None, self.clock.watermark, self.clock.processing_time, out, &self.sides);
+                let mut ctx =
+                    ProcessContext::new(None, self.clock.watermark, self.clock.processing_time, out, &self.sides);
                 self.f.process_broadcast_element(rule, &mut self.state, &mut ctx);
             }
         }

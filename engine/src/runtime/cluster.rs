@@ -19,9 +19,9 @@ use super::topology::Topology;
 use crate::api::env::StreamEnvironment;
 use crate::config::{auto_network_buffers, ClusterConfig, ExecutionConfig};
 use crate::error::{JobError, StartupError};
+use crate::graph::execution::ChannelRoute;
 use crate::graph::job_graph::{self, EdgeDesc, NodeDesc};
 use crate::graph::stream_graph::{NodeKind, StreamGraph};
-use crate::graph::execution::ChannelRoute;
 use crate::graph::{execution, explain, Partitioning};
 use crate::operators::OperatorMetrics;
 
@@ -108,10 +108,8 @@ impl LocalCluster {
         }
         // In distributed mode local slot i is job slot `local.start + i`, and takes its core.
         let first = local.start as usize;
-        let slot_cpus = topology.slot_cpus(first as u32 + slots)[first..]
-            .iter()
-            .map(|&c| config.pin_slots.then_some(c))
-            .collect();
+        let slot_cpus =
+            topology.slot_cpus(first as u32 + slots)[first..].iter().map(|&c| config.pin_slots.then_some(c)).collect();
         let listener = match &config.distribution {
             Some(d) => Some(match &config.data_listener {
                 Some(l) => l.clone(),
@@ -313,7 +311,8 @@ impl LocalCluster {
         };
         let bell_of = |t: usize| bells[t].clone().expect("the task of a channel end that runs here has a bell");
         let mut sessions = Vec::<SessionBuild>::new();
-        let fingerprint = distribution.map(|_| execution::fingerprint(&plan_text, &plan, name, &credit, count, total_slots));
+        let fingerprint =
+            distribution.map(|_| execution::fingerprint(&plan_text, &plan, name, &credit, count, total_slots));
         let session_for = |sessions: &mut Vec<SessionBuild>, peer: u32| -> usize {
             if let Some(i) = sessions.iter().position(|s| s.peer == peer) {
                 return i;
@@ -352,11 +351,9 @@ impl LocalCluster {
                 let producer = task_index(e.source, c.producer);
                 let consumer = task_index(e.target, c.consumer);
                 match *route {
-                    ChannelRoute::Local => Some(LocalChannel::new(
-                        credit.exclusive_per_channel,
-                        bell_of(producer),
-                        bell_of(consumer),
-                    )),
+                    ChannelRoute::Local => {
+                        Some(LocalChannel::new(credit.exclusive_per_channel, bell_of(producer), bell_of(consumer)))
+                    }
                     ChannelRoute::Outbound { peer } => {
                         let i = session_for(&mut sessions, peer);
                         let s = &mut sessions[i];
@@ -368,8 +365,11 @@ impl LocalCluster {
                     ChannelRoute::Inbound { peer } => {
                         let i = session_for(&mut sessions, peer);
                         let s = &mut sessions[i];
-                        let channel =
-                            LocalChannel::new_remote_in(credit.exclusive_per_channel, s.bell.clone(), bell_of(consumer));
+                        let channel = LocalChannel::new_remote_in(
+                            credit.exclusive_per_channel,
+                            s.bell.clone(),
+                            bell_of(consumer),
+                        );
                         let head = jg.vertices[e.target].nodes[0];
                         s.session.add_inbound(id as u32, channel.clone(), graph.nodes[head].runtime.validator());
                         Some(channel)
@@ -380,10 +380,8 @@ impl LocalCluster {
             .collect();
         let channel = |c: usize| channels[c].clone().expect("a channel of a local task exists here");
 
-        let op_metrics: Vec<Vec<Arc<OperatorMetrics>>> = nodes
-            .iter()
-            .map(|n| (0..n.parallelism).map(|_| Arc::new(OperatorMetrics::default())).collect())
-            .collect();
+        let op_metrics: Vec<Vec<Arc<OperatorMetrics>>> =
+            nodes.iter().map(|n| (0..n.parallelism).map(|_| Arc::new(OperatorMetrics::default())).collect()).collect();
         let mut metrics = JobMetrics {
             operators: nodes.iter().map(|n| (n.id, n.name.clone(), n.parallelism, op_metrics[n.id].clone())).collect(),
             tasks: Vec::new(),

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use corestream_netstack::{BufferPool, Doorbell, PoolReservation};
 
 use super::cluster::SlotLease;
-use super::metrics::{ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskSummary};
+use super::metrics::{
+    ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskSummary,
+};
 use crate::error::{JobError, TaskError};
 use crate::operators::OperatorMetrics;
 
@@ -183,11 +185,8 @@ impl JobHandle {
         if let Some(err) = self.shared.failure() {
             return Err(err);
         }
-        let status = if self.shared.user_cancelled.load(Ordering::Acquire) {
-            JobStatus::Cancelled
-        } else {
-            JobStatus::Finished
-        };
+        let status =
+            if self.shared.user_cancelled.load(Ordering::Acquire) { JobStatus::Cancelled } else { JobStatus::Finished };
         Ok(self.result(status, wall))
     }
 

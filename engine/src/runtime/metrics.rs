@@ -227,7 +227,11 @@ impl fmt::Display for JobResult {
         }
         let waits: u64 = self.tasks.iter().map(|t| t.backpressure_waits).sum();
         let buffers: u64 = self.tasks.iter().map(|t| t.buffers_out).sum();
-        writeln!(f, "  buffers sent {buffers}, backpressure waits {waits}, buffers reserved {}", self.buffers_reserved)?;
+        writeln!(
+            f,
+            "  buffers sent {buffers}, backpressure waits {waits}, buffers reserved {}",
+            self.buffers_reserved
+        )?;
         if self.pool_peak_in_use > 0 {
             writeln!(f, "  pool peak in use {} buffer(s)", self.pool_peak_in_use)?;
         }

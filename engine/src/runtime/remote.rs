@@ -7,10 +7,10 @@
 //! job with its [`NetError`] (which names the peer), which cancels every local task; a job that
 //! fails or is cancelled here interrupts every session, so the peers learn of it at once.
 
-use std::net::SocketAddr;
 use std::cell::Cell;
-use std::rc::Rc;
+use std::net::SocketAddr;
 use std::os::unix::io::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,8 +108,7 @@ impl Ctx {
                 None => Interrupt::Cancel { reason: format!("job '{}' was cancelled", job.name) },
             })
         };
-        let outcome =
-            run_session(stream, build.session, build.bell, &self.config, name.clone(), interrupt).await;
+        let outcome = run_session(stream, build.session, build.bell, &self.config, name.clone(), interrupt).await;
         match outcome {
             Ok(outcome) => {
                 let remote_credit_stalls = build.outbound.iter().map(|c| c.credit_stalls()).sum();

@@ -8,14 +8,21 @@ use crate::error::StartupError;
 pub const MIN_LOCKED_BYTES_PER_SLOT: u64 = 512 * 1024;
 
 /// Decides whether the memlock limit suffices.
-pub fn memlock_verdict(limit_bytes: Option<u64>, has_ipc_lock: bool, slots: u32, io_memory_bytes: usize) -> Result<(), StartupError> {
+pub fn memlock_verdict(
+    limit_bytes: Option<u64>,
+    has_ipc_lock: bool,
+    slots: u32,
+    io_memory_bytes: usize,
+) -> Result<(), StartupError> {
     let per_slot = (io_memory_bytes as u64).max(MIN_LOCKED_BYTES_PER_SLOT);
     let needed = per_slot * slots as u64;
     match limit_bytes {
         None => Ok(()),
         Some(_) if has_ipc_lock => Ok(()),
         Some(limit) if limit >= needed => Ok(()),
-        Some(limit) => Err(StartupError::MemlockTooLow { limit_kib: limit / 1024, needed_kib: needed.div_ceil(1024), slots }),
+        Some(limit) => {
+            Err(StartupError::MemlockTooLow { limit_kib: limit / 1024, needed_kib: needed.div_ceil(1024), slots })
+        }
     }
 }
 

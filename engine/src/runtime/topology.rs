@@ -26,11 +26,8 @@ impl Topology {
         if let Some(t) = Self::from_hwloc() {
             return t;
         }
-        let cores: Vec<Core> = core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| Core { pus: vec![c.id] })
-            .collect();
+        let cores: Vec<Core> =
+            core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| Core { pus: vec![c.id] }).collect();
         if !cores.is_empty() {
             return Self { cores, source: "core_affinity" };
         }
@@ -44,8 +41,7 @@ impl Topology {
             .objects_with_type(ObjectType::Core)
             .filter_map(|core| {
                 let cpuset = core.cpuset()?;
-                let pus: Vec<usize> =
-                    cpuset.iter_set().map(usize::from).filter(|pu| allowed.is_set(*pu)).collect();
+                let pus: Vec<usize> = cpuset.iter_set().map(usize::from).filter(|pu| allowed.is_set(*pu)).collect();
                 (!pus.is_empty()).then_some(Core { pus })
             })
             .collect();

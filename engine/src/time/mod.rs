@@ -4,5 +4,8 @@
 pub mod strategy;
 pub mod watermark;
 
-pub use strategy::{BatchTimestampFn, BoundedOutOfOrderness, NoWatermarks, TimestampFn, Timestamps, WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
+pub use strategy::{
+    BatchTimestampFn, BoundedOutOfOrderness, NoWatermarks, TimestampFn, Timestamps, WatermarkGenerator,
+    WatermarkOutput, WatermarkStrategy,
+};
 pub use watermark::{ValveOutput, WatermarkValve};

@@ -38,7 +38,6 @@ impl<T: 'static> Timestamps<T> {
             batch: Arc::new(move |records: &[T], out: &mut Vec<i64>| out.extend(records.iter().map(|r| g(r)))),
         }
     }
-
 }
 
 /// Where a generator puts the watermarks it decides to emit.

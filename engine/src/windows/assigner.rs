@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 /// A window `[start, end)` of event or processing time, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 #[rkyv(derive(Debug))]
 pub struct TimeWindow {
     pub start: i64,
@@ -245,7 +247,8 @@ mod tests {
     #[test]
     fn invalid_parameters_are_explained() {
         assert!(WindowAssigner::tumbling_event_time(Duration::ZERO).validate().unwrap_err().contains("positive"));
-        let s = WindowAssigner::sliding_event_time(Duration::from_secs(1), Duration::from_secs(2)).with_offset_ms(5_000);
+        let s =
+            WindowAssigner::sliding_event_time(Duration::from_secs(1), Duration::from_secs(2)).with_offset_ms(5_000);
         assert!(s.validate().unwrap_err().contains("offset"));
     }
 }

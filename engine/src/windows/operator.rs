@@ -182,7 +182,9 @@ where
             backend.value_state::<TimeWindow, i64>(&ValueStateDescriptor::new("window-trigger")).expect("fresh backend")
         });
         let sessions = spec.assigner.is_merging().then(|| {
-            backend.value_state::<(), WindowMapping>(&ValueStateDescriptor::new("window-sessions")).expect("fresh backend")
+            backend
+                .value_state::<(), WindowMapping>(&ValueStateDescriptor::new("window-sessions"))
+                .expect("fresh backend")
         });
         let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
         let (inner, purging) = match &spec.trigger {
@@ -302,8 +304,7 @@ where
                 // The window's timers were registered with its contents; only a late firing
                 // can be due.
                 if self.event_time() && window.max_timestamp() <= self.watermark {
-                    let result =
-                        if self.purging { TriggerResult::FireAndPurge } else { TriggerResult::Fire };
+                    let result = if self.purging { TriggerResult::FireAndPurge } else { TriggerResult::Fire };
                     self.apply(&key, window, state_window, result, out);
                 }
                 continue;
@@ -358,7 +359,14 @@ where
         }
     }
 
-    fn apply(&mut self, key: &K, window: TimeWindow, state_window: TimeWindow, result: TriggerResult, out: &mut Vec<O>) {
+    fn apply(
+        &mut self,
+        key: &K,
+        window: TimeWindow,
+        state_window: TimeWindow,
+        result: TriggerResult,
+        out: &mut Vec<O>,
+    ) {
         if result.is_fire() {
             self.fire(key, window, state_window, out);
         }
@@ -427,7 +435,8 @@ where
     #[allow(dead_code)] // called by checkpointing; tested below
     pub(crate) fn snapshot(
         &mut self,
-    ) -> Result<(corestream_state::KeyedStateSnapshot, corestream_state::TimerSnapshot), corestream_state::StateError> {
+    ) -> Result<(corestream_state::KeyedStateSnapshot, corestream_state::TimerSnapshot), corestream_state::StateError>
+    {
         self.move_bucket_timers();
         Ok((self.backend.snapshot()?, self.timers.snapshot()?))
     }
@@ -488,8 +497,14 @@ where
             return;
         };
         let result = {
-            let mut ctx =
-                Self::ctx(&key, window, self.watermark, self.processing_time, &mut self.timers, &mut self.trigger_state);
+            let mut ctx = Self::ctx(
+                &key,
+                window,
+                self.watermark,
+                self.processing_time,
+                &mut self.timers,
+                &mut self.trigger_state,
+            );
             if event_time {
                 self.spec.trigger.on_event_time(time, &mut ctx)
             } else {
@@ -510,8 +525,14 @@ where
             }
         }
         if cleanup_now {
-            let mut ctx =
-                Self::ctx(&key, window, self.watermark, self.processing_time, &mut self.timers, &mut self.trigger_state);
+            let mut ctx = Self::ctx(
+                &key,
+                window,
+                self.watermark,
+                self.processing_time,
+                &mut self.timers,
+                &mut self.trigger_state,
+            );
             self.spec.trigger.clear(&mut ctx);
             if let Some(sessions) = self.sessions.as_mut() {
                 let mut mapping = sessions.value().unwrap_or_default();
@@ -761,8 +782,13 @@ mod tests {
     type Out = (u64, i64, u64);
     type Post = fn(&WindowContext<'_, u64>, u64, &mut Vec<Out>);
 
-    type SumOperator =
-        WindowOperator<u64, (u64, i64), Out, fn(&(u64, i64)) -> u64, AggregateContents<u64, (u64, i64), u64, u64, Post>>;
+    type SumOperator = WindowOperator<
+        u64,
+        (u64, i64),
+        Out,
+        fn(&(u64, i64)) -> u64,
+        AggregateContents<u64, (u64, i64), u64, u64, Post>,
+    >;
 
     fn operator(assigner: WindowAssigner, lateness: i64) -> SumOperator {
         let key: fn(&(u64, i64)) -> u64 = |r| r.0;
@@ -802,7 +828,13 @@ mod tests {
     fn snapshot_and_restore_keep_contents_and_timers() {
         for (assigner, lateness) in [
             (WindowAssigner::tumbling_event_time(std::time::Duration::from_millis(100)), 0),
-            (WindowAssigner::sliding_event_time(std::time::Duration::from_millis(100), std::time::Duration::from_millis(50)), 30),
+            (
+                WindowAssigner::sliding_event_time(
+                    std::time::Duration::from_millis(100),
+                    std::time::Duration::from_millis(50),
+                ),
+                30,
+            ),
             (WindowAssigner::event_time_session(std::time::Duration::from_millis(40)), 0),
         ] {
             let records: Vec<(u64, i64)> = (0..400u64).map(|i| (i % 7, (i * 37 % 1000) as i64)).collect();

@@ -143,7 +143,13 @@ pub struct Finished {
 
 #[track_caller]
 pub fn assert_status(out: &Finished, code: i32) {
-    assert_eq!(out.status.code(), Some(code), "expected exit status {code}\n--- stdout\n{}--- stderr\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit status {code}\n--- stdout\n{}--- stderr\n{}",
+        out.stdout,
+        out.stderr
+    );
 }
 
 /// The first line of stdout that starts with `prefix`.
@@ -184,4 +190,3 @@ pub fn sorted_lines(path: &Path) -> Vec<String> {
     lines.sort();
     lines
 }
-
