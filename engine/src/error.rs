@@ -46,6 +46,8 @@ pub enum JobError {
     SlotStart { slot: u32, message: String },
     #[error("{what} '{path}': {cause}")]
     Io { what: String, path: String, cause: Arc<std::io::Error> },
+    #[error("job '{job}' finished but its output could not be committed: {message}")]
+    Commit { job: String, message: String },
     #[error("the job was cancelled")]
     Cancelled,
 }

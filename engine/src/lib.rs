@@ -32,6 +32,7 @@ pub mod api;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fs;
 pub mod graph;
 pub mod operators;
 pub mod runtime;
@@ -40,7 +41,7 @@ pub mod windows;
 
 pub use api::env::StreamEnvironment;
 pub use api::join::{ConnectedStreams, IntervalJoin, JoinBuilder, JoinedWindows, KeyedConnectedStreams};
-pub use api::sinks::{CollectStream, Sink, SinkContext, SinkError, SinkWaker};
+pub use api::sinks::{CollectStream, JobCommits, PendingCommit, Sink, SinkContext, SinkError, SinkWaker};
 pub use api::sources::{InvalidUtf8, SourceContext, SourceError, SourceFunction, SourceSender, SourceStatus};
 pub use api::stream::{DataStream, DataStreamSink, KeyedStream};
 pub use api::time::{OutputTag, Timestamped};

@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::fmt::{Debug, Display};
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +17,9 @@ use corestream_netstack::{Data, Doorbell, Event, RecordIter};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::error::TaskError;
+use crate::fs::AtomicFile;
 use crate::operators::{enter_node, monotonic_ns, Control, Emit, OperatorMetrics, Readiness};
+use crate::runtime::job::JobShared;
 
 /// Error a sink reports; it fails the job, naming the sink.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,6 +51,8 @@ pub struct SinkContext {
     pub parallelism: u32,
     /// Wakes the sink's task after `poll_ready` returned `false`.
     pub waker: SinkWaker,
+    /// Output staged here is committed only when the whole job has succeeded.
+    pub commits: JobCommits,
 }
 
 /// A sink: the end of a stream.
@@ -171,38 +174,76 @@ impl<T: Data + Debug> Sink<T> for PrintSink {
     }
 }
 
+/// Output a sink has staged: made visible only once every task of the job has finished
+/// successfully (the second phase of a two-phase commit), discarded when dropped uncommitted
+/// (the job failed or was cancelled).
+pub trait PendingCommit: Send + 'static {
+    /// Makes the staged output visible. A failure fails the job.
+    fn commit(self: Box<Self>) -> Result<(), SinkError>;
+}
+
+impl PendingCommit for AtomicFile {
+    fn commit(self: Box<Self>) -> Result<(), SinkError> {
+        AtomicFile::commit(*self).map_err(Into::into)
+    }
+}
+
+/// Where a sink hands the output it staged, to be committed when the whole job has
+/// succeeded ([`JobHandle::join`](crate::JobHandle::join)).
+#[derive(Clone)]
+pub struct JobCommits {
+    pub(crate) job: Arc<JobShared>,
+}
+
+impl std::fmt::Debug for JobCommits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobCommits").finish_non_exhaustive()
+    }
+}
+
+impl JobCommits {
+    /// Commits `output` when the job succeeds; drops it when the job fails or is cancelled.
+    pub fn stage(&self, output: Box<dyn PendingCommit>) {
+        self.job.stage_commit(output);
+    }
+}
+
 /// Writes one line per record (`Display`) to a file; with parallelism above one, `path` is a
-/// directory holding one `part-<subtask>` file per subtask.
+/// directory holding one `part-<subtask>` file per subtask. Each file is staged beside its
+/// destination and renamed into place only when the whole job has succeeded, so a failed or
+/// cancelled job leaves an earlier output as it was.
 pub(crate) struct TextFileSink {
-    out: BufWriter<File>,
+    out: Option<BufWriter<AtomicFile>>,
+    commits: JobCommits,
 }
 
 impl TextFileSink {
-    pub(crate) fn create(path: &Path, ctx: SinkContext) -> std::io::Result<Self> {
+    pub(crate) fn create(path: &Path, ctx: SinkContext) -> Result<Self, SinkError> {
         let file_path: PathBuf = if ctx.parallelism == 1 {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)?;
-            }
             path.to_path_buf()
         } else {
             std::fs::create_dir_all(path)?;
             path.join(format!("part-{}", ctx.subtask))
         };
-        Ok(Self { out: BufWriter::with_capacity(256 * 1024, File::create(file_path)?) })
+        let file = AtomicFile::create(file_path)?;
+        Ok(Self { out: Some(BufWriter::with_capacity(256 * 1024, file)), commits: ctx.commits })
     }
 }
 
 impl<T: Data + Display> Sink<T> for TextFileSink {
     fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
+        let out = self.out.as_mut().ok_or("the text file sink was written after it finished")?;
         for r in batch.drain(..) {
-            writeln!(self.out, "{r}")?;
+            writeln!(out, "{r}")?;
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+        if let Some(out) = self.out.take() {
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            self.commits.stage(Box::new(file));
+        }
         Ok(())
     }
 }

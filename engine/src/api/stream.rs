@@ -17,7 +17,8 @@ use corestream_state::stable_hash;
 
 use super::env::{add_edge, add_node};
 use super::sinks::{
-    CollectSink, CollectStream, DiscardSink, PrintSink, Sink, SinkContext, SinkLink, SinkWaker, TextFileSink,
+    CollectSink, CollectStream, DiscardSink, JobCommits, PrintSink, Sink, SinkContext, SinkLink, SinkWaker,
+    TextFileSink,
 };
 use crate::error::TaskError;
 use crate::graph::stream_graph::{ChainingStrategy, NodeKind, StreamGraph};
@@ -262,6 +263,7 @@ impl<T: Data> DataStream<T> {
                     subtask: ctx.subtask,
                     parallelism: ctx.parallelism,
                     waker: SinkWaker { bell: ctx.bell.clone() },
+                    commits: JobCommits { job: ctx.job.clone() },
                 };
                 let sink = factory(sctx).map_err(|e| TaskError::User { node: ctx.node, message: e.to_string() })?;
                 Ok(Box::new(SinkLink { sink, scratch: Vec::new(), metrics: ctx.metrics.clone(), node: ctx.node })
@@ -292,10 +294,7 @@ impl<T: Data> DataStream<T> {
         T: Display,
     {
         let path: PathBuf = path.into();
-        self.add_sink("Sink: text file", move |ctx| {
-            TextFileSink::create(&path, ctx)
-                .map_err(|e| format!("cannot create output file '{}': {e}", path.display()).into())
-        })
+        self.add_sink("Sink: text file", move |ctx| TextFileSink::create(&path, ctx))
     }
 
     /// Delivers the records to the host application, which reads them from the returned

@@ -14,6 +14,7 @@ use super::cluster::SlotLease;
 use super::metrics::{
     ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskSummary,
 };
+use crate::api::sinks::PendingCommit;
 use crate::error::{JobError, TaskError};
 use crate::operators::OperatorMetrics;
 
@@ -27,6 +28,8 @@ pub(crate) struct JobShared {
     /// When the last slot thread finished its tasks (the job's end, independent of when the
     /// owner calls `join`).
     ended_at: Mutex<Option<Instant>>,
+    /// Output the sinks staged, committed by `join` once the job has succeeded.
+    commits: Mutex<Vec<Box<dyn PendingCommit>>>,
     pub node_names: Vec<String>,
     pub node_parallelism: Vec<u32>,
 }
@@ -41,6 +44,7 @@ impl JobShared {
             bells: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
             ended_at: Mutex::new(None),
+            commits: Mutex::new(Vec::new()),
             node_names,
             node_parallelism,
         }
@@ -67,16 +71,37 @@ impl JobShared {
         self.cancel_all();
     }
 
-    /// Records a failure (the first one wins) and cancels every other task.
+    /// Records a failure (the first one wins) and cancels every other task. Once the owner
+    /// has cancelled the job, what tasks report while they stop (a dropped collect stream, say)
+    /// is a consequence of the cancellation, not a failure: the job ends `Cancelled`.
     pub(crate) fn fail(&self, error: JobError) {
+        if self.user_cancelled.load(Ordering::Acquire) {
+            tracing::debug!(job = %self.name, %error, "error while the job was being cancelled");
+            return;
+        }
         {
             let mut slot = self.failure.lock().unwrap_or_else(|e| e.into_inner());
             if slot.is_none() {
-                tracing::error!(job = %self.name, %error, "job failed");
+                // The owner gets the error from `join`; logging it louder would print it twice.
+                tracing::info!(job = %self.name, %error, "job failed");
                 *slot = Some(error);
             }
         }
         self.cancel_all();
+    }
+
+    pub(crate) fn stage_commit(&self, output: Box<dyn PendingCommit>) {
+        self.commits.lock().unwrap_or_else(|e| e.into_inner()).push(output);
+    }
+
+    /// Commits what the sinks staged, in the order they staged it; the first failure fails
+    /// the job and discards the rest.
+    fn commit_outputs(&self) -> Result<(), JobError> {
+        let staged = std::mem::take(&mut *self.commits.lock().unwrap_or_else(|e| e.into_inner()));
+        for output in staged {
+            output.commit().map_err(|e| JobError::Commit { job: self.name.clone(), message: e.to_string() })?;
+        }
+        Ok(())
     }
 
     pub(crate) fn fail_task(&self, error: TaskError, subtask: u32) {
@@ -182,11 +207,18 @@ impl JobHandle {
         }
         let ended = self.shared.ended_at().unwrap_or_else(Instant::now);
         let wall = ended.saturating_duration_since(self.started);
+        let cancelled = self.shared.user_cancelled.load(Ordering::Acquire);
         if let Some(err) = self.shared.failure() {
             return Err(err);
         }
-        let status =
-            if self.shared.user_cancelled.load(Ordering::Acquire) { JobStatus::Cancelled } else { JobStatus::Finished };
+        let status = if cancelled {
+            // Staged output of a cancelled job is discarded, never committed.
+            drop(std::mem::take(&mut *self.shared.commits.lock().unwrap_or_else(|e| e.into_inner())));
+            JobStatus::Cancelled
+        } else {
+            self.shared.commit_outputs()?;
+            JobStatus::Finished
+        };
         Ok(self.result(status, wall))
     }
 
