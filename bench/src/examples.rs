@@ -22,13 +22,16 @@ pub fn words(line: &str) -> impl Iterator<Item = String> + '_ {
 /// Word count: text file → words → keyed count (final per word) → `word<TAB>count` lines in
 /// one output file.
 pub fn wordcount(env: &mut StreamEnvironment, input: &Path, output: &Path, invalid_utf8: InvalidUtf8) {
+    wordcount_lines(env, input, invalid_utf8).write_as_text(output).set_parallelism(1);
+}
+
+/// Word count's output lines (`word<TAB>count`, formatted in one subtask), for a sink to take.
+pub fn wordcount_lines(env: &mut StreamEnvironment, input: &Path, invalid_utf8: InvalidUtf8) -> DataStream<String> {
     env.set_runtime_mode(RuntimeMode::Batch);
     wordcount_stream(env, input, invalid_utf8)
         .map(|(word, count)| format!("{word}\t{count}"))
         .name("Format")
         .set_parallelism(1)
-        .write_as_text(output)
-        .set_parallelism(1);
 }
 
 /// The (word, count) stream of word count.

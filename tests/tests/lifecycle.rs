@@ -279,3 +279,43 @@ fn streams_of_different_environments_cannot_be_joined() {
     let msg = a.execute("cross-env").unwrap_err().to_string();
     assert!(msg.contains("different environments"), "{msg}");
 }
+
+#[test]
+fn cancelling_then_dropping_the_collect_stream_ends_cancelled_not_failed() {
+    let cluster = cluster(2);
+    for run in 0..20 {
+        let mut env = cluster.environment();
+        env.set_parallelism(2);
+        let mut records = env.generate_unbounded(|i| i).map(|i| i + 1).collect();
+        let handle = env.execute_async("cancel then drop").unwrap();
+        let first: Vec<u64> = records.by_ref().take(10).collect();
+        assert_eq!(first.len(), 10, "run {run}: records flow before the cancel");
+        handle.cancel();
+        drop(records);
+        let result = handle.join().unwrap_or_else(|e| panic!("run {run}: a cancelled job failed: {e}"));
+        assert_eq!(result.status, JobStatus::Cancelled, "run {run}");
+        assert_eq!(cluster.pool().in_use(), 0, "run {run}");
+    }
+}
+
+#[test]
+fn a_failure_before_the_cancel_is_still_reported() {
+    let cluster = cluster(1);
+    let env = cluster.environment();
+    env.generate_unbounded(|i| i)
+        .map(|i| {
+            if i == 1000 {
+                panic!("record {i} is bad");
+            }
+            i
+        })
+        .name("Fails")
+        .discard();
+    let handle = env.execute_async("fails first").unwrap();
+    while !handle.is_finished() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.cancel();
+    let err = handle.join().unwrap_err();
+    assert!(err.to_string().contains("record 1000 is bad"), "{err}");
+}

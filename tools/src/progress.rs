@@ -1,13 +1,48 @@
 //! Progress while a job runs: a bar (or spinner) fed by the job's live counters, drawn only on
-//! a terminal.
+//! a terminal. While a job is joined here, SIGINT and SIGTERM cancel it instead of killing
+//! the process, so the output it staged is discarded and the message says so; the process then
+//! ends by the same signal. A second signal, or one outside a job, has its default effect.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use corestream::{JobError, JobHandle, JobResult};
 use indicatif::{ProgressBar, ProgressStyle};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
-/// Joins `handle`, showing how many records its sources have produced so far.
+/// The signal handlers' shared flags: whether a signal should have its default effect now
+/// (outside a job, or after the first one), and the last signal that arrived while it should
+/// not.
+struct Interrupts {
+    default_now: Arc<AtomicBool>,
+    received: Arc<AtomicUsize>,
+}
+
+fn interrupts() -> Option<&'static Interrupts> {
+    static INTERRUPTS: OnceLock<Option<Interrupts>> = OnceLock::new();
+    INTERRUPTS
+        .get_or_init(|| {
+            let flags =
+                Interrupts { default_now: Arc::new(AtomicBool::new(true)), received: Arc::new(AtomicUsize::new(0)) };
+            for signal in [SIGINT, SIGTERM] {
+                // The default action comes first, so it still kills while `default_now` is set.
+                signal_hook::flag::register_conditional_default(signal, flags.default_now.clone()).ok()?;
+                signal_hook::flag::register_usize(signal, flags.received.clone(), signal as usize).ok()?;
+            }
+            Some(flags)
+        })
+        .as_ref()
+}
+
+/// Joins `handle`, showing how many records its sources have produced so far. SIGINT or
+/// SIGTERM cancels the job; once it has stopped, the process ends by that signal.
 pub fn join_with_progress(handle: JobHandle, label: &str, total: Option<u64>) -> Result<JobResult, JobError> {
+    let interrupts = interrupts();
+    if let Some(i) = interrupts {
+        i.received.store(0, Ordering::SeqCst);
+        i.default_now.store(false, Ordering::SeqCst);
+    }
     let bar = match total {
         Some(n) => ProgressBar::new(n).with_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta}")
@@ -19,12 +54,30 @@ pub fn join_with_progress(handle: JobHandle, label: &str, total: Option<u64>) ->
         ),
     };
     bar.set_prefix(label.to_string());
+    let mut interrupted = None;
     while !handle.is_finished() {
+        if let Some(signal) = interrupts.map(|i| i.received.load(Ordering::SeqCst)).filter(|s| *s != 0) {
+            interrupts.inspect(|i| i.default_now.store(true, Ordering::SeqCst));
+            handle.cancel();
+            interrupted = Some(signal as i32);
+            break;
+        }
         let produced: u64 =
             handle.snapshot().operators.iter().filter(|o| o.name.starts_with("Source")).map(|o| o.records_out).sum();
         bar.set_position(produced);
         std::thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();
-    handle.join()
+    let result = handle.join();
+    if let Some(i) = interrupts {
+        i.default_now.store(true, Ordering::SeqCst);
+    }
+    if let Some(signal) = interrupted {
+        let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+        eprintln!("error: {label} was interrupted by {name}: the job was cancelled and its output discarded");
+        // Ends the process as the signal would have, so the caller sees how it ended.
+        let _ = signal_hook::low_level::emulate_default_handler(signal);
+        std::process::exit(128 + signal);
+    }
+    result
 }

@@ -2,11 +2,13 @@
 //! [`crate::window_agg`]. `run wordcount` and `run sum-by-key` with `--processes N` run across N
 //! TaskManager processes ([`crate::multi`]) and print the same lines from TaskManager 0.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
+use corestream::StreamEnvironment;
 use corestream_bench::examples::{self, checksum, reference_sum_by_key, EXAMPLES};
 use corestream_bench::throughput::{keyed_sum_job, passthrough_job};
 
@@ -19,7 +21,8 @@ use crate::window_agg::{self, WindowAggArgs};
 pub enum InvalidUtf8 {
     /// Skip such lines, count them and report them (exit status 0).
     Skip,
-    /// Fail the run at the first line that is not valid UTF-8 (exit status 1, no output).
+    /// Fail the run at the first line that is not valid UTF-8 (exit status 1; an earlier output
+    /// is left as it was).
     Fail,
 }
 
@@ -27,8 +30,11 @@ pub enum InvalidUtf8 {
 pub enum RunCommand {
     /// Count words of a text file; writes `word<TAB>count` lines.
     Wordcount {
+        /// The text to read: a file, or anything readable (a pipe, FIFO, `/dev/stdin`).
         #[arg(long)]
         input: PathBuf,
+        /// Where the counts go: a file, replaced only when the job has succeeded, or `-` for
+        /// standard output (the summary then goes to standard error).
         #[arg(long)]
         output: PathBuf,
         /// What to do with lines that are not valid UTF-8.
@@ -58,66 +64,7 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     match cmd {
         RunCommand::WindowAgg(args) => window_agg::run(args),
         RunCommand::Wordcount { input, output, on_invalid_utf8, common } => {
-            let meta =
-                std::fs::metadata(&input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
-            if meta.is_dir() {
-                bail!("cannot read input file '{}': Is a directory; give the path of a text file", input.display());
-            }
-            if output.is_dir() {
-                bail!("output '{}' is a directory; give a file path", output.display());
-            }
-            let policy = match on_invalid_utf8 {
-                InvalidUtf8::Skip => corestream::InvalidUtf8::Skip,
-                InvalidUtf8::Fail => corestream::InvalidUtf8::Fail,
-            };
-            let existed = output.exists();
-            let outcome = if common.processes > 1 {
-                let merged = multi::run(&common, "wordcount", |env| {
-                    examples::wordcount(env, &input, &output, policy);
-                    || Ok(Vec::new())
-                });
-                match merged {
-                    Ok(None) => return Ok(()),
-                    Ok(Some(merged)) => {
-                        let network = merged.network_lines();
-                        Ok((merged.result, network))
-                    }
-                    Err(e) => Err(e),
-                }
-            } else {
-                let cluster = common.cluster()?;
-                let mut env = common.environment(&cluster);
-                examples::wordcount(&mut env, &input, &output, policy);
-                env.execute_async("wordcount")
-                    .and_then(|h| join_with_progress(h, "wordcount", None))
-                    .map(|result| (result, Vec::new()))
-                    .map_err(anyhow::Error::from)
-            };
-            let (result, network) = match outcome {
-                Ok(outcome) => outcome,
-                Err(e) => {
-                    if !existed {
-                        // A failed job leaves no partial output that could pass for a result.
-                        let _ = std::fs::remove_file(&output);
-                    }
-                    return Err(e);
-                }
-            };
-            let lines = result.records_in("Tokenize");
-            let words = result.records_in("Count");
-            let distinct = result.records_in("Format");
-            println!(
-                "wordcount: {lines} lines, {words} words, {distinct} distinct words in {:.3} s ({:.0} lines/s) -> {}",
-                result.wall_time.as_secs_f64(),
-                lines as f64 / result.wall_time.as_secs_f64(),
-                output.display()
-            );
-            for w in &result.warnings {
-                eprintln!("warning: {}", w.message);
-            }
-            print_latency(&result);
-            network.iter().for_each(|line| println!("{line}"));
-            Ok(())
+            wordcount(&input, &output, on_invalid_utf8, &common)
         }
         RunCommand::SumByKey { records, keys, common } => {
             let (result, got, found, network) = if common.processes > 1 {
@@ -180,10 +127,97 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `run wordcount`: the counts go to `output`, a file committed only when the job has
+/// succeeded, or to standard output for `-` (the summary then goes to standard error).
+fn wordcount(input: &Path, output: &Path, on_invalid_utf8: InvalidUtf8, common: &Common) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
+    if meta.is_dir() {
+        bail!("cannot read input file '{}': Is a directory; give the path of a text file", input.display());
+    }
+    // `/dev/stdout` or a path to the file standard output is redirected to is standard output
+    // too: replacing that file would lose what is printed to it.
+    let to_stdout = output == Path::new("-") || corestream::fs::same_file(output, Path::new("/dev/stdout"));
+    if !to_stdout {
+        if let Err(e) = corestream::fs::check_output(output, &[input]) {
+            usage_error(format_args!("--output: {e}"));
+        }
+    }
+    let policy = match on_invalid_utf8 {
+        InvalidUtf8::Skip => corestream::InvalidUtf8::Skip,
+        InvalidUtf8::Fail => corestream::InvalidUtf8::Fail,
+    };
+    // The lines go to standard output in the host, as the job produces them.
+    let build = |env: &mut StreamEnvironment| -> Option<std::thread::JoinHandle<std::io::Result<()>>> {
+        if to_stdout {
+            let lines = examples::wordcount_lines(env, input, policy).collect();
+            Some(std::thread::spawn(move || {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                lines.into_iter().try_for_each(|line| writeln!(out, "{line}"))?;
+                out.flush()
+            }))
+        } else {
+            examples::wordcount(env, input, output, policy);
+            None
+        }
+    };
+    let finish_printer = |printer: Option<std::thread::JoinHandle<std::io::Result<()>>>| -> anyhow::Result<()> {
+        match printer.map(|p| p.join()) {
+            None => Ok(()),
+            Some(Ok(written)) => written.context("cannot write the counts to standard output"),
+            Some(Err(_)) => bail!("the thread writing the counts to standard output panicked"),
+        }
+    };
+    let (result, network) = if common.processes > 1 {
+        let merged = multi::run(common, "wordcount", |env| {
+            let printer = build(env);
+            move || finish_printer(printer).map(|()| Vec::new())
+        })?;
+        let Some(merged) = merged else { return Ok(()) };
+        let network = merged.network_lines();
+        (merged.result, network)
+    } else {
+        let cluster = common.cluster()?;
+        let mut env = common.environment(&cluster);
+        let printer = build(&mut env);
+        let result = env.execute_async("wordcount").and_then(|h| join_with_progress(h, "wordcount", None))?;
+        finish_printer(printer)?;
+        (result, Vec::new())
+    };
+    let mut report: Box<dyn Write> =
+        if to_stdout { Box::new(std::io::stderr().lock()) } else { Box::new(std::io::stdout().lock()) };
+    let lines = result.records_in("Tokenize");
+    let words = result.records_in("Count");
+    let distinct = result.records_in("Format");
+    writeln!(
+        report,
+        "wordcount: {lines} lines, {words} words, {distinct} distinct words in {:.3} s ({:.0} lines/s) -> {}",
+        result.wall_time.as_secs_f64(),
+        lines as f64 / result.wall_time.as_secs_f64(),
+        if to_stdout { "standard output".to_string() } else { output.display().to_string() }
+    )?;
+    for w in &result.warnings {
+        eprintln!("warning: {}", w.message);
+    }
+    write_latency(&mut report, &result)?;
+    network.iter().try_for_each(|line| writeln!(report, "{line}"))?;
+    Ok(())
+}
+
+/// Exits with status 2 and clap's formatting, like an argument clap itself refused: for
+/// arguments that can only be checked against the file system.
+fn usage_error(message: impl std::fmt::Display) -> ! {
+    clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n")).exit()
+}
+
 /// One line per sink and source subtask when the run had `--latency-markers`.
 fn print_latency(result: &corestream::JobResult) {
+    let _ = write_latency(&mut std::io::stdout().lock(), result);
+}
+
+fn write_latency(out: &mut dyn Write, result: &corestream::JobResult) -> std::io::Result<()> {
     for l in &result.latency {
-        println!(
+        writeln!(
+            out,
             "latency {} <- source subtask {}: {} markers, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
             l.sink,
             l.source_subtask,
@@ -192,8 +226,9 @@ fn print_latency(result: &corestream::JobResult) {
             l.p99.as_secs_f64() * 1e3,
             l.p99_9.as_secs_f64() * 1e3,
             l.max.as_secs_f64() * 1e3
-        );
+        )?;
     }
+    Ok(())
 }
 
 pub fn plan(example: &str, common: &Common) -> anyhow::Result<()> {
