@@ -65,7 +65,7 @@ pub use operators::process::{
     KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction, TimeDomain,
 };
 pub use runtime::cluster::LocalCluster;
-pub use runtime::job::JobHandle;
+pub use runtime::job::{JobHandle, StagedOutputs};
 pub use runtime::metrics::{ConnectionSummary, JobResult, JobWarning, LatencySummary, OperatorSummary, TaskSummary};
 pub use time::{WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
 pub use windows::operator::WindowContext;

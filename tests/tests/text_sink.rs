@@ -176,3 +176,28 @@ fn staged_output_is_committed_only_when_every_task_succeeded() {
     assert_eq!(commits, 0);
     assert_eq!(discards, 1, "the commit after the failed one is discarded");
 }
+
+#[test]
+fn join_staged_leaves_the_commit_to_the_caller() {
+    let cluster = cluster(1);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.txt");
+    for commit in [false, true] {
+        std::fs::write(&out, "earlier\n").unwrap();
+        let mut env = cluster.environment();
+        env.set_runtime_mode(RuntimeMode::Batch);
+        env.from_sequence(0..10).write_as_text(&out);
+        let (result, staged) = env.execute_async("staged").unwrap().join_staged().unwrap();
+        assert_eq!(result.status, JobStatus::Finished);
+        assert_eq!(staged.len(), 1);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier\n", "not visible before the commit");
+        if commit {
+            staged.commit().unwrap();
+            assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 10);
+        } else {
+            drop(staged);
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier\n", "dropping discards");
+        }
+        assert_eq!(entries(dir.path()), ["out.txt"]);
+    }
+}

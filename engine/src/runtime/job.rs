@@ -94,16 +94,6 @@ impl JobShared {
         self.commits.lock().unwrap_or_else(|e| e.into_inner()).push(output);
     }
 
-    /// Commits what the sinks staged, in the order they staged it; the first failure fails
-    /// the job and discards the rest.
-    fn commit_outputs(&self) -> Result<(), JobError> {
-        let staged = std::mem::take(&mut *self.commits.lock().unwrap_or_else(|e| e.into_inner()));
-        for output in staged {
-            output.commit().map_err(|e| JobError::Commit { job: self.name.clone(), message: e.to_string() })?;
-        }
-        Ok(())
-    }
-
     pub(crate) fn fail_task(&self, error: TaskError, subtask: u32) {
         let name = |node: usize| self.node_names.get(node).cloned().unwrap_or_else(|| format!("node {node}"));
         let job_error = match error {
@@ -146,6 +136,40 @@ impl JobShared {
 
     fn failure(&self) -> Option<JobError> {
         self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What the sinks of a successful job staged, not yet visible: [`commit`](Self::commit) makes
+/// it visible, dropping it discards it.
+#[derive(Default)]
+pub struct StagedOutputs {
+    job: String,
+    outputs: Vec<Box<dyn PendingCommit>>,
+}
+
+impl std::fmt::Debug for StagedOutputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedOutputs").field("job", &self.job).field("outputs", &self.outputs.len()).finish()
+    }
+}
+
+impl StagedOutputs {
+    /// How many outputs the sinks staged.
+    pub fn len(&self) -> usize {
+        self.outputs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty()
+    }
+
+    /// Commits every output in the order the sinks staged them; the first failure fails and
+    /// discards the rest.
+    pub fn commit(self) -> Result<(), JobError> {
+        for output in self.outputs {
+            output.commit().map_err(|e| JobError::Commit { job: self.job.clone(), message: e.to_string() })?;
+        }
+        Ok(())
     }
 }
 
@@ -198,8 +222,18 @@ impl JobHandle {
         self.result(JobStatus::Finished, self.started.elapsed())
     }
 
-    /// Waits for the job to end.
-    pub fn join(mut self) -> Result<JobResult, JobError> {
+    /// Waits for the job to end. When it has succeeded, commits what its sinks staged (a
+    /// failure to commit fails the job); when it failed or was cancelled, discards it.
+    pub fn join(self) -> Result<JobResult, JobError> {
+        let (result, staged) = self.join_staged()?;
+        staged.commit()?;
+        Ok(result)
+    }
+
+    /// Waits for the job to end like [`join`](Self::join) but leaves what its sinks staged to
+    /// the caller, who commits it once more than this job has succeeded (the other processes
+    /// running the same job, say) or drops it to discard it.
+    pub fn join_staged(mut self) -> Result<(JobResult, StagedOutputs), JobError> {
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 self.shared.fail(JobError::InvalidJob("a slot thread panicked outside any task".into()));
@@ -207,19 +241,19 @@ impl JobHandle {
         }
         let ended = self.shared.ended_at().unwrap_or_else(Instant::now);
         let wall = ended.saturating_duration_since(self.started);
-        let cancelled = self.shared.user_cancelled.load(Ordering::Acquire);
+        let staged = StagedOutputs {
+            job: self.shared.name.clone(),
+            outputs: std::mem::take(&mut *self.shared.commits.lock().unwrap_or_else(|e| e.into_inner())),
+        };
         if let Some(err) = self.shared.failure() {
             return Err(err);
         }
-        let status = if cancelled {
+        if self.shared.user_cancelled.load(Ordering::Acquire) {
             // Staged output of a cancelled job is discarded, never committed.
-            drop(std::mem::take(&mut *self.shared.commits.lock().unwrap_or_else(|e| e.into_inner())));
-            JobStatus::Cancelled
-        } else {
-            self.shared.commit_outputs()?;
-            JobStatus::Finished
-        };
-        Ok(self.result(status, wall))
+            drop(staged);
+            return Ok((self.result(JobStatus::Cancelled, wall), StagedOutputs::default()));
+        }
+        Ok((self.result(JobStatus::Finished, wall), staged))
     }
 
     fn result(&self, status: JobStatus, wall_time: Duration) -> JobResult {
