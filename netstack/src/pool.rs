@@ -6,7 +6,7 @@
 //! Jobs reserve the buffers they can hold at most before they are deployed
 //! ([`BufferPool::reserve`]); a job whose worst case does not fit is refused with a clear error
 //! instead of deadlocking later. Invariant: `free + in_use == capacity` at every instant, and a
-//! buffer index is owned by exactly one handle ([`BufferBuilder`] or [`Buffer`]) or by the free
+//! buffer index is owned by exactly one handle ([`BufferBuilder`] or [`Buffer`](crate::Buffer)) or by the free
 //! stack, never by two.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};

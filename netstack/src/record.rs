@@ -80,10 +80,17 @@ pub type RecordDeserializer = Strategy<(), Failure>;
 
 /// A record type that can cross an exchange: archived with rkyv into a buffer, read in place,
 /// and deserialized into an owned value where a user function asks for one. Derive it with
-/// `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]`. Shared pointers (`Rc`, `Arc`)
-/// are not supported inside records. The archived type must be checkable by rkyv's validator
-/// ([`RecordValidator`]), which `#[derive(Archive)]` provides with rkyv's `bytecheck` feature, so
-/// that buffers from other processes can be validated before they are read in place.
+/// `#[derive(Archive, Serialize, Deserialize)]` from the re-exported `rkyv` plus
+/// `#[rkyv(crate = corestream::rkyv)]` (or `crate = corestream_netstack::rkyv`), so that the
+/// derive finds rkyv without a dependency of the application's own. Shared pointers (`Rc`,
+/// `Arc`) are not supported inside records. The archived type must be checkable by rkyv's
+/// validator ([`RecordValidator`]), which `#[derive(Archive)]` provides with rkyv's `bytecheck`
+/// feature, so that buffers from other processes can be validated before they are read in place.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a corestream record (it does not implement `Data`)",
+    label = "not a record",
+    note = "derive rkyv's traits for it: `#[derive(Archive, Serialize, Deserialize)]` with `use corestream::rkyv::{{Archive, Deserialize, Serialize}};` and `#[rkyv(crate = corestream::rkyv)]` on the type (records hold no `Rc`/`Arc`)"
+)]
 pub trait Data:
     Sized
     + Archive<Archived: Deserialize<Self, RecordDeserializer> + for<'v> CheckBytes<RecordValidator<'v>>>

@@ -1,4 +1,4 @@
-//! The DataStream API: an environment that records a job ([`env`]), typed streams and keyed
+//! The DataStream API: an environment that records a job ([`mod@env`]), typed streams and keyed
 //! streams with their operators ([`stream`]), event time and side outputs ([`time`]), and the
 //! built-in sources and sinks ([`sources`], [`sinks`]).
 

@@ -1,5 +1,5 @@
 //! Operators and the chain that connects them. Operators of one chain run in one task and pass
-//! records by method call in batches: each link is an [`OpNode`] that runs its operator over a
+//! records by method call in batches: each link is an `OpNode` that runs its operator over a
 //! whole batch (a monomorphized loop) and hands the output batch to the next link through one
 //! dynamic call. Dynamic dispatch, metrics and bookkeeping are therefore paid per batch, not per
 //! record. The first link of a task fed by an exchange reads records in place from the network

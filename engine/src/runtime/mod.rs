@@ -2,7 +2,7 @@
 //! process) checks the machine at start-up ([`startup`]), places slots on cores
 //! ([`topology`]), and runs each job's subtasks as cooperative tasks on the slots' glommio
 //! executors ([`slot`], [`task`]). A chain's records leave the task through
-//! [`output::NetworkOutput`] into the credit-based channels of `corestream-netstack`; channels
+//! the network output ([`output`]) into the credit-based channels of `corestream-netstack`; channels
 //! whose other end runs in another TaskManager process cross a connection driven by
 //! [`remote`] on the job's gateway slot.
 
