@@ -21,6 +21,7 @@ pub struct Measured {
 /// input), killing it and failing the test after `limit`. The peak comes from `wait4`, so it
 /// covers the whole run, the child's own children included — and the pages of this process
 /// the child shared between fork and exec: hold no large buffer while calling this.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also reports its peak memory
 pub fn run_measured(cmd: &mut Command, stdin: Option<Box<dyn Read + Send>>, limit: Duration) -> Measured {
     let mut child = cmd
         .env("CORESTREAM_LOG", "off")
