@@ -234,7 +234,9 @@ impl StreamEnvironment {
     /// so processes of one job on one host (each building the plan) make the same one; subtask
     /// 0 of the source reads the stream, and no other process opens it. Such lines cross an
     /// exchange, so each must fit in one record: the line limit is at most
-    /// `MAX_RECORD_BYTES - 64` bytes for them.
+    /// `MAX_RECORD_BYTES - 64` bytes (32 688) for them. Reading a stream blocks the source's
+    /// slot thread while its writer has nothing to give (as any blocking read does); the other
+    /// tasks of that slot wait meanwhile.
     pub fn read_text_file_with_options(
         &self,
         path: impl Into<PathBuf>,
