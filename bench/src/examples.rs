@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use corestream::api::skips::Skips;
+use corestream::api::sources::TextFileOptions;
 use corestream::{CollectStream, DataStream, InvalidUtf8, RuntimeMode, StreamEnvironment};
 
 /// Jobs known by name to `corestream plan` and `corestream run`.
@@ -19,16 +21,41 @@ pub fn words(line: &str) -> impl Iterator<Item = String> + '_ {
     line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
 }
 
+/// The longest word word count counts, in bytes (after lowercasing): a (word, count) record
+/// and its `word<TAB>count` line must fit in one record (32 KB buffers). Longer words are
+/// skipped and reported as a job warning, never failing the job.
+pub const MAX_WORD_BYTES: usize = 16 * 1024;
+const _: () = assert!(MAX_WORD_BYTES + 64 <= corestream_netstack::record::MAX_RECORD_BYTES);
+
+/// The limit on `--max-line-bytes` (1 GiB): a line is held in memory up to this.
+pub const MAX_LINE_BYTES_LIMIT: u64 = 1 << 30;
+
+/// Parses `--max-line-bytes`: a size with an optional binary suffix (`64K`, `1M`, `1MiB`),
+/// between 1 byte and 1 GiB.
+pub fn parse_max_line_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix("ib")).map_or(t.to_string(), |p| format!("{p}B"));
+    match crate::transport::parse_bytes(&t) {
+        Ok(bytes) if bytes <= MAX_LINE_BYTES_LIMIT => Ok(bytes as usize),
+        _ => Err(format!("'{s}' is not a line length between 1 byte and 1 GiB (examples: 4096, 64K, 1M)")),
+    }
+}
+
 /// Word count: text file → words → keyed count (final per word) → `word<TAB>count` lines in
 /// one output file.
 pub fn wordcount(env: &mut StreamEnvironment, input: &Path, output: &Path, invalid_utf8: InvalidUtf8) {
-    wordcount_lines(env, input, invalid_utf8).write_as_text(output).set_parallelism(1);
+    wordcount_with(env, input, output, TextFileOptions::default().invalid_utf8(invalid_utf8));
+}
+
+/// [`wordcount`] with the text source's options (treatment of invalid UTF-8, line limit).
+pub fn wordcount_with(env: &mut StreamEnvironment, input: &Path, output: &Path, options: TextFileOptions) {
+    wordcount_lines(env, input, options).write_as_text(output).set_parallelism(1);
 }
 
 /// Word count's output lines (`word<TAB>count`, formatted in one subtask), for a sink to take.
-pub fn wordcount_lines(env: &mut StreamEnvironment, input: &Path, invalid_utf8: InvalidUtf8) -> DataStream<String> {
+pub fn wordcount_lines(env: &mut StreamEnvironment, input: &Path, options: TextFileOptions) -> DataStream<String> {
     env.set_runtime_mode(RuntimeMode::Batch);
-    wordcount_stream(env, input, invalid_utf8)
+    wordcount_stream_with(env, input, options)
         .map(|(word, count)| format!("{word}\t{count}"))
         .name("Format")
         .set_parallelism(1)
@@ -36,15 +63,60 @@ pub fn wordcount_lines(env: &mut StreamEnvironment, input: &Path, invalid_utf8: 
 
 /// The (word, count) stream of word count.
 pub fn wordcount_stream(env: &StreamEnvironment, input: &Path, invalid_utf8: InvalidUtf8) -> DataStream<(String, u64)> {
-    env.read_text_file_with(input, invalid_utf8)
-        .flat_map(|line: String| words(&line).map(|w| (w, 1u64)).collect::<Vec<_>>())
+    wordcount_stream_with(env, input, TextFileOptions::default().invalid_utf8(invalid_utf8))
+}
+
+/// The (word, count) stream of word count with the text source's options. Words longer than
+/// [`MAX_WORD_BYTES`] are skipped, counted and reported as a job warning from `Tokenize`.
+pub fn wordcount_stream_with(
+    env: &StreamEnvironment,
+    input: &Path,
+    options: TextFileOptions,
+) -> DataStream<(String, u64)> {
+    env.read_text_file_with_options(input, options)
+        .flat_map_skipping(|line: String, skips: &mut Skips| {
+            let mut out = Vec::new();
+            for w in words(&line) {
+                if w.len() > MAX_WORD_BYTES {
+                    skips.skip(&format!("words longer than {MAX_WORD_BYTES} bytes"), || {
+                        let prefix: String = w.chars().take(20).collect();
+                        format!("a word of {} bytes starting '{prefix}'", w.len())
+                    });
+                } else {
+                    out.push((w, 1u64));
+                }
+            }
+            out
+        })
         .name("Tokenize")
         .key_by(|r: &(String, u64)| r.0.clone())
         .reduce(|a, b| (a.0, a.1 + b.1))
         .name("Count")
 }
 
-/// Reference word count, single-threaded. Lines that are not valid UTF-8 are skipped, as the
+/// Reference word count, single-threaded: lines that are not valid UTF-8, lines longer than
+/// `max_line_bytes` (the bytes before `\n`, a `\r` among them) and words longer than
+/// [`MAX_WORD_BYTES`] are skipped, as the job does.
+pub fn reference_wordcount_with(text: &[u8], max_line_bytes: usize) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    if text.ends_with(b"\n") {
+        lines.pop();
+    }
+    for line in lines {
+        if line.len() > max_line_bytes {
+            continue;
+        }
+        if let Ok(line) = std::str::from_utf8(line) {
+            for w in words(line).filter(|w| w.len() <= MAX_WORD_BYTES) {
+                *counts.entry(w).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Reference word count, single-threaded, with the default line limit. Lines that are not valid UTF-8 are skipped, as the
 /// job does.
 pub fn reference_wordcount(text: &[u8]) -> HashMap<String, u64> {
     let mut counts = HashMap::new();
@@ -94,4 +166,35 @@ pub fn reference_sum_by_key(records: u64, keys: u64) -> Vec<(u64, u64)> {
         *slot = Some(slot.unwrap_or(0).wrapping_add(i));
     }
     totals.into_iter().enumerate().filter_map(|(k, t)| t.map(|t| (k as u64, t))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_limits_parse_within_bounds() {
+        assert_eq!(parse_max_line_bytes("4096"), Ok(4096));
+        assert_eq!(parse_max_line_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_max_line_bytes("1M"), Ok(1 << 20));
+        assert_eq!(parse_max_line_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_max_line_bytes("1G"), Ok(1 << 30));
+        for bad in ["0", "2G", "-1", "1e6", "lots", "", "18446744073709551615"] {
+            let e = parse_max_line_bytes(bad).unwrap_err();
+            assert!(e.contains(&format!("'{bad}'")) && e.contains("1 GiB"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_reference_skips_long_lines_and_huge_words() {
+        let huge = "x".repeat(MAX_WORD_BYTES + 1);
+        let text = format!("a b\n{huge} c\n{}\nb\r\n", "d ".repeat(10));
+        let counts = reference_wordcount_with(text.as_bytes(), 19);
+        assert_eq!(counts.get("a"), Some(&1));
+        assert_eq!(counts.get("b"), Some(&2));
+        assert_eq!(counts.get("d"), None, "the 20-byte line is over the limit");
+        assert_eq!(counts.get("c"), None, "the line of the huge word is over the limit too");
+        let counts = reference_wordcount_with(text.as_bytes(), 1 << 20);
+        assert_eq!((counts.get("c"), counts.get(huge.as_str()), counts.get("d")), (Some(&1), None, Some(&10)));
+    }
 }

@@ -4,6 +4,7 @@
 //! that `corestream plan` and `corestream run` know.
 
 pub mod corpus;
+pub mod exact;
 pub mod examples;
 pub mod network;
 pub mod nexmark;

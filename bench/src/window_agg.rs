@@ -20,6 +20,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::num::IntErrorKind;
 
+use crate::exact::{ExactAcc, Num};
 use crate::window_model::{Agg, Event, WindowResult, WindowSpec};
 
 pub const OUTPUT_HEADER: &str = "key,window_start,window_end,value";
@@ -91,11 +92,15 @@ pub fn parse_trigger(s: &str) -> Result<corestream::Trigger, SpecError> {
     Err(err("expected event-time, count:N or continuous:DURATION, optionally prefixed by purging:".into()))
 }
 
-const DURATION_FORMS: &str = "use a whole number with ms, s, m or h (or none for ms), e.g. 250ms, 10s, 5m, 1h";
+const DURATION_FORMS: &str =
+    "use a whole number with a unit (ns, us, ms, s, m or h; whole milliseconds), e.g. 250ms, 10s, 5m, 1h";
 
 fn duration_ms(s: &str) -> Result<i64, String> {
     if s.is_empty() {
         return Err(format!("empty; {DURATION_FORMS}"));
+    }
+    if s == "0" {
+        return Ok(0);
     }
     if s.starts_with('-') {
         return Err("must not be negative".to_string());
@@ -108,22 +113,35 @@ fn duration_ms(s: &str) -> Result<i64, String> {
     if unit.starts_with('.') {
         return Err("fractions are not supported; use a smaller unit, e.g. 1500ms".to_string());
     }
-    let factor: i64 = match unit {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
+    // (milliseconds per unit, units per millisecond)
+    let (factor, divisor): (i64, i64) = match unit {
+        "ns" => (1, 1_000_000),
+        "us" | "µs" => (1, 1_000),
+        "ms" => (1, 1),
+        "s" => (1_000, 1),
+        "m" | "min" => (60_000, 1),
+        "h" => (3_600_000, 1),
+        "" => {
+            return Err(format!(
+                "a number needs a unit: ns, us, ms, s, m or h (e.g. {s}ms or {s}s); only a bare 0 needs none"
+            ))
+        }
         other => return Err(format!("unknown unit '{other}'; {DURATION_FORMS}")),
     };
-    digits
+    let n = digits
         .parse::<i64>()
         .ok()
         .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| format!("too large (at most {} ms)", i64::MAX))
+        .ok_or_else(|| format!("too large (at most {} ms)", i64::MAX))?;
+    if n % divisor != 0 {
+        return Err(format!("not a whole number of milliseconds; {DURATION_FORMS}"));
+    }
+    Ok(n / divisor)
 }
 
-/// A non-negative duration in milliseconds: `250ms`, `10s`, `5m`, `1h`, or a bare number of
-/// milliseconds (`0`, `1500`).
+/// A non-negative duration in whole milliseconds: a number with a unit (`250ms`, `10s`, `5m`,
+/// `1h`, also `ns` and `us` for whole milliseconds), or a bare `0`. A number without a unit is
+/// refused, as every duration option of the command-line program does.
 pub fn parse_duration_ms(s: &str) -> Result<i64, SpecError> {
     duration_ms(s).map_err(|reason| SpecError::Duration { input: s.to_string(), reason })
 }
@@ -333,12 +351,12 @@ pub fn resolve_columns(header: &str, key: &str, time: &str, value: Option<&str>)
     Ok(CsvSchema { key: find(key)?, time: find(time)?, value: value.map(find).transpose()?, columns })
 }
 
-/// One input record; `value` is 0.0 when the aggregate reads no column.
+/// One input record; `value` is 0 when the aggregate reads no column.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub key: String,
     pub ts: i64,
-    pub value: f64,
+    pub value: Num,
 }
 
 impl From<Row> for Event {
@@ -392,17 +410,19 @@ pub fn parse_row(line: &str, line_no: u64, schema: &CsvSchema) -> Result<Row, Re
         })
     })?;
     let value = match schema.value {
-        None => 0.0,
+        None => Num::Int(0),
         Some(i) => {
             let (name, text) = (&schema.columns[i], &fields[i]);
             if text.is_empty() {
                 return Err(reject(format!("field '{name}' is empty (expected a number)")));
             }
-            let v = text.parse::<f64>().map_err(|_| reject(format!("field '{name}': '{text}' is not a number")))?;
-            if !v.is_finite() {
-                return Err(reject(format!("field '{name}': '{text}' is not a finite number")));
+            match Num::parse(text) {
+                Some(v) => v,
+                None if text.parse::<f64>().is_ok() => {
+                    return Err(reject(format!("field '{name}': '{text}' is not a finite number")))
+                }
+                None => return Err(reject(format!("field '{name}': '{text}' is not a number"))),
             }
-            v
         }
     };
     Ok(Row { key: key.clone(), ts, value })
@@ -438,18 +458,11 @@ pub fn parse_input(text: &str, key: &str, time: &str, value: Option<&str>) -> Re
     Ok(ParsedInput { schema, rows, rejected })
 }
 
-/// A value as written to the output: fixed-point rounded to at most 6 digits after the
-/// point, then trailing zeros and a trailing point removed, so integers have no point (`3`),
-/// `2.5` stays `2.5`, `1/3` is `0.333333`, and anything that rounds to zero is `0` (never
-/// `-0`).
-pub fn format_value(v: f64) -> String {
-    let fixed = format!("{v:.6}");
-    let trimmed = fixed.trim_end_matches('0').trim_end_matches('.');
-    if trimmed == "-0" {
-        "0".to_string()
-    } else {
-        trimmed.to_string()
-    }
+/// A value as written to the output: integers in full, floats in their shortest round-trip
+/// form (see [`crate::exact`]: `2.5`, `0.3333333333333333`, `-1e-7`, `1.5e300`; `3.0` is `3`
+/// and zero is `0`, never `-0`).
+pub fn format_value(v: Num) -> String {
+    v.to_string()
 }
 
 /// One output line, `key,window_start,window_end,value` (see [`OUTPUT_HEADER`]).
@@ -543,17 +556,19 @@ mod tests {
         assert_eq!(parse_duration_ms("5m"), Ok(300_000));
         assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
         assert_eq!(parse_duration_ms("0"), Ok(0));
-        assert_eq!(parse_duration_ms("1500"), Ok(1500));
+        assert_eq!(parse_duration_ms("1500ms"), Ok(1500));
         assert_eq!(parse_duration_ms("0s"), Ok(0));
+        assert_eq!(parse_duration_ms("2000us"), Ok(2));
+        assert_eq!(parse_duration_ms("3000000ns"), Ok(3));
+        assert_eq!(parse_duration_ms("2min"), Ok(120_000));
     }
 
     #[test]
     fn duration_errors() {
         assert!(duration_err("").starts_with("duration '': empty; use a whole number"));
         assert_eq!(duration_err("-5s"), "duration '-5s': must not be negative");
-        assert!(
-            duration_err("5d").starts_with("duration '5d': unknown unit 'd'; use a whole number with ms, s, m or h")
-        );
+        assert!(duration_err("5d")
+            .starts_with("duration '5d': unknown unit 'd'; use a whole number with a unit (ns, us, ms"));
         assert!(duration_err("10 s").contains("unknown unit ' s'"));
         assert!(duration_err("s").starts_with("duration 's': expected a number"));
         assert!(duration_err("+5s").contains("expected a number"));
@@ -562,11 +577,15 @@ mod tests {
             "duration '1.5s': fractions are not supported; use a smaller unit, e.g. 1500ms"
         );
         assert_eq!(
-            duration_err("9223372036854775808"),
-            format!("duration '9223372036854775808': too large (at most {} ms)", i64::MAX)
+            duration_err("9223372036854775808ms"),
+            format!("duration '9223372036854775808ms': too large (at most {} ms)", i64::MAX)
         );
         assert!(duration_err("9223372036854776s").contains("too large"));
-        assert_eq!(parse_duration_ms("9223372036854775807"), Ok(i64::MAX));
+        assert_eq!(parse_duration_ms("9223372036854775807ms"), Ok(i64::MAX));
+        for bare in ["10", "1500", "9223372036854775808"] {
+            assert!(duration_err(bare).contains("a number needs a unit"), "{bare}: {}", duration_err(bare));
+        }
+        assert!(duration_err("1500us").contains("not a whole number of milliseconds"));
     }
 
     #[test]
@@ -597,6 +616,14 @@ mod tests {
             "window spec 'hopping:10s': unknown window type 'hopping'; expected tumbling, sliding or session"
         );
         assert_eq!(window_err("tumbling:0"), "window spec 'tumbling:0': size must be greater than 0");
+        assert!(
+            window_err("tumbling:10").contains("size '10': a number needs a unit"),
+            "{}",
+            window_err("tumbling:10")
+        );
+        assert!(window_err("sliding:10s/2").contains("slide '2': a number needs a unit"));
+        assert!(window_err("tumbling:10s@3").contains("offset '3': a number needs a unit"));
+        assert!(parse_trigger("continuous:5").unwrap_err().to_string().contains("a number needs a unit"));
         assert!(window_err("tumbling:10x").starts_with("window spec 'tumbling:10x': size '10x': unknown unit 'x'"));
         assert!(window_err("tumbling:").starts_with("window spec 'tumbling:': size '': empty"));
         assert!(window_err("tumbling:10s/2s").contains("expected one SIZE"));
@@ -695,10 +722,16 @@ mod tests {
     #[test]
     fn rows() {
         let s = schema();
-        assert_eq!(parse_row("alice,1000,2.5", 2, &s), Ok(Row { key: "alice".into(), ts: 1000, value: 2.5 }));
-        assert_eq!(parse_row("\"a,b\",-5,-1e3\r", 2, &s), Ok(Row { key: "a,b".into(), ts: -5, value: -1000.0 }));
+        assert_eq!(
+            parse_row("alice,1000,2.5", 2, &s),
+            Ok(Row { key: "alice".into(), ts: 1000, value: Num::Float(2.5) })
+        );
+        assert_eq!(
+            parse_row("\"a,b\",-5,-1e3\r", 2, &s),
+            Ok(Row { key: "a,b".into(), ts: -5, value: Num::Float(-1000.0) })
+        );
         let count = resolve_columns("user,ts,price", "user", "ts", None).unwrap();
-        assert_eq!(parse_row("bob,3,whatever", 2, &count), Ok(Row { key: "bob".into(), ts: 3, value: 0.0 }));
+        assert_eq!(parse_row("bob,3,whatever", 2, &count), Ok(Row { key: "bob".into(), ts: 3, value: Num::Int(0) }));
     }
 
     #[test]
@@ -731,7 +764,7 @@ mod tests {
     fn whole_input() {
         let text = "user,ts,price\r\nalice,1,2\r\n\r\nbob,x,1\nca\"rol,3,4\n";
         let parsed = parse_input(text, "user", "ts", Some("price")).unwrap();
-        assert_eq!(parsed.rows, vec![(2, Row { key: "alice".into(), ts: 1, value: 2.0 })]);
+        assert_eq!(parsed.rows, vec![(2, Row { key: "alice".into(), ts: 1, value: Num::Int(2) })]);
         let rejected: Vec<String> = parsed.rejected.iter().map(|(r, row)| format_rejected(r, row)).collect();
         assert_eq!(
             rejected,
@@ -750,24 +783,27 @@ mod tests {
 
     #[test]
     fn values() {
-        assert_eq!(format_value(3.0), "3");
-        assert_eq!(format_value(-3.0), "-3");
-        assert_eq!(format_value(0.0), "0");
-        assert_eq!(format_value(-0.0), "0");
-        assert_eq!(format_value(-1e-9), "0");
-        assert_eq!(format_value(2.5), "2.5");
-        assert_eq!(format_value(1.0 / 3.0), "0.333333");
-        assert_eq!(format_value(2.0 / 3.0), "0.666667");
-        assert_eq!(format_value(1234.5678901), "1234.56789");
-        assert_eq!(format_value(2.9999999), "3");
-        assert_eq!(format_value(1e15), "1000000000000000");
+        let v = |s: &str| format_value(Num::parse(s).unwrap());
+        assert_eq!(v("3"), "3");
+        assert_eq!(v("-3"), "-3");
+        assert_eq!(v("0"), "0");
+        assert_eq!(v("-0.0"), "0");
+        assert_eq!(v("-1e-9"), "-1e-9");
+        assert_eq!(v("2.5"), "2.5");
+        assert_eq!(format_value(Num::Float(1.0 / 3.0)), "0.3333333333333333");
+        assert_eq!(v("1234.5678901"), "1234.5678901");
+        assert_eq!(v("2.9999999"), "2.9999999");
+        assert_eq!(v("1e15"), "1000000000000000");
+        assert_eq!(v("123456789.123456789"), "123456789.12345679");
+        assert_eq!(v("1.5e300"), "1.5e300");
+        assert_eq!(v("9223372036854775807"), "9223372036854775807");
     }
 
     #[test]
     fn output_lines() {
-        let r = WindowResult { key: "alice".into(), start: -10_000, end: 0, value: 2.5 };
+        let r = WindowResult { key: "alice".into(), start: -10_000, end: 0, value: Num::Float(2.5) };
         assert_eq!(format_result(&r), "alice,-10000,0,2.5");
-        let r = WindowResult { key: "say \"hi\", bob".into(), start: 0, end: 10, value: 4.0 };
+        let r = WindowResult { key: "say \"hi\", bob".into(), start: 0, end: 10, value: Num::Int(4) };
         assert_eq!(format_result(&r), "\"say \"\"hi\"\", bob\",0,10,4");
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
@@ -778,43 +814,37 @@ mod tests {
         );
         let s = schema();
         assert_eq!(late_header(&s), "user,ts,price");
-        assert_eq!(format_late(&Event { key: "a,b".into(), ts: 5, value: 1.5 }, &s), "\"a,b\",5,1.5");
+        assert_eq!(format_late(&Event { key: "a,b".into(), ts: 5, value: Num::Float(1.5) }, &s), "\"a,b\",5,1.5");
         let count = resolve_columns("ts,user,price", "user", "ts", None).unwrap();
         assert_eq!(late_header(&count), "user,ts");
-        assert_eq!(format_late(&Event { key: "a".into(), ts: 5, value: 0.0 }, &count), "a,5");
+        assert_eq!(format_late(&Event { key: "a".into(), ts: 5, value: Num::Int(0) }, &count), "a,5");
     }
 }
 
 /// A parsed row as the `window-agg` job carries it: (line number, key, event time, value).
-pub type Rec = (u64, String, i64, f64);
+pub type Rec = (u64, String, i64, Num);
 
-/// The aggregate over the rows' values; the accumulator is (count, sum, min, max).
+/// The aggregate over the rows' values, exact by the rules of [`crate::exact`].
 #[derive(Clone)]
 pub struct ValueAgg(pub Agg);
 
-impl corestream::AggregateFunction<Rec, (u64, f64, f64, f64), f64> for ValueAgg {
-    fn create_accumulator(&self) -> (u64, f64, f64, f64) {
-        (0, 0.0, f64::INFINITY, f64::NEG_INFINITY)
+impl corestream::AggregateFunction<Rec, ExactAcc, Num> for ValueAgg {
+    fn create_accumulator(&self) -> ExactAcc {
+        ExactAcc::default()
     }
-    fn add(&self, r: &Rec, acc: &mut (u64, f64, f64, f64)) {
-        acc.0 += 1;
-        acc.1 += r.3;
-        acc.2 = acc.2.min(r.3);
-        acc.3 = acc.3.max(r.3);
+    fn add(&self, r: &Rec, acc: &mut ExactAcc) {
+        acc.add(r.3);
     }
-    fn get_result(&self, acc: &(u64, f64, f64, f64)) -> f64 {
+    fn get_result(&self, acc: &ExactAcc) -> Num {
         match self.0 {
-            Agg::Count => acc.0 as f64,
-            Agg::Sum => acc.1,
-            Agg::Min => acc.2,
-            Agg::Max => acc.3,
-            Agg::Avg => acc.1 / acc.0 as f64,
+            Agg::Count => Num::Int(i128::from(acc.count)),
+            Agg::Sum => acc.sum(),
+            Agg::Min => acc.min.unwrap_or(Num::Int(0)),
+            Agg::Max => acc.max.unwrap_or(Num::Int(0)),
+            Agg::Avg => acc.avg(),
         }
     }
-    fn merge(&self, a: &mut (u64, f64, f64, f64), b: (u64, f64, f64, f64)) {
-        a.0 += b.0;
-        a.1 += b.1;
-        a.2 = a.2.min(b.2);
-        a.3 = a.3.max(b.3);
+    fn merge(&self, a: &mut ExactAcc, b: ExactAcc) {
+        a.merge(&b);
     }
 }

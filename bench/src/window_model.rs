@@ -33,6 +33,8 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::exact::Num;
+
 /// The window assigner; all lengths in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowSpec {
@@ -54,7 +56,7 @@ pub enum Agg {
 pub struct Event {
     pub key: String,
     pub ts: i64,
-    pub value: f64,
+    pub value: Num,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +64,7 @@ pub struct WindowResult {
     pub key: String,
     pub start: i64,
     pub end: i64,
-    pub value: f64,
+    pub value: Num,
 }
 
 #[derive(Debug, Clone)]
@@ -140,16 +142,33 @@ impl WindowSpec {
 }
 
 impl Agg {
-    /// The aggregate of a window's values (never empty: a window exists once it has a value).
-    pub fn apply(self, values: &[f64]) -> f64 {
+    /// The aggregate of a window's values (never empty: a window exists once it has a value),
+    /// by the exact rules of [`crate::exact`].
+    pub fn apply(self, values: &[Num]) -> Num {
         assert!(!values.is_empty(), "a window always holds at least one value");
-        let sum = || values.iter().sum::<f64>();
+        let ints: i128 = values.iter().filter_map(|v| if let Num::Int(i) = v { Some(*i) } else { None }).sum();
+        let floats: Vec<f64> =
+            values.iter().filter_map(|v| if let Num::Float(x) = v { Some(*x) } else { None }).collect();
+        let sum =
+            || if floats.is_empty() { Num::Int(ints) } else { Num::Float(ints as f64 + floats.iter().sum::<f64>()) };
+        let n = values.len() as i128;
+        let mut min = values[0];
+        let mut max = values[0];
+        for v in &values[1..] {
+            if v.cmp_exact(min).is_lt() {
+                min = *v;
+            }
+            if v.cmp_exact(max).is_gt() {
+                max = *v;
+            }
+        }
         match self {
-            Agg::Count => values.len() as f64,
+            Agg::Count => Num::Int(n),
             Agg::Sum => sum(),
-            Agg::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
-            Agg::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            Agg::Avg => sum() / values.len() as f64,
+            Agg::Min => min,
+            Agg::Max => max,
+            Agg::Avg if floats.is_empty() && ints % n == 0 => Num::Int(ints / n),
+            Agg::Avg => Num::Float(sum().to_f64() / n as f64),
         }
     }
 }
@@ -159,7 +178,7 @@ struct Model<'a> {
     wm: i64,
     /// Values of every live window, in the order they were added (merged sessions: the
     /// merged windows' values by start, then the new event's).
-    windows: BTreeMap<(String, Window), Vec<f64>>,
+    windows: BTreeMap<(String, Window), Vec<Num>>,
     out: ModelOutput,
 }
 
@@ -295,11 +314,11 @@ mod tests {
     use super::*;
 
     fn ev(key: &str, ts: i64, value: f64) -> Event {
-        Event { key: key.to_string(), ts, value }
+        Event { key: key.to_string(), ts, value: Num::Float(value) }
     }
 
     fn res(key: &str, start: i64, end: i64, value: f64) -> WindowResult {
-        WindowResult { key: key.to_string(), start, end, value }
+        WindowResult { key: key.to_string(), start, end, value: Num::Float(value) }
     }
 
     fn cfg(window: WindowSpec, agg: Agg, out_of_orderness: i64, allowed_lateness: i64) -> ModelConfig {
@@ -459,12 +478,15 @@ mod tests {
 
     #[test]
     fn aggregates() {
-        let v = [3.0, -1.5, 4.0];
-        assert_eq!(Agg::Count.apply(&v), 3.0);
-        assert_eq!(Agg::Sum.apply(&v), 5.5);
-        assert_eq!(Agg::Min.apply(&v), -1.5);
-        assert_eq!(Agg::Max.apply(&v), 4.0);
-        assert_eq!(Agg::Avg.apply(&v), 5.5 / 3.0);
+        let v = [Num::Int(3), Num::Float(-1.5), Num::Int(4)];
+        assert_eq!(Agg::Count.apply(&v).to_string(), "3");
+        assert_eq!(Agg::Sum.apply(&v).to_string(), "5.5");
+        assert_eq!(Agg::Min.apply(&v).to_string(), "-1.5");
+        assert_eq!(Agg::Max.apply(&v).to_string(), "4");
+        assert_eq!(Agg::Avg.apply(&v).to_f64(), 5.5 / 3.0);
+        let ints = [Num::Int(i128::from(i64::MAX)), Num::Int(i128::from(i64::MAX)), Num::Int(2)];
+        assert_eq!(Agg::Sum.apply(&ints).to_string(), "18446744073709551616");
+        assert_eq!(Agg::Avg.apply(&ints[..2]).to_string(), "9223372036854775807");
     }
 
     #[test]
@@ -522,11 +544,11 @@ mod tests {
 
         /// The windows of all events computed in one pass over the whole input, sorted.
         fn batch(spec: WindowSpec, agg: Agg, events: &[Event]) -> Vec<WindowResult> {
-            let mut windows: BTreeMap<(String, i64, i64), Vec<f64>> = BTreeMap::new();
+            let mut windows: BTreeMap<(String, i64, i64), Vec<Num>> = BTreeMap::new();
             if let WindowSpec::Session { gap } = spec {
                 let mut sorted = events.to_vec();
                 sorted.sort_by(|a, b| (&a.key, a.ts).cmp(&(&b.key, b.ts)));
-                let mut current: Option<(String, i64, i64, Vec<f64>)> = None;
+                let mut current: Option<(String, i64, i64, Vec<Num>)> = None;
                 for e in sorted {
                     match &mut current {
                         Some((key, _, end, values)) if *key == e.key && e.ts <= *end => {
@@ -551,7 +573,10 @@ mod tests {
                     }
                 }
             }
-            windows.into_iter().map(|((key, start, end), values)| res(&key, start, end, agg.apply(&values))).collect()
+            windows
+                .into_iter()
+                .map(|((key, start, end), values)| WindowResult { key, start, end, value: agg.apply(&values) })
+                .collect()
         }
 
         proptest! {
@@ -619,7 +644,7 @@ mod tests {
                     out_of_orderness: ooo, allowed_lateness: lateness,
                 };
                 let out = run_model(&cfg, &events);
-                let counted: f64 = final_results(&out).iter().map(|r| r.value).sum();
+                let counted: f64 = final_results(&out).iter().map(|r| r.value.to_f64()).sum();
                 prop_assert_eq!(counted as usize + out.late.len(), events.len());
                 if lateness == 0 {
                     prop_assert_eq!(out.firings.len(), final_results(&out).len());

@@ -113,7 +113,10 @@ pub use api::join::{
     KeyedConnectedStreams,
 };
 pub use api::sinks::{CollectStream, JobCommits, PendingCommit, Sink, SinkContext, SinkError, SinkWaker};
-pub use api::sources::{InvalidUtf8, SourceContext, SourceError, SourceFunction, SourceSender, SourceStatus};
+pub use api::skips::Skips;
+pub use api::sources::{
+    InvalidUtf8, SourceContext, SourceError, SourceFunction, SourceSender, SourceStatus, TextFileOptions,
+};
 pub use api::stream::{DataStream, DataStreamSink, KeyedStream};
 pub use api::time::{OutputTag, Timestamped};
 pub use api::window::{WindowResult, WindowedStream};

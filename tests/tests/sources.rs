@@ -106,7 +106,8 @@ fn an_unwritable_output_fails_naming_the_sink() {
     match env.execute("unwritable").unwrap_err() {
         JobError::OperatorFailed { operator, message, .. } => {
             assert_eq!(operator, "Sink: text file");
-            assert!(message.contains("cannot create output file"), "{message}");
+            assert!(message.contains("cannot create the directory of output"), "{message}");
+            assert!(message.contains("/proc/corestream-cannot-write/out.txt"), "{message}");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -149,5 +150,67 @@ fn the_fail_policy_stops_the_job_at_the_first_invalid_line() {
             assert!(message.contains("byte offset 15") && message.contains("not valid UTF-8"), "{message}");
         }
         other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A FIFO is read whole by one source subtask and its lines rebalanced: every line arrives
+/// once at any parallelism, and the plan shows a source of parallelism 1.
+#[test]
+fn a_fifo_is_read_by_one_subtask_and_rebalanced() {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..3000).map(|i| format!("fifo line {i}\n")).collect();
+    let mut expected: Vec<String> = text.lines().map(str::to_string).collect();
+    expected.sort();
+    for p in [1, 3] {
+        let fifo = dir.path().join(format!("fifo-{p}"));
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
+        let writer = {
+            let (fifo, text) = (fifo.clone(), text.clone());
+            std::thread::spawn(move || std::fs::write(fifo, text))
+        };
+        let cluster = cluster(p);
+        let mut env = cluster.environment();
+        env.set_parallelism(p);
+        let out = env.read_text_file(&fifo).map(|l: String| l).collect();
+        let plan = env.explain().unwrap();
+        assert!(plan.contains("[parallelism 1") && plan.contains("REBALANCE"), "{plan}");
+        let handle = env.execute_async("fifo").unwrap();
+        let mut got: Vec<String> = out.collect();
+        handle.join().unwrap();
+        writer.join().unwrap().unwrap();
+        got.sort();
+        assert_eq!(got, expected, "parallelism {p}");
+    }
+}
+
+/// Lines over the limit are skipped and reported with the offset of the first; the others,
+/// including one of exactly the limit, pass.
+#[test]
+fn lines_over_the_limit_are_skipped_and_reported() {
+    use corestream::api::sources::TextFileOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.txt");
+    let text = format!("short\n{}\nexact{}\n{}\nend", "y".repeat(5000), "z".repeat(95), "w".repeat(101));
+    std::fs::write(&path, &text).unwrap();
+    for p in [1, 2] {
+        let cluster = cluster(p);
+        let mut env = cluster.environment();
+        env.set_parallelism(p);
+        let out = env.read_text_file_with_options(&path, TextFileOptions::default().max_line_bytes(100)).collect();
+        let handle = env.execute_async("limit").unwrap();
+        let mut got: Vec<String> = out.collect();
+        let result = handle.join().unwrap();
+        got.sort();
+        assert_eq!(got, vec!["end".to_string(), format!("exact{}", "z".repeat(95)), "short".to_string()]);
+        let skipped: u64 = result.warnings.iter().map(|w| w.count).sum();
+        assert_eq!(skipped, 2, "parallelism {p}: {:?}", result.warnings);
+        assert!(
+            result
+                .warnings
+                .iter()
+                .any(|w| w.message.contains("longer than 100 bytes") && w.message.contains("byte offset")),
+            "{:?}",
+            result.warnings
+        );
     }
 }

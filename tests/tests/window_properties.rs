@@ -12,15 +12,16 @@
 //! - Session windows do not depend on the arrival order when nothing is late: a shuffled input
 //!   gives the same sessions, with the same records, as the sorted input and as the model.
 //!
-//! Values are small integers, so sums and averages are exact whatever the order of additions
-//! and merges. Each test function starts one cluster and runs every job of its cases on it;
-//! cases are few and small so the file runs in seconds in release.
+//! Values are small integers, which the aggregates add exactly (as integers), so sums and
+//! averages do not depend on the order of additions and merges. Each test function starts one
+//! cluster and runs every job of its cases on it; cases are few and small so the file runs in
+//! seconds in release.
 
 use std::time::Duration;
 
 use corestream::{AggregateFunction, Data, LocalCluster, WatermarkStrategy, WindowAssigner, WindowContext};
 use corestream_bench::window_model::{
-    final_results, run_model, sorted_firings, Agg, Event, ModelConfig, WindowResult, WindowSpec,
+    final_results, run_model, sorted_firings, Agg, Event, ModelConfig, Num, WindowResult, WindowSpec,
 };
 use corestream_state::StateValue;
 use corestream_tests::cluster;
@@ -114,7 +115,7 @@ fn id_results(agg: Agg, events: &[Event], firings: &[(String, i64, i64, Vec<u64>
     firings
         .iter()
         .map(|(key, start, end, ids)| {
-            let values: Vec<f64> = ids.iter().map(|&i| events[i as usize].value).collect();
+            let values: Vec<Num> = ids.iter().map(|&i| events[i as usize].value).collect();
             WindowResult { key: key.clone(), start: *start, end: *end, value: agg.apply(&values) }
         })
         .collect()
@@ -149,7 +150,7 @@ fn events_with_lag(lag: impl Strategy<Value = i64>) -> impl Strategy<Value = Vec
             .into_iter()
             .map(|(key, step, lag, value)| {
                 base += step;
-                Event { key: key.to_string(), ts: base - lag, value: f64::from(value) }
+                Event { key: key.to_string(), ts: base - lag, value: Num::from(i64::from(value)) }
             })
             .collect()
     })
@@ -243,7 +244,7 @@ fn sessions_do_not_depend_on_the_arrival_order() {
     let event = (key(), 0i64..300, -5i32..6).prop_map(|(key, ts, value)| Event {
         key: key.to_string(),
         ts,
-        value: f64::from(value),
+        value: Num::from(i64::from(value)),
     });
     let cases = (1i64..40, agg(), prop::collection::vec(event, 0..50))
         .prop_flat_map(|(gap, agg, events)| (Just(gap), Just(agg), Just(events.clone()), Just(events).prop_shuffle()));

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
-use corestream::StreamEnvironment;
+use corestream::{StreamEnvironment, TextFileOptions};
 use corestream_bench::examples::{self, checksum, reference_sum_by_key, EXAMPLES};
 use corestream_bench::throughput::{keyed_sum_job, passthrough_job};
 
@@ -40,6 +40,10 @@ pub enum RunCommand {
         /// What to do with lines that are not valid UTF-8.
         #[arg(long, value_enum, default_value_t = InvalidUtf8::Skip)]
         on_invalid_utf8: InvalidUtf8,
+        /// Longest line held in memory (e.g. 64K, 1M; at most 1G): a longer line is skipped,
+        /// counted and reported with the byte offset of the first one.
+        #[arg(long, value_parser = examples::parse_max_line_bytes, default_value = "1M")]
+        max_line_bytes: usize,
         #[command(flatten)]
         common: Common,
     },
@@ -63,8 +67,8 @@ pub enum RunCommand {
 pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
     match cmd {
         RunCommand::WindowAgg(args) => window_agg::run(args),
-        RunCommand::Wordcount { input, output, on_invalid_utf8, common } => {
-            wordcount(&input, &output, on_invalid_utf8, &common)
+        RunCommand::Wordcount { input, output, on_invalid_utf8, max_line_bytes, common } => {
+            wordcount(&input, &output, on_invalid_utf8, max_line_bytes, &common)
         }
         RunCommand::SumByKey { records, keys, common } => {
             let (result, got, found, network) = if common.processes > 1 {
@@ -129,7 +133,13 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
 
 /// `run wordcount`: the counts go to `output`, a file committed only when the job has
 /// succeeded, or to standard output for `-` (the summary then goes to standard error).
-fn wordcount(input: &Path, output: &Path, on_invalid_utf8: InvalidUtf8, common: &Common) -> anyhow::Result<()> {
+fn wordcount(
+    input: &Path,
+    output: &Path,
+    on_invalid_utf8: InvalidUtf8,
+    max_line_bytes: usize,
+    common: &Common,
+) -> anyhow::Result<()> {
     let meta = std::fs::metadata(input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
     if meta.is_dir() {
         bail!("cannot read input file '{}': Is a directory; give the path of a text file", input.display());
@@ -146,17 +156,18 @@ fn wordcount(input: &Path, output: &Path, on_invalid_utf8: InvalidUtf8, common: 
         InvalidUtf8::Skip => corestream::InvalidUtf8::Skip,
         InvalidUtf8::Fail => corestream::InvalidUtf8::Fail,
     };
+    let options = TextFileOptions::default().invalid_utf8(policy).max_line_bytes(max_line_bytes);
     // The lines go to standard output in the host, as the job produces them.
     let build = |env: &mut StreamEnvironment| -> Option<std::thread::JoinHandle<std::io::Result<()>>> {
         if to_stdout {
-            let lines = examples::wordcount_lines(env, input, policy).collect();
+            let lines = examples::wordcount_lines(env, input, options).collect();
             Some(std::thread::spawn(move || {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                 lines.into_iter().try_for_each(|line| writeln!(out, "{line}"))?;
                 out.flush()
             }))
         } else {
-            examples::wordcount(env, input, output, policy);
+            examples::wordcount_with(env, input, output, options);
             None
         }
     };

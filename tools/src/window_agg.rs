@@ -5,19 +5,29 @@
 //! cannot use to a side output; timestamps and per-record bounded-out-of-orderness watermarks
 //! are assigned (per-record emission makes the firings deterministic and equal to the reference
 //! model, [`corestream_bench::window_model`]); the rows are keyed by the key column and cut
-//! into tumbling, sliding or session windows aggregated incrementally, with allowed lateness and
-//! a side output for late rows. Only the window operator runs at `--parallelism`; everything
-//! else runs at parallelism 1, so rejected rows reach the host in line order.
+//! into tumbling, sliding or session windows aggregated incrementally and exactly
+//! ([`corestream_bench::exact`]), with allowed lateness and a side output for late rows. Only
+//! the window operator runs at `--parallelism`; everything else runs at parallelism 1, so
+//! rejected rows reach the host in line order.
 //!
-//! I/O stays at the edge: the header is read and the columns resolved before the job starts
-//! (an unknown column is a usage error, exit status 2), and the output, late and rejected-row
-//! files are written only after the job has succeeded, so a failed run leaves none behind.
+//! Memory is bounded on any input: lines are read with [`LineReader`], which holds at most
+//! `--max-line-bytes` of a line (a longer data row is rejected with its line number, byte
+//! offset and a bounded prefix; a longer header fails the run), and keys and rejected-row texts
+//! are capped so that every record fits in one network buffer.
+//!
+//! I/O stays at the edge: the output paths are validated ([`check_output`]: not a directory or
+//! device, not the input, not each other) and the header is read and the columns resolved
+//! before the job starts (a problem there is a usage error, exit status 2); the output, late
+//! and rejected-row files are staged ([`AtomicFile`]) and committed only after the job has
+//! succeeded, so a failed run leaves earlier files byte for byte as they were and nothing
+//! staged behind. `--output -` writes the results to standard output and every summary line to
+//! standard error; the rejected rows then need `--rejected-output` (or `--fail-on-malformed`).
 //! The output is sorted stably by (key, window start, window end): the firings of one window
 //! come from one subtask in emission order (on-time, then late re-firings), so the sorted file
 //! does not depend on the parallelism. Late rows are written in input order.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +35,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use corestream::api::lines::LineReader;
+use corestream::fs::{check_output, AtomicFile};
 use corestream::{OutputTag, ProcessContext, WatermarkStrategy, WindowContext};
+use corestream_bench::exact::Num;
+use corestream_bench::examples::parse_max_line_bytes;
 use corestream_bench::window_agg::{
     event_time_assigner, format_late, format_rejected, format_result, late_header, parse_agg, parse_duration_ms,
     parse_row, parse_trigger, parse_window_spec, resolve_columns, AggSpec, CsvSchema, Rejected, SpecError,
@@ -63,7 +77,9 @@ pub struct WindowAggArgs {
     /// prefixed by purging: (clear the window at each firing).
     #[arg(long, value_parser = parse_trigger, default_value = "event-time")]
     pub trigger: corestream::Trigger,
-    /// Output CSV: key,window_start,window_end,value, sorted by key, start and end.
+    /// Output CSV: key,window_start,window_end,value, sorted by key, start and end; `-` for
+    /// standard output (summary lines then go to standard error, and the rejected rows need
+    /// --rejected-output).
     #[arg(long)]
     pub output: PathBuf,
     /// Where to write rows later than the allowed lateness (default: counted, not written).
@@ -76,17 +92,48 @@ pub struct WindowAggArgs {
     /// Fail the run (exit status 1, no output) at the first row that cannot be used.
     #[arg(long)]
     pub fail_on_malformed: bool,
+    /// Longest line held in memory (e.g. 64K, 1M; at most 1G). A longer data row is rejected
+    /// with its line number and byte offset (its first bytes shown); a longer header fails.
+    #[arg(long, value_parser = parse_line_limit, default_value = "1M")]
+    pub max_line_bytes: u32,
     #[command(flatten)]
     pub common: Common,
 }
 
 use corestream_bench::window_agg::{Rec, ValueAgg};
 /// A window result: (key, start, end, value).
-type Out = (String, i64, i64, f64);
-/// A rejected row: (line number, reason, row text).
+type Out = (String, i64, i64, Num);
+/// A rejected row: (line number, reason, row text, at most [`ROW_TEXT_BYTES_MAX`] bytes).
 type Bad = (u64, String, String);
-/// A line of the input: (line number, text, whether it was valid UTF-8).
-type Line = (u64, String, bool);
+/// A line of the input: (line number, text, why the source already rejects it).
+type Line = (u64, String, Option<String>);
+
+/// Longest key, in bytes: a row and a window result must fit in one record (32 KB buffers).
+const KEY_BYTES_MAX: usize = 16 * 1024;
+/// Longest row text written to the rejected rows; a longer one is cut (and the reason says so).
+const ROW_TEXT_BYTES_MAX: usize = 4096;
+const _: () = assert!(KEY_BYTES_MAX + ROW_TEXT_BYTES_MAX + 1024 <= corestream_netstack::record::MAX_RECORD_BYTES);
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A rejected row whose text is cut to [`ROW_TEXT_BYTES_MAX`] bytes, saying so in the reason.
+fn bad_row(line: u64, mut reason: String, text: &str) -> Bad {
+    let shown = prefix(text, ROW_TEXT_BYTES_MAX);
+    if shown.len() < text.len() {
+        reason.push_str(&format!(" (row of {} bytes; its first {} bytes shown)", text.len(), shown.len()));
+    }
+    (line, reason, shown.to_string())
+}
 
 /// Exits with status 2 and clap's formatting, like an argument clap itself refused. Used for
 /// arguments that can only be checked against the input (the column names).
@@ -94,26 +141,20 @@ fn usage_error(message: impl std::fmt::Display) -> ! {
     clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n")).exit()
 }
 
-/// Removes a line's `\n` and up to two `\r` before it, as `str::lines` followed by
-/// [`corestream_bench::window_agg::parse_input`] does.
-fn trim_line_end(mut line: &[u8]) -> &[u8] {
-    line = line.strip_suffix(b"\n").unwrap_or(line);
-    line = line.strip_suffix(b"\r").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
 /// What the source saw, shared between its slot thread and the host.
 #[derive(Default)]
 struct SourceStats {
     rows: AtomicU64,
     blank: AtomicU64,
+    too_long: AtomicU64,
     error: Mutex<Option<(u64, std::io::Error)>>,
 }
 
 /// The data lines of the input after its header, numbered from 2; blank lines are skipped
-/// and counted. A read error ends the lines and is kept for the host to report.
+/// and counted. A read error ends the lines and is kept for the host to report. At most
+/// `max_line_bytes` of a line are held (see the module documentation).
 struct Lines {
-    reader: BufReader<File>,
+    reader: LineReader<BufReader<File>>,
     next_line: u64,
     buf: Vec<u8>,
     stats: Arc<SourceStats>,
@@ -124,26 +165,40 @@ impl Iterator for Lines {
 
     fn next(&mut self) -> Option<Line> {
         loop {
-            self.buf.clear();
-            match self.reader.read_until(b'\n', &mut self.buf) {
-                Ok(0) => return None,
-                Ok(_) => {}
+            let info = match self.reader.read_line(&mut self.buf) {
+                Ok(Some(info)) => info,
+                Ok(None) => return None,
                 Err(e) => {
                     *self.stats.error.lock().unwrap_or_else(|e| e.into_inner()) = Some((self.next_line, e));
                     return None;
                 }
-            }
+            };
             let line_no = self.next_line;
             self.next_line += 1;
-            let text = trim_line_end(&self.buf);
-            if text.is_empty() {
+            // As `str::lines` followed by `parse_input`: up to two `\r` before the `\n` go.
+            let text = self.buf.strip_suffix(b"\r").unwrap_or(&self.buf);
+            if text.is_empty() && !info.too_long {
                 self.stats.blank.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             self.stats.rows.fetch_add(1, Ordering::Relaxed);
+            if info.too_long {
+                self.stats.too_long.fetch_add(1, Ordering::Relaxed);
+                let shown = String::from_utf8_lossy(&text[..text.len().min(ROW_TEXT_BYTES_MAX)]).into_owned();
+                let reason = format!(
+                    "the line is longer than --max-line-bytes {} ({} bytes at byte offset {}); its first bytes are \
+                     shown",
+                    self.reader.max_line_bytes(),
+                    info.stream_bytes,
+                    info.offset
+                );
+                return Some((line_no, prefix(&shown, ROW_TEXT_BYTES_MAX).to_string(), Some(reason)));
+            }
             return Some(match std::str::from_utf8(text) {
-                Ok(s) => (line_no, s.to_string(), true),
-                Err(_) => (line_no, String::from_utf8_lossy(text).into_owned(), false),
+                Ok(s) => (line_no, s.to_string(), None),
+                Err(_) => {
+                    (line_no, String::from_utf8_lossy(text).into_owned(), Some("the line is not valid UTF-8".into()))
+                }
             });
         }
     }
@@ -151,25 +206,28 @@ impl Iterator for Lines {
 
 /// Opens the input and resolves the columns from its header; returns the reader positioned
 /// at line 2.
-fn open_input(args: &WindowAggArgs) -> anyhow::Result<(BufReader<File>, CsvSchema)> {
+fn open_input(args: &WindowAggArgs) -> anyhow::Result<(LineReader<BufReader<File>>, CsvSchema)> {
     let input = &args.input;
     let meta = std::fs::metadata(input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
     if meta.is_dir() {
         bail!("cannot read input file '{}': Is a directory; give the path of a CSV file", input.display());
     }
     let file = File::open(input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let mut reader = LineReader::new(BufReader::with_capacity(256 * 1024, file), args.max_line_bytes as usize, 0);
     let mut header = Vec::new();
-    let n = reader
-        .read_until(b'\n', &mut header)
-        .with_context(|| format!("cannot read input file '{}'", input.display()))?;
-    if n == 0 {
-        bail!("input file '{}' is empty; a header row is required", input.display());
+    let info = reader
+        .read_line(&mut header)
+        .with_context(|| format!("cannot read input file '{}'", input.display()))?
+        .ok_or_else(|| anyhow::anyhow!("input file '{}' is empty; a header row is required", input.display()))?;
+    if info.too_long {
+        bail!(
+            "'{}' line 1: the header is longer than --max-line-bytes {} ({} bytes); give a larger --max-line-bytes",
+            input.display(),
+            args.max_line_bytes,
+            info.stream_bytes
+        );
     }
-    // As `str::lines`: the header keeps all but one `\r` (the CSV splitter removes one more).
-    let header = header.strip_suffix(b"\n").unwrap_or(&header);
-    let header = header.strip_suffix(b"\r").unwrap_or(header);
-    let header = std::str::from_utf8(header)
+    let header = std::str::from_utf8(&header)
         .map_err(|_| anyhow::anyhow!("'{}' line 1: the header is not valid UTF-8", input.display()))?;
     match resolve_columns(header, &args.key, &args.time, args.agg.column()) {
         Ok(schema) => Ok((reader, schema)),
@@ -211,44 +269,94 @@ fn check_ranges(args: &WindowAggArgs) {
     }
 }
 
-fn rejected_path(args: &WindowAggArgs) -> PathBuf {
-    args.rejected_output.clone().unwrap_or_else(|| {
-        let mut p = args.output.clone().into_os_string();
-        p.push(".rejected.csv");
-        PathBuf::from(p)
-    })
+/// `--max-line-bytes` (at most 1 GiB, so a `u32`: the arguments stay small).
+fn parse_line_limit(s: &str) -> Result<u32, String> {
+    parse_max_line_bytes(s).and_then(|n| u32::try_from(n).map_err(|_| format!("'{s}' is too large")))
 }
 
-/// Checks that the files written are distinct from each other and from the input.
-fn check_paths(args: &WindowAggArgs, rejected: &Path) {
-    let mut named: Vec<(&str, &Path)> = vec![("--input", &args.input), ("--output", &args.output)];
+/// Whether `--output -` asks for standard output.
+fn to_stdout(args: &WindowAggArgs) -> bool {
+    args.output.as_os_str() == "-"
+}
+
+/// Where the rejected rows go: `--rejected-output`, or `OUTPUT.rejected.csv`. With `--output -`
+/// there is no default (a file named `-.rejected.csv` would surprise): `None` then, which is
+/// allowed only with `--fail-on-malformed` (no row is ever rejected into a file).
+fn rejected_path(args: &WindowAggArgs) -> Option<PathBuf> {
+    if let Some(path) = &args.rejected_output {
+        return Some(path.clone());
+    }
+    if to_stdout(args) {
+        return None;
+    }
+    let mut p = args.output.clone().into_os_string();
+    p.push(".rejected.csv");
+    Some(PathBuf::from(p))
+}
+
+/// The file a checked output path will be: its directory resolved, so that two spellings of
+/// one file that does not exist yet compare equal.
+fn identity(real: &Path) -> PathBuf {
+    let dir = match real.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    real.file_name().map_or(dir.clone(), |name| dir.join(name))
+}
+
+/// Checks every file the run writes before it starts: each can be written
+/// ([`check_output`]), none is the input (path, symbolic or hard link), and no two are the
+/// same file. Exits with status 2 otherwise.
+fn check_paths(args: &WindowAggArgs, rejected: Option<&Path>) {
+    if to_stdout(args) && rejected.is_none() && !args.fail_on_malformed {
+        usage_error(
+            "--output -: give --rejected-output FILE for the rows that cannot be used (or --fail-on-malformed), so \
+             they are not mixed into the results",
+        );
+    }
+    let mut named: Vec<(&str, &Path)> = Vec::new();
+    if !to_stdout(args) {
+        named.push(("--output", &args.output));
+    }
     if let Some(late) = &args.late_output {
         named.push(("--late-output", late));
     }
-    named.push(("--rejected-output", rejected));
-    for (i, (a, pa)) in named.iter().enumerate() {
-        for (b, pb) in &named[..i] {
-            if pa == pb {
-                usage_error(format_args!("{a} and {b} are the same file '{}'; give different paths", pa.display()));
+    if let Some(rejected) = rejected {
+        named.push(("--rejected-output", rejected));
+    }
+    let mut checked: Vec<(&str, &Path, PathBuf)> = Vec::new();
+    for (flag, path) in named {
+        if path.as_os_str() == "-" {
+            usage_error(format_args!("{flag} -: only --output can be standard output; give a file path"));
+        }
+        let real = match check_output(path, &[&args.input]) {
+            Ok(real) => real,
+            Err(e) => usage_error(format_args!("{flag}: {e}")),
+        };
+        for (other, other_path, other_real) in &checked {
+            if identity(&real) == identity(other_real) || corestream::fs::same_file(&real, other_real) {
+                usage_error(format_args!(
+                    "{flag} '{}' and {other} '{}' are the same file; give different paths",
+                    path.display(),
+                    other_path.display()
+                ));
             }
         }
-    }
-    for (flag, path) in &named[1..] {
-        if path.is_dir() {
-            usage_error(format_args!("{flag} '{}' is a directory; give a file path", path.display()));
-        }
+        checked.push((flag, path, real));
     }
 }
 
-fn write_file(path: &Path, header: &str, lines: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+/// A staged output file: a header, then one line per item; nothing is visible at `path` until
+/// [`AtomicFile::commit`].
+fn stage_file(path: &Path, header: &str, lines: impl IntoIterator<Item = String>) -> anyhow::Result<AtomicFile> {
     let context = || format!("cannot write '{}'", path.display());
-    let mut out = BufWriter::new(File::create(path).with_context(context)?);
+    let mut out = BufWriter::new(AtomicFile::create(path).with_context(context)?);
     writeln!(out, "{header}").with_context(context)?;
     for line in lines {
         writeln!(out, "{line}").with_context(context)?;
     }
-    out.into_inner().map_err(|e| e.into_error()).with_context(context)?.sync_data().with_context(context)?;
-    Ok(())
+    out.into_inner().map_err(|e| e.into_error()).with_context(context)
 }
 
 fn collect_in_thread<T: Send + 'static>(stream: corestream::CollectStream<T>) -> std::thread::JoinHandle<Vec<T>> {
@@ -258,7 +366,7 @@ fn collect_in_thread<T: Send + 'static>(stream: corestream::CollectStream<T>) ->
 pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let rejected_out = rejected_path(&args);
-    check_paths(&args, &rejected_out);
+    check_paths(&args, rejected_out.as_deref());
     check_ranges(&args);
     let (reader, schema) = open_input(&args)?;
 
@@ -281,9 +389,9 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
         .process(move || {
             let schema = parse_schema.clone();
             let tag = parse_tag.clone();
-            move |(line_no, text, utf8): Line, ctx: &mut ProcessContext<'_, Rec>| {
-                if !utf8 {
-                    ctx.output(&tag, (line_no, "the line is not valid UTF-8".to_string(), text));
+            move |(line_no, text, problem): Line, ctx: &mut ProcessContext<'_, Rec>| {
+                if let Some(reason) = problem {
+                    ctx.output(&tag, bad_row(line_no, reason, &text));
                     return;
                 }
                 match parse_row(&text, line_no, &schema) {
@@ -294,10 +402,18 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
                             row.ts,
                             TIME_LIMIT_MS - 1
                         );
-                        ctx.output(&tag, (line_no, reason, text));
+                        ctx.output(&tag, bad_row(line_no, reason, &text));
+                    }
+                    Ok(row) if row.key.len() > KEY_BYTES_MAX => {
+                        let reason = format!(
+                            "field '{}': the key has {} bytes, more than the {KEY_BYTES_MAX} a key may have",
+                            schema.columns[schema.key],
+                            row.key.len()
+                        );
+                        ctx.output(&tag, bad_row(line_no, reason, &text));
                     }
                     Ok(row) => ctx.collect((line_no, row.key, row.ts, row.value)),
-                    Err(Rejected { line, reason }) => ctx.output(&tag, (line, reason, text)),
+                    Err(Rejected { line, reason }) => ctx.output(&tag, bad_row(line, reason, &text)),
                 }
             }
         })
@@ -317,7 +433,7 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
         .side_output_late_data(&late_tag)
         .aggregate_process(
             ValueAgg(args.agg.agg()),
-            |ctx: &WindowContext<'_, String>, value: f64, out: &mut Vec<Out>| {
+            |ctx: &WindowContext<'_, String>, value: Num, out: &mut Vec<Out>| {
                 out.push((ctx.key.clone(), ctx.window.start, ctx.window.end, value))
             },
         )
@@ -350,28 +466,52 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
         );
     }
 
+    // The job succeeded: stage every file, then commit them; a failure before the commits
+    // leaves every earlier file as it was.
     let mut results: Vec<WindowResult> =
         results.into_iter().map(|(key, start, end, value)| WindowResult { key, start, end, value }).collect();
     results.sort_by(|a, b| (&a.key, a.start, a.end).cmp(&(&b.key, b.start, b.end)));
-    write_file(&args.output, OUTPUT_HEADER, results.iter().map(format_result))?;
     late.sort_by_key(|r| r.0);
+    let mut staged = Vec::new();
+    if let Some(path) = &rejected_out {
+        let lines = bad_rows
+            .iter()
+            .map(|(line, reason, row)| format_rejected(&Rejected { line: *line, reason: reason.clone() }, row));
+        staged.push(stage_file(path, REJECTED_HEADER, lines)?);
+    }
     if let Some(path) = &args.late_output {
         let lines = late
             .iter()
             .map(|(_, key, ts, value)| format_late(&Event { key: key.clone(), ts: *ts, value: *value }, &schema));
-        write_file(path, &late_header(&schema), lines)?;
+        staged.push(stage_file(path, &late_header(&schema), lines)?);
     }
-    write_file(
-        &rejected_out,
-        REJECTED_HEADER,
-        bad_rows
-            .iter()
-            .map(|(line, reason, row)| format_rejected(&Rejected { line: *line, reason: reason.clone() }, row)),
-    )?;
+    if to_stdout(&args) {
+        let stdout = std::io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        writeln!(out, "{OUTPUT_HEADER}").context("cannot write the results to standard output")?;
+        for r in &results {
+            writeln!(out, "{}", format_result(r)).context("cannot write the results to standard output")?;
+        }
+        out.flush().context("cannot write the results to standard output")?;
+    } else {
+        staged.push(stage_file(&args.output, OUTPUT_HEADER, results.iter().map(format_result))?);
+    }
+    for file in staged {
+        file.commit()?;
+    }
 
+    // Summary lines: standard output, or standard error when the results went there.
+    let say = |line: String| {
+        if to_stdout(&args) {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let rows_read = stats.rows.load(Ordering::Relaxed);
     let blank = stats.blank.load(Ordering::Relaxed);
-    println!(
+    let too_long = stats.too_long.load(Ordering::Relaxed);
+    say(format!(
         "window-agg: {rows_read} rows read, {} rejected, {} late, {} window results in {:.3} s \
          (job {:.3} s) -> {}",
         bad_rows.len(),
@@ -379,20 +519,23 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
         results.len(),
         started.elapsed().as_secs_f64(),
         result.wall_time.as_secs_f64(),
-        args.output.display()
-    );
+        if to_stdout(&args) { "standard output".to_string() } else { args.output.display().to_string() }
+    ));
     if blank > 0 {
-        println!("  {blank} blank line(s) skipped");
+        say(format!("  {blank} blank line(s) skipped"));
     }
-    if let Some((line, reason, _)) = bad_rows.first() {
+    if too_long > 0 {
+        say(format!("  {too_long} line(s) longer than --max-line-bytes {} rejected", args.max_line_bytes));
+    }
+    if let (Some((line, reason, _)), Some(path)) = (bad_rows.first(), &rejected_out) {
         eprintln!(
             "warning: {} row(s) could not be used and were written to '{}' (first: line {line}: {reason})",
             bad_rows.len(),
-            rejected_out.display()
+            path.display()
         );
     }
     match &args.late_output {
-        Some(path) if !late.is_empty() => println!("  late rows -> {}", path.display()),
+        Some(path) if !late.is_empty() => say(format!("  late rows -> {}", path.display())),
         None if !late.is_empty() => {
             eprintln!(
                 "warning: {} row(s) arrived after the allowed lateness; give --late-output to keep them",

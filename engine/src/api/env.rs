@@ -5,14 +5,16 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use corestream_netstack::{Data, Doorbell};
 
-use super::sources::{ChannelSource, FileLinesSource, GeneratorSource, InvalidUtf8, IterSource, SourceSender};
+use super::sources::{
+    ChannelSource, FileLinesSource, GeneratorSource, InvalidUtf8, IterSource, SourceSender, TextFileOptions, TextSplit,
+};
 use super::stream::DataStream;
 use crate::config::{ExecutionConfig, RuntimeMode};
 use crate::error::{JobError, TaskError};
@@ -202,20 +204,59 @@ impl StreamEnvironment {
     /// The lines of a text file, split by byte ranges over the source's subtasks. A line ends
     /// at `\n` (a trailing `\r` is removed). Lines that are not valid UTF-8 are skipped, counted,
     /// and reported as a job warning with the byte offset of the first one; they are never
-    /// passed on or dropped silently.
+    /// passed on or dropped silently. So are lines longer than
+    /// [`TextFileOptions::DEFAULT_MAX_LINE_BYTES`], which are never buffered whole.
+    ///
+    /// Any readable path works: a path that is not a regular file (a pipe, a FIFO, a device,
+    /// `/dev/stdin`, a process substitution's `/dev/fd/N`) is read front to back by one source
+    /// subtask, and its lines are rebalanced over the next operator's subtasks; see
+    /// [`read_text_file_with_options`](Self::read_text_file_with_options).
     pub fn read_text_file(&self, path: impl Into<PathBuf>) -> DataStream<String> {
-        self.read_text_file_with(path, InvalidUtf8::Skip)
+        self.read_text_file_with_options(path, TextFileOptions::default())
     }
 
     /// [`read_text_file`](Self::read_text_file) with a chosen treatment of lines that are not
     /// valid UTF-8 (skip and report, or fail the job).
     pub fn read_text_file_with(&self, path: impl Into<PathBuf>, invalid_utf8: InvalidUtf8) -> DataStream<String> {
+        self.read_text_file_with_options(path, TextFileOptions::default().invalid_utf8(invalid_utf8))
+    }
+
+    /// [`read_text_file`](Self::read_text_file) with chosen options: the treatment of lines
+    /// that are not valid UTF-8 and the longest line held in memory (longer lines are skipped
+    /// and reported as a job warning with the byte offset of the first one).
+    ///
+    /// How the file is read is decided here, when the job is declared, from the path: a
+    /// regular file is split by byte ranges over the source's subtasks (the job's
+    /// parallelism); anything else, and every path naming one of this process's file
+    /// descriptors (`/dev/stdin`, `/dev/fd/N`, `/proc/self/fd/N`, whatever they point at), is
+    /// read by a source of parallelism 1 followed by a rebalance, so that the work after the
+    /// source is still spread. The decision depends only on the path and the file it names,
+    /// so processes of one job on one host (each building the plan) make the same one; subtask
+    /// 0 of the source reads the stream, and no other process opens it. Such lines cross an
+    /// exchange, so each must fit in one record: the line limit is at most
+    /// `MAX_RECORD_BYTES - 64` bytes (32 688) for them. Reading a stream blocks the source's
+    /// slot thread while its writer has nothing to give (as any blocking read does); the other
+    /// tasks of that slot wait meanwhile.
+    pub fn read_text_file_with_options(
+        &self,
+        path: impl Into<PathBuf>,
+        options: TextFileOptions,
+    ) -> DataStream<String> {
         let path: PathBuf = path.into();
-        self.add_source(
+        let split = text_split_of(&path);
+        let parallelism = match split {
+            TextSplit::ByteRange => None,
+            TextSplit::Whole => Some(1),
+        };
+        let stream = self.add_source(
             "Source: text file",
-            None,
-            Arc::new(move |ctx| Ok(Box::new(FileLinesSource::open(&path, invalid_utf8, ctx)?) as _)),
-        )
+            parallelism,
+            Arc::new(move |ctx| Ok(Box::new(FileLinesSource::open(&path, options, split, ctx)?) as _)),
+        );
+        match split {
+            TextSplit::ByteRange => stream,
+            TextSplit::Whole => stream.rebalance(),
+        }
     }
 
     /// A source fed by the host application through the returned sender, which blocks (or
@@ -300,4 +341,26 @@ pub(crate) fn add_edge(
     key_hash: Option<Arc<dyn Any + Send + Sync>>,
 ) {
     graph.borrow_mut().edges.push(StreamEdge { from, to, partitioning, key_hash, side_tag: None });
+}
+
+/// Whether `path` names one of this process's file descriptors rather than a file: what it
+/// points at differs between processes.
+fn names_a_descriptor(path: &Path) -> bool {
+    path == Path::new("/dev/stdin")
+        || path.starts_with("/dev/fd")
+        || path.starts_with("/proc/self/fd")
+        || path.starts_with("/proc/thread-self/fd")
+}
+
+/// How a text source reads `path`: a regular file by byte ranges, anything else whole (see
+/// [`StreamEnvironment::read_text_file_with_options`]). A path that cannot be examined is taken
+/// as a regular file; opening it then fails the job with the reason.
+pub(crate) fn text_split_of(path: &Path) -> TextSplit {
+    if names_a_descriptor(path) {
+        return TextSplit::Whole;
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => TextSplit::Whole,
+        _ => TextSplit::ByteRange,
+    }
 }

@@ -1,11 +1,14 @@
 //! The DataStream API: an environment that records a job ([`mod@env`]), typed streams and keyed
 //! streams with their operators ([`stream`]), event time and side outputs ([`time`]), and the
-//! built-in sources and sinks ([`sources`], [`sinks`]).
+//! built-in sources and sinks ([`sources`], [`sinks`]), bounded line reading ([`lines`]) and skipped
+//! records reported by user functions ([`skips`]).
 
 pub mod env;
 pub mod join;
+pub mod lines;
 pub mod process;
 pub mod sinks;
+pub mod skips;
 pub mod sources;
 pub mod stream;
 pub mod time;

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::fmt::{Debug, Display};
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use corestream_netstack::{Data, Doorbell, Event, RecordIter};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::error::TaskError;
-use crate::fs::AtomicFile;
+use crate::fs::{AtomicFile, OutputError};
 use crate::operators::{enter_node, monotonic_ns, Control, Emit, OperatorMetrics, Readiness};
 use crate::runtime::job::JobShared;
 
@@ -219,12 +219,18 @@ pub(crate) struct TextFileSink {
 
 impl TextFileSink {
     pub(crate) fn create(path: &Path, ctx: SinkContext) -> Result<Self, SinkError> {
-        let file_path: PathBuf = if ctx.parallelism == 1 {
-            path.to_path_buf()
+        let (dir, file_path) = if ctx.parallelism == 1 {
+            (path.parent().filter(|p| !p.as_os_str().is_empty()), path.to_path_buf())
         } else {
-            std::fs::create_dir_all(path)?;
-            path.join(format!("part-{}", ctx.subtask))
+            (Some(path), path.join(format!("part-{}", ctx.subtask)))
         };
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).map_err(|e| OutputError::Io {
+                what: "cannot create the directory of output",
+                path: file_path.clone(),
+                source: e,
+            })?;
+        }
         let file = AtomicFile::create(file_path)?;
         Ok(Self { out: Some(BufWriter::with_capacity(256 * 1024, file)), commits: ctx.commits })
     }

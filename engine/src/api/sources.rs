@@ -6,6 +6,8 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+
+use crate::api::lines::LineReader;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -167,17 +169,77 @@ impl<T: Data, I: Iterator<Item = T> + 'static> Source<T> for IterSource<I> {
     }
 }
 
-/// Lines of one byte range of a file: the lines that start inside the range.
+/// How a text source reads its file: what it does with lines that are not valid UTF-8, and
+/// the longest line it holds in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextFileOptions {
+    pub invalid_utf8: InvalidUtf8,
+    /// A line with more bytes than this (its line break not counted) is never buffered whole:
+    /// it is skipped, counted and reported as a job warning with the byte offset of the first
+    /// one. At least 1.
+    pub max_line_bytes: usize,
+}
+
+impl TextFileOptions {
+    /// The default line limit: 1 MiB.
+    pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
+
+    pub fn invalid_utf8(mut self, invalid_utf8: InvalidUtf8) -> Self {
+        self.invalid_utf8 = invalid_utf8;
+        self
+    }
+
+    pub fn max_line_bytes(mut self, max_line_bytes: usize) -> Self {
+        self.max_line_bytes = max_line_bytes;
+        self
+    }
+}
+
+impl Default for TextFileOptions {
+    fn default() -> Self {
+        Self { invalid_utf8: InvalidUtf8::Skip, max_line_bytes: Self::DEFAULT_MAX_LINE_BYTES }
+    }
+}
+
+/// Lines the largest record can carry across an exchange, with room for the record's own
+/// framing: a line read by one subtask and rebalanced must fit in one network buffer.
+pub(crate) const EXCHANGED_LINE_BYTES_MAX: usize = corestream_netstack::record::MAX_RECORD_BYTES - 64;
+
+/// Which part of its file a text source subtask reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextSplit {
+    /// The lines that start in this subtask's byte range of a regular file.
+    ByteRange,
+    /// The whole stream, read front to back by the only subtask (pipes, FIFOs, devices,
+    /// `/dev/stdin`); its lines are rebalanced, so each must fit in one record.
+    Whole,
+}
+
+/// What was skipped, for the job warning sent when the source ends.
+#[derive(Default)]
+struct Skipped {
+    count: u64,
+    first_offset: Option<u64>,
+}
+
+impl Skipped {
+    fn add(&mut self, offset: u64) {
+        self.count += 1;
+        self.first_offset.get_or_insert(offset);
+    }
+}
+
+/// Lines of one byte range of a file (the lines that start inside the range), or of a whole
+/// stream, each held to at most the line limit.
 pub(crate) struct FileLinesSource {
     policy: InvalidUtf8,
     node: usize,
-    reader: BufReader<File>,
+    lines: LineReader<BufReader<File>>,
     path: PathBuf,
-    pos: u64,
     end: u64,
     line: Vec<u8>,
-    invalid_lines: u64,
-    first_invalid_offset: Option<u64>,
+    invalid: Skipped,
+    too_long: Skipped,
     ctx_warn: Option<Box<dyn Fn(u64, String)>>,
 }
 
@@ -186,18 +248,32 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> TaskError {
 }
 
 impl FileLinesSource {
-    pub(crate) fn open(path: &Path, policy: InvalidUtf8, ctx: &SourceContext) -> Result<Self, TaskError> {
+    pub(crate) fn open(
+        path: &Path,
+        options: TextFileOptions,
+        split: TextSplit,
+        ctx: &SourceContext,
+    ) -> Result<Self, TaskError> {
         let file = File::open(path).map_err(|e| io_error("cannot open input file", path, e))?;
-        let len = file.metadata().map_err(|e| io_error("cannot read metadata of input file", path, e))?.len();
-        let share = |i: u64| (i as u128 * len as u128 / ctx.parallelism as u128) as u64;
-        let (start, end) = (share(ctx.subtask as u64), share(ctx.subtask as u64 + 1));
+        let mut max_line_bytes = options.max_line_bytes.max(1);
+        let (start, end) = match split {
+            TextSplit::Whole => {
+                max_line_bytes = max_line_bytes.min(EXCHANGED_LINE_BYTES_MAX);
+                (0, u64::MAX)
+            }
+            TextSplit::ByteRange => {
+                let len = file.metadata().map_err(|e| io_error("cannot read metadata of input file", path, e))?.len();
+                let share = |i: u64| (i as u128 * len as u128 / ctx.parallelism as u128) as u64;
+                (share(ctx.subtask as u64), share(ctx.subtask as u64 + 1))
+            }
+        };
         let mut reader = BufReader::with_capacity(256 * 1024, file);
         let mut pos = start;
         if start > 0 {
-            // The line that straddles `start` belongs to the previous range: skip past its end.
+            // The line that straddles `start` belongs to the previous range: skip past its end
+            // (buffering none of it).
             reader.seek(SeekFrom::Start(start - 1)).map_err(|e| io_error("cannot seek in input file", path, e))?;
-            let mut skipped = Vec::new();
-            let n = reader.read_until(b'\n', &mut skipped).map_err(|e| io_error("cannot read input file", path, e))?;
+            let n = reader.skip_until(b'\n').map_err(|e| io_error("cannot read input file", path, e))?;
             pos = start - 1 + n as u64;
         }
         let job = ctx.job.clone();
@@ -207,32 +283,47 @@ impl FileLinesSource {
             job.warn(JobWarning { operator, subtask, count, message });
         };
         Ok(Self {
-            policy,
+            policy: options.invalid_utf8,
             node,
-            reader,
+            lines: LineReader::new(reader, max_line_bytes, pos),
             path: path.to_path_buf(),
-            pos,
             end,
             line: Vec::with_capacity(256),
-            invalid_lines: 0,
-            first_invalid_offset: None,
+            invalid: Skipped::default(),
+            too_long: Skipped::default(),
             ctx_warn: Some(Box::new(warn)),
         })
     }
 
     fn report(&mut self) {
-        if self.invalid_lines > 0 {
-            if let Some(warn) = self.ctx_warn.take() {
-                warn(
-                    self.invalid_lines,
-                    format!(
-                        "{} line(s) of '{}' are not valid UTF-8 and were skipped (first at byte offset {})",
-                        self.invalid_lines,
-                        self.path.display(),
-                        self.first_invalid_offset.unwrap_or(0)
-                    ),
-                );
-            }
+        let Some(warn) = self.ctx_warn.take() else { return };
+        let path = self.path.display();
+        if self.invalid.count > 0 {
+            warn(
+                self.invalid.count,
+                format!(
+                    "{} line(s) of '{path}' are not valid UTF-8 and were skipped (first at byte offset {})",
+                    self.invalid.count,
+                    self.invalid.first_offset.unwrap_or(0)
+                ),
+            );
+        }
+        if self.too_long.count > 0 {
+            let limit = self.lines.max_line_bytes();
+            warn(
+                self.too_long.count,
+                format!(
+                    "{} line(s) of '{path}' are longer than {limit} bytes and were skipped (first at byte offset {}){}",
+                    self.too_long.count,
+                    self.too_long.first_offset.unwrap_or(0),
+                    if self.end == u64::MAX && limit == EXCHANGED_LINE_BYTES_MAX {
+                        "; lines of a stream that is not a regular file are read by one subtask and passed on as \
+                         records, so they are limited to what one record holds"
+                    } else {
+                        ""
+                    }
+                ),
+            );
         }
     }
 }
@@ -240,26 +331,19 @@ impl FileLinesSource {
 impl Source<String> for FileLinesSource {
     fn next_batch(&mut self, out: &mut Vec<String>, max_records: usize) -> Result<SourceStatus, TaskError> {
         for _ in 0..max_records {
-            if self.pos >= self.end {
+            if self.lines.offset() >= self.end {
                 self.report();
                 return Ok(SourceStatus::Finished);
             }
-            self.line.clear();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.line)
-                .map_err(|e| io_error("cannot read input file", &self.path, e))?;
-            if n == 0 {
+            let read =
+                self.lines.read_line(&mut self.line).map_err(|e| io_error("cannot read input file", &self.path, e))?;
+            let Some(info) = read else {
                 self.report();
                 return Ok(SourceStatus::Finished);
-            }
-            let offset = self.pos;
-            self.pos += n as u64;
-            if self.line.last() == Some(&b'\n') {
-                self.line.pop();
-                if self.line.last() == Some(&b'\r') {
-                    self.line.pop();
-                }
+            };
+            if info.too_long {
+                self.too_long.add(info.offset);
+                continue;
             }
             match std::str::from_utf8(&self.line) {
                 Ok(s) => out.push(s.to_owned()),
@@ -267,15 +351,13 @@ impl Source<String> for FileLinesSource {
                     return Err(TaskError::User {
                         node: self.node,
                         message: format!(
-                            "the line at byte offset {offset} of '{}' is not valid UTF-8 ({e})",
+                            "the line at byte offset {} of '{}' is not valid UTF-8 ({e})",
+                            info.offset,
                             self.path.display()
                         ),
                     });
                 }
-                Err(_) => {
-                    self.invalid_lines += 1;
-                    self.first_invalid_offset.get_or_insert(offset);
-                }
+                Err(_) => self.invalid.add(info.offset),
             }
         }
         Ok(SourceStatus::More)

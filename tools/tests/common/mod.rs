@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses part of this module
 
 pub mod group;
+pub mod measured;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
