@@ -5,6 +5,7 @@
 
 pub mod corpus;
 pub mod examples;
+pub mod json;
 pub mod network;
 pub mod nexmark;
 pub mod session;

@@ -6,7 +6,9 @@ mod args;
 mod bench;
 mod demo;
 mod latency;
+mod limits;
 mod multi;
+mod outputs;
 mod profile;
 mod progress;
 mod run;
@@ -69,16 +71,22 @@ fn main() -> ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts, so that
     // `corestream … | head` ends quietly like other Unix tools instead of panicking on a write.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // Job warnings are logged by the engine as they happen and printed again, with the
+    // results, by each command: the default filter keeps the second, so each is printed once.
+    // Colour codes only on a terminal (clap decides the same way for its own messages).
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORESTREAM_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CORESTREAM_LOG")
+                .unwrap_or_else(|_| "warn,corestream::runtime::job=error".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     if let Err(e) = multi::check_supported(&cli.command) {
         e.exit();
     }
+    limits::require_valid(&cli.command);
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
