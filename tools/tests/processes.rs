@@ -129,6 +129,41 @@ fn a_killed_task_manager_fails_the_job_within_seconds() {
 }
 
 #[test]
+fn a_hung_task_manager_is_the_one_named() {
+    // Four processes: the others time out on TaskManager 3 at about the same moment, and the
+    // first failure TaskManager 0 hears of may come from TaskManager 1 or 2 passing it on.
+    let mut run = start(&[
+        "run",
+        "sum-by-key",
+        "--records",
+        "2G",
+        "--keys",
+        "1000",
+        "-p",
+        "4",
+        "--processes",
+        "4",
+        "--heartbeat-timeout",
+        "2s",
+    ]);
+    let started = run.stderr_line("TaskManager 3 started", Duration::from_secs(60));
+    let child = pid_in(&started);
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill on the pid TaskManager 0 reported for its child; SIGSTOP makes it hang
+    // without ending it (SIGKILL from TaskManager 0 still ends it).
+    assert_eq!(unsafe { libc::kill(child, libc::SIGSTOP) }, 0);
+    let out = run.finish_within(Duration::from_secs(60));
+    assert_status(&out, 1);
+    let error = out.stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(error.starts_with(&format!("error: TaskManager 3 (pid {child}) hung")), "{}", out.stderr);
+    for other in ["TaskManager 1 failed", "TaskManager 2 failed", "part of the job was cancelled"] {
+        assert!(!error.contains(other), "blames another TaskManager: {error}");
+    }
+    assert_eq!(error.matches("timed out").count(), 1, "the timeout once: {error}");
+    assert!(!alive(child), "the hung TaskManager was killed");
+}
+
+#[test]
 fn a_killed_task_manager_0_takes_its_children_with_it() {
     let mut run = long_run();
     let started = run.stderr_line("TaskManager 1 started", Duration::from_secs(30));
