@@ -197,7 +197,7 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
 /// A count from 1 to `max`; `unit` names what is counted in the error ("keys", "slots").
 pub fn parse_bounded(s: &str, unit: &str, max: u64) -> Result<u64, String> {
     match parse_count(s)? {
-        0 => Err(format!("'{s}': give at least 1")),
+        0 => Err(format!("'{s}' must be between 1 and {max} {unit}").trim_end().to_string()),
         n if n > max => Err(format!("'{s}' is more than the limit of {max} {unit}")),
         n => Ok(n),
     }

@@ -87,7 +87,8 @@ pub enum BenchCommand {
         /// Records offered per second, e.g. 100k.
         #[arg(long, value_parser = parse_rate)]
         rate: u64,
-        /// How long records are offered, e.g. 10s.
+        /// How long records are offered, e.g. 10s. A feeder that falls behind the rate stops 1 s
+        /// after this with the records it has not offered, and the report says so.
         #[arg(long, value_parser = parse_positive_duration)]
         duration: std::time::Duration,
         /// Seed of the event generator.

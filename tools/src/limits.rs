@@ -62,23 +62,12 @@ pub fn require_valid(command: &Command) {
     }
 }
 
-/// Checks the options of `command` against each other and the machine.
-pub fn check(command: &Command) -> Result<(), clap::Error> {
-    let conflict = |m: String| Cli::command().error(ErrorKind::ArgumentConflict, m);
-    let invalid = |m: String| Cli::command().error(ErrorKind::ValueValidation, m);
-    let common = match command {
-        Command::Run(RunCommand::SumByKey { keys, common, .. }) => {
-            if *keys > KEYS_MAX {
-                return Err(invalid(format!(
-                    "invalid value '{keys}' for '--keys': more than the limit of {KEYS_MAX} keys"
-                )));
-            }
-            common
-        }
-        Command::Run(RunCommand::Wordcount { common, .. }) => common,
-        Command::Run(RunCommand::WindowAgg(args)) => &args.common,
-        Command::Plan { common, .. } => common,
-        Command::Bench(BenchCommand::Transport { .. }) | Command::Profile(_) => return Ok(()),
+/// The cluster options of `command`, if it takes them.
+pub fn common_of(command: &Command) -> Option<&Common> {
+    match command {
+        Command::Run(RunCommand::SumByKey { common, .. } | RunCommand::Wordcount { common, .. }) => Some(common),
+        Command::Run(RunCommand::WindowAgg(args)) => Some(&args.common),
+        Command::Plan { common, .. } => Some(common),
         Command::Bench(
             BenchCommand::Passthrough { common, .. }
             | BenchCommand::KeyedSum { common, .. }
@@ -86,12 +75,27 @@ pub fn check(command: &Command) -> Result<(), clap::Error> {
             | BenchCommand::Nexmark { common, .. }
             | BenchCommand::Latency { common, .. }
             | BenchCommand::Network { common, .. },
-        ) => common,
-        Command::Demo(args) => {
-            let slots = args.slots.unwrap_or_else(cpus);
-            return check_pool(None, slots, &corestream_netstack::CreditConfig::default()).map_err(invalid);
+        ) => Some(common),
+        Command::Bench(BenchCommand::Transport { .. }) | Command::Demo(_) | Command::Profile(_) => None,
+    }
+}
+
+/// Checks the options of `command` against each other and the machine.
+pub fn check(command: &Command) -> Result<(), clap::Error> {
+    let conflict = |m: String| Cli::command().error(ErrorKind::ArgumentConflict, m);
+    let invalid = |m: String| Cli::command().error(ErrorKind::ValueValidation, m);
+    if let Command::Run(RunCommand::SumByKey { keys, .. }) = command {
+        if *keys > KEYS_MAX {
+            return Err(invalid(format!(
+                "invalid value '{keys}' for '--keys': more than the limit of {KEYS_MAX} keys"
+            )));
         }
-    };
+    }
+    if let Command::Demo(args) = command {
+        let slots = args.slots.unwrap_or_else(cpus);
+        return check_pool(None, slots, &corestream_netstack::CreditConfig::default()).map_err(invalid);
+    }
+    let Some(common) = common_of(command) else { return Ok(()) };
     common.check_placement().map_err(conflict)?;
     let slots = process_slots(common).map_err(conflict)?;
     check_pool(common.network_buffers, slots, &common.credit()).map_err(invalid)

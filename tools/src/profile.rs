@@ -110,6 +110,11 @@ fn parse_job(command: &[OsString]) -> Result<Command, clap::Error> {
             ErrorKind::InvalidSubcommand,
             "`plan` runs no job: after `--` give a `run`, `bench` or `demo` command line",
         )),
+        job if crate::limits::common_of(&job).is_some_and(|c| c.processes > 1) => Err(cli.error(
+            ErrorKind::ArgumentConflict,
+            "--processes re-executes this program's command line in each TaskManager, so the job must be this \
+             program's own command (not one run by `corestream profile`)",
+        )),
         job => {
             crate::multi::check_supported(&job)?;
             crate::limits::check(&job)?;

@@ -237,7 +237,7 @@ fn bad_process_counts_and_unsupported_commands_are_refused() {
         "--processes",
         "2",
     ]);
-    assert_status(&out, 1);
+    assert_status(&out, 2);
     assert!(out.stderr.contains("not one run by `corestream profile`"), "{}", out.stderr);
 
     let out = corestream(&[
@@ -254,7 +254,7 @@ fn bad_process_counts_and_unsupported_commands_are_refused() {
         "--processes",
         "2",
     ]);
-    assert_status(&out, 1);
+    assert_status(&out, 2);
     assert!(out.stderr.contains("--parallelism 3 needs 3 job slots"), "{}", out.stderr);
 }
 
