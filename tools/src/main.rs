@@ -22,7 +22,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::args::Common;
 
@@ -89,9 +89,24 @@ fn main() -> ExitCode {
     limits::require_valid(&cli.command);
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_argument_error(&e) => {
+            Cli::command().error(clap::error::ErrorKind::ValueValidation, format!("{e:#}")).exit()
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the engine refused the job before it started for a reason no run can overcome
+/// with these options: a pool smaller than the job needs (`--network-buffers`, or the credit
+/// options), or fewer slots than its parallelism. Such a refusal is an invalid argument.
+fn is_argument_error(e: &anyhow::Error) -> bool {
+    use corestream::{JobError, NetError};
+    e.chain().any(|cause| match cause.downcast_ref::<JobError>() {
+        Some(JobError::Network(NetError::InsufficientBuffers { requested, capacity, .. })) => requested > capacity,
+        Some(JobError::NotEnoughSlots { needed, total, .. }) => needed > total,
+        _ => false,
+    })
 }

@@ -164,6 +164,31 @@ fn a_hung_task_manager_is_the_one_named() {
 }
 
 #[test]
+fn a_bench_run_that_fails_leaves_the_earlier_report_byte_identical() {
+    let dir = TempDir::new().unwrap();
+    let json = dir.path().join("network.json");
+    let j = json.to_str().unwrap();
+    let args = ["bench", "network", "--events", "200k", "--raw-bytes", "32M", "-p", "2", "--processes", "2"];
+    let ok = corestream(&[&args[..], &["--json", j]].concat());
+    assert_status(&ok, 0);
+    let before = std::fs::read(&json).unwrap();
+
+    // The same benchmark, much longer, fails when TaskManager 1 is killed during the job.
+    let long = ["bench", "network", "--events", "1e11", "--raw-bytes", "32M", "-p", "2", "--processes", "2"];
+    let mut run = start(&[&long[..], &["--heartbeat-timeout", "2s", "--json", j]].concat());
+    let started = run.stderr_line("TaskManager 1 started", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill on the pid TaskManager 0 reported for its child.
+    assert_eq!(unsafe { libc::kill(pid_in(&started), libc::SIGKILL) }, 0);
+    let out = run.finish_within(Duration::from_secs(60));
+    assert_status(&out, 1);
+    assert!(out.stderr.contains("TaskManager 1"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&json).unwrap(), before, "the earlier report changed");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["network.json"], "no partial file left behind");
+}
+
+#[test]
 fn a_killed_task_manager_0_takes_its_children_with_it() {
     let mut run = long_run();
     let started = run.stderr_line("TaskManager 1 started", Duration::from_secs(30));

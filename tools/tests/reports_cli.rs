@@ -176,13 +176,34 @@ fn a_failed_bench_run_leaves_the_earlier_report_byte_identical() {
     assert!(serde_json_like(&before), "{}", text(&before));
     assert_eq!(names(dir.path()), ["q5.json"], "no staged file left behind");
 
-    // Too few buffers for the job's exchange: the job fails after the cluster started.
+    // Too few buffers for the job's exchange: the engine refuses the job before it starts,
+    // which is an invalid argument.
     let args =
         ["bench", "nexmark", "--query", "q5", "--events", "20k", "-p", "2", "--network-buffers", "1", "--json", j];
-    let failed = run_corestream(&args, WATCHDOG);
-    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
+    let refused = run_corestream(&args, WATCHDOG);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("insufficient network buffers"), "{}", text(&refused.stderr));
     assert_eq!(std::fs::read(&json).unwrap(), before, "the earlier report changed");
-    assert_eq!(names(dir.path()), ["q5.json"], "no partial file left behind");
+
+    // A run interrupted while its job runs (SIGTERM, then SIGKILL) writes nothing either.
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corestream"))
+            .args(["bench", "nexmark", "--query", "q5", "--events", "1e12", "-p", "2", "--json", j])
+            .env("CORESTREAM_LOG", "off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it was interrupted");
+        // SAFETY: kill on the pid of the child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status:?}");
+        assert_eq!(std::fs::read(&json).unwrap(), before, "the earlier report changed");
+        assert_eq!(names(dir.path()), ["q5.json"], "no partial file left behind");
+    }
 }
 
 #[test]
@@ -197,7 +218,12 @@ fn a_failed_profiled_command_leaves_the_earlier_profile_as_it_was() {
     assert!(files.contains(&"combined.svg".to_string()) && files.contains(&"combined.folded".to_string()), "{files:?}");
     let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(prof.join(f)).unwrap()).collect();
 
-    let failing = [&job[..], &["--network-buffers", "1"][..]].concat();
+    // A job that fails while it runs: word count stopping at a line that is not UTF-8.
+    let input = dir.path().join("bad.txt");
+    std::fs::write(&input, b"fine words\n\xff\xfe broken\n").unwrap();
+    let counts = dir.path().join("counts.txt");
+    let failing = ["--", "run", "wordcount", "--input", input.to_str().unwrap(), "--output", counts.to_str().unwrap()];
+    let failing = [&failing[..], &["--on-invalid-utf8", "fail", "-p", "1"][..]].concat();
     let out = run_corestream(&[&["profile", "--duration", "1s", "--output", p][..], &failing[..]].concat(), WATCHDOG);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("no profile was written"), "{}", text(&out.stderr));
