@@ -27,7 +27,15 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::args::Common;
 
 #[derive(Parser, Debug)]
-#[command(name = "corestream", version, about = "A thread-per-core, zero-copy stream processor")]
+#[command(
+    name = "corestream",
+    version,
+    about = "A thread-per-core, zero-copy stream processor",
+    after_help = "Counts: 1000, 1_000, 10k, 10M, 2G (powers of 1000) or 1e6. Durations: a number and a unit \
+                  (ns, us, ms, s, m), e.g. 250us or 1.5s, or a bare 0; at most 1 hour. Every numeric option has an \
+                  upper bound (see each command's --help and the README). Invalid arguments exit with status 2, \
+                  failed jobs with status 1."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
