@@ -538,7 +538,7 @@ fn run_network(
 
 /// The files `cmd` writes, by option, checked before it runs ([`crate::outputs::check`]); only
 /// TaskManager 0 writes them.
-fn outputs_of(cmd: &BenchCommand) -> Vec<(&'static str, &std::path::Path)> {
+pub fn outputs_of(cmd: &BenchCommand) -> Vec<(&'static str, &std::path::Path)> {
     let mut outputs = Vec::new();
     match cmd {
         BenchCommand::Nexmark { json, .. }

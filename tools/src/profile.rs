@@ -81,7 +81,7 @@ fn parse_window(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let job = parse_job(&args.command).unwrap_or_else(|e| e.exit());
-    if let Err(message) = prepare_output(&args.output) {
+    if let Err(message) = prepare_output(&args.output, &job) {
         Cli::command().error(ErrorKind::ValueValidation, format!("--output: {message}")).exit();
     }
     let shown = args.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
@@ -123,10 +123,16 @@ fn parse_job(command: &[OsString]) -> Result<Command, clap::Error> {
     }
 }
 
-/// Creates `dir` if needed and checks that files can be created in it, before the job runs.
-fn prepare_output(dir: &Path) -> Result<(), String> {
+/// Creates `dir` if needed and checks that files can be created in it, and that no report of
+/// the profiled `job` is one of the combined profile's files, before the job runs.
+fn prepare_output(dir: &Path, job: &Command) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create the output directory '{}': {e}", dir.display()))?;
-    crate::outputs::validate(&[("--output", &dir.join(format!("{COMBINED}.svg")))])
+    let (svg, folded) = (dir.join(format!("{COMBINED}.svg")), dir.join(format!("{COMBINED}.folded")));
+    let mut outputs = vec![("--output", svg.as_path()), ("--output", folded.as_path())];
+    if let Command::Bench(bench) = job {
+        outputs.extend(crate::bench::outputs_of(bench));
+    }
+    crate::outputs::validate(&outputs)
 }
 
 /// When sampling ran, relative to the job.

@@ -222,6 +222,14 @@ fn a_failed_profiled_command_leaves_the_earlier_profile_as_it_was() {
     let input = dir.path().join("bad.txt");
     std::fs::write(&input, b"fine words\n\xff\xfe broken\n").unwrap();
     let counts = dir.path().join("counts.txt");
+    // A report of the profiled command may not be one of the profile's files.
+    let clash = prof.join("combined.svg");
+    let args = ["profile", "--duration", "1s", "--output", p, "--", "bench", "nexmark", "--query", "q1"];
+    let out = run_corestream(&[&args[..], &["--events", "1e12", "--json", clash.to_str().unwrap()]].concat(), WATCHDOG);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("same file"), "{}", text(&out.stderr));
+    assert_eq!(names(&prof), files, "no file added or removed");
+
     let failing = ["--", "run", "wordcount", "--input", input.to_str().unwrap(), "--output", counts.to_str().unwrap()];
     let failing = [&failing[..], &["--on-invalid-utf8", "fail", "-p", "1"][..]].concat();
     let out = run_corestream(&[&["profile", "--duration", "1s", "--output", p][..], &failing[..]].concat(), WATCHDOG);
