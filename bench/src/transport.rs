@@ -971,33 +971,47 @@ impl TransportReport {
 
     /// One flat JSON object: `{variant}_gbps` (median, or null when unsupported), `_min_gbps`,
     /// `_max_gbps` and `_status` (`ok` or `unsupported`) per variant.
-    pub fn json(&self) -> String {
-        let mut fields = vec![
-            format!("\"bytes_per_run\": {}", self.bytes_per_run),
-            format!("\"buffer_bytes\": {FRAME_BYTES}"),
-            format!("\"rounds\": {}", self.rounds),
-            format!("\"pinned\": \"{}\"", if self.pinned { "yes" } else { "no" }),
-            format!("\"load_1m\": {}", self.load_1m.map_or("null".to_string(), |l| format!("{l:.2}"))),
-        ];
-        for v in &self.variants {
-            let k = v.variant.key();
-            match v.gbps() {
-                Some((median, min, max)) => {
-                    fields.push(format!("\"{k}_gbps\": {median:.4}"));
-                    fields.push(format!("\"{k}_min_gbps\": {min:.4}"));
-                    fields.push(format!("\"{k}_max_gbps\": {max:.4}"));
-                    fields.push(format!("\"{k}_status\": \"ok\""));
-                }
-                None => {
-                    for suffix in ["gbps", "min_gbps", "max_gbps"] {
-                        fields.push(format!("\"{k}_{suffix}\": null"));
-                    }
-                    fields.push(format!("\"{k}_status\": \"unsupported\""));
-                }
-            }
-        }
-        format!("{{{}}}\n", fields.join(", "))
+    pub fn json(&self) -> serde_json::Result<String> {
+        let variants = self
+            .variants
+            .iter()
+            .map(|v| {
+                let (gbps, min_gbps, max_gbps) =
+                    v.gbps().map_or((None, None, None), |(m, lo, hi)| (Some(m), Some(lo), Some(hi)));
+                let status = if gbps.is_some() { "ok" } else { "unsupported" };
+                (format!("{}_", v.variant.key()), VariantJson { gbps, min_gbps, max_gbps, status })
+            })
+            .collect();
+        crate::json::to_line(&TransportJson {
+            bytes_per_run: self.bytes_per_run,
+            buffer_bytes: FRAME_BYTES,
+            rounds: self.rounds,
+            pinned: if self.pinned { "yes" } else { "no" },
+            load_1m: self.load_1m,
+            variants: crate::json::Prefixed(variants),
+        })
     }
+}
+
+/// The JSON report of `bench transport`.
+#[derive(Debug, serde::Serialize)]
+struct TransportJson {
+    bytes_per_run: u64,
+    buffer_bytes: usize,
+    rounds: u32,
+    pinned: &'static str,
+    load_1m: Option<f64>,
+    #[serde(flatten)]
+    variants: crate::json::Prefixed<VariantJson>,
+}
+
+/// One variant's figures in [`TransportJson`], under its key as prefix.
+#[derive(Debug, serde::Serialize)]
+struct VariantJson {
+    gbps: Option<f64>,
+    min_gbps: Option<f64>,
+    max_gbps: Option<f64>,
+    status: &'static str,
 }
 
 fn load_average_1m() -> Option<f64> {

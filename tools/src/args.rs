@@ -1,4 +1,10 @@
 //! Options shared by the commands and the parsers of counts ("10M") and durations ("1ms").
+//!
+//! Every numeric option is bounded here, while it is parsed, so that no value can size an
+//! allocation the machine cannot make or a loop that cannot end: the bounds are in
+//! [`crate::limits`], and checks that need more than one option (parallelism against slots,
+//! the pool's memory) run there after parsing, before anything starts. Durations have one
+//! syntax everywhere ([`parse_duration`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,16 +14,21 @@ use clap::{Args, CommandFactory};
 use corestream::{ClusterConfig, LocalCluster, StreamEnvironment};
 use corestream_netstack::CreditConfig;
 
+use crate::limits::{self, COUNT_MAX, KEYS_MAX, PARALLELISM_MAX};
+
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Default parallelism of the job's operators (default: the number of slots).
-    #[arg(long, short = 'p', value_parser = parse_positive)]
+    /// Default parallelism of the job's operators (default: the number of slots); 1 to 128,
+    /// the key groups of keyed operators.
+    #[arg(long, short = 'p', value_parser = parse_parallelism)]
     pub parallelism: Option<u32>,
-    /// Slots of the local cluster (default: one per physical core).
-    #[arg(long, value_parser = parse_positive)]
+    /// Slots of the local cluster (default: one per physical core); 1 to 128 (with
+    /// `--processes`, per process, and at most 128 over all processes).
+    #[arg(long, value_parser = parse_slots)]
     pub slots: Option<u32>,
-    /// 32 KB buffers in the cluster's pool (default: sized from the number of slots).
-    #[arg(long, value_parser = parse_positive)]
+    /// 32 KB buffers in the cluster's pool (default: sized from the number of slots); at most
+    /// the machine's physical memory.
+    #[arg(long, value_parser = parse_network_buffers)]
     pub network_buffers: Option<u32>,
     /// Credit-based flow control, per input channel: buffers each consumer channel owns and
     /// grants up front (default 2, as in Flink).
@@ -32,7 +43,8 @@ pub struct Common {
     #[arg(long, value_parser = parse_credit, value_name = "N")]
     pub max_backlog: Option<u32>,
     /// Longest wait of a record in a partly filled buffer while the producer is busy, e.g.
-    /// 1ms, 100us, 0 (flush after every batch).
+    /// 1ms, 100us, 0 (flush after every batch). Durations everywhere: a number and a unit
+    /// (ns, us, ms, s, m), or a bare 0; at most 1 hour.
     #[arg(long, value_parser = parse_duration)]
     pub buffer_timeout: Option<Duration>,
     /// How long an idle slot polls for work before sleeping, e.g. 1ms (default: sleep at once).
@@ -158,25 +170,64 @@ impl Common {
     }
 }
 
-/// A count with an optional k/M/G suffix (powers of 1000) and `_` separators: `10M`, `1_000`.
+/// A count with an optional k/M/G suffix (powers of 1000) or a power-of-ten exponent, and `_`
+/// separators: `10M`, `1_000`, `1e6`.
 pub fn parse_count(s: &str) -> Result<u64, String> {
     let t = s.trim().replace('_', "");
+    let not_a_count = || format!("'{s}' is not a count (examples: 1000, 10k, 10M, 1e6)");
     let (digits, mult) = match t.chars().last() {
         Some('k' | 'K') => (&t[..t.len() - 1], 1_000),
         Some('m' | 'M') => (&t[..t.len() - 1], 1_000_000),
         Some('g' | 'G') => (&t[..t.len() - 1], 1_000_000_000),
-        _ => (t.as_str(), 1),
+        _ => match t.split_once(['e', 'E']) {
+            Some((mantissa, exp)) => {
+                let exp: u32 = exp.parse().map_err(|_| not_a_count())?;
+                (mantissa, 10u64.checked_pow(exp).ok_or_else(|| format!("'{s}' is too large"))?)
+            }
+            None => (t.as_str(), 1),
+        },
     };
-    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a count (examples: 1000, 10k, 10M)"))?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.is_empty() {
+        return Err(not_a_count());
+    }
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is too large"))?;
     n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
 }
 
-pub fn parse_positive(s: &str) -> Result<u32, String> {
-    let n = parse_count(s)?;
-    if n == 0 || n > u32::MAX as u64 {
-        return Err(format!("'{s}' must be between 1 and {}", u32::MAX));
+/// A count from 1 to `max`; `unit` names what is counted in the error ("keys", "slots").
+pub fn parse_bounded(s: &str, unit: &str, max: u64) -> Result<u64, String> {
+    match parse_count(s)? {
+        0 => Err(format!("'{s}' must be between 1 and {max} {unit}").trim_end().to_string()),
+        n if n > max => Err(format!("'{s}' is more than the limit of {max} {unit}")),
+        n => Ok(n),
     }
-    Ok(n as u32)
+}
+
+/// `--parallelism`: 1 to [`PARALLELISM_MAX`].
+pub fn parse_parallelism(s: &str) -> Result<u32, String> {
+    parse_bounded(s, "subtasks", PARALLELISM_MAX as u64)
+        .map(|n| n as u32)
+        .map_err(|e| format!("{e} (the key groups a keyed operator is split into)"))
+}
+
+/// `--slots`: 1 to [`PARALLELISM_MAX`].
+pub fn parse_slots(s: &str) -> Result<u32, String> {
+    parse_bounded(s, "slots", PARALLELISM_MAX as u64)
+        .map(|n| n as u32)
+        .map_err(|e| format!("{e} (no job can use more slots than its parallelism)"))
+}
+
+/// `--network-buffers`: 1 to as many 32 KB buffers as the machine has physical memory.
+pub fn parse_network_buffers(s: &str) -> Result<u32, String> {
+    let max = limits::network_buffers_max();
+    parse_bounded(s, "buffers", u64::from(max)).map(|n| n as u32).map_err(|e| {
+        format!("{e}: {} buffers of 32 KB fill the machine's {} of memory", max, limits::gib(limits::memory_bytes()))
+    })
+}
+
+/// A number of keys, 1 to [`KEYS_MAX`] (references and keyed state hold one entry per key).
+pub fn parse_keys(s: &str) -> Result<u64, String> {
+    parse_bounded(s, "keys", KEYS_MAX)
 }
 
 /// Most buffers one credit option may name (each is 32 KB per channel or gate).
@@ -199,11 +250,11 @@ pub fn parse_exclusive(s: &str) -> Result<u32, String> {
     }
 }
 
+/// A number of events or records, 1 to [`COUNT_MAX`].
 pub fn parse_positive_count(s: &str) -> Result<u64, String> {
-    match parse_count(s)? {
-        0 => Err(format!("'{s}' must be at least 1")),
-        n => Ok(n),
-    }
+    parse_bounded(s, "", COUNT_MAX).map_err(|e| {
+        format!("{}(counts of events and records; keys at most {KEYS_MAX})", e.trim_end_matches(' ').to_string() + " ")
+    })
 }
 
 /// Most TaskManager processes `--processes` starts on one machine.
@@ -291,10 +342,21 @@ mod tests {
         assert_eq!(parse_count("1_000"), Ok(1000));
         assert_eq!(parse_count("3k"), Ok(3000));
         assert!(parse_count("ten").unwrap_err().contains("not a count"));
-        assert!(parse_positive("0").is_err());
+        assert!(parse_slots("0").is_err());
         assert_eq!(parse_processes("2"), Ok(2));
         assert!(parse_processes("0").unwrap_err().contains("TaskManager processes"));
         assert!(parse_processes("65").is_err());
+        assert_eq!(parse_count("1e6"), Ok(1_000_000));
+        assert!(parse_count("1e15").is_ok());
+        assert!(parse_count("1e20").unwrap_err().contains("too large"));
+        assert!(parse_count("-1").unwrap_err().contains("not a count"));
+        assert!(parse_count("+1").unwrap_err().contains("not a count"));
+        assert!(parse_keys("1e15").unwrap_err().contains("limit of 100000000"));
+        assert!(parse_keys("18446744073709551615").unwrap_err().contains("limit"));
+        assert!(parse_positive_count("18446744073709551615").unwrap_err().contains("limit"));
+        assert!(parse_parallelism("10000").unwrap_err().contains("limit of 128"));
+        assert_eq!(parse_parallelism("128"), Ok(128));
+        assert!(parse_network_buffers("4294967295").unwrap_err().contains("memory"));
     }
 
     #[test]

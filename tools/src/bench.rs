@@ -3,7 +3,6 @@
 //! time the operating system charged to this process over the job. `transport` measures raw
 //! TCP transports without the engine (`corestream_bench::transport`).
 
-use anyhow::Context;
 use clap::Subcommand;
 use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::throughput::{
@@ -12,8 +11,11 @@ use corestream_bench::throughput::{
 };
 use corestream_bench::window_agg::{event_time_assigner, parse_window_spec};
 
-use crate::args::{parse_count, parse_positive, parse_positive_count, parse_positive_duration, Common};
+use crate::args::{
+    parse_bounded, parse_count, parse_duration, parse_keys, parse_positive_count, parse_positive_duration, Common,
+};
 use crate::latency::{Feeder, LatencyQuery, LatencySettings};
+use crate::limits::ROUNDS_MAX;
 use crate::progress::join_with_progress;
 
 #[derive(Subcommand, Debug)]
@@ -29,7 +31,7 @@ pub enum BenchCommand {
     KeyedSum {
         #[arg(long, value_parser = parse_positive_count)]
         events: u64,
-        #[arg(long, value_parser = parse_positive_count)]
+        #[arg(long, value_parser = parse_keys)]
         keys: u64,
         #[command(flatten)]
         common: Common,
@@ -39,11 +41,12 @@ pub enum BenchCommand {
     Window {
         #[arg(long, value_parser = parse_positive_count)]
         events: u64,
-        #[arg(long, value_parser = parse_positive_count)]
+        #[arg(long, value_parser = parse_keys)]
         keys: u64,
-        /// tumbling:10s, sliding:10s/2s or session:5s (optionally @OFFSET for tumbling/sliding).
+        /// tumbling:10s, sliding:10s/2s or session:5s (optionally @OFFSET for tumbling/sliding);
+        /// every length is a duration with its unit.
         #[arg(long, value_parser = parse_window_assigner)]
-        window: corestream::WindowAssigner,
+        window: WindowArg,
         /// Split the sequence into contiguous ranges per source subtask instead of
         /// interleaving it (at parallelism > 1 later ranges then wait in state for the
         /// watermark of earlier ones).
@@ -84,7 +87,8 @@ pub enum BenchCommand {
         /// Records offered per second, e.g. 100k.
         #[arg(long, value_parser = parse_rate)]
         rate: u64,
-        /// How long records are offered, e.g. 10s.
+        /// How long records are offered, e.g. 10s. A feeder that falls behind the rate stops 1 s
+        /// after this with the records it has not offered, and the report says so.
         #[arg(long, value_parser = parse_positive_duration)]
         duration: std::time::Duration,
         /// Seed of the event generator.
@@ -117,8 +121,8 @@ pub enum BenchCommand {
         /// Bytes moved per run (64M, 2G: binary units), rounded up to whole 32 KB buffers.
         #[arg(long, default_value = "2G", value_parser = corestream_bench::transport::parse_bytes)]
         bytes: u64,
-        /// Runs of each variant, interleaved; the figure is their median.
-        #[arg(long, default_value_t = 3, value_parser = parse_positive)]
+        /// Runs of each variant, interleaved; the figure is their median (at most 100).
+        #[arg(long, default_value_t = 3, value_parser = parse_rounds)]
         rounds: u32,
         /// Also write the figures as a JSON object to this file.
         #[arg(long)]
@@ -131,7 +135,7 @@ pub enum BenchCommand {
     Network {
         #[arg(long, value_parser = parse_positive_count)]
         events: u64,
-        #[arg(long, default_value = "100k", value_parser = parse_positive_count)]
+        #[arg(long, default_value = "100k", value_parser = parse_keys)]
         keys: u64,
         /// Approximate size of a record's archive, in bytes (at least 25).
         #[arg(long, default_value_t = 256, value_parser = parse_record_bytes)]
@@ -154,6 +158,11 @@ fn parse_record_bytes(s: &str) -> Result<usize, String> {
         return Err(format!("--record-bytes {s} must be between 25 and 32000"));
     }
     Ok(n as usize)
+}
+
+/// `bench transport --rounds`: 1 to [`ROUNDS_MAX`].
+fn parse_rounds(s: &str) -> Result<u32, String> {
+    parse_bounded(s, "rounds", ROUNDS_MAX.into()).map(|n| n as u32)
 }
 
 /// A rate in records/s: a count of at least 1 (`100k`, `1M`).
@@ -272,23 +281,57 @@ impl NexmarkFigures {
         )
     }
 
-    pub fn json(&self) -> String {
-        let peak = self.peak_rss_bytes.map_or("null".to_string(), |b| b.to_string());
-        format!(
-            "{{\"query\": \"{}\", \"parallelism\": {}, \"events\": {}, \"seed\": {}, \"output_records\": {}, \
-             \"wall_time_s\": {:.6}, \"cpu_time_s\": {:.6}, \"events_per_sec\": {:.1}, \
-             \"events_per_sec_per_core\": {:.1}, \"peak_rss_bytes\": {peak}}}\n",
-            self.query,
-            self.parallelism,
-            self.events,
-            self.seed,
-            self.output_records,
-            self.wall_time_s,
-            self.cpu_time_s,
-            self.events_per_sec(),
-            self.events_per_sec_per_core(),
-        )
+    /// The figures as one JSON object.
+    pub fn json(&self) -> serde_json::Result<String> {
+        corestream_bench::json::to_line(&NexmarkJson {
+            query: self.query,
+            parallelism: self.parallelism,
+            events: self.events,
+            seed: self.seed,
+            output_records: self.output_records,
+            wall_time_s: self.wall_time_s,
+            cpu_time_s: self.cpu_time_s,
+            events_per_sec: self.events_per_sec(),
+            events_per_sec_per_core: self.events_per_sec_per_core(),
+            peak_rss_bytes: self.peak_rss_bytes,
+        })
     }
+}
+
+/// The JSON report of `bench nexmark`.
+#[derive(Debug, serde::Serialize)]
+struct NexmarkJson {
+    query: &'static str,
+    parallelism: u32,
+    events: u64,
+    seed: u64,
+    output_records: u64,
+    wall_time_s: f64,
+    cpu_time_s: f64,
+    events_per_sec: f64,
+    events_per_sec_per_core: f64,
+    /// Null when the operating system does not report it.
+    peak_rss_bytes: Option<u64>,
+}
+
+/// The JSON report of `bench network`.
+#[derive(Debug, serde::Serialize)]
+struct NetworkJson {
+    events: u64,
+    keys: u64,
+    record_bytes: usize,
+    parallelism: u32,
+    processes: u32,
+    wall_s: f64,
+    events_per_s: f64,
+    raw_gbps: f64,
+    session_gbps: f64,
+    session_ratio: f64,
+    session_credit_stalls: u64,
+    crossing_bytes: u64,
+    exchange_gbps: f64,
+    busier_direction_gbps: f64,
+    ratio: f64,
 }
 
 fn run_nexmark(
@@ -309,6 +352,7 @@ fn run_nexmark(
     let cpu_time = process_cpu_time()?.saturating_sub(cpu_before);
     let produced: u64 = result.operators.iter().filter(|o| o.name.starts_with("Source")).map(|o| o.records_out).sum();
     let r = report(&label, p, events, result);
+    print_warnings(&r.result);
     let figures = NexmarkFigures {
         query: query.name(),
         parallelism: p,
@@ -324,19 +368,42 @@ fn run_nexmark(
         anyhow::bail!("the source produced {produced} events, expected {events}");
     }
     if let Some(path) = json {
-        std::fs::write(path, figures.json()).map_err(|e| anyhow::anyhow!("cannot write '{}': {e}", path.display()))?;
+        crate::outputs::commit_all(vec![(path.to_path_buf(), figures.json()?.into_bytes())])?;
     }
     Ok(())
 }
 
-/// An event-time window assigner from a window spec.
-pub fn parse_window_assigner(s: &str) -> Result<corestream::WindowAssigner, String> {
-    let assigner = event_time_assigner(parse_window_spec(s).map_err(|e| e.to_string())?);
-    assigner.validate().map_err(|e| format!("window spec '{s}': {e}"))?;
-    Ok(assigner)
+/// A window of `bench window`: the assigner, and the spec as the user wrote it, which is how
+/// the reports name it.
+#[derive(Debug, Clone)]
+pub struct WindowArg {
+    pub spec: String,
+    pub assigner: corestream::WindowAssigner,
+}
+
+/// An event-time window assigner from a window spec. Every length takes the duration syntax
+/// of the other options ([`parse_duration`]: a number needs its unit).
+pub fn parse_window_assigner(s: &str) -> Result<WindowArg, String> {
+    let spec = s.trim();
+    if let Some((_, lengths)) = spec.split_once(':') {
+        for length in lengths.split(['/', '@']) {
+            parse_duration(length).map_err(|e| format!("window spec '{spec}': {e}"))?;
+        }
+    }
+    let assigner = event_time_assigner(parse_window_spec(spec).map_err(|e| e.to_string())?);
+    assigner.validate().map_err(|e| format!("window spec '{spec}': {e}"))?;
+    Ok(WindowArg { spec: spec.to_string(), assigner })
+}
+
+/// Prints the job's warnings, once each (the engine's own log of them is filtered out).
+fn print_warnings(result: &corestream::JobResult) {
+    for w in &result.warnings {
+        eprintln!("warning: {} (operator {}, subtask {})", w.message, w.operator, w.subtask);
+    }
 }
 
 pub fn print_report(r: &BenchReport) {
+    print_warnings(&r.result);
     let rate = r.events_per_sec();
     println!(
         "{}: parallelism {}, {} events, count {}, wall {:.3} s, {:.2} M events/s ({:.2} M events/s per slot)",
@@ -369,7 +436,7 @@ fn run_transport(bytes: u64, rounds: u32, json: Option<&std::path::Path>) -> any
     })?;
     print!("{}", report.table());
     if let Some(path) = json {
-        std::fs::write(path, report.json()).map_err(|e| anyhow::anyhow!("cannot write '{}': {e}", path.display()))?;
+        crate::outputs::commit_all(vec![(path.to_path_buf(), report.json()?.into_bytes())])?;
     }
     Ok(())
 }
@@ -447,25 +514,52 @@ fn run_network(
     );
     merged.network_lines().iter().for_each(|l| println!("{l}"));
     if let Some(path) = json {
-        let body = format!(
-            "{{\"events\":{events},\"keys\":{keys},\"record_bytes\":{record_bytes},\"parallelism\":{p},\
-             \"processes\":{},\"wall_s\":{wall:.6},\"events_per_s\":{:.1},\"raw_gbps\":{raw_gbps:.4},\
-             \"session_gbps\":{:.4},\"session_ratio\":{:.4},\"session_credit_stalls\":{},\
-             \"crossing_bytes\":{crossing},\"exchange_gbps\":{exchange_gbps:.4},\"busier_direction_gbps\":{per_direction_gbps:.4},\
-             \"ratio\":{:.4}}}\n",
-            common.processes,
-            events as f64 / wall,
-            session.gbps,
-            session.gbps / raw_gbps,
-            session.credit_stalls,
-            exchange_gbps / raw_gbps
-        );
-        std::fs::write(path, body).with_context(|| format!("cannot write '{}'", path.display()))?;
+        let report = NetworkJson {
+            events,
+            keys,
+            record_bytes,
+            parallelism: p,
+            processes: common.processes,
+            wall_s: wall,
+            events_per_s: events as f64 / wall,
+            raw_gbps,
+            session_gbps: session.gbps,
+            session_ratio: session.gbps / raw_gbps,
+            session_credit_stalls: session.credit_stalls,
+            crossing_bytes: crossing,
+            exchange_gbps,
+            busier_direction_gbps: per_direction_gbps,
+            ratio: exchange_gbps / raw_gbps,
+        };
+        crate::outputs::commit_all(vec![(path.to_path_buf(), corestream_bench::json::to_line(&report)?.into_bytes())])?;
     }
     Ok(())
 }
 
+/// The files `cmd` writes, by option, checked before it runs ([`crate::outputs::check`]); only
+/// TaskManager 0 writes them.
+pub fn outputs_of(cmd: &BenchCommand) -> Vec<(&'static str, &std::path::Path)> {
+    let mut outputs = Vec::new();
+    match cmd {
+        BenchCommand::Nexmark { json, .. }
+        | BenchCommand::Transport { json, .. }
+        | BenchCommand::Network { json, .. } => {
+            outputs.extend(json.as_deref().map(|p| ("--json", p)));
+        }
+        BenchCommand::Latency { json, hdr_log, plot, .. } => {
+            outputs.extend(json.as_deref().map(|p| ("--json", p)));
+            outputs.extend(hdr_log.as_deref().map(|p| ("--hdr-log", p)));
+            outputs.extend(plot.as_deref().map(|p| ("--plot", p)));
+        }
+        BenchCommand::Passthrough { .. } | BenchCommand::KeyedSum { .. } | BenchCommand::Window { .. } => {}
+    }
+    outputs
+}
+
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    if crate::multi::is_task_manager_0() {
+        crate::outputs::check(&outputs_of(&cmd));
+    }
     let (report, ok) = match cmd {
         BenchCommand::Nexmark { query, events, seed, json, common } => {
             return run_nexmark(query, events, seed, json.as_deref(), &common);
@@ -498,13 +592,13 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let cluster = common.cluster()?;
             let p = common.parallelism.unwrap_or(cluster.num_slots());
             let split = if contiguous { SequenceSplit::Contiguous } else { SequenceSplit::Interleaved };
-            let (handle, total) = start_window(&cluster, events, keys, window, split, p)?;
+            let (handle, total) = start_window(&cluster, events, keys, window.assigner, split, p)?;
             let mut r = report("window", p, events, join_with_progress(handle, "window", Some(events))?);
             r.count = total.load(std::sync::atomic::Ordering::Relaxed);
-            let expected = window_expected_total(events, window);
+            let expected = window_expected_total(events, window.assigner);
             let peak = peak_rss_bytes().map_or("unknown".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6));
             let windows = r.result.operator("Window Count").map_or(0, |o| o.records_out);
-            println!("window: {window:?}, {keys} keys, {windows} window results, peak memory (RSS) {peak}");
+            println!("window: {}, {keys} keys, {windows} window results, peak memory (RSS) {peak}", window.spec);
             println!("check: sum of window counts {} (expected {expected})", r.count);
             let ok = r.count == expected;
             if !ok {

@@ -17,13 +17,14 @@ use corestream_bench::throughput::{
     finish, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport, SequenceSplit,
 };
 
-use crate::args::{parse_positive, parse_positive_count};
+use crate::args::{parse_bounded, parse_keys, parse_positive_count, parse_slots};
 use crate::bench::print_report;
+use crate::limits::CORPUS_MB_MAX;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Size of the generated word-count corpus, in MB.
-    #[arg(long, default_value = "64", value_parser = parse_positive_count)]
+    #[arg(long, default_value = "64", value_parser = parse_corpus_mb)]
     corpus_mb: u64,
     /// Records of the keyed sum.
     #[arg(long, default_value = "10M", value_parser = parse_positive_count)]
@@ -35,11 +36,16 @@ pub struct DemoArgs {
     #[arg(long, default_value = "20M", value_parser = parse_positive_count)]
     window_events: u64,
     /// Keys of the keyed sum and keyed benchmark.
-    #[arg(long, default_value = "10k", value_parser = parse_positive_count)]
+    #[arg(long, default_value = "10k", value_parser = parse_keys)]
     keys: u64,
     /// Slots of the cluster (default: one per physical core).
-    #[arg(long, value_parser = parse_positive)]
-    slots: Option<u32>,
+    #[arg(long, value_parser = parse_slots)]
+    pub slots: Option<u32>,
+}
+
+/// `--corpus-mb`: 1 to [`CORPUS_MB_MAX`].
+fn parse_corpus_mb(s: &str) -> Result<u64, String> {
+    parse_bounded(s, "MB", CORPUS_MB_MAX)
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -147,7 +153,7 @@ fn demo_jobs(cluster: &LocalCluster, args: &DemoArgs, dir: &std::path::Path) -> 
         args.window_events, args.keys
     );
     for spec in ["tumbling:10s", "sliding:10s/2s", "session:5s"] {
-        let assigner = crate::bench::parse_window_assigner(spec).map_err(anyhow::Error::msg)?;
+        let assigner = crate::bench::parse_window_assigner(spec).map_err(anyhow::Error::msg)?.assigner;
         let mut rates = Vec::new();
         for &p in &parallelisms {
             let (handle, total) =

@@ -14,6 +14,12 @@
 //! for comparison) is fed by a host thread through a
 //! channel source ([`feed`]). Both are called the feeder below.
 //!
+//! A feeder keeps to its schedule only as far as the machine lets it: it stops offering at the
+//! end of the schedule (`--duration` after the clock started) plus [`OFFER_GRACE`], even with
+//! records left, and the report says that it fell behind, by how much and how many records it
+//! never offered. The job then drains what is in flight, so a rate far above what the machine
+//! can offer ends the run about `--duration` + 1 s after the clock started.
+//!
 //! Warm-up (q0): the schedule's clock starts only once every sink subtask has received a
 //! record. Until then the feeder offers warm-up records (scheduled time 0, never measured or
 //! counted as received), one per sink subtask every millisecond, and each sink subtask
@@ -71,6 +77,16 @@ const MAX_BATCH: u64 = 1024;
 /// generator, generated before the clock starts. Generating an event costs about 0.4 µs, too
 /// much for one thread at 1 M records/s beside sending; a clone costs a fraction of that.
 const POOL_EVENTS: u64 = 1 << 18;
+
+/// How long after the end of its schedule (`--duration`) a feeder that fell behind may still
+/// hand records over; then it stops, and the records it never offered are reported, so a rate
+/// the machine cannot offer ends the run on time instead of stretching it. After that the job
+/// drains only what is in flight (at most the source channel's records and the job's buffers).
+pub const OFFER_GRACE: Duration = Duration::from_secs(1);
+
+/// A feeder whose largest lag reached this is reported as having fallen behind even if it
+/// offered every record within the grace.
+const FELL_BEHIND_LAG: Duration = Duration::from_millis(100);
 
 /// The shortest q5 run: windows slide every 2 s, and at least one must close by event time.
 const Q5_MIN_DURATION: Duration = Duration::from_secs(3);
@@ -366,9 +382,14 @@ pub struct LatencyReport {
     pub processes: u32,
     pub rate: u64,
     pub duration_s: f64,
+    /// Records the schedule holds (rate × duration).
+    pub scheduled: u64,
     pub offered: u64,
     pub received: u64,
     pub offer_time_s: f64,
+    /// How far behind its schedule the feeder was when it stopped at the end of the schedule
+    /// plus [`OFFER_GRACE`] with records still not offered (zero if it offered them all).
+    pub behind_at_stop: Duration,
     /// How far behind its schedule the feeder was when it handed each record over (ns): the
     /// harness's own share of the latencies, which should be small next to them.
     pub offer_lag: Histogram<u64>,
@@ -405,13 +426,95 @@ fn percentile_line(h: &Histogram<u64>) -> String {
     parts.join(", ")
 }
 
-/// The JSON fields of one histogram, their names prefixed with `prefix`.
-fn percentile_fields(prefix: &str, h: &Histogram<u64>) -> Vec<String> {
-    let mut fields: Vec<String> =
-        PERCENTILES.iter().map(|(name, p)| format!("\"{prefix}{name}_us\": {:.3}", us_at(h, *p))).collect();
-    fields.push(format!("\"{prefix}max_us\": {:.3}", h.max() as f64 / 1e3));
-    fields.push(format!("\"{prefix}mean_us\": {:.3}", h.mean() / 1e3));
-    fields
+/// The JSON report of `bench latency` (latencies in µs).
+#[derive(Debug, serde::Serialize)]
+struct LatencyJson {
+    query: &'static str,
+    parallelism: u32,
+    processes: u32,
+    rate: u64,
+    duration_s: f64,
+    scheduled: u64,
+    offered: u64,
+    not_offered: u64,
+    received: u64,
+    samples: u64,
+    achieved_rate: f64,
+    #[serde(flatten)]
+    percentiles: Percentiles,
+    offer_lag_p99_us: f64,
+    offer_lag_max_us: f64,
+    behind_at_stop_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warm_up_records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warm_up_ms: Option<f64>,
+    /// `crossing_…` and `local_…` across processes.
+    #[serde(flatten)]
+    parts: corestream_bench::json::Prefixed<PartJson>,
+    /// `baseline_…` with `--baseline`.
+    #[serde(flatten)]
+    baseline: corestream_bench::json::Prefixed<BaselineJson>,
+}
+
+/// The percentiles of one histogram, in µs.
+#[derive(Debug, serde::Serialize)]
+struct Percentiles {
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p99_9_us: f64,
+    p99_99_us: f64,
+    max_us: f64,
+    mean_us: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50_us: us_at(h, 50.0),
+            p90_us: us_at(h, 90.0),
+            p99_us: us_at(h, 99.0),
+            p99_9_us: us_at(h, 99.9),
+            p99_99_us: us_at(h, 99.99),
+            max_us: h.max() as f64 / 1e3,
+            mean_us: h.mean() / 1e3,
+        }
+    }
+}
+
+/// The crossing or the local half of a run across processes.
+#[derive(Debug, serde::Serialize)]
+struct PartJson {
+    count: u64,
+    samples: u64,
+    #[serde(flatten)]
+    percentiles: Percentiles,
+}
+
+/// The baseline's percentiles (no mean, as before).
+#[derive(Debug, serde::Serialize)]
+struct BaselineJson {
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p99_9_us: f64,
+    p99_99_us: f64,
+    max_us: f64,
+}
+
+impl BaselineJson {
+    fn of(h: &Histogram<u64>) -> Self {
+        let p = Percentiles::of(h);
+        Self {
+            p50_us: p.p50_us,
+            p90_us: p.p90_us,
+            p99_us: p.p99_us,
+            p99_9_us: p.p99_9_us,
+            p99_99_us: p.p99_99_us,
+            max_us: p.max_us,
+        }
+    }
 }
 
 impl LatencyReport {
@@ -474,6 +577,10 @@ impl LatencyReport {
             us_at(&self.offer_lag, 99.0),
             self.offer_lag.max() as f64 / 1e3
         ));
+        if let Some(line) = self.fell_behind_line() {
+            s.push_str("\n  ");
+            s.push_str(&line);
+        }
         if let Some(b) = &self.baseline {
             s.push_str("\n  baseline, the same schedule with no engine (feeder → channel → thread):");
             for (name, p) in PERCENTILES {
@@ -484,39 +591,72 @@ impl LatencyReport {
         s
     }
 
-    pub fn json(&self) -> String {
-        let mut fields = vec![
-            format!("\"query\": \"{}\"", self.query.name()),
-            format!("\"parallelism\": {}", self.parallelism),
-            format!("\"processes\": {}", self.processes),
-            format!("\"rate\": {}", self.rate),
-            format!("\"duration_s\": {:.6}", self.duration_s),
-            format!("\"offered\": {}", self.offered),
-            format!("\"received\": {}", self.received),
-            format!("\"samples\": {}", self.histogram.len()),
-            format!("\"achieved_rate\": {:.1}", self.achieved_rate()),
-        ];
-        fields.extend(percentile_fields("", &self.histogram));
-        fields.push(format!("\"offer_lag_p99_us\": {:.3}", us_at(&self.offer_lag, 99.0)));
-        fields.push(format!("\"offer_lag_max_us\": {:.3}", self.offer_lag.max() as f64 / 1e3));
-        if let Some(w) = &self.warm_up {
-            fields.push(format!("\"warm_up_records\": {}", w.records));
-            fields.push(format!("\"warm_up_ms\": {:.3}", w.time.as_secs_f64() * 1e3));
+    /// Records of the schedule the feeder never offered: it stopped at the end of the
+    /// schedule plus [`OFFER_GRACE`].
+    pub fn not_offered(&self) -> u64 {
+        self.scheduled.saturating_sub(self.offered)
+    }
+
+    /// `feeder fell behind: …` when the feeder could not keep to the schedule: it left records
+    /// unoffered, or handed some over [`FELL_BEHIND_LAG`] or more late.
+    pub fn fell_behind_line(&self) -> Option<String> {
+        let max_lag = Duration::from_nanos(self.offer_lag.max());
+        if self.not_offered() > 0 {
+            Some(format!(
+                "feeder fell behind: offered {} of the {} scheduled records ({:.1}%, {:.0} records/s of {} asked); it \
+                 stopped {:.3} s behind schedule at the end of --duration + {OFFER_GRACE:?}, and {} records were never \
+                 offered",
+                self.offered,
+                self.scheduled,
+                100.0 * self.offered as f64 / self.scheduled.max(1) as f64,
+                self.achieved_rate(),
+                self.rate,
+                self.behind_at_stop.as_secs_f64(),
+                self.not_offered()
+            ))
+        } else if max_lag >= FELL_BEHIND_LAG {
+            Some(format!(
+                "feeder fell behind: it offered every record, up to {:.3} s behind schedule",
+                max_lag.as_secs_f64()
+            ))
+        } else {
+            None
         }
+    }
+
+    /// The figures as one flat JSON object.
+    pub fn json(&self) -> serde_json::Result<String> {
+        let mut parts = Vec::new();
         if let Some(split) = &self.split {
             for (name, m) in [("crossing", &split.crossing), ("local", &split.local)] {
-                fields.push(format!("\"{name}_count\": {}", m.received));
-                fields.push(format!("\"{name}_samples\": {}", m.total.len()));
-                fields.extend(percentile_fields(&format!("{name}_"), &m.total));
+                let part =
+                    PartJson { count: m.received, samples: m.total.len(), percentiles: Percentiles::of(&m.total) };
+                parts.push((format!("{name}_"), part));
             }
         }
-        if let Some(b) = &self.baseline {
-            for (name, p) in PERCENTILES {
-                fields.push(format!("\"baseline_{name}_us\": {:.3}", us_at(b, p)));
-            }
-            fields.push(format!("\"baseline_max_us\": {:.3}", b.max() as f64 / 1e3));
-        }
-        format!("{{{}}}\n", fields.join(", "))
+        corestream_bench::json::to_line(&LatencyJson {
+            query: self.query.name(),
+            parallelism: self.parallelism,
+            processes: self.processes,
+            rate: self.rate,
+            duration_s: self.duration_s,
+            scheduled: self.scheduled,
+            offered: self.offered,
+            not_offered: self.not_offered(),
+            received: self.received,
+            samples: self.histogram.len(),
+            achieved_rate: self.achieved_rate(),
+            percentiles: Percentiles::of(&self.histogram),
+            offer_lag_p99_us: us_at(&self.offer_lag, 99.0),
+            offer_lag_max_us: self.offer_lag.max() as f64 / 1e3,
+            behind_at_stop_s: self.behind_at_stop.as_secs_f64(),
+            warm_up_records: self.warm_up.map(|w| w.records),
+            warm_up_ms: self.warm_up.map(|w| w.time.as_secs_f64() * 1e3),
+            parts: corestream_bench::json::Prefixed(parts),
+            baseline: corestream_bench::json::Prefixed(
+                self.baseline.iter().map(|b| ("baseline_".to_string(), BaselineJson::of(b))).collect(),
+            ),
+        })
     }
 
     /// The interval log: one histogram per interval of arrival, values in nanoseconds; across
@@ -631,10 +771,6 @@ impl LatencyReport {
         s.push_str("</svg>\n");
         s
     }
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("cannot write '{}'", path.display()))
 }
 
 /// The shared ends of one process's part of the job.
@@ -803,6 +939,8 @@ struct ScheduleSource {
     warming: Option<Warming>,
     warm_up: Option<WarmUp>,
     origin: u64,
+    /// [`offer_deadline`] once the clock started.
+    deadline: u64,
     next: u64,
     lag: Histogram<u64>,
     job: JobParts,
@@ -829,6 +967,7 @@ impl ScheduleSource {
             }),
             warm_up: None,
             origin: 0,
+            deadline: u64::MAX,
             next: 0,
             lag: new_histogram(),
             job: job.clone(),
@@ -862,10 +1001,23 @@ impl ScheduleSource {
         self.warm_up = Some(WarmUp { records: w.records, time: w.started.elapsed() });
         self.warming = None;
         self.origin = monotonic_ns();
+        self.deadline = offer_deadline(&self.settings, self.origin);
         self.job.origin_ns.store(self.origin, Ordering::Relaxed);
         let last = self.origin + self.settings.offset_ns(self.total - 1);
         self.job.last_event_ms.store((last / 1_000_000) as i64, Ordering::Relaxed);
         Ok(None)
+    }
+}
+
+impl ScheduleSource {
+    /// Ends the schedule after the records offered so far; `behind` is how far behind it was
+    /// when it stopped with records left.
+    fn finish(&mut self, behind: Duration) -> SourceStatus {
+        let lag = std::mem::replace(&mut self.lag, new_histogram());
+        let offer_time = Duration::from_nanos(monotonic_ns() - self.origin);
+        let fed = Fed { offered: self.next, offer_time, lag, warm_up: self.warm_up, behind_at_stop: behind };
+        self.job.set_fed(fed);
+        SourceStatus::Finished
     }
 }
 
@@ -875,6 +1027,10 @@ impl SourceFunction<(u64, Event)> for ScheduleSource {
             return Ok(status);
         }
         let now = monotonic_ns();
+        if now >= self.deadline && self.next < self.total {
+            let behind = now.saturating_sub(self.origin + self.settings.offset_ns(self.next));
+            return Ok(self.finish(Duration::from_nanos(behind)));
+        }
         let end = self.total.min(self.next + max_records as u64);
         while self.next < end {
             let scheduled = self.origin + self.settings.offset_ns(self.next);
@@ -888,10 +1044,7 @@ impl SourceFunction<(u64, Event)> for ScheduleSource {
             self.next += 1;
         }
         if self.next == self.total {
-            let lag = std::mem::replace(&mut self.lag, new_histogram());
-            let offer_time = Duration::from_nanos(monotonic_ns() - self.origin);
-            self.job.set_fed(Fed { offered: self.total, offer_time, lag, warm_up: self.warm_up });
-            return Ok(SourceStatus::Finished);
+            return Ok(self.finish(Duration::ZERO));
         }
         let due = self.origin + self.settings.offset_ns(self.next);
         Ok(match due.checked_sub(monotonic_ns()) {
@@ -907,6 +1060,14 @@ struct Fed {
     offer_time: Duration,
     lag: Histogram<u64>,
     warm_up: Option<WarmUp>,
+    /// How far behind schedule it was when it stopped with records not offered.
+    behind_at_stop: Duration,
+}
+
+/// When a feeder whose clock started at `origin` stops offering: the end of the schedule
+/// plus [`OFFER_GRACE`] (`CLOCK_MONOTONIC` ns).
+fn offer_deadline(settings: &LatencySettings, origin: u64) -> u64 {
+    origin.saturating_add((settings.duration + OFFER_GRACE).as_nanos() as u64)
 }
 
 /// Offers warm-up records through `sender`, one per sink subtask every [`WARM_UP_EVERY`],
@@ -978,11 +1139,20 @@ fn feed(
     let origin = monotonic_ns();
     origin_ns.store(origin, Ordering::Relaxed);
     last_event_ms.store(((origin + settings.offset_ns(total - 1)) / 1_000_000) as i64, Ordering::Relaxed);
+    let deadline = offer_deadline(settings, origin);
     let mut batch: Vec<(u64, Event)> = Vec::with_capacity(MAX_BATCH as usize);
     let (mut next, mut offered, mut lag) = (0u64, 0u64, new_histogram());
+    let mut behind_at_stop = Duration::ZERO;
     while next < total {
         let scheduled = origin + settings.offset_ns(next);
         let mut now = monotonic_ns();
+        if now >= deadline {
+            behind_at_stop = Duration::from_nanos(now - scheduled);
+            // Windows after the last record offered close only at the end of the input.
+            let last = origin + settings.offset_ns(next.saturating_sub(1));
+            last_event_ms.store((last / 1_000_000) as i64, Ordering::Relaxed);
+            break;
+        }
         while now < scheduled {
             let wait = scheduled - now;
             if wait > 200_000 {
@@ -1010,7 +1180,7 @@ fn feed(
         offered += n;
     }
     let end = monotonic_ns();
-    Ok(Fed { offered, offer_time: Duration::from_nanos(end - origin), lag, warm_up })
+    Ok(Fed { offered, offer_time: Duration::from_nanos(end - origin), lag, warm_up, behind_at_stop })
 }
 
 /// Starts the feeder thread: for q0 it first warms the job up until the `sinks` sink subtasks
@@ -1070,6 +1240,13 @@ pub fn measure_baseline(settings: &LatencySettings) -> anyhow::Result<Histogram<
     Ok(h)
 }
 
+/// Prints the job's warnings, once each (the engine's own log of them is filtered out).
+fn print_warnings(result: &corestream::JobResult) {
+    for w in &result.warnings {
+        eprintln!("warning: {}", w.message);
+    }
+}
+
 /// Checks what the sinks received against what the feeder offered.
 fn check_received(query: LatencyQuery, all: &Measured, offered: u64) -> anyhow::Result<()> {
     match query {
@@ -1094,7 +1271,7 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
     let fed = if in_source(settings) {
         let schedule = Some(Mutex::new(ready));
         build_job(&mut env, settings, p, &job, ready_to, schedule);
-        env.execute_async(&format!("latency {}", settings.query.name()))?.join()?;
+        print_warnings(&env.execute_async(&format!("latency {}", settings.query.name()))?.join()?);
         job.take_fed()?
     } else {
         let sender = build_job(&mut env, settings, p, &job, ready_to, None).expect("a channel source");
@@ -1102,7 +1279,7 @@ pub fn measure(settings: &LatencySettings, common: &Common) -> anyhow::Result<La
         let feeder = spawn_feeder(settings, total, ready.map(|r| (r, p)), sender, &job)?;
         let joined = handle.join();
         let fed = feeder.join().map_err(|_| anyhow!("the feeder thread panicked"))?;
-        joined?;
+        print_warnings(&joined?);
         fed?
     };
     let all = job.measured()?;
@@ -1124,7 +1301,9 @@ fn report(
         processes,
         rate: settings.rate,
         duration_s: settings.duration.as_secs_f64(),
+        scheduled: settings.records().unwrap_or(fed.offered),
         offered: fed.offered,
+        behind_at_stop: fed.behind_at_stop,
         received: all.received,
         offer_time_s: fed.offer_time.as_secs_f64(),
         offer_lag: fed.lag,
@@ -1224,9 +1403,7 @@ fn measure_processes(settings: &LatencySettings, common: &Common) -> anyhow::Res
     let mut all = local.clone();
     all.add(&crossing)?;
     check_received(settings.query, &all, fed.offered)?;
-    for w in &merged.result.warnings {
-        eprintln!("warning: {}", w.message);
-    }
+    print_warnings(&merged.result);
     Ok(Some(report(settings, p, common.processes, fed, all, Some(Split { crossing, local }))))
 }
 
@@ -1263,14 +1440,15 @@ pub fn run(
     };
     report.baseline = baseline;
     println!("{}", report.lines());
+    let mut files = Vec::new();
     if let Some(path) = json {
-        write_file(path, report.json().as_bytes())?;
+        files.push((path.to_path_buf(), report.json()?.into_bytes()));
     }
     if let Some(path) = hdr_log {
-        write_file(path, &report.hdr_log()?)?;
+        files.push((path.to_path_buf(), report.hdr_log()?));
     }
     if let Some(path) = plot {
-        write_file(path, report.svg().as_bytes())?;
+        files.push((path.to_path_buf(), report.svg().into_bytes()));
     }
-    Ok(())
+    crate::outputs::commit_all(files)
 }

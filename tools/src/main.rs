@@ -6,7 +6,9 @@ mod args;
 mod bench;
 mod demo;
 mod latency;
+mod limits;
 mod multi;
+mod outputs;
 mod profile;
 mod progress;
 mod run;
@@ -20,12 +22,20 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::args::Common;
 
 #[derive(Parser, Debug)]
-#[command(name = "corestream", version, about = "A thread-per-core, zero-copy stream processor")]
+#[command(
+    name = "corestream",
+    version,
+    about = "A thread-per-core, zero-copy stream processor",
+    after_help = "Counts: 1000, 1_000, 10k, 10M, 2G (powers of 1000) or 1e6. Durations: a number and a unit \
+                  (ns, us, ms, s, m), e.g. 250us or 1.5s, or a bare 0; at most 1 hour. Every numeric option has an \
+                  upper bound (see each command's --help and the README). Invalid arguments exit with status 2, \
+                  failed jobs with status 1."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,21 +79,42 @@ fn main() -> ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts, so that
     // `corestream … | head` ends quietly like other Unix tools instead of panicking on a write.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // Job warnings are logged by the engine as they happen and printed again, with the
+    // results, by each command: the default filter keeps the second, so each is printed once.
+    // Colour codes only on a terminal (clap decides the same way for its own messages).
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORESTREAM_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CORESTREAM_LOG")
+                .unwrap_or_else(|_| "warn,corestream::runtime::job=error".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     if let Err(e) = multi::check_supported(&cli.command) {
         e.exit();
     }
+    limits::require_valid(&cli.command);
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_argument_error(&e) => {
+            Cli::command().error(clap::error::ErrorKind::ValueValidation, format!("{e:#}")).exit()
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the engine refused the job before it started for a reason no run can overcome
+/// with these options: a pool smaller than the job needs (`--network-buffers`, or the credit
+/// options), or fewer slots than its parallelism. Such a refusal is an invalid argument.
+fn is_argument_error(e: &anyhow::Error) -> bool {
+    use corestream::{JobError, NetError};
+    e.chain().any(|cause| match cause.downcast_ref::<JobError>() {
+        Some(JobError::Network(NetError::InsufficientBuffers { requested, capacity, .. })) => requested > capacity,
+        Some(JobError::NotEnoughSlots { needed, total, .. }) => needed > total,
+        _ => false,
+    })
 }

@@ -762,8 +762,10 @@ impl Children {
     }
 
     /// TaskManager 0's result if every part succeeded, else the error that names the first
-    /// lost child, or the failure of TaskManager 0, or the failure a child reported, or the
-    /// first child that did not report.
+    /// lost child, or a child that hung (the others timed out waiting for it and it sent no
+    /// result), or the failure of TaskManager 0, or the failure a child reported, or the first
+    /// child that did not report. A failure that only echoes another TaskManager's ("the job
+    /// failed on TaskManager k: …") is not taken for the cause, and no message is repeated.
     fn verdict(&self, local: anyhow::Result<(JobResult, Outputs)>) -> anyhow::Result<(JobResult, Outputs)> {
         let lost = self.processes.iter().find(|c| matches!(c.state, State::Lost(_)));
         let silent = self.processes.iter().find(|c| matches!(c.state, State::Unresponsive(_)));
@@ -771,6 +773,23 @@ impl Children {
             State::Failed(m) => Some((c, m)),
             _ => None,
         });
+        if lost.is_none() {
+            let mut messages: Vec<String> = local.as_ref().err().map(|e| format!("{e:#}")).into_iter().collect();
+            messages.extend(self.processes.iter().filter_map(|c| match &c.state {
+                State::Failed(m) => Some(m.clone()),
+                _ => None,
+            }));
+            if let Some(hung) = hung_peer(&messages, |tm| {
+                self.processes.iter().any(|c| c.tm == tm && matches!(c.state, State::Unresponsive(_)))
+            }) {
+                let c = self.processes.iter().find(|c| c.tm == hung.tm).expect("hung_peer names a silent child");
+                return Err(anyhow!(hung.timeout).context(format!(
+                    "{} hung: the other TaskManagers heard nothing from it for the heartbeat timeout, and it {}",
+                    c.label(),
+                    self.describe_end(c)
+                )));
+            }
+        }
         match (local, lost, failed) {
             (local, Some(c), _) => {
                 let died = format!("{} {}", c.label(), self.describe_end(c));
@@ -779,8 +798,10 @@ impl Children {
                     Ok(_) => anyhow!(died),
                 })
             }
-            // The local error usually carries the child's message already (PeerFailed).
+            // The local error usually carries the child's message already (PeerFailed), or the
+            // child failed because TaskManager 0 did and says so.
             (Err(e), None, Some((_, m))) if format!("{e:#}").contains(m.as_str()) => Err(e),
+            (Err(e), None, Some((_, m))) if m.contains(&format!("{e:#}")) => Err(e),
             (Err(e), None, Some((c, m))) => Err(e.context(format!("TaskManager {} failed: {m}", c.tm))),
             (Err(e), None, None) => Err(e),
             (Ok(_), None, Some((c, m))) => Err(anyhow!("TaskManager {} failed: {m}", c.tm)),
@@ -947,6 +968,30 @@ fn signal_name(signal: i32) -> &'static str {
         libc::SIGPIPE => "SIGPIPE",
         _ => "signal",
     }
+}
+
+/// A TaskManager that hung, as the failures of the others tell it.
+#[derive(Debug, PartialEq)]
+struct Hung {
+    tm: u32,
+    /// The timeout as one of them reported it: `connection to TaskManager <tm> (…) timed out: …`.
+    timeout: String,
+}
+
+/// The first TaskManager that a failure in `messages` timed out waiting for and that
+/// `is_silent` (it sent no result either), with that timeout's own message (any
+/// `the job failed on …:` prefix of a failure passed on between TaskManagers dropped).
+fn hung_peer(messages: &[String], is_silent: impl Fn(u32) -> bool) -> Option<Hung> {
+    const TIMEOUT: &str = "connection to TaskManager ";
+    messages.iter().find_map(|m| {
+        let at = m.find(TIMEOUT)?;
+        let timeout = &m[at..];
+        let tm = u32::try_from(peer_index(timeout.strip_prefix("connection to ")?)?).ok()?;
+        let (_, after) = timeout.split_once(") timed out: ")?;
+        // One timeout, not a chain that repeats it.
+        let end = after.find(": ").map_or(timeout.len(), |i| timeout.len() - after.len() + i);
+        (tm != 0 && is_silent(tm)).then(|| Hung { tm, timeout: timeout[..end].to_string() })
+    })
 }
 
 /// The index of a peer named `TaskManager <i> (…)`.
@@ -1187,6 +1232,23 @@ fn decode(line: &str) -> anyhow::Result<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_task_manager_the_others_timed_out_on_is_the_one_that_hung() {
+        let timeout = "connection to TaskManager 3 (127.0.0.1:38827) timed out: nothing received for 2s";
+        let messages = vec![
+            format!("{timeout}: {timeout}"),
+            format!("the job failed on TaskManager 0 (127.0.0.1:41693): {timeout}"),
+        ];
+        let hung = hung_peer(&messages, |tm| tm == 3).unwrap();
+        assert_eq!(hung, Hung { tm: 3, timeout: timeout.to_string() });
+        // An echo alone still names the right one.
+        assert_eq!(hung_peer(&messages[1..], |tm| tm == 3).unwrap().tm, 3);
+        // A peer that reported a result did not hang.
+        assert_eq!(hung_peer(&messages, |_| false), None);
+        let lost = vec!["connection to TaskManager 2 (127.0.0.1:1) lost: reset".to_string()];
+        assert_eq!(hung_peer(&lost, |_| true), None);
+    }
 
     #[test]
     fn tokens_round_trip_through_escaping() {

@@ -10,6 +10,12 @@
 //! is parsed by the same clap parser as the program's own arguments. pprof's table of samples
 //! takes about 250 MB, which shows in the peak memory a profiled benchmark reports.
 //!
+//! The files are checked before the job starts (the directory is created if missing and must
+//! take new files; an unusable directory is an invalid argument, exit status 2), staged beside
+//! their destinations while the profile is drawn, and moved into place only once the profiled
+//! command succeeded and every file was written: a failed command leaves the files of an
+//! earlier profile in the directory as they were.
+//!
 //! Stacks are unwound by pprof's default unwinder, which follows the DWARF call-frame
 //! information (`.eh_frame`, through libgcc's `_Unwind_Backtrace`) from the signal handler
 //! through the signal frame into the interrupted code. Its `frame-pointer` unwinder was tried
@@ -26,8 +32,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
@@ -55,6 +60,7 @@ pub struct ProfileArgs {
     #[arg(long, value_parser = parse_window)]
     duration: Duration,
     /// Directory for the flame graphs (.svg) and folded stacks (.folded); created if missing.
+    /// The files are replaced only when the profiled command succeeded.
     #[arg(long)]
     output: PathBuf,
     /// Samples per second of CPU time (the kernel checks the timer once per tick, so rates
@@ -75,26 +81,17 @@ fn parse_window(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let job = parse_job(&args.command).unwrap_or_else(|e| e.exit());
-    prepare_output(&args.output)?;
+    if let Err(message) = prepare_output(&args.output, &job) {
+        Cli::command().error(ErrorKind::ValueValidation, format!("--output: {message}")).exit();
+    }
     let shown = args.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
 
     let (outcome, window) = sample_during(args.duration, args.frequency, || crate::execute(job))?;
-    let written = fold(window.report).and_then(|stacks| write_profile(&args.output, &stacks, &shown, &window.timing));
-    match (outcome, written) {
-        (Ok(()), Ok(stacks)) => {
-            print_summary(&args, &stacks, &window.timing);
-            Ok(())
-        }
-        (Ok(()), Err(e)) => Err(e),
-        (Err(job_error), Ok(stacks)) => {
-            print_summary(&args, &stacks, &window.timing);
-            Err(job_error.context("the profiled job failed (its profile was written)"))
-        }
-        (Err(job_error), Err(profile_error)) => {
-            eprintln!("error: no profile written: {profile_error:#}");
-            Err(job_error.context("the profiled job failed"))
-        }
-    }
+    outcome.context("the profiled command failed; no profile was written")?;
+    let stacks = fold(window.report)?;
+    let profile = write_profile(&args.output, &stacks, &shown, &window.timing)?;
+    print_summary(&args, &profile, &window.timing);
+    Ok(())
 }
 
 /// Parses the command line after `--` as the program's own arguments; refuses commands that
@@ -113,17 +110,29 @@ fn parse_job(command: &[OsString]) -> Result<Command, clap::Error> {
             ErrorKind::InvalidSubcommand,
             "`plan` runs no job: after `--` give a `run`, `bench` or `demo` command line",
         )),
-        job => Ok(job),
+        job if crate::limits::common_of(&job).is_some_and(|c| c.processes > 1) => Err(cli.error(
+            ErrorKind::ArgumentConflict,
+            "--processes re-executes this program's command line in each TaskManager, so the job must be this \
+             program's own command (not one run by `corestream profile`)",
+        )),
+        job => {
+            crate::multi::check_supported(&job)?;
+            crate::limits::check(&job)?;
+            Ok(job)
+        }
     }
 }
 
-/// Creates `dir` if needed and checks that files can be created in it, before the job runs.
-fn prepare_output(dir: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create the output directory '{}'", dir.display()))?;
-    let probe = dir.join(".corestream-profile-probe");
-    File::create(&probe).with_context(|| format!("cannot write to the output directory '{}'", dir.display()))?;
-    fs::remove_file(&probe).with_context(|| format!("cannot remove '{}'", probe.display()))?;
-    Ok(())
+/// Creates `dir` if needed and checks that files can be created in it, and that no report of
+/// the profiled `job` is one of the combined profile's files, before the job runs.
+fn prepare_output(dir: &Path, job: &Command) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create the output directory '{}': {e}", dir.display()))?;
+    let (svg, folded) = (dir.join(format!("{COMBINED}.svg")), dir.join(format!("{COMBINED}.folded")));
+    let mut outputs = vec![("--output", svg.as_path()), ("--output", folded.as_path())];
+    if let Command::Bench(bench) = job {
+        outputs.extend(crate::bench::outputs_of(bench));
+    }
+    crate::outputs::validate(&outputs)
 }
 
 /// When sampling ran, relative to the job.
@@ -228,16 +237,17 @@ struct Profile {
 fn write_profile(dir: &Path, stacks: &Stacks, shown: &str, timing: &Timing) -> anyhow::Result<Profile> {
     let mut slots: Vec<(u32, &String)> = stacks.keys().filter_map(|t| Some((slot_number(t)?, t))).collect();
     slots.sort();
-    let mut written = Vec::new();
+    let (mut written, mut files) = (Vec::new(), Vec::new());
     for (_, thread) in slots {
         let lines: Vec<String> = stacks[thread].iter().map(|(stack, n)| format!("{stack} {n}")).collect();
-        written.push(write_graph(dir, thread, thread, &lines, shown, timing)?);
+        written.push(draw_graph(dir, thread, thread, &lines, shown, timing, &mut files)?);
     }
     let combined: Vec<String> = stacks
         .iter()
         .flat_map(|(thread, folded)| folded.iter().map(move |(stack, n)| format!("{thread};{stack} {n}")))
         .collect();
-    written.push(write_graph(dir, COMBINED, "all threads", &combined, shown, timing)?);
+    written.push(draw_graph(dir, COMBINED, "all threads", &combined, shown, timing, &mut files)?);
+    crate::outputs::commit_all(files)?;
     let other_threads = stacks
         .iter()
         .filter(|(t, _)| slot_number(t).is_none())
@@ -246,20 +256,22 @@ fn write_profile(dir: &Path, stacks: &Stacks, shown: &str, timing: &Timing) -> a
     Ok(Profile { written, other_threads })
 }
 
-fn write_graph(
+/// Draws one flame graph and adds it and its folded stacks to `files`, to be written.
+fn draw_graph(
     dir: &Path,
     stem: &str,
     thread: &str,
     lines: &[String],
     shown: &str,
     timing: &Timing,
+    files: &mut Vec<(PathBuf, Vec<u8>)>,
 ) -> anyhow::Result<Written> {
     let samples = lines.iter().filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok()).sum();
     let folded = dir.join(format!("{stem}.folded"));
     let svg = dir.join(format!("{stem}.svg"));
     let mut text = lines.join("\n");
     text.push('\n');
-    fs::write(&folded, text).with_context(|| format!("cannot write '{}'", folded.display()))?;
+    files.push((folded.clone(), text.into_bytes()));
 
     let mut options = flamegraph::Options::default();
     options.title = format!("corestream {shown}");
@@ -267,11 +279,10 @@ fn write_graph(
         Some(format!("{thread}: {samples} samples at {} Hz over {}", timing.frequency_hz, coverage(timing)));
     options.count_name = "samples".into();
     options.colors = Palette::Multi(MultiPalette::Rust);
-    let file = File::create(&svg).with_context(|| format!("cannot create '{}'", svg.display()))?;
-    let mut out = BufWriter::new(file);
-    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut out)
-        .and_then(|()| out.flush())
-        .with_context(|| format!("cannot write the flame graph '{}'", svg.display()))?;
+    let mut drawn = Vec::new();
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut drawn)
+        .with_context(|| format!("cannot draw the flame graph '{}'", svg.display()))?;
+    files.push((svg.clone(), drawn));
     Ok(Written { thread: thread.to_string(), samples, svg, folded })
 }
 

@@ -129,6 +129,66 @@ fn a_killed_task_manager_fails_the_job_within_seconds() {
 }
 
 #[test]
+fn a_hung_task_manager_is_the_one_named() {
+    // Four processes: the others time out on TaskManager 3 at about the same moment, and the
+    // first failure TaskManager 0 hears of may come from TaskManager 1 or 2 passing it on.
+    let mut run = start(&[
+        "run",
+        "sum-by-key",
+        "--records",
+        "2G",
+        "--keys",
+        "1000",
+        "-p",
+        "4",
+        "--processes",
+        "4",
+        "--heartbeat-timeout",
+        "2s",
+    ]);
+    let started = run.stderr_line("TaskManager 3 started", Duration::from_secs(60));
+    let child = pid_in(&started);
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill on the pid TaskManager 0 reported for its child; SIGSTOP makes it hang
+    // without ending it (SIGKILL from TaskManager 0 still ends it).
+    assert_eq!(unsafe { libc::kill(child, libc::SIGSTOP) }, 0);
+    let out = run.finish_within(Duration::from_secs(60));
+    assert_status(&out, 1);
+    let error = out.stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(error.starts_with(&format!("error: TaskManager 3 (pid {child}) hung")), "{}", out.stderr);
+    for other in ["TaskManager 1 failed", "TaskManager 2 failed", "part of the job was cancelled"] {
+        assert!(!error.contains(other), "blames another TaskManager: {error}");
+    }
+    assert_eq!(error.matches("timed out").count(), 1, "the timeout once: {error}");
+    assert!(!alive(child), "the hung TaskManager was killed");
+}
+
+#[test]
+fn a_bench_run_that_fails_leaves_the_earlier_report_byte_identical() {
+    let dir = TempDir::new().unwrap();
+    let json = dir.path().join("network.json");
+    let j = json.to_str().unwrap();
+    let args = ["bench", "network", "--events", "200k", "--raw-bytes", "32M", "-p", "2", "--processes", "2"];
+    let ok = corestream(&[&args[..], &["--json", j]].concat());
+    assert_status(&ok, 0);
+    let before = std::fs::read(&json).unwrap();
+
+    // The same benchmark, much longer, fails when TaskManager 1 is killed during the job.
+    let long = ["bench", "network", "--events", "1e11", "--raw-bytes", "32M", "-p", "2", "--processes", "2"];
+    let mut run = start(&[&long[..], &["--heartbeat-timeout", "2s", "--json", j]].concat());
+    let started = run.stderr_line("TaskManager 1 started", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill on the pid TaskManager 0 reported for its child.
+    assert_eq!(unsafe { libc::kill(pid_in(&started), libc::SIGKILL) }, 0);
+    let out = run.finish_within(Duration::from_secs(60));
+    assert_status(&out, 1);
+    assert!(out.stderr.contains("TaskManager 1"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&json).unwrap(), before, "the earlier report changed");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["network.json"], "no partial file left behind");
+}
+
+#[test]
 fn a_killed_task_manager_0_takes_its_children_with_it() {
     let mut run = long_run();
     let started = run.stderr_line("TaskManager 1 started", Duration::from_secs(30));
@@ -202,7 +262,7 @@ fn bad_process_counts_and_unsupported_commands_are_refused() {
         "--processes",
         "2",
     ]);
-    assert_status(&out, 1);
+    assert_status(&out, 2);
     assert!(out.stderr.contains("not one run by `corestream profile`"), "{}", out.stderr);
 
     let out = corestream(&[
@@ -219,7 +279,7 @@ fn bad_process_counts_and_unsupported_commands_are_refused() {
         "--processes",
         "2",
     ]);
-    assert_status(&out, 1);
+    assert_status(&out, 2);
     assert!(out.stderr.contains("--parallelism 3 needs 3 job slots"), "{}", out.stderr);
 }
 

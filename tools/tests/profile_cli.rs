@@ -168,7 +168,8 @@ fn refuses_an_output_directory_that_cannot_be_created() {
         "1M",
     ]);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    // An unusable output is an invalid argument, refused before the job (exit status 2).
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("cannot create the output directory"), "{stderr}");
     assert!(stderr.contains(output.to_str().unwrap()), "the path is not named: {stderr}");
 }
