@@ -84,8 +84,7 @@ fn main() -> ExitCode {
     // Colour codes only on a terminal (clap decides the same way for its own messages).
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORESTREAM_LOG")
-                .unwrap_or_else(|_| "warn,corestream::runtime::job=error".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CORESTREAM_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)

@@ -49,7 +49,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::CommandFactory;
 use corestream::{
     ClusterConfig, ConnectionSummary, Distribution, JobHandle, JobResult, JobWarning, LatencySummary, LocalCluster,
-    NetConfig, SessionStats, StreamEnvironment,
+    NetConfig, SessionStats, StagedOutputs, StreamEnvironment,
 };
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 
@@ -521,7 +521,10 @@ where
         Ok(handle) => children.watch(handle, heartbeat_timeout(common)),
         Err(e) => Err(anyhow!(e)),
     };
-    let local = local.and_then(|result| Ok((result, outputs()?)));
+    let (local, staged) = match local.and_then(|(result, staged)| Ok(((result, outputs()?), staged))) {
+        Ok((local, staged)) => (Ok(local), staged),
+        Err(e) => (Err(e), StagedOutputs::default()),
+    };
     let report_wait = match &local {
         Ok(_) => 2 * heartbeat_timeout(common) + Duration::from_secs(10),
         Err(_) => FAILED_REPORT_WAIT,
@@ -529,6 +532,8 @@ where
     children.await_reports(report_wait);
     children.reap();
     let (result, outputs) = children.verdict(local)?;
+    // What TaskManager 0's sinks staged becomes visible only once every TaskManager succeeded.
+    staged.commit()?;
     Ok(children.merge(result, outputs))
 }
 
@@ -695,7 +700,7 @@ impl Children {
 
     /// Waits for TaskManager 0's part of the job; cancels it as soon as a child is lost or
     /// reports a failure, and gives up on it if it has not stopped `grace` after that.
-    fn watch(&mut self, handle: JobHandle, grace: Duration) -> anyhow::Result<JobResult> {
+    fn watch(&mut self, handle: JobHandle, grace: Duration) -> anyhow::Result<(JobResult, StagedOutputs)> {
         let mut cancelled_at: Option<Instant> = None;
         while !handle.is_finished() {
             self.poll_events(POLL);
@@ -710,11 +715,11 @@ impl Children {
                 bail!("TaskManager 0's part of the job did not stop within {grace:?} of being cancelled");
             }
         }
-        let result = handle.join()?;
+        let joined = handle.join_staged()?;
         if cancelled_at.is_some() {
             bail!("TaskManager 0's part of the job was cancelled");
         }
-        Ok(result)
+        Ok(joined)
     }
 
     /// Waits until every child has sent DONE or FAILED or was lost, at most `limit`.

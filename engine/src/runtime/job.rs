@@ -112,7 +112,8 @@ impl JobShared {
     }
 
     pub(crate) fn warn(&self, warning: JobWarning) {
-        tracing::warn!(operator = %warning.operator, subtask = warning.subtask, "{}", warning.message);
+        // The owner gets warnings in the job's result; logging them louder would print them twice.
+        tracing::info!(operator = %warning.operator, subtask = warning.subtask, "{}", warning.message);
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(warning);
     }
 
