@@ -35,6 +35,10 @@ fn interrupts() -> Option<&'static Interrupts> {
         .as_ref()
 }
 
+/// How long a cancelled job may take to stop after SIGINT or SIGTERM before the process ends
+/// without waiting for it.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
 /// Joins `handle`, showing how many records its sources have produced so far. SIGINT or
 /// SIGTERM cancels the job; once it has stopped, the process ends by that signal.
 pub fn join_with_progress(handle: JobHandle, label: &str, total: Option<u64>) -> Result<JobResult, JobError> {
@@ -68,6 +72,19 @@ pub fn join_with_progress(handle: JobHandle, label: &str, total: Option<u64>) ->
         std::thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();
+    if let Some(signal) = interrupted {
+        let deadline = std::time::Instant::now() + CANCEL_GRACE;
+        while !handle.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !handle.is_finished() {
+            // A task that does not stop (a user function stuck in a call) must not keep the
+            // process alive: staged output is unnamed and vanishes with it.
+            eprintln!("error: {label} did not stop within {CANCEL_GRACE:?} of the signal; ending anyway");
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            std::process::exit(128 + signal);
+        }
+    }
     let result = handle.join();
     if let Some(i) = interrupts {
         i.default_now.store(true, Ordering::SeqCst);

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Duration;
@@ -128,27 +129,32 @@ fn counts_go_to_standard_output_and_the_summary_to_standard_error() {
 #[test]
 fn an_interrupted_run_leaves_the_earlier_output_and_ends_by_its_signal() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("big.txt");
-    write_big_text(&input);
+    let fifo = dir.path().join("words.fifo");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path in this test's own directory.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "{}", std::io::Error::last_os_error());
     let output = dir.path().join("out.txt");
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         std::fs::write(&output, "earlier\n").unwrap();
-        let run =
-            start(&["run", "wordcount", "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
-        std::thread::sleep(Duration::from_millis(400));
+        let run = start(&["run", "wordcount", "--input", fifo.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+        // Opening blocks until the job's source opens the FIFO; the job then waits for more
+        // lines for as long as the writer keeps it open, so the signal always finds it running.
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        for _ in 0..1000 {
+            writer.write_all(b"alpha beta gamma\n").unwrap();
+        }
+        writer.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
         // SAFETY: kill on the process this test started.
         assert_eq!(unsafe { libc::kill(run.pid(), signal) }, 0);
         let out = run.finish_within(LIMIT);
-        if out.status.success() {
-            // The machine ran the whole job before the signal: nothing was interrupted.
-            continue;
-        }
+        drop(writer);
         assert_eq!(out.status.signal(), Some(signal), "{signal}: {out:?}");
         if signal != libc::SIGKILL {
             assert!(out.stderr.contains("was interrupted by SIG"), "{}", out.stderr);
         }
         assert_eq!(std::fs::read_to_string(&output).unwrap(), "earlier\n", "signal {signal}");
-        assert_eq!(entries(dir.path()), ["big.txt", "out.txt"], "signal {signal}: no staged file is left behind");
+        assert_eq!(entries(dir.path()), ["out.txt", "words.fifo"], "signal {signal}: no staged file is left behind");
     }
 }
 

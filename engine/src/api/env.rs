@@ -234,9 +234,10 @@ impl StreamEnvironment {
     /// so processes of one job on one host (each building the plan) make the same one; subtask
     /// 0 of the source reads the stream, and no other process opens it. Such lines cross an
     /// exchange, so each must fit in one record: the line limit is at most
-    /// `MAX_RECORD_BYTES - 64` bytes (32 688) for them. Reading a stream blocks the source's
-    /// slot thread while its writer has nothing to give (as any blocking read does); the other
-    /// tasks of that slot wait meanwhile.
+    /// `MAX_RECORD_BYTES - 64` bytes (32 688) for them. A stream is opened and read by a thread
+    /// of its own that hands the source at most 256 finished lines at a time, so a writer that
+    /// goes quiet never stops the other tasks of the slot, and the job can be cancelled while
+    /// it waits.
     pub fn read_text_file_with_options(
         &self,
         path: impl Into<PathBuf>,

@@ -11,5 +11,6 @@ pub mod sinks;
 pub mod skips;
 pub mod sources;
 pub mod stream;
+mod stream_lines;
 pub mod time;
 pub mod window;

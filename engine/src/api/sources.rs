@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 
 use crate::api::lines::LineReader;
+use crate::api::stream_lines::{Next, StreamLines};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -229,12 +230,35 @@ impl Skipped {
     }
 }
 
+/// Where a text source's lines come from: a byte range of a regular file, read on the slot
+/// (file reads do not wait on a writer), or a stream read by a thread of its own.
+enum Lines {
+    File(LineReader<BufReader<File>>),
+    Stream(StreamLines),
+}
+
+impl Lines {
+    fn offset(&self) -> u64 {
+        match self {
+            Lines::File(r) => r.offset(),
+            Lines::Stream(s) => s.offset(),
+        }
+    }
+
+    fn max_line_bytes(&self) -> usize {
+        match self {
+            Lines::File(r) => r.max_line_bytes(),
+            Lines::Stream(s) => s.max_line_bytes(),
+        }
+    }
+}
+
 /// Lines of one byte range of a file (the lines that start inside the range), or of a whole
 /// stream, each held to at most the line limit.
 pub(crate) struct FileLinesSource {
     policy: InvalidUtf8,
     node: usize,
-    lines: LineReader<BufReader<File>>,
+    lines: Lines,
     path: PathBuf,
     end: u64,
     line: Vec<u8>,
@@ -254,28 +278,33 @@ impl FileLinesSource {
         split: TextSplit,
         ctx: &SourceContext,
     ) -> Result<Self, TaskError> {
-        let file = File::open(path).map_err(|e| io_error("cannot open input file", path, e))?;
-        let mut max_line_bytes = options.max_line_bytes.max(1);
-        let (start, end) = match split {
+        let max_line_bytes = options.max_line_bytes.max(1);
+        let (lines, end) = match split {
             TextSplit::Whole => {
-                max_line_bytes = max_line_bytes.min(EXCHANGED_LINE_BYTES_MAX);
-                (0, u64::MAX)
+                let max_line_bytes = max_line_bytes.min(EXCHANGED_LINE_BYTES_MAX);
+                let stream = StreamLines::start(path, max_line_bytes, ctx.bell.clone())
+                    .map_err(|e| io_error("cannot start a thread to read input", path, e))?;
+                (Lines::Stream(stream), u64::MAX)
             }
             TextSplit::ByteRange => {
+                let file = File::open(path).map_err(|e| io_error("cannot open input file", path, e))?;
                 let len = file.metadata().map_err(|e| io_error("cannot read metadata of input file", path, e))?.len();
                 let share = |i: u64| (i as u128 * len as u128 / ctx.parallelism as u128) as u64;
-                (share(ctx.subtask as u64), share(ctx.subtask as u64 + 1))
+                let (start, end) = (share(ctx.subtask as u64), share(ctx.subtask as u64 + 1));
+                let mut reader = BufReader::with_capacity(256 * 1024, file);
+                let mut pos = start;
+                if start > 0 {
+                    // The line that straddles `start` belongs to the previous range: skip past
+                    // its end (buffering none of it).
+                    reader
+                        .seek(SeekFrom::Start(start - 1))
+                        .map_err(|e| io_error("cannot seek in input file", path, e))?;
+                    let n = reader.skip_until(b'\n').map_err(|e| io_error("cannot read input file", path, e))?;
+                    pos = start - 1 + n as u64;
+                }
+                (Lines::File(LineReader::new(reader, max_line_bytes, pos)), end)
             }
         };
-        let mut reader = BufReader::with_capacity(256 * 1024, file);
-        let mut pos = start;
-        if start > 0 {
-            // The line that straddles `start` belongs to the previous range: skip past its end
-            // (buffering none of it).
-            reader.seek(SeekFrom::Start(start - 1)).map_err(|e| io_error("cannot seek in input file", path, e))?;
-            let n = reader.skip_until(b'\n').map_err(|e| io_error("cannot read input file", path, e))?;
-            pos = start - 1 + n as u64;
-        }
         let job = ctx.job.clone();
         let (node, subtask) = (ctx.node, ctx.subtask);
         let warn = move |count: u64, message: String| {
@@ -285,7 +314,7 @@ impl FileLinesSource {
         Ok(Self {
             policy: options.invalid_utf8,
             node,
-            lines: LineReader::new(reader, max_line_bytes, pos),
+            lines,
             path: path.to_path_buf(),
             end,
             line: Vec::with_capacity(256),
@@ -335,11 +364,23 @@ impl Source<String> for FileLinesSource {
                 self.report();
                 return Ok(SourceStatus::Finished);
             }
-            let read =
-                self.lines.read_line(&mut self.line).map_err(|e| io_error("cannot read input file", &self.path, e))?;
-            let Some(info) = read else {
-                self.report();
-                return Ok(SourceStatus::Finished);
+            let next = match &mut self.lines {
+                Lines::File(reader) => match reader.read_line(&mut self.line) {
+                    Ok(Some(info)) => Next::Line(info),
+                    Ok(None) => Next::End,
+                    Err(e) => return Err(io_error("cannot read input file", &self.path, e)),
+                },
+                Lines::Stream(stream) => {
+                    stream.next_line(&mut self.line).map_err(|(what, e)| io_error(what, &self.path, e))?
+                }
+            };
+            let info = match next {
+                Next::Line(info) => info,
+                Next::Pending => return Ok(if out.is_empty() { SourceStatus::Idle } else { SourceStatus::More }),
+                Next::End => {
+                    self.report();
+                    return Ok(SourceStatus::Finished);
+                }
             };
             if info.too_long {
                 self.too_long.add(info.offset);
