@@ -10,7 +10,8 @@
 
 mod common;
 
-use std::path::Path;
+use common::names;
+
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -44,13 +45,6 @@ fn run_as_user(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -12,6 +12,8 @@
 
 mod common;
 
+use common::names;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -324,13 +326,6 @@ fn unreadable_input_fails_with_status_1() {
     let out = corestream(&Paths::new(&dir, empty, "empty").args(base));
     assert_status(&out, 1, "empty input");
     assert_stderr_contains(&out, "a header row is required", "empty input");
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
 }
 
 fn args_of(words: &[&str]) -> Vec<String> {

@@ -11,18 +11,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::group::{assert_status, start, write_text, Finished};
+use common::names;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn corestream(args: &[&str]) -> Finished {
     start(args).finish_within(LIMIT)
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    names
 }
 
 /// About 120 MB of text: long enough that a run is still going a few hundred ms after it starts.
@@ -56,7 +50,7 @@ fn an_output_that_is_the_input_is_refused_and_the_input_kept() {
         assert!(out.stderr.contains("is the same file as input"), "{output:?}: {}", out.stderr);
         assert_eq!(std::fs::read(&input).unwrap(), original, "{output:?}: the input is intact");
     }
-    assert_eq!(entries(dir.path()), ["hard.txt", "in.txt", "soft.txt"]);
+    assert_eq!(names(dir.path()), ["hard.txt", "in.txt", "soft.txt"]);
 }
 
 #[test]
@@ -102,7 +96,7 @@ fn a_failed_run_leaves_the_earlier_output_byte_identical() {
     assert_status(&out, 1);
     assert!(out.stderr.contains("is not valid UTF-8"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "earlier\tresult\n");
-    assert_eq!(entries(dir.path()), ["in.txt", "out.txt"], "no staged file is left behind");
+    assert_eq!(names(dir.path()), ["in.txt", "out.txt"], "no staged file is left behind");
 }
 
 #[test]
@@ -154,7 +148,7 @@ fn an_interrupted_run_leaves_the_earlier_output_and_ends_by_its_signal() {
             assert!(out.stderr.contains("was interrupted by SIG"), "{}", out.stderr);
         }
         assert_eq!(std::fs::read_to_string(&output).unwrap(), "earlier\n", "signal {signal}");
-        assert_eq!(entries(dir.path()), ["out.txt", "words.fifo"], "signal {signal}: no staged file is left behind");
+        assert_eq!(names(dir.path()), ["out.txt", "words.fifo"], "signal {signal}: no staged file is left behind");
     }
 }
 
@@ -190,5 +184,5 @@ fn a_killed_task_manager_leaves_the_earlier_output() {
     assert_status(&out, 1);
     assert!(out.stderr.contains("killed by signal 9"), "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "earlier\n");
-    assert_eq!(entries(dir.path()), ["big.txt", "out.txt"]);
+    assert_eq!(names(dir.path()), ["big.txt", "out.txt"]);
 }

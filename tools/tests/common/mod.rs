@@ -55,6 +55,14 @@ pub fn run_corestream_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr
     Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
+/// The names in `dir`, sorted: what a run left behind.
+pub fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
 /// A value of a flat JSON report.
 #[derive(Debug, PartialEq)]
 pub enum Value {
