@@ -252,9 +252,7 @@ pub fn parse_exclusive(s: &str) -> Result<u32, String> {
 
 /// A number of events or records, 1 to [`COUNT_MAX`].
 pub fn parse_positive_count(s: &str) -> Result<u64, String> {
-    parse_bounded(s, "", COUNT_MAX).map_err(|e| {
-        format!("{}(counts of events and records; keys at most {KEYS_MAX})", e.trim_end_matches(' ').to_string() + " ")
-    })
+    parse_bounded(s, "events or records", COUNT_MAX)
 }
 
 /// Most TaskManager processes `--processes` starts on one machine.

@@ -5,8 +5,8 @@
 //! through clap, as an option clap itself refuses; status 1 is left for a job that failed.
 //! Single options are bounded by their parsers in [`crate::args`]; [`check`] covers what one
 //! parser cannot see: `--parallelism` beyond `--slots`, job slots over all `--processes`, the
-//! memory of the buffer pool the options size (given or derived from the slots and credit),
-//! and `run sum-by-key --keys`, whose parser is shared with counts of records.
+//! and the memory of the buffer pool the options size (given or derived from the slots and
+//! credit).
 
 use clap::error::ErrorKind;
 use clap::CommandFactory;
@@ -84,13 +84,6 @@ pub fn common_of(command: &Command) -> Option<&Common> {
 pub fn check(command: &Command) -> Result<(), clap::Error> {
     let conflict = |m: String| Cli::command().error(ErrorKind::ArgumentConflict, m);
     let invalid = |m: String| Cli::command().error(ErrorKind::ValueValidation, m);
-    if let Command::Run(RunCommand::SumByKey { keys, .. }) = command {
-        if *keys > KEYS_MAX {
-            return Err(invalid(format!(
-                "invalid value '{keys}' for '--keys': more than the limit of {KEYS_MAX} keys"
-            )));
-        }
-    }
     if let Command::Demo(args) = command {
         let slots = args.slots.unwrap_or_else(cpus);
         return check_pool(None, slots, &corestream_netstack::CreditConfig::default()).map_err(invalid);

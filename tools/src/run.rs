@@ -12,7 +12,7 @@ use corestream::{StreamEnvironment, TextFileOptions};
 use corestream_bench::examples::{self, checksum, reference_sum_by_key, EXAMPLES};
 use corestream_bench::throughput::{keyed_sum_job, passthrough_job};
 
-use crate::args::{parse_positive_count, Common};
+use crate::args::{parse_keys, parse_positive_count, Common};
 use crate::multi;
 use crate::progress::join_with_progress;
 use crate::window_agg::{self, WindowAggArgs};
@@ -51,7 +51,7 @@ pub enum RunCommand {
     SumByKey {
         #[arg(long, value_parser = parse_positive_count)]
         records: u64,
-        #[arg(long, value_parser = parse_positive_count)]
+        #[arg(long, value_parser = parse_keys)]
         keys: u64,
         #[command(flatten)]
         common: Common,
