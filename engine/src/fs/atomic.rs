@@ -44,7 +44,12 @@ impl AtomicFile {
     /// Stages a new version of `dest`. Fails if `dest` is a directory or its directory does not
     /// take new files; a symbolic link at `dest` is followed, so it keeps pointing at the file.
     pub fn create(dest: impl AsRef<Path>) -> Result<Self, OutputError> {
-        let given = dest.as_ref();
+        Self::create_staged(dest.as_ref(), true)
+    }
+
+    /// [`create`](Self::create); `unnamed: false` skips `O_TMPFILE`, as on a file system
+    /// without it.
+    fn create_staged(given: &Path, unnamed: bool) -> Result<Self, OutputError> {
         let dest = resolve(given)?;
         if dest.is_dir() {
             return Err(OutputError::IsDirectory { path: given.to_path_buf() });
@@ -53,8 +58,11 @@ impl AtomicFile {
         if !dir.is_dir() {
             return Err(OutputError::NoDirectory { path: given.to_path_buf(), dir: dir.to_path_buf() });
         }
-        let unnamed =
-            OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC).mode(0o666).open(dir);
+        let unnamed = if unnamed {
+            OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC).mode(0o666).open(dir)
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        };
         let (file, named) = match unnamed {
             Ok(file) => (file, None),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
@@ -186,6 +194,27 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"previous", "nothing visible before commit");
         f.commit().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"new contents");
+        assert_eq!(names(dir.path()), ["out.txt"]);
+    }
+
+    #[test]
+    fn without_unnamed_files_a_hidden_file_is_staged_and_removed_or_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.txt");
+        std::fs::write(&dest, b"previous").unwrap();
+        let mut f = AtomicFile::create_staged(&dest, false).unwrap();
+        f.write_all(b"partial").unwrap();
+        let listed = names(dir.path());
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert!(listed[0].starts_with(".out.txt.corestream-") && listed[0].ends_with(".tmp"), "{listed:?}");
+        drop(f);
+        assert_eq!(names(dir.path()), ["out.txt"], "dropping removes the staged file");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"previous");
+
+        let mut f = AtomicFile::create_staged(&dest, false).unwrap();
+        f.write_all(b"new").unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
         assert_eq!(names(dir.path()), ["out.txt"]);
     }
 
