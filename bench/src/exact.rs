@@ -4,10 +4,10 @@
 //!
 //! Rules (shared by the job's accumulator [`ExactAcc`] and the reference model's
 //! [`crate::window_model::Agg::apply`]):
-//! - A field that parses as an `i64` is an integer; any other finite number is an `f64`.
-//! - `count` is an integer. `sum` of integers only is their exact sum (`i128`: at most 2^64
-//!   values of magnitude at most 2^63 cannot overflow it, so no rounding and no overflow
-//!   error); with any float among them it is the float sum plus the exact integer sum, rounded
+//! - A field that parses as an `i64` or a `u64` is an integer; any other finite number is an
+//!   `f64`.
+//! - `count` is an integer. `sum` of integers only is their exact sum (`i128`: only more than
+//!   2^63 values of magnitude up to 2^64 could overflow it, which no run reaches); with any float among them it is the float sum plus the exact integer sum, rounded
 //!   once. `min`/`max` compare integers and floats exactly (no conversion to `f64`) and return
 //!   the winning value as it was. `avg` of integers is an integer when the division is exact,
 //!   else the `f64` quotient; with floats, the float sum divided by the count.
@@ -35,6 +35,9 @@ impl Num {
     pub fn parse(text: &str) -> Option<Num> {
         if let Ok(i) = text.parse::<i64>() {
             return Some(Num::Int(i128::from(i)));
+        }
+        if let Ok(u) = text.parse::<u64>() {
+            return Some(Num::Int(i128::from(u)));
         }
         match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Some(Num::Float(f)),
@@ -177,6 +180,15 @@ mod tests {
             a.add(Num::parse(v).unwrap());
         }
         a
+    }
+
+    #[test]
+    fn integers_up_to_u64_max_stay_integers() {
+        let max = Num::parse("18446744073709551615").unwrap();
+        assert!(matches!(max, Num::Int(v) if v == i128::from(u64::MAX)), "{max:?}");
+        assert_eq!(max.to_string(), "18446744073709551615");
+        assert!(matches!(Num::parse("-9223372036854775808"), Some(Num::Int(v)) if v == i128::from(i64::MIN)));
+        assert!(matches!(Num::parse("18446744073709551616"), Some(Num::Float(_))));
     }
 
     #[test]

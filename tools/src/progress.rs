@@ -85,16 +85,22 @@ pub fn join_with_progress(handle: JobHandle, label: &str, total: Option<u64>) ->
             std::process::exit(128 + signal);
         }
     }
-    let result = handle.join();
+    let joined = handle.join_staged();
+    // From here a signal has its default effect; one that came since the last look still
+    // discards the output.
     if let Some(i) = interrupts {
         i.default_now.store(true, Ordering::SeqCst);
     }
-    if let Some(signal) = interrupted {
+    let late = interrupts.map(|i| i.received.load(Ordering::SeqCst) as i32).filter(|s| *s != 0);
+    if let Some(signal) = interrupted.or(late) {
+        drop(joined);
         let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
         eprintln!("error: {label} was interrupted by {name}: the job was cancelled and its output discarded");
         // Ends the process as the signal would have, so the caller sees how it ended.
         let _ = signal_hook::low_level::emulate_default_handler(signal);
         std::process::exit(128 + signal);
     }
-    result
+    let (result, staged) = joined?;
+    staged.commit()?;
+    Ok(result)
 }

@@ -359,6 +359,10 @@ fn stage_file(path: &Path, header: &str, lines: impl IntoIterator<Item = String>
     out.into_inner().map_err(|e| e.into_error()).with_context(context)
 }
 
+fn rejected_out_display(path: &Option<PathBuf>) -> String {
+    path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+}
+
 fn collect_in_thread<T: Send + 'static>(stream: corestream::CollectStream<T>) -> std::thread::JoinHandle<Vec<T>> {
     std::thread::spawn(move || stream.collect())
 }
@@ -444,13 +448,30 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
     let handle = env.execute_async("window-agg")?;
     let results = collect_in_thread(results);
     let late = collect_in_thread(late);
-    // Rejected rows arrive in line order; with --fail-on-malformed the first one ends the run.
-    let mut bad_rows: Vec<Bad> = Vec::new();
-    for bad in rejected {
-        if args.fail_on_malformed && bad_rows.is_empty() {
+    // Rejected rows arrive in line order and go straight to their staged file, so memory does
+    // not grow with them; with --fail-on-malformed the first one ends the run.
+    let mut rejected_file = match (&rejected_out, args.fail_on_malformed) {
+        (Some(path), false) => {
+            let context = || format!("cannot write '{}'", path.display());
+            let mut out = BufWriter::new(AtomicFile::create(path).with_context(context)?);
+            writeln!(out, "{REJECTED_HEADER}").with_context(context)?;
+            Some(out)
+        }
+        _ => None,
+    };
+    let mut first_bad: Option<(u64, String)> = None;
+    let mut bad_count = 0u64;
+    for (line, reason, row) in rejected {
+        if args.fail_on_malformed && first_bad.is_none() {
             handle.cancel();
         }
-        bad_rows.push(bad);
+        if let Some(out) = rejected_file.as_mut() {
+            writeln!(out, "{}", format_rejected(&Rejected { line, reason: reason.clone() }, &row)).with_context(
+                || format!("cannot write the rejected rows to '{}'", rejected_out_display(&rejected_out)),
+            )?;
+        }
+        first_bad.get_or_insert((line, reason));
+        bad_count += 1;
     }
     let outcome = handle.join();
     let results = results.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
@@ -459,7 +480,7 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
     if let Some((line, e)) = stats.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
         bail!("cannot read input file '{}' at line {line}: {e}", args.input.display());
     }
-    if let Some((line, reason, _)) = bad_rows.first().filter(|_| args.fail_on_malformed) {
+    if let Some((line, reason)) = first_bad.as_ref().filter(|_| args.fail_on_malformed) {
         bail!(
             "'{}' line {line}: {reason} (--fail-on-malformed; without it such rows go to the rejected-rows file)",
             args.input.display()
@@ -473,11 +494,9 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
     results.sort_by(|a, b| (&a.key, a.start, a.end).cmp(&(&b.key, b.start, b.end)));
     late.sort_by_key(|r| r.0);
     let mut staged = Vec::new();
-    if let Some(path) = &rejected_out {
-        let lines = bad_rows
-            .iter()
-            .map(|(line, reason, row)| format_rejected(&Rejected { line: *line, reason: reason.clone() }, row));
-        staged.push(stage_file(path, REJECTED_HEADER, lines)?);
+    if let Some(out) = rejected_file.take() {
+        let path = rejected_out_display(&rejected_out);
+        staged.push(out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write '{path}'"))?);
     }
     if let Some(path) = &args.late_output {
         let lines = late
@@ -514,7 +533,7 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
     say(format!(
         "window-agg: {rows_read} rows read, {} rejected, {} late, {} window results in {:.3} s \
          (job {:.3} s) -> {}",
-        bad_rows.len(),
+        bad_count,
         late.len(),
         results.len(),
         started.elapsed().as_secs_f64(),
@@ -527,10 +546,10 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
     if too_long > 0 {
         say(format!("  {too_long} line(s) longer than --max-line-bytes {} rejected", args.max_line_bytes));
     }
-    if let (Some((line, reason, _)), Some(path)) = (bad_rows.first(), &rejected_out) {
+    if let (Some((line, reason)), Some(path)) = (first_bad.as_ref(), &rejected_out) {
         eprintln!(
             "warning: {} row(s) could not be used and were written to '{}' (first: line {line}: {reason})",
-            bad_rows.len(),
+            bad_count,
             path.display()
         );
     }

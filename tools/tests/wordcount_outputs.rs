@@ -186,3 +186,15 @@ fn a_killed_task_manager_leaves_the_earlier_output() {
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "earlier\n");
     assert_eq!(names(dir.path()), ["big.txt", "out.txt"]);
 }
+
+#[test]
+fn a_regular_file_that_reports_no_length_is_read_to_its_end() {
+    // /proc files say they are 0 bytes long; splitting by that length read nothing and
+    // committed an empty output.
+    let version = std::fs::read_to_string("/proc/version").unwrap();
+    let words = version.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).count();
+    let out = corestream(&["run", "wordcount", "--input", "/proc/version", "--output", "-", "-p", "2"]);
+    assert_status(&out, 0);
+    assert!(out.stderr.contains(&format!("wordcount: 1 lines, {words} words")), "{}", out.stderr);
+    assert!(!out.stdout.is_empty());
+}

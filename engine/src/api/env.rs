@@ -361,7 +361,9 @@ pub(crate) fn text_split_of(path: &Path) -> TextSplit {
         return TextSplit::Whole;
     }
     match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => TextSplit::Whole,
+        // A regular file of length 0 may be empty or may be generated as it is read (/proc):
+        // read to its end rather than trust the length.
+        Ok(meta) if !meta.is_file() || meta.len() == 0 => TextSplit::Whole,
         _ => TextSplit::ByteRange,
     }
 }
