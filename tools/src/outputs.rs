@@ -15,46 +15,34 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::CommandFactory;
-use corestream::fs::{check_output, AtomicFile};
+use corestream::fs::{check_output, same_file, AtomicFile};
 
 use crate::Cli;
 
-/// Where a path is really written: symbolic links followed and the directory made absolute,
-/// so that `a.json`, `./a.json` and a link to it compare equal.
-fn identity(real: &Path) -> PathBuf {
-    let dir = match real.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    match real.file_name() {
-        Some(name) => dir.join(name),
-        None => dir,
-    }
-}
-
-/// Checks the outputs `(option, path)` of one command: each can be written, and no two are the
-/// same file. The message names the option and the path.
-pub fn validate(outputs: &[(&str, &Path)]) -> Result<(), String> {
+/// Checks the outputs `(option, path)` of one command that reads `inputs`: each can be written
+/// and is not an input, and no two are the same file (by path once links are followed, or by
+/// device and inode). The message names the option and the path.
+pub fn validate(outputs: &[(&str, &Path)], inputs: &[&Path]) -> Result<(), String> {
     let mut seen: Vec<(&str, &Path, PathBuf)> = Vec::new();
     for &(option, path) in outputs {
-        let real = check_output(path, &[]).map_err(|e| format!("{option}: {e}"))?;
-        let id = identity(&real);
-        if let Some((other, other_path, _)) = seen.iter().find(|(_, _, seen_id)| *seen_id == id) {
+        let real = check_output(path, inputs).map_err(|e| format!("{option}: {e}"))?;
+        if let Some((other, other_path, _)) =
+            seen.iter().find(|(_, _, seen_real)| *seen_real == real || same_file(seen_real, &real))
+        {
             return Err(format!(
                 "{option} '{}' and {other} '{}' are the same file; give each output its own path",
                 path.display(),
                 other_path.display()
             ));
         }
-        seen.push((option, path, id));
+        seen.push((option, path, real));
     }
     Ok(())
 }
 
 /// [`validate`], exiting with status 2 (as clap does for any invalid option) if it refuses.
 pub fn check(outputs: &[(&str, &Path)]) {
-    if let Err(message) = validate(outputs) {
+    if let Err(message) = validate(outputs, &[]) {
         Cli::command().error(ErrorKind::ValueValidation, message).exit();
     }
 }
@@ -83,17 +71,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.json");
         let b = dir.path().join("b.svg");
-        assert_eq!(validate(&[("--json", &a), ("--plot", &b)]), Ok(()));
+        assert_eq!(validate(&[("--json", &a), ("--plot", &b)], &[]), Ok(()));
         let dotted = dir.path().join(".").join("a.json");
-        let e = validate(&[("--json", &a), ("--plot", &dotted)]).unwrap_err();
+        let e = validate(&[("--json", &a), ("--plot", &dotted)], &[]).unwrap_err();
         assert!(e.contains("same file") && e.contains("--plot") && e.contains("--json"), "{e}");
         let link = dir.path().join("link.json");
         std::os::unix::fs::symlink(&a, &link).unwrap();
-        assert!(validate(&[("--json", &a), ("--hdr-log", &link)]).unwrap_err().contains("same file"));
+        assert!(validate(&[("--json", &a), ("--hdr-log", &link)], &[]).unwrap_err().contains("same file"));
         let missing = dir.path().join("missing/x.json");
-        let e = validate(&[("--json", &missing)]).unwrap_err();
+        let e = validate(&[("--json", &missing)], &[]).unwrap_err();
         assert!(e.starts_with("--json: ") && e.contains("does not exist"), "{e}");
-        assert!(validate(&[("--json", dir.path())]).unwrap_err().contains("directory"));
+        assert!(validate(&[("--json", dir.path())], &[]).unwrap_err().contains("directory"));
     }
 
     #[test]

@@ -132,7 +132,7 @@ fn prepare_output(dir: &Path, job: &Command) -> Result<(), String> {
     if let Command::Bench(bench) = job {
         outputs.extend(crate::bench::outputs_of(bench));
     }
-    crate::outputs::validate(&outputs)
+    crate::outputs::validate(&outputs, &[])
 }
 
 /// When sampling ran, relative to the job.

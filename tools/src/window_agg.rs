@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use corestream::api::lines::LineReader;
-use corestream::fs::{check_output, AtomicFile};
+use corestream::fs::AtomicFile;
 use corestream::{OutputTag, ProcessContext, WatermarkStrategy, WindowContext};
 use corestream_bench::exact::Num;
 use corestream_bench::examples::parse_max_line_bytes;
@@ -294,17 +294,6 @@ fn rejected_path(args: &WindowAggArgs) -> Option<PathBuf> {
     Some(PathBuf::from(p))
 }
 
-/// The file a checked output path will be: its directory resolved, so that two spellings of
-/// one file that does not exist yet compare equal.
-fn identity(real: &Path) -> PathBuf {
-    let dir = match real.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    real.file_name().map_or(dir.clone(), |name| dir.join(name))
-}
-
 /// Checks every file the run writes before it starts: each can be written
 /// ([`check_output`]), none is the input (path, symbolic or hard link), and no two are the
 /// same file. Exits with status 2 otherwise.
@@ -325,25 +314,11 @@ fn check_paths(args: &WindowAggArgs, rejected: Option<&Path>) {
     if let Some(rejected) = rejected {
         named.push(("--rejected-output", rejected));
     }
-    let mut checked: Vec<(&str, &Path, PathBuf)> = Vec::new();
-    for (flag, path) in named {
-        if path.as_os_str() == "-" {
-            usage_error(format_args!("{flag} -: only --output can be standard output; give a file path"));
-        }
-        let real = match check_output(path, &[&args.input]) {
-            Ok(real) => real,
-            Err(e) => usage_error(format_args!("{flag}: {e}")),
-        };
-        for (other, other_path, other_real) in &checked {
-            if identity(&real) == identity(other_real) || corestream::fs::same_file(&real, other_real) {
-                usage_error(format_args!(
-                    "{flag} '{}' and {other} '{}' are the same file; give different paths",
-                    path.display(),
-                    other_path.display()
-                ));
-            }
-        }
-        checked.push((flag, path, real));
+    if let Some((flag, _)) = named.iter().find(|(_, path)| path.as_os_str() == "-") {
+        usage_error(format_args!("{flag} -: only --output can be standard output; give a file path"));
+    }
+    if let Err(message) = crate::outputs::validate(&named, &[&args.input]) {
+        usage_error(message);
     }
 }
 

@@ -227,8 +227,8 @@ impl StreamEnvironment {
     ///
     /// How the file is read is decided here, when the job is declared, from the path: a
     /// regular file is split by byte ranges over the source's subtasks (the job's
-    /// parallelism), unless its length is 0 (files of /proc say so and are read whole); anything else, and every path naming one of this process's file
-    /// descriptors (`/dev/stdin`, `/dev/fd/N`, `/proc/self/fd/N`, whatever they point at), is
+    /// parallelism), unless its length is 0 (files of /proc say so and are read whole);
+    /// anything else, and every path naming one of this process's file descriptors (`/dev/stdin`, `/dev/fd/N`, `/proc/self/fd/N`, whatever they point at), is
     /// read by a source of parallelism 1 followed by a rebalance, so that the work after the
     /// source is still spread. The decision depends only on the path and the file it names,
     /// so processes of one job on one host (each building the plan) make the same one; subtask

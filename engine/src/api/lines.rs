@@ -78,22 +78,6 @@ impl<R: BufRead> LineReader<R> {
         }
         Ok(Some(LineInfo { offset, stream_bytes: self.offset - offset, too_long }))
     }
-
-    /// Skips to just after the next `\n` (or the end), buffering nothing; returns the bytes
-    /// skipped.
-    pub fn skip_line(&mut self) -> io::Result<u64> {
-        let n = self.reader.skip_until(b'\n')? as u64;
-        self.offset += n;
-        Ok(n)
-    }
-
-    pub fn get_ref(&self) -> &R {
-        &self.reader
-    }
-
-    pub fn into_inner(self) -> R {
-        self.reader
-    }
 }
 
 #[cfg(test)]

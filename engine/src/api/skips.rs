@@ -3,7 +3,7 @@
 //! [`DataStream::flat_map_skipping`] is a flat map whose function is also handed a [`Skips`]:
 //! when it cannot pass something on (a word too large for a record, say), it counts it under a
 //! description and keeps an example of the first one. When the operator's input ends, each
-//! subtask reports every description it counted as one job warning ([`JobWarning`], in
+//! subtask reports every description it counted as one job warning ([`JobWarning`](crate::JobWarning), in
 //! [`JobResult::warnings`](crate::JobResult::warnings)), with the count and the first example.
 //! Memory is bounded: one counter and one example per distinct description.
 
@@ -15,7 +15,6 @@ use super::stream::DataStream;
 use crate::graph::stream_graph::NodeKind;
 use crate::operators::{Emit, OpNode, Operator};
 use crate::runtime::build::{BuildCtx, LinkFactory};
-use crate::runtime::metrics::JobWarning;
 
 /// What one subtask of a [`DataStream::flat_map_skipping`] skipped so far.
 #[derive(Debug, Default)]
@@ -87,13 +86,8 @@ impl<T: Data> DataStream<T> {
     {
         let f = Arc::new(f);
         let link: Arc<LinkFactory<T, U>> = Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<U>>| {
-            let job = ctx.job.clone();
-            let (node, subtask) = (ctx.node, ctx.subtask);
-            let report = move |count: u64, message: String| {
-                let operator = job.node_names.get(node).cloned().unwrap_or_default();
-                job.warn(JobWarning { operator, subtask, count, message });
-            };
-            let op = FlatMapSkippingOp { f: f.clone(), skips: Skips::default(), report: Some(Box::new(report)) };
+            let report = ctx.job.warner(ctx.node, ctx.subtask);
+            let op = FlatMapSkippingOp { f: f.clone(), skips: Skips::default(), report: Some(report) };
             Ok(Box::new(OpNode::new(op, next, ctx.metrics.clone(), ctx.node)) as Box<dyn Emit<T>>)
         });
         self.add_operator("FlatMap", NodeKind::Operator, link)

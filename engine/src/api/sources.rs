@@ -6,9 +6,6 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-
-use crate::api::lines::LineReader;
-use crate::api::stream_lines::{Next, StreamLines};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -18,10 +15,11 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 pub use crossbeam_channel::{SendError, TrySendError};
 
 use crate::api::env::StreamEnvironment;
+use crate::api::lines::LineReader;
 use crate::api::stream::DataStream;
+use crate::api::stream_lines::{Next, StreamLines};
 use crate::error::TaskError;
 use crate::runtime::job::JobShared;
-use crate::runtime::metrics::JobWarning;
 
 /// What a text source does with a line that is not valid UTF-8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -305,22 +303,16 @@ impl FileLinesSource {
                 (Lines::File(LineReader::new(reader, max_line_bytes, pos)), end)
             }
         };
-        let job = ctx.job.clone();
-        let (node, subtask) = (ctx.node, ctx.subtask);
-        let warn = move |count: u64, message: String| {
-            let operator = job.node_names.get(node).cloned().unwrap_or_default();
-            job.warn(JobWarning { operator, subtask, count, message });
-        };
         Ok(Self {
             policy: options.invalid_utf8,
-            node,
+            node: ctx.node,
             lines,
             path: path.to_path_buf(),
             end,
             line: Vec::with_capacity(256),
             invalid: Skipped::default(),
             too_long: Skipped::default(),
-            ctx_warn: Some(Box::new(warn)),
+            ctx_warn: Some(ctx.job.warner(ctx.node, ctx.subtask)),
         })
     }
 
@@ -345,7 +337,7 @@ impl FileLinesSource {
                     "{} line(s) of '{path}' are longer than {limit} bytes and were skipped (first at byte offset {}){}",
                     self.too_long.count,
                     self.too_long.first_offset.unwrap_or(0),
-                    if self.end == u64::MAX && limit == EXCHANGED_LINE_BYTES_MAX {
+                    if matches!(self.lines, Lines::Stream(_)) && limit == EXCHANGED_LINE_BYTES_MAX {
                         "; lines of a stream that is not a regular file are read by one subtask and passed on as \
                          records, so they are limited to what one record holds"
                     } else {

@@ -89,8 +89,10 @@ pub(crate) fn parent_dir(dest: &Path) -> &Path {
 
 /// Checks that `dest` can be written as an output of a run that reads `inputs`: it is a
 /// regular file or does not exist yet, its directory exists and takes new files, and it is
-/// not the same file as any input. Returns the path that will really be written (symbolic
-/// links followed). Nothing is created or changed.
+/// not the same file as any input. Returns the path that will really be written: symbolic
+/// links followed and the directory made canonical, so that two spellings of one output that
+/// does not exist yet (`a.json`, `./a.json`, a link to it) compare equal. Nothing is created or
+/// changed.
 pub fn check_output(dest: &Path, inputs: &[&Path]) -> Result<PathBuf, OutputError> {
     let real = resolve(dest)?;
     match std::fs::metadata(&real) {
@@ -114,5 +116,9 @@ pub fn check_output(dest: &Path, inputs: &[&Path]) -> Result<PathBuf, OutputErro
     }
     // Staging a file proves the directory takes new files; dropping it uncommitted removes it.
     drop(super::AtomicFile::create(&real)?);
-    Ok(real)
+    let canonical_dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Ok(match real.file_name() {
+        Some(name) => canonical_dir.join(name),
+        None => real,
+    })
 }

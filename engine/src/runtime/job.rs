@@ -111,6 +111,15 @@ impl JobShared {
         self.fail(job_error);
     }
 
+    /// Reports warnings as subtask `subtask` of node `node`, named as the plan names it.
+    pub(crate) fn warner(self: &Arc<Self>, node: usize, subtask: u32) -> Box<dyn Fn(u64, String)> {
+        let job = self.clone();
+        Box::new(move |count, message| {
+            let operator = job.node_names.get(node).cloned().unwrap_or_default();
+            job.warn(JobWarning { operator, subtask, count, message });
+        })
+    }
+
     pub(crate) fn warn(&self, warning: JobWarning) {
         // The owner gets warnings in the job's result; logging them louder would print them twice.
         tracing::info!(operator = %warning.operator, subtask = warning.subtask, "{}", warning.message);
