@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use corestream_netstack::transport::NetConfig;
 use corestream_netstack::CreditConfig;
+
+use crate::graph::execution::SlotSplit;
 use thiserror::Error;
 
 /// How bounded jobs are executed.
@@ -54,6 +56,9 @@ pub struct ClusterConfig {
     pub data_listener: Option<Arc<std::net::TcpListener>>,
     /// Heartbeats, timeouts and connection retries of the connections between TaskManagers.
     pub net: NetConfig,
+    /// Slot `i` is pinned to the core hwloc lists at `core_offset + i` (modulo the cores), so
+    /// several TaskManager processes on one machine can be given different cores.
+    pub core_offset: u32,
 }
 
 impl Default for ClusterConfig {
@@ -69,6 +74,7 @@ impl Default for ClusterConfig {
             distribution: None,
             data_listener: None,
             net: NetConfig::default(),
+            core_offset: 0,
         }
     }
 }
@@ -89,6 +95,8 @@ pub struct Distribution {
     pub total_slots: u32,
     /// Data address of every TaskManager, by index (this one's included).
     pub peers: Vec<SocketAddr>,
+    /// Which job slots each TaskManager runs.
+    pub split: SlotSplit,
 }
 
 /// A [`Distribution`] that cannot describe a set of processes; the message names the field.
@@ -103,12 +111,25 @@ pub enum DistributionError {
          of every TaskManager, this one's included"
     )]
     PeerCount { peers: usize, count: u32 },
+    #[error(
+        "distribution.split covers {split_slots} job slot(s) over {split_count} TaskManager(s), but the \
+         distribution has {total} slot(s) over {count}"
+    )]
+    SplitMismatch { split_slots: u32, split_count: u32, total: u32, count: u32 },
 }
 
 impl Distribution {
     /// A validated distribution.
     pub fn new(index: u32, count: u32, total_slots: u32, peers: Vec<SocketAddr>) -> Result<Self, DistributionError> {
-        let d = Self { index, count, total_slots, peers };
+        if count == 0 {
+            return Err(DistributionError::NoTaskManagers);
+        }
+        Self::with_split(index, SlotSplit::even(total_slots, count), peers)
+    }
+
+    /// A validated distribution whose TaskManagers run the job slots `split` gives them.
+    pub fn with_split(index: u32, split: SlotSplit, peers: Vec<SocketAddr>) -> Result<Self, DistributionError> {
+        let d = Self { index, count: split.count(), total_slots: split.total(), peers, split };
         d.validate()?;
         Ok(d)
     }
@@ -124,12 +145,20 @@ impl Distribution {
         if self.peers.len() != self.count as usize {
             return Err(DistributionError::PeerCount { peers: self.peers.len(), count: self.count });
         }
+        if self.split.count() != self.count || self.split.total() != self.total_slots {
+            return Err(DistributionError::SplitMismatch {
+                split_slots: self.split.total(),
+                split_count: self.split.count(),
+                total: self.total_slots,
+                count: self.count,
+            });
+        }
         Ok(())
     }
 
     /// The job slots this TaskManager owns (possibly none).
     pub fn local_slots(&self) -> Range<u32> {
-        crate::graph::execution::local_slots(self.index, self.total_slots, self.count)
+        self.split.local(self.index)
     }
 }
 

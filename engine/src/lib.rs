@@ -104,6 +104,7 @@ pub mod graph;
 pub mod jobmanager;
 pub mod operators;
 pub mod prelude;
+pub mod registry;
 pub mod rpc;
 pub mod runtime;
 pub mod time;
@@ -143,7 +144,7 @@ pub use operators::process::{
 pub use runtime::cluster::LocalCluster;
 pub use runtime::job::{JobHandle, StagedOutputs};
 pub use runtime::metrics::{
-    ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskSummary,
+    ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskPhase, TaskSummary,
 };
 pub use time::{WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
 pub use windows::operator::WindowContext;

@@ -298,6 +298,29 @@ impl StreamEnvironment {
         self.cluster.submit(graph, self.config, name)
     }
 
+    /// The fingerprint of this job's plan when it runs as `name` over `split`, and the job slots
+    /// it needs (see [`crate::registry`]).
+    pub(crate) fn fingerprint(
+        &self,
+        name: &str,
+        split: &crate::graph::execution::SlotSplit,
+    ) -> Result<(u64, u32), JobError> {
+        self.config.validate().map_err(JobError::InvalidJob)?;
+        self.cluster.fingerprint(&self.graph.borrow(), &self.config, name, split)
+    }
+
+    /// Starts this TaskManager's share of the job (see [`LocalCluster::submit_part`]).
+    pub(crate) fn execute_part(
+        self,
+        name: &str,
+        placement: crate::runtime::cluster::PartPlacement<'_>,
+    ) -> Result<JobHandle, JobError> {
+        self.config.validate().map_err(JobError::InvalidJob)?;
+        let _ = self.latency_interval.set(self.config.latency_tracking_interval);
+        let graph = std::mem::take(&mut *self.graph.borrow_mut());
+        self.cluster.submit_part(graph, self.config, name, placement)
+    }
+
     /// Runs the job to its end (all sources finished) and returns its result. A job with a
     /// `collect()` sink must use [`execute_async`](Self::execute_async): its output has to be
     /// read while it runs, or the job would wait for a reader forever.

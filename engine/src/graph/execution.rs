@@ -128,6 +128,55 @@ pub fn local_slots(tm: u32, total_slots: u32, count: u32) -> Range<u32> {
     first(tm)..first(tm + 1)
 }
 
+/// How a job's slots are split over the TaskManagers that run it: TaskManager `i` runs the
+/// contiguous job slots `ranges[i]`, and the ranges cover `0..total` in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotSplit {
+    ranges: Vec<Range<u32>>,
+}
+
+impl SlotSplit {
+    /// `total` slots over `count` TaskManagers as [`owner_of_slot`] splits them.
+    pub fn even(total: u32, count: u32) -> Self {
+        Self { ranges: (0..count).map(|tm| local_slots(tm, total, count)).collect() }
+    }
+
+    /// TaskManager `i` runs the next `counts[i]` slots.
+    pub fn from_counts(counts: &[u32]) -> Self {
+        let mut start = 0;
+        let ranges = counts
+            .iter()
+            .map(|&k| {
+                let r = start..start + k;
+                start += k;
+                r
+            })
+            .collect();
+        Self { ranges }
+    }
+
+    /// TaskManagers in the split.
+    pub fn count(&self) -> u32 {
+        self.ranges.len() as u32
+    }
+
+    /// Job slots over all TaskManagers.
+    pub fn total(&self) -> u32 {
+        self.ranges.last().map_or(0, |r| r.end)
+    }
+
+    /// The job slots TaskManager `tm` runs.
+    pub fn local(&self, tm: u32) -> Range<u32> {
+        self.ranges[tm as usize].clone()
+    }
+
+    /// The TaskManager that runs job slot `slot`.
+    pub fn owner(&self, slot: u32) -> u32 {
+        assert!(slot < self.total(), "job slot {slot} is outside the job's {} slot(s)", self.total());
+        self.ranges.partition_point(|r| r.end <= slot) as u32
+    }
+}
+
 /// Where the two ends of a channel run, seen from one TaskManager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChannelRoute {
@@ -159,10 +208,9 @@ fn channel_ends(plan: &ExecutionPlan) -> Vec<(usize, usize)> {
     ends
 }
 
-/// The route of every channel of `plan` (by channel index) for TaskManager `tm` of `count`,
-/// over `total_slots` job slots.
-pub fn channel_routes(plan: &ExecutionPlan, tm: u32, total_slots: u32, count: u32) -> Vec<ChannelRoute> {
-    let owner = |t: usize| owner_of_slot(plan.tasks[t].slot, total_slots, count);
+/// The route of every channel of `plan` (by channel index) for TaskManager `tm` of `split`.
+pub fn channel_routes(plan: &ExecutionPlan, tm: u32, split: &SlotSplit) -> Vec<ChannelRoute> {
+    let owner = |t: usize| split.owner(plan.tasks[t].slot);
     channel_ends(plan)
         .into_iter()
         .map(|(p, c)| match (owner(p), owner(c)) {
@@ -174,13 +222,13 @@ pub fn channel_routes(plan: &ExecutionPlan, tm: u32, total_slots: u32, count: u3
         .collect()
 }
 
-/// Network buffers TaskManager `tm` must reserve for its share of `plan`: the buffers of its
+/// Network buffers TaskManager `tm` of `split` must reserve for its share of `plan`: the buffers of its
 /// own tasks, plus, for each task on another TaskManager fed by `k` channels from this one,
 /// `k · exclusive + floating_per_gate`, the credit that task's gate can grant this
 /// TaskManager's producers, whose granted buffers queue here rather than at the consumer. With
 /// `count == 1` this is `plan.buffers_needed`.
-pub fn buffers_needed_for(plan: &ExecutionPlan, credit: &CreditConfig, tm: u32, total_slots: u32, count: u32) -> u32 {
-    let local = |t: usize| owner_of_slot(plan.tasks[t].slot, total_slots, count) == tm;
+pub fn buffers_needed_for(plan: &ExecutionPlan, credit: &CreditConfig, tm: u32, split: &SlotSplit) -> u32 {
+    let local = |t: usize| split.owner(plan.tasks[t].slot) == tm;
     let own: u32 = (0..plan.tasks.len()).filter(|&t| local(t)).map(|t| plan.tasks[t].buffers).sum();
     let mut fed_from_here = vec![0u32; plan.tasks.len()];
     for (p, c) in channel_ends(plan) {
@@ -232,6 +280,25 @@ pub fn fingerprint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_splits_find_owners() {
+        let even = SlotSplit::even(3, 2);
+        assert_eq!((even.local(0), even.local(1)), (0..2, 2..3));
+        assert_eq!((0..3).map(|s| even.owner(s)).collect::<Vec<_>>(), vec![0, 0, 1]);
+        let uneven = SlotSplit::from_counts(&[1, 0, 3]);
+        assert_eq!(uneven.total(), 4);
+        assert_eq!(uneven.local(1), 1..1);
+        assert_eq!((0..4).map(|s| uneven.owner(s)).collect::<Vec<_>>(), vec![0, 2, 2, 2]);
+        for total in 1..6 {
+            for count in 1..5 {
+                let split = SlotSplit::even(total, count);
+                for slot in 0..total {
+                    assert_eq!(split.owner(slot), owner_of_slot(slot, total, count));
+                }
+            }
+        }
+    }
     use crate::graph::explain::render;
     use crate::graph::job_graph::{build, EdgeDesc, NodeDesc};
     use crate::graph::stream_graph::{ChainingStrategy, NodeKind};
@@ -328,8 +395,8 @@ mod tests {
     fn channels_of_a_keyed_job_across_two_task_managers() {
         let (_, p) = keyed_job(2, "Reduce");
         assert_eq!(p.channels.len(), 4 + 2, "hash 2×2, rebalance 2×1");
-        let tm0 = channel_routes(&p, 0, 2, 2);
-        let tm1 = channel_routes(&p, 1, 2, 2);
+        let tm0 = channel_routes(&p, 0, &SlotSplit::even(2, 2));
+        let tm1 = channel_routes(&p, 1, &SlotSplit::even(2, 2));
         // The sink (parallelism 1) runs in slot 0, on TaskManager 0.
         assert_eq!(route_counts(&tm0), [2, 1, 2, 1]);
         assert_eq!(route_counts(&tm1), [1, 2, 1, 2]);
@@ -350,8 +417,8 @@ mod tests {
         let credit = CreditConfig::default();
         for par in 1..=4 {
             let (_, p) = keyed_job(par, "Reduce");
-            assert!(channel_routes(&p, 0, par, 1).iter().all(|r| *r == ChannelRoute::Local));
-            assert_eq!(buffers_needed_for(&p, &credit, 0, par, 1), p.buffers_needed);
+            assert!(channel_routes(&p, 0, &SlotSplit::even(par, 1)).iter().all(|r| *r == ChannelRoute::Local));
+            assert_eq!(buffers_needed_for(&p, &credit, 0, &SlotSplit::even(par, 1)), p.buffers_needed);
             assert_eq!(p.tasks.iter().map(|t| t.buffers).sum::<u32>(), p.buffers_needed);
         }
     }
@@ -364,13 +431,13 @@ mod tests {
             |tm: u32| p.tasks.iter().filter(|t| owner_of_slot(t.slot, 2, 2) == tm).map(|t| t.buffers).sum::<u32>();
         let gate = |k: u32| k * credit.exclusive_per_channel + credit.floating_per_gate;
         // TaskManager 0 feeds Reduce 1 over one channel; TaskManager 1 feeds Reduce 0 and the sink.
-        assert_eq!(buffers_needed_for(&p, &credit, 0, 2, 2), own(0) + gate(1));
-        assert_eq!(buffers_needed_for(&p, &credit, 1, 2, 2), own(1) + 2 * gate(1));
+        assert_eq!(buffers_needed_for(&p, &credit, 0, &SlotSplit::even(2, 2)), own(0) + gate(1));
+        assert_eq!(buffers_needed_for(&p, &credit, 1, &SlotSplit::even(2, 2)), own(1) + 2 * gate(1));
         assert_eq!(own(0) + own(1), p.buffers_needed);
         // A TaskManager without slots has nothing to reserve.
         let (_, single) = keyed_job(1, "Reduce");
-        assert_eq!(buffers_needed_for(&single, &credit, 1, 1, 2), 0);
-        assert!(channel_routes(&single, 1, 1, 2).iter().all(|r| *r == ChannelRoute::Elsewhere));
+        assert_eq!(buffers_needed_for(&single, &credit, 1, &SlotSplit::even(1, 2)), 0);
+        assert!(channel_routes(&single, 1, &SlotSplit::even(1, 2)).iter().all(|r| *r == ChannelRoute::Elsewhere));
     }
 
     #[test]

@@ -17,9 +17,9 @@ use super::slot::{self, SlotSettings, TaskBuild};
 use super::startup;
 use super::topology::Topology;
 use crate::api::env::StreamEnvironment;
-use crate::config::{auto_network_buffers, ClusterConfig, ExecutionConfig};
+use crate::config::{auto_network_buffers, ClusterConfig, Distribution, ExecutionConfig};
 use crate::error::{JobError, StartupError};
-use crate::graph::execution::ChannelRoute;
+use crate::graph::execution::{ChannelRoute, SlotSplit};
 use crate::graph::job_graph::{self, EdgeDesc, NodeDesc};
 use crate::graph::stream_graph::{NodeKind, StreamGraph};
 use crate::graph::{execution, explain, Partitioning};
@@ -33,6 +33,8 @@ pub(crate) struct ClusterInner {
     pub topology: Topology,
     /// The data listener of a TaskManager in distributed mode.
     pub listener: Option<Arc<std::net::TcpListener>>,
+    /// Set on a cluster that only plans jobs (a JobManager's): the default parallelism.
+    planning_slots: Option<u32>,
 }
 
 /// An embedded cluster.
@@ -45,6 +47,14 @@ impl std::fmt::Debug for LocalCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalCluster").field("slots", &self.inner.slot_cpus).finish_non_exhaustive()
     }
+}
+
+/// Where this process's share of a job runs (see [`LocalCluster::submit_part`]).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PartPlacement<'a> {
+    pub distribution: Option<&'a Distribution>,
+    pub slots: Option<&'a [u32]>,
+    pub fingerprint: Option<u64>,
 }
 
 /// Slots held by a running job; released when the job's handle is dropped.
@@ -107,13 +117,13 @@ impl LocalCluster {
             );
         }
         // In distributed mode local slot i is job slot `local.start + i`, and takes its core.
-        let first = local.start as usize;
+        let first = local.start as usize + config.core_offset as usize;
         let slot_cpus =
             topology.slot_cpus(first as u32 + slots)[first..].iter().map(|&c| config.pin_slots.then_some(c)).collect();
-        let listener = match &config.distribution {
-            Some(d) => Some(match &config.data_listener {
-                Some(l) => l.clone(),
-                None => {
+        let listener = match (&config.distribution, &config.data_listener) {
+            (_, Some(l)) => Some(l.clone()),
+            (Some(d), None) => Some({
+                {
                     let addr = d.peers[d.index as usize];
                     Arc::new(std::net::TcpListener::bind(addr).map_err(|e| {
                         StartupError::InvalidConfig(format!(
@@ -123,7 +133,7 @@ impl LocalCluster {
                     })?)
                 }
             }),
-            None => None,
+            (None, None) => None,
         };
         tracing::info!(slots, topology = topology.source, buffers, distributed, "local cluster started");
         Ok(Self {
@@ -134,8 +144,26 @@ impl LocalCluster {
                 topology,
                 listener,
                 config,
+                planning_slots: None,
             }),
         })
+    }
+
+    /// A cluster that only plans jobs: it validates them, explains them and computes their
+    /// fingerprints over `slots` job slots, with no slot, pool or listener of its own (a
+    /// JobManager's view of the jobs it schedules).
+    pub fn planner(config: ClusterConfig, slots: u32) -> Self {
+        Self {
+            inner: Arc::new(ClusterInner {
+                pool: BufferPool::new(1),
+                busy: Mutex::new(Vec::new()),
+                slot_cpus: Vec::new(),
+                topology: Topology { cores: Vec::new(), source: "planner" },
+                listener: None,
+                config,
+                planning_slots: Some(slots.max(1)),
+            }),
+        }
     }
 
     /// A cluster with default settings (one slot per physical core).
@@ -184,6 +212,30 @@ impl LocalCluster {
         Ok(SlotLease { cluster: self.inner.clone(), slots })
     }
 
+    /// Leases exactly `slots` (a TaskManager deploying what its JobManager allocated).
+    pub(crate) fn lease_exact(&self, slots: &[u32]) -> Result<SlotLease, JobError> {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let total = busy.len() as u32;
+        let taken = slots.iter().filter(|&&s| s >= total || busy[s as usize]).count() as u32;
+        let distinct = slots.iter().collect::<std::collections::BTreeSet<_>>().len() == slots.len();
+        if taken > 0 || !distinct {
+            let free = busy.iter().filter(|b| !**b).count() as u32;
+            return Err(JobError::InvalidJob(format!(
+                "slots {slots:?} cannot be leased on this TaskManager: it has {total} slot(s), {free} free"
+            )));
+        }
+        for s in slots {
+            busy[*s as usize] = true;
+        }
+        Ok(SlotLease { cluster: self.inner.clone(), slots: slots.to_vec() })
+    }
+
+    /// Which of this TaskManager's slots are free.
+    pub fn free_slots(&self) -> Vec<u32> {
+        let busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
+        (0..busy.len() as u32).filter(|s| !busy[*s as usize]).collect()
+    }
+
     /// Resolves parallelism and partitioning, validating the graph.
     pub(crate) fn resolve(
         &self,
@@ -201,7 +253,11 @@ impl LocalCluster {
                 "the job has no sink: add one (collect, print, discard, write_as_text, add_sink)".into(),
             ));
         }
-        let slots = self.inner.config.distribution.as_ref().map_or(self.num_slots(), |d| d.total_slots);
+        let slots = match (self.inner.planning_slots, self.inner.config.distribution.as_ref()) {
+            (Some(p), _) => p,
+            (None, Some(d)) => d.total_slots,
+            (None, None) => self.num_slots(),
+        };
         let default_p = exec.parallelism.unwrap_or(slots);
         if default_p == 0 {
             return Err(JobError::InvalidJob("parallelism must be at least 1".into()));
@@ -273,12 +329,43 @@ impl LocalCluster {
     /// TaskManager's job slots are deployed; channels to tasks elsewhere cross the connection to
     /// their TaskManager.
     pub(crate) fn submit(&self, graph: StreamGraph, exec: ExecutionConfig, name: &str) -> Result<JobHandle, JobError> {
+        let distribution = self.inner.config.distribution.clone();
+        self.submit_part(graph, exec, name, PartPlacement { distribution: distribution.as_ref(), ..Default::default() })
+    }
+
+    /// The plan fingerprint of a job as TaskManager processes check it: what every process
+    /// running the job over `split` must compute alike.
+    pub(crate) fn fingerprint(
+        &self,
+        graph: &StreamGraph,
+        exec: &ExecutionConfig,
+        name: &str,
+        split: &SlotSplit,
+    ) -> Result<(u64, u32), JobError> {
+        let (nodes, edges) = self.resolve(graph, exec)?;
+        let jg = job_graph::build(&nodes, &edges);
+        let credit = self.inner.config.credit;
+        let plan = execution::plan(&jg, &credit);
+        let text = explain::render(&jg, &plan);
+        Ok((execution::fingerprint(&text, &plan, name, &credit, split.count(), split.total()), plan.slots_needed))
+    }
+
+    /// Deploys this TaskManager's share of a job: every task when `placement` has no
+    /// distribution, else the tasks of its job slots, on `placement.slots` if given (else any
+    /// free slots). A fingerprint in `placement` must match this process's own build of the job.
+    pub(crate) fn submit_part(
+        &self,
+        graph: StreamGraph,
+        exec: ExecutionConfig,
+        name: &str,
+        placement: PartPlacement<'_>,
+    ) -> Result<JobHandle, JobError> {
         let (nodes, edges) = self.resolve(&graph, &exec)?;
         let jg = job_graph::build(&nodes, &edges);
         let credit = self.inner.config.credit;
         let plan = execution::plan(&jg, &credit);
         let plan_text = explain::render(&jg, &plan);
-        let distribution = self.inner.config.distribution.as_ref();
+        let distribution = placement.distribution;
         let (tm, count, total_slots) = match distribution {
             Some(d) if plan.slots_needed > d.total_slots => {
                 return Err(JobError::InvalidJob(format!(
@@ -290,12 +377,23 @@ impl LocalCluster {
             Some(d) => (d.index, d.count, d.total_slots),
             None => (0, 1, plan.slots_needed),
         };
-        let owner = |job_slot: u32| execution::owner_of_slot(job_slot, total_slots, count);
-        let local = execution::local_slots(tm, total_slots, count);
+        let split = distribution.map_or_else(|| SlotSplit::even(total_slots, 1), |d| d.split.clone());
+        let owner = |job_slot: u32| split.owner(job_slot);
+        let local = split.local(tm);
         let local = local.start.min(plan.slots_needed)..local.end.min(plan.slots_needed);
-        let lease = self.lease(local.len() as u32)?;
-        let routes = execution::channel_routes(&plan, tm, total_slots, count);
-        let buffers_needed = execution::buffers_needed_for(&plan, &credit, tm, total_slots, count);
+        let lease = match placement.slots {
+            Some(slots) if slots.len() == local.len() => self.lease_exact(slots)?,
+            Some(slots) => {
+                return Err(JobError::InvalidJob(format!(
+                    "this TaskManager runs {} job slot(s) of the job but was given {} slot(s)",
+                    local.len(),
+                    slots.len()
+                )))
+            }
+            None => self.lease(local.len() as u32)?,
+        };
+        let routes = execution::channel_routes(&plan, tm, &split);
+        let buffers_needed = execution::buffers_needed_for(&plan, &credit, tm, &split);
         let reservation = self.inner.pool.reserve(buffers_needed)?;
         let shared = Arc::new(JobShared::new(
             name.to_string(),
@@ -313,6 +411,14 @@ impl LocalCluster {
         let mut sessions = Vec::<SessionBuild>::new();
         let fingerprint =
             distribution.map(|_| execution::fingerprint(&plan_text, &plan, name, &credit, count, total_slots));
+        if let (Some(expected), Some(own)) = (placement.fingerprint, fingerprint) {
+            if expected != own {
+                return Err(JobError::InvalidJob(format!(
+                    "this TaskManager built a different plan for job '{name}' than the JobManager (fingerprint \
+                     {own:016x}, expected {expected:016x}): are both running the same binary and job arguments?"
+                )));
+            }
+        }
         let session_for = |sessions: &mut Vec<SessionBuild>, peer: u32| -> usize {
             if let Some(i) = sessions.iter().position(|s| s.peer == peer) {
                 return i;
@@ -385,6 +491,7 @@ impl LocalCluster {
         let mut metrics = JobMetrics {
             operators: nodes.iter().map(|n| (n.id, n.name.clone(), n.parallelism, op_metrics[n.id].clone())).collect(),
             tasks: Vec::new(),
+            task_vertices: Vec::new(),
         };
 
         let mut per_slot: Vec<Vec<TaskBuild>> = local.clone().map(|_| Vec::new()).collect();
@@ -397,6 +504,7 @@ impl LocalCluster {
             let local_index = (spec.slot - local.start) as usize;
             let slot = lease.slots[local_index];
             metrics.tasks.push((vertex.name.clone(), spec.subtask, slot, counters.clone()));
+            metrics.task_vertices.push(spec.vertex as u32);
             let outputs = spec
                 .outputs
                 .iter()

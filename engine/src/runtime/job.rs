@@ -12,7 +12,8 @@ use corestream_netstack::{BufferPool, Doorbell, PoolReservation};
 
 use super::cluster::SlotLease;
 use super::metrics::{
-    ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskSummary,
+    ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskPhase,
+    TaskSummary,
 };
 use crate::api::sinks::PendingCommit;
 use crate::error::{JobError, TaskError};
@@ -189,6 +190,8 @@ pub(crate) struct JobMetrics {
     pub operators: Vec<(usize, String, u32, Vec<Arc<OperatorMetrics>>)>,
     /// (task name, subtask, slot, counters)
     pub tasks: Vec<(String, u32, u32, Arc<TaskCounters>)>,
+    /// The job-graph vertex of each entry of `tasks`.
+    pub task_vertices: Vec<u32>,
 }
 
 /// A submitted job.
@@ -225,6 +228,17 @@ impl JobHandle {
     /// The job's plan as printed by `explain`.
     pub fn plan(&self) -> &str {
         &self.plan
+    }
+
+    /// Cancels the job from another thread without owning its handle.
+    pub(crate) fn canceller(&self) -> Arc<JobShared> {
+        self.shared.clone()
+    }
+
+    /// (vertex, subtask, phase) of every task of this process, in deployment order.
+    pub fn task_phases(&self) -> Vec<(u32, u32, TaskPhase)> {
+        let tasks = self.metrics.tasks.iter().zip(&self.metrics.task_vertices);
+        tasks.map(|((_, subtask, _, c), vertex)| (*vertex, *subtask, c.phase())).collect()
     }
 
     /// Counters so far.

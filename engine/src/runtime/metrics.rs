@@ -27,6 +27,35 @@ pub struct TaskCounters {
     pub backpressure_ns: AtomicU64,
     /// Times a producer was left with finished buffers and no credit.
     pub credit_stalls: AtomicU64,
+    /// The task's [`TaskPhase`], as a number.
+    pub phase: std::sync::atomic::AtomicU8,
+}
+
+/// Where a task is in its life, as its TaskManager reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TaskPhase {
+    Deploying = 0,
+    Running = 1,
+    Finished = 2,
+    Failed = 3,
+    Cancelled = 4,
+}
+
+impl TaskCounters {
+    pub(crate) fn set_phase(&self, phase: TaskPhase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    pub fn phase(&self) -> TaskPhase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => TaskPhase::Deploying,
+            1 => TaskPhase::Running,
+            2 => TaskPhase::Finished,
+            3 => TaskPhase::Failed,
+            _ => TaskPhase::Cancelled,
+        }
+    }
 }
 
 impl TaskCounters {

@@ -14,7 +14,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::build::{BuildCtx, NodeRuntime, OutputCtx, OutputEdgeRt};
 use super::job::JobShared;
-use super::metrics::TaskCounters;
+use super::metrics::{TaskCounters, TaskPhase};
 use super::remote::{self, JobNetwork};
 use super::task::{self, TaskBody, TaskEnv};
 use crate::config::RuntimeMode;
@@ -148,8 +148,10 @@ async fn run_task(mut build: TaskBuild, job: Arc<JobShared>) {
         buffer_timeout: build.buffer_timeout,
         batch_size: build.batch_size.max(1),
     };
+    let counters = build.counters.clone();
     let body = async {
         let body = build_task(&mut build, &job)?;
+        counters.set_phase(TaskPhase::Running);
         task::run(body, env).await
     };
     // Tasks of one slot share a thread: each poll starts attributed to this task's head, so a
@@ -161,10 +163,14 @@ async fn run_task(mut build: TaskBuild, job: Arc<JobShared>) {
     });
     let outcome = AssertUnwindSafe(body).catch_unwind().await;
     let error = match outcome {
-        Ok(Ok(())) => return,
+        Ok(Ok(())) => {
+            counters.set_phase(TaskPhase::Finished);
+            return;
+        }
         Ok(Err(e)) => e,
         Err(payload) => TaskError::User { node: current_node().unwrap_or(head), message: panic_message(payload) },
     };
+    counters.set_phase(if matches!(error, TaskError::Cancelled) { TaskPhase::Cancelled } else { TaskPhase::Failed });
     job.fail_task(error, subtask);
 }
 
