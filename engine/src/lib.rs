@@ -107,6 +107,7 @@ pub mod prelude;
 pub mod registry;
 pub mod rpc;
 pub mod runtime;
+pub mod taskmanager;
 pub mod time;
 pub mod windows;
 

@@ -298,15 +298,14 @@ impl StreamEnvironment {
         self.cluster.submit(graph, self.config, name)
     }
 
-    /// The fingerprint of this job's plan when it runs as `name` over `split`, and the job slots
-    /// it needs (see [`crate::registry`]).
-    pub(crate) fn fingerprint(
+    /// This job's plan when it runs as `name` over `split` (see [`crate::registry`]).
+    pub(crate) fn plan_summary(
         &self,
         name: &str,
         split: &crate::graph::execution::SlotSplit,
-    ) -> Result<(u64, u32), JobError> {
+    ) -> Result<crate::runtime::cluster::PlanSummary, JobError> {
         self.config.validate().map_err(JobError::InvalidJob)?;
-        self.cluster.fingerprint(&self.graph.borrow(), &self.config, name, split)
+        self.cluster.plan_summary(&self.graph.borrow(), &self.config, name, split)
     }
 
     /// Starts this TaskManager's share of the job (see [`LocalCluster::submit_part`]).

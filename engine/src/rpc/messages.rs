@@ -239,6 +239,11 @@ pub enum TmMessage {
         deployment: DeploymentKey,
         updates: Vec<TaskStateUpdate>,
     },
+    /// Counters of a running part so far (no latency histograms, no accumulators).
+    Metrics {
+        deployment: DeploymentKey,
+        report: Box<PartReport>,
+    },
     /// Every local task of the deployment has ended.
     PartEnded {
         deployment: DeploymentKey,

@@ -49,6 +49,24 @@ impl std::fmt::Debug for LocalCluster {
     }
 }
 
+/// A job's plan as a JobManager sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct PlanSummary {
+    pub fingerprint: u64,
+    pub slots_needed: u32,
+    pub vertices: Vec<VertexSummary>,
+    pub text: String,
+}
+
+/// One chain of a job's plan.
+#[derive(Debug, Clone)]
+pub(crate) struct VertexSummary {
+    pub name: String,
+    pub parallelism: u32,
+    /// Stream node ids, head first.
+    pub nodes: Vec<usize>,
+}
+
 /// Where this process's share of a job runs (see [`LocalCluster::submit_part`]).
 #[derive(Default, Clone, Copy)]
 pub(crate) struct PartPlacement<'a> {
@@ -333,21 +351,31 @@ impl LocalCluster {
         self.submit_part(graph, exec, name, PartPlacement { distribution: distribution.as_ref(), ..Default::default() })
     }
 
-    /// The plan fingerprint of a job as TaskManager processes check it: what every process
-    /// running the job over `split` must compute alike.
-    pub(crate) fn fingerprint(
+    /// What a JobManager needs to know of a job's plan when it runs over `split`: the
+    /// fingerprint every TaskManager process must compute alike, the job slots, the plan text
+    /// and the vertices.
+    pub(crate) fn plan_summary(
         &self,
         graph: &StreamGraph,
         exec: &ExecutionConfig,
         name: &str,
         split: &SlotSplit,
-    ) -> Result<(u64, u32), JobError> {
+    ) -> Result<PlanSummary, JobError> {
         let (nodes, edges) = self.resolve(graph, exec)?;
         let jg = job_graph::build(&nodes, &edges);
         let credit = self.inner.config.credit;
         let plan = execution::plan(&jg, &credit);
         let text = explain::render(&jg, &plan);
-        Ok((execution::fingerprint(&text, &plan, name, &credit, split.count(), split.total()), plan.slots_needed))
+        Ok(PlanSummary {
+            fingerprint: execution::fingerprint(&text, &plan, name, &credit, split.count(), split.total()),
+            slots_needed: plan.slots_needed,
+            vertices: jg
+                .vertices
+                .iter()
+                .map(|v| VertexSummary { name: v.name.clone(), parallelism: v.parallelism, nodes: v.nodes.clone() })
+                .collect(),
+            text,
+        })
     }
 
     /// Deploys this TaskManager's share of a job: every task when `placement` has no

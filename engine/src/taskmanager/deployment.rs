@@ -1,0 +1,274 @@
+//! One deployment on a TaskManager: a thread of its own builds this process's share of the job
+//! from the registry, checks the plan's fingerprint against the JobManager's, starts the slot
+//! threads, reports task states as they change (polled every [`STATE_POLL`], never by the
+//! slots), and when every local task has ended reports the part's outcome with its counters and
+//! accumulators. What the sinks staged is handed back to the control loop, which commits or
+//! discards it when the JobManager says so.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::Distribution;
+use crate::error::JobError;
+use crate::graph::execution::SlotSplit;
+use crate::registry::{JobContext, JobRegistry};
+use crate::rpc::ids::DeploymentKey;
+use crate::rpc::messages::{
+    ConnectionReport, DeploymentDescriptor, LatencyReport, OperatorReport, PartOutcome, PartReport, TaskReport,
+    TaskState, TaskStateUpdate, WarningReport,
+};
+use crate::runtime::cluster::{LocalCluster, PartPlacement};
+use crate::runtime::job::{JobShared, StagedOutputs};
+use crate::runtime::metrics::{JobResult, TaskPhase};
+
+/// How often a running deployment's task states are compared with what was last reported.
+pub(crate) const STATE_POLL: Duration = Duration::from_millis(50);
+
+/// How often a running part sends its counters to the JobManager.
+pub(crate) const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a deployment thread tells the control loop.
+pub(crate) enum DeploymentEvent {
+    /// Counters so far, sent every [`METRICS_INTERVAL`] while the part runs.
+    Metrics {
+        deployment: DeploymentKey,
+        report: Box<PartReport>,
+    },
+    States {
+        deployment: DeploymentKey,
+        updates: Vec<TaskStateUpdate>,
+    },
+    Ended {
+        deployment: DeploymentKey,
+        outcome: PartOutcome,
+        staged: Option<StagedOutputs>,
+    },
+}
+
+/// Shared between the control loop and one deployment thread.
+#[derive(Default)]
+pub(crate) struct DeploymentControl {
+    /// Set when the JobManager (or the loss of it) cancels the deployment, possibly before its
+    /// tasks started.
+    pub cancelled: AtomicBool,
+    pub canceller: Mutex<Option<Arc<JobShared>>>,
+}
+
+impl DeploymentControl {
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        if let Some(job) = self.canceller.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            job.cancel();
+        }
+    }
+}
+
+fn phase_state(phase: TaskPhase) -> TaskState {
+    match phase {
+        TaskPhase::Deploying => TaskState::Deploying,
+        TaskPhase::Running => TaskState::Running,
+        TaskPhase::Finished => TaskState::Finished,
+        TaskPhase::Failed => TaskState::Failed,
+        TaskPhase::Cancelled => TaskState::Cancelled,
+    }
+}
+
+/// Runs one deployment to its end on the calling thread (a thread of its own).
+pub(crate) fn run(
+    cluster: LocalCluster,
+    registry: JobRegistry,
+    descriptor: DeploymentDescriptor,
+    control: Arc<DeploymentControl>,
+    events: mpsc::Sender<DeploymentEvent>,
+) {
+    let deployment = descriptor.deployment;
+    let send = |event: DeploymentEvent| {
+        // The control loop only goes away when the TaskManager stops; nothing is left to tell.
+        let _ = events.blocking_send(event);
+    };
+    let failed = |message: String, retryable: bool| DeploymentEvent::Ended {
+        deployment,
+        outcome: PartOutcome::Failed { message, retryable },
+        staged: None,
+    };
+    let (handle, parts) = match start(&cluster, &registry, &descriptor) {
+        Ok(started) => started,
+        Err(e) => {
+            send(failed(e.to_string(), e.is_retryable()));
+            return;
+        }
+    };
+    let canceller = handle.canceller();
+    *control.canceller.lock().unwrap_or_else(|e| e.into_inner()) = Some(canceller.clone());
+    if control.cancelled.load(Ordering::Acquire) {
+        canceller.cancel();
+    }
+    let mut reported: Vec<(u32, u32, TaskPhase)> = Vec::new();
+    let mut last_metrics = std::time::Instant::now();
+    loop {
+        let finished = handle.is_finished();
+        let phases = handle.task_phases();
+        let updates: Vec<TaskStateUpdate> = phases
+            .iter()
+            .filter(|p| !reported.contains(p))
+            .map(|&(vertex, subtask, phase)| TaskStateUpdate { vertex, subtask, state: phase_state(phase) })
+            .collect();
+        if !updates.is_empty() {
+            send(DeploymentEvent::States { deployment, updates });
+            reported = phases;
+        }
+        if finished {
+            break;
+        }
+        if last_metrics.elapsed() >= METRICS_INTERVAL {
+            last_metrics = std::time::Instant::now();
+            let mut report = part_report(&handle.snapshot());
+            report.latency.clear();
+            send(DeploymentEvent::Metrics { deployment, report: Box::new(report) });
+        }
+        std::thread::sleep(STATE_POLL);
+    }
+    let outcome = match handle.join_staged() {
+        Ok((result, staged)) if result.status == crate::runtime::metrics::JobStatus::Finished => match parts.finish() {
+            Ok(accumulators) => {
+                let mut report = part_report(&result);
+                report.accumulators = accumulators;
+                DeploymentEvent::Ended {
+                    deployment,
+                    outcome: PartOutcome::Finished(Box::new(report)),
+                    staged: Some(staged),
+                }
+            }
+            Err(message) => failed(format!("computing the job's results: {message}"), false),
+        },
+        Ok(_) => DeploymentEvent::Ended { deployment, outcome: PartOutcome::Cancelled, staged: None },
+        Err(JobError::Cancelled) => {
+            DeploymentEvent::Ended { deployment, outcome: PartOutcome::Cancelled, staged: None }
+        }
+        Err(e) if control.cancelled.load(Ordering::Acquire) => {
+            tracing::debug!(%deployment, error = %e, "error while the deployment was being cancelled");
+            DeploymentEvent::Ended { deployment, outcome: PartOutcome::Cancelled, staged: None }
+        }
+        Err(e) => failed(e.to_string(), e.is_retryable()),
+    };
+    send(outcome);
+}
+
+/// Builds and deploys this TaskManager's share.
+fn start(
+    cluster: &LocalCluster,
+    registry: &JobRegistry,
+    d: &DeploymentDescriptor,
+) -> Result<(crate::runtime::job::JobHandle, crate::registry::JobParts), JobError> {
+    let job_type = registry.lookup(&d.job_type).map_err(JobError::InvalidJob)?;
+    let me = d.participants.get(d.index as usize).ok_or_else(|| {
+        JobError::InvalidJob(format!("deployment names participant {} of {}", d.index, d.participants.len()))
+    })?;
+    let split = SlotSplit::from_counts(&d.participants.iter().map(|p| p.job_slots.len() as u32).collect::<Vec<_>>());
+    let peers: Vec<SocketAddr> = d.participants.iter().map(|p| p.data_address).collect();
+    let distribution =
+        Distribution::with_split(d.index, split, peers).map_err(|e| JobError::InvalidJob(e.to_string()))?;
+    let mut env = cluster.environment();
+    if let Some(p) = d.parallelism {
+        env.set_parallelism(p);
+    }
+    let parts = (job_type.build)(&mut env, &JobContext { args: &d.args, planning: false })
+        .map_err(|e| JobError::InvalidJob(format!("job '{}': {e}", d.job_type)))?;
+    let placement =
+        PartPlacement { distribution: Some(&distribution), slots: Some(&me.slots), fingerprint: Some(d.fingerprint) };
+    let handle = env.execute_part(&d.job_type, placement)?;
+    Ok((handle, parts))
+}
+
+/// The part's counters as the control plane carries them.
+pub(crate) fn part_report(result: &JobResult) -> PartReport {
+    let operators = result
+        .operators
+        .iter()
+        .map(|o| OperatorReport {
+            node: o.node as u32,
+            name: o.name.clone(),
+            parallelism: o.parallelism,
+            subtasks: o
+                .per_subtask
+                .iter()
+                .enumerate()
+                .filter(|(_, (i, o))| *i > 0 || *o > 0)
+                .map(|(s, (i, o))| (s as u32, *i, *o))
+                .collect(),
+            late_records_dropped: o.late_records_dropped,
+        })
+        .collect();
+    let tasks = result
+        .tasks
+        .iter()
+        .map(|t| TaskReport {
+            task: t.task.clone(),
+            subtask: t.subtask,
+            slot: t.slot,
+            buffers_in: t.buffers_in,
+            buffers_out: t.buffers_out,
+            bytes_out: t.bytes_out,
+            flushes_full: t.flushes_full,
+            flushes_idle: t.flushes_idle,
+            flushes_timeout: t.flushes_timeout,
+            flushes_final: t.flushes_final,
+            backpressure_waits: t.backpressure_waits,
+            backpressure_ns: t.backpressure_time.as_nanos().min(u64::MAX as u128) as u64,
+            credit_stalls: t.credit_stalls,
+        })
+        .collect();
+    let warnings = result
+        .warnings
+        .iter()
+        .map(|w| WarningReport {
+            operator: w.operator.clone(),
+            subtask: w.subtask,
+            count: w.count,
+            message: w.message.clone(),
+        })
+        .collect();
+    let latency = result
+        .latency
+        .iter()
+        .filter_map(|l| {
+            let histogram_v2 = crate::registry::encode_histogram(&l.histogram).ok()?;
+            Some(LatencyReport {
+                sink: l.sink.clone(),
+                sink_node: l.sink_node as u32,
+                source_subtask: l.source_subtask,
+                histogram_v2,
+            })
+        })
+        .collect();
+    let connections = result
+        .network
+        .iter()
+        .map(|c| ConnectionReport {
+            peer: c.peer.clone(),
+            frames_in: c.stats.frames_in,
+            frames_out: c.stats.frames_out,
+            buffers_in: c.stats.buffers_in,
+            buffers_out: c.stats.buffers_out,
+            bytes_in: c.stats.bytes_in,
+            bytes_out: c.stats.bytes_out,
+            credit_announcements: c.stats.credit_announcements,
+            remote_credit_stalls: c.remote_credit_stalls,
+        })
+        .collect();
+    PartReport {
+        wall_time_ns: result.wall_time.as_nanos().min(u64::MAX as u128) as u64,
+        operators,
+        tasks,
+        warnings,
+        latency,
+        connections,
+        pool_peak_in_use: result.pool_peak_in_use,
+        buffers_reserved: result.buffers_reserved,
+        accumulators: Default::default(),
+    }
+}
