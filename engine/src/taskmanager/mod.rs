@@ -321,7 +321,7 @@ impl Control {
                 .enumerate()
                 .map(|(i, cpu)| SlotDescription { index: i as u32, cpu: *cpu })
                 .collect(),
-            network_buffers: self.cluster.pool().capacity() as u32,
+            network_buffers: self.cluster.pool().capacity(),
             job_types: self.registry.names(),
             proof: self.settings.secret.as_ref().map(|s| Bytes32(mac(s, &[b"tm-register", &challenge.0, &self.id.0]))),
             nonce,

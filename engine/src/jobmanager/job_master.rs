@@ -1,0 +1,489 @@
+//! One job master per job: it runs the job's attempts. Each attempt takes the slots the job
+//! needs from the resource manager's table (waiting at most `slot.request.timeout`), asks
+//! their TaskManagers to reserve them, computes the plan's fingerprint over that split, sends
+//! every TaskManager its deployment descriptor, and tracks task states. When every part has
+//! finished it tells every TaskManager to commit what its sinks staged; when a part fails or a
+//! TaskManager is lost it cancels the other parts, has their staged output discarded, frees
+//! the slots and asks the restart strategy whether and when to run again. Until checkpoints
+//! exist a restart reruns the job from its beginning.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::api::{JobOutcome, JobState, OperatorCounts};
+use super::scheduler::FreeSlots;
+use super::state::now_ms;
+use super::Jm;
+use crate::graph::execution::SlotSplit;
+use crate::registry::{merge_accumulators, JobContext};
+use crate::rpc::ids::{DeploymentKey, JobId, TaskManagerId};
+use crate::rpc::messages::{
+    Accumulators, DeploymentDescriptor, JmMessage, PartOutcome, PartReport, Participant, TaskState, TmMessage,
+};
+
+/// What reaches a job master.
+#[derive(Debug)]
+pub(crate) enum JobEvent {
+    /// A message from a TaskManager about this job.
+    Tm { tm: TaskManagerId, message: TmMessage },
+    /// A TaskManager was removed (heartbeat timeout or closed connection).
+    TmLost { tm: TaskManagerId, reason: String },
+    /// The user cancelled the job.
+    Cancel,
+}
+
+/// The restart strategy of one job, as the job master consults it: `Ok(delay)` runs again
+/// after `delay`, `Err(reason)` gives up.
+pub trait Restarts: Send {
+    fn on_failure(&mut self, now_ms: u64, retryable: bool) -> Result<Duration, String>;
+}
+
+/// How long TaskManagers may take to confirm a slot reservation, and parts to stop after a
+/// cancellation, and TaskManagers to report a commit.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How an attempt ended.
+enum AttemptEnd {
+    Finished(JobOutcome),
+    Failed { message: String, retryable: bool },
+    Cancelled,
+}
+
+/// One TaskManager's part of an attempt.
+struct Part {
+    tm: TaskManagerId,
+    slots: Vec<u32>,
+    offered: bool,
+    ended: Option<PartOutcome>,
+    committed: bool,
+}
+
+pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEvent>, mut restarts: Box<dyn Restarts>) {
+    let mut attempt = 0u32;
+    loop {
+        jm.update_job(job, |j| {
+            j.attempts = attempt + 1;
+            j.tasks.clear();
+            j.metrics.clear();
+        });
+        let end = run_attempt(&jm, job, attempt, &mut inbox).await;
+        let (state, failure, outcome) = match end {
+            AttemptEnd::Finished(outcome) => (JobState::Finished, None, Some(outcome)),
+            AttemptEnd::Cancelled => (JobState::Cancelled, None, None),
+            AttemptEnd::Failed { message, retryable } => match restarts.on_failure(now_ms(), retryable) {
+                Ok(delay) => {
+                    tracing::warn!(%job, attempt, error = %message, ?delay, "job attempt failed; restarting");
+                    jm.update_job(job, |j| {
+                        j.state = JobState::Restarting;
+                        j.failure = Some(message.clone());
+                    });
+                    if wait_or_cancel(&mut inbox, delay).await {
+                        (JobState::Cancelled, Some(message), None)
+                    } else {
+                        attempt += 1;
+                        continue;
+                    }
+                }
+                Err(reason) => {
+                    tracing::info!(%job, error = %message, %reason, "job failed");
+                    (JobState::Failed, Some(format!("{message} ({reason})")), None)
+                }
+            },
+        };
+        let failure_text = failure.clone();
+        jm.update_job(job, move |j| {
+            j.state = state;
+            j.end_ms = Some(now_ms());
+            j.ended = Some(Instant::now());
+            if failure_text.is_some() {
+                j.failure = failure_text;
+            }
+            let duration_ms = j.started.elapsed().as_millis() as u64;
+            j.outcome = Some(outcome.unwrap_or_else(|| JobOutcome {
+                state,
+                duration_ms,
+                failure: j.failure.clone(),
+                operators: Vec::new(),
+                accumulators: Default::default(),
+                warnings: Vec::new(),
+                network: Vec::new(),
+            }));
+            if let Some(o) = j.outcome.as_mut() {
+                o.state = state;
+                o.duration_ms = duration_ms;
+            }
+        });
+        jm.forget_routes(job);
+        return;
+    }
+}
+
+/// Waits `delay`; true if the job was cancelled meanwhile.
+async fn wait_or_cancel(inbox: &mut mpsc::Receiver<JobEvent>, delay: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + delay;
+    loop {
+        match tokio::time::timeout_at(deadline, inbox.recv()).await {
+            Err(_) => return false,
+            Ok(Some(JobEvent::Cancel)) | Ok(None) => return true,
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::Receiver<JobEvent>) -> AttemptEnd {
+    let Some((job_type, args, parallelism)) = jm.with_job(job, |j| (j.job_type.clone(), j.args.clone(), j.parallelism))
+    else {
+        return AttemptEnd::Failed { message: "the job vanished from the dispatcher".into(), retryable: false };
+    };
+    jm.update_job(job, |j| j.state = JobState::Created);
+    let needed = match jm.plan(&job_type, &args, parallelism, &SlotSplit::even(parallelism.max(1), 1)) {
+        Ok(plan) => plan.slots_needed,
+        Err(message) => return AttemptEnd::Failed { message, retryable: false },
+    };
+
+    // Slots: wait until enough are free, then take them in the table.
+    let deadline = tokio::time::Instant::now() + jm.settings.slot_request_timeout;
+    let chosen: Vec<FreeSlots> = loop {
+        let notified = jm.slots_changed.notified();
+        if let Some(chosen) = jm.take_slots(job, needed) {
+            break chosen;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                let (free, total) = jm.slot_counts();
+                return AttemptEnd::Failed {
+                    message: format!(
+                        "could not get {needed} slot(s) within slot.request.timeout ({:?}): {free} of {total} slot(s) \
+                         are free on {} TaskManager(s)",
+                        jm.settings.slot_request_timeout,
+                        jm.tm_count()
+                    ),
+                    retryable: true,
+                };
+            }
+            event = inbox.recv() => if matches!(event, Some(JobEvent::Cancel) | None) {
+                return AttemptEnd::Cancelled;
+            },
+        }
+    };
+    let allocation = jm.new_allocation(job);
+    let mut parts: Vec<Part> = chosen
+        .iter()
+        .map(|c| Part { tm: c.tm, slots: c.slots.clone(), offered: false, ended: None, committed: false })
+        .collect();
+    for p in &parts {
+        jm.send(p.tm, JmMessage::RequestSlots { allocation, job, slots: p.slots.clone() });
+    }
+    let confirm_deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    while parts.iter().any(|p| !p.offered) {
+        let event = match tokio::time::timeout_at(confirm_deadline, inbox.recv()).await {
+            Err(_) => {
+                return abandon(
+                    jm,
+                    job,
+                    allocation,
+                    &parts,
+                    "TaskManagers did not confirm the slot reservation in time",
+                )
+            }
+            Ok(None) | Ok(Some(JobEvent::Cancel)) => {
+                release(jm, job, allocation, &parts);
+                return AttemptEnd::Cancelled;
+            }
+            Ok(Some(e)) => e,
+        };
+        match event {
+            JobEvent::Tm { tm, message: TmMessage::SlotsOffered { allocation: a, .. } } if a == allocation => {
+                if let Some(p) = parts.iter_mut().find(|p| p.tm == tm) {
+                    p.offered = true;
+                }
+            }
+            JobEvent::Tm { tm, message: TmMessage::SlotsRefused { allocation: a, reason } } if a == allocation => {
+                return abandon(
+                    jm,
+                    job,
+                    allocation,
+                    &parts,
+                    &format!("TaskManager {} refused slots: {reason}", jm.tm_name(tm)),
+                );
+            }
+            JobEvent::TmLost { tm, reason } if parts.iter().any(|p| p.tm == tm) => {
+                return abandon(jm, job, allocation, &parts, &reason);
+            }
+            _ => {}
+        }
+    }
+
+    // The plan over this split, and the descriptors.
+    let split = SlotSplit::from_counts(&parts.iter().map(|p| p.slots.len() as u32).collect::<Vec<_>>());
+    let plan = match jm.plan(&job_type, &args, parallelism, &split) {
+        Ok(plan) => plan,
+        Err(message) => {
+            release(jm, job, allocation, &parts);
+            return AttemptEnd::Failed { message, retryable: false };
+        }
+    };
+    let mut participants = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let Some(data_address) = jm.data_address(p.tm) else {
+            return abandon(jm, job, allocation, &parts, &format!("TaskManager {} is gone", jm.tm_name(p.tm)));
+        };
+        participants.push(Participant {
+            tm: p.tm,
+            data_address,
+            job_slots: split.local(i as u32),
+            slots: p.slots.clone(),
+        });
+    }
+    let deployment = DeploymentKey::random();
+    jm.route_deployment(deployment, job);
+    jm.update_job(job, |j| {
+        j.plan = plan.text.clone();
+        j.vertices = plan.vertices.clone();
+        j.state = JobState::Running;
+        for (vi, v) in plan.vertices.iter().enumerate() {
+            for subtask in 0..v.parallelism {
+                let owner = split.owner(subtask);
+                let p = &participants[owner as usize];
+                let slot = p.slots[(subtask - p.job_slots.start) as usize];
+                j.tasks.insert((vi as u32, subtask), (p.tm, slot, TaskState::Deploying));
+            }
+        }
+    });
+    for (i, p) in participants.iter().enumerate() {
+        let descriptor = DeploymentDescriptor {
+            deployment,
+            job_id: job,
+            job_type: job_type.clone(),
+            args: args.clone(),
+            parallelism: Some(parallelism),
+            attempt,
+            fingerprint: plan.fingerprint,
+            participants: participants.clone(),
+            index: i as u32,
+            allocation,
+        };
+        jm.send(p.tm, JmMessage::Deploy(Box::new(descriptor)));
+    }
+    tracing::info!(%job, %deployment, attempt, taskmanagers = parts.len(), "job deployed");
+
+    // Track the parts.
+    let mut failure: Option<(String, bool)> = None;
+    let mut cancelled = false;
+    loop {
+        if parts.iter().all(|p| p.ended.is_some()) {
+            break;
+        }
+        let Some(event) = inbox.recv().await else { break };
+        match event {
+            JobEvent::Cancel => {
+                if !cancelled {
+                    cancelled = true;
+                    jm.update_job(job, |j| j.state = JobState::Cancelling);
+                    cancel_parts(jm, &parts, deployment, "the job was cancelled");
+                }
+            }
+            JobEvent::TmLost { tm, reason } => {
+                if let Some(p) = parts.iter_mut().find(|p| p.tm == tm && p.ended.is_none()) {
+                    p.ended = Some(PartOutcome::Failed { message: reason.clone(), retryable: true });
+                    if failure.is_none() && !cancelled {
+                        failure = Some((reason.clone(), true));
+                        cancel_parts(jm, &parts, deployment, &reason);
+                    }
+                }
+            }
+            JobEvent::Tm { tm, message } => match message {
+                TmMessage::TaskStates { deployment: d, updates } if d == deployment => jm.update_job(job, |j| {
+                    for u in updates {
+                        if let Some(t) = j.tasks.get_mut(&(u.vertex, u.subtask)) {
+                            t.2 = u.state;
+                        }
+                    }
+                }),
+                TmMessage::Metrics { deployment: d, report } if d == deployment => jm.update_job(job, |j| {
+                    j.metrics.insert(tm, *report);
+                }),
+                TmMessage::PartEnded { deployment: d, outcome } if d == deployment => {
+                    let Some(p) = parts.iter_mut().find(|p| p.tm == tm) else { continue };
+                    jm.release_tm_slots(job, tm);
+                    if let PartOutcome::Failed { message, retryable } = &outcome {
+                        if failure.is_none() && !cancelled {
+                            let name = jm.tm_name(tm);
+                            failure = Some((format!("{message} (on TaskManager {name})"), *retryable));
+                        }
+                    }
+                    if let PartOutcome::Finished(report) = &outcome {
+                        jm.update_job(job, |j| {
+                            j.metrics.insert(tm, (**report).clone());
+                        });
+                    }
+                    p.ended = Some(outcome);
+                    if failure.is_some() {
+                        let reason = failure.as_ref().map(|f| f.0.clone()).unwrap_or_default();
+                        cancel_parts(jm, &parts, deployment, &reason);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+    let all_finished = parts.iter().all(|p| matches!(p.ended, Some(PartOutcome::Finished(_))));
+    if cancelled || failure.is_some() || !all_finished {
+        for p in &parts {
+            if matches!(p.ended, Some(PartOutcome::Finished(_))) {
+                jm.send(p.tm, JmMessage::Discard { deployment });
+            }
+        }
+        jm.release_all(job, allocation);
+        return match (cancelled, failure) {
+            (true, _) => AttemptEnd::Cancelled,
+            (false, Some((message, retryable))) => AttemptEnd::Failed { message, retryable },
+            (false, None) => AttemptEnd::Failed { message: "a part of the job was cancelled".into(), retryable: true },
+        };
+    }
+
+    // Every part finished: commit everywhere.
+    for p in &parts {
+        jm.send(p.tm, JmMessage::Commit { deployment });
+    }
+    let commit_deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    let mut commit_error = None;
+    while parts.iter().any(|p| !p.committed) {
+        match tokio::time::timeout_at(commit_deadline, inbox.recv()).await {
+            Err(_) => {
+                commit_error = Some("TaskManagers did not confirm the commit in time".to_string());
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(JobEvent::Tm { tm, message: TmMessage::Committed { deployment: d, error } }))
+                if d == deployment =>
+            {
+                if let Some(p) = parts.iter_mut().find(|p| p.tm == tm) {
+                    p.committed = true;
+                }
+                if let Some(e) = error {
+                    commit_error.get_or_insert(format!("TaskManager {}: {e}", jm.tm_name(tm)));
+                }
+            }
+            Ok(Some(JobEvent::TmLost { tm, reason })) => {
+                if let Some(p) = parts.iter_mut().find(|p| p.tm == tm && !p.committed) {
+                    p.committed = true;
+                    commit_error.get_or_insert(format!("lost before it committed: {reason}"));
+                }
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+    jm.release_all(job, allocation);
+    if let Some(message) = commit_error {
+        return AttemptEnd::Failed {
+            message: format!("the job finished but its output could not be committed: {message}"),
+            retryable: false,
+        };
+    }
+    let reports: Vec<(TaskManagerId, PartReport)> = parts
+        .iter()
+        .filter_map(|p| match &p.ended {
+            Some(PartOutcome::Finished(r)) => Some((p.tm, (**r).clone())),
+            _ => None,
+        })
+        .collect();
+    match merge_outcome(jm, &plan.vertices, &reports) {
+        Ok(outcome) => AttemptEnd::Finished(outcome),
+        Err(message) => AttemptEnd::Failed { message, retryable: false },
+    }
+}
+
+fn cancel_parts(jm: &Jm, parts: &[Part], deployment: DeploymentKey, reason: &str) {
+    for p in parts.iter().filter(|p| p.ended.is_none()) {
+        jm.send(p.tm, JmMessage::Cancel { deployment, reason: reason.to_string() });
+    }
+}
+
+fn release(jm: &Jm, job: JobId, allocation: u64, parts: &[Part]) {
+    for p in parts {
+        jm.send(p.tm, JmMessage::FreeSlots { allocation });
+    }
+    jm.release_all(job, allocation);
+}
+
+fn abandon(jm: &Jm, job: JobId, allocation: u64, parts: &[Part], why: &str) -> AttemptEnd {
+    release(jm, job, allocation, parts);
+    AttemptEnd::Failed { message: why.to_string(), retryable: true }
+}
+
+/// The job's outcome from every part's report: records per operator summed over the parts,
+/// accumulators merged, warnings and connections listed.
+fn merge_outcome(
+    jm: &Jm,
+    vertices: &[crate::runtime::cluster::VertexSummary],
+    reports: &[(TaskManagerId, PartReport)],
+) -> Result<JobOutcome, String> {
+    let mut operators: BTreeMap<u32, OperatorCounts> = BTreeMap::new();
+    let mut accumulators = Accumulators::new();
+    let mut warnings = Vec::new();
+    let mut network = Vec::new();
+    for (tm, r) in reports {
+        for o in &r.operators {
+            let entry = operators.entry(o.node).or_insert_with(|| OperatorCounts {
+                name: o.name.clone(),
+                parallelism: o.parallelism,
+                records_in: 0,
+                records_out: 0,
+            });
+            for (_, i, out) in &o.subtasks {
+                entry.records_in += i;
+                entry.records_out += out;
+            }
+        }
+        merge_accumulators(&mut accumulators, &r.accumulators)?;
+        warnings.extend(r.warnings.iter().map(|w| format!("{} (subtask {}): {}", w.operator, w.subtask, w.message)));
+        let name = jm.tm_name(*tm);
+        network.extend(r.connections.iter().map(|c| {
+            format!(
+                "TaskManager {name} <-> {}: {} buffers / {:.1} MB out, {} buffers / {:.1} MB in, {} remote credit stalls",
+                c.peer,
+                c.buffers_out,
+                c.bytes_out as f64 / 1e6,
+                c.buffers_in,
+                c.bytes_in as f64 / 1e6,
+                c.remote_credit_stalls
+            )
+        }));
+    }
+    let _ = vertices;
+    Ok(JobOutcome {
+        state: JobState::Finished,
+        duration_ms: 0,
+        failure: None,
+        operators: operators.into_values().collect(),
+        accumulators,
+        warnings,
+        network,
+    })
+}
+
+/// Checks a submission: the job type exists and builds with these arguments.
+pub(crate) fn validate(jm: &Jm, job_type: &str, args: &[String], parallelism: u32) -> Result<(), String> {
+    jm.plan(job_type, args, parallelism, &SlotSplit::even(parallelism.max(1), 1)).map(|_| ())
+}
+
+/// Builds the job on a planning cluster (see [`crate::registry`]).
+pub(crate) fn plan_job(
+    jm: &Jm,
+    job_type: &str,
+    args: &[String],
+    parallelism: u32,
+    split: &SlotSplit,
+) -> Result<crate::runtime::cluster::PlanSummary, String> {
+    let job = jm.registry.lookup(job_type)?;
+    let planner = crate::runtime::cluster::LocalCluster::planner(jm.settings.cluster.clone(), parallelism.max(1));
+    let mut env = planner.environment();
+    env.set_parallelism(parallelism.max(1));
+    (job.build)(&mut env, &JobContext { args, planning: true }).map_err(|e| format!("job '{job_type}': {e}"))?;
+    env.plan_summary(job_type, split).map_err(|e| e.to_string())
+}

@@ -1,0 +1,280 @@
+//! The cluster runtime in one test process: a JobManager and TaskManagers, each with its own
+//! threads, talking over loopback TCP exactly as separate processes do (control plane and data
+//! connections). Jobs are submitted by name through the dispatcher's API and their merged
+//! results checked against a reference; losing a TaskManager fails (or restarts) the job;
+//! losing the JobManager makes the TaskManagers cancel their tasks and register with the next.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corestream::jobmanager::api::{ClusterApi, JobExecutionResult, JobState, SubmitRequest};
+use corestream::jobmanager::{JobManager, JobManagerSettings, Restarts};
+use corestream::registry::{JobParts, JobRegistry, JobType};
+use corestream::rpc::messages::{Accumulator, Accumulators};
+use corestream::taskmanager::{TaskManager, TaskManagerSettings};
+use corestream::{ClusterConfig, NetConfig, RuntimeMode};
+
+/// sum-by-key over `0..records` with `keys` keys: per-key totals, checked as an
+/// order-independent checksum plus a count of keys.
+fn sum_job(args: &[String]) -> Result<(u64, u64, u64), String> {
+    let get = |i: usize, name: &str| -> Result<u64, String> {
+        let a = args.get(i).ok_or_else(|| format!("missing {name}"))?;
+        a.parse().map_err(|_| format!("{name} '{a}' is not a number"))
+    };
+    let records = get(0, "RECORDS")?;
+    let keys = get(1, "KEYS")?;
+    let delay_ms = if args.len() > 2 { get(2, "DELAY_MS")? } else { 0 };
+    if keys == 0 {
+        return Err("KEYS must be at least 1".into());
+    }
+    Ok((records, keys, delay_ms))
+}
+
+fn checksum(totals: impl Iterator<Item = (u64, u64)>) -> u64 {
+    totals.fold(0u64, |acc, (k, v)| acc.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ v))
+}
+
+fn registry() -> JobRegistry {
+    let mut r = JobRegistry::new();
+    r.register(JobType::new("sum", "per-key sums of a sequence", "RECORDS KEYS [DELAY_MS]", |env, ctx| {
+        let (records, keys, delay_ms) = sum_job(ctx.args)?;
+        env.set_runtime_mode(RuntimeMode::Batch);
+        let totals = env
+            .from_sequence(0..records)
+            .map(move |v| {
+                if delay_ms > 0 && v % 1000 == 0 {
+                    std::thread::sleep(Duration::from_millis(delay_ms));
+                }
+                (v % keys, v)
+            })
+            .key_by(|r: &(u64, u64)| r.0)
+            .reduce(|a, b| (a.0, a.1 + b.1))
+            .collect();
+        if ctx.planning {
+            return Ok(JobParts::none());
+        }
+        let reader = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
+        Ok(JobParts::with_accumulators(move || {
+            let got = reader.join().map_err(|_| "the result reader panicked".to_string())?;
+            Ok(Accumulators::from([
+                ("checksum".to_string(), Accumulator::Checksum(checksum(got.iter().copied()))),
+                ("keys".to_string(), Accumulator::Count(got.len() as u64)),
+            ]))
+        }))
+    }));
+    r
+}
+
+fn expected(records: u64, keys: u64) -> (u64, u64) {
+    let mut totals = vec![0u64; keys as usize];
+    for v in 0..records {
+        totals[(v % keys) as usize] += v;
+    }
+    let present: Vec<(u64, u64)> = (0..keys).filter(|k| *k < records).map(|k| (k, totals[k as usize])).collect();
+    (checksum(present.iter().copied()), present.len() as u64)
+}
+
+struct Restart(u32);
+
+impl Restarts for Restart {
+    fn on_failure(&mut self, _now_ms: u64, retryable: bool) -> Result<Duration, String> {
+        if self.0 == 0 || !retryable {
+            return Err("no restarts left".into());
+        }
+        self.0 -= 1;
+        Ok(Duration::from_millis(100))
+    }
+}
+
+fn jobmanager(restarts: u32) -> JobManager {
+    let settings = JobManagerSettings {
+        rpc_bind: "127.0.0.1:0".parse().unwrap(),
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(1000),
+        slot_request_timeout: Duration::from_secs(20),
+        restarts: Arc::new(move || Box::new(Restart(restarts))),
+        ..Default::default()
+    };
+    JobManager::start(settings, registry()).expect("JobManager starts")
+}
+
+fn taskmanager(jm: &str, slots: u32) -> TaskManager {
+    let settings = TaskManagerSettings {
+        jobmanager: jm.to_string(),
+        cluster: ClusterConfig {
+            slots: Some(slots),
+            pin_slots: false,
+            net: NetConfig {
+                heartbeat_interval: Duration::from_millis(200),
+                heartbeat_timeout: Duration::from_secs(2),
+                accept_timeout: Duration::from_secs(5),
+                ..NetConfig::default()
+            },
+            ..Default::default()
+        },
+        data_bind: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let tm = TaskManager::start(settings, registry()).expect("TaskManager starts");
+    assert!(tm.wait_registered(Duration::from_secs(10)), "the TaskManager registers");
+    tm
+}
+
+fn submit(api: &dyn ClusterApi, args: &[&str], parallelism: u32) -> String {
+    let request = SubmitRequest {
+        job: "sum".into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        parallelism: Some(parallelism),
+    };
+    api.submit(request).expect("accepted").jobid.to_string()
+}
+
+fn wait(api: &dyn ClusterApi, id: &str, timeout: Duration) -> JobExecutionResult {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = api.execution_result(id).expect("the job is known");
+        if r.state.is_terminal() {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not end within {timeout:?}: {:?}", r.state);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn check_sums(r: &JobExecutionResult, records: u64, keys: u64) {
+    assert_eq!(r.state, JobState::Finished, "{r:?}");
+    let outcome = r.result.as_ref().expect("a finished job has an outcome");
+    let (sum, count) = expected(records, keys);
+    assert_eq!(outcome.accumulators["checksum"], Accumulator::Checksum(sum));
+    assert_eq!(outcome.accumulators["keys"], Accumulator::Count(count));
+}
+
+#[test]
+fn a_job_runs_across_two_task_managers() {
+    let jm = jobmanager(0);
+    let address = jm.rpc_address().to_string();
+    let (tm1, tm2) = (taskmanager(&address, 1), taskmanager(&address, 1));
+    let api = jm.api();
+    assert_eq!(api.overview().taskmanagers, 2);
+    assert_eq!(api.overview().slots_total, 2);
+    let id = submit(api.as_ref(), &["200000", "97"], 2);
+    let r = wait(api.as_ref(), &id, Duration::from_secs(60));
+    check_sums(&r, 200_000, 97);
+    let outcome = r.result.unwrap();
+    assert!(!outcome.network.is_empty(), "records crossed the TaskManagers: {outcome:?}");
+    let details = api.job(&id).unwrap();
+    let tms: std::collections::BTreeSet<_> =
+        details.vertices.iter().flat_map(|v| v.subtasks.iter().map(|s| s.taskmanager)).collect();
+    assert_eq!(tms.len(), 2, "subtasks ran on both TaskManagers");
+    assert!(details
+        .vertices
+        .iter()
+        .all(|v| v.subtasks.iter().all(|s| s.state == corestream::rpc::messages::TaskState::Finished)));
+    assert_eq!(api.overview().slots_available, 2, "the slots are free again");
+    // The cluster runs the next job, and a job at parallelism 1.
+    let id = submit(api.as_ref(), &["1000", "10"], 1);
+    check_sums(&wait(api.as_ref(), &id, Duration::from_secs(60)), 1000, 10);
+    drop((tm1, tm2));
+}
+
+#[test]
+fn invalid_submissions_are_refused_and_change_nothing() {
+    let jm = jobmanager(0);
+    let _tm = taskmanager(&jm.rpc_address().to_string(), 1);
+    let api = jm.api();
+    let unknown = api.submit(SubmitRequest { job: "sun".into(), args: vec![], parallelism: None }).unwrap_err();
+    assert!(
+        unknown.message.contains("unknown job type 'sun'") && unknown.message.contains("did you mean 'sum'"),
+        "{unknown:?}"
+    );
+    let bad = api
+        .submit(SubmitRequest { job: "sum".into(), args: vec!["ten".into(), "3".into()], parallelism: None })
+        .unwrap_err();
+    assert!(bad.message.contains("RECORDS 'ten' is not a number"), "{bad:?}");
+    let zero = api
+        .submit(SubmitRequest { job: "sum".into(), args: vec!["1".into(), "1".into()], parallelism: Some(0) })
+        .unwrap_err();
+    assert!(zero.message.contains("parallelism"), "{zero:?}");
+    assert!(api.jobs().is_empty());
+    assert!(api.job("nope").is_err());
+    assert!(api.cancel(&corestream::rpc::ids::JobId::random().to_string()).is_err());
+}
+
+#[test]
+fn a_lost_task_manager_fails_the_job_or_restarts_it() {
+    // Without restarts: the job fails naming the TaskManager.
+    let jm = jobmanager(0);
+    let address = jm.rpc_address().to_string();
+    let tm1 = taskmanager(&address, 1);
+    let tm2 = taskmanager(&address, 1);
+    let api = jm.api();
+    let id = submit(api.as_ref(), &["100000000", "10", "5"], 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let lost = tm2.id().short();
+    tm2.shutdown();
+    let r = wait(api.as_ref(), &id, Duration::from_secs(30));
+    assert_eq!(r.state, JobState::Failed, "{r:?}");
+    let failure = r.result.unwrap().failure.unwrap();
+    assert!(failure.contains(&lost) || failure.contains("TaskManager"), "{failure}");
+    drop(tm1);
+
+    // With a restart and a replacement TaskManager: the rerun's result is correct.
+    let jm = jobmanager(1);
+    let address = jm.rpc_address().to_string();
+    let tm1 = taskmanager(&address, 1);
+    let tm2 = taskmanager(&address, 1);
+    let api = jm.api();
+    let id = submit(api.as_ref(), &["300000", "10", "2"], 2);
+    std::thread::sleep(Duration::from_millis(300));
+    tm2.shutdown();
+    let tm3 = taskmanager(&address, 1);
+    let r = wait(api.as_ref(), &id, Duration::from_secs(60));
+    check_sums(&r, 300_000, 10);
+    assert_eq!(api.jobs()[0].attempts, 2);
+    drop((tm1, tm3));
+}
+
+#[test]
+fn task_managers_cancel_their_tasks_and_register_with_a_new_job_manager() {
+    let jm = jobmanager(0);
+    let tm = taskmanager(&jm.rpc_address().to_string(), 2);
+    let api = jm.api();
+    let id = submit(api.as_ref(), &["100000000", "10", "5"], 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tm.status().running_deployments == 0 {
+        assert!(Instant::now() < deadline, "the job was deployed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = id;
+    let port = jm.rpc_address();
+    jm.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tm.status().registered || tm.status().running_deployments > 0 {
+        assert!(Instant::now() < deadline, "the TaskManager noticed and cancelled: {:?}", tm.status());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A new JobManager on the same address: the TaskManager registers again and runs jobs.
+    let settings = JobManagerSettings {
+        rpc_bind: port,
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(1000),
+        ..Default::default()
+    };
+    let started = AtomicUsize::new(0);
+    let jm = loop {
+        match JobManager::start(settings.clone(), registry()) {
+            Ok(jm) => break jm,
+            Err(e) if started.fetch_add(1, Ordering::Relaxed) < 50 => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("the new JobManager cannot bind: {e}"),
+        }
+    };
+    assert!(tm.wait_registered(Duration::from_secs(20)));
+    assert_eq!(tm.status().registrations, 2);
+    let api = jm.api();
+    let id = submit(api.as_ref(), &["10000", "7"], 2);
+    check_sums(&wait(api.as_ref(), &id, Duration::from_secs(60)), 10_000, 7);
+}
