@@ -104,6 +104,7 @@ pub mod graph;
 pub mod jobmanager;
 pub mod operators;
 pub mod prelude;
+pub mod processes;
 pub mod registry;
 pub mod rpc;
 pub mod runtime;

@@ -4,13 +4,16 @@
 
 mod args;
 mod bench;
+mod cluster_run;
 mod demo;
+mod jobs;
 mod latency;
 mod limits;
 mod multi;
 mod outputs;
 mod profile;
 mod progress;
+mod roles;
 mod run;
 mod window_agg;
 
@@ -62,6 +65,10 @@ enum Command {
     /// Run a `run`, `bench` or `demo` command line (after `--`) while sampling its threads;
     /// writes a flame graph (SVG) and folded stacks per slot thread and for all threads.
     Profile(profile::ProfileArgs),
+    /// Run a JobManager (dispatcher, resource manager, job masters) until SIGINT or SIGTERM.
+    Jobmanager(roles::JobManagerArgs),
+    /// Run a TaskManager that registers with a JobManager, until SIGINT or SIGTERM.
+    Taskmanager(roles::TaskManagerArgs),
 }
 
 /// Runs one command; `profile` calls it again for the command line it profiles.
@@ -72,6 +79,8 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Plan { example, common } => run::plan(&example, &common),
         Command::Demo(args) => demo::run(args),
         Command::Profile(args) => profile::run(args),
+        Command::Jobmanager(args) => roles::jobmanager(args),
+        Command::Taskmanager(args) => roles::taskmanager(args),
     }
 }
 

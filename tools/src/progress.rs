@@ -104,3 +104,44 @@ pub fn join_with_progress(handle: JobHandle, label: &str, total: Option<u64>) ->
     staged.commit()?;
     Ok(result)
 }
+
+/// Runs a job on `cluster` (see [`corestream::processes`]) with the same treatment of SIGINT
+/// and SIGTERM as [`join_with_progress`]: the first signal cancels the job through the
+/// JobManager, which has every TaskManager discard what it staged; the process then ends by
+/// that signal.
+pub fn run_on_cluster(
+    cluster: &mut corestream::processes::ProcessCluster,
+    request: corestream::jobmanager::api::SubmitRequest,
+    label: &str,
+) -> anyhow::Result<(
+    corestream::jobmanager::api::JobExecutionResult,
+    Vec<(corestream::processes::ChildInfo, std::process::ExitStatus)>,
+)> {
+    let interrupts = interrupts();
+    if let Some(i) = interrupts {
+        i.received.store(0, Ordering::SeqCst);
+        i.default_now.store(false, Ordering::SeqCst);
+    }
+    let mut interrupted = None;
+    let outcome = cluster.run(request, |api, id| {
+        if interrupted.is_none() {
+            if let Some(signal) = interrupts.map(|i| i.received.load(Ordering::SeqCst)).filter(|s| *s != 0) {
+                interrupts.inspect(|i| i.default_now.store(true, Ordering::SeqCst));
+                let _ = api.cancel(id);
+                interrupted = Some(signal as i32);
+            }
+        }
+    });
+    if let Some(i) = interrupts {
+        i.default_now.store(true, Ordering::SeqCst);
+    }
+    let late = interrupts.map(|i| i.received.load(Ordering::SeqCst) as i32).filter(|s| *s != 0);
+    if let Some(signal) = interrupted.or(late) {
+        let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+        eprintln!("error: {label} was interrupted by {name}: the job was cancelled and its output discarded");
+        drop(outcome);
+        let _ = signal_hook::low_level::emulate_default_handler(signal);
+        std::process::exit(128 + signal);
+    }
+    Ok(outcome?)
+}

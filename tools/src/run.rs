@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
+use corestream::rpc::messages::Accumulator;
 use corestream::{StreamEnvironment, TextFileOptions};
 use corestream_bench::examples::{self, checksum, reference_sum_by_key, EXAMPLES};
 use corestream_bench::throughput::{keyed_sum_job, passthrough_job};
 
 use crate::args::{parse_keys, parse_positive_count, Common};
-use crate::multi;
 use crate::progress::join_with_progress;
 use crate::window_agg::{self, WindowAggArgs};
 
@@ -72,30 +72,22 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
         }
         RunCommand::SumByKey { records, keys, common } => {
             let (result, got, found, network) = if common.processes > 1 {
-                let merged = multi::run(&common, "sum-by-key", |env| {
-                    let totals = examples::sum_by_key(env, records, keys);
-                    let collector = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
-                    move || {
-                        let collected = collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
-                        Ok(vec![
-                            ("checksum".to_string(), format!("{:016x}", checksum(collected.iter().copied()))),
-                            ("keys".to_string(), collected.len().to_string()),
-                        ])
-                    }
-                })?;
-                let Some(merged) = merged else { return Ok(()) };
-                let mut got = 0u64;
-                for partial in merged.outputs_of("checksum") {
-                    let partial = u64::from_str_radix(partial, 16)
-                        .with_context(|| format!("a TaskManager reported checksum '{partial}', not hex"))?;
-                    got = got.wrapping_add(partial);
-                }
-                let mut found = 0usize;
-                for count in merged.outputs_of("keys") {
-                    found += count.parse::<usize>().with_context(|| format!("a TaskManager reported {count} keys"))?;
-                }
-                let network = merged.network_lines();
-                (merged.result, got, found, network)
+                let args = vec!["--records".to_string(), records.to_string(), "--keys".to_string(), keys.to_string()];
+                let outcome = crate::cluster_run::run(&common, "sum-by-key", args)?;
+                let got = match outcome.accumulators.get("checksum") {
+                    Some(Accumulator::Checksum(c)) => *c,
+                    other => bail!("the job reported no checksum ({other:?})"),
+                };
+                let found = match outcome.accumulators.get("keys") {
+                    Some(Accumulator::Count(n)) => *n as usize,
+                    other => bail!("the job reported no key count ({other:?})"),
+                };
+                (
+                    Figures::from_outcome(&outcome),
+                    got,
+                    found,
+                    outcome.network.iter().map(|l| format!("network: {l}")).collect(),
+                )
             } else {
                 let cluster = common.cluster()?;
                 let mut env = common.environment(&cluster);
@@ -104,7 +96,7 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
                 let collector = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
                 let result = join_with_progress(handle, "sum-by-key", Some(records))?;
                 let collected = collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
-                (result, checksum(collected.iter().copied()), collected.len(), Vec::new())
+                (Figures::from_result(&result), checksum(collected.iter().copied()), collected.len(), Vec::new())
             };
             let started = Instant::now();
             let expected = reference_sum_by_key(records, keys);
@@ -121,7 +113,7 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
                 result.wall_time.as_secs_f64(),
                 reference_time.as_secs_f64()
             );
-            print_latency(&result);
+            result.latency.iter().for_each(|line| println!("{line}"));
             network.iter().for_each(|line| println!("{line}"));
             if got != expected_sum {
                 bail!("per-key totals differ from the reference");
@@ -179,19 +171,34 @@ fn wordcount(
         }
     };
     let (result, network) = if common.processes > 1 {
-        let merged = multi::run(common, "wordcount", |env| {
-            let printer = build(env);
-            move || finish_printer(printer).map(|()| Vec::new())
-        })?;
-        let Some(merged) = merged else { return Ok(()) };
-        let network = merged.network_lines();
-        (merged.result, network)
+        if to_stdout {
+            usage_error("--output -: with --processes the counts are written by a TaskManager process; give a file");
+        }
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        let args = vec![
+            "--input".to_string(),
+            absolute(input),
+            "--output".to_string(),
+            absolute(output),
+            "--max-line-bytes".to_string(),
+            max_line_bytes.to_string(),
+            "--on-invalid-utf8".to_string(),
+            match on_invalid_utf8 {
+                InvalidUtf8::Skip => "skip",
+                InvalidUtf8::Fail => "fail",
+            }
+            .to_string(),
+        ];
+        let outcome = crate::cluster_run::run(common, "wordcount", args)?;
+        let network = outcome.network.iter().map(|l| format!("network: {l}")).collect();
+        (Figures::from_outcome(&outcome), network)
     } else {
         let cluster = common.cluster()?;
         let mut env = common.environment(&cluster);
         let printer = build(&mut env);
         let result = env.execute_async("wordcount").and_then(|h| join_with_progress(h, "wordcount", None))?;
         finish_printer(printer)?;
+        let result = Figures::from_result(&result);
         (result, Vec::new())
     };
     let mut report: Box<dyn Write> =
@@ -207,22 +214,52 @@ fn wordcount(
         if to_stdout { "standard output".to_string() } else { output.display().to_string() }
     )?;
     for w in &result.warnings {
-        eprintln!("warning: {}", w.message);
+        eprintln!("warning: {w}");
     }
-    write_latency(&mut report, &result)?;
+    result.latency.iter().try_for_each(|line| writeln!(report, "{line}"))?;
     network.iter().try_for_each(|line| writeln!(report, "{line}"))?;
     Ok(())
+}
+
+/// What `run` prints of a job, from a local result or a cluster's outcome.
+struct Figures {
+    wall_time: std::time::Duration,
+    /// Records into operators, by name prefix.
+    records_in: Vec<(String, u64)>,
+    latency: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Figures {
+    fn from_result(result: &corestream::JobResult) -> Self {
+        let mut latency = Vec::new();
+        let _ = write_latency(&mut latency, result);
+        Self {
+            wall_time: result.wall_time,
+            records_in: result.operators.iter().map(|o| (o.name.clone(), o.records_in)).collect(),
+            latency: String::from_utf8_lossy(&latency).lines().map(str::to_string).collect(),
+            warnings: result.warnings.iter().map(|w| w.message.clone()).collect(),
+        }
+    }
+
+    fn from_outcome(outcome: &corestream::jobmanager::api::JobOutcome) -> Self {
+        Self {
+            wall_time: std::time::Duration::from_millis(outcome.duration_ms),
+            records_in: outcome.operators.iter().map(|o| (o.name.clone(), o.records_in)).collect(),
+            latency: Vec::new(),
+            warnings: outcome.warnings.clone(),
+        }
+    }
+
+    fn records_in(&self, prefix: &str) -> u64 {
+        self.records_in.iter().find(|(n, _)| n.starts_with(prefix)).map_or(0, |(_, r)| *r)
+    }
 }
 
 /// Exits with status 2 and clap's formatting, like an argument clap itself refused: for
 /// arguments that can only be checked against the file system.
 fn usage_error(message: impl std::fmt::Display) -> ! {
     clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n")).exit()
-}
-
-/// One line per sink and source subtask when the run had `--latency-markers`.
-fn print_latency(result: &corestream::JobResult) {
-    let _ = write_latency(&mut std::io::stdout().lock(), result);
 }
 
 fn write_latency(out: &mut dyn Write, result: &corestream::JobResult) -> std::io::Result<()> {

@@ -95,6 +95,8 @@ pub(crate) struct Jm {
     slots_changed: Notify,
     /// Random per process.
     session: u64,
+    /// Set while the JobManager's owner stops the cluster: TaskManagers leaving is expected.
+    closing: std::sync::atomic::AtomicBool,
     cluster_token: [u8; 32],
 }
 
@@ -144,6 +146,7 @@ impl JobManager {
             registry,
             state: Mutex::new(State::default()),
             slots_changed: Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             session,
             cluster_token: random32(),
         });
@@ -171,6 +174,12 @@ impl JobManager {
     /// The runtime the JobManager runs on (for serving the REST API beside it).
     pub fn handle(&self) -> tokio::runtime::Handle {
         self.runtime.as_ref().expect("running until dropped").handle().clone()
+    }
+
+    /// Says that the TaskManagers are about to be stopped on purpose: their leaving is logged
+    /// as information, not as a warning.
+    pub fn closing(&self) {
+        self.jm.closing.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Stops serving; TaskManagers notice and cancel their tasks.
@@ -340,7 +349,11 @@ impl Jm {
             r.pid,
             r.data_address
         );
-        tracing::warn!("{reason}");
+        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::info!("{reason}");
+        } else {
+            tracing::warn!("{reason}");
+        }
         for inbox in inboxes {
             let event = JobEvent::TmLost { tm, reason: reason.clone() };
             if let Err(mpsc::error::TrySendError::Full(event)) = inbox.try_send(event) {

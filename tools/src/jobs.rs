@@ -1,0 +1,88 @@
+//! The job types this binary registers (see `corestream::registry`): what `corestream submit`
+//! runs on a cluster and what `--processes` runs on its own JobManager. Each parses its
+//! arguments with clap, so `submit JOB --help`-style mistakes get the same messages as the
+//! `run` commands, and declares the same graph as its `run` counterpart.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use corestream::registry::{JobContext, JobParts, JobRegistry, JobType};
+use corestream::rpc::messages::{Accumulator, Accumulators};
+use corestream::{InvalidUtf8, StreamEnvironment};
+use corestream_bench::examples::{self, checksum};
+
+/// The arguments of `run wordcount` that a cluster job takes (the output must be a file).
+#[derive(Parser, Debug)]
+#[command(name = "wordcount", no_binary_name = true)]
+pub struct WordcountArgs {
+    #[arg(long)]
+    pub input: PathBuf,
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, value_parser = examples::parse_max_line_bytes, default_value = "1M")]
+    pub max_line_bytes: usize,
+    #[arg(long, value_enum, default_value_t = crate::run::InvalidUtf8::Skip)]
+    pub on_invalid_utf8: crate::run::InvalidUtf8,
+}
+
+/// The arguments of `run sum-by-key`.
+#[derive(Parser, Debug)]
+#[command(name = "sum-by-key", no_binary_name = true)]
+pub struct SumByKeyArgs {
+    #[arg(long, value_parser = crate::args::parse_positive_count)]
+    pub records: u64,
+    #[arg(long, value_parser = crate::args::parse_keys)]
+    pub keys: u64,
+}
+
+fn parse<T: Parser>(args: &[String]) -> Result<T, String> {
+    T::try_parse_from(args).map_err(|e| e.render().to_string().trim_end().to_string())
+}
+
+fn wordcount(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    let a: WordcountArgs = parse(ctx.args)?;
+    if ctx.planning {
+        corestream::fs::check_output(&a.output, &[a.input.as_path()]).map_err(|e| e.to_string())?;
+    }
+    let invalid = match a.on_invalid_utf8 {
+        crate::run::InvalidUtf8::Skip => InvalidUtf8::Skip,
+        crate::run::InvalidUtf8::Fail => InvalidUtf8::Fail,
+    };
+    let options = corestream::TextFileOptions::default().invalid_utf8(invalid).max_line_bytes(a.max_line_bytes);
+    examples::wordcount_with(env, &a.input, &a.output, options);
+    Ok(JobParts::none())
+}
+
+fn sum_by_key(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    let a: SumByKeyArgs = parse(ctx.args)?;
+    let totals = examples::sum_by_key(env, a.records, a.keys);
+    if ctx.planning {
+        return Ok(JobParts::none());
+    }
+    let reader = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
+    Ok(JobParts::with_accumulators(move || {
+        let got = reader.join().map_err(|_| "the result reader panicked".to_string())?;
+        Ok(Accumulators::from([
+            ("checksum".to_string(), Accumulator::Checksum(checksum(got.iter().copied()))),
+            ("keys".to_string(), Accumulator::Count(got.len() as u64)),
+        ]))
+    }))
+}
+
+/// Every job type of the `corestream` binary.
+pub fn registry() -> JobRegistry {
+    let mut r = JobRegistry::new();
+    r.register(JobType::new(
+        "wordcount",
+        "count the words of a text file into a file of `word<TAB>count` lines",
+        "--input FILE --output FILE [--max-line-bytes SIZE] [--on-invalid-utf8 skip|fail]",
+        wordcount,
+    ));
+    r.register(JobType::new(
+        "sum-by-key",
+        "sum generated values per key; the result is a checksum of the totals and the number of keys",
+        "--records N --keys K",
+        sum_by_key,
+    ));
+    r
+}
