@@ -96,7 +96,9 @@
 //! second, unpatched copy for its own use; the engine never runs on it.
 
 pub mod api;
+pub mod auth;
 pub mod checkpoint;
+pub mod conf;
 pub mod config;
 pub mod error;
 pub mod fs;
