@@ -176,7 +176,10 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "taskmanager.host",
         section: TM,
-        kind: Kind::OptHost { at: at!(taskmanager.host), unset: "the local address of the connection to the JobManager" },
+        kind: Kind::OptHost {
+            at: at!(taskmanager.host),
+            unset: "the local address of the connection to the JobManager",
+        },
         flink: Flink::Same,
         description: "Address this TaskManager advertises to the others for data connections. The default is \
                       the interface that reaches the JobManager, which is right unless the TaskManagers reach \
@@ -265,8 +268,8 @@ pub(crate) static KEYS: &[KeySpec] = &[
         },
         flink: Flink::Named("taskmanager.memory.network.fraction/min/max"),
         description: "32 KB buffers in the TaskManager's pool, shared by all its jobs; a job reserves what it \
-                      needs before it starts. Untouched buffers cost address space, not memory. Flink removed \
-                      this key (it sizes the pool as a fraction of memory).",
+                      needs before it starts. Untouched buffers cost address space, not memory. Flink \
+                      deprecated this key and sizes its pool as a fraction of memory.",
     },
     KeySpec {
         name: "taskmanager.network.memory.buffers-per-channel",
@@ -425,7 +428,12 @@ pub(crate) static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "restart-strategy.exponential-delay.jitter-factor",
         section: RS,
-        kind: Kind::Float { at: at!(restart.exponential_delay.jitter_factor), min: 0.0, min_exclusive: false, max: 1.0 },
+        kind: Kind::Float {
+            at: at!(restart.exponential_delay.jitter_factor),
+            min: 0.0,
+            min_exclusive: false,
+            max: 1.0,
+        },
         flink: Flink::Same,
         description: "`exponential-delay`: each wait varies at random by up to ± this fraction of it, so jobs \
                       that failed together do not restart together.",
@@ -563,7 +571,9 @@ impl Kind {
                     format_size(*min)
                 });
                 let b = match given {
-                    Given::Int(Some(n)) => return Err(format!("a size with a unit: write e.g. \"{n} b\" or \"{n} KiB\"")),
+                    Given::Int(Some(n)) => {
+                        return Err(format!("a size with a unit: write e.g. \"{n} b\" or \"{n} KiB\""))
+                    }
                     _ => parse_size(text(given, &expected)?)?,
                 };
                 if b < *min || b > *max {
@@ -625,7 +635,9 @@ impl Kind {
             Kind::Secret { at } => {
                 let t = text(given, "the secret as a string")?;
                 let secret = ClusterSecret::new(t, key).map_err(|e| match e {
-                    crate::auth::AuthError::InvalidSecret { reason, .. } => format!("a secret that is valid; it {reason}"),
+                    crate::auth::AuthError::InvalidSecret { reason, .. } => {
+                        format!("a secret that is valid; it {reason}")
+                    }
                     other => other.to_string(),
                 })?;
                 *(at.get_mut)(s) = Some(secret);
@@ -667,7 +679,9 @@ impl Kind {
     /// The type and bounds, for the reference.
     pub(crate) fn type_doc(&self) -> String {
         match self {
-            Kind::Duration { min, max, .. } => format!("duration, {} to {}", format_duration(*min), format_duration(*max)),
+            Kind::Duration { min, max, .. } => {
+                format!("duration, {} to {}", format_duration(*min), format_duration(*max))
+            }
             Kind::Size { min, max, .. } => format!("size, {} to {}", format_size(*min), format_size(*max)),
             Kind::Count { min, max, .. } | Kind::OptCount { min, max, .. } => format!("integer, {min} to {max}"),
             Kind::Float { min, min_exclusive: true, max, .. } => format!("number, > {min} to {max}"),

@@ -80,8 +80,10 @@ impl ClusterSettings {
             path: path.map(Path::to_path_buf),
             line: offset.map(|o| line_of(text, o)),
         };
-        let root = DeTable::parse(text)
-            .map_err(|e| ConfError::Syntax { origin: origin_at(e.span().map(|s| s.start)), message: e.message().into() })?;
+        let root = DeTable::parse(text).map_err(|e| ConfError::Syntax {
+            origin: origin_at(e.span().map(|s| s.start)),
+            message: e.message().into(),
+        })?;
         let mut leaves = Vec::new();
         flatten(root.get_ref(), "", &mut leaves);
         let mut seen: HashMap<String, Origin> = HashMap::new();
@@ -147,7 +149,11 @@ impl ClusterSettings {
     /// `set("taskmanager.numberOfTaskSlots", "4")`). Durations and sizes need their unit.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfError> {
         let Some(spec) = find(key) else {
-            return Err(ConfError::UnknownKey { origin: Origin::Override, key: key.into(), suggestion: suggest_key(key) });
+            return Err(ConfError::UnknownKey {
+                origin: Origin::Override,
+                key: key.into(),
+                suggestion: suggest_key(key),
+            });
         };
         let item = Item {
             key: spec,
@@ -178,11 +184,8 @@ impl ClusterSettings {
         let (sets_inline, sets_file) = (inline.is_some(), file.is_some());
         let mut next = self.clone();
         for item in items {
-            item.key.kind.assign(item.key.name, &mut next, &item.given).map_err(|expected| ConfError::InvalidValue {
-                origin: item.origin,
-                key: item.key.name,
-                given: item.shown,
-                expected,
+            item.key.kind.assign(item.key.name, &mut next, &item.given).map_err(|expected| {
+                ConfError::InvalidValue { origin: item.origin, key: item.key.name, given: item.shown, expected }
             })?;
         }
         if sets_inline {
@@ -263,11 +266,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Collects the leaves of nested tables under their dotted names, with the span of the
 /// leaf's own key and its value.
-fn flatten<'a, 'i>(
-    table: &'a DeTable<'i>,
-    prefix: &str,
-    out: &mut Vec<(String, usize, &'a Spanned<DeValue<'i>>)>,
-) {
+fn flatten<'a, 'i>(table: &'a DeTable<'i>, prefix: &str, out: &mut Vec<(String, usize, &'a Spanned<DeValue<'i>>)>) {
     for (key, value) in table.iter() {
         let name = if prefix.is_empty() { key.get_ref().to_string() } else { format!("{prefix}.{}", key.get_ref()) };
         match value.get_ref() {
@@ -302,8 +301,9 @@ fn shown(key: &KeySpec, source: &str) -> String {
 }
 
 /// The known key nearest to an unknown one: the same parent and a leaf containing the given
-/// leaf (`taskmanager.slots` → `taskmanager.numberOfTaskSlots`), the key Flink's name of
-/// which was given, or the closest by edit distance (ignoring case).
+/// leaf (`taskmanager.slots` → `taskmanager.numberOfTaskSlots`), a key given as a table
+/// (`rest.port.number` → `rest.port`), the key Flink's name of which was given, or the
+/// closest by edit distance (ignoring case).
 fn suggest_key(given: &str) -> Option<String> {
     let lower = given.to_lowercase();
     let (parent, leaf) = lower.rsplit_once('.').unwrap_or(("", &lower));
@@ -315,6 +315,9 @@ fn suggest_key(given: &str) -> Option<String> {
             if p == parent && leaf.len() >= 3 && (l.contains(leaf) || leaf.contains(l)) {
                 score = score.max(0.9);
             }
+        }
+        if lower.starts_with(&format!("{name}.")) {
+            score = score.max(0.95);
         }
         if let Flink::Named(flink) = key.flink {
             if flink.eq_ignore_ascii_case(given) {

@@ -312,7 +312,11 @@ pub struct FailureRateSettings {
 
 impl Default for FailureRateSettings {
     fn default() -> Self {
-        Self { max_failures_per_interval: 1, failure_rate_interval: Duration::from_secs(60), delay: Duration::from_secs(1) }
+        Self {
+            max_failures_per_interval: 1,
+            failure_rate_interval: Duration::from_secs(60),
+            delay: Duration::from_secs(1),
+        }
     }
 }
 

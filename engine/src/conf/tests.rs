@@ -27,7 +27,10 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(s.rest_address(), "127.0.0.1");
     assert_eq!((s.rest.port, s.rest.bind_address.as_str(), s.rest.max_content_length), (8081, "127.0.0.1", 1 << 20));
     assert_eq!(s.taskmanager.number_of_task_slots, None);
-    assert_eq!((s.taskmanager.host.as_deref(), s.taskmanager.data_port, s.taskmanager.bind_host.as_deref()), (None, 0, None));
+    assert_eq!(
+        (s.taskmanager.host.as_deref(), s.taskmanager.data_port, s.taskmanager.bind_host.as_deref()),
+        (None, 0, None)
+    );
     assert!(s.taskmanager.slot.pin_cores);
     assert_eq!((s.heartbeat.interval, s.heartbeat.timeout), (Duration::from_secs(10), Duration::from_secs(50)));
     let n = &s.taskmanager.network;
@@ -207,7 +210,12 @@ fn environment_overrides_the_file_and_refuses_unknown_variables() {
          variable must name a key): did you mean CORESTREAM_CONF_REST_PORT (`rest.port`)?"
     );
     let e = ClusterSettings::load(None, [("CORESTREAM_CONF_REST_PORT", "80 82")], &[], Role::Client).unwrap_err();
-    assert!(e.to_string().starts_with("environment variable CORESTREAM_CONF_REST_PORT: invalid value for `rest.port`: got \"80 82\""), "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "environment variable CORESTREAM_CONF_REST_PORT: invalid value for `rest.port`: got \"80 82\""
+        ),
+        "{e}"
+    );
     let e = ClusterSettings::load(None, [("CORESTREAM_CONF_HEARTBEAT_INTERVAL", "5")], &[], Role::Client).unwrap_err();
     assert!(e.to_string().contains("a duration needs a unit"), "{e}");
 }
@@ -233,9 +241,15 @@ fn overrides_beat_the_environment() {
     assert_eq!((s.taskmanager.number_of_task_slots, s.rest.port), (Some(6), 0));
     let mut s = ClusterSettings::default();
     let e = s.set("taskmanager.slots", "4").unwrap_err().to_string();
-    assert_eq!(e, "command-line override: unknown key `taskmanager.slots`: did you mean `taskmanager.numberOfTaskSlots`?");
+    assert_eq!(
+        e,
+        "command-line override: unknown key `taskmanager.slots`: did you mean `taskmanager.numberOfTaskSlots`?"
+    );
     let e = s.set("taskmanager.numberOfTaskSlots", "0").unwrap_err().to_string();
-    assert!(e.starts_with("command-line override: invalid value for `taskmanager.numberOfTaskSlots`: got \"0\""), "{e}");
+    assert!(
+        e.starts_with("command-line override: invalid value for `taskmanager.numberOfTaskSlots`: got \"0\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -353,8 +367,10 @@ fn entries_show_every_key() {
 fn derived_addresses_follow_the_rpc_address() {
     let s = from_toml("jobmanager.rpc.address = \"10.0.0.5\"").unwrap();
     assert_eq!((s.rest_address(), s.jobmanager.bind_host()), ("10.0.0.5", "10.0.0.5"));
-    let s = from_toml("jobmanager.rpc.address = \"10.0.0.5\"\nrest.address = \"jm.example.org\"\njobmanager.bind-host = \"0.0.0.0\"")
-        .unwrap();
+    let s = from_toml(
+        "jobmanager.rpc.address = \"10.0.0.5\"\nrest.address = \"jm.example.org\"\njobmanager.bind-host = \"0.0.0.0\"",
+    )
+    .unwrap();
     assert_eq!((s.rest_address(), s.jobmanager.bind_host()), ("jm.example.org", "0.0.0.0"));
 }
 

@@ -26,7 +26,8 @@ const SIZE_UNITS: &[(&[&str], u64)] = &[
     (&["t", "tb", "tib", "tebibytes"], 1 << 40),
 ];
 
-pub(crate) const DURATION_HINT: &str = "a duration: an integer and a unit, e.g. \"10 s\", \"500ms\", \"1 min\", \"1h\" \
+pub(crate) const DURATION_HINT: &str =
+    "a duration: an integer and a unit, e.g. \"10 s\", \"500ms\", \"1 min\", \"1h\" \
      (units: ns, us, ms, s, min, h, d)";
 pub(crate) const SIZE_HINT: &str =
     "a size: an integer and a unit, e.g. \"1 MiB\", \"64kb\", \"512 b\" (units: b, kb/KiB, mb/MiB, gb/GiB, tb/TiB; \
@@ -196,7 +197,8 @@ mod tests {
             assert!(check_host(bad).is_err(), "{bad}");
         }
         assert!(check_host(&"a".repeat(64)).is_err());
-        assert!(check_host(&["a"; 127].join(".")).is_err(), "254 characters");
+        assert!(check_host(&["a"; 127].join(".")).is_ok(), "253 characters");
+        assert!(check_host(&["a"; 128].join(".")).is_err(), "255 characters");
     }
 
     proptest! {

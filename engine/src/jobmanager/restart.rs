@@ -75,7 +75,9 @@ impl fmt::Display for RestartStrategy {
         let d = |x: &Duration| format_duration(*x);
         match self {
             Self::None => f.write_str("none"),
-            Self::FixedDelay { attempts, delay } => write!(f, "fixed-delay ({attempts} attempt(s), {} apart)", d(delay)),
+            Self::FixedDelay { attempts, delay } => {
+                write!(f, "fixed-delay ({attempts} attempt(s), {} apart)", d(delay))
+            }
             Self::ExponentialDelay { initial_backoff, max_backoff, multiplier, attempts_before_reset, .. } => {
                 write!(f, "exponential-delay ({} × {multiplier} up to {}", d(initial_backoff), d(max_backoff))?;
                 match attempts_before_reset {
@@ -104,11 +106,18 @@ pub enum RestartDecision {
 #[derive(Debug, Clone)]
 enum State {
     None,
-    Fixed { failures: u32 },
+    Fixed {
+        failures: u32,
+    },
     /// Flink's `currentRestartAttempt` (since the last reset) and `nextRestartTimestamp`.
-    Exponential { attempt: u32, next_restart_ms: Option<u64> },
+    Exponential {
+        attempt: u32,
+        next_restart_ms: Option<u64>,
+    },
     /// The last `max_failures + 1` failure times at most.
-    FailureRate { failures: VecDeque<u64> },
+    FailureRate {
+        failures: VecDeque<u64>,
+    },
 }
 
 /// The restart state of one job.
@@ -249,7 +258,14 @@ fn millis(d: Duration) -> u64 {
 /// Flink's wait before restart `attempt` (0-based since the last reset): `initial` ×
 /// `multiplier`^`attempt` truncated to milliseconds, plus a jitter of `jitter` (in [-1, 1]) ×
 /// ⌊backoff × `jitter_factor`⌋, kept within [`initial`, `max`].
-fn exponential_backoff_ms(initial: u64, max: u64, multiplier: f64, jitter_factor: f64, attempt: u32, jitter: f64) -> u64 {
+fn exponential_backoff_ms(
+    initial: u64,
+    max: u64,
+    multiplier: f64,
+    jitter_factor: f64,
+    attempt: u32,
+    jitter: f64,
+) -> u64 {
     let backoff = (initial as f64 * multiplier.powf(attempt as f64)) as u64;
     let offset = if jitter_factor == 0.0 { 0 } else { (backoff as f64 * jitter_factor) as u64 };
     let sample = if jitter.is_nan() { 0.0 } else { jitter.clamp(-1.0, 1.0) };
@@ -422,7 +438,10 @@ mod tests {
         assert_eq!(RestartStrategy::from_settings(&s), RestartStrategy::None);
         s.strategy = RestartStrategyType::FixedDelay;
         s.fixed_delay.attempts = 5;
-        assert_eq!(RestartStrategy::from_settings(&s), RestartStrategy::FixedDelay { attempts: 5, delay: Duration::from_secs(1) });
+        assert_eq!(
+            RestartStrategy::from_settings(&s),
+            RestartStrategy::FixedDelay { attempts: 5, delay: Duration::from_secs(1) }
+        );
         s.strategy = RestartStrategyType::FailureRate;
         let fr = RestartStrategy::from_settings(&s);
         assert_eq!(fr.to_string(), "failure-rate (at most 1 failure(s) per 1 min, 1 s apart)");
