@@ -195,7 +195,7 @@ pub fn check_bearer(expected: Option<&ClusterSecret>, authorization_header: Opti
     let Some(secret) = expected else { return Ok(()) };
     let header = authorization_header.map(str::trim).filter(|h| !h.is_empty());
     let header = header.ok_or(AuthError::MissingCredentials)?;
-    let (scheme, token) = header.split_once(|c: char| c == ' ' || c == '\t').unwrap_or((header, ""));
+    let (scheme, token) = header.split_once([' ', '\t']).unwrap_or((header, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::NotBearer);
     }

@@ -551,10 +551,7 @@ impl Kind {
     pub(crate) fn assign(&self, key: &str, s: &mut ClusterSettings, given: &Given) -> Result<(), String> {
         match self {
             Kind::Duration { at, min, max } => {
-                let expected =
-                    format!("a duration {}, e.g. \"{}\"", range(format_duration(*min), format_duration(*max)), {
-                        format_duration((*min).max(ms(1)))
-                    });
+                let expected = format!("a duration {}", range(format_duration(*min), format_duration(*max)));
                 let d = match given {
                     Given::Int(Some(n)) => {
                         return Err(format!("a duration with a unit: write e.g. \"{n} s\" or \"{n} ms\""))
@@ -567,9 +564,7 @@ impl Kind {
                 *(at.get_mut)(s) = d;
             }
             Kind::Size { at, min, max } => {
-                let expected = format!("a size {}, e.g. \"{}\"", range(format_size(*min), format_size(*max)), {
-                    format_size(*min)
-                });
+                let expected = format!("a size {}", range(format_size(*min), format_size(*max)));
                 let b = match given {
                     Given::Int(Some(n)) => {
                         return Err(format!("a size with a unit: write e.g. \"{n} b\" or \"{n} KiB\""))
@@ -636,7 +631,7 @@ impl Kind {
                 let t = text(given, "the secret as a string")?;
                 let secret = ClusterSecret::new(t, key).map_err(|e| match e {
                     crate::auth::AuthError::InvalidSecret { reason, .. } => {
-                        format!("a secret that is valid; it {reason}")
+                        format!("a valid secret, but the value {reason}")
                     }
                     other => other.to_string(),
                 })?;

@@ -242,7 +242,11 @@ impl ClusterSettings {
         )?;
         let security = &self.security;
         if security.cluster_secret.is_some() && security.cluster_secret_file.is_some() {
-            return Err(ConfError::TwoSecrets { origin: Origin::Override });
+            let reason = "`security.cluster.secret` and `security.cluster.secret-file` are both set: set one".into();
+            return Err(ConfError::Inconsistent {
+                keys: vec!["security.cluster.secret", "security.cluster.secret-file"],
+                reason,
+            });
         }
         let needs_secret = matches!(role, Role::JobManager | Role::TaskManager) && security.auth_enabled;
         if needs_secret && security.cluster_secret.is_none() && security.cluster_secret_file.is_none() {

@@ -311,7 +311,8 @@ fn one_layer_gives_one_secret_and_a_later_layer_replaces_it() {
     let mut both = ClusterSettings::default();
     both.security.cluster_secret = Some(ClusterSecret::new(SECRET, "test").unwrap());
     both.security.cluster_secret_file = Some("/s".into());
-    assert!(matches!(both.validate(Role::Client), Err(ConfError::TwoSecrets { .. })));
+    let e = both.validate(Role::Client).unwrap_err();
+    assert!(matches!(e, ConfError::Inconsistent { .. }) && e.to_string().contains("both set"), "{e}");
 }
 
 #[test]

@@ -79,7 +79,7 @@ pub fn format_duration(d: Duration) -> String {
         ("us", 1_000),
         ("ns", 1),
     ];
-    let (name, per) = units.iter().find(|(_, per)| nanos % per == 0).copied().unwrap_or(("ns", 1));
+    let (name, per) = units.iter().find(|(_, per)| nanos.is_multiple_of(*per)).copied().unwrap_or(("ns", 1));
     format!("{} {name}", nanos / per)
 }
 
@@ -107,7 +107,7 @@ pub fn format_size(bytes: u64) -> String {
     if bytes == 0 {
         return "0 b".into();
     }
-    let (name, per) = units.iter().find(|(_, per)| bytes % per == 0).copied().unwrap_or(("b", 1));
+    let (name, per) = units.iter().find(|(_, per)| bytes.is_multiple_of(*per)).copied().unwrap_or(("b", 1));
     format!("{} {name}", bytes / per)
 }
 

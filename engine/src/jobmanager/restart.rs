@@ -103,41 +103,33 @@ pub enum RestartDecision {
     GiveUp { reason: String },
 }
 
-#[derive(Debug, Clone)]
-enum State {
-    None,
-    Fixed {
-        failures: u32,
-    },
-    /// Flink's `currentRestartAttempt` (since the last reset) and `nextRestartTimestamp`.
-    Exponential {
-        attempt: u32,
-        next_restart_ms: Option<u64>,
-    },
-    /// The last `max_failures + 1` failure times at most.
-    FailureRate {
-        failures: VecDeque<u64>,
-    },
-}
-
-/// The restart state of one job.
+/// The restart state of one job. Each strategy reads its own part of the state.
 #[derive(Debug, Clone)]
 pub struct RestartTracker {
     strategy: RestartStrategy,
-    state: State,
     restarts: u32,
     gave_up: Option<String>,
+    /// fixed-delay: failures so far.
+    failures: u32,
+    /// exponential-delay: Flink's `currentRestartAttempt` (since the last reset) ...
+    attempt_since_reset: u32,
+    /// ... and `nextRestartTimestamp`.
+    next_restart_ms: Option<u64>,
+    /// failure-rate: the last `max_failures + 1` failure times at most.
+    failure_times: VecDeque<u64>,
 }
 
 impl RestartTracker {
     pub fn new(strategy: RestartStrategy) -> Self {
-        let state = match &strategy {
-            RestartStrategy::None => State::None,
-            RestartStrategy::FixedDelay { .. } => State::Fixed { failures: 0 },
-            RestartStrategy::ExponentialDelay { .. } => State::Exponential { attempt: 0, next_restart_ms: None },
-            RestartStrategy::FailureRate { .. } => State::FailureRate { failures: VecDeque::new() },
-        };
-        Self { strategy, state, restarts: 0, gave_up: None }
+        Self {
+            strategy,
+            restarts: 0,
+            gave_up: None,
+            failures: 0,
+            attempt_since_reset: 0,
+            next_restart_ms: None,
+            failure_times: VecDeque::new(),
+        }
     }
 
     pub fn strategy(&self) -> &RestartStrategy {
@@ -178,50 +170,46 @@ impl RestartTracker {
 
     /// The delay of a restart and whether it is a new one, or why not.
     fn decide(&mut self, now_ms: u64, jitter: f64) -> Result<(Duration, bool), String> {
-        match (&self.strategy, &mut self.state) {
-            (RestartStrategy::None, _) => {
+        match &self.strategy {
+            RestartStrategy::None => {
                 Err("no restart strategy (restart-strategy.type = none): the job fails at its first failure".into())
             }
-            (RestartStrategy::FixedDelay { attempts, delay }, State::Fixed { failures }) => {
-                *failures = failures.saturating_add(1);
-                if *failures <= *attempts {
+            RestartStrategy::FixedDelay { attempts, delay } => {
+                self.failures = self.failures.saturating_add(1);
+                if self.failures <= *attempts {
                     Ok((*delay, true))
                 } else {
                     Err(format!("fixed-delay restart strategy: {attempts} attempt(s) used up"))
                 }
             }
-            (
-                RestartStrategy::ExponentialDelay {
-                    initial_backoff,
-                    max_backoff,
-                    multiplier,
-                    reset_threshold,
-                    jitter_factor,
-                    attempts_before_reset,
-                },
-                State::Exponential { attempt, next_restart_ms },
-            ) => {
-                if let Some(next) = *next_restart_ms {
+            RestartStrategy::ExponentialDelay {
+                initial_backoff,
+                max_backoff,
+                multiplier,
+                reset_threshold,
+                jitter_factor,
+                attempts_before_reset,
+            } => {
+                if let Some(next) = self.next_restart_ms {
                     if now_ms <= next {
                         return Ok((Duration::from_millis(next - now_ms), false));
                     }
                 }
-                let reset = next_restart_ms.is_none_or(|next| now_ms - next >= millis(*reset_threshold));
-                if reset {
-                    *attempt = 0;
+                if self.next_restart_ms.is_none_or(|next| now_ms - next >= millis(*reset_threshold)) {
+                    self.attempt_since_reset = 0;
                 }
                 let backoff_ms = exponential_backoff_ms(
                     millis(*initial_backoff),
                     millis(*max_backoff),
                     *multiplier,
                     *jitter_factor,
-                    *attempt,
+                    self.attempt_since_reset,
                     jitter,
                 );
-                *next_restart_ms = Some(now_ms.saturating_add(backoff_ms));
-                *attempt = attempt.saturating_add(1);
+                self.next_restart_ms = Some(now_ms.saturating_add(backoff_ms));
+                self.attempt_since_reset = self.attempt_since_reset.saturating_add(1);
                 match attempts_before_reset {
-                    Some(limit) if *attempt > *limit => Err(format!(
+                    Some(limit) if self.attempt_since_reset > *limit => Err(format!(
                         "exponential-delay restart strategy: {limit} attempt(s) used up without a run of {} \
                          (restart-strategy.exponential-delay.reset-backoff-threshold) to reset them",
                         format_duration(*reset_threshold)
@@ -229,13 +217,14 @@ impl RestartTracker {
                     _ => Ok((Duration::from_millis(backoff_ms), true)),
                 }
             }
-            (RestartStrategy::FailureRate { max_failures, interval, delay }, State::FailureRate { failures }) => {
-                failures.push_back(now_ms);
-                if failures.len() > *max_failures as usize + 1 {
-                    failures.pop_front();
+            RestartStrategy::FailureRate { max_failures, interval, delay } => {
+                self.failure_times.push_back(now_ms);
+                if self.failure_times.len() > *max_failures as usize + 1 {
+                    self.failure_times.pop_front();
                 }
-                let earliest = failures.front().copied().unwrap_or(now_ms);
-                if failures.len() > *max_failures as usize && now_ms.saturating_sub(earliest) <= millis(*interval) {
+                let earliest = self.failure_times.front().copied().unwrap_or(now_ms);
+                let full = self.failure_times.len() > *max_failures as usize;
+                if full && now_ms.saturating_sub(earliest) <= millis(*interval) {
                     Err(format!(
                         "failure-rate restart strategy: more than {max_failures} failure(s) within {}",
                         format_duration(*interval)
@@ -243,9 +232,6 @@ impl RestartTracker {
                 } else {
                     Ok((*delay, true))
                 }
-            }
-            (strategy, state) => {
-                Err(format!("internal error: restart strategy {strategy} with the state of another ({state:?})"))
             }
         }
     }
