@@ -70,8 +70,6 @@ pub enum AuthError {
          configuration replaces an earlier layer's secret, but one layer may give only one)"
     )]
     BothSecrets,
-    #[error("the operating system's random number generator failed: {0}")]
-    Random(getrandom::Error),
 }
 
 impl ClusterSecret {
@@ -158,11 +156,12 @@ fn is_world_readable(mode: u32) -> bool {
     mode & 0o004 != 0
 }
 
-/// 32 bytes from the operating system's random number generator.
-pub fn nonce() -> Result<[u8; 32], AuthError> {
+/// 32 bytes from the kernel's random number generator. Panics only if the kernel has none
+/// (a process that cannot make a nonce must not go on with a predictable one).
+pub fn nonce() -> [u8; 32] {
     let mut out = [0u8; 32];
-    getrandom::fill(&mut out).map_err(AuthError::Random)?;
-    Ok(out)
+    getrandom::fill(&mut out).expect("the kernel's random number generator is unavailable");
+    out
 }
 
 fn keyed(secret: &ClusterSecret, parts: &[&[u8]]) -> HmacSha256 {
@@ -302,8 +301,8 @@ mod tests {
 
     #[test]
     fn nonces_differ() {
-        let a = nonce().unwrap();
-        let b = nonce().unwrap();
+        let a = nonce();
+        let b = nonce();
         assert_ne!(a, b);
         assert_ne!(a, [0u8; 32]);
     }

@@ -6,10 +6,17 @@
 //!
 //! The exponential-delay strategy needs no notice that the job is running again: as in Flink,
 //! its reset is measured from the time the last restart was due.
+//!
+//! [`RestartStrategy::factory`] gives the job master its [`Restarts`] per job: a tracker whose
+//! jitter is drawn from the kernel's random number generator, the one impure step, kept out of
+//! the tracker itself.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::{RestartFactory, Restarts};
 
 use crate::conf::value::format_duration;
 use crate::conf::{RestartSettings, RestartStrategyType};
@@ -67,6 +74,12 @@ impl RestartStrategy {
     /// A tracker for one job, with no failure yet.
     pub fn tracker(&self) -> RestartTracker {
         RestartTracker::new(self.clone())
+    }
+
+    /// What the JobManager needs: a fresh tracker for every job.
+    pub fn factory(&self) -> RestartFactory {
+        let strategy = self.clone();
+        Arc::new(move || Box::new(strategy.tracker()) as Box<dyn Restarts>)
     }
 }
 
@@ -235,6 +248,31 @@ impl RestartTracker {
             }
         }
     }
+}
+
+/// The job master's view of a tracker: the delay of a restart, or why not. The jitter sample
+/// comes from the kernel's random number generator (none if it fails: jitter only spreads
+/// restarts out).
+impl Restarts for RestartTracker {
+    fn on_failure(&mut self, now_ms: u64, retryable: bool) -> Result<Duration, String> {
+        match RestartTracker::on_failure(self, now_ms, retryable, random_jitter()) {
+            RestartDecision::Restart { delay, attempt } => {
+                tracing::info!("restart {attempt} of the job in {} ({})", format_duration(delay), self.strategy);
+                Ok(delay)
+            }
+            RestartDecision::GiveUp { reason } => Err(reason),
+        }
+    }
+}
+
+/// A sample uniform in [-1, 1].
+fn random_jitter() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.0;
+    }
+    let unit = (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64;
+    unit * 2.0 - 1.0
 }
 
 fn millis(d: Duration) -> u64 {
@@ -416,6 +454,24 @@ mod tests {
             assert!(r.contains("not retryable"), "{kind:?}: {r}");
             assert_eq!(t.restarts(), 0);
         }
+    }
+
+    #[test]
+    fn the_job_masters_view_draws_jitter_within_bounds() {
+        for _ in 0..100 {
+            let j = random_jitter();
+            assert!((-1.0..=1.0).contains(&j), "{j}");
+        }
+        let settings = RestartSettings { strategy: RestartStrategyType::ExponentialDelay, ..Default::default() };
+        let factory = RestartStrategy::from_settings(&settings).factory();
+        let (mut a, mut b) = (factory(), factory());
+        let ms = |d: Result<Duration, String>| d.unwrap().as_millis() as u64;
+        let first = ms(a.on_failure(0, true));
+        assert!((1000..=1100).contains(&first), "1 s + 10 %, never below the initial backoff: {first}");
+        let second = ms(a.on_failure(2 * S, true));
+        assert!((1350..=1650).contains(&second), "{second}");
+        assert!(ms(b.on_failure(0, true)) <= 1100, "every job gets its own tracker");
+        assert!(a.on_failure(10 * S, false).unwrap_err().contains("not retryable"));
     }
 
     #[test]
