@@ -256,10 +256,7 @@ impl RestartTracker {
 impl Restarts for RestartTracker {
     fn on_failure(&mut self, now_ms: u64, retryable: bool) -> Result<Duration, String> {
         match RestartTracker::on_failure(self, now_ms, retryable, random_jitter()) {
-            RestartDecision::Restart { delay, attempt } => {
-                tracing::info!("restart {attempt} of the job in {} ({})", format_duration(delay), self.strategy);
-                Ok(delay)
-            }
+            RestartDecision::Restart { delay, .. } => Ok(delay),
             RestartDecision::GiveUp { reason } => Err(reason),
         }
     }
