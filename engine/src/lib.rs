@@ -96,6 +96,7 @@
 //! second, unpatched copy for its own use; the engine never runs on it.
 
 pub mod api;
+pub mod app;
 pub mod auth;
 pub mod checkpoint;
 pub mod conf;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::jobmanager::api::{ClusterApi, JobExecutionResult, SubmitRequest};
-use crate::jobmanager::{JobManager, JobManagerSettings};
+use crate::jobmanager::{JobManager, JobManagerConfig};
 use crate::registry::JobRegistry;
 
 /// How to start the TaskManager processes.
@@ -35,10 +35,10 @@ pub struct ProcessClusterSettings {
     pub data_binds: Vec<SocketAddr>,
     /// Start TaskManager `i` through `ip netns exec NAME` when `netns[i]` is set.
     pub netns: Vec<Option<String>>,
-    /// More arguments for every `taskmanager` command line.
+    /// More arguments for every `taskmanager` command line (`-D key=value` settings).
     pub extra_args: Vec<OsString>,
     /// The JobManager's settings; `rpc_bind` port 0 picks a free port.
-    pub jobmanager: JobManagerSettings,
+    pub jobmanager: JobManagerConfig,
     /// How long the TaskManagers may take to register.
     pub registration_timeout: Duration,
 }
@@ -52,7 +52,7 @@ impl Default for ProcessClusterSettings {
             data_binds: Vec::new(),
             netns: Vec::new(),
             extra_args: Vec::new(),
-            jobmanager: JobManagerSettings { rpc_bind: SocketAddr::from(([127, 0, 0, 1], 0)), ..Default::default() },
+            jobmanager: JobManagerConfig { rpc_bind: SocketAddr::from(([127, 0, 0, 1], 0)), ..Default::default() },
             registration_timeout: Duration::from_secs(30),
         }
     }
@@ -130,7 +130,20 @@ impl ProcessCluster {
         registry: JobRegistry,
         mut started: impl FnMut(ChildInfo),
     ) -> Result<Self, ProcessClusterError> {
-        let jobmanager = JobManager::start(settings.jobmanager.clone(), registry)?;
+        // A secret of this run only, unless the caller chose one.
+        let mut jm_config = settings.jobmanager.clone();
+        let secret = match &jm_config.secret {
+            Some(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            None => {
+                let text: String = crate::auth::nonce().iter().map(|b| format!("{b:02x}")).collect();
+                jm_config.secret = Some(
+                    crate::auth::ClusterSecret::new(&text, "a generated secret")
+                        .map_err(|e| ProcessClusterError::Refused(e.to_string()))?,
+                );
+                Some(text)
+            }
+        };
+        let jobmanager = JobManager::start(jm_config, registry)?;
         let address = jobmanager.rpc_address();
         let (tx, rx) = mpsc::channel::<SpawnerRequest>();
         let parent = std::process::id();
@@ -167,8 +180,12 @@ impl ProcessCluster {
                 settings.slots_per_taskmanager.to_string().into(),
                 "--core-offset".into(),
                 (index * settings.slots_per_taskmanager).to_string().into(),
-                "--data-bind".into(),
-                bind.to_string().into(),
+                "-D".into(),
+                format!("taskmanager.bind-host={}", bind.ip()).into(),
+                "-D".into(),
+                format!("taskmanager.host={}", bind.ip()).into(),
+                "-D".into(),
+                format!("taskmanager.data.port={}", bind.port()).into(),
             ];
             args.extend(settings.extra_args.iter().cloned());
             let netns = settings.netns.get(index as usize).cloned().flatten();
@@ -181,6 +198,11 @@ impl ProcessCluster {
                 None => std::process::Command::new(&settings.binary),
             };
             command.args(&args).stdin(Stdio::null()).stdout(Stdio::null());
+            // The secret goes through the environment, never the command line (which `ps` shows).
+            match &secret {
+                Some(s) => command.env("CORESTREAM_CONF_SECURITY_CLUSTER_SECRET", s),
+                None => command.env("CORESTREAM_CONF_SECURITY_AUTH_ENABLED", "false"),
+            };
             let text = format!("{:?}", command);
             let child =
                 cluster.spawn(command).map_err(|cause| ProcessClusterError::Spawn { index, command: text, cause })?;

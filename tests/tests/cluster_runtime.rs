@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corestream::jobmanager::api::{ClusterApi, JobExecutionResult, JobState, SubmitRequest};
-use corestream::jobmanager::{JobManager, JobManagerSettings, Restarts};
+use corestream::jobmanager::{JobManager, JobManagerConfig, Restarts};
 use corestream::registry::{JobParts, JobRegistry, JobType};
 use corestream::rpc::messages::{Accumulator, Accumulators};
-use corestream::taskmanager::{TaskManager, TaskManagerSettings};
+use corestream::taskmanager::{TaskManager, TaskManagerConfig};
 use corestream::{ClusterConfig, NetConfig, RuntimeMode};
 
 /// sum-by-key over `0..records` with `keys` keys: per-key totals, checked as an
@@ -88,7 +88,7 @@ impl Restarts for Restart {
 }
 
 fn jobmanager(restarts: u32) -> JobManager {
-    let settings = JobManagerSettings {
+    let settings = JobManagerConfig {
         rpc_bind: "127.0.0.1:0".parse().unwrap(),
         heartbeat_interval: Duration::from_millis(100),
         heartbeat_timeout: Duration::from_millis(1000),
@@ -100,7 +100,7 @@ fn jobmanager(restarts: u32) -> JobManager {
 }
 
 fn taskmanager(jm: &str, slots: u32) -> TaskManager {
-    let settings = TaskManagerSettings {
+    let settings = TaskManagerConfig {
         jobmanager: jm.to_string(),
         cluster: ClusterConfig {
             slots: Some(slots),
@@ -255,7 +255,7 @@ fn task_managers_cancel_their_tasks_and_register_with_a_new_job_manager() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // A new JobManager on the same address: the TaskManager registers again and runs jobs.
-    let settings = JobManagerSettings {
+    let settings = JobManagerConfig {
         rpc_bind: port,
         heartbeat_interval: Duration::from_millis(100),
         heartbeat_timeout: Duration::from_millis(1000),

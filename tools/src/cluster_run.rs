@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use corestream::jobmanager::api::{JobOutcome, JobState, SubmitRequest};
-use corestream::jobmanager::JobManagerSettings;
+use corestream::jobmanager::JobManagerConfig;
 use corestream::processes::{describe_exit, ProcessCluster, ProcessClusterSettings};
 
 use crate::args::Common;
@@ -19,21 +19,31 @@ use crate::args::Common;
 pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobOutcome> {
     let slots = common.slots.unwrap_or(1);
     let heartbeat_timeout = common.heartbeat_timeout.unwrap_or(Duration::from_secs(10));
-    let mut extra_args: Vec<OsString> =
-        vec!["--heartbeat-timeout".into(), format!("{}ms", heartbeat_timeout.as_millis()).into()];
+    let credit = common.credit();
+    let mut set = vec![
+        format!("taskmanager.network.heartbeat.timeout={}ms", heartbeat_timeout.as_millis()),
+        format!("taskmanager.network.heartbeat.interval={}ms", (heartbeat_timeout / 5).as_millis().max(1)),
+        format!("heartbeat.timeout={}ms", heartbeat_timeout.as_millis()),
+        format!("heartbeat.interval={}ms", (heartbeat_timeout / 5).as_millis().max(1)),
+        format!("taskmanager.network.memory.buffers-per-channel={}", credit.exclusive_per_channel),
+        format!("taskmanager.network.memory.floating-buffers-per-gate={}", credit.floating_per_gate),
+        format!("taskmanager.network.memory.max-buffers-per-channel={}", credit.max_backlog_per_channel),
+    ];
     if let Some(n) = common.network_buffers {
-        extra_args.extend(["--network-buffers".into(), n.to_string().into()]);
+        set.push(format!("taskmanager.network.numberOfBuffers={n}"));
     }
+    let extra_args: Vec<OsString> = set.into_iter().flat_map(|s| [OsString::from("-D"), OsString::from(s)]).collect();
     let settings = ProcessClusterSettings {
         binary: std::env::current_exe().context("cannot find this program's executable to start TaskManagers")?,
         taskmanagers: common.processes,
         slots_per_taskmanager: slots,
         extra_args,
-        jobmanager: JobManagerSettings {
+        jobmanager: JobManagerConfig {
             rpc_bind: "127.0.0.1:0".parse().expect("an address"),
             heartbeat_interval: heartbeat_timeout / 5,
             heartbeat_timeout,
             slot_request_timeout: Duration::from_secs(30),
+            cluster: corestream::ClusterConfig { credit, ..Default::default() },
             ..Default::default()
         },
         ..Default::default()

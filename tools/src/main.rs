@@ -13,7 +13,6 @@ mod multi;
 mod outputs;
 mod profile;
 mod progress;
-mod roles;
 mod run;
 mod window_agg;
 
@@ -66,9 +65,9 @@ enum Command {
     /// writes a flame graph (SVG) and folded stacks per slot thread and for all threads.
     Profile(profile::ProfileArgs),
     /// Run a JobManager (dispatcher, resource manager, job masters) until SIGINT or SIGTERM.
-    Jobmanager(roles::JobManagerArgs),
+    Jobmanager(corestream::app::JobManagerArgs),
     /// Run a TaskManager that registers with a JobManager, until SIGINT or SIGTERM.
-    Taskmanager(roles::TaskManagerArgs),
+    Taskmanager(corestream::app::TaskManagerArgs),
 }
 
 /// Runs one command; `profile` calls it again for the command line it profiles.
@@ -79,8 +78,8 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Plan { example, common } => run::plan(&example, &common),
         Command::Demo(args) => demo::run(args),
         Command::Profile(args) => profile::run(args),
-        Command::Jobmanager(args) => roles::jobmanager(args),
-        Command::Taskmanager(args) => roles::taskmanager(args),
+        Command::Jobmanager(args) => Ok(corestream::app::run_jobmanager(&args, jobs::registry())?),
+        Command::Taskmanager(args) => Ok(corestream::app::run_taskmanager(&args, jobs::registry())?),
     }
 }
 
@@ -120,6 +119,9 @@ fn main() -> ExitCode {
 /// options), or fewer slots than its parallelism. Such a refusal is an invalid argument.
 fn is_argument_error(e: &anyhow::Error) -> bool {
     use corestream::{JobError, NetError};
+    if e.chain().any(|c| c.downcast_ref::<corestream::app::AppError>().is_some_and(|a| a.exit_code() == 2)) {
+        return true;
+    }
     e.chain().any(|cause| match cause.downcast_ref::<JobError>() {
         Some(JobError::Network(NetError::InsufficientBuffers { requested, capacity, .. })) => requested > capacity,
         Some(JobError::NotEnoughSlots { needed, total, .. }) => needed > total,

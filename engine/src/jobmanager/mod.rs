@@ -29,7 +29,6 @@ use crate::registry::JobRegistry;
 use crate::rpc::ids::{DeploymentKey, JobId, TaskManagerId};
 use crate::rpc::messages::JmMessage;
 use crate::runtime::cluster::PlanSummary;
-use crate::taskmanager::random32;
 
 /// Makes the restart strategy of each new job.
 pub type RestartFactory = Arc<dyn Fn() -> Box<dyn Restarts> + Send + Sync>;
@@ -46,7 +45,7 @@ impl Restarts for NoRestart {
 
 /// How a JobManager runs.
 #[derive(Clone)]
-pub struct JobManagerSettings {
+pub struct JobManagerConfig {
     /// Where TaskManagers connect (`jobmanager.rpc.address`/`jobmanager.rpc.port`; port 0:
     /// any free port).
     pub rpc_bind: SocketAddr,
@@ -56,14 +55,14 @@ pub struct JobManagerSettings {
     pub slot_request_timeout: Duration,
     pub restarts: RestartFactory,
     /// The cluster secret TaskManagers must prove; `None` when authentication is off.
-    pub secret: Option<Arc<Vec<u8>>>,
+    pub secret: Option<crate::auth::ClusterSecret>,
     /// Credit settings the plans are made with (the TaskManagers must use the same).
     pub cluster: ClusterConfig,
 }
 
-impl std::fmt::Debug for JobManagerSettings {
+impl std::fmt::Debug for JobManagerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobManagerSettings")
+        f.debug_struct("JobManagerConfig")
             .field("rpc_bind", &self.rpc_bind)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
@@ -73,7 +72,7 @@ impl std::fmt::Debug for JobManagerSettings {
     }
 }
 
-impl Default for JobManagerSettings {
+impl Default for JobManagerConfig {
     fn default() -> Self {
         Self {
             rpc_bind: SocketAddr::from(([127, 0, 0, 1], 6123)),
@@ -89,7 +88,7 @@ impl Default for JobManagerSettings {
 
 /// The state every part of the JobManager shares.
 pub(crate) struct Jm {
-    settings: JobManagerSettings,
+    settings: JobManagerConfig,
     registry: JobRegistry,
     state: Mutex<State>,
     /// Notified when slots are freed or TaskManagers register.
@@ -116,7 +115,7 @@ impl std::fmt::Debug for JobManager {
 
 impl JobManager {
     /// Binds the control-plane address and starts serving TaskManagers.
-    pub fn start(settings: JobManagerSettings, registry: JobRegistry) -> Result<Self, StartupError> {
+    pub fn start(settings: JobManagerConfig, registry: JobRegistry) -> Result<Self, StartupError> {
         if settings.heartbeat_interval.is_zero() || settings.heartbeat_timeout <= settings.heartbeat_interval {
             return Err(StartupError::InvalidConfig(format!(
                 "heartbeat.timeout ({:?}) must be longer than heartbeat.interval ({:?}), which must be positive",
@@ -141,7 +140,7 @@ impl JobManager {
             .enable_all()
             .build()
             .map_err(|e| StartupError::InvalidConfig(format!("cannot start the JobManager's threads: {e}")))?;
-        let session = u64::from_le_bytes(random32()[..8].try_into().expect("8 bytes"));
+        let session = u64::from_le_bytes(crate::auth::nonce()[..8].try_into().expect("8 bytes"));
         let jm = Arc::new(Jm {
             settings,
             registry,
@@ -149,7 +148,7 @@ impl JobManager {
             slots_changed: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
             session,
-            cluster_token: random32(),
+            cluster_token: crate::auth::nonce(),
         });
         {
             let _guard = runtime.enter();

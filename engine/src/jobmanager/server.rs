@@ -16,7 +16,6 @@ use super::Jm;
 use crate::rpc::frame::{read_frame, write_frame};
 use crate::rpc::ids::TaskManagerId;
 use crate::rpc::messages::{Bytes32, JmMessage, Registration, TmMessage, PROTOCOL_VERSION};
-use crate::taskmanager::{mac, random32};
 
 /// How long a new connection may take to register.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +57,7 @@ pub(crate) async fn accept(jm: Arc<Jm>, listener: TcpListener) {
 
 /// Challenge, registration, then the connection's reader and writer.
 async fn register(jm: &Arc<Jm>, mut stream: TcpStream) -> Result<(), String> {
-    let nonce = random32();
+    let nonce = crate::auth::nonce();
     write_frame(&mut stream, &JmMessage::Challenge { protocol: PROTOCOL_VERSION, nonce: Bytes32(nonce) })
         .await
         .map_err(|e| e.to_string())?;
@@ -70,11 +69,9 @@ async fn register(jm: &Arc<Jm>, mut stream: TcpStream) -> Result<(), String> {
         let _ = write_frame(&mut stream, &JmMessage::Refused { reason: reason.clone() }).await;
         return Err(reason);
     }
-    let proof = jm
-        .settings
-        .secret
-        .as_ref()
-        .map(|s| Bytes32(mac(s, &[b"jm-registered", &registration.nonce.0, &registration.id.0])));
+    let proof = jm.settings.secret.as_ref().map(|s| {
+        Bytes32(crate::auth::mac(s, &[b"jm-registered".as_slice(), &registration.nonce.0, &registration.id.0]))
+    });
     write_frame(
         &mut stream,
         &JmMessage::Registered {
@@ -144,8 +141,8 @@ fn check_registration(jm: &Jm, registration: &Registration, nonce: &[u8; 32]) ->
         ));
     }
     if let Some(secret) = &jm.settings.secret {
-        let expected = mac(secret, &[b"tm-register", nonce, &registration.id.0]);
-        if registration.proof.map(|p| p.0) != Some(expected) {
+        let parts: [&[u8]; 3] = [b"tm-register", nonce, &registration.id.0];
+        if !registration.proof.is_some_and(|p| crate::auth::verify(secret, &parts, &p.0)) {
             let what = if registration.proof.is_none() { "no" } else { "a wrong" };
             return Err(format!(
                 "TaskManager {} ({}, pid {}) sent {what} proof of the cluster secret",

@@ -35,7 +35,7 @@ use crate::runtime::job::StagedOutputs;
 
 /// How a TaskManager runs.
 #[derive(Debug, Clone)]
-pub struct TaskManagerSettings {
+pub struct TaskManagerConfig {
     /// The JobManager's control-plane address (`jobmanager.rpc.address:jobmanager.rpc.port`).
     pub jobmanager: String,
     /// Slots, pool, credit and core pinning. `slots: None` is one per physical core.
@@ -46,15 +46,18 @@ pub struct TaskManagerSettings {
     /// TaskManager's connection to the JobManager.
     pub advertised_host: Option<IpAddr>,
     /// The cluster secret; `None` when authentication is off.
-    pub secret: Option<Arc<Vec<u8>>>,
+    pub secret: Option<crate::auth::ClusterSecret>,
     /// First wait before registering again after a failure; doubles up to `reconnect_max`.
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
     /// How long one registration attempt may take.
     pub registration_timeout: Duration,
+    /// The TaskManager stops when it has not been registered for this long
+    /// (`taskmanager.registration.timeout`); `None` tries forever.
+    pub give_up_after: Option<Duration>,
 }
 
-impl Default for TaskManagerSettings {
+impl Default for TaskManagerConfig {
     fn default() -> Self {
         Self {
             jobmanager: "127.0.0.1:6123".into(),
@@ -65,6 +68,7 @@ impl Default for TaskManagerSettings {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             registration_timeout: Duration::from_secs(10),
+            give_up_after: None,
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct TaskManagerStatus {
     pub running_deployments: usize,
     /// Deployments it ever started.
     pub deployments_started: u64,
+    /// Why it stopped on its own (no JobManager within `give_up_after`).
+    pub gave_up: Option<String>,
 }
 
 struct Shared {
@@ -127,7 +133,7 @@ impl std::fmt::Debug for TaskManager {
 impl TaskManager {
     /// Starts the slots, the pool and the data listener, then registers with the JobManager in
     /// the background (retrying until one answers).
-    pub fn start(settings: TaskManagerSettings, registry: JobRegistry) -> Result<Self, StartupError> {
+    pub fn start(settings: TaskManagerConfig, registry: JobRegistry) -> Result<Self, StartupError> {
         let listener = std::net::TcpListener::bind(settings.data_bind).map_err(|e| {
             StartupError::InvalidConfig(format!("cannot listen for data connections on {}: {e}", settings.data_bind))
         })?;
@@ -226,7 +232,7 @@ struct Control {
     id: TaskManagerId,
     cluster: LocalCluster,
     registry: JobRegistry,
-    settings: TaskManagerSettings,
+    settings: TaskManagerConfig,
     shared: Arc<Shared>,
 }
 
@@ -241,8 +247,18 @@ impl Control {
         let (events_tx, mut events) = mpsc::channel::<DeploymentEvent>(1024);
         let mut deployments: HashMap<DeploymentKey, Tracked> = HashMap::new();
         let mut backoff = self.settings.reconnect_initial;
+        let mut unregistered_since = Instant::now();
         loop {
             if *shutdown.borrow() {
+                break;
+            }
+            if let Some(limit) = self.settings.give_up_after.filter(|l| unregistered_since.elapsed() > *l) {
+                let why = format!(
+                    "not registered with the JobManager at {} for {limit:?} (taskmanager.registration.timeout)",
+                    self.settings.jobmanager
+                );
+                tracing::error!("{why}: stopping");
+                self.shared.update(|s| s.gave_up = Some(why));
                 break;
             }
             let attempt = tokio::time::timeout(self.settings.registration_timeout, self.register());
@@ -269,6 +285,7 @@ impl Control {
                         )
                         .await;
                     self.shared.update(|s| s.registered = false);
+                    unregistered_since = Instant::now();
                     match end {
                         SessionEnd::Shutdown => break,
                         SessionEnd::Lost(why) => {
@@ -306,7 +323,7 @@ impl Control {
         let local = stream.local_addr().map_err(|cause| RegisterError::Connect { address: address.clone(), cause })?;
         let data = self.cluster.data_address().expect("a TaskManager's cluster has a data listener");
         let host = self.settings.advertised_host.unwrap_or(local.ip());
-        let nonce = Bytes32(random32());
+        let nonce = Bytes32(crate::auth::nonce());
         let registration = Registration {
             protocol: PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -323,15 +340,19 @@ impl Control {
                 .collect(),
             network_buffers: self.cluster.pool().capacity(),
             job_types: self.registry.names(),
-            proof: self.settings.secret.as_ref().map(|s| Bytes32(mac(s, &[b"tm-register", &challenge.0, &self.id.0]))),
+            proof: self
+                .settings
+                .secret
+                .as_ref()
+                .map(|s| Bytes32(crate::auth::mac(s, &[b"tm-register".as_slice(), &challenge.0, &self.id.0]))),
             nonce,
         };
         write_frame(&mut stream, &TmMessage::Register(Box::new(registration))).await.map_err(frame)?;
         match read_frame::<_, JmMessage>(&mut stream).await.map_err(frame)? {
             JmMessage::Registered { heartbeat_interval_ms, heartbeat_timeout_ms, proof, .. } => {
                 if let Some(secret) = &self.settings.secret {
-                    let expected = mac(secret, &[b"jm-registered", &nonce.0, &self.id.0]);
-                    if proof.map(|p| p.0) != Some(expected) {
+                    let parts: [&[u8]; 3] = [b"jm-registered", &nonce.0, &self.id.0];
+                    if !proof.is_some_and(|p| crate::auth::verify(secret, &parts, &p.0)) {
                         return Err(RegisterError::BadProof { address });
                     }
                 }
@@ -575,21 +596,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-pub(crate) fn random32() -> [u8; 32] {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("the kernel's random number generator is unavailable");
-    b
-}
-
-/// HMAC-SHA256 over length-prefixed parts.
-pub(crate) fn mac(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    use hmac::{Hmac, Mac};
-    let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    for p in parts {
-        m.update(&(p.len() as u64).to_le_bytes());
-        m.update(p);
-    }
-    m.finalize().into_bytes().into()
 }
