@@ -5,3 +5,4 @@
 //! control plane of [`crate::rpc`].
 
 pub mod api;
+pub mod rest;
