@@ -97,6 +97,7 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod fs;

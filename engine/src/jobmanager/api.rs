@@ -265,6 +265,22 @@ pub enum ApiErrorCode {
 }
 
 impl ApiErrorCode {
+    /// The code as it appears in JSON (`bad_request`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiErrorCode::BadRequest => "bad_request",
+            ApiErrorCode::Unauthorized => "unauthorized",
+            ApiErrorCode::NotFound => "not_found",
+            ApiErrorCode::MethodNotAllowed => "method_not_allowed",
+            ApiErrorCode::RequestTimeout => "request_timeout",
+            ApiErrorCode::Conflict => "conflict",
+            ApiErrorCode::PayloadTooLarge => "payload_too_large",
+            ApiErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ApiErrorCode::Unavailable => "unavailable",
+            ApiErrorCode::Internal => "internal",
+        }
+    }
+
     pub fn http_status(self) -> u16 {
         match self {
             ApiErrorCode::BadRequest => 400,
@@ -309,4 +325,31 @@ pub trait ClusterApi: Send + Sync + 'static {
     fn execution_result(&self, id: &str) -> Result<JobExecutionResult, ApiError>;
     /// Starts cancelling a job; a job that already ended is a [`ApiErrorCode::Conflict`].
     fn cancel(&self, id: &str) -> Result<(), ApiError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_read_as_in_json_with_their_status() {
+        let codes = [
+            (ApiErrorCode::BadRequest, 400),
+            (ApiErrorCode::Unauthorized, 401),
+            (ApiErrorCode::NotFound, 404),
+            (ApiErrorCode::MethodNotAllowed, 405),
+            (ApiErrorCode::RequestTimeout, 408),
+            (ApiErrorCode::Conflict, 409),
+            (ApiErrorCode::PayloadTooLarge, 413),
+            (ApiErrorCode::UnsupportedMediaType, 415),
+            (ApiErrorCode::Unavailable, 503),
+            (ApiErrorCode::Internal, 500),
+        ];
+        for (code, status) in codes {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+            assert_eq!(code.http_status(), status);
+        }
+        let e = ApiError::not_found("no job 00");
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"error":"not_found","message":"no job 00"}"#);
+    }
 }

@@ -52,16 +52,33 @@ pub fn decode_json<T: DeserializeOwned>(content_type: Option<&HeaderValue>, body
         }
         Some(Ok(_)) => {}
     }
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the request body is empty; expected a JSON object"));
-    }
-    serde_json::from_slice(body).map_err(|e| {
+    let refused = |e: serde_json::Error| {
         let what = match e.classify() {
             serde_json::error::Category::Data => "invalid request body",
             _ => "malformed JSON in the request body",
         };
         ApiError::bad_request(format!("{what}: {e}"))
-    })
+    };
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Err(ApiError::bad_request("the request body is empty; expected a JSON object")),
+        // serde would take an array for a struct, field by field in order.
+        Some(b'{') => serde_json::from_slice(body).map_err(refused),
+        Some(_) => match serde_json::from_slice::<serde_json::Value>(body) {
+            Err(e) => Err(refused(e)),
+            Ok(value) => Err(ApiError::bad_request(format!("the request body is {}; expected a JSON object", json_kind(&value)))),
+        },
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// The error for a body that could not be read: over the limit (413) or cut off.
@@ -133,7 +150,9 @@ mod tests {
             (Some(json()), b"{\"job\": \"x\",\n \"jobs\": 1}", ApiErrorCode::BadRequest, "unknown field `jobs`, expected one of `job`, `args`, `parallelism` at line 2 column 7"),
             (Some(json()), b"{\"args\": []}", ApiErrorCode::BadRequest, "missing field `job`"),
             (Some(json()), b"{\"job\": \"x\", \"parallelism\": -1}", ApiErrorCode::BadRequest, "invalid request body: invalid value: integer `-1`"),
-            (Some(json()), b"[1, 2]", ApiErrorCode::BadRequest, "invalid type: sequence"),
+            (Some(json()), b"[\"wordcount\", [], 1]", ApiErrorCode::BadRequest, "is an array; expected a JSON object"),
+            (Some(json()), b" 12", ApiErrorCode::BadRequest, "is a number; expected a JSON object"),
+            (Some(json()), b"[1, ", ApiErrorCode::BadRequest, "malformed JSON in the request body: EOF"),
             (Some(json()), b"{\"job\": \"x\"} {}", ApiErrorCode::BadRequest, "trailing characters at line 1 column 14"),
             (Some(json()), b"{\"job\": \"\xff\"}", ApiErrorCode::BadRequest, "line 1 column"),
         ];

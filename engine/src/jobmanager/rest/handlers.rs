@@ -131,7 +131,7 @@ async fn task_managers(State(s): State<AppState>) -> Json<TaskManagerList> {
 
 /// One TaskManager.
 #[utoipa::path(get, path = "/v1/taskmanagers/{id}", tag = "taskmanagers",
-    params(("id" = String, Path, description = "The TaskManager's id: 32 hex digits")),
+    params(("id" = TaskManagerId, Path, description = "The TaskManager's id: 32 hex digits")),
     responses(
         (status = 200, description = "The TaskManager", body = TaskManagerInfo),
         (status = 400, description = "The id is not 32 hex digits", body = ApiError),
@@ -181,7 +181,7 @@ async fn submit(State(s): State<AppState>, JsonBody(request): JsonBody<SubmitReq
 
 /// One job: its state, vertices and subtasks, failure and plan.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "The job's id: 32 hex digits")),
+    params(("id" = JobId, Path, description = "The job's id: 32 hex digits")),
     responses(
         (status = 200, description = "The job", body = JobDetails),
         (status = 400, description = "The id is not 32 hex digits", body = ApiError),
@@ -195,7 +195,7 @@ async fn job(State(s): State<AppState>, JobIdParam(id): JobIdParam) -> Result<Js
 /// is cancelled in the background; its result then says CANCELLED.
 #[utoipa::path(patch, path = "/v1/jobs/{id}", tag = "jobs",
     params(
-        ("id" = String, Path, description = "The job's id: 32 hex digits"),
+        ("id" = JobId, Path, description = "The job's id: 32 hex digits"),
         ("mode" = Option<String>, Query, description = "`cancel`, the only mode (the default)")
     ),
     responses(
@@ -214,7 +214,7 @@ async fn cancel(State(s): State<AppState>, JobIdParam(id): JobIdParam, uri: Uri)
 /// A job's result: its state, and once it has ended what it produced (record counts,
 /// accumulators, warnings, failure). Poll it until `result` is set.
 #[utoipa::path(get, path = "/v1/jobs/{id}/execution-result", tag = "jobs",
-    params(("id" = String, Path, description = "The job's id: 32 hex digits")),
+    params(("id" = JobId, Path, description = "The job's id: 32 hex digits")),
     responses(
         (status = 200, description = "The job's state and, once it ended, its outcome", body = JobExecutionResult),
         (status = 400, description = "The id is not 32 hex digits", body = ApiError),

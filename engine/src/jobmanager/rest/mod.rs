@@ -155,3 +155,45 @@ pub fn openapi_json() -> Result<String, serde_json::Error> {
 fn status_of(code: ApiErrorCode) -> axum::http::StatusCode {
     axum::http::StatusCode::from_u16(code.http_status()).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed description, `docs/rest-api.json`, must be what the routes generate.
+    /// `CORESTREAM_UPDATE_REST_API=1 cargo test --release -p corestream --lib rest::tests` rewrites it.
+    #[test]
+    fn committed_openapi_matches_the_routes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/rest-api.json");
+        let generated = openapi_json().unwrap();
+        if std::env::var_os("CORESTREAM_UPDATE_REST_API").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{path} differs from the description the routes generate; if the change of the API is \
+             intended, regenerate it with `CORESTREAM_UPDATE_REST_API=1 cargo test --release -p corestream --lib \
+             rest::tests::committed_openapi_matches_the_routes` and commit it"
+        );
+    }
+
+    #[test]
+    fn mutations_need_the_bearer_and_every_operation_documents_its_errors() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 7);
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                let mutation = layers::is_mutation(&method.to_uppercase().parse().unwrap());
+                assert_eq!(op.get("security").is_some(), mutation, "{method} {path}");
+                let responses = op["responses"].as_object().unwrap();
+                for status in ["408", "500"].into_iter().chain(mutation.then_some("401")) {
+                    let schema = &responses[status]["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(schema, "#/components/schemas/ApiError", "{method} {path} {status}");
+                }
+            }
+        }
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
+}
