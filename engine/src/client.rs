@@ -111,6 +111,9 @@ pub fn normalize_base_url(given: &str) -> Result<String, ClientError> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("it has no host"));
     }
+    if let Some(port) = uri.port().filter(|p| p.as_str().parse::<u16>().is_err()) {
+        return Err(invalid(&format!("its port `{}` is not a number from 0 to 65535", port.as_str())));
+    }
     if uri.query().is_some() {
         return Err(invalid("it has a query; give only http://host:port"));
     }
@@ -368,7 +371,8 @@ mod tests {
             ("https://jm:8081", "`https` is not supported"),
             ("http://", "no host"),
             ("http://jm:8081/?x=1", "query"),
-            ("http://jm:port", "invalid"),
+            ("http://jm:port", "port `port` is not a number"),
+            ("jm:70000", "port `70000`"),
             ("http://j m:1", "invalid"),
         ] {
             let e = normalize_base_url(bad).unwrap_err();
