@@ -111,8 +111,15 @@ pub fn normalize_base_url(given: &str) -> Result<String, ClientError> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("it has no host"));
     }
-    if let Some(port) = uri.port().filter(|p| p.as_str().parse::<u16>().is_err()) {
-        return Err(invalid(&format!("its port `{}` is not a number from 0 to 65535", port.as_str())));
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let after_host = match authority.rfind(']') {
+        Some(end) => &authority[end + 1..],
+        None => authority.rsplit_once('@').map_or(authority, |(_, host)| host),
+    };
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if port.parse::<u16>().is_err() {
+            return Err(invalid(&format!("its port `{port}` is not a number from 0 to 65535")));
+        }
     }
     if uri.query().is_some() {
         return Err(invalid("it has a query; give only http://host:port"));
