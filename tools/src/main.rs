@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod client_cli;
 mod demo;
 mod latency;
 mod limits;
@@ -62,6 +63,9 @@ enum Command {
     /// Run a `run`, `bench` or `demo` command line (after `--`) while sampling its threads;
     /// writes a flame graph (SVG) and folded stacks per slot thread and for all threads.
     Profile(profile::ProfileArgs),
+    /// The client of a running JobManager: `submit`, `list`, `cancel`, `info`.
+    #[command(flatten)]
+    Client(client_cli::ClientCommand),
 }
 
 /// Runs one command; `profile` calls it again for the command line it profiles.
@@ -72,6 +76,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Plan { example, common } => run::plan(&example, &common),
         Command::Demo(args) => demo::run(args),
         Command::Profile(args) => profile::run(args),
+        Command::Client(cmd) => client_cli::run(cmd),
     }
 }
 
