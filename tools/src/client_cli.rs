@@ -19,7 +19,7 @@ use clap::{Args, Subcommand};
 use corestream::client::RestClient;
 use corestream::jobmanager::api::{JobDetails, JobOutcome, JobOverview, JobState, SubmitRequest};
 use corestream::rpc::ids::JobId;
-use corestream::rpc::messages::Accumulator;
+use corestream::rpc::messages::{Accumulator, TaskState};
 use hdrhistogram::serialization::Deserializer;
 
 use crate::args::{parse_parallelism, parse_positive_duration};
@@ -186,6 +186,29 @@ fn command_line(job: &str, args: &[String]) -> String {
     std::iter::once(job).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
 }
 
+/// A job state as the API spells it (`RUNNING`).
+fn state_name(state: JobState) -> &'static str {
+    match state {
+        JobState::Created => "CREATED",
+        JobState::Running => "RUNNING",
+        JobState::Restarting => "RESTARTING",
+        JobState::Cancelling => "CANCELLING",
+        JobState::Finished => "FINISHED",
+        JobState::Failed => "FAILED",
+        JobState::Cancelled => "CANCELLED",
+    }
+}
+
+fn task_state_name(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Deploying => "DEPLOYING",
+        TaskState::Running => "RUNNING",
+        TaskState::Finished => "FINISHED",
+        TaskState::Failed => "FAILED",
+        TaskState::Cancelled => "CANCELLED",
+    }
+}
+
 /// Milliseconds as `850 ms`, `12.345 s`, `3 min 05 s` or `2 h 03 min`.
 pub fn format_millis(ms: u64) -> String {
     match ms {
@@ -241,7 +264,7 @@ pub fn format_accumulator(value: &Accumulator) -> String {
 /// What `submit` prints once the job has ended.
 pub fn format_outcome(id: JobId, outcome: &JobOutcome) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Job {id} {:?} in {}", outcome.state, format_millis(outcome.duration_ms));
+    let _ = writeln!(out, "Job {id} {} in {}", state_name(outcome.state), format_millis(outcome.duration_ms));
     if let Some(failure) = &outcome.failure {
         let _ = writeln!(out, "Failure: {failure}");
     }
@@ -287,7 +310,7 @@ pub fn format_jobs(jobs: &[JobOverview]) -> String {
         "JOB ID", "STATE", "TYPE", "STARTED (UTC)", "DURATION"
     );
     for j in sorted {
-        let state = format!("{:?}", j.state).to_uppercase();
+        let state = state_name(j.state);
         let tasks = format!("{}/{} running", j.tasks.running, j.tasks.total);
         let _ = writeln!(
             out,
@@ -305,7 +328,7 @@ pub fn format_jobs(jobs: &[JobOverview]) -> String {
 pub fn format_details(d: &JobDetails) -> String {
     let o = &d.overview;
     let mut out = String::new();
-    let _ = writeln!(out, "Job {} ({}): {}", o.jid, command_line(&o.name, &o.args), format!("{:?}", o.state).to_uppercase());
+    let _ = writeln!(out, "Job {} ({}): {}", o.jid, command_line(&o.name, &o.args), state_name(o.state));
     let ended = match o.end_time {
         Some(end) => format!(", ended {}", format_utc(end)),
         None => String::new(),
@@ -344,8 +367,8 @@ pub fn format_details(d: &JobDetails) -> String {
         }
         for (tm, subtasks) in by_tm {
             let list: Vec<String> =
-                subtasks.iter().map(|s| format!("{} (slot {}, {:?})", s.subtask, s.slot, s.state)).collect();
-            let _ = writeln!(out, "      TaskManager {tm}: {} subtask(s): {}", subtasks.len(), list.join(", ").to_uppercase());
+                subtasks.iter().map(|s| format!("{} (slot {}, {})", s.subtask, s.slot, task_state_name(s.state))).collect();
+            let _ = writeln!(out, "      TaskManager {tm}: {} subtask(s): {}", subtasks.len(), list.join(", "));
         }
     }
     if !d.plan.is_empty() {
