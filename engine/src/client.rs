@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use crate::jobmanager::api::JobList;
 use crate::jobmanager::api::{
     ApiError, ClusterOverview, JobDetails, JobExecutionResult, JobOutcome, JobOverview, JobState, JobTypeInfo,
     JobTypeList, RestConfig, SubmitRequest, SubmitResponse, TaskManagerInfo, TaskManagerList,
 };
-use crate::jobmanager::api::JobList;
 use crate::rpc::ids::{JobId, TaskManagerId};
 
 /// The largest response read; a longer one is a [`ClientError::Malformed`].
@@ -32,7 +32,9 @@ pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 pub enum ClientError {
     #[error("invalid JobManager URL `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error("cannot connect to the JobManager at {url} ({request}): {reason}; is it running, and is this its REST address?")]
+    #[error(
+        "cannot connect to the JobManager at {url} ({request}): {reason}; is it running, and is this its REST address?"
+    )]
     Connect { url: String, request: String, reason: String },
     #[error("the JobManager at {url} did not answer {request} within {after:?}")]
     Timeout { url: String, request: String, after: Duration },
@@ -42,7 +44,9 @@ pub enum ClientError {
     Malformed { url: String, request: String, status: u16, reason: String },
     #[error("{request} to the JobManager at {url} failed: {reason}")]
     Transport { url: String, request: String, reason: String },
-    #[error("job {jobid} had not ended after {waited:?} (last state {state:?}); it goes on at the JobManager at {url}")]
+    #[error(
+        "job {jobid} had not ended after {waited:?} (last state {state:?}); it goes on at the JobManager at {url}"
+    )]
     WaitTimeout { url: String, jobid: JobId, waited: Duration, state: JobState },
 }
 
@@ -100,7 +104,9 @@ pub fn normalize_base_url(given: &str) -> Result<String, ClientError> {
     let rest = match trimmed.split_once("://") {
         None => trimmed,
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) => return Err(invalid(&format!("`{scheme}` is not supported; the REST API speaks plain http://"))),
+        Some((scheme, _)) => {
+            return Err(invalid(&format!("`{scheme}` is not supported; the REST API speaks plain http://")))
+        }
     };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.starts_with('/') {
@@ -134,7 +140,11 @@ impl RestClient {
         Self::with_timeouts(base_url, secret, ClientTimeouts::default())
     }
 
-    pub fn with_timeouts(base_url: &str, secret: Option<String>, timeouts: ClientTimeouts) -> Result<Self, ClientError> {
+    pub fn with_timeouts(
+        base_url: &str,
+        secret: Option<String>,
+        timeouts: ClientTimeouts,
+    ) -> Result<Self, ClientError> {
         let base = normalize_base_url(base_url)?;
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -265,18 +275,16 @@ impl RestClient {
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let mut response = result.map_err(|e| self.transport_error(what, e))?;
         let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE_BYTES)
-            .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => self.failure(
-                    what,
-                    Failure::Malformed { status, reason: format!("the response is larger than {MAX_RESPONSE_BYTES} bytes") },
-                ),
-                other => self.transport_error(what, other),
-            })?;
+        let body = response.body_mut().with_config().limit(MAX_RESPONSE_BYTES).read_to_vec().map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => self.failure(
+                what,
+                Failure::Malformed {
+                    status,
+                    reason: format!("the response is larger than {MAX_RESPONSE_BYTES} bytes"),
+                },
+            ),
+            other => self.transport_error(what, other),
+        })?;
         Ok((status, body))
     }
 
@@ -389,8 +397,7 @@ mod tests {
 
     #[test]
     fn answers_are_interpreted() {
-        let ok: SubmitResponse =
-            interpret(202, br#"{"jobid":"000102030405060708090a0b0c0d0e0f"}"#).unwrap();
+        let ok: SubmitResponse = interpret(202, br#"{"jobid":"000102030405060708090a0b0c0d0e0f"}"#).unwrap();
         assert_eq!(ok.jobid.to_string(), "000102030405060708090a0b0c0d0e0f");
         match interpret::<SubmitResponse>(400, br#"{"error":"bad_request","message":"unknown job type"}"#) {
             Err(Failure::Api { status: 400, error }) => {
@@ -422,7 +429,10 @@ mod tests {
             status: 400,
             error: ApiError::bad_request("unknown job type `x`"),
         };
-        assert_eq!(e.to_string(), "the JobManager at http://jm:8081 refused POST /v1/jobs: unknown job type `x` (bad_request, HTTP 400)");
+        assert_eq!(
+            e.to_string(),
+            "the JobManager at http://jm:8081 refused POST /v1/jobs: unknown job type `x` (bad_request, HTTP 400)"
+        );
         let client = RestClient::new("jm:1", Some("s3cret".into())).unwrap();
         assert!(!format!("{client:?}").contains("s3cret"));
     }

@@ -193,7 +193,11 @@ fn every_route_answers_its_happy_path() {
     let again = submitted(addr, r#"{"job": "forever"}"#);
     assert_eq!(request(addr, "PATCH", &format!("/v1/jobs/{again}"), &[BEARER], b"").status, 202);
     // Cancelling an ended job is a conflict.
-    request(addr, "PATCH", &format!("/v1/jobs/{id}?mode=cancel"), &[BEARER], b"").assert_error(409, "conflict", "already ended");
+    request(addr, "PATCH", &format!("/v1/jobs/{id}?mode=cancel"), &[BEARER], b"").assert_error(
+        409,
+        "conflict",
+        "already ended",
+    );
 }
 
 #[test]
@@ -201,21 +205,50 @@ fn bad_requests_are_answered_as_json_errors() {
     let (fake, server) = start(true);
     let addr = server.local_addr();
 
-    submit(addr, r#"{"job": "sum-by-key", "args": ["--keys" 10]}"#).assert_error(400, "bad_request", "malformed JSON in the request body: expected `,` or `]` at line 1 column 41");
-    submit(addr, "{\"job\": \"sum-by-key\",\n \"parallelism\": 2,\n \"paralelism\": 3}")
-        .assert_error(400, "bad_request", "unknown field `paralelism`, expected one of `job`, `args`, `parallelism` at line 3");
-    submit(addr, r#"{"job": "sum-by-key", "parallelism": "two"}"#).assert_error(400, "bad_request", "invalid type: string \"two\"");
+    submit(addr, r#"{"job": "sum-by-key", "args": ["--keys" 10]}"#).assert_error(
+        400,
+        "bad_request",
+        "malformed JSON in the request body: expected `,` or `]` at line 1 column 41",
+    );
+    submit(addr, "{\"job\": \"sum-by-key\",\n \"parallelism\": 2,\n \"paralelism\": 3}").assert_error(
+        400,
+        "bad_request",
+        "unknown field `paralelism`, expected one of `job`, `args`, `parallelism` at line 3",
+    );
+    submit(addr, r#"{"job": "sum-by-key", "parallelism": "two"}"#).assert_error(
+        400,
+        "bad_request",
+        "invalid type: string \"two\"",
+    );
     submit(addr, "").assert_error(400, "bad_request", "empty");
     submit(addr, r#"["sum-by-key"]"#).assert_error(400, "bad_request", "expected a JSON object");
     submit(addr, r#"{"job": "word-count"}"#).assert_error(400, "bad_request", "unknown job type `word-count`");
-    submit(addr, r#"{"job": "sum-by-key", "args": ["--kyes", "1"]}"#).assert_error(400, "bad_request", "unknown argument `--kyes`");
-    submit(addr, r#"{"job": "sum-by-key", "args": ["--keys", "ten"]}"#).assert_error(400, "bad_request", "--keys ten: not a number");
+    submit(addr, r#"{"job": "sum-by-key", "args": ["--kyes", "1"]}"#).assert_error(
+        400,
+        "bad_request",
+        "unknown argument `--kyes`",
+    );
+    submit(addr, r#"{"job": "sum-by-key", "args": ["--keys", "ten"]}"#).assert_error(
+        400,
+        "bad_request",
+        "--keys ten: not a number",
+    );
     submit(addr, r#"{"job": "forever", "parallelism": 99}"#).assert_error(503, "unavailable", "parallelism 99");
 
-    request(addr, "POST", "/v1/jobs", &[BEARER], br#"{"job": "forever"}"#).assert_error(415, "unsupported_media_type", "no Content-Type");
+    request(addr, "POST", "/v1/jobs", &[BEARER], br#"{"job": "forever"}"#).assert_error(
+        415,
+        "unsupported_media_type",
+        "no Content-Type",
+    );
     request(addr, "POST", "/v1/jobs", &[BEARER, ("Content-Type", "text/plain")], br#"{"job": "forever"}"#)
         .assert_error(415, "unsupported_media_type", "`text/plain`");
-    let ok = request(addr, "POST", "/v1/jobs", &[BEARER, ("Content-Type", "application/json; charset=utf-8")], br#"{"job": "forever"}"#);
+    let ok = request(
+        addr,
+        "POST",
+        "/v1/jobs",
+        &[BEARER, ("Content-Type", "application/json; charset=utf-8")],
+        br#"{"job": "forever"}"#,
+    );
     assert_eq!(ok.status, 202, "{ok:?}");
 
     let big = format!(r#"{{"job": "forever", "args": ["{}"]}}"#, "x".repeat(BODY_LIMIT));
@@ -227,7 +260,11 @@ fn bad_requests_are_answered_as_json_errors() {
     for path in ["/v1/jobs/xyz", "/v1/jobs/xyz/execution-result"] {
         get(addr, path).assert_error(400, "bad_request", "'xyz' is not a valid job id: expected 32 hexadecimal digits");
     }
-    request(addr, "PATCH", "/v1/jobs/0123?mode=cancel", &[BEARER], b"").assert_error(400, "bad_request", "'0123' is not a valid job id");
+    request(addr, "PATCH", "/v1/jobs/0123?mode=cancel", &[BEARER], b"").assert_error(
+        400,
+        "bad_request",
+        "'0123' is not a valid job id",
+    );
     get(addr, "/v1/taskmanagers/%ff%fe").assert_error(400, "bad_request", "invalid path");
     get(addr, "/v1/taskmanagers/nope").assert_error(400, "bad_request", "'nope' is not a valid TaskManager id");
     let unknown = JobId::random();
@@ -235,7 +272,11 @@ fn bad_requests_are_answered_as_json_errors() {
     get(addr, "/v1/taskmanagers/00000000000000000000000000000000").assert_error(404, "not_found", "no TaskManager");
 
     let job = submitted(addr, r#"{"job": "forever"}"#);
-    request(addr, "PATCH", &format!("/v1/jobs/{job}?mode=stop"), &[BEARER], b"").assert_error(400, "bad_request", "unknown variant `stop`");
+    request(addr, "PATCH", &format!("/v1/jobs/{job}?mode=stop"), &[BEARER], b"").assert_error(
+        400,
+        "bad_request",
+        "unknown variant `stop`",
+    );
     assert_eq!(fake.state_of(job), Some(JobState::Running));
 
     get(addr, "/v1/nothing").assert_error(404, "not_found", "no route for GET /v1/nothing");
@@ -243,7 +284,11 @@ fn bad_requests_are_answered_as_json_errors() {
     let wrong = request(addr, "DELETE", "/v1/jobs", &[BEARER], b"");
     wrong.assert_error(405, "method_not_allowed", "DELETE is not allowed on /v1/jobs");
     assert_eq!(wrong.header("allow"), Some("GET,HEAD,POST"));
-    request(addr, "POST", "/v1/overview", &[JSON, BEARER], b"{}").assert_error(405, "method_not_allowed", "POST is not allowed on /v1/overview");
+    request(addr, "POST", "/v1/overview", &[JSON, BEARER], b"{}").assert_error(
+        405,
+        "method_not_allowed",
+        "POST is not allowed on /v1/overview",
+    );
 
     let garbage = send_raw(addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n");
     assert_eq!(garbage.status, 400, "{garbage:?}");
@@ -255,7 +300,11 @@ fn a_panicking_dispatcher_is_a_500_and_the_server_goes_on() {
     let (_fake, server) = start(false);
     let addr = server.local_addr();
     let reply = request(addr, "POST", "/v1/jobs", &[JSON], br#"{"job": "panic"}"#);
-    reply.assert_error(500, "internal", "internal error while serving POST /v1/jobs: the dispatcher tripped over job type `panic`");
+    reply.assert_error(
+        500,
+        "internal",
+        "internal error while serving POST /v1/jobs: the dispatcher tripped over job type `panic`",
+    );
     for _ in 0..3 {
         assert_eq!(get(addr, "/v1/overview").status, 200);
     }
@@ -271,17 +320,33 @@ fn mutations_need_the_secret_and_change_nothing_without_it() {
 
     let body = br#"{"job": "forever"}"#;
     request(addr, "POST", "/v1/jobs", &[JSON], body).assert_error(401, "unauthorized", "no Authorization header");
-    request(addr, "POST", "/v1/jobs", &[JSON, ("Authorization", "Bearer guess")], body).assert_error(401, "unauthorized", "wrong secret");
-    request(addr, "POST", "/v1/jobs", &[JSON, ("Authorization", "Basic czNjcmV0")], body).assert_error(401, "unauthorized", "wrong secret");
+    request(addr, "POST", "/v1/jobs", &[JSON, ("Authorization", "Bearer guess")], body).assert_error(
+        401,
+        "unauthorized",
+        "wrong secret",
+    );
+    request(addr, "POST", "/v1/jobs", &[JSON, ("Authorization", "Basic czNjcmV0")], body).assert_error(
+        401,
+        "unauthorized",
+        "wrong secret",
+    );
     // Refused before the body is read: a malformed or oversized body makes no difference.
-    request(addr, "POST", "/v1/jobs", &[JSON], b"{nonsense").assert_error(401, "unauthorized", "POST /v1/jobs needs `Authorization: Bearer");
+    request(addr, "POST", "/v1/jobs", &[JSON], b"{nonsense").assert_error(
+        401,
+        "unauthorized",
+        "POST /v1/jobs needs `Authorization: Bearer",
+    );
     let big = vec![b'x'; BODY_LIMIT * 2];
     request(addr, "POST", "/v1/jobs", &[JSON], &big).assert_error(401, "unauthorized", "");
     let cancel = format!("/v1/jobs/{job}?mode=cancel");
     let refused = request(addr, "PATCH", &cancel, &[], b"");
     refused.assert_error(401, "unauthorized", "no Authorization header");
     assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
-    request(addr, "PATCH", &cancel, &[("Authorization", "Bearer s3cre")], b"").assert_error(401, "unauthorized", "wrong secret");
+    request(addr, "PATCH", &cancel, &[("Authorization", "Bearer s3cre")], b"").assert_error(
+        401,
+        "unauthorized",
+        "wrong secret",
+    );
 
     assert_eq!((fake.mutations(), fake.job_count()), before, "nothing reached the dispatcher");
     assert_eq!(fake.state_of(job), Some(JobState::Running));
@@ -311,7 +376,10 @@ fn slow_clients_and_idle_connections_are_bounded() {
     // A body that never arrives in full: 408 after the request timeout.
     let mut slow = TcpStream::connect(addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    slow.write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"job\":").unwrap();
+    slow.write_all(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"job\":",
+    )
+    .unwrap();
     let started = Instant::now();
     let mut raw = Vec::new();
     let _ = slow.read_to_end(&mut raw);
@@ -347,7 +415,8 @@ fn slow_clients_and_idle_connections_are_bounded() {
     assert_eq!(patient.overview().unwrap().slots_total, fake_cluster::SLOTS);
 
     // Request heads over the limit are refused.
-    let long = format!("GET /v1/overview HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\nConnection: close\r\n\r\n", "y".repeat(20_000));
+    let long =
+        format!("GET /v1/overview HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\nConnection: close\r\n\r\n", "y".repeat(20_000));
     let reply = send_raw(addr, long.as_bytes());
     assert_eq!(reply.status, 431, "{reply:?}");
 
@@ -434,7 +503,8 @@ fn the_client_drives_a_server() {
     assert_eq!(client.task_manager(tm_id()).unwrap().slots.len(), fake_cluster::SLOTS as usize);
     assert_eq!(client.job_types().unwrap()[0].name, "sum-by-key");
 
-    let request = SubmitRequest { job: "sum-by-key".into(), args: vec!["--keys".into(), "5".into()], parallelism: Some(2) };
+    let request =
+        SubmitRequest { job: "sum-by-key".into(), args: vec!["--keys".into(), "5".into()], parallelism: Some(2) };
     let id = client.submit(&request).unwrap().jobid;
     assert_eq!(client.jobs().unwrap()[0].jid, id);
     assert_eq!(client.job(id).unwrap().vertices.len(), 2);
@@ -448,7 +518,8 @@ fn the_client_drives_a_server() {
     );
     assert_eq!(client.execution_result(id).unwrap().state, JobState::Finished);
 
-    let forever = client.submit(&SubmitRequest { job: "forever".into(), args: vec![], parallelism: None }).unwrap().jobid;
+    let forever =
+        client.submit(&SubmitRequest { job: "forever".into(), args: vec![], parallelism: None }).unwrap().jobid;
     match client.wait_for_result(forever, Duration::from_millis(200)) {
         Err(ClientError::WaitTimeout { jobid, state: JobState::Running, .. }) => assert_eq!(jobid, forever),
         other => panic!("{other:?}"),

@@ -48,7 +48,10 @@ pub fn read_secret_file(path: &str) -> Result<Secret, String> {
         return Err(format!("the secret file {shown} is not a regular file"));
     }
     if meta.len() > SECRET_FILE_BYTES_MAX {
-        return Err(format!("the secret file {shown} has {} bytes, more than a secret ({SECRET_FILE_BYTES_MAX})", meta.len()));
+        return Err(format!(
+            "the secret file {shown} has {} bytes, more than a secret ({SECRET_FILE_BYTES_MAX})",
+            meta.len()
+        ));
     }
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read the secret file {shown}: {e}"))?;
     let secret = text.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&text);
@@ -173,10 +176,9 @@ fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let outcome = client.wait_for_result(id, args.timeout.unwrap_or(Duration::MAX))?;
     print!("{}", format_outcome(id, &outcome));
     match outcome.state {
-        JobState::Failed => bail!(
-            "job {id} failed: {}",
-            outcome.failure.as_deref().unwrap_or("the JobManager gave no reason")
-        ),
+        JobState::Failed => {
+            bail!("job {id} failed: {}", outcome.failure.as_deref().unwrap_or("the JobManager gave no reason"))
+        }
         JobState::Cancelled => bail!("job {id} was cancelled"),
         _ => Ok(()),
     }
@@ -366,8 +368,10 @@ pub fn format_details(d: &JobDetails) -> String {
             by_tm.entry(s.taskmanager.to_string()).or_default().push(s);
         }
         for (tm, subtasks) in by_tm {
-            let list: Vec<String> =
-                subtasks.iter().map(|s| format!("{} (slot {}, {})", s.subtask, s.slot, task_state_name(s.state))).collect();
+            let list: Vec<String> = subtasks
+                .iter()
+                .map(|s| format!("{} (slot {}, {})", s.subtask, s.slot, task_state_name(s.state)))
+                .collect();
             let _ = writeln!(out, "      TaskManager {tm}: {} subtask(s): {}", subtasks.len(), list.join(", "));
         }
     }
@@ -397,7 +401,8 @@ mod tests {
 
     #[test]
     fn job_arguments_pass_through_verbatim() {
-        let ClientCommand::Submit(s) = parse("submit -p 2 --detached wordcount --input in.txt -p 3 --detached").unwrap()
+        let ClientCommand::Submit(s) =
+            parse("submit -p 2 --detached wordcount --input in.txt -p 3 --detached").unwrap()
         else {
             panic!()
         };
@@ -465,7 +470,12 @@ mod tests {
             h.record(v).unwrap();
         }
         let mut bytes = Vec::new();
-        hdrhistogram::serialization::Serializer::serialize(&mut hdrhistogram::serialization::V2Serializer::new(), &h, &mut bytes).unwrap();
+        hdrhistogram::serialization::Serializer::serialize(
+            &mut hdrhistogram::serialization::V2Serializer::new(),
+            &h,
+            &mut bytes,
+        )
+        .unwrap();
         assert_eq!(
             format_accumulator(&Accumulator::Histogram(bytes)),
             "histogram: count 100, min 1, p50 50, p99 99, p99.9 100, max 100"

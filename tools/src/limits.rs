@@ -76,9 +76,10 @@ pub fn common_of(command: &Command) -> Option<&Common> {
             | BenchCommand::Latency { common, .. }
             | BenchCommand::Network { common, .. },
         ) => Some(common),
-        Command::Bench(BenchCommand::Transport { .. }) | Command::Demo(_) | Command::Profile(_) | Command::Client(_) => {
-            None
-        }
+        Command::Bench(BenchCommand::Transport { .. })
+        | Command::Demo(_)
+        | Command::Profile(_)
+        | Command::Client(_) => None,
     }
 }
 

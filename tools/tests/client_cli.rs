@@ -64,13 +64,22 @@ fn submit_waits_and_prints_the_result() {
     let out = cli(&format!("submit --jobmanager {url} -p 3 sum-by-key --keys 10 --records 1k"), &[]);
     // `--records 1k` is not a number to the fake job: its arguments went through verbatim.
     assert_exit(&out, 1);
-    assert!(stderr(&out).contains(&format!("the JobManager at {url} refused POST /v1/jobs: sum-by-key: --records 1k: not a number")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "the JobManager at {url} refused POST /v1/jobs: sum-by-key: --records 1k: not a number"
+        )),
+        "{}",
+        stderr(&out)
+    );
 
     let out = cli(&format!("submit --jobmanager {url} -p 3 sum-by-key --keys 10 -p 4"), &[]);
     assert_exit(&out, 0);
     let text = stdout(&out);
     let first = text.lines().next().unwrap();
-    assert!(first.starts_with("Job ") && first.ends_with(&format!("(sum-by-key --keys 10 -p 4) submitted to {url}")), "{text}");
+    assert!(
+        first.starts_with("Job ") && first.ends_with(&format!("(sum-by-key --keys 10 -p 4) submitted to {url}")),
+        "{text}"
+    );
     for line in [
         "FINISHED in 1.500 s",
         "Operators:\n  Source: sequence (parallelism 3): 0 records in, 1000 out\n  Keyed Reduce (parallelism 3): 1000 records in, 10 out",
@@ -89,7 +98,10 @@ fn submit_waits_and_prints_the_result() {
         format!("Job {id} (sum-by-key --keys 10 -p 4): FINISHED"),
         "attempt 1, parallelism 3".to_string(),
         "  0 Source: sequence -> Map\n      parallelism 3, records in 0, out 1000, backpressure 25%\n".to_string(),
-        format!("      TaskManager {}: 3 subtask(s): 0 (slot 0, FINISHED), 1 (slot 1, FINISHED), 2 (slot 2, FINISHED)", fake_cluster::tm_id()),
+        format!(
+            "      TaskManager {}: 3 subtask(s): 0 (slot 0, FINISHED), 1 (slot 1, FINISHED), 2 (slot 2, FINISHED)",
+            fake_cluster::tm_id()
+        ),
         "Plan:\n  Source: sequence".to_string(),
     ] {
         assert!(info.contains(&line), "{line:?} missing from:\n{info}");
@@ -109,7 +121,10 @@ fn detached_list_cancel_and_failed_jobs() {
     assert_exit(&out, 0);
     let list = stdout(&out);
     assert!(list.starts_with("JOB ID"), "{list}");
-    assert!(list.contains(&format!("{id}  RUNNING      forever  2023-11-14 22:13:20       1.500 s  4/4 running")), "{list}");
+    assert!(
+        list.contains(&format!("{id}  RUNNING      forever  2023-11-14 22:13:20       1.500 s  4/4 running")),
+        "{list}"
+    );
 
     let out = cli(&format!("cancel --jobmanager {url} {id}"), &[]);
     assert_exit(&out, 0);
@@ -138,7 +153,11 @@ fn detached_list_cancel_and_failed_jobs() {
 
     let out = cli(&format!("submit --jobmanager {url} fail"), &[]);
     assert_exit(&out, 1);
-    assert!(stdout(&out).contains("FAILED") && stdout(&out).contains("Failure: the source failed: boom"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("FAILED") && stdout(&out).contains("Failure: the source failed: boom"),
+        "{}",
+        stdout(&out)
+    );
     assert!(stderr(&out).contains("failed: the source failed: boom"), "{}", stderr(&out));
 
     // Cancelling an ended job: the JobManager's conflict, exit 1.
@@ -164,16 +183,27 @@ fn the_secret_comes_from_a_file_or_the_environment() {
 
     let out = cli(&format!("submit --detached --jobmanager {url} forever"), &[]);
     assert_exit(&out, 1);
-    assert!(stderr(&out).contains(&format!("the JobManager at {url} refused POST /v1/jobs")) && stderr(&out).contains("HTTP 401"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("the JobManager at {url} refused POST /v1/jobs"))
+            && stderr(&out).contains("HTTP 401"),
+        "{}",
+        stderr(&out)
+    );
     let out = cli(&format!("submit --detached --jobmanager {url} --secret-file {} forever", bad.display()), &[]);
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("wrong secret"), "{}", stderr(&out));
     assert_eq!(fake.job_count(), 0);
 
-    assert_exit(&cli(&format!("submit --detached --jobmanager {url} --secret-file {} forever", good.display()), &[]), 0);
+    assert_exit(
+        &cli(&format!("submit --detached --jobmanager {url} --secret-file {} forever", good.display()), &[]),
+        0,
+    );
     assert_exit(&cli(&format!("submit --detached --jobmanager {url} forever"), &[(SECRET_ENV, "s3cret")]), 0);
     // The file wins over the environment.
-    let out = cli(&format!("submit --detached --jobmanager {url} --secret-file {} forever", bad.display()), &[(SECRET_ENV, "s3cret")]);
+    let out = cli(
+        &format!("submit --detached --jobmanager {url} --secret-file {} forever", bad.display()),
+        &[(SECRET_ENV, "s3cret")],
+    );
     assert_exit(&out, 1);
     assert_eq!(fake.job_count(), 2);
     // Reading needs no secret.
@@ -205,7 +235,11 @@ fn invalid_arguments_and_unreachable_jobmanagers() {
     for args in ["list", "submit forever", &format!("cancel {}", JobId::random())] {
         let out = cli(&format!("{args} --jobmanager 127.0.0.1:{port}"), &[]);
         assert_exit(&out, 1);
-        assert!(stderr(&out).contains(&format!("cannot connect to the JobManager at http://127.0.0.1:{port}")), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("cannot connect to the JobManager at http://127.0.0.1:{port}")),
+            "{}",
+            stderr(&out)
+        );
     }
 
     let (_fake, server) = start(None);

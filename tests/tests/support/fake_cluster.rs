@@ -105,8 +105,18 @@ impl FakeCluster {
                 _ => None,
             },
             operators: vec![
-                OperatorCounts { name: "Source: sequence".into(), parallelism: job.parallelism, records_in: 0, records_out: 1000 },
-                OperatorCounts { name: "Keyed Reduce".into(), parallelism: job.parallelism, records_in: 1000, records_out: 10 },
+                OperatorCounts {
+                    name: "Source: sequence".into(),
+                    parallelism: job.parallelism,
+                    records_in: 0,
+                    records_out: 1000,
+                },
+                OperatorCounts {
+                    name: "Keyed Reduce".into(),
+                    parallelism: job.parallelism,
+                    records_in: 1000,
+                    records_out: 10,
+                },
             ],
             accumulators,
             warnings: vec!["3 records skipped by Map".to_string()],
@@ -156,7 +166,11 @@ impl ClusterApi for FakeCluster {
     fn job_types(&self) -> Vec<JobTypeInfo> {
         ["sum-by-key", "fail", "forever", "panic"]
             .into_iter()
-            .map(|name| JobTypeInfo { name: name.into(), about: format!("the {name} job"), usage: format!("{name} [--keys N]") })
+            .map(|name| JobTypeInfo {
+                name: name.into(),
+                about: format!("the {name} job"),
+                usage: format!("{name} [--keys N]"),
+            })
             .collect()
     }
 
@@ -168,8 +182,12 @@ impl ClusterApi for FakeCluster {
                 while let Some(arg) = args.next() {
                     match arg.as_str() {
                         "--keys" | "--records" | "-p" => {
-                            let value = args.next().ok_or_else(|| ApiError::bad_request(format!("sum-by-key: {arg} needs a value")))?;
-                            value.parse::<u64>().map_err(|_| ApiError::bad_request(format!("sum-by-key: {arg} {value}: not a number")))?;
+                            let value = args
+                                .next()
+                                .ok_or_else(|| ApiError::bad_request(format!("sum-by-key: {arg} needs a value")))?;
+                            value.parse::<u64>().map_err(|_| {
+                                ApiError::bad_request(format!("sum-by-key: {arg} {value}: not a number"))
+                            })?;
                         }
                         other => return Err(ApiError::bad_request(format!("sum-by-key: unknown argument `{other}`"))),
                     }
@@ -177,14 +195,21 @@ impl ClusterApi for FakeCluster {
             }
             "fail" | "forever" => {}
             "panic" => panic!("the dispatcher tripped over job type `panic`"),
-            other => return Err(ApiError::bad_request(format!("unknown job type `{other}`; known: sum-by-key, fail, forever, panic"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown job type `{other}`; known: sum-by-key, fail, forever, panic"
+                )))
+            }
         }
         let parallelism = request.parallelism.unwrap_or(2);
         if parallelism == 0 {
             return Err(ApiError::bad_request("parallelism 0: it must be at least 1"));
         }
         if parallelism > SLOTS {
-            return Err(ApiError::new(ApiErrorCode::Unavailable, format!("parallelism {parallelism} needs more slots than the cluster's {SLOTS}")));
+            return Err(ApiError::new(
+                ApiErrorCode::Unavailable,
+                format!("parallelism {parallelism} needs more slots than the cluster's {SLOTS}"),
+            ));
         }
         let id = JobId::random();
         let job = FakeJob {
@@ -226,7 +251,10 @@ impl ClusterApi for FakeCluster {
         Ok(JobDetails {
             overview: Self::overview_of(&job),
             parallelism: job.parallelism,
-            vertices: vec![vertex(0, "Source: sequence -> Map", 0, 1000, 0.25), vertex(1, "Keyed Reduce -> Sink", 1000, 10, 0.0)],
+            vertices: vec![
+                vertex(0, "Source: sequence -> Map", 0, 1000, 0.25),
+                vertex(1, "Keyed Reduce -> Sink", 1000, 10, 0.0),
+            ],
             failure: (job.state == JobState::Failed).then(|| "the source failed: boom".to_string()),
             plan: "Source: sequence -> Map (2) --hash--> Keyed Reduce -> Sink (2)".into(),
         })

@@ -44,8 +44,14 @@ pub fn is_json_content_type(value: &str) -> bool {
 pub fn decode_json<T: DeserializeOwned>(content_type: Option<&HeaderValue>, body: &[u8]) -> Result<T, ApiError> {
     let unsupported = |m: String| Err(ApiError::new(ApiErrorCode::UnsupportedMediaType, m));
     match content_type.map(|v| v.to_str()) {
-        None => return unsupported("the request has no Content-Type; send the body as JSON with `Content-Type: application/json`".into()),
-        Some(Err(_)) => return unsupported("the request's Content-Type is not ASCII; expected `application/json`".into()),
+        None => {
+            return unsupported(
+                "the request has no Content-Type; send the body as JSON with `Content-Type: application/json`".into(),
+            )
+        }
+        Some(Err(_)) => {
+            return unsupported("the request's Content-Type is not ASCII; expected `application/json`".into())
+        }
         Some(Ok(v)) if !is_json_content_type(v) => {
             let shown: String = v.chars().take(100).collect();
             return unsupported(format!("the request's Content-Type is `{shown}`; expected `application/json`"));
@@ -65,7 +71,9 @@ pub fn decode_json<T: DeserializeOwned>(content_type: Option<&HeaderValue>, body
         Some(b'{') => serde_json::from_slice(body).map_err(refused),
         Some(_) => match serde_json::from_slice::<serde_json::Value>(body) {
             Err(e) => Err(refused(e)),
-            Ok(value) => Err(ApiError::bad_request(format!("the request body is {}; expected a JSON object", json_kind(&value)))),
+            Ok(value) => {
+                Err(ApiError::bad_request(format!("the request body is {}; expected a JSON object", json_kind(&value))))
+            }
         },
     }
 }
@@ -84,7 +92,10 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 /// The error for a body that could not be read: over the limit (413) or cut off.
 pub(super) fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(ApiErrorCode::PayloadTooLarge, "the request body is larger than the server accepts (see `max_body_bytes` in GET /v1/config)")
+        ApiError::new(
+            ApiErrorCode::PayloadTooLarge,
+            "the request body is larger than the server accepts (see `max_body_bytes` in GET /v1/config)",
+        )
     } else {
         ApiError::bad_request(format!("the request body could not be read: {}", rejection.body_text()))
     }
@@ -133,7 +144,8 @@ mod tests {
 
     #[test]
     fn a_valid_body_decodes() {
-        let r: SubmitRequest = decode_json(Some(&json()), br#"{"job":"wordcount","args":["a"],"parallelism":2}"#).unwrap();
+        let r: SubmitRequest =
+            decode_json(Some(&json()), br#"{"job":"wordcount","args":["a"],"parallelism":2}"#).unwrap();
         assert_eq!(r, SubmitRequest { job: "wordcount".into(), args: vec!["a".into()], parallelism: Some(2) });
         let r: SubmitRequest = decode_json(Some(&json()), br#"{"job":"wordcount"}"#).unwrap();
         assert_eq!((r.args.len(), r.parallelism), (0, None));
@@ -146,10 +158,25 @@ mod tests {
             (Some(HeaderValue::from_static("text/plain")), b"{}", ApiErrorCode::UnsupportedMediaType, "`text/plain`"),
             (Some(HeaderValue::from_bytes(&[0xff]).unwrap()), b"{}", ApiErrorCode::UnsupportedMediaType, "not ASCII"),
             (Some(json()), b"", ApiErrorCode::BadRequest, "empty"),
-            (Some(json()), b"{\"job\": ", ApiErrorCode::BadRequest, "malformed JSON in the request body: EOF while parsing a value at line 1 column 8"),
-            (Some(json()), b"{\"job\": \"x\",\n \"jobs\": 1}", ApiErrorCode::BadRequest, "unknown field `jobs`, expected one of `job`, `args`, `parallelism` at line 2 column 7"),
+            (
+                Some(json()),
+                b"{\"job\": ",
+                ApiErrorCode::BadRequest,
+                "malformed JSON in the request body: EOF while parsing a value at line 1 column 8",
+            ),
+            (
+                Some(json()),
+                b"{\"job\": \"x\",\n \"jobs\": 1}",
+                ApiErrorCode::BadRequest,
+                "unknown field `jobs`, expected one of `job`, `args`, `parallelism` at line 2 column 7",
+            ),
             (Some(json()), b"{\"args\": []}", ApiErrorCode::BadRequest, "missing field `job`"),
-            (Some(json()), b"{\"job\": \"x\", \"parallelism\": -1}", ApiErrorCode::BadRequest, "invalid request body: invalid value: integer `-1`"),
+            (
+                Some(json()),
+                b"{\"job\": \"x\", \"parallelism\": -1}",
+                ApiErrorCode::BadRequest,
+                "invalid request body: invalid value: integer `-1`",
+            ),
             (Some(json()), b"[\"wordcount\", [], 1]", ApiErrorCode::BadRequest, "is an array; expected a JSON object"),
             (Some(json()), b" 12", ApiErrorCode::BadRequest, "is a number; expected a JSON object"),
             (Some(json()), b"[1, ", ApiErrorCode::BadRequest, "malformed JSON in the request body: EOF"),

@@ -51,10 +51,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 /// The `{id}` segment of a path, as text (percent-decoded).
 async fn id_segment<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<String, ApiError> {
-    Path::<String>::from_request_parts(parts, state)
-        .await
-        .map(|Path(id)| id)
-        .map_err(|e| ApiError::bad_request(format!("invalid path {}: {}", super::errors::shown_path(&parts.uri), e.body_text())))
+    Path::<String>::from_request_parts(parts, state).await.map(|Path(id)| id).map_err(|e| {
+        ApiError::bad_request(format!("invalid path {}: {}", super::errors::shown_path(&parts.uri), e.body_text()))
+    })
 }
 
 /// A job id from the path, refused with 400 unless it is 32 hex digits.
@@ -137,7 +136,10 @@ async fn task_managers(State(s): State<AppState>) -> Json<TaskManagerList> {
         (status = 400, description = "The id is not 32 hex digits", body = ApiError),
         (status = 404, description = "No TaskManager with this id is registered", body = ApiError)
     ))]
-async fn task_manager(State(s): State<AppState>, TaskManagerIdParam(id): TaskManagerIdParam) -> Result<Json<TaskManagerInfo>, ApiError> {
+async fn task_manager(
+    State(s): State<AppState>,
+    TaskManagerIdParam(id): TaskManagerIdParam,
+) -> Result<Json<TaskManagerInfo>, ApiError> {
     s.api.task_manager(&id.to_string()).map(Json)
 }
 
@@ -220,7 +222,10 @@ async fn cancel(State(s): State<AppState>, JobIdParam(id): JobIdParam, uri: Uri)
         (status = 400, description = "The id is not 32 hex digits", body = ApiError),
         (status = 404, description = "No job with this id", body = ApiError)
     ))]
-async fn execution_result(State(s): State<AppState>, JobIdParam(id): JobIdParam) -> Result<Json<JobExecutionResult>, ApiError> {
+async fn execution_result(
+    State(s): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> Result<Json<JobExecutionResult>, ApiError> {
     s.api.execution_result(&id.to_string()).map(Json)
 }
 

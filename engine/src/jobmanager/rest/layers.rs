@@ -35,7 +35,11 @@ pub(super) async fn authorize(authorizer: Option<Authorizer>, req: Request, next
             tracing::info!(method = %req.method(), path = %shown_path(req.uri()), %reason, "refused an unauthenticated request");
             return ApiError::new(
                 ApiErrorCode::Unauthorized,
-                format!("{} {} needs `Authorization: Bearer <cluster secret>`: {reason}", req.method(), shown_path(req.uri())),
+                format!(
+                    "{} {} needs `Authorization: Bearer <cluster secret>`: {reason}",
+                    req.method(),
+                    shown_path(req.uri())
+                ),
             )
             .into_response();
         }
@@ -64,7 +68,8 @@ pub(super) async fn catch_panic(req: Request, next: Next) -> Response {
         Err(payload) => {
             let cause = panic_message(payload.as_ref());
             tracing::error!(request = %what, %cause, "a REST handler panicked");
-            ApiError::new(ApiErrorCode::Internal, format!("internal error while serving {what}: {cause}")).into_response()
+            ApiError::new(ApiErrorCode::Internal, format!("internal error while serving {what}: {cause}"))
+                .into_response()
         }
     }
 }

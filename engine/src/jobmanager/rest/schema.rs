@@ -51,7 +51,9 @@ pub(super) fn complete(mut doc: OpenApi) -> OpenApi {
         SecurityScheme::Http(
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
-                .description(Some("The cluster secret (`security.cluster.secret`), as `Authorization: Bearer <secret>`"))
+                .description(Some(
+                    "The cluster secret (`security.cluster.secret`), as `Authorization: Bearer <secret>`",
+                ))
                 .build(),
         ),
     );
@@ -70,11 +72,9 @@ pub(super) fn complete(mut doc: OpenApi) -> OpenApi {
 
 fn add_error(operation: &mut Operation, status: u16, description: &str) {
     let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ApiError"))).build();
-    operation
-        .responses
-        .responses
-        .entry(status.to_string())
-        .or_insert_with(|| ResponseBuilder::new().description(description).content("application/json", content).build().into());
+    operation.responses.responses.entry(status.to_string()).or_insert_with(|| {
+        ResponseBuilder::new().description(description).content("application/json", content).build().into()
+    });
 }
 
 fn operations(item: &mut PathItem) -> Vec<(axum::http::Method, &mut Operation)> {
@@ -146,7 +146,8 @@ impl PartialSchema for Accumulator {
                 .required("value")
                 .into()
         };
-        let bytes = ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).maximum(Some(255)));
+        let bytes = ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).maximum(Some(255)));
         let lines = ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String));
         OneOfBuilder::new()
             .description(Some("A value a job computes across subtasks and TaskManagers, merged by the job master"))
@@ -154,7 +155,11 @@ impl PartialSchema for Accumulator {
             .item(kind("sum", "Added up exactly (a 128-bit integer)", integer("A sum", None)))
             .item(kind("max", "The largest value", integer("A 64-bit integer", None)))
             .item(kind("min", "The smallest value", integer("A 64-bit integer", None)))
-            .item(kind("checksum", "An order-independent checksum (wrapping sum)", integer("A 64-bit checksum", Some(0))))
+            .item(kind(
+                "checksum",
+                "An order-independent checksum (wrapping sum)",
+                integer("A 64-bit checksum", Some(0)),
+            ))
             .item(kind("lines", "Lines, kept sorted", lines.into()))
             .item(kind("histogram", "An HDR histogram in its V2 serialization", bytes.into()))
             .into()

@@ -60,10 +60,8 @@ pub async fn serve(
     drop(listener);
     // Nobody may be listening any more (every connection ended): nothing to tell then.
     let _ = closing.send(true);
-    let drained = tokio::time::timeout(limits.shutdown_grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(limits.shutdown_grace, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(%address, left = connections.len(), "REST connections still busy after the shutdown grace; dropping them");
         connections.abort_all();
