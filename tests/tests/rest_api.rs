@@ -253,6 +253,16 @@ fn bad_requests_are_answered_as_json_errors() {
 
     let big = format!(r#"{{"job": "forever", "args": ["{}"]}}"#, "x".repeat(BODY_LIMIT));
     submit(addr, &big).assert_error(413, "payload_too_large", "larger than the server accepts");
+    // A chunked body has no length up front: it is cut off at the limit as it arrives.
+    let mut chunked = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {SECRET}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    for _ in 0..(BODY_LIMIT / 1000 + 2) {
+        chunked.push_str(&format!("3e8\r\n{}\r\n", " ".repeat(1000)));
+    }
+    chunked.push_str("0\r\n\r\n");
+    send_raw(addr, chunked.as_bytes()).assert_error(413, "payload_too_large", "larger than the server accepts");
     // Within the limit, a long body is fine.
     let fits = format!(r#"{{"job": "forever", "args": ["{}"]}}"#, "x".repeat(BODY_LIMIT - 100));
     assert_eq!(submit(addr, &fits).status, 202);
