@@ -7,6 +7,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -14,6 +15,7 @@ use thiserror::Error;
 
 use crate::auth::ClusterSecret;
 use crate::conf::{ClusterSettings, ConfError, Role};
+use crate::jobmanager::rest::{RestServer, RestSettings};
 use crate::jobmanager::restart::RestartStrategy;
 use crate::jobmanager::{JobManager, JobManagerConfig};
 use crate::registry::JobRegistry;
@@ -162,6 +164,21 @@ pub fn taskmanager_config(settings: &ClusterSettings, core_offset: u32) -> Resul
     })
 }
 
+/// The REST API's settings from the configuration: body limit and the bearer check of
+/// mutations against the cluster secret (none when authentication is off).
+pub fn rest_settings(settings: &ClusterSettings, secret: Option<ClusterSecret>) -> Result<RestSettings, AppError> {
+    let authorizer: Option<crate::jobmanager::rest::Authorizer> = secret.map(|secret| {
+        Arc::new(move |header: Option<&str>| {
+            crate::auth::check_bearer(Some(&secret), header).map_err(|e| e.to_string())
+        }) as crate::jobmanager::rest::Authorizer
+    });
+    Ok(RestSettings {
+        max_body_bytes: usize::try_from(settings.rest.max_content_length).unwrap_or(usize::MAX),
+        authorizer,
+        ..RestSettings::default()
+    })
+}
+
 /// Waits for SIGINT or SIGTERM and returns it.
 fn wait_for_signal() -> Result<i32, AppError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
@@ -174,10 +191,20 @@ fn wait_for_signal() -> Result<i32, AppError> {
 pub fn run_jobmanager(args: &JobManagerArgs, registry: JobRegistry) -> Result<(), AppError> {
     let settings = load(&args.config, Vec::new(), Role::JobManager)?;
     let config = jobmanager_config(&settings)?;
+    let rest_settings = rest_settings(&settings, config.secret.clone())?;
+    let rest_bind = resolve(&settings.rest.bind_address, settings.rest.port, "rest.bind-address")?;
     let jm = JobManager::start(config, registry)?;
-    println!("jobmanager: TaskManagers connect to {}", jm.rpc_address());
+    let rest = RestServer::start(rest_bind, jm.api(), rest_settings).map_err(|e| {
+        AppError::Startup(crate::error::StartupError::InvalidConfig(format!(
+            "cannot serve the REST API on {rest_bind} (rest.bind-address / rest.port): {e}"
+        )))
+    })?;
+    println!("jobmanager: TaskManagers connect to {}; REST API on {}", jm.rpc_address(), rest.url());
     let signal = wait_for_signal()?;
     tracing::info!(signal, "JobManager stopping");
+    if let Err(e) = rest.shutdown() {
+        tracing::warn!(error = %e, "the REST API did not stop cleanly");
+    }
     jm.shutdown();
     Ok(())
 }

@@ -99,6 +99,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod checkpoint;
+pub mod client;
 pub mod conf;
 pub mod config;
 pub mod error;

@@ -80,7 +80,8 @@ pub fn common_of(command: &Command) -> Option<&Common> {
         | Command::Demo(_)
         | Command::Profile(_)
         | Command::Jobmanager(_)
-        | Command::Taskmanager(_) => None,
+        | Command::Taskmanager(_)
+        | Command::Client(_) => None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod client_cli;
 mod cluster_run;
 mod demo;
 mod jobs;
@@ -68,6 +69,9 @@ enum Command {
     Jobmanager(corestream::app::JobManagerArgs),
     /// Run a TaskManager that registers with a JobManager, until SIGINT or SIGTERM.
     Taskmanager(corestream::app::TaskManagerArgs),
+    /// The client of a running JobManager: `submit`, `list`, `cancel`, `info`.
+    #[command(flatten)]
+    Client(client_cli::ClientCommand),
 }
 
 /// Runs one command; `profile` calls it again for the command line it profiles.
@@ -80,6 +84,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Profile(args) => profile::run(args),
         Command::Jobmanager(args) => Ok(corestream::app::run_jobmanager(&args, jobs::registry())?),
         Command::Taskmanager(args) => Ok(corestream::app::run_taskmanager(&args, jobs::registry())?),
+        Command::Client(cmd) => client_cli::run(cmd),
     }
 }
 

@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use utoipa::ToSchema;
 
 use crate::rpc::ids::{JobId, TaskManagerId};
 use crate::rpc::messages::{Accumulator, TaskState};
 
 /// `GET /v1/overview`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterOverview {
     pub version: String,
     pub taskmanagers: u32,
@@ -26,7 +27,7 @@ pub struct ClusterOverview {
 }
 
 /// One slot of a TaskManager.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SlotInfo {
     pub index: u32,
     pub cpu: Option<usize>,
@@ -35,7 +36,7 @@ pub struct SlotInfo {
 }
 
 /// `GET /v1/taskmanagers` (a list of these) and `GET /v1/taskmanagers/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskManagerInfo {
     pub id: TaskManagerId,
     pub hostname: String,
@@ -52,7 +53,7 @@ pub struct TaskManagerInfo {
 }
 
 /// `POST /v1/jobs`: run a registered job type by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// A registered job type (`GET /v1/job-types`).
@@ -66,13 +67,13 @@ pub struct SubmitRequest {
 }
 
 /// The answer to a submission.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SubmitResponse {
     pub jobid: JobId,
 }
 
 /// A job type the cluster can run (`GET /v1/job-types`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobTypeInfo {
     pub name: String,
     pub about: String,
@@ -80,7 +81,7 @@ pub struct JobTypeInfo {
 }
 
 /// A job's state, with Flink's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobState {
     /// Accepted, waiting for slots.
@@ -101,7 +102,7 @@ impl JobState {
 }
 
 /// Subtasks by state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskCounts {
     pub total: u32,
     pub deploying: u32,
@@ -112,7 +113,7 @@ pub struct TaskCounts {
 }
 
 /// `GET /v1/jobs` (a list of these).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobOverview {
     pub jid: JobId,
     /// The job type.
@@ -130,7 +131,7 @@ pub struct JobOverview {
 }
 
 /// One subtask of a vertex.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SubtaskInfo {
     pub subtask: u32,
     pub taskmanager: TaskManagerId,
@@ -139,7 +140,7 @@ pub struct SubtaskInfo {
 }
 
 /// One vertex (chain of operators) of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VertexInfo {
     pub id: u32,
     pub name: String,
@@ -153,7 +154,7 @@ pub struct VertexInfo {
 }
 
 /// `GET /v1/jobs/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobDetails {
     #[serde(flatten)]
     pub overview: JobOverview,
@@ -166,7 +167,7 @@ pub struct JobDetails {
 }
 
 /// Records of one operator over every subtask.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OperatorCounts {
     pub name: String,
     pub parallelism: u32,
@@ -175,7 +176,7 @@ pub struct OperatorCounts {
 }
 
 /// `GET /v1/jobs/{id}/execution-result`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobExecutionResult {
     pub jid: JobId,
     pub state: JobState,
@@ -184,7 +185,7 @@ pub struct JobExecutionResult {
 }
 
 /// What a terminal job produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobOutcome {
     pub state: JobState,
     pub duration_ms: u64,
@@ -196,9 +197,41 @@ pub struct JobOutcome {
     pub network: Vec<String>,
 }
 
+/// `GET /v1/taskmanagers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskManagerList {
+    pub taskmanagers: Vec<TaskManagerInfo>,
+}
+
+/// `GET /v1/job-types`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobTypeList {
+    pub job_types: Vec<JobTypeInfo>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobOverview>,
+}
+
+/// `GET /v1/config`: what a client needs to know about the REST API itself. Never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RestConfig {
+    /// The corestream version serving the API.
+    pub version: String,
+    /// Whether requests that change something (POST, PATCH) need `Authorization: Bearer
+    /// <secret>`. GETs never do.
+    pub auth_required: bool,
+    /// The largest request body accepted.
+    pub max_body_bytes: u64,
+    /// How long a request may take, its body included, before it is answered with 408.
+    pub request_timeout_ms: u64,
+}
+
 /// What a request did wrong, or why it could not be served. The REST layer turns it into a
 /// status code and `{"error": code, "message": ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize, ToSchema)]
 #[error("{message}")]
 pub struct ApiError {
     pub error: ApiErrorCode,
@@ -206,7 +239,7 @@ pub struct ApiError {
 }
 
 /// The kinds of [`ApiError`], each with its HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApiErrorCode {
     /// 400: malformed or invalid request (bad JSON, unknown job type, bad job arguments).
@@ -215,10 +248,16 @@ pub enum ApiErrorCode {
     Unauthorized,
     /// 404: no such job, TaskManager or path.
     NotFound,
+    /// 405: the path exists, but not with this method (the `Allow` header lists the methods).
+    MethodNotAllowed,
+    /// 408: the request was not served in time (its body arrived too slowly).
+    RequestTimeout,
     /// 409: the request conflicts with the state (cancelling a finished job).
     Conflict,
     /// 413: request body over the limit.
     PayloadTooLarge,
+    /// 415: a body without `Content-Type: application/json`.
+    UnsupportedMediaType,
     /// 503: not enough slots or TaskManagers to accept the job now.
     Unavailable,
     /// 500.
@@ -226,13 +265,32 @@ pub enum ApiErrorCode {
 }
 
 impl ApiErrorCode {
+    /// The code as it appears in JSON (`bad_request`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiErrorCode::BadRequest => "bad_request",
+            ApiErrorCode::Unauthorized => "unauthorized",
+            ApiErrorCode::NotFound => "not_found",
+            ApiErrorCode::MethodNotAllowed => "method_not_allowed",
+            ApiErrorCode::RequestTimeout => "request_timeout",
+            ApiErrorCode::Conflict => "conflict",
+            ApiErrorCode::PayloadTooLarge => "payload_too_large",
+            ApiErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ApiErrorCode::Unavailable => "unavailable",
+            ApiErrorCode::Internal => "internal",
+        }
+    }
+
     pub fn http_status(self) -> u16 {
         match self {
             ApiErrorCode::BadRequest => 400,
             ApiErrorCode::Unauthorized => 401,
             ApiErrorCode::NotFound => 404,
+            ApiErrorCode::MethodNotAllowed => 405,
+            ApiErrorCode::RequestTimeout => 408,
             ApiErrorCode::Conflict => 409,
             ApiErrorCode::PayloadTooLarge => 413,
+            ApiErrorCode::UnsupportedMediaType => 415,
             ApiErrorCode::Unavailable => 503,
             ApiErrorCode::Internal => 500,
         }
@@ -267,4 +325,31 @@ pub trait ClusterApi: Send + Sync + 'static {
     fn execution_result(&self, id: &str) -> Result<JobExecutionResult, ApiError>;
     /// Starts cancelling a job; a job that already ended is a [`ApiErrorCode::Conflict`].
     fn cancel(&self, id: &str) -> Result<(), ApiError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_read_as_in_json_with_their_status() {
+        let codes = [
+            (ApiErrorCode::BadRequest, 400),
+            (ApiErrorCode::Unauthorized, 401),
+            (ApiErrorCode::NotFound, 404),
+            (ApiErrorCode::MethodNotAllowed, 405),
+            (ApiErrorCode::RequestTimeout, 408),
+            (ApiErrorCode::Conflict, 409),
+            (ApiErrorCode::PayloadTooLarge, 413),
+            (ApiErrorCode::UnsupportedMediaType, 415),
+            (ApiErrorCode::Unavailable, 503),
+            (ApiErrorCode::Internal, 500),
+        ];
+        for (code, status) in codes {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+            assert_eq!(code.http_status(), status);
+        }
+        let e = ApiError::not_found("no job 00");
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"error":"not_found","message":"no job 00"}"#);
+    }
 }

@@ -7,6 +7,7 @@
 pub mod api;
 mod dispatcher;
 mod job_master;
+pub mod rest;
 pub mod restart;
 pub mod scheduler;
 mod server;

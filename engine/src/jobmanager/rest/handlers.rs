@@ -1,0 +1,250 @@
+//! The routes: one handler per operation of [`ClusterApi`], each annotated with its OpenAPI
+//! description, and the extractors that turn a request's path, query and body into checked
+//! values or an [`ApiError`] (invalid ids are refused here, before the dispatcher is asked).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::errors::{body_rejection, decode_json};
+use super::schema::ApiDoc;
+use super::AppState;
+use crate::jobmanager::api::{
+    ApiError, ClusterOverview, JobDetails, JobExecutionResult, JobList, JobTypeList, RestConfig, SubmitRequest,
+    SubmitResponse, TaskManagerInfo, TaskManagerList,
+};
+use crate::rpc::ids::{JobId, TaskManagerId};
+
+/// Every route, with its description.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    use utoipa::OpenApi;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(overview))
+        .routes(routes!(config))
+        .routes(routes!(task_managers))
+        .routes(routes!(task_manager))
+        .routes(routes!(job_types))
+        .routes(routes!(jobs, submit))
+        .routes(routes!(job, cancel))
+        .routes(routes!(execution_result))
+}
+
+/// A JSON body of type `T`, checked by [`decode_json`] within the body limit.
+pub(super) struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+        let body = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        decode_json(content_type.as_ref(), &body).map(JsonBody)
+    }
+}
+
+/// The `{id}` segment of a path, as text (percent-decoded).
+async fn id_segment<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<String, ApiError> {
+    Path::<String>::from_request_parts(parts, state).await.map(|Path(id)| id).map_err(|e| {
+        ApiError::bad_request(format!("invalid path {}: {}", super::errors::shown_path(&parts.uri), e.body_text()))
+    })
+}
+
+/// A job id from the path, refused with 400 unless it is 32 hex digits.
+pub(super) struct JobIdParam(pub JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobIdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let id = id_segment(parts, state).await?;
+        id.parse().map(JobIdParam).map_err(|e| ApiError::bad_request(format!("{e}")))
+    }
+}
+
+/// A TaskManager id from the path, refused with 400 unless it is 32 hex digits.
+pub(super) struct TaskManagerIdParam(pub TaskManagerId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TaskManagerIdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let id = id_segment(parts, state).await?;
+        id.parse().map(TaskManagerIdParam).map_err(|e| ApiError::bad_request(format!("{e}")))
+    }
+}
+
+/// The query of `PATCH /v1/jobs/{id}`: Flink's `mode`, of which only `cancel` is served.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchQuery {
+    #[serde(default)]
+    #[allow(dead_code)]
+    mode: Option<PatchMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PatchMode {
+    Cancel,
+}
+
+/// Checks the query of a job PATCH: no `mode` or `mode=cancel`, nothing else.
+pub(super) fn check_patch_query(uri: &Uri) -> Result<(), ApiError> {
+    Query::<PatchQuery>::try_from_uri(uri).map(|_| ()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid query of PATCH {}: {}; the only mode is `?mode=cancel`",
+            super::errors::shown_path(uri),
+            e.body_text().trim_start_matches("Failed to deserialize query string: ")
+        ))
+    })
+}
+
+/// The cluster at a glance: TaskManagers, slots, jobs by state.
+#[utoipa::path(get, path = "/v1/overview", tag = "cluster",
+    responses((status = 200, description = "The cluster's overview", body = ClusterOverview)))]
+async fn overview(State(s): State<AppState>) -> Json<ClusterOverview> {
+    Json(s.api.overview())
+}
+
+/// What a client needs to know about this API: its version, whether mutations need the secret,
+/// its limits. Never the secret.
+#[utoipa::path(get, path = "/v1/config", tag = "cluster",
+    responses((status = 200, description = "The REST API's settings", body = RestConfig)))]
+async fn config(State(s): State<AppState>) -> Json<RestConfig> {
+    Json(RestConfig::clone(&s.config))
+}
+
+/// Every registered TaskManager with its slots.
+#[utoipa::path(get, path = "/v1/taskmanagers", tag = "taskmanagers",
+    responses((status = 200, description = "The registered TaskManagers", body = TaskManagerList)))]
+async fn task_managers(State(s): State<AppState>) -> Json<TaskManagerList> {
+    Json(TaskManagerList { taskmanagers: s.api.task_managers() })
+}
+
+/// One TaskManager.
+#[utoipa::path(get, path = "/v1/taskmanagers/{id}", tag = "taskmanagers",
+    params(("id" = TaskManagerId, Path, description = "The TaskManager's id: 32 hex digits")),
+    responses(
+        (status = 200, description = "The TaskManager", body = TaskManagerInfo),
+        (status = 400, description = "The id is not 32 hex digits", body = ApiError),
+        (status = 404, description = "No TaskManager with this id is registered", body = ApiError)
+    ))]
+async fn task_manager(
+    State(s): State<AppState>,
+    TaskManagerIdParam(id): TaskManagerIdParam,
+) -> Result<Json<TaskManagerInfo>, ApiError> {
+    s.api.task_manager(&id.to_string()).map(Json)
+}
+
+/// The job types the cluster can run, with their usage.
+#[utoipa::path(get, path = "/v1/job-types", tag = "jobs",
+    responses((status = 200, description = "The registered job types", body = JobTypeList)))]
+async fn job_types(State(s): State<AppState>) -> Json<JobTypeList> {
+    Json(JobTypeList { job_types: s.api.job_types() })
+}
+
+/// Every job the JobManager knows, running or ended.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    responses((status = 200, description = "The jobs", body = JobList)))]
+async fn jobs(State(s): State<AppState>) -> Json<JobList> {
+    Json(JobList { jobs: s.api.jobs() })
+}
+
+/// Submits a job by name. The job is checked (type, arguments, parallelism) and accepted; it
+/// then runs in the background: follow it with `GET /v1/jobs/{id}/execution-result`.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content = SubmitRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted; the job runs in the background", body = SubmitResponse,
+            headers(("Location" = String, description = "The job's path"))),
+        (status = 400, description = "Malformed JSON, unknown fields, an unknown job type or invalid arguments", body = ApiError),
+        (status = 413, description = "The body is over the limit", body = ApiError),
+        (status = 415, description = "The body is not sent as `application/json`", body = ApiError),
+        (status = 503, description = "Not enough slots or TaskManagers to accept the job now", body = ApiError)
+    ))]
+async fn submit(State(s): State<AppState>, JsonBody(request): JsonBody<SubmitRequest>) -> Result<Response, ApiError> {
+    let job = request.job.clone();
+    let accepted = s.api.submit(request)?;
+    tracing::info!(job = %job, jobid = %accepted.jobid, "job submitted over REST");
+    let location = HeaderValue::from_str(&format!("/v1/jobs/{}", accepted.jobid)).ok();
+    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// One job: its state, vertices and subtasks, failure and plan.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job's id: 32 hex digits")),
+    responses(
+        (status = 200, description = "The job", body = JobDetails),
+        (status = 400, description = "The id is not 32 hex digits", body = ApiError),
+        (status = 404, description = "No job with this id", body = ApiError)
+    ))]
+async fn job(State(s): State<AppState>, JobIdParam(id): JobIdParam) -> Result<Json<JobDetails>, ApiError> {
+    s.api.job(&id.to_string()).map(Json)
+}
+
+/// Cancels a job (Flink's `PATCH /jobs/{id}?mode=cancel`; `mode` may be left out). The job
+/// is cancelled in the background; its result then says CANCELLED.
+#[utoipa::path(patch, path = "/v1/jobs/{id}", tag = "jobs",
+    params(
+        ("id" = JobId, Path, description = "The job's id: 32 hex digits"),
+        ("mode" = Option<String>, Query, description = "`cancel`, the only mode (the default)")
+    ),
+    responses(
+        (status = 202, description = "Cancellation started"),
+        (status = 400, description = "The id is not 32 hex digits, or the query is not `mode=cancel`", body = ApiError),
+        (status = 404, description = "No job with this id", body = ApiError),
+        (status = 409, description = "The job has already ended", body = ApiError)
+    ))]
+async fn cancel(State(s): State<AppState>, JobIdParam(id): JobIdParam, uri: Uri) -> Result<StatusCode, ApiError> {
+    check_patch_query(&uri)?;
+    s.api.cancel(&id.to_string())?;
+    tracing::info!(jobid = %id, "job cancellation requested over REST");
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// A job's result: its state, and once it has ended what it produced (record counts,
+/// accumulators, warnings, failure). Poll it until `result` is set.
+#[utoipa::path(get, path = "/v1/jobs/{id}/execution-result", tag = "jobs",
+    params(("id" = JobId, Path, description = "The job's id: 32 hex digits")),
+    responses(
+        (status = 200, description = "The job's state and, once it ended, its outcome", body = JobExecutionResult),
+        (status = 400, description = "The id is not 32 hex digits", body = ApiError),
+        (status = 404, description = "No job with this id", body = ApiError)
+    ))]
+async fn execution_result(
+    State(s): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> Result<Json<JobExecutionResult>, ApiError> {
+    s.api.execution_result(&id.to_string()).map(Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_queries() {
+        for ok in ["/v1/jobs/x", "/v1/jobs/x?mode=cancel", "/v1/jobs/x?"] {
+            assert!(check_patch_query(&ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for (bad, needle) in [
+            ("/v1/jobs/x?mode=stop", "unknown variant `stop`, expected `cancel`"),
+            ("/v1/jobs/x?mode=cancel&force=1", "unknown field `force`"),
+            ("/v1/jobs/x?mode=CANCEL", "unknown variant `CANCEL`"),
+        ] {
+            let e = check_patch_query(&bad.parse().unwrap()).unwrap_err();
+            assert!(e.message.contains(needle) && e.message.contains("?mode=cancel"), "{bad}: {e}");
+        }
+    }
+}
