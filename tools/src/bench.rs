@@ -152,7 +152,7 @@ pub enum BenchCommand {
 }
 
 /// A record size of `bench network`: 25 to 32 000 bytes (a record fits a 32 KB buffer).
-fn parse_record_bytes(s: &str) -> Result<usize, String> {
+pub fn parse_record_bytes(s: &str) -> Result<usize, String> {
     let n = parse_count(s)?;
     if !(25..=32_000).contains(&n) {
         return Err(format!("--record-bytes {s} must be between 25 and 32000"));
@@ -451,7 +451,7 @@ fn run_network(
     json: Option<&std::path::Path>,
     common: &Common,
 ) -> anyhow::Result<()> {
-    let baselines = if crate::multi::is_task_manager_0() && common.processes > 1 {
+    let baselines = if common.processes > 1 {
         eprintln!("raw loopback pair: moving {} MiB ...", raw_bytes >> 20);
         let raw = corestream_bench::transport::plain_gbps(raw_bytes)?;
         eprintln!("session pair: moving {} MiB ...", raw_bytes >> 20);
@@ -460,25 +460,41 @@ fn run_network(
     } else {
         None
     };
-    let merged = crate::multi::run(common, "network", |env| {
-        corestream_bench::network::exchange_job(env, events, keys, record_bytes);
-        || Ok(Vec::new())
-    })?;
-    let Some(merged) = merged else { return Ok(()) };
-    let wall = merged.result.wall_time.as_secs_f64();
-    let counted = merged.result.records_in("Count");
+    let (wall, counted, out, inn, p, network_lines) = if common.processes > 1 {
+        let args = vec![
+            "--events".to_string(),
+            events.to_string(),
+            "--keys".to_string(),
+            keys.to_string(),
+            "--record-bytes".to_string(),
+            record_bytes.to_string(),
+        ];
+        let outcome = crate::cluster_run::run(common, "bench-network", args)?;
+        let wall = outcome.parts.iter().map(|p| p.wall_time_ns).max().unwrap_or(0) as f64 / 1e9;
+        let counted = outcome.operators.iter().find(|o| o.name.starts_with("Count")).map_or(0, |o| o.records_in);
+        let first = outcome.parts.first();
+        let out: u64 = first.iter().flat_map(|p| &p.connections).map(|c| c.bytes_out).sum();
+        let inn: u64 = first.iter().flat_map(|p| &p.connections).map(|c| c.bytes_in).sum();
+        let p = outcome.operators.iter().map(|o| o.parallelism).max().unwrap_or(1);
+        let mut lines: Vec<String> = outcome.network.iter().map(|l| format!("network: {l}")).collect();
+        let peaks: Vec<String> =
+            outcome.parts.iter().enumerate().map(|(i, p)| format!("TaskManager {i} {}", p.pool_peak_in_use)).collect();
+        lines.push(format!("network: pool peak in use (buffers): {}", peaks.join(", ")));
+        (wall, counted, out, inn, p, lines)
+    } else {
+        let cluster = common.cluster()?;
+        let mut env = common.environment(&cluster);
+        corestream_bench::network::exchange_job(&mut env, events, keys, record_bytes);
+        let result = join_with_progress(env.execute_async("network")?, "network", Some(events))?;
+        let p = result.operators.iter().map(|o| o.parallelism).max().unwrap_or(1);
+        (result.wall_time.as_secs_f64(), result.records_in("Count"), 0, 0, p, Vec::new())
+    };
     if counted != events {
         anyhow::bail!("the counters saw {counted} records, {events} were generated");
-    }
-    let (mut out, mut inn) = (0u64, 0u64);
-    for c in merged.network.first().into_iter().flatten() {
-        out += c.stats.bytes_out;
-        inn += c.stats.bytes_in;
     }
     let crossing = out + inn;
     let exchange_gbps = crossing as f64 / wall / 1e9;
     let per_direction_gbps = out.max(inn) as f64 / wall / 1e9;
-    let p = merged.result.operators.iter().map(|o| o.parallelism).max().unwrap_or(1);
     println!(
         "network: {events} records of ~{record_bytes} B over {keys} keys, -p {p} across {} processes",
         common.processes
@@ -512,7 +528,7 @@ fn run_network(
         exchange_gbps / raw_gbps,
         per_direction_gbps / raw_gbps
     );
-    merged.network_lines().iter().for_each(|l| println!("{l}"));
+    network_lines.iter().for_each(|l| println!("{l}"));
     if let Some(path) = json {
         let report = NetworkJson {
             events,

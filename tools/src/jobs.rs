@@ -35,6 +35,18 @@ pub struct SumByKeyArgs {
     pub keys: u64,
 }
 
+/// The arguments of `bench network`'s job.
+#[derive(Parser, Debug)]
+#[command(name = "bench-network", no_binary_name = true)]
+pub struct NetworkArgs {
+    #[arg(long, value_parser = crate::args::parse_positive_count)]
+    pub events: u64,
+    #[arg(long, value_parser = crate::args::parse_keys)]
+    pub keys: u64,
+    #[arg(long, value_parser = crate::bench::parse_record_bytes)]
+    pub record_bytes: usize,
+}
+
 fn parse<T: Parser>(args: &[String]) -> Result<T, String> {
     T::try_parse_from(args).map_err(|e| e.render().to_string().trim_end().to_string())
 }
@@ -69,6 +81,12 @@ fn sum_by_key(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobPa
     }))
 }
 
+fn bench_network(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    let a: NetworkArgs = parse(ctx.args)?;
+    corestream_bench::network::exchange_job(env, a.events, a.keys, a.record_bytes);
+    Ok(JobParts::none())
+}
+
 /// Every job type of the `corestream` binary.
 pub fn registry() -> JobRegistry {
     let mut r = JobRegistry::new();
@@ -83,6 +101,12 @@ pub fn registry() -> JobRegistry {
         "sum generated values per key; the result is a checksum of the totals and the number of keys",
         "--records N --keys K",
         sum_by_key,
+    ));
+    r.register(JobType::new(
+        "bench-network",
+        "keyed exchange of generated records of a given size (the job of `bench network`)",
+        "--events N --keys K --record-bytes B",
+        bench_network,
     ));
     r
 }

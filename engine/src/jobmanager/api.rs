@@ -195,6 +195,22 @@ pub struct JobOutcome {
     pub warnings: Vec<String>,
     /// One line per data connection the job used, from each TaskManager's side.
     pub network: Vec<String>,
+    /// What each TaskManager's part reported, in the order of their job slots.
+    #[serde(default)]
+    pub parts: Vec<PartSummary>,
+}
+
+/// One TaskManager's part of a finished job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PartSummary {
+    pub taskmanager: TaskManagerId,
+    /// From the part's deployment to the end of its last slot thread.
+    pub wall_time_ns: u64,
+    /// Most buffers of the TaskManager's pool in use at once since it started.
+    pub pool_peak_in_use: u64,
+    pub buffers_reserved: u32,
+    /// Its data connections, as it saw them.
+    pub connections: Vec<crate::rpc::messages::ConnectionReport>,
 }
 
 /// `GET /v1/taskmanagers`.

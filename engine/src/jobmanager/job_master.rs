@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::api::{JobOutcome, JobState, OperatorCounts};
+use super::api::{JobOutcome, JobState, OperatorCounts, PartSummary};
 use super::scheduler::FreeSlots;
 use super::state::now_ms;
 use super::Jm;
@@ -110,6 +110,7 @@ pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEv
                 accumulators: Default::default(),
                 warnings: Vec::new(),
                 network: Vec::new(),
+                parts: Vec::new(),
             }));
             if let Some(o) = j.outcome.as_mut() {
                 o.state = state;
@@ -456,7 +457,18 @@ fn merge_outcome(
         }));
     }
     let _ = vertices;
+    let parts = reports
+        .iter()
+        .map(|(tm, r)| PartSummary {
+            taskmanager: *tm,
+            wall_time_ns: r.wall_time_ns,
+            pool_peak_in_use: r.pool_peak_in_use,
+            buffers_reserved: r.buffers_reserved,
+            connections: r.connections.clone(),
+        })
+        .collect();
     Ok(JobOutcome {
+        parts,
         state: JobState::Finished,
         duration_ms: 0,
         failure: None,

@@ -154,7 +154,7 @@ pub struct LatencyReport {
 }
 
 /// Traffic of one data connection of a TaskManager, as it saw it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectionReport {
     pub peer: String,
     pub frames_in: u64,

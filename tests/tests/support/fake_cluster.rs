@@ -98,6 +98,7 @@ impl FakeCluster {
         accumulators.insert("total".to_string(), Accumulator::Sum(-12_345_678_901_234_567_890_i128));
         accumulators.insert("keys".to_string(), Accumulator::Lines(vec!["a".into(), "b".into()]));
         JobOutcome {
+            parts: Vec::new(),
             state: job.state,
             duration_ms: 1500,
             failure: match job.state {
