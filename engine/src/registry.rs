@@ -21,6 +21,120 @@ pub struct JobContext<'a> {
     /// True on the JobManager, which only plans the job: the builder must declare the same
     /// graph but start nothing (no reader threads, no files).
     pub planning: bool,
+    /// Counters shared by every process of the job (see [`JobSignals`]).
+    pub signals: JobSignals,
+}
+
+/// Named counters a job's processes share while it runs: any subtask or host thread adds to a
+/// counter, and every process sees the job-wide totals soon after (through the JobMaster, which
+/// adds them up and sends them to every TaskManager of the job, within about 100 ms). A job uses
+/// them to wait for a condition across processes — every sink has seen its first record, say
+/// — without a channel of its own. The JobMaster also sets [`JobSignals::ALL_RUNNING`] to 1
+/// once every task of the job runs. A task never blocks on them: it reads
+/// [`total`](Self::total), which takes a short lock; only host threads
+/// [`wait_for`](Self::wait_for). At most [`JobSignals::NAMES_MAX`] names per job.
+#[derive(Clone, Default)]
+pub struct JobSignals {
+    inner: Arc<SignalsInner>,
+}
+
+#[derive(Default)]
+struct SignalsInner {
+    state: std::sync::Mutex<SignalsState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SignalsState {
+    totals: BTreeMap<String, u64>,
+    /// Additions not yet sent to the JobMaster (`None`: a job in one process, added at once).
+    pending: Option<BTreeMap<String, u64>>,
+}
+
+impl std::fmt::Debug for JobSignals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSignals").field("totals", &self.lock().totals).finish()
+    }
+}
+
+impl JobSignals {
+    /// Set to 1 by the JobMaster once every task of the job runs.
+    pub const ALL_RUNNING: &'static str = "all-running";
+    /// Names one job may use, at most.
+    pub const NAMES_MAX: usize = 64;
+    /// Bytes of one name, at most.
+    pub const NAME_BYTES_MAX: usize = 128;
+
+    /// Counters of a job that runs in this process only: additions count at once.
+    pub fn local() -> Self {
+        Self::default()
+    }
+
+    /// Counters of one TaskManager's part of a job: additions wait for [`Self::take_pending`].
+    pub(crate) fn remote() -> Self {
+        let s = Self::default();
+        s.lock().pending = Some(BTreeMap::new());
+        s
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SignalsState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `n` to counter `name` (a name past the limits is ignored and logged).
+    pub fn add(&self, name: &str, n: u64) {
+        let mut state = self.lock();
+        let known = state.totals.contains_key(name) || state.pending.as_ref().is_some_and(|p| p.contains_key(name));
+        let names = state.totals.len().max(state.pending.as_ref().map_or(0, |p| p.len()));
+        if !known && (name.len() > Self::NAME_BYTES_MAX || names >= Self::NAMES_MAX) {
+            tracing::warn!(name, "a job signal past the limits of names was ignored");
+            return;
+        }
+        match state.pending.as_mut() {
+            Some(pending) => *pending.entry(name.to_string()).or_default() += n,
+            None => {
+                *state.totals.entry(name.to_string()).or_default() += n;
+                self.inner.changed.notify_all();
+            }
+        }
+    }
+
+    /// The job-wide total of `name` as this process last heard it.
+    pub fn total(&self, name: &str) -> u64 {
+        self.lock().totals.get(name).copied().unwrap_or(0)
+    }
+
+    /// Waits (on a host thread, never in a task) until `name` reaches `at_least`; false if
+    /// `timeout` passed first.
+    pub fn wait_for(&self, name: &str, at_least: u64, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if state.totals.get(name).copied().unwrap_or(0) >= at_least {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self.inner.changed.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// The additions made since the last call, for the JobMaster.
+    pub(crate) fn take_pending(&self) -> BTreeMap<String, u64> {
+        self.lock().pending.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The job-wide totals the JobMaster sent.
+    pub(crate) fn set_totals(&self, totals: BTreeMap<String, u64>) {
+        let mut state = self.lock();
+        for (name, value) in totals {
+            let entry = state.totals.entry(name).or_default();
+            *entry = (*entry).max(value);
+        }
+        self.inner.changed.notify_all();
+    }
 }
 
 /// Computes a part's accumulators once its tasks ended successfully.
@@ -257,6 +371,38 @@ mod tests {
         let merged = decode_histogram(bytes).unwrap();
         assert_eq!(merged.len(), 3);
         assert!(Accumulator::Histogram(vec![1, 2, 3]).display().contains("malformed"));
+    }
+
+    #[test]
+    fn local_signals_count_at_once_and_wake_waiters() {
+        let signals = JobSignals::local();
+        let waiter = {
+            let s = signals.clone();
+            std::thread::spawn(move || s.wait_for("ready", 2, std::time::Duration::from_secs(10)))
+        };
+        signals.add("ready", 1);
+        signals.add("ready", 1);
+        assert!(waiter.join().unwrap());
+        assert_eq!(signals.total("ready"), 2);
+        assert!(!signals.wait_for("never", 1, std::time::Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn remote_signals_wait_for_the_job_masters_totals() {
+        let signals = JobSignals::remote();
+        signals.add("ready", 1);
+        assert_eq!(signals.total("ready"), 0, "a part's own additions count once the JobMaster has them");
+        assert_eq!(signals.take_pending(), BTreeMap::from([("ready".to_string(), 1)]));
+        assert!(signals.take_pending().is_empty());
+        signals.set_totals(BTreeMap::from([("ready".to_string(), 3)]));
+        signals.set_totals(BTreeMap::from([("ready".to_string(), 2)]));
+        assert_eq!(signals.total("ready"), 3, "totals never go back");
+        for i in 0..JobSignals::NAMES_MAX + 5 {
+            signals.add(&format!("n{i}"), 1);
+        }
+        let long = "x".repeat(JobSignals::NAME_BYTES_MAX + 1);
+        signals.add(&long, 1);
+        assert!(!signals.take_pending().contains_key(&long));
     }
 
     #[test]

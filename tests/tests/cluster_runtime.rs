@@ -63,6 +63,37 @@ fn registry() -> JobRegistry {
             ]))
         }))
     }));
+    r.register(JobType::new(
+        "signals",
+        "every subtask adds to a signal; every part waits for the total",
+        "",
+        |env, ctx| {
+            env.set_runtime_mode(RuntimeMode::Batch);
+            let signals = ctx.signals.clone();
+            let p = env.config().parallelism.unwrap_or(1) as u64;
+            env.from_sequence(0..1000u64)
+                .map(move |v| {
+                    if v < p {
+                        signals.add("seen", 1);
+                    }
+                    v
+                })
+                .discard();
+            if ctx.planning {
+                return Ok(JobParts::none());
+            }
+            let signals = ctx.signals.clone();
+            Ok(JobParts::with_accumulators(move || {
+                let seen = signals.wait_for("seen", p, Duration::from_secs(20));
+                let running = signals.total(corestream::registry::JobSignals::ALL_RUNNING);
+                Ok(Accumulators::from([
+                    ("parts".to_string(), Accumulator::Count(1)),
+                    ("parts-that-saw-all".to_string(), Accumulator::Count(u64::from(seen))),
+                    ("parts-that-saw-all-running".to_string(), Accumulator::Count(running)),
+                ]))
+            }))
+        },
+    ));
     r
 }
 
@@ -176,6 +207,22 @@ fn a_job_runs_across_two_task_managers() {
     let id = submit(api.as_ref(), &["1000", "10"], 1);
     check_sums(&wait(api.as_ref(), &id, Duration::from_secs(60)), 1000, 10);
     drop((tm1, tm2));
+}
+
+#[test]
+fn signals_reach_every_task_manager_of_the_job() {
+    let jm = jobmanager(0);
+    let address = jm.rpc_address().to_string();
+    let _tms = (taskmanager(&address, 1), taskmanager(&address, 1));
+    let api = jm.api();
+    let request = SubmitRequest { job: "signals".into(), args: vec![], parallelism: Some(2) };
+    let id = api.submit(request).unwrap().jobid.to_string();
+    let r = wait(api.as_ref(), &id, Duration::from_secs(60));
+    assert_eq!(r.state, JobState::Finished, "{r:?}");
+    let acc = r.result.unwrap().accumulators;
+    assert_eq!(acc["parts"], Accumulator::Count(2));
+    assert_eq!(acc["parts-that-saw-all"], Accumulator::Count(2), "each part saw the other's addition");
+    assert_eq!(acc["parts-that-saw-all-running"], Accumulator::Count(2));
 }
 
 #[test]

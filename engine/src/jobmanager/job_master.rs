@@ -18,7 +18,7 @@ use super::scheduler::FreeSlots;
 use super::state::now_ms;
 use super::Jm;
 use crate::graph::execution::SlotSplit;
-use crate::registry::{merge_accumulators, JobContext};
+use crate::registry::{merge_accumulators, JobContext, JobSignals};
 use crate::rpc::ids::{DeploymentKey, JobId, TaskManagerId};
 use crate::rpc::messages::{
     Accumulators, DeploymentDescriptor, JmMessage, PartOutcome, PartReport, Participant, TaskState, TmMessage,
@@ -275,6 +275,13 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
     // Track the parts.
     let mut failure: Option<(String, bool)> = None;
     let mut cancelled = false;
+    let mut signals: BTreeMap<String, u64> = BTreeMap::new();
+    let members: Vec<TaskManagerId> = parts.iter().map(|p| p.tm).collect();
+    let broadcast = |signals: &BTreeMap<String, u64>| {
+        for tm in &members {
+            jm.send(*tm, JmMessage::Signals { deployment, totals: signals.clone() });
+        }
+    };
     loop {
         if parts.iter().all(|p| p.ended.is_some()) {
             break;
@@ -298,13 +305,32 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
                 }
             }
             JobEvent::Tm { tm, message } => match message {
-                TmMessage::TaskStates { deployment: d, updates } if d == deployment => jm.update_job(job, |j| {
-                    for u in updates {
-                        if let Some(t) = j.tasks.get_mut(&(u.vertex, u.subtask)) {
-                            t.2 = u.state;
+                TmMessage::TaskStates { deployment: d, updates } if d == deployment => {
+                    let mut all_running = false;
+                    jm.update_job(job, |j| {
+                        for u in updates {
+                            if let Some(t) = j.tasks.get_mut(&(u.vertex, u.subtask)) {
+                                t.2 = u.state;
+                            }
                         }
+                        all_running = j.tasks.values().all(|t| t.2 != TaskState::Deploying);
+                    });
+                    if all_running && !signals.contains_key(JobSignals::ALL_RUNNING) {
+                        tracing::info!(%job, %deployment, "all tasks running");
+                        signals.insert(JobSignals::ALL_RUNNING.to_string(), 1);
+                        broadcast(&signals);
                     }
-                }),
+                }
+                TmMessage::Signals { deployment: d, adds } if d == deployment => {
+                    for (name, n) in adds {
+                        if signals.len() > JobSignals::NAMES_MAX && !signals.contains_key(&name) {
+                            tracing::warn!(%job, name, "a job signal past the limit of names was ignored");
+                            continue;
+                        }
+                        *signals.entry(name).or_default() += n;
+                    }
+                    broadcast(&signals);
+                }
                 TmMessage::Metrics { deployment: d, report } if d == deployment => jm.update_job(job, |j| {
                     j.metrics.insert(tm, *report);
                 }),
@@ -496,6 +522,7 @@ pub(crate) fn plan_job(
     let planner = crate::runtime::cluster::LocalCluster::planner(jm.settings.cluster.clone(), parallelism.max(1));
     let mut env = planner.environment();
     env.set_parallelism(parallelism.max(1));
-    (job.build)(&mut env, &JobContext { args, planning: true }).map_err(|e| format!("job '{job_type}': {e}"))?;
+    (job.build)(&mut env, &JobContext { args, planning: true, signals: crate::registry::JobSignals::local() })
+        .map_err(|e| format!("job '{job_type}': {e}"))?;
     env.plan_summary(job_type, split).map_err(|e| e.to_string())
 }

@@ -190,6 +190,7 @@ impl Jm {
             }
             TmMessage::TaskStates { deployment, .. }
             | TmMessage::Metrics { deployment, .. }
+            | TmMessage::Signals { deployment, .. }
             | TmMessage::PartEnded { deployment, .. }
             | TmMessage::Committed { deployment, .. } => state.deployments.get(deployment).copied(),
         };

@@ -244,6 +244,11 @@ pub enum TmMessage {
         deployment: DeploymentKey,
         report: Box<PartReport>,
     },
+    /// Additions to the job's signals (see [`crate::registry::JobSignals`]) since the last.
+    Signals {
+        deployment: DeploymentKey,
+        adds: BTreeMap<String, u64>,
+    },
     /// Every local task of the deployment has ended.
     PartEnded {
         deployment: DeploymentKey,
@@ -327,6 +332,11 @@ pub enum JmMessage {
     Cancel {
         deployment: DeploymentKey,
         reason: String,
+    },
+    /// The job-wide totals of the job's signals.
+    Signals {
+        deployment: DeploymentKey,
+        totals: BTreeMap<String, u64>,
     },
     /// Every participant finished: make the staged output visible.
     Commit {

@@ -33,6 +33,11 @@ pub(crate) const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a deployment thread tells the control loop.
 pub(crate) enum DeploymentEvent {
+    /// Additions to the job's signals.
+    Signals {
+        deployment: DeploymentKey,
+        adds: std::collections::BTreeMap<String, u64>,
+    },
     /// Counters so far, sent every [`METRICS_INTERVAL`] while the part runs.
     Metrics {
         deployment: DeploymentKey,
@@ -50,8 +55,9 @@ pub(crate) enum DeploymentEvent {
 }
 
 /// Shared between the control loop and one deployment thread.
-#[derive(Default)]
 pub(crate) struct DeploymentControl {
+    /// The job's signals in this process.
+    pub signals: crate::registry::JobSignals,
     /// Set when the JobManager (or the loss of it) cancels the deployment, possibly before its
     /// tasks started.
     pub cancelled: AtomicBool,
@@ -59,6 +65,14 @@ pub(crate) struct DeploymentControl {
 }
 
 impl DeploymentControl {
+    pub(crate) fn new() -> Self {
+        Self {
+            signals: crate::registry::JobSignals::remote(),
+            cancelled: AtomicBool::new(false),
+            canceller: Mutex::new(None),
+        }
+    }
+
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
         if let Some(job) = self.canceller.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
@@ -95,7 +109,7 @@ pub(crate) fn run(
         outcome: PartOutcome::Failed { message, retryable },
         staged: None,
     };
-    let (handle, parts) = match start(&cluster, &registry, &descriptor) {
+    let (handle, parts) = match start(&cluster, &registry, &descriptor, &control.signals) {
         Ok(started) => started,
         Err(e) => {
             send(failed(e.to_string(), e.is_retryable()));
@@ -120,6 +134,10 @@ pub(crate) fn run(
         if !updates.is_empty() {
             send(DeploymentEvent::States { deployment, updates });
             reported = phases;
+        }
+        let adds = control.signals.take_pending();
+        if !adds.is_empty() {
+            send(DeploymentEvent::Signals { deployment, adds });
         }
         if finished {
             break;
@@ -163,6 +181,7 @@ fn start(
     cluster: &LocalCluster,
     registry: &JobRegistry,
     d: &DeploymentDescriptor,
+    signals: &crate::registry::JobSignals,
 ) -> Result<(crate::runtime::job::JobHandle, crate::registry::JobParts), JobError> {
     let job_type = registry.lookup(&d.job_type).map_err(JobError::InvalidJob)?;
     let me = d.participants.get(d.index as usize).ok_or_else(|| {
@@ -176,7 +195,7 @@ fn start(
     if let Some(p) = d.parallelism {
         env.set_parallelism(p);
     }
-    let parts = (job_type.build)(&mut env, &JobContext { args: &d.args, planning: false })
+    let parts = (job_type.build)(&mut env, &JobContext { args: &d.args, planning: false, signals: signals.clone() })
         .map_err(|e| JobError::InvalidJob(format!("job '{}': {e}", d.job_type)))?;
     let placement =
         PartPlacement { distribution: Some(&distribution), slots: Some(&me.slots), fingerprint: Some(d.fingerprint) };

@@ -465,7 +465,7 @@ impl Control {
                 }
                 // The slots pass from the reservation to the deployment's lease.
                 reservations.remove(&descriptor.allocation);
-                let control = Arc::new(DeploymentControl::default());
+                let control = Arc::new(DeploymentControl::new());
                 let (cluster, registry, tx) = (self.cluster.clone(), self.registry.clone(), events_tx.clone());
                 let c = control.clone();
                 let thread = std::thread::Builder::new()
@@ -494,6 +494,12 @@ impl Control {
                 if let Some(t) = deployments.get(&deployment) {
                     tracing::info!(%deployment, %reason, "cancelling a deployment");
                     t.control.cancel();
+                }
+                Vec::new()
+            }
+            JmMessage::Signals { deployment, totals } => {
+                if let Some(t) = deployments.get(&deployment) {
+                    t.control.signals.set_totals(totals);
                 }
                 Vec::new()
             }
@@ -537,6 +543,7 @@ impl Control {
     fn on_event(&self, event: DeploymentEvent, deployments: &mut HashMap<DeploymentKey, Tracked>) -> Vec<TmMessage> {
         match event {
             DeploymentEvent::Metrics { deployment, report } => vec![TmMessage::Metrics { deployment, report }],
+            DeploymentEvent::Signals { deployment, adds } => vec![TmMessage::Signals { deployment, adds }],
             DeploymentEvent::States { deployment, updates } => vec![TmMessage::TaskStates { deployment, updates }],
             DeploymentEvent::Ended { deployment, outcome, staged } => {
                 if let Some(t) = deployments.get_mut(&deployment) {
