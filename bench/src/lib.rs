@@ -7,6 +7,7 @@ pub mod corpus;
 pub mod exact;
 pub mod examples;
 pub mod json;
+pub mod latency;
 pub mod network;
 pub mod nexmark;
 pub mod session;
