@@ -55,33 +55,36 @@ pub struct Common {
     /// the markers' latency at each sink per source subtask (default: off).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub latency_markers: Option<Duration>,
-    /// TaskManager processes that run the job together on this machine (application mode;
-    /// `run sum-by-key`, `run wordcount`, `bench network` and `bench latency --query q0`). The job's `--parallelism` slots are split
-    /// between them in contiguous ranges; without `-p` there are N × `--slots` job slots, and
-    /// `--slots` defaults to 1 per process.
+    /// TaskManager processes that run the job together on this machine (per-job mode: a
+    /// JobManager in this process starts N TaskManager processes of this binary; `run
+    /// sum-by-key`, `run wordcount`, `bench network` and `bench latency --query q0`). The job's
+    /// `--parallelism` slots are split between them in contiguous ranges; without `-p` there are
+    /// N × `--slots` job slots, and `--slots` defaults to an even share of `-p` (1 without it).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_processes)]
     pub processes: u32,
-    /// How long a TaskManager waits for a silent peer before failing the job (heartbeats are
-    /// sent every fifth of it); for tests of failure detection.
+    /// How long the JobManager waits for a silent TaskManager before removing it and failing its
+    /// jobs (heartbeats are sent every fifth of it; the data connections between TaskManagers
+    /// wait twice as long); for tests of failure detection.
     #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION", hide = true)]
     pub heartbeat_timeout: Option<Duration>,
-    /// The address TaskManager 0 binds its data listener to (`--processes` > 1; default
-    /// 127.0.0.1:0); the other TaskManagers dial it, so it must be reachable from them.
+    /// The address TaskManager 0 binds its data listener to, and the JobManager its RPC port
+    /// (port 0), with `--processes` > 1 (default 127.0.0.1:0 for both); the other TaskManagers
+    /// reach both there, so it must be reachable from them.
     #[arg(long, value_parser = parse_data_addr, value_name = "IP:PORT", hide = true)]
     pub tm_bind: Option<SocketAddr>,
-    /// The address the TaskManagers that TaskManager 0 starts bind their data listeners to
-    /// (`--processes` > 1; default 127.0.0.1:0).
+    /// The address the other TaskManagers bind their data listeners to (`--processes` > 1;
+    /// default 127.0.0.1:0).
     #[arg(long, value_parser = parse_data_addr, value_name = "IP:PORT", hide = true)]
     pub child_bind: Option<SocketAddr>,
-    /// Start the other TaskManagers in this named network namespace, through
+    /// Start the TaskManagers other than 0 in this named network namespace, through
     /// `ip netns exec NAME` (`--processes` > 1).
     #[arg(long, value_parser = parse_netns_name, value_name = "NAME", hide = true)]
     pub child_netns: Option<String>,
 }
 
 impl Common {
-    /// Refuses `--tm-bind`, `--child-bind` and `--child-netns` unless TaskManager 0 starts
-    /// other TaskManagers, and a fixed `--child-bind` port for more than one of them.
+    /// Refuses `--tm-bind`, `--child-bind` and `--child-netns` unless the job runs on more than
+    /// one TaskManager process, and a fixed `--child-bind` port for more than one of them.
     pub fn check_placement(&self) -> Result<(), String> {
         let given: Vec<&str> = [
             ("--tm-bind", self.tm_bind.is_some()),

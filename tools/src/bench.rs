@@ -9,12 +9,12 @@ use corestream_bench::throughput::{
     peak_rss_bytes, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport,
     SequenceSplit,
 };
+use corestream_bench::latency::{Feeder, LatencyQuery, LatencySettings};
 use corestream_bench::window_agg::{event_time_assigner, parse_window_spec};
 
 use crate::args::{
     parse_bounded, parse_count, parse_duration, parse_keys, parse_positive_count, parse_positive_duration, Common,
 };
-use crate::latency::{Feeder, LatencyQuery, LatencySettings};
 use crate::limits::ROUNDS_MAX;
 use crate::progress::join_with_progress;
 
@@ -77,12 +77,12 @@ pub enum BenchCommand {
     /// omission accounted for): p50 … p99.99, max and the achieved rate.
     ///
     /// For q0 the schedule's clock starts once every sink subtask has received a warm-up
-    /// record. With `--processes N` (q0 only) TaskManager 0 feeds a parallelism-1 source that
-    /// sends round-robin to the sink subtasks of every TaskManager, and the percentiles are
-    /// also reported apart for records that crossed to another TaskManager over TCP and for
-    /// those that stayed in TaskManager 0.
+    /// record. With `--processes N` (q0 only) the job runs on N TaskManager processes: a
+    /// parallelism-1 source sends round-robin to the sink subtasks of every TaskManager, and the
+    /// percentiles are also reported apart for records that crossed to another TaskManager over
+    /// TCP and for those that stayed in the source's TaskManager.
     Latency {
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = crate::latency::query_parser())]
         query: LatencyQuery,
         /// Records offered per second, e.g. 100k.
         #[arg(long, value_parser = parse_rate)]
@@ -109,7 +109,7 @@ pub enum BenchCommand {
         baseline: bool,
         /// Who offers q0's records: its source subtask (default) or a host thread through a
         /// channel source, as for q5.
-        #[arg(long, value_enum, default_value_t = Feeder::Source)]
+        #[arg(long, value_parser = crate::latency::feeder_parser(), default_value = "source")]
         feeder: Feeder,
         #[command(flatten)]
         common: Common,
@@ -552,8 +552,7 @@ fn run_network(
     Ok(())
 }
 
-/// The files `cmd` writes, by option, checked before it runs ([`crate::outputs::check`]); only
-/// TaskManager 0 writes them.
+/// The files `cmd` writes, by option, checked before it runs ([`crate::outputs::check`]).
 pub fn outputs_of(cmd: &BenchCommand) -> Vec<(&'static str, &std::path::Path)> {
     let mut outputs = Vec::new();
     match cmd {
@@ -573,9 +572,7 @@ pub fn outputs_of(cmd: &BenchCommand) -> Vec<(&'static str, &std::path::Path)> {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    if crate::multi::is_task_manager_0() {
-        crate::outputs::check(&outputs_of(&cmd));
-    }
+    crate::outputs::check(&outputs_of(&cmd));
     let (report, ok) = match cmd {
         BenchCommand::Nexmark { query, events, seed, json, common } => {
             return run_nexmark(query, events, seed, json.as_deref(), &common);

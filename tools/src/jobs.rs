@@ -108,5 +108,6 @@ pub fn registry() -> JobRegistry {
         "--events N --keys K --record-bytes B",
         bench_network,
     ));
+    crate::latency::register(&mut r);
     r
 }

@@ -4,9 +4,9 @@
 //! One exit-code rule: whatever these refuse is an invalid argument and exits with status 2
 //! through clap, as an option clap itself refuses; status 1 is left for a job that failed.
 //! Single options are bounded by their parsers in [`crate::args`]; [`check`] covers what one
-//! parser cannot see: `--parallelism` beyond `--slots`, job slots over all `--processes`, the
-//! and the memory of the buffer pool the options size (given or derived from the slots and
-//! credit).
+//! parser cannot see: `--processes` on a command that runs in one process, `--parallelism`
+//! beyond `--slots`, job slots over all `--processes`, and the memory of the buffer pool the
+//! options size (given or derived from the slots and credit).
 
 use clap::error::ErrorKind;
 use clap::CommandFactory;
@@ -85,9 +85,51 @@ pub fn common_of(command: &Command) -> Option<&Common> {
     }
 }
 
+/// Refuses `--processes N` (N > 1) on commands that run in one process. Commands not named
+/// here either take no cluster options or run their job on a process cluster
+/// ([`crate::cluster_run`]); `Common::cluster` refuses the option as well, for any command
+/// that starts a one-process cluster.
+pub fn check_processes(command: &Command) -> Result<(), String> {
+    let name = match command {
+        Command::Run(RunCommand::WindowAgg(_)) => "run window-agg",
+        Command::Plan { .. } => "plan",
+        Command::Bench(BenchCommand::Passthrough { .. }) => "bench passthrough",
+        Command::Bench(BenchCommand::KeyedSum { .. }) => "bench keyed-sum",
+        Command::Bench(BenchCommand::Window { .. }) => "bench window",
+        Command::Bench(BenchCommand::Nexmark { .. }) => "bench nexmark",
+        _ => return Ok(()),
+    };
+    match common_of(command) {
+        Some(common) if common.processes > 1 => Err(format!(
+            "`corestream {name}` runs in one process and does not take --processes {}; only `corestream run \
+             sum-by-key`, `corestream run wordcount`, `corestream bench network` and `corestream bench latency` run \
+             across TaskManager processes",
+            common.processes
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Job slots over all processes: `--parallelism`, else N × `--slots` (1 slot per process by
+/// default); `--parallelism` beyond N × `--slots` is refused.
+pub fn total_slots(processes: u32, slots: Option<u32>, parallelism: Option<u32>) -> Result<u32, String> {
+    let per_process = slots.unwrap_or(1);
+    let available = per_process
+        .checked_mul(processes)
+        .ok_or_else(|| format!("--slots {per_process} × --processes {processes} is too many slots"))?;
+    match (slots, parallelism) {
+        (Some(_), Some(p)) if p > available => Err(format!(
+            "--parallelism {p} needs {p} job slots but --processes {processes} × --slots {per_process} gives {available}"
+        )),
+        (_, Some(p)) => Ok(p),
+        (_, None) => Ok(available),
+    }
+}
+
 /// Checks the options of `command` against each other and the machine.
 pub fn check(command: &Command) -> Result<(), clap::Error> {
     let conflict = |m: String| Cli::command().error(ErrorKind::ArgumentConflict, m);
+    check_processes(command).map_err(conflict)?;
     let invalid = |m: String| Cli::command().error(ErrorKind::ValueValidation, m);
     if let Command::Demo(args) = command {
         let slots = args.slots.unwrap_or_else(cpus);
@@ -107,8 +149,7 @@ fn cpus() -> u32 {
 /// The most slots one process's cluster gets with these options, or why they conflict.
 fn process_slots(common: &Common) -> Result<u32, String> {
     if common.processes > 1 {
-        let total = crate::multi::total_slots(common.processes, common.slots, common.parallelism)
-            .map_err(|e| format!("{e:#}"))?;
+        let total = total_slots(common.processes, common.slots, common.parallelism)?;
         if total > PARALLELISM_MAX {
             return Err(format!(
                 "--slots {} × --processes {} is {total} job slots, more than the limit of {PARALLELISM_MAX}",
@@ -156,6 +197,16 @@ mod tests {
     #[test]
     fn parallelism_limit_is_the_engines_key_groups() {
         assert_eq!(PARALLELISM_MAX, corestream::ExecutionConfig::default().max_parallelism);
+    }
+
+    #[test]
+    fn job_slots_over_processes() {
+        assert_eq!(total_slots(2, None, None), Ok(2));
+        assert_eq!(total_slots(2, Some(3), None), Ok(6));
+        assert_eq!(total_slots(2, None, Some(5)), Ok(5));
+        assert_eq!(total_slots(2, Some(2), Some(4)), Ok(4));
+        assert!(total_slots(2, Some(1), Some(3)).unwrap_err().contains("--parallelism 3 needs 3 job slots"));
+        assert!(total_slots(u32::MAX, Some(2), None).unwrap_err().contains("too many slots"));
     }
 
     #[test]

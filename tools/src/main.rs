@@ -10,7 +10,6 @@ mod demo;
 mod jobs;
 mod latency;
 mod limits;
-mod multi;
 mod outputs;
 mod profile;
 mod progress;
@@ -103,9 +102,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Err(e) = multi::check_supported(&cli.command) {
-        e.exit();
-    }
     limits::require_valid(&cli.command);
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -112,11 +112,10 @@ fn parse_job(command: &[OsString]) -> Result<Command, clap::Error> {
         )),
         job if crate::limits::common_of(&job).is_some_and(|c| c.processes > 1) => Err(cli.error(
             ErrorKind::ArgumentConflict,
-            "--processes re-executes this program's command line in each TaskManager, so the job must be this \
-             program's own command (not one run by `corestream profile`)",
+            "--processes runs the job in TaskManager processes, whose threads this profiler cannot sample, so the \
+             job must run in this program's own process (not one run by `corestream profile`)",
         )),
         job => {
-            crate::multi::check_supported(&job)?;
             crate::limits::check(&job)?;
             Ok(job)
         }
