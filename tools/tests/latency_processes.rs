@@ -1,9 +1,11 @@
-//! End-to-end tests of `corestream bench latency --processes 2`: a one-second q0 run at 20k
-//! records/s across two TaskManager processes reports crossing and local percentiles; every
-//! record offered arrives at a sink (crossing + local = offered, both halves non-empty); the
-//! percentiles are in order; the interval log holds the merged intervals and their crossing and
-//! local parts (tagged) and the plot draws all three; the feeder's socket is removed. q5 refuses
-//! the option (exit 2). No timing thresholds: the machine may be busy.
+//! End-to-end tests of `corestream bench latency --processes 2` (the job type `bench-latency` on
+//! a JobManager in the `corestream` process and two TaskManager processes): a one-second q0 run
+//! at 20k records/s reports crossing and local percentiles; every record offered arrives at a
+//! sink (crossing + local = offered, both halves non-empty); the percentiles are in order; the
+//! interval log holds the merged intervals and their crossing and local parts (tagged) and the
+//! plot draws all three; nothing is left in the temporary directory. A host feeder works across
+//! the processes too. q5 refuses the option (exit 2). No timing thresholds: the machine may be
+//! busy.
 //!
 //! A watchdog kills a run (and, through their parent-death signal, its TaskManagers) that has not
 //! ended after [`HANG_LIMIT`].
@@ -74,8 +76,12 @@ fn q0_across_two_processes_reports_crossing_and_local() {
         }
     }
     assert!(stdout.contains("warm-up"), "{stdout}");
-    // Every line comes from TaskManager 0: the other one reports to it and prints nothing.
+    assert!(stdout.contains("crossing (sink subtasks in the other TaskManager, over TCP)"), "{stdout}");
+    assert!(stdout.contains("local (sink subtasks in the source's TaskManager, in memory)"), "{stdout}");
+    // The TaskManagers report to the JobManager and print nothing.
     assert_eq!(stdout.matches("latency q0:").count(), 1, "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TaskManager 1 started (pid "), "{stderr}");
 
     let fields = parse_flat_object(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
     assert_eq!(fields["query"], Value::Str("q0".to_string()));
@@ -123,12 +129,30 @@ fn q0_across_two_processes_reports_crossing_and_local() {
     let doc = roxmltree::Document::parse(plot.trim()).expect("the plot is well-formed XML");
     assert_eq!(doc.descendants().filter(|n| n.has_tag_name("polyline")).count(), 3, "{plot}");
 
-    // The feeder's socket (in TaskManager 0's temporary directory) is gone.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
 
-/// The single-process mode is unchanged apart from the warm-up: no split figures.
+/// The host feeder runs in the TaskManager that runs the source; the others do not feed.
+#[test]
+fn a_host_feeder_across_two_processes_offers_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let json = dir.path().join("host.json");
+    let args = ["bench", "latency", "--query", "q0", "--rate", "20k", "--duration", "500ms", "-p", "2"];
+    let more = ["--processes", "2", "--feeder", "host", "--json", json.to_str().unwrap()];
+    let out = corestream_in(tmp.path(), &[&args[..], &more[..]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let fields = parse_flat_object(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
+    let num = |k: &str| number(&fields, k);
+    assert_eq!(num("offered"), 10_000.0);
+    assert_eq!(num("received"), 10_000.0);
+    assert_eq!(num("crossing_count") + num("local_count"), 10_000.0, "{fields:?}");
+    assert!(num("crossing_count") > 0.0 && num("local_count") > 0.0, "{fields:?}");
+}
+
+/// One process: no split figures, no TaskManager process.
 #[test]
 fn one_process_has_no_split() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,12 +178,13 @@ fn one_process_has_no_split() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(!stdout.contains("crossing"), "{stdout}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("TaskManager"), "one process starts no TaskManager");
     let fields = parse_flat_object(&std::fs::read_to_string(&json).unwrap()).expect("valid JSON");
     assert_eq!(number(&fields, "processes"), 1.0);
     assert_eq!(number(&fields, "received"), 20_000.0);
     assert!(!fields.contains_key("crossing_count"), "{fields:?}");
     assert_ordered(&fields, "");
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the feeder's socket is left behind");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "a file is left in TMPDIR");
 }
 
 #[test]

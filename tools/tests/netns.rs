@@ -1,9 +1,11 @@
 //! Two TaskManagers in separate network namespaces, joined only by a veth pair, run
-//! `sum-by-key` and `wordcount` with the results of one process: TaskManager 0 runs in
-//! namespace A (`ip netns exec`) bound to `--tm-bind 10.231.N.1:0`, and starts TaskManager 1
-//! in namespace B (`--child-netns`) bound to `--child-bind 10.231.N.2:0`. The veth's byte
-//! counters show that the exchange crossed it. Where network namespaces are not permitted (not
-//! root, no `ip`, or `ip netns add` refused) the test prints `skipped: …` and passes.
+//! `sum-by-key` and `wordcount` with the results of one process: `corestream` (the JobManager)
+//! runs in namespace A (`ip netns exec`) with its RPC port and TaskManager 0's data listener on
+//! `--tm-bind 10.231.N.1:0`, and starts TaskManager 1 in namespace B (`--child-netns`, through
+//! `ip netns exec`) bound to `--child-bind 10.231.N.2:0`; TaskManager 1 registers over the veth.
+//! The veth's byte counters show that the exchange crossed it. Where network namespaces are not
+//! permitted (not root, no `ip`, or `ip netns add` refused) the test prints `skipped: …` and
+//! passes.
 //!
 //! Also the refusals of the placement options, which need no namespace.
 //!
@@ -121,7 +123,7 @@ impl Namespaces {
         (counter("tx"), counter("rx"))
     }
 
-    /// Runs `corestream args` in A as TaskManager 0, with TaskManager 1 in B.
+    /// Runs `corestream args` in A (the JobManager and TaskManager 0), with TaskManager 1 in B.
     fn corestream_across(&self, args: &[&str]) -> Finished {
         let tm_bind = format!("{}:0", self.ip_a);
         let child_bind = format!("{}:0", self.ip_b);
@@ -132,16 +134,27 @@ impl Namespaces {
         run("ip", &argv)
     }
 
-    /// Asserts that TaskManager 1 listened in B and that TaskManager 0 dialed it there.
+    /// Asserts that TaskManager 1 registered with its data address in B and that TaskManager 0
+    /// exchanged data with it there; returns TaskManager 0's network line (its side of the
+    /// connection, whose peer data address is in B).
     #[track_caller]
-    fn assert_crossed(&self, out: &Finished) {
+    fn assert_crossed<'a>(&self, out: &'a Finished) -> &'a str {
         assert!(out.stderr.contains("TaskManager 1 started (pid "), "{}", out.stderr);
-        let data = format!(", data {}:", self.ip_b);
-        assert!(out.stderr.contains(&data), "TaskManager 1 is not on {}:\n{}", self.ip_b, out.stderr);
-        let network = line_with(out, "network: TaskManager 0 <-> TaskManager 1:");
+        let data = format!(") registered, data {}:", self.ip_b);
+        let registered = out.stderr.lines().find(|l| l.contains(&data));
+        let registered = registered.unwrap_or_else(|| panic!("TaskManager 1 is not on {}:\n{}", self.ip_b, out.stderr));
+        assert!(registered.starts_with("corestream: TaskManager 1 (pid "), "{registered}");
+        // "network: TaskManager <id> (host, pid N) <-> TaskManager <i> (IP:PORT): … buffers / … MB out, …"
+        let peer_in_b = format!(" ({}:", self.ip_b);
+        let network = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("network: TaskManager "))
+            .find(|l| l.split(" <-> ").nth(1).is_some_and(|peer| peer.starts_with("TaskManager ") && peer.contains(&peer_in_b)))
+            .unwrap_or_else(|| panic!("no connection to {} from A:\n{}", self.ip_b, out.stdout));
         println!("{network}");
-        assert!(network.contains(&format!("peer data address {}:", self.ip_b)), "{network}");
-        assert!(!network.starts_with("network: TaskManager 0 <-> TaskManager 1: 0 buffers"), "{network}");
+        assert!(!network.contains("): 0 buffers / "), "{network}");
+        network
     }
 }
 
@@ -176,13 +189,12 @@ fn two_task_managers_in_separate_namespaces_run_jobs_over_a_veth() {
     let two = ns.corestream_across(&job);
     assert_clean_exit(&two, 0);
     let (tx_after, rx_after) = ns.veth_bytes();
-    ns.assert_crossed(&two);
+    let network = ns.assert_crossed(&two);
     for prefix in ["sum-by-key:", "checksum"] {
         assert_eq!(line_with(&two, prefix), line_with(&one, prefix));
     }
     assert!(line_with(&two, "checksum").ends_with("match)"), "{}", two.stdout);
     assert!(line_with(&two, "sum-by-key:").contains("1000 keys"), "{}", two.stdout);
-    let network = line_with(&two, "network: TaskManager 0 <-> TaskManager 1:");
     let (sent, received) = ((tx_after - tx_before) as f64 / 1e6, (rx_after - rx_before) as f64 / 1e6);
     println!("veth {}: {sent:.1} MB sent, {received:.1} MB received during the sum-by-key run", ns.veth_a);
     assert!(sent >= megabytes(network, "out") - 0.1 && sent > 1.0, "veth sent {sent:.1} MB; {network}");
@@ -236,7 +248,7 @@ fn placement_options_are_refused_when_wrong() {
     let fixed_port = ["--processes", "3", "-p", "3", "--child-bind", "127.0.0.1:7000"];
     refused(&fixed_port, 2, "--child-bind 127.0.0.1:7000 has a fixed port");
     let unassigned = ["--processes", "2", "--tm-bind", "192.0.2.1:0"];
-    refused(&unassigned, 1, "cannot bind the data address 192.0.2.1:0 (given by --tm-bind)");
+    refused(&unassigned, 1, "cannot start the JobManager on 192.0.2.1 (given by --tm-bind)");
 
     let out = corestream(&["bench", "keyed-sum", "--events", "1k", "--keys", "10", "--tm-bind", "127.0.0.1:0"]);
     assert_clean_exit(&out, 2);
@@ -246,10 +258,7 @@ fn placement_options_are_refused_when_wrong() {
     let args: Vec<&str> = job.iter().copied().chain(["--processes", "2", "--child-netns", &missing]).collect();
     let out = corestream(&args);
     assert_clean_exit(&out, 1);
-    let ended = "TaskManager 1 (pid ";
-    let ended_how = format!(" did not start (started through `ip netns exec {missing}`)");
-    let not_started = format!("cannot start TaskManager 1 (ip netns exec {missing} ");
-    let said = |s: &str| out.stderr.contains(s);
-    assert!((said(ended) && said(&ended_how)) || said(&not_started), "{}", out.stderr);
+    let ended = format!(" before it registered (started through `ip netns exec {missing}`)");
+    assert!(out.stderr.contains("error: TaskManager 1 (pid ") && out.stderr.contains(&ended), "{}", out.stderr);
     assert!(!out.stdout.contains("checksum"), "no result without TaskManager 1:\n{}", out.stdout);
 }
