@@ -3,6 +3,9 @@
 //! started, watched and stopped here. `corestream run ... --processes N` and the benchmarks
 //! that measure across processes use it; an application can use it with its own binary.
 //!
+//! The children share this process's standard input and inherited descriptors (a job may read
+//! `/dev/stdin`); their standard output is discarded and their standard error is this one's.
+//!
 //! The children die with this process: each is started with `PR_SET_PDEATHSIG` (SIGKILL) by a
 //! thread that lives as long as the [`ProcessCluster`], because the kernel ties that signal to
 //! the thread that forked the child, not to the process. Dropping the cluster stops every child
@@ -197,7 +200,7 @@ impl ProcessCluster {
                 }
                 None => std::process::Command::new(&settings.binary),
             };
-            command.args(&args).stdin(Stdio::null()).stdout(Stdio::null());
+            command.args(&args).stdin(Stdio::inherit()).stdout(Stdio::null());
             // The secret goes through the environment, never the command line (which `ps` shows).
             match &secret {
                 Some(s) => command.env("CORESTREAM_CONF_SECURITY_CLUSTER_SECRET", s),
