@@ -4,12 +4,12 @@
 //! TCP transports without the engine (`corestream_bench::transport`).
 
 use clap::Subcommand;
+use corestream_bench::latency::{Feeder, LatencyQuery, LatencySettings};
 use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::throughput::{
     peak_rss_bytes, report, start_keyed_sum, start_passthrough, start_window, window_expected_total, BenchReport,
     SequenceSplit,
 };
-use corestream_bench::latency::{Feeder, LatencyQuery, LatencySettings};
 use corestream_bench::window_agg::{event_time_assigner, parse_window_spec};
 
 use crate::args::{

@@ -31,8 +31,8 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Job slots of the job and slots of each TaskManager: `--parallelism`, else N × `--slots`
 /// (1 per process by default), spread evenly when `--slots` is not given.
 pub fn slots(common: &Common) -> anyhow::Result<(u32, u32)> {
-    let parallelism = crate::limits::total_slots(common.processes, common.slots, common.parallelism)
-        .map_err(|e| anyhow!(e))?;
+    let parallelism =
+        crate::limits::total_slots(common.processes, common.slots, common.parallelism).map_err(|e| anyhow!(e))?;
     Ok((parallelism, common.slots.unwrap_or_else(|| parallelism.div_ceil(common.processes.max(1)))))
 }
 

@@ -132,7 +132,8 @@ pub fn run(
     let mut report = if common.processes > 1 {
         let (parallelism, _) = crate::cluster_run::slots(common)?;
         let outcome = crate::cluster_run::run(common, JOB_TYPE, job_args(settings, common))?;
-        let mut report = LatencyReport::from_accumulators(settings, parallelism, common.processes, &outcome.accumulators)?;
+        let mut report =
+            LatencyReport::from_accumulators(settings, parallelism, common.processes, &outcome.accumulators)?;
         report.warnings = outcome.warnings;
         report
     } else {

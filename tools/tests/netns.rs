@@ -150,7 +150,11 @@ impl Namespaces {
             .stdout
             .lines()
             .filter(|l| l.starts_with("network: TaskManager "))
-            .find(|l| l.split(" <-> ").nth(1).is_some_and(|peer| peer.starts_with("TaskManager ") && peer.contains(&peer_in_b)))
+            .find(|l| {
+                l.split(" <-> ")
+                    .nth(1)
+                    .is_some_and(|peer| peer.starts_with("TaskManager ") && peer.contains(&peer_in_b))
+            })
             .unwrap_or_else(|| panic!("no connection to {} from A:\n{}", self.ip_b, out.stdout));
         println!("{network}");
         assert!(!network.contains("): 0 buffers / "), "{network}");

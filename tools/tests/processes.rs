@@ -179,7 +179,10 @@ fn a_hung_task_manager_is_the_one_named() {
     assert_status(&out, 1);
     let error = out.stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{}", out.stderr));
     assert!(error.starts_with(&format!("error: TaskManager 3 (pid {child}) stopped answering: ")), "{}", out.stderr);
-    assert!(error.contains(&format!("pid {child}, data ")) && error.contains("was lost"), "the JobManager's reason: {error}");
+    assert!(
+        error.contains(&format!("pid {child}, data ")) && error.contains("was lost"),
+        "the JobManager's reason: {error}"
+    );
     for other in started_pids(&out).into_iter().filter(|p| *p != child) {
         assert!(!error.contains(&format!("pid {other}")), "blames another TaskManager (pid {other}): {error}");
     }

@@ -178,7 +178,7 @@ fn a_killed_task_manager_leaves_the_earlier_output() {
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|digits| digits.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {started:?}"));
-    // SAFETY: kill on the pid TaskManager 0 reported for its child.
+    // SAFETY: kill on the pid `corestream` reported for its TaskManager.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let out = run.finish_within(LIMIT);
     assert_status(&out, 1);

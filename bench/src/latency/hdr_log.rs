@@ -36,7 +36,9 @@ impl LatencyReport {
             if let Some(split) = &self.split {
                 for (tag, m) in [("crossing", &split.crossing), ("local", &split.local)] {
                     let part = m.intervals.get(i).unwrap_or(&empty);
-                    writer.write_histogram(part, start, self.interval, Tag::new(tag)).map_err(|e| failed(e.to_string()))?;
+                    writer
+                        .write_histogram(part, start, self.interval, Tag::new(tag))
+                        .map_err(|e| failed(e.to_string()))?;
                 }
             }
         }

@@ -302,7 +302,8 @@ mod tests {
         assert!(e.contains("latency.local.received") && e.contains("expected a count"), "{e}");
         let far = Accumulators::from([(format!("latency.local.interval.{INTERVALS_MAX:05}"), Accumulator::Count(1))]);
         assert!(Measured::from_accumulators(Side::Local, &far).unwrap_err().to_string().contains("not an interval"));
-        let garbage = Accumulators::from([("latency.local.interval.00001".to_string(), Accumulator::Histogram(vec![1]))]);
+        let garbage =
+            Accumulators::from([("latency.local.interval.00001".to_string(), Accumulator::Histogram(vec![1]))]);
         assert!(Measured::from_accumulators(Side::Local, &garbage).unwrap_err().to_string().contains("malformed"));
     }
 

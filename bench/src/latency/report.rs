@@ -279,7 +279,10 @@ pub(crate) mod tests {
         assert_eq!((split.local.received, split.crossing.received), (2, 3));
         let lines = r.lines();
         assert!(lines.contains("across 2 TaskManager processes"), "{lines}");
-        assert!(lines.contains("  crossing (sink subtasks in the other TaskManager, over TCP): 3 samples, p50"), "{lines}");
+        assert!(
+            lines.contains("  crossing (sink subtasks in the other TaskManager, over TCP): 3 samples, p50"),
+            "{lines}"
+        );
         assert!(lines.contains("  local (sink subtasks in the source's TaskManager, in memory): 2 samples"), "{lines}");
         assert!(lines.contains("warm-up before the clock started: 4 records"), "{lines}");
         assert!(r.fell_behind_line().is_none());

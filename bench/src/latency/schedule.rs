@@ -228,7 +228,11 @@ impl ScheduleSource {
             WarmUpStep::Start => {}
         }
         self.warm_up = Some(WarmUp { records: w.records, time: w.started.elapsed() });
-        tracing::debug!(records = w.records, sinks = self.sinks, "every sink subtask is ready: the latency clock starts");
+        tracing::debug!(
+            records = w.records,
+            sinks = self.sinks,
+            "every sink subtask is ready: the latency clock starts"
+        );
         self.warming = None;
         self.origin = monotonic_ns();
         self.deadline = offer_deadline(&self.settings, self.origin);
@@ -462,12 +466,19 @@ mod tests {
         };
         let (origin, last) = (AtomicU64::new(0), AtomicI64::new(0));
         let mut sent = 0u64;
-        let fed = feed(&settings, 10_000_000, &origin, &last, |_| Ok(None), |batch| {
-            sent += batch.len() as u64;
-            batch.clear();
-            std::thread::sleep(Duration::from_millis(1));
-            true
-        })
+        let fed = feed(
+            &settings,
+            10_000_000,
+            &origin,
+            &last,
+            |_| Ok(None),
+            |batch| {
+                sent += batch.len() as u64;
+                batch.clear();
+                std::thread::sleep(Duration::from_millis(1));
+                true
+            },
+        )
         .unwrap();
         assert_eq!(fed.offered, sent);
         assert!(fed.offered < 10_000_000 && fed.behind_at_stop > Duration::ZERO, "{fed:?}");
