@@ -4,8 +4,9 @@
 //! sink (crossing + local = offered, both halves non-empty); the percentiles are in order; the
 //! interval log holds the merged intervals and their crossing and local parts (tagged) and the
 //! plot draws all three; nothing is left in the temporary directory. A host feeder works across
-//! the processes too. q5 refuses the option (exit 2). No timing thresholds: the machine may be
-//! busy.
+//! the processes too. A killed TaskManager fails the run, names it and leaves an earlier report
+//! as it was. q5 refuses the option (exit 2). No timing thresholds on latencies: the machine may
+//! be busy.
 //!
 //! A watchdog kills a run (and, through their parent-death signal, its TaskManagers) that has not
 //! ended after [`HANG_LIMIT`].
@@ -197,4 +198,37 @@ fn q5_refuses_processes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("only q0 runs across TaskManager processes"), "{stderr}");
+}
+
+/// A TaskManager killed during the run fails it within seconds, names it, and leaves an earlier
+/// report as it was; no TaskManager outlives the run.
+#[test]
+fn a_killed_task_manager_fails_the_run_and_keeps_the_earlier_report() {
+    use common::group::{assert_status, start};
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("l.json");
+    std::fs::write(&json, "earlier\n").unwrap();
+    let args = ["bench", "latency", "--query", "q0", "--rate", "10k", "--duration", "60s", "-p", "2"];
+    let more = ["--processes", "2", "--heartbeat-timeout", "2s", "--json", json.to_str().unwrap()];
+    let mut run = start(&[&args[..], &more[..]].concat());
+    let started = run.stderr_line("TaskManager 1 started (pid ", Duration::from_secs(60));
+    let pid: libc::pid_t = started
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {started:?}"));
+    run.stderr_line("TaskManager 1 (pid ", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill on the pid `corestream` reported for its TaskManager.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let killed = std::time::Instant::now();
+    let out = run.finish_within(Duration::from_secs(30));
+    assert_status(&out, 1);
+    assert!(killed.elapsed() < Duration::from_secs(10), "took {:?}", killed.elapsed());
+    assert!(out.stderr.contains(&format!("TaskManager 1 (pid {pid}) was killed by signal 9")), "{}", out.stderr);
+    assert!(!out.stdout.contains("latency q0:"), "no report after a failure:\n{}", out.stdout);
+    assert!(!out.leftover, "a TaskManager outlived the run");
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), "earlier\n");
+    assert_eq!(common::names(dir.path()), ["l.json"], "no partial file left behind");
 }
