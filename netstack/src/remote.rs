@@ -825,6 +825,7 @@ impl PeerSession {
     /// The connection failed: every job registered here that has not ended ends with `error`,
     /// and every deployment is dropped (with what the session holds of its channels).
     pub fn fail_all(&mut self, error: &NetError) {
+        self.remove_ended();
         for i in 0..self.slots.len() {
             self.report(i, JobEnd::Failed(error.clone()));
             if let Some(job) = self.slots[i].local.take() {
@@ -915,6 +916,10 @@ impl PeerSession {
             FrameKind::Error if header.deployment == CONNECTION_DEPLOYMENT => return Ok(self.body(header)),
             _ if !self.auth_verified => return Err(FrameError::BeforeAuth { kind }.into()),
             _ => {}
+        }
+        if self.close_sent && kind != FrameKind::Close {
+            // Crossed this side's CLOSE: the peer learns from it that nothing here answers.
+            return Ok(Admission::Discard { body_len: header.body_len as usize });
         }
         let d = header.deployment;
         match kind {
@@ -1505,4 +1510,924 @@ fn hello_frame(hello: &Hello) -> [u8; HELLO_FRAME_BYTES] {
     bytes[..HEADER_BYTES].copy_from_slice(frame.header());
     bytes[HEADER_BYTES..].copy_from_slice(frame.body());
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credit::{CreditConfig, InputGate, OutputChannel};
+    use crate::event::{BarrierKind, WatermarkStatus};
+    use crate::record::{deserialize, validate_buffer, RecordIter, RecordWriter, Written};
+    use crate::wire::{decode_header, MAX_FRAME_BYTES};
+    use proptest::prelude::*;
+
+    const FINGERPRINT: u64 = 0x0123_4567_89ab_cdef;
+    const TOKEN: [u8; 32] = [0x70; 32];
+    const D: u64 = 0xd1;
+    const D2: u64 = 0xd2;
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    type Rec = (u32, u32);
+
+    fn identity(tm: u8, secret: Option<&[u8]>) -> LocalIdentity {
+        LocalIdentity { tm: TmId([tm; 16]), pid: u32::from(tm), auth: ClusterAuth::new(TOKEN, secret) }
+    }
+
+    fn session_of(identity: LocalIdentity, role: Role, expected: Option<u8>, pool: &BufferPool) -> PeerSession {
+        let nonce = [identity.tm.0[0] ^ 0xaa; 32];
+        let config = SessionConfig {
+            identity,
+            role,
+            expected_peer: expected.map(|tm| TmId([tm; 16])),
+            heartbeat_ms: 1000,
+            open_timeout: TIMEOUT,
+            nonce,
+            peer_name: format!("the {role:?}'s peer"),
+        };
+        PeerSession::new(config, pool.clone())
+    }
+
+    /// TaskManager 1, dialing TaskManager 2.
+    fn dialer(pool: &BufferPool) -> PeerSession {
+        session_of(identity(1, None), Role::Dialer, Some(2), pool)
+    }
+
+    /// TaskManager 2, accepting.
+    fn acceptor(pool: &BufferPool) -> PeerSession {
+        session_of(identity(2, None), Role::Acceptor, None, pool)
+    }
+
+    fn bell() -> Arc<Doorbell> {
+        Arc::new(Doorbell::new())
+    }
+
+    fn record_buffer(pool: &BufferPool, records: &[Rec]) -> Buffer {
+        let mut buf = pool.take().unwrap();
+        let mut writer = RecordWriter::new();
+        for r in records {
+            assert_eq!(writer.write(&mut buf, r).unwrap(), Written::Done);
+        }
+        buf.freeze()
+    }
+
+    fn records_of(buffer: &Buffer) -> Vec<Rec> {
+        assert!(validate_buffer::<Rec>(buffer.as_slice()).is_ok());
+        // SAFETY: validated just above as a buffer of `Rec`; pool buffers are 16-byte aligned.
+        unsafe { RecordIter::<Rec>::new(buffer.as_slice()) }.map(deserialize::<Rec>).collect()
+    }
+
+    fn feed(session: &mut PeerSession, message: Message<'_>) -> Result<PeerSignal, SessionError> {
+        let frame = message.encode().unwrap();
+        let header = decode_header(frame.header()).unwrap();
+        session.on_frame(&header, frame.body())
+    }
+
+    /// What `session` writes now, as bytes.
+    fn written(session: &mut PeerSession, now: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        session.poll_outgoing(now, &mut out);
+        out.iter().flat_map(|f| [&f.header()[..], f.body()].concat()).collect()
+    }
+
+    /// The messages `session` writes now.
+    fn messages(session: &mut PeerSession) -> Vec<String> {
+        let bytes = written(session, Instant::now());
+        let mut at = 0;
+        let mut all = Vec::new();
+        while at < bytes.len() {
+            let (m, used) = crate::wire::decode_frame(&bytes[at..]).unwrap();
+            all.push(format!("{m:?}"));
+            at += used;
+        }
+        all
+    }
+
+    fn deliver(bytes: &[u8], to: &mut PeerSession) -> Result<Vec<PeerSignal>, SessionError> {
+        let mut at = 0;
+        let mut signals = Vec::new();
+        while at < bytes.len() {
+            let header = decode_header(bytes[at..at + HEADER_BYTES].try_into().unwrap())?;
+            signals.push(to.on_frame(&header, &bytes[at + HEADER_BYTES..at + header.frame_len()])?);
+            at += header.frame_len();
+        }
+        Ok(signals)
+    }
+
+    /// Moves frames both ways until neither side has anything to write.
+    fn pump(a: &mut PeerSession, b: &mut PeerSession) -> Result<(), SessionError> {
+        for _ in 0..10_000 {
+            let (x, y) = (written(a, Instant::now()), written(b, Instant::now()));
+            if x.is_empty() && y.is_empty() {
+                return Ok(());
+            }
+            deliver(&x, b)?;
+            deliver(&y, a)?;
+        }
+        panic!("the sessions never went quiet");
+    }
+
+    fn established(pool: &BufferPool) -> (PeerSession, PeerSession) {
+        let (mut a, mut b) = (dialer(pool), acceptor(pool));
+        pump(&mut a, &mut b).unwrap();
+        assert!(a.is_established() && b.is_established());
+        (a, b)
+    }
+
+    #[test]
+    fn the_handshake_passes_with_the_same_token_and_secret() {
+        let pool = BufferPool::new(1);
+        let (a, b) = established(&pool);
+        assert_eq!((a.peer_tm(), b.peer_tm()), (Some(TmId([2; 16])), Some(TmId([1; 16]))));
+        assert_eq!((a.peer_pid(), b.peer_pid()), (Some(2), Some(1)));
+        let secret = Some(&b"s3cret"[..]);
+        let mut a = session_of(identity(1, secret), Role::Dialer, Some(2), &pool);
+        let mut b = session_of(identity(2, secret), Role::Acceptor, None, &pool);
+        pump(&mut a, &mut b).unwrap();
+        assert!(a.is_established() && b.is_established());
+    }
+
+    fn handshake_error(a: &mut PeerSession, b: &mut PeerSession) -> SessionError {
+        let x = written(a, Instant::now());
+        let y = written(b, Instant::now());
+        let (to_b, to_a) = (deliver(&x, b), deliver(&y, a));
+        let second = (written(a, Instant::now()), written(b, Instant::now()));
+        let errors = [to_b.err(), to_a.err(), deliver(&second.0, b).err(), deliver(&second.1, a).err()];
+        errors.into_iter().flatten().next().expect("the handshake fails")
+    }
+
+    #[test]
+    fn a_wrong_token_secret_or_heartbeat_fails_the_handshake() {
+        let pool = BufferPool::new(1);
+        let mut other = identity(2, None);
+        other.auth = ClusterAuth::new([0x71; 32], None);
+        let mut b = session_of(other, Role::Acceptor, None, &pool);
+        let err = handshake_error(&mut dialer(&pool), &mut b);
+        assert_eq!(err, SessionError::Handshake(HandshakeError::WrongClusterToken));
+
+        let mut a = session_of(identity(1, Some(b"one")), Role::Dialer, Some(2), &pool);
+        let mut b = session_of(identity(2, Some(b"two")), Role::Acceptor, None, &pool);
+        assert_eq!(handshake_error(&mut a, &mut b), SessionError::Handshake(HandshakeError::BadMac));
+        assert!(!a.is_established() && !b.is_established());
+
+        let mut a = session_of(identity(1, Some(b"one")), Role::Dialer, Some(2), &pool);
+        assert_eq!(handshake_error(&mut a, &mut acceptor(&pool)), SessionError::Handshake(HandshakeError::BadMac));
+
+        let mut slow = acceptor(&pool);
+        slow.config.heartbeat_ms = 3000;
+        slow.local_hello.heartbeat_ms = 3000;
+        slow.local_hello_frame = hello_frame(&slow.local_hello);
+        let want = HandshakeError::HeartbeatMismatch { local_ms: 3000, peer_ms: 1000 };
+        assert_eq!(handshake_error(&mut dialer(&pool), &mut slow), SessionError::Handshake(want));
+
+        let mut wrong_peer = session_of(identity(3, None), Role::Acceptor, None, &pool);
+        let want = HandshakeError::UnexpectedPeer { expected: TmId([2; 16]), found: TmId([3; 16]) };
+        assert_eq!(handshake_error(&mut dialer(&pool), &mut wrong_peer), SessionError::Handshake(want));
+    }
+
+    #[test]
+    fn nothing_of_a_job_before_hello_and_auth() {
+        let pool = BufferPool::new(1);
+        let mut b = acceptor(&pool);
+        let open = Message::JobOpen { deployment: D, fingerprint: FINGERPRINT, channels: 1 };
+        assert_eq!(feed(&mut b, Message::Heartbeat), Err(FrameError::MissingHello { kind: FrameKind::Heartbeat }.into()));
+        let mut a = dialer(&pool);
+        let hello = written(&mut a, Instant::now());
+        deliver(&hello, &mut b).unwrap();
+        assert_eq!(deliver(&hello, &mut b), Err(FrameError::UnexpectedHello.into()));
+        assert_eq!(feed(&mut b, open), Err(FrameError::BeforeAuth { kind: FrameKind::JobOpen }.into()));
+        assert_eq!(feed(&mut b, Message::Heartbeat), Ok(PeerSignal::None), "heartbeats are fine");
+        let to_a = written(&mut b, Instant::now());
+        deliver(&to_a, &mut a).unwrap();
+        let auth = written(&mut a, Instant::now());
+        deliver(&auth, &mut b).unwrap();
+        assert!(b.auth_verified);
+        assert_eq!(deliver(&auth, &mut b), Err(FrameError::UnexpectedAuth.into()));
+        assert_eq!(feed(&mut b, open), Ok(PeerSignal::None));
+    }
+
+    /// TaskManager 2's side of job `D` after the handshake with the peer's JOB_OPEN fed:
+    /// inbound channels 0 and 1 (exclusive 1), outbound channel 2.
+    struct Consumer {
+        pool: BufferPool,
+        session: PeerSession,
+        inbound: Vec<Arc<LocalChannel>>,
+        outbound: Arc<LocalChannel>,
+    }
+
+    fn consumer() -> Consumer {
+        let pool = BufferPool::new(8);
+        let (_a, mut session) = established(&pool);
+        let session_bell = bell();
+        let inbound: Vec<_> = (0..2).map(|_| LocalChannel::new_remote_in(1, session_bell.clone(), bell())).collect();
+        let outbound = LocalChannel::new_remote_out(bell(), session_bell.clone());
+        let mut spec = JobSpec::new(D, FINGERPRINT, 3, session_bell);
+        for (id, ch) in inbound.iter().enumerate() {
+            spec.add_inbound(id as u32, ch.clone(), validate_buffer::<Rec>);
+        }
+        spec.add_outbound(2, outbound.clone());
+        session.register_job(spec).unwrap();
+        let open = Message::JobOpen { deployment: D, fingerprint: FINGERPRINT, channels: 3 };
+        assert_eq!(feed(&mut session, open), Ok(PeerSignal::None));
+        Consumer { pool, session, inbound, outbound }
+    }
+
+    /// The job refusal `session` reported, if any.
+    fn refusal(session: &mut PeerSession) -> Option<FrameError> {
+        session.take_job_ends().into_iter().find_map(|e| match e.end {
+            JobEnd::Failed(NetError::JobProtocol { error, .. }) => Some(error),
+            _ => None,
+        })
+    }
+
+    /// Feeds `messages` to a fresh consumer; returns the first job refusal.
+    fn refused_by_consumer(messages: &[Message<'_>]) -> Option<FrameError> {
+        let mut c = consumer();
+        for m in messages {
+            assert_eq!(feed(&mut c.session, *m), Ok(PeerSignal::None), "{m:?}: a job's error is not the connection's");
+        }
+        let error = refusal(&mut c.session);
+        if error.is_some() {
+            let out = messages_after(&mut c.session);
+            assert!(out.iter().any(|m| m.starts_with("Error { deployment: 209")), "the peer is told: {out:?}");
+        }
+        error
+    }
+
+    fn messages_after(session: &mut PeerSession) -> Vec<String> {
+        messages(session)
+    }
+
+    #[test]
+    fn channel_and_direction_are_checked_per_job() {
+        let pool = BufferPool::new(1);
+        let payload = record_buffer(&pool, &[(0, 0)]);
+        let buffer = |channel| Message::Buffer { deployment: D, channel, seq: 0, backlog: 0, payload: payload.as_slice() };
+        assert_eq!(refused_by_consumer(&[buffer(9)]), Some(FrameError::UnknownChannel { channel: 9 }));
+        let want = FrameError::WrongDirection { channel: 2, kind: FrameKind::Buffer };
+        assert_eq!(refused_by_consumer(&[buffer(2)]), Some(want));
+        let request = |channel, initial_credit| Message::PartitionRequest { deployment: D, channel, initial_credit };
+        let want = FrameError::WrongDirection { channel: 0, kind: FrameKind::PartitionRequest };
+        assert!(want.to_string().contains("not the channel's producer"));
+        assert_eq!(refused_by_consumer(&[request(0, 1)]), Some(want));
+        let credit = |credit| Message::AddCredit { deployment: D, channel: 2, credit };
+        assert_eq!(refused_by_consumer(&[credit(1)]), Some(FrameError::CreditBeforeRequest { channel: 2 }));
+        assert_eq!(refused_by_consumer(&[request(2, 2)]), None);
+        let want = FrameError::DuplicatePartitionRequest { channel: 2 };
+        assert_eq!(refused_by_consumer(&[request(2, 2), request(2, 2)]), Some(want));
+        let want = FrameError::CreditOverflow { channel: 2, credit: u32::MAX };
+        assert_eq!(refused_by_consumer(&[request(2, 2), credit(u32::MAX)]), Some(want));
+        let mut c = consumer();
+        feed(&mut c.session, request(2, 2)).unwrap();
+        assert_eq!(c.outbound.credit(), 2);
+    }
+
+    #[test]
+    fn frames_of_a_deployment_need_its_job_open_and_stop_at_its_end() {
+        let pool = BufferPool::new(2);
+        let (_a, mut b) = established(&pool);
+        let request = Message::PartitionRequest { deployment: D, channel: 0, initial_credit: 1 };
+        let want = FrameError::JobNotOpened { kind: FrameKind::PartitionRequest, deployment: D };
+        assert_eq!(feed(&mut b, request), Err(want.into()));
+        let close = Message::JobClose { deployment: D };
+        let want = FrameError::JobNotOpened { kind: FrameKind::JobClose, deployment: D };
+        assert_eq!(feed(&mut b, close), Err(want.into()));
+
+        let mut c = consumer();
+        let open = Message::JobOpen { deployment: D, fingerprint: FINGERPRINT, channels: 3 };
+        assert_eq!(feed(&mut c.session, open), Err(FrameError::DuplicateJobOpen { deployment: D }.into()));
+        let cancel = Message::Cancel { deployment: D, reason: "stop" };
+        assert_eq!(feed(&mut c.session, cancel), Ok(PeerSignal::None));
+        let ends = c.session.take_job_ends();
+        assert_eq!(ends.len(), 1);
+        assert_eq!(ends[0].end, JobEnd::PeerCancelled { reason: "stop".into() });
+        let event = Message::Event { deployment: D, channel: 0, seq: 0, event: Event::Watermark(1) };
+        assert_eq!(feed(&mut c.session, event), Err(FrameError::AfterJobEnd { kind: FrameKind::Event, deployment: D }.into()));
+        let out = messages(&mut c.session);
+        assert_eq!(out, ["JobClose { deployment: 209 }"], "the cancel is answered");
+        assert_eq!(c.session.jobs(), 0, "both end frames crossed: the deployment is gone");
+        assert_eq!(c.pool.in_use(), 0);
+    }
+
+    #[test]
+    fn an_event_flood_on_an_unread_channel_fails_only_that_job() {
+        let mut c = consumer();
+        for seq in 0..MAX_QUEUED_ITEMS_PER_CHANNEL {
+            let watermark = Message::Event { deployment: D, channel: 0, seq, event: Event::Watermark(seq as i64) };
+            assert_eq!(feed(&mut c.session, watermark), Ok(PeerSignal::None));
+        }
+        assert_eq!(refusal(&mut c.session), None);
+        let seq = MAX_QUEUED_ITEMS_PER_CHANNEL;
+        let one_more = Message::Event { deployment: D, channel: 0, seq, event: Event::Watermark(-1) };
+        assert_eq!(feed(&mut c.session, one_more), Ok(PeerSignal::None));
+        let want = FrameError::TooManyEvents { channel: 0, queued: MAX_QUEUED_ITEMS_PER_CHANNEL };
+        assert_eq!(refusal(&mut c.session), Some(want));
+        assert_eq!(c.inbound[0].queued(), MAX_QUEUED_ITEMS_PER_CHANNEL);
+        let late = Message::Event { deployment: D, channel: 0, seq: seq + 1, event: Event::Watermark(-2) };
+        assert_eq!(feed(&mut c.session, late), Ok(PeerSignal::None), "frames in flight are dropped");
+        assert_eq!(c.inbound[0].queued(), MAX_QUEUED_ITEMS_PER_CHANNEL);
+    }
+
+    #[test]
+    fn buffers_need_credit_sequence_and_a_valid_payload() {
+        let pool = BufferPool::new(1);
+        let payload = record_buffer(&pool, &[(0, 0)]);
+        let buffer = |channel, seq| Message::Buffer { deployment: D, channel, seq, backlog: 3, payload: payload.as_slice() };
+        let want = FrameError::OutOfOrder { channel: 0, expected: 0, got: 1 };
+        assert_eq!(refused_by_consumer(&[buffer(0, 1)]), Some(want));
+        assert_eq!(refused_by_consumer(&[buffer(0, 0), buffer(0, 1)]), Some(FrameError::NoCredit { channel: 0 }));
+        let mut c = consumer();
+        assert_eq!(feed(&mut c.session, buffer(0, 0)), Ok(PeerSignal::None));
+        assert_eq!((c.inbound[0].queued(), c.inbound[0].backlog(), c.inbound[0].credit()), (1, 3, 0));
+        assert_eq!(c.pool.in_use(), 1, "the one queued buffer");
+        let mut garbage = vec![0u8; 32];
+        garbage[0] = 1;
+        garbage[16] = 0xff;
+        let bad = Message::Buffer { deployment: D, channel: 1, seq: 0, backlog: 0, payload: &garbage };
+        assert_eq!(feed(&mut c.session, bad), Ok(PeerSignal::None));
+        assert!(matches!(refusal(&mut c.session), Some(FrameError::InvalidBuffer { channel: 1, .. })));
+        assert_eq!(c.pool.in_use(), 1, "the refused buffer went back to the pool");
+        drop(c);
+    }
+
+    #[test]
+    fn events_end_and_job_close_are_checked() {
+        let mut c = consumer();
+        let barrier = Event::CheckpointBarrier { checkpoint_id: 1, timestamp_ms: 0, kind: BarrierKind::Unaligned };
+        let event = |channel, seq, event| Message::Event { deployment: D, channel, seq, event };
+        assert_eq!(feed(&mut c.session, event(0, 0, Event::Watermark(4))), Ok(PeerSignal::None));
+        assert_eq!(feed(&mut c.session, event(0, 1, barrier)), Ok(PeerSignal::None));
+        assert!(matches!(c.inbound[0].pop(), Some(ChannelItem::Event(e)) if e == barrier), "priority at the head");
+        assert_eq!(feed(&mut c.session, event(0, 2, Event::EndOfPartition)), Ok(PeerSignal::None));
+        assert!(c.inbound[0].has_ended());
+        let after = event(0, 3, Event::Watermark(5));
+        let mut early = consumer();
+        feed(&mut early.session, Message::JobClose { deployment: D }).unwrap();
+        assert_eq!(refusal(&mut early.session), Some(FrameError::JobClosedEarly { open_channels: 3 }));
+        assert_eq!(refused_by_consumer(&[event(0, 0, Event::EndOfPartition), after]), Some(FrameError::AfterEnd { channel: 0, kind: FrameKind::Event }));
+        assert_eq!(feed(&mut c.session, event(1, 0, Event::EndOfPartition)), Ok(PeerSignal::None));
+        c.outbound.push(ChannelItem::Event(Event::EndOfPartition), false);
+        let out = messages(&mut c.session);
+        assert!(out.iter().all(|m| !m.starts_with("Event")), "nothing leaves before the peer's request: {out:?}");
+        feed(&mut c.session, Message::PartitionRequest { deployment: D, channel: 2, initial_credit: 1 }).unwrap();
+        let out = messages(&mut c.session);
+        let kinds: Vec<&str> = out.iter().map(|m| m.split([' ', '{']).next().unwrap()).collect();
+        assert_eq!(kinds, ["Event", "JobClose"], "{out:?}");
+        assert!(c.session.take_job_ends().is_empty(), "finished only once the peer closes too");
+        assert_eq!(feed(&mut c.session, Message::JobClose { deployment: D }), Ok(PeerSignal::None));
+        assert!(messages(&mut c.session).is_empty());
+        let ends = c.session.take_job_ends();
+        assert_eq!(ends.iter().map(|e| &e.end).collect::<Vec<_>>(), [&JobEnd::Finished]);
+        assert_eq!(ends[0].stats.frames_out, 5, "JOB_OPEN, 2 PARTITION_REQUEST, EVENT, JOB_CLOSE: {:?}", ends[0].stats);
+        assert_eq!(c.session.jobs(), 0);
+        assert_eq!(c.session.stats().jobs_closed, 1);
+    }
+
+    #[test]
+    fn a_mismatched_job_open_fails_the_job() {
+        let pool = BufferPool::new(1);
+        let (_a, mut b) = established(&pool);
+        let open = Message::JobOpen { deployment: D, fingerprint: 5, channels: 1 };
+        feed(&mut b, open).unwrap();
+        let mut spec = JobSpec::new(D, FINGERPRINT, 1, bell());
+        spec.add_outbound(0, LocalChannel::new_remote_out(bell(), bell()));
+        b.register_job(spec).unwrap();
+        let want = FrameError::JobMismatch { field: "job fingerprint", expected: FINGERPRINT, found: 5 };
+        assert_eq!(refusal(&mut b), Some(want));
+        let out = messages(&mut b);
+        assert!(out.iter().any(|m| m.contains("HandshakeMismatch") && m.contains("job fingerprint")), "{out:?}");
+    }
+
+    fn outbound_spec(d: u64, channels: u32) -> (JobSpec, Vec<Arc<LocalChannel>>) {
+        let bell = bell();
+        let mut spec = JobSpec::new(d, FINGERPRINT, channels, bell.clone());
+        let chans: Vec<_> = (0..channels).map(|_| LocalChannel::new_remote_out(super::tests::bell(), bell.clone())).collect();
+        for (id, ch) in chans.iter().enumerate() {
+            spec.add_outbound(id as u32, ch.clone());
+        }
+        (spec, chans)
+    }
+
+    #[test]
+    fn requests_before_registration_wait_and_are_applied() {
+        let pool = BufferPool::new(1);
+        let (_a, mut b) = established(&pool);
+        feed(&mut b, Message::JobOpen { deployment: D, fingerprint: FINGERPRINT, channels: 2 }).unwrap();
+        feed(&mut b, Message::PartitionRequest { deployment: D, channel: 1, initial_credit: 2 }).unwrap();
+        feed(&mut b, Message::AddCredit { deployment: D, channel: 1, credit: 3 }).unwrap();
+        assert_eq!(b.pending_requests, 1);
+        let (spec, chans) = outbound_spec(D, 2);
+        b.register_job(spec).unwrap();
+        assert_eq!((chans[0].credit(), chans[1].credit()), (0, 5));
+        assert_eq!(b.pending_requests, 0);
+        assert_eq!(refusal(&mut b), None);
+
+        let (_a, mut b) = established(&pool);
+        feed(&mut b, Message::JobOpen { deployment: D, fingerprint: FINGERPRINT, channels: 2 }).unwrap();
+        feed(&mut b, Message::PartitionRequest { deployment: D, channel: 7, initial_credit: 2 }).unwrap();
+        let out = messages(&mut b);
+        assert!(out.iter().any(|m| m.starts_with("Error { deployment: 209, code: Protocol")), "{out:?}");
+        let (spec, _) = outbound_spec(D, 2);
+        assert_eq!(b.register_job(spec), Err(RegisterError::AlreadyEnded), "refused before it was registered");
+    }
+
+    #[test]
+    fn early_requests_are_bounded_per_connection() {
+        let pool = BufferPool::new(1);
+        let (_a, mut b) = established(&pool);
+        let jobs = MAX_PENDING_REQUESTS as u64 / 1024;
+        for d in 1..=jobs {
+            feed(&mut b, Message::JobOpen { deployment: d, fingerprint: FINGERPRINT, channels: 1024 }).unwrap();
+            for channel in 0..1024 {
+                let request = Message::PartitionRequest { deployment: d, channel, initial_credit: 1 };
+                assert_eq!(feed(&mut b, request), Ok(PeerSignal::None));
+            }
+        }
+        let d = jobs + 1;
+        feed(&mut b, Message::JobOpen { deployment: d, fingerprint: FINGERPRINT, channels: 1 }).unwrap();
+        let one_more = Message::PartitionRequest { deployment: d, channel: 0, initial_credit: 1 };
+        assert_eq!(feed(&mut b, one_more), Err(FrameError::TooManyPending { limit: MAX_PENDING_REQUESTS }.into()));
+    }
+
+    #[test]
+    fn deployments_per_connection_are_bounded() {
+        let pool = BufferPool::new(1);
+        let (_a, mut b) = established(&pool);
+        for d in 1..=MAX_JOBS_PER_CONNECTION as u64 {
+            feed(&mut b, Message::JobOpen { deployment: d, fingerprint: FINGERPRINT, channels: 1 }).unwrap();
+        }
+        let open = Message::JobOpen { deployment: 0xffff, fingerprint: FINGERPRINT, channels: 1 };
+        assert_eq!(feed(&mut b, open), Err(FrameError::TooManyJobs { limit: MAX_JOBS_PER_CONNECTION }.into()));
+        let (spec, _) = outbound_spec(0xffff, 1);
+        assert_eq!(b.register_job(spec), Err(RegisterError::TooManyJobs { limit: MAX_JOBS_PER_CONNECTION }));
+    }
+
+    #[test]
+    fn a_deployment_opened_by_one_side_only_times_out() {
+        let pool = BufferPool::new(1);
+        let (_a, mut b) = established(&pool);
+        let (spec, _) = outbound_spec(D, 1);
+        b.register_job(spec).unwrap();
+        feed(&mut b, Message::JobOpen { deployment: D2, fingerprint: FINGERPRINT, channels: 1 }).unwrap();
+        let start = Instant::now();
+        assert!(written(&mut b, start).len() > 0, "JOB_OPEN of D");
+        assert!(written(&mut b, start + TIMEOUT / 2).is_empty());
+        let late = written(&mut b, start + TIMEOUT + Duration::from_millis(1));
+        let mut at = 0;
+        let mut errors = Vec::new();
+        while at < late.len() {
+            let (m, used) = crate::wire::decode_frame(&late[at..]).unwrap();
+            if let Message::Error { deployment, code, .. } = m {
+                errors.push((deployment, code));
+            }
+            at += used;
+        }
+        errors.sort_by_key(|(d, code)| (*d, code.code()));
+        assert_eq!(errors, [(D, ErrorCode::NotDeployed), (D2, ErrorCode::NotDeployed)]);
+        let ends = b.take_job_ends();
+        assert_eq!(ends.len(), 1, "only the job registered here is reported: {ends:?}");
+        assert!(matches!(&ends[0].end, JobEnd::Failed(NetError::JobNotDeployed { deployment: D, .. })));
+        assert!(ends[0].end != JobEnd::Finished);
+    }
+
+    #[test]
+    fn registration_checks_the_spec_and_the_connection() {
+        let pool = BufferPool::new(1);
+        let (_a, mut b) = established(&pool);
+        let spec = |d, channels| JobSpec::new(d, FINGERPRINT, channels, bell());
+        assert_eq!(b.register_job(spec(0, 1)), Err(RegisterError::ZeroDeployment));
+        assert_eq!(b.register_job(spec(D, 1)), Err(RegisterError::NoChannels));
+        let mut s = spec(D, 2);
+        s.add_outbound(2, LocalChannel::new_remote_out(bell(), bell()));
+        assert_eq!(b.register_job(s), Err(RegisterError::ChannelOutOfRange { channel: 2, channels: 2 }));
+        let mut s = spec(D, 2);
+        s.add_outbound(1, LocalChannel::new_remote_out(bell(), bell()));
+        s.add_inbound(1, LocalChannel::new_remote_in(1, bell(), bell()), validate_buffer::<Rec>);
+        assert_eq!(b.register_job(s), Err(RegisterError::DuplicateChannel { channel: 1 }));
+        let mut s = spec(D, 2);
+        s.add_outbound(0, LocalChannel::new(2, bell(), bell()));
+        assert_eq!(b.register_job(s), Err(RegisterError::NotRemote { channel: 0 }));
+        let mut s = spec(D, 2);
+        s.add_inbound(0, LocalChannel::new_remote_in(0, bell(), bell()), validate_buffer::<Rec>);
+        assert_eq!(b.register_job(s), Err(RegisterError::NoExclusiveCredit { channel: 0 }));
+        b.register_job(outbound_spec(D, 1).0).unwrap();
+        assert_eq!(b.register_job(outbound_spec(D, 1).0), Err(RegisterError::AlreadyRegistered));
+        b.close_when_idle();
+        assert_eq!(b.register_job(outbound_spec(D2, 1).0), Err(RegisterError::Closing));
+    }
+
+    #[test]
+    fn close_waits_for_the_jobs_and_a_close_with_open_jobs_is_refused() {
+        let pool = BufferPool::new(1);
+        let (mut a, mut b) = established(&pool);
+        feed(&mut b, Message::JobOpen { deployment: D, fingerprint: FINGERPRINT, channels: 1 }).unwrap();
+        assert_eq!(feed(&mut b, Message::Close), Err(FrameError::ClosedEarly { open_jobs: 1 }.into()));
+
+        let (spec, _) = outbound_spec(D, 1);
+        a.register_job(spec).unwrap();
+        a.close_when_idle();
+        let out = messages(&mut a);
+        assert!(out.iter().any(|m| m.starts_with("JobOpen")) && !out.iter().any(|m| m == "Close"), "{out:?}");
+        a.cancel_job(D, "done with it");
+        let out = messages(&mut a);
+        assert_eq!(out.iter().map(|m| m.split(' ').next().unwrap()).collect::<Vec<_>>(), ["Cancel"], "{out:?}");
+        let ack = Message::JobClose { deployment: D };
+        assert_eq!(feed(&mut a, ack), Ok(PeerSignal::None), "the peer answers the cancel");
+        assert_eq!(messages(&mut a), ["Close"]);
+        assert!(a.close_sent());
+        assert_eq!(feed(&mut a, Message::Close), Ok(PeerSignal::Closed));
+        assert!(a.is_closed());
+        assert_eq!(feed(&mut a, Message::Heartbeat), Err(FrameError::AfterClose { kind: FrameKind::Heartbeat }.into()));
+    }
+
+    #[test]
+    fn a_peer_close_fails_the_jobs_it_never_opened() {
+        let pool = BufferPool::new(1);
+        let (mut a, mut b) = established(&pool);
+        let (spec, _) = outbound_spec(D, 1);
+        a.register_job(spec).unwrap();
+        b.close_when_idle();
+        let to_a = written(&mut b, Instant::now());
+        let to_b = written(&mut a, Instant::now());
+        assert_eq!(deliver(&to_a, &mut a), Ok(vec![PeerSignal::Closed]));
+        let ends = a.take_job_ends();
+        assert!(matches!(&ends[..], [JobEnded { end: JobEnd::Failed(NetError::PeerLost { .. }), .. }]), "{ends:?}");
+        let close = written(&mut a, Instant::now());
+        assert_eq!(deliver(&to_b, &mut b), Ok(vec![PeerSignal::None]), "a JOB_OPEN that crossed the CLOSE is dropped");
+        assert_eq!(b.jobs(), 0);
+        assert_eq!(deliver(&close, &mut b), Ok(vec![PeerSignal::Closed]));
+        assert!(a.is_closed() && b.is_closed());
+    }
+
+    #[test]
+    fn cancelling_drains_what_the_session_holds_and_the_peer_is_told() {
+        let pool = BufferPool::new(4);
+        let (mut a, mut b) = established(&pool);
+        let (spec, chans) = outbound_spec(D, 1);
+        a.register_job(spec).unwrap();
+        let producer_side = chans[0].clone();
+        let bell_in = bell();
+        let inbound = LocalChannel::new_remote_in(2, bell_in.clone(), bell());
+        let mut spec = JobSpec::new(D, FINGERPRINT, 1, bell_in);
+        spec.add_inbound(0, inbound.clone(), validate_buffer::<Rec>);
+        b.register_job(spec).unwrap();
+        pump(&mut a, &mut b).unwrap();
+        assert_eq!(producer_side.credit(), 2);
+        let mut output = OutputChannel::new(producer_side, &CreditConfig::default());
+        output.send_buffer(record_buffer(&pool, &[(0, 1)]));
+        output.send_buffer(record_buffer(&pool, &[(0, 2)]));
+        assert_eq!(pool.in_use(), 2);
+        assert!(a.cancel_job(D, "the user cancelled"));
+        assert_eq!(pool.in_use(), 0, "the shipped buffers went back to the pool");
+        assert!(!a.cancel_job(D, "again"), "cancelled once");
+        pump(&mut a, &mut b).unwrap();
+        let (ea, eb) = (a.take_job_ends(), b.take_job_ends());
+        assert_eq!(ea[0].end, JobEnd::Cancelled { reason: "the user cancelled".into() });
+        assert_eq!(eb[0].end, JobEnd::PeerCancelled { reason: "the user cancelled".into() });
+        assert_eq!((a.jobs(), b.jobs()), (0, 0));
+        assert_eq!(inbound.queued(), 0, "nothing reached the consumer after the cancel");
+    }
+
+    #[test]
+    fn writer_announces_backlog_and_credit() {
+        let pool = BufferPool::new(8);
+        let config = CreditConfig { exclusive_per_channel: 1, floating_per_gate: 2, max_backlog_per_channel: 4 };
+        let (mut producer, _b) = established(&pool);
+        let (spec, chans) = outbound_spec(D, 1);
+        producer.register_job(spec).unwrap();
+        let mut output = OutputChannel::new(chans[0].clone(), &config);
+        feed(&mut producer, Message::JobOpen { deployment: D, fingerprint: FINGERPRINT, channels: 1 }).unwrap();
+        output.send_buffer(record_buffer(&pool, &[(0, 0)]));
+        output.send_buffer(record_buffer(&pool, &[(0, 1)]));
+        assert_eq!(messages(&mut producer).len(), 1, "JOB_OPEN only: no BACKLOG before the request");
+        feed(&mut producer, Message::PartitionRequest { deployment: D, channel: 0, initial_credit: 1 }).unwrap();
+        output.try_send();
+        let mut out = Vec::new();
+        producer.poll_outgoing(Instant::now(), &mut out);
+        let headers: Vec<_> = out.iter().map(|f| decode_header(f.header()).unwrap()).collect();
+        assert_eq!(headers.len(), 1, "the BUFFER carries the new backlog: {headers:?}");
+        assert_eq!((headers[0].kind, headers[0].seq, headers[0].arg, headers[0].deployment), (FrameKind::Buffer, 0, 1, D));
+        out.clear();
+        producer.poll_outgoing(Instant::now(), &mut out);
+        assert!(out.is_empty(), "an unchanged backlog is not announced again");
+        drop(out);
+        assert_eq!(pool.in_use(), 1);
+    }
+
+    /// Bytes written by one session and not yet read by the other, and the reader's partial
+    /// frame.
+    #[derive(Default)]
+    struct Link {
+        wire: std::collections::VecDeque<u8>,
+        partial: Vec<u8>,
+    }
+
+    fn write_frames(session: &mut PeerSession, link: &mut Link) {
+        let mut out = Vec::new();
+        session.poll_outgoing(Instant::now(), &mut out);
+        for frame in out {
+            link.wire.extend(frame.header());
+            link.wire.extend(frame.body());
+        }
+    }
+
+    /// Moves up to `chunk` bytes across and hands every frame completed to `session`.
+    fn read_chunk(session: &mut PeerSession, link: &mut Link, chunk: usize) -> Vec<PeerSignal> {
+        let n = chunk.min(link.wire.len());
+        link.partial.extend(link.wire.drain(..n));
+        let mut signals = Vec::new();
+        let mut at = 0;
+        while link.partial.len() - at >= HEADER_BYTES {
+            let header = decode_header(link.partial[at..at + HEADER_BYTES].try_into().unwrap()).unwrap();
+            assert!(header.frame_len() <= MAX_FRAME_BYTES);
+            if link.partial.len() - at < header.frame_len() {
+                break;
+            }
+            let body = &link.partial[at + HEADER_BYTES..at + header.frame_len()];
+            signals.push(session.on_frame(&header, body).unwrap_or_else(|e| panic!("{e}")));
+            at += header.frame_len();
+        }
+        link.partial.drain(..at);
+        signals
+    }
+
+    #[derive(Debug, Clone)]
+    enum Item {
+        Buffer(u32),
+        Watermark(u32),
+    }
+
+    /// xorshift64*, seeded by proptest: the schedule of one run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+        }
+    }
+
+    fn script(buffers: u32, watermark_every: u32) -> Vec<Item> {
+        let mut items = Vec::new();
+        for seq in 0..buffers {
+            if watermark_every > 0 && seq % watermark_every == 0 {
+                items.push(Item::Watermark(seq));
+            }
+            items.push(Item::Buffer(seq));
+        }
+        items
+    }
+
+    /// One job of [`run_exchange`]: its producers on side a, its consumers on side b.
+    struct ExchangeJob {
+        deployment: u64,
+        outputs: Vec<OutputChannel>,
+        gate: InputGate,
+        scripts: Vec<Vec<Item>>,
+        totals: Vec<u32>,
+        next_item: Vec<usize>,
+        end_queued: Vec<bool>,
+        expect: Vec<u32>,
+        ended: Vec<bool>,
+        cancel_at: Option<u32>,
+        cancelled: bool,
+    }
+
+    impl ExchangeJob {
+        fn done(&self) -> bool {
+            self.cancelled || self.ended.iter().all(|e| *e)
+        }
+    }
+
+    /// Every job's channels (`per_job[j]`: (buffers, watermark interval) per channel) cross one
+    /// connection with a random schedule and random chunking; a job with `Some(n)` in
+    /// `cancel_at` is cancelled by its producer after n buffers reached the consumer. Checks
+    /// order, credit bounds, that the others finish, and every buffer back in its pool.
+    fn run_exchange(
+        config: CreditConfig,
+        per_job: Vec<(Vec<(u32, u32)>, Option<u32>)>,
+        consumer_percent: u64,
+        seed: u64,
+    ) -> Result<usize, TestCaseError> {
+        let (pool_a, pool_b) = (BufferPool::new(256), BufferPool::new(256));
+        let mut a = dialer(&pool_a);
+        let mut b = acceptor(&pool_b);
+        let mut jobs = Vec::new();
+        for (j, (per_channel, cancel_at)) in per_job.iter().enumerate() {
+            let deployment = 0x100 + j as u64;
+            let n = per_channel.len() as u32;
+            let (bell_a, bell_b) = (bell(), bell());
+            let mut spec_a = JobSpec::new(deployment, FINGERPRINT, n, bell_a.clone());
+            let mut spec_b = JobSpec::new(deployment, FINGERPRINT, n, bell_b.clone());
+            let mut outputs = Vec::new();
+            let mut inbound = Vec::new();
+            for c in 0..n {
+                let out = LocalChannel::new_remote_out(bell(), bell_a.clone());
+                spec_a.add_outbound(c, out.clone());
+                outputs.push(OutputChannel::new(out, &config));
+                let inb = LocalChannel::new_remote_in(config.exclusive_per_channel, bell_b.clone(), bell());
+                spec_b.add_inbound(c, inb.clone(), validate_buffer::<Rec>);
+                inbound.push(inb);
+            }
+            a.register_job(spec_a).unwrap();
+            b.register_job(spec_b).unwrap();
+            jobs.push(ExchangeJob {
+                deployment,
+                outputs,
+                gate: InputGate::new(inbound, &config),
+                scripts: per_channel.iter().map(|&(k, w)| script(k, w)).collect(),
+                totals: per_channel.iter().map(|&(k, _)| k).collect(),
+                next_item: vec![0; n as usize],
+                end_queued: vec![false; n as usize],
+                expect: vec![0; n as usize],
+                ended: vec![false; n as usize],
+                cancel_at: *cancel_at,
+                cancelled: false,
+            });
+        }
+        a.close_when_idle();
+        b.close_when_idle();
+        let (mut a_to_b, mut b_to_a) = (Link::default(), Link::default());
+        let (mut a_closed, mut b_closed) = (false, false);
+        let mut rng = Rng(seed | 1);
+        let chunk = |rng: &mut Rng| {
+            if rng.below(2) == 0 {
+                1 + rng.below(64)
+            } else {
+                1 + rng.below(3 * MAX_FRAME_BYTES as u64)
+            }
+        };
+        let (mut ends_a, mut ends_b) = (Vec::new(), Vec::new());
+        let mut steps = 0u32;
+        while !(a_closed && b_closed) {
+            steps += 1;
+            prop_assert!(steps < 400_000, "no progress");
+            let job = &mut jobs[rng.below(per_job.len() as u64) as usize];
+            if !job.cancelled {
+                let c = rng.below(job.outputs.len() as u64) as usize;
+                let output = &mut job.outputs[c];
+                output.try_send();
+                if output.is_available() {
+                    match job.scripts[c].get(job.next_item[c]) {
+                        Some(Item::Buffer(seq)) => {
+                            output.send_buffer(record_buffer(&pool_a, &[(c as u32, *seq)]));
+                            job.next_item[c] += 1;
+                        }
+                        Some(Item::Watermark(w)) => {
+                            output.send_event(Event::Watermark(i64::from(*w)));
+                            job.next_item[c] += 1;
+                        }
+                        None if !job.end_queued[c] => {
+                            output.send_event(Event::EndOfPartition);
+                            job.end_queued[c] = true;
+                        }
+                        None => {}
+                    }
+                }
+            }
+            write_frames(&mut a, &mut a_to_b);
+            let len = chunk(&mut rng) as usize;
+            b_closed |= read_chunk(&mut b, &mut a_to_b, len).contains(&PeerSignal::Closed);
+            write_frames(&mut b, &mut b_to_a);
+            let len = chunk(&mut rng) as usize;
+            a_closed |= read_chunk(&mut a, &mut b_to_a, len).contains(&PeerSignal::Closed);
+            ends_a.extend(a.take_job_ends());
+            ends_b.extend(b.take_job_ends());
+            if rng.below(100) >= consumer_percent {
+                continue;
+            }
+            let job = &mut jobs[rng.below(per_job.len() as u64) as usize];
+            if job.cancelled {
+                continue;
+            }
+            let Some((c, item)) = job.gate.poll_next() else { continue };
+            match item {
+                ChannelItem::Buffer(buffer) => {
+                    let held = job.gate.exclusive() + job.gate.floating_held(c);
+                    prop_assert!(job.gate.channel(c).queued_buffers() < held, "channel {}: queued + reading > {}", c, held);
+                    prop_assert_eq!(records_of(&buffer), vec![(c as u32, job.expect[c])]);
+                    job.expect[c] += 1;
+                    drop(buffer);
+                    job.gate.release(c);
+                    if job.cancel_at.take_if(|n| job.expect.iter().sum::<u32>() >= *n).is_some()
+                        && a.cancel_job(job.deployment, "cancelled mid-stream")
+                    {
+                        job.cancelled = true;
+                        job.outputs.clear();
+                    }
+                }
+                ChannelItem::Event(Event::Watermark(w)) => prop_assert_eq!(w, i64::from(job.expect[c])),
+                ChannelItem::Event(Event::EndOfPartition) => {
+                    prop_assert_eq!(job.expect[c], job.totals[c], "channel {} ended early", c);
+                    job.ended[c] = true;
+                }
+                ChannelItem::Event(other) => prop_assert!(false, "unexpected event {:?}", other),
+            }
+        }
+        ends_a.extend(a.take_job_ends());
+        ends_b.extend(b.take_job_ends());
+        for job in &mut jobs {
+            while !job.cancelled && !job.done() {
+                let Some((c, item)) = job.gate.poll_next() else { break };
+                match item {
+                    ChannelItem::Buffer(buffer) => {
+                        prop_assert_eq!(records_of(&buffer), vec![(c as u32, job.expect[c])]);
+                        job.expect[c] += 1;
+                        drop(buffer);
+                        job.gate.release(c);
+                    }
+                    ChannelItem::Event(Event::EndOfPartition) => job.ended[c] = true,
+                    ChannelItem::Event(_) => {}
+                }
+            }
+        }
+        for job in &jobs {
+            let end_a = ends_a.iter().find(|e| e.deployment == job.deployment).map(|e| e.end.clone());
+            let end_b = ends_b.iter().find(|e| e.deployment == job.deployment).map(|e| e.end.clone());
+            if job.cancelled {
+                prop_assert_eq!(end_a, Some(JobEnd::Cancelled { reason: "cancelled mid-stream".into() }));
+                prop_assert_eq!(end_b, Some(JobEnd::PeerCancelled { reason: "cancelled mid-stream".into() }));
+            } else {
+                prop_assert_eq!(&job.expect, &job.totals, "job {:x}", job.deployment);
+                prop_assert_eq!(end_a, Some(JobEnd::Finished));
+                prop_assert_eq!(end_b, Some(JobEnd::Finished));
+            }
+        }
+        prop_assert_eq!(ends_a.len(), jobs.len(), "each job reported once: {:?}", ends_a);
+        prop_assert!(a_to_b.wire.is_empty() && b_to_a.wire.is_empty());
+        let channels: u32 = per_job.iter().map(|(c, _)| c.len() as u32).sum();
+        let bound_b = channels * config.exclusive_per_channel + per_job.len() as u32 * config.floating_per_gate;
+        prop_assert!(pool_b.stats().peak_in_use <= bound_b, "consumer side held {:?}", pool_b.stats());
+        let finished: u64 = ends_a.iter().filter(|e| e.end == JobEnd::Finished).map(|e| e.stats.buffers_out).sum();
+        let expected: u32 = jobs.iter().filter(|j| !j.cancelled).flat_map(|j| j.totals.iter()).sum();
+        prop_assert_eq!(finished, u64::from(expected), "{:?}", ends_a);
+        prop_assert_eq!(b.stats().transfer.buffers_in, a.stats().transfer.buffers_out);
+        prop_assert_eq!(a.stats().jobs_opened, per_job.len() as u64);
+        let cancelled = jobs.iter().filter(|j| j.cancelled).count();
+        drop(jobs);
+        prop_assert_eq!((pool_a.in_use(), pool_b.in_use()), (0, 0));
+        Ok(cancelled)
+    }
+
+    #[test]
+    fn a_job_cancelled_mid_stream_leaves_the_other_job_finishing() {
+        let config = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 2, max_backlog_per_channel: 2 };
+        for seed in 1..=8 {
+            let jobs = vec![(vec![(50, 4), (30, 0)], None), (vec![(60, 3), (60, 0)], Some(5))];
+            let cancelled = run_exchange(config, jobs, 100, seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert_eq!(cancelled, 1, "seed {seed}: the second job is cancelled while it runs");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn remote_flow_control_matches_the_in_process_exchange(
+            exclusive in 1u32..=3,
+            floating in 0u32..=4,
+            max_backlog in 1u32..=3,
+            per_channel in proptest::collection::vec((0u32..60, 0u32..6), 1..=4),
+            consumer_percent in 5u64..=100,
+            seed in any::<u64>(),
+        ) {
+            let config = CreditConfig {
+                exclusive_per_channel: exclusive,
+                floating_per_gate: floating,
+                max_backlog_per_channel: max_backlog,
+            };
+            prop_assert_eq!(run_exchange(config, vec![(per_channel, None)], consumer_percent, seed)?, 0);
+        }
+
+        #[test]
+        fn jobs_share_a_connection_and_one_cancelled_leaves_the_others_running(
+            exclusive in 1u32..=2,
+            floating in 0u32..=3,
+            per_job in proptest::collection::vec(
+                (proptest::collection::vec((1u32..40, 0u32..6), 1..=3), proptest::option::weighted(0.3, 1u32..20)),
+                2..=3,
+            ),
+            consumer_percent in 20u64..=100,
+            seed in any::<u64>(),
+        ) {
+            let config = CreditConfig { exclusive_per_channel: exclusive, floating_per_gate: floating, max_backlog_per_channel: 2 };
+            run_exchange(config, per_job, consumer_percent, seed)?;
+        }
+    }
+
+    #[test]
+    fn a_watermark_status_and_latency_marker_cross_in_order() {
+        let mut c = consumer();
+        let events = [
+            Event::WatermarkStatus(WatermarkStatus::Idle),
+            Event::LatencyMarker { marked_time_ns: 9, source_subtask: 2 },
+        ];
+        for (seq, event) in events.into_iter().enumerate() {
+            let m = Message::Event { deployment: D, channel: 1, seq: seq as u32, event };
+            assert_eq!(feed(&mut c.session, m), Ok(PeerSignal::None));
+        }
+        for event in events {
+            assert!(matches!(c.inbound[1].pop(), Some(ChannelItem::Event(e)) if e == event));
+        }
+    }
 }

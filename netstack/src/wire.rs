@@ -927,3 +927,505 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Message<'_>, usize), FrameError> {
     Ok((message, header.frame_len()))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzz::fuzz_codec;
+    use proptest::prelude::*;
+
+    const D: u64 = 0x0123_4567_89ab_cdef;
+
+    fn hello() -> Hello {
+        Hello { tm: TmId([7; 16]), cluster_token: [0xc1; 32], nonce: [0x9e; 32], pid: 4242, heartbeat_ms: 1000 }
+    }
+
+    fn every_kind<'a>(payload: &'a [u8]) -> Vec<Message<'a>> {
+        vec![
+            Message::Hello(hello()),
+            Message::PartitionRequest { deployment: D, channel: 3, initial_credit: 2 },
+            Message::AddCredit { deployment: D, channel: 0, credit: 1 },
+            Message::Buffer { deployment: D, channel: 5, seq: 17, backlog: 3, payload },
+            Message::Backlog { deployment: D, channel: 5, backlog: 0 },
+            Message::Event { deployment: D, channel: 2, seq: 18, event: Event::Watermark(-5) },
+            Message::Heartbeat,
+            Message::Cancel { deployment: D, reason: "job cancelled by the user" },
+            Message::Close,
+            Message::Error { deployment: D, code: ErrorCode::JobFailed, message: "task 3 failed: division by zero" },
+            Message::Auth { mac: [0xa5; 32] },
+            Message::JobOpen { deployment: D, fingerprint: 0xfeed, channels: 12 },
+            Message::JobClose { deployment: D },
+        ]
+    }
+
+    /// A valid header of `kind` with the smallest body.
+    fn header(kind: FrameKind) -> FrameHeader {
+        let (min, _) = kind.body_bytes_range();
+        let channel = if kind.is_connection_level() { CONNECTION_CHANNEL } else { 0 };
+        let arg = match kind {
+            FrameKind::PartitionRequest | FrameKind::AddCredit | FrameKind::Error | FrameKind::JobOpen => 1,
+            _ => 0,
+        };
+        let deployment = if kind.level() == FrameLevel::Connection { 0 } else { D };
+        FrameHeader { kind, flags: 0, body_len: min, channel, seq: 0, arg, arg64: 0, deployment }
+    }
+
+    fn frame(h: FrameHeader, body: &[u8]) -> Vec<u8> {
+        let mut out = h.encode().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let payload = [1u8, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9];
+        let messages = every_kind(&payload);
+        assert_eq!(messages.iter().map(Message::kind).collect::<Vec<_>>().len(), FrameKind::ALL.len());
+        for kind in FrameKind::ALL {
+            assert!(messages.iter().any(|m| m.kind() == kind), "{kind} is covered");
+            assert_eq!(FrameKind::from_id(kind.id()), Some(kind));
+        }
+        let mut stream = Vec::new();
+        for m in &messages {
+            m.encode_into(&mut stream).unwrap();
+        }
+        let mut rest = &stream[..];
+        for m in &messages {
+            let (decoded, used) = decode_frame(rest).unwrap();
+            assert_eq!(&decoded, m);
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!(fuzz_codec(&stream), Ok(messages.len()));
+    }
+
+    #[test]
+    fn encoded_frame_parts_match_the_byte_form() {
+        let payload = vec![7u8; 100];
+        for m in every_kind(&payload) {
+            let frame = m.encode().unwrap();
+            let joined = [&frame.header()[..], frame.body()].concat();
+            let mut flat = Vec::new();
+            assert_eq!(m.encode_into(&mut flat).unwrap(), frame.len());
+            assert_eq!(joined, flat);
+            let header = decode_header(frame.header()).unwrap();
+            assert_eq!(header.frame_len(), frame.len());
+            assert_eq!(decode_body(&header, frame.body()).unwrap(), m);
+            match frame.to_static() {
+                Some(owned) => assert_eq!([&owned.header()[..], owned.body()].concat(), joined),
+                None => assert!(frame.body().len() > HELLO_BODY_BYTES, "{m:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn header_layout_is_little_endian_at_fixed_offsets() {
+        let h = FrameHeader {
+            kind: FrameKind::Buffer,
+            flags: 0,
+            body_len: 0x0102,
+            channel: 0x0a0b_0c0d,
+            seq: 0x1122_3344,
+            arg: 0x5566_7788,
+            arg64: 0x0102_0304_0506_0708,
+            deployment: 0x1112_1314_1516_1718,
+        };
+        let bytes = h.encode();
+        assert_eq!(&bytes[0..6], b"CSNF\x02\x04");
+        assert_eq!(&bytes[6..8], &[0, 0]);
+        assert_eq!(&bytes[8..12], &[0x02, 0x01, 0, 0]);
+        assert_eq!(&bytes[12..16], &[0x0d, 0x0c, 0x0b, 0x0a]);
+        assert_eq!(&bytes[16..20], &[0x44, 0x33, 0x22, 0x11]);
+        assert_eq!(&bytes[20..24], &[0x88, 0x77, 0x66, 0x55]);
+        assert_eq!(&bytes[24..32], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&bytes[32..40], &[0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11]);
+    }
+
+    #[test]
+    fn hello_body_layout_is_fixed() {
+        let frame = Message::Hello(hello()).encode().unwrap();
+        assert_eq!(frame.len(), HELLO_FRAME_BYTES);
+        let body = frame.body();
+        assert_eq!(&body[0..16], &[7; 16]);
+        assert_eq!(&body[16..48], &[0xc1; 32]);
+        assert_eq!(&body[48..80], &[0x9e; 32]);
+        assert_eq!(&body[80..84], &4242u32.to_le_bytes());
+        assert_eq!(&body[84..88], &1000u32.to_le_bytes());
+        let h = decode_header(frame.header()).unwrap();
+        assert_eq!((h.arg, h.arg64, h.deployment, h.channel), (0, 0, 0, CONNECTION_CHANNEL));
+    }
+
+    #[test]
+    fn bad_magic_and_version_are_named() {
+        let mut bytes = header(FrameKind::Heartbeat).encode();
+        bytes[0..4].copy_from_slice(b"HTTP");
+        assert_eq!(decode_header(&bytes), Err(FrameError::BadMagic { found: *b"HTTP" }));
+        let mut bytes = header(FrameKind::Heartbeat).encode();
+        bytes[4] = 1;
+        let err = decode_header(&bytes).unwrap_err();
+        assert_eq!(err, FrameError::UnsupportedVersion { found: 1, supported: 2 });
+        assert_eq!(err.to_string(), "peer speaks protocol version 1, this build speaks 2");
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused() {
+        for id in [0u8, 14, 200, 255] {
+            let mut bytes = header(FrameKind::Heartbeat).encode();
+            bytes[5] = id;
+            assert_eq!(decode_header(&bytes), Err(FrameError::UnknownKind { kind: id }));
+        }
+    }
+
+    #[test]
+    fn reserved_flag_bits_are_refused() {
+        for kind in FrameKind::ALL.into_iter().filter(|k| *k != FrameKind::Event) {
+            let h = FrameHeader { flags: 1, ..header(kind) };
+            assert_eq!(decode_header(&h.encode()), Err(FrameError::ReservedBits { kind, flags: 1 }));
+        }
+        let h = FrameHeader { flags: 0x8001, ..header(FrameKind::Event) };
+        assert_eq!(decode_header(&h.encode()), Err(FrameError::ReservedBits { kind: FrameKind::Event, flags: 0x8001 }));
+    }
+
+    #[test]
+    fn fixed_lengths_are_exact() {
+        for kind in FrameKind::ALL {
+            let (min, max) = kind.body_bytes_range();
+            if min != max {
+                continue;
+            }
+            for len in [min.wrapping_sub(1), min + 1, u32::MAX].into_iter().filter(|&l| l != min) {
+                let h = FrameHeader { body_len: len, ..header(kind) };
+                assert_eq!(decode_header(&h.encode()), Err(FrameError::BadLength { kind, len, expected: min }));
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused_from_the_header() {
+        let h = FrameHeader { body_len: BUFFER_SIZE as u32 + 1, ..header(FrameKind::Buffer) };
+        let err = decode_frame(&h.encode()).unwrap_err();
+        assert_eq!(err, FrameError::Oversized { kind: FrameKind::Buffer, len: 32769, max: 32768 });
+        let h = FrameHeader { body_len: u32::MAX, ..header(FrameKind::Buffer) };
+        assert!(matches!(decode_header(&h.encode()), Err(FrameError::Oversized { len: u32::MAX, .. })));
+        for kind in [FrameKind::Cancel, FrameKind::Error] {
+            let h = FrameHeader { body_len: 1025, ..header(kind) };
+            assert_eq!(decode_header(&h.encode()), Err(FrameError::Oversized { kind, len: 1025, max: 1024 }));
+        }
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        assert_eq!(
+            Message::Cancel { deployment: D, reason: &long }.encode().unwrap_err(),
+            FrameError::Oversized { kind: FrameKind::Cancel, len: 1025, max: 1024 }
+        );
+    }
+
+    #[test]
+    fn short_buffers_are_bad_length() {
+        let h = FrameHeader { body_len: 7, ..header(FrameKind::Buffer) };
+        let err = decode_header(&h.encode()).unwrap_err();
+        assert_eq!(err, FrameError::BadLength { kind: FrameKind::Buffer, len: 7, expected: 8 });
+        assert!(err.to_string().contains("expected at least 8"));
+        let payload = [0u8; 4];
+        assert!(matches!(
+            Message::Buffer { deployment: D, channel: 0, seq: 0, backlog: 0, payload: &payload }.encode(),
+            Err(FrameError::BadLength { len: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_input_is_length_past_end() {
+        let event = Message::Event { deployment: D, channel: 1, seq: 0, event: Event::EndOfPartition };
+        let bytes = event.encode().unwrap();
+        let mut whole = Vec::new();
+        bytes.write_to(&mut whole);
+        assert_eq!(decode_frame(&whole[..10]), Err(FrameError::LengthPastEnd { len: 40, available: 10 }));
+        assert_eq!(decode_frame(&whole[..43]), Err(FrameError::LengthPastEnd { len: 48, available: 43 }));
+        assert_eq!(decode_frame(&[]), Err(FrameError::LengthPastEnd { len: 40, available: 0 }));
+        let h = FrameHeader { body_len: 100, ..header(FrameKind::Buffer) };
+        let input = frame(h, &[0; 50]);
+        assert_eq!(decode_frame(&input), Err(FrameError::LengthPastEnd { len: 140, available: 90 }));
+    }
+
+    #[test]
+    fn channel_and_deployment_levels_are_checked() {
+        for kind in FrameKind::ALL {
+            let wrong_channel = if kind.is_connection_level() { 0 } else { CONNECTION_CHANNEL };
+            let h = FrameHeader { channel: wrong_channel, ..header(kind) };
+            assert_eq!(decode_header(&h.encode()), Err(FrameError::BadChannel { kind, channel: wrong_channel }));
+            let wrong_deployment = match kind.level() {
+                FrameLevel::Connection => Some(D),
+                FrameLevel::Job | FrameLevel::Channel => Some(0),
+                FrameLevel::ConnectionOrJob => None,
+            };
+            if let Some(deployment) = wrong_deployment {
+                let h = FrameHeader { deployment, ..header(kind) };
+                assert_eq!(decode_header(&h.encode()), Err(FrameError::BadDeployment { kind, deployment }), "{kind}");
+            }
+        }
+        let conn_error = FrameHeader { deployment: 0, ..header(FrameKind::Error) };
+        assert!(decode_header(&conn_error.encode()).is_ok(), "ERROR may concern the connection");
+        assert!(decode_header(&header(FrameKind::Error).encode()).is_ok(), "or one job");
+    }
+
+    #[test]
+    fn zero_fields_credit_channels_and_error_codes_are_checked() {
+        let h = FrameHeader { seq: 4, ..header(FrameKind::Backlog) };
+        let want = FrameError::ReservedField { kind: FrameKind::Backlog, field: "seq", value: 4 };
+        assert_eq!(decode_header(&h.encode()), Err(want));
+        let h = FrameHeader { arg64: 9, ..header(FrameKind::Buffer) };
+        let want = FrameError::ReservedField { kind: FrameKind::Buffer, field: "arg64", value: 9 };
+        assert_eq!(decode_header(&h.encode()), Err(want));
+        for kind in [FrameKind::Close, FrameKind::Hello, FrameKind::Auth, FrameKind::JobClose, FrameKind::Cancel] {
+            let h = FrameHeader { arg: 1, ..header(kind) };
+            assert!(matches!(decode_header(&h.encode()), Err(FrameError::ReservedField { field: "arg", .. })), "{kind}");
+            let h = FrameHeader { arg64: 1, ..header(kind) };
+            assert!(matches!(decode_header(&h.encode()), Err(FrameError::ReservedField { field: "arg64", .. })), "{kind}");
+        }
+        let h = FrameHeader { arg: 0, channel: 6, ..header(FrameKind::AddCredit) };
+        assert_eq!(decode_header(&h.encode()), Err(FrameError::ZeroCredit { kind: FrameKind::AddCredit, channel: 6 }));
+        assert_eq!(
+            Message::PartitionRequest { deployment: D, channel: 2, initial_credit: 0 }.encode().unwrap_err(),
+            FrameError::ZeroCredit { kind: FrameKind::PartitionRequest, channel: 2 }
+        );
+        let h = FrameHeader { arg: 0, ..header(FrameKind::JobOpen) };
+        assert_eq!(decode_header(&h.encode()), Err(FrameError::NoChannels { deployment: D }));
+        let h = FrameHeader { arg: 5, ..header(FrameKind::Error) };
+        assert_eq!(decode_header(&h.encode()), Err(FrameError::UnknownErrorCode { code: 5 }));
+        for code in [ErrorCode::JobFailed, ErrorCode::NotDeployed] {
+            let h = FrameHeader { arg: code.code(), deployment: 0, ..header(FrameKind::Error) };
+            assert_eq!(decode_header(&h.encode()), Err(FrameError::ErrorCodeNeedsJob { code: code.code() }));
+            let m = Message::Error { deployment: 0, code, message: "" };
+            assert_eq!(m.encode().unwrap_err(), FrameError::ErrorCodeNeedsJob { code: code.code() });
+        }
+        for code in [ErrorCode::Protocol, ErrorCode::HandshakeMismatch] {
+            assert!(Message::Error { deployment: 0, code, message: "" }.encode().is_ok());
+            assert_eq!(ErrorCode::from_code(code.code()), Some(code));
+        }
+    }
+
+    #[test]
+    fn text_must_be_utf8() {
+        let h = FrameHeader { body_len: 4, ..header(FrameKind::Cancel) };
+        let input = frame(h, &[b'o', b'k', 0xff, b'!']);
+        assert_eq!(decode_frame(&input), Err(FrameError::InvalidUtf8 { kind: FrameKind::Cancel, valid_up_to: 2 }));
+        let long = "é".repeat(MAX_TEXT_BYTES);
+        let cut = truncate_text(&long);
+        assert_eq!(cut.len(), MAX_TEXT_BYTES);
+        assert!(Message::Error { deployment: 0, code: ErrorCode::Protocol, message: cut }.encode().is_ok());
+    }
+
+    fn event_frame(code: u32, a: u64, b: u64, flags: u16) -> Vec<u8> {
+        let h = FrameHeader {
+            kind: FrameKind::Event,
+            flags,
+            body_len: 8,
+            channel: 1,
+            seq: 0,
+            arg: code,
+            arg64: a,
+            deployment: D,
+        };
+        frame(h, &b.to_le_bytes())
+    }
+
+    #[test]
+    fn malformed_events_are_named() {
+        assert_eq!(decode_frame(&event_frame(0, 0, 0, 0)), Err(FrameError::UnknownEvent { code: 0 }));
+        assert_eq!(decode_frame(&event_frame(6, 0, 0, 0)), Err(FrameError::UnknownEvent { code: 6 }));
+        let invalid = |code, a, b, flags| match decode_frame(&event_frame(code, a, b, flags)) {
+            Err(FrameError::InvalidEvent { code: got, .. }) => assert_eq!(got, code),
+            other => panic!("event {code} ({a}, {b}, {flags}): expected InvalidEvent, got {other:?}"),
+        };
+        invalid(1, 1, 0, 0);
+        invalid(1, 0, 1, 0);
+        invalid(2, 5, 1, 0);
+        invalid(3, 2, 0, 0);
+        invalid(3, 0, 3, 0);
+        invalid(5, 1, u64::from(u32::MAX) + 1, 0);
+        invalid(2, 5, 0, 1);
+        invalid(1, 0, 0, 1);
+        let barrier = event_frame(4, 7, 99, 1);
+        let (m, _) = decode_frame(&barrier).unwrap();
+        let unaligned = Event::CheckpointBarrier { checkpoint_id: 7, timestamp_ms: 99, kind: BarrierKind::Unaligned };
+        assert_eq!(m, Message::Event { deployment: D, channel: 1, seq: 0, event: unaligned });
+    }
+
+    fn any_event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            Just(Event::EndOfPartition),
+            any::<i64>().prop_map(Event::Watermark),
+            any::<bool>().prop_map(|idle| Event::WatermarkStatus(if idle {
+                WatermarkStatus::Idle
+            } else {
+                WatermarkStatus::Active
+            })),
+            (any::<u64>(), any::<i64>(), any::<bool>()).prop_map(|(checkpoint_id, timestamp_ms, unaligned)| {
+                let kind = if unaligned { BarrierKind::Unaligned } else { BarrierKind::Aligned };
+                Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind }
+            }),
+            (any::<u64>(), any::<u32>())
+                .prop_map(|(marked_time_ns, source_subtask)| Event::LatencyMarker { marked_time_ns, source_subtask }),
+        ]
+    }
+
+    /// A message's scalar fields plus owned storage for its borrowed part.
+    #[derive(Debug, Clone)]
+    enum Owned {
+        Hello(Hello),
+        Auth([u8; 32]),
+        JobOpen(u64, u64, u32),
+        JobClose(u64),
+        PartitionRequest(u64, u32, u32),
+        AddCredit(u64, u32, u32),
+        Buffer(u64, u32, u32, u32, Vec<u8>),
+        Backlog(u64, u32, u32),
+        Event(u64, u32, u32, Event),
+        Heartbeat,
+        Cancel(u64, String),
+        Close,
+        Error(u64, ErrorCode, String),
+    }
+
+    impl Owned {
+        fn message(&self) -> Message<'_> {
+            match self {
+                Owned::Hello(h) => Message::Hello(*h),
+                Owned::Auth(mac) => Message::Auth { mac: *mac },
+                &Owned::JobOpen(deployment, fingerprint, channels) => {
+                    Message::JobOpen { deployment, fingerprint, channels }
+                }
+                &Owned::JobClose(deployment) => Message::JobClose { deployment },
+                &Owned::PartitionRequest(deployment, channel, initial_credit) => {
+                    Message::PartitionRequest { deployment, channel, initial_credit }
+                }
+                &Owned::AddCredit(deployment, channel, credit) => Message::AddCredit { deployment, channel, credit },
+                Owned::Buffer(deployment, channel, seq, backlog, payload) => Message::Buffer {
+                    deployment: *deployment,
+                    channel: *channel,
+                    seq: *seq,
+                    backlog: *backlog,
+                    payload,
+                },
+                &Owned::Backlog(deployment, channel, backlog) => Message::Backlog { deployment, channel, backlog },
+                &Owned::Event(deployment, channel, seq, event) => Message::Event { deployment, channel, seq, event },
+                Owned::Heartbeat => Message::Heartbeat,
+                Owned::Cancel(deployment, reason) => Message::Cancel { deployment: *deployment, reason },
+                Owned::Close => Message::Close,
+                Owned::Error(deployment, code, message) => {
+                    Message::Error { deployment: *deployment, code: *code, message }
+                }
+            }
+        }
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("(.|\n){0,300}").expect("regex")
+    }
+
+    fn any_message() -> impl Strategy<Value = Owned> {
+        let channel = 0..CONNECTION_CHANNEL;
+        let credit = 1..=u32::MAX;
+        let d = 1..=u64::MAX;
+        let code = prop_oneof![
+            Just(ErrorCode::Protocol),
+            Just(ErrorCode::JobFailed),
+            Just(ErrorCode::HandshakeMismatch),
+            Just(ErrorCode::NotDeployed)
+        ];
+        prop_oneof![
+            (any::<[u8; 16]>(), any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u32>(), any::<u32>()).prop_map(
+                |(tm, cluster_token, nonce, pid, heartbeat_ms)| Owned::Hello(Hello {
+                    tm: TmId(tm),
+                    cluster_token,
+                    nonce,
+                    pid,
+                    heartbeat_ms
+                })
+            ),
+            any::<[u8; 32]>().prop_map(Owned::Auth),
+            (d.clone(), any::<u64>(), 1..=u32::MAX).prop_map(|(d, f, c)| Owned::JobOpen(d, f, c)),
+            d.clone().prop_map(Owned::JobClose),
+            (d.clone(), channel.clone(), credit.clone()).prop_map(|(d, c, n)| Owned::PartitionRequest(d, c, n)),
+            (d.clone(), channel.clone(), credit).prop_map(|(d, c, n)| Owned::AddCredit(d, c, n)),
+            (
+                d.clone(),
+                channel.clone(),
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 8..=600)
+            )
+                .prop_map(|(d, c, s, b, p)| Owned::Buffer(d, c, s, b, p)),
+            (d.clone(), channel.clone(), any::<u32>()).prop_map(|(d, c, b)| Owned::Backlog(d, c, b)),
+            (d.clone(), channel, any::<u32>(), any_event()).prop_map(|(d, c, s, e)| Owned::Event(d, c, s, e)),
+            Just(Owned::Heartbeat),
+            (d.clone(), any_text()).prop_map(|(d, t)| Owned::Cancel(d, truncate_text(&t).to_string())),
+            Just(Owned::Close),
+            (prop_oneof![Just(0u64), d], code, any_text()).prop_map(|(d, code, t)| {
+                let d = if code.needs_job() { d.max(1) } else { d };
+                Owned::Error(d, code, truncate_text(&t).to_string())
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(owned in proptest::collection::vec(any_message(), 1..8)) {
+            let mut stream = Vec::new();
+            for o in &owned {
+                o.message().encode_into(&mut stream).unwrap();
+            }
+            let mut rest = &stream[..];
+            for o in &owned {
+                let (decoded, used) = decode_frame(rest).unwrap();
+                prop_assert_eq!(decoded, o.message());
+                rest = &rest[used..];
+            }
+            prop_assert!(rest.is_empty());
+            prop_assert_eq!(fuzz_codec(&stream), Ok(owned.len()));
+            let _ = fuzz_one(&stream);
+        }
+
+        #[test]
+        fn valid_headers_round_trip(
+            kind_index in 0usize..13,
+            flags in any::<u16>(),
+            body_len in any::<u32>(),
+            channel in any::<u32>(),
+            seq in any::<u32>(),
+            arg in any::<u32>(),
+            arg64 in any::<u64>(),
+            deployment in any::<u64>(),
+        ) {
+            let h = FrameHeader { kind: FrameKind::ALL[kind_index], flags, body_len, channel, seq, arg, arg64, deployment };
+            let bytes = h.encode();
+            match decode_header(&bytes) {
+                Ok(decoded) => {
+                    prop_assert_eq!(decoded, h);
+                    prop_assert!(decoded.frame_len() <= MAX_FRAME_BYTES);
+                }
+                Err(_) => prop_assert!(check_header(&h).is_err()),
+            }
+        }
+
+        #[test]
+        fn events_round_trip(event in any_event(), channel in 0..CONNECTION_CHANNEL, seq in any::<u32>(), d in 1..=u64::MAX) {
+            let m = Message::Event { deployment: d, channel, seq, event };
+            let frame = m.encode().unwrap();
+            let flags = u16::from_le_bytes([frame.header()[6], frame.header()[7]]);
+            prop_assert_eq!(flags == 1, event.is_priority());
+            let mut bytes = Vec::new();
+            frame.write_to(&mut bytes);
+            prop_assert_eq!(decode_frame(&bytes).unwrap(), (m, HEADER_BYTES + 8));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = fuzz_one(&bytes);
+            let mut framed = header(FrameKind::Event).encode().to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = fuzz_one(&framed);
+            let mut after = vec![crate::fuzz::AFTER_HANDSHAKE];
+            after.extend_from_slice(&framed);
+            let _ = fuzz_one(&after);
+        }
+    }
+}
