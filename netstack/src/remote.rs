@@ -947,7 +947,7 @@ impl PeerSession {
                 if slot.end_received {
                     return Err(FrameError::AfterJobEnd { kind, deployment: d }.into());
                 }
-                if slot.peer_open.is_none() && !slot.ending() {
+                if slot.peer_open.is_none() && !slot.open_sent {
                     return Err(FrameError::JobNotOpened { kind, deployment: d }.into());
                 }
                 Ok(self.body(header))
@@ -1986,6 +1986,23 @@ mod tests {
         assert_eq!(ends.len(), 1, "only the job registered here is reported: {ends:?}");
         assert!(matches!(&ends[0].end, JobEnd::Failed(NetError::JobNotDeployed { deployment: D, .. })));
         assert!(ends[0].end != JobEnd::Finished);
+    }
+
+    #[test]
+    fn a_side_that_never_deployed_a_job_ends_it_and_the_opener_is_told() {
+        let pool = BufferPool::new(1);
+        let (mut a, mut b) = established(&pool);
+        let (spec, _) = outbound_spec(D, 1);
+        a.register_job(spec).unwrap();
+        let open = written(&mut a, Instant::now());
+        deliver(&open, &mut b).unwrap();
+        let expired = written(&mut b, Instant::now() + TIMEOUT + Duration::from_millis(1));
+        assert_eq!(deliver(&expired, &mut a), Ok(vec![PeerSignal::None]), "an end frame of a job only the receiver opened");
+        let ends = a.take_job_ends();
+        assert!(matches!(&ends[..], [JobEnded { end: JobEnd::Failed(NetError::JobNotDeployed { deployment: D, .. }), .. }]), "{ends:?}");
+        pump(&mut a, &mut b).unwrap();
+        assert_eq!((a.jobs(), b.jobs()), (0, 0), "the answer removed the deployment on both sides");
+        assert!(b.take_job_ends().is_empty(), "never registered on b: nothing to report there");
     }
 
     #[test]

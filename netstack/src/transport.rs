@@ -476,7 +476,8 @@ async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>) -> Res
             return Err(shared.lost("connection closed in the middle of a frame header"));
         }
         let header = decode_header(&header_bytes).map_err(|e| shared.refused(e.into()))?;
-        let admission = shared.session().on_header(&header).map_err(|e| shared.refused(e))?;
+        let admitted = shared.session().on_header(&header);
+        let admission = admitted.map_err(|e| shared.refused(e))?;
         let signal = match admission {
             Admission::Buffer(ticket) => {
                 let len = ticket.body_len();

@@ -79,8 +79,8 @@
 //! JOB_OPEN {deployment, fingerprint, channel count} before any other frame of it; the two
 //! JOB_OPENs must agree on fingerprint and channel count, else the receiver fails the job with
 //! `ERROR(3)` for that deployment. Frames of a deployment the sender has not opened are a
-//! connection error ([`FrameError::JobNotOpened`]), except the end frame that answers the
-//! receiver's own end frame (below). A producer sends nothing on a channel before the
+//! connection error ([`FrameError::JobNotOpened`]), except an end frame (below) of a
+//! deployment the receiver has opened. A producer sends nothing on a channel before the
 //! consumer's PARTITION_REQUEST for it.
 //!
 //! A PARTITION_REQUEST (and ADD_CREDIT after it) for a deployment this side has opened the job
