@@ -47,8 +47,10 @@ pub(crate) struct ConnInner {
     unclaimed: RefCell<Vec<JobEnded>>,
     ended: Cell<bool>,
     established: Cell<bool>,
-    on_established: RefCell<Option<Box<dyn FnOnce(TmId)>>>,
+    on_established: RefCell<Option<EstablishedHook>>,
 }
+
+type EstablishedHook = Box<dyn FnOnce(TmId)>;
 
 impl Connection {
     /// Shares `session` (jobs may already be registered on it); the writer wakes on a new
@@ -199,7 +201,11 @@ impl Connection {
                 peer: peer.clone(),
                 detail: "the connection closed before the job ended".into(),
             });
-            link.resolve(JobEnded { deployment: link.deployment(), end: JobEnd::Failed(error), stats: Default::default() });
+            link.resolve(JobEnded {
+                deployment: link.deployment(),
+                end: JobEnd::Failed(error),
+                stats: Default::default(),
+            });
         }
         self.inner.on_established.borrow_mut().take();
     }
@@ -288,7 +294,12 @@ impl JobLink {
         self.end_here(message, |conn, d, text| conn.fail_job(d, text), |message| JobEnd::FailedHere { message });
     }
 
-    fn end_here(&self, text: &str, on_connection: impl Fn(&Connection, u64, &str) -> bool, end: impl Fn(String) -> JobEnd) {
+    fn end_here(
+        &self,
+        text: &str,
+        on_connection: impl Fn(&Connection, u64, &str) -> bool,
+        end: impl Fn(String) -> JobEnd,
+    ) {
         let target = std::mem::replace(&mut *self.inner.target.borrow_mut(), Target::Waiting(Weak::new()));
         match target {
             Target::Connection(conn) => {
@@ -302,7 +313,11 @@ impl JobLink {
                     list.borrow_mut().jobs.retain(|(_, link)| !Rc::ptr_eq(&link.inner, &self.inner));
                 }
                 let text = crate::wire::truncate_text(text).to_string();
-                self.resolve(JobEnded { deployment: self.inner.deployment, end: end(text), stats: SessionStats::default() });
+                self.resolve(JobEnded {
+                    deployment: self.inner.deployment,
+                    end: end(text),
+                    stats: SessionStats::default(),
+                });
             }
             ended @ Target::Ended(_) => *self.inner.target.borrow_mut() = ended,
         }

@@ -124,7 +124,7 @@ pub fn fuzz_one(data: &[u8]) -> Result<usize, Refusal> {
 struct FuzzJob {
     gate: InputGate,
     outputs: Vec<OutputChannel>,
-    readers: Vec<fn(&[u8]) -> Result<u32, BufferError>>,
+    readers: Vec<BufferValidator>,
 }
 
 struct FuzzSide {
@@ -137,7 +137,7 @@ fn fuzz_job(
     session: &mut PeerSession,
     pool: &BufferPool,
     (deployment, fingerprint, channels): (u64, u64, u32),
-    inbound: &[(BufferValidator, fn(&[u8]) -> Result<u32, BufferError>)],
+    inbound: &[(BufferValidator, BufferValidator)],
     outbound: &[u32],
     buffers_each: u64,
 ) -> FuzzJob {
@@ -186,7 +186,7 @@ impl FuzzSide {
         };
         let mut session = PeerSession::new(config, pool.clone());
         let first = [
-            (validate_buffer::<(u64, u64)> as BufferValidator, read_validated::<(u64, u64)> as fn(&[u8]) -> _),
+            (validate_buffer::<(u64, u64)> as BufferValidator, read_validated::<(u64, u64)> as BufferValidator),
             (validate_buffer::<String>, read_validated::<String>),
             (validate_buffer::<(String, u64)>, read_validated::<(String, u64)>),
             (validate_buffer::<Vec<u8>>, read_validated::<Vec<u8>>),
@@ -194,7 +194,8 @@ impl FuzzSide {
         ];
         let job = (FUZZ_JOB, FUZZ_JOB_FINGERPRINT, FUZZ_JOB_CHANNELS);
         let one = fuzz_job(&mut session, pool, job, &first, &FUZZ_OUTBOUND, 2);
-        let second = [(validate_buffer::<(u64, u64)> as BufferValidator, read_validated::<(u64, u64)> as fn(&[u8]) -> _)];
+        let second =
+            [(validate_buffer::<(u64, u64)> as BufferValidator, read_validated::<(u64, u64)> as BufferValidator)];
         let job = (FUZZ_JOB_2, FUZZ_JOB_2_FINGERPRINT, FUZZ_JOB_2_CHANNELS);
         let two = fuzz_job(&mut session, pool, job, &second, &[1], 1);
         Self { session, jobs: vec![one, two], reported: Vec::new() }

@@ -189,7 +189,10 @@ pub fn check_peer_hello(check: &HelloCheck<'_>, peer: &Hello) -> Result<(), Hand
         return Err(HandshakeError::WrongDialer { dialer, acceptor });
     }
     if peer.heartbeat_ms != check.local.heartbeat_ms {
-        return Err(HandshakeError::HeartbeatMismatch { local_ms: check.local.heartbeat_ms, peer_ms: peer.heartbeat_ms });
+        return Err(HandshakeError::HeartbeatMismatch {
+            local_ms: check.local.heartbeat_ms,
+            peer_ms: peer.heartbeat_ms,
+        });
     }
     Ok(())
 }

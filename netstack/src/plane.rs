@@ -348,7 +348,8 @@ impl DataPlane {
     /// included, arrives through the link.
     pub fn open_job(&self, peer: PeerAddress, spec: JobSpec) -> Result<JobLink, NetError> {
         let deployment = spec.deployment();
-        let refuse = |error| NetError::JobRegistration { peer: peer_name(peer.id, Some(peer.data_addr)), deployment, error };
+        let refuse =
+            |error| NetError::JobRegistration { peer: peer_name(peer.id, Some(peer.data_addr)), deployment, error };
         if peer.id == self.id() {
             return Err(refuse(RegisterError::OwnTaskManager));
         }
@@ -478,6 +479,10 @@ fn attach_all(conn: &Connection, list: &SharedWaitList) {
 fn fail_all(list: &SharedWaitList, error: &NetError) {
     let jobs = std::mem::take(&mut list.borrow_mut().jobs);
     for (spec, link) in jobs {
-        link.resolve(JobEnded { deployment: spec.deployment(), end: JobEnd::Failed(error.clone()), stats: Default::default() });
+        link.resolve(JobEnded {
+            deployment: spec.deployment(),
+            end: JobEnd::Failed(error.clone()),
+            stats: Default::default(),
+        });
     }
 }

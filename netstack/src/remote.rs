@@ -135,7 +135,9 @@ pub enum RegisterError {
     NoExclusiveCredit { channel: u32 },
     #[error("the deployment is already registered on this connection")]
     AlreadyRegistered,
-    #[error("the deployment already ended on this connection (the peer ended it, or it waited too long for this side)")]
+    #[error(
+        "the deployment already ended on this connection (the peer ended it, or it waited too long for this side)"
+    )]
     AlreadyEnded,
     #[error("the connection is closing")]
     Closing,
@@ -195,7 +197,8 @@ impl JobSpec {
             return Err(RegisterError::NoChannels);
         }
         let mut seen = std::collections::HashSet::new();
-        let ids = self.outbound.iter().map(|(id, ch)| (*id, ch)).chain(self.inbound.iter().map(|(id, ch, _)| (*id, ch)));
+        let ids =
+            self.outbound.iter().map(|(id, ch)| (*id, ch)).chain(self.inbound.iter().map(|(id, ch, _)| (*id, ch)));
         for (id, channel) in ids {
             if id >= self.channels {
                 return Err(RegisterError::ChannelOutOfRange { channel: id, channels: self.channels });
@@ -457,7 +460,10 @@ impl LocalJob {
         let ch = &mut self.outbound[o];
         let fits = u32::try_from(credit).ok().and_then(|c| ch.channel.credit().checked_add(c).map(|_| c));
         let Some(credit) = fits else {
-            return Err(FrameError::CreditOverflow { channel: ch.id, credit: u32::try_from(credit).unwrap_or(u32::MAX) });
+            return Err(FrameError::CreditOverflow {
+                channel: ch.id,
+                credit: u32::try_from(credit).unwrap_or(u32::MAX),
+            });
         };
         ch.requested = true;
         ch.peer_granted += u64::from(credit);
@@ -933,7 +939,9 @@ impl PeerSession {
             FrameKind::JobOpen => {
                 match self.slot(d) {
                     Some(s) if s.end_received => return Err(FrameError::AfterJobEnd { kind, deployment: d }.into()),
-                    Some(s) if s.peer_open.is_some() => return Err(FrameError::DuplicateJobOpen { deployment: d }.into()),
+                    Some(s) if s.peer_open.is_some() => {
+                        return Err(FrameError::DuplicateJobOpen { deployment: d }.into())
+                    }
                     Some(_) => {}
                     None if self.slots.len() >= MAX_JOBS_PER_CONNECTION => {
                         return Err(FrameError::TooManyJobs { limit: MAX_JOBS_PER_CONNECTION }.into())
@@ -1003,7 +1011,12 @@ impl PeerSession {
         };
         let admitted = match kind {
             FrameKind::Buffer => job.admit_data(header).map(|inbound| {
-                Admission::Buffer(BufferTicket { deployment: d, inbound, backlog: header.arg, body_len: header.body_len })
+                Admission::Buffer(BufferTicket {
+                    deployment: d,
+                    inbound,
+                    backlog: header.arg,
+                    body_len: header.body_len,
+                })
             }),
             FrameKind::Event | FrameKind::Backlog => job.admit_data(header).map(|_| self_body(header)),
             FrameKind::PartitionRequest => job.outbound_of(header).and_then(|o| {
@@ -1118,7 +1131,9 @@ impl PeerSession {
             Message::PartitionRequest { deployment, channel, initial_credit } => {
                 self.on_credit(&header, deployment, channel, initial_credit)?
             }
-            Message::AddCredit { deployment, channel, credit } => self.on_credit(&header, deployment, channel, credit)?,
+            Message::AddCredit { deployment, channel, credit } => {
+                self.on_credit(&header, deployment, channel, credit)?
+            }
             Message::Backlog { backlog, .. } => {
                 if let Some(job) = self.running_job(d) {
                     let i = job.inbound_of(&header)?;
@@ -1204,7 +1219,13 @@ impl PeerSession {
 
     /// PARTITION_REQUEST (`header.kind`) or ADD_CREDIT: grants the credit to the outbound
     /// channel, or keeps it until the job is registered here.
-    fn on_credit(&mut self, header: &FrameHeader, deployment: u64, channel: u32, credit: u32) -> Result<(), SessionError> {
+    fn on_credit(
+        &mut self,
+        header: &FrameHeader,
+        deployment: u64,
+        channel: u32,
+        credit: u32,
+    ) -> Result<(), SessionError> {
         let Some(i) = self.slot_index(deployment).filter(|&i| !self.slots[i].ending()) else { return Ok(()) };
         let request = header.kind == FrameKind::PartitionRequest;
         if let Some(job) = self.slots[i].local.as_mut() {
@@ -1244,7 +1265,9 @@ impl PeerSession {
     pub fn on_frame(&mut self, header: &FrameHeader, body: &[u8]) -> Result<PeerSignal, SessionError> {
         let needed = header.body_len as usize;
         if body.len() < needed {
-            return Err(FrameError::LengthPastEnd { len: header.frame_len(), available: HEADER_BYTES + body.len() }.into());
+            return Err(
+                FrameError::LengthPastEnd { len: header.frame_len(), available: HEADER_BYTES + body.len() }.into()
+            );
         }
         match self.on_header(header)? {
             Admission::Buffer(ticket) => {
@@ -1688,7 +1711,10 @@ mod tests {
         let pool = BufferPool::new(1);
         let mut b = acceptor(&pool);
         let open = Message::JobOpen { deployment: D, fingerprint: FINGERPRINT, channels: 1 };
-        assert_eq!(feed(&mut b, Message::Heartbeat), Err(FrameError::MissingHello { kind: FrameKind::Heartbeat }.into()));
+        assert_eq!(
+            feed(&mut b, Message::Heartbeat),
+            Err(FrameError::MissingHello { kind: FrameKind::Heartbeat }.into())
+        );
         let mut a = dialer(&pool);
         let hello = written(&mut a, Instant::now());
         deliver(&hello, &mut b).unwrap();
@@ -1760,7 +1786,8 @@ mod tests {
     fn channel_and_direction_are_checked_per_job() {
         let pool = BufferPool::new(1);
         let payload = record_buffer(&pool, &[(0, 0)]);
-        let buffer = |channel| Message::Buffer { deployment: D, channel, seq: 0, backlog: 0, payload: payload.as_slice() };
+        let buffer =
+            |channel| Message::Buffer { deployment: D, channel, seq: 0, backlog: 0, payload: payload.as_slice() };
         assert_eq!(refused_by_consumer(&[buffer(9)]), Some(FrameError::UnknownChannel { channel: 9 }));
         let want = FrameError::WrongDirection { channel: 2, kind: FrameKind::Buffer };
         assert_eq!(refused_by_consumer(&[buffer(2)]), Some(want));
@@ -1800,7 +1827,10 @@ mod tests {
         assert_eq!(ends.len(), 1);
         assert_eq!(ends[0].end, JobEnd::PeerCancelled { reason: "stop".into() });
         let event = Message::Event { deployment: D, channel: 0, seq: 0, event: Event::Watermark(1) };
-        assert_eq!(feed(&mut c.session, event), Err(FrameError::AfterJobEnd { kind: FrameKind::Event, deployment: D }.into()));
+        assert_eq!(
+            feed(&mut c.session, event),
+            Err(FrameError::AfterJobEnd { kind: FrameKind::Event, deployment: D }.into())
+        );
         let out = messages(&mut c.session);
         assert_eq!(out, ["JobClose { deployment: 209 }"], "the cancel is answered");
         assert_eq!(c.session.jobs(), 0, "both end frames crossed: the deployment is gone");
@@ -1830,7 +1860,8 @@ mod tests {
     fn buffers_need_credit_sequence_and_a_valid_payload() {
         let pool = BufferPool::new(1);
         let payload = record_buffer(&pool, &[(0, 0)]);
-        let buffer = |channel, seq| Message::Buffer { deployment: D, channel, seq, backlog: 3, payload: payload.as_slice() };
+        let buffer =
+            |channel, seq| Message::Buffer { deployment: D, channel, seq, backlog: 3, payload: payload.as_slice() };
         let want = FrameError::OutOfOrder { channel: 0, expected: 0, got: 1 };
         assert_eq!(refused_by_consumer(&[buffer(0, 1)]), Some(want));
         assert_eq!(refused_by_consumer(&[buffer(0, 0), buffer(0, 1)]), Some(FrameError::NoCredit { channel: 0 }));
@@ -1862,7 +1893,10 @@ mod tests {
         let mut early = consumer();
         feed(&mut early.session, Message::JobClose { deployment: D }).unwrap();
         assert_eq!(refusal(&mut early.session), Some(FrameError::JobClosedEarly { open_channels: 3 }));
-        assert_eq!(refused_by_consumer(&[event(0, 0, Event::EndOfPartition), after]), Some(FrameError::AfterEnd { channel: 0, kind: FrameKind::Event }));
+        assert_eq!(
+            refused_by_consumer(&[event(0, 0, Event::EndOfPartition), after]),
+            Some(FrameError::AfterEnd { channel: 0, kind: FrameKind::Event })
+        );
         assert_eq!(feed(&mut c.session, event(1, 0, Event::EndOfPartition)), Ok(PeerSignal::None));
         c.outbound.push(ChannelItem::Event(Event::EndOfPartition), false);
         let out = messages(&mut c.session);
@@ -1899,7 +1933,8 @@ mod tests {
     fn outbound_spec(d: u64, channels: u32) -> (JobSpec, Vec<Arc<LocalChannel>>) {
         let bell = bell();
         let mut spec = JobSpec::new(d, FINGERPRINT, channels, bell.clone());
-        let chans: Vec<_> = (0..channels).map(|_| LocalChannel::new_remote_out(super::tests::bell(), bell.clone())).collect();
+        let chans: Vec<_> =
+            (0..channels).map(|_| LocalChannel::new_remote_out(super::tests::bell(), bell.clone())).collect();
         for (id, ch) in chans.iter().enumerate() {
             spec.add_outbound(id as u32, ch.clone());
         }
@@ -1968,7 +2003,7 @@ mod tests {
         b.register_job(spec).unwrap();
         feed(&mut b, Message::JobOpen { deployment: D2, fingerprint: FINGERPRINT, channels: 1 }).unwrap();
         let start = Instant::now();
-        assert!(written(&mut b, start).len() > 0, "JOB_OPEN of D");
+        assert!(!written(&mut b, start).is_empty(), "JOB_OPEN of D");
         assert!(written(&mut b, start + TIMEOUT / 2).is_empty());
         let late = written(&mut b, start + TIMEOUT + Duration::from_millis(1));
         let mut at = 0;
@@ -1997,9 +2032,16 @@ mod tests {
         let open = written(&mut a, Instant::now());
         deliver(&open, &mut b).unwrap();
         let expired = written(&mut b, Instant::now() + TIMEOUT + Duration::from_millis(1));
-        assert_eq!(deliver(&expired, &mut a), Ok(vec![PeerSignal::None]), "an end frame of a job only the receiver opened");
+        assert_eq!(
+            deliver(&expired, &mut a),
+            Ok(vec![PeerSignal::None]),
+            "an end frame of a job only the receiver opened"
+        );
         let ends = a.take_job_ends();
-        assert!(matches!(&ends[..], [JobEnded { end: JobEnd::Failed(NetError::JobNotDeployed { deployment: D, .. }), .. }]), "{ends:?}");
+        assert!(
+            matches!(&ends[..], [JobEnded { end: JobEnd::Failed(NetError::JobNotDeployed { deployment: D, .. }), .. }]),
+            "{ends:?}"
+        );
         pump(&mut a, &mut b).unwrap();
         assert_eq!((a.jobs(), b.jobs()), (0, 0), "the answer removed the deployment on both sides");
         assert!(b.take_job_ends().is_empty(), "never registered on b: nothing to report there");
@@ -2121,7 +2163,10 @@ mod tests {
         producer.poll_outgoing(Instant::now(), &mut out);
         let headers: Vec<_> = out.iter().map(|f| decode_header(f.header()).unwrap()).collect();
         assert_eq!(headers.len(), 1, "the BUFFER carries the new backlog: {headers:?}");
-        assert_eq!((headers[0].kind, headers[0].seq, headers[0].arg, headers[0].deployment), (FrameKind::Buffer, 0, 1, D));
+        assert_eq!(
+            (headers[0].kind, headers[0].seq, headers[0].arg, headers[0].deployment),
+            (FrameKind::Buffer, 0, 1, D)
+        );
         out.clear();
         producer.poll_outgoing(Instant::now(), &mut out);
         assert!(out.is_empty(), "an unchanged backlog is not announced again");
@@ -2195,6 +2240,10 @@ mod tests {
         items
     }
 
+    /// Per channel (buffers, watermark interval), and after how many buffers the job is
+    /// cancelled, if it is.
+    type JobPlan = (Vec<(u32, u32)>, Option<u32>);
+
     /// One job of [`run_exchange`]: its producers on side a, its consumers on side b.
     struct ExchangeJob {
         deployment: u64,
@@ -2222,7 +2271,7 @@ mod tests {
     /// order, credit bounds, that the others finish, and every buffer back in its pool.
     fn run_exchange(
         config: CreditConfig,
-        per_job: Vec<(Vec<(u32, u32)>, Option<u32>)>,
+        per_job: Vec<JobPlan>,
         consumer_percent: u64,
         seed: u64,
     ) -> Result<usize, TestCaseError> {
@@ -2321,7 +2370,12 @@ mod tests {
             match item {
                 ChannelItem::Buffer(buffer) => {
                     let held = job.gate.exclusive() + job.gate.floating_held(c);
-                    prop_assert!(job.gate.channel(c).queued_buffers() < held, "channel {}: queued + reading > {}", c, held);
+                    prop_assert!(
+                        job.gate.channel(c).queued_buffers() < held,
+                        "channel {}: queued + reading > {}",
+                        c,
+                        held
+                    );
                     prop_assert_eq!(records_of(&buffer), vec![(c as u32, job.expect[c])]);
                     job.expect[c] += 1;
                     drop(buffer);

@@ -45,10 +45,10 @@ use crate::connection::Connection;
 use crate::doorbell::{Doorbell, Wait};
 use crate::error::NetError;
 use crate::handshake::HandshakeError;
-use crate::remote::{Admission, ConnectionStats, JobEnd, OutFrame, PeerSession, PeerSignal, SessionError, SessionStats};
-use crate::wire::{
-    decode_header, ErrorCode, FrameError, Message, CONNECTION_DEPLOYMENT, HEADER_BYTES, MAX_TEXT_BYTES,
+use crate::remote::{
+    Admission, ConnectionStats, JobEnd, OutFrame, PeerSession, PeerSignal, SessionError, SessionStats,
 };
+use crate::wire::{decode_header, ErrorCode, FrameError, Message, CONNECTION_DEPLOYMENT, HEADER_BYTES, MAX_TEXT_BYTES};
 
 /// Frames written by one `sendmsg` call at most.
 pub const MAX_BATCH_FRAMES: usize = 64;

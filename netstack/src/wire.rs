@@ -600,19 +600,57 @@ pub struct Hello {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
     Hello(Hello),
-    Auth { mac: [u8; MAC_BYTES] },
-    JobOpen { deployment: u64, fingerprint: u64, channels: u32 },
-    JobClose { deployment: u64 },
-    PartitionRequest { deployment: u64, channel: u32, initial_credit: u32 },
-    AddCredit { deployment: u64, channel: u32, credit: u32 },
-    Buffer { deployment: u64, channel: u32, seq: u32, backlog: u32, payload: &'a [u8] },
-    Backlog { deployment: u64, channel: u32, backlog: u32 },
-    Event { deployment: u64, channel: u32, seq: u32, event: Event },
+    Auth {
+        mac: [u8; MAC_BYTES],
+    },
+    JobOpen {
+        deployment: u64,
+        fingerprint: u64,
+        channels: u32,
+    },
+    JobClose {
+        deployment: u64,
+    },
+    PartitionRequest {
+        deployment: u64,
+        channel: u32,
+        initial_credit: u32,
+    },
+    AddCredit {
+        deployment: u64,
+        channel: u32,
+        credit: u32,
+    },
+    Buffer {
+        deployment: u64,
+        channel: u32,
+        seq: u32,
+        backlog: u32,
+        payload: &'a [u8],
+    },
+    Backlog {
+        deployment: u64,
+        channel: u32,
+        backlog: u32,
+    },
+    Event {
+        deployment: u64,
+        channel: u32,
+        seq: u32,
+        event: Event,
+    },
     Heartbeat,
-    Cancel { deployment: u64, reason: &'a str },
+    Cancel {
+        deployment: u64,
+        reason: &'a str,
+    },
     Close,
     /// `deployment` 0: the connection failed; otherwise that job did.
-    Error { deployment: u64, code: ErrorCode, message: &'a str },
+    Error {
+        deployment: u64,
+        code: ErrorCode,
+        message: &'a str,
+    },
 }
 
 /// Body of an encoded frame: small fixed bodies are held inline, payloads and text borrowed.
@@ -927,7 +965,6 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Message<'_>, usize), FrameError> {
     Ok((message, header.frame_len()))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1176,9 +1213,15 @@ mod tests {
         assert_eq!(decode_header(&h.encode()), Err(want));
         for kind in [FrameKind::Close, FrameKind::Hello, FrameKind::Auth, FrameKind::JobClose, FrameKind::Cancel] {
             let h = FrameHeader { arg: 1, ..header(kind) };
-            assert!(matches!(decode_header(&h.encode()), Err(FrameError::ReservedField { field: "arg", .. })), "{kind}");
+            assert!(
+                matches!(decode_header(&h.encode()), Err(FrameError::ReservedField { field: "arg", .. })),
+                "{kind}"
+            );
             let h = FrameHeader { arg64: 1, ..header(kind) };
-            assert!(matches!(decode_header(&h.encode()), Err(FrameError::ReservedField { field: "arg64", .. })), "{kind}");
+            assert!(
+                matches!(decode_header(&h.encode()), Err(FrameError::ReservedField { field: "arg64", .. })),
+                "{kind}"
+            );
         }
         let h = FrameHeader { arg: 0, channel: 6, ..header(FrameKind::AddCredit) };
         assert_eq!(decode_header(&h.encode()), Err(FrameError::ZeroCredit { kind: FrameKind::AddCredit, channel: 6 }));
@@ -1346,13 +1389,7 @@ mod tests {
             d.clone().prop_map(Owned::JobClose),
             (d.clone(), channel.clone(), credit.clone()).prop_map(|(d, c, n)| Owned::PartitionRequest(d, c, n)),
             (d.clone(), channel.clone(), credit).prop_map(|(d, c, n)| Owned::AddCredit(d, c, n)),
-            (
-                d.clone(),
-                channel.clone(),
-                any::<u32>(),
-                any::<u32>(),
-                proptest::collection::vec(any::<u8>(), 8..=600)
-            )
+            (d.clone(), channel.clone(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 8..=600))
                 .prop_map(|(d, c, s, b, p)| Owned::Buffer(d, c, s, b, p)),
             (d.clone(), channel.clone(), any::<u32>()).prop_map(|(d, c, b)| Owned::Backlog(d, c, b)),
             (d.clone(), channel, any::<u32>(), any_event()).prop_map(|(d, c, s, e)| Owned::Event(d, c, s, e)),

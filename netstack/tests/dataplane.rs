@@ -73,7 +73,8 @@ fn half(deployment: u64, out_ids: &[u32], in_ids: &[u32], channels: u32) -> Half
     }
     let mut inbound = Vec::new();
     for &id in in_ids {
-        let channel = LocalChannel::new_remote_in(CREDIT.exclusive_per_channel, session_bell.clone(), consumer_bell.clone());
+        let channel =
+            LocalChannel::new_remote_in(CREDIT.exclusive_per_channel, session_bell.clone(), consumer_bell.clone());
         spec.add_inbound(id, channel.clone(), validate_buffer::<Rec>);
         inbound.push(channel);
     }
@@ -165,7 +166,8 @@ fn a_cancelled_job_ends_alone_while_the_other_finishes() {
         let b2_half = half(B, &[], &[0], 1);
         let b1 = tm1.plane.open_job(at(2, &tm2), b1_half.spec).unwrap();
         let b2 = tm2.plane.open_job(at(1, &tm1), b2_half.spec).unwrap();
-        let producer = glommio::spawn_local(produce(b1_half.outputs, tm1.pool.clone(), b1_half.producer_bell, 1_000_000, 200));
+        let producer =
+            glommio::spawn_local(produce(b1_half.outputs, tm1.pool.clone(), b1_half.producer_bell, 1_000_000, 200));
         let mut gate = b2_half.gate;
         let mut received = 0;
         while received < 5 {

@@ -85,7 +85,9 @@ const J2: u64 = FUZZ_JOB_2;
 
 fn open(deployment: u64) -> Message<'static> {
     match deployment {
-        FUZZ_JOB_2 => Message::JobOpen { deployment, fingerprint: FUZZ_JOB_2_FINGERPRINT, channels: FUZZ_JOB_2_CHANNELS },
+        FUZZ_JOB_2 => {
+            Message::JobOpen { deployment, fingerprint: FUZZ_JOB_2_FINGERPRINT, channels: FUZZ_JOB_2_CHANNELS }
+        }
         _ => Message::JobOpen { deployment, fingerprint: FUZZ_JOB_FINGERPRINT, channels: FUZZ_JOB_CHANNELS },
     }
 }
@@ -186,7 +188,10 @@ fn seeds() -> Vec<Seed> {
         from_start(
             "handshake_wrong_dialer",
             encode(&[Message::Hello(Hello { tm: TmId([0x33; 16]), ..hello() })]),
-            Expect::Refused(handshake(HandshakeError::WrongDialer { dialer: TmId([0x33; 16]), acceptor: TmId([0x22; 16]) })),
+            Expect::Refused(handshake(HandshakeError::WrongDialer {
+                dialer: TmId([0x33; 16]),
+                acceptor: TmId([0x22; 16]),
+            })),
         ),
         from_start(
             "job_before_auth",
@@ -220,8 +225,15 @@ fn seeds() -> Vec<Seed> {
         ),
         s("heartbeat", &[Message::Heartbeat]),
         s("cancel", &[Message::Cancel { deployment: J, reason: "job 3 cancelled by the user" }]),
-        refused("job_close_early", &[Message::JobClose { deployment: J }], job(FrameError::JobClosedEarly { open_channels: 7 })),
-        s("error_connection", &[Message::Error { deployment: 0, code: ErrorCode::Protocol, message: "frame 7: bad magic" }]),
+        refused(
+            "job_close_early",
+            &[Message::JobClose { deployment: J }],
+            job(FrameError::JobClosedEarly { open_channels: 7 }),
+        ),
+        s(
+            "error_connection",
+            &[Message::Error { deployment: 0, code: ErrorCode::Protocol, message: "frame 7: bad magic" }],
+        ),
         s("error_job", &[Message::Error { deployment: J, code: ErrorCode::JobFailed, message: "task 3 failed" }]),
         s(
             "session",
@@ -280,9 +292,20 @@ fn seeds() -> Vec<Seed> {
                 error: FrameError::JobMismatch { field: "job fingerprint", expected: FUZZ_JOB_2_FINGERPRINT, found: 9 },
             },
         ),
-        refused("no_credit", &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), buffer(0, 2, 0, &pairs)], job(FrameError::NoCredit { channel: 0 })),
-        s("credit_returned", &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), Message::Heartbeat, buffer(0, 2, 0, &pairs)]),
-        refused("out_of_order", &[buffer(1, 1, 0, &strings)], job(FrameError::OutOfOrder { channel: 1, expected: 0, got: 1 })),
+        refused(
+            "no_credit",
+            &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), buffer(0, 2, 0, &pairs)],
+            job(FrameError::NoCredit { channel: 0 }),
+        ),
+        s(
+            "credit_returned",
+            &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), Message::Heartbeat, buffer(0, 2, 0, &pairs)],
+        ),
+        refused(
+            "out_of_order",
+            &[buffer(1, 1, 0, &strings)],
+            job(FrameError::OutOfOrder { channel: 1, expected: 0, got: 1 }),
+        ),
         refused("unknown_channel", &[buffer(9, 0, 0, &pairs)], job(FrameError::UnknownChannel { channel: 9 })),
         refused(
             "wrong_direction",
@@ -394,8 +417,12 @@ fn seeds() -> Vec<Seed> {
         ),
         bad(
             "session_then_garbage",
-            [handshake_bytes.clone(), encode(&[Message::Heartbeat]), b"\x00garbage after good frames, long enough for a header".to_vec()]
-                .concat(),
+            [
+                handshake_bytes.clone(),
+                encode(&[Message::Heartbeat]),
+                b"\x00garbage after good frames, long enough for a header".to_vec(),
+            ]
+            .concat(),
             FrameError::BadMagic { found: *b"\x00gar" },
         ),
     ]
@@ -556,14 +583,22 @@ fn session_violations_give_their_errors() {
     let request = |channel| Message::PartitionRequest { deployment: J, channel, initial_credit: 2 };
     let cases: Vec<(&str, Vec<u8>, Refusal)> = vec![
         ("no credit", with_open(&[buffer(0, 0), buffer(0, 1), buffer(0, 2)]), job(FrameError::NoCredit { channel: 0 })),
-        ("out of order", with_open(&[buffer(0, 0), buffer(0, 2)]), job(FrameError::OutOfOrder { channel: 0, expected: 1, got: 2 })),
+        (
+            "out of order",
+            with_open(&[buffer(0, 0), buffer(0, 2)]),
+            job(FrameError::OutOfOrder { channel: 0, expected: 1, got: 2 }),
+        ),
         ("unknown channel", with_open(&[buffer(7, 0)]), job(FrameError::UnknownChannel { channel: 7 })),
         (
             "buffer on an outbound channel",
             with_open(&[buffer(5, 0)]),
             job(FrameError::WrongDirection { channel: 5, kind: FrameKind::Buffer }),
         ),
-        ("duplicate partition request", with_open(&[request(5), request(5)]), job(FrameError::DuplicatePartitionRequest { channel: 5 })),
+        (
+            "duplicate partition request",
+            with_open(&[request(5), request(5)]),
+            job(FrameError::DuplicatePartitionRequest { channel: 5 }),
+        ),
         ("missing hello", encode(&[buffer(0, 0)]), conn(FrameError::MissingHello { kind: FrameKind::Buffer })),
         (
             "no job open",

@@ -98,8 +98,7 @@ fn records_cross_a_session_pair_in_order_with_credit() {
         let p = producer_side(1, Role::Dialer, Some(2));
         let stream = dial(addr, "TaskManager 2", &net_config()).await.unwrap();
         shrink_send_buffer(&stream);
-        let writer =
-            glommio::spawn_local(produce(p.outputs, p.pool.clone(), p.producer_bell, BUFFERS_PER_CHANNEL, 0));
+        let writer = glommio::spawn_local(produce(p.outputs, p.pool.clone(), p.producer_bell, BUFFERS_PER_CHANNEL, 0));
         let outcome = run_session(stream, p.session, p.bell, &net_config(), "TaskManager 2".into(), || None).await;
         writer.await;
         (outcome, p.pool.in_use())
@@ -193,9 +192,8 @@ fn producer_accepting_with(
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         addr_tx.send(listener.local_addr().unwrap()).unwrap();
         let stream = accept(&listener, "TaskManager 1", &config).await.unwrap();
-        let writer = with_data.then(|| {
-            glommio::spawn_local(produce(p.outputs, p.pool.clone(), p.producer_bell, BUFFERS_PER_CHANNEL, 0))
-        });
+        let writer = with_data
+            .then(|| glommio::spawn_local(produce(p.outputs, p.pool.clone(), p.producer_bell, BUFFERS_PER_CHANNEL, 0)));
         let outcome = run_session(stream, p.session, p.bell, &config, "TaskManager 1".into(), interrupt).await;
         if let Some(writer) = writer {
             writer.cancel().await;
@@ -257,7 +255,10 @@ fn garbage_instead_of_a_hello_fails_the_handshake_and_the_peer_is_told() {
     let frames = rogue.rest();
     assert!(frames[0].starts_with("Hello"), "{frames:?}");
     let last = frames.last().unwrap();
-    assert!(last.starts_with("Error { deployment: 0, code: HandshakeMismatch") && last.contains("bad frame magic"), "{frames:?}");
+    assert!(
+        last.starts_with("Error { deployment: 0, code: HandshakeMismatch") && last.contains("bad frame magic"),
+        "{frames:?}"
+    );
 }
 
 #[test]
@@ -336,7 +337,9 @@ static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 #[test]
 fn a_local_interrupt_cancels_the_job_and_the_connection_closes() {
     let interrupt = || {
-        INTERRUPTED.load(std::sync::atomic::Ordering::Acquire).then(|| Interrupt::Cancel { reason: "job cancelled".into() })
+        INTERRUPTED
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then(|| Interrupt::Cancel { reason: "job cancelled".into() })
     };
     let (addr, result) = producer_accepting_with(false, net_config(), interrupt);
     let mut peer = opened_peer(addr);
@@ -358,12 +361,16 @@ fn a_local_interrupt_cancels_the_job_and_the_connection_closes() {
 fn a_peer_with_another_version_gets_a_handshake_error() {
     let (addr, result) = producer_accepting(false);
     let mut peer = RawPeer::connect(addr);
-    let hello = corestream_netstack::Hello { tm: tm(1), cluster_token: TOKEN, nonce: [1; 32], pid: 1, heartbeat_ms: 200 };
+    let hello =
+        corestream_netstack::Hello { tm: tm(1), cluster_token: TOKEN, nonce: [1; 32], pid: 1, heartbeat_ms: 200 };
     let mut old = frame_bytes(Message::Hello(hello));
     old[4] = 1;
     std::io::Write::write_all(&mut peer.stream, &old).unwrap();
     match wait(&result, "the session after a version 1 HELLO").0 {
-        Err(NetError::HandshakeFailed { reason: HandshakeError::UnsupportedVersion { found: 1, supported: 2 }, .. }) => {}
+        Err(NetError::HandshakeFailed {
+            reason: HandshakeError::UnsupportedVersion { found: 1, supported: 2 },
+            ..
+        }) => {}
         other => panic!("expected HandshakeFailed(UnsupportedVersion), got {other:?}"),
     }
     let frames = peer.rest();
