@@ -3,7 +3,7 @@
 //! the code that adds and removes jobs, all on one glommio executor (the `RefCell` is never
 //! borrowed across an await). Each job registered through it gets a [`JobLink`], which
 //! cancels or fails the job and resolves to the job's [`JobEnded`] once the session reports
-//! it. A link can also exist before its connection does ([`WaitList`]), while the connection is
+//! it. A link can also exist before its connection does (in a wait list), while the connection is
 //! being dialed or awaited; it attaches when the connection is there.
 //!
 //! Nothing here is `Send`: the engine registers jobs on the network executor and forwards the
@@ -166,12 +166,14 @@ impl Connection {
         }
     }
 
-    /// Hands the job ends the session reported to their links; runs the established hook.
-    pub(crate) fn deliver(&self) {
+    /// Hands the job ends the session reported to their links and runs the established hook;
+    /// returns whether a job ended.
+    pub(crate) fn deliver(&self) -> bool {
         let (ends, peer, established) = {
             let mut session = self.inner.session.borrow_mut();
             (session.take_job_ends(), session.peer_tm(), session.is_established())
         };
+        let ended_any = !ends.is_empty();
         for ended in ends {
             let link = self.inner.links.borrow_mut().remove(&ended.deployment);
             match link {
@@ -184,6 +186,7 @@ impl Connection {
                 hook(peer);
             }
         }
+        ended_any
     }
 
     /// The connection is over: every job still on it ends with `error` (or, after a clean

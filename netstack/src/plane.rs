@@ -444,17 +444,18 @@ impl DataPlane {
         if let Some(listener) = self.inner.listener.borrow_mut().take() {
             listener.cancel();
         }
-        let entries: Vec<PeerEntry> = self.inner.peers.borrow_mut().drain().map(|(_, e)| e).collect();
-        for entry in entries {
+        let entries: Vec<(TmId, PeerEntry)> = self.inner.peers.borrow_mut().drain().collect();
+        for (id, entry) in entries {
             match entry {
                 PeerEntry::Connected(conn) => conn.close_when_idle(),
                 PeerEntry::Connecting(list) => {
-                    let error = NetError::JobRegistration {
-                        peer: "a peer TaskManager".into(),
-                        deployment: 0,
-                        error: RegisterError::Closing,
-                    };
-                    fail_all(&list, &error);
+                    let jobs = std::mem::take(&mut list.borrow_mut().jobs);
+                    for (spec, link) in jobs {
+                        let deployment = spec.deployment();
+                        let peer = peer_name(id, None);
+                        let error = NetError::JobRegistration { peer, deployment, error: RegisterError::Closing };
+                        link.resolve(JobEnded { deployment, end: JobEnd::Failed(error), stats: Default::default() });
+                    }
                 }
             }
         }

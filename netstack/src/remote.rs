@@ -1288,15 +1288,8 @@ impl PeerSession {
     }
 
     fn emit(&mut self, slot: Option<usize>, out: &mut Vec<OutFrame>, message: Message<'_>) {
-        let frame = OutFrame::control(&message).expect("the session only builds frames its peer accepts");
-        let len = frame.len() as u64;
-        let credit = u64::from(matches!(message, Message::PartitionRequest { .. } | Message::AddCredit { .. }));
-        for stats in std::iter::once(&mut self.stats.transfer).chain(slot.map(|i| &mut self.slots[i].stats)) {
-            stats.frames_out += 1;
-            stats.bytes_out += len;
-            stats.credit_announcements += credit;
-        }
-        out.push(frame);
+        let job = slot.map(|i| &mut self.slots[i].stats);
+        push_frame(&mut self.stats.transfer, job, out, message);
     }
 
     /// Expires deployments that one side opened and the other did not within the open
@@ -1428,9 +1421,10 @@ impl PeerSession {
     }
 
     fn announce_credit(&mut self, i: usize, out: &mut Vec<OutFrame>) {
-        let d = self.slots[i].deployment;
-        let Some(job) = self.slots[i].local.as_mut() else { return };
-        let mut messages = Vec::new();
+        let transfer = &mut self.stats.transfer;
+        let slot = &mut self.slots[i];
+        let d = slot.deployment;
+        let Some(job) = slot.local.as_mut() else { return };
         for ch in &mut job.inbound {
             let message = if !ch.requested {
                 ch.requested = true;
@@ -1445,10 +1439,7 @@ impl PeerSession {
                 ch.announced += u64::from(credit);
                 Message::AddCredit { deployment: d, channel: ch.id, credit }
             };
-            messages.push(message);
-        }
-        for message in messages {
-            self.emit(Some(i), out, message);
+            push_frame(transfer, Some(&mut slot.stats), out, message);
         }
     }
 
@@ -1524,6 +1515,25 @@ impl PeerSession {
 
 fn self_body(header: &FrameHeader) -> Admission {
     Admission::Body(BodyTicket { header: *header })
+}
+
+/// Appends the frame of `message` (any kind but BUFFER) to `out`, counted in `transfer` and,
+/// for a job's frame, in the job's counters.
+fn push_frame(
+    transfer: &mut SessionStats,
+    job: Option<&mut SessionStats>,
+    out: &mut Vec<OutFrame>,
+    message: Message<'_>,
+) {
+    let frame = OutFrame::control(&message).expect("the session only builds frames its peer accepts");
+    let len = frame.len() as u64;
+    let credit = u64::from(matches!(message, Message::PartitionRequest { .. } | Message::AddCredit { .. }));
+    for stats in std::iter::once(transfer).chain(job) {
+        stats.frames_out += 1;
+        stats.bytes_out += len;
+        stats.credit_announcements += credit;
+    }
+    out.push(frame);
 }
 
 /// The HELLO frame exactly as it crosses the wire.

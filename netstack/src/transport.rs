@@ -478,6 +478,8 @@ async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>) -> Res
         let header = decode_header(&header_bytes).map_err(|e| shared.refused(e.into()))?;
         let admitted = shared.session().on_header(&header);
         let admission = admitted.map_err(|e| shared.refused(e))?;
+        // A BUFFER needs no answer (its consumer returns the credit); anything else may.
+        let answer = !matches!(admission, Admission::Buffer(_));
         let signal = match admission {
             Admission::Buffer(ticket) => {
                 let len = ticket.body_len();
@@ -511,8 +513,9 @@ async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>) -> Res
                 PeerSignal::None
             }
         };
-        shared.conn.deliver();
-        shared.conn.inner().bell.ring();
+        if shared.conn.deliver() || answer {
+            shared.conn.inner().bell.ring();
+        }
         match signal {
             PeerSignal::None => {}
             PeerSignal::Closed => close_received = true,
