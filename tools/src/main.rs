@@ -10,6 +10,8 @@ mod demo;
 mod jobs;
 mod latency;
 mod limits;
+// Only `bench latency --processes` still uses it; it is being retired for the cluster runtime.
+#[allow(dead_code)]
 mod multi;
 mod outputs;
 mod profile;
