@@ -38,6 +38,9 @@ pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobO
     let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
     let tm0 = common.tm_bind.unwrap_or(loopback);
     let others = common.child_bind.unwrap_or(loopback);
+    if let Err(e) = std::net::TcpListener::bind(tm0) {
+        bail!("cannot bind the data address {tm0} (given by --tm-bind): {e}");
+    }
     let data_binds = (0..common.processes).map(|i| if i == 0 { tm0 } else { others }).collect();
     let netns = (0..common.processes).map(|i| if i == 0 { None } else { common.child_netns.clone() }).collect();
     let settings = ProcessClusterSettings {
