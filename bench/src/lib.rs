@@ -3,6 +3,7 @@
 //! embedded [`corestream::LocalCluster`]; the registry ([`examples::EXAMPLES`]) names the jobs
 //! that `corestream plan` and `corestream run` know.
 
+pub mod checksum;
 pub mod corpus;
 pub mod exact;
 pub mod examples;

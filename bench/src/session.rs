@@ -1,5 +1,6 @@
-//! The engine's transport without a job: one [`PeerSession`] pair over loopback TCP, driven by
-//! the production `run_session` on two glommio executors (pinned to cores 0 and 1 when there
+//! The engine's transport without a job: one [`PeerSession`] pair over loopback TCP (wire
+//! protocol 2: handshake with AUTH, one deployment on the connection), driven by the production
+//! `run_session` on two glommio executors (pinned to cores 0 and 1 when there
 //! are two), moves full 32 KB buffers of `bench network` records under the same credit-based
 //! flow control as a job (the job's [`CreditConfig`]), and the receiving side validates
 //! every buffer with the record type's rkyv validation before its consumer takes it. The
@@ -13,10 +14,12 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+use corestream_netstack::handshake::{ClusterAuth, Role, TmId};
 use corestream_netstack::record::validate_buffer;
+use corestream_netstack::remote::{LocalIdentity, SessionConfig};
 use corestream_netstack::{
-    accept, dial, run_session, BufferPool, ChannelItem, CreditConfig, Doorbell, Event, Hello, InputGate, LocalChannel,
-    NetConfig, OutputChannel, PeerIdentity, PeerSession, RecordWriter, SessionStats,
+    accept, dial, run_session, BufferPool, ChannelItem, CreditConfig, Doorbell, Event, InputGate, JobSpec,
+    LocalChannel, NetConfig, OutputChannel, PeerSession, RecordWriter, SessionStats,
 };
 use glommio::net::TcpListener;
 use glommio::timer::Timer;
@@ -43,19 +46,25 @@ pub struct SessionFigures {
     pub credit_stalls: u64,
 }
 
-fn hello(tm: u32, config: &NetConfig) -> Hello {
-    Hello {
-        sender_tm: tm,
-        job_fingerprint: FINGERPRINT,
-        tm_count: 2,
-        pid: std::process::id(),
-        heartbeat_ms: config.heartbeat_interval.as_millis() as u32,
-        channels: 1,
-    }
-}
+const DEPLOYMENT: u64 = 1;
 
-fn identity(tm: u32) -> PeerIdentity {
-    PeerIdentity { tm, job_fingerprint: FINGERPRINT, tm_count: 2, channels: 1 }
+/// TaskManager `tm` (0 dials, 1 accepts) of a cluster that exists for this measurement.
+fn session(tm: u8, config: &NetConfig, pool: &BufferPool) -> PeerSession {
+    let peer = 1 - tm;
+    let config = SessionConfig {
+        identity: LocalIdentity {
+            tm: TmId([tm; 16]),
+            pid: std::process::id(),
+            auth: ClusterAuth::new([0x5e; 32], None),
+        },
+        role: if tm == 0 { Role::Dialer } else { Role::Acceptor },
+        expected_peer: Some(TmId([peer; 16])),
+        heartbeat_ms: config.heartbeat_ms(),
+        open_timeout: config.open_timeout,
+        nonce: [tm; 32],
+        peer_name: format!("TaskManager {peer}"),
+    };
+    PeerSession::new(config, pool.clone())
 }
 
 fn placement(core: usize) -> Placement {
@@ -109,10 +118,12 @@ pub fn session_gbps(bytes: u64, record_bytes: usize, credit: CreditConfig) -> an
                 let pool = BufferPool::new(credit.exclusive_per_channel + credit.floating_per_gate + 2);
                 let bell = Arc::new(Doorbell::new());
                 let consumer_bell = Arc::new(Doorbell::new());
-                let mut session = PeerSession::new(hello(1, &config), identity(0), pool.clone());
+                let mut session = session(1, &config, &pool);
                 let channel =
                     LocalChannel::new_remote_in(credit.exclusive_per_channel, bell.clone(), consumer_bell.clone());
-                session.add_inbound(0, channel.clone(), validate_buffer::<ExchangeRecord>);
+                let mut job = JobSpec::new(DEPLOYMENT, FINGERPRINT, 1, bell.clone());
+                job.add_inbound(0, channel.clone(), validate_buffer::<ExchangeRecord>);
+                session.register_job(job).map_err(|e| anyhow!("registering the consumer's job: {e}"))?;
                 let listener =
                     TcpListener::bind("127.0.0.1:0").map_err(|e| anyhow!("binding the consumer's listener: {e}"))?;
                 let addr = listener.local_addr().map_err(|e| anyhow!("the consumer's listener address: {e}"))?;
@@ -154,9 +165,11 @@ pub fn session_gbps(bytes: u64, record_bytes: usize, credit: CreditConfig) -> an
                 let pool = BufferPool::new(64);
                 let bell = Arc::new(Doorbell::new());
                 let producer_bell = Arc::new(Doorbell::new());
-                let mut session = PeerSession::new(hello(0, &config), identity(1), pool.clone());
+                let mut session = session(0, &config, &pool);
                 let channel = LocalChannel::new_remote_out(producer_bell.clone(), bell.clone());
-                session.add_outbound(0, channel.clone());
+                let mut job = JobSpec::new(DEPLOYMENT, FINGERPRINT, 1, bell.clone());
+                job.add_outbound(0, channel.clone());
+                session.register_job(job).map_err(|e| anyhow!("registering the producer's job: {e}"))?;
                 let mut output = OutputChannel::new(channel, &credit);
                 let stream = dial(addr, "the consumer", &config).await?;
                 let producer_pool = pool.clone();

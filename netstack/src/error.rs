@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::handshake::HandshakeError;
+use crate::remote::RegisterError;
 use crate::wire::{ErrorCode, FrameError};
 
 /// Errors from writing a record into a buffer.
@@ -57,13 +59,35 @@ pub enum NetError {
     /// The peer sent a frame that breaks the protocol; this side sent ERROR and closed.
     #[error("connection to {peer} closed: {error}")]
     Protocol { peer: String, error: FrameError },
-    /// The job failed on the peer (it sent ERROR with code 2): the root cause is there.
+    /// The job failed on the peer (it sent ERROR with code 2 for the job): the root cause is
+    /// there.
     #[error("the job failed on {peer}: {message}")]
     PeerFailed { peer: String, message: String },
     /// The peer refused this side: it found a protocol error in what this side sent, or the
-    /// handshake did not match (ERROR with code 1 or 3).
+    /// handshake (or a job's JOB_OPEN) did not match (ERROR with code 1 or 3).
     #[error("{peer} refused the connection ({code:?}): {message}")]
     PeerRefused { peer: String, code: ErrorCode, message: String },
+    /// This side refused the peer during the handshake (and told it with ERROR(3)): another
+    /// cluster's token, a MAC that does not verify, another protocol version, another heartbeat
+    /// interval, an unexpected TaskManager.
+    #[error("handshake with {peer} failed: {reason}")]
+    HandshakeFailed { peer: String, reason: HandshakeError },
+    /// A frame of one job broke the protocol (or the two sides' JOB_OPENs disagree): that job
+    /// fails, the connection and its other jobs go on.
+    #[error("deployment {deployment:016x} on the connection to {peer}: {error}")]
+    JobProtocol { peer: String, deployment: u64, error: FrameError },
+    /// One side opened the job on the connection and the other did not deploy it in time (or
+    /// the peer said so with ERROR(4)). Retrying may help: the other TaskManager may have been
+    /// slow to deploy.
+    #[error("deployment {deployment:016x} was not deployed on both ends of the connection to {peer}: {detail}")]
+    JobNotDeployed { peer: String, deployment: u64, detail: String },
+    /// A job could not be registered on a connection (a mistake in its channels, or the
+    /// connection's state).
+    #[error("deployment {deployment:016x} cannot use the connection to {peer}: {error}")]
+    JobRegistration { peer: String, deployment: u64, error: RegisterError },
+    /// The kernel's random source failed (TaskManager id, handshake nonce).
+    #[error("the kernel's random number generator failed: {detail}")]
+    Random { detail: String },
 }
 
 impl NetError {
@@ -77,6 +101,9 @@ impl NetError {
                 | NetError::Protocol { .. }
                 | NetError::PeerRefused { .. }
                 | NetError::PeerFailed { .. }
+                | NetError::HandshakeFailed { .. }
+                | NetError::JobProtocol { .. }
+                | NetError::JobRegistration { .. }
         )
     }
 }

@@ -1,28 +1,36 @@
-//! The socket side of a connection between two TaskManagers: dialing and accepting with
-//! bounded retries and timeouts ([`dial`], [`accept`]), and [`run_session`], which drives a
-//! sans-IO [`PeerSession`] over a glommio [`TcpStream`] until both sides have sent CLOSE.
+//! The socket side of the connections between TaskManagers: dialing and accepting with
+//! bounded retries and timeouts ([`dial`], [`accept`]), and [`serve`], which drives a
+//! [`Connection`] (a sans-IO [`crate::remote::PeerSession`] shared with the code that adds and
+//! removes jobs) over a glommio [`TcpStream`] until both sides have sent CLOSE or the
+//! connection fails. The connection outlives its jobs: jobs come and go while it runs.
+//! [`run_session`] is the one-shot form: a connection for the jobs registered on a session
+//! before it starts, closed once they have ended.
 //!
-//! The session runs as two futures on one glommio executor, sharing the session in a
+//! A connection runs as two futures on one glommio executor, sharing the session in a
 //! `RefCell` that is never borrowed across an await:
-//! - the *reader* reads a 32-byte header, lets the session admit it, and reads a BUFFER body
-//!   straight into offset 0 of a pool buffer (no user-space copy; the kernel copies once) or
-//!   any other body into a 1 KiB scratch array;
-//! - the *writer* waits on the session's doorbell (rung by producers, consumers granting
-//!   credit, the reader and cancellation) or the heartbeat deadline, takes the session's
-//!   frames and writes them with `sendmsg(MSG_DONTWAIT)` over `[header, body, …]` iovecs, at
-//!   most [`MAX_BATCH_FRAMES`] frames or [`MAX_BATCH_BYTES`] bytes per call, falling back to
-//!   glommio's readiness-driven write on `EAGAIN` or a partial write. A BUFFER's pool buffer
-//!   is dropped only once the kernel has taken all of its bytes.
+//! - the *reader* reads a 40-byte header, lets the session admit it, and reads a BUFFER body
+//!   straight into offset 0 of a pool buffer (no user-space copy; the kernel copies once),
+//!   any other body into a 1 KiB scratch array, and a frame of a job that has ended here into
+//!   a discard buffer;
+//! - the *writer* waits on the connection's doorbell and every job's (rung by producers,
+//!   consumers granting credit, the reader, and jobs being added or ended) or the heartbeat
+//!   deadline, takes the session's frames and writes them with `sendmsg(MSG_DONTWAIT)` over
+//!   `[header, body, …]` iovecs, at most [`MAX_BATCH_FRAMES`] frames or [`MAX_BATCH_BYTES`]
+//!   bytes per call, falling back to glommio's readiness-driven write on `EAGAIN` or a partial
+//!   write. A BUFFER's pool buffer is dropped only once the kernel has taken all of its bytes.
 //!
 //! Failure detection is bounded: nothing received for `heartbeat_timeout` is
 //! [`NetError::PeerTimeout`] (an idle side sends HEARTBEAT every `heartbeat_interval`, so a
 //! live peer is never silent that long), a writer stuck on unacknowledged bytes fails through
 //! `TCP_USER_TIMEOUT` and the write timeout, EOF or a reset before CLOSE is
-//! [`NetError::PeerLost`], and a frame that breaks the protocol is answered with ERROR and
-//! returned as [`NetError::Protocol`]. Every error path drops the session, which returns every
-//! buffer it and its channels' frames hold to the pool.
+//! [`NetError::PeerLost`], a refused handshake is answered with ERROR(3) and returned as
+//! [`NetError::HandshakeFailed`], and a frame that breaks the connection's protocol is answered
+//! with ERROR(1) and returned as [`NetError::Protocol`]. A failed connection fails every job
+//! on it with its error and drops the session, which returns every buffer it and its channels'
+//! frames hold to the pool. A job's own failure (cancellation, a refused frame of it) ends that
+//! job alone.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -33,10 +41,14 @@ use futures_lite::io::{split, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
 
-use crate::doorbell::Doorbell;
+use crate::connection::Connection;
+use crate::doorbell::{Doorbell, Wait};
 use crate::error::NetError;
-use crate::remote::{Admission, OutFrame, PeerSession, PeerSignal, SessionStats};
-use crate::wire::{decode_header, ErrorCode, FrameError, Message, HEADER_BYTES, MAX_TEXT_BYTES};
+use crate::handshake::HandshakeError;
+use crate::remote::{
+    Admission, ConnectionStats, JobEnd, OutFrame, PeerSession, PeerSignal, SessionError, SessionStats,
+};
+use crate::wire::{decode_header, ErrorCode, FrameError, Message, CONNECTION_DEPLOYMENT, HEADER_BYTES, MAX_TEXT_BYTES};
 
 /// Frames written by one `sendmsg` call at most.
 pub const MAX_BATCH_FRAMES: usize = 64;
@@ -60,6 +72,9 @@ pub struct NetConfig {
     pub connect_backoff_max: Duration,
     /// How long [`accept`] waits for the peer that should dial this side.
     pub accept_timeout: Duration,
+    /// How long a job opened on a connection by one side waits for the other side to open it
+    /// too (to deploy it) before it fails as not deployed.
+    pub open_timeout: Duration,
 }
 
 impl Default for NetConfig {
@@ -71,6 +86,7 @@ impl Default for NetConfig {
             connect_backoff_initial: Duration::from_millis(20),
             connect_backoff_max: Duration::from_secs(1),
             accept_timeout: Duration::from_secs(15),
+            open_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -86,6 +102,7 @@ impl NetConfig {
             ("heartbeat_timeout", self.heartbeat_timeout),
             ("connect_backoff_initial", self.connect_backoff_initial),
             ("accept_timeout", self.accept_timeout),
+            ("open_timeout", self.open_timeout),
         ];
         if let Some((setting, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return invalid(setting, "must be greater than zero".into());
@@ -111,6 +128,11 @@ impl NetConfig {
             return invalid("connect_backoff_max", reason);
         }
         Ok(())
+    }
+
+    /// The heartbeat interval as HELLO carries it.
+    pub fn heartbeat_ms(&self) -> u32 {
+        u32::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u32::MAX)
     }
 
     /// The wait after failed attempt `attempt` (1-based).
@@ -205,53 +227,38 @@ fn socket_error(peer: &str, operation: &'static str, e: io::Error) -> NetError {
     NetError::Socket { peer: peer.to_string(), operation, detail: e.to_string() }
 }
 
-/// Why this process ends a session before CLOSE, as reported by the `interrupt` poll of
-/// [`run_session`].
+/// Why this process ends the jobs of a [`run_session`] connection early, as reported by its
+/// `interrupt` poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interrupt {
-    /// The job was cancelled here: the peer gets CANCEL(reason).
+    /// The jobs were cancelled here: the peer gets CANCEL(reason) for each.
     Cancel { reason: String },
-    /// The job failed here: the peer gets ERROR(2, message).
+    /// The jobs failed here: the peer gets ERROR(2, message) for each.
     Fail { message: String },
 }
 
-/// How a session that did not fail ended.
+/// How a [`run_session`] connection whose jobs did not fail ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEnd {
-    /// Both sides sent CLOSE and the peer shut its write side: every channel ended.
+    /// Every job finished and both sides sent CLOSE.
     Closed,
-    /// This side sent CANCEL or ERROR(2) after an [`Interrupt`].
+    /// This side ended the jobs after an [`Interrupt`].
     Interrupted(Interrupt),
-    /// The peer's job was cancelled (it sent CANCEL).
+    /// The peer cancelled a job (it sent CANCEL).
     PeerCancelled { reason: String },
 }
 
-/// The end of a session and its counters.
+/// The end of a [`run_session`] connection and its counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOutcome {
     pub end: SessionEnd,
     pub stats: SessionStats,
 }
 
-/// Why one of the two session futures stopped before the other.
-enum Stop {
-    Net(NetError),
-    Interrupted(Interrupt),
-    PeerCancelled(String),
-}
-
-impl From<NetError> for Stop {
-    fn from(e: NetError) -> Self {
-        Stop::Net(e)
-    }
-}
-
-/// State shared by the reader and the writer of one session (same executor, never borrowed
+/// State shared by the reader and the writer of one connection (same executor, never borrowed
 /// across an await).
 struct Shared<'a> {
-    session: RefCell<PeerSession>,
-    bell: &'a Doorbell,
-    peer: &'a str,
+    conn: &'a Connection,
     last_rx: Cell<Instant>,
     last_tx: Cell<Instant>,
     /// The writer stopped in the middle of a frame: nothing more may be written.
@@ -259,8 +266,16 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    fn session(&self) -> std::cell::RefMut<'_, PeerSession> {
+        self.conn.inner().session.borrow_mut()
+    }
+
+    fn peer(&self) -> String {
+        self.conn.peer_name()
+    }
+
     fn io_error(&self, e: io::Error, reading: bool) -> NetError {
-        let peer = self.peer.to_string();
+        let peer = self.peer();
         match e.kind() {
             io::ErrorKind::TimedOut if reading => {
                 NetError::PeerTimeout { peer, silent_for: self.last_rx.get().elapsed() }
@@ -271,81 +286,124 @@ impl Shared<'_> {
     }
 
     fn lost(&self, detail: &str) -> NetError {
-        NetError::PeerLost { peer: self.peer.to_string(), detail: detail.to_string() }
+        NetError::PeerLost { peer: self.peer(), detail: detail.to_string() }
     }
 
-    fn protocol(&self, error: FrameError) -> NetError {
-        NetError::Protocol { peer: self.peer.to_string(), error }
+    /// The error for a frame the decoder or the session refused: before the handshake is
+    /// through, the handshake failed; after, the peer broke the protocol.
+    fn refused(&self, error: SessionError) -> NetError {
+        let established = self.conn.inner().session.borrow().is_established();
+        let peer = self.peer();
+        match (error, established) {
+            (SessionError::Handshake(reason), _) => NetError::HandshakeFailed { peer, reason },
+            (SessionError::Protocol(FrameError::UnsupportedVersion { found, supported }), _) => {
+                NetError::HandshakeFailed { peer, reason: HandshakeError::UnsupportedVersion { found, supported } }
+            }
+            (SessionError::Protocol(error), false) => {
+                NetError::HandshakeFailed { peer, reason: HandshakeError::Malformed(error) }
+            }
+            (SessionError::Protocol(error), true) => NetError::Protocol { peer, error },
+        }
     }
 }
 
-/// Drives `session` over `stream` until both sides have sent CLOSE and the peer has shut its
-/// write side, or until it fails. `bell` must be the `session_bell` of every channel of the
-/// session (its pool supplies the buffers received BUFFER bodies are read into); `peer_name`
-/// (e.g. "TaskManager 1 (127.0.0.1:41235)") names the peer in errors. `interrupt` is polled
-/// whenever the writer wakes (ring `bell` to make it wake at once, otherwise at the latest
-/// after `heartbeat_interval`): `Some` sends CANCEL or ERROR(2) (after HELLO, never inside a
-/// frame), shuts the write side, reads on until the peer closes (at most
-/// [`FINAL_FRAME_LINGER`], so the last frame is not lost to a reset) and ends the session.
-/// A protocol error ends the same way after ERROR(1), or ERROR(3) for a handshake mismatch;
-/// a BUFFER that finds no free pool buffer (a reservation that does not hold) after ERROR(2).
-/// The socket options of [`configure_stream`] are (re)applied from `config`.
+/// Drives `conn` over `stream` until both sides have sent CLOSE and the peer has shut its
+/// write side, or until the connection fails; the peer is named in errors as the session's
+/// `peer_name`. Jobs may be registered on `conn`, cancelled and failed while it runs, from
+/// other tasks of this executor. On failure every job on the connection ends with the
+/// returned error; a protocol or handshake error is first answered with ERROR (1 or 3), and
+/// the side keeps reading for at most [`FINAL_FRAME_LINGER`] so the peer gets it. Returns the
+/// connection's counters. The socket options of [`configure_stream`] are (re)applied from
+/// `config`.
+pub async fn serve(stream: TcpStream, conn: &Connection, config: &NetConfig) -> Result<ConnectionStats, NetError> {
+    drive(stream, conn, config, &|| None).await.map(|_| conn.stats())
+}
+
+/// A one-shot connection for the jobs registered on `session` before it starts (typically
+/// one): it closes once they have all ended. `bell` wakes the writer (ring it to make
+/// `interrupt` be polled at once; the writer also polls it at least every
+/// `heartbeat_interval`); `Some` from `interrupt` cancels or fails every job, once. Returns
+/// the first job failure if one failed (its root cause, even if the connection then failed
+/// too), else the connection's failure, else how it ended and its counters.
 pub async fn run_session(
     stream: TcpStream,
-    session: PeerSession,
+    mut session: PeerSession,
     bell: Arc<Doorbell>,
     config: &NetConfig,
     peer_name: String,
     interrupt: impl Fn() -> Option<Interrupt>,
 ) -> Result<SessionOutcome, NetError> {
-    configure_stream(&stream, &peer_name, config)?;
+    session.set_peer_name(peer_name);
+    session.close_when_idle();
+    let conn = Connection::with_bell(session, bell);
+    let result = drive(stream, &conn, config, &interrupt).await;
+    let ends = conn.take_unclaimed();
+    if let Some(error) = ends.iter().find_map(|e| match &e.end {
+        JobEnd::Failed(error) => Some(error.clone()),
+        _ => None,
+    }) {
+        return Err(error);
+    }
+    let interrupted = result?;
+    let peer_cancelled = ends.iter().find_map(|e| match &e.end {
+        JobEnd::PeerCancelled { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    let end = match (interrupted, peer_cancelled) {
+        (Some(interrupt), _) => SessionEnd::Interrupted(interrupt),
+        (None, Some(reason)) => SessionEnd::PeerCancelled { reason },
+        (None, None) => SessionEnd::Closed,
+    };
+    Ok(SessionOutcome { end, stats: conn.stats().transfer })
+}
+
+/// Runs the reader and the writer of `conn` to the end of the connection; returns the
+/// interrupt the writer applied, if any.
+async fn drive(
+    stream: TcpStream,
+    conn: &Connection,
+    config: &NetConfig,
+    interrupt: &dyn Fn() -> Option<Interrupt>,
+) -> Result<Option<Interrupt>, NetError> {
+    if let Err(e) = configure_stream(&stream, &conn.peer_name(), config) {
+        conn.finish(Some(&e));
+        return Err(e);
+    }
     let fd = stream.as_raw_fd();
     let (mut reader, mut writer) = split(stream);
     let now = Instant::now();
-    let shared = Shared {
-        session: RefCell::new(session),
-        bell: &bell,
-        peer: &peer_name,
-        last_rx: Cell::new(now),
-        last_tx: Cell::new(now),
-        mid_frame: Cell::new(false),
-    };
+    let shared = Shared { conn, last_rx: Cell::new(now), last_tx: Cell::new(now), mid_frame: Cell::new(false) };
     let result = futures_lite::future::try_zip(
         read_loop(&shared, &mut reader),
-        write_loop(&shared, &mut writer, fd, config, &interrupt),
+        write_loop(&shared, &mut writer, fd, config, interrupt),
     )
     .await;
-    bell.clear_waker();
-    let stats = shared.session.borrow().stats();
-    let end = match result {
-        Ok(((), ())) => SessionEnd::Closed,
-        Err(Stop::Interrupted(interrupt)) => {
-            drain_until_eof(&mut reader).await;
-            SessionEnd::Interrupted(interrupt)
+    conn.inner().bell.clear_waker();
+    match result {
+        Ok(((), interrupted)) => {
+            conn.finish(None);
+            Ok(interrupted)
         }
-        Err(Stop::PeerCancelled(reason)) => SessionEnd::PeerCancelled { reason },
-        Err(Stop::Net(error)) => {
+        Err(error) => {
             let last_word = match &error {
-                NetError::Protocol { error: frame_error, .. } => {
-                    Some((error_code(frame_error), frame_error.to_string()))
-                }
-                NetError::PoolExhausted { .. } => Some((ErrorCode::JobFailed, error.to_string())),
+                NetError::Protocol { error: frame_error, .. } => Some((ErrorCode::Protocol, frame_error.to_string())),
+                NetError::HandshakeFailed { reason, .. } => Some((ErrorCode::HandshakeMismatch, reason.to_string())),
                 _ => None,
             };
+            conn.finish(Some(&error));
             if let Some((code, text)) = last_word {
                 if !shared.mid_frame.get() && send_error_now(fd, code, &text) {
                     drain_until_eof(&mut reader).await;
                 }
             }
-            return Err(error);
+            Err(error)
         }
-    };
-    Ok(SessionOutcome { end, stats })
+    }
 }
 
-/// How long a side that sent its last frame (CANCEL, ERROR) and shut its write side keeps
-/// reading, so that closing with unread bytes does not reset the connection and destroy that
-/// frame in the peer's receive queue before the peer has read it.
+/// How long a side that sent its last frame (ERROR) and shut its write side keeps reading, so
+/// that closing with unread bytes does not reset the connection and destroy that frame in the
+/// peer's receive queue before the peer has read it.
 pub const FINAL_FRAME_LINGER: Duration = Duration::from_millis(500);
 
 /// Reads and discards until the peer closes, at most [`FINAL_FRAME_LINGER`].
@@ -358,25 +416,18 @@ async fn drain_until_eof(reader: &mut ReadHalf<TcpStream>) {
     .await;
 }
 
-fn error_code(error: &FrameError) -> ErrorCode {
-    match error {
-        FrameError::HandshakeMismatch { .. } | FrameError::UnsupportedVersion { .. } => ErrorCode::HandshakeMismatch,
-        _ => ErrorCode::Protocol,
-    }
-}
-
-/// Best effort: one non-blocking send of ERROR(`code`, `text`), then shuts the write side.
-/// Returns whether the whole frame was sent.
+/// Best effort: one non-blocking send of a connection-level ERROR(`code`, `text`), then shuts
+/// the write side. Returns whether the whole frame was sent.
 fn send_error_now(fd: RawFd, code: ErrorCode, text: &str) -> bool {
-    let message = Message::Error { code, message: crate::wire::truncate_text(text) };
+    let message = Message::Error { deployment: CONNECTION_DEPLOYMENT, code, message: crate::wire::truncate_text(text) };
     let mut bytes = Vec::with_capacity(HEADER_BYTES + MAX_TEXT_BYTES);
     if message.encode_into(&mut bytes).is_err() {
         return false;
     }
-    // SAFETY: `fd` is the session's socket, still open (both halves of the stream are alive in
-    // the caller); `bytes` outlives the call and its length is passed with its pointer.
+    // SAFETY: `fd` is the connection's socket, still open (both halves of the stream are alive
+    // in the caller); `bytes` outlives the call and its length is passed with its pointer.
     let sent = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    // SAFETY: `fd` is the session's open socket (see above); shutdown takes no memory.
+    // SAFETY: `fd` is the connection's open socket (see above); shutdown takes no memory.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
     sent == bytes.len() as isize
 }
@@ -395,7 +446,20 @@ async fn read_full(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>, buf: &
     Ok(filled)
 }
 
-async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>) -> Result<(), Stop> {
+/// Reads and drops `len` body bytes of a frame of a job that has ended here.
+async fn discard(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>, mut len: usize) -> Result<(), NetError> {
+    let mut scratch = [0u8; 4096];
+    while len > 0 {
+        let chunk = len.min(scratch.len());
+        if read_full(shared, reader, &mut scratch[..chunk]).await? < chunk {
+            return Err(shared.lost("connection closed in the middle of a frame"));
+        }
+        len -= chunk;
+    }
+    Ok(())
+}
+
+async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>) -> Result<(), NetError> {
     let mut header_bytes = [0u8; HEADER_BYTES];
     let mut scratch = [0u8; MAX_TEXT_BYTES];
     let mut close_received = false;
@@ -403,48 +467,82 @@ async fn read_loop(shared: &Shared<'_>, reader: &mut ReadHalf<TcpStream>) -> Res
         let n = read_full(shared, reader, &mut header_bytes).await?;
         if n == 0 {
             if close_received {
-                shared.bell.ring();
+                shared.conn.inner().bell.ring();
                 return Ok(());
             }
-            return Err(shared.lost("connection closed before the job ended").into());
+            return Err(shared.lost("connection closed before CLOSE"));
         }
         if n < HEADER_BYTES {
-            return Err(shared.lost("connection closed in the middle of a frame header").into());
+            return Err(shared.lost("connection closed in the middle of a frame header"));
         }
-        let header = decode_header(&header_bytes).map_err(|e| shared.protocol(e))?;
-        let admission = shared.session.borrow_mut().on_header(&header).map_err(|e| shared.protocol(e))?;
+        let header = decode_header(&header_bytes).map_err(|e| shared.refused(e.into()))?;
+        let admitted = shared.session().on_header(&header);
+        let admission = admitted.map_err(|e| shared.refused(e))?;
+        // A BUFFER needs no answer (its consumer returns the credit); anything else may.
+        let answer = !matches!(admission, Admission::Buffer(_));
         let signal = match admission {
             Admission::Buffer(ticket) => {
                 let len = ticket.body_len();
-                let mut buffer = shared.session.borrow().pool().take()?;
-                if read_full(shared, reader, &mut buffer.whole_mut()[..len]).await? < len {
-                    return Err(shared.lost("connection closed in the middle of a BUFFER frame").into());
+                let taken = shared.session().pool().take();
+                match taken {
+                    Ok(mut buffer) => {
+                        if read_full(shared, reader, &mut buffer.whole_mut()[..len]).await? < len {
+                            return Err(shared.lost("connection closed in the middle of a BUFFER frame"));
+                        }
+                        buffer.set_len(len);
+                        shared.session().on_buffer(ticket, buffer);
+                    }
+                    Err(error) => {
+                        shared.session().on_buffer_unavailable(ticket, error);
+                        discard(shared, reader, len).await?;
+                    }
                 }
-                buffer.set_len(len);
-                shared.session.borrow_mut().on_buffer(ticket, buffer).map_err(|e| shared.protocol(e))?;
                 PeerSignal::None
             }
             Admission::Body(ticket) => {
                 let len = header.body_len as usize;
                 let body = scratch.get_mut(..len).expect("the header check bounds every non-BUFFER body by 1 KiB");
                 if read_full(shared, reader, body).await? < len {
-                    return Err(shared.lost("connection closed in the middle of a frame").into());
+                    return Err(shared.lost("connection closed in the middle of a frame"));
                 }
-                let signal = shared.session.borrow_mut().on_body(ticket, body).map_err(|e| shared.protocol(e))?;
-                shared.bell.ring();
-                signal
+                let signal = shared.session().on_body(ticket, body);
+                signal.map_err(|e| shared.refused(e))?
+            }
+            Admission::Discard { body_len } => {
+                discard(shared, reader, body_len).await?;
+                PeerSignal::None
             }
         };
+        if shared.conn.deliver() || answer {
+            shared.conn.inner().bell.ring();
+        }
         match signal {
             PeerSignal::None => {}
             PeerSignal::Closed => close_received = true,
-            PeerSignal::Cancelled { reason } => return Err(Stop::PeerCancelled(reason)),
-            PeerSignal::Failed { code: ErrorCode::JobFailed, message } => {
-                return Err(NetError::PeerFailed { peer: shared.peer.to_string(), message }.into());
-            }
             PeerSignal::Failed { code, message } => {
-                return Err(NetError::PeerRefused { peer: shared.peer.to_string(), code, message }.into());
+                return Err(NetError::PeerRefused { peer: shared.peer(), code, message });
             }
+        }
+    }
+}
+
+/// Waits until any of `bells` rings.
+struct AnyBell<'a> {
+    waits: Vec<Wait<'a>>,
+}
+
+impl std::future::Future for AnyBell<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut ready = false;
+        for wait in &mut self.waits {
+            ready |= std::pin::Pin::new(wait).poll(cx).is_ready();
+        }
+        if ready {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
         }
     }
 }
@@ -454,29 +552,30 @@ async fn write_loop(
     writer: &mut WriteHalf<TcpStream>,
     fd: RawFd,
     config: &NetConfig,
-    interrupt: &impl Fn() -> Option<Interrupt>,
-) -> Result<(), Stop> {
+    interrupt: &dyn Fn() -> Option<Interrupt>,
+) -> Result<Option<Interrupt>, NetError> {
     let mut frames: Vec<OutFrame> = Vec::new();
     let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(2 * MAX_BATCH_FRAMES);
+    let mut bells: Vec<Arc<Doorbell>> = Vec::new();
+    let mut interrupted = None;
     loop {
-        let more = shared.session.borrow_mut().poll_outgoing(&mut frames);
+        if interrupted.is_none() {
+            if let Some(i) = interrupt() {
+                match &i {
+                    Interrupt::Cancel { reason } => shared.session().cancel_all(reason),
+                    Interrupt::Fail { message } => shared.session().fail_all_here(message),
+                }
+                interrupted = Some(i);
+            }
+        }
+        let more = shared.session().poll_outgoing(Instant::now(), &mut frames);
+        shared.conn.deliver();
         if !frames.is_empty() {
             write_frames(shared, writer, fd, &mut frames, &mut iovecs).await?;
         }
-        if shared.session.borrow().close_sent() {
+        if shared.session().close_sent() {
             writer.close().await.map_err(|e| shared.io_error(e, false))?;
-            return Ok(());
-        }
-        if let Some(interrupt) = interrupt() {
-            let message = match &interrupt {
-                Interrupt::Cancel { reason } => Message::Cancel { reason: crate::wire::truncate_text(reason) },
-                Interrupt::Fail { message } => {
-                    Message::Error { code: ErrorCode::JobFailed, message: crate::wire::truncate_text(message) }
-                }
-            };
-            write_control(shared, writer, message).await?;
-            writer.close().await.map_err(|e| shared.io_error(e, false))?;
-            return Err(Stop::Interrupted(interrupt));
+            return Ok(interrupted);
         }
         if more {
             futures_lite::future::yield_now().await;
@@ -488,7 +587,12 @@ async fn write_loop(
             continue;
         }
         let rest = config.heartbeat_interval - idle;
-        futures_lite::future::or(shared.bell.wait(), async {
+        bells.clear();
+        bells.push(shared.conn.inner().bell.clone());
+        shared.session().job_bells(&mut bells);
+        bells.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let any = AnyBell { waits: bells.iter().map(|b| b.wait()).collect() };
+        futures_lite::future::or(any, async {
             Timer::new(rest).await;
         })
         .await;
@@ -612,7 +716,7 @@ mod tests {
         let frames = bodies
             .iter()
             .map(|&len| match len {
-                0 => OutFrame::Control(Message::Heartbeat.encode().unwrap()),
+                0 => OutFrame::control(&Message::Heartbeat).unwrap(),
                 len => {
                     let mut buffer = pool.take().unwrap();
                     buffer.set_len(len);
@@ -627,12 +731,12 @@ mod tests {
     fn a_partial_write_is_split_at_the_right_frame() {
         let (_pool, frames) = frames(&[0, 100, 0]);
         assert_eq!(split_sent(&frames, 0), (0, 0));
-        assert_eq!(split_sent(&frames, 31), (0, 31));
-        assert_eq!(split_sent(&frames, 32), (1, 0));
-        assert_eq!(split_sent(&frames, 32 + 40), (1, 40), "inside the second header");
-        assert_eq!(split_sent(&frames, 32 + 132 - 1), (1, 131), "inside the second body");
-        assert_eq!(split_sent(&frames, 32 + 132 + 31), (2, 31));
-        assert_eq!(split_sent(&frames, 32 + 132 + 32), (3, 0));
+        assert_eq!(split_sent(&frames, 39), (0, 39));
+        assert_eq!(split_sent(&frames, 40), (1, 0));
+        assert_eq!(split_sent(&frames, 40 + 30), (1, 30), "inside the second header");
+        assert_eq!(split_sent(&frames, 40 + 140 - 1), (1, 139), "inside the second body");
+        assert_eq!(split_sent(&frames, 40 + 140 + 39), (2, 39));
+        assert_eq!(split_sent(&frames, 40 + 140 + 40), (3, 0));
     }
 
     #[test]

@@ -1,51 +1,103 @@
-//! The wire protocol between TaskManager processes, version 1: how buffers, credit, events and
-//! connection control travel over one TCP connection per pair of TaskManagers. This module doc
-//! is the normative specification; the codec below implements it with no I/O, so the transport
-//! (reading and writing sockets), the fuzz target and the tests share one decoder.
+//! The wire protocol between TaskManager processes, version 2: how buffers, credit, events and
+//! connection and job control travel over the one TCP connection between two TaskManagers,
+//! shared by every job that runs on both. This module doc is the normative specification; the
+//! codec below implements it with no I/O, so the transport (reading and writing sockets), the
+//! fuzz target and the tests share one decoder.
 //!
 //! # Frames
 //!
 //! A connection carries frames back to back, with no padding between them. A frame is a
-//! 32-byte header followed by `body_len` body bytes. All integers are little-endian, like the
+//! 40-byte header followed by `body_len` body bytes. All integers are little-endian, like the
 //! record layout and rkyv (`little_endian` feature); a big-endian host needs a new version, not
 //! a byte swap.
 //!
-//! | offset | size | field      | rule |
-//! |-------:|-----:|------------|------|
-//! | 0      | 4    | `magic`    | ASCII `CSNF` (43 53 4E 46), else [`FrameError::BadMagic`] |
-//! | 4      | 1    | `version`  | [`VERSION`] (1), else [`FrameError::UnsupportedVersion`] |
-//! | 5      | 1    | `kind`     | a [`FrameKind`] id (1..=10), else [`FrameError::UnknownKind`] |
-//! | 6      | 2    | `flags`    | EVENT: bit 0 = priority, set exactly for unaligned barriers. Every other bit, and every bit of other kinds, is 0, else [`FrameError::ReservedBits`] |
-//! | 8      | 4    | `body_len` | body bytes after the header, checked per kind before any body byte is read |
-//! | 12     | 4    | `channel`  | channel index in the job's execution plan, or [`CONNECTION_CHANNEL`] (`0xFFFF_FFFF`) for connection-level kinds; a kind on the wrong side of that line is [`FrameError::BadChannel`] |
-//! | 16     | 4    | `seq`      | BUFFER and EVENT: per-channel sequence number in wire order, from 0. Otherwise 0 |
-//! | 20     | 4    | `arg`      | per kind (table below) |
-//! | 24     | 8    | `arg64`    | per kind (table below) |
+//! | offset | size | field        | rule |
+//! |-------:|-----:|--------------|------|
+//! | 0      | 4    | `magic`      | ASCII `CSNF` (43 53 4E 46), else [`FrameError::BadMagic`] |
+//! | 4      | 1    | `version`    | [`VERSION`] (2), else [`FrameError::UnsupportedVersion`] |
+//! | 5      | 1    | `kind`       | a [`FrameKind`] id (1..=13), else [`FrameError::UnknownKind`] |
+//! | 6      | 2    | `flags`      | EVENT: bit 0 = priority, set exactly for unaligned barriers. Every other bit, and every bit of other kinds, is 0, else [`FrameError::ReservedBits`] |
+//! | 8      | 4    | `body_len`   | body bytes after the header, checked per kind before any body byte is read |
+//! | 12     | 4    | `channel`    | channel-level kinds: the channel's index in the job's execution plan (not `0xFFFF_FFFF`); every other kind: [`CONNECTION_CHANNEL`] (`0xFFFF_FFFF`); else [`FrameError::BadChannel`] |
+//! | 16     | 4    | `seq`        | BUFFER and EVENT: per-channel sequence number in wire order, from 0. Otherwise 0 |
+//! | 20     | 4    | `arg`        | per kind (table below) |
+//! | 24     | 8    | `arg64`      | per kind (table below) |
+//! | 32     | 8    | `deployment` | job-level and channel-level kinds: the job deployment the frame belongs to (not 0); connection-level kinds: 0; ERROR: either; else [`FrameError::BadDeployment`] |
 //!
 //! A field the table marks 0 must be 0 ([`FrameError::ReservedField`]), so every frame has
 //! exactly one encoding: decoding and encoding again gives the same bytes.
 //!
+//! A *deployment* is one attempt of one job: the JobManager gives every attempt a new random
+//! non-zero `u64`, so frames of an earlier attempt (a restart) are never taken for the current
+//! one's. Channel indexes are the job's own; two jobs on one connection may use the same ones.
+//!
 //! # Messages
 //!
-//! | id | kind | direction | channel | arg | arg64 | body |
-//! |---:|------|-----------|---------|-----|-------|------|
-//! | 1 | HELLO | both, first frame | CONN | sender TM index | job fingerprint | 16 B: `tm_count u32, pid u32, heartbeat_ms u32, channels u32` |
-//! | 2 | PARTITION_REQUEST | consumer → producer | ch | initial credit (≥ 1) | 0 | none |
-//! | 3 | ADD_CREDIT | consumer → producer | ch | credits (≥ 1) | 0 | none |
-//! | 4 | BUFFER | producer → consumer | ch | sender backlog after this buffer | 0 | the record buffer, 8..=32768 B |
-//! | 5 | BACKLOG | producer → consumer | ch | backlog | 0 | none |
-//! | 6 | EVENT | producer → consumer | ch | event code | field a | 8 B: field b |
-//! | 7 | HEARTBEAT | both | CONN | 0 | 0 | none |
-//! | 8 | CANCEL | both | CONN | 0 | 0 | UTF-8 reason, ≤ 1024 B |
-//! | 9 | CLOSE | both | CONN | 0 | 0 | none |
-//! | 10 | ERROR | both | CONN | [`ErrorCode`]: 1 protocol, 2 job failed, 3 handshake mismatch | 0 | UTF-8 message, ≤ 1024 B |
+//! | id | kind | level | direction | arg | arg64 | body |
+//! |---:|------|-------|-----------|-----|-------|------|
+//! | 1 | HELLO | connection | both, first frame | 0 | 0 | 88 B: `tm_id [16], cluster_token [32], nonce [32], pid u32, heartbeat_ms u32` |
+//! | 2 | PARTITION_REQUEST | channel | consumer → producer | initial credit (≥ 1) | 0 | none |
+//! | 3 | ADD_CREDIT | channel | consumer → producer | credits (≥ 1) | 0 | none |
+//! | 4 | BUFFER | channel | producer → consumer | sender backlog after this buffer | 0 | the record buffer, 8..=32768 B |
+//! | 5 | BACKLOG | channel | producer → consumer | backlog | 0 | none |
+//! | 6 | EVENT | channel | producer → consumer | event code | field a | 8 B: field b |
+//! | 7 | HEARTBEAT | connection | both | 0 | 0 | none |
+//! | 8 | CANCEL | job | both | 0 | 0 | UTF-8 reason, ≤ 1024 B |
+//! | 9 | CLOSE | connection | both | 0 | 0 | none |
+//! | 10 | ERROR | connection (deployment 0) or job | both | [`ErrorCode`] | 0 | UTF-8 message, ≤ 1024 B |
+//! | 11 | AUTH | connection | both, second frame | 0 | 0 | 32 B: HMAC-SHA256 (see [`crate::handshake`]) |
+//! | 12 | JOB_OPEN | job | each side that runs the job | channel count of the plan (≥ 1) | job fingerprint | none |
+//! | 13 | JOB_CLOSE | job | both | 0 | 0 | none |
 //!
 //! A kind with a fixed body length is checked exactly ([`FrameError::BadLength`]); a kind with
 //! a maximum is checked against it ([`FrameError::Oversized`]). A BUFFER body under 8 bytes is
 //! `BadLength`; over [`BUFFER_SIZE`] it is `Oversized`, refused from the header alone, before
-//! anything is allocated or read. Credit of 0 is [`FrameError::ZeroCredit`]; an ERROR code
-//! outside 1..=3 is [`FrameError::UnknownErrorCode`]; text that is not UTF-8 is
-//! [`FrameError::InvalidUtf8`]. The largest frame is [`MAX_FRAME_BYTES`] = 32 + 32768 bytes.
+//! anything is allocated or read. Credit of 0 is [`FrameError::ZeroCredit`]; a JOB_OPEN with 0
+//! channels is [`FrameError::NoChannels`]; an ERROR code outside 1..=4 is
+//! [`FrameError::UnknownErrorCode`], and codes 2 and 4, which concern one job, with deployment
+//! 0 are [`FrameError::ErrorCodeNeedsJob`]; text that is not UTF-8 is
+//! [`FrameError::InvalidUtf8`]. The largest frame is [`MAX_FRAME_BYTES`] = 40 + 32768 bytes.
+//!
+//! # Connection
+//!
+//! Each side sends HELLO, then, once it has the peer's HELLO, AUTH with the MAC of both HELLOs
+//! and its role ([`crate::handshake`]). The receiver checks the HELLO (same cluster token, same
+//! heartbeat interval, the expected TaskManager, the lower id dials) and verifies the AUTH;
+//! nothing but HEARTBEAT and ERROR is admitted between the peer's HELLO and its verified AUTH
+//! ([`FrameError::BeforeAuth`]). A refused handshake is answered with `ERROR(3)` and ends the
+//! connection; so does a HELLO of another version (the version byte is checked first).
+//!
+//! A side sends CLOSE when it will open no more jobs and holds no job state for the connection
+//! (every job it knows has exchanged its end frames, below); it then sends nothing more. The
+//! connection ends once both sides have sent CLOSE. HEARTBEAT keeps an idle connection alive.
+//! A connection-level ERROR (deployment 0, code 1 or 3) ends the connection and fails every
+//! job on it.
+//!
+//! # Jobs on a connection
+//!
+//! Every side that runs a deployment with channels crossing the connection sends
+//! JOB_OPEN {deployment, fingerprint, channel count} before any other frame of it; the two
+//! JOB_OPENs must agree on fingerprint and channel count, else the receiver fails the job with
+//! `ERROR(3)` for that deployment. Frames of a deployment the sender has not opened are a
+//! connection error ([`FrameError::JobNotOpened`]), except an end frame (below) of a
+//! deployment the receiver has opened. A producer sends nothing on a channel before the
+//! consumer's PARTITION_REQUEST for it.
+//!
+//! A PARTITION_REQUEST (and ADD_CREDIT after it) for a deployment this side has opened the job
+//! but not registered yet waits, at most [`crate::remote::MAX_PENDING_REQUESTS`] per connection,
+//! until the job is registered here; a deployment opened by only one side for longer than the
+//! open timeout fails on the side that notices with `ERROR(4)` (not deployed). Flink retries
+//! PartitionNotFound with backoff instead; a bounded wait here needs no retry traffic.
+//!
+//! Each side ends its part of a deployment with exactly one *end frame*: JOB_CLOSE when every
+//! channel of the job on this connection has ended (EndOfPartition sent and received; a
+//! JOB_CLOSE while a channel is open is [`FrameError::JobClosedEarly`]), CANCEL (cancelled here),
+//! or ERROR with the deployment (failed here: 1 a frame of the job broke the protocol, 2 the job
+//! failed, 3 the JOB_OPENs disagree, 4 not deployed). A side that receives the peer's end frame
+//! before sending its own answers with JOB_CLOSE. After its end frame a side sends nothing more
+//! for the deployment; frames of the peer that were already in flight are read and dropped.
+//! Once a side has sent and received an end frame the deployment is gone from the connection.
+//! One job's end, failure or cancellation never touches the other jobs on the connection.
 //!
 //! # Events (EVENT frames)
 //!
@@ -66,7 +118,7 @@
 //! A BUFFER body is exactly the written part of a producer's [`crate::Buffer`], in the record
 //! layout of [`crate::record`]: a `u32` record count, a `u32` reserved 0, then per record an
 //! 8-byte header at an offset ≡ 8 (mod 16) and the archive at a 16-aligned offset. The receiver
-//! reads the 32-byte header, takes a fresh pooled buffer and reads exactly `body_len` bytes to
+//! reads the 40-byte header, takes a fresh pooled buffer and reads exactly `body_len` bytes to
 //! its offset 0. Pool buffers start on a 4 KiB boundary, so every archive is 16-byte aligned in
 //! memory and rkyv (`aligned`, `little_endian`, `pointer_width_32`) reads it in place with no
 //! fix-up. Offsets in the byte stream therefore never matter, and the stream has no alignment
@@ -76,10 +128,8 @@
 //! # Versioning
 //!
 //! Any change to the header or to a body layout bumps [`VERSION`]. A receiver accepts exactly
-//! the versions it implements (today only 1) and answers any other with `ERROR(3)`. HELLO
-//! carries the job fingerprint, so two builds whose plans differ fail at the handshake instead
-//! of exchanging mislabeled channels; the receiver also checks the sender's index, the
-//! TaskManager and channel counts, and that both sides beat at the same heartbeat interval.
+//! the versions it implements (today only 2) and answers any other with `ERROR(3)`. Version 1
+//! had a 32-byte header, one connection per job and the job fingerprint in HELLO.
 //!
 //! # Reading a stream
 //!
@@ -93,24 +143,31 @@ use thiserror::Error;
 use crate::buffer::BUFFER_SIZE;
 use crate::error::BufferError;
 use crate::event::{BarrierKind, Event, WatermarkStatus};
-use crate::record::{deserialize, validate_buffer, Data, RecordIter};
+use crate::handshake::{TmId, MAC_BYTES};
+
+pub use crate::fuzz::{fuzz_one, fuzz_session_hello};
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"CSNF";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Size of every frame header.
-pub const HEADER_BYTES: usize = 32;
-/// Channel of connection-level frames (HELLO, HEARTBEAT, CANCEL, CLOSE, ERROR).
+pub const HEADER_BYTES: usize = 40;
+/// Channel of connection-level and job-level frames.
 pub const CONNECTION_CHANNEL: u32 = u32::MAX;
+/// Deployment of connection-level frames.
+pub const CONNECTION_DEPLOYMENT: u64 = 0;
 /// Largest CANCEL reason or ERROR message.
 pub const MAX_TEXT_BYTES: usize = 1024;
 /// Smallest BUFFER body: the record count and its reserved word.
 pub const MIN_BUFFER_BODY_BYTES: usize = 8;
 /// Largest frame on the wire: a header and a full buffer.
 pub const MAX_FRAME_BYTES: usize = HEADER_BYTES + BUFFER_SIZE;
+/// Body of a HELLO.
+pub const HELLO_BODY_BYTES: usize = 88;
+/// A whole HELLO frame, as the AUTH transcript takes it.
+pub const HELLO_FRAME_BYTES: usize = HEADER_BYTES + HELLO_BODY_BYTES;
 
-const HELLO_BODY_BYTES: usize = 16;
 const EVENT_BODY_BYTES: usize = 8;
 const PRIORITY_FLAG: u16 = 1;
 
@@ -128,10 +185,27 @@ pub enum FrameKind {
     Cancel = 8,
     Close = 9,
     Error = 10,
+    Auth = 11,
+    JobOpen = 12,
+    JobClose = 13,
+}
+
+/// Which part of the connection a kind concerns, and so which `channel` and `deployment` it
+/// carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameLevel {
+    /// The connection: no channel, deployment 0.
+    Connection,
+    /// One job: no channel, a deployment.
+    Job,
+    /// One channel of one job.
+    Channel,
+    /// ERROR: the connection (deployment 0) or one job.
+    ConnectionOrJob,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 10] = [
+    pub const ALL: [FrameKind; 13] = [
         FrameKind::Hello,
         FrameKind::PartitionRequest,
         FrameKind::AddCredit,
@@ -142,6 +216,9 @@ impl FrameKind {
         FrameKind::Cancel,
         FrameKind::Close,
         FrameKind::Error,
+        FrameKind::Auth,
+        FrameKind::JobOpen,
+        FrameKind::JobClose,
     ];
 
     pub fn from_id(id: u8) -> Option<Self> {
@@ -164,21 +241,35 @@ impl FrameKind {
             FrameKind::Cancel => "CANCEL",
             FrameKind::Close => "CLOSE",
             FrameKind::Error => "ERROR",
+            FrameKind::Auth => "AUTH",
+            FrameKind::JobOpen => "JOB_OPEN",
+            FrameKind::JobClose => "JOB_CLOSE",
         }
     }
 
-    /// Whether frames of this kind belong to the connection rather than to one channel.
+    pub fn level(self) -> FrameLevel {
+        match self {
+            FrameKind::Hello | FrameKind::Auth | FrameKind::Heartbeat | FrameKind::Close => FrameLevel::Connection,
+            FrameKind::JobOpen | FrameKind::JobClose | FrameKind::Cancel => FrameLevel::Job,
+            FrameKind::PartitionRequest
+            | FrameKind::AddCredit
+            | FrameKind::Buffer
+            | FrameKind::Backlog
+            | FrameKind::Event => FrameLevel::Channel,
+            FrameKind::Error => FrameLevel::ConnectionOrJob,
+        }
+    }
+
+    /// Whether frames of this kind use [`CONNECTION_CHANNEL`] rather than one channel.
     pub fn is_connection_level(self) -> bool {
-        matches!(
-            self,
-            FrameKind::Hello | FrameKind::Heartbeat | FrameKind::Cancel | FrameKind::Close | FrameKind::Error
-        )
+        self.level() != FrameLevel::Channel
     }
 
     /// Smallest and largest body this kind may declare.
     pub fn body_bytes_range(self) -> (u32, u32) {
         match self {
             FrameKind::Hello => (HELLO_BODY_BYTES as u32, HELLO_BODY_BYTES as u32),
+            FrameKind::Auth => (MAC_BYTES as u32, MAC_BYTES as u32),
             FrameKind::Buffer => (MIN_BUFFER_BODY_BYTES as u32, BUFFER_SIZE as u32),
             FrameKind::Event => (EVENT_BODY_BYTES as u32, EVENT_BODY_BYTES as u32),
             FrameKind::Cancel | FrameKind::Error => (0, MAX_TEXT_BYTES as u32),
@@ -186,7 +277,9 @@ impl FrameKind {
             | FrameKind::AddCredit
             | FrameKind::Backlog
             | FrameKind::Heartbeat
-            | FrameKind::Close => (0, 0),
+            | FrameKind::Close
+            | FrameKind::JobOpen
+            | FrameKind::JobClose => (0, 0),
         }
     }
 
@@ -195,16 +288,30 @@ impl FrameKind {
         matches!(self, FrameKind::PartitionRequest | FrameKind::AddCredit)
     }
 
+    /// Whether a frame of this kind ends the sender's part of a deployment.
+    pub fn is_job_end(self) -> bool {
+        matches!(self, FrameKind::JobClose | FrameKind::Cancel | FrameKind::Error)
+    }
+
     fn uses_seq(self) -> bool {
         matches!(self, FrameKind::Buffer | FrameKind::Event)
     }
 
     fn uses_arg(self) -> bool {
-        !matches!(self, FrameKind::Heartbeat | FrameKind::Cancel | FrameKind::Close)
+        matches!(
+            self,
+            FrameKind::PartitionRequest
+                | FrameKind::AddCredit
+                | FrameKind::Buffer
+                | FrameKind::Backlog
+                | FrameKind::Event
+                | FrameKind::Error
+                | FrameKind::JobOpen
+        )
     }
 
     fn uses_arg64(self) -> bool {
-        matches!(self, FrameKind::Hello | FrameKind::Event)
+        matches!(self, FrameKind::Event | FrameKind::JobOpen)
     }
 }
 
@@ -218,13 +325,17 @@ impl std::fmt::Display for FrameKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum ErrorCode {
-    /// The sender received a frame that broke the protocol.
+    /// The sender received a frame that broke the protocol: for the connection (deployment 0)
+    /// or for one job's frames.
     Protocol = 1,
-    /// The job failed at the sender.
+    /// The job failed at the sender (needs a deployment).
     JobFailed = 2,
-    /// The handshake did not match: job fingerprint, TaskManager index or count, channel count
-    /// or heartbeat interval.
+    /// The handshake failed (deployment 0: cluster token, MAC, version, heartbeat, peer id), or
+    /// the two JOB_OPENs of a deployment disagree (fingerprint, channel count).
     HandshakeMismatch = 3,
+    /// The deployment was not registered at the sender within its open timeout (needs a
+    /// deployment).
+    NotDeployed = 4,
 }
 
 impl ErrorCode {
@@ -233,6 +344,7 @@ impl ErrorCode {
             1 => Some(ErrorCode::Protocol),
             2 => Some(ErrorCode::JobFailed),
             3 => Some(ErrorCode::HandshakeMismatch),
+            4 => Some(ErrorCode::NotDeployed),
             _ => None,
         }
     }
@@ -240,10 +352,16 @@ impl ErrorCode {
     pub fn code(self) -> u32 {
         self as u32
     }
+
+    /// Whether an ERROR with this code must name a deployment.
+    pub fn needs_job(self) -> bool {
+        matches!(self, ErrorCode::JobFailed | ErrorCode::NotDeployed)
+    }
 }
 
-/// A frame the codec refuses, naming what it saw. Every variant is a protocol error of the peer
-/// (or, from an encoder, a message no peer would accept): retrying the same bytes cannot help.
+/// A frame the codec or the session refuses, naming what it saw. Every variant is a protocol
+/// error of the peer (or, from an encoder, a message no peer would accept): retrying the same
+/// bytes cannot help.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum FrameError {
     #[error("bad frame magic {found:02x?} (expected \"CSNF\"): the peer does not speak the corestream protocol")]
@@ -261,28 +379,57 @@ pub enum FrameError {
     #[error("frame needs {len} bytes but only {available} are there (truncated, or a length past the end)")]
     LengthPastEnd { len: usize, available: usize },
     #[error(
-        "{kind} frame on channel {channel:#x}: connection-level kinds use channel 0xffffffff, channel kinds any other"
+        "{kind} frame on channel {channel:#x}: connection- and job-level kinds use channel 0xffffffff, channel kinds any other"
     )]
     BadChannel { kind: FrameKind, channel: u32 },
+    #[error(
+        "{kind} frame with deployment {deployment:#018x}: connection-level kinds use deployment 0, job and channel kinds any other"
+    )]
+    BadDeployment { kind: FrameKind, deployment: u64 },
     #[error("{kind} frame with {field} = {value}, which must be 0 for this kind")]
     ReservedField { kind: FrameKind, field: &'static str, value: u64 },
     #[error("{kind} frame on channel {channel} grants 0 credits (at least 1 required)")]
     ZeroCredit { kind: FrameKind, channel: u32 },
+    #[error("JOB_OPEN of deployment {deployment:#018x} declares 0 channels")]
+    NoChannels { deployment: u64 },
     #[error("ERROR frame with unknown error code {code}")]
     UnknownErrorCode { code: u32 },
+    #[error("ERROR code {code} concerns one job but the frame names no deployment")]
+    ErrorCodeNeedsJob { code: u32 },
     #[error("{kind} frame text is not UTF-8 (valid up to byte {valid_up_to})")]
     InvalidUtf8 { kind: FrameKind, valid_up_to: usize },
     #[error("unknown event code {code}")]
     UnknownEvent { code: u32 },
     #[error("invalid event (code {code}): {reason}")]
     InvalidEvent { code: u32, reason: &'static str },
-    // Session state (checked by `remote::PeerSession` before a frame's body is read).
+    // Connection state (checked by `remote::PeerSession` before a frame's body is read).
     #[error("{kind} frame before the peer's HELLO")]
     MissingHello { kind: FrameKind },
     #[error("second HELLO from the peer")]
     UnexpectedHello,
-    #[error("HELLO does not match this side: {field} is {found}, expected {expected}")]
-    HandshakeMismatch { field: &'static str, expected: u64, found: u64 },
+    #[error("{kind} frame before the peer's AUTH was verified")]
+    BeforeAuth { kind: FrameKind },
+    #[error("second AUTH from the peer")]
+    UnexpectedAuth,
+    #[error("{kind} frame after the peer's CLOSE")]
+    AfterClose { kind: FrameKind },
+    #[error("CLOSE while {open_jobs} deployments the peer opened have not ended")]
+    ClosedEarly { open_jobs: u32 },
+    #[error("the peer opened more than {limit} deployments on one connection")]
+    TooManyJobs { limit: usize },
+    #[error("the peer sent more than {limit} PARTITION_REQUESTs for jobs not registered here yet")]
+    TooManyPending { limit: usize },
+    #[error("{kind} frame for deployment {deployment:#018x}, which the peer has not opened")]
+    JobNotOpened { kind: FrameKind, deployment: u64 },
+    #[error("second JOB_OPEN for deployment {deployment:#018x}")]
+    DuplicateJobOpen { deployment: u64 },
+    #[error("{kind} frame for deployment {deployment:#018x} after the peer ended it")]
+    AfterJobEnd { kind: FrameKind, deployment: u64 },
+    // One job's state: the session fails that job alone (ERROR with its deployment).
+    #[error("JOB_OPEN disagrees: {field} is {found} at the peer, {expected} here")]
+    JobMismatch { field: &'static str, expected: u64, found: u64 },
+    #[error("JOB_CLOSE while {open_channels} channels of the job on this connection have not ended")]
+    JobClosedEarly { open_channels: u32 },
     #[error("frame for channel {channel}, which does not cross this connection")]
     UnknownChannel { channel: u32 },
     #[error("{kind} frame on channel {channel} travels the wrong way (this side is not the channel's {})", if kind.is_sent_by_consumer() { "producer" } else { "consumer" })]
@@ -301,10 +448,6 @@ pub enum FrameError {
     CreditBeforeRequest { channel: u32 },
     #[error("ADD_CREDIT of {credit} on channel {channel} overflows its credit counter")]
     CreditOverflow { channel: u32, credit: u32 },
-    #[error("CLOSE while {open_channels} channels of the connection have not ended")]
-    ClosedEarly { open_channels: u32 },
-    #[error("{kind} frame after the peer's CLOSE")]
-    AfterClose { kind: FrameKind },
     #[error("BUFFER on channel {channel}: {error}")]
     InvalidBuffer { channel: u32, error: BufferError },
 }
@@ -321,6 +464,7 @@ pub struct FrameHeader {
     pub seq: u32,
     pub arg: u32,
     pub arg64: u64,
+    pub deployment: u64,
 }
 
 impl FrameHeader {
@@ -335,6 +479,7 @@ impl FrameHeader {
         out[16..20].copy_from_slice(&self.seq.to_le_bytes());
         out[20..24].copy_from_slice(&self.arg.to_le_bytes());
         out[24..32].copy_from_slice(&self.arg64.to_le_bytes());
+        out[32..40].copy_from_slice(&self.deployment.to_le_bytes());
         out
     }
 
@@ -354,9 +499,16 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
+fn array<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[at..at + N]);
+    out
+}
+
 /// Parses and checks a frame header: everything the protocol says about a header that needs no
-/// session state (magic, version, kind, flags, per-kind body length and maximum, channel side,
-/// zero fields, credit, error code). A streaming reader calls this before reading the body.
+/// session state (magic, version, kind, flags, per-kind body length and maximum, channel and
+/// deployment level, zero fields, credit, channel count, error code). A streaming reader calls
+/// this before reading the body.
 pub fn decode_header(bytes: &[u8; HEADER_BYTES]) -> Result<FrameHeader, FrameError> {
     let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
     if magic != MAGIC {
@@ -374,6 +526,7 @@ pub fn decode_header(bytes: &[u8; HEADER_BYTES]) -> Result<FrameHeader, FrameErr
         seq: le_u32(bytes, 16),
         arg: le_u32(bytes, 20),
         arg64: le_u64(bytes, 24),
+        deployment: le_u64(bytes, 32),
     };
     check_header(&header)?;
     Ok(header)
@@ -397,6 +550,14 @@ fn check_header(h: &FrameHeader) -> Result<(), FrameError> {
     if h.kind.is_connection_level() != (h.channel == CONNECTION_CHANNEL) {
         return Err(FrameError::BadChannel { kind: h.kind, channel: h.channel });
     }
+    let deployment_ok = match h.kind.level() {
+        FrameLevel::Connection => h.deployment == CONNECTION_DEPLOYMENT,
+        FrameLevel::Job | FrameLevel::Channel => h.deployment != CONNECTION_DEPLOYMENT,
+        FrameLevel::ConnectionOrJob => true,
+    };
+    if !deployment_ok {
+        return Err(FrameError::BadDeployment { kind: h.kind, deployment: h.deployment });
+    }
     let zero_fields = [
         ("seq", !h.kind.uses_seq(), u64::from(h.seq)),
         ("arg", !h.kind.uses_arg(), u64::from(h.arg)),
@@ -409,7 +570,14 @@ fn check_header(h: &FrameHeader) -> Result<(), FrameError> {
         FrameKind::PartitionRequest | FrameKind::AddCredit if h.arg == 0 => {
             Err(FrameError::ZeroCredit { kind: h.kind, channel: h.channel })
         }
-        FrameKind::Error if ErrorCode::from_code(h.arg).is_none() => Err(FrameError::UnknownErrorCode { code: h.arg }),
+        FrameKind::JobOpen if h.arg == 0 => Err(FrameError::NoChannels { deployment: h.deployment }),
+        FrameKind::Error => match ErrorCode::from_code(h.arg) {
+            None => Err(FrameError::UnknownErrorCode { code: h.arg }),
+            Some(code) if code.needs_job() && h.deployment == CONNECTION_DEPLOYMENT => {
+                Err(FrameError::ErrorCodeNeedsJob { code: h.arg })
+            }
+            Some(_) => Ok(()),
+        },
         _ => Ok(()),
     }
 }
@@ -417,31 +585,72 @@ fn check_header(h: &FrameHeader) -> Result<(), FrameError> {
 /// The first frame each side sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Hello {
-    /// Index of the sending TaskManager.
-    pub sender_tm: u32,
-    /// Fingerprint of the job's execution plan; both sides must agree.
-    pub job_fingerprint: u64,
-    pub tm_count: u32,
+    /// The sending TaskManager process.
+    pub tm: TmId,
+    /// The token of the sender's cluster; the receiver refuses another cluster's.
+    pub cluster_token: [u8; MAC_BYTES],
+    /// Fresh per connection: makes the AUTH transcript unique.
+    pub nonce: [u8; MAC_BYTES],
     pub pid: u32,
-    /// Interval after which an idle side sends HEARTBEAT.
+    /// Interval after which an idle side sends HEARTBEAT; both sides must agree.
     pub heartbeat_ms: u32,
-    /// Number of channels in the job's execution plan.
-    pub channels: u32,
 }
 
 /// One decoded frame. Borrowed parts (payload, text) point into the bytes it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
     Hello(Hello),
-    PartitionRequest { channel: u32, initial_credit: u32 },
-    AddCredit { channel: u32, credit: u32 },
-    Buffer { channel: u32, seq: u32, backlog: u32, payload: &'a [u8] },
-    Backlog { channel: u32, backlog: u32 },
-    Event { channel: u32, seq: u32, event: Event },
+    Auth {
+        mac: [u8; MAC_BYTES],
+    },
+    JobOpen {
+        deployment: u64,
+        fingerprint: u64,
+        channels: u32,
+    },
+    JobClose {
+        deployment: u64,
+    },
+    PartitionRequest {
+        deployment: u64,
+        channel: u32,
+        initial_credit: u32,
+    },
+    AddCredit {
+        deployment: u64,
+        channel: u32,
+        credit: u32,
+    },
+    Buffer {
+        deployment: u64,
+        channel: u32,
+        seq: u32,
+        backlog: u32,
+        payload: &'a [u8],
+    },
+    Backlog {
+        deployment: u64,
+        channel: u32,
+        backlog: u32,
+    },
+    Event {
+        deployment: u64,
+        channel: u32,
+        seq: u32,
+        event: Event,
+    },
     Heartbeat,
-    Cancel { reason: &'a str },
+    Cancel {
+        deployment: u64,
+        reason: &'a str,
+    },
     Close,
-    Error { code: ErrorCode, message: &'a str },
+    /// `deployment` 0: the connection failed; otherwise that job did.
+    Error {
+        deployment: u64,
+        code: ErrorCode,
+        message: &'a str,
+    },
 }
 
 /// Body of an encoded frame: small fixed bodies are held inline, payloads and text borrowed.
@@ -484,12 +693,24 @@ impl<'a> EncodedFrame<'a> {
         out.extend_from_slice(&self.header);
         out.extend_from_slice(self.body());
     }
+
+    /// The frame with its body copied inline, if it fits there (every kind but BUFFER, and
+    /// CANCEL or ERROR with more than 88 bytes of text).
+    pub fn to_static(&self) -> Option<EncodedFrame<'static>> {
+        let body = self.body();
+        let mut bytes = [0u8; HELLO_BODY_BYTES];
+        bytes.get_mut(..body.len())?.copy_from_slice(body);
+        Some(EncodedFrame { header: self.header, body: Body::Inline { bytes, len: body.len() } })
+    }
 }
 
 impl<'a> Message<'a> {
     pub fn kind(&self) -> FrameKind {
         match self {
             Message::Hello(_) => FrameKind::Hello,
+            Message::Auth { .. } => FrameKind::Auth,
+            Message::JobOpen { .. } => FrameKind::JobOpen,
+            Message::JobClose { .. } => FrameKind::JobClose,
             Message::PartitionRequest { .. } => FrameKind::PartitionRequest,
             Message::AddCredit { .. } => FrameKind::AddCredit,
             Message::Buffer { .. } => FrameKind::Buffer,
@@ -510,11 +731,24 @@ impl<'a> Message<'a> {
             | Message::Buffer { channel, .. }
             | Message::Backlog { channel, .. }
             | Message::Event { channel, .. } => channel,
-            Message::Hello(_)
-            | Message::Heartbeat
-            | Message::Cancel { .. }
-            | Message::Close
-            | Message::Error { .. } => CONNECTION_CHANNEL,
+            _ => CONNECTION_CHANNEL,
+        }
+    }
+
+    /// The deployment of a job- or channel-level message (or of a job's ERROR); 0 for the
+    /// others.
+    pub fn deployment(&self) -> u64 {
+        match *self {
+            Message::JobOpen { deployment, .. }
+            | Message::JobClose { deployment }
+            | Message::PartitionRequest { deployment, .. }
+            | Message::AddCredit { deployment, .. }
+            | Message::Buffer { deployment, .. }
+            | Message::Backlog { deployment, .. }
+            | Message::Event { deployment, .. }
+            | Message::Cancel { deployment, .. }
+            | Message::Error { deployment, .. } => deployment,
+            Message::Hello(_) | Message::Auth { .. } | Message::Heartbeat | Message::Close => CONNECTION_DEPLOYMENT,
         }
     }
 
@@ -522,17 +756,34 @@ impl<'a> Message<'a> {
     /// through the same checks as [`decode_header`].
     pub fn encode(&self) -> Result<EncodedFrame<'a>, FrameError> {
         let kind = self.kind();
-        let mut header = FrameHeader { kind, flags: 0, body_len: 0, channel: self.channel(), seq: 0, arg: 0, arg64: 0 };
+        let mut header = FrameHeader {
+            kind,
+            flags: 0,
+            body_len: 0,
+            channel: self.channel(),
+            seq: 0,
+            arg: 0,
+            arg64: 0,
+            deployment: self.deployment(),
+        };
         let mut inline = [0u8; HELLO_BODY_BYTES];
         let body = match *self {
             Message::Hello(hello) => {
-                header.arg = hello.sender_tm;
-                header.arg64 = hello.job_fingerprint;
-                for (i, word) in [hello.tm_count, hello.pid, hello.heartbeat_ms, hello.channels].into_iter().enumerate()
-                {
-                    inline[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
-                }
+                inline[0..16].copy_from_slice(&hello.tm.0);
+                inline[16..48].copy_from_slice(&hello.cluster_token);
+                inline[48..80].copy_from_slice(&hello.nonce);
+                inline[80..84].copy_from_slice(&hello.pid.to_le_bytes());
+                inline[84..88].copy_from_slice(&hello.heartbeat_ms.to_le_bytes());
                 Body::Inline { bytes: inline, len: HELLO_BODY_BYTES }
+            }
+            Message::Auth { mac } => {
+                inline[..MAC_BYTES].copy_from_slice(&mac);
+                Body::Inline { bytes: inline, len: MAC_BYTES }
+            }
+            Message::JobOpen { fingerprint, channels, .. } => {
+                header.arg = channels;
+                header.arg64 = fingerprint;
+                Body::Borrowed(&[])
             }
             Message::PartitionRequest { initial_credit: credit, .. } | Message::AddCredit { credit, .. } => {
                 header.arg = credit;
@@ -556,9 +807,9 @@ impl<'a> Message<'a> {
                 inline[..EVENT_BODY_BYTES].copy_from_slice(&wire.b.to_le_bytes());
                 Body::Inline { bytes: inline, len: EVENT_BODY_BYTES }
             }
-            Message::Heartbeat | Message::Close => Body::Borrowed(&[]),
-            Message::Cancel { reason } => Body::Borrowed(reason.as_bytes()),
-            Message::Error { code, message } => {
+            Message::Heartbeat | Message::Close | Message::JobClose { .. } => Body::Borrowed(&[]),
+            Message::Cancel { reason, .. } => Body::Borrowed(reason.as_bytes()),
+            Message::Error { code, message, .. } => {
                 header.arg = code.code();
                 Body::Borrowed(message.as_bytes())
             }
@@ -668,28 +919,33 @@ pub fn decode_body<'a>(header: &FrameHeader, body: &'a [u8]) -> Result<Message<'
     let body = body
         .get(..len)
         .ok_or(FrameError::LengthPastEnd { len: header.frame_len(), available: HEADER_BYTES + body.len() })?;
-    let channel = header.channel;
+    let (deployment, channel) = (header.deployment, header.channel);
     Ok(match header.kind {
         FrameKind::Hello => Message::Hello(Hello {
-            sender_tm: header.arg,
-            job_fingerprint: header.arg64,
-            tm_count: le_u32(body, 0),
-            pid: le_u32(body, 4),
-            heartbeat_ms: le_u32(body, 8),
-            channels: le_u32(body, 12),
+            tm: TmId(array(body, 0)),
+            cluster_token: array(body, 16),
+            nonce: array(body, 48),
+            pid: le_u32(body, 80),
+            heartbeat_ms: le_u32(body, 84),
         }),
-        FrameKind::PartitionRequest => Message::PartitionRequest { channel, initial_credit: header.arg },
-        FrameKind::AddCredit => Message::AddCredit { channel, credit: header.arg },
-        FrameKind::Buffer => Message::Buffer { channel, seq: header.seq, backlog: header.arg, payload: body },
-        FrameKind::Backlog => Message::Backlog { channel, backlog: header.arg },
+        FrameKind::Auth => Message::Auth { mac: array(body, 0) },
+        FrameKind::JobOpen => Message::JobOpen { deployment, fingerprint: header.arg64, channels: header.arg },
+        FrameKind::JobClose => Message::JobClose { deployment },
+        FrameKind::PartitionRequest => Message::PartitionRequest { deployment, channel, initial_credit: header.arg },
+        FrameKind::AddCredit => Message::AddCredit { deployment, channel, credit: header.arg },
+        FrameKind::Buffer => {
+            Message::Buffer { deployment, channel, seq: header.seq, backlog: header.arg, payload: body }
+        }
+        FrameKind::Backlog => Message::Backlog { deployment, channel, backlog: header.arg },
         FrameKind::Event => {
             let wire = WireEvent { code: header.arg, a: header.arg64, b: le_u64(body, 0), flags: header.flags };
-            Message::Event { channel, seq: header.seq, event: wire.into_event()? }
+            Message::Event { deployment, channel, seq: header.seq, event: wire.into_event()? }
         }
         FrameKind::Heartbeat => Message::Heartbeat,
-        FrameKind::Cancel => Message::Cancel { reason: text(FrameKind::Cancel, body)? },
+        FrameKind::Cancel => Message::Cancel { deployment, reason: text(FrameKind::Cancel, body)? },
         FrameKind::Close => Message::Close,
         FrameKind::Error => Message::Error {
+            deployment,
             code: ErrorCode::from_code(header.arg).ok_or(FrameError::UnknownErrorCode { code: header.arg })?,
             message: text(FrameKind::Error, body)?,
         },
@@ -709,294 +965,46 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Message<'_>, usize), FrameError> {
     Ok((message, header.frame_len()))
 }
 
-/// Fuzz entry point: decodes frames one after another until the input ends or a frame is
-/// refused, checks what the decoder returns and feeds every frame to a
-/// [`crate::remote::PeerSession`] as a peer would. It must never panic on any input; a panic is
-/// a bug of the codec or the session (or of the checks here, which hold for every accepted
-/// frame):
-/// - every accepted frame encodes back to exactly the bytes it was decoded from;
-/// - every BUFFER payload is copied to offset 0 of a pooled buffer, as a receiver does, and
-///   checked with [`validate_buffer`] as each of several record types; whatever validates is
-///   iterated in place and deserialized, so a hole in validation becomes a crash here (or an
-///   ASan report under libFuzzer) rather than undefined behaviour in a task;
-/// - the session is this side of the connection described by [`fuzz_session_hello`]: the input
-///   plays TaskManager 1. Inbound channels 0..=4 carry `(u64, u64)`, `String`,
-///   `(String, u64)`, `Vec<u8>` and a private enum record, 2 exclusive
-///   credits each and 4 floating; their consumer reads (in place and deserialized) and returns
-///   credit whenever a HEARTBEAT arrives, so the input also decides the consumer's speed.
-///   Outbound channels 5 and 6 each have two buffers and EndOfPartition waiting for credit.
-///   After every frame the session writes what it would send, which must decode again;
-/// - every pooled buffer is back in the pool at the end, on every path.
-///
-/// Returns the number of frames decoded, or the error of the first refused frame (by the
-/// decoder or the session).
-#[doc(hidden)]
-pub fn fuzz_one(data: &[u8]) -> Result<usize, FrameError> {
-    thread_local! {
-        static POOLS: (crate::pool::BufferPool, crate::pool::BufferPool) =
-            (crate::pool::BufferPool::new(2), crate::pool::BufferPool::new(FUZZ_SESSION_BUFFERS));
-    }
-    POOLS.with(|(codec_pool, session_pool)| {
-        let outcome = fuzz_session(codec_pool, session_pool, data);
-        assert_eq!(codec_pool.in_use(), 0, "a pooled buffer was not returned after decoding");
-        assert_eq!(session_pool.in_use(), 0, "the session or its channels kept a pooled buffer");
-        outcome
-    })
-}
-
-const FUZZ_OUTBOUND: [u32; 2] = [5, 6];
-const FUZZ_SESSION_BUFFERS: u32 = 24;
-
-/// The HELLO the fuzz session expects from the input (TaskManager 1 of 2, 7 channels).
-#[doc(hidden)]
-pub fn fuzz_session_hello() -> Hello {
-    Hello {
-        sender_tm: 1,
-        job_fingerprint: 0x5eed_f00d_cafe_0001,
-        tm_count: 2,
-        pid: 31337,
-        heartbeat_ms: 1000,
-        channels: 7,
-    }
-}
-
-struct FuzzSide {
-    session: crate::remote::PeerSession,
-    gate: crate::credit::InputGate,
-    outputs: Vec<crate::credit::OutputChannel>,
-    readers: [crate::record::BufferValidator; 5],
-}
-
-impl FuzzSide {
-    fn new(pool: &crate::pool::BufferPool) -> Self {
-        use crate::credit::{CreditConfig, InputGate, LocalChannel, OutputChannel};
-        use crate::doorbell::Doorbell;
-        use crate::record::{RecordWriter, Written};
-        let peer = fuzz_session_hello();
-        let local = Hello { sender_tm: 0, pid: 1, ..peer };
-        let identity = crate::remote::PeerIdentity {
-            tm: peer.sender_tm,
-            job_fingerprint: peer.job_fingerprint,
-            tm_count: peer.tm_count,
-            channels: peer.channels,
-        };
-        let mut session = crate::remote::PeerSession::new(local, identity, pool.clone());
-        let config = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 4, max_backlog_per_channel: 2 };
-        let bell = std::sync::Arc::new(Doorbell::new());
-        let validators: [crate::record::BufferValidator; 5] = [
-            validate_buffer::<(u64, u64)>,
-            validate_buffer::<String>,
-            validate_buffer::<(String, u64)>,
-            validate_buffer::<Vec<u8>>,
-            validate_buffer::<FuzzRecord>,
-        ];
-        let mut inbound = Vec::new();
-        for (id, validator) in validators.into_iter().enumerate() {
-            let ch = LocalChannel::new_remote_in(config.exclusive_per_channel, bell.clone(), bell.clone());
-            session.add_inbound(id as u32, ch.clone(), validator);
-            inbound.push(ch);
-        }
-        let mut outputs = Vec::new();
-        for id in FUZZ_OUTBOUND {
-            let ch = LocalChannel::new_remote_out(bell.clone(), bell.clone());
-            session.add_outbound(id, ch.clone());
-            let mut output = OutputChannel::new(ch, &config);
-            for i in 0..2u64 {
-                let mut buf = pool.take().expect("the fuzz pool holds the outbound buffers");
-                let written = RecordWriter::new().write(&mut buf, &(u64::from(id), i)).expect("a pair fits");
-                assert_eq!(written, Written::Done);
-                output.send_buffer(buf.freeze());
-            }
-            output.send_event(Event::EndOfPartition);
-            outputs.push(output);
-        }
-        let readers = [
-            read_validated::<(u64, u64)>,
-            read_validated::<String>,
-            read_validated::<(String, u64)>,
-            read_validated::<Vec<u8>>,
-            read_validated::<FuzzRecord>,
-        ];
-        Self { session, gate: InputGate::new(inbound, &config), outputs, readers }
-    }
-
-    /// The consumer reads everything queued and returns its credit.
-    fn drain(&mut self) {
-        use crate::credit::ChannelItem;
-        while let Some((c, item)) = self.gate.poll_next() {
-            if let ChannelItem::Buffer(buffer) = item {
-                let read = (self.readers[c])(buffer.as_slice());
-                assert!(read.is_ok(), "channel {c} delivered a buffer its validator refuses: {read:?}");
-                drop(buffer);
-                self.gate.release(c);
-            }
-        }
-    }
-
-    /// Producers ship what credit allows; the session writes its frames, which must decode.
-    fn write(&mut self) {
-        for output in &mut self.outputs {
-            output.try_send();
-        }
-        let mut out = Vec::new();
-        self.session.poll_outgoing(&mut out);
-        for frame in &out {
-            let header = decode_header(frame.header()).expect("the session writes valid headers");
-            decode_body(&header, frame.body()).expect("the session writes valid bodies");
-        }
-    }
-}
-
-fn fuzz_session(
-    codec_pool: &crate::pool::BufferPool,
-    session_pool: &crate::pool::BufferPool,
-    mut data: &[u8],
-) -> Result<usize, FrameError> {
-    use crate::remote::SessionError;
-    let mut side = FuzzSide::new(session_pool);
-    side.write();
-    let mut frames = 0;
-    let mut refused = None;
-    while !data.is_empty() {
-        let consumed = match check_frame(codec_pool, data) {
-            Ok(consumed) => consumed,
-            Err(e) => return Err(refused.unwrap_or(e)),
-        };
-        if refused.is_none() {
-            let header = decode_header(data[..HEADER_BYTES].try_into().expect("a whole header"))
-                .expect("check_frame accepted this header");
-            match side.session.on_frame(&header, &data[HEADER_BYTES..consumed]) {
-                Ok(_) => {
-                    if header.kind == FrameKind::Heartbeat {
-                        side.drain();
-                    }
-                    side.write();
-                }
-                Err(SessionError::Protocol(e)) => refused = Some(e),
-                Err(SessionError::Pool(e)) => panic!("credit admitted more buffers than the fuzz pool holds: {e}"),
-            }
-        }
-        frames += 1;
-        data = &data[consumed..];
-    }
-    if refused.is_none() {
-        side.drain();
-        side.write();
-    }
-    drop(side);
-    refused.map_or(Ok(frames), Err)
-}
-
-/// Decodes the frame at the start of `data`, checks that it encodes back to the same bytes
-/// and reads a BUFFER payload as every fuzz record type; returns the frame's length.
-fn check_frame(pool: &crate::pool::BufferPool, data: &[u8]) -> Result<usize, FrameError> {
-    let (message, consumed) = decode_frame(data)?;
-    let mut again = Vec::with_capacity(consumed);
-    let encoded_len = message.encode_into(&mut again).expect("an accepted frame encodes again");
-    assert_eq!(encoded_len, consumed, "re-encoded {} frame has another length", message.kind());
-    assert_eq!(&again[..], &data[..consumed], "re-encoded {} frame differs", message.kind());
-    if let Message::Buffer { payload, .. } = message {
-        let mut buf = pool.take().expect("the fuzz pool holds one buffer per frame");
-        buf.whole_mut()[..payload.len()].copy_from_slice(payload);
-        buf.set_len(payload.len());
-        let received = buf.freeze();
-        assert_eq!(received.as_slice(), payload);
-        read_as_every_type(received.as_slice());
-    }
-    Ok(consumed)
-}
-
-/// The codec checks of [`fuzz_one`] alone, on every frame of `data` (no session).
-#[cfg(test)]
-fn fuzz_codec(mut data: &[u8]) -> Result<usize, FrameError> {
-    let pool = crate::pool::BufferPool::new(1);
-    let mut frames = 0;
-    while !data.is_empty() {
-        data = &data[check_frame(&pool, data)?..];
-        frames += 1;
-    }
-    Ok(frames)
-}
-
-/// A record type with an enum tag, a `bool`, an `Option` and out-of-line data, so that fuzzed
-/// payloads reach every kind of check rkyv's validator makes.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
-enum FuzzRecord {
-    A(u64),
-    B(String),
-    C(Vec<u32>),
-    D { x: Option<i64>, y: bool },
-}
-
-fn read_as_every_type(payload: &[u8]) {
-    let _ = read_validated::<(u64, u64)>(payload);
-    let _ = read_validated::<String>(payload);
-    let _ = read_validated::<(String, u64)>(payload);
-    let _ = read_validated::<Vec<u8>>(payload);
-    let _ = read_validated::<FuzzRecord>(payload);
-}
-
-/// Validates `payload` as a buffer of `T`s and, if it passes, reads every record in place and
-/// deserializes it; returns the record count.
-fn read_validated<T: Data>(payload: &[u8]) -> Result<u32, BufferError> {
-    let count = validate_buffer::<T>(payload)?;
-    // SAFETY: `validate_buffer::<T>` accepted these bytes (layout walk and rkyv validation of
-    // every archive), which is the contract of `RecordIter::new` for bytes from elsewhere; they
-    // start at offset 0 of a pool buffer, so they are 16-byte aligned.
-    let records = unsafe { RecordIter::<T>::new(payload) };
-    let mut read = 0u32;
-    for archived in records {
-        std::hint::black_box(deserialize::<T>(archived));
-        read += 1;
-    }
-    assert_eq!(
-        read,
-        count,
-        "validate_buffer counted {count} records of {} but {read} were read",
-        std::any::type_name::<T>()
-    );
-    Ok(count)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzz::fuzz_codec;
     use proptest::prelude::*;
 
+    const D: u64 = 0x0123_4567_89ab_cdef;
+
     fn hello() -> Hello {
-        Hello {
-            sender_tm: 1,
-            job_fingerprint: 0xdead_beef_0123_4567,
-            tm_count: 2,
-            pid: 4242,
-            heartbeat_ms: 1000,
-            channels: 8,
-        }
+        Hello { tm: TmId([7; 16]), cluster_token: [0xc1; 32], nonce: [0x9e; 32], pid: 4242, heartbeat_ms: 1000 }
     }
 
     fn every_kind<'a>(payload: &'a [u8]) -> Vec<Message<'a>> {
         vec![
             Message::Hello(hello()),
-            Message::PartitionRequest { channel: 3, initial_credit: 2 },
-            Message::AddCredit { channel: 0, credit: 1 },
-            Message::Buffer { channel: 5, seq: 17, backlog: 3, payload },
-            Message::Backlog { channel: 5, backlog: 0 },
-            Message::Event { channel: 2, seq: 18, event: Event::Watermark(-5) },
+            Message::PartitionRequest { deployment: D, channel: 3, initial_credit: 2 },
+            Message::AddCredit { deployment: D, channel: 0, credit: 1 },
+            Message::Buffer { deployment: D, channel: 5, seq: 17, backlog: 3, payload },
+            Message::Backlog { deployment: D, channel: 5, backlog: 0 },
+            Message::Event { deployment: D, channel: 2, seq: 18, event: Event::Watermark(-5) },
             Message::Heartbeat,
-            Message::Cancel { reason: "job cancelled by the user" },
+            Message::Cancel { deployment: D, reason: "job cancelled by the user" },
             Message::Close,
-            Message::Error { code: ErrorCode::JobFailed, message: "task 3 failed: division by zero" },
+            Message::Error { deployment: D, code: ErrorCode::JobFailed, message: "task 3 failed: division by zero" },
+            Message::Auth { mac: [0xa5; 32] },
+            Message::JobOpen { deployment: D, fingerprint: 0xfeed, channels: 12 },
+            Message::JobClose { deployment: D },
         ]
     }
 
+    /// A valid header of `kind` with the smallest body.
     fn header(kind: FrameKind) -> FrameHeader {
         let (min, _) = kind.body_bytes_range();
         let channel = if kind.is_connection_level() { CONNECTION_CHANNEL } else { 0 };
         let arg = match kind {
-            FrameKind::PartitionRequest | FrameKind::AddCredit | FrameKind::Error => 1,
+            FrameKind::PartitionRequest | FrameKind::AddCredit | FrameKind::Error | FrameKind::JobOpen => 1,
             _ => 0,
         };
-        FrameHeader { kind, flags: 0, body_len: min, channel, seq: 0, arg, arg64: 0 }
+        let deployment = if kind.level() == FrameLevel::Connection { 0 } else { D };
+        FrameHeader { kind, flags: 0, body_len: min, channel, seq: 0, arg, arg64: 0, deployment }
     }
 
     fn frame(h: FrameHeader, body: &[u8]) -> Vec<u8> {
@@ -1009,7 +1017,11 @@ mod tests {
     fn every_kind_round_trips() {
         let payload = [1u8, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9];
         let messages = every_kind(&payload);
-        assert_eq!(messages.iter().map(Message::kind).collect::<Vec<_>>(), FrameKind::ALL.to_vec());
+        assert_eq!(messages.iter().map(Message::kind).collect::<Vec<_>>().len(), FrameKind::ALL.len());
+        for kind in FrameKind::ALL {
+            assert!(messages.iter().any(|m| m.kind() == kind), "{kind} is covered");
+            assert_eq!(FrameKind::from_id(kind.id()), Some(kind));
+        }
         let mut stream = Vec::new();
         for m in &messages {
             m.encode_into(&mut stream).unwrap();
@@ -1022,14 +1034,6 @@ mod tests {
         }
         assert!(rest.is_empty());
         assert_eq!(fuzz_codec(&stream), Ok(messages.len()));
-        assert_eq!(
-            fuzz_one(&stream),
-            Err(FrameError::HandshakeMismatch {
-                field: "job fingerprint",
-                expected: 0x5eed_f00d_cafe_0001,
-                found: 0xdead_beef_0123_4567
-            })
-        );
     }
 
     #[test]
@@ -1044,6 +1048,10 @@ mod tests {
             let header = decode_header(frame.header()).unwrap();
             assert_eq!(header.frame_len(), frame.len());
             assert_eq!(decode_body(&header, frame.body()).unwrap(), m);
+            match frame.to_static() {
+                Some(owned) => assert_eq!([&owned.header()[..], owned.body()].concat(), joined),
+                None => assert!(frame.body().len() > HELLO_BODY_BYTES, "{m:?}"),
+            }
         }
     }
 
@@ -1057,15 +1065,31 @@ mod tests {
             seq: 0x1122_3344,
             arg: 0x5566_7788,
             arg64: 0x0102_0304_0506_0708,
+            deployment: 0x1112_1314_1516_1718,
         };
         let bytes = h.encode();
-        assert_eq!(&bytes[0..6], b"CSNF\x01\x04");
+        assert_eq!(&bytes[0..6], b"CSNF\x02\x04");
         assert_eq!(&bytes[6..8], &[0, 0]);
         assert_eq!(&bytes[8..12], &[0x02, 0x01, 0, 0]);
         assert_eq!(&bytes[12..16], &[0x0d, 0x0c, 0x0b, 0x0a]);
         assert_eq!(&bytes[16..20], &[0x44, 0x33, 0x22, 0x11]);
         assert_eq!(&bytes[20..24], &[0x88, 0x77, 0x66, 0x55]);
         assert_eq!(&bytes[24..32], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&bytes[32..40], &[0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11]);
+    }
+
+    #[test]
+    fn hello_body_layout_is_fixed() {
+        let frame = Message::Hello(hello()).encode().unwrap();
+        assert_eq!(frame.len(), HELLO_FRAME_BYTES);
+        let body = frame.body();
+        assert_eq!(&body[0..16], &[7; 16]);
+        assert_eq!(&body[16..48], &[0xc1; 32]);
+        assert_eq!(&body[48..80], &[0x9e; 32]);
+        assert_eq!(&body[80..84], &4242u32.to_le_bytes());
+        assert_eq!(&body[84..88], &1000u32.to_le_bytes());
+        let h = decode_header(frame.header()).unwrap();
+        assert_eq!((h.arg, h.arg64, h.deployment, h.channel), (0, 0, 0, CONNECTION_CHANNEL));
     }
 
     #[test]
@@ -1074,15 +1098,15 @@ mod tests {
         bytes[0..4].copy_from_slice(b"HTTP");
         assert_eq!(decode_header(&bytes), Err(FrameError::BadMagic { found: *b"HTTP" }));
         let mut bytes = header(FrameKind::Heartbeat).encode();
-        bytes[4] = 2;
+        bytes[4] = 1;
         let err = decode_header(&bytes).unwrap_err();
-        assert_eq!(err, FrameError::UnsupportedVersion { found: 2, supported: 1 });
-        assert_eq!(err.to_string(), "peer speaks protocol version 2, this build speaks 1");
+        assert_eq!(err, FrameError::UnsupportedVersion { found: 1, supported: 2 });
+        assert_eq!(err.to_string(), "peer speaks protocol version 1, this build speaks 2");
     }
 
     #[test]
     fn unknown_kinds_are_refused() {
-        for id in [0u8, 11, 200, 255] {
+        for id in [0u8, 14, 200, 255] {
             let mut bytes = header(FrameKind::Heartbeat).encode();
             bytes[5] = id;
             assert_eq!(decode_header(&bytes), Err(FrameError::UnknownKind { kind: id }));
@@ -1091,8 +1115,10 @@ mod tests {
 
     #[test]
     fn reserved_flag_bits_are_refused() {
-        let h = FrameHeader { flags: 1, ..header(FrameKind::Buffer) };
-        assert_eq!(decode_header(&h.encode()), Err(FrameError::ReservedBits { kind: FrameKind::Buffer, flags: 1 }));
+        for kind in FrameKind::ALL.into_iter().filter(|k| *k != FrameKind::Event) {
+            let h = FrameHeader { flags: 1, ..header(kind) };
+            assert_eq!(decode_header(&h.encode()), Err(FrameError::ReservedBits { kind, flags: 1 }));
+        }
         let h = FrameHeader { flags: 0x8001, ..header(FrameKind::Event) };
         assert_eq!(decode_header(&h.encode()), Err(FrameError::ReservedBits { kind: FrameKind::Event, flags: 0x8001 }));
     }
@@ -1124,7 +1150,7 @@ mod tests {
         }
         let long = "x".repeat(MAX_TEXT_BYTES + 1);
         assert_eq!(
-            Message::Cancel { reason: &long }.encode().unwrap_err(),
+            Message::Cancel { deployment: D, reason: &long }.encode().unwrap_err(),
             FrameError::Oversized { kind: FrameKind::Cancel, len: 1025, max: 1024 }
         );
     }
@@ -1137,46 +1163,86 @@ mod tests {
         assert!(err.to_string().contains("expected at least 8"));
         let payload = [0u8; 4];
         assert!(matches!(
-            Message::Buffer { channel: 0, seq: 0, backlog: 0, payload: &payload }.encode(),
+            Message::Buffer { deployment: D, channel: 0, seq: 0, backlog: 0, payload: &payload }.encode(),
             Err(FrameError::BadLength { len: 4, .. })
         ));
     }
 
     #[test]
     fn truncated_input_is_length_past_end() {
-        let bytes = Message::Event { channel: 1, seq: 0, event: Event::EndOfPartition }.encode().unwrap();
+        let event = Message::Event { deployment: D, channel: 1, seq: 0, event: Event::EndOfPartition };
+        let bytes = event.encode().unwrap();
         let mut whole = Vec::new();
         bytes.write_to(&mut whole);
-        assert_eq!(decode_frame(&whole[..10]), Err(FrameError::LengthPastEnd { len: 32, available: 10 }));
-        assert_eq!(decode_frame(&whole[..35]), Err(FrameError::LengthPastEnd { len: 40, available: 35 }));
-        assert_eq!(decode_frame(&[]), Err(FrameError::LengthPastEnd { len: 32, available: 0 }));
+        assert_eq!(decode_frame(&whole[..10]), Err(FrameError::LengthPastEnd { len: 40, available: 10 }));
+        assert_eq!(decode_frame(&whole[..43]), Err(FrameError::LengthPastEnd { len: 48, available: 43 }));
+        assert_eq!(decode_frame(&[]), Err(FrameError::LengthPastEnd { len: 40, available: 0 }));
         let h = FrameHeader { body_len: 100, ..header(FrameKind::Buffer) };
         let input = frame(h, &[0; 50]);
-        assert_eq!(decode_frame(&input), Err(FrameError::LengthPastEnd { len: 132, available: 82 }));
+        assert_eq!(decode_frame(&input), Err(FrameError::LengthPastEnd { len: 140, available: 90 }));
     }
 
     #[test]
-    fn channel_side_zero_fields_and_credit_are_checked() {
-        let h = FrameHeader { channel: 0, ..header(FrameKind::Heartbeat) };
-        assert_eq!(decode_header(&h.encode()), Err(FrameError::BadChannel { kind: FrameKind::Heartbeat, channel: 0 }));
-        let h = FrameHeader { channel: CONNECTION_CHANNEL, ..header(FrameKind::Buffer) };
-        assert!(matches!(decode_header(&h.encode()), Err(FrameError::BadChannel { kind: FrameKind::Buffer, .. })));
+    fn channel_and_deployment_levels_are_checked() {
+        for kind in FrameKind::ALL {
+            let wrong_channel = if kind.is_connection_level() { 0 } else { CONNECTION_CHANNEL };
+            let h = FrameHeader { channel: wrong_channel, ..header(kind) };
+            assert_eq!(decode_header(&h.encode()), Err(FrameError::BadChannel { kind, channel: wrong_channel }));
+            let wrong_deployment = match kind.level() {
+                FrameLevel::Connection => Some(D),
+                FrameLevel::Job | FrameLevel::Channel => Some(0),
+                FrameLevel::ConnectionOrJob => None,
+            };
+            if let Some(deployment) = wrong_deployment {
+                let h = FrameHeader { deployment, ..header(kind) };
+                assert_eq!(decode_header(&h.encode()), Err(FrameError::BadDeployment { kind, deployment }), "{kind}");
+            }
+        }
+        let conn_error = FrameHeader { deployment: 0, ..header(FrameKind::Error) };
+        assert!(decode_header(&conn_error.encode()).is_ok(), "ERROR may concern the connection");
+        assert!(decode_header(&header(FrameKind::Error).encode()).is_ok(), "or one job");
+    }
+
+    #[test]
+    fn zero_fields_credit_channels_and_error_codes_are_checked() {
         let h = FrameHeader { seq: 4, ..header(FrameKind::Backlog) };
         let want = FrameError::ReservedField { kind: FrameKind::Backlog, field: "seq", value: 4 };
         assert_eq!(decode_header(&h.encode()), Err(want));
         let h = FrameHeader { arg64: 9, ..header(FrameKind::Buffer) };
         let want = FrameError::ReservedField { kind: FrameKind::Buffer, field: "arg64", value: 9 };
         assert_eq!(decode_header(&h.encode()), Err(want));
-        let h = FrameHeader { arg: 1, ..header(FrameKind::Close) };
-        assert!(matches!(decode_header(&h.encode()), Err(FrameError::ReservedField { field: "arg", .. })));
+        for kind in [FrameKind::Close, FrameKind::Hello, FrameKind::Auth, FrameKind::JobClose, FrameKind::Cancel] {
+            let h = FrameHeader { arg: 1, ..header(kind) };
+            assert!(
+                matches!(decode_header(&h.encode()), Err(FrameError::ReservedField { field: "arg", .. })),
+                "{kind}"
+            );
+            let h = FrameHeader { arg64: 1, ..header(kind) };
+            assert!(
+                matches!(decode_header(&h.encode()), Err(FrameError::ReservedField { field: "arg64", .. })),
+                "{kind}"
+            );
+        }
         let h = FrameHeader { arg: 0, channel: 6, ..header(FrameKind::AddCredit) };
         assert_eq!(decode_header(&h.encode()), Err(FrameError::ZeroCredit { kind: FrameKind::AddCredit, channel: 6 }));
         assert_eq!(
-            Message::PartitionRequest { channel: 2, initial_credit: 0 }.encode().unwrap_err(),
+            Message::PartitionRequest { deployment: D, channel: 2, initial_credit: 0 }.encode().unwrap_err(),
             FrameError::ZeroCredit { kind: FrameKind::PartitionRequest, channel: 2 }
         );
-        let h = FrameHeader { arg: 4, ..header(FrameKind::Error) };
-        assert_eq!(decode_header(&h.encode()), Err(FrameError::UnknownErrorCode { code: 4 }));
+        let h = FrameHeader { arg: 0, ..header(FrameKind::JobOpen) };
+        assert_eq!(decode_header(&h.encode()), Err(FrameError::NoChannels { deployment: D }));
+        let h = FrameHeader { arg: 5, ..header(FrameKind::Error) };
+        assert_eq!(decode_header(&h.encode()), Err(FrameError::UnknownErrorCode { code: 5 }));
+        for code in [ErrorCode::JobFailed, ErrorCode::NotDeployed] {
+            let h = FrameHeader { arg: code.code(), deployment: 0, ..header(FrameKind::Error) };
+            assert_eq!(decode_header(&h.encode()), Err(FrameError::ErrorCodeNeedsJob { code: code.code() }));
+            let m = Message::Error { deployment: 0, code, message: "" };
+            assert_eq!(m.encode().unwrap_err(), FrameError::ErrorCodeNeedsJob { code: code.code() });
+        }
+        for code in [ErrorCode::Protocol, ErrorCode::HandshakeMismatch] {
+            assert!(Message::Error { deployment: 0, code, message: "" }.encode().is_ok());
+            assert_eq!(ErrorCode::from_code(code.code()), Some(code));
+        }
     }
 
     #[test]
@@ -1187,11 +1253,20 @@ mod tests {
         let long = "é".repeat(MAX_TEXT_BYTES);
         let cut = truncate_text(&long);
         assert_eq!(cut.len(), MAX_TEXT_BYTES);
-        assert!(Message::Error { code: ErrorCode::Protocol, message: cut }.encode().is_ok());
+        assert!(Message::Error { deployment: 0, code: ErrorCode::Protocol, message: cut }.encode().is_ok());
     }
 
     fn event_frame(code: u32, a: u64, b: u64, flags: u16) -> Vec<u8> {
-        let h = FrameHeader { kind: FrameKind::Event, flags, body_len: 8, channel: 1, seq: 0, arg: code, arg64: a };
+        let h = FrameHeader {
+            kind: FrameKind::Event,
+            flags,
+            body_len: 8,
+            channel: 1,
+            seq: 0,
+            arg: code,
+            arg64: a,
+            deployment: D,
+        };
         frame(h, &b.to_le_bytes())
     }
 
@@ -1214,7 +1289,7 @@ mod tests {
         let barrier = event_frame(4, 7, 99, 1);
         let (m, _) = decode_frame(&barrier).unwrap();
         let unaligned = Event::CheckpointBarrier { checkpoint_id: 7, timestamp_ms: 99, kind: BarrierKind::Unaligned };
-        assert_eq!(m, Message::Event { channel: 1, seq: 0, event: unaligned });
+        assert_eq!(m, Message::Event { deployment: D, channel: 1, seq: 0, event: unaligned });
     }
 
     fn any_event() -> impl Strategy<Value = Event> {
@@ -1239,34 +1314,48 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Owned {
         Hello(Hello),
-        PartitionRequest(u32, u32),
-        AddCredit(u32, u32),
-        Buffer(u32, u32, u32, Vec<u8>),
-        Backlog(u32, u32),
-        Event(u32, u32, Event),
+        Auth([u8; 32]),
+        JobOpen(u64, u64, u32),
+        JobClose(u64),
+        PartitionRequest(u64, u32, u32),
+        AddCredit(u64, u32, u32),
+        Buffer(u64, u32, u32, u32, Vec<u8>),
+        Backlog(u64, u32, u32),
+        Event(u64, u32, u32, Event),
         Heartbeat,
-        Cancel(String),
+        Cancel(u64, String),
         Close,
-        Error(ErrorCode, String),
+        Error(u64, ErrorCode, String),
     }
 
     impl Owned {
         fn message(&self) -> Message<'_> {
             match self {
                 Owned::Hello(h) => Message::Hello(*h),
-                &Owned::PartitionRequest(channel, initial_credit) => {
-                    Message::PartitionRequest { channel, initial_credit }
+                Owned::Auth(mac) => Message::Auth { mac: *mac },
+                &Owned::JobOpen(deployment, fingerprint, channels) => {
+                    Message::JobOpen { deployment, fingerprint, channels }
                 }
-                &Owned::AddCredit(channel, credit) => Message::AddCredit { channel, credit },
-                Owned::Buffer(channel, seq, backlog, payload) => {
-                    Message::Buffer { channel: *channel, seq: *seq, backlog: *backlog, payload }
+                &Owned::JobClose(deployment) => Message::JobClose { deployment },
+                &Owned::PartitionRequest(deployment, channel, initial_credit) => {
+                    Message::PartitionRequest { deployment, channel, initial_credit }
                 }
-                &Owned::Backlog(channel, backlog) => Message::Backlog { channel, backlog },
-                &Owned::Event(channel, seq, event) => Message::Event { channel, seq, event },
+                &Owned::AddCredit(deployment, channel, credit) => Message::AddCredit { deployment, channel, credit },
+                Owned::Buffer(deployment, channel, seq, backlog, payload) => Message::Buffer {
+                    deployment: *deployment,
+                    channel: *channel,
+                    seq: *seq,
+                    backlog: *backlog,
+                    payload,
+                },
+                &Owned::Backlog(deployment, channel, backlog) => Message::Backlog { deployment, channel, backlog },
+                &Owned::Event(deployment, channel, seq, event) => Message::Event { deployment, channel, seq, event },
                 Owned::Heartbeat => Message::Heartbeat,
-                Owned::Cancel(reason) => Message::Cancel { reason },
+                Owned::Cancel(deployment, reason) => Message::Cancel { deployment: *deployment, reason },
                 Owned::Close => Message::Close,
-                Owned::Error(code, message) => Message::Error { code: *code, message },
+                Owned::Error(deployment, code, message) => {
+                    Message::Error { deployment: *deployment, code: *code, message }
+                }
             }
         }
     }
@@ -1278,29 +1367,39 @@ mod tests {
     fn any_message() -> impl Strategy<Value = Owned> {
         let channel = 0..CONNECTION_CHANNEL;
         let credit = 1..=u32::MAX;
+        let d = 1..=u64::MAX;
+        let code = prop_oneof![
+            Just(ErrorCode::Protocol),
+            Just(ErrorCode::JobFailed),
+            Just(ErrorCode::HandshakeMismatch),
+            Just(ErrorCode::NotDeployed)
+        ];
         prop_oneof![
-            (any::<[u32; 5]>(), any::<u64>()).prop_map(|(w, job_fingerprint)| Owned::Hello(Hello {
-                sender_tm: w[0],
-                job_fingerprint,
-                tm_count: w[1],
-                pid: w[2],
-                heartbeat_ms: w[3],
-                channels: w[4],
-            })),
-            (channel.clone(), credit.clone()).prop_map(|(c, n)| Owned::PartitionRequest(c, n)),
-            (channel.clone(), credit).prop_map(|(c, n)| Owned::AddCredit(c, n)),
-            (channel.clone(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 8..=600))
-                .prop_map(|(c, s, b, p)| Owned::Buffer(c, s, b, p)),
-            (channel.clone(), any::<u32>()).prop_map(|(c, b)| Owned::Backlog(c, b)),
-            (channel, any::<u32>(), any_event()).prop_map(|(c, s, e)| Owned::Event(c, s, e)),
+            (any::<[u8; 16]>(), any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u32>(), any::<u32>()).prop_map(
+                |(tm, cluster_token, nonce, pid, heartbeat_ms)| Owned::Hello(Hello {
+                    tm: TmId(tm),
+                    cluster_token,
+                    nonce,
+                    pid,
+                    heartbeat_ms
+                })
+            ),
+            any::<[u8; 32]>().prop_map(Owned::Auth),
+            (d.clone(), any::<u64>(), 1..=u32::MAX).prop_map(|(d, f, c)| Owned::JobOpen(d, f, c)),
+            d.clone().prop_map(Owned::JobClose),
+            (d.clone(), channel.clone(), credit.clone()).prop_map(|(d, c, n)| Owned::PartitionRequest(d, c, n)),
+            (d.clone(), channel.clone(), credit).prop_map(|(d, c, n)| Owned::AddCredit(d, c, n)),
+            (d.clone(), channel.clone(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 8..=600))
+                .prop_map(|(d, c, s, b, p)| Owned::Buffer(d, c, s, b, p)),
+            (d.clone(), channel.clone(), any::<u32>()).prop_map(|(d, c, b)| Owned::Backlog(d, c, b)),
+            (d.clone(), channel, any::<u32>(), any_event()).prop_map(|(d, c, s, e)| Owned::Event(d, c, s, e)),
             Just(Owned::Heartbeat),
-            any_text().prop_map(|t: String| Owned::Cancel(truncate_text(&t).to_string())),
+            (d.clone(), any_text()).prop_map(|(d, t)| Owned::Cancel(d, truncate_text(&t).to_string())),
             Just(Owned::Close),
-            (
-                prop_oneof![Just(ErrorCode::Protocol), Just(ErrorCode::JobFailed), Just(ErrorCode::HandshakeMismatch)],
-                any_text()
-            )
-                .prop_map(|(code, t)| Owned::Error(code, truncate_text(&t).to_string())),
+            (prop_oneof![Just(0u64), d], code, any_text()).prop_map(|(d, code, t)| {
+                let d = if code.needs_job() { d.max(1) } else { d };
+                Owned::Error(d, code, truncate_text(&t).to_string())
+            }),
         ]
     }
 
@@ -1324,15 +1423,16 @@ mod tests {
 
         #[test]
         fn valid_headers_round_trip(
-            kind_index in 0usize..10,
+            kind_index in 0usize..13,
             flags in any::<u16>(),
             body_len in any::<u32>(),
             channel in any::<u32>(),
             seq in any::<u32>(),
             arg in any::<u32>(),
             arg64 in any::<u64>(),
+            deployment in any::<u64>(),
         ) {
-            let h = FrameHeader { kind: FrameKind::ALL[kind_index], flags, body_len, channel, seq, arg, arg64 };
+            let h = FrameHeader { kind: FrameKind::ALL[kind_index], flags, body_len, channel, seq, arg, arg64, deployment };
             let bytes = h.encode();
             match decode_header(&bytes) {
                 Ok(decoded) => {
@@ -1344,8 +1444,8 @@ mod tests {
         }
 
         #[test]
-        fn events_round_trip(event in any_event(), channel in 0..CONNECTION_CHANNEL, seq in any::<u32>()) {
-            let m = Message::Event { channel, seq, event };
+        fn events_round_trip(event in any_event(), channel in 0..CONNECTION_CHANNEL, seq in any::<u32>(), d in 1..=u64::MAX) {
+            let m = Message::Event { deployment: d, channel, seq, event };
             let frame = m.encode().unwrap();
             let flags = u16::from_le_bytes([frame.header()[6], frame.header()[7]]);
             prop_assert_eq!(flags == 1, event.is_priority());
@@ -1360,6 +1460,9 @@ mod tests {
             let mut framed = header(FrameKind::Event).encode().to_vec();
             framed.extend_from_slice(&bytes);
             let _ = fuzz_one(&framed);
+            let mut after = vec![crate::fuzz::AFTER_HANDSHAKE];
+            after.extend_from_slice(&framed);
+            let _ = fuzz_one(&after);
         }
     }
 }

@@ -2,10 +2,13 @@
 //! corpus (`netstack/fuzz/corpus/frame_decoder`) replays through `wire::fuzz_one` without a
 //! panic and still matches the seeds the encoders build today; hand-written malformed frames
 //! each give their specific `FrameError`, and payloads with invalid archives are refused by
-//! `validate_buffer`; frames that break the session (no credit, out of order, unknown channel,
-//! wrong direction, no HELLO, ...) each give their session error; and a seeded mutation loop runs for a bounded time
-//! (`CORESTREAM_FUZZ_SECS`, default 3; seed `CORESTREAM_FUZZ_SEED`), failing with the hex dump
-//! of the first input that panics. `scripts/fuzz.sh` runs real libFuzzer on the same entry point.
+//! `validate_buffer`; frames that break the handshake (no HELLO, another cluster, a bad MAC,
+//! job frames before AUTH), the connection (a deployment never opened, a second JOB_OPEN) or
+//! one job (no credit, out of order, unknown channel, wrong direction, closed early, ...) each
+//! give their error, the last kind failing that job alone; and a seeded mutation loop runs
+//! for a bounded time (`CORESTREAM_FUZZ_SECS`, default 3; seed `CORESTREAM_FUZZ_SEED`),
+//! failing with the hex dump of the first input that panics. `scripts/fuzz.sh` runs real
+//! libFuzzer on the same entry point.
 //!
 //! `CORESTREAM_WRITE_CORPUS=1 cargo test --release -p corestream-netstack --test frame_fuzz`
 //! rewrites the seed files after a protocol change.
@@ -17,7 +20,13 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use corestream_netstack::error::BufferError;
+use corestream_netstack::fuzz::{
+    fuzz_handshake, Refusal, AFTER_HANDSHAKE, FUZZ_JOB, FUZZ_JOB_2, FUZZ_JOB_2_CHANNELS, FUZZ_JOB_2_FINGERPRINT,
+    FUZZ_JOB_CHANNELS, FUZZ_JOB_FINGERPRINT,
+};
+use corestream_netstack::handshake::{HandshakeError, TmId};
 use corestream_netstack::record::{validate_buffer, Written};
+use corestream_netstack::remote::SessionError;
 use corestream_netstack::wire::{fuzz_one, fuzz_session_hello, CONNECTION_CHANNEL, HEADER_BYTES};
 use corestream_netstack::{
     decode_frame, BarrierKind, BufferPool, Data, ErrorCode, Event, FrameError, FrameHeader, FrameKind, Hello, Message,
@@ -59,18 +68,28 @@ fn patched(mut bytes: Vec<u8>, at: usize, with: &[u8]) -> Vec<u8> {
 }
 
 fn conn_header(kind: FrameKind) -> FrameHeader {
-    FrameHeader { kind, flags: 0, body_len: 0, channel: CONNECTION_CHANNEL, seq: 0, arg: 0, arg64: 0 }
+    FrameHeader { kind, flags: 0, body_len: 0, channel: CONNECTION_CHANNEL, seq: 0, arg: 0, arg64: 0, deployment: 0 }
 }
 
 fn data_header(kind: FrameKind, body_len: u32) -> FrameHeader {
-    FrameHeader { kind, flags: 0, body_len, channel: 1, seq: 0, arg: 0, arg64: 0 }
+    FrameHeader { kind, flags: 0, body_len, channel: 1, seq: 0, arg: 0, arg64: 0, deployment: FUZZ_JOB }
 }
 
-/// The HELLO `fuzz_one`'s session expects: its inbound channels are 0 `(u64, u64)`, 1
-/// `String`, 2 `(String, u64)`, 3 `Vec<u8>`, 4 an enum (2 exclusive credits each); its
-/// outbound channels 5 and 6 wait for credit with two buffers and EndOfPartition each.
+/// The HELLO `fuzz_one`'s session expects from the input (the dialer of its cluster).
 fn hello() -> Hello {
     fuzz_session_hello()
+}
+
+const J: u64 = FUZZ_JOB;
+const J2: u64 = FUZZ_JOB_2;
+
+fn open(deployment: u64) -> Message<'static> {
+    match deployment {
+        FUZZ_JOB_2 => {
+            Message::JobOpen { deployment, fingerprint: FUZZ_JOB_2_FINGERPRINT, channels: FUZZ_JOB_2_CHANNELS }
+        }
+        _ => Message::JobOpen { deployment, fingerprint: FUZZ_JOB_FINGERPRINT, channels: FUZZ_JOB_CHANNELS },
+    }
 }
 
 /// What the session refuses a payload with, computed by the receiver's own validation.
@@ -86,7 +105,7 @@ fn invalid_string_buffer(channel: u32, payload: &[u8]) -> FrameError {
 #[derive(Debug, Clone, PartialEq)]
 enum Expect {
     Frames(usize),
-    Refused(FrameError),
+    Refused(Refusal),
 }
 
 struct Seed {
@@ -95,19 +114,35 @@ struct Seed {
     expect: Expect,
 }
 
-fn ok(name: &'static str, messages: &[Message<'_>]) -> Seed {
-    Seed { name, bytes: encode(messages), expect: Expect::Frames(messages.len()) }
+fn job(error: FrameError) -> Refusal {
+    Refusal::Job { deployment: J, error }
 }
 
-/// A seed that starts with the expected HELLO, so the frames after it reach the session state.
-fn after_hello(name: &'static str, messages: &[Message<'_>], expect: Option<FrameError>) -> Seed {
-    let all: Vec<Message<'_>> = std::iter::once(Message::Hello(hello())).chain(messages.iter().copied()).collect();
-    let expect = expect.map_or(Expect::Frames(all.len()), Expect::Refused);
-    Seed { name, bytes: encode(&all), expect }
+fn conn(error: FrameError) -> Refusal {
+    Refusal::Connection(SessionError::Protocol(error))
+}
+
+fn handshake(error: HandshakeError) -> Refusal {
+    Refusal::Connection(SessionError::Handshake(error))
+}
+
+/// A seed played after a valid handshake, starting with the input's JOB_OPEN of the first
+/// fuzz job, so the frames after it reach the job and channel state. Its frame count includes
+/// the two handshake frames.
+fn after_open(name: &'static str, messages: &[Message<'_>], expect: Option<Refusal>) -> Seed {
+    let all: Vec<Message<'_>> = std::iter::once(open(J)).chain(messages.iter().copied()).collect();
+    let expect = expect.map_or(Expect::Frames(all.len() + 2), Expect::Refused);
+    let bytes = [vec![AFTER_HANDSHAKE], encode(&all)].concat();
+    Seed { name, bytes, expect }
+}
+
+/// A seed played from the first byte of the connection.
+fn from_start(name: &'static str, bytes: Vec<u8>, expect: Expect) -> Seed {
+    Seed { name, bytes, expect }
 }
 
 fn bad(name: &'static str, bytes: Vec<u8>, error: FrameError) -> Seed {
-    Seed { name, bytes, expect: Expect::Refused(error) }
+    Seed { name, bytes, expect: Expect::Refused(conn(error)) }
 }
 
 /// Every seed of the committed corpus, built from the encoders.
@@ -126,31 +161,59 @@ fn seeds() -> Vec<Seed> {
     let last = bad_pointer_string.len();
     bad_pointer_string[last - 4..].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
 
-    let buffer = |channel, seq, backlog, payload| Message::Buffer { channel, seq, backlog, payload };
-    let event = |channel, seq, event| Message::Event { channel, seq, event };
+    let buffer = |channel, seq, backlog, payload| Message::Buffer { deployment: J, channel, seq, backlog, payload };
+    let event = |channel, seq, event| Message::Event { deployment: J, channel, seq, event };
+    let request = |channel, initial_credit| Message::PartitionRequest { deployment: J, channel, initial_credit };
+    let credit = |channel, credit| Message::AddCredit { deployment: J, channel, credit };
     let barrier = |kind| Event::CheckpointBarrier { checkpoint_id: 7, timestamp_ms: 1_700_000_000_000, kind };
-    let s = |name, messages: &[Message<'_>]| after_hello(name, messages, None);
-    let refused = |name, messages: &[Message<'_>], error| after_hello(name, messages, Some(error));
+    let s = |name, messages: &[Message<'_>]| after_open(name, messages, None);
+    let refused = |name, messages: &[Message<'_>], error| after_open(name, messages, Some(error));
     let bad_utf8 = invalid_string_buffer(1, &bad_utf8_string);
     let bad_pointer = invalid_string_buffer(1, &bad_pointer_string);
+    let peer_hello = encode(&[Message::Hello(hello())]);
+    let handshake_bytes = fuzz_handshake();
     vec![
-        ok("hello", &[Message::Hello(hello())]),
-        s("partition_request", &[Message::PartitionRequest { channel: 5, initial_credit: 2 }]),
-        s(
-            "add_credit",
-            &[
-                Message::PartitionRequest { channel: 6, initial_credit: 1 },
-                Message::AddCredit { channel: 6, credit: 1 },
-            ],
+        from_start("hello", peer_hello.clone(), Expect::Frames(1)),
+        from_start("handshake", handshake_bytes.clone(), Expect::Frames(2)),
+        from_start(
+            "handshake_bad_mac",
+            [peer_hello.clone(), encode(&[Message::Auth { mac: [0x42; 32] }])].concat(),
+            Expect::Refused(handshake(HandshakeError::BadMac)),
         ),
+        from_start(
+            "handshake_wrong_token",
+            encode(&[Message::Hello(Hello { cluster_token: [0x7d; 32], ..hello() })]),
+            Expect::Refused(handshake(HandshakeError::WrongClusterToken)),
+        ),
+        from_start(
+            "handshake_wrong_dialer",
+            encode(&[Message::Hello(Hello { tm: TmId([0x33; 16]), ..hello() })]),
+            Expect::Refused(handshake(HandshakeError::WrongDialer {
+                dialer: TmId([0x33; 16]),
+                acceptor: TmId([0x22; 16]),
+            })),
+        ),
+        from_start(
+            "job_before_auth",
+            [peer_hello.clone(), encode(&[open(J)])].concat(),
+            Expect::Refused(conn(FrameError::BeforeAuth { kind: FrameKind::JobOpen })),
+        ),
+        from_start(
+            "unexpected_auth",
+            [handshake_bytes.clone(), handshake_bytes[HEADER_BYTES + 88..].to_vec()].concat(),
+            Expect::Refused(conn(FrameError::UnexpectedAuth)),
+        ),
+        s("job_open", &[]),
+        s("partition_request", &[request(5, 2)]),
+        s("add_credit", &[request(6, 1), credit(6, 1)]),
         s("buffer_u64_pairs", &[buffer(0, 0, 1, &pairs)]),
         s("buffer_u64_pairs_full", &[buffer(0, 0, 0, &full_pairs)]),
         s("buffer_strings", &[buffer(1, 0, 0, &strings)]),
         s("buffer_string_u64", &[buffer(2, 0, 0, &keyed)]),
         s("buffer_byte_vecs", &[buffer(3, 0, 0, &blobs)]),
-        refused("buffer_string_invalid_utf8", &[buffer(1, 0, 0, &bad_utf8_string)], bad_utf8),
-        refused("buffer_string_pointer_past_end", &[buffer(1, 0, 0, &bad_pointer_string)], bad_pointer),
-        s("backlog", &[Message::Backlog { channel: 0, backlog: 5 }]),
+        refused("buffer_string_invalid_utf8", &[buffer(1, 0, 0, &bad_utf8_string)], job(bad_utf8)),
+        refused("buffer_string_pointer_past_end", &[buffer(1, 0, 0, &bad_pointer_string)], job(bad_pointer)),
+        s("backlog", &[Message::Backlog { deployment: J, channel: 0, backlog: 5 }]),
         s("event_end_of_partition", &[event(0, 0, Event::EndOfPartition)]),
         s("event_watermark", &[event(0, 0, Event::Watermark(-42))]),
         s("event_watermark_status", &[event(1, 0, Event::WatermarkStatus(WatermarkStatus::Idle))]),
@@ -161,18 +224,26 @@ fn seeds() -> Vec<Seed> {
             &[event(2, 0, Event::LatencyMarker { marked_time_ns: 123_456_789, source_subtask: 3 })],
         ),
         s("heartbeat", &[Message::Heartbeat]),
-        s("cancel", &[Message::Cancel { reason: "job 3 cancelled by the user" }]),
-        refused("close", &[Message::Close], FrameError::ClosedEarly { open_channels: 7 }),
-        s("error", &[Message::Error { code: ErrorCode::Protocol, message: "frame 7 on channel 3: bad magic" }]),
+        s("cancel", &[Message::Cancel { deployment: J, reason: "job 3 cancelled by the user" }]),
+        refused(
+            "job_close_early",
+            &[Message::JobClose { deployment: J }],
+            job(FrameError::JobClosedEarly { open_channels: 7 }),
+        ),
+        s(
+            "error_connection",
+            &[Message::Error { deployment: 0, code: ErrorCode::Protocol, message: "frame 7: bad magic" }],
+        ),
+        s("error_job", &[Message::Error { deployment: J, code: ErrorCode::JobFailed, message: "task 3 failed" }]),
         s(
             "session",
             &[
-                Message::PartitionRequest { channel: 5, initial_credit: 2 },
-                Message::PartitionRequest { channel: 6, initial_credit: 1 },
+                request(5, 2),
+                request(6, 1),
                 buffer(0, 0, 1, &pairs),
                 buffer(1, 0, 0, &strings),
-                Message::Backlog { channel: 0, backlog: 0 },
-                Message::AddCredit { channel: 6, credit: 1 },
+                Message::Backlog { deployment: J, channel: 0, backlog: 0 },
+                credit(6, 1),
                 event(0, 1, Event::Watermark(1000)),
                 event(1, 1, barrier(BarrierKind::Aligned)),
                 buffer(0, 2, 0, &pairs),
@@ -186,13 +257,45 @@ fn seeds() -> Vec<Seed> {
                 event(2, 1, Event::EndOfPartition),
                 event(3, 1, Event::EndOfPartition),
                 event(4, 0, Event::EndOfPartition),
+                Message::JobClose { deployment: J },
                 Message::Close,
             ],
+        ),
+        s(
+            "two_jobs",
+            &[
+                open(J2),
+                Message::PartitionRequest { deployment: J2, channel: 1, initial_credit: 2 },
+                request(5, 1),
+                Message::Buffer { deployment: J2, channel: 0, seq: 0, backlog: 0, payload: &pairs },
+                buffer(0, 0, 0, &pairs),
+                Message::Event { deployment: J2, channel: 0, seq: 1, event: Event::EndOfPartition },
+                Message::Cancel { deployment: J, reason: "only the first job" },
+                Message::Heartbeat,
+                Message::JobClose { deployment: J2 },
+            ],
+        ),
+        s(
+            "pending_request",
+            &[
+                Message::JobOpen { deployment: 0x77, fingerprint: 1, channels: 3 },
+                Message::PartitionRequest { deployment: 0x77, channel: 2, initial_credit: 2 },
+                Message::AddCredit { deployment: 0x77, channel: 2, credit: 5 },
+                Message::Cancel { deployment: 0x77, reason: "never deployed there" },
+            ],
+        ),
+        refused(
+            "job_mismatch",
+            &[Message::JobOpen { deployment: J2, fingerprint: 9, channels: FUZZ_JOB_2_CHANNELS }],
+            Refusal::Job {
+                deployment: J2,
+                error: FrameError::JobMismatch { field: "job fingerprint", expected: FUZZ_JOB_2_FINGERPRINT, found: 9 },
+            },
         ),
         refused(
             "no_credit",
             &[buffer(0, 0, 0, &pairs), buffer(0, 1, 0, &pairs), buffer(0, 2, 0, &pairs)],
-            FrameError::NoCredit { channel: 0 },
+            job(FrameError::NoCredit { channel: 0 }),
         ),
         s(
             "credit_returned",
@@ -201,20 +304,31 @@ fn seeds() -> Vec<Seed> {
         refused(
             "out_of_order",
             &[buffer(1, 1, 0, &strings)],
-            FrameError::OutOfOrder { channel: 1, expected: 0, got: 1 },
+            job(FrameError::OutOfOrder { channel: 1, expected: 0, got: 1 }),
         ),
-        refused("unknown_channel", &[buffer(9, 0, 0, &pairs)], FrameError::UnknownChannel { channel: 9 }),
+        refused("unknown_channel", &[buffer(9, 0, 0, &pairs)], job(FrameError::UnknownChannel { channel: 9 })),
         refused(
             "wrong_direction",
-            &[Message::PartitionRequest { channel: 0, initial_credit: 2 }],
-            FrameError::WrongDirection { channel: 0, kind: FrameKind::PartitionRequest },
+            &[request(0, 2)],
+            job(FrameError::WrongDirection { channel: 0, kind: FrameKind::PartitionRequest }),
         ),
         refused(
             "after_end",
             &[event(4, 0, Event::EndOfPartition), event(4, 1, Event::Watermark(1))],
-            FrameError::AfterEnd { channel: 4, kind: FrameKind::Event },
+            job(FrameError::AfterEnd { channel: 4, kind: FrameKind::Event }),
         ),
-        refused("second_hello", &[Message::Hello(hello())], FrameError::UnexpectedHello),
+        refused("second_hello", &[Message::Hello(hello())], conn(FrameError::UnexpectedHello)),
+        refused("duplicate_job_open", &[open(J)], conn(FrameError::DuplicateJobOpen { deployment: J })),
+        refused(
+            "job_not_opened",
+            &[Message::PartitionRequest { deployment: 0x99, channel: 0, initial_credit: 1 }],
+            conn(FrameError::JobNotOpened { kind: FrameKind::PartitionRequest, deployment: 0x99 }),
+        ),
+        refused(
+            "after_job_end",
+            &[Message::Cancel { deployment: J, reason: "" }, request(5, 1)],
+            conn(FrameError::JobNotOpened { kind: FrameKind::PartitionRequest, deployment: J }),
+        ),
         bad("missing_hello", encode(&[Message::Heartbeat]), FrameError::MissingHello { kind: FrameKind::Heartbeat }),
         bad(
             "bad_magic",
@@ -223,8 +337,8 @@ fn seeds() -> Vec<Seed> {
         ),
         bad(
             "bad_version",
-            patched(raw(conn_header(FrameKind::Heartbeat), &[]), 4, &[2]),
-            FrameError::UnsupportedVersion { found: 2, supported: 1 },
+            patched(raw(conn_header(FrameKind::Heartbeat), &[]), 4, &[1]),
+            FrameError::UnsupportedVersion { found: 1, supported: 2 },
         ),
         bad(
             "unknown_kind",
@@ -254,16 +368,16 @@ fn seeds() -> Vec<Seed> {
         bad(
             "length_past_end",
             raw(data_header(FrameKind::Buffer, 100), &pairs[..50]),
-            FrameError::LengthPastEnd { len: 132, available: 82 },
+            FrameError::LengthPastEnd { len: 140, available: 90 },
         ),
         bad(
             "truncated_header",
             encode(&[Message::Close])[..20].to_vec(),
-            FrameError::LengthPastEnd { len: 32, available: 20 },
+            FrameError::LengthPastEnd { len: 40, available: 20 },
         ),
         bad(
             "invalid_utf8_cancel",
-            raw(FrameHeader { body_len: 3, ..conn_header(FrameKind::Cancel) }, &[b'n', 0xC0, b'o']),
+            raw(FrameHeader { body_len: 3, deployment: J, ..conn_header(FrameKind::Cancel) }, &[b'n', 0xC0, b'o']),
             FrameError::InvalidUtf8 { kind: FrameKind::Cancel, valid_up_to: 1 },
         ),
         bad(
@@ -283,14 +397,30 @@ fn seeds() -> Vec<Seed> {
         ),
         bad(
             "bad_channel",
-            raw(FrameHeader { channel: 0, body_len: 16, ..conn_header(FrameKind::Hello) }, &[0; 16]),
+            raw(FrameHeader { channel: 0, body_len: 88, ..conn_header(FrameKind::Hello) }, &[0; 88]),
             FrameError::BadChannel { kind: FrameKind::Hello, channel: 0 },
+        ),
+        bad(
+            "bad_deployment",
+            raw(FrameHeader { deployment: 5, ..conn_header(FrameKind::Heartbeat) }, &[]),
+            FrameError::BadDeployment { kind: FrameKind::Heartbeat, deployment: 5 },
+        ),
+        bad(
+            "error_code_needs_job",
+            raw(FrameHeader { arg: 2, ..conn_header(FrameKind::Error) }, &[]),
+            FrameError::ErrorCodeNeedsJob { code: 2 },
+        ),
+        bad(
+            "no_channels",
+            raw(FrameHeader { deployment: J, ..conn_header(FrameKind::JobOpen) }, &[]),
+            FrameError::NoChannels { deployment: J },
         ),
         bad(
             "session_then_garbage",
             [
-                encode(&[Message::Hello(hello()), Message::Heartbeat]),
-                b"\x00garbage after two good frames, long enough for a header".to_vec(),
+                handshake_bytes.clone(),
+                encode(&[Message::Heartbeat]),
+                b"\x00garbage after good frames, long enough for a header".to_vec(),
             ]
             .concat(),
             FrameError::BadMagic { found: *b"\x00gar" },
@@ -305,7 +435,7 @@ thread_local! {
 
 /// Runs `fuzz_one` under `catch_unwind`; panic messages are kept off the output on this
 /// thread only, so other tests still report theirs.
-fn run_caught(input: &[u8]) -> std::thread::Result<Result<usize, FrameError>> {
+fn run_caught(input: &[u8]) -> std::thread::Result<Result<usize, Refusal>> {
     QUIET.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -382,15 +512,16 @@ fn malformed_frames_give_their_errors() {
     let with = |at: usize, bytes: &[u8]| patched(close.clone(), at, bytes);
     let cases: Vec<(&str, Vec<u8>, FrameError)> = vec![
         ("bad magic", with(0, b"CSNG"), FrameError::BadMagic { found: *b"CSNG" }),
-        ("wrong version", with(4, &[0]), FrameError::UnsupportedVersion { found: 0, supported: 1 }),
+        ("wrong version", with(4, &[0]), FrameError::UnsupportedVersion { found: 0, supported: 2 }),
+        ("version 1", with(4, &[1]), FrameError::UnsupportedVersion { found: 1, supported: 2 }),
         ("unknown kind", with(5, &[0]), FrameError::UnknownKind { kind: 0 }),
-        ("unknown kind 11", with(5, &[11]), FrameError::UnknownKind { kind: 11 }),
+        ("unknown kind 14", with(5, &[14]), FrameError::UnknownKind { kind: 14 }),
         (
             "length past the end",
             raw(data_header(FrameKind::Buffer, 100), &[0; 50]),
-            FrameError::LengthPastEnd { len: 132, available: 82 },
+            FrameError::LengthPastEnd { len: 140, available: 90 },
         ),
-        ("header cut short", close[..31].to_vec(), FrameError::LengthPastEnd { len: 32, available: 31 }),
+        ("header cut short", close[..39].to_vec(), FrameError::LengthPastEnd { len: 40, available: 39 }),
         (
             "oversized buffer",
             raw(data_header(FrameKind::Buffer, 32769), &[0; 64]),
@@ -409,69 +540,81 @@ fn malformed_frames_give_their_errors() {
         (
             "bad length hello",
             raw(FrameHeader { body_len: 12, ..conn_header(FrameKind::Hello) }, &[0; 12]),
-            FrameError::BadLength { kind: FrameKind::Hello, len: 12, expected: 16 },
+            FrameError::BadLength { kind: FrameKind::Hello, len: 12, expected: 88 },
+        ),
+        (
+            "bad length auth",
+            raw(FrameHeader { body_len: 31, ..conn_header(FrameKind::Auth) }, &[0; 31]),
+            FrameError::BadLength { kind: FrameKind::Auth, len: 31, expected: 32 },
         ),
         (
             "short buffer",
             raw(data_header(FrameKind::Buffer, 0), &[]),
             FrameError::BadLength { kind: FrameKind::Buffer, len: 0, expected: 8 },
         ),
+        (
+            "channel frame without deployment",
+            raw(FrameHeader { deployment: 0, ..data_header(FrameKind::Backlog, 0) }, &[]),
+            FrameError::BadDeployment { kind: FrameKind::Backlog, deployment: 0 },
+        ),
     ];
     for (name, bytes, want) in cases {
         assert_eq!(decode_frame(&bytes).map(|(m, used)| (m.kind(), used)), Err(want.clone()), "{name}");
-        assert_eq!(fuzz_one(&bytes), Err(want.clone()), "{name} through fuzz_one");
+        assert_eq!(fuzz_one(&bytes), Err(conn(want.clone())), "{name} through fuzz_one");
         assert!(!want.to_string().is_empty());
     }
-    let mut stream = encode(&[Message::Hello(hello()), Message::Close]);
+    let mut stream = [fuzz_handshake(), encode(&[Message::Close])].concat();
     let second = stream.len() - HEADER_BYTES;
     stream[second..second + 4].copy_from_slice(b"junk");
-    assert_eq!(fuzz_one(&stream), Err(FrameError::BadMagic { found: *b"junk" }), "the second frame is checked too");
+    assert_eq!(fuzz_one(&stream), Err(conn(FrameError::BadMagic { found: *b"junk" })), "later frames are checked too");
 }
 
-/// Frames that are well formed but break the session: each gives its own error, and the
-/// first refusal wins over later decoding errors.
+/// Frames that are well formed but break the handshake, the connection or one job: each gives
+/// its own error, and the first refusal wins over later decoding errors.
 #[test]
 fn session_violations_give_their_errors() {
     let pairs = record_buffer(&[(1u64, 2u64)]);
-    let buffer = |channel, seq| Message::Buffer { channel, seq, backlog: 0, payload: &pairs };
-    let with_hello = |messages: &[Message<'_>]| {
-        let mut all = vec![Message::Hello(hello())];
+    let buffer = |channel, seq| Message::Buffer { deployment: J, channel, seq, backlog: 0, payload: &pairs };
+    let with_open = |messages: &[Message<'_>]| {
+        let mut all = vec![open(J)];
         all.extend_from_slice(messages);
-        encode(&all)
+        [vec![AFTER_HANDSHAKE], encode(&all)].concat()
     };
-    let cases: Vec<(&str, Vec<u8>, FrameError)> = vec![
-        ("no credit", with_hello(&[buffer(0, 0), buffer(0, 1), buffer(0, 2)]), FrameError::NoCredit { channel: 0 }),
+    let request = |channel| Message::PartitionRequest { deployment: J, channel, initial_credit: 2 };
+    let cases: Vec<(&str, Vec<u8>, Refusal)> = vec![
+        ("no credit", with_open(&[buffer(0, 0), buffer(0, 1), buffer(0, 2)]), job(FrameError::NoCredit { channel: 0 })),
         (
             "out of order",
-            with_hello(&[buffer(0, 0), buffer(0, 2)]),
-            FrameError::OutOfOrder { channel: 0, expected: 1, got: 2 },
+            with_open(&[buffer(0, 0), buffer(0, 2)]),
+            job(FrameError::OutOfOrder { channel: 0, expected: 1, got: 2 }),
         ),
-        ("unknown channel", with_hello(&[buffer(7, 0)]), FrameError::UnknownChannel { channel: 7 }),
+        ("unknown channel", with_open(&[buffer(7, 0)]), job(FrameError::UnknownChannel { channel: 7 })),
         (
             "buffer on an outbound channel",
-            with_hello(&[buffer(5, 0)]),
-            FrameError::WrongDirection { channel: 5, kind: FrameKind::Buffer },
+            with_open(&[buffer(5, 0)]),
+            job(FrameError::WrongDirection { channel: 5, kind: FrameKind::Buffer }),
         ),
-        ("missing hello", encode(&[buffer(0, 0)]), FrameError::MissingHello { kind: FrameKind::Buffer }),
         (
             "duplicate partition request",
-            with_hello(&[
-                Message::PartitionRequest { channel: 5, initial_credit: 2 },
-                Message::PartitionRequest { channel: 5, initial_credit: 2 },
-            ]),
-            FrameError::DuplicatePartitionRequest { channel: 5 },
+            with_open(&[request(5), request(5)]),
+            job(FrameError::DuplicatePartitionRequest { channel: 5 }),
+        ),
+        ("missing hello", encode(&[buffer(0, 0)]), conn(FrameError::MissingHello { kind: FrameKind::Buffer })),
+        (
+            "no job open",
+            [vec![AFTER_HANDSHAKE], encode(&[buffer(0, 0)])].concat(),
+            conn(FrameError::JobNotOpened { kind: FrameKind::Buffer, deployment: J }),
         ),
         (
-            "handshake mismatch",
-            encode(&[Message::Hello(Hello { tm_count: 3, ..hello() })]),
-            FrameError::HandshakeMismatch { field: "TaskManager count", expected: 2, found: 3 },
+            "another heartbeat",
+            encode(&[Message::Hello(Hello { heartbeat_ms: 999, ..hello() })]),
+            handshake(HandshakeError::HeartbeatMismatch { local_ms: 1000, peer_ms: 999 }),
         ),
     ];
     for (name, mut bytes, want) in cases {
         assert_eq!(fuzz_one(&bytes), Err(want.clone()), "{name}");
         bytes.extend_from_slice(b"garbage after the refused frame, at least a header long");
         assert_eq!(fuzz_one(&bytes), Err(want.clone()), "{name}, then garbage");
-        assert!(!want.to_string().is_empty());
     }
 }
 
@@ -483,8 +626,9 @@ fn invalid_archives_are_refused_by_validation() {
     let seeds = seeds();
     for (name, want_record) in [("buffer_string_invalid_utf8", 4), ("buffer_string_pointer_past_end", 4)] {
         let seed = seeds.iter().find(|s| s.name == name).unwrap();
-        let (_, hello_len) = decode_frame(&seed.bytes).expect("the seed starts with HELLO");
-        let Ok((Message::Buffer { payload, .. }, _)) = decode_frame(&seed.bytes[hello_len..]) else {
+        let frames = &seed.bytes[1..];
+        let (_, open_len) = decode_frame(frames).expect("the seed starts with JOB_OPEN");
+        let Ok((Message::Buffer { payload, .. }, _)) = decode_frame(&frames[open_len..]) else {
             panic!("{name} continues with a BUFFER frame")
         };
         let mut buf = pool.take().unwrap();
@@ -498,7 +642,10 @@ fn invalid_archives_are_refused_by_validation() {
             other => panic!("{name}: expected InvalidArchive for record {want_record}, got {other:?}"),
         }
         match fuzz_one(&seed.bytes) {
-            Err(FrameError::InvalidBuffer { channel: 1, error: BufferError::InvalidArchive { record, .. } }) => {
+            Err(Refusal::Job {
+                error: FrameError::InvalidBuffer { channel: 1, error: BufferError::InvalidArchive { record, .. } },
+                ..
+            }) => {
                 assert_eq!(record, want_record, "{name}: the session names the record");
             }
             other => panic!("{name}: the session must refuse the payload, got {other:?}"),
@@ -524,15 +671,15 @@ impl Rng {
 }
 
 const INTERESTING_U32: [u32; 12] = [0, 1, 7, 8, 15, 16, 31, 32, 32767, 32768, 32769, 0xFFFF_FFFF];
-/// Offsets of the header's u32 fields (body_len, channel, seq, arg, both halves of arg64) and of
-/// the version/kind and flags words.
-const HEADER_FIELD_OFFSETS: [usize; 8] = [4, 6, 8, 12, 16, 20, 24, 28];
+/// Offsets of the header's u32 fields (body_len, channel, seq, arg, both halves of arg64 and of
+/// the deployment) and of the version/kind and flags words.
+const HEADER_FIELD_OFFSETS: [usize; 10] = [4, 6, 8, 12, 16, 20, 24, 28, 32, 36];
 const MAX_INPUT_BYTES: usize = 3 * (HEADER_BYTES + 32768);
 
 /// Where frames would start if every header's `body_len` were right.
 fn frame_starts(input: &[u8]) -> Vec<usize> {
     let mut starts = Vec::new();
-    let mut at = 0usize;
+    let mut at = usize::from(input.first() == Some(&AFTER_HANDSHAKE));
     while at + HEADER_BYTES <= input.len() && starts.len() < 64 {
         starts.push(at);
         let body_len = u32::from_le_bytes(input[at + 8..at + 12].try_into().unwrap()) as usize;
@@ -620,9 +767,7 @@ fn bounded_mutation_fuzz() {
                 }
             }
             Ok(Err(e)) => {
-                let name = format!("{e:?}");
-                let variant = name.split([' ', '(', '{']).next().unwrap_or("?").to_string();
-                *errors.entry(variant).or_default() += 1;
+                *errors.entry(refusal_name(&e)).or_default() += 1;
             }
             Err(panic) => {
                 let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
@@ -642,4 +787,14 @@ fn bounded_mutation_fuzz() {
         "bounded_mutation_fuzz: {iterations} inputs in {secs} s (seed {seed:#x}), {accepted} decoded whole, refused: {errors:?}"
     );
     assert!(iterations < 10_000 || errors.len() >= 6, "mutations reach several distinct errors: {errors:?}");
+}
+
+/// The variant of the error inside a refusal, with its kind: "job NoCredit", "handshake BadMac".
+fn refusal_name(refusal: &Refusal) -> String {
+    let (scope, inner) = match refusal {
+        Refusal::Connection(SessionError::Protocol(e)) => ("connection", format!("{e:?}")),
+        Refusal::Connection(SessionError::Handshake(e)) => ("handshake", format!("{e:?}")),
+        Refusal::Job { error, .. } => ("job", format!("{error:?}")),
+    };
+    format!("{scope} {}", inner.split([' ', '(', '{']).next().unwrap_or("?"))
 }

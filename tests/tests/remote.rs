@@ -14,7 +14,8 @@ use std::time::Duration;
 use corestream::{
     ClusterConfig, Distribution, JobError, JobResult, LocalCluster, NetConfig, NetError, RuntimeMode, StreamEnvironment,
 };
-use corestream_netstack::wire::{decode_frame, FrameError, Message};
+use corestream_netstack::handshake::{auth_mac, ClusterAuth, Role, TmId};
+use corestream_netstack::wire::{decode_frame, FrameError, Message, HEADER_BYTES};
 use corestream_netstack::Hello;
 
 fn net() -> NetConfig {
@@ -191,27 +192,44 @@ enum Garbage {
 
 /// Reads one whole frame (header and body).
 fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
-    let mut frame = vec![0u8; 32];
+    let mut frame = vec![0u8; HEADER_BYTES];
     stream.read_exact(&mut frame).expect("a frame header arrives");
     let body_len = u32::from_le_bytes(frame[8..12].try_into().unwrap()) as usize;
-    frame.resize(32 + body_len, 0);
-    stream.read_exact(&mut frame[32..]).expect("the frame body arrives");
+    frame.resize(HEADER_BYTES + body_len, 0);
+    stream.read_exact(&mut frame[HEADER_BYTES..]).expect("the frame body arrives");
     frame
 }
 
-/// A fake TaskManager 1 that accepts TaskManager 0's connection, answers its HELLO with a
-/// matching one, then sends `garbage`.
+fn write_message(stream: &mut TcpStream, message: Message<'_>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    message.encode_into(&mut bytes).unwrap();
+    stream.write_all(&bytes).unwrap();
+    bytes
+}
+
+/// A fake TaskManager 1 that accepts TaskManager 0's connection, passes the handshake with
+/// what TaskManager 0's HELLO shows (application mode's token; its id is its index), answers
+/// its JOB_OPEN with a matching one, then sends `garbage`.
 fn rogue_peer(listener: TcpListener, garbage: Garbage) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().expect("TaskManager 0 dials");
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let hello = read_frame(&mut stream);
-        let (frame, _) = decode_frame(&hello).expect("a valid HELLO");
+        let theirs = read_frame(&mut stream);
+        let (frame, _) = decode_frame(&theirs).expect("a valid HELLO");
         let Message::Hello(hello) = frame else { panic!("first frame is HELLO, got {frame:?}") };
-        let reply = Message::Hello(Hello { sender_tm: 1, pid: std::process::id(), ..hello });
-        let mut bytes = Vec::new();
-        reply.encode_into(&mut bytes).unwrap();
-        stream.write_all(&bytes).unwrap();
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&1u32.to_be_bytes());
+        let reply = Hello { tm: TmId(id), pid: std::process::id(), nonce: [7; 32], ..hello };
+        let mine = write_message(&mut stream, Message::Hello(reply));
+        let auth = ClusterAuth::new(hello.cluster_token, None);
+        write_message(&mut stream, Message::Auth { mac: auth_mac(&auth, &theirs, &mine, Role::Acceptor) });
+        loop {
+            let frame = read_frame(&mut stream);
+            if let Ok((open @ Message::JobOpen { .. }, _)) = decode_frame(&frame) {
+                write_message(&mut stream, open);
+                break;
+            }
+        }
         let garbage = match garbage {
             Garbage::Now(bytes) => bytes,
             Garbage::OnRequest(build) => loop {
@@ -252,10 +270,11 @@ fn run_against_rogue(garbage: Garbage) -> (JobError, LocalCluster) {
     (err, cluster)
 }
 
+/// A version 2 frame header of deployment 1 (the one job of an application-mode connection).
 fn header(kind: u8, body_len: u32, channel: u32, seq: u32, arg: u32) -> Vec<u8> {
-    let mut h = Vec::with_capacity(32);
+    let mut h = Vec::with_capacity(HEADER_BYTES);
     h.extend_from_slice(b"CSNF");
-    h.push(1);
+    h.push(2);
     h.push(kind);
     h.extend_from_slice(&0u16.to_le_bytes());
     h.extend_from_slice(&body_len.to_le_bytes());
@@ -263,12 +282,14 @@ fn header(kind: u8, body_len: u32, channel: u32, seq: u32, arg: u32) -> Vec<u8> 
     h.extend_from_slice(&seq.to_le_bytes());
     h.extend_from_slice(&arg.to_le_bytes());
     h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(&1u64.to_le_bytes());
     h
 }
 
+/// The frame error of a job that failed on a protocol error, of the connection or of the job.
 fn protocol_error(err: &JobError) -> &FrameError {
     match err {
-        JobError::Network(NetError::Protocol { peer, error }) => {
+        JobError::Network(NetError::Protocol { peer, error } | NetError::JobProtocol { peer, error, .. }) => {
             assert!(peer.starts_with("TaskManager 1 (127.0.0.1:"), "the error names the peer: {peer}");
             error
         }

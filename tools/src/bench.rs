@@ -4,6 +4,7 @@
 //! TCP transports without the engine (`corestream_bench::transport`).
 
 use clap::Subcommand;
+use corestream_bench::checksum::{checksum_sink, OutputChecksum};
 use corestream_bench::latency::{Feeder, LatencyQuery, LatencySettings};
 use corestream_bench::nexmark::{queries as nq, GeneratorConfig};
 use corestream_bench::throughput::{
@@ -69,6 +70,10 @@ pub enum BenchCommand {
         /// Also write the figures as a JSON object to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// End in a sink that counts the output and checksums it (order-independent), and
+        /// print both, instead of discarding it.
+        #[arg(long)]
+        checksum: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -212,21 +217,42 @@ fn start_nexmark(
     query: NexmarkQuery,
     events: u64,
     seed: u64,
-) -> Result<corestream::JobHandle, corestream::JobError> {
-    let src = nq::source(&env, &GeneratorConfig::default(), events, seed);
+    checksum: bool,
+) -> Result<(corestream::JobHandle, Option<OutputChecksum>), corestream::JobError> {
+    let totals = declare_nexmark(&env, query, events, seed, checksum);
+    Ok((env.execute_async(&format!("nexmark {}", query.name()))?, totals))
+}
+
+/// Declares `query` on `env`, ending in a discarding sink, or in a checksum sink when
+/// `checksum` (whose totals are returned).
+pub fn declare_nexmark(
+    env: &corestream::StreamEnvironment,
+    query: NexmarkQuery,
+    events: u64,
+    seed: u64,
+    checksum: bool,
+) -> Option<OutputChecksum> {
+    fn end<T: corestream::Data + std::fmt::Debug>(s: corestream::DataStream<T>, checksum: bool) -> Option<OutputChecksum> {
+        if checksum {
+            Some(checksum_sink(s).1)
+        } else {
+            s.discard();
+            None
+        }
+    }
+    let src = nq::source(env, &GeneratorConfig::default(), events, seed);
     match query {
-        NexmarkQuery::Q0 => nq::q0_stream(src).discard(),
-        NexmarkQuery::Q1 => nq::q1_stream(src).discard(),
-        NexmarkQuery::Q2 => nq::q2_stream(src).discard(),
-        NexmarkQuery::Q3 => nq::q3_stream(src).discard(),
-        NexmarkQuery::Q4 => nq::q4_stream(src).discard(),
-        NexmarkQuery::Q5 => nq::q5_stream(src).discard(),
-        NexmarkQuery::Q7 => nq::q7_stream(src).discard(),
-        NexmarkQuery::Q8 => nq::q8_stream(src).discard(),
-        NexmarkQuery::Q11 => nq::q11_stream(src).discard(),
-        NexmarkQuery::Q12 => nq::q12_stream(src).discard(),
-    };
-    env.execute_async(&format!("nexmark {}", query.name()))
+        NexmarkQuery::Q0 => end(nq::q0_stream(src), checksum),
+        NexmarkQuery::Q1 => end(nq::q1_stream(src), checksum),
+        NexmarkQuery::Q2 => end(nq::q2_stream(src), checksum),
+        NexmarkQuery::Q3 => end(nq::q3_stream(src), checksum),
+        NexmarkQuery::Q4 => end(nq::q4_stream(src), checksum),
+        NexmarkQuery::Q5 => end(nq::q5_stream(src), checksum),
+        NexmarkQuery::Q7 => end(nq::q7_stream(src), checksum),
+        NexmarkQuery::Q8 => end(nq::q8_stream(src), checksum),
+        NexmarkQuery::Q11 => end(nq::q11_stream(src), checksum),
+        NexmarkQuery::Q12 => end(nq::q12_stream(src), checksum),
+    }
 }
 
 /// User plus system CPU time charged to this process so far (all its threads), from
@@ -339,6 +365,7 @@ fn run_nexmark(
     events: u64,
     seed: u64,
     json: Option<&std::path::Path>,
+    checksum: bool,
     common: &Common,
 ) -> anyhow::Result<()> {
     let cluster = common.cluster()?;
@@ -347,7 +374,7 @@ fn run_nexmark(
     env.set_parallelism(p);
     let label = format!("nexmark {}", query.name());
     let cpu_before = process_cpu_time()?;
-    let handle = start_nexmark(env, query, events, seed)?;
+    let (handle, totals) = start_nexmark(env, query, events, seed, checksum)?;
     let result = join_with_progress(handle, &label, Some(events))?;
     let cpu_time = process_cpu_time()?.saturating_sub(cpu_before);
     let produced: u64 = result.operators.iter().filter(|o| o.name.starts_with("Source")).map(|o| o.records_out).sum();
@@ -364,6 +391,9 @@ fn run_nexmark(
         peak_rss_bytes: peak_rss_bytes(),
     };
     println!("{}", figures.line());
+    if let Some(t) = totals {
+        println!("output: {} records, checksum {:016x}", t.count(), t.checksum());
+    }
     if produced != events {
         anyhow::bail!("the source produced {produced} events, expected {events}");
     }
@@ -574,8 +604,8 @@ pub fn outputs_of(cmd: &BenchCommand) -> Vec<(&'static str, &std::path::Path)> {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     crate::outputs::check(&outputs_of(&cmd));
     let (report, ok) = match cmd {
-        BenchCommand::Nexmark { query, events, seed, json, common } => {
-            return run_nexmark(query, events, seed, json.as_deref(), &common);
+        BenchCommand::Nexmark { query, events, seed, json, checksum, common } => {
+            return run_nexmark(query, events, seed, json.as_deref(), checksum, &common);
         }
         BenchCommand::Latency { query, rate, duration, seed, json, hdr_log, plot, baseline, feeder, common } => {
             let settings = LatencySettings { query, rate, duration, seed, baseline, feeder };

@@ -12,7 +12,9 @@
 //! Failure detection: `--heartbeat-timeout` is the JobManager's heartbeat timeout, after which
 //! it removes a silent TaskManager and fails its jobs; the data connections between
 //! TaskManagers wait twice as long, so a hung TaskManager is named by the JobManager, which
-//! knows it, rather than by a peer that only saw its connection go quiet.
+//! knows it, rather than by a peer that only saw its connection go quiet. A failed job's error
+//! is led by the TaskManager process behind it: one that ended (and how), or one still alive
+//! that the JobManager removed (it hung).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -27,6 +29,10 @@ use crate::args::Common;
 
 /// The JobManager's heartbeat timeout when `--heartbeat-timeout` is not given.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a TaskManager the JobManager lost may take to be seen ending: a killed process
+/// closes its connections a moment before it can be reaped.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// Job slots of the job and slots of each TaskManager: `--parallelism`, else N × `--slots`
 /// (1 per process by default), spread evenly when `--slots` is not given.
@@ -71,9 +77,14 @@ fn placement(common: &Common) -> (Vec<SocketAddr>, Vec<Option<String>>, SocketAd
 
 /// Runs job type `job` with `args` on `common.processes` TaskManager processes and returns its
 /// outcome; a failed or cancelled job is an error naming why, and which TaskManager process
-/// ended or stopped answering, if one did.
+/// ended or hung, if one did.
 pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobOutcome> {
     common.require_valid_placement();
+    if let Some(addr) = common.tm_bind {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            bail!("cannot bind the data address {addr} (given by --tm-bind): {e}");
+        }
+    }
     let (parallelism, slots) = slots(common)?;
     let heartbeat_timeout = common.heartbeat_timeout.unwrap_or(HEARTBEAT_TIMEOUT);
     let extra_args: Vec<OsString> = taskmanager_settings(common, heartbeat_timeout)
@@ -101,7 +112,7 @@ pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobO
     let started = ProcessCluster::start(settings, crate::jobs::registry(), |child| {
         eprintln!("corestream: TaskManager {} started (pid {})", child.index, child.pid);
     });
-    let mut cluster = started.map_err(|e| start_error(e, common, &netns))?;
+    let mut cluster = started.map_err(|e| start_error(e, &netns))?;
     let api = cluster.api();
     for child in cluster.children() {
         let data = data_address(api.as_ref(), child.pid).unwrap_or_else(|| "unknown".into());
@@ -114,8 +125,17 @@ pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobO
         return Ok(outcome);
     }
     let message = outcome.failure.unwrap_or_else(|| format!("the job ended {:?}", result.state));
-    let lost = lost_children(&cluster.children(), &exits, &registered_pids(api.as_ref()));
-    bail!("{}", failure_message(message, &exits, lost))
+    let mut exits = exits;
+    let deadline = std::time::Instant::now() + EXIT_GRACE;
+    let lost = loop {
+        exits.extend(cluster.exited());
+        let lost = lost_children(&cluster.children(), &exits, &registered_pids(api.as_ref()));
+        if lost.is_none() || !exits.is_empty() || std::time::Instant::now() >= deadline {
+            break lost;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    bail!("{}", failure_message(message, &exits, lost, heartbeat_timeout))
 }
 
 /// The data address of the registered TaskManager with process id `pid`.
@@ -137,28 +157,29 @@ fn lost_children(
     children.iter().copied().find(|c| !registered.contains(&c.pid) && !exits.iter().any(|(e, _)| e.pid == c.pid))
 }
 
-/// The job's failure, led by the TaskManager process that ended (and how) or stopped answering.
+/// The job's failure, led by the TaskManager process that ended (and how) or hung.
 fn failure_message(
     message: String,
     exits: &[(ChildInfo, std::process::ExitStatus)],
     lost: Option<ChildInfo>,
+    heartbeat_timeout: Duration,
 ) -> String {
     match (exits.first(), lost) {
         (Some((child, status)), _) => {
             format!("TaskManager {} (pid {}) {}: {message}", child.index, child.pid, describe_exit(*status))
         }
-        (None, Some(child)) => format!("TaskManager {} (pid {}) stopped answering: {message}", child.index, child.pid),
+        (None, Some(child)) => format!(
+            "TaskManager {} (pid {}) hung: the JobManager heard no heartbeat from it within {heartbeat_timeout:?} and \
+             removed it: {message}",
+            child.index, child.pid
+        ),
         (None, None) => message,
     }
 }
 
-/// Why the cluster could not start, naming the placement option or namespace involved.
-fn start_error(e: ProcessClusterError, common: &Common, netns: &[Option<String>]) -> anyhow::Error {
+/// Why the cluster could not start, naming the namespace a TaskManager was started in.
+fn start_error(e: ProcessClusterError, netns: &[Option<String>]) -> anyhow::Error {
     match e {
-        ProcessClusterError::JobManager(cause) if common.tm_bind.is_some() => {
-            let at = common.tm_bind.map(|a| a.ip().to_string()).unwrap_or_default();
-            anyhow!("cannot start the JobManager on {at} (given by --tm-bind): {cause}")
-        }
         ProcessClusterError::Died { index, pid, how } => {
             let through = match netns.get(index as usize).cloned().flatten() {
                 Some(name) => format!(" (started through `ip netns exec {name}`)"),
@@ -182,15 +203,20 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_names_the_task_manager_that_ended_or_went_silent() {
+    fn a_failure_names_the_task_manager_that_ended_or_hung() {
         let children = [child(0, 10), child(1, 11), child(2, 12)];
         let killed = [(child(1, 11), ExitStatus::from_raw(libc::SIGKILL))];
-        let e = failure_message("peer lost".into(), &killed, lost_children(&children, &killed, &[10, 12]));
+        let timeout = Duration::from_secs(2);
+        let e = failure_message("peer lost".into(), &killed, lost_children(&children, &killed, &[10, 12]), timeout);
         assert_eq!(e, "TaskManager 1 (pid 11) was killed by signal 9 (SIGKILL): peer lost");
         let lost = lost_children(&children, &[], &[10, 11]);
         assert_eq!(lost, Some(child(2, 12)));
-        let e = failure_message("no heartbeat".into(), &[], lost);
-        assert_eq!(e, "TaskManager 2 (pid 12) stopped answering: no heartbeat");
-        assert_eq!(failure_message("bad".into(), &[], lost_children(&children, &[], &[10, 11, 12])), "bad");
+        let e = failure_message("lost".into(), &[], lost, timeout);
+        assert_eq!(
+            e,
+            "TaskManager 2 (pid 12) hung: the JobManager heard no heartbeat from it within 2s and removed it: lost"
+        );
+        let none = lost_children(&children, &[], &[10, 11, 12]);
+        assert_eq!(failure_message("bad".into(), &[], none, timeout), "bad");
     }
 }

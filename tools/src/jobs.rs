@@ -47,6 +47,18 @@ pub struct NetworkArgs {
     pub record_bytes: usize,
 }
 
+/// The arguments of the `nexmark` job type.
+#[derive(Parser, Debug)]
+#[command(name = "nexmark", no_binary_name = true)]
+pub struct NexmarkArgs {
+    #[arg(long, value_enum)]
+    pub query: crate::bench::NexmarkQuery,
+    #[arg(long, value_parser = crate::args::parse_positive_count)]
+    pub events: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
 fn parse<T: Parser>(args: &[String]) -> Result<T, String> {
     T::try_parse_from(args).map_err(|e| e.render().to_string().trim_end().to_string())
 }
@@ -87,6 +99,21 @@ fn bench_network(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<Jo
     Ok(JobParts::none())
 }
 
+fn nexmark(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    let a: NexmarkArgs = parse(ctx.args)?;
+    let totals = crate::bench::declare_nexmark(env, a.query, a.events, a.seed, true)
+        .ok_or("the nexmark job ends in a checksum sink")?;
+    if ctx.planning {
+        return Ok(JobParts::none());
+    }
+    Ok(JobParts::with_accumulators(move || {
+        Ok(Accumulators::from([
+            ("output-records".to_string(), Accumulator::Count(totals.count())),
+            ("output-checksum".to_string(), Accumulator::Checksum(totals.checksum())),
+        ]))
+    }))
+}
+
 /// Every job type of the `corestream` binary.
 pub fn registry() -> JobRegistry {
     let mut r = JobRegistry::new();
@@ -101,6 +128,13 @@ pub fn registry() -> JobRegistry {
         "sum generated values per key; the result is a checksum of the totals and the number of keys",
         "--records N --keys K",
         sum_by_key,
+    ));
+    r.register(JobType::new(
+        "nexmark",
+        "a Nexmark query over the generator's first N events; the result is the output's record count and \
+         order-independent checksum (as `bench nexmark --checksum` prints them)",
+        "--query q0|q1|q2|q3|q4|q5|q7|q8|q11|q12 --events N [--seed S]",
+        nexmark,
     ));
     r.register(JobType::new(
         "bench-network",

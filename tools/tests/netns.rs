@@ -252,7 +252,7 @@ fn placement_options_are_refused_when_wrong() {
     let fixed_port = ["--processes", "3", "-p", "3", "--child-bind", "127.0.0.1:7000"];
     refused(&fixed_port, 2, "--child-bind 127.0.0.1:7000 has a fixed port");
     let unassigned = ["--processes", "2", "--tm-bind", "192.0.2.1:0"];
-    refused(&unassigned, 1, "cannot start the JobManager on 192.0.2.1 (given by --tm-bind)");
+    refused(&unassigned, 1, "cannot bind the data address 192.0.2.1:0 (given by --tm-bind)");
 
     let out = corestream(&["bench", "keyed-sum", "--events", "1k", "--keys", "10", "--tm-bind", "127.0.0.1:0"]);
     assert_clean_exit(&out, 2);

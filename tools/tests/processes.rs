@@ -178,7 +178,7 @@ fn a_hung_task_manager_is_the_one_named() {
     let out = run.finish_within(Duration::from_secs(60));
     assert_status(&out, 1);
     let error = out.stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{}", out.stderr));
-    assert!(error.starts_with(&format!("error: TaskManager 3 (pid {child}) stopped answering: ")), "{}", out.stderr);
+    assert!(error.starts_with(&format!("error: TaskManager 3 (pid {child}) hung: ")), "{}", out.stderr);
     assert!(
         error.contains(&format!("pid {child}, data ")) && error.contains("was lost"),
         "the JobManager's reason: {error}"
@@ -187,6 +187,7 @@ fn a_hung_task_manager_is_the_one_named() {
         assert!(!error.contains(&format!("pid {other}")), "blames another TaskManager (pid {other}): {error}");
     }
     assert_eq!(error.matches("no heartbeat for").count(), 1, "the timeout once: {error}");
+    assert_eq!(error.matches("hung").count(), 1, "named once: {error}");
     assert!(!alive(child), "the hung TaskManager was killed");
 }
 

@@ -347,6 +347,14 @@ pub(crate) static KEYS: &[KeySpec] = &[
                       with the lower index dials) before the job fails.",
     },
     KeySpec {
+        name: "taskmanager.network.open-timeout",
+        section: NET,
+        kind: Kind::Duration { at: at!(taskmanager.network.open_timeout), min: ms(1), max: secs(3600) },
+        flink: Flink::Absent,
+        description: "How long a job's channels on a shared data connection wait for the peer TaskManager to \
+                      deploy the same job before the job fails there.",
+    },
+    KeySpec {
         name: "heartbeat.interval",
         section: HB,
         kind: Kind::Duration { at: at!(heartbeat.interval), min: ms(10), max: secs(3600) },

@@ -154,6 +154,7 @@ pub struct NetworkSettings {
     pub connect_initial_backoff: Duration,
     pub connect_max_backoff: Duration,
     pub accept_timeout: Duration,
+    pub open_timeout: Duration,
 }
 
 impl Default for NetworkSettings {
@@ -171,6 +172,7 @@ impl Default for NetworkSettings {
             connect_initial_backoff: net.connect_backoff_initial,
             connect_max_backoff: net.connect_backoff_max,
             accept_timeout: net.accept_timeout,
+            open_timeout: net.open_timeout,
         }
     }
 }
@@ -194,6 +196,7 @@ impl NetworkSettings {
             connect_backoff_initial: self.connect_initial_backoff,
             connect_backoff_max: self.connect_max_backoff,
             accept_timeout: self.accept_timeout,
+            open_timeout: self.open_timeout,
         }
     }
 }

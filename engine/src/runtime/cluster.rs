@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use corestream_netstack::{BufferPool, Doorbell, Hello, LocalChannel, OutputChannel, PeerIdentity, PeerSession};
+use corestream_netstack::{BufferPool, Doorbell, JobSpec, LocalChannel, OutputChannel, PeerSession};
 
 use super::build::{OutputEdgeRt, SideEdgeRt};
 use super::job::{JobHandle, JobMetrics, JobShared};
@@ -454,22 +454,15 @@ impl LocalCluster {
             let d = distribution.expect("remote channels exist only in distributed mode");
             let fingerprint = fingerprint.expect("computed in distributed mode");
             let channels = plan.channels.len() as u32;
-            let hello = Hello {
-                sender_tm: tm,
-                job_fingerprint: fingerprint,
-                tm_count: count,
-                pid: std::process::id(),
-                heartbeat_ms: self.inner.config.net.heartbeat_interval.as_millis().min(u32::MAX as u128) as u32,
-                channels,
-            };
-            let identity = PeerIdentity { tm: peer, job_fingerprint: fingerprint, tm_count: count, channels };
+            let config = super::remote::session_config(tm, peer, &self.inner.config.net);
             let bell = Arc::new(Doorbell::new());
             shared.add_bell(bell.clone());
             sessions.push(SessionBuild {
                 peer,
                 peer_addr: d.peers[peer as usize],
                 dial: tm < peer,
-                session: PeerSession::new(hello, identity, self.inner.pool.clone()),
+                session: PeerSession::new(config, self.inner.pool.clone()),
+                job: JobSpec::new(super::remote::APP_DEPLOYMENT, fingerprint, channels, bell.clone()),
                 bell,
                 outbound: Vec::new(),
             });
@@ -492,7 +485,7 @@ impl LocalCluster {
                         let i = session_for(&mut sessions, peer);
                         let s = &mut sessions[i];
                         let channel = LocalChannel::new_remote_out(bell_of(producer), s.bell.clone());
-                        s.session.add_outbound(id as u32, channel.clone());
+                        s.job.add_outbound(id as u32, channel.clone());
                         s.outbound.push(channel.clone());
                         Some(channel)
                     }
@@ -505,7 +498,7 @@ impl LocalCluster {
                             bell_of(consumer),
                         );
                         let head = jg.vertices[e.target].nodes[0];
-                        s.session.add_inbound(id as u32, channel.clone(), graph.nodes[head].runtime.validator());
+                        s.job.add_inbound(id as u32, channel.clone(), graph.nodes[head].runtime.validator());
                         Some(channel)
                     }
                     ChannelRoute::Elsewhere => None,

@@ -1,11 +1,16 @@
 //! A job's connections to the other TaskManager processes that run it. Submitting a job in
 //! distributed mode builds one [`PeerSession`] per peer TaskManager that shares a channel with
-//! this one; they all run on the job's gateway slot (its lowest local slot) beside that slot's
-//! tasks, so the network needs no thread of its own. Of each pair, the TaskManager with the
-//! lower index dials and the other accepts on its data listener; the acceptor tells its
-//! connections apart by peeking at the HELLO that opens each. A session that fails fails the
-//! job with its [`NetError`] (which names the peer), which cancels every local task; a job that
-//! fails or is cancelled here interrupts every session, so the peers learn of it at once.
+//! this one, with the job registered on it as the one deployment it carries; they all run on
+//! the job's gateway slot (its lowest local slot) beside that slot's tasks, so the network
+//! needs no thread of its own. Of each pair, the TaskManager with the lower index dials and the
+//! other accepts on its data listener; the acceptor tells its connections apart by peeking at
+//! the HELLO that opens each. A session that fails fails the job with its [`NetError`] (which
+//! names the peer), which cancels every local task; a job that fails or is cancelled here
+//! interrupts every session, so the peers learn of it at once.
+//!
+//! Application mode has no JobManager: its TaskManager ids are derived from the indexes
+//! ([`app_tm_id`]), the cluster token is a constant and the job fingerprint travels in
+//! JOB_OPEN, so processes that built different jobs refuse each other there.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -14,9 +19,11 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use corestream_netstack::handshake::{random_nonce, ClusterAuth, Role, TmId};
+use corestream_netstack::remote::{LocalIdentity, SessionConfig};
 use corestream_netstack::transport::{dial, run_session, Interrupt, NetConfig, SessionEnd};
-use corestream_netstack::wire::{decode_header, FrameKind, HEADER_BYTES};
-use corestream_netstack::{Doorbell, LocalChannel, NetError, PeerSession};
+use corestream_netstack::wire::{decode_frame, Message, HELLO_FRAME_BYTES};
+use corestream_netstack::{Doorbell, JobSpec, LocalChannel, NetError, PeerSession};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
@@ -29,6 +36,40 @@ use crate::error::JobError;
 /// How often a connection attempt that is still waiting checks whether the job has ended.
 const CANCEL_POLL: Duration = Duration::from_millis(20);
 
+/// The deployment key of the one job an application-mode connection carries.
+pub(crate) const APP_DEPLOYMENT: u64 = 1;
+
+/// The cluster token of application mode: its processes share no secret; the job fingerprint
+/// in JOB_OPEN keeps different jobs apart.
+const APP_TOKEN: [u8; 32] = *b"corestream application mode\0\0\0\0\0";
+
+/// The data-connection id of TaskManager `index` in application mode: the index, big-endian,
+/// so ids order as indexes do and the lower index dials.
+pub(crate) fn app_tm_id(index: u32) -> TmId {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&index.to_be_bytes());
+    TmId(id)
+}
+
+fn app_tm_index(id: TmId) -> Option<u32> {
+    id.0[4..].iter().all(|b| *b == 0).then(|| u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]))
+}
+
+/// How TaskManager `tm` introduces itself on its connection to `peer`.
+pub(crate) fn session_config(tm: u32, peer: u32, net: &NetConfig) -> SessionConfig {
+    SessionConfig {
+        identity: LocalIdentity { tm: app_tm_id(tm), pid: std::process::id(), auth: ClusterAuth::new(APP_TOKEN, None) },
+        role: if tm < peer { Role::Dialer } else { Role::Acceptor },
+        expected_peer: Some(app_tm_id(peer)),
+        heartbeat_ms: net.heartbeat_ms(),
+        open_timeout: net.open_timeout,
+        // With a public token the nonce only keeps transcripts apart; without a random source
+        // a constant costs no security here.
+        nonce: random_nonce().unwrap_or([0; 32]),
+        peer_name: format!("TaskManager {peer}"),
+    }
+}
+
 /// One connection of a job, before it is opened.
 pub(crate) struct SessionBuild {
     pub peer: u32,
@@ -36,6 +77,8 @@ pub(crate) struct SessionBuild {
     /// This side dials (its index is the lower one); otherwise it accepts.
     pub dial: bool,
     pub session: PeerSession,
+    /// The job's channels on this connection, registered when it starts.
+    pub job: JobSpec,
     /// Rung by the session's channels and on cancellation; in the job's bells.
     pub bell: Arc<Doorbell>,
     /// The channels whose producers are here, for the credit-stall count.
@@ -108,7 +151,13 @@ impl Ctx {
                 None => Interrupt::Cancel { reason: format!("job '{}' was cancelled", job.name) },
             })
         };
-        let outcome = run_session(stream, build.session, build.bell, &self.config, name.clone(), interrupt).await;
+        let mut session = build.session;
+        if let Err(error) = session.register_job(build.job) {
+            let (peer, deployment) = (name, APP_DEPLOYMENT);
+            self.job.fail(JobError::Network(NetError::JobRegistration { peer, deployment, error }));
+            return;
+        }
+        let outcome = run_session(stream, session, build.bell, &self.config, name.clone(), interrupt).await;
         match outcome {
             Ok(outcome) => {
                 let remote_credit_stalls = build.outbound.iter().map(|c| c.credit_stalls()).sum();
@@ -254,21 +303,22 @@ async fn accept_and_identify(
 }
 
 /// The TaskManager index in the HELLO that opens `stream`, read without consuming it; `None`
-/// if the first bytes are not a HELLO header or do not arrive within `timeout`.
+/// if the first bytes are not a HELLO of an application-mode id or do not arrive within
+/// `timeout`.
 async fn hello_sender(stream: &TcpStream, timeout: Duration) -> Option<u32> {
     let peek = async {
-        let mut header = [0u8; HEADER_BYTES];
+        let mut hello = [0u8; HELLO_FRAME_BYTES];
         loop {
-            match stream.peek(&mut header).await {
-                Ok(n) if n >= HEADER_BYTES => break,
+            match stream.peek(&mut hello).await {
+                Ok(n) if n >= HELLO_FRAME_BYTES => break,
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {
                     Timer::new(Duration::from_millis(1)).await;
                 }
             }
         }
-        match decode_header(&header) {
-            Ok(h) if h.kind == FrameKind::Hello => Some(h.arg),
+        match decode_frame(&hello) {
+            Ok((Message::Hello(h), _)) => app_tm_index(h.tm),
             _ => None,
         }
     };
