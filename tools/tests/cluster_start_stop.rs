@@ -1,0 +1,309 @@
+//! `corestream cluster start|stop` on this machine: a JobManager and two TaskManagers from a
+//! workers file of two `localhost` lines, with authentication from a secret file; they register,
+//! and `stop` ends all three and removes their records. Also the refusals (a malformed workers
+//! file, a missing configuration) and stale records. Every test holds a [`Reaper`] that kills
+//! whatever the state directory recorded when the test ends, passed or failed.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::run_corestream_with_env;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Kills, on drop, every process the state directory recorded or that `remember` was given,
+/// if it is still one of ours (its command line runs this binary).
+struct Reaper {
+    state: PathBuf,
+    pids: Vec<u32>,
+}
+
+impl Reaper {
+    fn new(state: &Path) -> Self {
+        Self { state: state.to_path_buf(), pids: Vec::new() }
+    }
+
+    fn remember(&mut self, pids: &[u32]) {
+        self.pids.extend_from_slice(pids);
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let mut pids = self.pids.clone();
+        pids.extend(records(&self.state).into_iter().map(|(_, pid)| pid));
+        for pid in pids {
+            if ours(pid) {
+                // SAFETY: kill(2) on a pid whose command line was just seen to run this test's binary.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Whether `pid` is a live process running the `corestream` binary under test.
+fn ours(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("Z");
+    if state == "Z" || state == "X" {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let exe = env!("CARGO_BIN_EXE_corestream");
+    cmdline.split(|b| *b == 0).next().is_some_and(|arg0| arg0 == exe.as_bytes())
+}
+
+/// The (file name, pid) of every record in `state`.
+fn records(state: &Path) -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir(state) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if let Some(pid) = value["pid"].as_u64() {
+            out.push((name, pid as u32));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A configuration with authentication from a secret file, the JobManager on a free port and
+/// the REST API on another.
+fn cluster_files(dir: &Path, workers: &str) -> (PathBuf, u16) {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let rest_port = free_port();
+    let config = dir.join("corestream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "jobmanager.rpc.address = \"127.0.0.1\"\njobmanager.rpc.port = {}\nrest.port = {rest_port}\n\
+             taskmanager.numberOfTaskSlots = 1\n[security.cluster]\nsecret-file = \"{}\"\n",
+            free_port(),
+            secret.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("workers"), workers).unwrap();
+    (config, rest_port)
+}
+
+fn cluster(args: &[&OsStr]) -> Output {
+    let mut all = vec![OsStr::new("cluster")];
+    all.extend_from_slice(args);
+    run_corestream_with_env(&all, &[], LIMIT)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// `GET /v1/overview`'s TaskManager count, or `None` when the JobManager does not serve it.
+fn overview_taskmanagers(rest_port: u16) -> Option<u64> {
+    let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().new_agent();
+    let mut response = agent.get(format!("http://127.0.0.1:{rest_port}/v1/overview")).call().ok()?;
+    let value: serde_json::Value = response.body_mut().read_json().ok()?;
+    value["taskmanagers"].as_u64()
+}
+
+#[test]
+fn start_registers_two_taskmanagers_and_stop_ends_all_three() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, rest_port) = cluster_files(dir.path(), "# two TaskManagers here\nlocalhost\nlocalhost\n");
+    let state = dir.path().join("state");
+    let mut reaper = Reaper::new(&state);
+
+    // A record left by an earlier run whose process is gone is removed, not refused.
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let dead = dead_pid();
+    std::fs::write(
+        state.join("taskmanager-7.json"),
+        format!(
+            r#"{{"role":"taskmanager","index":7,"host":"localhost","local":true,"pid":{dead},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0}}"#
+        ),
+    )
+    .unwrap();
+
+    let out = cluster(&[
+        "start".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        "--timeout".as_ref(),
+        "60s".as_ref(),
+    ]);
+    let recorded = records(&state);
+    reaper.remember(&recorded.iter().map(|(_, pid)| *pid).collect::<Vec<_>>());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "cluster start failed: {out:?}\nJobManager log:\n{}", log(&state, "jobmanager.log"));
+    assert!(stdout.contains(&format!("removed the stale record of TaskManager 7 on localhost (pid {dead})")), "{stdout}");
+    assert!(stdout.contains("cluster started: the JobManager at 127.0.0.1:"), "{stdout}");
+    let names: Vec<&str> = recorded.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["jobmanager.json", "taskmanager-1.json", "taskmanager-2.json"]);
+    let pids: Vec<u32> = recorded.iter().map(|(_, pid)| *pid).collect();
+    assert!(pids.iter().all(|p| alive(*p)), "every recorded process runs: {pids:?}");
+    for (i, pid) in pids[1..].iter().enumerate() {
+        assert!(
+            stdout.contains(&format!("started TaskManager {} on localhost (pid {pid}): registered with the JobManager", i + 1)),
+            "{stdout}"
+        );
+    }
+
+    // The JobManager logged both registrations, with the recorded pids.
+    let jm_log = log(&state, "jobmanager.log");
+    assert!(jm_log.contains("jobmanager: TaskManagers connect to 127.0.0.1:"), "{jm_log}");
+    for pid in &pids[1..] {
+        assert!(
+            jm_log.lines().any(|l| l.contains("TaskManager registered") && l.contains(&format!(" pid={pid} "))),
+            "no registration of pid {pid} in:\n{jm_log}"
+        );
+    }
+    let tm_log = log(&state, "taskmanager-2-localhost.log");
+    assert!(tm_log.contains("1 slot(s), data on 127.0.0.1:"), "{tm_log}");
+    match overview_taskmanagers(rest_port) {
+        Some(n) => assert_eq!(n, 2, "GET /v1/overview"),
+        None => eprintln!("GET /v1/overview is not served by this JobManager: checked its log only"),
+    }
+
+    // A second start refuses while the cluster runs.
+    let again = cluster(&["start".as_ref(), "--config".as_ref(), config.as_os_str(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(text(&again.stderr).contains("is still running (TaskManager 1 on localhost"), "{again:?}");
+
+    let out = cluster(&["stop".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for (i, pid) in pids[1..].iter().enumerate() {
+        assert!(stdout.contains(&format!("stopped TaskManager {} on localhost (pid {pid})", i + 1)), "{stdout}");
+    }
+    assert!(stdout.contains("stopped the JobManager on "), "{stdout}");
+    assert!(stdout.trim_end().ends_with("cluster stopped"), "{stdout}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(pids.iter().all(|p| !alive(*p)), "still running after stop: {pids:?}");
+    assert!(records(&state).is_empty(), "records left: {:?}", records(&state));
+    assert!(state.join("jobmanager.log").exists(), "the logs stay for troubleshooting");
+
+    let out = cluster(&["stop".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), format!("nothing is running: no process recorded in {}\n", state.display()));
+}
+
+fn log(state: &Path, name: &str) -> String {
+    std::fs::read_to_string(state.join(name)).unwrap_or_default()
+}
+
+/// A pid that no process has now (a child that ran and was reaped).
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn a_malformed_workers_file_is_refused_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = cluster_files(dir.path(), "localhost\nlocalhost slots=two\n");
+    let state = dir.path().join("state");
+    let _reaper = Reaper::new(&state);
+    let out = cluster(&["start".as_ref(), "--config".as_ref(), config.as_os_str(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let workers = dir.path().join("workers");
+    assert_eq!(
+        text(&out.stderr),
+        format!("error: {}:2: `slots=two`: expected a whole number from 1 to 1024\n", workers.display())
+    );
+    assert!(!state.exists(), "nothing was started or recorded");
+
+    std::fs::write(&workers, "# nobody\n").unwrap();
+    let out = cluster(&["start".as_ref(), "--config".as_ref(), config.as_os_str(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("names no TaskManager host"), "{out:?}");
+}
+
+#[test]
+fn a_missing_configuration_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _reaper = Reaper::new(&state);
+    let missing = dir.path().join("nowhere.toml");
+    let out = cluster(&["start".as_ref(), "--config".as_ref(), missing.as_os_str(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).starts_with(&format!("error: cannot read the configuration file {}: ", missing.display())),
+        "{out:?}"
+    );
+    assert!(!state.exists(), "nothing was started or recorded");
+
+    // Without --config there is no workers file to find either.
+    let out = cluster(&["start".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("no workers file: give --workers FILE"), "{out:?}");
+}
+
+#[test]
+fn stop_removes_a_stale_record_without_signalling_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let _reaper = Reaper::new(&state);
+    let dead = dead_pid();
+    std::fs::write(
+        state.join("jobmanager.json"),
+        format!(
+            r#"{{"role":"jobmanager","index":0,"host":"here","local":true,"pid":{dead},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0}}"#
+        ),
+    )
+    .unwrap();
+    // This test's own pid, recorded with another start time: a reused pid is never signalled.
+    let me = std::process::id();
+    std::fs::write(
+        state.join("taskmanager-1.json"),
+        format!(
+            r#"{{"role":"taskmanager","index":1,"host":"localhost","local":true,"pid":{me},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0}}"#
+        ),
+    )
+    .unwrap();
+    let out = cluster(&["stop".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "pid {me} is now another process, not TaskManager 1 on localhost (pid {me}): nothing signalled; removed its \
+             record\nthe JobManager on here (pid {dead}) was no longer running; removed its record\nnothing was \
+             running; removed the stale records\n"
+        )
+    );
+    assert!(records(&state).is_empty());
+
+    // A record that is not one is reported, not guessed at.
+    std::fs::write(state.join("taskmanager-2.json"), "{}").unwrap();
+    let out = cluster(&["stop".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("taskmanager-2.json cannot be read: missing field `role`"), "{out:?}");
+}
