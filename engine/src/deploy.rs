@@ -1027,8 +1027,6 @@ struct Pending {
 /// Starts the JobManager here and a TaskManager per worker, and waits until they are up.
 /// `report` gets a line for each step as it happens.
 pub fn start(opts: &StartOptions, report: &mut dyn FnMut(&str)) -> Result<StartSummary, DeployError> {
-    let jm_settings = ClusterSettings::load_from_process(opts.config.as_deref(), &[], ConfRole::JobManager)?;
-    ClusterSettings::load_from_process(opts.config.as_deref(), &[], ConfRole::TaskManager)?;
     let config = match &opts.config {
         Some(c) => Some(std::path::absolute(c).map_err(|e| {
             DeployError::Invalid(format!("the configuration file {}: {e}", c.display()))
@@ -1044,6 +1042,8 @@ pub fn start(opts: &StartOptions, report: &mut dyn FnMut(&str)) -> Result<StartS
             ))
         }
     };
+    let jm_settings = ClusterSettings::load_from_process(config.as_deref(), &[], ConfRole::JobManager)?;
+    ClusterSettings::load_from_process(config.as_deref(), &[], ConfRole::TaskManager)?;
     let workers = read_workers(&workers_path)?;
     let (plans, mut warnings) =
         plan_taskmanagers(&workers, &opts.this_host, jm_settings.taskmanager.number_of_task_slots);
