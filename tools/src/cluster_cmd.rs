@@ -63,8 +63,9 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
 }
 
 fn start(args: StartArgs, print: &mut dyn FnMut(&str)) -> Result<(), DeployError> {
-    let binary = std::env::current_exe()
-        .map_err(|e| DeployError::Invalid(format!("cannot find this program's executable to start the cluster: {e}")))?;
+    let binary = std::env::current_exe().map_err(|e| {
+        DeployError::Invalid(format!("cannot find this program's executable to start the cluster: {e}"))
+    })?;
     let state_dir = args.state_dir.unwrap_or_else(deploy::default_state_dir_from_env);
     let mut opts = StartOptions::from_process(binary, args.config, args.workers, state_dir);
     opts.timeout = args.timeout;

@@ -158,7 +158,10 @@ fn start_registers_two_taskmanagers_and_stop_ends_all_three() {
     reaper.remember(&recorded.iter().map(|(_, pid)| *pid).collect::<Vec<_>>());
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "cluster start failed: {out:?}\nJobManager log:\n{}", log(&state, "jobmanager.log"));
-    assert!(stdout.contains(&format!("removed the stale record of TaskManager 7 on localhost (pid {dead})")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("removed the stale record of TaskManager 7 on localhost (pid {dead})")),
+        "{stdout}"
+    );
     assert!(stdout.contains("cluster started: the JobManager at 127.0.0.1:"), "{stdout}");
     let names: Vec<&str> = recorded.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["jobmanager.json", "taskmanager-1.json", "taskmanager-2.json"]);
@@ -166,7 +169,10 @@ fn start_registers_two_taskmanagers_and_stop_ends_all_three() {
     assert!(pids.iter().all(|p| alive(*p)), "every recorded process runs: {pids:?}");
     for (i, pid) in pids[1..].iter().enumerate() {
         assert!(
-            stdout.contains(&format!("started TaskManager {} on localhost (pid {pid}): registered with the JobManager", i + 1)),
+            stdout.contains(&format!(
+                "started TaskManager {} on localhost (pid {pid}): registered with the JobManager",
+                i + 1
+            )),
             "{stdout}"
         );
     }
@@ -188,7 +194,13 @@ fn start_registers_two_taskmanagers_and_stop_ends_all_three() {
     }
 
     // A second start refuses while the cluster runs.
-    let again = cluster(&["start".as_ref(), "--config".as_ref(), config.as_os_str(), "--state-dir".as_ref(), state.as_os_str()]);
+    let again = cluster(&[
+        "start".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ]);
     assert_eq!(again.status.code(), Some(1), "{again:?}");
     assert!(text(&again.stderr).contains("is still running (TaskManager 1 on localhost"), "{again:?}");
 
@@ -231,7 +243,13 @@ fn a_malformed_workers_file_is_refused_naming_its_line() {
     let (config, _) = cluster_files(dir.path(), "localhost\nlocalhost slots=two\n");
     let state = dir.path().join("state");
     let _reaper = Reaper::new(&state);
-    let out = cluster(&["start".as_ref(), "--config".as_ref(), config.as_os_str(), "--state-dir".as_ref(), state.as_os_str()]);
+    let out = cluster(&[
+        "start".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let workers = dir.path().join("workers");
     assert_eq!(
@@ -241,7 +259,13 @@ fn a_malformed_workers_file_is_refused_naming_its_line() {
     assert!(!state.exists(), "nothing was started or recorded");
 
     std::fs::write(&workers, "# nobody\n").unwrap();
-    let out = cluster(&["start".as_ref(), "--config".as_ref(), config.as_os_str(), "--state-dir".as_ref(), state.as_os_str()]);
+    let out = cluster(&[
+        "start".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(text(&out.stderr).contains("names no TaskManager host"), "{out:?}");
 }
@@ -252,7 +276,13 @@ fn a_missing_configuration_is_refused_naming_the_file() {
     let state = dir.path().join("state");
     let _reaper = Reaper::new(&state);
     let missing = dir.path().join("nowhere.toml");
-    let out = cluster(&["start".as_ref(), "--config".as_ref(), missing.as_os_str(), "--state-dir".as_ref(), state.as_os_str()]);
+    let out = cluster(&[
+        "start".as_ref(),
+        "--config".as_ref(),
+        missing.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
         text(&out.stderr).starts_with(&format!("error: cannot read the configuration file {}: ", missing.display())),
