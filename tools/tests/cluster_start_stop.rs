@@ -337,3 +337,133 @@ fn stop_removes_a_stale_record_without_signalling_anything() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(text(&out.stderr).contains("taskmanager-2.json cannot be read: missing field `role`"), "{out:?}");
 }
+
+/// The repository's `deploy/` directory.
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Sections of an INI-like systemd unit: `[Section]` headers, `key=value` lines, `#`/`;` comments.
+fn parse_unit(path: &Path) -> Vec<(String, Vec<(String, String)>)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            sections.push((name.to_string(), Vec::new()));
+            continue;
+        }
+        let (key, value) =
+            line.split_once('=').unwrap_or_else(|| panic!("{}:{}: not `key=value`: {line}", path.display(), i + 1));
+        assert!(
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{}:{}: bad key `{key}`",
+            path.display(),
+            i + 1
+        );
+        let section =
+            sections.last_mut().unwrap_or_else(|| panic!("{}:{}: a key before any section", path.display(), i + 1));
+        section.1.push((key.to_string(), value.to_string()));
+    }
+    sections
+}
+
+fn unit_value<'a>(unit: &'a [(String, Vec<(String, String)>)], section: &str, key: &str) -> Option<&'a str> {
+    unit.iter().find(|(s, _)| s == section)?.1.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A systemd size (`64M`, `512K`, `infinity`) in bytes.
+fn unit_bytes(value: &str) -> u64 {
+    if value == "infinity" {
+        return u64::MAX;
+    }
+    let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let n: u64 = digits.parse().unwrap_or_else(|_| panic!("not a size: {value}"));
+    n * match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => panic!("unknown size unit {other} in {value}"),
+    }
+}
+
+#[test]
+fn systemd_units_run_options_the_binary_accepts() {
+    for (file, role) in
+        [("corestream-jobmanager.service", "jobmanager"), ("corestream-taskmanager.service", "taskmanager")]
+    {
+        let path = deploy_dir().join("systemd").join(file);
+        let unit = parse_unit(&path);
+        let names: Vec<&str> = unit.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, ["Unit", "Service", "Install"], "{file}");
+        let get = |key: &str| unit_value(&unit, "Service", key).unwrap_or_else(|| panic!("{file}: no {key}="));
+        assert_eq!(get("Type"), "exec", "{file}");
+        assert_eq!(get("Restart"), "on-failure", "{file}");
+        assert_eq!(get("KillSignal"), "SIGTERM", "{file}");
+        assert_eq!(get("User"), "corestream", "{file}");
+        assert!(get("TimeoutStopSec").ends_with('s'), "{file}");
+        assert!(
+            unit_value(&unit, "Service", "SystemCallFilter").is_none(),
+            "{file}: a syscall filter can block io_uring"
+        );
+
+        let exec: Vec<&str> = get("ExecStart").split_whitespace().collect();
+        assert_eq!(exec[..2], ["/usr/local/bin/corestream", role], "{file}");
+        let help = run_corestream_with_env(&[role, "--help"], &[], LIMIT);
+        assert!(help.status.success(), "{help:?}");
+        let help = text(&help.stdout);
+        for option in exec[2..].iter().filter(|a| a.starts_with('-')) {
+            assert!(
+                help.contains(&format!("{option} ")),
+                "{file}: `corestream {role} --help` has no {option}:\n{help}"
+            );
+        }
+        assert_eq!(exec[2..], ["--config", "/etc/corestream/corestream.toml"], "{file}");
+        // The whole command line parses: clap refuses an unknown option before it prints help.
+        let mut args: Vec<&str> = exec[1..].to_vec();
+        args.push("--help");
+        let parsed = run_corestream_with_env(&args, &[], LIMIT);
+        assert!(parsed.status.success(), "{file}: {parsed:?}");
+
+        if role == "taskmanager" {
+            // glommio locks at least 512 KiB per slot: the limit must cover a machine's slots.
+            let memlock = unit_bytes(get("LimitMEMLOCK"));
+            assert!(memlock >= 64 * 512 * 1024, "{file}: LimitMEMLOCK covers fewer than 64 slots");
+        }
+    }
+}
+
+#[test]
+fn systemd_units_pass_systemd_analyze_where_it_is_installed() {
+    let dir = deploy_dir().join("systemd");
+    let units = [dir.join("corestream-jobmanager.service"), dir.join("corestream-taskmanager.service")];
+    let Ok(out) = std::process::Command::new("systemd-analyze").arg("verify").args(&units).output() else {
+        eprintln!("systemd-analyze is not installed: only the syntax test ran");
+        return;
+    };
+    // The binary is not installed here; every other complaint is a fault of the units.
+    let stderr = text(&out.stderr);
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("Command /usr/local/bin/corestream is not executable"))
+        .collect();
+    assert!(complaints.is_empty(), "systemd-analyze verify: {complaints:#?}");
+}
+
+#[test]
+fn the_example_configuration_and_workers_file_load() {
+    let conf = deploy_dir().join("conf");
+    for role in [corestream::conf::Role::JobManager, corestream::conf::Role::TaskManager] {
+        let empty: [(&str, &str); 0] = [];
+        let settings = corestream::conf::ClusterSettings::load(Some(&conf.join("corestream.toml")), empty, &[], role)
+            .unwrap_or_else(|e| panic!("deploy/conf/corestream.toml as {role}: {e}"));
+        assert_eq!(settings.security.cluster_secret_file.as_deref(), Some(Path::new("/etc/corestream/secret")));
+        assert_ne!(settings.jobmanager.rpc_address, "127.0.0.1", "the example has remote workers");
+    }
+    let workers = corestream::deploy::read_workers(&conf.join("workers")).unwrap();
+    assert!(workers.len() >= 2 && workers.iter().any(|w| w.slots.is_some()), "{workers:?}");
+}
