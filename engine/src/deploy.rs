@@ -62,6 +62,11 @@ const SSH_START_TIMEOUT: Duration = Duration::from_secs(60);
 const PARALLEL_MAX: usize = 16;
 /// How long `start` waits by default for every process to come up and register.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Where remote TaskManagers log by default, relative to the ssh user's home directory there.
+/// Not the local state directory's path: under `$XDG_RUNTIME_DIR` that directory exists on the
+/// remote host only while a session of the user does, so a log there would vanish with the ssh
+/// session that started the TaskManager.
+pub const DEFAULT_REMOTE_LOG_DIR: &str = ".local/state/corestream";
 /// How long `stop` waits by default after SIGTERM before it sends SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -173,6 +178,9 @@ pub struct StartOptions {
     /// The workers file; `None`: `workers` beside the configuration file.
     pub workers: Option<PathBuf>,
     pub state_dir: PathBuf,
+    /// Where remote TaskManagers log, on their host; a relative path is relative to the ssh
+    /// user's home directory ([`DEFAULT_REMOTE_LOG_DIR`]).
+    pub remote_log_dir: PathBuf,
     /// How long to wait for every process to start and every TaskManager to register.
     pub timeout: Duration,
     pub ssh: SshSettings,
@@ -197,6 +205,7 @@ impl StartOptions {
             config,
             workers,
             state_dir,
+            remote_log_dir: PathBuf::from(DEFAULT_REMOTE_LOG_DIR),
             timeout: DEFAULT_START_TIMEOUT,
             ssh: SshSettings::from_env(),
             log_filter: child_log_filter(std::env::var("CORESTREAM_LOG").ok().as_deref()),
@@ -464,7 +473,7 @@ fn start_taskmanager(
     config_args: &[OsString],
     plan: &TaskManagerPlan,
 ) -> Result<Pending, String> {
-    let log = dir.join(taskmanager_log_name(plan));
+    let log = if plan.local { dir.to_path_buf() } else { opts.remote_log_dir.clone() }.join(taskmanager_log_name(plan));
     let args = taskmanager_args(config_args, plan);
     let (pid, child, start_ticks) = if plan.local {
         let child = spawn_detached(binary, &args, &log, &opts.log_filter)

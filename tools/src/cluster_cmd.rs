@@ -28,7 +28,8 @@ pub struct StartArgs {
     #[arg(long, value_name = "FILE")]
     workers: Option<PathBuf>,
     /// Where the records and logs go (default $XDG_RUNTIME_DIR/corestream, else
-    /// /tmp/corestream-$USER); remote TaskManagers log to the same path on their host.
+    /// /tmp/corestream-$USER). Remote TaskManagers log to the same path on their host when it is
+    /// given, else to ~/.local/state/corestream there.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// How long to wait for every process to start and every TaskManager to register.
@@ -66,8 +67,12 @@ fn start(args: StartArgs, print: &mut dyn FnMut(&str)) -> Result<(), DeployError
     let binary = std::env::current_exe().map_err(|e| {
         DeployError::Invalid(format!("cannot find this program's executable to start the cluster: {e}"))
     })?;
+    let given = args.state_dir.is_some();
     let state_dir = args.state_dir.unwrap_or_else(deploy::default_state_dir_from_env);
-    let mut opts = StartOptions::from_process(binary, args.config, args.workers, state_dir);
+    let mut opts = StartOptions::from_process(binary, args.config, args.workers, state_dir.clone());
+    if given {
+        opts.remote_log_dir = state_dir;
+    }
     opts.timeout = args.timeout;
     let summary = deploy::start(&opts, print)?;
     print(&format!(

@@ -467,3 +467,32 @@ fn the_example_configuration_and_workers_file_load() {
     let workers = corestream::deploy::read_workers(&conf.join("workers")).unwrap();
     assert!(workers.len() >= 2 && workers.iter().any(|w| w.slots.is_some()), "{workers:?}");
 }
+
+#[test]
+fn the_deployment_guide_quotes_the_real_messages() {
+    let guide = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/DEPLOYMENT.md")).unwrap();
+    let workers = Path::new("/etc/corestream/workers");
+    let cases = [
+        ("localhost\nnode-2.example.org\nnode-3.example.org cores=4\n", "unknown option `cores=4`"),
+        ("localhost\nlocalhost slots=two\n", "`slots=two`"),
+    ];
+    for (text, what) in cases {
+        let e = corestream::deploy::parse_workers(text, workers).unwrap_err();
+        let quoted = format!("error: {e}");
+        assert!(quoted.contains(what), "{quoted}");
+        assert!(guide.contains(&quoted), "docs/DEPLOYMENT.md does not quote `{quoted}`");
+    }
+    let plans = corestream::deploy::plan_taskmanagers(
+        &corestream::deploy::parse_workers("localhost\nnode2\n", workers).unwrap(),
+        "jm",
+        None,
+        0,
+    )
+    .0;
+    let e = corestream::deploy::check_jobmanager_address("127.0.0.1", &plans, workers).unwrap_err();
+    let quoted = format!("error: {e}").replace('`', "\\`");
+    assert!(guide.contains(&quoted), "docs/DEPLOYMENT.md does not quote `{quoted}`");
+    // The example workers file in the guide is valid.
+    let block = guide.split("```text\n# HOST [slots=N]\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    assert_eq!(corestream::deploy::parse_workers(block, workers).unwrap().len(), 4);
+}

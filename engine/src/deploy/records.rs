@@ -140,7 +140,8 @@ impl ProcessRecord {
         if self.local {
             self.log.display().to_string()
         } else {
-            format!("{}:{}", self.host, self.log.display())
+            let home = if self.log.is_relative() { "~/" } else { "" };
+            format!("{}:{home}{}", self.host, self.log.display())
         }
     }
 }

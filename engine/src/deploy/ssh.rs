@@ -137,7 +137,7 @@ pub fn remote_start_script(
     log_filter: &str,
 ) -> Result<String, DeployError> {
     let log_text = utf8("the log file", log.as_os_str())?;
-    let dir = log.parent().map(Path::as_os_str).unwrap_or(OsStr::new("/"));
+    let dir = log.parent().map(Path::as_os_str).filter(|d| !d.is_empty()).unwrap_or(OsStr::new("."));
     let mut command = vec![shell_quote(utf8("the binary", binary.as_os_str())?)];
     for arg in args {
         command.push(shell_quote(utf8("the argument", arg)?));
@@ -235,9 +235,20 @@ mod tests {
 
     /// Runs a remote script the way the remote login shell would (`sh -c` of the last ssh argument).
     fn run_remote(script: &str) -> String {
+        run_remote_in(Path::new("/"), script)
+    }
+
+    /// [`run_remote`] in the directory `home`, where ssh would start.
+    fn run_remote_in(home: &Path, script: &str) -> String {
         let ssh = SshSettings::default();
         let args = ssh.args("node2", script);
-        let out = Command::new("sh").arg("-c").arg(args.last().unwrap()).stdin(Stdio::null()).output().unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(args.last().unwrap())
+            .current_dir(home)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -279,6 +290,17 @@ mod tests {
         let pid2 = parse_remote_pid(&run_remote(&script)).unwrap();
         assert!(log.with_extension("log.1").exists());
         let out = run_remote(&remote_stop_script(pid2, Duration::from_secs(5)));
+        assert_eq!(parse_remote_stop(&out, Duration::from_secs(5)), StopOutcome::Stopped, "{out}");
+        // A relative log path is relative to the home directory, where ssh starts.
+        let relative = Path::new(".local/state/corestream/taskmanager-2-node2.log");
+        let script = remote_start_script(&binary, &args, relative, "info").unwrap();
+        let pid3 = parse_remote_pid(&run_remote_in(dir.path(), &script)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(dir.path().join(relative)).unwrap_or_default().contains("started") {
+            assert!(Instant::now() < deadline, "no log at ~/{}", relative.display());
+            std::thread::sleep(POLL);
+        }
+        let out = run_remote(&remote_stop_script(pid3, Duration::from_secs(5)));
         assert_eq!(parse_remote_stop(&out, Duration::from_secs(5)), StopOutcome::Stopped, "{out}");
         assert_eq!(
             parse_remote_stop("motd\n", Duration::from_secs(1)),
