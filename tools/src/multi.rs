@@ -99,7 +99,11 @@ pub fn check_supported(command: &Command) -> Result<(), clap::Error> {
     use crate::bench::BenchCommand as B;
     let (name, common) = match command {
         Command::Run(RunCommand::SumByKey { .. } | RunCommand::Wordcount { .. }) | Command::Demo(_) => return Ok(()),
-        Command::Profile(_) | Command::Jobmanager(_) | Command::Taskmanager(_) | Command::Client(_) | Command::Cluster(_) => return Ok(()),
+        Command::Profile(_)
+        | Command::Jobmanager(_)
+        | Command::Taskmanager(_)
+        | Command::Client(_)
+        | Command::Cluster(_) => return Ok(()),
         Command::Run(RunCommand::WindowAgg(args)) => ("run window-agg", &args.common),
         Command::Plan { common, .. } => ("plan", common),
         Command::Bench(cmd) => match cmd {
