@@ -31,13 +31,15 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::client::{ClientTimeouts, RestClient};
 use crate::conf::{ClusterSettings, ConfError, Role as ConfRole};
+use crate::jobmanager::api::ClusterOverview;
 use crate::fs::OutputError;
 use crate::processes::describe_exit;
 
 use self::local::now_ms;
 pub use self::local::{
-    child_log_filter, liveness, parse_jobmanager_line, parse_proc_stat, parse_registration, parse_taskmanager_line,
+    child_log_filter, liveness, parse_jobmanager_line, JobManagerLine, parse_proc_stat, parse_registration, parse_taskmanager_line,
     Liveness, ProcStat, TaskManagerLine,
 };
 use self::local::{local_liveness, proc_stat, signal, spawn_detached, wait_gone, LogTail};
@@ -58,6 +60,9 @@ const POLL: Duration = Duration::from_millis(50);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for an ssh command that starts a remote TaskManager.
 const SSH_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the summary's `GET /v1/overview` may take.
+const OVERVIEW_TIMEOUTS: ClientTimeouts =
+    ClientTimeouts { connect: Duration::from_secs(2), request: Duration::from_secs(5) };
 /// Hosts reached at once (ssh) and processes stopped at once.
 const PARALLEL_MAX: usize = 16;
 /// How long `start` waits by default for every process to come up and register.
@@ -233,7 +238,11 @@ pub struct Started {
 pub struct StartSummary {
     pub jobmanager: ProcessRecord,
     /// The address the JobManager printed.
-    pub jobmanager_address: String,
+    /// What the JobManager printed: where TaskManagers connect, and the REST API's URL.
+    pub jobmanager_line: JobManagerLine,
+    /// `GET /v1/overview` once every TaskManager registered; `None` when the REST API did not
+    /// answer (the JobManager's log already showed the registrations).
+    pub overview: Option<ClusterOverview>,
     pub taskmanagers: Vec<Started>,
 }
 
@@ -294,7 +303,7 @@ pub fn start(opts: &StartOptions, report: &mut dyn FnMut(&str)) -> Result<StartS
         Some(c) => vec!["--config".into(), c.clone().into_os_string()],
         None => Vec::new(),
     };
-    let (jobmanager, mut jm_child, mut jm_tail, jobmanager_address) =
+    let (jobmanager, mut jm_child, mut jm_tail, jobmanager_line) =
         start_jobmanager(opts, &binary, &dir, &config_args, report)?;
 
     let started: Vec<Result<Pending, String>> = in_parallel(&plans, |plan| {
@@ -388,7 +397,12 @@ pub fn start(opts: &StartOptions, report: &mut dyn FnMut(&str)) -> Result<StartS
     if !failures.is_empty() {
         return Err(DeployError::StartFailed { failures, state_dir: dir });
     }
-    Ok(StartSummary { jobmanager, jobmanager_address, taskmanagers })
+    let overview = jobmanager_line
+        .rest
+        .as_deref()
+        .and_then(|url| RestClient::with_timeouts(url, None, OVERVIEW_TIMEOUTS).ok())
+        .and_then(|client| client.overview().ok());
+    Ok(StartSummary { jobmanager, jobmanager_line, overview, taskmanagers })
 }
 
 /// Removes the records of processes that are gone; refuses to start over live ones.
@@ -417,7 +431,7 @@ fn start_jobmanager(
     dir: &Path,
     config_args: &[OsString],
     report: &mut dyn FnMut(&str),
-) -> Result<(ProcessRecord, Child, LogTail, String), DeployError> {
+) -> Result<(ProcessRecord, Child, LogTail, JobManagerLine), DeployError> {
     let log = dir.join("jobmanager.log");
     let mut args: Vec<OsString> = vec!["jobmanager".into()];
     args.extend(config_args.iter().cloned());
@@ -437,9 +451,15 @@ fn start_jobmanager(
     let mut tail = LogTail::new(log.clone());
     let deadline = Instant::now() + opts.timeout;
     loop {
-        if let Some(address) = tail.poll().iter().find_map(|l| parse_jobmanager_line(l)) {
-            report(&format!("started {}: TaskManagers connect to {address}; log {}", record.describe(), log.display()));
-            return Ok((record, child, tail, address.to_string()));
+        if let Some(line) = tail.poll().iter().find_map(|l| parse_jobmanager_line(l)) {
+            report(&format!(
+                "started {}: TaskManagers connect to {}{}; log {}",
+                record.describe(),
+                line.rpc,
+                line.rest.as_ref().map(|url| format!(", REST API on {url}")).unwrap_or_default(),
+                log.display()
+            ));
+            return Ok((record, child, tail, line));
         }
         if let Ok(Some(status)) = child.try_wait() {
             let _ = remove_record(dir, &record);

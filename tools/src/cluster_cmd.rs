@@ -75,10 +75,18 @@ fn start(args: StartArgs, print: &mut dyn FnMut(&str)) -> Result<(), DeployError
     }
     opts.timeout = args.timeout;
     let summary = deploy::start(&opts, print)?;
+    let rest = match (&summary.jobmanager_line.rest, &summary.overview) {
+        (Some(url), Some(o)) => format!(
+            " (REST API on {url}: {} TaskManager(s), {} slot(s), {} free)",
+            o.taskmanagers, o.slots_total, o.slots_available
+        ),
+        (Some(url), None) => format!(" (REST API on {url}, which did not answer GET /v1/overview)"),
+        (None, _) => String::new(),
+    };
     print(&format!(
-        "cluster started: the JobManager at {} and {} TaskManager(s); state and logs in {}; stop it with \
+        "cluster started: the JobManager at {}{rest} and {} TaskManager(s); state and logs in {}; stop it with \
          `corestream cluster stop --state-dir {}`",
-        summary.jobmanager_address,
+        summary.jobmanager_line.rpc,
         summary.taskmanagers.len(),
         opts.state_dir.display(),
         opts.state_dir.display()

@@ -118,7 +118,7 @@ fn alive(pid: u32) -> bool {
     stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X")
 }
 
-/// `GET /v1/overview`'s TaskManager count, or `None` when the JobManager does not serve it.
+/// `GET /v1/overview`'s TaskManager count, or `None` when the JobManager does not answer.
 fn overview_taskmanagers(rest_port: u16) -> Option<u64> {
     let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().new_agent();
     let mut response = agent.get(format!("http://127.0.0.1:{rest_port}/v1/overview")).call().ok()?;
@@ -188,10 +188,11 @@ fn start_registers_two_taskmanagers_and_stop_ends_all_three() {
     }
     let tm_log = log(&state, "taskmanager-2-localhost.log");
     assert!(tm_log.contains("1 slot(s), data on 127.0.0.1:"), "{tm_log}");
-    match overview_taskmanagers(rest_port) {
-        Some(n) => assert_eq!(n, 2, "GET /v1/overview"),
-        None => eprintln!("GET /v1/overview is not served by this JobManager: checked its log only"),
-    }
+    assert_eq!(overview_taskmanagers(rest_port), Some(2), "GET /v1/overview");
+    assert!(
+        stdout.contains(&format!("(REST API on http://127.0.0.1:{rest_port}: 2 TaskManager(s), 2 slot(s), 2 free)")),
+        "{stdout}"
+    );
 
     // A second start refuses while the cluster runs.
     let again = cluster(&[

@@ -187,9 +187,23 @@ impl LogTail {
     }
 }
 
-/// The JobManager's start-up line: `jobmanager: TaskManagers connect to IP:PORT` → `IP:PORT`.
-pub fn parse_jobmanager_line(line: &str) -> Option<&str> {
-    line.strip_prefix("jobmanager: TaskManagers connect to ").map(str::trim)
+/// What the JobManager's start-up line says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobManagerLine {
+    /// Where TaskManagers connect: `IP:PORT`.
+    pub rpc: String,
+    /// The REST API's URL, when the line names one.
+    pub rest: Option<String>,
+}
+
+/// Parses `jobmanager: TaskManagers connect to IP:PORT; REST API on URL` (the REST part may be
+/// absent).
+pub fn parse_jobmanager_line(line: &str) -> Option<JobManagerLine> {
+    let rest = line.strip_prefix("jobmanager: TaskManagers connect to ")?.trim();
+    Some(match rest.split_once("; REST API on ") {
+        Some((rpc, url)) => JobManagerLine { rpc: rpc.trim().to_string(), rest: Some(url.trim().to_string()) },
+        None => JobManagerLine { rpc: rest.to_string(), rest: None },
+    })
 }
 
 /// A TaskManager's start-up line: `taskmanager <id>: N slot(s), data on IP:PORT`.
@@ -255,7 +269,14 @@ mod tests {
 
     #[test]
     fn start_up_and_registration_lines() {
-        assert_eq!(parse_jobmanager_line("jobmanager: TaskManagers connect to 127.0.0.1:6123"), Some("127.0.0.1:6123"));
+        assert_eq!(
+            parse_jobmanager_line("jobmanager: TaskManagers connect to 127.0.0.1:6123"),
+            Some(JobManagerLine { rpc: "127.0.0.1:6123".into(), rest: None })
+        );
+        assert_eq!(
+            parse_jobmanager_line("jobmanager: TaskManagers connect to 10.0.0.5:6123; REST API on http://127.0.0.1:8081"),
+            Some(JobManagerLine { rpc: "10.0.0.5:6123".into(), rest: Some("http://127.0.0.1:8081".into()) })
+        );
         assert_eq!(parse_jobmanager_line("2025-01-01 INFO jobmanager: x"), None);
         assert_eq!(
             parse_taskmanager_line("taskmanager 3fa2c1d0: 4 slot(s), data on 10.0.0.7:40311"),
