@@ -33,14 +33,14 @@ use thiserror::Error;
 
 use crate::client::{ClientTimeouts, RestClient};
 use crate::conf::{ClusterSettings, ConfError, Role as ConfRole};
-use crate::jobmanager::api::ClusterOverview;
 use crate::fs::OutputError;
+use crate::jobmanager::api::ClusterOverview;
 use crate::processes::describe_exit;
 
 use self::local::now_ms;
 pub use self::local::{
-    child_log_filter, liveness, parse_jobmanager_line, JobManagerLine, parse_proc_stat, parse_registration, parse_taskmanager_line,
-    Liveness, ProcStat, TaskManagerLine,
+    child_log_filter, liveness, parse_jobmanager_line, parse_proc_stat, parse_registration, parse_taskmanager_line,
+    JobManagerLine, Liveness, ProcStat, TaskManagerLine,
 };
 use self::local::{local_liveness, proc_stat, signal, spawn_detached, wait_gone, LogTail};
 use self::records::{check_state_dir, lock_state_dir, prepare_state_dir, remove_record, write_record};

@@ -274,7 +274,9 @@ mod tests {
             Some(JobManagerLine { rpc: "127.0.0.1:6123".into(), rest: None })
         );
         assert_eq!(
-            parse_jobmanager_line("jobmanager: TaskManagers connect to 10.0.0.5:6123; REST API on http://127.0.0.1:8081"),
+            parse_jobmanager_line(
+                "jobmanager: TaskManagers connect to 10.0.0.5:6123; REST API on http://127.0.0.1:8081"
+            ),
             Some(JobManagerLine { rpc: "10.0.0.5:6123".into(), rest: Some("http://127.0.0.1:8081".into()) })
         );
         assert_eq!(parse_jobmanager_line("2025-01-01 INFO jobmanager: x"), None);
