@@ -226,6 +226,39 @@ fn start_registers_two_taskmanagers_and_stop_ends_all_three() {
     assert_eq!(text(&out.stdout), format!("nothing is running: no process recorded in {}\n", state.display()));
 }
 
+/// Runs `command` to its end, killing it and failing the test after [`LIMIT`].
+fn run_with_limit(command: &mut std::process::Command) -> Output {
+    use std::io::Read;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start the command");
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not end within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
 fn log(state: &Path, name: &str) -> String {
     std::fs::read_to_string(state.join(name)).unwrap_or_default()
 }
@@ -496,4 +529,44 @@ fn the_deployment_guide_quotes_the_real_messages() {
     // The example workers file in the guide is valid.
     let block = guide.split("```text\n# HOST [slots=N]\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
     assert_eq!(corestream::deploy::parse_workers(block, workers).unwrap().len(), 4);
+}
+
+#[test]
+fn a_taskmanager_that_cannot_start_is_named_with_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = cluster_files(dir.path(), "localhost slots=1\n");
+    let state = dir.path().join("state");
+    let mut reaper = Reaper::new(&state);
+    // Too little locked memory for a slot: the TaskManager refuses to start. Root keeps
+    // CAP_IPC_LOCK, which overrides the limit, unless setpriv drops it.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let drop_cap = if root { "setpriv --bounding-set=-ipc_lock --inh-caps=-ipc_lock " } else { "" };
+    let script = format!(
+        "ulimit -l 256 && exec {drop_cap}\"$0\" cluster start --config \"$1\" --state-dir \"$2\" --timeout 30s"
+    );
+    let out = run_with_limit(
+        std::process::Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_corestream")])
+            .arg(&config)
+            .arg(&state)
+            .env("CORESTREAM_LOG", "off"),
+    );
+    reaper.remember(&records(&state).iter().map(|(_, pid)| *pid).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let log = state.join("taskmanager-1-localhost.log");
+    assert!(stderr.contains("error: 1 TaskManager(s) did not come up:"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("exited with status 1 before it registered: see {}; its last lines:", log.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("error: RLIMIT_MEMLOCK is 256 KiB but 1 slot(s) need at least 512 KiB"), "{stderr}");
+    // The JobManager started and stays recorded; the TaskManager that ended does not.
+    let names: Vec<String> = records(&state).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["jobmanager.json"]);
+    let out = cluster(&["stop".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).starts_with("stopped the JobManager on "), "{out:?}");
+    assert!(records(&state).is_empty());
 }
