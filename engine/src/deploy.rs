@@ -112,6 +112,11 @@ pub enum DeployError {
         #[source]
         source: OutputError,
     },
+    #[error(
+        "the cluster recorded in {path} was started on {machine}, not on this machine ({this_host}): run `corestream \
+         cluster` there"
+    )]
+    OtherMachine { path: PathBuf, machine: String, this_host: String },
     #[error("the JobManager did not start: {0}")]
     JobManager(String),
     #[error("{}", start_failed(.failures, .state_dir))]
@@ -297,7 +302,7 @@ pub fn start(opts: &StartOptions, report: &mut dyn FnMut(&str)) -> Result<StartS
         .map_err(|e| DeployError::StateDir { path: opts.state_dir.clone(), message: e.to_string() })?;
     prepare_state_dir(&dir)?;
     let _lock = lock_state_dir(&dir)?;
-    clear_stale_records(&dir, report)?;
+    clear_stale_records(&dir, &opts.this_host, report)?;
 
     let config_args: Vec<OsString> = match &config {
         Some(c) => vec!["--config".into(), c.clone().into_os_string()],
@@ -406,9 +411,24 @@ pub fn start(opts: &StartOptions, report: &mut dyn FnMut(&str)) -> Result<StartS
 }
 
 /// Removes the records of processes that are gone; refuses to start over live ones.
-fn clear_stale_records(dir: &Path, report: &mut dyn FnMut(&str)) -> Result<(), DeployError> {
+/// Refuses records made on another machine (a state directory on a shared file system): this
+/// machine's `/proc` cannot tell whether their local processes run, nor signal them.
+pub fn check_started_here(records: &[ProcessRecord], this_host: &str, dir: &Path) -> Result<(), DeployError> {
+    match records.iter().find(|r| r.started_on != this_host) {
+        Some(r) => Err(DeployError::OtherMachine {
+            path: dir.to_path_buf(),
+            machine: r.started_on.clone(),
+            this_host: this_host.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn clear_stale_records(dir: &Path, this_host: &str, report: &mut dyn FnMut(&str)) -> Result<(), DeployError> {
     let mut running = Vec::new();
-    for record in read_records(dir)? {
+    let records = read_records(dir)?;
+    check_started_here(&records, this_host, dir)?;
+    for record in records {
         match (record.local, local_liveness(&record)) {
             (true, Liveness::Gone | Liveness::Reused) => {
                 remove_record(dir, &record)
@@ -446,6 +466,7 @@ fn start_jobmanager(
         start_ticks: proc_stat(child.id()).map(|s| s.start_ticks),
         log: log.clone(),
         started_at_ms: now_ms(),
+        started_on: opts.this_host.clone(),
     };
     write_record(dir, &record)?;
     let mut tail = LogTail::new(log.clone());
@@ -517,6 +538,7 @@ fn start_taskmanager(
         start_ticks,
         log: log.clone(),
         started_at_ms: now_ms(),
+        started_on: opts.this_host.clone(),
     };
     write_record(dir, &record).map_err(|e| e.to_string())?;
     let tail = plan.local.then(|| LogTail::new(log));
@@ -546,6 +568,8 @@ pub struct StopOptions {
     /// How long a process may take to end after SIGTERM before it gets SIGKILL.
     pub grace: Duration,
     pub ssh: SshSettings,
+    /// This machine's host name ([`this_host_name`]).
+    pub this_host: String,
 }
 
 /// What `stop` did to each recorded process.
@@ -619,6 +643,7 @@ pub fn stop(opts: &StopOptions, report: &mut dyn FnMut(&str)) -> Result<StopSumm
     check_state_dir(dir)?;
     let _lock = lock_state_dir(dir)?;
     let records = read_records(dir)?;
+    check_started_here(&records, &opts.this_host, dir)?;
     if records.is_empty() {
         report(&format!("nothing is running: no process recorded in {}", dir.display()));
         return Ok(StopSummary { outcomes: Vec::new() });
@@ -664,6 +689,7 @@ mod tests {
             start_ticks: Some(1),
             log: dir.path().join("taskmanager-3-localhost.log"),
             started_at_ms: 5,
+            started_on: "me".into(),
         };
         write_record(dir.path(), &record).unwrap();
         let jm = ProcessRecord {
@@ -676,7 +702,17 @@ mod tests {
         write_record(dir.path(), &jm).unwrap();
         assert_eq!(read_records(dir.path()).unwrap(), vec![record.clone(), jm.clone()]);
         let mut lines = Vec::new();
-        let e = clear_stale_records(dir.path(), &mut |l| lines.push(l.to_string())).unwrap_err();
+        let e = clear_stale_records(dir.path(), "other", &mut |l| lines.push(l.to_string())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the cluster recorded in {} was started on me, not on this machine (other): run `corestream cluster` \
+                 there",
+                dir.path().display()
+            )
+        );
+        assert_eq!(read_records(dir.path()).unwrap().len(), 2, "nothing was removed");
+        let e = clear_stale_records(dir.path(), "me", &mut |l| lines.push(l.to_string())).unwrap_err();
         assert!(matches!(e, DeployError::AlreadyRunning { .. }), "{e}");
         assert!(e.to_string().contains(&format!("the JobManager on localhost (pid {})", std::process::id())), "{e}");
         assert_eq!(
@@ -703,6 +739,7 @@ mod tests {
             state_dir: dir.path().join("none"),
             grace: Duration::from_secs(1),
             ssh: SshSettings::default(),
+            this_host: "me".into(),
         };
         let mut lines = Vec::new();
         let summary = stop(&opts, &mut |l| lines.push(l.to_string())).unwrap();

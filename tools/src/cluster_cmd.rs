@@ -96,7 +96,8 @@ fn start(args: StartArgs, print: &mut dyn FnMut(&str)) -> Result<(), DeployError
 
 fn stop(args: StopArgs, print: &mut dyn FnMut(&str)) -> Result<(), DeployError> {
     let state_dir = args.state_dir.unwrap_or_else(deploy::default_state_dir_from_env);
-    let opts = StopOptions { state_dir, grace: args.grace, ssh: SshSettings::from_env() };
+    let opts =
+        StopOptions { state_dir, grace: args.grace, ssh: SshSettings::from_env(), this_host: deploy::this_host_name() };
     let summary = deploy::stop(&opts, print)?;
     if !summary.outcomes.is_empty() {
         let running = summary.stopped_any();

@@ -77,6 +77,11 @@ fn records(state: &Path) -> Vec<(String, u32)> {
     out
 }
 
+/// This machine's host name, as `cluster` records it.
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -137,10 +142,11 @@ fn start_registers_two_taskmanagers_and_stop_ends_all_three() {
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let dead = dead_pid();
+    let host = this_host();
     std::fs::write(
         state.join("taskmanager-7.json"),
         format!(
-            r#"{{"role":"taskmanager","index":7,"host":"localhost","local":true,"pid":{dead},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0}}"#
+            r#"{{"role":"taskmanager","index":7,"host":"localhost","local":true,"pid":{dead},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0,"started_on":"{host}"}}"#
         ),
     )
     .unwrap();
@@ -337,10 +343,11 @@ fn stop_removes_a_stale_record_without_signalling_anything() {
     std::fs::create_dir(&state).unwrap();
     let _reaper = Reaper::new(&state);
     let dead = dead_pid();
+    let host = this_host();
     std::fs::write(
         state.join("jobmanager.json"),
         format!(
-            r#"{{"role":"jobmanager","index":0,"host":"here","local":true,"pid":{dead},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0}}"#
+            r#"{{"role":"jobmanager","index":0,"host":"here","local":true,"pid":{dead},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0,"started_on":"{host}"}}"#
         ),
     )
     .unwrap();
@@ -349,7 +356,7 @@ fn stop_removes_a_stale_record_without_signalling_anything() {
     std::fs::write(
         state.join("taskmanager-1.json"),
         format!(
-            r#"{{"role":"taskmanager","index":1,"host":"localhost","local":true,"pid":{me},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0}}"#
+            r#"{{"role":"taskmanager","index":1,"host":"localhost","local":true,"pid":{me},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0,"started_on":"{host}"}}"#
         ),
     )
     .unwrap();
@@ -364,6 +371,21 @@ fn stop_removes_a_stale_record_without_signalling_anything() {
         )
     );
     assert!(records(&state).is_empty());
+
+    // Records another machine made (a shared state directory) are left alone.
+    let other = state.join("taskmanager-3.json");
+    std::fs::write(
+        &other,
+        format!(
+            r#"{{"role":"taskmanager","index":3,"host":"localhost","local":true,"pid":{dead},"start_ticks":1,"log":"/nonexistent.log","started_at_ms":0,"started_on":"elsewhere"}}"#
+        ),
+    )
+    .unwrap();
+    let out = cluster(&["stop".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains(&format!("was started on elsewhere, not on this machine ({host})")), "{out:?}");
+    assert!(other.exists());
+    std::fs::remove_file(&other).unwrap();
 
     // A record that is not one is reported, not guessed at.
     std::fs::write(state.join("taskmanager-2.json"), "{}").unwrap();

@@ -116,6 +116,9 @@ pub struct ProcessRecord {
     pub log: PathBuf,
     /// When it was started, in milliseconds since the Unix epoch.
     pub started_at_ms: u64,
+    /// The host name of the machine that ran `cluster start`: where a local process runs, and
+    /// the only machine whose `/proc` can say whether it still does.
+    pub started_on: String,
 }
 
 impl ProcessRecord {

@@ -270,6 +270,7 @@ mod tests {
             start_ticks: None,
             log: log.clone(),
             started_at_ms: 0,
+            started_on: "me".into(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_to_string(&log).unwrap_or_default().contains("started taskmanager --slots 2") {
