@@ -326,7 +326,66 @@ pub fn start(opts: &StartOptions, report: &mut dyn FnMut(&str)) -> Result<StartS
     }
 
     let deadline = Instant::now() + opts.timeout;
-    let mut jm_exit = None;
+    let jm_exit = wait_until_up(&mut pending, &mut jm_child, &mut jm_tail, deadline, report);
+    let jm_log = jobmanager.log.display().to_string();
+    let mut taskmanagers = Vec::new();
+    for mut p in pending {
+        let verdict = verdict(p.record.local, p.exited.is_some(), jm_exit.is_some(), p.line.is_some(), p.registered);
+        let (what, log) = (p.record.describe(), p.record.log_location());
+        let failure = match verdict {
+            Verdict::Up => {
+                taskmanagers.push(Started { record: p.record, line: p.line });
+                continue;
+            }
+            Verdict::Exited => {
+                let _ = remove_record(&dir, &p.record);
+                let quote = p.tail.as_mut().map(LogTail::quote).unwrap_or_default();
+                format!("{what} {} before it registered: see {log}{quote}", p.exited.unwrap_or_default())
+            }
+            Verdict::JobManagerEnded => format!("{what} could not register: the JobManager ended (see {jm_log})"),
+            Verdict::NoLine => {
+                let quote = p.tail.as_mut().map(LogTail::quote).unwrap_or_default();
+                format!("{what} printed no start-up line within {:?}: see {log}{quote}", opts.timeout)
+            }
+            Verdict::NotRegistered => format!(
+                "{what} did not register with the JobManager within {:?}: see {log} and the JobManager's log {jm_log}",
+                opts.timeout
+            ),
+        };
+        failures.push(failure);
+    }
+    if let Some(how) = jm_exit {
+        let _ = remove_record(&dir, &jobmanager);
+        return Err(DeployError::JobManager(format!(
+            "{} {how} while the TaskManagers were starting: see {jm_log}{}\nthe TaskManagers that started are \
+             recorded in {}; `corestream cluster stop --state-dir {}` stops them",
+            jobmanager.describe(),
+            jm_tail.quote(),
+            dir.display(),
+            dir.display()
+        )));
+    }
+    if !failures.is_empty() {
+        return Err(DeployError::StartFailed { failures, state_dir: dir });
+    }
+    let overview = jobmanager_line
+        .rest
+        .as_deref()
+        .and_then(|url| RestClient::with_timeouts(url, None, OVERVIEW_TIMEOUTS).ok())
+        .and_then(|client| client.overview().ok());
+    Ok(StartSummary { jobmanager, jobmanager_line, overview, taskmanagers })
+}
+
+/// Waits until every pending TaskManager is up (registered, and on this machine also printed
+/// its start-up line) or ended, the JobManager ended, or `deadline` passed; says how the
+/// JobManager ended, if it did. Reports each TaskManager as it comes up.
+fn wait_until_up(
+    pending: &mut [Pending],
+    jm_child: &mut Child,
+    jm_tail: &mut LogTail,
+    deadline: Instant,
+    report: &mut dyn FnMut(&str),
+) -> Option<String> {
     loop {
         for line in jm_tail.poll() {
             if let Some(pid) = parse_registration(&line) {
@@ -343,7 +402,7 @@ pub fn start(opts: &StartOptions, report: &mut dyn FnMut(&str)) -> Result<StartS
             }
             if let Some(Ok(Some(status))) = p.child.as_mut().map(Child::try_wait) {
                 p.exited = Some(describe_exit(status));
-            } else if p.registered && (!p.record.local || p.line.is_some()) {
+            } else if verdict(p.record.local, false, false, p.line.is_some(), p.registered) == Verdict::Up {
                 p.up = true;
                 report(&format!(
                     "started {}: registered with the JobManager{}; log {}",
@@ -354,63 +413,48 @@ pub fn start(opts: &StartOptions, report: &mut dyn FnMut(&str)) -> Result<StartS
             }
         }
         if let Ok(Some(status)) = jm_child.try_wait() {
-            jm_exit = Some(describe_exit(status));
-            break;
+            return Some(describe_exit(status));
         }
-        let done = pending.iter().all(|p| p.exited.is_some() || p.up);
-        if done || Instant::now() >= deadline {
-            break;
+        if pending.iter().all(|p| p.exited.is_some() || p.up) || Instant::now() >= deadline {
+            return None;
         }
         std::thread::sleep(POLL);
     }
-
-    let jm_log = jobmanager.log.display().to_string();
-    let mut taskmanagers = Vec::new();
-    for mut p in pending {
-        let what = p.record.describe();
-        let log = p.record.log_location();
-        let failure = if let Some(how) = &p.exited {
-            let _ = remove_record(&dir, &p.record);
-            let quote = p.tail.as_mut().map(LogTail::quote).unwrap_or_default();
-            Some(format!("{what} {how} before it registered: see {log}{quote}"))
-        } else if let Some(how) = &jm_exit {
-            Some(format!("{what} could not register: the JobManager {how} (see {jm_log})"))
-        } else if p.record.local && p.line.is_none() {
-            let quote = p.tail.as_mut().map(LogTail::quote).unwrap_or_default();
-            Some(format!("{what} printed no start-up line within {:?}: see {log}{quote}", opts.timeout))
-        } else if !p.registered {
-            Some(format!(
-                "{what} did not register with the JobManager within {:?}: see {log} and the JobManager's log {jm_log}",
-                opts.timeout
-            ))
-        } else {
-            None
-        };
-        match failure {
-            Some(f) => failures.push(f),
-            None => taskmanagers.push(Started { record: p.record, line: p.line }),
-        }
-    }
-    if let Some(how) = jm_exit {
-        let _ = remove_record(&dir, &jobmanager);
-        return Err(DeployError::JobManager(format!(
-            "{} {how} while the TaskManagers were starting: see {jm_log}{}",
-            jobmanager.describe(),
-            jm_tail.quote()
-        )));
-    }
-    if !failures.is_empty() {
-        return Err(DeployError::StartFailed { failures, state_dir: dir });
-    }
-    let overview = jobmanager_line
-        .rest
-        .as_deref()
-        .and_then(|url| RestClient::with_timeouts(url, None, OVERVIEW_TIMEOUTS).ok())
-        .and_then(|client| client.overview().ok());
-    Ok(StartSummary { jobmanager, jobmanager_line, overview, taskmanagers })
 }
 
-/// Removes the records of processes that are gone; refuses to start over live ones.
+/// Where a TaskManager stands while `start` waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Up,
+    /// Its process ended.
+    Exited,
+    /// The JobManager ended first.
+    JobManagerEnded,
+    /// On this machine and still silent.
+    NoLine,
+    /// Started (and on this machine printed its line) but not registered.
+    NotRegistered,
+}
+
+/// Judges a TaskManager: up once it registered and, on this machine, printed its start-up line.
+fn verdict(local: bool, exited: bool, jm_ended: bool, line_seen: bool, registered: bool) -> Verdict {
+    if exited {
+        Verdict::Exited
+    } else if local && !line_seen {
+        if jm_ended {
+            Verdict::JobManagerEnded
+        } else {
+            Verdict::NoLine
+        }
+    } else if registered {
+        Verdict::Up
+    } else if jm_ended {
+        Verdict::JobManagerEnded
+    } else {
+        Verdict::NotRegistered
+    }
+}
+
 /// Refuses records made on another machine (a state directory on a shared file system): this
 /// machine's `/proc` cannot tell whether their local processes run, nor signal them.
 pub fn check_started_here(records: &[ProcessRecord], this_host: &str, dir: &Path) -> Result<(), DeployError> {
@@ -424,6 +468,7 @@ pub fn check_started_here(records: &[ProcessRecord], this_host: &str, dir: &Path
     }
 }
 
+/// Removes the records of processes that are gone; refuses to start over live ones.
 fn clear_stale_records(dir: &Path, this_host: &str, report: &mut dyn FnMut(&str)) -> Result<(), DeployError> {
     let mut running = Vec::new();
     let records = read_records(dir)?;
@@ -730,6 +775,19 @@ mod tests {
             e.to_string().starts_with(&format!("the record {}", dir.path().join("taskmanager-9.json").display())),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_taskmanager_is_up_once_registered_and_heard_from() {
+        assert_eq!(verdict(true, false, false, true, true), Verdict::Up);
+        assert_eq!(verdict(false, false, false, false, true), Verdict::Up, "a remote log is not read");
+        assert_eq!(verdict(true, false, false, false, true), Verdict::NoLine);
+        assert_eq!(verdict(true, false, false, true, false), Verdict::NotRegistered);
+        assert_eq!(verdict(false, false, false, false, false), Verdict::NotRegistered);
+        assert_eq!(verdict(true, true, false, true, true), Verdict::Exited);
+        assert_eq!(verdict(true, true, true, false, false), Verdict::Exited);
+        assert_eq!(verdict(false, false, true, false, false), Verdict::JobManagerEnded);
+        assert_eq!(verdict(true, false, true, false, false), Verdict::JobManagerEnded);
     }
 
     #[test]
