@@ -15,7 +15,7 @@
 //! what a log line says and whether a recorded pid is still the process that was started (its
 //! start time in `/proc/PID/stat`, so a reused pid is never signalled). Everything is bounded:
 //! the workers file and records by size, every wait by a deadline, ssh by a timeout, log reads
-//! per poll. Records are written with [`AtomicFile`]; one `flock` on the state directory keeps
+//! per poll. Records are written with [`AtomicFile`](crate::fs::AtomicFile); one `flock` on the state directory keeps
 //! two `cluster` commands from interleaving.
 
 mod local;
