@@ -35,6 +35,10 @@ pub struct StartArgs {
     /// How long to wait for every process to start and every TaskManager to register.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
     timeout: Duration,
+    /// The binary to run as `jobmanager` and `taskmanager`, at the same path on every host, e.g.
+    /// an application-mode binary with its own job types (default: this program).
+    #[arg(long, value_name = "FILE")]
+    binary: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -64,9 +68,15 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
 }
 
 fn start(args: StartArgs, print: &mut dyn FnMut(&str)) -> Result<(), DeployError> {
-    let binary = std::env::current_exe().map_err(|e| {
-        DeployError::Invalid(format!("cannot find this program's executable to start the cluster: {e}"))
-    })?;
+    let binary = match args.binary {
+        Some(binary) if binary.is_file() => binary,
+        Some(binary) => {
+            return Err(DeployError::Invalid(format!("--binary {}: no such program file", binary.display())))
+        }
+        None => std::env::current_exe().map_err(|e| {
+            DeployError::Invalid(format!("cannot find this program's executable to start the cluster: {e}"))
+        })?,
+    };
     let given = args.state_dir.is_some();
     let state_dir = args.state_dir.unwrap_or_else(deploy::default_state_dir_from_env);
     let mut opts = StartOptions::from_process(binary, args.config, args.workers, state_dir.clone());

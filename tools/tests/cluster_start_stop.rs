@@ -159,6 +159,8 @@ fn start_registers_two_taskmanagers_and_stop_ends_all_three() {
         state.as_os_str(),
         "--timeout".as_ref(),
         "60s".as_ref(),
+        "--binary".as_ref(),
+        env!("CARGO_BIN_EXE_corestream").as_ref(),
     ]);
     let recorded = records(&state);
     reaper.remember(&recorded.iter().map(|(_, pid)| *pid).collect::<Vec<_>>());
@@ -329,6 +331,19 @@ fn a_missing_configuration_is_refused_naming_the_file() {
         "{out:?}"
     );
     assert!(!state.exists(), "nothing was started or recorded");
+
+    // A --binary that is not there is a bad argument, found before anything starts.
+    let out = cluster(&[
+        "start".as_ref(),
+        "--binary".as_ref(),
+        dir.path().join("nothing").as_os_str(),
+        "--workers".as_ref(),
+        missing.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("--binary") && text(&out.stderr).contains("no such program file"), "{out:?}");
 
     // Without --config there is no workers file to find either.
     let out = cluster(&["start".as_ref(), "--state-dir".as_ref(), state.as_os_str()]);
