@@ -102,6 +102,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod conf;
 pub mod config;
+pub mod deploy;
 pub mod error;
 pub mod fs;
 pub mod graph;

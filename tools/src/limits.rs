@@ -81,7 +81,8 @@ pub fn common_of(command: &Command) -> Option<&Common> {
         | Command::Profile(_)
         | Command::Jobmanager(_)
         | Command::Taskmanager(_)
-        | Command::Client(_) => None,
+        | Command::Client(_)
+        | Command::Cluster(_) => None,
     }
 }
 

@@ -5,6 +5,7 @@
 mod args;
 mod bench;
 mod client_cli;
+mod cluster_cmd;
 mod cluster_run;
 mod demo;
 mod jobs;
@@ -71,6 +72,10 @@ enum Command {
     /// The client of a running JobManager: `submit`, `list`, `cancel`, `info`.
     #[command(flatten)]
     Client(client_cli::ClientCommand),
+    /// Start or stop a cluster on this machine and the hosts of a workers file (as Flink's
+    /// start-cluster.sh and stop-cluster.sh).
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
 }
 
 /// Runs one command; `profile` calls it again for the command line it profiles.
@@ -84,6 +89,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Jobmanager(args) => Ok(corestream::app::run_jobmanager(&args, jobs::registry())?),
         Command::Taskmanager(args) => Ok(corestream::app::run_taskmanager(&args, jobs::registry())?),
         Command::Client(cmd) => client_cli::run(cmd),
+        Command::Cluster(cmd) => cluster_cmd::run(cmd),
     }
 }
 
