@@ -61,7 +61,10 @@ fn final_totals<K: Ord, V>(pairs: Vec<(K, V)>) -> BTreeMap<K, V> {
 /// An order-independent checksum of (key, total) pairs, keys given as text.
 fn checksum<K: ToString>(pairs: impl Iterator<Item = (K, u64)>) -> u64 {
     pairs.fold(0u64, |acc, (k, v)| {
-        let key = k.to_string().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let key = k
+            .to_string()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         acc.wrapping_add(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ v)
     })
 }

@@ -172,8 +172,8 @@ pub const DATA_PLANE_PEERS_MAX: usize = 256;
 /// Characters of a peer's last connection error in a report, at most.
 pub const DATA_PLANE_ERROR_CHARS_MAX: usize = 512;
 
-/// A TaskManager's data connections (its `DataPlane`, at most one connection per peer
-/// TaskManager) since it joined its current cluster.
+/// A TaskManager's data connections (at most one per peer TaskManager, shared by every job)
+/// since it joined its current cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DataPlaneReport {
     /// Connections this TaskManager dialed.
@@ -185,7 +185,7 @@ pub struct DataPlaneReport {
     /// Accepted connections refused before their handshake was through (another cluster's
     /// TaskManager, a wrong secret, a stray process).
     pub refused: u64,
-    /// Per peer, by TaskManager id; at most [`DATA_PLANE_PEERS_MAX`].
+    /// Per peer, by TaskManager id; at most 256 (the totals count every peer).
     pub peers: Vec<PeerConnectionsReport>,
 }
 
@@ -201,7 +201,7 @@ pub struct PeerConnectionsReport {
     pub closed: u64,
     /// Connections (and dials) that failed.
     pub failed: u64,
-    /// The last failure, at most [`DATA_PLANE_ERROR_CHARS_MAX`] characters.
+    /// The last failure, at most 512 characters.
     pub last_error: Option<String>,
 }
 
@@ -230,7 +230,8 @@ impl DataPlaneReport {
     pub fn is_bounded(&self) -> bool {
         self.peers.len() <= DATA_PLANE_PEERS_MAX
             && self.peers.iter().all(|p| {
-                p.peer.len() <= 64 && p.last_error.as_ref().is_none_or(|e| e.chars().count() <= DATA_PLANE_ERROR_CHARS_MAX)
+                p.peer.len() <= 64
+                    && p.last_error.as_ref().is_none_or(|e| e.chars().count() <= DATA_PLANE_ERROR_CHARS_MAX)
             })
     }
 }
@@ -417,4 +418,40 @@ pub enum JmMessage {
     Discard {
         deployment: DeploymentKey,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corestream_netstack::{PeerCounters, PlaneStats, TmId};
+
+    #[test]
+    fn data_plane_reports_are_bounded() {
+        let mut stats = PlaneStats { dialed: 300, accepted: 2, open: 1, refused: 4, ..Default::default() };
+        for i in 0..300u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            let error = (i == 0).then(|| "é".repeat(2 * DATA_PLANE_ERROR_CHARS_MAX));
+            stats
+                .peers
+                .insert(TmId(id), PeerCounters { dialed: 1, failed: 1, last_error: error, ..Default::default() });
+        }
+        let report = DataPlaneReport::from_stats(&stats);
+        assert_eq!((report.dialed, report.accepted, report.open, report.refused), (300, 2, 1, 4));
+        assert_eq!(report.peers.len(), DATA_PLANE_PEERS_MAX);
+        assert_eq!(report.peers[0].peer, "0".repeat(32));
+        assert_eq!(report.peers[0].last_error.as_ref().unwrap().chars().count(), DATA_PLANE_ERROR_CHARS_MAX);
+        assert!(report.is_bounded());
+        let mut over = report.clone();
+        over.peers.push(PeerConnectionsReport::default());
+        assert!(!over.is_bounded());
+        let json =
+            serde_json::to_string(&TmMessage::Heartbeat { deployments: vec![], data_plane: Some(report) }).unwrap();
+        assert!(matches!(serde_json::from_str(&json).unwrap(), TmMessage::Heartbeat { data_plane: Some(_), .. }));
+        let old = r#"{"heartbeat":{"deployments":[]}}"#;
+        assert!(
+            matches!(serde_json::from_str(old).unwrap(), TmMessage::Heartbeat { data_plane: None, .. }),
+            "a heartbeat without the report still reads"
+        );
+    }
 }

@@ -509,7 +509,8 @@ impl LocalCluster {
                 )));
             }
         }
-        let peer_id = |peer: u32| placement.peers.map_or_else(|| network::app_tm_id(peer), |(_, ids)| ids[peer as usize]);
+        let peer_id =
+            |peer: u32| placement.peers.map_or_else(|| network::app_tm_id(peer), |(_, ids)| ids[peer as usize]);
         // One link per peer TaskManager that shares a channel with this one; the link's bell
         // wakes the connection's writer, and its channels are built with it.
         let link_for = |links: &mut Vec<(u32, LinkBuild)>, peer: u32| -> usize {
@@ -654,7 +655,9 @@ impl LocalCluster {
             };
             let handed = match &self.inner.network {
                 Some(n) => n.open(job).map_err(|e| e.to_string()),
-                None => Err("this cluster has no data listener: start it with a distribution or a data_listener".into()),
+                None => {
+                    Err("this cluster has no data listener: start it with a distribution or a data_listener".into())
+                }
             };
             if let Err(reason) = handed {
                 shared.fail(JobError::DataPlaneUnavailable { reason });

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use corestream_netstack::{BufferPool, Doorbell, PoolReservation};
 
 use super::cluster::SlotLease;
-use super::network::NetworkDone;
 use super::metrics::{
     ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskPhase,
     TaskSummary,
 };
+use super::network::NetworkDone;
 use crate::api::sinks::PendingCommit;
 use crate::error::{JobError, TaskError};
 use crate::operators::OperatorMetrics;

@@ -76,11 +76,7 @@ impl Drop for Registered {
 
 /// Opens `network`'s links on `plane` and supervises them until each has ended (see the module
 /// doc); `running` lists the links of every supervised deployment, for shutdown.
-pub(crate) async fn supervise(
-    plane: DataPlane,
-    network: JobNetwork,
-    running: Rc<RefCell<HashMap<u64, Vec<JobLink>>>>,
-) {
+pub(crate) async fn supervise(plane: DataPlane, network: JobNetwork, running: Rc<RefCell<HashMap<u64, Vec<JobLink>>>>) {
     let JobNetwork { deployment, job, bell, links, summaries, done } = network;
     let mut opened = Vec::with_capacity(links.len());
     for l in links {

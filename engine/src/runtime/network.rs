@@ -31,8 +31,8 @@ use corestream_netstack::handshake::{ClusterAuth, TmId};
 use corestream_netstack::remote::LocalIdentity;
 use corestream_netstack::transport::NetConfig;
 use corestream_netstack::{
-    BufferPool, DataPlane, DataPlaneConfig, Doorbell, JobLink, JobSpec, LocalChannel, PeerAddress,
-    PlaneCounters, PlaneStats,
+    BufferPool, DataPlane, DataPlaneConfig, Doorbell, JobLink, JobSpec, LocalChannel, PeerAddress, PlaneCounters,
+    PlaneStats,
 };
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -176,7 +176,11 @@ struct Setup {
 impl NetworkService {
     /// Starts the `cs-net` thread, which owns `listener` and reads received buffers into
     /// `pool`; it has no plane until it is given an identity.
-    pub(crate) fn start(listener: std::net::TcpListener, pool: BufferPool, net: NetConfig) -> Result<Self, StartupError> {
+    pub(crate) fn start(
+        listener: std::net::TcpListener,
+        pool: BufferPool,
+        net: NetConfig,
+    ) -> Result<Self, StartupError> {
         net.validate().map_err(|e| StartupError::InvalidConfig(format!("net: {e}")))?;
         let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED_REQUESTS);
         let bell = Arc::new(Doorbell::new());
@@ -186,10 +190,8 @@ impl NetworkService {
         let thread = std::thread::Builder::new()
             .name("cs-net".into())
             .spawn(move || {
-                let executor = LocalExecutorBuilder::new(Placement::Unbound)
-                    .name("cs-net")
-                    .io_memory(NET_IO_MEMORY_BYTES)
-                    .make();
+                let executor =
+                    LocalExecutorBuilder::new(Placement::Unbound).name("cs-net").io_memory(NET_IO_MEMORY_BYTES).make();
                 match executor {
                     Ok(executor) => {
                         let _ = started_tx.send(Ok(()));
@@ -382,7 +384,8 @@ mod tests {
 
     #[test]
     fn a_plane_is_replaced_only_for_another_identity() {
-        let id = |tm: u8, token: u8| LocalIdentity { tm: TmId([tm; 16]), pid: 1, auth: ClusterAuth::new([token; 32], None) };
+        let id =
+            |tm: u8, token: u8| LocalIdentity { tm: TmId([tm; 16]), pid: 1, auth: ClusterAuth::new([token; 32], None) };
         assert_eq!(identity_change(None, &id(1, 1)), IdentityChange::Create);
         assert_eq!(identity_change(Some(&id(1, 1)), &id(1, 1)), IdentityChange::Keep);
         assert_eq!(identity_change(Some(&id(1, 1)), &id(1, 2)), IdentityChange::Replace, "a new JobManager's token");
