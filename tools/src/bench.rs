@@ -232,10 +232,7 @@ pub fn declare_nexmark(
     seed: u64,
     checksum: bool,
 ) -> Option<OutputChecksum> {
-    fn end<T: corestream::Data + std::fmt::Debug>(
-        s: corestream::DataStream<T>,
-        checksum: bool,
-    ) -> Option<OutputChecksum> {
+    fn end<T: corestream::Data + std::fmt::Debug>(s: corestream::DataStream<T>, checksum: bool) -> Option<OutputChecksum> {
         if checksum {
             Some(checksum_sink(s).1)
         } else {
