@@ -33,13 +33,22 @@ pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobO
         set.push(format!("taskmanager.network.numberOfBuffers={n}"));
     }
     let extra_args: Vec<OsString> = set.into_iter().flat_map(|s| [OsString::from("-D"), OsString::from(s)]).collect();
+    // Placement (hidden options, for the test across network namespaces): TaskManager 0 binds
+    // `--tm-bind` beside the JobManager, the others `--child-bind`, in `--child-netns`.
+    let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let tm0 = common.tm_bind.unwrap_or(loopback);
+    let others = common.child_bind.unwrap_or(loopback);
+    let data_binds = (0..common.processes).map(|i| if i == 0 { tm0 } else { others }).collect();
+    let netns = (0..common.processes).map(|i| if i == 0 { None } else { common.child_netns.clone() }).collect();
     let settings = ProcessClusterSettings {
         binary: std::env::current_exe().context("cannot find this program's executable to start TaskManagers")?,
         taskmanagers: common.processes,
         slots_per_taskmanager: slots,
         extra_args,
+        data_binds,
+        netns,
         jobmanager: JobManagerConfig {
-            rpc_bind: "127.0.0.1:0".parse().expect("an address"),
+            rpc_bind: std::net::SocketAddr::new(tm0.ip(), 0),
             heartbeat_interval: heartbeat_timeout / 5,
             heartbeat_timeout,
             slot_request_timeout: Duration::from_secs(30),
@@ -53,17 +62,49 @@ pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobO
     })?;
     let parallelism = common.parallelism.unwrap_or(common.processes * slots);
     let request = SubmitRequest { job: job.to_string(), args, parallelism: Some(parallelism) };
-    let (result, exits) = crate::progress::run_on_cluster(&mut cluster, request, job)?;
+    let (result, mut exits) = crate::progress::run_on_cluster(&mut cluster, request, job)?;
     let outcome = result.result.ok_or_else(|| anyhow!("the JobManager reported no outcome for the ended job"))?;
     match result.state {
         JobState::Finished => Ok(outcome),
         state => {
-            let mut message = outcome.failure.unwrap_or_else(|| format!("the job ended {state:?}"));
-            if let Some((child, status)) = exits.first() {
-                message =
-                    format!("TaskManager {} (pid {}) {}: {message}", child.index, child.pid, describe_exit(*status));
+            let message = outcome.failure.unwrap_or_else(|| format!("the job ended {state:?}"));
+            match culprit(&mut cluster, &mut exits, &message, heartbeat_timeout) {
+                Some(who) => bail!("{who}: {message}"),
+                None => bail!("{message}"),
             }
-            bail!("{message}")
         }
+    }
+}
+
+/// The TaskManager process behind a failure that looks like a lost peer: one that ended (and
+/// how), or one still alive that the JobManager removed for want of heartbeats (it hung). The
+/// JobManager may notice a hung TaskManager after a peer's data connection did, so this waits
+/// up to the heartbeat timeout for it to.
+fn culprit(
+    cluster: &mut ProcessCluster,
+    exits: &mut Vec<(corestream::processes::ChildInfo, std::process::ExitStatus)>,
+    failure: &str,
+    heartbeat_timeout: Duration,
+) -> Option<String> {
+    let network = ["lost", "timed out", "closed", "reset", "heartbeat", "TaskManager"].iter().any(|w| failure.contains(w));
+    let deadline = std::time::Instant::now() + if network { heartbeat_timeout + Duration::from_secs(1) } else { Duration::ZERO };
+    loop {
+        exits.extend(cluster.exited());
+        if let Some((child, status)) = exits.first() {
+            return Some(format!("TaskManager {} (pid {}) {}", child.index, child.pid, describe_exit(*status)));
+        }
+        let registered: Vec<u32> = cluster.api().task_managers().iter().map(|t| t.pid).collect();
+        let ended: Vec<u32> = exits.iter().map(|(c, _)| c.pid).collect();
+        if let Some(child) = cluster.children().into_iter().find(|c| !registered.contains(&c.pid) && !ended.contains(&c.pid)) {
+            return Some(format!(
+                "TaskManager {} (pid {}) hung: the JobManager heard no heartbeat from it within {heartbeat_timeout:?} \
+                 and removed it",
+                child.index, child.pid
+            ));
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
