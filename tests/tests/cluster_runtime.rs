@@ -86,7 +86,7 @@ fn registry() -> JobRegistry {
             Ok(JobParts::with_accumulators(move || {
                 let seen = signals.wait_for("seen", p, Duration::from_secs(20));
                 let all_running = corestream::registry::JobSignals::ALL_RUNNING;
-            let running = u64::from(signals.wait_for(all_running, 1, Duration::from_secs(20)));
+                let running = u64::from(signals.wait_for(all_running, 1, Duration::from_secs(20)));
                 Ok(Accumulators::from([
                     ("parts".to_string(), Accumulator::Count(1)),
                     ("parts-that-saw-all".to_string(), Accumulator::Count(u64::from(seen))),

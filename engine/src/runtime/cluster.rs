@@ -171,7 +171,6 @@ impl LocalCluster {
         let data_address = listener.as_ref().and_then(|l| l.local_addr().ok());
         let network = match listener {
             Some(l) => {
-                config.net.validate().map_err(|e| StartupError::InvalidConfig(format!("net: {e}")))?;
                 let service = NetworkService::start(l, pool.clone(), config.net)?;
                 if let Some(d) = &config.distribution {
                     service
