@@ -459,3 +459,65 @@ fn a_peer_of_another_cluster_is_refused_at_the_handshake_and_the_members_go_on()
         assert!(!s.peers.contains_key(&corestream_netstack::TmId([0; 16])), "the stranger is no peer: {s:?}");
     }
 }
+
+#[test]
+fn task_managers_with_a_secret_connect_again_after_a_new_job_manager() {
+    let secret = corestream::auth::ClusterSecret::new("0123456789abcdef0123456789abcdef-test", "test").unwrap();
+    let jm_settings = |rpc_bind| JobManagerConfig {
+        rpc_bind,
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(1000),
+        secret: Some(secret.clone()),
+        ..Default::default()
+    };
+    let jm = JobManager::start(jm_settings("127.0.0.1:0".parse().unwrap()), registry()).unwrap();
+    let port = jm.rpc_address();
+    let start_tm = || {
+        let settings = TaskManagerConfig {
+            jobmanager: port.to_string(),
+            cluster: ClusterConfig {
+                slots: Some(1),
+                pin_slots: false,
+                net: NetConfig {
+                    heartbeat_interval: Duration::from_millis(200),
+                    heartbeat_timeout: Duration::from_secs(2),
+                    ..NetConfig::default()
+                },
+                ..Default::default()
+            },
+            data_bind: "127.0.0.1:0".parse().unwrap(),
+            secret: Some(secret.clone()),
+            ..Default::default()
+        };
+        let tm = TaskManager::start(settings, registry()).unwrap();
+        assert!(tm.wait_registered(Duration::from_secs(10)));
+        tm
+    };
+    let (tm1, tm2) = (start_tm(), start_tm());
+    let id = submit(jm.api().as_ref(), &["100000", "31"], 2);
+    check_sums(&wait(jm.api().as_ref(), &id, Duration::from_secs(60)), 100_000, 31);
+    assert_eq!(connections_between(&tm1, &tm2).0 + connections_between(&tm1, &tm2).2, 1);
+
+    // A new JobManager (a new cluster token): the TaskManagers close the old data connection
+    // and connect again, proving the new token keyed by the same secret.
+    jm.shutdown();
+    eventually(Duration::from_secs(20), "both TaskManagers noticed", || {
+        !tm1.status().registered && !tm2.status().registered
+    });
+    let jm = loop {
+        match JobManager::start(jm_settings(port), registry()) {
+            Ok(jm) => break jm,
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(tm1.wait_registered(Duration::from_secs(20)) && tm2.wait_registered(Duration::from_secs(20)));
+    // A TaskManager that only ever knew the new JobManager: the old members' data planes must
+    // have taken the new token, or its handshakes with them fail.
+    let tm3 = start_tm();
+    let id = submit(jm.api().as_ref(), &["100000", "37"], 3);
+    check_sums(&wait(jm.api().as_ref(), &id, Duration::from_secs(60)), 100_000, 37);
+    for tm in [&tm1, &tm2, &tm3] {
+        let s = tm.status().data_plane;
+        assert_eq!((s.dialed + s.accepted, s.open, s.refused), (2, 2, 0), "a fresh data plane: {s:?}");
+    }
+}
