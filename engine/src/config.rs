@@ -44,7 +44,8 @@ pub struct ClusterConfig {
     /// the first record after a pause.
     pub spin_before_park: Option<Duration>,
     /// This process's share of a job that runs across several TaskManager processes
-    /// (application mode); `None` runs every task here. With a distribution, `slots: None`
+    /// (application mode, which `bench latency --processes` still uses; the cluster runtime's
+    /// TaskManagers get their share from each deployment instead); `None` runs every task here. With a distribution, `slots: None`
     /// means this TaskManager's share of the job slots ([`Distribution::local_slots`]), and slot
     /// `i` is pinned to the core of job slot `first local slot + i`, so processes on one machine
     /// do not pile onto the same cores.
@@ -52,7 +53,9 @@ pub struct ClusterConfig {
     /// The bound listener for this TaskManager's data address when it runs with a
     /// [`Distribution`] (the address other processes dial). `None` binds
     /// `distribution.peers[index]` at start; give one when the port is chosen by the kernel
-    /// (`127.0.0.1:0`) before the peers' addresses are known.
+    /// (`127.0.0.1:0`) before the peers' addresses are known. A cluster with a data listener
+    /// runs a network executor that takes over (a duplicate of) it and keeps one connection per
+    /// peer TaskManager.
     pub data_listener: Option<Arc<std::net::TcpListener>>,
     /// Heartbeats, timeouts and connection retries of the connections between TaskManagers.
     pub net: NetConfig,

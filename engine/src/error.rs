@@ -50,6 +50,10 @@ pub enum JobError {
     Commit { job: String, message: String },
     #[error("the job was cancelled")]
     Cancelled,
+    /// The TaskManager's network executor could not take the job's connections (it has
+    /// stopped, is overloaded, or has no data plane yet).
+    #[error("the data connections of this TaskManager are unavailable: {reason}")]
+    DataPlaneUnavailable { reason: String },
 }
 
 impl JobError {
@@ -60,7 +64,7 @@ impl JobError {
             JobError::Network(NetError::InsufficientBuffers { requested, capacity, .. }) => requested <= capacity,
             JobError::NotEnoughSlots { needed, total, .. } => needed <= total,
             JobError::Network(e) => e.is_retryable(),
-            JobError::SlotStart { .. } => true,
+            JobError::SlotStart { .. } | JobError::DataPlaneUnavailable { .. } => true,
             _ => false,
         }
     }

@@ -326,3 +326,198 @@ fn task_managers_cancel_their_tasks_and_register_with_a_new_job_manager() {
     let id = submit(api.as_ref(), &["10000", "7"], 2);
     check_sums(&wait(api.as_ref(), &id, Duration::from_secs(60)), 10_000, 7);
 }
+
+/// Data connections between `a` and `b` since they joined the cluster: (dialed by `a`,
+/// accepted by `b`, dialed by `b`, accepted by `a`), each as the dialing or accepting side
+/// counted it.
+fn connections_between(a: &TaskManager, b: &TaskManager) -> (u64, u64, u64, u64) {
+    let (sa, sb) = (a.status().data_plane, b.status().data_plane);
+    let peer = |s: &corestream_netstack::PlaneStats, id: corestream::rpc::ids::TaskManagerId| {
+        s.peers.get(&corestream_netstack::TmId(id.0)).cloned().unwrap_or_default()
+    };
+    let (ab, ba) = (peer(&sa, b.id()), peer(&sb, a.id()));
+    (ab.dialed, ba.accepted, ba.dialed, ab.accepted)
+}
+
+/// Waits until `f` holds, at most `timeout`.
+fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn concurrent_jobs_share_one_data_connection_per_task_manager_pair() {
+    let jm = jobmanager(0);
+    let address = jm.rpc_address().to_string();
+    let (tm1, tm2) = (taskmanager(&address, 2), taskmanager(&address, 2));
+    let api = jm.api();
+    // Sources that pause 2 ms every 1000 records keep both jobs running at once.
+    let a = submit(api.as_ref(), &["400000", "97", "2"], 2);
+    let b = submit(api.as_ref(), &["300000", "89", "2"], 2);
+    eventually(Duration::from_secs(20), "both jobs deployed on both TaskManagers at once", || {
+        tm1.status().running_deployments == 2 && tm2.status().running_deployments == 2
+    });
+    let (ra, rb) = (wait(api.as_ref(), &a, Duration::from_secs(60)), wait(api.as_ref(), &b, Duration::from_secs(60)));
+    check_sums(&ra, 400_000, 97);
+    check_sums(&rb, 300_000, 89);
+    for r in [&ra, &rb] {
+        let parts = &r.result.as_ref().unwrap().parts;
+        assert_eq!(parts.len(), 2, "each job ran on both TaskManagers: {parts:?}");
+        for p in parts {
+            assert_eq!(p.connections.len(), 1, "one link to the other TaskManager: {p:?}");
+            assert!(p.connections[0].buffers_out > 0 && p.connections[0].buffers_in > 0, "{p:?}");
+        }
+    }
+    let (a_dialed, b_accepted, b_dialed, a_accepted) = connections_between(&tm1, &tm2);
+    assert_eq!(a_dialed + b_dialed, 1, "one connection was dialed between the two TaskManagers");
+    assert_eq!((a_dialed, a_accepted), (b_accepted, b_dialed), "what one side dialed the other accepted");
+    assert_eq!(tm1.status().data_plane.open, 1, "and it is still open: {:?}", tm1.status().data_plane);
+
+    // A third job reuses the connection.
+    let c = submit(api.as_ref(), &["100000", "13"], 2);
+    check_sums(&wait(api.as_ref(), &c, Duration::from_secs(60)), 100_000, 13);
+    assert_eq!(connections_between(&tm1, &tm2), (a_dialed, b_accepted, b_dialed, a_accepted), "no new connection");
+    for tm in [&tm1, &tm2] {
+        let s = tm.status().data_plane;
+        assert_eq!((s.dialed + s.accepted, s.open, s.refused), (1, 1, 0), "{s:?}");
+        assert_eq!(tm.pool().in_use(), 0, "every buffer is back in the pool");
+    }
+
+    // The JobManager shows the same counters, from the heartbeats.
+    for tm in [&tm1, &tm2] {
+        let id = tm.id().to_string();
+        eventually(Duration::from_secs(10), "the JobManager shows the data connections", || {
+            let info = api.task_manager(&id).expect("a registered TaskManager");
+            info.data_plane.is_some_and(|d| d.dialed + d.accepted == 1 && d.open == 1 && d.peers.len() == 1)
+        });
+    }
+}
+
+/// Reads one data-connection frame (header and body).
+fn read_data_frame(stream: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut frame = vec![0u8; corestream_netstack::wire::HEADER_BYTES];
+    stream.read_exact(&mut frame)?;
+    let body_len = u32::from_le_bytes(frame[8..12].try_into().unwrap()) as usize;
+    frame.resize(frame.len() + body_len, 0);
+    let header = corestream_netstack::wire::HEADER_BYTES;
+    stream.read_exact(&mut frame[header..])?;
+    Ok(frame)
+}
+
+#[test]
+fn a_peer_of_another_cluster_is_refused_at_the_handshake_and_the_members_go_on() {
+    use corestream_netstack::wire::{decode_frame, ErrorCode, Message};
+    use std::io::Write;
+    let jm = jobmanager(0);
+    let address = jm.rpc_address().to_string();
+    let (tm1, tm2) = (taskmanager(&address, 1), taskmanager(&address, 1));
+    let api = jm.api();
+    let id = submit(api.as_ref(), &["300000", "97", "2"], 2);
+    eventually(Duration::from_secs(20), "the job runs on both TaskManagers", || {
+        tm1.status().running_deployments == 1 && tm2.status().running_deployments == 1
+    });
+    // Another cluster's TaskManager (another token) dials both members: its id is the lowest,
+    // so each member is the accepting side and checks the HELLO.
+    let mut refused = Vec::new();
+    for tm in [&tm1, &tm2] {
+        let mut stream = std::net::TcpStream::connect(tm.data_address().unwrap()).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let hello = corestream_netstack::Hello {
+            tm: corestream_netstack::TmId([0; 16]),
+            cluster_token: [0x5a; 32],
+            nonce: [1; 32],
+            pid: std::process::id(),
+            heartbeat_ms: 200,
+        };
+        let mut bytes = Vec::new();
+        Message::Hello(hello).encode_into(&mut bytes).unwrap();
+        stream.write_all(&bytes).unwrap();
+        let answer = loop {
+            let frame = read_data_frame(&mut stream).expect("the member answers before it closes");
+            match decode_frame(&frame) {
+                Ok((Message::Error { code, message, .. }, _)) => break (code, message.to_string()),
+                Ok((Message::Hello(_), _)) => continue,
+                other => panic!("expected the member's HELLO or ERROR, got {other:?}"),
+            }
+        };
+        refused.push(answer);
+    }
+    for (code, message) in &refused {
+        assert_eq!(*code, ErrorCode::HandshakeMismatch, "{message}");
+        assert!(message.contains("wrong cluster token"), "{message}");
+    }
+    let r = wait(api.as_ref(), &id, Duration::from_secs(60));
+    check_sums(&r, 300_000, 97);
+    for tm in [&tm1, &tm2] {
+        let s = tm.status().data_plane;
+        assert_eq!(s.refused, 1, "the stranger was counted as refused: {s:?}");
+        assert_eq!(s.dialed + s.accepted, 1, "the members' own connection is the only one: {s:?}");
+        assert!(!s.peers.contains_key(&corestream_netstack::TmId([0; 16])), "the stranger is no peer: {s:?}");
+    }
+}
+
+#[test]
+fn task_managers_with_a_secret_connect_again_after_a_new_job_manager() {
+    let secret = corestream::auth::ClusterSecret::new("0123456789abcdef0123456789abcdef-test", "test").unwrap();
+    let jm_settings = |rpc_bind| JobManagerConfig {
+        rpc_bind,
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(1000),
+        secret: Some(secret.clone()),
+        ..Default::default()
+    };
+    let jm = JobManager::start(jm_settings("127.0.0.1:0".parse().unwrap()), registry()).unwrap();
+    let port = jm.rpc_address();
+    let start_tm = || {
+        let settings = TaskManagerConfig {
+            jobmanager: port.to_string(),
+            cluster: ClusterConfig {
+                slots: Some(1),
+                pin_slots: false,
+                net: NetConfig {
+                    heartbeat_interval: Duration::from_millis(200),
+                    heartbeat_timeout: Duration::from_secs(2),
+                    ..NetConfig::default()
+                },
+                ..Default::default()
+            },
+            data_bind: "127.0.0.1:0".parse().unwrap(),
+            secret: Some(secret.clone()),
+            ..Default::default()
+        };
+        let tm = TaskManager::start(settings, registry()).unwrap();
+        assert!(tm.wait_registered(Duration::from_secs(10)));
+        tm
+    };
+    let (tm1, tm2) = (start_tm(), start_tm());
+    let id = submit(jm.api().as_ref(), &["100000", "31"], 2);
+    check_sums(&wait(jm.api().as_ref(), &id, Duration::from_secs(60)), 100_000, 31);
+    assert_eq!(connections_between(&tm1, &tm2).0 + connections_between(&tm1, &tm2).2, 1);
+
+    // A new JobManager (a new cluster token): the TaskManagers close the old data connection
+    // and connect again, proving the new token keyed by the same secret.
+    jm.shutdown();
+    eventually(Duration::from_secs(20), "both TaskManagers noticed", || {
+        !tm1.status().registered && !tm2.status().registered
+    });
+    let jm = loop {
+        match JobManager::start(jm_settings(port), registry()) {
+            Ok(jm) => break jm,
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(tm1.wait_registered(Duration::from_secs(20)) && tm2.wait_registered(Duration::from_secs(20)));
+    // A TaskManager that only ever knew the new JobManager: the old members' data planes must
+    // have taken the new token, or its handshakes with them fail.
+    let tm3 = start_tm();
+    let id = submit(jm.api().as_ref(), &["100000", "37"], 3);
+    check_sums(&wait(jm.api().as_ref(), &id, Duration::from_secs(60)), 100_000, 37);
+    for tm in [&tm1, &tm2, &tm3] {
+        let s = tm.status().data_plane;
+        assert_eq!((s.dialed + s.accepted, s.open, s.refused), (2, 2, 0), "a fresh data plane: {s:?}");
+    }
+}

@@ -11,7 +11,7 @@ use thiserror::Error;
 use utoipa::ToSchema;
 
 use crate::rpc::ids::{JobId, TaskManagerId};
-use crate::rpc::messages::{Accumulator, TaskState};
+use crate::rpc::messages::{Accumulator, DataPlaneReport, TaskState};
 
 /// `GET /v1/overview`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -50,6 +50,10 @@ pub struct TaskManagerInfo {
     pub last_heartbeat_ms_ago: u64,
     /// Milliseconds since the Unix epoch.
     pub registered_at_ms: u64,
+    /// Its data connections to other TaskManagers (one per peer, shared by every job), as of
+    /// its last heartbeat; absent before its first.
+    #[serde(default)]
+    pub data_plane: Option<DataPlaneReport>,
 }
 
 /// `POST /v1/jobs`: run a registered job type by name.

@@ -62,6 +62,7 @@ fn tm_info(t: &TmEntry) -> TaskManagerInfo {
         network_buffers: r.network_buffers,
         last_heartbeat_ms_ago: t.last_heartbeat.elapsed().as_millis() as u64,
         registered_at_ms: t.registered_at_ms,
+        data_plane: t.data_plane.clone(),
     }
 }
 

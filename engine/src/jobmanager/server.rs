@@ -125,6 +125,7 @@ async fn register(jm: &Arc<Jm>, mut stream: TcpStream) -> Result<(), String> {
         registered_at_ms: now_ms(),
         seq: 0,
         connection: connection.abort_handle(),
+        data_plane: None,
     });
     if let Some(old) = replaced {
         old.connection.abort();
@@ -182,6 +183,13 @@ impl Jm {
         let mut state = self.lock();
         if let Some(t) = state.tms.get_mut(&tm) {
             t.last_heartbeat = Instant::now();
+            if let TmMessage::Heartbeat { data_plane: Some(report), .. } = &message {
+                if report.is_bounded() {
+                    t.data_plane = Some(report.clone());
+                } else {
+                    tracing::warn!(%tm, "ignored a data-plane report beyond its bounds");
+                }
+            }
         }
         let job = match &message {
             TmMessage::Heartbeat { .. } | TmMessage::Register(_) => return None,

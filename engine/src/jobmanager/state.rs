@@ -27,6 +27,8 @@ pub(crate) struct TmEntry {
     pub slot_jobs: Vec<Option<JobId>>,
     /// Stops its connection's tasks when it is removed.
     pub connection: tokio::task::AbortHandle,
+    /// Its data connections as of its last heartbeat.
+    pub data_plane: Option<crate::rpc::messages::DataPlaneReport>,
 }
 
 impl TmEntry {

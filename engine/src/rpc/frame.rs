@@ -76,7 +76,7 @@ mod tests {
     fn messages_round_trip() {
         runtime().block_on(async {
             let (mut a, mut b) = tokio::io::duplex(1 << 16);
-            let sent = TmMessage::Heartbeat { deployments: vec![crate::rpc::ids::DeploymentKey(7)] };
+            let sent = TmMessage::Heartbeat { deployments: vec![crate::rpc::ids::DeploymentKey(7)], data_plane: None };
             write_frame(&mut a, &sent).await.unwrap();
             let got: TmMessage = read_frame(&mut b).await.unwrap();
             assert_eq!(got, sent);

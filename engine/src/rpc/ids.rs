@@ -101,9 +101,15 @@ hex_id!(TaskManagerId, "TaskManager id");
 pub struct DeploymentKey(pub u64);
 
 impl DeploymentKey {
+    /// A random key, never 0 (reserved on the data connections for connection-level frames).
     pub fn random() -> Self {
-        let b = random_bytes();
-        Self(u64::from_le_bytes(b[..8].try_into().expect("8 bytes")))
+        loop {
+            let b = random_bytes();
+            let key = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+            if key != 0 {
+                return Self(key);
+            }
+        }
     }
 }
 

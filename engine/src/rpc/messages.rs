@@ -167,6 +167,75 @@ pub struct ConnectionReport {
     pub remote_credit_stalls: u64,
 }
 
+/// Peers one [`DataPlaneReport`] lists at most; its totals still count every peer.
+pub const DATA_PLANE_PEERS_MAX: usize = 256;
+/// Characters of a peer's last connection error in a report, at most.
+pub const DATA_PLANE_ERROR_CHARS_MAX: usize = 512;
+
+/// A TaskManager's data connections (at most one per peer TaskManager, shared by every job)
+/// since it joined its current cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DataPlaneReport {
+    /// Connections this TaskManager dialed.
+    pub dialed: u64,
+    /// Connections peers dialed whose handshake passed.
+    pub accepted: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Accepted connections refused before their handshake was through (another cluster's
+    /// TaskManager, a wrong secret, a stray process).
+    pub refused: u64,
+    /// Per peer, by TaskManager id; at most 256 (the totals count every peer).
+    pub peers: Vec<PeerConnectionsReport>,
+}
+
+/// Connections to one peer TaskManager.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PeerConnectionsReport {
+    /// The peer's TaskManager id (32 hex digits).
+    pub peer: String,
+    pub dialed: u64,
+    pub accepted: u64,
+    pub open: u64,
+    /// Connections that ended with both sides closing.
+    pub closed: u64,
+    /// Connections (and dials) that failed.
+    pub failed: u64,
+    /// The last failure, at most 512 characters.
+    pub last_error: Option<String>,
+}
+
+impl DataPlaneReport {
+    /// The report of `stats`, bounded: the first [`DATA_PLANE_PEERS_MAX`] peers by id, errors
+    /// cut to [`DATA_PLANE_ERROR_CHARS_MAX`] characters.
+    pub fn from_stats(stats: &corestream_netstack::PlaneStats) -> Self {
+        let peers = stats
+            .peers
+            .iter()
+            .take(DATA_PLANE_PEERS_MAX)
+            .map(|(id, p)| PeerConnectionsReport {
+                peer: id.to_string(),
+                dialed: p.dialed,
+                accepted: p.accepted,
+                open: p.open,
+                closed: p.closed,
+                failed: p.failed,
+                last_error: p.last_error.as_ref().map(|e| e.chars().take(DATA_PLANE_ERROR_CHARS_MAX).collect()),
+            })
+            .collect();
+        Self { dialed: stats.dialed, accepted: stats.accepted, open: stats.open, refused: stats.refused, peers }
+    }
+
+    /// Whether the report stays within its bounds (checked on receipt).
+    pub fn is_bounded(&self) -> bool {
+        self.peers.len() <= DATA_PLANE_PEERS_MAX
+            && self.peers.iter().all(|p| {
+                p.peer.len() <= 64
+                    && p.last_error.as_ref().is_none_or(|e| e.chars().count() <= DATA_PLANE_ERROR_CHARS_MAX)
+            })
+    }
+}
+
 /// A value a job computes across subtasks and TaskManagers, merged by the JobMaster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "value")]
@@ -221,9 +290,12 @@ pub enum PartOutcome {
 #[serde(rename_all = "snake_case")]
 pub enum TmMessage {
     Register(Box<Registration>),
-    /// Sent every heartbeat interval: the deployments this TaskManager runs.
+    /// Sent every heartbeat interval: the deployments this TaskManager runs and its data
+    /// connections.
     Heartbeat {
         deployments: Vec<DeploymentKey>,
+        #[serde(default)]
+        data_plane: Option<DataPlaneReport>,
     },
     /// The slots of a [`JmMessage::RequestSlots`] are reserved for the job.
     SlotsOffered {
@@ -346,4 +418,40 @@ pub enum JmMessage {
     Discard {
         deployment: DeploymentKey,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corestream_netstack::{PeerCounters, PlaneStats, TmId};
+
+    #[test]
+    fn data_plane_reports_are_bounded() {
+        let mut stats = PlaneStats { dialed: 300, accepted: 2, open: 1, refused: 4, ..Default::default() };
+        for i in 0..300u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            let error = (i == 0).then(|| "é".repeat(2 * DATA_PLANE_ERROR_CHARS_MAX));
+            stats
+                .peers
+                .insert(TmId(id), PeerCounters { dialed: 1, failed: 1, last_error: error, ..Default::default() });
+        }
+        let report = DataPlaneReport::from_stats(&stats);
+        assert_eq!((report.dialed, report.accepted, report.open, report.refused), (300, 2, 1, 4));
+        assert_eq!(report.peers.len(), DATA_PLANE_PEERS_MAX);
+        assert_eq!(report.peers[0].peer, "0".repeat(32));
+        assert_eq!(report.peers[0].last_error.as_ref().unwrap().chars().count(), DATA_PLANE_ERROR_CHARS_MAX);
+        assert!(report.is_bounded());
+        let mut over = report.clone();
+        over.peers.push(PeerConnectionsReport::default());
+        assert!(!over.is_bounded());
+        let json =
+            serde_json::to_string(&TmMessage::Heartbeat { deployments: vec![], data_plane: Some(report) }).unwrap();
+        assert!(matches!(serde_json::from_str(&json).unwrap(), TmMessage::Heartbeat { data_plane: Some(_), .. }));
+        let old = r#"{"heartbeat":{"deployments":[]}}"#;
+        assert!(
+            matches!(serde_json::from_str(old).unwrap(), TmMessage::Heartbeat { data_plane: None, .. }),
+            "a heartbeat without the report still reads"
+        );
+    }
 }

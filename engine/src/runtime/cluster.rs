@@ -3,16 +3,23 @@
 //! is pinned to) and its buffer pool. Submitting a job resolves parallelism and partitioning,
 //! chains operators, lays out channels, leases slots and reserves buffers, then starts one slot
 //! thread per leased slot. Several jobs may run at once on disjoint slots; nothing is global.
+//!
+//! A cluster with a data listener (a TaskManager of the cluster runtime, or one process of an
+//! application-mode [`Distribution`]) also runs a network executor ([`super::network`]) that
+//! owns the listener and the connections to the other TaskManagers; a job's channels to tasks
+//! elsewhere are handed to it as one link per peer.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use corestream_netstack::{BufferPool, Doorbell, JobSpec, LocalChannel, OutputChannel, PeerSession};
+use corestream_netstack::handshake::TmId;
+use corestream_netstack::remote::LocalIdentity;
+use corestream_netstack::{BufferPool, Doorbell, JobSpec, LocalChannel, OutputChannel, PeerAddress, PlaneStats};
 
 use super::build::{OutputEdgeRt, SideEdgeRt};
 use super::job::{JobHandle, JobMetrics, JobShared};
 use super::metrics::TaskCounters;
-use super::remote::{JobNetwork, SessionBuild};
+use super::network::{self, DoneGuard, JobNetwork, LinkBuild, NetworkService, NetworkUnavailable};
 use super::slot::{self, SlotSettings, TaskBuild};
 use super::startup;
 use super::topology::Topology;
@@ -31,8 +38,10 @@ pub(crate) struct ClusterInner {
     busy: Mutex<Vec<bool>>,
     pub pool: BufferPool,
     pub topology: Topology,
-    /// The data listener of a TaskManager in distributed mode.
-    pub listener: Option<Arc<std::net::TcpListener>>,
+    /// Where the data listener accepts connections (a TaskManager, or distributed mode).
+    pub data_address: Option<std::net::SocketAddr>,
+    /// The network executor that owns the data listener and the connections.
+    pub network: Option<NetworkService>,
     /// Set on a cluster that only plans jobs (a JobManager's): the default parallelism.
     planning_slots: Option<u32>,
 }
@@ -73,6 +82,9 @@ pub(crate) struct PartPlacement<'a> {
     pub distribution: Option<&'a Distribution>,
     pub slots: Option<&'a [u32]>,
     pub fingerprint: Option<u64>,
+    /// The deployment key and every participant's data-connection id, by index (the cluster
+    /// runtime); `None` is application mode (ids from the indexes, one deployment).
+    pub peers: Option<(u64, &'a [TmId])>,
 }
 
 /// Slots held by a running job; released when the job's handle is dropped.
@@ -126,7 +138,9 @@ impl LocalCluster {
         if config.credit.max_backlog_per_channel == 0 {
             return Err(StartupError::InvalidConfig("max_backlog_per_channel must be at least 1".into()));
         }
-        startup::check(slots, config.io_memory_bytes)?;
+        // One more executor than slots when the cluster has a data listener: the network's.
+        let executors = slots + u32::from(config.distribution.is_some() || config.data_listener.is_some());
+        startup::check(executors, config.io_memory_bytes.max(network::NET_IO_MEMORY_BYTES))?;
         if slots as usize > topology.physical_cores() {
             tracing::warn!(
                 slots,
@@ -139,28 +153,43 @@ impl LocalCluster {
         let slot_cpus =
             topology.slot_cpus(first as u32 + slots)[first..].iter().map(|&c| config.pin_slots.then_some(c)).collect();
         let listener = match (&config.distribution, &config.data_listener) {
-            (_, Some(l)) => Some(l.clone()),
-            (Some(d), None) => Some({
-                {
-                    let addr = d.peers[d.index as usize];
-                    Arc::new(std::net::TcpListener::bind(addr).map_err(|e| {
-                        StartupError::InvalidConfig(format!(
-                            "cannot listen on the data address {addr} of TaskManager {} (distribution.peers[{}]): {e}",
-                            d.index, d.index
-                        ))
-                    })?)
-                }
-            }),
+            (_, Some(l)) => Some(l.try_clone().map_err(|e| {
+                StartupError::InvalidConfig(format!("cannot take over the data listener (data_listener): {e}"))
+            })?),
+            (Some(d), None) => {
+                let addr = d.peers[d.index as usize];
+                Some(std::net::TcpListener::bind(addr).map_err(|e| {
+                    StartupError::InvalidConfig(format!(
+                        "cannot listen on the data address {addr} of TaskManager {} (distribution.peers[{}]): {e}",
+                        d.index, d.index
+                    ))
+                })?)
+            }
             (None, None) => None,
+        };
+        let pool = BufferPool::new(buffers);
+        let data_address = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let network = match listener {
+            Some(l) => {
+                let service = NetworkService::start(l, pool.clone(), config.net)?;
+                if let Some(d) = &config.distribution {
+                    service
+                        .set_identity(network::app_identity(d.index))
+                        .map_err(|e| StartupError::InvalidConfig(e.to_string()))?;
+                }
+                Some(service)
+            }
+            None => None,
         };
         tracing::info!(slots, topology = topology.source, buffers, distributed, "local cluster started");
         Ok(Self {
             inner: Arc::new(ClusterInner {
-                pool: BufferPool::new(buffers),
+                pool,
                 busy: Mutex::new(vec![false; slots as usize]),
                 slot_cpus,
                 topology,
-                listener,
+                data_address,
+                network,
                 config,
                 planning_slots: None,
             }),
@@ -177,7 +206,8 @@ impl LocalCluster {
                 busy: Mutex::new(Vec::new()),
                 slot_cpus: Vec::new(),
                 topology: Topology { cores: Vec::new(), source: "planner" },
-                listener: None,
+                data_address: None,
+                network: None,
                 config,
                 planning_slots: Some(slots.max(1)),
             }),
@@ -209,7 +239,28 @@ impl LocalCluster {
 
     /// The address other TaskManagers dial to reach this one (distributed mode only).
     pub fn data_address(&self) -> Option<std::net::SocketAddr> {
-        self.inner.listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.inner.data_address
+    }
+
+    /// Gives the network executor this TaskManager's identity in its cluster (see
+    /// [`super::network`]); without a data listener there is nothing to identify.
+    pub(crate) fn set_network_identity(&self, identity: LocalIdentity) -> Result<(), NetworkUnavailable> {
+        match &self.inner.network {
+            Some(n) => n.set_identity(identity),
+            None => Err(NetworkUnavailable::Stopped),
+        }
+    }
+
+    /// The data connections' counters (all zero without a data plane).
+    pub fn data_plane_stats(&self) -> PlaneStats {
+        self.inner.network.as_ref().map(|n| n.stats()).unwrap_or_default()
+    }
+
+    /// Cancels every job's links, closes the data connections and stops the network executor.
+    pub(crate) fn shutdown_network(&self) {
+        if let Some(n) = &self.inner.network {
+            n.shutdown();
+        }
     }
 
     /// A new environment for building one job on this cluster.
@@ -436,7 +487,7 @@ impl LocalCluster {
             plan.tasks.iter().position(|t| t.vertex == vertex && t.subtask == subtask).expect("task exists")
         };
         let bell_of = |t: usize| bells[t].clone().expect("the task of a channel end that runs here has a bell");
-        let mut sessions = Vec::<SessionBuild>::new();
+        let mut links = Vec::<(u32, LinkBuild)>::new();
         let fingerprint =
             distribution.map(|_| execution::fingerprint(&plan_text, &plan, name, &credit, count, total_slots));
         if let (Some(expected), Some(own)) = (placement.fingerprint, fingerprint) {
@@ -447,26 +498,39 @@ impl LocalCluster {
                 )));
             }
         }
-        let session_for = |sessions: &mut Vec<SessionBuild>, peer: u32| -> usize {
-            if let Some(i) = sessions.iter().position(|s| s.peer == peer) {
+        let deployment = placement.peers.map_or(network::APP_DEPLOYMENT, |(key, _)| key);
+        if let (Some(d), Some((_, ids))) = (distribution, placement.peers) {
+            if ids.len() != d.count as usize {
+                return Err(JobError::InvalidJob(format!(
+                    "the deployment names {} TaskManager id(s) for {} participant(s)",
+                    ids.len(),
+                    d.count
+                )));
+            }
+        }
+        let peer_id =
+            |peer: u32| placement.peers.map_or_else(|| network::app_tm_id(peer), |(_, ids)| ids[peer as usize]);
+        // One link per peer TaskManager that shares a channel with this one; the link's bell
+        // wakes the connection's writer, and its channels are built with it.
+        let link_for = |links: &mut Vec<(u32, LinkBuild)>, peer: u32| -> usize {
+            if let Some(i) = links.iter().position(|(p, _)| *p == peer) {
                 return i;
             }
             let d = distribution.expect("remote channels exist only in distributed mode");
             let fingerprint = fingerprint.expect("computed in distributed mode");
             let channels = plan.channels.len() as u32;
-            let config = super::remote::session_config(tm, peer, &self.inner.config.net);
-            let bell = Arc::new(Doorbell::new());
-            shared.add_bell(bell.clone());
-            sessions.push(SessionBuild {
+            let id = peer_id(peer);
+            let data_addr = d.peers[peer as usize];
+            links.push((
                 peer,
-                peer_addr: d.peers[peer as usize],
-                dial: tm < peer,
-                session: PeerSession::new(config, self.inner.pool.clone()),
-                job: JobSpec::new(super::remote::APP_DEPLOYMENT, fingerprint, channels, bell.clone()),
-                bell,
-                outbound: Vec::new(),
-            });
-            sessions.len() - 1
+                LinkBuild {
+                    peer: PeerAddress { id, data_addr },
+                    name: format!("TaskManager {} ({data_addr})", id.short()),
+                    spec: JobSpec::new(deployment, fingerprint, channels, Arc::new(Doorbell::new())),
+                    outbound: Vec::new(),
+                },
+            ));
+            links.len() - 1
         };
         let channels: Vec<Option<Arc<LocalChannel>>> = plan
             .channels
@@ -482,23 +546,23 @@ impl LocalCluster {
                         Some(LocalChannel::new(credit.exclusive_per_channel, bell_of(producer), bell_of(consumer)))
                     }
                     ChannelRoute::Outbound { peer } => {
-                        let i = session_for(&mut sessions, peer);
-                        let s = &mut sessions[i];
-                        let channel = LocalChannel::new_remote_out(bell_of(producer), s.bell.clone());
-                        s.job.add_outbound(id as u32, channel.clone());
-                        s.outbound.push(channel.clone());
+                        let i = link_for(&mut links, peer);
+                        let l = &mut links[i].1;
+                        let channel = LocalChannel::new_remote_out(bell_of(producer), l.spec.bell().clone());
+                        l.spec.add_outbound(id as u32, channel.clone());
+                        l.outbound.push(channel.clone());
                         Some(channel)
                     }
                     ChannelRoute::Inbound { peer } => {
-                        let i = session_for(&mut sessions, peer);
-                        let s = &mut sessions[i];
+                        let i = link_for(&mut links, peer);
+                        let l = &mut links[i].1;
                         let channel = LocalChannel::new_remote_in(
                             credit.exclusive_per_channel,
-                            s.bell.clone(),
+                            l.spec.bell().clone(),
                             bell_of(consumer),
                         );
                         let head = jg.vertices[e.target].nodes[0];
-                        s.job.add_inbound(id as u32, channel.clone(), graph.nodes[head].runtime.validator());
+                        l.spec.add_inbound(id as u32, channel.clone(), graph.nodes[head].runtime.validator());
                         Some(channel)
                     }
                     ChannelRoute::Elsewhere => None,
@@ -573,19 +637,33 @@ impl LocalCluster {
         drop(graph);
 
         let summaries = Arc::new(Mutex::new(Vec::new()));
-        let mut network = (!sessions.is_empty()).then(|| JobNetwork {
-            sessions,
-            listener: self.inner.listener.clone(),
-            config: self.inner.config.net,
-            summaries: summaries.clone(),
-        });
-        tracing::info!(
-            job = name,
-            tasks = metrics.tasks.len(),
-            buffers = buffers_needed,
-            connections = network.as_ref().map_or(0, |n| n.sessions.len()),
-            "deploying job"
-        );
+        let peers = links.len();
+        let network_done = if links.is_empty() {
+            None
+        } else {
+            let (guard, done) = DoneGuard::new();
+            let bell = Arc::new(Doorbell::new());
+            shared.add_bell(bell.clone());
+            let job = JobNetwork {
+                deployment,
+                job: shared.clone(),
+                bell,
+                links: links.into_iter().map(|(_, l)| l).collect(),
+                summaries: summaries.clone(),
+                done: guard,
+            };
+            let handed = match &self.inner.network {
+                Some(n) => n.open(job).map_err(|e| e.to_string()),
+                None => {
+                    Err("this cluster has no data listener: start it with a distribution or a data_listener".into())
+                }
+            };
+            if let Err(reason) = handed {
+                shared.fail(JobError::DataPlaneUnavailable { reason });
+            }
+            Some(done)
+        };
+        tracing::info!(job = name, tasks = metrics.tasks.len(), buffers = buffers_needed, peers, "deploying job");
         let started = Instant::now();
         let mut threads = Vec::new();
         for (i, tasks) in per_slot.into_iter().enumerate() {
@@ -597,7 +675,7 @@ impl LocalCluster {
                 preempt_timer: self.inner.config.preempt_timer,
                 spin_before_park: self.inner.config.spin_before_park,
             };
-            match slot::spawn(settings, tasks, network.take(), shared.clone()) {
+            match slot::spawn(settings, tasks, shared.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     shared.fail(JobError::SlotStart { slot, message: e.to_string() });
@@ -613,6 +691,7 @@ impl LocalCluster {
             plan: plan_text,
             buffers_reserved: buffers_needed,
             network: summaries,
+            network_done,
             pool: self.inner.pool.clone(),
             _reservation: reservation,
             _slots: lease,

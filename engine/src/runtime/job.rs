@@ -1,7 +1,8 @@
 //! A running job: its shared control block (cancellation, the first failure, the doorbells of
 //! every task, warnings) and the [`JobHandle`] its owner uses to watch, cancel and join it.
-//! Joining waits for every slot thread, so when `join` returns every task has ended and every
-//! buffer the job held is back in the pool.
+//! Joining waits for every slot thread and for the job's links on the network executor, so when
+//! `join` returns every task and link has ended and every buffer the job held is back in the
+//! pool.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use super::metrics::{
     ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskPhase,
     TaskSummary,
 };
+use super::network::NetworkDone;
 use crate::api::sinks::PendingCommit;
 use crate::error::{JobError, TaskError};
 use crate::operators::OperatorMetrics;
@@ -202,8 +204,10 @@ pub struct JobHandle {
     pub(crate) metrics: JobMetrics,
     pub(crate) plan: String,
     pub(crate) buffers_reserved: u32,
-    /// Connections to other TaskManagers, reported by the gateway slot as they end.
+    /// The job's links to other TaskManagers, reported by the network executor as they end.
     pub(crate) network: Arc<Mutex<Vec<ConnectionSummary>>>,
+    /// Set once every link has ended; `None` when the job has no task elsewhere.
+    pub(crate) network_done: Option<Arc<NetworkDone>>,
     pub(crate) pool: BufferPool,
     pub(crate) _reservation: PoolReservation,
     pub(crate) _slots: SlotLease,
@@ -222,7 +226,7 @@ impl JobHandle {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(|t| t.is_finished())
+        self.threads.iter().all(|t| t.is_finished()) && self.network_done.as_ref().is_none_or(|d| d.is_finished())
     }
 
     /// The job's plan as printed by `explain`.
@@ -262,6 +266,10 @@ impl JobHandle {
             if t.join().is_err() {
                 self.shared.fail(JobError::InvalidJob("a slot thread panicked outside any task".into()));
             }
+        }
+        // The links end once the tasks have (or the job was cancelled, which they follow).
+        if let Some(done) = &self.network_done {
+            done.wait();
         }
         let ended = self.shared.ended_at().unwrap_or_else(Instant::now);
         let wall = ended.saturating_duration_since(self.started);
@@ -359,6 +367,9 @@ impl Drop for JobHandle {
             self.shared.cancel();
             for t in self.threads.drain(..) {
                 let _ = t.join();
+            }
+            if let Some(done) = &self.network_done {
+                done.wait();
             }
         }
     }

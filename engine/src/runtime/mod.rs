@@ -3,15 +3,17 @@
 //! ([`topology`]), and runs each job's subtasks as cooperative tasks on the slots' glommio
 //! executors ([`slot`], [`task`]). A chain's records leave the task through
 //! the network output ([`output`]) into the credit-based channels of `corestream-netstack`; channels
-//! whose other end runs in another TaskManager process cross a connection driven by
-//! [`remote`] on the job's gateway slot.
+//! whose other end runs in another TaskManager process cross the one connection to that
+//! TaskManager, kept by the process's network executor ([`network`]), where each job's links
+//! are supervised ([`links`]).
 
 pub mod build;
 pub mod cluster;
 pub mod job;
+pub(crate) mod links;
 pub mod metrics;
+pub(crate) mod network;
 pub mod output;
-pub mod remote;
 pub mod slot;
 pub mod startup;
 pub mod task;

@@ -15,7 +15,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 use super::build::{BuildCtx, NodeRuntime, OutputCtx, OutputEdgeRt};
 use super::job::JobShared;
 use super::metrics::{TaskCounters, TaskPhase};
-use super::remote::{self, JobNetwork};
 use super::task::{self, TaskBody, TaskEnv};
 use crate::config::RuntimeMode;
 use crate::error::{JobError, TaskError};
@@ -174,12 +173,10 @@ async fn run_task(mut build: TaskBuild, job: Arc<JobShared>) {
     job.fail_task(error, subtask);
 }
 
-/// Starts the slot thread for `tasks`, and for the job's connections to other TaskManagers
-/// when this is the job's gateway slot.
+/// Starts the slot thread for `tasks`.
 pub(crate) fn spawn(
     settings: SlotSettings,
     tasks: Vec<TaskBuild>,
-    network: Option<JobNetwork>,
     job: Arc<JobShared>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("cs-slot-{}", settings.slot)).spawn(move || {
@@ -205,14 +202,10 @@ pub(crate) fn spawn(
         };
         let done = job.clone();
         executor.run(async move {
-            let network = network.map(|n| glommio::spawn_local(remote::run(n, job.clone())));
             let handles: Vec<_> =
                 tasks.into_iter().map(|t| glommio::spawn_local(run_guarded(t, job.clone()))).collect();
             for h in handles {
                 h.await;
-            }
-            if let Some(n) = network {
-                n.await;
             }
         });
         done.slot_done();

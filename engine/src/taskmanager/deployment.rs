@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use corestream_netstack::handshake::TmId;
 use tokio::sync::mpsc;
 
 use crate::config::Distribution;
@@ -197,8 +198,13 @@ fn start(
     }
     let parts = (job_type.build)(&mut env, &JobContext { args: &d.args, planning: false, signals: signals.clone() })
         .map_err(|e| JobError::InvalidJob(format!("job '{}': {e}", d.job_type)))?;
-    let placement =
-        PartPlacement { distribution: Some(&distribution), slots: Some(&me.slots), fingerprint: Some(d.fingerprint) };
+    let ids: Vec<TmId> = d.participants.iter().map(|p| TmId(p.tm.0)).collect();
+    let placement = PartPlacement {
+        distribution: Some(&distribution),
+        slots: Some(&me.slots),
+        fingerprint: Some(d.fingerprint),
+        peers: Some((d.deployment.0, &ids)),
+    };
     let handle = env.execute_part(&d.job_type, placement)?;
     Ok((handle, parts))
 }

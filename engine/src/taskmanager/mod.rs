@@ -5,6 +5,14 @@
 //! of its own, see [`deployment`]), forwards task states and part outcomes, and commits or
 //! discards staged output when the JobManager says so.
 //!
+//! Its data connections to other TaskManagers belong to the cluster's network executor
+//! (`cs-net`, see [`crate::runtime::cluster`]): at most one connection per peer TaskManager,
+//! shared by every job running on both. Registering gives the executor this TaskManager's
+//! identity — its id and the JobManager's cluster token, keyed by the cluster secret if there is
+//! one — which every data connection's handshake proves; registering with another JobManager
+//! replaces the connections (its deployments have all ended by then). The connection counters
+//! are in [`TaskManagerStatus`] and go to the JobManager with every heartbeat.
+//!
 //! A TaskManager that loses its JobManager (connection closed, or no heartbeat for the
 //! timeout) cancels every deployment, waits for its tasks to end, discards what they staged,
 //! and registers again, with backoff, until a JobManager answers: no task outlives its job.
@@ -28,10 +36,13 @@ use crate::registry::JobRegistry;
 use crate::rpc::frame::{read_frame, write_frame, FrameError};
 use crate::rpc::ids::{DeploymentKey, TaskManagerId};
 use crate::rpc::messages::{
-    Bytes32, JmMessage, PartOutcome, Registration, SlotDescription, TmMessage, PROTOCOL_VERSION,
+    Bytes32, DataPlaneReport, JmMessage, PartOutcome, Registration, SlotDescription, TmMessage, PROTOCOL_VERSION,
 };
 use crate::runtime::cluster::LocalCluster;
 use crate::runtime::job::StagedOutputs;
+use corestream_netstack::handshake::{ClusterAuth, TmId};
+use corestream_netstack::remote::LocalIdentity;
+use corestream_netstack::{BufferPool, PlaneStats};
 
 /// How a TaskManager runs.
 #[derive(Debug, Clone)]
@@ -86,6 +97,8 @@ enum RegisterError {
     Timeout { address: String },
     #[error("registration with the JobManager at {address}: {cause}")]
     Frame { address: String, cause: FrameError },
+    #[error("registered with the JobManager at {address}, but the data connections cannot follow: {reason}")]
+    DataPlane { address: String, reason: String },
     #[error("the JobManager at {address} sent {got} where its {expected} was expected")]
     Unexpected { address: String, got: String, expected: &'static str },
 }
@@ -103,6 +116,8 @@ pub struct TaskManagerStatus {
     pub deployments_started: u64,
     /// Why it stopped on its own (no JobManager within `give_up_after`).
     pub gave_up: Option<String>,
+    /// Its data connections since it joined its current cluster.
+    pub data_plane: PlaneStats,
 }
 
 struct Shared {
@@ -176,7 +191,14 @@ impl TaskManager {
     }
 
     pub fn status(&self) -> TaskManagerStatus {
-        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        status.data_plane = self.cluster.data_plane_stats();
+        status
+    }
+
+    /// The TaskManager's buffer pool (shared by its jobs and its data connections).
+    pub fn pool(&self) -> &BufferPool {
+        self.cluster.pool()
     }
 
     /// Waits until the TaskManager is registered, at most `timeout`.
@@ -209,6 +231,7 @@ impl TaskManager {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.cluster.shutdown_network();
     }
 }
 
@@ -349,13 +372,22 @@ impl Control {
         };
         write_frame(&mut stream, &TmMessage::Register(Box::new(registration))).await.map_err(frame)?;
         match read_frame::<_, JmMessage>(&mut stream).await.map_err(frame)? {
-            JmMessage::Registered { heartbeat_interval_ms, heartbeat_timeout_ms, proof, .. } => {
+            JmMessage::Registered { heartbeat_interval_ms, heartbeat_timeout_ms, proof, cluster_token, .. } => {
                 if let Some(secret) = &self.settings.secret {
                     let parts: [&[u8]; 3] = [b"jm-registered", &nonce.0, &self.id.0];
                     if !proof.is_some_and(|p| crate::auth::verify(secret, &parts, &p.0)) {
                         return Err(RegisterError::BadProof { address });
                     }
                 }
+                let secret = self.settings.secret.as_ref().map(|s| s.as_bytes());
+                let identity = LocalIdentity {
+                    tm: TmId(self.id.0),
+                    pid: std::process::id(),
+                    auth: ClusterAuth::new(cluster_token.0, secret),
+                };
+                self.cluster
+                    .set_network_identity(identity)
+                    .map_err(|e| RegisterError::DataPlane { address: address.clone(), reason: e.to_string() })?;
                 tracing::info!(jobmanager = %address, "registered with the JobManager");
                 Ok((stream, Duration::from_millis(heartbeat_timeout_ms), Duration::from_millis(heartbeat_interval_ms)))
             }
@@ -400,7 +432,8 @@ impl Control {
                         break SessionEnd::Lost(format!("no heartbeat from the JobManager for {heartbeat_timeout:?}"));
                     }
                     let running = deployments.iter().filter(|(_, t)| !t.ended).map(|(k, _)| *k).collect();
-                    vec![TmMessage::Heartbeat { deployments: running }]
+                    let data_plane = Some(DataPlaneReport::from_stats(&self.cluster.data_plane_stats()));
+                    vec![TmMessage::Heartbeat { deployments: running, data_plane }]
                 }
                 message = incoming.recv() => match message {
                     Some(Ok(message)) => {

@@ -154,6 +154,7 @@ impl ClusterApi for FakeCluster {
             network_buffers: 2048,
             last_heartbeat_ms_ago: 120,
             registered_at_ms: 1_700_000_000_000,
+            data_plane: None,
         }]
     }
 
