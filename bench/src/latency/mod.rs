@@ -7,7 +7,7 @@
 //! as event time and a window result's latency runs from the window's end — the earliest moment
 //! a record could close it — to the result's arrival.
 //!
-//! Who offers the schedule ([`schedule`]): for q0 the source subtask itself (`ScheduleSource`):
+//! Who offers the schedule (`schedule`): for q0 the source subtask itself (`ScheduleSource`):
 //! each step it emits every record due by then, in one batch, and when none is due it asks its
 //! task to wake it at the next one's time (`SourceStatus::IdleUntil`), so no third thread
 //! competes for the slots' cores and a record costs no cross-thread wake-up. q5 (and q0 with

@@ -191,7 +191,7 @@ impl LatencyReport {
     }
 
     /// `feeder fell behind: …` when the feeder could not keep to the schedule: it left records
-    /// unoffered, or handed some over [`FELL_BEHIND_LAG`] or more late.
+    /// unoffered, or handed some over `FELL_BEHIND_LAG` or more late.
     pub fn fell_behind_line(&self) -> Option<String> {
         let max_lag = Duration::from_nanos(self.offer_lag.max());
         if self.not_offered() > 0 {

@@ -5,13 +5,13 @@
 //!
 //! Dotted keys and tables are the same (`jobmanager.rpc.port = 6123` or `[jobmanager.rpc]`
 //! `port = 6123`): the document is flattened into dotted keys and each is checked against one
-//! table of known keys ([`keys`]) that gives its type, bounds, default and description. An
+//! table of known keys (`keys`) that gives its type, bounds, default and description. An
 //! unknown key is refused with the nearest known one suggested; a value of the wrong type or
 //! out of bounds is refused naming the key, where it came from (file and line, environment
 //! variable, override), what was given and what was expected. Durations and sizes need a unit
 //! (`"10 s"`, `"1 MiB"`). The precedence is defaults < file < `CORESTREAM_CONF_<KEY>`
 //! variables < [`ClusterSettings::set`]; each layer is applied whole or not at all. The
-//! reference in `docs/CONFIGURATION.md` is rendered from the same table ([`reference`]).
+//! reference in `docs/CONFIGURATION.md` is rendered from the same table (`reference`).
 //!
 //! Loading reads the configuration file and nothing else: the environment is an argument, the
 //! secret file is read by [`crate::auth::ClusterSecret::from_settings`].

@@ -5,7 +5,7 @@
 //! thread per leased slot. Several jobs may run at once on disjoint slots; nothing is global.
 //!
 //! A cluster with a data listener (a TaskManager of the cluster runtime, or one process of an
-//! application-mode [`Distribution`]) also runs a network executor ([`super::network`]) that
+//! application-mode [`Distribution`]) also runs a network executor (`network`) that
 //! owns the listener and the connections to the other TaskManagers; a job's channels to tasks
 //! elsewhere are handed to it as one link per peer.
 
@@ -104,7 +104,7 @@ impl Drop for SlotLease {
 
 impl LocalCluster {
     /// Starts a cluster after checking the machine (io_uring, locked-memory limit). With a
-    /// [`Distribution`](crate::config::Distribution) it is one TaskManager of several: it
+    /// [`Distribution`] it is one TaskManager of several: it
     /// checks the distribution and the network settings, and binds its data address unless a
     /// listener is given.
     pub fn start(config: ClusterConfig) -> Result<Self, StartupError> {

@@ -4,8 +4,8 @@
 //! executors ([`slot`], [`task`]). A chain's records leave the task through
 //! the network output ([`output`]) into the credit-based channels of `corestream-netstack`; channels
 //! whose other end runs in another TaskManager process cross the one connection to that
-//! TaskManager, kept by the process's network executor ([`network`]), where each job's links
-//! are supervised ([`links`]).
+//! TaskManager, kept by the process's network executor (`network`), where each job's links
+//! are supervised (`links`).
 
 pub mod build;
 pub mod cluster;

@@ -2,7 +2,7 @@
 //! listener), and its side of the control plane. A thread of its own (`cs-tm-control`, a tokio
 //! runtime, never a slot core) connects to the JobManager, registers the slots with their CPUs,
 //! exchanges heartbeats, reserves slots for allocations, starts deployments (each on a thread
-//! of its own, see [`deployment`]), forwards task states and part outcomes, and commits or
+//! of its own, see `deployment`), forwards task states and part outcomes, and commits or
 //! discards staged output when the JobManager says so.
 //!
 //! Its data connections to other TaskManagers belong to the cluster's network executor
