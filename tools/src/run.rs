@@ -1,6 +1,6 @@
 //! `corestream run <example>` and `corestream plan <example>`; `run window-agg` is in
-//! [`crate::window_agg`]. `run wordcount` and `run sum-by-key` with `--processes N` run across N
-//! TaskManager processes ([`crate::multi`]) and print the same lines from TaskManager 0.
+//! [`crate::window_agg`]. `run wordcount` and `run sum-by-key` with `--processes N` run as jobs of a JobManager
+//! and N TaskManager processes ([`crate::cluster_run`]) and print the same lines as one process.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
