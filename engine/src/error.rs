@@ -9,11 +9,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum StartupError {
     #[error(
-        "RLIMIT_MEMLOCK is {limit_kib} KiB but {slots} slot(s) need at least {needed_kib} KiB of locked memory \
-         for their io_uring executors; raise it with `ulimit -l {needed_kib}` (or `LimitMEMLOCK=` in a systemd unit, \
+        "RLIMIT_MEMLOCK is {limit_kib} KiB but {executors} io_uring executor(s) (one per slot, and a TaskManager's \
+         network executor) need at least {needed_kib} KiB of locked memory; raise it with `ulimit -l {needed_kib}` (or `LimitMEMLOCK=` in a systemd unit, \
          `memlock` in /etc/security/limits.conf), run with CAP_IPC_LOCK, or start fewer slots"
     )]
-    MemlockTooLow { limit_kib: u64, needed_kib: u64, slots: u32 },
+    MemlockTooLow { limit_kib: u64, needed_kib: u64, executors: u32 },
     #[error(
         "io_uring is disabled on this machine (/proc/sys/kernel/io_uring_disabled = {value}); \
          enable it with `sysctl kernel.io_uring_disabled=0`"

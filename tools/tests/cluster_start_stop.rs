@@ -604,7 +604,7 @@ fn a_taskmanager_that_cannot_start_is_named_with_its_log() {
         stderr.contains(&format!("exited with status 1 before it registered: see {}; its last lines:", log.display())),
         "{stderr}"
     );
-    assert!(stderr.contains("error: RLIMIT_MEMLOCK is 256 KiB but 1 slot(s) need at least 512 KiB"), "{stderr}");
+    assert!(stderr.contains("error: RLIMIT_MEMLOCK is 256 KiB but 2 io_uring executor(s) (one per slot, and a TaskManager's network executor) need at least 1024 KiB"), "{stderr}");
     // The JobManager started and stays recorded; the TaskManager that ended does not.
     let names: Vec<String> = records(&state).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["jobmanager.json"]);

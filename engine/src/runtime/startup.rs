@@ -11,17 +11,17 @@ pub const MIN_LOCKED_BYTES_PER_SLOT: u64 = 512 * 1024;
 pub fn memlock_verdict(
     limit_bytes: Option<u64>,
     has_ipc_lock: bool,
-    slots: u32,
+    executors: u32,
     io_memory_bytes: usize,
 ) -> Result<(), StartupError> {
-    let per_slot = (io_memory_bytes as u64).max(MIN_LOCKED_BYTES_PER_SLOT);
-    let needed = per_slot * slots as u64;
+    let per_executor = (io_memory_bytes as u64).max(MIN_LOCKED_BYTES_PER_SLOT);
+    let needed = per_executor * executors as u64;
     match limit_bytes {
         None => Ok(()),
         Some(_) if has_ipc_lock => Ok(()),
         Some(limit) if limit >= needed => Ok(()),
         Some(limit) => {
-            Err(StartupError::MemlockTooLow { limit_kib: limit / 1024, needed_kib: needed.div_ceil(1024), slots })
+            Err(StartupError::MemlockTooLow { limit_kib: limit / 1024, needed_kib: needed.div_ceil(1024), executors })
         }
     }
 }
@@ -71,11 +71,11 @@ fn probe_io_uring() -> Result<(), StartupError> {
 }
 
 /// Runs every start-up check for `slots` executors.
-pub fn check(slots: u32, io_memory_bytes: usize) -> Result<(), StartupError> {
+pub fn check(executors: u32, io_memory_bytes: usize) -> Result<(), StartupError> {
     let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();
     io_uring_sysctl_verdict(sysctl.as_deref())?;
     probe_io_uring()?;
-    memlock_verdict(memlock_limit(), has_cap_ipc_lock(), slots, io_memory_bytes)
+    memlock_verdict(memlock_limit(), has_cap_ipc_lock(), executors, io_memory_bytes)
 }
 
 #[cfg(test)]
