@@ -35,6 +35,15 @@ pub struct SumByKeyArgs {
     pub keys: u64,
 }
 
+/// The arguments of `run window-agg` (without the options of the local cluster: the job's
+/// parallelism is `submit -p`).
+#[derive(Parser, Debug)]
+#[command(name = "window-agg", no_binary_name = true)]
+pub struct WindowAggJobArgs {
+    #[command(flatten)]
+    pub job: crate::window_agg::WindowAggOptions,
+}
+
 /// The arguments of `bench network`'s job.
 #[derive(Parser, Debug)]
 #[command(name = "bench-network", no_binary_name = true)]
@@ -93,6 +102,11 @@ fn sum_by_key(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobPa
     }))
 }
 
+fn window_agg(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    let a: WindowAggJobArgs = parse(ctx.args)?;
+    crate::window_agg::job::build(env, &a.job, ctx.planning)
+}
+
 fn bench_network(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
     let a: NetworkArgs = parse(ctx.args)?;
     corestream_bench::network::exchange_job(env, a.events, a.keys, a.record_bytes);
@@ -128,6 +142,15 @@ pub fn registry() -> JobRegistry {
         "sum generated values per key; the result is a checksum of the totals and the number of keys",
         "--records N --keys K",
         sum_by_key,
+    ));
+    r.register(JobType::new(
+        "window-agg",
+        "event-time window aggregation of a CSV file into a file sorted as `run window-agg` writes it, with its late \
+         and rejected rows; the result is the summary's counts",
+        "--input FILE --key COL --time COL --window SPEC --out-of-orderness DUR --agg AGG --output FILE \
+         [--allowed-lateness DUR] [--trigger T] [--late-output FILE] [--rejected-output FILE] [--fail-on-malformed] \
+         [--max-line-bytes SIZE]",
+        window_agg,
     ));
     r.register(JobType::new(
         "nexmark",
