@@ -168,3 +168,29 @@ pub fn registry() -> JobRegistry {
     crate::latency::register(&mut r);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn window_agg_takes_the_options_of_run_but_not_those_of_the_local_cluster() {
+        let base = "--input in.csv --key user --time ts --window sliding:10s/5s --out-of-orderness 1s --agg avg:x \
+                    --output out.csv";
+        let a: WindowAggJobArgs = parse(&args(&format!("{base} --allowed-lateness 2s --late-output l.csv"))).unwrap();
+        assert_eq!((a.job.allowed_lateness, a.job.late_output.as_deref()), (2000, Some(std::path::Path::new("l.csv"))));
+        for (extra, message) in [
+            ("-p 2", "unexpected argument '-p'"),
+            ("--slots 2", "unexpected argument '--slots'"),
+            ("--window hopping:1s", "--window"),
+        ] {
+            let e = parse::<WindowAggJobArgs>(&args(&format!("{base} {extra}"))).unwrap_err();
+            assert!(e.contains(message), "{extra}: {e}");
+        }
+        assert!(registry().lookup("window-agg").is_ok());
+    }
+}

@@ -237,8 +237,12 @@ impl corestream::SourceFunction<Line> for LinesSource {
                 Ok(Some(line)) => out.push(line),
                 Ok(None) => return Ok(corestream::SourceStatus::Finished),
                 Err(e) => {
-                    return Err(format!("cannot read input file '{}' at line {}: {e}", self.input.display(), self.next_line)
-                        .into())
+                    return Err(format!(
+                        "cannot read input file '{}' at line {}: {e}",
+                        self.input.display(),
+                        self.next_line
+                    )
+                    .into())
                 }
             }
         }

@@ -31,8 +31,8 @@ use corestream_bench::window_agg::{format_rejected, format_result, late_header, 
 use corestream_bench::window_agg::{OUTPUT_HEADER, REJECTED_HEADER};
 
 use super::{
-    check_paths, check_ranges, declare, fail_on_malformed_message, late_line, open_input, rejected_path,
-    sort_results, to_stdout, Bad, Out, SourceStats, WindowAggOptions,
+    check_paths, check_ranges, declare, fail_on_malformed_message, late_line, open_input, rejected_path, sort_results,
+    to_stdout, Bad, Out, SourceStats, WindowAggOptions,
 };
 
 /// Accumulator: the input's data rows (blank lines not counted), as `run`'s "rows read".
@@ -108,7 +108,12 @@ struct RejectedSink {
 }
 
 impl RejectedSink {
-    fn create(path: Option<&Path>, fail: Option<&Path>, count: Arc<AtomicU64>, ctx: SinkContext) -> Result<Self, SinkError> {
+    fn create(
+        path: Option<&Path>,
+        fail: Option<&Path>,
+        count: Arc<AtomicU64>,
+        ctx: SinkContext,
+    ) -> Result<Self, SinkError> {
         let out = match (path, fail) {
             (Some(path), None) => {
                 let mut out = BufWriter::with_capacity(64 * 1024, AtomicFile::create(path)?);
@@ -160,8 +165,7 @@ fn refuse_on_cluster(args: &WindowAggOptions) -> Result<(), String> {
             .to_string());
     }
     let input = &args.input;
-    let meta =
-        std::fs::metadata(input).map_err(|e| format!("cannot read input file '{}': {e}", input.display()))?;
+    let meta = std::fs::metadata(input).map_err(|e| format!("cannot read input file '{}': {e}", input.display()))?;
     if !meta.is_file() && !meta.is_dir() {
         return Err(format!(
             "--input '{}' is not a regular file: on a cluster the JobManager reads its header and a TaskManager \
@@ -249,4 +253,138 @@ pub fn build(env: &mut StreamEnvironment, args: &WindowAggOptions, planning: boo
             (LONG_LINES.to_string(), load(&stats.too_long)),
         ]))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::Parser;
+    use corestream::{ClusterConfig, LocalCluster};
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    #[command(no_binary_name = true)]
+    struct Cli {
+        #[command(flatten)]
+        job: WindowAggOptions,
+    }
+
+    fn golden(case: &str, suffix: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/window-agg/{case}.{suffix}"))
+    }
+
+    /// The options of golden case `case` with its outputs in `dir`, plus `extra`.
+    fn options(case: &str, dir: &Path, extra: &[&str]) -> WindowAggOptions {
+        let line = std::fs::read_to_string(golden(case, "args")).unwrap();
+        let mut args: Vec<String> = line
+            .split_whitespace()
+            .map(|w| match w {
+                "{input}" => golden(case, "input.csv").display().to_string(),
+                "{output}" | "{late}" | "{rejected}" => dir.join(w.trim_matches(['{', '}'])).display().to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Cli::try_parse_from(args).unwrap().job
+    }
+
+    fn plan(args: &WindowAggOptions) -> Result<String, String> {
+        let cluster = LocalCluster::planner(ClusterConfig::default(), 3);
+        let mut env = cluster.environment();
+        env.set_parallelism(3);
+        build(&mut env, args, true)?;
+        env.explain().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_job_plans_the_window_at_the_job_parallelism_and_the_rest_at_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(&options("lateness", dir.path(), &[])).unwrap();
+        for part in [
+            "[parallelism 1, max parallelism 128]: Source: CSV lines -> Parse CSV -> Timestamps/Watermarks",
+            "[parallelism 3, max parallelism 128]: Window(Aggregate)",
+            "Sink: window results",
+            "Sink: late rows",
+            "Sink: rejected rows",
+        ] {
+            assert!(plan.contains(part), "{part:?} not in:\n{plan}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "planning writes no file");
+    }
+
+    #[test]
+    fn what_a_cluster_cannot_do_is_refused_when_planned() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = options("malformed", dir.path(), &[]);
+        let input = base.input.clone();
+        type Change<'a> = &'a dyn Fn(&mut WindowAggOptions);
+        let cases: [(Change<'_>, &str); 5] = [
+            (&|a| a.output = "-".into(), "--output -: on a cluster the results are written by a TaskManager process"),
+            (&|a| a.input = "/dev/null".into(), "--input '/dev/null' is not a regular file"),
+            (&|a| a.input = "/nonexistent/in.csv".into(), "cannot read input file '/nonexistent/in.csv'"),
+            (&|a| a.key = "nope".into(), "--key: "),
+            (&|a| a.rejected_output = Some(input.clone()), "--rejected-output: "),
+        ];
+        for (change, message) in cases {
+            let mut args = base.clone();
+            change(&mut args);
+            let e = plan(&args).unwrap_err();
+            assert!(e.contains(message), "{message:?} not in {e:?}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "planning writes no file");
+    }
+
+    /// The job on a local cluster of two slots, built as a TaskManager builds it: the files
+    /// are the golden ones once the job has committed them, and the accumulators count them.
+    #[test]
+    fn the_job_writes_the_golden_files_through_its_own_sinks() {
+        for (case, late, rejected) in [("lateness", true, false), ("malformed", false, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let args = options(case, dir.path(), &[]);
+            let cluster = LocalCluster::start(ClusterConfig { slots: Some(2), ..ClusterConfig::default() }).unwrap();
+            let mut env = cluster.environment();
+            env.set_parallelism(2);
+            let parts = build(&mut env, &args, false).unwrap();
+            env.execute("window-agg").unwrap();
+            let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+            assert_eq!(read("output"), std::fs::read_to_string(golden(case, "expected.csv")).unwrap(), "{case}");
+            if late {
+                assert_eq!(read("late"), std::fs::read_to_string(golden(case, "expected-late.csv")).unwrap());
+            }
+            let rejected_written = if rejected { read("rejected") } else { read("output.rejected.csv") };
+            if rejected {
+                assert_eq!(rejected_written, std::fs::read_to_string(golden(case, "expected-rejected.csv")).unwrap());
+            } else {
+                assert_eq!(rejected_written, format!("{REJECTED_HEADER}\n"));
+            }
+            let acc = parts.finish().unwrap();
+            let count = |name: &str| match acc.get(name) {
+                Some(Accumulator::Count(n)) => *n,
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!(count(WINDOW_RESULTS) as usize, read("output").lines().count() - 1, "{case}");
+            assert_eq!(count(ROWS_REJECTED) as usize, rejected_written.lines().count() - 1, "{case}");
+            if late {
+                assert_eq!(count(ROWS_LATE) as usize, read("late").lines().count() - 1, "{case}");
+            }
+            let data_rows = std::fs::read_to_string(golden(case, "input.csv")).unwrap().lines().skip(1).count();
+            assert_eq!((count(ROWS_READ) + count(BLANK_LINES)) as usize, data_rows, "{case}");
+        }
+    }
+
+    /// `--fail-on-malformed` fails the job at the first rejected row, and nothing is committed.
+    #[test]
+    fn fail_on_malformed_fails_the_job_naming_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = options("malformed", dir.path(), &["--fail-on-malformed"]);
+        let cluster = LocalCluster::start(ClusterConfig { slots: Some(2), ..ClusterConfig::default() }).unwrap();
+        let mut env = cluster.environment();
+        env.set_parallelism(2);
+        build(&mut env, &args, false).unwrap();
+        let e = env.execute("window-agg").unwrap_err().to_string();
+        assert!(e.contains("line 3: missing field 'amount'") && e.contains("--fail-on-malformed"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing committed");
+    }
 }
