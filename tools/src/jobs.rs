@@ -35,6 +35,15 @@ pub struct SumByKeyArgs {
     pub keys: u64,
 }
 
+/// The arguments of `run window-agg` (without the options of the local cluster: the job's
+/// parallelism is `submit -p`).
+#[derive(Parser, Debug)]
+#[command(name = "window-agg", no_binary_name = true)]
+pub struct WindowAggJobArgs {
+    #[command(flatten)]
+    pub job: crate::window_agg::WindowAggOptions,
+}
+
 /// The arguments of `bench network`'s job.
 #[derive(Parser, Debug)]
 #[command(name = "bench-network", no_binary_name = true)]
@@ -93,6 +102,11 @@ fn sum_by_key(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobPa
     }))
 }
 
+fn window_agg(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    let a: WindowAggJobArgs = parse(ctx.args)?;
+    crate::window_agg::job::build(env, &a.job, ctx.planning)
+}
+
 fn bench_network(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
     let a: NetworkArgs = parse(ctx.args)?;
     corestream_bench::network::exchange_job(env, a.events, a.keys, a.record_bytes);
@@ -130,6 +144,15 @@ pub fn registry() -> JobRegistry {
         sum_by_key,
     ));
     r.register(JobType::new(
+        "window-agg",
+        "event-time window aggregation of a CSV file into a file sorted as `run window-agg` writes it, with its late \
+         and rejected rows; the result is the summary's counts",
+        "--input FILE --key COL --time COL --window SPEC --out-of-orderness DUR --agg AGG --output FILE \
+         [--allowed-lateness DUR] [--trigger T] [--late-output FILE] [--rejected-output FILE] [--fail-on-malformed] \
+         [--max-line-bytes SIZE]",
+        window_agg,
+    ));
+    r.register(JobType::new(
         "nexmark",
         "a Nexmark query over the generator's first N events; the result is the output's record count and \
          order-independent checksum (as `bench nexmark --checksum` prints them)",
@@ -144,4 +167,30 @@ pub fn registry() -> JobRegistry {
     ));
     crate::latency::register(&mut r);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn window_agg_takes_the_options_of_run_but_not_those_of_the_local_cluster() {
+        let base = "--input in.csv --key user --time ts --window sliding:10s/5s --out-of-orderness 1s --agg avg:x \
+                    --output out.csv";
+        let a: WindowAggJobArgs = parse(&args(&format!("{base} --allowed-lateness 2s --late-output l.csv"))).unwrap();
+        assert_eq!((a.job.allowed_lateness, a.job.late_output.as_deref()), (2000, Some(std::path::Path::new("l.csv"))));
+        for (extra, message) in [
+            ("-p 2", "unexpected argument '-p'"),
+            ("--slots 2", "unexpected argument '--slots'"),
+            ("--window hopping:1s", "--window"),
+        ] {
+            let e = parse::<WindowAggJobArgs>(&args(&format!("{base} {extra}"))).unwrap_err();
+            assert!(e.contains(message), "{extra}: {e}");
+        }
+        assert!(registry().lookup("window-agg").is_ok());
+    }
 }

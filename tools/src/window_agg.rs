@@ -25,6 +25,10 @@
 //! The output is sorted stably by (key, window start, window end): the firings of one window
 //! come from one subtask in emission order (on-time, then late re-firings), so the sorted file
 //! does not depend on the parallelism. Late rows are written in input order.
+//!
+//! The same graph ([`declare`]) is the `window-agg` job type of a cluster ([`job`]): there the
+//! job's own sinks, at parallelism 1 in the TaskManager of job slot 0, write the three files,
+//! staged and committed when the JobMaster says every part has finished.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -49,9 +53,12 @@ use corestream_bench::window_model::{Event, WindowResult, WindowSpec};
 
 use crate::args::Common;
 
-/// The arguments of `corestream run window-agg`.
-#[derive(Args, Debug)]
-pub struct WindowAggArgs {
+pub mod job;
+
+/// The options of a window aggregation, shared by `corestream run window-agg` and the
+/// `window-agg` job type of a cluster.
+#[derive(Args, Debug, Clone)]
+pub struct WindowAggOptions {
     /// CSV input with a header row.
     #[arg(long)]
     pub input: PathBuf,
@@ -96,6 +103,13 @@ pub struct WindowAggArgs {
     /// with its line number and byte offset (its first bytes shown); a longer header fails.
     #[arg(long, value_parser = parse_line_limit, default_value = "1M")]
     pub max_line_bytes: u32,
+}
+
+/// The arguments of `corestream run window-agg`.
+#[derive(Args, Debug)]
+pub struct WindowAggArgs {
+    #[command(flatten)]
+    pub job: WindowAggOptions,
     #[command(flatten)]
     pub common: Common,
 }
@@ -141,38 +155,46 @@ fn usage_error(message: impl std::fmt::Display) -> ! {
     clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n")).exit()
 }
 
-/// What the source saw, shared between its slot thread and the host.
+/// Why a window aggregation cannot start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// An argument that cannot be used (`run` exits with status 2).
+    Usage(String),
+    /// The input cannot be read or its header cannot be used (`run` exits with status 1).
+    Input(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Usage(m) | Refusal::Input(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What the source saw, shared between its slot thread and whoever reports the counts.
 #[derive(Default)]
 struct SourceStats {
     rows: AtomicU64,
     blank: AtomicU64,
     too_long: AtomicU64,
-    error: Mutex<Option<(u64, std::io::Error)>>,
 }
 
-/// The data lines of the input after its header, numbered from 2; blank lines are skipped
-/// and counted. A read error ends the lines and is kept for the host to report. At most
+/// The source of the data lines of the input after its header, numbered from 2; blank lines
+/// are skipped and counted. A read error fails the job naming the line. At most
 /// `max_line_bytes` of a line are held (see the module documentation).
-struct Lines {
+struct LinesSource {
+    input: PathBuf,
     reader: LineReader<BufReader<File>>,
     next_line: u64,
     buf: Vec<u8>,
     stats: Arc<SourceStats>,
 }
 
-impl Iterator for Lines {
-    type Item = Line;
-
-    fn next(&mut self) -> Option<Line> {
+impl LinesSource {
+    fn next_line(&mut self) -> std::io::Result<Option<Line>> {
         loop {
-            let info = match self.reader.read_line(&mut self.buf) {
-                Ok(Some(info)) => info,
-                Ok(None) => return None,
-                Err(e) => {
-                    *self.stats.error.lock().unwrap_or_else(|e| e.into_inner()) = Some((self.next_line, e));
-                    return None;
-                }
-            };
+            let Some(info) = self.reader.read_line(&mut self.buf)? else { return Ok(None) };
             let line_no = self.next_line;
             self.next_line += 1;
             // As `str::lines` followed by `parse_input`: up to two `\r` before the `\n` go.
@@ -192,43 +214,70 @@ impl Iterator for Lines {
                     info.stream_bytes,
                     info.offset
                 );
-                return Some((line_no, prefix(&shown, ROW_TEXT_BYTES_MAX).to_string(), Some(reason)));
+                return Ok(Some((line_no, prefix(&shown, ROW_TEXT_BYTES_MAX).to_string(), Some(reason))));
             }
-            return Some(match std::str::from_utf8(text) {
+            return Ok(Some(match std::str::from_utf8(text) {
                 Ok(s) => (line_no, s.to_string(), None),
                 Err(_) => {
                     (line_no, String::from_utf8_lossy(text).into_owned(), Some("the line is not valid UTF-8".into()))
                 }
-            });
+            }));
         }
+    }
+}
+
+impl corestream::SourceFunction<Line> for LinesSource {
+    fn next_batch(
+        &mut self,
+        out: &mut Vec<Line>,
+        max_records: usize,
+    ) -> Result<corestream::SourceStatus, corestream::SourceError> {
+        for _ in 0..max_records {
+            match self.next_line() {
+                Ok(Some(line)) => out.push(line),
+                Ok(None) => return Ok(corestream::SourceStatus::Finished),
+                Err(e) => {
+                    return Err(format!(
+                        "cannot read input file '{}' at line {}: {e}",
+                        self.input.display(),
+                        self.next_line
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(corestream::SourceStatus::More)
     }
 }
 
 /// Opens the input and resolves the columns from its header; returns the reader positioned
 /// at line 2.
-fn open_input(args: &WindowAggArgs) -> anyhow::Result<(LineReader<BufReader<File>>, CsvSchema)> {
+fn open_input(args: &WindowAggOptions) -> Result<(LineReader<BufReader<File>>, CsvSchema), Refusal> {
     let input = &args.input;
-    let meta = std::fs::metadata(input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
+    let cannot_read = |e: std::io::Error| Refusal::Input(format!("cannot read input file '{}': {e}", input.display()));
+    let meta = std::fs::metadata(input).map_err(cannot_read)?;
     if meta.is_dir() {
-        bail!("cannot read input file '{}': Is a directory; give the path of a CSV file", input.display());
+        return Err(Refusal::Input(format!(
+            "cannot read input file '{}': Is a directory; give the path of a CSV file",
+            input.display()
+        )));
     }
-    let file = File::open(input).with_context(|| format!("cannot read input file '{}'", input.display()))?;
+    let file = File::open(input).map_err(cannot_read)?;
     let mut reader = LineReader::new(BufReader::with_capacity(256 * 1024, file), args.max_line_bytes as usize, 0);
     let mut header = Vec::new();
-    let info = reader
-        .read_line(&mut header)
-        .with_context(|| format!("cannot read input file '{}'", input.display()))?
-        .ok_or_else(|| anyhow::anyhow!("input file '{}' is empty; a header row is required", input.display()))?;
+    let info = reader.read_line(&mut header).map_err(cannot_read)?.ok_or_else(|| {
+        Refusal::Input(format!("input file '{}' is empty; a header row is required", input.display()))
+    })?;
     if info.too_long {
-        bail!(
+        return Err(Refusal::Input(format!(
             "'{}' line 1: the header is longer than --max-line-bytes {} ({} bytes); give a larger --max-line-bytes",
             input.display(),
             args.max_line_bytes,
             info.stream_bytes
-        );
+        )));
     }
     let header = std::str::from_utf8(&header)
-        .map_err(|_| anyhow::anyhow!("'{}' line 1: the header is not valid UTF-8", input.display()))?;
+        .map_err(|_| Refusal::Input(format!("'{}' line 1: the header is not valid UTF-8", input.display())))?;
     match resolve_columns(header, &args.key, &args.time, args.agg.column()) {
         Ok(schema) => Ok((reader, schema)),
         Err(ref e @ (SpecError::UnknownColumn { ref column, .. } | SpecError::DuplicateColumn { ref column, .. })) => {
@@ -239,9 +288,9 @@ fn open_input(args: &WindowAggArgs) -> anyhow::Result<(LineReader<BufReader<File
             } else {
                 "--agg"
             };
-            usage_error(format_args!("{flag}: {e} (input '{}')", input.display()))
+            Err(Refusal::Usage(format!("{flag}: {e} (input '{}')", input.display())))
         }
-        Err(e) => bail!("'{}' line 1: {e}", input.display()),
+        Err(e) => Err(Refusal::Input(format!("'{}' line 1: {e}", input.display()))),
     }
 }
 
@@ -250,8 +299,8 @@ fn open_input(args: &WindowAggArgs) -> anyhow::Result<(LineReader<BufReader<File
 /// model's range). Rows outside it are rejected; arguments outside it are usage errors.
 const TIME_LIMIT_MS: i64 = 1 << 62;
 
-/// Exits with status 2 when a window length, offset or duration is outside [`TIME_LIMIT_MS`].
-fn check_ranges(args: &WindowAggArgs) {
+/// Refuses a window length, offset or duration outside [`TIME_LIMIT_MS`].
+fn check_ranges(args: &WindowAggOptions) -> Result<(), String> {
     let (lengths, offset): (&[(&str, i64)], i64) = match args.window {
         WindowSpec::Tumbling { size, offset } => (&[("size", size)], offset),
         WindowSpec::Sliding { size, slide, offset } => (&[("size", size), ("slide", slide)], offset),
@@ -259,14 +308,15 @@ fn check_ranges(args: &WindowAggArgs) {
     };
     for (what, ms) in lengths.iter().copied().chain([("offset", offset)]) {
         if ms >= TIME_LIMIT_MS {
-            usage_error(format_args!("--window: the {what} {ms} ms is too large (at most {} ms)", TIME_LIMIT_MS - 1));
+            return Err(format!("--window: the {what} {ms} ms is too large (at most {} ms)", TIME_LIMIT_MS - 1));
         }
     }
     for (flag, ms) in [("--out-of-orderness", args.out_of_orderness), ("--allowed-lateness", args.allowed_lateness)] {
         if ms >= TIME_LIMIT_MS {
-            usage_error(format_args!("{flag}: {ms} ms is too large (at most {} ms)", TIME_LIMIT_MS - 1));
+            return Err(format!("{flag}: {ms} ms is too large (at most {} ms)", TIME_LIMIT_MS - 1));
         }
     }
+    Ok(())
 }
 
 /// `--max-line-bytes` (at most 1 GiB, so a `u32`: the arguments stay small).
@@ -275,14 +325,14 @@ fn parse_line_limit(s: &str) -> Result<u32, String> {
 }
 
 /// Whether `--output -` asks for standard output.
-fn to_stdout(args: &WindowAggArgs) -> bool {
+fn to_stdout(args: &WindowAggOptions) -> bool {
     args.output.as_os_str() == "-"
 }
 
 /// Where the rejected rows go: `--rejected-output`, or `OUTPUT.rejected.csv`. With `--output -`
 /// there is no default (a file named `-.rejected.csv` would surprise): `None` then, which is
 /// allowed only with `--fail-on-malformed` (no row is ever rejected into a file).
-fn rejected_path(args: &WindowAggArgs) -> Option<PathBuf> {
+fn rejected_path(args: &WindowAggOptions) -> Option<PathBuf> {
     if let Some(path) = &args.rejected_output {
         return Some(path.clone());
     }
@@ -296,13 +346,14 @@ fn rejected_path(args: &WindowAggArgs) -> Option<PathBuf> {
 
 /// Checks every file the run writes before it starts: each can be written
 /// ([`check_output`]), none is the input (path, symbolic or hard link), and no two are the
-/// same file. Exits with status 2 otherwise.
-fn check_paths(args: &WindowAggArgs, rejected: Option<&Path>) {
+/// same file.
+///
+/// [`check_output`]: corestream::fs::check_output
+fn check_paths(args: &WindowAggOptions, rejected: Option<&Path>) -> Result<(), String> {
     if to_stdout(args) && rejected.is_none() && !args.fail_on_malformed {
-        usage_error(
-            "--output -: give --rejected-output FILE for the rows that cannot be used (or --fail-on-malformed), so \
-             they are not mixed into the results",
-        );
+        return Err("--output -: give --rejected-output FILE for the rows that cannot be used (or \
+                    --fail-on-malformed), so they are not mixed into the results"
+            .to_string());
     }
     let mut named: Vec<(&str, &Path)> = Vec::new();
     if !to_stdout(args) {
@@ -315,56 +366,66 @@ fn check_paths(args: &WindowAggArgs, rejected: Option<&Path>) {
         named.push(("--rejected-output", rejected));
     }
     if let Some((flag, _)) = named.iter().find(|(_, path)| path.as_os_str() == "-") {
-        usage_error(format_args!("{flag} -: only --output can be standard output; give a file path"));
+        return Err(format!("{flag} -: only --output can be standard output; give a file path"));
     }
-    if let Err(message) = crate::outputs::validate(&named, &[&args.input]) {
-        usage_error(message);
-    }
+    crate::outputs::validate(&named, &[&args.input])
 }
 
-/// A staged output file: a header, then one line per item; nothing is visible at `path` until
-/// [`AtomicFile::commit`].
-fn stage_file(path: &Path, header: &str, lines: impl IntoIterator<Item = String>) -> anyhow::Result<AtomicFile> {
-    let context = || format!("cannot write '{}'", path.display());
-    let mut out = BufWriter::new(AtomicFile::create(path).with_context(context)?);
-    writeln!(out, "{header}").with_context(context)?;
-    for line in lines {
-        writeln!(out, "{line}").with_context(context)?;
-    }
-    out.into_inner().map_err(|e| e.into_error()).with_context(context)
+/// The streams of a declared window aggregation: the window results, the rows later than the
+/// allowed lateness, and the rows that cannot be used (in line order, from one subtask).
+struct Streams {
+    results: corestream::DataStream<Out>,
+    late: corestream::DataStream<Rec>,
+    rejected: corestream::DataStream<Bad>,
 }
 
-fn rejected_out_display(path: &Option<PathBuf>) -> String {
-    path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
-}
-
-fn collect_in_thread<T: Send + 'static>(stream: corestream::CollectStream<T>) -> std::thread::JoinHandle<Vec<T>> {
-    std::thread::spawn(move || stream.collect())
-}
-
-pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let rejected_out = rejected_path(&args);
-    check_paths(&args, rejected_out.as_deref());
-    check_ranges(&args);
-    let (reader, schema) = open_input(&args)?;
-
-    let cluster = args.common.cluster()?;
-    let parallelism = args.common.parallelism.unwrap_or(cluster.num_slots());
-    let mut env = args.common.environment(&cluster);
-    // Everything but the window operator runs in one subtask (see the module documentation).
-    env.set_parallelism(1);
-
-    let stats = Arc::new(SourceStats::default());
-    let lines = Lines { reader, next_line: 2, buf: Vec::with_capacity(256), stats: stats.clone() };
+/// Declares the job on `env`, whose default parallelism must be 1: a one-subtask source of
+/// the input's data lines (`reader`, positioned after the header, or the input opened again by
+/// the subtask when `None`, its header then checked against `schema`), the parser, timestamps
+/// and per-record watermarks, and the window operator at `parallelism`.
+fn declare(
+    env: &corestream::StreamEnvironment,
+    args: &WindowAggOptions,
+    schema: &CsvSchema,
+    reader: Option<LineReader<BufReader<File>>>,
+    stats: Arc<SourceStats>,
+    parallelism: u32,
+) -> Streams {
+    let reader = Mutex::new(reader);
+    let source_args = args.clone();
+    let columns = schema.columns.clone();
+    let lines = env
+        .from_source("Source: CSV lines", Some(1), move |_ctx| {
+            let taken = reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let reader = match taken {
+                Some(reader) => reader,
+                None => {
+                    let (reader, schema) = open_input(&source_args).map_err(|e| e.to_string())?;
+                    if schema.columns != columns {
+                        return Err(format!(
+                            "the header of '{}' changed after the job was declared",
+                            source_args.input.display()
+                        )
+                        .into());
+                    }
+                    reader
+                }
+            };
+            Ok(LinesSource {
+                input: source_args.input.clone(),
+                reader,
+                next_line: 2,
+                buf: Vec::with_capacity(256),
+                stats: stats.clone(),
+            })
+        })
+        .name("Source: CSV lines");
     let rejected_tag: OutputTag<Bad> = OutputTag::new("rejected");
     let late_tag: OutputTag<Rec> = OutputTag::new("late");
 
     let parse_schema = schema.clone();
     let parse_tag = rejected_tag.clone();
-    let rows = env
-        .from_iter(lines)
-        .name("Source: CSV lines")
+    let rows = lines
         .process(move || {
             let schema = parse_schema.clone();
             let tag = parse_tag.clone();
@@ -397,7 +458,7 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
             }
         })
         .name("Parse CSV");
-    let rejected = rows.side_output(&rejected_tag).collect();
+    let rejected = rows.side_output(&rejected_tag);
 
     let windowed = rows
         .assign_timestamps_and_watermarks(
@@ -417,8 +478,68 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
             },
         )
         .set_parallelism(parallelism);
-    let late = windowed.side_output(&late_tag).collect();
-    let results = windowed.collect();
+    let late = windowed.side_output(&late_tag);
+    Streams { results: windowed, late, rejected }
+}
+
+/// Window results sorted stably by (key, window start, window end): the firings of one window
+/// come from one subtask in emission order, so the order does not depend on the parallelism.
+fn sort_results(results: Vec<Out>) -> Vec<WindowResult> {
+    let mut results: Vec<WindowResult> =
+        results.into_iter().map(|(key, start, end, value)| WindowResult { key, start, end, value }).collect();
+    results.sort_by(|a, b| (&a.key, a.start, a.end).cmp(&(&b.key, b.start, b.end)));
+    results
+}
+
+/// A late row's line in the late-row file.
+fn late_line(row: &Rec, schema: &CsvSchema) -> String {
+    let (_, key, ts, value) = row;
+    format_late(&Event { key: key.clone(), ts: *ts, value: *value }, schema)
+}
+
+/// A staged output file: a header, then one line per item; nothing is visible at `path` until
+/// [`AtomicFile::commit`].
+fn stage_file(path: &Path, header: &str, lines: impl IntoIterator<Item = String>) -> anyhow::Result<AtomicFile> {
+    let context = || format!("cannot write '{}'", path.display());
+    let mut out = BufWriter::new(AtomicFile::create(path).with_context(context)?);
+    writeln!(out, "{header}").with_context(context)?;
+    for line in lines {
+        writeln!(out, "{line}").with_context(context)?;
+    }
+    out.into_inner().map_err(|e| e.into_error()).with_context(context)
+}
+
+fn rejected_out_display(path: &Option<PathBuf>) -> String {
+    path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+fn collect_in_thread<T: Send + 'static>(stream: corestream::CollectStream<T>) -> std::thread::JoinHandle<Vec<T>> {
+    std::thread::spawn(move || stream.collect())
+}
+
+pub fn run(run_args: WindowAggArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let args = &run_args.job;
+    let rejected_out = rejected_path(args);
+    check_paths(args, rejected_out.as_deref()).unwrap_or_else(|m| usage_error(m));
+    check_ranges(args).unwrap_or_else(|m| usage_error(m));
+    let (reader, schema) = match open_input(args) {
+        Ok(opened) => opened,
+        Err(Refusal::Usage(m)) => usage_error(m),
+        Err(Refusal::Input(m)) => bail!("{m}"),
+    };
+
+    let cluster = run_args.common.cluster()?;
+    let parallelism = run_args.common.parallelism.unwrap_or(cluster.num_slots());
+    let mut env = run_args.common.environment(&cluster);
+    // Everything but the window operator runs in one subtask (see the module documentation).
+    env.set_parallelism(1);
+
+    let stats = Arc::new(SourceStats::default());
+    let streams = declare(&env, args, &schema, Some(reader), stats.clone(), parallelism);
+    let rejected = streams.rejected.collect();
+    let late = streams.late.collect();
+    let results = streams.results.collect();
 
     let handle = env.execute_async("window-agg")?;
     let results = collect_in_thread(results);
@@ -451,22 +572,14 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
     let outcome = handle.join();
     let results = results.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
     let mut late = late.join().map_err(|_| anyhow::anyhow!("the late-row reader panicked"))?;
-    let result = outcome?;
-    if let Some((line, e)) = stats.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        bail!("cannot read input file '{}' at line {line}: {e}", args.input.display());
-    }
     if let Some((line, reason)) = first_bad.as_ref().filter(|_| args.fail_on_malformed) {
-        bail!(
-            "'{}' line {line}: {reason} (--fail-on-malformed; without it such rows go to the rejected-rows file)",
-            args.input.display()
-        );
+        bail!("{}", fail_on_malformed_message(&args.input, *line, reason));
     }
+    let result = outcome?;
 
     // The job succeeded: stage every file, then commit them; a failure before the commits
     // leaves every earlier file as it was.
-    let mut results: Vec<WindowResult> =
-        results.into_iter().map(|(key, start, end, value)| WindowResult { key, start, end, value }).collect();
-    results.sort_by(|a, b| (&a.key, a.start, a.end).cmp(&(&b.key, b.start, b.end)));
+    let results = sort_results(results);
     late.sort_by_key(|r| r.0);
     let mut staged = Vec::new();
     if let Some(out) = rejected_file.take() {
@@ -474,12 +587,9 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
         staged.push(out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write '{path}'"))?);
     }
     if let Some(path) = &args.late_output {
-        let lines = late
-            .iter()
-            .map(|(_, key, ts, value)| format_late(&Event { key: key.clone(), ts: *ts, value: *value }, &schema));
-        staged.push(stage_file(path, &late_header(&schema), lines)?);
+        staged.push(stage_file(path, &late_header(&schema), late.iter().map(|r| late_line(r, &schema)))?);
     }
-    if to_stdout(&args) {
+    if to_stdout(args) {
         let stdout = std::io::stdout();
         let mut out = BufWriter::new(stdout.lock());
         writeln!(out, "{OUTPUT_HEADER}").context("cannot write the results to standard output")?;
@@ -496,7 +606,7 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
 
     // Summary lines: standard output, or standard error when the results went there.
     let say = |line: String| {
-        if to_stdout(&args) {
+        if to_stdout(args) {
             eprintln!("{line}");
         } else {
             println!("{line}");
@@ -513,7 +623,7 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
         results.len(),
         started.elapsed().as_secs_f64(),
         result.wall_time.as_secs_f64(),
-        if to_stdout(&args) { "standard output".to_string() } else { args.output.display().to_string() }
+        if to_stdout(args) { "standard output".to_string() } else { args.output.display().to_string() }
     ));
     if blank > 0 {
         say(format!("  {blank} blank line(s) skipped"));
@@ -542,4 +652,12 @@ pub fn run(args: WindowAggArgs) -> anyhow::Result<()> {
         eprintln!("warning: {}", w.message);
     }
     Ok(())
+}
+
+/// The error of a run that `--fail-on-malformed` ended at `line`.
+fn fail_on_malformed_message(input: &Path, line: u64, reason: &str) -> String {
+    format!(
+        "'{}' line {line}: {reason} (--fail-on-malformed; without it such rows go to the rejected-rows file)",
+        input.display()
+    )
 }
