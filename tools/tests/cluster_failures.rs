@@ -509,7 +509,7 @@ fn a_killed_task_manager_fails_the_job_naming_it_with_restart_strategy_none() {
     let error = output.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{output}"));
     let named = format!("TaskManager {} (", &b_id[..8]);
     assert!(error.starts_with(&format!("error: job {id} failed: {named}")), "{error}");
-    assert!(error.contains(&format!("pid {}", b.pid())) && error.contains("restart strategy none"), "{error}");
+    assert!(error.contains(&format!("pid {}", b.pid())) && error.contains("(restart-strategy.type = none)"), "{error}");
     assert!(output.contains(&format!("Job {id} FAILED")), "{output}");
 
     let (message, noticed) = loss_reported(&rest, &id, &b_id, b.pid(), killed_ms);
