@@ -5,7 +5,9 @@
 //! finished it tells every TaskManager to commit what its sinks staged; when a part fails or a
 //! TaskManager is lost it cancels the other parts, has their staged output discarded, frees
 //! the slots and asks the restart strategy whether and when to run again. Until checkpoints
-//! exist a restart reruns the job from its beginning.
+//! exist a restart reruns the job from its beginning. Each failed attempt goes into the job's
+//! exception history (`GET /v1/jobs/{id}`) with the time the job master learned of it — for a
+//! lost TaskManager, the moment the JobManager removed it — and the TaskManager to blame.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

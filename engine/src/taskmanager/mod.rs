@@ -16,6 +16,9 @@
 //! A TaskManager that loses its JobManager (connection closed, or no heartbeat for the
 //! timeout) cancels every deployment, waits for its tasks to end, discards what they staged,
 //! and registers again, with backoff, until a JobManager answers: no task outlives its job.
+//! A JobManager that refuses the registration (wrong or missing secret, another protocol
+//! version) or cannot prove the secret itself stops the TaskManager at once with the reason,
+//! as Flink's TaskExecutor treats a declined registration: retrying cannot help.
 
 mod deployment;
 
