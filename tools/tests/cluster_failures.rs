@@ -755,7 +755,9 @@ fn misuse_of_rest_cli_and_ports_gets_clear_errors_and_changes_nothing() {
     }
 
     // The same mistakes through the command-line client.
-    let cli: [(&str, Vec<&str>, &[(&str, &str)], &[&str]); 5] = [
+    /// What is tried, the command line, its environment, what its error must say.
+    type CliCase<'a> = (&'a str, Vec<&'a str>, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cli: [CliCase; 5] = [
         ("submit of an unknown job type", vec!["submit", "sum-by-kee"], &[], &["unknown job type 'sum-by-kee'"]),
         (
             "submit with bad arguments",
@@ -862,7 +864,9 @@ fn an_unknown_configuration_key_stops_the_process_naming_it_and_the_nearest_key(
     let file = dir.path().join("corestream.toml");
     std::fs::write(&file, "[rest]\nport = 0\n\n[heartbeat]\ntimout = \"5 s\"\n").unwrap();
     let file = file.to_str().unwrap();
-    let cases: [(Vec<&str>, Vec<(&str, &str)>, String); 4] = [
+    /// The command line, its environment, what its error must say.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, String);
+    let cases: [Case; 4] = [
         (
             vec!["jobmanager", "-D", "rest.prot=0"],
             vec![],
