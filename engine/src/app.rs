@@ -195,8 +195,12 @@ pub fn run_jobmanager(args: &JobManagerArgs, registry: JobRegistry) -> Result<()
     let rest_bind = resolve(&settings.rest.bind_address, settings.rest.port, "rest.bind-address")?;
     let jm = JobManager::start(config, registry)?;
     let rest = RestServer::start(rest_bind, jm.api(), rest_settings).map_err(|e| {
-        AppError::Startup(crate::error::StartupError::InvalidConfig(format!(
-            "cannot serve the REST API on {rest_bind} (rest.bind-address / rest.port): {e}"
+        AppError::Startup(crate::error::StartupError::InvalidConfig(crate::conf::listen_error(
+            "the REST API",
+            rest_bind,
+            "rest.bind-address",
+            "rest.port",
+            &e,
         )))
     })?;
     println!("jobmanager: TaskManagers connect to {}; REST API on {}", jm.rpc_address(), rest.url());

@@ -54,5 +54,34 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// Why a listener of a cluster process could not bind `address`, naming the keys that set it
+/// and what to do: another port when it is taken, a local address when the host is not one.
+pub fn listen_error(
+    what: &str,
+    address: std::net::SocketAddr,
+    host_key: &str,
+    port_key: &str,
+    error: &std::io::Error,
+) -> String {
+    use std::io::ErrorKind;
+    let port = address.port();
+    match error.kind() {
+        ErrorKind::AddrInUse => format!(
+            "cannot listen for {what} on {address}: port {port} is already in use by another process; stop that \
+             process or set another port with `{port_key}`"
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "cannot listen for {what} on {address}: {} is not an address of this machine; set `{host_key}` to one \
+             of its addresses (or 0.0.0.0 for all of them)",
+            address.ip()
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "cannot listen for {what} on {address}: permission denied (a port below 1024 needs privileges); set \
+             `{port_key}` to a port above 1023"
+        ),
+        _ => format!("cannot listen for {what} on {address} (`{host_key}`, `{port_key}`): {error}"),
+    }
+}
+
 #[cfg(test)]
 mod tests;

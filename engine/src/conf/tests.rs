@@ -393,3 +393,48 @@ fn local_cluster_config_of_a_taskmanager() {
     assert_eq!((d.credit, d.pin_slots, d.preempt_timer), (local.credit, local.pin_slots, local.preempt_timer));
     assert_eq!(d.io_memory_bytes, local.io_memory_bytes);
 }
+
+#[test]
+fn a_listener_that_cannot_bind_names_the_port_and_the_key_to_change() {
+    use std::io::{Error, ErrorKind};
+    let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    let e = listen_error(
+        "the REST API",
+        at("127.0.0.1:8081"),
+        "rest.bind-address",
+        "rest.port",
+        &ErrorKind::AddrInUse.into(),
+    );
+    assert_eq!(
+        e,
+        "cannot listen for the REST API on 127.0.0.1:8081: port 8081 is already in use by another process; stop \
+         that process or set another port with `rest.port`"
+    );
+    let e = listen_error(
+        "TaskManagers",
+        at("10.9.9.9:6123"),
+        "jobmanager.bind-host",
+        "jobmanager.rpc.port",
+        &ErrorKind::AddrNotAvailable.into(),
+    );
+    assert!(e.contains("10.9.9.9 is not an address of this machine; set `jobmanager.bind-host`"), "{e}");
+    let e = listen_error(
+        "data connections",
+        at("0.0.0.0:80"),
+        "taskmanager.bind-host",
+        "taskmanager.data.port",
+        &ErrorKind::PermissionDenied.into(),
+    );
+    assert!(e.contains("on 0.0.0.0:80: permission denied") && e.contains("`taskmanager.data.port`"), "{e}");
+    let e = listen_error(
+        "data connections",
+        at("0.0.0.0:7"),
+        "taskmanager.bind-host",
+        "taskmanager.data.port",
+        &Error::other("boom"),
+    );
+    assert_eq!(
+        e,
+        "cannot listen for data connections on 0.0.0.0:7 (`taskmanager.bind-host`, `taskmanager.data.port`): boom"
+    );
+}

@@ -166,8 +166,25 @@ pub struct JobDetails {
     pub vertices: Vec<VertexInfo>,
     /// Why the job (or its last attempt) failed.
     pub failure: Option<String>,
+    /// The failures of its attempts, oldest first: the newest 16 at most (Flink's exception
+    /// history).
+    #[serde(default)]
+    pub exceptions: Vec<JobException>,
     /// The execution plan, as `corestream plan` prints it.
     pub plan: String,
+}
+
+/// One failure of a job's attempt, as its job master learned of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobException {
+    /// When the job master learned of the failure (a lost TaskManager: when the JobManager
+    /// removed it), in milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// The attempt that failed, from 1 (as `attempts` counts them).
+    pub attempt: u32,
+    pub message: String,
+    /// The TaskManager that was lost or whose part failed, when one is to blame.
+    pub taskmanager: Option<TaskManagerId>,
 }
 
 /// Records of one operator over every subtask.

@@ -209,6 +209,7 @@ impl ClusterApi for Dispatcher {
                     ended: None,
                     attempts: 0,
                     failure: None,
+                    exceptions: Default::default(),
                     plan: String::new(),
                     vertices: Vec::new(),
                     tasks: BTreeMap::new(),
@@ -250,6 +251,7 @@ impl ClusterApi for Dispatcher {
             parallelism: j.parallelism,
             vertices: vertices(j),
             failure: j.failure.clone(),
+            exceptions: j.exceptions.iter().cloned().collect(),
             plan: j.plan.clone(),
         })
     }

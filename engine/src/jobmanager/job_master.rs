@@ -5,15 +5,17 @@
 //! finished it tells every TaskManager to commit what its sinks staged; when a part fails or a
 //! TaskManager is lost it cancels the other parts, has their staged output discarded, frees
 //! the slots and asks the restart strategy whether and when to run again. Until checkpoints
-//! exist a restart reruns the job from its beginning.
+//! exist a restart reruns the job from its beginning. Each failed attempt goes into the job's
+//! exception history (`GET /v1/jobs/{id}`) with the time the job master learned of it — for a
+//! lost TaskManager, the moment the JobManager removed it — and the TaskManager to blame.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::api::{JobOutcome, JobState, OperatorCounts, PartSummary};
+use super::api::{JobException, JobOutcome, JobState, OperatorCounts, PartSummary};
 use super::scheduler::FreeSlots;
 use super::state::now_ms;
 use super::Jm;
@@ -48,8 +50,40 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How an attempt ended.
 enum AttemptEnd {
     Finished(JobOutcome),
-    Failed { message: String, retryable: bool },
+    Failed(Failure),
     Cancelled,
+}
+
+/// Why an attempt failed, as the job master first learned of it.
+struct Failure {
+    message: String,
+    /// Whether running again could succeed (the restart strategy reads it).
+    retryable: bool,
+    /// When the job master learned of it (milliseconds since the Unix epoch).
+    at_ms: u64,
+    /// The TaskManager that was lost or whose part failed, if one is to blame.
+    taskmanager: Option<TaskManagerId>,
+}
+
+impl Failure {
+    fn now(message: impl Into<String>, retryable: bool) -> Self {
+        Self { message: message.into(), retryable, at_ms: now_ms(), taskmanager: None }
+    }
+
+    fn on(self, tm: TaskManagerId) -> Self {
+        Self { taskmanager: Some(tm), ..self }
+    }
+}
+
+/// Failures a job's details keep, at most (the newest; Flink's `web.exception-history-size`).
+pub(crate) const EXCEPTIONS_MAX: usize = 16;
+
+/// Adds `exception` to a job's history, forgetting the oldest beyond [`EXCEPTIONS_MAX`].
+pub(crate) fn remember(history: &mut VecDeque<JobException>, exception: JobException) {
+    history.push_back(exception);
+    while history.len() > EXCEPTIONS_MAX {
+        history.pop_front();
+    }
 }
 
 /// One TaskManager's part of an attempt.
@@ -73,25 +107,33 @@ pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEv
         let (state, failure, outcome) = match end {
             AttemptEnd::Finished(outcome) => (JobState::Finished, None, Some(outcome)),
             AttemptEnd::Cancelled => (JobState::Cancelled, None, None),
-            AttemptEnd::Failed { message, retryable } => match restarts.on_failure(now_ms(), retryable) {
-                Ok(delay) => {
-                    tracing::warn!(%job, attempt, error = %message, ?delay, "job attempt failed; restarting");
-                    jm.update_job(job, |j| {
-                        j.state = JobState::Restarting;
-                        j.failure = Some(message.clone());
-                    });
-                    if wait_or_cancel(&mut inbox, delay).await {
-                        (JobState::Cancelled, Some(message), None)
-                    } else {
-                        attempt += 1;
-                        continue;
+            AttemptEnd::Failed(failure) => {
+                let Failure { message, retryable, at_ms, taskmanager } = failure;
+                jm.update_job(job, |j| {
+                    let exception =
+                        JobException { timestamp: at_ms, attempt: attempt + 1, message: message.clone(), taskmanager };
+                    remember(&mut j.exceptions, exception);
+                });
+                match restarts.on_failure(now_ms(), retryable) {
+                    Ok(delay) => {
+                        tracing::warn!(%job, attempt, error = %message, ?delay, "job attempt failed; restarting");
+                        jm.update_job(job, |j| {
+                            j.state = JobState::Restarting;
+                            j.failure = Some(message.clone());
+                        });
+                        if wait_or_cancel(&mut inbox, delay).await {
+                            (JobState::Cancelled, Some(message), None)
+                        } else {
+                            attempt += 1;
+                            continue;
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::info!(%job, error = %message, %reason, "job failed");
+                        (JobState::Failed, Some(format!("{message} ({reason})")), None)
                     }
                 }
-                Err(reason) => {
-                    tracing::info!(%job, error = %message, %reason, "job failed");
-                    (JobState::Failed, Some(format!("{message} ({reason})")), None)
-                }
-            },
+            }
         };
         let failure_text = failure.clone();
         jm.update_job(job, move |j| {
@@ -137,12 +179,12 @@ async fn wait_or_cancel(inbox: &mut mpsc::Receiver<JobEvent>, delay: Duration) -
 async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::Receiver<JobEvent>) -> AttemptEnd {
     let Some((job_type, args, parallelism)) = jm.with_job(job, |j| (j.job_type.clone(), j.args.clone(), j.parallelism))
     else {
-        return AttemptEnd::Failed { message: "the job vanished from the dispatcher".into(), retryable: false };
+        return AttemptEnd::Failed(Failure::now("the job vanished from the dispatcher", false));
     };
     jm.update_job(job, |j| j.state = JobState::Created);
     let needed = match jm.plan(&job_type, &args, parallelism, &SlotSplit::even(parallelism.max(1), 1)) {
         Ok(plan) => plan.slots_needed,
-        Err(message) => return AttemptEnd::Failed { message, retryable: false },
+        Err(message) => return AttemptEnd::Failed(Failure::now(message, false)),
     };
 
     // Slots: wait until enough are free, then take them in the table.
@@ -156,15 +198,15 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
             _ = notified => {}
             _ = tokio::time::sleep_until(deadline) => {
                 let (free, total) = jm.slot_counts();
-                return AttemptEnd::Failed {
-                    message: format!(
+                return AttemptEnd::Failed(Failure::now(
+                    format!(
                         "could not get {needed} slot(s) within slot.request.timeout ({:?}): {free} of {total} slot(s) \
                          are free on {} TaskManager(s)",
                         jm.settings.slot_request_timeout,
                         jm.tm_count()
                     ),
-                    retryable: true,
-                };
+                    true,
+                ));
             }
             event = inbox.recv() => if matches!(event, Some(JobEvent::Cancel) | None) {
                 return AttemptEnd::Cancelled;
@@ -188,7 +230,7 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
                     job,
                     allocation,
                     &parts,
-                    "TaskManagers did not confirm the slot reservation in time",
+                    Failure::now("TaskManagers did not confirm the slot reservation in time", true),
                 )
             }
             Ok(None) | Ok(Some(JobEvent::Cancel)) => {
@@ -209,11 +251,11 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
                     job,
                     allocation,
                     &parts,
-                    &format!("TaskManager {} refused slots: {reason}", jm.tm_name(tm)),
+                    Failure::now(format!("TaskManager {} refused slots: {reason}", jm.tm_name(tm)), true).on(tm),
                 );
             }
             JobEvent::TmLost { tm, reason } if parts.iter().any(|p| p.tm == tm) => {
-                return abandon(jm, job, allocation, &parts, &reason);
+                return abandon(jm, job, allocation, &parts, Failure::now(reason, true).on(tm));
             }
             _ => {}
         }
@@ -225,13 +267,14 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
         Ok(plan) => plan,
         Err(message) => {
             release(jm, job, allocation, &parts);
-            return AttemptEnd::Failed { message, retryable: false };
+            return AttemptEnd::Failed(Failure::now(message, false));
         }
     };
     let mut participants = Vec::new();
     for (i, p) in parts.iter().enumerate() {
         let Some(data_address) = jm.data_address(p.tm) else {
-            return abandon(jm, job, allocation, &parts, &format!("TaskManager {} is gone", jm.tm_name(p.tm)));
+            let gone = Failure::now(format!("TaskManager {} is gone", jm.tm_name(p.tm)), true).on(p.tm);
+            return abandon(jm, job, allocation, &parts, gone);
         };
         participants.push(Participant {
             tm: p.tm,
@@ -273,7 +316,7 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
     tracing::info!(%job, %deployment, attempt, taskmanagers = parts.len(), "job deployed");
 
     // Track the parts.
-    let mut failure: Option<(String, bool)> = None;
+    let mut failure: Option<Failure> = None;
     let mut cancelled = false;
     let mut signals: BTreeMap<String, u64> = BTreeMap::new();
     let members: Vec<TaskManagerId> = parts.iter().map(|p| p.tm).collect();
@@ -299,7 +342,7 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
                 if let Some(p) = parts.iter_mut().find(|p| p.tm == tm && p.ended.is_none()) {
                     p.ended = Some(PartOutcome::Failed { message: reason.clone(), retryable: true });
                     if failure.is_none() && !cancelled {
-                        failure = Some((reason.clone(), true));
+                        failure = Some(Failure::now(reason.clone(), true).on(tm));
                         cancel_parts(jm, &parts, deployment, &reason);
                     }
                 }
@@ -340,7 +383,8 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
                     if let PartOutcome::Failed { message, retryable } = &outcome {
                         if failure.is_none() && !cancelled {
                             let name = jm.tm_name(tm);
-                            failure = Some((format!("{message} (on TaskManager {name})"), *retryable));
+                            failure =
+                                Some(Failure::now(format!("{message} (on TaskManager {name})"), *retryable).on(tm));
                         }
                     }
                     if let PartOutcome::Finished(report) = &outcome {
@@ -350,7 +394,7 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
                     }
                     p.ended = Some(outcome);
                     if failure.is_some() {
-                        let reason = failure.as_ref().map(|f| f.0.clone()).unwrap_or_default();
+                        let reason = failure.as_ref().map(|f| f.message.clone()).unwrap_or_default();
                         cancel_parts(jm, &parts, deployment, &reason);
                     }
                 }
@@ -368,8 +412,8 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
         jm.release_all(job, allocation);
         return match (cancelled, failure) {
             (true, _) => AttemptEnd::Cancelled,
-            (false, Some((message, retryable))) => AttemptEnd::Failed { message, retryable },
-            (false, None) => AttemptEnd::Failed { message: "a part of the job was cancelled".into(), retryable: true },
+            (false, Some(failure)) => AttemptEnd::Failed(failure),
+            (false, None) => AttemptEnd::Failed(Failure::now("a part of the job was cancelled", true)),
         };
     }
 
@@ -407,10 +451,10 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
     }
     jm.release_all(job, allocation);
     if let Some(message) = commit_error {
-        return AttemptEnd::Failed {
-            message: format!("the job finished but its output could not be committed: {message}"),
-            retryable: false,
-        };
+        return AttemptEnd::Failed(Failure::now(
+            format!("the job finished but its output could not be committed: {message}"),
+            false,
+        ));
     }
     let reports: Vec<(TaskManagerId, PartReport)> = parts
         .iter()
@@ -421,7 +465,7 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
         .collect();
     match merge_outcome(jm, &plan.vertices, &reports) {
         Ok(outcome) => AttemptEnd::Finished(outcome),
-        Err(message) => AttemptEnd::Failed { message, retryable: false },
+        Err(message) => AttemptEnd::Failed(Failure::now(message, false)),
     }
 }
 
@@ -438,9 +482,9 @@ fn release(jm: &Jm, job: JobId, allocation: u64, parts: &[Part]) {
     jm.release_all(job, allocation);
 }
 
-fn abandon(jm: &Jm, job: JobId, allocation: u64, parts: &[Part], why: &str) -> AttemptEnd {
+fn abandon(jm: &Jm, job: JobId, allocation: u64, parts: &[Part], failure: Failure) -> AttemptEnd {
     release(jm, job, allocation, parts);
-    AttemptEnd::Failed { message: why.to_string(), retryable: true }
+    AttemptEnd::Failed(failure)
 }
 
 /// The job's outcome from every part's report: records per operator summed over the parts,
@@ -525,4 +569,43 @@ pub(crate) fn plan_job(
     (job.build)(&mut env, &JobContext { args, planning: true, signals: crate::registry::JobSignals::local() })
         .map_err(|e| format!("job '{job_type}': {e}"))?;
     env.plan_summary(job_type, split).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exception(attempt: u32) -> JobException {
+        JobException {
+            timestamp: 1_000 + u64::from(attempt),
+            attempt,
+            message: format!("failure {attempt}"),
+            taskmanager: None,
+        }
+    }
+
+    #[test]
+    fn the_history_keeps_the_newest_failures_in_order() {
+        let mut history = VecDeque::new();
+        for attempt in 1..=3 {
+            remember(&mut history, exception(attempt));
+        }
+        assert_eq!(history.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+        for attempt in 4..=40 {
+            remember(&mut history, exception(attempt));
+        }
+        assert_eq!(history.len(), EXCEPTIONS_MAX);
+        assert_eq!(history.front().map(|e| e.attempt), Some(40 - EXCEPTIONS_MAX as u32 + 1));
+        assert_eq!(history.back().map(|e| e.attempt), Some(40));
+    }
+
+    #[test]
+    fn a_failure_is_dated_when_it_is_noticed_and_names_its_task_manager() {
+        let before = now_ms();
+        let tm = TaskManagerId::random();
+        let f = Failure::now("lost", true).on(tm);
+        assert!(f.at_ms >= before && f.at_ms <= now_ms());
+        assert_eq!((f.message.as_str(), f.retryable, f.taskmanager), ("lost", true, Some(tm)));
+        assert_eq!(Failure::now("x", false).taskmanager, None);
+    }
 }

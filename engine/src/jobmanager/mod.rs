@@ -124,9 +124,12 @@ impl JobManager {
             )));
         }
         let listener = std::net::TcpListener::bind(settings.rpc_bind).map_err(|e| {
-            StartupError::InvalidConfig(format!(
-                "cannot listen for TaskManagers on {} (jobmanager.rpc.address / jobmanager.rpc.port): {e}",
-                settings.rpc_bind
+            StartupError::InvalidConfig(crate::conf::listen_error(
+                "TaskManagers",
+                settings.rpc_bind,
+                "jobmanager.bind-host",
+                "jobmanager.rpc.port",
+                &e,
             ))
         })?;
         listener

@@ -3,12 +3,12 @@
 //! and slot allocations to the job masters that own them. One mutex guards it; every holder
 //! does a short piece of bookkeeping and never awaits while holding it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::api::JobState;
+use super::api::{JobException, JobState};
 use super::job_master::JobEvent;
 use crate::rpc::ids::{DeploymentKey, JobId, TaskManagerId};
 use crate::rpc::messages::{JmMessage, PartReport, Registration, TaskState};
@@ -49,6 +49,8 @@ pub(crate) struct JobEntry {
     pub ended: Option<Instant>,
     pub attempts: u32,
     pub failure: Option<String>,
+    /// The failures of its attempts, oldest first (at most `job_master::EXCEPTIONS_MAX`).
+    pub exceptions: VecDeque<JobException>,
     pub plan: String,
     pub vertices: Vec<VertexSummary>,
     /// (vertex, subtask) → where it runs and its state, for the current attempt.

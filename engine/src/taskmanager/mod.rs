@@ -16,6 +16,9 @@
 //! A TaskManager that loses its JobManager (connection closed, or no heartbeat for the
 //! timeout) cancels every deployment, waits for its tasks to end, discards what they staged,
 //! and registers again, with backoff, until a JobManager answers: no task outlives its job.
+//! A JobManager that refuses the registration (wrong or missing secret, another protocol
+//! version) or cannot prove the secret itself stops the TaskManager at once with the reason,
+//! as Flink's TaskExecutor treats a declined registration: retrying cannot help.
 
 mod deployment;
 
@@ -103,6 +106,16 @@ enum RegisterError {
     Unexpected { address: String, got: String, expected: &'static str },
 }
 
+impl RegisterError {
+    /// Whether trying again cannot help: the JobManager refused this TaskManager (a wrong or
+    /// missing secret, another protocol version, no slots) or could not prove the cluster
+    /// secret itself (another cluster). As in Flink, a refused registration stops the
+    /// TaskManager rather than retrying until `taskmanager.registration.timeout`.
+    fn is_final(&self) -> bool {
+        matches!(self, RegisterError::Refused { .. } | RegisterError::BadProof { .. })
+    }
+}
+
 /// What a TaskManager reports about itself (for tests and its command line).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskManagerStatus {
@@ -114,7 +127,7 @@ pub struct TaskManagerStatus {
     pub running_deployments: usize,
     /// Deployments it ever started.
     pub deployments_started: u64,
-    /// Why it stopped on its own (no JobManager within `give_up_after`).
+    /// Why it stopped on its own: no JobManager within `give_up_after`, or refused by one.
     pub gave_up: Option<String>,
     /// Its data connections since it joined its current cluster.
     pub data_plane: PlaneStats,
@@ -150,7 +163,13 @@ impl TaskManager {
     /// the background (retrying until one answers).
     pub fn start(settings: TaskManagerConfig, registry: JobRegistry) -> Result<Self, StartupError> {
         let listener = std::net::TcpListener::bind(settings.data_bind).map_err(|e| {
-            StartupError::InvalidConfig(format!("cannot listen for data connections on {}: {e}", settings.data_bind))
+            StartupError::InvalidConfig(crate::conf::listen_error(
+                "data connections",
+                settings.data_bind,
+                "taskmanager.bind-host",
+                "taskmanager.data.port",
+                &e,
+            ))
         })?;
         let mut config = settings.cluster.clone();
         config.data_listener = Some(Arc::new(listener));
@@ -317,6 +336,11 @@ impl Control {
                             self.shared.update(|s| s.running_deployments = 0);
                         }
                     }
+                }
+                Err(e) if e.is_final() => {
+                    tracing::error!(error = %e, "TaskManager not registered: stopping");
+                    self.shared.update(|s| s.gave_up = Some(e.to_string()));
+                    break;
                 }
                 Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "TaskManager not registered"),
             }
@@ -636,4 +660,33 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_or_a_jobmanager_of_another_cluster_stops_the_taskmanager() {
+        let address = || "127.0.0.1:6123".to_string();
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let retried = [
+            RegisterError::Connect { address: address(), cause: io() },
+            RegisterError::Timeout { address: address() },
+            RegisterError::Frame { address: address(), cause: FrameError::Closed },
+            RegisterError::DataPlane { address: address(), reason: "busy".into() },
+            RegisterError::Unexpected { address: address(), got: "heartbeat".into(), expected: "challenge" },
+        ];
+        for e in &retried {
+            assert!(!e.is_final(), "{e}");
+        }
+        let refused =
+            RegisterError::Refused { address: address(), reason: "a wrong proof of the cluster secret".into() };
+        assert!(refused.is_final());
+        assert_eq!(
+            refused.to_string(),
+            "the JobManager at 127.0.0.1:6123 refused this TaskManager: a wrong proof of the cluster secret"
+        );
+        assert!(RegisterError::BadProof { address: address() }.is_final());
+    }
 }

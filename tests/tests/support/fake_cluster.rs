@@ -258,6 +258,7 @@ impl ClusterApi for FakeCluster {
                 vertex(1, "Keyed Reduce -> Sink", 1000, 10, 0.0),
             ],
             failure: (job.state == JobState::Failed).then(|| "the source failed: boom".to_string()),
+            exceptions: Vec::new(),
             plan: "Source: sequence -> Map (2) --hash--> Keyed Reduce -> Sink (2)".into(),
         })
     }
