@@ -270,6 +270,9 @@ pub fn format_outcome(id: JobId, outcome: &JobOutcome) -> String {
     if let Some(failure) = &outcome.failure {
         let _ = writeln!(out, "Failure: {failure}");
     }
+    if let Some(ms) = outcome.all_running_ms {
+        let _ = writeln!(out, "All tasks running after {ms:.1} ms");
+    }
     let _ = writeln!(out, "Operators:");
     for op in &outcome.operators {
         let _ = writeln!(
@@ -481,5 +484,24 @@ mod tests {
             "histogram: count 100, min 1, p50 50, p99 99, p99.9 100, max 100"
         );
         assert!(format_accumulator(&Accumulator::Histogram(vec![1, 2])).contains("cannot be read"));
+    }
+
+    #[test]
+    fn the_outcome_names_the_time_to_all_running() {
+        let outcome = JobOutcome {
+            state: JobState::Finished,
+            duration_ms: 1234,
+            failure: None,
+            operators: Vec::new(),
+            accumulators: Default::default(),
+            warnings: Vec::new(),
+            network: Vec::new(),
+            parts: Vec::new(),
+            all_running_ms: Some(12.25),
+        };
+        let text = format_outcome(JobId::random(), &outcome);
+        assert!(text.lines().any(|l| l == "All tasks running after 12.2 ms"), "{text}");
+        let text = format_outcome(JobId::random(), &JobOutcome { all_running_ms: None, ..outcome });
+        assert!(!text.contains("All tasks running"), "{text}");
     }
 }

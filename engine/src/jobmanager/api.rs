@@ -219,6 +219,10 @@ pub struct JobOutcome {
     /// What each TaskManager's part reported, in the order of their job slots.
     #[serde(default)]
     pub parts: Vec<PartSummary>,
+    /// Milliseconds from the submission until every task of the last attempt ran (absent if
+    /// it never did).
+    #[serde(default)]
+    pub all_running_ms: Option<f64>,
 }
 
 /// One TaskManager's part of a finished job.

@@ -210,6 +210,7 @@ impl ClusterApi for Dispatcher {
                     attempts: 0,
                     failure: None,
                     exceptions: Default::default(),
+                    all_running_after: None,
                     plan: String::new(),
                     vertices: Vec::new(),
                     tasks: BTreeMap::new(),

@@ -102,6 +102,7 @@ pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEv
             j.attempts = attempt + 1;
             j.tasks.clear();
             j.metrics.clear();
+            j.all_running_after = None;
         });
         let end = run_attempt(&jm, job, attempt, &mut inbox).await;
         let (state, failure, outcome) = match end {
@@ -153,10 +154,13 @@ pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEv
                 warnings: Vec::new(),
                 network: Vec::new(),
                 parts: Vec::new(),
+                all_running_ms: None,
             }));
+            let all_running_ms = j.all_running_after.map(|d| d.as_secs_f64() * 1e3);
             if let Some(o) = j.outcome.as_mut() {
                 o.state = state;
                 o.duration_ms = duration_ms;
+                o.all_running_ms = all_running_ms;
             }
         });
         jm.forget_routes(job);
@@ -357,6 +361,9 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
                             }
                         }
                         all_running = j.tasks.values().all(|t| t.2 != TaskState::Deploying);
+                        if all_running && j.all_running_after.is_none() {
+                            j.all_running_after = Some(j.started.elapsed());
+                        }
                     });
                     if all_running && !signals.contains_key(JobSignals::ALL_RUNNING) {
                         tracing::info!(%job, %deployment, "all tasks running");
@@ -546,6 +553,7 @@ fn merge_outcome(
         accumulators,
         warnings,
         network,
+        all_running_ms: None,
     })
 }
 

@@ -51,6 +51,8 @@ pub(crate) struct JobEntry {
     pub failure: Option<String>,
     /// The failures of its attempts, oldest first (at most `job_master::EXCEPTIONS_MAX`).
     pub exceptions: VecDeque<JobException>,
+    /// From submission until every task of the current attempt ran.
+    pub all_running_after: Option<std::time::Duration>,
     pub plan: String,
     pub vertices: Vec<VertexSummary>,
     /// (vertex, subtask) → where it runs and its state, for the current attempt.

@@ -99,6 +99,7 @@ impl FakeCluster {
         accumulators.insert("keys".to_string(), Accumulator::Lines(vec!["a".into(), "b".into()]));
         JobOutcome {
             parts: Vec::new(),
+            all_running_ms: None,
             state: job.state,
             duration_ms: 1500,
             failure: match job.state {
