@@ -6,6 +6,11 @@
 //! TaskManager is lost it cancels the other parts, has their staged output discarded, frees
 //! the slots and asks the restart strategy whether and when to run again. Until checkpoints
 //! exist a restart reruns the job from its beginning.
+//!
+//! An embedded job ([`Inline`]) goes through the same steps with three differences: its plan
+//! comes from its submitter (no build by name), it does not wait for slots (its submitter gets
+//! [`JobError::NotEnoughSlots`] at once, as embedding always did), and it has no commit round:
+//! its owner joins the handle the TaskManager gave it and commits what its sinks staged.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +22,7 @@ use super::api::{JobOutcome, JobState, OperatorCounts, PartSummary};
 use super::scheduler::FreeSlots;
 use super::state::now_ms;
 use super::Jm;
+use crate::error::JobError;
 use crate::graph::execution::SlotSplit;
 use crate::registry::{merge_accumulators, JobContext, JobSignals};
 use crate::rpc::ids::{DeploymentKey, JobId, TaskManagerId};
@@ -45,6 +51,13 @@ pub trait Restarts: Send {
 /// cancellation, and TaskManagers to report a commit.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// An embedded job as its job master holds it.
+pub(crate) struct Inline {
+    /// Its plan over one TaskManager, computed by its submitter.
+    pub plan: crate::runtime::cluster::PlanSummary,
+    pub job: crate::runtime::mini::InlineJob,
+}
+
 /// How an attempt ended.
 enum AttemptEnd {
     Finished(JobOutcome),
@@ -61,7 +74,13 @@ struct Part {
     committed: bool,
 }
 
-pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEvent>, mut restarts: Box<dyn Restarts>) {
+pub(crate) async fn run(
+    jm: Arc<Jm>,
+    job: JobId,
+    mut inbox: mpsc::Receiver<JobEvent>,
+    mut restarts: Box<dyn Restarts>,
+    inline: Option<Inline>,
+) {
     let mut attempt = 0u32;
     loop {
         jm.update_job(job, |j| {
@@ -69,7 +88,7 @@ pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEv
             j.tasks.clear();
             j.metrics.clear();
         });
-        let end = run_attempt(&jm, job, attempt, &mut inbox).await;
+        let end = run_attempt(&jm, job, attempt, &mut inbox, inline.as_ref()).await;
         let (state, failure, outcome) = match end {
             AttemptEnd::Finished(outcome) => (JobState::Finished, None, Some(outcome)),
             AttemptEnd::Cancelled => (JobState::Cancelled, None, None),
@@ -93,6 +112,14 @@ pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEv
                 }
             },
         };
+        if let Some(inline) = inline.as_ref().filter(|_| state != JobState::Finished) {
+            // Its submitter is still waiting if the job ended before it was deployed.
+            inline.job.reply(Err(match (&failure, state) {
+                (_, JobState::Cancelled) => JobError::Cancelled,
+                (Some(f), _) => JobError::InvalidJob(format!("job '{}' could not be deployed: {f}", inline.job.name())),
+                (None, _) => JobError::InvalidJob(format!("job '{}' ended before it was deployed", inline.job.name())),
+            }));
+        }
         let failure_text = failure.clone();
         jm.update_job(job, move |j| {
             j.state = state;
@@ -134,19 +161,29 @@ async fn wait_or_cancel(inbox: &mut mpsc::Receiver<JobEvent>, delay: Duration) -
     }
 }
 
-async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::Receiver<JobEvent>) -> AttemptEnd {
+async fn run_attempt(
+    jm: &Arc<Jm>,
+    job: JobId,
+    attempt: u32,
+    inbox: &mut mpsc::Receiver<JobEvent>,
+    inline: Option<&Inline>,
+) -> AttemptEnd {
     let Some((job_type, args, parallelism)) = jm.with_job(job, |j| (j.job_type.clone(), j.args.clone(), j.parallelism))
     else {
         return AttemptEnd::Failed { message: "the job vanished from the dispatcher".into(), retryable: false };
     };
     jm.update_job(job, |j| j.state = JobState::Created);
-    let needed = match jm.plan(&job_type, &args, parallelism, &SlotSplit::even(parallelism.max(1), 1)) {
-        Ok(plan) => plan.slots_needed,
-        Err(message) => return AttemptEnd::Failed { message, retryable: false },
+    let needed = match inline {
+        Some(inline) => inline.plan.slots_needed,
+        None => match jm.plan(&job_type, &args, parallelism, &SlotSplit::even(parallelism.max(1), 1)) {
+            Ok(plan) => plan.slots_needed,
+            Err(message) => return AttemptEnd::Failed { message, retryable: false },
+        },
     };
 
     // Slots: wait until enough are free, then take them in the table.
-    let deadline = tokio::time::Instant::now() + jm.settings.slot_request_timeout;
+    let slot_wait = if inline.is_some() { Duration::ZERO } else { jm.settings.slot_request_timeout };
+    let deadline = tokio::time::Instant::now() + slot_wait;
     let chosen: Vec<FreeSlots> = loop {
         let notified = jm.slots_changed.notified();
         if let Some(chosen) = jm.take_slots(job, needed) {
@@ -156,6 +193,9 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
             _ = notified => {}
             _ = tokio::time::sleep_until(deadline) => {
                 let (free, total) = jm.slot_counts();
+                if let Some(inline) = inline {
+                    inline.job.reply(Err(JobError::NotEnoughSlots { needed, free, total }));
+                }
                 return AttemptEnd::Failed {
                     message: format!(
                         "could not get {needed} slot(s) within slot.request.timeout ({:?}): {free} of {total} slot(s) \
@@ -221,7 +261,11 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
 
     // The plan over this split, and the descriptors.
     let split = SlotSplit::from_counts(&parts.iter().map(|p| p.slots.len() as u32).collect::<Vec<_>>());
-    let plan = match jm.plan(&job_type, &args, parallelism, &split) {
+    let planned = match inline {
+        Some(inline) => Ok(inline.plan.clone()),
+        None => jm.plan(&job_type, &args, parallelism, &split),
+    };
+    let plan = match planned {
         Ok(plan) => plan,
         Err(message) => {
             release(jm, job, allocation, &parts);
@@ -267,6 +311,7 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
             participants: participants.clone(),
             index: i as u32,
             allocation,
+            inline: inline.map(|i| i.job.clone()),
         };
         jm.send(p.tm, JmMessage::Deploy(Box::new(descriptor)));
     }
@@ -373,13 +418,15 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
         };
     }
 
-    // Every part finished: commit everywhere.
-    for p in &parts {
-        jm.send(p.tm, JmMessage::Commit { deployment });
+    // Every part finished: commit everywhere (an embedded job's owner commits its own).
+    if inline.is_none() {
+        for p in &parts {
+            jm.send(p.tm, JmMessage::Commit { deployment });
+        }
     }
     let commit_deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
     let mut commit_error = None;
-    while parts.iter().any(|p| !p.committed) {
+    while inline.is_none() && parts.iter().any(|p| !p.committed) {
         match tokio::time::timeout_at(commit_deadline, inbox.recv()).await {
             Err(_) => {
                 commit_error = Some("TaskManagers did not confirm the commit in time".to_string());
