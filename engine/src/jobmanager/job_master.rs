@@ -315,7 +315,11 @@ async fn run_attempt(
         };
         jm.send(p.tm, JmMessage::Deploy(Box::new(descriptor)));
     }
-    tracing::info!(%job, %deployment, attempt, taskmanagers = parts.len(), "job deployed");
+    if inline.is_some() {
+        tracing::debug!(%job, %deployment, "embedded job deployed");
+    } else {
+        tracing::info!(%job, %deployment, attempt, taskmanagers = parts.len(), "job deployed");
+    }
 
     // Track the parts.
     let mut failure: Option<(String, bool)> = None;
@@ -361,7 +365,11 @@ async fn run_attempt(
                         all_running = j.tasks.values().all(|t| t.2 != TaskState::Deploying);
                     });
                     if all_running && !signals.contains_key(JobSignals::ALL_RUNNING) {
-                        tracing::info!(%job, %deployment, "all tasks running");
+                        if inline.is_some() {
+                            tracing::debug!(%job, %deployment, "all tasks running");
+                        } else {
+                            tracing::info!(%job, %deployment, "all tasks running");
+                        }
                         signals.insert(JobSignals::ALL_RUNNING.to_string(), 1);
                         broadcast(&signals);
                     }

@@ -221,3 +221,110 @@ fn registration(id: TaskManagerId, slots: &LocalCluster, registry: &JobRegistry)
         nonce: Bytes32([0; 32]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::ClusterConfig;
+    use crate::jobmanager::api::{JobDetails, JobState};
+    use crate::rpc::messages::TaskState;
+    use crate::runtime::metrics::JobStatus;
+
+    fn cluster(slots: u32) -> LocalCluster {
+        LocalCluster::start(ClusterConfig { slots: Some(slots), ..Default::default() }).expect("cluster starts")
+    }
+
+    /// The job's details once the JobManager has seen it reach `state` (parts report their end
+    /// asynchronously), at most 10 s.
+    fn wait_for(api: &dyn ClusterApi, job: JobId, state: JobState) -> JobDetails {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let details = api.job(&job.to_string()).expect("the JobManager knows the job");
+            if details.overview.state == state || Instant::now() > deadline {
+                assert_eq!(details.overview.state, state, "{details:?}");
+                return details;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn an_embedded_job_is_scheduled_tracked_and_merged_by_the_job_manager() {
+        let cluster = cluster(2);
+        let api = cluster.api().expect("an embedded cluster has a JobManager");
+        let tms = api.task_managers();
+        assert_eq!(tms.len(), 1, "one in-process TaskManager");
+        assert_eq!((tms[0].slots_total, tms[0].slots_free), (2, 2));
+        let mut env = cluster.environment();
+        env.set_parallelism(2);
+        env.from_sequence(0..1000).map(|v| v + 1).discard();
+        let handle = env.execute_async("tracked").unwrap();
+        let id = handle.job_id().expect("the JobManager tracks an embedded job");
+        assert_eq!(handle.join().unwrap().records_in("Sink"), 1000);
+
+        let details = wait_for(&*api, id, JobState::Finished);
+        assert_eq!(details.overview.name, "tracked");
+        assert_eq!(details.parallelism, 2);
+        let subtasks: Vec<_> = details.vertices.iter().flat_map(|v| &v.subtasks).collect();
+        assert_eq!(subtasks.len(), 2);
+        assert!(subtasks.iter().all(|s| s.state == TaskState::Finished && s.taskmanager == tms[0].id), "{subtasks:?}");
+        let outcome = api.execution_result(&id.to_string()).unwrap().result.expect("a finished job has a result");
+        let sink = outcome.operators.iter().find(|o| o.name.starts_with("Sink")).expect("the sink is counted");
+        assert_eq!(sink.records_in, 1000, "the job master merged the part's counters");
+        assert_eq!(api.overview().slots_available, 2);
+    }
+
+    #[test]
+    fn slots_are_free_for_the_next_job_as_soon_as_a_handle_is_joined() {
+        let cluster = cluster(1);
+        for i in 0..30u64 {
+            let env = cluster.environment();
+            env.from_sequence(0..i).discard();
+            assert_eq!(env.execute("one after another").unwrap().records_in("Sink"), i);
+        }
+    }
+
+    #[test]
+    fn a_job_wider_than_the_free_slots_is_refused_at_once_and_recorded_failed() {
+        let cluster = cluster(1);
+        let api = cluster.api().unwrap();
+        let mut env = cluster.environment();
+        env.set_parallelism(2);
+        env.from_sequence(0..10).discard();
+        let started = Instant::now();
+        match env.execute("too wide") {
+            Err(JobError::NotEnoughSlots { needed: 2, free: 1, total: 1 }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no wait for slots");
+        let jobs = api.jobs();
+        assert_eq!(jobs.len(), 1);
+        wait_for(&*api, jobs[0].jid, JobState::Failed);
+    }
+
+    #[test]
+    fn cancelling_through_the_api_cancels_the_owners_job() {
+        let cluster = cluster(1);
+        let api = cluster.api().unwrap();
+        let env = cluster.environment();
+        env.generate_unbounded(|i| i).discard();
+        let handle = env.execute_async("endless").unwrap();
+        let id = handle.job_id().unwrap();
+        api.cancel(&id.to_string()).expect("a running job can be cancelled");
+        assert_eq!(handle.join().unwrap().status, JobStatus::Cancelled);
+        wait_for(&*api, id, JobState::Cancelled);
+    }
+
+    #[test]
+    fn a_handle_keeps_its_cluster_until_it_is_joined() {
+        let cluster = cluster(1);
+        let env = cluster.environment();
+        env.generate_unbounded(|i| i).discard();
+        let handle = env.execute_async("orphan").unwrap();
+        drop(cluster);
+        handle.cancel();
+        assert_eq!(handle.join().unwrap().status, JobStatus::Cancelled);
+    }
+}
