@@ -21,7 +21,7 @@ use super::job::{JobHandle, JobMetrics, JobShared, JobView};
 use super::mini::MiniCluster;
 use super::metrics::TaskCounters;
 use super::network::{self, DoneGuard, JobNetwork, LinkBuild, NetworkService, NetworkUnavailable};
-use super::slot::{self, SlotSettings, TaskBuild};
+use super::slot::{SlotSettings, TaskBuild};
 use super::startup;
 use super::topology::Topology;
 use crate::api::env::StreamEnvironment;
@@ -552,8 +552,22 @@ impl LocalCluster {
         Ok(PreparedJob { graph, exec, name: name.to_string(), nodes, jg, plan, plan_text })
     }
 
-    /// Deploys this TaskManager's share of a prepared job (see [`submit_part`](Self::submit_part)).
+    /// Deploys this TaskManager's share of a prepared job (see [`submit_part`](Self::submit_part))
+    /// and starts its slot threads.
     pub(crate) fn deploy(&self, prepared: PreparedJob, placement: PartPlacement<'_>) -> Result<JobHandle, JobError> {
+        let mut handle = self.deploy_unlaunched(prepared, placement)?;
+        handle.launch();
+        Ok(handle)
+    }
+
+    /// Deploys like [`deploy`](Self::deploy) up to the slot threads, which
+    /// [`JobHandle::launch`] starts (an embedded job's submitter does, once the TaskManager
+    /// has handed it the handle, so a new thread does not delay the hand-over).
+    pub(crate) fn deploy_unlaunched(
+        &self,
+        prepared: PreparedJob,
+        placement: PartPlacement<'_>,
+    ) -> Result<JobHandle, JobError> {
         let PreparedJob { graph, exec, name, nodes, jg, plan, plan_text } = prepared;
         let name = name.as_str();
         let credit = self.inner.config.credit;
@@ -778,24 +792,21 @@ impl LocalCluster {
         };
         tracing::info!(job = name, tasks = metrics.tasks.len(), buffers = buffers_needed, peers, "deploying job");
         let started = Instant::now();
-        let mut threads = Vec::new();
-        for (i, tasks) in per_slot.into_iter().enumerate() {
-            let slot = lease.slots[i];
-            let settings = SlotSettings {
-                slot,
-                cpu: self.inner.slot_cpus[slot as usize],
-                io_memory_bytes: self.inner.config.io_memory_bytes,
-                preempt_timer: self.inner.config.preempt_timer,
-                spin_before_park: self.inner.config.spin_before_park,
-            };
-            match slot::spawn(settings, tasks, shared.clone()) {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    shared.fail(JobError::SlotStart { slot, message: e.to_string() });
-                    break;
-                }
-            }
-        }
+        let pending = per_slot
+            .into_iter()
+            .enumerate()
+            .map(|(i, tasks)| {
+                let slot = lease.slots[i];
+                let settings = SlotSettings {
+                    slot,
+                    cpu: self.inner.slot_cpus[slot as usize],
+                    io_memory_bytes: self.inner.config.io_memory_bytes,
+                    preempt_timer: self.inner.config.preempt_timer,
+                    spin_before_park: self.inner.config.spin_before_park,
+                };
+                (settings, tasks)
+            })
+            .collect();
         Ok(JobHandle {
             view: Arc::new(JobView {
                 shared,
@@ -806,7 +817,8 @@ impl LocalCluster {
                 network: summaries,
                 pool: self.inner.pool.clone(),
             }),
-            threads,
+            threads: Vec::new(),
+            pending,
             network_done,
             _reservation: reservation,
             _slots: lease,

@@ -18,6 +18,7 @@ use super::metrics::{
     TaskSummary,
 };
 use super::network::NetworkDone;
+use super::slot::{self, SlotSettings, TaskBuild};
 use crate::api::sinks::PendingCommit;
 use crate::error::{JobError, TaskError};
 use crate::operators::OperatorMetrics;
@@ -312,6 +313,8 @@ impl JobView {
 pub struct JobHandle {
     pub(crate) view: Arc<JobView>,
     pub(crate) threads: Vec<JoinHandle<()>>,
+    /// Slot threads deployed but not started yet (see [`JobHandle::launch`]).
+    pub(crate) pending: Vec<(SlotSettings, Vec<TaskBuild>)>,
     /// Set once every link has ended; `None` when the job has no task elsewhere.
     pub(crate) network_done: Option<Arc<NetworkDone>>,
     pub(crate) _reservation: PoolReservation,
@@ -337,8 +340,24 @@ impl JobHandle {
         self.view.shared.cancel();
     }
 
+    /// Starts the slot threads of a deployed job (once; later calls do nothing). A thread
+    /// that cannot be started fails the job, and the slots after it are not started.
+    pub(crate) fn launch(&mut self) {
+        for (settings, tasks) in self.pending.drain(..) {
+            let slot = settings.slot;
+            match slot::spawn(settings, tasks, self.view.shared.clone()) {
+                Ok(t) => self.threads.push(t),
+                Err(e) => {
+                    self.view.shared.fail(JobError::SlotStart { slot, message: e.to_string() });
+                    break;
+                }
+            }
+        }
+    }
+
     pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(|t| t.is_finished()) && self.network_done.as_ref().is_none_or(|d| d.is_finished())
+        self.pending.is_empty()
+            && self.threads.iter().all(|t| t.is_finished()) && self.network_done.as_ref().is_none_or(|d| d.is_finished())
     }
 
     /// The job's plan as printed by `explain`.
@@ -415,6 +434,11 @@ impl JobHandle {
 
 impl Drop for JobHandle {
     fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            // Never started: it ends cancelled, and its tasks are dropped unrun.
+            self.cancel();
+            self.pending.clear();
+        }
         if !self.threads.is_empty() {
             // A handle dropped without join: stop the job and wait, so no task outlives it.
             self.cancel();

@@ -162,6 +162,7 @@ impl MiniCluster {
         match handed.recv() {
             Ok(Ok(mut handle)) => {
                 handle.attachment = Some(Attachment { mini: self.clone(), job: id });
+                handle.launch();
                 Ok(handle)
             }
             Ok(Err(e)) => Err(e),

@@ -186,8 +186,8 @@ pub(crate) fn run(
     send(outcome);
 }
 
-/// Deploys an embedded job on the calling control loop and hands its handle to the job's owner;
-/// a task watches it until its slots are free again. A failure to deploy goes to the owner (as
+/// Deploys an embedded job on the calling control loop and hands its handle to the job's owner,
+/// who starts its slot threads; a task watches it until its slots are free again. A failure to deploy goes to the owner (as
 /// the error its `execute` returns) and ends the part.
 pub(crate) fn start_inline(
     cluster: &LocalCluster,
@@ -199,7 +199,7 @@ pub(crate) fn start_inline(
     let deployment = d.deployment;
     let started = match (inline.take_prepared(), d.participants.get(d.index as usize)) {
         (Some(prepared), Some(me)) => {
-            cluster.deploy(prepared, PartPlacement { slots: Some(&me.slots), ..Default::default() })
+            cluster.deploy_unlaunched(prepared, PartPlacement { slots: Some(&me.slots), ..Default::default() })
         }
         (None, _) => Err(JobError::InvalidJob(format!("job '{}' was deployed already", d.job_type))),
         (_, None) => Err(JobError::InvalidJob(format!(
