@@ -16,10 +16,10 @@ use super::api::{
 use super::job_master::{self, Inline, JobEvent};
 use super::state::{now_ms, JobEntry, TmEntry};
 use super::{Jm, NoRestart};
-use crate::runtime::cluster::PlanSummary;
-use crate::runtime::mini::InlineJob;
 use crate::rpc::ids::{JobId, TaskManagerId};
 use crate::rpc::messages::TaskState;
+use crate::runtime::cluster::PlanSummary;
+use crate::runtime::mini::InlineJob;
 
 /// Events a job master's inbox holds at most.
 const INBOX: usize = 4096;

@@ -18,8 +18,8 @@ use corestream_netstack::{BufferPool, Doorbell, JobSpec, LocalChannel, OutputCha
 
 use super::build::{OutputEdgeRt, SideEdgeRt};
 use super::job::{JobHandle, JobMetrics, JobShared, JobView};
-use super::mini::MiniCluster;
 use super::metrics::TaskCounters;
+use super::mini::MiniCluster;
 use super::network::{self, DoneGuard, JobNetwork, LinkBuild, NetworkService, NetworkUnavailable};
 use super::slot::{SlotSettings, TaskBuild};
 use super::startup;
@@ -544,7 +544,12 @@ impl LocalCluster {
     }
 
     /// Resolves, chains and lays out a job without deploying it.
-    pub(crate) fn prepare(&self, graph: StreamGraph, exec: ExecutionConfig, name: &str) -> Result<PreparedJob, JobError> {
+    pub(crate) fn prepare(
+        &self,
+        graph: StreamGraph,
+        exec: ExecutionConfig,
+        name: &str,
+    ) -> Result<PreparedJob, JobError> {
         let (nodes, edges) = self.resolve(&graph, &exec)?;
         let jg = job_graph::build(&nodes, &edges);
         let plan = execution::plan(&jg, &self.inner.config.credit);

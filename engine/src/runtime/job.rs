@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use corestream_netstack::{BufferPool, Doorbell, PoolReservation};
 
 use super::cluster::SlotLease;
-use super::mini::Attachment;
 use super::metrics::{
     ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskPhase,
     TaskSummary,
 };
+use super::mini::Attachment;
 use super::network::NetworkDone;
 use super::slot::{self, SlotSettings, TaskBuild};
 use crate::api::sinks::PendingCommit;
@@ -357,7 +357,8 @@ impl JobHandle {
 
     pub fn is_finished(&self) -> bool {
         self.pending.is_empty()
-            && self.threads.iter().all(|t| t.is_finished()) && self.network_done.as_ref().is_none_or(|d| d.is_finished())
+            && self.threads.iter().all(|t| t.is_finished())
+            && self.network_done.as_ref().is_none_or(|d| d.is_finished())
     }
 
     /// The job's plan as printed by `explain`.

@@ -207,9 +207,7 @@ fn registration(id: TaskManagerId, slots: &LocalCluster, registry: &JobRegistry)
         id,
         hostname: "embedded".into(),
         pid: std::process::id(),
-        data_address: slots
-            .data_address()
-            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        data_address: slots.data_address().unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         slots: slots
             .slot_cpus()
             .iter()

@@ -32,8 +32,8 @@ use crate::rpc::messages::{
 };
 use crate::runtime::cluster::{LocalCluster, PartPlacement};
 use crate::runtime::job::{JobShared, JobView, StagedOutputs};
-use crate::runtime::mini::InlineJob;
 use crate::runtime::metrics::{JobResult, TaskPhase};
+use crate::runtime::mini::InlineJob;
 
 /// How often a running deployment's task states are compared with what was last reported.
 pub(crate) const STATE_POLL: Duration = Duration::from_millis(50);
@@ -202,11 +202,9 @@ pub(crate) fn start_inline(
             cluster.deploy_unlaunched(prepared, PartPlacement { slots: Some(&me.slots), ..Default::default() })
         }
         (None, _) => Err(JobError::InvalidJob(format!("job '{}' was deployed already", d.job_type))),
-        (_, None) => Err(JobError::InvalidJob(format!(
-            "deployment names participant {} of {}",
-            d.index,
-            d.participants.len()
-        ))),
+        (_, None) => {
+            Err(JobError::InvalidJob(format!("deployment names participant {} of {}", d.index, d.participants.len())))
+        }
     };
     match started {
         Ok(mut handle) => {
@@ -245,7 +243,9 @@ async fn watch_inline(
     control: Arc<DeploymentControl>,
     events: mpsc::Sender<DeploymentEvent>,
 ) {
-    let mut reported: Vec<(u32, u32, TaskPhase)> = Vec::new();
+    // The job master recorded every task as deploying; only changes are news.
+    let mut reported: Vec<(u32, u32, TaskPhase)> =
+        view.task_phases().into_iter().map(|(vertex, subtask, _)| (vertex, subtask, TaskPhase::Deploying)).collect();
     let mut last_metrics = std::time::Instant::now();
     let report_states = |reported: &mut Vec<(u32, u32, TaskPhase)>| {
         let phases = view.task_phases();

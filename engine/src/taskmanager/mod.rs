@@ -439,7 +439,16 @@ impl Control {
             }
         });
         let end = self
-            .serve(incoming, Outbound::Tcp(writer), heartbeat_timeout, interval, events_tx, events, deployments, shutdown)
+            .serve(
+                incoming,
+                Outbound::Tcp(writer),
+                heartbeat_timeout,
+                interval,
+                events_tx,
+                events,
+                deployments,
+                shutdown,
+            )
             .await;
         reader_task.abort();
         end
