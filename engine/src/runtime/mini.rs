@@ -10,7 +10,8 @@
 //! submitter's thread, so an invalid job is refused at once; the prepared job goes to the
 //! dispatcher in memory ([`InlineJob`]), whose job master takes its slots from the resource
 //! manager's table, has the TaskManager reserve them, and sends it the deployment; the
-//! TaskManager deploys the prepared job and hands the [`JobHandle`] back to the submitter. From
+//! TaskManager deploys the prepared job and hands the [`JobHandle`] back to the submitter, who
+//! starts its slot threads ([`JobHandle::launch`]). From
 //! then on the TaskManager reports the job's task states and, once its owner has joined or
 //! dropped the handle (its slots are free), the part's outcome, so the JobManager's view
 //! ([`LocalCluster::api`]) shows the job as a cluster would. An embedded job is never restarted
