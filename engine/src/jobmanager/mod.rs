@@ -6,8 +6,8 @@
 //!
 //! An embedded cluster ([`crate::LocalCluster`]) runs the same state, dispatcher and job
 //! masters without a listener, on its own thread, with one TaskManager of the same process
-//! attached over a pair of bounded channels ([`InProcessLink`]); its jobs arrive prepared, in
-//! memory, instead of by name (see [`crate::runtime::mini`]).
+//! attached over a pair of bounded channels (`InProcessLink`); its jobs arrive prepared, in
+//! memory, instead of by name (see `runtime::mini`).
 
 pub mod api;
 pub(crate) mod dispatcher;

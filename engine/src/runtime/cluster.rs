@@ -49,7 +49,7 @@ pub(crate) struct ClusterInner {
 
 /// An embedded cluster: a JobManager and one TaskManager in this process (Flink's
 /// MiniCluster). Jobs built with [`environment`](Self::environment) are scheduled, tracked and
-/// cancelled by the same JobManager and TaskManager code as a cluster's (see [`super::mini`]).
+/// cancelled by the same JobManager and TaskManager code as a cluster's (see `runtime::mini`).
 ///
 /// Inside the crate the same type is also a TaskManager's slot runtime alone (its slots, pool
 /// and network executor, with no JobManager of its own), and a JobManager's planning view.
