@@ -18,6 +18,11 @@
 //! [`JobHandle::join`] returns the [`JobResult`] (its [`JobStatus`], record counts per
 //! operator, wall time) or the [`JobError`] that ended the job.
 //!
+//! The local cluster is a JobManager and one TaskManager in this process (Flink's
+//! MiniCluster): its jobs are scheduled, tracked and cancelled by the same code as a cluster's
+//! ([`jobmanager`], [`taskmanager`]), and [`LocalCluster::api`] shows them as a cluster's REST
+//! API would (TaskManagers and slots, jobs with their vertices and task states, results).
+//!
 //! ```
 //! use corestream::prelude::*;
 //!

@@ -13,11 +13,13 @@ use super::api::{
     ApiError, ApiErrorCode, ClusterApi, ClusterOverview, JobDetails, JobExecutionResult, JobOverview, JobState,
     JobTypeInfo, SlotInfo, SubmitRequest, SubmitResponse, SubtaskInfo, TaskCounts, TaskManagerInfo, VertexInfo,
 };
-use super::job_master::{self, JobEvent};
+use super::job_master::{self, Inline, JobEvent};
 use super::state::{now_ms, JobEntry, TmEntry};
-use super::Jm;
+use super::{Jm, NoRestart};
 use crate::rpc::ids::{JobId, TaskManagerId};
 use crate::rpc::messages::TaskState;
+use crate::runtime::cluster::PlanSummary;
+use crate::runtime::mini::InlineJob;
 
 /// Events a job master's inbox holds at most.
 const INBOX: usize = 4096;
@@ -135,6 +137,71 @@ fn vertices(j: &JobEntry) -> Vec<VertexInfo> {
         .collect()
 }
 
+impl Dispatcher {
+    /// Records a job and starts its job master.
+    fn start_job(
+        &self,
+        id: JobId,
+        job_type: String,
+        args: Vec<String>,
+        parallelism: u32,
+        restarts: Box<dyn job_master::Restarts>,
+        inline: Option<Inline>,
+    ) {
+        let (inbox_tx, inbox) = mpsc::channel::<JobEvent>(INBOX);
+        {
+            let mut state = self.jm.lock();
+            let seq = state.seq();
+            state.jobs.insert(
+                id,
+                JobEntry {
+                    job_type: job_type.clone(),
+                    args,
+                    parallelism,
+                    state: JobState::Created,
+                    start_ms: now_ms(),
+                    end_ms: None,
+                    started: Instant::now(),
+                    ended: None,
+                    attempts: 0,
+                    failure: None,
+                    exceptions: Default::default(),
+                    all_running_after: None,
+                    plan: String::new(),
+                    vertices: Vec::new(),
+                    tasks: BTreeMap::new(),
+                    metrics: BTreeMap::new(),
+                    outcome: None,
+                    inbox: inbox_tx,
+                    seq,
+                },
+            );
+            let ended: Vec<(u64, JobId)> =
+                state.jobs.iter().filter(|(_, j)| j.state.is_terminal()).map(|(id, j)| (j.seq, *id)).collect();
+            if ended.len() > ENDED_JOBS_MAX {
+                let mut ended = ended;
+                ended.sort();
+                for (_, old) in ended.iter().take(ended.len() - ENDED_JOBS_MAX) {
+                    state.jobs.remove(old);
+                }
+            }
+        }
+        if inline.is_some() {
+            tracing::debug!(job = %id, %job_type, parallelism, "embedded job submitted");
+        } else {
+            tracing::info!(job = %id, %job_type, parallelism, "job submitted");
+        }
+        self.runtime.spawn(job_master::run(self.jm.clone(), id, inbox, restarts, inline));
+    }
+
+    /// Runs an embedded job, prepared by its submitter and handed to the TaskManager in memory
+    /// (see [`crate::runtime::mini`]). It is never restarted: its closures may not run twice.
+    pub(crate) fn submit_inline(&self, id: JobId, parallelism: u32, plan: PlanSummary, job: InlineJob) {
+        let name = job.name().to_string();
+        self.start_job(id, name, Vec::new(), parallelism, Box::new(NoRestart), Some(Inline { plan, job }));
+    }
+}
+
 impl ClusterApi for Dispatcher {
     fn overview(&self) -> ClusterOverview {
         let state = self.jm.lock();
@@ -192,47 +259,8 @@ impl ClusterApi for Dispatcher {
         };
         job_master::validate(&self.jm, &request.job, &request.args, parallelism).map_err(ApiError::bad_request)?;
         let id = JobId::random();
-        let (inbox_tx, inbox) = mpsc::channel::<JobEvent>(INBOX);
-        {
-            let mut state = self.jm.lock();
-            let seq = state.seq();
-            state.jobs.insert(
-                id,
-                JobEntry {
-                    job_type: request.job.clone(),
-                    args: request.args.clone(),
-                    parallelism,
-                    state: JobState::Created,
-                    start_ms: now_ms(),
-                    end_ms: None,
-                    started: Instant::now(),
-                    ended: None,
-                    attempts: 0,
-                    failure: None,
-                    exceptions: Default::default(),
-                    all_running_after: None,
-                    plan: String::new(),
-                    vertices: Vec::new(),
-                    tasks: BTreeMap::new(),
-                    metrics: BTreeMap::new(),
-                    outcome: None,
-                    inbox: inbox_tx,
-                    seq,
-                },
-            );
-            let ended: Vec<(u64, JobId)> =
-                state.jobs.iter().filter(|(_, j)| j.state.is_terminal()).map(|(id, j)| (j.seq, *id)).collect();
-            if ended.len() > ENDED_JOBS_MAX {
-                let mut ended = ended;
-                ended.sort();
-                for (_, old) in ended.iter().take(ended.len() - ENDED_JOBS_MAX) {
-                    state.jobs.remove(old);
-                }
-            }
-        }
-        tracing::info!(job = %id, job_type = %request.job, parallelism, "job submitted");
         let restarts = (self.jm.settings.restarts)();
-        self.runtime.spawn(job_master::run(self.jm.clone(), id, inbox, restarts));
+        self.start_job(id, request.job, request.args, parallelism, restarts, None);
         Ok(SubmitResponse { jobid: id })
     }
 

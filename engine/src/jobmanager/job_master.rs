@@ -8,6 +8,11 @@
 //! exist a restart reruns the job from its beginning. Each failed attempt goes into the job's
 //! exception history (`GET /v1/jobs/{id}`) with the time the job master learned of it — for a
 //! lost TaskManager, the moment the JobManager removed it — and the TaskManager to blame.
+//!
+//! An embedded job ([`Inline`]) goes through the same steps with three differences: its plan
+//! comes from its submitter (no build by name), it does not wait for slots (its submitter gets
+//! [`JobError::NotEnoughSlots`] at once, as embedding always did), and it has no commit round:
+//! its owner joins the handle the TaskManager gave it and commits what its sinks staged.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use super::api::{JobException, JobOutcome, JobState, OperatorCounts, PartSummary
 use super::scheduler::FreeSlots;
 use super::state::now_ms;
 use super::Jm;
+use crate::error::JobError;
 use crate::graph::execution::SlotSplit;
 use crate::registry::{merge_accumulators, JobContext, JobSignals};
 use crate::rpc::ids::{DeploymentKey, JobId, TaskManagerId};
@@ -46,6 +52,13 @@ pub trait Restarts: Send {
 /// How long TaskManagers may take to confirm a slot reservation, and parts to stop after a
 /// cancellation, and TaskManagers to report a commit.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An embedded job as its job master holds it.
+pub(crate) struct Inline {
+    /// Its plan over one TaskManager, computed by its submitter.
+    pub plan: crate::runtime::cluster::PlanSummary,
+    pub job: crate::runtime::mini::InlineJob,
+}
 
 /// How an attempt ended.
 enum AttemptEnd {
@@ -95,7 +108,13 @@ struct Part {
     committed: bool,
 }
 
-pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEvent>, mut restarts: Box<dyn Restarts>) {
+pub(crate) async fn run(
+    jm: Arc<Jm>,
+    job: JobId,
+    mut inbox: mpsc::Receiver<JobEvent>,
+    mut restarts: Box<dyn Restarts>,
+    inline: Option<Inline>,
+) {
     let mut attempt = 0u32;
     loop {
         jm.update_job(job, |j| {
@@ -104,7 +123,7 @@ pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEv
             j.metrics.clear();
             j.all_running_after = None;
         });
-        let end = run_attempt(&jm, job, attempt, &mut inbox).await;
+        let end = run_attempt(&jm, job, attempt, &mut inbox, inline.as_ref()).await;
         let (state, failure, outcome) = match end {
             AttemptEnd::Finished(outcome) => (JobState::Finished, None, Some(outcome)),
             AttemptEnd::Cancelled => (JobState::Cancelled, None, None),
@@ -136,6 +155,14 @@ pub(crate) async fn run(jm: Arc<Jm>, job: JobId, mut inbox: mpsc::Receiver<JobEv
                 }
             }
         };
+        if let Some(inline) = inline.as_ref().filter(|_| state != JobState::Finished) {
+            // Its submitter is still waiting if the job ended before it was deployed.
+            inline.job.reply(Err(match (&failure, state) {
+                (_, JobState::Cancelled) => JobError::Cancelled,
+                (Some(f), _) => JobError::InvalidJob(format!("job '{}' could not be deployed: {f}", inline.job.name())),
+                (None, _) => JobError::InvalidJob(format!("job '{}' ended before it was deployed", inline.job.name())),
+            }));
+        }
         let failure_text = failure.clone();
         jm.update_job(job, move |j| {
             j.state = state;
@@ -180,19 +207,29 @@ async fn wait_or_cancel(inbox: &mut mpsc::Receiver<JobEvent>, delay: Duration) -
     }
 }
 
-async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::Receiver<JobEvent>) -> AttemptEnd {
+async fn run_attempt(
+    jm: &Arc<Jm>,
+    job: JobId,
+    attempt: u32,
+    inbox: &mut mpsc::Receiver<JobEvent>,
+    inline: Option<&Inline>,
+) -> AttemptEnd {
     let Some((job_type, args, parallelism)) = jm.with_job(job, |j| (j.job_type.clone(), j.args.clone(), j.parallelism))
     else {
         return AttemptEnd::Failed(Failure::now("the job vanished from the dispatcher", false));
     };
     jm.update_job(job, |j| j.state = JobState::Created);
-    let needed = match jm.plan(&job_type, &args, parallelism, &SlotSplit::even(parallelism.max(1), 1)) {
-        Ok(plan) => plan.slots_needed,
-        Err(message) => return AttemptEnd::Failed(Failure::now(message, false)),
+    let needed = match inline {
+        Some(inline) => inline.plan.slots_needed,
+        None => match jm.plan(&job_type, &args, parallelism, &SlotSplit::even(parallelism.max(1), 1)) {
+            Ok(plan) => plan.slots_needed,
+            Err(message) => return AttemptEnd::Failed(Failure::now(message, false)),
+        },
     };
 
     // Slots: wait until enough are free, then take them in the table.
-    let deadline = tokio::time::Instant::now() + jm.settings.slot_request_timeout;
+    let slot_wait = if inline.is_some() { Duration::ZERO } else { jm.settings.slot_request_timeout };
+    let deadline = tokio::time::Instant::now() + slot_wait;
     let chosen: Vec<FreeSlots> = loop {
         let notified = jm.slots_changed.notified();
         if let Some(chosen) = jm.take_slots(job, needed) {
@@ -202,6 +239,9 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
             _ = notified => {}
             _ = tokio::time::sleep_until(deadline) => {
                 let (free, total) = jm.slot_counts();
+                if let Some(inline) = inline {
+                    inline.job.reply(Err(JobError::NotEnoughSlots { needed, free, total }));
+                }
                 return AttemptEnd::Failed(Failure::now(
                     format!(
                         "could not get {needed} slot(s) within slot.request.timeout ({:?}): {free} of {total} slot(s) \
@@ -267,7 +307,11 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
 
     // The plan over this split, and the descriptors.
     let split = SlotSplit::from_counts(&parts.iter().map(|p| p.slots.len() as u32).collect::<Vec<_>>());
-    let plan = match jm.plan(&job_type, &args, parallelism, &split) {
+    let planned = match inline {
+        Some(inline) => Ok(inline.plan.clone()),
+        None => jm.plan(&job_type, &args, parallelism, &split),
+    };
+    let plan = match planned {
         Ok(plan) => plan,
         Err(message) => {
             release(jm, job, allocation, &parts);
@@ -314,10 +358,15 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
             participants: participants.clone(),
             index: i as u32,
             allocation,
+            inline: inline.map(|i| i.job.clone()),
         };
         jm.send(p.tm, JmMessage::Deploy(Box::new(descriptor)));
     }
-    tracing::info!(%job, %deployment, attempt, taskmanagers = parts.len(), "job deployed");
+    if inline.is_some() {
+        tracing::debug!(%job, %deployment, "embedded job deployed");
+    } else {
+        tracing::info!(%job, %deployment, attempt, taskmanagers = parts.len(), "job deployed");
+    }
 
     // Track the parts.
     let mut failure: Option<Failure> = None;
@@ -366,7 +415,11 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
                         }
                     });
                     if all_running && !signals.contains_key(JobSignals::ALL_RUNNING) {
-                        tracing::info!(%job, %deployment, "all tasks running");
+                        if inline.is_some() {
+                            tracing::debug!(%job, %deployment, "all tasks running");
+                        } else {
+                            tracing::info!(%job, %deployment, "all tasks running");
+                        }
                         signals.insert(JobSignals::ALL_RUNNING.to_string(), 1);
                         broadcast(&signals);
                     }
@@ -424,13 +477,15 @@ async fn run_attempt(jm: &Arc<Jm>, job: JobId, attempt: u32, inbox: &mut mpsc::R
         };
     }
 
-    // Every part finished: commit everywhere.
-    for p in &parts {
-        jm.send(p.tm, JmMessage::Commit { deployment });
+    // Every part finished: commit everywhere (an embedded job's owner commits its own).
+    if inline.is_none() {
+        for p in &parts {
+            jm.send(p.tm, JmMessage::Commit { deployment });
+        }
     }
     let commit_deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
     let mut commit_error = None;
-    while parts.iter().any(|p| !p.committed) {
+    while inline.is_none() && parts.iter().any(|p| !p.committed) {
         match tokio::time::timeout_at(commit_deadline, inbox.recv()).await {
             Err(_) => {
                 commit_error = Some("TaskManagers did not confirm the commit in time".to_string());

@@ -3,9 +3,14 @@
 //! one job master per job (slot requests, deployment, task states, restarts, the commit of a
 //! finished job's output). It runs on tokio threads of its own (`cs-jm`); TaskManagers reach it
 //! over the control plane of [`crate::rpc`].
+//!
+//! An embedded cluster ([`crate::LocalCluster`]) runs the same state, dispatcher and job
+//! masters without a listener, on its own thread, with one TaskManager of the same process
+//! attached over a pair of bounded channels (`InProcessLink`); its jobs arrive prepared, in
+//! memory, instead of by name (see `runtime::mini`).
 
 pub mod api;
-mod dispatcher;
+pub(crate) mod dispatcher;
 mod job_master;
 pub mod rest;
 pub mod restart;
@@ -28,7 +33,7 @@ use crate::error::StartupError;
 use crate::graph::execution::SlotSplit;
 use crate::registry::JobRegistry;
 use crate::rpc::ids::{DeploymentKey, JobId, TaskManagerId};
-use crate::rpc::messages::JmMessage;
+use crate::rpc::messages::{JmMessage, Registration, TmMessage};
 use crate::runtime::cluster::PlanSummary;
 
 /// Makes the restart strategy of each new job.
@@ -144,16 +149,7 @@ impl JobManager {
             .enable_all()
             .build()
             .map_err(|e| StartupError::InvalidConfig(format!("cannot start the JobManager's threads: {e}")))?;
-        let session = u64::from_le_bytes(crate::auth::nonce()[..8].try_into().expect("8 bytes"));
-        let jm = Arc::new(Jm {
-            settings,
-            registry,
-            state: Mutex::new(State::default()),
-            slots_changed: Notify::new(),
-            closing: std::sync::atomic::AtomicBool::new(false),
-            session,
-            cluster_token: crate::auth::nonce(),
-        });
+        let jm = Jm::new(settings, registry);
         {
             let _guard = runtime.enter();
             let listener = tokio::net::TcpListener::from_std(listener)
@@ -204,7 +200,100 @@ impl Drop for JobManager {
     }
 }
 
+/// An in-process TaskManager's end of its link to the JobManager: the same messages as over a
+/// connection, in bounded channels.
+pub(crate) struct InProcessLink {
+    /// What the JobManager sends it.
+    pub to_tm: mpsc::Receiver<JmMessage>,
+    /// What it sends the JobManager.
+    pub from_tm: mpsc::Sender<TmMessage>,
+}
+
+/// Messages queued in either direction of an in-process link, at most (as a connection's).
+const IN_PROCESS_QUEUE: usize = 4096;
+
 impl Jm {
+    fn new(settings: JobManagerConfig, registry: JobRegistry) -> Arc<Self> {
+        Arc::new(Jm {
+            settings,
+            registry,
+            state: Mutex::new(State::default()),
+            slots_changed: Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            session: u64::from_le_bytes(crate::auth::nonce()[..8].try_into().expect("8 bytes")),
+            cluster_token: crate::auth::nonce(),
+        })
+    }
+
+    /// The JobManager of an embedded cluster: no listener; the heartbeat monitor runs on
+    /// `runtime` (which its owner drives).
+    pub(crate) fn embedded(
+        settings: JobManagerConfig,
+        registry: JobRegistry,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, StartupError> {
+        if settings.heartbeat_interval.is_zero() || settings.heartbeat_timeout <= settings.heartbeat_interval {
+            return Err(StartupError::InvalidConfig(format!(
+                "heartbeat.timeout ({:?}) must be longer than heartbeat.interval ({:?}), which must be positive",
+                settings.heartbeat_timeout, settings.heartbeat_interval
+            )));
+        }
+        let jm = Self::new(settings, registry);
+        runtime.spawn(server::heartbeats(jm.clone()));
+        Ok(jm)
+    }
+
+    pub(crate) fn settings(&self) -> &JobManagerConfig {
+        &self.settings
+    }
+
+    /// Registers a TaskManager of this process: its messages are routed to the job masters as a
+    /// connection's are (from a task on `runtime`), and it is removed when it drops its end.
+    pub(crate) fn attach_in_process(
+        self: &Arc<Self>,
+        registration: Registration,
+        runtime: &tokio::runtime::Handle,
+    ) -> InProcessLink {
+        let id = registration.id;
+        let (tx, to_tm) = mpsc::channel::<JmMessage>(IN_PROCESS_QUEUE);
+        let (from_tm, mut messages) = mpsc::channel::<TmMessage>(IN_PROCESS_QUEUE);
+        let jm = self.clone();
+        let router = runtime.spawn(async move {
+            while let Some(message) = messages.recv().await {
+                // Waiting for room in a job master's inbox holds the TaskManager's messages back.
+                if let Some((inbox, event)) = jm.route(id, message) {
+                    let _ = inbox.send(event).await;
+                }
+            }
+            jm.remove_tm(id, "the in-process TaskManager stopped");
+        });
+        tracing::debug!(tm = %id, slots = registration.slots.len(), "in-process TaskManager registered");
+        self.insert_tm(TmEntry {
+            slot_jobs: vec![None; registration.slots.len()],
+            registration,
+            tx,
+            last_heartbeat: std::time::Instant::now(),
+            registered_at_ms: state::now_ms(),
+            seq: 0,
+            connection: router.abort_handle(),
+            data_plane: None,
+        });
+        InProcessLink { to_tm, from_tm }
+    }
+
+    /// Says that the TaskManagers are about to be stopped on purpose.
+    pub(crate) fn set_closing(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Frees every slot `job` holds in the table, at once (an embedded job's TaskManager does
+    /// so the moment its owner releases them, before the part's end reaches the job master,
+    /// so that a job submitted right after finds them free).
+    pub(crate) fn release_job_slots(&self, job: JobId) {
+        self.lock().release_slots(job, None);
+        self.slots_changed.notify_waiters();
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -179,7 +179,7 @@ pub(crate) async fn heartbeats(jm: Arc<Jm>) {
 
 impl Jm {
     /// The job master a message of TaskManager `tm` concerns, with the event for it.
-    fn route(&self, tm: TaskManagerId, message: TmMessage) -> Option<(mpsc::Sender<JobEvent>, JobEvent)> {
+    pub(super) fn route(&self, tm: TaskManagerId, message: TmMessage) -> Option<(mpsc::Sender<JobEvent>, JobEvent)> {
         let mut state = self.lock();
         if let Some(t) = state.tms.get_mut(&tm) {
             t.last_heartbeat = Instant::now();

@@ -364,6 +364,10 @@ pub struct DeploymentDescriptor {
     pub index: u32,
     /// The slot allocation the deployment uses.
     pub allocation: u64,
+    /// An embedded cluster's job, handed to its in-process TaskManager in memory instead of
+    /// being built by name; never serialized (a TaskManager process gets `None`).
+    #[serde(skip)]
+    pub(crate) inline: Option<crate::runtime::mini::InlineJob>,
 }
 
 /// JobManager → TaskManager.

@@ -17,10 +17,11 @@ use corestream_netstack::remote::LocalIdentity;
 use corestream_netstack::{BufferPool, Doorbell, JobSpec, LocalChannel, OutputChannel, PeerAddress, PlaneStats};
 
 use super::build::{OutputEdgeRt, SideEdgeRt};
-use super::job::{JobHandle, JobMetrics, JobShared};
+use super::job::{JobHandle, JobMetrics, JobShared, JobView};
 use super::metrics::TaskCounters;
+use super::mini::MiniCluster;
 use super::network::{self, DoneGuard, JobNetwork, LinkBuild, NetworkService, NetworkUnavailable};
-use super::slot::{self, SlotSettings, TaskBuild};
+use super::slot::{SlotSettings, TaskBuild};
 use super::startup;
 use super::topology::Topology;
 use crate::api::env::StreamEnvironment;
@@ -46,10 +47,18 @@ pub(crate) struct ClusterInner {
     planning_slots: Option<u32>,
 }
 
-/// An embedded cluster.
+/// An embedded cluster: a JobManager and one TaskManager in this process (Flink's
+/// MiniCluster). Jobs built with [`environment`](Self::environment) are scheduled, tracked and
+/// cancelled by the same JobManager and TaskManager code as a cluster's (see `runtime::mini`).
+///
+/// Inside the crate the same type is also a TaskManager's slot runtime alone (its slots, pool
+/// and network executor, with no JobManager of its own), and a JobManager's planning view.
 #[derive(Clone)]
 pub struct LocalCluster {
     pub(crate) inner: Arc<ClusterInner>,
+    /// The in-process JobManager and TaskManager of an embedded cluster; `None` for a
+    /// TaskManager's slot runtime, a planner and an application-mode process.
+    mini: Option<Arc<MiniCluster>>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -91,23 +100,93 @@ pub(crate) struct PartPlacement<'a> {
 pub(crate) struct SlotLease {
     cluster: Arc<ClusterInner>,
     slots: Vec<u32>,
+    /// Runs once the slots are free (an embedded job's TaskManager reports its part's end).
+    pub(crate) on_release: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl Drop for SlotLease {
     fn drop(&mut self) {
-        let mut busy = self.cluster.busy.lock().unwrap_or_else(|e| e.into_inner());
-        for s in &self.slots {
-            busy[*s as usize] = false;
+        {
+            let mut busy = self.cluster.busy.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &self.slots {
+                busy[*s as usize] = false;
+            }
+        }
+        if let Some(hook) = self.on_release.take() {
+            hook();
+        }
+    }
+}
+
+/// A job resolved, chained and laid out, not yet deployed: what an embedded cluster's
+/// submitter hands its JobManager and TaskManager in memory.
+pub(crate) struct PreparedJob {
+    graph: StreamGraph,
+    exec: ExecutionConfig,
+    name: String,
+    nodes: Vec<NodeDesc>,
+    jg: job_graph::JobGraph,
+    plan: execution::ExecutionPlan,
+    plan_text: String,
+}
+
+impl PreparedJob {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its default parallelism (the slots it needs unless set).
+    pub(crate) fn parallelism(&self) -> u32 {
+        self.exec.parallelism.unwrap_or(self.plan.slots_needed)
+    }
+
+    /// Job slots it needs: its highest parallelism.
+    pub(crate) fn slots_needed(&self) -> u32 {
+        self.plan.slots_needed
+    }
+
+    /// Its plan as a JobManager sees it when it runs over `split`.
+    pub(crate) fn summary(&self, credit: &corestream_netstack::CreditConfig, split: &SlotSplit) -> PlanSummary {
+        PlanSummary {
+            fingerprint: execution::fingerprint(
+                &self.plan_text,
+                &self.plan,
+                &self.name,
+                credit,
+                split.count(),
+                split.total(),
+            ),
+            slots_needed: self.plan.slots_needed,
+            vertices: self
+                .jg
+                .vertices
+                .iter()
+                .map(|v| VertexSummary { name: v.name.clone(), parallelism: v.parallelism, nodes: v.nodes.clone() })
+                .collect(),
+            text: self.plan_text.clone(),
         }
     }
 }
 
 impl LocalCluster {
-    /// Starts a cluster after checking the machine (io_uring, locked-memory limit). With a
-    /// [`Distribution`] it is one TaskManager of several: it
-    /// checks the distribution and the network settings, and binds its data address unless a
-    /// listener is given.
+    /// Starts a cluster after checking the machine (io_uring, locked-memory limit): a
+    /// JobManager and one TaskManager in this process. With a [`Distribution`] it is one
+    /// TaskManager of several in application mode instead: it checks the distribution and the
+    /// network settings, binds its data address unless a listener is given, and runs its share
+    /// of each job directly.
     pub fn start(config: ClusterConfig) -> Result<Self, StartupError> {
+        let embedded = config.distribution.is_none() && config.data_listener.is_none();
+        let runtime = Self::start_runtime(config)?;
+        if !embedded {
+            return Ok(runtime);
+        }
+        let mini = MiniCluster::start(runtime.clone())?;
+        Ok(Self { inner: runtime.inner, mini: Some(mini) })
+    }
+
+    /// Starts the slot runtime alone (what a TaskManager wraps): slots, pool and, with a data
+    /// listener or a distribution, the network executor.
+    pub(crate) fn start_runtime(config: ClusterConfig) -> Result<Self, StartupError> {
         let topology = Topology::detect();
         let local = match &config.distribution {
             Some(d) => {
@@ -193,6 +272,7 @@ impl LocalCluster {
                 config,
                 planning_slots: None,
             }),
+            mini: None,
         })
     }
 
@@ -211,7 +291,17 @@ impl LocalCluster {
                 config,
                 planning_slots: Some(slots.max(1)),
             }),
+            mini: None,
         }
+    }
+
+    /// The embedded JobManager's operations (what a cluster's REST API serves): its
+    /// TaskManager with its slots, the jobs with their states, vertices and results, cancel.
+    /// `None` for a process of an application-mode [`Distribution`], which has no JobManager.
+    /// Jobs are submitted by name only to a cluster runtime's JobManager: this one runs the
+    /// jobs of [`environment`](Self::environment).
+    pub fn api(&self) -> Option<Arc<dyn crate::jobmanager::api::ClusterApi>> {
+        self.mini.as_ref().map(|m| m.api())
     }
 
     /// A cluster with default settings (one slot per physical core).
@@ -278,7 +368,7 @@ impl LocalCluster {
         for s in &slots {
             busy[*s as usize] = true;
         }
-        Ok(SlotLease { cluster: self.inner.clone(), slots })
+        Ok(SlotLease { cluster: self.inner.clone(), slots, on_release: None })
     }
 
     /// Leases exactly `slots` (a TaskManager deploying what its JobManager allocated).
@@ -296,7 +386,7 @@ impl LocalCluster {
         for s in slots {
             busy[*s as usize] = true;
         }
-        Ok(SlotLease { cluster: self.inner.clone(), slots: slots.to_vec() })
+        Ok(SlotLease { cluster: self.inner.clone(), slots: slots.to_vec(), on_release: None })
     }
 
     /// Which of this TaskManager's slots are free.
@@ -397,9 +487,19 @@ impl LocalCluster {
     /// Deploys a job and returns at once. In distributed mode only the tasks of this
     /// TaskManager's job slots are deployed; channels to tasks elsewhere cross the connection to
     /// their TaskManager.
+    ///
+    /// On an embedded cluster the job is prepared here (so an invalid job is refused at once),
+    /// then scheduled by the JobManager and deployed by the TaskManager, which hands the handle
+    /// back.
     pub(crate) fn submit(&self, graph: StreamGraph, exec: ExecutionConfig, name: &str) -> Result<JobHandle, JobError> {
-        let distribution = self.inner.config.distribution.clone();
-        self.submit_part(graph, exec, name, PartPlacement { distribution: distribution.as_ref(), ..Default::default() })
+        let prepared = self.prepare(graph, exec, name)?;
+        match &self.mini {
+            Some(mini) => mini.submit(prepared),
+            None => {
+                let distribution = self.inner.config.distribution.clone();
+                self.deploy(prepared, PartPlacement { distribution: distribution.as_ref(), ..Default::default() })
+            }
+        }
     }
 
     /// What a JobManager needs to know of a job's plan when it runs over `split`: the
@@ -439,11 +539,43 @@ impl LocalCluster {
         name: &str,
         placement: PartPlacement<'_>,
     ) -> Result<JobHandle, JobError> {
+        let prepared = self.prepare(graph, exec, name)?;
+        self.deploy(prepared, placement)
+    }
+
+    /// Resolves, chains and lays out a job without deploying it.
+    pub(crate) fn prepare(
+        &self,
+        graph: StreamGraph,
+        exec: ExecutionConfig,
+        name: &str,
+    ) -> Result<PreparedJob, JobError> {
         let (nodes, edges) = self.resolve(&graph, &exec)?;
         let jg = job_graph::build(&nodes, &edges);
-        let credit = self.inner.config.credit;
-        let plan = execution::plan(&jg, &credit);
+        let plan = execution::plan(&jg, &self.inner.config.credit);
         let plan_text = explain::render(&jg, &plan);
+        Ok(PreparedJob { graph, exec, name: name.to_string(), nodes, jg, plan, plan_text })
+    }
+
+    /// Deploys this TaskManager's share of a prepared job (see [`submit_part`](Self::submit_part))
+    /// and starts its slot threads.
+    pub(crate) fn deploy(&self, prepared: PreparedJob, placement: PartPlacement<'_>) -> Result<JobHandle, JobError> {
+        let mut handle = self.deploy_unlaunched(prepared, placement)?;
+        handle.launch();
+        Ok(handle)
+    }
+
+    /// Deploys like [`deploy`](Self::deploy) up to the slot threads, which
+    /// [`JobHandle::launch`] starts (an embedded job's submitter does, once the TaskManager
+    /// has handed it the handle, so a new thread does not delay the hand-over).
+    pub(crate) fn deploy_unlaunched(
+        &self,
+        prepared: PreparedJob,
+        placement: PartPlacement<'_>,
+    ) -> Result<JobHandle, JobError> {
+        let PreparedJob { graph, exec, name, nodes, jg, plan, plan_text } = prepared;
+        let name = name.as_str();
+        let credit = self.inner.config.credit;
         let distribution = placement.distribution;
         let (tm, count, total_slots) = match distribution {
             Some(d) if plan.slots_needed > d.total_slots => {
@@ -665,36 +797,37 @@ impl LocalCluster {
         };
         tracing::info!(job = name, tasks = metrics.tasks.len(), buffers = buffers_needed, peers, "deploying job");
         let started = Instant::now();
-        let mut threads = Vec::new();
-        for (i, tasks) in per_slot.into_iter().enumerate() {
-            let slot = lease.slots[i];
-            let settings = SlotSettings {
-                slot,
-                cpu: self.inner.slot_cpus[slot as usize],
-                io_memory_bytes: self.inner.config.io_memory_bytes,
-                preempt_timer: self.inner.config.preempt_timer,
-                spin_before_park: self.inner.config.spin_before_park,
-            };
-            match slot::spawn(settings, tasks, shared.clone()) {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    shared.fail(JobError::SlotStart { slot, message: e.to_string() });
-                    break;
-                }
-            }
-        }
+        let pending = per_slot
+            .into_iter()
+            .enumerate()
+            .map(|(i, tasks)| {
+                let slot = lease.slots[i];
+                let settings = SlotSettings {
+                    slot,
+                    cpu: self.inner.slot_cpus[slot as usize],
+                    io_memory_bytes: self.inner.config.io_memory_bytes,
+                    preempt_timer: self.inner.config.preempt_timer,
+                    spin_before_park: self.inner.config.spin_before_park,
+                };
+                (settings, tasks)
+            })
+            .collect();
         Ok(JobHandle {
-            shared,
-            threads,
-            started,
-            metrics,
-            plan: plan_text,
-            buffers_reserved: buffers_needed,
-            network: summaries,
+            view: Arc::new(JobView {
+                shared,
+                started,
+                metrics,
+                plan: plan_text,
+                buffers_reserved: buffers_needed,
+                network: summaries,
+                pool: self.inner.pool.clone(),
+            }),
+            threads: Vec::new(),
+            pending,
             network_done,
-            pool: self.inner.pool.clone(),
             _reservation: reservation,
             _slots: lease,
+            attachment: None,
         })
     }
 }

@@ -16,7 +16,9 @@ use super::metrics::{
     ConnectionSummary, JobResult, JobStatus, JobWarning, LatencySummary, OperatorSummary, TaskCounters, TaskPhase,
     TaskSummary,
 };
+use super::mini::Attachment;
 use super::network::NetworkDone;
+use super::slot::{self, SlotSettings, TaskBuild};
 use crate::api::sinks::PendingCommit;
 use crate::error::{JobError, TaskError};
 use crate::operators::OperatorMetrics;
@@ -187,6 +189,7 @@ impl StagedOutputs {
 }
 
 /// Live counters of a job, for results and progress.
+#[derive(Clone)]
 pub(crate) struct JobMetrics {
     /// (node id, name, parallelism, per-subtask metrics)
     pub operators: Vec<(usize, String, u32, Vec<Arc<OperatorMetrics>>)>,
@@ -196,96 +199,44 @@ pub(crate) struct JobMetrics {
     pub task_vertices: Vec<u32>,
 }
 
-/// A submitted job.
-pub struct JobHandle {
-    pub(crate) shared: Arc<JobShared>,
-    pub(crate) threads: Vec<JoinHandle<()>>,
-    pub(crate) started: Instant,
-    pub(crate) metrics: JobMetrics,
-    pub(crate) plan: String,
-    pub(crate) buffers_reserved: u32,
+/// What can be read of a deployed job without owning it: its control block and counters. The
+/// [`JobHandle`] reads its results through it, and so does the TaskManager that watches an
+/// embedded job whose handle its owner holds.
+pub(crate) struct JobView {
+    pub shared: Arc<JobShared>,
+    pub started: Instant,
+    pub metrics: JobMetrics,
+    pub plan: String,
+    pub buffers_reserved: u32,
     /// The job's links to other TaskManagers, reported by the network executor as they end.
-    pub(crate) network: Arc<Mutex<Vec<ConnectionSummary>>>,
-    /// Set once every link has ended; `None` when the job has no task elsewhere.
-    pub(crate) network_done: Option<Arc<NetworkDone>>,
-    pub(crate) pool: BufferPool,
-    pub(crate) _reservation: PoolReservation,
-    pub(crate) _slots: SlotLease,
+    pub network: Arc<Mutex<Vec<ConnectionSummary>>>,
+    pub pool: BufferPool,
 }
 
-impl std::fmt::Debug for JobHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobHandle").field("job", &self.shared.name).finish_non_exhaustive()
-    }
-}
-
-impl JobHandle {
-    /// Asks every task to stop; `join` then returns a result with status `Cancelled`.
-    pub fn cancel(&self) {
-        self.shared.cancel();
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(|t| t.is_finished()) && self.network_done.as_ref().is_none_or(|d| d.is_finished())
-    }
-
-    /// The job's plan as printed by `explain`.
-    pub fn plan(&self) -> &str {
-        &self.plan
-    }
-
-    /// Cancels the job from another thread without owning its handle.
-    pub(crate) fn canceller(&self) -> Arc<JobShared> {
-        self.shared.clone()
-    }
-
+impl JobView {
     /// (vertex, subtask, phase) of every task of this process, in deployment order.
-    pub fn task_phases(&self) -> Vec<(u32, u32, TaskPhase)> {
+    pub(crate) fn task_phases(&self) -> Vec<(u32, u32, TaskPhase)> {
         let tasks = self.metrics.tasks.iter().zip(&self.metrics.task_vertices);
         tasks.map(|((_, subtask, _, c), vertex)| (*vertex, *subtask, c.phase())).collect()
     }
 
     /// Counters so far.
-    pub fn snapshot(&self) -> JobResult {
+    pub(crate) fn snapshot(&self) -> JobResult {
         self.result(JobStatus::Finished, self.started.elapsed())
     }
 
-    /// Waits for the job to end. When it has succeeded, commits what its sinks staged (a
-    /// failure to commit fails the job); when it failed or was cancelled, discards it.
-    pub fn join(self) -> Result<JobResult, JobError> {
-        let (result, staged) = self.join_staged()?;
-        staged.commit()?;
-        Ok(result)
-    }
-
-    /// Waits for the job to end like [`join`](Self::join) but leaves what its sinks staged to
-    /// the caller, who commits it once more than this job has succeeded (the other processes
-    /// running the same job, say) or drops it to discard it.
-    pub fn join_staged(mut self) -> Result<(JobResult, StagedOutputs), JobError> {
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                self.shared.fail(JobError::InvalidJob("a slot thread panicked outside any task".into()));
-            }
-        }
-        // The links end once the tasks have (or the job was cancelled, which they follow).
-        if let Some(done) = &self.network_done {
-            done.wait();
-        }
+    /// How the job ended, once every task has: its first failure, else cancelled or finished,
+    /// with the counters and the wall time up to the end of its last slot thread.
+    pub(crate) fn outcome(&self) -> Result<JobResult, JobError> {
         let ended = self.shared.ended_at().unwrap_or_else(Instant::now);
         let wall = ended.saturating_duration_since(self.started);
-        let staged = StagedOutputs {
-            job: self.shared.name.clone(),
-            outputs: std::mem::take(&mut *self.shared.commits.lock().unwrap_or_else(|e| e.into_inner())),
-        };
         if let Some(err) = self.shared.failure() {
             return Err(err);
         }
         if self.shared.user_cancelled.load(Ordering::Acquire) {
-            // Staged output of a cancelled job is discarded, never committed.
-            drop(staged);
-            return Ok((self.result(JobStatus::Cancelled, wall), StagedOutputs::default()));
+            return Ok(self.result(JobStatus::Cancelled, wall));
         }
-        Ok((self.result(JobStatus::Finished, wall), staged))
+        Ok(self.result(JobStatus::Finished, wall))
     }
 
     fn result(&self, status: JobStatus, wall_time: Duration) -> JobResult {
@@ -342,9 +293,7 @@ impl JobHandle {
             plan: self.plan.clone(),
         }
     }
-}
 
-impl JobHandle {
     /// Latency-marker histograms merged over each sink's subtasks, by sink and source subtask.
     fn latency(&self) -> Vec<LatencySummary> {
         let mut summaries = Vec::new();
@@ -360,11 +309,140 @@ impl JobHandle {
     }
 }
 
+/// A submitted job.
+pub struct JobHandle {
+    pub(crate) view: Arc<JobView>,
+    pub(crate) threads: Vec<JoinHandle<()>>,
+    /// Slot threads deployed but not started yet (see [`JobHandle::launch`]).
+    pub(crate) pending: Vec<(SlotSettings, Vec<TaskBuild>)>,
+    /// Set once every link has ended; `None` when the job has no task elsewhere.
+    pub(crate) network_done: Option<Arc<NetworkDone>>,
+    pub(crate) _reservation: PoolReservation,
+    /// Dropped after the reservation: when the slots are free again, so are the buffers.
+    pub(crate) _slots: SlotLease,
+    /// The embedded cluster's JobManager tracking this job, if it does; dropped last, so the
+    /// cluster outlives the job's slots.
+    pub(crate) attachment: Option<Attachment>,
+}
+
+impl std::fmt::Debug for JobHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHandle").field("job", &self.view.shared.name).finish_non_exhaustive()
+    }
+}
+
+impl JobHandle {
+    /// Asks every task to stop; `join` then returns a result with status `Cancelled`.
+    pub fn cancel(&self) {
+        if let Some(a) = &self.attachment {
+            a.cancel();
+        }
+        self.view.shared.cancel();
+    }
+
+    /// Starts the slot threads of a deployed job (once; later calls do nothing). A thread
+    /// that cannot be started fails the job, and the slots after it are not started.
+    pub(crate) fn launch(&mut self) {
+        for (settings, tasks) in self.pending.drain(..) {
+            let slot = settings.slot;
+            match slot::spawn(settings, tasks, self.view.shared.clone()) {
+                Ok(t) => self.threads.push(t),
+                Err(e) => {
+                    self.view.shared.fail(JobError::SlotStart { slot, message: e.to_string() });
+                    break;
+                }
+            }
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.pending.is_empty()
+            && self.threads.iter().all(|t| t.is_finished())
+            && self.network_done.as_ref().is_none_or(|d| d.is_finished())
+    }
+
+    /// The job's plan as printed by `explain`.
+    pub fn plan(&self) -> &str {
+        &self.view.plan
+    }
+
+    /// Cancels the job from another thread without owning its handle.
+    pub(crate) fn canceller(&self) -> Arc<JobShared> {
+        self.view.shared.clone()
+    }
+
+    /// The job's counters and control block, readable after the handle is gone.
+    pub(crate) fn view(&self) -> Arc<JobView> {
+        self.view.clone()
+    }
+
+    /// Runs `hook` once the job's slots are free again (after its handle is joined or dropped).
+    pub(crate) fn on_slots_released(&mut self, hook: Box<dyn FnOnce() + Send + Sync>) {
+        self._slots.on_release = Some(hook);
+    }
+
+    /// The id the embedded cluster's JobManager knows this job by (see [`crate::LocalCluster::api`]);
+    /// `None` for a job no JobManager tracks (a TaskManager's share of a cluster job).
+    pub fn job_id(&self) -> Option<crate::rpc::ids::JobId> {
+        self.attachment.as_ref().map(|a| a.job)
+    }
+
+    /// (vertex, subtask, phase) of every task of this process, in deployment order.
+    pub fn task_phases(&self) -> Vec<(u32, u32, TaskPhase)> {
+        self.view.task_phases()
+    }
+
+    /// Counters so far.
+    pub fn snapshot(&self) -> JobResult {
+        self.view.snapshot()
+    }
+
+    /// Waits for the job to end. When it has succeeded, commits what its sinks staged (a
+    /// failure to commit fails the job); when it failed or was cancelled, discards it.
+    pub fn join(self) -> Result<JobResult, JobError> {
+        let (result, staged) = self.join_staged()?;
+        staged.commit()?;
+        Ok(result)
+    }
+
+    /// Waits for the job to end like [`join`](Self::join) but leaves what its sinks staged to
+    /// the caller, who commits it once more than this job has succeeded (the other processes
+    /// running the same job, say) or drops it to discard it.
+    pub fn join_staged(mut self) -> Result<(JobResult, StagedOutputs), JobError> {
+        let shared = self.view.shared.clone();
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                shared.fail(JobError::InvalidJob("a slot thread panicked outside any task".into()));
+            }
+        }
+        // The links end once the tasks have (or the job was cancelled, which they follow).
+        if let Some(done) = &self.network_done {
+            done.wait();
+        }
+        let staged = StagedOutputs {
+            job: shared.name.clone(),
+            outputs: std::mem::take(&mut *shared.commits.lock().unwrap_or_else(|e| e.into_inner())),
+        };
+        let result = self.view.outcome()?;
+        if result.status == JobStatus::Cancelled {
+            // Staged output of a cancelled job is discarded, never committed.
+            drop(staged);
+            return Ok((result, StagedOutputs::default()));
+        }
+        Ok((result, staged))
+    }
+}
+
 impl Drop for JobHandle {
     fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            // Never started: it ends cancelled, and its tasks are dropped unrun.
+            self.cancel();
+            self.pending.clear();
+        }
         if !self.threads.is_empty() {
             // A handle dropped without join: stop the job and wait, so no task outlives it.
-            self.shared.cancel();
+            self.cancel();
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }

@@ -1,5 +1,5 @@
 //! The slot runtime: a [`cluster::LocalCluster`] (JobManager and one TaskManager in this
-//! process) checks the machine at start-up ([`startup`]), places slots on cores
+//! process, `mini`) checks the machine at start-up ([`startup`]), places slots on cores
 //! ([`topology`]), and runs each job's subtasks as cooperative tasks on the slots' glommio
 //! executors ([`slot`], [`task`]). A chain's records leave the task through
 //! the network output ([`output`]) into the credit-based channels of `corestream-netstack`; channels
@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod job;
 pub(crate) mod links;
 pub mod metrics;
+pub(crate) mod mini;
 pub(crate) mod network;
 pub mod output;
 pub mod slot;

@@ -4,6 +4,14 @@
 //! slots), and when every local task has ended reports the part's outcome with its counters and
 //! accumulators. What the sinks staged is handed back to the control loop, which commits or
 //! discards it when the JobManager says so.
+//!
+//! An embedded cluster's job arrives prepared, in memory ([`InlineJob`]): the control loop
+//! deploys it at once ([`start_inline`]) and hands the
+//! [`JobHandle`](crate::runtime::job::JobHandle) to the job's owner, who
+//! joins it and commits what its sinks staged, as the embedding API promises. A task of the
+//! control loop watches it through its counters ([`JobView`]) and reports its states; its part
+//! ends when its slots are free again (the owner joined or dropped the handle), as a process's
+//! part ends after its deployment thread joined it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,8 +31,9 @@ use crate::rpc::messages::{
     TaskState, TaskStateUpdate, WarningReport,
 };
 use crate::runtime::cluster::{LocalCluster, PartPlacement};
-use crate::runtime::job::{JobShared, StagedOutputs};
+use crate::runtime::job::{JobShared, JobView, StagedOutputs};
 use crate::runtime::metrics::{JobResult, TaskPhase};
+use crate::runtime::mini::InlineJob;
 
 /// How often a running deployment's task states are compared with what was last reported.
 pub(crate) const STATE_POLL: Duration = Duration::from_millis(50);
@@ -175,6 +184,109 @@ pub(crate) fn run(
         Err(e) => failed(e.to_string(), e.is_retryable()),
     };
     send(outcome);
+}
+
+/// Deploys an embedded job on the calling control loop and hands its handle to the job's owner,
+/// who starts its slot threads; a task watches it until its slots are free again. A failure to deploy goes to the owner (as
+/// the error its `execute` returns) and ends the part.
+pub(crate) fn start_inline(
+    cluster: &LocalCluster,
+    d: &DeploymentDescriptor,
+    inline: InlineJob,
+    control: Arc<DeploymentControl>,
+    events: mpsc::Sender<DeploymentEvent>,
+) {
+    let deployment = d.deployment;
+    let started = match (inline.take_prepared(), d.participants.get(d.index as usize)) {
+        (Some(prepared), Some(me)) => {
+            cluster.deploy_unlaunched(prepared, PartPlacement { slots: Some(&me.slots), ..Default::default() })
+        }
+        (None, _) => Err(JobError::InvalidJob(format!("job '{}' was deployed already", d.job_type))),
+        (_, None) => {
+            Err(JobError::InvalidJob(format!("deployment names participant {} of {}", d.index, d.participants.len())))
+        }
+    };
+    match started {
+        Ok(mut handle) => {
+            let (released_tx, released) = tokio::sync::oneshot::channel();
+            let resource_manager = inline.take_release_hook();
+            handle.on_slots_released(Box::new(move || {
+                if let Some(release) = resource_manager {
+                    release();
+                }
+                let _ = released_tx.send(());
+            }));
+            let view = handle.view();
+            *control.canceller.lock().unwrap_or_else(|e| e.into_inner()) = Some(view.shared.clone());
+            if control.cancelled.load(Ordering::Acquire) {
+                view.shared.cancel();
+            }
+            tokio::spawn(watch_inline(deployment, view, released, control, events));
+            inline.reply(Ok(handle));
+        }
+        Err(e) => {
+            let outcome = PartOutcome::Failed { message: e.to_string(), retryable: e.is_retryable() };
+            inline.reply(Err(e));
+            tokio::spawn(async move {
+                let _ = events.send(DeploymentEvent::Ended { deployment, outcome, staged: None }).await;
+            });
+        }
+    }
+}
+
+/// Reports an embedded job's task states while it runs (and its counters every
+/// [`METRICS_INTERVAL`]), then its part's outcome once `released` says its slots are free.
+async fn watch_inline(
+    deployment: DeploymentKey,
+    view: Arc<JobView>,
+    mut released: tokio::sync::oneshot::Receiver<()>,
+    control: Arc<DeploymentControl>,
+    events: mpsc::Sender<DeploymentEvent>,
+) {
+    // The job master recorded every task as deploying; only changes are news.
+    let mut reported: Vec<(u32, u32, TaskPhase)> =
+        view.task_phases().into_iter().map(|(vertex, subtask, _)| (vertex, subtask, TaskPhase::Deploying)).collect();
+    let mut last_metrics = std::time::Instant::now();
+    let report_states = |reported: &mut Vec<(u32, u32, TaskPhase)>| {
+        let phases = view.task_phases();
+        let updates: Vec<TaskStateUpdate> = phases
+            .iter()
+            .filter(|p| !reported.contains(p))
+            .map(|&(vertex, subtask, phase)| TaskStateUpdate { vertex, subtask, state: phase_state(phase) })
+            .collect();
+        *reported = phases;
+        (!updates.is_empty()).then_some(DeploymentEvent::States { deployment, updates })
+    };
+    loop {
+        if let Some(states) = report_states(&mut reported) {
+            let _ = events.send(states).await;
+        }
+        if last_metrics.elapsed() >= METRICS_INTERVAL {
+            last_metrics = std::time::Instant::now();
+            let mut report = part_report(&view.snapshot());
+            report.latency.clear();
+            let _ = events.send(DeploymentEvent::Metrics { deployment, report: Box::new(report) }).await;
+        }
+        tokio::select! {
+            _ = &mut released => break,
+            _ = tokio::time::sleep(STATE_POLL) => {}
+        }
+    }
+    if let Some(states) = report_states(&mut reported) {
+        let _ = events.send(states).await;
+    }
+    let outcome = match view.outcome() {
+        Ok(result) if result.status == crate::runtime::metrics::JobStatus::Finished => {
+            PartOutcome::Finished(Box::new(part_report(&result)))
+        }
+        Ok(_) | Err(JobError::Cancelled) => PartOutcome::Cancelled,
+        Err(e) if control.cancelled.load(Ordering::Acquire) => {
+            tracing::debug!(%deployment, error = %e, "error while the deployment was being cancelled");
+            PartOutcome::Cancelled
+        }
+        Err(e) => PartOutcome::Failed { message: e.to_string(), retryable: e.is_retryable() },
+    };
+    let _ = events.send(DeploymentEvent::Ended { deployment, outcome, staged: None }).await;
 }
 
 /// Builds and deploys this TaskManager's share.

@@ -21,6 +21,7 @@
 //! as Flink's TaskExecutor treats a declined registration: retrying cannot help.
 
 mod deployment;
+pub(crate) mod local;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -278,6 +279,22 @@ struct Control {
     shared: Arc<Shared>,
 }
 
+/// Where a session's messages to the JobManager go.
+enum Outbound {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    /// The JobManager of this process (an embedded cluster, see [`local`]).
+    Local(mpsc::Sender<TmMessage>),
+}
+
+impl Outbound {
+    async fn send(&mut self, message: TmMessage) -> Result<(), String> {
+        match self {
+            Outbound::Tcp(writer) => write_frame(writer, &message).await.map_err(|e| e.to_string()),
+            Outbound::Local(tx) => tx.send(message).await.map_err(|_| "the JobManager stopped".to_string()),
+        }
+    }
+}
+
 /// Why a session with a JobManager ended.
 enum SessionEnd {
     Shutdown,
@@ -433,9 +450,9 @@ impl Control {
         deployments: &mut HashMap<DeploymentKey, Tracked>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, writer) = stream.into_split();
         // The reader runs as a task of its own, so a frame is never abandoned half read.
-        let (incoming_tx, mut incoming) = mpsc::channel::<Result<JmMessage, FrameError>>(256);
+        let (incoming_tx, incoming) = mpsc::channel::<Result<JmMessage, FrameError>>(256);
         let reader_task = tokio::spawn(async move {
             loop {
                 let message = read_frame::<_, JmMessage>(&mut reader).await;
@@ -445,11 +462,41 @@ impl Control {
                 }
             }
         });
+        let end = self
+            .serve(
+                incoming,
+                Outbound::Tcp(writer),
+                heartbeat_timeout,
+                interval,
+                events_tx,
+                events,
+                deployments,
+                shutdown,
+            )
+            .await;
+        reader_task.abort();
+        end
+    }
+
+    /// The session's loop over any transport: messages of the JobManager from `incoming`,
+    /// answers, heartbeats and deployment events to `out`.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve(
+        &self,
+        mut incoming: mpsc::Receiver<Result<JmMessage, FrameError>>,
+        mut out: Outbound,
+        heartbeat_timeout: Duration,
+        interval: Duration,
+        events_tx: &mpsc::Sender<DeploymentEvent>,
+        events: &mut mpsc::Receiver<DeploymentEvent>,
+        deployments: &mut HashMap<DeploymentKey, Tracked>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
         let mut reservations: HashMap<u64, Vec<u32>> = HashMap::new();
         let mut last_heard = Instant::now();
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
-        let end = loop {
-            let out: Vec<TmMessage> = tokio::select! {
+        loop {
+            let messages: Vec<TmMessage> = tokio::select! {
                 _ = shutdown.changed() => break SessionEnd::Shutdown,
                 _ = tick.tick() => {
                     if last_heard.elapsed() > heartbeat_timeout {
@@ -473,18 +520,16 @@ impl Control {
                 },
             };
             let mut failed = None;
-            for m in out {
-                if let Err(e) = write_frame(&mut writer, &m).await {
-                    failed = Some(e.to_string());
+            for m in messages {
+                if let Err(e) = out.send(m).await {
+                    failed = Some(e);
                     break;
                 }
             }
             if let Some(e) = failed {
                 break SessionEnd::Lost(e);
             }
-        };
-        reader_task.abort();
-        end
+        }
     }
 
     /// Handles one message of the JobManager; returns the answers.
@@ -523,6 +568,16 @@ impl Control {
                 // The slots pass from the reservation to the deployment's lease.
                 reservations.remove(&descriptor.allocation);
                 let control = Arc::new(DeploymentControl::new());
+                if let Some(inline) = descriptor.inline.clone() {
+                    // An embedded job, handed over in memory: deployed here, watched by a task.
+                    deployment::start_inline(&self.cluster, &descriptor, inline, control.clone(), events_tx.clone());
+                    deployments.insert(deployment, Tracked { control, thread: None, staged: None, ended: false });
+                    self.shared.update(|s| {
+                        s.running_deployments += 1;
+                        s.deployments_started += 1;
+                    });
+                    return Vec::new();
+                }
                 let (cluster, registry, tx) = (self.cluster.clone(), self.registry.clone(), events_tx.clone());
                 let c = control.clone();
                 let thread = std::thread::Builder::new()
