@@ -51,7 +51,7 @@ run_pair() { # name, local command..., -- cluster args...
     for r in $(seq "$rounds"); do
         local t0 t1 l c
         t0=$(now_ms); "$cs" "${local_cmd[@]}" >/dev/null; t1=$(now_ms); l=$((t1 - t0))
-        t0=$(now_ms); "$cs" submit --jobmanager "$url" -p 2 "${cluster_args[@]}" >"$work/out"; t1=$(now_ms); c=$((t1 - t0))
+        t0=$(now_ms); "$cs" submit --jobmanager "$url" -p 2 "${cluster_args[@]}" >"$work/out" 2>/dev/null; t1=$(now_ms); c=$((t1 - t0))
         echo "$l" >>"$work/$name.local"; echo "$c" >>"$work/$name.cluster"
         awk -v c="$c" -v l="$l" 'BEGIN { printf "%.3f\n", c / l }' >>"$work/$name.ratio"
         echo "$name round $r: local ${l} ms, cluster ${c} ms (job $(job_ms <"$work/out") ms on the JobManager's clock)"
@@ -64,7 +64,7 @@ run_pair sum run sum-by-key --records "$sum_records" --keys 10k -p 2 -- sum-by-k
 
 : >"$work/start"
 for _ in $(seq $((rounds * 4))); do
-    "$cs" submit --jobmanager "$url" -p 2 sum-by-key --records 2 --keys 2 >"$work/out"
+    "$cs" submit --jobmanager "$url" -p 2 sum-by-key --records 2 --keys 2 >"$work/out" 2>/dev/null
     sed -nE 's/^All tasks running after ([0-9.]+) ms$/\1/p' "$work/out" >>"$work/start"
 done
 echo "submit to all tasks running: median $(median <"$work/start") ms over $(wc -l <"$work/start") jobs (min $(sort -n "$work/start" | head -1), max $(sort -n "$work/start" | tail -1))"
