@@ -43,19 +43,10 @@ pub struct ClusterConfig {
     /// deployment with a core per slot trades that CPU for not paying the kernel's wake-up on
     /// the first record after a pause.
     pub spin_before_park: Option<Duration>,
-    /// This process's share of a job that runs across several TaskManager processes
-    /// (application mode, which `bench latency --processes` still uses; the cluster runtime's
-    /// TaskManagers get their share from each deployment instead); `None` runs every task here. With a distribution, `slots: None`
-    /// means this TaskManager's share of the job slots ([`Distribution::local_slots`]), and slot
-    /// `i` is pinned to the core of job slot `first local slot + i`, so processes on one machine
-    /// do not pile onto the same cores.
-    pub distribution: Option<Distribution>,
-    /// The bound listener for this TaskManager's data address when it runs with a
-    /// [`Distribution`] (the address other processes dial). `None` binds
-    /// `distribution.peers[index]` at start; give one when the port is chosen by the kernel
-    /// (`127.0.0.1:0`) before the peers' addresses are known. A cluster with a data listener
-    /// runs a network executor that takes over (a duplicate of) it and keeps one connection per
-    /// peer TaskManager.
+    /// The bound data listener of a TaskManager of the cluster runtime (the address other
+    /// TaskManagers dial). A cluster with one runs a network executor that takes over (a
+    /// duplicate of) it and keeps one connection per peer TaskManager; without one the cluster
+    /// is embedded: a JobManager and one TaskManager in this process.
     pub data_listener: Option<Arc<std::net::TcpListener>>,
     /// Heartbeats, timeouts and connection retries of the connections between TaskManagers.
     pub net: NetConfig,
@@ -74,7 +65,6 @@ impl Default for ClusterConfig {
             preempt_timer: Duration::from_millis(1),
             pin_slots: true,
             spin_before_park: None,
-            distribution: None,
             data_listener: None,
             net: NetConfig::default(),
             core_offset: 0,

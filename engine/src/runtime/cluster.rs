@@ -4,8 +4,8 @@
 //! chains operators, lays out channels, leases slots and reserves buffers, then starts one slot
 //! thread per leased slot. Several jobs may run at once on disjoint slots; nothing is global.
 //!
-//! A cluster with a data listener (a TaskManager of the cluster runtime, or one process of an
-//! application-mode [`Distribution`]) also runs a network executor (`network`) that
+//! A cluster with a data listener (a TaskManager of the cluster runtime) also runs a network
+//! executor (`network`) that
 //! owns the listener and the connections to the other TaskManagers; a job's channels to tasks
 //! elsewhere are handed to it as one link per peer.
 
@@ -91,8 +91,8 @@ pub(crate) struct PartPlacement<'a> {
     pub distribution: Option<&'a Distribution>,
     pub slots: Option<&'a [u32]>,
     pub fingerprint: Option<u64>,
-    /// The deployment key and every participant's data-connection id, by index (the cluster
-    /// runtime); `None` is application mode (ids from the indexes, one deployment).
+    /// The deployment key and every participant's data-connection id, by index; required with
+    /// a distribution.
     pub peers: Option<(u64, &'a [TmId])>,
 }
 
@@ -170,12 +170,11 @@ impl PreparedJob {
 
 impl LocalCluster {
     /// Starts a cluster after checking the machine (io_uring, locked-memory limit): a
-    /// JobManager and one TaskManager in this process. With a [`Distribution`] it is one
-    /// TaskManager of several in application mode instead: it checks the distribution and the
-    /// network settings, binds its data address unless a listener is given, and runs its share
-    /// of each job directly.
+    /// JobManager and one TaskManager in this process. With a data listener it is the slot
+    /// runtime of a cluster runtime's TaskManager instead, which runs the parts of jobs its
+    /// JobManager deploys.
     pub fn start(config: ClusterConfig) -> Result<Self, StartupError> {
-        let embedded = config.distribution.is_none() && config.data_listener.is_none();
+        let embedded = config.data_listener.is_none();
         let runtime = Self::start_runtime(config)?;
         if !embedded {
             return Ok(runtime);
@@ -185,25 +184,15 @@ impl LocalCluster {
     }
 
     /// Starts the slot runtime alone (what a TaskManager wraps): slots, pool and, with a data
-    /// listener or a distribution, the network executor.
+    /// listener, the network executor.
     pub(crate) fn start_runtime(config: ClusterConfig) -> Result<Self, StartupError> {
         let topology = Topology::detect();
-        let local = match &config.distribution {
-            Some(d) => {
-                d.validate().map_err(|e| StartupError::InvalidConfig(e.to_string()))?;
-                config.net.validate().map_err(|e| StartupError::InvalidConfig(format!("net: {e}")))?;
-                d.local_slots()
-            }
-            None => 0..0,
-        };
-        let distributed = config.distribution.is_some();
-        let slots = match (config.slots, distributed) {
-            (Some(s), _) => s,
-            (None, true) => local.len() as u32,
-            (None, false) => topology.physical_cores() as u32,
-        };
-        if slots == 0 && !distributed {
+        let slots = config.slots.unwrap_or(topology.physical_cores() as u32);
+        if slots == 0 {
             return Err(StartupError::InvalidConfig("slots must be at least 1".into()));
+        }
+        if config.data_listener.is_some() {
+            config.net.validate().map_err(|e| StartupError::InvalidConfig(format!("net: {e}")))?;
         }
         let buffers = config.network_buffers.unwrap_or_else(|| auto_network_buffers(slots.max(1), &config.credit));
         if buffers == 0 {
@@ -218,7 +207,7 @@ impl LocalCluster {
             return Err(StartupError::InvalidConfig("max_backlog_per_channel must be at least 1".into()));
         }
         // One more executor than slots when the cluster has a data listener: the network's.
-        let executors = slots + u32::from(config.distribution.is_some() || config.data_listener.is_some());
+        let executors = slots + u32::from(config.data_listener.is_some());
         startup::check(executors, config.io_memory_bytes.max(network::NET_IO_MEMORY_BYTES))?;
         if slots as usize > topology.physical_cores() {
             tracing::warn!(
@@ -227,37 +216,19 @@ impl LocalCluster {
                 "more slots than physical cores: slots will share cores and interfere with each other"
             );
         }
-        // In distributed mode local slot i is job slot `local.start + i`, and takes its core.
-        let first = local.start as usize + config.core_offset as usize;
+        let first = config.core_offset as usize;
         let slot_cpus =
             topology.slot_cpus(first as u32 + slots)[first..].iter().map(|&c| config.pin_slots.then_some(c)).collect();
-        let listener = match (&config.distribution, &config.data_listener) {
-            (_, Some(l)) => Some(l.try_clone().map_err(|e| {
+        let listener = match &config.data_listener {
+            Some(l) => Some(l.try_clone().map_err(|e| {
                 StartupError::InvalidConfig(format!("cannot take over the data listener (data_listener): {e}"))
             })?),
-            (Some(d), None) => {
-                let addr = d.peers[d.index as usize];
-                Some(std::net::TcpListener::bind(addr).map_err(|e| {
-                    StartupError::InvalidConfig(format!(
-                        "cannot listen on the data address {addr} of TaskManager {} (distribution.peers[{}]): {e}",
-                        d.index, d.index
-                    ))
-                })?)
-            }
-            (None, None) => None,
+            None => None,
         };
         let pool = BufferPool::new(buffers);
         let data_address = listener.as_ref().and_then(|l| l.local_addr().ok());
         let network = match listener {
-            Some(l) => {
-                let service = NetworkService::start(l, pool.clone(), config.net)?;
-                if let Some(d) = &config.distribution {
-                    service
-                        .set_identity(network::app_identity(d.index))
-                        .map_err(|e| StartupError::InvalidConfig(e.to_string()))?;
-                }
-                Some(service)
-            }
+            Some(l) => Some(NetworkService::start(l, pool.clone(), config.net)?),
             None => None,
         };
         tracing::info!(slots, topology = topology.source, buffers, distributed, "local cluster started");
@@ -297,7 +268,7 @@ impl LocalCluster {
 
     /// The embedded JobManager's operations (what a cluster's REST API serves): its
     /// TaskManager with its slots, the jobs with their states, vertices and results, cancel.
-    /// `None` for a process of an application-mode [`Distribution`], which has no JobManager.
+    /// `None` for a TaskManager's slot runtime, whose JobManager is elsewhere.
     /// Jobs are submitted by name only to a cluster runtime's JobManager: this one runs the
     /// jobs of [`environment`](Self::environment).
     pub fn api(&self) -> Option<Arc<dyn crate::jobmanager::api::ClusterApi>> {
@@ -412,11 +383,7 @@ impl LocalCluster {
                 "the job has no sink: add one (collect, print, discard, write_as_text, add_sink)".into(),
             ));
         }
-        let slots = match (self.inner.planning_slots, self.inner.config.distribution.as_ref()) {
-            (Some(p), _) => p,
-            (None, Some(d)) => d.total_slots,
-            (None, None) => self.num_slots(),
-        };
+        let slots = self.inner.planning_slots.unwrap_or_else(|| self.num_slots());
         let default_p = exec.parallelism.unwrap_or(slots);
         if default_p == 0 {
             return Err(JobError::InvalidJob("parallelism must be at least 1".into()));
@@ -495,10 +462,7 @@ impl LocalCluster {
         let prepared = self.prepare(graph, exec, name)?;
         match &self.mini {
             Some(mini) => mini.submit(prepared),
-            None => {
-                let distribution = self.inner.config.distribution.clone();
-                self.deploy(prepared, PartPlacement { distribution: distribution.as_ref(), ..Default::default() })
-            }
+            None => self.deploy(prepared, PartPlacement::default()),
         }
     }
 
@@ -630,18 +594,23 @@ impl LocalCluster {
                 )));
             }
         }
-        let deployment = placement.peers.map_or(network::APP_DEPLOYMENT, |(key, _)| key);
-        if let (Some(d), Some((_, ids))) = (distribution, placement.peers) {
-            if ids.len() != d.count as usize {
+        let (deployment, ids): (u64, &[TmId]) = match (distribution, placement.peers) {
+            (Some(d), Some((key, ids))) if ids.len() == d.count as usize => (key, ids),
+            (Some(d), Some((_, ids))) => {
                 return Err(JobError::InvalidJob(format!(
                     "the deployment names {} TaskManager id(s) for {} participant(s)",
                     ids.len(),
                     d.count
-                )));
+                )))
             }
-        }
-        let peer_id =
-            |peer: u32| placement.peers.map_or_else(|| network::app_tm_id(peer), |(_, ids)| ids[peer as usize]);
+            (Some(_), None) => {
+                return Err(JobError::InvalidJob(
+                    "a part of a job across TaskManagers needs its deployment key and every participant's id".into(),
+                ))
+            }
+            (None, _) => (0, &[]),
+        };
+        let peer_id = |peer: u32| ids[peer as usize];
         // One link per peer TaskManager that shares a channel with this one; the link's bell
         // wakes the connection's writer, and its channels are built with it.
         let link_for = |links: &mut Vec<(u32, LinkBuild)>, peer: u32| -> usize {
@@ -787,7 +756,7 @@ impl LocalCluster {
             let handed = match &self.inner.network {
                 Some(n) => n.open(job).map_err(|e| e.to_string()),
                 None => {
-                    Err("this cluster has no data listener: start it with a distribution or a data_listener".into())
+                    Err("this cluster has no data listener: only a TaskManager of the cluster runtime runs parts of jobs across TaskManagers".into())
                 }
             };
             if let Err(reason) = handed {

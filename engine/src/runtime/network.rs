@@ -13,11 +13,6 @@
 //! ([`JobNetwork`]), and shut down. Each deployment's links are supervised by a task of the
 //! executor ([`super::links`]), which ties them to the job's fate both ways.
 //!
-//! Application mode (a [`crate::config::Distribution`] with no JobManager) uses the same
-//! executor with ids derived from the TaskManager indexes ([`app_tm_id`]), a constant cluster
-//! token and one deployment ([`APP_DEPLOYMENT`]): the plan fingerprint in JOB_OPEN keeps
-//! processes that built different jobs apart.
-//!
 //! Bounds: [`MAX_QUEUED_REQUESTS`] requests waiting, the plane's own bounds (one connection per
 //! peer, handshakes at once, jobs per connection).
 
@@ -48,26 +43,6 @@ pub const MAX_QUEUED_REQUESTS: usize = 1024;
 /// Registered io_uring memory of the network executor: the least glommio works with (it moves
 /// no bulk data through registered buffers; the transport uses plain send/recv).
 pub const NET_IO_MEMORY_BYTES: usize = 512 * 1024;
-
-/// The deployment key of the one job an application-mode connection carries.
-pub(crate) const APP_DEPLOYMENT: u64 = 1;
-
-/// The cluster token of application mode: its processes share no secret; the job fingerprint
-/// in JOB_OPEN keeps different jobs apart.
-const APP_TOKEN: [u8; 32] = *b"corestream application mode\0\0\0\0\0";
-
-/// The data-connection id of TaskManager `index` in application mode: the index, big-endian,
-/// so ids order as indexes do and the lower index dials.
-pub(crate) fn app_tm_id(index: u32) -> TmId {
-    let mut id = [0u8; 16];
-    id[..4].copy_from_slice(&index.to_be_bytes());
-    TmId(id)
-}
-
-/// How TaskManager `index` of an application-mode distribution introduces itself.
-pub(crate) fn app_identity(index: u32) -> LocalIdentity {
-    LocalIdentity { tm: app_tm_id(index), pid: std::process::id(), auth: ClusterAuth::new(APP_TOKEN, None) }
-}
 
 /// Why a request did not reach the network executor.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -375,12 +350,6 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn app_ids_order_as_indexes() {
-        assert!(app_tm_id(0) < app_tm_id(1) && app_tm_id(1) < app_tm_id(256));
-        assert_eq!(app_tm_id(3).0[..4], [0, 0, 0, 3]);
-    }
 
     #[test]
     fn a_plane_is_replaced_only_for_another_identity() {

@@ -174,7 +174,6 @@ impl TaskManager {
         })?;
         let mut config = settings.cluster.clone();
         config.data_listener = Some(Arc::new(listener));
-        config.distribution = None;
         let cluster = LocalCluster::start(config)?;
         let id = TaskManagerId::random();
         let shared = Arc::new(Shared { status: Mutex::new(TaskManagerStatus::default()) });
