@@ -231,7 +231,13 @@ impl LocalCluster {
             Some(l) => Some(NetworkService::start(l, pool.clone(), config.net)?),
             None => None,
         };
-        tracing::info!(slots, topology = topology.source, buffers, distributed, "local cluster started");
+        tracing::info!(
+            slots,
+            topology = topology.source,
+            buffers,
+            taskmanager = config.data_listener.is_some(),
+            "local cluster started"
+        );
         Ok(Self {
             inner: Arc::new(ClusterInner {
                 pool,

@@ -22,7 +22,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use corestream_netstack::handshake::{ClusterAuth, TmId};
 use corestream_netstack::remote::LocalIdentity;
 use corestream_netstack::transport::NetConfig;
 use corestream_netstack::{
@@ -349,6 +348,8 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use corestream_netstack::handshake::{ClusterAuth, TmId};
+
     use super::*;
 
     #[test]
