@@ -29,10 +29,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::group::{assert_status, sorted_lines, start_program, write_text, Finished, Running};
+use common::group::{assert_status, line_with, sorted_lines, start_program, write_text, Finished, Running};
+use common::netns::{namespaces_refused, Namespaces};
 use corestream::client::RestClient;
 use corestream::jobmanager::api::{JobState, TaskManagerInfo};
 use corestream::rpc::ids::{JobId, TaskManagerId};
@@ -268,12 +268,6 @@ fn section(stdout: &str, title: &str) -> Vec<String> {
         .collect()
 }
 
-/// The first line of `out`'s standard output that starts with `prefix`.
-#[track_caller]
-fn line_with<'a>(out: &'a Finished, prefix: &str) -> &'a str {
-    out.stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in:\n{}", out.stdout))
-}
-
 /// A local-mode `corestream ARGS` in this namespace, which must succeed.
 #[track_caller]
 fn local(args: &[&str]) -> Finished {
@@ -441,99 +435,13 @@ fn window_agg_refuses_what_a_cluster_cannot_do_and_fails_on_malformed_rows() {
     cluster.stop();
 }
 
-/// Why network namespaces cannot be made here, if they cannot.
-fn namespaces_refused() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        return Some(format!("not root (effective uid {euid})"));
-    }
-    let probe = format!("cs-cprobe-{}", std::process::id());
-    match Command::new("ip").args(["netns", "add", &probe]).output() {
-        Err(e) => Some(format!("cannot run `ip` (package iproute2): {e}")),
-        Ok(out) if !out.status.success() => Some(format!(
-            "`ip netns add {probe}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(_) => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-            None
-        }
-    }
-}
-
-/// `ip args`; panics with its stderr if it fails.
-#[track_caller]
-fn ip(args: &[&str]) -> String {
-    let out =
-        Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
-    assert!(out.status.success(), "`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Namespaces `cs-ca-$PID` and `cs-cb-$PID` joined by veth `csca$PID` (10.232.N.1/30, in A)
-/// and `cscb$PID` (10.232.N.2/30, in B), N = PID % 250; deleted on drop, which removes the veth.
-struct Namespaces {
-    a: String,
-    b: String,
-    veth_a: String,
-    ip_a: String,
-    ip_b: String,
-}
-
-impl Namespaces {
-    fn create() -> Namespaces {
-        let pid = std::process::id();
-        let n = pid % 250;
-        let ns = Namespaces {
-            a: format!("cs-ca-{pid}"),
-            b: format!("cs-cb-{pid}"),
-            veth_a: format!("csca{pid}"),
-            ip_a: format!("10.232.{n}.1"),
-            ip_b: format!("10.232.{n}.2"),
-        };
-        let veth_b = format!("cscb{pid}");
-        ip(&["netns", "add", &ns.a]);
-        ip(&["netns", "add", &ns.b]);
-        ip(&["link", "add", &ns.veth_a, "type", "veth", "peer", "name", &veth_b]);
-        ip(&["link", "set", &ns.veth_a, "netns", &ns.a]);
-        ip(&["link", "set", &veth_b, "netns", &ns.b]);
-        for (name, veth, addr) in [(&ns.a, &ns.veth_a, &ns.ip_a), (&ns.b, &veth_b, &ns.ip_b)] {
-            ip(&["-n", name, "addr", "add", &format!("{addr}/30"), "dev", veth]);
-            ip(&["-n", name, "link", "set", "lo", "up"]);
-            ip(&["-n", name, "link", "set", veth, "up"]);
-        }
-        ns
-    }
-
-    /// (bytes sent, bytes received) by A's end of the veth so far.
-    fn veth_bytes(&self) -> (u64, u64) {
-        let counter = |which: &str| -> u64 {
-            let path = format!("/sys/class/net/{}/statistics/{which}_bytes", self.veth_a);
-            let text = ip(&["netns", "exec", &self.a, "cat", &path]);
-            text.trim().parse().unwrap_or_else(|_| panic!("{path} in {} holds '{}'", self.a, text.trim()))
-        };
-        (counter("tx"), counter("rx"))
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
-        }
-        let _ = Command::new("ip").args(["link", "del", &self.veth_a]).output();
-    }
-}
-
 #[test]
 fn built_in_jobs_across_two_network_namespaces_give_the_local_results() {
     if let Some(reason) = namespaces_refused() {
         println!("skipped: network namespaces are not permitted here: {reason}");
         return;
     }
-    let ns = Namespaces::create();
+    let ns = Namespaces::create("c", 232);
     let (a, b) = (Place::Netns(ns.a.clone()), Place::Netns(ns.b.clone()));
     let cluster = Cluster::start(a.clone(), &ns.ip_a, &[a, b]);
     let in_b = cluster.task_manager(cluster.tm_ids[1]);

@@ -15,10 +15,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::group::{assert_status, line_with, sorted_lines, start_program, write_text, Finished};
+use common::netns::{namespaces_refused, Namespaces};
 use tempfile::TempDir;
 
 const HANG_LIMIT: Duration = Duration::from_secs(30);
@@ -40,89 +40,13 @@ fn assert_clean_exit(out: &Finished, code: i32) {
     assert!(!out.leftover, "a process outlived the run\n--- stderr\n{}", out.stderr);
 }
 
-/// `ip args`; panics with its stderr if it fails.
-#[track_caller]
-fn ip(args: &[&str]) -> String {
-    let out =
-        Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "`ip {}` failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// What the tests here do across the namespaces: `--processes 2` with TaskManager 1 in B.
+trait Across {
+    fn corestream_across(&self, args: &[&str]) -> Finished;
+    fn assert_crossed<'a>(&self, out: &'a Finished) -> &'a str;
 }
 
-/// Why network namespaces cannot be made here, if they cannot.
-fn namespaces_refused() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        return Some(format!("not root (effective uid {euid})"));
-    }
-    let probe = format!("cs-probe-{}", std::process::id());
-    match Command::new("ip").args(["netns", "add", &probe]).output() {
-        Err(e) => Some(format!("cannot run `ip` (package iproute2): {e}")),
-        Ok(out) if !out.status.success() => Some(format!(
-            "`ip netns add {probe}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(_) => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-            None
-        }
-    }
-}
-
-/// Namespaces `cs-a-$PID` and `cs-b-$PID` joined by veth `csva$PID` (10.231.N.1/30, in A) and
-/// `csvb$PID` (10.231.N.2/30, in B), N = PID % 250; deleted on drop, which removes the veth.
-struct Namespaces {
-    a: String,
-    b: String,
-    veth_a: String,
-    veth_b: String,
-    ip_a: String,
-    ip_b: String,
-}
-
-impl Namespaces {
-    fn create() -> Namespaces {
-        let pid = std::process::id();
-        let n = pid % 250;
-        let ns = Namespaces {
-            a: format!("cs-a-{pid}"),
-            b: format!("cs-b-{pid}"),
-            veth_a: format!("csva{pid}"),
-            veth_b: format!("csvb{pid}"),
-            ip_a: format!("10.231.{n}.1"),
-            ip_b: format!("10.231.{n}.2"),
-        };
-        ip(&["netns", "add", &ns.a]);
-        ip(&["netns", "add", &ns.b]);
-        ip(&["link", "add", &ns.veth_a, "type", "veth", "peer", "name", &ns.veth_b]);
-        ip(&["link", "set", &ns.veth_a, "netns", &ns.a]);
-        ip(&["link", "set", &ns.veth_b, "netns", &ns.b]);
-        for (name, veth, addr) in [(&ns.a, &ns.veth_a, &ns.ip_a), (&ns.b, &ns.veth_b, &ns.ip_b)] {
-            ip(&["-n", name, "addr", "add", &format!("{addr}/30"), "dev", veth]);
-            ip(&["-n", name, "link", "set", "lo", "up"]);
-            ip(&["-n", name, "link", "set", veth, "up"]);
-        }
-        ns
-    }
-
-    /// (bytes sent, bytes received) by A's end of the veth so far.
-    fn veth_bytes(&self) -> (u64, u64) {
-        let counter = |which: &str| -> u64 {
-            let path = format!("/sys/class/net/{}/statistics/{which}_bytes", self.veth_a);
-            let text = ip(&["netns", "exec", &self.a, "cat", &path]);
-            text.trim().parse().unwrap_or_else(|_| panic!("{path} in {} holds '{}', not a count", self.a, text.trim()))
-        };
-        (counter("tx"), counter("rx"))
-    }
-
+impl Across for Namespaces {
     /// Runs `corestream args` in A (the JobManager and TaskManager 0), with TaskManager 1 in B.
     fn corestream_across(&self, args: &[&str]) -> Finished {
         let tm_bind = format!("{}:0", self.ip_a);
@@ -137,7 +61,6 @@ impl Namespaces {
     /// Asserts that TaskManager 1 registered with its data address in B and that TaskManager 0
     /// exchanged data with it there; returns TaskManager 0's network line (its side of the
     /// connection, whose peer data address is in B).
-    #[track_caller]
     fn assert_crossed<'a>(&self, out: &'a Finished) -> &'a str {
         assert!(out.stderr.contains("TaskManager 1 started (pid "), "{}", out.stderr);
         let data = format!(") registered, data {}:", self.ip_b);
@@ -162,16 +85,6 @@ impl Namespaces {
     }
 }
 
-impl Drop for Namespaces {
-    /// Also deletes the veth in case setup failed before both ends were moved.
-    fn drop(&mut self) {
-        for name in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
-        }
-        let _ = Command::new("ip").args(["link", "del", &self.veth_a]).output();
-    }
-}
-
 /// The MB figure after `label` in a network line: "… 287 buffers / 8.2 MB out, …".
 fn megabytes(line: &str, label: &str) -> f64 {
     let before = line.split(&format!(" MB {label}")).next().unwrap();
@@ -184,7 +97,7 @@ fn two_task_managers_in_separate_namespaces_run_jobs_over_a_veth() {
         println!("skipped: network namespaces are not permitted here: {reason}");
         return;
     }
-    let ns = Namespaces::create();
+    let ns = Namespaces::create("", 231);
 
     let job = ["run", "sum-by-key", "--records", "1M", "--keys", "1000", "-p", "2"];
     let one = corestream(&job);

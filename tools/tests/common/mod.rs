@@ -6,6 +6,7 @@
 
 pub mod group;
 pub mod measured;
+pub mod netns;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
