@@ -46,6 +46,8 @@ pub enum JobError {
     SlotStart { slot: u32, message: String },
     #[error("{what} '{path}': {cause}")]
     Io { what: String, path: String, cause: Arc<std::io::Error> },
+    #[error("checkpointing failed in {place} (subtask {subtask}): {message}")]
+    Checkpoint { place: String, subtask: u32, message: String },
     #[error("job '{job}' finished but its output could not be committed: {message}")]
     Commit { job: String, message: String },
     #[error("the job was cancelled")]
@@ -73,10 +75,26 @@ impl JobError {
 /// A failure inside a task, before it is attributed to an operator name.
 #[derive(Debug, Clone)]
 pub(crate) enum TaskError {
-    User { node: usize, message: String },
-    Record { node: usize, cause: RecordError },
+    User {
+        node: usize,
+        message: String,
+    },
+    Record {
+        node: usize,
+        cause: RecordError,
+    },
     Net(NetError),
-    Io { what: String, path: String, cause: Arc<std::io::Error> },
+    Io {
+        what: String,
+        path: String,
+        cause: Arc<std::io::Error>,
+    },
+    /// Snapshotting, restoring or committing state failed in a node (`None`: in the task
+    /// itself, e.g. its channel state).
+    Checkpoint {
+        node: Option<usize>,
+        message: String,
+    },
     Cancelled,
 }
 

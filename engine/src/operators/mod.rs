@@ -24,6 +24,7 @@ use std::sync::Arc;
 use corestream_netstack::record::deserialize;
 use corestream_netstack::{Data, Event, RecordIter};
 
+use crate::checkpoint::{CheckpointId, CheckpointNotice, OperatorStateParts, StateHookError, TaskSnapshot};
 use crate::error::TaskError;
 
 /// Whether a chain can take more input now.
@@ -93,6 +94,19 @@ pub(crate) trait Control {
     fn resume(&mut self, _max_records: usize) -> Result<bool, TaskError> {
         Ok(true)
     }
+    /// Synchronous part of a checkpoint: every link adds the state of its node (and of its
+    /// side outputs' links) to `into`. Called between batches, never with firings pending.
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, _into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        Ok(())
+    }
+    /// Before any input: every link takes back the state its node wrote, if any.
+    fn restore_state(&mut self, _from: &TaskSnapshot) -> Result<(), TaskError> {
+        Ok(())
+    }
+    /// A checkpoint completed or was aborted; every link hears of it.
+    fn notify_checkpoint(&mut self, _notice: CheckpointNotice) -> Result<(), TaskError> {
+        Ok(())
+    }
 }
 
 /// Records an operator emits per firing step (its output then waits for readiness).
@@ -150,6 +164,26 @@ pub trait Operator<I: Data, O: Data>: 'static {
     /// them here, so the chain can wait for the output between steps.
     fn fire_step(&mut self, _out: &mut Vec<O>, _max_records: usize) -> bool {
         true
+    }
+
+    /// Adds this operator subtask's state to `into` (synchronous part of a checkpoint: copy
+    /// or version what is needed; writing happens elsewhere).
+    fn snapshot_state(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _into: &mut OperatorStateParts,
+    ) -> Result<(), StateHookError> {
+        Ok(())
+    }
+
+    /// Takes back the state this operator subtask wrote to a checkpoint, before any input.
+    fn restore_state(&mut self, _from: &OperatorStateParts) -> Result<(), StateHookError> {
+        Ok(())
+    }
+
+    /// A checkpoint completed or was aborted.
+    fn notify_checkpoint(&mut self, _notice: CheckpointNotice) -> Result<(), StateHookError> {
+        Ok(())
     }
 }
 

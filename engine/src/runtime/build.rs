@@ -14,6 +14,7 @@ use super::job::JobShared;
 use super::metrics::TaskCounters;
 use super::output::NetworkOutput;
 use crate::api::sources::{Source, SourceContext, SourceStatus};
+use crate::checkpoint::{CheckpointId, TaskSnapshot};
 use crate::config::RuntimeMode;
 use crate::error::TaskError;
 use crate::graph::Partitioning;
@@ -119,6 +120,14 @@ pub(crate) trait TaskSource {
     /// How often this subtask emits latency markers, and its subtask index (the markers'
     /// origin); `None` when latency tracking is off.
     fn latency_markers(&self) -> Option<(std::time::Duration, u32)>;
+    /// Adds the source's position (and its chain's state) to a checkpoint.
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, _into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        Ok(())
+    }
+    /// Restores the source's position (and its chain's state) before the first batch.
+    fn restore_state(&mut self, _from: &TaskSnapshot) -> Result<(), TaskError> {
+        Ok(())
+    }
 }
 
 /// The latency-marker interval of an environment's sources, shared by its source nodes and set

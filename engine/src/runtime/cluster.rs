@@ -738,6 +738,7 @@ impl LocalCluster {
                 pool: self.inner.pool.clone(),
                 buffer_timeout: exec.buffer_timeout,
                 batch_size: exec.batch_size,
+                checkpointing: None,
             });
         }
         drop(channels);

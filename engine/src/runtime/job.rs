@@ -112,6 +112,11 @@ impl JobShared {
             TaskError::Record { node, cause } => JobError::Record { operator: name(node), subtask, cause },
             TaskError::Net(e) => JobError::Network(e),
             TaskError::Io { what, path, cause } => JobError::Io { what, path, cause },
+            TaskError::Checkpoint { node, message } => JobError::Checkpoint {
+                place: node.map_or_else(|| "the task".to_string(), |n| format!("operator '{}'", name(n))),
+                subtask,
+                message,
+            },
         };
         self.fail(job_error);
     }

@@ -16,6 +16,7 @@ use super::build::{BuildCtx, NodeRuntime, OutputCtx, OutputEdgeRt};
 use super::job::JobShared;
 use super::metrics::{TaskCounters, TaskPhase};
 use super::task::{self, TaskBody, TaskEnv};
+use crate::checkpoint::TaskCheckpointing;
 use crate::config::RuntimeMode;
 use crate::error::{JobError, TaskError};
 use crate::operators::{current_node, enter_node, OperatorMetrics};
@@ -38,6 +39,8 @@ pub(crate) struct TaskBuild {
     pub pool: BufferPool,
     pub buffer_timeout: Duration,
     pub batch_size: usize,
+    /// Set when the job takes checkpoints or restores from one.
+    pub checkpointing: Option<TaskCheckpointing>,
 }
 
 /// How a slot thread runs its executor.
@@ -146,6 +149,7 @@ async fn run_task(mut build: TaskBuild, job: Arc<JobShared>) {
         counters: build.counters.clone(),
         buffer_timeout: build.buffer_timeout,
         batch_size: build.batch_size.max(1),
+        checkpointing: build.checkpointing.clone(),
     };
     let counters = build.counters.clone();
     let body = async {

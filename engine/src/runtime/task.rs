@@ -50,6 +50,8 @@ pub(crate) struct TaskEnv {
     pub counters: Arc<TaskCounters>,
     pub buffer_timeout: Duration,
     pub batch_size: usize,
+    /// Set when the job takes checkpoints or restores from one.
+    pub checkpointing: Option<crate::checkpoint::TaskCheckpointing>,
 }
 
 /// The buffer-timeout part of the flush policy.
