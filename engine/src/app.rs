@@ -121,7 +121,7 @@ pub fn jobmanager_config(settings: &ClusterSettings) -> Result<JobManagerConfig,
         heartbeat_interval: settings.heartbeat.interval,
         heartbeat_timeout: settings.heartbeat.timeout,
         slot_request_timeout: jm.slot_request_timeout,
-        restarts: RestartStrategy::from_settings(&settings.restart).factory(),
+        restarts: RestartStrategy::factory(&settings.restart),
         secret: secret(settings)?,
         cluster,
     })

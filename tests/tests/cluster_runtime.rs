@@ -125,7 +125,7 @@ fn jobmanager(restarts: u32) -> JobManager {
         heartbeat_interval: Duration::from_millis(100),
         heartbeat_timeout: Duration::from_millis(1000),
         slot_request_timeout: Duration::from_secs(20),
-        restarts: Arc::new(move || Box::new(Restart(restarts))),
+        restarts: Arc::new(move |_| Box::new(Restart(restarts))),
         ..Default::default()
     };
     JobManager::start(settings, registry()).expect("JobManager starts")

@@ -42,6 +42,18 @@ pub enum CheckpointMode {
     AtLeastOnce,
 }
 
+impl CheckpointMode {
+    /// Reads `exactly-once` or `at-least-once` (Flink's `EXACTLY_ONCE`/`AT_LEAST_ONCE` too),
+    /// regardless of case.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "exactly-once" => Some(Self::ExactlyOnce),
+            "at-least-once" => Some(Self::AtLeastOnce),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for CheckpointMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -233,6 +245,12 @@ pub trait SnapshotReporter: Send + Sync {
     );
     /// The task could not take its part of `checkpoint` (the reason names why).
     fn declined(&self, task: TaskId, checkpoint: CheckpointId, reason: String);
+}
+
+/// Reads the state a task restores, when a job starts from a checkpoint (the TaskManager's
+/// view of the checkpoint storage). `Ok(None)`: the checkpoint holds nothing for this task.
+pub(crate) trait TaskStateLoader: Send + Sync {
+    fn load(&self, task: TaskId) -> Result<Option<TaskSnapshot>, crate::error::JobError>;
 }
 
 /// What a task of a job with checkpoints needs besides its chain.

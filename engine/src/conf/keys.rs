@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::settings::{ClusterSettings, RestartStrategyType};
 use super::value::{check_host, format_duration, format_size, parse_duration, parse_size};
 use crate::auth::ClusterSecret;
+use crate::checkpoint::CheckpointMode;
 
 /// Reads and writes one field of the settings.
 pub(crate) struct At<T: 'static> {
@@ -35,9 +36,11 @@ pub(crate) enum Kind {
     Port { at: At<u16> },
     Host { at: At<String> },
     OptHost { at: At<Option<String>>, unset: &'static str },
-    Strategy { at: At<RestartStrategyType> },
+    Strategy { at: At<Option<RestartStrategyType>> },
     OptPath { at: At<Option<PathBuf>> },
     Secret { at: At<Option<ClusterSecret>> },
+    OptDuration { at: At<Option<Duration>>, min: Duration, max: Duration, unset: &'static str },
+    Mode { at: At<CheckpointMode> },
 }
 
 /// Flink's key for the same setting.
@@ -92,6 +95,7 @@ const NET: &str = "Data plane (network buffers and connections between TaskManag
 const HB: &str = "Heartbeats (JobManager and TaskManagers)";
 const RS: &str = "Restart strategies";
 const SEC: &str = "Security";
+const CK: &str = "Checkpoints";
 
 /// Every key, in the order of the reference.
 pub(crate) static KEYS: &[KeySpec] = &[
@@ -377,8 +381,9 @@ pub(crate) static KEYS: &[KeySpec] = &[
         description: "What happens to a job whose task failed: `none` (the job fails; Flink's aliases `off` and \
                       `disable` are accepted), `fixed-delay`, `exponential-delay` or `failure-rate` (also \
                       written `fixeddelay`, `exponentialdelay`, `failurerate`). A failure that no retry can help \
-                      (an invalid job) is never restarted. Flink's default is `exponential-delay` when \
-                      checkpointing is on; corestream has no checkpoints yet, so a restarted job starts over.",
+                      (an invalid job) is never restarted. Unset, as in Flink: `exponential-delay` for a job with \
+                      checkpoints (it restarts from its latest checkpoint), `none` for a job without (a restart \
+                      would start it over). A submission may choose another (`--restart-strategy`).",
     },
     KeySpec {
         name: "restart-strategy.fixed-delay.attempts",
@@ -515,6 +520,83 @@ pub(crate) static KEYS: &[KeySpec] = &[
                       relative to the process's working directory). A file every user may read is accepted \
                       with a warning. Set this or `security.cluster.secret`, not both.",
     },
+    KeySpec {
+        name: "execution.checkpointing.interval",
+        section: CK,
+        kind: Kind::OptDuration { at: at!(checkpoint.interval), min: ms(10), max: DAY, unset: "no checkpoints" },
+        flink: Flink::Same,
+        description: "Time between the starts of two periodic checkpoints of a job. Unset: jobs take no \
+                      checkpoints (and a failed job restarts from its beginning).",
+    },
+    KeySpec {
+        name: "execution.checkpointing.timeout",
+        section: CK,
+        kind: Kind::Duration { at: at!(checkpoint.timeout), min: ms(10), max: DAY },
+        flink: Flink::Same,
+        description: "A checkpoint not complete after this long is aborted and counts as a failed checkpoint.",
+    },
+    KeySpec {
+        name: "execution.checkpointing.min-pause",
+        section: CK,
+        kind: Kind::Duration { at: at!(checkpoint.min_pause), min: Duration::ZERO, max: DAY },
+        flink: Flink::Same,
+        description: "Least time between the completion of a checkpoint and the trigger of the next.",
+    },
+    KeySpec {
+        name: "execution.checkpointing.max-concurrent-checkpoints",
+        section: CK,
+        kind: Kind::Count { at: at!(checkpoint.max_concurrent), min: 1, max: 64 },
+        flink: Flink::Same,
+        description: "Checkpoints in progress at once, at most.",
+    },
+    KeySpec {
+        name: "execution.checkpointing.tolerable-failed-checkpoints",
+        section: CK,
+        kind: Kind::Count { at: at!(checkpoint.tolerable_failures), min: 0, max: i32::MAX as u32 },
+        flink: Flink::Same,
+        description: "Consecutive failed checkpoints (declined, expired, or not written) a job survives; one \
+                      more fails the job, which then restarts by its restart strategy.",
+    },
+    KeySpec {
+        name: "execution.checkpointing.num-retained",
+        section: CK,
+        kind: Kind::Count { at: at!(checkpoint.retained), min: 1, max: 1000 },
+        flink: Flink::Same,
+        description: "Completed checkpoints kept in the checkpoint directory; older ones are deleted. The \
+                      newest is never deleted.",
+    },
+    KeySpec {
+        name: "execution.checkpointing.mode",
+        section: CK,
+        kind: Kind::Mode { at: at!(checkpoint.mode) },
+        flink: Flink::Same,
+        description: "`exactly-once` (barriers aligned, or unaligned) or `at-least-once` (barriers only \
+                      counted: nothing waits, and records may be replayed twice after a failure).",
+    },
+    KeySpec {
+        name: "execution.checkpointing.unaligned.enabled",
+        section: CK,
+        kind: Kind::Bool { at: at!(checkpoint.unaligned) },
+        flink: Flink::Same,
+        description: "Exactly-once only: barriers overtake in-flight data, which is stored with the \
+                      checkpoint, so checkpoints complete quickly under backpressure.",
+    },
+    KeySpec {
+        name: "execution.checkpointing.aligned-checkpoint-timeout",
+        section: CK,
+        kind: Kind::Duration { at: at!(checkpoint.aligned_timeout), min: Duration::ZERO, max: DAY },
+        flink: Flink::Same,
+        description: "With unaligned checkpoints: start each checkpoint aligned and switch to unaligned once \
+                      alignment has taken this long; zero starts unaligned.",
+    },
+    KeySpec {
+        name: "execution.checkpointing.dir",
+        section: CK,
+        kind: Kind::OptPath { at: at!(checkpoint.dir) },
+        flink: Flink::Same,
+        description: "Directory of a job's checkpoints, shared by every machine of the cluster (one job per \
+                      directory). Required when checkpoints are on.",
+    },
 ];
 
 /// The key of this name.
@@ -626,7 +708,7 @@ impl Kind {
                 let names: Vec<&str> = RestartStrategyType::NAMES.iter().map(|(n, _)| *n).collect();
                 let expected = format!("one of {}", names.join(", "));
                 let t = text(given, &expected)?;
-                *(at.get_mut)(s) = RestartStrategyType::parse(t).ok_or(expected)?;
+                *(at.get_mut)(s) = Some(RestartStrategyType::parse(t).ok_or(expected)?);
             }
             Kind::OptPath { at } => {
                 let p = text(given, "a file path")?;
@@ -634,6 +716,24 @@ impl Kind {
                     return Err("a file path (not empty)".into());
                 }
                 *(at.get_mut)(s) = Some(PathBuf::from(p));
+            }
+            Kind::OptDuration { at, min, max, .. } => {
+                let expected = format!("a duration {}", range(format_duration(*min), format_duration(*max)));
+                let d = match given {
+                    Given::Int(Some(n)) => {
+                        return Err(format!("a duration with a unit: write e.g. \"{n} s\" or \"{n} ms\""))
+                    }
+                    _ => parse_duration(text(given, &expected)?)?,
+                };
+                if d < *min || d > *max {
+                    return Err(expected);
+                }
+                *(at.get_mut)(s) = Some(d);
+            }
+            Kind::Mode { at } => {
+                let expected = "`exactly-once` or `at-least-once`";
+                let t = text(given, expected)?;
+                *(at.get_mut)(s) = CheckpointMode::parse(t).ok_or(expected)?;
             }
             Kind::Secret { at } => {
                 let t = text(given, "the secret as a string")?;
@@ -662,8 +762,10 @@ impl Kind {
             Kind::Port { at } => (at.get)(s).to_string(),
             Kind::Host { at } => (at.get)(s).clone(),
             Kind::OptHost { at, .. } => (at.get)(s).clone()?,
-            Kind::Strategy { at } => (at.get)(s).name().to_string(),
+            Kind::Strategy { at } => (at.get)(s).as_ref()?.name().to_string(),
             Kind::OptPath { at } => (at.get)(s).as_ref()?.display().to_string(),
+            Kind::OptDuration { at, .. } => format_duration((*(at.get)(s))?),
+            Kind::Mode { at } => (at.get)(s).to_string(),
             Kind::Secret { at } => {
                 (at.get)(s).as_ref()?;
                 "(set, not shown)".to_string()
@@ -674,7 +776,8 @@ impl Kind {
     /// What an unset optional field means.
     pub(crate) fn unset(&self) -> &'static str {
         match self {
-            Kind::OptCount { unset, .. } | Kind::OptHost { unset, .. } => unset,
+            Kind::OptCount { unset, .. } | Kind::OptHost { unset, .. } | Kind::OptDuration { unset, .. } => unset,
+            Kind::Strategy { .. } => "`none`, or `exponential-delay` for a job with checkpoints",
             _ => "not set",
         }
     }
@@ -695,6 +798,10 @@ impl Kind {
             Kind::Strategy { .. } => "`none`, `fixed-delay`, `exponential-delay` or `failure-rate`".into(),
             Kind::OptPath { .. } => "file path".into(),
             Kind::Secret { .. } => "string (secret)".into(),
+            Kind::OptDuration { min, max, .. } => {
+                format!("duration, {} to {}", format_duration(*min), format_duration(*max))
+            }
+            Kind::Mode { .. } => "`exactly-once` or `at-least-once`".into(),
         }
     }
 }
@@ -755,6 +862,8 @@ mod tests {
                 Kind::Strategy { .. } => "failure-rate".into(),
                 Kind::OptPath { .. } => "/etc/corestream/secret".into(),
                 Kind::Secret { .. } => "0123456789abcdef".into(),
+                Kind::OptDuration { max, .. } => format_duration(*max),
+                Kind::Mode { .. } => "at-least-once".into(),
             };
             key.kind.assign(key.name, &mut after, &Given::Text(value.clone())).unwrap();
             assert_ne!(before, after, "{} = {value} changed nothing", key.name);

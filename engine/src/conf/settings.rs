@@ -20,6 +20,8 @@ pub struct ClusterSettings {
     /// Heartbeats between the JobManager and its TaskManagers (control plane).
     pub heartbeat: HeartbeatSettings,
     pub restart: RestartSettings,
+    /// Defaults of every job's checkpoints (a submission or `run` may override each).
+    pub checkpoint: CheckpointSettings,
     pub security: SecuritySettings,
 }
 
@@ -257,10 +259,65 @@ impl RestartStrategyType {
     }
 }
 
+/// `execution.checkpointing.*`: how jobs take checkpoints, with Flink's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointSettings {
+    /// Time between the starts of two periodic checkpoints; `None`: no checkpoints.
+    pub interval: Option<Duration>,
+    /// A checkpoint not complete after this long is aborted.
+    pub timeout: Duration,
+    /// Least time from the completion of one checkpoint to the trigger of the next.
+    pub min_pause: Duration,
+    pub max_concurrent: u32,
+    /// Consecutive failed checkpoints a job survives; one more fails it.
+    pub tolerable_failures: u32,
+    /// Completed checkpoints kept; older ones are deleted.
+    pub retained: u32,
+    pub mode: crate::checkpoint::CheckpointMode,
+    pub unaligned: bool,
+    /// With `unaligned`: checkpoints start aligned and switch to unaligned after this long
+    /// (zero: unaligned from the start).
+    pub aligned_timeout: Duration,
+    /// Where checkpoints are written (shared by every machine of a cluster).
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        Self {
+            interval: None,
+            timeout: Duration::from_secs(600),
+            min_pause: Duration::ZERO,
+            max_concurrent: 1,
+            tolerable_failures: 0,
+            retained: 1,
+            mode: crate::checkpoint::CheckpointMode::ExactlyOnce,
+            unaligned: false,
+            aligned_timeout: Duration::ZERO,
+            dir: None,
+        }
+    }
+}
+
+impl CheckpointSettings {
+    /// How the tasks handle barriers under these settings.
+    pub fn barrier_options(&self) -> crate::checkpoint::BarrierOptions {
+        let exactly_once = self.mode == crate::checkpoint::CheckpointMode::ExactlyOnce;
+        crate::checkpoint::BarrierOptions {
+            mode: self.mode,
+            unaligned: exactly_once && self.unaligned,
+            aligned_timeout: (exactly_once && self.unaligned && !self.aligned_timeout.is_zero())
+                .then_some(self.aligned_timeout),
+        }
+    }
+}
+
 /// `restart-strategy.*`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RestartSettings {
-    pub strategy: RestartStrategyType,
+    /// `None`: `none` for a job without checkpoints, `exponential-delay` for one with (Flink's
+    /// defaults).
+    pub strategy: Option<RestartStrategyType>,
     pub fixed_delay: FixedDelaySettings,
     pub exponential_delay: ExponentialDelaySettings,
     pub failure_rate: FailureRateSettings,

@@ -36,7 +36,7 @@ fn defaults_are_the_documented_ones() {
     let n = &s.taskmanager.network;
     assert_eq!((n.number_of_buffers, n.buffers_per_channel, n.floating_buffers_per_gate), (None, 2, 8));
     assert_eq!(n.max_buffers_per_channel, 8);
-    assert_eq!(s.restart.strategy, RestartStrategyType::None);
+    assert_eq!(s.restart.strategy, None);
     assert_eq!((s.restart.fixed_delay.attempts, s.restart.fixed_delay.delay), (1, Duration::from_secs(1)));
     let e = &s.restart.exponential_delay;
     assert_eq!((e.initial_backoff, e.max_backoff), (Duration::from_secs(1), Duration::from_secs(60)));
@@ -64,7 +64,7 @@ fn dotted_keys_and_tables_are_the_same() {
     assert_eq!(dotted, tables);
     assert_eq!((dotted.jobmanager.rpc_port, dotted.rest.port), (7000, 8082));
     assert_eq!(dotted.heartbeat.interval, Duration::from_secs(2));
-    assert_eq!(dotted.restart.strategy, RestartStrategyType::FixedDelay);
+    assert_eq!(dotted.restart.strategy, Some(RestartStrategyType::FixedDelay));
     assert_eq!(dotted.restart.fixed_delay.attempts, 3);
     let quoted = from_toml("\"rest.port\" = 8082\n").unwrap();
     assert_eq!(quoted.rest.port, 8082, "a quoted dotted key is Flink's flat style");
@@ -151,7 +151,7 @@ fn values_of_every_type_are_read() {
     assert_eq!(s.taskmanager.host.as_deref(), Some("tm-1.example.org"));
     assert!(!s.taskmanager.slot.pin_cores);
     assert_eq!(s.taskmanager.slot.spin_before_park, Duration::from_micros(50));
-    assert_eq!(s.restart.strategy, RestartStrategyType::FailureRate);
+    assert_eq!(s.restart.strategy, Some(RestartStrategyType::FailureRate));
     assert_eq!(s.restart.exponential_delay.backoff_multiplier, 2.0);
     assert_eq!(s.restart.exponential_delay.jitter_factor, 0.25);
     assert_eq!(s.restart.exponential_delay.attempts_before_reset_backoff, Some(10));
@@ -171,7 +171,7 @@ fn flink_aliases_of_the_strategy() {
     ] {
         let mut s = ClusterSettings::default();
         s.set("restart-strategy.type", name).unwrap();
-        assert_eq!(s.restart.strategy, expected, "{name}");
+        assert_eq!(s.restart.strategy, Some(expected), "{name}");
     }
 }
 

@@ -15,7 +15,7 @@ use super::api::{
 };
 use super::job_master::{self, Inline, JobEvent};
 use super::state::{now_ms, JobEntry, TmEntry};
-use super::{Jm, NoRestart};
+use super::{Jm, NoRestart, RestartChoice};
 use crate::rpc::ids::{JobId, TaskManagerId};
 use crate::rpc::messages::TaskState;
 use crate::runtime::cluster::PlanSummary;
@@ -259,7 +259,7 @@ impl ClusterApi for Dispatcher {
         };
         job_master::validate(&self.jm, &request.job, &request.args, parallelism).map_err(ApiError::bad_request)?;
         let id = JobId::random();
-        let restarts = (self.jm.settings.restarts)();
+        let restarts = (self.jm.settings.restarts)(RestartChoice::default());
         self.start_job(id, request.job, request.args, parallelism, restarts, None);
         Ok(SubmitResponse { jobid: id })
     }

@@ -37,7 +37,17 @@ use crate::rpc::messages::{JmMessage, Registration, TmMessage};
 use crate::runtime::cluster::PlanSummary;
 
 /// Makes the restart strategy of each new job.
-pub type RestartFactory = Arc<dyn Fn() -> Box<dyn Restarts> + Send + Sync>;
+pub type RestartFactory = Arc<dyn Fn(RestartChoice) -> Box<dyn Restarts> + Send + Sync>;
+
+/// What a job's restart strategy depends on besides the cluster's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestartChoice {
+    /// The strategy the submission asked for (`--restart-strategy`), with the parameters of
+    /// the cluster's settings.
+    pub requested: Option<crate::conf::RestartStrategyType>,
+    /// Whether the job takes checkpoints (the default strategy depends on it, as in Flink).
+    pub checkpointing: bool,
+}
 
 /// The restart strategy `none`: a failed job stays failed.
 #[derive(Debug, Default, Clone, Copy)]
@@ -85,7 +95,7 @@ impl Default for JobManagerConfig {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(50),
             slot_request_timeout: Duration::from_secs(300),
-            restarts: Arc::new(|| Box::new(NoRestart)),
+            restarts: Arc::new(|_| Box::new(NoRestart)),
             secret: None,
             cluster: ClusterConfig::default(),
         }

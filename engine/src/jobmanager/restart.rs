@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{RestartFactory, Restarts};
+use super::{RestartChoice, RestartFactory, Restarts};
 
 use crate::conf::value::format_duration;
 use crate::conf::{RestartSettings, RestartStrategyType};
@@ -45,9 +45,20 @@ pub enum RestartStrategy {
 }
 
 impl RestartStrategy {
-    /// The strategy `restart-strategy.type` selects, with its keys.
-    pub fn from_settings(s: &RestartSettings) -> Self {
-        match s.strategy {
+    /// The strategy `restart-strategy.type` selects, with its keys; unset, `exponential-delay`
+    /// for a job with checkpoints and `none` for one without (Flink's defaults).
+    pub fn from_settings(s: &RestartSettings, checkpointing: bool) -> Self {
+        let kind = s.strategy.unwrap_or(if checkpointing {
+            RestartStrategyType::ExponentialDelay
+        } else {
+            RestartStrategyType::None
+        });
+        Self::of_kind(kind, s)
+    }
+
+    /// Strategy `kind` with the parameters of `s`.
+    pub fn of_kind(kind: RestartStrategyType, s: &RestartSettings) -> Self {
+        match kind {
             RestartStrategyType::None => Self::None,
             RestartStrategyType::FixedDelay => {
                 Self::FixedDelay { attempts: s.fixed_delay.attempts, delay: s.fixed_delay.delay }
@@ -76,10 +87,17 @@ impl RestartStrategy {
         RestartTracker::new(self.clone())
     }
 
-    /// What the JobManager needs: a fresh tracker for every job.
-    pub fn factory(&self) -> RestartFactory {
-        let strategy = self.clone();
-        Arc::new(move || Box::new(strategy.tracker()) as Box<dyn Restarts>)
+    /// What the JobManager needs: a fresh tracker for every job, of the strategy the job asked
+    /// for or the settings' default for it.
+    pub fn factory(settings: &RestartSettings) -> RestartFactory {
+        let settings = settings.clone();
+        Arc::new(move |choice: RestartChoice| {
+            let strategy = match choice.requested {
+                Some(kind) => RestartStrategy::of_kind(kind, &settings),
+                None => RestartStrategy::from_settings(&settings, choice.checkpointing),
+            };
+            Box::new(strategy.tracker()) as Box<dyn Restarts>
+        })
     }
 }
 
@@ -301,8 +319,7 @@ mod tests {
     const S: u64 = 1000;
 
     fn flink_default(kind: RestartStrategyType) -> RestartTracker {
-        let settings = RestartSettings { strategy: kind, ..RestartSettings::default() };
-        RestartStrategy::from_settings(&settings).tracker()
+        RestartStrategy::of_kind(kind, &RestartSettings::default()).tracker()
     }
 
     fn restart(delay_ms: u64, attempt: u32) -> RestartDecision {
@@ -358,10 +375,10 @@ mod tests {
 
     #[test]
     fn exponential_delay_jitter_is_a_fraction_of_the_backoff_within_the_bounds() {
-        let strategy = RestartStrategy::from_settings(&RestartSettings {
-            strategy: RestartStrategyType::ExponentialDelay,
-            ..RestartSettings::default()
-        });
+        let strategy = RestartStrategy::from_settings(
+            &RestartSettings { strategy: Some(RestartStrategyType::ExponentialDelay), ..RestartSettings::default() },
+            false,
+        );
         let second = |jitter: f64| {
             let mut t = strategy.tracker();
             t.on_failure(0, true, 0.0);
@@ -403,14 +420,15 @@ mod tests {
 
     #[test]
     fn exponential_delay_gives_up_after_its_attempts_before_reset() {
-        let mut settings = RestartSettings { strategy: RestartStrategyType::ExponentialDelay, ..Default::default() };
+        let mut settings =
+            RestartSettings { strategy: Some(RestartStrategyType::ExponentialDelay), ..Default::default() };
         settings.exponential_delay.attempts_before_reset_backoff = Some(2);
-        let mut t = RestartStrategy::from_settings(&settings).tracker();
+        let mut t = RestartStrategy::from_settings(&settings, false).tracker();
         assert_eq!(t.on_failure(0, true, 0.0), restart(1000, 1));
         assert_eq!(t.on_failure(2 * S, true, 0.0), restart(1500, 2));
         let r = reason(t.on_failure(4 * S, true, 0.0));
         assert!(r.starts_with("exponential-delay restart strategy: 2 attempt(s) used up without a run of 1 h"), "{r}");
-        let mut t = RestartStrategy::from_settings(&settings).tracker();
+        let mut t = RestartStrategy::from_settings(&settings, false).tracker();
         t.on_failure(0, true, 0.0);
         t.on_failure(2 * S, true, 0.0);
         assert_eq!(t.on_failure(2 * S + 1500 + 3_600 * S, true, 0.0), restart(1000, 3), "a reset renews the attempts");
@@ -459,9 +477,9 @@ mod tests {
             let j = random_jitter();
             assert!((-1.0..=1.0).contains(&j), "{j}");
         }
-        let settings = RestartSettings { strategy: RestartStrategyType::ExponentialDelay, ..Default::default() };
-        let factory = RestartStrategy::from_settings(&settings).factory();
-        let (mut a, mut b) = (factory(), factory());
+        let settings = RestartSettings { strategy: Some(RestartStrategyType::ExponentialDelay), ..Default::default() };
+        let factory = RestartStrategy::factory(&settings);
+        let (mut a, mut b) = (factory(RestartChoice::default()), factory(RestartChoice::default()));
         let ms = |d: Result<Duration, String>| d.unwrap().as_millis() as u64;
         let first = ms(a.on_failure(0, true));
         assert!((1000..=1100).contains(&first), "1 s + 10 %, never below the initial backoff: {first}");
@@ -474,17 +492,22 @@ mod tests {
     #[test]
     fn strategies_come_from_the_settings() {
         let mut s = RestartSettings::default();
-        assert_eq!(RestartStrategy::from_settings(&s), RestartStrategy::None);
-        s.strategy = RestartStrategyType::FixedDelay;
+        assert_eq!(RestartStrategy::from_settings(&s, false), RestartStrategy::None);
+        assert_eq!(
+            RestartStrategy::from_settings(&s, true).to_string(),
+            "exponential-delay (1 s × 1.5 up to 1 min)",
+            "Flink's default for a job with checkpoints"
+        );
+        s.strategy = Some(RestartStrategyType::FixedDelay);
         s.fixed_delay.attempts = 5;
         assert_eq!(
-            RestartStrategy::from_settings(&s),
+            RestartStrategy::from_settings(&s, true),
             RestartStrategy::FixedDelay { attempts: 5, delay: Duration::from_secs(1) }
         );
-        s.strategy = RestartStrategyType::FailureRate;
-        let fr = RestartStrategy::from_settings(&s);
+        s.strategy = Some(RestartStrategyType::FailureRate);
+        let fr = RestartStrategy::from_settings(&s, false);
         assert_eq!(fr.to_string(), "failure-rate (at most 1 failure(s) per 1 min, 1 s apart)");
-        s.strategy = RestartStrategyType::ExponentialDelay;
-        assert_eq!(RestartStrategy::from_settings(&s).to_string(), "exponential-delay (1 s × 1.5 up to 1 min)");
+        s.strategy = Some(RestartStrategyType::ExponentialDelay);
+        assert_eq!(RestartStrategy::from_settings(&s, false).to_string(), "exponential-delay (1 s × 1.5 up to 1 min)");
     }
 }

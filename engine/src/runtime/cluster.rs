@@ -94,6 +94,26 @@ pub(crate) struct PartPlacement<'a> {
     /// The deployment key and every participant's data-connection id, by index; required with
     /// a distribution.
     pub peers: Option<(u64, &'a [TmId])>,
+    /// Set when the job takes checkpoints or restores from one.
+    pub checkpoints: Option<&'a PartCheckpoints>,
+}
+
+/// What the tasks of a part need for checkpoints: how barriers are handled, where snapshots
+/// go, and the state each local task restores (by task) when the job starts from a checkpoint.
+pub(crate) struct PartCheckpoints {
+    pub options: crate::checkpoint::BarrierOptions,
+    pub reporter: Arc<dyn crate::checkpoint::SnapshotReporter>,
+    /// Reads a task's state when the part starts from a checkpoint.
+    pub restore: Option<Arc<dyn crate::checkpoint::TaskStateLoader>>,
+}
+
+/// A local task's control mailbox, for the TaskManager to route triggers and notifications.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskMailbox {
+    pub task: crate::checkpoint::TaskId,
+    /// Its chain starts with a source (triggers go to these only).
+    pub source: bool,
+    pub mailbox: Arc<crate::checkpoint::ControlMailbox>,
 }
 
 /// Slots held by a running job; released when the job's handle is dropped.
@@ -687,6 +707,7 @@ impl LocalCluster {
         };
 
         let mut per_slot: Vec<Vec<TaskBuild>> = local.clone().map(|_| Vec::new()).collect();
+        let mut mailboxes = Vec::new();
         for (t, spec) in plan.tasks.iter().enumerate() {
             if owner(spec.slot) != tm {
                 continue;
@@ -718,6 +739,32 @@ impl LocalCluster {
                 })
                 .collect();
             let head = vertex.nodes[0];
+            let checkpointing = match placement.checkpoints {
+                None => None,
+                Some(c) => {
+                    let task = crate::checkpoint::TaskId { vertex: spec.vertex as u32, subtask: spec.subtask };
+                    let restore = match &c.restore {
+                        Some(loader) => loader.load(task)?.map(Arc::new),
+                        None => None,
+                    };
+                    let mailbox = Arc::new(crate::checkpoint::ControlMailbox::new(
+                        bell_of(t),
+                        crate::checkpoint::ControlMailbox::DEFAULT_CAPACITY,
+                    ));
+                    mailboxes.push(TaskMailbox {
+                        task,
+                        source: nodes[head].kind == NodeKind::Source,
+                        mailbox: mailbox.clone(),
+                    });
+                    Some(crate::checkpoint::TaskCheckpointing {
+                        task,
+                        mailbox,
+                        options: c.options,
+                        reporter: c.reporter.clone(),
+                        restore,
+                    })
+                }
+            };
             per_slot[local_index].push(TaskBuild {
                 subtask: spec.subtask,
                 parallelism: vertex.parallelism,
@@ -738,7 +785,7 @@ impl LocalCluster {
                 pool: self.inner.pool.clone(),
                 buffer_timeout: exec.buffer_timeout,
                 batch_size: exec.batch_size,
-                checkpointing: None,
+                checkpointing,
             });
         }
         drop(channels);
@@ -797,6 +844,7 @@ impl LocalCluster {
                 buffers_reserved: buffers_needed,
                 network: summaries,
                 pool: self.inner.pool.clone(),
+                mailboxes,
             }),
             threads: Vec::new(),
             pending,

@@ -216,6 +216,8 @@ pub(crate) struct JobView {
     /// The job's links to other TaskManagers, reported by the network executor as they end.
     pub network: Arc<Mutex<Vec<ConnectionSummary>>>,
     pub pool: BufferPool,
+    /// The control mailboxes of this process's tasks (empty without checkpoints).
+    pub mailboxes: Vec<super::cluster::TaskMailbox>,
 }
 
 impl JobView {

@@ -316,6 +316,7 @@ fn start(
         slots: Some(&me.slots),
         fingerprint: Some(d.fingerprint),
         peers: Some((d.deployment.0, &ids)),
+        checkpoints: None,
     };
     let handle = env.execute_part(&d.job_type, placement)?;
     Ok((handle, parts))
