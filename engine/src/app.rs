@@ -122,6 +122,7 @@ pub fn jobmanager_config(settings: &ClusterSettings) -> Result<JobManagerConfig,
         heartbeat_timeout: settings.heartbeat.timeout,
         slot_request_timeout: jm.slot_request_timeout,
         restarts: RestartStrategy::factory(&settings.restart),
+        checkpoint: settings.checkpoint.clone(),
         secret: secret(settings)?,
         cluster,
     })

@@ -158,6 +158,7 @@ fn submit(api: &dyn ClusterApi, args: &[&str], parallelism: u32) -> String {
         job: "sum".into(),
         args: args.iter().map(|s| s.to_string()).collect(),
         parallelism: Some(parallelism),
+        ..Default::default()
     };
     api.submit(request).expect("accepted").jobid.to_string()
 }
@@ -216,7 +217,7 @@ fn signals_reach_every_task_manager_of_the_job() {
     let address = jm.rpc_address().to_string();
     let _tms = (taskmanager(&address, 1), taskmanager(&address, 1));
     let api = jm.api();
-    let request = SubmitRequest { job: "signals".into(), args: vec![], parallelism: Some(2) };
+    let request = SubmitRequest { job: "signals".into(), args: vec![], parallelism: Some(2), ..Default::default() };
     let id = api.submit(request).unwrap().jobid.to_string();
     let r = wait(api.as_ref(), &id, Duration::from_secs(60));
     assert_eq!(r.state, JobState::Finished, "{r:?}");
@@ -231,17 +232,29 @@ fn invalid_submissions_are_refused_and_change_nothing() {
     let jm = jobmanager(0);
     let _tm = taskmanager(&jm.rpc_address().to_string(), 1);
     let api = jm.api();
-    let unknown = api.submit(SubmitRequest { job: "sun".into(), args: vec![], parallelism: None }).unwrap_err();
+    let unknown = api
+        .submit(SubmitRequest { job: "sun".into(), args: vec![], parallelism: None, ..Default::default() })
+        .unwrap_err();
     assert!(
         unknown.message.contains("unknown job type 'sun'") && unknown.message.contains("did you mean 'sum'"),
         "{unknown:?}"
     );
     let bad = api
-        .submit(SubmitRequest { job: "sum".into(), args: vec!["ten".into(), "3".into()], parallelism: None })
+        .submit(SubmitRequest {
+            job: "sum".into(),
+            args: vec!["ten".into(), "3".into()],
+            parallelism: None,
+            ..Default::default()
+        })
         .unwrap_err();
     assert!(bad.message.contains("RECORDS 'ten' is not a number"), "{bad:?}");
     let zero = api
-        .submit(SubmitRequest { job: "sum".into(), args: vec!["1".into(), "1".into()], parallelism: Some(0) })
+        .submit(SubmitRequest {
+            job: "sum".into(),
+            args: vec!["1".into(), "1".into()],
+            parallelism: Some(0),
+            ..Default::default()
+        })
         .unwrap_err();
     assert!(zero.message.contains("parallelism"), "{zero:?}");
     assert!(api.jobs().is_empty());

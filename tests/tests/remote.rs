@@ -151,7 +151,8 @@ fn taskmanager(jm: &JobManager, slots: u32) -> TaskManager {
 }
 
 fn run(api: &dyn ClusterApi, job: &str, parallelism: u32) -> JobExecutionResult {
-    let request = SubmitRequest { job: job.into(), args: Vec::new(), parallelism: Some(parallelism) };
+    let request =
+        SubmitRequest { job: job.into(), args: Vec::new(), parallelism: Some(parallelism), ..Default::default() };
     let id = api.submit(request).expect("accepted").jobid.to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

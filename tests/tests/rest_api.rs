@@ -513,8 +513,12 @@ fn the_client_drives_a_server() {
     assert_eq!(client.task_manager(tm_id()).unwrap().slots.len(), fake_cluster::SLOTS as usize);
     assert_eq!(client.job_types().unwrap()[0].name, "sum-by-key");
 
-    let request =
-        SubmitRequest { job: "sum-by-key".into(), args: vec!["--keys".into(), "5".into()], parallelism: Some(2) };
+    let request = SubmitRequest {
+        job: "sum-by-key".into(),
+        args: vec!["--keys".into(), "5".into()],
+        parallelism: Some(2),
+        ..Default::default()
+    };
     let id = client.submit(&request).unwrap().jobid;
     assert_eq!(client.jobs().unwrap()[0].jid, id);
     assert_eq!(client.job(id).unwrap().vertices.len(), 2);
@@ -528,8 +532,10 @@ fn the_client_drives_a_server() {
     );
     assert_eq!(client.execution_result(id).unwrap().state, JobState::Finished);
 
-    let forever =
-        client.submit(&SubmitRequest { job: "forever".into(), args: vec![], parallelism: None }).unwrap().jobid;
+    let forever = client
+        .submit(&SubmitRequest { job: "forever".into(), args: vec![], parallelism: None, ..Default::default() })
+        .unwrap()
+        .jobid;
     match client.wait_for_result(forever, Duration::from_millis(200)) {
         Err(ClientError::WaitTimeout { jobid, state: JobState::Running, .. }) => assert_eq!(jobid, forever),
         other => panic!("{other:?}"),
@@ -539,7 +545,9 @@ fn the_client_drives_a_server() {
     let e = client.cancel(forever).unwrap_err();
     assert_eq!(e.api_error().map(|a| a.error), Some(ApiErrorCode::Conflict), "{e}");
 
-    let e = client.submit(&SubmitRequest { job: "nope".into(), args: vec![], parallelism: None }).unwrap_err();
+    let e = client
+        .submit(&SubmitRequest { job: "nope".into(), args: vec![], parallelism: None, ..Default::default() })
+        .unwrap_err();
     assert!(matches!(&e, ClientError::Api { status: 400, .. }), "{e:?}");
     assert!(e.to_string().contains(&server.url()) && e.to_string().contains("unknown job type `nope`"), "{e}");
     let e = client.job(JobId::random()).unwrap_err();

@@ -165,7 +165,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
 
 fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let client = args.connection.client()?;
-    let request = SubmitRequest { job: args.job, args: args.args, parallelism: args.parallelism };
+    let request = SubmitRequest { job: args.job, args: args.args, parallelism: args.parallelism, ..Default::default() };
     let id = client.submit(&request)?.jobid;
     if args.detached {
         println!("{id}");

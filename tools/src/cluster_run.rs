@@ -118,7 +118,7 @@ pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobO
         let data = data_address(api.as_ref(), child.pid).unwrap_or_else(|| "unknown".into());
         eprintln!("corestream: TaskManager {} (pid {}) registered, data {data}", child.index, child.pid);
     }
-    let request = SubmitRequest { job: job.to_string(), args, parallelism: Some(parallelism) };
+    let request = SubmitRequest { job: job.to_string(), args, parallelism: Some(parallelism), ..Default::default() };
     let (result, exits) = crate::progress::run_on_cluster(&mut cluster, request, job)?;
     let outcome = result.result.ok_or_else(|| anyhow!("the JobManager reported no outcome for the ended job"))?;
     if result.state == JobState::Finished {

@@ -12,6 +12,7 @@
 
 pub mod alignment;
 pub mod mailbox;
+pub mod request;
 
 use std::time::Duration;
 
@@ -213,6 +214,25 @@ impl TaskSnapshot {
             + channels(&self.input_channels)
             + channels(&self.output_channels)
     }
+}
+
+/// What the job master knows of a task's checkpoint file: where it is (relative to the
+/// checkpoint's directory) and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStateHandle {
+    pub file: String,
+    pub size: u64,
+    pub checksum: u64,
+}
+
+/// How a deployment takes part in checkpoints: carried by its descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentCheckpointing {
+    /// The job's checkpoint directory (shared by every TaskManager).
+    pub dir: std::path::PathBuf,
+    pub options: BarrierOptions,
+    /// The checkpoint (in `dir`) the tasks restore from; `None`: a fresh start.
+    pub restore: Option<CheckpointId>,
 }
 
 /// How long one task's part of a checkpoint took, and how much it wrote.

@@ -27,9 +27,9 @@ pub use error::{ConfError, Origin};
 pub use keys::env_var_name;
 pub use load::CONFIG_FILE_BYTES_MAX;
 pub use settings::{
-    ClusterSettings, ExponentialDelaySettings, FailureRateSettings, FixedDelaySettings, HeartbeatSettings,
-    JobManagerSettings, NetworkSettings, RestApiSettings, RestartSettings, RestartStrategyType, SecuritySettings,
-    SlotSettings, TaskManagerSettings,
+    CheckpointSettings, ClusterSettings, ExponentialDelaySettings, FailureRateSettings, FixedDelaySettings,
+    HeartbeatSettings, JobManagerSettings, NetworkSettings, RestApiSettings, RestartSettings, RestartStrategyType,
+    SecuritySettings, SlotSettings, TaskManagerSettings,
 };
 
 /// Prefix of the environment variables that set keys.

@@ -57,7 +57,7 @@ pub struct TaskManagerInfo {
 }
 
 /// `POST /v1/jobs`: run a registered job type by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// A registered job type (`GET /v1/job-types`).
@@ -68,6 +68,16 @@ pub struct SubmitRequest {
     /// Default parallelism; all free slots the job can use when absent.
     #[serde(default)]
     pub parallelism: Option<u32>,
+    /// Overrides of the cluster's checkpoint settings (`execution.checkpointing.*`).
+    #[serde(default)]
+    pub checkpoints: Option<crate::checkpoint::request::CheckpointRequest>,
+    /// Start from a checkpoint instead of from the beginning.
+    #[serde(default)]
+    pub restore: Option<crate::checkpoint::request::RestoreRequest>,
+    /// The restart strategy (`none`, `fixed-delay`, `exponential-delay`, `failure-rate`) with the
+    /// cluster's parameters for it; by default the cluster's, or Flink's default.
+    #[serde(default)]
+    pub restart_strategy: Option<String>,
 }
 
 /// The answer to a submission.

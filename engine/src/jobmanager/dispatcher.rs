@@ -16,6 +16,7 @@ use super::api::{
 use super::job_master::{self, Inline, JobEvent};
 use super::state::{now_ms, JobEntry, TmEntry};
 use super::{Jm, NoRestart, RestartChoice};
+use crate::checkpoint::request::{parse_restart_strategy, resolve, JobCheckpointing};
 use crate::rpc::ids::{JobId, TaskManagerId};
 use crate::rpc::messages::TaskState;
 use crate::runtime::cluster::PlanSummary;
@@ -146,6 +147,7 @@ impl Dispatcher {
         args: Vec<String>,
         parallelism: u32,
         restarts: Box<dyn job_master::Restarts>,
+        checkpointing: JobCheckpointing,
         inline: Option<Inline>,
     ) {
         let (inbox_tx, inbox) = mpsc::channel::<JobEvent>(INBOX);
@@ -173,6 +175,7 @@ impl Dispatcher {
                     metrics: BTreeMap::new(),
                     outcome: None,
                     inbox: inbox_tx,
+                    checkpointing,
                     seq,
                 },
             );
@@ -198,7 +201,16 @@ impl Dispatcher {
     /// (see [`crate::runtime::mini`]). It is never restarted: its closures may not run twice.
     pub(crate) fn submit_inline(&self, id: JobId, parallelism: u32, plan: PlanSummary, job: InlineJob) {
         let name = job.name().to_string();
-        self.start_job(id, name, Vec::new(), parallelism, Box::new(NoRestart), Some(Inline { plan, job }));
+        let checkpointing = JobCheckpointing { settings: None, dir: None, restore: None };
+        self.start_job(
+            id,
+            name,
+            Vec::new(),
+            parallelism,
+            Box::new(NoRestart),
+            checkpointing,
+            Some(Inline { plan, job }),
+        );
     }
 }
 
@@ -257,10 +269,19 @@ impl ClusterApi for Dispatcher {
             Some(p) => p,
             None => self.jm.slot_counts().0.max(1),
         };
+        let checkpointing =
+            resolve(&self.jm.settings.checkpoint, request.checkpoints.as_ref(), request.restore.as_ref())
+                .map_err(ApiError::bad_request)?;
+        let requested = request
+            .restart_strategy
+            .as_deref()
+            .map(parse_restart_strategy)
+            .transpose()
+            .map_err(ApiError::bad_request)?;
         job_master::validate(&self.jm, &request.job, &request.args, parallelism).map_err(ApiError::bad_request)?;
         let id = JobId::random();
-        let restarts = (self.jm.settings.restarts)(RestartChoice::default());
-        self.start_job(id, request.job, request.args, parallelism, restarts, None);
+        let restarts = (self.jm.settings.restarts)(RestartChoice { requested, checkpointing: checkpointing.enabled() });
+        self.start_job(id, request.job, request.args, parallelism, restarts, checkpointing, None);
         Ok(SubmitResponse { jobid: id })
     }
 

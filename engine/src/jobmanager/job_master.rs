@@ -358,6 +358,7 @@ async fn run_attempt(
             participants: participants.clone(),
             index: i as u32,
             allocation,
+            checkpointing: None,
             inline: inline.map(|i| i.job.clone()),
         };
         jm.send(p.tm, JmMessage::Deploy(Box::new(descriptor)));

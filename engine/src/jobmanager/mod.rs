@@ -74,6 +74,8 @@ pub struct JobManagerConfig {
     pub secret: Option<crate::auth::ClusterSecret>,
     /// Credit settings the plans are made with (the TaskManagers must use the same).
     pub cluster: ClusterConfig,
+    /// Defaults of every job's checkpoints.
+    pub checkpoint: crate::conf::CheckpointSettings,
 }
 
 impl std::fmt::Debug for JobManagerConfig {
@@ -98,6 +100,7 @@ impl Default for JobManagerConfig {
             restarts: Arc::new(|_| Box::new(NoRestart)),
             secret: None,
             cluster: ClusterConfig::default(),
+            checkpoint: Default::default(),
         }
     }
 }

@@ -200,7 +200,9 @@ impl Jm {
             | TmMessage::Metrics { deployment, .. }
             | TmMessage::Signals { deployment, .. }
             | TmMessage::PartEnded { deployment, .. }
-            | TmMessage::Committed { deployment, .. } => state.deployments.get(deployment).copied(),
+            | TmMessage::Committed { deployment, .. }
+            | TmMessage::AcknowledgeCheckpoint { deployment, .. }
+            | TmMessage::DeclineCheckpoint { deployment, .. } => state.deployments.get(deployment).copied(),
         };
         let Some(job) = job else {
             tracing::debug!(%tm, "a message about a deployment this JobManager no longer tracks");

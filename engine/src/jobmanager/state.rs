@@ -61,6 +61,8 @@ pub(crate) struct JobEntry {
     pub metrics: BTreeMap<TaskManagerId, PartReport>,
     pub outcome: Option<super::api::JobOutcome>,
     pub inbox: mpsc::Sender<JobEvent>,
+    /// Its checkpoints and where it starts from.
+    pub checkpointing: crate::checkpoint::request::JobCheckpointing,
     /// Submission order.
     pub seq: u64,
 }

@@ -13,6 +13,10 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use super::ids::{DeploymentKey, JobId, TaskManagerId};
+use crate::checkpoint::{
+    BarrierOptions, CheckpointId, CheckpointNotice, DeploymentCheckpointing, TaskCheckpointMetrics, TaskId,
+    TaskStateHandle,
+};
 
 /// Version of this message set; a peer with another version is refused at registration.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -331,6 +335,21 @@ pub enum TmMessage {
         deployment: DeploymentKey,
         error: Option<String>,
     },
+    /// A task's part of a checkpoint is written (and synced).
+    AcknowledgeCheckpoint {
+        deployment: DeploymentKey,
+        task: TaskId,
+        checkpoint_id: CheckpointId,
+        handle: TaskStateHandle,
+        metrics: TaskCheckpointMetrics,
+    },
+    /// A task could not take its part of a checkpoint.
+    DeclineCheckpoint {
+        deployment: DeploymentKey,
+        task: TaskId,
+        checkpoint_id: CheckpointId,
+        reason: String,
+    },
 }
 
 /// One TaskManager's share of a deployment.
@@ -364,6 +383,9 @@ pub struct DeploymentDescriptor {
     pub index: u32,
     /// The slot allocation the deployment uses.
     pub allocation: u64,
+    /// Set when the job takes checkpoints or starts from one.
+    #[serde(default)]
+    pub checkpointing: Option<DeploymentCheckpointing>,
     /// An embedded cluster's job, handed to its in-process TaskManager in memory instead of
     /// being built by name; never serialized (a TaskManager process gets `None`).
     #[serde(skip)]
@@ -421,6 +443,19 @@ pub enum JmMessage {
     /// The deployment will not be committed: drop its staged output.
     Discard {
         deployment: DeploymentKey,
+    },
+    /// Start a checkpoint at the deployment's source tasks on this TaskManager.
+    TriggerCheckpoint {
+        deployment: DeploymentKey,
+        checkpoint_id: CheckpointId,
+        timestamp_ms: i64,
+        options: BarrierOptions,
+    },
+    /// Tell every task of the deployment on this TaskManager that a checkpoint completed or
+    /// was aborted.
+    NotifyCheckpoint {
+        deployment: DeploymentKey,
+        notice: CheckpointNotice,
     },
 }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use corestream_netstack::handshake::TmId;
 use tokio::sync::mpsc;
 
+use crate::checkpoint::{BarrierOptions, CheckpointId, CheckpointNotice, ControlMessage, TaskId};
 use crate::config::Distribution;
 use crate::error::JobError;
 use crate::graph::execution::SlotSplit;
@@ -30,7 +31,7 @@ use crate::rpc::messages::{
     ConnectionReport, DeploymentDescriptor, LatencyReport, OperatorReport, PartOutcome, PartReport, TaskReport,
     TaskState, TaskStateUpdate, WarningReport,
 };
-use crate::runtime::cluster::{LocalCluster, PartPlacement};
+use crate::runtime::cluster::{LocalCluster, PartPlacement, TaskMailbox};
 use crate::runtime::job::{JobShared, JobView, StagedOutputs};
 use crate::runtime::metrics::{JobResult, TaskPhase};
 use crate::runtime::mini::InlineJob;
@@ -62,6 +63,21 @@ pub(crate) enum DeploymentEvent {
         outcome: PartOutcome,
         staged: Option<StagedOutputs>,
     },
+    /// A task's state for a checkpoint is written.
+    CheckpointAck {
+        deployment: DeploymentKey,
+        task: TaskId,
+        checkpoint_id: CheckpointId,
+        handle: crate::checkpoint::TaskStateHandle,
+        metrics: crate::checkpoint::TaskCheckpointMetrics,
+    },
+    /// A task could not take its part of a checkpoint.
+    CheckpointDecline {
+        deployment: DeploymentKey,
+        task: TaskId,
+        checkpoint_id: CheckpointId,
+        reason: String,
+    },
 }
 
 /// Shared between the control loop and one deployment thread.
@@ -72,6 +88,9 @@ pub(crate) struct DeploymentControl {
     /// tasks started.
     pub cancelled: AtomicBool,
     pub canceller: Mutex<Option<Arc<JobShared>>>,
+    /// The control mailboxes of the deployment's tasks here, once deployed (empty without
+    /// checkpoints).
+    pub mailboxes: Mutex<Vec<TaskMailbox>>,
 }
 
 impl DeploymentControl {
@@ -80,6 +99,41 @@ impl DeploymentControl {
             signals: crate::registry::JobSignals::remote(),
             cancelled: AtomicBool::new(false),
             canceller: Mutex::new(None),
+            mailboxes: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn set_mailboxes(&self, mailboxes: &[TaskMailbox]) {
+        *self.mailboxes.lock().unwrap_or_else(|e| e.into_inner()) = mailboxes.to_vec();
+    }
+
+    /// Starts checkpoint `checkpoint_id` at this deployment's source tasks here; returns the
+    /// tasks that could not take the trigger, with the reason.
+    pub(crate) fn trigger(
+        &self,
+        checkpoint_id: CheckpointId,
+        timestamp_ms: i64,
+        options: BarrierOptions,
+    ) -> Vec<(TaskId, String)> {
+        let mailboxes = self.mailboxes.lock().unwrap_or_else(|e| e.into_inner());
+        mailboxes
+            .iter()
+            .filter(|m| m.source)
+            .filter_map(|m| {
+                let message = ControlMessage::Trigger { checkpoint_id, timestamp_ms, options };
+                m.mailbox.send(message).err().map(|e| (m.task, e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Tells every task of this deployment here that a checkpoint completed or was aborted.
+    pub(crate) fn notify(&self, notice: CheckpointNotice) {
+        let mailboxes = self.mailboxes.lock().unwrap_or_else(|e| e.into_inner());
+        for m in mailboxes.iter() {
+            if let Err(e) = m.mailbox.send(ControlMessage::Notify(notice)) {
+                // A later completion covers this one for two-phase-commit sinks.
+                tracing::warn!(task = %m.task, ?notice, error = %e, "a checkpoint notification was dropped");
+            }
         }
     }
 
@@ -127,6 +181,7 @@ pub(crate) fn run(
         }
     };
     let canceller = handle.canceller();
+    control.set_mailboxes(&handle.view().mailboxes);
     *control.canceller.lock().unwrap_or_else(|e| e.into_inner()) = Some(canceller.clone());
     if control.cancelled.load(Ordering::Acquire) {
         canceller.cancel();
@@ -217,6 +272,7 @@ pub(crate) fn start_inline(
                 let _ = released_tx.send(());
             }));
             let view = handle.view();
+            control.set_mailboxes(&view.mailboxes);
             *control.canceller.lock().unwrap_or_else(|e| e.into_inner()) = Some(view.shared.clone());
             if control.cancelled.load(Ordering::Acquire) {
                 view.shared.cancel();

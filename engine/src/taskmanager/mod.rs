@@ -20,6 +20,7 @@
 //! version) or cannot prove the secret itself stops the TaskManager at once with the reason,
 //! as Flink's TaskExecutor treats a declined registration: retrying cannot help.
 
+mod checkpoints;
 mod deployment;
 pub(crate) mod local;
 
@@ -633,6 +634,20 @@ impl Control {
                 self.forget(deployment, deployments);
                 Vec::new()
             }
+            JmMessage::TriggerCheckpoint { deployment, checkpoint_id, timestamp_ms, options } => {
+                let Some(t) = deployments.get(&deployment) else { return Vec::new() };
+                t.control
+                    .trigger(checkpoint_id, timestamp_ms, options)
+                    .into_iter()
+                    .map(|(task, reason)| TmMessage::DeclineCheckpoint { deployment, task, checkpoint_id, reason })
+                    .collect()
+            }
+            JmMessage::NotifyCheckpoint { deployment, notice } => {
+                if let Some(t) = deployments.get(&deployment) {
+                    t.control.notify(notice);
+                }
+                Vec::new()
+            }
             other @ (JmMessage::Challenge { .. } | JmMessage::Registered { .. } | JmMessage::Refused { .. }) => {
                 tracing::warn!(message = %kind(&other), "unexpected message from the JobManager after registration");
                 Vec::new()
@@ -656,6 +671,12 @@ impl Control {
             DeploymentEvent::Metrics { deployment, report } => vec![TmMessage::Metrics { deployment, report }],
             DeploymentEvent::Signals { deployment, adds } => vec![TmMessage::Signals { deployment, adds }],
             DeploymentEvent::States { deployment, updates } => vec![TmMessage::TaskStates { deployment, updates }],
+            DeploymentEvent::CheckpointAck { deployment, task, checkpoint_id, handle, metrics } => {
+                vec![TmMessage::AcknowledgeCheckpoint { deployment, task, checkpoint_id, handle, metrics }]
+            }
+            DeploymentEvent::CheckpointDecline { deployment, task, checkpoint_id, reason } => {
+                vec![TmMessage::DeclineCheckpoint { deployment, task, checkpoint_id, reason }]
+            }
             DeploymentEvent::Ended { deployment, outcome, staged } => {
                 if let Some(t) = deployments.get_mut(&deployment) {
                     t.ended = true;

@@ -146,7 +146,15 @@ mod tests {
     fn a_valid_body_decodes() {
         let r: SubmitRequest =
             decode_json(Some(&json()), br#"{"job":"wordcount","args":["a"],"parallelism":2}"#).unwrap();
-        assert_eq!(r, SubmitRequest { job: "wordcount".into(), args: vec!["a".into()], parallelism: Some(2) });
+        assert_eq!(
+            r,
+            SubmitRequest {
+                job: "wordcount".into(),
+                args: vec!["a".into()],
+                parallelism: Some(2),
+                ..Default::default()
+            }
+        );
         let r: SubmitRequest = decode_json(Some(&json()), br#"{"job":"wordcount"}"#).unwrap();
         assert_eq!((r.args.len(), r.parallelism), (0, None));
     }
