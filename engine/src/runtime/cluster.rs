@@ -83,6 +83,8 @@ pub(crate) struct VertexSummary {
     pub parallelism: u32,
     /// Stream node ids, head first.
     pub nodes: Vec<usize>,
+    /// Its chain starts with a source (checkpoints are triggered there).
+    pub source: bool,
 }
 
 /// Where this process's share of a job runs (see [`LocalCluster::submit_part`]).
@@ -181,7 +183,12 @@ impl PreparedJob {
                 .jg
                 .vertices
                 .iter()
-                .map(|v| VertexSummary { name: v.name.clone(), parallelism: v.parallelism, nodes: v.nodes.clone() })
+                .map(|v| VertexSummary {
+                    name: v.name.clone(),
+                    parallelism: v.parallelism,
+                    nodes: v.nodes.clone(),
+                    source: self.nodes[v.nodes[0]].kind == NodeKind::Source,
+                })
                 .collect(),
             text: self.plan_text.clone(),
         }
@@ -513,7 +520,12 @@ impl LocalCluster {
             vertices: jg
                 .vertices
                 .iter()
-                .map(|v| VertexSummary { name: v.name.clone(), parallelism: v.parallelism, nodes: v.nodes.clone() })
+                .map(|v| VertexSummary {
+                    name: v.name.clone(),
+                    parallelism: v.parallelism,
+                    nodes: v.nodes.clone(),
+                    source: nodes[v.nodes[0]].kind == NodeKind::Source,
+                })
                 .collect(),
             text,
         })
