@@ -11,7 +11,11 @@
 //! commit). A restored task gets back exactly the parts it wrote, by node and subtask.
 
 pub mod alignment;
+pub mod coordinator;
 pub mod mailbox;
+pub mod metadata;
+pub mod restore;
+pub mod storage;
 
 use std::time::Duration;
 
