@@ -1231,8 +1231,8 @@ mod tests {
         assert_eq!(stats.history.len(), HISTORY_LEN);
         assert_eq!(stats.history.iter().map(|s| s.id).collect::<Vec<_>>(), (22..=31).rev().collect::<Vec<_>>());
         assert_eq!(stats.history[0].status, CheckpointStatus::InProgress);
-        assert_eq!(stats.latest_completed.unwrap().id, 1, "the latest completed outlives the history");
-        assert_eq!(stats.latest_failed.unwrap().id, 30);
+        assert_eq!(stats.latest_completed.as_ref().unwrap().id, 1, "the latest completed outlives the history");
+        assert_eq!(stats.latest_failed.as_ref().unwrap().id, 30);
         assert_eq!(
             stats.counts,
             CheckpointCounts { triggered: 31, in_progress: 1, completed: 1, failed: 29 },
