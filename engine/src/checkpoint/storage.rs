@@ -309,6 +309,18 @@ impl FsCheckpointStorage {
         Ok(self.dir.join(&handle.file))
     }
 
+    /// Checks that a handle's file exists with the handle's size, without reading it (a cheap
+    /// check for listings; a restore reads and checksums every file).
+    pub fn check_task_file_size(&self, handle: &TaskStateHandle) -> Result<(), StorageError> {
+        let path = self.handle_path(handle)?;
+        let actual = self.fs.len(&path).map_err(|e| StorageError::io("read", &path, e))?;
+        match actual.cmp(&handle.size) {
+            std::cmp::Ordering::Less => Err(StorageError::Truncated { path, actual, expected: handle.size }),
+            std::cmp::Ordering::Greater => Err(StorageError::SizeMismatch { path, actual, expected: handle.size }),
+            std::cmp::Ordering::Equal => Ok(()),
+        }
+    }
+
     fn read_bounded(&self, path: &Path, limit: u64) -> Result<AlignedVec, StorageError> {
         let len = self.fs.len(path).map_err(|e| StorageError::io("read", path, e))?;
         if len > limit {
