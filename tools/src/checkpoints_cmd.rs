@@ -42,7 +42,7 @@ pub fn run(command: CheckpointsCommand) -> anyhow::Result<()> {
                 e => e.into(),
             })?;
             let rows = list(&storage, args.verify)?;
-            print!("{}", render(&rows, &storage));
+            print!("{}", render(&rows, &storage, args.verify));
             Ok(())
         }
     }
@@ -85,7 +85,7 @@ fn check_files(storage: &FsCheckpointStorage, meta: &CheckpointMetadata, verify:
     Ok(())
 }
 
-fn render(rows: &[Row], storage: &FsCheckpointStorage) -> String {
+fn render(rows: &[Row], storage: &FsCheckpointStorage, verified: bool) -> String {
     if rows.is_empty() {
         return format!("no checkpoints in {}\n", storage.dir().display());
     }
@@ -102,11 +102,12 @@ fn render(rows: &[Row], storage: &FsCheckpointStorage) -> String {
             Row::Incomplete(id) => {
                 vec![id.to_string(), "-".into(), "-".into(), "-".into(), "incomplete (no _metadata)".into()]
             }
-            Row::Corrupt(id, why) => vec![id.to_string(), "-".into(), "-".into(), "-".into(), format!("corrupt: {why}")],
+            Row::Corrupt(id, why) => {
+                vec![id.to_string(), "-".into(), "-".into(), "-".into(), format!("corrupt: {why}")]
+            }
         });
     }
-    let widths: Vec<usize> =
-        (0..4).map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..4).map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in &table {
         for (c, width) in widths.iter().enumerate() {
@@ -119,11 +120,16 @@ fn render(rows: &[Row], storage: &FsCheckpointStorage) -> String {
     let complete = count(|r| matches!(r, Row::Complete(_)));
     let newest = rows.iter().rev().find_map(|r| if let Row::Complete(m) = r { Some(m.id) } else { None });
     out.push_str(&format!(
-        "{complete} complete{}, {} incomplete, {} corrupt in {}\n",
-        newest.map(|id| format!(" (a restore uses chk-{id})")).unwrap_or_default(),
+        "{complete} complete{}, {} incomplete, {} corrupt in {}{}\n",
+        newest.map(|id| format!(" (newest chk-{id})")).unwrap_or_default(),
         count(|r| matches!(r, Row::Incomplete(_))),
         count(|r| matches!(r, Row::Corrupt(..))),
-        storage.dir().display()
+        storage.dir().display(),
+        if verified {
+            "; every task file's checksum verified"
+        } else {
+            "; task files checked by size (--verify reads them)"
+        }
     ));
     out
 }

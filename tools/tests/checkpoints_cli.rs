@@ -105,19 +105,25 @@ fn lists_complete_incomplete_and_corrupt_checkpoints() {
     assert!(line_of(&stdout, "3").ends_with("at-least-once"));
     assert!(line_of(&stdout, "4").ends_with("incomplete (no _metadata)"));
     let five = line_of(&stdout, "5");
-    assert!(five.contains("corrupt: truncated: ") && five.contains(&chk(5, "_metadata").display().to_string()), "{five}");
+    assert!(
+        five.contains("corrupt: truncated: ") && five.contains(&chk(5, "_metadata").display().to_string()),
+        "{five}"
+    );
     let six = line_of(&stdout, "6");
     assert!(six.contains("corrupt: truncated: ") && six.contains("chk-6/task-0-1.state"), "{six}");
     assert!(line_of(&stdout, "7").ends_with("exactly-once, aligned"), "a flipped byte needs --verify");
     let summary = stdout.lines().last().unwrap();
-    assert!(summary.starts_with("4 complete (a restore uses chk-7), 1 incomplete, 2 corrupt in "), "{summary}");
+    assert!(summary.starts_with("4 complete (newest chk-7), 1 incomplete, 2 corrupt in "), "{summary}");
+    assert!(summary.ends_with("; task files checked by size (--verify reads them)"), "{summary}");
 
     let (code, stdout, stderr) = list(tmp.path(), &["--verify"]);
     assert_eq!(code, Some(0), "{stderr}");
     let seven = line_of(&stdout, "7");
     assert!(seven.contains("corrupt: checksum mismatch in ") && seven.contains("chk-7/task-1-0.state"), "{seven}");
     assert!(line_of(&stdout, "1").ends_with("exactly-once, aligned"));
-    assert!(stdout.lines().last().unwrap().starts_with("3 complete (a restore uses chk-3), 1 incomplete, 3 corrupt"));
+    let summary = stdout.lines().last().unwrap();
+    assert!(summary.starts_with("3 complete (newest chk-3), 1 incomplete, 3 corrupt"), "{summary}");
+    assert!(summary.ends_with("; every task file's checksum verified"), "{summary}");
     let ids: Vec<&str> = stdout.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(&ids[..7], ["1", "2", "3", "4", "5", "6", "7"], "ascending ids");
 }

@@ -298,7 +298,8 @@ struct Pending {
 impl Pending {
     fn summary(&self, status: CheckpointStatus, end_ms: Option<u64>, tasks_total: u32) -> CheckpointSummary {
         let latest_ack_ms = self.acks.values().map(|a| a.ack_ms).max();
-        let metric = |f: fn(&TaskCheckpointMetrics) -> u64| self.acks.values().map(|a| f(&a.metrics)).max().unwrap_or(0);
+        let metric =
+            |f: fn(&TaskCheckpointMetrics) -> u64| self.acks.values().map(|a| f(&a.metrics)).max().unwrap_or(0);
         let last = end_ms.or(latest_ack_ms).unwrap_or(self.trigger_ms);
         CheckpointSummary {
             id: self.id,
@@ -320,7 +321,12 @@ impl Pending {
             tasks: self
                 .acks
                 .iter()
-                .map(|(&task, a)| TaskAckStats { task, ack_ms: a.ack_ms, file_bytes: a.handle.size, metrics: a.metrics })
+                .map(|(&task, a)| TaskAckStats {
+                    task,
+                    ack_ms: a.ack_ms,
+                    file_bytes: a.handle.size,
+                    metrics: a.metrics,
+                })
                 .collect(),
         }
     }
@@ -539,7 +545,7 @@ impl Coordinator {
             .map(|p| p.summary(CheckpointStatus::InProgress, None, total))
             .chain(self.history.iter().cloned())
             .collect();
-        history.sort_by(|a, b| b.id.cmp(&a.id));
+        history.sort_by_key(|s| std::cmp::Reverse(s.id));
         history.truncate(HISTORY_LEN);
         let latest = |status| self.history.iter().filter(|s| s.status == status).max_by_key(|s| s.id).cloned();
         CheckpointStats {
@@ -811,6 +817,11 @@ mod tests {
     use crate::checkpoint::metadata::tests::layout;
     use crate::checkpoint::CheckpointMode;
 
+    /// Completed ids, retained count, kept, deleted.
+    type RetainCase = (&'static [u64], u32, &'static [u64], &'static [u64]);
+    /// A coordinator's arguments and what its refusal must say.
+    type LayoutCase = (JobLayout, Vec<TaskId>, u64, Vec<CompletedCheckpoint>, &'static str);
+
     const T0: u64 = 1_000_000;
     const SEC: u64 = 1000;
 
@@ -1009,7 +1020,8 @@ mod tests {
             assert_eq!(triggered(&c.on_tick(now)), [id]);
             let actions = c.on_decline(t(0, 0), id, "no".into(), now + 1);
             assert_eq!(fails_job(&actions), id == 3, "checkpoint {id}: {actions:?}");
-            reason = actions.into_iter().find_map(|a| if let Action::FailJob { reason } = a { Some(reason) } else { None });
+            reason =
+                actions.into_iter().find_map(|a| if let Action::FailJob { reason } = a { Some(reason) } else { None });
             now += SEC;
         }
         let reason = reason.unwrap();
@@ -1131,7 +1143,7 @@ mod tests {
 
     #[test]
     fn retention_keeps_the_last_n_and_never_the_newest() {
-        let cases: &[(&[u64], u32, &[u64], &[u64])] = &[
+        let cases: &[RetainCase] = &[
             (&[], 1, &[], &[]),
             (&[1], 1, &[1], &[]),
             (&[1, 2, 3], 1, &[3], &[1, 2]),
@@ -1252,7 +1264,7 @@ mod tests {
             let err = Coordinator::new(cfg, layout(&[1]), vec![t(0, 0)], 1, Vec::new(), T0).unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");
         }
-        let cases: Vec<(JobLayout, Vec<TaskId>, u64, Vec<CompletedCheckpoint>, &str)> = vec![
+        let cases: Vec<LayoutCase> = vec![
             (layout(&[]), vec![t(0, 0)], 1, vec![], "no vertices"),
             (layout(&[1, 0]), vec![t(0, 0)], 1, vec![], "parallelism 0"),
             (layout(&[1]), vec![], 1, vec![], "no source"),
@@ -1295,7 +1307,11 @@ mod tests {
         assert_eq!(choice.refused, None);
         assert_eq!(judged, [9, 8, 7], "checkpoint 6 is never read");
 
-        let refused = choose_restore(vec![(3, Verdict::Invalid("bad")), (2, Verdict::Refused("other job")), (1, Verdict::Valid(()))]);
+        let refused = choose_restore(vec![
+            (3, Verdict::Invalid("bad")),
+            (2, Verdict::Refused("other job")),
+            (1, Verdict::Valid(())),
+        ]);
         assert_eq!((refused.chosen, refused.refused), (None, Some((2, "other job"))));
         let none = choose_restore(vec![(1, Verdict::<(), _, ()>::Invalid("bad"))]);
         assert_eq!((none.chosen, none.skipped.len()), (None, 1));

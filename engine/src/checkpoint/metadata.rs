@@ -132,7 +132,10 @@ impl CheckpointMetadata {
         }
         for (entry, task) in self.tasks.iter().zip(layout.tasks()) {
             if entry.task != task {
-                return Err(format!("{} is listed where {task} belongs (tasks must be in order, each once)", entry.task));
+                return Err(format!(
+                    "{} is listed where {task} belongs (tasks must be in order, each once)",
+                    entry.task
+                ));
             }
             let file = task_file(id, task);
             if entry.handle.file != file {

@@ -93,7 +93,10 @@ pub fn vertex_difference(found: &[VertexInfo], expected: &[VertexInfo]) -> Optio
                 "vertex {i} '{}' has parallelism {} in the checkpoint and {} in this job (rescaling is not supported)",
                 f.name, f.parallelism, e.parallelism
             ),
-            _ => format!("vertex {i} is '{}' ×{} in the checkpoint and '{}' ×{} in this job", f.name, f.parallelism, e.name, e.parallelism),
+            _ => format!(
+                "vertex {i} is '{}' ×{} in the checkpoint and '{}' ×{} in this job",
+                f.name, f.parallelism, e.name, e.parallelism
+            ),
         })
         .collect();
     (!differences.is_empty()).then(|| differences.join("; "))
@@ -150,7 +153,13 @@ pub fn load_latest(
     let Some((_, (metadata, tasks))) = choice.chosen else {
         return Err(RestoreError::NoValidCheckpoint { dir: dir.to_path_buf(), skipped: choice.skipped });
     };
-    Ok(RestorePoint { metadata, tasks, skipped: choice.skipped, dir: dir.to_path_buf(), next_id: next_checkpoint_id(storage)? })
+    Ok(RestorePoint {
+        metadata,
+        tasks,
+        skipped: choice.skipped,
+        dir: dir.to_path_buf(),
+        next_id: next_checkpoint_id(storage)?,
+    })
 }
 
 /// Checkpoint `id` of `storage` (kept in `dir`), with no fallback.
@@ -225,6 +234,9 @@ mod tests {
     use crate::checkpoint::metadata::tests::layout;
     use crate::checkpoint::storage::tests::{snapshot, write_checkpoint};
 
+    /// A file, how it is damaged, what the error says.
+    type DamageCase = (&'static str, fn(&Path), &'static str);
+
     fn setup(ids: &[CheckpointId]) -> (tempfile::TempDir, FsCheckpointStorage) {
         let tmp = tempfile::tempdir().unwrap();
         let storage = FsCheckpointStorage::create(tmp.path().join("cp")).unwrap();
@@ -278,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_damaged_newest_checkpoint_falls_back_to_the_previous_and_names_the_file() {
-        let cases: [(&str, fn(&Path), &str); 4] = [
+        let cases: [DamageCase; 4] = [
             ("chk-3/task-0-1.state", flip, "checksum mismatch in "),
             ("chk-3/task-1-0.state", truncate, "truncated: "),
             ("chk-3/task-0-0.state", delete, "is missing"),

@@ -154,7 +154,8 @@ impl CheckpointFs for OsFs {
     }
 
     fn write_synced(&self, path: &Path, bytes: &[u8]) -> Result<(), (WriteStep, io::Error)> {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| (WriteStep::Create, e))?;
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| (WriteStep::Create, e))?;
         file.write_all(bytes).map_err(|e| (WriteStep::Write, e))?;
         file.sync_all().map_err(|e| (WriteStep::Sync, e))
     }
@@ -354,8 +355,10 @@ impl CheckpointStorage for FsCheckpointStorage {
     ) -> Result<TaskStateHandle, StorageError> {
         self.check_writable()?;
         let file = task_file(id, task);
-        let (bytes, checksum) = encode_task_state(snapshot)
-            .map_err(|reason| StorageError::Encode { what: format!("the state of {task} for checkpoint {id}"), reason })?;
+        let (bytes, checksum) = encode_task_state(snapshot).map_err(|reason| StorageError::Encode {
+            what: format!("the state of {task} for checkpoint {id}"),
+            reason,
+        })?;
         let dir = self.checkpoint_path(id);
         let created = !self.fs.is_dir(&dir);
         self.fs.create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
@@ -401,7 +404,8 @@ impl CheckpointStorage for FsCheckpointStorage {
     fn read_metadata(&self, id: CheckpointId) -> Result<CheckpointMetadata, StorageError> {
         let path = self.checkpoint_path(id).join(METADATA_FILE);
         let bytes = self.read_bounded(&path, METADATA_BYTES_MAX)?;
-        let meta = decode_metadata(&bytes).map_err(|e| StorageError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        let meta =
+            decode_metadata(&bytes).map_err(|e| StorageError::Corrupt { path: path.clone(), reason: e.to_string() })?;
         meta.check(id).map_err(|reason| StorageError::Corrupt { path, reason })?;
         Ok(meta)
     }
@@ -479,7 +483,10 @@ impl TaskStateDecodeError {
 
 /// Decodes a task state file read into an aligned buffer: header, length, checksum (also
 /// against `expected_checksum`, the handle's), then the validated archive.
-pub fn decode_task_state(bytes: &AlignedVec, expected_checksum: Option<u64>) -> Result<TaskSnapshot, TaskStateDecodeError> {
+pub fn decode_task_state(
+    bytes: &AlignedVec,
+    expected_checksum: Option<u64>,
+) -> Result<TaskSnapshot, TaskStateDecodeError> {
     let actual_len = bytes.len() as u64;
     if bytes.len() < TASK_HEADER_BYTES {
         return Err(TaskStateDecodeError::Truncated { actual: actual_len, expected: TASK_HEADER_BYTES as u64 });
@@ -691,6 +698,25 @@ pub(crate) mod tests {
             },
             |err, _| assert!(matches!(err, StorageError::ChecksumMismatch { .. }), "{err:?}"),
         );
+    }
+
+    #[test]
+    fn the_size_check_finds_truncated_grown_and_missing_files_without_reading_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        let meta = write_checkpoint(&storage, 1, &[3]);
+        let path = |i: usize| tmp.path().join(&meta.tasks[i].handle.file);
+        storage.check_task_file_size(&meta.tasks[0].handle).unwrap();
+        std::fs::write(path(0), b"short").unwrap();
+        let mut longer = std::fs::read(path(1)).unwrap();
+        longer.push(0);
+        std::fs::write(path(1), longer).unwrap();
+        std::fs::remove_file(path(2)).unwrap();
+        let errors: Vec<StorageError> =
+            meta.tasks.iter().map(|t| storage.check_task_file_size(&t.handle).unwrap_err()).collect();
+        assert!(matches!(errors[0], StorageError::Truncated { actual: 5, .. }), "{:?}", errors[0]);
+        assert!(matches!(errors[1], StorageError::SizeMismatch { .. }), "{:?}", errors[1]);
+        assert!(matches!(errors[2], StorageError::Missing { .. }), "{:?}", errors[2]);
     }
 
     #[test]
