@@ -82,7 +82,8 @@ pub fn common_of(command: &Command) -> Option<&Common> {
         | Command::Jobmanager(_)
         | Command::Taskmanager(_)
         | Command::Client(_)
-        | Command::Cluster(_) => None,
+        | Command::Cluster(_)
+        | Command::Checkpoints(_) => None,
     }
 }
 

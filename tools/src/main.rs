@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod checkpoints_cmd;
 mod client_cli;
 mod cluster_cmd;
 mod cluster_run;
@@ -76,6 +77,9 @@ enum Command {
     /// start-cluster.sh and stop-cluster.sh).
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
+    /// Inspect a checkpoint directory: `checkpoints list DIR`.
+    #[command(subcommand)]
+    Checkpoints(checkpoints_cmd::CheckpointsCommand),
 }
 
 /// Runs one command; `profile` calls it again for the command line it profiles.
@@ -90,6 +94,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Taskmanager(args) => Ok(corestream::app::run_taskmanager(&args, jobs::registry())?),
         Command::Client(cmd) => client_cli::run(cmd),
         Command::Cluster(cmd) => cluster_cmd::run(cmd),
+        Command::Checkpoints(cmd) => checkpoints_cmd::run(cmd),
     }
 }
 

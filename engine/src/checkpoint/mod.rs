@@ -11,8 +11,12 @@
 //! commit). A restored task gets back exactly the parts it wrote, by node and subtask.
 
 pub mod alignment;
+pub mod coordinator;
 pub mod mailbox;
+pub mod metadata;
 pub mod request;
+pub mod restore;
+pub mod storage;
 
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use alignment::{AlignmentAction, BarrierAligner};
 pub use mailbox::{ControlMailbox, ControlMessage, MailboxFull};
+pub use metadata::TaskStateHandle;
 
 /// Why an operator, source or sink could not snapshot, restore or act on a notification; it
 /// fails the task, naming the operator.
@@ -214,15 +219,6 @@ impl TaskSnapshot {
             + channels(&self.input_channels)
             + channels(&self.output_channels)
     }
-}
-
-/// What the job master knows of a task's checkpoint file: where it is (relative to the
-/// checkpoint's directory) and how to check it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskStateHandle {
-    pub file: String,
-    pub size: u64,
-    pub checksum: u64,
 }
 
 /// How a deployment takes part in checkpoints: carried by its descriptor.

@@ -1,0 +1,936 @@
+//! Checkpoint storage: where task state files and `_metadata` are written and read, behind
+//! [`CheckpointStorage`] so an object store can implement it later. [`FsCheckpointStorage`]
+//! keeps a directory (local, or shared by every machine):
+//!
+//! ```text
+//! <dir>/chk-<id>/task-<vertex>-<subtask>.state   header (magic, format, length, xxh3) + rkyv TaskSnapshot
+//! <dir>/chk-<id>/_metadata                        written last (see `metadata`)
+//! ```
+//!
+//! Every file is written to a hidden temporary name, synced, renamed into place, and its
+//! directory synced; any failure is returned, never ignored. A failed sync poisons the storage
+//! (as fjall does): what the kernel wrote back is unknown, so every later write is refused and
+//! the job's checkpoints fail until it is restarted with a new storage. Every read checks
+//! sizes and checksums before it decodes, and an archive is validated before it is used.
+//! The file system is reached through [`CheckpointFs`], so tests inject failing writes and syncs.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::metadata::{
+    checkpoint_dir_name, decode_metadata, encode_metadata, parse_checkpoint_dir_name, parse_task_file, task_file,
+    CheckpointMetadata, TaskStateHandle, METADATA_BYTES_MAX, METADATA_FILE, METADATA_FORMAT,
+};
+use super::{CheckpointId, TaskId, TaskSnapshot};
+
+/// A task state file larger than this is refused before it is read (rkyv archives with 32-bit
+/// offsets stay far below it).
+pub const TASK_STATE_BYTES_MAX: u64 = 4 << 30;
+
+const TASK_MAGIC: [u8; 8] = *b"CSSTATE\0";
+/// Magic, format, a reserved word, payload length, payload xxh3: 32 bytes, so the payload
+/// starts 16-byte aligned in an aligned read buffer, as rkyv's validation requires.
+const TASK_HEADER_BYTES: usize = 32;
+
+/// What went wrong with a checkpoint file or directory, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot sync {}: {source}; the checkpoint storage refuses further writes until the job restarts", path.display())]
+    SyncFailed {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the checkpoint storage in {} refuses writes since an earlier sync failed ({cause})", dir.display())]
+    Poisoned { dir: PathBuf, cause: String },
+    #[error("{} is missing", path.display())]
+    Missing { path: PathBuf },
+    #[error("no checkpoint directory {}", dir.display())]
+    NoDirectory { dir: PathBuf },
+    #[error("truncated: {} has {actual} bytes of {expected}", path.display())]
+    Truncated { path: PathBuf, actual: u64, expected: u64 },
+    #[error("{} has {actual} bytes, {expected} expected", path.display())]
+    SizeMismatch { path: PathBuf, actual: u64, expected: u64 },
+    #[error("{} is larger than the {limit} bytes a checkpoint file may have ({actual} bytes)", path.display())]
+    TooLarge { path: PathBuf, actual: u64, limit: u64 },
+    #[error("checksum mismatch in {}: expected {expected:016x}, got {actual:016x}", path.display())]
+    ChecksumMismatch { path: PathBuf, expected: u64, actual: u64 },
+    #[error("{} is not a checkpoint file: {reason}", path.display())]
+    NotCheckpointFile { path: PathBuf, reason: String },
+    #[error("{} is corrupt: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: String, reason: String },
+    #[error("invalid task state handle: {0}")]
+    BadHandle(String),
+}
+
+impl StorageError {
+    fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::NotFound && action.starts_with("read") {
+            return StorageError::Missing { path: path.to_path_buf() };
+        }
+        StorageError::Io { action, path: path.to_path_buf(), source }
+    }
+}
+
+/// Where checkpoints are kept. Writes are durable when they return `Ok`; `write_metadata` is
+/// called last, after every task file of that checkpoint was written.
+pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
+    /// Writes one task's snapshot of checkpoint `id` and returns its handle.
+    fn write_task_state(
+        &self,
+        id: CheckpointId,
+        task: TaskId,
+        snapshot: &TaskSnapshot,
+    ) -> Result<TaskStateHandle, StorageError>;
+    /// Reads a task's snapshot, checking the handle's size and checksum.
+    fn read_task_state(&self, handle: &TaskStateHandle) -> Result<TaskSnapshot, StorageError>;
+    /// Makes the checkpoint complete: the metadata is written last, synced, renamed.
+    fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<(), StorageError>;
+    /// Reads and checks checkpoint `id`'s metadata (not its task files).
+    fn read_metadata(&self, id: CheckpointId) -> Result<CheckpointMetadata, StorageError>;
+    /// Ids of the checkpoints with a `_metadata`, ascending.
+    fn list(&self) -> Result<Vec<CheckpointId>, StorageError>;
+    /// Ids of every checkpoint directory, complete or not, ascending.
+    fn list_all(&self) -> Result<Vec<CheckpointId>, StorageError>;
+    /// Removes checkpoint `id` wholly (its metadata first, so it is never complete with
+    /// files missing); nothing to remove is not an error.
+    fn discard(&self, id: CheckpointId) -> Result<(), StorageError>;
+    /// Removes one task file (of an acknowledgement the coordinator did not use).
+    fn discard_file(&self, handle: &TaskStateHandle) -> Result<(), StorageError>;
+    /// A description of where the checkpoints are, for messages.
+    fn location(&self) -> String;
+}
+
+/// Which step of writing a file failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStep {
+    Create,
+    Write,
+    Sync,
+}
+
+/// The file-system calls checkpoint storage makes: the seam through which tests inject
+/// failing writes and syncs.
+pub trait CheckpointFs: Send + Sync + std::fmt::Debug {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Creates `path` (it must not exist), writes all of `bytes` and syncs the file.
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> Result<(), (WriteStep, io::Error)>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// The file's length (following no symbolic link's absence: `NotFound` when missing).
+    fn len(&self, path: &Path) -> io::Result<u64>;
+    /// Reads the whole file into a 16-byte aligned buffer; at most `limit` bytes are read.
+    fn read(&self, path: &Path, limit: u64) -> io::Result<AlignedVec>;
+    /// The names in `dir`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    fn is_dir(&self, path: &Path) -> bool;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The operating system's file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsFs;
+
+impl CheckpointFs for OsFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> Result<(), (WriteStep, io::Error)> {
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| (WriteStep::Create, e))?;
+        file.write_all(bytes).map_err(|e| (WriteStep::Write, e))?;
+        file.sync_all().map_err(|e| (WriteStep::Sync, e))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+
+    fn read(&self, path: &Path, limit: u64) -> io::Result<AlignedVec> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len().min(limit);
+        let mut bytes = AlignedVec::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut reader = file.take(limit);
+        loop {
+            let n = match reader.read(&mut chunk) {
+                Ok(0) => return Ok(bytes),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        std::fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect()
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(dir)
+    }
+}
+
+/// Checkpoints in a directory (see the module documentation for the layout).
+#[derive(Debug)]
+pub struct FsCheckpointStorage {
+    dir: PathBuf,
+    fs: Arc<dyn CheckpointFs>,
+    poisoned: AtomicBool,
+    poison_cause: Mutex<String>,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl FsCheckpointStorage {
+    /// The checkpoints in `dir`, which must exist (for reading: a restore, `checkpoints list`).
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StorageError> {
+        Self::open_with(dir, Arc::new(OsFs))
+    }
+
+    /// [`open`](Self::open) through `fs`.
+    pub fn open_with(dir: impl Into<PathBuf>, fs: Arc<dyn CheckpointFs>) -> Result<Self, StorageError> {
+        let dir = dir.into();
+        if !fs.is_dir(&dir) {
+            return Err(StorageError::NoDirectory { dir });
+        }
+        Ok(Self::unchecked(dir, fs))
+    }
+
+    /// The checkpoints in `dir`, created (with its parents) if missing: where a job writes.
+    pub fn create(dir: impl Into<PathBuf>) -> Result<Self, StorageError> {
+        Self::create_with(dir, Arc::new(OsFs))
+    }
+
+    /// [`create`](Self::create) through `fs`.
+    pub fn create_with(dir: impl Into<PathBuf>, fs: Arc<dyn CheckpointFs>) -> Result<Self, StorageError> {
+        let dir = dir.into();
+        fs.create_dir_all(&dir).map_err(|e| StorageError::io("create the checkpoint directory", &dir, e))?;
+        Ok(Self::unchecked(dir, fs))
+    }
+
+    fn unchecked(dir: PathBuf, fs: Arc<dyn CheckpointFs>) -> Self {
+        Self { dir, fs, poisoned: AtomicBool::new(false), poison_cause: Mutex::new(String::new()) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<dir>/chk-<id>`.
+    pub fn checkpoint_path(&self, id: CheckpointId) -> PathBuf {
+        self.dir.join(checkpoint_dir_name(id))
+    }
+
+    /// Whether an earlier sync failed, after which every write is refused.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    fn check_writable(&self) -> Result<(), StorageError> {
+        if !self.is_poisoned() {
+            return Ok(());
+        }
+        let cause = self.poison_cause.lock().map(|c| c.clone()).unwrap_or_default();
+        Err(StorageError::Poisoned { dir: self.dir.clone(), cause })
+    }
+
+    fn poison(&self, path: &Path, source: io::Error) -> StorageError {
+        let error = StorageError::SyncFailed { path: path.to_path_buf(), source };
+        if let Ok(mut cause) = self.poison_cause.lock() {
+            if cause.is_empty() {
+                *cause = error.to_string();
+            }
+        }
+        self.poisoned.store(true, Ordering::Release);
+        tracing::error!(dir = %self.dir.display(), "{error}");
+        error
+    }
+
+    /// Writes `bytes` as `dir/name`: a temporary name, synced, renamed, the directory synced.
+    fn write_file(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, StorageError> {
+        self.check_writable()?;
+        let dest = dir.join(name);
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
+        if let Err((step, e)) = self.fs.write_synced(&temp, bytes) {
+            let _ = self.fs.remove_file(&temp);
+            return Err(match step {
+                WriteStep::Create => StorageError::io("create", &temp, e),
+                WriteStep::Write => StorageError::io("write", &temp, e),
+                WriteStep::Sync => self.poison(&temp, e),
+            });
+        }
+        if let Err(e) = self.fs.rename(&temp, &dest) {
+            let _ = self.fs.remove_file(&temp);
+            return Err(StorageError::io("rename a temporary file to", &dest, e));
+        }
+        self.fs.sync_dir(dir).map_err(|e| self.poison(dir, e))?;
+        Ok(dest)
+    }
+
+    /// The path of a handle's file, after checking that it names a task file.
+    fn handle_path(&self, handle: &TaskStateHandle) -> Result<PathBuf, StorageError> {
+        parse_task_file(&handle.file).map_err(StorageError::BadHandle)?;
+        Ok(self.dir.join(&handle.file))
+    }
+
+    /// Checks that a handle's file exists with the handle's size, without reading it (a cheap
+    /// check for listings; a restore reads and checksums every file).
+    pub fn check_task_file_size(&self, handle: &TaskStateHandle) -> Result<(), StorageError> {
+        let path = self.handle_path(handle)?;
+        let actual = self.fs.len(&path).map_err(|e| StorageError::io("read", &path, e))?;
+        match actual.cmp(&handle.size) {
+            std::cmp::Ordering::Less => Err(StorageError::Truncated { path, actual, expected: handle.size }),
+            std::cmp::Ordering::Greater => Err(StorageError::SizeMismatch { path, actual, expected: handle.size }),
+            std::cmp::Ordering::Equal => Ok(()),
+        }
+    }
+
+    fn read_bounded(&self, path: &Path, limit: u64) -> Result<AlignedVec, StorageError> {
+        let len = self.fs.len(path).map_err(|e| StorageError::io("read", path, e))?;
+        if len > limit {
+            return Err(StorageError::TooLarge { path: path.to_path_buf(), actual: len, limit });
+        }
+        self.fs.read(path, limit).map_err(|e| StorageError::io("read", path, e))
+    }
+
+    fn ids(&self, complete_only: bool) -> Result<Vec<CheckpointId>, StorageError> {
+        let names = self.fs.list_dir(&self.dir).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StorageError::NoDirectory { dir: self.dir.clone() },
+            _ => StorageError::io("list", &self.dir, e),
+        })?;
+        let mut ids: Vec<CheckpointId> = names
+            .iter()
+            .filter_map(|name| parse_checkpoint_dir_name(name))
+            .filter(|&id| self.fs.is_dir(&self.checkpoint_path(id)))
+            .filter(|&id| !complete_only || self.fs.len(&self.checkpoint_path(id).join(METADATA_FILE)).is_ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+impl CheckpointStorage for FsCheckpointStorage {
+    fn write_task_state(
+        &self,
+        id: CheckpointId,
+        task: TaskId,
+        snapshot: &TaskSnapshot,
+    ) -> Result<TaskStateHandle, StorageError> {
+        self.check_writable()?;
+        let file = task_file(id, task);
+        let (bytes, checksum) = encode_task_state(snapshot).map_err(|reason| StorageError::Encode {
+            what: format!("the state of {task} for checkpoint {id}"),
+            reason,
+        })?;
+        let dir = self.checkpoint_path(id);
+        let created = !self.fs.is_dir(&dir);
+        self.fs.create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
+        if created {
+            self.fs.sync_dir(&self.dir).map_err(|e| self.poison(&self.dir, e))?;
+        }
+        let name = file.rsplit('/').next().unwrap_or(&file).to_string();
+        self.write_file(&dir, &name, &bytes)?;
+        Ok(TaskStateHandle { file, size: bytes.len() as u64, checksum })
+    }
+
+    fn read_task_state(&self, handle: &TaskStateHandle) -> Result<TaskSnapshot, StorageError> {
+        let path = self.handle_path(handle)?;
+        let bytes = self.read_bounded(&path, TASK_STATE_BYTES_MAX)?;
+        let actual = bytes.len() as u64;
+        if actual < handle.size {
+            return Err(StorageError::Truncated { path, actual, expected: handle.size });
+        }
+        if actual > handle.size {
+            return Err(StorageError::SizeMismatch { path, actual, expected: handle.size });
+        }
+        decode_task_state(&bytes, Some(handle.checksum)).map_err(|e| e.at(path))
+    }
+
+    fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<(), StorageError> {
+        self.check_writable()?;
+        meta.check(meta.id).map_err(|reason| StorageError::Encode {
+            what: format!("the metadata of checkpoint {}", meta.id),
+            reason: format!("it is inconsistent: {reason}"),
+        })?;
+        let bytes = encode_metadata(meta).map_err(|reason| StorageError::Encode {
+            what: format!("the metadata of checkpoint {}", meta.id),
+            reason,
+        })?;
+        let dir = self.checkpoint_path(meta.id);
+        if !self.fs.is_dir(&dir) {
+            return Err(StorageError::Missing { path: dir });
+        }
+        self.write_file(&dir, METADATA_FILE, &bytes)?;
+        self.fs.sync_dir(&self.dir).map_err(|e| self.poison(&self.dir, e))
+    }
+
+    fn read_metadata(&self, id: CheckpointId) -> Result<CheckpointMetadata, StorageError> {
+        let path = self.checkpoint_path(id).join(METADATA_FILE);
+        let bytes = self.read_bounded(&path, METADATA_BYTES_MAX)?;
+        let meta =
+            decode_metadata(&bytes).map_err(|e| StorageError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        meta.check(id).map_err(|reason| StorageError::Corrupt { path, reason })?;
+        Ok(meta)
+    }
+
+    fn list(&self) -> Result<Vec<CheckpointId>, StorageError> {
+        self.ids(true)
+    }
+
+    fn list_all(&self) -> Result<Vec<CheckpointId>, StorageError> {
+        self.ids(false)
+    }
+
+    fn discard(&self, id: CheckpointId) -> Result<(), StorageError> {
+        let dir = self.checkpoint_path(id);
+        let metadata = dir.join(METADATA_FILE);
+        match self.fs.remove_file(&metadata) {
+            Ok(()) => self.fs.sync_dir(&dir).map_err(|e| StorageError::io("sync", &dir, e))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("remove", &metadata, e)),
+        }
+        match self.fs.remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StorageError::io("remove", &dir, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn discard_file(&self, handle: &TaskStateHandle) -> Result<(), StorageError> {
+        let path = self.handle_path(handle)?;
+        match self.fs.remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StorageError::io("remove", &path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// A task state file's bytes and its payload's checksum.
+pub fn encode_task_state(snapshot: &TaskSnapshot) -> Result<(Vec<u8>, u64), String> {
+    let payload = rkyv::to_bytes::<rancor::Error>(snapshot).map_err(|e| e.to_string())?;
+    let checksum = xxh3_64(&payload);
+    let mut bytes = Vec::with_capacity(TASK_HEADER_BYTES + payload.len());
+    bytes.extend_from_slice(&TASK_MAGIC);
+    bytes.extend_from_slice(&METADATA_FORMAT.to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&checksum.to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    Ok((bytes, checksum))
+}
+
+/// Why a task state file's bytes are not a snapshot (the path is added by [`Self::at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskStateDecodeError {
+    Truncated { actual: u64, expected: u64 },
+    SizeMismatch { actual: u64, expected: u64 },
+    NotTaskState(String),
+    Checksum { expected: u64, actual: u64 },
+    Archive(String),
+}
+
+impl TaskStateDecodeError {
+    fn at(self, path: PathBuf) -> StorageError {
+        match self {
+            Self::Truncated { actual, expected } => StorageError::Truncated { path, actual, expected },
+            Self::SizeMismatch { actual, expected } => StorageError::SizeMismatch { path, actual, expected },
+            Self::NotTaskState(reason) => StorageError::NotCheckpointFile { path, reason },
+            Self::Checksum { expected, actual } => StorageError::ChecksumMismatch { path, expected, actual },
+            Self::Archive(reason) => StorageError::Corrupt { path, reason },
+        }
+    }
+}
+
+/// Decodes a task state file read into an aligned buffer: header, length, checksum (also
+/// against `expected_checksum`, the handle's), then the validated archive.
+pub fn decode_task_state(
+    bytes: &AlignedVec,
+    expected_checksum: Option<u64>,
+) -> Result<TaskSnapshot, TaskStateDecodeError> {
+    let actual_len = bytes.len() as u64;
+    if bytes.len() < TASK_HEADER_BYTES {
+        return Err(TaskStateDecodeError::Truncated { actual: actual_len, expected: TASK_HEADER_BYTES as u64 });
+    }
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    if bytes[..8] != TASK_MAGIC {
+        return Err(TaskStateDecodeError::NotTaskState("wrong magic".into()));
+    }
+    let format = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if format != METADATA_FORMAT {
+        return Err(TaskStateDecodeError::NotTaskState(format!("format {format}, this build reads {METADATA_FORMAT}")));
+    }
+    let (payload_len, header_checksum) = (word(16), word(24));
+    let expected_len = (TASK_HEADER_BYTES as u64).saturating_add(payload_len);
+    if actual_len < expected_len {
+        return Err(TaskStateDecodeError::Truncated { actual: actual_len, expected: expected_len });
+    }
+    if actual_len > expected_len {
+        return Err(TaskStateDecodeError::SizeMismatch { actual: actual_len, expected: expected_len });
+    }
+    let expected = expected_checksum.unwrap_or(header_checksum);
+    if header_checksum != expected {
+        return Err(TaskStateDecodeError::Checksum { expected, actual: header_checksum });
+    }
+    let payload = &bytes[TASK_HEADER_BYTES..];
+    let actual = xxh3_64(payload);
+    if actual != expected {
+        return Err(TaskStateDecodeError::Checksum { expected, actual });
+    }
+    rkyv::from_bytes::<TaskSnapshot, rancor::Error>(payload).map_err(|e| TaskStateDecodeError::Archive(e.to_string()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::checkpoint::metadata::tests::metadata;
+    use crate::checkpoint::metadata::TaskEntry;
+    use crate::checkpoint::{ChannelState, OperatorStateParts, PartLayout, TaskCheckpointMetrics};
+
+    pub(crate) fn snapshot(seed: u8) -> TaskSnapshot {
+        let mut state = OperatorStateParts::default();
+        state.push("keyed", PartLayout::KeyGroups, vec![seed; 300]);
+        state.push("position", PartLayout::Subtask, (seed as u64).to_le_bytes().to_vec());
+        let mut snapshot = TaskSnapshot::default();
+        snapshot.put_node(2, state);
+        snapshot.input_channels.push(ChannelState { channel: 1, buffers: vec![vec![seed; 64], vec![1, 2, 3]] });
+        snapshot
+    }
+
+    /// Writes a complete checkpoint `id` of a job with vertices of `parallelism`, task `t`'s
+    /// snapshot being `snapshot(t.vertex * 10 + t.subtask + id)`.
+    pub(crate) fn write_checkpoint(
+        storage: &FsCheckpointStorage,
+        id: CheckpointId,
+        parallelism: &[u32],
+    ) -> CheckpointMetadata {
+        let mut meta = metadata(id, parallelism);
+        meta.tasks = meta
+            .layout()
+            .tasks()
+            .map(|task| {
+                let seed = (task.vertex * 10 + task.subtask) as u8 + id as u8;
+                let handle = storage.write_task_state(id, task, &snapshot(seed)).unwrap();
+                TaskEntry { task, handle, metrics: TaskCheckpointMetrics { sync_ms: 1, ..Default::default() } }
+            })
+            .collect();
+        meta.state_bytes = meta.tasks.iter().map(|t| t.handle.size).sum();
+        storage.write_metadata(&meta).unwrap();
+        meta
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = OsFs.list_dir(dir).unwrap();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn task_state_and_metadata_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path().join("cp")).unwrap();
+        let meta = write_checkpoint(&storage, 3, &[2, 1]);
+        assert_eq!(storage.list().unwrap(), vec![3]);
+        assert_eq!(storage.read_metadata(3).unwrap(), meta);
+        for entry in &meta.tasks {
+            let seed = (entry.task.vertex * 10 + entry.task.subtask) as u8 + 3;
+            assert_eq!(storage.read_task_state(&entry.handle).unwrap(), snapshot(seed));
+        }
+        assert_eq!(
+            names(&storage.checkpoint_path(3)),
+            ["_metadata", "task-0-0.state", "task-0-1.state", "task-1-0.state"],
+            "no temporary file is left behind"
+        );
+    }
+
+    #[test]
+    fn an_empty_snapshot_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        let handle = storage.write_task_state(1, TaskId { vertex: 0, subtask: 0 }, &TaskSnapshot::default()).unwrap();
+        assert_eq!(storage.read_task_state(&handle).unwrap(), TaskSnapshot::default());
+    }
+
+    #[test]
+    fn only_directories_with_metadata_are_listed_as_complete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        write_checkpoint(&storage, 10, &[1]);
+        write_checkpoint(&storage, 9, &[1]);
+        storage.write_task_state(11, TaskId { vertex: 0, subtask: 0 }, &snapshot(1)).unwrap();
+        std::fs::create_dir(tmp.path().join("chk-011")).unwrap();
+        std::fs::write(tmp.path().join("chk-12"), b"a file, not a directory").unwrap();
+        std::fs::create_dir(tmp.path().join("savepoints")).unwrap();
+        assert_eq!(storage.list().unwrap(), vec![9, 10]);
+        assert_eq!(storage.list_all().unwrap(), vec![9, 10, 11]);
+    }
+
+    fn corrupt_case(damage: impl FnOnce(&Path), expect: impl FnOnce(&StorageError, &str)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        let meta = write_checkpoint(&storage, 7, &[1, 1]);
+        let file = tmp.path().join("chk-7/task-1-0.state");
+        damage(&file);
+        let err = storage.read_task_state(&meta.tasks[1].handle).unwrap_err();
+        expect(&err, &err.to_string());
+        assert!(err.to_string().contains(&file.display().to_string()), "{err} does not name {}", file.display());
+        storage.read_task_state(&meta.tasks[0].handle).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_byte_is_a_checksum_mismatch() {
+        corrupt_case(
+            |file| {
+                let mut bytes = std::fs::read(file).unwrap();
+                let last = bytes.len() - 5;
+                bytes[last] ^= 0x40;
+                std::fs::write(file, bytes).unwrap();
+            },
+            |err, text| {
+                assert!(matches!(err, StorageError::ChecksumMismatch { .. }), "{err:?}");
+                assert!(text.starts_with("checksum mismatch in "), "{text}");
+            },
+        );
+    }
+
+    #[test]
+    fn a_flipped_header_byte_is_detected() {
+        corrupt_case(
+            |file| {
+                let mut bytes = std::fs::read(file).unwrap();
+                bytes[30] ^= 1;
+                std::fs::write(file, bytes).unwrap();
+            },
+            |err, _| assert!(matches!(err, StorageError::ChecksumMismatch { .. }), "{err:?}"),
+        );
+        corrupt_case(
+            |file| {
+                let mut bytes = std::fs::read(file).unwrap();
+                bytes[0] = b'X';
+                std::fs::write(file, bytes).unwrap();
+            },
+            |err, text| {
+                assert!(matches!(err, StorageError::NotCheckpointFile { .. }), "{err:?}");
+                assert!(text.contains("wrong magic"), "{text}");
+            },
+        );
+    }
+
+    #[test]
+    fn a_truncated_file_says_how_much_is_left() {
+        corrupt_case(
+            |file| {
+                let bytes = std::fs::read(file).unwrap();
+                std::fs::write(file, &bytes[..bytes.len() - 100]).unwrap();
+            },
+            |err, text| {
+                let StorageError::Truncated { actual, expected, .. } = err else { panic!("{err:?}") };
+                assert_eq!(actual + 100, *expected);
+                assert!(text.starts_with("truncated: "), "{text}");
+                assert!(text.contains(&format!("{actual} bytes of {expected}")), "{text}");
+            },
+        );
+        corrupt_case(
+            |file| std::fs::write(file, b"CSSTATE").unwrap(),
+            |err, _| assert!(matches!(err, StorageError::Truncated { actual: 7, .. }), "{err:?}"),
+        );
+    }
+
+    #[test]
+    fn a_deleted_task_file_is_missing() {
+        corrupt_case(
+            |file| std::fs::remove_file(file).unwrap(),
+            |err, text| {
+                assert!(matches!(err, StorageError::Missing { .. }), "{err:?}");
+                assert!(text.ends_with("is missing"), "{text}");
+            },
+        );
+    }
+
+    #[test]
+    fn a_file_replaced_by_another_valid_one_fails_the_handle_checksum() {
+        corrupt_case(
+            |file| {
+                let (bytes, _) = encode_task_state(&snapshot(99)).unwrap();
+                let mut same_size = std::fs::read(file).unwrap();
+                assert_eq!(bytes.len(), same_size.len());
+                same_size.copy_from_slice(&bytes);
+                std::fs::write(file, same_size).unwrap();
+            },
+            |err, _| assert!(matches!(err, StorageError::ChecksumMismatch { .. }), "{err:?}"),
+        );
+    }
+
+    #[test]
+    fn the_size_check_finds_truncated_grown_and_missing_files_without_reading_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        let meta = write_checkpoint(&storage, 1, &[3]);
+        let path = |i: usize| tmp.path().join(&meta.tasks[i].handle.file);
+        storage.check_task_file_size(&meta.tasks[0].handle).unwrap();
+        std::fs::write(path(0), b"short").unwrap();
+        let mut longer = std::fs::read(path(1)).unwrap();
+        longer.push(0);
+        std::fs::write(path(1), longer).unwrap();
+        std::fs::remove_file(path(2)).unwrap();
+        let errors: Vec<StorageError> =
+            meta.tasks.iter().map(|t| storage.check_task_file_size(&t.handle).unwrap_err()).collect();
+        assert!(matches!(errors[0], StorageError::Truncated { actual: 5, .. }), "{:?}", errors[0]);
+        assert!(matches!(errors[1], StorageError::SizeMismatch { .. }), "{:?}", errors[1]);
+        assert!(matches!(errors[2], StorageError::Missing { .. }), "{:?}", errors[2]);
+    }
+
+    #[test]
+    fn a_valid_checksum_over_a_bad_archive_is_refused_by_validation() {
+        let mut bytes = AlignedVec::<16>::new();
+        let payload = [0xffu8; 48];
+        bytes.extend_from_slice(&TASK_MAGIC);
+        bytes.extend_from_slice(&METADATA_FORMAT.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        assert!(matches!(decode_task_state(&bytes, None), Err(TaskStateDecodeError::Archive(_))));
+    }
+
+    #[test]
+    fn corrupt_truncated_or_missing_metadata_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        for id in 1..=3 {
+            write_checkpoint(&storage, id, &[2]);
+        }
+        let path = |id: u64| tmp.path().join(format!("chk-{id}/_metadata"));
+        let bytes = std::fs::read(path(1)).unwrap();
+        std::fs::write(path(1), &bytes[..bytes.len() / 2]).unwrap();
+        let mut edited = std::fs::read(path(2)).unwrap();
+        let at = edited.windows(9).position(|w| w == b"\"test-job").unwrap();
+        edited[at + 1] = b'b';
+        std::fs::write(path(2), edited).unwrap();
+        std::fs::remove_file(path(3)).unwrap();
+        for (id, needle) in [(1, "truncated: "), (2, "checksum mismatch: expected "), (3, "is missing")] {
+            let err = storage.read_metadata(id).unwrap_err().to_string();
+            assert!(err.contains(&path(id).display().to_string()), "{err}");
+            assert!(err.contains(needle), "{err}");
+        }
+        assert_eq!(storage.list().unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn metadata_of_another_checkpoint_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        write_checkpoint(&storage, 4, &[1]);
+        std::fs::create_dir(tmp.path().join("chk-5")).unwrap();
+        std::fs::copy(tmp.path().join("chk-4/_metadata"), tmp.path().join("chk-5/_metadata")).unwrap();
+        let err = storage.read_metadata(5).unwrap_err().to_string();
+        assert!(err.contains("describes checkpoint 4, not 5"), "{err}");
+    }
+
+    #[test]
+    fn a_handle_outside_the_layout_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path().join("cp")).unwrap();
+        std::fs::write(tmp.path().join("victim"), b"keep").unwrap();
+        let handle = TaskStateHandle { file: "../victim".into(), size: 4, checksum: 0 };
+        assert!(matches!(storage.read_task_state(&handle), Err(StorageError::BadHandle(_))));
+        assert!(matches!(storage.discard_file(&handle), Err(StorageError::BadHandle(_))));
+        assert!(tmp.path().join("victim").exists());
+    }
+
+    #[test]
+    fn discard_removes_a_checkpoint_and_tolerates_what_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        let meta = write_checkpoint(&storage, 1, &[2]);
+        write_checkpoint(&storage, 2, &[2]);
+        storage.discard_file(&meta.tasks[0].handle).unwrap();
+        storage.discard_file(&meta.tasks[0].handle).unwrap();
+        assert!(!tmp.path().join(&meta.tasks[0].handle.file).exists());
+        storage.discard(1).unwrap();
+        storage.discard(1).unwrap();
+        storage.discard(40).unwrap();
+        assert_eq!(names(tmp.path()), ["chk-2"]);
+    }
+
+    #[test]
+    fn open_needs_an_existing_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = FsCheckpointStorage::open(tmp.path().join("nope")).unwrap_err();
+        assert!(matches!(err, StorageError::NoDirectory { .. }));
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    /// A file system whose writes or syncs fail on demand, as a full disk or a failing device.
+    #[derive(Debug, Default)]
+    pub(crate) struct FaultyFs {
+        pub(crate) fail_write: Mutex<Option<i32>>,
+        pub(crate) fail_sync: Mutex<Option<i32>>,
+        pub(crate) fail_dir_sync: Mutex<Option<i32>>,
+        pub(crate) fail_rename: Mutex<Option<i32>>,
+    }
+
+    fn injected(slot: &Mutex<Option<i32>>) -> Option<io::Error> {
+        slot.lock().unwrap().map(io::Error::from_raw_os_error)
+    }
+
+    impl CheckpointFs for FaultyFs {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            OsFs.create_dir_all(dir)
+        }
+        fn write_synced(&self, path: &Path, bytes: &[u8]) -> Result<(), (WriteStep, io::Error)> {
+            if let Some(e) = injected(&self.fail_write) {
+                std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+                return Err((WriteStep::Write, e));
+            }
+            if let Some(e) = injected(&self.fail_sync) {
+                std::fs::write(path, bytes).unwrap();
+                return Err((WriteStep::Sync, e));
+            }
+            OsFs.write_synced(path, bytes)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            injected(&self.fail_rename).map_or_else(|| OsFs.rename(from, to), Err)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            injected(&self.fail_dir_sync).map_or_else(|| OsFs.sync_dir(dir), Err)
+        }
+        fn len(&self, path: &Path) -> io::Result<u64> {
+            OsFs.len(path)
+        }
+        fn read(&self, path: &Path, limit: u64) -> io::Result<AlignedVec> {
+            OsFs.read(path, limit)
+        }
+        fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+            OsFs.list_dir(dir)
+        }
+        fn is_dir(&self, path: &Path) -> bool {
+            OsFs.is_dir(path)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            OsFs.remove_file(path)
+        }
+        fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+            OsFs.remove_dir_all(dir)
+        }
+    }
+
+    fn faulty(tmp: &Path) -> (Arc<FaultyFs>, FsCheckpointStorage) {
+        let fs = Arc::new(FaultyFs::default());
+        let storage = FsCheckpointStorage::create_with(tmp, fs.clone()).unwrap();
+        (fs, storage)
+    }
+
+    #[test]
+    fn a_failed_write_fails_and_leaves_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fs, storage) = faulty(tmp.path());
+        *fs.fail_write.lock().unwrap() = Some(libc::ENOSPC);
+        let task = TaskId { vertex: 0, subtask: 0 };
+        let err = storage.write_task_state(1, task, &snapshot(1)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("cannot write ") && text.contains("chk-1/.task-0-0.state"), "{text}");
+        assert!(text.contains("No space left on device"), "{text}");
+        assert!(names(&tmp.path().join("chk-1")).is_empty(), "the partial file is removed");
+        assert!(!storage.is_poisoned(), "a failed write leaves the page cache consistent");
+        *fs.fail_write.lock().unwrap() = None;
+        storage.write_task_state(1, task, &snapshot(1)).unwrap();
+    }
+
+    #[test]
+    fn a_failed_rename_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fs, storage) = faulty(tmp.path());
+        let meta = write_checkpoint(&storage, 1, &[1]);
+        storage.discard(1).unwrap();
+        storage.write_task_state(1, meta.tasks[0].task, &snapshot(1)).unwrap();
+        *fs.fail_rename.lock().unwrap() = Some(libc::EIO);
+        let err = storage.write_metadata(&meta).unwrap_err().to_string();
+        assert!(err.contains("cannot rename a temporary file to ") && err.contains("chk-1/_metadata"), "{err}");
+        assert_eq!(storage.list().unwrap(), Vec::<u64>::new(), "the checkpoint is not complete");
+    }
+
+    #[test]
+    fn a_failed_sync_fails_and_poisons_every_later_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fs, storage) = faulty(tmp.path());
+        let task = TaskId { vertex: 0, subtask: 0 };
+        *fs.fail_sync.lock().unwrap() = Some(libc::EIO);
+        let err = storage.write_task_state(1, task, &snapshot(1)).unwrap_err();
+        assert!(matches!(err, StorageError::SyncFailed { .. }), "{err:?}");
+        assert!(storage.is_poisoned());
+        *fs.fail_sync.lock().unwrap() = None;
+        let err = storage.write_task_state(2, task, &snapshot(1)).unwrap_err().to_string();
+        assert!(err.contains("refuses writes since an earlier sync failed"), "{err}");
+        assert!(err.contains("Input/output error"), "{err}");
+        let meta = metadata(1, &[1]);
+        assert!(matches!(storage.write_metadata(&meta), Err(StorageError::Poisoned { .. })));
+        storage.discard(1).unwrap();
+    }
+
+    #[test]
+    fn a_failed_directory_sync_after_the_metadata_fails_the_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fs, storage) = faulty(tmp.path());
+        let meta = write_checkpoint(&storage, 1, &[1]);
+        storage.discard(1).unwrap();
+        storage.write_task_state(1, meta.tasks[0].task, &snapshot(1)).unwrap();
+        *fs.fail_dir_sync.lock().unwrap() = Some(libc::EIO);
+        assert!(matches!(storage.write_metadata(&meta), Err(StorageError::SyncFailed { .. })));
+        assert!(storage.is_poisoned());
+    }
+
+    #[test]
+    fn inconsistent_metadata_is_not_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        let mut meta = write_checkpoint(&storage, 1, &[2]);
+        storage.discard(1).unwrap();
+        for task in meta.layout().tasks() {
+            storage.write_task_state(1, task, &snapshot(1)).unwrap();
+        }
+        meta.tasks.pop();
+        let err = storage.write_metadata(&meta).unwrap_err().to_string();
+        assert!(err.contains("inconsistent"), "{err}");
+        assert!(storage.list().unwrap().is_empty());
+    }
+}
