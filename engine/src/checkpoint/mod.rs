@@ -224,11 +224,19 @@ impl TaskSnapshot {
 /// How a deployment takes part in checkpoints: carried by its descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentCheckpointing {
-    /// The job's checkpoint directory (shared by every TaskManager).
-    pub dir: std::path::PathBuf,
+    /// Where the job's checkpoints are written (shared by every TaskManager); `None`: the job
+    /// takes none (it only starts from one).
+    pub dir: Option<std::path::PathBuf>,
     pub options: BarrierOptions,
-    /// The checkpoint (in `dir`) the tasks restore from; `None`: a fresh start.
-    pub restore: Option<CheckpointId>,
+    /// The checkpoint the tasks restore from; `None`: a fresh start.
+    pub restore: Option<RestoreSource>,
+}
+
+/// A complete checkpoint to restore from: its checkpoint directory and id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSource {
+    pub dir: std::path::PathBuf,
+    pub id: CheckpointId,
 }
 
 /// How long one task's part of a checkpoint took, and how much it wrote.

@@ -176,6 +176,8 @@ impl Dispatcher {
                     outcome: None,
                     inbox: inbox_tx,
                     checkpointing,
+                    checkpoint_stats: None,
+                    restored_from: None,
                     seq,
                 },
             );

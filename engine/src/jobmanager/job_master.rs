@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::api::{JobException, JobOutcome, JobState, OperatorCounts, PartSummary};
+use super::checkpoints::{prepare_attempt, Outcome as CkOutcome, Running};
 use super::scheduler::FreeSlots;
 use super::state::now_ms;
 use super::Jm;
+use crate::checkpoint::{CheckpointId, TaskId};
 use crate::error::JobError;
 use crate::graph::execution::SlotSplit;
 use crate::registry::{merge_accumulators, JobContext, JobSignals};
@@ -318,6 +320,32 @@ async fn run_attempt(
             return AttemptEnd::Failed(Failure::now(message, false));
         }
     };
+    // Where this attempt starts from, and its checkpoints (files are read off this task).
+    let (ck_name, ck_spec, ck_vertices) = (
+        inline.map_or_else(|| job_type.clone(), |i| i.job.name().to_string()),
+        jm.with_job(job, |j| j.checkpointing.clone()),
+        plan.vertices.clone(),
+    );
+    let Some(ck_spec) = ck_spec else {
+        release(jm, job, allocation, &parts);
+        return AttemptEnd::Failed(Failure::now("the job vanished from the dispatcher", false));
+    };
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare_attempt(&ck_name, &ck_spec, attempt, &ck_vertices)).await;
+    let mut attempt_checkpoints = match prepared {
+        Ok(Ok(prepared)) => prepared,
+        Ok(Err(message)) => {
+            release(jm, job, allocation, &parts);
+            return AttemptEnd::Failed(Failure::now(message, false));
+        }
+        Err(e) => {
+            release(jm, job, allocation, &parts);
+            return AttemptEnd::Failed(Failure::now(format!("preparing the job's checkpoints: {e}"), true));
+        }
+    };
+    if let Some(id) = attempt_checkpoints.restored {
+        jm.update_job(job, |j| j.restored_from = Some(id));
+    }
     let mut participants = Vec::new();
     for (i, p) in parts.iter().enumerate() {
         let Some(data_address) = jm.data_address(p.tm) else {
@@ -358,7 +386,7 @@ async fn run_attempt(
             participants: participants.clone(),
             index: i as u32,
             allocation,
-            checkpointing: None,
+            checkpointing: attempt_checkpoints.deployment.clone(),
             inline: inline.map(|i| i.job.clone()),
         };
         jm.send(p.tm, JmMessage::Deploy(Box::new(descriptor)));
@@ -379,11 +407,49 @@ async fn run_attempt(
             jm.send(*tm, JmMessage::Signals { deployment, totals: signals.clone() });
         }
     };
+    let mut checkpoints = match attempt_checkpoints.start(job, deployment, members.clone()) {
+        Ok(c) => c,
+        Err(message) => {
+            failure = Some(Failure::now(format!("the job's checkpoints cannot start: {message}"), false));
+            cancel_parts(jm, &parts, deployment, &message);
+            None
+        }
+    };
     loop {
         if parts.iter().all(|p| p.ended.is_some()) {
             break;
         }
-        let Some(event) = inbox.recv().await else { break };
+        let next = match checkpoints.as_mut() {
+            None => Next::Event(inbox.recv().await),
+            Some(c) => {
+                let wake = c.next_wakeup();
+                tokio::select! {
+                    event = inbox.recv() => Next::Event(event),
+                    (id, result) = c.written() => Next::Written(id, result),
+                    _ = sleep_until(wake) => Next::Tick,
+                }
+            }
+        };
+        let event = match next {
+            Next::Event(Some(event)) => event,
+            Next::Event(None) => break,
+            Next::Written(id, result) => {
+                if let Some(c) = checkpoints.as_mut() {
+                    let outcome = c.on_written(jm, id, result);
+                    publish_stats(jm, job, c);
+                    fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                }
+                continue;
+            }
+            Next::Tick => {
+                if let Some(c) = checkpoints.as_mut() {
+                    let outcome = c.on_tick(jm);
+                    publish_stats(jm, job, c);
+                    fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                }
+                continue;
+            }
+        };
         match event {
             JobEvent::Cancel => {
                 if !cancelled {
@@ -404,6 +470,11 @@ async fn run_attempt(
             JobEvent::Tm { tm, message } => match message {
                 TmMessage::TaskStates { deployment: d, updates } if d == deployment => {
                     let mut all_running = false;
+                    let finished: Vec<TaskId> = updates
+                        .iter()
+                        .filter(|u| u.state == TaskState::Finished)
+                        .map(|u| TaskId { vertex: u.vertex, subtask: u.subtask })
+                        .collect();
                     jm.update_job(job, |j| {
                         for u in updates {
                             if let Some(t) = j.tasks.get_mut(&(u.vertex, u.subtask)) {
@@ -415,6 +486,17 @@ async fn run_attempt(
                             j.all_running_after = Some(j.started.elapsed());
                         }
                     });
+                    if let Some(c) = checkpoints.as_mut() {
+                        for task in finished {
+                            let outcome = c.on_task_finished(jm, task);
+                            fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                        }
+                        if all_running {
+                            let outcome = c.set_all_running(jm);
+                            fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                        }
+                        publish_stats(jm, job, c);
+                    }
                     if all_running && !signals.contains_key(JobSignals::ALL_RUNNING) {
                         if inline.is_some() {
                             tracing::debug!(%job, %deployment, "all tasks running");
@@ -434,6 +516,22 @@ async fn run_attempt(
                         *signals.entry(name).or_default() += n;
                     }
                     broadcast(&signals);
+                }
+                TmMessage::AcknowledgeCheckpoint { deployment: d, task, checkpoint_id, handle, metrics }
+                    if d == deployment =>
+                {
+                    if let Some(c) = checkpoints.as_mut() {
+                        let outcome = c.on_ack(jm, task, checkpoint_id, handle, metrics);
+                        publish_stats(jm, job, c);
+                        fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                    }
+                }
+                TmMessage::DeclineCheckpoint { deployment: d, task, checkpoint_id, reason } if d == deployment => {
+                    if let Some(c) = checkpoints.as_mut() {
+                        let outcome = c.on_decline(jm, task, checkpoint_id, reason);
+                        publish_stats(jm, job, c);
+                        fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                    }
                 }
                 TmMessage::Metrics { deployment: d, report } if d == deployment => jm.update_job(job, |j| {
                     j.metrics.insert(tm, *report);
@@ -462,6 +560,10 @@ async fn run_attempt(
                 _ => {}
             },
         }
+    }
+    if let Some(c) = checkpoints.take() {
+        let stats = c.stop(jm);
+        jm.update_job(job, |j| j.checkpoint_stats = Some(stats));
     }
     let all_finished = parts.iter().all(|p| matches!(p.ended, Some(PartOutcome::Finished(_))));
     if cancelled || failure.is_some() || !all_finished {
@@ -530,6 +632,43 @@ async fn run_attempt(
         Ok(outcome) => AttemptEnd::Finished(outcome),
         Err(message) => AttemptEnd::Failed(Failure::now(message, false)),
     }
+}
+
+/// What the tracking loop waits for next.
+enum Next {
+    Event(Option<JobEvent>),
+    Written(CheckpointId, Result<(), String>),
+    Tick,
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Fails the attempt when the checkpoint side says so (too many failed checkpoints).
+fn fail_on(
+    jm: &Jm,
+    parts: &[Part],
+    deployment: DeploymentKey,
+    outcome: CkOutcome,
+    failure: &mut Option<Failure>,
+    cancelled: bool,
+) {
+    if let CkOutcome::FailJob(reason) = outcome {
+        if failure.is_none() && !cancelled {
+            tracing::warn!(%deployment, %reason, "failing the job: too many failed checkpoints");
+            *failure = Some(Failure::now(reason.clone(), true));
+            cancel_parts(jm, parts, deployment, &reason);
+        }
+    }
+}
+
+fn publish_stats(jm: &Jm, job: JobId, c: &Running) {
+    let stats = c.stats();
+    jm.update_job(job, |j| j.checkpoint_stats = Some(stats));
 }
 
 fn cancel_parts(jm: &Jm, parts: &[Part], deployment: DeploymentKey, reason: &str) {

@@ -10,6 +10,7 @@
 //! memory, instead of by name (see `runtime::mini`).
 
 pub mod api;
+mod checkpoints;
 pub(crate) mod dispatcher;
 mod job_master;
 pub mod rest;

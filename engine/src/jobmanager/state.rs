@@ -63,6 +63,10 @@ pub(crate) struct JobEntry {
     pub inbox: mpsc::Sender<JobEvent>,
     /// Its checkpoints and where it starts from.
     pub checkpointing: crate::checkpoint::request::JobCheckpointing,
+    /// The coordinator's statistics of the current (or last) attempt.
+    pub checkpoint_stats: Option<crate::checkpoint::coordinator::CheckpointStats>,
+    /// The checkpoint the current attempt restored, if any.
+    pub restored_from: Option<crate::checkpoint::CheckpointId>,
     /// Submission order.
     pub seq: u64,
 }

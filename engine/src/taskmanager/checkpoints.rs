@@ -3,7 +3,7 @@
 //! queue declines the checkpoint); a thread of its own (`cs-ckpt-*`) writes and syncs each
 //! task's file and tells the control loop, which acknowledges to the job master with the file's
 //! handle, or declines the checkpoint when writing failed. The thread ends when the deployment
-//! drops the last reporter.
+//! drops the last reporter. It also reads the state a restored part's tasks start from.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,8 +12,15 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 use tokio::sync::mpsc;
 
 use super::deployment::DeploymentEvent;
-use crate::checkpoint::{CheckpointId, SnapshotReporter, TaskCheckpointMetrics, TaskId, TaskSnapshot, TaskStateHandle};
+use crate::checkpoint::metadata::CheckpointMetadata;
+use crate::checkpoint::storage::{CheckpointStorage, FsCheckpointStorage, StorageError};
+use crate::checkpoint::{
+    CheckpointId, DeploymentCheckpointing, SnapshotReporter, TaskCheckpointMetrics, TaskId, TaskSnapshot,
+    TaskStateHandle, TaskStateLoader,
+};
+use crate::error::JobError;
 use crate::rpc::ids::DeploymentKey;
+use crate::runtime::cluster::PartCheckpoints;
 
 /// Snapshots waiting to be written, per deployment, at most: a few checkpoints of every task.
 pub(crate) const WRITE_QUEUE: usize = 256;
@@ -112,4 +119,71 @@ impl SnapshotReporter for DeploymentReporter {
     fn declined(&self, task: TaskId, checkpoint: CheckpointId, reason: String) {
         self.decline_now(task, checkpoint, reason);
     }
+}
+
+/// Reads restored task state from a checkpoint's files, by the handles in its metadata.
+struct MetadataLoader {
+    storage: FsCheckpointStorage,
+    metadata: CheckpointMetadata,
+}
+
+impl TaskStateLoader for MetadataLoader {
+    fn load(&self, task: TaskId) -> Result<Option<TaskSnapshot>, JobError> {
+        let Some(entry) = self.metadata.tasks.iter().find(|e| e.task == task) else { return Ok(None) };
+        self.storage.read_task_state(&entry.handle).map(Some).map_err(|e| JobError::Checkpoint {
+            place: format!("checkpoint {} in {}", self.metadata.id, self.storage.location()),
+            subtask: task.subtask,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// What a part's tasks need for checkpoints, from the deployment's descriptor: the snapshot
+/// writer (when the job takes checkpoints) and the loader of restored state (when it starts
+/// from one).
+pub(crate) fn part_checkpoints(
+    spec: &DeploymentCheckpointing,
+    deployment: DeploymentKey,
+    events: mpsc::Sender<DeploymentEvent>,
+) -> Result<PartCheckpoints, JobError> {
+    let storage_error = |e: StorageError| JobError::Checkpoint {
+        place: "the checkpoint storage".into(),
+        subtask: 0,
+        message: e.to_string(),
+    };
+    let reporter: Arc<dyn SnapshotReporter> = match &spec.dir {
+        Some(dir) => {
+            let storage = FsCheckpointStorage::create(dir).map_err(storage_error)?;
+            let write: Arc<WriteFn> = Arc::new(move |id, task, snapshot: &TaskSnapshot| {
+                storage.write_task_state(id, task, snapshot).map_err(|e| e.to_string())
+            });
+            DeploymentReporter::start(deployment, write, events).map_err(|e| JobError::Checkpoint {
+                place: "this TaskManager".into(),
+                subtask: 0,
+                message: format!("cannot start the snapshot writer thread: {e}"),
+            })?
+        }
+        None => Arc::new(NoCheckpoints),
+    };
+    let restore = match &spec.restore {
+        Some(source) => {
+            let storage = FsCheckpointStorage::open(&source.dir).map_err(storage_error)?;
+            let metadata = storage.read_metadata(source.id).map_err(storage_error)?;
+            Some(Arc::new(MetadataLoader { storage, metadata }) as Arc<dyn TaskStateLoader>)
+        }
+        None => None,
+    };
+    Ok(PartCheckpoints { options: spec.options, reporter, restore })
+}
+
+/// The reporter of a job that takes no checkpoints (it only restored from one): any snapshot
+/// is declined.
+struct NoCheckpoints;
+
+impl SnapshotReporter for NoCheckpoints {
+    fn snapshot_taken(&self, task: TaskId, checkpoint: CheckpointId, _: TaskSnapshot, _: TaskCheckpointMetrics) {
+        tracing::warn!(%task, checkpoint, "a snapshot of a job without checkpoints was dropped");
+    }
+
+    fn declined(&self, _: TaskId, _: CheckpointId, _: String) {}
 }

@@ -173,7 +173,7 @@ pub(crate) fn run(
         outcome: PartOutcome::Failed { message, retryable },
         staged: None,
     };
-    let (handle, parts) = match start(&cluster, &registry, &descriptor, &control.signals) {
+    let (handle, parts) = match start(&cluster, &registry, &descriptor, &control.signals, &events) {
         Ok(started) => started,
         Err(e) => {
             send(failed(e.to_string(), e.is_retryable()));
@@ -252,12 +252,19 @@ pub(crate) fn start_inline(
     events: mpsc::Sender<DeploymentEvent>,
 ) {
     let deployment = d.deployment;
-    let started = match (inline.take_prepared(), d.participants.get(d.index as usize)) {
-        (Some(prepared), Some(me)) => {
-            cluster.deploy_unlaunched(prepared, PartPlacement { slots: Some(&me.slots), ..Default::default() })
-        }
-        (None, _) => Err(JobError::InvalidJob(format!("job '{}' was deployed already", d.job_type))),
-        (_, None) => {
+    let checkpoints = d
+        .checkpointing
+        .as_ref()
+        .map(|c| super::checkpoints::part_checkpoints(c, deployment, events.clone()))
+        .transpose();
+    let started = match (inline.take_prepared(), d.participants.get(d.index as usize), checkpoints) {
+        (_, _, Err(e)) => Err(e),
+        (Some(prepared), Some(me), Ok(checkpoints)) => cluster.deploy_unlaunched(
+            prepared,
+            PartPlacement { slots: Some(&me.slots), checkpoints: checkpoints.as_ref(), ..Default::default() },
+        ),
+        (None, _, _) => Err(JobError::InvalidJob(format!("job '{}' was deployed already", d.job_type))),
+        (_, None, _) => {
             Err(JobError::InvalidJob(format!("deployment names participant {} of {}", d.index, d.participants.len())))
         }
     };
@@ -351,6 +358,7 @@ fn start(
     registry: &JobRegistry,
     d: &DeploymentDescriptor,
     signals: &crate::registry::JobSignals,
+    events: &mpsc::Sender<DeploymentEvent>,
 ) -> Result<(crate::runtime::job::JobHandle, crate::registry::JobParts), JobError> {
     let job_type = registry.lookup(&d.job_type).map_err(JobError::InvalidJob)?;
     let me = d.participants.get(d.index as usize).ok_or_else(|| {
@@ -367,12 +375,17 @@ fn start(
     let parts = (job_type.build)(&mut env, &JobContext { args: &d.args, planning: false, signals: signals.clone() })
         .map_err(|e| JobError::InvalidJob(format!("job '{}': {e}", d.job_type)))?;
     let ids: Vec<TmId> = d.participants.iter().map(|p| TmId(p.tm.0)).collect();
+    let checkpoints = d
+        .checkpointing
+        .as_ref()
+        .map(|c| super::checkpoints::part_checkpoints(c, d.deployment, events.clone()))
+        .transpose()?;
     let placement = PartPlacement {
         distribution: Some(&distribution),
         slots: Some(&me.slots),
         fingerprint: Some(d.fingerprint),
         peers: Some((d.deployment.0, &ids)),
-        checkpoints: None,
+        checkpoints: checkpoints.as_ref(),
     };
     let handle = env.execute_part(&d.job_type, placement)?;
     Ok((handle, parts))

@@ -1,0 +1,337 @@
+//! The job master's side of checkpoints: the I/O edge around the pure
+//! [`Coordinator`](crate::checkpoint::coordinator::Coordinator). At the start of each attempt
+//! it decides where the job starts from (the latest complete checkpoint after a failure, else
+//! what the submission asked for) and loads that checkpoint, checking every file; while the
+//! attempt runs it feeds the coordinator the TaskManagers' acknowledgements, declines and task
+//! states with the time, and executes its actions: triggers and notifications go to the
+//! TaskManagers, the metadata is written (last) and checkpoints are deleted on blocking
+//! threads, never on the job master's task. The coordinator's statistics are published in the
+//! job's entry for the REST API.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::state::now_ms;
+use super::Jm;
+use crate::checkpoint::coordinator::{Action, CheckpointConfig, CheckpointStats, Coordinator};
+use crate::checkpoint::metadata::{JobLayout, VertexInfo};
+use crate::checkpoint::request::{JobCheckpointing, RestoreRequest};
+use crate::checkpoint::restore::{load_restore, next_checkpoint_id, retained_checkpoints, RestoreError, RestoreFrom};
+use crate::checkpoint::storage::{CheckpointStorage, FsCheckpointStorage};
+use crate::checkpoint::{CheckpointId, CheckpointNotice, DeploymentCheckpointing, RestoreSource, TaskId};
+use crate::rpc::ids::{DeploymentKey, JobId, TaskManagerId};
+use crate::rpc::messages::JmMessage;
+use crate::runtime::cluster::VertexSummary;
+
+/// Where an attempt starts and how it checkpoints.
+pub(crate) struct AttemptCheckpoints {
+    /// What the descriptors carry (`None`: no checkpoints and no restore).
+    pub deployment: Option<DeploymentCheckpointing>,
+    /// The restored checkpoint's id, for the log and the job's details.
+    pub restored: Option<CheckpointId>,
+    driver: Option<Driver>,
+}
+
+/// What the coordinator needs besides its configuration, prepared before deployment.
+struct Driver {
+    config: CheckpointConfig,
+    layout: JobLayout,
+    sources: Vec<TaskId>,
+    storage: Arc<FsCheckpointStorage>,
+    first_id: CheckpointId,
+    completed: Vec<crate::checkpoint::coordinator::CompletedCheckpoint>,
+}
+
+/// The vertices a checkpoint of this plan records.
+pub(crate) fn vertex_infos(vertices: &[VertexSummary]) -> Vec<VertexInfo> {
+    vertices.iter().map(|v| VertexInfo { name: v.name.clone(), parallelism: v.parallelism }).collect()
+}
+
+/// Decides and loads where attempt `attempt` starts (blocking file I/O: call it on a blocking
+/// thread). After a failure the job restarts from the latest complete checkpoint in its
+/// directory; without one, from what it was submitted with. `--resume DIR` of an existing
+/// directory that holds no complete checkpoint yet (the first run was stopped before its first
+/// checkpoint) starts from the beginning.
+pub(crate) fn prepare_attempt(
+    job: &str,
+    checkpointing: &JobCheckpointing,
+    attempt: u32,
+    vertices: &[VertexSummary],
+) -> Result<AttemptCheckpoints, String> {
+    let expected = vertex_infos(vertices);
+    let settings = checkpointing.settings.as_ref().filter(|s| s.interval.is_some());
+    let own_dir = settings.and(checkpointing.dir.clone());
+    let mut candidates: Vec<RestoreFrom> = Vec::new();
+    if attempt > 0 {
+        if let Some(dir) = &own_dir {
+            candidates.push(RestoreFrom::Latest(dir.clone()));
+        }
+    }
+    match &checkpointing.restore {
+        Some(RestoreRequest::Resume(dir)) => candidates.push(RestoreFrom::Latest(PathBuf::from(dir))),
+        Some(RestoreRequest::FromCheckpoint(path)) => candidates.push(RestoreFrom::Checkpoint(PathBuf::from(path))),
+        None => {}
+    }
+    let mut point = None;
+    for from in candidates {
+        match load_restore(&from, &expected) {
+            Ok(p) => {
+                point = Some(p);
+                break;
+            }
+            // Nothing was checkpointed yet: the beginning is where the job left off.
+            Err(RestoreError::NoCheckpoint { dir, incomplete }) if Path::new(&dir).is_dir() => {
+                tracing::warn!(
+                    %job,
+                    dir = %dir.display(),
+                    incomplete = incomplete.len(),
+                    "no complete checkpoint to restore from; the job starts from the beginning"
+                );
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if let Some(p) = &point {
+        for (id, e) in &p.skipped {
+            tracing::warn!(%job, checkpoint = id, error = %e, "a newer checkpoint was skipped for the restore");
+        }
+        tracing::info!(%job, checkpoint = p.metadata.id, dir = %p.dir.display(), "restoring from a checkpoint");
+    }
+    let restore = point.as_ref().map(|p| RestoreSource { dir: p.dir.clone(), id: p.metadata.id });
+    let restored = point.as_ref().map(|p| p.metadata.id);
+    let driver = match (settings, &own_dir) {
+        (Some(s), Some(dir)) => {
+            let storage = Arc::new(FsCheckpointStorage::create(dir).map_err(|e| e.to_string())?);
+            let mut first_id = next_checkpoint_id(&*storage).map_err(|e| e.to_string())?;
+            if let Some(p) = point.as_ref().filter(|p| p.dir == *dir) {
+                first_id = first_id.max(p.next_id);
+            }
+            let completed = retained_checkpoints(&*storage).map_err(|e| e.to_string())?;
+            let config = CheckpointConfig {
+                interval: s.interval.expect("filtered on an interval"),
+                timeout: s.timeout,
+                min_pause: s.min_pause,
+                max_concurrent: s.max_concurrent,
+                tolerable_failures: s.tolerable_failures,
+                retained: s.retained,
+                barrier: s.barrier_options(),
+            };
+            let sources = vertices
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.source)
+                .flat_map(|(i, v)| (0..v.parallelism).map(move |subtask| TaskId { vertex: i as u32, subtask }))
+                .collect();
+            let layout = JobLayout { job: job.to_string(), vertices: expected };
+            Some(Driver { config, layout, sources, storage, first_id, completed })
+        }
+        _ => None,
+    };
+    let deployment = (driver.is_some() || restore.is_some()).then(|| DeploymentCheckpointing {
+        dir: driver.as_ref().map(|d| d.storage.dir().to_path_buf()),
+        options: driver.as_ref().map(|d| d.config.barrier).unwrap_or_default(),
+        restore,
+    });
+    Ok(AttemptCheckpoints { deployment, restored, driver })
+}
+
+/// What the tracking loop learns from the checkpoint side.
+pub(crate) enum Outcome {
+    Continue,
+    /// Too many checkpoints failed: the attempt fails with this reason.
+    FailJob(String),
+}
+
+/// A running attempt's coordinator and the I/O it asks for.
+pub(crate) struct Running {
+    coordinator: Coordinator,
+    storage: Arc<FsCheckpointStorage>,
+    deployment: DeploymentKey,
+    members: Vec<TaskManagerId>,
+    job: JobId,
+    /// Results of metadata writes, from blocking threads.
+    written_tx: mpsc::UnboundedSender<(CheckpointId, Result<(), String>)>,
+    written_rx: mpsc::UnboundedReceiver<(CheckpointId, Result<(), String>)>,
+    /// Triggers start once every task runs.
+    all_running: bool,
+}
+
+impl AttemptCheckpoints {
+    /// Starts the coordinator for the deployed attempt; `None` when the job takes no checkpoints.
+    pub(crate) fn start(
+        &mut self,
+        job: JobId,
+        deployment: DeploymentKey,
+        members: Vec<TaskManagerId>,
+    ) -> Result<Option<Running>, String> {
+        let Some(d) = self.driver.take() else { return Ok(None) };
+        let coordinator = Coordinator::new(d.config, d.layout, d.sources, d.first_id, d.completed, now_ms())
+            .map_err(|e| e.to_string())?;
+        let (written_tx, written_rx) = mpsc::unbounded_channel();
+        Ok(Some(Running {
+            coordinator,
+            storage: d.storage,
+            deployment,
+            members,
+            job,
+            written_tx,
+            written_rx,
+            all_running: false,
+        }))
+    }
+}
+
+impl Running {
+    /// When the tracking loop must call [`Self::on_tick`].
+    pub(crate) fn next_wakeup(&self) -> Option<tokio::time::Instant> {
+        if !self.all_running {
+            return None;
+        }
+        let at = self.coordinator.next_wakeup_ms()?;
+        let wait = at.saturating_sub(now_ms());
+        Some(tokio::time::Instant::now() + std::time::Duration::from_millis(wait))
+    }
+
+    /// The next result of a metadata write.
+    pub(crate) async fn written(&mut self) -> (CheckpointId, Result<(), String>) {
+        match self.written_rx.recv().await {
+            Some(r) => r,
+            // Never: `self` holds a sender.
+            None => std::future::pending().await,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> CheckpointStats {
+        self.coordinator.stats()
+    }
+
+    pub(crate) fn set_all_running(&mut self, jm: &Jm) -> Outcome {
+        if self.all_running {
+            return Outcome::Continue;
+        }
+        self.all_running = true;
+        self.on_tick(jm)
+    }
+
+    pub(crate) fn on_tick(&mut self, jm: &Jm) -> Outcome {
+        let actions = self.coordinator.on_tick(now_ms());
+        self.execute(jm, actions)
+    }
+
+    pub(crate) fn trigger_now(&mut self, jm: &Jm) -> Result<CheckpointId, String> {
+        if !self.all_running {
+            return Err("not every task of the job is running yet".into());
+        }
+        let (id, actions) = self.coordinator.trigger_now(now_ms()).map_err(|e| e.to_string())?;
+        if let Outcome::FailJob(reason) = self.execute(jm, actions) {
+            return Err(reason);
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn on_ack(
+        &mut self,
+        jm: &Jm,
+        task: TaskId,
+        id: CheckpointId,
+        handle: crate::checkpoint::TaskStateHandle,
+        metrics: crate::checkpoint::TaskCheckpointMetrics,
+    ) -> Outcome {
+        let actions = self.coordinator.on_ack(task, id, handle, metrics, now_ms());
+        self.execute(jm, actions)
+    }
+
+    pub(crate) fn on_decline(&mut self, jm: &Jm, task: TaskId, id: CheckpointId, reason: String) -> Outcome {
+        tracing::warn!(job = %self.job, %task, checkpoint = id, %reason, "a task declined a checkpoint");
+        let actions = self.coordinator.on_decline(task, id, reason, now_ms());
+        self.execute(jm, actions)
+    }
+
+    pub(crate) fn on_task_finished(&mut self, jm: &Jm, task: TaskId) -> Outcome {
+        let actions = self.coordinator.on_task_finished(task, now_ms());
+        self.execute(jm, actions)
+    }
+
+    pub(crate) fn on_written(&mut self, jm: &Jm, id: CheckpointId, result: Result<(), String>) -> Outcome {
+        match &result {
+            Ok(()) => tracing::debug!(job = %self.job, checkpoint = id, "checkpoint complete"),
+            Err(e) => {
+                tracing::warn!(job = %self.job, checkpoint = id, error = %e, "a checkpoint's metadata could not be written")
+            }
+        }
+        let actions = self.coordinator.on_metadata_written(id, result, now_ms());
+        self.execute(jm, actions)
+    }
+
+    /// The attempt ended: pending checkpoints are discarded; a metadata write in flight still
+    /// completes its checkpoint (its files stay, and a later restore may use it).
+    pub(crate) fn stop(mut self, jm: &Jm) -> CheckpointStats {
+        let actions = self.coordinator.stop(now_ms());
+        self.execute(jm, actions);
+        self.coordinator.stats()
+    }
+
+    fn execute(&mut self, jm: &Jm, actions: Vec<Action>) -> Outcome {
+        let mut outcome = Outcome::Continue;
+        for action in actions {
+            match action {
+                Action::Trigger { id, timestamp_ms, options, .. } => {
+                    tracing::debug!(job = %self.job, checkpoint = id, "triggering a checkpoint");
+                    for tm in &self.members {
+                        let message = JmMessage::TriggerCheckpoint {
+                            deployment: self.deployment,
+                            checkpoint_id: id,
+                            timestamp_ms,
+                            options,
+                        };
+                        jm.send(*tm, message);
+                    }
+                }
+                Action::WriteMetadata(metadata) => {
+                    let (storage, tx) = (self.storage.clone(), self.written_tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let result = storage.write_metadata(&metadata).map_err(|e| e.to_string());
+                        let _ = tx.send((metadata.id, result));
+                    });
+                }
+                Action::Notify(notice) => {
+                    if let CheckpointNotice::Aborted(id) = notice {
+                        tracing::debug!(job = %self.job, checkpoint = id, "checkpoint aborted");
+                    }
+                    for tm in &self.members {
+                        jm.send(*tm, JmMessage::NotifyCheckpoint { deployment: self.deployment, notice });
+                    }
+                }
+                Action::Discard { id } => self.delete(move |s| s.discard(id), format!("checkpoint {id}")),
+                Action::DiscardFile(handle) => {
+                    let what = handle.file.clone();
+                    self.delete(move |s| s.discard_file(&handle), what)
+                }
+                Action::Subsume { ids } => {
+                    for id in ids {
+                        self.delete(move |s| s.discard(id), format!("subsumed checkpoint {id}"));
+                    }
+                }
+                Action::FailJob { reason } => outcome = Outcome::FailJob(reason),
+            }
+        }
+        outcome
+    }
+
+    /// Deletes on a blocking thread; a failure is logged (the files stay, nothing else breaks).
+    fn delete(
+        &self,
+        f: impl FnOnce(&FsCheckpointStorage) -> Result<(), crate::checkpoint::storage::StorageError> + Send + 'static,
+        what: String,
+    ) {
+        let storage = self.storage.clone();
+        let job = self.job;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = f(&storage) {
+                tracing::warn!(%job, %what, error = %e, "could not delete checkpoint files");
+            }
+        });
+    }
+}
