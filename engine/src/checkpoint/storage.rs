@@ -77,6 +77,11 @@ pub enum StorageError {
     Encode { what: String, reason: String },
     #[error("invalid task state handle: {0}")]
     BadHandle(String),
+    #[error(
+        "{} is already a complete checkpoint; is another job writing to this checkpoint directory?",
+        dir.display()
+    )]
+    AlreadyComplete { dir: PathBuf },
 }
 
 impl StorageError {
@@ -360,6 +365,9 @@ impl CheckpointStorage for FsCheckpointStorage {
             reason,
         })?;
         let dir = self.checkpoint_path(id);
+        if self.fs.len(&dir.join(METADATA_FILE)).is_ok() {
+            return Err(StorageError::AlreadyComplete { dir });
+        }
         let created = !self.fs.is_dir(&dir);
         self.fs.create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
         if created {
@@ -421,15 +429,16 @@ impl CheckpointStorage for FsCheckpointStorage {
     fn discard(&self, id: CheckpointId) -> Result<(), StorageError> {
         let dir = self.checkpoint_path(id);
         let metadata = dir.join(METADATA_FILE);
-        match self.fs.remove_file(&metadata) {
-            Ok(()) => self.fs.sync_dir(&dir).map_err(|e| StorageError::io("sync", &dir, e))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        let unlinked = match self.fs.remove_file(&metadata) {
+            Ok(()) => self.fs.sync_dir(&dir).map_err(|e| StorageError::io("sync", &dir, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => return Err(StorageError::io("remove", &metadata, e)),
-        }
-        match self.fs.remove_dir_all(&dir) {
+        };
+        let removed = match self.fs.remove_dir_all(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StorageError::io("remove", &dir, e)),
             _ => Ok(()),
-        }
+        };
+        unlinked.and(removed)
     }
 
     fn discard_file(&self, handle: &TaskStateHandle) -> Result<(), StorageError> {
@@ -790,6 +799,27 @@ pub(crate) mod tests {
         storage.discard(1).unwrap();
         storage.discard(40).unwrap();
         assert_eq!(names(tmp.path()), ["chk-2"]);
+    }
+
+    #[test]
+    fn a_complete_checkpoint_is_never_written_into() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        let meta = write_checkpoint(&storage, 1, &[1]);
+        let err = storage.write_task_state(1, meta.tasks[0].task, &snapshot(50)).unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyComplete { .. }), "{err:?}");
+        assert!(err.to_string().contains("another job"), "{err}");
+        assert_eq!(storage.read_task_state(&meta.tasks[0].handle).unwrap(), snapshot(1));
+    }
+
+    #[test]
+    fn a_failed_sync_while_discarding_still_removes_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fs, storage) = faulty(tmp.path());
+        write_checkpoint(&storage, 1, &[1]);
+        *fs.fail_dir_sync.lock().unwrap() = Some(libc::EIO);
+        assert!(matches!(storage.discard(1), Err(StorageError::Io { action: "sync", .. })));
+        assert!(names(tmp.path()).is_empty());
     }
 
     #[test]
