@@ -18,7 +18,7 @@ use std::time::Duration;
 use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::{Deserialize, Serialize};
 
-pub use alignment::{AlignmentAction, BarrierAligner};
+pub use alignment::{source_barrier_kind, AlignmentAction, BarrierAligner, BarrierHandling};
 pub use mailbox::{ControlMailbox, ControlMessage, MailboxFull};
 
 /// Why an operator, source or sink could not snapshot, restore or act on a notification; it

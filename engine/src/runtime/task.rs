@@ -265,7 +265,7 @@ pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
         TaskBody::Input { mut input, mut gate } => {
             let channels = gate.num_channels();
             let mut valve = WatermarkValve::new(channels);
-            let mut aligner = BarrierAligner::new(channels);
+            let mut aligner = BarrierAligner::new(channels, crate::checkpoint::BarrierHandling::Aligned);
             let mut ended = 0;
             let mut buffers = 0u64;
             while ended < channels {
@@ -314,7 +314,11 @@ fn on_event(
     match event {
         Event::EndOfPartition => {
             *ended += 1;
-            aligner.on_end(channel);
+            for action in aligner.on_end(channel) {
+                if let AlignmentAction::Unblock(channels) = action {
+                    channels.into_iter().for_each(|c| gate.set_blocked(c, false));
+                }
+            }
             if let Some(w) = valve.on_end(channel) {
                 if *ended < gate.num_channels() {
                     input.chain().emit_event(&Event::Watermark(w))?;
@@ -335,18 +339,15 @@ fn on_event(
                 input.chain().emit_event(&event)?;
             }
         }
-        Event::CheckpointBarrier { checkpoint_id, kind, .. } => {
-            for action in aligner.on_barrier(channel, checkpoint_id, kind) {
+        Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind } => {
+            for action in aligner.on_barrier(channel, checkpoint_id, timestamp_ms, kind) {
                 match action {
                     AlignmentAction::Block(c) => gate.set_blocked(c, true),
-                    AlignmentAction::Forward { unblock, .. } => {
-                        unblock.into_iter().for_each(|c| gate.set_blocked(c, false));
-                        input.chain().emit_event(&event)?;
+                    AlignmentAction::Unblock(channels) => channels.into_iter().for_each(|c| gate.set_blocked(c, false)),
+                    AlignmentAction::Snapshot { checkpoint_id, timestamp_ms, kind } => {
+                        input.chain().emit_event(&Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind })?
                     }
-                    AlignmentAction::Abort { unblock, .. } => {
-                        unblock.into_iter().for_each(|c| gate.set_blocked(c, false));
-                    }
-                    AlignmentAction::None => {}
+                    _ => {}
                 }
             }
         }
