@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use corestream_netstack::record::{deserialize, validate_buffer, BufferValidator, RecordIter, RecordWriter};
 use corestream_netstack::{
-    BarrierKind, Buffer, BufferPool, ChannelItem, CreditConfig, Doorbell, Event, InputGate, LocalChannel,
-    OutputChannel,
+    BarrierKind, Buffer, BufferPool, ChannelItem, CreditConfig, Doorbell, Event, InputGate, LocalChannel, OutputChannel,
 };
 use glommio::{LocalExecutorBuilder, Placement};
 
