@@ -4,7 +4,14 @@
 //! a backlog); the producer ships a buffer only when it holds credit and announces how many
 //! finished buffers wait behind it. A consumer returns credit when it has finished reading a
 //! buffer. Events need no credit but keep their place behind earlier buffers; priority events
-//! (unaligned barriers) go to the head of the consumer's queue. Floating credit granted on a
+//! (unaligned barriers) go to the head of the consumer's queue, behind earlier priority events.
+//! What a priority event overtakes is a checkpoint's in-flight data, and both ends can copy it:
+//! the producer the buffers it still holds for credit (and, on a remote channel, what the
+//! session has not yet written), the consumer the buffers that wait in its queue behind the
+//! event (counted when the event was queued, so buffers that arrive later are not included).
+//! The copies leave the buffers where they are: they are still shipped and read in order. A
+//! queued aligned barrier can be promoted to such a priority event when aligning takes too
+//! long. Floating credit granted on a
 //! backlog that turned out stale (or to a producer that has finished) is taken back when
 //! another channel needs it and none is free.
 //!
@@ -28,7 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::buffer::Buffer;
 use crate::doorbell::Doorbell;
-use crate::event::Event;
+use crate::event::{BarrierKind, Event};
 
 /// Flow-control settings of the exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +70,10 @@ pub enum ChannelItem {
 /// The state shared by the two ends of one channel (the in-process transport).
 #[derive(Debug)]
 pub struct LocalChannel {
-    queue: Mutex<VecDeque<ChannelItem>>,
+    queue: Mutex<ItemQueue>,
     queued: AtomicU32,
+    /// Priority items at the head of the queue (read without the lock by `poll_priority`).
+    priority_queued: AtomicU32,
     credit: AtomicU32,
     backlog: AtomicU32,
     consumer_bell: Arc<Doorbell>,
@@ -102,8 +111,9 @@ impl LocalChannel {
 
     fn with(remote: bool, initial_credit: u32, producer_bell: Arc<Doorbell>, consumer_bell: Arc<Doorbell>) -> Self {
         Self {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(ItemQueue::default()),
             queued: AtomicU32::new(0),
+            priority_queued: AtomicU32::new(0),
             credit: AtomicU32::new(initial_credit),
             backlog: AtomicU32::new(0),
             consumer_bell,
@@ -207,17 +217,35 @@ impl LocalChannel {
         self.backlog.store(backlog, Ordering::Release);
     }
 
-    pub(crate) fn push(&self, item: ChannelItem, front: bool) {
+    /// Queues an item at the back, or a priority item (`priority`) behind the priority items
+    /// already queued and ahead of everything else.
+    pub(crate) fn push(&self, item: ChannelItem, priority: bool) {
         if matches!(item, ChannelItem::Event(Event::EndOfPartition)) {
             self.ended.store(true, Ordering::Release);
         }
         {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if front {
-                q.push_front(item);
+            if priority {
+                q.push_priority(item);
+                self.priority_queued.store(q.overtaken.len() as u32, Ordering::Release);
             } else {
-                q.push_back(item);
+                q.items.push_back(item);
             }
+        }
+        self.queued.fetch_add(1, Ordering::Release);
+        self.consumer_bell.ring();
+    }
+
+    /// Queues a priority event as [`LocalChannel::push`] does and, under the same lock, copies
+    /// the bytes of every buffer it overtook into `overtaken` (in queue order). For the producer
+    /// of a remote channel, whose queue is the session's: those buffers reach the peer only
+    /// after the event, so they are the producer's in-flight data.
+    pub(crate) fn push_priority_copying(&self, event: Event, overtaken: &mut Vec<Vec<u8>>) {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.copy_regular(q.items.len(), overtaken);
+            q.push_priority(ChannelItem::Event(event));
+            self.priority_queued.store(q.overtaken.len() as u32, Ordering::Release);
         }
         self.queued.fetch_add(1, Ordering::Release);
         self.consumer_bell.ring();
@@ -227,18 +255,118 @@ impl LocalChannel {
     #[cfg(test)]
     pub(crate) fn queued_buffers(&self) -> u32 {
         let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.iter().filter(|item| matches!(item, ChannelItem::Buffer(_))).count() as u32
+        q.items.iter().filter(|item| matches!(item, ChannelItem::Buffer(_))).count() as u32
     }
 
     pub(crate) fn pop(&self) -> Option<ChannelItem> {
+        self.pop_counting().map(|(item, _)| item)
+    }
+
+    /// The next item and, for a priority item, how many items it overtook (still queued right
+    /// behind the priority items, since only the consumer pops).
+    fn pop_counting(&self) -> Option<(ChannelItem, Option<u32>)> {
         if self.queued.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let item = self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-        if item.is_some() {
+        let popped = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let popped = q.pop();
+            if popped.as_ref().is_some_and(|(_, overtook)| overtook.is_some()) {
+                self.priority_queued.store(q.overtaken.len() as u32, Ordering::Release);
+            }
+            popped
+        };
+        if popped.is_some() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
         }
-        item
+        popped
+    }
+
+    /// Pops the head only if it is a priority item.
+    fn pop_priority(&self) -> Option<(ChannelItem, Option<u32>)> {
+        if self.priority_queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let popped = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.overtaken.is_empty() {
+                None
+            } else {
+                let popped = q.pop();
+                self.priority_queued.store(q.overtaken.len() as u32, Ordering::Release);
+                popped
+            }
+        };
+        if popped.is_some() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        popped
+    }
+
+    /// Copies the buffers among the first `items` regular (non-priority) items.
+    fn copy_regular(&self, items: u32, into: &mut Vec<Vec<u8>>) -> usize {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.copy_regular(items as usize, into)
+    }
+
+    /// Moves the first queued aligned barrier of `checkpoint_id` to the head as an unaligned
+    /// (priority) barrier that overtook the items before it; false when none is queued.
+    fn promote_barrier(&self, checkpoint_id: u64) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let priority = q.overtaken.len();
+        let found = q.items.iter().skip(priority).position(|item| {
+            matches!(item, ChannelItem::Event(Event::CheckpointBarrier { checkpoint_id: id, kind: BarrierKind::Aligned, .. }) if *id == checkpoint_id)
+        });
+        let Some(at) = found else {
+            return false;
+        };
+        let Some(ChannelItem::Event(Event::CheckpointBarrier { checkpoint_id, timestamp_ms, .. })) =
+            q.items.remove(priority + at)
+        else {
+            unreachable!("the found item is an aligned barrier");
+        };
+        q.items.insert(
+            priority,
+            ChannelItem::Event(Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind: BarrierKind::Unaligned }),
+        );
+        q.overtaken.push_back(at as u32);
+        self.priority_queued.store(q.overtaken.len() as u32, Ordering::Release);
+        true
+    }
+}
+
+/// A channel's queue: priority items at the head (each with the number of regular items queued
+/// when it was added, which it overtook), then regular items in send order.
+#[derive(Debug, Default)]
+struct ItemQueue {
+    items: VecDeque<ChannelItem>,
+    /// One entry per priority item at the head of `items`, in order.
+    overtaken: VecDeque<u32>,
+}
+
+impl ItemQueue {
+    fn push_priority(&mut self, item: ChannelItem) {
+        let priority = self.overtaken.len();
+        let regular = (self.items.len() - priority) as u32;
+        self.items.insert(priority, item);
+        self.overtaken.push_back(regular);
+    }
+
+    /// The head item and, if it was a priority item, the number of items it overtook.
+    fn pop(&mut self) -> Option<(ChannelItem, Option<u32>)> {
+        let item = self.items.pop_front()?;
+        Some((item, self.overtaken.pop_front()))
+    }
+
+    fn copy_regular(&self, items: usize, into: &mut Vec<Vec<u8>>) -> usize {
+        let mut bytes = 0;
+        for item in self.items.iter().skip(self.overtaken.len()).take(items) {
+            if let ChannelItem::Buffer(b) = item {
+                bytes += b.len();
+                into.push(b.as_slice().to_vec());
+            }
+        }
+        bytes
     }
 }
 
@@ -283,7 +411,8 @@ impl OutputChannel {
         self.try_send()
     }
 
-    /// Queues an event behind earlier buffers; a priority event overtakes everything queued.
+    /// Queues an event behind earlier buffers; a priority event overtakes everything queued
+    /// (see [`OutputChannel::send_priority_event`], which also hands back what it overtook).
     pub fn send_event(&mut self, event: Event) -> SendOutcome {
         if event.is_priority() {
             self.shared.push(ChannelItem::Event(event), true);
@@ -291,6 +420,31 @@ impl OutputChannel {
             self.pending.push_back(ChannelItem::Event(event));
         }
         self.try_send()
+    }
+
+    /// Sends a priority event (an unaligned barrier) ahead of every buffer this producer still
+    /// holds for want of credit, and copies the bytes of the buffers it overtook into
+    /// `overtaken`, in send order: the channel's in-flight data that the consumer will read
+    /// only after the event. For a channel whose consumer is in this process that is the
+    /// pending buffers (the consumer copies what waits in its own queue); for a remote channel
+    /// it is also what the session has not yet written, which reaches the peer after the event.
+    /// The overtaken buffers stay queued and are shipped later under credit, in order. Returns
+    /// the bytes copied.
+    pub fn send_priority_event(&mut self, event: Event, overtaken: &mut Vec<Vec<u8>>) -> (SendOutcome, usize) {
+        debug_assert!(event.is_priority(), "{event:?} is not a priority event");
+        let before = overtaken.len();
+        if self.shared.is_remote() {
+            self.shared.push_priority_copying(event, overtaken);
+        } else {
+            self.shared.push(ChannelItem::Event(event), true);
+        }
+        for item in &self.pending {
+            if let ChannelItem::Buffer(b) = item {
+                overtaken.push(b.as_slice().to_vec());
+            }
+        }
+        let bytes = overtaken[before..].iter().map(Vec::len).sum();
+        (self.try_send(), bytes)
     }
 
     /// Ships pending items in order while credit lasts, then announces the backlog.
@@ -349,6 +503,9 @@ pub struct InputGate {
     floating_free: u32,
     floating_held: Vec<u32>,
     blocked: Vec<bool>,
+    /// Per channel: regular items the priority event last taken from it overtook (0 after a
+    /// regular item).
+    overtaken: Vec<u32>,
     next: usize,
 }
 
@@ -361,6 +518,7 @@ impl InputGate {
             floating_free: config.floating_per_gate,
             floating_held: vec![0; n],
             blocked: vec![false; n],
+            overtaken: vec![0; n],
             next: 0,
         }
     }
@@ -378,6 +536,10 @@ impl InputGate {
         self.blocked[channel] = blocked;
     }
 
+    pub fn is_blocked(&self, channel: usize) -> bool {
+        self.blocked[channel]
+    }
+
     /// The next item of any channel, scanning channels round-robin for fairness.
     pub fn poll_next(&mut self) -> Option<(usize, ChannelItem)> {
         let n = self.channels.len();
@@ -386,13 +548,55 @@ impl InputGate {
             if self.blocked[c] {
                 continue;
             }
-            if let Some(item) = self.channels[c].pop() {
+            if let Some((item, overtook)) = self.channels[c].pop_counting() {
+                self.overtaken[c] = overtook.unwrap_or(0);
                 self.next = (c + 1) % n;
                 return Some((c, item));
             }
         }
         self.grant_floating();
         None
+    }
+
+    /// A priority event waiting at the head of an unblocked channel, if any, without touching
+    /// the other items: how a task whose output has no room still takes unaligned barriers.
+    /// One atomic load per channel when none waits.
+    pub fn poll_priority(&mut self) -> Option<(usize, Event)> {
+        let n = self.channels.len();
+        for i in 0..n {
+            let c = (self.next + i) % n;
+            if self.blocked[c] {
+                continue;
+            }
+            if let Some((item, overtook)) = self.channels[c].pop_priority() {
+                self.overtaken[c] = overtook.unwrap_or(0);
+                let ChannelItem::Event(event) = item else {
+                    unreachable!("only events are queued with priority");
+                };
+                return Some((c, event));
+            }
+        }
+        None
+    }
+
+    /// Copies, into `into` and in order, the buffers that the priority event just taken from
+    /// `channel` ([`InputGate::poll_next`] or [`InputGate::poll_priority`]) overtook: they
+    /// wait right behind it and will still be read. Call it before the next item of that
+    /// channel is taken; afterwards (or after a regular item) it copies nothing. Returns the
+    /// bytes copied.
+    pub fn copy_overtaken(&self, channel: usize, into: &mut Vec<Vec<u8>>) -> usize {
+        match self.overtaken[channel] {
+            0 => 0,
+            items => self.channels[channel].copy_regular(items, into),
+        }
+    }
+
+    /// Moves the aligned barrier of `checkpoint_id` queued in `channel`, if it is there, to the
+    /// head of the channel as an unaligned (priority) barrier: what a task does when aligning
+    /// has taken too long. The items it jumped over are what [`InputGate::copy_overtaken`]
+    /// copies once it is taken. False when the barrier is not queued (not yet received).
+    pub fn promote_barrier(&mut self, channel: usize, checkpoint_id: u64) -> bool {
+        self.channels[channel].promote_barrier(checkpoint_id)
     }
 
     /// Returns the credit of one buffer read from `channel` (call after the buffer is dropped).
@@ -616,6 +820,138 @@ mod tests {
         outs[0].try_send();
         assert_eq!(seq_of(gate.poll_next().unwrap().1), 1);
         assert!(matches!(gate.poll_next().unwrap().1, ChannelItem::Event(Event::Watermark(5))));
+    }
+
+    fn bytes_seq(bytes: &[u8]) -> u32 {
+        u32::from_le_bytes(bytes[..4].try_into().unwrap())
+    }
+
+    fn unaligned(checkpoint_id: u64) -> Event {
+        Event::CheckpointBarrier { checkpoint_id, timestamp_ms: 0, kind: crate::event::BarrierKind::Unaligned }
+    }
+
+    fn aligned(checkpoint_id: u64) -> Event {
+        Event::CheckpointBarrier { checkpoint_id, timestamp_ms: 0, kind: crate::event::BarrierKind::Aligned }
+    }
+
+    #[test]
+    fn priority_events_keep_their_order_among_themselves() {
+        let pool = BufferPool::new(8);
+        let config = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 0, max_backlog_per_channel: 4 };
+        let (mut outs, mut gate, _bell) = pair(&config, 1);
+        outs[0].send_buffer(buffer_with(&pool, 0));
+        outs[0].send_event(unaligned(1));
+        outs[0].send_event(unaligned(2));
+        assert!(matches!(gate.poll_next().unwrap().1, ChannelItem::Event(e) if e == unaligned(1)));
+        assert!(matches!(gate.poll_next().unwrap().1, ChannelItem::Event(e) if e == unaligned(2)));
+        assert_eq!(seq_of(gate.poll_next().unwrap().1), 0);
+    }
+
+    #[test]
+    fn a_priority_event_hands_back_what_it_overtook_at_both_ends() {
+        let pool = BufferPool::new(16);
+        let config = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 0, max_backlog_per_channel: 8 };
+        let (mut outs, mut gate, _bell) = pair(&config, 1);
+        for seq in 0..5 {
+            outs[0].send_buffer(buffer_with(&pool, seq));
+        }
+        outs[0].send_event(Event::Watermark(7));
+        // Buffers 0 and 1 wait in the consumer's queue (credit 2), 2..5 at the producer.
+        let mut producer_side = Vec::new();
+        let (outcome, bytes) = outs[0].send_priority_event(unaligned(3), &mut producer_side);
+        assert_eq!(outcome, SendOutcome { buffers_sent: 0, backlog: 3 });
+        assert_eq!(producer_side.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(bytes, 12);
+        let (c, first) = gate.poll_next().unwrap();
+        assert!(matches!(first, ChannelItem::Event(e) if e == unaligned(3)));
+        // A buffer sent after the event is not part of what it overtook.
+        gate.release(c);
+        outs[0].try_send();
+        assert_eq!(outs[0].shared().queued_buffers(), 3);
+        let mut consumer_side = Vec::new();
+        assert_eq!(gate.copy_overtaken(c, &mut consumer_side), 8);
+        assert_eq!(consumer_side.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [0, 1]);
+        // Everything is still read, in order, and nothing without credit.
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            match gate.poll_next() {
+                Some((c, ChannelItem::Buffer(b))) => {
+                    seen.push(bytes_seq(b.as_slice()));
+                    drop(b);
+                    gate.release(c);
+                    let mut later = Vec::new();
+                    assert_eq!(gate.copy_overtaken(c, &mut later), 0, "a regular item clears the count");
+                }
+                Some((_, ChannelItem::Event(e))) => assert_eq!(e, Event::Watermark(7)),
+                None => {
+                    outs[0].try_send();
+                }
+            }
+        }
+        assert_eq!(seen, [0, 1, 2, 3, 4]);
+        assert!(matches!(gate.poll_next(), Some((_, ChannelItem::Event(Event::Watermark(7))))));
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn poll_priority_takes_only_priority_events_of_unblocked_channels() {
+        let pool = BufferPool::new(8);
+        let config = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 0, max_backlog_per_channel: 4 };
+        let (mut outs, mut gate, _bell) = pair(&config, 2);
+        outs[0].send_buffer(buffer_with(&pool, 0));
+        outs[1].send_buffer(buffer_with(&pool, 1));
+        assert!(gate.poll_priority().is_none());
+        outs[1].send_event(unaligned(1));
+        gate.set_blocked(1, true);
+        assert!(gate.poll_priority().is_none(), "channel 1 is blocked");
+        gate.set_blocked(1, false);
+        assert_eq!(gate.poll_priority(), Some((1, unaligned(1))));
+        let mut copied = Vec::new();
+        gate.copy_overtaken(1, &mut copied);
+        assert_eq!(copied.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [1]);
+        assert!(gate.poll_priority().is_none());
+        assert_eq!(outs[0].shared().queued(), 1, "the regular items stay");
+    }
+
+    #[test]
+    fn a_queued_aligned_barrier_can_be_promoted_over_the_items_before_it() {
+        let pool = BufferPool::new(8);
+        let config = CreditConfig { exclusive_per_channel: 3, floating_per_gate: 0, max_backlog_per_channel: 4 };
+        let (mut outs, mut gate, _bell) = pair(&config, 1);
+        outs[0].send_buffer(buffer_with(&pool, 0));
+        outs[0].send_event(Event::Watermark(1));
+        outs[0].send_buffer(buffer_with(&pool, 1));
+        outs[0].send_event(aligned(4));
+        outs[0].send_buffer(buffer_with(&pool, 2));
+        assert!(!gate.promote_barrier(0, 5), "no barrier of checkpoint 5 is queued");
+        assert!(gate.promote_barrier(0, 4));
+        let (c, first) = gate.poll_next().unwrap();
+        assert!(matches!(first, ChannelItem::Event(e) if e == unaligned(4)), "{first:?}");
+        let mut copied = Vec::new();
+        gate.copy_overtaken(c, &mut copied);
+        assert_eq!(copied.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(seq_of(gate.poll_next().unwrap().1), 0);
+        assert!(matches!(gate.poll_next().unwrap().1, ChannelItem::Event(Event::Watermark(1))));
+        assert_eq!(seq_of(gate.poll_next().unwrap().1), 1);
+        assert_eq!(seq_of(gate.poll_next().unwrap().1), 2, "the barrier is no longer in the queue");
+    }
+
+    #[test]
+    fn a_remote_producer_copies_what_its_session_has_not_written() {
+        let pool = BufferPool::new(8);
+        let session_bell = Arc::new(Doorbell::new());
+        let ch = LocalChannel::new_remote_out(Arc::new(Doorbell::new()), session_bell);
+        let mut out = OutputChannel::new(ch.clone(), &CreditConfig::default());
+        ch.grant(2);
+        for seq in 0..4 {
+            out.send_buffer(buffer_with(&pool, seq));
+        }
+        assert!(matches!(ch.pop(), Some(ChannelItem::Buffer(_))), "the session wrote buffer 0");
+        let mut copied = Vec::new();
+        out.send_priority_event(unaligned(9), &mut copied);
+        assert_eq!(copied.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(matches!(ch.pop(), Some(ChannelItem::Event(e)) if e == unaligned(9)), "the session writes it first");
+        assert!(matches!(ch.pop(), Some(ChannelItem::Buffer(_))));
     }
 
     #[test]

@@ -19,6 +19,12 @@
 //!   in place (priority events at the head). What the consumer's `InputGate` grants is
 //!   announced with ADD_CREDIT (`granted_total` minus what was announced), the exclusive credit
 //!   with the first PARTITION_REQUEST.
+//! - An unaligned checkpoint barrier (a priority event) goes out ahead of what an outbound
+//!   channel's queue holds and the session has not yet written; the producer copies those
+//!   buffers as its in-flight data ([`crate::OutputChannel::send_priority_event`]), since they
+//!   reach the peer after the barrier. What was written before it arrives before it, and the
+//!   peer's session queues the barrier ahead of the buffers waiting in the inbound channel,
+//!   which the consumer's gate copies ([`crate::InputGate::copy_overtaken`]).
 //!
 //! Everything a peer sends is checked against the session state before its body is read:
 //! HELLO first and once, then a verified AUTH before anything of a job; frames of a deployment
@@ -2494,6 +2500,79 @@ mod tests {
             let config = CreditConfig { exclusive_per_channel: exclusive, floating_per_gate: floating, max_backlog_per_channel: 2 };
             run_exchange(config, per_job, consumer_percent, seed)?;
         }
+    }
+
+    #[test]
+    fn an_unaligned_barrier_overtakes_on_both_sides_and_each_copies_its_part() {
+        let pool = BufferPool::new(32);
+        let (mut a, mut b) = established(&pool);
+        let config = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 0, max_backlog_per_channel: 8 };
+        let (bell_a, bell_b) = (bell(), bell());
+        let out = LocalChannel::new_remote_out(bell(), bell_a.clone());
+        let inbound = LocalChannel::new_remote_in(config.exclusive_per_channel, bell_b.clone(), bell());
+        let mut spec_a = JobSpec::new(D, FINGERPRINT, 1, bell_a);
+        spec_a.add_outbound(0, out.clone());
+        let mut spec_b = JobSpec::new(D, FINGERPRINT, 1, bell_b);
+        spec_b.add_inbound(0, inbound.clone(), validate_buffer::<Rec>);
+        a.register_job(spec_a).unwrap();
+        b.register_job(spec_b).unwrap();
+        pump(&mut a, &mut b).unwrap();
+        assert_eq!(out.credit(), 2);
+        let mut output = OutputChannel::new(out.clone(), &config);
+        let mut gate = InputGate::new(vec![inbound], &config);
+        for seq in 0..6 {
+            output.send_buffer(record_buffer(&pool, &[(seq, 0)]));
+        }
+        // Buffers 0 and 1 cross; the consumer reads 0 and its credit brings buffer 2 into the
+        // session's queue on side a, where it is not yet written.
+        deliver(&written(&mut a, Instant::now()), &mut b).unwrap();
+        let (c, first) = gate.poll_next().unwrap();
+        let ChannelItem::Buffer(first) = first else { panic!("a buffer first") };
+        assert_eq!(records_of(&first), [(0, 0)]);
+        drop(first);
+        gate.release(c);
+        deliver(&written(&mut b, Instant::now()), &mut a).unwrap();
+        output.try_send();
+        assert_eq!((out.queued(), output.pending_buffers()), (1, 3));
+        let barrier = Event::CheckpointBarrier { checkpoint_id: 5, timestamp_ms: 1, kind: BarrierKind::Unaligned };
+        let mut producer_copy = Vec::new();
+        output.send_priority_event(barrier, &mut producer_copy);
+        pump(&mut a, &mut b).unwrap();
+        let (c, item) = gate.poll_next().unwrap();
+        assert!(matches!(item, ChannelItem::Event(e) if e == barrier), "the barrier comes first: {item:?}");
+        let mut consumer_copy = Vec::new();
+        gate.copy_overtaken(c, &mut consumer_copy);
+        let seqs = |copies: &[Vec<u8>]| -> Vec<u32> {
+            copies
+                .iter()
+                .map(|bytes| {
+                    let mut buf = pool.take().unwrap();
+                    buf.spare_mut()[..bytes.len()].copy_from_slice(bytes);
+                    buf.advance(bytes.len());
+                    records_of(&buf.freeze())[0].0
+                })
+                .collect()
+        };
+        assert_eq!(seqs(&consumer_copy), [1], "in the consumer's queue when the barrier arrived");
+        assert_eq!(seqs(&producer_copy), [2, 3, 4, 5], "unwritten by the session or waiting for credit");
+        // Every overtaken buffer is still delivered, in order, after the barrier.
+        let mut after = Vec::new();
+        while after.len() < 5 {
+            match gate.poll_next() {
+                Some((c, ChannelItem::Buffer(buffer))) => {
+                    after.push(records_of(&buffer)[0].0);
+                    drop(buffer);
+                    gate.release(c);
+                }
+                Some((_, ChannelItem::Event(e))) => panic!("unexpected {e:?}"),
+                None => {
+                    pump(&mut a, &mut b).unwrap();
+                    output.try_send();
+                    pump(&mut a, &mut b).unwrap();
+                }
+            }
+        }
+        assert_eq!(after, [1, 2, 3, 4, 5]);
     }
 
     #[test]

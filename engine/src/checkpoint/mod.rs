@@ -1,6 +1,6 @@
 //! Checkpoints: the types every part of the protocol shares, barrier handling at an input gate
-//! (`alignment`) and the control mailbox through which a task receives triggers and
-//! notifications (`mailbox`).
+//! (`alignment`), the in-flight data of unaligned checkpoints (`channel_state`) and the control
+//! mailbox through which a task receives triggers and notifications (`mailbox`).
 //!
 //! The protocol follows Flink's (see `docs/CHECKPOINTS.md`): the job master's coordinator
 //! triggers a checkpoint at the source tasks through their mailboxes; each source snapshots its
@@ -11,6 +11,7 @@
 //! commit). A restored task gets back exactly the parts it wrote, by node and subtask.
 
 pub mod alignment;
+pub mod channel_state;
 pub mod coordinator;
 pub mod mailbox;
 pub mod metadata;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use rkyv::{Archive, Deserialize as RkyvDeserialize, Serialize as RkyvSerialize};
 use serde::{Deserialize, Serialize};
 
-pub use alignment::{AlignmentAction, BarrierAligner};
+pub use alignment::{source_barrier_kind, AlignmentAction, BarrierAligner, BarrierHandling};
 pub use mailbox::{ControlMailbox, ControlMessage, MailboxFull};
 pub use metadata::TaskStateHandle;
 

@@ -111,6 +111,9 @@ pub(crate) struct OutputCtx {
 pub(crate) trait TaskInput {
     fn on_buffer(&mut self, bytes: &[u8]) -> Result<(), TaskError>;
     fn chain(&mut self) -> &mut dyn Control;
+    /// The check a buffer of this input must pass before it is read in place when it does not
+    /// come from a producer of this process (restored channel state).
+    fn validator(&self) -> BufferValidator;
 }
 
 /// The source side of a task.
@@ -176,6 +179,10 @@ impl<I: Data> TaskInput for HeadAdapter<I> {
 
     fn chain(&mut self) -> &mut dyn Control {
         &mut *self.chain
+    }
+
+    fn validator(&self) -> BufferValidator {
+        validate_buffer::<I>
     }
 }
 

@@ -9,21 +9,116 @@
 //! used up, the output parks that record and the rest of its batch and reports `Blocked`; the
 //! task then waits for credit and the parked records go out first when it arrives. The parked
 //! records are at most one batch of the chain's output, which already existed in memory.
+//!
+//! Checkpoint barriers: an aligned barrier is an ordinary event (behind parked records, then
+//! behind the channel's queued buffers). An unaligned barrier (a priority event) overtakes: the
+//! open buffers are sent, and the barrier goes to every channel ahead of the buffers waiting for
+//! credit, whose bytes become the task's output channel state ([`OutputCapture`], collected
+//! while the task emits the barrier, [`capturing`]). Records parked before it are first written
+//! into buffers with the barrier's overdraft (half of the task's overdraft is kept for that);
+//! when even that is not enough, the barrier keeps its place and overtakes once the records
+//! before it are written, and the capture counts it as deferred until then. A restored task's
+//! output channel state is validated and sent on its channels, in full buffers from the pool
+//! and under credit, before any new output.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use corestream_netstack::record::Written;
+use corestream_netstack::record::{validate_buffer, Written};
 use corestream_netstack::{BufferBuilder, BufferPool, Data, Event, OutputChannel, RecordWriter, SendOutcome};
 use corestream_state::{key_group_for_hash, operator_index_for_key_group};
 
 use super::build::{KeyHashFn, OutputCtx, OutputEdgeRt};
 use super::metrics::TaskCounters;
+use crate::checkpoint::channel_state::{check_channels, AlignedBuffer, Direction};
+use crate::checkpoint::{ChannelState, PartLayout, TaskSnapshot};
 use crate::error::TaskError;
 use crate::graph::execution::OVERDRAFT_BUFFERS_PER_TASK;
 use crate::graph::Partitioning;
 use crate::operators::{enter_node, Control, Emit, FlushReason, Readiness};
+
+/// Buffers of a task's overdraft kept for writing the records parked ahead of an unaligned
+/// barrier; records use the rest.
+const BARRIER_OVERDRAFT: u32 = OVERDRAFT_BUFFERS_PER_TASK / 2;
+
+/// Name of the state part that tells a restored output which task-wide channel indices are its.
+const LAYOUT_PART: &str = "network-output";
+
+/// What the network outputs of one task captured for one unaligned checkpoint: the bytes each
+/// barrier overtook, by task-wide channel index (outputs are numbered in the order the barrier
+/// reached them, then by edge and channel), and where each output's channels start.
+#[derive(Debug, Default)]
+pub(crate) struct OutputCapture {
+    next_base: u32,
+    pub channels: Vec<ChannelState>,
+    /// (node, part name, first channel, channels) of every output the barrier reached.
+    layout: Vec<(usize, String, u32, u32)>,
+    /// Outputs whose barrier still waits behind records parked before it.
+    pub deferred: u32,
+    pub bytes: u64,
+}
+
+pub(crate) type CaptureSink = Rc<RefCell<OutputCapture>>;
+
+impl OutputCapture {
+    fn allocate(&mut self, node: usize, name: &str, channels: u32) -> u32 {
+        let base = self.next_base;
+        self.next_base += channels;
+        self.layout.push((node, name.to_string(), base, channels));
+        base
+    }
+
+    /// Moves the captured channels into `snapshot`, with a state part per output that has any,
+    /// naming its channel range (so a restored output finds its channels by node and name).
+    pub fn put_into(&mut self, snapshot: &mut TaskSnapshot) {
+        let channels = std::mem::take(&mut self.channels);
+        for (node, name, base, count) in &self.layout {
+            if !channels.iter().any(|c| (*base..base + count).contains(&c.channel)) {
+                continue;
+            }
+            let bytes = [base.to_le_bytes(), count.to_le_bytes()].concat();
+            let part = crate::checkpoint::StatePart { name: name.clone(), layout: PartLayout::Subtask, bytes };
+            match snapshot.nodes.iter_mut().find(|(n, _)| *n as usize == *node) {
+                Some((_, parts)) => parts.parts.push(part),
+                None => {
+                    snapshot.nodes.push((*node as u32, crate::checkpoint::OperatorStateParts { parts: vec![part] }))
+                }
+            }
+        }
+        snapshot.output_channels.extend(channels);
+    }
+}
+
+thread_local! {
+    static CAPTURE: RefCell<Option<CaptureSink>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, which emits an unaligned barrier through a task's chain, with the task's network
+/// outputs adding what the barrier overtook to `sink`. The chain runs synchronously on this
+/// thread, so the scope is exactly the outputs of this task.
+pub(crate) fn capturing<R>(sink: &CaptureSink, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CAPTURE.with(|c| *c.borrow_mut() = None);
+        }
+    }
+    CAPTURE.with(|c| *c.borrow_mut() = Some(sink.clone()));
+    let _reset = Reset;
+    f()
+}
+
+/// An event waiting behind parked records, with the number of records parked before it
+/// (counted since the output started, like `parked_out`) and, for an unaligned barrier, where
+/// its capture goes.
+struct ParkedEvent {
+    before: u64,
+    event: Event,
+    capture: Option<(CaptureSink, u32)>,
+}
 
 enum Selector<T> {
     Single,
@@ -54,7 +149,15 @@ pub(crate) struct NetworkOutput<T: Data> {
     node: usize,
     unflushed: bool,
     held: u32,
+    /// Buffers the output may hold at most: open and backlog per channel and the overdraft.
     allowance: u32,
+    /// What writing records may hold: `allowance` less the barrier's overdraft, except while
+    /// the records parked ahead of an unaligned barrier are written.
+    limit: u32,
+    /// The state part naming this output's channels in a checkpoint.
+    layout_name: String,
+    /// Restored output channel state still to send, in order: (edge, channel, bytes).
+    replay: VecDeque<(usize, usize, Vec<u8>)>,
     marker_next: usize,
     /// Key hashes of the batch being written, per edge (empty for edges not hashed).
     hashes: Vec<Vec<u64>>,
@@ -66,9 +169,8 @@ pub(crate) struct NetworkOutput<T: Data> {
     parked_head: usize,
     /// Key hashes of the parked records, per edge, index for index with `parked`.
     parked_hashes: Vec<Vec<u64>>,
-    /// Events waiting behind parked records, with the number of records parked before each
-    /// (counted since the output started, like `parked_out`).
-    parked_events: VecDeque<(u64, Event)>,
+    /// Events waiting behind parked records.
+    parked_events: VecDeque<ParkedEvent>,
     parked_out: u64,
     resume: Resume,
 }
@@ -76,6 +178,11 @@ pub(crate) struct NetworkOutput<T: Data> {
 impl<T: Data> NetworkOutput<T> {
     pub(crate) fn new(edges: Vec<OutputEdgeRt>, ctx: OutputCtx) -> Self {
         let channel_count: u32 = edges.iter().map(|e| e.channels.len() as u32).sum();
+        let layout_name = match edges.first().and_then(|e| e.side.as_ref()) {
+            Some(side) => format!("{LAYOUT_PART}/{}", side.tag),
+            None => LAYOUT_PART.to_string(),
+        };
+        let allowance = channel_count * (1 + ctx.max_backlog) + OVERDRAFT_BUFFERS_PER_TASK;
         let edges = edges
             .into_iter()
             .map(|e| {
@@ -112,7 +219,10 @@ impl<T: Data> NetworkOutput<T> {
             node: ctx.node,
             unflushed: false,
             held: 0,
-            allowance: channel_count * (1 + ctx.max_backlog) + OVERDRAFT_BUFFERS_PER_TASK,
+            allowance,
+            limit: allowance - BARRIER_OVERDRAFT,
+            layout_name,
+            replay: VecDeque::new(),
             marker_next: 0,
             hashes: Vec::new(),
             parked: Vec::new(),
@@ -131,16 +241,32 @@ impl<T: Data> NetworkOutput<T> {
         }
     }
 
+    /// A buffer to write into, if the limit allows one. The barrier's overdraft is taken only
+    /// if the pool has a buffer free: it never fails the task.
+    fn fresh_buffer(&mut self) -> Result<Option<BufferBuilder>, TaskError> {
+        if self.held >= self.limit {
+            return Ok(None);
+        }
+        let fresh = if self.limit > self.allowance - BARRIER_OVERDRAFT {
+            match self.pool.try_take() {
+                Some(b) => b,
+                None => return Ok(None),
+            }
+        } else {
+            self.pool.take()?
+        };
+        self.held += 1;
+        Ok(Some(fresh))
+    }
+
     /// Writes `record` to one channel; false when it needs a buffer and the allowance is used.
     #[inline]
     fn write(&mut self, edge: usize, ch: usize, record: &T) -> Result<bool, TaskError> {
         loop {
             if self.edges[edge].open[ch].is_none() {
-                if self.held >= self.allowance {
+                let Some(fresh) = self.fresh_buffer()? else {
                     return Ok(false);
-                }
-                let fresh = self.pool.take()?;
-                self.held += 1;
+                };
                 self.edges[edge].open[ch] = Some(fresh);
             }
             let e = &mut self.edges[edge];
@@ -232,7 +358,7 @@ impl<T: Data> NetworkOutput<T> {
     }
 
     fn has_parked(&self) -> bool {
-        self.parked_head < self.parked.len() || !self.parked_events.is_empty()
+        self.parked_head < self.parked.len() || !self.parked_events.is_empty() || !self.replay.is_empty()
     }
 
     /// Moves `records[from..]` and their hashes behind the parked items.
@@ -257,10 +383,17 @@ impl<T: Data> NetworkOutput<T> {
     /// Writes parked records and sends parked events, in order, while buffers are available;
     /// true when nothing is left.
     fn unpark(&mut self) -> Result<bool, TaskError> {
+        if !self.send_replay()? {
+            return Ok(false);
+        }
         loop {
-            while self.parked_events.front().is_some_and(|(before, _)| *before == self.parked_out) {
-                let (_, event) = self.parked_events.pop_front().expect("front event");
-                self.send_event(&event);
+            while self.parked_events.front().is_some_and(|p| p.before == self.parked_out) {
+                let parked = self.parked_events.pop_front().expect("front event");
+                let deferred = parked.capture.as_ref().map(|(sink, _)| sink.clone());
+                self.send_event(&parked.event, parked.capture);
+                if let Some(sink) = deferred {
+                    sink.borrow_mut().deferred -= 1;
+                }
             }
             let waiting = self.parked.len() - self.parked_head;
             if waiting == 0 {
@@ -272,7 +405,7 @@ impl<T: Data> NetworkOutput<T> {
                 return Ok(true);
             }
             let run = match self.parked_events.front() {
-                Some((before, _)) => waiting.min((before - self.parked_out) as usize),
+                Some(p) => waiting.min((p.before - self.parked_out) as usize),
                 None => waiting,
             };
             let records = std::mem::take(&mut self.parked);
@@ -354,9 +487,59 @@ impl<T: Data> NetworkOutput<T> {
         }
     }
 
+    /// Sends restored output channel state, in order, while buffers are available; true when
+    /// all of it is queued on its channels.
+    fn send_replay(&mut self) -> Result<bool, TaskError> {
+        while !self.replay.is_empty() {
+            let Some(mut buf) = self.fresh_buffer()? else {
+                return Ok(false);
+            };
+            let (e, c, bytes) = self.replay.pop_front().expect("a restored buffer");
+            buf.spare_mut()[..bytes.len()].copy_from_slice(&bytes);
+            buf.advance(bytes.len());
+            TaskCounters::inc(&self.counters.bytes_out, bytes.len() as u64);
+            let outcome = self.edges[e].channels[c].send_buffer(buf.freeze());
+            self.account(outcome);
+        }
+        Ok(true)
+    }
+
+    /// Sends an unaligned barrier ahead of everything queued on every channel, after the open
+    /// buffers; with a capture, the bytes it overtook go there, channel `base + i` for the
+    /// output's channel `i`.
+    fn send_priority(&mut self, event: &Event, capture: Option<(CaptureSink, u32)>) {
+        for (e, c) in self.all_channels() {
+            self.flush_channel(e, c);
+        }
+        self.unflushed = false;
+        let mut overtaken = Vec::new();
+        for (i, (e, c)) in self.all_channels().into_iter().enumerate() {
+            let outcome = match &capture {
+                Some(_) => {
+                    let (outcome, _) = self.edges[e].channels[c].send_priority_event(*event, &mut overtaken);
+                    outcome
+                }
+                None => self.edges[e].channels[c].send_event(*event),
+            };
+            self.account(outcome);
+            if let Some((sink, base)) = &capture {
+                if !overtaken.is_empty() {
+                    let buffers = std::mem::take(&mut overtaken);
+                    let mut sink = sink.borrow_mut();
+                    sink.bytes += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
+                    sink.channels.push(ChannelState { channel: base + i as u32, buffers });
+                }
+            }
+        }
+    }
+
     /// Sends an event on every channel after the records before it (a latency marker on one
-    /// channel, round-robin, as in Flink).
-    fn send_event(&mut self, event: &Event) {
+    /// channel, round-robin, as in Flink; an unaligned barrier ahead of them).
+    fn send_event(&mut self, event: &Event, capture: Option<(CaptureSink, u32)>) {
+        if event.is_priority() {
+            self.send_priority(event, capture);
+            return;
+        }
         if let Event::LatencyMarker { .. } = event {
             let all = self.all_channels();
             if let Some(&(e, c)) = all.get(self.marker_next % all.len().max(1)) {
@@ -390,13 +573,71 @@ impl<T: Data> NetworkOutput<T> {
 
 impl<T: Data> Control for NetworkOutput<T> {
     fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
-        if self.has_parked() {
-            // Events keep their place behind the records waiting for buffers.
-            let parked_before = self.parked_out + (self.parked.len() - self.parked_head) as u64;
-            self.parked_events.push_back((parked_before, *event));
+        let capture = match event.is_priority() {
+            true => CAPTURE.with(|c| c.borrow().clone()).map(|sink| {
+                let channels = self.edges.iter().map(|e| e.channels.len() as u32).sum();
+                let base = sink.borrow_mut().allocate(self.node, &self.layout_name, channels);
+                (sink, base)
+            }),
+            false => None,
+        };
+        if !self.has_parked() {
+            self.send_event(event, capture);
             return Ok(());
         }
-        self.send_event(event);
+        // Events keep their place behind the records waiting for buffers.
+        let before = self.parked_out + (self.parked.len() - self.parked_head) as u64;
+        if let Some((sink, _)) = &capture {
+            sink.borrow_mut().deferred += 1;
+        }
+        self.parked_events.push_back(ParkedEvent { before, event: *event, capture });
+        if event.is_priority() {
+            // Write what is parked ahead of the barrier with the barrier's overdraft.
+            self.limit = self.allowance;
+            let written = self.unpark();
+            self.limit = self.allowance - BARRIER_OVERDRAFT;
+            written?;
+        }
+        Ok(())
+    }
+
+    fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {
+        let Some(part) = from.node(self.node).and_then(|parts| parts.get(&self.layout_name)) else {
+            return Ok(());
+        };
+        let fail = |message: String| TaskError::Checkpoint { node: None, message };
+        let channels: Vec<(usize, usize)> = self.all_channels();
+        let (base, count) = match part.bytes.as_slice() {
+            [b0, b1, b2, b3, c0, c1, c2, c3] => {
+                (u32::from_le_bytes([*b0, *b1, *b2, *b3]), u32::from_le_bytes([*c0, *c1, *c2, *c3]))
+            }
+            other => return Err(fail(format!("state part '{}' has {} bytes, not 8", self.layout_name, other.len()))),
+        };
+        if count as usize != channels.len() {
+            return Err(fail(format!(
+                "the output of node {} had {count} channels when checkpointed and has {} now",
+                self.node,
+                channels.len()
+            )));
+        }
+        let mine: Vec<ChannelState> = from
+            .output_channels
+            .iter()
+            .filter(|c| (base..base + count).contains(&c.channel))
+            .map(|c| ChannelState { channel: c.channel - base, buffers: c.buffers.clone() })
+            .collect();
+        check_channels(&mine, channels.len(), Direction::Output).map_err(|e| fail(e.to_string()))?;
+        let mut aligned = AlignedBuffer::default();
+        for state in mine {
+            let (e, c) = channels[state.channel as usize];
+            for (index, bytes) in state.buffers.into_iter().enumerate() {
+                let channel = base + state.channel;
+                aligned
+                    .load_valid(&bytes, validate_buffer::<T>, Direction::Output, channel, index)
+                    .map_err(|e| fail(e.to_string()))?;
+                self.replay.push_back((e, c, bytes));
+            }
+        }
         Ok(())
     }
 

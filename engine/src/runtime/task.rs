@@ -30,10 +30,16 @@ use super::build::{TaskInput, TaskSource};
 use super::job::JobShared;
 use super::metrics::TaskCounters;
 use crate::api::sources::SourceStatus;
-use crate::checkpoint::{AlignmentAction, BarrierAligner};
+use crate::checkpoint::channel_state::AlignedBuffer;
 use crate::error::TaskError;
 use crate::operators::{monotonic_ns, now_ms, Control, FlushReason, Readiness};
 use crate::time::{ValveOutput, WatermarkValve};
+
+mod checkpoints;
+#[cfg(test)]
+mod tests;
+
+use checkpoints::{Checkpoints, Side};
 
 pub(crate) enum TaskBody {
     Source(Box<dyn TaskSource>),
@@ -162,9 +168,16 @@ fn check_cancelled(env: &TaskEnv) -> Result<(), TaskError> {
     }
 }
 
-/// Waits until the chain can take more input, flushing on the buffer timeout meanwhile.
-async fn wait_ready(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClock) -> Result<(), TaskError> {
-    if chain.poll_ready()? == Readiness::Ready {
+/// Waits until the chain can take more input, flushing on the buffer timeout meanwhile. With
+/// `checkpoints`, each wake-up also handles the mailbox and the unaligned barriers that must not
+/// wait for the output (only where no firing is pending).
+async fn wait_ready(
+    side: &mut Side<'_>,
+    env: &TaskEnv,
+    clock: &mut FlushClock,
+    mut checkpoints: Option<&mut Checkpoints>,
+) -> Result<(), TaskError> {
+    if side.chain().poll_ready()? == Readiness::Ready {
         return Ok(());
     }
     TaskCounters::inc(&env.counters.backpressure_waits, 1);
@@ -176,10 +189,13 @@ async fn wait_ready(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClo
         let timeout = clock.remaining().map_or(BLOCKED_REPOLL, |r| r.min(BLOCKED_REPOLL));
         wait(&env.bell, Some(timeout)).await;
         if clock.remaining() == Some(Duration::ZERO) {
-            chain.flush(FlushReason::Timeout)?;
+            side.chain().flush(FlushReason::Timeout)?;
             clock.reset();
         }
-        if chain.poll_ready()? == Readiness::Ready {
+        if let Some(ck) = checkpoints.as_deref_mut() {
+            ck.while_blocked(side)?;
+        }
+        if side.chain().poll_ready()? == Readiness::Ready {
             break;
         }
     }
@@ -189,27 +205,28 @@ async fn wait_ready(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClo
 
 /// Emits what a watermark or processing time left pending, in steps, waiting for the output
 /// between them; returns once nothing is pending.
-async fn drain_pending(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClock) -> Result<(), TaskError> {
-    while !chain.resume(env.batch_size)? {
+async fn drain_pending(side: &mut Side<'_>, env: &TaskEnv, clock: &mut FlushClock) -> Result<(), TaskError> {
+    while !side.chain().resume(env.batch_size)? {
         check_cancelled(env)?;
-        clock.after_batch(chain)?;
-        wait_ready(chain, env, clock).await?;
+        clock.after_batch(side.chain())?;
+        wait_ready(side, env, clock, None).await?;
         glommio::yield_if_needed().await;
     }
     Ok(())
 }
 
 /// End of input: finish every link in bounded steps, signal end of partition, drain.
-async fn finish(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClock) -> Result<(), TaskError> {
-    drain_pending(chain, env, clock).await?;
+async fn finish(side: &mut Side<'_>, env: &TaskEnv, clock: &mut FlushClock) -> Result<(), TaskError> {
+    drain_pending(side, env, clock).await?;
     loop {
         check_cancelled(env)?;
-        wait_ready(chain, env, clock).await?;
-        if chain.finish_step(env.batch_size)? {
+        wait_ready(side, env, clock, None).await?;
+        if side.chain().finish_step(env.batch_size)? {
             break;
         }
         glommio::yield_if_needed().await;
     }
+    let chain = side.chain();
     chain.close()?;
     while !chain.drain()? {
         check_cancelled(env)?;
@@ -219,87 +236,127 @@ async fn finish(chain: &mut dyn Control, env: &TaskEnv, clock: &mut FlushClock) 
 }
 
 pub(crate) async fn run(body: TaskBody, env: TaskEnv) -> Result<(), TaskError> {
-    let mut clock = FlushClock { timeout: env.buffer_timeout, dirty_since: None };
     match body {
-        TaskBody::Source(mut source) => {
-            let mut steps = 0u64;
-            let mut markers = source.latency_markers().map(MarkerClock::new);
-            loop {
-                check_cancelled(&env)?;
-                drain_pending(source.chain(), &env, &mut clock).await?;
-                wait_ready(source.chain(), &env, &mut clock).await?;
-                match source.step(env.batch_size)? {
-                    SourceStatus::More => {
-                        if let Some(m) = &mut markers {
-                            m.tick(source.chain())?;
-                        }
-                        clock.after_batch(source.chain())?;
-                        if steps.is_multiple_of(8) {
-                            fire_due(source.chain())?;
-                        }
-                        steps += 1;
-                        glommio::yield_if_needed().await;
-                    }
-                    status @ (SourceStatus::Idle | SourceStatus::IdleUntil(_)) => {
-                        let next_marker = markers.as_mut().map(|m| m.tick(source.chain())).transpose()?;
-                        source.chain().flush(FlushReason::Idle)?;
-                        clock.reset();
-                        check_cancelled(&env)?;
-                        let wake_in = match status {
-                            SourceStatus::IdleUntil(at) => Some(at.saturating_duration_since(Instant::now())),
-                            _ => None,
-                        };
-                        let until = earliest(next_marker, wake_in);
-                        // Output still waiting for room (parked records, a full sink) is
-                        // waited for by `wait_ready`, which re-polls it.
-                        wait_idle(source.chain(), &env, until).await?;
-                    }
-                    SourceStatus::Finished => break,
-                }
-            }
-            // A bounded source ends event time: every window and timer fires (as in Flink).
-            wait_ready(source.chain(), &env, &mut clock).await?;
-            source.chain().emit_event(&Event::Watermark(i64::MAX))?;
-            finish(source.chain(), &env, &mut clock).await
+        TaskBody::Source(mut source) => run_source(&mut *source, &env).await,
+        TaskBody::Input { mut input, mut gate } => run_input(&mut *input, &mut gate, &env).await,
+    }
+}
+
+async fn run_source(source: &mut dyn TaskSource, env: &TaskEnv) -> Result<(), TaskError> {
+    let mut clock = FlushClock { timeout: env.buffer_timeout, dirty_since: None };
+    let mut ck = env.checkpointing.clone().map(|c| Checkpoints::new(c, env.bell.clone(), None));
+    if let Some(ck) = &ck {
+        ck.restore(&mut Side::Source(source))?;
+    }
+    let mut steps = 0u64;
+    let mut markers = source.latency_markers().map(MarkerClock::new);
+    loop {
+        check_cancelled(env)?;
+        drain_pending(&mut Side::Source(source), env, &mut clock).await?;
+        if let Some(ck) = ck.as_mut() {
+            ck.at_boundary(&mut Side::Source(source))?;
         }
-        TaskBody::Input { mut input, mut gate } => {
-            let channels = gate.num_channels();
-            let mut valve = WatermarkValve::new(channels);
-            let mut aligner = BarrierAligner::new(channels);
-            let mut ended = 0;
-            let mut buffers = 0u64;
-            while ended < channels {
-                check_cancelled(&env)?;
-                drain_pending(input.chain(), &env, &mut clock).await?;
-                wait_ready(input.chain(), &env, &mut clock).await?;
-                match gate.poll_next() {
-                    Some((c, ChannelItem::Buffer(buffer))) => {
-                        input.on_buffer(buffer.as_slice())?;
-                        drop(buffer);
-                        gate.release(c);
-                        buffers += 1;
-                        clock.after_batch(input.chain())?;
-                        if buffers.is_multiple_of(8) {
-                            TaskCounters::inc(&env.counters.buffers_in, 8);
-                            fire_due(input.chain())?;
-                            glommio::yield_if_needed().await;
-                        }
-                    }
-                    Some((c, ChannelItem::Event(event))) => {
-                        on_event(c, event, &mut *input, &mut gate, &mut valve, &mut aligner, &mut ended)?
-                    }
-                    None => {
-                        input.chain().flush(FlushReason::Idle)?;
-                        clock.reset();
-                        check_cancelled(&env)?;
-                        wait_idle(input.chain(), &env, None).await?;
-                    }
+        wait_ready(&mut Side::Source(source), env, &mut clock, ck.as_mut()).await?;
+        match source.step(env.batch_size)? {
+            SourceStatus::More => {
+                if let Some(m) = &mut markers {
+                    m.tick(source.chain())?;
                 }
+                clock.after_batch(source.chain())?;
+                if steps.is_multiple_of(8) {
+                    fire_due(source.chain())?;
+                }
+                steps += 1;
+                glommio::yield_if_needed().await;
             }
-            TaskCounters::inc(&env.counters.buffers_in, buffers % 8);
-            finish(input.chain(), &env, &mut clock).await
+            status @ (SourceStatus::Idle | SourceStatus::IdleUntil(_)) => {
+                let next_marker = markers.as_mut().map(|m| m.tick(source.chain())).transpose()?;
+                source.chain().flush(FlushReason::Idle)?;
+                clock.reset();
+                check_cancelled(env)?;
+                let wake_in = match status {
+                    SourceStatus::IdleUntil(at) => Some(at.saturating_duration_since(Instant::now())),
+                    _ => None,
+                };
+                let until = earliest(next_marker, wake_in);
+                // Output still waiting for room (parked records, a full sink) is waited for by
+                // `wait_ready`, which re-polls it.
+                wait_idle(source.chain(), env, until).await?;
+            }
+            SourceStatus::Finished => break,
         }
     }
+    // A bounded source ends event time: every window and timer fires (as in Flink).
+    wait_ready(&mut Side::Source(source), env, &mut clock, None).await?;
+    source.chain().emit_event(&Event::Watermark(i64::MAX))?;
+    finish(&mut Side::Source(source), env, &mut clock).await?;
+    if let Some(ck) = ck.as_mut() {
+        ck.finished();
+    }
+    Ok(())
+}
+
+async fn run_input(input: &mut dyn TaskInput, gate: &mut InputGate, env: &TaskEnv) -> Result<(), TaskError> {
+    let mut clock = FlushClock { timeout: env.buffer_timeout, dirty_since: None };
+    let channels = gate.num_channels();
+    let mut ck = env.checkpointing.clone().map(|c| Checkpoints::new(c, env.bell.clone(), Some(channels)));
+    if let Some(ck) = &ck {
+        if let Some(snapshot) = ck.restore(&mut Side::Input(input, gate))? {
+            // In-flight data of the checkpoint first, before anything of the gate.
+            let mut aligned = AlignedBuffer::default();
+            for at in Checkpoints::replay_order(&snapshot) {
+                check_cancelled(env)?;
+                drain_pending(&mut Side::Input(input, gate), env, &mut clock).await?;
+                wait_ready(&mut Side::Input(input, gate), env, &mut clock, None).await?;
+                ck.replay_buffer(input, &snapshot, at, &mut aligned)?;
+                clock.after_batch(input.chain())?;
+                glommio::yield_if_needed().await;
+            }
+        }
+    }
+    let mut valve = WatermarkValve::new(channels);
+    let mut ended = 0;
+    let mut buffers = 0u64;
+    while ended < channels {
+        check_cancelled(env)?;
+        drain_pending(&mut Side::Input(input, gate), env, &mut clock).await?;
+        if let Some(ck) = ck.as_mut() {
+            ck.at_boundary(&mut Side::Input(input, gate))?;
+        }
+        wait_ready(&mut Side::Input(input, gate), env, &mut clock, ck.as_mut()).await?;
+        match gate.poll_next() {
+            Some((c, ChannelItem::Buffer(buffer))) => {
+                if let Some(ck) = ck.as_mut().filter(|ck| ck.recording(c)) {
+                    ck.record(c, buffer.as_slice());
+                }
+                input.on_buffer(buffer.as_slice())?;
+                drop(buffer);
+                gate.release(c);
+                buffers += 1;
+                clock.after_batch(input.chain())?;
+                if buffers.is_multiple_of(8) {
+                    TaskCounters::inc(&env.counters.buffers_in, 8);
+                    fire_due(input.chain())?;
+                    glommio::yield_if_needed().await;
+                }
+            }
+            Some((c, ChannelItem::Event(event))) => {
+                on_event(c, event, input, gate, &mut valve, ck.as_mut(), &mut ended)?
+            }
+            None => {
+                input.chain().flush(FlushReason::Idle)?;
+                clock.reset();
+                check_cancelled(env)?;
+                wait_idle(input.chain(), env, None).await?;
+            }
+        }
+    }
+    TaskCounters::inc(&env.counters.buffers_in, buffers % 8);
+    finish(&mut Side::Input(input, gate), env, &mut clock).await?;
+    if let Some(ck) = ck.as_mut() {
+        ck.finished();
+    }
+    Ok(())
 }
 
 fn on_event(
@@ -308,13 +365,15 @@ fn on_event(
     input: &mut dyn TaskInput,
     gate: &mut InputGate,
     valve: &mut WatermarkValve,
-    aligner: &mut BarrierAligner,
+    checkpoints: Option<&mut Checkpoints>,
     ended: &mut usize,
 ) -> Result<(), TaskError> {
     match event {
         Event::EndOfPartition => {
             *ended += 1;
-            aligner.on_end(channel);
+            if let Some(ck) = checkpoints {
+                ck.on_end(channel, input, gate)?;
+            }
             if let Some(w) = valve.on_end(channel) {
                 if *ended < gate.num_channels() {
                     input.chain().emit_event(&Event::Watermark(w))?;
@@ -335,21 +394,11 @@ fn on_event(
                 input.chain().emit_event(&event)?;
             }
         }
-        Event::CheckpointBarrier { checkpoint_id, kind, .. } => {
-            for action in aligner.on_barrier(channel, checkpoint_id, kind) {
-                match action {
-                    AlignmentAction::Block(c) => gate.set_blocked(c, true),
-                    AlignmentAction::Forward { unblock, .. } => {
-                        unblock.into_iter().for_each(|c| gate.set_blocked(c, false));
-                        input.chain().emit_event(&event)?;
-                    }
-                    AlignmentAction::Abort { unblock, .. } => {
-                        unblock.into_iter().for_each(|c| gate.set_blocked(c, false));
-                    }
-                    AlignmentAction::None => {}
-                }
-            }
-        }
+        Event::CheckpointBarrier { .. } => match checkpoints {
+            Some(ck) => ck.on_event(channel, event, input, gate)?,
+            // Without checkpointing nothing creates barriers; one that arrives is passed on.
+            None => input.chain().emit_event(&event)?,
+        },
         Event::LatencyMarker { .. } => input.chain().emit_event(&event)?,
     }
     Ok(())

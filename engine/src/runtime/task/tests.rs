@@ -1,0 +1,587 @@
+//! Task loops with checkpoints on a glommio executor, over real in-process channels: the test
+//! plays the upstream producers and the downstream consumer; the chain records what it read and
+//! snapshots it; a reporter collects the snapshots.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corestream_netstack::record::{deserialize, validate_buffer, BufferValidator, RecordIter, RecordWriter};
+use corestream_netstack::{
+    BarrierKind, Buffer, BufferPool, ChannelItem, CreditConfig, Doorbell, Event, InputGate, LocalChannel, OutputChannel,
+};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::{run, TaskBody, TaskEnv};
+use crate::api::sources::SourceStatus;
+use crate::checkpoint::{
+    BarrierOptions, ChannelState, CheckpointId, CheckpointMode, CheckpointNotice, ControlMailbox, ControlMessage,
+    OperatorStateParts, PartLayout, SnapshotReporter, TaskCheckpointMetrics, TaskCheckpointing, TaskId, TaskSnapshot,
+};
+use crate::error::TaskError;
+use crate::graph::Partitioning;
+use crate::operators::{Control, Emit, FlushReason, Readiness};
+use crate::runtime::build::{OutputCtx, OutputEdgeRt, TaskInput, TaskSource};
+use crate::runtime::job::JobShared;
+use crate::runtime::output::NetworkOutput;
+
+const TASK: TaskId = TaskId { vertex: 1, subtask: 0 };
+const NODE: usize = 1;
+
+#[derive(Default)]
+struct Reports {
+    taken: Mutex<Vec<(CheckpointId, TaskSnapshot, TaskCheckpointMetrics)>>,
+    declined: Mutex<Vec<(CheckpointId, String)>>,
+}
+
+impl SnapshotReporter for Reports {
+    fn snapshot_taken(&self, task: TaskId, checkpoint: CheckpointId, snapshot: TaskSnapshot, m: TaskCheckpointMetrics) {
+        assert_eq!(task, TASK);
+        self.taken.lock().unwrap().push((checkpoint, snapshot, m));
+    }
+
+    fn declined(&self, task: TaskId, checkpoint: CheckpointId, reason: String) {
+        assert_eq!(task, TASK);
+        self.declined.lock().unwrap().push((checkpoint, reason));
+    }
+}
+
+impl Reports {
+    fn taken(&self) -> Vec<(CheckpointId, TaskSnapshot, TaskCheckpointMetrics)> {
+        self.taken.lock().unwrap().clone()
+    }
+
+    fn declined(&self) -> Vec<(CheckpointId, String)> {
+        self.declined.lock().unwrap().clone()
+    }
+}
+
+fn encode(values: &[u64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn decode(bytes: &[u8]) -> Vec<u64> {
+    bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// Values of a buffer of `u64` records (validated: the bytes may come from a snapshot).
+fn values_of(bytes: &[u8]) -> Vec<u64> {
+    let pool = BufferPool::new(1);
+    let mut buf = pool.take().unwrap();
+    buf.spare_mut()[..bytes.len()].copy_from_slice(bytes);
+    buf.advance(bytes.len());
+    let buf = buf.freeze();
+    validate_buffer::<u64>(buf.as_slice()).expect("a buffer of u64 records");
+    // SAFETY: validated just above; pool buffers are 16-byte aligned.
+    unsafe { RecordIter::<u64>::new(buf.as_slice()) }.map(deserialize::<u64>).collect()
+}
+
+fn buffer_of(pool: &BufferPool, values: &[u64]) -> Buffer {
+    let mut buf = pool.take().unwrap();
+    let mut writer = RecordWriter::new();
+    for v in values {
+        writer.write(&mut buf, v).unwrap();
+    }
+    buf.freeze()
+}
+
+fn barrier(checkpoint_id: CheckpointId, kind: BarrierKind) -> Event {
+    Event::CheckpointBarrier { checkpoint_id, timestamp_ms: 0, kind }
+}
+
+/// What the chain saw, shared with the test on the executor's thread.
+#[derive(Default)]
+struct Seen {
+    values: Vec<u64>,
+    restored: Option<Vec<u64>>,
+    notices: Vec<CheckpointNotice>,
+}
+
+/// A chain head and tail in one: records every value it reads, snapshots them (node `NODE`,
+/// part "seen"), and passes them to its network output if it has one.
+struct Recorder {
+    seen: Rc<RefCell<Seen>>,
+    out: Option<NetworkOutput<u64>>,
+    batch: Vec<u64>,
+}
+
+impl Control for Recorder {
+    fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
+        self.out.as_mut().map_or(Ok(()), |o| o.emit_event(event))
+    }
+    fn finish_step(&mut self, max_records: usize) -> Result<bool, TaskError> {
+        self.out.as_mut().map_or(Ok(true), |o| o.finish_step(max_records))
+    }
+    fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
+        self.out.as_mut().map_or(Ok(Readiness::Ready), |o| o.poll_ready())
+    }
+    fn flush(&mut self, reason: FlushReason) -> Result<bool, TaskError> {
+        self.out.as_mut().map_or(Ok(false), |o| o.flush(reason))
+    }
+    fn has_unflushed(&self) -> bool {
+        self.out.as_ref().is_some_and(|o| o.has_unflushed())
+    }
+    fn close(&mut self) -> Result<(), TaskError> {
+        self.out.as_mut().map_or(Ok(()), |o| o.close())
+    }
+    fn drain(&mut self) -> Result<bool, TaskError> {
+        self.out.as_mut().map_or(Ok(true), |o| o.drain())
+    }
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        let mut parts = OperatorStateParts::default();
+        parts.push("seen", PartLayout::Subtask, encode(&self.seen.borrow().values));
+        into.put_node(NODE, parts);
+        self.out.as_mut().map_or(Ok(()), |o| o.snapshot_state(checkpoint, into))
+    }
+    fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {
+        if let Some(part) = from.node(NODE).and_then(|p| p.get("seen")) {
+            self.seen.borrow_mut().restored = Some(decode(&part.bytes));
+        }
+        self.out.as_mut().map_or(Ok(()), |o| o.restore_state(from))
+    }
+    fn notify_checkpoint(&mut self, notice: CheckpointNotice) -> Result<(), TaskError> {
+        self.seen.borrow_mut().notices.push(notice);
+        Ok(())
+    }
+}
+
+impl TaskInput for Recorder {
+    fn on_buffer(&mut self, bytes: &[u8]) -> Result<(), TaskError> {
+        // SAFETY: the test's producers write buffers of `u64` records; restored buffers are
+        // validated by the task before they get here.
+        let values: Vec<u64> = unsafe { RecordIter::<u64>::new(bytes) }.map(deserialize::<u64>).collect();
+        self.seen.borrow_mut().values.extend(&values);
+        if let Some(out) = self.out.as_mut() {
+            self.batch.extend(values);
+            out.emit_batch(&mut self.batch)?;
+        }
+        Ok(())
+    }
+    fn chain(&mut self) -> &mut dyn Control {
+        self
+    }
+    fn validator(&self) -> BufferValidator {
+        validate_buffer::<u64>
+    }
+}
+
+/// A source of 0, 1, 2, … in batches, whose position is its snapshot.
+struct Counter {
+    next: u64,
+    end: u64,
+    out: NetworkOutput<u64>,
+    batch: Vec<u64>,
+}
+
+impl TaskSource for Counter {
+    fn step(&mut self, max_records: usize) -> Result<SourceStatus, TaskError> {
+        if self.next == self.end {
+            return Ok(SourceStatus::Finished);
+        }
+        let until = self.end.min(self.next + max_records as u64);
+        self.batch.extend(self.next..until);
+        self.next = until;
+        self.out.emit_batch(&mut self.batch)?;
+        Ok(SourceStatus::More)
+    }
+    fn chain(&mut self) -> &mut dyn Control {
+        &mut self.out
+    }
+    fn latency_markers(&self) -> Option<(Duration, u32)> {
+        None
+    }
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        let mut parts = OperatorStateParts::default();
+        parts.push("position", PartLayout::Subtask, encode(&[self.next]));
+        into.put_node(NODE, parts);
+        self.out.snapshot_state(checkpoint, into)
+    }
+}
+
+fn output(pool: &BufferPool, channel: Arc<LocalChannel>, max_backlog: u32) -> NetworkOutput<u64> {
+    let config = CreditConfig { exclusive_per_channel: 0, floating_per_gate: 0, max_backlog_per_channel: max_backlog };
+    let edge = OutputEdgeRt {
+        partitioning: Partitioning::Forward,
+        channels: vec![OutputChannel::new(channel, &config)],
+        key_hash: None,
+        consumer_node: NODE + 1,
+        consumer_parallelism: 1,
+        max_parallelism: 128,
+        side: None,
+    };
+    let ctx = OutputCtx { pool: pool.clone(), counters: Arc::default(), node: NODE, max_backlog, subtask: 0 };
+    NetworkOutput::new(vec![edge], ctx)
+}
+
+struct Harness {
+    pool: BufferPool,
+    bell: Arc<Doorbell>,
+    mailbox: Arc<ControlMailbox>,
+    reports: Arc<Reports>,
+    options: BarrierOptions,
+    restore: Option<Arc<TaskSnapshot>>,
+}
+
+impl Harness {
+    fn new(options: BarrierOptions) -> Self {
+        let bell = Arc::new(Doorbell::new());
+        let mailbox = Arc::new(ControlMailbox::new(bell.clone(), ControlMailbox::DEFAULT_CAPACITY));
+        Self { pool: BufferPool::new(64), bell, mailbox, reports: Arc::default(), options, restore: None }
+    }
+
+    fn env(&self) -> TaskEnv {
+        TaskEnv {
+            bell: self.bell.clone(),
+            job: Arc::new(JobShared::new("checkpoints".into(), vec!["recorder".into(); 3], vec![1; 3])),
+            counters: Arc::default(),
+            buffer_timeout: Duration::ZERO,
+            batch_size: 4,
+            checkpointing: Some(TaskCheckpointing {
+                task: TASK,
+                mailbox: self.mailbox.clone(),
+                options: self.options,
+                reporter: self.reports.clone(),
+                restore: self.restore.clone(),
+            }),
+        }
+    }
+
+    /// `n` input channels fed by the test (exclusive credit `credit`), as (producers, gate).
+    fn inputs(&self, n: usize, credit: u32) -> (Vec<OutputChannel>, InputGate) {
+        let config = CreditConfig { exclusive_per_channel: credit, floating_per_gate: 0, max_backlog_per_channel: 64 };
+        let producer_bell = Arc::new(Doorbell::new());
+        let channels: Vec<_> =
+            (0..n).map(|_| LocalChannel::new(credit, producer_bell.clone(), self.bell.clone())).collect();
+        let outs = channels.iter().map(|c| OutputChannel::new(c.clone(), &config)).collect();
+        (outs, InputGate::new(channels, &config))
+    }
+
+    /// The task's output channel, consumed by the test, with `credit` to start with.
+    fn downstream(&self, credit: u32) -> (Arc<LocalChannel>, InputGate) {
+        let config = CreditConfig { exclusive_per_channel: credit, floating_per_gate: 0, max_backlog_per_channel: 1 };
+        let channel = LocalChannel::new(credit, self.bell.clone(), Arc::new(Doorbell::new()));
+        (channel.clone(), InputGate::new(vec![channel], &config))
+    }
+}
+
+fn on_executor<T>(f: impl std::future::Future<Output = T>) -> T {
+    LocalExecutorBuilder::new(Placement::Unbound).io_memory(512 << 10).make().expect("an executor").run(f)
+}
+
+fn options(mode: CheckpointMode, unaligned: bool, aligned_timeout: Option<Duration>) -> BarrierOptions {
+    BarrierOptions { mode, unaligned, aligned_timeout }
+}
+
+/// Values of the "seen" part of a snapshot.
+fn seen_in(snapshot: &TaskSnapshot) -> Vec<u64> {
+    decode(&snapshot.node(NODE).and_then(|p| p.get("seen")).expect("the recorder's state").bytes)
+}
+
+/// Two channels: 0 delivers [1], the barrier, [100]; 1 delivers [3], [4], [5], the barrier,
+/// [200]; both end. The gate reads them round-robin.
+fn two_channels_with_barriers(h: &Harness, kind: BarrierKind) -> (Vec<OutputChannel>, InputGate) {
+    let (mut outs, gate) = h.inputs(2, 16);
+    outs[0].send_buffer(buffer_of(&h.pool, &[1]));
+    outs[0].send_event(barrier(1, kind));
+    outs[0].send_buffer(buffer_of(&h.pool, &[100]));
+    outs[0].send_event(Event::EndOfPartition);
+    for v in [3, 4, 5] {
+        outs[1].send_buffer(buffer_of(&h.pool, &[v]));
+    }
+    outs[1].send_event(barrier(1, kind));
+    outs[1].send_buffer(buffer_of(&h.pool, &[200]));
+    outs[1].send_event(Event::EndOfPartition);
+    (outs, gate)
+}
+
+fn run_recorder(h: &Harness, gate: InputGate, out: Option<NetworkOutput<u64>>) -> (Result<(), TaskError>, Seen) {
+    let env = h.env();
+    on_executor(async move {
+        let seen = Rc::new(RefCell::new(Seen::default()));
+        let input = Box::new(Recorder { seen: seen.clone(), out, batch: Vec::new() });
+        let result = run(TaskBody::Input { input, gate }, env).await;
+        let seen = std::mem::take(&mut *seen.borrow_mut());
+        (result, seen)
+    })
+}
+
+#[test]
+fn aligned_snapshot_holds_exactly_the_records_before_every_barrier() {
+    let h = Harness::new(options(CheckpointMode::ExactlyOnce, false, None));
+    let (_outs, gate) = two_channels_with_barriers(&h, BarrierKind::Aligned);
+    let trigger = BarrierOptions::default();
+    h.mailbox.send(ControlMessage::Trigger { checkpoint_id: 9, timestamp_ms: 0, options: trigger }).unwrap();
+    h.mailbox.send(ControlMessage::Notify(CheckpointNotice::Complete(8))).unwrap();
+    let (result, seen) = run_recorder(&h, gate, None);
+    result.unwrap();
+    let taken = h.reports.taken();
+    assert_eq!(taken.len(), 1);
+    let (checkpoint, snapshot, metrics) = &taken[0];
+    assert_eq!(*checkpoint, 1);
+    assert_eq!(seen_in(snapshot), [1, 3, 4, 5], "channel 0 is blocked after its barrier: 100 comes later");
+    assert!(snapshot.input_channels.is_empty() && snapshot.output_channels.is_empty());
+    assert!(!metrics.unaligned);
+    assert_eq!(seen.values, [1, 3, 4, 5, 100, 200]);
+    assert_eq!(seen.notices, [CheckpointNotice::Complete(8)]);
+    let declined = h.reports.declined();
+    assert_eq!(declined.len(), 1);
+    assert_eq!(declined[0].0, 9);
+    assert!(declined[0].1.contains("not a source"), "{}", declined[0].1);
+    assert_eq!(h.pool.in_use(), 0);
+}
+
+#[test]
+fn at_least_once_never_blocks_a_channel() {
+    let h = Harness::new(options(CheckpointMode::AtLeastOnce, false, None));
+    let (_outs, gate) = two_channels_with_barriers(&h, BarrierKind::Aligned);
+    let (result, seen) = run_recorder(&h, gate, None);
+    result.unwrap();
+    let taken = h.reports.taken();
+    assert_eq!(taken.len(), 1);
+    // Channel 0 keeps being read after its barrier (100 and its end) until channel 1's arrives.
+    assert_eq!(seen_in(&taken[0].1), [1, 3, 4, 100, 5]);
+    assert!(!taken[0].2.unaligned);
+    assert_eq!(seen.values, [1, 3, 4, 100, 5, 200]);
+}
+
+#[test]
+fn an_unaligned_barrier_passes_a_backpressured_task_at_once_with_the_overtaken_buffers() {
+    let h = Harness::new(options(CheckpointMode::ExactlyOnce, true, None));
+    let (mut ins, gate) = h.inputs(1, 8);
+    let (down, mut down_gate) = h.downstream(0);
+    let out = output(&h.pool, down.clone(), 1);
+    let env = h.env();
+    let reports = h.reports.clone();
+    let pool = h.pool.clone();
+    on_executor(async move {
+        let seen = Rc::new(RefCell::new(Seen::default()));
+        let input = Box::new(Recorder { seen: seen.clone(), out: Some(out), batch: Vec::new() });
+        let task = glommio::spawn_local(run(TaskBody::Input { input, gate }, env));
+        let settle = || glommio::timer::sleep(Duration::from_millis(20));
+        ins[0].send_buffer(buffer_of(&pool, &[1]));
+        settle().await;
+        // [1] went out into a buffer that waits for credit: the task is blocked.
+        assert_eq!(seen.borrow().values, [1]);
+        ins[0].send_buffer(buffer_of(&pool, &[2]));
+        ins[0].send_buffer(buffer_of(&pool, &[3]));
+        settle().await;
+        assert_eq!(seen.borrow().values, [1], "no room downstream: nothing more is read");
+        ins[0].send_event(barrier(1, BarrierKind::Unaligned));
+        settle().await;
+        let taken = reports.taken();
+        assert_eq!(taken.len(), 1, "the checkpoint completed while the task was blocked");
+        let (checkpoint, snapshot, metrics) = &taken[0];
+        assert_eq!(*checkpoint, 1);
+        assert_eq!(seen_in(snapshot), [1]);
+        let input_state: Vec<Vec<u64>> = snapshot.input_channels[0].buffers.iter().map(|b| values_of(b)).collect();
+        assert_eq!((snapshot.input_channels[0].channel, input_state), (0, vec![vec![2], vec![3]]));
+        assert_eq!(snapshot.output_channels.len(), 1);
+        let output_state: Vec<Vec<u64>> = snapshot.output_channels[0].buffers.iter().map(|b| values_of(b)).collect();
+        assert_eq!((snapshot.output_channels[0].channel, output_state), (0, vec![vec![1]]));
+        let layout = snapshot.node(NODE).and_then(|p| p.get("network-output")).expect("the output's channel range");
+        assert_eq!(layout.bytes, [0, 0, 0, 0, 1, 0, 0, 0]);
+        assert!(metrics.unaligned);
+        let bytes: u64 = [&snapshot.input_channels, &snapshot.output_channels]
+            .iter()
+            .flat_map(|c| c.iter().flat_map(|s| &s.buffers))
+            .map(|b| b.len() as u64)
+            .sum();
+        assert_eq!(metrics.channel_bytes, bytes);
+        // Downstream, the barrier comes first, then everything in order.
+        ins[0].send_event(Event::EndOfPartition);
+        let mut items = Vec::new();
+        loop {
+            match down_gate.poll_next() {
+                Some((_, ChannelItem::Event(Event::EndOfPartition))) => break,
+                Some((c, ChannelItem::Buffer(b))) => {
+                    items.push(format!("{:?}", values_of(b.as_slice())));
+                    drop(b);
+                    down_gate.release(c);
+                }
+                Some((_, ChannelItem::Event(e))) => items.push(format!("{e:?}")),
+                None => {
+                    down_gate.release(0);
+                    settle().await;
+                }
+            }
+        }
+        assert_eq!(items[0], format!("{:?}", barrier(1, BarrierKind::Unaligned)));
+        assert_eq!(items[1..], ["[1]", "[2]", "[3]"]);
+        task.await.unwrap();
+        assert_eq!(seen.borrow().values, [1, 2, 3]);
+    });
+    assert_eq!(h.pool.in_use(), 0);
+}
+
+#[test]
+fn aligned_with_a_timeout_switches_to_unaligned_and_records_the_late_channel() {
+    let h = Harness::new(options(CheckpointMode::ExactlyOnce, true, Some(Duration::from_millis(30))));
+    let (mut ins, gate) = h.inputs(2, 8);
+    let env = h.env();
+    let reports = h.reports.clone();
+    let pool = h.pool.clone();
+    on_executor(async move {
+        let seen = Rc::new(RefCell::new(Seen::default()));
+        let input = Box::new(Recorder { seen: seen.clone(), out: None, batch: Vec::new() });
+        let task = glommio::spawn_local(run(TaskBody::Input { input, gate }, env));
+        ins[0].send_buffer(buffer_of(&pool, &[1]));
+        ins[0].send_event(barrier(1, BarrierKind::Aligned));
+        ins[0].send_buffer(buffer_of(&pool, &[100]));
+        ins[1].send_buffer(buffer_of(&pool, &[2]));
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        assert_eq!(seen.borrow().values, [1, 2], "channel 0 is blocked while aligning");
+        glommio::timer::sleep(Duration::from_millis(60)).await;
+        assert_eq!(seen.borrow().values, [1, 2, 100], "after the timeout channel 0 is read again");
+        assert!(reports.taken().is_empty(), "channel 1's in-flight data is still being recorded");
+        ins[1].send_buffer(buffer_of(&pool, &[3]));
+        ins[1].send_event(barrier(1, BarrierKind::Aligned));
+        ins[1].send_buffer(buffer_of(&pool, &[4]));
+        ins[0].send_event(Event::EndOfPartition);
+        ins[1].send_event(Event::EndOfPartition);
+        task.await.unwrap();
+        assert_eq!(seen.borrow().values, [1, 2, 100, 3, 4]);
+    });
+    let taken = h.reports.taken();
+    assert_eq!(taken.len(), 1);
+    let (_, snapshot, metrics) = &taken[0];
+    assert_eq!(seen_in(snapshot), [1, 2]);
+    assert_eq!(snapshot.input_channels.len(), 1);
+    assert_eq!(snapshot.input_channels[0].channel, 1);
+    assert_eq!(snapshot.input_channels[0].buffers.iter().map(|b| values_of(b)).collect::<Vec<_>>(), [vec![3]]);
+    assert!(metrics.unaligned);
+    assert!(metrics.alignment_ms >= 30, "aligning lasted until the switch: {metrics:?}");
+}
+
+#[test]
+fn a_newer_barrier_declines_the_unfinished_alignment() {
+    let h = Harness::new(options(CheckpointMode::ExactlyOnce, false, None));
+    let (mut outs, gate) = h.inputs(2, 16);
+    outs[0].send_event(barrier(1, BarrierKind::Aligned));
+    outs[1].send_event(barrier(2, BarrierKind::Aligned));
+    outs[0].send_event(barrier(2, BarrierKind::Aligned));
+    outs[0].send_event(Event::EndOfPartition);
+    outs[1].send_event(Event::EndOfPartition);
+    let (result, _) = run_recorder(&h, gate, None);
+    result.unwrap();
+    assert_eq!(h.reports.taken().iter().map(|t| t.0).collect::<Vec<_>>(), [2]);
+    let declined = h.reports.declined();
+    assert_eq!(declined.iter().map(|d| d.0).collect::<Vec<_>>(), [1]);
+    assert!(declined[0].1.contains("checkpoint 2"), "{}", declined[0].1);
+}
+
+fn restored_snapshot(input: Vec<Vec<u8>>, output: Vec<Vec<u8>>) -> TaskSnapshot {
+    let mut parts = OperatorStateParts::default();
+    parts.push("seen", PartLayout::Subtask, encode(&[5, 6]));
+    parts.push("network-output", PartLayout::Subtask, [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat());
+    TaskSnapshot {
+        nodes: vec![(NODE as u32, parts)],
+        input_channels: vec![ChannelState { channel: 0, buffers: input }],
+        output_channels: vec![ChannelState { channel: 0, buffers: output }],
+    }
+}
+
+#[test]
+fn restored_channel_state_comes_out_before_new_data() {
+    let mut h = Harness::new(BarrierOptions::default());
+    let bytes = |values: &[u64]| buffer_of(&h.pool, values).as_slice().to_vec();
+    let snapshot = restored_snapshot(vec![bytes(&[7]), bytes(&[8])], vec![bytes(&[42])]);
+    h.restore = Some(Arc::new(snapshot));
+    let (mut ins, gate) = h.inputs(1, 8);
+    ins[0].send_buffer(buffer_of(&h.pool, &[9]));
+    ins[0].send_event(Event::EndOfPartition);
+    let (down, mut down_gate) = h.downstream(16);
+    let out = output(&h.pool, down, 4);
+    let (result, seen) = run_recorder(&h, gate, Some(out));
+    result.unwrap();
+    assert_eq!(seen.restored.as_deref(), Some(&[5, 6][..]));
+    assert_eq!(seen.values, [7, 8, 9], "the in-flight data first, then the gate");
+    let mut delivered = Vec::new();
+    while let Some((c, item)) = down_gate.poll_next() {
+        if let ChannelItem::Buffer(b) = item {
+            delivered.push(values_of(b.as_slice()));
+            drop(b);
+            down_gate.release(c);
+        }
+    }
+    assert_eq!(delivered, [vec![42], vec![7], vec![8], vec![9]], "restored output before any new output");
+    assert_eq!(h.pool.in_use(), 0);
+}
+
+#[test]
+fn corrupt_restored_channel_state_fails_the_task_naming_the_channel() {
+    let mut h = Harness::new(BarrierOptions::default());
+    let good = buffer_of(&h.pool, &[1]).as_slice().to_vec();
+    let mut bad = good.clone();
+    bad[0] = 0xee;
+    for (input, output, named, read) in [
+        (vec![good.clone(), bad.clone()], vec![good.clone()], "buffer 1 of restored input channel 0", vec![1]),
+        (vec![good.clone()], vec![bad.clone()], "buffer 0 of restored output channel 0", vec![]),
+    ] {
+        h.restore = Some(Arc::new(restored_snapshot(input, output)));
+        let (_ins, gate) = h.inputs(1, 8);
+        let (down, _down_gate) = h.downstream(16);
+        let (result, seen) = run_recorder(&h, gate, Some(output_for(&h, down)));
+        match result {
+            Err(TaskError::Checkpoint { message, .. }) => assert!(message.contains(named), "{message}"),
+            other => panic!("expected a checkpoint error, got {other:?}"),
+        }
+        assert_eq!(seen.values, read, "the invalid buffer is not read");
+    }
+
+    fn output_for(h: &Harness, down: Arc<LocalChannel>) -> NetworkOutput<u64> {
+        output(&h.pool, down, 4)
+    }
+}
+
+#[test]
+fn a_source_snapshots_its_position_and_its_barrier_overtakes_blocked_output() {
+    let h = Harness::new(options(CheckpointMode::ExactlyOnce, true, None));
+    let (down, mut down_gate) = h.downstream(0);
+    let out = output(&h.pool, down, 1);
+    let env = h.env();
+    let mailbox = h.mailbox.clone();
+    let reports = h.reports.clone();
+    on_executor(async move {
+        let source = Box::new(Counter { next: 0, end: 12, out, batch: Vec::new() });
+        let task = glommio::spawn_local(run(TaskBody::Source(source), env));
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let options = options(CheckpointMode::ExactlyOnce, true, None);
+        mailbox.send(ControlMessage::Trigger { checkpoint_id: 3, timestamp_ms: 77, options }).unwrap();
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let taken = reports.taken();
+        assert_eq!(taken.len(), 1, "the trigger is taken while the output is blocked");
+        let (checkpoint, snapshot, metrics) = &taken[0];
+        assert_eq!(*checkpoint, 3);
+        let position = decode(&snapshot.node(NODE).and_then(|p| p.get("position")).unwrap().bytes);
+        assert_eq!(position, [4], "one batch of 4 went out before the output filled up");
+        let overtaken: Vec<Vec<u64>> = snapshot.output_channels[0].buffers.iter().map(|b| values_of(b)).collect();
+        assert_eq!(overtaken, [vec![0, 1, 2, 3]]);
+        assert!(metrics.unaligned && metrics.alignment_ms == 0);
+        let first = down_gate.poll_next().map(|(_, item)| format!("{item:?}"));
+        assert_eq!(first, Some(format!("{:?}", ChannelItem::Event(barrier_at(3, 77)))));
+        let mut values = Vec::new();
+        loop {
+            match down_gate.poll_next() {
+                Some((_, ChannelItem::Event(Event::EndOfPartition))) => break,
+                Some((c, ChannelItem::Buffer(b))) => {
+                    values.extend(values_of(b.as_slice()));
+                    drop(b);
+                    down_gate.release(c);
+                }
+                Some((_, ChannelItem::Event(_))) => {}
+                None => {
+                    down_gate.release(0);
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        assert_eq!(values, (0..12).collect::<Vec<_>>());
+        task.await.unwrap();
+    });
+    assert_eq!(h.pool.in_use(), 0);
+
+    fn barrier_at(checkpoint_id: CheckpointId, timestamp_ms: i64) -> Event {
+        Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind: BarrierKind::Unaligned }
+    }
+}
