@@ -119,6 +119,13 @@ pub mod part {
         Ok(bytes)
     }
 
+    /// Reads a bare archive of `T` made by `corestream_netstack::record::to_bytes` (an element
+    /// inside a framed part, which the part's checksum already covers), validating it first.
+    pub fn decode_archive<T: Data>(bytes: &[u8]) -> Result<T, StateError> {
+        read_validated::<T>(bytes)
+            .map_err(|reason| StateError::InvalidPart { type_name: value_type::<T>().to_owned(), reason })
+    }
+
     /// Checks the framing of `bytes` (magic, version, type, checksum), validates the archive and
     /// reads it.
     pub fn decode<T: Data>(bytes: &[u8]) -> Result<T, StateError> {
