@@ -191,7 +191,7 @@ mod tests {
         let mut fired = Vec::new();
         for range in halves {
             let mut restored = core(range);
-            let mut counts = restored.backend.value_state::<(), u64>(&ValueStateDescriptor::new("count")).unwrap();
+            let counts = restored.backend.value_state::<(), u64>(&ValueStateDescriptor::new("count")).unwrap();
             restored.restore(&parts).unwrap();
             restored.on_watermark(i64::MAX);
             let mut out = Vec::new();

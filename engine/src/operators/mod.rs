@@ -14,6 +14,8 @@
 //! through [`operator_state`]), [`Control::restore_state`] gives it back before any input, and
 //! [`Control::notify_checkpoint`] tells every link when a checkpoint completed or was aborted.
 
+#[cfg(test)]
+mod checkpoint_tests;
 pub mod filter;
 pub mod flat_map;
 pub mod join;
