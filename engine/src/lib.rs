@@ -150,6 +150,7 @@ pub use graph::execution::ChannelRoute;
 pub use operators::join::{
     BroadcastState, CoProcessFunction, Either, JoinedTimestamps, KeyedBroadcastProcessFunction, KeyedCoProcessFunction,
 };
+pub use operators::operator_state::{OperatorListState, OperatorStateError, RuntimeContext, UnionListState};
 pub use operators::process::{
     KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction, TimeDomain,
 };

@@ -37,6 +37,9 @@ pub enum StateError {
     /// Snapshot bytes failed a check on restore (checksum, key group of an entry, duplicates).
     #[error("{what} in key group {key_group} is corrupt: {reason}; restore from another checkpoint")]
     Corrupt { what: String, key_group: u32, reason: String },
+    /// A framed snapshot part ([`crate::part`]) failed a check on restore.
+    #[error("a snapshot part holding {type_name} is invalid: {reason}; restore from another checkpoint")]
+    InvalidPart { type_name: String, reason: String },
 }
 
 impl StateError {

@@ -10,8 +10,10 @@
 //!   timestamp order, snapshotted by key group.
 //! - [`error`]: [`StateError`], what went wrong with state and what to do.
 //!
-//! Snapshot bytes are rkyv archives made with `corestream_netstack::record::to_bytes`; they are
-//! trusted (checked by type name and checksum, not validated).
+//! Snapshot bytes are rkyv archives made with `corestream_netstack::record::to_bytes`, each with
+//! its type name and checksum; a restore checks both and validates every archive with rkyv's
+//! bytecheck before reading it, so damaged bytes are an error, never a panic. [`part`] frames a
+//! whole snapshot (keyed state, timers, operator state) for a checkpoint the same way.
 //!
 //! Architecture Invariant: this crate never depends on `corestream` (the engine).
 
@@ -21,6 +23,7 @@ pub mod keyed;
 pub mod keygroup;
 pub mod timers;
 
+pub use codec::part;
 pub use error::StateError;
 pub use keyed::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyContext, KeyGroupSnapshot, KeyedStateBackend,

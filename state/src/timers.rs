@@ -192,19 +192,28 @@ impl<K: StateKey, N: Namespace> TimerQueue<K, N> {
         self.buckets.keys().next().copied()
     }
 
-    /// Live timers by key group, each group in firing order.
-    fn by_key_group(&self, max_parallelism: u32) -> BTreeMap<u32, Vec<(i64, K, N)>> {
-        type Sequenced<'a, K, N> = Vec<(i64, u64, &'a Timer<K, N>)>;
-        let mut groups: BTreeMap<u32, Sequenced<'_, K, N>> = BTreeMap::new();
+    /// Live timers by key group, each group in firing order, with `extra` timers ordered after
+    /// every live one of the same timestamp (in the order given).
+    fn by_key_group<'a>(
+        &'a self,
+        max_parallelism: u32,
+        extra: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
+    ) -> BTreeMap<u32, Vec<(i64, K, N)>> {
+        type Sequenced<'a, K, N> = Vec<(i64, u64, &'a K, &'a N)>;
+        let mut groups: BTreeMap<u32, Sequenced<'a, K, N>> = BTreeMap::new();
         for (timer, seq) in &self.live {
             let key_group = assign_key_group(&timer.key, max_parallelism);
-            groups.entry(key_group).or_default().push((timer.timestamp, *seq, timer));
+            groups.entry(key_group).or_default().push((timer.timestamp, *seq, &timer.key, &timer.namespace));
+        }
+        for (seq, (timestamp, key, namespace)) in (self.next_seq..).zip(extra) {
+            let key_group = assign_key_group(key, max_parallelism);
+            groups.entry(key_group).or_default().push((timestamp, seq, key, namespace));
         }
         groups
             .into_iter()
             .map(|(key_group, mut timers)| {
-                timers.sort_unstable_by_key(|&(ts, seq, _)| (ts, seq));
-                let timers = timers.into_iter().map(|(ts, _, t)| (ts, t.key.clone(), t.namespace.clone())).collect();
+                timers.sort_unstable_by_key(|&(ts, seq, _, _)| (ts, seq));
+                let timers = timers.into_iter().map(|(ts, _, k, n)| (ts, k.clone(), n.clone())).collect();
                 (key_group, timers)
             })
             .collect()
@@ -297,8 +306,20 @@ impl<K: StateKey, N: Namespace> TimerService<K, N> {
 
     /// The pending timers of both domains, by key group.
     pub fn snapshot(&self) -> Result<TimerSnapshot, StateError> {
-        let mut event = self.event_time.by_key_group(self.max_parallelism);
-        let mut processing = self.processing_time.by_key_group(self.max_parallelism);
+        self.snapshot_with(std::iter::empty(), std::iter::empty())
+    }
+
+    /// As [`snapshot`](Self::snapshot), with timers an operator keeps outside the service
+    /// (`(timestamp, key, namespace)` of event time, then of processing time) added as if they
+    /// had been registered after every pending one. Nothing is deduplicated here; a restore
+    /// registers each `(key, namespace, timestamp)` once.
+    pub fn snapshot_with<'a>(
+        &'a self,
+        extra_event: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
+        extra_processing: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
+    ) -> Result<TimerSnapshot, StateError> {
+        let mut event = self.event_time.by_key_group(self.max_parallelism, extra_event);
+        let mut processing = self.processing_time.by_key_group(self.max_parallelism, extra_processing);
         let groups: std::collections::BTreeSet<u32> = event.keys().chain(processing.keys()).copied().collect();
         let mut key_groups = Vec::with_capacity(groups.len());
         for key_group in groups {
@@ -316,9 +337,9 @@ impl<K: StateKey, N: Namespace> TimerService<K, N> {
     }
 
     /// Replaces all timers with those of `snapshots` in this service's key groups (other key
-    /// groups are ignored). Snapshots must come from [`snapshot`](Self::snapshot) with the same
-    /// types and be kept in a trusted place (type name and checksum are checked, archives are not
-    /// validated). Nothing changes if a check fails.
+    /// groups are ignored). Snapshots come from [`snapshot`](Self::snapshot) with the same
+    /// types; type name and checksum are checked and archives validated, so damaged bytes are an
+    /// error. Nothing changes if a check fails.
     pub fn restore(&mut self, snapshots: &[TimerSnapshot]) -> Result<(), StateError> {
         let max_p = self.max_parallelism;
         let mut seen = HashSet::new();

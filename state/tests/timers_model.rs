@@ -205,3 +205,32 @@ fn restore_refuses_other_max_parallelism_and_corrupt_bytes() {
     let mut wrong_type: TimerService<u64, u8> = TimerService::new(MAX_P, KeyGroupRange { start: 0, end: MAX_P });
     assert!(wrong_type.restore(&[snapshot]).is_err(), "timers of another namespace type");
 }
+
+#[test]
+fn timers_kept_outside_the_service_join_its_snapshot_after_its_own() {
+    let mut s: TimerService<u64, u8> = TimerService::new(MAX_P, KeyGroupRange { start: 0, end: MAX_P });
+    s.register_event_time_timer(1, 0, 20);
+    s.register_processing_time_timer(2, 0, 7);
+    let outside_event = [(20, 3u64, 1u8), (10, 1, 1), (20, 1, 0)];
+    let outside_processing = [(7, 4u64, 0u8)];
+    let snapshot = s
+        .snapshot_with(
+            outside_event.iter().map(|(t, k, n)| (*t, k, n)),
+            outside_processing.iter().map(|(t, k, n)| (*t, k, n)),
+        )
+        .unwrap();
+    let mut restored: TimerService<u64, u8> = TimerService::new(MAX_P, KeyGroupRange { start: 0, end: MAX_P });
+    restored.restore(std::slice::from_ref(&snapshot)).unwrap();
+    let mut event: Vec<(i64, u64, u8)> = std::iter::from_fn(|| restored.pop_event_timer(i64::MAX))
+        .map(|t| (t.timestamp, t.key, t.namespace))
+        .collect();
+    let in_order = event.windows(2).all(|w| w[0].0 <= w[1].0);
+    event.sort();
+    assert!(in_order, "timestamp order across the service and the outside timers");
+    assert_eq!(event, vec![(10, 1, 1), (20, 1, 0), (20, 3, 1)], "the duplicate (1, 0, 20) restored once");
+    let mut processing: Vec<(i64, u64)> =
+        std::iter::from_fn(|| restored.pop_processing_timer(i64::MAX)).map(|t| (t.timestamp, t.key)).collect();
+    processing.sort();
+    assert_eq!(processing, vec![(7, 2), (7, 4)]);
+    assert_eq!(s.num_event_time_timers(), 1, "snapshot_with leaves the service as it was");
+}

@@ -24,14 +24,7 @@ impl<T: Data> DataStream<T> {
         let timestamps = self.timestamps.clone();
         let link: Arc<LinkFactory<T, O>> = Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<O>>| {
             let (sides, sinks) = ctx.take_sides();
-            let op = ProcessOp {
-                f: factory(),
-                timestamps: timestamps.clone(),
-                ts: Vec::new(),
-                scratch: Vec::new(),
-                sides,
-                watermark: i64::MIN,
-            };
+            let op = ProcessOp::new(factory(), timestamps.clone(), sides, ctx.subtask, ctx.parallelism);
             Ok(Box::new(OpNode::with_sides(op, next, sinks, ctx.metrics.clone(), ctx.node)) as Box<dyn Emit<T>>)
         });
         self.add_operator("Process", NodeKind::Operator, link)

@@ -368,13 +368,14 @@ where
     pub fn reduce<F: Fn(T, T) -> T + Send + Sync + 'static>(self, f: F) -> DataStream<T>
     where
         T: Clone,
+        K: corestream_state::StateKey,
     {
         let (key, f) = (self.key, Arc::new(f));
         self.stream.add_operator(
             "Keyed Reduce",
             NodeKind::Operator,
             Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<T>>| {
-                let op = ReduceOp::new(key.clone(), f.clone(), ctx.mode);
+                let op = ReduceOp::new(key.clone(), f.clone(), ctx.mode, ctx.max_parallelism, ctx.key_groups());
                 Ok(Box::new(OpNode::new(op, next, ctx.metrics.clone(), ctx.node)) as Box<dyn Emit<T>>)
             }),
         )

@@ -8,13 +8,15 @@
 //! passed (aligned, unaligned or at-least-once), hands the bytes to an asynchronous writer and
 //! acknowledges with the handles of what was written; the coordinator completes the checkpoint
 //! by writing its metadata last, then notifies every task (which is when two-phase-commit sinks
-//! commit). A restored task gets back exactly the parts it wrote, by node and subtask.
+//! commit). A restored task gets back exactly the parts it wrote, by node and subtask; at
+//! another parallelism `redistribute` says which parts each new subtask gets.
 
 pub mod alignment;
 pub mod channel_state;
 pub mod coordinator;
 pub mod mailbox;
 pub mod metadata;
+pub mod redistribute;
 pub mod request;
 pub mod restore;
 pub mod storage;

@@ -5,19 +5,21 @@
 //!
 //! Here: the co-process adapters, the interval join (each side buffered per key and timestamp
 //! in keyed state until the watermark passes the last time a match could arrive) and the
-//! broadcast-state operator (rules broadcast to every subtask, kept in a per-subtask map,
-//! applied to a keyed stream).
+//! broadcast-state operator (rules broadcast to every subtask, kept in each subtask's
+//! [`BroadcastState`], applied to a keyed stream). The keyed ones are built on the shared
+//! [`KeyedCore`], which snapshots and restores their keyed state and timers.
 
 use std::sync::Arc;
 
 use corestream_netstack::Data;
-use corestream_state::{KeyedStateBackend, MapState, MapStateDescriptor, StateKey, StateValue, TimerService};
-use hashbrown::HashMap;
+use corestream_state::{KeyedStateBackend, MapState, MapStateDescriptor, StateKey, StateValue};
 
-use super::process::{
-    KeyedClock, KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction,
-};
+use super::keyed_core::KeyedCore;
+pub use super::operator_state::BroadcastState;
+use super::operator_state::RuntimeContext;
+use super::process::{KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction};
 use super::{Operator, SideOutput};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, StateHookError};
 use crate::runtime::build::SideOutputs;
 use crate::time::TimestampFn;
 
@@ -28,10 +30,15 @@ pub enum Either<A, B> {
     Right(B),
 }
 
-/// A function over two connected, non-keyed streams (Flink's `CoProcessFunction`).
+/// A function over two connected, non-keyed streams (Flink's `CoProcessFunction`); it may keep
+/// operator state as a [`ProcessFunction`] does.
 pub trait CoProcessFunction<A, B, O>: 'static {
+    /// Declares operator state (see [`ProcessFunction::open`]).
+    fn open(&mut self, _ctx: &mut RuntimeContext<'_>) {}
     fn process_element1(&mut self, value: A, ctx: &mut ProcessContext<'_, O>);
     fn process_element2(&mut self, value: B, ctx: &mut ProcessContext<'_, O>);
+    /// See [`ProcessFunction::snapshot_state`].
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId) {}
 }
 
 /// A function over two connected streams keyed alike, with keyed state and timers shared by
@@ -46,6 +53,12 @@ pub trait KeyedCoProcessFunction<K: StateKey, A, B, O>: 'static {
 pub(crate) struct CoAdapter<P>(pub(crate) P);
 
 impl<A, B, O, P: CoProcessFunction<A, B, O>> ProcessFunction<Either<A, B>, O> for CoAdapter<P> {
+    fn open(&mut self, ctx: &mut RuntimeContext<'_>) {
+        self.0.open(ctx);
+    }
+    fn snapshot_state(&mut self, checkpoint: CheckpointId) {
+        self.0.snapshot_state(checkpoint);
+    }
     fn process_element(&mut self, value: Either<A, B>, ctx: &mut ProcessContext<'_, O>) {
         match value {
             Either::Left(a) => self.0.process_element1(a, ctx),
@@ -91,11 +104,11 @@ pub(crate) struct IntervalJoinOp<K: StateKey, A, B, KF, F> {
     pub(crate) lower: i64,
     pub(crate) upper: i64,
     pub(crate) f: Arc<F>,
-    pub(crate) backend: KeyedStateBackend<K>,
+    /// Keyed state: the buffered records of each side; timers: their cleanup, namespace
+    /// `LEFT` or `RIGHT`. Only the clock's watermark is used.
+    pub(crate) core: KeyedCore<K, u8>,
     pub(crate) left: MapState<K, (), i64, Vec<A>>,
     pub(crate) right: MapState<K, (), i64, Vec<B>>,
-    pub(crate) timers: TimerService<K, u8>,
-    pub(crate) watermark: i64,
     pub(crate) late_left: Option<SideOutput<A>>,
     pub(crate) late_right: Option<SideOutput<B>>,
     pub(crate) metrics: Arc<super::OperatorMetrics>,
@@ -121,18 +134,15 @@ where
     ) -> Self {
         let left = backend.map_state(&MapStateDescriptor::new("interval-join-left")).expect("fresh backend");
         let right = backend.map_state(&MapStateDescriptor::new("interval-join-right")).expect("fresh backend");
-        let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
         Self {
             key_fn,
             timestamps,
             lower,
             upper,
             f,
-            backend,
+            core: KeyedCore::new(backend),
             left,
             right,
-            timers,
-            watermark: i64::MIN,
             late_left: late_tags.0.and_then(|t| sides.get::<A>(&t).cloned()),
             late_right: late_tags.1.and_then(|t| sides.get::<B>(&t).cloned()),
             metrics,
@@ -152,7 +162,7 @@ where
     fn process(&mut self, record: Either<A, B>, out: &mut Vec<O>) {
         let key = (self.key_fn)(&record);
         let ts = (self.timestamps)(&record);
-        if ts < self.watermark {
+        if ts < self.core.clock.watermark {
             let sent = match record {
                 Either::Left(a) => self.late_left.as_ref().map(|s| s.emit(a)),
                 Either::Right(b) => self.late_right.as_ref().map(|s| s.emit(b)),
@@ -162,7 +172,7 @@ where
             }
             return;
         }
-        self.backend.set_current_key(key.clone());
+        self.core.backend.set_current_key(key.clone());
         match record {
             Either::Left(a) => {
                 for (tb, bs) in self.right.entries() {
@@ -177,7 +187,7 @@ where
                 bucket.push(a);
                 self.left.put(ts, bucket);
                 let cleanup = if self.upper > 0 { ts.saturating_add(self.upper) } else { ts };
-                self.timers.register_event_time_timer(key, LEFT, cleanup);
+                self.core.timers.register_event_time_timer(key, LEFT, cleanup);
             }
             Either::Right(b) => {
                 for (ta, as_) in self.left.entries() {
@@ -192,15 +202,16 @@ where
                 bucket.push(b);
                 self.right.put(ts, bucket);
                 let cleanup = if self.lower <= 0 { ts.saturating_sub(self.lower) } else { ts };
-                self.timers.register_event_time_timer(key, RIGHT, cleanup);
+                self.core.timers.register_event_time_timer(key, RIGHT, cleanup);
             }
         }
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
-        self.watermark = watermark;
-        while let Some(timer) = self.timers.pop_event_timer(watermark) {
-            self.backend.set_current_key(timer.key);
+        // Cleanup emits nothing, so it runs at once rather than in steps.
+        self.core.clock.watermark = watermark;
+        while let Some(timer) = self.core.timers.pop_event_timer(watermark) {
+            self.core.backend.set_current_key(timer.key);
             if timer.namespace == LEFT {
                 let ts = if self.upper > 0 { timer.timestamp - self.upper } else { timer.timestamp };
                 self.left.remove(&ts);
@@ -211,17 +222,24 @@ where
         }
         Some(watermark)
     }
-}
 
-/// The broadcast state of a [`KeyedBroadcastProcessFunction`]: the same map on every subtask.
-pub type BroadcastState<K, V> = HashMap<K, V>;
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+        Ok(self.core.snapshot(into)?)
+    }
+
+    fn restore_state(&mut self, from: &OperatorStateParts) -> Result<(), StateHookError> {
+        Ok(self.core.restore(from)?)
+    }
+}
 
 /// A function applying broadcast rules to a keyed stream (Flink's
 /// `KeyedBroadcastProcessFunction`). Every subtask sees every rule, in the same order per
 /// producing subtask, and keeps them in its broadcast state.
 pub trait KeyedBroadcastProcessFunction<K: StateKey, I, R, O>: 'static {
-    type StateKey: std::hash::Hash + Eq + 'static;
-    type StateValue: 'static;
+    /// The broadcast state's key: a record type (it is snapshotted) that hashes.
+    type StateKey: StateKey;
+    /// The broadcast state's value: a record type (it is snapshotted).
+    type StateValue: StateValue;
     fn open(&mut self, _ctx: &mut KeyedRuntimeContext<'_, K>) {}
     /// A record of the keyed stream; the broadcast state is read-only here.
     fn process_element(
@@ -250,11 +268,9 @@ pub(crate) struct BroadcastOp<K: StateKey, I, R, KF, P: KeyedBroadcastProcessFun
     pub(crate) f: P,
     pub(crate) key_fn: Arc<KF>,
     pub(crate) timestamps: Option<Arc<TimestampFn<I>>>,
-    pub(crate) backend: KeyedStateBackend<K>,
-    pub(crate) timers: TimerService<K, ()>,
-    pub(crate) state: HashMap<P::StateKey, P::StateValue>,
+    pub(crate) core: KeyedCore<K, ()>,
+    pub(crate) state: BroadcastState<P::StateKey, P::StateValue>,
     pub(crate) sides: SideOutputs,
-    pub(crate) clock: KeyedClock,
     pub(crate) scratch: Vec<Either<I, R>>,
     pub(crate) _types: std::marker::PhantomData<fn(I, R) -> O>,
 }
@@ -272,44 +288,17 @@ where
         sides: SideOutputs,
         (subtask, parallelism): (u32, u32),
     ) -> Self {
-        let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
         f.open(&mut KeyedRuntimeContext::new(&mut backend, subtask, parallelism));
         Self {
             f,
             key_fn,
             timestamps,
-            backend,
-            timers,
-            state: HashMap::new(),
+            core: KeyedCore::new(backend),
+            state: BroadcastState::new(),
             sides,
-            clock: KeyedClock::new(),
             scratch: Vec::new(),
             _types: std::marker::PhantomData,
         }
-    }
-}
-
-impl<K, I, R, KF, P, O> BroadcastOp<K, I, R, KF, P, O>
-where
-    K: StateKey,
-    I: Data,
-    R: Data,
-    O: Data,
-    KF: Fn(&I) -> K + 'static,
-    P: KeyedBroadcastProcessFunction<K, I, R, O>,
-{
-    fn fire(&mut self, key: K, timestamp: i64, domain: super::process::TimeDomain, out: &mut Vec<O>) {
-        self.backend.set_current_key(key.clone());
-        let mut ctx = KeyedContext::new(
-            &key,
-            Some(timestamp),
-            &mut self.timers,
-            (self.clock.watermark, self.clock.processing_time),
-            out,
-            &self.sides,
-            Some(domain),
-        );
-        self.f.on_timer(timestamp, &self.state, &mut ctx);
     }
 }
 
@@ -323,25 +312,18 @@ where
     P: KeyedBroadcastProcessFunction<K, I, R, O>,
 {
     fn process(&mut self, record: Either<I, R>, out: &mut Vec<O>) {
+        let clock = (self.core.clock.watermark, self.core.clock.processing_time);
         match record {
             Either::Left(value) => {
                 let key = (self.key_fn)(&value);
                 let timestamp = self.timestamps.as_ref().map(|f| f(&value));
-                self.backend.set_current_key(key.clone());
-                let mut ctx = KeyedContext::new(
-                    &key,
-                    timestamp,
-                    &mut self.timers,
-                    (self.clock.watermark, self.clock.processing_time),
-                    out,
-                    &self.sides,
-                    None,
-                );
+                self.core.backend.set_current_key(key.clone());
+                let mut ctx =
+                    KeyedContext::new(&key, timestamp, &mut self.core.timers, clock, out, &self.sides, None);
                 self.f.process_element(value, &self.state, &mut ctx);
             }
             Either::Right(rule) => {
-                let mut ctx =
-                    ProcessContext::new(None, self.clock.watermark, self.clock.processing_time, out, &self.sides);
+                let mut ctx = ProcessContext::new(None, clock.0, clock.1, out, &self.sides);
                 self.f.process_broadcast_element(rule, &mut self.state, &mut ctx);
             }
         }
@@ -354,33 +336,50 @@ where
     }
 
     fn process_batch(&mut self, input: &mut Vec<Either<I, R>>, out: &mut Vec<O>) {
-        self.clock.refresh(&self.backend);
+        self.core.refresh();
         for record in input.drain(..) {
             self.process(record, out);
         }
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
-        self.clock.on_watermark(watermark, &self.backend);
+        self.core.on_watermark(watermark);
         Some(watermark)
     }
 
     fn next_deadline(&self) -> Option<i64> {
-        self.timers.next_processing_time()
+        self.core.next_deadline()
     }
 
     fn on_processing_time(&mut self, now: i64, _out: &mut Vec<O>) {
-        self.clock.on_processing_time(now, &self.backend);
+        self.core.on_processing_time(now);
     }
 
     fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
-        let start = out.len();
-        while out.len() - start < max_records.max(1) {
-            match self.clock.next_due(&mut self.timers) {
-                Some((timer, domain)) => self.fire(timer.key, timer.timestamp, domain, out),
-                None => return true,
-            }
-        }
-        false
+        let (f, state, sides) = (&mut self.f, &self.state, &self.sides);
+        self.core.fire_step(out, max_records, |core, timer, domain, out| {
+            core.backend.set_current_key(timer.key.clone());
+            let clock = (core.clock.watermark, core.clock.processing_time);
+            let mut ctx = KeyedContext::new(
+                &timer.key,
+                Some(timer.timestamp),
+                &mut core.timers,
+                clock,
+                out,
+                sides,
+                Some(domain),
+            );
+            f.on_timer(timer.timestamp, state, &mut ctx);
+        })
+    }
+
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+        self.core.snapshot(into)?;
+        Ok(self.state.snapshot(into)?)
+    }
+
+    fn restore_state(&mut self, from: &OperatorStateParts) -> Result<(), StateHookError> {
+        self.core.restore(from)?;
+        Ok(self.state.restore(from)?)
     }
 }

@@ -8,13 +8,23 @@
 //!
 //! A chain ends in a sink or in the task's network output; both report readiness, which is how
 //! backpressure reaches the task loop: the loop feeds the next batch only when the chain is ready.
+//!
+//! Checkpoints go down the chain the same way: [`Control::snapshot_state`] asks every link for
+//! its operator's state (keyed operators through their shared [`keyed_core`], operator state
+//! through [`operator_state`]), [`Control::restore_state`] gives it back before any input, and
+//! [`Control::notify_checkpoint`] tells every link when a checkpoint completed or was aborted.
 
+#[cfg(test)]
+mod checkpoint_tests;
 pub mod filter;
 pub mod flat_map;
 pub mod join;
+pub(crate) mod keyed_core;
 pub mod map;
+pub mod operator_state;
 pub mod process;
 pub mod reduce;
+pub(crate) mod state_parts;
 pub mod watermarks;
 
 use std::cell::Cell;
@@ -95,7 +105,9 @@ pub(crate) trait Control {
         Ok(true)
     }
     /// Synchronous part of a checkpoint: every link adds the state of its node (and of its
-    /// side outputs' links) to `into`. Called between batches, never with firings pending.
+    /// side outputs' links) to `into`. The task loop calls it only between batches and when no
+    /// firing is pending (`resume` returned true): a link with firings or held events would have
+    /// emitted part of a watermark's output, and a snapshot then would split it.
     fn snapshot_state(&mut self, _checkpoint: CheckpointId, _into: &mut TaskSnapshot) -> Result<(), TaskError> {
         Ok(())
     }
@@ -427,6 +439,48 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Control for OpNode<I, O, Op> {
             }
         }
         self.next.resume(max_records)
+    }
+
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        debug_assert!(
+            !self.firing && self.held.is_empty(),
+            "node {}: snapshot with firings pending (the task loop snapshots only after `resume` returned true)",
+            self.node
+        );
+        let mut parts = OperatorStateParts::default();
+        enter_node(self.node);
+        self.op.snapshot_state(checkpoint, &mut parts).map_err(|e| self.hook_error("snapshotting", e))?;
+        into.put_node(self.node, parts);
+        for side in &mut self.sides {
+            side.control().snapshot_state(checkpoint, into)?;
+        }
+        self.next.snapshot_state(checkpoint, into)
+    }
+
+    fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {
+        if let Some(parts) = from.node(self.node) {
+            enter_node(self.node);
+            self.op.restore_state(parts).map_err(|e| self.hook_error("restoring", e))?;
+        }
+        for side in &mut self.sides {
+            side.control().restore_state(from)?;
+        }
+        self.next.restore_state(from)
+    }
+
+    fn notify_checkpoint(&mut self, notice: CheckpointNotice) -> Result<(), TaskError> {
+        enter_node(self.node);
+        self.op.notify_checkpoint(notice).map_err(|e| self.hook_error("handling a checkpoint notice", e))?;
+        for side in &mut self.sides {
+            side.control().notify_checkpoint(notice)?;
+        }
+        self.next.notify_checkpoint(notice)
+    }
+}
+
+impl<I: Data, O: Data, Op: Operator<I, O>> OpNode<I, O, Op> {
+    fn hook_error(&self, doing: &str, error: StateHookError) -> TaskError {
+        TaskError::Checkpoint { node: Some(self.node), message: format!("{doing} state: {error}") }
     }
 }
 

@@ -1,74 +1,22 @@
 //! Process functions, the lowest-level operators (Flink's `ProcessFunction` and
 //! `KeyedProcessFunction`): a user function sees each record with its timestamp, the clocks and
 //! side outputs; on a keyed stream it also has keyed state (created in `open`) and event- and
-//! processing-time timers per key, fired in timestamp order once the clock passes them.
+//! processing-time timers per key, fired in timestamp order once the clock passes them (the
+//! keyed operator is built on the shared [`KeyedCore`]); on a non-keyed stream it may keep
+//! operator state (list and union list state, declared in `open`).
 
 use std::sync::Arc;
 
 use corestream_netstack::Data;
 use corestream_state::{KeyedStateBackend, StateKey, TimerService};
 
+use super::keyed_core::KeyedCore;
+use super::operator_state::{OperatorStateStore, RuntimeContext};
 use super::{now_ms, Operator};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, StateHookError};
 use crate::api::time::OutputTag;
 use crate::runtime::build::SideOutputs;
 use crate::time::Timestamps;
-
-/// The clocks of a keyed operator with timers: its event time, the processing time of the batch
-/// or firing being handled (also the TTL clock of its keyed state), and the limits up to which
-/// due timers are fired in steps (`Operator::fire_step`).
-pub(crate) struct KeyedClock {
-    pub(crate) watermark: i64,
-    pub(crate) processing_time: i64,
-    fire_until: (Option<i64>, Option<i64>),
-}
-
-impl KeyedClock {
-    pub(crate) fn new() -> Self {
-        Self { watermark: i64::MIN, processing_time: now_ms(), fire_until: (None, None) }
-    }
-
-    /// Event time advanced: timers up to `watermark` are due.
-    pub(crate) fn on_watermark<K: StateKey>(&mut self, watermark: i64, backend: &KeyedStateBackend<K>) {
-        self.watermark = watermark;
-        self.processing_time = now_ms();
-        backend.set_current_time(self.processing_time);
-        self.fire_until.0 = Some(watermark);
-    }
-
-    /// Processing time reached `now`: processing-time timers up to it are due.
-    pub(crate) fn on_processing_time<K: StateKey>(&mut self, now: i64, backend: &KeyedStateBackend<K>) {
-        self.processing_time = now;
-        backend.set_current_time(now);
-        self.fire_until.1 = Some(now);
-    }
-
-    /// A new batch: reads the processing-time clock.
-    pub(crate) fn refresh<K: StateKey>(&mut self, backend: &KeyedStateBackend<K>) {
-        self.processing_time = now_ms();
-        backend.set_current_time(self.processing_time);
-    }
-
-    /// The next due timer, event time first; a limit is cleared once nothing more is due
-    /// under it.
-    pub(crate) fn next_due<K: StateKey, N: corestream_state::Namespace>(
-        &mut self,
-        timers: &mut TimerService<K, N>,
-    ) -> Option<(corestream_state::Timer<K, N>, TimeDomain)> {
-        if let Some(watermark) = self.fire_until.0 {
-            match timers.pop_event_timer(watermark) {
-                Some(t) => return Some((t, TimeDomain::EventTime)),
-                None => self.fire_until.0 = None,
-            }
-        }
-        if let Some(now) = self.fire_until.1 {
-            match timers.pop_processing_timer(now) {
-                Some(t) => return Some((t, TimeDomain::ProcessingTime)),
-                None => self.fire_until.1 = None,
-            }
-        }
-        None
-    }
-}
 
 /// Which clock fired a timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +67,47 @@ impl<'a, O> ProcessContext<'a, O> {
     }
 }
 
-/// A function over each record of a non-keyed stream.
+/// A function over each record of a non-keyed stream. It may keep operator state that survives
+/// failures (Flink's `CheckpointedFunction`): declare list or union list state by name in
+/// [`open`](Self::open), which runs before the first record and after a restore, so it sees what
+/// was restored; keep it current, or bring it up to date in
+/// [`snapshot_state`](Self::snapshot_state).
+///
+/// ```
+/// use corestream::{OperatorListState, ProcessContext, ProcessFunction, RuntimeContext};
+///
+/// /// Numbers its records per subtask; the count survives a restore.
+/// struct Numbered {
+///     count: u64,
+///     state: Option<OperatorListState<u64>>,
+/// }
+///
+/// impl ProcessFunction<String, (u64, String)> for Numbered {
+///     fn open(&mut self, ctx: &mut RuntimeContext<'_>) {
+///         let state = ctx.list_state::<u64>("count").expect("declared once, as a list of u64");
+///         // After a rescale a subtask may get several old counts (or none).
+///         self.count = state.get().into_iter().max().unwrap_or(0);
+///         self.state = Some(state);
+///     }
+///     fn process_element(&mut self, line: String, ctx: &mut ProcessContext<'_, (u64, String)>) {
+///         self.count += 1;
+///         ctx.collect((self.count, line));
+///     }
+///     fn snapshot_state(&mut self, _checkpoint: u64) {
+///         if let Some(state) = &self.state {
+///             state.update(vec![self.count]);
+///         }
+///     }
+/// }
+/// ```
 pub trait ProcessFunction<I, O>: 'static {
+    /// Declares operator state and reads what was restored into it; called once per subtask,
+    /// before the first record (and after the restore when the job starts from a checkpoint).
+    fn open(&mut self, _ctx: &mut RuntimeContext<'_>) {}
     fn process_element(&mut self, value: I, ctx: &mut ProcessContext<'_, O>);
+    /// A checkpoint is being taken (between two records): bring the operator state declared in
+    /// `open` up to date.
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId) {}
 }
 
 impl<I, O, F: FnMut(I, &mut ProcessContext<'_, O>) + 'static> ProcessFunction<I, O> for F {
@@ -237,10 +223,50 @@ pub(crate) struct ProcessOp<I, P> {
     pub(crate) scratch: Vec<I>,
     pub(crate) sides: SideOutputs,
     pub(crate) watermark: i64,
+    pub(crate) store: OperatorStateStore,
+    /// `open` has run (it runs lazily, so that a restore before the first record comes first).
+    pub(crate) opened: bool,
+    pub(crate) subtask: u32,
+    pub(crate) parallelism: u32,
+}
+
+impl<I, P> ProcessOp<I, P> {
+    pub(crate) fn new(
+        f: P,
+        timestamps: Option<Timestamps<I>>,
+        sides: SideOutputs,
+        subtask: u32,
+        parallelism: u32,
+    ) -> Self {
+        Self {
+            f,
+            timestamps,
+            ts: Vec::new(),
+            scratch: Vec::new(),
+            sides,
+            watermark: i64::MIN,
+            store: OperatorStateStore::default(),
+            opened: false,
+            subtask,
+            parallelism,
+        }
+    }
+
+    #[inline]
+    fn ensure_open<O>(&mut self)
+    where
+        P: ProcessFunction<I, O>,
+    {
+        if !self.opened {
+            self.opened = true;
+            self.f.open(&mut RuntimeContext::new(&mut self.store, self.subtask, self.parallelism));
+        }
+    }
 }
 
 impl<I: Data, O: Data, P: ProcessFunction<I, O>> Operator<I, O> for ProcessOp<I, P> {
     fn process(&mut self, record: I, out: &mut Vec<O>) {
+        self.ensure_open();
         let timestamp = self.timestamps.as_ref().map(|f| (f.one)(&record));
         let mut ctx =
             ProcessContext { timestamp, watermark: self.watermark, processing_time: now_ms(), out, sides: &self.sides };
@@ -254,6 +280,7 @@ impl<I: Data, O: Data, P: ProcessFunction<I, O>> Operator<I, O> for ProcessOp<I,
     }
 
     fn process_batch(&mut self, input: &mut Vec<I>, out: &mut Vec<O>) {
+        self.ensure_open();
         let processing_time = now_ms();
         self.ts.clear();
         if let Some(t) = &self.timestamps {
@@ -271,16 +298,24 @@ impl<I: Data, O: Data, P: ProcessFunction<I, O>> Operator<I, O> for ProcessOp<I,
         self.watermark = watermark;
         Some(watermark)
     }
+
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+        self.ensure_open();
+        self.f.snapshot_state(checkpoint);
+        Ok(self.store.snapshot(into)?)
+    }
+
+    fn restore_state(&mut self, from: &OperatorStateParts) -> Result<(), StateHookError> {
+        Ok(self.store.restore(from)?)
+    }
 }
 
 pub(crate) struct KeyedProcessOp<K: StateKey, I, KF, P> {
     pub(crate) f: P,
     pub(crate) key_fn: Arc<KF>,
     pub(crate) timestamps: Option<Timestamps<I>>,
-    pub(crate) backend: KeyedStateBackend<K>,
-    pub(crate) timers: TimerService<K, ()>,
+    pub(crate) core: KeyedCore<K, ()>,
     pub(crate) sides: SideOutputs,
-    pub(crate) clock: KeyedClock,
     pub(crate) ts: Vec<i64>,
     pub(crate) scratch: Vec<I>,
 }
@@ -298,39 +333,8 @@ impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
     where
         P: KeyedProcessFunction<K, I, O>,
     {
-        let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
         f.open(&mut KeyedRuntimeContext { backend: &mut backend, subtask, parallelism });
-        Self {
-            f,
-            key_fn,
-            timestamps,
-            backend,
-            timers,
-            sides,
-            clock: KeyedClock::new(),
-            ts: Vec::new(),
-            scratch: Vec::new(),
-        }
-    }
-}
-
-impl<K: StateKey, I, KF, P> KeyedProcessOp<K, I, KF, P> {
-    fn fire<O>(&mut self, key: K, timestamp: i64, domain: TimeDomain, out: &mut Vec<O>)
-    where
-        P: KeyedProcessFunction<K, I, O>,
-    {
-        self.backend.set_current_key(key.clone());
-        let mut ctx = KeyedContext {
-            key: &key,
-            timestamp: Some(timestamp),
-            timers: &mut self.timers,
-            watermark: self.clock.watermark,
-            processing_time: self.clock.processing_time,
-            out,
-            sides: &self.sides,
-            domain: Some(domain),
-        };
-        self.f.on_timer(timestamp, &mut ctx);
+        Self { f, key_fn, timestamps, core: KeyedCore::new(backend), sides, ts: Vec::new(), scratch: Vec::new() }
     }
 }
 
@@ -354,7 +358,7 @@ where
     }
 
     fn process_batch(&mut self, input: &mut Vec<I>, out: &mut Vec<O>) {
-        self.clock.refresh(&self.backend);
+        self.core.refresh();
         let mut ts = std::mem::take(&mut self.ts);
         ts.clear();
         if let Some(t) = &self.timestamps {
@@ -367,27 +371,42 @@ where
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
-        self.clock.on_watermark(watermark, &self.backend);
+        self.core.on_watermark(watermark);
         Some(watermark)
     }
 
     fn next_deadline(&self) -> Option<i64> {
-        self.timers.next_processing_time()
+        self.core.next_deadline()
     }
 
     fn on_processing_time(&mut self, now: i64, _out: &mut Vec<O>) {
-        self.clock.on_processing_time(now, &self.backend);
+        self.core.on_processing_time(now);
     }
 
     fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
-        let start = out.len();
-        while out.len() - start < max_records.max(1) {
-            match self.clock.next_due(&mut self.timers) {
-                Some((timer, domain)) => self.fire(timer.key, timer.timestamp, domain, out),
-                None => return true,
-            }
-        }
-        false
+        let (f, sides) = (&mut self.f, &self.sides);
+        self.core.fire_step(out, max_records, |core, timer, domain, out| {
+            core.backend.set_current_key(timer.key.clone());
+            let mut ctx = KeyedContext {
+                key: &timer.key,
+                timestamp: Some(timer.timestamp),
+                timers: &mut core.timers,
+                watermark: core.clock.watermark,
+                processing_time: core.clock.processing_time,
+                out,
+                sides,
+                domain: Some(domain),
+            };
+            f.on_timer(timer.timestamp, &mut ctx);
+        })
+    }
+
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+        Ok(self.core.snapshot(into)?)
+    }
+
+    fn restore_state(&mut self, from: &OperatorStateParts) -> Result<(), StateHookError> {
+        Ok(self.core.restore(from)?)
     }
 }
 
@@ -403,13 +422,13 @@ where
         P: KeyedProcessFunction<K, I, O>,
     {
         let key = (self.key_fn)(&record);
-        self.backend.set_current_key(key.clone());
+        self.core.backend.set_current_key(key.clone());
         let mut ctx = KeyedContext {
             key: &key,
             timestamp,
-            timers: &mut self.timers,
-            watermark: self.clock.watermark,
-            processing_time: self.clock.processing_time,
+            timers: &mut self.core.timers,
+            watermark: self.core.clock.watermark,
+            processing_time: self.core.clock.processing_time,
             out,
             sides: &self.sides,
             domain: None,

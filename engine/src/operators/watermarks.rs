@@ -10,6 +10,7 @@ use std::sync::Arc;
 use corestream_netstack::{Data, Event, WatermarkStatus};
 
 use super::{enter_node, now_ms, Control, Emit, FlushReason, OperatorMetrics, Readiness};
+use crate::checkpoint::{CheckpointId, CheckpointNotice, TaskSnapshot};
 use crate::error::TaskError;
 use crate::time::strategy::{Emission, Timestamps, WatermarkGenerator, WatermarkOutput};
 
@@ -123,6 +124,17 @@ impl<T: Data> Control for WatermarkLink<T> {
     }
     fn resume(&mut self, max_records: usize) -> Result<bool, TaskError> {
         self.next.resume(max_records)
+    }
+    // The generator keeps no state across a restore (as in Flink, sources regenerate
+    // watermarks); the links after this one do.
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        self.next.snapshot_state(checkpoint, into)
+    }
+    fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {
+        self.next.restore_state(from)
+    }
+    fn notify_checkpoint(&mut self, notice: CheckpointNotice) -> Result<(), TaskError> {
+        self.next.notify_checkpoint(notice)
     }
 
     fn next_deadline(&self) -> Option<i64> {

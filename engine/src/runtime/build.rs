@@ -22,6 +22,7 @@ use crate::operators::{enter_node, side_output, Control, Emit, NullEmit, Operato
 
 /// The side outputs of one operator subtask, by tag; tags nobody consumes are absent, and
 /// records sent to them are dropped (as in Flink).
+#[derive(Default)]
 pub struct SideOutputs {
     outputs: Vec<(String, AnyBox)>,
 }

@@ -15,7 +15,10 @@ use corestream_state::{KeyedStateBackend, StateKey, TimerService, ValueState, Va
 use super::assigner::{TimeWindow, WindowAssigner};
 use super::merging::{self, WindowMapping};
 use super::trigger::{Trigger, TriggerContext, TriggerResult};
-use crate::operators::{now_ms, Operator, SideOutput};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, StateHookError};
+use crate::operators::keyed_core::KeyedCore;
+use crate::operators::state_parts::PartError;
+use crate::operators::{Operator, SideOutput};
 use crate::time::Timestamps;
 
 /// What a window function sees when a window fires.
@@ -66,13 +69,12 @@ impl<T> Clone for WindowSpec<T> {
 pub(crate) struct WindowOperator<K: StateKey, T, O, KF, C> {
     key_fn: Arc<KF>,
     spec: WindowSpec<T>,
-    backend: KeyedStateBackend<K>,
+    /// Keyed state (contents, trigger state, session sets), the general path's timers and the
+    /// clocks, with the limits up to which timers are being fired in steps.
+    core: KeyedCore<K, TimeWindow>,
     contents: C,
     trigger_state: Option<ValueState<K, TimeWindow, i64>>,
     sessions: Option<ValueState<K, (), WindowMapping>>,
-    timers: TimerService<K, TimeWindow>,
-    watermark: i64,
-    processing_time: i64,
     late: Option<SideOutput<T>>,
     metrics: Arc<crate::operators::OperatorMetrics>,
     windows: Vec<TimeWindow>,
@@ -85,10 +87,7 @@ pub(crate) struct WindowOperator<K: StateKey, T, O, KF, C> {
     /// In that case the window's timers live here, without deduplication: one entry per window
     /// and time, appended when its contents are created and popped in time order.
     window_timers: WindowTimers<K>,
-    /// Firing in steps: timers due up to this watermark / processing time, and the bucket
-    /// being emitted.
-    fire_event_until: Option<i64>,
-    fire_processing_until: Option<i64>,
+    /// The bucket being emitted, when firing in steps.
     firing_bucket: Option<FiringBucket<K>>,
     _out: std::marker::PhantomData<fn() -> O>,
 }
@@ -104,6 +103,11 @@ struct WindowTimers<K> {
 }
 
 impl<K> WindowTimers<K> {
+    /// Every timer of `buckets`, as `(time, key, window)`.
+    fn all(buckets: &BTreeMap<i64, Vec<(K, TimeWindow)>>) -> impl Iterator<Item = (i64, &K, &TimeWindow)> {
+        buckets.iter().flat_map(|(time, due)| due.iter().map(move |(key, window)| (*time, key, window)))
+    }
+
     /// Removes the earliest bucket due at `limit`.
     fn pop_due(buckets: &mut BTreeMap<i64, Vec<(K, TimeWindow)>>, limit: i64) -> Option<(i64, Vec<(K, TimeWindow)>)> {
         let first = buckets.first_entry()?;
@@ -186,7 +190,6 @@ where
                 .value_state::<(), WindowMapping>(&ValueStateDescriptor::new("window-sessions"))
                 .expect("fresh backend")
         });
-        let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
         let (inner, purging) = match &spec.trigger {
             Trigger::Purging(inner) => (&**inner, true),
             t => (t, false),
@@ -200,13 +203,10 @@ where
         Self {
             key_fn,
             spec,
-            backend,
+            core: KeyedCore::new(backend),
             contents,
             trigger_state,
             sessions,
-            timers,
-            watermark: i64::MIN,
-            processing_time: now_ms(),
             late,
             metrics,
             windows: Vec::new(),
@@ -215,8 +215,6 @@ where
             timers_follow_contents,
             purging,
             window_timers: WindowTimers { event: BTreeMap::new(), processing: BTreeMap::new() },
-            fire_event_until: None,
-            fire_processing_until: None,
             firing_bucket: None,
             _out: std::marker::PhantomData,
         }
@@ -237,7 +235,7 @@ where
 
     #[inline]
     fn is_window_late(&self, w: &TimeWindow) -> bool {
-        self.event_time() && self.cleanup_time(w) <= self.watermark
+        self.event_time() && self.cleanup_time(w) <= self.core.clock.watermark
     }
 
     fn ctx<'a>(
@@ -257,30 +255,30 @@ where
             return;
         }
         if self.event_time() {
-            self.timers.register_event_time_timer(key.clone(), w, t);
+            self.core.timers.register_event_time_timer(key.clone(), w, t);
         } else {
-            self.timers.register_processing_time_timer(key.clone(), w, t);
+            self.core.timers.register_processing_time_timer(key.clone(), w, t);
         }
     }
 
     fn delete_cleanup_timer(&mut self, key: &K, w: &TimeWindow) {
         let t = self.cleanup_time(w);
         if self.event_time() {
-            self.timers.delete_event_time_timer(key, w, t);
+            self.core.timers.delete_event_time_timer(key, w, t);
         } else {
-            self.timers.delete_processing_time_timer(key, w, t);
+            self.core.timers.delete_processing_time_timer(key, w, t);
         }
     }
 
     fn fire(&mut self, key: &K, window: TimeWindow, state_window: TimeWindow, out: &mut Vec<O>) {
         self.contents.set_window(state_window);
-        let ctx = WindowContext { key, window, watermark: self.watermark };
+        let ctx = WindowContext { key, window, watermark: self.core.clock.watermark };
         self.contents.emit(&ctx, out);
     }
 
     fn process_record(&mut self, record: T, ts: i64, out: &mut Vec<O>) {
         let key = (self.key_fn)(&record);
-        self.backend.set_current_key(key.clone());
+        self.core.backend.set_current_key(key.clone());
         let mut windows = std::mem::take(&mut self.windows);
         windows.clear();
         self.spec.assigner.assign(ts, &mut windows);
@@ -303,7 +301,7 @@ where
             if !created && self.timers_follow_contents {
                 // The window's timers were registered with its contents; only a late firing
                 // can be due.
-                if self.event_time() && window.max_timestamp() <= self.watermark {
+                if self.event_time() && window.max_timestamp() <= self.core.clock.watermark {
                     let result = if self.purging { TriggerResult::FireAndPurge } else { TriggerResult::Fire };
                     self.apply(&key, window, state_window, result, out);
                 }
@@ -317,9 +315,9 @@ where
                 let mut ctx = Self::ctx(
                     &key,
                     window,
-                    self.watermark,
-                    self.processing_time,
-                    &mut self.timers,
+                    self.core.clock.watermark,
+                    self.core.clock.processing_time,
+                    &mut self.core.timers,
                     &mut self.trigger_state,
                 );
                 self.spec.trigger.on_element(ts, &mut ctx)
@@ -328,7 +326,7 @@ where
             self.register_cleanup_timer(&key, window);
         }
         self.windows = windows;
-        if skipped && self.event_time() && ts.saturating_add(self.spec.allowed_lateness) <= self.watermark {
+        if skipped && self.event_time() && ts.saturating_add(self.spec.allowed_lateness) <= self.core.clock.watermark {
             match &self.late {
                 Some(side) => side.emit(record),
                 None => {
@@ -345,7 +343,7 @@ where
         let end = window.max_timestamp();
         let cleanup = self.cleanup_time(&window);
         if self.event_time() {
-            if end <= self.watermark {
+            if end <= self.core.clock.watermark {
                 let result = if self.purging { TriggerResult::FireAndPurge } else { TriggerResult::Fire };
                 self.apply(key, window, window, result, out);
             } else {
@@ -393,7 +391,7 @@ where
             let mut merged_states = Vec::new();
             for m in &merge.merged_windows {
                 let mut ctx =
-                    Self::ctx(key, *m, self.watermark, self.processing_time, &mut self.timers, &mut self.trigger_state);
+                    Self::ctx(key, *m, self.core.clock.watermark, self.core.clock.processing_time, &mut self.core.timers, &mut self.trigger_state);
                 if let Some(s) = ctx.state() {
                     merged_states.push(s);
                 }
@@ -403,9 +401,9 @@ where
             let mut ctx = Self::ctx(
                 key,
                 merge.result,
-                self.watermark,
-                self.processing_time,
-                &mut self.timers,
+                self.core.clock.watermark,
+                self.core.clock.processing_time,
+                &mut self.core.timers,
                 &mut self.trigger_state,
             );
             self.spec.trigger.on_merge(&merged_states, &mut ctx);
@@ -429,49 +427,38 @@ where
         Some((window, state_window))
     }
 
-    /// A consistent snapshot of the operator's keyed state and timers (the window-end timers
-    /// kept in time buckets are moved into the timer service first, so its snapshot holds every
-    /// timer; the general path fires them from there). For checkpoints.
-    #[allow(dead_code)] // called by checkpointing; tested below
-    pub(crate) fn snapshot(
-        &mut self,
-    ) -> Result<(corestream_state::KeyedStateSnapshot, corestream_state::TimerSnapshot), corestream_state::StateError>
-    {
-        self.move_bucket_timers();
-        Ok((self.backend.snapshot()?, self.timers.snapshot()?))
+    /// Adds keyed state and every timer: those of the timer service, those kept in time
+    /// buckets, and the rest of a bucket being fired (the task snapshots only when no firing is
+    /// pending, so that is empty there). The operator itself is left as it was.
+    fn snapshot(&self, into: &mut OperatorStateParts) -> Result<(), PartError> {
+        let firing = |event_time: bool| {
+            self.firing_bucket.iter().filter(move |(_, e, _)| *e == event_time).flat_map(|(time, _, rest)| {
+                rest.as_slice().iter().map(move |(key, window)| (*time, key, window))
+            })
+        };
+        let event = firing(true).chain(WindowTimers::all(&self.window_timers.event));
+        let processing = firing(false).chain(WindowTimers::all(&self.window_timers.processing));
+        self.core.snapshot_with(into, event, processing)
     }
 
-    /// Restores keyed state and timers from snapshots (entries of other key groups are
-    /// ignored, so this also redistributes state on rescaling).
-    #[allow(dead_code)] // called by checkpointing; tested below
-    pub(crate) fn restore(
-        &mut self,
-        state: &[corestream_state::KeyedStateSnapshot],
-        timers: &[corestream_state::TimerSnapshot],
-    ) -> Result<(), corestream_state::StateError> {
-        self.backend.restore(state)?;
-        self.timers.restore(timers)?;
+    /// Restores keyed state and timers (a restore comes before any input). When window timers
+    /// live in time buckets, the restored ones are moved there, so the operator fires exactly as
+    /// one that never stopped would (windows due at the same time may fire in another order
+    /// across keys).
+    fn restore(&mut self, from: &OperatorStateParts) -> Result<(), PartError> {
+        self.core.restore(from)?;
         self.window_timers.event.clear();
         self.window_timers.processing.clear();
         self.firing_bucket = None;
+        if self.timers_follow_contents {
+            while let Some(t) = self.core.timers.pop_event_timer(i64::MAX) {
+                self.window_timers.event.entry(t.timestamp).or_default().push((t.key, t.namespace));
+            }
+            while let Some(t) = self.core.timers.pop_processing_timer(i64::MAX) {
+                self.window_timers.processing.entry(t.timestamp).or_default().push((t.key, t.namespace));
+            }
+        }
         Ok(())
-    }
-
-    fn move_bucket_timers(&mut self) {
-        if let Some((time, event_time, rest)) = self.firing_bucket.take() {
-            let bucket = if event_time { &mut self.window_timers.event } else { &mut self.window_timers.processing };
-            bucket.entry(time).or_default().splice(0..0, rest);
-        }
-        for (time, due) in std::mem::take(&mut self.window_timers.event) {
-            for (key, window) in due {
-                self.timers.register_event_time_timer(key, window, time);
-            }
-        }
-        for (time, due) in std::mem::take(&mut self.window_timers.processing) {
-            for (key, window) in due {
-                self.timers.register_processing_time_timer(key, window, time);
-            }
-        }
     }
 
     fn store_sessions(&mut self, mapping: WindowMapping) {
@@ -492,7 +479,7 @@ where
     }
 
     fn on_timer(&mut self, key: K, window: TimeWindow, time: i64, event_time: bool, out: &mut Vec<O>) {
-        self.backend.set_current_key(key.clone());
+        self.core.backend.set_current_key(key.clone());
         let Some(state_window) = self.state_window_of(&window) else {
             return;
         };
@@ -500,9 +487,9 @@ where
             let mut ctx = Self::ctx(
                 &key,
                 window,
-                self.watermark,
-                self.processing_time,
-                &mut self.timers,
+                self.core.clock.watermark,
+                self.core.clock.processing_time,
+                &mut self.core.timers,
                 &mut self.trigger_state,
             );
             if event_time {
@@ -515,7 +502,7 @@ where
         if cleanup_now && result.is_fire() {
             // The last firing: emit and drop the contents in one access.
             self.contents.set_window(state_window);
-            let ctx = WindowContext { key: &key, window, watermark: self.watermark };
+            let ctx = WindowContext { key: &key, window, watermark: self.core.clock.watermark };
             self.contents.emit_and_clear(&ctx, out);
         } else {
             self.apply(&key, window, state_window, result, out);
@@ -528,9 +515,9 @@ where
             let mut ctx = Self::ctx(
                 &key,
                 window,
-                self.watermark,
-                self.processing_time,
-                &mut self.timers,
+                self.core.clock.watermark,
+                self.core.clock.processing_time,
+                &mut self.core.timers,
                 &mut self.trigger_state,
             );
             self.spec.trigger.clear(&mut ctx);
@@ -554,7 +541,7 @@ where
     fn process(&mut self, record: T, out: &mut Vec<O>) {
         let ts = match &self.spec.timestamps {
             Some(f) if self.event_time() => (f.one)(&record),
-            _ => self.processing_time,
+            _ => self.core.clock.processing_time,
         };
         self.process_record(record, ts, out);
     }
@@ -566,13 +553,12 @@ where
     }
 
     fn process_batch(&mut self, input: &mut Vec<T>, out: &mut Vec<O>) {
-        self.processing_time = now_ms();
-        self.backend.set_current_time(self.processing_time);
+        self.core.refresh();
         let mut ts = std::mem::take(&mut self.ts);
         ts.clear();
         match &self.spec.timestamps {
             Some(f) if self.event_time() => (f.batch)(input, &mut ts),
-            _ => ts.resize(input.len(), self.processing_time),
+            _ => ts.resize(input.len(), self.core.clock.processing_time),
         }
         for (record, t) in input.drain(..).zip(ts.iter().copied()) {
             self.process_record(record, t, out);
@@ -581,25 +567,20 @@ where
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
-        self.watermark = watermark;
-        self.processing_time = now_ms();
-        self.backend.set_current_time(self.processing_time);
-        self.fire_event_until = Some(watermark);
+        self.core.on_watermark(watermark);
         Some(watermark)
     }
 
     fn next_deadline(&self) -> Option<i64> {
         let buckets = self.window_timers.processing.keys().next().copied();
-        match (self.timers.next_processing_time(), buckets) {
+        match (self.core.timers.next_processing_time(), buckets) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
     fn on_processing_time(&mut self, now: i64, _out: &mut Vec<O>) {
-        self.processing_time = now;
-        self.backend.set_current_time(now);
-        self.fire_processing_until = Some(now);
+        self.core.on_processing_time(now);
     }
 
     fn fire_step(&mut self, out: &mut Vec<O>, max_records: usize) -> bool {
@@ -612,8 +593,8 @@ where
                 }
                 continue;
             }
-            if let Some(watermark) = self.fire_event_until {
-                if let Some(timer) = self.timers.pop_event_timer(watermark) {
+            if let Some(watermark) = self.core.clock.event_until {
+                if let Some(timer) = self.core.timers.pop_event_timer(watermark) {
                     self.on_timer(timer.key, timer.namespace, timer.timestamp, true, out);
                     continue;
                 }
@@ -621,20 +602,20 @@ where
                     self.firing_bucket = Some((time, true, due.into_iter()));
                     continue;
                 }
-                self.fire_event_until = None;
+                self.core.clock.event_until = None;
             }
-            if let Some(now) = self.fire_processing_until {
-                if let Some(timer) = self.timers.pop_processing_timer(now) {
-                    self.processing_time = self.processing_time.max(timer.timestamp);
+            if let Some(now) = self.core.clock.processing_until {
+                if let Some(timer) = self.core.timers.pop_processing_timer(now) {
+                    self.core.clock.processing_time = self.core.clock.processing_time.max(timer.timestamp);
                     self.on_timer(timer.key, timer.namespace, timer.timestamp, false, out);
                     continue;
                 }
                 if let Some((time, due)) = WindowTimers::pop_due(&mut self.window_timers.processing, now) {
-                    self.processing_time = self.processing_time.max(time);
+                    self.core.clock.processing_time = self.core.clock.processing_time.max(time);
                     self.firing_bucket = Some((time, false, due.into_iter()));
                     continue;
                 }
-                self.fire_processing_until = None;
+                self.core.clock.processing_until = None;
             }
             return true;
         }
@@ -645,9 +626,17 @@ where
         // Processing-time windows still open at the end of a bounded input fire now, so a
         // bounded job loses no result.
         if !self.event_time() {
-            self.fire_processing_until = Some(i64::MAX);
+            self.core.clock.processing_until = Some(i64::MAX);
         }
         self.fire_step(out, max_records)
+    }
+
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+        Ok(self.snapshot(into)?)
+    }
+
+    fn restore_state(&mut self, from: &OperatorStateParts) -> Result<(), StateHookError> {
+        Ok(self.restore(from)?)
     }
 }
 
@@ -752,108 +741,5 @@ where
     }
     fn merge(&mut self, target: TimeWindow, sources: &[TimeWindow]) {
         self.state.merge_namespaces(&target, sources);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::operators::Operator;
-    use corestream_state::{AggregatingStateDescriptor, KeyGroupRange, StateBackendKind};
-
-    #[derive(Clone)]
-    struct Sum;
-
-    impl corestream_state::AggregateFunction<(u64, i64), u64, u64> for Sum {
-        fn create_accumulator(&self) -> u64 {
-            0
-        }
-        fn add(&self, v: &(u64, i64), acc: &mut u64) {
-            *acc += v.1 as u64;
-        }
-        fn get_result(&self, acc: &u64) -> u64 {
-            *acc
-        }
-        fn merge(&self, a: &mut u64, b: u64) {
-            *a += b;
-        }
-    }
-
-    type Out = (u64, i64, u64);
-    type Post = fn(&WindowContext<'_, u64>, u64, &mut Vec<Out>);
-
-    type SumOperator = WindowOperator<
-        u64,
-        (u64, i64),
-        Out,
-        fn(&(u64, i64)) -> u64,
-        AggregateContents<u64, (u64, i64), u64, u64, Post>,
-    >;
-
-    fn operator(assigner: WindowAssigner, lateness: i64) -> SumOperator {
-        let key: fn(&(u64, i64)) -> u64 = |r| r.0;
-        let spec = WindowSpec {
-            assigner,
-            trigger: Trigger::EventTime,
-            allowed_lateness: lateness,
-            timestamps: Some(Timestamps::new(|r: &(u64, i64)| r.1)),
-        };
-        let backend = KeyedStateBackend::new(StateBackendKind::Heap, 128, KeyGroupRange { start: 0, end: 128 });
-        let post: Post = |ctx, v, out| out.push((*ctx.key, ctx.window.start, v));
-        WindowOperator::new(
-            Arc::new(key),
-            spec,
-            backend,
-            |b| AggregateContents {
-                state: b.aggregating_state(&AggregatingStateDescriptor::new("sum", Sum)).unwrap(),
-                post: Arc::new(post),
-            },
-            None,
-            Arc::new(crate::operators::OperatorMetrics::default()),
-        )
-    }
-
-    fn fire_all(op: &mut impl Operator<(u64, i64), Out>, watermark: i64) -> Vec<Out> {
-        let mut out = Vec::new();
-        op.on_watermark(watermark, &mut out);
-        while !op.fire_step(&mut out, 3) {}
-        out.sort();
-        out
-    }
-
-    /// Window contents and every timer (those in the fast path's buckets, and a bucket being
-    /// fired half-way) survive a snapshot and restore into a fresh operator, which then fires
-    /// exactly what the original would have.
-    #[test]
-    fn snapshot_and_restore_keep_contents_and_timers() {
-        for (assigner, lateness) in [
-            (WindowAssigner::tumbling_event_time(std::time::Duration::from_millis(100)), 0),
-            (
-                WindowAssigner::sliding_event_time(
-                    std::time::Duration::from_millis(100),
-                    std::time::Duration::from_millis(50),
-                ),
-                30,
-            ),
-            (WindowAssigner::event_time_session(std::time::Duration::from_millis(40)), 0),
-        ] {
-            let records: Vec<(u64, i64)> = (0..400u64).map(|i| (i % 7, (i * 37 % 1000) as i64)).collect();
-            let mut original = operator(assigner, lateness);
-            let mut input = records.clone();
-            let mut out = Vec::new();
-            original.process_batch(&mut input, &mut out);
-            // Half-fire a watermark so a bucket is in the middle of firing.
-            original.on_watermark(450, &mut out);
-            let _ = original.fire_step(&mut out, 5);
-            let (state, timers) = original.snapshot().unwrap();
-            let expected = fire_all(&mut original, i64::MAX);
-
-            let mut restored = operator(assigner, lateness);
-            restored.restore(&[state], &[timers]).unwrap();
-            restored.watermark = 450;
-            let got = fire_all(&mut restored, i64::MAX);
-            assert_eq!(got, expected, "{assigner:?}");
-            assert!(!got.is_empty());
-        }
     }
 }

@@ -335,8 +335,8 @@ impl<K: StateKey> KeyedStateBackend<K> {
     /// group at most once) restricted to this backend's key groups; key groups of other
     /// subtasks are ignored, which is how rescaling redistributes state. States not registered
     /// yet are loaded when they are registered. The snapshots must come from
-    /// [`snapshot`](Self::snapshot) of backends with the same types, kept in a trusted place:
-    /// their archives are checked by type name and checksum only, not validated.
+    /// [`snapshot`](Self::snapshot) of backends with the same types: their archives are checked
+    /// by type name and checksum and validated before they are read.
     ///
     /// Checks on kinds, types, checksums and key groups run before anything changes; if loading
     /// fails after that (an entry in the wrong key group), the backend is left empty.

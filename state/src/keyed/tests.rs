@@ -507,3 +507,33 @@ fn void_namespace_is_the_default_namespace_only_for_unit() {
     assert_eq!(<u32 as Namespace>::default_namespace(), None);
     assert_eq!(<(u32, u32) as Namespace>::default_namespace(), None);
 }
+
+#[test]
+fn value_snapshots_built_outside_a_backend_restore_into_one_and_back() {
+    let values: Vec<(u64, String)> = (0..300).map(|k| (k, format!("v{k}"))).collect();
+    let snapshot = KeyedStateSnapshot::of_values("sums", MAX_P, values.iter().map(|(k, v)| (k, v))).unwrap();
+    let mut b = backend();
+    let s = b.value_state::<(), String>(&ValueStateDescriptor::new("sums")).unwrap();
+    b.restore(std::slice::from_ref(&snapshot)).unwrap();
+    for (k, v) in &values {
+        b.set_current_key(*k);
+        assert_eq!(s.value().as_ref(), Some(v));
+    }
+    let full = KeyGroupRange { start: 0, end: MAX_P };
+    let written = b.snapshot().unwrap();
+    assert!(written.key_groups.iter().zip(&snapshot.key_groups).all(|(a, b)| a.key_group == b.key_group
+        && a.states[0].value_type == b.states[0].value_type
+        && a.states[0].kind == b.states[0].kind));
+    assert!(sorted(written.values::<u64, String>("sums", full).unwrap()) == values, "the backend's snapshot reads back");
+    let half = key_group_range(MAX_P, 2, 1);
+    let got: Vec<(u64, String)> = sorted(snapshot.values("sums", half).unwrap());
+    let want: Vec<(u64, String)> =
+        values.iter().filter(|(k, _)| half.contains(assign_key_group(k, MAX_P))).cloned().collect();
+    assert_eq!(got, want);
+    assert!(snapshot.values::<u64, u32>("sums", half).is_err(), "another value type");
+    let mut moved = snapshot.clone();
+    let (a, b) = (moved.key_groups[0].key_group, moved.key_groups[1].key_group);
+    moved.key_groups[0].key_group = b;
+    moved.key_groups[1].key_group = a;
+    assert!(moved.values::<u64, String>("sums", full).is_err(), "keys of another group");
+}

@@ -1,0 +1,226 @@
+//! The core every keyed operator shares — keyed process, keyed co-process and keyed broadcast,
+//! interval join, windows: the keyed state backend of the subtask's key groups, its timer
+//! service, the clocks ([`KeyedClock`]), firing due timers in steps, and the snapshot and
+//! restore of all of it, written once.
+//!
+//! A snapshot is two parts with [`PartLayout::KeyGroups`]: `keyed-state`, the framed archive of
+//! the backend's [`KeyedStateSnapshot`], and `timers`, that of the [`TimerSnapshot`]. Both are
+//! organised by key group, so a restore at another parallelism takes the parts of every old
+//! subtask whose key groups overlap its own and keeps only its key groups. Watermarks are not
+//! part of it (sources regenerate them; restored event-time timers fire when the watermark
+//! passes them again).
+
+use corestream_state::{
+    KeyedStateBackend, KeyedStateSnapshot, Namespace, StateKey, Timer, TimerService, TimerSnapshot,
+};
+
+use super::now_ms;
+use super::process::TimeDomain;
+use super::state_parts::{self, PartError};
+use crate::checkpoint::{OperatorStateParts, PartLayout};
+
+/// Name of the part holding a keyed operator's keyed state.
+pub(crate) const KEYED_STATE_PART: &str = "keyed-state";
+/// Name of the part holding a keyed operator's timers.
+pub(crate) const TIMERS_PART: &str = "timers";
+
+/// The clocks of a keyed operator with timers: its event time, the processing time of the batch
+/// or firing being handled (also the TTL clock of its keyed state), and the limits up to which
+/// due timers are fired in steps (`Operator::fire_step`).
+pub(crate) struct KeyedClock {
+    pub(crate) watermark: i64,
+    pub(crate) processing_time: i64,
+    /// Event-time timers up to this watermark are due.
+    pub(crate) event_until: Option<i64>,
+    /// Processing-time timers up to this time are due.
+    pub(crate) processing_until: Option<i64>,
+}
+
+impl KeyedClock {
+    pub(crate) fn new() -> Self {
+        Self { watermark: i64::MIN, processing_time: now_ms(), event_until: None, processing_until: None }
+    }
+
+    /// Event time advanced: timers up to `watermark` are due.
+    pub(crate) fn on_watermark<K: StateKey>(&mut self, watermark: i64, backend: &KeyedStateBackend<K>) {
+        self.watermark = watermark;
+        self.processing_time = now_ms();
+        backend.set_current_time(self.processing_time);
+        self.event_until = Some(watermark);
+    }
+
+    /// Processing time reached `now`: processing-time timers up to it are due.
+    pub(crate) fn on_processing_time<K: StateKey>(&mut self, now: i64, backend: &KeyedStateBackend<K>) {
+        self.processing_time = now;
+        backend.set_current_time(now);
+        self.processing_until = Some(now);
+    }
+
+    /// A new batch: reads the processing-time clock.
+    pub(crate) fn refresh<K: StateKey>(&mut self, backend: &KeyedStateBackend<K>) {
+        self.processing_time = now_ms();
+        backend.set_current_time(self.processing_time);
+    }
+
+    /// The next due timer, event time first; a limit is cleared once nothing more is due
+    /// under it.
+    pub(crate) fn next_due<K: StateKey, N: Namespace>(
+        &mut self,
+        timers: &mut TimerService<K, N>,
+    ) -> Option<(Timer<K, N>, TimeDomain)> {
+        if let Some(watermark) = self.event_until {
+            match timers.pop_event_timer(watermark) {
+                Some(t) => return Some((t, TimeDomain::EventTime)),
+                None => self.event_until = None,
+            }
+        }
+        if let Some(now) = self.processing_until {
+            match timers.pop_processing_timer(now) {
+                Some(t) => return Some((t, TimeDomain::ProcessingTime)),
+                None => self.processing_until = None,
+            }
+        }
+        None
+    }
+}
+
+/// Keyed state, timers and clocks of one keyed operator subtask.
+pub(crate) struct KeyedCore<K: StateKey, N: Namespace> {
+    pub(crate) backend: KeyedStateBackend<K>,
+    pub(crate) timers: TimerService<K, N>,
+    pub(crate) clock: KeyedClock,
+}
+
+impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
+    /// A core around `backend`, with timers for the same key groups.
+    pub(crate) fn new(backend: KeyedStateBackend<K>) -> Self {
+        let timers = TimerService::new(backend.max_parallelism(), backend.key_groups());
+        Self { backend, timers, clock: KeyedClock::new() }
+    }
+
+    pub(crate) fn on_watermark(&mut self, watermark: i64) {
+        self.clock.on_watermark(watermark, &self.backend);
+    }
+
+    pub(crate) fn on_processing_time(&mut self, now: i64) {
+        self.clock.on_processing_time(now, &self.backend);
+    }
+
+    /// A new batch: reads the processing-time clock.
+    pub(crate) fn refresh(&mut self) {
+        self.clock.refresh(&self.backend);
+    }
+
+    /// The earliest pending processing-time timer.
+    pub(crate) fn next_deadline(&self) -> Option<i64> {
+        self.timers.next_processing_time()
+    }
+
+    /// Fires due timers (event time first) through `fire` until about `max_records` records
+    /// were emitted; true when nothing due is left.
+    #[inline]
+    pub(crate) fn fire_step<O>(
+        &mut self,
+        out: &mut Vec<O>,
+        max_records: usize,
+        mut fire: impl FnMut(&mut Self, Timer<K, N>, TimeDomain, &mut Vec<O>),
+    ) -> bool {
+        let start = out.len();
+        while out.len() - start < max_records.max(1) {
+            match self.clock.next_due(&mut self.timers) {
+                Some((timer, domain)) => fire(self, timer, domain, out),
+                None => return true,
+            }
+        }
+        false
+    }
+
+    /// Adds the `keyed-state` and `timers` parts.
+    pub(crate) fn snapshot(&self, into: &mut OperatorStateParts) -> Result<(), PartError> {
+        self.snapshot_with(into, std::iter::empty(), std::iter::empty())
+    }
+
+    /// As [`snapshot`](Self::snapshot), with timers the operator keeps outside the timer service
+    /// (`(timestamp, key, namespace)` of event time, then processing time) in the `timers` part.
+    pub(crate) fn snapshot_with<'a>(
+        &'a self,
+        into: &mut OperatorStateParts,
+        extra_event: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
+        extra_processing: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
+    ) -> Result<(), PartError> {
+        let state = self.backend.snapshot().map_err(|e| PartError::state(KEYED_STATE_PART, e))?;
+        let timers =
+            self.timers.snapshot_with(extra_event, extra_processing).map_err(|e| PartError::state(TIMERS_PART, e))?;
+        state_parts::put(into, KEYED_STATE_PART, PartLayout::KeyGroups, &state)?;
+        state_parts::put(into, TIMERS_PART, PartLayout::KeyGroups, &timers)
+    }
+
+    /// Replaces keyed state and timers with those of `from` in this subtask's key groups (every
+    /// `keyed-state` and `timers` part is read, so parts of several old subtasks may be given
+    /// after a rescale). Every part is read and checked before anything changes.
+    pub(crate) fn restore(&mut self, from: &OperatorStateParts) -> Result<(), PartError> {
+        let states: Vec<KeyedStateSnapshot> = state_parts::get_all(from, KEYED_STATE_PART, PartLayout::KeyGroups)?;
+        let timers: Vec<TimerSnapshot> = state_parts::get_all(from, TIMERS_PART, PartLayout::KeyGroups)?;
+        self.backend.restore(&states).map_err(|e| PartError::state(KEYED_STATE_PART, e))?;
+        self.timers.restore(&timers).map_err(|e| PartError::state(TIMERS_PART, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corestream_state::{KeyGroupRange, StateBackendKind, ValueStateDescriptor};
+
+    fn core(range: KeyGroupRange) -> KeyedCore<u64, ()> {
+        KeyedCore::new(KeyedStateBackend::new(StateBackendKind::Heap, 128, range))
+    }
+
+    #[test]
+    fn state_and_timers_round_trip_and_split_by_key_group() {
+        let mut original = core(KeyGroupRange { start: 0, end: 128 });
+        let mut counts = original.backend.value_state::<(), u64>(&ValueStateDescriptor::new("count")).unwrap();
+        for key in 0..50u64 {
+            original.backend.set_current_key(key);
+            counts.update(key * 10);
+            original.timers.register_event_time_timer(key, (), key as i64);
+        }
+        let mut parts = OperatorStateParts::default();
+        original.snapshot(&mut parts).unwrap();
+
+        let halves = [KeyGroupRange { start: 0, end: 64 }, KeyGroupRange { start: 64, end: 128 }];
+        let mut fired = Vec::new();
+        for range in halves {
+            let mut restored = core(range);
+            let counts = restored.backend.value_state::<(), u64>(&ValueStateDescriptor::new("count")).unwrap();
+            restored.restore(&parts).unwrap();
+            restored.on_watermark(i64::MAX);
+            let mut out = Vec::new();
+            while !restored.fire_step(&mut out, 7, |core, timer, _, out| {
+                core.backend.set_current_key(timer.key);
+                out.push((timer.key, counts.value()));
+            }) {}
+            fired.extend(out);
+        }
+        fired.sort();
+        assert_eq!(fired, (0..50u64).map(|k| (k, Some(k * 10))).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_damaged_part_is_an_error_naming_it_and_changes_nothing() {
+        let mut original = core(KeyGroupRange { start: 0, end: 128 });
+        original.timers.register_processing_time_timer(3, (), 5);
+        let mut parts = OperatorStateParts::default();
+        original.snapshot(&mut parts).unwrap();
+        for (index, name) in [(0, KEYED_STATE_PART), (1, TIMERS_PART)] {
+            for at in 0..parts.parts[index].bytes.len() {
+                let mut damaged = parts.clone();
+                damaged.parts[index].bytes[at] ^= 0x40;
+                let mut restored = core(KeyGroupRange { start: 0, end: 128 });
+                restored.timers.register_event_time_timer(9, (), 9);
+                let err = restored.restore(&damaged).unwrap_err();
+                assert!(err.to_string().contains(&format!("'{name}'")), "byte {at}: {err}");
+                assert_eq!(restored.timers.num_event_time_timers(), 1, "nothing changed");
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! How an operator's state becomes named parts of a checkpoint ([`OperatorStateParts`]) and
+//! back. Every part's bytes are framed by [`corestream_state::part`] (magic, version, type,
+//! checksum, then an rkyv archive) and validated before they are read, so a damaged part is a
+//! [`PartError`] naming it, never a panic. A part name may occur more than once after a rescale
+//! (key-group parts of several old subtasks); readers take every occurrence.
+
+use corestream_netstack::Data;
+use corestream_state::{part, StateError};
+
+use crate::checkpoint::{OperatorStateParts, PartLayout};
+
+/// A state part that could not be written or read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartError {
+    #[error("state part '{part}': {cause}")]
+    State { part: String, cause: StateError },
+    #[error("state part '{part}' has layout {found:?}, expected {expected:?}; the checkpoint belongs to another job")]
+    Layout { part: String, found: PartLayout, expected: PartLayout },
+    #[error("state part '{part}' occurs {count} times, expected at most once")]
+    Repeated { part: String, count: usize },
+}
+
+impl PartError {
+    pub(crate) fn state(part: &str, cause: StateError) -> Self {
+        PartError::State { part: part.to_owned(), cause }
+    }
+}
+
+/// Adds the framed archive of `value` as part `name`.
+pub(crate) fn put<T: Data>(
+    into: &mut OperatorStateParts,
+    name: &str,
+    layout: PartLayout,
+    value: &T,
+) -> Result<(), PartError> {
+    let bytes = part::encode(value).map_err(|e| PartError::state(name, e))?;
+    into.push(name, layout, bytes);
+    Ok(())
+}
+
+/// Every occurrence of part `name` with layout `layout`, read back.
+pub(crate) fn get_all<T: Data>(
+    from: &OperatorStateParts,
+    name: &str,
+    layout: PartLayout,
+) -> Result<Vec<T>, PartError> {
+    from.parts
+        .iter()
+        .filter(|p| p.name == name)
+        .map(|p| {
+            if p.layout != layout {
+                return Err(PartError::Layout { part: name.to_owned(), found: p.layout, expected: layout });
+            }
+            part::decode::<T>(&p.bytes).map_err(|e| PartError::state(name, e))
+        })
+        .collect()
+}
+
+/// Part `name` (at most one occurrence), read back.
+pub(crate) fn get_one<T: Data>(
+    from: &OperatorStateParts,
+    name: &str,
+    layout: PartLayout,
+) -> Result<Option<T>, PartError> {
+    let mut all = get_all::<T>(from, name, layout)?;
+    match all.len() {
+        0 | 1 => Ok(all.pop()),
+        count => Err(PartError::Repeated { part: name.to_owned(), count }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_round_trip_and_damage_names_the_part() {
+        let mut parts = OperatorStateParts::default();
+        put(&mut parts, "numbers", PartLayout::Subtask, &vec![1u64, 2, 3]).unwrap();
+        assert_eq!(get_one::<Vec<u64>>(&parts, "numbers", PartLayout::Subtask).unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(get_one::<Vec<u64>>(&parts, "other", PartLayout::Subtask).unwrap(), None);
+        let err = get_one::<Vec<u64>>(&parts, "numbers", PartLayout::Broadcast).unwrap_err();
+        assert!(matches!(err, PartError::Layout { .. }), "{err}");
+        put(&mut parts, "numbers", PartLayout::Subtask, &vec![4u64]).unwrap();
+        assert!(matches!(
+            get_one::<Vec<u64>>(&parts, "numbers", PartLayout::Subtask),
+            Err(PartError::Repeated { count: 2, .. })
+        ));
+        assert_eq!(get_all::<Vec<u64>>(&parts, "numbers", PartLayout::Subtask).unwrap(), vec![vec![1, 2, 3], vec![4]]);
+        parts.parts[0].bytes[30] ^= 1;
+        let err = get_all::<Vec<u64>>(&parts, "numbers", PartLayout::Subtask).unwrap_err();
+        assert!(err.to_string().starts_with("state part 'numbers'"), "{err}");
+    }
+}
