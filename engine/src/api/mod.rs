@@ -10,6 +10,7 @@ pub mod process;
 pub mod sinks;
 pub mod skips;
 pub mod sources;
+pub(crate) mod source_rate;
 pub mod stream;
 mod stream_lines;
 pub mod time;

@@ -13,8 +13,9 @@ use corestream_netstack::{Data, Doorbell, OutputChannel};
 use super::job::JobShared;
 use super::metrics::TaskCounters;
 use super::output::NetworkOutput;
-use crate::api::sources::{Source, SourceContext, SourceStatus};
-use crate::checkpoint::{CheckpointId, TaskSnapshot};
+use crate::api::source_rate::{Grant, TokenBucket};
+use crate::api::sources::{Rewind, Source, SourceContext, SourceStatus};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, PartLayout, TaskSnapshot};
 use crate::config::RuntimeMode;
 use crate::error::TaskError;
 use crate::graph::Partitioning;
@@ -134,6 +135,22 @@ pub(crate) trait TaskSource {
 /// when the job is submitted (sources are declared before the environment's settings are final).
 pub(crate) type LatencyInterval = Arc<std::sync::OnceLock<Option<std::time::Duration>>>;
 
+/// Settings of an environment's sources, fixed when the job is submitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SourceSettings {
+    /// Records per second per source subtask (`None`: as fast as the job takes them).
+    pub rate: Option<u64>,
+    /// Sources that cannot rewind may take part in checkpoints, giving at most once.
+    pub allow_at_most_once: bool,
+}
+
+/// The [`SourceSettings`] of an environment, shared by its source nodes and set when the job
+/// is submitted.
+pub(crate) type SourceSettingsCell = Arc<std::sync::OnceLock<SourceSettings>>;
+
+/// The name of a source's position among its node's state parts.
+pub(crate) const POSITION_PART: &str = "position";
+
 /// A graph node, type-erased.
 pub(crate) trait NodeRuntime: Send + Sync {
     /// Wraps the successor (`Box<dyn Emit<Out>>`) and returns `Box<dyn Emit<In>>`.
@@ -150,6 +167,11 @@ pub(crate) trait NodeRuntime: Send + Sync {
     /// The check every buffer for this node's input must pass when it arrives from another
     /// process (the node heads a task fed by an exchange).
     fn validator(&self) -> BufferValidator;
+    /// For a source node, whether it can rewind to a checkpoint's position; `None` for other
+    /// nodes.
+    fn source_rewind(&self) -> Option<Rewind> {
+        None
+    }
 }
 
 fn downcast<T: 'static>(b: AnyBox, what: &str) -> T {
@@ -185,8 +207,13 @@ pub(crate) type SourceFactory<T> = dyn Fn(&SourceContext) -> Result<Box<dyn Sour
 pub(crate) struct SourceNodeRt<T: Data> {
     pub factory: Arc<SourceFactory<T>>,
     pub latency_interval: LatencyInterval,
+    pub settings: SourceSettingsCell,
+    pub rewind: Rewind,
 }
 
+/// Runs a source subtask: its steps (throttled by a token bucket when the environment set a
+/// source rate: one clock read per step) and its part of checkpoints (its position, as the
+/// part [`POSITION_PART`] of its node with the layout `Subtask`, then its chain's state).
 struct SourceRunner<T: Data> {
     source: Box<dyn Source<T>>,
     batch: Vec<T>,
@@ -194,12 +221,31 @@ struct SourceRunner<T: Data> {
     metrics: Arc<OperatorMetrics>,
     node: usize,
     latency_markers: Option<(std::time::Duration, u32)>,
+    rate: Option<TokenBucket>,
+    rewind: Rewind,
+    allow_at_most_once: bool,
+}
+
+impl<T: Data> SourceRunner<T> {
+    fn checkpoint_error(&self, message: String) -> TaskError {
+        TaskError::Checkpoint { node: Some(self.node), message }
+    }
 }
 
 impl<T: Data> TaskSource for SourceRunner<T> {
     fn step(&mut self, max_records: usize) -> Result<SourceStatus, TaskError> {
         enter_node(self.node);
+        let max_records = match &mut self.rate {
+            None => max_records,
+            Some(bucket) => match bucket.grant(std::time::Instant::now(), max_records) {
+                Grant::Take(n) => n,
+                Grant::WaitUntil(at) => return Ok(SourceStatus::IdleUntil(at)),
+            },
+        };
         let status = self.source.next_batch(&mut self.batch, max_records)?;
+        if let Some(bucket) = &mut self.rate {
+            bucket.spend(self.batch.len());
+        }
         self.metrics.add(0, self.batch.len());
         if !self.batch.is_empty() {
             self.chain.emit_batch(&mut self.batch)?;
@@ -213,6 +259,53 @@ impl<T: Data> TaskSource for SourceRunner<T> {
 
     fn latency_markers(&self) -> Option<(std::time::Duration, u32)> {
         self.latency_markers
+    }
+
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        enter_node(self.node);
+        match self.rewind {
+            Rewind::Yes => {
+                let position = self
+                    .source
+                    .snapshot_position()
+                    .map_err(|e| self.checkpoint_error(format!("cannot record the source's position: {e}")))?;
+                let mut parts = OperatorStateParts::default();
+                parts.push(POSITION_PART, PartLayout::Subtask, position);
+                into.put_node(self.node, parts);
+            }
+            Rewind::No { .. } if self.allow_at_most_once => {}
+            Rewind::No { guarantee } => {
+                return Err(self.checkpoint_error(format!(
+                    "this source cannot rewind to a checkpoint's position ({guarantee}); a job with checkpoints \
+                     needs sources that can, or StreamEnvironment::allow_at_most_once_sources to accept that"
+                )))
+            }
+        }
+        self.chain.snapshot_state(checkpoint, into)
+    }
+
+    fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {
+        enter_node(self.node);
+        let part = from.node(self.node).and_then(|parts| parts.get(POSITION_PART));
+        match (self.rewind, part) {
+            (Rewind::Yes, Some(part)) if part.layout == PartLayout::Subtask => {
+                self.source
+                    .restore_position(&part.bytes)
+                    .map_err(|e| self.checkpoint_error(format!("cannot go back to the checkpoint's position: {e}")))?;
+            }
+            (Rewind::Yes, Some(part)) => {
+                return Err(self.checkpoint_error(format!(
+                    "the checkpoint's source position has the layout {:?}, not Subtask",
+                    part.layout
+                )))
+            }
+            (Rewind::Yes, None) => {
+                return Err(self
+                    .checkpoint_error("the checkpoint holds no position for this source subtask".to_string()))
+            }
+            (Rewind::No { .. }, _) => {}
+        }
+        self.chain.restore_state(from)
     }
 }
 
@@ -245,6 +338,7 @@ impl<T: Data> NodeRuntime for SourceNodeRt<T> {
         enter_node(ctx.node);
         let source = (self.factory)(&sctx)?;
         let latency_markers = self.latency_interval.get().copied().flatten().map(|interval| (interval, ctx.subtask));
+        let settings = self.settings.get().copied().unwrap_or_default();
         Ok(Box::new(SourceRunner {
             source,
             batch: Vec::new(),
@@ -252,11 +346,18 @@ impl<T: Data> NodeRuntime for SourceNodeRt<T> {
             metrics: ctx.metrics.clone(),
             node: ctx.node,
             latency_markers,
+            rate: settings.rate.map(|rate| TokenBucket::new(rate, std::time::Instant::now())),
+            rewind: self.rewind,
+            allow_at_most_once: settings.allow_at_most_once,
         }))
     }
 
     fn validator(&self) -> BufferValidator {
         panic!("internal error: a source has no exchange input to validate")
+    }
+
+    fn source_rewind(&self) -> Option<Rewind> {
+        Some(self.rewind)
     }
 }
 
