@@ -3,6 +3,11 @@
 //! chain; a sink that cannot take more right now reports it through `poll_ready`, and the task
 //! stops feeding it until it can. The sink link also ends latency markers: it records each
 //! marker's age in its operator's histogram of the marker's source subtask.
+//!
+//! In a job with checkpoints the sink link passes the checkpoint hooks to its sink: the
+//! snapshot (bytes the sink keeps as its subtask's state, the part [`SINK_STATE_PART`] with the
+//! layout `Subtask`), the restore before any input, and the completion or abortion of a
+//! checkpoint. Two-phase-commit sinks ([`crate::api::two_phase`]) are built on these.
 
 use std::collections::VecDeque;
 use std::fmt::{Debug, Display};
@@ -16,6 +21,7 @@ use corestream_netstack::record::deserialize;
 use corestream_netstack::{Data, Doorbell, Event, RecordIter};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+use crate::checkpoint::{CheckpointId, CheckpointNotice, OperatorStateParts, PartLayout, TaskSnapshot};
 use crate::error::TaskError;
 use crate::fs::{AtomicFile, OutputError};
 use crate::operators::{enter_node, monotonic_ns, Control, Emit, OperatorMetrics, Readiness};
@@ -76,7 +82,29 @@ pub trait Sink<T: Data>: 'static {
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// The synchronous part of checkpoint `checkpoint`, between two batches: what this subtask
+    /// must get back if the job is restored from it (`None`: nothing). A failure fails the
+    /// checkpoint.
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId) -> Result<Option<Vec<u8>>, SinkError> {
+        Ok(None)
+    }
+
+    /// Before any input of a job restored from a checkpoint: the bytes this subtask's
+    /// `snapshot_state` returned for it (not called when it returned `None`).
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// A checkpoint completed (its state is durable and will be restored after a failure) or
+    /// was aborted.
+    fn notify_checkpoint(&mut self, _notice: CheckpointNotice) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
+
+/// The name of a sink's state among its node's state parts.
+pub(crate) const SINK_STATE_PART: &str = "sink";
 
 /// A sink as the last link of a chain.
 pub(crate) struct SinkLink<T: Data, S: Sink<T>> {
@@ -89,6 +117,10 @@ pub(crate) struct SinkLink<T: Data, S: Sink<T>> {
 impl<T: Data, S: Sink<T>> SinkLink<T, S> {
     fn fail(&self, e: SinkError) -> TaskError {
         TaskError::User { node: self.node, message: e.to_string() }
+    }
+
+    fn checkpoint_error(&self, what: &str, e: SinkError) -> TaskError {
+        TaskError::Checkpoint { node: Some(self.node), message: format!("{what}: {e}") }
     }
 }
 
@@ -113,6 +145,42 @@ impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
     fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
         enter_node(self.node);
         Ok(if self.sink.poll_ready() { Readiness::Ready } else { Readiness::Blocked })
+    }
+
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        enter_node(self.node);
+        let state = self
+            .sink
+            .snapshot_state(checkpoint)
+            .map_err(|e| self.checkpoint_error(&format!("the sink could not take its part of checkpoint {checkpoint}"), e))?;
+        if let Some(bytes) = state {
+            let mut parts = OperatorStateParts::default();
+            parts.push(SINK_STATE_PART, PartLayout::Subtask, bytes);
+            into.put_node(self.node, parts);
+        }
+        Ok(())
+    }
+
+    fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {
+        enter_node(self.node);
+        let Some(part) = from.node(self.node).and_then(|parts| parts.get(SINK_STATE_PART)) else { return Ok(()) };
+        if part.layout != PartLayout::Subtask {
+            return Err(TaskError::Checkpoint {
+                node: Some(self.node),
+                message: format!("the checkpoint's sink state has the layout {:?}, not Subtask", part.layout),
+            });
+        }
+        self.sink.restore_state(&part.bytes).map_err(|e| self.checkpoint_error("the sink could not restore its state", e))
+    }
+
+    fn notify_checkpoint(&mut self, notice: CheckpointNotice) -> Result<(), TaskError> {
+        enter_node(self.node);
+        self.sink.notify_checkpoint(notice).map_err(|e| match notice {
+            CheckpointNotice::Complete(id) => self.checkpoint_error(&format!("the sink could not commit checkpoint {id}"), e),
+            CheckpointNotice::Aborted(id) => {
+                self.checkpoint_error(&format!("the sink could not abort checkpoint {id}"), e)
+            }
+        })
     }
 }
 

@@ -41,6 +41,7 @@ impl TokenBucket {
         Self { rate, burst, units: burst as u128 * UNITS_PER_TOKEN, last: now }
     }
 
+    #[cfg(test)]
     pub(crate) fn burst(&self) -> u64 {
         self.burst
     }
