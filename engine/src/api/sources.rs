@@ -731,3 +731,6 @@ impl<T> Drop for SourceSender<T> {
         self.ring();
     }
 }
+
+#[cfg(test)]
+mod tests;

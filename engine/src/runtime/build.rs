@@ -400,3 +400,97 @@ impl<I: Data, O: Data> NodeRuntime for OperatorNodeRt<I, O> {
         validate_buffer::<I>
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::api::sources::{ChannelSource, GeneratorSource};
+    use crate::operators::NullEmit;
+
+    fn runner(source: Box<dyn Source<u64>>, rewind: Rewind, allow_at_most_once: bool) -> SourceRunner<u64> {
+        SourceRunner {
+            source,
+            batch: Vec::new(),
+            chain: Box::new(NullEmit),
+            metrics: Arc::new(OperatorMetrics::default()),
+            node: 4,
+            latency_markers: None,
+            rate: None,
+            rewind,
+            allow_at_most_once,
+        }
+    }
+
+    fn sequence() -> Box<dyn Source<u64>> {
+        Box::new(GeneratorSource::split(Arc::new(|i: u64| i), 100, 0, 1))
+    }
+
+    fn emitted(r: &SourceRunner<u64>) -> u64 {
+        r.metrics.records_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn checkpoint_message(e: TaskError) -> String {
+        match e {
+            TaskError::Checkpoint { node: Some(4), message } => message,
+            other => panic!("expected a checkpoint error of node 4, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_position_is_the_source_nodes_subtask_part_and_restores_where_it_was() {
+        let mut first = runner(sequence(), Rewind::Yes, false);
+        first.step(30).unwrap();
+        let mut snapshot = TaskSnapshot::default();
+        first.snapshot_state(7, &mut snapshot).unwrap();
+        let part = snapshot.node(4).and_then(|p| p.get(POSITION_PART)).expect("position part");
+        assert_eq!(part.layout, PartLayout::Subtask);
+
+        let mut second = runner(sequence(), Rewind::Yes, false);
+        second.restore_state(&snapshot).unwrap();
+        while second.step(1000).unwrap() != SourceStatus::Finished {}
+        assert_eq!(emitted(&second), 70, "the records after the position, once");
+    }
+
+    #[test]
+    fn a_rewindable_source_without_a_position_in_the_checkpoint_fails_its_restore() {
+        let mut r = runner(sequence(), Rewind::Yes, false);
+        let message = checkpoint_message(r.restore_state(&TaskSnapshot::default()).unwrap_err());
+        assert!(message.contains("no position"), "{message}");
+    }
+
+    #[test]
+    fn a_source_that_cannot_rewind_fails_the_checkpoint_unless_at_most_once_is_accepted() {
+        let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        let mut refused = runner(Box::new(ChannelSource { rx }), Rewind::CHANNEL, false);
+        let message = checkpoint_message(refused.snapshot_state(1, &mut TaskSnapshot::default()).unwrap_err());
+        assert!(message.contains("cannot rewind") && message.contains("at most once"), "{message}");
+
+        let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        let mut accepted = runner(Box::new(ChannelSource { rx }), Rewind::CHANNEL, true);
+        let mut snapshot = TaskSnapshot::default();
+        accepted.snapshot_state(1, &mut snapshot).unwrap();
+        assert!(snapshot.node(4).is_none(), "no position is written");
+        accepted.restore_state(&snapshot).unwrap();
+    }
+
+    #[test]
+    fn a_throttled_source_emits_what_its_bucket_grants_and_otherwise_names_when_to_call_again() {
+        let mut r = runner(sequence(), Rewind::Yes, false);
+        // A bucket of 1 record per second whose only token is spent, with its clock ahead of
+        // now: no token accrues during the test, whatever the machine's speed.
+        let mut bucket = TokenBucket::new(1, Instant::now() + Duration::from_secs(3600));
+        bucket.spend(1);
+        r.rate = Some(bucket);
+        assert!(matches!(r.step(1024).unwrap(), SourceStatus::IdleUntil(_)));
+        assert_eq!(emitted(&r), 0);
+
+        let mut r = runner(sequence(), Rewind::Yes, false);
+        r.rate = Some(TokenBucket::new(200, Instant::now() + Duration::from_secs(3600)));
+        assert_eq!(r.step(1024).unwrap(), SourceStatus::More);
+        assert_eq!(emitted(&r), 10, "a full bucket holds a twentieth of a second's records");
+        assert!(matches!(r.step(1024).unwrap(), SourceStatus::IdleUntil(_)));
+        assert_eq!(emitted(&r), 10);
+    }
+}
