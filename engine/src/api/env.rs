@@ -125,7 +125,8 @@ impl StreamEnvironment {
     pub(crate) fn check_sources_rewind(&self) -> Result<(), JobError> {
         let graph = self.graph.borrow();
         let sources = graph.nodes.iter().filter_map(|n| Some((n.name.as_str(), n.runtime.source_rewind()?)));
-        sources_rewind_problem(sources, self.sources.allow_at_most_once).map_or(Ok(()), |m| Err(JobError::InvalidJob(m)))
+        sources_rewind_problem(sources, self.sources.allow_at_most_once)
+            .map_or(Ok(()), |m| Err(JobError::InvalidJob(m)))
     }
 
     /// Checks the source settings and hands them to the source nodes.

@@ -92,7 +92,9 @@ pub enum FileSinkError {
         #[source]
         source: io::Error,
     },
-    #[error("subtask {subtask} of the file sink in '{dir}' has written {SEQ_LIMIT} parts, as many as names can number")]
+    #[error(
+        "subtask {subtask} of the file sink in '{dir}' has written {SEQ_LIMIT} parts, as many as names can number"
+    )]
     TooManyParts { dir: PathBuf, subtask: u32 },
     #[error(
         "part '{path}' was pre-committed but is neither pending nor committed: something removed it from the \
@@ -175,7 +177,8 @@ impl FileSink {
     }
 
     fn list(&self) -> Result<Vec<PartName>, FileSinkError> {
-        let names = self.fs.list(&self.dir).map_err(|e| FileSinkError::io("cannot list the output directory", &self.dir, e))?;
+        let names =
+            self.fs.list(&self.dir).map_err(|e| FileSinkError::io("cannot list the output directory", &self.dir, e))?;
         Ok(parse_listing(&names))
     }
 
@@ -333,7 +336,10 @@ impl FileCommitter {
         }
         let seqs: Vec<u64> = parts.iter().map(|p| p.seq).collect();
         if seqs.contains(&0) {
-            let names = self.fs.list(&self.dir).map_err(|e| FileSinkError::io("cannot list the output directory", &self.dir, e))?;
+            let names = self
+                .fs
+                .list(&self.dir)
+                .map_err(|e| FileSinkError::io("cannot list the output directory", &self.dir, e))?;
             for p in replaced_by_commit(&parse_listing(&names), self.subtask, self.parallelism, &seqs) {
                 let path = self.dir.join(p.file_name());
                 self.fs.remove(&path).map_err(|e| FileSinkError::io("cannot delete the earlier part", &path, e))?;

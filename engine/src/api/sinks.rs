@@ -149,10 +149,9 @@ impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
 
     fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
         enter_node(self.node);
-        let state = self
-            .sink
-            .snapshot_state(checkpoint)
-            .map_err(|e| self.checkpoint_error(&format!("the sink could not take its part of checkpoint {checkpoint}"), e))?;
+        let state = self.sink.snapshot_state(checkpoint).map_err(|e| {
+            self.checkpoint_error(&format!("the sink could not take its part of checkpoint {checkpoint}"), e)
+        })?;
         if let Some(bytes) = state {
             let mut parts = OperatorStateParts::default();
             parts.push(SINK_STATE_PART, PartLayout::Subtask, bytes);
@@ -170,13 +169,17 @@ impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
                 message: format!("the checkpoint's sink state has the layout {:?}, not Subtask", part.layout),
             });
         }
-        self.sink.restore_state(&part.bytes).map_err(|e| self.checkpoint_error("the sink could not restore its state", e))
+        self.sink
+            .restore_state(&part.bytes)
+            .map_err(|e| self.checkpoint_error("the sink could not restore its state", e))
     }
 
     fn notify_checkpoint(&mut self, notice: CheckpointNotice) -> Result<(), TaskError> {
         enter_node(self.node);
         self.sink.notify_checkpoint(notice).map_err(|e| match notice {
-            CheckpointNotice::Complete(id) => self.checkpoint_error(&format!("the sink could not commit checkpoint {id}"), e),
+            CheckpointNotice::Complete(id) => {
+                self.checkpoint_error(&format!("the sink could not commit checkpoint {id}"), e)
+            }
             CheckpointNotice::Aborted(id) => {
                 self.checkpoint_error(&format!("the sink could not abort checkpoint {id}"), e)
             }
@@ -476,5 +479,85 @@ impl<T> Drop for CollectStream<T> {
     fn drop(&mut self) {
         // Sinks waiting for room must learn that nobody reads any more.
         self.shared.ring_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// Keeps the number of records it took as its state, and records what it was told.
+    #[derive(Default)]
+    struct Counting {
+        records: u64,
+        fail_snapshot: bool,
+        heard: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Sink<u64> for Counting {
+        fn write_batch(&mut self, batch: &mut Vec<u64>) -> Result<(), SinkError> {
+            self.records += batch.len() as u64;
+            batch.clear();
+            Ok(())
+        }
+
+        fn snapshot_state(&mut self, checkpoint: CheckpointId) -> Result<Option<Vec<u8>>, SinkError> {
+            if self.fail_snapshot {
+                return Err("disk full".into());
+            }
+            self.heard.borrow_mut().push(format!("snapshot {checkpoint}"));
+            Ok((self.records > 0).then(|| self.records.to_le_bytes().to_vec()))
+        }
+
+        fn restore_state(&mut self, state: &[u8]) -> Result<(), SinkError> {
+            self.records = u64::from_le_bytes(state.try_into().map_err(|_| "not a count")?);
+            self.heard.borrow_mut().push(format!("restore {}", self.records));
+            Ok(())
+        }
+
+        fn notify_checkpoint(&mut self, notice: CheckpointNotice) -> Result<(), SinkError> {
+            self.heard.borrow_mut().push(format!("{notice:?}"));
+            Ok(())
+        }
+    }
+
+    fn link(sink: Counting) -> SinkLink<u64, Counting> {
+        SinkLink { sink, scratch: Vec::new(), metrics: Arc::new(OperatorMetrics::default()), node: 3 }
+    }
+
+    #[test]
+    fn the_sink_link_passes_the_checkpoint_hooks_to_its_sink() {
+        let heard = Rc::new(RefCell::new(Vec::new()));
+        let mut first = link(Counting { heard: heard.clone(), ..Default::default() });
+        let mut empty = TaskSnapshot::default();
+        first.snapshot_state(1, &mut empty).unwrap();
+        assert!(empty.is_empty(), "a sink without state adds nothing");
+        first.emit_batch(&mut vec![1, 2, 3]).unwrap();
+        let mut snapshot = TaskSnapshot::default();
+        first.snapshot_state(2, &mut snapshot).unwrap();
+        let part = snapshot.node(3).and_then(|p| p.get(SINK_STATE_PART)).expect("the sink's part");
+        assert_eq!(part.layout, PartLayout::Subtask);
+        first.notify_checkpoint(CheckpointNotice::Complete(2)).unwrap();
+        first.notify_checkpoint(CheckpointNotice::Aborted(3)).unwrap();
+
+        let mut second = link(Counting { heard: heard.clone(), ..Default::default() });
+        second.restore_state(&snapshot).unwrap();
+        assert_eq!(second.sink.records, 3);
+        second.restore_state(&TaskSnapshot::default()).unwrap();
+        assert_eq!(*heard.borrow(), ["snapshot 1", "snapshot 2", "Complete(2)", "Aborted(3)", "restore 3"]);
+    }
+
+    #[test]
+    fn a_failed_sink_snapshot_is_a_checkpoint_error_naming_the_node() {
+        let mut failing = link(Counting { fail_snapshot: true, ..Default::default() });
+        match failing.snapshot_state(5, &mut TaskSnapshot::default()) {
+            Err(TaskError::Checkpoint { node: Some(3), message }) => {
+                assert!(message.contains("checkpoint 5") && message.contains("disk full"), "{message}")
+            }
+            other => panic!("expected a checkpoint error, got {other:?}"),
+        }
     }
 }

@@ -49,7 +49,9 @@ pub(crate) enum PositionError {
 pub(crate) enum Rewind {
     Yes,
     /// It cannot; `guarantee` says what a job restored from a checkpoint gets from it.
-    No { guarantee: &'static str },
+    No {
+        guarantee: &'static str,
+    },
 }
 
 const CHANNEL_GUARANTEE: &str = "at most once: the records the host sent that the source took after the restored \
@@ -564,7 +566,10 @@ impl Source<String> for FileLinesSource {
     /// so far (so the warnings of a restored job count every skipped line).
     fn snapshot_position(&mut self) -> Result<Vec<u8>, PositionError> {
         let Lines::File(reader) = &self.lines else {
-            return Err(PositionError::Invalid(format!("'{}' is not a regular file: {STREAM_GUARANTEE}", self.path.display())));
+            return Err(PositionError::Invalid(format!(
+                "'{}' is not a regular file: {STREAM_GUARANTEE}",
+                self.path.display()
+            )));
         };
         let [ic, if1] = self.invalid.fields();
         let [tc, tf1] = self.too_long.fields();
@@ -577,13 +582,20 @@ impl Source<String> for FileLinesSource {
         let [offset, end, ic, if1, tc, tf1] = decode_position(position, TEXT_FILE_TAG, "text file")?;
         let path = &self.path;
         let Lines::File(reader) = &mut self.lines else {
-            return Err(PositionError::Invalid(format!("'{}' is not a regular file: {STREAM_GUARANTEE}", path.display())));
+            return Err(PositionError::Invalid(format!(
+                "'{}' is not a regular file: {STREAM_GUARANTEE}",
+                path.display()
+            )));
         };
         let len = reader
             .get_ref()
             .get_ref()
             .metadata()
-            .map_err(|cause| PositionError::Io { what: "cannot read metadata of input file", path: path.clone(), cause })?
+            .map_err(|cause| PositionError::Io {
+                what: "cannot read metadata of input file",
+                path: path.clone(),
+                cause,
+            })?
             .len();
         if len < offset {
             return Err(PositionError::Invalid(format!(
@@ -592,9 +604,11 @@ impl Source<String> for FileLinesSource {
                 path.display()
             )));
         }
-        reader
-            .seek(offset)
-            .map_err(|cause| PositionError::Io { what: "cannot seek in input file", path: path.clone(), cause })?;
+        reader.seek(offset).map_err(|cause| PositionError::Io {
+            what: "cannot seek in input file",
+            path: path.clone(),
+            cause,
+        })?;
         self.end = end;
         self.invalid = Skipped::from_fields(ic, if1);
         self.too_long = Skipped::from_fields(tc, tf1);

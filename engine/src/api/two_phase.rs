@@ -378,7 +378,9 @@ mod tests {
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode_state::<u64>(&huge), Err(TwoPhaseStateError::Malformed("number of committables"))));
         assert!(matches!(
-            decode_state::<u64>(&encode_state(b"", &Pending { checkpoints: vec![4], committables: vec!["x"] }).unwrap()),
+            decode_state::<u64>(
+                &encode_state(b"", &Pending { checkpoints: vec![4], committables: vec!["x"] }).unwrap()
+            ),
             Err(TwoPhaseStateError::Committable { checkpoint: 4, .. })
         ));
     }

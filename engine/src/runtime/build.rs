@@ -300,8 +300,9 @@ impl<T: Data> TaskSource for SourceRunner<T> {
                 )))
             }
             (Rewind::Yes, None) => {
-                return Err(self
-                    .checkpoint_error("the checkpoint holds no position for this source subtask".to_string()))
+                return Err(
+                    self.checkpoint_error("the checkpoint holds no position for this source subtask".to_string())
+                )
             }
             (Rewind::No { .. }, _) => {}
         }

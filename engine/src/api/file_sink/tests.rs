@@ -354,7 +354,13 @@ fn without_checkpoints_each_subtask_writes_one_part_at_the_end_even_when_empty()
     s1.finish().unwrap();
     assert!(h.visible_names().is_empty(), "staged, not committed");
     h.commit_staged();
-    assert_eq!(h.files(), [("part-0-0000000000".to_string(), "0\n1\n2\n3\n".to_string()), ("part-1-0000000000".to_string(), String::new())]);
+    assert_eq!(
+        h.files(),
+        [
+            ("part-0-0000000000".to_string(), "0\n1\n2\n3\n".to_string()),
+            ("part-1-0000000000".to_string(), String::new())
+        ]
+    );
 }
 
 #[test]

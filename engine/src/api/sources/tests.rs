@@ -116,7 +116,10 @@ fn text_file_positions_round_trip_in_every_split() {
     let file = text_file();
     for parallelism in [1, 3] {
         for subtask in 0..parallelism {
-            let make = || FileLinesSource::open(file.path(), TEST_OPTIONS, TextSplit::ByteRange, &context(subtask, parallelism)).unwrap();
+            let make = || {
+                FileLinesSource::open(file.path(), TEST_OPTIONS, TextSplit::ByteRange, &context(subtask, parallelism))
+                    .unwrap()
+            };
             let n = read_all(&mut make(), 16, usize::MAX).len();
             round_trips(make, &ks(n), 16, usize::MAX);
         }
@@ -137,7 +140,10 @@ fn a_restored_text_source_counts_the_lines_it_skipped_before_the_checkpoint() {
     read_all(&mut second, 16, usize::MAX);
     assert!(whole.invalid.count > 0 && whole.too_long.count > 0);
     assert_eq!((second.invalid.count, second.invalid.first_offset), (whole.invalid.count, whole.invalid.first_offset));
-    assert_eq!((second.too_long.count, second.too_long.first_offset), (whole.too_long.count, whole.too_long.first_offset));
+    assert_eq!(
+        (second.too_long.count, second.too_long.first_offset),
+        (whole.too_long.count, whole.too_long.first_offset)
+    );
 }
 
 #[test]
@@ -202,6 +208,7 @@ fn a_job_with_sources_that_cannot_rewind_is_refused_unless_accepted() {
     assert!(problem.contains("allow_at_most_once_sources"), "{problem}");
     assert_eq!(sources_rewind_problem(sources, true), None);
     assert_eq!(sources_rewind_problem([("Source: text file", Rewind::of_text(TextSplit::ByteRange))], false), None);
-    let stream = sources_rewind_problem([("a", Rewind::of_text(TextSplit::Whole)), ("b", Rewind::CHANNEL)], false).unwrap();
+    let stream =
+        sources_rewind_problem([("a", Rewind::of_text(TextSplit::Whole)), ("b", Rewind::CHANNEL)], false).unwrap();
     assert!(stream.contains("these sources") && stream.contains("'a'") && stream.contains("'b'"), "{stream}");
 }
