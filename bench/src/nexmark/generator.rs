@@ -161,7 +161,7 @@ impl SourceFunction<Event> for NexmarkSource {
             }
             _ => return Err(format!("not a Nexmark source's position ({} bytes)", position.len()).into()),
         };
-        if offset < self.first || (offset - self.first) % self.step != 0 {
+        if offset < self.first || !(offset - self.first).is_multiple_of(self.step) {
             return Err(format!(
                 "Nexmark event {offset} is not in this subtask's share (from {}, every {}): the parallelism changed",
                 self.first, self.step

@@ -273,7 +273,7 @@ impl<T: Data, F: Fn(u64) -> T + 'static> Source<T> for GeneratorSource<F> {
 
     fn restore_position(&mut self, position: &[u8]) -> Result<(), PositionError> {
         let [next, end, step] = decode_position(position, GENERATOR_TAG, "generator")?;
-        if end != self.end || step != self.step || next < self.first || (next - self.first) % step != 0 {
+        if end != self.end || step != self.step || next < self.first || !(next - self.first).is_multiple_of(step) {
             return Err(PositionError::Invalid(format!(
                 "the checkpoint's position (index {next} of a split ending at {end}, step {step}) is not in this \
                  subtask's split (from {} to {}, step {}): the sequence or the parallelism changed",

@@ -304,7 +304,14 @@ impl<T: Data> TaskSource for SourceRunner<T> {
                     self.checkpoint_error("the checkpoint holds no position for this source subtask".to_string())
                 )
             }
-            (Rewind::No { .. }, _) => {}
+            (Rewind::No { guarantee }, Some(_)) => {
+                // The run that took the checkpoint could rewind this source (a regular file that
+                // is now a stream, say); reading it from its start would repeat records.
+                return Err(self.checkpoint_error(format!(
+                    "the checkpoint holds a position for this source, but it can no longer rewind ({guarantee})"
+                )));
+            }
+            (Rewind::No { .. }, None) => {}
         }
         self.chain.restore_state(from)
     }
@@ -474,6 +481,13 @@ mod tests {
         accepted.snapshot_state(1, &mut snapshot).unwrap();
         assert!(snapshot.node(4).is_none(), "no position is written");
         accepted.restore_state(&snapshot).unwrap();
+
+        let mut with_position = TaskSnapshot::default();
+        runner(sequence(), Rewind::Yes, false).snapshot_state(1, &mut with_position).unwrap();
+        let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        let mut changed = runner(Box::new(ChannelSource { rx }), Rewind::CHANNEL, true);
+        let message = checkpoint_message(changed.restore_state(&with_position).unwrap_err());
+        assert!(message.contains("can no longer rewind"), "{message}");
     }
 
     #[test]
