@@ -123,6 +123,7 @@ pub mod time;
 pub mod windows;
 
 pub use api::env::StreamEnvironment;
+pub use api::file_sink::{FileSinkMode, FileSinkOptions};
 pub use api::join::{
     BroadcastConnectedStream, ConnectedStreams, IntervalJoin, JoinBuilder, JoinEqual, JoinWhere, JoinedWindows,
     KeyedConnectedStreams,
@@ -134,6 +135,7 @@ pub use api::sources::{
 };
 pub use api::stream::{DataStream, DataStreamSink, KeyedStream};
 pub use api::time::{OutputTag, Timestamped};
+pub use api::two_phase::{Committer, TwoPhaseCommit, TwoPhaseCommitSink};
 pub use api::window::{WindowResult, WindowedStream};
 pub use config::{ClusterConfig, Distribution, DistributionError, ExecutionConfig, RuntimeMode};
 pub use corestream_netstack::transport::NetConfig;

@@ -13,6 +13,7 @@ pub use crate::runtime::job::JobHandle;
 pub use crate::runtime::metrics::{JobResult, JobStatus, JobWarning};
 
 pub use crate::api::env::StreamEnvironment;
+pub use crate::api::file_sink::{FileSinkMode, FileSinkOptions};
 pub use crate::api::sinks::{CollectStream, PendingCommit, Sink, SinkContext, SinkError, SinkWaker};
 pub use crate::api::sources::{SourceContext, SourceError, SourceFunction, SourceSender, SourceStatus};
 pub use crate::api::stream::{DataStream, DataStreamSink, KeyedStream};

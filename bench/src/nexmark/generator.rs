@@ -4,6 +4,11 @@
 //! So a generator restarted at any offset (the position a checkpoint records) produces exactly
 //! the events an uninterrupted run would have produced from there, and parallel sources can
 //! split the event numbers among them without coordinating.
+//!
+//! [`NexmarkSource`] is the generator as a rewindable source subtask: its checkpointed position
+//! is the generator's offset.
+
+use corestream::{SourceError, SourceFunction, SourceStatus};
 
 use super::auction::next_auction;
 use super::bid::next_bid;
@@ -101,5 +106,69 @@ impl Iterator for NexmarkGenerator {
             }
             None => (usize::MAX, None),
         }
+    }
+}
+
+/// Subtask `i` of `p` of the Nexmark source: event numbers `i, i + p, i + 2p, …` below `events`
+/// (interleaved, so all subtasks advance through event time together). In a job with
+/// checkpoints it records the generator's offset and resumes there.
+#[derive(Debug, Clone)]
+pub struct NexmarkSource {
+    generator: NexmarkGenerator,
+    first: u64,
+    step: u64,
+    end: u64,
+}
+
+const POSITION_TAG: &[u8; 4] = b"NXM1";
+
+impl NexmarkSource {
+    /// The share of subtask `subtask` of `parallelism` (at least 1) of the first `events`
+    /// events of `generator`'s stream.
+    pub fn new(generator: NexmarkGenerator, events: u64, subtask: u32, parallelism: u32) -> Self {
+        let mut generator = generator;
+        generator.seek(subtask as u64);
+        Self { generator, first: subtask as u64, step: parallelism.max(1) as u64, end: events }
+    }
+}
+
+impl SourceFunction<Event> for NexmarkSource {
+    const REWINDABLE: bool = true;
+
+    fn next_batch(&mut self, out: &mut Vec<Event>, max_records: usize) -> Result<SourceStatus, SourceError> {
+        let mut next = self.generator.offset();
+        for _ in 0..max_records {
+            if next >= self.end {
+                break;
+            }
+            out.push(self.generator.event(next));
+            next = next.saturating_add(self.step);
+        }
+        self.generator.seek(next);
+        Ok(if next >= self.end { SourceStatus::Finished } else { SourceStatus::More })
+    }
+
+    fn snapshot_state(&mut self) -> Result<Vec<u8>, SourceError> {
+        let mut bytes = POSITION_TAG.to_vec();
+        bytes.extend_from_slice(&self.generator.offset().to_le_bytes());
+        Ok(bytes)
+    }
+
+    fn restore_state(&mut self, position: &[u8]) -> Result<(), SourceError> {
+        let offset = match position.split_first_chunk::<4>() {
+            Some((tag, rest)) if tag == POSITION_TAG && rest.len() == 8 => {
+                u64::from_le_bytes(rest.try_into().expect("8 bytes"))
+            }
+            _ => return Err(format!("not a Nexmark source's position ({} bytes)", position.len()).into()),
+        };
+        if offset < self.first || !(offset - self.first).is_multiple_of(self.step) {
+            return Err(format!(
+                "Nexmark event {offset} is not in this subtask's share (from {}, every {}): the parallelism changed",
+                self.first, self.step
+            )
+            .into());
+        }
+        self.generator.seek(offset);
+        Ok(())
     }
 }

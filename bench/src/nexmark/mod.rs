@@ -24,5 +24,5 @@ mod tests;
 
 pub use bid::CHANNELS_NUMBER;
 pub use config::{ConfigError, EventKind, GeneratorConfig};
-pub use generator::NexmarkGenerator;
+pub use generator::{NexmarkGenerator, NexmarkSource};
 pub use model::{Auction, Bid, Event, Person};

@@ -4,8 +4,9 @@
 //! latency harness attach whichever sink they need; `qN` attaches a collect sink. Their
 //! single-threaded twins are in [`super::reference`].
 //!
-//! The source reads event numbers interleaved over its subtasks (so all of them advance through
-//! event time together), and assigns event time from `Event::date_time` with a bound on
+//! The source ([`NexmarkSource`]) reads event numbers interleaved over its subtasks (so all of
+//! them advance through event time together; a checkpoint records each subtask's offset), and
+//! assigns event time from `Event::date_time` with a bound on
 //! disorder derived from the generator's out-of-order group size. Derived streams (bids,
 //! people, auctions) declare their timestamps again with `with_timestamps`.
 //!
@@ -22,7 +23,7 @@ use corestream::{
 };
 
 use super::config::GeneratorConfig;
-use super::generator::NexmarkGenerator;
+use super::generator::{NexmarkGenerator, NexmarkSource};
 use super::model::{Auction, Bid, Event, Person};
 use crate::throughput::CountAgg;
 
@@ -93,13 +94,13 @@ pub fn max_disorder(config: &GeneratorConfig) -> Duration {
 /// watermarks.
 pub fn source(env: &StreamEnvironment, config: &GeneratorConfig, events: u64, seed: u64) -> DataStream<Event> {
     let generator = NexmarkGenerator::new(config.clone(), seed);
-    env.from_sequence_interleaved(0..events)
-        .map(move |n| generator.event(n))
-        .name("Nexmark events")
-        .assign_timestamps_and_watermarks(
-            WatermarkStrategy::for_bounded_out_of_orderness(max_disorder(config))
-                .with_timestamp_assigner(|e: &Event| e.date_time()),
-        )
+    env.from_source("Source: Nexmark", None, move |ctx| {
+        Ok(NexmarkSource::new(generator.clone(), events, ctx.subtask, ctx.parallelism))
+    })
+    .assign_timestamps_and_watermarks(
+        WatermarkStrategy::for_bounded_out_of_orderness(max_disorder(config))
+            .with_timestamp_assigner(|e: &Event| e.date_time()),
+    )
 }
 
 /// The first `events` events, for the references.

@@ -189,3 +189,46 @@ fn invalid_config_is_refused() {
     let err = NexmarkGenerator::try_new(config, 0, 0).unwrap_err();
     assert_eq!(err.field, "hot_auction_ratio");
 }
+
+/// Reads a Nexmark source subtask to its end (or `cap` events), `batch` at a time.
+fn read_source(source: &mut super::NexmarkSource, batch: usize, cap: usize) -> Vec<Event> {
+    use corestream::{SourceFunction, SourceStatus};
+    let mut out = Vec::new();
+    while out.len() < cap {
+        let want = batch.min(cap - out.len());
+        if source.next_batch(&mut out, want).unwrap() == SourceStatus::Finished {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_nexmark_source_resumes_at_its_recorded_offset() {
+    use corestream::SourceFunction;
+    let generator = NexmarkGenerator::new(GeneratorConfig::default(), 11);
+    let events = 2_000;
+    for (subtask, parallelism) in [(0, 1), (0, 3), (2, 3)] {
+        let make = || super::NexmarkSource::new(generator.clone(), events, subtask, parallelism);
+        let all = read_source(&mut make(), 64, usize::MAX);
+        let expected: Vec<Event> =
+            (subtask as u64..events).step_by(parallelism as usize).map(|n| generator.event(n)).collect();
+        assert_eq!(all, expected);
+        for k in [0, 1, 63, 64, 65, all.len() / 2, all.len()] {
+            let mut first = make();
+            let mut got = read_source(&mut first, 64, k);
+            let position = first.snapshot_state().unwrap();
+            let mut second = make();
+            second.restore_state(&position).unwrap();
+            got.extend(read_source(&mut second, 64, usize::MAX));
+            assert_eq!(got, all, "subtask {subtask}/{parallelism} restored after {k} events");
+        }
+    }
+    let mut a = super::NexmarkSource::new(generator.clone(), events, 0, 3);
+    read_source(&mut a, 10, 10);
+    let position = a.snapshot_state().unwrap();
+    let mut b = super::NexmarkSource::new(generator, events, 1, 3);
+    let err = b.restore_state(&position).unwrap_err().to_string();
+    assert!(err.contains("not in this subtask's share"), "{err}");
+    assert!(b.restore_state(b"NXM1").is_err(), "truncated");
+}

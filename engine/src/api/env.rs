@@ -13,14 +13,17 @@ use std::time::Duration;
 use corestream_netstack::{Data, Doorbell};
 
 use super::sources::{
-    ChannelSource, FileLinesSource, GeneratorSource, InvalidUtf8, IterSource, SourceSender, TextFileOptions, TextSplit,
+    ChannelSource, FileLinesSource, GeneratorSource, InvalidUtf8, IterSource, Rewind, SourceSender, TextFileOptions,
+    TextSplit,
 };
 use super::stream::DataStream;
 use crate::config::{ExecutionConfig, RuntimeMode};
 use crate::error::{JobError, TaskError};
 use crate::graph::stream_graph::{ChainingStrategy, NodeKind, StreamEdge, StreamGraph, StreamNode};
 use crate::graph::Partitioning;
-use crate::runtime::build::{LatencyInterval, NodeRuntime, SourceFactory, SourceNodeRt};
+use crate::runtime::build::{
+    LatencyInterval, NodeRuntime, SourceFactory, SourceNodeRt, SourceSettings, SourceSettingsCell,
+};
 use crate::runtime::cluster::LocalCluster;
 use crate::runtime::job::JobHandle;
 use crate::runtime::metrics::JobResult;
@@ -32,6 +35,10 @@ pub struct StreamEnvironment {
     config: ExecutionConfig,
     /// Given to every source node; set from `config` when the job is submitted.
     latency_interval: LatencyInterval,
+    /// The source rate and the acceptance of sources that cannot rewind.
+    sources: SourceSettings,
+    /// Given to every source node; set from `sources` when the job is submitted.
+    source_settings: SourceSettingsCell,
 }
 
 impl std::fmt::Debug for StreamEnvironment {
@@ -47,6 +54,8 @@ impl StreamEnvironment {
             graph: Rc::new(RefCell::new(StreamGraph::default())),
             config: ExecutionConfig::default(),
             latency_interval: LatencyInterval::default(),
+            sources: SourceSettings::default(),
+            source_settings: SourceSettingsCell::default(),
         }
     }
 
@@ -90,6 +99,48 @@ impl StreamEnvironment {
         self
     }
 
+    /// Throttles every source subtask of this job to `rate` records per second (`None`: no
+    /// limit, the default), for tests and demos that need a job to run for a while. A subtask
+    /// over its rate waits on a timer (a token bucket holding a twentieth of a second's
+    /// records), never on its slot's thread. A rate of 0 is refused when the job is submitted.
+    pub fn set_source_rate(&mut self, rate: Option<u64>) -> &mut Self {
+        self.sources.rate = rate;
+        self
+    }
+
+    /// Whether sources that cannot rewind to a checkpoint's position (the host channel, a
+    /// stream that is not a regular file, an application source without
+    /// [`SourceFunction::snapshot_state`](super::sources::SourceFunction::snapshot_state)) may
+    /// run in a job with checkpoints (default: no, the job is refused). Accepting it means at
+    /// most once for their records: those they emitted after the restored checkpoint are not
+    /// emitted again.
+    pub fn allow_at_most_once_sources(&mut self, allow: bool) -> &mut Self {
+        self.sources.allow_at_most_once = allow;
+        self
+    }
+
+    /// Refuses a job with checkpoints whose sources cannot all rewind, unless
+    /// [`allow_at_most_once_sources`](Self::allow_at_most_once_sources) accepted it; names
+    /// every such source and the guarantee it would give.
+    pub(crate) fn check_sources_rewind(&self) -> Result<(), JobError> {
+        let graph = self.graph.borrow();
+        let sources = graph.nodes.iter().filter_map(|n| Some((n.name.as_str(), n.runtime.source_rewind()?)));
+        sources_rewind_problem(sources, self.sources.allow_at_most_once)
+            .map_or(Ok(()), |m| Err(JobError::InvalidJob(m)))
+    }
+
+    /// Checks the source settings and hands them to the source nodes.
+    fn fix_source_settings(&self) -> Result<(), JobError> {
+        if self.sources.rate == Some(0) {
+            return Err(JobError::InvalidJob(
+                "a source rate of 0 records per second would never emit; give at least 1, or no rate".into(),
+            ));
+        }
+        // An environment submits one job, so the cell is still empty.
+        let _ = self.source_settings.set(self.sources);
+        Ok(())
+    }
+
     pub fn set_runtime_mode(&mut self, mode: RuntimeMode) -> &mut Self {
         self.config.runtime_mode = mode;
         self
@@ -107,6 +158,7 @@ impl StreamEnvironment {
         &self,
         name: &str,
         fixed_parallelism: Option<u32>,
+        rewind: Rewind,
         factory: Arc<SourceFactory<T>>,
     ) -> DataStream<T> {
         let id = add_node(
@@ -114,7 +166,12 @@ impl StreamEnvironment {
             name,
             NodeKind::Source,
             fixed_parallelism,
-            Arc::new(SourceNodeRt { factory, latency_interval: self.latency_interval.clone() }),
+            Arc::new(SourceNodeRt {
+                factory,
+                latency_interval: self.latency_interval.clone(),
+                settings: self.source_settings.clone(),
+                rewind,
+            }),
         );
         DataStream::from_node(self.graph.clone(), id)
     }
@@ -135,6 +192,7 @@ impl StreamEnvironment {
         self.add_source(
             "Source: sequence",
             None,
+            Rewind::Yes,
             Arc::new(move |ctx| {
                 Ok(Box::new(GeneratorSource::strided(f.clone(), count, ctx.subtask, ctx.parallelism)) as _)
             }),
@@ -159,6 +217,7 @@ impl StreamEnvironment {
         self.add_source(
             name,
             None,
+            Rewind::Yes,
             Arc::new(move |ctx| {
                 Ok(Box::new(GeneratorSource::split(f.clone(), count, ctx.subtask, ctx.parallelism)) as _)
             }),
@@ -176,11 +235,15 @@ impl StreamEnvironment {
         self.add_source(
             "Source: unbounded generator",
             None,
+            Rewind::Yes,
             Arc::new(move |ctx| Ok(Box::new(GeneratorSource::unbounded(f.clone(), ctx.subtask, ctx.parallelism)) as _)),
         )
     }
 
-    /// The items of an iterator, by one source subtask (not parallel).
+    /// The items of an iterator, by one source subtask (not parallel). In a job restored from
+    /// a checkpoint, the source skips the items it had emitted before the checkpoint (as
+    /// Flink's collection source does): the iterator must yield the same items whenever the
+    /// job is built.
     pub fn from_iter<I>(&self, iter: I) -> DataStream<I::Item>
     where
         I: IntoIterator,
@@ -191,12 +254,13 @@ impl StreamEnvironment {
         self.add_source(
             "Source: iterator",
             Some(1),
+            Rewind::Yes,
             Arc::new(move |ctx| {
                 let iter = slot.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| TaskError::User {
                     node: ctx.node,
                     message: "the iterator of this source was consumed by an earlier run".into(),
                 })?;
-                Ok(Box::new(IterSource { iter }) as _)
+                Ok(Box::new(IterSource { iter, emitted: 0 }) as _)
             }),
         )
     }
@@ -252,6 +316,7 @@ impl StreamEnvironment {
         let stream = self.add_source(
             "Source: text file",
             parallelism,
+            Rewind::of_text(split),
             Arc::new(move |ctx| Ok(Box::new(FileLinesSource::open(&path, options, split, ctx)?) as _)),
         );
         match split {
@@ -262,7 +327,8 @@ impl StreamEnvironment {
 
     /// A source fed by the host application through the returned sender, which blocks (or
     /// refuses, with `try_send`) when `capacity` records are waiting: backpressure reaches the
-    /// host. The source ends when every sender has been dropped. Not parallel.
+    /// host. The source ends when every sender has been dropped. Not parallel. It cannot
+    /// rewind: see [`SourceSender`] for the guarantee it gives in a job with checkpoints.
     pub fn from_channel<T: Data>(&self, capacity: usize) -> (SourceSender<T>, DataStream<T>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let bell: Arc<OnceLock<Arc<Doorbell>>> = Arc::new(OnceLock::new());
@@ -271,6 +337,7 @@ impl StreamEnvironment {
         let stream = self.add_source(
             "Source: channel",
             Some(1),
+            Rewind::CHANNEL,
             Arc::new(move |ctx| {
                 let rx = rx.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| TaskError::User {
                     node: ctx.node,
@@ -294,6 +361,7 @@ impl StreamEnvironment {
         self.config.validate().map_err(JobError::InvalidJob)?;
         // An environment submits one job, so the cell is still empty.
         let _ = self.latency_interval.set(self.config.latency_tracking_interval);
+        self.fix_source_settings()?;
         let graph = std::mem::take(&mut *self.graph.borrow_mut());
         self.cluster.submit(graph, self.config, name)
     }
@@ -316,6 +384,7 @@ impl StreamEnvironment {
     ) -> Result<JobHandle, JobError> {
         self.config.validate().map_err(JobError::InvalidJob)?;
         let _ = self.latency_interval.set(self.config.latency_tracking_interval);
+        self.fix_source_settings()?;
         let graph = std::mem::take(&mut *self.graph.borrow_mut());
         self.cluster.submit_part(graph, self.config, name, placement)
     }
@@ -364,6 +433,34 @@ pub(crate) fn add_edge(
     key_hash: Option<Arc<dyn Any + Send + Sync>>,
 ) {
     graph.borrow_mut().edges.push(StreamEdge { from, to, partitioning, key_hash, side_tag: None });
+}
+
+/// Why a job with checkpoints cannot run with these sources ((name, rewind) of each source
+/// node), or `None` when every source rewinds or `allow_at_most_once` accepts those that do not.
+pub(crate) fn sources_rewind_problem<'a>(
+    sources: impl IntoIterator<Item = (&'a str, Rewind)>,
+    allow_at_most_once: bool,
+) -> Option<String> {
+    if allow_at_most_once {
+        return None;
+    }
+    let problems: Vec<String> = sources
+        .into_iter()
+        .filter_map(|(name, rewind)| match rewind {
+            Rewind::Yes => None,
+            Rewind::No { guarantee } => Some(format!("'{name}' ({guarantee})")),
+        })
+        .collect();
+    if problems.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "this job takes checkpoints, but {} cannot rewind to a checkpoint's position: {}; use sources that can \
+         (an application source implements SourceFunction::snapshot_state and restore_state and sets REWINDABLE), \
+         or accept at most once for them with StreamEnvironment::allow_at_most_once_sources(true)",
+        if problems.len() == 1 { "this source" } else { "these sources" },
+        problems.join("; ")
+    ))
 }
 
 /// Whether `path` names one of this process's file descriptors rather than a file: what it

@@ -10,7 +10,7 @@
 //! ([`crate::api::sources`]) and by applications that read lines at the edge of a job (the
 //! command-line program's CSV reader).
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, Read, Seek, SeekFrom};
 
 /// Where a line was and what became of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,16 @@ impl<R: BufRead> LineReader<R> {
         self.max_line_bytes
     }
 
+    /// The reader.
+    pub fn get_ref(&self) -> &R {
+        &self.reader
+    }
+
+    /// The reader, positioned at [`offset`](Self::offset) (plus what its buffer holds).
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+
     /// Reads the next line into `line` (cleared first), without its `\n` and without a `\r`
     /// before it; `None` at the end of the stream. A too-long line leaves its first
     /// `max_line_bytes` bytes in `line` (a `\r` among them is kept).
@@ -77,6 +87,17 @@ impl<R: BufRead> LineReader<R> {
             line.pop();
         }
         Ok(Some(LineInfo { offset, stream_bytes: self.offset - offset, too_long }))
+    }
+}
+
+impl<R: BufRead + Seek> LineReader<R> {
+    /// Moves to stream offset `offset` (a line's first byte, as a checkpoint recorded it), when
+    /// the stream's offsets are the reader's (it was created at offset 0 of the stream, or at
+    /// the reader's own position).
+    pub fn seek(&mut self, offset: u64) -> io::Result<()> {
+        self.reader.seek(SeekFrom::Start(offset))?;
+        self.offset = offset;
+        Ok(())
     }
 }
 
@@ -129,6 +150,23 @@ mod tests {
         // Exactly the limit is not too long; one byte more is.
         assert_eq!(lines(b"12345\n", 5)[0].1, info(0, 6, false));
         assert!(lines(b"123456\n", 5)[0].1.too_long);
+    }
+
+    #[test]
+    fn seeking_to_a_recorded_offset_reads_the_rest_as_before() {
+        let text = b"alpha\nbeta\r\ngamma\ndelta";
+        let all = lines(text, 16);
+        for (k, (_, info)) in all.iter().enumerate() {
+            let mut r = LineReader::new(io::BufReader::with_capacity(4, io::Cursor::new(&text[..])), 16, 0);
+            let mut buf = Vec::new();
+            r.read_line(&mut buf).unwrap();
+            r.seek(info.offset).unwrap();
+            let mut rest = Vec::new();
+            while let Some(i) = r.read_line(&mut buf).unwrap() {
+                rest.push((buf.clone(), i));
+            }
+            assert_eq!(rest, all[k..], "resumed at line {k}");
+        }
     }
 
     #[test]

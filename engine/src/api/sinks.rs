@@ -3,6 +3,11 @@
 //! chain; a sink that cannot take more right now reports it through `poll_ready`, and the task
 //! stops feeding it until it can. The sink link also ends latency markers: it records each
 //! marker's age in its operator's histogram of the marker's source subtask.
+//!
+//! In a job with checkpoints the sink link passes the checkpoint hooks to its sink: the
+//! snapshot (bytes the sink keeps as its subtask's state, the part [`SINK_STATE_PART`] with the
+//! layout `Subtask`), the restore before any input, and the completion or abortion of a
+//! checkpoint. Two-phase-commit sinks ([`crate::api::two_phase`]) are built on these.
 
 use std::collections::VecDeque;
 use std::fmt::{Debug, Display};
@@ -16,6 +21,7 @@ use corestream_netstack::record::deserialize;
 use corestream_netstack::{Data, Doorbell, Event, RecordIter};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+use crate::checkpoint::{CheckpointId, CheckpointNotice, OperatorStateParts, PartLayout, TaskSnapshot};
 use crate::error::TaskError;
 use crate::fs::{AtomicFile, OutputError};
 use crate::operators::{enter_node, monotonic_ns, Control, Emit, OperatorMetrics, Readiness};
@@ -76,7 +82,29 @@ pub trait Sink<T: Data>: 'static {
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// The synchronous part of checkpoint `checkpoint`, between two batches: what this subtask
+    /// must get back if the job is restored from it (`None`: nothing). A failure fails the
+    /// checkpoint.
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId) -> Result<Option<Vec<u8>>, SinkError> {
+        Ok(None)
+    }
+
+    /// Before any input of a job restored from a checkpoint: the bytes this subtask's
+    /// `snapshot_state` returned for it (not called when it returned `None`).
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// A checkpoint completed (its state is durable and will be restored after a failure) or
+    /// was aborted.
+    fn notify_checkpoint(&mut self, _notice: CheckpointNotice) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
+
+/// The name of a sink's state among its node's state parts.
+pub(crate) const SINK_STATE_PART: &str = "sink";
 
 /// A sink as the last link of a chain.
 pub(crate) struct SinkLink<T: Data, S: Sink<T>> {
@@ -89,6 +117,10 @@ pub(crate) struct SinkLink<T: Data, S: Sink<T>> {
 impl<T: Data, S: Sink<T>> SinkLink<T, S> {
     fn fail(&self, e: SinkError) -> TaskError {
         TaskError::User { node: self.node, message: e.to_string() }
+    }
+
+    fn checkpoint_error(&self, what: &str, e: SinkError) -> TaskError {
+        TaskError::Checkpoint { node: Some(self.node), message: format!("{what}: {e}") }
     }
 }
 
@@ -113,6 +145,45 @@ impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
     fn poll_ready(&mut self) -> Result<Readiness, TaskError> {
         enter_node(self.node);
         Ok(if self.sink.poll_ready() { Readiness::Ready } else { Readiness::Blocked })
+    }
+
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        enter_node(self.node);
+        let state = self.sink.snapshot_state(checkpoint).map_err(|e| {
+            self.checkpoint_error(&format!("the sink could not take its part of checkpoint {checkpoint}"), e)
+        })?;
+        if let Some(bytes) = state {
+            let mut parts = OperatorStateParts::default();
+            parts.push(SINK_STATE_PART, PartLayout::Subtask, bytes);
+            into.put_node(self.node, parts);
+        }
+        Ok(())
+    }
+
+    fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {
+        enter_node(self.node);
+        let Some(part) = from.node(self.node).and_then(|parts| parts.get(SINK_STATE_PART)) else { return Ok(()) };
+        if part.layout != PartLayout::Subtask {
+            return Err(TaskError::Checkpoint {
+                node: Some(self.node),
+                message: format!("the checkpoint's sink state has the layout {:?}, not Subtask", part.layout),
+            });
+        }
+        self.sink
+            .restore_state(&part.bytes)
+            .map_err(|e| self.checkpoint_error("the sink could not restore its state", e))
+    }
+
+    fn notify_checkpoint(&mut self, notice: CheckpointNotice) -> Result<(), TaskError> {
+        enter_node(self.node);
+        self.sink.notify_checkpoint(notice).map_err(|e| match notice {
+            CheckpointNotice::Complete(id) => {
+                self.checkpoint_error(&format!("the sink could not commit checkpoint {id}"), e)
+            }
+            CheckpointNotice::Aborted(id) => {
+                self.checkpoint_error(&format!("the sink could not abort checkpoint {id}"), e)
+            }
+        })
     }
 }
 
@@ -408,5 +479,85 @@ impl<T> Drop for CollectStream<T> {
     fn drop(&mut self) {
         // Sinks waiting for room must learn that nobody reads any more.
         self.shared.ring_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// Keeps the number of records it took as its state, and records what it was told.
+    #[derive(Default)]
+    struct Counting {
+        records: u64,
+        fail_snapshot: bool,
+        heard: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Sink<u64> for Counting {
+        fn write_batch(&mut self, batch: &mut Vec<u64>) -> Result<(), SinkError> {
+            self.records += batch.len() as u64;
+            batch.clear();
+            Ok(())
+        }
+
+        fn snapshot_state(&mut self, checkpoint: CheckpointId) -> Result<Option<Vec<u8>>, SinkError> {
+            if self.fail_snapshot {
+                return Err("disk full".into());
+            }
+            self.heard.borrow_mut().push(format!("snapshot {checkpoint}"));
+            Ok((self.records > 0).then(|| self.records.to_le_bytes().to_vec()))
+        }
+
+        fn restore_state(&mut self, state: &[u8]) -> Result<(), SinkError> {
+            self.records = u64::from_le_bytes(state.try_into().map_err(|_| "not a count")?);
+            self.heard.borrow_mut().push(format!("restore {}", self.records));
+            Ok(())
+        }
+
+        fn notify_checkpoint(&mut self, notice: CheckpointNotice) -> Result<(), SinkError> {
+            self.heard.borrow_mut().push(format!("{notice:?}"));
+            Ok(())
+        }
+    }
+
+    fn link(sink: Counting) -> SinkLink<u64, Counting> {
+        SinkLink { sink, scratch: Vec::new(), metrics: Arc::new(OperatorMetrics::default()), node: 3 }
+    }
+
+    #[test]
+    fn the_sink_link_passes_the_checkpoint_hooks_to_its_sink() {
+        let heard = Rc::new(RefCell::new(Vec::new()));
+        let mut first = link(Counting { heard: heard.clone(), ..Default::default() });
+        let mut empty = TaskSnapshot::default();
+        first.snapshot_state(1, &mut empty).unwrap();
+        assert!(empty.is_empty(), "a sink without state adds nothing");
+        first.emit_batch(&mut vec![1, 2, 3]).unwrap();
+        let mut snapshot = TaskSnapshot::default();
+        first.snapshot_state(2, &mut snapshot).unwrap();
+        let part = snapshot.node(3).and_then(|p| p.get(SINK_STATE_PART)).expect("the sink's part");
+        assert_eq!(part.layout, PartLayout::Subtask);
+        first.notify_checkpoint(CheckpointNotice::Complete(2)).unwrap();
+        first.notify_checkpoint(CheckpointNotice::Aborted(3)).unwrap();
+
+        let mut second = link(Counting { heard: heard.clone(), ..Default::default() });
+        second.restore_state(&snapshot).unwrap();
+        assert_eq!(second.sink.records, 3);
+        second.restore_state(&TaskSnapshot::default()).unwrap();
+        assert_eq!(*heard.borrow(), ["snapshot 1", "snapshot 2", "Complete(2)", "Aborted(3)", "restore 3"]);
+    }
+
+    #[test]
+    fn a_failed_sink_snapshot_is_a_checkpoint_error_naming_the_node() {
+        let mut failing = link(Counting { fail_snapshot: true, ..Default::default() });
+        match failing.snapshot_state(5, &mut TaskSnapshot::default()) {
+            Err(TaskError::Checkpoint { node: Some(3), message }) => {
+                assert!(message.contains("checkpoint 5") && message.contains("disk full"), "{message}")
+            }
+            other => panic!("expected a checkpoint error, got {other:?}"),
+        }
     }
 }

@@ -16,6 +16,7 @@
 
 mod atomic;
 mod check;
+pub(crate) mod parts;
 
 pub use atomic::AtomicFile;
 pub use check::{check_output, same_file, OutputError};

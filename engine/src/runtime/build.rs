@@ -13,8 +13,9 @@ use corestream_netstack::{Data, Doorbell, OutputChannel};
 use super::job::JobShared;
 use super::metrics::TaskCounters;
 use super::output::NetworkOutput;
-use crate::api::sources::{Source, SourceContext, SourceStatus};
-use crate::checkpoint::{CheckpointId, TaskSnapshot};
+use crate::api::source_rate::{Grant, TokenBucket};
+use crate::api::sources::{Rewind, Source, SourceContext, SourceStatus};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, PartLayout, TaskSnapshot};
 use crate::config::RuntimeMode;
 use crate::error::TaskError;
 use crate::graph::Partitioning;
@@ -138,6 +139,22 @@ pub(crate) trait TaskSource {
 /// when the job is submitted (sources are declared before the environment's settings are final).
 pub(crate) type LatencyInterval = Arc<std::sync::OnceLock<Option<std::time::Duration>>>;
 
+/// Settings of an environment's sources, fixed when the job is submitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SourceSettings {
+    /// Records per second per source subtask (`None`: as fast as the job takes them).
+    pub rate: Option<u64>,
+    /// Sources that cannot rewind may take part in checkpoints, giving at most once.
+    pub allow_at_most_once: bool,
+}
+
+/// The [`SourceSettings`] of an environment, shared by its source nodes and set when the job
+/// is submitted.
+pub(crate) type SourceSettingsCell = Arc<std::sync::OnceLock<SourceSettings>>;
+
+/// The name of a source's position among its node's state parts.
+pub(crate) const POSITION_PART: &str = "position";
+
 /// A graph node, type-erased.
 pub(crate) trait NodeRuntime: Send + Sync {
     /// Wraps the successor (`Box<dyn Emit<Out>>`) and returns `Box<dyn Emit<In>>`.
@@ -154,6 +171,11 @@ pub(crate) trait NodeRuntime: Send + Sync {
     /// The check every buffer for this node's input must pass when it arrives from another
     /// process (the node heads a task fed by an exchange).
     fn validator(&self) -> BufferValidator;
+    /// For a source node, whether it can rewind to a checkpoint's position; `None` for other
+    /// nodes.
+    fn source_rewind(&self) -> Option<Rewind> {
+        None
+    }
 }
 
 fn downcast<T: 'static>(b: AnyBox, what: &str) -> T {
@@ -193,8 +215,13 @@ pub(crate) type SourceFactory<T> = dyn Fn(&SourceContext) -> Result<Box<dyn Sour
 pub(crate) struct SourceNodeRt<T: Data> {
     pub factory: Arc<SourceFactory<T>>,
     pub latency_interval: LatencyInterval,
+    pub settings: SourceSettingsCell,
+    pub rewind: Rewind,
 }
 
+/// Runs a source subtask: its steps (throttled by a token bucket when the environment set a
+/// source rate: one clock read per step) and its part of checkpoints (its position, as the
+/// part [`POSITION_PART`] of its node with the layout `Subtask`, then its chain's state).
 struct SourceRunner<T: Data> {
     source: Box<dyn Source<T>>,
     batch: Vec<T>,
@@ -202,12 +229,31 @@ struct SourceRunner<T: Data> {
     metrics: Arc<OperatorMetrics>,
     node: usize,
     latency_markers: Option<(std::time::Duration, u32)>,
+    rate: Option<TokenBucket>,
+    rewind: Rewind,
+    allow_at_most_once: bool,
+}
+
+impl<T: Data> SourceRunner<T> {
+    fn checkpoint_error(&self, message: String) -> TaskError {
+        TaskError::Checkpoint { node: Some(self.node), message }
+    }
 }
 
 impl<T: Data> TaskSource for SourceRunner<T> {
     fn step(&mut self, max_records: usize) -> Result<SourceStatus, TaskError> {
         enter_node(self.node);
+        let max_records = match &mut self.rate {
+            None => max_records,
+            Some(bucket) => match bucket.grant(std::time::Instant::now(), max_records) {
+                Grant::Take(n) => n,
+                Grant::WaitUntil(at) => return Ok(SourceStatus::IdleUntil(at)),
+            },
+        };
         let status = self.source.next_batch(&mut self.batch, max_records)?;
+        if let Some(bucket) = &mut self.rate {
+            bucket.spend(self.batch.len());
+        }
         self.metrics.add(0, self.batch.len());
         if !self.batch.is_empty() {
             self.chain.emit_batch(&mut self.batch)?;
@@ -221,6 +267,61 @@ impl<T: Data> TaskSource for SourceRunner<T> {
 
     fn latency_markers(&self) -> Option<(std::time::Duration, u32)> {
         self.latency_markers
+    }
+
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        enter_node(self.node);
+        match self.rewind {
+            Rewind::Yes => {
+                let position = self
+                    .source
+                    .snapshot_position()
+                    .map_err(|e| self.checkpoint_error(format!("cannot record the source's position: {e}")))?;
+                let mut parts = OperatorStateParts::default();
+                parts.push(POSITION_PART, PartLayout::Subtask, position);
+                into.put_node(self.node, parts);
+            }
+            Rewind::No { .. } if self.allow_at_most_once => {}
+            Rewind::No { guarantee } => {
+                return Err(self.checkpoint_error(format!(
+                    "this source cannot rewind to a checkpoint's position ({guarantee}); a job with checkpoints \
+                     needs sources that can, or StreamEnvironment::allow_at_most_once_sources to accept that"
+                )))
+            }
+        }
+        self.chain.snapshot_state(checkpoint, into)
+    }
+
+    fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {
+        enter_node(self.node);
+        let part = from.node(self.node).and_then(|parts| parts.get(POSITION_PART));
+        match (self.rewind, part) {
+            (Rewind::Yes, Some(part)) if part.layout == PartLayout::Subtask => {
+                self.source
+                    .restore_position(&part.bytes)
+                    .map_err(|e| self.checkpoint_error(format!("cannot go back to the checkpoint's position: {e}")))?;
+            }
+            (Rewind::Yes, Some(part)) => {
+                return Err(self.checkpoint_error(format!(
+                    "the checkpoint's source position has the layout {:?}, not Subtask",
+                    part.layout
+                )))
+            }
+            (Rewind::Yes, None) => {
+                return Err(
+                    self.checkpoint_error("the checkpoint holds no position for this source subtask".to_string())
+                )
+            }
+            (Rewind::No { guarantee }, Some(_)) => {
+                // The run that took the checkpoint could rewind this source (a regular file that
+                // is now a stream, say); reading it from its start would repeat records.
+                return Err(self.checkpoint_error(format!(
+                    "the checkpoint holds a position for this source, but it can no longer rewind ({guarantee})"
+                )));
+            }
+            (Rewind::No { .. }, None) => {}
+        }
+        self.chain.restore_state(from)
     }
 }
 
@@ -253,6 +354,7 @@ impl<T: Data> NodeRuntime for SourceNodeRt<T> {
         enter_node(ctx.node);
         let source = (self.factory)(&sctx)?;
         let latency_markers = self.latency_interval.get().copied().flatten().map(|interval| (interval, ctx.subtask));
+        let settings = self.settings.get().copied().unwrap_or_default();
         Ok(Box::new(SourceRunner {
             source,
             batch: Vec::new(),
@@ -260,11 +362,18 @@ impl<T: Data> NodeRuntime for SourceNodeRt<T> {
             metrics: ctx.metrics.clone(),
             node: ctx.node,
             latency_markers,
+            rate: settings.rate.map(|rate| TokenBucket::new(rate, std::time::Instant::now())),
+            rewind: self.rewind,
+            allow_at_most_once: settings.allow_at_most_once,
         }))
     }
 
     fn validator(&self) -> BufferValidator {
         panic!("internal error: a source has no exchange input to validate")
+    }
+
+    fn source_rewind(&self) -> Option<Rewind> {
+        Some(self.rewind)
     }
 }
 
@@ -305,5 +414,106 @@ impl<I: Data, O: Data> NodeRuntime for OperatorNodeRt<I, O> {
 
     fn validator(&self) -> BufferValidator {
         validate_buffer::<I>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::api::sources::{ChannelSource, GeneratorSource};
+    use crate::operators::NullEmit;
+
+    fn runner(source: Box<dyn Source<u64>>, rewind: Rewind, allow_at_most_once: bool) -> SourceRunner<u64> {
+        SourceRunner {
+            source,
+            batch: Vec::new(),
+            chain: Box::new(NullEmit),
+            metrics: Arc::new(OperatorMetrics::default()),
+            node: 4,
+            latency_markers: None,
+            rate: None,
+            rewind,
+            allow_at_most_once,
+        }
+    }
+
+    fn sequence() -> Box<dyn Source<u64>> {
+        Box::new(GeneratorSource::split(Arc::new(|i: u64| i), 100, 0, 1))
+    }
+
+    fn emitted(r: &SourceRunner<u64>) -> u64 {
+        r.metrics.records_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn checkpoint_message(e: TaskError) -> String {
+        match e {
+            TaskError::Checkpoint { node: Some(4), message } => message,
+            other => panic!("expected a checkpoint error of node 4, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_position_is_the_source_nodes_subtask_part_and_restores_where_it_was() {
+        let mut first = runner(sequence(), Rewind::Yes, false);
+        first.step(30).unwrap();
+        let mut snapshot = TaskSnapshot::default();
+        first.snapshot_state(7, &mut snapshot).unwrap();
+        let part = snapshot.node(4).and_then(|p| p.get(POSITION_PART)).expect("position part");
+        assert_eq!(part.layout, PartLayout::Subtask);
+
+        let mut second = runner(sequence(), Rewind::Yes, false);
+        second.restore_state(&snapshot).unwrap();
+        while second.step(1000).unwrap() != SourceStatus::Finished {}
+        assert_eq!(emitted(&second), 70, "the records after the position, once");
+    }
+
+    #[test]
+    fn a_rewindable_source_without_a_position_in_the_checkpoint_fails_its_restore() {
+        let mut r = runner(sequence(), Rewind::Yes, false);
+        let message = checkpoint_message(r.restore_state(&TaskSnapshot::default()).unwrap_err());
+        assert!(message.contains("no position"), "{message}");
+    }
+
+    #[test]
+    fn a_source_that_cannot_rewind_fails_the_checkpoint_unless_at_most_once_is_accepted() {
+        let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        let mut refused = runner(Box::new(ChannelSource { rx }), Rewind::CHANNEL, false);
+        let message = checkpoint_message(refused.snapshot_state(1, &mut TaskSnapshot::default()).unwrap_err());
+        assert!(message.contains("cannot rewind") && message.contains("at most once"), "{message}");
+
+        let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        let mut accepted = runner(Box::new(ChannelSource { rx }), Rewind::CHANNEL, true);
+        let mut snapshot = TaskSnapshot::default();
+        accepted.snapshot_state(1, &mut snapshot).unwrap();
+        assert!(snapshot.node(4).is_none(), "no position is written");
+        accepted.restore_state(&snapshot).unwrap();
+
+        let mut with_position = TaskSnapshot::default();
+        runner(sequence(), Rewind::Yes, false).snapshot_state(1, &mut with_position).unwrap();
+        let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
+        let mut changed = runner(Box::new(ChannelSource { rx }), Rewind::CHANNEL, true);
+        let message = checkpoint_message(changed.restore_state(&with_position).unwrap_err());
+        assert!(message.contains("can no longer rewind"), "{message}");
+    }
+
+    #[test]
+    fn a_throttled_source_emits_what_its_bucket_grants_and_otherwise_names_when_to_call_again() {
+        let mut r = runner(sequence(), Rewind::Yes, false);
+        // A bucket of 1 record per second whose only token is spent, with its clock ahead of
+        // now: no token accrues during the test, whatever the machine's speed.
+        let mut bucket = TokenBucket::new(1, Instant::now() + Duration::from_secs(3600));
+        bucket.spend(1);
+        r.rate = Some(bucket);
+        assert!(matches!(r.step(1024).unwrap(), SourceStatus::IdleUntil(_)));
+        assert_eq!(emitted(&r), 0);
+
+        let mut r = runner(sequence(), Rewind::Yes, false);
+        r.rate = Some(TokenBucket::new(200, Instant::now() + Duration::from_secs(3600)));
+        assert_eq!(r.step(1024).unwrap(), SourceStatus::More);
+        assert_eq!(emitted(&r), 10, "a full bucket holds a twentieth of a second's records");
+        assert!(matches!(r.step(1024).unwrap(), SourceStatus::IdleUntil(_)));
+        assert_eq!(emitted(&r), 10);
     }
 }
