@@ -585,3 +585,96 @@ fn a_source_snapshots_its_position_and_its_barrier_overtakes_blocked_output() {
         Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind: BarrierKind::Unaligned }
     }
 }
+
+/// A source whose batch parks records in its output (no credit downstream) is triggered
+/// unaligned: with a batch the barrier's overdraft can hold, the parked records are written and
+/// overtaken at once; with a bigger one the barrier waits for them and the snapshot is reported
+/// once it has gone out. Either way the records before the barrier downstream plus the output
+/// channel state are exactly the records before the snapshot's position, and the records after
+/// the barrier are the channel state, then the rest. (The channel state is the producer's copy
+/// of what it still held and the consumer's copy of what waited in its queue.)
+#[test]
+fn records_parked_ahead_of_an_unaligned_barrier_are_channel_state() {
+    for (batch, deferred) in [(50_000u64, false), (100_000, true)] {
+        let h = Harness::new(options(CheckpointMode::ExactlyOnce, true, None));
+        let (down, mut down_gate) = h.downstream(0);
+        let out = output(&h.pool, down, 1);
+        let mut env = h.env();
+        env.batch_size = batch as usize;
+        let mailbox = h.mailbox.clone();
+        let reports = h.reports.clone();
+        let end = 2 * batch;
+        let (before, consumer_copy, after) = on_executor(async move {
+            let source = Box::new(Counter { next: 0, end, out, batch: Vec::new() });
+            let task = glommio::spawn_local(run(TaskBody::Source(source), env));
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            let options = options(CheckpointMode::ExactlyOnce, true, None);
+            mailbox.send(ControlMessage::Trigger { checkpoint_id: 1, timestamp_ms: 0, options }).unwrap();
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            assert_eq!(reports.taken().is_empty(), deferred, "batch {batch}: reported at once unless deferred");
+            let (mut before, mut after, mut barrier_seen) = (Vec::new(), Vec::new(), false);
+            let mut consumer_copy = Vec::new();
+            loop {
+                match down_gate.poll_next() {
+                    Some((_, ChannelItem::Event(Event::EndOfPartition))) => break,
+                    Some((c, ChannelItem::Event(Event::CheckpointBarrier { .. }))) => {
+                        // What waited in the consumer's queue is the consumer's to copy.
+                        let mut copied = Vec::new();
+                        down_gate.copy_overtaken(c, &mut copied);
+                        consumer_copy = copied.iter().flat_map(|b| values_of(b)).collect();
+                        barrier_seen = true;
+                    }
+                    Some((c, ChannelItem::Buffer(b))) => {
+                        let values = values_of(b.as_slice());
+                        if barrier_seen {
+                            after.extend(values)
+                        } else {
+                            before.extend(values)
+                        }
+                        drop(b);
+                        down_gate.release(c);
+                    }
+                    Some((_, ChannelItem::Event(_))) => {}
+                    None => {
+                        down_gate.release(0);
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            task.await.unwrap();
+            (before, consumer_copy, after)
+        });
+        let taken = h.reports.taken();
+        assert_eq!(taken.len(), 1, "batch {batch}");
+        let snapshot = &taken[0].1;
+        let position = decode(&snapshot.node(NODE).and_then(|p| p.get("position")).unwrap().bytes)[0];
+        assert_eq!(position, batch, "the trigger came after the first batch");
+        let state: Vec<u64> =
+            snapshot.output_channels.iter().flat_map(|c| c.buffers.iter().flat_map(|b| values_of(b))).collect();
+        assert!(!state.is_empty());
+        let in_flight: Vec<u64> = consumer_copy.iter().chain(&state).copied().collect();
+        let mut upto: Vec<u64> = before.clone();
+        upto.extend(&in_flight);
+        let summary = format!(
+            "batch {batch}: {} before the barrier, {} copied by the consumer, {} by the producer, {} after",
+            before.len(),
+            consumer_copy.len(),
+            state.len(),
+            after.len()
+        );
+        assert_eq!(
+            first_difference(&upto, &(0..position).collect::<Vec<_>>()),
+            None,
+            "before the barrier or in the state; {summary}"
+        );
+        let mut rest = in_flight;
+        rest.extend(position..end);
+        assert_eq!(first_difference(&after, &rest), None, "after the barrier, the state first; {summary}");
+        assert_eq!(h.pool.in_use(), 0);
+    }
+}
+
+/// Where two sequences first differ (index and the values there), without printing them whole.
+fn first_difference(a: &[u64], b: &[u64]) -> Option<(usize, Option<u64>, Option<u64>)> {
+    (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)).map(|i| (i, a.get(i).copied(), b.get(i).copied()))
+}
