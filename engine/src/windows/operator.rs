@@ -395,8 +395,14 @@ where
             // watermark; with gap-based sessions the merged window only grows, so it cannot.
             let mut merged_states = Vec::new();
             for m in &merge.merged_windows {
-                let mut ctx =
-                    Self::ctx(key, *m, self.core.clock.watermark, self.core.clock.processing_time, &mut self.core.timers, &mut self.trigger_state);
+                let mut ctx = Self::ctx(
+                    key,
+                    *m,
+                    self.core.clock.watermark,
+                    self.core.clock.processing_time,
+                    &mut self.core.timers,
+                    &mut self.trigger_state,
+                );
                 if let Some(s) = ctx.state() {
                     merged_states.push(s);
                 }
@@ -437,9 +443,10 @@ where
     /// pending, so that is empty there). The operator itself is left as it was.
     fn snapshot(&self, into: &mut OperatorStateParts) -> Result<(), PartError> {
         let firing = |event_time: bool| {
-            self.firing_bucket.iter().filter(move |(_, e, _)| *e == event_time).flat_map(|(time, _, rest)| {
-                rest.as_slice().iter().map(move |(key, window)| (*time, key, window))
-            })
+            self.firing_bucket
+                .iter()
+                .filter(move |(_, e, _)| *e == event_time)
+                .flat_map(|(time, _, rest)| rest.as_slice().iter().map(move |(key, window)| (*time, key, window)))
         };
         let event = firing(true).chain(WindowTimers::all(&self.window_timers.event));
         let processing = firing(false).chain(WindowTimers::all(&self.window_timers.processing));
@@ -636,7 +643,11 @@ where
         self.fire_step(out, max_records)
     }
 
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint: CheckpointId,
+        into: &mut OperatorStateParts,
+    ) -> Result<(), StateHookError> {
         Ok(self.snapshot(into)?)
     }
 
