@@ -221,9 +221,8 @@ fn timers_kept_outside_the_service_join_its_snapshot_after_its_own() {
         .unwrap();
     let mut restored: TimerService<u64, u8> = TimerService::new(MAX_P, KeyGroupRange { start: 0, end: MAX_P });
     restored.restore(std::slice::from_ref(&snapshot)).unwrap();
-    let mut event: Vec<(i64, u64, u8)> = std::iter::from_fn(|| restored.pop_event_timer(i64::MAX))
-        .map(|t| (t.timestamp, t.key, t.namespace))
-        .collect();
+    let mut event: Vec<(i64, u64, u8)> =
+        std::iter::from_fn(|| restored.pop_event_timer(i64::MAX)).map(|t| (t.timestamp, t.key, t.namespace)).collect();
     let in_order = event.windows(2).all(|w| w[0].0 <= w[1].0);
     event.sort();
     assert!(in_order, "timestamp order across the service and the outside timers");

@@ -22,7 +22,9 @@ use crate::operators::state_parts::PartError;
 /// Why an operator's state cannot be dealt to the new subtasks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedistributeError {
-    #[error("cannot restore at parallelism {parallelism}: it must be between 1 and the max parallelism {max_parallelism}")]
+    #[error(
+        "cannot restore at parallelism {parallelism}: it must be between 1 and the max parallelism {max_parallelism}"
+    )]
     Parallelism { parallelism: u32, max_parallelism: u32 },
     #[error(
         "the checkpoint holds {old} subtasks of the operator, more than the max parallelism {max_parallelism}; \
@@ -87,7 +89,8 @@ pub fn redistribute(
                 let dealt: Vec<ListStateBytes> = if layout == PartLayout::UnionList {
                     vec![all; new.len()]
                 } else {
-                    let mut dealt = vec![ListStateBytes { value_type: all.value_type, elements: Vec::new() }; new.len()];
+                    let mut dealt =
+                        vec![ListStateBytes { value_type: all.value_type, elements: Vec::new() }; new.len()];
                     for (e, element) in all.elements.into_iter().enumerate() {
                         dealt[e % new.len()].elements.push(element);
                     }
@@ -132,8 +135,8 @@ fn all_elements(old: &[OperatorStateParts], name: &str) -> Result<ListStateBytes
     let mut all: Option<ListStateBytes> = None;
     for (subtask, parts) in old.iter().enumerate() {
         for part in parts.parts.iter().filter(|p| p.name == name) {
-            let list =
-                ListStateBytes::decode(name, &part.bytes).map_err(|cause| RedistributeError::Unreadable { subtask, cause })?;
+            let list = ListStateBytes::decode(name, &part.bytes)
+                .map_err(|cause| RedistributeError::Unreadable { subtask, cause })?;
             match &mut all {
                 None => all = Some(list),
                 Some(all) if all.value_type != list.value_type => {
@@ -237,10 +240,7 @@ mod tests {
 
     #[test]
     fn inconsistent_or_unreadable_parts_and_bad_parallelism_are_errors() {
-        let mixed = subtasks(vec![
-            vec![raw("x", PartLayout::KeyGroups, 0)],
-            vec![raw("x", PartLayout::Broadcast, 1)],
-        ]);
+        let mixed = subtasks(vec![vec![raw("x", PartLayout::KeyGroups, 0)], vec![raw("x", PartLayout::Broadcast, 1)]]);
         assert!(matches!(redistribute(&mixed, 2, MAX_P), Err(RedistributeError::MixedLayouts { .. })));
         let mut damaged = list("list/a", PartLayout::OperatorList, &[1, 2]);
         damaged.bytes[30] ^= 1;

@@ -12,11 +12,13 @@ use std::sync::Arc;
 
 use corestream_netstack::{Data, Event};
 use corestream_state::{
-    assign_key_group, key_group_range, AggregateFunction, AggregatingStateDescriptor, KeyGroupRange,
-    KeyedStateBackend, StateBackendKind, StateKey, ValueState, ValueStateDescriptor,
+    assign_key_group, key_group_range, AggregateFunction, AggregatingStateDescriptor, KeyGroupRange, KeyedStateBackend,
+    StateBackendKind, StateKey, ValueState, ValueStateDescriptor,
 };
 
-use super::join::{BroadcastOp, BroadcastState, Either, IntervalJoinOp, JoinedTimestamps, KeyedBroadcastProcessFunction};
+use super::join::{
+    BroadcastOp, BroadcastState, Either, IntervalJoinOp, JoinedTimestamps, KeyedBroadcastProcessFunction,
+};
 use super::operator_state::{OperatorListState, RuntimeContext, UnionListState};
 use super::process::{
     KeyedContext, KeyedProcessFunction, KeyedProcessOp, KeyedRuntimeContext, ProcessContext, ProcessFunction,
@@ -97,7 +99,11 @@ fn snapshot<I: Data>(chain: &mut dyn Emit<I>, checkpoint: u64) -> TaskSnapshot {
 /// Runs `steps` through a chain made by `make`, then finishes it: once uninterrupted, once with
 /// a snapshot and restore into a fresh chain before each step index in `cuts`. Returns both
 /// outputs.
-fn run<I: Data + Clone, O: Data>(make: &dyn Fn(&Out<O>) -> Link<I>, steps: &[Step<I>], cuts: &[usize]) -> (Vec<O>, Vec<O>) {
+fn run<I: Data + Clone, O: Data>(
+    make: &dyn Fn(&Out<O>) -> Link<I>,
+    steps: &[Step<I>],
+    cuts: &[usize],
+) -> (Vec<O>, Vec<O>) {
     let out = Rc::new(RefCell::new(Vec::new()));
     let mut chain = make(&out);
     for step in steps {
@@ -338,11 +344,8 @@ fn processing_time_windows_survive_restores() {
         (WindowAssigner::tumbling_processing_time(day), Trigger::Count(4)),
     ] {
         let records: Vec<(u64, i64)> = (0..120u64).map(|i| (i % 9, i as i64)).collect();
-        let steps: Vec<Step<(u64, i64)>> = records
-            .chunks(30)
-            .map(|c| Step::Records(c.to_vec()))
-            .chain([Step::ProcessingTime(i64::MAX / 2)])
-            .collect();
+        let steps: Vec<Step<(u64, i64)>> =
+            records.chunks(30).map(|c| Step::Records(c.to_vec())).chain([Step::ProcessingTime(i64::MAX / 2)]).collect();
         let make = |out: &Out<WOut>| link(windows(assigner, trigger.clone(), 0), out);
         let (want, got) = run(&make, &steps, &[1, 2, 4]);
         // Windows start at the wall clock; keys and sums are what must match.
@@ -384,17 +387,26 @@ fn interval_join() -> IntervalJoinOp<u64, (u64, i64), (u64, i64), JoinKey, JoinF
 
 #[test]
 fn interval_join_buffers_and_cleanup_timers_survive_restores() {
-    let steps: Vec<Step<JoinIn>> = keyed_script(5, 8)
-        .into_iter()
-        .enumerate()
-        .map(|(i, step)| match step {
-            Step::Records(r) => Step::Records(
-                r.into_iter().map(|(k, t)| if (k + t as u64) % 2 == 0 { Either::Left((k, t)) } else { Either::Right((k, t)) }).collect(),
-            ),
-            Step::Watermark(w) => Step::Watermark(w - (i as i64 % 4) * 10),
-            Step::ProcessingTime(t) => Step::ProcessingTime(t),
-        })
-        .collect();
+    let steps: Vec<Step<JoinIn>> =
+        keyed_script(5, 8)
+            .into_iter()
+            .enumerate()
+            .map(|(i, step)| match step {
+                Step::Records(r) => Step::Records(
+                    r.into_iter()
+                        .map(|(k, t)| {
+                            if (k + t as u64).is_multiple_of(2) {
+                                Either::Left((k, t))
+                            } else {
+                                Either::Right((k, t))
+                            }
+                        })
+                        .collect(),
+                ),
+                Step::Watermark(w) => Step::Watermark(w - (i as i64 % 4) * 10),
+                Step::ProcessingTime(t) => Step::ProcessingTime(t),
+            })
+            .collect();
     let (want, got) = run(&|out| link(interval_join(), out), &steps, &cuts(steps.len()));
     assert!(want.len() > 50);
     assert_eq!(sorted(got), sorted(want));
@@ -516,7 +528,8 @@ fn keyed_reduce_survives_restores_and_rescales() {
         chain.restore_state(&TaskSnapshot { nodes: vec![(NODE as u32, parts)], ..Default::default() }).unwrap();
         while !chain.finish_step(4).unwrap() {}
     }
-    let want: Vec<(u64, u64)> = (0..31u64).map(|k| (k, records.iter().filter(|r| r.0 == k).map(|r| r.1).sum())).collect();
+    let want: Vec<(u64, u64)> =
+        (0..31u64).map(|k| (k, records.iter().filter(|r| r.0 == k).map(|r| r.1).sum())).collect();
     assert_eq!(sorted(out.take()), want);
 }
 
@@ -612,65 +625,45 @@ fn a_restored_state_declared_with_another_type_or_kind_is_refused() {
 
 // ---------------------------------------------------------------- the chain
 
-#[test]
-fn a_damaged_part_fails_the_restore_naming_the_operator_and_the_part() {
-    let mut chains: Vec<(&str, Box<dyn Fn() -> TaskSnapshot>)> = Vec::new();
-    chains.push((
-        "keyed process",
-        Box::new(|| {
-            let mut chain = link(keyed_process(ALL), &Rc::new(RefCell::new(Vec::new())));
-            drive(&mut *chain, &keyed_script(5, 1)[0]);
-            snapshot(&mut *chain, 1)
-        }),
-    ));
-    chains.push((
-        "reduce",
-        Box::new(|| {
-            let mut chain = link(reduce(RuntimeMode::Streaming, ALL), &Rc::new(RefCell::new(Vec::new())));
-            drive(&mut *chain, &Step::Records(vec![(1, 2), (3, 4)]));
-            snapshot(&mut *chain, 1)
-        }),
-    ));
-    chains.push((
-        "broadcast",
-        Box::new(|| {
-            let mut chain = link(broadcast(), &Rc::new(RefCell::new(Vec::new())));
-            drive(&mut *chain, &Step::Records(vec![Either::Right((1, 2)), Either::Left((3, 4))]));
-            snapshot(&mut *chain, 1)
-        }),
-    ));
-    chains.push((
-        "process",
-        Box::new(|| {
-            let mut chain = link(numbered(), &Rc::new(RefCell::new(Vec::new())));
-            drive(&mut *chain, &Step::Records(vec![1]));
-            snapshot(&mut *chain, 1)
-        }),
-    ));
-    for (what, take) in chains {
-        let state = take();
-        let parts = &state.node(NODE).unwrap().parts;
-        for (p, part) in parts.iter().enumerate() {
-            for at in (0..part.bytes.len()).step_by(3) {
-                let mut damaged = state.clone();
-                damaged.nodes[0].1.parts[p].bytes[at] ^= 0x08;
-                let restore = |damaged: &TaskSnapshot| -> Result<(), TaskError> {
-                    match what {
-                        "keyed process" => link(keyed_process(ALL), &Rc::new(RefCell::new(Vec::new()))).restore_state(damaged),
-                        "reduce" => link(reduce(RuntimeMode::Streaming, ALL), &Rc::new(RefCell::new(Vec::new()))).restore_state(damaged),
-                        "broadcast" => link(broadcast(), &Rc::new(RefCell::new(Vec::new()))).restore_state(damaged),
-                        _ => link(numbered(), &Rc::new(RefCell::new(Vec::new()))).restore_state(damaged),
-                    }
-                };
-                match restore(&damaged) {
-                    Err(TaskError::Checkpoint { node: Some(NODE), message }) => {
-                        assert!(message.contains(&format!("'{}'", part.name)), "{what}, byte {at}: {message}");
-                    }
-                    other => panic!("{what}: part '{}' byte {at} flipped: {other:?}", part.name),
+fn discard<O>() -> Out<O> {
+    Rc::new(RefCell::new(Vec::new()))
+}
+
+/// Feeds `steps` to a chain made by `make`, snapshots it, and restores copies of the snapshot
+/// with one byte of one part flipped (every third byte of every part) into fresh chains: each
+/// restore must fail naming the node and the part.
+fn check_damage<I: Data + Clone>(make: &dyn Fn() -> Link<I>, steps: &[Step<I>]) {
+    let mut chain = make();
+    for step in steps {
+        drive(&mut *chain, step);
+    }
+    let state = snapshot(&mut *chain, 1);
+    let parts = &state.node(NODE).expect("state written").parts;
+    for (p, part) in parts.iter().enumerate() {
+        for at in (0..part.bytes.len()).step_by(3) {
+            let mut damaged = state.clone();
+            damaged.nodes[0].1.parts[p].bytes[at] ^= 0x08;
+            match make().restore_state(&damaged) {
+                Err(TaskError::Checkpoint { node: Some(NODE), message }) => {
+                    assert!(message.contains(&format!("'{}'", part.name)), "byte {at}: {message}");
                 }
+                other => panic!("part '{}' byte {at} flipped: {other:?}", part.name),
             }
         }
     }
+}
+
+#[test]
+fn a_damaged_part_fails_the_restore_naming_the_operator_and_the_part() {
+    check_damage(&|| link(keyed_process(ALL), &discard()), &keyed_script(5, 1)[..1]);
+    check_damage(&|| link(reduce(RuntimeMode::Streaming, ALL), &discard()), &[Step::Records(vec![(1, 2), (3, 4)])]);
+    check_damage(
+        &|| link(broadcast(), &discard()),
+        &[Step::Records(vec![Either::Right((1, 2)), Either::Left((3, 4))])],
+    );
+    check_damage(&|| link(numbered(), &discard()), &[Step::Records(vec![1])]);
+    let sessions = WindowAssigner::event_time_session(std::time::Duration::from_millis(40));
+    check_damage(&|| link(windows(sessions, Trigger::EventTime, 0), &discard()), &keyed_script(5, 1)[..1]);
 }
 
 #[test]
@@ -689,9 +682,20 @@ fn snapshots_reach_every_link_and_side_output_of_the_chain() {
         Arc::new(OperatorMetrics::default()),
         8,
     );
-    let to_pairs = ProcessOp::new(|v: u64, ctx: &mut ProcessContext<'_, (u64, u64)>| ctx.collect((v % 3, v)), None, SideOutputs::default(), 0, 1);
-    let mut chain: Link<u64> =
-        Box::new(OpNode::with_sides(to_pairs, Box::new(second), vec![sink], Arc::new(OperatorMetrics::default()), NODE));
+    let to_pairs = ProcessOp::new(
+        |v: u64, ctx: &mut ProcessContext<'_, (u64, u64)>| ctx.collect((v % 3, v)),
+        None,
+        SideOutputs::default(),
+        0,
+        1,
+    );
+    let mut chain: Link<u64> = Box::new(OpNode::with_sides(
+        to_pairs,
+        Box::new(second),
+        vec![sink],
+        Arc::new(OperatorMetrics::default()),
+        NODE,
+    ));
     drive(&mut *chain, &Step::Records((0..9).collect()));
     let state = snapshot(&mut *chain, 1);
     let nodes: Vec<u32> = state.nodes.iter().map(|(n, _)| *n).collect();

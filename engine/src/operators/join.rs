@@ -223,7 +223,11 @@ where
         Some(watermark)
     }
 
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint: CheckpointId,
+        into: &mut OperatorStateParts,
+    ) -> Result<(), StateHookError> {
         Ok(self.core.snapshot(into)?)
     }
 
@@ -318,8 +322,7 @@ where
                 let key = (self.key_fn)(&value);
                 let timestamp = self.timestamps.as_ref().map(|f| f(&value));
                 self.core.backend.set_current_key(key.clone());
-                let mut ctx =
-                    KeyedContext::new(&key, timestamp, &mut self.core.timers, clock, out, &self.sides, None);
+                let mut ctx = KeyedContext::new(&key, timestamp, &mut self.core.timers, clock, out, &self.sides, None);
                 self.f.process_element(value, &self.state, &mut ctx);
             }
             Either::Right(rule) => {
@@ -360,20 +363,17 @@ where
         self.core.fire_step(out, max_records, |core, timer, domain, out| {
             core.backend.set_current_key(timer.key.clone());
             let clock = (core.clock.watermark, core.clock.processing_time);
-            let mut ctx = KeyedContext::new(
-                &timer.key,
-                Some(timer.timestamp),
-                &mut core.timers,
-                clock,
-                out,
-                sides,
-                Some(domain),
-            );
+            let mut ctx =
+                KeyedContext::new(&timer.key, Some(timer.timestamp), &mut core.timers, clock, out, sides, Some(domain));
             f.on_timer(timer.timestamp, state, &mut ctx);
         })
     }
 
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint: CheckpointId,
+        into: &mut OperatorStateParts,
+    ) -> Result<(), StateHookError> {
         self.core.snapshot(into)?;
         Ok(self.state.snapshot(into)?)
     }

@@ -157,7 +157,8 @@ impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
 
     /// Replaces keyed state and timers with those of `from` in this subtask's key groups (every
     /// `keyed-state` and `timers` part is read, so parts of several old subtasks may be given
-    /// after a rescale). Every part is read and checked before anything changes.
+    /// after a rescale). Every part is read (framing, checksum, validation) before anything
+    /// changes; a restore that fails after that fails the task, which discards the operator.
     pub(crate) fn restore(&mut self, from: &OperatorStateParts) -> Result<(), PartError> {
         let states: Vec<KeyedStateSnapshot> = state_parts::get_all(from, KEYED_STATE_PART, PartLayout::KeyGroups)?;
         let timers: Vec<TimerSnapshot> = state_parts::get_all(from, TIMERS_PART, PartLayout::KeyGroups)?;

@@ -139,12 +139,9 @@ trait ErasedList {
 
 impl<T: StateValue> ErasedList for Rc<RefCell<Vec<T>>> {
     fn snapshot(&self) -> Result<ListStateBytes, StateError> {
-        let elements = self
-            .borrow()
-            .iter()
-            .map(|e| to_bytes(e))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StateError::Serialization { what: std::any::type_name::<T>().into(), reason: e.to_string() })?;
+        let elements = self.borrow().iter().map(|e| to_bytes(e)).collect::<Result<Vec<_>, _>>().map_err(|e| {
+            StateError::Serialization { what: std::any::type_name::<T>().into(), reason: e.to_string() }
+        })?;
         Ok(ListStateBytes { value_type: std::any::type_name::<T>().to_owned(), elements })
     }
 

@@ -13,8 +13,8 @@ use corestream_state::{KeyedStateBackend, StateKey, TimerService};
 use super::keyed_core::KeyedCore;
 use super::operator_state::{OperatorStateStore, RuntimeContext};
 use super::{now_ms, Operator};
-use crate::checkpoint::{CheckpointId, OperatorStateParts, StateHookError};
 use crate::api::time::OutputTag;
+use crate::checkpoint::{CheckpointId, OperatorStateParts, StateHookError};
 use crate::runtime::build::SideOutputs;
 use crate::time::Timestamps;
 
@@ -299,7 +299,11 @@ impl<I: Data, O: Data, P: ProcessFunction<I, O>> Operator<I, O> for ProcessOp<I,
         Some(watermark)
     }
 
-    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+    fn snapshot_state(
+        &mut self,
+        checkpoint: CheckpointId,
+        into: &mut OperatorStateParts,
+    ) -> Result<(), StateHookError> {
         self.ensure_open();
         self.f.snapshot_state(checkpoint);
         Ok(self.store.snapshot(into)?)
@@ -401,7 +405,11 @@ where
         })
     }
 
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint: CheckpointId,
+        into: &mut OperatorStateParts,
+    ) -> Result<(), StateHookError> {
         Ok(self.core.snapshot(into)?)
     }
 

@@ -59,8 +59,7 @@ where
     /// Replaces the values with those of every `keyed-state` part in this subtask's key
     /// groups, all checked before anything changes.
     fn restore(&mut self, from: &OperatorStateParts) -> Result<(), PartError> {
-        let snapshots: Vec<KeyedStateSnapshot> =
-            state_parts::get_all(from, KEYED_STATE_PART, PartLayout::KeyGroups)?;
+        let snapshots: Vec<KeyedStateSnapshot> = state_parts::get_all(from, KEYED_STATE_PART, PartLayout::KeyGroups)?;
         let fail = |e: StateError| PartError::state(KEYED_STATE_PART, e);
         let mut seen = HashSet::new();
         let mut restored = HashMap::new();
@@ -119,7 +118,11 @@ where
         pending.is_empty()
     }
 
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint: CheckpointId,
+        into: &mut OperatorStateParts,
+    ) -> Result<(), StateHookError> {
         Ok(self.snapshot(into)?)
     }
 

@@ -39,11 +39,7 @@ pub(crate) fn put<T: Data>(
 }
 
 /// Every occurrence of part `name` with layout `layout`, read back.
-pub(crate) fn get_all<T: Data>(
-    from: &OperatorStateParts,
-    name: &str,
-    layout: PartLayout,
-) -> Result<Vec<T>, PartError> {
+pub(crate) fn get_all<T: Data>(from: &OperatorStateParts, name: &str, layout: PartLayout) -> Result<Vec<T>, PartError> {
     from.parts
         .iter()
         .filter(|p| p.name == name)

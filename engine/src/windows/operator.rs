@@ -5,6 +5,11 @@
 //! lateness) fire windows when the watermark or processing time passes them. A record whose
 //! windows are all past their cleanup time is late: it goes to the late side output if there
 //! is one, and is counted and dropped otherwise.
+//!
+//! State, timers and clocks are the shared [`KeyedCore`]'s; the window-end and cleanup timers
+//! of the common triggers live in time buckets of this operator instead (no deduplication
+//! needed), and its snapshot writes them into the core's `timers` part, so a restore brings
+//! every window's timers back.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -390,8 +395,14 @@ where
             // watermark; with gap-based sessions the merged window only grows, so it cannot.
             let mut merged_states = Vec::new();
             for m in &merge.merged_windows {
-                let mut ctx =
-                    Self::ctx(key, *m, self.core.clock.watermark, self.core.clock.processing_time, &mut self.core.timers, &mut self.trigger_state);
+                let mut ctx = Self::ctx(
+                    key,
+                    *m,
+                    self.core.clock.watermark,
+                    self.core.clock.processing_time,
+                    &mut self.core.timers,
+                    &mut self.trigger_state,
+                );
                 if let Some(s) = ctx.state() {
                     merged_states.push(s);
                 }
@@ -432,9 +443,10 @@ where
     /// pending, so that is empty there). The operator itself is left as it was.
     fn snapshot(&self, into: &mut OperatorStateParts) -> Result<(), PartError> {
         let firing = |event_time: bool| {
-            self.firing_bucket.iter().filter(move |(_, e, _)| *e == event_time).flat_map(|(time, _, rest)| {
-                rest.as_slice().iter().map(move |(key, window)| (*time, key, window))
-            })
+            self.firing_bucket
+                .iter()
+                .filter(move |(_, e, _)| *e == event_time)
+                .flat_map(|(time, _, rest)| rest.as_slice().iter().map(move |(key, window)| (*time, key, window)))
         };
         let event = firing(true).chain(WindowTimers::all(&self.window_timers.event));
         let processing = firing(false).chain(WindowTimers::all(&self.window_timers.processing));
@@ -631,7 +643,11 @@ where
         self.fire_step(out, max_records)
     }
 
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut OperatorStateParts) -> Result<(), StateHookError> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint: CheckpointId,
+        into: &mut OperatorStateParts,
+    ) -> Result<(), StateHookError> {
         Ok(self.snapshot(into)?)
     }
 

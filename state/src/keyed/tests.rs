@@ -524,7 +524,10 @@ fn value_snapshots_built_outside_a_backend_restore_into_one_and_back() {
     assert!(written.key_groups.iter().zip(&snapshot.key_groups).all(|(a, b)| a.key_group == b.key_group
         && a.states[0].value_type == b.states[0].value_type
         && a.states[0].kind == b.states[0].kind));
-    assert!(sorted(written.values::<u64, String>("sums", full).unwrap()) == values, "the backend's snapshot reads back");
+    assert!(
+        sorted(written.values::<u64, String>("sums", full).unwrap()) == values,
+        "the backend's snapshot reads back"
+    );
     let half = key_group_range(MAX_P, 2, 1);
     let got: Vec<(u64, String)> = sorted(snapshot.values("sums", half).unwrap());
     let want: Vec<(u64, String)> =
