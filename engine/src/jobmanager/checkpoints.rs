@@ -220,17 +220,6 @@ impl Running {
         self.execute(jm, actions)
     }
 
-    pub(crate) fn trigger_now(&mut self, jm: &Jm) -> Result<CheckpointId, String> {
-        if !self.all_running {
-            return Err("not every task of the job is running yet".into());
-        }
-        let (id, actions) = self.coordinator.trigger_now(now_ms()).map_err(|e| e.to_string())?;
-        if let Outcome::FailJob(reason) = self.execute(jm, actions) {
-            return Err(reason);
-        }
-        Ok(id)
-    }
-
     pub(crate) fn on_ack(
         &mut self,
         jm: &Jm,

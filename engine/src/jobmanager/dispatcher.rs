@@ -146,8 +146,7 @@ impl Dispatcher {
         job_type: String,
         args: Vec<String>,
         parallelism: u32,
-        restarts: Box<dyn job_master::Restarts>,
-        checkpointing: JobCheckpointing,
+        (restarts, checkpointing): (Box<dyn job_master::Restarts>, JobCheckpointing),
         inline: Option<Inline>,
     ) {
         let (inbox_tx, inbox) = mpsc::channel::<JobEvent>(INBOX);
@@ -209,8 +208,7 @@ impl Dispatcher {
             name,
             Vec::new(),
             parallelism,
-            Box::new(NoRestart),
-            checkpointing,
+            (Box::new(NoRestart), checkpointing),
             Some(Inline { plan, job }),
         );
     }
@@ -283,7 +281,7 @@ impl ClusterApi for Dispatcher {
         job_master::validate(&self.jm, &request.job, &request.args, parallelism).map_err(ApiError::bad_request)?;
         let id = JobId::random();
         let restarts = (self.jm.settings.restarts)(RestartChoice { requested, checkpointing: checkpointing.enabled() });
-        self.start_job(id, request.job, request.args, parallelism, restarts, checkpointing, None);
+        self.start_job(id, request.job, request.args, parallelism, (restarts, checkpointing), None);
         Ok(SubmitResponse { jobid: id })
     }
 

@@ -374,6 +374,9 @@ fn start(
     }
     let parts = (job_type.build)(&mut env, &JobContext { args: &d.args, planning: false, signals: signals.clone() })
         .map_err(|e| JobError::InvalidJob(format!("job '{}': {e}", d.job_type)))?;
+    if d.checkpointing.as_ref().is_some_and(|c| c.dir.is_some()) {
+        env.check_sources_rewind()?;
+    }
     let ids: Vec<TmId> = d.participants.iter().map(|p| TmId(p.tm.0)).collect();
     let checkpoints = d
         .checkpointing
