@@ -3,7 +3,7 @@
 //! `docs/CHECKPOINTS.md`.
 //!
 //! Each subtask writes its records into an in-progress part, a hidden file
-//! `.part-<subtask>-<seq>.inprogress` (names in [`crate::fs::parts`]). On a checkpoint's barrier
+//! `.part-<subtask>-<seq>.inprogress` (names in `crate::fs::parts`). On a checkpoint's barrier
 //! (pre-commit) it flushes, syncs (a failed sync fails the checkpoint) and closes the part,
 //! which stays hidden and is pending in the subtask's state with its sequence number; the next
 //! record opens the next part. When the checkpoint completes, the pending parts are renamed to

@@ -5,7 +5,7 @@
 //! marker's age in its operator's histogram of the marker's source subtask.
 //!
 //! In a job with checkpoints the sink link passes the checkpoint hooks to its sink: the
-//! snapshot (bytes the sink keeps as its subtask's state, the part [`SINK_STATE_PART`] with the
+//! snapshot (bytes the sink keeps as its subtask's state, the part `SINK_STATE_PART` with the
 //! layout `Subtask`), the restore before any input, and the completion or abortion of a
 //! checkpoint. Two-phase-commit sinks ([`crate::api::two_phase`]) are built on these.
 

@@ -10,7 +10,7 @@
 //! would have emitted after that point. Generators and sequences record their next index,
 //! iterators how many items they yielded (a restored iterator skips as many, so it must yield
 //! the same items whenever the job is built), regular text files a byte offset. Sources that
-//! cannot rewind are declared so ([`Rewind::No`]) with the guarantee they give: the host
+//! cannot rewind are declared so (`Rewind::No`) with the guarantee they give: the host
 //! channel, streams that are not regular files, and application sources that do not
 //! implement [`SourceFunction::snapshot_state`]. A job with such a source and checkpoints is
 //! refused unless the application accepts at-most-once for them

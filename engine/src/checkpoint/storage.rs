@@ -468,7 +468,7 @@ pub fn encode_task_state(snapshot: &TaskSnapshot) -> Result<(Vec<u8>, u64), Stri
     Ok((bytes, checksum))
 }
 
-/// Why a task state file's bytes are not a snapshot (the path is added by [`Self::at`]).
+/// Why a task state file's bytes are not a snapshot (the path is added by `Self::at`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskStateDecodeError {
     Truncated { actual: u64, expected: u64 },

@@ -7,7 +7,7 @@
 //! in keyed state until the watermark passes the last time a match could arrive) and the
 //! broadcast-state operator (rules broadcast to every subtask, kept in each subtask's
 //! [`BroadcastState`], applied to a keyed stream). The keyed ones are built on the shared
-//! [`KeyedCore`], which snapshots and restores their keyed state and timers.
+//! `KeyedCore`, which snapshots and restores their keyed state and timers.
 
 use std::sync::Arc;
 

@@ -9,10 +9,10 @@
 //! A chain ends in a sink or in the task's network output; both report readiness, which is how
 //! backpressure reaches the task loop: the loop feeds the next batch only when the chain is ready.
 //!
-//! Checkpoints go down the chain the same way: [`Control::snapshot_state`] asks every link for
-//! its operator's state (keyed operators through their shared [`keyed_core`], operator state
-//! through [`operator_state`]), [`Control::restore_state`] gives it back before any input, and
-//! [`Control::notify_checkpoint`] tells every link when a checkpoint completed or was aborted.
+//! Checkpoints go down the chain the same way: `Control::snapshot_state` asks every link for
+//! its operator's state (keyed operators through their shared `keyed_core`, operator state
+//! through `operator_state`), `Control::restore_state` gives it back before any input, and
+//! `Control::notify_checkpoint` tells every link when a checkpoint completed or was aborted.
 
 #[cfg(test)]
 mod checkpoint_tests;

@@ -9,7 +9,7 @@
 //!
 //! Non-keyed process functions declare list state by name in
 //! [`ProcessFunction::open`](super::process::ProcessFunction::open) through a
-//! [`RuntimeContext`]; the [`OperatorStateStore`] behind it writes one part per state
+//! [`RuntimeContext`]; the `OperatorStateStore` behind it writes one part per state
 //! (`list/<name>`, layout `OperatorList` or `UnionList`, bytes: the framed archive of a
 //! [`ListStateBytes`], one archive per element so a rescale can deal elements without knowing
 //! their type) and keeps the parts of states it restored but that were not declared (yet), so a

@@ -2,7 +2,7 @@
 //! `KeyedProcessFunction`): a user function sees each record with its timestamp, the clocks and
 //! side outputs; on a keyed stream it also has keyed state (created in `open`) and event- and
 //! processing-time timers per key, fired in timestamp order once the clock passes them (the
-//! keyed operator is built on the shared [`KeyedCore`]); on a non-keyed stream it may keep
+//! keyed operator is built on the shared `KeyedCore`); on a non-keyed stream it may keep
 //! operator state (list and union list state, declared in `open`).
 
 use std::sync::Arc;

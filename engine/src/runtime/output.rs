@@ -13,8 +13,8 @@
 //! Checkpoint barriers: an aligned barrier is an ordinary event (behind parked records, then
 //! behind the channel's queued buffers). An unaligned barrier (a priority event) overtakes: the
 //! open buffers are sent, and the barrier goes to every channel ahead of the buffers waiting for
-//! credit, whose bytes become the task's output channel state ([`OutputCapture`], collected
-//! while the task emits the barrier, [`capturing`]). Records parked before it are first written
+//! credit, whose bytes become the task's output channel state (`OutputCapture`, collected
+//! while the task emits the barrier, `capturing`). Records parked before it are first written
 //! into buffers with the barrier's overdraft (half of the task's overdraft is kept for that);
 //! when even that is not enough, the barrier keeps its place and overtakes once the records
 //! before it are written, and the capture counts it as deferred until then. A restored task's

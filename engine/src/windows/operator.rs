@@ -6,7 +6,7 @@
 //! windows are all past their cleanup time is late: it goes to the late side output if there
 //! is one, and is counted and dropped otherwise.
 //!
-//! State, timers and clocks are the shared [`KeyedCore`]'s; the window-end and cleanup timers
+//! State, timers and clocks are the shared `KeyedCore`'s; the window-end and cleanup timers
 //! of the common triggers live in time buckets of this operator instead (no deduplication
 //! needed), and its snapshot writes them into the core's `timers` part, so a restore brings
 //! every window's timers back.
