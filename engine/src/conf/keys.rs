@@ -640,19 +640,7 @@ impl Kind {
     /// Sets the field from a value, or says what was expected.
     pub(crate) fn assign(&self, key: &str, s: &mut ClusterSettings, given: &Given) -> Result<(), String> {
         match self {
-            Kind::Duration { at, min, max } => {
-                let expected = format!("a duration {}", range(format_duration(*min), format_duration(*max)));
-                let d = match given {
-                    Given::Int(Some(n)) => {
-                        return Err(format!("a duration with a unit: write e.g. \"{n} s\" or \"{n} ms\""))
-                    }
-                    _ => parse_duration(text(given, &expected)?)?,
-                };
-                if d < *min || d > *max {
-                    return Err(expected);
-                }
-                *(at.get_mut)(s) = d;
-            }
+            Kind::Duration { at, min, max } => *(at.get_mut)(s) = bounded_duration(given, *min, *max)?,
             Kind::Size { at, min, max } => {
                 let expected = format!("a size {}", range(format_size(*min), format_size(*max)));
                 let b = match given {
@@ -717,19 +705,7 @@ impl Kind {
                 }
                 *(at.get_mut)(s) = Some(PathBuf::from(p));
             }
-            Kind::OptDuration { at, min, max, .. } => {
-                let expected = format!("a duration {}", range(format_duration(*min), format_duration(*max)));
-                let d = match given {
-                    Given::Int(Some(n)) => {
-                        return Err(format!("a duration with a unit: write e.g. \"{n} s\" or \"{n} ms\""))
-                    }
-                    _ => parse_duration(text(given, &expected)?)?,
-                };
-                if d < *min || d > *max {
-                    return Err(expected);
-                }
-                *(at.get_mut)(s) = Some(d);
-            }
+            Kind::OptDuration { at, min, max, .. } => *(at.get_mut)(s) = Some(bounded_duration(given, *min, *max)?),
             Kind::Mode { at } => {
                 let expected = "`exactly-once` or `at-least-once`";
                 let t = text(given, expected)?;
@@ -804,6 +780,18 @@ impl Kind {
             Kind::Mode { .. } => "`exactly-once` or `at-least-once`".into(),
         }
     }
+}
+
+fn bounded_duration(given: &Given, min: Duration, max: Duration) -> Result<Duration, String> {
+    let expected = format!("a duration {}", range(format_duration(min), format_duration(max)));
+    let d = match given {
+        Given::Int(Some(n)) => return Err(format!("a duration with a unit: write e.g. \"{n} s\" or \"{n} ms\"")),
+        _ => parse_duration(text(given, &expected)?)?,
+    };
+    if d < min || d > max {
+        return Err(expected);
+    }
+    Ok(d)
 }
 
 fn count(given: &Given, min: u32, max: u32) -> Result<u32, String> {
