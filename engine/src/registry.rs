@@ -23,6 +23,10 @@ pub struct JobContext<'a> {
     pub planning: bool,
     /// Counters shared by every process of the job (see [`JobSignals`]).
     pub signals: JobSignals,
+    /// True when the job takes checkpoints: whatever its sinks hold must be in checkpointed
+    /// state or committed through two-phase commit (a sink that holds rows in memory until the
+    /// end would lose them at a restore).
+    pub checkpoints: bool,
 }
 
 /// Named counters a job's processes share while it runs: any subtask or host thread adds to a

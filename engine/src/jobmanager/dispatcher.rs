@@ -278,7 +278,8 @@ impl ClusterApi for Dispatcher {
             .map(parse_restart_strategy)
             .transpose()
             .map_err(ApiError::bad_request)?;
-        job_master::validate(&self.jm, &request.job, &request.args, parallelism).map_err(ApiError::bad_request)?;
+        job_master::validate(&self.jm, &request.job, &request.args, (parallelism, checkpointing.enabled()))
+            .map_err(ApiError::bad_request)?;
         let id = JobId::random();
         let restarts = (self.jm.settings.restarts)(RestartChoice { requested, checkpointing: checkpointing.enabled() });
         self.start_job(id, request.job, request.args, parallelism, (restarts, checkpointing), None);

@@ -216,14 +216,15 @@ async fn run_attempt(
     inbox: &mut mpsc::Receiver<JobEvent>,
     inline: Option<&Inline>,
 ) -> AttemptEnd {
-    let Some((job_type, args, parallelism)) = jm.with_job(job, |j| (j.job_type.clone(), j.args.clone(), j.parallelism))
+    let Some((job_type, args, parallelism, checkpoints)) =
+        jm.with_job(job, |j| (j.job_type.clone(), j.args.clone(), j.parallelism, j.checkpointing.enabled()))
     else {
         return AttemptEnd::Failed(Failure::now("the job vanished from the dispatcher", false));
     };
     jm.update_job(job, |j| j.state = JobState::Created);
     let needed = match inline {
         Some(inline) => inline.plan.slots_needed,
-        None => match jm.plan(&job_type, &args, parallelism, &SlotSplit::even(parallelism.max(1), 1)) {
+        None => match jm.plan(&job_type, &args, (parallelism, checkpoints), &SlotSplit::even(parallelism.max(1), 1)) {
             Ok(plan) => plan.slots_needed,
             Err(message) => return AttemptEnd::Failed(Failure::now(message, false)),
         },
@@ -311,7 +312,7 @@ async fn run_attempt(
     let split = SlotSplit::from_counts(&parts.iter().map(|p| p.slots.len() as u32).collect::<Vec<_>>());
     let planned = match inline {
         Some(inline) => Ok(inline.plan.clone()),
-        None => jm.plan(&job_type, &args, parallelism, &split),
+        None => jm.plan(&job_type, &args, (parallelism, checkpoints), &split),
     };
     let plan = match planned {
         Ok(plan) => plan,
@@ -753,8 +754,13 @@ fn merge_outcome(
 }
 
 /// Checks a submission: the job type exists and builds with these arguments.
-pub(crate) fn validate(jm: &Jm, job_type: &str, args: &[String], parallelism: u32) -> Result<(), String> {
-    jm.plan(job_type, args, parallelism, &SlotSplit::even(parallelism.max(1), 1)).map(|_| ())
+pub(crate) fn validate(
+    jm: &Jm,
+    job_type: &str,
+    args: &[String],
+    (parallelism, checkpoints): (u32, bool),
+) -> Result<(), String> {
+    jm.plan(job_type, args, (parallelism, checkpoints), &SlotSplit::even(parallelism.max(1), 1)).map(|_| ())
 }
 
 /// Builds the job on a planning cluster (see [`crate::registry`]).
@@ -762,14 +768,15 @@ pub(crate) fn plan_job(
     jm: &Jm,
     job_type: &str,
     args: &[String],
-    parallelism: u32,
+    (parallelism, checkpoints): (u32, bool),
     split: &SlotSplit,
 ) -> Result<crate::runtime::cluster::PlanSummary, String> {
     let job = jm.registry.lookup(job_type)?;
     let planner = crate::runtime::cluster::LocalCluster::planner(jm.settings.cluster.clone(), parallelism.max(1));
     let mut env = planner.environment();
     env.set_parallelism(parallelism.max(1));
-    (job.build)(&mut env, &JobContext { args, planning: true, signals: crate::registry::JobSignals::local() })
+    let signals = crate::registry::JobSignals::local();
+    (job.build)(&mut env, &JobContext { args, planning: true, signals, checkpoints })
         .map_err(|e| format!("job '{job_type}': {e}"))?;
     env.plan_summary(job_type, split).map_err(|e| e.to_string())
 }

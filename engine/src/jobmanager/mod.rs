@@ -326,10 +326,10 @@ impl Jm {
         &self,
         job_type: &str,
         args: &[String],
-        parallelism: u32,
+        (parallelism, checkpoints): (u32, bool),
         split: &SlotSplit,
     ) -> Result<PlanSummary, String> {
-        job_master::plan_job(self, job_type, args, parallelism, split)
+        job_master::plan_job(self, job_type, args, (parallelism, checkpoints), split)
     }
 
     /// Takes `needed` free slots for `job` in the table, or none if too few are free.

@@ -32,6 +32,7 @@ use crate::graph::job_graph::{self, EdgeDesc, NodeDesc};
 use crate::graph::stream_graph::{NodeKind, StreamGraph};
 use crate::graph::{execution, explain, Partitioning};
 use crate::operators::OperatorMetrics;
+use crate::registry::JobRegistry;
 
 pub(crate) struct ClusterInner {
     pub config: ClusterConfig,
@@ -201,12 +202,20 @@ impl LocalCluster {
     /// runtime of a cluster runtime's TaskManager instead, which runs the parts of jobs its
     /// JobManager deploys.
     pub fn start(config: ClusterConfig) -> Result<Self, StartupError> {
+        Self::start_with_jobs(config, JobRegistry::new())
+    }
+
+    /// [`start`](Self::start) with job types its JobManager can run by name
+    /// ([`api`](Self::api)`.submit`), as a cluster of processes runs them: such a job is built
+    /// again for each attempt, so it can take checkpoints and restart from them, which a job
+    /// built on [`environment`](Self::environment) (closures of this process, run once) cannot.
+    pub fn start_with_jobs(config: ClusterConfig, jobs: JobRegistry) -> Result<Self, StartupError> {
         let embedded = config.data_listener.is_none();
         let runtime = Self::start_runtime(config)?;
         if !embedded {
             return Ok(runtime);
         }
-        let mini = MiniCluster::start(runtime.clone())?;
+        let mini = MiniCluster::start(runtime.clone(), jobs)?;
         Ok(Self { inner: runtime.inner, mini: Some(mini) })
     }
 

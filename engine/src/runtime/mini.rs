@@ -15,7 +15,9 @@
 //! then on the TaskManager reports the job's task states and, once its owner has joined or
 //! dropped the handle (its slots are free), the part's outcome, so the JobManager's view
 //! ([`LocalCluster::api`]) shows the job as a cluster would. An embedded job is never restarted
-//! (strategy `none`): its closures and host channels may not run twice.
+//! (strategy `none`): its closures and host channels may not run twice. Jobs submitted by name
+//! through the API ([`LocalCluster::start_with_jobs`]) are built again for every attempt and
+//! take checkpoints and restart as on a cluster of processes.
 //!
 //! Architecture Invariant: a [`JobHandle`] of an embedded job keeps its cluster's JobManager
 //! and TaskManager alive, so every part's end reaches them; the cluster stops when the last
@@ -107,7 +109,7 @@ pub(crate) struct MiniCluster {
 impl MiniCluster {
     /// Starts the JobManager and a TaskManager over `slots` (a slot runtime without a
     /// JobManager), registered with each other.
-    pub(crate) fn start(slots: LocalCluster) -> Result<Arc<Self>, StartupError> {
+    pub(crate) fn start(slots: LocalCluster, registry: JobRegistry) -> Result<Arc<Self>, StartupError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -115,7 +117,6 @@ impl MiniCluster {
         let handle = runtime.handle().clone();
         let settings = JobManagerConfig { cluster: slots.inner.config.clone(), ..Default::default() };
         let (heartbeat_interval, heartbeat_timeout) = (settings.heartbeat_interval, settings.heartbeat_timeout);
-        let registry = JobRegistry::new();
         let jm = Jm::embedded(settings, registry.clone(), &handle)?;
         let id = TaskManagerId::random();
         let link = jm.attach_in_process(registration(id, &slots, &registry), &handle);

@@ -372,9 +372,11 @@ fn start(
     if let Some(p) = d.parallelism {
         env.set_parallelism(p);
     }
-    let parts = (job_type.build)(&mut env, &JobContext { args: &d.args, planning: false, signals: signals.clone() })
-        .map_err(|e| JobError::InvalidJob(format!("job '{}': {e}", d.job_type)))?;
-    if d.checkpointing.as_ref().is_some_and(|c| c.dir.is_some()) {
+    let checkpoints = d.checkpointing.as_ref().is_some_and(|c| c.dir.is_some());
+    let context = JobContext { args: &d.args, planning: false, signals: signals.clone(), checkpoints };
+    let parts =
+        (job_type.build)(&mut env, &context).map_err(|e| JobError::InvalidJob(format!("job '{}': {e}", d.job_type)))?;
+    if checkpoints {
         env.check_sources_rewind()?;
     }
     let ids: Vec<TmId> = d.participants.iter().map(|p| TmId(p.tm.0)).collect();
