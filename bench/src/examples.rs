@@ -147,6 +147,43 @@ pub fn sum_by_key(env: &mut StreamEnvironment, records: u64, keys: u64) -> Colle
         .collect()
 }
 
+/// [`sum_by_key`] writing each key's final total as a `key,total` line through the
+/// exactly-once file sink into part files of `dir` (see `DataStream::sink_to_files`): with
+/// checkpoints the totals are in the reduce's checkpointed state until the input ends, so a
+/// job restored from a checkpoint writes each total once.
+pub fn sum_by_key_to_files(env: &mut StreamEnvironment, records: u64, keys: u64, dir: &std::path::Path) {
+    env.set_runtime_mode(RuntimeMode::Batch);
+    env.from_generator(records, move |i| (key_of(i, keys), i))
+        .key_by(|r: &(u64, u64)| r.0)
+        .reduce(|a, b| (a.0, a.1.wrapping_add(b.1)))
+        .name("Sum")
+        .map(|(k, total): (u64, u64)| format!("{k},{total}"))
+        .name("Format")
+        .sink_to_files(dir, corestream::FileSinkOptions::default())
+        .name("Sink: totals");
+}
+
+/// Reads the `key,total` lines [`sum_by_key_to_files`] committed in `dir` (every visible part).
+pub fn read_totals(dir: &std::path::Path) -> Result<Vec<(u64, u64)>, String> {
+    let mut totals = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot list '{}': {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot list '{}': {e}", dir.display()))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let parsed = line.split_once(',').and_then(|(k, t)| Some((k.parse().ok()?, t.parse().ok()?)));
+            totals
+                .push(parsed.ok_or_else(|| format!("'{}' line {}: not `key,total`: {line:?}", path.display(), n + 1))?);
+        }
+    }
+    Ok(totals)
+}
+
 /// Order-independent checksum of per-key totals.
 pub fn checksum(totals: impl IntoIterator<Item = (u64, u64)>) -> u64 {
     totals

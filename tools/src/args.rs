@@ -62,6 +62,10 @@ pub struct Common {
     /// N × `--slots` job slots, and `--slots` defaults to an even share of `-p` (1 without it).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_processes)]
     pub processes: u32,
+    /// Records per second each source subtask emits at most, e.g. 10k (for tests and demos:
+    /// a bounded input then takes seconds, long enough for checkpoints and failures).
+    #[arg(long, value_parser = parse_source_rate, value_name = "N")]
+    pub source_rate: Option<u64>,
     /// How long the JobManager waits for a silent TaskManager before removing it and failing its
     /// jobs (heartbeats are sent every fifth of it; the data connections between TaskManagers
     /// wait twice as long); for tests of failure detection.
@@ -122,6 +126,11 @@ impl Common {
 
     /// Starts a cluster with enough slots for the requested parallelism.
     pub fn cluster(&self) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start(self.cluster_config()?).context("cannot start the local cluster")
+    }
+
+    /// The settings of the local cluster: enough slots for the requested parallelism.
+    pub fn cluster_config(&self) -> anyhow::Result<ClusterConfig> {
         self.require_valid_placement();
         if self.processes > 1 {
             anyhow::bail!(
@@ -138,14 +147,13 @@ impl Common {
             (None, Some(p)) => Some(p),
             (None, None) => None,
         };
-        let config = ClusterConfig {
+        Ok(ClusterConfig {
             slots,
             network_buffers: self.network_buffers,
             credit: self.credit(),
             spin_before_park: self.spin_before_park,
             ..ClusterConfig::default()
-        };
-        LocalCluster::start(config).context("cannot start the local cluster")
+        })
     }
 
     /// The flow-control settings: the defaults with the options given.
@@ -169,6 +177,7 @@ impl Common {
         if let Some(interval) = self.latency_markers {
             env.set_latency_tracking_interval(interval);
         }
+        env.set_source_rate(self.source_rate);
         env
     }
 }
@@ -260,6 +269,15 @@ pub fn parse_positive_count(s: &str) -> Result<u64, String> {
 
 /// Most TaskManager processes `--processes` starts on one machine.
 pub const PROCESSES_MAX: u32 = 64;
+
+/// Records per second per source subtask: at least 1, at most a billion.
+pub fn parse_source_rate(s: &str) -> Result<u64, String> {
+    match parse_count(s)? {
+        0 => Err("a source rate must be at least 1 record per second".into()),
+        n if n > 1_000_000_000 => Err(format!("{s} is above the limit of 1G records per second")),
+        n => Ok(n),
+    }
+}
 
 pub fn parse_processes(s: &str) -> Result<u32, String> {
     match parse_count(s)? {

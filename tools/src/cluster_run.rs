@@ -26,6 +26,7 @@ use corestream::jobmanager::JobManagerConfig;
 use corestream::processes::{describe_exit, ChildInfo, ProcessCluster, ProcessClusterError, ProcessClusterSettings};
 
 use crate::args::Common;
+use crate::checkpointing::Recovery;
 
 /// The JobManager's heartbeat timeout when `--heartbeat-timeout` is not given.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,6 +80,12 @@ fn placement(common: &Common) -> (Vec<SocketAddr>, Vec<Option<String>>, SocketAd
 /// outcome; a failed or cancelled job is an error naming why, and which TaskManager process
 /// ended or hung, if one did.
 pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobOutcome> {
+    run_with(common, job, args, &Recovery::default())
+}
+
+/// [`run`] with checkpoints, restarts or a restore (`recovery`): the JobManager restarts the
+/// job from its latest checkpoint after a failure, on the TaskManagers still registered.
+pub fn run_with(common: &Common, job: &str, args: Vec<String>, recovery: &Recovery) -> anyhow::Result<JobOutcome> {
     common.require_valid_placement();
     if let Some(addr) = common.tm_bind {
         if let Err(e) = std::net::TcpListener::bind(addr) {
@@ -118,7 +125,14 @@ pub fn run(common: &Common, job: &str, args: Vec<String>) -> anyhow::Result<JobO
         let data = data_address(api.as_ref(), child.pid).unwrap_or_else(|| "unknown".into());
         eprintln!("corestream: TaskManager {} (pid {}) registered, data {data}", child.index, child.pid);
     }
-    let request = SubmitRequest { job: job.to_string(), args, parallelism: Some(parallelism), ..Default::default() };
+    let request = SubmitRequest {
+        job: job.to_string(),
+        args,
+        parallelism: Some(parallelism),
+        checkpoints: recovery.checkpoints.clone(),
+        restore: recovery.restore.clone(),
+        restart_strategy: recovery.restart_strategy.clone(),
+    };
     let (result, exits) = crate::progress::run_on_cluster(&mut cluster, request, job)?;
     let outcome = result.result.ok_or_else(|| anyhow!("the JobManager reported no outcome for the ended job"))?;
     if result.state == JobState::Finished {

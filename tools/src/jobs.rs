@@ -33,6 +33,13 @@ pub struct SumByKeyArgs {
     pub records: u64,
     #[arg(long, value_parser = crate::args::parse_keys)]
     pub keys: u64,
+    /// Write each key's total as a `key,total` line into part files of this directory through
+    /// the exactly-once file sink (required with checkpoints); without it the result is a
+    /// checksum of the totals.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_parser = crate::args::parse_source_rate, value_name = "N")]
+    pub source_rate: Option<u64>,
 }
 
 /// The arguments of `run window-agg` (without the options of the local cluster: the job's
@@ -42,6 +49,8 @@ pub struct SumByKeyArgs {
 pub struct WindowAggJobArgs {
     #[command(flatten)]
     pub job: crate::window_agg::WindowAggOptions,
+    #[arg(long, value_parser = crate::args::parse_source_rate, value_name = "N")]
+    pub source_rate: Option<u64>,
 }
 
 /// The arguments of `bench network`'s job.
@@ -88,6 +97,21 @@ fn wordcount(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobPar
 
 fn sum_by_key(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
     let a: SumByKeyArgs = parse(ctx.args)?;
+    env.set_source_rate(a.source_rate);
+    if let Some(dir) = &a.output {
+        if ctx.planning {
+            crate::outputs::check_output_dir(dir, &[])?;
+        }
+        examples::sum_by_key_to_files(env, a.records, a.keys, dir);
+        return Ok(JobParts::none());
+    }
+    if ctx.checkpoints {
+        return Err(
+            "with checkpoints the totals must go to --output DIR (part files written through the exactly-once \
+                    file sink): collected totals are not kept in the checkpoints"
+                .into(),
+        );
+    }
     let totals = examples::sum_by_key(env, a.records, a.keys);
     if ctx.planning {
         return Ok(JobParts::none());
@@ -104,7 +128,8 @@ fn sum_by_key(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobPa
 
 fn window_agg(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
     let a: WindowAggJobArgs = parse(ctx.args)?;
-    crate::window_agg::job::build(env, &a.job, ctx.planning)
+    env.set_source_rate(a.source_rate);
+    crate::window_agg::job::build(env, &a.job, ctx.planning, ctx.checkpoints)
 }
 
 fn bench_network(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
@@ -140,7 +165,7 @@ pub fn registry() -> JobRegistry {
     r.register(JobType::new(
         "sum-by-key",
         "sum generated values per key; the result is a checksum of the totals and the number of keys",
-        "--records N --keys K",
+        "--records N --keys K [--output DIR] [--source-rate N]",
         sum_by_key,
     ));
     r.register(JobType::new(
@@ -149,7 +174,7 @@ pub fn registry() -> JobRegistry {
          and rejected rows; the result is the summary's counts",
         "--input FILE --key COL --time COL --window SPEC --out-of-orderness DUR --agg AGG --output FILE \
          [--allowed-lateness DUR] [--trigger T] [--late-output FILE] [--rejected-output FILE] [--fail-on-malformed] \
-         [--max-line-bytes SIZE]",
+         [--max-line-bytes SIZE] [--source-rate N]; with checkpoints every output is a directory of part files",
         window_agg,
     ));
     r.register(JobType::new(

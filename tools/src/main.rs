@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod checkpointing;
 mod checkpoints_cmd;
 mod client_cli;
 mod cluster_cmd;
@@ -12,6 +13,7 @@ mod demo;
 mod jobs;
 mod latency;
 mod limits;
+mod local_run;
 mod outputs;
 mod profile;
 mod progress;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use corestream::jobmanager::api::ClusterApi;
 use corestream::{JobError, JobHandle, JobResult};
 use indicatif::{ProgressBar, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -117,13 +118,48 @@ pub fn run_on_cluster(
     corestream::jobmanager::api::JobExecutionResult,
     Vec<(corestream::processes::ChildInfo, std::process::ExitStatus)>,
 )> {
+    cancel_on_signal(label, |progress| Ok(cluster.run(request, progress)?))
+}
+
+/// Runs a job by name on an embedded cluster's JobManager (`api`), as [`run_on_cluster`] does:
+/// submits it, waits for it to end, and cancels it at the first SIGINT or SIGTERM.
+pub fn run_by_name(
+    api: &dyn ClusterApi,
+    request: corestream::jobmanager::api::SubmitRequest,
+    label: &str,
+) -> anyhow::Result<(corestream::rpc::ids::JobId, corestream::jobmanager::api::JobExecutionResult)> {
+    cancel_on_signal(label, |progress| {
+        let id = api.submit(request).map_err(|e| anyhow::anyhow!("{}", e.message))?.jobid;
+        let text = id.to_string();
+        let mut last = std::time::Instant::now();
+        loop {
+            let result = api.execution_result(&text).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            if result.state.is_terminal() {
+                return Ok((id, result));
+            }
+            if last.elapsed() >= Duration::from_millis(100) {
+                progress(api, &text);
+                last = std::time::Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
+/// Runs `f`, which polls a job and calls the progress callback it is given now and then; the
+/// callback cancels the job through the API at the first SIGINT or SIGTERM, after which the
+/// process ends by that signal once `f` returns.
+fn cancel_on_signal<T>(
+    label: &str,
+    f: impl FnOnce(&mut dyn FnMut(&dyn ClusterApi, &str)) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let interrupts = interrupts();
     if let Some(i) = interrupts {
         i.received.store(0, Ordering::SeqCst);
         i.default_now.store(false, Ordering::SeqCst);
     }
     let mut interrupted = None;
-    let outcome = cluster.run(request, |api, id| {
+    let mut progress = |api: &dyn ClusterApi, id: &str| {
         if interrupted.is_none() {
             if let Some(signal) = interrupts.map(|i| i.received.load(Ordering::SeqCst)).filter(|s| *s != 0) {
                 interrupts.inspect(|i| i.default_now.store(true, Ordering::SeqCst));
@@ -131,7 +167,8 @@ pub fn run_on_cluster(
                 interrupted = Some(signal as i32);
             }
         }
-    });
+    };
+    let outcome = f(&mut progress);
     if let Some(i) = interrupts {
         i.default_now.store(true, Ordering::SeqCst);
     }
@@ -143,5 +180,5 @@ pub fn run_on_cluster(
         let _ = signal_hook::low_level::emulate_default_handler(signal);
         std::process::exit(128 + signal);
     }
-    Ok(outcome?)
+    outcome
 }

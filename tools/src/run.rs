@@ -14,6 +14,7 @@ use corestream_bench::examples::{self, checksum, reference_sum_by_key, EXAMPLES}
 use corestream_bench::throughput::{keyed_sum_job, passthrough_job};
 
 use crate::args::{parse_keys, parse_positive_count, Common};
+use crate::checkpointing::{CheckpointArgs, Paths};
 use crate::progress::join_with_progress;
 use crate::window_agg::{self, WindowAggArgs};
 
@@ -48,11 +49,21 @@ pub enum RunCommand {
         common: Common,
     },
     /// Sum generated values per key; prints a checksum of the per-key totals and events/s.
+    ///
+    /// With `--output DIR` the totals go to part files of DIR (`key,total` lines) through the
+    /// exactly-once file sink, which checkpoints need: with `--checkpoint-interval` the job runs
+    /// on the JobManager of the local cluster, restarts from its latest checkpoint after a
+    /// failure, and a later run with `--resume` goes on from where a killed one stopped.
     SumByKey {
         #[arg(long, value_parser = parse_positive_count)]
         records: u64,
         #[arg(long, value_parser = parse_keys)]
         keys: u64,
+        /// Directory for the totals' part files (required with checkpoints).
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        checkpoints: CheckpointArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -70,10 +81,57 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
         RunCommand::Wordcount { input, output, on_invalid_utf8, max_line_bytes, common } => {
             wordcount(&input, &output, on_invalid_utf8, max_line_bytes, &common)
         }
-        RunCommand::SumByKey { records, keys, common } => {
-            let (result, got, found, network) = if common.processes > 1 {
-                let args = vec!["--records".to_string(), records.to_string(), "--keys".to_string(), keys.to_string()];
-                let outcome = crate::cluster_run::run(&common, "sum-by-key", args)?;
+        RunCommand::SumByKey { records, keys, output, checkpoints, common } => {
+            sum_by_key(records, keys, output.as_deref(), &checkpoints, &common)
+        }
+    }
+}
+
+/// `run sum-by-key`: inline on a local cluster, or by name (on the local cluster's JobManager,
+/// or with `--processes` on TaskManager processes) when it writes part files, checkpoints or
+/// restores.
+fn sum_by_key(
+    records: u64,
+    keys: u64,
+    output: Option<&Path>,
+    checkpoints: &CheckpointArgs,
+    common: &Common,
+) -> anyhow::Result<()> {
+    let here = std::env::current_dir().context("cannot read the current directory")?;
+    let recovery = checkpoints.require_recovery(Paths::From(&here));
+    if (recovery.checkpoints() || recovery.restore.is_some()) && output.is_none() {
+        usage_error(
+            "checkpoints and restores need --output DIR: the totals then go to part files through the exactly-once \
+             file sink, which the checkpoints cover",
+        );
+    }
+    let output = output.map(|dir| here.join(dir));
+    if let Some(dir) = &output {
+        crate::outputs::check_output_dir(dir, &[]).unwrap_or_else(|m| usage_error(format!("--output: {m}")));
+    }
+    let (result, got, found, network) = if common.processes > 1 || output.is_some() || checkpoints.any() {
+        let mut args = vec!["--records".to_string(), records.to_string(), "--keys".to_string(), keys.to_string()];
+        if let Some(dir) = &output {
+            args.extend(["--output".to_string(), dir.display().to_string()]);
+        }
+        if let Some(rate) = common.source_rate {
+            args.extend(["--source-rate".to_string(), rate.to_string()]);
+        }
+        let (outcome, recovered) = if common.processes > 1 {
+            (crate::cluster_run::run_with(common, "sum-by-key", args, &recovery)?, Vec::new())
+        } else {
+            let run = crate::local_run::run(common, crate::jobs::registry(), "sum-by-key", args, &recovery)?;
+            (run.outcome, run.recovered)
+        };
+        for (attempt, message) in &recovered {
+            eprintln!("corestream: recovered from a failure of attempt {attempt}: {message}");
+        }
+        let (got, found) = match &output {
+            Some(dir) => {
+                let totals = examples::read_totals(dir).map_err(|e| anyhow::anyhow!(e))?;
+                (checksum(totals.iter().copied()), totals.len())
+            }
+            None => {
                 let got = match outcome.accumulators.get("checksum") {
                     Some(Accumulator::Checksum(c)) => *c,
                     other => bail!("the job reported no checksum ({other:?})"),
@@ -82,45 +140,44 @@ pub fn run(cmd: RunCommand) -> anyhow::Result<()> {
                     Some(Accumulator::Count(n)) => *n as usize,
                     other => bail!("the job reported no key count ({other:?})"),
                 };
-                (
-                    Figures::from_outcome(&outcome),
-                    got,
-                    found,
-                    outcome.network.iter().map(|l| format!("network: {l}")).collect(),
-                )
-            } else {
-                let cluster = common.cluster()?;
-                let mut env = common.environment(&cluster);
-                let totals = examples::sum_by_key(&mut env, records, keys);
-                let handle = env.execute_async("sum-by-key")?;
-                let collector = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
-                let result = join_with_progress(handle, "sum-by-key", Some(records))?;
-                let collected = collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
-                (Figures::from_result(&result), checksum(collected.iter().copied()), collected.len(), Vec::new())
-            };
-            let started = Instant::now();
-            let expected = reference_sum_by_key(records, keys);
-            let reference_time = started.elapsed();
-            let expected_sum = checksum(expected.iter().copied());
-            println!("sum-by-key: {records} records, {found} keys");
-            println!(
-                "checksum {got:016x} (reference {expected_sum:016x}: {})",
-                if got == expected_sum { "match" } else { "MISMATCH" }
-            );
-            println!(
-                "{:.0} events/s, wall {:.3} s (single-threaded reference: {:.3} s)",
-                records as f64 / result.wall_time.as_secs_f64(),
-                result.wall_time.as_secs_f64(),
-                reference_time.as_secs_f64()
-            );
-            result.latency.iter().for_each(|line| println!("{line}"));
-            network.iter().for_each(|line| println!("{line}"));
-            if got != expected_sum {
-                bail!("per-key totals differ from the reference");
+                (got, found)
             }
-            Ok(())
-        }
+        };
+        (Figures::from_outcome(&outcome), got, found, outcome.network.iter().map(|l| format!("network: {l}")).collect())
+    } else {
+        let cluster = common.cluster()?;
+        let mut env = common.environment(&cluster);
+        let totals = examples::sum_by_key(&mut env, records, keys);
+        let handle = env.execute_async("sum-by-key")?;
+        let collector = std::thread::spawn(move || totals.collect::<Vec<(u64, u64)>>());
+        let result = join_with_progress(handle, "sum-by-key", Some(records))?;
+        let collected = collector.join().map_err(|_| anyhow::anyhow!("the result reader panicked"))?;
+        (Figures::from_result(&result), checksum(collected.iter().copied()), collected.len(), Vec::<String>::new())
+    };
+    let started = Instant::now();
+    let expected = reference_sum_by_key(records, keys);
+    let reference_time = started.elapsed();
+    let expected_sum = checksum(expected.iter().copied());
+    println!("sum-by-key: {records} records, {found} keys");
+    println!(
+        "checksum {got:016x} (reference {expected_sum:016x}: {})",
+        if got == expected_sum && found == expected.len() { "match" } else { "MISMATCH" }
+    );
+    println!(
+        "{:.0} events/s, wall {:.3} s (single-threaded reference: {:.3} s)",
+        records as f64 / result.wall_time.as_secs_f64(),
+        result.wall_time.as_secs_f64(),
+        reference_time.as_secs_f64()
+    );
+    if let Some(dir) = &output {
+        println!("totals -> {}", dir.display());
     }
+    result.latency.iter().for_each(|line| println!("{line}"));
+    network.iter().for_each(|line| println!("{line}"));
+    if got != expected_sum || found != expected.len() {
+        bail!("per-key totals differ from the reference");
+    }
+    Ok(())
 }
 
 /// `run wordcount`: the counts go to `output`, a file committed only when the job has

@@ -111,6 +111,8 @@ pub struct WindowAggArgs {
     #[command(flatten)]
     pub job: WindowAggOptions,
     #[command(flatten)]
+    pub checkpoints: crate::checkpointing::CheckpointArgs,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -226,7 +228,53 @@ impl LinesSource {
     }
 }
 
+/// Where a [`LinesSource`] is, as its checkpoints record it: the byte offset and number of the
+/// next line, and what it has counted so far (so a restored run reports the whole input).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LinesPosition {
+    offset: u64,
+    next_line: u64,
+    rows: u64,
+    blank: u64,
+    too_long: u64,
+}
+
 impl corestream::SourceFunction<Line> for LinesSource {
+    const REWINDABLE: bool = true;
+
+    fn snapshot_state(&mut self) -> Result<Vec<u8>, corestream::SourceError> {
+        let position = LinesPosition {
+            offset: self.reader.offset(),
+            next_line: self.next_line,
+            rows: self.stats.rows.load(Ordering::Relaxed),
+            blank: self.stats.blank.load(Ordering::Relaxed),
+            too_long: self.stats.too_long.load(Ordering::Relaxed),
+        };
+        serde_json::to_vec(&position).map_err(|e| format!("cannot record the CSV source's position: {e}").into())
+    }
+
+    fn restore_state(&mut self, position: &[u8]) -> Result<(), corestream::SourceError> {
+        let p: LinesPosition = serde_json::from_slice(position)
+            .map_err(|e| format!("the checkpoint's position of the CSV source is not valid: {e}"))?;
+        let len = std::fs::metadata(&self.input).map(|m| m.len()).unwrap_or(u64::MAX);
+        if p.offset > len {
+            return Err(format!(
+                "the checkpoint's position in '{}' (byte {}) is past its end ({len} bytes): the input changed",
+                self.input.display(),
+                p.offset
+            )
+            .into());
+        }
+        self.reader
+            .seek(p.offset)
+            .map_err(|e| format!("cannot seek '{}' to byte {}: {e}", self.input.display(), p.offset))?;
+        self.next_line = p.next_line;
+        self.stats.rows.store(p.rows, Ordering::Relaxed);
+        self.stats.blank.store(p.blank, Ordering::Relaxed);
+        self.stats.too_long.store(p.too_long, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn next_batch(
         &mut self,
         out: &mut Vec<Line>,
@@ -518,6 +566,9 @@ fn collect_in_thread<T: Send + 'static>(stream: corestream::CollectStream<T>) ->
 }
 
 pub fn run(run_args: WindowAggArgs) -> anyhow::Result<()> {
+    if run_args.checkpoints.any() {
+        return run_with_checkpoints(run_args);
+    }
     let started = Instant::now();
     let args = &run_args.job;
     let rejected_out = rejected_path(args);
@@ -650,6 +701,88 @@ pub fn run(run_args: WindowAggArgs) -> anyhow::Result<()> {
     }
     for w in &result.warnings {
         eprintln!("warning: {}", w.message);
+    }
+    Ok(())
+}
+
+/// `run window-agg` with checkpoint or restore options: the `window-agg` job type by name on
+/// the JobManager of a local cluster, which restarts it from its latest checkpoint after a
+/// failure; every output is a directory of part files (see [`job`]). The summary counts the
+/// committed lines.
+fn run_with_checkpoints(run_args: WindowAggArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let here = std::env::current_dir().context("cannot read the current directory")?;
+    let recovery = run_args.checkpoints.require_recovery(crate::checkpointing::Paths::From(&here));
+    if run_args.common.processes > 1 {
+        usage_error("--processes: `run window-agg` runs in one process; use `corestream submit` on a cluster");
+    }
+    let mut args = run_args.job.clone();
+    if to_stdout(&args) {
+        usage_error("--output -: with checkpoints the results go to a directory of part files; give its path");
+    }
+    args.input = here.join(&args.input);
+    args.output = here.join(&args.output);
+    args.late_output = args.late_output.map(|p| here.join(p));
+    args.rejected_output = args.rejected_output.map(|p| here.join(p));
+    check_ranges(&args).unwrap_or_else(|m| usage_error(m));
+    match open_input(&args) {
+        Ok(_) => {}
+        Err(Refusal::Usage(m)) => usage_error(m),
+        Err(Refusal::Input(m)) => bail!("{m}"),
+    }
+    let mut registry = corestream::registry::JobRegistry::new();
+    let options = args.clone();
+    let rate = run_args.common.source_rate;
+    registry.register(corestream::registry::JobType::new(
+        "window-agg",
+        "event-time window aggregation of a CSV file",
+        "(the options of run window-agg)",
+        move |env, ctx| {
+            env.set_source_rate(rate);
+            job::build(env, &options, ctx.planning, ctx.checkpoints)
+        },
+    ));
+    let run = crate::local_run::run(&run_args.common, registry, "window-agg", Vec::new(), &recovery)
+        .map_err(|e| anyhow::anyhow!("window-agg: {e}"))?;
+    for (attempt, message) in &run.recovered {
+        eprintln!("corestream: recovered from a failure of attempt {attempt}: {message}");
+    }
+    let count = |name: &str| match run.outcome.accumulators.get(name) {
+        Some(corestream::rpc::messages::Accumulator::Count(n)) => *n,
+        _ => 0,
+    };
+    let lines = |dir: &Path| -> anyhow::Result<u64> {
+        let mut n = 0u64;
+        for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list '{}'", dir.display()))? {
+            let entry = entry.with_context(|| format!("cannot list '{}'", dir.display()))?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let text =
+                std::fs::read(entry.path()).with_context(|| format!("cannot read '{}'", entry.path().display()))?;
+            n += text.iter().filter(|b| **b == b'\n').count() as u64;
+        }
+        Ok(n)
+    };
+    let results = lines(&args.output)?;
+    let rejected = if args.fail_on_malformed { 0 } else { lines(&job::rejected_dir(&args))? };
+    let late = args.late_output.as_deref().map(lines).transpose()?;
+    println!(
+        "window-agg: {} rows read, {rejected} rejected, {} late, {results} window results in {:.3} s -> {} (part \
+         files; sorted, their lines are the output of a run without checkpoints)",
+        count(job::ROWS_READ),
+        late.map_or_else(|| "uncounted".to_string(), |n| n.to_string()),
+        started.elapsed().as_secs_f64(),
+        args.output.display()
+    );
+    if count(job::BLANK_LINES) > 0 {
+        println!("  {} blank line(s) skipped", count(job::BLANK_LINES));
+    }
+    if rejected > 0 {
+        eprintln!(
+            "warning: {rejected} row(s) could not be used and were written to '{}'",
+            job::rejected_dir(&args).display()
+        );
     }
     Ok(())
 }

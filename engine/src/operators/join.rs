@@ -208,7 +208,11 @@ where
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
-        // Cleanup emits nothing, so it runs at once rather than in steps.
+        // Cleanup emits nothing, so it runs at once rather than in steps. Event time never goes
+        // back (a restored one holds until the inputs catch up).
+        if watermark < self.core.clock.watermark {
+            return None;
+        }
         self.core.clock.watermark = watermark;
         while let Some(timer) = self.core.timers.pop_event_timer(watermark) {
             self.core.backend.set_current_key(timer.key);
@@ -346,8 +350,7 @@ where
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
-        self.core.on_watermark(watermark);
-        Some(watermark)
+        self.core.on_watermark(watermark).then_some(watermark)
     }
 
     fn next_deadline(&self) -> Option<i64> {

@@ -6,9 +6,13 @@
 //! A snapshot is two parts with [`PartLayout::KeyGroups`]: `keyed-state`, the framed archive of
 //! the backend's [`KeyedStateSnapshot`], and `timers`, that of the [`TimerSnapshot`]. Both are
 //! organised by key group, so a restore at another parallelism takes the parts of every old
-//! subtask whose key groups overlap its own and keeps only its key groups. Watermarks are not
-//! part of it (sources regenerate them; restored event-time timers fire when the watermark
-//! passes them again).
+//! subtask whose key groups overlap its own and keeps only its key groups. A third part,
+//! `watermark`, keeps the operator's event time ([`PartLayout::OperatorList`], one value per
+//! subtask; after a rescale the lowest a subtask receives): a restored operator judges
+//! lateness as it did when the checkpoint was taken, not against the minimum watermark until
+//! its inputs send new ones — records replayed from unaligned channel state, or the first
+//! records of a restored source, would otherwise be on time after a restore and late without
+//! one. Watermarks lower than the restored one are ignored (event time never goes back).
 
 use corestream_state::{
     KeyedStateBackend, KeyedStateSnapshot, Namespace, StateKey, Timer, TimerService, TimerSnapshot,
@@ -23,6 +27,8 @@ use crate::checkpoint::{OperatorStateParts, PartLayout};
 pub(crate) const KEYED_STATE_PART: &str = "keyed-state";
 /// Name of the part holding a keyed operator's timers.
 pub(crate) const TIMERS_PART: &str = "timers";
+/// Name of the part holding a keyed operator's event time.
+pub(crate) const WATERMARK_PART: &str = "watermark";
 
 /// The clocks of a keyed operator with timers: its event time, the processing time of the batch
 /// or firing being handled (also the TTL clock of its keyed state), and the limits up to which
@@ -41,12 +47,17 @@ impl KeyedClock {
         Self { watermark: i64::MIN, processing_time: now_ms(), event_until: None, processing_until: None }
     }
 
-    /// Event time advanced: timers up to `watermark` are due.
-    pub(crate) fn on_watermark<K: StateKey>(&mut self, watermark: i64, backend: &KeyedStateBackend<K>) {
+    /// Event time advanced: timers up to `watermark` are due. A lower watermark (an input
+    /// that has not caught up with a restored event time) changes nothing.
+    pub(crate) fn on_watermark<K: StateKey>(&mut self, watermark: i64, backend: &KeyedStateBackend<K>) -> bool {
+        if watermark < self.watermark {
+            return false;
+        }
         self.watermark = watermark;
         self.processing_time = now_ms();
         backend.set_current_time(self.processing_time);
         self.event_until = Some(watermark);
+        true
     }
 
     /// Processing time reached `now`: processing-time timers up to it are due.
@@ -98,8 +109,10 @@ impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
         Self { backend, timers, clock: KeyedClock::new() }
     }
 
-    pub(crate) fn on_watermark(&mut self, watermark: i64) {
-        self.clock.on_watermark(watermark, &self.backend);
+    /// Event time advanced to `watermark`; false (nothing changed, nothing to forward) when it
+    /// is below the operator's event time.
+    pub(crate) fn on_watermark(&mut self, watermark: i64) -> bool {
+        self.clock.on_watermark(watermark, &self.backend)
     }
 
     pub(crate) fn on_processing_time(&mut self, now: i64) {
@@ -152,7 +165,8 @@ impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
         let timers =
             self.timers.snapshot_with(extra_event, extra_processing).map_err(|e| PartError::state(TIMERS_PART, e))?;
         state_parts::put(into, KEYED_STATE_PART, PartLayout::KeyGroups, &state)?;
-        state_parts::put(into, TIMERS_PART, PartLayout::KeyGroups, &timers)
+        state_parts::put(into, TIMERS_PART, PartLayout::KeyGroups, &timers)?;
+        state_parts::put_watermarks(into, WATERMARK_PART, &[self.clock.watermark])
     }
 
     /// Replaces keyed state and timers with those of `from` in this subtask's key groups (every
@@ -162,8 +176,13 @@ impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
     pub(crate) fn restore(&mut self, from: &OperatorStateParts) -> Result<(), PartError> {
         let states: Vec<KeyedStateSnapshot> = state_parts::get_all(from, KEYED_STATE_PART, PartLayout::KeyGroups)?;
         let timers: Vec<TimerSnapshot> = state_parts::get_all(from, TIMERS_PART, PartLayout::KeyGroups)?;
+        let watermark = state_parts::get_min_watermark(from, WATERMARK_PART)?;
         self.backend.restore(&states).map_err(|e| PartError::state(KEYED_STATE_PART, e))?;
-        self.timers.restore(&timers).map_err(|e| PartError::state(TIMERS_PART, e))
+        self.timers.restore(&timers).map_err(|e| PartError::state(TIMERS_PART, e))?;
+        if let Some(w) = watermark {
+            self.clock.watermark = w;
+        }
+        Ok(())
     }
 }
 
@@ -204,6 +223,26 @@ mod tests {
         }
         fired.sort();
         assert_eq!(fired, (0..50u64).map(|k| (k, Some(k * 10))).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn event_time_is_restored_and_never_goes_back() {
+        let mut original = core(KeyGroupRange { start: 0, end: 128 });
+        original.on_watermark(1_000);
+        original.timers.register_event_time_timer(1, (), 1_500);
+        let mut parts = OperatorStateParts::default();
+        original.snapshot(&mut parts).unwrap();
+        let mut restored = core(KeyGroupRange { start: 0, end: 128 });
+        restored.restore(&parts).unwrap();
+        assert_eq!(restored.clock.watermark, 1_000);
+        restored.on_watermark(500);
+        assert_eq!(restored.clock.watermark, 1_000, "a lower watermark is ignored");
+        let mut out = Vec::new();
+        assert!(restored.fire_step(&mut out, 10, |_, t, _, out| out.push(t.timestamp)));
+        assert!(out.is_empty());
+        restored.on_watermark(2_000);
+        while !restored.fire_step(&mut out, 10, |_, t, _, out| out.push(t.timestamp)) {}
+        assert_eq!(out, vec![1_500]);
     }
 
     #[test]

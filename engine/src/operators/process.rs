@@ -375,8 +375,7 @@ where
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<O>) -> Option<i64> {
-        self.core.on_watermark(watermark);
-        Some(watermark)
+        self.core.on_watermark(watermark).then_some(watermark)
     }
 
     fn next_deadline(&self) -> Option<i64> {

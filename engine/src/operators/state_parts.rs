@@ -65,6 +65,38 @@ pub(crate) fn get_one<T: Data>(
     }
 }
 
+/// Adds the event times `watermarks` as operator list part `name` (one element per value, so
+/// a rescale deals them like any list state).
+pub(crate) fn put_watermarks(into: &mut OperatorStateParts, name: &str, watermarks: &[i64]) -> Result<(), PartError> {
+    let elements =
+        watermarks.iter().map(|w| corestream_netstack::record::to_bytes(w)).collect::<Result<Vec<_>, _>>().map_err(
+            |e| PartError::state(name, StateError::Serialization { what: "i64".into(), reason: e.to_string() }),
+        )?;
+    let list = crate::operators::operator_state::ListStateBytes { value_type: "i64".into(), elements };
+    into.push(name, PartLayout::OperatorList, list.encode(name)?);
+    Ok(())
+}
+
+/// The lowest event time of every part `name` [`put_watermarks`] wrote, if there is any.
+pub(crate) fn get_min_watermark(from: &OperatorStateParts, name: &str) -> Result<Option<i64>, PartError> {
+    let mut min = None;
+    for p in from.parts.iter().filter(|p| p.name == name) {
+        if p.layout != PartLayout::OperatorList {
+            return Err(PartError::Layout {
+                part: name.to_owned(),
+                found: p.layout,
+                expected: PartLayout::OperatorList,
+            });
+        }
+        let list = crate::operators::operator_state::ListStateBytes::decode(name, &p.bytes)?;
+        for e in &list.elements {
+            let w = part::decode_archive::<i64>(e).map_err(|e| PartError::state(name, e))?;
+            min = Some(min.map_or(w, |m: i64| m.min(w)));
+        }
+    }
+    Ok(min)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

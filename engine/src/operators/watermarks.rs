@@ -4,13 +4,21 @@
 //! idle after the idleness timeout without records and active again with the next one. Upstream
 //! watermarks and statuses are swallowed — this link defines event time from here on — except
 //! the final watermark of a bounded input, which is forwarded.
+//!
+//! A checkpoint keeps the last watermark the link emitted (part `watermark`,
+//! [`PartLayout::OperatorList`]; after a rescale the lowest a subtask receives). A restored link
+//! emits it again before anything else, so the operators downstream have their event time
+//! back at once, and afterwards emits only watermarks above it — the generator restarts empty
+//! (as in Flink), but the watermarks that leave the link are those of a run without the
+//! failure.
 
 use std::sync::Arc;
 
 use corestream_netstack::{Data, Event, WatermarkStatus};
 
+use super::state_parts;
 use super::{enter_node, now_ms, Control, Emit, FlushReason, OperatorMetrics, Readiness};
-use crate::checkpoint::{CheckpointId, CheckpointNotice, TaskSnapshot};
+use crate::checkpoint::{CheckpointId, CheckpointNotice, OperatorStateParts, TaskSnapshot};
 use crate::error::TaskError;
 use crate::time::strategy::{Emission, Timestamps, WatermarkGenerator, WatermarkOutput};
 
@@ -30,7 +38,12 @@ pub(crate) struct WatermarkLink<T: Data> {
     pub(crate) idle: bool,
     pub(crate) scratch: Vec<T>,
     pub(crate) ts: Vec<i64>,
+    /// A restored watermark not yet emitted again.
+    pub(crate) restored: Option<i64>,
 }
+
+/// Name of the part holding the link's last emitted watermark.
+const WATERMARK_PART: &str = "watermark";
 
 impl<T: Data> WatermarkLink<T> {
     #[allow(clippy::too_many_arguments)]
@@ -62,6 +75,15 @@ impl<T: Data> WatermarkLink<T> {
             idle: false,
             scratch: Vec::new(),
             ts: Vec::new(),
+            restored: None,
+        }
+    }
+
+    /// Emits the restored watermark, once, before anything else leaves the link.
+    fn emit_restored(&mut self) -> Result<(), TaskError> {
+        match self.restored.take() {
+            Some(w) => self.next.emit_event(&Event::Watermark(w)),
+            None => Ok(()),
         }
     }
 
@@ -94,6 +116,7 @@ impl<T: Data> WatermarkLink<T> {
 
 impl<T: Data> Control for WatermarkLink<T> {
     fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
+        self.emit_restored()?;
         match *event {
             Event::Watermark(i64::MAX) => {
                 self.current = i64::MAX;
@@ -125,12 +148,26 @@ impl<T: Data> Control for WatermarkLink<T> {
     fn resume(&mut self, max_records: usize) -> Result<bool, TaskError> {
         self.next.resume(max_records)
     }
-    // The generator keeps no state across a restore (as in Flink, sources regenerate
-    // watermarks); the links after this one do.
     fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        let mut parts = OperatorStateParts::default();
+        let last = self.restored.unwrap_or(self.current);
+        state_parts::put_watermarks(&mut parts, WATERMARK_PART, &[last]).map_err(|e| TaskError::Checkpoint {
+            node: Some(self.node),
+            message: format!("snapshotting state: {e}"),
+        })?;
+        into.put_node(self.node, parts);
         self.next.snapshot_state(checkpoint, into)
     }
     fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {
+        if let Some(parts) = from.node(self.node) {
+            let watermark = state_parts::get_min_watermark(parts, WATERMARK_PART).map_err(|e| {
+                TaskError::Checkpoint { node: Some(self.node), message: format!("restoring state: {e}") }
+            })?;
+            if let Some(w) = watermark.filter(|w| *w > i64::MIN) {
+                self.current = w;
+                self.restored = Some(w);
+            }
+        }
         self.next.restore_state(from)
     }
     fn notify_checkpoint(&mut self, notice: CheckpointNotice) -> Result<(), TaskError> {
@@ -151,6 +188,7 @@ impl<T: Data> Control for WatermarkLink<T> {
 
     fn on_processing_time(&mut self, now_ms: i64) -> Result<(), TaskError> {
         enter_node(self.node);
+        self.emit_restored()?;
         if self.emission == Emission::Periodic && now_ms >= self.next_periodic {
             self.generator.on_periodic_emit(&mut self.output);
             self.next_periodic = now_ms + self.interval_ms;
@@ -171,6 +209,7 @@ impl<T: Data> Emit<T> for WatermarkLink<T> {
             return Ok(());
         }
         enter_node(self.node);
+        self.emit_restored()?;
         let n = batch.len();
         self.metrics.add(n, n);
         if self.idleness_ms.is_some() {

@@ -29,6 +29,7 @@ use corestream::rpc::messages::{Accumulator, Accumulators};
 use corestream::{Data, JobCommits, Sink, SinkContext, SinkError, StreamEnvironment};
 use corestream_bench::window_agg::{format_rejected, format_result, late_header, Rec, Rejected};
 use corestream_bench::window_agg::{OUTPUT_HEADER, REJECTED_HEADER};
+use corestream_bench::window_model::WindowResult;
 
 use super::{
     check_paths, check_ranges, declare, fail_on_malformed_message, late_line, open_input, rejected_path, sort_results,
@@ -180,8 +181,16 @@ fn refuse_on_cluster(args: &WindowAggOptions) -> Result<(), String> {
 /// Declares the `window-agg` job on `env` (whose parallelism is the job's): the checks of
 /// `run window-agg` that do not exit, the graph of [`declare`] and the job's sinks. Only the
 /// JobManager (`planning`) checks the output paths; every process reads the header.
-pub fn build(env: &mut StreamEnvironment, args: &WindowAggOptions, planning: bool) -> Result<JobParts, String> {
+pub fn build(
+    env: &mut StreamEnvironment,
+    args: &WindowAggOptions,
+    planning: bool,
+    checkpoints: bool,
+) -> Result<JobParts, String> {
     refuse_on_cluster(args)?;
+    if checkpoints {
+        return build_to_parts(env, args, planning);
+    }
     let rejected = rejected_path(args);
     if planning {
         check_paths(args, rejected.as_deref())?;
@@ -255,6 +264,107 @@ pub fn build(env: &mut StreamEnvironment, args: &WindowAggOptions, planning: boo
     }))
 }
 
+/// Where the rejected rows go in a job with checkpoints: `--rejected-output`, or the directory
+/// `OUTPUT.rejected` beside the output directory.
+pub fn rejected_dir(args: &WindowAggOptions) -> PathBuf {
+    args.rejected_output.clone().unwrap_or_else(|| {
+        let mut name = args.output.as_os_str().to_os_string();
+        name.push(".rejected");
+        PathBuf::from(name)
+    })
+}
+
+/// The job with checkpoints: every output is a directory of part files written through the
+/// exactly-once file sink (the results as `key,window_start,window_end,value` lines from the
+/// window's subtasks, the late rows beside them, the rejected rows from the parser's subtask),
+/// so what a restored job writes again replaces what the failed attempt left uncommitted, and
+/// nothing is held in memory until the end. The lines are those of `run`'s files without their
+/// header and order: sorted, the results are `run`'s output. The figures come from the
+/// source's checkpointed counts and from the committed files.
+fn build_to_parts(env: &mut StreamEnvironment, args: &WindowAggOptions, planning: bool) -> Result<JobParts, String> {
+    let rejected = (!args.fail_on_malformed).then(|| rejected_dir(args));
+    if planning {
+        let inputs = [args.input.as_path()];
+        let mut dirs: Vec<(&str, &Path)> = vec![("--output", args.output.as_path())];
+        dirs.extend(args.late_output.as_deref().map(|p| ("--late-output", p)));
+        dirs.extend(rejected.as_deref().map(|p| ("--rejected-output", p)));
+        for (i, (flag, dir)) in dirs.iter().enumerate() {
+            crate::outputs::check_output_dir(dir, &inputs).map_err(|e| format!("{flag}: {e}"))?;
+            if let Some((other, _)) = dirs[..i].iter().find(|(_, d)| d == dir) {
+                return Err(format!("{flag} and {other} are the same directory '{}'", dir.display()));
+            }
+        }
+    }
+    check_ranges(args)?;
+    let (_, schema) = open_input(args).map_err(|e| e.to_string())?;
+    let parallelism = env.config().parallelism.unwrap_or_else(|| env.cluster().num_slots()).max(1);
+    env.set_parallelism(1);
+    let stats = Arc::new(SourceStats::default());
+    let streams = declare(env, args, &schema, None, stats.clone(), parallelism);
+    let options = corestream::FileSinkOptions::default();
+    streams
+        .results
+        .map(|(key, start, end, value): Out| format_result(&WindowResult { key, start, end, value }))
+        .name("Format results")
+        .set_parallelism(parallelism)
+        .sink_to_files(args.output.clone(), options)
+        .name("Sink: window results")
+        .set_parallelism(parallelism);
+    match &args.late_output {
+        Some(dir) => {
+            let late_schema = schema.clone();
+            streams
+                .late
+                .map(move |row: Rec| late_line(&row, &late_schema))
+                .name("Format late rows")
+                .set_parallelism(parallelism)
+                .sink_to_files(dir.clone(), options)
+                .name("Sink: late rows")
+                .set_parallelism(parallelism);
+        }
+        None => {
+            streams.late.add_sink("Sink: late rows", |_| Ok(Discard)).set_parallelism(parallelism);
+        }
+    }
+    match rejected {
+        Some(dir) => {
+            streams
+                .rejected
+                .map(|(line, reason, row): Bad| format_rejected(&Rejected { line, reason }, &row))
+                .name("Format rejected rows")
+                .sink_to_files(dir, options)
+                .name("Sink: rejected rows");
+        }
+        None => {
+            let input = args.input.clone();
+            streams.rejected.add_sink("Sink: rejected rows", move |ctx| {
+                RejectedSink::create(None, Some(&input), Arc::new(AtomicU64::new(0)), ctx)
+            });
+        }
+    }
+    if planning {
+        return Ok(JobParts::none());
+    }
+    Ok(JobParts::with_accumulators(move || {
+        let load = |n: &AtomicU64| Accumulator::Count(n.load(Ordering::Relaxed));
+        Ok(Accumulators::from([
+            (ROWS_READ.to_string(), load(&stats.rows)),
+            (BLANK_LINES.to_string(), load(&stats.blank)),
+            (LONG_LINES.to_string(), load(&stats.too_long)),
+        ]))
+    }))
+}
+
+/// Drops what it is given (late rows nobody asked to keep).
+struct Discard;
+
+impl<T: Data> Sink<T> for Discard {
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<(), SinkError> {
+        batch.clear();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -294,7 +404,7 @@ mod tests {
         let cluster = LocalCluster::planner(ClusterConfig::default(), 3);
         let mut env = cluster.environment();
         env.set_parallelism(3);
-        build(&mut env, args, true)?;
+        build(&mut env, args, true, false)?;
         env.explain().map_err(|e| e.to_string())
     }
 
@@ -346,7 +456,7 @@ mod tests {
             let cluster = LocalCluster::start(ClusterConfig { slots: Some(2), ..ClusterConfig::default() }).unwrap();
             let mut env = cluster.environment();
             env.set_parallelism(2);
-            let parts = build(&mut env, &args, false).unwrap();
+            let parts = build(&mut env, &args, false, false).unwrap();
             env.execute("window-agg").unwrap();
             let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
             assert_eq!(read("output"), std::fs::read_to_string(golden(case, "expected.csv")).unwrap(), "{case}");
@@ -382,7 +492,7 @@ mod tests {
         let cluster = LocalCluster::start(ClusterConfig { slots: Some(2), ..ClusterConfig::default() }).unwrap();
         let mut env = cluster.environment();
         env.set_parallelism(2);
-        build(&mut env, &args, false).unwrap();
+        build(&mut env, &args, false, false).unwrap();
         let e = env.execute("window-agg").unwrap_err().to_string();
         assert!(e.contains("line 3: missing field 'amount'") && e.contains("--fail-on-malformed"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing committed");
