@@ -105,6 +105,8 @@ pub struct SubmitArgs {
     pub timeout: Option<Duration>,
     #[command(flatten)]
     pub connection: Connection,
+    #[command(flatten)]
+    pub checkpoints: crate::checkpointing::CheckpointArgs,
     /// The job type, e.g. wordcount, sum-by-key, window-agg, nexmark.
     #[arg(value_name = "JOB")]
     pub job: String,
@@ -165,7 +167,15 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
 
 fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let client = args.connection.client()?;
-    let request = SubmitRequest { job: args.job, args: args.args, parallelism: args.parallelism, ..Default::default() };
+    let recovery = args.checkpoints.require_recovery(crate::checkpointing::Paths::AbsoluteOnly);
+    let request = SubmitRequest {
+        job: args.job,
+        args: args.args,
+        parallelism: args.parallelism,
+        checkpoints: recovery.checkpoints,
+        restore: recovery.restore,
+        restart_strategy: recovery.restart_strategy,
+    };
     let id = client.submit(&request)?.jobid;
     if args.detached {
         println!("{id}");
@@ -414,6 +424,25 @@ mod tests {
         assert_eq!(s.connection.jobmanager, DEFAULT_JOBMANAGER);
         let ClientCommand::Submit(s) = parse("submit --jobmanager jm:9 sum-by-key").unwrap() else { panic!() };
         assert_eq!((s.connection.jobmanager.as_str(), s.args.len()), ("http://jm:9", 0));
+    }
+
+    #[test]
+    fn checkpoint_options_come_before_the_job_and_theirs_after_it_are_the_jobs() {
+        let ClientCommand::Submit(s) = parse(
+            "submit --checkpoint-interval 1s --checkpoint-dir /ck --unaligned --restart-strategy fixed-delay \
+             sum-by-key --records 10 --checkpoint-interval 2s",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let r = s.checkpoints.recovery(crate::checkpointing::Paths::AbsoluteOnly).unwrap();
+        let c = r.checkpoints.unwrap();
+        assert_eq!((c.interval_ms, c.dir.as_deref(), c.unaligned), (Some(1000), Some("/ck"), Some(true)));
+        assert_eq!(r.restart_strategy.as_deref(), Some("fixed-delay"));
+        assert_eq!(s.args, ["--records", "10", "--checkpoint-interval", "2s"]);
+        let ClientCommand::Submit(s) = parse("submit --resume ck sum-by-key").unwrap() else { panic!() };
+        let e = s.checkpoints.recovery(crate::checkpointing::Paths::AbsoluteOnly).unwrap_err();
+        assert!(e.contains("give an absolute path"), "{e}");
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct JobManagerConfig {
     pub heartbeat_timeout: Duration,
     /// How long a job waits for the slots it needs before its attempt fails.
     pub slot_request_timeout: Duration,
+    /// Each job's restart strategy; by default the one it asks for, else Flink's default
+    /// (exponential-delay with checkpoints, none without).
     pub restarts: RestartFactory,
     /// The cluster secret TaskManagers must prove; `None` when authentication is off.
     pub secret: Option<crate::auth::ClusterSecret>,
@@ -98,7 +100,7 @@ impl Default for JobManagerConfig {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(50),
             slot_request_timeout: Duration::from_secs(300),
-            restarts: Arc::new(|_| Box::new(NoRestart)),
+            restarts: restart::RestartStrategy::factory(&crate::conf::RestartSettings::default()),
             secret: None,
             cluster: ClusterConfig::default(),
             checkpoint: Default::default(),

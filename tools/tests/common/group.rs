@@ -69,6 +69,11 @@ impl Running {
         self.child.id() as libc::pid_t
     }
 
+    /// Whether the process has ended (it is reaped then).
+    pub fn has_ended(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
     pub fn kill_group(&mut self) {
         // SAFETY: kill on the process group this test created for the child (its pid).
         unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
