@@ -56,6 +56,10 @@ pub enum BenchCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// What checkpoints cost, side by side in one run: throughput with and without them
+    /// (overhead), their duration aligned and unaligned behind a slow sink (backpressure), their
+    /// size and duration against the number of keys (state-size).
+    Checkpoints(crate::checkpoint_bench::CheckpointBenchArgs),
     /// A Nexmark query on the first N events of the generator (default settings), into a
     /// discarding sink: events/s, events/s per core (CPU time from the OS), wall time, peak
     /// memory and the query's output record count.
@@ -599,7 +603,10 @@ pub fn outputs_of(cmd: &BenchCommand) -> Vec<(&'static str, &std::path::Path)> {
             outputs.extend(hdr_log.as_deref().map(|p| ("--hdr-log", p)));
             outputs.extend(plot.as_deref().map(|p| ("--plot", p)));
         }
-        BenchCommand::Passthrough { .. } | BenchCommand::KeyedSum { .. } | BenchCommand::Window { .. } => {}
+        BenchCommand::Passthrough { .. }
+        | BenchCommand::KeyedSum { .. }
+        | BenchCommand::Window { .. }
+        | BenchCommand::Checkpoints(_) => {}
     }
     outputs
 }
@@ -607,6 +614,7 @@ pub fn outputs_of(cmd: &BenchCommand) -> Vec<(&'static str, &std::path::Path)> {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     crate::outputs::check(&outputs_of(&cmd));
     let (report, ok) = match cmd {
+        BenchCommand::Checkpoints(args) => return crate::checkpoint_bench::run(args),
         BenchCommand::Nexmark { query, events, seed, json, checksum, common } => {
             return run_nexmark(query, events, seed, json.as_deref(), checksum, &common);
         }

@@ -65,6 +65,41 @@ pub struct NetworkArgs {
     pub record_bytes: usize,
 }
 
+/// The arguments of `bench window`'s job.
+#[derive(Parser, Debug)]
+#[command(name = "bench-window", no_binary_name = true)]
+pub struct BenchWindowArgs {
+    #[arg(long, value_parser = crate::args::parse_positive_count)]
+    pub events: u64,
+    #[arg(long, value_parser = crate::args::parse_keys)]
+    pub keys: u64,
+    #[arg(long, value_parser = crate::bench::parse_window_assigner)]
+    pub window: crate::bench::WindowArg,
+}
+
+/// The arguments of the job `bench checkpoints --scenario backpressure` runs.
+#[derive(Parser, Debug)]
+#[command(name = "bench-slow-sink", no_binary_name = true)]
+pub struct SlowSinkArgs {
+    #[arg(long, value_parser = crate::args::parse_positive_count)]
+    pub records: u64,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(8..=16384))]
+    pub record_bytes: u32,
+    /// Microseconds the sink takes per record (at most 1 s).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub sink_delay_us: u64,
+}
+
+/// The arguments of the job `bench checkpoints --scenario state-size` runs.
+#[derive(Parser, Debug)]
+#[command(name = "bench-state", no_binary_name = true)]
+pub struct BenchStateArgs {
+    #[arg(long, value_parser = crate::args::parse_positive_count)]
+    pub records: u64,
+    #[arg(long, value_parser = crate::args::parse_keys)]
+    pub keys: u64,
+}
+
 /// The arguments of the `nexmark` job type.
 #[derive(Parser, Debug)]
 #[command(name = "nexmark", no_binary_name = true)]
@@ -138,6 +173,58 @@ fn bench_network(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<Jo
     Ok(JobParts::none())
 }
 
+fn bench_window(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    let a: BenchWindowArgs = parse(ctx.args)?;
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    corestream_bench::throughput::window_job(
+        env,
+        a.events,
+        a.keys,
+        a.window.assigner,
+        corestream_bench::throughput::SequenceSplit::Interleaved,
+        total,
+    );
+    Ok(JobParts::none())
+}
+
+/// Sleeps a fixed time per record: a sink slower than everything before it, so every buffer
+/// between them fills (backpressure).
+struct SlowSink {
+    delay: std::time::Duration,
+}
+
+impl corestream::Sink<(u64, Vec<u8>)> for SlowSink {
+    fn write_batch(&mut self, batch: &mut Vec<(u64, Vec<u8>)>) -> Result<(), corestream::SinkError> {
+        for _ in batch.drain(..) {
+            std::thread::sleep(self.delay);
+        }
+        Ok(())
+    }
+}
+
+fn bench_slow_sink(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    let a: SlowSinkArgs = parse(ctx.args)?;
+    let bytes = a.record_bytes as usize;
+    let delay = std::time::Duration::from_micros(a.sink_delay_us);
+    env.from_generator(a.records, move |i| (i, vec![(i % 251) as u8; bytes]))
+        .key_by(|r: &(u64, Vec<u8>)| r.0 % 64)
+        .map(|r: (u64, Vec<u8>)| r)
+        .name("Pass")
+        .add_sink("Sink: slow", move |_| Ok(SlowSink { delay }));
+    Ok(JobParts::none())
+}
+
+fn bench_state(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    let a: BenchStateArgs = parse(ctx.args)?;
+    let keys = a.keys;
+    env.from_generator(a.records, move |i| (i % keys, i))
+        .key_by(|r: &(u64, u64)| r.0)
+        .reduce(|x, y| (x.0, x.1.wrapping_add(y.1)))
+        .name("Sum per key")
+        .discard();
+    Ok(JobParts::none())
+}
+
 fn nexmark(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
     let a: NexmarkArgs = parse(ctx.args)?;
     let totals = crate::bench::declare_nexmark(env, a.query, a.events, a.seed, true)
@@ -189,6 +276,24 @@ pub fn registry() -> JobRegistry {
         "keyed exchange of generated records of a given size (the job of `bench network`)",
         "--events N --keys K --record-bytes B",
         bench_network,
+    ));
+    r.register(JobType::new(
+        "bench-window",
+        "the keyed event-time window count of `bench window`",
+        "--events N --keys K --window SPEC",
+        bench_window,
+    ));
+    r.register(JobType::new(
+        "bench-slow-sink",
+        "generated records of a given size, keyed, into a sink that takes a fixed time per record (backpressure)",
+        "--records N --record-bytes B --sink-delay-us US",
+        bench_slow_sink,
+    ));
+    r.register(JobType::new(
+        "bench-state",
+        "a running sum per key over K keys (keyed state of K entries)",
+        "--records N --keys K",
+        bench_state,
     ));
     crate::latency::register(&mut r);
     r

@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod checkpoint_bench;
 mod checkpointing;
 mod checkpoints_cmd;
 mod client_cli;

@@ -1,0 +1,302 @@
+//! What checkpoints cost, measured side by side in one run (`corestream bench checkpoints`):
+//!
+//! - `overhead`: a workload (the keyed tumbling-window benchmark, Nexmark q5 or q7) run by name
+//!   on the JobManager of a local cluster without checkpoints and with checkpoints every
+//!   `--interval`, alternately (the order flips every round, so drift on a shared machine falls
+//!   on both), reported as events per second of each and the ratio per pair, with its spread;
+//! - `backpressure`: a job whose sink takes `--sink-delay` per record (so every buffer between
+//!   source and sink is full), with aligned and then unaligned checkpoints: the end-to-end
+//!   duration of the checkpoints of each (p50, p99, max over the completed ones) and the
+//!   in-flight bytes the unaligned ones persisted;
+//! - `state-size`: keyed state of K keys (a running sum per key) with checkpoints, for each K
+//!   given: the size and duration of the checkpoints.
+//!
+//! Jobs run by name ([`crate::jobs`]) because only those take checkpoints; the figures come
+//! from the job's duration and the JobManager's checkpoint statistics.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, ValueEnum};
+use corestream::checkpoint::request::CheckpointRequest;
+use corestream::jobmanager::api::{CheckpointingStatistics, ClusterApi, JobState, SubmitRequest};
+use corestream::LocalCluster;
+
+use crate::args::{parse_keys, parse_positive_count, parse_positive_duration, Common};
+
+/// What `bench checkpoints` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Throughput with checkpoints against without.
+    Overhead,
+    /// Checkpoint duration, aligned against unaligned, behind a slow sink.
+    Backpressure,
+    /// Checkpoint size and duration against the number of keys.
+    StateSize,
+}
+
+/// The workload of `--scenario overhead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// `bench window --window tumbling:10s` (keyed count per 10 s window).
+    Window,
+    Q5,
+    Q7,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckpointBenchArgs {
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// overhead: the workload.
+    #[arg(long, value_enum, default_value = "window")]
+    pub workload: Workload,
+    /// overhead: events per run; backpressure: records per run; state-size: records per run per
+    /// key count (at least the keys).
+    #[arg(long, value_parser = parse_positive_count, default_value = "20M")]
+    pub events: u64,
+    /// overhead (window): keys.
+    #[arg(long, value_parser = parse_keys, default_value = "10000")]
+    pub keys: u64,
+    /// state-size: the key counts to measure, e.g. 10k,100k,1M,10M.
+    #[arg(long, value_delimiter = ',', value_parser = parse_keys, default_value = "10k,100k,1M")]
+    pub key_counts: Vec<u64>,
+    /// Time between checkpoints.
+    #[arg(long, value_parser = parse_positive_duration, default_value = "1s")]
+    pub interval: Duration,
+    /// overhead: pairs of runs (off, on).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50), default_value_t = 3)]
+    pub rounds: u32,
+    /// overhead: unaligned checkpoints.
+    #[arg(long)]
+    pub unaligned: bool,
+    /// backpressure: bytes of each record.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(8..=16384), default_value_t = 1024)]
+    pub record_bytes: u32,
+    /// backpressure: time the sink takes per record.
+    #[arg(long, value_parser = parse_positive_duration, default_value = "10ms")]
+    pub sink_delay: Duration,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// A local cluster that runs the binary's job types by name, and a checkpoint directory of its
+/// own (removed at the end).
+struct Bench {
+    _cluster: LocalCluster,
+    api: std::sync::Arc<dyn ClusterApi>,
+    dir: tempfile::TempDir,
+    parallelism: u32,
+}
+
+/// One run: how long it took and what its checkpoints were.
+struct RunFigures {
+    wall: Duration,
+    stats: Option<CheckpointingStatistics>,
+}
+
+impl Bench {
+    fn start(common: &Common) -> anyhow::Result<Self> {
+        let cluster = LocalCluster::start_with_jobs(common.cluster_config()?, crate::jobs::registry())
+            .context("cannot start the local cluster")?;
+        let api = cluster.api().ok_or_else(|| anyhow!("the local cluster has no JobManager"))?;
+        let parallelism = common.parallelism.unwrap_or(cluster.num_slots());
+        let dir = tempfile::Builder::new().prefix("corestream-bench-ck-").tempdir().context("cannot create a directory")?;
+        Ok(Self { _cluster: cluster, api, dir, parallelism })
+    }
+
+    /// Runs `job args` to its end (with checkpoints into a fresh directory when `checkpoints`).
+    fn run(&self, job: &str, args: Vec<String>, checkpoints: Option<CheckpointRequest>) -> anyhow::Result<RunFigures> {
+        let checkpoints = checkpoints.map(|mut c| {
+            let dir = self.dir.path().join(format!("run-{}", corestream::rpc::ids::JobId::random()));
+            c.dir = Some(dir.display().to_string());
+            c
+        });
+        let request = SubmitRequest {
+            job: job.into(),
+            args,
+            parallelism: Some(self.parallelism),
+            checkpoints,
+            restart_strategy: Some("none".into()),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let (id, result) = crate::progress::run_by_name(self.api.as_ref(), request, job)?;
+        let wall = started.elapsed();
+        if result.state != JobState::Finished {
+            let why = result.result.and_then(|o| o.failure).unwrap_or_else(|| format!("{:?}", result.state));
+            bail!("{job} did not finish: {why}");
+        }
+        let stats = self.api.checkpoints(&id.to_string()).ok().filter(|s| s.counts.total > 0);
+        Ok(RunFigures { wall, stats })
+    }
+}
+
+fn every(interval: Duration, unaligned: bool) -> CheckpointRequest {
+    CheckpointRequest {
+        interval_ms: Some(interval.as_millis() as u64),
+        unaligned: unaligned.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// The `q`-quantile (0..=1) of `xs`, nearest rank.
+fn quantile(mut xs: Vec<u64>, q: f64) -> u64 {
+    xs.sort_unstable();
+    if xs.is_empty() {
+        return 0;
+    }
+    let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
+    xs[rank - 1]
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+pub fn run(args: CheckpointBenchArgs) -> anyhow::Result<()> {
+    match args.scenario {
+        Scenario::Overhead => overhead(&args),
+        Scenario::Backpressure => backpressure(&args),
+        Scenario::StateSize => state_size(&args),
+    }
+}
+
+fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
+    let bench = Bench::start(&a.common)?;
+    let events = a.events.to_string();
+    let (job, args): (&str, Vec<String>) = match a.workload {
+        Workload::Window => (
+            "bench-window",
+            ["--events", &events, "--keys", &a.keys.to_string(), "--window", "tumbling:10s"].map(String::from).to_vec(),
+        ),
+        Workload::Q5 => ("nexmark", ["--query", "q5", "--events", &events].map(String::from).to_vec()),
+        Workload::Q7 => ("nexmark", ["--query", "q7", "--events", &events].map(String::from).to_vec()),
+    };
+    println!(
+        "checkpoint overhead: {job} {}, p={}, checkpoints every {:?} ({}), {} round(s), order flipped each round",
+        args.join(" "),
+        bench.parallelism,
+        a.interval,
+        if a.unaligned { "unaligned" } else { "aligned" },
+        a.rounds
+    );
+    let mut ratios = Vec::new();
+    let (mut offs, mut ons) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds {
+        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        let mut pair = [0.0f64; 2];
+        for with in order {
+            let figures = bench.run(job, args.clone(), with.then(|| every(a.interval, a.unaligned)))?;
+            let rate = a.events as f64 / figures.wall.as_secs_f64();
+            pair[usize::from(with)] = rate;
+            let checkpoints = figures.stats.as_ref().map_or(0, |s| s.counts.completed);
+            println!(
+                "  round {}: {:<16} {:>12.0} events/s  wall {:>7.3} s  {checkpoints} checkpoint(s)",
+                round + 1,
+                if with { "checkpoints" } else { "no checkpoints" },
+                rate,
+                figures.wall.as_secs_f64()
+            );
+            if let Some(s) = figures.stats.filter(|_| with) {
+                println!(
+                    "           checkpoint duration min/avg/max {}/{}/{} ms, size avg {}",
+                    s.summary.end_to_end_duration_ms.min,
+                    s.summary.end_to_end_duration_ms.avg,
+                    s.summary.end_to_end_duration_ms.max,
+                    mib(s.summary.checkpointed_size_bytes.avg)
+                );
+            }
+        }
+        offs.push(pair[0]);
+        ons.push(pair[1]);
+        ratios.push(pair[1] / pair[0]);
+    }
+    let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+    println!(
+        "result: without {:.0} events/s, with {:.0} events/s (medians); with/without {:.3} (median of {} pairs, \
+         {lo:.3}..{hi:.3}), overhead {:.1} %",
+        median(offs),
+        median(ons),
+        median(ratios.clone()),
+        ratios.len(),
+        (1.0 - median(ratios)) * 100.0
+    );
+    Ok(())
+}
+
+fn backpressure(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
+    let bench = Bench::start(&a.common)?;
+    let args: Vec<String> = [
+        "--records".to_string(),
+        a.events.to_string(),
+        "--record-bytes".into(),
+        a.record_bytes.to_string(),
+        "--sink-delay-us".into(),
+        a.sink_delay.as_micros().to_string(),
+    ]
+    .to_vec();
+    println!(
+        "checkpoints behind a slow sink: {} records of {} bytes, {:?} per record at the sink, p={}, every {:?}",
+        a.events, a.record_bytes, a.sink_delay, bench.parallelism, a.interval
+    );
+    for unaligned in [false, true] {
+        let figures = bench.run("bench-slow-sink", args.clone(), Some(every(a.interval, unaligned)))?;
+        let label = if unaligned { "unaligned" } else { "aligned" };
+        let Some(stats) = figures.stats else {
+            println!("  {label:<9}: no checkpoint completed in {:.1} s", figures.wall.as_secs_f64());
+            continue;
+        };
+        let completed: Vec<_> = stats
+            .history
+            .iter()
+            .filter(|c| matches!(c.status, corestream::jobmanager::api::CheckpointStatusInfo::Completed))
+            .collect();
+        let durations: Vec<u64> = completed.iter().map(|c| c.end_to_end_duration_ms).collect();
+        let persisted: u64 = completed.iter().map(|c| c.persisted_data_bytes).max().unwrap_or(0);
+        println!(
+            "  {label:<9}: {} completed, {} failed in {:.1} s; duration p50 {} ms, p99 {} ms, max {} ms; in-flight data \
+             persisted up to {}",
+            stats.counts.completed,
+            stats.counts.failed,
+            figures.wall.as_secs_f64(),
+            quantile(durations.clone(), 0.5),
+            quantile(durations.clone(), 0.99),
+            durations.iter().max().copied().unwrap_or(0),
+            mib(persisted)
+        );
+    }
+    Ok(())
+}
+
+fn state_size(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
+    let bench = Bench::start(&a.common)?;
+    println!("checkpoints of keyed state (heap backend), p={}, every {:?}", bench.parallelism, a.interval);
+    for &keys in &a.key_counts {
+        let records = a.events.max(keys * 2);
+        let args = ["--records", &records.to_string(), "--keys", &keys.to_string()].map(String::from).to_vec();
+        let figures = bench.run("bench-state", args, Some(every(a.interval, false)))?;
+        match figures.stats {
+            Some(s) => println!(
+                "  {keys:>10} keys: {} checkpoint(s) in {:.1} s; size avg {} max {}; duration avg {} ms max {} ms",
+                s.counts.completed,
+                figures.wall.as_secs_f64(),
+                mib(s.summary.checkpointed_size_bytes.avg),
+                mib(s.summary.checkpointed_size_bytes.max),
+                s.summary.end_to_end_duration_ms.avg,
+                s.summary.end_to_end_duration_ms.max
+            ),
+            None => println!("  {keys:>10} keys: no checkpoint completed in {:.1} s", figures.wall.as_secs_f64()),
+        }
+    }
+    Ok(())
+}
