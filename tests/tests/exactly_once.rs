@@ -367,7 +367,8 @@ fn run(case: &Case) -> Ran {
         config.credit.floating_per_gate = 1;
         config.credit.max_backlog_per_channel = 1;
     }
-    let cluster = LocalCluster::start_with_jobs(config, registry(probe.clone())).expect("cluster starts");
+    let cluster =
+        LocalCluster::start_with_jobs_restarting(config, registry(probe.clone()), restarts()).expect("cluster starts");
     let api = cluster.api().expect("an embedded cluster has an API");
     let dir = tempfile::tempdir().unwrap();
     let ck = checkpoints(dir.path(), 50, case.mode, case.unaligned);

@@ -12,6 +12,7 @@ use corestream::checkpoint::metadata::CheckpointMetadata;
 use corestream::checkpoint::request::{CheckpointRequest, RestoreRequest};
 use corestream::checkpoint::storage::{CheckpointStorage, FsCheckpointStorage};
 use corestream::checkpoint::CheckpointMode;
+use corestream::conf::{FixedDelaySettings, RestartSettings};
 use corestream::jobmanager::api::{ClusterApi, JobExecutionResult, JobState, SubmitRequest};
 use corestream::rpc::messages::Accumulator;
 
@@ -32,7 +33,15 @@ pub fn checkpoints(dir: &Path, interval_ms: u64, mode: CheckpointMode, unaligned
     }
 }
 
-/// Submits `job` by name.
+/// Restart parameters for the tests: fixed-delay, up to 10 restarts, 10 ms apart.
+pub fn restarts() -> RestartSettings {
+    RestartSettings {
+        fixed_delay: FixedDelaySettings { attempts: 10, delay: Duration::from_millis(10) },
+        ..Default::default()
+    }
+}
+
+/// Submits `job` by name (restart strategy `fixed-delay`).
 pub fn submit(
     api: &Arc<dyn ClusterApi>,
     job: &str,
