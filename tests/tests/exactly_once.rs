@@ -23,7 +23,7 @@
 mod checkpointing;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -282,6 +282,7 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
             let shifted: Arc<Vec<u64>> =
                 Arc::new((0..parallelism).map(|t| key_for_subtask((t + 1) % parallelism, parallelism)).collect());
             let processed = Arc::new(AtomicU64::new(0));
+            let failed = Arc::new(AtomicBool::new(false));
             let done: Arc<Mutex<Vec<SinkState>>> = Arc::default();
             let (map_probe, sink_probe, sink_done) = (probe.clone(), probe.clone(), done.clone());
             env.from_source(JOB, None, move |c| {
@@ -303,7 +304,8 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
                         map_probe.recoveries.lock().unwrap().push(at.elapsed());
                     }
                 }
-                if params.failures && fails_at(attempt, seq, n, params.records) {
+                if params.failures && fails_at(attempt, seq, n, params.records) && !failed.swap(true, Ordering::SeqCst)
+                {
                     *map_probe.failed_at.lock().unwrap() = Some(Instant::now());
                     map_probe.failures.fetch_add(1, Ordering::SeqCst);
                     panic!("injected failure {} of attempt {attempt} at record ({s}, {seq})", attempt + 1);
@@ -377,6 +379,10 @@ fn run(case: &Case) -> Ran {
     let result = wait_terminal(&api, &id);
     assert_finished(&api, &id, &result);
     let checkpoints = completed(dir.path());
+    let details = api.job(&id).expect("the job is known");
+    for e in details.exceptions.iter().filter(|e| !e.message.contains("injected failure")) {
+        eprintln!("attempt {} failed unexpectedly: {}", e.attempt, e.message);
+    }
     let recoveries = probe.recoveries.lock().unwrap().clone();
     eprintln!(
         "recovery p={} {:?} unaligned={} squeezed={}: failure to first record after restore {:?} ({} checkpoints)",
@@ -448,7 +454,7 @@ fn at_least_once_loses_nothing() {
 
 #[test]
 fn unaligned_under_backpressure_persists_in_flight_data() {
-    let params = Params { records: 6000, rate: 0, sink_us: 200, failures: true, parallelism: 2 };
+    let params = Params { records: 20_000, rate: 0, sink_us: 20, failures: true, parallelism: 2 };
     let case = Case { parallelism: 2, mode: CheckpointMode::ExactlyOnce, unaligned: true, params, squeezed: true };
     let ran = run(&case);
     assert_exactly_once(&case, &ran);
@@ -459,5 +465,10 @@ fn unaligned_under_backpressure_persists_in_flight_data() {
         ran.checkpoints.iter().map(|m| m.id).collect::<Vec<_>>()
     );
     let carried = unaligned.iter().filter(|m| channel_bytes(m) > 0).count();
+    eprintln!(
+        "{} unaligned checkpoints, {carried} with channel state, bytes {:?}",
+        unaligned.len(),
+        unaligned.iter().map(|m| channel_bytes(m)).collect::<Vec<_>>()
+    );
     assert!(carried > 0, "no completed unaligned checkpoint carried channel state ({} of them)", unaligned.len());
 }
