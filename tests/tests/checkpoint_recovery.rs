@@ -180,6 +180,7 @@ impl Sink<String> for LinesSink {
 
 fn registry(probe: Arc<Probe>) -> JobRegistry {
     let mut jobs = JobRegistry::new();
+    let files_probe = probe.clone();
     jobs.register(JobType::new(JOB, "event-time timers and windows", "RECORDS RATE fail|no-fail", move |env, ctx| {
         let params = Params::parse(ctx.args)?;
         let attempt = if ctx.planning { u32::MAX } else { probe.attempts.fetch_add(1, Ordering::SeqCst) };
@@ -225,8 +226,46 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
             Ok(Accumulators::from([("lines".to_string(), Accumulator::Lines(lines))]))
         }))
     }));
+    jobs.register(JobType::new(
+        FILES_JOB,
+        "ordered records into the exactly-once file sink",
+        "RECORDS RATE OUT_DIR",
+        move |env, ctx| {
+            let params = Params::parse(ctx.args)?;
+            let out = ctx.args.get(2).ok_or("OUT_DIR is missing")?.clone();
+            let attempt = if ctx.planning { u32::MAX } else { files_probe.attempts.fetch_add(1, Ordering::SeqCst) };
+            let processed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let failed = Arc::new(AtomicBool::new(false));
+            env.from_source(FILES_JOB, None, move |c| {
+                Ok(EventSource {
+                    subtask: c.subtask,
+                    next: 0,
+                    end: params.records,
+                    rate: params.rate,
+                    started: Instant::now(),
+                    first: 0,
+                })
+            })
+            .map(move |(key, _, seq): Event| {
+                let n = processed.fetch_add(1, Ordering::Relaxed) + 1;
+                let due = match attempt {
+                    0 => seq >= params.records / 2,
+                    1 => n >= 20,
+                    _ => false,
+                };
+                if due && !failed.swap(true, Ordering::SeqCst) {
+                    panic!("injected failure of attempt {attempt} at {seq}");
+                }
+                format!("{} {seq}", key / 10)
+            })
+            .sink_to_files(out, corestream::FileSinkOptions::default());
+            Ok(JobParts::none())
+        },
+    ));
     jobs
 }
+
+const FILES_JOB: &str = "files";
 
 fn start(probe: &Arc<Probe>, slots: u32) -> (LocalCluster, Arc<dyn ClusterApi>) {
     let cluster = LocalCluster::start_with_jobs_restarting(
@@ -413,4 +452,38 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
         }
         assert_eq!(lines(&result), expected, "{how:?}: output after resuming from checkpoint {previous}");
     }
+}
+
+#[test]
+fn the_exactly_once_file_sink_holds_every_record_once_after_restarts() {
+    let parallelism = 2;
+    let records = 3000u64;
+    let probe = Arc::new(Probe::default());
+    let (_cluster, api) = start(&probe, parallelism);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let args = vec![records.to_string(), "3000".to_string(), out.display().to_string()];
+    let ck = checkpoints(&tmp.path().join("ck"), 50, CheckpointMode::ExactlyOnce, false);
+    let id = submit(&api, FILES_JOB, &args, parallelism, Some(ck), None);
+    let result = wait_terminal(&api, &id);
+    assert_finished(&api, &id, &result);
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 3, "two failures, three attempts");
+    let mut got: Vec<(u64, u64)> = Vec::new();
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name.starts_with('.') {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+            let (s, seq) = line.split_once(' ').unwrap_or_else(|| panic!("line '{line}' of {name}"));
+            got.push((s.parse().unwrap(), seq.parse().unwrap()));
+        }
+    }
+    got.sort();
+    let expected: Vec<(u64, u64)> =
+        (0..u64::from(parallelism)).flat_map(|s| (0..records).map(move |q| (s, q))).collect();
+    let missing = expected.iter().filter(|e| got.binary_search(e).is_err()).count();
+    let duplicates = got.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!((missing, duplicates, got.len()), (0, 0, expected.len()), "missing, duplicated, committed lines");
 }
