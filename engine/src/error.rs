@@ -116,7 +116,8 @@ mod tests {
         let operator =
             JobError::OperatorFailed { operator: "map".into(), subtask: 0, parallelism: 2, message: "panicked".into() };
         let checkpoint = JobError::Checkpoint { place: "sink".into(), subtask: 1, message: "disk full".into() };
-        let io = JobError::Io { what: "reading".into(), path: "/x".into(), cause: Arc::new(std::io::Error::other("eio")) };
+        let io =
+            JobError::Io { what: "reading".into(), path: "/x".into(), cause: Arc::new(std::io::Error::other("eio")) };
         for e in [operator, checkpoint, io] {
             assert!(e.is_retryable(), "{e}");
         }

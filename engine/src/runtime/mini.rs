@@ -31,10 +31,10 @@ use tokio::sync::watch;
 
 use super::cluster::{LocalCluster, PreparedJob};
 use super::job::JobHandle;
+use crate::conf::RestartSettings;
 use crate::error::{JobError, StartupError};
 use crate::graph::execution::SlotSplit;
 use crate::jobmanager::api::ClusterApi;
-use crate::conf::RestartSettings;
 use crate::jobmanager::dispatcher::Dispatcher;
 use crate::jobmanager::restart::RestartStrategy;
 use crate::jobmanager::{Jm, JobManagerConfig};
