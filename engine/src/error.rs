@@ -60,6 +60,8 @@ pub enum JobError {
 
 impl JobError {
     /// Whether running the job again could succeed without changing it (for restart strategies).
+    /// A failure of user code, of file I/O or of a checkpoint is, as in Flink (the restart
+    /// strategy bounds how often); an invalid job or a record too large for any buffer is not.
     pub fn is_retryable(&self) -> bool {
         match self {
             // Retrying helps only if other jobs may free what this one needs.
@@ -67,7 +69,8 @@ impl JobError {
             JobError::NotEnoughSlots { needed, total, .. } => needed <= total,
             JobError::Network(e) => e.is_retryable(),
             JobError::SlotStart { .. } | JobError::DataPlaneUnavailable { .. } => true,
-            _ => false,
+            JobError::OperatorFailed { .. } | JobError::Io { .. } | JobError::Checkpoint { .. } => true,
+            JobError::InvalidJob(_) | JobError::Record { .. } | JobError::Commit { .. } | JobError::Cancelled => false,
         }
     }
 }
@@ -101,5 +104,25 @@ pub(crate) enum TaskError {
 impl From<NetError> for TaskError {
     fn from(e: NetError) -> Self {
         TaskError::Net(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_of_a_running_job_are_retried_and_invalid_jobs_are_not() {
+        let operator =
+            JobError::OperatorFailed { operator: "map".into(), subtask: 0, parallelism: 2, message: "panicked".into() };
+        let checkpoint = JobError::Checkpoint { place: "sink".into(), subtask: 1, message: "disk full".into() };
+        let io =
+            JobError::Io { what: "reading".into(), path: "/x".into(), cause: Arc::new(std::io::Error::other("eio")) };
+        for e in [operator, checkpoint, io] {
+            assert!(e.is_retryable(), "{e}");
+        }
+        for e in [JobError::InvalidJob("no such operator".into()), JobError::Cancelled] {
+            assert!(!e.is_retryable(), "{e}");
+        }
     }
 }

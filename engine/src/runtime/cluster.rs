@@ -209,13 +209,25 @@ impl LocalCluster {
     /// ([`api`](Self::api)`.submit`), as a cluster of processes runs them: such a job is built
     /// again for each attempt, so it can take checkpoints and restart from them, which a job
     /// built on [`environment`](Self::environment) (closures of this process, run once) cannot.
+    /// Its jobs get the restart strategy they ask for (or Flink's default for them) with the
+    /// default parameters of `restart-strategy.*`.
     pub fn start_with_jobs(config: ClusterConfig, jobs: JobRegistry) -> Result<Self, StartupError> {
+        Self::start_with_jobs_restarting(config, jobs, crate::conf::RestartSettings::default())
+    }
+
+    /// [`start_with_jobs`](Self::start_with_jobs) with the parameters of the restart
+    /// strategies (`restart-strategy.*`: attempts, delays, backoff).
+    pub fn start_with_jobs_restarting(
+        config: ClusterConfig,
+        jobs: JobRegistry,
+        restart: crate::conf::RestartSettings,
+    ) -> Result<Self, StartupError> {
         let embedded = config.data_listener.is_none();
         let runtime = Self::start_runtime(config)?;
         if !embedded {
             return Ok(runtime);
         }
-        let mini = MiniCluster::start(runtime.clone(), jobs)?;
+        let mini = MiniCluster::start(runtime.clone(), jobs, &restart)?;
         Ok(Self { inner: runtime.inner, mini: Some(mini) })
     }
 

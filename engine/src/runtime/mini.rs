@@ -31,10 +31,12 @@ use tokio::sync::watch;
 
 use super::cluster::{LocalCluster, PreparedJob};
 use super::job::JobHandle;
+use crate::conf::RestartSettings;
 use crate::error::{JobError, StartupError};
 use crate::graph::execution::SlotSplit;
 use crate::jobmanager::api::ClusterApi;
 use crate::jobmanager::dispatcher::Dispatcher;
+use crate::jobmanager::restart::RestartStrategy;
 use crate::jobmanager::{Jm, JobManagerConfig};
 use crate::registry::JobRegistry;
 use crate::rpc::ids::{JobId, TaskManagerId};
@@ -109,13 +111,23 @@ pub(crate) struct MiniCluster {
 impl MiniCluster {
     /// Starts the JobManager and a TaskManager over `slots` (a slot runtime without a
     /// JobManager), registered with each other.
-    pub(crate) fn start(slots: LocalCluster, registry: JobRegistry) -> Result<Arc<Self>, StartupError> {
+    /// Jobs submitted by name get the restart strategy they ask for, with `restart`'s
+    /// parameters (embedded jobs built from closures are never restarted whatever it says).
+    pub(crate) fn start(
+        slots: LocalCluster,
+        registry: JobRegistry,
+        restart: &RestartSettings,
+    ) -> Result<Arc<Self>, StartupError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StartupError::InvalidConfig(format!("cannot start the embedded JobManager's runtime: {e}")))?;
         let handle = runtime.handle().clone();
-        let settings = JobManagerConfig { cluster: slots.inner.config.clone(), ..Default::default() };
+        let settings = JobManagerConfig {
+            cluster: slots.inner.config.clone(),
+            restarts: RestartStrategy::factory(restart),
+            ..Default::default()
+        };
         let (heartbeat_interval, heartbeat_timeout) = (settings.heartbeat_interval, settings.heartbeat_timeout);
         let jm = Jm::embedded(settings, registry.clone(), &handle)?;
         let id = TaskManagerId::random();

@@ -453,8 +453,11 @@ impl Checkpoints {
         self.config.reporter.snapshot_taken(self.config.task, taking.checkpoint_id, taking.snapshot, metrics);
     }
 
-    /// The task has finished: what it still holds is declined, and so is every trigger left in
-    /// its mailbox.
+    /// The task has finished: a snapshot it was still taking is declined. Triggers left in its
+    /// mailbox are dropped, not declined: the coordinator aborts those checkpoints when the
+    /// task's state reaches it, as a task that finished (which is no failed checkpoint), while
+    /// a decline would count against the tolerable failures and could fail a job whose bounded
+    /// sources merely ended between a trigger and its delivery.
     pub(super) fn finished(&mut self) {
         self.maybe_report();
         if let Some(taking) = self.taking.take() {
@@ -463,7 +466,7 @@ impl Checkpoints {
         self.config.mailbox.drain(&mut self.messages);
         for message in std::mem::take(&mut self.messages) {
             if let ControlMessage::Trigger { checkpoint_id, .. } = message {
-                self.decline(checkpoint_id, format!("{} has finished", self.config.task));
+                debug!(task = %self.config.task, checkpoint_id, "a trigger reached a finished task; dropped");
             }
         }
     }

@@ -1,0 +1,489 @@
+//! Recovery end to end on an embedded cluster running a job registered by name:
+//!
+//! - event time: a keyed process function with event-time timers and keyed state, and a
+//!   tumbling event-time window reduce, failing once mid-stream, restore and give the same
+//!   results as an uninterrupted run;
+//! - a damaged newest checkpoint (a corrupted byte in a task file, a truncated task file, a
+//!   missing `_metadata`): a new submission resuming the directory restores the previous
+//!   complete checkpoint, logs the damaged file, and gives the output of an uninterrupted
+//!   run; a submission restoring exactly the damaged checkpoint fails naming the file.
+//!
+//! The job's sink keeps every result line in checkpointed state (with the id of the
+//! checkpoint it belongs to, so the test learns which checkpoint a run restored) and reports
+//! them as an accumulator when its input ends.
+
+#[path = "support/checkpointing.rs"]
+mod checkpointing;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use checkpointing::*;
+use corestream::checkpoint::request::RestoreRequest;
+use corestream::checkpoint::{CheckpointId, CheckpointMode};
+use corestream::jobmanager::api::{ClusterApi, JobState};
+use corestream::registry::{JobParts, JobRegistry, JobType};
+use corestream::rpc::messages::{Accumulator, Accumulators};
+use corestream::{
+    ClusterConfig, KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, LocalCluster, Sink, SinkContext, SinkError,
+    SourceFunction, SourceStatus, WatermarkStrategy,
+};
+use corestream_state::{MapState, MapStateDescriptor};
+
+const JOB: &str = "event-time";
+
+/// (key, event time in ms, value).
+type Event = (u64, i64, u64);
+
+/// What the test learns from every attempt.
+#[derive(Default)]
+struct Probe {
+    attempts: AtomicU32,
+    /// The checkpoints the sinks restored, one entry per sink subtask and restore.
+    restored: Mutex<Vec<CheckpointId>>,
+    /// Whether the failure (if asked for) was injected.
+    failed: AtomicBool,
+}
+
+/// RECORDS per source subtask, RATE per second per subtask, and whether to fail once.
+#[derive(Debug, Clone, Copy)]
+struct Params {
+    records: u64,
+    rate: u64,
+    fail: bool,
+}
+
+impl Params {
+    fn args(self) -> Vec<String> {
+        vec![self.records.to_string(), self.rate.to_string(), if self.fail { "fail" } else { "no-fail" }.into()]
+    }
+
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let num = |i: usize| -> Result<u64, String> {
+            args.get(i).ok_or(format!("argument {i} is missing"))?.parse().map_err(|e| format!("argument {i}: {e}"))
+        };
+        Ok(Self { records: num(0)?, rate: num(1)?, fail: args.get(2).map(String::as_str) == Some("fail") })
+    }
+}
+
+/// Subtask `s` emits, for `seq` in `0..records`, key `seq % 5 + 10·s` at time `seq · 10 ms`,
+/// paced at `rate` per second; its position is the next `seq`.
+struct EventSource {
+    subtask: u32,
+    next: u64,
+    end: u64,
+    rate: u64,
+    started: Instant,
+    first: u64,
+}
+
+impl SourceFunction<Event> for EventSource {
+    const REWINDABLE: bool = true;
+
+    fn next_batch(
+        &mut self,
+        out: &mut Vec<Event>,
+        max_records: usize,
+    ) -> Result<SourceStatus, corestream::SourceError> {
+        if self.next >= self.end {
+            return Ok(SourceStatus::Finished);
+        }
+        let due = self.started.elapsed().as_micros() as u64 * self.rate / 1_000_000;
+        let allowed = (self.first + due).saturating_sub(self.next).min(max_records as u64).min(self.end - self.next);
+        if allowed == 0 {
+            let at = self.started + Duration::from_micros((self.next - self.first + 1) * 1_000_000 / self.rate);
+            return Ok(SourceStatus::IdleUntil(at));
+        }
+        let s = u64::from(self.subtask);
+        out.extend((self.next..self.next + allowed).map(|seq| (seq % 5 + 10 * s, seq as i64 * 10, seq)));
+        self.next += allowed;
+        Ok(if self.next >= self.end { SourceStatus::Finished } else { SourceStatus::More })
+    }
+
+    fn snapshot_state(&mut self) -> Result<Vec<u8>, corestream::SourceError> {
+        Ok(self.next.to_le_bytes().to_vec())
+    }
+
+    fn restore_state(&mut self, position: &[u8]) -> Result<(), corestream::SourceError> {
+        let bytes: [u8; 8] = position.try_into().map_err(|_| format!("a position of {} bytes", position.len()))?;
+        self.next = u64::from_le_bytes(bytes);
+        self.first = self.next;
+        self.started = Instant::now();
+        Ok(())
+    }
+}
+
+/// Per key: counts and sums its records per 100 ms of event time in keyed map state, and
+/// emits each bucket from an event-time timer at its end (when the watermark has passed every
+/// record of it), then forgets it.
+#[derive(Default)]
+struct Timers {
+    buckets: Option<MapState<u64, (), i64, (u64, u64)>>,
+}
+
+impl KeyedProcessFunction<u64, Event, String> for Timers {
+    fn open(&mut self, ctx: &mut KeyedRuntimeContext<'_, u64>) {
+        self.buckets = Some(ctx.state().map_state(&MapStateDescriptor::new("buckets")).expect("bucket state"));
+    }
+
+    fn process_element(&mut self, (_, ts, value): Event, ctx: &mut KeyedContext<'_, u64, String>) {
+        let buckets = self.buckets.as_mut().expect("opened");
+        let bucket = ts.div_euclid(100);
+        let (count, sum) = buckets.get(&bucket).unwrap_or((0, 0));
+        buckets.put(bucket, (count + 1, sum + value));
+        ctx.register_event_time_timer(bucket * 100 + 99);
+    }
+
+    fn on_timer(&mut self, t: i64, ctx: &mut KeyedContext<'_, u64, String>) {
+        let key = *ctx.key();
+        let (count, sum) = self.buckets.as_mut().expect("opened").remove(&t.div_euclid(100)).unwrap_or((0, 0));
+        ctx.collect(format!("timer key {key} at {t}: count {count} sum {sum}"));
+    }
+}
+
+/// Keeps every line in checkpointed state, with the id of the checkpoint the state was
+/// taken for.
+struct LinesSink {
+    lines: Vec<String>,
+    probe: Arc<Probe>,
+    done: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sink<String> for LinesSink {
+    fn write_batch(&mut self, batch: &mut Vec<String>) -> Result<(), SinkError> {
+        self.lines.append(batch);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.done.lock().unwrap().append(&mut self.lines);
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self, checkpoint: CheckpointId) -> Result<Option<Vec<u8>>, SinkError> {
+        let mut bytes = checkpoint.to_le_bytes().to_vec();
+        bytes.extend_from_slice(self.lines.join("\n").as_bytes());
+        Ok(Some(bytes))
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), SinkError> {
+        let (id, text) = state.split_at_checked(8).ok_or("a sink state under 8 bytes")?;
+        self.probe.restored.lock().unwrap().push(u64::from_le_bytes(id.try_into().expect("8 bytes")));
+        let text = std::str::from_utf8(text)?;
+        self.lines = if text.is_empty() { Vec::new() } else { text.split('\n').map(str::to_string).collect() };
+        Ok(())
+    }
+}
+
+fn registry(probe: Arc<Probe>) -> JobRegistry {
+    let mut jobs = JobRegistry::new();
+    let files_probe = probe.clone();
+    jobs.register(JobType::new(JOB, "event-time timers and windows", "RECORDS RATE fail|no-fail", move |env, ctx| {
+        let params = Params::parse(ctx.args)?;
+        let attempt = if ctx.planning { u32::MAX } else { probe.attempts.fetch_add(1, Ordering::SeqCst) };
+        let done: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (map_probe, sink_probe, sink_done) = (probe.clone(), probe.clone(), done.clone());
+        env.set_auto_watermark_interval(Duration::from_millis(10));
+        let events = env
+            .from_source(JOB, None, move |c| {
+                Ok(EventSource {
+                    subtask: c.subtask,
+                    next: 0,
+                    end: params.records,
+                    rate: params.rate,
+                    started: Instant::now(),
+                    first: 0,
+                })
+            })
+            .map(move |e: Event| {
+                if params.fail
+                    && attempt == 0
+                    && e.2 >= params.records / 2
+                    && !map_probe.failed.swap(true, Ordering::SeqCst)
+                {
+                    panic!("injected failure at {e:?}");
+                }
+                e
+            })
+            .assign_timestamps_and_watermarks(
+                WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|e: &Event| e.1),
+            );
+        let timers = events.clone().key_by(|e: &Event| e.0).process(Timers::default);
+        let windows = events
+            .key_by(|e: &Event| e.0)
+            .window(corestream::WindowAssigner::tumbling_event_time(Duration::from_millis(250)))
+            .reduce(|a: &Event, b: &Event| (a.0, a.1.max(b.1), a.2 + b.2))
+            .map(|(k, ts, sum): Event| format!("window key {k} last {ts}: sum {sum}"));
+        timers.union([windows]).add_sink("lines", move |_: SinkContext| {
+            Ok(LinesSink { lines: Vec::new(), probe: sink_probe.clone(), done: sink_done.clone() })
+        });
+        Ok(JobParts::with_accumulators(move || {
+            let mut lines = done.lock().unwrap().clone();
+            lines.sort();
+            Ok(Accumulators::from([("lines".to_string(), Accumulator::Lines(lines))]))
+        }))
+    }));
+    jobs.register(JobType::new(
+        FILES_JOB,
+        "ordered records into the exactly-once file sink",
+        "RECORDS RATE OUT_DIR",
+        move |env, ctx| {
+            let params = Params::parse(ctx.args)?;
+            let out = ctx.args.get(2).ok_or("OUT_DIR is missing")?.clone();
+            let attempt = if ctx.planning { u32::MAX } else { files_probe.attempts.fetch_add(1, Ordering::SeqCst) };
+            let processed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let failed = Arc::new(AtomicBool::new(false));
+            env.from_source(FILES_JOB, None, move |c| {
+                Ok(EventSource {
+                    subtask: c.subtask,
+                    next: 0,
+                    end: params.records,
+                    rate: params.rate,
+                    started: Instant::now(),
+                    first: 0,
+                })
+            })
+            .map(move |(key, _, seq): Event| {
+                let n = processed.fetch_add(1, Ordering::Relaxed) + 1;
+                let due = match attempt {
+                    0 => seq >= params.records / 2,
+                    1 => n >= 20,
+                    _ => false,
+                };
+                if due && !failed.swap(true, Ordering::SeqCst) {
+                    panic!("injected failure of attempt {attempt} at {seq}");
+                }
+                format!("{} {seq}", key / 10)
+            })
+            .sink_to_files(out, corestream::FileSinkOptions::default());
+            Ok(JobParts::none())
+        },
+    ));
+    jobs
+}
+
+const FILES_JOB: &str = "files";
+
+fn start(probe: &Arc<Probe>, slots: u32) -> (LocalCluster, Arc<dyn ClusterApi>) {
+    let cluster = LocalCluster::start_with_jobs_restarting(
+        ClusterConfig { slots: Some(slots), ..Default::default() },
+        registry(probe.clone()),
+        restarts(),
+    )
+    .expect("cluster starts");
+    let api = cluster.api().expect("an embedded cluster has an API");
+    (cluster, api)
+}
+
+fn lines(result: &corestream::jobmanager::api::JobExecutionResult) -> Vec<String> {
+    match result.result.as_ref().and_then(|o| o.accumulators.get("lines")) {
+        Some(Accumulator::Lines(lines)) => lines.clone(),
+        other => panic!("no lines accumulator: {other:?}"),
+    }
+}
+
+/// The output of a run without checkpoints or failures.
+fn reference(params: Params, parallelism: u32) -> Vec<String> {
+    let probe = Arc::new(Probe::default());
+    let (_cluster, api) = start(&probe, parallelism);
+    let id = submit(&api, JOB, &Params { fail: false, ..params }.args(), parallelism, None, None);
+    let result = wait_terminal(&api, &id);
+    assert_finished(&api, &id, &result);
+    let out = lines(&result);
+    assert!(out.iter().any(|l| l.starts_with("timer")) && out.iter().any(|l| l.starts_with("window")), "{out:?}");
+    out
+}
+
+#[test]
+fn event_time_timers_and_windows_restored_mid_stream_give_the_uninterrupted_results() {
+    let params = Params { records: 1500, rate: 1500, fail: true };
+    for parallelism in [1, 2] {
+        let expected = reference(params, parallelism);
+        let probe = Arc::new(Probe::default());
+        let (_cluster, api) = start(&probe, parallelism);
+        let dir = tempfile::tempdir().unwrap();
+        let ck = checkpoints(dir.path(), 50, CheckpointMode::ExactlyOnce, false);
+        let id = submit(&api, JOB, &params.args(), parallelism, Some(ck), None);
+        let result = wait_terminal(&api, &id);
+        assert_finished(&api, &id, &result);
+        assert!(probe.failed.load(Ordering::SeqCst), "the failure was injected");
+        assert_eq!(probe.attempts.load(Ordering::SeqCst), 2, "one restart");
+        let restored = probe.restored.lock().unwrap().clone();
+        assert_eq!(restored.len(), parallelism as usize, "every sink subtask restored state: {restored:?}");
+        assert!(restored.iter().all(|&r| r == restored[0]), "one checkpoint restored: {restored:?}");
+        let got = lines(&result);
+        assert_eq!(got.len(), expected.len(), "result lines at p={parallelism}");
+        assert_eq!(got, expected, "results at p={parallelism} after a restore from checkpoint {}", restored[0]);
+    }
+}
+
+static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+/// Warnings logged by every test in this process (a global subscriber writes them here).
+fn log() -> &'static Mutex<Vec<u8>> {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        struct Writer;
+        impl Write for Writer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                LOG.get_or_init(Mutex::default).lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_writer(|| Writer)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .try_init();
+    });
+    LOG.get_or_init(Mutex::default)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The largest task file of checkpoint `id` in `dir`.
+fn task_file(dir: &Path, id: CheckpointId) -> PathBuf {
+    let chk = dir.join(format!("chk-{id}"));
+    std::fs::read_dir(&chk)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "state"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap_or_else(|| panic!("no task file in {}", chk.display()))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    CorruptByte,
+    Truncate,
+    NoMetadata,
+}
+
+fn damage(dir: &Path, id: CheckpointId, how: Damage) -> Option<String> {
+    match how {
+        Damage::CorruptByte => {
+            let file = task_file(dir, id);
+            let mut bytes = std::fs::read(&file).unwrap();
+            let at = bytes.len() - 3;
+            bytes[at] ^= 0x5a;
+            std::fs::write(&file, bytes).unwrap();
+            Some(file.file_name().unwrap().to_string_lossy().into_owned())
+        }
+        Damage::Truncate => {
+            let file = task_file(dir, id);
+            let len = std::fs::metadata(&file).unwrap().len();
+            std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len / 2).unwrap();
+            Some(file.file_name().unwrap().to_string_lossy().into_owned())
+        }
+        Damage::NoMetadata => {
+            std::fs::remove_file(dir.join(format!("chk-{id}")).join("_metadata")).unwrap();
+            None
+        }
+    }
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
+    let log = log();
+    let parallelism = 2;
+    let params = Params { records: 3000, rate: 1000, fail: false };
+    let expected = reference(params, parallelism);
+
+    // A run cancelled after at least two completed checkpoints.
+    let probe = Arc::new(Probe::default());
+    let (_cluster, api) = start(&probe, parallelism);
+    let original = tempfile::tempdir().unwrap();
+    let ck = checkpoints(original.path(), 100, CheckpointMode::ExactlyOnce, false);
+    let id = submit(&api, JOB, &params.args(), parallelism, Some(ck), None);
+    wait_until("two completed checkpoints", JOB_TIMEOUT, || completed(original.path()).len() >= 2);
+    api.cancel(&id).expect("the job runs");
+    let result = wait_terminal(&api, &id);
+    assert_eq!(result.state, JobState::Cancelled, "{result:?}");
+    let ids: Vec<CheckpointId> = completed(original.path()).iter().map(|m| m.id).collect();
+    let (previous, newest) = (ids[ids.len() - 2], ids[ids.len() - 1]);
+
+    for how in [Damage::CorruptByte, Damage::Truncate, Damage::NoMetadata] {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(original.path(), copy.path());
+        let named = damage(copy.path(), newest, how);
+
+        // Exactly the damaged checkpoint: refused, naming the file.
+        if let Some(file) = &named {
+            let chk = copy.path().join(format!("chk-{newest}")).display().to_string();
+            let id = submit(&api, JOB, &params.args(), parallelism, None, Some(RestoreRequest::FromCheckpoint(chk)));
+            let result = wait_terminal(&api, &id);
+            assert_eq!(result.state, JobState::Failed, "{how:?}: restoring exactly the damaged checkpoint");
+            let failure = result.result.as_ref().and_then(|o| o.failure.clone()).unwrap_or_default();
+            assert!(failure.contains(file.as_str()), "{how:?}: the failure names {file}: {failure}");
+        }
+
+        // The directory: the previous complete checkpoint, and the uninterrupted output.
+        probe.restored.lock().unwrap().clear();
+        let resume = RestoreRequest::Resume(copy.path().display().to_string());
+        let ck = checkpoints(copy.path(), 100, CheckpointMode::ExactlyOnce, false);
+        let id = submit(&api, JOB, &params.args(), parallelism, Some(ck), Some(resume));
+        let result = wait_terminal(&api, &id);
+        assert_finished(&api, &id, &result);
+        let restored = probe.restored.lock().unwrap().clone();
+        assert_eq!(restored, vec![previous; parallelism as usize], "{how:?}: restored checkpoint {previous}");
+        if let Some(file) = &named {
+            let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+            assert!(
+                text.lines().any(|l| l.contains(&format!("skipping checkpoint {newest}")) && l.contains(file.as_str())),
+                "{how:?}: the log names {file}:\n{text}"
+            );
+        }
+        assert_eq!(lines(&result), expected, "{how:?}: output after resuming from checkpoint {previous}");
+    }
+}
+
+#[test]
+fn the_exactly_once_file_sink_holds_every_record_once_after_restarts() {
+    let parallelism = 2;
+    let records = 3000u64;
+    let probe = Arc::new(Probe::default());
+    let (_cluster, api) = start(&probe, parallelism);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let args = vec![records.to_string(), "3000".to_string(), out.display().to_string()];
+    let ck = checkpoints(&tmp.path().join("ck"), 50, CheckpointMode::ExactlyOnce, false);
+    let id = submit(&api, FILES_JOB, &args, parallelism, Some(ck), None);
+    let result = wait_terminal(&api, &id);
+    assert_finished(&api, &id, &result);
+    assert_eq!(probe.attempts.load(Ordering::SeqCst), 3, "two failures, three attempts");
+    let mut got: Vec<(u64, u64)> = Vec::new();
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name.starts_with('.') {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+            let (s, seq) = line.split_once(' ').unwrap_or_else(|| panic!("line '{line}' of {name}"));
+            got.push((s.parse().unwrap(), seq.parse().unwrap()));
+        }
+    }
+    got.sort();
+    let expected: Vec<(u64, u64)> =
+        (0..u64::from(parallelism)).flat_map(|s| (0..records).map(move |q| (s, q))).collect();
+    let missing = expected.iter().filter(|e| got.binary_search(e).is_err()).count();
+    let duplicates = got.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!((missing, duplicates, got.len()), (0, 0, expected.len()), "missing, duplicated, committed lines");
+}
