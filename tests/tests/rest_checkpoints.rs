@@ -2,7 +2,8 @@
 //! (`LocalCluster::start_with_jobs`): a registered job throttled to run for about three seconds
 //! takes checkpoints every 200 ms; `GET .../checkpoints` shows completed ones with their sizes,
 //! `POST .../checkpoints` triggers one whose details later show it completed, and
-//! `GET .../checkpoints/config` echoes the submission. The refusals come with the usual error
+//! `GET .../checkpoints/config` echoes the submission, and a job resumed from the directory
+//! shows the checkpoint it restored. The refusals come with the usual error
 //! body: an unknown job (404), malformed job and checkpoint ids (400), an unknown checkpoint
 //! (404), a trigger of a job without checkpoints or of a finished job (409).
 
@@ -10,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use corestream::checkpoint::request::CheckpointRequest;
+use corestream::checkpoint::request::{CheckpointRequest, RestoreRequest};
 use corestream::client::{ClientError, RestClient};
 use corestream::jobmanager::api::{ApiErrorCode, CheckpointStatusInfo, JobState, SubmitRequest};
 use corestream::jobmanager::rest::{RestServer, RestSettings};
@@ -209,6 +210,26 @@ fn checkpoints_are_shown_triggered_and_configured_over_rest() {
     let e = api_error(client.trigger_checkpoint(job).unwrap_err());
     assert_eq!((e.0, e.1), (409, ApiErrorCode::Conflict));
     assert!(e.2.contains("already ended"), "{}", e.2);
+
+    // A job resumed from the directory shows the checkpoint it restored, without taking any.
+    let newest = last.retained.last().expect("a retained checkpoint").id;
+    let request = SubmitRequest {
+        job: "slow-sum".into(),
+        args: vec![RECORDS.to_string(), RATE.to_string()],
+        parallelism: Some(PARALLELISM),
+        restore: Some(RestoreRequest::Resume(ck_dir.display().to_string())),
+        ..Default::default()
+    };
+    let resumed = client.submit(&request).unwrap().jobid;
+    assert_eq!(client.wait_for_result(resumed, DEADLINE).unwrap().state, JobState::Finished);
+    let stats = client.checkpoints(resumed).unwrap();
+    assert_eq!((stats.counts.restored, stats.counts.total), (1, 0), "{stats:?}");
+    let restored = stats.latest.restored.expect("the restored checkpoint");
+    assert_eq!(restored.id, newest);
+    assert_eq!(restored.external_path, ck_dir.join(format!("chk-{newest}")).display().to_string());
+    let config = client.checkpoint_config(resumed).unwrap();
+    assert!(!config.enabled);
+    assert_eq!(config.restore, Some(RestoreRequest::Resume(ck_dir.display().to_string())));
 }
 
 #[test]

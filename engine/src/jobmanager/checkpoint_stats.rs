@@ -442,7 +442,7 @@ mod tests {
         CheckpointSummary {
             id,
             status,
-            manual: id % 2 == 0,
+            manual: id.is_multiple_of(2),
             trigger_ms,
             latest_ack_ms: tasks.iter().map(|a| a.ack_ms).max(),
             end_ms: done.then_some(trigger_ms + 20 + id),
@@ -455,7 +455,7 @@ mod tests {
             sync_ms_max: 2,
             async_ms_max: 4,
             unaligned: tasks.iter().any(|a| a.metrics.unaligned),
-            failure: (status == CheckpointStatus::Failed).then(|| AbortReason::Expired { after_ms: 600 }),
+            failure: (status == CheckpointStatus::Failed).then_some(AbortReason::Expired { after_ms: 600 }),
             tasks,
         }
     }
