@@ -1,8 +1,9 @@
 //! A blocking client of the JobManager's REST API (`jobmanager::rest`), on ureq: one method
 //! per route returning the types of [`crate::jobmanager::api`], and
-//! [`RestClient::wait_for_result`], which polls a job's execution result until it has ended.
-//! The command-line program's `submit`, `list`, `cancel` and `info` use it, and so can an
-//! application that drives a cluster.
+//! [`RestClient::wait_for_result`], which polls a job's execution result until it has ended,
+//! and [`RestClient::wait_for_checkpoint`], which polls a checkpoint until it completed or
+//! failed. The command-line program's `submit`, `list`, `cancel`, `info` and `checkpoints
+//! trigger|stats` use it, and so can an application that drives a cluster.
 //!
 //! Every request has a connect and an overall timeout, responses are read up to a size limit,
 //! and every failure is a [`ClientError`] naming the JobManager's URL and the request: the
@@ -17,10 +18,12 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use crate::checkpoint::CheckpointId;
 use crate::jobmanager::api::JobList;
 use crate::jobmanager::api::{
-    ApiError, ClusterOverview, JobDetails, JobExecutionResult, JobOutcome, JobOverview, JobState, JobTypeInfo,
-    JobTypeList, RestConfig, SubmitRequest, SubmitResponse, TaskManagerInfo, TaskManagerList,
+    ApiError, CheckpointConfigInfo, CheckpointDetails, CheckpointStatusInfo, CheckpointingStatistics, ClusterOverview,
+    JobDetails, JobExecutionResult, JobOutcome, JobOverview, JobState, JobTypeInfo, JobTypeList, RestConfig,
+    SubmitRequest, SubmitResponse, TaskManagerInfo, TaskManagerList, TriggerCheckpointResponse,
 };
 use crate::rpc::ids::{JobId, TaskManagerId};
 
@@ -48,6 +51,11 @@ pub enum ClientError {
         "job {jobid} had not ended after {waited:?} (last state {state:?}); it goes on at the JobManager at {url}"
     )]
     WaitTimeout { url: String, jobid: JobId, waited: Duration, state: JobState },
+    #[error(
+        "checkpoint {checkpoint} of job {jobid} was still in progress after {waited:?}; it goes on at the JobManager \
+         at {url}"
+    )]
+    CheckpointWaitTimeout { url: String, jobid: JobId, checkpoint: CheckpointId, waited: Duration },
 }
 
 impl ClientError {
@@ -217,6 +225,57 @@ impl RestClient {
         let result = self.authorized(self.agent.patch(self.endpoint(&path))).send_empty();
         let (status, body) = self.finish(&what, result)?;
         interpret_empty(status, &body).map_err(|f| self.failure(&what, f))
+    }
+
+    /// `GET /v1/jobs/{id}/checkpoints`.
+    pub fn checkpoints(&self, id: JobId) -> Result<CheckpointingStatistics, ClientError> {
+        self.get(&format!("/v1/jobs/{id}/checkpoints"))
+    }
+
+    /// `GET /v1/jobs/{id}/checkpoints/config`.
+    pub fn checkpoint_config(&self, id: JobId) -> Result<CheckpointConfigInfo, ClientError> {
+        self.get(&format!("/v1/jobs/{id}/checkpoints/config"))
+    }
+
+    /// `GET /v1/jobs/{id}/checkpoints/details/{checkpoint}`.
+    pub fn checkpoint(&self, id: JobId, checkpoint: CheckpointId) -> Result<CheckpointDetails, ClientError> {
+        self.get(&format!("/v1/jobs/{id}/checkpoints/details/{checkpoint}"))
+    }
+
+    /// `POST /v1/jobs/{id}/checkpoints`: triggers a checkpoint now; it runs in the background.
+    pub fn trigger_checkpoint(&self, id: JobId) -> Result<TriggerCheckpointResponse, ClientError> {
+        let path = format!("/v1/jobs/{id}/checkpoints");
+        let what = format!("POST {path}");
+        let result = self.authorized(self.agent.post(self.endpoint(&path))).send_empty();
+        self.finish(&what, result).and_then(|(status, body)| self.decode(&what, status, &body))
+    }
+
+    /// Polls a checkpoint's details every 50 ms (a checkpoint takes milliseconds, and the
+    /// history keeps only the newest few) until it completed or failed, and returns them;
+    /// [`ClientError::CheckpointWaitTimeout`] when it is still in progress after `timeout`.
+    pub fn wait_for_checkpoint(
+        &self,
+        id: JobId,
+        checkpoint: CheckpointId,
+        timeout: Duration,
+    ) -> Result<CheckpointDetails, ClientError> {
+        let start = Instant::now();
+        loop {
+            let details = self.checkpoint(id, checkpoint)?;
+            if details.checkpoint.status != CheckpointStatusInfo::InProgress {
+                return Ok(details);
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(ClientError::CheckpointWaitTimeout {
+                    url: self.base.clone(),
+                    jobid: id,
+                    checkpoint,
+                    waited,
+                });
+            }
+            thread::sleep((timeout - waited).min(Duration::from_millis(50)));
+        }
     }
 
     /// Polls the job's execution result until the job has ended, and returns what it produced;

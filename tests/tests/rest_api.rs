@@ -3,8 +3,9 @@
 //! JSON with its status (malformed JSON, unknown fields, wrong content type, unknown job type,
 //! bad arguments, invalid ids, unknown paths, wrong methods, oversized bodies, slow bodies, a
 //! panicking dispatcher), authentication of mutations (nothing changes without the secret),
-//! the bounds on connections, the routes against the OpenAPI description, and the blocking
-//! client against a real server and against servers that misbehave.
+//! the bounds on connections, the routes against the OpenAPI description, the checkpoint
+//! routes (statistics, configuration, details, manual trigger) with their refusals, and the
+//! blocking client against a real server and against servers that misbehave.
 
 #[path = "support/fake_cluster.rs"]
 mod fake_cluster;
@@ -358,6 +359,14 @@ fn mutations_need_the_secret_and_change_nothing_without_it() {
         "wrong secret",
     );
 
+    let trigger = format!("/v1/jobs/{job}/checkpoints");
+    request(addr, "POST", &trigger, &[], b"").assert_error(401, "unauthorized", "no Authorization header");
+    request(addr, "POST", &trigger, &[("Authorization", "Bearer guess")], b"").assert_error(
+        401,
+        "unauthorized",
+        "wrong secret",
+    );
+
     assert_eq!((fake.mutations(), fake.job_count()), before, "nothing reached the dispatcher");
     assert_eq!(fake.state_of(job), Some(JobState::Running));
     assert_eq!(get(addr, "/v1/jobs").json()["jobs"].as_array().unwrap().len(), 1, "GETs are open");
@@ -443,11 +452,17 @@ fn the_routes_are_the_openapi_description() {
     let (_fake, server) = start(true);
     let addr = server.local_addr();
     let job = submitted(addr, r#"{"job": "forever"}"#);
+    // The checkpoint routes get a job of their own, which the PATCH of the job route does not cancel.
+    let checkpointing = submitted(addr, r#"{"job": "forever"}"#);
     let spec = serde_json::to_value(openapi()).unwrap();
     let paths = spec["paths"].as_object().unwrap();
     let concrete = |path: &str| {
-        let id = if path.starts_with("/v1/taskmanagers/") { tm_id().to_string() } else { job.to_string() };
-        path.replace("{id}", &id)
+        let id = match path {
+            p if p.starts_with("/v1/taskmanagers/") => tm_id().to_string(),
+            p if p.contains("/checkpoints") => checkpointing.to_string(),
+            _ => job.to_string(),
+        };
+        path.replace("{id}", &id).replace("{checkpointid}", "1")
     };
     let all = ["GET", "POST", "PUT", "PATCH", "DELETE"];
     for (path, item) in paths {
@@ -455,7 +470,8 @@ fn the_routes_are_the_openapi_description() {
         let url = concrete(path);
         for method in all {
             let reply = match method {
-                "POST" => request(addr, method, &url, &[JSON, BEARER], br#"{"job": "forever"}"#),
+                "POST" if path == "/v1/jobs" => request(addr, method, &url, &[JSON, BEARER], br#"{"job": "forever"}"#),
+                "POST" => request(addr, method, &url, &[BEARER], b""),
                 "PATCH" => request(addr, method, &format!("{url}?mode=cancel"), &[BEARER], b""),
                 _ => request(addr, method, &url, &[BEARER], b""),
             };
@@ -479,6 +495,9 @@ fn the_routes_are_the_openapi_description() {
         "/v1/jobs",
         "/v1/jobs/{id}",
         "/v1/jobs/{id}/execution-result",
+        "/v1/jobs/{id}/checkpoints",
+        "/v1/jobs/{id}/checkpoints/config",
+        "/v1/jobs/{id}/checkpoints/details/{checkpointid}",
     ];
     assert_eq!(described, expected.into_iter().collect());
     // Flink paths that are not (yet) served, and the web UI's root, are unknown paths.
@@ -486,7 +505,8 @@ fn the_routes_are_the_openapi_description() {
         "/",
         "/v1",
         "/overview",
-        "/v1/jobs/{id}/checkpoints",
+        "/v1/jobs/{id}/checkpoints/details",
+        "/v1/jobs/{id}/checkpoints/details/latest/subtasks",
         "/v1/jobs/{id}/savepoints",
         "/v1/jobs/{id}/stop",
         "/v1/jobs/{id}/exceptions",
@@ -561,6 +581,96 @@ fn the_client_drives_a_server() {
         assert!(intruder.cancel(id).unwrap_err().to_string().contains("HTTP 401"));
         assert_eq!(intruder.jobs().unwrap().len(), 2, "reading needs no secret");
     }
+    assert_eq!(fake.mutations(), before);
+}
+
+#[test]
+fn checkpoint_routes_answer_and_refuse_as_documented() {
+    let (fake, server) = start(true);
+    let addr = server.local_addr();
+    let forever = submitted(addr, r#"{"job": "forever"}"#);
+    let stats = get(addr, &format!("/v1/jobs/{forever}/checkpoints"));
+    assert_eq!(stats.status, 200, "{stats:?}");
+    let v = stats.json();
+    assert_eq!(
+        v["counts"],
+        serde_json::json!({"restored": 0, "total": 3, "in_progress": 0, "completed": 2, "failed": 1})
+    );
+    assert_eq!(v["latest"]["completed"]["id"], 2);
+    assert_eq!(v["latest"]["completed"]["checkpoint_type"], "UNALIGNED_CHECKPOINT");
+    assert_eq!(v["latest"]["failed"]["status"], "FAILED");
+    assert_eq!(v["history"][0]["tasks"][0]["name"], "Source: sequence -> Map");
+    assert_eq!(v["summary"]["end_to_end_duration_ms"], serde_json::json!({"min": 12, "avg": 15, "max": 18}));
+    let config = get(addr, &format!("/v1/jobs/{forever}/checkpoints/config")).json();
+    assert_eq!((config["enabled"].clone(), config["interval_ms"].clone()), (Value::from(true), Value::from(200)));
+    let details = get(addr, &format!("/v1/jobs/{forever}/checkpoints/details/2")).json();
+    assert_eq!(
+        (details["id"].clone(), details["subtasks"][1]["status"].clone()),
+        (Value::from(2), Value::from("completed"))
+    );
+
+    let trigger = format!("/v1/jobs/{forever}/checkpoints");
+    let triggered = request(addr, "POST", &trigger, &[BEARER], b"");
+    assert_eq!(triggered.status, 202, "{triggered:?}");
+    assert_eq!(triggered.json(), serde_json::json!({"checkpoint_id": 4}));
+    assert_eq!(triggered.header("location"), Some(format!("/v1/jobs/{forever}/checkpoints/details/4").as_str()));
+    let first = get(addr, &format!("/v1/jobs/{forever}/checkpoints/details/4")).json();
+    assert_eq!((first["status"].clone(), first["manual"].clone()), (Value::from("IN_PROGRESS"), Value::from(true)));
+    assert_eq!(first["subtasks"][1]["status"], "pending_or_failed");
+    assert_eq!(get(addr, &format!("/v1/jobs/{forever}/checkpoints/details/4")).json()["status"], "COMPLETED");
+
+    // Bad requests, each as the usual error body.
+    request(addr, "POST", &trigger, &[JSON, BEARER], b"{}").assert_error(
+        400,
+        "bad_request",
+        &format!("POST /v1/jobs/{forever}/checkpoints takes no body; 2 bytes were sent"),
+    );
+    let big = vec![b'x'; BODY_LIMIT * 2];
+    request(addr, "POST", &trigger, &[BEARER], &big).assert_error(413, "payload_too_large", "");
+    for bad in ["abc", "-1", "1.5", "99999999999999999999"] {
+        get(addr, &format!("/v1/jobs/{forever}/checkpoints/details/{bad}")).assert_error(
+            400,
+            "bad_request",
+            &format!("invalid checkpoint id `{bad}`"),
+        );
+    }
+    get(addr, &format!("/v1/jobs/{forever}/checkpoints/details/77")).assert_error(404, "not_found", "no checkpoint 77");
+    let unknown = JobId::random();
+    for path in ["checkpoints", "checkpoints/config", "checkpoints/details/1"] {
+        get(addr, &format!("/v1/jobs/{unknown}/{path}")).assert_error(404, "not_found", &format!("no job {unknown}"));
+        get(addr, &format!("/v1/jobs/xyz/{path}")).assert_error(400, "bad_request", "xyz");
+    }
+    request(addr, "POST", &format!("/v1/jobs/{unknown}/checkpoints"), &[BEARER], b"").assert_error(
+        404,
+        "not_found",
+        "no job",
+    );
+    let plain = submitted(addr, r#"{"job": "sum-by-key"}"#);
+    assert_eq!(get(addr, &format!("/v1/jobs/{plain}/checkpoints")).json()["counts"]["total"], 0);
+    assert_eq!(get(addr, &format!("/v1/jobs/{plain}/checkpoints/config")).json()["enabled"], false);
+    request(addr, "POST", &format!("/v1/jobs/{plain}/checkpoints"), &[BEARER], b"").assert_error(
+        409,
+        "conflict",
+        "takes no checkpoints",
+    );
+
+    // The client.
+    let client = RestClient::new(&server.url(), Some(SECRET.into())).unwrap();
+    let id = client.trigger_checkpoint(forever).unwrap().checkpoint_id;
+    assert_eq!(id, 5);
+    let done = client.wait_for_checkpoint(forever, id, Duration::from_secs(10)).unwrap();
+    assert_eq!(done.checkpoint.status, corestream::jobmanager::api::CheckpointStatusInfo::Completed);
+    assert_eq!(client.checkpoints(forever).unwrap().counts.completed, 4);
+    assert_eq!(client.checkpoint_config(forever).unwrap().directory.as_deref(), Some("/tmp/ck/forever"));
+    assert_eq!(client.checkpoint(forever, 1).unwrap().subtasks.len(), 2);
+    client.cancel(forever).unwrap();
+    client.wait_for_result(forever, Duration::from_secs(10)).unwrap();
+    let e = client.trigger_checkpoint(forever).unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 409, .. }), "{e:?}");
+    assert!(e.to_string().contains("already ended"), "{e}");
+    let before = fake.mutations();
+    let e = RestClient::new(&server.url(), None).unwrap().trigger_checkpoint(forever).unwrap_err();
+    assert!(matches!(&e, ClientError::Api { status: 401, .. }), "{e:?}");
     assert_eq!(fake.mutations(), before);
 }
 

@@ -79,7 +79,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn client(&self) -> anyhow::Result<RestClient> {
+    pub(crate) fn client(&self) -> anyhow::Result<RestClient> {
         let secret = match &self.secret_file {
             Some(Secret(s)) => Some(s.clone()),
             None => std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty()),

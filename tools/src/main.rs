@@ -80,7 +80,8 @@ enum Command {
     /// start-cluster.sh and stop-cluster.sh).
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
-    /// Inspect a checkpoint directory: `checkpoints list DIR`.
+    /// Checkpoints: `checkpoints list DIR` inspects a checkpoint directory; `checkpoints
+    /// trigger JOB_ID` and `checkpoints stats JOB_ID` ask a running JobManager.
     #[command(subcommand)]
     Checkpoints(checkpoints_cmd::CheckpointsCommand),
 }

@@ -2,7 +2,8 @@
 //! response types of the REST API (serde, JSON field names as the API documents them) and the
 //! [`ClusterApi`] trait the dispatcher implements and the REST layer calls. Every operation is
 //! short and synchronous (it takes the dispatcher's lock, never waits for a TaskManager), so an
-//! HTTP handler can call it directly.
+//! HTTP handler can call it directly; the one that needs the job master's answer (a checkpoint
+//! trigger) returns a [`PendingTrigger`] to wait on, asynchronously or not, with a timeout.
 
 use std::collections::BTreeMap;
 
@@ -280,6 +281,309 @@ pub struct RestConfig {
     pub request_timeout_ms: u64,
 }
 
+/// `GET /v1/jobs/{id}/checkpoints`: a job's checkpoints over all its attempts (Flink's
+/// `CheckpointingStatistics`). A job that takes no checkpoints has zero counts and no history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointingStatistics {
+    pub counts: CheckpointCountsInfo,
+    /// Over every checkpoint completed since the job was submitted.
+    pub summary: CheckpointSummaryInfo,
+    pub latest: LatestCheckpoints,
+    /// The newest checkpoints first, in progress ones included: at most
+    /// [`CHECKPOINT_HISTORY_MAX`] (the latest completed and the latest failed are in `latest`
+    /// even when the history no longer holds them).
+    pub history: Vec<CheckpointInfo>,
+    /// The completed checkpoints kept in the job's directory (`retained`), oldest first; a
+    /// restart restores the newest.
+    pub retained: Vec<RetainedCheckpointInfo>,
+}
+
+/// How many checkpoints [`CheckpointingStatistics::history`] lists, at most.
+pub const CHECKPOINT_HISTORY_MAX: usize = crate::checkpoint::coordinator::HISTORY_LEN;
+
+/// Checkpoints by outcome, since the job was submitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointCountsInfo {
+    /// Attempts of the job that started from a checkpoint.
+    pub restored: u64,
+    /// Checkpoints triggered (periodic and manual).
+    pub total: u64,
+    pub in_progress: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+/// The smallest, mean and largest value of a figure over the completed checkpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MinAvgMax {
+    pub min: u64,
+    pub avg: u64,
+    pub max: u64,
+}
+
+/// Figures over every completed checkpoint (zeros before the first).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointSummaryInfo {
+    /// How many completed checkpoints the figures cover.
+    pub completed: u64,
+    pub end_to_end_duration_ms: MinAvgMax,
+    pub checkpointed_size_bytes: MinAvgMax,
+    pub state_size_bytes: MinAvgMax,
+    pub persisted_data_bytes: MinAvgMax,
+}
+
+/// The newest checkpoints of each kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LatestCheckpoints {
+    pub completed: Option<CheckpointInfo>,
+    pub failed: Option<CheckpointInfo>,
+    /// The checkpoint the current (or last) attempt started from.
+    pub restored: Option<RestoredCheckpointInfo>,
+}
+
+/// Where a checkpoint is in its life, with Flink's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CheckpointStatusInfo {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// How a checkpoint was taken, with Flink's names: `UNALIGNED_CHECKPOINT` when some task took
+/// it unaligned (also after an aligned timeout), else `CHECKPOINT` (aligned or at-least-once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CheckpointType {
+    Checkpoint,
+    UnalignedCheckpoint,
+}
+
+/// One checkpoint (Flink's `CheckpointStatistics`). Timestamps are milliseconds since the Unix
+/// epoch; sizes are bytes; the per-task figures are the largest of any task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointInfo {
+    pub id: u64,
+    pub status: CheckpointStatusInfo,
+    pub checkpoint_type: CheckpointType,
+    /// Triggered through `POST /v1/jobs/{id}/checkpoints` rather than by the interval.
+    pub manual: bool,
+    pub trigger_timestamp: u64,
+    /// The newest acknowledgement of a task; absent before the first.
+    pub latest_ack_timestamp: Option<u64>,
+    /// When it completed or failed; absent in progress.
+    pub end_timestamp: Option<u64>,
+    /// From the trigger to the end (in progress: to the newest acknowledgement).
+    pub end_to_end_duration_ms: u64,
+    /// Bytes of the task files written (operator state, channel state and headers).
+    pub checkpointed_size_bytes: u64,
+    /// Bytes of operator state the tasks snapshotted.
+    pub state_size_bytes: u64,
+    /// Bytes of in-flight data persisted as channel state (unaligned).
+    pub persisted_data_bytes: u64,
+    pub alignment_duration_ms: u64,
+    pub sync_duration_ms: u64,
+    pub async_duration_ms: u64,
+    pub num_subtasks: u32,
+    pub num_acknowledged_subtasks: u32,
+    /// Why it failed.
+    pub failure_message: Option<String>,
+    /// Per vertex of the job, in plan order.
+    pub tasks: Vec<VertexCheckpointInfo>,
+}
+
+/// One vertex's part of a checkpoint, over its acknowledged subtasks (Flink's
+/// `TaskCheckpointStatistics`). Durations are the largest of any subtask, sizes their sums.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VertexCheckpointInfo {
+    /// The vertex's index in the plan (`GET /v1/jobs/{id}`'s `vertices`).
+    pub id: u32,
+    pub name: String,
+    pub num_subtasks: u32,
+    pub num_acknowledged_subtasks: u32,
+    pub latest_ack_timestamp: Option<u64>,
+    /// From the trigger to the vertex's newest acknowledgement.
+    pub end_to_end_duration_ms: u64,
+    pub checkpointed_size_bytes: u64,
+    pub state_size_bytes: u64,
+    pub persisted_data_bytes: u64,
+    pub alignment_duration_ms: u64,
+    pub sync_duration_ms: u64,
+    pub async_duration_ms: u64,
+}
+
+/// `GET /v1/jobs/{id}/checkpoints/details/{checkpointid}`: one checkpoint with every subtask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointDetails {
+    #[serde(flatten)]
+    pub checkpoint: CheckpointInfo,
+    /// Every subtask of the plan by vertex and index, acknowledged or not.
+    pub subtasks: Vec<SubtaskCheckpointInfo>,
+}
+
+/// Whether a subtask acknowledged a checkpoint (Flink's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubtaskCheckpointStatus {
+    Completed,
+    /// Not acknowledged: still in progress, or the checkpoint failed first.
+    PendingOrFailed,
+}
+
+/// One subtask's part of a checkpoint; the figures are zero until it acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SubtaskCheckpointInfo {
+    pub vertex: u32,
+    pub subtask: u32,
+    pub status: SubtaskCheckpointStatus,
+    pub ack_timestamp: Option<u64>,
+    /// From the trigger to its acknowledgement.
+    pub end_to_end_duration_ms: Option<u64>,
+    /// Bytes of its task file.
+    pub checkpointed_size_bytes: u64,
+    pub state_size_bytes: u64,
+    pub persisted_data_bytes: u64,
+    /// From its first barrier (at a source: the trigger) to its last.
+    pub alignment_duration_ms: u64,
+    /// The snapshot on the slot's thread.
+    pub sync_duration_ms: u64,
+    /// Writing and syncing its file, off the slot's thread.
+    pub async_duration_ms: u64,
+    pub unaligned: bool,
+}
+
+/// A completed checkpoint kept on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RetainedCheckpointInfo {
+    pub id: u64,
+    pub trigger_timestamp: u64,
+    pub end_timestamp: u64,
+    pub checkpointed_size_bytes: u64,
+}
+
+/// The checkpoint an attempt started from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RestoredCheckpointInfo {
+    pub id: u64,
+    /// When the attempt that restored it was deployed.
+    pub restore_timestamp: u64,
+    /// Its directory (`.../chk-<id>`).
+    pub external_path: String,
+}
+
+/// `GET /v1/jobs/{id}/checkpoints/config`: how a job takes checkpoints, as its submission was
+/// resolved against the cluster's `execution.checkpointing.*` settings. A job that takes no
+/// checkpoints has `enabled: false` and no settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointConfigInfo {
+    pub enabled: bool,
+    /// `exactly_once` or `at_least_once` (Flink's spelling).
+    pub mode: Option<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub min_pause_ms: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    pub tolerable_failed_checkpoints: Option<u32>,
+    /// Completed checkpoints kept in the directory.
+    pub retained: Option<u32>,
+    pub unaligned_checkpoints: Option<bool>,
+    /// With unaligned checkpoints: they start aligned and switch after this long (0: unaligned
+    /// from the start).
+    pub aligned_checkpoint_timeout_ms: Option<u64>,
+    /// The job's checkpoint directory.
+    pub directory: Option<String>,
+    /// What the job was submitted to start from, if anything (it may start from a checkpoint
+    /// without taking any).
+    pub restore: Option<crate::checkpoint::request::RestoreRequest>,
+}
+
+/// The answer to `POST /v1/jobs/{id}/checkpoints`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TriggerCheckpointResponse {
+    /// The triggered checkpoint; follow it with `GET /v1/jobs/{id}/checkpoints/details/{id}`.
+    pub checkpoint_id: u64,
+}
+
+/// A manual checkpoint trigger on its way to the job master, whose answer (the checkpoint's id
+/// or why none was triggered) arrives within one turn of the job master's loop. A job master
+/// that is not tracking a running attempt (starting, restarting, ending) drops the request;
+/// that is answered as a conflict.
+#[derive(Debug)]
+pub struct PendingTrigger {
+    job: String,
+    reply: tokio::sync::oneshot::Receiver<Result<crate::checkpoint::CheckpointId, ApiError>>,
+}
+
+impl PendingTrigger {
+    /// A trigger whose answer comes through `reply`.
+    pub fn new(
+        job: impl Into<String>,
+        reply: tokio::sync::oneshot::Receiver<Result<crate::checkpoint::CheckpointId, ApiError>>,
+    ) -> Self {
+        Self { job: job.into(), reply }
+    }
+
+    /// A trigger answered already (for implementations that decide at once).
+    pub fn ready(job: impl Into<String>, answer: Result<crate::checkpoint::CheckpointId, ApiError>) -> Self {
+        let (tx, reply) = tokio::sync::oneshot::channel();
+        let _ = tx.send(answer);
+        Self { job: job.into(), reply }
+    }
+
+    /// Waits for the answer, at most `timeout` (then [`ApiErrorCode::Unavailable`]).
+    pub async fn wait(self, timeout: std::time::Duration) -> Result<TriggerCheckpointResponse, ApiError> {
+        let job = self.job;
+        match tokio::time::timeout(timeout, self.reply).await {
+            Ok(answer) => Self::answer(&job, answer.ok()),
+            Err(_) => Err(Self::late(&job, timeout)),
+        }
+    }
+
+    /// [`wait`](Self::wait) for a thread outside any async runtime.
+    pub fn wait_blocking(mut self, timeout: std::time::Duration) -> Result<TriggerCheckpointResponse, ApiError> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut pause = std::time::Duration::from_micros(200);
+        loop {
+            match self.reply.try_recv() {
+                Ok(answer) => return Self::answer(&self.job, Some(answer)),
+                Err(TryRecvError::Closed) => return Self::answer(&self.job, None),
+                Err(TryRecvError::Empty) if std::time::Instant::now() >= deadline => {
+                    return Err(Self::late(&self.job, timeout))
+                }
+                Err(TryRecvError::Empty) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn answer(
+        job: &str,
+        answer: Option<Result<crate::checkpoint::CheckpointId, ApiError>>,
+    ) -> Result<TriggerCheckpointResponse, ApiError> {
+        match answer {
+            Some(Ok(checkpoint_id)) => Ok(TriggerCheckpointResponse { checkpoint_id }),
+            Some(Err(e)) => Err(e),
+            None => Err(ApiError::new(
+                ApiErrorCode::Conflict,
+                format!(
+                    "job {job} is not running (it is starting, restarting or ending): no checkpoint was triggered; \
+                     trigger one while the job runs"
+                ),
+            )),
+        }
+    }
+
+    fn late(job: &str, timeout: std::time::Duration) -> ApiError {
+        ApiError::new(
+            ApiErrorCode::Unavailable,
+            format!("the job master of job {job} did not answer the checkpoint trigger within {timeout:?}"),
+        )
+    }
+}
+
 /// What a request did wrong, or why it could not be served. The REST layer turns it into a
 /// status code and `{"error": code, "message": ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize, ToSchema)]
@@ -303,13 +607,15 @@ pub enum ApiErrorCode {
     MethodNotAllowed,
     /// 408: the request was not served in time (its body arrived too slowly).
     RequestTimeout,
-    /// 409: the request conflicts with the state (cancelling a finished job).
+    /// 409: the request conflicts with the state (cancelling a finished job, triggering a
+    /// checkpoint of a job that takes none or is not running).
     Conflict,
     /// 413: request body over the limit.
     PayloadTooLarge,
     /// 415: a body without `Content-Type: application/json`.
     UnsupportedMediaType,
-    /// 503: not enough slots or TaskManagers to accept the job now.
+    /// 503: not enough slots or TaskManagers to accept the job now; a job master too busy to
+    /// take a request.
     Unavailable,
     /// 500.
     Internal,
@@ -376,6 +682,18 @@ pub trait ClusterApi: Send + Sync + 'static {
     fn execution_result(&self, id: &str) -> Result<JobExecutionResult, ApiError>;
     /// Starts cancelling a job; a job that already ended is a [`ApiErrorCode::Conflict`].
     fn cancel(&self, id: &str) -> Result<(), ApiError>;
+    /// A job's checkpoint statistics over all its attempts (zero counts for a job without
+    /// checkpoints).
+    fn checkpoints(&self, id: &str) -> Result<CheckpointingStatistics, ApiError>;
+    /// How a job takes checkpoints.
+    fn checkpoint_config(&self, id: &str) -> Result<CheckpointConfigInfo, ApiError>;
+    /// One checkpoint of the job's history, with every subtask; [`ApiErrorCode::NotFound`] for
+    /// an id the history does not hold.
+    fn checkpoint(&self, id: &str, checkpoint: crate::checkpoint::CheckpointId) -> Result<CheckpointDetails, ApiError>;
+    /// Asks the job master to trigger a checkpoint now; the answer arrives through the
+    /// [`PendingTrigger`]. Refused at once ([`ApiErrorCode::Conflict`]) for a job that ended or
+    /// takes no checkpoints.
+    fn trigger_checkpoint(&self, id: &str) -> Result<PendingTrigger, ApiError>;
 }
 
 #[cfg(test)]

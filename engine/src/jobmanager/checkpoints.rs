@@ -27,10 +27,9 @@ use crate::runtime::cluster::VertexSummary;
 
 /// Where an attempt starts and how it checkpoints.
 pub(crate) struct AttemptCheckpoints {
-    /// What the descriptors carry (`None`: no checkpoints and no restore).
+    /// What the descriptors carry (`None`: no checkpoints and no restore); its `restore` is
+    /// the checkpoint the attempt starts from.
     pub deployment: Option<DeploymentCheckpointing>,
-    /// The restored checkpoint's id, for the log and the job's details.
-    pub restored: Option<CheckpointId>,
     driver: Option<Driver>,
 }
 
@@ -100,7 +99,6 @@ pub(crate) fn prepare_attempt(
         tracing::info!(%job, checkpoint = p.metadata.id, dir = %p.dir.display(), "restoring from a checkpoint");
     }
     let restore = point.as_ref().map(|p| RestoreSource { dir: p.dir.clone(), id: p.metadata.id });
-    let restored = point.as_ref().map(|p| p.metadata.id);
     let driver = match (settings, &own_dir) {
         (Some(s), Some(dir)) => {
             let storage = Arc::new(FsCheckpointStorage::create(dir).map_err(|e| e.to_string())?);
@@ -134,7 +132,7 @@ pub(crate) fn prepare_attempt(
         options: driver.as_ref().map(|d| d.config.barrier).unwrap_or_default(),
         restore,
     });
-    Ok(AttemptCheckpoints { deployment, restored, driver })
+    Ok(AttemptCheckpoints { deployment, driver })
 }
 
 /// What the tracking loop learns from the checkpoint side.
@@ -218,6 +216,30 @@ impl Running {
     pub(crate) fn on_tick(&mut self, jm: &Jm) -> Outcome {
         let actions = self.coordinator.on_tick(now_ms());
         self.execute(jm, actions)
+    }
+
+    /// Triggers a checkpoint now (`POST /v1/jobs/{id}/checkpoints`), as Flink 1.19's manual
+    /// trigger: it ignores the interval and the minimum pause (the periodic schedule is not
+    /// moved), and respects `max_concurrent` — with that many in progress it is refused, not
+    /// queued. It is refused as well before every task runs (sources without a mailbox yet would
+    /// miss the trigger) and once the coordinator stopped (a task finished, the job is failing or
+    /// ending). The periodic side runs first at the same instant (expiries, a due trigger), so a
+    /// checkpoint past its timeout is aborted and counted before the concurrency is checked.
+    pub(crate) fn trigger_now(&mut self, jm: &Jm) -> (Result<CheckpointId, String>, Outcome) {
+        if !self.all_running {
+            let reason = "not every task of the job runs yet; trigger again once it does".to_string();
+            return (Err(reason), Outcome::Continue);
+        }
+        let now = now_ms();
+        let actions = self.coordinator.on_tick(now);
+        let first = self.execute(jm, actions);
+        match self.coordinator.trigger_now(now) {
+            Ok((id, actions)) => {
+                let second = self.execute(jm, actions);
+                (Ok(id), if matches!(first, Outcome::FailJob(_)) { first } else { second })
+            }
+            Err(refused) => (Err(refused.to_string()), first),
+        }
     }
 
     pub(crate) fn on_ack(

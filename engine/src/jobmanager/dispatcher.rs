@@ -1,22 +1,26 @@
 //! The dispatcher: the [`ClusterApi`] over the JobManager's state. Submitting checks the job
 //! type and its arguments by building the job on a planning cluster, records the job and
 //! starts its job master; every other operation reads the tables or sends the job master an
-//! event. Nothing here waits for a TaskManager.
+//! event. Nothing here waits for a TaskManager; a checkpoint trigger hands its caller the
+//! job master's future answer ([`PendingTrigger`]) instead of waiting for it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
-    ApiError, ApiErrorCode, ClusterApi, ClusterOverview, JobDetails, JobExecutionResult, JobOverview, JobState,
-    JobTypeInfo, SlotInfo, SubmitRequest, SubmitResponse, SubtaskInfo, TaskCounts, TaskManagerInfo, VertexInfo,
+    ApiError, ApiErrorCode, CheckpointConfigInfo, CheckpointDetails, CheckpointingStatistics, ClusterApi,
+    ClusterOverview, JobDetails, JobExecutionResult, JobOverview, JobState, JobTypeInfo, PendingTrigger, SlotInfo,
+    SubmitRequest, SubmitResponse, SubtaskInfo, TaskCounts, TaskManagerInfo, VertexInfo, CHECKPOINT_HISTORY_MAX,
 };
+use super::checkpoint_stats::config_view;
 use super::job_master::{self, Inline, JobEvent};
 use super::state::{now_ms, JobEntry, TmEntry};
 use super::{Jm, NoRestart, RestartChoice};
 use crate::checkpoint::request::{parse_restart_strategy, resolve, JobCheckpointing};
+use crate::checkpoint::CheckpointId;
 use crate::rpc::ids::{JobId, TaskManagerId};
 use crate::rpc::messages::TaskState;
 use crate::runtime::cluster::PlanSummary;
@@ -175,8 +179,7 @@ impl Dispatcher {
                     outcome: None,
                     inbox: inbox_tx,
                     checkpointing,
-                    checkpoint_stats: None,
-                    restored_from: None,
+                    checkpoint_stats: Default::default(),
                     seq,
                 },
             );
@@ -333,5 +336,73 @@ impl ClusterApi for Dispatcher {
             });
         }
         Ok(())
+    }
+
+    fn checkpoints(&self, id: &str) -> Result<CheckpointingStatistics, ApiError> {
+        let job = parse_job(id)?;
+        let state = self.jm.lock();
+        let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+        Ok(j.checkpoint_stats.view(&j.vertices))
+    }
+
+    fn checkpoint_config(&self, id: &str) -> Result<CheckpointConfigInfo, ApiError> {
+        let job = parse_job(id)?;
+        let state = self.jm.lock();
+        let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+        Ok(config_view(&j.checkpointing))
+    }
+
+    fn checkpoint(&self, id: &str, checkpoint: CheckpointId) -> Result<CheckpointDetails, ApiError> {
+        let job = parse_job(id)?;
+        let state = self.jm.lock();
+        let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+        j.checkpoint_stats.details(checkpoint, &j.vertices).ok_or_else(|| {
+            let held = match j.checkpoint_stats.history_ids() {
+                (Some(oldest), Some(newest)) => format!("its history holds checkpoints {oldest} to {newest}"),
+                _ => "it has no checkpoint yet".to_string(),
+            };
+            let takes = if j.checkpointing.enabled() { "" } else { " (it takes no checkpoints)" };
+            ApiError::not_found(format!(
+                "job {job} has no checkpoint {checkpoint} in its history{takes}: {held}, the newest {} at most, \
+                 besides the latest completed and failed",
+                CHECKPOINT_HISTORY_MAX
+            ))
+        })
+    }
+
+    fn trigger_checkpoint(&self, id: &str) -> Result<PendingTrigger, ApiError> {
+        let job = parse_job(id)?;
+        let inbox = {
+            let state = self.jm.lock();
+            let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+            if j.state.is_terminal() {
+                return Err(ApiError::new(
+                    ApiErrorCode::Conflict,
+                    format!("job {job} has already ended ({:?}): no checkpoint can be triggered", j.state),
+                ));
+            }
+            if !j.checkpointing.enabled() {
+                return Err(ApiError::new(
+                    ApiErrorCode::Conflict,
+                    format!(
+                        "job {job} takes no checkpoints: submit it with a checkpoint interval and directory \
+                         (`checkpoints.interval_ms` and `checkpoints.dir`)"
+                    ),
+                ));
+            }
+            j.inbox.clone()
+        };
+        let (reply, answer) = oneshot::channel();
+        match inbox.try_send(JobEvent::TriggerCheckpoint { reply }) {
+            Ok(()) => Ok(PendingTrigger::new(job.to_string(), answer)),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError::new(
+                ApiErrorCode::Unavailable,
+                format!("the job master of job {job} has {INBOX} events queued; trigger the checkpoint again later"),
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::new(
+                ApiErrorCode::Conflict,
+                format!("job {job} has ended: no checkpoint can be triggered"),
+            )),
+        }
     }
 }

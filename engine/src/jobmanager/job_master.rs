@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::api::{JobException, JobOutcome, JobState, OperatorCounts, PartSummary};
+use super::api::{ApiError, ApiErrorCode, JobException, JobOutcome, JobState, OperatorCounts, PartSummary};
 use super::checkpoints::{prepare_attempt, Outcome as CkOutcome, Running};
 use super::scheduler::FreeSlots;
 use super::state::now_ms;
@@ -43,6 +43,9 @@ pub(crate) enum JobEvent {
     TmLost { tm: TaskManagerId, reason: String },
     /// The user cancelled the job.
     Cancel,
+    /// Trigger a checkpoint now (`POST /v1/jobs/{id}/checkpoints`). Answered while an attempt
+    /// runs; dropped (which its requester reads as "not running") in every other phase.
+    TriggerCheckpoint { reply: tokio::sync::oneshot::Sender<Result<CheckpointId, ApiError>> },
 }
 
 /// The restart strategy of one job, as the job master consults it: `Ok(delay)` runs again
@@ -344,8 +347,8 @@ async fn run_attempt(
             return AttemptEnd::Failed(Failure::now(format!("preparing the job's checkpoints: {e}"), true));
         }
     };
-    if let Some(id) = attempt_checkpoints.restored {
-        jm.update_job(job, |j| j.restored_from = Some(id));
+    if let Some(restore) = attempt_checkpoints.deployment.as_ref().and_then(|d| d.restore.as_ref()) {
+        jm.update_job(job, |j| j.checkpoint_stats.restored(restore.id, &restore.dir, now_ms()));
     }
     let mut participants = Vec::new();
     for (i, p) in parts.iter().enumerate() {
@@ -452,6 +455,14 @@ async fn run_attempt(
             }
         };
         match event {
+            JobEvent::TriggerCheckpoint { reply } => {
+                let (answer, outcome) = trigger_now(jm, job, checkpoints.as_mut(), (cancelled, failure.is_some()));
+                if let Ok(id) = &answer {
+                    tracing::info!(%job, checkpoint = id, "checkpoint triggered on request");
+                }
+                let _ = reply.send(answer);
+                fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+            }
             JobEvent::Cancel => {
                 if !cancelled {
                     cancelled = true;
@@ -564,7 +575,10 @@ async fn run_attempt(
     }
     if let Some(c) = checkpoints.take() {
         let stats = c.stop(jm);
-        jm.update_job(job, |j| j.checkpoint_stats = Some(stats));
+        jm.update_job(job, |j| {
+            j.checkpoint_stats.publish(stats);
+            j.checkpoint_stats.end_attempt();
+        });
     }
     let all_finished = parts.iter().all(|p| matches!(p.ended, Some(PartOutcome::Finished(_))));
     if cancelled || failure.is_some() || !all_finished {
@@ -669,7 +683,32 @@ fn fail_on(
 
 fn publish_stats(jm: &Jm, job: JobId, c: &Running) {
     let stats = c.stats();
-    jm.update_job(job, |j| j.checkpoint_stats = Some(stats));
+    jm.update_job(job, |j| j.checkpoint_stats.publish(stats));
+}
+
+/// Triggers a checkpoint now, for `POST /v1/jobs/{id}/checkpoints`: refused while the attempt
+/// is being cancelled or failing, for an attempt without a coordinator, and as the
+/// coordinator refuses it (see [`Running::trigger_now`]).
+fn trigger_now(
+    jm: &Jm,
+    job: JobId,
+    checkpoints: Option<&mut Running>,
+    (cancelled, failing): (bool, bool),
+) -> (Result<CheckpointId, ApiError>, CkOutcome) {
+    let conflict = |message: String| (Err(ApiError::new(ApiErrorCode::Conflict, message)), CkOutcome::Continue);
+    if cancelled || failing {
+        let what = if cancelled { "being cancelled" } else { "failing" };
+        return conflict(format!("job {job} is {what}: no checkpoint was triggered"));
+    }
+    let Some(c) = checkpoints else {
+        return conflict(format!("job {job} runs without a checkpoint coordinator: no checkpoint was triggered"));
+    };
+    let (result, outcome) = c.trigger_now(jm);
+    publish_stats(jm, job, c);
+    let result = result.map_err(|reason| {
+        ApiError::new(ApiErrorCode::Conflict, format!("job {job}: no checkpoint was triggered: {reason}"))
+    });
+    (result, outcome)
 }
 
 fn cancel_parts(jm: &Jm, parts: &[Part], deployment: DeploymentKey, reason: &str) {

@@ -10,6 +10,7 @@
 //! memory, instead of by name (see `runtime::mini`).
 
 pub mod api;
+mod checkpoint_stats;
 mod checkpoints;
 pub(crate) mod dispatcher;
 mod job_master;

@@ -63,10 +63,8 @@ pub(crate) struct JobEntry {
     pub inbox: mpsc::Sender<JobEvent>,
     /// Its checkpoints and where it starts from.
     pub checkpointing: crate::checkpoint::request::JobCheckpointing,
-    /// The coordinator's statistics of the current (or last) attempt.
-    pub checkpoint_stats: Option<crate::checkpoint::coordinator::CheckpointStats>,
-    /// The checkpoint the current attempt restored, if any.
-    pub restored_from: Option<crate::checkpoint::CheckpointId>,
+    /// Its checkpoints' statistics over every attempt, and the restores.
+    pub checkpoint_stats: super::checkpoint_stats::JobCheckpointStats,
     /// Submission order.
     pub seq: u64,
 }

@@ -7,6 +7,10 @@
 //! lines), `fail` (ends FAILED on the first look), `forever` (runs until cancelled), and `panic`
 //! (its submission panics inside the dispatcher). A parallelism over 8 is refused as 503 (not
 //! enough slots). Everything else is an unknown job type.
+//!
+//! Checkpoints: `forever` takes them (two completed, 1 and 2, and one failed, 3; a trigger
+//! while it runs adds an in-progress one with the next id, which completes on the next look at
+//! its details); the other job types take none (zero counts, triggers refused with 409).
 
 #![allow(dead_code)]
 
@@ -14,9 +18,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use corestream::jobmanager::api::{
-    ApiError, ApiErrorCode, ClusterApi, ClusterOverview, JobDetails, JobExecutionResult, JobOutcome, JobOverview,
-    JobState, JobTypeInfo, OperatorCounts, SlotInfo, SubmitRequest, SubmitResponse, SubtaskInfo, TaskCounts,
-    TaskManagerInfo, VertexInfo,
+    ApiError, ApiErrorCode, CheckpointConfigInfo, CheckpointCountsInfo, CheckpointDetails, CheckpointInfo,
+    CheckpointStatusInfo, CheckpointSummaryInfo, CheckpointType, CheckpointingStatistics, ClusterApi, ClusterOverview,
+    JobDetails, JobExecutionResult, JobOutcome, JobOverview, JobState, JobTypeInfo, LatestCheckpoints, MinAvgMax,
+    OperatorCounts, PendingTrigger, RetainedCheckpointInfo, SlotInfo, SubmitRequest, SubmitResponse,
+    SubtaskCheckpointInfo, SubtaskCheckpointStatus, SubtaskInfo, TaskCounts, TaskManagerInfo, VertexCheckpointInfo,
+    VertexInfo,
 };
 use corestream::rpc::ids::{JobId, TaskManagerId};
 use corestream::rpc::messages::{Accumulator, TaskState};
@@ -37,6 +44,8 @@ struct FakeJob {
     state: JobState,
     looks: u32,
     start_time: u64,
+    /// Its checkpoints, oldest first (`forever` only).
+    checkpoints: Vec<CheckpointInfo>,
 }
 
 #[derive(Debug, Default)]
@@ -215,7 +224,7 @@ impl ClusterApi for FakeCluster {
             ));
         }
         let id = JobId::random();
-        let job = FakeJob {
+        let mut job = FakeJob {
             id,
             name: request.job,
             args: request.args,
@@ -223,7 +232,15 @@ impl ClusterApi for FakeCluster {
             state: JobState::Running,
             looks: 0,
             start_time: 1_700_000_000_000,
+            checkpoints: Vec::new(),
         };
+        if job.name == "forever" {
+            job.checkpoints = vec![
+                checkpoint(1, CheckpointStatusInfo::Completed, false),
+                checkpoint(2, CheckpointStatusInfo::Completed, true),
+                checkpoint(3, CheckpointStatusInfo::Failed, false),
+            ];
+        }
         self.jobs.lock().unwrap().insert(id, job);
         Ok(SubmitResponse { jobid: id })
     }
@@ -292,5 +309,156 @@ impl ClusterApi for FakeCluster {
         }
         job.state = JobState::Cancelling;
         Ok(())
+    }
+
+    fn checkpoints(&self, id: &str) -> Result<CheckpointingStatistics, ApiError> {
+        let job = self.find(id)?;
+        let latest = |status| job.checkpoints.iter().rev().find(|c| c.status == status).cloned();
+        let count = |status| job.checkpoints.iter().filter(|c| c.status == status).count() as u64;
+        let completed = count(CheckpointStatusInfo::Completed);
+        Ok(CheckpointingStatistics {
+            counts: CheckpointCountsInfo {
+                restored: 0,
+                total: job.checkpoints.len() as u64,
+                in_progress: count(CheckpointStatusInfo::InProgress),
+                completed,
+                failed: count(CheckpointStatusInfo::Failed),
+            },
+            summary: CheckpointSummaryInfo {
+                completed,
+                end_to_end_duration_ms: MinAvgMax { min: 12, avg: 15, max: 18 },
+                checkpointed_size_bytes: MinAvgMax { min: 2048, avg: 3072, max: 4096 },
+                state_size_bytes: MinAvgMax { min: 1024, avg: 1536, max: 2048 },
+                persisted_data_bytes: MinAvgMax { min: 0, avg: 16_384, max: 32_768 },
+            },
+            latest: LatestCheckpoints {
+                completed: latest(CheckpointStatusInfo::Completed),
+                failed: latest(CheckpointStatusInfo::Failed),
+                restored: None,
+            },
+            history: job.checkpoints.iter().rev().cloned().collect(),
+            retained: latest(CheckpointStatusInfo::Completed)
+                .map(|c| RetainedCheckpointInfo {
+                    id: c.id,
+                    trigger_timestamp: c.trigger_timestamp,
+                    end_timestamp: c.end_timestamp.unwrap_or(c.trigger_timestamp),
+                    checkpointed_size_bytes: c.checkpointed_size_bytes,
+                })
+                .into_iter()
+                .collect(),
+        })
+    }
+
+    fn checkpoint_config(&self, id: &str) -> Result<CheckpointConfigInfo, ApiError> {
+        let job = self.find(id)?;
+        let on = job.name == "forever";
+        Ok(CheckpointConfigInfo {
+            enabled: on,
+            mode: on.then(|| "exactly_once".to_string()),
+            interval_ms: on.then_some(200),
+            timeout_ms: on.then_some(600_000),
+            min_pause_ms: on.then_some(0),
+            max_concurrent: on.then_some(1),
+            tolerable_failed_checkpoints: on.then_some(0),
+            retained: on.then_some(1),
+            unaligned_checkpoints: on.then_some(false),
+            aligned_checkpoint_timeout_ms: on.then_some(0),
+            directory: on.then(|| "/tmp/ck/forever".to_string()),
+            restore: None,
+        })
+    }
+
+    fn checkpoint(&self, id: &str, checkpoint_id: u64) -> Result<CheckpointDetails, ApiError> {
+        let parsed = self.find(id)?.id;
+        let mut jobs = self.jobs.lock().unwrap();
+        let job = jobs.get_mut(&parsed).ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+        let c =
+            job.checkpoints.iter_mut().find(|c| c.id == checkpoint_id).ok_or_else(|| {
+                ApiError::not_found(format!("job {id} has no checkpoint {checkpoint_id} in its history"))
+            })?;
+        let shown = c.clone();
+        if c.status == CheckpointStatusInfo::InProgress {
+            *c = CheckpointInfo { manual: true, ..checkpoint(c.id, CheckpointStatusInfo::Completed, false) };
+        }
+        let subtasks = (0..2)
+            .map(|subtask| SubtaskCheckpointInfo {
+                vertex: 0,
+                subtask,
+                status: if shown.status == CheckpointStatusInfo::Completed || subtask == 0 {
+                    SubtaskCheckpointStatus::Completed
+                } else {
+                    SubtaskCheckpointStatus::PendingOrFailed
+                },
+                ack_timestamp: Some(shown.trigger_timestamp + 10),
+                end_to_end_duration_ms: Some(10),
+                checkpointed_size_bytes: 1024,
+                state_size_bytes: 512,
+                persisted_data_bytes: 0,
+                alignment_duration_ms: 1,
+                sync_duration_ms: 2,
+                async_duration_ms: 3,
+                unaligned: false,
+            })
+            .collect();
+        Ok(CheckpointDetails { checkpoint: shown, subtasks })
+    }
+
+    fn trigger_checkpoint(&self, id: &str) -> Result<PendingTrigger, ApiError> {
+        *self.mutations.lock().unwrap() += 1;
+        let parsed = self.find(id)?.id;
+        let mut jobs = self.jobs.lock().unwrap();
+        let job = jobs.get_mut(&parsed).ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+        if job.state.is_terminal() {
+            return Err(ApiError::new(ApiErrorCode::Conflict, format!("job {id} has already ended ({:?})", job.state)));
+        }
+        if job.name != "forever" {
+            return Err(ApiError::new(ApiErrorCode::Conflict, format!("job {id} takes no checkpoints")));
+        }
+        let next = job.checkpoints.last().map_or(1, |c| c.id + 1);
+        job.checkpoints
+            .push(CheckpointInfo { manual: true, ..checkpoint(next, CheckpointStatusInfo::InProgress, false) });
+        Ok(PendingTrigger::ready(id, Ok(next)))
+    }
+}
+
+/// Checkpoint `id` of a fake job: triggered at `1_700_000_000_000 + id * 1000`, with one
+/// source vertex of two subtasks.
+pub fn checkpoint(id: u64, status: CheckpointStatusInfo, unaligned: bool) -> CheckpointInfo {
+    let trigger = 1_700_000_000_000 + id * 1000;
+    let done = status != CheckpointStatusInfo::InProgress;
+    let acked = if status == CheckpointStatusInfo::Completed { 2 } else { 1 };
+    CheckpointInfo {
+        id,
+        status,
+        checkpoint_type: if unaligned { CheckpointType::UnalignedCheckpoint } else { CheckpointType::Checkpoint },
+        manual: false,
+        trigger_timestamp: trigger,
+        latest_ack_timestamp: Some(trigger + 10),
+        end_timestamp: done.then_some(trigger + 15),
+        end_to_end_duration_ms: if done { 15 } else { 10 },
+        checkpointed_size_bytes: 2048 * id,
+        state_size_bytes: 1024 * id,
+        persisted_data_bytes: if unaligned { 32_768 } else { 0 },
+        alignment_duration_ms: 1,
+        sync_duration_ms: 2,
+        async_duration_ms: 3,
+        num_subtasks: 2,
+        num_acknowledged_subtasks: acked,
+        failure_message: (status == CheckpointStatusInfo::Failed)
+            .then(|| "expired after 600000 ms before every task acknowledged".to_string()),
+        tasks: vec![VertexCheckpointInfo {
+            id: 0,
+            name: "Source: sequence -> Map".into(),
+            num_subtasks: 2,
+            num_acknowledged_subtasks: acked,
+            latest_ack_timestamp: Some(trigger + 10),
+            end_to_end_duration_ms: 10,
+            checkpointed_size_bytes: 2048 * id,
+            state_size_bytes: 1024 * id,
+            persisted_data_bytes: if unaligned { 32_768 } else { 0 },
+            alignment_duration_ms: 1,
+            sync_duration_ms: 2,
+            async_duration_ms: 3,
+        }],
     }
 }

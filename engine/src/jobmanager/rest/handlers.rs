@@ -2,6 +2,8 @@
 //! description, and the extractors that turn a request's path, query and body into checked
 //! values or an [`ApiError`] (invalid ids are refused here, before the dispatcher is asked).
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
@@ -16,9 +18,11 @@ use utoipa_axum::routes;
 use super::errors::{body_rejection, decode_json};
 use super::schema::ApiDoc;
 use super::AppState;
+use crate::checkpoint::CheckpointId;
 use crate::jobmanager::api::{
-    ApiError, ClusterOverview, JobDetails, JobExecutionResult, JobList, JobTypeList, RestConfig, SubmitRequest,
-    SubmitResponse, TaskManagerInfo, TaskManagerList,
+    ApiError, CheckpointConfigInfo, CheckpointDetails, CheckpointingStatistics, ClusterOverview, JobDetails,
+    JobExecutionResult, JobList, JobTypeList, RestConfig, SubmitRequest, SubmitResponse, TaskManagerInfo,
+    TaskManagerList, TriggerCheckpointResponse,
 };
 use crate::rpc::ids::{JobId, TaskManagerId};
 
@@ -34,7 +38,14 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs, submit))
         .routes(routes!(job, cancel))
         .routes(routes!(execution_result))
+        .routes(routes!(checkpoints, trigger_checkpoint))
+        .routes(routes!(checkpoint_config))
+        .routes(routes!(checkpoint_details))
 }
+
+/// How long a checkpoint trigger waits for the job master's answer (it comes within one turn
+/// of its loop).
+const TRIGGER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A JSON body of type `T`, checked by [`decode_json`] within the body limit.
 pub(super) struct JsonBody<T>(pub T);
@@ -77,6 +88,58 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskManagerIdParam {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let id = id_segment(parts, state).await?;
         id.parse().map(TaskManagerIdParam).map_err(|e| ApiError::bad_request(format!("{e}")))
+    }
+}
+
+/// A request without a body: any byte of one is refused (400), within the body limit (413).
+pub(super) struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let shown = format!("{} {}", req.method(), super::errors::shown_path(req.uri()));
+        let body = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        if body.is_empty() {
+            Ok(NoBody)
+        } else {
+            Err(ApiError::bad_request(format!("{shown} takes no body; {} bytes were sent", body.len())))
+        }
+    }
+}
+
+/// A checkpoint id as the API lists them: a decimal number.
+pub(super) fn parse_checkpoint_id(text: &str) -> Result<CheckpointId, ApiError> {
+    let invalid = |why: &str| {
+        ApiError::bad_request(format!(
+            "invalid checkpoint id `{}`: {why}; checkpoint ids are decimal numbers, as `GET /v1/jobs/{{id}}/checkpoints` \
+             lists them",
+            text.escape_debug()
+        ))
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("not a decimal number"));
+    }
+    text.parse().map_err(|_| invalid("too large"))
+}
+
+/// The job id and checkpoint id of `/v1/jobs/{id}/checkpoints/details/{checkpointid}`.
+pub(super) struct CheckpointPath(pub JobId, pub CheckpointId);
+
+impl<S: Send + Sync> FromRequestParts<S> for CheckpointPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let (job, checkpoint) =
+            Path::<(String, String)>::from_request_parts(parts, state).await.map(|Path(p)| p).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "invalid path {}: {}",
+                    super::errors::shown_path(&parts.uri),
+                    e.body_text()
+                ))
+            })?;
+        let job = job.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
+        Ok(CheckpointPath(job, parse_checkpoint_id(&checkpoint)?))
     }
 }
 
@@ -229,9 +292,120 @@ async fn execution_result(
     s.api.execution_result(&id.to_string()).map(Json)
 }
 
+/// A job's checkpoints (Flink's `GET /jobs/{id}/checkpoints`): counts, a summary over every
+/// completed checkpoint, the latest completed, failed and restored, the newest checkpoints
+/// with their figures per vertex, and the ones kept on disk. Over every attempt of the job; a
+/// job without checkpoints has zero counts.
+#[utoipa::path(get, path = "/v1/jobs/{id}/checkpoints", tag = "checkpoints",
+    params(("id" = JobId, Path, description = "The job's id: 32 hex digits")),
+    responses(
+        (status = 200, description = "The job's checkpoint statistics", body = CheckpointingStatistics),
+        (status = 400, description = "The id is not 32 hex digits", body = ApiError),
+        (status = 404, description = "No job with this id", body = ApiError)
+    ))]
+async fn checkpoints(
+    State(s): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> Result<Json<CheckpointingStatistics>, ApiError> {
+    s.api.checkpoints(&id.to_string()).map(Json)
+}
+
+/// Triggers a checkpoint of a running job now (Flink 1.19's `POST /jobs/{id}/checkpoints`) and
+/// answers with its id once the job master triggered it; follow it with
+/// `GET /v1/jobs/{id}/checkpoints/details/{checkpointid}`. No body.
+///
+/// A manual checkpoint ignores the interval and the minimum pause (`min_pause_ms` holds back
+/// only periodic triggers, and the periodic schedule is not moved), but it counts against
+/// `max_concurrent`: with that many checkpoints in progress it is refused (409), not queued,
+/// since the coordinator keeps no queue and the caller can retry. It is refused (409) as well
+/// for a job that takes no checkpoints, has ended, is not running (starting, restarting,
+/// cancelling, or not every task runs yet), or whose checkpointing stopped (a task finished,
+/// or the job is failing).
+#[utoipa::path(post, path = "/v1/jobs/{id}/checkpoints", tag = "checkpoints",
+    params(("id" = JobId, Path, description = "The job's id: 32 hex digits")),
+    responses(
+        (status = 202, description = "Triggered; the checkpoint runs in the background", body = TriggerCheckpointResponse,
+            headers(("Location" = String, description = "The checkpoint's details"))),
+        (status = 400, description = "The id is not 32 hex digits, or a body was sent", body = ApiError),
+        (status = 404, description = "No job with this id", body = ApiError),
+        (status = 409, description = "No checkpoint was triggered: the job takes none, is not running, or has as many in progress as allowed", body = ApiError),
+        (status = 413, description = "A body over the limit was sent", body = ApiError),
+        (status = 503, description = "The job master did not take or answer the request in time", body = ApiError)
+    ))]
+async fn trigger_checkpoint(
+    State(s): State<AppState>,
+    JobIdParam(id): JobIdParam,
+    NoBody: NoBody,
+) -> Result<Response, ApiError> {
+    let pending = s.api.trigger_checkpoint(&id.to_string())?;
+    let triggered = pending.wait(TRIGGER_ANSWER_TIMEOUT).await?;
+    tracing::info!(jobid = %id, checkpoint = triggered.checkpoint_id, "checkpoint triggered over REST");
+    let location =
+        HeaderValue::from_str(&format!("/v1/jobs/{id}/checkpoints/details/{}", triggered.checkpoint_id)).ok();
+    let mut response = (StatusCode::ACCEPTED, Json(triggered)).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// How a job takes checkpoints (Flink's `GET /jobs/{id}/checkpoints/config`): its submission's
+/// settings resolved against the cluster's `execution.checkpointing.*`. A job without
+/// checkpoints answers `enabled: false` and no settings.
+#[utoipa::path(get, path = "/v1/jobs/{id}/checkpoints/config", tag = "checkpoints",
+    params(("id" = JobId, Path, description = "The job's id: 32 hex digits")),
+    responses(
+        (status = 200, description = "The job's checkpoint configuration", body = CheckpointConfigInfo),
+        (status = 400, description = "The id is not 32 hex digits", body = ApiError),
+        (status = 404, description = "No job with this id", body = ApiError)
+    ))]
+async fn checkpoint_config(
+    State(s): State<AppState>,
+    JobIdParam(id): JobIdParam,
+) -> Result<Json<CheckpointConfigInfo>, ApiError> {
+    s.api.checkpoint_config(&id.to_string()).map(Json)
+}
+
+/// One checkpoint of the job's history with every subtask's figures (Flink's
+/// `GET /jobs/{id}/checkpoints/details/{checkpointid}`, with the subtasks inline).
+#[utoipa::path(get, path = "/v1/jobs/{id}/checkpoints/details/{checkpointid}", tag = "checkpoints",
+    params(
+        ("id" = JobId, Path, description = "The job's id: 32 hex digits"),
+        ("checkpointid" = u64, Path, description = "The checkpoint's id, a decimal number")
+    ),
+    responses(
+        (status = 200, description = "The checkpoint", body = CheckpointDetails),
+        (status = 400, description = "The job id is not 32 hex digits, or the checkpoint id not a decimal number", body = ApiError),
+        (status = 404, description = "No job with this id, or no checkpoint with this id in its history", body = ApiError)
+    ))]
+async fn checkpoint_details(
+    State(s): State<AppState>,
+    CheckpointPath(id, checkpoint): CheckpointPath,
+) -> Result<Json<CheckpointDetails>, ApiError> {
+    s.api.checkpoint(&id.to_string(), checkpoint).map(Json)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_ids() {
+        assert_eq!(parse_checkpoint_id("0").unwrap(), 0);
+        assert_eq!(parse_checkpoint_id("0042").unwrap(), 42);
+        assert_eq!(parse_checkpoint_id("18446744073709551615").unwrap(), u64::MAX);
+        for (bad, needle) in [
+            ("", "not a decimal number"),
+            ("+1", "not a decimal number"),
+            ("-1", "not a decimal number"),
+            ("0x10", "not a decimal number"),
+            ("1.0", "not a decimal number"),
+            ("18446744073709551616", "too large"),
+        ] {
+            let e = parse_checkpoint_id(bad).unwrap_err();
+            assert!(e.message.contains(needle) && e.message.contains(&format!("`{bad}`")), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn patch_queries() {

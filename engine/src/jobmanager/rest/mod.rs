@@ -18,7 +18,8 @@
 //! ([`ConnectionLimits::max_connections`]; more wait in the kernel's accept queue), header bytes
 //! and the time to send them ([`ConnectionLimits::header_read_timeout`], which also closes idle
 //! keep-alive connections), body bytes, and the time a request takes. Handlers call the
-//! dispatcher directly: its operations are short and never wait for a TaskManager.
+//! dispatcher directly: its operations are short and never wait for a TaskManager; a
+//! checkpoint trigger then awaits its job master's answer, bounded in time.
 
 mod errors;
 mod handlers;

@@ -37,7 +37,8 @@ payload_too_large, 415 unsupported_media_type (a body without `Content-Type: app
     tags(
         (name = "cluster", description = "The cluster and the REST API itself"),
         (name = "taskmanagers", description = "Registered TaskManagers and their slots"),
-        (name = "jobs", description = "Submitting, watching and cancelling jobs")
+        (name = "jobs", description = "Submitting, watching and cancelling jobs"),
+        (name = "checkpoints", description = "A job's checkpoints: statistics, configuration, manual triggers")
     ),
     components(schemas(ApiError, ApiErrorCode))
 )]
