@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use corestream_netstack::record::{deserialize, validate_buffer, BufferValidator, RecordIter, RecordWriter};
 use corestream_netstack::{
-    BarrierKind, Buffer, BufferPool, ChannelItem, CreditConfig, Doorbell, Event, InputGate, LocalChannel, OutputChannel,
+    BarrierKind, Buffer, BufferPool, ChannelItem, CreditConfig, Doorbell, Event, InFlightCopy, InputGate, LocalChannel,
+    OutputChannel,
 };
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -476,8 +477,9 @@ fn restored_snapshot(input: Vec<Vec<u8>>, output: Vec<Vec<u8>>) -> TaskSnapshot 
     parts.push("network-output", PartLayout::Subtask, [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat());
     TaskSnapshot {
         nodes: vec![(NODE as u32, parts)],
-        input_channels: vec![ChannelState { channel: 0, buffers: input }],
-        output_channels: vec![ChannelState { channel: 0, buffers: output }],
+        input_channels: vec![ChannelState::of_buffers(0, input)],
+        output_channels: vec![ChannelState::of_buffers(0, output)],
+        input_watermarks: None,
     }
 }
 
@@ -619,9 +621,9 @@ fn records_parked_ahead_of_an_unaligned_barrier_are_channel_state() {
                     Some((_, ChannelItem::Event(Event::EndOfPartition))) => break,
                     Some((c, ChannelItem::Event(Event::CheckpointBarrier { .. }))) => {
                         // What waited in the consumer's queue is the consumer's to copy.
-                        let mut copied = Vec::new();
+                        let mut copied = InFlightCopy::default();
                         down_gate.copy_overtaken(c, &mut copied);
-                        consumer_copy = copied.iter().flat_map(|b| values_of(b)).collect();
+                        consumer_copy = copied.buffers.iter().flat_map(|b| values_of(b)).collect();
                         barrier_seen = true;
                     }
                     Some((c, ChannelItem::Buffer(b))) => {
