@@ -41,7 +41,7 @@ mod checkpoints;
 #[cfg(test)]
 mod tests;
 
-use checkpoints::{Checkpoints, Side};
+use checkpoints::{Checkpoints, Restored, Side};
 
 pub(crate) enum TaskBody {
     Source(Box<dyn TaskSource>),
@@ -304,7 +304,7 @@ async fn run_input(input: &mut dyn TaskInput, gate: &mut InputGate, env: &TaskEn
     let mut ck = env.checkpointing.clone().map(|c| Checkpoints::new(c, env.bell.clone(), Some(channels)));
     let mut valve = WatermarkValve::new(channels);
     if let Some(ck) = &ck {
-        if let Some((snapshot, restored)) = ck.restore(&mut Side::Input(input, gate, &valve))? {
+        if let Some(Restored { snapshot, valve: restored }) = ck.restore(&mut Side::Input(input, gate, &valve))? {
             if let Some(restored) = restored {
                 valve = restored;
             }

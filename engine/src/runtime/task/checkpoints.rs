@@ -45,6 +45,13 @@ impl Side<'_> {
     }
 }
 
+/// What a task restored from: the snapshot (its input channel state still to replay) and, for
+/// an input task whose snapshot has one, its watermark valve.
+pub(super) struct Restored {
+    pub snapshot: Arc<TaskSnapshot>,
+    pub valve: Option<WatermarkValve>,
+}
+
 /// The checkpoint this task is taking, from its snapshot until it is reported.
 struct Taking {
     checkpoint_id: CheckpointId,
@@ -104,10 +111,7 @@ impl Checkpoints {
     /// input channel state is checked here and replayed by the task ([`Checkpoints::replay_order`],
     /// [`Checkpoints::replay_buffer`]) through the restored valve. Output channel state is
     /// restored by the network outputs, which send it before any new output.
-    pub(super) fn restore(
-        &self,
-        side: &mut Side<'_>,
-    ) -> Result<Option<(Arc<TaskSnapshot>, Option<WatermarkValve>)>, TaskError> {
+    pub(super) fn restore(&self, side: &mut Side<'_>) -> Result<Option<Restored>, TaskError> {
         let Some(snapshot) = self.config.restore.clone() else {
             return Ok(None);
         };
@@ -135,7 +139,7 @@ impl Checkpoints {
             }
         };
         debug!(%task, "restored from a checkpoint");
-        Ok(Some((snapshot, valve)))
+        Ok(Some(Restored { snapshot, valve }))
     }
 
     /// Restored input channel state in replay order: channel by channel (in channel order),
