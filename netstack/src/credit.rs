@@ -5,15 +5,15 @@
 //! finished buffers wait behind it. A consumer returns credit when it has finished reading a
 //! buffer. Events need no credit but keep their place behind earlier buffers; priority events
 //! (unaligned barriers) go to the head of the consumer's queue, behind earlier priority events.
-//! What a priority event overtakes is a checkpoint's in-flight data, and both ends can copy it:
-//! the producer the buffers it still holds for credit (and, on a remote channel, what the
-//! session has not yet written), the consumer the buffers that wait in its queue behind the
-//! event (counted when the event was queued, so buffers that arrive later are not included).
-//! The copies leave the buffers where they are: they are still shipped and read in order. A
+//! What a priority event overtakes is a checkpoint's in-flight data, and both ends can copy it
+//! ([`InFlightCopy`]: the buffers and the events between them, such as watermarks, in order):
+//! the producer the items it still holds for credit (and, on a remote channel, what the
+//! session has not yet written), the consumer the items that wait in its queue behind the
+//! event (counted when the event was queued, so items that arrive later are not included).
+//! The copies leave the items where they are: they are still shipped and read in order. A
 //! queued aligned barrier can be promoted to such a priority event when aligning takes too
-//! long. Floating credit granted on a
-//! backlog that turned out stale (or to a producer that has finished) is taken back when
-//! another channel needs it and none is free.
+//! long. Floating credit granted on a backlog that turned out stale (or to a producer that has
+//! finished) is taken back when another channel needs it and none is free.
 //!
 //! Invariants (asserted in tests): a producer never ships a buffer without credit; the buffers
 //! queued in a channel plus the one being read never exceed its exclusive credit plus the
@@ -65,6 +65,41 @@ impl Default for CreditConfig {
 pub enum ChannelItem {
     Buffer(Buffer),
     Event(Event),
+}
+
+/// A copy of the items a priority event overtook in one channel, in send order: the bytes of
+/// every buffer, and every other event among them with its position (the number of buffers
+/// copied before it). Priority events are never among them: they are at the head, not overtaken.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InFlightCopy {
+    pub buffers: Vec<Vec<u8>>,
+    /// (buffers before it in `buffers`, the event), in order.
+    pub events: Vec<(usize, Event)>,
+}
+
+impl InFlightCopy {
+    /// Appends a copy of `item`; returns the bytes of buffer copied.
+    fn copy(&mut self, item: &ChannelItem) -> usize {
+        match item {
+            ChannelItem::Buffer(b) => {
+                self.buffers.push(b.as_slice().to_vec());
+                b.len()
+            }
+            ChannelItem::Event(e) => {
+                self.events.push((self.buffers.len(), *e));
+                0
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffers.is_empty() && self.events.is_empty()
+    }
+
+    /// Bytes of the buffers copied.
+    pub fn bytes(&self) -> usize {
+        self.buffers.iter().map(Vec::len).sum()
+    }
 }
 
 /// The state shared by the two ends of one channel (the in-process transport).
@@ -237,18 +272,20 @@ impl LocalChannel {
     }
 
     /// Queues a priority event as [`LocalChannel::push`] does and, under the same lock, copies
-    /// the bytes of every buffer it overtook into `overtaken` (in queue order). For the producer
-    /// of a remote channel, whose queue is the session's: those buffers reach the peer only
-    /// after the event, so they are the producer's in-flight data.
-    pub(crate) fn push_priority_copying(&self, event: Event, overtaken: &mut Vec<Vec<u8>>) {
-        {
+    /// every item it overtook into `overtaken` (in queue order); returns the bytes of buffer
+    /// copied. For the producer of a remote channel, whose queue is the session's: those items
+    /// reach the peer only after the event, so they are the producer's in-flight data.
+    pub(crate) fn push_priority_copying(&self, event: Event, overtaken: &mut InFlightCopy) -> usize {
+        let bytes = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            q.copy_regular(q.items.len(), overtaken);
+            let bytes = q.copy_regular(q.items.len(), overtaken);
             q.push_priority(ChannelItem::Event(event));
             self.priority_queued.store(q.overtaken.len() as u32, Ordering::Release);
-        }
+            bytes
+        };
         self.queued.fetch_add(1, Ordering::Release);
         self.consumer_bell.ring();
+        bytes
     }
 
     /// Buffers (not events) waiting in the channel; takes the queue lock, for tests.
@@ -303,8 +340,8 @@ impl LocalChannel {
         popped
     }
 
-    /// Copies the buffers among the first `items` regular (non-priority) items.
-    fn copy_regular(&self, items: u32, into: &mut Vec<Vec<u8>>) -> usize {
+    /// Copies the first `items` regular (non-priority) items.
+    fn copy_regular(&self, items: u32, into: &mut InFlightCopy) -> usize {
         let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.copy_regular(items as usize, into)
     }
@@ -358,15 +395,8 @@ impl ItemQueue {
         Some((item, self.overtaken.pop_front()))
     }
 
-    fn copy_regular(&self, items: usize, into: &mut Vec<Vec<u8>>) -> usize {
-        let mut bytes = 0;
-        for item in self.items.iter().skip(self.overtaken.len()).take(items) {
-            if let ChannelItem::Buffer(b) = item {
-                bytes += b.len();
-                into.push(b.as_slice().to_vec());
-            }
-        }
-        bytes
+    fn copy_regular(&self, items: usize, into: &mut InFlightCopy) -> usize {
+        self.items.iter().skip(self.overtaken.len()).take(items).map(|item| into.copy(item)).sum()
     }
 }
 
@@ -422,28 +452,23 @@ impl OutputChannel {
         self.try_send()
     }
 
-    /// Sends a priority event (an unaligned barrier) ahead of every buffer this producer still
-    /// holds for want of credit, and copies the bytes of the buffers it overtook into
-    /// `overtaken`, in send order: the channel's in-flight data that the consumer will read
-    /// only after the event. For a channel whose consumer is in this process that is the
-    /// pending buffers (the consumer copies what waits in its own queue); for a remote channel
-    /// it is also what the session has not yet written, which reaches the peer after the event.
-    /// The overtaken buffers stay queued and are shipped later under credit, in order. Returns
-    /// the bytes copied.
-    pub fn send_priority_event(&mut self, event: Event, overtaken: &mut Vec<Vec<u8>>) -> (SendOutcome, usize) {
+    /// Sends a priority event (an unaligned barrier) ahead of every item this producer still
+    /// holds for want of credit, and copies the items it overtook (buffers and the events
+    /// between them) into `overtaken`, in send order: the channel's in-flight data that the
+    /// consumer will read only after the event. For a channel whose consumer is in this process
+    /// that is the pending items (the consumer copies what waits in its own queue); for a remote
+    /// channel it is also what the session has not yet written, which reaches the peer after
+    /// the event. The overtaken items stay queued and are shipped later under credit, in order.
+    /// Returns the bytes of buffer copied.
+    pub fn send_priority_event(&mut self, event: Event, overtaken: &mut InFlightCopy) -> (SendOutcome, usize) {
         debug_assert!(event.is_priority(), "{event:?} is not a priority event");
-        let before = overtaken.len();
+        let mut bytes = 0;
         if self.shared.is_remote() {
-            self.shared.push_priority_copying(event, overtaken);
+            bytes += self.shared.push_priority_copying(event, overtaken);
         } else {
             self.shared.push(ChannelItem::Event(event), true);
         }
-        for item in &self.pending {
-            if let ChannelItem::Buffer(b) = item {
-                overtaken.push(b.as_slice().to_vec());
-            }
-        }
-        let bytes = overtaken[before..].iter().map(Vec::len).sum();
+        bytes += self.pending.iter().map(|item| overtaken.copy(item)).sum::<usize>();
         (self.try_send(), bytes)
     }
 
@@ -579,12 +604,12 @@ impl InputGate {
         None
     }
 
-    /// Copies, into `into` and in order, the buffers that the priority event just taken from
-    /// `channel` ([`InputGate::poll_next`] or [`InputGate::poll_priority`]) overtook: they
-    /// wait right behind it and will still be read. Call it before the next item of that
-    /// channel is taken; afterwards (or after a regular item) it copies nothing. Returns the
-    /// bytes copied.
-    pub fn copy_overtaken(&self, channel: usize, into: &mut Vec<Vec<u8>>) -> usize {
+    /// Copies, into `into` and in order, the items (buffers and the events between them) that
+    /// the priority event just taken from `channel` ([`InputGate::poll_next`] or
+    /// [`InputGate::poll_priority`]) overtook: they wait right behind it and will still be
+    /// read. Call it before the next item of that channel is taken; afterwards (or after a
+    /// regular item) it copies nothing. Returns the bytes of buffer copied.
+    pub fn copy_overtaken(&self, channel: usize, into: &mut InFlightCopy) -> usize {
         match self.overtaken[channel] {
             0 => 0,
             items => self.channels[channel].copy_regular(items, into),
@@ -857,20 +882,22 @@ mod tests {
         }
         outs[0].send_event(Event::Watermark(7));
         // Buffers 0 and 1 wait in the consumer's queue (credit 2), 2..5 at the producer.
-        let mut producer_side = Vec::new();
+        let mut producer_side = InFlightCopy::default();
         let (outcome, bytes) = outs[0].send_priority_event(unaligned(3), &mut producer_side);
         assert_eq!(outcome, SendOutcome { buffers_sent: 0, backlog: 3 });
-        assert_eq!(producer_side.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [2, 3, 4]);
-        assert_eq!(bytes, 12);
+        assert_eq!(producer_side.buffers.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(producer_side.events, [(3, Event::Watermark(7))], "the watermark after buffer 4");
+        assert_eq!((bytes, producer_side.bytes()), (12, 12));
         let (c, first) = gate.poll_next().unwrap();
         assert!(matches!(first, ChannelItem::Event(e) if e == unaligned(3)));
         // A buffer sent after the event is not part of what it overtook.
         gate.release(c);
         outs[0].try_send();
         assert_eq!(outs[0].shared().queued_buffers(), 3);
-        let mut consumer_side = Vec::new();
+        let mut consumer_side = InFlightCopy::default();
         assert_eq!(gate.copy_overtaken(c, &mut consumer_side), 8);
-        assert_eq!(consumer_side.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(consumer_side.buffers.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [0, 1]);
+        assert!(consumer_side.events.is_empty());
         // Everything is still read, in order, and nothing without credit.
         let mut seen = Vec::new();
         while seen.len() < 5 {
@@ -879,8 +906,9 @@ mod tests {
                     seen.push(bytes_seq(b.as_slice()));
                     drop(b);
                     gate.release(c);
-                    let mut later = Vec::new();
+                    let mut later = InFlightCopy::default();
                     assert_eq!(gate.copy_overtaken(c, &mut later), 0, "a regular item clears the count");
+                    assert!(later.is_empty());
                 }
                 Some((_, ChannelItem::Event(e))) => assert_eq!(e, Event::Watermark(7)),
                 None => {
@@ -906,9 +934,9 @@ mod tests {
         assert!(gate.poll_priority().is_none(), "channel 1 is blocked");
         gate.set_blocked(1, false);
         assert_eq!(gate.poll_priority(), Some((1, unaligned(1))));
-        let mut copied = Vec::new();
+        let mut copied = InFlightCopy::default();
         gate.copy_overtaken(1, &mut copied);
-        assert_eq!(copied.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [1]);
+        assert_eq!(copied.buffers.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [1]);
         assert!(gate.poll_priority().is_none());
         assert_eq!(outs[0].shared().queued(), 1, "the regular items stay");
     }
@@ -927,9 +955,10 @@ mod tests {
         assert!(gate.promote_barrier(0, 4));
         let (c, first) = gate.poll_next().unwrap();
         assert!(matches!(first, ChannelItem::Event(e) if e == unaligned(4)), "{first:?}");
-        let mut copied = Vec::new();
+        let mut copied = InFlightCopy::default();
         gate.copy_overtaken(c, &mut copied);
-        assert_eq!(copied.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(copied.buffers.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(copied.events, [(1, Event::Watermark(1))], "the watermark between buffers 0 and 1");
         assert_eq!(seq_of(gate.poll_next().unwrap().1), 0);
         assert!(matches!(gate.poll_next().unwrap().1, ChannelItem::Event(Event::Watermark(1))));
         assert_eq!(seq_of(gate.poll_next().unwrap().1), 1);
@@ -946,10 +975,13 @@ mod tests {
         for seq in 0..4 {
             out.send_buffer(buffer_with(&pool, seq));
         }
+        out.send_event(Event::WatermarkStatus(crate::event::WatermarkStatus::Idle));
         assert!(matches!(ch.pop(), Some(ChannelItem::Buffer(_))), "the session wrote buffer 0");
-        let mut copied = Vec::new();
+        let mut copied = InFlightCopy::default();
         out.send_priority_event(unaligned(9), &mut copied);
-        assert_eq!(copied.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(copied.buffers.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [1, 2, 3]);
+        let idle = Event::WatermarkStatus(crate::event::WatermarkStatus::Idle);
+        assert_eq!(copied.events, [(3, idle)], "the status waits at the producer behind buffer 3");
         assert!(matches!(ch.pop(), Some(ChannelItem::Event(e)) if e == unaligned(9)), "the session writes it first");
         assert!(matches!(ch.pop(), Some(ChannelItem::Buffer(_))));
     }

@@ -29,7 +29,7 @@ pub mod wire;
 
 pub use buffer::{Buffer, BufferBuilder, BUFFER_SIZE};
 pub use connection::{Connection, JobLink};
-pub use credit::{ChannelItem, CreditConfig, InputGate, LocalChannel, OutputChannel, SendOutcome};
+pub use credit::{ChannelItem, CreditConfig, InFlightCopy, InputGate, LocalChannel, OutputChannel, SendOutcome};
 pub use doorbell::Doorbell;
 pub use error::{BufferError, NetError, RecordError};
 pub use event::{BarrierKind, Event, WatermarkStatus};

@@ -20,11 +20,12 @@
 //!   announced with ADD_CREDIT (`granted_total` minus what was announced), the exclusive credit
 //!   with the first PARTITION_REQUEST.
 //! - An unaligned checkpoint barrier (a priority event) goes out ahead of what an outbound
-//!   channel's queue holds and the session has not yet written; the producer copies those
-//!   buffers as its in-flight data ([`crate::OutputChannel::send_priority_event`]), since they
-//!   reach the peer after the barrier. What was written before it arrives before it, and the
-//!   peer's session queues the barrier ahead of the buffers waiting in the inbound channel,
-//!   which the consumer's gate copies ([`crate::InputGate::copy_overtaken`]).
+//!   channel's queue holds and the session has not yet written; the producer copies those items
+//!   (buffers and the events between them) as its in-flight data
+//!   ([`crate::OutputChannel::send_priority_event`]), since they reach the peer after the
+//!   barrier. What was written before it arrives before it, and the peer's session queues the
+//!   barrier ahead of the items waiting in the inbound channel, which the consumer's gate
+//!   copies ([`crate::InputGate::copy_overtaken`]).
 //!
 //! Everything a peer sends is checked against the session state before its body is read:
 //! HELLO first and once, then a verified AUTH before anything of a job; frames of a deployment
@@ -2535,12 +2536,12 @@ mod tests {
         output.try_send();
         assert_eq!((out.queued(), output.pending_buffers()), (1, 3));
         let barrier = Event::CheckpointBarrier { checkpoint_id: 5, timestamp_ms: 1, kind: BarrierKind::Unaligned };
-        let mut producer_copy = Vec::new();
+        let mut producer_copy = crate::credit::InFlightCopy::default();
         output.send_priority_event(barrier, &mut producer_copy);
         pump(&mut a, &mut b).unwrap();
         let (c, item) = gate.poll_next().unwrap();
         assert!(matches!(item, ChannelItem::Event(e) if e == barrier), "the barrier comes first: {item:?}");
-        let mut consumer_copy = Vec::new();
+        let mut consumer_copy = crate::credit::InFlightCopy::default();
         gate.copy_overtaken(c, &mut consumer_copy);
         let seqs = |copies: &[Vec<u8>]| -> Vec<u32> {
             copies
@@ -2553,8 +2554,8 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(seqs(&consumer_copy), [1], "in the consumer's queue when the barrier arrived");
-        assert_eq!(seqs(&producer_copy), [2, 3, 4, 5], "unwritten by the session or waiting for credit");
+        assert_eq!(seqs(&consumer_copy.buffers), [1], "in the consumer's queue when the barrier arrived");
+        assert_eq!(seqs(&producer_copy.buffers), [2, 3, 4, 5], "unwritten by the session or waiting for credit");
         // Every overtaken buffer is still delivered, in order, after the barrier.
         let mut after = Vec::new();
         while after.len() < 5 {

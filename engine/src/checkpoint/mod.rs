@@ -176,7 +176,8 @@ impl OperatorStateParts {
 }
 
 /// The in-flight data of one channel captured by an unaligned checkpoint: raw network buffers
-/// in the order they were sent, to be replayed before any new data on restore.
+/// in the order they were sent and the event-time events between them, to be replayed in that
+/// order before any new data on restore.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize)]
 pub struct ChannelState {
     /// Index of the channel in the task's input gate, or in its outputs (edge order, then
@@ -185,6 +186,50 @@ pub struct ChannelState {
     /// Bytes of whole buffers, each as the consumer reads it (the record layout of
     /// `corestream_netstack::record`), in order.
     pub buffers: Vec<Vec<u8>>,
+    /// Watermarks and watermark statuses that travelled between the buffers, in order, each
+    /// with its place (`after` non-decreasing, at most the number of buffers). Latency markers
+    /// are not kept; barriers and end of partition never are in-flight data.
+    pub events: Vec<ChannelEvent>,
+}
+
+/// An event of a channel's in-flight data, after the channel's first `after` buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize)]
+pub struct ChannelEvent {
+    pub after: u32,
+    pub event: TimeEvent,
+}
+
+/// The events kept in channel state: those that move a channel's event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize)]
+pub enum TimeEvent {
+    Watermark(i64),
+    /// `WatermarkStatus::Idle`.
+    Idle,
+    /// `WatermarkStatus::Active`.
+    Active,
+}
+
+/// One channel's part of an input gate's watermark valve (`time::WatermarkValve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize)]
+pub struct ChannelWatermark {
+    /// The highest watermark the channel delivered (`i64::MIN`: none yet).
+    pub watermark: i64,
+    pub idle: bool,
+    /// Takes part in the task's minimum (active and caught up with the clock).
+    pub aligned: bool,
+}
+
+/// An input task's watermark valve as of its snapshot: each channel's watermark and status and
+/// the task's event-time clock, so that a restored task combines the watermarks of its
+/// channels exactly as it did (a channel that had ended is live again after a restore: its
+/// producer runs again).
+#[derive(Debug, Clone, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize)]
+pub struct InputWatermarks {
+    pub clock: i64,
+    /// Every live channel was idle: the task reported idle downstream.
+    pub idle: bool,
+    /// By input channel index.
+    pub channels: Vec<ChannelWatermark>,
 }
 
 /// Everything one task snapshotted for one checkpoint: the state of each node of its chain
@@ -196,6 +241,8 @@ pub struct TaskSnapshot {
     pub nodes: Vec<(u32, OperatorStateParts)>,
     pub input_channels: Vec<ChannelState>,
     pub output_channels: Vec<ChannelState>,
+    /// Input tasks: their watermark valve (every checkpoint mode).
+    pub input_watermarks: Option<InputWatermarks>,
 }
 
 impl TaskSnapshot {
@@ -212,10 +259,13 @@ impl TaskSnapshot {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty() && self.input_channels.is_empty() && self.output_channels.is_empty()
+        self.nodes.is_empty()
+            && self.input_channels.is_empty()
+            && self.output_channels.is_empty()
+            && self.input_watermarks.is_none()
     }
 
-    /// Bytes of state and channel state, before encoding.
+    /// Bytes of state and channel state (buffers), before encoding.
     pub fn size_bytes(&self) -> usize {
         let channels = |c: &[ChannelState]| c.iter().flat_map(|s| &s.buffers).map(Vec::len).sum::<usize>();
         self.nodes.iter().map(|(_, s)| s.size_bytes()).sum::<usize>()

@@ -533,7 +533,10 @@ pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::metadata::tests::metadata;
     use crate::checkpoint::metadata::TaskEntry;
-    use crate::checkpoint::{ChannelState, OperatorStateParts, PartLayout, TaskCheckpointMetrics};
+    use crate::checkpoint::{
+        ChannelEvent, ChannelState, ChannelWatermark, InputWatermarks, OperatorStateParts, PartLayout,
+        TaskCheckpointMetrics, TimeEvent,
+    };
 
     pub(crate) fn snapshot(seed: u8) -> TaskSnapshot {
         let mut state = OperatorStateParts::default();
@@ -541,7 +544,11 @@ pub(crate) mod tests {
         state.push("position", PartLayout::Subtask, (seed as u64).to_le_bytes().to_vec());
         let mut snapshot = TaskSnapshot::default();
         snapshot.put_node(2, state);
-        snapshot.input_channels.push(ChannelState { channel: 1, buffers: vec![vec![seed; 64], vec![1, 2, 3]] });
+        let events = vec![ChannelEvent { after: 1, event: TimeEvent::Watermark(i64::from(seed)) }];
+        snapshot.input_channels.push(ChannelState { channel: 1, buffers: vec![vec![seed; 64], vec![1, 2, 3]], events });
+        let channel = ChannelWatermark { watermark: i64::from(seed), idle: false, aligned: true };
+        snapshot.input_watermarks =
+            Some(InputWatermarks { clock: i64::from(seed), idle: false, channels: vec![channel; 2] });
         snapshot
     }
 

@@ -12,14 +12,16 @@
 //!
 //! Checkpoint barriers: an aligned barrier is an ordinary event (behind parked records, then
 //! behind the channel's queued buffers). An unaligned barrier (a priority event) overtakes: the
-//! open buffers are sent, and the barrier goes to every channel ahead of the buffers waiting for
-//! credit, whose bytes become the task's output channel state (`OutputCapture`, collected
-//! while the task emits the barrier, `capturing`). Records parked before it are first written
-//! into buffers with the barrier's overdraft (half of the task's overdraft is kept for that);
-//! when even that is not enough, the barrier keeps its place and overtakes once the records
-//! before it are written, and the capture counts it as deferred until then. A restored task's
-//! output channel state is validated and sent on its channels, in full buffers from the pool
-//! and under credit, before any new output.
+//! open buffers are sent, and the barrier goes to every channel ahead of the buffers (and the
+//! events between them) waiting for credit, which become the task's output channel state
+//! (`OutputCapture`, collected while the task emits the barrier, `capturing`): the buffers'
+//! bytes, and the watermarks and statuses with their places among them. Records (and events)
+//! parked before it are first written into buffers with the barrier's overdraft (half of the
+//! task's overdraft is kept for that); when even that is not enough, the barrier keeps its
+//! place and overtakes once the items before it are written and sent, and the capture counts
+//! it as deferred until then. A restored task's output channel state is validated and sent on
+//! its channels, buffers in full buffers from the pool and under credit, events in their
+//! places, before any new output.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -28,12 +30,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use corestream_netstack::record::{validate_buffer, Written};
-use corestream_netstack::{BufferBuilder, BufferPool, Data, Event, OutputChannel, RecordWriter, SendOutcome};
+use corestream_netstack::{
+    BufferBuilder, BufferPool, Data, Event, InFlightCopy, OutputChannel, RecordWriter, SendOutcome,
+};
 use corestream_state::{key_group_for_hash, operator_index_for_key_group};
 
 use super::build::{KeyHashFn, OutputCtx, OutputEdgeRt};
 use super::metrics::TaskCounters;
-use crate::checkpoint::channel_state::{check_channels, AlignedBuffer, Direction};
+use crate::checkpoint::channel_state::{check_channels, AlignedBuffer, Direction, Replay};
 use crate::checkpoint::{ChannelState, PartLayout, TaskSnapshot};
 use crate::error::TaskError;
 use crate::graph::execution::OVERDRAFT_BUFFERS_PER_TASK;
@@ -120,6 +124,12 @@ struct ParkedEvent {
     capture: Option<(CaptureSink, u32)>,
 }
 
+/// An item of restored output channel state.
+enum Restored {
+    Buffer(Vec<u8>),
+    Event(Event),
+}
+
 enum Selector<T> {
     Single,
     RoundRobin { next: usize },
@@ -156,8 +166,8 @@ pub(crate) struct NetworkOutput<T: Data> {
     limit: u32,
     /// The state part naming this output's channels in a checkpoint.
     layout_name: String,
-    /// Restored output channel state still to send, in order: (edge, channel, bytes).
-    replay: VecDeque<(usize, usize, Vec<u8>)>,
+    /// Restored output channel state still to send, in order: (edge, channel, item).
+    replay: VecDeque<(usize, usize, Restored)>,
     marker_next: usize,
     /// Key hashes of the batch being written, per edge (empty for edges not hashed).
     hashes: Vec<Vec<u64>>,
@@ -490,15 +500,20 @@ impl<T: Data> NetworkOutput<T> {
     /// Sends restored output channel state, in order, while buffers are available; true when
     /// all of it is queued on its channels.
     fn send_replay(&mut self) -> Result<bool, TaskError> {
-        while !self.replay.is_empty() {
-            let Some(mut buf) = self.fresh_buffer()? else {
-                return Ok(false);
+        while let Some((e, c, item)) = self.replay.pop_front() {
+            let outcome = match item {
+                Restored::Event(event) => self.edges[e].channels[c].send_event(event),
+                Restored::Buffer(bytes) => {
+                    let Some(mut buf) = self.fresh_buffer()? else {
+                        self.replay.push_front((e, c, Restored::Buffer(bytes)));
+                        return Ok(false);
+                    };
+                    buf.spare_mut()[..bytes.len()].copy_from_slice(&bytes);
+                    buf.advance(bytes.len());
+                    TaskCounters::inc(&self.counters.bytes_out, bytes.len() as u64);
+                    self.edges[e].channels[c].send_buffer(buf.freeze())
+                }
             };
-            let (e, c, bytes) = self.replay.pop_front().expect("a restored buffer");
-            buf.spare_mut()[..bytes.len()].copy_from_slice(&bytes);
-            buf.advance(bytes.len());
-            TaskCounters::inc(&self.counters.bytes_out, bytes.len() as u64);
-            let outcome = self.edges[e].channels[c].send_buffer(buf.freeze());
             self.account(outcome);
         }
         Ok(true)
@@ -512,7 +527,7 @@ impl<T: Data> NetworkOutput<T> {
             self.flush_channel(e, c);
         }
         self.unflushed = false;
-        let mut overtaken = Vec::new();
+        let mut overtaken = InFlightCopy::default();
         for (i, (e, c)) in self.all_channels().into_iter().enumerate() {
             let outcome = match &capture {
                 Some(_) => {
@@ -523,11 +538,11 @@ impl<T: Data> NetworkOutput<T> {
             };
             self.account(outcome);
             if let Some((sink, base)) = &capture {
-                if !overtaken.is_empty() {
-                    let buffers = std::mem::take(&mut overtaken);
+                let state = ChannelState::from_copy(base + i as u32, std::mem::take(&mut overtaken));
+                if !state.is_empty() {
                     let mut sink = sink.borrow_mut();
-                    sink.bytes += buffers.iter().map(|b| b.len() as u64).sum::<u64>();
-                    sink.channels.push(ChannelState { channel: base + i as u32, buffers });
+                    sink.bytes += state.buffers.iter().map(|b| b.len() as u64).sum::<u64>();
+                    sink.channels.push(state);
                 }
             }
         }
@@ -624,18 +639,25 @@ impl<T: Data> Control for NetworkOutput<T> {
             .output_channels
             .iter()
             .filter(|c| (base..base + count).contains(&c.channel))
-            .map(|c| ChannelState { channel: c.channel - base, buffers: c.buffers.clone() })
+            .map(|c| ChannelState { channel: c.channel - base, ..c.clone() })
             .collect();
         check_channels(&mine, channels.len(), Direction::Output).map_err(|e| fail(e.to_string()))?;
         let mut aligned = AlignedBuffer::default();
-        for state in mine {
+        for mut state in mine {
             let (e, c) = channels[state.channel as usize];
-            for (index, bytes) in state.buffers.into_iter().enumerate() {
-                let channel = base + state.channel;
-                aligned
-                    .load_valid(&bytes, validate_buffer::<T>, Direction::Output, channel, index)
-                    .map_err(|e| fail(e.to_string()))?;
-                self.replay.push_back((e, c, bytes));
+            let channel = base + state.channel;
+            for step in state.replay() {
+                let item = match step {
+                    Replay::Buffer(index) => {
+                        let bytes = std::mem::take(&mut state.buffers[index]);
+                        aligned
+                            .load_valid(&bytes, validate_buffer::<T>, Direction::Output, channel, index)
+                            .map_err(|e| fail(e.to_string()))?;
+                        Restored::Buffer(bytes)
+                    }
+                    Replay::Event(event) => Restored::Event(event),
+                };
+                self.replay.push_back((e, c, item));
             }
         }
         Ok(())

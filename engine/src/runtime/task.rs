@@ -4,7 +4,9 @@
 //! flush at once; busy → flush after the buffer timeout). In-band events are handled between
 //! buffers: end-of-partition, watermarks (through the watermark valve), checkpoint barriers
 //! (through the barrier aligner) and latency markers. At end of input the chain finishes in
-//! bounded steps, signals end-of-partition and drains what credit allows.
+//! bounded steps, signals end-of-partition and drains what credit allows. A task restored from
+//! a checkpoint starts from the checkpoint's watermark valve and replays the in-flight data
+//! first: buffers and the watermarks and statuses between them, in their original order.
 //!
 //! With latency tracking on, a source task emits a latency marker after a batch (or an idle
 //! poll) once its interval has passed: one clock read per batch, none per record, nothing when
@@ -30,7 +32,7 @@ use super::build::{TaskInput, TaskSource};
 use super::job::JobShared;
 use super::metrics::TaskCounters;
 use crate::api::sources::SourceStatus;
-use crate::checkpoint::channel_state::AlignedBuffer;
+use crate::checkpoint::channel_state::{AlignedBuffer, Replay};
 use crate::error::TaskError;
 use crate::operators::{monotonic_ns, now_ms, Control, FlushReason, Readiness};
 use crate::time::{ValveOutput, WatermarkValve};
@@ -39,7 +41,7 @@ mod checkpoints;
 #[cfg(test)]
 mod tests;
 
-use checkpoints::{Checkpoints, Side};
+use checkpoints::{Checkpoints, Restored, Side};
 
 pub(crate) enum TaskBody {
     Source(Box<dyn TaskSource>),
@@ -300,30 +302,38 @@ async fn run_input(input: &mut dyn TaskInput, gate: &mut InputGate, env: &TaskEn
     let mut clock = FlushClock { timeout: env.buffer_timeout, dirty_since: None };
     let channels = gate.num_channels();
     let mut ck = env.checkpointing.clone().map(|c| Checkpoints::new(c, env.bell.clone(), Some(channels)));
+    let mut valve = WatermarkValve::new(channels);
     if let Some(ck) = &ck {
-        if let Some(snapshot) = ck.restore(&mut Side::Input(input, gate))? {
+        if let Some(Restored { snapshot, valve: restored }) = ck.restore(&mut Side::Input(input, gate, &valve))? {
+            if let Some(restored) = restored {
+                valve = restored;
+            }
             // In-flight data of the checkpoint first, before anything of the gate.
             let mut aligned = AlignedBuffer::default();
-            for at in Checkpoints::replay_order(&snapshot) {
+            for (channel, step) in Checkpoints::replay_order(&snapshot) {
                 check_cancelled(env)?;
-                drain_pending(&mut Side::Input(input, gate), env, &mut clock).await?;
-                wait_ready(&mut Side::Input(input, gate), env, &mut clock, None).await?;
-                ck.replay_buffer(input, &snapshot, at, &mut aligned)?;
-                clock.after_batch(input.chain())?;
+                drain_pending(&mut Side::Input(input, gate, &valve), env, &mut clock).await?;
+                wait_ready(&mut Side::Input(input, gate, &valve), env, &mut clock, None).await?;
+                match step {
+                    Replay::Buffer(index) => {
+                        ck.replay_buffer(input, &snapshot, (channel, index), &mut aligned)?;
+                        clock.after_batch(input.chain())?;
+                    }
+                    Replay::Event(event) => on_time_event(channel as usize, event, input, &mut valve)?,
+                }
                 glommio::yield_if_needed().await;
             }
         }
     }
-    let mut valve = WatermarkValve::new(channels);
     let mut ended = 0;
     let mut buffers = 0u64;
     while ended < channels {
         check_cancelled(env)?;
-        drain_pending(&mut Side::Input(input, gate), env, &mut clock).await?;
+        drain_pending(&mut Side::Input(input, gate, &valve), env, &mut clock).await?;
         if let Some(ck) = ck.as_mut() {
-            ck.at_boundary(&mut Side::Input(input, gate))?;
+            ck.at_boundary(&mut Side::Input(input, gate, &valve))?;
         }
-        wait_ready(&mut Side::Input(input, gate), env, &mut clock, ck.as_mut()).await?;
+        wait_ready(&mut Side::Input(input, gate, &valve), env, &mut clock, ck.as_mut()).await?;
         match gate.poll_next() {
             Some((c, ChannelItem::Buffer(buffer))) => {
                 if let Some(ck) = ck.as_mut().filter(|ck| ck.recording(c)) {
@@ -352,7 +362,7 @@ async fn run_input(input: &mut dyn TaskInput, gate: &mut InputGate, env: &TaskEn
         }
     }
     TaskCounters::inc(&env.counters.buffers_in, buffers % 8);
-    finish(&mut Side::Input(input, gate), env, &mut clock).await?;
+    finish(&mut Side::Input(input, gate, &valve), env, &mut clock).await?;
     if let Some(ck) = ck.as_mut() {
         ck.finished();
     }
@@ -372,7 +382,7 @@ fn on_event(
         Event::EndOfPartition => {
             *ended += 1;
             if let Some(ck) = checkpoints {
-                ck.on_end(channel, input, gate)?;
+                ck.on_end(channel, input, gate, valve)?;
             }
             if let Some(w) = valve.on_end(channel) {
                 if *ended < gate.num_channels() {
@@ -380,6 +390,32 @@ fn on_event(
                 }
             }
         }
+        Event::Watermark(_) | Event::WatermarkStatus(_) => {
+            // In-flight data of an unaligned checkpoint, as the buffers around it.
+            if let Some(ck) = checkpoints.filter(|ck| ck.recording(channel)) {
+                ck.record_event(channel, &event);
+            }
+            on_time_event(channel, event, input, valve)?;
+        }
+        Event::CheckpointBarrier { .. } => match checkpoints {
+            Some(ck) => ck.on_event(channel, event, input, gate, valve)?,
+            // Without checkpointing nothing creates barriers; one that arrives is passed on.
+            None => input.chain().emit_event(&event)?,
+        },
+        Event::LatencyMarker { .. } => input.chain().emit_event(&event)?,
+    }
+    Ok(())
+}
+
+/// A watermark or watermark status from `channel` (read or replayed): through the valve, which
+/// says what the chain gets.
+fn on_time_event(
+    channel: usize,
+    event: Event,
+    input: &mut dyn TaskInput,
+    valve: &mut WatermarkValve,
+) -> Result<(), TaskError> {
+    match event {
         Event::Watermark(ts) => {
             if let Some(w) = valve.on_watermark(channel, ts) {
                 input.chain().emit_event(&Event::Watermark(w))?;
@@ -394,12 +430,8 @@ fn on_event(
                 input.chain().emit_event(&event)?;
             }
         }
-        Event::CheckpointBarrier { .. } => match checkpoints {
-            Some(ck) => ck.on_event(channel, event, input, gate)?,
-            // Without checkpointing nothing creates barriers; one that arrives is passed on.
-            None => input.chain().emit_event(&event)?,
-        },
-        Event::LatencyMarker { .. } => input.chain().emit_event(&event)?,
+        // Only watermarks and statuses are handed here; nothing else moves event time.
+        Event::EndOfPartition | Event::CheckpointBarrier { .. } | Event::LatencyMarker { .. } => {}
     }
     Ok(())
 }

@@ -5,8 +5,15 @@
 //! it rejoins only once its watermark has caught up with the clock (it is "aligned" again), so
 //! the clock never moves backwards. When every live channel is idle the task itself reports
 //! idle downstream. A pure structure, tested without a runtime.
+//!
+//! A checkpoint keeps the valve of an input task ([`WatermarkValve::snapshot`]); a restored
+//! task starts from it ([`WatermarkValve::restore`], which checks the valve's invariants on
+//! what it reads), so that the in-flight data replayed after a restore meets the combined
+//! watermark it met in the original run.
 
 use corestream_netstack::WatermarkStatus;
+
+use crate::checkpoint::{ChannelWatermark, InputWatermarks};
 
 /// What the valve tells the task to forward downstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +31,20 @@ struct ChannelState {
     ended: bool,
 }
 
+/// Why a valve's snapshot cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValveRestoreError {
+    #[error("the restored watermarks are of {stored} input channels, but the task has {channels}")]
+    Channels { stored: usize, channels: usize },
+    #[error(
+        "restored input channel {channel} takes part in event time with watermark {watermark}, \
+         behind the task's clock {clock}"
+    )]
+    BehindClock { channel: usize, watermark: i64, clock: i64 },
+    #[error("restored input channel {channel} is idle and yet marked as taking part in event time")]
+    IdleAligned { channel: usize },
+}
+
 /// Per-channel watermarks and statuses of one input gate.
 #[derive(Debug, Clone)]
 pub struct WatermarkValve {
@@ -36,6 +57,39 @@ impl WatermarkValve {
     pub fn new(channels: usize) -> Self {
         let fresh = ChannelState { watermark: i64::MIN, idle: false, aligned: true, ended: false };
         Self { channels: vec![fresh; channels], current: i64::MIN, idle: false }
+    }
+
+    /// The valve as a checkpoint keeps it (a channel that ended as it was, apart from having
+    /// ended: its producer runs again after a restore; it rejoins the minimum once caught up).
+    pub fn snapshot(&self) -> InputWatermarks {
+        let channels = self
+            .channels
+            .iter()
+            .map(|c| ChannelWatermark { watermark: c.watermark, idle: c.idle, aligned: c.aligned })
+            .collect();
+        InputWatermarks { clock: self.current, idle: self.idle, channels }
+    }
+
+    /// The valve of a task with `channels` input channels restored from `state`, after checking
+    /// that it is one a valve can be in.
+    pub fn restore(state: &InputWatermarks, channels: usize) -> Result<Self, ValveRestoreError> {
+        if state.channels.len() != channels {
+            return Err(ValveRestoreError::Channels { stored: state.channels.len(), channels });
+        }
+        for (channel, c) in state.channels.iter().enumerate() {
+            if c.idle && c.aligned {
+                return Err(ValveRestoreError::IdleAligned { channel });
+            }
+            if c.aligned && c.watermark < state.clock {
+                return Err(ValveRestoreError::BehindClock { channel, watermark: c.watermark, clock: state.clock });
+            }
+        }
+        let channels = state
+            .channels
+            .iter()
+            .map(|c| ChannelState { watermark: c.watermark, idle: c.idle, aligned: c.aligned, ended: false })
+            .collect();
+        Ok(Self { channels, current: state.clock, idle: state.idle })
     }
 
     /// The task's current event-time clock.
@@ -185,6 +239,56 @@ mod tests {
         assert_eq!(v.on_status(1, Idle), vec![ValveOutput::Status(Idle)]);
         assert!(v.is_idle());
         assert_eq!(v.on_status(0, Active), vec![ValveOutput::Status(Active)]);
+    }
+
+    #[test]
+    fn a_restored_valve_combines_watermarks_as_the_original_does() {
+        let mut original = WatermarkValve::new(3);
+        original.on_watermark(0, 100);
+        original.on_watermark(1, 200);
+        original.on_watermark(2, 150);
+        original.on_status(2, Idle);
+        assert_eq!(original.current(), 100);
+        let state = original.snapshot();
+        let mut restored = WatermarkValve::restore(&state, 3).unwrap();
+        assert_eq!(restored.snapshot(), state);
+        for v in [&mut original, &mut restored] {
+            assert_eq!(v.on_watermark(0, 180), Some(180), "channel 2 is idle; channel 1 is at 200");
+            assert_eq!(v.on_status(2, Active), vec![]);
+            assert_eq!(v.on_watermark(0, 250), Some(200), "channel 2 is behind the clock: left out");
+        }
+        let mut fresh = WatermarkValve::new(3);
+        assert_eq!(fresh.on_watermark(0, 180), None, "without the snapshot the clock waits for every channel");
+    }
+
+    #[test]
+    fn a_valve_snapshot_is_checked_before_it_is_restored() {
+        let mut v = WatermarkValve::new(2);
+        v.on_watermark(0, 10);
+        v.on_watermark(1, 20);
+        v.on_status(1, Idle);
+        let state = v.snapshot();
+        assert_eq!(
+            WatermarkValve::restore(&state, 3).unwrap_err(),
+            ValveRestoreError::Channels { stored: 2, channels: 3 }
+        );
+        let mut behind = state.clone();
+        behind.clock = 11;
+        assert_eq!(
+            WatermarkValve::restore(&behind, 2).unwrap_err(),
+            ValveRestoreError::BehindClock { channel: 0, watermark: 10, clock: 11 }
+        );
+        let mut idle_aligned = state.clone();
+        idle_aligned.channels[1].aligned = true;
+        let err = WatermarkValve::restore(&idle_aligned, 2).unwrap_err();
+        assert_eq!(err, ValveRestoreError::IdleAligned { channel: 1 });
+        assert!(err.to_string().contains("input channel 1 is idle"), "{err}");
+        let mut ended = WatermarkValve::new(2);
+        ended.on_watermark(0, 5);
+        ended.on_end(1);
+        let mut restored = WatermarkValve::restore(&ended.snapshot(), 2).unwrap();
+        assert_eq!(restored.on_watermark(1, 7), None, "live again, behind nothing: rejoins at the clock");
+        assert_eq!(restored.on_watermark(0, 9), Some(7));
     }
 
     proptest! {

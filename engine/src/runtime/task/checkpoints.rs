@@ -3,9 +3,9 @@
 //! taking and what it captures as channel state, and the restore before its first input.
 //!
 //! A source task snapshots its position and chain between two batches and emits the barrier;
-//! an input task snapshots when its barrier handler says so, forwards the barrier and, for an
-//! unaligned checkpoint, keeps recording input buffers until every channel has delivered the
-//! barrier. The snapshot is reported once the input recording is complete and every network
+//! an input task snapshots its chain and its watermark valve when its barrier handler says so,
+//! forwards the barrier and, for an unaligned checkpoint, keeps recording input buffers and the
+//! watermarks and statuses between them until every channel has delivered the barrier. The snapshot is reported once the input recording is complete and every network
 //! output has sent its barrier (one whose records were parked sends it once they are written).
 //! Everything here runs between batches, at points where no firing is pending; the checks made
 //! there are one atomic load (the mailbox), one `Cell` (the aligned timeout) and one `Option`.
@@ -15,10 +15,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use corestream_netstack::{BarrierKind, Doorbell, Event, InputGate};
+use corestream_netstack::{BarrierKind, Doorbell, Event, InFlightCopy, InputGate};
 use tracing::debug;
 
-use crate::checkpoint::channel_state::{check_channels, AlignedBuffer, Direction, InputCapture};
+use crate::checkpoint::channel_state::{check_channels, AlignedBuffer, Direction, InputCapture, Replay};
 use crate::checkpoint::{
     source_barrier_kind, AlignmentAction, BarrierAligner, BarrierHandling, BarrierOptions, CheckpointId,
     CheckpointNotice, ControlMessage, TaskCheckpointMetrics, TaskCheckpointing, TaskSnapshot,
@@ -27,20 +27,29 @@ use crate::error::TaskError;
 use crate::operators::Control;
 use crate::runtime::build::{TaskInput, TaskSource};
 use crate::runtime::output::{capturing, CaptureSink, OutputCapture};
+use crate::time::WatermarkValve;
 
-/// The body of a task, as the checkpoint side sees it.
+/// The body of a task, as the checkpoint side sees it: a source, or an input task with its
+/// gate and the gate's watermark valve (read when it snapshots).
 pub(super) enum Side<'a> {
     Source(&'a mut dyn TaskSource),
-    Input(&'a mut dyn TaskInput, &'a mut InputGate),
+    Input(&'a mut dyn TaskInput, &'a mut InputGate, &'a WatermarkValve),
 }
 
 impl Side<'_> {
     pub(super) fn chain(&mut self) -> &mut dyn Control {
         match self {
             Side::Source(source) => source.chain(),
-            Side::Input(input, _) => input.chain(),
+            Side::Input(input, _, _) => input.chain(),
         }
     }
+}
+
+/// What a task restored from: the snapshot (its input channel state still to replay) and, for
+/// an input task whose snapshot has one, its watermark valve.
+pub(super) struct Restored {
+    pub snapshot: Arc<TaskSnapshot>,
+    pub valve: Option<WatermarkValve>,
 }
 
 /// The checkpoint this task is taking, from its snapshot until it is reported.
@@ -97,40 +106,48 @@ impl Checkpoints {
         }
     }
 
-    /// Restores the task before its first input: the chain's (or the source's) state, then the
-    /// input channel state replayed into the chain through `replay`, channel by channel, each
-    /// buffer validated first. Output channel state is restored by the network outputs, which
-    /// send it before any new output.
-    pub(super) fn restore(&self, side: &mut Side<'_>) -> Result<Option<Arc<TaskSnapshot>>, TaskError> {
+    /// Restores the task before its first input: the chain's (or the source's) state and, for
+    /// an input task, its watermark valve (returned: the task's valve is replaced by it). The
+    /// input channel state is checked here and replayed by the task ([`Checkpoints::replay_order`],
+    /// [`Checkpoints::replay_buffer`]) through the restored valve. Output channel state is
+    /// restored by the network outputs, which send it before any new output.
+    pub(super) fn restore(&self, side: &mut Side<'_>) -> Result<Option<Restored>, TaskError> {
         let Some(snapshot) = self.config.restore.clone() else {
             return Ok(None);
         };
-        match side {
+        let task = self.config.task;
+        let valve = match side {
             Side::Source(source) => {
                 source.restore_state(&snapshot)?;
-                if !snapshot.input_channels.is_empty() {
+                if !snapshot.input_channels.is_empty() || snapshot.input_watermarks.is_some() {
                     return Err(failed(format!(
-                        "{}: the restored state has input channel state but the task is a source",
-                        self.config.task
+                        "{task}: the restored state has input channel state or input watermarks but the task is a source"
                     )));
                 }
+                None
             }
-            Side::Input(input, gate) => {
+            Side::Input(input, gate, _) => {
                 input.chain().restore_state(&snapshot)?;
                 check_channels(&snapshot.input_channels, gate.num_channels(), Direction::Input)
-                    .map_err(|e| failed(format!("{}: {e}", self.config.task)))?;
+                    .map_err(|e| failed(format!("{task}: {e}")))?;
+                snapshot
+                    .input_watermarks
+                    .as_ref()
+                    .map(|state| WatermarkValve::restore(state, gate.num_channels()))
+                    .transpose()
+                    .map_err(|e| failed(format!("{task}: {e}")))?
             }
-        }
-        debug!(task = %self.config.task, "restored from a checkpoint");
-        Ok(Some(snapshot))
+        };
+        debug!(%task, "restored from a checkpoint");
+        Ok(Some(Restored { snapshot, valve }))
     }
 
-    /// The buffers of restored input channel state, in replay order: channel by channel (in
-    /// channel order), each channel's buffers in the order they were sent.
-    pub(super) fn replay_order(snapshot: &TaskSnapshot) -> Vec<(u32, usize)> {
+    /// Restored input channel state in replay order: channel by channel (in channel order),
+    /// each channel's buffers and events in the order they were sent.
+    pub(super) fn replay_order(snapshot: &TaskSnapshot) -> Vec<(u32, Replay)> {
         let mut channels: Vec<&crate::checkpoint::ChannelState> = snapshot.input_channels.iter().collect();
         channels.sort_by_key(|c| c.channel);
-        channels.iter().flat_map(|c| (0..c.buffers.len()).map(move |i| (c.channel, i))).collect()
+        channels.iter().flat_map(|c| c.replay().into_iter().map(move |step| (c.channel, step))).collect()
     }
 
     /// Feeds one restored input buffer to the chain, validated in an aligned copy.
@@ -164,6 +181,17 @@ impl Checkpoints {
         }
     }
 
+    /// Keeps an event read from a recorded channel (watermarks and statuses; others are not
+    /// channel state).
+    pub(super) fn record_event(&mut self, channel: usize, event: &Event) {
+        let Some(capture) = self.taking.as_mut().and_then(|t| t.input.as_mut()) else {
+            return;
+        };
+        if let Err(e) = capture.push_event(channel, event) {
+            self.give_up(e.to_string());
+        }
+    }
+
     /// Work at a batch boundary: the mailbox, the aligned timeout, and reporting a snapshot
     /// whose last output barrier has gone out.
     pub(super) fn at_boundary(&mut self, side: &mut Side<'_>) -> Result<(), TaskError> {
@@ -174,9 +202,9 @@ impl Checkpoints {
             }
         }
         if let Some(checkpoint_id) = self.timed_out.take() {
-            if let (Some(aligner), Side::Input(input, gate)) = (self.aligner.as_mut(), &mut *side) {
+            if let (Some(aligner), Side::Input(input, gate, valve)) = (self.aligner.as_mut(), &mut *side) {
                 let actions = aligner.on_timeout(checkpoint_id);
-                self.apply(actions, &mut **input, gate, false)?;
+                self.apply(actions, &mut **input, gate, valve, false)?;
             }
         }
         self.maybe_report();
@@ -188,9 +216,9 @@ impl Checkpoints {
     /// input channels, which must not wait for the output.
     pub(super) fn while_blocked(&mut self, side: &mut Side<'_>) -> Result<(), TaskError> {
         self.at_boundary(side)?;
-        if let Side::Input(input, gate) = side {
+        if let Side::Input(input, gate, valve) = side {
             while let Some((channel, event)) = gate.poll_priority() {
-                self.on_event(channel, event, &mut **input, gate)?;
+                self.on_event(channel, event, &mut **input, gate, valve)?;
             }
         }
         self.maybe_report();
@@ -210,10 +238,10 @@ impl Checkpoints {
                 side.chain().notify_checkpoint(notice)?;
                 if let CheckpointNotice::Aborted(checkpoint_id) = notice {
                     match side {
-                        Side::Input(input, gate) => {
+                        Side::Input(input, gate, valve) => {
                             if let Some(aligner) = self.aligner.as_mut() {
                                 let actions = aligner.on_aborted(checkpoint_id);
-                                self.apply(actions, &mut **input, gate, false)?;
+                                self.apply(actions, &mut **input, gate, valve, false)?;
                             }
                         }
                         Side::Source(_) => {
@@ -270,6 +298,7 @@ impl Checkpoints {
         event: Event,
         input: &mut dyn TaskInput,
         gate: &mut InputGate,
+        valve: &WatermarkValve,
     ) -> Result<(), TaskError> {
         let Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind } = event else {
             unreachable!("only checkpoint barriers are handled here, not {event:?}");
@@ -286,7 +315,7 @@ impl Checkpoints {
         if first {
             self.alignment_started = Some(Instant::now());
         }
-        self.apply(actions, input, gate, first)
+        self.apply(actions, input, gate, valve, first)
     }
 
     /// End of partition on `channel`.
@@ -295,9 +324,10 @@ impl Checkpoints {
         channel: usize,
         input: &mut dyn TaskInput,
         gate: &mut InputGate,
+        valve: &WatermarkValve,
     ) -> Result<(), TaskError> {
         let actions = self.aligner.as_mut().expect("an input task").on_end(channel);
-        self.apply(actions, input, gate, false)
+        self.apply(actions, input, gate, valve, false)
     }
 
     /// Carries out the handler's actions; `first`: they answer the checkpoint's first barrier.
@@ -306,6 +336,7 @@ impl Checkpoints {
         actions: Vec<AlignmentAction>,
         input: &mut dyn TaskInput,
         gate: &mut InputGate,
+        valve: &WatermarkValve,
         first: bool,
     ) -> Result<(), TaskError> {
         for action in actions {
@@ -317,13 +348,13 @@ impl Checkpoints {
                     // Aligning ends with the snapshot, except for a checkpoint unaligned from
                     // its first barrier, whose alignment lasts until its last one.
                     let aligning_ends = kind == BarrierKind::Aligned || !first;
-                    self.snapshot(input, gate.num_channels(), checkpoint_id, timestamp_ms, kind, aligning_ends)?
+                    self.snapshot(input, valve, checkpoint_id, timestamp_ms, kind, aligning_ends)?
                 }
                 AlignmentAction::CopyOvertaken(c) => {
-                    let mut buffers = Vec::new();
-                    gate.copy_overtaken(c, &mut buffers);
+                    let mut copy = InFlightCopy::default();
+                    gate.copy_overtaken(c, &mut copy);
                     if let Some(capture) = self.taking.as_mut().and_then(|t| t.input.as_mut()) {
-                        if let Err(e) = capture.extend(c, buffers) {
+                        if let Err(e) = capture.extend(c, copy) {
                             self.give_up(e.to_string());
                         }
                     }
@@ -358,11 +389,11 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Snapshots the chain and forwards the barrier (an input task).
+    /// Snapshots the chain and the watermark valve and forwards the barrier (an input task).
     fn snapshot(
         &mut self,
         input: &mut dyn TaskInput,
-        channels: usize,
+        valve: &WatermarkValve,
         checkpoint_id: CheckpointId,
         timestamp_ms: i64,
         kind: BarrierKind,
@@ -374,6 +405,9 @@ impl Checkpoints {
             self.decline(checkpoint_id, format!("the snapshot failed: {}", describe(&e)));
             return Err(e);
         }
+        let watermarks = valve.snapshot();
+        let channels = watermarks.channels.len();
+        snapshot.input_watermarks = Some(watermarks);
         let barrier = Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind };
         let output = Rc::new(RefCell::new(OutputCapture::default()));
         let unaligned = kind == BarrierKind::Unaligned;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use corestream_netstack::record::{deserialize, validate_buffer, BufferValidator, RecordIter, RecordWriter};
 use corestream_netstack::{
-    BarrierKind, Buffer, BufferPool, ChannelItem, CreditConfig, Doorbell, Event, InputGate, LocalChannel, OutputChannel,
+    BarrierKind, Buffer, BufferPool, ChannelItem, CreditConfig, Doorbell, Event, InFlightCopy, InputGate, LocalChannel,
+    OutputChannel,
 };
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -86,6 +87,15 @@ fn buffer_of(pool: &BufferPool, values: &[u64]) -> Buffer {
     buf.freeze()
 }
 
+/// A watermark or status as the traces write it; other events are not traced.
+fn traced_event(event: &Event) -> Option<String> {
+    match event {
+        Event::Watermark(w) => Some(format!("W{w}")),
+        Event::WatermarkStatus(status) => Some(format!("{status:?}")),
+        _ => None,
+    }
+}
+
 fn barrier(checkpoint_id: CheckpointId, kind: BarrierKind) -> Event {
     Event::CheckpointBarrier { checkpoint_id, timestamp_ms: 0, kind }
 }
@@ -94,6 +104,8 @@ fn barrier(checkpoint_id: CheckpointId, kind: BarrierKind) -> Event {
 #[derive(Default)]
 struct Seen {
     values: Vec<u64>,
+    /// Values and the watermarks and statuses the chain got, in order ("7", "W70", "Idle").
+    trace: Vec<String>,
     restored: Option<Vec<u64>>,
     notices: Vec<CheckpointNotice>,
 }
@@ -108,6 +120,9 @@ struct Recorder {
 
 impl Control for Recorder {
     fn emit_event(&mut self, event: &Event) -> Result<(), TaskError> {
+        if let Some(traced) = traced_event(event) {
+            self.seen.borrow_mut().trace.push(traced);
+        }
         self.out.as_mut().map_or(Ok(()), |o| o.emit_event(event))
     }
     fn finish_step(&mut self, max_records: usize) -> Result<bool, TaskError> {
@@ -151,7 +166,10 @@ impl TaskInput for Recorder {
         // SAFETY: the test's producers write buffers of `u64` records; restored buffers are
         // validated by the task before they get here.
         let values: Vec<u64> = unsafe { RecordIter::<u64>::new(bytes) }.map(deserialize::<u64>).collect();
-        self.seen.borrow_mut().values.extend(&values);
+        let mut seen = self.seen.borrow_mut();
+        seen.values.extend(&values);
+        seen.trace.extend(values.iter().map(u64::to_string));
+        drop(seen);
         if let Some(out) = self.out.as_mut() {
             self.batch.extend(values);
             out.emit_batch(&mut self.batch)?;
@@ -476,8 +494,9 @@ fn restored_snapshot(input: Vec<Vec<u8>>, output: Vec<Vec<u8>>) -> TaskSnapshot 
     parts.push("network-output", PartLayout::Subtask, [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat());
     TaskSnapshot {
         nodes: vec![(NODE as u32, parts)],
-        input_channels: vec![ChannelState { channel: 0, buffers: input }],
-        output_channels: vec![ChannelState { channel: 0, buffers: output }],
+        input_channels: vec![ChannelState::of_buffers(0, input)],
+        output_channels: vec![ChannelState::of_buffers(0, output)],
+        input_watermarks: None,
     }
 }
 
@@ -619,9 +638,9 @@ fn records_parked_ahead_of_an_unaligned_barrier_are_channel_state() {
                     Some((_, ChannelItem::Event(Event::EndOfPartition))) => break,
                     Some((c, ChannelItem::Event(Event::CheckpointBarrier { .. }))) => {
                         // What waited in the consumer's queue is the consumer's to copy.
-                        let mut copied = Vec::new();
+                        let mut copied = InFlightCopy::default();
                         down_gate.copy_overtaken(c, &mut copied);
-                        consumer_copy = copied.iter().flat_map(|b| values_of(b)).collect();
+                        consumer_copy = copied.buffers.iter().flat_map(|b| values_of(b)).collect();
                         barrier_seen = true;
                     }
                     Some((c, ChannelItem::Buffer(b))) => {
@@ -677,4 +696,167 @@ fn records_parked_ahead_of_an_unaligned_barrier_are_channel_state() {
 /// Where two sequences first differ (index and the values there), without printing them whole.
 fn first_difference(a: &[u64], b: &[u64]) -> Option<(usize, Option<u64>, Option<u64>)> {
     (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)).map(|i| (i, a.get(i).copied(), b.get(i).copied()))
+}
+
+/// Everything the test's consumer of `gate` (one channel) reads until end of partition, traced
+/// (buffers by their values, e.g. "[1, 2]"; barriers as "barrier"), returning credit as it goes.
+async fn read_all(gate: &mut InputGate) -> Vec<String> {
+    let mut items = Vec::new();
+    loop {
+        match gate.poll_next() {
+            Some((_, ChannelItem::Event(Event::EndOfPartition))) => return items,
+            Some((c, ChannelItem::Buffer(b))) => {
+                items.push(format!("{:?}", values_of(b.as_slice())));
+                drop(b);
+                gate.release(c);
+            }
+            Some((_, ChannelItem::Event(Event::CheckpointBarrier { .. }))) => items.push("barrier".into()),
+            Some((_, ChannelItem::Event(e))) => items.extend(traced_event(&e)),
+            None => {
+                gate.release(0);
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+}
+
+/// The snapshot as the task's files hold it (encoded, validated, decoded).
+fn through_bytes(snapshot: &TaskSnapshot) -> TaskSnapshot {
+    corestream_state::part::decode(&corestream_state::part::encode(snapshot).unwrap()).unwrap()
+}
+
+/// An unaligned checkpoint of a backpressured task with watermarks between the buffers on both
+/// sides: the output's barrier overtakes [1], W5, [2] waiting for credit, the input's overtakes
+/// W10, [3], W20, [4] waiting in the gate. Both are channel state with their watermarks in place,
+/// next to the valve at W5. A task restored from that snapshot (through its encoding) sends
+/// downstream exactly what the original sent after its barrier, and its chain gets the records
+/// and watermarks exactly as the original's did after its snapshot.
+#[test]
+fn watermarks_in_channel_state_are_replayed_in_their_original_order() {
+    use crate::checkpoint::{ChannelEvent, TimeEvent};
+
+    let h = Harness::new(options(CheckpointMode::ExactlyOnce, true, None));
+    let (mut ins, gate) = h.inputs(1, 8);
+    let (down, mut down_gate) = h.downstream(0);
+    let out = output(&h.pool, down, 2);
+    let env = h.env();
+    let reports = h.reports.clone();
+    let pool = h.pool.clone();
+    let (original_trace, original_down) = on_executor(async move {
+        let seen = Rc::new(RefCell::new(Seen::default()));
+        let input = Box::new(Recorder { seen: seen.clone(), out: Some(out), batch: Vec::new() });
+        let task = glommio::spawn_local(run(TaskBody::Input { input, gate }, env));
+        let settle = || glommio::timer::sleep(Duration::from_millis(20));
+        ins[0].send_buffer(buffer_of(&pool, &[1]));
+        ins[0].send_event(Event::Watermark(5));
+        ins[0].send_buffer(buffer_of(&pool, &[2]));
+        settle().await;
+        assert_eq!(seen.borrow().trace, ["1", "W5", "2"], "two buffers wait for credit: the task is blocked");
+        ins[0].send_event(Event::Watermark(10));
+        ins[0].send_buffer(buffer_of(&pool, &[3]));
+        ins[0].send_event(Event::Watermark(20));
+        ins[0].send_buffer(buffer_of(&pool, &[4]));
+        ins[0].send_event(barrier(1, BarrierKind::Unaligned));
+        settle().await;
+        assert_eq!(reports.taken().len(), 1, "the checkpoint completed while the task was blocked");
+        ins[0].send_event(Event::EndOfPartition);
+        let down = read_all(&mut down_gate).await;
+        task.await.unwrap();
+        let trace = std::mem::take(&mut seen.borrow_mut().trace);
+        (trace, down)
+    });
+    assert_eq!(original_trace, ["1", "W5", "2", "W10", "3", "W20", "4"]);
+    assert_eq!(original_down, ["barrier", "[1]", "W5", "[2]", "W10", "[3]", "W20", "[4]"]);
+    let (_, snapshot, _) = h.reports.taken().remove(0);
+    assert_eq!(seen_in(&snapshot), [1, 2]);
+    let at = |after, w| ChannelEvent { after, event: TimeEvent::Watermark(w) };
+    let in_state = &snapshot.input_channels[0];
+    assert_eq!(in_state.buffers.iter().map(|b| values_of(b)).collect::<Vec<_>>(), [vec![3], vec![4]]);
+    assert_eq!(in_state.events, [at(0, 10), at(1, 20)]);
+    let out_state = &snapshot.output_channels[0];
+    assert_eq!(out_state.buffers.iter().map(|b| values_of(b)).collect::<Vec<_>>(), [vec![1], vec![2]]);
+    assert_eq!(out_state.events, [at(1, 5)]);
+    let valve = snapshot.input_watermarks.as_ref().expect("the valve");
+    assert_eq!((valve.clock, valve.channels[0].watermark), (5, 5));
+
+    let mut h = Harness::new(BarrierOptions::default());
+    h.restore = Some(Arc::new(through_bytes(&snapshot)));
+    let (mut ins, gate) = h.inputs(1, 8);
+    ins[0].send_event(Event::EndOfPartition);
+    let (down, mut down_gate) = h.downstream(16);
+    let out = output(&h.pool, down, 2);
+    let (result, seen) = run_recorder(&h, gate, Some(out));
+    result.unwrap();
+    assert_eq!(seen.trace, original_trace[3..], "after the restored state, as the original after its snapshot");
+    let restored_down = on_executor(async move { read_all(&mut down_gate).await });
+    assert_eq!(restored_down, original_down[1..], "downstream gets what it got after the original's barrier");
+    assert_eq!(h.pool.in_use(), 0);
+}
+
+/// A restored task with two input channels starts from the checkpoint's watermark valve: the
+/// replayed W55 is behind channel 0's restored watermark (ignored), W70 and W80 advance the
+/// combined watermark at once because channel 1 stood at 200 (with a fresh valve, channel 1
+/// would hold it back until it sent a watermark again, and records 7 and 8 would meet an older
+/// event time than in the original run), and an idle status in the in-flight data takes effect
+/// in its place.
+#[test]
+fn a_restored_task_combines_replayed_watermarks_with_the_restored_valve() {
+    use crate::checkpoint::{ChannelEvent, ChannelWatermark, InputWatermarks, TimeEvent};
+
+    let mut h = Harness::new(BarrierOptions::default());
+    let bytes = |values: &[u64]| buffer_of(&h.pool, values).as_slice().to_vec();
+    let mut snapshot = restored_snapshot(vec![bytes(&[7]), bytes(&[8])], vec![bytes(&[42]), bytes(&[43])]);
+    let at = |after, event| ChannelEvent { after, event };
+    snapshot.input_channels[0].events = vec![
+        at(0, TimeEvent::Watermark(55)),
+        at(0, TimeEvent::Watermark(70)),
+        at(1, TimeEvent::Watermark(80)),
+        at(2, TimeEvent::Idle),
+    ];
+    snapshot.output_channels[0].events = vec![at(1, TimeEvent::Watermark(40))];
+    let channel = |watermark| ChannelWatermark { watermark, idle: false, aligned: true };
+    snapshot.input_watermarks =
+        Some(InputWatermarks { clock: 60, idle: false, channels: vec![channel(60), channel(200)] });
+    h.restore = Some(Arc::new(through_bytes(&snapshot)));
+    let (mut ins, gate) = h.inputs(2, 8);
+    ins[1].send_buffer(buffer_of(&h.pool, &[9]));
+    ins[1].send_event(Event::Watermark(250));
+    ins[0].send_event(Event::EndOfPartition);
+    ins[1].send_event(Event::EndOfPartition);
+    let (down, mut down_gate) = h.downstream(16);
+    let out = output(&h.pool, down, 4);
+    let (result, seen) = run_recorder(&h, gate, Some(out));
+    result.unwrap();
+    assert_eq!(
+        seen.trace,
+        ["W70", "7", "W80", "8", "W200", "9", "W250"],
+        "channel 0 going idle releases the clock to channel 1's 200"
+    );
+    let down = on_executor(async move { read_all(&mut down_gate).await });
+    assert_eq!(down, ["[42]", "W40", "[43]", "W70", "[7]", "W80", "[8]", "W200", "[9]", "W250"]);
+
+    let mut wrong = snapshot.clone();
+    wrong.input_watermarks.as_mut().unwrap().channels.pop();
+    h.restore = Some(Arc::new(wrong));
+    let (_ins, gate) = h.inputs(2, 8);
+    let (result, seen) = run_recorder(&h, gate, None);
+    match result {
+        Err(TaskError::Checkpoint { message, .. }) => {
+            assert!(message.contains("watermarks are of 1 input channels, but the task has 2"), "{message}")
+        }
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
+    assert!(seen.trace.is_empty(), "nothing is replayed from a refused state");
+
+    let mut misplaced = snapshot;
+    misplaced.input_channels[0].events.push(at(3, TimeEvent::Active));
+    h.restore = Some(Arc::new(misplaced));
+    let (_ins, gate) = h.inputs(2, 8);
+    let (result, _) = run_recorder(&h, gate, None);
+    match result {
+        Err(TaskError::Checkpoint { message, .. }) => {
+            assert!(message.contains("event 4 of restored input channel 0 is placed after buffer 3"), "{message}")
+        }
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
 }
