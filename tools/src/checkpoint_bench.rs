@@ -101,7 +101,8 @@ impl Bench {
             .context("cannot start the local cluster")?;
         let api = cluster.api().ok_or_else(|| anyhow!("the local cluster has no JobManager"))?;
         let parallelism = common.parallelism.unwrap_or(cluster.num_slots());
-        let dir = tempfile::Builder::new().prefix("corestream-bench-ck-").tempdir().context("cannot create a directory")?;
+        let dir =
+            tempfile::Builder::new().prefix("corestream-bench-ck-").tempdir().context("cannot create a directory")?;
         Ok(Self { _cluster: cluster, api, dir, parallelism })
     }
 

@@ -207,7 +207,7 @@ fn bench_slow_sink(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<
     let bytes = a.record_bytes as usize;
     let delay = std::time::Duration::from_micros(a.sink_delay_us);
     env.from_generator(a.records, move |i| (i, vec![(i % 251) as u8; bytes]))
-        .key_by(|r: &(u64, Vec<u8>)| r.0 % 64)
+        .rebalance()
         .map(|r: (u64, Vec<u8>)| r)
         .name("Pass")
         .add_sink("Sink: slow", move |_| Ok(SlowSink { delay }));

@@ -76,6 +76,7 @@ pub fn common_of(command: &Command) -> Option<&Common> {
             | BenchCommand::Latency { common, .. }
             | BenchCommand::Network { common, .. },
         ) => Some(common),
+        Command::Bench(BenchCommand::Checkpoints(args)) => Some(&args.common),
         Command::Bench(BenchCommand::Transport { .. })
         | Command::Demo(_)
         | Command::Profile(_)
@@ -99,6 +100,7 @@ pub fn check_processes(command: &Command) -> Result<(), String> {
         Command::Bench(BenchCommand::KeyedSum { .. }) => "bench keyed-sum",
         Command::Bench(BenchCommand::Window { .. }) => "bench window",
         Command::Bench(BenchCommand::Nexmark { .. }) => "bench nexmark",
+        Command::Bench(BenchCommand::Checkpoints(_)) => "bench checkpoints",
         _ => return Ok(()),
     };
     match common_of(command) {

@@ -49,6 +49,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 enum Command {
     /// Run an example job.
     #[command(subcommand)]

@@ -62,6 +62,37 @@ pub fn commit_all(files: Vec<(PathBuf, Vec<u8>)>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks an output directory of part files (the exactly-once file sink's): it is a directory
+/// or does not exist yet (the sink creates it; its parent must exist), and it is none of
+/// `inputs` and holds none of them.
+pub fn check_output_dir(dir: &Path, inputs: &[&Path]) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(format!("'{}' is not a directory: part files need a directory of their own", dir.display()))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                return Err(format!("cannot create '{}': '{}' is not a directory", dir.display(), parent.display()));
+            }
+        }
+        Err(e) => return Err(format!("cannot use '{}' as an output directory: {e}", dir.display())),
+    }
+    let real_dir = std::fs::canonicalize(dir).ok();
+    for input in inputs {
+        let real_input = std::fs::canonicalize(input).unwrap_or_else(|_| input.to_path_buf());
+        if real_dir.as_ref().is_some_and(|d| real_input.starts_with(d)) {
+            return Err(format!(
+                "the output directory '{}' holds the input '{}'; give another directory",
+                dir.display(),
+                input.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,35 +129,4 @@ mod tests {
         commit_all(vec![(a.clone(), b"new".to_vec())]).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"new");
     }
-}
-
-/// Checks an output directory of part files (the exactly-once file sink's): it is a directory
-/// or does not exist yet (the sink creates it; its parent must exist), and it is none of
-/// `inputs` and holds none of them.
-pub fn check_output_dir(dir: &Path, inputs: &[&Path]) -> Result<(), String> {
-    match std::fs::metadata(dir) {
-        Ok(meta) if !meta.is_dir() => {
-            return Err(format!("'{}' is not a directory: part files need a directory of their own", dir.display()))
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            if !parent.is_dir() {
-                return Err(format!("cannot create '{}': '{}' is not a directory", dir.display(), parent.display()));
-            }
-        }
-        Err(e) => return Err(format!("cannot use '{}' as an output directory: {e}", dir.display())),
-    }
-    let real_dir = std::fs::canonicalize(dir).ok();
-    for input in inputs {
-        let real_input = std::fs::canonicalize(input).unwrap_or_else(|_| input.to_path_buf());
-        if real_dir.as_ref().is_some_and(|d| real_input.starts_with(d)) {
-            return Err(format!(
-                "the output directory '{}' holds the input '{}'; give another directory",
-                dir.display(),
-                input.display()
-            ));
-        }
-    }
-    Ok(())
 }

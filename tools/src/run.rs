@@ -28,6 +28,7 @@ pub enum InvalidUtf8 {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum RunCommand {
     /// Count words of a text file; writes `word<TAB>count` lines.
     Wordcount {

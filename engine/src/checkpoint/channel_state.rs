@@ -150,7 +150,7 @@ impl InputCapture {
         self.checkpoint
     }
 
-    /// Bytes captured so far (events counted as [`EVENT_BYTES`] each).
+    /// Bytes captured so far (an event counts as the size of one in memory).
     pub fn bytes(&self) -> u64 {
         self.bytes
     }

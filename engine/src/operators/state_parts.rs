@@ -69,9 +69,9 @@ pub(crate) fn get_one<T: Data>(
 /// a rescale deals them like any list state).
 pub(crate) fn put_watermarks(into: &mut OperatorStateParts, name: &str, watermarks: &[i64]) -> Result<(), PartError> {
     let elements =
-        watermarks.iter().map(|w| corestream_netstack::record::to_bytes(w)).collect::<Result<Vec<_>, _>>().map_err(
-            |e| PartError::state(name, StateError::Serialization { what: "i64".into(), reason: e.to_string() }),
-        )?;
+        watermarks.iter().map(corestream_netstack::record::to_bytes).collect::<Result<Vec<_>, _>>().map_err(|e| {
+            PartError::state(name, StateError::Serialization { what: "i64".into(), reason: e.to_string() })
+        })?;
     let list = crate::operators::operator_state::ListStateBytes { value_type: "i64".into(), elements };
     into.push(name, PartLayout::OperatorList, list.encode(name)?);
     Ok(())

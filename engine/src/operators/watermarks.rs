@@ -6,7 +6,7 @@
 //! the final watermark of a bounded input, which is forwarded.
 //!
 //! A checkpoint keeps the last watermark the link emitted (part `watermark`,
-//! [`PartLayout::OperatorList`]; after a rescale the lowest a subtask receives). A restored link
+//! [`PartLayout::OperatorList`](crate::checkpoint::PartLayout::OperatorList); after a rescale the lowest a subtask receives). A restored link
 //! emits it again before anything else, so the operators downstream have their event time
 //! back at once, and afterwards emits only watermarks above it — the generator restarts empty
 //! (as in Flink), but the watermarks that leave the link are those of a run without the
