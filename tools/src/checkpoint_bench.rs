@@ -76,6 +76,15 @@ pub struct CheckpointBenchArgs {
     /// backpressure: time the sink takes per record.
     #[arg(long, value_parser = parse_positive_duration, default_value = "10ms")]
     pub sink_delay: Duration,
+    /// Where the runs' checkpoints go: a directory made inside DIR for this benchmark and
+    /// removed at its end (default: the system's temporary directory). Put it on the disk
+    /// whose cost you want to measure.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_parent: Option<std::path::PathBuf>,
+    /// Keep the runs' checkpoint directories (named on standard output) instead of removing
+    /// them, to inspect them with `corestream checkpoints list`.
+    #[arg(long)]
+    pub keep_checkpoints: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -96,13 +105,21 @@ struct RunFigures {
 }
 
 impl Bench {
-    fn start(common: &Common) -> anyhow::Result<Self> {
+    fn start(a: &CheckpointBenchArgs) -> anyhow::Result<Self> {
+        let common = &a.common;
         let cluster = LocalCluster::start_with_jobs(common.cluster_config()?, crate::jobs::registry())
             .context("cannot start the local cluster")?;
         let api = cluster.api().ok_or_else(|| anyhow!("the local cluster has no JobManager"))?;
         let parallelism = common.parallelism.unwrap_or(cluster.num_slots());
-        let dir =
-            tempfile::Builder::new().prefix("corestream-bench-ck-").tempdir().context("cannot create a directory")?;
+        let parent = a.checkpoint_parent.clone().unwrap_or_else(std::env::temp_dir);
+        let mut dir = tempfile::Builder::new()
+            .prefix("corestream-bench-ck-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("cannot create a directory in '{}'", parent.display()))?;
+        if a.keep_checkpoints {
+            dir.disable_cleanup(true);
+            println!("checkpoints kept in {}", dir.path().display());
+        }
         Ok(Self { _cluster: cluster, api, dir, parallelism })
     }
 
@@ -173,7 +190,7 @@ pub fn run(args: CheckpointBenchArgs) -> anyhow::Result<()> {
 }
 
 fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
-    let bench = Bench::start(&a.common)?;
+    let bench = Bench::start(a)?;
     let events = a.events.to_string();
     let (job, args): (&str, Vec<String>) = match a.workload {
         Workload::Window => (
@@ -236,7 +253,7 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
 }
 
 fn backpressure(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
-    let bench = Bench::start(&a.common)?;
+    let bench = Bench::start(a)?;
     let args: Vec<String> = [
         "--records".to_string(),
         a.events.to_string(),
@@ -280,7 +297,7 @@ fn backpressure(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
 }
 
 fn state_size(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
-    let bench = Bench::start(&a.common)?;
+    let bench = Bench::start(a)?;
     println!("checkpoints of keyed state (heap backend), p={}, every {:?}", bench.parallelism, a.interval);
     for &keys in &a.key_counts {
         let records = a.events.max(keys * 2);
