@@ -254,7 +254,7 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
 
 fn backpressure(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
     let bench = Bench::start(a)?;
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--records".to_string(),
         a.events.to_string(),
         "--record-bytes".into(),
@@ -263,8 +263,12 @@ fn backpressure(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
         a.sink_delay.as_micros().to_string(),
     ]
     .to_vec();
+    if let Some(rate) = a.common.source_rate {
+        args.extend(["--source-rate".to_string(), rate.to_string()]);
+    }
+    let pacing = a.common.source_rate.map_or("unpaced".to_string(), |r| format!("paced at {r}/s each"));
     println!(
-        "checkpoints behind a slow sink: {} records of {} bytes, {:?} per record at the sink, p={}, every {:?}",
+        "checkpoints behind a slow sink: {} records of {} bytes, {:?} per record at the sink, sources {pacing}, p={}, every {:?}",
         a.events, a.record_bytes, a.sink_delay, bench.parallelism, a.interval
     );
     for unaligned in [false, true] {

@@ -88,6 +88,9 @@ pub struct SlowSinkArgs {
     /// Microseconds the sink takes per record (at most 1 s).
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub sink_delay_us: u64,
+    /// Records per second each source subtask emits at most.
+    #[arg(long, value_parser = crate::args::parse_source_rate, value_name = "N")]
+    pub source_rate: Option<u64>,
 }
 
 /// The arguments of the job `bench checkpoints --scenario state-size` runs.
@@ -206,6 +209,7 @@ fn bench_slow_sink(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<
     let a: SlowSinkArgs = parse(ctx.args)?;
     let bytes = a.record_bytes as usize;
     let delay = std::time::Duration::from_micros(a.sink_delay_us);
+    env.set_source_rate(a.source_rate);
     env.from_generator(a.records, move |i| (i, vec![(i % 251) as u8; bytes]))
         .rebalance()
         .map(|r: (u64, Vec<u8>)| r)
