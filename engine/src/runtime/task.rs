@@ -288,8 +288,10 @@ async fn run_source(source: &mut dyn TaskSource, env: &TaskEnv) -> Result<(), Ta
             SourceStatus::Finished => break,
         }
     }
-    // A bounded source ends event time: every window and timer fires (as in Flink).
-    wait_ready(&mut Side::Source(source), env, &mut clock, None).await?;
+    // Its last records may still be parked behind full channels: triggers are taken while they
+    // drain, as during the input. A bounded source then ends event time: every window and timer
+    // fires (as in Flink).
+    wait_ready(&mut Side::Source(source), env, &mut clock, ck.as_mut()).await?;
     source.chain().emit_event(&Event::Watermark(i64::MAX))?;
     finish(&mut Side::Source(source), env, &mut clock).await?;
     if let Some(ck) = ck.as_mut() {

@@ -860,3 +860,69 @@ fn a_restored_task_combines_replayed_watermarks_with_the_restored_valve() {
         other => panic!("expected a checkpoint error, got {other:?}"),
     }
 }
+
+/// A [`Counter`] that reports `Finished` with its last batch rather than on the next step.
+struct FinishingCounter(Counter);
+
+impl TaskSource for FinishingCounter {
+    fn step(&mut self, max_records: usize) -> Result<SourceStatus, TaskError> {
+        let status = self.0.step(max_records)?;
+        Ok(if self.0.next == self.0.end { SourceStatus::Finished } else { status })
+    }
+    fn chain(&mut self) -> &mut dyn Control {
+        self.0.chain()
+    }
+    fn latency_markers(&self) -> Option<(Duration, u32)> {
+        None
+    }
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+        self.0.snapshot_state(checkpoint, into)
+    }
+}
+
+/// A source whose input has ended while its last batch is still parked behind a channel
+/// without credit takes a trigger while that batch drains: the snapshot (at the end position)
+/// is reported, where the trigger used to wait in the mailbox until the task ended and was
+/// then dropped.
+#[test]
+fn a_source_finishing_behind_a_full_channel_takes_triggers() {
+    let batch = 100_000u64;
+    let h = Harness::new(options(CheckpointMode::ExactlyOnce, true, None));
+    let (down, mut down_gate) = h.downstream(0);
+    let out = output(&h.pool, down, 1);
+    let mut env = h.env();
+    env.batch_size = batch as usize;
+    let mailbox = h.mailbox.clone();
+    let received = on_executor(async move {
+        let source = Box::new(FinishingCounter(Counter { next: 0, end: batch, out, batch: Vec::new() }));
+        let task = glommio::spawn_local(run(TaskBody::Source(source), env));
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let options = options(CheckpointMode::ExactlyOnce, true, None);
+        mailbox.send(ControlMessage::Trigger { checkpoint_id: 1, timestamp_ms: 0, options }).unwrap();
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let mut received = Vec::new();
+        loop {
+            match down_gate.poll_next() {
+                Some((_, ChannelItem::Event(Event::EndOfPartition))) => break,
+                Some((c, ChannelItem::Buffer(b))) => {
+                    received.extend(values_of(b.as_slice()));
+                    drop(b);
+                    down_gate.release(c);
+                }
+                Some((_, ChannelItem::Event(_))) => {}
+                None => {
+                    down_gate.release(0);
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        task.await.unwrap();
+        received
+    });
+    let taken = h.reports.taken();
+    assert_eq!(taken.len(), 1, "the trigger taken while the last batch drained");
+    let position = decode(&taken[0].1.node(NODE).and_then(|p| p.get("position")).unwrap().bytes)[0];
+    assert_eq!(position, batch);
+    assert_eq!(first_difference(&received, &(0..batch).collect::<Vec<_>>()), None);
+    assert_eq!(h.pool.in_use(), 0);
+}
