@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use checkpointing::*;
 use corestream::checkpoint::request::RestoreRequest;
@@ -29,7 +29,7 @@ use corestream::registry::{JobParts, JobRegistry, JobType};
 use corestream::rpc::messages::{Accumulator, Accumulators};
 use corestream::{
     ClusterConfig, KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, LocalCluster, Sink, SinkContext, SinkError,
-    SourceFunction, SourceStatus, WatermarkStrategy,
+    WatermarkStrategy,
 };
 use corestream_state::{MapState, MapStateDescriptor};
 
@@ -69,51 +69,9 @@ impl Params {
     }
 }
 
-/// Subtask `s` emits, for `seq` in `0..records`, key `seq % 5 + 10·s` at time `seq · 10 ms`,
-/// paced at `rate` per second; its position is the next `seq`.
-struct EventSource {
-    subtask: u32,
-    next: u64,
-    end: u64,
-    rate: u64,
-    started: Instant,
-    first: u64,
-}
-
-impl SourceFunction<Event> for EventSource {
-    const REWINDABLE: bool = true;
-
-    fn next_batch(
-        &mut self,
-        out: &mut Vec<Event>,
-        max_records: usize,
-    ) -> Result<SourceStatus, corestream::SourceError> {
-        if self.next >= self.end {
-            return Ok(SourceStatus::Finished);
-        }
-        let due = self.started.elapsed().as_micros() as u64 * self.rate / 1_000_000;
-        let allowed = (self.first + due).saturating_sub(self.next).min(max_records as u64).min(self.end - self.next);
-        if allowed == 0 {
-            let at = self.started + Duration::from_micros((self.next - self.first + 1) * 1_000_000 / self.rate);
-            return Ok(SourceStatus::IdleUntil(at));
-        }
-        let s = u64::from(self.subtask);
-        out.extend((self.next..self.next + allowed).map(|seq| (seq % 5 + 10 * s, seq as i64 * 10, seq)));
-        self.next += allowed;
-        Ok(if self.next >= self.end { SourceStatus::Finished } else { SourceStatus::More })
-    }
-
-    fn snapshot_state(&mut self) -> Result<Vec<u8>, corestream::SourceError> {
-        Ok(self.next.to_le_bytes().to_vec())
-    }
-
-    fn restore_state(&mut self, position: &[u8]) -> Result<(), corestream::SourceError> {
-        let bytes: [u8; 8] = position.try_into().map_err(|_| format!("a position of {} bytes", position.len()))?;
-        self.next = u64::from_le_bytes(bytes);
-        self.first = self.next;
-        self.started = Instant::now();
-        Ok(())
-    }
+/// Subtask `s`'s record `seq`: key `seq % 5 + 10·s` at time `seq · 10 ms`.
+fn event(s: u32, seq: u64) -> Event {
+    (seq % 5 + 10 * u64::from(s), seq as i64 * 10, seq)
 }
 
 /// Per key: counts and sums its records per 100 ms of event time in keyed map state, and
@@ -189,14 +147,7 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
         env.set_auto_watermark_interval(Duration::from_millis(10));
         let events = env
             .from_source(JOB, None, move |c| {
-                Ok(EventSource {
-                    subtask: c.subtask,
-                    next: 0,
-                    end: params.records,
-                    rate: params.rate,
-                    started: Instant::now(),
-                    first: 0,
-                })
+                Ok(PacedSource::new(c.subtask, params.records, params.rate, u64::MAX, event))
             })
             .map(move |e: Event| {
                 if params.fail
@@ -237,14 +188,7 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
             let processed = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let failed = Arc::new(AtomicBool::new(false));
             env.from_source(FILES_JOB, None, move |c| {
-                Ok(EventSource {
-                    subtask: c.subtask,
-                    next: 0,
-                    end: params.records,
-                    rate: params.rate,
-                    started: Instant::now(),
-                    first: 0,
-                })
+                Ok(PacedSource::new(c.subtask, params.records, params.rate, u64::MAX, event))
             })
             .map(move |(key, _, seq): Event| {
                 let n = processed.fetch_add(1, Ordering::Relaxed) + 1;

@@ -31,7 +31,7 @@ use checkpointing::*;
 use corestream::checkpoint::{CheckpointId, CheckpointMode};
 use corestream::registry::{JobParts, JobRegistry, JobType};
 use corestream::rpc::messages::{Accumulator, Accumulators};
-use corestream::{ClusterConfig, LocalCluster, Sink, SinkContext, SinkError, SourceFunction, SourceStatus};
+use corestream::{ClusterConfig, LocalCluster, Sink, SinkContext, SinkError};
 use corestream_state::{key_group_for_hash, operator_index_for_key_group, stable_hash, DEFAULT_MAX_PARALLELISM};
 
 const JOB: &str = "ordered";
@@ -92,57 +92,6 @@ impl Params {
             failures: args.get(3).map(String::as_str) == Some("fail"),
             parallelism: num(4)? as u32,
         })
-    }
-}
-
-/// Subtask `s` emits `(s, seq)` for `seq` in `0..records`, paced at `rate` per second; its
-/// position is the next `seq`.
-struct OrderedSource {
-    subtask: u32,
-    next: u64,
-    end: u64,
-    rate: u64,
-    started: Instant,
-    /// `next` when this instance started (a restored one starts past 0).
-    first: u64,
-}
-
-impl SourceFunction<(u32, u64)> for OrderedSource {
-    const REWINDABLE: bool = true;
-
-    fn next_batch(
-        &mut self,
-        out: &mut Vec<(u32, u64)>,
-        max_records: usize,
-    ) -> Result<SourceStatus, corestream::SourceError> {
-        if self.next >= self.end {
-            return Ok(SourceStatus::Finished);
-        }
-        let mut n = (max_records as u64).min(64).min(self.end - self.next);
-        if self.rate > 0 {
-            let due = self.started.elapsed().as_micros() as u64 * self.rate / 1_000_000;
-            let allowed = (self.first + due).saturating_sub(self.next);
-            if allowed == 0 {
-                let at = self.started + Duration::from_micros((self.next - self.first + 1) * 1_000_000 / self.rate);
-                return Ok(SourceStatus::IdleUntil(at));
-            }
-            n = n.min(allowed);
-        }
-        out.extend((self.next..self.next + n).map(|seq| (self.subtask, seq)));
-        self.next += n;
-        Ok(if self.next >= self.end { SourceStatus::Finished } else { SourceStatus::More })
-    }
-
-    fn snapshot_state(&mut self) -> Result<Vec<u8>, corestream::SourceError> {
-        Ok(self.next.to_le_bytes().to_vec())
-    }
-
-    fn restore_state(&mut self, position: &[u8]) -> Result<(), corestream::SourceError> {
-        let bytes: [u8; 8] = position.try_into().map_err(|_| format!("a position of {} bytes", position.len()))?;
-        self.next = u64::from_le_bytes(bytes);
-        self.first = self.next;
-        self.started = Instant::now();
-        Ok(())
     }
 }
 
@@ -286,14 +235,7 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
             let done: Arc<Mutex<Vec<SinkState>>> = Arc::default();
             let (map_probe, sink_probe, sink_done) = (probe.clone(), probe.clone(), done.clone());
             env.from_source(JOB, None, move |c| {
-                Ok(OrderedSource {
-                    subtask: c.subtask,
-                    next: 0,
-                    end: params.records,
-                    rate: params.rate,
-                    started: Instant::now(),
-                    first: 0,
-                })
+                Ok(PacedSource::new(c.subtask, params.records, params.rate, 64, |s, seq| (s, seq)))
             })
             .key_by(move |&(s, _): &(u32, u64)| shifted[s as usize])
             .into_stream()

@@ -120,3 +120,64 @@ pub fn completed(dir: &Path) -> Vec<CheckpointMetadata> {
 pub fn channel_bytes(meta: &CheckpointMetadata) -> u64 {
     meta.tasks.iter().map(|t| t.metrics.channel_bytes).sum()
 }
+
+/// A paced, rewindable source: subtask `s` emits `record(s, seq)` for `seq` in `0..end`, at
+/// most `rate` records per second (0: unpaced) and `chunk` per batch; its position is the next
+/// `seq`, and a restored instance paces from its restored position.
+pub struct PacedSource<T> {
+    subtask: u32,
+    next: u64,
+    end: u64,
+    rate: u64,
+    chunk: u64,
+    started: Instant,
+    /// `next` when this instance started (a restored one starts past 0).
+    first: u64,
+    record: fn(u32, u64) -> T,
+}
+
+impl<T> PacedSource<T> {
+    pub fn new(subtask: u32, end: u64, rate: u64, chunk: u64, record: fn(u32, u64) -> T) -> Self {
+        Self { subtask, next: 0, end, rate, chunk, started: Instant::now(), first: 0, record }
+    }
+}
+
+impl<T: 'static> corestream::SourceFunction<T> for PacedSource<T> {
+    const REWINDABLE: bool = true;
+
+    fn next_batch(
+        &mut self,
+        out: &mut Vec<T>,
+        max_records: usize,
+    ) -> Result<corestream::SourceStatus, corestream::SourceError> {
+        if self.next >= self.end {
+            return Ok(corestream::SourceStatus::Finished);
+        }
+        let mut n = (max_records as u64).min(self.chunk).min(self.end - self.next);
+        if self.rate > 0 {
+            let due = self.started.elapsed().as_micros() as u64 * self.rate / 1_000_000;
+            let allowed = (self.first + due).saturating_sub(self.next);
+            if allowed == 0 {
+                let at = self.started + Duration::from_micros((self.next - self.first + 1) * 1_000_000 / self.rate);
+                return Ok(corestream::SourceStatus::IdleUntil(at));
+            }
+            n = n.min(allowed);
+        }
+        let s = self.subtask;
+        out.extend((self.next..self.next + n).map(|seq| (self.record)(s, seq)));
+        self.next += n;
+        Ok(if self.next >= self.end { corestream::SourceStatus::Finished } else { corestream::SourceStatus::More })
+    }
+
+    fn snapshot_state(&mut self) -> Result<Vec<u8>, corestream::SourceError> {
+        Ok(self.next.to_le_bytes().to_vec())
+    }
+
+    fn restore_state(&mut self, position: &[u8]) -> Result<(), corestream::SourceError> {
+        let bytes: [u8; 8] = position.try_into().map_err(|_| format!("a position of {} bytes", position.len()))?;
+        self.next = u64::from_le_bytes(bytes);
+        self.first = self.next;
+        self.started = Instant::now();
+        Ok(())
+    }
+}
