@@ -299,7 +299,7 @@ impl ClusterApi for Dispatcher {
     fn job(&self, id: &str) -> Result<JobDetails, ApiError> {
         let job = parse_job(id)?;
         let state = self.jm.lock();
-        let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+        let j = known(&state.jobs, job)?;
         Ok(JobDetails {
             overview: overview(job, j),
             parallelism: j.parallelism,
@@ -313,7 +313,7 @@ impl ClusterApi for Dispatcher {
     fn execution_result(&self, id: &str) -> Result<JobExecutionResult, ApiError> {
         let job = parse_job(id)?;
         let state = self.jm.lock();
-        let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+        let j = known(&state.jobs, job)?;
         Ok(JobExecutionResult { jid: job, state: j.state, result: j.outcome.clone() })
     }
 
@@ -321,7 +321,7 @@ impl ClusterApi for Dispatcher {
         let job = parse_job(id)?;
         let inbox = {
             let state = self.jm.lock();
-            let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+            let j = known(&state.jobs, job)?;
             if j.state.is_terminal() {
                 return Err(ApiError::new(
                     ApiErrorCode::Conflict,
@@ -341,21 +341,21 @@ impl ClusterApi for Dispatcher {
     fn checkpoints(&self, id: &str) -> Result<CheckpointingStatistics, ApiError> {
         let job = parse_job(id)?;
         let state = self.jm.lock();
-        let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+        let j = known(&state.jobs, job)?;
         Ok(j.checkpoint_stats.view(&j.vertices))
     }
 
     fn checkpoint_config(&self, id: &str) -> Result<CheckpointConfigInfo, ApiError> {
         let job = parse_job(id)?;
         let state = self.jm.lock();
-        let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+        let j = known(&state.jobs, job)?;
         Ok(config_view(&j.checkpointing))
     }
 
     fn checkpoint(&self, id: &str, checkpoint: CheckpointId) -> Result<CheckpointDetails, ApiError> {
         let job = parse_job(id)?;
         let state = self.jm.lock();
-        let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+        let j = known(&state.jobs, job)?;
         j.checkpoint_stats.details(checkpoint, &j.vertices).ok_or_else(|| {
             let held = match j.checkpoint_stats.history_ids() {
                 (Some(oldest), Some(newest)) => format!("its history holds checkpoints {oldest} to {newest}"),
@@ -374,7 +374,7 @@ impl ClusterApi for Dispatcher {
         let job = parse_job(id)?;
         let inbox = {
             let state = self.jm.lock();
-            let j = state.jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+            let j = known(&state.jobs, job)?;
             if j.state.is_terminal() {
                 return Err(ApiError::new(
                     ApiErrorCode::Conflict,
@@ -405,4 +405,9 @@ impl ClusterApi for Dispatcher {
             )),
         }
     }
+}
+
+/// The entry of `job`, or the API's "not found" naming it.
+fn known(jobs: &std::collections::HashMap<JobId, JobEntry>, job: JobId) -> Result<&JobEntry, ApiError> {
+    jobs.get(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))
 }
