@@ -171,38 +171,68 @@ impl RecordWriter {
     #[inline]
     pub fn write<T: Data>(&mut self, buf: &mut BufferBuilder, value: &T) -> Result<Written, RecordError> {
         let len = buf.len();
+        match self.write_at(buf.whole_mut(), len, value)? {
+            Some(end) => {
+                buf.set_len(end);
+                Ok(Written::Done)
+            }
+            None => Ok(Written::BufferFull),
+        }
+    }
+
+    /// Appends `value` to a buffer of memory outside the pool (a copy of records kept for a
+    /// checkpoint), in the same layout: `whole` is the whole buffer (`BUFFER_SIZE` bytes) and
+    /// `len` its written part, advanced when the record is written.
+    pub fn write_unpooled<T: Data>(
+        &mut self,
+        whole: &mut [u8],
+        len: &mut usize,
+        value: &T,
+    ) -> Result<Written, RecordError> {
+        assert_eq!(whole.len(), BUFFER_SIZE, "an unpooled buffer has the size of a network buffer");
+        match self.write_at(whole, *len, value)? {
+            Some(end) => {
+                *len = end;
+                Ok(Written::Done)
+            }
+            None => Ok(Written::BufferFull),
+        }
+    }
+
+    /// Writes `value` into `whole` (a whole buffer) after its first `len` bytes; returns the new
+    /// length, or `None` when the record does not fit what is left.
+    #[inline]
+    fn write_at<T: Data>(&mut self, whole: &mut [u8], len: usize, value: &T) -> Result<Option<usize>, RecordError> {
         let header = header_offset(len);
         let start = header + HEADER_BYTES;
         if start + std::mem::size_of::<T::Archived>() > BUFFER_SIZE {
-            return self.full_or_too_large(buf, value);
+            return self.full_or_too_large(len, value);
         }
         // Zero the padding `len..header` (at most 15 bytes; before the first record, the
         // reserved word too) with one fixed 16-byte store instead of a variable-length fill;
         // what it writes past `header` is overwritten by the header and the archive below.
-        match buf.whole_mut().get_mut(len..len + RECORD_ALIGN) {
+        match whole.get_mut(len..len + RECORD_ALIGN) {
             Some(block) => block.copy_from_slice(&[0; RECORD_ALIGN]),
-            None => buf.whole_mut()[len..header].fill(0),
+            None => whole[len..header].fill(0),
         }
         let archive_len = loop {
-            match serialize_into(&mut buf.whole_mut()[start..], &mut self.scratch, value) {
+            match serialize_into(&mut whole[start..], &mut self.scratch, value) {
                 Ok(len) => break len,
                 Err(true) if self.grow_scratch() => continue,
-                Err(_) => return self.full_or_too_large(buf, value),
+                Err(_) => return self.full_or_too_large(len, value),
             }
         };
-        let whole = buf.whole_mut();
         let count = if len == 0 { 1 } else { read_u32(whole, 0) + 1 };
         whole[0..4].copy_from_slice(&count.to_le_bytes());
         // Length (u32) and reserved zero word in one 8-byte little-endian store.
         whole[header..start].copy_from_slice(&(archive_len as u32 as u64).to_le_bytes());
-        buf.set_len(start + archive_len);
-        Ok(Written::Done)
+        Ok(Some(start + archive_len))
     }
 
     #[cold]
-    fn full_or_too_large<T: Data>(&mut self, buf: &BufferBuilder, value: &T) -> Result<Written, RecordError> {
-        if !buf.is_empty() {
-            return Ok(Written::BufferFull);
+    fn full_or_too_large<T: Data>(&mut self, len: usize, value: &T) -> Result<Option<usize>, RecordError> {
+        if len > 0 {
+            return Ok(None);
         }
         // An empty buffer could not hold it: measure the archive for the error message.
         let mut out = vec![0u8; MAX_RECORD_BYTES * 2];

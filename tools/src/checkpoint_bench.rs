@@ -76,6 +76,11 @@ pub struct CheckpointBenchArgs {
     /// backpressure: time the sink takes per record.
     #[arg(long, value_parser = parse_positive_duration, default_value = "10ms")]
     pub sink_delay: Duration,
+    /// backpressure: the sink sleeps on its slot's thread, stalling the source subtask that
+    /// shares the slot (by default it waits without holding the thread, as a client of a slow
+    /// external system does).
+    #[arg(long)]
+    pub blocking_sink: bool,
     /// Where the runs' checkpoints go: a directory made inside DIR for this benchmark and
     /// removed at its end (default: the system's temporary directory). Put it on the disk
     /// whose cost you want to measure.
@@ -266,10 +271,19 @@ fn backpressure(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
     if let Some(rate) = a.common.source_rate {
         args.extend(["--source-rate".to_string(), rate.to_string()]);
     }
+    if a.blocking_sink {
+        args.push("--blocking".into());
+    }
     let pacing = a.common.source_rate.map_or("unpaced".to_string(), |r| format!("paced at {r}/s each"));
     println!(
-        "checkpoints behind a slow sink: {} records of {} bytes, {:?} per record at the sink, sources {pacing}, p={}, every {:?}",
-        a.events, a.record_bytes, a.sink_delay, bench.parallelism, a.interval
+        "checkpoints behind a slow sink: {} records of {} bytes, {:?} per record at the sink ({}), sources {pacing}, p={}, \
+         every {:?}",
+        a.events,
+        a.record_bytes,
+        a.sink_delay,
+        if a.blocking_sink { "sleeping on the slot's thread" } else { "waiting without holding its slot" },
+        bench.parallelism,
+        a.interval
     );
     for unaligned in [false, true] {
         let figures = bench.run("bench-slow-sink", args.clone(), Some(every(a.interval, unaligned)))?;

@@ -91,6 +91,10 @@ pub struct SlowSinkArgs {
     /// Records per second each source subtask emits at most.
     #[arg(long, value_parser = crate::args::parse_source_rate, value_name = "N")]
     pub source_rate: Option<u64>,
+    /// The sink sleeps on its slot's thread (stalling the slot's other tasks) instead of
+    /// waiting without holding it.
+    #[arg(long)]
+    pub blocking: bool,
 }
 
 /// The arguments of the job `bench checkpoints --scenario state-size` runs.
@@ -190,17 +194,35 @@ fn bench_window(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<Job
     Ok(JobParts::none())
 }
 
-/// Sleeps a fixed time per record: a sink slower than everything before it, so every buffer
-/// between them fills (backpressure).
+/// Takes a fixed time per record: a sink slower than everything before it, so every buffer
+/// between them fills (backpressure). By default it behaves like a client of a slow external
+/// system: a batch keeps it busy for `delay` per record, during which it is not ready and its
+/// slot runs other tasks. `blocking` sleeps on the slot's thread instead, as Flink's benchmark
+/// sink does on a thread of its own; here that stalls every task of the slot.
 struct SlowSink {
     delay: std::time::Duration,
+    blocking: bool,
+    busy_until: std::time::Instant,
 }
 
 impl corestream::Sink<(u64, Vec<u8>)> for SlowSink {
     fn write_batch(&mut self, batch: &mut Vec<(u64, Vec<u8>)>) -> Result<(), corestream::SinkError> {
-        for _ in batch.drain(..) {
-            std::thread::sleep(self.delay);
+        let records = batch.len() as u32;
+        batch.clear();
+        if self.blocking {
+            std::thread::sleep(self.delay * records);
+        } else {
+            self.busy_until = self.busy_until.max(std::time::Instant::now()) + self.delay * records;
         }
+        Ok(())
+    }
+
+    fn poll_ready(&mut self) -> bool {
+        std::time::Instant::now() >= self.busy_until
+    }
+
+    fn finish(&mut self) -> Result<(), corestream::SinkError> {
+        std::thread::sleep(self.busy_until.saturating_duration_since(std::time::Instant::now()));
         Ok(())
     }
 }
@@ -209,12 +231,13 @@ fn bench_slow_sink(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<
     let a: SlowSinkArgs = parse(ctx.args)?;
     let bytes = a.record_bytes as usize;
     let delay = std::time::Duration::from_micros(a.sink_delay_us);
+    let blocking = a.blocking;
     env.set_source_rate(a.source_rate);
     env.from_generator(a.records, move |i| (i, vec![(i % 251) as u8; bytes]))
         .rebalance()
         .map(|r: (u64, Vec<u8>)| r)
         .name("Pass")
-        .add_sink("Sink: slow", move |_| Ok(SlowSink { delay }));
+        .add_sink("Sink: slow", move |_| Ok(SlowSink { delay, blocking, busy_until: std::time::Instant::now() }));
     Ok(JobParts::none())
 }
 

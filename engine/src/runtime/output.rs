@@ -11,17 +11,16 @@
 //! records are at most one batch of the chain's output, which already existed in memory.
 //!
 //! Checkpoint barriers: an aligned barrier is an ordinary event (behind parked records, then
-//! behind the channel's queued buffers). An unaligned barrier (a priority event) overtakes: the
-//! open buffers are sent, and the barrier goes to every channel ahead of the buffers (and the
-//! events between them) waiting for credit, which become the task's output channel state
-//! (`OutputCapture`, collected while the task emits the barrier, `capturing`): the buffers'
-//! bytes, and the watermarks and statuses with their places among them. Records (and events)
-//! parked before it are first written into buffers with the barrier's overdraft (half of the
-//! task's overdraft is kept for that); when even that is not enough, the barrier keeps its
-//! place and overtakes once the items before it are written and sent, and the capture counts
-//! it as deferred until then. A restored task's output channel state is validated and sent on
-//! its channels, buffers in full buffers from the pool and under credit, events in their
-//! places, before any new output.
+//! behind the channel's queued buffers). An unaligned barrier (a priority event) overtakes
+//! everything at once: the open buffers are sent, and the barrier goes to every channel ahead of
+//! the buffers (and the events between them) waiting for credit, of restored channel state still
+//! to send, and of the parked records. All of that becomes the task's output channel state
+//! (`OutputCapture`, collected while the task emits the barrier, `capturing`): the queued
+//! buffers' bytes, serialized copies of the parked records in the channels they will take, and
+//! the watermarks and statuses with their places among them. The overtaken items stay where they
+//! are and go out after the barrier, under credit, in order. A restored task's output channel
+//! state is validated and sent on its channels, buffers in full buffers from the pool and under
+//! credit, events in their places, before any new output.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -31,22 +30,18 @@ use std::sync::Arc;
 
 use corestream_netstack::record::{validate_buffer, Written};
 use corestream_netstack::{
-    BufferBuilder, BufferPool, Data, Event, InFlightCopy, OutputChannel, RecordWriter, SendOutcome,
+    BufferBuilder, BufferPool, Data, Event, InFlightCopy, OutputChannel, RecordWriter, SendOutcome, BUFFER_SIZE,
 };
 use corestream_state::{key_group_for_hash, operator_index_for_key_group};
 
 use super::build::{KeyHashFn, OutputCtx, OutputEdgeRt};
 use super::metrics::TaskCounters;
 use crate::checkpoint::channel_state::{check_channels, AlignedBuffer, Direction, Replay};
-use crate::checkpoint::{ChannelState, PartLayout, TaskSnapshot};
+use crate::checkpoint::{ChannelState, PartLayout, TaskSnapshot, TimeEvent};
 use crate::error::TaskError;
 use crate::graph::execution::OVERDRAFT_BUFFERS_PER_TASK;
 use crate::graph::Partitioning;
 use crate::operators::{enter_node, Control, Emit, FlushReason, Readiness};
-
-/// Buffers of a task's overdraft kept for writing the records parked ahead of an unaligned
-/// barrier; records use the rest.
-const BARRIER_OVERDRAFT: u32 = OVERDRAFT_BUFFERS_PER_TASK / 2;
 
 /// Name of the state part that tells a restored output which task-wide channel indices are its.
 const LAYOUT_PART: &str = "network-output";
@@ -60,8 +55,6 @@ pub(crate) struct OutputCapture {
     pub channels: Vec<ChannelState>,
     /// (node, part name, first channel, channels) of every output the barrier reached.
     layout: Vec<(usize, String, u32, u32)>,
-    /// Outputs whose barrier still waits behind records parked before it.
-    pub deferred: u32,
     pub bytes: u64,
 }
 
@@ -116,12 +109,59 @@ pub(crate) fn capturing<R>(sink: &CaptureSink, f: impl FnOnce() -> R) -> R {
 }
 
 /// An event waiting behind parked records, with the number of records parked before it
-/// (counted since the output started, like `parked_out`) and, for an unaligned barrier, where
-/// its capture goes.
+/// (counted since the output started, like `parked_out`).
 struct ParkedEvent {
     before: u64,
     event: Event,
-    capture: Option<(CaptureSink, u32)>,
+}
+
+/// Serialized copies of what one channel has parked, built when an unaligned barrier overtakes
+/// it: full buffers and the events between them, and the buffer being filled.
+#[derive(Default)]
+struct ParkedCopy {
+    copy: InFlightCopy,
+    open: Vec<u8>,
+    len: usize,
+}
+
+impl ParkedCopy {
+    fn write<T: Data>(&mut self, writer: &mut RecordWriter, record: &T, node: usize) -> Result<(), TaskError> {
+        loop {
+            if self.open.is_empty() {
+                self.open = vec![0; BUFFER_SIZE];
+                self.len = 0;
+            }
+            match writer.write_unpooled(&mut self.open, &mut self.len, record) {
+                Ok(Written::Done) => return Ok(()),
+                Ok(Written::BufferFull) => self.close(),
+                Err(cause) => return Err(TaskError::Record { node, cause }),
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if self.len > 0 {
+            let mut bytes = std::mem::take(&mut self.open);
+            bytes.truncate(self.len);
+            self.copy.buffers.push(bytes);
+            self.len = 0;
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        self.close();
+        self.copy.events.push((self.copy.buffers.len(), event));
+    }
+
+    fn buffer(&mut self, bytes: &[u8]) {
+        self.close();
+        self.copy.buffers.push(bytes.to_vec());
+    }
+
+    fn finish(mut self) -> InFlightCopy {
+        self.close();
+        self.copy
+    }
 }
 
 /// An item of restored output channel state.
@@ -161,9 +201,6 @@ pub(crate) struct NetworkOutput<T: Data> {
     held: u32,
     /// Buffers the output may hold at most: open and backlog per channel and the overdraft.
     allowance: u32,
-    /// What writing records may hold: `allowance` less the barrier's overdraft, except while
-    /// the records parked ahead of an unaligned barrier are written.
-    limit: u32,
     /// The state part naming this output's channels in a checkpoint.
     layout_name: String,
     /// Restored output channel state still to send, in order: (edge, channel, item).
@@ -230,7 +267,6 @@ impl<T: Data> NetworkOutput<T> {
             unflushed: false,
             held: 0,
             allowance,
-            limit: allowance - BARRIER_OVERDRAFT,
             layout_name,
             replay: VecDeque::new(),
             marker_next: 0,
@@ -251,20 +287,12 @@ impl<T: Data> NetworkOutput<T> {
         }
     }
 
-    /// A buffer to write into, if the limit allows one. The barrier's overdraft is taken only
-    /// if the pool has a buffer free: it never fails the task.
+    /// A buffer to write into, if the allowance has one left.
     fn fresh_buffer(&mut self) -> Result<Option<BufferBuilder>, TaskError> {
-        if self.held >= self.limit {
+        if self.held >= self.allowance {
             return Ok(None);
         }
-        let fresh = if self.limit > self.allowance - BARRIER_OVERDRAFT {
-            match self.pool.try_take() {
-                Some(b) => b,
-                None => return Ok(None),
-            }
-        } else {
-            self.pool.take()?
-        };
+        let fresh = self.pool.take()?;
         self.held += 1;
         Ok(Some(fresh))
     }
@@ -399,11 +427,7 @@ impl<T: Data> NetworkOutput<T> {
         loop {
             while self.parked_events.front().is_some_and(|p| p.before == self.parked_out) {
                 let parked = self.parked_events.pop_front().expect("front event");
-                let deferred = parked.capture.as_ref().map(|(sink, _)| sink.clone());
-                self.send_event(&parked.event, parked.capture);
-                if let Some(sink) = deferred {
-                    sink.borrow_mut().deferred -= 1;
-                }
+                self.send_event(&parked.event);
             }
             let waiting = self.parked.len() - self.parked_head;
             if waiting == 0 {
@@ -520,13 +544,18 @@ impl<T: Data> NetworkOutput<T> {
     }
 
     /// Sends an unaligned barrier ahead of everything queued on every channel, after the open
-    /// buffers; with a capture, the bytes it overtook go there, channel `base + i` for the
-    /// output's channel `i`.
-    fn send_priority(&mut self, event: &Event, capture: Option<(CaptureSink, u32)>) {
+    /// buffers; with a capture, what it overtook goes there, channel `base + i` for the output's
+    /// channel `i`: the channel's queued items, then its share of the restored state still to
+    /// send and of the parked records and events.
+    fn send_priority(&mut self, event: &Event, capture: Option<(CaptureSink, u32)>) -> Result<(), TaskError> {
         for (e, c) in self.all_channels() {
             self.flush_channel(e, c);
         }
         self.unflushed = false;
+        let mut parked = match &capture {
+            Some(_) if self.has_parked() => self.copy_parked()?,
+            _ => Vec::new(),
+        };
         let mut overtaken = InFlightCopy::default();
         for (i, (e, c)) in self.all_channels().into_iter().enumerate() {
             let outcome = match &capture {
@@ -537,6 +566,12 @@ impl<T: Data> NetworkOutput<T> {
                 None => self.edges[e].channels[c].send_event(*event),
             };
             self.account(outcome);
+            if let Some(copy) = parked.get_mut(i) {
+                let base = overtaken.buffers.len();
+                let copy = std::mem::take(copy);
+                overtaken.events.extend(copy.events.into_iter().map(|(after, e)| (base + after, e)));
+                overtaken.buffers.extend(copy.buffers);
+            }
             if let Some((sink, base)) = &capture {
                 let state = ChannelState::from_copy(base + i as u32, std::mem::take(&mut overtaken));
                 if !state.is_empty() {
@@ -546,15 +581,13 @@ impl<T: Data> NetworkOutput<T> {
                 }
             }
         }
+        Ok(())
     }
 
-    /// Sends an event on every channel after the records before it (a latency marker on one
-    /// channel, round-robin, as in Flink; an unaligned barrier ahead of them).
-    fn send_event(&mut self, event: &Event, capture: Option<(CaptureSink, u32)>) {
-        if event.is_priority() {
-            self.send_priority(event, capture);
-            return;
-        }
+    /// Sends an event that is not a priority event on every channel after the records before
+    /// it (a latency marker on one channel, round-robin, as in Flink).
+    fn send_event(&mut self, event: &Event) {
+        debug_assert!(!event.is_priority(), "{event:?} takes send_priority");
         if let Event::LatencyMarker { .. } = event {
             let all = self.all_channels();
             if let Some(&(e, c)) = all.get(self.marker_next % all.len().max(1)) {
@@ -581,6 +614,71 @@ impl<T: Data> NetworkOutput<T> {
         }
     }
 
+    /// Serialized copies of what waits to be sent, per channel in `all_channels` order: the
+    /// restored channel state, then the parked records (in the channels their selectors will
+    /// pick) with the parked events that channel state keeps in their places.
+    fn copy_parked(&mut self) -> Result<Vec<InFlightCopy>, TaskError> {
+        let mut first = Vec::with_capacity(self.edges.len());
+        let mut count = 0;
+        for edge in &self.edges {
+            first.push(count);
+            count += edge.channels.len();
+        }
+        let mut copies: Vec<ParkedCopy> = (0..count).map(|_| ParkedCopy::default()).collect();
+        for (e, c, item) in &self.replay {
+            match item {
+                Restored::Buffer(bytes) => copies[first[*e] + c].buffer(bytes),
+                Restored::Event(event) => copies[first[*e] + c].event(*event),
+            }
+        }
+        let mut round_robin: Vec<usize> = self
+            .edges
+            .iter()
+            .map(|e| match e.selector {
+                Selector::RoundRobin { next } => next,
+                _ => 0,
+            })
+            .collect();
+        let mut events = self.parked_events.iter().peekable();
+        let mut from = self.resume;
+        let waiting = self.parked.len() - self.parked_head;
+        for i in 0..=waiting {
+            while let Some(parked) = events.next_if(|p| p.before <= self.parked_out + i as u64) {
+                if TimeEvent::of(&parked.event).is_some() {
+                    copies.iter_mut().for_each(|copy| copy.event(parked.event));
+                }
+            }
+            let Some(record) = self.parked.get(self.parked_head + i) else {
+                break;
+            };
+            for e in from.edge..self.edges.len() {
+                let n = self.edges[e].channels.len();
+                match &self.edges[e].selector {
+                    Selector::Single => copies[first[e]].write(&mut self.writer, record, self.node)?,
+                    Selector::RoundRobin { .. } => {
+                        let ch = round_robin[e];
+                        round_robin[e] = if ch + 1 == n { 0 } else { ch + 1 };
+                        copies[first[e] + ch].write(&mut self.writer, record, self.node)?;
+                    }
+                    Selector::Hash { max_parallelism, consumers, .. } => {
+                        let hash = self.parked_hashes[e][self.parked_head + i];
+                        let kg = key_group_for_hash(hash, *max_parallelism);
+                        let ch = operator_index_for_key_group(*max_parallelism, *consumers, kg) as usize;
+                        copies[first[e] + ch].write(&mut self.writer, record, self.node)?;
+                    }
+                    Selector::Broadcast => {
+                        let start = if e == from.edge { from.channel } else { 0 };
+                        for ch in start..n {
+                            copies[first[e] + ch].write(&mut self.writer, record, self.node)?;
+                        }
+                    }
+                }
+            }
+            from = Resume { edge: 0, channel: 0 };
+        }
+        Ok(copies.into_iter().map(ParkedCopy::finish).collect())
+    }
+
     fn all_channels(&self) -> Vec<(usize, usize)> {
         self.edges.iter().enumerate().flat_map(|(e, edge)| (0..edge.channels.len()).map(move |c| (e, c))).collect()
     }
@@ -596,23 +694,16 @@ impl<T: Data> Control for NetworkOutput<T> {
             }),
             false => None,
         };
+        if event.is_priority() {
+            return self.send_priority(event, capture);
+        }
         if !self.has_parked() {
-            self.send_event(event, capture);
+            self.send_event(event);
             return Ok(());
         }
         // Events keep their place behind the records waiting for buffers.
         let before = self.parked_out + (self.parked.len() - self.parked_head) as u64;
-        if let Some((sink, _)) = &capture {
-            sink.borrow_mut().deferred += 1;
-        }
-        self.parked_events.push_back(ParkedEvent { before, event: *event, capture });
-        if event.is_priority() {
-            // Write what is parked ahead of the barrier with the barrier's overdraft.
-            self.limit = self.allowance;
-            let written = self.unpark();
-            self.limit = self.allowance - BARRIER_OVERDRAFT;
-            written?;
-        }
+        self.parked_events.push_back(ParkedEvent { before, event: *event });
         Ok(())
     }
 

@@ -460,10 +460,10 @@ impl Checkpoints {
         self.config.reporter.declined(self.config.task, checkpoint_id, reason);
     }
 
-    /// Reports the snapshot being taken once its input recording is complete and every output
-    /// has sent its barrier.
+    /// Reports the snapshot being taken once its input recording is complete (its outputs sent
+    /// their barriers when it was taken).
     fn maybe_report(&mut self) {
-        let ready = self.taking.as_ref().is_some_and(|t| t.input_done && t.output.borrow().deferred == 0);
+        let ready = self.taking.as_ref().is_some_and(|t| t.input_done);
         if !ready {
             return;
         }

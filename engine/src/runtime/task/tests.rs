@@ -25,7 +25,8 @@ use crate::graph::Partitioning;
 use crate::operators::{Control, Emit, FlushReason, Readiness};
 use crate::runtime::build::{OutputCtx, OutputEdgeRt, TaskInput, TaskSource};
 use crate::runtime::job::JobShared;
-use crate::runtime::output::NetworkOutput;
+use crate::checkpoint::channel_state::Replay;
+use crate::runtime::output::{capturing, CaptureSink, NetworkOutput};
 
 const TASK: TaskId = TaskId { vertex: 1, subtask: 0 };
 const NODE: usize = 1;
@@ -606,15 +607,15 @@ fn a_source_snapshots_its_position_and_its_barrier_overtakes_blocked_output() {
 }
 
 /// A source whose batch parks records in its output (no credit downstream) is triggered
-/// unaligned: with a batch the barrier's overdraft can hold, the parked records are written and
-/// overtaken at once; with a bigger one the barrier waits for them and the snapshot is reported
-/// once it has gone out. Either way the records before the barrier downstream plus the output
+/// unaligned: the barrier overtakes the parked records at once, however many there are, and the
+/// snapshot is reported at once. The records before the barrier downstream plus the output
 /// channel state are exactly the records before the snapshot's position, and the records after
 /// the barrier are the channel state, then the rest. (The channel state is the producer's copy
-/// of what it still held and the consumer's copy of what waited in its queue.)
+/// of what it still held, queued buffers and parked records, and the consumer's copy of what
+/// waited in its queue.)
 #[test]
 fn records_parked_ahead_of_an_unaligned_barrier_are_channel_state() {
-    for (batch, deferred) in [(50_000u64, false), (100_000, true)] {
+    for batch in [50_000u64, 100_000] {
         let h = Harness::new(options(CheckpointMode::ExactlyOnce, true, None));
         let (down, mut down_gate) = h.downstream(0);
         let out = output(&h.pool, down, 1);
@@ -630,7 +631,7 @@ fn records_parked_ahead_of_an_unaligned_barrier_are_channel_state() {
             let options = options(CheckpointMode::ExactlyOnce, true, None);
             mailbox.send(ControlMessage::Trigger { checkpoint_id: 1, timestamp_ms: 0, options }).unwrap();
             glommio::timer::sleep(Duration::from_millis(20)).await;
-            assert_eq!(reports.taken().is_empty(), deferred, "batch {batch}: reported at once unless deferred");
+            assert_eq!(reports.taken().len(), 1, "batch {batch}: the snapshot is reported at once");
             let (mut before, mut after, mut barrier_seen) = (Vec::new(), Vec::new(), false);
             let mut consumer_copy = Vec::new();
             loop {
@@ -694,8 +695,92 @@ fn records_parked_ahead_of_an_unaligned_barrier_are_channel_state() {
 }
 
 /// Where two sequences first differ (index and the values there), without printing them whole.
-fn first_difference(a: &[u64], b: &[u64]) -> Option<(usize, Option<u64>, Option<u64>)> {
-    (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)).map(|i| (i, a.get(i).copied(), b.get(i).copied()))
+/// An unaligned barrier overtakes the records parked in an output of two edges (round-robin
+/// and broadcast, four channels without credit) at once, and captures them in the channels
+/// their selectors pick: each channel's state, replayed, is exactly what the channel delivers
+/// after the barrier and before the records emitted after it, its watermark in its place.
+#[test]
+fn records_parked_on_several_edges_are_captured_in_their_channels() {
+    let pool = BufferPool::new(128);
+    let config = CreditConfig { exclusive_per_channel: 0, floating_per_gate: 0, max_backlog_per_channel: 1 };
+    let bell = Arc::new(Doorbell::new());
+    let channels: Vec<_> = (0..4).map(|_| LocalChannel::new(0, bell.clone(), Arc::new(Doorbell::new()))).collect();
+    let edge = |partitioning, channels: &[Arc<LocalChannel>]| OutputEdgeRt {
+        partitioning,
+        channels: channels.iter().map(|c| OutputChannel::new(c.clone(), &config)).collect(),
+        key_hash: None,
+        consumer_node: NODE + 1,
+        consumer_parallelism: 2,
+        max_parallelism: 128,
+        side: None,
+    };
+    let edges = vec![edge(Partitioning::Rebalance, &channels[..2]), edge(Partitioning::Broadcast, &channels[2..])];
+    let ctx = OutputCtx { pool: pool.clone(), counters: Arc::default(), node: NODE, max_backlog: 1, subtask: 0 };
+    let mut out = NetworkOutput::<u64>::new(edges, ctx);
+    let mut gate = InputGate::new(channels, &config);
+    let (before, after) = (60_000u64, 1_000u64);
+    let mut batch: Vec<u64> = (0..before).collect();
+    out.emit_batch(&mut batch).unwrap();
+    out.emit_event(&Event::Watermark(70)).unwrap();
+    batch.extend(before..2 * before);
+    out.emit_batch(&mut batch).unwrap();
+    let sink = CaptureSink::default();
+    capturing(&sink, || out.emit_event(&barrier(1, BarrierKind::Unaligned))).unwrap();
+    let mut snapshot = TaskSnapshot::default();
+    sink.borrow_mut().put_into(&mut snapshot);
+    batch.extend(2 * before..2 * before + after);
+    out.emit_batch(&mut batch).unwrap();
+    out.close().unwrap();
+
+    let mut delivered: Vec<Vec<String>> = vec![Vec::new(); 4];
+    let mut ended = 0;
+    while ended < 4 {
+        out.poll_ready().unwrap();
+        out.drain().unwrap();
+        match gate.poll_next() {
+            Some((c, ChannelItem::Event(Event::CheckpointBarrier { .. }))) => {
+                assert!(delivered[c].is_empty(), "channel {c}: nothing overtakes the barrier");
+                delivered[c].push("B".into());
+            }
+            Some((c, ChannelItem::Buffer(b))) => {
+                delivered[c].extend(values_of(b.as_slice()).iter().map(u64::to_string));
+                drop(b);
+                gate.release(c);
+            }
+            Some((_, ChannelItem::Event(Event::EndOfPartition))) => ended += 1,
+            Some((c, ChannelItem::Event(e))) => delivered[c].extend(traced_event(&e)),
+            None => (0..4).for_each(|c| gate.release(c)),
+        }
+    }
+    let total = 2 * before + after;
+    for (c, delivered) in delivered.iter().enumerate() {
+        let share = |range: std::ops::Range<u64>| -> Vec<String> {
+            range.filter(|v| c >= 2 || v % 2 == c as u64).map(|v| v.to_string()).collect()
+        };
+        let mut expected = vec!["B".to_string()];
+        expected.extend(share(0..before));
+        expected.push("W70".into());
+        expected.extend(share(before..total));
+        assert_eq!(first_difference(delivered, &expected), None, "channel {c} delivers its share in order");
+
+        let state = snapshot.output_channels.iter().find(|s| s.channel == c as u32).expect("state of every channel");
+        let replayed: Vec<String> = state
+            .replay()
+            .into_iter()
+            .flat_map(|step| match step {
+                Replay::Buffer(i) => values_of(&state.buffers[i]).iter().map(u64::to_string).collect(),
+                Replay::Event(e) => traced_event(&e).into_iter().collect::<Vec<_>>(),
+            })
+            .collect();
+        let upto = expected.len() - share(2 * before..total).len();
+        assert_eq!(first_difference(&replayed, &expected[1..upto]), None, "channel {c}: the state is what the barrier overtook");
+    }
+    drop(out);
+    assert_eq!(pool.in_use(), 0);
+}
+
+fn first_difference<T: PartialEq + Clone>(a: &[T], b: &[T]) -> Option<(usize, Option<T>, Option<T>)> {
+    (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)).map(|i| (i, a.get(i).cloned(), b.get(i).cloned()))
 }
 
 /// Everything the test's consumer of `gate` (one channel) reads until end of partition, traced
