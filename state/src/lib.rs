@@ -26,13 +26,13 @@ pub mod timers;
 pub use codec::part;
 pub use error::StateError;
 pub use keyed::{
-    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyContext, KeyGroupSnapshot, KeyedStateBackend,
-    KeyedStateSnapshot, ListState, ListStateDescriptor, MapState, MapStateDescriptor, NamedStateBytes, Namespace,
-    ReducingState, ReducingStateDescriptor, StateBackendKind, StateKey, StateKind, StateTtlConfig, StateValue,
-    TtlUpdateType, TtlVisibility, ValueState, ValueStateDescriptor, VoidNamespace,
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, FrozenKeyedState, KeyContext, KeyGroupSnapshot,
+    KeyedStateBackend, KeyedStateSnapshot, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
+    NamedStateBytes, Namespace, ReducingState, ReducingStateDescriptor, StateBackendKind, StateKey, StateKind,
+    StateTtlConfig, StateValue, TtlUpdateType, TtlVisibility, ValueState, ValueStateDescriptor, VoidNamespace,
 };
 pub use keygroup::{
     assign_key_group, key_group_for_hash, key_group_range, operator_index_for_key_group, stable_hash, KeyGroupRange,
     StableHasher, DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM,
 };
-pub use timers::{Timer, TimerKeyGroupSnapshot, TimerService, TimerSnapshot};
+pub use timers::{FrozenTimers, Timer, TimerKeyGroupSnapshot, TimerService, TimerSnapshot};

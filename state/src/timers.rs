@@ -53,6 +53,58 @@ pub struct TimerKeyGroupSnapshot {
 
 type ArchivedTimers<K, N> = (Vec<(i64, K, N)>, Vec<(i64, K, N)>);
 
+/// The timers of one domain at a snapshot: `(timestamp, registration sequence, key, namespace)`.
+type FrozenQueue<K, N> = Vec<(i64, u64, K, N)>;
+
+/// Groups `timers` by key group, each group in firing order (timestamp, then registration).
+fn by_key_group<K: StateKey, N: Namespace>(
+    timers: FrozenQueue<K, N>,
+    max_parallelism: u32,
+) -> BTreeMap<u32, Vec<(i64, K, N)>> {
+    let mut groups: BTreeMap<u32, FrozenQueue<K, N>> = BTreeMap::new();
+    for timer in timers {
+        groups.entry(assign_key_group(&timer.2, max_parallelism)).or_default().push(timer);
+    }
+    groups
+        .into_iter()
+        .map(|(key_group, mut timers)| {
+            timers.sort_unstable_by_key(|&(ts, seq, _, _)| (ts, seq));
+            (key_group, timers.into_iter().map(|(ts, _, k, n)| (ts, k, n)).collect())
+        })
+        .collect()
+}
+
+/// The pending timers of a service as they were at [`TimerService::freeze_with`], owned and
+/// sendable: the asynchronous part of a snapshot encodes them.
+#[derive(Debug)]
+pub struct FrozenTimers<K, N> {
+    max_parallelism: u32,
+    event: FrozenQueue<K, N>,
+    processing: FrozenQueue<K, N>,
+}
+
+impl<K: StateKey, N: Namespace> FrozenTimers<K, N> {
+    /// The archives of the timers, by key group.
+    pub fn encode(self) -> Result<TimerSnapshot, StateError> {
+        let mut event = by_key_group(self.event, self.max_parallelism);
+        let mut processing = by_key_group(self.processing, self.max_parallelism);
+        let groups: std::collections::BTreeSet<u32> = event.keys().chain(processing.keys()).copied().collect();
+        let mut key_groups = Vec::with_capacity(groups.len());
+        for key_group in groups {
+            let timers: ArchivedTimers<K, N> =
+                (event.remove(&key_group).unwrap_or_default(), processing.remove(&key_group).unwrap_or_default());
+            let encoded = codec::encode(&timers, || format!("the timers of key group {key_group}"))?;
+            key_groups.push(TimerKeyGroupSnapshot {
+                key_group,
+                value_type: encoded.value_type,
+                checksum: encoded.checksum,
+                bytes: encoded.bytes,
+            });
+        }
+        Ok(TimerSnapshot { max_parallelism: self.max_parallelism, key_groups })
+    }
+}
+
 /// Stale bucket entries tolerated beyond the number of live timers before a compaction.
 const STALE_SLACK: usize = 64;
 
@@ -194,29 +246,15 @@ impl<K: StateKey, N: Namespace> TimerQueue<K, N> {
 
     /// Live timers by key group, each group in firing order, with `extra` timers ordered after
     /// every live one of the same timestamp (in the order given).
-    fn by_key_group<'a>(
-        &'a self,
-        max_parallelism: u32,
-        extra: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
-    ) -> BTreeMap<u32, Vec<(i64, K, N)>> {
-        type Sequenced<'a, K, N> = Vec<(i64, u64, &'a K, &'a N)>;
-        let mut groups: BTreeMap<u32, Sequenced<'a, K, N>> = BTreeMap::new();
-        for (timer, seq) in &self.live {
-            let key_group = assign_key_group(&timer.key, max_parallelism);
-            groups.entry(key_group).or_default().push((timer.timestamp, *seq, &timer.key, &timer.namespace));
-        }
-        for (seq, (timestamp, key, namespace)) in (self.next_seq..).zip(extra) {
-            let key_group = assign_key_group(key, max_parallelism);
-            groups.entry(key_group).or_default().push((timestamp, seq, key, namespace));
-        }
-        groups
-            .into_iter()
-            .map(|(key_group, mut timers)| {
-                timers.sort_unstable_by_key(|&(ts, seq, _, _)| (ts, seq));
-                let timers = timers.into_iter().map(|(ts, _, k, n)| (ts, k.clone(), n.clone())).collect();
-                (key_group, timers)
-            })
-            .collect()
+    /// The live timers and `extra` (as if registered after every live one), copied.
+    fn freeze<'a>(&'a self, extra: impl IntoIterator<Item = (i64, &'a K, &'a N)>) -> FrozenQueue<K, N> {
+        let mut timers = Vec::with_capacity(self.live.len());
+        timers.extend(self.live.iter().map(|(t, seq)| (t.timestamp, *seq, t.key.clone(), t.namespace.clone())));
+        let extra = (self.next_seq..)
+            .zip(extra)
+            .map(|(seq, (timestamp, key, namespace))| (timestamp, seq, key.clone(), namespace.clone()));
+        timers.extend(extra);
+        timers
     }
 
     fn clear(&mut self) {
@@ -318,22 +356,21 @@ impl<K: StateKey, N: Namespace> TimerService<K, N> {
         extra_event: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
         extra_processing: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
     ) -> Result<TimerSnapshot, StateError> {
-        let mut event = self.event_time.by_key_group(self.max_parallelism, extra_event);
-        let mut processing = self.processing_time.by_key_group(self.max_parallelism, extra_processing);
-        let groups: std::collections::BTreeSet<u32> = event.keys().chain(processing.keys()).copied().collect();
-        let mut key_groups = Vec::with_capacity(groups.len());
-        for key_group in groups {
-            let timers: ArchivedTimers<K, N> =
-                (event.remove(&key_group).unwrap_or_default(), processing.remove(&key_group).unwrap_or_default());
-            let encoded = codec::encode(&timers, || format!("the timers of key group {key_group}"))?;
-            key_groups.push(TimerKeyGroupSnapshot {
-                key_group,
-                value_type: encoded.value_type,
-                checksum: encoded.checksum,
-                bytes: encoded.bytes,
-            });
+        self.freeze_with(extra_event, extra_processing).encode()
+    }
+
+    /// The synchronous part of [`snapshot_with`](Self::snapshot_with): a copy of the pending
+    /// timers (and the extra ones), which [`FrozenTimers::encode`] archives later.
+    pub fn freeze_with<'a>(
+        &'a self,
+        extra_event: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
+        extra_processing: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
+    ) -> FrozenTimers<K, N> {
+        FrozenTimers {
+            max_parallelism: self.max_parallelism,
+            event: self.event_time.freeze(extra_event),
+            processing: self.processing_time.freeze(extra_processing),
         }
-        Ok(TimerSnapshot { max_parallelism: self.max_parallelism, key_groups })
     }
 
     /// Replaces all timers with those of `snapshots` in this service's key groups (other key

@@ -21,7 +21,9 @@ use corestream_netstack::record::deserialize;
 use corestream_netstack::{Data, Doorbell, Event, RecordIter};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use crate::checkpoint::{CheckpointId, CheckpointNotice, OperatorStateParts, PartLayout, TaskSnapshot};
+use crate::checkpoint::{
+    CheckpointId, CheckpointNotice, OperatorStateParts, PartLayout, PendingSnapshot, TaskSnapshot,
+};
 use crate::error::TaskError;
 use crate::fs::{AtomicFile, OutputError};
 use crate::operators::{enter_node, monotonic_ns, Control, Emit, OperatorMetrics, Readiness};
@@ -147,7 +149,7 @@ impl<T: Data, S: Sink<T>> Control for SinkLink<T, S> {
         Ok(if self.sink.poll_ready() { Readiness::Ready } else { Readiness::Blocked })
     }
 
-    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingSnapshot) -> Result<(), TaskError> {
         enter_node(self.node);
         let state = self.sink.snapshot_state(checkpoint).map_err(|e| {
             self.checkpoint_error(&format!("the sink could not take its part of checkpoint {checkpoint}"), e)
@@ -532,11 +534,11 @@ mod tests {
     fn the_sink_link_passes_the_checkpoint_hooks_to_its_sink() {
         let heard = Rc::new(RefCell::new(Vec::new()));
         let mut first = link(Counting { heard: heard.clone(), ..Default::default() });
-        let mut empty = TaskSnapshot::default();
+        let mut empty = PendingSnapshot::default();
         first.snapshot_state(1, &mut empty).unwrap();
         assert!(empty.is_empty(), "a sink without state adds nothing");
         first.emit_batch(&mut vec![1, 2, 3]).unwrap();
-        let mut snapshot = TaskSnapshot::default();
+        let mut snapshot = PendingSnapshot::default();
         first.snapshot_state(2, &mut snapshot).unwrap();
         let part = snapshot.node(3).and_then(|p| p.get(SINK_STATE_PART)).expect("the sink's part");
         assert_eq!(part.layout, PartLayout::Subtask);
@@ -553,7 +555,7 @@ mod tests {
     #[test]
     fn a_failed_sink_snapshot_is_a_checkpoint_error_naming_the_node() {
         let mut failing = link(Counting { fail_snapshot: true, ..Default::default() });
-        match failing.snapshot_state(5, &mut TaskSnapshot::default()) {
+        match failing.snapshot_state(5, &mut PendingSnapshot::default()) {
             Err(TaskError::Checkpoint { node: Some(3), message }) => {
                 assert!(message.contains("checkpoint 5") && message.contains("disk full"), "{message}")
             }

@@ -16,6 +16,7 @@ pub mod channel_state;
 pub mod coordinator;
 pub mod mailbox;
 pub mod metadata;
+pub mod pending;
 pub mod redistribute;
 pub mod request;
 pub mod restore;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use alignment::{source_barrier_kind, AlignmentAction, BarrierAligner, BarrierHandling};
 pub use mailbox::{ControlMailbox, ControlMessage, MailboxFull};
 pub use metadata::TaskStateHandle;
+pub use pending::{EncodePart, PendingParts, PendingSnapshot};
 
 /// Why an operator, source or sink could not snapshot, restore or act on a notification; it
 /// fails the task, naming the operator.
@@ -317,7 +319,7 @@ pub trait SnapshotReporter: Send + Sync {
         &self,
         task: TaskId,
         checkpoint: CheckpointId,
-        snapshot: TaskSnapshot,
+        snapshot: PendingSnapshot,
         metrics: TaskCheckpointMetrics,
     );
     /// The task could not take its part of `checkpoint` (the reason names why).

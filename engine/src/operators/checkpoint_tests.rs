@@ -27,7 +27,7 @@ use super::process::{
 use super::reduce::ReduceOp;
 use super::{side_output, Control, Emit, OpNode, Operator, OperatorMetrics};
 use crate::checkpoint::redistribute::redistribute;
-use crate::checkpoint::{CheckpointNotice, OperatorStateParts, TaskSnapshot};
+use crate::checkpoint::{CheckpointNotice, PendingParts, PendingSnapshot, TaskSnapshot};
 use crate::config::RuntimeMode;
 use crate::error::TaskError;
 use crate::runtime::build::SideOutputs;
@@ -90,10 +90,10 @@ fn through_bytes(snapshot: &TaskSnapshot) -> TaskSnapshot {
 }
 
 fn snapshot<I: Data>(chain: &mut dyn Emit<I>, checkpoint: u64) -> TaskSnapshot {
-    let mut snapshot = TaskSnapshot::default();
+    let mut snapshot = PendingSnapshot::default();
     chain.snapshot_state(checkpoint, &mut snapshot).unwrap();
     chain.notify_checkpoint(CheckpointNotice::Complete(checkpoint)).unwrap();
-    through_bytes(&snapshot)
+    through_bytes(&snapshot.complete().unwrap())
 }
 
 /// Runs `steps` through a chain made by `make`, then finishes it: once uninterrupted, once with
@@ -319,8 +319,9 @@ fn a_snapshot_between_firing_steps_keeps_the_rest_of_the_bucket() {
     original.process_batch(&mut (0..400u64).map(|i| (i % 7, (i * 37 % 1000) as i64)).collect(), &mut out);
     original.on_watermark(450, &mut out);
     assert!(!original.fire_step(&mut out, 5), "half-fired");
-    let mut parts = OperatorStateParts::default();
+    let mut parts = PendingParts::default();
     original.snapshot_state(1, &mut parts).unwrap();
+    let parts = parts.complete().unwrap();
     let fire_all = |op: &mut SumWindows, out: &mut Vec<WOut>| {
         op.on_watermark(i64::MAX, out);
         while !op.fire_step(out, 3) {}
@@ -415,8 +416,9 @@ fn interval_join_buffers_and_cleanup_timers_survive_restores() {
     let mut original = interval_join();
     let mut out = Vec::new();
     original.process_batch(&mut (0..50u64).map(|i| Either::Left((i % 5, i as i64))).collect(), &mut out);
-    let mut parts = OperatorStateParts::default();
+    let mut parts = PendingParts::default();
     original.snapshot_state(1, &mut parts).unwrap();
+    let parts = parts.complete().unwrap();
     let mut restored = interval_join();
     restored.restore_state(&parts).unwrap();
     assert_eq!(restored.core.backend.num_entries(), original.core.backend.num_entries());

@@ -19,7 +19,7 @@ pub use super::operator_state::BroadcastState;
 use super::operator_state::RuntimeContext;
 use super::process::{KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, ProcessContext, ProcessFunction};
 use super::{Operator, SideOutput};
-use crate::checkpoint::{CheckpointId, OperatorStateParts, StateHookError};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, PendingParts, StateHookError};
 use crate::runtime::build::SideOutputs;
 use crate::time::TimestampFn;
 
@@ -227,11 +227,7 @@ where
         Some(watermark)
     }
 
-    fn snapshot_state(
-        &mut self,
-        _checkpoint: CheckpointId,
-        into: &mut OperatorStateParts,
-    ) -> Result<(), StateHookError> {
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
         Ok(self.core.snapshot(into)?)
     }
 
@@ -372,11 +368,7 @@ where
         })
     }
 
-    fn snapshot_state(
-        &mut self,
-        _checkpoint: CheckpointId,
-        into: &mut OperatorStateParts,
-    ) -> Result<(), StateHookError> {
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
         self.core.snapshot(into)?;
         Ok(self.state.snapshot(into)?)
     }

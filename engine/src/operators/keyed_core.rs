@@ -21,7 +21,7 @@ use corestream_state::{
 use super::now_ms;
 use super::process::TimeDomain;
 use super::state_parts::{self, PartError};
-use crate::checkpoint::{OperatorStateParts, PartLayout};
+use crate::checkpoint::{OperatorStateParts, PartLayout, PendingParts};
 
 /// Name of the part holding a keyed operator's keyed state.
 pub(crate) const KEYED_STATE_PART: &str = "keyed-state";
@@ -149,7 +149,7 @@ impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
     }
 
     /// Adds the `keyed-state` and `timers` parts.
-    pub(crate) fn snapshot(&self, into: &mut OperatorStateParts) -> Result<(), PartError> {
+    pub(crate) fn snapshot(&self, into: &mut PendingParts) -> Result<(), PartError> {
         self.snapshot_with(into, std::iter::empty(), std::iter::empty())
     }
 
@@ -157,15 +157,14 @@ impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
     /// (`(timestamp, key, namespace)` of event time, then processing time) in the `timers` part.
     pub(crate) fn snapshot_with<'a>(
         &'a self,
-        into: &mut OperatorStateParts,
+        into: &mut PendingParts,
         extra_event: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
         extra_processing: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
     ) -> Result<(), PartError> {
-        let state = self.backend.snapshot().map_err(|e| PartError::state(KEYED_STATE_PART, e))?;
-        let timers =
-            self.timers.snapshot_with(extra_event, extra_processing).map_err(|e| PartError::state(TIMERS_PART, e))?;
-        state_parts::put(into, KEYED_STATE_PART, PartLayout::KeyGroups, &state)?;
-        state_parts::put(into, TIMERS_PART, PartLayout::KeyGroups, &timers)?;
+        let state = self.backend.freeze();
+        let timers = self.timers.freeze_with(extra_event, extra_processing);
+        state_parts::put_deferred(into, KEYED_STATE_PART, PartLayout::KeyGroups, move || state.encode());
+        state_parts::put_deferred(into, TIMERS_PART, PartLayout::KeyGroups, move || timers.encode());
         state_parts::put_watermarks(into, WATERMARK_PART, &[self.clock.watermark])
     }
 
@@ -204,8 +203,9 @@ mod tests {
             counts.update(key * 10);
             original.timers.register_event_time_timer(key, (), key as i64);
         }
-        let mut parts = OperatorStateParts::default();
+        let mut parts = PendingParts::default();
         original.snapshot(&mut parts).unwrap();
+        let parts = parts.complete().unwrap();
 
         let halves = [KeyGroupRange { start: 0, end: 64 }, KeyGroupRange { start: 64, end: 128 }];
         let mut fired = Vec::new();
@@ -230,8 +230,9 @@ mod tests {
         let mut original = core(KeyGroupRange { start: 0, end: 128 });
         original.on_watermark(1_000);
         original.timers.register_event_time_timer(1, (), 1_500);
-        let mut parts = OperatorStateParts::default();
+        let mut parts = PendingParts::default();
         original.snapshot(&mut parts).unwrap();
+        let parts = parts.complete().unwrap();
         let mut restored = core(KeyGroupRange { start: 0, end: 128 });
         restored.restore(&parts).unwrap();
         assert_eq!(restored.clock.watermark, 1_000);
@@ -249,8 +250,9 @@ mod tests {
     fn a_damaged_part_is_an_error_naming_it_and_changes_nothing() {
         let mut original = core(KeyGroupRange { start: 0, end: 128 });
         original.timers.register_processing_time_timer(3, (), 5);
-        let mut parts = OperatorStateParts::default();
+        let mut parts = PendingParts::default();
         original.snapshot(&mut parts).unwrap();
+        let parts = parts.complete().unwrap();
         for (index, name) in [(0, KEYED_STATE_PART), (1, TIMERS_PART)] {
             for at in 0..parts.parts[index].bytes.len() {
                 let mut damaged = parts.clone();

@@ -34,7 +34,9 @@ use std::sync::Arc;
 use corestream_netstack::record::deserialize;
 use corestream_netstack::{Data, Event, RecordIter};
 
-use crate::checkpoint::{CheckpointId, CheckpointNotice, OperatorStateParts, StateHookError, TaskSnapshot};
+use crate::checkpoint::{
+    CheckpointId, CheckpointNotice, OperatorStateParts, PendingParts, PendingSnapshot, StateHookError, TaskSnapshot,
+};
 use crate::error::TaskError;
 
 /// Whether a chain can take more input now.
@@ -108,7 +110,7 @@ pub(crate) trait Control {
     /// side outputs' links) to `into`. The task loop calls it only between batches and when no
     /// firing is pending (`resume` returned true): a link with firings or held events would have
     /// emitted part of a watermark's output, and a snapshot then would split it.
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, _into: &mut TaskSnapshot) -> Result<(), TaskError> {
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, _into: &mut PendingSnapshot) -> Result<(), TaskError> {
         Ok(())
     }
     /// Before any input: every link takes back the state its node wrote, if any.
@@ -180,11 +182,7 @@ pub trait Operator<I: Data, O: Data>: 'static {
 
     /// Adds this operator subtask's state to `into` (synchronous part of a checkpoint: copy
     /// or version what is needed; writing happens elsewhere).
-    fn snapshot_state(
-        &mut self,
-        _checkpoint: CheckpointId,
-        _into: &mut OperatorStateParts,
-    ) -> Result<(), StateHookError> {
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, _into: &mut PendingParts) -> Result<(), StateHookError> {
         Ok(())
     }
 
@@ -441,16 +439,16 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Control for OpNode<I, O, Op> {
         self.next.resume(max_records)
     }
 
-    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingSnapshot) -> Result<(), TaskError> {
         debug_assert!(
             !self.firing && self.held.is_empty(),
             "node {}: snapshot with firings pending (the task loop snapshots only after `resume` returned true)",
             self.node
         );
-        let mut parts = OperatorStateParts::default();
+        let mut parts = PendingParts::default();
         enter_node(self.node);
         self.op.snapshot_state(checkpoint, &mut parts).map_err(|e| self.hook_error("snapshotting", e))?;
-        into.put_node(self.node, parts);
+        into.put_node_pending(self.node, parts);
         for side in &mut self.sides {
             side.control().snapshot_state(checkpoint, into)?;
         }

@@ -28,7 +28,7 @@ use hashbrown::HashMap;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::state_parts::{self, PartError};
-use crate::checkpoint::{OperatorStateParts, PartLayout};
+use crate::checkpoint::{OperatorStateParts, PartLayout, PendingParts};
 
 /// Name of the part holding a keyed broadcast operator's broadcast state.
 pub(crate) const BROADCAST_STATE_PART: &str = "broadcast-state";
@@ -236,7 +236,7 @@ impl OperatorStateStore {
     }
 
     /// Adds one part per declared state and per restored state not declared.
-    pub(crate) fn snapshot(&self, into: &mut OperatorStateParts) -> Result<(), PartError> {
+    pub(crate) fn snapshot(&self, into: &mut PendingParts) -> Result<(), PartError> {
         for (name, registered) in &self.states {
             let part = part_name(name);
             let bytes = registered.list.snapshot().map_err(|e| PartError::state(&part, e))?;
@@ -375,7 +375,7 @@ impl<K, V> std::ops::DerefMut for BroadcastState<K, V> {
 
 impl<K: StateKey + Hash + Eq, V: StateValue> BroadcastState<K, V> {
     /// Adds the `broadcast-state` part.
-    pub(crate) fn snapshot(&self, into: &mut OperatorStateParts) -> Result<(), PartError> {
+    pub(crate) fn snapshot(&self, into: &mut PendingParts) -> Result<(), PartError> {
         let entries: Vec<(K, V)> = self.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         state_parts::put(into, BROADCAST_STATE_PART, PartLayout::Broadcast, &entries)
     }

@@ -14,7 +14,7 @@ use super::keyed_core::KeyedCore;
 use super::operator_state::{OperatorStateStore, RuntimeContext};
 use super::{now_ms, Operator};
 use crate::api::time::OutputTag;
-use crate::checkpoint::{CheckpointId, OperatorStateParts, StateHookError};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, PendingParts, StateHookError};
 use crate::runtime::build::SideOutputs;
 use crate::time::Timestamps;
 
@@ -299,11 +299,7 @@ impl<I: Data, O: Data, P: ProcessFunction<I, O>> Operator<I, O> for ProcessOp<I,
         Some(watermark)
     }
 
-    fn snapshot_state(
-        &mut self,
-        checkpoint: CheckpointId,
-        into: &mut OperatorStateParts,
-    ) -> Result<(), StateHookError> {
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
         self.ensure_open();
         self.f.snapshot_state(checkpoint);
         Ok(self.store.snapshot(into)?)
@@ -404,11 +400,7 @@ where
         })
     }
 
-    fn snapshot_state(
-        &mut self,
-        _checkpoint: CheckpointId,
-        into: &mut OperatorStateParts,
-    ) -> Result<(), StateHookError> {
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
         Ok(self.core.snapshot(into)?)
     }
 

@@ -15,7 +15,7 @@ use hashbrown::{HashMap, HashSet};
 use super::keyed_core::KEYED_STATE_PART;
 use super::state_parts::{self, PartError};
 use super::Operator;
-use crate::checkpoint::{CheckpointId, OperatorStateParts, PartLayout, StateHookError};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, PartLayout, PendingParts, StateHookError};
 use crate::config::RuntimeMode;
 
 /// The name of the value state the reduce's snapshot holds.
@@ -49,11 +49,14 @@ where
     T: Data + Clone,
     K: StateKey,
 {
-    fn snapshot(&self, into: &mut OperatorStateParts) -> Result<(), PartError> {
-        let entries = self.state.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v)));
-        let snapshot = KeyedStateSnapshot::of_values(REDUCE_STATE, self.max_parallelism, entries)
-            .map_err(|e| PartError::state(KEYED_STATE_PART, e))?;
-        state_parts::put(into, KEYED_STATE_PART, PartLayout::KeyGroups, &snapshot)
+    fn snapshot(&self, into: &mut PendingParts) -> Result<(), PartError> {
+        let entries: Vec<(K, T)> =
+            self.state.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone()))).collect();
+        let max_parallelism = self.max_parallelism;
+        state_parts::put_deferred(into, KEYED_STATE_PART, PartLayout::KeyGroups, move || {
+            KeyedStateSnapshot::of_values(REDUCE_STATE, max_parallelism, entries.iter().map(|(k, v)| (k, v)))
+        });
+        Ok(())
     }
 
     /// Replaces the values with those of every `keyed-state` part in this subtask's key
@@ -118,11 +121,7 @@ where
         pending.is_empty()
     }
 
-    fn snapshot_state(
-        &mut self,
-        _checkpoint: CheckpointId,
-        into: &mut OperatorStateParts,
-    ) -> Result<(), StateHookError> {
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
         Ok(self.snapshot(into)?)
     }
 

@@ -7,7 +7,7 @@
 use corestream_netstack::Data;
 use corestream_state::{part, StateError};
 
-use crate::checkpoint::{OperatorStateParts, PartLayout};
+use crate::checkpoint::{OperatorStateParts, PartLayout, PendingParts};
 
 /// A state part that could not be written or read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,7 +28,7 @@ impl PartError {
 
 /// Adds the framed archive of `value` as part `name`.
 pub(crate) fn put<T: Data>(
-    into: &mut OperatorStateParts,
+    into: &mut PendingParts,
     name: &str,
     layout: PartLayout,
     value: &T,
@@ -36,6 +36,19 @@ pub(crate) fn put<T: Data>(
     let bytes = part::encode(value).map_err(|e| PartError::state(name, e))?;
     into.push(name, layout, bytes);
     Ok(())
+}
+
+/// Adds part `name`, the framed archive of what `make` returns, made off the task's thread
+/// (from a frozen copy `make` owns); an error names the part.
+pub(crate) fn put_deferred<T: Data>(
+    into: &mut PendingParts,
+    name: &'static str,
+    layout: PartLayout,
+    make: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) {
+    let encode =
+        move || make().and_then(|value| part::encode(&value)).map_err(|e| PartError::state(name, e).to_string());
+    into.push_deferred(name, layout, Box::new(encode));
 }
 
 /// Every occurrence of part `name` with layout `layout`, read back.
@@ -67,7 +80,7 @@ pub(crate) fn get_one<T: Data>(
 
 /// Adds the event times `watermarks` as operator list part `name` (one element per value, so
 /// a rescale deals them like any list state).
-pub(crate) fn put_watermarks(into: &mut OperatorStateParts, name: &str, watermarks: &[i64]) -> Result<(), PartError> {
+pub(crate) fn put_watermarks(into: &mut PendingParts, name: &str, watermarks: &[i64]) -> Result<(), PartError> {
     let elements =
         watermarks.iter().map(corestream_netstack::record::to_bytes).collect::<Result<Vec<_>, _>>().map_err(|e| {
             PartError::state(name, StateError::Serialization { what: "i64".into(), reason: e.to_string() })
@@ -103,7 +116,7 @@ mod tests {
 
     #[test]
     fn parts_round_trip_and_damage_names_the_part() {
-        let mut parts = OperatorStateParts::default();
+        let mut parts = PendingParts::default();
         put(&mut parts, "numbers", PartLayout::Subtask, &vec![1u64, 2, 3]).unwrap();
         assert_eq!(get_one::<Vec<u64>>(&parts, "numbers", PartLayout::Subtask).unwrap(), Some(vec![1, 2, 3]));
         assert_eq!(get_one::<Vec<u64>>(&parts, "other", PartLayout::Subtask).unwrap(), None);

@@ -18,7 +18,7 @@ use corestream_netstack::{Data, Event, WatermarkStatus};
 
 use super::state_parts;
 use super::{enter_node, now_ms, Control, Emit, FlushReason, OperatorMetrics, Readiness};
-use crate::checkpoint::{CheckpointId, CheckpointNotice, OperatorStateParts, TaskSnapshot};
+use crate::checkpoint::{CheckpointId, CheckpointNotice, PendingParts, PendingSnapshot, TaskSnapshot};
 use crate::error::TaskError;
 use crate::time::strategy::{Emission, Timestamps, WatermarkGenerator, WatermarkOutput};
 
@@ -148,14 +148,14 @@ impl<T: Data> Control for WatermarkLink<T> {
     fn resume(&mut self, max_records: usize) -> Result<bool, TaskError> {
         self.next.resume(max_records)
     }
-    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
-        let mut parts = OperatorStateParts::default();
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingSnapshot) -> Result<(), TaskError> {
+        let mut parts = PendingParts::default();
         let last = self.restored.unwrap_or(self.current);
         state_parts::put_watermarks(&mut parts, WATERMARK_PART, &[last]).map_err(|e| TaskError::Checkpoint {
             node: Some(self.node),
             message: format!("snapshotting state: {e}"),
         })?;
-        into.put_node(self.node, parts);
+        into.put_node_pending(self.node, parts);
         self.next.snapshot_state(checkpoint, into)
     }
     fn restore_state(&mut self, from: &TaskSnapshot) -> Result<(), TaskError> {

@@ -15,7 +15,7 @@ use super::metrics::TaskCounters;
 use super::output::NetworkOutput;
 use crate::api::source_rate::{Grant, TokenBucket};
 use crate::api::sources::{Rewind, Source, SourceContext, SourceStatus};
-use crate::checkpoint::{CheckpointId, OperatorStateParts, PartLayout, TaskSnapshot};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, PartLayout, PendingSnapshot, TaskSnapshot};
 use crate::config::RuntimeMode;
 use crate::error::TaskError;
 use crate::graph::Partitioning;
@@ -126,7 +126,7 @@ pub(crate) trait TaskSource {
     /// origin); `None` when latency tracking is off.
     fn latency_markers(&self) -> Option<(std::time::Duration, u32)>;
     /// Adds the source's position (and its chain's state) to a checkpoint.
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, _into: &mut TaskSnapshot) -> Result<(), TaskError> {
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, _into: &mut PendingSnapshot) -> Result<(), TaskError> {
         Ok(())
     }
     /// Restores the source's position (and its chain's state) before the first batch.
@@ -269,7 +269,7 @@ impl<T: Data> TaskSource for SourceRunner<T> {
         self.latency_markers
     }
 
-    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingSnapshot) -> Result<(), TaskError> {
         enter_node(self.node);
         match self.rewind {
             Rewind::Yes => {
@@ -458,7 +458,7 @@ mod tests {
     fn the_position_is_the_source_nodes_subtask_part_and_restores_where_it_was() {
         let mut first = runner(sequence(), Rewind::Yes, false);
         first.step(30).unwrap();
-        let mut snapshot = TaskSnapshot::default();
+        let mut snapshot = PendingSnapshot::default();
         first.snapshot_state(7, &mut snapshot).unwrap();
         let part = snapshot.node(4).and_then(|p| p.get(POSITION_PART)).expect("position part");
         assert_eq!(part.layout, PartLayout::Subtask);
@@ -480,17 +480,17 @@ mod tests {
     fn a_source_that_cannot_rewind_fails_the_checkpoint_unless_at_most_once_is_accepted() {
         let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
         let mut refused = runner(Box::new(ChannelSource { rx }), Rewind::CHANNEL, false);
-        let message = checkpoint_message(refused.snapshot_state(1, &mut TaskSnapshot::default()).unwrap_err());
+        let message = checkpoint_message(refused.snapshot_state(1, &mut PendingSnapshot::default()).unwrap_err());
         assert!(message.contains("cannot rewind") && message.contains("at most once"), "{message}");
 
         let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
         let mut accepted = runner(Box::new(ChannelSource { rx }), Rewind::CHANNEL, true);
-        let mut snapshot = TaskSnapshot::default();
+        let mut snapshot = PendingSnapshot::default();
         accepted.snapshot_state(1, &mut snapshot).unwrap();
         assert!(snapshot.node(4).is_none(), "no position is written");
         accepted.restore_state(&snapshot).unwrap();
 
-        let mut with_position = TaskSnapshot::default();
+        let mut with_position = PendingSnapshot::default();
         runner(sequence(), Rewind::Yes, false).snapshot_state(1, &mut with_position).unwrap();
         let (_tx, rx) = crossbeam_channel::bounded::<u64>(1);
         let mut changed = runner(Box::new(ChannelSource { rx }), Rewind::CHANNEL, true);

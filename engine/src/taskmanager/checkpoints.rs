@@ -1,8 +1,9 @@
 //! A deployment's side of checkpoints on a TaskManager: the snapshot writer. Tasks hand their
 //! synchronous snapshots to it (never blocking their slot: the queue is bounded, and a full
-//! queue declines the checkpoint); a thread of its own (`cs-ckpt-*`) writes and syncs each
-//! task's file and tells the control loop, which acknowledges to the job master with the file's
-//! handle, or declines the checkpoint when writing failed. The thread ends when the deployment
+//! queue declines the checkpoint); a thread of its own (`cs-ckpt-*`) encodes the parts the
+//! tasks left to encode (frozen keyed state and timers), writes and syncs each task's file and
+//! tells the control loop, which acknowledges to the job master with the file's handle, or
+//! declines the checkpoint when encoding or writing failed. The thread ends when the deployment
 //! drops the last reporter. It also reads the state a restored part's tasks start from.
 
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use super::deployment::DeploymentEvent;
 use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::storage::{CheckpointStorage, FsCheckpointStorage, StorageError};
 use crate::checkpoint::{
-    CheckpointId, DeploymentCheckpointing, SnapshotReporter, TaskCheckpointMetrics, TaskId, TaskSnapshot,
-    TaskStateHandle, TaskStateLoader,
+    CheckpointId, DeploymentCheckpointing, PendingSnapshot, SnapshotReporter, TaskCheckpointMetrics, TaskId,
+    TaskSnapshot, TaskStateHandle, TaskStateLoader,
 };
 use crate::error::JobError;
 use crate::rpc::ids::DeploymentKey;
@@ -31,7 +32,7 @@ pub(crate) type WriteFn = dyn Fn(CheckpointId, TaskId, &TaskSnapshot) -> Result<
 struct WriteJob {
     task: TaskId,
     checkpoint: CheckpointId,
-    snapshot: TaskSnapshot,
+    snapshot: PendingSnapshot,
     metrics: TaskCheckpointMetrics,
 }
 
@@ -54,7 +55,8 @@ impl DeploymentReporter {
         std::thread::Builder::new().name(format!("cs-ckpt-{}", &deployment.to_string()[..8])).spawn(move || {
             for job in queue {
                 let started = Instant::now();
-                let event = match write(job.checkpoint, job.task, &job.snapshot) {
+                let written = job.snapshot.complete().and_then(|snapshot| write(job.checkpoint, job.task, &snapshot));
+                let event = match written {
                     Ok(handle) => {
                         let mut metrics = job.metrics;
                         metrics.async_ms = started.elapsed().as_millis() as u64;
@@ -100,7 +102,7 @@ impl SnapshotReporter for DeploymentReporter {
         &self,
         task: TaskId,
         checkpoint: CheckpointId,
-        snapshot: TaskSnapshot,
+        snapshot: PendingSnapshot,
         metrics: TaskCheckpointMetrics,
     ) {
         match self.jobs.try_send(WriteJob { task, checkpoint, snapshot, metrics }) {
@@ -181,7 +183,7 @@ pub(crate) fn part_checkpoints(
 struct NoCheckpoints;
 
 impl SnapshotReporter for NoCheckpoints {
-    fn snapshot_taken(&self, task: TaskId, checkpoint: CheckpointId, _: TaskSnapshot, _: TaskCheckpointMetrics) {
+    fn snapshot_taken(&self, task: TaskId, checkpoint: CheckpointId, _: PendingSnapshot, _: TaskCheckpointMetrics) {
         tracing::warn!(%task, checkpoint, "a snapshot of a job without checkpoints was dropped");
     }
 

@@ -20,7 +20,7 @@ use corestream_state::{KeyedStateBackend, StateKey, TimerService, ValueState, Va
 use super::assigner::{TimeWindow, WindowAssigner};
 use super::merging::{self, WindowMapping};
 use super::trigger::{Trigger, TriggerContext, TriggerResult};
-use crate::checkpoint::{CheckpointId, OperatorStateParts, StateHookError};
+use crate::checkpoint::{CheckpointId, OperatorStateParts, PendingParts, StateHookError};
 use crate::operators::keyed_core::KeyedCore;
 use crate::operators::state_parts::PartError;
 use crate::operators::{Operator, SideOutput};
@@ -441,7 +441,7 @@ where
     /// Adds keyed state and every timer: those of the timer service, those kept in time
     /// buckets, and the rest of a bucket being fired (the task snapshots only when no firing is
     /// pending, so that is empty there). The operator itself is left as it was.
-    fn snapshot(&self, into: &mut OperatorStateParts) -> Result<(), PartError> {
+    fn snapshot(&self, into: &mut PendingParts) -> Result<(), PartError> {
         let firing = |event_time: bool| {
             self.firing_bucket
                 .iter()
@@ -642,11 +642,7 @@ where
         self.fire_step(out, max_records)
     }
 
-    fn snapshot_state(
-        &mut self,
-        _checkpoint: CheckpointId,
-        into: &mut OperatorStateParts,
-    ) -> Result<(), StateHookError> {
+    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
         Ok(self.snapshot(into)?)
     }
 

@@ -18,7 +18,7 @@ use super::descriptors::{
 use super::handles::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use super::heap::HeapState;
 use super::snapshot::{KeyGroupSnapshot, KeyedStateSnapshot, NamedStateBytes, StateKind};
-use super::tables::{AggregatingTable, ListTable, MapTable, ReducingTable, StateTable, ValueTable};
+use super::tables::{AggregatingTable, FrozenTable, ListTable, MapTable, ReducingTable, StateTable, ValueTable};
 use super::ttl::{Expiring, Plain, StateTtlConfig};
 use super::{KeyContext, Namespace, StateKey, StateValue};
 use crate::codec;
@@ -305,30 +305,26 @@ impl<K: StateKey> KeyedStateBackend<K> {
     }
 
     /// Consistent snapshot of every state, per key group (live entries only: expired TTL
-    /// entries are left out). Synchronous: serializes everything before returning.
+    /// entries are left out): [`freeze`](Self::freeze), then encode at once.
     pub fn snapshot(&self) -> Result<KeyedStateSnapshot, StateError> {
+        self.freeze().encode()
+    }
+
+    /// The synchronous part of a snapshot: a copy of every state's live entries, which
+    /// [`FrozenKeyedState::encode`] archives later, on any thread, into what
+    /// [`snapshot`](Self::snapshot) returns. Changes to the backend after this call are not in it.
+    pub fn freeze(&self) -> FrozenKeyedState {
         let now_ms = self.ctx.current_time();
-        let mut key_groups = Vec::new();
-        for key_group in self.key_groups().as_range() {
-            let mut states = Vec::new();
-            for (name, registered) in &self.states {
-                if let Some(encoded) = registered.table.borrow().snapshot_group(key_group, now_ms)? {
-                    states.push(NamedStateBytes {
-                        name: name.clone(),
-                        kind: registered.kind,
-                        value_type: encoded.value_type,
-                        checksum: encoded.checksum,
-                        bytes: encoded.bytes,
-                    });
-                }
-            }
-            states.extend(self.pending.values().filter_map(|groups| groups.get(&key_group)).cloned());
-            states.sort_by(|a, b| a.name.cmp(&b.name));
-            if !states.is_empty() {
-                key_groups.push(KeyGroupSnapshot { key_group, states });
-            }
+        let states = self
+            .states
+            .iter()
+            .map(|(name, registered)| (name.clone(), registered.kind, registered.table.borrow().freeze(now_ms)))
+            .collect();
+        let mut pending: BTreeMap<u32, Vec<NamedStateBytes>> = BTreeMap::new();
+        for (&key_group, state) in self.pending.values().flatten() {
+            pending.entry(key_group).or_default().push(state.clone());
         }
-        Ok(KeyedStateSnapshot { max_parallelism: self.max_parallelism(), key_groups })
+        FrozenKeyedState { max_parallelism: self.max_parallelism(), key_groups: self.key_groups(), states, pending }
     }
 
     /// Replaces every state with the contents of `snapshots` (which together must hold each key
@@ -416,6 +412,54 @@ impl<K: StateKey> KeyedStateBackend<K> {
     /// not been removed yet included; restored states not registered yet excluded).
     pub fn num_entries(&self) -> usize {
         self.states.values().map(|r| r.table.borrow().num_entries()).sum()
+    }
+}
+
+/// Every state of a backend as it was at [`KeyedStateBackend::freeze`], owned and sendable: the
+/// asynchronous part of a snapshot encodes it.
+pub struct FrozenKeyedState {
+    max_parallelism: u32,
+    key_groups: KeyGroupRange,
+    /// (name, kind, live entries) of every registered state.
+    states: Vec<(String, StateKind, Box<dyn FrozenTable>)>,
+    /// Restored states not registered yet, carried over as they are, by key group.
+    pending: BTreeMap<u32, Vec<NamedStateBytes>>,
+}
+
+impl std::fmt::Debug for FrozenKeyedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenKeyedState")
+            .field("max_parallelism", &self.max_parallelism)
+            .field("key_groups", &self.key_groups)
+            .field("states", &self.states.iter().map(|(name, _, _)| name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrozenKeyedState {
+    /// The archives of every state, per key group, states by name within a key group.
+    pub fn encode(mut self) -> Result<KeyedStateSnapshot, StateError> {
+        let mut key_groups = Vec::new();
+        for key_group in self.key_groups.as_range() {
+            let mut states = Vec::new();
+            for (name, kind, table) in &self.states {
+                if let Some(encoded) = table.encode_group(key_group)? {
+                    states.push(NamedStateBytes {
+                        name: name.clone(),
+                        kind: *kind,
+                        value_type: encoded.value_type,
+                        checksum: encoded.checksum,
+                        bytes: encoded.bytes,
+                    });
+                }
+            }
+            states.extend(self.pending.remove(&key_group).unwrap_or_default());
+            states.sort_by(|a, b| a.name.cmp(&b.name));
+            if !states.is_empty() {
+                key_groups.push(KeyGroupSnapshot { key_group, states });
+            }
+        }
+        Ok(KeyedStateSnapshot { max_parallelism: self.max_parallelism, key_groups })
     }
 }
 

@@ -5,9 +5,10 @@
 //! probes once; the key and namespace are cloned only when an entry is created. A hash is
 //! recomputed from the stored key and namespace only when a table grows.
 //!
-//! Snapshots clone one key group of one state at a time into `Vec<(K, N, persisted S)>` and
-//! archive it, leaving out expired values; restores check that every entry's key belongs to the
-//! key group it was stored under.
+//! A snapshot first freezes a state: it clones each key group's live entries into
+//! `Vec<(K, N, persisted S)>`, leaving out expired values. That is the synchronous part; the
+//! copies are archived later, off the task's thread. Restores check that every entry's key
+//! belongs to the key group it was stored under.
 
 use std::hash::Hash;
 
@@ -16,7 +17,7 @@ use hashbrown::HashMap;
 
 use super::descriptors::{AggregateFunction, ReduceFn};
 use super::snapshot::{NamedStateBytes, StateKind};
-use super::tables::{AggregatingTable, ListTable, MapTable, ReducingTable, StateTable, ValueTable};
+use super::tables::{AggregatingTable, FrozenTable, ListTable, MapTable, ReducingTable, StateTable, ValueTable};
 use super::ttl::{Clock, Expiring, Plain, StateTtlConfig, ValueCell};
 use super::{key_table_hash, namespace_hash, table_hash, At, Namespace, NsAt, StateKey, StateValue};
 use crate::codec::{self, Encoded};
@@ -225,6 +226,23 @@ impl<UK: StateKey, C: ValueCell> Persist for HashMap<UK, C> {
 /// The entries archived for one key group of one state.
 type Archived<K, N, P> = Vec<(K, N, P)>;
 
+/// A heap state's live entries at a snapshot, by key group from `first`.
+struct FrozenHeap<K, N, P> {
+    what: String,
+    first: u32,
+    groups: Vec<Archived<K, N, P>>,
+}
+
+impl<K: StateKey, N: Namespace, P: StateValue> FrozenTable for FrozenHeap<K, N, P> {
+    fn encode_group(&self, key_group: u32) -> Result<Option<Encoded>, StateError> {
+        let entries = key_group.checked_sub(self.first).and_then(|i| self.groups.get(i as usize));
+        match entries {
+            Some(entries) if !entries.is_empty() => codec::encode(entries, || self.what.clone()).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// One registered state of the heap backend; `F` is its function (reduce, aggregate) or `()`.
 pub(crate) struct HeapState<K, N, S, F> {
     name: String,
@@ -274,15 +292,17 @@ impl<K: StateKey, N: Namespace, S: Persist, F: 'static> StateTable for HeapState
         self.table.clear();
     }
 
-    fn snapshot_group(&self, key_group: u32, now_ms: i64) -> Result<Option<Encoded>, StateError> {
+    fn freeze(&self, now_ms: i64) -> Box<dyn FrozenTable> {
         let clock = self.clock(now_ms);
-        let group = &self.table.groups[self.table.group_index(key_group)];
-        let entries: Archived<K, N, S::Persisted> =
-            group.iter().filter_map(|s| s.state.persist(&clock).map(|p| (s.key.clone(), s.ns.clone(), p))).collect();
-        if entries.is_empty() {
-            return Ok(None);
-        }
-        codec::encode(&entries, || self.what()).map(Some)
+        let groups = self
+            .table
+            .groups
+            .iter()
+            .map(|group| {
+                group.iter().filter_map(|s| s.state.persist(&clock).map(|p| (s.key.clone(), s.ns.clone(), p))).collect()
+            })
+            .collect();
+        Box::new(FrozenHeap::<K, N, S::Persisted> { what: self.what(), first: self.table.key_groups.start, groups })
     }
 
     fn restore_group(&mut self, key_group: u32, state: &NamedStateBytes) -> Result<(), StateError> {

@@ -50,7 +50,7 @@ use corestream_netstack::Data;
 
 use crate::keygroup::{key_group_for_hash, stable_hash, KeyGroupRange};
 
-pub use backend::{KeyedStateBackend, StateBackendKind};
+pub use backend::{FrozenKeyedState, KeyedStateBackend, StateBackendKind};
 pub use descriptors::{
     AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     ValueStateDescriptor,

@@ -1,6 +1,7 @@
 //! The object-safe interface between state handles and a backend: one trait per state kind,
 //! each call scoped by an [`At`] (current key, its key-group index, namespace, hashes, time), plus
-//! [`StateTable`], what the backend itself needs of every state (snapshot, restore, size).
+//! [`StateTable`], what the backend itself needs of every state (snapshot, restore, size), and
+//! [`FrozenTable`], a state's live entries copied at a snapshot and encoded later.
 //! A backend implements these for its storage; handles hold `Rc<RefCell<dyn …>>` and make one
 //! dynamic call per access.
 //!
@@ -21,12 +22,18 @@ pub(crate) trait StateTable {
     /// Number of `(key, namespace)` entries, expired or not.
     fn num_entries(&self) -> usize;
     fn clear_all(&mut self);
-    /// Archive of the live entries of `key_group` at `now_ms`; `None` if it has none.
-    fn snapshot_group(&self, key_group: u32, now_ms: i64) -> Result<Option<Encoded>, StateError>;
+    /// A copy of the live entries at `now_ms`, to be encoded by key group on any thread.
+    fn freeze(&self, now_ms: i64) -> Box<dyn FrozenTable>;
     /// Loads one state's entries of `key_group` from an archive made by `snapshot_group` of a
     /// table of the same type (its type name and checksum are checked). Entries already present
     /// for the same `(key, namespace)` are overwritten.
     fn restore_group(&mut self, key_group: u32, state: &NamedStateBytes) -> Result<(), StateError>;
+}
+
+/// One state's live entries as they were at a snapshot, owned and sendable.
+pub(crate) trait FrozenTable: Send {
+    /// Archive of the entries of `key_group`; `None` if it has none.
+    fn encode_group(&self, key_group: u32) -> Result<Option<Encoded>, StateError>;
 }
 
 pub(crate) trait ValueTable<K, N, V>: StateTable {

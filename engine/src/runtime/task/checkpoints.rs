@@ -21,7 +21,7 @@ use tracing::debug;
 use crate::checkpoint::channel_state::{check_channels, AlignedBuffer, Direction, InputCapture, Replay};
 use crate::checkpoint::{
     source_barrier_kind, AlignmentAction, BarrierAligner, BarrierHandling, BarrierOptions, CheckpointId,
-    CheckpointNotice, ControlMessage, TaskCheckpointMetrics, TaskCheckpointing, TaskSnapshot,
+    CheckpointNotice, ControlMessage, PendingSnapshot, TaskCheckpointMetrics, TaskCheckpointing, TaskSnapshot,
 };
 use crate::error::TaskError;
 use crate::operators::Control;
@@ -55,7 +55,7 @@ pub(super) struct Restored {
 /// The checkpoint this task is taking, from its snapshot until it is reported.
 struct Taking {
     checkpoint_id: CheckpointId,
-    snapshot: TaskSnapshot,
+    snapshot: PendingSnapshot,
     /// Unaligned input tasks: the input channel state being recorded.
     input: Option<InputCapture>,
     output: CaptureSink,
@@ -269,7 +269,7 @@ impl Checkpoints {
         }
         let kind = source_barrier_kind(options);
         let started = Instant::now();
-        let mut snapshot = TaskSnapshot::default();
+        let mut snapshot = PendingSnapshot::default();
         if let Err(e) = source.snapshot_state(checkpoint_id, &mut snapshot) {
             self.decline(checkpoint_id, format!("the snapshot failed: {}", describe(&e)));
             return Err(e);
@@ -400,7 +400,7 @@ impl Checkpoints {
         aligning_ends: bool,
     ) -> Result<(), TaskError> {
         let started = Instant::now();
-        let mut snapshot = TaskSnapshot::default();
+        let mut snapshot = PendingSnapshot::default();
         if let Err(e) = input.chain().snapshot_state(checkpoint_id, &mut snapshot) {
             self.decline(checkpoint_id, format!("the snapshot failed: {}", describe(&e)));
             return Err(e);

@@ -16,16 +16,17 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::{run, TaskBody, TaskEnv};
 use crate::api::sources::SourceStatus;
+use crate::checkpoint::channel_state::Replay;
 use crate::checkpoint::{
     BarrierOptions, ChannelState, CheckpointId, CheckpointMode, CheckpointNotice, ControlMailbox, ControlMessage,
-    OperatorStateParts, PartLayout, SnapshotReporter, TaskCheckpointMetrics, TaskCheckpointing, TaskId, TaskSnapshot,
+    OperatorStateParts, PartLayout, PendingSnapshot, SnapshotReporter, TaskCheckpointMetrics, TaskCheckpointing,
+    TaskId, TaskSnapshot,
 };
 use crate::error::TaskError;
 use crate::graph::Partitioning;
 use crate::operators::{Control, Emit, FlushReason, Readiness};
 use crate::runtime::build::{OutputCtx, OutputEdgeRt, TaskInput, TaskSource};
 use crate::runtime::job::JobShared;
-use crate::checkpoint::channel_state::Replay;
 use crate::runtime::output::{capturing, CaptureSink, NetworkOutput};
 
 const TASK: TaskId = TaskId { vertex: 1, subtask: 0 };
@@ -38,9 +39,15 @@ struct Reports {
 }
 
 impl SnapshotReporter for Reports {
-    fn snapshot_taken(&self, task: TaskId, checkpoint: CheckpointId, snapshot: TaskSnapshot, m: TaskCheckpointMetrics) {
+    fn snapshot_taken(
+        &self,
+        task: TaskId,
+        checkpoint: CheckpointId,
+        snapshot: PendingSnapshot,
+        m: TaskCheckpointMetrics,
+    ) {
         assert_eq!(task, TASK);
-        self.taken.lock().unwrap().push((checkpoint, snapshot, m));
+        self.taken.lock().unwrap().push((checkpoint, snapshot.complete().unwrap(), m));
     }
 
     fn declined(&self, task: TaskId, checkpoint: CheckpointId, reason: String) {
@@ -144,7 +151,7 @@ impl Control for Recorder {
     fn drain(&mut self) -> Result<bool, TaskError> {
         self.out.as_mut().map_or(Ok(true), |o| o.drain())
     }
-    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingSnapshot) -> Result<(), TaskError> {
         let mut parts = OperatorStateParts::default();
         parts.push("seen", PartLayout::Subtask, encode(&self.seen.borrow().values));
         into.put_node(NODE, parts);
@@ -210,7 +217,7 @@ impl TaskSource for Counter {
     fn latency_markers(&self) -> Option<(Duration, u32)> {
         None
     }
-    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingSnapshot) -> Result<(), TaskError> {
         let mut parts = OperatorStateParts::default();
         parts.push("position", PartLayout::Subtask, encode(&[self.next]));
         into.put_node(NODE, parts);
@@ -773,7 +780,11 @@ fn records_parked_on_several_edges_are_captured_in_their_channels() {
             })
             .collect();
         let upto = expected.len() - share(2 * before..total).len();
-        assert_eq!(first_difference(&replayed, &expected[1..upto]), None, "channel {c}: the state is what the barrier overtook");
+        assert_eq!(
+            first_difference(&replayed, &expected[1..upto]),
+            None,
+            "channel {c}: the state is what the barrier overtook"
+        );
     }
     drop(out);
     assert_eq!(pool.in_use(), 0);
@@ -960,7 +971,7 @@ impl TaskSource for FinishingCounter {
     fn latency_markers(&self) -> Option<(Duration, u32)> {
         None
     }
-    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut TaskSnapshot) -> Result<(), TaskError> {
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingSnapshot) -> Result<(), TaskError> {
         self.0.snapshot_state(checkpoint, into)
     }
 }

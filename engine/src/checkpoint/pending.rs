@@ -1,0 +1,163 @@
+//! A snapshot between its two parts. The synchronous part, on the task's thread, copies what it
+//! must (a frozen copy of keyed state and timers, a source position) and leaves the encoding of
+//! large parts to the asynchronous part: such a part is added with a placeholder and a closure
+//! that encodes the copy ([`PendingParts::push_deferred`]). The snapshot writer, off the slot's
+//! thread, runs the closures ([`PendingSnapshot::complete`]) before it writes the task's file,
+//! so a slot stops for the copy only, never for serialization. A closure that fails fails that
+//! task's part of the checkpoint, which is then declined.
+
+use std::ops::{Deref, DerefMut};
+
+use super::{OperatorStateParts, PartLayout, TaskSnapshot};
+
+/// Encodes one state part, on the snapshot writer's thread; an error names what failed.
+pub type EncodePart = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>;
+
+/// The parts one operator subtask snapshotted, some of them still to be encoded. It reads and
+/// writes as the [`OperatorStateParts`] it becomes.
+#[derive(Default)]
+pub struct PendingParts {
+    parts: OperatorStateParts,
+    /// (index of the placeholder in `parts.parts`, its encoder).
+    deferred: Vec<(usize, EncodePart)>,
+}
+
+impl std::fmt::Debug for PendingParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingParts")
+            .field("parts", &self.parts)
+            .field("deferred", &self.deferred.iter().map(|(i, _)| i).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl PendingParts {
+    /// Adds part `name`, whose bytes `encode` makes later, off the task's thread.
+    pub fn push_deferred(&mut self, name: impl Into<String>, layout: PartLayout, encode: EncodePart) {
+        self.deferred.push((self.parts.parts.len(), encode));
+        self.parts.push(name, layout, Vec::new());
+    }
+
+    /// The parts, with every deferred one encoded now (on this thread).
+    pub fn complete(self) -> Result<OperatorStateParts, String> {
+        let mut parts = self.parts;
+        for (index, encode) in self.deferred {
+            parts.parts[index].bytes = encode()?;
+        }
+        Ok(parts)
+    }
+}
+
+impl Deref for PendingParts {
+    type Target = OperatorStateParts;
+    fn deref(&self) -> &OperatorStateParts {
+        &self.parts
+    }
+}
+
+impl DerefMut for PendingParts {
+    fn deref_mut(&mut self) -> &mut OperatorStateParts {
+        &mut self.parts
+    }
+}
+
+/// A task's snapshot after its synchronous part: what the task hands to the snapshot writer.
+/// It reads and writes as the [`TaskSnapshot`] it becomes.
+#[derive(Default)]
+pub struct PendingSnapshot {
+    snapshot: TaskSnapshot,
+    /// (index of the node in `snapshot.nodes`, index of the part in its parts, encoder).
+    deferred: Vec<(usize, usize, EncodePart)>,
+}
+
+impl std::fmt::Debug for PendingSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSnapshot")
+            .field("snapshot", &self.snapshot)
+            .field("deferred", &self.deferred.len())
+            .finish()
+    }
+}
+
+impl From<TaskSnapshot> for PendingSnapshot {
+    fn from(snapshot: TaskSnapshot) -> Self {
+        Self { snapshot, deferred: Vec::new() }
+    }
+}
+
+impl PendingSnapshot {
+    /// Adds the state of graph node `node` (nothing when it is empty).
+    pub fn put_node_pending(&mut self, node: usize, parts: PendingParts) {
+        if parts.is_empty() {
+            return;
+        }
+        let entry = self.snapshot.nodes.len();
+        self.deferred.extend(parts.deferred.into_iter().map(|(part, encode)| (entry, part, encode)));
+        self.snapshot.nodes.push((node as u32, parts.parts));
+    }
+
+    /// Parts still to be encoded.
+    pub fn deferred(&self) -> usize {
+        self.deferred.len()
+    }
+
+    /// The snapshot, with every deferred part encoded (the asynchronous part's first step).
+    pub fn complete(self) -> Result<TaskSnapshot, String> {
+        let mut snapshot = self.snapshot;
+        for (entry, part, encode) in self.deferred {
+            snapshot.nodes[entry].1.parts[part].bytes = encode()?;
+        }
+        Ok(snapshot)
+    }
+}
+
+impl Deref for PendingSnapshot {
+    type Target = TaskSnapshot;
+    fn deref(&self) -> &TaskSnapshot {
+        &self.snapshot
+    }
+}
+
+impl DerefMut for PendingSnapshot {
+    fn deref_mut(&mut self) -> &mut TaskSnapshot {
+        &mut self.snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_parts_are_encoded_in_their_places_when_completed() {
+        let mut parts = PendingParts::default();
+        parts.push("position", PartLayout::Subtask, vec![1]);
+        parts.push_deferred("keyed-state", PartLayout::KeyGroups, Box::new(|| Ok(vec![2, 3])));
+        parts.push("watermark", PartLayout::OperatorList, vec![4]);
+        let mut other = PendingParts::default();
+        other.push_deferred("timers", PartLayout::KeyGroups, Box::new(|| Ok(vec![5])));
+        let mut snapshot = PendingSnapshot::default();
+        snapshot.put_node_pending(3, parts);
+        snapshot.put_node_pending(4, PendingParts::default());
+        snapshot.put_node_pending(7, other);
+        assert_eq!(snapshot.deferred(), 2);
+        assert_eq!(snapshot.node(3).and_then(|p| p.get("keyed-state")).map(|p| p.bytes.len()), Some(0));
+
+        let done = snapshot.complete().unwrap();
+        let bytes = |node: usize, name: &str| done.node(node).and_then(|p| p.get(name)).map(|p| p.bytes.clone());
+        assert_eq!(bytes(3, "position"), Some(vec![1]));
+        assert_eq!(bytes(3, "keyed-state"), Some(vec![2, 3]));
+        assert_eq!(bytes(3, "watermark"), Some(vec![4]));
+        assert_eq!(bytes(7, "timers"), Some(vec![5]));
+        assert!(done.node(4).is_none(), "an empty node is left out");
+    }
+
+    #[test]
+    fn a_failing_encoder_fails_the_snapshot_with_its_message() {
+        let mut parts = PendingParts::default();
+        parts.push_deferred("keyed-state", PartLayout::KeyGroups, Box::new(|| Err("state 'count': too large".into())));
+        let mut snapshot = PendingSnapshot::default();
+        snapshot.put_node_pending(1, parts);
+        assert_eq!(snapshot.complete().unwrap_err(), "state 'count': too large");
+    }
+}
