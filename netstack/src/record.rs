@@ -418,8 +418,16 @@ const TO_BYTES_MAX: usize = 1 << 30;
 /// the serializer and scratch area [`RecordWriter`] uses. The output grows until the archive
 /// fits, up to 1 GiB. Read it back with [`from_bytes`].
 pub fn to_bytes<T: Data>(value: &T) -> Result<Vec<u8>, RecordError> {
+    to_bytes_sized(value, 0)
+}
+
+/// As [`to_bytes`], starting from an output of `expected` bytes: the serializer writes into a
+/// fixed area and starts over in a twice larger one when the archive does not fit, so a large
+/// value whose size is known roughly is serialized once instead of about log2(size) times.
+pub fn to_bytes_sized<T: Data>(value: &T, expected: usize) -> Result<Vec<u8>, RecordError> {
     let mut scratch = vec![MaybeUninit::uninit(); SCRATCH_BYTES_MIN];
-    let mut out = vec![0u8; (2 * std::mem::size_of::<T::Archived>()).max(TO_BYTES_MIN)];
+    let first = expected.min(TO_BYTES_MAX).max(2 * std::mem::size_of::<T::Archived>()).max(TO_BYTES_MIN);
+    let mut out = vec![0u8; first];
     loop {
         match serialize_into(&mut out, &mut scratch, value) {
             Ok(len) => {

@@ -6,7 +6,7 @@
 //! processes go through) before anything is read, so a damaged or foreign archive is a
 //! [`StateError`], never undefined behaviour or a panic.
 
-use corestream_netstack::record::to_bytes;
+use corestream_netstack::record::to_bytes_sized;
 use corestream_netstack::Data;
 use rkyv::rancor::Failure;
 use rkyv::util::AlignedVec;
@@ -31,7 +31,17 @@ pub(crate) fn value_type<T>() -> &'static str {
 }
 
 pub(crate) fn encode<T: Data>(value: &T, what: impl FnOnce() -> String) -> Result<Encoded, StateError> {
-    let bytes = to_bytes(value).map_err(|e| StateError::Serialization { what: what(), reason: e.to_string() })?;
+    encode_sized(value, 0, what)
+}
+
+/// As [`encode`], for an archive of about `expected` bytes (see `to_bytes_sized`).
+pub(crate) fn encode_sized<T: Data>(
+    value: &T,
+    expected: usize,
+    what: impl FnOnce() -> String,
+) -> Result<Encoded, StateError> {
+    let bytes = to_bytes_sized(value, expected)
+        .map_err(|e| StateError::Serialization { what: what(), reason: e.to_string() })?;
     Ok(Encoded { value_type: value_type::<T>().to_owned(), checksum: checksum(&bytes), bytes })
 }
 
@@ -106,9 +116,19 @@ pub mod part {
         u64::from_le_bytes(word)
     }
 
+    /// A value's archive size, roughly, known before serializing it.
+    pub trait SizeHint {
+        fn archive_size_hint(&self) -> usize;
+    }
+
     /// The framed archive of `value`.
     pub fn encode<T: Data>(value: &T) -> Result<Vec<u8>, StateError> {
-        let archive = to_bytes(value)
+        encode_sized(value, 0)
+    }
+
+    /// As [`encode`], for an archive of about `expected` bytes.
+    pub fn encode_sized<T: Data>(value: &T, expected: usize) -> Result<Vec<u8>, StateError> {
+        let archive = to_bytes_sized(value, expected)
             .map_err(|e| StateError::Serialization { what: value_type::<T>().to_owned(), reason: e.to_string() })?;
         let mut bytes = Vec::with_capacity(HEADER_BYTES + archive.len());
         bytes.extend_from_slice(&MAGIC);

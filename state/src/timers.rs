@@ -83,6 +83,13 @@ pub struct FrozenTimers<K, N> {
     processing: FrozenQueue<K, N>,
 }
 
+impl crate::codec::part::SizeHint for TimerSnapshot {
+    fn archive_size_hint(&self) -> usize {
+        let bytes: usize = self.key_groups.iter().map(|g| g.bytes.len() + g.value_type.len() + 64).sum();
+        bytes + bytes / 8 + 4096
+    }
+}
+
 impl<K: StateKey, N: Namespace> FrozenTimers<K, N> {
     /// The archives of the timers, by key group.
     pub fn encode(self) -> Result<TimerSnapshot, StateError> {
@@ -93,7 +100,11 @@ impl<K: StateKey, N: Namespace> FrozenTimers<K, N> {
         for key_group in groups {
             let timers: ArchivedTimers<K, N> =
                 (event.remove(&key_group).unwrap_or_default(), processing.remove(&key_group).unwrap_or_default());
-            let encoded = codec::encode(&timers, || format!("the timers of key group {key_group}"))?;
+            let expected =
+                (timers.0.len() + timers.1.len()) * std::mem::size_of::<<(i64, K, N) as Archive>::Archived>();
+            let encoded = codec::encode_sized(&timers, expected + expected / 4 + 64, || {
+                format!("the timers of key group {key_group}")
+            })?;
             key_groups.push(TimerKeyGroupSnapshot {
                 key_group,
                 value_type: encoded.value_type,

@@ -456,7 +456,13 @@ impl CheckpointStorage for FsCheckpointStorage {
 
 /// A task state file's bytes and its payload's checksum.
 pub fn encode_task_state(snapshot: &TaskSnapshot) -> Result<(Vec<u8>, u64), String> {
-    let payload = rkyv::to_bytes::<rancor::Error>(snapshot).map_err(|e| e.to_string())?;
+    // Sized up front: growing the archive by doubling would copy a large state several times.
+    let capacity = snapshot.size_bytes() + snapshot.size_bytes() / 16 + 64 * 1024;
+    let payload = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
+        snapshot,
+        rkyv::util::AlignedVec::<16>::with_capacity(capacity),
+    )
+    .map_err(|e| e.to_string())?;
     let checksum = xxh3_64(&payload);
     let mut bytes = Vec::with_capacity(TASK_HEADER_BYTES + payload.len());
     bytes.extend_from_slice(&TASK_MAGIC);

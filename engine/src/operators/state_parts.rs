@@ -40,14 +40,17 @@ pub(crate) fn put<T: Data>(
 
 /// Adds part `name`, the framed archive of what `make` returns, made off the task's thread
 /// (from a frozen copy `make` owns); an error names the part.
-pub(crate) fn put_deferred<T: Data>(
+pub(crate) fn put_deferred<T: Data + part::SizeHint>(
     into: &mut PendingParts,
     name: &'static str,
     layout: PartLayout,
     make: impl FnOnce() -> Result<T, StateError> + Send + 'static,
 ) {
-    let encode =
-        move || make().and_then(|value| part::encode(&value)).map_err(|e| PartError::state(name, e).to_string());
+    let encode = move || {
+        make()
+            .and_then(|value| part::encode_sized(&value, value.archive_size_hint()))
+            .map_err(|e| PartError::state(name, e).to_string())
+    };
     into.push_deferred(name, layout, Box::new(encode));
 }
 

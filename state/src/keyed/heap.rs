@@ -237,7 +237,10 @@ impl<K: StateKey, N: Namespace, P: StateValue> FrozenTable for FrozenHeap<K, N, 
     fn encode_group(&self, key_group: u32) -> Result<Option<Encoded>, StateError> {
         let entries = key_group.checked_sub(self.first).and_then(|i| self.groups.get(i as usize));
         match entries {
-            Some(entries) if !entries.is_empty() => codec::encode(entries, || self.what.clone()).map(Some),
+            Some(entries) if !entries.is_empty() => {
+                let expected = entries.len() * std::mem::size_of::<<(K, N, P) as rkyv::Archive>::Archived>();
+                codec::encode_sized(entries, expected + expected / 4 + 64, || self.what.clone()).map(Some)
+            }
             _ => Ok(None),
         }
     }

@@ -68,6 +68,14 @@ pub struct NamedStateBytes {
 /// (the heap backend's layout: `(key, namespace, value cell)`).
 type ValueEntries<K, V> = Vec<(K, (), Option<V>)>;
 
+impl crate::codec::part::SizeHint for KeyedStateSnapshot {
+    fn archive_size_hint(&self) -> usize {
+        let states = self.key_groups.iter().flat_map(|g| &g.states);
+        let bytes: usize = states.map(|s| s.bytes.len() + s.name.len() + s.value_type.len() + 64).sum();
+        bytes + bytes / 8 + 16 * self.key_groups.len() + 4096
+    }
+}
+
 impl KeyedStateSnapshot {
     /// Number of bytes of archived state.
     pub fn size_bytes(&self) -> usize {
