@@ -264,7 +264,7 @@ pub fn declare_nexmark(
 
 /// User plus system CPU time charged to this process so far (all its threads), from
 /// `getrusage(RUSAGE_SELF)`.
-fn process_cpu_time() -> std::io::Result<std::time::Duration> {
+pub(crate) fn process_cpu_time() -> std::io::Result<std::time::Duration> {
     // SAFETY: `rusage` is plain data for which all-zero bytes are a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid, writable `rusage` that outlives the call.

@@ -3,11 +3,13 @@
 //! - `overhead`: a workload (the keyed tumbling-window benchmark, Nexmark q5 or q7) run by name
 //!   on the JobManager of a local cluster without checkpoints and with checkpoints every
 //!   `--interval`, alternately (the order flips every round, so drift on a shared machine falls
-//!   on both), reported as events per second of each and the ratio per pair, with its spread;
+//!   on both), reported as events per second and per CPU-second of each and the ratios per
+//!   pair, with their spread;
 //! - `backpressure`: a job whose sink takes `--sink-delay` per record (so every buffer between
 //!   source and sink is full), with aligned and then unaligned checkpoints: the end-to-end
 //!   duration of the checkpoints of each (p50, p99, max over the completed ones) and the
-//!   in-flight bytes the unaligned ones persisted;
+//!   in-flight bytes the unaligned ones persisted. The sink waits without holding its slot's
+//!   thread (a client of a slow external system); `--blocking-sink` sleeps on it instead;
 //! - `state-size`: keyed state of K keys (a running sum per key) with checkpoints, for each K
 //!   given: the size and duration of the checkpoints.
 //!
@@ -106,6 +108,8 @@ struct Bench {
 /// One run: how long it took and what its checkpoints were.
 struct RunFigures {
     wall: Duration,
+    /// CPU time of this process (every slot and the snapshot writer) during the run.
+    cpu: Duration,
     stats: Option<CheckpointingStatistics>,
 }
 
@@ -144,14 +148,16 @@ impl Bench {
             ..Default::default()
         };
         let started = Instant::now();
+        let cpu_before = crate::bench::process_cpu_time()?;
         let (id, result) = crate::progress::run_by_name(self.api.as_ref(), request, job)?;
         let wall = started.elapsed();
+        let cpu = crate::bench::process_cpu_time()?.saturating_sub(cpu_before);
         if result.state != JobState::Finished {
             let why = result.result.and_then(|o| o.failure).unwrap_or_else(|| format!("{:?}", result.state));
             bail!("{job} did not finish: {why}");
         }
         let stats = self.api.checkpoints(&id.to_string()).ok().filter(|s| s.counts.total > 0);
-        Ok(RunFigures { wall, stats })
+        Ok(RunFigures { wall, cpu, stats })
     }
 }
 
@@ -213,38 +219,44 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
         if a.unaligned { "unaligned" } else { "aligned" },
         a.rounds
     );
-    let mut ratios = Vec::new();
+    let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
     let (mut offs, mut ons) = (Vec::new(), Vec::new());
     for round in 0..a.rounds {
         let order = if round % 2 == 0 { [false, true] } else { [true, false] };
-        let mut pair = [0.0f64; 2];
+        let (mut pair, mut cpu_pair) = ([0.0f64; 2], [0.0f64; 2]);
         for with in order {
             let figures = bench.run(job, args.clone(), with.then(|| every(a.interval, a.unaligned)))?;
             let rate = a.events as f64 / figures.wall.as_secs_f64();
+            let cpu_rate = a.events as f64 / figures.cpu.as_secs_f64().max(1e-9);
             pair[usize::from(with)] = rate;
+            cpu_pair[usize::from(with)] = cpu_rate;
             let checkpoints = figures.stats.as_ref().map_or(0, |s| s.counts.completed);
             println!(
-                "  round {}: {:<16} {:>12.0} events/s  wall {:>7.3} s  {checkpoints} checkpoint(s)",
+                "  round {}: {:<16} {:>12.0} events/s  wall {:>7.3} s  {:>12.0} events/CPU-s  {checkpoints} checkpoint(s)",
                 round + 1,
                 if with { "checkpoints" } else { "no checkpoints" },
                 rate,
-                figures.wall.as_secs_f64()
+                figures.wall.as_secs_f64(),
+                cpu_rate
             );
             if let Some(s) = figures.stats.filter(|_| with) {
                 println!(
-                    "           checkpoint duration min/avg/max {}/{}/{} ms, size avg {}",
+                    "           checkpoint duration min/avg/max {}/{}/{} ms, size avg {}; {}",
                     s.summary.end_to_end_duration_ms.min,
                     s.summary.end_to_end_duration_ms.avg,
                     s.summary.end_to_end_duration_ms.max,
-                    mib(s.summary.checkpointed_size_bytes.avg)
+                    mib(s.summary.checkpointed_size_bytes.avg),
+                    phases(&s)
                 );
             }
         }
         offs.push(pair[0]);
         ons.push(pair[1]);
         ratios.push(pair[1] / pair[0]);
+        cpu_ratios.push(cpu_pair[1] / cpu_pair[0]);
     }
-    let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+    let spread = |xs: &[f64]| xs.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+    let ((lo, hi), (cpu_lo, cpu_hi)) = (spread(&ratios), spread(&cpu_ratios));
     println!(
         "result: without {:.0} events/s, with {:.0} events/s (medians); with/without {:.3} (median of {} pairs, \
          {lo:.3}..{hi:.3}), overhead {:.1} %",
@@ -253,6 +265,12 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
         median(ratios.clone()),
         ratios.len(),
         (1.0 - median(ratios)) * 100.0
+    );
+    println!(
+        "        per CPU-second: with/without {:.3} ({cpu_lo:.3}..{cpu_hi:.3}), overhead {:.1} % (CPU time is less \
+         sensitive to other load on the machine than wall time)",
+        median(cpu_ratios.clone()),
+        (1.0 - median(cpu_ratios)) * 100.0
     );
     Ok(())
 }
@@ -314,6 +332,26 @@ fn backpressure(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The synchronous (slot thread) and asynchronous (snapshot writer) parts of the completed
+/// checkpoints in the REST history: the slowest subtask's of each, averaged and at most.
+fn phases(stats: &CheckpointingStatistics) -> String {
+    let completed: Vec<_> = stats
+        .history
+        .iter()
+        .filter(|c| matches!(c.status, corestream::jobmanager::api::CheckpointStatusInfo::Completed))
+        .collect();
+    let avg_max = |values: Vec<u64>| {
+        let avg = values.iter().sum::<u64>() / values.len().max(1) as u64;
+        format!("{avg}/{}", values.iter().max().copied().unwrap_or(0))
+    };
+    format!(
+        "sync avg/max {} ms, async avg/max {} ms (last {})",
+        avg_max(completed.iter().map(|c| c.sync_duration_ms).collect()),
+        avg_max(completed.iter().map(|c| c.async_duration_ms).collect()),
+        completed.len()
+    )
+}
+
 fn state_size(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
     let bench = Bench::start(a)?;
     println!("checkpoints of keyed state (heap backend), p={}, every {:?}", bench.parallelism, a.interval);
@@ -323,13 +361,14 @@ fn state_size(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
         let figures = bench.run("bench-state", args, Some(every(a.interval, false)))?;
         match figures.stats {
             Some(s) => println!(
-                "  {keys:>10} keys: {} checkpoint(s) in {:.1} s; size avg {} max {}; duration avg {} ms max {} ms",
+                "  {keys:>10} keys: {} checkpoint(s) in {:.1} s; size avg {} max {}; duration avg {} ms max {} ms; {}",
                 s.counts.completed,
                 figures.wall.as_secs_f64(),
                 mib(s.summary.checkpointed_size_bytes.avg),
                 mib(s.summary.checkpointed_size_bytes.max),
                 s.summary.end_to_end_duration_ms.avg,
-                s.summary.end_to_end_duration_ms.max
+                s.summary.end_to_end_duration_ms.max,
+                phases(&s)
             ),
             None => println!("  {keys:>10} keys: no checkpoint completed in {:.1} s", figures.wall.as_secs_f64()),
         }
