@@ -11,7 +11,13 @@
 //!   in-flight bytes the unaligned ones persisted. The sink waits without holding its slot's
 //!   thread (a client of a slow external system); `--blocking-sink` sleeps on it instead;
 //! - `state-size`: keyed state of K keys (a running sum per key) with checkpoints, for each K
-//!   given: the size and duration of the checkpoints.
+//!   given: the size and duration of the checkpoints;
+//! - `recovery`: small keyed state with checkpoints every 100 ms, restarted at once
+//!   (fixed-delay, no delay), from the failure to the first record the restored job processes
+//!   after its keyed exchange: a task that fails in a local cluster (one process), and a
+//!   TaskManager process killed with SIGKILL on a JobManager with three TaskManagers of one slot
+//!   (the job, at parallelism 2, is restored on the two left). The job notes the moments in a
+//!   file (`bench-recovery --marks`).
 //!
 //! Jobs run by name ([`crate::jobs`]) because only those take checkpoints; the figures come
 //! from the job's duration and the JobManager's checkpoint statistics.
@@ -35,6 +41,9 @@ pub enum Scenario {
     Backpressure,
     /// Checkpoint size and duration against the number of keys.
     StateSize,
+    /// Time from a failure to the first record processed after the restore: a task failure in
+    /// one process, and a TaskManager process killed.
+    Recovery,
 }
 
 /// The workload of `--scenario overhead`.
@@ -197,6 +206,7 @@ pub fn run(args: CheckpointBenchArgs) -> anyhow::Result<()> {
         Scenario::Overhead => overhead(&args),
         Scenario::Backpressure => backpressure(&args),
         Scenario::StateSize => state_size(&args),
+        Scenario::Recovery => recovery(&args),
     }
 }
 
@@ -373,5 +383,189 @@ fn state_size(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
             None => println!("  {keys:>10} keys: no checkpoint completed in {:.1} s", figures.wall.as_secs_f64()),
         }
     }
+    Ok(())
+}
+
+/// Restarts at once and often: the recovery figures are then the engine's own (detection,
+/// cancelling, redeploying, restoring, the first record); a configured delay adds to them
+/// (Flink's default, exponential-delay, waits 1 s before the first restart).
+fn immediate_restarts() -> corestream::conf::RestartSettings {
+    corestream::conf::RestartSettings {
+        strategy: Some(corestream::conf::RestartStrategyType::FixedDelay),
+        fixed_delay: corestream::conf::FixedDelaySettings { attempts: 100, delay: Duration::ZERO },
+        ..Default::default()
+    }
+}
+
+/// (`failed` moment, `first` moments) in Unix milliseconds, from a marks file.
+fn read_marks(path: &std::path::Path) -> (Option<u128>, Vec<u128>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (mut failed, mut firsts) = (None, Vec::new());
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("failed", ms)) => failed = ms.parse().ok(),
+            Some(("first", ms)) => firsts.extend(ms.parse::<u128>().ok()),
+            _ => {}
+        }
+    }
+    (failed, firsts)
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
+/// The first `first` mark at or after `failed`: the recovery time in ms.
+fn recovered_after(failed: u128, firsts: &[u128]) -> Option<u128> {
+    firsts.iter().filter(|&&t| t >= failed).min().map(|t| t - failed)
+}
+
+fn recovery_args(records: u64, rate: u64, marks: &std::path::Path) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["--records", &records.to_string(), "--keys", "1000", "--source-rate", &rate.to_string()]
+            .map(String::from)
+            .to_vec();
+    args.extend(["--marks".to_string(), marks.display().to_string()]);
+    args
+}
+
+fn recovery_request(args: Vec<String>, parallelism: u32, dir: &std::path::Path) -> SubmitRequest {
+    let checkpoints =
+        CheckpointRequest { interval_ms: Some(100), dir: Some(dir.display().to_string()), ..Default::default() };
+    SubmitRequest {
+        job: "bench-recovery".into(),
+        args,
+        parallelism: Some(parallelism),
+        checkpoints: Some(checkpoints),
+        restart_strategy: Some("fixed-delay".into()),
+        ..Default::default()
+    }
+}
+
+/// Waits for job `id` to end; an error unless it finished.
+fn wait_finished(api: &dyn ClusterApi, id: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let result = api.execution_result(id).map_err(|e| anyhow!("{}", e.message))?;
+        if result.state.is_terminal() {
+            if result.state != JobState::Finished {
+                let why = result.result.and_then(|o| o.failure).unwrap_or_else(|| format!("{:?}", result.state));
+                bail!("bench-recovery did not finish: {why}");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = api.cancel(id);
+            bail!("bench-recovery did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn recovery(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
+    let parallelism = a.common.parallelism.unwrap_or(2);
+    let rate = a.common.source_rate.unwrap_or(20_000);
+    // About four seconds of input per run.
+    let records = rate * u64::from(parallelism) * 4;
+    let parent = a.checkpoint_parent.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("corestream-bench-recovery-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot create a directory in '{}'", parent.display()))?;
+    println!(
+        "recovery: a running sum over 1000 keys, {rate} records/s per source subtask, p={parallelism}, checkpoints \
+         every 100 ms, restarted at once (fixed-delay without delay), {} round(s) each",
+        a.rounds
+    );
+
+    let mut local = Vec::new();
+    let cluster = LocalCluster::start_with_jobs_restarting(
+        a.common.cluster_config()?,
+        crate::jobs::registry(),
+        immediate_restarts(),
+    )
+    .context("cannot start the local cluster")?;
+    let api = cluster.api().ok_or_else(|| anyhow!("the local cluster has no JobManager"))?;
+    for round in 0..a.rounds {
+        let marks = dir.path().join(format!("local-{round}.marks"));
+        let mut args = recovery_args(records, rate, &marks);
+        // About a second and a half in, after several checkpoints.
+        let fail_after = (rate * u64::from(parallelism) * 3 / 2).to_string();
+        args.extend(["--fail-after".to_string(), fail_after]);
+        let request = recovery_request(args, parallelism, &dir.path().join(format!("local-{round}")));
+        let id = api.submit(request).map_err(|e| anyhow!("{}", e.message))?.jobid.to_string();
+        wait_finished(api.as_ref(), &id, Duration::from_secs(120))?;
+        let (failed, firsts) = read_marks(&marks);
+        let failed = failed.ok_or_else(|| anyhow!("round {}: the task did not fail", round + 1))?;
+        let took = recovered_after(failed, &firsts)
+            .ok_or_else(|| anyhow!("round {}: no record was processed after the failure", round + 1))?;
+        println!("  one process, round {}: a task failed; first record after the restore {took} ms later", round + 1);
+        local.push(took as u64);
+    }
+    drop(cluster);
+
+    let mut remote = Vec::new();
+    for round in 0..a.rounds {
+        let settings = corestream::processes::ProcessClusterSettings {
+            binary: std::env::current_exe().context("cannot find this program's executable to start TaskManagers")?,
+            taskmanagers: parallelism + 1,
+            slots_per_taskmanager: 1,
+            jobmanager: corestream::jobmanager::JobManagerConfig {
+                rpc_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                heartbeat_interval: Duration::from_secs(1),
+                heartbeat_timeout: Duration::from_secs(10),
+                slot_request_timeout: Duration::from_secs(30),
+                restarts: corestream::jobmanager::restart::RestartStrategy::factory(&immediate_restarts()),
+                cluster: corestream::ClusterConfig { credit: a.common.credit(), ..Default::default() },
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cluster = corestream::processes::ProcessCluster::start(settings, crate::jobs::registry(), |_| {})
+            .map_err(|e| anyhow!("cannot start the TaskManager processes: {e}"))?;
+        let api = cluster.api();
+        let marks = dir.path().join(format!("processes-{round}.marks"));
+        let request = recovery_request(
+            recovery_args(records, rate, &marks),
+            parallelism,
+            &dir.path().join(format!("processes-{round}")),
+        );
+        let id = api.submit(request).map_err(|e| anyhow!("{}", e.message))?.jobid.to_string();
+        // Running, with a complete checkpoint to restore.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while api.checkpoints(&id).map_or(0, |s| s.counts.completed) < 3 || read_marks(&marks).1.is_empty() {
+            if Instant::now() >= deadline {
+                bail!("round {}: no checkpoint completed within 30 s", round + 1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let busy: Vec<u32> =
+            api.task_managers().into_iter().filter(|t| t.slots_free < t.slots_total).map(|t| t.pid).collect();
+        let victim = cluster
+            .children()
+            .into_iter()
+            .find(|c| busy.contains(&c.pid))
+            .ok_or_else(|| anyhow!("round {}: no TaskManager process runs the job", round + 1))?;
+        let killed = unix_ms();
+        // SAFETY: signalling a TaskManager process this benchmark started (it has not been reaped).
+        if unsafe { libc::kill(victim.pid as libc::pid_t, libc::SIGKILL) } != 0 {
+            bail!("cannot kill TaskManager {} (pid {}): {}", victim.index, victim.pid, std::io::Error::last_os_error());
+        }
+        wait_finished(api.as_ref(), &id, Duration::from_secs(120))?;
+        let (_, firsts) = read_marks(&marks);
+        let took = recovered_after(killed, &firsts)
+            .ok_or_else(|| anyhow!("round {}: no record was processed after the kill", round + 1))?;
+        println!(
+            "  TaskManagers, round {}: TaskManager {} (pid {}) killed; first record after the restore {took} ms later",
+            round + 1,
+            victim.index,
+            victim.pid
+        );
+        remote.push(took as u64);
+        drop(cluster);
+    }
+    let summary =
+        |xs: &[u64]| format!("p50 {} ms, max {} ms", quantile(xs.to_vec(), 0.5), xs.iter().max().copied().unwrap_or(0));
+    println!("result: one process {}; across TaskManagers {}", summary(&local), summary(&remote));
     Ok(())
 }

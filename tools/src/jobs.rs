@@ -107,6 +107,27 @@ pub struct BenchStateArgs {
     pub keys: u64,
 }
 
+/// The arguments of the job `bench checkpoints --scenario recovery` runs.
+#[derive(Parser, Debug)]
+#[command(name = "bench-recovery", no_binary_name = true)]
+pub struct BenchRecoveryArgs {
+    #[arg(long, value_parser = crate::args::parse_positive_count)]
+    pub records: u64,
+    #[arg(long, value_parser = crate::args::parse_keys)]
+    pub keys: u64,
+    /// Records per second each source subtask emits at most.
+    #[arg(long, value_parser = crate::args::parse_source_rate, value_name = "N")]
+    pub source_rate: Option<u64>,
+    /// File the job appends `first <unix ms>` to when an attempt processes its first record
+    /// after the keyed exchange (once per attempt and process), and `failed <unix ms>` when it
+    /// fails on purpose.
+    #[arg(long)]
+    pub marks: std::path::PathBuf,
+    /// Fail the task once per process, when it has processed this many records.
+    #[arg(long, value_parser = crate::args::parse_positive_count)]
+    pub fail_after: Option<u64>,
+}
+
 /// The arguments of the `nexmark` job type.
 #[derive(Parser, Debug)]
 #[command(name = "nexmark", no_binary_name = true)]
@@ -241,6 +262,69 @@ fn bench_slow_sink(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<
     Ok(JobParts::none())
 }
 
+/// The marks files of the `bench-recovery` runs whose task this process has failed on purpose
+/// (each run fails once).
+static RECOVERY_FAILED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether the run noting its marks in `marks` is to fail now (true once per run and process).
+fn fail_once(marks: &std::path::Path) -> bool {
+    let mut failed = RECOVERY_FAILED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if failed.iter().any(|p| p == marks) {
+        return false;
+    }
+    failed.push(marks.to_path_buf());
+    true
+}
+
+/// Appends `line` to `path` in one write (lines of several processes do not interleave).
+fn append_mark(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write a recovery mark");
+    }
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
+/// A running sum per key whose results pass a map that notes when each attempt processes its
+/// first record: from the failure (a kill, or `--fail-after` records) to that mark is the
+/// recovery time.
+fn bench_recovery(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let a: BenchRecoveryArgs = parse(ctx.args)?;
+    let keys = a.keys;
+    env.set_source_rate(a.source_rate);
+    let marks = a.marks.clone();
+    let first = AtomicBool::new(false);
+    let seen = AtomicU64::new(0);
+    let fail_after = a.fail_after;
+    env.from_generator(a.records, move |i| (i % keys, i))
+        .key_by(|r: &(u64, u64)| r.0)
+        .reduce(|x, y| (x.0, x.1.wrapping_add(y.1)))
+        .name("Sum per key")
+        .map(move |r: (u64, u64)| {
+            if !first.load(Ordering::Relaxed) && !first.swap(true, Ordering::Relaxed) {
+                append_mark(&marks, &format!("first {}", unix_ms()));
+            }
+            let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+            if fail_after == Some(n) && fail_once(&marks) {
+                append_mark(&marks, &format!("failed {}", unix_ms()));
+                panic!("bench-recovery: the failure asked for by --fail-after {n}");
+            }
+            r
+        })
+        .name("Mark")
+        .discard();
+    Ok(JobParts::none())
+}
+
 fn bench_state(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
     let a: BenchStateArgs = parse(ctx.args)?;
     let keys = a.keys;
@@ -315,6 +399,12 @@ pub fn registry() -> JobRegistry {
         "generated records of a given size, keyed, into a sink that takes a fixed time per record (backpressure)",
         "--records N --record-bytes B --sink-delay-us US",
         bench_slow_sink,
+    ));
+    r.register(JobType::new(
+        "bench-recovery",
+        "a running sum per key whose attempts note their first record in a file (recovery time)",
+        "--records N --keys K --marks FILE [--source-rate N] [--fail-after N]",
+        bench_recovery,
     ));
     r.register(JobType::new(
         "bench-state",

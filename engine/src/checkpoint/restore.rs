@@ -5,13 +5,12 @@
 //! checkpoint of a job with other vertices or parallelism is refused, never used and never
 //! skipped over. The choice is [`choose_restore`]'s; this module reads the files for it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::coordinator::{choose_restore, CompletedCheckpoint, Verdict};
 use super::metadata::{parse_checkpoint_dir_name, CheckpointMetadata, VertexInfo};
 use super::storage::{CheckpointStorage, FsCheckpointStorage, StorageError};
-use super::{CheckpointId, TaskId, TaskSnapshot};
+use super::CheckpointId;
 
 /// Where a job restores from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +24,9 @@ pub enum RestoreFrom {
 /// A checkpoint loaded for a restore: every task's snapshot, verified.
 #[derive(Debug)]
 pub struct RestorePoint {
+    /// Its metadata; every task file it names was checked (size, checksum, a valid archive),
+    /// not loaded: the TaskManagers load what their tasks restore.
     pub metadata: CheckpointMetadata,
-    pub tasks: BTreeMap<TaskId, TaskSnapshot>,
     /// Newer checkpoints that were skipped, newest first, with why.
     pub skipped: Vec<(CheckpointId, StorageError)>,
     /// The checkpoint directory (the parent of `chk-<id>`), where the job keeps checkpointing.
@@ -150,12 +150,11 @@ pub fn load_latest(
     if let Some((id, difference)) = choice.refused {
         return Err(RestoreError::OtherJob { path: dir.join(format!("chk-{id}")), difference });
     }
-    let Some((_, (metadata, tasks))) = choice.chosen else {
+    let Some((_, metadata)) = choice.chosen else {
         return Err(RestoreError::NoValidCheckpoint { dir: dir.to_path_buf(), skipped: choice.skipped });
     };
     Ok(RestorePoint {
         metadata,
-        tasks,
         skipped: choice.skipped,
         dir: dir.to_path_buf(),
         next_id: next_checkpoint_id(storage)?,
@@ -171,9 +170,8 @@ pub fn load_one(
 ) -> Result<RestorePoint, RestoreError> {
     let path = dir.join(format!("chk-{id}"));
     match judge(storage, id, expected_vertices) {
-        Verdict::Valid((metadata, tasks)) => Ok(RestorePoint {
+        Verdict::Valid(metadata) => Ok(RestorePoint {
             metadata,
-            tasks,
             skipped: Vec::new(),
             dir: dir.to_path_buf(),
             next_id: next_checkpoint_id(storage)?,
@@ -183,14 +181,12 @@ pub fn load_one(
     }
 }
 
-type Loaded = (CheckpointMetadata, BTreeMap<TaskId, TaskSnapshot>);
-
-/// Reads checkpoint `id`'s metadata and every task file; refuses it for another job.
+/// Reads checkpoint `id`'s metadata and checks every task file; refuses it for another job.
 fn judge(
     storage: &dyn CheckpointStorage,
     id: CheckpointId,
     expected: &[VertexInfo],
-) -> Verdict<Loaded, StorageError, String> {
+) -> Verdict<CheckpointMetadata, StorageError, String> {
     let metadata = match storage.read_metadata(id) {
         Ok(m) => m,
         Err(e) => return Verdict::Invalid(e),
@@ -198,14 +194,12 @@ fn judge(
     if let Some(difference) = vertex_difference(&metadata.vertices, expected) {
         return Verdict::Refused(difference);
     }
-    let mut tasks = BTreeMap::new();
     for entry in &metadata.tasks {
-        match storage.read_task_state(&entry.handle) {
-            Ok(snapshot) => tasks.insert(entry.task, snapshot),
-            Err(e) => return Verdict::Invalid(e),
-        };
+        if let Err(e) = storage.verify_task_state(&entry.handle) {
+            return Verdict::Invalid(e);
+        }
     }
-    Verdict::Valid((metadata, tasks))
+    Verdict::Valid(metadata)
 }
 
 /// The id a job writing to `storage` uses first: after every checkpoint directory in it,
@@ -233,6 +227,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::metadata::tests::layout;
     use crate::checkpoint::storage::tests::{snapshot, write_checkpoint};
+    use crate::checkpoint::{TaskId, TaskSnapshot};
 
     /// A file, how it is damaged, what the error says.
     type DamageCase = (&'static str, fn(&Path), &'static str);
@@ -276,6 +271,12 @@ mod tests {
         std::fs::remove_file(path).unwrap();
     }
 
+    /// What task `task` restores from `point`, read as its TaskManager reads it.
+    fn task_state(storage: &FsCheckpointStorage, point: &RestorePoint, task: TaskId) -> TaskSnapshot {
+        let entry = point.metadata.tasks.iter().find(|e| e.task == task).expect("the task's entry");
+        storage.read_task_state(&entry.handle).unwrap()
+    }
+
     #[test]
     fn the_newest_checkpoint_is_restored_with_every_task() {
         let (_tmp, storage) = setup(&[1, 2, 3]);
@@ -284,8 +285,8 @@ mod tests {
         assert!(point.skipped.is_empty());
         assert_eq!(point.next_id, 4);
         assert_eq!(point.dir, storage.dir());
-        assert_eq!(point.tasks.len(), 3);
-        assert_eq!(point.tasks[&TaskId { vertex: 1, subtask: 0 }], snapshot(10 + 3));
+        assert_eq!(point.metadata.tasks.len(), 3);
+        assert_eq!(task_state(&storage, &point, TaskId { vertex: 1, subtask: 0 }), snapshot(10 + 3));
     }
 
     #[test]
@@ -301,7 +302,7 @@ mod tests {
             let path = damage(&storage, file, how);
             let point = latest(&storage).unwrap();
             assert_eq!(point.metadata.id, 2, "{file}");
-            assert_eq!(point.tasks[&TaskId { vertex: 0, subtask: 0 }], snapshot(2));
+            assert_eq!(task_state(&storage, &point, TaskId { vertex: 0, subtask: 0 }), snapshot(2));
             let [(3, error)] = &point.skipped[..] else { panic!("{file}: {:?}", point.skipped) };
             let text = error.to_string();
             assert!(text.contains(needle) && text.contains(&path.display().to_string()), "{file}: {text}");

@@ -105,6 +105,10 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     ) -> Result<TaskStateHandle, StorageError>;
     /// Reads a task's snapshot, checking the handle's size and checksum.
     fn read_task_state(&self, handle: &TaskStateHandle) -> Result<TaskSnapshot, StorageError>;
+    /// Checks a task's file as [`read_task_state`](Self::read_task_state) does (size, checksum,
+    /// a valid archive) without building the snapshot: what a restore checks before it chooses
+    /// a checkpoint, leaving the loading to the TaskManagers.
+    fn verify_task_state(&self, handle: &TaskStateHandle) -> Result<(), StorageError>;
     /// Makes the checkpoint complete: the metadata is written last, synced, renamed.
     fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<(), StorageError>;
     /// Reads and checks checkpoint `id`'s metadata (not its task files).
@@ -391,6 +395,22 @@ impl CheckpointStorage for FsCheckpointStorage {
         decode_task_state(&bytes, Some(handle.checksum)).map_err(|e| e.at(path))
     }
 
+    fn verify_task_state(&self, handle: &TaskStateHandle) -> Result<(), StorageError> {
+        let path = self.handle_path(handle)?;
+        let bytes = self.read_bounded(&path, TASK_STATE_BYTES_MAX)?;
+        let actual = bytes.len() as u64;
+        if actual < handle.size {
+            return Err(StorageError::Truncated { path, actual, expected: handle.size });
+        }
+        if actual > handle.size {
+            return Err(StorageError::SizeMismatch { path, actual, expected: handle.size });
+        }
+        let payload = checked_payload(&bytes, Some(handle.checksum)).map_err(|e| e.at(path.clone()))?;
+        rkyv::access::<super::ArchivedTaskSnapshot, rancor::Error>(payload)
+            .map(|_| ())
+            .map_err(|e| TaskStateDecodeError::Archive(e.to_string()).at(path))
+    }
+
     fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<(), StorageError> {
         self.check_writable()?;
         meta.check(meta.id).map_err(|reason| StorageError::Encode {
@@ -502,6 +522,12 @@ pub fn decode_task_state(
     bytes: &AlignedVec,
     expected_checksum: Option<u64>,
 ) -> Result<TaskSnapshot, TaskStateDecodeError> {
+    let payload = checked_payload(bytes, expected_checksum)?;
+    rkyv::from_bytes::<TaskSnapshot, rancor::Error>(payload).map_err(|e| TaskStateDecodeError::Archive(e.to_string()))
+}
+
+/// The archive of a task state file after its header, length and checksum are checked.
+fn checked_payload(bytes: &AlignedVec, expected_checksum: Option<u64>) -> Result<&[u8], TaskStateDecodeError> {
     let actual_len = bytes.len() as u64;
     if bytes.len() < TASK_HEADER_BYTES {
         return Err(TaskStateDecodeError::Truncated { actual: actual_len, expected: TASK_HEADER_BYTES as u64 });
@@ -531,7 +557,7 @@ pub fn decode_task_state(
     if actual != expected {
         return Err(TaskStateDecodeError::Checksum { expected, actual });
     }
-    rkyv::from_bytes::<TaskSnapshot, rancor::Error>(payload).map_err(|e| TaskStateDecodeError::Archive(e.to_string()))
+    Ok(payload)
 }
 
 #[cfg(test)]
@@ -741,8 +767,8 @@ pub(crate) mod tests {
         assert!(matches!(errors[2], StorageError::Missing { .. }), "{:?}", errors[2]);
     }
 
-    #[test]
-    fn a_valid_checksum_over_a_bad_archive_is_refused_by_validation() {
+    /// A task file whose checksum is right but whose archive is not a snapshot.
+    fn bad_archive() -> (AlignedVec, u64) {
         let mut bytes = AlignedVec::<16>::new();
         let payload = [0xffu8; 48];
         bytes.extend_from_slice(&TASK_MAGIC);
@@ -751,7 +777,40 @@ pub(crate) mod tests {
         bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&xxh3_64(&payload).to_le_bytes());
         bytes.extend_from_slice(&payload);
+        (bytes, xxh3_64(&payload))
+    }
+
+    #[test]
+    fn a_valid_checksum_over_a_bad_archive_is_refused_by_validation() {
+        let (bytes, _) = bad_archive();
         assert!(matches!(decode_task_state(&bytes, None), Err(TaskStateDecodeError::Archive(_))));
+    }
+
+    #[test]
+    fn verifying_a_task_file_checks_what_reading_it_checks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path()).unwrap();
+        let handle = storage.write_task_state(1, TaskId { vertex: 0, subtask: 1 }, &snapshot(5)).unwrap();
+        storage.verify_task_state(&handle).unwrap();
+
+        let path = tmp.path().join(&handle.file);
+        let good = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert!(matches!(storage.verify_task_state(&handle), Err(StorageError::Truncated { .. })));
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(matches!(storage.verify_task_state(&handle), Err(StorageError::ChecksumMismatch { .. })));
+
+        let (bad, checksum) = bad_archive();
+        std::fs::write(&path, &bad).unwrap();
+        let bad_handle = TaskStateHandle { size: bad.len() as u64, checksum, ..handle.clone() };
+        for err in
+            [storage.verify_task_state(&bad_handle).unwrap_err(), storage.read_task_state(&bad_handle).unwrap_err()]
+        {
+            assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+            assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        }
     }
 
     #[test]

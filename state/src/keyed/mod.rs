@@ -19,12 +19,14 @@
 //! `key group (big-endian u16) ‖ key ‖ namespace [‖ user key]` and rkyv-archived values, so a
 //! key group is a contiguous key range (snapshot and rescale by range), and list elements or map
 //! entries are separate keys (merge operands for `add`); the handles and the engine do not change.
-//! Snapshots of the heap backend are synchronous (the tables are serialized key group by key
-//! group in [`KeyedStateBackend::snapshot`]). To make them asynchronous, the heap tables become
-//! copy-on-write: a snapshot freezes a version number, writes after it copy the entry they touch
-//! into the new version (Flink's `CopyOnWriteStateMap`), and a background task serializes the
-//! frozen version; the LSM backend gets the same from an immutable memtable plus SST files.
-//! Both fit behind `StateTable::snapshot_group` without touching the handles.
+//! Snapshots have two parts. [`KeyedStateBackend::freeze`] is the synchronous one: each table
+//! clones its live entries into owned vectors by key group (`StateTable::freeze`), which costs
+//! a flat copy and no serialization; [`FrozenKeyedState::encode`] archives them later, on any
+//! thread. Copy-on-write tables (a snapshot pins a version, a write after it copies the entry it
+//! touches, as Flink's `CopyOnWriteStateMap`) would make the synchronous part O(1) at the cost
+//! of a version check on every access; the LSM backend gets a short synchronous part from a
+//! memtable flush and a hard-link checkpoint. Both fit behind `StateTable::freeze` without
+//! touching the handles.
 //!
 //! Invariants (unit- and property-tested): a handle sees only the entries of the current key and
 //! its namespace; an expired TTL entry is never returned under `NeverReturnExpired` and never
