@@ -331,6 +331,20 @@ impl FsCheckpointStorage {
         }
     }
 
+    /// A task file's path and bytes, of the size its handle says.
+    fn read_task_file(&self, handle: &TaskStateHandle) -> Result<(PathBuf, AlignedVec), StorageError> {
+        let path = self.handle_path(handle)?;
+        let bytes = self.read_bounded(&path, TASK_STATE_BYTES_MAX)?;
+        let actual = bytes.len() as u64;
+        if actual < handle.size {
+            return Err(StorageError::Truncated { path, actual, expected: handle.size });
+        }
+        if actual > handle.size {
+            return Err(StorageError::SizeMismatch { path, actual, expected: handle.size });
+        }
+        Ok((path, bytes))
+    }
+
     fn read_bounded(&self, path: &Path, limit: u64) -> Result<AlignedVec, StorageError> {
         let len = self.fs.len(path).map_err(|e| StorageError::io("read", path, e))?;
         if len > limit {
@@ -383,28 +397,12 @@ impl CheckpointStorage for FsCheckpointStorage {
     }
 
     fn read_task_state(&self, handle: &TaskStateHandle) -> Result<TaskSnapshot, StorageError> {
-        let path = self.handle_path(handle)?;
-        let bytes = self.read_bounded(&path, TASK_STATE_BYTES_MAX)?;
-        let actual = bytes.len() as u64;
-        if actual < handle.size {
-            return Err(StorageError::Truncated { path, actual, expected: handle.size });
-        }
-        if actual > handle.size {
-            return Err(StorageError::SizeMismatch { path, actual, expected: handle.size });
-        }
+        let (path, bytes) = self.read_task_file(handle)?;
         decode_task_state(&bytes, Some(handle.checksum)).map_err(|e| e.at(path))
     }
 
     fn verify_task_state(&self, handle: &TaskStateHandle) -> Result<(), StorageError> {
-        let path = self.handle_path(handle)?;
-        let bytes = self.read_bounded(&path, TASK_STATE_BYTES_MAX)?;
-        let actual = bytes.len() as u64;
-        if actual < handle.size {
-            return Err(StorageError::Truncated { path, actual, expected: handle.size });
-        }
-        if actual > handle.size {
-            return Err(StorageError::SizeMismatch { path, actual, expected: handle.size });
-        }
+        let (path, bytes) = self.read_task_file(handle)?;
         let payload = checked_payload(&bytes, Some(handle.checksum)).map_err(|e| e.at(path.clone()))?;
         rkyv::access::<super::ArchivedTaskSnapshot, rancor::Error>(payload)
             .map(|_| ())
