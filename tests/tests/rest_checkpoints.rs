@@ -5,7 +5,8 @@
 //! `GET .../checkpoints/config` echoes the submission, and a job resumed from the directory
 //! shows the checkpoint it restored. The refusals come with the usual error
 //! body: an unknown job (404), malformed job and checkpoint ids (400), an unknown checkpoint
-//! (404), a trigger of a job without checkpoints or of a finished job (409).
+//! (404), a trigger of a job without checkpoints or of a finished job (409), and a job with
+//! checkpoints whose source cannot rewind (400, at submission).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,7 +18,7 @@ use corestream::jobmanager::api::{ApiErrorCode, CheckpointStatusInfo, JobState, 
 use corestream::jobmanager::rest::{RestServer, RestSettings};
 use corestream::registry::{JobParts, JobRegistry, JobType};
 use corestream::rpc::ids::JobId;
-use corestream::{ClusterConfig, LocalCluster};
+use corestream::{ClusterConfig, LocalCluster, SourceError, SourceFunction, SourceStatus};
 use serde_json::Value;
 
 /// Records per source subtask per second.
@@ -44,7 +45,27 @@ fn registry() -> JobRegistry {
             .discard();
         Ok(JobParts::none())
     }));
+    jobs.register(JobType::new("no-rewind", "a source that cannot go back to a position", "", |env, _| {
+        env.from_source("Source: forward only", Some(1), |_| Ok(ForwardOnly { left: 10 })).discard();
+        Ok(JobParts::none())
+    }));
     jobs
+}
+
+/// A source that does not record its position, so it cannot be restored.
+struct ForwardOnly {
+    left: u64,
+}
+
+impl SourceFunction<u64> for ForwardOnly {
+    fn next_batch(&mut self, out: &mut Vec<u64>, _max_records: usize) -> Result<SourceStatus, SourceError> {
+        if self.left == 0 {
+            return Ok(SourceStatus::Finished);
+        }
+        out.push(self.left);
+        self.left -= 1;
+        Ok(SourceStatus::More)
+    }
 }
 
 struct Setup {
@@ -253,4 +274,24 @@ fn a_job_without_checkpoints_says_so() {
     client.cancel(job).unwrap();
     assert_eq!(client.wait_for_result(job, DEADLINE).unwrap().state, JobState::Cancelled);
     assert_eq!(client.checkpoints(job).unwrap().counts.total, 0);
+}
+
+#[test]
+fn a_job_whose_source_cannot_rewind_is_refused_at_submission_when_it_takes_checkpoints() {
+    let Setup { client, _cluster, server: _server } = start();
+    let dir = tempfile::tempdir().unwrap();
+    let request = |checkpoints| SubmitRequest { job: "no-rewind".into(), checkpoints, ..Default::default() };
+    let every = CheckpointRequest {
+        interval_ms: Some(200),
+        dir: Some(dir.path().join("ck").display().to_string()),
+        ..Default::default()
+    };
+    let (status, _, message) = api_error(client.submit(&request(Some(every))).unwrap_err());
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("Source: forward only") && message.contains("rewind"), "{message}");
+
+    let id = client.submit(&request(None)).expect("without checkpoints the job is accepted").jobid;
+    let state =
+        wait_for("the job to end", || client.execution_result(id).ok().map(|r| r.state).filter(|s| s.is_terminal()));
+    assert_eq!(state, JobState::Finished);
 }

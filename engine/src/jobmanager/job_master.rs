@@ -817,6 +817,10 @@ pub(crate) fn plan_job(
     let signals = crate::registry::JobSignals::local();
     (job.build)(&mut env, &JobContext { args, planning: true, signals, checkpoints })
         .map_err(|e| format!("job '{job_type}': {e}"))?;
+    if checkpoints {
+        // A source that cannot rewind is refused at submission, not when the job is deployed.
+        env.check_sources_rewind().map_err(|e| format!("job '{job_type}': {e}"))?;
+    }
     env.plan_summary(job_type, split).map_err(|e| e.to_string())
 }
 
