@@ -166,6 +166,9 @@ pub fn auto_network_buffers(slots: u32, credit: &CreditConfig) -> u32 {
     (3 * exchange).clamp(2048, u32::MAX as u64) as u32
 }
 
+/// The default [`ExecutionConfig::max_watermark_skew`].
+pub const DEFAULT_MAX_WATERMARK_SKEW: Duration = Duration::from_secs(60);
+
 /// Settings of one job.
 #[derive(Debug, Clone)]
 pub struct ExecutionConfig {
@@ -185,6 +188,12 @@ pub struct ExecutionConfig {
     /// `latencyTrackingInterval`); `None` (the default) emits none. Sinks record each marker's
     /// age in a histogram per source subtask, reported in the job result.
     pub latency_tracking_interval: Option<Duration>,
+    /// How far in event time an input channel may run ahead of the slowest one before the
+    /// task reads it only when nothing else is there (its producer then runs out of credit and
+    /// waits); `None` never holds a channel back. It bounds the windows and timers that one
+    /// fast producer keeps open while a slow one holds the watermark back, as Flink's
+    /// watermark alignment does at the sources (opt-in there). The default is 60 s.
+    pub max_watermark_skew: Option<Duration>,
 }
 
 impl Default for ExecutionConfig {
@@ -197,6 +206,7 @@ impl Default for ExecutionConfig {
             runtime_mode: RuntimeMode::Streaming,
             auto_watermark_interval: Duration::from_millis(200),
             latency_tracking_interval: None,
+            max_watermark_skew: Some(DEFAULT_MAX_WATERMARK_SKEW),
         }
     }
 }

@@ -528,6 +528,10 @@ pub struct InputGate {
     floating_free: u32,
     floating_held: Vec<u32>,
     blocked: Vec<bool>,
+    blocked_count: usize,
+    /// Channels read only when no other has anything ([`InputGate::set_held`]).
+    held: Vec<bool>,
+    holding: bool,
     /// Per channel: regular items the priority event last taken from it overtook (0 after a
     /// regular item).
     overtaken: Vec<u32>,
@@ -543,6 +547,9 @@ impl InputGate {
             floating_free: config.floating_per_gate,
             floating_held: vec![0; n],
             blocked: vec![false; n],
+            blocked_count: 0,
+            held: vec![false; n],
+            holding: false,
             overtaken: vec![0; n],
             next: 0,
         }
@@ -558,22 +565,56 @@ impl InputGate {
 
     /// Stops (or resumes) reading a channel, e.g. while aligning checkpoint barriers.
     pub fn set_blocked(&mut self, channel: usize, blocked: bool) {
-        self.blocked[channel] = blocked;
+        if self.blocked[channel] != blocked {
+            self.blocked[channel] = blocked;
+            if blocked {
+                self.blocked_count += 1;
+            } else {
+                self.blocked_count -= 1;
+            }
+        }
+    }
+
+    /// Holds back the channels `holds` marks (one entry per channel; `holding` says whether
+    /// any is marked): [`InputGate::poll_next`] takes only priority events from them, so their
+    /// producers run out of credit and wait. The task holds channels that run too far ahead
+    /// in event time. Holds are ignored while any channel is blocked (a checkpoint aligning:
+    /// the held channels may still have to deliver their barriers).
+    pub fn set_held(&mut self, holds: &[bool], holding: bool) {
+        self.held.copy_from_slice(holds);
+        self.holding = holding;
+    }
+
+    /// Lifts every hold.
+    pub fn release_held(&mut self) {
+        if self.holding {
+            self.held.fill(false);
+            self.holding = false;
+        }
+    }
+
+    /// Whether some channel is held back (and the hold is in force).
+    pub fn is_holding(&self) -> bool {
+        self.holding && self.blocked_count == 0
     }
 
     pub fn is_blocked(&self, channel: usize) -> bool {
         self.blocked[channel]
     }
 
-    /// The next item of any channel, scanning channels round-robin for fairness.
+    /// The next item of any channel, scanning channels round-robin for fairness; of a held
+    /// channel only a priority event.
     pub fn poll_next(&mut self) -> Option<(usize, ChannelItem)> {
         let n = self.channels.len();
+        let holding = self.is_holding();
         for i in 0..n {
             let c = (self.next + i) % n;
             if self.blocked[c] {
                 continue;
             }
-            if let Some((item, overtook)) = self.channels[c].pop_counting() {
+            let popped =
+                if holding && self.held[c] { self.channels[c].pop_priority() } else { self.channels[c].pop_counting() };
+            if let Some((item, overtook)) = popped {
                 self.overtaken[c] = overtook.unwrap_or(0);
                 self.next = (c + 1) % n;
                 return Some((c, item));
@@ -939,6 +980,38 @@ mod tests {
         assert_eq!(copied.buffers.iter().map(|b| bytes_seq(b)).collect::<Vec<_>>(), [1]);
         assert!(gate.poll_priority().is_none());
         assert_eq!(outs[0].shared().queued(), 1, "the regular items stay");
+    }
+
+    #[test]
+    fn a_held_channel_gives_only_priority_events_unless_a_channel_is_blocked() {
+        let pool = BufferPool::new(8);
+        let config = CreditConfig { exclusive_per_channel: 2, floating_per_gate: 0, max_backlog_per_channel: 4 };
+        let (mut outs, mut gate, _bell) = pair(&config, 2);
+        outs[0].send_buffer(buffer_with(&pool, 0));
+        outs[1].send_buffer(buffer_with(&pool, 1));
+        gate.set_held(&[true, false], true);
+        assert!(gate.is_holding());
+        let (c, item) = gate.poll_next().unwrap();
+        assert_eq!((c, seq_of(item)), (1, 1));
+        gate.release(1);
+        assert!(gate.poll_next().is_none(), "only the held channel has data");
+        outs[0].send_event(unaligned(3));
+        assert!(
+            matches!(gate.poll_next(), Some((0, ChannelItem::Event(e))) if e == unaligned(3)),
+            "priority events pass a hold"
+        );
+        gate.set_blocked(1, true);
+        assert!(!gate.is_holding(), "a checkpoint aligning suspends the hold");
+        let (c, item) = gate.poll_next().unwrap();
+        assert_eq!((c, seq_of(item)), (0, 0));
+        gate.release(0);
+        gate.set_blocked(1, false);
+        outs[0].send_buffer(buffer_with(&pool, 2));
+        assert!(gate.is_holding());
+        assert!(gate.poll_next().is_none());
+        gate.release_held();
+        let (c, item) = gate.poll_next().unwrap();
+        assert_eq!((c, seq_of(item)), (0, 2));
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub struct Common {
     /// the markers' latency at each sink per source subtask (default: off).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub latency_markers: Option<Duration>,
+    /// How far in event time an input channel may run ahead of the slowest channel of its
+    /// task before the task reads it last and its producer waits, e.g. 10s, or `off`
+    /// (default 60s). Bounds the windows a fast producer keeps open while a slow one holds the
+    /// watermark back.
+    #[arg(long, value_parser = parse_watermark_skew, value_name = "DURATION|off")]
+    pub max_watermark_skew: Option<WatermarkSkew>,
     /// TaskManager processes that run the job together on this machine (per-job mode: a
     /// JobManager in this process starts N TaskManager processes of this binary; `run
     /// sum-by-key`, `run wordcount`, `bench network` and `bench latency --query q0`). The job's
@@ -177,9 +183,25 @@ impl Common {
         if let Some(interval) = self.latency_markers {
             env.set_latency_tracking_interval(interval);
         }
+        if let Some(WatermarkSkew(skew)) = self.max_watermark_skew {
+            env.set_max_watermark_skew(skew);
+        }
         env.set_source_rate(self.source_rate);
         env
     }
+}
+
+/// `--max-watermark-skew`: a positive duration, or `off` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkSkew(pub Option<Duration>);
+
+pub fn parse_watermark_skew(s: &str) -> Result<WatermarkSkew, String> {
+    if s.trim() == "off" {
+        return Ok(WatermarkSkew(None));
+    }
+    parse_positive_duration(s)
+        .map(|d| WatermarkSkew(Some(d)))
+        .map_err(|e| format!("{e}; or 'off' to never hold a channel back"))
 }
 
 /// A count with an optional k/M/G suffix (powers of 1000) or a power-of-ten exponent, and `_`
@@ -376,6 +398,15 @@ mod tests {
         assert!(parse_parallelism("10000").unwrap_err().contains("limit of 128"));
         assert_eq!(parse_parallelism("128"), Ok(128));
         assert!(parse_network_buffers("4294967295").unwrap_err().contains("memory"));
+    }
+
+    #[test]
+    fn watermark_skew_is_a_positive_duration_or_off() {
+        assert_eq!(parse_watermark_skew("10s"), Ok(WatermarkSkew(Some(Duration::from_secs(10)))));
+        assert_eq!(parse_watermark_skew("off"), Ok(WatermarkSkew(None)));
+        let e = parse_watermark_skew("0").unwrap_err();
+        assert!(e.contains("more than 0") && e.contains("'off'"), "{e}");
+        assert!(parse_watermark_skew("soon").unwrap_err().contains("not a duration"));
     }
 
     #[test]

@@ -89,6 +89,14 @@ impl StreamEnvironment {
         self
     }
 
+    /// How far in event time an input channel may run ahead of the slowest channel of its task
+    /// before the task reads it last, so its producer waits (default 60 s; `None` never holds a
+    /// channel back). See [`ExecutionConfig::max_watermark_skew`].
+    pub fn set_max_watermark_skew(&mut self, skew: Option<Duration>) -> &mut Self {
+        self.config.max_watermark_skew = skew;
+        self
+    }
+
     /// How often each source subtask emits a latency marker (default: never). Markers pass
     /// operators unchanged, take one channel of each exchange (round-robin), and each sink
     /// records their age per source subtask; the job result reports the percentiles

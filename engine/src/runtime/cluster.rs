@@ -817,6 +817,7 @@ impl LocalCluster {
                 counters,
                 pool: self.inner.pool.clone(),
                 buffer_timeout: exec.buffer_timeout,
+                max_watermark_skew: exec.max_watermark_skew,
                 batch_size: exec.batch_size,
                 checkpointing,
             });

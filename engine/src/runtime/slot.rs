@@ -38,6 +38,7 @@ pub(crate) struct TaskBuild {
     pub counters: Arc<TaskCounters>,
     pub pool: BufferPool,
     pub buffer_timeout: Duration,
+    pub max_watermark_skew: Option<Duration>,
     pub batch_size: usize,
     /// Set when the job takes checkpoints or restores from one.
     pub checkpointing: Option<TaskCheckpointing>,
@@ -148,6 +149,7 @@ async fn run_task(mut build: TaskBuild, job: Arc<JobShared>) {
         job: job.clone(),
         counters: build.counters.clone(),
         buffer_timeout: build.buffer_timeout,
+        max_watermark_skew: build.max_watermark_skew.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         batch_size: build.batch_size.max(1),
         checkpointing: build.checkpointing.clone(),
     };

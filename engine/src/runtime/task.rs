@@ -20,6 +20,15 @@
 //! tasks, keeps the executor's queue busy, so it polls its ring only when preempted: network
 //! I/O and credit stall, and records waited milliseconds.)
 //!
+//! An input task reads last the channels that run too far ahead of the slowest in event time
+//! ([`SkewHold`]), so their producers run out of credit and wait: in a slot that runs a source
+//! and a consumer of it on one core, the consumer drains its local channel and then reads the
+//! remote producers, so without this one producer can run ahead of the others without bound
+//! (measured: thousands of seconds of event time within ten seconds of the window benchmark),
+//! and every window it opens stays in state until the slowest catches up. A hold is lifted when
+//! nothing else has arrived for [`HOLD_PATIENCE`], until event time advances again: holds slow
+//! a producer down, they never stop the task.
+//!
 //! Invariant: a task never blocks its thread; every wait is on its doorbell, which producers,
 //! consumers, the host application and cancellation ring.
 
@@ -51,12 +60,68 @@ pub(crate) enum TaskBody {
 /// Longest wait of a blocked task before it polls its output again without a wake-up.
 const BLOCKED_REPOLL: Duration = Duration::from_millis(10);
 
+/// How long a task holding channels back waits for the others before it reads the held ones
+/// anyway (until its event-time clock next advances).
+const HOLD_PATIENCE: Duration = Duration::from_millis(50);
+
+/// Which input channels the task holds back for running too far ahead in event time, decided
+/// by [`WatermarkValve::skew_holds`] after each watermark, status or end of a channel.
+struct SkewHold {
+    max_skew: i64,
+    holds: Vec<bool>,
+    /// The clock when the holds were last lifted for lack of other input: they stay lifted
+    /// until it advances.
+    lifted_at: Option<i64>,
+    waiting_since: Option<Instant>,
+}
+
+impl SkewHold {
+    fn new(max_skew: Option<i64>, channels: usize) -> Option<Self> {
+        (channels > 1).then_some(())?;
+        Some(Self { max_skew: max_skew?, holds: vec![false; channels], lifted_at: None, waiting_since: None })
+    }
+
+    fn after_event(&mut self, gate: &mut InputGate, valve: &WatermarkValve) {
+        if self.lifted_at.is_some_and(|clock| clock == valve.current()) {
+            return;
+        }
+        self.lifted_at = None;
+        let holding = valve.skew_holds(self.max_skew, &mut self.holds);
+        gate.set_held(&self.holds, holding);
+    }
+
+    fn on_data(&mut self) {
+        self.waiting_since = None;
+    }
+
+    /// Nothing to read but held channels: how long to wait for the others, or `None` when the
+    /// holds were just lifted (read on).
+    fn on_idle(&mut self, gate: &mut InputGate, valve: &WatermarkValve) -> Option<Duration> {
+        if !gate.is_holding() {
+            return Some(Duration::MAX);
+        }
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        match HOLD_PATIENCE.checked_sub(since.elapsed()) {
+            Some(left) if !left.is_zero() => Some(left),
+            _ => {
+                gate.release_held();
+                self.lifted_at = Some(valve.current());
+                self.waiting_since = None;
+                None
+            }
+        }
+    }
+}
+
 /// What the loop needs besides the chain.
 pub(crate) struct TaskEnv {
     pub bell: Arc<Doorbell>,
     pub job: Arc<JobShared>,
     pub counters: Arc<TaskCounters>,
     pub buffer_timeout: Duration,
+    /// Milliseconds of event time an input channel may run ahead of the slowest before it is
+    /// held back ([`crate::ExecutionConfig::max_watermark_skew`]).
+    pub max_watermark_skew: Option<i64>,
     pub batch_size: usize,
     /// Set when the job takes checkpoints or restores from one.
     pub checkpointing: Option<crate::checkpoint::TaskCheckpointing>,
@@ -329,6 +394,7 @@ async fn run_input(input: &mut dyn TaskInput, gate: &mut InputGate, env: &TaskEn
     }
     let mut ended = 0;
     let mut buffers = 0u64;
+    let mut skew = SkewHold::new(env.max_watermark_skew, channels);
     while ended < channels {
         check_cancelled(env)?;
         drain_pending(&mut Side::Input(input, gate, &valve), env, &mut clock).await?;
@@ -344,6 +410,9 @@ async fn run_input(input: &mut dyn TaskInput, gate: &mut InputGate, env: &TaskEn
                 input.on_buffer(buffer.as_slice())?;
                 drop(buffer);
                 gate.release(c);
+                if let Some(skew) = skew.as_mut() {
+                    skew.on_data();
+                }
                 buffers += 1;
                 clock.after_batch(input.chain())?;
                 if buffers.is_multiple_of(8) {
@@ -353,13 +422,25 @@ async fn run_input(input: &mut dyn TaskInput, gate: &mut InputGate, env: &TaskEn
                 }
             }
             Some((c, ChannelItem::Event(event))) => {
-                on_event(c, event, input, gate, &mut valve, ck.as_mut(), &mut ended)?
+                let moves_time =
+                    matches!(event, Event::Watermark(_) | Event::WatermarkStatus(_) | Event::EndOfPartition);
+                on_event(c, event, input, gate, &mut valve, ck.as_mut(), &mut ended)?;
+                if let Some(skew) = skew.as_mut().filter(|_| moves_time) {
+                    skew.after_event(gate, &valve);
+                }
             }
             None => {
+                let patience = match skew.as_mut() {
+                    Some(skew) => match skew.on_idle(gate, &valve) {
+                        Some(left) => (left != Duration::MAX).then_some(left),
+                        None => continue,
+                    },
+                    None => None,
+                };
                 input.chain().flush(FlushReason::Idle)?;
                 clock.reset();
                 check_cancelled(env)?;
-                wait_idle(input.chain(), env, None).await?;
+                wait_idle(input.chain(), env, patience).await?;
             }
         }
     }

@@ -10,6 +10,11 @@
 //! task starts from it ([`WatermarkValve::restore`], which checks the valve's invariants on
 //! what it reads), so that the in-flight data replayed after a restore meets the combined
 //! watermark it met in the original run.
+//!
+//! The valve also says which channels run too far ahead in event time
+//! ([`WatermarkValve::skew_holds`]): the task reads them last, so that one fast producer cannot
+//! fill the operators' state with windows that the slowest one keeps open (see
+//! `ExecutionConfig::max_watermark_skew`).
 
 use corestream_netstack::WatermarkStatus;
 
@@ -163,6 +168,25 @@ impl WatermarkValve {
         self.advance()
     }
 
+    /// Marks in `holds` (one entry per channel) the channels whose watermark is more than
+    /// `max_skew` ahead of the slowest channel that holds the clock back (active, aligned, not
+    /// ended); true when any is marked. Nothing is held while such a channel has sent no
+    /// watermark yet, and idle, ended or not-yet-aligned channels are never held (they are not
+    /// ahead of the clock, or send nothing to read).
+    pub fn skew_holds(&self, max_skew: i64, holds: &mut [bool]) -> bool {
+        let min = self.live().filter(|c| c.aligned && !c.idle).map(|c| c.watermark).min();
+        let limit = match min {
+            Some(min) if min > i64::MIN => min.saturating_add(max_skew.max(0)),
+            _ => i64::MAX,
+        };
+        let mut any = false;
+        for (hold, c) in holds.iter_mut().zip(&self.channels) {
+            *hold = !c.ended && c.aligned && !c.idle && c.watermark > limit;
+            any |= *hold;
+        }
+        any
+    }
+
     fn live(&self) -> impl Iterator<Item = &ChannelState> {
         self.channels.iter().filter(|c| !c.ended)
     }
@@ -190,6 +214,41 @@ mod tests {
         assert_eq!(v.on_watermark(1, 3), None, "a channel's watermark never goes back");
         assert_eq!(v.on_watermark(1, 20), Some(10));
         assert_eq!(v.current(), 10);
+    }
+
+    #[test]
+    fn channels_far_ahead_of_the_slowest_are_held() {
+        let mut v = WatermarkValve::new(3);
+        let mut holds = [false; 3];
+        v.on_watermark(0, 1_000);
+        v.on_watermark(1, 500);
+        assert!(!v.skew_holds(100, &mut holds), "channel 2 has no watermark yet: nothing is held");
+        v.on_watermark(2, 450);
+        assert!(v.skew_holds(100, &mut holds));
+        assert_eq!(holds, [true, false, false], "only channel 0 is more than 100 ahead of 450");
+        assert!(!v.skew_holds(550, &mut holds), "exactly at the limit is not held");
+        v.on_watermark(2, 950);
+        assert!(v.skew_holds(100, &mut holds));
+        assert_eq!(holds, [true, false, true], "channel 1 (500) is now the slowest");
+        v.on_watermark(1, 990);
+        assert!(!v.skew_holds(100, &mut holds), "all within 100 of 950");
+    }
+
+    #[test]
+    fn idle_and_ended_channels_neither_hold_nor_are_held() {
+        let mut v = WatermarkValve::new(3);
+        let mut holds = [false; 3];
+        v.on_watermark(0, 10_000);
+        v.on_watermark(1, 100);
+        v.on_watermark(2, 5_000);
+        assert!(v.skew_holds(1_000, &mut holds));
+        assert_eq!(holds, [true, false, true]);
+        v.on_status(1, WatermarkStatus::Idle);
+        assert!(v.skew_holds(1_000, &mut holds), "the slowest live channel is now channel 2");
+        assert_eq!(holds, [true, false, false]);
+        v.on_end(2);
+        assert!(!v.skew_holds(1_000, &mut holds), "channel 0 alone is the minimum");
+        assert_eq!(holds, [false; 3]);
     }
 
     #[test]

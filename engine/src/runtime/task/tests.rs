@@ -262,6 +262,7 @@ impl Harness {
             job: Arc::new(JobShared::new("checkpoints".into(), vec!["recorder".into(); 3], vec![1; 3])),
             counters: Arc::default(),
             buffer_timeout: Duration::ZERO,
+            max_watermark_skew: None,
             batch_size: 4,
             checkpointing: Some(TaskCheckpointing {
                 task: TASK,
@@ -1020,5 +1021,99 @@ fn a_source_finishing_behind_a_full_channel_takes_triggers() {
     let position = decode(&taken[0].1.node(NODE).and_then(|p| p.get("position")).unwrap().bytes)[0];
     assert_eq!(position, batch);
     assert_eq!(first_difference(&received, &(0..batch).collect::<Vec<_>>()), None);
+    assert_eq!(h.pool.in_use(), 0);
+}
+
+/// Runs the recorder on `gate` with `max_watermark_skew` milliseconds, feeding nothing more.
+fn run_recorder_with_skew(h: &Harness, gate: InputGate, skew: Option<i64>) -> Seen {
+    let mut env = h.env();
+    env.max_watermark_skew = skew;
+    on_executor(async move {
+        let seen = Rc::new(RefCell::new(Seen::default()));
+        let input = Box::new(Recorder { seen: seen.clone(), out: None, batch: Vec::new() });
+        run(TaskBody::Input { input, gate }, env).await.unwrap();
+        let seen = std::mem::take(&mut *seen.borrow_mut());
+        seen
+    })
+}
+
+/// Channel 0 is far ahead in event time (1000); channel 1 starts at 50 and catches up to 950
+/// after three buffers.
+fn one_channel_far_ahead(h: &Harness) -> InputGate {
+    let (mut outs, gate) = h.inputs(2, 16);
+    outs[0].send_event(Event::Watermark(1000));
+    for v in [10, 11] {
+        outs[0].send_buffer(buffer_of(&h.pool, &[v]));
+    }
+    outs[0].send_event(Event::EndOfPartition);
+    outs[1].send_event(Event::Watermark(50));
+    for v in [20, 21, 22] {
+        outs[1].send_buffer(buffer_of(&h.pool, &[v]));
+    }
+    outs[1].send_event(Event::Watermark(950));
+    outs[1].send_buffer(buffer_of(&h.pool, &[23]));
+    outs[1].send_event(Event::EndOfPartition);
+    gate
+}
+
+#[test]
+fn a_channel_far_ahead_in_event_time_is_read_after_the_others_catch_up() {
+    let h = Harness::new(options(CheckpointMode::ExactlyOnce, false, None));
+    let seen = run_recorder_with_skew(&h, one_channel_far_ahead(&h), Some(100));
+    assert_eq!(seen.values, [20, 21, 22, 10, 23, 11], "channel 0 waits until channel 1 is within 100 of it");
+    let seen = run_recorder_with_skew(&h, one_channel_far_ahead(&h), None);
+    assert_eq!(seen.values, [10, 20, 11, 21, 22, 23], "without a bound the channels are read in turn");
+    let seen = run_recorder_with_skew(&h, one_channel_far_ahead(&h), Some(2000));
+    assert_eq!(seen.values, [10, 20, 11, 21, 22, 23], "within the bound nothing is held");
+    assert_eq!(h.pool.in_use(), 0);
+}
+
+#[test]
+fn a_held_channel_is_read_when_the_slow_one_stays_silent() {
+    let h = Harness::new(options(CheckpointMode::ExactlyOnce, false, None));
+    let (mut ins, gate) = h.inputs(2, 16);
+    let mut env = h.env();
+    env.max_watermark_skew = Some(100);
+    let pool = h.pool.clone();
+    on_executor(async move {
+        let seen = Rc::new(RefCell::new(Seen::default()));
+        let input = Box::new(Recorder { seen: seen.clone(), out: None, batch: Vec::new() });
+        let task = glommio::spawn_local(run(TaskBody::Input { input, gate }, env));
+        let read = |n: usize| {
+            let seen = seen.clone();
+            async move {
+                for _ in 0..10_000 {
+                    if seen.borrow().values.len() >= n {
+                        return seen.borrow().values.clone();
+                    }
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                panic!("the task read {:?}, not {n} values", seen.borrow().values);
+            }
+        };
+        ins[1].send_event(Event::Watermark(50));
+        ins[0].send_event(Event::Watermark(1000));
+        ins[0].send_buffer(buffer_of(&pool, &[10]));
+        let started = std::time::Instant::now();
+        assert_eq!(read(1).await, [10]);
+        assert!(started.elapsed() >= super::HOLD_PATIENCE, "channel 0 was held while channel 1 might still send");
+        ins[0].send_buffer(buffer_of(&pool, &[11]));
+        assert_eq!(read(2).await, [10, 11], "lifted until event time advances");
+        ins[1].send_buffer(buffer_of(&pool, &[20]));
+        ins[1].send_event(Event::Watermark(60));
+        assert_eq!(read(3).await, [10, 11, 20]);
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+        ins[0].send_buffer(buffer_of(&pool, &[12]));
+        for _ in 0..100 {
+            glommio::yield_if_needed().await;
+            glommio::executor().yield_task_queue_now().await;
+        }
+        assert_eq!(seen.borrow().values, [10, 11, 20], "event time moved: channel 0 is held again");
+        for channel in &mut ins {
+            channel.send_event(Event::EndOfPartition);
+        }
+        task.await.unwrap();
+        assert_eq!(seen.borrow().values, [10, 11, 20, 12]);
+    });
     assert_eq!(h.pool.in_use(), 0);
 }
