@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use corestream::{JobError, JobHandle, JobResult, LocalCluster, StreamEnvironment};
+use corestream::{JobError, JobHandle, JobResult, StreamEnvironment};
 
 use crate::examples::key_of;
 
@@ -47,23 +47,14 @@ pub fn keyed_sum_job(env: &StreamEnvironment, events: u64, keys: u64) {
         .discard();
 }
 
-/// Starts the passthrough job.
-pub fn start_passthrough(cluster: &LocalCluster, events: u64, parallelism: u32) -> Result<JobHandle, JobError> {
-    let mut env = cluster.environment();
-    env.set_parallelism(parallelism);
+/// Starts the passthrough job in `env` (a cluster's environment, configured by the caller).
+pub fn start_passthrough(env: StreamEnvironment, events: u64) -> Result<JobHandle, JobError> {
     passthrough_job(&env, events);
     env.execute_async("passthrough")
 }
 
-/// Starts the keyed-sum job.
-pub fn start_keyed_sum(
-    cluster: &LocalCluster,
-    events: u64,
-    keys: u64,
-    parallelism: u32,
-) -> Result<JobHandle, JobError> {
-    let mut env = cluster.environment();
-    env.set_parallelism(parallelism);
+/// Starts the keyed-sum job in `env` (configured by the caller).
+pub fn start_keyed_sum(env: StreamEnvironment, events: u64, keys: u64) -> Result<JobHandle, JobError> {
     keyed_sum_job(&env, events, keys);
     env.execute_async("keyed-sum")
 }
@@ -190,17 +181,15 @@ pub fn window_expected_total(events: u64, assigner: corestream::WindowAssigner) 
     }
 }
 
-/// Starts the window benchmark; returns the job and the shared total its sink fills.
+/// Starts the window benchmark in `env` (configured by the caller); returns the job and the
+/// shared total its sink fills.
 pub fn start_window(
-    cluster: &LocalCluster,
+    env: StreamEnvironment,
     events: u64,
     keys: u64,
     assigner: corestream::WindowAssigner,
     split: SequenceSplit,
-    parallelism: u32,
 ) -> Result<(JobHandle, std::sync::Arc<std::sync::atomic::AtomicU64>), JobError> {
-    let mut env = cluster.environment();
-    env.set_parallelism(parallelism);
     let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     window_job(&env, events, keys, assigner, split, total.clone());
     Ok((env.execute_async("window")?, total))

@@ -123,14 +123,19 @@ fn demo_jobs(cluster: &LocalCluster, args: &DemoArgs, dir: &std::path::Path) -> 
     if slots > 1 {
         parallelisms.push(slots);
     }
+    let env_at = |p: u32| {
+        let mut env = cluster.environment();
+        env.set_parallelism(p);
+        env
+    };
     for &p in &parallelisms {
-        let r = finish("passthrough", p, args.events, start_passthrough(cluster, args.events, p)?)?;
+        let r = finish("passthrough", p, args.events, start_passthrough(env_at(p), args.events)?)?;
         print_report(&r);
         reports.push(r);
     }
     let keyed_events = args.events / 4;
     for &p in &parallelisms {
-        let r = finish("keyed-sum", p, keyed_events, start_keyed_sum(cluster, keyed_events, args.keys, p)?)?;
+        let r = finish("keyed-sum", p, keyed_events, start_keyed_sum(env_at(p), keyed_events, args.keys)?)?;
         print_report(&r);
         reports.push(r);
     }
@@ -157,7 +162,7 @@ fn demo_jobs(cluster: &LocalCluster, args: &DemoArgs, dir: &std::path::Path) -> 
         let mut rates = Vec::new();
         for &p in &parallelisms {
             let (handle, total) =
-                start_window(cluster, args.window_events, args.keys, assigner, SequenceSplit::Interleaved, p)?;
+                start_window(env_at(p), args.window_events, args.keys, assigner, SequenceSplit::Interleaved)?;
             let mut r = report(spec, p, args.window_events, handle.join()?);
             r.count = total.load(std::sync::atomic::Ordering::Relaxed);
             let expected = window_expected_total(args.window_events, assigner);
