@@ -149,7 +149,7 @@ async fn run_task(mut build: TaskBuild, job: Arc<JobShared>) {
         job: job.clone(),
         counters: build.counters.clone(),
         buffer_timeout: build.buffer_timeout,
-        max_watermark_skew: build.max_watermark_skew.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        max_watermark_skew: build.max_watermark_skew,
         batch_size: build.batch_size.max(1),
         checkpointing: build.checkpointing.clone(),
     };

@@ -67,6 +67,7 @@ const HOLD_PATIENCE: Duration = Duration::from_millis(50);
 /// Which input channels the task holds back for running too far ahead in event time, decided
 /// by [`WatermarkValve::skew_holds`] after each watermark, status or end of a channel.
 struct SkewHold {
+    /// Milliseconds of event time.
     max_skew: i64,
     holds: Vec<bool>,
     /// The clock when the holds were last lifted for lack of other input: they stay lifted
@@ -76,9 +77,12 @@ struct SkewHold {
 }
 
 impl SkewHold {
-    fn new(max_skew: Option<i64>, channels: usize) -> Option<Self> {
-        (channels > 1).then_some(())?;
-        Some(Self { max_skew: max_skew?, holds: vec![false; channels], lifted_at: None, waiting_since: None })
+    fn new(max_skew: Option<Duration>, channels: usize) -> Option<Self> {
+        if channels < 2 {
+            return None;
+        }
+        let max_skew = i64::try_from(max_skew?.as_millis()).unwrap_or(i64::MAX);
+        Some(Self { max_skew, holds: vec![false; channels], lifted_at: None, waiting_since: None })
     }
 
     fn after_event(&mut self, gate: &mut InputGate, valve: &WatermarkValve) {
@@ -94,23 +98,31 @@ impl SkewHold {
         self.waiting_since = None;
     }
 
-    /// Nothing to read but held channels: how long to wait for the others, or `None` when the
-    /// holds were just lifted (read on).
-    fn on_idle(&mut self, gate: &mut InputGate, valve: &WatermarkValve) -> Option<Duration> {
+    /// Nothing to read (but perhaps held channels): whether to wait, and how long at most.
+    fn on_idle(&mut self, gate: &mut InputGate, valve: &WatermarkValve) -> IdleHold {
         if !gate.is_holding() {
-            return Some(Duration::MAX);
+            return IdleHold::NotHolding;
         }
         let since = *self.waiting_since.get_or_insert_with(Instant::now);
         match HOLD_PATIENCE.checked_sub(since.elapsed()) {
-            Some(left) if !left.is_zero() => Some(left),
+            Some(left) if !left.is_zero() => IdleHold::WaitAtMost(left),
             _ => {
                 gate.release_held();
                 self.lifted_at = Some(valve.current());
                 self.waiting_since = None;
-                None
+                IdleHold::Lifted
             }
         }
     }
+}
+
+/// What an idle input task does about its holds.
+enum IdleHold {
+    NotHolding,
+    /// Wait for the other channels, this long at most.
+    WaitAtMost(Duration),
+    /// The holds were just lifted: read on.
+    Lifted,
 }
 
 /// What the loop needs besides the chain.
@@ -119,9 +131,9 @@ pub(crate) struct TaskEnv {
     pub job: Arc<JobShared>,
     pub counters: Arc<TaskCounters>,
     pub buffer_timeout: Duration,
-    /// Milliseconds of event time an input channel may run ahead of the slowest before it is
-    /// held back ([`crate::ExecutionConfig::max_watermark_skew`]).
-    pub max_watermark_skew: Option<i64>,
+    /// Event time an input channel may run ahead of the slowest before it is held back
+    /// ([`crate::ExecutionConfig::max_watermark_skew`]).
+    pub max_watermark_skew: Option<Duration>,
     pub batch_size: usize,
     /// Set when the job takes checkpoints or restores from one.
     pub checkpointing: Option<crate::checkpoint::TaskCheckpointing>,
@@ -430,12 +442,10 @@ async fn run_input(input: &mut dyn TaskInput, gate: &mut InputGate, env: &TaskEn
                 }
             }
             None => {
-                let patience = match skew.as_mut() {
-                    Some(skew) => match skew.on_idle(gate, &valve) {
-                        Some(left) => (left != Duration::MAX).then_some(left),
-                        None => continue,
-                    },
-                    None => None,
+                let patience = match skew.as_mut().map(|skew| skew.on_idle(gate, &valve)) {
+                    Some(IdleHold::Lifted) => continue,
+                    Some(IdleHold::WaitAtMost(left)) => Some(left),
+                    Some(IdleHold::NotHolding) | None => None,
                 };
                 input.chain().flush(FlushReason::Idle)?;
                 clock.reset();

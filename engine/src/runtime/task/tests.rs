@@ -1025,9 +1025,9 @@ fn a_source_finishing_behind_a_full_channel_takes_triggers() {
 }
 
 /// Runs the recorder on `gate` with `max_watermark_skew` milliseconds, feeding nothing more.
-fn run_recorder_with_skew(h: &Harness, gate: InputGate, skew: Option<i64>) -> Seen {
+fn run_recorder_with_skew(h: &Harness, gate: InputGate, skew: Option<u64>) -> Seen {
     let mut env = h.env();
-    env.max_watermark_skew = skew;
+    env.max_watermark_skew = skew.map(Duration::from_millis);
     on_executor(async move {
         let seen = Rc::new(RefCell::new(Seen::default()));
         let input = Box::new(Recorder { seen: seen.clone(), out: None, batch: Vec::new() });
@@ -1073,7 +1073,7 @@ fn a_held_channel_is_read_when_the_slow_one_stays_silent() {
     let h = Harness::new(options(CheckpointMode::ExactlyOnce, false, None));
     let (mut ins, gate) = h.inputs(2, 16);
     let mut env = h.env();
-    env.max_watermark_skew = Some(100);
+    env.max_watermark_skew = Some(Duration::from_millis(100));
     let pool = h.pool.clone();
     on_executor(async move {
         let seen = Rc::new(RefCell::new(Seen::default()));
