@@ -21,13 +21,13 @@
 //! I/O and credit stall, and records waited milliseconds.)
 //!
 //! An input task reads last the channels that run too far ahead of the slowest in event time
-//! ([`SkewHold`]), so their producers run out of credit and wait: in a slot that runs a source
+//! (`SkewHold`), so their producers run out of credit and wait: in a slot that runs a source
 //! and a consumer of it on one core, the consumer drains its local channel and then reads the
 //! remote producers, so without this one producer can run ahead of the others without bound
 //! (measured: thousands of seconds of event time within ten seconds of the window benchmark),
 //! and every window it opens stays in state until the slowest catches up. A hold is lifted when
-//! nothing else has arrived for [`HOLD_PATIENCE`], until event time advances again: holds slow
-//! a producer down, they never stop the task.
+//! nothing else has arrived for `HOLD_PATIENCE` (50 ms), until event time advances again: holds
+//! slow a producer down, they never stop the task.
 //!
 //! Invariant: a task never blocks its thread; every wait is on its doorbell, which producers,
 //! consumers, the host application and cancellation ring.
