@@ -3,8 +3,9 @@
 //! - `overhead`: a workload (the keyed tumbling-window benchmark, Nexmark q5 or q7) run by name
 //!   on the JobManager of a local cluster without checkpoints and with checkpoints every
 //!   `--interval`, alternately (the order flips every round, so drift on a shared machine falls
-//!   on both), reported as events per second and per CPU-second of each and the ratios per
-//!   pair, with their spread;
+//!   on both), after `--warmup` runs that are not counted, reported as events per second and per
+//!   CPU-second of each and the ratios per pair, with their spread, and the CPU time the
+//!   checkpoints themselves took (synchronous parts, encoding, writing) as a share of each run's;
 //! - `backpressure`: a job whose sink takes `--sink-delay` per record (so every buffer between
 //!   source and sink is full), with aligned and then unaligned checkpoints: the end-to-end
 //!   duration of the checkpoints of each (p50, p99, max over the completed ones) and the
@@ -78,6 +79,12 @@ pub struct CheckpointBenchArgs {
     /// overhead: pairs of runs (off, on).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50), default_value_t = 3)]
     pub rounds: u32,
+    /// overhead: runs with checkpoints before the measured pairs, not counted. The first
+    /// checkpoints of a process fault in the memory their buffers use (the allocator keeps it
+    /// for the next ones); a job that runs for hours pays that once, so the pairs measure a
+    /// process past it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10), default_value_t = 1)]
+    pub warmup: u32,
     /// overhead: unaligned checkpoints.
     #[arg(long)]
     pub unaligned: bool,
@@ -178,6 +185,11 @@ fn every(interval: Duration, unaligned: bool) -> CheckpointRequest {
     }
 }
 
+/// CPU time the completed checkpoints of a run took, over every task.
+fn checkpoint_cpu(s: &CheckpointingStatistics) -> Duration {
+    Duration::from_micros(s.summary.cpu_time_us.avg.saturating_mul(s.summary.completed))
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     match xs.len() {
@@ -222,15 +234,28 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
         Workload::Q7 => ("nexmark", ["--query", "q7", "--events", &events].map(String::from).to_vec()),
     };
     println!(
-        "checkpoint overhead: {job} {}, p={}, checkpoints every {:?} ({}), {} round(s), order flipped each round",
+        "checkpoint overhead: {job} {}, p={}, checkpoints every {:?} ({}), {} warm-up run(s), {} round(s), order \
+         flipped each round",
         args.join(" "),
         bench.parallelism,
         a.interval,
         if a.unaligned { "unaligned" } else { "aligned" },
+        a.warmup,
         a.rounds
     );
+    for run in 0..a.warmup {
+        let figures = bench.run(job, args.clone(), Some(every(a.interval, a.unaligned)))?;
+        let share = figures.stats.as_ref().map_or(0.0, |s| checkpoint_cpu(s).as_secs_f64())
+            / figures.cpu.as_secs_f64().max(1e-9);
+        println!(
+            "  warm-up {}: {:.0} events/s, checkpoints' CPU {:.2} % of the run's (not counted)",
+            run + 1,
+            a.events as f64 / figures.wall.as_secs_f64(),
+            share * 100.0
+        );
+    }
     let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
-    let (mut offs, mut ons) = (Vec::new(), Vec::new());
+    let (mut offs, mut ons, mut cpu_shares) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..a.rounds {
         let order = if round % 2 == 0 { [false, true] } else { [true, false] };
         let (mut pair, mut cpu_pair) = ([0.0f64; 2], [0.0f64; 2]);
@@ -250,12 +275,18 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
                 cpu_rate
             );
             if let Some(s) = figures.stats.filter(|_| with) {
+                let cpu = checkpoint_cpu(&s);
+                let share = cpu.as_secs_f64() / figures.cpu.as_secs_f64().max(1e-9);
+                cpu_shares.push(share);
                 println!(
-                    "           checkpoint duration min/avg/max {}/{}/{} ms, size avg {}; {}",
+                    "           checkpoint duration min/avg/max {}/{}/{} ms, size avg {}; CPU {:.1} ms, {:.2} % of the \
+                     run's; {}",
                     s.summary.end_to_end_duration_ms.min,
                     s.summary.end_to_end_duration_ms.avg,
                     s.summary.end_to_end_duration_ms.max,
                     mib(s.summary.checkpointed_size_bytes.avg),
+                    cpu.as_secs_f64() * 1e3,
+                    share * 100.0,
                     phases(&s)
                 );
             }
@@ -282,6 +313,17 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
         median(cpu_ratios.clone()),
         (1.0 - median(cpu_ratios)) * 100.0
     );
+    if !cpu_shares.is_empty() {
+        let (lo, hi) = spread(&cpu_shares);
+        println!(
+            "        checkpoints' own CPU time (synchronous parts, encoding, writing): {:.2} % of the runs' CPU \
+             (median of {}, {:.2}..{:.2} %)",
+            median(cpu_shares.clone()) * 100.0,
+            cpu_shares.len(),
+            lo * 100.0,
+            hi * 100.0
+        );
+    }
     Ok(())
 }
 
@@ -354,10 +396,12 @@ fn phases(stats: &CheckpointingStatistics) -> String {
         let avg = values.iter().sum::<u64>() / values.len().max(1) as u64;
         format!("{avg}/{}", values.iter().max().copied().unwrap_or(0))
     };
+    let cpu: Vec<String> = completed.iter().rev().map(|c| format!("{:.0}", c.cpu_time_us as f64 / 1e3)).collect();
     format!(
-        "sync avg/max {} ms, async avg/max {} ms (last {})",
+        "sync avg/max {} ms, async avg/max {} ms, CPU per checkpoint {} ms (last {}, oldest first)",
         avg_max(completed.iter().map(|c| c.sync_duration_ms).collect()),
         avg_max(completed.iter().map(|c| c.async_duration_ms).collect()),
+        cpu.join("/"),
         completed.len()
     )
 }

@@ -167,6 +167,11 @@ fn format_ended(d: &CheckpointDetails) -> String {
     }
 }
 
+/// Microseconds of CPU time, in milliseconds.
+fn format_cpu(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1e3)
+}
+
 fn format_figure(f: &MinAvgMax, show: fn(u64) -> String) -> String {
     format!("min {} / avg {} / max {}", show(f.min), show(f.avg), show(f.max))
 }
@@ -226,16 +231,17 @@ fn format_stats(id: JobId, s: &CheckpointingStatistics) -> String {
     if sum.completed > 0 {
         let _ = writeln!(
             out,
-            "Over {} completed: duration {}; size {}; in-flight data {}",
+            "Over {} completed: duration {}; size {}; in-flight data {}; CPU {}",
             sum.completed,
             format_figure(&sum.end_to_end_duration_ms, format_millis),
             format_figure(&sum.checkpointed_size_bytes, human_bytes),
-            format_figure(&sum.persisted_data_bytes, human_bytes)
+            format_figure(&sum.persisted_data_bytes, human_bytes),
+            format_figure(&sum.cpu_time_us, format_cpu)
         );
     }
     if let Some(done) = s.latest.completed.as_ref().filter(|d| !d.tasks.is_empty()) {
         let _ = writeln!(out, "\nLatest completed checkpoint {} by vertex:", done.id);
-        let mut rows = vec![["VERTEX", "ACKS", "SIZE", "STATE", "IN-FLIGHT", "ALIGNMENT", "SYNC", "ASYNC"]
+        let mut rows = vec![["VERTEX", "ACKS", "SIZE", "STATE", "IN-FLIGHT", "ALIGNMENT", "SYNC", "ASYNC", "CPU"]
             .map(String::from)
             .to_vec()];
         for v in &done.tasks {
@@ -248,6 +254,7 @@ fn format_stats(id: JobId, s: &CheckpointingStatistics) -> String {
                 format_millis(v.alignment_duration_ms),
                 format_millis(v.sync_duration_ms),
                 format_millis(v.async_duration_ms),
+                format_cpu(v.cpu_time_us),
             ]);
         }
         out.push_str(&columns(&rows));
@@ -413,6 +420,7 @@ mod tests {
             alignment_duration_ms: 1,
             sync_duration_ms: 2,
             async_duration_ms: 3,
+            cpu_time_us: 4_250,
             num_subtasks: 3,
             num_acknowledged_subtasks: if status == CheckpointStatusInfo::Completed { 3 } else { 1 },
             failure_message: (status == CheckpointStatusInfo::Failed).then(|| "declined by task 1/0: full".into()),
@@ -429,6 +437,7 @@ mod tests {
                 alignment_duration_ms: 0,
                 sync_duration_ms: 2,
                 async_duration_ms: 3,
+                cpu_time_us: 4_250,
             }],
         }
     }
@@ -451,6 +460,7 @@ mod tests {
                 checkpointed_size_bytes: MinAvgMax { min: 1536, avg: 3072, max: 4608 },
                 state_size_bytes: MinAvgMax::default(),
                 persisted_data_bytes: MinAvgMax { min: 0, avg: 0, max: 2048 },
+                cpu_time_us: MinAvgMax { min: 3_000, avg: 4_250, max: 5_500 },
             },
             latest: LatestCheckpoints {
                 completed: Some(checkpoint(3, CheckpointStatusInfo::Completed)),

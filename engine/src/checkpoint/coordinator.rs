@@ -233,6 +233,8 @@ pub struct CheckpointSummary {
     pub alignment_ms_max: u64,
     pub sync_ms_max: u64,
     pub async_ms_max: u64,
+    /// CPU time every acknowledged task spent on it, in microseconds.
+    pub cpu_us: u64,
     pub unaligned: bool,
     pub failure: Option<AbortReason>,
     pub tasks: Vec<TaskAckStats>,
@@ -316,6 +318,7 @@ impl Pending {
             alignment_ms_max: metric(|m| m.alignment_ms),
             sync_ms_max: metric(|m| m.sync_ms),
             async_ms_max: metric(|m| m.async_ms),
+            cpu_us: self.acks.values().map(|a| a.metrics.cpu_us).sum(),
             unaligned: self.acks.values().any(|a| a.metrics.unaligned),
             failure: None,
             tasks: self

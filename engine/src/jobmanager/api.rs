@@ -330,6 +330,9 @@ pub struct CheckpointSummaryInfo {
     pub checkpointed_size_bytes: MinAvgMax,
     pub state_size_bytes: MinAvgMax,
     pub persisted_data_bytes: MinAvgMax,
+    /// CPU time each checkpoint took, summed over its tasks (synchronous parts, encoding and
+    /// writing), in microseconds.
+    pub cpu_time_us: MinAvgMax,
 }
 
 /// The newest checkpoints of each kind.
@@ -384,6 +387,8 @@ pub struct CheckpointInfo {
     pub alignment_duration_ms: u64,
     pub sync_duration_ms: u64,
     pub async_duration_ms: u64,
+    /// CPU time its acknowledged tasks spent on it, in microseconds.
+    pub cpu_time_us: u64,
     pub num_subtasks: u32,
     pub num_acknowledged_subtasks: u32,
     /// Why it failed.
@@ -410,6 +415,8 @@ pub struct VertexCheckpointInfo {
     pub alignment_duration_ms: u64,
     pub sync_duration_ms: u64,
     pub async_duration_ms: u64,
+    /// CPU time of its acknowledged subtasks, in microseconds.
+    pub cpu_time_us: u64,
 }
 
 /// `GET /v1/jobs/{id}/checkpoints/details/{checkpointid}`: one checkpoint with every subtask.
@@ -449,6 +456,8 @@ pub struct SubtaskCheckpointInfo {
     pub sync_duration_ms: u64,
     /// Writing and syncing its file, off the slot's thread.
     pub async_duration_ms: u64,
+    /// CPU time of its synchronous part and of encoding and writing its file, in microseconds.
+    pub cpu_time_us: u64,
     pub unaligned: bool,
 }
 

@@ -261,6 +261,7 @@ struct Summary {
     checkpointed: Figure,
     state: Figure,
     persisted: Figure,
+    cpu: Figure,
 }
 
 impl Summary {
@@ -270,6 +271,7 @@ impl Summary {
         self.checkpointed.add(s.state_bytes);
         self.state.add(state_bytes(&s.tasks));
         self.persisted.add(s.channel_bytes);
+        self.cpu.add(s.cpu_us);
     }
 
     fn view(&self) -> CheckpointSummaryInfo {
@@ -279,6 +281,7 @@ impl Summary {
             checkpointed_size_bytes: self.checkpointed.view(),
             state_size_bytes: self.state.view(),
             persisted_data_bytes: self.persisted.view(),
+            cpu_time_us: self.cpu.view(),
         }
     }
 }
@@ -329,6 +332,7 @@ fn info(s: &CheckpointSummary, vertices: &[VertexSummary]) -> CheckpointInfo {
                 alignment_duration_ms: max(|a| a.metrics.alignment_ms),
                 sync_duration_ms: max(|a| a.metrics.sync_ms),
                 async_duration_ms: max(|a| a.metrics.async_ms),
+                cpu_time_us: acks.iter().map(|a| a.metrics.cpu_us).sum(),
             }
         })
         .collect();
@@ -347,6 +351,7 @@ fn info(s: &CheckpointSummary, vertices: &[VertexSummary]) -> CheckpointInfo {
         alignment_duration_ms: s.alignment_ms_max,
         sync_duration_ms: s.sync_ms_max,
         async_duration_ms: s.async_ms_max,
+        cpu_time_us: s.cpu_us,
         num_subtasks: s.tasks_total,
         num_acknowledged_subtasks: s.tasks_acknowledged,
         failure_message: s.failure.as_ref().map(ToString::to_string),
@@ -378,6 +383,7 @@ fn subtasks(s: &CheckpointSummary, vertices: &[VertexSummary]) -> Vec<SubtaskChe
                 alignment_duration_ms: a.metrics.alignment_ms,
                 sync_duration_ms: a.metrics.sync_ms,
                 async_duration_ms: a.metrics.async_ms,
+                cpu_time_us: a.metrics.cpu_us,
                 unaligned: a.metrics.unaligned,
             },
             None => SubtaskCheckpointInfo {
@@ -392,6 +398,7 @@ fn subtasks(s: &CheckpointSummary, vertices: &[VertexSummary]) -> Vec<SubtaskChe
                 alignment_duration_ms: 0,
                 sync_duration_ms: 0,
                 async_duration_ms: 0,
+                cpu_time_us: 0,
                 unaligned: false,
             },
         })
@@ -425,6 +432,7 @@ mod tests {
                 state_bytes: bytes,
                 channel_bytes: vertex as u64 * 10,
                 unaligned: vertex == 1,
+                cpu_us: 100 + subtask as u64,
             },
         }
     }
@@ -454,6 +462,7 @@ mod tests {
             alignment_ms_max: tasks.iter().map(|a| a.metrics.alignment_ms).max().unwrap_or(0),
             sync_ms_max: 2,
             async_ms_max: 4,
+            cpu_us: tasks.iter().map(|a| a.metrics.cpu_us).sum(),
             unaligned: tasks.iter().any(|a| a.metrics.unaligned),
             failure: (status == CheckpointStatus::Failed).then_some(AbortReason::Expired { after_ms: 600 }),
             tasks,
@@ -522,6 +531,7 @@ mod tests {
             ("Source: generator", 2, 2)
         );
         assert_eq!((source.state_size_bytes, source.checkpointed_size_bytes), (30, 230));
+        assert_eq!((done.cpu_time_us, source.cpu_time_us), (301, 201));
         assert_eq!(
             (source.sync_duration_ms, source.end_to_end_duration_ms, source.latest_ack_timestamp),
             (2, 7, Some(T0 + 1007))
@@ -547,8 +557,8 @@ mod tests {
         assert_eq!(states, [(0, 0, Pending), (0, 1, Acked), (1, 0, Pending)]);
         let acked = &details.subtasks[1];
         assert_eq!(
-            (acked.ack_timestamp, acked.end_to_end_duration_ms, acked.sync_duration_ms),
-            (Some(T0 + 3007), Some(7), 2)
+            (acked.ack_timestamp, acked.end_to_end_duration_ms, acked.sync_duration_ms, acked.cpu_time_us),
+            (Some(T0 + 3007), Some(7), 2, 101)
         );
         assert!(job.details(4, &vertices()).is_none());
     }
@@ -566,6 +576,7 @@ mod tests {
         assert_eq!(s.state_size_bytes, MinAvgMax { min: 60, avg: 60, max: 60 });
         assert_eq!(s.checkpointed_size_bytes, MinAvgMax { min: 360, avg: 360, max: 360 });
         assert_eq!(s.persisted_data_bytes, MinAvgMax { min: 10, avg: 10, max: 10 });
+        assert_eq!(s.cpu_time_us, MinAvgMax { min: 301, avg: 301, max: 301 });
     }
 
     #[test]

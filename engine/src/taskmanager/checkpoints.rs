@@ -16,8 +16,8 @@ use super::deployment::DeploymentEvent;
 use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::storage::{CheckpointStorage, FsCheckpointStorage, StorageError};
 use crate::checkpoint::{
-    CheckpointId, DeploymentCheckpointing, PendingSnapshot, SnapshotReporter, TaskCheckpointMetrics, TaskId,
-    TaskSnapshot, TaskStateHandle, TaskStateLoader,
+    thread_cpu_time, CheckpointId, DeploymentCheckpointing, PendingSnapshot, SnapshotReporter, TaskCheckpointMetrics,
+    TaskId, TaskSnapshot, TaskStateHandle, TaskStateLoader,
 };
 use crate::error::JobError;
 use crate::rpc::ids::DeploymentKey;
@@ -54,12 +54,13 @@ impl DeploymentReporter {
         let tx = events.clone();
         std::thread::Builder::new().name(format!("cs-ckpt-{}", &deployment.to_string()[..8])).spawn(move || {
             for job in queue {
-                let started = Instant::now();
+                let (started, started_cpu) = (Instant::now(), thread_cpu_time());
                 let written = job.snapshot.complete().and_then(|snapshot| write(job.checkpoint, job.task, &snapshot));
                 let event = match written {
                     Ok(handle) => {
                         let mut metrics = job.metrics;
                         metrics.async_ms = started.elapsed().as_millis() as u64;
+                        metrics.cpu_us += thread_cpu_time().saturating_sub(started_cpu).as_micros() as u64;
                         metrics.state_bytes = handle.size;
                         DeploymentEvent::CheckpointAck {
                             deployment,

@@ -330,6 +330,7 @@ impl ClusterApi for FakeCluster {
                 checkpointed_size_bytes: MinAvgMax { min: 2048, avg: 3072, max: 4096 },
                 state_size_bytes: MinAvgMax { min: 1024, avg: 1536, max: 2048 },
                 persisted_data_bytes: MinAvgMax { min: 0, avg: 16_384, max: 32_768 },
+                cpu_time_us: MinAvgMax { min: 8, avg: 8, max: 8 },
             },
             latest: LatestCheckpoints {
                 completed: latest(CheckpointStatusInfo::Completed),
@@ -397,6 +398,7 @@ impl ClusterApi for FakeCluster {
                 alignment_duration_ms: 1,
                 sync_duration_ms: 2,
                 async_duration_ms: 3,
+                cpu_time_us: 4,
                 unaligned: false,
             })
             .collect();
@@ -442,6 +444,7 @@ pub fn checkpoint(id: u64, status: CheckpointStatusInfo, unaligned: bool) -> Che
         alignment_duration_ms: 1,
         sync_duration_ms: 2,
         async_duration_ms: 3,
+        cpu_time_us: 4 * u64::from(acked),
         num_subtasks: 2,
         num_acknowledged_subtasks: acked,
         failure_message: (status == CheckpointStatusInfo::Failed)
@@ -459,6 +462,7 @@ pub fn checkpoint(id: u64, status: CheckpointStatusInfo, unaligned: bool) -> Che
             alignment_duration_ms: 1,
             sync_duration_ms: 2,
             async_duration_ms: 3,
+            cpu_time_us: 4 * u64::from(acked),
         }],
     }
 }

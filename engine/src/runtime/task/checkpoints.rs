@@ -13,15 +13,16 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use corestream_netstack::{BarrierKind, Doorbell, Event, InFlightCopy, InputGate};
 use tracing::debug;
 
 use crate::checkpoint::channel_state::{check_channels, AlignedBuffer, Direction, InputCapture, Replay};
 use crate::checkpoint::{
-    source_barrier_kind, AlignmentAction, BarrierAligner, BarrierHandling, BarrierOptions, CheckpointId,
-    CheckpointNotice, ControlMessage, PendingSnapshot, TaskCheckpointMetrics, TaskCheckpointing, TaskSnapshot,
+    source_barrier_kind, thread_cpu_time, AlignmentAction, BarrierAligner, BarrierHandling, BarrierOptions,
+    CheckpointId, CheckpointNotice, ControlMessage, PendingSnapshot, TaskCheckpointMetrics, TaskCheckpointing,
+    TaskSnapshot,
 };
 use crate::error::TaskError;
 use crate::operators::Control;
@@ -63,6 +64,8 @@ struct Taking {
     input_done: bool,
     alignment_ms: Option<u64>,
     sync_ms: u64,
+    /// CPU time of the synchronous part.
+    sync_cpu: Duration,
     unaligned: bool,
 }
 
@@ -268,7 +271,7 @@ impl Checkpoints {
             self.decline(older.checkpoint_id, format!("subsumed by checkpoint {checkpoint_id}"));
         }
         let kind = source_barrier_kind(options);
-        let started = Instant::now();
+        let (started, started_cpu) = (Instant::now(), thread_cpu_time());
         let mut snapshot = PendingSnapshot::default();
         if let Err(e) = source.snapshot_state(checkpoint_id, &mut snapshot) {
             self.decline(checkpoint_id, format!("the snapshot failed: {}", describe(&e)));
@@ -285,6 +288,7 @@ impl Checkpoints {
             input_done: true,
             alignment_ms: Some(0),
             sync_ms: started.elapsed().as_millis() as u64,
+            sync_cpu: thread_cpu_time().saturating_sub(started_cpu),
             unaligned: kind == BarrierKind::Unaligned,
         });
         self.maybe_report();
@@ -399,7 +403,7 @@ impl Checkpoints {
         kind: BarrierKind,
         aligning_ends: bool,
     ) -> Result<(), TaskError> {
-        let started = Instant::now();
+        let (started, started_cpu) = (Instant::now(), thread_cpu_time());
         let mut snapshot = PendingSnapshot::default();
         if let Err(e) = input.chain().snapshot_state(checkpoint_id, &mut snapshot) {
             self.decline(checkpoint_id, format!("the snapshot failed: {}", describe(&e)));
@@ -426,6 +430,7 @@ impl Checkpoints {
             input_done: false,
             alignment_ms,
             sync_ms: started.elapsed().as_millis() as u64,
+            sync_cpu: thread_cpu_time().saturating_sub(started_cpu),
             unaligned,
         });
         Ok(())
@@ -479,6 +484,7 @@ impl Checkpoints {
         let metrics = TaskCheckpointMetrics {
             alignment_ms: taking.alignment_ms.unwrap_or(0),
             sync_ms: taking.sync_ms,
+            cpu_us: taking.sync_cpu.as_micros() as u64,
             channel_bytes,
             unaligned: taking.unaligned,
             ..TaskCheckpointMetrics::default()
