@@ -484,11 +484,11 @@ Job 000102030405060708090a0b0c0d0e0f: 3 checkpoint(s) triggered, 2 completed, 1 
 Latest completed: 3 at 2023-11-14 22:13:23 UTC, 43 ms, 4.5 KiB, aligned, manual
 Latest failed: 2 at 2023-11-14 22:13:22 UTC, 42 ms, 3.0 KiB, unaligned: declined by task 1/0: full
 Restored from: 7 (/ck/chk-7) at 2023-11-14 22:13:20 UTC
-Over 2 completed: duration min 41 ms / avg 42 ms / max 43 ms; size min 1.5 KiB / avg 3.0 KiB / max 4.5 KiB; in-flight data min 0 B / avg 0 B / max 2.0 KiB
+Over 2 completed: duration min 41 ms / avg 42 ms / max 43 ms; size min 1.5 KiB / avg 3.0 KiB / max 4.5 KiB; in-flight data min 0 B / avg 0 B / max 2.0 KiB; CPU min 3.0 ms / avg 4.2 ms / max 5.5 ms
 
 Latest completed checkpoint 3 by vertex:
-VERTEX               ACKS  SIZE     STATE    IN-FLIGHT  ALIGNMENT  SYNC  ASYNC
-0 Source: generator  3/3   1.5 KiB  1.0 KiB  0 B        0 ms       2 ms  3 ms
+VERTEX               ACKS  SIZE     STATE    IN-FLIGHT  ALIGNMENT  SYNC  ASYNC  CPU
+0 Source: generator  3/3   1.5 KiB  1.0 KiB  0 B        0 ms       2 ms  3 ms   4.2 ms
 
 Newest 3 checkpoint(s):
 ID  STATUS     TRIGGERED (UTC)      DURATION  SIZE     ACKS  TYPE
