@@ -194,6 +194,8 @@ pub struct ExecutionConfig {
     /// fast producer keeps open while a slow one holds the watermark back, as Flink's
     /// watermark alignment does at the sources (opt-in there). The default is 60 s.
     pub max_watermark_skew: Option<Duration>,
+    /// Where keyed operators keep their state. The job chooses it, never an operator.
+    pub state_backend: corestream_state::StateBackendKind,
 }
 
 impl Default for ExecutionConfig {
@@ -207,6 +209,7 @@ impl Default for ExecutionConfig {
             auto_watermark_interval: Duration::from_millis(200),
             latency_tracking_interval: None,
             max_watermark_skew: Some(DEFAULT_MAX_WATERMARK_SKEW),
+            state_backend: corestream_state::StateBackendKind::default(),
         }
     }
 }

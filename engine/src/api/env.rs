@@ -97,6 +97,12 @@ impl StreamEnvironment {
         self
     }
 
+    /// Where the job's keyed operators keep their state (default: the heap).
+    pub fn set_state_backend(&mut self, backend: corestream_state::StateBackendKind) -> &mut Self {
+        self.config.state_backend = backend;
+        self
+    }
+
     /// How often each source subtask emits a latency marker (default: never). Markers pass
     /// operators unchanged, take one channel of each exchange (round-robin), and each sink
     /// records their age per source subtask; the job result reports the percentiles

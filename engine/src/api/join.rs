@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use corestream_netstack::Data;
-use corestream_state::{KeyedStateBackend, StateBackendKind, StateKey, StateValue};
+use corestream_state::{StateKey, StateValue};
 
 use super::env::{add_edge, add_node};
 use super::stream::{DataStream, KeyedStream};
@@ -395,7 +395,7 @@ where
         let late = (self.late_left, self.late_right);
         let factory: Arc<LinkFactory<Either<A, B>, O>> = Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<O>>| {
             let (sides, sinks) = ctx.take_sides();
-            let backend = KeyedStateBackend::new(StateBackendKind::Heap, ctx.max_parallelism, ctx.key_groups());
+            let backend = ctx.keyed_backend();
             let op = IntervalJoinOp::new(
                 key.clone(),
                 timestamps.clone(),
@@ -455,7 +455,7 @@ where
         });
         let link: Arc<LinkFactory<Either<A, R>, O>> = Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<O>>| {
             let (sides, sinks) = ctx.take_sides();
-            let backend = KeyedStateBackend::new(StateBackendKind::Heap, ctx.max_parallelism, ctx.key_groups());
+            let backend = ctx.keyed_backend();
             let op = BroadcastOp::new(
                 factory(),
                 key.clone(),

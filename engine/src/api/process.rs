@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use corestream_netstack::Data;
-use corestream_state::{KeyedStateBackend, StateBackendKind, StateKey};
+use corestream_state::StateKey;
 
 use super::stream::{DataStream, KeyedStream};
 use crate::graph::stream_graph::NodeKind;
@@ -49,7 +49,7 @@ where
         let key = self.key.clone();
         let link: Arc<LinkFactory<T, O>> = Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<O>>| {
             let (sides, sinks) = ctx.take_sides();
-            let backend = KeyedStateBackend::new(StateBackendKind::Heap, ctx.max_parallelism, ctx.key_groups());
+            let backend = ctx.keyed_backend();
             let op = KeyedProcessOp::new::<O>(
                 factory(),
                 key.clone(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use corestream_netstack::Data;
 use corestream_state::{
     AggregateFunction, AggregatingStateDescriptor, KeyedStateBackend, ListStateDescriptor, ReducingStateDescriptor,
-    StateBackendKind, StateKey, StateValue,
+    StateKey, StateValue,
 };
 
 use super::stream::{DataStream, KeyedStream};
@@ -128,7 +128,7 @@ where
         let factory: Arc<LinkFactory<T, O>> = Arc::new(move |ctx: &BuildCtx<'_>, next: Box<dyn Emit<O>>| {
             let (sides, sinks) = ctx.take_sides();
             let late_output = late.as_deref().and_then(|tag| sides.get::<T>(tag).cloned());
-            let backend = KeyedStateBackend::new(StateBackendKind::Heap, ctx.max_parallelism, ctx.key_groups());
+            let backend = ctx.keyed_backend();
             let spec = WindowSpec {
                 assigner,
                 trigger: trigger.clone(),

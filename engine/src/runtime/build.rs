@@ -53,6 +53,8 @@ pub(crate) struct BuildCtx<'a> {
     /// Key groups of keyed operators in this chain.
     pub max_parallelism: u32,
     pub auto_watermark_interval: std::time::Duration,
+    /// Where keyed operators keep their state ([`keyed_backend`](Self::keyed_backend)).
+    pub state_backend: corestream_state::StateBackendKind,
     pub metrics: Arc<OperatorMetrics>,
     pub bell: Arc<Doorbell>,
     pub job: &'a Arc<JobShared>,
@@ -76,6 +78,11 @@ impl BuildCtx<'_> {
     /// The key groups this subtask owns.
     pub(crate) fn key_groups(&self) -> corestream_state::KeyGroupRange {
         corestream_state::key_group_range(self.max_parallelism, self.parallelism, self.subtask)
+    }
+
+    /// A keyed state backend for this subtask's key groups, of the kind the job chose.
+    pub(crate) fn keyed_backend<K: corestream_state::StateKey>(&self) -> corestream_state::KeyedStateBackend<K> {
+        corestream_state::KeyedStateBackend::new(self.state_backend, self.max_parallelism, self.key_groups())
     }
 }
 

@@ -818,6 +818,7 @@ impl LocalCluster {
                 pool: self.inner.pool.clone(),
                 buffer_timeout: exec.buffer_timeout,
                 max_watermark_skew: exec.max_watermark_skew,
+                state_backend: exec.state_backend,
                 batch_size: exec.batch_size,
                 checkpointing,
             });

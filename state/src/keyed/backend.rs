@@ -16,10 +16,10 @@ use super::descriptors::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, ValueStateDescriptor,
 };
 use super::handles::{AggregatingState, ListState, MapState, ReducingState, ValueState};
-use super::heap::HeapState;
+use super::heap::HeapTables;
 use super::snapshot::{KeyGroupSnapshot, KeyedStateSnapshot, NamedStateBytes, StateKind};
-use super::tables::{AggregatingTable, FrozenTable, ListTable, MapTable, ReducingTable, StateTable, ValueTable};
-use super::ttl::{Expiring, Plain, StateTtlConfig};
+use super::tables::{FrozenTable, StateTable};
+use super::ttl::StateTtlConfig;
 use super::{KeyContext, Namespace, StateKey, StateValue};
 use crate::codec;
 use crate::error::StateError;
@@ -51,11 +51,6 @@ pub struct KeyedStateBackend<K> {
     states: BTreeMap<String, Registered>,
     /// Restored states not registered yet: name → key group → bytes.
     pending: BTreeMap<String, BTreeMap<u32, NamedStateBytes>>,
-}
-
-fn shared<T: StateTable + 'static>(table: T) -> (Rc<RefCell<dyn StateTable>>, Rc<RefCell<T>>) {
-    let table = Rc::new(RefCell::new(table));
-    (table.clone(), table)
 }
 
 fn describe<N, S>(kind: StateKind, ttl: Option<&StateTtlConfig>) -> String {
@@ -117,36 +112,22 @@ impl<K: StateKey> KeyedStateBackend<K> {
         self.ctx.set_time(now_ms);
     }
 
+    /// The tables of the backend this one is.
+    fn tables(&self) -> HeapTables {
+        match self.kind {
+            StateBackendKind::Heap => {
+                HeapTables { max_parallelism: self.max_parallelism(), key_groups: self.key_groups() }
+            }
+        }
+    }
+
     pub fn value_state<N: Namespace, V: StateValue>(
         &mut self,
         desc: &ValueStateDescriptor<V>,
     ) -> Result<ValueState<K, N, V>, StateError> {
-        let (kind, ttl) = (StateKind::Value, desc.ttl);
-        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
-        let table = self.register::<dyn ValueTable<K, N, V>>(
-            &desc.name,
-            kind,
-            ttl,
-            describe::<N, V>(kind, ttl.as_ref()),
-            || match (backend, ttl) {
-                (StateBackendKind::Heap, None) => {
-                    let (erased, typed) =
-                        shared(HeapState::<K, N, Plain<Option<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
-                    (erased, typed as Rc<RefCell<dyn ValueTable<K, N, V>>>)
-                }
-                (StateBackendKind::Heap, Some(_)) => {
-                    let (erased, typed) = shared(HeapState::<K, N, Expiring<Option<V>>, ()>::new(
-                        &desc.name,
-                        kind,
-                        ttl,
-                        max_p,
-                        groups,
-                        (),
-                    ));
-                    (erased, typed as Rc<RefCell<dyn ValueTable<K, N, V>>>)
-                }
-            },
-        )?;
+        let (kind, ttl, tables) = (StateKind::Value, desc.ttl, self.tables());
+        let description = describe::<N, V>(kind, ttl.as_ref());
+        let table = self.register(&desc.name, kind, ttl, description, || tables.value(&desc.name, ttl))?;
         Ok(ValueState::new(self.ctx.clone(), table))
     }
 
@@ -154,26 +135,9 @@ impl<K: StateKey> KeyedStateBackend<K> {
         &mut self,
         desc: &ListStateDescriptor<V>,
     ) -> Result<ListState<K, N, V>, StateError> {
-        let (kind, ttl) = (StateKind::List, desc.ttl);
-        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
-        let table = self.register::<dyn ListTable<K, N, V>>(
-            &desc.name,
-            kind,
-            ttl,
-            describe::<N, V>(kind, ttl.as_ref()),
-            || match (backend, ttl) {
-                (StateBackendKind::Heap, None) => {
-                    let (erased, typed) =
-                        shared(HeapState::<K, N, Vec<Plain<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
-                    (erased, typed as Rc<RefCell<dyn ListTable<K, N, V>>>)
-                }
-                (StateBackendKind::Heap, Some(_)) => {
-                    let (erased, typed) =
-                        shared(HeapState::<K, N, Vec<Expiring<V>>, ()>::new(&desc.name, kind, ttl, max_p, groups, ()));
-                    (erased, typed as Rc<RefCell<dyn ListTable<K, N, V>>>)
-                }
-            },
-        )?;
+        let (kind, ttl, tables) = (StateKind::List, desc.ttl, self.tables());
+        let description = describe::<N, V>(kind, ttl.as_ref());
+        let table = self.register(&desc.name, kind, ttl, description, || tables.list(&desc.name, ttl))?;
         Ok(ListState::new(self.ctx.clone(), table))
     }
 
@@ -181,35 +145,9 @@ impl<K: StateKey> KeyedStateBackend<K> {
         &mut self,
         desc: &MapStateDescriptor<UK, UV>,
     ) -> Result<MapState<K, N, UK, UV>, StateError> {
-        type Map<UK, C> = hashbrown::HashMap<UK, C>;
-        let (kind, ttl) = (StateKind::Map, desc.ttl);
-        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
+        let (kind, ttl, tables) = (StateKind::Map, desc.ttl, self.tables());
         let description = describe::<N, (UK, UV)>(kind, ttl.as_ref());
-        let table =
-            self.register::<dyn MapTable<K, N, UK, UV>>(&desc.name, kind, ttl, description, || match (backend, ttl) {
-                (StateBackendKind::Heap, None) => {
-                    let (erased, typed) = shared(HeapState::<K, N, Map<UK, Plain<UV>>, ()>::new(
-                        &desc.name,
-                        kind,
-                        ttl,
-                        max_p,
-                        groups,
-                        (),
-                    ));
-                    (erased, typed as Rc<RefCell<dyn MapTable<K, N, UK, UV>>>)
-                }
-                (StateBackendKind::Heap, Some(_)) => {
-                    let (erased, typed) = shared(HeapState::<K, N, Map<UK, Expiring<UV>>, ()>::new(
-                        &desc.name,
-                        kind,
-                        ttl,
-                        max_p,
-                        groups,
-                        (),
-                    ));
-                    (erased, typed as Rc<RefCell<dyn MapTable<K, N, UK, UV>>>)
-                }
-            })?;
+        let table = self.register(&desc.name, kind, ttl, description, || tables.map(&desc.name, ttl))?;
         Ok(MapState::new(self.ctx.clone(), table))
     }
 
@@ -218,27 +156,10 @@ impl<K: StateKey> KeyedStateBackend<K> {
         &mut self,
         desc: &ReducingStateDescriptor<V>,
     ) -> Result<ReducingState<K, N, V>, StateError> {
-        let (kind, ttl) = (StateKind::Reducing, desc.ttl);
-        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
-        let f = desc.reduce.clone();
-        let table = self.register::<dyn ReducingTable<K, N, V>>(
-            &desc.name,
-            kind,
-            ttl,
-            describe::<N, V>(kind, ttl.as_ref()),
-            || match (backend, ttl) {
-                (StateBackendKind::Heap, None) => {
-                    let (erased, typed) =
-                        shared(HeapState::<K, N, Plain<V>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
-                    (erased, typed as Rc<RefCell<dyn ReducingTable<K, N, V>>>)
-                }
-                (StateBackendKind::Heap, Some(_)) => {
-                    let (erased, typed) =
-                        shared(HeapState::<K, N, Expiring<V>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
-                    (erased, typed as Rc<RefCell<dyn ReducingTable<K, N, V>>>)
-                }
-            },
-        )?;
+        let (kind, ttl, tables) = (StateKind::Reducing, desc.ttl, self.tables());
+        let description = describe::<N, V>(kind, ttl.as_ref());
+        let reduce = desc.reduce.clone();
+        let table = self.register(&desc.name, kind, ttl, description, || tables.reducing(&desc.name, ttl, reduce))?;
         Ok(ReducingState::new(self.ctx.clone(), table))
     }
 
@@ -247,24 +168,10 @@ impl<K: StateKey> KeyedStateBackend<K> {
         &mut self,
         desc: &AggregatingStateDescriptor<IN, ACC, OUT>,
     ) -> Result<AggregatingState<K, N, IN, ACC, OUT>, StateError> {
-        type Table<K, N, IN, ACC, OUT> = dyn AggregatingTable<K, N, IN, ACC, OUT>;
-        let (kind, ttl) = (StateKind::Aggregating, desc.ttl);
-        let (backend, max_p, groups) = (self.kind, self.max_parallelism(), self.key_groups());
-        let f = desc.agg.clone();
+        let (kind, ttl, tables) = (StateKind::Aggregating, desc.ttl, self.tables());
         let description = describe::<N, (IN, ACC, OUT)>(kind, ttl.as_ref());
-        let table =
-            self.register::<Table<K, N, IN, ACC, OUT>>(&desc.name, kind, ttl, description, || match (backend, ttl) {
-                (StateBackendKind::Heap, None) => {
-                    let (erased, typed) =
-                        shared(HeapState::<K, N, Plain<ACC>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
-                    (erased, typed as Rc<RefCell<Table<K, N, IN, ACC, OUT>>>)
-                }
-                (StateBackendKind::Heap, Some(_)) => {
-                    let (erased, typed) =
-                        shared(HeapState::<K, N, Expiring<ACC>, _>::new(&desc.name, kind, ttl, max_p, groups, f));
-                    (erased, typed as Rc<RefCell<Table<K, N, IN, ACC, OUT>>>)
-                }
-            })?;
+        let agg = desc.agg.clone();
+        let table = self.register(&desc.name, kind, ttl, description, || tables.aggregating(&desc.name, ttl, agg))?;
         Ok(AggregatingState::new(self.ctx.clone(), table))
     }
 

@@ -10,7 +10,9 @@
 //! copies are archived later, off the task's thread. Restores check that every entry's key
 //! belongs to the key group it was stored under.
 
+use std::cell::RefCell;
 use std::hash::Hash;
+use std::rc::Rc;
 
 use hashbrown::hash_table::{Entry, HashTable, OccupiedEntry};
 use hashbrown::HashMap;
@@ -242,6 +244,99 @@ impl<K: StateKey, N: Namespace, P: StateValue> FrozenTable for FrozenHeap<K, N, 
                 codec::encode_sized(entries, expected + expected / 4 + 64, || self.what.clone()).map(Some)
             }
             _ => Ok(None),
+        }
+    }
+}
+
+/// A new table: as every state (`StateTable`) and behind the interface of its kind.
+pub(crate) type NewTable<T> = (Rc<RefCell<dyn StateTable>>, Rc<RefCell<T>>);
+
+fn new_table<S: StateTable + 'static, T: ?Sized>(
+    table: S,
+    typed: impl FnOnce(Rc<RefCell<S>>) -> Rc<RefCell<T>>,
+) -> NewTable<T> {
+    let table = Rc::new(RefCell::new(table));
+    (table.clone(), typed(table))
+}
+
+/// Makes the heap backend's tables for one key-group range: one per registered state, with
+/// plain cells, or with cells that carry their time to live when the state has a TTL.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeapTables {
+    pub max_parallelism: u32,
+    pub key_groups: KeyGroupRange,
+}
+
+impl HeapTables {
+    fn state<K: StateKey, N: Namespace, S, F>(
+        &self,
+        name: &str,
+        kind: StateKind,
+        ttl: Option<StateTtlConfig>,
+        function: F,
+    ) -> HeapState<K, N, S, F> {
+        HeapState::new(name, kind, ttl, self.max_parallelism, self.key_groups, function)
+    }
+
+    pub fn value<K: StateKey, N: Namespace, V: StateValue>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+    ) -> NewTable<dyn ValueTable<K, N, V>> {
+        let kind = StateKind::Value;
+        match ttl {
+            None => new_table(self.state::<K, N, Plain<Option<V>>, _>(name, kind, ttl, ()), |t| t as _),
+            Some(_) => new_table(self.state::<K, N, Expiring<Option<V>>, _>(name, kind, ttl, ()), |t| t as _),
+        }
+    }
+
+    pub fn list<K: StateKey, N: Namespace, V: StateValue>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+    ) -> NewTable<dyn ListTable<K, N, V>> {
+        let kind = StateKind::List;
+        match ttl {
+            None => new_table(self.state::<K, N, Vec<Plain<V>>, _>(name, kind, ttl, ()), |t| t as _),
+            Some(_) => new_table(self.state::<K, N, Vec<Expiring<V>>, _>(name, kind, ttl, ()), |t| t as _),
+        }
+    }
+
+    pub fn map<K: StateKey, N: Namespace, UK: StateKey, UV: StateValue>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+    ) -> NewTable<dyn MapTable<K, N, UK, UV>> {
+        let kind = StateKind::Map;
+        match ttl {
+            None => new_table(self.state::<K, N, HashMap<UK, Plain<UV>>, _>(name, kind, ttl, ()), |t| t as _),
+            Some(_) => new_table(self.state::<K, N, HashMap<UK, Expiring<UV>>, _>(name, kind, ttl, ()), |t| t as _),
+        }
+    }
+
+    pub fn reducing<K: StateKey, N: Namespace, V: StateValue>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+        reduce: ReduceFn<V>,
+    ) -> NewTable<dyn ReducingTable<K, N, V>> {
+        let kind = StateKind::Reducing;
+        match ttl {
+            None => new_table(self.state::<K, N, Plain<V>, _>(name, kind, ttl, reduce), |t| t as _),
+            Some(_) => new_table(self.state::<K, N, Expiring<V>, _>(name, kind, ttl, reduce), |t| t as _),
+        }
+    }
+
+    pub fn aggregating<K: StateKey, N: Namespace, IN: 'static, ACC: StateValue, OUT: 'static>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+        aggregate: AggregateFn<IN, ACC, OUT>,
+    ) -> NewTable<dyn AggregatingTable<K, N, IN, ACC, OUT>> {
+        let kind = StateKind::Aggregating;
+        match ttl {
+            None => new_table(self.state::<K, N, Plain<ACC>, _>(name, kind, ttl, aggregate), |t| t as _),
+            Some(_) => new_table(self.state::<K, N, Expiring<ACC>, _>(name, kind, ttl, aggregate), |t| t as _),
         }
     }
 }
