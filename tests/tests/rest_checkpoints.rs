@@ -169,6 +169,7 @@ fn checkpoints_are_shown_triggered_and_configured_over_rest() {
     let latest = stats.latest.completed.as_ref().expect("a latest completed checkpoint");
     assert_eq!(latest.status, CheckpointStatusInfo::Completed);
     assert!(latest.checkpointed_size_bytes > 0 && latest.state_size_bytes > 0, "{latest:?}");
+    assert!(latest.cpu_time_us > 0 && stats.summary.cpu_time_us.min > 0, "every checkpoint costs some CPU: {stats:?}");
     assert_eq!(latest.num_acknowledged_subtasks, latest.num_subtasks);
     assert!(latest.end_timestamp.unwrap() >= latest.trigger_timestamp);
     assert!(!latest.manual);
@@ -196,6 +197,7 @@ fn checkpoints_are_shown_triggered_and_configured_over_rest() {
     assert!(done.checkpoint.checkpointed_size_bytes > 0);
     assert_eq!(done.subtasks.len(), 2 * PARALLELISM as usize, "{done:?}");
     assert!(done.subtasks.iter().all(|s| s.ack_timestamp.is_some() && s.checkpointed_size_bytes > 0), "{done:?}");
+    assert!(done.subtasks.iter().all(|s| s.cpu_time_us > 0), "each subtask wrote a file: {done:?}");
 
     // An unknown checkpoint of a known job, and malformed ids.
     let e = api_error(client.checkpoint(job, u64::MAX).unwrap_err());
