@@ -309,9 +309,10 @@ pub struct TaskCheckpointMetrics {
     pub channel_bytes: u64,
     /// Whether the task took the checkpoint unaligned (also after an aligned timeout).
     pub unaligned: bool,
-    /// CPU time spent on the task's part, in microseconds: its synchronous part on the slot's
-    /// thread, and encoding and writing its file on the writer thread (waiting for the disk is
-    /// not CPU time). What a checkpoint costs the job's throughput, apart from alignment.
+    /// CPU time spent on the task's part, in microseconds: its synchronous part and (unaligned)
+    /// the copies of recorded input buffers on the slot's thread, and encoding and writing its
+    /// file on the writer thread (waiting for the disk is not CPU time). What a checkpoint
+    /// costs the job's throughput, apart from alignment.
     #[serde(default)]
     pub cpu_us: u64,
 }

@@ -64,8 +64,9 @@ struct Taking {
     input_done: bool,
     alignment_ms: Option<u64>,
     sync_ms: u64,
-    /// CPU time of the synchronous part.
-    sync_cpu: Duration,
+    /// CPU time on the task's thread: the synchronous part and, unaligned, copying the input
+    /// buffers recorded as channel state.
+    task_cpu: Duration,
     unaligned: bool,
 }
 
@@ -176,10 +177,16 @@ impl Checkpoints {
 
     /// Copies a buffer read from a recorded channel.
     pub(super) fn record(&mut self, channel: usize, bytes: &[u8]) {
-        let Some(capture) = self.taking.as_mut().and_then(|t| t.input.as_mut()) else {
+        let Some(taking) = self.taking.as_mut() else {
             return;
         };
-        if let Err(e) = capture.push(channel, bytes) {
+        let Some(capture) = taking.input.as_mut() else {
+            return;
+        };
+        let started = thread_cpu_time();
+        let pushed = capture.push(channel, bytes);
+        taking.task_cpu += thread_cpu_time().saturating_sub(started);
+        if let Err(e) = pushed {
             self.give_up(e.to_string());
         }
     }
@@ -288,7 +295,7 @@ impl Checkpoints {
             input_done: true,
             alignment_ms: Some(0),
             sync_ms: started.elapsed().as_millis() as u64,
-            sync_cpu: thread_cpu_time().saturating_sub(started_cpu),
+            task_cpu: thread_cpu_time().saturating_sub(started_cpu),
             unaligned: kind == BarrierKind::Unaligned,
         });
         self.maybe_report();
@@ -430,7 +437,7 @@ impl Checkpoints {
             input_done: false,
             alignment_ms,
             sync_ms: started.elapsed().as_millis() as u64,
-            sync_cpu: thread_cpu_time().saturating_sub(started_cpu),
+            task_cpu: thread_cpu_time().saturating_sub(started_cpu),
             unaligned,
         });
         Ok(())
@@ -484,7 +491,7 @@ impl Checkpoints {
         let metrics = TaskCheckpointMetrics {
             alignment_ms: taking.alignment_ms.unwrap_or(0),
             sync_ms: taking.sync_ms,
-            cpu_us: taking.sync_cpu.as_micros() as u64,
+            cpu_us: taking.task_cpu.as_micros() as u64,
             channel_bytes,
             unaligned: taking.unaligned,
             ..TaskCheckpointMetrics::default()
