@@ -629,8 +629,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Passthrough { events, common } => {
             let cluster = common.cluster()?;
             let p = common.parallelism.unwrap_or(cluster.num_slots());
-            let mut env = common.environment(&cluster);
-            env.set_parallelism(p);
+            let env = common.environment(&cluster);
             let handle = start_passthrough(env, events)?;
             let r = report("passthrough", p, events, join_with_progress(handle, "passthrough", Some(events))?);
             let ok = r.count == events;
@@ -639,8 +638,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::KeyedSum { events, keys, common } => {
             let cluster = common.cluster()?;
             let p = common.parallelism.unwrap_or(cluster.num_slots());
-            let mut env = common.environment(&cluster);
-            env.set_parallelism(p);
+            let env = common.environment(&cluster);
             let handle = start_keyed_sum(env, events, keys)?;
             let r = report("keyed-sum", p, events, join_with_progress(handle, "keyed-sum", Some(events))?);
             let ok = r.count == events;
@@ -650,8 +648,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let cluster = common.cluster()?;
             let p = common.parallelism.unwrap_or(cluster.num_slots());
             let split = if contiguous { SequenceSplit::Contiguous } else { SequenceSplit::Interleaved };
-            let mut env = common.environment(&cluster);
-            env.set_parallelism(p);
+            let env = common.environment(&cluster);
             let (handle, total) = start_window(env, events, keys, window.assigner, split)?;
             let mut r = report("window", p, events, join_with_progress(handle, "window", Some(events))?);
             r.count = total.load(std::sync::atomic::Ordering::Relaxed);

@@ -129,6 +129,16 @@ struct RunFigures {
     stats: Option<CheckpointingStatistics>,
 }
 
+impl RunFigures {
+    /// CPU time the completed checkpoints took, over every task, and its share of the run's.
+    fn checkpoint_cpu(&self) -> (Duration, f64) {
+        let cpu = self.stats.as_ref().map_or(Duration::ZERO, |s| {
+            Duration::from_micros(s.summary.cpu_time_us.avg.saturating_mul(s.summary.completed))
+        });
+        (cpu, cpu.as_secs_f64() / self.cpu.as_secs_f64().max(1e-9))
+    }
+}
+
 impl Bench {
     fn start(a: &CheckpointBenchArgs) -> anyhow::Result<Self> {
         let common = &a.common;
@@ -183,11 +193,6 @@ fn every(interval: Duration, unaligned: bool) -> CheckpointRequest {
         unaligned: unaligned.then_some(true),
         ..Default::default()
     }
-}
-
-/// CPU time the completed checkpoints of a run took, over every task.
-fn checkpoint_cpu(s: &CheckpointingStatistics) -> Duration {
-    Duration::from_micros(s.summary.cpu_time_us.avg.saturating_mul(s.summary.completed))
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -245,8 +250,7 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
     );
     for run in 0..a.warmup {
         let figures = bench.run(job, args.clone(), Some(every(a.interval, a.unaligned)))?;
-        let share = figures.stats.as_ref().map_or(0.0, |s| checkpoint_cpu(s).as_secs_f64())
-            / figures.cpu.as_secs_f64().max(1e-9);
+        let (_, share) = figures.checkpoint_cpu();
         println!(
             "  warm-up {}: {:.0} events/s, checkpoints' CPU {:.2} % of the run's (not counted)",
             run + 1,
@@ -274,9 +278,8 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
                 figures.wall.as_secs_f64(),
                 cpu_rate
             );
-            if let Some(s) = figures.stats.filter(|_| with) {
-                let cpu = checkpoint_cpu(&s);
-                let share = cpu.as_secs_f64() / figures.cpu.as_secs_f64().max(1e-9);
+            if let Some(s) = figures.stats.as_ref().filter(|_| with) {
+                let (cpu, share) = figures.checkpoint_cpu();
                 cpu_shares.push(share);
                 println!(
                     "           checkpoint duration min/avg/max {}/{}/{} ms, size avg {}; CPU {:.1} ms, {:.2} % of the \
@@ -287,7 +290,7 @@ fn overhead(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
                     mib(s.summary.checkpointed_size_bytes.avg),
                     cpu.as_secs_f64() * 1e3,
                     share * 100.0,
-                    phases(&s)
+                    phases(s)
                 );
             }
         }

@@ -29,6 +29,10 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::args::Common;
+
 /// mimalloc's `mi_option_purge_delay` (`mimalloc.h`; the crate names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
@@ -36,9 +40,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// (mimalloc's default): each checkpoint freezes and encodes its state into new buffers, and
 /// with purging every one of them landed on pages the kernel had to fault in and zero again —
 /// about 26,000 page faults per 10 s of the window benchmark with checkpoints every second,
-/// against 600 without purging; zeroing those pages alone took 2.7–3.1 % of the run's CPU. The process keeps its peak
-/// heap, as a JVM keeps its heap. `MIMALLOC_PURGE_DELAY` (milliseconds; -1 never) still
-/// decides when it is set.
+/// against 600 without purging; zeroing those pages alone took 2.7–3.1 % of the run's CPU.
+/// The process keeps its peak heap, as a JVM keeps its heap. `MIMALLOC_PURGE_DELAY`
+/// (milliseconds; -1 never) still decides when it is set.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a plain integer option of the allocator, which mimalloc reads
@@ -46,10 +50,6 @@ fn keep_freed_memory() {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
 }
-
-use clap::{CommandFactory, Parser, Subcommand};
-
-use crate::args::Common;
 
 #[derive(Parser, Debug)]
 #[command(

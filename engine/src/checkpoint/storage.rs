@@ -16,9 +16,10 @@
 //!
 //! A task file is encoded in place, header and archive, into one page-aligned buffer that the
 //! storage keeps from one checkpoint to the next, and written with `O_DIRECT` where the file
-//! system takes it (the tail that is not a whole page is written through the page cache). A
-//! checkpoint then costs no fresh pages to fault in and zero and no copy into the page cache:
-//! on the window benchmark those two were two thirds of the snapshot writer's CPU time.
+//! system takes it (the tail that is not a whole page is written through the page cache). The
+//! file's bytes then land on pages already faulted in and are not copied into the page cache:
+//! on the window benchmark, zeroing fresh pages and that copy were two thirds of the snapshot
+//! writer's CPU time (the frozen state and the parts it encodes still use fresh buffers).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -487,7 +488,7 @@ impl CheckpointStorage for FsCheckpointStorage {
         self.check_writable()?;
         let file = task_file(id, task);
         let kept = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|e| e.into_inner()));
-        let (bytes, checksum) = encode_task_state_into(snapshot, kept).map_err(|reason| StorageError::Encode {
+        let (bytes, checksum) = encode_task_state(snapshot, kept).map_err(|reason| StorageError::Encode {
             what: format!("the state of {task} for checkpoint {id}"),
             reason,
         })?;
@@ -574,15 +575,10 @@ impl CheckpointStorage for FsCheckpointStorage {
     }
 }
 
-/// A task state file's bytes and its payload's checksum.
-pub fn encode_task_state(snapshot: &TaskSnapshot) -> Result<(FileBuffer, u64), String> {
-    encode_task_state_into(snapshot, FileBuffer::new())
-}
-
-/// As [`encode_task_state`], into `buffer` (cleared first; its capacity is reused): the header
-/// is reserved, the archive serialized after it and the header filled in, so the file's bytes
-/// are never copied.
-pub fn encode_task_state_into(snapshot: &TaskSnapshot, mut buffer: FileBuffer) -> Result<(FileBuffer, u64), String> {
+/// A task state file's bytes and its payload's checksum, encoded into `buffer` (cleared first;
+/// its capacity is reused): the header is reserved, the archive serialized after it and the
+/// header filled in, so the file's bytes are never copied.
+pub fn encode_task_state(snapshot: &TaskSnapshot, mut buffer: FileBuffer) -> Result<(FileBuffer, u64), String> {
     // Sized up front: growing the archive by doubling would copy a large state several times.
     let capacity = TASK_HEADER_BYTES + snapshot.size_bytes() + snapshot.size_bytes() / 16 + 64 * 1024;
     buffer.clear();
@@ -892,7 +888,7 @@ pub(crate) mod tests {
     fn a_file_replaced_by_another_valid_one_fails_the_handle_checksum() {
         corrupt_case(
             |file| {
-                let (bytes, _) = encode_task_state(&snapshot(99)).unwrap();
+                let (bytes, _) = encode_task_state(&snapshot(99), FileBuffer::new()).unwrap();
                 let mut same_size = std::fs::read(file).unwrap();
                 assert_eq!(bytes.len(), same_size.len());
                 same_size.copy_from_slice(&bytes);
