@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+eval "$(./scripts/speedb-lib.sh)"
 cargo build --release --locked -p corestream-tools
 cs=./target/release/corestream
 "$cs" demo "$@"

@@ -71,7 +71,7 @@ pub(crate) fn decode<T: Data>(
 /// it is not aligned) and deserializes it; the error says what was wrong.
 pub(crate) fn read_validated<T: Data>(bytes: &[u8]) -> Result<T, String> {
     const ALIGN: usize = 16;
-    if (bytes.as_ptr() as usize) & (ALIGN - 1) != 0 {
+    if !bytes.is_empty() && (bytes.as_ptr() as usize) & (ALIGN - 1) != 0 {
         let mut aligned = AlignedVec::<ALIGN>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         return read_validated::<T>(&aligned);

@@ -40,6 +40,9 @@ pub enum StateError {
     /// A framed snapshot part ([`crate::part`]) failed a check on restore.
     #[error("a snapshot part holding {type_name} is invalid: {reason}; restore from another checkpoint")]
     InvalidPart { type_name: String, reason: String },
+    /// The LSM backend's local store failed (disk full, I/O error, a damaged local file).
+    #[error("{what}: {reason}")]
+    Store { what: String, reason: String },
 }
 
 impl StateError {

@@ -27,7 +27,7 @@ pub use codec::part;
 pub use error::StateError;
 pub use keyed::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, FrozenKeyedState, KeyContext, KeyGroupSnapshot,
-    KeyedStateBackend, KeyedStateSnapshot, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
+    KeyedStateBackend, KeyedStateSnapshot, ListState, ListStateDescriptor, LsmConfig, MapState, MapStateDescriptor,
     NamedStateBytes, Namespace, ReducingState, ReducingStateDescriptor, StateBackendKind, StateKey, StateKind,
     StateTtlConfig, StateValue, TtlUpdateType, TtlVisibility, ValueState, ValueStateDescriptor, VoidNamespace,
 };

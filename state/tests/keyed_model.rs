@@ -1,7 +1,9 @@
 //! Keyed state against a plain `HashMap` model: random operations on value, list and map state
 //! over a few keys and namespaces; after every operation the handles read what the model holds.
 //! A snapshot taken at a random point, restored into a fresh backend (and into the two halves of
-//! a parallelism-2 split), holds exactly the model at that point.
+//! a parallelism-2 split), holds exactly the model at that point. Each case runs on the heap or
+//! the LSM backend and restores into either, so the two backends also read each other's
+//! snapshots.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -83,8 +85,8 @@ struct Handles {
 }
 
 impl Handles {
-    fn new(range: KeyGroupRange) -> Self {
-        let mut backend = KeyedStateBackend::new(StateBackendKind::Heap, MAX_P, range);
+    fn new(kind: StateBackendKind, range: KeyGroupRange) -> Self {
+        let mut backend = KeyedStateBackend::new(kind, MAX_P, range);
         let value = backend.value_state(&ValueStateDescriptor::new("value")).unwrap();
         let list = backend.list_state(&ListStateDescriptor::new("list")).unwrap();
         let map = backend.map_state(&MapStateDescriptor::new("map")).unwrap();
@@ -223,6 +225,10 @@ fn apply(h: &mut Handles, model: &mut Model, key: &mut u64, ns: &mut u8, op: &Op
     }
 }
 
+fn backend_kind() -> impl Strategy<Value = StateBackendKind> {
+    prop_oneof![Just(StateBackendKind::Heap), Just(StateBackendKind::Lsm)]
+}
+
 fn parallelism_two() -> [KeyGroupRange; 2] {
     [key_group_range(MAX_P, 2, 0), key_group_range(MAX_P, 2, 1)]
 }
@@ -231,9 +237,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn keyed_state_matches_a_hashmap_model(ops in proptest::collection::vec(op(), 1..120)) {
+    fn keyed_state_matches_a_hashmap_model(
+        ops in proptest::collection::vec(op(), 1..120),
+        kind in backend_kind(),
+        restore_kind in backend_kind(),
+    ) {
         let full = KeyGroupRange { start: 0, end: MAX_P };
-        let mut h = Handles::new(full);
+        let mut h = Handles::new(kind, full);
         let mut model = Model::default();
         let (mut key, mut ns) = (0u64, 0u8);
         let mut snapshots: Vec<(KeyedStateSnapshot, Model)> = Vec::new();
@@ -248,12 +258,12 @@ proptest! {
         h.check_all(&model)?;
 
         for (snapshot, at_snapshot) in &snapshots {
-            let mut restored = Handles::new(full);
+            let mut restored = Handles::new(restore_kind, full);
             restored.backend.restore(std::slice::from_ref(snapshot)).unwrap();
             restored.check_all(at_snapshot)?;
             let mut halves = 0;
             for range in parallelism_two() {
-                let mut half = Handles::new(range);
+                let mut half = Handles::new(restore_kind, range);
                 half.backend.restore(std::slice::from_ref(snapshot)).unwrap();
                 half.check_all(at_snapshot)?;
                 halves += half.backend.num_entries();
@@ -266,12 +276,12 @@ proptest! {
         let halves: Vec<KeyedStateSnapshot> = parallelism_two()
             .into_iter()
             .map(|range| {
-                let mut half = Handles::new(range);
+                let mut half = Handles::new(kind, range);
                 half.backend.restore(std::slice::from_ref(&final_snapshot)).unwrap();
                 half.backend.snapshot().unwrap()
             })
             .collect();
-        let mut merged = Handles::new(full);
+        let mut merged = Handles::new(restore_kind, full);
         merged.backend.restore(&halves).unwrap();
         merged.check_all(&model)?;
     }

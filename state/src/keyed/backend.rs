@@ -12,13 +12,15 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
+use super::descriptors::ReduceFn;
 use super::descriptors::{
     AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, ValueStateDescriptor,
 };
 use super::handles::{AggregatingState, ListState, MapState, ReducingState, ValueState};
-use super::heap::HeapTables;
+use super::heap::{AggregateFn, HeapTables, NewTable};
+use super::lsm::{LsmConfig, LsmShared, LsmTables};
 use super::snapshot::{KeyGroupSnapshot, KeyedStateSnapshot, NamedStateBytes, StateKind};
-use super::tables::{FrozenTable, StateTable};
+use super::tables::{AggregatingTable, FrozenTable, ListTable, MapTable, ReducingTable, StateTable, ValueTable};
 use super::ttl::StateTtlConfig;
 use super::{KeyContext, Namespace, StateKey, StateValue};
 use crate::codec;
@@ -31,6 +33,93 @@ pub enum StateBackendKind {
     /// In hash tables on the heap, one per state and key group.
     #[default]
     Heap,
+    /// In an LSM store on local disk, one column family per state (see `keyed::lsm`).
+    Lsm,
+}
+
+impl std::fmt::Display for StateBackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StateBackendKind::Heap => "heap",
+            StateBackendKind::Lsm => "lsm",
+        })
+    }
+}
+
+impl std::str::FromStr for StateBackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "heap" => Ok(Self::Heap),
+            "lsm" => Ok(Self::Lsm),
+            other => Err(format!("unknown state backend '{other}' (expected heap or lsm)")),
+        }
+    }
+}
+
+/// The table makers of a backend's kind.
+enum Tables {
+    Heap(HeapTables),
+    Lsm(LsmTables),
+}
+
+impl Tables {
+    fn value<K: StateKey, N: Namespace, V: StateValue>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+    ) -> NewTable<dyn ValueTable<K, N, V>> {
+        match self {
+            Tables::Heap(t) => t.value(name, ttl),
+            Tables::Lsm(t) => t.value(name, ttl),
+        }
+    }
+
+    fn list<K: StateKey, N: Namespace, V: StateValue>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+    ) -> NewTable<dyn ListTable<K, N, V>> {
+        match self {
+            Tables::Heap(t) => t.list(name, ttl),
+            Tables::Lsm(t) => t.list(name, ttl),
+        }
+    }
+
+    fn map<K: StateKey, N: Namespace, UK: StateKey, UV: StateValue>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+    ) -> NewTable<dyn MapTable<K, N, UK, UV>> {
+        match self {
+            Tables::Heap(t) => t.map(name, ttl),
+            Tables::Lsm(t) => t.map(name, ttl),
+        }
+    }
+
+    fn reducing<K: StateKey, N: Namespace, V: StateValue>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+        reduce: ReduceFn<V>,
+    ) -> NewTable<dyn ReducingTable<K, N, V>> {
+        match self {
+            Tables::Heap(t) => t.reducing(name, ttl, reduce),
+            Tables::Lsm(t) => t.reducing(name, ttl, reduce),
+        }
+    }
+
+    fn aggregating<K: StateKey, N: Namespace, IN: 'static, ACC: StateValue, OUT: 'static>(
+        &self,
+        name: &str,
+        ttl: Option<StateTtlConfig>,
+        aggregate: AggregateFn<IN, ACC, OUT>,
+    ) -> NewTable<dyn AggregatingTable<K, N, IN, ACC, OUT>> {
+        match self {
+            Tables::Heap(t) => t.aggregating(name, ttl, aggregate),
+            Tables::Lsm(t) => t.aggregating(name, ttl, aggregate),
+        }
+    }
 }
 
 /// One registered state.
@@ -47,6 +136,8 @@ struct Registered {
 /// Keyed state of one operator subtask (see the module docs of `keyed`).
 pub struct KeyedStateBackend<K> {
     kind: StateBackendKind,
+    /// The store of an LSM backend.
+    lsm: Option<Rc<LsmShared>>,
     ctx: Rc<KeyContext<K>>,
     states: BTreeMap<String, Registered>,
     /// Restored states not registered yet: name → key group → bytes.
@@ -59,15 +150,36 @@ fn describe<N, S>(kind: StateKind, ttl: Option<&StateTtlConfig>) -> String {
 }
 
 impl<K: StateKey> KeyedStateBackend<K> {
-    /// A backend for the key groups `key_groups` of `max_parallelism`. Panics if the range does
-    /// not lie inside `0..max_parallelism` (an engine bug).
+    /// A backend for the key groups `key_groups` of `max_parallelism` (an LSM one with the
+    /// default [`LsmConfig`]). Panics if the range does not lie inside `0..max_parallelism` (an
+    /// engine bug), or if an LSM backend's store cannot be created (use
+    /// [`with_config`](Self::with_config) to get that as an error).
     pub fn new(kind: StateBackendKind, max_parallelism: u32, key_groups: KeyGroupRange) -> Self {
+        Self::with_config(kind, max_parallelism, key_groups, &LsmConfig::default())
+            .unwrap_or_else(|e| panic!("keyed state backend: {e}"))
+    }
+
+    /// As [`new`](Self::new), with the LSM backend's settings; an LSM store that cannot be
+    /// created (its directory, the disk) is an error.
+    pub fn with_config(
+        kind: StateBackendKind,
+        max_parallelism: u32,
+        key_groups: KeyGroupRange,
+        lsm: &LsmConfig,
+    ) -> Result<Self, StateError> {
         assert!(
             (1..=MAX_MAX_PARALLELISM).contains(&max_parallelism) && key_groups.end <= max_parallelism,
             "key groups {key_groups:?} of max parallelism {max_parallelism}"
         );
         let ctx = Rc::new(KeyContext::new(max_parallelism, key_groups));
-        Self { kind, ctx, states: BTreeMap::new(), pending: BTreeMap::new() }
+        let lsm = match kind {
+            StateBackendKind::Heap => None,
+            StateBackendKind::Lsm => Some(LsmShared::open(lsm).map_err(|e| StateError::Store {
+                what: "the LSM keyed state backend".to_owned(),
+                reason: e.to_string(),
+            })?),
+        };
+        Ok(Self { kind, lsm, ctx, states: BTreeMap::new(), pending: BTreeMap::new() })
     }
 
     pub fn kind(&self) -> StateBackendKind {
@@ -113,12 +225,23 @@ impl<K: StateKey> KeyedStateBackend<K> {
     }
 
     /// The tables of the backend this one is.
-    fn tables(&self) -> HeapTables {
-        match self.kind {
-            StateBackendKind::Heap => {
-                HeapTables { max_parallelism: self.max_parallelism(), key_groups: self.key_groups() }
-            }
+    fn tables(&self) -> Tables {
+        let (max_parallelism, key_groups) = (self.max_parallelism(), self.key_groups());
+        match &self.lsm {
+            None => Tables::Heap(HeapTables { max_parallelism, key_groups }),
+            Some(shared) => Tables::Lsm(LsmTables { max_parallelism, key_groups, shared: shared.clone() }),
         }
+    }
+
+    /// The directory of an LSM backend's store.
+    pub fn lsm_path(&self) -> Option<std::path::PathBuf> {
+        self.lsm.as_ref().map(|s| s.path())
+    }
+
+    /// The memory an LSM backend's store takes now (`None` for the heap backend).
+    pub fn lsm_memory(&self) -> Option<Result<super::lsm::LsmMemory, StateError>> {
+        let what = || "the LSM keyed state backend".to_owned();
+        self.lsm.as_ref().map(|s| s.memory().map_err(|e| StateError::Store { what: what(), reason: e.to_string() }))
     }
 
     pub fn value_state<N: Namespace, V: StateValue>(

@@ -37,10 +37,15 @@ mod backend;
 mod descriptors;
 mod handles;
 mod heap;
+pub mod lsm;
 mod snapshot;
 mod tables;
 mod ttl;
 
+#[cfg(test)]
+#[path = "tests.rs"]
+#[allow(clippy::duplicate_mod, reason = "the same tests, compiled again to run on the LSM backend")]
+mod lsm_tests;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +63,7 @@ pub use descriptors::{
     ValueStateDescriptor,
 };
 pub use handles::{AggregatingState, ListState, MapState, ReducingState, ValueState};
+pub use lsm::LsmConfig;
 pub use snapshot::{KeyGroupSnapshot, KeyedStateSnapshot, NamedStateBytes, StateKind};
 pub use ttl::{StateTtlConfig, TtlUpdateType, TtlVisibility};
 

@@ -1,5 +1,5 @@
 //! Unit tests of keyed state: each state kind, namespaces and merges, key scoping, TTL,
-//! registration rules and snapshot/restore edge cases.
+//! registration rules and snapshot/restore edge cases, on the heap and the LSM backend.
 
 use std::time::Duration;
 
@@ -9,8 +9,18 @@ use crate::keygroup::{assign_key_group, key_group_range, stable_hash};
 
 const MAX_P: u32 = 128;
 
+/// The backend these tests run on: this file is compiled twice, as `tests` (heap) and as
+/// `lsm_tests` (LSM), so every test here holds for both.
+fn kind() -> StateBackendKind {
+    if module_path!().ends_with("lsm_tests") {
+        StateBackendKind::Lsm
+    } else {
+        StateBackendKind::Heap
+    }
+}
+
 fn backend() -> KeyedStateBackend<u64> {
-    KeyedStateBackend::new(StateBackendKind::Heap, MAX_P, KeyGroupRange { start: 0, end: MAX_P })
+    KeyedStateBackend::new(kind(), MAX_P, KeyGroupRange { start: 0, end: MAX_P })
 }
 
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
@@ -98,7 +108,7 @@ fn state_needs_a_current_key() {
 #[test]
 #[should_panic(expected = "wrong subtask")]
 fn a_key_of_another_subtask_is_refused() {
-    let b: KeyedStateBackend<u64> = KeyedStateBackend::new(StateBackendKind::Heap, MAX_P, key_group_range(MAX_P, 2, 0));
+    let b: KeyedStateBackend<u64> = KeyedStateBackend::new(kind(), MAX_P, key_group_range(MAX_P, 2, 0));
     let foreign = (0u64..).find(|k| assign_key_group(k, MAX_P) >= 64).unwrap();
     b.set_current_key(foreign);
 }

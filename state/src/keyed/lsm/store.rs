@@ -1,0 +1,267 @@
+//! The one module that names the LSM engine: Speedb (the `speedb` crate, the default) or the
+//! maintained `rocksdb` crate (`--no-default-features --features rocksdb`). Only the RocksDB API
+//! the two crates share is used, so switching is a feature flag; the two cannot be linked into
+//! one binary (their C++ symbols clash), hence the `compile_error!` when both are enabled.
+//!
+//! A [`Store`] is one database on local disk: a column family per state, writes without a
+//! write-ahead log (a checkpoint is the durability; a crash loses the local directory, which a
+//! restore rebuilds), an associative merge operator that appends list elements, and a block
+//! cache shared by every store on the same slot thread ([`LsmConfig::memory_per_slot`]).
+//! [`Store::checkpoint`] flushes the memtables and hard-links the live files into a new
+//! directory, which [`ReadOnlyStore`] opens on another thread to read a snapshot.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+#[cfg(all(feature = "speedb", feature = "rocksdb"))]
+compile_error!("the `speedb` and `rocksdb` features of corestream-state exclude each other: enable one");
+#[cfg(not(any(feature = "speedb", feature = "rocksdb")))]
+compile_error!("corestream-state needs an LSM engine: enable the `speedb` (default) or the `rocksdb` feature");
+
+#[cfg(all(feature = "rocksdb", not(feature = "speedb")))]
+use rocksdb as engine;
+#[cfg(feature = "speedb")]
+use speedb as engine;
+
+use engine::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options, ReadOptions,
+    WriteOptions, DB,
+};
+
+use super::LsmConfig;
+
+/// The engine compiled in, for logs and benchmark reports.
+#[cfg(feature = "speedb")]
+pub const ENGINE: &str = "speedb";
+#[cfg(all(feature = "rocksdb", not(feature = "speedb")))]
+pub const ENGINE: &str = "rocksdb";
+
+/// The name the list merge operator is registered under (stored in the database's options file;
+/// a database written with one operator must be opened with the same).
+const APPEND_OPERATOR: &str = "corestream.append";
+
+/// A failed store operation, with the directory it concerned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op} on the LSM state store at {path}: {reason}")]
+pub struct StoreError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Merge operator of list state: a list's value is its elements' frames one after the other, so
+/// appending is concatenating (associative, hence also a valid partial merge).
+fn append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let len = existing.map_or(0, <[u8]>::len) + operands.iter().map(<[u8]>::len).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(existing.unwrap_or_default());
+    for operand in operands {
+        out.extend_from_slice(operand);
+    }
+    Some(out)
+}
+
+thread_local! {
+    /// The block cache of the stores on this thread (a slot's thread): capacity and cache.
+    static SLOT_CACHE: RefCell<Option<(usize, Cache)>> = const { RefCell::new(None) };
+}
+
+/// The block cache of the calling thread's slot, created at the first store with `capacity`
+/// bytes; later stores on the thread share it (its capacity stays the first one's).
+fn slot_cache(capacity: usize) -> Cache {
+    SLOT_CACHE
+        .with(|cell| cell.borrow_mut().get_or_insert_with(|| (capacity, Cache::new_lru_cache(capacity))).1.clone())
+}
+
+/// Block cache usage (bytes) of the calling thread's slot, if it has opened a store.
+pub fn slot_cache_usage() -> Option<usize> {
+    SLOT_CACHE.with(|cell| cell.borrow().as_ref().map(|(_, cache)| cache.get_usage()))
+}
+
+/// Block cache of a checkpoint opened to be read once (its blocks are not kept).
+const CHECKPOINT_CACHE_BYTES: usize = 8 << 20;
+
+/// The database options of a store (`cache`: its slot's block cache) and of a checkpoint read.
+fn options(config: &LsmConfig, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_bloom_filter(10.0, false);
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_block_based_table_factory(&table);
+    opts.set_merge_operator_associative(APPEND_OPERATOR, append);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_write_buffer_size(config.memtable_bytes());
+    opts.set_max_write_buffer_number(2);
+    opts.set_atomic_flush(true);
+    opts.set_max_background_jobs(2);
+    opts.set_keep_log_file_num(2);
+    opts
+}
+
+fn fail(op: &'static str, path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError { op, path: path.to_owned(), reason: e.to_string() }
+}
+
+/// One database of an LSM keyed state backend, used from one thread.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    opts: Options,
+    write: WriteOptions,
+    read: ReadOptions,
+}
+
+impl Store {
+    /// Opens (creating it if needed) the database in `path`.
+    pub fn open(path: &Path, config: &LsmConfig) -> Result<Self, StoreError> {
+        let opts = options(config, &slot_cache(config.block_cache_bytes()));
+        let db = DB::open(&opts, path).map_err(|e| fail("opening", path, e))?;
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        let mut read = ReadOptions::default();
+        read.set_verify_checksums(true);
+        Ok(Self { db, path: path.to_owned(), opts, write, read })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates column family `name` unless it exists.
+    pub fn ensure_column(&mut self, name: &str) -> Result<(), StoreError> {
+        if self.db.cf_handle(name).is_none() {
+            self.db.create_cf(name, &self.opts).map_err(|e| fail("creating a column family", &self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> Result<&engine::ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| fail("finding a column family", &self.path, format!("no column '{name}'")))
+    }
+
+    /// Calls `f` with the value of `key` in `column`, if any.
+    pub fn get<R>(&self, column: &str, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, StoreError> {
+        let cf = self.cf(column)?;
+        let value = self.db.get_pinned_cf_opt(cf, key, &self.read).map_err(|e| fail("reading", &self.path, e))?;
+        Ok(value.map(|v| f(&v)))
+    }
+
+    pub fn put(&self, column: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let cf = self.cf(column)?;
+        self.db.put_cf_opt(cf, key, value, &self.write).map_err(|e| fail("writing", &self.path, e))
+    }
+
+    /// Appends `operand` to the list value of `key` (the merge operator concatenates).
+    pub fn append(&self, column: &str, key: &[u8], operand: &[u8]) -> Result<(), StoreError> {
+        let cf = self.cf(column)?;
+        self.db.merge_cf_opt(cf, key, operand, &self.write).map_err(|e| fail("appending", &self.path, e))
+    }
+
+    pub fn delete(&self, column: &str, key: &[u8]) -> Result<(), StoreError> {
+        let cf = self.cf(column)?;
+        self.db.delete_cf_opt(cf, key, &self.write).map_err(|e| fail("deleting", &self.path, e))
+    }
+
+    /// Deletes every key in `from..to`.
+    pub fn delete_range(&self, column: &str, from: &[u8], to: &[u8]) -> Result<(), StoreError> {
+        let cf = self.cf(column)?;
+        self.db.delete_range_cf_opt(cf, from, to, &self.write).map_err(|e| fail("deleting a range", &self.path, e))
+    }
+
+    /// Calls `f` with every entry of `from..to` in key order while it returns true.
+    pub fn scan(
+        &self,
+        column: &str,
+        from: &[u8],
+        to: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        scan(&self.db, &self.path, column, from, to, true, f)
+    }
+
+    /// Flushes the memtables and hard-links the database's live files into `dir` (which must not
+    /// exist): a consistent copy that [`ReadOnlyStore::open`] reads while this store goes on.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        let checkpoint = engine::checkpoint::Checkpoint::new(&self.db).map_err(|e| fail("checkpointing", dir, e))?;
+        checkpoint.create_checkpoint(dir).map_err(|e| fail("checkpointing", dir, e))
+    }
+
+    /// Bytes held by the memtables of every column family.
+    pub fn memtable_bytes(&self) -> Result<u64, StoreError> {
+        const PROPERTY: &str = "rocksdb.cur-size-all-mem-tables";
+        let read = |v: Result<Option<u64>, engine::Error>| v.map_err(|e| fail("reading a property", &self.path, e));
+        let mut total = read(self.db.property_int_value(PROPERTY))?.unwrap_or(0);
+        for name in DB::list_cf(&self.opts, &self.path).map_err(|e| fail("listing column families", &self.path, e))? {
+            if let Some(cf) = self.db.cf_handle(&name) {
+                total += read(self.db.property_int_value_cf(cf, PROPERTY))?.unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+}
+
+fn scan(
+    db: &DB,
+    path: &Path,
+    column: &str,
+    from: &[u8],
+    to: &[u8],
+    fill_cache: bool,
+    mut f: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let cf = db.cf_handle(column).ok_or_else(|| fail("scanning", path, format!("no column '{column}'")))?;
+    let mut read = ReadOptions::default();
+    read.set_verify_checksums(true);
+    read.fill_cache(fill_cache);
+    read.set_iterate_upper_bound(to.to_vec());
+    let mut it = db.raw_iterator_cf_opt(cf, read);
+    it.seek(from);
+    while it.valid() {
+        let (Some(key), Some(value)) = (it.key(), it.value()) else { break };
+        if !f(key, value) {
+            return Ok(());
+        }
+        it.next();
+    }
+    it.status().map_err(|e| fail("scanning", path, e))
+}
+
+/// A checkpoint of a [`Store`], opened read-only (on any thread).
+pub struct ReadOnlyStore {
+    db: DB,
+    path: PathBuf,
+}
+
+impl ReadOnlyStore {
+    pub fn open(path: &Path, config: &LsmConfig) -> Result<Self, StoreError> {
+        let cache = Cache::new_lru_cache(CHECKPOINT_CACHE_BYTES);
+        let opts = options(config, &cache);
+        let columns = DB::list_cf(&opts, path).map_err(|e| fail("listing column families", path, e))?;
+        let descriptors: Vec<_> =
+            columns.iter().map(|name| ColumnFamilyDescriptor::new(name.as_str(), options(config, &cache))).collect();
+        let db = DB::open_cf_descriptors_read_only(&opts, path, descriptors, false)
+            .map_err(|e| fail("opening a checkpoint", path, e))?;
+        Ok(Self { db, path: path.to_owned() })
+    }
+
+    /// Whether the checkpoint has column family `name`.
+    pub fn has_column(&self, name: &str) -> bool {
+        self.db.cf_handle(name).is_some()
+    }
+
+    /// As [`Store::scan`].
+    pub fn scan(
+        &self,
+        column: &str,
+        from: &[u8],
+        to: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        scan(&self.db, &self.path, column, from, to, false, f)
+    }
+}
