@@ -196,6 +196,9 @@ pub struct ExecutionConfig {
     pub max_watermark_skew: Option<Duration>,
     /// Where keyed operators keep their state. The job chooses it, never an operator.
     pub state_backend: corestream_state::StateBackendKind,
+    /// The LSM backend's local directory and memory per slot (used when `state_backend` is
+    /// `Lsm`).
+    pub lsm: corestream_state::LsmConfig,
 }
 
 impl Default for ExecutionConfig {
@@ -210,6 +213,7 @@ impl Default for ExecutionConfig {
             latency_tracking_interval: None,
             max_watermark_skew: Some(DEFAULT_MAX_WATERMARK_SKEW),
             state_backend: corestream_state::StateBackendKind::default(),
+            lsm: corestream_state::LsmConfig::default(),
         }
     }
 }
@@ -222,9 +226,30 @@ impl ExecutionConfig {
                         positive; leave it unset to emit no latency markers"
                 .into());
         }
+        if self.state_backend == corestream_state::StateBackendKind::Lsm {
+            if let Some(dir) = &self.lsm.local_dir {
+                if !dir.is_dir() {
+                    return Err(format!(
+                        "the LSM state backend's local directory (lsm.local_dir, --state-dir) {} is not a \
+                         directory; create it or choose another",
+                        dir.display()
+                    ));
+                }
+            }
+            if self.lsm.memory_per_slot < MIN_LSM_MEMORY_PER_SLOT {
+                return Err(format!(
+                    "the LSM state backend's memory per slot (lsm.memory_per_slot, --state-memory) is {} bytes; \
+                     it needs at least {} (8 MiB)",
+                    self.lsm.memory_per_slot, MIN_LSM_MEMORY_PER_SLOT
+                ));
+            }
+        }
         Ok(())
     }
 }
+
+/// The least memory per slot the LSM state backend accepts.
+pub const MIN_LSM_MEMORY_PER_SLOT: usize = 8 << 20;
 
 #[cfg(test)]
 mod tests {

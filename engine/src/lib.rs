@@ -137,15 +137,18 @@ pub use api::stream::{DataStream, DataStreamSink, KeyedStream};
 pub use api::time::{OutputTag, Timestamped};
 pub use api::two_phase::{Committer, TwoPhaseCommit, TwoPhaseCommitSink};
 pub use api::window::{WindowResult, WindowedStream};
-pub use config::{ClusterConfig, Distribution, DistributionError, ExecutionConfig, RuntimeMode};
+pub use config::{
+    ClusterConfig, Distribution, DistributionError, ExecutionConfig, RuntimeMode, MIN_LSM_MEMORY_PER_SLOT,
+};
 pub use corestream_netstack::transport::NetConfig;
 pub use corestream_netstack::{rkyv, BarrierKind, Data, Event, NetError, SessionStats};
 /// Keyed state, as process functions declare and use it (`ctx.state().value_state(..)` in
 /// `open`).
 pub use corestream_state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateBackend, ListState, ListStateDescriptor,
-    MapState, MapStateDescriptor, Namespace, ReducingState, ReducingStateDescriptor, StateKey, StateTtlConfig,
-    StateValue, TtlUpdateType, TtlVisibility, ValueState, ValueStateDescriptor, VoidNamespace,
+    LsmConfig, MapState, MapStateDescriptor, Namespace, ReducingState, ReducingStateDescriptor, StateBackendKind,
+    StateKey, StateTtlConfig, StateValue, TtlUpdateType, TtlVisibility, ValueState, ValueStateDescriptor,
+    VoidNamespace,
 };
 pub use error::{JobError, StartupError};
 pub use graph::execution::ChannelRoute;

@@ -2,7 +2,7 @@
 //!
 //! - event time: a keyed process function with event-time timers and keyed state, and a
 //!   tumbling event-time window reduce, failing once mid-stream, restore and give the same
-//!   results as an uninterrupted run;
+//!   results as an uninterrupted run, on the heap and on the LSM state backend;
 //! - a damaged newest checkpoint (a corrupted byte in a task file, a truncated task file, a
 //!   missing `_metadata`): a new submission resuming the directory restores the previous
 //!   complete checkpoint, logs the damaged file, and gives the output of an uninterrupted
@@ -29,7 +29,7 @@ use corestream::registry::{JobParts, JobRegistry, JobType};
 use corestream::rpc::messages::{Accumulator, Accumulators};
 use corestream::{
     ClusterConfig, KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, LocalCluster, Sink, SinkContext, SinkError,
-    WatermarkStrategy,
+    StateBackendKind, WatermarkStrategy,
 };
 use corestream_state::{MapState, MapStateDescriptor};
 
@@ -48,24 +48,32 @@ struct Probe {
     failed: AtomicBool,
 }
 
-/// RECORDS per source subtask, RATE per second per subtask, and whether to fail once.
+/// RECORDS per source subtask, RATE per second per subtask, whether to fail once, and the
+/// state backend (optional, heap by default).
 #[derive(Debug, Clone, Copy)]
 struct Params {
     records: u64,
     rate: u64,
     fail: bool,
+    backend: StateBackendKind,
 }
 
 impl Params {
     fn args(self) -> Vec<String> {
-        vec![self.records.to_string(), self.rate.to_string(), if self.fail { "fail" } else { "no-fail" }.into()]
+        vec![
+            self.records.to_string(),
+            self.rate.to_string(),
+            if self.fail { "fail" } else { "no-fail" }.into(),
+            self.backend.to_string(),
+        ]
     }
 
     fn parse(args: &[String]) -> Result<Self, String> {
         let num = |i: usize| -> Result<u64, String> {
             args.get(i).ok_or(format!("argument {i} is missing"))?.parse().map_err(|e| format!("argument {i}: {e}"))
         };
-        Ok(Self { records: num(0)?, rate: num(1)?, fail: args.get(2).map(String::as_str) == Some("fail") })
+        let backend = args.get(3).map_or(Ok(StateBackendKind::Heap), |b| b.parse())?;
+        Ok(Self { records: num(0)?, rate: num(1)?, fail: args.get(2).map(String::as_str) == Some("fail"), backend })
     }
 }
 
@@ -142,6 +150,7 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
     jobs.register(JobType::new(JOB, "event-time timers and windows", "RECORDS RATE fail|no-fail", move |env, ctx| {
         let params = Params::parse(ctx.args)?;
         let attempt = if ctx.planning { u32::MAX } else { probe.attempts.fetch_add(1, Ordering::SeqCst) };
+        env.set_state_backend(params.backend);
         let done: Arc<Mutex<Vec<String>>> = Arc::default();
         let (map_probe, sink_probe, sink_done) = (probe.clone(), probe.clone(), done.clone());
         env.set_auto_watermark_interval(Duration::from_millis(10));
@@ -243,7 +252,16 @@ fn reference(params: Params, parallelism: u32) -> Vec<String> {
 
 #[test]
 fn event_time_timers_and_windows_restored_mid_stream_give_the_uninterrupted_results() {
-    let params = Params { records: 1500, rate: 1500, fail: true };
+    restored_mid_stream_gives_the_uninterrupted_results(StateBackendKind::Heap);
+}
+
+#[test]
+fn on_the_lsm_backend_event_time_state_restored_mid_stream_gives_the_uninterrupted_results() {
+    restored_mid_stream_gives_the_uninterrupted_results(StateBackendKind::Lsm);
+}
+
+fn restored_mid_stream_gives_the_uninterrupted_results(backend: StateBackendKind) {
+    let params = Params { records: 1500, rate: 1500, fail: true, backend };
     for parallelism in [1, 2] {
         let expected = reference(params, parallelism);
         let probe = Arc::new(Probe::default());
@@ -347,7 +365,7 @@ fn damage(dir: &Path, id: CheckpointId, how: Damage) -> Option<String> {
 fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     let log = log();
     let parallelism = 2;
-    let params = Params { records: 3000, rate: 1000, fail: false };
+    let params = Params { records: 3000, rate: 1000, fail: false, backend: StateBackendKind::Heap };
     let expected = reference(params, parallelism);
 
     // A run cancelled after at least two completed checkpoints.

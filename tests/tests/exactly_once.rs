@@ -8,10 +8,12 @@
 //! is never the one plain hashing would pick); a map that fails on a schedule kept in the
 //! test's [`Probe`], shared by every attempt (after a quarter of the input; again soon after
 //! the first restore, while the restored in-flight data is replayed; and after three
-//! quarters); and a sink keyed by source subtask that keeps the last sequence number of every
-//! source subtask in checkpointed state and counts duplicates, losses and reorderings. The
-//! final attempt's sink reports its counts as accumulators; every attempt's sinks also add
-//! what they saw to the probe.
+//! quarters); a keyed process function (keyed by source subtask) that counts each source
+//! subtask's records in keyed value state, on the heap or the LSM backend, and passes the count
+//! on; and a sink that keeps the last sequence number of every source subtask in checkpointed
+//! state and counts duplicates, losses, reorderings and counts that disagree with the sequence
+//! number (keyed state restored wrongly). The final attempt's sink reports its counts as
+//! accumulators; every attempt's sinks also add what they saw to the probe.
 //!
 //! Exactly-once (aligned and unaligned) must show no duplicate, loss or reordering; at-least-
 //! once no loss. Under induced backpressure (a slow sink, few network buffers) the unaligned
@@ -31,7 +33,10 @@ use checkpointing::*;
 use corestream::checkpoint::{CheckpointId, CheckpointMode};
 use corestream::registry::{JobParts, JobRegistry, JobType};
 use corestream::rpc::messages::{Accumulator, Accumulators};
-use corestream::{ClusterConfig, LocalCluster, Sink, SinkContext, SinkError};
+use corestream::{
+    ClusterConfig, KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, LocalCluster, Sink, SinkContext, SinkError,
+    StateBackendKind, ValueState, ValueStateDescriptor,
+};
 use corestream_state::{key_group_for_hash, operator_index_for_key_group, stable_hash, DEFAULT_MAX_PARALLELISM};
 
 const JOB: &str = "ordered";
@@ -51,6 +56,8 @@ struct Probe {
     duplicates: AtomicU64,
     lost: AtomicU64,
     reordered: AtomicU64,
+    /// Records whose count in keyed state was not their sequence number + 1.
+    miscounted: AtomicU64,
     /// Sink subtasks that started from restored state.
     sink_restores: AtomicU32,
 }
@@ -68,6 +75,8 @@ struct Params {
     failures: bool,
     /// The job's parallelism (the shifting keys depend on it).
     parallelism: u32,
+    /// Where the counting function keeps its keyed state.
+    backend: StateBackendKind,
 }
 
 impl Params {
@@ -78,6 +87,7 @@ impl Params {
             self.sink_us.to_string(),
             if self.failures { "fail" } else { "no-fail" }.to_string(),
             self.parallelism.to_string(),
+            self.backend.to_string(),
         ]
     }
 
@@ -91,6 +101,7 @@ impl Params {
             sink_us: num(2)?,
             failures: args.get(3).map(String::as_str) == Some("fail"),
             parallelism: num(4)? as u32,
+            backend: args.get(5).ok_or("argument 5 is missing")?.parse()?,
         })
     }
 }
@@ -114,12 +125,13 @@ struct SinkState {
     duplicates: u64,
     lost: u64,
     reordered: u64,
+    miscounted: u64,
 }
 
 impl SinkState {
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for v in [self.received, self.duplicates, self.lost, self.reordered, self.last.len() as u64] {
+        for v in [self.received, self.duplicates, self.lost, self.reordered, self.miscounted, self.last.len() as u64] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for (s, last) in &self.last {
@@ -135,14 +147,21 @@ impl SinkState {
             .map(|c| c.try_into().map(u64::from_le_bytes))
             .collect::<Result<_, _>>()
             .map_err(|_| "ragged sink state".to_string())?;
-        let [received, duplicates, lost, reordered, n, rest @ ..] = words.as_slice() else {
+        let [received, duplicates, lost, reordered, miscounted, n, rest @ ..] = words.as_slice() else {
             return Err("short sink state".into());
         };
         if rest.len() as u64 != 2 * n {
             return Err("sink state of the wrong length".into());
         }
         let last = rest.chunks(2).map(|p| (p[0] as u32, p[1])).collect();
-        Ok(Self { last, received: *received, duplicates: *duplicates, lost: *lost, reordered: *reordered })
+        Ok(Self {
+            last,
+            received: *received,
+            duplicates: *duplicates,
+            lost: *lost,
+            reordered: *reordered,
+            miscounted: *miscounted,
+        })
     }
 
     /// Checks `seq` of source subtask `s` against what came before.
@@ -176,12 +195,16 @@ struct VerifyingSink {
     done: Arc<Mutex<Vec<SinkState>>>,
 }
 
-impl Sink<(u32, u64)> for VerifyingSink {
-    fn write_batch(&mut self, batch: &mut Vec<(u32, u64)>) -> Result<(), SinkError> {
+impl Sink<(u32, u64, u64)> for VerifyingSink {
+    fn write_batch(&mut self, batch: &mut Vec<(u32, u64, u64)>) -> Result<(), SinkError> {
         if self.sink_us > 0 {
             std::thread::sleep(Duration::from_micros(self.sink_us * batch.len() as u64));
         }
-        for (s, seq) in batch.drain(..) {
+        for (s, seq, count) in batch.drain(..) {
+            if count != seq + 1 {
+                self.state.miscounted += 1;
+                self.probe.miscounted.fetch_add(1, Ordering::Relaxed);
+            }
             let (dup, lost, reordered) = self.state.observe(s, seq);
             self.probe.duplicates.fetch_add(dup, Ordering::Relaxed);
             self.probe.lost.fetch_add(lost, Ordering::Relaxed);
@@ -203,6 +226,25 @@ impl Sink<(u32, u64)> for VerifyingSink {
         self.state = SinkState::decode(state)?;
         self.probe.sink_restores.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Counts each key's records in keyed value state and emits `(s, seq, count so far)`.
+#[derive(Default)]
+struct Counting {
+    count: Option<ValueState<u32, (), u64>>,
+}
+
+impl KeyedProcessFunction<u32, (u32, u64), (u32, u64, u64)> for Counting {
+    fn open(&mut self, ctx: &mut KeyedRuntimeContext<'_, u32>) {
+        self.count = Some(ctx.state().value_state(&ValueStateDescriptor::new("count")).expect("count state"));
+    }
+
+    fn process_element(&mut self, (s, seq): (u32, u64), ctx: &mut KeyedContext<'_, u32, (u32, u64, u64)>) {
+        let count = self.count.as_mut().expect("opened");
+        let n = count.value().unwrap_or(0) + 1;
+        count.update(n);
+        ctx.collect((s, seq, n));
     }
 }
 
@@ -228,6 +270,7 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
             let params = Params::parse(ctx.args)?;
             let attempt = if ctx.planning { u32::MAX } else { probe.attempts.fetch_add(1, Ordering::SeqCst) };
             let parallelism = params.parallelism;
+            env.set_state_backend(params.backend);
             let shifted: Arc<Vec<u64>> =
                 Arc::new((0..parallelism).map(|t| key_for_subtask((t + 1) % parallelism, parallelism)).collect());
             let processed = Arc::new(AtomicU64::new(0));
@@ -257,7 +300,8 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
             .name("failing map")
             .set_max_parallelism(DEFAULT_MAX_PARALLELISM)
             .key_by(|&(s, _): &(u32, u64)| s)
-            .into_stream()
+            .process(Counting::default)
+            .name("counting")
             .add_sink("verifying sink", move |_: SinkContext| {
                 Ok(VerifyingSink {
                     state: SinkState::default(),
@@ -274,6 +318,7 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
                 acc.insert("duplicates".into(), sum(|s| s.duplicates));
                 acc.insert("lost".into(), sum(|s| s.lost));
                 acc.insert("reordered".into(), sum(|s| s.reordered));
+                acc.insert("miscounted".into(), sum(|s| s.miscounted));
                 for state in states.iter() {
                     for (s, last) in &state.last {
                         acc.insert(format!("last-{s}"), Accumulator::Count(*last));
@@ -361,29 +406,41 @@ fn assert_exactly_once(case: &Case, ran: &Ran) {
     assert_eq!(count(&ran.result, "reordered"), 0, "reorderings");
     assert_eq!(ran.probe.duplicates.load(Ordering::Relaxed), 0, "duplicates in some attempt");
     assert_eq!(ran.probe.reordered.load(Ordering::Relaxed), 0, "reorderings in some attempt");
+    assert_eq!(count(&ran.result, "miscounted"), 0, "counts in keyed state that disagree with the records");
+    assert_eq!(ran.probe.miscounted.load(Ordering::Relaxed), 0, "miscounted records in some attempt");
     assert_eq!(count(&ran.result, "received"), case.params.records * u64::from(case.parallelism), "records received");
 }
 
-const PACED: Params = Params { records: 4000, rate: 4000, sink_us: 0, failures: true, parallelism: 0 };
+const PACED: Params =
+    Params { records: 4000, rate: 4000, sink_us: 0, failures: true, parallelism: 0, backend: StateBackendKind::Heap };
 
-#[test]
-fn exactly_once_aligned_with_failures() {
+fn exactly_once_with_failures(unaligned: bool, backend: StateBackendKind) {
     for parallelism in [1, 2] {
-        let case =
-            Case { parallelism, mode: CheckpointMode::ExactlyOnce, unaligned: false, params: PACED, squeezed: false };
+        let params = Params { backend, ..PACED };
+        let case = Case { parallelism, mode: CheckpointMode::ExactlyOnce, unaligned, params, squeezed: false };
         let ran = run(&case);
         assert_exactly_once(&case, &ran);
     }
+}
+
+#[test]
+fn exactly_once_aligned_with_failures() {
+    exactly_once_with_failures(false, StateBackendKind::Heap);
 }
 
 #[test]
 fn exactly_once_unaligned_with_failures() {
-    for parallelism in [1, 2] {
-        let case =
-            Case { parallelism, mode: CheckpointMode::ExactlyOnce, unaligned: true, params: PACED, squeezed: false };
-        let ran = run(&case);
-        assert_exactly_once(&case, &ran);
-    }
+    exactly_once_with_failures(true, StateBackendKind::Heap);
+}
+
+#[test]
+fn exactly_once_aligned_with_failures_on_the_lsm_backend() {
+    exactly_once_with_failures(false, StateBackendKind::Lsm);
+}
+
+#[test]
+fn exactly_once_unaligned_with_failures_on_the_lsm_backend() {
+    exactly_once_with_failures(true, StateBackendKind::Lsm);
 }
 
 #[test]
@@ -396,7 +453,7 @@ fn at_least_once_loses_nothing() {
 
 #[test]
 fn unaligned_under_backpressure_persists_in_flight_data() {
-    let params = Params { records: 20_000, rate: 0, sink_us: 20, failures: true, parallelism: 2 };
+    let params = Params { records: 20_000, rate: 0, sink_us: 20, failures: true, parallelism: 2, ..PACED };
     let case = Case { parallelism: 2, mode: CheckpointMode::ExactlyOnce, unaligned: true, params, squeezed: true };
     let ran = run(&case);
     assert_exactly_once(&case, &ran);

@@ -61,6 +61,18 @@ pub struct Common {
     /// watermark back.
     #[arg(long, value_parser = parse_watermark_skew, value_name = "DURATION|off")]
     pub max_watermark_skew: Option<WatermarkSkew>,
+    /// Where keyed operators keep their state: `heap` (hash tables in memory, the default) or
+    /// `lsm` (an LSM store on local disk, for state larger than memory).
+    #[arg(long, value_name = "heap|lsm")]
+    pub state_backend: Option<corestream::StateBackendKind>,
+    /// Directory for the LSM backend's local files, one subdirectory per keyed subtask
+    /// (default: the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Memory of one slot's LSM stores, e.g. 256M: half block cache, shared by the slot's
+    /// stores; memtables of at most a quarter per store (default 256M, at least 8M).
+    #[arg(long, value_parser = parse_state_memory, value_name = "SIZE")]
+    pub state_memory: Option<usize>,
     /// TaskManager processes that run the job together on this machine (per-job mode: a
     /// JobManager in this process starts N TaskManager processes of this binary; `run
     /// sum-by-key`, `run wordcount`, `bench network` and `bench latency --query q0`). The job's
@@ -186,8 +198,26 @@ impl Common {
         if let Some(WatermarkSkew(skew)) = self.max_watermark_skew {
             env.set_max_watermark_skew(skew);
         }
+        if let Some(kind) = self.state_backend {
+            env.set_state_backend(kind);
+        }
+        let default = corestream::LsmConfig::default();
+        env.set_lsm_config(corestream::LsmConfig {
+            local_dir: self.state_dir.clone().or(default.local_dir),
+            memory_per_slot: self.state_memory.unwrap_or(default.memory_per_slot),
+        });
         env.set_source_rate(self.source_rate);
         env
+    }
+}
+
+/// `--state-memory`: a size of at least 8 MiB and at most 1 TiB, e.g. 64M, 1G.
+pub fn parse_state_memory(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix("ib")).map_or(t.to_string(), |p| format!("{p}B"));
+    match corestream_bench::transport::parse_bytes(&t) {
+        Ok(bytes) if (corestream::MIN_LSM_MEMORY_PER_SLOT as u64..=1 << 40).contains(&bytes) => Ok(bytes as usize),
+        _ => Err(format!("'{s}' is not a memory size between 8M and 1T (examples: 64M, 256M, 1G)")),
     }
 }
 

@@ -103,6 +103,13 @@ impl StreamEnvironment {
         self
     }
 
+    /// The LSM state backend's local directory and memory per slot (see
+    /// [`ExecutionConfig::lsm`]).
+    pub fn set_lsm_config(&mut self, lsm: corestream_state::LsmConfig) -> &mut Self {
+        self.config.lsm = lsm;
+        self
+    }
+
     /// How often each source subtask emits a latency marker (default: never). Markers pass
     /// operators unchanged, take one channel of each exchange (round-robin), and each sink
     /// records their age per source subtask; the job result reports the percentiles

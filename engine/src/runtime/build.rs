@@ -55,6 +55,7 @@ pub(crate) struct BuildCtx<'a> {
     pub auto_watermark_interval: std::time::Duration,
     /// Where keyed operators keep their state ([`keyed_backend`](Self::keyed_backend)).
     pub state_backend: corestream_state::StateBackendKind,
+    pub lsm: corestream_state::LsmConfig,
     pub metrics: Arc<OperatorMetrics>,
     pub bell: Arc<Doorbell>,
     pub job: &'a Arc<JobShared>,
@@ -80,9 +81,13 @@ impl BuildCtx<'_> {
         corestream_state::key_group_range(self.max_parallelism, self.parallelism, self.subtask)
     }
 
-    /// A keyed state backend for this subtask's key groups, of the kind the job chose.
+    /// A keyed state backend for this subtask's key groups, of the kind the job chose. An LSM
+    /// store that cannot be created (the disk; the directory was checked when the job was
+    /// submitted) fails the task with the store's error.
     pub(crate) fn keyed_backend<K: corestream_state::StateKey>(&self) -> corestream_state::KeyedStateBackend<K> {
-        corestream_state::KeyedStateBackend::new(self.state_backend, self.max_parallelism, self.key_groups())
+        let (kind, max_p, groups) = (self.state_backend, self.max_parallelism, self.key_groups());
+        corestream_state::KeyedStateBackend::with_config(kind, max_p, groups, &self.lsm)
+            .unwrap_or_else(|e| panic!("subtask {} cannot create its keyed state backend: {e}", self.subtask))
     }
 }
 

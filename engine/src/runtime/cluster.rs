@@ -819,6 +819,7 @@ impl LocalCluster {
                 buffer_timeout: exec.buffer_timeout,
                 max_watermark_skew: exec.max_watermark_skew,
                 state_backend: exec.state_backend,
+                lsm: exec.lsm.clone(),
                 batch_size: exec.batch_size,
                 checkpointing,
             });

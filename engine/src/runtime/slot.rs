@@ -40,6 +40,7 @@ pub(crate) struct TaskBuild {
     pub buffer_timeout: Duration,
     pub max_watermark_skew: Option<Duration>,
     pub state_backend: corestream_state::StateBackendKind,
+    pub lsm: corestream_state::LsmConfig,
     pub batch_size: usize,
     /// Set when the job takes checkpoints or restores from one.
     pub checkpointing: Option<TaskCheckpointing>,
@@ -64,6 +65,7 @@ fn build_task(build: &mut TaskBuild, job: &Arc<JobShared>) -> Result<TaskBody, T
         max_parallelism: build.max_parallelism,
         auto_watermark_interval: build.auto_watermark_interval,
         state_backend: build.state_backend,
+        lsm: build.lsm.clone(),
         metrics: metrics.clone(),
         bell: build.bell.clone(),
         job,
