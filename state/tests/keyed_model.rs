@@ -234,7 +234,7 @@ fn parallelism_two() -> [KeyGroupRange; 2] {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn keyed_state_matches_a_hashmap_model(

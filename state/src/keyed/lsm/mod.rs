@@ -519,7 +519,10 @@ impl<K: StateKey, N: Namespace, L, F> LsmState<K, N, L, F> {
     }
 
     fn delete_prefix(&self, prefix: &[u8]) {
-        self.shared.store().delete_range(&self.name, prefix, &successor(prefix)).unwrap_or_else(|e| store_failed(&e));
+        self.shared
+            .store()
+            .delete_within_key(&self.name, prefix, &successor(prefix))
+            .unwrap_or_else(|e| store_failed(&e));
         self.shared.wrote();
     }
 
@@ -528,7 +531,7 @@ impl<K: StateKey, N: Namespace, L, F> LsmState<K, N, L, F> {
         let n = prefix.len();
         self.shared
             .store()
-            .scan(&self.name, prefix, &successor(prefix), |k, v| f(&k[n..], v))
+            .scan_key(&self.name, prefix, &successor(prefix), |k, v| f(&k[n..], v))
             .unwrap_or_else(|e| store_failed(&e));
     }
 }
@@ -548,7 +551,7 @@ impl<K: StateKey, N: Namespace, L: Layout, F: 'static> StateTable for LsmState<K
         let mut last: Vec<u8> = Vec::new();
         self.shared
             .store()
-            .scan(&self.name, &[0], &[u8::MAX], |k, _| {
+            .scan_all(&self.name, &[0], &[u8::MAX], |k, _| {
                 if let Some(entry) = split_key(k) {
                     let prefix = &k[..entry.prefix_len];
                     if prefix != last.as_slice() {
@@ -563,7 +566,7 @@ impl<K: StateKey, N: Namespace, L: Layout, F: 'static> StateTable for LsmState<K
     }
 
     fn clear_all(&mut self) {
-        self.shared.store().delete_range(&self.name, &[0], &[u8::MAX]).unwrap_or_else(|e| store_failed(&e));
+        self.shared.store.borrow_mut().clear_column(&self.name).unwrap_or_else(|e| store_failed(&e));
         self.shared.wrote();
     }
 
@@ -592,7 +595,7 @@ impl<K: StateKey, N: Namespace, L: Layout, F: 'static> StateTable for LsmState<K
             }
             let prefix = self.keys.prefix(key_group, &key, &ns, &self.what).clone();
             let store = self.shared.store();
-            store.delete_range(&self.name, &prefix, &successor(&prefix)).map_err(store_error)?;
+            store.delete_within_key(&self.name, &prefix, &successor(&prefix)).map_err(store_error)?;
             for (suffix, value) in L::spread(persisted, &self.what) {
                 let mut entry = prefix.clone();
                 entry.extend_from_slice(&suffix);

@@ -24,8 +24,8 @@ use rocksdb as engine;
 use speedb as engine;
 
 use engine::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options, ReadOptions,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, MemtableFactory, MergeOperands, Options,
+    ReadOptions, SliceTransform, WriteOptions, DB,
 };
 
 use super::LsmConfig;
@@ -60,6 +60,27 @@ fn append(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Opt
     }
     Some(out)
 }
+
+/// Length of a key's hashed prefix: key group (2 bytes) ‖ key length (u32, big-endian) ‖ key,
+/// the start of every entry key (see the layout in `lsm/mod.rs`). The memtable hashes it, so
+/// one key's entries (its namespaces, list and map entries) sit in one small sorted bucket
+/// instead of one skip list over everything, and the table files' filters cover it.
+fn key_prefix_len(key: &[u8]) -> Option<usize> {
+    let len = u32::from_be_bytes(key.get(2..6)?.try_into().ok()?) as usize;
+    let end = 6usize.checked_add(len)?;
+    (end <= key.len()).then_some(end)
+}
+
+fn key_prefix(key: &[u8]) -> &[u8] {
+    &key[..key_prefix_len(key).unwrap_or(key.len())]
+}
+
+fn has_key_prefix(key: &[u8]) -> bool {
+    key_prefix_len(key).is_some()
+}
+
+/// Buckets of a memtable's hash table (8 bytes each).
+const MEMTABLE_BUCKETS: usize = 1 << 16;
 
 thread_local! {
     /// The block cache of the stores on this thread (a slot's thread): capacity and cache.
@@ -96,6 +117,14 @@ fn options(config: &LsmConfig, cache: &Cache) -> Options {
     opts.set_write_buffer_size(config.memtable_bytes());
     opts.set_max_write_buffer_number(2);
     opts.set_atomic_flush(true);
+    opts.set_allow_concurrent_memtable_write(false);
+    opts.set_inplace_update_support(true);
+    opts.set_prefix_extractor(SliceTransform::create("corestream.key", key_prefix, Some(has_key_prefix)));
+    opts.set_memtable_factory(MemtableFactory::HashSkipList {
+        bucket_count: MEMTABLE_BUCKETS,
+        height: 4,
+        branching_factor: 4,
+    });
     opts.set_max_background_jobs(2);
     opts.set_keep_log_file_num(2);
     opts
@@ -167,21 +196,54 @@ impl Store {
         self.db.delete_cf_opt(cf, key, &self.write).map_err(|e| fail("deleting", &self.path, e))
     }
 
-    /// Deletes every key in `from..to`.
-    pub fn delete_range(&self, column: &str, from: &[u8], to: &[u8]) -> Result<(), StoreError> {
+    /// Deletes every key of `from..to`, a range inside one key's entries (as
+    /// [`scan_key`](Self::scan_key)). Point deletes, not a range tombstone: a range tombstone
+    /// would hide later writes that the memtable applies in place (in-place updates keep the
+    /// sequence number of the entry they overwrite).
+    pub fn delete_within_key(&self, column: &str, from: &[u8], to: &[u8]) -> Result<(), StoreError> {
+        let mut keys = Vec::new();
+        self.scan_key(column, from, to, |k, _| {
+            keys.push(k.to_vec());
+            true
+        })?;
         let cf = self.cf(column)?;
-        self.db.delete_range_cf_opt(cf, from, to, &self.write).map_err(|e| fail("deleting a range", &self.path, e))
+        let mut batch = engine::WriteBatch::default();
+        for key in &keys {
+            batch.delete_cf(cf, key);
+        }
+        self.db.write_opt(batch, &self.write).map_err(|e| fail("deleting", &self.path, e))
     }
 
-    /// Calls `f` with every entry of `from..to` in key order while it returns true.
-    pub fn scan(
+    /// Empties column family `name` (drops and creates it again).
+    pub fn clear_column(&mut self, name: &str) -> Result<(), StoreError> {
+        self.db.drop_cf(name).map_err(|e| fail("dropping a column family", &self.path, e))?;
+        self.db.create_cf(name, &self.opts).map_err(|e| fail("creating a column family", &self.path, e))
+    }
+
+    /// Calls `f` with every entry of `from..to` in key order while it returns true. The range
+    /// lies inside one key's entries (`from` starts with its whole hashed prefix), which the
+    /// memtable finds in one bucket.
+    pub fn scan_key(
         &self,
         column: &str,
         from: &[u8],
         to: &[u8],
         f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        scan(&self.db, &self.path, column, from, to, true, f)
+        debug_assert!(has_key_prefix(from), "a scan inside one key starts with its prefix");
+        scan(&self.db, &self.path, column, from, to, Scan::WithinKey, f)
+    }
+
+    /// As [`scan_key`](Self::scan_key) over any range, in total order: the memtable sorts
+    /// every bucket for it, so this is for tests and diagnostics, not the data path.
+    pub fn scan_all(
+        &self,
+        column: &str,
+        from: &[u8],
+        to: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        scan(&self.db, &self.path, column, from, to, Scan::TotalOrder, f)
     }
 
     /// Flushes the memtables and hard-links the database's live files into `dir` (which must not
@@ -205,19 +267,35 @@ impl Store {
     }
 }
 
+/// How a scan crosses keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Inside one key's prefix; read blocks stay in the cache.
+    WithinKey,
+    /// Across keys, in total order; read blocks stay in the cache.
+    TotalOrder,
+    /// Across keys, in total order, each block read once (a checkpoint read for a snapshot).
+    Once,
+}
+
 fn scan(
     db: &DB,
     path: &Path,
     column: &str,
     from: &[u8],
     to: &[u8],
-    fill_cache: bool,
+    how: Scan,
     mut f: impl FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<(), StoreError> {
     let cf = db.cf_handle(column).ok_or_else(|| fail("scanning", path, format!("no column '{column}'")))?;
     let mut read = ReadOptions::default();
     read.set_verify_checksums(true);
-    read.fill_cache(fill_cache);
+    read.fill_cache(how != Scan::Once);
+    if how == Scan::WithinKey {
+        read.set_prefix_same_as_start(true);
+    } else {
+        read.set_total_order_seek(true);
+    }
     read.set_iterate_upper_bound(to.to_vec());
     let mut it = db.raw_iterator_cf_opt(cf, read);
     it.seek(from);
@@ -262,6 +340,6 @@ impl ReadOnlyStore {
         to: &[u8],
         f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        scan(&self.db, &self.path, column, from, to, false, f)
+        scan(&self.db, &self.path, column, from, to, Scan::Once, f)
     }
 }
