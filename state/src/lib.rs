@@ -25,6 +25,7 @@ pub mod timers;
 
 pub use codec::part;
 pub use error::StateError;
+pub use keyed::lsm;
 pub use keyed::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, FrozenKeyedState, KeyContext, KeyGroupSnapshot,
     KeyedStateBackend, KeyedStateSnapshot, ListState, ListStateDescriptor, LsmConfig, MapState, MapStateDescriptor,
