@@ -251,7 +251,7 @@ impl<K: StateKey, N: Namespace, P: StateValue> FrozenTable for FrozenHeap<K, N, 
 /// A new table: as every state (`StateTable`) and behind the interface of its kind.
 pub(crate) type NewTable<T> = (Rc<RefCell<dyn StateTable>>, Rc<RefCell<T>>);
 
-fn new_table<S: StateTable + 'static, T: ?Sized>(
+pub(crate) fn new_table<S: StateTable + 'static, T: ?Sized>(
     table: S,
     typed: impl FnOnce(Rc<RefCell<S>>) -> Rc<RefCell<T>>,
 ) -> NewTable<T> {

@@ -37,7 +37,7 @@ use corestream_netstack::record::to_bytes;
 use corestream_netstack::Data;
 
 use super::descriptors::ReduceFn;
-use super::heap::{AggregateFn, NewTable};
+use super::heap::{new_table, AggregateFn, NewTable};
 use super::snapshot::{NamedStateBytes, StateKind};
 use super::tables::{AggregatingTable, FrozenTable, ListTable, MapTable, ReducingTable, StateTable, ValueTable};
 use super::ttl::{Clock, Expiring, Plain, StateTtlConfig, ValueCell};
@@ -369,14 +369,6 @@ pub(crate) struct LsmTables {
     pub max_parallelism: u32,
     pub key_groups: KeyGroupRange,
     pub shared: Rc<LsmShared>,
-}
-
-fn new_table<S: StateTable + 'static, T: ?Sized>(
-    table: S,
-    typed: impl FnOnce(Rc<RefCell<S>>) -> Rc<RefCell<T>>,
-) -> NewTable<T> {
-    let table = Rc::new(RefCell::new(table));
-    (table.clone(), typed(table))
 }
 
 impl LsmTables {

@@ -332,7 +332,7 @@ impl ReadOnlyStore {
         self.db.cf_handle(name).is_some()
     }
 
-    /// As [`Store::scan`].
+    /// As [`Store::scan_all`], reading each block once (not kept in the cache).
     pub fn scan(
         &self,
         column: &str,
