@@ -70,7 +70,7 @@ pub struct Common {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<std::path::PathBuf>,
     /// Memory of one slot's LSM stores, e.g. 256M: half block cache, shared by the slot's
-    /// stores; memtables of at most a quarter per store (default 256M, at least 8M).
+    /// stores; each store flushes its memtables at an eighth (default 256M, at least 8M).
     #[arg(long, value_parser = parse_state_memory, value_name = "SIZE")]
     pub state_memory: Option<usize>,
     /// TaskManager processes that run the job together on this machine (per-job mode: a

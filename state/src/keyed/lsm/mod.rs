@@ -55,8 +55,9 @@ pub struct LsmConfig {
     /// Directory for the stores' files (a fresh subdirectory per backend, removed with it);
     /// `None`: the system's temporary directory.
     pub local_dir: Option<PathBuf>,
-    /// Memory of one slot's stores: half is the block cache the slot's stores share, each
-    /// store's memtables take at most a quarter (two of an eighth each).
+    /// Memory of one slot's stores: half is the block cache the slot's stores share; a store
+    /// flushes its largest memtable once its memtables pass an eighth (a state's memtable
+    /// alone at a sixteenth), so with the one being flushed they stay near a quarter.
     pub memory_per_slot: usize,
 }
 
@@ -71,8 +72,14 @@ impl LsmConfig {
         (self.memory_per_slot / 2).max(1 << 20)
     }
 
-    fn memtable_bytes(&self) -> usize {
+    /// What one store's memtables may hold before it flushes the largest.
+    fn store_memtable_bytes(&self) -> usize {
         (self.memory_per_slot / 8).max(1 << 20)
+    }
+
+    /// What one state's memtable holds before it is flushed.
+    fn state_memtable_bytes(&self) -> usize {
+        (self.memory_per_slot / 16).max(512 << 10)
     }
 }
 

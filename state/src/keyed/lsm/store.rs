@@ -80,7 +80,7 @@ fn has_key_prefix(key: &[u8]) -> bool {
 }
 
 /// Buckets of a memtable's hash table (8 bytes each).
-const MEMTABLE_BUCKETS: usize = 1 << 16;
+const MEMTABLE_BUCKETS: usize = 1 << 14;
 
 thread_local! {
     /// The block cache of the stores on this thread (a slot's thread): capacity and cache.
@@ -114,7 +114,8 @@ fn options(config: &LsmConfig, cache: &Cache) -> Options {
     opts.set_block_based_table_factory(&table);
     opts.set_merge_operator_associative(APPEND_OPERATOR, append);
     opts.set_compression_type(DBCompressionType::Lz4);
-    opts.set_write_buffer_size(config.memtable_bytes());
+    opts.set_write_buffer_size(config.state_memtable_bytes());
+    opts.set_db_write_buffer_size(config.store_memtable_bytes());
     opts.set_max_write_buffer_number(2);
     opts.set_atomic_flush(true);
     opts.set_allow_concurrent_memtable_write(false);
