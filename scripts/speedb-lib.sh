@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Speedb's C++ library once per machine, into a cache outside the clone, and prints the
 # shell lines that make every cargo build link it instead of compiling it again (one compile
-# takes about 12 minutes on two cores, and cargo would repeat it for each profile, for clippy
+# takes 7 to 12 minutes on two cores, and cargo would repeat it for each profile, for clippy
 # and for rustdoc). The library comes from the same crate the workspace depends on
 # (libspeedb-sys, the version and features of Cargo.lock's), built by that crate's own build
 # script in release mode without debug information.
@@ -32,7 +32,7 @@ libspeedb-sys = { version = "=$version", features = ["lz4"] }
 debug = false
 TOML
     echo 'fn main() {}' >"$work/src/main.rs"
-    echo "building Speedb $version's C++ library once into $cache (about 12 minutes on 2 cores)" >&2
+    echo "building Speedb $version's C++ library once into $cache (about 7 minutes on 2 idle cores)" >&2
     env -u ROCKSDB_LIB_DIR -u ROCKSDB_STATIC CARGO_TARGET_DIR="$work/target" \
         cargo build --release --quiet --manifest-path "$work/Cargo.toml" >&2
     built=$(find "$work/target/release/build" -name libspeedb.a -print -quit)
