@@ -87,7 +87,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let arg = |i: usize, default: u64| args.get(i).map_or(default, |a| a.parse().expect("a number"));
     let (keys, rounds, memory_mib) = (arg(0, 1_000_000), arg(1, 3).max(1), arg(2, 256));
-    let config = LsmConfig { local_dir: None, memory_per_slot: (memory_mib as usize) << 20 };
+    let config = LsmConfig { memory_per_slot: (memory_mib as usize) << 20, ..LsmConfig::default() };
     let order: Vec<u64> = (0..keys).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % keys).collect();
     println!("keyed state, {keys} keys, {rounds} rounds, heap vs lsm ({}, {memory_mib} MiB per slot)", lsm::ENGINE);
     let mut heap = vec![Vec::new(); OPS.len()];

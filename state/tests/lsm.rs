@@ -19,7 +19,7 @@ fn lsm(config: &LsmConfig) -> KeyedStateBackend<u64> {
 #[test]
 fn state_larger_than_the_memory_budget_stays_within_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LsmConfig { local_dir: Some(dir.path().to_owned()), memory_per_slot: 8 << 20 };
+    let config = LsmConfig { local_dir: Some(dir.path().to_owned()), memory_per_slot: 8 << 20, ..LsmConfig::default() };
     let mut b = lsm(&config);
     let mut v = b.value_state::<(), Vec<u8>>(&ValueStateDescriptor::new("v")).unwrap();
     let keys = 200_000u64;

@@ -18,7 +18,7 @@ use super::descriptors::{
 };
 use super::handles::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use super::heap::{AggregateFn, HeapTables, NewTable};
-use super::lsm::{LsmConfig, LsmShared, LsmTables};
+use super::lsm::{FrozenFiles, LsmConfig, LsmFilesSnapshot, LsmShared, LsmTables, SharedFileStore, StateInfo};
 use super::snapshot::{KeyGroupSnapshot, KeyedStateSnapshot, NamedStateBytes, StateKind};
 use super::tables::{AggregatingTable, FrozenTable, ListTable, MapTable, ReducingTable, StateTable, ValueTable};
 use super::ttl::StateTtlConfig;
@@ -142,6 +142,9 @@ pub struct KeyedStateBackend<K> {
     states: BTreeMap<String, Registered>,
     /// Restored states not registered yet: name → key group → bytes.
     pending: BTreeMap<String, BTreeMap<u32, NamedStateBytes>>,
+    /// States an incremental restore put in the LSM store that are not registered yet, checked
+    /// when they are.
+    file_states: BTreeMap<String, StateInfo>,
 }
 
 fn describe<N, S>(kind: StateKind, ttl: Option<&StateTtlConfig>) -> String {
@@ -179,7 +182,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
                 reason: e.to_string(),
             })?),
         };
-        Ok(Self { kind, lsm, ctx, states: BTreeMap::new(), pending: BTreeMap::new() })
+        Ok(Self { kind, lsm, ctx, states: BTreeMap::new(), pending: BTreeMap::new(), file_states: BTreeMap::new() })
     }
 
     pub fn kind(&self) -> StateBackendKind {
@@ -320,6 +323,17 @@ impl<K: StateKey> KeyedStateBackend<K> {
             };
         }
         let (table, typed) = create();
+        if let Some(info) = self.file_states.get(name) {
+            let t = table.borrow();
+            if t.kind() != info.kind || t.value_type() != info.value_type {
+                return Err(StateError::Incompatible {
+                    name: name.to_owned(),
+                    registered: format!("restored as a {} state archived as {}", info.kind, info.value_type),
+                    requested: description,
+                });
+            }
+        }
+        self.file_states.remove(name);
         if let Some(groups) = self.pending.get(name) {
             for state in groups.values() {
                 check_restorable(&*table.borrow(), state, &description)?;
@@ -357,6 +371,132 @@ impl<K: StateKey> KeyedStateBackend<K> {
         FrozenKeyedState { max_parallelism: self.max_parallelism(), key_groups: self.key_groups(), states, pending }
     }
 
+    /// The synchronous part of an incremental snapshot for `checkpoint`: `Ok(None)` unless this
+    /// is an LSM backend configured for incremental checkpoints (then take [`freeze`](Self::freeze)).
+    /// [`FrozenFiles::upload`] is the asynchronous part.
+    pub fn freeze_files(&self, checkpoint: u64) -> Result<Option<FrozenFiles>, StateError> {
+        let Some(shared) = self.lsm.as_ref().filter(|s| s.config().incremental) else { return Ok(None) };
+        let mut states: Vec<StateInfo> = self
+            .states
+            .iter()
+            .map(|(name, r)| StateInfo {
+                name: name.clone(),
+                kind: r.kind,
+                value_type: r.table.borrow().value_type().to_owned(),
+            })
+            .collect();
+        states.extend(self.file_states.values().cloned());
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut pending: BTreeMap<u32, Vec<NamedStateBytes>> = BTreeMap::new();
+        for (&key_group, state) in self.pending.values().flatten() {
+            pending.entry(key_group).or_default().push(state.clone());
+        }
+        let pending = pending.into_iter().map(|(key_group, states)| KeyGroupSnapshot { key_group, states }).collect();
+        let tables = LsmTables {
+            max_parallelism: self.max_parallelism(),
+            key_groups: self.key_groups(),
+            shared: shared.clone(),
+        };
+        let frozen = shared.freeze_files(checkpoint, &tables, states, pending).map_err(|e| StateError::Store {
+            what: format!("the incremental snapshot of checkpoint {checkpoint}"),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(frozen))
+    }
+
+    /// Checkpoint `checkpoint` is complete: the files its incremental snapshot used are what
+    /// later ones reuse.
+    pub fn notify_checkpoint_complete(&self, checkpoint: u64) {
+        if let Some(shared) = &self.lsm {
+            shared.ledger().lock().unwrap_or_else(|e| e.into_inner()).confirm(checkpoint);
+        }
+    }
+
+    /// Checkpoint `checkpoint` will never complete: its uploads are never reused.
+    pub fn notify_checkpoint_aborted(&self, checkpoint: u64) {
+        if let Some(shared) = &self.lsm {
+            shared.ledger().lock().unwrap_or_else(|e| e.into_inner()).abort(checkpoint);
+        }
+    }
+
+    /// Replaces every state with the contents of the incremental `snapshots` restricted to this
+    /// backend's key groups (snapshots of other key groups are skipped, so every old subtask's
+    /// snapshot may be given after a rescale), downloading their files `from` shared storage.
+    /// Only an LSM backend restores them (restoring on the heap backend takes a savepoint).
+    ///
+    /// Every check (max parallelism, key groups, the kinds and types of registered states) and
+    /// every download (sizes and checksums) runs before anything changes; an error names the
+    /// file or state at fault and leaves the backend as it was.
+    pub fn restore_files(
+        &mut self,
+        snapshots: &[LsmFilesSnapshot],
+        from: &dyn SharedFileStore,
+    ) -> Result<(), StateError> {
+        let (max_p, range) = (self.max_parallelism(), self.key_groups());
+        let Some(shared) = self.lsm.clone() else {
+            return Err(StateError::Store {
+                what: "the heap keyed state backend".to_owned(),
+                reason: "the checkpoint holds incremental snapshots of the LSM backend, which only the LSM backend \
+                         restores; run the job with --state-backend lsm, or restore from a savepoint"
+                    .to_owned(),
+            });
+        };
+        let mut mine = Vec::new();
+        for snapshot in snapshots {
+            if snapshot.max_parallelism != max_p {
+                return Err(StateError::MaxParallelismMismatch { snapshot: snapshot.max_parallelism, backend: max_p });
+            }
+            let theirs = snapshot.key_groups();
+            if theirs.start >= theirs.end || theirs.end > max_p {
+                return Err(StateError::KeyGroupOutOfRange { key_group: theirs.end, max_parallelism: max_p });
+            }
+            if theirs.start < range.end && range.start < theirs.end {
+                mine.push(snapshot);
+            }
+        }
+        let mut seen = HashSet::new();
+        for snapshot in &mine {
+            for group in snapshot.key_groups().as_range() {
+                if range.contains(group) && !seen.insert(group) {
+                    return Err(StateError::DuplicateKeyGroup { key_group: group });
+                }
+            }
+        }
+        let mut infos: BTreeMap<String, StateInfo> = BTreeMap::new();
+        for info in mine.iter().flat_map(|s| &s.states) {
+            if let Some(registered) = self.states.get(&info.name) {
+                let table = registered.table.borrow();
+                if table.kind() != info.kind || table.value_type() != info.value_type {
+                    return Err(StateError::Incompatible {
+                        name: info.name.clone(),
+                        registered: format!("registered as {}", registered.description),
+                        requested: format!("restored as a {} state archived as {}", info.kind, info.value_type),
+                    });
+                }
+            }
+            if let Some(other) = infos.get(&info.name) {
+                if other != info {
+                    return Err(StateError::Incompatible {
+                        name: info.name.clone(),
+                        registered: format!("restored as a {} state archived as {}", other.kind, other.value_type),
+                        requested: format!("restored as a {} state archived as {}", info.kind, info.value_type),
+                    });
+                }
+            }
+            infos.insert(info.name.clone(), info.clone());
+        }
+        let pending: Vec<&KeyGroupSnapshot> =
+            mine.iter().flat_map(|s| &s.pending).filter(|g| range.contains(g.key_group)).collect();
+        for group in &pending {
+            self.check_group(group)?;
+        }
+        let columns: Vec<String> = self.states.keys().cloned().collect();
+        shared.restore_files(&mine, range, &columns, from)?;
+        self.pending.clear();
+        self.file_states = infos.into_iter().filter(|(name, _)| !self.states.contains_key(name)).collect();
+        self.load(&pending)
+    }
+
     /// Replaces every state with the contents of `snapshots` (which together must hold each key
     /// group at most once) restricted to this backend's key groups; key groups of other
     /// subtasks are ignored, which is how rescaling redistributes state. States not registered
@@ -388,6 +528,13 @@ impl<K: StateKey> KeyedStateBackend<K> {
         }
         for group in &mine {
             self.check_group(group)?;
+        }
+        if let Some(shared) = &self.lsm {
+            for name in std::mem::take(&mut self.file_states).into_keys() {
+                shared
+                    .drop_column(&name)
+                    .map_err(|e| StateError::Store { what: format!("state '{name}'"), reason: e.to_string() })?;
+            }
         }
         self.clear_all();
         let loaded = self.load(&mine);

@@ -25,13 +25,14 @@
 //! store's error: the task fails and restarts from its last checkpoint, as a Flink task does on
 //! a RocksDB exception. Snapshot and restore return the error instead.
 
+mod files;
 mod store;
 
 use std::cell::{Cell, Ref, RefCell};
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use corestream_netstack::record::to_bytes;
 use corestream_netstack::Data;
@@ -46,6 +47,10 @@ use crate::codec::{self, Encoded};
 use crate::error::StateError;
 use crate::keygroup::{assign_key_group, KeyGroupRange};
 
+pub use files::{
+    FrozenFiles, LsmFilesSnapshot, PrivateFile, SharedFile, SharedFileRef, SharedFileStore, SnapshotFile, StateInfo,
+    UploadLedger,
+};
 pub use store::{slot_cache_usage, StoreError, ENGINE};
 use store::{ReadOnlyStore, Store};
 
@@ -59,11 +64,14 @@ pub struct LsmConfig {
     /// flushes its largest memtable once its memtables pass an eighth (a state's memtable
     /// alone at a sixteenth), so with the one being flushed they stay near a quarter.
     pub memory_per_slot: usize,
+    /// Checkpoints upload only the store's new files (see `files`); otherwise each checkpoint
+    /// writes every key group in the heap backend's format (a full snapshot).
+    pub incremental: bool,
 }
 
 impl Default for LsmConfig {
     fn default() -> Self {
-        Self { local_dir: None, memory_per_slot: 256 << 20 }
+        Self { local_dir: None, memory_per_slot: 256 << 20, incremental: true }
     }
 }
 
@@ -101,6 +109,10 @@ pub(crate) struct LsmShared {
     writes: Cell<u64>,
     /// The last checkpoint while a snapshot still reads it, and the write count it was taken at.
     frozen: RefCell<Option<(u64, Weak<FrozenStore>)>>,
+    /// Which shared files the next incremental snapshot may reuse.
+    ledger: Arc<Mutex<UploadLedger>>,
+    /// The directory of a store made by a restore (the store lives there, not in `dir`).
+    restored: RefCell<Option<tempfile::TempDir>>,
     dir: tempfile::TempDir,
 }
 
@@ -119,6 +131,8 @@ impl LsmShared {
             config: config.clone(),
             writes: Cell::new(0),
             frozen: RefCell::new(None),
+            ledger: Arc::default(),
+            restored: RefCell::new(None),
             dir,
         }))
     }
@@ -153,6 +167,65 @@ impl LsmShared {
         let frozen = Arc::new(FrozenStore { db: OnceLock::new(), config: self.config.clone(), dir });
         *self.frozen.borrow_mut() = Some((writes, Arc::downgrade(&frozen)));
         Ok(frozen)
+    }
+
+    pub fn config(&self) -> &LsmConfig {
+        &self.config
+    }
+
+    /// The synchronous part of an incremental snapshot for `checkpoint` of `states`.
+    pub fn freeze_files(
+        &self,
+        checkpoint: u64,
+        tables: &LsmTables,
+        states: Vec<StateInfo>,
+        pending: Vec<super::snapshot::KeyGroupSnapshot>,
+    ) -> Result<FrozenFiles, StoreError> {
+        Ok(FrozenFiles {
+            checkpoint,
+            store: self.freeze()?,
+            ledger: self.ledger.clone(),
+            max_parallelism: tables.max_parallelism,
+            key_groups: tables.key_groups,
+            states,
+            pending,
+        })
+    }
+
+    pub fn ledger(&self) -> &Mutex<UploadLedger> {
+        &self.ledger
+    }
+
+    /// Replaces the store with the contents of incremental `snapshots` in `key_groups`, with a
+    /// column family for each of `columns` (see `files`). On error the store is unchanged.
+    pub fn restore_files(
+        &self,
+        snapshots: &[&LsmFilesSnapshot],
+        key_groups: KeyGroupRange,
+        columns: &[String],
+        from: &dyn SharedFileStore,
+    ) -> Result<(), StateError> {
+        let parent = self.dir.path().parent().unwrap_or(self.dir.path()).to_owned();
+        let staging = tempfile::Builder::new().prefix("corestream-lsm-restore-").tempdir_in(&parent).map_err(|e| {
+            StateError::Store {
+                what: "restoring the LSM store".to_owned(),
+                reason: format!("{}: {e}", parent.display()),
+            }
+        })?;
+        let (store, files) = files::restore_store(snapshots, key_groups, columns, staging.path(), &self.config, from)?;
+        *self.store.borrow_mut() = store;
+        *self.restored.borrow_mut() = Some(staging);
+        *self.frozen.borrow_mut() = None;
+        self.wrote();
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner()).restored(files);
+        Ok(())
+    }
+
+    /// Removes column family `name` (a restored state that a later restore replaced).
+    pub fn drop_column(&self, name: &str) -> Result<(), StoreError> {
+        self.store.borrow_mut().drop_column(name)?;
+        self.wrote();
+        Ok(())
     }
 
     /// The directory of the store's files.

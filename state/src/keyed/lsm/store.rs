@@ -145,10 +145,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating it if needed) the database in `path`.
+    /// Opens (creating it if needed) the database in `path`, with every column family it has
+    /// (a restored database has one per state).
     pub fn open(path: &Path, config: &LsmConfig) -> Result<Self, StoreError> {
-        let opts = options(config, &slot_cache(config.block_cache_bytes()));
-        let db = DB::open(&opts, path).map_err(|e| fail("opening", path, e))?;
+        let cache = slot_cache(config.block_cache_bytes());
+        let opts = options(config, &cache);
+        let db = if path.join("CURRENT").exists() {
+            let columns = DB::list_cf(&opts, path).map_err(|e| fail("listing column families", path, e))?;
+            let descriptors: Vec<_> = columns
+                .iter()
+                .map(|name| ColumnFamilyDescriptor::new(name.as_str(), options(config, &cache)))
+                .collect();
+            DB::open_cf_descriptors(&opts, path, descriptors).map_err(|e| fail("opening", path, e))?
+        } else {
+            DB::open(&opts, path).map_err(|e| fail("opening", path, e))?
+        };
         let mut write = WriteOptions::default();
         write.disable_wal(true);
         let mut read = ReadOptions::default();
@@ -213,6 +224,24 @@ impl Store {
             batch.delete_cf(cf, key);
         }
         self.db.write_opt(batch, &self.write).map_err(|e| fail("deleting", &self.path, e))
+    }
+
+    /// Writes every `(key, value)` of `entries` into `column` at once.
+    pub fn put_all(&self, column: &str, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let cf = self.cf(column)?;
+        let mut batch = engine::WriteBatch::default();
+        for (key, value) in entries {
+            batch.put_cf(cf, key, value);
+        }
+        self.db.write_opt(batch, &self.write).map_err(|e| fail("writing", &self.path, e))
+    }
+
+    /// Removes column family `name` if it exists.
+    pub fn drop_column(&mut self, name: &str) -> Result<(), StoreError> {
+        if self.db.cf_handle(name).is_some() {
+            self.db.drop_cf(name).map_err(|e| fail("dropping a column family", &self.path, e))?;
+        }
+        Ok(())
     }
 
     /// Empties column family `name` (drops and creates it again).
