@@ -73,6 +73,10 @@ pub struct Common {
     /// stores; each store flushes its memtables at an eighth (default 256M, at least 8M).
     #[arg(long, value_parser = parse_state_memory, value_name = "SIZE")]
     pub state_memory: Option<usize>,
+    /// With `--state-backend lsm`: checkpoints upload only the SST files no earlier checkpoint
+    /// holds (`true`, the default), or write every key group in full (`false`).
+    #[arg(long, value_name = "true|false")]
+    pub incremental_checkpoints: Option<bool>,
     /// TaskManager processes that run the job together on this machine (per-job mode: a
     /// JobManager in this process starts N TaskManager processes of this binary; `run
     /// sum-by-key`, `run wordcount`, `bench network` and `bench latency --query q0`). The job's
@@ -205,6 +209,7 @@ impl Common {
         env.set_lsm_config(corestream::LsmConfig {
             local_dir: self.state_dir.clone().or(default.local_dir),
             memory_per_slot: self.state_memory.unwrap_or(default.memory_per_slot),
+            incremental: self.incremental_checkpoints.unwrap_or(default.incremental),
         });
         env.set_source_rate(self.source_rate);
         env

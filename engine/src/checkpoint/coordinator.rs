@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::metadata::{CheckpointMetadata, JobLayout, TaskEntry, TaskStateHandle, METADATA_FORMAT};
+use super::shared::SharedRegistry;
 use super::{BarrierOptions, CheckpointId, CheckpointNotice, TaskCheckpointMetrics, TaskId};
 
 /// How many checkpoints [`CheckpointStats::history`] keeps (Flink's `web.checkpoints.history`
@@ -136,6 +137,8 @@ pub enum Action {
     DiscardFile(TaskStateHandle),
     /// Retention: delete these completed checkpoints (never the newest).
     Subsume { ids: Vec<CheckpointId> },
+    /// Delete these shared files (`shared/<file>`): no retained or pending checkpoint uses them.
+    DiscardShared { files: Vec<String> },
     /// More consecutive checkpoints failed than tolerated.
     FailJob { reason: String },
 }
@@ -227,6 +230,12 @@ pub struct CheckpointSummary {
     pub tasks_acknowledged: u32,
     /// Bytes of the acknowledged task files.
     pub state_bytes: u64,
+    /// Bytes of shared files (incremental snapshots) uploaded for this checkpoint.
+    #[serde(default)]
+    pub uploaded_bytes: u64,
+    /// Bytes of every shared file the acknowledged tasks' state uses.
+    #[serde(default)]
+    pub shared_bytes: u64,
     /// Bytes of in-flight data persisted (unaligned).
     pub channel_bytes: u64,
     /// The longest alignment, synchronous and asynchronous part of any task.
@@ -314,6 +323,8 @@ impl Pending {
             tasks_total,
             tasks_acknowledged: self.acks.len() as u32,
             state_bytes: self.acks.values().map(|a| a.handle.size).sum(),
+            uploaded_bytes: self.acks.values().map(|a| a.handle.uploaded_bytes()).sum(),
+            shared_bytes: self.acks.values().map(|a| a.handle.shared_bytes()).sum(),
             channel_bytes: self.acks.values().map(|a| a.metrics.channel_bytes).sum(),
             alignment_ms_max: metric(|m| m.alignment_ms),
             sync_ms_max: metric(|m| m.sync_ms),
@@ -360,6 +371,8 @@ pub struct Coordinator {
     counts: CheckpointCounts,
     ignored: IgnoredAcks,
     history: VecDeque<CheckpointSummary>,
+    /// The shared files of completed checkpoints (incremental snapshots).
+    shared: SharedRegistry,
 }
 
 impl Coordinator {
@@ -422,7 +435,51 @@ impl Coordinator {
             counts: CheckpointCounts::default(),
             ignored: IgnoredAcks::default(),
             history: VecDeque::new(),
+            shared: SharedRegistry::default(),
         })
+    }
+
+    /// The coordinator with the shared files the completed checkpoints in storage use (after
+    /// a restart), so that retention deletes them when their last checkpoint goes.
+    pub fn with_shared(mut self, shared: SharedRegistry) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The shared files of completed checkpoints it knows.
+    pub fn shared(&self) -> &SharedRegistry {
+        &self.shared
+    }
+
+    /// Shared files named by pending checkpoints' acknowledgements.
+    fn pending_shared(&self) -> BTreeSet<String> {
+        self.pending
+            .values()
+            .flat_map(|p| p.acks.values())
+            .flat_map(|a| &a.handle.shared)
+            .map(|r| r.file.name.clone())
+            .collect()
+    }
+
+    /// Of `handle`'s shared files, those uploaded for its checkpoint that nothing else uses:
+    /// what to delete when the acknowledgement is not used.
+    fn unused_uploads(&self, handle: &TaskStateHandle) -> Vec<String> {
+        let in_use = self.pending_shared();
+        handle
+            .shared
+            .iter()
+            .filter(|r| !r.reused && !self.shared.contains(&r.file.name) && !in_use.contains(&r.file.name))
+            .map(|r| r.file.name.clone())
+            .collect()
+    }
+
+    /// Deletes the shared files no retained or pending checkpoint uses any more.
+    fn release_shared(&mut self, actions: &mut Vec<Action>) {
+        let oldest = self.completed.front().map(|c| c.id);
+        let files = self.shared.release(oldest, &self.pending_shared());
+        if !files.is_empty() {
+            actions.push(Action::DiscardShared { files });
+        }
     }
 
     pub fn config(&self) -> &CheckpointConfig {
@@ -649,25 +706,48 @@ impl Coordinator {
                 tracing::debug!(checkpoint = id, %task, "late acknowledgement of an ended checkpoint; its files are deleted");
                 actions.push(Action::Discard { id });
             }
+            let files = self.unused_uploads(&handle);
+            if !files.is_empty() {
+                actions.push(Action::DiscardShared { files });
+            }
             return;
         };
-        if !self.tasks.contains(&task) {
-            self.ignored.unknown_task += 1;
-            tracing::warn!(checkpoint = id, %task, "acknowledgement from a task that is not part of the job");
-            if !pending.acks.values().any(|a| a.handle.file == handle.file) {
+        let unknown = !self.tasks.contains(&task);
+        if unknown || pending.acks.contains_key(&task) {
+            let first = pending.acks.get(&task).map(|a| a.handle.file.clone());
+            let same_file = pending.acks.values().any(|a| a.handle.file == handle.file);
+            if unknown {
+                self.ignored.unknown_task += 1;
+                tracing::warn!(checkpoint = id, %task, "acknowledgement from a task that is not part of the job");
+            } else {
+                self.ignored.duplicate += 1;
+            }
+            let files = self.unused_uploads(&handle);
+            if !files.is_empty() {
+                actions.push(Action::DiscardShared { files });
+            }
+            if !same_file && first.as_ref() != Some(&handle.file) {
                 actions.push(Action::DiscardFile(handle));
             }
             return;
         }
-        if let Some(first) = pending.acks.get(&task) {
-            self.ignored.duplicate += 1;
-            if first.handle.file != handle.file && !pending.acks.values().any(|a| a.handle.file == handle.file) {
-                actions.push(Action::DiscardFile(handle));
-            }
-            return;
-        }
+        let gone: Vec<String> = handle
+            .shared
+            .iter()
+            .filter(|r| r.reused && !self.shared.contains(&r.file.name))
+            .map(|r| r.file.name.clone())
+            .collect();
         pending.awaiting.remove(&task);
         pending.acks.insert(task, Ack { handle, metrics, ack_ms: now_ms });
+        if let Some(file) = gone.first() {
+            let reason = format!(
+                "its state reuses the shared file {file} of an earlier checkpoint, which no retained checkpoint has any \
+                 more (it was deleted before the task learned of a newer checkpoint); the next checkpoint uploads afresh"
+            );
+            self.abort(id, AbortReason::Declined { task, reason }, now_ms, actions);
+            return;
+        }
+        let Some(pending) = self.pending.get_mut(&id) else { return };
         if pending.awaiting.is_empty() && pending.finalizing.is_none() {
             pending.finalizing = Some(now_ms);
             let tasks: Vec<TaskEntry> = pending
@@ -693,6 +773,8 @@ impl Coordinator {
 
     fn complete(&mut self, id: CheckpointId, completed_ms: u64, now_ms: u64, actions: &mut Vec<Action>) {
         let Some(pending) = self.pending.remove(&id) else { return };
+        let files = pending.acks.values().flat_map(|a| &a.handle.shared).map(|r| r.file.name.as_str());
+        self.shared.register(id, files);
         let summary = pending.summary(CheckpointStatus::Completed, Some(completed_ms), self.tasks.len() as u32);
         self.completed.push_back(CompletedCheckpoint {
             id,
@@ -719,6 +801,7 @@ impl Coordinator {
             self.completed.retain(|c| !delete.contains(&c.id));
             actions.push(Action::Subsume { ids: delete });
         }
+        self.release_shared(actions);
     }
 
     fn abort(&mut self, id: CheckpointId, reason: AbortReason, now_ms: u64, actions: &mut Vec<Action>) {
@@ -726,6 +809,13 @@ impl Coordinator {
         let mut summary = pending.summary(CheckpointStatus::Failed, Some(now_ms), self.tasks.len() as u32);
         tracing::warn!(checkpoint = id, "checkpoint {id} aborted: {reason}");
         actions.push(Action::Discard { id });
+        let mut uploads: Vec<String> =
+            pending.acks.values().flat_map(|a| self.unused_uploads(&a.handle)).collect::<BTreeSet<_>>().into_iter().collect();
+        uploads.sort();
+        if !uploads.is_empty() {
+            actions.push(Action::DiscardShared { files: uploads });
+        }
+        self.release_shared(actions);
         if !self.stopped {
             actions.push(Action::Notify(CheckpointNotice::Aborted(id)));
         }
@@ -846,7 +936,7 @@ mod tests {
     }
 
     fn handle(id: CheckpointId, task: TaskId) -> TaskStateHandle {
-        TaskStateHandle { file: task_file(id, task), size: 10 + u64::from(task.subtask), checksum: 1 }
+        TaskStateHandle { file: task_file(id, task), size: 10 + u64::from(task.subtask), checksum: 1, shared: Vec::new() }
     }
 
     fn ack(c: &mut Coordinator, task: TaskId, id: CheckpointId, now: u64) -> Vec<Action> {
@@ -879,6 +969,96 @@ mod tests {
         let acks = ack_all(c, id, now);
         assert!(acks.iter().any(|a| matches!(a, Action::WriteMetadata(m) if m.id == id)), "{acks:?}");
         c.on_metadata_written(id, Ok(()), now)
+    }
+
+    /// `task`'s acknowledgement of `id` using shared files `(name, reused)`.
+    fn ack_shared(c: &mut Coordinator, task: TaskId, id: CheckpointId, files: &[(&str, bool)], now: u64) -> Vec<Action> {
+        use crate::checkpoint::metadata::{SharedFile, SharedFileRef};
+        let mut h = handle(id, task);
+        h.shared = files
+            .iter()
+            .map(|&(name, reused)| SharedFileRef {
+                file: SharedFile { name: format!("shared/{name}"), size: 100, checksum: 3 },
+                reused,
+            })
+            .collect();
+        c.on_ack(task, id, h, TaskCheckpointMetrics::default(), now)
+    }
+
+    /// Checkpoint `id` completes; the sink task's state uses `files`.
+    fn complete_shared(c: &mut Coordinator, id: CheckpointId, files: &[(&str, bool)], now: u64) -> Vec<Action> {
+        ack(c, t(0, 0), id, now);
+        ack(c, t(0, 1), id, now);
+        let acks = ack_shared(c, t(1, 0), id, files, now);
+        assert!(acks.iter().any(|a| matches!(a, Action::WriteMetadata(m) if m.id == id)), "{acks:?}");
+        c.on_metadata_written(id, Ok(()), now)
+    }
+
+    fn shared_discarded(actions: &[Action]) -> Vec<String> {
+        let files = actions.iter().filter_map(|a| if let Action::DiscardShared { files } = a { Some(files) } else { None });
+        files.flatten().map(|f| f.trim_start_matches("shared/").to_owned()).collect()
+    }
+
+    #[test]
+    fn a_shared_file_is_deleted_when_its_last_retained_checkpoint_goes() {
+        let mut c = coordinator(config());
+        c.on_tick(T0 + SEC);
+        assert!(shared_discarded(&complete_shared(&mut c, 1, &[("a", false), ("b", false)], T0 + SEC)).is_empty());
+        c.on_tick(T0 + 2 * SEC);
+        let actions = complete_shared(&mut c, 2, &[("a", true), ("c", false)], T0 + 2 * SEC);
+        assert_eq!(discarded(&actions), Vec::<CheckpointId>::new());
+        assert!(actions.iter().any(|a| matches!(a, Action::Subsume { ids } if ids == &[1])));
+        assert_eq!(shared_discarded(&actions), ["b"], "checkpoint 2 no longer uses b");
+        assert!(c.shared().contains("shared/a") && c.shared().contains("shared/c"));
+    }
+
+    #[test]
+    fn an_aborted_checkpoint_deletes_its_uploads_but_not_what_it_reused() {
+        let mut c = coordinator(config());
+        c.on_tick(T0 + SEC);
+        complete_shared(&mut c, 1, &[("a", false)], T0 + SEC);
+        c.on_tick(T0 + 2 * SEC);
+        ack_shared(&mut c, t(1, 0), 2, &[("a", true), ("n", false)], T0 + 2 * SEC);
+        let actions = c.on_decline(t(0, 0), 2, "disk full".into(), T0 + 2 * SEC);
+        assert_eq!(discarded(&actions), [2]);
+        assert_eq!(shared_discarded(&actions), ["n"]);
+        assert!(c.shared().contains("shared/a"));
+        let late = ack_shared(&mut c, t(0, 1), 2, &[("m", false), ("a", true)], T0 + 2 * SEC);
+        assert_eq!(shared_discarded(&late), ["m"], "a late acknowledgement's uploads go too");
+    }
+
+    #[test]
+    fn a_file_a_pending_checkpoint_uses_outlives_its_retained_checkpoint() {
+        let mut c = coordinator(CheckpointConfig { max_concurrent: 2, ..config() });
+        c.on_tick(T0 + SEC);
+        complete_shared(&mut c, 1, &[("a", false)], T0 + SEC);
+        c.on_tick(T0 + 2 * SEC);
+        c.trigger_now(T0 + 2 * SEC).unwrap();
+        ack_shared(&mut c, t(1, 0), 3, &[("a", true)], T0 + 2 * SEC);
+        let actions = complete_shared(&mut c, 2, &[("b", false)], T0 + 2 * SEC);
+        assert!(shared_discarded(&actions).is_empty(), "checkpoint 3 still uses a: {actions:?}");
+        ack(&mut c, t(0, 0), 3, T0 + 2 * SEC);
+        ack(&mut c, t(0, 1), 3, T0 + 2 * SEC);
+        let actions = c.on_metadata_written(3, Ok(()), T0 + 2 * SEC);
+        assert_eq!(shared_discarded(&actions), ["b"]);
+        assert!(c.shared().contains("shared/a"));
+    }
+
+    #[test]
+    fn reusing_a_deleted_file_fails_the_checkpoint() {
+        let mut c = coordinator(config());
+        c.on_tick(T0 + SEC);
+        complete_shared(&mut c, 1, &[("a", false)], T0 + SEC);
+        c.on_tick(T0 + 2 * SEC);
+        complete_shared(&mut c, 2, &[("b", false)], T0 + 2 * SEC);
+        assert!(!c.shared().contains("shared/a"));
+        c.on_tick(T0 + 3 * SEC);
+        let actions = ack_shared(&mut c, t(1, 0), 3, &[("a", true), ("n", false)], T0 + 3 * SEC);
+        assert_eq!(discarded(&actions), [3]);
+        assert_eq!(shared_discarded(&actions), ["n"]);
+        assert_eq!(notices(&actions), [CheckpointNotice::Aborted(3)]);
+        let failure = c.stats().history.iter().find(|h| h.id == 3).and_then(|h| h.failure.clone()).unwrap();
+        assert!(failure.to_string().contains("shared/a"), "{failure}");
     }
 
     #[test]
@@ -1082,7 +1262,7 @@ mod tests {
         c.on_tick(T0 + SEC);
         assert!(ack(&mut c, t(0, 0), 1, T0 + SEC).is_empty());
         assert!(ack(&mut c, t(0, 0), 1, T0 + SEC).is_empty(), "a duplicate of the same file deletes nothing");
-        let other = TaskStateHandle { file: "chk-1/task-0-0-b.state".into(), size: 1, checksum: 2 };
+        let other = TaskStateHandle { file: "chk-1/task-0-0-b.state".into(), size: 1, checksum: 2, shared: Vec::new() };
         let actions = c.on_ack(t(0, 0), 1, other.clone(), TaskCheckpointMetrics::default(), T0 + SEC);
         assert_eq!(actions, [Action::DiscardFile(other)], "a second, different file is deleted");
         let actions = ack(&mut c, t(5, 0), 1, T0 + SEC);

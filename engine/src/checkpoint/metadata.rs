@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{CheckpointId, CheckpointMode, TaskCheckpointMetrics, TaskId};
+pub use corestream_state::lsm::{SharedFile, SharedFileRef};
 
 /// The version of `_metadata` and of the task state files this build writes and reads.
 pub const METADATA_FORMAT: u32 = 1;
@@ -68,6 +69,22 @@ pub struct TaskStateHandle {
     pub size: u64,
     /// xxh3-64 of the payload (the rkyv archive of the `TaskSnapshot`).
     pub checksum: u64,
+    /// Files in the storage's shared area that the task's state uses (incremental snapshots),
+    /// each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<SharedFileRef>,
+}
+
+impl TaskStateHandle {
+    /// Bytes of the shared files uploaded for this checkpoint.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.shared.iter().filter(|r| !r.reused).map(|r| r.file.size).sum()
+    }
+
+    /// Bytes of every shared file it uses.
+    pub fn shared_bytes(&self) -> u64 {
+        self.shared.iter().map(|r| r.file.size).sum()
+    }
 }
 
 /// One task's part of a complete checkpoint.
@@ -140,6 +157,13 @@ impl CheckpointMetadata {
             let file = task_file(id, task);
             if entry.handle.file != file {
                 return Err(format!("{task} names the file '{}', expected '{file}'", entry.handle.file));
+            }
+            let mut names = std::collections::HashSet::new();
+            for r in &entry.handle.shared {
+                parse_shared_file(&r.file.name).map_err(|e| format!("{task}: {e}"))?;
+                if !names.insert(r.file.name.as_str()) {
+                    return Err(format!("{task} names the shared file '{}' twice", r.file.name));
+                }
             }
         }
         let sum: u64 = self.tasks.iter().map(|t| t.handle.size).sum();
@@ -242,6 +266,27 @@ pub fn parse_checkpoint_dir_name(name: &str) -> Option<CheckpointId> {
     canonical.then(|| digits.parse().ok()).flatten()
 }
 
+/// The directory of the storage's shared files (incremental snapshots), as Flink's `shared/`.
+pub const SHARED_DIR: &str = "shared";
+
+/// `shared/<name>`: the storage-relative path of shared file `name`.
+pub fn shared_file(name: &str) -> String {
+    format!("{SHARED_DIR}/{name}")
+}
+
+/// The file name inside `shared/` of a shared file's path; refuses any other shape (an edited
+/// metadata file must not make a restore read or a discard delete elsewhere).
+pub fn parse_shared_file(file: &str) -> Result<&str, String> {
+    let bad = || format!("'{}' is not of the form shared/<file name>", file.escape_default());
+    let name = file.strip_prefix("shared/").ok_or_else(bad)?;
+    let plain = !name.is_empty() && !name.starts_with('.') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if plain {
+        Ok(name)
+    } else {
+        Err(bad())
+    }
+}
+
 /// `task-<vertex>-<subtask>.state`, a task's file name inside its checkpoint's directory.
 pub fn task_file_name(task: TaskId) -> String {
     format!("task-{}-{}.state", task.vertex, task.subtask)
@@ -292,7 +337,7 @@ pub(crate) mod tests {
             .tasks()
             .map(|task| TaskEntry {
                 task,
-                handle: TaskStateHandle { file: task_file(id, task), size: 100, checksum: 7 },
+                handle: TaskStateHandle { file: task_file(id, task), size: 100, checksum: 7, shared: Vec::new() },
                 metrics: TaskCheckpointMetrics::default(),
             })
             .collect();
@@ -357,9 +402,24 @@ pub(crate) mod tests {
         let mut sum = meta.clone();
         sum.state_bytes += 1;
         assert!(sum.check(7).unwrap_err().contains("add up to 300 bytes"));
-        let mut zero = meta;
+        let mut zero = meta.clone();
         zero.vertices[1].parallelism = 0;
         assert!(zero.check(7).unwrap_err().contains("parallelism 0"));
+        let shared = |name: &str| SharedFileRef { file: SharedFile { name: name.into(), size: 1, checksum: 2 }, reused: false };
+        let mut outside = meta.clone();
+        outside.tasks[0].handle.shared = vec![shared("shared/../chk-1/_metadata")];
+        assert!(outside.check(7).unwrap_err().contains("not of the form shared/<file name>"));
+        let mut twice = meta;
+        twice.tasks[0].handle.shared = vec![shared("shared/a.sst"), shared("shared/a.sst")];
+        assert!(twice.check(7).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn shared_file_names_are_plain_names_in_shared() {
+        assert_eq!(parse_shared_file("shared/0a1b-000012.sst"), Ok("0a1b-000012.sst"));
+        for bad in ["shared/", "shared/../x", "shared/a/b", "x/a.sst", "shared/.hidden", "/shared/a", "shared/a b"] {
+            assert!(parse_shared_file(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod pending;
 pub mod redistribute;
 pub mod request;
 pub mod restore;
+pub mod shared;
 pub mod storage;
 
 use std::time::Duration;
@@ -157,6 +158,10 @@ pub struct StatePart {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Archive, RkyvSerialize, RkyvDeserialize)]
 pub struct OperatorStateParts {
     pub parts: Vec<StatePart>,
+    /// On restore: the checkpoint storage whose shared area holds the files that parts name
+    /// (incremental snapshots); set by the loader, never written.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub shared_root: Option<std::path::PathBuf>,
 }
 
 impl OperatorStateParts {
@@ -315,6 +320,13 @@ pub struct TaskCheckpointMetrics {
     /// costs the job's throughput, apart from alignment.
     #[serde(default)]
     pub cpu_us: u64,
+    /// Bytes of shared files (incremental snapshots) uploaded for this checkpoint.
+    #[serde(default)]
+    pub uploaded_bytes: u64,
+    /// Bytes of every shared file the task's state uses, uploaded now or for an earlier
+    /// checkpoint.
+    #[serde(default)]
+    pub shared_bytes: u64,
 }
 
 /// CPU time the calling thread has used so far.

@@ -4,14 +4,48 @@
 //! that encodes the copy ([`PendingParts::push_deferred`]). The snapshot writer, off the slot's
 //! thread, runs the closures ([`PendingSnapshot::complete`]) before it writes the task's file,
 //! so a slot stops for the copy only, never for serialization. A closure that fails fails that
-//! task's part of the checkpoint, which is then declined.
+//! task's part of the checkpoint, which is then declined. A closure may also upload files to
+//! the checkpoint storage's shared area (an incremental snapshot of the LSM backend) through
+//! [`PartFiles`], which records every shared file the task's state uses for its
+//! acknowledgement.
 
 use std::ops::{Deref, DerefMut};
+use std::path::Path;
+
+use corestream_state::lsm::{SharedFile, SharedFileRef, SharedFileStore};
 
 use super::{OperatorStateParts, PartLayout, TaskSnapshot};
 
 /// Encodes one state part, on the snapshot writer's thread; an error names what failed.
-pub type EncodePart = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>;
+pub type EncodePart = Box<dyn FnOnce(&mut PartFiles<'_>) -> Result<Vec<u8>, String> + Send>;
+
+/// The shared area of the checkpoint storage as the asynchronous part sees it, and the shared
+/// files the task's parts use.
+pub struct PartFiles<'a> {
+    pub store: &'a dyn SharedFileStore,
+    pub used: Vec<SharedFileRef>,
+}
+
+impl<'a> PartFiles<'a> {
+    pub fn new(store: &'a dyn SharedFileStore) -> Self {
+        Self { store, used: Vec::new() }
+    }
+}
+
+/// The shared area of a snapshot that is not written to a checkpoint storage (tests, the
+/// encoding of a snapshot in memory): any upload fails.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSharedFiles;
+
+impl SharedFileStore for NoSharedFiles {
+    fn upload(&self, local: &Path) -> Result<SharedFile, String> {
+        Err(format!("{} cannot be uploaded: this snapshot has no checkpoint storage", local.display()))
+    }
+
+    fn download(&self, file: &SharedFile, _dest: &Path) -> Result<(), String> {
+        Err(format!("shared file {} cannot be read: no checkpoint storage was given", file.name))
+    }
+}
 
 /// The parts one operator subtask snapshotted, some of them still to be encoded. It reads and
 /// writes as the [`OperatorStateParts`] it becomes.
@@ -38,11 +72,12 @@ impl PendingParts {
         self.parts.push(name, layout, Vec::new());
     }
 
-    /// The parts, with every deferred one encoded now (on this thread).
+    /// The parts, with every deferred one encoded now (on this thread), without shared files.
     pub fn complete(self) -> Result<OperatorStateParts, String> {
+        let mut files = PartFiles::new(&NoSharedFiles);
         let mut parts = self.parts;
         for (index, encode) in self.deferred {
-            parts.parts[index].bytes = encode()?;
+            parts.parts[index].bytes = encode(&mut files)?;
         }
         Ok(parts)
     }
@@ -101,13 +136,23 @@ impl PendingSnapshot {
         self.deferred.len()
     }
 
-    /// The snapshot, with every deferred part encoded (the asynchronous part's first step).
+    /// The snapshot, with every deferred part encoded (the asynchronous part's first step),
+    /// without shared files.
     pub fn complete(self) -> Result<TaskSnapshot, String> {
+        self.complete_with(&NoSharedFiles).map(|(snapshot, _)| snapshot)
+    }
+
+    /// As [`complete`](Self::complete), uploading to `store`; also returns every shared file the
+    /// snapshot uses, each once.
+    pub fn complete_with(self, store: &dyn SharedFileStore) -> Result<(TaskSnapshot, Vec<SharedFileRef>), String> {
+        let mut files = PartFiles::new(store);
         let mut snapshot = self.snapshot;
         for (entry, part, encode) in self.deferred {
-            snapshot.nodes[entry].1.parts[part].bytes = encode()?;
+            snapshot.nodes[entry].1.parts[part].bytes = encode(&mut files)?;
         }
-        Ok(snapshot)
+        let mut seen = std::collections::HashSet::new();
+        files.used.retain(|r| seen.insert(r.file.name.clone()));
+        Ok((snapshot, files.used))
     }
 }
 
@@ -132,10 +177,10 @@ mod tests {
     fn deferred_parts_are_encoded_in_their_places_when_completed() {
         let mut parts = PendingParts::default();
         parts.push("position", PartLayout::Subtask, vec![1]);
-        parts.push_deferred("keyed-state", PartLayout::KeyGroups, Box::new(|| Ok(vec![2, 3])));
+        parts.push_deferred("keyed-state", PartLayout::KeyGroups, Box::new(|_| Ok(vec![2, 3])));
         parts.push("watermark", PartLayout::OperatorList, vec![4]);
         let mut other = PendingParts::default();
-        other.push_deferred("timers", PartLayout::KeyGroups, Box::new(|| Ok(vec![5])));
+        other.push_deferred("timers", PartLayout::KeyGroups, Box::new(|_| Ok(vec![5])));
         let mut snapshot = PendingSnapshot::default();
         snapshot.put_node_pending(3, parts);
         snapshot.put_node_pending(4, PendingParts::default());
@@ -155,7 +200,7 @@ mod tests {
     #[test]
     fn a_failing_encoder_fails_the_snapshot_with_its_message() {
         let mut parts = PendingParts::default();
-        parts.push_deferred("keyed-state", PartLayout::KeyGroups, Box::new(|| Err("state 'count': too large".into())));
+        parts.push_deferred("keyed-state", PartLayout::KeyGroups, Box::new(|_| Err("state 'count': too large".into())));
         let mut snapshot = PendingSnapshot::default();
         snapshot.put_node_pending(1, parts);
         assert_eq!(snapshot.complete().unwrap_err(), "state 'count': too large");

@@ -111,6 +111,10 @@ pub fn redistribute(
             }
         }
     }
+    let root = old.iter().find_map(|o| o.shared_root.clone());
+    for parts in &mut new {
+        parts.shared_root = root.clone();
+    }
     Ok(new)
 }
 
@@ -175,7 +179,7 @@ mod tests {
     }
 
     fn subtasks(parts: Vec<Vec<StatePart>>) -> Vec<OperatorStateParts> {
-        parts.into_iter().map(|parts| OperatorStateParts { parts }).collect()
+        parts.into_iter().map(|parts| OperatorStateParts { parts, shared_root: None }).collect()
     }
 
     /// The tags of the parts named `name` each new subtask got.

@@ -198,6 +198,11 @@ fn judge(
         if let Err(e) = storage.verify_task_state(&entry.handle) {
             return Verdict::Invalid(e);
         }
+        for shared in &entry.handle.shared {
+            if let Err(e) = storage.check_shared_file(&shared.file) {
+                return Verdict::Invalid(e);
+            }
+        }
     }
     Verdict::Valid(metadata)
 }
@@ -212,10 +217,16 @@ pub fn next_checkpoint_id(storage: &dyn CheckpointStorage) -> Result<CheckpointI
 /// coordinator counts for retention when it continues in that directory. Unreadable ones
 /// are left alone (logged), for whoever wants to look at them.
 pub fn retained_checkpoints(storage: &dyn CheckpointStorage) -> Result<Vec<CompletedCheckpoint>, StorageError> {
+    Ok(retained_metadata(storage)?.iter().map(CompletedCheckpoint::from).collect())
+}
+
+/// The metadata of the checkpoints [`retained_checkpoints`] counts, oldest first (their shared
+/// files are what a continuing job's shared-state registry starts with).
+pub fn retained_metadata(storage: &dyn CheckpointStorage) -> Result<Vec<CheckpointMetadata>, StorageError> {
     let mut retained = Vec::new();
     for id in storage.list()? {
         match storage.read_metadata(id) {
-            Ok(meta) => retained.push(CompletedCheckpoint::from(&meta)),
+            Ok(meta) => retained.push(meta),
             Err(e) => tracing::warn!(checkpoint = id, "checkpoint {id} is not counted for retention: {e}"),
         }
     }

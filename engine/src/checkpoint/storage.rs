@@ -5,6 +5,8 @@
 //! ```text
 //! <dir>/chk-<id>/task-<vertex>-<subtask>.state   header (magic, format, length, xxh3) + rkyv TaskSnapshot
 //! <dir>/chk-<id>/_metadata                        written last (see `metadata`)
+//! <dir>/shared/<random>-<local name>               files of incremental snapshots, used by
+//!                                                  one or more checkpoints
 //! ```
 //!
 //! Every file is written to a hidden temporary name, synced, renamed into place, and its
@@ -32,8 +34,9 @@ use rkyv::util::AlignedVec;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::metadata::{
-    checkpoint_dir_name, decode_metadata, encode_metadata, parse_checkpoint_dir_name, parse_task_file, task_file,
-    CheckpointMetadata, TaskStateHandle, METADATA_BYTES_MAX, METADATA_FILE, METADATA_FORMAT,
+    checkpoint_dir_name, decode_metadata, encode_metadata, parse_checkpoint_dir_name, parse_shared_file, parse_task_file,
+    shared_file, task_file, CheckpointMetadata, SharedFile, TaskStateHandle, METADATA_BYTES_MAX, METADATA_FILE,
+    METADATA_FORMAT, SHARED_DIR,
 };
 use super::{CheckpointId, TaskId, TaskSnapshot};
 
@@ -142,6 +145,8 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     fn discard(&self, id: CheckpointId) -> Result<(), StorageError>;
     /// Removes one task file (of an acknowledgement the coordinator did not use).
     fn discard_file(&self, handle: &TaskStateHandle) -> Result<(), StorageError>;
+    /// Checks that a shared file exists with its size (a restore downloads and checksums it).
+    fn check_shared_file(&self, file: &SharedFile) -> Result<(), StorageError>;
     /// A description of where the checkpoints are, for messages.
     fn location(&self) -> String;
 }
@@ -149,6 +154,8 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
 /// Which step of writing a file failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteStep {
+    /// Reading the file being copied.
+    Read,
     Create,
     Write,
     Sync,
@@ -171,6 +178,9 @@ pub trait CheckpointFs: Send + Sync + std::fmt::Debug {
     fn is_dir(&self, path: &Path) -> bool;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Copies `from` to `to` (which must not exist), syncing it if `sync`; returns its size
+    /// and the xxh3-64 of its bytes.
+    fn copy(&self, from: &Path, to: &Path, sync: bool) -> Result<(u64, u64), (WriteStep, io::Error)>;
 }
 
 /// The operating system's file system.
@@ -250,7 +260,33 @@ impl CheckpointFs for OsFs {
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::remove_dir_all(dir)
     }
+
+    fn copy(&self, from: &Path, to: &Path, sync: bool) -> Result<(u64, u64), (WriteStep, io::Error)> {
+        let mut source = File::open(from).map_err(|e| (WriteStep::Read, e))?;
+        let mut dest = OpenOptions::new().write(true).create_new(true).open(to).map_err(|e| (WriteStep::Create, e))?;
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut chunk = vec![0u8; COPY_CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = match source.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err((WriteStep::Read, e)),
+            };
+            hasher.update(&chunk[..n]);
+            dest.write_all(&chunk[..n]).map_err(|e| (WriteStep::Write, e))?;
+            size += n as u64;
+        }
+        if sync {
+            dest.sync_all().map_err(|e| (WriteStep::Sync, e))?;
+        }
+        Ok((size, hasher.digest()))
+    }
 }
+
+/// Bytes read and written per call when a shared file is copied.
+const COPY_CHUNK: usize = 1 << 20;
 
 /// Creates `path` (which must not exist) for writes that bypass the page cache. A file system
 /// without `O_DIRECT` refuses with `EINVAL`; the file is then removed again (some create it
@@ -394,7 +430,7 @@ impl FsCheckpointStorage {
             let _ = self.fs.remove_file(&temp);
             return Err(match step {
                 WriteStep::Create => StorageError::io("create", &temp, e),
-                WriteStep::Write => StorageError::io("write", &temp, e),
+                WriteStep::Read | WriteStep::Write => StorageError::io("write", &temp, e),
                 WriteStep::Sync => self.poison(&temp, e),
             });
         }
@@ -426,6 +462,127 @@ impl FsCheckpointStorage {
     fn handle_path(&self, handle: &TaskStateHandle) -> Result<PathBuf, StorageError> {
         parse_task_file(&handle.file).map_err(StorageError::BadHandle)?;
         Ok(self.dir.join(&handle.file))
+    }
+
+    /// `<dir>/shared`.
+    pub fn shared_path(&self) -> PathBuf {
+        self.dir.join(SHARED_DIR)
+    }
+
+    /// The path of shared file `name` (`shared/<file>`), after checking its shape.
+    fn shared_file_path(&self, name: &str) -> Result<PathBuf, StorageError> {
+        parse_shared_file(name).map_err(StorageError::BadHandle)?;
+        Ok(self.dir.join(name))
+    }
+
+    /// Copies local file `local` into the shared area under a new random name (keeping the
+    /// local name after it, for people reading the directory), synced and renamed into place.
+    pub fn upload_shared(&self, local: &Path) -> Result<SharedFile, StorageError> {
+        self.check_writable()?;
+        let dir = self.shared_path();
+        if !self.fs.is_dir(&dir) {
+            self.fs.create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
+            self.fs.sync_dir(&self.dir).map_err(|e| self.poison(&self.dir, e))?;
+        }
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random).map_err(|e| StorageError::Io {
+            action: "draw a random name for",
+            path: local.to_path_buf(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let local_name: String = local
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect())
+            .unwrap_or_default();
+        let name = format!("{hex}-{local_name}");
+        let dest = dir.join(&name);
+        let temp = dir.join(format!(".{name}.tmp"));
+        let copied = self.fs.copy(local, &temp, true);
+        let (size, checksum) = match copied {
+            Ok(done) => done,
+            Err((step, e)) => {
+                let _ = self.fs.remove_file(&temp);
+                return Err(match step {
+                    WriteStep::Read => StorageError::io("read", local, e),
+                    WriteStep::Create => StorageError::io("create", &temp, e),
+                    WriteStep::Write => StorageError::io("write", &temp, e),
+                    WriteStep::Sync => self.poison(&temp, e),
+                });
+            }
+        };
+        if let Err(e) = self.fs.rename(&temp, &dest) {
+            let _ = self.fs.remove_file(&temp);
+            return Err(StorageError::io("rename a temporary file to", &dest, e));
+        }
+        self.fs.sync_dir(&dir).map_err(|e| self.poison(&dir, e))?;
+        Ok(SharedFile { name: shared_file(&name), size, checksum })
+    }
+
+    /// Copies shared file `file` to `dest` (a new local file), checking its size and checksum;
+    /// a damaged copy is removed again.
+    pub fn download_shared(&self, file: &SharedFile, dest: &Path) -> Result<(), StorageError> {
+        let path = self.shared_file_path(&file.name)?;
+        let (size, checksum) = self.fs.copy(&path, dest, false).map_err(|(step, e)| match step {
+            WriteStep::Read => StorageError::io("read", &path, e),
+            _ => StorageError::io("write", dest, e),
+        })?;
+        let wrong = if size < file.size {
+            Some(StorageError::Truncated { path: path.clone(), actual: size, expected: file.size })
+        } else if size > file.size {
+            Some(StorageError::SizeMismatch { path: path.clone(), actual: size, expected: file.size })
+        } else if checksum != file.checksum {
+            Some(StorageError::ChecksumMismatch { path: path.clone(), expected: file.checksum, actual: checksum })
+        } else {
+            None
+        };
+        match wrong {
+            Some(e) => {
+                let _ = self.fs.remove_file(dest);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that shared file `file` exists with its size, without reading it.
+    pub fn check_shared_size(&self, file: &SharedFile) -> Result<(), StorageError> {
+        let path = self.shared_file_path(&file.name)?;
+        let actual = self.fs.len(&path).map_err(|e| StorageError::io("read", &path, e))?;
+        match actual.cmp(&file.size) {
+            std::cmp::Ordering::Less => Err(StorageError::Truncated { path, actual, expected: file.size }),
+            std::cmp::Ordering::Greater => Err(StorageError::SizeMismatch { path, actual, expected: file.size }),
+            std::cmp::Ordering::Equal => Ok(()),
+        }
+    }
+
+    /// Removes shared files `names` (`shared/<file>`); one already gone is not an error. Every
+    /// name is tried; the first failure is returned.
+    pub fn discard_shared(&self, names: &[String]) -> Result<(), StorageError> {
+        let mut first = Ok(());
+        for name in names {
+            let removed = self.shared_file_path(name).and_then(|path| match self.fs.remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StorageError::io("remove", &path, e)),
+                _ => Ok(()),
+            });
+            if first.is_ok() {
+                first = removed;
+            }
+        }
+        first
+    }
+
+    /// The shared files in storage (`shared/<file>`), without temporary files being written.
+    pub fn list_shared(&self) -> Result<Vec<String>, StorageError> {
+        let dir = self.shared_path();
+        if !self.fs.is_dir(&dir) {
+            return Ok(Vec::new());
+        }
+        let names = self.fs.list_dir(&dir).map_err(|e| StorageError::io("list", &dir, e))?;
+        let mut files: Vec<String> =
+            names.iter().map(|n| shared_file(n)).filter(|n| parse_shared_file(n).is_ok()).collect();
+        files.sort();
+        Ok(files)
     }
 
     /// Checks that a handle's file exists with the handle's size, without reading it (a cheap
@@ -496,7 +653,7 @@ impl CheckpointStorage for FsCheckpointStorage {
         if bytes.capacity() <= KEPT_BUFFER_MAX {
             *self.buffer.lock().unwrap_or_else(|e| e.into_inner()) = bytes;
         }
-        written.map(|size| TaskStateHandle { file, size, checksum })
+        written.map(|size| TaskStateHandle { file, size, checksum, shared: Vec::new() })
     }
 
     fn read_task_state(&self, handle: &TaskStateHandle) -> Result<TaskSnapshot, StorageError> {
@@ -570,8 +727,22 @@ impl CheckpointStorage for FsCheckpointStorage {
         }
     }
 
+    fn check_shared_file(&self, file: &SharedFile) -> Result<(), StorageError> {
+        self.check_shared_size(file)
+    }
+
     fn location(&self) -> String {
         self.dir.display().to_string()
+    }
+}
+
+impl corestream_state::lsm::SharedFileStore for FsCheckpointStorage {
+    fn upload(&self, local: &Path) -> Result<SharedFile, String> {
+        self.upload_shared(local).map_err(|e| e.to_string())
+    }
+
+    fn download(&self, file: &SharedFile, dest: &Path) -> Result<(), String> {
+        self.download_shared(file, dest).map_err(|e| e.to_string())
     }
 }
 
@@ -1002,7 +1173,7 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let storage = FsCheckpointStorage::create(tmp.path().join("cp")).unwrap();
         std::fs::write(tmp.path().join("victim"), b"keep").unwrap();
-        let handle = TaskStateHandle { file: "../victim".into(), size: 4, checksum: 0 };
+        let handle = TaskStateHandle { file: "../victim".into(), size: 4, checksum: 0, shared: Vec::new() };
         assert!(matches!(storage.read_task_state(&handle), Err(StorageError::BadHandle(_))));
         assert!(matches!(storage.discard_file(&handle), Err(StorageError::BadHandle(_))));
         assert!(tmp.path().join("victim").exists());
@@ -1042,6 +1213,61 @@ pub(crate) mod tests {
         *fs.fail_dir_sync.lock().unwrap() = Some(libc::EIO);
         assert!(matches!(storage.discard(1), Err(StorageError::Io { action: "sync", .. })));
         assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn shared_files_are_uploaded_listed_checked_and_discarded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = FsCheckpointStorage::create(tmp.path().join("ckpt")).unwrap();
+        let local = tmp.path().join("000012.sst");
+        std::fs::write(&local, vec![7u8; 3 * COPY_CHUNK + 5]).unwrap();
+        let file = storage.upload_shared(&local).unwrap();
+        assert!(file.name.starts_with("shared/") && file.name.ends_with("-000012.sst"), "{}", file.name);
+        assert_eq!(file.size, 3 * COPY_CHUNK as u64 + 5);
+        assert_eq!(file.checksum, xxh3_64(&std::fs::read(&local).unwrap()));
+        let again = storage.upload_shared(&local).unwrap();
+        assert_ne!(file.name, again.name, "every upload has a name of its own");
+        assert_eq!(storage.list_shared().unwrap().len(), 2);
+
+        let dest = tmp.path().join("restored.sst");
+        storage.download_shared(&file, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&local).unwrap());
+
+        let path = storage.dir().join(&file.name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let dest = tmp.path().join("damaged.sst");
+        let e = storage.download_shared(&file, &dest).unwrap_err();
+        assert!(matches!(e, StorageError::ChecksumMismatch { .. }), "{e}");
+        assert!(e.to_string().contains(&file.name), "{e}");
+        assert!(!dest.exists(), "a damaged copy is removed");
+        let e = storage.download_shared(&SharedFile { size: file.size + 1, ..file.clone() }, &dest).unwrap_err();
+        assert!(matches!(e, StorageError::Truncated { .. }), "{e}");
+
+        storage.discard_shared(&[file.name.clone(), "shared/gone.sst".into()]).unwrap();
+        assert_eq!(storage.list_shared().unwrap(), vec![again.name.clone()]);
+        let e = storage.download_shared(&file, &tmp.path().join("x.sst")).unwrap_err();
+        assert!(matches!(e, StorageError::Missing { .. }), "{e}");
+        assert!(e.to_string().contains(&file.name), "{e}");
+        assert!(matches!(storage.discard_shared(&["chk-1/_metadata".into()]), Err(StorageError::BadHandle(_))));
+    }
+
+    #[test]
+    fn a_failed_upload_leaves_no_file_and_a_failed_sync_poisons() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = tmp.path().join("1.sst");
+        std::fs::write(&local, b"sst bytes").unwrap();
+        let (fs, storage) = faulty(&tmp.path().join("ckpt"));
+        *fs.fail_write.lock().unwrap() = Some(libc::ENOSPC);
+        assert!(matches!(storage.upload_shared(&local), Err(StorageError::Io { action: "write", .. })));
+        assert!(names(&storage.shared_path()).is_empty());
+        *fs.fail_write.lock().unwrap() = None;
+        *fs.fail_sync.lock().unwrap() = Some(libc::EIO);
+        assert!(matches!(storage.upload_shared(&local), Err(StorageError::SyncFailed { .. })));
+        assert!(names(&storage.shared_path()).is_empty());
+        *fs.fail_sync.lock().unwrap() = None;
+        assert!(matches!(storage.upload_shared(&local), Err(StorageError::Poisoned { .. })));
     }
 
     #[test]
@@ -1103,6 +1329,17 @@ pub(crate) mod tests {
         }
         fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
             OsFs.remove_dir_all(dir)
+        }
+        fn copy(&self, from: &Path, to: &Path, sync: bool) -> Result<(u64, u64), (WriteStep, io::Error)> {
+            if let Some(e) = injected(&self.fail_write) {
+                std::fs::write(to, b"partial").unwrap();
+                return Err((WriteStep::Write, e));
+            }
+            if let Some(e) = injected(&self.fail_sync).filter(|_| sync) {
+                OsFs.copy(from, to, false).unwrap();
+                return Err((WriteStep::Sync, e));
+            }
+            OsFs.copy(from, to, sync)
         }
     }
 

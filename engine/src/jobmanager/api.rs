@@ -378,9 +378,11 @@ pub struct CheckpointInfo {
     pub end_timestamp: Option<u64>,
     /// From the trigger to the end (in progress: to the newest acknowledgement).
     pub end_to_end_duration_ms: u64,
-    /// Bytes of the task files written (operator state, channel state and headers).
+    /// Bytes written for this checkpoint: the task files (operator state, channel state and
+    /// headers) and the shared files uploaded for it (as Flink's, incremental).
     pub checkpointed_size_bytes: u64,
-    /// Bytes of operator state the tasks snapshotted.
+    /// Bytes of the state the checkpoint holds: the operator state the tasks snapshotted and
+    /// every shared file it uses, also those uploaded for earlier checkpoints (full size).
     pub state_size_bytes: u64,
     /// Bytes of in-flight data persisted as channel state (unaligned).
     pub persisted_data_bytes: u64,
@@ -446,7 +448,7 @@ pub struct SubtaskCheckpointInfo {
     pub ack_timestamp: Option<u64>,
     /// From the trigger to its acknowledgement.
     pub end_to_end_duration_ms: Option<u64>,
-    /// Bytes of its task file.
+    /// Bytes of its task file and of the shared files it uploaded for this checkpoint.
     pub checkpointed_size_bytes: u64,
     pub state_size_bytes: u64,
     pub persisted_data_bytes: u64,

@@ -268,7 +268,7 @@ impl Summary {
     fn add(&mut self, s: &CheckpointSummary) {
         self.completed += 1;
         self.duration.add(s.duration_ms);
-        self.checkpointed.add(s.state_bytes);
+        self.checkpointed.add(s.state_bytes + s.uploaded_bytes);
         self.state.add(state_bytes(&s.tasks));
         self.persisted.add(s.channel_bytes);
         self.cpu.add(s.cpu_us);
@@ -287,7 +287,7 @@ impl Summary {
 }
 
 fn state_bytes<'a>(acks: impl IntoIterator<Item = &'a TaskAckStats>) -> u64 {
-    acks.into_iter().map(|a| a.metrics.state_bytes).sum()
+    acks.into_iter().map(|a| a.metrics.state_bytes + a.metrics.shared_bytes).sum()
 }
 
 fn status(s: CheckpointStatus) -> CheckpointStatusInfo {
@@ -326,7 +326,7 @@ fn info(s: &CheckpointSummary, vertices: &[VertexSummary]) -> CheckpointInfo {
                 num_acknowledged_subtasks: acks.len() as u32,
                 latest_ack_timestamp,
                 end_to_end_duration_ms: latest_ack_timestamp.map_or(0, |t| t.saturating_sub(s.trigger_ms)),
-                checkpointed_size_bytes: acks.iter().map(|a| a.file_bytes).sum(),
+                checkpointed_size_bytes: acks.iter().map(|a| a.file_bytes + a.metrics.uploaded_bytes).sum(),
                 state_size_bytes: state_bytes(acks.iter().copied()),
                 persisted_data_bytes: acks.iter().map(|a| a.metrics.channel_bytes).sum(),
                 alignment_duration_ms: max(|a| a.metrics.alignment_ms),
@@ -345,7 +345,7 @@ fn info(s: &CheckpointSummary, vertices: &[VertexSummary]) -> CheckpointInfo {
         latest_ack_timestamp: s.latest_ack_ms,
         end_timestamp: s.end_ms,
         end_to_end_duration_ms: s.duration_ms,
-        checkpointed_size_bytes: s.state_bytes,
+        checkpointed_size_bytes: s.state_bytes + s.uploaded_bytes,
         state_size_bytes: state_bytes(&s.tasks),
         persisted_data_bytes: s.channel_bytes,
         alignment_duration_ms: s.alignment_ms_max,
@@ -377,8 +377,8 @@ fn subtasks(s: &CheckpointSummary, vertices: &[VertexSummary]) -> Vec<SubtaskChe
                 status: SubtaskCheckpointStatus::Completed,
                 ack_timestamp: Some(a.ack_ms),
                 end_to_end_duration_ms: Some(a.ack_ms.saturating_sub(s.trigger_ms)),
-                checkpointed_size_bytes: a.file_bytes,
-                state_size_bytes: a.metrics.state_bytes,
+                checkpointed_size_bytes: a.file_bytes + a.metrics.uploaded_bytes,
+                state_size_bytes: a.metrics.state_bytes + a.metrics.shared_bytes,
                 persisted_data_bytes: a.metrics.channel_bytes,
                 alignment_duration_ms: a.metrics.alignment_ms,
                 sync_duration_ms: a.metrics.sync_ms,
@@ -433,6 +433,8 @@ mod tests {
                 channel_bytes: vertex as u64 * 10,
                 unaligned: vertex == 1,
                 cpu_us: 100 + subtask as u64,
+                uploaded_bytes: 0,
+                shared_bytes: 0,
             },
         }
     }
@@ -458,6 +460,8 @@ mod tests {
             tasks_total: 3,
             tasks_acknowledged: tasks.len() as u32,
             state_bytes: tasks.iter().map(|a| a.file_bytes).sum(),
+            uploaded_bytes: 0,
+            shared_bytes: 0,
             channel_bytes: tasks.iter().map(|a| a.metrics.channel_bytes).sum(),
             alignment_ms_max: tasks.iter().map(|a| a.metrics.alignment_ms).max().unwrap_or(0),
             sync_ms_max: 2,

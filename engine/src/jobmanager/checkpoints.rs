@@ -18,7 +18,8 @@ use super::Jm;
 use crate::checkpoint::coordinator::{Action, CheckpointConfig, CheckpointStats, Coordinator};
 use crate::checkpoint::metadata::{JobLayout, VertexInfo};
 use crate::checkpoint::request::{JobCheckpointing, RestoreRequest};
-use crate::checkpoint::restore::{load_restore, next_checkpoint_id, retained_checkpoints, RestoreError, RestoreFrom};
+use crate::checkpoint::restore::{load_restore, next_checkpoint_id, retained_metadata, RestoreError, RestoreFrom};
+use crate::checkpoint::shared::SharedRegistry;
 use crate::checkpoint::storage::{CheckpointStorage, FsCheckpointStorage};
 use crate::checkpoint::{CheckpointId, CheckpointNotice, DeploymentCheckpointing, RestoreSource, TaskId};
 use crate::rpc::ids::{DeploymentKey, JobId, TaskManagerId};
@@ -41,6 +42,7 @@ struct Driver {
     storage: Arc<FsCheckpointStorage>,
     first_id: CheckpointId,
     completed: Vec<crate::checkpoint::coordinator::CompletedCheckpoint>,
+    shared: SharedRegistry,
 }
 
 /// The vertices a checkpoint of this plan records.
@@ -106,7 +108,10 @@ pub(crate) fn prepare_attempt(
             if let Some(p) = point.as_ref().filter(|p| p.dir == *dir) {
                 first_id = first_id.max(p.next_id);
             }
-            let completed = retained_checkpoints(&*storage).map_err(|e| e.to_string())?;
+            let retained = retained_metadata(&*storage).map_err(|e| e.to_string())?;
+            let completed = retained.iter().map(Into::into).collect();
+            let shared = SharedRegistry::of_checkpoints(&retained);
+            sweep_orphans(job, &storage, &shared);
             let config = CheckpointConfig {
                 interval: s.interval.expect("filtered on an interval"),
                 timeout: s.timeout,
@@ -123,7 +128,7 @@ pub(crate) fn prepare_attempt(
                 .flat_map(|(i, v)| (0..v.parallelism).map(move |subtask| TaskId { vertex: i as u32, subtask }))
                 .collect();
             let layout = JobLayout { job: job.to_string(), vertices: expected };
-            Some(Driver { config, layout, sources, storage, first_id, completed })
+            Some(Driver { config, layout, sources, storage, first_id, completed, shared })
         }
         _ => None,
     };
@@ -133,6 +138,27 @@ pub(crate) fn prepare_attempt(
         restore,
     });
     Ok(AttemptCheckpoints { deployment, driver })
+}
+
+/// Deletes the shared files no complete checkpoint in storage uses: uploads of checkpoints that
+/// never completed in earlier attempts (a task that failed after uploading, a job stopped while
+/// its writer was uploading). Nothing of this job runs yet, so nothing is being uploaded.
+fn sweep_orphans(job: &str, storage: &FsCheckpointStorage, shared: &SharedRegistry) {
+    let listed = match storage.list_shared() {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::warn!(%job, error = %e, "could not list the shared checkpoint files");
+            return;
+        }
+    };
+    let orphans = shared.orphans(&listed, &Default::default());
+    if orphans.is_empty() {
+        return;
+    }
+    tracing::info!(%job, files = orphans.len(), "deleting shared checkpoint files no complete checkpoint uses");
+    if let Err(e) = storage.discard_shared(&orphans) {
+        tracing::warn!(%job, error = %e, "could not delete shared checkpoint files");
+    }
 }
 
 /// What the tracking loop learns from the checkpoint side.
@@ -166,7 +192,8 @@ impl AttemptCheckpoints {
     ) -> Result<Option<Running>, String> {
         let Some(d) = self.driver.take() else { return Ok(None) };
         let coordinator = Coordinator::new(d.config, d.layout, d.sources, d.first_id, d.completed, now_ms())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .with_shared(d.shared);
         let (written_tx, written_rx) = mpsc::unbounded_channel();
         Ok(Some(Running {
             coordinator,
@@ -324,6 +351,10 @@ impl Running {
                     for id in ids {
                         self.delete(move |s| s.discard(id), format!("subsumed checkpoint {id}"));
                     }
+                }
+                Action::DiscardShared { files } => {
+                    let what = format!("{} shared files", files.len());
+                    self.delete(move |s| s.discard_shared(&files), what)
                 }
                 Action::FailJob { reason } => outcome = Outcome::FailJob(reason),
             }

@@ -227,12 +227,17 @@ where
         Some(watermark)
     }
 
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
-        Ok(self.core.snapshot(into)?)
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
+        Ok(self.core.snapshot(checkpoint, into)?)
     }
 
     fn restore_state(&mut self, from: &OperatorStateParts) -> Result<(), StateHookError> {
         Ok(self.core.restore(from)?)
+    }
+
+    fn notify_checkpoint(&mut self, notice: crate::checkpoint::CheckpointNotice) -> Result<(), StateHookError> {
+        self.core.notify(notice);
+        Ok(())
     }
 }
 
@@ -368,13 +373,18 @@ where
         })
     }
 
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
-        self.core.snapshot(into)?;
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
+        self.core.snapshot(checkpoint, into)?;
         Ok(self.state.snapshot(into)?)
     }
 
     fn restore_state(&mut self, from: &OperatorStateParts) -> Result<(), StateHookError> {
         self.core.restore(from)?;
         Ok(self.state.restore(from)?)
+    }
+
+    fn notify_checkpoint(&mut self, notice: crate::checkpoint::CheckpointNotice) -> Result<(), StateHookError> {
+        self.core.notify(notice);
+        Ok(())
     }
 }

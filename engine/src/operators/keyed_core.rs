@@ -3,10 +3,13 @@
 //! service, the clocks ([`KeyedClock`]), firing due timers in steps, and the snapshot and
 //! restore of all of it, written once.
 //!
-//! A snapshot is two parts with [`PartLayout::KeyGroups`]: `keyed-state`, the framed archive of
-//! the backend's [`KeyedStateSnapshot`], and `timers`, that of the [`TimerSnapshot`]. Both are
-//! organised by key group, so a restore at another parallelism takes the parts of every old
-//! subtask whose key groups overlap its own and keeps only its key groups. A third part,
+//! A snapshot is two parts with [`PartLayout::KeyGroups`]: the keyed state, and `timers`, the
+//! framed archive of the [`TimerSnapshot`]. The keyed state is `keyed-state`, the framed archive
+//! of the backend's [`KeyedStateSnapshot`], or, for an LSM backend with incremental checkpoints,
+//! `keyed-state-files`, an [`LsmFilesSnapshot`] naming the store's files in the checkpoint
+//! storage's shared area (uploaded off the task's thread). Both are organised by key group, so
+//! a restore at another parallelism takes the parts of every old subtask whose key groups
+//! overlap its own and keeps only its key groups. A third part,
 //! `watermark`, keeps the operator's event time ([`PartLayout::OperatorList`], one value per
 //! subtask; after a rescale the lowest a subtask receives): a restored operator judges
 //! lateness as it did when the checkpoint was taken, not against the minimum watermark until
@@ -14,17 +17,21 @@
 //! records of a restored source, would otherwise be on time after a restore and late without
 //! one. Watermarks lower than the restored one are ignored (event time never goes back).
 
+use corestream_state::lsm::LsmFilesSnapshot;
 use corestream_state::{
-    KeyedStateBackend, KeyedStateSnapshot, Namespace, StateKey, Timer, TimerService, TimerSnapshot,
+    KeyedStateBackend, KeyedStateSnapshot, Namespace, StateError, StateKey, Timer, TimerService, TimerSnapshot,
 };
 
 use super::now_ms;
 use super::process::TimeDomain;
 use super::state_parts::{self, PartError};
-use crate::checkpoint::{OperatorStateParts, PartLayout, PendingParts};
+use crate::checkpoint::storage::FsCheckpointStorage;
+use crate::checkpoint::{CheckpointId, CheckpointNotice, OperatorStateParts, PartLayout, PendingParts};
 
 /// Name of the part holding a keyed operator's keyed state.
 pub(crate) const KEYED_STATE_PART: &str = "keyed-state";
+/// Name of the part holding an incremental snapshot of a keyed operator's LSM backend.
+pub(crate) const KEYED_FILES_PART: &str = "keyed-state-files";
 /// Name of the part holding a keyed operator's timers.
 pub(crate) const TIMERS_PART: &str = "timers";
 /// Name of the part holding a keyed operator's event time.
@@ -148,22 +155,37 @@ impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
         false
     }
 
-    /// Adds the `keyed-state` and `timers` parts.
-    pub(crate) fn snapshot(&self, into: &mut PendingParts) -> Result<(), PartError> {
-        self.snapshot_with(into, std::iter::empty(), std::iter::empty())
+    /// Adds the keyed state and `timers` parts for `checkpoint`.
+    pub(crate) fn snapshot(&self, checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), PartError> {
+        self.snapshot_with(checkpoint, into, std::iter::empty(), std::iter::empty())
+    }
+
+    /// Tells the backend which incremental snapshot completed (its files are reused) or will
+    /// never complete.
+    pub(crate) fn notify(&self, notice: CheckpointNotice) {
+        match notice {
+            CheckpointNotice::Complete(id) => self.backend.notify_checkpoint_complete(id),
+            CheckpointNotice::Aborted(id) => self.backend.notify_checkpoint_aborted(id),
+        }
     }
 
     /// As [`snapshot`](Self::snapshot), with timers the operator keeps outside the timer service
     /// (`(timestamp, key, namespace)` of event time, then processing time) in the `timers` part.
     pub(crate) fn snapshot_with<'a>(
         &'a self,
+        checkpoint: CheckpointId,
         into: &mut PendingParts,
         extra_event: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
         extra_processing: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
     ) -> Result<(), PartError> {
-        let state = self.backend.freeze();
+        match self.backend.freeze_files(checkpoint).map_err(|e| PartError::state(KEYED_FILES_PART, e))? {
+            Some(files) => state_parts::put_files(into, KEYED_FILES_PART, files),
+            None => {
+                let state = self.backend.freeze();
+                state_parts::put_deferred(into, KEYED_STATE_PART, PartLayout::KeyGroups, move || state.encode());
+            }
+        }
         let timers = self.timers.freeze_with(extra_event, extra_processing);
-        state_parts::put_deferred(into, KEYED_STATE_PART, PartLayout::KeyGroups, move || state.encode());
         state_parts::put_deferred(into, TIMERS_PART, PartLayout::KeyGroups, move || timers.encode());
         state_parts::put_watermarks(into, WATERMARK_PART, &[self.clock.watermark])
     }
@@ -174,9 +196,27 @@ impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
     /// changes; a restore that fails after that fails the task, which discards the operator.
     pub(crate) fn restore(&mut self, from: &OperatorStateParts) -> Result<(), PartError> {
         let states: Vec<KeyedStateSnapshot> = state_parts::get_all(from, KEYED_STATE_PART, PartLayout::KeyGroups)?;
+        let files: Vec<LsmFilesSnapshot> = state_parts::get_all(from, KEYED_FILES_PART, PartLayout::KeyGroups)?;
         let timers: Vec<TimerSnapshot> = state_parts::get_all(from, TIMERS_PART, PartLayout::KeyGroups)?;
         let watermark = state_parts::get_min_watermark(from, WATERMARK_PART)?;
-        self.backend.restore(&states).map_err(|e| PartError::state(KEYED_STATE_PART, e))?;
+        if files.is_empty() {
+            self.backend.restore(&states).map_err(|e| PartError::state(KEYED_STATE_PART, e))?;
+        } else {
+            let state_error = |reason: String| {
+                PartError::state(KEYED_FILES_PART, StateError::Store { what: "the keyed state".into(), reason })
+            };
+            if !states.is_empty() {
+                return Err(state_error(
+                    "the checkpoint holds both full and incremental snapshots of this operator's keyed state".into(),
+                ));
+            }
+            let root = from
+                .shared_root
+                .as_ref()
+                .ok_or_else(|| state_error("the checkpoint storage holding its shared files is unknown".into()))?;
+            let storage = FsCheckpointStorage::open(root).map_err(|e| state_error(e.to_string()))?;
+            self.backend.restore_files(&files, &storage).map_err(|e| PartError::state(KEYED_FILES_PART, e))?;
+        }
         self.timers.restore(&timers).map_err(|e| PartError::state(TIMERS_PART, e))?;
         if let Some(w) = watermark {
             self.clock.watermark = w;
@@ -204,7 +244,7 @@ mod tests {
             original.timers.register_event_time_timer(key, (), key as i64);
         }
         let mut parts = PendingParts::default();
-        original.snapshot(&mut parts).unwrap();
+        original.snapshot(1, &mut parts).unwrap();
         let parts = parts.complete().unwrap();
 
         let halves = [KeyGroupRange { start: 0, end: 64 }, KeyGroupRange { start: 64, end: 128 }];
@@ -231,7 +271,7 @@ mod tests {
         original.on_watermark(1_000);
         original.timers.register_event_time_timer(1, (), 1_500);
         let mut parts = PendingParts::default();
-        original.snapshot(&mut parts).unwrap();
+        original.snapshot(1, &mut parts).unwrap();
         let parts = parts.complete().unwrap();
         let mut restored = core(KeyGroupRange { start: 0, end: 128 });
         restored.restore(&parts).unwrap();
@@ -251,7 +291,7 @@ mod tests {
         let mut original = core(KeyGroupRange { start: 0, end: 128 });
         original.timers.register_processing_time_timer(3, (), 5);
         let mut parts = PendingParts::default();
-        original.snapshot(&mut parts).unwrap();
+        original.snapshot(1, &mut parts).unwrap();
         let parts = parts.complete().unwrap();
         for (index, name) in [(0, KEYED_STATE_PART), (1, TIMERS_PART)] {
             for at in 0..parts.parts[index].bytes.len() {

@@ -46,12 +46,29 @@ pub(crate) fn put_deferred<T: Data + part::SizeHint>(
     layout: PartLayout,
     make: impl FnOnce() -> Result<T, StateError> + Send + 'static,
 ) {
-    let encode = move || {
+    let encode = move |_: &mut crate::checkpoint::pending::PartFiles<'_>| {
         make()
             .and_then(|value| part::encode_sized(&value, value.archive_size_hint()))
             .map_err(|e| PartError::state(name, e).to_string())
     };
     into.push_deferred(name, layout, Box::new(encode));
+}
+
+/// Adds part `name` holding an incremental snapshot of an LSM backend: off the task's thread,
+/// `frozen` uploads its new files to the checkpoint storage's shared area, and the files the
+/// snapshot uses are recorded for the task's acknowledgement.
+pub(crate) fn put_files(
+    into: &mut PendingParts,
+    name: &'static str,
+    frozen: corestream_state::lsm::FrozenFiles,
+) {
+    let encode = move |files: &mut crate::checkpoint::pending::PartFiles<'_>| {
+        let snapshot = frozen.upload(files.store).map_err(|e| PartError::state(name, e).to_string())?;
+        files.used.extend(snapshot.shared_files());
+        part::encode_sized(&snapshot, part::SizeHint::archive_size_hint(&snapshot))
+            .map_err(|e| PartError::state(name, e).to_string())
+    };
+    into.push_deferred(name, PartLayout::KeyGroups, Box::new(encode));
 }
 
 /// Every occurrence of part `name` with layout `layout`, read back.

@@ -81,7 +81,7 @@ impl OutputCapture {
             match snapshot.nodes.iter_mut().find(|(n, _)| *n as usize == *node) {
                 Some((_, parts)) => parts.parts.push(part),
                 None => {
-                    snapshot.nodes.push((*node as u32, crate::checkpoint::OperatorStateParts { parts: vec![part] }))
+                    snapshot.nodes.push((*node as u32, crate::checkpoint::OperatorStateParts { parts: vec![part], shared_root: None }))
                 }
             }
         }

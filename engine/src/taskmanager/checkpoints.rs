@@ -26,8 +26,9 @@ use crate::runtime::cluster::PartCheckpoints;
 /// Snapshots waiting to be written, per deployment, at most: a few checkpoints of every task.
 pub(crate) const WRITE_QUEUE: usize = 256;
 
-/// Writes one task's snapshot of one checkpoint durably and says where it is.
-pub(crate) type WriteFn = dyn Fn(CheckpointId, TaskId, &TaskSnapshot) -> Result<TaskStateHandle, String> + Send + Sync;
+/// Completes one task's snapshot of one checkpoint (its deferred parts, their uploads), writes it
+/// durably and says where it is and which shared files it uses.
+pub(crate) type WriteFn = dyn Fn(CheckpointId, TaskId, PendingSnapshot) -> Result<TaskStateHandle, String> + Send + Sync;
 
 struct WriteJob {
     task: TaskId,
@@ -55,13 +56,15 @@ impl DeploymentReporter {
         std::thread::Builder::new().name(format!("cs-ckpt-{}", &deployment.to_string()[..8])).spawn(move || {
             for job in queue {
                 let (started, started_cpu) = (Instant::now(), thread_cpu_time());
-                let written = job.snapshot.complete().and_then(|snapshot| write(job.checkpoint, job.task, &snapshot));
+                let written = write(job.checkpoint, job.task, job.snapshot);
                 let event = match written {
                     Ok(handle) => {
                         let mut metrics = job.metrics;
                         metrics.async_ms = started.elapsed().as_millis() as u64;
                         metrics.cpu_us += thread_cpu_time().saturating_sub(started_cpu).as_micros() as u64;
                         metrics.state_bytes = handle.size;
+                        metrics.uploaded_bytes = handle.uploaded_bytes();
+                        metrics.shared_bytes = handle.shared_bytes();
                         DeploymentEvent::CheckpointAck {
                             deployment,
                             task: job.task,
@@ -133,11 +136,15 @@ struct MetadataLoader {
 impl TaskStateLoader for MetadataLoader {
     fn load(&self, task: TaskId) -> Result<Option<TaskSnapshot>, JobError> {
         let Some(entry) = self.metadata.tasks.iter().find(|e| e.task == task) else { return Ok(None) };
-        self.storage.read_task_state(&entry.handle).map(Some).map_err(|e| JobError::Checkpoint {
+        let mut snapshot = self.storage.read_task_state(&entry.handle).map_err(|e| JobError::Checkpoint {
             place: format!("checkpoint {} in {}", self.metadata.id, self.storage.location()),
             subtask: task.subtask,
             message: e.to_string(),
-        })
+        })?;
+        for (_, parts) in &mut snapshot.nodes {
+            parts.shared_root = Some(self.storage.dir().to_path_buf());
+        }
+        Ok(Some(snapshot))
     }
 }
 
@@ -157,8 +164,11 @@ pub(crate) fn part_checkpoints(
     let reporter: Arc<dyn SnapshotReporter> = match &spec.dir {
         Some(dir) => {
             let storage = FsCheckpointStorage::create(dir).map_err(storage_error)?;
-            let write: Arc<WriteFn> = Arc::new(move |id, task, snapshot: &TaskSnapshot| {
-                storage.write_task_state(id, task, snapshot).map_err(|e| e.to_string())
+            let write: Arc<WriteFn> = Arc::new(move |id, task, snapshot: PendingSnapshot| {
+                let (snapshot, shared) = snapshot.complete_with(&storage)?;
+                let mut handle = storage.write_task_state(id, task, &snapshot).map_err(|e| e.to_string())?;
+                handle.shared = shared;
+                Ok(handle)
             });
             DeploymentReporter::start(deployment, write, events).map_err(|e| JobError::Checkpoint {
                 place: "this TaskManager".into(),

@@ -441,7 +441,7 @@ where
     /// Adds keyed state and every timer: those of the timer service, those kept in time
     /// buckets, and the rest of a bucket being fired (the task snapshots only when no firing is
     /// pending, so that is empty there). The operator itself is left as it was.
-    fn snapshot(&self, into: &mut PendingParts) -> Result<(), PartError> {
+    fn snapshot(&self, checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), PartError> {
         let firing = |event_time: bool| {
             self.firing_bucket
                 .iter()
@@ -450,7 +450,7 @@ where
         };
         let event = firing(true).chain(WindowTimers::all(&self.window_timers.event));
         let processing = firing(false).chain(WindowTimers::all(&self.window_timers.processing));
-        self.core.snapshot_with(into, event, processing)
+        self.core.snapshot_with(checkpoint, into, event, processing)
     }
 
     /// Restores keyed state and timers (a restore comes before any input). When window timers
@@ -642,12 +642,17 @@ where
         self.fire_step(out, max_records)
     }
 
-    fn snapshot_state(&mut self, _checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
-        Ok(self.snapshot(into)?)
+    fn snapshot_state(&mut self, checkpoint: CheckpointId, into: &mut PendingParts) -> Result<(), StateHookError> {
+        Ok(self.snapshot(checkpoint, into)?)
     }
 
     fn restore_state(&mut self, from: &OperatorStateParts) -> Result<(), StateHookError> {
         Ok(self.restore(from)?)
+    }
+
+    fn notify_checkpoint(&mut self, notice: crate::checkpoint::CheckpointNotice) -> Result<(), StateHookError> {
+        self.core.notify(notice);
+        Ok(())
     }
 }
 
