@@ -420,7 +420,20 @@ fn exactly_once_with_failures(unaligned: bool, backend: StateBackendKind) {
         let case = Case { parallelism, mode: CheckpointMode::ExactlyOnce, unaligned, params, squeezed: false };
         let ran = run(&case);
         assert_exactly_once(&case, &ran);
+        if backend == StateBackendKind::Lsm {
+            assert_incremental(&ran);
+        }
     }
+}
+
+/// The LSM backend's checkpoints were incremental: their keyed state is shared files, some
+/// checkpoint reused files of an earlier one, and no shared file is left that no complete
+/// checkpoint uses.
+fn assert_incremental(ran: &Ran) {
+    let refs = || ran.checkpoints.iter().flat_map(|m| m.tasks.iter().flat_map(|t| &t.handle.shared));
+    assert!(refs().next().is_some(), "no checkpoint names a shared file");
+    assert!(refs().any(|r| r.reused), "no checkpoint reused a file of an earlier one");
+    assert_eq!(unreferenced_shared(ran._dir.path()), Vec::<String>::new(), "shared files no checkpoint uses");
 }
 
 #[test]

@@ -452,7 +452,7 @@ impl Coordinator {
     }
 
     /// Shared files named by pending checkpoints' acknowledgements.
-    fn pending_shared(&self) -> BTreeSet<String> {
+    pub fn pending_shared(&self) -> BTreeSet<String> {
         self.pending
             .values()
             .flat_map(|p| p.acks.values())
@@ -809,8 +809,13 @@ impl Coordinator {
         let mut summary = pending.summary(CheckpointStatus::Failed, Some(now_ms), self.tasks.len() as u32);
         tracing::warn!(checkpoint = id, "checkpoint {id} aborted: {reason}");
         actions.push(Action::Discard { id });
-        let mut uploads: Vec<String> =
-            pending.acks.values().flat_map(|a| self.unused_uploads(&a.handle)).collect::<BTreeSet<_>>().into_iter().collect();
+        let mut uploads: Vec<String> = pending
+            .acks
+            .values()
+            .flat_map(|a| self.unused_uploads(&a.handle))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         uploads.sort();
         if !uploads.is_empty() {
             actions.push(Action::DiscardShared { files: uploads });
@@ -936,7 +941,12 @@ mod tests {
     }
 
     fn handle(id: CheckpointId, task: TaskId) -> TaskStateHandle {
-        TaskStateHandle { file: task_file(id, task), size: 10 + u64::from(task.subtask), checksum: 1, shared: Vec::new() }
+        TaskStateHandle {
+            file: task_file(id, task),
+            size: 10 + u64::from(task.subtask),
+            checksum: 1,
+            shared: Vec::new(),
+        }
     }
 
     fn ack(c: &mut Coordinator, task: TaskId, id: CheckpointId, now: u64) -> Vec<Action> {
@@ -972,7 +982,13 @@ mod tests {
     }
 
     /// `task`'s acknowledgement of `id` using shared files `(name, reused)`.
-    fn ack_shared(c: &mut Coordinator, task: TaskId, id: CheckpointId, files: &[(&str, bool)], now: u64) -> Vec<Action> {
+    fn ack_shared(
+        c: &mut Coordinator,
+        task: TaskId,
+        id: CheckpointId,
+        files: &[(&str, bool)],
+        now: u64,
+    ) -> Vec<Action> {
         use crate::checkpoint::metadata::{SharedFile, SharedFileRef};
         let mut h = handle(id, task);
         h.shared = files
@@ -995,7 +1011,8 @@ mod tests {
     }
 
     fn shared_discarded(actions: &[Action]) -> Vec<String> {
-        let files = actions.iter().filter_map(|a| if let Action::DiscardShared { files } = a { Some(files) } else { None });
+        let files =
+            actions.iter().filter_map(|a| if let Action::DiscardShared { files } = a { Some(files) } else { None });
         files.flatten().map(|f| f.trim_start_matches("shared/").to_owned()).collect()
     }
 

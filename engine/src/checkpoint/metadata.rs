@@ -279,7 +279,9 @@ pub fn shared_file(name: &str) -> String {
 pub fn parse_shared_file(file: &str) -> Result<&str, String> {
     let bad = || format!("'{}' is not of the form shared/<file name>", file.escape_default());
     let name = file.strip_prefix("shared/").ok_or_else(bad)?;
-    let plain = !name.is_empty() && !name.starts_with('.') && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if plain {
         Ok(name)
     } else {
@@ -405,7 +407,8 @@ pub(crate) mod tests {
         let mut zero = meta.clone();
         zero.vertices[1].parallelism = 0;
         assert!(zero.check(7).unwrap_err().contains("parallelism 0"));
-        let shared = |name: &str| SharedFileRef { file: SharedFile { name: name.into(), size: 1, checksum: 2 }, reused: false };
+        let shared =
+            |name: &str| SharedFileRef { file: SharedFile { name: name.into(), size: 1, checksum: 2 }, reused: false };
         let mut outside = meta.clone();
         outside.tasks[0].handle.shared = vec![shared("shared/../chk-1/_metadata")];
         assert!(outside.check(7).unwrap_err().contains("not of the form shared/<file name>"));

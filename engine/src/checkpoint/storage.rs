@@ -34,9 +34,9 @@ use rkyv::util::AlignedVec;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::metadata::{
-    checkpoint_dir_name, decode_metadata, encode_metadata, parse_checkpoint_dir_name, parse_shared_file, parse_task_file,
-    shared_file, task_file, CheckpointMetadata, SharedFile, TaskStateHandle, METADATA_BYTES_MAX, METADATA_FILE,
-    METADATA_FORMAT, SHARED_DIR,
+    checkpoint_dir_name, decode_metadata, encode_metadata, parse_checkpoint_dir_name, parse_shared_file,
+    parse_task_file, shared_file, task_file, CheckpointMetadata, SharedFile, TaskStateHandle, METADATA_BYTES_MAX,
+    METADATA_FILE, METADATA_FORMAT, SHARED_DIR,
 };
 use super::{CheckpointId, TaskId, TaskSnapshot};
 

@@ -308,7 +308,30 @@ impl Running {
     pub(crate) fn stop(mut self, jm: &Jm) -> CheckpointStats {
         let actions = self.coordinator.stop(now_ms());
         self.execute(jm, actions);
+        self.sweep_shared();
         self.coordinator.stats()
+    }
+
+    /// Deletes the shared files no completed or finalizing checkpoint uses: every part has
+    /// reported its end, which it does only after its snapshot writer stopped, so these are
+    /// uploads for checkpoints that will never complete.
+    fn sweep_shared(&self) {
+        let (storage, job) = (self.storage.clone(), self.job);
+        let keep = self.coordinator.shared().clone();
+        let in_use = self.coordinator.pending_shared();
+        tokio::task::spawn_blocking(move || {
+            let listed = match storage.list_shared() {
+                Ok(listed) => listed,
+                Err(e) => return tracing::warn!(%job, error = %e, "could not list the shared checkpoint files"),
+            };
+            let orphans = keep.orphans(&listed, &in_use);
+            if !orphans.is_empty() {
+                tracing::debug!(%job, files = orphans.len(), "deleting shared files of checkpoints that never completed");
+            }
+            if let Err(e) = storage.discard_shared(&orphans) {
+                tracing::warn!(%job, error = %e, "could not delete shared checkpoint files");
+            }
+        });
     }
 
     fn execute(&mut self, jm: &Jm, actions: Vec<Action>) -> Outcome {

@@ -57,11 +57,7 @@ pub(crate) fn put_deferred<T: Data + part::SizeHint>(
 /// Adds part `name` holding an incremental snapshot of an LSM backend: off the task's thread,
 /// `frozen` uploads its new files to the checkpoint storage's shared area, and the files the
 /// snapshot uses are recorded for the task's acknowledgement.
-pub(crate) fn put_files(
-    into: &mut PendingParts,
-    name: &'static str,
-    frozen: corestream_state::lsm::FrozenFiles,
-) {
+pub(crate) fn put_files(into: &mut PendingParts, name: &'static str, frozen: corestream_state::lsm::FrozenFiles) {
     let encode = move |files: &mut crate::checkpoint::pending::PartFiles<'_>| {
         let snapshot = frozen.upload(files.store).map_err(|e| PartError::state(name, e).to_string())?;
         files.used.extend(snapshot.shared_files());

@@ -108,6 +108,8 @@ pub(crate) struct PartCheckpoints {
     pub reporter: Arc<dyn crate::checkpoint::SnapshotReporter>,
     /// Reads a task's state when the part starts from a checkpoint.
     pub restore: Option<Arc<dyn crate::checkpoint::TaskStateLoader>>,
+    /// Says when the part's snapshot writer has written (and uploaded) everything it was given.
+    pub drained: Option<Arc<crate::taskmanager::checkpoints::WriterDrained>>,
 }
 
 /// A local task's control mailbox, for the TaskManager to route triggers and notifications.

@@ -80,9 +80,10 @@ impl OutputCapture {
             let part = crate::checkpoint::StatePart { name: name.clone(), layout: PartLayout::Subtask, bytes };
             match snapshot.nodes.iter_mut().find(|(n, _)| *n as usize == *node) {
                 Some((_, parts)) => parts.parts.push(part),
-                None => {
-                    snapshot.nodes.push((*node as u32, crate::checkpoint::OperatorStateParts { parts: vec![part], shared_root: None }))
-                }
+                None => snapshot.nodes.push((
+                    *node as u32,
+                    crate::checkpoint::OperatorStateParts { parts: vec![part], shared_root: None },
+                )),
             }
         }
         snapshot.output_channels.extend(channels);

@@ -4,7 +4,9 @@
 //! tasks left to encode (frozen keyed state and timers), writes and syncs each task's file and
 //! tells the control loop, which acknowledges to the job master with the file's handle, or
 //! declines the checkpoint when encoding or writing failed. The thread ends when the deployment
-//! drops the last reporter. It also reads the state a restored part's tasks start from.
+//! drops the last reporter; a part reports its end only after that ([`WriterDrained`]), so the
+//! job master knows that nothing of the part is still being uploaded when it cleans up the
+//! shared files. It also reads the state a restored part's tasks start from.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,13 +30,54 @@ pub(crate) const WRITE_QUEUE: usize = 256;
 
 /// Completes one task's snapshot of one checkpoint (its deferred parts, their uploads), writes it
 /// durably and says where it is and which shared files it uses.
-pub(crate) type WriteFn = dyn Fn(CheckpointId, TaskId, PendingSnapshot) -> Result<TaskStateHandle, String> + Send + Sync;
+pub(crate) type WriteFn =
+    dyn Fn(CheckpointId, TaskId, PendingSnapshot) -> Result<TaskStateHandle, String> + Send + Sync;
 
 struct WriteJob {
     task: TaskId,
     checkpoint: CheckpointId,
     snapshot: PendingSnapshot,
     metrics: TaskCheckpointMetrics,
+}
+
+/// Set when a deployment's snapshot writer has ended: every snapshot it was given is written
+/// (or declined) and acknowledged.
+#[derive(Debug, Default)]
+pub(crate) struct WriterDrained {
+    done: std::sync::atomic::AtomicBool,
+}
+
+/// The longest a part's end waits for its snapshot writer (uploads of a large state).
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl WriterDrained {
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Blocks until the writer has ended (at most [`DRAIN_WAIT`]).
+    pub(crate) fn wait(&self, deployment: DeploymentKey) {
+        let started = Instant::now();
+        while !self.is_done() {
+            if started.elapsed() > DRAIN_WAIT {
+                tracing::warn!(%deployment, "the snapshot writer is still busy; the part reports its end without it");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// As [`wait`](Self::wait), on an async task.
+    pub(crate) async fn wait_async(&self, deployment: DeploymentKey) {
+        let started = Instant::now();
+        while !self.is_done() {
+            if started.elapsed() > DRAIN_WAIT {
+                tracing::warn!(%deployment, "the snapshot writer is still busy; the part reports its end without it");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// The [`SnapshotReporter`] of one deployment's tasks.
@@ -50,10 +93,18 @@ impl DeploymentReporter {
         deployment: DeploymentKey,
         write: Arc<WriteFn>,
         events: mpsc::Sender<DeploymentEvent>,
+        drained: Arc<WriterDrained>,
     ) -> std::io::Result<Arc<Self>> {
         let (jobs, queue) = bounded::<WriteJob>(WRITE_QUEUE);
         let tx = events.clone();
         std::thread::Builder::new().name(format!("cs-ckpt-{}", &deployment.to_string()[..8])).spawn(move || {
+            struct Done(Arc<WriterDrained>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.done.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+            let _done = Done(drained);
             for job in queue {
                 let (started, started_cpu) = (Instant::now(), thread_cpu_time());
                 let written = write(job.checkpoint, job.task, job.snapshot);
@@ -161,6 +212,7 @@ pub(crate) fn part_checkpoints(
         subtask: 0,
         message: e.to_string(),
     };
+    let mut drained = None;
     let reporter: Arc<dyn SnapshotReporter> = match &spec.dir {
         Some(dir) => {
             let storage = FsCheckpointStorage::create(dir).map_err(storage_error)?;
@@ -170,7 +222,9 @@ pub(crate) fn part_checkpoints(
                 handle.shared = shared;
                 Ok(handle)
             });
-            DeploymentReporter::start(deployment, write, events).map_err(|e| JobError::Checkpoint {
+            let done = Arc::new(WriterDrained::default());
+            drained = Some(done.clone());
+            DeploymentReporter::start(deployment, write, events, done).map_err(|e| JobError::Checkpoint {
                 place: "this TaskManager".into(),
                 subtask: 0,
                 message: format!("cannot start the snapshot writer thread: {e}"),
@@ -186,7 +240,7 @@ pub(crate) fn part_checkpoints(
         }
         None => None,
     };
-    Ok(PartCheckpoints { options: spec.options, reporter, restore })
+    Ok(PartCheckpoints { options: spec.options, reporter, restore, drained })
 }
 
 /// The reporter of a job that takes no checkpoints (it only restored from one): any snapshot

@@ -173,7 +173,7 @@ pub(crate) fn run(
         outcome: PartOutcome::Failed { message, retryable },
         staged: None,
     };
-    let (handle, parts) = match start(&cluster, &registry, &descriptor, &control.signals, &events) {
+    let (handle, parts, drained) = match start(&cluster, &registry, &descriptor, &control.signals, &events) {
         Ok(started) => started,
         Err(e) => {
             send(failed(e.to_string(), e.is_retryable()));
@@ -238,6 +238,9 @@ pub(crate) fn run(
         }
         Err(e) => failed(e.to_string(), e.is_retryable()),
     };
+    if let Some(drained) = drained {
+        drained.wait(deployment);
+    }
     send(outcome);
 }
 
@@ -257,6 +260,7 @@ pub(crate) fn start_inline(
         .as_ref()
         .map(|c| super::checkpoints::part_checkpoints(c, deployment, events.clone()))
         .transpose();
+    let drained = checkpoints.as_ref().ok().and_then(|c| c.as_ref()).and_then(|c| c.drained.clone());
     let started = match (inline.take_prepared(), d.participants.get(d.index as usize), checkpoints) {
         (_, _, Err(e)) => Err(e),
         (Some(prepared), Some(me), Ok(checkpoints)) => cluster.deploy_unlaunched(
@@ -284,7 +288,7 @@ pub(crate) fn start_inline(
             if control.cancelled.load(Ordering::Acquire) {
                 view.shared.cancel();
             }
-            tokio::spawn(watch_inline(deployment, view, released, control, events));
+            tokio::spawn(watch_inline(deployment, view, released, control, events, drained));
             inline.reply(Ok(handle));
         }
         Err(e) => {
@@ -305,6 +309,7 @@ async fn watch_inline(
     mut released: tokio::sync::oneshot::Receiver<()>,
     control: Arc<DeploymentControl>,
     events: mpsc::Sender<DeploymentEvent>,
+    drained: Option<Arc<super::checkpoints::WriterDrained>>,
 ) {
     // The job master recorded every task as deploying; only changes are news.
     let mut reported: Vec<(u32, u32, TaskPhase)> =
@@ -349,6 +354,9 @@ async fn watch_inline(
         }
         Err(e) => PartOutcome::Failed { message: e.to_string(), retryable: e.is_retryable() },
     };
+    if let Some(drained) = drained {
+        drained.wait_async(deployment).await;
+    }
     let _ = events.send(DeploymentEvent::Ended { deployment, outcome, staged: None }).await;
 }
 
@@ -359,7 +367,10 @@ fn start(
     d: &DeploymentDescriptor,
     signals: &crate::registry::JobSignals,
     events: &mpsc::Sender<DeploymentEvent>,
-) -> Result<(crate::runtime::job::JobHandle, crate::registry::JobParts), JobError> {
+) -> Result<
+    (crate::runtime::job::JobHandle, crate::registry::JobParts, Option<Arc<super::checkpoints::WriterDrained>>),
+    JobError,
+> {
     let job_type = registry.lookup(&d.job_type).map_err(JobError::InvalidJob)?;
     let me = d.participants.get(d.index as usize).ok_or_else(|| {
         JobError::InvalidJob(format!("deployment names participant {} of {}", d.index, d.participants.len()))
@@ -393,7 +404,8 @@ fn start(
         checkpoints: checkpoints.as_ref(),
     };
     let handle = env.execute_part(&d.job_type, placement)?;
-    Ok((handle, parts))
+    let drained = checkpoints.as_ref().and_then(|c| c.drained.clone());
+    Ok((handle, parts, drained))
 }
 
 /// The part's counters as the control plane carries them.

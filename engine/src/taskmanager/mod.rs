@@ -20,7 +20,7 @@
 //! version) or cannot prove the secret itself stops the TaskManager at once with the reason,
 //! as Flink's TaskExecutor treats a declined registration: retrying cannot help.
 
-mod checkpoints;
+pub(crate) mod checkpoints;
 mod deployment;
 pub(crate) mod local;
 

@@ -116,6 +116,17 @@ pub fn completed(dir: &Path) -> Vec<CheckpointMetadata> {
     storage.list().expect("listing checkpoints").into_iter().filter_map(|id| storage.read_metadata(id).ok()).collect()
 }
 
+/// The files of `dir`'s shared area (incremental snapshots) that no complete checkpoint in
+/// `dir` uses.
+pub fn unreferenced_shared(dir: &Path) -> Vec<String> {
+    let Ok(storage) = FsCheckpointStorage::open(dir) else { return Vec::new() };
+    let used: std::collections::HashSet<String> = completed(dir)
+        .iter()
+        .flat_map(|m| m.tasks.iter().flat_map(|t| t.handle.shared.iter().map(|r| r.file.name.clone())))
+        .collect();
+    storage.list_shared().expect("listing shared files").into_iter().filter(|f| !used.contains(f)).collect()
+}
+
 /// Bytes of in-flight data (channel state) one checkpoint persisted over all its tasks.
 pub fn channel_bytes(meta: &CheckpointMetadata) -> u64 {
     meta.tasks.iter().map(|t| t.metrics.channel_bytes).sum()
