@@ -118,6 +118,10 @@ fn a_second_snapshot_uploads_only_new_files_and_restores_whole_or_split() {
     for f in &reused {
         assert!(first.files.iter().any(|g| g.file == f.file), "{f:?} was uploaded for checkpoint 1");
     }
+    for f in &second.files {
+        let before = first.files.iter().find(|g| g.local == f.local);
+        assert_eq!(f.reused, before.is_some(), "{}: reused exactly when checkpoint 1 had it", f.local);
+    }
     let uploaded = shared.count();
 
     let mut whole = lsm(ALL);
