@@ -3,55 +3,42 @@
 //! backends gives the same state, the heap backend refuses them, and a missing or damaged file
 //! is an error naming it that leaves the backend as it was.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 
-use corestream_state::lsm::{LsmFilesSnapshot, SharedFile, SharedFileStore};
+use corestream_state::lsm::{DirSharedFiles, LsmFilesSnapshot, SharedFile};
 use corestream_state::{
     KeyGroupRange, KeyedStateBackend, ListStateDescriptor, LsmConfig, MapStateDescriptor, StateBackendKind,
     ValueStateDescriptor,
 };
-use xxhash_rust::xxh3::xxh3_64;
 
 const MAX_P: u32 = 128;
 const ALL: KeyGroupRange = KeyGroupRange { start: 0, end: MAX_P };
 
-/// Shared files in a directory, as the engine's checkpoint storage keeps them.
+/// A shared area in a fresh directory, and the number of files in it.
 struct DirStore {
-    dir: tempfile::TempDir,
-    next: AtomicU64,
+    files: DirSharedFiles,
+    _dir: tempfile::TempDir,
 }
 
 impl DirStore {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), next: AtomicU64::new(0) }
+        let dir = tempfile::tempdir().unwrap();
+        Self { files: DirSharedFiles::new(dir.path()).unwrap(), _dir: dir }
     }
 
     fn path(&self, file: &SharedFile) -> PathBuf {
-        self.dir.path().join(&file.name)
+        self.files.path(file)
     }
 
     fn count(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("shared")).map_or(0, |d| d.count())
+        std::fs::read_dir(self._dir.path().join("shared")).map_or(0, |d| d.count())
     }
 }
 
-impl SharedFileStore for DirStore {
-    fn upload(&self, local: &Path) -> Result<SharedFile, String> {
-        let bytes = std::fs::read(local).map_err(|e| e.to_string())?;
-        let name = format!("shared/{}.sst", self.next.fetch_add(1, Ordering::Relaxed));
-        std::fs::create_dir_all(self.dir.path().join("shared")).map_err(|e| e.to_string())?;
-        std::fs::write(self.dir.path().join(&name), &bytes).map_err(|e| e.to_string())?;
-        Ok(SharedFile { name, size: bytes.len() as u64, checksum: xxh3_64(&bytes) })
-    }
-
-    fn download(&self, file: &SharedFile, dest: &Path) -> Result<(), String> {
-        let path = self.path(file);
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if bytes.len() as u64 != file.size || xxh3_64(&bytes) != file.checksum {
-            return Err(format!("{}: size or checksum mismatch", path.display()));
-        }
-        std::fs::write(dest, bytes).map_err(|e| e.to_string())
+impl std::ops::Deref for DirStore {
+    type Target = DirSharedFiles;
+    fn deref(&self) -> &DirSharedFiles {
+        &self.files
     }
 }
 
@@ -91,7 +78,7 @@ fn check(b: &mut KeyedStateBackend<u64>, keys: std::ops::Range<u64>) -> usize {
     owned
 }
 
-fn snapshot(b: &KeyedStateBackend<u64>, checkpoint: u64, to: &DirStore) -> LsmFilesSnapshot {
+fn snapshot(b: &KeyedStateBackend<u64>, checkpoint: u64, to: &DirSharedFiles) -> LsmFilesSnapshot {
     b.freeze_files(checkpoint).unwrap().expect("an incremental LSM backend").upload(to).unwrap()
 }
 
@@ -100,13 +87,13 @@ fn a_second_snapshot_uploads_only_new_files_and_restores_whole_or_split() {
     let shared = DirStore::new();
     let mut b = lsm(ALL);
     fill(&mut b, 0..20_000);
-    let first = snapshot(&b, 1, &shared);
+    let first = snapshot(&b, 1, &*shared);
     assert!(!first.files.is_empty() && first.files.iter().all(|f| !f.reused));
     assert_eq!(first.uploaded_bytes(), first.files.iter().map(|f| f.file.size).sum::<u64>());
     b.notify_checkpoint_complete(1);
 
     fill(&mut b, 20_000..21_000);
-    let second = snapshot(&b, 2, &shared);
+    let second = snapshot(&b, 2, &*shared);
     let reused: Vec<_> = second.files.iter().filter(|f| f.reused).collect();
     assert!(!reused.is_empty(), "the files of checkpoint 1 are reused");
     assert!(
@@ -125,9 +112,9 @@ fn a_second_snapshot_uploads_only_new_files_and_restores_whole_or_split() {
     let uploaded = shared.count();
 
     let mut whole = lsm(ALL);
-    whole.restore_files(std::slice::from_ref(&second), &shared).unwrap();
+    whole.restore_files(std::slice::from_ref(&second), &*shared).unwrap();
     assert_eq!(check(&mut whole, 0..21_000), 21_000);
-    let again = snapshot(&whole, 3, &shared);
+    let again = snapshot(&whole, 3, &*shared);
     assert!(again.files.iter().all(|f| f.reused), "a restored store reuses the files it was restored from");
     assert_eq!(shared.count(), uploaded);
 
@@ -135,9 +122,9 @@ fn a_second_snapshot_uploads_only_new_files_and_restores_whole_or_split() {
     let mut total = 0;
     for range in halves {
         let mut half = lsm(range);
-        half.restore_files(std::slice::from_ref(&second), &shared).unwrap();
+        half.restore_files(std::slice::from_ref(&second), &*shared).unwrap();
         total += check(&mut half, 0..21_000);
-        let theirs = snapshot(&half, 3, &shared);
+        let theirs = snapshot(&half, 3, &*shared);
         assert!(theirs.files.iter().all(|f| !f.reused), "a rescaled store has new files");
     }
     assert_eq!(total, 21_000);
@@ -148,9 +135,9 @@ fn the_heap_backend_refuses_an_incremental_snapshot() {
     let shared = DirStore::new();
     let mut b = lsm(ALL);
     fill(&mut b, 0..100);
-    let s = snapshot(&b, 1, &shared);
+    let s = snapshot(&b, 1, &*shared);
     let mut heap = KeyedStateBackend::<u64>::new(StateBackendKind::Heap, MAX_P, ALL);
-    let e = heap.restore_files(&[s], &shared).unwrap_err().to_string();
+    let e = heap.restore_files(&[s], &*shared).unwrap_err().to_string();
     assert!(e.contains("--state-backend lsm"), "{e}");
 }
 
@@ -159,7 +146,7 @@ fn a_missing_or_damaged_file_is_named_and_changes_nothing() {
     let shared = DirStore::new();
     let mut b = lsm(ALL);
     fill(&mut b, 0..5_000);
-    let s = snapshot(&b, 1, &shared);
+    let s = snapshot(&b, 1, &*shared);
     let victim = &s.files[0].file;
 
     let mut r = lsm(ALL);
@@ -169,16 +156,16 @@ fn a_missing_or_damaged_file_is_named_and_changes_nothing() {
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0xff;
     std::fs::write(shared.path(victim), &damaged).unwrap();
-    let e = r.restore_files(std::slice::from_ref(&s), &shared).unwrap_err().to_string();
+    let e = r.restore_files(std::slice::from_ref(&s), &*shared).unwrap_err().to_string();
     assert!(e.contains(&victim.name), "{e}");
     assert_eq!(check(&mut r, 0..10), 10, "the backend is unchanged");
 
     std::fs::remove_file(shared.path(victim)).unwrap();
-    let e = r.restore_files(std::slice::from_ref(&s), &shared).unwrap_err().to_string();
+    let e = r.restore_files(std::slice::from_ref(&s), &*shared).unwrap_err().to_string();
     assert!(e.contains(&victim.name), "{e}");
     assert_eq!(check(&mut r, 0..10), 10, "the backend is unchanged");
 
     std::fs::write(shared.path(victim), &bytes).unwrap();
-    r.restore_files(std::slice::from_ref(&s), &shared).unwrap();
+    r.restore_files(std::slice::from_ref(&s), &*shared).unwrap();
     assert_eq!(check(&mut r, 0..5_000), 5_000);
 }

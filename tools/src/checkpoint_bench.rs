@@ -13,6 +13,10 @@
 //!   thread (a client of a slow external system); `--blocking-sink` sleeps on it instead;
 //! - `state-size`: keyed state of K keys (a running sum per key) with checkpoints, for each K
 //!   given: the size and duration of the checkpoints;
+//! - `incremental`: the same sums in keyed value state, for each K, on the heap backend, on the
+//!   LSM backend with full checkpoints and on the LSM backend with incremental ones, one after
+//!   the other in each of `--rounds` rounds: bytes written per checkpoint (for incremental ones
+//!   the new files) against the state's size, and durations;
 //! - `recovery`: small keyed state with checkpoints every 100 ms, restarted at once
 //!   (fixed-delay, no delay), from the failure to the first record the restored job processes
 //!   after its keyed exchange: a task that fails in a local cluster (one process), and a
@@ -42,6 +46,9 @@ pub enum Scenario {
     Backpressure,
     /// Checkpoint size and duration against the number of keys.
     StateSize,
+    /// Full against incremental checkpoints of keyed state on the LSM backend (and the heap
+    /// backend), against the number of keys.
+    Incremental,
     /// Time from a failure to the first record processed after the restore: a task failure in
     /// one process, and a TaskManager process killed.
     Recovery,
@@ -76,7 +83,7 @@ pub struct CheckpointBenchArgs {
     /// Time between checkpoints.
     #[arg(long, value_parser = parse_positive_duration, default_value = "1s")]
     pub interval: Duration,
-    /// overhead: pairs of runs (off, on).
+    /// overhead: pairs of runs (off, on); incremental: rounds of the three backends.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50), default_value_t = 3)]
     pub rounds: u32,
     /// overhead: runs with checkpoints before the measured pairs, not counted. The first
@@ -223,6 +230,7 @@ pub fn run(args: CheckpointBenchArgs) -> anyhow::Result<()> {
         Scenario::Overhead => overhead(&args),
         Scenario::Backpressure => backpressure(&args),
         Scenario::StateSize => state_size(&args),
+        Scenario::Incremental => incremental(&args),
         Scenario::Recovery => recovery(&args),
     }
 }
@@ -428,6 +436,56 @@ fn state_size(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
                 phases(&s)
             ),
             None => println!("  {keys:>10} keys: no checkpoint completed in {:.1} s", figures.wall.as_secs_f64()),
+        }
+    }
+    Ok(())
+}
+
+/// The backends `--scenario incremental` compares: (label, job arguments).
+const STATE_MODES: [(&str, &[&str]); 3] = [
+    ("heap", &["--state-backend", "heap"]),
+    ("lsm full", &["--state-backend", "lsm", "--incremental-checkpoints", "false"]),
+    ("lsm incremental", &["--state-backend", "lsm", "--incremental-checkpoints", "true"]),
+];
+
+fn incremental(a: &CheckpointBenchArgs) -> anyhow::Result<()> {
+    let bench = Bench::start(a)?;
+    println!(
+        "checkpoints of keyed value state, p={}, every {:?}, {} round(s); sizes per checkpoint (avg, max): \
+         written = task files + uploaded files, state = task files + every file used",
+        bench.parallelism, a.interval, a.rounds
+    );
+    for &keys in &a.key_counts {
+        let records = a.events.max(keys * 2);
+        for round in 0..a.rounds {
+            for (label, extra) in STATE_MODES {
+                let mut args =
+                    ["--records", &records.to_string(), "--keys", &keys.to_string()].map(String::from).to_vec();
+                args.extend(extra.iter().map(|s| s.to_string()));
+                let figures = bench.run("bench-state", args, Some(every(a.interval, false)))?;
+                let events = records as f64 / figures.wall.as_secs_f64();
+                match figures.stats {
+                    Some(s) => println!(
+                        "  {keys:>10} keys  round {}  {label:<16} {:>3} checkpoint(s), run {:.1} s ({:.2} M records/s); \
+                         written avg {} max {}; state avg {} max {}; duration avg {} ms max {} ms",
+                        round + 1,
+                        s.counts.completed,
+                        figures.wall.as_secs_f64(),
+                        events / 1e6,
+                        mib(s.summary.checkpointed_size_bytes.avg),
+                        mib(s.summary.checkpointed_size_bytes.max),
+                        mib(s.summary.state_size_bytes.avg),
+                        mib(s.summary.state_size_bytes.max),
+                        s.summary.end_to_end_duration_ms.avg,
+                        s.summary.end_to_end_duration_ms.max,
+                    ),
+                    None => println!(
+                        "  {keys:>10} keys  round {}  {label:<16} no checkpoint completed in {:.1} s",
+                        round + 1,
+                        figures.wall.as_secs_f64()
+                    ),
+                }
+            }
         }
     }
     Ok(())

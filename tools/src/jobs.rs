@@ -105,6 +105,32 @@ pub struct BenchStateArgs {
     pub records: u64,
     #[arg(long, value_parser = crate::args::parse_keys)]
     pub keys: u64,
+    /// Keep the sums in keyed value state on this backend (a keyed process function) instead
+    /// of the running reduce's own table.
+    #[arg(long, value_name = "heap|lsm")]
+    pub state_backend: Option<corestream::StateBackendKind>,
+    /// With `--state-backend lsm`: checkpoints upload only new files (default true).
+    #[arg(long, value_name = "true|false")]
+    pub incremental_checkpoints: Option<bool>,
+}
+
+/// A running sum per key in keyed value state.
+#[derive(Default)]
+struct SumInState {
+    sum: Option<corestream::ValueState<u64, (), u64>>,
+}
+
+impl corestream::KeyedProcessFunction<u64, (u64, u64), (u64, u64)> for SumInState {
+    fn open(&mut self, ctx: &mut corestream::KeyedRuntimeContext<'_, u64>) {
+        let desc = corestream::ValueStateDescriptor::new("sum");
+        self.sum = Some(ctx.state().value_state(&desc).expect("a value state 'sum' of u64"));
+    }
+
+    fn process_element(&mut self, (_, x): (u64, u64), _: &mut corestream::KeyedContext<'_, u64, (u64, u64)>) {
+        let sum = self.sum.as_mut().expect("opened");
+        let next = sum.value().unwrap_or(0).wrapping_add(x);
+        sum.update(next);
+    }
 }
 
 /// The arguments of the job `bench checkpoints --scenario recovery` runs.
@@ -328,11 +354,17 @@ fn bench_recovery(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<J
 fn bench_state(env: &mut StreamEnvironment, ctx: &JobContext<'_>) -> Result<JobParts, String> {
     let a: BenchStateArgs = parse(ctx.args)?;
     let keys = a.keys;
-    env.from_generator(a.records, move |i| (i % keys, i))
-        .key_by(|r: &(u64, u64)| r.0)
-        .reduce(|x, y| (x.0, x.1.wrapping_add(y.1)))
-        .name("Sum per key")
-        .discard();
+    let keyed = env.from_generator(a.records, move |i| (i % keys, i)).key_by(|r: &(u64, u64)| r.0);
+    match a.state_backend {
+        None => keyed.reduce(|x, y| (x.0, x.1.wrapping_add(y.1))).name("Sum per key").discard(),
+        Some(backend) => {
+            env.set_state_backend(backend);
+            if let Some(incremental) = a.incremental_checkpoints {
+                env.set_lsm_config(corestream::LsmConfig { incremental, ..env.config().lsm.clone() });
+            }
+            keyed.process(SumInState::default).name("Sum per key in state").discard()
+        }
+    };
     Ok(JobParts::none())
 }
 

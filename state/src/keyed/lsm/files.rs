@@ -71,6 +71,52 @@ pub trait SharedFileStore: Send + Sync {
     fn download(&self, file: &SharedFile, dest: &Path) -> Result<(), String>;
 }
 
+/// A shared area in a local directory, for embedding and tests (a job's checkpoints use the
+/// engine's checkpoint storage): files are copied in under numbered names and checked by size
+/// and xxh3 when copied out.
+#[derive(Debug)]
+pub struct DirSharedFiles {
+    dir: std::path::PathBuf,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl DirSharedFiles {
+    /// The shared area in `dir` (created if missing).
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(dir.join("shared"))?;
+        Ok(Self { dir, next: std::sync::atomic::AtomicU64::new(0) })
+    }
+
+    /// Where shared file `file` is.
+    pub fn path(&self, file: &SharedFile) -> std::path::PathBuf {
+        self.dir.join(&file.name)
+    }
+}
+
+impl SharedFileStore for DirSharedFiles {
+    fn upload(&self, local: &Path) -> Result<SharedFile, String> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("shared/{n:08}.sst");
+        let dest = self.dir.join(&name);
+        let bytes = std::fs::read(local).map_err(|e| format!("{}: {e}", local.display()))?;
+        std::fs::write(&dest, &bytes).map_err(|e| format!("{}: {e}", dest.display()))?;
+        Ok(SharedFile { name, size: bytes.len() as u64, checksum: xxhash_rust::xxh3::xxh3_64(&bytes) })
+    }
+
+    fn download(&self, file: &SharedFile, dest: &Path) -> Result<(), String> {
+        let path = self.path(file);
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if bytes.len() as u64 != file.size {
+            return Err(format!("{}: {} bytes, {} expected", path.display(), bytes.len(), file.size));
+        }
+        if xxhash_rust::xxh3::xxh3_64(&bytes) != file.checksum {
+            return Err(format!("{}: checksum mismatch", path.display()));
+        }
+        std::fs::write(dest, bytes).map_err(|e| format!("{}: {e}", dest.display()))
+    }
+}
+
 /// One SST file of an incremental snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct SnapshotFile {

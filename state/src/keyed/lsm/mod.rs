@@ -48,8 +48,8 @@ use crate::error::StateError;
 use crate::keygroup::{assign_key_group, KeyGroupRange};
 
 pub use files::{
-    FrozenFiles, LsmFilesSnapshot, PrivateFile, SharedFile, SharedFileRef, SharedFileStore, SnapshotFile, StateInfo,
-    UploadLedger,
+    DirSharedFiles, FrozenFiles, LsmFilesSnapshot, PrivateFile, SharedFile, SharedFileRef, SharedFileStore,
+    SnapshotFile, StateInfo, UploadLedger,
 };
 pub use store::{slot_cache_usage, StoreError, ENGINE};
 use store::{ReadOnlyStore, Store};
