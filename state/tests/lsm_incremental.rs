@@ -117,6 +117,12 @@ fn a_second_snapshot_uploads_only_new_files_and_restores_whole_or_split() {
     let again = snapshot(&whole, 3, &*shared);
     assert!(again.files.iter().all(|f| f.reused), "a restored store reuses the files it was restored from");
     assert_eq!(shared.count(), uploaded);
+    let elsewhere = DirStore::new();
+    let mut moved = lsm(ALL);
+    moved.restore_files(std::slice::from_ref(&second), &*shared).unwrap();
+    let first_there = snapshot(&moved, 3, &*elsewhere);
+    assert!(first_there.files.iter().all(|f| !f.reused), "checkpoints into another area upload every file");
+    assert_eq!(elsewhere.count(), first_there.files.len());
 
     let halves = [KeyGroupRange { start: 0, end: 50 }, KeyGroupRange { start: 50, end: MAX_P }];
     let mut total = 0;

@@ -38,6 +38,10 @@ impl<'a> PartFiles<'a> {
 pub struct NoSharedFiles;
 
 impl SharedFileStore for NoSharedFiles {
+    fn location(&self) -> String {
+        String::new()
+    }
+
     fn upload(&self, local: &Path) -> Result<SharedFile, String> {
         Err(format!("{} cannot be uploaded: this snapshot has no checkpoint storage", local.display()))
     }

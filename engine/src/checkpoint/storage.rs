@@ -737,6 +737,10 @@ impl CheckpointStorage for FsCheckpointStorage {
 }
 
 impl corestream_state::lsm::SharedFileStore for FsCheckpointStorage {
+    fn location(&self) -> String {
+        std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone()).display().to_string()
+    }
+
     fn upload(&self, local: &Path) -> Result<SharedFile, String> {
         self.upload_shared(local).map_err(|e| e.to_string())
     }

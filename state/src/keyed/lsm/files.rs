@@ -64,6 +64,9 @@ pub struct SharedFileRef {
 /// Where incremental snapshots put their files and restores get them: the checkpoint
 /// storage's shared area (the engine's checkpoint storage implements it).
 pub trait SharedFileStore: Send + Sync {
+    /// Which shared area this is (equal for two handles on the same area): a snapshot reuses
+    /// only files of the area it writes to.
+    fn location(&self) -> String;
     /// Copies `local` durably into the shared area under a new, unique name.
     fn upload(&self, local: &Path) -> Result<SharedFile, String>;
     /// Copies `file` to `dest` (which must not exist), checking its size and checksum; the
@@ -95,6 +98,10 @@ impl DirSharedFiles {
 }
 
 impl SharedFileStore for DirSharedFiles {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
     fn upload(&self, local: &Path) -> Result<SharedFile, String> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("shared/{n:08}.sst");
@@ -192,19 +199,28 @@ const PRIVATE_BYTES_MAX: u64 = 64 << 20;
 /// confirmed complete (or restored from), by local name. Pure bookkeeping.
 #[derive(Debug, Default)]
 pub struct UploadLedger {
+    /// The shared area the confirmed files are in.
+    location: String,
     confirmed: HashMap<String, SharedFile>,
     /// Checkpoint → the files its snapshot used, by local name.
     pending: BTreeMap<u64, HashMap<String, SharedFile>>,
 }
 
 impl UploadLedger {
-    /// The shared copy of local file `local` of `size` bytes, if a confirmed checkpoint has it.
-    pub fn reusable(&self, local: &str, size: u64) -> Option<&SharedFile> {
-        self.confirmed.get(local).filter(|f| f.size == size)
+    /// The shared copy in shared area `location` of local file `local` of `size` bytes, if a
+    /// confirmed checkpoint has it.
+    pub fn reusable(&self, location: &str, local: &str, size: u64) -> Option<&SharedFile> {
+        self.confirmed.get(local).filter(|f| f.size == size && self.location == location)
     }
 
-    /// The snapshot for `checkpoint` used `files` (reused and uploaded).
-    pub fn used(&mut self, checkpoint: u64, files: HashMap<String, SharedFile>) {
+    /// The snapshot for `checkpoint` used `files` (reused and uploaded) in shared area
+    /// `location`.
+    pub fn used(&mut self, checkpoint: u64, location: &str, files: HashMap<String, SharedFile>) {
+        if self.location != location {
+            self.location = location.to_owned();
+            self.confirmed.clear();
+            self.pending.clear();
+        }
         self.pending.insert(checkpoint, files);
         while self.pending.len() > PENDING_CHECKPOINTS_MAX {
             self.pending.pop_first();
@@ -225,9 +241,11 @@ impl UploadLedger {
         self.pending.remove(&checkpoint);
     }
 
-    /// The store was restored: `files` are the reusable ones (those of the restored checkpoint,
-    /// or none after a rescale, whose store has new files).
-    pub fn restored(&mut self, files: HashMap<String, SharedFile>) {
+    /// The store was restored from shared area `location`: `files` are the reusable ones (those
+    /// of the restored checkpoint, or none after a rescale, whose store has new files). A job
+    /// that checkpoints into another area uploads its first snapshot whole.
+    pub fn restored(&mut self, location: &str, files: HashMap<String, SharedFile>) {
+        self.location = location.to_owned();
         self.confirmed = files;
         self.pending.clear();
     }
@@ -272,6 +290,7 @@ impl FrozenFiles {
         names.sort();
         let (mut files, mut private, mut private_bytes) = (Vec::new(), Vec::new(), 0u64);
         let mut used = HashMap::new();
+        let location = to.location();
         for name in names {
             let path = dir.join(&name);
             let size = std::fs::metadata(&path).map_err(|e| io_error(what(), &path, e))?.len();
@@ -285,7 +304,9 @@ impl FrozenFiles {
                 private.push(PrivateFile { name, bytes });
                 continue;
             }
-            let reused = self.ledger.lock().unwrap_or_else(|e| e.into_inner()).reusable(&name, size).cloned();
+            let ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+            let reused = ledger.reusable(&location, &name, size).cloned();
+            drop(ledger);
             let (file, reused) = match reused {
                 Some(file) => (file, true),
                 None => {
@@ -299,7 +320,7 @@ impl FrozenFiles {
             used.insert(name.clone(), file.clone());
             files.push(SnapshotFile { local: name, file, reused });
         }
-        self.ledger.lock().unwrap_or_else(|e| e.into_inner()).used(self.checkpoint, used);
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner()).used(self.checkpoint, &location, used);
         Ok(LsmFilesSnapshot {
             max_parallelism: self.max_parallelism,
             key_group_start: self.key_groups.start,
@@ -424,40 +445,45 @@ mod tests {
     #[test]
     fn only_files_of_the_confirmed_checkpoint_are_reused() {
         let mut ledger = UploadLedger::default();
-        assert!(ledger.reusable("1.sst", 10).is_none());
-        ledger.used(1, HashMap::from([("1.sst".to_owned(), file("a", 10))]));
-        assert!(ledger.reusable("1.sst", 10).is_none(), "checkpoint 1 is not confirmed yet");
+        assert!(ledger.reusable("A", "1.sst", 10).is_none());
+        ledger.used(1, "A", HashMap::from([("1.sst".to_owned(), file("a", 10))]));
+        assert!(ledger.reusable("A", "1.sst", 10).is_none(), "checkpoint 1 is not confirmed yet");
         ledger.confirm(1);
-        assert_eq!(ledger.reusable("1.sst", 10), Some(&file("a", 10)));
-        assert!(ledger.reusable("1.sst", 11).is_none(), "another size is another file");
+        assert_eq!(ledger.reusable("A", "1.sst", 10), Some(&file("a", 10)));
+        assert!(ledger.reusable("A", "1.sst", 11).is_none(), "another size is another file");
 
-        ledger.used(2, HashMap::from([("1.sst".to_owned(), file("a", 10)), ("2.sst".to_owned(), file("b", 5))]));
-        ledger.used(3, HashMap::from([("3.sst".to_owned(), file("c", 5))]));
+        ledger.used(2, "A", HashMap::from([("1.sst".to_owned(), file("a", 10)), ("2.sst".to_owned(), file("b", 5))]));
+        ledger.used(3, "A", HashMap::from([("3.sst".to_owned(), file("c", 5))]));
         ledger.abort(2);
         ledger.confirm(2);
-        assert!(ledger.reusable("2.sst", 5).is_none(), "an aborted checkpoint's files are never reused");
-        assert!(ledger.reusable("1.sst", 10).is_some());
+        assert!(ledger.reusable("A", "2.sst", 5).is_none(), "an aborted checkpoint's files are never reused");
+        assert!(ledger.reusable("A", "1.sst", 10).is_some());
         ledger.confirm(3);
-        assert!(ledger.reusable("1.sst", 10).is_none(), "checkpoint 3 no longer had file 1");
-        assert_eq!(ledger.reusable("3.sst", 5), Some(&file("c", 5)));
+        assert!(ledger.reusable("A", "1.sst", 10).is_none(), "checkpoint 3 no longer had file 1");
+        assert_eq!(ledger.reusable("A", "3.sst", 5), Some(&file("c", 5)));
     }
 
     #[test]
     fn a_confirmation_forgets_older_pending_checkpoints() {
         let mut ledger = UploadLedger::default();
-        ledger.used(4, HashMap::from([("4.sst".to_owned(), file("d", 1))]));
-        ledger.used(5, HashMap::from([("5.sst".to_owned(), file("e", 1))]));
+        ledger.used(4, "A", HashMap::from([("4.sst".to_owned(), file("d", 1))]));
+        ledger.used(5, "A", HashMap::from([("5.sst".to_owned(), file("e", 1))]));
         ledger.confirm(5);
         ledger.confirm(4);
-        assert!(ledger.reusable("4.sst", 1).is_none());
-        assert!(ledger.reusable("5.sst", 1).is_some());
+        assert!(ledger.reusable("A", "4.sst", 1).is_none());
+        assert!(ledger.reusable("A", "5.sst", 1).is_some());
         for id in 10..10 + PENDING_CHECKPOINTS_MAX as u64 + 5 {
-            ledger.used(id, HashMap::new());
+            ledger.used(id, "A", HashMap::new());
         }
         assert_eq!(ledger.pending.len(), PENDING_CHECKPOINTS_MAX);
-        ledger.restored(HashMap::from([("9.sst".to_owned(), file("f", 2))]));
+        ledger.restored("B", HashMap::from([("9.sst".to_owned(), file("f", 2))]));
+        assert!(ledger.reusable("A", "9.sst", 2).is_none(), "files of another shared area are never reused");
+        ledger.used(20, "A", HashMap::new());
+        ledger.confirm(20);
+        assert!(ledger.reusable("B", "9.sst", 2).is_none(), "writing to another area forgets the old one");
+        ledger.restored("A", HashMap::from([("9.sst".to_owned(), file("f", 2))]));
         assert!(ledger.pending.is_empty());
-        assert!(ledger.reusable("9.sst", 2).is_some());
+        assert!(ledger.reusable("A", "9.sst", 2).is_some());
     }
 
     #[test]

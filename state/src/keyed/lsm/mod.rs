@@ -217,7 +217,7 @@ impl LsmShared {
         *self.restored.borrow_mut() = Some(staging);
         *self.frozen.borrow_mut() = None;
         self.wrote();
-        self.ledger.lock().unwrap_or_else(|e| e.into_inner()).restored(files);
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner()).restored(&from.location(), files);
         Ok(())
     }
 
