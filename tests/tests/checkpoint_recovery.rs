@@ -416,6 +416,71 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     }
 }
 
+/// A shared file uploaded for checkpoint `id` (an SST of an incremental LSM snapshot).
+fn shared_file_of(dir: &Path, id: CheckpointId) -> String {
+    let meta = completed(dir).into_iter().find(|m| m.id == id).expect("the checkpoint is complete");
+    let file = meta.tasks.iter().flat_map(|t| &t.handle.shared).find(|r| !r.reused).expect("an uploaded file");
+    file.file.name.clone()
+}
+
+#[test]
+fn a_missing_or_damaged_shared_file_is_named_and_nothing_is_half_restored() {
+    let log = log();
+    let parallelism = 2;
+    let params = Params { records: 3000, rate: 1000, fail: false, backend: StateBackendKind::Lsm };
+    let expected = reference(params, parallelism);
+
+    let probe = Arc::new(Probe::default());
+    let (_cluster, api) = start(&probe, parallelism);
+    let original = tempfile::tempdir().unwrap();
+    let ck = checkpoints(original.path(), 100, CheckpointMode::ExactlyOnce, false);
+    let id = submit(&api, JOB, &params.args(), parallelism, Some(ck), None);
+    wait_until("two completed checkpoints", JOB_TIMEOUT, || completed(original.path()).len() >= 2);
+    api.cancel(&id).expect("the job runs");
+    assert_eq!(wait_terminal(&api, &id).state, JobState::Cancelled);
+    let ids: Vec<CheckpointId> = completed(original.path()).iter().map(|m| m.id).collect();
+    let (previous, newest) = (ids[ids.len() - 2], ids[ids.len() - 1]);
+
+    for missing in [true, false] {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(original.path(), copy.path());
+        let file = shared_file_of(copy.path(), newest);
+        let path = copy.path().join(&file);
+        if missing {
+            std::fs::remove_file(&path).unwrap();
+        } else {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = bytes.len() / 2;
+            bytes[at] ^= 0x5a;
+            std::fs::write(&path, bytes).unwrap();
+        }
+
+        let chk = copy.path().join(format!("chk-{newest}")).display().to_string();
+        let id = submit(&api, JOB, &params.args(), parallelism, None, Some(RestoreRequest::FromCheckpoint(chk)));
+        let result = wait_terminal(&api, &id);
+        assert_eq!(result.state, JobState::Failed, "missing {missing}: restoring exactly the damaged checkpoint");
+        let failure = result.result.as_ref().and_then(|o| o.failure.clone()).unwrap_or_default();
+        assert!(failure.contains(&file), "missing {missing}: the failure names {file}: {failure}");
+
+        if missing {
+            probe.restored.lock().unwrap().clear();
+            let resume = RestoreRequest::Resume(copy.path().display().to_string());
+            let ck = checkpoints(copy.path(), 100, CheckpointMode::ExactlyOnce, false);
+            let id = submit(&api, JOB, &params.args(), parallelism, Some(ck), Some(resume));
+            let result = wait_terminal(&api, &id);
+            assert_finished(&api, &id, &result);
+            let restored = probe.restored.lock().unwrap().clone();
+            assert_eq!(restored, vec![previous; parallelism as usize], "restored checkpoint {previous}");
+            let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+            assert!(
+                text.lines().any(|l| l.contains(&format!("skipping checkpoint {newest}")) && l.contains(&file)),
+                "the log names {file}:\n{text}"
+            );
+            assert_eq!(lines(&result), expected, "output after resuming from checkpoint {previous}");
+        }
+    }
+}
+
 #[test]
 fn the_exactly_once_file_sink_holds_every_record_once_after_restarts() {
     let parallelism = 2;
