@@ -87,13 +87,13 @@ fn a_second_snapshot_uploads_only_new_files_and_restores_whole_or_split() {
     let shared = DirStore::new();
     let mut b = lsm(ALL);
     fill(&mut b, 0..20_000);
-    let first = snapshot(&b, 1, &*shared);
+    let first = snapshot(&b, 1, &shared);
     assert!(!first.files.is_empty() && first.files.iter().all(|f| !f.reused));
     assert_eq!(first.uploaded_bytes(), first.files.iter().map(|f| f.file.size).sum::<u64>());
     b.notify_checkpoint_complete(1);
 
     fill(&mut b, 20_000..21_000);
-    let second = snapshot(&b, 2, &*shared);
+    let second = snapshot(&b, 2, &shared);
     let reused: Vec<_> = second.files.iter().filter(|f| f.reused).collect();
     assert!(!reused.is_empty(), "the files of checkpoint 1 are reused");
     assert!(
@@ -114,13 +114,13 @@ fn a_second_snapshot_uploads_only_new_files_and_restores_whole_or_split() {
     let mut whole = lsm(ALL);
     whole.restore_files(std::slice::from_ref(&second), &*shared).unwrap();
     assert_eq!(check(&mut whole, 0..21_000), 21_000);
-    let again = snapshot(&whole, 3, &*shared);
+    let again = snapshot(&whole, 3, &shared);
     assert!(again.files.iter().all(|f| f.reused), "a restored store reuses the files it was restored from");
     assert_eq!(shared.count(), uploaded);
     let elsewhere = DirStore::new();
     let mut moved = lsm(ALL);
     moved.restore_files(std::slice::from_ref(&second), &*shared).unwrap();
-    let first_there = snapshot(&moved, 3, &*elsewhere);
+    let first_there = snapshot(&moved, 3, &elsewhere);
     assert!(first_there.files.iter().all(|f| !f.reused), "checkpoints into another area upload every file");
     assert_eq!(elsewhere.count(), first_there.files.len());
 
@@ -130,7 +130,7 @@ fn a_second_snapshot_uploads_only_new_files_and_restores_whole_or_split() {
         let mut half = lsm(range);
         half.restore_files(std::slice::from_ref(&second), &*shared).unwrap();
         total += check(&mut half, 0..21_000);
-        let theirs = snapshot(&half, 3, &*shared);
+        let theirs = snapshot(&half, 3, &shared);
         assert!(theirs.files.iter().all(|f| !f.reused), "a rescaled store has new files");
     }
     assert_eq!(total, 21_000);
@@ -141,7 +141,7 @@ fn the_heap_backend_refuses_an_incremental_snapshot() {
     let shared = DirStore::new();
     let mut b = lsm(ALL);
     fill(&mut b, 0..100);
-    let s = snapshot(&b, 1, &*shared);
+    let s = snapshot(&b, 1, &shared);
     let mut heap = KeyedStateBackend::<u64>::new(StateBackendKind::Heap, MAX_P, ALL);
     let e = heap.restore_files(&[s], &*shared).unwrap_err().to_string();
     assert!(e.contains("--state-backend lsm"), "{e}");
@@ -152,7 +152,7 @@ fn a_missing_or_damaged_file_is_named_and_changes_nothing() {
     let shared = DirStore::new();
     let mut b = lsm(ALL);
     fill(&mut b, 0..5_000);
-    let s = snapshot(&b, 1, &*shared);
+    let s = snapshot(&b, 1, &shared);
     let victim = &s.files[0].file;
 
     let mut r = lsm(ALL);

@@ -361,6 +361,24 @@ fn damage(dir: &Path, id: CheckpointId, how: Damage) -> Option<String> {
     }
 }
 
+/// A run cancelled after at least two completed checkpoints: its directory, the next-to-newest
+/// and the newest checkpoint.
+fn cancelled_after_two_checkpoints(
+    api: &Arc<dyn ClusterApi>,
+    params: Params,
+    parallelism: u32,
+) -> (tempfile::TempDir, CheckpointId, CheckpointId) {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoints(dir.path(), 100, CheckpointMode::ExactlyOnce, false);
+    let id = submit(api, JOB, &params.args(), parallelism, Some(ck), None);
+    wait_until("two completed checkpoints", JOB_TIMEOUT, || completed(dir.path()).len() >= 2);
+    api.cancel(&id).expect("the job runs");
+    let result = wait_terminal(api, &id);
+    assert_eq!(result.state, JobState::Cancelled, "{result:?}");
+    let ids: Vec<CheckpointId> = completed(dir.path()).iter().map(|m| m.id).collect();
+    (dir, ids[ids.len() - 2], ids[ids.len() - 1])
+}
+
 #[test]
 fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     let log = log();
@@ -368,18 +386,9 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     let params = Params { records: 3000, rate: 1000, fail: false, backend: StateBackendKind::Heap };
     let expected = reference(params, parallelism);
 
-    // A run cancelled after at least two completed checkpoints.
     let probe = Arc::new(Probe::default());
     let (_cluster, api) = start(&probe, parallelism);
-    let original = tempfile::tempdir().unwrap();
-    let ck = checkpoints(original.path(), 100, CheckpointMode::ExactlyOnce, false);
-    let id = submit(&api, JOB, &params.args(), parallelism, Some(ck), None);
-    wait_until("two completed checkpoints", JOB_TIMEOUT, || completed(original.path()).len() >= 2);
-    api.cancel(&id).expect("the job runs");
-    let result = wait_terminal(&api, &id);
-    assert_eq!(result.state, JobState::Cancelled, "{result:?}");
-    let ids: Vec<CheckpointId> = completed(original.path()).iter().map(|m| m.id).collect();
-    let (previous, newest) = (ids[ids.len() - 2], ids[ids.len() - 1]);
+    let (original, previous, newest) = cancelled_after_two_checkpoints(&api, params, parallelism);
 
     for how in [Damage::CorruptByte, Damage::Truncate, Damage::NoMetadata] {
         let copy = tempfile::tempdir().unwrap();
@@ -432,14 +441,7 @@ fn a_missing_or_damaged_shared_file_is_named_and_nothing_is_half_restored() {
 
     let probe = Arc::new(Probe::default());
     let (_cluster, api) = start(&probe, parallelism);
-    let original = tempfile::tempdir().unwrap();
-    let ck = checkpoints(original.path(), 100, CheckpointMode::ExactlyOnce, false);
-    let id = submit(&api, JOB, &params.args(), parallelism, Some(ck), None);
-    wait_until("two completed checkpoints", JOB_TIMEOUT, || completed(original.path()).len() >= 2);
-    api.cancel(&id).expect("the job runs");
-    assert_eq!(wait_terminal(&api, &id).state, JobState::Cancelled);
-    let ids: Vec<CheckpointId> = completed(original.path()).iter().map(|m| m.id).collect();
-    let (previous, newest) = (ids[ids.len() - 2], ids[ids.len() - 1]);
+    let (original, previous, newest) = cancelled_after_two_checkpoints(&api, params, parallelism);
 
     for missing in [true, false] {
         let copy = tempfile::tempdir().unwrap();
