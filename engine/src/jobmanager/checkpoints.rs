@@ -305,21 +305,22 @@ impl Running {
 
     /// The attempt ended: pending checkpoints are discarded; a metadata write in flight still
     /// completes its checkpoint (its files stay, and a later restore may use it).
-    pub(crate) fn stop(mut self, jm: &Jm) -> CheckpointStats {
+    pub(crate) async fn stop(mut self, jm: &Jm) -> CheckpointStats {
         let actions = self.coordinator.stop(now_ms());
         self.execute(jm, actions);
-        self.sweep_shared();
+        self.sweep_shared().await;
         self.coordinator.stats()
     }
 
     /// Deletes the shared files no completed or finalizing checkpoint uses: every part has
     /// reported its end, which it does only after its snapshot writer stopped, so these are
-    /// uploads for checkpoints that will never complete.
-    fn sweep_shared(&self) {
+    /// uploads for checkpoints that will never complete. Awaited before the attempt ends, so
+    /// that it never sees the uploads of the next attempt.
+    async fn sweep_shared(&self) {
         let (storage, job) = (self.storage.clone(), self.job);
         let keep = self.coordinator.shared().clone();
         let in_use = self.coordinator.pending_shared();
-        tokio::task::spawn_blocking(move || {
+        let swept = tokio::task::spawn_blocking(move || {
             let listed = match storage.list_shared() {
                 Ok(listed) => listed,
                 Err(e) => return tracing::warn!(%job, error = %e, "could not list the shared checkpoint files"),
@@ -332,6 +333,9 @@ impl Running {
                 tracing::warn!(%job, error = %e, "could not delete shared checkpoint files");
             }
         });
+        if let Err(e) = swept.await {
+            tracing::warn!(job = %self.job, error = %e, "the sweep of shared checkpoint files failed");
+        }
     }
 
     fn execute(&mut self, jm: &Jm, actions: Vec<Action>) -> Outcome {

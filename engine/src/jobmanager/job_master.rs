@@ -574,7 +574,7 @@ async fn run_attempt(
         }
     }
     if let Some(c) = checkpoints.take() {
-        let stats = c.stop(jm);
+        let stats = c.stop(jm).await;
         jm.update_job(job, |j| {
             j.checkpoint_stats.publish(stats);
             j.checkpoint_stats.end_attempt();
