@@ -17,9 +17,11 @@
 //!
 //! Reads and writes are synchronous on the slot's thread, as in Flink's RocksDB backend: a read
 //! that misses the memtables and the block cache waits for the disk. A snapshot's synchronous
-//! part is a store checkpoint (flush and hard links, shared by every state of the backend); its
-//! asynchronous part opens that checkpoint read-only on the writer's thread and archives each
-//! key group as the heap backend does (entries whose TTL has expired left out).
+//! part is a store checkpoint (flush and hard links, shared by every state of the backend). A
+//! full snapshot's asynchronous part opens that checkpoint read-only on the writer's thread and
+//! archives each key group as the heap backend does (entries whose TTL has expired left out);
+//! an incremental one (`files`, the default for checkpoints) uploads the checkpoint's new SST
+//! files instead.
 //!
 //! A failing store operation inside a state access (the disk, not the data) panics with the
 //! store's error: the task fails and restarts from its last checkpoint, as a Flink task does on
