@@ -809,15 +809,9 @@ impl Coordinator {
         let mut summary = pending.summary(CheckpointStatus::Failed, Some(now_ms), self.tasks.len() as u32);
         tracing::warn!(checkpoint = id, "checkpoint {id} aborted: {reason}");
         actions.push(Action::Discard { id });
-        let mut uploads: Vec<String> = pending
-            .acks
-            .values()
-            .flat_map(|a| self.unused_uploads(&a.handle))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        uploads.sort();
+        let uploads: BTreeSet<String> = pending.acks.values().flat_map(|a| self.unused_uploads(&a.handle)).collect();
         if !uploads.is_empty() {
+            let uploads = uploads.into_iter().collect();
             actions.push(Action::DiscardShared { files: uploads });
         }
         self.release_shared(actions);

@@ -111,7 +111,7 @@ pub(crate) fn prepare_attempt(
             let retained = retained_metadata(&*storage).map_err(|e| e.to_string())?;
             let completed = retained.iter().map(Into::into).collect();
             let shared = SharedRegistry::of_checkpoints(&retained);
-            sweep_orphans(job, &storage, &shared);
+            sweep_orphans(job, &storage, &shared, &Default::default());
             let config = CheckpointConfig {
                 interval: s.interval.expect("filtered on an interval"),
                 timeout: s.timeout,
@@ -140,10 +140,17 @@ pub(crate) fn prepare_attempt(
     Ok(AttemptCheckpoints { deployment, driver })
 }
 
-/// Deletes the shared files no complete checkpoint in storage uses: uploads of checkpoints that
-/// never completed in earlier attempts (a task that failed after uploading, a job stopped while
-/// its writer was uploading). Nothing of this job runs yet, so nothing is being uploaded.
-fn sweep_orphans(job: &str, storage: &FsCheckpointStorage, shared: &SharedRegistry) {
+/// Deletes the shared files that neither a complete checkpoint (`shared`) nor `in_use` (those
+/// of checkpoints whose metadata is still being written) uses: uploads of checkpoints that never
+/// completed (a task that failed after uploading, a job stopped while its writer was
+/// uploading). Called before an attempt deploys and after all its parts ended, when nothing of
+/// the job is being uploaded.
+fn sweep_orphans(
+    job: &str,
+    storage: &FsCheckpointStorage,
+    shared: &SharedRegistry,
+    in_use: &std::collections::BTreeSet<String>,
+) {
     let listed = match storage.list_shared() {
         Ok(listed) => listed,
         Err(e) => {
@@ -151,7 +158,7 @@ fn sweep_orphans(job: &str, storage: &FsCheckpointStorage, shared: &SharedRegist
             return;
         }
     };
-    let orphans = shared.orphans(&listed, &Default::default());
+    let orphans = shared.orphans(&listed, in_use);
     if orphans.is_empty() {
         return;
     }
@@ -317,22 +324,10 @@ impl Running {
     /// uploads for checkpoints that will never complete. Awaited before the attempt ends, so
     /// that it never sees the uploads of the next attempt.
     async fn sweep_shared(&self) {
-        let (storage, job) = (self.storage.clone(), self.job);
+        let (storage, job) = (self.storage.clone(), self.job.to_string());
         let keep = self.coordinator.shared().clone();
         let in_use = self.coordinator.pending_shared();
-        let swept = tokio::task::spawn_blocking(move || {
-            let listed = match storage.list_shared() {
-                Ok(listed) => listed,
-                Err(e) => return tracing::warn!(%job, error = %e, "could not list the shared checkpoint files"),
-            };
-            let orphans = keep.orphans(&listed, &in_use);
-            if !orphans.is_empty() {
-                tracing::debug!(%job, files = orphans.len(), "deleting shared files of checkpoints that never completed");
-            }
-            if let Err(e) = storage.discard_shared(&orphans) {
-                tracing::warn!(%job, error = %e, "could not delete shared checkpoint files");
-            }
-        });
+        let swept = tokio::task::spawn_blocking(move || sweep_orphans(&job, &storage, &keep, &in_use));
         if let Err(e) = swept.await {
             tracing::warn!(job = %self.job, error = %e, "the sweep of shared checkpoint files failed");
         }
