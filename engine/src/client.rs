@@ -23,7 +23,8 @@ use crate::jobmanager::api::JobList;
 use crate::jobmanager::api::{
     ApiError, CheckpointConfigInfo, CheckpointDetails, CheckpointStatusInfo, CheckpointingStatistics, ClusterOverview,
     JobDetails, JobExecutionResult, JobOutcome, JobOverview, JobState, JobTypeInfo, JobTypeList, RestConfig,
-    SubmitRequest, SubmitResponse, TaskManagerInfo, TaskManagerList, TriggerCheckpointResponse,
+    SavepointInfo, SavepointRequest, SavepointStatus, SavepointTriggerResponse, SubmitRequest, SubmitResponse,
+    TaskManagerInfo, TaskManagerList, TriggerCheckpointResponse,
 };
 use crate::rpc::ids::{JobId, TaskManagerId};
 
@@ -56,6 +57,11 @@ pub enum ClientError {
          at {url}"
     )]
     CheckpointWaitTimeout { url: String, jobid: JobId, checkpoint: CheckpointId, waited: Duration },
+    #[error(
+        "savepoint request {request} of job {jobid} was still in progress after {waited:?}; it goes on at the \
+         JobManager at {url}"
+    )]
+    SavepointWaitTimeout { url: String, jobid: JobId, request: String, waited: Duration },
 }
 
 impl ClientError {
@@ -248,6 +254,53 @@ impl RestClient {
         let what = format!("POST {path}");
         let result = self.authorized(self.agent.post(self.endpoint(&path))).send_empty();
         self.finish(&what, result).and_then(|(status, body)| self.decode(&what, status, &body))
+    }
+
+    /// `POST /v1/jobs/{id}/savepoints` (or, with `stop`, `/stop`): requests a savepoint into
+    /// `target` (the cluster's default directory when `None`).
+    pub fn trigger_savepoint(
+        &self,
+        id: JobId,
+        target: Option<String>,
+        stop: bool,
+    ) -> Result<SavepointTriggerResponse, ClientError> {
+        let path = format!("/v1/jobs/{id}/{}", if stop { "stop" } else { "savepoints" });
+        let what = format!("POST {path}");
+        let request = SavepointRequest { target_directory: target };
+        let result = self.authorized(self.agent.post(self.endpoint(&path))).send_json(&request);
+        self.finish(&what, result).and_then(|(status, body)| self.decode(&what, status, &body))
+    }
+
+    /// `GET /v1/jobs/{id}/savepoints/{request}`.
+    pub fn savepoint(&self, id: JobId, request: &str) -> Result<SavepointInfo, ClientError> {
+        self.get(&format!("/v1/jobs/{id}/savepoints/{request}"))
+    }
+
+    /// Polls a savepoint request every 100 ms until it completed or failed;
+    /// [`ClientError::SavepointWaitTimeout`] when it is still in progress after `timeout`.
+    pub fn wait_for_savepoint(
+        &self,
+        id: JobId,
+        request: &str,
+        timeout: Duration,
+    ) -> Result<SavepointInfo, ClientError> {
+        let start = Instant::now();
+        loop {
+            let info = self.savepoint(id, request)?;
+            if info.status != SavepointStatus::InProgress {
+                return Ok(info);
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(ClientError::SavepointWaitTimeout {
+                    url: self.base.clone(),
+                    jobid: id,
+                    request: request.to_string(),
+                    waited,
+                });
+            }
+            thread::sleep((timeout - waited).min(Duration::from_millis(100)));
+        }
     }
 
     /// Polls a checkpoint's details every 50 ms (a checkpoint takes milliseconds, and the

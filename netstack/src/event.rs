@@ -10,6 +10,16 @@ pub enum BarrierKind {
     Aligned,
     /// Exactly-once, unaligned: the barrier overtakes queued buffers, which become channel state.
     Unaligned,
+    /// A savepoint: aligned in every checkpointing mode, and every task writes its state in the
+    /// canonical, backend-independent format.
+    Savepoint,
+}
+
+impl BarrierKind {
+    /// Whether the barrier waits behind the buffers queued before it (aligned or a savepoint).
+    pub fn is_aligned(self) -> bool {
+        self != BarrierKind::Unaligned
+    }
 }
 
 /// Whether a channel currently takes part in event time (Flink's `WatermarkStatus`).

@@ -108,6 +108,7 @@
 //! | 3 | `WatermarkStatus(s)` | 0 Active, 1 Idle | 0 | 0 |
 //! | 4 | `CheckpointBarrier { checkpoint_id, timestamp_ms, kind }` | checkpoint id | timestamp as i64 | bit 0 iff `Unaligned` |
 //! | 5 | `LatencyMarker { marked_time_ns, source_subtask }` | marked time (ns) | source subtask (≤ `u32::MAX`) | 0 |
+//! | 6 | `CheckpointBarrier { checkpoint_id, timestamp_ms, kind: Savepoint }` | checkpoint id | timestamp as i64 | 0 |
 //!
 //! An unknown code is [`FrameError::UnknownEvent`]; a field outside its range (a non-zero
 //! field that must be 0, a status other than 0/1, a subtask past `u32::MAX`, a priority flag
@@ -856,6 +857,7 @@ const EVENT_WATERMARK: u32 = 2;
 const EVENT_WATERMARK_STATUS: u32 = 3;
 const EVENT_CHECKPOINT_BARRIER: u32 = 4;
 const EVENT_LATENCY_MARKER: u32 = 5;
+const EVENT_SAVEPOINT_BARRIER: u32 = 6;
 
 impl WireEvent {
     fn from_event(event: &Event) -> Self {
@@ -865,6 +867,9 @@ impl WireEvent {
             Event::Watermark(ts) => (EVENT_WATERMARK, ts as u64, 0),
             Event::WatermarkStatus(WatermarkStatus::Active) => (EVENT_WATERMARK_STATUS, 0, 0),
             Event::WatermarkStatus(WatermarkStatus::Idle) => (EVENT_WATERMARK_STATUS, 1, 0),
+            Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind: BarrierKind::Savepoint } => {
+                (EVENT_SAVEPOINT_BARRIER, checkpoint_id, timestamp_ms as u64)
+            }
             Event::CheckpointBarrier { checkpoint_id, timestamp_ms, .. } => {
                 (EVENT_CHECKPOINT_BARRIER, checkpoint_id, timestamp_ms as u64)
             }
@@ -895,6 +900,9 @@ impl WireEvent {
                 timestamp_ms: b as i64,
                 kind: if priority { BarrierKind::Unaligned } else { BarrierKind::Aligned },
             },
+            EVENT_SAVEPOINT_BARRIER => {
+                Event::CheckpointBarrier { checkpoint_id: a, timestamp_ms: b as i64, kind: BarrierKind::Savepoint }
+            }
             EVENT_LATENCY_MARKER => Event::LatencyMarker {
                 marked_time_ns: a,
                 source_subtask: u32::try_from(b).map_err(|_| invalid("latency marker subtask past u32::MAX"))?,
@@ -1273,7 +1281,7 @@ mod tests {
     #[test]
     fn malformed_events_are_named() {
         assert_eq!(decode_frame(&event_frame(0, 0, 0, 0)), Err(FrameError::UnknownEvent { code: 0 }));
-        assert_eq!(decode_frame(&event_frame(6, 0, 0, 0)), Err(FrameError::UnknownEvent { code: 6 }));
+        assert_eq!(decode_frame(&event_frame(7, 0, 0, 0)), Err(FrameError::UnknownEvent { code: 7 }));
         let invalid = |code, a, b, flags| match decode_frame(&event_frame(code, a, b, flags)) {
             Err(FrameError::InvalidEvent { code: got, .. }) => assert_eq!(got, code),
             other => panic!("event {code} ({a}, {b}, {flags}): expected InvalidEvent, got {other:?}"),
@@ -1285,6 +1293,7 @@ mod tests {
         invalid(3, 0, 3, 0);
         invalid(5, 1, u64::from(u32::MAX) + 1, 0);
         invalid(2, 5, 0, 1);
+        invalid(6, 5, 0, 1);
         invalid(1, 0, 0, 1);
         let barrier = event_frame(4, 7, 99, 1);
         let (m, _) = decode_frame(&barrier).unwrap();
@@ -1301,8 +1310,8 @@ mod tests {
             } else {
                 WatermarkStatus::Active
             })),
-            (any::<u64>(), any::<i64>(), any::<bool>()).prop_map(|(checkpoint_id, timestamp_ms, unaligned)| {
-                let kind = if unaligned { BarrierKind::Unaligned } else { BarrierKind::Aligned };
+            (any::<u64>(), any::<i64>(), 0..3u8).prop_map(|(checkpoint_id, timestamp_ms, kind)| {
+                let kind = [BarrierKind::Aligned, BarrierKind::Unaligned, BarrierKind::Savepoint][kind as usize];
                 Event::CheckpointBarrier { checkpoint_id, timestamp_ms, kind }
             }),
             (any::<u64>(), any::<u32>())

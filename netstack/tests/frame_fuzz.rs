@@ -219,6 +219,7 @@ fn seeds() -> Vec<Seed> {
         s("event_watermark_status", &[event(1, 0, Event::WatermarkStatus(WatermarkStatus::Idle))]),
         s("event_barrier_aligned", &[event(1, 0, barrier(BarrierKind::Aligned))]),
         s("event_barrier_unaligned", &[event(1, 0, barrier(BarrierKind::Unaligned))]),
+        s("event_barrier_savepoint", &[event(1, 0, barrier(BarrierKind::Savepoint))]),
         s(
             "event_latency_marker",
             &[event(2, 0, Event::LatencyMarker { marked_time_ns: 123_456_789, source_subtask: 3 })],

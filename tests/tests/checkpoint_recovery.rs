@@ -6,7 +6,11 @@
 //! - a damaged newest checkpoint (a corrupted byte in a task file, a truncated task file, a
 //!   missing `_metadata`): a new submission resuming the directory restores the previous
 //!   complete checkpoint, logs the damaged file, and gives the output of an uninterrupted
-//!   run; a submission restoring exactly the damaged checkpoint fails naming the file.
+//!   run; a submission restoring exactly the damaged checkpoint fails naming the file;
+//! - savepoints: one taken on the heap backend (a stop-with-savepoint) restores on the LSM
+//!   backend and one of an incremental LSM job on the heap backend, each giving the
+//!   uninterrupted run's output; a damaged savepoint fails its restore naming the file; bad
+//!   savepoint requests are refused with the reason.
 //!
 //! The job's sink keeps every result line in checkpointed state (with the id of the
 //! checkpoint it belongs to, so the test learns which checkpoint a run restored) and reports
@@ -24,7 +28,9 @@ use std::time::Duration;
 use checkpointing::*;
 use corestream::checkpoint::request::RestoreRequest;
 use corestream::checkpoint::{CheckpointId, CheckpointMode};
-use corestream::jobmanager::api::{ClusterApi, JobState};
+use corestream::jobmanager::api::{
+    ApiErrorCode, ClusterApi, JobState, SavepointInfo, SavepointRequest, SavepointStatus,
+};
 use corestream::registry::{JobParts, JobRegistry, JobType};
 use corestream::rpc::messages::{Accumulator, Accumulators};
 use corestream::{
@@ -515,4 +521,155 @@ fn the_exactly_once_file_sink_holds_every_record_once_after_restarts() {
     let missing = expected.iter().filter(|e| got.binary_search(e).is_err()).count();
     let duplicates = got.windows(2).filter(|w| w[0] == w[1]).count();
     assert_eq!((missing, duplicates, got.len()), (0, 0, expected.len()), "missing, duplicated, committed lines");
+}
+
+/// Requests a savepoint of running job `id` into `target` (with `stop`, a stop-with-savepoint)
+/// once a checkpoint completed in `dir` (every task runs), waits for it and returns it.
+fn savepoint_of(api: &Arc<dyn ClusterApi>, id: &str, dir: &Path, target: &Path, stop: bool) -> SavepointInfo {
+    wait_until("a completed checkpoint", JOB_TIMEOUT, || !completed(dir).is_empty());
+    let request = SavepointRequest { target_directory: Some(target.display().to_string()) };
+    let request_id = api.trigger_savepoint(id, request, stop).expect("a savepoint is requested").request_id;
+    let mut info = None;
+    wait_until("the savepoint", JOB_TIMEOUT, || {
+        info = Some(api.savepoint(id, &request_id).expect("the request is known"));
+        info.as_ref().is_some_and(|i| i.status != SavepointStatus::InProgress)
+    });
+    let info = info.unwrap();
+    assert_eq!(info.status, SavepointStatus::Completed, "{info:?}");
+    info
+}
+
+/// A savepoint taken on backend `from` restores on backend `to` at the same parallelism and
+/// gives the uninterrupted run's output; the savepoint is self-contained (its own directory,
+/// no shared files, not among the job's checkpoints), and with `stop` the job ends cancelled.
+fn savepoint_restores_on_the_other_backend(from: StateBackendKind, to: StateBackendKind, stop: bool) {
+    let parallelism = 2;
+    let params = Params { records: 3000, rate: 1000, fail: false, backend: from };
+    let expected = reference(params, parallelism);
+    let probe = Arc::new(Probe::default());
+    let (_cluster, api) = start(&probe, parallelism);
+    let (dir, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ck = checkpoints(dir.path(), 100, CheckpointMode::ExactlyOnce, true);
+    let id = submit(&api, JOB, &params.args(), parallelism, Some(ck), None);
+    let info = savepoint_of(&api, &id, dir.path(), target.path(), stop);
+    let result = wait_terminal(&api, &id);
+    if stop {
+        assert_eq!(result.state, JobState::Cancelled, "stopped with a savepoint: {result:?}");
+    } else {
+        assert_finished(&api, &id, &result);
+    }
+
+    let location = PathBuf::from(info.location.clone().expect("a complete savepoint has a location"));
+    assert_eq!(location.parent(), Some(target.path()), "{info:?}");
+    let savepoint_id = info.checkpoint_id.expect("triggered");
+    let chk = location.join(format!("chk-{savepoint_id}"));
+    let meta = corestream::checkpoint::storage::FsCheckpointStorage::open(&location)
+        .and_then(|s| corestream::checkpoint::storage::CheckpointStorage::read_metadata(&s, savepoint_id))
+        .unwrap_or_else(|e| panic!("{}: {e}", chk.display()));
+    assert!(meta.savepoint && !meta.unaligned, "a savepoint is aligned, even in a job with unaligned checkpoints");
+    assert!(meta.tasks.iter().all(|t| t.handle.shared.is_empty()), "a savepoint holds no shared files");
+    assert!(!dir.path().join(format!("chk-{savepoint_id}")).exists(), "the savepoint left the checkpoint directory");
+    assert!(completed(dir.path()).iter().all(|m| !m.savepoint));
+    let leftovers: Vec<_> = std::fs::read_dir(target.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "only the savepoint's directory: {leftovers:?}");
+
+    probe.restored.lock().unwrap().clear();
+    let restore = RestoreRequest::FromSavepoint(location.display().to_string());
+    let id = submit(&api, JOB, &Params { backend: to, ..params }.args(), parallelism, None, Some(restore));
+    let result = wait_terminal(&api, &id);
+    assert_finished(&api, &id, &result);
+    assert_eq!(*probe.restored.lock().unwrap(), vec![savepoint_id; parallelism as usize]);
+    assert_eq!(lines(&result), expected, "{from} → {to}: output after restoring savepoint {savepoint_id}");
+}
+
+#[test]
+fn a_heap_savepoint_stops_the_job_and_restores_on_the_lsm_backend() {
+    savepoint_restores_on_the_other_backend(StateBackendKind::Heap, StateBackendKind::Lsm, true);
+}
+
+#[test]
+fn an_incremental_lsm_job_savepoint_restores_on_the_heap_backend() {
+    savepoint_restores_on_the_other_backend(StateBackendKind::Lsm, StateBackendKind::Heap, false);
+}
+
+#[test]
+fn a_missing_or_damaged_savepoint_file_is_named_and_nothing_is_restored() {
+    let parallelism = 2;
+    let params = Params { records: 3000, rate: 1000, fail: false, backend: StateBackendKind::Heap };
+    let probe = Arc::new(Probe::default());
+    let (_cluster, api) = start(&probe, parallelism);
+    let (dir, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ck = checkpoints(dir.path(), 100, CheckpointMode::ExactlyOnce, false);
+    let id = submit(&api, JOB, &params.args(), parallelism, Some(ck), None);
+    let info = savepoint_of(&api, &id, dir.path(), target.path(), true);
+    wait_terminal(&api, &id);
+    let original = PathBuf::from(info.location.unwrap());
+    let savepoint_id = info.checkpoint_id.unwrap();
+
+    for how in [Damage::CorruptByte, Damage::Truncate, Damage::NoMetadata] {
+        let copy = tempfile::tempdir().unwrap();
+        let location = copy.path().join(original.file_name().unwrap());
+        copy_dir(&original, &location);
+        let named = damage(&location, savepoint_id, how).unwrap_or_else(|| "no complete chk-<id>".into());
+        probe.restored.lock().unwrap().clear();
+        let restore = RestoreRequest::FromSavepoint(location.display().to_string());
+        let id = submit(&api, JOB, &params.args(), parallelism, None, Some(restore));
+        let result = wait_terminal(&api, &id);
+        assert_eq!(result.state, JobState::Failed, "{how:?}");
+        let failure = result.result.as_ref().and_then(|o| o.failure.clone()).unwrap_or_default();
+        assert!(failure.contains(&named), "{how:?}: the failure names {named}: {failure}");
+        assert!(probe.restored.lock().unwrap().is_empty(), "{how:?}: no task restored anything");
+    }
+}
+
+#[test]
+fn savepoint_requests_are_refused_with_the_reason() {
+    let probe = Arc::new(Probe::default());
+    let (_cluster, api) = start(&probe, 2);
+    let params = Params { records: 100_000, rate: 1000, fail: false, backend: StateBackendKind::Heap };
+    let target = tempfile::tempdir().unwrap();
+    let to = |dir: &str| SavepointRequest { target_directory: Some(dir.into()) };
+    let plain = submit(&api, JOB, &params.args(), 1, None, None);
+    let e = api.trigger_savepoint(&plain, to(&target.path().display().to_string()), false).unwrap_err();
+    assert_eq!(e.error, ApiErrorCode::Conflict, "{e:?}");
+    assert!(e.message.contains("takes no checkpoints"), "{e:?}");
+    api.cancel(&plain).unwrap();
+    wait_terminal(&api, &plain);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoints(dir.path(), 100, CheckpointMode::ExactlyOnce, false);
+    let id = submit(&api, JOB, &params.args(), 1, Some(ck), None);
+    for (request, message) in [
+        (SavepointRequest::default(), "no target directory"),
+        (to("relative/dir"), "give an absolute path"),
+        (to(" "), "empty"),
+    ] {
+        let e = api.trigger_savepoint(&id, request.clone(), false).unwrap_err();
+        assert_eq!(e.error, ApiErrorCode::BadRequest, "{request:?}: {e:?}");
+        assert!(e.message.contains(message), "{request:?}: {e:?}");
+    }
+    let e = api.savepoint(&id, &"0".repeat(32)).unwrap_err();
+    assert_eq!(e.error, ApiErrorCode::NotFound, "{e:?}");
+    let e = api.savepoint(&id, "not-an-id").unwrap_err();
+    assert_eq!(e.error, ApiErrorCode::BadRequest, "{e:?}");
+    // A target that cannot be created fails the savepoint, and the job goes on.
+    let file = target.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    wait_until("a completed checkpoint", JOB_TIMEOUT, || !completed(dir.path()).is_empty());
+    let request_id = api.trigger_savepoint(&id, to(&file.display().to_string()), true).unwrap().request_id;
+    let mut info = None;
+    wait_until("the savepoint", JOB_TIMEOUT, || {
+        info = Some(api.savepoint(&id, &request_id).unwrap());
+        info.as_ref().is_some_and(|i| i.status != SavepointStatus::InProgress)
+    });
+    let info = info.unwrap();
+    assert_eq!(info.status, SavepointStatus::Failed, "{info:?}");
+    assert!(info.failure.as_deref().is_some_and(|f| f.contains("a-file")), "{info:?}");
+    assert_eq!(
+        api.job(&id).unwrap().overview.state,
+        JobState::Running,
+        "a failed stop-with-savepoint leaves the job running"
+    );
+    api.cancel(&id).unwrap();
+    wait_terminal(&api, &id);
 }

@@ -297,3 +297,61 @@ fn a_job_whose_source_cannot_rewind_is_refused_at_submission_when_it_takes_check
         wait_for("the job to end", || client.execution_result(id).ok().map(|r| r.state).filter(|s| s.is_terminal()));
     assert_eq!(state, JobState::Finished);
 }
+
+/// A POST over a plain TCP connection with `body` as `content_type` (for bodies the typed
+/// client never sends): the status and the body as JSON.
+fn raw_post(addr: SocketAddr, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+#[test]
+fn a_savepoint_is_requested_polled_and_stops_the_job_over_rest() {
+    let Setup { server, client, _cluster } = start();
+    let (dir, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let checkpoints =
+        CheckpointRequest { interval_ms: Some(200), dir: Some(dir.path().display().to_string()), ..Default::default() };
+    let job = submit(&client, RECORDS * 10, Some(checkpoints));
+    let addr = server.local_addr();
+    let path = format!("/v1/jobs/{job}/savepoints");
+    assert_error(raw_post(addr, &path, "application/json", "{\"cancel_job\": true}"), 400, "bad_request", "cancel_job");
+    assert_error(raw_post(addr, &path, "text/plain", "{}"), 415, "unsupported_media_type", "application/json");
+    assert_error(raw_post(addr, &path, "application/json", ""), 400, "bad_request", "no target directory");
+    assert_error(
+        raw_get(addr, &format!("/v1/jobs/{job}/savepoints/{}", "f".repeat(32))),
+        404,
+        "not_found",
+        "no savepoint request",
+    );
+    assert_error(raw_get(addr, &format!("/v1/jobs/{job}/savepoints/xyz")), 400, "bad_request", "xyz");
+
+    wait_for("a completed checkpoint", || (client.checkpoints(job).ok()?.counts.completed > 0).then_some(()));
+    let target_dir = Some(target.path().display().to_string());
+    let request = client.trigger_savepoint(job, target_dir.clone(), false).expect("a savepoint is requested");
+    let info = client.wait_for_savepoint(job, &request.request_id, DEADLINE).unwrap();
+    let location = info.location.clone().unwrap_or_else(|| panic!("{info:?}"));
+    assert!(std::path::Path::new(&location).join(format!("chk-{}/_metadata", info.checkpoint_id.unwrap())).is_file());
+    let details = client.checkpoint(job, info.checkpoint_id.unwrap()).unwrap();
+    assert_eq!(details.checkpoint.checkpoint_type, corestream::jobmanager::api::CheckpointType::Savepoint);
+
+    let stop = client.trigger_savepoint(job, target_dir, true).expect("a stop-with-savepoint is requested");
+    let info = client.wait_for_savepoint(job, &stop.request_id, DEADLINE).unwrap();
+    assert!(info.stop && info.location.is_some(), "{info:?}");
+    assert_eq!(client.wait_for_result(job, DEADLINE).unwrap().state, JobState::Cancelled);
+    let e = api_error(client.trigger_savepoint(job, Some("/tmp".into()), false).unwrap_err());
+    assert_eq!((e.0, e.1), (409, ApiErrorCode::Conflict), "{}", e.2);
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 2, "two savepoint directories");
+}

@@ -1,6 +1,6 @@
 //! The checkpoint and recovery options of `run` and `submit` (`--checkpoint-interval`,
 //! `--checkpoint-dir`, `--checkpoint-mode`, `--unaligned`, `--aligned-timeout`,
-//! `--restart-strategy`, `--resume`, `--from-checkpoint`), turned into the submission's
+//! `--restart-strategy`, `--resume`, `--from-checkpoint`, `--from-savepoint`), turned into the submission's
 //! [`CheckpointRequest`], [`RestoreRequest`] and restart strategy. Every value is checked while
 //! the command line is parsed, with the rules the JobManager applies (an interval needs a
 //! directory, unaligned needs exactly-once), so a mistake is a usage error naming the option
@@ -57,11 +57,15 @@ pub struct CheckpointArgs {
     pub restart_strategy: Option<String>,
     /// Start from the newest complete checkpoint in DIR (falling back past damaged ones) and
     /// keep checkpointing there; a DIR without a complete checkpoint starts from the beginning.
-    #[arg(long, value_name = "DIR", conflicts_with = "from_checkpoint")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["from_checkpoint", "from_savepoint"])]
     pub resume: Option<PathBuf>,
     /// Start from this checkpoint, `DIR/chk-N`, with no fallback.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "from_savepoint")]
     pub from_checkpoint: Option<PathBuf>,
+    /// Start from this savepoint (the directory `corestream savepoint` printed), with no
+    /// fallback; its state is in the canonical format, so either state backend restores it.
+    #[arg(long, value_name = "PATH")]
+    pub from_savepoint: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -112,6 +116,7 @@ impl CheckpointArgs {
             || self.restart_strategy.is_some()
             || self.resume.is_some()
             || self.from_checkpoint.is_some()
+            || self.from_savepoint.is_some()
     }
 
     /// The submission's fields, checked as the JobManager will check them (against its
@@ -154,10 +159,11 @@ impl CheckpointArgs {
                 })
             })
             .transpose()?;
-        let restore = match (&self.resume, &self.from_checkpoint) {
-            (Some(dir), _) => Some(RestoreRequest::Resume(path("--resume", dir)?)),
-            (None, Some(chk)) => Some(RestoreRequest::FromCheckpoint(path("--from-checkpoint", chk)?)),
-            (None, None) => None,
+        let restore = match (&self.resume, &self.from_checkpoint, &self.from_savepoint) {
+            (Some(dir), _, _) => Some(RestoreRequest::Resume(path("--resume", dir)?)),
+            (None, Some(chk), _) => Some(RestoreRequest::FromCheckpoint(path("--from-checkpoint", chk)?)),
+            (None, None, Some(sp)) => Some(RestoreRequest::FromSavepoint(path("--from-savepoint", sp)?)),
+            (None, None, None) => None,
         };
         let recovery = Recovery { checkpoints, restore, restart_strategy: self.restart_strategy.clone() };
         let resolved =
@@ -225,6 +231,13 @@ mod tests {
         let r = recovery("--from-checkpoint ck/chk-3", Paths::From(here)).unwrap();
         assert_eq!(r.restore, Some(RestoreRequest::FromCheckpoint("/work/here/ck/chk-3".into())));
         assert!(!r.checkpoints(), "restoring alone takes no checkpoints");
+        let r = recovery(
+            "--from-savepoint sp/savepoint-ab-cd --checkpoint-interval 1s --checkpoint-dir /ck",
+            Paths::From(here),
+        )
+        .unwrap();
+        assert_eq!(r.restore, Some(RestoreRequest::FromSavepoint("/work/here/sp/savepoint-ab-cd".into())));
+        assert_eq!(r.checkpoints.unwrap().dir.as_deref(), Some("/ck"));
         assert_eq!(recovery("", Paths::AbsoluteOnly).unwrap(), Recovery::default());
         assert!(!parse("").unwrap().any());
         assert!(parse("--resume /x").unwrap().any());
@@ -247,6 +260,8 @@ mod tests {
             ("--unaligned", "--unaligned needs --checkpoint-interval"),
             ("--restart-strategy sometimes", "unknown restart strategy 'sometimes'"),
             ("--resume /a --from-checkpoint /b", "cannot be used with"),
+            ("--resume /a --from-savepoint /b", "cannot be used with"),
+            ("--from-checkpoint /a/chk-1 --from-savepoint /b", "cannot be used with"),
         ] {
             let e = recovery(line, here).unwrap_err();
             assert!(e.contains(message), "{line}: {message:?} not in {e:?}");

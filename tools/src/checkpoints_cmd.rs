@@ -129,11 +129,12 @@ fn status_name(status: CheckpointStatusInfo) -> &'static str {
     }
 }
 
-/// `aligned` or `unaligned`, and `manual` for one triggered over REST.
+/// `aligned`, `unaligned` or `savepoint`, and `manual` for one triggered over REST.
 fn kind(c: &CheckpointInfo) -> String {
     let kind = match c.checkpoint_type {
         CheckpointType::Checkpoint => "aligned",
         CheckpointType::UnalignedCheckpoint => "unaligned",
+        CheckpointType::Savepoint => "savepoint",
     };
     if c.manual {
         format!("{kind}, manual")

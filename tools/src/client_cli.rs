@@ -1,4 +1,4 @@
-//! `corestream submit`, `list`, `cancel` and `info`: the command-line client of a running
+//! `corestream submit`, `list`, `cancel`, `savepoint`, `stop` and `info`: the command-line client of a running
 //! JobManager, over its REST API ([`corestream::client::RestClient`]).
 //!
 //! `submit [OPTIONS] JOB [ARGS]...` sends a registered job type by name; everything after JOB
@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use corestream::client::RestClient;
-use corestream::jobmanager::api::{JobDetails, JobOutcome, JobOverview, JobState, SubmitRequest};
+use corestream::jobmanager::api::{JobDetails, JobOutcome, JobOverview, JobState, SavepointStatus, SubmitRequest};
 use corestream::rpc::ids::JobId;
 use corestream::rpc::messages::{Accumulator, TaskState};
 use hdrhistogram::serialization::Deserializer;
@@ -133,6 +133,38 @@ pub enum ClientCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Take a savepoint of a running job into DIR (default: the cluster's
+    /// execution.checkpointing.savepoint-dir); waits for it and prints its directory, which
+    /// `--from-savepoint` takes.
+    Savepoint {
+        /// The job's id (32 hex digits).
+        #[arg(value_name = "ID")]
+        id: JobId,
+        /// An absolute directory every machine of the cluster reaches; the savepoint is made in
+        /// a directory of its own inside it.
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Stop waiting after this long (the savepoint goes on); at most 1 hour.
+        #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION", default_value = "10m")]
+        timeout: Duration,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Stop a running job with a savepoint: the savepoint is taken, then the job is cancelled;
+    /// prints the savepoint's directory. A job whose savepoint fails keeps running.
+    Stop {
+        /// The job's id (32 hex digits).
+        #[arg(value_name = "ID")]
+        id: JobId,
+        /// Where the savepoint goes (as `savepoint`'s DIR).
+        #[arg(long, value_name = "DIR")]
+        savepoint: Option<PathBuf>,
+        /// Stop waiting after this long (the savepoint goes on); at most 1 hour.
+        #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION", default_value = "10m")]
+        timeout: Duration,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Show a job: state, vertices with parallelism, records, backpressure, subtasks per
     /// TaskManager.
     Info {
@@ -157,6 +189,10 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             client.cancel(id)?;
             println!("Cancellation of job {id} requested at {}", client.url());
             Ok(())
+        }
+        ClientCommand::Savepoint { id, dir, timeout, connection } => savepoint(id, dir, timeout, connection, false),
+        ClientCommand::Stop { id, savepoint: dir, timeout, connection } => {
+            savepoint(id, dir, timeout, connection, true)
         }
         ClientCommand::Info { id, connection } => {
             print!("{}", format_details(&connection.client()?.job(id)?));
@@ -191,6 +227,43 @@ fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         }
         JobState::Cancelled => bail!("job {id} was cancelled"),
         _ => Ok(()),
+    }
+}
+
+/// `savepoint` and `stop`: requests the savepoint, waits for it, prints its directory.
+fn savepoint(
+    id: JobId,
+    dir: Option<PathBuf>,
+    timeout: Duration,
+    connection: Connection,
+    stop: bool,
+) -> anyhow::Result<()> {
+    let target = match dir {
+        Some(d) if !d.is_absolute() => {
+            bail!("{}: give an absolute path; the JobManager writes the savepoint, not this client", d.display())
+        }
+        Some(d) => {
+            Some(d.into_os_string().into_string().map_err(|d| anyhow::anyhow!("the path {d:?} is not valid UTF-8"))?)
+        }
+        None => None,
+    };
+    let client = connection.client()?;
+    let request = client.trigger_savepoint(id, target, stop)?.request_id;
+    let what = if stop { "stop-with-savepoint" } else { "savepoint" };
+    eprintln!("{what} of job {id} requested (request {request}); waiting for it");
+    let info = client.wait_for_savepoint(id, &request, timeout)?;
+    match (info.status, info.location) {
+        (SavepointStatus::Completed, Some(location)) => {
+            println!("{location}");
+            if stop {
+                eprintln!("job {id} is being stopped; restart it with --from-savepoint {location}");
+            }
+            Ok(())
+        }
+        _ => bail!(
+            "the {what} of job {id} failed: {}",
+            info.failure.as_deref().unwrap_or("the JobManager gave no reason")
+        ),
     }
 }
 

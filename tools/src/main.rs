@@ -92,7 +92,7 @@ enum Command {
     Jobmanager(corestream::app::JobManagerArgs),
     /// Run a TaskManager that registers with a JobManager, until SIGINT or SIGTERM.
     Taskmanager(corestream::app::TaskManagerArgs),
-    /// The client of a running JobManager: `submit`, `list`, `cancel`, `info`.
+    /// The client of a running JobManager: `submit`, `list`, `cancel`, `savepoint`, `stop`, `info`.
     #[command(flatten)]
     Client(client_cli::ClientCommand),
     /// Start or stop a cluster on this machine and the hosts of a workers file (as Flink's

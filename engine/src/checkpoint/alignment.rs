@@ -21,7 +21,9 @@
 //!   channels record as in unaligned mode.
 //!
 //! An unaligned barrier is handled as unaligned in every mode: the buffers it overtook must be
-//! recorded, or they would be lost. End of partition counts as the barrier of its channel.
+//! recorded, or they would be lost. A savepoint's barrier is aligned in every mode (at-least-once
+//! and unaligned too, with no timeout), as Flink's: a savepoint holds no in-flight data, so it
+//! can be restored into a changed job. End of partition counts as the barrier of its channel.
 
 use corestream_netstack::BarrierKind;
 
@@ -54,6 +56,9 @@ impl BarrierHandling {
 /// The kind of barrier a source emits for a checkpoint with these options: unaligned only when
 /// checkpoints are unaligned from the start (with a timeout they start aligned).
 pub fn source_barrier_kind(options: &BarrierOptions) -> BarrierKind {
+    if options.savepoint {
+        return BarrierKind::Savepoint;
+    }
     match BarrierHandling::of(options) {
         BarrierHandling::Unaligned => BarrierKind::Unaligned,
         _ => BarrierKind::Aligned,
@@ -101,6 +106,8 @@ struct Pending {
     checkpoint_id: CheckpointId,
     timestamp_ms: i64,
     phase: Phase,
+    /// A savepoint: aligned whatever the handling, never switched to unaligned.
+    savepoint: bool,
     arrived: Vec<bool>,
     blocked: Vec<bool>,
 }
@@ -165,7 +172,7 @@ impl BarrierAligner {
                 self.switch(&mut out);
                 out.push(AlignmentAction::CopyOvertaken(channel));
             }
-            (Phase::Aligning, BarrierKind::Aligned) => {
+            (Phase::Aligning, BarrierKind::Aligned | BarrierKind::Savepoint) => {
                 if !self.all_arrived() {
                     self.block(channel, &mut out);
                 }
@@ -194,7 +201,11 @@ impl BarrierAligner {
     /// Aligning `checkpoint_id` has lasted the aligned timeout.
     pub fn on_timeout(&mut self, checkpoint_id: CheckpointId) -> Vec<AlignmentAction> {
         let mut out = Vec::new();
-        if self.pending.as_ref().is_some_and(|p| p.checkpoint_id == checkpoint_id && p.phase == Phase::Aligning) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.checkpoint_id == checkpoint_id && p.phase == Phase::Aligning && !p.savepoint)
+        {
             self.switch(&mut out);
         }
         out
@@ -221,6 +232,7 @@ impl BarrierAligner {
         out: &mut Vec<AlignmentAction>,
     ) {
         let phase = match (self.handling, kind) {
+            (_, BarrierKind::Savepoint) => Phase::Aligning,
             (_, BarrierKind::Unaligned) | (BarrierHandling::Unaligned, _) => Phase::Unaligned,
             (BarrierHandling::AtLeastOnce, BarrierKind::Aligned) => Phase::Tracking,
             (BarrierHandling::Aligned | BarrierHandling::AlignedWithTimeout, BarrierKind::Aligned) => Phase::Aligning,
@@ -228,7 +240,8 @@ impl BarrierAligner {
         let mut arrived = vec![false; self.ended.len()];
         arrived[channel] = true;
         let blocked = vec![false; self.ended.len()];
-        self.pending = Some(Pending { checkpoint_id, timestamp_ms, phase, arrived, blocked });
+        let savepoint = kind == BarrierKind::Savepoint;
+        self.pending = Some(Pending { checkpoint_id, timestamp_ms, phase, savepoint, arrived, blocked });
         match phase {
             Phase::Unaligned => {
                 out.push(AlignmentAction::Snapshot { checkpoint_id, timestamp_ms, kind: BarrierKind::Unaligned });
@@ -239,7 +252,7 @@ impl BarrierAligner {
             }
             Phase::Aligning if !self.all_arrived() => {
                 self.block(channel, out);
-                if self.handling == BarrierHandling::AlignedWithTimeout {
+                if self.handling == BarrierHandling::AlignedWithTimeout && !savepoint {
                     out.push(AlignmentAction::StartTimer { checkpoint_id });
                 }
             }
@@ -294,7 +307,8 @@ impl BarrierAligner {
         let pending = self.pending.as_ref().expect("a pending checkpoint");
         let (checkpoint_id, timestamp_ms, phase) = (pending.checkpoint_id, pending.timestamp_ms, pending.phase);
         if phase != Phase::Unaligned {
-            out.push(AlignmentAction::Snapshot { checkpoint_id, timestamp_ms, kind: BarrierKind::Aligned });
+            let kind = if pending.savepoint { BarrierKind::Savepoint } else { BarrierKind::Aligned };
+            out.push(AlignmentAction::Snapshot { checkpoint_id, timestamp_ms, kind });
         }
         self.unblock_all(out);
         self.pending = None;
@@ -322,6 +336,7 @@ mod tests {
 
     const A: BarrierKind = BarrierKind::Aligned;
     const U: BarrierKind = BarrierKind::Unaligned;
+    const S: BarrierKind = BarrierKind::Savepoint;
 
     /// One input of a table: a barrier (channel, checkpoint, kind), end of partition on a
     /// channel, the aligned timeout of a checkpoint, or its abortion.
@@ -491,6 +506,28 @@ mod tests {
     }
 
     #[test]
+    fn a_savepoint_is_aligned_in_every_mode_and_never_times_out() {
+        for handling in [
+            BarrierHandling::Aligned,
+            BarrierHandling::AtLeastOnce,
+            BarrierHandling::Unaligned,
+            BarrierHandling::AlignedWithTimeout,
+        ] {
+            table(
+                3,
+                handling,
+                &[
+                    (Bar(1, 4, S), vec![Block(1)], &[]),
+                    (Timeout(4), vec![], &[]),
+                    (Bar(0, 4, S), vec![Block(0)], &[]),
+                    (Bar(2, 4, S), vec![snap(4, S), Unblock(vec![0, 1]), done(4)], &[]),
+                    (Bar(2, 4, S), vec![], &[]),
+                ],
+            );
+        }
+    }
+
+    #[test]
     fn aligned_with_timeout_switches_when_the_timer_fires() {
         table(
             3,
@@ -553,6 +590,7 @@ mod tests {
             mode,
             unaligned,
             aligned_timeout: timeout_ms.map(Duration::from_millis),
+            savepoint: false,
         };
         let cases = [
             (options(CheckpointMode::ExactlyOnce, false, None), BarrierHandling::Aligned, A),

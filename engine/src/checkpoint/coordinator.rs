@@ -141,6 +141,10 @@ pub enum Action {
     DiscardShared { files: Vec<String> },
     /// More consecutive checkpoints failed than tolerated.
     FailJob { reason: String },
+    /// Savepoint `id` is complete: its metadata was written (where the job master put it).
+    SavepointCompleted { id: CheckpointId },
+    /// Savepoint `id` will never complete.
+    SavepointFailed { id: CheckpointId, reason: String },
 }
 
 /// Why a checkpoint was not triggered on request.
@@ -152,6 +156,10 @@ pub enum TriggerRefused {
     TaskFinished(TaskId),
     #[error("{pending} checkpoints are in progress, the most allowed at once (execution.checkpointing.max-concurrent-checkpoints)")]
     TooManyPending { pending: u32 },
+    #[error("savepoint {0} is in progress; one savepoint is taken at a time")]
+    SavepointInProgress(CheckpointId),
+    #[error("a savepoint is already requested; one savepoint is taken at a time")]
+    SavepointQueued,
 }
 
 /// Why a coordinator cannot be created.
@@ -220,6 +228,9 @@ pub struct CheckpointSummary {
     pub status: CheckpointStatus,
     /// Triggered through the REST API rather than by the interval.
     pub manual: bool,
+    /// A savepoint (canonical format, moved out of the checkpoint storage when complete).
+    #[serde(default)]
+    pub savepoint: bool,
     pub trigger_ms: u64,
     pub latest_ack_ms: Option<u64>,
     /// When it completed or failed.
@@ -300,6 +311,7 @@ struct Pending {
     trigger_ms: u64,
     deadline_ms: u64,
     manual: bool,
+    savepoint: bool,
     awaiting: BTreeSet<TaskId>,
     acks: BTreeMap<TaskId, Ack>,
     /// Every task acknowledged; the metadata is being written (it no longer expires).
@@ -316,6 +328,7 @@ impl Pending {
             id: self.id,
             status,
             manual: self.manual,
+            savepoint: self.savepoint,
             trigger_ms: self.trigger_ms,
             latest_ack_ms,
             end_ms,
@@ -373,6 +386,8 @@ pub struct Coordinator {
     history: VecDeque<CheckpointSummary>,
     /// The shared files of completed checkpoints (incremental snapshots).
     shared: SharedRegistry,
+    /// A savepoint was requested and waits for room under the concurrency limit.
+    savepoint_queued: bool,
 }
 
 impl Coordinator {
@@ -436,6 +451,7 @@ impl Coordinator {
             ignored: IgnoredAcks::default(),
             history: VecDeque::new(),
             shared: SharedRegistry::default(),
+            savepoint_queued: false,
         })
     }
 
@@ -500,8 +516,29 @@ impl Coordinator {
         let mut actions = Vec::new();
         self.expire(now_ms, &mut actions);
         self.refusal()?;
-        let id = self.trigger(now_ms, true, &mut actions);
+        let id = self.trigger(now_ms, true, false, &mut actions);
         Ok((id, actions))
+    }
+
+    /// Requests a savepoint: triggered now if the concurrency limit allows, else as soon as a
+    /// pending checkpoint ends (before any periodic one; the minimum pause does not apply). Its
+    /// [`Action::Trigger`] has `options.savepoint` set; it ends with
+    /// [`Action::SavepointCompleted`] or [`Action::SavepointFailed`]. One at a time.
+    pub fn request_savepoint(&mut self, now_ms: u64) -> Result<Vec<Action>, TriggerRefused> {
+        if let Some(p) = self.pending.values().find(|p| p.savepoint) {
+            return Err(TriggerRefused::SavepointInProgress(p.id));
+        }
+        if self.savepoint_queued {
+            return Err(TriggerRefused::SavepointQueued);
+        }
+        match self.refusal() {
+            Err(TriggerRefused::TooManyPending { .. }) | Ok(()) => {}
+            Err(e) => return Err(e),
+        }
+        self.savepoint_queued = true;
+        let mut actions = Vec::new();
+        self.poll(now_ms, &mut actions);
+        Ok(actions)
     }
 
     /// A task's acknowledgement of checkpoint `id` with the handle of what it wrote.
@@ -539,6 +576,9 @@ impl Coordinator {
         };
         match result {
             Err(reason) => self.abort(id, AbortReason::MetadataFailed { reason }, now_ms, &mut actions),
+            Ok(()) if self.pending.get(&id).is_some_and(|p| p.savepoint) => {
+                self.complete_savepoint(id, completed_ms, &mut actions)
+            }
             Ok(()) => match self.completed.back() {
                 Some(newest) if newest.id > id => {
                     let by = newest.id;
@@ -580,6 +620,10 @@ impl Coordinator {
         let open: Vec<CheckpointId> = self.pending.values().filter(|p| p.finalizing.is_none()).map(|p| p.id).collect();
         for id in open {
             self.abort(id, AbortReason::Stopped, now_ms, &mut actions);
+        }
+        if std::mem::take(&mut self.savepoint_queued) {
+            let reason = TriggerRefused::Stopped.to_string();
+            actions.push(Action::SavepointFailed { id: self.next_id, reason });
         }
         actions
     }
@@ -641,8 +685,20 @@ impl Coordinator {
 
     fn poll(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         self.expire(now_ms, actions);
-        if self.refusal().is_ok() && now_ms >= self.periodic_due_ms() {
-            self.trigger(now_ms, false, actions);
+        match self.refusal() {
+            Ok(()) if self.savepoint_queued => {
+                self.savepoint_queued = false;
+                self.trigger(now_ms, true, true, actions);
+            }
+            Ok(()) if now_ms >= self.periodic_due_ms() => {
+                self.trigger(now_ms, false, false, actions);
+            }
+            Ok(()) | Err(TriggerRefused::TooManyPending { .. }) => {}
+            Err(e) if self.savepoint_queued => {
+                self.savepoint_queued = false;
+                actions.push(Action::SavepointFailed { id: self.next_id, reason: e.to_string() });
+            }
+            Err(_) => {}
         }
     }
 
@@ -658,7 +714,7 @@ impl Coordinator {
         }
     }
 
-    fn trigger(&mut self, now_ms: u64, manual: bool, actions: &mut Vec<Action>) -> CheckpointId {
+    fn trigger(&mut self, now_ms: u64, manual: bool, savepoint: bool, actions: &mut Vec<Action>) -> CheckpointId {
         let id = self.next_id;
         self.next_id += 1;
         if !manual {
@@ -672,6 +728,7 @@ impl Coordinator {
                 trigger_ms: now_ms,
                 deadline_ms: now_ms.saturating_add(self.config.timeout.as_millis() as u64),
                 manual,
+                savepoint,
                 awaiting: self.tasks.clone(),
                 acks: BTreeMap::new(),
                 finalizing: None,
@@ -680,7 +737,7 @@ impl Coordinator {
         actions.push(Action::Trigger {
             id,
             timestamp_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
-            options: self.config.barrier,
+            options: BarrierOptions { savepoint, ..self.config.barrier },
             sources: self.sources.clone(),
         });
         id
@@ -763,6 +820,7 @@ impl Coordinator {
                 trigger_ms: pending.trigger_ms,
                 completed_ms: now_ms.max(pending.trigger_ms),
                 mode: self.config.barrier.mode,
+                savepoint: pending.savepoint,
                 unaligned: tasks.iter().any(|t| t.metrics.unaligned),
                 state_bytes: tasks.iter().map(|t| t.handle.size).sum(),
                 tasks,
@@ -804,8 +862,25 @@ impl Coordinator {
         self.release_shared(actions);
     }
 
+    /// A savepoint is not a checkpoint the job restarts from: it is neither retained nor
+    /// subsumes anything, and its files are not shared; the tasks are told of its completion
+    /// (sinks commit what precedes it).
+    fn complete_savepoint(&mut self, id: CheckpointId, completed_ms: u64, actions: &mut Vec<Action>) {
+        let Some(pending) = self.pending.remove(&id) else { return };
+        let summary = pending.summary(CheckpointStatus::Completed, Some(completed_ms), self.tasks.len() as u32);
+        self.record(summary);
+        self.counts.completed += 1;
+        actions.push(Action::SavepointCompleted { id });
+        if !self.stopped {
+            actions.push(Action::Notify(CheckpointNotice::Complete(id)));
+        }
+    }
+
     fn abort(&mut self, id: CheckpointId, reason: AbortReason, now_ms: u64, actions: &mut Vec<Action>) {
         let Some(pending) = self.pending.remove(&id) else { return };
+        if pending.savepoint {
+            actions.push(Action::SavepointFailed { id, reason: reason.to_string() });
+        }
         let mut summary = pending.summary(CheckpointStatus::Failed, Some(now_ms), self.tasks.len() as u32);
         tracing::warn!(checkpoint = id, "checkpoint {id} aborted: {reason}");
         actions.push(Action::Discard { id });
@@ -819,7 +894,8 @@ impl Coordinator {
             actions.push(Action::Notify(CheckpointNotice::Aborted(id)));
         }
         self.counts.failed += 1;
-        let counts = reason.counts() && self.last_completed_id.is_none_or(|last| id > last);
+        // A failed savepoint never counts against the tolerated failures (as in Flink).
+        let counts = !pending.savepoint && reason.counts() && self.last_completed_id.is_none_or(|last| id > last);
         summary.failure = Some(reason.clone());
         self.record(summary);
         if !counts {
@@ -1008,6 +1084,77 @@ mod tests {
         let files =
             actions.iter().filter_map(|a| if let Action::DiscardShared { files } = a { Some(files) } else { None });
         files.flatten().map(|f| f.trim_start_matches("shared/").to_owned()).collect()
+    }
+
+    fn savepoint_triggers(actions: &[Action]) -> Vec<CheckpointId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Trigger { id, options, .. } if options.savepoint => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_savepoint_waits_for_a_pending_checkpoint_and_is_neither_retained_nor_subsuming() {
+        let mut c = coordinator(CheckpointConfig { retained: 1, ..config() });
+        c.on_tick(T0 + SEC);
+        complete(&mut c, 1, T0 + SEC);
+        assert_eq!(triggered(&c.on_tick(T0 + 2 * SEC)), [2]);
+        let queued = c.request_savepoint(T0 + 2 * SEC).unwrap();
+        assert!(triggered(&queued).is_empty(), "checkpoint 2 is pending (one at a time): the savepoint waits");
+        assert_eq!(c.request_savepoint(T0 + 2 * SEC), Err(TriggerRefused::SavepointQueued));
+        // Checkpoint 2 completes: the savepoint goes first, whatever the minimum pause.
+        let acks = ack_all(&mut c, 2, T0 + 2 * SEC);
+        assert!(triggered(&acks).is_empty());
+        let actions = c.on_metadata_written(2, Ok(()), T0 + 2 * SEC);
+        assert_eq!(savepoint_triggers(&actions), [3]);
+        assert_eq!(c.request_savepoint(T0 + 2 * SEC), Err(TriggerRefused::SavepointInProgress(3)));
+        let acks = ack_all(&mut c, 3, T0 + 2 * SEC);
+        let Some(Action::WriteMetadata(meta)) = acks.iter().find(|a| matches!(a, Action::WriteMetadata(_))) else {
+            panic!("{acks:?}")
+        };
+        assert!(meta.savepoint);
+        let actions = c.on_metadata_written(3, Ok(()), T0 + 2 * SEC);
+        assert!(actions.contains(&Action::SavepointCompleted { id: 3 }), "{actions:?}");
+        assert_eq!(notices(&actions), [CheckpointNotice::Complete(3)], "sinks commit what precedes the savepoint");
+        assert!(!actions.iter().any(|a| matches!(a, Action::Subsume { .. })), "{actions:?}");
+        assert_eq!(c.retained(), [2], "the savepoint is not a retained checkpoint");
+        let stats = c.stats();
+        assert!(stats.history[0].savepoint && stats.history[0].id == 3);
+        // The next periodic checkpoint follows the interval as before.
+        assert_eq!(triggered(&c.on_tick(T0 + 3 * SEC)), [4]);
+    }
+
+    #[test]
+    fn a_failed_savepoint_is_reported_and_never_counts_against_the_tolerated_failures() {
+        let mut c = coordinator(CheckpointConfig { tolerable_failures: 0, ..config() });
+        let actions = c.request_savepoint(T0).unwrap();
+        assert_eq!(savepoint_triggers(&actions), [1]);
+        let actions = c.on_decline(t(1, 0), 1, "disk full".into(), T0 + 1);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::SavepointFailed { id: 1, reason } if reason.contains("disk full"))),
+            "{actions:?}"
+        );
+        assert!(!fails_job(&actions));
+        assert_eq!(discarded(&actions), [1]);
+        assert_eq!(c.stats().consecutive_failures, 0);
+        // A savepoint whose metadata could not be moved into place fails too.
+        let id = savepoint_triggers(&c.request_savepoint(T0 + 2).unwrap())[0];
+        ack_all(&mut c, id, T0 + 2);
+        let actions = c.on_metadata_written(id, Err("no space".into()), T0 + 2);
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::SavepointFailed { reason, .. } if reason.contains("no space"))));
+        // A queued savepoint fails when the job stops.
+        c.on_tick(T0 + SEC);
+        c.request_savepoint(T0 + SEC).unwrap();
+        let actions = c.stop(T0 + SEC);
+        assert_eq!(actions.iter().filter(|a| matches!(a, Action::SavepointFailed { .. })).count(), 1, "{actions:?}");
+        assert_eq!(c.request_savepoint(T0 + SEC), Err(TriggerRefused::Stopped));
     }
 
     #[test]
@@ -1407,6 +1554,7 @@ mod tests {
             mode: CheckpointMode::AtLeastOnce,
             unaligned: false,
             aligned_timeout: Some(Duration::from_millis(5)),
+            savepoint: false,
         };
         let mut c = coordinator(CheckpointConfig { barrier, ..config() });
         let actions = c.on_tick(T0 + SEC);

@@ -109,6 +109,9 @@ pub struct CheckpointMetadata {
     /// Milliseconds since the Unix epoch when the last task acknowledged.
     pub completed_ms: u64,
     pub mode: CheckpointMode,
+    /// A savepoint: canonical state (no shared files), self-contained in its directory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub savepoint: bool,
     /// Whether any task took it unaligned (also after an aligned timeout).
     pub unaligned: bool,
     /// One entry per task of every vertex, in `TaskId` order.
@@ -157,6 +160,9 @@ impl CheckpointMetadata {
             let file = task_file(id, task);
             if entry.handle.file != file {
                 return Err(format!("{task} names the file '{}', expected '{file}'", entry.handle.file));
+            }
+            if self.savepoint && !entry.handle.shared.is_empty() {
+                return Err(format!("{task} names shared files, which a self-contained savepoint never has"));
             }
             let mut names = std::collections::HashSet::new();
             for r in &entry.handle.shared {
@@ -351,6 +357,7 @@ pub(crate) mod tests {
             trigger_ms: 1_000,
             completed_ms: 1_250,
             mode: CheckpointMode::ExactlyOnce,
+            savepoint: false,
             unaligned: false,
             state_bytes: 100 * tasks.len() as u64,
             tasks,

@@ -85,6 +85,9 @@ pub struct BarrierOptions {
     /// taken this long (`None` or zero: unaligned from the start, as Flink's default `0`).
     #[serde(with = "opt_millis")]
     pub aligned_timeout: Option<Duration>,
+    /// A savepoint: aligned whatever the options above, in the canonical state format.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub savepoint: bool,
 }
 
 mod opt_millis {

@@ -15,6 +15,7 @@ use std::path::Path;
 use corestream_state::lsm::{SharedFile, SharedFileRef, SharedFileStore};
 
 use super::{OperatorStateParts, PartLayout, TaskSnapshot};
+use crate::BarrierKind;
 
 /// Encodes one state part, on the snapshot writer's thread; an error names what failed.
 pub type EncodePart = Box<dyn FnOnce(&mut PartFiles<'_>) -> Result<Vec<u8>, String> + Send>;
@@ -56,6 +57,8 @@ impl SharedFileStore for NoSharedFiles {
 #[derive(Default)]
 pub struct PendingParts {
     parts: OperatorStateParts,
+    /// A savepoint's: every part in the canonical, backend-independent format.
+    canonical: bool,
     /// (index of the placeholder in `parts.parts`, its encoder).
     deferred: Vec<(usize, EncodePart)>,
 }
@@ -70,6 +73,17 @@ impl std::fmt::Debug for PendingParts {
 }
 
 impl PendingParts {
+    /// The parts of one operator for `snapshot` (canonical when it is).
+    pub fn for_snapshot(snapshot: &PendingSnapshot) -> Self {
+        Self { canonical: snapshot.canonical, ..Self::default() }
+    }
+
+    /// Whether the parts must be canonical (a savepoint): keyed state as key-group bytes,
+    /// never files of one backend.
+    pub fn is_canonical(&self) -> bool {
+        self.canonical
+    }
+
     /// Adds part `name`, whose bytes `encode` makes later, off the task's thread.
     pub fn push_deferred(&mut self, name: impl Into<String>, layout: PartLayout, encode: EncodePart) {
         self.deferred.push((self.parts.parts.len(), encode));
@@ -105,6 +119,7 @@ impl DerefMut for PendingParts {
 #[derive(Default)]
 pub struct PendingSnapshot {
     snapshot: TaskSnapshot,
+    canonical: bool,
     /// (index of the node in `snapshot.nodes`, index of the part in its parts, encoder).
     deferred: Vec<(usize, usize, EncodePart)>,
 }
@@ -120,11 +135,21 @@ impl std::fmt::Debug for PendingSnapshot {
 
 impl From<TaskSnapshot> for PendingSnapshot {
     fn from(snapshot: TaskSnapshot) -> Self {
-        Self { snapshot, deferred: Vec::new() }
+        Self { snapshot, canonical: false, deferred: Vec::new() }
     }
 }
 
 impl PendingSnapshot {
+    /// An empty snapshot for a barrier of `kind`: canonical for a savepoint.
+    pub fn of_barrier(kind: BarrierKind) -> Self {
+        Self { canonical: kind == BarrierKind::Savepoint, ..Self::default() }
+    }
+
+    /// Whether it is a savepoint's (see [`PendingParts::is_canonical`]).
+    pub fn is_canonical(&self) -> bool {
+        self.canonical
+    }
+
     /// Adds the state of graph node `node` (nothing when it is empty).
     pub fn put_node_pending(&mut self, node: usize, parts: PendingParts) {
         if parts.is_empty() {

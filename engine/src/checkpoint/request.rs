@@ -54,6 +54,9 @@ pub enum RestoreRequest {
     Resume(String),
     /// This checkpoint (`--from-checkpoint DIR/chk-N`), with no fallback.
     FromCheckpoint(String),
+    /// A savepoint's directory (`--from-savepoint PATH`; a retained checkpoint's `chk-N` is
+    /// accepted too), with no fallback.
+    FromSavepoint(String),
 }
 
 /// A job's checkpointing as the job master runs it.
@@ -134,7 +137,9 @@ pub fn resolve(
         return Err("unaligned checkpoints need exactly-once mode (at-least-once never aligns)".into());
     }
     let restore = restore.cloned();
-    if let Some(RestoreRequest::Resume(d) | RestoreRequest::FromCheckpoint(d)) = &restore {
+    if let Some(RestoreRequest::Resume(d) | RestoreRequest::FromCheckpoint(d) | RestoreRequest::FromSavepoint(d)) =
+        &restore
+    {
         if d.trim().is_empty() {
             return Err("the checkpoint to restore from is named by an empty path".into());
         }

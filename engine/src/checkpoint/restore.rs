@@ -19,6 +19,9 @@ pub enum RestoreFrom {
     Latest(PathBuf),
     /// `--from-checkpoint DIR/chk-N`: this checkpoint, with no fallback.
     Checkpoint(PathBuf),
+    /// `--from-savepoint PATH`: the savepoint in this directory (or the checkpoint `chk-N` it
+    /// names, or the `_metadata` file of either), with no fallback.
+    Savepoint(PathBuf),
 }
 
 /// A checkpoint loaded for a restore: every task's snapshot, verified.
@@ -52,6 +55,8 @@ pub enum RestoreError {
     },
     #[error("cannot restore from {}: not a checkpoint directory (its name must be chk-<id>, inside the checkpoint directory)", path.display())]
     NotCheckpointPath { path: PathBuf },
+    #[error("cannot restore from {}: {reason}", path.display())]
+    NotSavepoint { path: PathBuf, reason: String },
     #[error("cannot restore from {}: it was taken by another job: {difference}", path.display())]
     OtherJob { path: PathBuf, difference: String },
 }
@@ -109,6 +114,11 @@ pub fn load_restore(from: &RestoreFrom, expected_vertices: &[VertexInfo]) -> Res
             let storage = FsCheckpointStorage::open(dir)?;
             load_latest(&storage, dir, expected_vertices)
         }
+        RestoreFrom::Savepoint(path) => {
+            let (dir, id) = savepoint_location(path)?;
+            let storage = FsCheckpointStorage::open(&dir)?;
+            load_one(&storage, &dir, id, expected_vertices)
+        }
         RestoreFrom::Checkpoint(path) => {
             let id = path
                 .file_name()
@@ -129,6 +139,47 @@ pub fn load_restore(from: &RestoreFrom, expected_vertices: &[VertexInfo]) -> Res
             }
             load_one(&storage, dir, id, expected_vertices)
         }
+    }
+}
+
+/// Where the savepoint `path` names is: its storage directory and checkpoint id. `path` is a
+/// savepoint directory holding exactly one complete `chk-<id>`, a `chk-<id>` directory, or
+/// the `_metadata` file in one.
+pub fn savepoint_location(path: &Path) -> Result<(PathBuf, CheckpointId), RestoreError> {
+    let not = |reason: String| RestoreError::NotSavepoint { path: path.to_path_buf(), reason };
+    let path = match path.file_name().and_then(|n| n.to_str()) {
+        Some(super::metadata::METADATA_FILE) => path.parent().unwrap_or(Path::new(".")),
+        _ => path,
+    };
+    if !path.is_dir() {
+        return Err(not("no such directory".into()));
+    }
+    if let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(parse_checkpoint_dir_name) {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        return Ok((dir, id));
+    }
+    let storage = FsCheckpointStorage::open(path)?;
+    match storage.list()?.as_slice() {
+        [id] => Ok((path.to_path_buf(), *id)),
+        [] => Err(not(format!(
+            "no savepoint there: it holds no complete chk-<id> directory{}",
+            match storage.list_all()?.as_slice() {
+                [] => String::new(),
+                ids => format!(
+                    " ({} without _metadata: {})",
+                    ids.len(),
+                    ids.iter().map(|id| format!("chk-{id}")).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        ))),
+        ids => Err(not(format!(
+            "it holds {} complete checkpoints ({}); name one of them",
+            ids.len(),
+            ids.iter().map(|id| format!("chk-{id}")).collect::<Vec<_>>().join(", ")
+        ))),
     }
 }
 

@@ -619,6 +619,78 @@ impl FsCheckpointStorage {
         self.fs.read(path, limit).map_err(|e| StorageError::io("read", path, e))
     }
 
+    /// Makes checkpoint `meta.id` of this storage (task files only, every one canonical: a
+    /// savepoint) the self-contained savepoint directory `dest`: its directory is moved (or,
+    /// across file systems, copied and synced) into a hidden `.<name>.inprogress` next to
+    /// `dest`, its metadata written there last, and the whole renamed to `dest` and the parent
+    /// synced, so `dest` appears complete or not at all. On failure nothing is left at `dest`
+    /// and the hidden directory is removed; the checkpoint's own directory may be gone (the
+    /// coordinator discards it anyway).
+    pub fn finalize_savepoint(&self, meta: &CheckpointMetadata, dest: &Path) -> Result<(), StorageError> {
+        self.check_writable()?;
+        let bad = |reason: &str| StorageError::BadHandle(format!("savepoint {}: {reason}", dest.display()));
+        if !meta.savepoint || meta.tasks.iter().any(|t| !t.handle.shared.is_empty()) {
+            return Err(bad("its state must be canonical, without shared files"));
+        }
+        let (Some(parent), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str())) else {
+            return Err(bad("not a directory path"));
+        };
+        if self.fs.is_dir(dest) || self.fs.len(dest).is_ok() {
+            return Err(StorageError::io(
+                "create the savepoint directory",
+                dest,
+                io::Error::new(io::ErrorKind::AlreadyExists, "it exists"),
+            ));
+        }
+        let hidden = parent.join(format!(".{name}.inprogress"));
+        self.fs.create_dir_all(&hidden).map_err(|e| StorageError::io("create", &hidden, e))?;
+        let moved = self.move_into_savepoint(meta, &hidden, parent, dest);
+        if moved.is_err() {
+            if let Err(e) = self.fs.remove_dir_all(&hidden) {
+                tracing::warn!(dir = %hidden.display(), error = %e, "could not remove an unfinished savepoint");
+            }
+        }
+        moved
+    }
+
+    fn move_into_savepoint(
+        &self,
+        meta: &CheckpointMetadata,
+        hidden: &Path,
+        parent: &Path,
+        dest: &Path,
+    ) -> Result<(), StorageError> {
+        let from = self.checkpoint_path(meta.id);
+        let to = hidden.join(checkpoint_dir_name(meta.id));
+        match self.fs.rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+                self.fs.create_dir_all(&to).map_err(|e| StorageError::io("create", &to, e))?;
+                let names = self.fs.list_dir(&from).map_err(|e| StorageError::io("list", &from, e))?;
+                for name in names.iter().filter(|n| !n.starts_with('.')) {
+                    self.fs.copy(&from.join(name), &to.join(name), true).map_err(|(step, e)| match step {
+                        WriteStep::Sync => StorageError::SyncFailed { path: to.join(name), source: e },
+                        _ => StorageError::io("copy", &from.join(name), e),
+                    })?;
+                }
+            }
+            Err(e) => return Err(StorageError::io("move", &from, e)),
+        }
+        let sync =
+            |dir: &Path| self.fs.sync_dir(dir).map_err(|e| StorageError::SyncFailed { path: dir.into(), source: e });
+        sync(&to)?;
+        sync(hidden)?;
+        FsCheckpointStorage::open_with(hidden, self.fs.clone())?.write_metadata(meta)?;
+        self.fs.rename(hidden, dest).map_err(|e| StorageError::io("rename", hidden, e))?;
+        sync(parent)?;
+        if self.fs.is_dir(&from) {
+            if let Err(e) = self.fs.remove_dir_all(&from) {
+                tracing::warn!(dir = %from.display(), error = %e, "could not remove a savepoint's copied checkpoint directory");
+            }
+        }
+        Ok(())
+    }
+
     fn ids(&self, complete_only: bool) -> Result<Vec<CheckpointId>, StorageError> {
         let names = self.fs.list_dir(&self.dir).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => StorageError::NoDirectory { dir: self.dir.clone() },

@@ -597,6 +597,14 @@ pub(crate) static KEYS: &[KeySpec] = &[
         description: "Directory of a job's checkpoints, shared by every machine of the cluster (one job per \
                       directory). Required when checkpoints are on.",
     },
+    KeySpec {
+        name: "execution.checkpointing.savepoint-dir",
+        section: CK,
+        kind: Kind::OptPath { at: at!(checkpoint.savepoint_dir) },
+        flink: Flink::Same,
+        description: "Where savepoints go when their trigger names no directory (each in a directory \
+                      savepoint-<job>-<random> of its own).",
+    },
 ];
 
 /// The key of this name.

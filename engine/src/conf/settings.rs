@@ -280,6 +280,8 @@ pub struct CheckpointSettings {
     pub aligned_timeout: Duration,
     /// Where checkpoints are written (shared by every machine of a cluster).
     pub dir: Option<PathBuf>,
+    /// Where a savepoint goes when its trigger names no directory.
+    pub savepoint_dir: Option<PathBuf>,
 }
 
 impl Default for CheckpointSettings {
@@ -295,6 +297,7 @@ impl Default for CheckpointSettings {
             unaligned: false,
             aligned_timeout: Duration::ZERO,
             dir: None,
+            savepoint_dir: None,
         }
     }
 }
@@ -308,6 +311,7 @@ impl CheckpointSettings {
             unaligned: exactly_once && self.unaligned,
             aligned_timeout: (exactly_once && self.unaligned && !self.aligned_timeout.is_zero())
                 .then_some(self.aligned_timeout),
+            savepoint: false,
         }
     }
 }

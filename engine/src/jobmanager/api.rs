@@ -353,13 +353,16 @@ pub enum CheckpointStatusInfo {
     Failed,
 }
 
-/// How a checkpoint was taken, with Flink's names: `UNALIGNED_CHECKPOINT` when some task took
-/// it unaligned (also after an aligned timeout), else `CHECKPOINT` (aligned or at-least-once).
+/// How a checkpoint was taken, with Flink's names: `SAVEPOINT` for a savepoint,
+/// `UNALIGNED_CHECKPOINT` when some task took it unaligned (also after an aligned timeout),
+/// else `CHECKPOINT` (aligned or at-least-once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CheckpointType {
     Checkpoint,
     UnalignedCheckpoint,
+    /// A savepoint (always aligned, canonical state).
+    Savepoint,
 }
 
 /// One checkpoint (Flink's `CheckpointStatistics`). Timestamps are milliseconds since the Unix
@@ -513,6 +516,52 @@ pub struct CheckpointConfigInfo {
 pub struct TriggerCheckpointResponse {
     /// The triggered checkpoint; follow it with `GET /v1/jobs/{id}/checkpoints/details/{id}`.
     pub checkpoint_id: u64,
+}
+
+/// The body of `POST /v1/jobs/{id}/savepoints` and `POST /v1/jobs/{id}/stop` (both may be
+/// empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SavepointRequest {
+    /// The directory the savepoint's own directory (`savepoint-<job>-<random>`) is made in,
+    /// shared by every machine of the cluster; default `execution.checkpointing.savepoint-dir`.
+    #[serde(default)]
+    pub target_directory: Option<String>,
+}
+
+/// The answer to a savepoint trigger: poll `GET /v1/jobs/{id}/savepoints/{request_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SavepointTriggerResponse {
+    pub request_id: String,
+}
+
+/// Where a savepoint request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SavepointStatus {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// A savepoint request of a job, as `GET /v1/jobs/{id}/savepoints/{request_id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SavepointInfo {
+    pub request_id: String,
+    pub status: SavepointStatus,
+    /// Stop-with-savepoint: the job is cancelled once the savepoint is complete.
+    pub stop: bool,
+    /// The directory the savepoint is made in.
+    pub target_directory: String,
+    /// The savepoint's id among the job's checkpoints, once triggered.
+    pub checkpoint_id: Option<u64>,
+    /// The savepoint's own directory (give it to `--from-savepoint`), once complete.
+    pub location: Option<String>,
+    /// Why no savepoint was taken.
+    pub failure: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub trigger_ms: u64,
+    pub end_ms: Option<u64>,
 }
 
 /// A manual checkpoint trigger on its way to the job master, whose answer (the checkpoint's id
@@ -705,6 +754,20 @@ pub trait ClusterApi: Send + Sync + 'static {
     /// [`PendingTrigger`]. Refused at once ([`ApiErrorCode::Conflict`]) for a job that ended or
     /// takes no checkpoints.
     fn trigger_checkpoint(&self, id: &str) -> Result<PendingTrigger, ApiError>;
+    /// Asks the job master for a savepoint (and, with `stop`, to cancel the job once it is
+    /// complete); answered at once with the request's id, whose progress
+    /// [`savepoint`](Self::savepoint) shows. Refused at once ([`ApiErrorCode::Conflict`]) for a
+    /// job that ended or takes no checkpoints, and ([`ApiErrorCode::BadRequest`]) without a
+    /// target directory.
+    fn trigger_savepoint(
+        &self,
+        id: &str,
+        request: SavepointRequest,
+        stop: bool,
+    ) -> Result<SavepointTriggerResponse, ApiError>;
+    /// A savepoint request of the job ([`ApiErrorCode::NotFound`] for an unknown one; the
+    /// newest `SAVEPOINT_REQUESTS_MAX` are kept).
+    fn savepoint(&self, id: &str, request_id: &str) -> Result<SavepointInfo, ApiError>;
 }
 
 #[cfg(test)]

@@ -339,7 +339,11 @@ fn info(s: &CheckpointSummary, vertices: &[VertexSummary]) -> CheckpointInfo {
     CheckpointInfo {
         id: s.id,
         status: status(s.status),
-        checkpoint_type: if s.unaligned { CheckpointType::UnalignedCheckpoint } else { CheckpointType::Checkpoint },
+        checkpoint_type: match (s.savepoint, s.unaligned) {
+            (true, _) => CheckpointType::Savepoint,
+            (false, true) => CheckpointType::UnalignedCheckpoint,
+            (false, false) => CheckpointType::Checkpoint,
+        },
         manual: s.manual,
         trigger_timestamp: s.trigger_ms,
         latest_ack_timestamp: s.latest_ack_ms,
@@ -453,6 +457,7 @@ mod tests {
             id,
             status,
             manual: id.is_multiple_of(2),
+            savepoint: false,
             trigger_ms,
             latest_ack_ms: tasks.iter().map(|a| a.ack_ms).max(),
             end_ms: done.then_some(trigger_ms + 20 + id),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::savepoints::SavepointTicket;
 use super::state::now_ms;
 use super::Jm;
 use crate::checkpoint::coordinator::{Action, CheckpointConfig, CheckpointStats, Coordinator};
@@ -73,6 +74,7 @@ pub(crate) fn prepare_attempt(
     match &checkpointing.restore {
         Some(RestoreRequest::Resume(dir)) => candidates.push(RestoreFrom::Latest(PathBuf::from(dir))),
         Some(RestoreRequest::FromCheckpoint(path)) => candidates.push(RestoreFrom::Checkpoint(PathBuf::from(path))),
+        Some(RestoreRequest::FromSavepoint(path)) => candidates.push(RestoreFrom::Savepoint(PathBuf::from(path))),
         None => {}
     }
     let mut point = None;
@@ -173,6 +175,16 @@ pub(crate) enum Outcome {
     Continue,
     /// Too many checkpoints failed: the attempt fails with this reason.
     FailJob(String),
+    /// A stop-with-savepoint's savepoint is complete: the job is cancelled, with this reason.
+    Stop(String),
+}
+
+/// The savepoint a running attempt is taking.
+struct SavepointOp {
+    ticket: SavepointTicket,
+    /// Its checkpoint id, once triggered.
+    id: Option<CheckpointId>,
+    destination: PathBuf,
 }
 
 /// A running attempt's coordinator and the I/O it asks for.
@@ -187,6 +199,7 @@ pub(crate) struct Running {
     written_rx: mpsc::UnboundedReceiver<(CheckpointId, Result<(), String>)>,
     /// Triggers start once every task runs.
     all_running: bool,
+    savepoint: Option<SavepointOp>,
 }
 
 impl AttemptCheckpoints {
@@ -211,6 +224,7 @@ impl AttemptCheckpoints {
             written_tx,
             written_rx,
             all_running: false,
+            savepoint: None,
         }))
     }
 }
@@ -276,6 +290,34 @@ impl Running {
         }
     }
 
+    /// Takes a savepoint (`POST /v1/jobs/{id}/savepoints` or `/stop`): queued behind a pending
+    /// checkpoint, then aligned and canonical whatever the job's options (see
+    /// [`Coordinator::request_savepoint`]); one at a time. A refusal fails the request.
+    pub(crate) fn request_savepoint(&mut self, jm: &Jm, ticket: SavepointTicket) -> Outcome {
+        if !self.all_running {
+            ticket.fail("not every task of the job runs yet; request the savepoint again once it does");
+            return Outcome::Continue;
+        }
+        if let Some(op) = &self.savepoint {
+            ticket.fail(format!(
+                "savepoint request {} is in progress; one savepoint is taken at a time",
+                op.ticket.request
+            ));
+            return Outcome::Continue;
+        }
+        match self.coordinator.request_savepoint(now_ms()) {
+            Err(refused) => {
+                ticket.fail(refused.to_string());
+                Outcome::Continue
+            }
+            Ok(actions) => {
+                let destination = ticket.destination();
+                self.savepoint = Some(SavepointOp { ticket, id: None, destination });
+                self.execute(jm, actions)
+            }
+        }
+    }
+
     pub(crate) fn on_ack(
         &mut self,
         jm: &Jm,
@@ -338,7 +380,11 @@ impl Running {
         for action in actions {
             match action {
                 Action::Trigger { id, timestamp_ms, options, .. } => {
-                    tracing::debug!(job = %self.job, checkpoint = id, "triggering a checkpoint");
+                    tracing::debug!(job = %self.job, checkpoint = id, savepoint = options.savepoint, "triggering a checkpoint");
+                    if let Some(op) = self.savepoint.as_mut().filter(|_| options.savepoint) {
+                        op.id = Some(id);
+                        op.ticket.triggered(id);
+                    }
                     for tm in &self.members {
                         let message = JmMessage::TriggerCheckpoint {
                             deployment: self.deployment,
@@ -348,6 +394,21 @@ impl Running {
                         };
                         jm.send(*tm, message);
                     }
+                }
+                Action::WriteMetadata(metadata) if metadata.savepoint => {
+                    let (storage, tx) = (self.storage.clone(), self.written_tx.clone());
+                    let destination = self
+                        .savepoint
+                        .as_ref()
+                        .filter(|op| op.id == Some(metadata.id))
+                        .map(|op| op.destination.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let result = match destination {
+                            Some(dest) => storage.finalize_savepoint(&metadata, &dest).map_err(|e| e.to_string()),
+                            None => Err("no savepoint request waits for it".to_string()),
+                        };
+                        let _ = tx.send((metadata.id, result));
+                    });
                 }
                 Action::WriteMetadata(metadata) => {
                     let (storage, tx) = (self.storage.clone(), self.written_tx.clone());
@@ -379,6 +440,20 @@ impl Running {
                     self.delete(move |s| s.discard_shared(&files), what)
                 }
                 Action::FailJob { reason } => outcome = Outcome::FailJob(reason),
+                Action::SavepointCompleted { id } => {
+                    if let Some(op) = self.savepoint.take_if(|op| op.id == Some(id)) {
+                        let location = op.destination.display().to_string();
+                        if op.ticket.stop && !matches!(outcome, Outcome::FailJob(_)) {
+                            outcome = Outcome::Stop(format!("the job was stopped with savepoint {location}"));
+                        }
+                        op.ticket.complete(&op.destination);
+                    }
+                }
+                Action::SavepointFailed { id, reason } => {
+                    if let Some(op) = self.savepoint.take_if(|op| op.id.is_none_or(|own| own == id)) {
+                        op.ticket.fail(format!("savepoint {id} failed: {reason}"));
+                    }
+                }
             }
         }
         outcome

@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
     ApiError, ApiErrorCode, CheckpointConfigInfo, CheckpointDetails, CheckpointingStatistics, ClusterApi,
-    ClusterOverview, JobDetails, JobExecutionResult, JobOverview, JobState, JobTypeInfo, PendingTrigger, SlotInfo,
-    SubmitRequest, SubmitResponse, SubtaskInfo, TaskCounts, TaskManagerInfo, VertexInfo, CHECKPOINT_HISTORY_MAX,
+    ClusterOverview, JobDetails, JobExecutionResult, JobOverview, JobState, JobTypeInfo, PendingTrigger, SavepointInfo,
+    SavepointRequest, SavepointStatus, SavepointTriggerResponse, SlotInfo, SubmitRequest, SubmitResponse, SubtaskInfo,
+    TaskCounts, TaskManagerInfo, VertexInfo, CHECKPOINT_HISTORY_MAX,
 };
 use super::checkpoint_stats::config_view;
 use super::job_master::{self, Inline, JobEvent};
@@ -21,7 +22,7 @@ use super::state::{now_ms, JobEntry, TmEntry};
 use super::{Jm, NoRestart, RestartChoice};
 use crate::checkpoint::request::{parse_restart_strategy, resolve, JobCheckpointing};
 use crate::checkpoint::CheckpointId;
-use crate::rpc::ids::{JobId, TaskManagerId};
+use crate::rpc::ids::{JobId, TaskManagerId, TriggerId};
 use crate::rpc::messages::TaskState;
 use crate::runtime::cluster::PlanSummary;
 use crate::runtime::mini::InlineJob;
@@ -180,6 +181,7 @@ impl Dispatcher {
                     inbox: inbox_tx,
                     checkpointing,
                     checkpoint_stats: Default::default(),
+                    savepoints: Default::default(),
                     seq,
                 },
             );
@@ -404,6 +406,105 @@ impl ClusterApi for Dispatcher {
                 format!("job {job} has ended: no checkpoint can be triggered"),
             )),
         }
+    }
+
+    fn trigger_savepoint(
+        &self,
+        id: &str,
+        request: SavepointRequest,
+        stop: bool,
+    ) -> Result<SavepointTriggerResponse, ApiError> {
+        let job = parse_job(id)?;
+        let target = self.savepoint_target(&request)?;
+        let what = if stop { "stop-with-savepoint" } else { "savepoint" };
+        let request_id = TriggerId::random();
+        let inbox = {
+            let mut state = self.jm.lock();
+            let j = state.jobs.get_mut(&job).ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+            if j.state.is_terminal() {
+                return Err(ApiError::new(
+                    ApiErrorCode::Conflict,
+                    format!("job {job} has already ended ({:?}): no {what} can be taken", j.state),
+                ));
+            }
+            if !j.checkpointing.enabled() {
+                return Err(ApiError::new(
+                    ApiErrorCode::Conflict,
+                    format!(
+                        "job {job} takes no checkpoints: a savepoint is taken by its checkpoint coordinator and \
+                         written through its checkpoint storage; submit it with a checkpoint interval and directory"
+                    ),
+                ));
+            }
+            super::savepoints::record(
+                &mut j.savepoints,
+                SavepointInfo {
+                    request_id: request_id.to_string(),
+                    status: SavepointStatus::InProgress,
+                    stop,
+                    target_directory: target.display().to_string(),
+                    checkpoint_id: None,
+                    location: None,
+                    failure: None,
+                    trigger_ms: now_ms(),
+                    end_ms: None,
+                },
+            );
+            j.inbox.clone()
+        };
+        // Sent without the lock: a ticket that cannot be delivered is dropped here, which marks
+        // its request failed (and takes the lock).
+        let ticket = super::savepoints::SavepointTicket::new(self.jm.clone(), job, request_id, target, stop);
+        match inbox.try_send(JobEvent::TriggerSavepoint(ticket)) {
+            Ok(()) => {
+                tracing::info!(%job, request = %request_id, "{what} requested");
+                Ok(SavepointTriggerResponse { request_id: request_id.to_string() })
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError::new(
+                ApiErrorCode::Unavailable,
+                format!("the job master of job {job} has {INBOX} events queued; request the {what} again later"),
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(ApiError::new(ApiErrorCode::Conflict, format!("job {job} has ended: no {what} can be taken")))
+            }
+        }
+    }
+
+    fn savepoint(&self, id: &str, request_id: &str) -> Result<SavepointInfo, ApiError> {
+        let job = parse_job(id)?;
+        let request: TriggerId =
+            request_id.parse().map_err(|e: crate::rpc::ids::IdError| ApiError::bad_request(e.to_string()))?;
+        let state = self.jm.lock();
+        let j = known(&state.jobs, job)?;
+        j.savepoints.iter().find(|r| r.request_id == request.to_string()).cloned().ok_or_else(|| {
+            ApiError::not_found(format!(
+                "job {job} has no savepoint request {request} (it keeps its newest {})",
+                super::savepoints::SAVEPOINT_REQUESTS_MAX
+            ))
+        })
+    }
+}
+
+impl Dispatcher {
+    /// The directory a savepoint request goes to: the request's, else the cluster's default.
+    fn savepoint_target(&self, request: &SavepointRequest) -> Result<std::path::PathBuf, ApiError> {
+        let target = match request.target_directory.as_deref().map(str::trim) {
+            Some("") => return Err(ApiError::bad_request("target_directory is empty")),
+            Some(dir) => std::path::PathBuf::from(dir),
+            None => self.jm.settings.checkpoint.savepoint_dir.clone().ok_or_else(|| {
+                ApiError::bad_request(
+                    "no target directory: name one (target_directory; `corestream savepoint JOB_ID DIR`) or set \
+                     execution.checkpointing.savepoint-dir",
+                )
+            })?,
+        };
+        if !target.is_absolute() {
+            return Err(ApiError::bad_request(format!(
+                "target_directory {}: give an absolute path (the JobManager writes there)",
+                target.display()
+            )));
+        }
+        Ok(target)
     }
 }
 

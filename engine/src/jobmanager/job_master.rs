@@ -46,6 +46,9 @@ pub(crate) enum JobEvent {
     /// Trigger a checkpoint now (`POST /v1/jobs/{id}/checkpoints`). Answered while an attempt
     /// runs; dropped (which its requester reads as "not running") in every other phase.
     TriggerCheckpoint { reply: tokio::sync::oneshot::Sender<Result<CheckpointId, ApiError>> },
+    /// Take a savepoint (`POST /v1/jobs/{id}/savepoints` or `/stop`). Taken while an attempt
+    /// runs; dropped in every other phase, which fails the request.
+    TriggerSavepoint(super::savepoints::SavepointTicket),
 }
 
 /// The restart strategy of one job, as the job master consults it: `Ok(delay)` runs again
@@ -441,7 +444,7 @@ async fn run_attempt(
                 if let Some(c) = checkpoints.as_mut() {
                     let outcome = c.on_written(jm, id, result);
                     publish_stats(jm, job, c);
-                    fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                    fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                 }
                 continue;
             }
@@ -449,7 +452,7 @@ async fn run_attempt(
                 if let Some(c) = checkpoints.as_mut() {
                     let outcome = c.on_tick(jm);
                     publish_stats(jm, job, c);
-                    fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                    fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                 }
                 continue;
             }
@@ -461,8 +464,20 @@ async fn run_attempt(
                     tracing::info!(%job, checkpoint = id, "checkpoint triggered on request");
                 }
                 let _ = reply.send(answer);
-                fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
             }
+            JobEvent::TriggerSavepoint(ticket) => match checkpoints.as_mut() {
+                _ if cancelled || failure.is_some() => {
+                    let what = if cancelled { "being cancelled" } else { "failing" };
+                    ticket.fail(format!("job {job} is {what}: no savepoint was taken"));
+                }
+                None => ticket.fail(format!("job {job} runs without a checkpoint coordinator: no savepoint was taken")),
+                Some(c) => {
+                    let outcome = c.request_savepoint(jm, ticket);
+                    publish_stats(jm, job, c);
+                    fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
+                }
+            },
             JobEvent::Cancel => {
                 if !cancelled {
                     cancelled = true;
@@ -501,11 +516,11 @@ async fn run_attempt(
                     if let Some(c) = checkpoints.as_mut() {
                         for task in finished {
                             let outcome = c.on_task_finished(jm, task);
-                            fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                            fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                         }
                         if all_running {
                             let outcome = c.set_all_running(jm);
-                            fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                            fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                         }
                         publish_stats(jm, job, c);
                     }
@@ -535,14 +550,14 @@ async fn run_attempt(
                     if let Some(c) = checkpoints.as_mut() {
                         let outcome = c.on_ack(jm, task, checkpoint_id, handle, metrics);
                         publish_stats(jm, job, c);
-                        fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                        fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                     }
                 }
                 TmMessage::DeclineCheckpoint { deployment: d, task, checkpoint_id, reason } if d == deployment => {
                     if let Some(c) = checkpoints.as_mut() {
                         let outcome = c.on_decline(jm, task, checkpoint_id, reason);
                         publish_stats(jm, job, c);
-                        fail_on(jm, &parts, deployment, outcome, &mut failure, cancelled);
+                        fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                     }
                 }
                 TmMessage::Metrics { deployment: d, report } if d == deployment => jm.update_job(job, |j| {
@@ -663,21 +678,30 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Fails the attempt when the checkpoint side says so (too many failed checkpoints).
+/// Fails the attempt when the checkpoint side says so (too many failed checkpoints), or
+/// cancels the job once a stop-with-savepoint's savepoint is complete.
 fn fail_on(
     jm: &Jm,
+    job: JobId,
     parts: &[Part],
     deployment: DeploymentKey,
     outcome: CkOutcome,
     failure: &mut Option<Failure>,
-    cancelled: bool,
+    cancelled: &mut bool,
 ) {
-    if let CkOutcome::FailJob(reason) = outcome {
-        if failure.is_none() && !cancelled {
+    match outcome {
+        CkOutcome::FailJob(reason) if failure.is_none() && !*cancelled => {
             tracing::warn!(%deployment, %reason, "failing the job: too many failed checkpoints");
             *failure = Some(Failure::now(reason.clone(), true));
             cancel_parts(jm, parts, deployment, &reason);
         }
+        CkOutcome::Stop(reason) if failure.is_none() && !*cancelled => {
+            tracing::info!(%job, %reason, "stopping the job");
+            *cancelled = true;
+            jm.update_job(job, |j| j.state = JobState::Cancelling);
+            cancel_parts(jm, parts, deployment, &reason);
+        }
+        _ => {}
     }
 }
 

@@ -16,6 +16,7 @@ pub(crate) mod dispatcher;
 mod job_master;
 pub mod rest;
 pub mod restart;
+mod savepoints;
 pub mod scheduler;
 mod server;
 mod state;

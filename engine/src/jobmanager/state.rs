@@ -65,6 +65,8 @@ pub(crate) struct JobEntry {
     pub checkpointing: crate::checkpoint::request::JobCheckpointing,
     /// Its checkpoints' statistics over every attempt, and the restores.
     pub checkpoint_stats: super::checkpoint_stats::JobCheckpointStats,
+    /// Its newest savepoint requests, oldest first.
+    pub savepoints: VecDeque<super::api::SavepointInfo>,
     /// Submission order.
     pub seq: u64,
 }

@@ -178,7 +178,11 @@ impl<K: StateKey, N: Namespace> KeyedCore<K, N> {
         extra_event: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
         extra_processing: impl IntoIterator<Item = (i64, &'a K, &'a N)>,
     ) -> Result<(), PartError> {
-        match self.backend.freeze_files(checkpoint).map_err(|e| PartError::state(KEYED_FILES_PART, e))? {
+        let files = match into.is_canonical() {
+            true => None,
+            false => self.backend.freeze_files(checkpoint).map_err(|e| PartError::state(KEYED_FILES_PART, e))?,
+        };
+        match files {
             Some(files) => state_parts::put_files(into, KEYED_FILES_PART, files),
             None => {
                 let state = self.backend.freeze();

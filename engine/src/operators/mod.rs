@@ -445,7 +445,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> Control for OpNode<I, O, Op> {
             "node {}: snapshot with firings pending (the task loop snapshots only after `resume` returned true)",
             self.node
         );
-        let mut parts = PendingParts::default();
+        let mut parts = PendingParts::for_snapshot(into);
         enter_node(self.node);
         self.op.snapshot_state(checkpoint, &mut parts).map_err(|e| self.hook_error("snapshotting", e))?;
         into.put_node_pending(self.node, parts);

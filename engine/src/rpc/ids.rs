@@ -93,6 +93,7 @@ macro_rules! hex_id {
 
 hex_id!(JobId, "job id");
 hex_id!(TaskManagerId, "TaskManager id");
+hex_id!(TriggerId, "savepoint request id");
 
 /// One deployment of one job attempt: every attempt (a restart too) gets a new key, so frames
 /// and reports of an earlier attempt can never be taken for the current one's.

@@ -21,9 +21,9 @@ use corestream::jobmanager::api::{
     ApiError, ApiErrorCode, CheckpointConfigInfo, CheckpointCountsInfo, CheckpointDetails, CheckpointInfo,
     CheckpointStatusInfo, CheckpointSummaryInfo, CheckpointType, CheckpointingStatistics, ClusterApi, ClusterOverview,
     JobDetails, JobExecutionResult, JobOutcome, JobOverview, JobState, JobTypeInfo, LatestCheckpoints, MinAvgMax,
-    OperatorCounts, PendingTrigger, RetainedCheckpointInfo, SlotInfo, SubmitRequest, SubmitResponse,
-    SubtaskCheckpointInfo, SubtaskCheckpointStatus, SubtaskInfo, TaskCounts, TaskManagerInfo, VertexCheckpointInfo,
-    VertexInfo,
+    OperatorCounts, PendingTrigger, RetainedCheckpointInfo, SavepointInfo, SavepointRequest, SavepointStatus,
+    SavepointTriggerResponse, SlotInfo, SubmitRequest, SubmitResponse, SubtaskCheckpointInfo, SubtaskCheckpointStatus,
+    SubtaskInfo, TaskCounts, TaskManagerInfo, VertexCheckpointInfo, VertexInfo,
 };
 use corestream::rpc::ids::{JobId, TaskManagerId};
 use corestream::rpc::messages::{Accumulator, TaskState};
@@ -46,6 +46,8 @@ struct FakeJob {
     start_time: u64,
     /// Its checkpoints, oldest first (`forever` only).
     checkpoints: Vec<CheckpointInfo>,
+    /// Its savepoint requests, each complete at once (`forever` only).
+    savepoints: Vec<SavepointInfo>,
 }
 
 #[derive(Debug, Default)]
@@ -233,6 +235,7 @@ impl ClusterApi for FakeCluster {
             looks: 0,
             start_time: 1_700_000_000_000,
             checkpoints: Vec::new(),
+            savepoints: Vec::new(),
         };
         if job.name == "forever" {
             job.checkpoints = vec![
@@ -420,6 +423,49 @@ impl ClusterApi for FakeCluster {
         job.checkpoints
             .push(CheckpointInfo { manual: true, ..checkpoint(next, CheckpointStatusInfo::InProgress, false) });
         Ok(PendingTrigger::ready(id, Ok(next)))
+    }
+
+    fn trigger_savepoint(
+        &self,
+        id: &str,
+        request: SavepointRequest,
+        stop: bool,
+    ) -> Result<SavepointTriggerResponse, ApiError> {
+        *self.mutations.lock().unwrap() += 1;
+        let parsed = self.find(id)?.id;
+        let target = request.target_directory.ok_or_else(|| ApiError::bad_request("no target directory"))?;
+        let mut jobs = self.jobs.lock().unwrap();
+        let job = jobs.get_mut(&parsed).ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+        if job.state.is_terminal() || job.name != "forever" {
+            return Err(ApiError::new(ApiErrorCode::Conflict, format!("job {id} takes no savepoints")));
+        }
+        let request_id = format!("{:032x}", job.savepoints.len() + 1);
+        job.savepoints.push(SavepointInfo {
+            request_id: request_id.clone(),
+            status: SavepointStatus::Completed,
+            stop,
+            location: Some(format!("{target}/savepoint-fake-{}", job.savepoints.len() + 1)),
+            target_directory: target,
+            checkpoint_id: Some(job.checkpoints.len() as u64 + 1),
+            failure: None,
+            trigger_ms: 1_700_000_000_000,
+            end_ms: Some(1_700_000_000_010),
+        });
+        if stop {
+            job.state = JobState::Cancelled;
+        }
+        Ok(SavepointTriggerResponse { request_id })
+    }
+
+    fn savepoint(&self, id: &str, request_id: &str) -> Result<SavepointInfo, ApiError> {
+        let parsed = self.find(id)?.id;
+        let jobs = self.jobs.lock().unwrap();
+        let job = jobs.get(&parsed).ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+        job.savepoints
+            .iter()
+            .find(|s| s.request_id == request_id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("job {id} has no savepoint request {request_id}")))
     }
 }
 

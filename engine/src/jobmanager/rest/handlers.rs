@@ -21,10 +21,10 @@ use super::AppState;
 use crate::checkpoint::CheckpointId;
 use crate::jobmanager::api::{
     ApiError, CheckpointConfigInfo, CheckpointDetails, CheckpointingStatistics, ClusterOverview, JobDetails,
-    JobExecutionResult, JobList, JobTypeList, RestConfig, SubmitRequest, SubmitResponse, TaskManagerInfo,
-    TaskManagerList, TriggerCheckpointResponse,
+    JobExecutionResult, JobList, JobTypeList, RestConfig, SavepointInfo, SavepointRequest, SavepointTriggerResponse,
+    SubmitRequest, SubmitResponse, TaskManagerInfo, TaskManagerList, TriggerCheckpointResponse,
 };
-use crate::rpc::ids::{JobId, TaskManagerId};
+use crate::rpc::ids::{JobId, TaskManagerId, TriggerId};
 
 /// Every route, with its description.
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -41,6 +41,9 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(checkpoints, trigger_checkpoint))
         .routes(routes!(checkpoint_config))
         .routes(routes!(checkpoint_details))
+        .routes(routes!(trigger_savepoint))
+        .routes(routes!(stop_with_savepoint))
+        .routes(routes!(savepoint_status))
 }
 
 /// How long a checkpoint trigger waits for the job master's answer (it comes within one turn
@@ -57,6 +60,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
         let body = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         decode_json(content_type.as_ref(), &body).map(JsonBody)
+    }
+}
+
+/// A JSON body of type `T` as [`JsonBody`], or `T::default()` for an empty body.
+pub(super) struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+        let body = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        if body.is_empty() {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        decode_json(content_type.as_ref(), &body).map(OptionalJsonBody)
     }
 }
 
@@ -140,6 +159,27 @@ impl<S: Send + Sync> FromRequestParts<S> for CheckpointPath {
             })?;
         let job = job.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
         Ok(CheckpointPath(job, parse_checkpoint_id(&checkpoint)?))
+    }
+}
+
+/// The job id and request id of `/v1/jobs/{id}/savepoints/{requestid}`.
+pub(super) struct SavepointPath(pub JobId, pub TriggerId);
+
+impl<S: Send + Sync> FromRequestParts<S> for SavepointPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let (job, request) =
+            Path::<(String, String)>::from_request_parts(parts, state).await.map(|Path(p)| p).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "invalid path {}: {}",
+                    super::errors::shown_path(&parts.uri),
+                    e.body_text()
+                ))
+            })?;
+        let job = job.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
+        let request = request.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
+        Ok(SavepointPath(job, request))
     }
 }
 
@@ -421,4 +461,93 @@ mod tests {
             assert!(e.message.contains(needle) && e.message.contains("?mode=cancel"), "{bad}: {e}");
         }
     }
+}
+
+/// Answers a savepoint trigger: 202 with the request id and its `Location`.
+fn savepoint_accepted(id: JobId, triggered: SavepointTriggerResponse) -> Response {
+    let location = HeaderValue::from_str(&format!("/v1/jobs/{id}/savepoints/{}", triggered.request_id)).ok();
+    let mut response = (StatusCode::ACCEPTED, Json(triggered)).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Takes a savepoint of a running job (Flink's `POST /jobs/{id}/savepoints`): answered at once
+/// with a request id; poll `GET /v1/jobs/{id}/savepoints/{requestid}` for its outcome and
+/// location. The body (optional) names the target directory; without one the cluster's
+/// `execution.checkpointing.savepoint-dir` is used.
+///
+/// A savepoint is taken by the job's checkpoint coordinator, after a checkpoint in progress,
+/// always aligned, with every operator's state in the canonical format (a savepoint of the heap
+/// backend restores on the LSM backend and the reverse), and written self-contained into
+/// `<target>/savepoint-<job>-<request>`, which appears complete or not at all. It is not one of
+/// the job's retained checkpoints and the job never deletes it.
+#[utoipa::path(post, path = "/v1/jobs/{id}/savepoints", tag = "savepoints",
+    params(("id" = JobId, Path, description = "The job's id: 32 hex digits")),
+    request_body(content = SavepointRequest, content_type = "application/json", description = "Optional"),
+    responses(
+        (status = 202, description = "Requested; poll its status", body = SavepointTriggerResponse,
+            headers(("Location" = String, description = "The request's status"))),
+        (status = 400, description = "Invalid id or body, or no target directory (none given, none configured) or a relative one", body = ApiError),
+        (status = 404, description = "No job with this id", body = ApiError),
+        (status = 409, description = "The job has ended or takes no checkpoints", body = ApiError),
+        (status = 413, description = "A body over the limit was sent", body = ApiError),
+        (status = 415, description = "A body not sent as `application/json`", body = ApiError),
+        (status = 503, description = "The job master has too many events queued", body = ApiError)
+    ))]
+async fn trigger_savepoint(
+    State(s): State<AppState>,
+    JobIdParam(id): JobIdParam,
+    OptionalJsonBody(request): OptionalJsonBody<SavepointRequest>,
+) -> Result<Response, ApiError> {
+    let triggered = s.api.trigger_savepoint(&id.to_string(), request, false)?;
+    Ok(savepoint_accepted(id, triggered))
+}
+
+/// Stops a job with a savepoint (Flink's `POST /jobs/{id}/stop`): a savepoint as
+/// `POST /v1/jobs/{id}/savepoints` takes it, after which the job is cancelled (it ends
+/// `cancelled`). A job whose savepoint fails keeps running. Exactly-once sinks commit exactly
+/// what precedes the savepoint; records the tasks process between the savepoint's barrier and
+/// the cancellation are never committed by them (Flink's synchronous savepoint holds the tasks
+/// instead).
+#[utoipa::path(post, path = "/v1/jobs/{id}/stop", tag = "savepoints",
+    params(("id" = JobId, Path, description = "The job's id: 32 hex digits")),
+    request_body(content = SavepointRequest, content_type = "application/json", description = "Optional"),
+    responses(
+        (status = 202, description = "Requested; poll its status", body = SavepointTriggerResponse,
+            headers(("Location" = String, description = "The request's status"))),
+        (status = 400, description = "Invalid id or body, or no target directory (none given, none configured) or a relative one", body = ApiError),
+        (status = 404, description = "No job with this id", body = ApiError),
+        (status = 409, description = "The job has ended or takes no checkpoints", body = ApiError),
+        (status = 413, description = "A body over the limit was sent", body = ApiError),
+        (status = 415, description = "A body not sent as `application/json`", body = ApiError),
+        (status = 503, description = "The job master has too many events queued", body = ApiError)
+    ))]
+async fn stop_with_savepoint(
+    State(s): State<AppState>,
+    JobIdParam(id): JobIdParam,
+    OptionalJsonBody(request): OptionalJsonBody<SavepointRequest>,
+) -> Result<Response, ApiError> {
+    let triggered = s.api.trigger_savepoint(&id.to_string(), request, true)?;
+    Ok(savepoint_accepted(id, triggered))
+}
+
+/// A savepoint request's status (Flink's `GET /jobs/{id}/savepoints/{triggerid}`): in progress,
+/// completed with its location, or failed with why. A job keeps its newest 16 requests.
+#[utoipa::path(get, path = "/v1/jobs/{id}/savepoints/{requestid}", tag = "savepoints",
+    params(
+        ("id" = JobId, Path, description = "The job's id: 32 hex digits"),
+        ("requestid" = String, Path, description = "The request's id: 32 hex digits")
+    ),
+    responses(
+        (status = 200, description = "The request", body = SavepointInfo),
+        (status = 400, description = "An id is not 32 hex digits", body = ApiError),
+        (status = 404, description = "No job with this id, or no such request of it", body = ApiError)
+    ))]
+async fn savepoint_status(
+    State(s): State<AppState>,
+    SavepointPath(id, request): SavepointPath,
+) -> Result<Json<SavepointInfo>, ApiError> {
+    s.api.savepoint(&id.to_string(), &request.to_string()).map(Json)
 }

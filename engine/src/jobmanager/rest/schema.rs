@@ -38,7 +38,8 @@ payload_too_large, 415 unsupported_media_type (a body without `Content-Type: app
         (name = "cluster", description = "The cluster and the REST API itself"),
         (name = "taskmanagers", description = "Registered TaskManagers and their slots"),
         (name = "jobs", description = "Submitting, watching and cancelling jobs"),
-        (name = "checkpoints", description = "A job's checkpoints: statistics, configuration, manual triggers")
+        (name = "checkpoints", description = "A job's checkpoints: statistics, configuration, manual triggers"),
+        (name = "savepoints", description = "Savepoints on request, stop-with-savepoint, their status")
     ),
     components(schemas(ApiError, ApiErrorCode))
 )]

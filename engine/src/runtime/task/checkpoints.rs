@@ -279,7 +279,7 @@ impl Checkpoints {
         }
         let kind = source_barrier_kind(options);
         let (started, started_cpu) = (Instant::now(), thread_cpu_time());
-        let mut snapshot = PendingSnapshot::default();
+        let mut snapshot = PendingSnapshot::of_barrier(kind);
         if let Err(e) = source.snapshot_state(checkpoint_id, &mut snapshot) {
             self.decline(checkpoint_id, format!("the snapshot failed: {}", describe(&e)));
             return Err(e);
@@ -358,7 +358,7 @@ impl Checkpoints {
                 AlignmentAction::Snapshot { checkpoint_id, timestamp_ms, kind } => {
                     // Aligning ends with the snapshot, except for a checkpoint unaligned from
                     // its first barrier, whose alignment lasts until its last one.
-                    let aligning_ends = kind == BarrierKind::Aligned || !first;
+                    let aligning_ends = kind.is_aligned() || !first;
                     self.snapshot(input, valve, checkpoint_id, timestamp_ms, kind, aligning_ends)?
                 }
                 AlignmentAction::CopyOvertaken(c) => {
@@ -411,7 +411,7 @@ impl Checkpoints {
         aligning_ends: bool,
     ) -> Result<(), TaskError> {
         let (started, started_cpu) = (Instant::now(), thread_cpu_time());
-        let mut snapshot = PendingSnapshot::default();
+        let mut snapshot = PendingSnapshot::of_barrier(kind);
         if let Err(e) = input.chain().snapshot_state(checkpoint_id, &mut snapshot) {
             self.decline(checkpoint_id, format!("the snapshot failed: {}", describe(&e)));
             return Err(e);

@@ -297,7 +297,7 @@ fn on_executor<T>(f: impl std::future::Future<Output = T>) -> T {
 }
 
 fn options(mode: CheckpointMode, unaligned: bool, aligned_timeout: Option<Duration>) -> BarrierOptions {
-    BarrierOptions { mode, unaligned, aligned_timeout }
+    BarrierOptions { mode, unaligned, aligned_timeout, savepoint: false }
 }
 
 /// Values of the "seen" part of a snapshot.

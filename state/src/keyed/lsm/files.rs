@@ -230,10 +230,12 @@ impl UploadLedger {
     /// `checkpoint` is complete: its files become the reusable ones; older pending ones will
     /// never be confirmed.
     pub fn confirm(&mut self, checkpoint: u64) {
+        // A checkpoint this backend took no incremental snapshot for (a savepoint) changes
+        // nothing: the files of older pending checkpoints may still be confirmed.
         if let Some(files) = self.pending.remove(&checkpoint) {
             self.confirmed = files;
+            self.pending.retain(|&id, _| id > checkpoint);
         }
-        self.pending.retain(|&id, _| id > checkpoint);
     }
 
     /// `checkpoint` will never complete.
@@ -468,6 +470,8 @@ mod tests {
         let mut ledger = UploadLedger::default();
         ledger.used(4, "A", HashMap::from([("4.sst".to_owned(), file("d", 1))]));
         ledger.used(5, "A", HashMap::from([("5.sst".to_owned(), file("e", 1))]));
+        ledger.confirm(6);
+        assert!(ledger.pending.contains_key(&5), "a savepoint's confirmation (no snapshot of it) forgets nothing");
         ledger.confirm(5);
         ledger.confirm(4);
         assert!(ledger.reusable("A", "4.sst", 1).is_none());
