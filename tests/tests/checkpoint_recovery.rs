@@ -10,7 +10,10 @@
 //! - savepoints: one taken on the heap backend (a stop-with-savepoint) restores on the LSM
 //!   backend and one of an incremental LSM job on the heap backend, each giving the
 //!   uninterrupted run's output; a damaged savepoint fails its restore naming the file; bad
-//!   savepoint requests are refused with the reason.
+//!   savepoint requests are refused with the reason;
+//! - rescaling: a savepoint taken at parallelism 2 restores at 1, 3 and 4 (either backend) and
+//!   an incremental LSM checkpoint at 3, each giving the uninterrupted output; operators are
+//!   matched by uid (a new operator restores, a renamed one's state is refused unless allowed).
 //!
 //! The job's sink keeps every result line in checkpointed state (with the id of the
 //! checkpoint it belongs to, so the test learns which checkpoint a run restored) and reports
@@ -37,7 +40,7 @@ use corestream::{
     ClusterConfig, KeyedContext, KeyedProcessFunction, KeyedRuntimeContext, LocalCluster, Sink, SinkContext, SinkError,
     StateBackendKind, WatermarkStrategy,
 };
-use corestream_state::{MapState, MapStateDescriptor};
+use corestream_state::{MapState, MapStateDescriptor, ValueState, ValueStateDescriptor};
 
 const JOB: &str = "event-time";
 
@@ -221,7 +224,94 @@ fn registry(probe: Arc<Probe>) -> JobRegistry {
             Ok(JobParts::none())
         },
     ));
+    jobs.register(JobType::new(
+        RESCALE_JOB,
+        "per-key totals emitted at the end of input, from two source subtasks",
+        "RECORDS RATE BACKEND VARIANT",
+        |env, ctx| {
+            let params = Params::parse(ctx.args)?;
+            let variant = ctx.args.get(4).cloned().unwrap_or_else(|| "v1".into());
+            env.set_state_backend(params.backend);
+            env.set_auto_watermark_interval(Duration::from_millis(10));
+            let done: Arc<Mutex<Vec<String>>> = Arc::default();
+            let sink_done = done.clone();
+            let mut events = env
+                .from_source(RESCALE_JOB, Some(2), move |c| {
+                    Ok(PacedSource::new(c.subtask, params.records, params.rate, u64::MAX, event))
+                })
+                .uid("events")
+                .assign_timestamps_and_watermarks(
+                    WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|e: &Event| e.1),
+                )
+                .set_parallelism(2)
+                .uid("timestamps");
+            if variant == "extra-operator" {
+                events = events.map(|(k, ts, v): Event| (k, ts, v)).name("extra").uid("extra");
+            }
+            let totals_uid = if variant == "renamed" { "totals-v2" } else { "totals" };
+            events
+                .key_by(|e: &Event| e.0)
+                .process(Totals::default)
+                .uid(totals_uid)
+                .add_sink("totals", move |_: SinkContext| Ok(Collect(sink_done.clone(), Vec::new())));
+            Ok(JobParts::with_accumulators(move || {
+                let mut lines = done.lock().unwrap().clone();
+                lines.sort();
+                Ok(Accumulators::from([("lines".to_string(), Accumulator::Lines(lines))]))
+            }))
+        },
+    ));
     jobs
+}
+
+const RESCALE_JOB: &str = "rescale";
+
+/// Per key: the count and sum of its records (value state) and its records per second of
+/// event time (map state), emitted by an event-time timer when the input ends.
+#[derive(Default)]
+struct Totals {
+    total: Option<ValueState<u64, (), (u64, u64)>>,
+    seconds: Option<MapState<u64, (), i64, u64>>,
+}
+
+impl KeyedProcessFunction<u64, Event, String> for Totals {
+    fn open(&mut self, ctx: &mut KeyedRuntimeContext<'_, u64>) {
+        self.total = Some(ctx.state().value_state(&ValueStateDescriptor::new("total")).expect("total"));
+        self.seconds = Some(ctx.state().map_state(&MapStateDescriptor::new("seconds")).expect("seconds"));
+    }
+
+    fn process_element(&mut self, (_, ts, value): Event, ctx: &mut KeyedContext<'_, u64, String>) {
+        let total = self.total.as_mut().expect("opened");
+        let (count, sum) = total.value().unwrap_or((0, 0));
+        total.update((count + 1, sum + value));
+        let seconds = self.seconds.as_mut().expect("opened");
+        let second = ts.div_euclid(1000);
+        seconds.put(second, seconds.get(&second).unwrap_or(0) + 1);
+        ctx.register_event_time_timer(i64::MAX - 1);
+    }
+
+    fn on_timer(&mut self, _: i64, ctx: &mut KeyedContext<'_, u64, String>) {
+        let key = *ctx.key();
+        let (count, sum) = self.total.as_mut().expect("opened").value().unwrap_or((0, 0));
+        let seconds = self.seconds.as_mut().expect("opened");
+        let per_second: Vec<String> = (0..10).filter_map(|s| seconds.get(&s).map(|n| format!("{s}:{n}"))).collect();
+        ctx.collect(format!("key {key}: count {count} sum {sum} per second {}", per_second.join(" ")));
+    }
+}
+
+/// Collects lines, handing them over when the input ends; it keeps no state.
+struct Collect(Arc<Mutex<Vec<String>>>, Vec<String>);
+
+impl Sink<String> for Collect {
+    fn write_batch(&mut self, batch: &mut Vec<String>) -> Result<(), SinkError> {
+        self.1.append(batch);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.0.lock().unwrap().append(&mut self.1);
+        Ok(())
+    }
 }
 
 const FILES_JOB: &str = "files";
@@ -672,4 +762,89 @@ fn savepoint_requests_are_refused_with_the_reason() {
     );
     api.cancel(&id).unwrap();
     wait_terminal(&api, &id);
+}
+
+fn rescale_args(params: Params, variant: &str) -> Vec<String> {
+    let mut args = params.args();
+    args.push(variant.into());
+    args
+}
+
+/// Runs the rescale job at `parallelism` from `restore` (none: from the start) and returns its
+/// result.
+fn run_rescale(
+    api: &Arc<dyn ClusterApi>,
+    params: Params,
+    variant: &str,
+    parallelism: u32,
+    restore: Option<RestoreRequest>,
+    allow_non_restored_state: bool,
+) -> corestream::jobmanager::api::JobExecutionResult {
+    let request = corestream::jobmanager::api::SubmitRequest {
+        job: RESCALE_JOB.into(),
+        args: rescale_args(params, variant),
+        parallelism: Some(parallelism),
+        restore,
+        allow_non_restored_state,
+        restart_strategy: Some("none".into()),
+        ..Default::default()
+    };
+    let id = api.submit(request).expect("the job is accepted").jobid.to_string();
+    wait_terminal(api, &id)
+}
+
+#[test]
+fn a_savepoint_at_parallelism_2_restores_at_1_3_and_4_on_either_backend_and_matches_operators_by_uid() {
+    let probe = Arc::new(Probe::default());
+    let (_cluster, api) = start(&probe, 4);
+    let params = Params { records: 3000, rate: 1000, fail: false, backend: StateBackendKind::Heap };
+    let expected = {
+        let result = run_rescale(&api, params, "v1", 2, None, false);
+        assert_eq!(result.state, JobState::Finished, "{result:?}");
+        lines(&result)
+    };
+    assert_eq!(expected.len(), 10, "ten keys: {expected:?}");
+
+    // Taken on the LSM backend, whose checkpoints are incremental.
+    let (dir, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ck = checkpoints(dir.path(), 100, CheckpointMode::ExactlyOnce, false);
+    let lsm = Params { backend: StateBackendKind::Lsm, ..params };
+    let id = submit(&api, RESCALE_JOB, &rescale_args(lsm, "v1"), 2, Some(ck), None);
+    let info = savepoint_of(&api, &id, dir.path(), target.path(), true);
+    assert_eq!(wait_terminal(&api, &id).state, JobState::Cancelled);
+    let from = || Some(RestoreRequest::FromSavepoint(info.location.clone().unwrap()));
+
+    // The job's newest checkpoint (incremental LSM files) rescales too.
+    let newest = completed(dir.path()).last().map(|m| m.id).expect("a checkpoint completed");
+    let checkpoint = dir.path().join(format!("chk-{newest}")).display().to_string();
+    let result = run_rescale(&api, lsm, "v1", 3, Some(RestoreRequest::FromCheckpoint(checkpoint)), false);
+    assert_eq!(result.state, JobState::Finished, "{result:?}");
+    assert_eq!(lines(&result), expected, "restored checkpoint {newest} at parallelism 3");
+
+    for (parallelism, backend) in [
+        (1, StateBackendKind::Heap),
+        (3, StateBackendKind::Lsm),
+        (4, StateBackendKind::Heap),
+        (2, StateBackendKind::Lsm),
+    ] {
+        let result = run_rescale(&api, Params { backend, ..params }, "v1", parallelism, from(), false);
+        assert_eq!(result.state, JobState::Finished, "p={parallelism} {backend}: {result:?}");
+        assert_eq!(lines(&result), expected, "restored at parallelism {parallelism} on the {backend} backend");
+    }
+
+    // A new operator with its own id takes no state and needs no permission.
+    let result = run_rescale(&api, params, "extra-operator", 3, from(), false);
+    assert_eq!(result.state, JobState::Finished, "{result:?}");
+    assert_eq!(lines(&result), expected, "with a new operator");
+
+    // The counter's id changed: its state has no operator to go to.
+    let result = run_rescale(&api, params, "renamed", 2, from(), false);
+    assert_eq!(result.state, JobState::Failed, "{result:?}");
+    let failure = result.result.as_ref().and_then(|o| o.failure.clone()).unwrap_or_default();
+    assert!(failure.contains("'totals'") && failure.contains("--allow-non-restored-state"), "{failure}");
+    let result = run_rescale(&api, params, "renamed", 2, from(), true);
+    assert_eq!(result.state, JobState::Finished, "{result:?}");
+    let got = lines(&result);
+    assert_eq!(got.len(), expected.len());
+    assert_ne!(got, expected, "the counters started empty after the savepoint");
 }

@@ -214,7 +214,7 @@ fn bad_requests_are_answered_as_json_errors() {
     submit(addr, "{\"job\": \"sum-by-key\",\n \"parallelism\": 2,\n \"paralelism\": 3}").assert_error(
         400,
         "bad_request",
-        "unknown field `paralelism`, expected one of `job`, `args`, `parallelism`, `checkpoints`, `restore`, `restart_strategy` at line 3",
+        "unknown field `paralelism`, expected one of `job`, `args`, `parallelism`, `checkpoints`, `restore`, `allow_non_restored_state`, `restart_strategy` at line 3",
     );
     submit(addr, r#"{"job": "sum-by-key", "parallelism": "two"}"#).assert_error(
         400,

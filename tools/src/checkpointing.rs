@@ -66,6 +66,10 @@ pub struct CheckpointArgs {
     /// fallback; its state is in the canonical format, so either state backend restores it.
     #[arg(long, value_name = "PATH")]
     pub from_savepoint: Option<PathBuf>,
+    /// With --from-savepoint or --from-checkpoint: drop the state of operators the job no
+    /// longer has (matched by operator id, `.uid(...)`) instead of refusing to start.
+    #[arg(long)]
+    pub allow_non_restored_state: bool,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -95,6 +99,7 @@ pub struct Recovery {
     pub checkpoints: Option<CheckpointRequest>,
     pub restore: Option<RestoreRequest>,
     pub restart_strategy: Option<String>,
+    pub allow_non_restored_state: bool,
 }
 
 impl Recovery {
@@ -117,6 +122,7 @@ impl CheckpointArgs {
             || self.resume.is_some()
             || self.from_checkpoint.is_some()
             || self.from_savepoint.is_some()
+            || self.allow_non_restored_state
     }
 
     /// The submission's fields, checked as the JobManager will check them (against its
@@ -165,7 +171,15 @@ impl CheckpointArgs {
             (None, None, Some(sp)) => Some(RestoreRequest::FromSavepoint(path("--from-savepoint", sp)?)),
             (None, None, None) => None,
         };
-        let recovery = Recovery { checkpoints, restore, restart_strategy: self.restart_strategy.clone() };
+        if self.allow_non_restored_state && restore.is_none() {
+            return Err("--allow-non-restored-state needs --from-savepoint, --from-checkpoint or --resume".into());
+        }
+        let recovery = Recovery {
+            checkpoints,
+            restore,
+            restart_strategy: self.restart_strategy.clone(),
+            allow_non_restored_state: self.allow_non_restored_state,
+        };
         let resolved =
             resolve(&CheckpointSettings::default(), recovery.checkpoints.as_ref(), recovery.restore.as_ref())
                 .map_err(|e| e.replace("execution.checkpointing.dir", "--resume"))?;
@@ -262,6 +276,7 @@ mod tests {
             ("--resume /a --from-checkpoint /b", "cannot be used with"),
             ("--resume /a --from-savepoint /b", "cannot be used with"),
             ("--from-checkpoint /a/chk-1 --from-savepoint /b", "cannot be used with"),
+            ("--allow-non-restored-state", "needs --from-savepoint"),
         ] {
             let e = recovery(line, here).unwrap_err();
             assert!(e.contains(message), "{line}: {message:?} not in {e:?}");

@@ -210,6 +210,7 @@ fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         parallelism: args.parallelism,
         checkpoints: recovery.checkpoints,
         restore: recovery.restore,
+        allow_non_restored_state: recovery.allow_non_restored_state,
         restart_strategy: recovery.restart_strategy,
     };
     let id = client.submit(&request)?.jobid;

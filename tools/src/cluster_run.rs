@@ -131,6 +131,7 @@ pub fn run_with(common: &Common, job: &str, args: Vec<String>, recovery: &Recove
         parallelism: Some(parallelism),
         checkpoints: recovery.checkpoints.clone(),
         restore: recovery.restore.clone(),
+        allow_non_restored_state: recovery.allow_non_restored_state,
         restart_strategy: recovery.restart_strategy.clone(),
     };
     let (result, exits) = crate::progress::run_on_cluster(&mut cluster, request, job)?;

@@ -38,6 +38,7 @@ pub fn run(
         parallelism: Some(common.parallelism.unwrap_or(cluster.num_slots())),
         checkpoints: recovery.checkpoints.clone(),
         restore: recovery.restore.clone(),
+        allow_non_restored_state: recovery.allow_non_restored_state,
         restart_strategy: recovery.restart_strategy.clone(),
     };
     let (id, result) = crate::progress::run_by_name(api.as_ref(), request, job)?;

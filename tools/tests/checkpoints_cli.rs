@@ -21,8 +21,8 @@ const EPOCH_MS: u64 = 1_700_000_000_000;
 /// Writes complete checkpoint `id` of a job with a source (parallelism 2) and a sink.
 fn write(storage: &FsCheckpointStorage, id: CheckpointId, mode: CheckpointMode, unaligned: bool, state: usize) {
     let vertices = vec![
-        VertexInfo { name: "Source: numbers".into(), parallelism: 2 },
-        VertexInfo { name: "Sum -> Sink".into(), parallelism: 1 },
+        VertexInfo { name: "Source: numbers".into(), parallelism: 2, max_parallelism: 128, operators: Vec::new() },
+        VertexInfo { name: "Sum -> Sink".into(), parallelism: 1, max_parallelism: 128, operators: Vec::new() },
     ];
     let tasks = [(0, 0), (0, 1), (1, 0)]
         .into_iter()

@@ -441,6 +441,7 @@ pub(crate) fn add_node(
         fixed_parallelism,
         max_parallelism: None,
         chaining: ChainingStrategy::Always,
+        uid: None,
         runtime,
     });
     id

@@ -106,6 +106,19 @@ impl<T: Data> DataStream<T> {
         self.configure("name", |n| n.name = name.to_string())
     }
 
+    /// Gives the operator that produced this stream a stable id, unique in the job: a savepoint
+    /// or checkpoint restores its state into the operator with the same id, whatever else of
+    /// the job changed (operators added, removed, rechained, rescaled). Without one the
+    /// operator's id is its name (`name#2` for the second of that name, in creation order),
+    /// which changes when operators are renamed or added before it.
+    pub fn uid(self, uid: &str) -> Self {
+        if uid.is_empty() || uid.starts_with(crate::graph::job_graph::AUTO_UID_MARK) {
+            self.error(format!("uid {uid:?}: an operator id must be non-empty and not start with '#'"));
+            return self;
+        }
+        self.configure("uid", |n| n.uid = Some(uid.to_string()))
+    }
+
     /// Starts a new chain at the operator that produced this stream.
     pub fn start_new_chain(self) -> Self {
         self.configure("start_new_chain", |n| n.chaining = ChainingStrategy::HeadNewChain)
@@ -336,6 +349,11 @@ impl DataStreamSink {
     /// Names the sink (shown in plans, results and errors).
     pub fn name(self, name: &str) -> Self {
         Self { stream: self.stream.name(name) }
+    }
+
+    /// Gives the sink a stable id (see [`DataStream::uid`]).
+    pub fn uid(self, uid: &str) -> Self {
+        Self { stream: self.stream.uid(uid) }
     }
 
     /// Runs the sink in its own task rather than chained to its input.

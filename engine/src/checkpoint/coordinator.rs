@@ -1016,6 +1016,7 @@ mod tests {
             size: 10 + u64::from(task.subtask),
             checksum: 1,
             shared: Vec::new(),
+            nodes: None,
         }
     }
 
@@ -1420,7 +1421,13 @@ mod tests {
         c.on_tick(T0 + SEC);
         assert!(ack(&mut c, t(0, 0), 1, T0 + SEC).is_empty());
         assert!(ack(&mut c, t(0, 0), 1, T0 + SEC).is_empty(), "a duplicate of the same file deletes nothing");
-        let other = TaskStateHandle { file: "chk-1/task-0-0-b.state".into(), size: 1, checksum: 2, shared: Vec::new() };
+        let other = TaskStateHandle {
+            file: "chk-1/task-0-0-b.state".into(),
+            size: 1,
+            checksum: 2,
+            shared: Vec::new(),
+            nodes: None,
+        };
         let actions = c.on_ack(t(0, 0), 1, other.clone(), TaskCheckpointMetrics::default(), T0 + SEC);
         assert_eq!(actions, [Action::DiscardFile(other)], "a second, different file is deleted");
         let actions = ack(&mut c, t(5, 0), 1, T0 + SEC);

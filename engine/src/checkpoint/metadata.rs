@@ -33,6 +33,25 @@ const HEADER_BYTES_MAX: usize = 80;
 pub struct VertexInfo {
     pub name: String,
     pub parallelism: u32,
+    /// Its key groups (every operator of a chain has the same).
+    #[serde(default = "default_max_parallelism")]
+    pub max_parallelism: u32,
+    /// Its operators, head first: what a changed job matches state by (see
+    /// [`super::assign`]). Empty in checkpoints of builds that did not record them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operators: Vec<OperatorInfo>,
+}
+
+fn default_max_parallelism() -> u32 {
+    corestream_state::DEFAULT_MAX_PARALLELISM
+}
+
+/// One operator of a vertex: its node in the job's graph (how task files name its state) and
+/// its operator id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OperatorInfo {
+    pub node: u32,
+    pub uid: String,
 }
 
 /// The job whose checkpoints these are: what a restore compares with the job it starts.
@@ -73,6 +92,10 @@ pub struct TaskStateHandle {
     /// each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared: Vec<SharedFileRef>,
+    /// The graph nodes with state in the file (`None` in checkpoints of builds that did not
+    /// record them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<u32>>,
 }
 
 impl TaskStateHandle {
@@ -334,7 +357,12 @@ pub(crate) mod tests {
             vertices: parallelism
                 .iter()
                 .enumerate()
-                .map(|(i, &p)| VertexInfo { name: format!("v{i}"), parallelism: p })
+                .map(|(i, &p)| VertexInfo {
+                    name: format!("v{i}"),
+                    parallelism: p,
+                    max_parallelism: 128,
+                    operators: Vec::new(),
+                })
                 .collect(),
         }
     }
@@ -345,7 +373,13 @@ pub(crate) mod tests {
             .tasks()
             .map(|task| TaskEntry {
                 task,
-                handle: TaskStateHandle { file: task_file(id, task), size: 100, checksum: 7, shared: Vec::new() },
+                handle: TaskStateHandle {
+                    file: task_file(id, task),
+                    size: 100,
+                    checksum: 7,
+                    shared: Vec::new(),
+                    nodes: None,
+                },
                 metrics: TaskCheckpointMetrics::default(),
             })
             .collect();

@@ -12,6 +12,7 @@
 //! another parallelism `redistribute` says which parts each new subtask gets.
 
 pub mod alignment;
+pub mod assign;
 pub mod channel_state;
 pub mod coordinator;
 pub mod mailbox;
@@ -300,6 +301,10 @@ pub struct DeploymentCheckpointing {
 pub struct RestoreSource {
     pub dir: std::path::PathBuf,
     pub id: CheckpointId,
+    /// How a changed job (other parallelism, operators) takes the state; `None`: every task
+    /// restores its own file.
+    #[serde(default)]
+    pub assignment: Option<assign::Assignment>,
 }
 
 /// How long one task's part of a checkpoint took, and how much it wrote.

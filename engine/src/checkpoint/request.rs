@@ -67,6 +67,8 @@ pub struct JobCheckpointing {
     /// The directory checkpoints are written to (and `Resume` reads).
     pub dir: Option<PathBuf>,
     pub restore: Option<RestoreRequest>,
+    /// Drop state of operators the job no longer has instead of refusing the restore.
+    pub allow_non_restored: bool,
 }
 
 impl JobCheckpointing {
@@ -154,7 +156,7 @@ pub fn resolve(
         return Err("checkpoints need a directory: set --checkpoint-dir (or execution.checkpointing.dir)".into());
     }
     let settings = s.interval.is_some().then(|| CheckpointSettings { dir: dir.clone(), ..s });
-    Ok(JobCheckpointing { settings, dir, restore })
+    Ok(JobCheckpointing { settings, dir, restore, allow_non_restored: false })
 }
 
 /// Reads a restart strategy's name as `--restart-strategy` gives it.
@@ -177,7 +179,7 @@ mod tests {
     #[test]
     fn no_request_and_no_defaults_means_no_checkpoints() {
         let j = resolve(&CheckpointSettings::default(), None, None).unwrap();
-        assert_eq!(j, JobCheckpointing { settings: None, dir: None, restore: None });
+        assert_eq!(j, JobCheckpointing { settings: None, dir: None, restore: None, allow_non_restored: false });
         assert!(!j.enabled());
     }
 

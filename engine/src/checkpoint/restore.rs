@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::assign::{assign, stateful_operators, Assignment};
 use super::coordinator::{choose_restore, CompletedCheckpoint, Verdict};
 use super::metadata::{parse_checkpoint_dir_name, CheckpointMetadata, VertexInfo};
 use super::storage::{CheckpointStorage, FsCheckpointStorage, StorageError};
@@ -30,6 +31,9 @@ pub struct RestorePoint {
     /// Its metadata; every task file it names was checked (size, checksum, a valid archive),
     /// not loaded: the TaskManagers load what their tasks restore.
     pub metadata: CheckpointMetadata,
+    /// How a changed job (other parallelism, operators) takes its state; `None` for the same
+    /// layout.
+    pub assignment: Option<Assignment>,
     /// Newer checkpoints that were skipped, newest first, with why.
     pub skipped: Vec<(CheckpointId, StorageError)>,
     /// The checkpoint directory (the parent of `chk-<id>`), where the job keeps checkpointing.
@@ -95,7 +99,8 @@ pub fn vertex_difference(found: &[VertexInfo], expected: &[VertexInfo]) -> Optio
         .filter(|(_, (f, e))| f != e)
         .map(|(i, (f, e))| match (f.name == e.name, f.parallelism == e.parallelism) {
             (true, _) => format!(
-                "vertex {i} '{}' has parallelism {} in the checkpoint and {} in this job (rescaling is not supported)",
+                "vertex {i} '{}' has parallelism {} in the checkpoint and {} in this job (the checkpoint does not record \
+                 its operators' ids, so it restores only at the same parallelism)",
                 f.name, f.parallelism, e.parallelism
             ),
             _ => format!(
@@ -108,16 +113,20 @@ pub fn vertex_difference(found: &[VertexInfo], expected: &[VertexInfo]) -> Optio
 }
 
 /// Loads what the job restores from, checking every file it uses.
-pub fn load_restore(from: &RestoreFrom, expected_vertices: &[VertexInfo]) -> Result<RestorePoint, RestoreError> {
+pub fn load_restore(
+    from: &RestoreFrom,
+    expected_vertices: &[VertexInfo],
+    allow_non_restored: bool,
+) -> Result<RestorePoint, RestoreError> {
     match from {
         RestoreFrom::Latest(dir) => {
             let storage = FsCheckpointStorage::open(dir)?;
-            load_latest(&storage, dir, expected_vertices)
+            load_latest(&storage, dir, expected_vertices, allow_non_restored)
         }
         RestoreFrom::Savepoint(path) => {
             let (dir, id) = savepoint_location(path)?;
             let storage = FsCheckpointStorage::open(&dir)?;
-            load_one(&storage, &dir, id, expected_vertices)
+            load_one(&storage, &dir, id, expected_vertices, allow_non_restored)
         }
         RestoreFrom::Checkpoint(path) => {
             let id = path
@@ -137,7 +146,7 @@ pub fn load_restore(from: &RestoreFrom, expected_vertices: &[VertexInfo]) -> Res
                     source: StorageError::NoDirectory { dir: path.clone() },
                 });
             }
-            load_one(&storage, dir, id, expected_vertices)
+            load_one(&storage, dir, id, expected_vertices, allow_non_restored)
         }
     }
 }
@@ -188,12 +197,14 @@ pub fn load_latest(
     storage: &dyn CheckpointStorage,
     dir: &Path,
     expected_vertices: &[VertexInfo],
+    allow_non_restored: bool,
 ) -> Result<RestorePoint, RestoreError> {
     let complete = storage.list()?;
     if complete.is_empty() {
         return Err(RestoreError::NoCheckpoint { dir: dir.to_path_buf(), incomplete: storage.list_all()? });
     }
-    let candidates = complete.into_iter().rev().map(|id| (id, judge(storage, id, expected_vertices)));
+    let candidates =
+        complete.into_iter().rev().map(|id| (id, judge(storage, id, expected_vertices, allow_non_restored)));
     let choice = choose_restore(candidates);
     for (id, error) in &choice.skipped {
         tracing::warn!(checkpoint = id, "skipping checkpoint {id} for the restore: {error}");
@@ -201,11 +212,12 @@ pub fn load_latest(
     if let Some((id, difference)) = choice.refused {
         return Err(RestoreError::OtherJob { path: dir.join(format!("chk-{id}")), difference });
     }
-    let Some((_, metadata)) = choice.chosen else {
+    let Some((_, (metadata, assignment))) = choice.chosen else {
         return Err(RestoreError::NoValidCheckpoint { dir: dir.to_path_buf(), skipped: choice.skipped });
     };
     Ok(RestorePoint {
         metadata,
+        assignment,
         skipped: choice.skipped,
         dir: dir.to_path_buf(),
         next_id: next_checkpoint_id(storage)?,
@@ -218,11 +230,13 @@ pub fn load_one(
     dir: &Path,
     id: CheckpointId,
     expected_vertices: &[VertexInfo],
+    allow_non_restored: bool,
 ) -> Result<RestorePoint, RestoreError> {
     let path = dir.join(format!("chk-{id}"));
-    match judge(storage, id, expected_vertices) {
-        Verdict::Valid(metadata) => Ok(RestorePoint {
+    match judge(storage, id, expected_vertices, allow_non_restored) {
+        Verdict::Valid((metadata, assignment)) => Ok(RestorePoint {
             metadata,
+            assignment,
             skipped: Vec::new(),
             dir: dir.to_path_buf(),
             next_id: next_checkpoint_id(storage)?,
@@ -232,19 +246,24 @@ pub fn load_one(
     }
 }
 
-/// Reads checkpoint `id`'s metadata and checks every task file; refuses it for another job.
+/// Reads checkpoint `id`'s metadata and checks every task file; refuses it for a job that
+/// cannot take its state (see [`assign`]).
 fn judge(
     storage: &dyn CheckpointStorage,
     id: CheckpointId,
     expected: &[VertexInfo],
-) -> Verdict<CheckpointMetadata, StorageError, String> {
+    allow_non_restored: bool,
+) -> Verdict<(CheckpointMetadata, Option<Assignment>), StorageError, String> {
     let metadata = match storage.read_metadata(id) {
         Ok(m) => m,
         Err(e) => return Verdict::Invalid(e),
     };
-    if let Some(difference) = vertex_difference(&metadata.vertices, expected) {
-        return Verdict::Refused(difference);
-    }
+    let channel_state = metadata.tasks.iter().any(|t| t.metrics.channel_bytes > 0);
+    let stateful = stateful_operators(&metadata);
+    let assignment = match assign(&metadata.vertices, &stateful, channel_state, expected, allow_non_restored) {
+        Ok(a) => a,
+        Err(e) => return Verdict::Refused(e.to_string()),
+    };
     for entry in &metadata.tasks {
         if let Err(e) = storage.verify_task_state(&entry.handle) {
             return Verdict::Invalid(e);
@@ -255,7 +274,7 @@ fn judge(
             }
         }
     }
-    Verdict::Valid(metadata)
+    Verdict::Valid((metadata, assignment))
 }
 
 /// The id a job writing to `storage` uses first: after every checkpoint directory in it,
@@ -308,7 +327,7 @@ mod tests {
     }
 
     fn latest(storage: &FsCheckpointStorage) -> Result<RestorePoint, RestoreError> {
-        load_restore(&RestoreFrom::Latest(storage.dir().to_path_buf()), &vertices())
+        load_restore(&RestoreFrom::Latest(storage.dir().to_path_buf()), &vertices(), false)
     }
 
     fn damage(storage: &FsCheckpointStorage, file: &str, how: fn(&Path)) -> PathBuf {
@@ -411,7 +430,7 @@ mod tests {
         assert!(err.contains(&format!("no complete checkpoint in {}", storage.dir().display())), "{err}");
         assert!(err.contains("(1 without _metadata, never completed: chk-1)"), "{err}");
         let missing = storage.dir().join("nope");
-        let err = load_restore(&RestoreFrom::Latest(missing.clone()), &vertices()).unwrap_err().to_string();
+        let err = load_restore(&RestoreFrom::Latest(missing.clone()), &vertices(), false).unwrap_err().to_string();
         assert!(err.contains(&format!("no checkpoint directory {}", missing.display())), "{err}");
     }
 
@@ -419,29 +438,32 @@ mod tests {
     fn a_named_checkpoint_is_used_or_fails_without_fallback() {
         let (_tmp, storage) = setup(&[1, 2, 3]);
         let from = |id: u64| RestoreFrom::Checkpoint(storage.checkpoint_path(id));
-        let point = load_restore(&from(2), &vertices()).unwrap();
+        let point = load_restore(&from(2), &vertices(), false).unwrap();
         assert_eq!((point.metadata.id, point.next_id), (2, 4));
         let path = damage(&storage, "chk-3/task-0-0.state", flip);
-        let err = load_restore(&from(3), &vertices()).unwrap_err().to_string();
+        let err = load_restore(&from(3), &vertices(), false).unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()) && err.contains("checksum mismatch"), "{err}");
-        let err = load_restore(&from(7), &vertices()).unwrap_err().to_string();
+        let err = load_restore(&from(7), &vertices(), false).unwrap_err().to_string();
         assert!(err.contains("chk-7") && err.contains("no checkpoint directory"), "{err}");
-        let err = load_restore(&RestoreFrom::Checkpoint(storage.dir().to_path_buf()), &vertices()).unwrap_err();
+        let err = load_restore(&RestoreFrom::Checkpoint(storage.dir().to_path_buf()), &vertices(), false).unwrap_err();
         assert!(matches!(err, RestoreError::NotCheckpointPath { .. }), "{err}");
         let mut with_slash = storage.checkpoint_path(1).into_os_string();
         with_slash.push("/");
-        assert_eq!(load_restore(&RestoreFrom::Checkpoint(with_slash.into()), &vertices()).unwrap().metadata.id, 1);
+        assert_eq!(
+            load_restore(&RestoreFrom::Checkpoint(with_slash.into()), &vertices(), false).unwrap().metadata.id,
+            1
+        );
     }
 
     #[test]
     fn a_checkpoint_of_another_job_is_refused_with_the_difference() {
         let (_tmp, storage) = setup(&[1, 2]);
-        let err = load_restore(&RestoreFrom::Latest(storage.dir().into()), &layout(&[2, 4]).vertices)
+        let err = load_restore(&RestoreFrom::Latest(storage.dir().into()), &layout(&[2, 4]).vertices, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("chk-2: it was taken by another job"), "{err}");
         assert!(err.contains("vertex 1 'v1' has parallelism 1 in the checkpoint and 4 in this job"), "{err}");
-        let err = load_restore(&RestoreFrom::Checkpoint(storage.checkpoint_path(1)), &layout(&[2]).vertices)
+        let err = load_restore(&RestoreFrom::Checkpoint(storage.checkpoint_path(1)), &layout(&[2]).vertices, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("the checkpoint has 2 vertices [v0 ×2, v1 ×1], this job 1 [v0 ×2]"), "{err}");
@@ -451,7 +473,8 @@ mod tests {
     fn a_refusal_is_not_skipped_over_even_after_a_damaged_checkpoint() {
         let (_tmp, storage) = setup(&[1, 2]);
         damage(&storage, "chk-2/task-0-0.state", flip);
-        let err = load_restore(&RestoreFrom::Latest(storage.dir().into()), &layout(&[3, 1]).vertices).unwrap_err();
+        let err =
+            load_restore(&RestoreFrom::Latest(storage.dir().into()), &layout(&[3, 1]).vertices, false).unwrap_err();
         assert!(matches!(err, RestoreError::OtherJob { .. }), "{err}");
     }
 

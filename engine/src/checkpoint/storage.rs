@@ -725,7 +725,8 @@ impl CheckpointStorage for FsCheckpointStorage {
         if bytes.capacity() <= KEPT_BUFFER_MAX {
             *self.buffer.lock().unwrap_or_else(|e| e.into_inner()) = bytes;
         }
-        written.map(|size| TaskStateHandle { file, size, checksum, shared: Vec::new() })
+        let nodes = Some(snapshot.nodes.iter().map(|(n, _)| *n).collect());
+        written.map(|size| TaskStateHandle { file, size, checksum, shared: Vec::new(), nodes })
     }
 
     fn read_task_state(&self, handle: &TaskStateHandle) -> Result<TaskSnapshot, StorageError> {
@@ -1249,7 +1250,8 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let storage = FsCheckpointStorage::create(tmp.path().join("cp")).unwrap();
         std::fs::write(tmp.path().join("victim"), b"keep").unwrap();
-        let handle = TaskStateHandle { file: "../victim".into(), size: 4, checksum: 0, shared: Vec::new() };
+        let handle =
+            TaskStateHandle { file: "../victim".into(), size: 4, checksum: 0, shared: Vec::new(), nodes: None };
         assert!(matches!(storage.read_task_state(&handle), Err(StorageError::BadHandle(_))));
         assert!(matches!(storage.discard_file(&handle), Err(StorageError::BadHandle(_))));
         assert!(tmp.path().join("victim").exists());

@@ -314,6 +314,7 @@ mod tests {
                 parallelism: 2,
                 max_parallelism: 128,
                 chaining: ChainingStrategy::Always,
+                uid: format!("#n{id}"),
             })
             .collect();
         let edges = vec![
@@ -348,6 +349,7 @@ mod tests {
             parallelism,
             max_parallelism: 128,
             chaining: ChainingStrategy::Always,
+            uid: format!("#{name}{id}"),
         };
         let nodes = vec![
             node(0, "Source", NodeKind::Source, p),

@@ -5,6 +5,36 @@
 use super::partition::Partitioning;
 use super::stream_graph::{ChainingStrategy, NodeKind};
 
+/// What starts an operator id the job did not set (users' ids may not).
+pub const AUTO_UID_MARK: &str = "#";
+
+/// Every node's operator id: its `.uid(...)`, else `#<name>` (`#<name>#2` for the second node
+/// of that name, in id order). An explicit id used twice is an error naming it.
+pub fn resolve_uids<'a>(nodes: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Result<Vec<String>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut names: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    let mut uids = Vec::new();
+    for (name, uid) in nodes {
+        let uid = match uid {
+            Some(uid) => uid.to_string(),
+            None => {
+                let k = names.entry(name).or_insert(0);
+                *k += 1;
+                if *k == 1 {
+                    format!("{AUTO_UID_MARK}{name}")
+                } else {
+                    format!("{AUTO_UID_MARK}{name}#{k}")
+                }
+            }
+        };
+        if !seen.insert(uid.clone()) {
+            return Err(format!("the operator id (uid) '{uid}' is used by two operators; each must be unique"));
+        }
+        uids.push(uid);
+    }
+    Ok(uids)
+}
+
 /// A node with its parallelism resolved.
 #[derive(Debug, Clone)]
 pub struct NodeDesc {
@@ -14,6 +44,8 @@ pub struct NodeDesc {
     pub parallelism: u32,
     pub max_parallelism: u32,
     pub chaining: ChainingStrategy,
+    /// Its operator id (see [`resolve_uids`]).
+    pub uid: String,
 }
 
 /// An edge with its partitioning resolved.
@@ -134,6 +166,7 @@ mod tests {
             parallelism: p,
             max_parallelism: 128,
             chaining: ChainingStrategy::Always,
+            uid: format!("#n{id}"),
         }
     }
 
@@ -180,5 +213,13 @@ mod tests {
         let g = build(&nodes, &edges);
         assert_eq!(g.vertices.len(), 3);
         assert_eq!(g.edges.len(), 2);
+    }
+
+    #[test]
+    fn operator_ids_are_the_given_ones_or_names_numbered_in_order() {
+        let uids = resolve_uids([("Map", None), ("Sum", Some("sum")), ("Map", None), ("Map", Some("last"))]).unwrap();
+        assert_eq!(uids, ["#Map", "sum", "#Map#2", "last"]);
+        let e = resolve_uids([("a", Some("x")), ("b", Some("x"))]).unwrap_err();
+        assert!(e.contains("'x' is used by two operators"), "{e}");
     }
 }

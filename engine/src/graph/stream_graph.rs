@@ -37,6 +37,9 @@ pub(crate) struct StreamNode {
     pub fixed_parallelism: Option<u32>,
     pub max_parallelism: Option<u32>,
     pub chaining: ChainingStrategy,
+    /// The operator's stable id (`.uid(...)`), which matches its state in a savepoint or
+    /// checkpoint to it when the job changed.
+    pub uid: Option<String>,
     pub runtime: Arc<dyn NodeRuntime>,
 }
 

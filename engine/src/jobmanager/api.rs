@@ -75,6 +75,10 @@ pub struct SubmitRequest {
     /// Start from a checkpoint instead of from the beginning.
     #[serde(default)]
     pub restore: Option<crate::checkpoint::request::RestoreRequest>,
+    /// With `restore`: drop the state of operators this job no longer has (matched by operator
+    /// id) instead of refusing the restore.
+    #[serde(default)]
+    pub allow_non_restored_state: bool,
     /// The restart strategy (`none`, `fixed-delay`, `exponential-delay`, `failure-rate`) with the
     /// cluster's parameters for it; by default the cluster's, or Flink's default.
     #[serde(default)]

@@ -419,8 +419,22 @@ mod tests {
 
     fn vertices() -> Vec<VertexSummary> {
         vec![
-            VertexSummary { name: "Source: generator".into(), parallelism: 2, nodes: vec![0], source: true },
-            VertexSummary { name: "Keyed Reduce -> Sink".into(), parallelism: 1, nodes: vec![1, 2], source: false },
+            VertexSummary {
+                name: "Source: generator".into(),
+                parallelism: 2,
+                max_parallelism: 128,
+                nodes: vec![0],
+                uids: vec!["#Source: generator".into()],
+                source: true,
+            },
+            VertexSummary {
+                name: "Keyed Reduce -> Sink".into(),
+                parallelism: 1,
+                max_parallelism: 128,
+                nodes: vec![1, 2],
+                uids: vec!["#Keyed Reduce".into(), "#Sink".into()],
+                source: false,
+            },
         ]
     }
 

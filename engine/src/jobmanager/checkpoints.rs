@@ -17,7 +17,7 @@ use super::savepoints::SavepointTicket;
 use super::state::now_ms;
 use super::Jm;
 use crate::checkpoint::coordinator::{Action, CheckpointConfig, CheckpointStats, Coordinator};
-use crate::checkpoint::metadata::{JobLayout, VertexInfo};
+use crate::checkpoint::metadata::{JobLayout, OperatorInfo, VertexInfo};
 use crate::checkpoint::request::{JobCheckpointing, RestoreRequest};
 use crate::checkpoint::restore::{load_restore, next_checkpoint_id, retained_metadata, RestoreError, RestoreFrom};
 use crate::checkpoint::shared::SharedRegistry;
@@ -48,7 +48,20 @@ struct Driver {
 
 /// The vertices a checkpoint of this plan records.
 pub(crate) fn vertex_infos(vertices: &[VertexSummary]) -> Vec<VertexInfo> {
-    vertices.iter().map(|v| VertexInfo { name: v.name.clone(), parallelism: v.parallelism }).collect()
+    vertices
+        .iter()
+        .map(|v| VertexInfo {
+            name: v.name.clone(),
+            parallelism: v.parallelism,
+            max_parallelism: v.max_parallelism,
+            operators: v
+                .nodes
+                .iter()
+                .zip(&v.uids)
+                .map(|(&node, uid)| OperatorInfo { node: node as u32, uid: uid.clone() })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Decides and loads where attempt `attempt` starts (blocking file I/O: call it on a blocking
@@ -79,7 +92,7 @@ pub(crate) fn prepare_attempt(
     }
     let mut point = None;
     for from in candidates {
-        match load_restore(&from, &expected) {
+        match load_restore(&from, &expected, checkpointing.allow_non_restored) {
             Ok(p) => {
                 point = Some(p);
                 break;
@@ -102,7 +115,19 @@ pub(crate) fn prepare_attempt(
         }
         tracing::info!(%job, checkpoint = p.metadata.id, dir = %p.dir.display(), "restoring from a checkpoint");
     }
-    let restore = point.as_ref().map(|p| RestoreSource { dir: p.dir.clone(), id: p.metadata.id });
+    if let Some(a) = point.as_ref().and_then(|p| p.assignment.as_ref()) {
+        tracing::info!(
+            %job,
+            operators = a.operators.len(),
+            dropped = ?a.dropped,
+            "restoring into a changed job: state matched by operator id and redistributed"
+        );
+    }
+    let restore = point.as_ref().map(|p| RestoreSource {
+        dir: p.dir.clone(),
+        id: p.metadata.id,
+        assignment: p.assignment.clone(),
+    });
     let driver = match (settings, &own_dir) {
         (Some(s), Some(dir)) => {
             let storage = Arc::new(FsCheckpointStorage::create(dir).map_err(|e| e.to_string())?);

@@ -207,7 +207,7 @@ impl Dispatcher {
     /// (see [`crate::runtime::mini`]). It is never restarted: its closures may not run twice.
     pub(crate) fn submit_inline(&self, id: JobId, parallelism: u32, plan: PlanSummary, job: InlineJob) {
         let name = job.name().to_string();
-        let checkpointing = JobCheckpointing { settings: None, dir: None, restore: None };
+        let checkpointing = JobCheckpointing { settings: None, dir: None, restore: None, allow_non_restored: false };
         self.start_job(
             id,
             name,
@@ -274,9 +274,15 @@ impl ClusterApi for Dispatcher {
             Some(p) => p,
             None => self.jm.slot_counts().0.max(1),
         };
-        let checkpointing =
+        let mut checkpointing =
             resolve(&self.jm.settings.checkpoint, request.checkpoints.as_ref(), request.restore.as_ref())
                 .map_err(ApiError::bad_request)?;
+        if request.allow_non_restored_state && checkpointing.restore.is_none() {
+            return Err(ApiError::bad_request(
+                "allow_non_restored_state needs a restore (from a checkpoint or savepoint)",
+            ));
+        }
+        checkpointing.allow_non_restored = request.allow_non_restored_state;
         let requested = request
             .restart_strategy
             .as_deref()

@@ -28,7 +28,7 @@ use crate::api::env::StreamEnvironment;
 use crate::config::{auto_network_buffers, ClusterConfig, Distribution, ExecutionConfig};
 use crate::error::{JobError, StartupError};
 use crate::graph::execution::{ChannelRoute, SlotSplit};
-use crate::graph::job_graph::{self, EdgeDesc, NodeDesc};
+use crate::graph::job_graph::{self, resolve_uids, EdgeDesc, NodeDesc};
 use crate::graph::stream_graph::{NodeKind, StreamGraph};
 use crate::graph::{execution, explain, Partitioning};
 use crate::operators::OperatorMetrics;
@@ -82,8 +82,11 @@ pub(crate) struct PlanSummary {
 pub(crate) struct VertexSummary {
     pub name: String,
     pub parallelism: u32,
+    pub max_parallelism: u32,
     /// Stream node ids, head first.
     pub nodes: Vec<usize>,
+    /// The nodes' operator ids, in the same order.
+    pub uids: Vec<String>,
     /// Its chain starts with a source (checkpoints are triggered there).
     pub source: bool,
 }
@@ -189,7 +192,9 @@ impl PreparedJob {
                 .map(|v| VertexSummary {
                     name: v.name.clone(),
                     parallelism: v.parallelism,
+                    max_parallelism: v.max_parallelism,
                     nodes: v.nodes.clone(),
+                    uids: v.nodes.iter().map(|&n| self.nodes[n].uid.clone()).collect(),
                     source: self.nodes[v.nodes[0]].kind == NodeKind::Source,
                 })
                 .collect(),
@@ -444,8 +449,10 @@ impl LocalCluster {
         if default_p == 0 {
             return Err(JobError::InvalidJob("parallelism must be at least 1".into()));
         }
+        let uids = resolve_uids(graph.nodes.iter().map(|n| (n.name.as_str(), n.uid.as_deref())))
+            .map_err(JobError::InvalidJob)?;
         let mut nodes = Vec::new();
-        for n in &graph.nodes {
+        for (n, uid) in graph.nodes.iter().zip(uids) {
             let p = match (n.fixed_parallelism, n.parallelism) {
                 (Some(fixed), Some(asked)) if fixed != asked => {
                     return Err(JobError::InvalidJob(format!(
@@ -481,6 +488,7 @@ impl LocalCluster {
                 parallelism: p,
                 max_parallelism: max_p,
                 chaining: n.chaining,
+                uid,
             });
         }
         let mut edges = Vec::new();
@@ -546,7 +554,9 @@ impl LocalCluster {
                 .map(|v| VertexSummary {
                     name: v.name.clone(),
                     parallelism: v.parallelism,
+                    max_parallelism: v.max_parallelism,
                     nodes: v.nodes.clone(),
+                    uids: v.nodes.iter().map(|&n| nodes[n].uid.clone()).collect(),
                     source: nodes[v.nodes[0]].kind == NodeKind::Source,
                 })
                 .collect(),

@@ -15,11 +15,13 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 use tokio::sync::mpsc;
 
 use super::deployment::DeploymentEvent;
+use crate::checkpoint::assign::Assignment;
 use crate::checkpoint::metadata::CheckpointMetadata;
+use crate::checkpoint::redistribute::redistribute;
 use crate::checkpoint::storage::{CheckpointStorage, FsCheckpointStorage, StorageError};
 use crate::checkpoint::{
-    thread_cpu_time, CheckpointId, DeploymentCheckpointing, PendingSnapshot, SnapshotReporter, TaskCheckpointMetrics,
-    TaskId, TaskSnapshot, TaskStateHandle, TaskStateLoader,
+    thread_cpu_time, CheckpointId, DeploymentCheckpointing, OperatorStateParts, PendingSnapshot, SnapshotReporter,
+    TaskCheckpointMetrics, TaskId, TaskSnapshot, TaskStateHandle, TaskStateLoader,
 };
 use crate::error::JobError;
 use crate::rpc::ids::DeploymentKey;
@@ -178,24 +180,65 @@ impl SnapshotReporter for DeploymentReporter {
     }
 }
 
-/// Reads restored task state from a checkpoint's files, by the handles in its metadata.
+/// Reads restored task state from a checkpoint's files, by the handles in its metadata: each
+/// task its own file, or, for a changed job, the parts of every old subtask of the operators
+/// its vertex takes, redistributed to its subtask (see [`crate::checkpoint::assign`]).
 struct MetadataLoader {
     storage: FsCheckpointStorage,
     metadata: CheckpointMetadata,
+    assignment: Option<Assignment>,
 }
 
-impl TaskStateLoader for MetadataLoader {
-    fn load(&self, task: TaskId) -> Result<Option<TaskSnapshot>, JobError> {
-        let Some(entry) = self.metadata.tasks.iter().find(|e| e.task == task) else { return Ok(None) };
-        let mut snapshot = self.storage.read_task_state(&entry.handle).map_err(|e| JobError::Checkpoint {
+impl MetadataLoader {
+    fn error(&self, subtask: u32, message: String) -> JobError {
+        JobError::Checkpoint {
             place: format!("checkpoint {} in {}", self.metadata.id, self.storage.location()),
-            subtask: task.subtask,
-            message: e.to_string(),
-        })?;
+            subtask,
+            message,
+        }
+    }
+
+    /// The file of `task` of the checkpoint, with its parts told where the shared files are.
+    fn read(&self, task: TaskId, subtask: u32) -> Result<Option<TaskSnapshot>, JobError> {
+        let Some(entry) = self.metadata.tasks.iter().find(|e| e.task == task) else { return Ok(None) };
+        let mut snapshot =
+            self.storage.read_task_state(&entry.handle).map_err(|e| self.error(subtask, e.to_string()))?;
         for (_, parts) in &mut snapshot.nodes {
             parts.shared_root = Some(self.storage.dir().to_path_buf());
         }
         Ok(Some(snapshot))
+    }
+}
+
+impl TaskStateLoader for MetadataLoader {
+    fn load(&self, task: TaskId) -> Result<Option<TaskSnapshot>, JobError> {
+        let Some(assignment) = &self.assignment else { return self.read(task, task.subtask) };
+        let Some(&(new_parallelism, max_parallelism)) = assignment.new_parallelism.get(task.vertex as usize) else {
+            return Ok(None);
+        };
+        let mut olds: std::collections::BTreeMap<u32, Vec<TaskSnapshot>> = Default::default();
+        let mut snapshot = TaskSnapshot::default();
+        for m in assignment.operators.iter().filter(|m| m.new_vertex == task.vertex) {
+            let old = match olds.entry(m.old_vertex) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let old_parallelism = assignment.old_parallelism.get(m.old_vertex as usize).copied().unwrap_or(0);
+                    let read = (0..old_parallelism)
+                        .map(|s| self.read(TaskId { vertex: m.old_vertex, subtask: s }, task.subtask))
+                        .map(|r| r.map(Option::unwrap_or_default))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    e.insert(read)
+                }
+            };
+            let parts: Vec<OperatorStateParts> =
+                old.iter().map(|s| s.node(m.old_node as usize).cloned().unwrap_or_default()).collect();
+            let mut mine = redistribute(&parts, new_parallelism, max_parallelism)
+                .map_err(|e| self.error(task.subtask, format!("operator '{}': {e}", m.uid)))?
+                .swap_remove(task.subtask as usize);
+            mine.shared_root = Some(self.storage.dir().to_path_buf());
+            snapshot.put_node(m.new_node as usize, mine);
+        }
+        Ok((!snapshot.is_empty()).then_some(snapshot))
     }
 }
 
@@ -236,7 +279,8 @@ pub(crate) fn part_checkpoints(
         Some(source) => {
             let storage = FsCheckpointStorage::open(&source.dir).map_err(storage_error)?;
             let metadata = storage.read_metadata(source.id).map_err(storage_error)?;
-            Some(Arc::new(MetadataLoader { storage, metadata }) as Arc<dyn TaskStateLoader>)
+            let assignment = source.assignment.clone();
+            Some(Arc::new(MetadataLoader { storage, metadata, assignment }) as Arc<dyn TaskStateLoader>)
         }
         None => None,
     };

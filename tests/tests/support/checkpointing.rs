@@ -57,6 +57,7 @@ pub fn submit(
         checkpoints,
         restore,
         restart_strategy: Some("fixed-delay".into()),
+        ..Default::default()
     };
     api.submit(request).unwrap_or_else(|e| panic!("submitting {job}: {e}")).jobid.to_string()
 }

@@ -176,7 +176,7 @@ mod tests {
                 Some(json()),
                 b"{\"job\": \"x\",\n \"jobs\": 1}",
                 ApiErrorCode::BadRequest,
-                "unknown field `jobs`, expected one of `job`, `args`, `parallelism`, `checkpoints`, `restore`, `restart_strategy` at line 2 column 7",
+                "unknown field `jobs`, expected one of `job`, `args`, `parallelism`, `checkpoints`, `restore`, `allow_non_restored_state`, `restart_strategy` at line 2 column 7",
             ),
             (Some(json()), b"{\"args\": []}", ApiErrorCode::BadRequest, "missing field `job`"),
             (
