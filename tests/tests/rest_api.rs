@@ -454,15 +454,19 @@ fn the_routes_are_the_openapi_description() {
     let job = submitted(addr, r#"{"job": "forever"}"#);
     // The checkpoint routes get a job of their own, which the PATCH of the job route does not cancel.
     let checkpointing = submitted(addr, r#"{"job": "forever"}"#);
+    // And the savepoint routes one more, which `stop` cancels.
+    let savepointing = submitted(addr, r#"{"job": "forever"}"#);
     let spec = serde_json::to_value(openapi()).unwrap();
     let paths = spec["paths"].as_object().unwrap();
     let concrete = |path: &str| {
         let id = match path {
             p if p.starts_with("/v1/taskmanagers/") => tm_id().to_string(),
             p if p.contains("/checkpoints") => checkpointing.to_string(),
+            p if p.contains("/savepoints") || p.ends_with("/stop") => savepointing.to_string(),
             _ => job.to_string(),
         };
-        path.replace("{id}", &id).replace("{checkpointid}", "1")
+        // The fake numbers its savepoint requests from 1; POST .../savepoints comes first.
+        path.replace("{id}", &id).replace("{checkpointid}", "1").replace("{requestid}", &format!("{:032x}", 1))
     };
     let all = ["GET", "POST", "PUT", "PATCH", "DELETE"];
     for (path, item) in paths {
@@ -471,6 +475,9 @@ fn the_routes_are_the_openapi_description() {
         for method in all {
             let reply = match method {
                 "POST" if path == "/v1/jobs" => request(addr, method, &url, &[JSON, BEARER], br#"{"job": "forever"}"#),
+                "POST" if path.ends_with("/savepoints") || path.ends_with("/stop") => {
+                    request(addr, method, &url, &[JSON, BEARER], br#"{"target_directory": "/sp"}"#)
+                }
                 "POST" => request(addr, method, &url, &[BEARER], b""),
                 "PATCH" => request(addr, method, &format!("{url}?mode=cancel"), &[BEARER], b""),
                 _ => request(addr, method, &url, &[BEARER], b""),
@@ -498,6 +505,9 @@ fn the_routes_are_the_openapi_description() {
         "/v1/jobs/{id}/checkpoints",
         "/v1/jobs/{id}/checkpoints/config",
         "/v1/jobs/{id}/checkpoints/details/{checkpointid}",
+        "/v1/jobs/{id}/savepoints",
+        "/v1/jobs/{id}/savepoints/{requestid}",
+        "/v1/jobs/{id}/stop",
     ];
     assert_eq!(described, expected.into_iter().collect());
     // Flink paths that are not (yet) served, and the web UI's root, are unknown paths.
@@ -507,8 +517,7 @@ fn the_routes_are_the_openapi_description() {
         "/overview",
         "/v1/jobs/{id}/checkpoints/details",
         "/v1/jobs/{id}/checkpoints/details/latest/subtasks",
-        "/v1/jobs/{id}/savepoints",
-        "/v1/jobs/{id}/stop",
+        "/v1/jobs/{id}/savepoints/{requestid}/extra",
         "/v1/jobs/{id}/exceptions",
         "/v1/taskmanagers/{id}/logs",
         "/v1/jobmanager/config",

@@ -1,4 +1,4 @@
-//! `corestream submit`, `list`, `cancel` and `info` against a REST server started in the test
+//! `corestream submit`, `list`, `cancel`, `info`, `savepoint` and `stop` against a REST server started in the test
 //! over a fake dispatcher (`tests/tests/support/fake_cluster.rs`): what each prints, job
 //! arguments passed verbatim, the secret from a file or the environment, and the exit status —
 //! 0, 1 for a failed or cancelled job and for the JobManager's refusals (named with its URL),
@@ -250,4 +250,36 @@ fn invalid_arguments_and_unreachable_jobmanagers() {
     assert_exit(&out, 1);
     assert!(stderr(&out).contains("HTTP 404"), "{}", stderr(&out));
     assert_eq!(stdout(&cli(&format!("list --jobmanager {}", server.url()), &[])), "No jobs.\n");
+}
+
+#[test]
+fn savepoint_and_stop_print_the_savepoint_and_refuse_bad_arguments() {
+    let (fake, server) = start(None);
+    let url = server.url();
+    let out = cli(&format!("submit --detached --jobmanager {url} forever"), &[]);
+    assert_exit(&out, 0);
+    let id: JobId = stdout(&out).trim().parse().unwrap();
+
+    let out = cli(&format!("savepoint --jobmanager {url} {id} /sp"), &[]);
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "/sp/savepoint-fake-1\n");
+    assert!(stderr(&out).contains(&format!("savepoint of job {id} requested")), "{}", stderr(&out));
+    assert_eq!(fake.state_of(id), Some(JobState::Running));
+
+    let out = cli(&format!("savepoint --jobmanager {url} {id} relative/dir"), &[]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("relative/dir: give an absolute path"), "{}", stderr(&out));
+    let out = cli(&format!("savepoint --jobmanager {url} {id}"), &[]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("no target directory") && stderr(&out).contains("HTTP 400"), "{}", stderr(&out));
+    assert_exit(&cli(&format!("savepoint --jobmanager {url} not-a-job /sp"), &[]), 2);
+
+    let out = cli(&format!("stop --jobmanager {url} {id} --savepoint /sp"), &[]);
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "/sp/savepoint-fake-2\n");
+    assert!(stderr(&out).contains("--from-savepoint /sp/savepoint-fake-2"), "{}", stderr(&out));
+    assert_eq!(fake.state_of(id), Some(JobState::Cancelled));
+    let out = cli(&format!("stop --jobmanager {url} {id} --savepoint /sp"), &[]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("HTTP 409"), "{}", stderr(&out));
 }
