@@ -24,8 +24,8 @@ use rocksdb as engine;
 use speedb as engine;
 
 use engine::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, MemtableFactory, MergeOperands, Options,
-    ReadOptions, SliceTransform, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, MemtableFactory,
+    MergeOperands, Options, ReadOptions, SliceTransform, WriteOptions, DB,
 };
 
 use super::LsmConfig;
@@ -106,8 +106,16 @@ const CHECKPOINT_CACHE_BYTES: usize = 8 << 20;
 fn options(config: &LsmConfig, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
-    table.set_cache_index_and_filter_blocks(true);
     table.set_bloom_filter(10.0, false);
+    // Index and filter blocks live in the block cache (so the slot's memory budget holds them),
+    // partitioned into blocks of data-block size under a small top level that stays pinned: a
+    // whole filter of a large SST (1–2 MB at a million keys) is bigger than a cache shard holds,
+    // so unpartitioned it was read from the file and checksummed again for every `get`.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
