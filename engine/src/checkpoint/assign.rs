@@ -96,17 +96,18 @@ pub fn assign(
     if old == new {
         return Ok(None);
     }
+    if old.iter().chain(new).any(|v| v.operators.is_empty()) {
+        // A checkpoint of a build that did not record operator ids: its tasks restore their own
+        // files into the same vertices, as before.
+        return match super::restore::vertex_difference(old, new) {
+            None => Ok(None),
+            Some(difference) => Err(AssignError::Layout(difference)),
+        };
+    }
     if channel_state {
         return Err(AssignError::ChannelState {
             difference: format!("the checkpoint has [{}], this job [{}]", describe(old), describe(new)),
         });
-    }
-    if old.iter().chain(new).any(|v| v.operators.is_empty()) {
-        let difference = super::restore::vertex_difference(old, new);
-        return Err(AssignError::Layout(
-            difference
-                .unwrap_or_else(|| format!("the checkpoint has [{}] and this job [{}]", describe(old), describe(new))),
-        ));
     }
     let mut by_uid: BTreeMap<&str, (u32, u32, u32)> = BTreeMap::new();
     for (v, info) in new.iter().enumerate() {
@@ -220,5 +221,7 @@ mod tests {
         assert_eq!(e, AssignError::MaxParallelism { uid: "sum".into(), old: 128, new: 256 });
         let unnamed = [VertexInfo { operators: Vec::new(), ..vertex("sum", 2, &[]) }];
         assert!(matches!(assign(&unnamed, &all_stateful(&unnamed), false, &new, false), Err(AssignError::Layout(_))));
+        // An older build's checkpoint (no operator ids) still restores into the same vertices.
+        assert_eq!(assign(&unnamed, &all_stateful(&unnamed), true, &old, false), Ok(None));
     }
 }

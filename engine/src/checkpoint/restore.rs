@@ -96,7 +96,7 @@ pub fn vertex_difference(found: &[VertexInfo], expected: &[VertexInfo]) -> Optio
         .iter()
         .zip(expected)
         .enumerate()
-        .filter(|(_, (f, e))| f != e)
+        .filter(|(_, (f, e))| (&f.name, f.parallelism) != (&e.name, e.parallelism))
         .map(|(i, (f, e))| match (f.name == e.name, f.parallelism == e.parallelism) {
             (true, _) => format!(
                 "vertex {i} '{}' has parallelism {} in the checkpoint and {} in this job (the checkpoint does not record \
