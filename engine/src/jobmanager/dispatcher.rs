@@ -482,7 +482,8 @@ impl ClusterApi for Dispatcher {
             request_id.parse().map_err(|e: crate::rpc::ids::IdError| ApiError::bad_request(e.to_string()))?;
         let state = self.jm.lock();
         let j = known(&state.jobs, job)?;
-        j.savepoints.iter().find(|r| r.request_id == request.to_string()).cloned().ok_or_else(|| {
+        let request_id = request.to_string();
+        j.savepoints.iter().find(|r| r.request_id == request_id).cloned().ok_or_else(|| {
             ApiError::not_found(format!(
                 "job {job} has no savepoint request {request} (it keeps its newest {})",
                 super::savepoints::SAVEPOINT_REQUESTS_MAX

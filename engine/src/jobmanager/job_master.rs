@@ -444,7 +444,7 @@ async fn run_attempt(
                 if let Some(c) = checkpoints.as_mut() {
                     let outcome = c.on_written(jm, id, result);
                     publish_stats(jm, job, c);
-                    fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
+                    on_outcome(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                 }
                 continue;
             }
@@ -452,7 +452,7 @@ async fn run_attempt(
                 if let Some(c) = checkpoints.as_mut() {
                     let outcome = c.on_tick(jm);
                     publish_stats(jm, job, c);
-                    fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
+                    on_outcome(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                 }
                 continue;
             }
@@ -464,7 +464,7 @@ async fn run_attempt(
                     tracing::info!(%job, checkpoint = id, "checkpoint triggered on request");
                 }
                 let _ = reply.send(answer);
-                fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
+                on_outcome(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
             }
             JobEvent::TriggerSavepoint(ticket) => match checkpoints.as_mut() {
                 _ if cancelled || failure.is_some() => {
@@ -475,7 +475,7 @@ async fn run_attempt(
                 Some(c) => {
                     let outcome = c.request_savepoint(jm, ticket);
                     publish_stats(jm, job, c);
-                    fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
+                    on_outcome(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                 }
             },
             JobEvent::Cancel => {
@@ -516,11 +516,11 @@ async fn run_attempt(
                     if let Some(c) = checkpoints.as_mut() {
                         for task in finished {
                             let outcome = c.on_task_finished(jm, task);
-                            fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
+                            on_outcome(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                         }
                         if all_running {
                             let outcome = c.set_all_running(jm);
-                            fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
+                            on_outcome(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                         }
                         publish_stats(jm, job, c);
                     }
@@ -550,14 +550,14 @@ async fn run_attempt(
                     if let Some(c) = checkpoints.as_mut() {
                         let outcome = c.on_ack(jm, task, checkpoint_id, handle, metrics);
                         publish_stats(jm, job, c);
-                        fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
+                        on_outcome(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                     }
                 }
                 TmMessage::DeclineCheckpoint { deployment: d, task, checkpoint_id, reason } if d == deployment => {
                     if let Some(c) = checkpoints.as_mut() {
                         let outcome = c.on_decline(jm, task, checkpoint_id, reason);
                         publish_stats(jm, job, c);
-                        fail_on(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
+                        on_outcome(jm, job, &parts, deployment, outcome, &mut failure, &mut cancelled);
                     }
                 }
                 TmMessage::Metrics { deployment: d, report } if d == deployment => jm.update_job(job, |j| {
@@ -678,9 +678,9 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Fails the attempt when the checkpoint side says so (too many failed checkpoints), or
+/// Acts on what the checkpoint side says: fails the attempt (too many failed checkpoints), or
 /// cancels the job once a stop-with-savepoint's savepoint is complete.
-fn fail_on(
+fn on_outcome(
     jm: &Jm,
     job: JobId,
     parts: &[Part],

@@ -149,17 +149,19 @@ impl<S: Send + Sync> FromRequestParts<S> for CheckpointPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let (job, checkpoint) =
-            Path::<(String, String)>::from_request_parts(parts, state).await.map(|Path(p)| p).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "invalid path {}: {}",
-                    super::errors::shown_path(&parts.uri),
-                    e.body_text()
-                ))
-            })?;
-        let job = job.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
+        let (job, checkpoint) = job_and_segment(parts, state).await?;
         Ok(CheckpointPath(job, parse_checkpoint_id(&checkpoint)?))
     }
+}
+
+/// The job id and the second segment (as text) of a path `/v1/jobs/{id}/.../{segment}`.
+async fn job_and_segment<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<(JobId, String), ApiError> {
+    let (job, segment) =
+        Path::<(String, String)>::from_request_parts(parts, state).await.map(|Path(p)| p).map_err(|e| {
+            ApiError::bad_request(format!("invalid path {}: {}", super::errors::shown_path(&parts.uri), e.body_text()))
+        })?;
+    let job = job.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
+    Ok((job, segment))
 }
 
 /// The job id and request id of `/v1/jobs/{id}/savepoints/{requestid}`.
@@ -169,15 +171,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SavepointPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let (job, request) =
-            Path::<(String, String)>::from_request_parts(parts, state).await.map(|Path(p)| p).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "invalid path {}: {}",
-                    super::errors::shown_path(&parts.uri),
-                    e.body_text()
-                ))
-            })?;
-        let job = job.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
+        let (job, request) = job_and_segment(parts, state).await?;
         let request = request.parse().map_err(|e| ApiError::bad_request(format!("{e}")))?;
         Ok(SavepointPath(job, request))
     }
